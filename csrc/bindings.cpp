@@ -1,0 +1,297 @@
+// Thin pybind11 layer: numpy in, numpy out, C++ exceptions become Python
+// ones (invalid_argument -> ValueError, out_of_range -> IndexError). The
+// Python package (tinymech/) owns the user-facing API and every friendly
+// check; this layer checks only what keeps memory safe.
+#include <pybind11/functional.h>
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstring>
+#include <memory>
+#include <string>
+
+#include "forward.hpp"
+#include "hooks.hpp"
+#include "kernels/kernels.hpp"
+#include "parallel_ops.hpp"
+#include "threads.hpp"
+
+namespace py = pybind11;
+using FloatArray = py::array_t<float, py::array::c_style>;
+
+namespace {
+
+// A numpy array that owns a std::vector's storage, without copying it.
+FloatArray to_numpy(std::vector<float>&& data, const std::vector<int64_t>& shape) {
+  auto* owned = new std::vector<float>(std::move(data));
+  py::capsule owner(owned, [](void* p) { delete static_cast<std::vector<float>*>(p); });
+  std::vector<py::ssize_t> dims(shape.begin(), shape.end());
+  return FloatArray(dims, owned->data(), owner);
+}
+
+const float* checked(const py::dict& d, const char* key, std::vector<int64_t> shape,
+                     std::vector<py::object>& keep, bool optional = false) {
+  if (!d.contains(key)) {
+    if (optional) return nullptr;
+    throw std::invalid_argument(std::string("missing weight '") + key + "'");
+  }
+  py::object obj = d[key];
+  if (obj.is_none() && optional) return nullptr;
+  if (!py::isinstance<FloatArray>(obj))
+    throw std::invalid_argument(std::string("weight '") + key + "' must be a C-contiguous float32 array");
+  auto arr = obj.cast<py::array>();
+  if (!(arr.flags() & py::array::c_style) || !arr.dtype().is(py::dtype::of<float>()))
+    throw std::invalid_argument(std::string("weight '") + key + "' must be a C-contiguous float32 array");
+  bool ok = arr.ndim() == static_cast<py::ssize_t>(shape.size());
+  for (size_t i = 0; ok && i < shape.size(); ++i) ok = arr.shape(i) == shape[i];
+  if (!ok) {
+    std::string want, got;
+    for (auto s : shape) want += std::to_string(s) + ",";
+    for (py::ssize_t i = 0; i < arr.ndim(); ++i) got += std::to_string(arr.shape(i)) + ",";
+    throw std::invalid_argument(std::string("weight '") + key + "' has shape (" + got + ") but the config needs (" +
+                                want + ")");
+  }
+  keep.push_back(obj);
+  return static_cast<const float*>(arr.data());
+}
+
+tmech::Activation parse_activation(const std::string& s) {
+  if (s == "gelu_new" || s == "gelu_pytorch_tanh" || s == "gelu_fast") return tmech::Activation::gelu_new;
+  if (s == "gelu") return tmech::Activation::gelu;
+  if (s == "relu") return tmech::Activation::relu;
+  if (s == "silu" || s == "swish") return tmech::Activation::silu;
+  throw std::invalid_argument("unsupported activation function '" + s + "'");
+}
+
+struct PyModel {
+  std::unique_ptr<tmech::Model> model;
+  std::vector<py::object> keep;  // the weight arrays the model points into
+
+  PyModel(const py::dict& cfg_dict, const py::dict& weights) {
+    tmech::ModelConfig c;
+    c.n_layers = cfg_dict["n_layers"].cast<int64_t>();
+    c.d_model = cfg_dict["d_model"].cast<int64_t>();
+    c.n_heads = cfg_dict["n_heads"].cast<int64_t>();
+    c.d_head = cfg_dict["d_head"].cast<int64_t>();
+    c.d_mlp = cfg_dict["d_mlp"].cast<int64_t>();
+    c.d_vocab = cfg_dict["d_vocab"].cast<int64_t>();
+    c.n_ctx = cfg_dict["n_ctx"].cast<int64_t>();
+    c.ln_eps = cfg_dict["eps"].cast<float>();
+    c.attn_scale = cfg_dict["attn_scale"].cast<float>();
+    c.act_fn = parse_activation(cfg_dict["act_fn"].cast<std::string>());
+    c.scale_attn_by_inverse_layer_idx = cfg_dict["scale_attn_by_inverse_layer_idx"].cast<bool>();
+    c.validate();
+    const int64_t D = c.d_model, Da = c.d_attn(), F = c.d_mlp, V = c.d_vocab;
+    tmech::ModelWeights w;
+    w.wte = checked(weights, "wte", {V, D}, keep);
+    w.wpe = checked(weights, "wpe", {c.n_ctx, D}, keep);
+    w.lnf_w = checked(weights, "lnf_w", {D}, keep);
+    w.lnf_b = checked(weights, "lnf_b", {D}, keep);
+    w.unembed = checked(weights, "unembed", {V, D}, keep);
+    w.unembed_b = checked(weights, "unembed_b", {V}, keep, true);
+    c.has_unembed_bias = w.unembed_b != nullptr;
+    auto layers = weights["layers"].cast<py::list>();
+    if (static_cast<int64_t>(layers.size()) != c.n_layers)
+      throw std::invalid_argument("config has " + std::to_string(c.n_layers) + " layers but " +
+                                  std::to_string(layers.size()) + " were given");
+    for (auto item : layers) {
+      py::dict d = item.cast<py::dict>();
+      tmech::LayerWeights lw;
+      lw.ln1_w = checked(d, "ln1_w", {D}, keep);
+      lw.ln1_b = checked(d, "ln1_b", {D}, keep);
+      lw.qkv_w = checked(d, "qkv_w", {D, 3 * Da}, keep);
+      lw.qkv_b = checked(d, "qkv_b", {3 * Da}, keep);
+      lw.out_w = checked(d, "out_w", {Da, D}, keep);
+      lw.out_b = checked(d, "out_b", {D}, keep);
+      lw.ln2_w = checked(d, "ln2_w", {D}, keep);
+      lw.ln2_b = checked(d, "ln2_b", {D}, keep);
+      lw.fc_w = checked(d, "fc_w", {D, F}, keep);
+      lw.fc_b = checked(d, "fc_b", {F}, keep);
+      lw.proj_w = checked(d, "proj_w", {F, D}, keep);
+      lw.proj_b = checked(d, "proj_b", {D}, keep);
+      w.layers.push_back(lw);
+    }
+    model = std::make_unique<tmech::Model>(c, std::move(w));
+  }
+};
+
+// Calls a Python function with a copy of the activation; the function
+// returns the array to write back (the Python layer checks its shape).
+struct PyCallback : tmech::HookCallback {
+  py::function fn;
+  explicit PyCallback(py::function f) : fn(std::move(f)) {}
+  ~PyCallback() override {
+    py::gil_scoped_acquire gil;
+    fn = py::function();
+  }
+  void call(int, std::vector<float>& buffer, const std::vector<int64_t>& shape) override {
+    py::gil_scoped_acquire gil;
+    std::vector<py::ssize_t> dims(shape.begin(), shape.end());
+    FloatArray arr(dims);
+    std::memcpy(arr.mutable_data(), buffer.data(), buffer.size() * sizeof(float));
+    py::object out = fn(arr);  // a Python exception propagates as error_already_set
+    auto res = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(out);
+    if (!res || static_cast<size_t>(res.size()) != buffer.size())
+      throw std::invalid_argument("hook function returned an array of the wrong size");
+    std::memcpy(buffer.data(), res.data(), buffer.size() * sizeof(float));
+  }
+};
+
+struct PyHookPlan {
+  tmech::HookPlan plan;
+  std::vector<py::object> keep;  // arrays that edits point into
+  explicit PyHookPlan(int64_t n_layers) : plan(n_layers) {}
+
+  tmech::Edit make(tmech::EditType type, std::vector<int64_t> heads, std::vector<int64_t> positions,
+                const py::object& values, float scalar) {
+    tmech::Edit e;
+    e.type = type;
+    e.heads = std::move(heads);
+    e.positions = std::move(positions);
+    e.scalar = scalar;
+    if (!values.is_none()) {
+      auto arr = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(values);
+      if (!arr) throw std::invalid_argument("edit values must be convertible to float32");
+      keep.push_back(arr);
+      e.values = arr.data();
+      e.values_shape.assign(arr.shape(), arr.shape() + arr.ndim());
+    }
+    return e;
+  }
+};
+
+void bind_kernels(py::module_& m) {
+  py::module_ k = m.def_submodule("kernels", "Direct access to the SIMD kernels, for tests");
+  k.def("variant", [] { return std::string(tmech::kernels::active().name); });
+  k.def("available", [] {
+    const tmech::KernelTable* all[8];
+    int n = tmech::kernels::available(all, 8);
+    std::vector<std::string> names;
+    for (int i = 0; i < n && i < 8; ++i) names.emplace_back(all[i]->name);
+    return names;
+  });
+  k.def("select", [](const std::string& name) {
+    if (!tmech::kernels::select(name.c_str()))
+      throw std::invalid_argument("kernel variant '" + name + "' is not available on this CPU");
+  });
+  // C = A @ B (+ bias); B given as [K, N], or as [N, K] when b_transposed.
+  k.def("matmul", [](FloatArray A, FloatArray B, std::optional<FloatArray> bias, bool b_transposed) {
+    if (A.ndim() != 2 || B.ndim() != 2) throw std::invalid_argument("matmul takes 2-D arrays");
+    const int64_t M = A.shape(0), K = A.shape(1);
+    const int64_t N = b_transposed ? B.shape(0) : B.shape(1);
+    if ((b_transposed ? B.shape(1) : B.shape(0)) != K) throw std::invalid_argument("inner sizes differ");
+    if (bias && (bias->ndim() != 1 || bias->shape(0) != N)) throw std::invalid_argument("bias must be [N]");
+    FloatArray C({M, N});
+    {
+      py::gil_scoped_release nogil;
+      tmech::matmul(A.data(), M, K, K, B.data(), N, b_transposed ? 1 : N, b_transposed ? K : 1,
+                 bias ? bias->data() : nullptr, C.mutable_data(), N);
+    }
+    return C;
+  }, py::arg("A"), py::arg("B"), py::arg("bias") = py::none(), py::arg("b_transposed") = false);
+  k.def("layernorm", [](FloatArray x, FloatArray w, FloatArray b, float eps) {
+    if (x.ndim() != 2 || w.size() != x.shape(1) || b.size() != x.shape(1))
+      throw std::invalid_argument("layernorm takes x [rows, n], w [n], b [n]");
+    FloatArray out({x.shape(0), x.shape(1)});
+    tmech::layernorm_rows(x.data(), x.shape(0), x.shape(1), eps, w.data(), b.data(), out.mutable_data());
+    return out;
+  });
+  k.def("gelu_new", [](FloatArray x) {
+    FloatArray out(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
+    std::memcpy(out.mutable_data(), x.data(), x.size() * sizeof(float));
+    tmech::gelu_new_rows(out.mutable_data(), out.size());
+    return out;
+  });
+  k.def("softmax", [](FloatArray x) {
+    FloatArray out(std::vector<py::ssize_t>{x.size()});
+    std::memcpy(out.mutable_data(), x.data(), x.size() * sizeof(float));
+    tmech::kernels::active().softmax(out.mutable_data(), out.size());
+    return out;
+  });
+  k.def("exp", [](FloatArray x) {
+    FloatArray out(std::vector<py::ssize_t>{x.size()});
+    tmech::kernels::active().exp(x.data(), out.mutable_data(), x.size());
+    return out;
+  });
+  k.def("dot", [](FloatArray a, FloatArray b) {
+    if (a.size() != b.size()) throw std::invalid_argument("dot needs equal lengths");
+    return tmech::kernels::active().dot(a.data(), b.data(), a.size());
+  });
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "tinymech's C++ core: transformer forward passes, KV cache, hook plans";
+
+  m.def("set_num_threads", &tmech::set_num_threads, py::arg("n"));
+  m.def("get_num_threads", &tmech::num_threads);
+  m.def("hook_names", [](int64_t n_layers) {
+    std::vector<std::string> names;
+    for (int i = 0; i < tmech::hook_count(n_layers); ++i) names.push_back(tmech::hook_name(i, n_layers));
+    return names;
+  });
+  bind_kernels(m);
+
+  py::class_<tmech::KVCache>(m, "KVCache")
+      .def_property_readonly("batch", &tmech::KVCache::batch)
+      .def_property_readonly("n_past", &tmech::KVCache::n_past)
+      .def_property_readonly("capacity", &tmech::KVCache::capacity)
+      .def_property_readonly("n_ctx", &tmech::KVCache::n_ctx)
+      .def("reset", &tmech::KVCache::reset)
+      .def("truncate", &tmech::KVCache::truncate, py::arg("n"))
+      .def("fork", &tmech::KVCache::fork);
+
+  py::class_<PyHookPlan>(m, "HookPlan")
+      .def(py::init<int64_t>(), py::arg("n_layers"))
+      .def("capture", [](PyHookPlan& p, int id) { p.plan.add(id, p.make(tmech::EditType::capture, {}, {}, py::none(), 0.f)); })
+      .def("replace", [](PyHookPlan& p, int id, py::object values, std::vector<int64_t> heads, std::vector<int64_t> positions) {
+        p.plan.add(id, p.make(tmech::EditType::replace, heads, positions, values, 0.f));
+      })
+      .def("fill", [](PyHookPlan& p, int id, py::object values, float scalar, std::vector<int64_t> heads, std::vector<int64_t> positions) {
+        p.plan.add(id, p.make(tmech::EditType::fill, heads, positions, values, scalar));
+      })
+      .def("add", [](PyHookPlan& p, int id, py::object values, float coeff, std::vector<int64_t> heads, std::vector<int64_t> positions) {
+        p.plan.add(id, p.make(tmech::EditType::add, heads, positions, values, coeff));
+      })
+      .def("scale", [](PyHookPlan& p, int id, float factor, std::vector<int64_t> heads, std::vector<int64_t> positions) {
+        p.plan.add(id, p.make(tmech::EditType::scale, heads, positions, py::none(), factor));
+      })
+      .def("callback", [](PyHookPlan& p, int id, py::function fn) {
+        tmech::Edit e = p.make(tmech::EditType::callback, {}, {}, py::none(), 0.f);
+        e.callback = std::make_shared<PyCallback>(std::move(fn));
+        p.plan.add(id, std::move(e));
+      })
+      .def("take_captured", [](PyHookPlan& p) {
+        py::list out;
+        for (auto& [id, c] : p.plan.captured()) out.append(py::make_tuple(id, to_numpy(std::move(c.data), c.shape)));
+        p.plan.captured().clear();
+        return out;
+      });
+
+  py::class_<PyModel>(m, "Model")
+      .def(py::init<const py::dict&, const py::dict&>(), py::arg("config"), py::arg("weights"))
+      .def("new_cache", [](PyModel& pm, int64_t batch) { return pm.model->new_cache(batch); }, py::arg("batch"))
+      .def("forward",
+           [](PyModel& pm, tmech::KVCache& cache, py::array_t<int32_t, py::array::c_style> tokens,
+              PyHookPlan* plan, const std::string& logits) {
+             if (tokens.ndim() != 2) throw std::invalid_argument("tokens must be [batch, pos]");
+             const int64_t B = tokens.shape(0), T = tokens.shape(1), V = pm.model->config().d_vocab;
+             tmech::LogitsMode mode = logits == "all" ? tmech::LogitsMode::all
+                                   : logits == "last" ? tmech::LogitsMode::last
+                                   : logits == "none" ? tmech::LogitsMode::none
+                                   : throw std::invalid_argument("logits must be 'all', 'last' or 'none'");
+             std::vector<py::ssize_t> dims = mode == tmech::LogitsMode::all    ? std::vector<py::ssize_t>{B, T, V}
+                                             : mode == tmech::LogitsMode::last ? std::vector<py::ssize_t>{B, V}
+                                                                            : std::vector<py::ssize_t>{0};
+             FloatArray out(dims);
+             {
+               py::gil_scoped_release nogil;
+               pm.model->forward(cache, tokens.data(), B, T, plan ? &plan->plan : nullptr, mode,
+                                 out.mutable_data());
+             }
+             return out;
+           },
+           py::arg("cache"), py::arg("tokens"), py::arg("plan") = nullptr, py::arg("logits") = "all");
+}

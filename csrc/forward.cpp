@@ -1,0 +1,341 @@
+#include "forward.hpp"
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/kernels.hpp"
+#include "parallel_ops.hpp"
+#include "threads.hpp"
+
+namespace tmech {
+namespace {
+
+float* sized(std::vector<float>& v, int64_t n) {
+  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
+  return v.data();
+}
+
+// One forward call: shapes, buffers and the plan, with a method per stage.
+struct Pass {
+  const ModelConfig& cfg;
+  const ModelWeights& w;
+  KVCache& cache;
+  HookPlan* plan;
+  Model::Workspace& ws;
+  const KernelTable& kt;
+  int64_t B, T, past, BT, D, Da, H, dh;
+
+  bool active(HookKind kind, int64_t layer = 0) const {
+    return plan && plan->active(hook_id(kind, layer, cfg.n_layers));
+  }
+  void hook(HookKind kind, int64_t layer, const View& v) {
+    if (!plan) return;
+    const int id = hook_id(kind, layer, cfg.n_layers);
+    if (plan->active(id)) plan->apply(id, v);
+  }
+
+  // [batch, pos, width], rows contiguous
+  View rows(float* data, int64_t width) const {
+    View v;
+    v.data = data;
+    v.ndim = 3;
+    v.shape[0] = B, v.shape[1] = T, v.shape[2] = width;
+    v.stride[0] = T * width, v.stride[1] = width, v.stride[2] = 1;
+    v.pos_offset = past;
+    return v;
+  }
+  // [batch, pos, head, d] inside rows of row_stride floats
+  View heads(float* data, int64_t row_stride, int64_t d) const {
+    View v;
+    v.data = data;
+    v.ndim = 4;
+    v.shape[0] = B, v.shape[1] = T, v.shape[2] = H, v.shape[3] = d;
+    v.stride[0] = T * row_stride, v.stride[1] = row_stride, v.stride[2] = d, v.stride[3] = 1;
+    v.pos_offset = past;
+    return v;
+  }
+  // attention scores/pattern stored [batch, head, query, key]
+  View scores(float* data, int64_t keys) const {
+    View v;
+    v.data = data;
+    v.ndim = 4;
+    v.shape[0] = B, v.shape[1] = T, v.shape[2] = H, v.shape[3] = keys;
+    v.stride[0] = H * T * keys, v.stride[1] = keys, v.stride[2] = T * keys, v.stride[3] = 1;
+    v.pos_offset = past;
+    v.head_before_pos = true;
+    return v;
+  }
+
+  void embed(const int32_t* tokens) {
+    float* x = ws.x.data();
+    for (int64_t r = 0; r < BT; ++r)
+      std::memcpy(x + r * D, w.wte + static_cast<int64_t>(tokens[r]) * D, D * sizeof(float));
+    hook(HookKind::embed, 0, rows(x, D));
+    const float* pe = w.wpe + past * D;  // positions past..past+T-1, the same for every batch row
+    if (active(HookKind::pos_embed)) {
+      float* p = ws.pos.data();
+      for (int64_t b = 0; b < B; ++b) std::memcpy(p + b * T * D, pe, T * D * sizeof(float));
+      hook(HookKind::pos_embed, 0, rows(p, D));
+      add_inplace(x, p, BT * D);
+    } else {
+      for (int64_t b = 0; b < B; ++b) add_inplace(x + b * T * D, pe, T * D);
+    }
+  }
+
+  // LayerNorm; when its hooks are used, it runs in TransformerLens's steps:
+  // scale (hooked), centered / scale (hooked), then the affine map.
+  void layer_norm(const float* x, const float* lw, const float* lb, float* out, HookKind scale_kind,
+                  HookKind norm_kind, int64_t layer) {
+    if (!active(scale_kind, layer) && !active(norm_kind, layer)) {
+      layernorm_rows(x, BT, D, cfg.ln_eps, lw, lb, out);
+      return;
+    }
+    float* mean = sized(ws.stats, 2 * BT);
+    float* scale = mean + BT;
+    for (int64_t r = 0; r < BT; ++r) kt.row_stats(x + r * D, D, cfg.ln_eps, mean + r, scale + r);
+    hook(scale_kind, layer, rows(scale, 1));
+    for (int64_t r = 0; r < BT; ++r)
+      kt.normalize(x + r * D, mean[r], scale[r], nullptr, nullptr, out + r * D, D);
+    hook(norm_kind, layer, rows(out, D));
+    for (int64_t r = 0; r < BT; ++r) kt.normalize(out + r * D, 0.f, 1.f, lw, lb, out + r * D, D);
+  }
+
+  float score_scale(int64_t layer) const {
+    float s = 1.f / cfg.attn_scale;
+    if (cfg.scale_attn_by_inverse_layer_idx) s /= static_cast<float>(layer + 1);
+    return s;
+  }
+
+  // Softmax attention computed row by row in scratch memory: the usual path.
+  void attend_fused(int64_t l) {
+    const float inv = score_scale(l);
+    float* z = ws.z.data();
+    const float* qkv = ws.qkv.data();
+    parallel_for(B * H * T, [&](int64_t i0, int64_t i1, int t) {
+      float* s = thread_scratch(t, cache.n_ctx());
+      for (int64_t item = i0; item < i1; ++item) {
+        const int64_t b = item / (H * T), h = item / T % H, i = item % T;
+        const float* q = qkv + (b * T + i) * 3 * Da + h * dh;
+        const int64_t n = past + i + 1;  // causal: keys up to and including this position
+        for (int64_t j = 0; j < n; ++j) s[j] = kt.dot(q, cache.k(l, b, j) + h * dh, dh) * inv;
+        kt.softmax(s, n);
+        float* zr = z + (b * T + i) * Da + h * dh;
+        std::memset(zr, 0, dh * sizeof(float));
+        for (int64_t j = 0; j < n; ++j) kt.axpy(zr, s[j], cache.v(l, b, j) + h * dh, dh);
+      }
+    });
+  }
+
+  // Materializes scores and pattern [batch, head, query, key] so hooks can
+  // read and edit them, as TransformerLens does (masked scores are -inf).
+  void attend_phased(int64_t l) {
+    const float inv = score_scale(l);
+    const int64_t keys = past + T;
+    float* S = sized(ws.scores, B * H * T * keys);
+    const float* qkv = ws.qkv.data();
+    auto row = [&](int64_t item) { return S + item * keys; };  // item = (b * H + h) * T + i
+    parallel_for(B * H * T, [&](int64_t i0, int64_t i1, int) {
+      for (int64_t item = i0; item < i1; ++item) {
+        const int64_t b = item / (H * T), h = item / T % H, i = item % T;
+        const float* q = qkv + (b * T + i) * 3 * Da + h * dh;
+        float* s = row(item);
+        for (int64_t j = 0; j < keys; ++j)
+          s[j] = j <= past + i ? kt.dot(q, cache.k(l, b, j) + h * dh, dh) * inv
+                               : -std::numeric_limits<float>::infinity();
+      }
+    });
+    hook(HookKind::attn_scores, l, scores(S, keys));
+    parallel_for(B * H * T, [&](int64_t i0, int64_t i1, int) {
+      for (int64_t item = i0; item < i1; ++item) kt.softmax(row(item), keys);
+    });
+    hook(HookKind::pattern, l, scores(S, keys));
+    float* z = ws.z.data();
+    parallel_for(B * H * T, [&](int64_t i0, int64_t i1, int) {
+      for (int64_t item = i0; item < i1; ++item) {
+        const int64_t b = item / (H * T), h = item / T % H, i = item % T;
+        const float* p = row(item);
+        float* zr = z + (b * T + i) * Da + h * dh;
+        std::memset(zr, 0, dh * sizeof(float));
+        for (int64_t j = 0; j < keys; ++j) kt.axpy(zr, p[j], cache.v(l, b, j) + h * dh, dh);
+      }
+    });
+  }
+
+  void attention(int64_t l) {
+    const LayerWeights& lw = w.layers[l];
+    float* qkv = ws.qkv.data();
+    matmul(ws.h.data(), BT, D, D, lw.qkv_w, 3 * Da, 3 * Da, 1, lw.qkv_b, qkv, 3 * Da);
+    hook(HookKind::q, l, heads(qkv, 3 * Da, dh));
+    hook(HookKind::k, l, heads(qkv + Da, 3 * Da, dh));
+    hook(HookKind::v, l, heads(qkv + 2 * Da, 3 * Da, dh));
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t t = 0; t < T; ++t) {
+        const float* src = qkv + (b * T + t) * 3 * Da;
+        std::memcpy(cache.k(l, b, past + t), src + Da, Da * sizeof(float));
+        std::memcpy(cache.v(l, b, past + t), src + 2 * Da, Da * sizeof(float));
+      }
+    if (active(HookKind::attn_scores, l) || active(HookKind::pattern, l))
+      attend_phased(l);
+    else
+      attend_fused(l);
+    float* z = ws.z.data();
+    hook(HookKind::z, l, heads(z, Da, dh));
+
+    float* out = ws.attn_out.data();
+    if (active(HookKind::result, l)) {
+      // Each head's own output z_h · W_O[h], [batch, pos, head, d_model], summed afterwards.
+      float* res = sized(ws.result, BT * H * D);
+      for (int64_t h = 0; h < H; ++h)
+        matmul(z + h * dh, BT, dh, Da, lw.out_w + h * dh * D, D, D, 1, nullptr, res + h * D, H * D);
+      hook(HookKind::result, l, heads(res, H * D, D));
+      for (int64_t r = 0; r < BT; ++r) {
+        std::memcpy(out + r * D, lw.out_b, D * sizeof(float));
+        for (int64_t h = 0; h < H; ++h) kt.add(out + r * D, out + r * D, res + (r * H + h) * D, D);
+      }
+    } else {
+      matmul(z, BT, Da, Da, lw.out_w, D, D, 1, lw.out_b, out, D);
+    }
+    hook(HookKind::attn_out, l, rows(out, D));
+  }
+
+  void activation(float* x, int64_t n) {
+    switch (cfg.act_fn) {
+      case Activation::gelu_new:
+        gelu_new_rows(x, n);
+        return;
+      case Activation::gelu:
+        for (int64_t i = 0; i < n; ++i) x[i] = 0.5f * x[i] * (1.f + std::erf(x[i] * 0.70710678118654752f));
+        return;
+      case Activation::relu:
+        for (int64_t i = 0; i < n; ++i) x[i] = x[i] > 0.f ? x[i] : 0.f;
+        return;
+      case Activation::silu:
+        for (int64_t i = 0; i < n; ++i) x[i] = x[i] / (1.f + std::exp(-x[i]));
+        return;
+    }
+  }
+
+  void block(int64_t l) {
+    const LayerWeights& lw = w.layers[l];
+    float* x = ws.x.data();
+    float* h = ws.h.data();
+    hook(HookKind::resid_pre, l, rows(x, D));
+    layer_norm(x, lw.ln1_w, lw.ln1_b, h, HookKind::ln1_scale, HookKind::ln1_normalized, l);
+    attention(l);
+    float* out = ws.attn_out.data();
+    add_inplace(x, out, BT * D);
+    hook(HookKind::resid_mid, l, rows(x, D));
+    layer_norm(x, lw.ln2_w, lw.ln2_b, h, HookKind::ln2_scale, HookKind::ln2_normalized, l);
+    const int64_t F = cfg.d_mlp;
+    float* m = ws.mlp.data();
+    matmul(h, BT, D, D, lw.fc_w, F, F, 1, lw.fc_b, m, F);
+    hook(HookKind::mlp_pre, l, rows(m, F));
+    activation(m, BT * F);
+    hook(HookKind::mlp_post, l, rows(m, F));
+    matmul(m, BT, F, F, lw.proj_w, D, D, 1, lw.proj_b, out, D);
+    hook(HookKind::mlp_out, l, rows(out, D));
+    add_inplace(x, out, BT * D);
+    hook(HookKind::resid_post, l, rows(x, D));
+  }
+
+  void unembed(LogitsMode mode, float* logits) {
+    if (mode == LogitsMode::none) return;
+    const int64_t V = cfg.d_vocab;
+    float* x = ws.x.data();
+    float* h = ws.h.data();
+    const bool ln_hooked =
+        active(HookKind::ln_final_scale) || active(HookKind::ln_final_normalized);
+    if (mode == LogitsMode::all || ln_hooked) {
+      layer_norm(x, w.lnf_w, w.lnf_b, h, HookKind::ln_final_scale, HookKind::ln_final_normalized, 0);
+    }
+    if (mode == LogitsMode::all) {
+      matmul(h, BT, D, D, w.unembed, V, 1, D, w.unembed_b, logits, V);
+      return;
+    }
+    // Only the last position of each sequence: normalize and project B rows.
+    float* last = sized(ws.last, B * D);
+    for (int64_t b = 0; b < B; ++b) {
+      const float* src = (ln_hooked ? h : x) + (b * T + T - 1) * D;
+      std::memcpy(last + b * D, src, D * sizeof(float));
+    }
+    if (!ln_hooked) layernorm_rows(last, B, D, cfg.ln_eps, w.lnf_w, w.lnf_b, last);
+    matmul(last, B, D, D, w.unembed, V, 1, D, w.unembed_b, logits, V);
+  }
+};
+
+void check_weights(const ModelConfig& cfg, const ModelWeights& w) {
+  auto need = [](const void* p, const std::string& what) {
+    if (!p) throw std::invalid_argument("missing weight: " + what);
+  };
+  need(w.wte, "wte");
+  need(w.wpe, "wpe");
+  need(w.lnf_w, "ln_f.weight");
+  need(w.lnf_b, "ln_f.bias");
+  need(w.unembed, "unembedding");
+  if (cfg.has_unembed_bias) need(w.unembed_b, "unembedding bias");
+  if (static_cast<int64_t>(w.layers.size()) != cfg.n_layers)
+    throw std::invalid_argument("expected " + std::to_string(cfg.n_layers) + " layers of weights, got " +
+                                std::to_string(w.layers.size()));
+  for (size_t l = 0; l < w.layers.size(); ++l) {
+    const LayerWeights& lw = w.layers[l];
+    const std::string at = " of layer " + std::to_string(l);
+    for (auto [p, name] : {std::pair<const float*, const char*>{lw.ln1_w, "ln_1.weight"},
+                           {lw.ln1_b, "ln_1.bias"},     {lw.qkv_w, "attn.c_attn.weight"},
+                           {lw.qkv_b, "attn.c_attn.bias"}, {lw.out_w, "attn.c_proj.weight"},
+                           {lw.out_b, "attn.c_proj.bias"}, {lw.ln2_w, "ln_2.weight"},
+                           {lw.ln2_b, "ln_2.bias"},     {lw.fc_w, "mlp.c_fc.weight"},
+                           {lw.fc_b, "mlp.c_fc.bias"},   {lw.proj_w, "mlp.c_proj.weight"},
+                           {lw.proj_b, "mlp.c_proj.bias"}})
+      need(p, std::string(name) + at);
+  }
+}
+
+}  // namespace
+
+Model::Model(ModelConfig cfg, ModelWeights weights) : cfg_(cfg), w_(std::move(weights)) {
+  cfg_.validate();
+  check_weights(cfg_, w_);
+}
+
+KVCache Model::new_cache(int64_t batch) const {
+  return KVCache(cfg_.n_layers, batch, cfg_.d_attn(), cfg_.n_ctx);
+}
+
+void Model::forward(KVCache& cache, const int32_t* tokens, int64_t batch, int64_t n_tokens,
+                    HookPlan* plan, LogitsMode mode, float* logits) {
+  if (batch <= 0 || n_tokens <= 0) throw std::invalid_argument("forward needs at least one token");
+  if (batch != cache.batch())
+    throw std::invalid_argument("tokens have batch " + std::to_string(batch) + " but the cache holds " +
+                                std::to_string(cache.batch()));
+  if (cache.n_layers() != cfg_.n_layers || cache.d_kv() != cfg_.d_attn() || cache.n_ctx() != cfg_.n_ctx)
+    throw std::invalid_argument("this KV cache was made for another model");
+  if (plan && plan->n_layers() != cfg_.n_layers)
+    throw std::invalid_argument("this hook plan was made for another model");
+  for (int64_t i = 0; i < batch * n_tokens; ++i)
+    if (tokens[i] < 0 || tokens[i] >= cfg_.d_vocab)
+      throw std::out_of_range("token id " + std::to_string(tokens[i]) + " at index " + std::to_string(i) +
+                              " is outside the vocabulary [0, " + std::to_string(cfg_.d_vocab) + ")");
+  std::lock_guard<std::mutex> lock(mutex_);
+  cache.reserve(cache.n_past() + n_tokens);  // throws past n_ctx
+
+  const int64_t BT = batch * n_tokens, D = cfg_.d_model, Da = cfg_.d_attn();
+  sized(ws_.x, BT * D);
+  sized(ws_.pos, BT * D);
+  sized(ws_.h, BT * D);
+  sized(ws_.qkv, BT * 3 * Da);
+  sized(ws_.z, BT * Da);
+  sized(ws_.attn_out, BT * D);
+  sized(ws_.mlp, BT * cfg_.d_mlp);
+
+  Pass pass{cfg_, w_, cache, plan, ws_, kernels::active(), batch, n_tokens, cache.n_past(), BT, D, Da,
+            cfg_.n_heads, cfg_.d_head};
+  pass.embed(tokens);
+  for (int64_t l = 0; l < cfg_.n_layers; ++l) pass.block(l);
+  pass.unembed(mode, logits);
+  cache.advance(n_tokens);
+}
+
+}  // namespace tmech

@@ -1,0 +1,43 @@
+// The transformer forward pass: prefill (many tokens) and decode (one token)
+// are the same call, appending to a KV cache. Hook points are visited in
+// TransformerLens's order; with no plan, no hook work is done at all.
+#pragma once
+#include <cstdint>
+#include <mutex>
+#include <vector>
+
+#include "config.hpp"
+#include "hooks.hpp"
+#include "kv_cache.hpp"
+#include "weights.hpp"
+
+namespace tmech {
+
+enum class LogitsMode { all, last, none };
+
+class Model {
+ public:
+  Model(ModelConfig cfg, ModelWeights weights);
+  const ModelConfig& config() const { return cfg_; }
+
+  // Runs tokens [batch, n_tokens] at positions cache.n_past() onward, writes
+  // their keys and values into the cache and advances it. logits receives
+  // [batch, n_tokens, d_vocab] (all), [batch, d_vocab] (last) or nothing.
+  // Thread-safe: calls on one model are serialized.
+  void forward(KVCache& cache, const int32_t* tokens, int64_t batch, int64_t n_tokens,
+               HookPlan* plan, LogitsMode mode, float* logits);
+
+  KVCache new_cache(int64_t batch) const;
+
+  struct Workspace {
+    std::vector<float> x, pos, h, qkv, z, attn_out, mlp, result, scores, stats, last;
+  };
+
+ private:
+  ModelConfig cfg_;
+  ModelWeights w_;
+  std::mutex mutex_;
+  Workspace ws_;
+};
+
+}  // namespace tmech

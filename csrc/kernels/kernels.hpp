@@ -1,0 +1,59 @@
+// The kernel table: every hot loop of the core, one entry per operation.
+// Each SIMD variant (scalar, avx2, avx512, neon) fills its own table;
+// kernels::active() is the one chosen for this CPU at start-up.
+// Kernels are single-threaded; callers split work across threads.
+#pragma once
+#include <cstdint>
+
+namespace tmech {
+
+// C[M, N] = A[M, K] · B[K, N] (+ bias[N]) (+ C if accumulate), for the
+// columns [n_begin, n_end) only. B's element (k, n) is at
+// B[k * b_stride_k + n * b_stride_n], so one kernel serves HF's Conv1D
+// weights ([in, out]: stride_k = N, stride_n = 1) and embedding matrices used
+// as an unembedding ([vocab, d_model]: stride_k = 1, stride_n = K).
+struct MatmulArgs {
+  int64_t M, N, K;
+  const float* A;  // [M, K], row stride lda
+  int64_t lda;
+  const float* B;
+  int64_t b_stride_k, b_stride_n;
+  const float* bias;  // [N] or null
+  float* C;           // [M, N], row stride ldc
+  int64_t ldc;
+  bool accumulate;
+  float* scratch;  // per-thread workspace of at least matmul_scratch_floats()
+};
+
+struct KernelTable {
+  const char* name;
+  void (*matmul_cols)(const MatmulArgs& a, int64_t n_begin, int64_t n_end);
+  float (*dot)(const float* a, const float* b, int64_t n);
+  void (*axpy)(float* y, float alpha, const float* x, int64_t n);  // y += alpha x
+  void (*add)(float* out, const float* a, const float* b, int64_t n);
+  void (*scale)(float* x, float alpha, int64_t n);
+  // mean and sqrt(var + eps) of one row
+  void (*row_stats)(const float* x, int64_t n, float eps, float* mean, float* scale);
+  // out = (x - mean) / scale * w + b; w and b may be null (no affine)
+  void (*normalize)(const float* x, float mean, float scale, const float* w,
+                    const float* b, float* out, int64_t n);
+  void (*gelu_new)(const float* x, float* out, int64_t n);
+  void (*softmax)(float* x, int64_t n);  // in place, max-subtracted
+  void (*exp)(const float* x, float* out, int64_t n);
+};
+
+// Column-panel sizes shared by the matmul drivers and the packing buffers.
+constexpr int64_t kMatmulKC = 256;
+constexpr int64_t kMatmulNC = 512;
+constexpr int64_t matmul_scratch_floats() { return kMatmulKC * (kMatmulNC + 64); }
+
+namespace kernels {
+const KernelTable& active();
+// Every variant built into this binary that the running CPU supports.
+int available(const KernelTable** out, int capacity);
+// Select a variant by name ("scalar", "avx2", "avx512", "neon"); false if
+// unknown or unsupported here. Used by tests to check every variant.
+bool select(const char* name);
+}  // namespace kernels
+
+}  // namespace tmech

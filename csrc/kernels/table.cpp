@@ -1,0 +1,13 @@
+// Gathers this variant's kernels into its KernelTable.
+#include "kernels/variant.hpp"
+
+namespace tmech {
+namespace TM_ARCH {
+const KernelTable& table() {
+  static const KernelTable t = {TM_STR(TM_ARCH), matmul_cols, dot,       axpy,     add,
+                                scale,           row_stats,   normalize, gelu_new, softmax,
+                                exp};
+  return t;
+}
+}  // namespace TM_ARCH
+}  // namespace tmech

@@ -1,0 +1,29 @@
+// Included by every kernel source: names the namespace of the variant being
+// compiled (tmech::avx512, tmech::avx2, tmech::scalar, tmech::neon) and declares its
+// entry points, which table.cpp gathers into a KernelTable.
+#pragma once
+#include "kernels/kernels.hpp"
+#include "kernels/simd.hpp"
+
+#ifndef TM_ARCH
+#error "TM_ARCH must name the kernel variant being compiled"
+#endif
+#define TM_STR2(x) #x
+#define TM_STR(x) TM_STR2(x)
+
+namespace tmech {
+namespace TM_ARCH {
+void matmul_cols(const MatmulArgs& a, int64_t n_begin, int64_t n_end);
+float dot(const float* a, const float* b, int64_t n);
+void axpy(float* y, float alpha, const float* x, int64_t n);
+void add(float* out, const float* a, const float* b, int64_t n);
+void scale(float* x, float alpha, int64_t n);
+void row_stats(const float* x, int64_t n, float eps, float* mean, float* scale);
+void normalize(const float* x, float mean, float scale, const float* w, const float* b,
+               float* out, int64_t n);
+void gelu_new(const float* x, float* out, int64_t n);
+void softmax(float* x, int64_t n);
+void exp(const float* x, float* out, int64_t n);
+const KernelTable& table();
+}  // namespace TM_ARCH
+}  // namespace tmech

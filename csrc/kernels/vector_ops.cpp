@@ -1,0 +1,88 @@
+// Elementwise and reduction kernels on float rows: dot, axpy, add, scale,
+// exp, softmax and GPT-2's tanh-approximated GELU. Each has a vector main
+// loop and a padded tail (simd.hpp), so any length works.
+#include "kernels/variant.hpp"
+
+namespace tmech {
+namespace TM_ARCH {
+using namespace tm_simd;
+
+float dot(const float* a, const float* b, int64_t n) {
+  // Two accumulators hide the FMA latency on short rows such as d_head = 64.
+  vf s0 = vzero(), s1 = vzero();
+  int64_t i = 0;
+  for (; i + 2 * VL <= n; i += 2 * VL) {
+    s0 = vfma(vload(a + i), vload(b + i), s0);
+    s1 = vfma(vload(a + i + VL), vload(b + i + VL), s1);
+  }
+  for (; i + VL <= n; i += VL) s0 = vfma(vload(a + i), vload(b + i), s0);
+  if (i < n) s1 = vfma(vload_part(a + i, n - i), vload_part(b + i, n - i), s1);
+  return vsum(vadd(s0, s1));
+}
+
+void axpy(float* y, float alpha, const float* x, int64_t n) {
+  vf va = vset1(alpha);
+  int64_t i = 0;
+  for (; i + VL <= n; i += VL) vstore(y + i, vfma(va, vload(x + i), vload(y + i)));
+  if (i < n) vstore_part(y + i, vfma(va, vload_part(x + i, n - i), vload_part(y + i, n - i)), n - i);
+}
+
+void add(float* out, const float* a, const float* b, int64_t n) {
+  int64_t i = 0;
+  for (; i + VL <= n; i += VL) vstore(out + i, vadd(vload(a + i), vload(b + i)));
+  if (i < n) vstore_part(out + i, vadd(vload_part(a + i, n - i), vload_part(b + i, n - i)), n - i);
+}
+
+void scale(float* x, float alpha, int64_t n) {
+  vf va = vset1(alpha);
+  int64_t i = 0;
+  for (; i + VL <= n; i += VL) vstore(x + i, vmul(va, vload(x + i)));
+  if (i < n) vstore_part(x + i, vmul(va, vload_part(x + i, n - i)), n - i);
+}
+
+void exp(const float* x, float* out, int64_t n) {
+  int64_t i = 0;
+  for (; i + VL <= n; i += VL) vstore(out + i, vexp(vload(x + i)));
+  if (i < n) vstore_part(out + i, vexp(vload_part(x + i, n - i)), n - i);
+}
+
+void softmax(float* x, int64_t n) {
+  if (n <= 0) return;
+  float mx = x[0];
+  for (int64_t i = 1; i < n; ++i) mx = x[i] > mx ? x[i] : mx;
+  if (mx == -__builtin_inff()) {  // every entry masked: no finite weight to give
+    for (int64_t i = 0; i < n; ++i) x[i] = 0.f;
+    return;
+  }
+  vf vmx = vset1(mx), acc = vzero();
+  int64_t i = 0;
+  for (; i + VL <= n; i += VL) {
+    vf e = vexp(vsub(vload(x + i), vmx));
+    vstore(x + i, e);
+    acc = vadd(acc, e);
+  }
+  float sum = vsum(acc);
+  for (; i < n; ++i) {
+    float e = vhmax(vexp(vset1(x[i] - mx)));  // every lane holds the same value
+    x[i] = e;
+    sum += e;
+  }
+  scale(x, 1.f / sum, n);
+}
+
+// gelu_new(x) = 0.5 x (1 + tanh(c (x + 0.044715 x^3))) = x * sigmoid(2 c (x + 0.044715 x^3)),
+// the sigmoid form avoids tanh's cancellation near 0 and overflow for large |x|.
+static inline vf gelu_vec(vf x) {
+  const vf k = vset1(-2.f * 0.7978845608028654f);
+  vf inner = vfma(vmul(vset1(0.044715f), vmul(x, x)), x, x);
+  return vdiv(x, vadd(vset1(1.f), vexp(vmul(k, inner))));
+}
+
+void gelu_new(const float* x, float* out, int64_t n) {
+  int64_t i = 0;
+  for (; i + VL <= n; i += VL) vstore(out + i, gelu_vec(vload(x + i)));
+  if (i < n) vstore_part(out + i, gelu_vec(vload_part(x + i, n - i)), n - i);
+}
+
+}  // namespace TM_ARCH
+}  // namespace tmech

@@ -1,0 +1,39 @@
+// Per-layer key/value storage for decoding: K and V of every position seen so
+// far, laid out [layer][batch][capacity][d_kv]. Capacity grows by doubling up
+// to n_ctx; truncate() forgets a suffix, fork() copies for branching.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+namespace tmech {
+
+class KVCache {
+ public:
+  KVCache(int64_t n_layers, int64_t batch, int64_t d_kv, int64_t n_ctx);
+
+  int64_t batch() const { return batch_; }
+  int64_t n_past() const { return n_past_; }
+  int64_t capacity() const { return capacity_; }
+  int64_t n_ctx() const { return n_ctx_; }
+  int64_t d_kv() const { return d_kv_; }
+  int64_t n_layers() const { return n_layers_; }
+
+  void reset() { n_past_ = 0; }
+  void truncate(int64_t n);   // keep the first n positions
+  KVCache fork() const { return *this; }
+  void reserve(int64_t positions);  // make room for this many positions in all
+  void advance(int64_t t) { n_past_ += t; }
+
+  float* k(int64_t layer, int64_t b, int64_t pos) { return at(k_, layer, b, pos); }
+  float* v(int64_t layer, int64_t b, int64_t pos) { return at(v_, layer, b, pos); }
+
+ private:
+  float* at(std::vector<float>& buf, int64_t layer, int64_t b, int64_t pos) {
+    return buf.data() + ((layer * batch_ + b) * capacity_ + pos) * d_kv_;
+  }
+  int64_t n_layers_, batch_, d_kv_, n_ctx_;
+  int64_t capacity_ = 0, n_past_ = 0;
+  std::vector<float> k_, v_;
+};
+
+}  // namespace tmech

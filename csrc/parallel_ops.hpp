@@ -1,0 +1,21 @@
+// Multi-threaded drivers over the kernel table: split the work into one
+// range per thread and call the active SIMD variant on each range.
+#pragma once
+#include <cstdint>
+
+namespace tmech {
+
+// C[M, N] = A[M, K] · B + bias (+ C if accumulate); B's element (k, n) is at
+// B[k * b_stride_k + n * b_stride_n].
+void matmul(const float* A, int64_t M, int64_t K, int64_t lda, const float* B, int64_t N,
+            int64_t b_stride_k, int64_t b_stride_n, const float* bias, float* C, int64_t ldc,
+            bool accumulate = false);
+
+// out[r] = LayerNorm(x[r]) * w + b for rows x[rows, n].
+void layernorm_rows(const float* x, int64_t rows, int64_t n, float eps, const float* w,
+                    const float* b, float* out);
+
+void gelu_new_rows(float* x, int64_t count);
+void add_inplace(float* x, const float* y, int64_t count);  // x += y
+
+}  // namespace tmech

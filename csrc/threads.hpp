@@ -1,0 +1,23 @@
+// One process-wide thread pool, sized once (all hardware threads by default)
+// and resizable with set_num_threads. parallel_for splits [0, n) into one
+// contiguous range per thread; the calling thread takes the first range.
+// Calls from two Python threads at once are serialized; a call from inside
+// a pool task runs inline.
+#pragma once
+#include <cstdint>
+#include <functional>
+
+namespace tmech {
+
+void set_num_threads(int n);  // n <= 0: all hardware threads
+int num_threads();
+
+// fn(begin, end, thread_index). Ranges are split on multiples of `align`.
+void parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn,
+                  int64_t align = 1);
+
+// A per-thread grow-only buffer for kernels' scratch space (thread_index as
+// given to fn). Valid until the next call with a larger size on that thread.
+float* thread_scratch(int thread_index, int64_t floats);
+
+}  // namespace tmech

@@ -1,0 +1,76 @@
+"""tinymech: CPU-native mechanistic interpretability for transformer language models.
+
+    import tinymech as tm
+    model = tm.load()                      # the bundled demo model; or a directory / hub id
+    logits, cache = model.run_with_cache("Mr Darcy walked in. Mr Darcy walked")
+    cache["pattern", 1]                    # [batch, head, query_pos, key_pos]
+"""
+from __future__ import annotations
+
+import os
+
+from . import _core
+from .activation_cache import ActivationCache
+from .config import Config
+from .errors import (
+    ContextLengthError,
+    HookError,
+    InvalidTokensError,
+    ModelLoadError,
+    ModelNotFoundError,
+    NoTokenizerError,
+    TinymechError,
+    UnsupportedArchitectureError,
+)
+from .hooks import HookPoint, add, fill, get_act_name, mean_ablate, patch, scale, zero_ablate
+from .loading import load_gpt2_weights, read_config, resolve_model_dir, WeightStore
+from .model import Model
+from .tokenizer import Tokenizer
+
+__version__ = "0.1.0"
+
+
+def load(name_or_path: str | os.PathLike | None = None) -> Model:
+    """Load a GPT-2-class model from a directory, a Hugging Face hub id, or (no
+    argument) the bundled demo model. Weights are memory-mapped, not copied."""
+    model_dir = resolve_model_dir(name_or_path)
+    cfg = read_config(model_dir)
+    weights = load_gpt2_weights(WeightStore(model_dir), cfg)
+    tokenizer = Tokenizer.from_dir(model_dir, cfg.bos_token_id, cfg.eos_token_id)
+    return Model(cfg, weights, tokenizer, path=str(model_dir))
+
+
+def set_num_threads(n: int) -> None:
+    """Threads used by the core (0 or less: all hardware threads)."""
+    _core.set_num_threads(int(n))
+
+
+def get_num_threads() -> int:
+    return _core.get_num_threads()
+
+
+__all__ = [
+    "ActivationCache",
+    "Config",
+    "ContextLengthError",
+    "HookError",
+    "HookPoint",
+    "InvalidTokensError",
+    "Model",
+    "ModelLoadError",
+    "ModelNotFoundError",
+    "NoTokenizerError",
+    "TinymechError",
+    "Tokenizer",
+    "UnsupportedArchitectureError",
+    "add",
+    "fill",
+    "get_act_name",
+    "get_num_threads",
+    "load",
+    "mean_ablate",
+    "patch",
+    "scale",
+    "set_num_threads",
+    "zero_ablate",
+]

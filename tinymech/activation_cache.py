@@ -1,0 +1,185 @@
+"""ActivationCache: the activations captured by run_with_cache, looked up and
+combined as in TransformerLens (cache["pattern", 3], accumulated_resid,
+decompose_resid, stack_head_results, apply_ln_to_stack, logit_attrs)."""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+
+from .errors import HookError
+from .hooks import get_act_name
+
+
+class ActivationCache:
+    def __init__(self, activations: dict[str, np.ndarray], model):
+        self._acts = activations
+        self.model = model
+
+    # ---- mapping ----------------------------------------------------------------
+
+    def _key(self, key) -> str:
+        if isinstance(key, tuple):
+            name, *rest = key
+            layer = rest[0] if rest else None
+            if layer is not None and layer < 0:
+                layer += self.model.cfg.n_layers
+            return get_act_name(name, layer, rest[1] if len(rest) > 1 else None)
+        return get_act_name(key) if key not in self._acts else key
+
+    def __getitem__(self, key) -> np.ndarray:
+        name = self._key(key)
+        try:
+            return self._acts[name]
+        except KeyError:
+            raise KeyError(f"{name!r} was not cached; cached: {len(self._acts)} hook points "
+                           f"(pass names_filter to run_with_cache to choose them)") from None
+
+    def __contains__(self, key) -> bool:
+        try:
+            return self._key(key) in self._acts
+        except HookError:
+            return False
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._acts)
+
+    def __len__(self) -> int:
+        return len(self._acts)
+
+    def keys(self):
+        return self._acts.keys()
+
+    def values(self):
+        return self._acts.values()
+
+    def items(self):
+        return self._acts.items()
+
+    def __repr__(self):
+        return f"ActivationCache({len(self._acts)} hook points)"
+
+    # ---- residual stream --------------------------------------------------------
+
+    def _n_layers(self, layer):
+        n = self.model.cfg.n_layers
+        if layer is None:
+            return n
+        return layer + n + 1 if layer < 0 else layer
+
+    def accumulated_resid(self, layer=None, incl_mid=False, apply_ln=False, pos_slice=None,
+                          return_labels=False):
+        """The residual stream before each layer up to `layer` (and after the last
+        layer when layer is None): [component, batch, pos, d_model]."""
+        stop = self._n_layers(layer)
+        parts, labels = [], []
+        for l in range(stop):
+            if l == self.model.cfg.n_layers:
+                break
+            parts.append(self[f"blocks.{l}.hook_resid_pre"])
+            labels.append(f"{l}_pre")
+            if incl_mid:
+                parts.append(self[f"blocks.{l}.hook_resid_mid"])
+                labels.append(f"{l}_mid")
+        if stop == self.model.cfg.n_layers:
+            parts.append(self[f"blocks.{stop - 1}.hook_resid_post"])
+            labels.append("final_post")
+        stack = _pos(np.stack(parts), pos_slice)
+        if apply_ln:
+            stack = self.apply_ln_to_stack(stack, layer, pos_slice=pos_slice)
+        return (stack, labels) if return_labels else stack
+
+    def decompose_resid(self, layer=None, mlp_input=False, mode="all", apply_ln=False,
+                        pos_slice=None, incl_embeds=True, return_labels=False):
+        """The residual stream at `layer` as the sum of its writers:
+        embed, pos_embed, then each earlier layer's attn_out and mlp_out."""
+        stop = self._n_layers(layer)
+        parts, labels = [], []
+        if incl_embeds:
+            parts += [self["hook_embed"], self["hook_pos_embed"]]
+            labels += ["embed", "pos_embed"]
+        for l in range(stop):
+            if mode in ("all", "attn"):
+                parts.append(self[f"blocks.{l}.hook_attn_out"])
+                labels.append(f"{l}_attn_out")
+            if mode in ("all", "mlp"):
+                parts.append(self[f"blocks.{l}.hook_mlp_out"])
+                labels.append(f"{l}_mlp_out")
+        if mlp_input and layer is not None and stop < self.model.cfg.n_layers and mode in ("all", "attn"):
+            parts.append(self[f"blocks.{stop}.hook_attn_out"])
+            labels.append(f"{stop}_attn_out")
+        stack = _pos(np.stack(parts), pos_slice)
+        if apply_ln:
+            stack = self.apply_ln_to_stack(stack, layer, mlp_input, pos_slice=pos_slice)
+        return (stack, labels) if return_labels else stack
+
+    def head_results(self, layer: int) -> np.ndarray:
+        """Each head's output z_h · W_O[h] at `layer`: [batch, pos, head, d_model]."""
+        name = f"blocks.{layer}.attn.hook_result"
+        if name in self._acts:
+            return self._acts[name]
+        z = self[f"blocks.{layer}.attn.hook_z"]
+        W_O = self.model.W_O(layer)  # [head, d_head, d_model]
+        return np.einsum("bphd,hdm->bphm", z, W_O, optimize=True).astype(np.float32)
+
+    def stack_head_results(self, layer=-1, return_labels=False, incl_remainder=False,
+                           pos_slice=None, apply_ln=False):
+        """Every head's output for layers before `layer` (-1: all layers):
+        [layer * head, batch, pos, d_model], labelled "L{l}H{h}"."""
+        cfg = self.model.cfg
+        stop = cfg.n_layers if layer == -1 or layer is None else layer
+        parts, labels = [], []
+        for l in range(stop):
+            r = self.head_results(l)
+            for h in range(cfg.n_heads):
+                parts.append(r[:, :, h])
+                labels.append(f"L{l}H{h}")
+        stack = np.stack(parts) if parts else np.zeros((0,) + self["hook_embed"].shape, np.float32)
+        if incl_remainder:
+            resid = self[f"blocks.{stop}.hook_resid_pre"] if stop < cfg.n_layers else \
+                self[f"blocks.{cfg.n_layers - 1}.hook_resid_post"]
+            stack = np.concatenate([stack, (resid - stack.sum(0))[None]])
+            labels.append("remainder")
+        stack = _pos(stack, pos_slice)
+        if apply_ln:
+            stack = self.apply_ln_to_stack(stack, layer if layer != -1 else None, pos_slice=pos_slice)
+        return (stack, labels) if return_labels else stack
+
+    def apply_ln_to_stack(self, residual_stack, layer=None, mlp_input=False, pos_slice=None,
+                          batch_slice=None, has_batch_dim=True):
+        """Center each component and divide by the cached LayerNorm scale the
+        stack's sum went through (ln_final for layer None), as TransformerLens does.
+        The LayerNorm's weight and bias are not applied."""
+        cfg = self.model.cfg
+        if layer is None or layer == -1 or layer >= cfg.n_layers:
+            scale = self["ln_final.hook_scale"]
+        else:
+            scale = self[f"blocks.{layer}.{'ln2' if mlp_input else 'ln1'}.hook_scale"]
+        scale = _pos(scale, pos_slice)
+        if batch_slice is not None:
+            scale = scale[batch_slice]
+        if not has_batch_dim:
+            scale = scale[0]
+        centered = residual_stack - residual_stack.mean(-1, keepdims=True)
+        return centered / scale
+
+    def logit_attrs(self, residual_stack, tokens, incorrect_tokens=None, pos_slice=None,
+                    batch_slice=None, has_batch_dim=True):
+        """Each component's direct contribution to the logit of `tokens` (minus
+        `incorrect_tokens`), after apply_ln_to_stack: [component, ...]."""
+        scaled = self.apply_ln_to_stack(residual_stack, None, pos_slice=pos_slice,
+                                        batch_slice=batch_slice, has_batch_dim=has_batch_dim)
+        W_U = self.model.W_U
+        direction = W_U[:, np.asarray(tokens)]
+        if incorrect_tokens is not None:
+            direction = direction - W_U[:, np.asarray(incorrect_tokens)]
+        direction = np.moveaxis(direction, 0, -1)  # [..., d_model]
+        return (scaled * direction).sum(-1)
+
+
+def _pos(x: np.ndarray, pos_slice):
+    if pos_slice is None:
+        return x
+    if isinstance(pos_slice, int):
+        pos_slice = slice(pos_slice, pos_slice + 1) if pos_slice != -1 else slice(-1, None)
+    return x[..., pos_slice, :]

@@ -1,0 +1,248 @@
+"""Hook names and interventions.
+
+Hook points carry TransformerLens's names ("blocks.3.attn.hook_z", ...).
+A hook is a pair (name, action) where the action is either
+
+- a Python function fn(activation, hook) -> array | None, called with a numpy
+  copy of the activation (None keeps in-place edits), or
+- an Intervention (zero_ablate, mean_ablate, patch, add, scale, fill): data
+  that the C++ core applies itself, during prefill and KV-cached generation.
+
+The name may also be a predicate on names, as in TransformerLens.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from typing import Callable, Iterable, Sequence, Union
+
+import numpy as np
+
+from . import _core
+from .errors import HookError
+
+_SHORT_NAMES = {
+    "embed": "hook_embed",
+    "pos_embed": "hook_pos_embed",
+    "resid_pre": "hook_resid_pre",
+    "resid_mid": "hook_resid_mid",
+    "resid_post": "hook_resid_post",
+    "attn_out": "hook_attn_out",
+    "mlp_out": "hook_mlp_out",
+    "q": "attn.hook_q",
+    "k": "attn.hook_k",
+    "v": "attn.hook_v",
+    "attn_scores": "attn.hook_attn_scores",
+    "scores": "attn.hook_attn_scores",
+    "pattern": "attn.hook_pattern",
+    "attn": "attn.hook_pattern",
+    "z": "attn.hook_z",
+    "result": "attn.hook_result",
+    "pre": "mlp.hook_pre",
+    "post": "mlp.hook_post",
+    "mlp_pre": "mlp.hook_pre",
+    "mlp_post": "mlp.hook_post",
+    "scale": "hook_scale",
+    "normalized": "hook_normalized",
+}
+
+
+def get_act_name(name: str, layer: int | None = None, layer_type: str | None = None) -> str:
+    """TransformerLens's utils.get_act_name: ("pattern", 3) -> "blocks.3.attn.hook_pattern".
+
+    Also takes 'k6'-style names and full names (returned unchanged).
+    """
+    if ("." in name or name.startswith("hook_")) and layer is None:
+        return name
+    m = re.fullmatch(r"([a-z_]+?)(\d+)([a-z]*)", name)
+    if layer is None and m and m.group(1) in _SHORT_NAMES:
+        name, layer, layer_type = m.group(1), int(m.group(2)), m.group(3) or layer_type
+    if name not in _SHORT_NAMES:
+        raise HookError(f"unknown activation name {name!r}; known: {', '.join(sorted(_SHORT_NAMES))}")
+    suffix = _SHORT_NAMES[name]
+    if name in ("embed", "pos_embed"):
+        return suffix
+    if name in ("scale", "normalized"):
+        if layer is None:
+            return f"ln_final.{suffix}"
+        ln = {"a": "ln1", "attn": "ln1", "ln1": "ln1", "m": "ln2", "mlp": "ln2", "ln2": "ln2"}.get(layer_type or "", None)
+        if ln is None:
+            raise HookError(f"{name!r} at a layer needs layer_type 'ln1' or 'ln2'")
+        return f"blocks.{layer}.{ln}.{suffix}"
+    if layer is None:
+        raise HookError(f"{name!r} needs a layer")
+    return f"blocks.{layer}.{suffix}"
+
+
+def hook_registry(n_layers: int) -> tuple[list[str], dict[str, int]]:
+    names = _core.hook_names(n_layers)
+    return names, {n: i for i, n in enumerate(names)}
+
+
+@dataclasses.dataclass(frozen=True)
+class HookPoint:
+    """What a hook function receives as `hook`: the point's name and layer."""
+
+    name: str
+
+    def layer(self) -> int:
+        m = re.match(r"blocks\.(\d+)\.", self.name)
+        if not m:
+            raise HookError(f"{self.name} is not inside a block")
+        return int(m.group(1))
+
+
+@dataclasses.dataclass(frozen=True)
+class Intervention:
+    """An edit the C++ core applies at a hook point (see the constructors below)."""
+
+    op: str  # "fill" | "replace" | "add" | "scale"
+    values: np.ndarray | None = None
+    scalar: float = 0.0
+    heads: tuple[int, ...] = ()
+    positions: tuple[int, ...] = ()
+
+
+def _ints(x) -> tuple[int, ...]:
+    if x is None:
+        return ()
+    if isinstance(x, (int, np.integer)):
+        return (int(x),)
+    return tuple(int(i) for i in x)
+
+
+def _floats(x) -> np.ndarray | None:
+    if x is None:
+        return None
+    arr = np.asarray(x)
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise HookError(f"intervention values must be numeric, got dtype {arr.dtype}")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        raise HookError("intervention values contain NaN or infinity")
+    return arr
+
+
+def zero_ablate(heads=None, positions=None) -> Intervention:
+    """Set the activation (or the given heads / absolute positions) to zero."""
+    return Intervention("fill", None, 0.0, _ints(heads), _ints(positions))
+
+
+def mean_ablate(mean, heads=None, positions=None) -> Intervention:
+    """Replace by a mean activation: [head, d_head] per head, or one slice broadcast."""
+    return Intervention("fill", _floats(mean), 0.0, _ints(heads), _ints(positions))
+
+
+def fill(value, heads=None, positions=None) -> Intervention:
+    """Set to a constant (a number) or to a vector broadcast over batch and positions."""
+    if np.ndim(value) == 0:
+        return Intervention("fill", None, float(value), _ints(heads), _ints(positions))
+    return Intervention("fill", _floats(value), 0.0, _ints(heads), _ints(positions))
+
+
+def patch(source, heads=None, positions=None) -> Intervention:
+    """Replace with another run's activation (TransformerLens shape, e.g. from a cache).
+
+    The source covers absolute positions 0..P-1; positions it does not cover are
+    left alone (so a patch from the prompt stays valid during generation).
+    """
+    return Intervention("replace", _floats(source), 0.0, _ints(heads), _ints(positions))
+
+
+def add(vector, coeff: float = 1.0, positions=None, heads=None) -> Intervention:
+    """Add coeff * vector (steering); vector broadcasts over batch and positions."""
+    return Intervention("add", _floats(vector), float(coeff), _ints(heads), _ints(positions))
+
+
+def scale(factor: float, heads=None, positions=None) -> Intervention:
+    return Intervention("scale", None, float(factor), _ints(heads), _ints(positions))
+
+
+HookAction = Union[Callable, Intervention]
+HookSpec = tuple  # (name | predicate, HookAction)
+
+
+def resolve_names(model, name_or_filter) -> list[str]:
+    """Hook names matched by a name, a list of names, or a predicate."""
+    known = model._hook_ids
+    if callable(name_or_filter):
+        return [n for n in model._hook_names if name_or_filter(n)]
+    names = [name_or_filter] if isinstance(name_or_filter, str) else list(name_or_filter)
+    out = []
+    for n in names:
+        if not isinstance(n, str):
+            raise HookError(f"hook names are strings, got {n!r}")
+        if n not in known:
+            close = difflib.get_close_matches(n, model._hook_names, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else "; see model.hook_names()"
+            raise HookError(f"unknown hook point {n!r}{hint}")
+        out.append(n)
+    return out
+
+
+def _wrap_function(fn: Callable, name: str):
+    hook = HookPoint(name)
+
+    def call(activation: np.ndarray):
+        try:
+            out = fn(activation, hook=hook)
+        except Exception as e:
+            raise HookError(f"hook function {getattr(fn, '__name__', fn)!r} at {name!r} raised "
+                            f"{type(e).__name__}: {e}") from e
+        if out is None:
+            return activation
+        out = np.asarray(out)
+        if out.shape != activation.shape:
+            raise HookError(
+                f"hook function at {name!r} returned shape {list(out.shape)}, expected {list(activation.shape)}"
+            )
+        if not np.issubdtype(out.dtype, np.floating):
+            raise HookError(f"hook function at {name!r} returned dtype {out.dtype}, expected floats")
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+    return call
+
+
+def build_plan(model, specs: Iterable[HookSpec], capture: Iterable[str] = ()) -> _core.HookPlan:
+    """One core HookPlan: user hooks in order, then captures (so caches see edits)."""
+    plan = _core.HookPlan(model.cfg.n_layers)
+    ids = model._hook_ids
+    for spec in specs:
+        try:
+            name_or_filter, action = spec
+        except (TypeError, ValueError):
+            raise HookError(f"a hook is a (name, function or intervention) pair, got {spec!r}") from None
+        for name in resolve_names(model, name_or_filter):
+            hid = ids[name]
+            if isinstance(action, Intervention):
+                _add_intervention(plan, hid, name, action)
+            elif callable(action):
+                plan.callback(hid, _wrap_function(action, name))
+            else:
+                raise HookError(f"the action for {name!r} must be a function or an Intervention, got {action!r}")
+    for name in capture:
+        plan.capture(ids[name])
+    return plan
+
+
+_HEADED = ("attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_z", "attn.hook_result",
+           "attn.hook_attn_scores", "attn.hook_pattern")
+
+
+def _add_intervention(plan, hid: int, name: str, iv: Intervention):
+    if iv.heads and not name.endswith(_HEADED):
+        raise HookError(f"{name!r} has no head axis; heads can be chosen only at {', '.join(_HEADED)}")
+    heads, positions = list(iv.heads), list(iv.positions)
+    if any(p < 0 for p in positions):
+        raise HookError("positions are absolute and must be >= 0")
+    if iv.op == "fill":
+        plan.fill(hid, iv.values, iv.scalar, heads, positions)
+    elif iv.op == "replace":
+        plan.replace(hid, iv.values, heads, positions)
+    elif iv.op == "add":
+        plan.add(hid, iv.values, iv.scalar, heads, positions)
+    elif iv.op == "scale":
+        plan.scale(hid, iv.scalar, heads, positions)
+    else:
+        raise HookError(f"unknown intervention {iv.op!r}")

@@ -1,0 +1,216 @@
+"""From a path or hub id to a config, memory-mapped weights and a tokenizer.
+
+A model is a directory holding config.json, model.safetensors (or a sharded
+model.safetensors.index.json) in Hugging Face GPT-2 layout, and optionally
+tokenizer.json. Hub ids such as "gpt2" are looked up in the local Hugging Face
+cache first, then downloaded through huggingface_hub when it is installed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from .config import Config, config_from_hf
+from .errors import ModelLoadError, ModelNotFoundError
+from .safetensors_mmap import SafetensorsFile
+
+# Old short names now live under an organization on the hub.
+HUB_ALIASES = {
+    "gpt2": "openai-community/gpt2",
+    "gpt2-medium": "openai-community/gpt2-medium",
+    "gpt2-large": "openai-community/gpt2-large",
+    "gpt2-xl": "openai-community/gpt2-xl",
+    "distilgpt2": "distilbert/distilgpt2",
+}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+_DOWNLOAD_PATTERNS = [
+    "config.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "model-*.safetensors",
+    "tokenizer.json",
+    "vocab.json",
+    "merges.txt",
+    "generation_config.json",
+]
+
+
+def bundled_models_dir() -> Path:
+    """models/ shipped inside the package, or the source tree's models/ folder."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "models", here.parent / "models"):
+        if candidate.is_dir():
+            return candidate
+    return here / "models"
+
+
+def default_model_dir() -> Path:
+    return bundled_models_dir() / "demo-gpt2"
+
+
+def hf_cache_dir() -> Path:
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]) / "hub"
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "huggingface" / "hub"
+
+
+def find_in_hf_cache(repo_id: str) -> Path | None:
+    """The cached snapshot of repo_id holding a config.json, preferring refs/main."""
+    repo_dir = hf_cache_dir() / ("models--" + repo_id.replace("/", "--"))
+    snapshots = repo_dir / "snapshots"
+    if not snapshots.is_dir():
+        return None
+    ref = repo_dir / "refs" / "main"
+    if ref.is_file():
+        candidate = snapshots / ref.read_text().strip()
+        if (candidate / "config.json").is_file():
+            return candidate
+    for candidate in sorted(snapshots.iterdir()):
+        if (candidate / "config.json").is_file():
+            return candidate
+    return None
+
+
+def resolve_model_dir(name_or_path: str | os.PathLike | None) -> Path:
+    """A local directory for a path, a hub id, or None (the bundled model)."""
+    if name_or_path is None:
+        path = default_model_dir()
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"the bundled demo model is missing from {path}")
+        return path
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    if path.is_file():
+        if path.name == "config.json" or path.suffix == ".safetensors":
+            return path.parent
+        raise ModelLoadError(f"{path} is a file; give the model's directory (config.json + model.safetensors)")
+    name = str(name_or_path)
+    if not _HUB_ID.match(name) or name.startswith("."):
+        raise ModelNotFoundError(f"no model directory at {path}")
+    for repo_id in dict.fromkeys([name, HUB_ALIASES.get(name, name)]):
+        cached = find_in_hf_cache(repo_id)
+        if cached is not None:
+            return cached
+    return _download(HUB_ALIASES.get(name, name))
+
+
+def _download(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise ModelNotFoundError(
+            f"{repo_id!r} is neither a local directory nor in the Hugging Face cache ({hf_cache_dir()}); "
+            "install huggingface_hub (pip install huggingface_hub) to download it, or pass a directory "
+            "holding config.json and model.safetensors"
+        ) from None
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=_DOWNLOAD_PATTERNS))
+    except Exception as e:  # offline, unknown repo, auth: all mean "not available"
+        raise ModelNotFoundError(
+            f"could not download {repo_id!r} from the Hugging Face hub ({type(e).__name__}: {e}); "
+            "check the name and your connection, or pass a local directory"
+        ) from e
+
+
+def read_config(model_dir: Path) -> Config:
+    path = model_dir / "config.json"
+    if not path.is_file():
+        raise ModelNotFoundError(f"{model_dir} has no config.json")
+    try:
+        hf = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(hf, dict):
+        raise ModelLoadError(f"{path} does not hold a JSON object")
+    return config_from_hf(hf, model_name=model_dir.name)
+
+
+class WeightStore:
+    """Name -> tensor over one or several safetensors files."""
+
+    def __init__(self, model_dir: Path):
+        single = model_dir / "model.safetensors"
+        index = model_dir / "model.safetensors.index.json"
+        if single.is_file():
+            files = [single]
+        elif index.is_file():
+            try:
+                weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+                files = [model_dir / f for f in dict.fromkeys(weight_map.values())]
+            except (KeyError, TypeError, ValueError) as e:
+                raise ModelLoadError(f"{index} is not a valid safetensors index: {e}") from e
+        elif (model_dir / "pytorch_model.bin").is_file():
+            raise ModelLoadError(
+                f"{model_dir} has only pytorch_model.bin; tinymech reads safetensors. Convert once with "
+                "transformers: AutoModelForCausalLM.from_pretrained(dir).save_pretrained(dir)"
+            )
+        else:
+            raise ModelNotFoundError(f"{model_dir} has no model.safetensors")
+        self._where = {}
+        for f in files:
+            if not f.is_file():
+                raise ModelNotFoundError(f"{f} listed in the index is missing")
+            sf = SafetensorsFile(f)
+            for key in sf.keys():
+                self._where[key] = sf
+
+    def keys(self):
+        return self._where.keys()
+
+    def get(self, name: str, shape: tuple) -> np.ndarray:
+        sf = self._where.get(name)
+        if sf is None:
+            raise ModelLoadError(f"weight {name!r} is missing from the checkpoint")
+        if sf.shape(name) != tuple(shape):
+            raise ModelLoadError(
+                f"weight {name!r} has shape {list(sf.shape(name))} but the config needs {list(shape)}"
+            )
+        return sf.to_float32(name)
+
+
+def load_gpt2_weights(store: WeightStore, cfg: Config) -> dict:
+    """The core's weight dict from HF GPT-2 names (with or without 'transformer.')."""
+    prefix = "transformer." if any(k.startswith("transformer.") for k in store.keys()) else ""
+    D, F, V = cfg.d_model, cfg.d_mlp, cfg.d_vocab
+
+    def get(name, shape):
+        return store.get(prefix + name, shape)
+
+    layers = []
+    for i in range(cfg.n_layers):
+        h = f"h.{i}."
+        layers.append(
+            {
+                "ln1_w": get(h + "ln_1.weight", (D,)),
+                "ln1_b": get(h + "ln_1.bias", (D,)),
+                "qkv_w": get(h + "attn.c_attn.weight", (D, 3 * D)),
+                "qkv_b": get(h + "attn.c_attn.bias", (3 * D,)),
+                "out_w": get(h + "attn.c_proj.weight", (D, D)),
+                "out_b": get(h + "attn.c_proj.bias", (D,)),
+                "ln2_w": get(h + "ln_2.weight", (D,)),
+                "ln2_b": get(h + "ln_2.bias", (D,)),
+                "fc_w": get(h + "mlp.c_fc.weight", (D, F)),
+                "fc_b": get(h + "mlp.c_fc.bias", (F,)),
+                "proj_w": get(h + "mlp.c_proj.weight", (F, D)),
+                "proj_b": get(h + "mlp.c_proj.bias", (D,)),
+            }
+        )
+    wte = get("wte.weight", (V, D))
+    weights = {
+        "wte": wte,
+        "wpe": get("wpe.weight", (cfg.n_ctx, D)),
+        "lnf_w": get("ln_f.weight", (D,)),
+        "lnf_b": get("ln_f.bias", (D,)),
+        # HF ties lm_head to wte unless the config says otherwise
+        "unembed": wte if cfg.tie_word_embeddings else store.get("lm_head.weight", (V, D)),
+        "unembed_b": None,
+        "layers": layers,
+    }
+    return weights

@@ -1,0 +1,326 @@
+"""Model: the user-facing handle on a loaded transformer.
+
+Python decides what to run and what to capture or change; every loop over
+numbers runs in the C++ core (tinymech._core).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from . import _core
+from .config import Config
+from .errors import ContextLengthError, HookError, InvalidTokensError, NoTokenizerError
+from .generation import sample_next
+from .activation_cache import ActivationCache
+from .hooks import HookSpec, build_plan, hook_registry, resolve_names
+from .tokenizer import Tokenizer
+
+
+class Model:
+    def __init__(self, cfg: Config, weights: dict, tokenizer: Tokenizer | None, path: str | None = None):
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.path = path
+        self._weights = weights  # keeps the memory-mapped arrays alive
+        self._core = _core.Model(cfg.core_dict(), weights)
+        self._hook_names, self._hook_ids = hook_registry(cfg.n_layers)
+        self._context_hooks: list[HookSpec] = []
+
+    def __repr__(self):
+        c = self.cfg
+        return (
+            f"Model({c.model_name or c.original_architecture}: {c.n_layers}L {c.n_heads}H "
+            f"d_model={c.d_model} d_vocab={c.d_vocab} n_ctx={c.n_ctx})"
+        )
+
+    @property
+    def W_U(self) -> np.ndarray:
+        """The unembedding [d_model, d_vocab] (a transposed view, not a copy)."""
+        return self._weights["unembed"].T
+
+    @property
+    def W_E(self) -> np.ndarray:
+        return self._weights["wte"]
+
+    @property
+    def W_pos(self) -> np.ndarray:
+        return self._weights["wpe"]
+
+    # ---- tokens ---------------------------------------------------------------
+
+    def _need_tokenizer(self) -> Tokenizer:
+        if self.tokenizer is None:
+            raise NoTokenizerError(
+                "this model was loaded without a tokenizer (no tokenizer.json in its directory); "
+                "pass token ids instead of text"
+            )
+        return self.tokenizer
+
+    def to_tokens(self, text: str | Sequence[str], prepend_bos: bool = True) -> np.ndarray:
+        """Token ids [batch, pos] (int64), BOS first unless prepend_bos=False."""
+        return self._need_tokenizer().to_tokens(text, prepend_bos=prepend_bos)
+
+    def to_str_tokens(self, input, prepend_bos: bool = True) -> list[str]:
+        """One string per token of a text or of a 1-D token sequence."""
+        tok = self._need_tokenizer()
+        if isinstance(input, str):
+            ids = self.to_tokens(input, prepend_bos=prepend_bos)[0]
+        else:
+            ids = np.asarray(input)
+            if ids.ndim == 2 and ids.shape[0] == 1:
+                ids = ids[0]
+            if ids.ndim != 1:
+                raise InvalidTokensError(f"to_str_tokens takes one sequence, got shape {ids.shape}")
+        return tok.decode_each(ids)
+
+    def to_string(self, tokens) -> str | list[str]:
+        tok = self._need_tokenizer()
+        arr = np.asarray(tokens)
+        if arr.ndim == 2:
+            return [tok.decode(row) for row in arr]
+        return tok.decode(arr.reshape(-1))
+
+    def tokens_of(self, input, prepend_bos: bool = True) -> np.ndarray:
+        """Checked int32 tokens [batch, pos] from text, a list of texts, or ids."""
+        if isinstance(input, str) or (
+            isinstance(input, (list, tuple)) and input and all(isinstance(t, str) for t in input)
+        ):
+            tokens = self.to_tokens(input, prepend_bos=prepend_bos)
+        else:
+            tokens = np.asarray(input)
+            if tokens.dtype == object or not (
+                np.issubdtype(tokens.dtype, np.integer) or tokens.size == 0
+            ):
+                raise InvalidTokensError(f"token ids must be integers, got dtype {tokens.dtype}")
+            if tokens.ndim == 1:
+                tokens = tokens[None, :]
+            if tokens.ndim != 2:
+                raise InvalidTokensError(f"tokens must be [batch, pos] or [pos], got shape {tokens.shape}")
+        if tokens.shape[0] == 0 or tokens.shape[1] == 0:
+            raise InvalidTokensError("the input is empty: give at least one token")
+        if tokens.shape[1] > self.cfg.n_ctx:
+            raise ContextLengthError(
+                f"{tokens.shape[1]} tokens exceed the model's context of {self.cfg.n_ctx}"
+            )
+        lo, hi = int(tokens.min()), int(tokens.max())
+        if lo < 0 or hi >= self.cfg.d_vocab:
+            bad = lo if lo < 0 else hi
+            raise InvalidTokensError(f"token id {bad} is outside the vocabulary [0, {self.cfg.d_vocab})")
+        return np.ascontiguousarray(tokens, dtype=np.int32)
+
+    # ---- forward --------------------------------------------------------------
+
+    def new_cache(self, batch: int = 1) -> _core.KVCache:
+        """An empty KV cache for decoding; reset(), truncate(n) and fork() manage it."""
+        return self._core.new_cache(int(batch))
+
+    def forward(
+        self,
+        input,
+        cache: _core.KVCache | None = None,
+        logits: str = "all",
+        prepend_bos: bool = True,
+        hooks: Iterable[HookSpec] = (),
+    ) -> np.ndarray:
+        """Logits [batch, pos, d_vocab] ('all'), [batch, d_vocab] ('last') or None.
+
+        With a cache, the tokens continue the cached sequence (positions
+        cache.n_past onward) and their keys and values are appended to it.
+        """
+        # BOS starts a sequence, so text continuing a cached one gets none
+        tokens = self.tokens_of(input, prepend_bos=prepend_bos and (cache is None or cache.n_past == 0))
+        if cache is None:
+            cache = self.new_cache(tokens.shape[0])
+        self._check_fits(cache.n_past, tokens.shape[1])
+        plan = self._plan(hooks)
+        out = self._core_forward(cache, tokens, plan, logits)
+        return None if logits == "none" else out
+
+    def __call__(self, input, return_type: str = "logits", prepend_bos: bool = True, loss_per_token: bool = False):
+        """TransformerLens-style call: return_type 'logits', 'loss', 'both' or None."""
+        tokens = self.tokens_of(input, prepend_bos=prepend_bos)
+        logits = self._run(tokens, self._plan(()))
+        return self._package(logits, tokens, return_type, loss_per_token)
+
+    def _package(self, logits, tokens, return_type, loss_per_token):
+        if return_type == "logits":
+            return logits
+        if return_type is None:
+            return None
+        loss = token_losses(logits, tokens)
+        if not loss_per_token:
+            loss = float(loss.mean()) if loss.size else float("nan")
+        if return_type == "loss":
+            return loss
+        if return_type == "both":
+            return logits, loss
+        raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, not {return_type!r}")
+
+    def _check_fits(self, n_past: int, n_new: int):
+        if n_past + n_new > self.cfg.n_ctx:
+            raise ContextLengthError(
+                f"{n_past} cached + {n_new} new tokens exceed the model's context of {self.cfg.n_ctx}"
+            )
+
+    # ---- generation -----------------------------------------------------------
+
+    def generate(
+        self,
+        input,
+        max_new_tokens: int = 10,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop_at_eos: bool = True,
+        on_token: Callable[[np.ndarray], bool | None] | None = None,
+        prepend_bos: bool = True,
+        hooks: Iterable[HookSpec] = (),
+    ):
+        """Continue the input with the KV cache, greedily (temperature 0) or by sampling.
+
+        A string in gives the prompt plus continuation as a string; token ids in
+        give the token array [batch, prompt + new] (prompt included).
+        on_token(new_ids [batch]) is called after each step; returning True stops.
+        Hooks (and those of an enclosing `with model.hooks(...)`) apply at every
+        step, to the prompt and to generated positions alike.
+        """
+        as_text = isinstance(input, str)
+        tokens = self.tokens_of(input, prepend_bos=prepend_bos)
+        if max_new_tokens < 0:
+            raise ValueError("max_new_tokens must be >= 0")
+        self._check_fits(0, tokens.shape[1] + max_new_tokens)
+        rng = np.random.default_rng(seed)
+        eos = self.cfg.eos_token_id if self.cfg.eos_token_id is not None else (
+            self.tokenizer.eos_token_id if self.tokenizer else None
+        )
+        plan = self._plan(hooks)
+        cache = self.new_cache(tokens.shape[0])
+        out = [tokens.astype(np.int64)]
+        finished = np.zeros(tokens.shape[0], dtype=bool)
+        if max_new_tokens > 0:
+            logits = self._core_forward(cache, tokens, plan, "last")
+        for step in range(max_new_tokens):
+            nxt = sample_next(logits, temperature, top_k, top_p, rng)
+            if stop_at_eos and eos is not None:
+                nxt = np.where(finished, eos, nxt)
+                finished |= nxt == eos
+            out.append(nxt[:, None])
+            if on_token is not None and on_token(nxt.copy()):
+                break
+            if (stop_at_eos and finished.all()) or step == max_new_tokens - 1:
+                break
+            logits = self._core_forward(cache, nxt[:, None].astype(np.int32), plan, "last")
+        result = np.concatenate(out, axis=1)
+        if as_text:
+            new = result[0, tokens.shape[1] :]
+            if stop_at_eos and eos is not None and (new == eos).any():
+                new = new[: int(np.argmax(new == eos))]
+            prompt = tokens[0, 1:] if prepend_bos else tokens[0]
+            return self._need_tokenizer().decode(np.concatenate([prompt, new]))
+        return result
+
+    # ---- hooks ----------------------------------------------------------------
+
+    def hook_names(self) -> list[str]:
+        """Every hook point, in the order a forward pass reaches them."""
+        return list(self._hook_names)
+
+    def run_with_cache(self, input, names_filter=None, return_type: str = "logits", prepend_bos: bool = True,
+                       hooks: Iterable[HookSpec] = (), loss_per_token: bool = False):
+        """Run and capture activations: (logits, ActivationCache).
+
+        names_filter: None (every hook point except attn.hook_result, which is
+        computed only when asked for, as in TransformerLens), a name, a list of
+        names, or a predicate on names. Only the chosen points are materialized.
+        """
+        if names_filter is None:
+            names = [n for n in self._hook_names if not n.endswith("attn.hook_result")]
+        else:
+            names = resolve_names(self, names_filter)
+        tokens = self.tokens_of(input, prepend_bos=prepend_bos)
+        plan = self._plan(hooks, capture=names)
+        logits = self._run(tokens, plan)
+        acts = {self._hook_names[i]: a for i, a in plan.take_captured()}
+        ordered = {n: acts[n] for n in self._hook_names if n in acts}
+        return self._package(logits, tokens, return_type, loss_per_token), ActivationCache(ordered, self)
+
+    def run_with_hooks(self, input, fwd_hooks: Iterable[HookSpec] = (), return_type: str = "logits",
+                       prepend_bos: bool = True, loss_per_token: bool = False, **_ignored):
+        """Run with hooks: (name or predicate, function or Intervention) pairs."""
+        tokens = self.tokens_of(input, prepend_bos=prepend_bos)
+        logits = self._run(tokens, self._plan(fwd_hooks))
+        return self._package(logits, tokens, return_type, loss_per_token)
+
+    @contextlib.contextmanager
+    def hooks(self, fwd_hooks: Iterable[HookSpec] = ()):
+        """Within the block, every run and generate call applies these hooks."""
+        fwd_hooks = list(fwd_hooks)
+        self._plan(fwd_hooks)  # check names and actions now, not at the first run
+        before = self._context_hooks
+        self._context_hooks = before + fwd_hooks
+        try:
+            yield self
+        finally:
+            self._context_hooks = before
+
+    def _run(self, tokens: np.ndarray, plan) -> np.ndarray:
+        return self._core_forward(self.new_cache(tokens.shape[0]), tokens, plan, "all")
+
+    def _core_forward(self, cache, tokens, plan, logits: str):
+        try:
+            return self._core.forward(cache, tokens, plan, logits)
+        except (ValueError, IndexError) as e:
+            # inputs were checked already, so the core objects to an intervention
+            if plan is None or isinstance(e, HookError):
+                raise
+            raise HookError(str(e)) from e
+
+    # ---- weights, TransformerLens-style ------------------------------------------
+
+    def W_O(self, layer: int) -> np.ndarray:
+        """[head, d_head, d_model]"""
+        c = self.cfg
+        return self._weights["layers"][layer]["out_w"].reshape(c.n_heads, c.d_head, c.d_model)
+
+    def _qkv(self, layer: int, which: int) -> np.ndarray:
+        c = self.cfg
+        w = self._weights["layers"][layer]["qkv_w"][:, which * c.d_model : (which + 1) * c.d_model]
+        return w.reshape(c.d_model, c.n_heads, c.d_head).transpose(1, 0, 2)
+
+    def W_Q(self, layer: int) -> np.ndarray:
+        """[head, d_model, d_head]"""
+        return self._qkv(layer, 0)
+
+    def W_K(self, layer: int) -> np.ndarray:
+        return self._qkv(layer, 1)
+
+    def W_V(self, layer: int) -> np.ndarray:
+        return self._qkv(layer, 2)
+
+    def W_in(self, layer: int) -> np.ndarray:
+        """[d_model, d_mlp]"""
+        return self._weights["layers"][layer]["fc_w"]
+
+    def W_out(self, layer: int) -> np.ndarray:
+        """[d_mlp, d_model]"""
+        return self._weights["layers"][layer]["proj_w"]
+
+    def _plan(self, hooks: Iterable[HookSpec], capture: Iterable[str] = ()):
+        specs = list(self._context_hooks) + list(hooks)
+        if not specs and not capture:
+            return None
+        return build_plan(self, specs, capture)
+
+
+def token_losses(logits: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """Cross-entropy of each next token, [batch, pos - 1] (natural log)."""
+    logits = np.asarray(logits, dtype=np.float64)[:, :-1]
+    targets = np.asarray(tokens)[:, 1:]
+    mx = logits.max(-1, keepdims=True)
+    lse = np.log(np.exp(logits - mx).sum(-1)) + mx[..., 0]
+    picked = np.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return (lse - picked).astype(np.float32)

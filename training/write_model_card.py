@@ -1,0 +1,189 @@
+"""Write models/demo-gpt2/MODEL_CARD.md from the training outputs (dynamics, SAE metrics, samples).
+
+Usage: python training/write_model_card.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer
+from transformers import GPT2LMHeadModel
+
+from train_model import encode_split
+
+ROOT = Path(__file__).resolve().parent.parent
+HOOK = "blocks.2.hook_resid_pre"
+PROMPTS = [
+    "It is a truth universally acknowledged, that",
+    "In the beginning",
+    "And the LORD said unto Moses,",
+    "Elizabeth looked at Mr. Darcy and",
+]
+
+
+def ranked_heads(scores: list[list[float]], n: int = 3) -> list[tuple[str, float]]:
+    flat = [(f"{layer}.{head}", s) for layer, row in enumerate(scores) for head, s in enumerate(row)]
+    return sorted(flat, key=lambda t: -t[1])[:n]
+
+
+@torch.no_grad()
+def continuations(model: GPT2LMHeadModel, tok: Tokenizer) -> list[tuple[str, str, str]]:
+    """(prompt, greedy, sampled) with a fixed seed; BOS is prepended as in training."""
+    out = []
+    torch.manual_seed(0)
+    for prompt in PROMPTS:
+        ids = torch.tensor([[0] + tok.encode(prompt).ids])
+        kw = dict(max_new_tokens=40, pad_token_id=0, attention_mask=torch.ones_like(ids))
+        greedy = model.generate(ids, do_sample=False, **kw)[0, ids.shape[1] :]
+        sampled = model.generate(ids, do_sample=True, temperature=0.8, top_k=50, **kw)[0, ids.shape[1] :]
+        out.append((prompt, tok.decode(greedy.tolist()), tok.decode(sampled.tolist())))
+    return out
+
+
+def formation_step(records: list[dict]) -> int | None:
+    """First probe step at which some head's induction score reaches half its final maximum."""
+    final = max(max(row) for row in records[-1]["induction_score"])
+    for r in records:
+        if max(max(row) for row in r["induction_score"]) >= 0.5 * final:
+            return r["step"]
+    return None
+
+
+def one_line(text: str) -> str:
+    return text.replace("\n", " ⏎ ").replace("|", "\\|")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=ROOT / "models/demo-gpt2")
+    parser.add_argument("--corpus", type=Path, default=ROOT / "training/.cache/corpus")
+    args = parser.parse_args()
+
+    dyn = json.loads((args.model / "training_dynamics.json").read_text())
+    cfg = json.loads((args.model / "config.json").read_text())
+    licenses = json.loads((args.corpus / "licenses.json").read_text())
+    sae_dir = args.model / "saes" / HOOK
+    sae = json.loads((sae_dir / "metrics.json").read_text())
+    labels = json.loads((sae_dir / "feature_labels.json").read_text())
+    tok = Tokenizer.from_file(str(args.model / "tokenizer.json"))
+    model = GPT2LMHeadModel.from_pretrained(args.model).eval()
+
+    n_train = len(encode_split(tok, args.corpus / "train.txt"))
+    base, final, last = dyn["baselines"], dyn["final"], dyn["records"][-1]
+    ind, prev = ranked_heads(last["induction_score"]), ranked_heads(last["prev_token_score"])
+    size_mb = sum(p.stat().st_size for p in args.model.parent.rglob("*") if p.is_file()) / 1e6
+    ckpts = dyn.get("bundled_checkpoints", [])
+    formed = formation_step(dyn["records"])
+
+    L = []  # the card, line by line
+    L += ["# demo-gpt2", "",
+          "A 4-layer GPT-2-architecture language model (5.3 M parameters) and a sparse autoencoder on its residual",
+          "stream, trained from scratch on CPU for tinymech's tests, tutorials and demos. It writes passable",
+          "Austen- and King-James-flavoured English and has clear induction and previous-token heads. It is a toy: do",
+          "not use it for anything but exercising interpretability tools.", ""]
+    L += ["## Data and licences", "",
+          "Built by `training/build_corpus.py` from Debian packages (fetched with `apt-get download`, unpacked with",
+          "`dpkg-deb -x`): Jane Austen's six novels (one document per chapter) and the King James Bible (one document",
+          "per chapter, verse numbers stripped). Every 20th document is held out for validation.", "",
+          "| package | licence |", "|---|---|"]
+    L += [f"| `{pkg}` | {info['summary']} |" for pkg, info in licenses.items()]
+    L += ["", "The texts themselves are in the public domain; the weights in this folder are released under the",
+          "project's licence.", ""]
+    L += ["## Tokenizer", "",
+          f"Byte-level BPE (`tokenizers`, GPT-2 style pre-tokenizer and decoder, so decode(encode(x)) == x), vocabulary "
+          f"{cfg['vocab_size']}, trained on the training split by `training/train_tokenizer.py`. `<|endoftext|>` is id 0 and is",
+          "BOS, EOS and padding; every training sequence starts with it. `tokenizer.json` loads with",
+          "`tokenizers.Tokenizer.from_file` and with `transformers.AutoTokenizer.from_pretrained(\"models/demo-gpt2\")`.", ""]
+    L += ["## Architecture and training", "",
+          f"`GPT2LMHeadModel`: {cfg['n_layer']} layers, d_model {cfg['n_embd']}, {cfg['n_head']} heads (d_head "
+          f"{cfg['n_embd'] // cfg['n_head']}), d_mlp {cfg['n_inner']}, context {cfg['n_positions']}, `{cfg['activation_function']}`, "
+          f"tied embeddings, no dropout; {dyn['n_params']:,} parameters.", "",
+          f"AdamW (betas 0.9/0.95, weight decay 0.1 on matrices), peak LR 1.5e-3, 200 warmup steps, cosine decay to 10 %,",
+          f"gradient clipping 1.0, batch {dyn['batch']} x {dyn['seq_len']} tokens, seeds fixed, `torch.set_num_threads(2)`.",
+          f"{final['steps']:,} steps = {final['tokens_seen'] / 1e6:.1f} M tokens (the training split is "
+          f"{n_train / 1e6:.2f} M tokens, so ≈ {final['tokens_seen'] * (1 - dyn['repeat_share']) / n_train:.1f} "
+          "passes over the natural text), about 70 minutes on 2 CPU cores.", "",
+          f"**Repeated spans.** {dyn['repeat_share']:.0%} of every batch are sequences with a span (4-99 tokens; half the time",
+          "random tokens, half the time a chunk of natural text) written twice in a row inside natural text. Natural",
+          "text rewards copying only weakly; these sequences make induction heads form within the budget.", ""]
+    L += ["## Loss", "",
+          "Cross-entropy in nats/token on the same tokenization. The bigram baseline interpolates P(b|a) with the unigram",
+          f"(weight {base['bigram_interpolation_weight']} chosen on validation, so slightly optimistic).", "",
+          "| | train | validation |", "|---|---|---|",
+          f"| unigram | {base['unigram_train']:.3f} | {base['unigram_val']:.3f} |",
+          f"| bigram | {base['bigram_train']:.3f} | {base['bigram_val']:.3f} |",
+          f"| demo-gpt2 | {last['train_loss']:.3f} (last {'250'} steps, incl. repeated-span sequences) | "
+          f"{final['val_loss_full']:.3f} ({final['val_tokens']:,} tokens) |", ""]
+    L += ["## Induction and previous-token heads", "",
+          "Scores are TransformerLens head-detector scores (\"mul\": Σ(A ⊙ D) / Σ A, averaged over sequences), on 20",
+          "sequences of `<|endoftext|>` + 50 random tokens repeated twice. The induction pattern can only be present in",
+          "the second half, so the maximum possible induction score is ≈ 0.5; the previous-token maximum is ≈ 1.", "",
+          "| rank | induction head (layer.head) | score | previous-token head | score |", "|---|---|---|---|---|"]
+    L += [f"| {i + 1} | {a} | {sa:.3f} | {b} | {sb:.3f} |" for i, ((a, sa), (b, sb)) in enumerate(zip(ind, prev))]
+    L += ["", f"Loss on the repeated random sequences: first half {last['rep_loss_first_half']:.2f} nats (random tokens are "
+          f"unpredictable: ln {cfg['vocab_size']} = 9.01), second half {last['rep_loss_second_half']:.2f} nats.",
+          f"The induction score first reached half its final value at step {formed} "
+          f"({formed * dyn['batch'] * dyn['seq_len'] / 1e6 if formed is not None else float('nan'):.2f} M tokens).",
+          "`training_dynamics.json` has, for every probe step, the train and validation loss, both halves' loss, the",
+          "per-position loss curve, and every head's induction and previous-token scores.", ""]
+    if ckpts:
+        L += [f"Intermediate checkpoints (fp16 safetensors + config.json) around that transition: "
+              + ", ".join(f"`checkpoints/step_{s}`" for s in ckpts) + ".", ""]
+    L += ["## Samples", "", "Greedy and sampled (temperature 0.8, top-k 50, seed 0) continuations of 40 tokens, BOS prepended.", ""]
+    for prompt, greedy, sampled in continuations(model, tok):
+        L += [f"- **{one_line(prompt)}**", f"  - greedy: {one_line(greedy)}", f"  - sampled: {one_line(sampled)}"]
+    L += [""]
+    L += [f"## SAE: `saes/{HOOK}`", "",
+          f"A standard ReLU SAE (d_in {cfg['n_embd']}, d_sae {sae['d_sae']}) on the raw residual stream entering block 2",
+          "(HF `hidden_states[2]`; no weight processing, so `model_from_pretrained_kwargs` is empty). SAELens v6 format:",
+          "`cfg.json`, `sae_weights.safetensors`, `sparsity.safetensors` (log10 feature density on the training",
+          f"activations); loads with `sae_lens.SAE.load_from_disk` (max |difference| from our encode/decode "
+          f"{sae['saelens_max_abs_diff']:.1e}).", "",
+          f"Trained by `training/train_sae.py` on {sae['train_tokens'] / 1e6:.2f} M activations from the training text,",
+          "**excluding the BOS position** (here and in every metric; with the SAE spliced in, BOS keeps its clean",
+          f"residual). Inputs scaled to E‖x‖² = d_in for training (scale folded back into the biases), L1 coefficient",
+          f"{sae['l1_coefficient']} on f·‖W_dec row‖, unit-norm decoder rows, Adam, {sae['steps']} steps of {sae['batch']} tokens,",
+          "dead features resampled twice.", "",
+          f"Held-out metrics ({sae['n_tokens']:,} validation tokens; SAELens `evals.py` definitions):", "",
+          "| metric | value |", "|---|---|",
+          f"| L0 | {sae['l0']:.1f} |",
+          f"| explained variance | {sae['explained_variance']:.3f} |",
+          f"| CE loss clean / with SAE / zero-ablated | {sae['ce_clean']:.3f} / {sae['ce_sae']:.3f} / {sae['ce_zero_ablation']:.3f} |",
+          f"| CE loss recovered | {sae['ce_loss_recovered']:.3f} |",
+          f"| delta LM loss | {sae['delta_lm_loss']:.3f} |",
+          f"| dead features (never fired on the training activations) | {sae['dead_features_train']} of {sae['d_sae']} |",
+          f"| features never firing on validation | {sae['dead_features_val']} |", "",
+          f"`feature_labels.json` describes the {len(labels)} most frequent live features: top activating contexts (the",
+          "max token in «»), top promoted and suppressed tokens (W_dec[f] @ W_U with W_U = wte.T, no final LayerNorm),",
+          "and an automatic label (the most common max-activating token, or the three most common). Examples:", ""]
+    for feat, info in list(labels.items())[:8]:
+        ctx = info["top_contexts"][0]["text"] if info["top_contexts"] else ""
+        L += [f"- feature {feat} ({info['label']}, density {info['density']:.3f}): `{one_line(ctx)}`; promotes "
+              + ", ".join(repr(t) for t, _ in info["promoted_tokens"][:4])]
+    L += ["", "## Files", "",
+          "- `config.json`, `model.safetensors` (float32), `generation_config.json`: the model (`GPT2LMHeadModel.from_pretrained`).",
+          "- `tokenizer.json`, `tokenizer_config.json`, `special_tokens_map.json`: the tokenizer.",
+          "- `training_dynamics.json`: probes during training.",
+          f"- `saes/{HOOK}/`: the SAE, its `metrics.json` and `feature_labels.json`."]
+    if ckpts:
+        L += ["- `checkpoints/step_N/`: fp16 intermediate checkpoints."]
+    L += [f"", f"Total size of `models/`: {size_mb:.1f} MB.", ""]
+    L += ["## Reproduce", "",
+          "```", "pip install -e '.[train]'   # torch, transformers, tokenizers, safetensors, rdata, sae-lens",
+          "python training/run_all.py   # corpus -> tokenizer -> model (~70 min, 2 cores) -> SAE -> checkpoints -> this card", "```",
+          "",
+          "Each step is also a script in `training/` (`build_corpus.py`, `train_tokenizer.py`, `train_model.py`,",
+          "`train_sae.py`, `select_checkpoints.py`, `write_model_card.py`). The step count is set from the measured",
+          "speed to fit the time budget, so a rerun on another machine trains for a different number of steps; pass",
+          "`--steps` to `run_all.py` to fix it. Seeds are fixed, but CPU kernels and thread scheduling make runs",
+          "only approximately bit-reproducible.", ""]
+    (args.model / "MODEL_CARD.md").write_text("\n".join(L))
+    print(f"wrote {args.model / 'MODEL_CARD.md'}")
+
+
+if __name__ == "__main__":
+    main()

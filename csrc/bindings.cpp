@@ -222,6 +222,9 @@ void bind_kernels(py::module_& m) {
 
 }  // namespace
 
+// Other areas register their bindings from their own files.
+void register_sae(py::module_& m);
+
 PYBIND11_MODULE(_core, m) {
   m.doc() = "tinymech's C++ core: transformer forward passes, KV cache, hook plans";
 
@@ -233,6 +236,12 @@ PYBIND11_MODULE(_core, m) {
     return names;
   });
   bind_kernels(m);
+
+  // Base of hook actions implemented in C++ (e.g. an SAE splice): added to a
+  // plan with HookPlan.native(id, action) and run without the GIL.
+  py::class_<tmech::HookCallback, std::shared_ptr<tmech::HookCallback>>(m, "NativeHook");
+
+  register_sae(m);
 
   py::class_<tmech::KVCache>(m, "KVCache")
       .def_property_readonly("batch", &tmech::KVCache::batch)
@@ -261,6 +270,11 @@ PYBIND11_MODULE(_core, m) {
       .def("callback", [](PyHookPlan& p, int id, py::function fn) {
         tmech::Edit e = p.make(tmech::EditType::callback, {}, {}, py::none(), 0.f);
         e.callback = std::make_shared<PyCallback>(std::move(fn));
+        p.plan.add(id, std::move(e));
+      })
+      .def("native", [](PyHookPlan& p, int id, std::shared_ptr<tmech::HookCallback> action) {
+        tmech::Edit e = p.make(tmech::EditType::callback, {}, {}, py::none(), 0.f);
+        e.callback = std::move(action);
         p.plan.add(id, std::move(e));
       })
       .def("take_captured", [](PyHookPlan& p) {

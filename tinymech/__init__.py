@@ -26,16 +26,36 @@ from .hooks import HookPoint, add, fill, get_act_name, mean_ablate, patch, scale
 from .loading import load_gpt2_weights, read_config, resolve_model_dir, WeightStore
 from .model import Model
 from .tokenizer import Tokenizer
+from .weight_processing import process_weights
 
 __version__ = "0.1.0"
 
 
-def load(name_or_path: str | os.PathLike | None = None) -> Model:
+def load(
+    name_or_path: str | os.PathLike | None = None,
+    *,
+    fold_ln: bool = False,
+    center_writing_weights: bool = False,
+    center_unembed: bool = False,
+    fold_value_biases: bool = False,
+) -> Model:
     """Load a GPT-2-class model from a directory, a Hugging Face hub id, or (no
-    argument) the bundled demo model. Weights are memory-mapped, not copied."""
+    argument) the bundled demo model. Weights are memory-mapped, not copied.
+
+    The processing flags are TransformerLens's (all off: activations equal
+    Hugging Face's; all on: equal to HookedTransformer.from_pretrained's
+    defaults, which SAEs such as gpt2-small-res-jb were trained on)."""
     model_dir = resolve_model_dir(name_or_path)
     cfg = read_config(model_dir)
     weights = load_gpt2_weights(WeightStore(model_dir), cfg)
+    weights, cfg = process_weights(
+        weights,
+        cfg,
+        fold_ln=fold_ln,
+        center_writing_weights=center_writing_weights,
+        center_unembed=center_unembed,
+        fold_value_biases=fold_value_biases,
+    )
     tokenizer = Tokenizer.from_dir(model_dir, cfg.bos_token_id, cfg.eos_token_id)
     return Model(cfg, weights, tokenizer, path=str(model_dir))
 

@@ -217,6 +217,8 @@ def build_plan(model, specs: Iterable[HookSpec], capture: Iterable[str] = ()) ->
             hid = ids[name]
             if isinstance(action, Intervention):
                 _add_intervention(plan, hid, name, action)
+            elif isinstance(action, _core.NativeHook):
+                plan.native(hid, action)
             elif callable(action):
                 plan.callback(hid, _wrap_function(action, name))
             else:

@@ -1,0 +1,3 @@
+// Sparse autoencoders: encode (dense -> activation -> sparse top-k) and decode.
+// (filled in by the SAE work)
+#pragma once

@@ -27,7 +27,8 @@ class Pool {
     stop();
     scratch_.resize(static_cast<size_t>(n));
     quit_ = false;
-    for (int i = 1; i < n; ++i) workers_.emplace_back([this, i] { work(i); });
+    // New workers start at the current generation so they never rerun a finished job.
+    for (int i = 1; i < n; ++i) workers_.emplace_back([this, i, g = generation_] { work(i, g); });
   }
 
   void run(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn, int64_t align) {
@@ -74,10 +75,9 @@ class Pool {
   }
 
  private:
-  void work(int index) {
+  void work(int index, uint64_t seen) {
     t_inside_pool = true;
     t_index = index;
-    uint64_t seen = 0;
     for (;;) {
       std::function<void(int)> job;
       {

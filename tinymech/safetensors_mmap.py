@@ -72,7 +72,7 @@ class SafetensorsFile:
         if not isinstance(info, dict):
             raise self._error(f"entry {name!r} is not an object")
         dtype_name, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-        if dtype_name not in _DTYPES:
+        if not isinstance(dtype_name, str) or dtype_name not in _DTYPES:
             raise self._error(f"tensor {name!r} has unsupported dtype {dtype_name!r}")
         if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
             raise self._error(f"tensor {name!r} has an invalid shape {shape!r}")

@@ -1,3 +1,136 @@
-// Sparse autoencoders: encode (dense -> activation -> sparse top-k) and decode.
-// (filled in by the SAE work)
+// Sparse autoencoders and transcoders in SAELens's parameterisation.
+//
+// encode: x [rows, d_in] -> normalize -> (- b_dec) -> x·W_enc + b_enc
+//         -> ReLU / JumpReLU / TopK -> sparse codes (active features per row)
+// decode: codes·W_dec + b_dec -> undo the input normalization (+ x·W_skipᵀ)
+//
+// The encoder GEMM is tmech::matmul; decoding walks only the active features
+// (axpy over W_dec rows), which is what makes splicing a wide SAE cheap.
+//
+// SaeSplice is a hook action: it replaces an activation by its
+// reconstruction (or keeps the error term), can clamp features, and records
+// what it saw on its last call for activation caches.
 #pragma once
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "hooks.hpp"
+
+namespace tmech {
+
+enum class SaeActivation { relu, jumprelu, topk };
+enum class SaeNorm { none, constant_norm_rescale, layer_norm };
+
+struct SaeConfig {
+  int64_t d_in = 0, d_sae = 0, d_out = 0;
+  SaeActivation activation = SaeActivation::relu;
+  int64_t k = 0;                              // topk
+  bool apply_b_dec_to_input = false;          // needs d_in == d_out
+  bool rescale_acts_by_decoder_norm = false;  // topk
+  SaeNorm norm = SaeNorm::none;
+  bool denormalize_output = true;  // SAELens transcoders leave their output in normalized units
+  void validate() const;
+};
+
+struct SaeWeights {
+  const float* W_enc = nullptr;      // [d_in, d_sae]
+  const float* b_enc = nullptr;      // [d_sae]
+  const float* W_dec = nullptr;      // [d_sae, d_out]
+  const float* b_dec = nullptr;      // [d_out]
+  const float* threshold = nullptr;  // [d_sae], jumprelu only
+  const float* W_skip = nullptr;     // [d_out, d_in], skip transcoders only
+};
+
+// Active features of `rows` rows: row r's are indices/values[offsets[r], offsets[r+1]),
+// in increasing feature order.
+struct SparseCodes {
+  int64_t rows = 0;
+  std::vector<int64_t> offsets{0};
+  std::vector<int32_t> indices;
+  std::vector<float> values;
+};
+
+// Per-row input normalization: sae_in = (x - shift) * in_mul, undone on the
+// output as y * out_mul + shift. Empty when the SAE does not normalize.
+struct RowNorm {
+  std::vector<float> shift, in_mul, out_mul;
+};
+
+class Sae {
+ public:
+  Sae(SaeConfig cfg, SaeWeights w);
+  const SaeConfig& config() const { return cfg_; }
+
+  // x [rows, d_in]. Outputs may be null: codes, dense activations
+  // acts [rows, d_sae], pre-activations pre [rows, d_sae], the normalization.
+  void encode(const float* x, int64_t rows, SparseCodes* codes, float* acts, float* pre,
+              RowNorm* norm) const;
+  // The k largest feature activations of each row, largest first.
+  void top_features(const float* x, int64_t rows, int64_t k, int64_t* indices, float* values) const;
+  void compute_norm(const float* x, int64_t rows, RowNorm& norm) const;
+
+  // out [rows, d_out] = codes·W_dec + b_dec, in normalized units (SAELens's hook_sae_recons).
+  void decode_codes(const SparseCodes& codes, float* out) const;
+  // The same from dense activations [rows, d_sae] (sparse walk when mostly zeros).
+  void decode_dense(const float* acts, int64_t rows, float* out) const;
+  // Undo the normalization and add the skip connection (x: the raw input, for W_skip).
+  void finish(const RowNorm& norm, const float* x, int64_t rows, float* out) const;
+
+  bool normalizes() const { return cfg_.norm != SaeNorm::none; }
+
+ private:
+  void activate_rows(float* h, int64_t rows) const;
+  void collect_codes(const float* acts, int64_t rows, SparseCodes& codes) const;
+
+  SaeConfig cfg_;
+  SaeWeights w_;
+  std::vector<float> dec_norm_;  // ||W_dec[i]||, for rescale_acts_by_decoder_norm
+};
+
+// What a splice saw on its last call (filled only when recording).
+struct SpliceRecord {
+  std::vector<int64_t> lead_shape;  // the activation's shape without its feature axes
+  std::vector<float> input, acts_pre, recons, error, output;
+  SparseCodes codes;
+};
+
+// A hook action that runs an SAE at a hook point. For a transcoder the same
+// object is attached to its input hook and its output hook; since hook ids
+// follow the forward order, a call at a later id than the stored input is
+// the output.
+class SaeSplice : public HookCallback {
+ public:
+  SaeSplice(std::shared_ptr<const Sae> sae, bool keep_error, bool transcoder);
+
+  void call(int hook_id, std::vector<float>& buffer, const std::vector<int64_t>& shape) override;
+
+  // Set these features to these activations wherever the splice runs.
+  void set_clamps(std::vector<int32_t> features, std::vector<float> values);
+  // record: inputs, codes, reconstructions, errors, outputs; record_pre: pre-activations too.
+  void set_recording(bool record, bool record_pre);
+  // Rows (flattened batch x pos) to leave untouched on the next call only.
+  void set_bypass(std::vector<uint8_t> rows);
+
+  const SpliceRecord& last() const { return last_; }
+  const Sae& sae() const { return *sae_; }
+
+ private:
+  int64_t rows_of(const std::vector<int64_t>& shape, int64_t width, const char* what) const;
+  void run(const float* x, std::vector<float>& target, const std::vector<int64_t>& shape);
+
+  std::shared_ptr<const Sae> sae_;
+  bool keep_error_, transcoder_;
+  std::vector<int32_t> clamp_features_;
+  std::vector<float> clamp_values_;
+  bool record_ = false, record_pre_ = false;
+  std::vector<uint8_t> bypass_;
+  int pending_id_ = -1;  // transcoders: hook id of the stored input
+  std::vector<float> pending_input_;
+  int64_t pending_rows_ = 0;
+  SpliceRecord last_;
+  std::mutex mutex_;
+};
+
+}  // namespace tmech

@@ -201,6 +201,16 @@ void matmul_cols(const MatmulArgs& a, int64_t n_begin, int64_t n_end) {
       }
     return;
   }
+  if (a.accumulate && a.bias) {  // C += bias first, so the paths below see a plain accumulate
+    for (int64_t m = 0; m < a.M; ++m) {
+      float* row = a.C + m * a.ldc + n_begin;
+      add(row, row, a.bias + n_begin, n_end - n_begin);
+    }
+    MatmulArgs plain = a;
+    plain.bias = nullptr;
+    matmul_cols(plain, n_begin, n_end);
+    return;
+  }
   if (a.M <= kSmallM && a.b_stride_n == 1)
     matmul_small_rows(a, n_begin, n_end);
   else if (a.M <= kSmallM && a.b_stride_k == 1)

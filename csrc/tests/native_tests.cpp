@@ -1,0 +1,287 @@
+// Native tests of the core, without Python: every kernel variant against a
+// naive double-precision reference, and the forward pass's invariants
+// (prefill = cached decode, thread counts agree, hooks keep shapes, bad input
+// throws). CI runs this binary built with AddressSanitizer and UBSan.
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "forward.hpp"
+#include "hooks.hpp"
+#include "kernels/kernels.hpp"
+#include "parallel_ops.hpp"
+#include "threads.hpp"
+
+using namespace tmech;
+
+namespace {
+
+int g_failed = 0, g_passed = 0;
+
+void check(bool ok, const std::string& what) {
+  if (ok) {
+    ++g_passed;
+  } else {
+    ++g_failed;
+    std::printf("FAIL: %s\n", what.c_str());
+  }
+}
+
+std::vector<float> randn(size_t n, std::mt19937& rng, float scale = 1.f) {
+  std::normal_distribution<float> d(0.f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+double max_rel(const std::vector<float>& a, const std::vector<double>& ref) {
+  double err = 0, scale = 1e-12;
+  for (size_t i = 0; i < a.size(); ++i) {
+    err = std::max(err, std::abs(a[i] - ref[i]));
+    scale = std::max(scale, std::abs(ref[i]));
+  }
+  return err / scale;
+}
+
+void test_matmul(const char* variant, std::mt19937& rng) {
+  const int64_t shapes[][3] = {{1, 1, 1},  {1, 7, 5},     {3, 64, 100}, {4, 300, 77},
+                               {5, 17, 33}, {13, 257, 600}, {40, 40, 129}, {2, 513, 1000}};
+  for (auto& s : shapes) {
+    const int64_t M = s[0], K = s[1], N = s[2];
+    for (int transposed = 0; transposed < 2; ++transposed)
+      for (int with_bias = 0; with_bias < 2; ++with_bias)
+        for (int accumulate = 0; accumulate < 2; ++accumulate) {
+          auto A = randn(M * K, rng), B = randn(K * N, rng), bias = randn(N, rng), C = randn(M * N, rng);
+          std::vector<double> ref(M * N);
+          for (int64_t m = 0; m < M; ++m)
+            for (int64_t n = 0; n < N; ++n) {
+              double acc = accumulate ? C[m * N + n] : 0.0;
+              if (with_bias) acc += bias[n];
+              for (int64_t k = 0; k < K; ++k)
+                acc += double(A[m * K + k]) * (transposed ? B[n * K + k] : B[k * N + n]);
+              ref[m * N + n] = acc;
+            }
+          matmul(A.data(), M, K, K, B.data(), N, transposed ? 1 : N, transposed ? K : 1,
+                 with_bias ? bias.data() : nullptr, C.data(), N, accumulate);
+          check(max_rel(C, ref) < 1e-5, std::string(variant) + " matmul " + std::to_string(M) + "x" +
+                                            std::to_string(K) + "x" + std::to_string(N) +
+                                            (transposed ? " NT" : " NN") + (with_bias ? " bias" : "") +
+                                            (accumulate ? " acc" : ""));
+        }
+  }
+}
+
+void test_vector_kernels(const char* variant, std::mt19937& rng) {
+  const KernelTable& kt = kernels::active();
+  for (int64_t n : {1, 3, 16, 31, 64, 100, 1001}) {
+    auto a = randn(n, rng, 3.f), b = randn(n, rng);
+    double d = 0;
+    for (int64_t i = 0; i < n; ++i) d += double(a[i]) * b[i];
+    check(std::abs(kt.dot(a.data(), b.data(), n) - d) < 1e-4 * (1 + std::abs(d)), std::string(variant) + " dot");
+
+    std::vector<float> g(n);
+    kt.gelu_new(a.data(), g.data(), n);
+    std::vector<double> gref(n);
+    for (int64_t i = 0; i < n; ++i) {
+      double x = a[i];
+      gref[i] = 0.5 * x * (1 + std::tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)));
+    }
+    check(max_rel(g, gref) < 1e-5, std::string(variant) + " gelu_new");
+
+    std::vector<float> s = a;
+    kt.softmax(s.data(), n);
+    double mx = a[0], sum = 0;
+    for (float x : a) mx = std::max(mx, double(x));
+    std::vector<double> sref(n);
+    for (int64_t i = 0; i < n; ++i) sum += sref[i] = std::exp(a[i] - mx);
+    for (auto& x : sref) x /= sum;
+    check(max_rel(s, sref) < 1e-5, std::string(variant) + " softmax");
+
+    float mean, scale;
+    kt.row_stats(a.data(), n, 1e-5f, &mean, &scale);
+    double mu = 0, var = 0;
+    for (float x : a) mu += x;
+    mu /= n;
+    for (float x : a) var += (x - mu) * (x - mu);
+    var /= n;
+    check(std::abs(mean - mu) < 1e-4 && std::abs(scale - std::sqrt(var + 1e-5)) < 1e-4 * std::sqrt(var + 1e-5),
+          std::string(variant) + " row_stats");
+  }
+  std::vector<float> masked = {-INFINITY, 1.f, -INFINITY};
+  kt.softmax(masked.data(), 3);
+  check(masked[0] == 0.f && masked[1] == 1.f && masked[2] == 0.f, std::string(variant) + " softmax with -inf");
+}
+
+struct TinyModel {
+  ModelConfig cfg;
+  std::vector<std::vector<float>> store;
+  ModelWeights w;
+
+  explicit TinyModel(std::mt19937& rng) {
+    cfg.n_layers = 2, cfg.d_model = 40, cfg.n_heads = 4, cfg.d_head = 10, cfg.d_mlp = 72;
+    cfg.d_vocab = 53, cfg.n_ctx = 16, cfg.attn_scale = std::sqrt(10.f);
+    const int64_t D = cfg.d_model, F = cfg.d_mlp, V = cfg.d_vocab;
+    auto make = [&](size_t n, float scale) {
+      store.push_back(randn(n, rng, scale));
+      return store.back().data();
+    };
+    store.reserve(64);
+    w.wte = make(V * D, 0.5f);
+    w.wpe = make(cfg.n_ctx * D, 0.2f);
+    w.lnf_w = make(D, 1.f);
+    w.lnf_b = make(D, 0.1f);
+    w.unembed = w.wte;
+    for (int l = 0; l < cfg.n_layers; ++l) {
+      LayerWeights lw;
+      lw.ln1_w = make(D, 1.f), lw.ln1_b = make(D, 0.1f);
+      lw.qkv_w = make(D * 3 * D, 0.3f), lw.qkv_b = make(3 * D, 0.1f);
+      lw.out_w = make(D * D, 0.2f), lw.out_b = make(D, 0.1f);
+      lw.ln2_w = make(D, 1.f), lw.ln2_b = make(D, 0.1f);
+      lw.fc_w = make(D * F, 0.2f), lw.fc_b = make(F, 0.1f);
+      lw.proj_w = make(F * D, 0.2f), lw.proj_b = make(D, 0.1f);
+      w.layers.push_back(lw);
+    }
+  }
+};
+
+void test_forward(std::mt19937& rng) {
+  TinyModel tiny(rng);
+  Model model(tiny.cfg, tiny.w);
+  const int64_t B = 2, T = tiny.cfg.n_ctx, V = tiny.cfg.d_vocab;
+  std::vector<int32_t> tokens(B * T);
+  for (auto& t : tokens) t = static_cast<int32_t>(rng() % V);
+
+  std::vector<float> full(B * T * V);
+  KVCache c1 = model.new_cache(B);
+  model.forward(c1, tokens.data(), B, T, nullptr, LogitsMode::all, full.data());
+  check(c1.n_past() == T, "prefill advances the cache");
+
+  // Prefill 5 tokens, then decode one at a time: the last logits must match.
+  KVCache c2 = model.new_cache(B);
+  std::vector<int32_t> step(B);
+  std::vector<float> prefix(B * 5 * V), last(B * V);
+  std::vector<int32_t> head(B * 5);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < 5; ++t) head[b * 5 + t] = tokens[b * T + t];
+  model.forward(c2, head.data(), B, 5, nullptr, LogitsMode::all, prefix.data());
+  double worst = 0;
+  for (int64_t t = 5; t < T; ++t) {
+    for (int64_t b = 0; b < B; ++b) step[b] = tokens[b * T + t];
+    model.forward(c2, step.data(), B, 1, nullptr, LogitsMode::last, last.data());
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t v = 0; v < V; ++v)
+        worst = std::max(worst, double(std::abs(last[b * V + v] - full[(b * T + t) * V + v])));
+  }
+  check(worst < 1e-4, "cached decode equals prefill");
+
+  // A plan touching every hook point with a capture, plus edits, must run and
+  // keep TransformerLens shapes; the phased attention path must agree with the fused one.
+  HookPlan plan(tiny.cfg.n_layers);
+  for (int id = 0; id < hook_count(tiny.cfg.n_layers); ++id) plan.add(id, Edit{});
+  KVCache c3 = model.new_cache(B);
+  std::vector<float> hooked(B * T * V);
+  model.forward(c3, tokens.data(), B, T, &plan, LogitsMode::all, hooked.data());
+  double diff = 0;
+  for (size_t i = 0; i < full.size(); ++i) diff = std::max(diff, double(std::abs(full[i] - hooked[i])));
+  check(diff < 1e-4, "capturing every hook point leaves the logits unchanged");
+  check(static_cast<int>(plan.captured().size()) == hook_count(tiny.cfg.n_layers), "every hook point captured");
+  for (auto& [id, c] : plan.captured()) {
+    const std::string name = hook_name(id, tiny.cfg.n_layers);
+    if (name.find("hook_pattern") != std::string::npos) {
+      check(c.shape == std::vector<int64_t>{B, tiny.cfg.n_heads, T, T}, "pattern shape");
+      double row = 0;
+      for (int64_t k = 0; k < T; ++k) row += c.data[(T - 1) * T + k];
+      check(std::abs(row - 1) < 1e-5, "pattern rows sum to one");
+    }
+  }
+
+  HookPlan edits(tiny.cfg.n_layers);
+  Edit zero;
+  zero.type = EditType::fill;
+  zero.heads = {1, 3};
+  edits.add(hook_id(HookKind::z, 0, 2), zero);
+  Edit scale;
+  scale.type = EditType::scale;
+  scale.scalar = 0.5f;
+  scale.positions = {2, 7};
+  edits.add(hook_id(HookKind::pattern, 1, 2), scale);
+  std::vector<float> steer(tiny.cfg.d_model, 0.25f);
+  Edit add;
+  add.type = EditType::add;
+  add.values = steer.data();
+  add.values_shape = {tiny.cfg.d_model};
+  add.scalar = 2.f;
+  edits.add(hook_id(HookKind::resid_pre, 1, 2), add);
+  KVCache c4 = model.new_cache(B);
+  model.forward(c4, tokens.data(), B, T, &edits, LogitsMode::all, hooked.data());
+  bool finite = true;
+  for (float x : hooked) finite = finite && std::isfinite(x);
+  check(finite, "edited forward stays finite");
+
+  Edit bad;
+  bad.type = EditType::add;
+  bad.values = steer.data();
+  bad.values_shape = {7};
+  HookPlan wrong(tiny.cfg.n_layers);
+  wrong.add(hook_id(HookKind::mlp_out, 0, 2), bad);
+  KVCache c5 = model.new_cache(B);
+  bool threw = false;
+  try {
+    model.forward(c5, tokens.data(), B, T, &wrong, LogitsMode::all, hooked.data());
+  } catch (const std::invalid_argument&) {
+    threw = true;
+  }
+  check(threw && c5.n_past() == 0, "a mis-shaped edit throws and leaves the cache untouched");
+
+  // Thread counts give the same numbers.
+  for (int threads : {1, 3, 2}) {
+    set_num_threads(threads);
+    KVCache c = model.new_cache(B);
+    std::vector<float> out(B * T * V);
+    model.forward(c, tokens.data(), B, T, nullptr, LogitsMode::all, out.data());
+    double d = 0;
+    for (size_t i = 0; i < out.size(); ++i) d = std::max(d, double(std::abs(out[i] - full[i])));
+    check(d < 1e-5, "same logits with " + std::to_string(threads) + " threads");
+  }
+
+  auto throws = [&](std::function<void()> fn) {
+    try {
+      fn();
+    } catch (const std::exception&) {
+      return true;
+    }
+    return false;
+  };
+  std::vector<int32_t> bad_tokens = {0, static_cast<int32_t>(V)};
+  check(throws([&] {
+          KVCache c = model.new_cache(1);
+          model.forward(c, bad_tokens.data(), 1, 2, nullptr, LogitsMode::all, full.data());
+        }),
+        "out-of-vocabulary token throws");
+  check(throws([&] {
+          KVCache c = model.new_cache(B);
+          model.forward(c, tokens.data(), B, T, nullptr, LogitsMode::none, nullptr);
+          model.forward(c, tokens.data(), B, 1, nullptr, LogitsMode::none, nullptr);
+        }),
+        "running past n_ctx throws");
+}
+
+}  // namespace
+
+int main() {
+  std::mt19937 rng(1234);
+  const KernelTable* variants[8];
+  const int n = kernels::available(variants, 8);
+  for (int i = 0; i < n && i < 8; ++i) {
+    kernels::select(variants[i]->name);
+    test_matmul(variants[i]->name, rng);
+    test_vector_kernels(variants[i]->name, rng);
+    test_forward(rng);
+  }
+  std::printf("%d passed, %d failed\n", g_passed, g_failed);
+  return g_failed == 0 ? 0 : 1;
+}

@@ -44,12 +44,17 @@ class _Streamer:
         self.model, self.out, self.ids, self.shown = model, out, [], ""
 
     def __call__(self, new_ids):
+        if self.model.tokenizer and int(new_ids[0]) == self.model.tokenizer.eos_token_id:
+            return True  # the end of text is not part of it
         self.ids.append(int(new_ids[0]))
+        if not self.model.to_string(self.ids).endswith("\ufffd"):  # wait for a character's other bytes
+            self.flush()
+
+    def flush(self):
         text = self.model.to_string(self.ids)
-        if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-            self.out.write(text[len(self.shown):])
-            self.out.flush()
-            self.shown = text
+        self.out.write(text[len(self.shown):])
+        self.out.flush()
+        self.shown = text
 
 
 def _generate(args) -> int:
@@ -60,6 +65,7 @@ def _generate(args) -> int:
     streamer = _Streamer(model, sys.stdout)
     model.generate(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                    top_k=args.top_k, top_p=args.top_p, seed=args.seed, on_token=streamer)
+    streamer.flush()
     sys.stdout.write("\n")
     return 0
 

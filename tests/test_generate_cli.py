@@ -1,0 +1,92 @@
+"""Sampling options of generate, streaming callbacks, and the command line."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import tinymech as tm
+from model_factory import SHAPES, make_hf_gpt2, save_tokenizer
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("gen")
+    make_hf_gpt2(path, std=0.3, **SHAPES["odd"])
+    save_tokenizer(path, SHAPES["odd"]["vocab_size"])
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(model_dir):
+    return tm.load(model_dir)
+
+
+def test_sampling_is_reproducible_per_seed(model):
+    prompt = np.array([[0, 5, 9]])
+    a = model.generate(prompt, max_new_tokens=12, temperature=1.0, seed=7, stop_at_eos=False)
+    b = model.generate(prompt, max_new_tokens=12, temperature=1.0, seed=7, stop_at_eos=False)
+    c = model.generate(prompt, max_new_tokens=12, temperature=1.0, seed=8, stop_at_eos=False)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_top_k_1_and_tiny_top_p_are_greedy(model):
+    prompt = np.array([[0, 5, 9]])
+    greedy = model.generate(prompt, max_new_tokens=10, stop_at_eos=False)
+    np.testing.assert_array_equal(
+        model.generate(prompt, max_new_tokens=10, temperature=2.0, top_k=1, seed=0, stop_at_eos=False), greedy)
+    np.testing.assert_array_equal(
+        model.generate(prompt, max_new_tokens=10, temperature=0.5, top_p=1e-6, seed=0, stop_at_eos=False), greedy)
+
+
+def test_on_token_streams_and_can_stop(model):
+    seen = []
+    out = model.generate(np.array([[0, 1]]), max_new_tokens=10, stop_at_eos=False,
+                         on_token=lambda ids: seen.append(int(ids[0])) or len(seen) == 4)
+    assert len(seen) == 4 and list(out[0, 2:]) == seen
+
+
+def test_batch_generate(model):
+    prompts = np.array([[0, 3, 4], [0, 7, 8]])
+    both = model.generate(prompts, max_new_tokens=6, stop_at_eos=False)
+    for i in range(2):
+        np.testing.assert_array_equal(both[i], model.generate(prompts[i : i + 1], max_new_tokens=6, stop_at_eos=False)[0])
+
+
+def test_stop_at_eos(model):
+    eos = model.cfg.eos_token_id
+    out = model.generate(np.array([[0, 1]]), max_new_tokens=20, temperature=3.0, seed=1)
+    new = out[0, 2:]
+    if eos in new:  # after the first EOS nothing else is generated
+        assert out.shape[1] == 2 + int(np.argmax(new == eos)) + 1
+
+
+def test_bad_sampling_arguments(model):
+    for kwargs in (dict(temperature=-1), dict(temperature=1, top_k=0), dict(temperature=1, top_p=1.5)):
+        with pytest.raises(ValueError):
+            model.generate(np.array([[0, 1]]), max_new_tokens=2, **kwargs)
+
+
+def run_cli(*args):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    return subprocess.run([sys.executable, "-m", "tinymech", *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+def test_cli_generate_matches_python(model_dir, model):
+    res = run_cli("generate", "--model", str(model_dir), "The cat", "-n", "8")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.rstrip("\n") == model.generate("The cat", max_new_tokens=8)
+
+
+def test_cli_info(model_dir):
+    res = run_cli("info", "--model", str(model_dir))
+    assert res.returncode == 0 and "n_layers: 3" in res.stdout and "hook points" in res.stdout
+
+
+def test_cli_error_is_one_line(tmp_path):
+    res = run_cli("generate", "--model", str(tmp_path / "nope"), "hi")
+    assert res.returncode == 2
+    assert res.stderr.startswith("tinymech: error:") and "Traceback" not in res.stderr

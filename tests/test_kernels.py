@@ -1,0 +1,59 @@
+"""Every SIMD kernel variant built into the extension against numpy."""
+import numpy as np
+import pytest
+
+from tinymech import _core
+
+K = _core.kernels
+VARIANTS = K.available()
+
+
+@pytest.fixture(params=VARIANTS)
+def variant(request):
+    default = K.variant()
+    K.select(request.param)
+    yield request.param
+    K.select(default)
+
+
+def test_best_variant_is_default():
+    assert K.variant() == VARIANTS[0]
+    assert "scalar" in VARIANTS
+    with pytest.raises(ValueError, match="not available"):
+        K.select("sse1")
+
+
+@pytest.mark.parametrize("M,Kd,N", [(1, 1, 1), (1, 768, 2304), (2, 33, 65), (4, 100, 7), (5, 64, 64),
+                                    (13, 257, 130), (77, 300, 513)])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_matmul(variant, M, Kd, N, transposed):
+    rng = np.random.default_rng(M * 1000 + N)
+    A = rng.standard_normal((M, Kd), dtype=np.float32)
+    B = rng.standard_normal((Kd, N), dtype=np.float32)
+    bias = rng.standard_normal(N, dtype=np.float32)
+    ref = A.astype(np.float64) @ B + bias
+    out = K.matmul(A, np.ascontiguousarray(B.T) if transposed else B, bias, transposed)
+    assert np.abs(out - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+def test_elementwise(variant):
+    rng = np.random.default_rng(0)
+    for n in (1, 15, 16, 17, 1000):
+        x = (rng.standard_normal(n) * 4).astype(np.float32)
+        xd = x.astype(np.float64)
+        gelu = 0.5 * xd * (1 + np.tanh(np.sqrt(2 / np.pi) * (xd + 0.044715 * xd**3)))
+        np.testing.assert_allclose(K.gelu_new(x), gelu, rtol=1e-5, atol=1e-6)
+        sm = np.exp(xd - xd.max())
+        np.testing.assert_allclose(K.softmax(x), sm / sm.sum(), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(K.exp(x), np.exp(xd), rtol=1e-6)
+        assert K.dot(x, x) == pytest.approx(float(xd @ xd), rel=1e-5)
+    np.testing.assert_array_equal(K.exp(np.array([-np.inf, -100.0], np.float32)), [0.0, 0.0])
+
+
+def test_layernorm(variant):
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((5, 99)) * 3 + 10).astype(np.float32)
+    w, b = rng.standard_normal(99, dtype=np.float32), rng.standard_normal(99, dtype=np.float32)
+    xd = x.astype(np.float64)
+    ref = (xd - xd.mean(-1, keepdims=True)) / np.sqrt(xd.var(-1, keepdims=True) + 1e-5) * w + b
+    np.testing.assert_allclose(K.layernorm(x, w, b, 1e-5), ref, rtol=1e-4, atol=1e-5)

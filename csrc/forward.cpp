@@ -1,5 +1,6 @@
 #include "forward.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -103,64 +104,85 @@ struct Pass {
     for (int64_t r = 0; r < BT; ++r) kt.normalize(out + r * D, 0.f, 1.f, lw, lb, out + r * D, D);
   }
 
+  // Attention works on blocks of queries of one (batch, head): scores are a
+  // small matrix product Q·K^T, weighted sums P·V another, both through the
+  // single-threaded matmul kernel (the caller spreads blocks over threads).
+  static constexpr int64_t kQueryBlock = 32;
+
   float score_scale(int64_t layer) const {
     float s = 1.f / cfg.attn_scale;
     if (cfg.scale_attn_by_inverse_layer_idx) s /= static_cast<float>(layer + 1);
     return s;
   }
 
-  // Softmax attention computed row by row in scratch memory: the usual path.
-  void attend_fused(int64_t l) {
+  // S[r, j] for queries i0 + r (r < rows) and keys j < keys: scaled q·k, and
+  // -inf where key j lies after the query (causal mask).
+  void scores_block(int64_t l, int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t keys, float* S,
+                    int64_t lds, int t) {
+    const MatmulArgs args{rows, keys, dh, ws.qkv.data() + (b * T + i0) * 3 * Da + h * dh, 3 * Da,
+                          cache.k(l, b, 0) + h * dh, 1, Da, nullptr, S, lds, false,
+                          thread_scratch(t, matmul_scratch_floats())};
+    kt.matmul_cols(args, 0, keys);
     const float inv = score_scale(l);
-    float* z = ws.z.data();
-    const float* qkv = ws.qkv.data();
-    parallel_for(B * H * T, [&](int64_t i0, int64_t i1, int t) {
-      float* s = thread_scratch(t, cache.n_ctx());
+    for (int64_t r = 0; r < rows; ++r) {
+      float* row = S + r * lds;
+      const int64_t visible = past + i0 + r + 1;
+      kt.scale(row, inv, visible);
+      for (int64_t j = visible; j < keys; ++j) row[j] = -std::numeric_limits<float>::infinity();
+    }
+  }
+
+  // z[i0 + r, head h] = sum_j P[r, j] v_j over the first `keys` keys.
+  void weighted_sum_block(int64_t l, int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t keys,
+                          const float* P, int64_t ldp, int t) {
+    const MatmulArgs args{rows, dh, keys, P, ldp, cache.v(l, b, 0) + h * dh, Da, 1, nullptr,
+                          ws.z.data() + (b * T + i0) * Da + h * dh, Da, false,
+                          thread_scratch(t, matmul_scratch_floats())};
+    kt.matmul_cols(args, 0, dh);
+  }
+
+  int64_t query_blocks() const { return (T + kQueryBlock - 1) / kQueryBlock; }
+
+  // Calls fn(b, h, i0, rows, t) for every query block, spread over threads.
+  template <class F>
+  void for_each_query_block(F fn) {
+    const int64_t nb = query_blocks();
+    parallel_for(B * H * nb, [&](int64_t i0, int64_t i1, int t) {
       for (int64_t item = i0; item < i1; ++item) {
-        const int64_t b = item / (H * T), h = item / T % H, i = item % T;
-        const float* q = qkv + (b * T + i) * 3 * Da + h * dh;
-        const int64_t n = past + i + 1;  // causal: keys up to and including this position
-        for (int64_t j = 0; j < n; ++j) s[j] = kt.dot(q, cache.k(l, b, j) + h * dh, dh) * inv;
-        kt.softmax(s, n);
-        float* zr = z + (b * T + i) * Da + h * dh;
-        std::memset(zr, 0, dh * sizeof(float));
-        for (int64_t j = 0; j < n; ++j) kt.axpy(zr, s[j], cache.v(l, b, j) + h * dh, dh);
+        const int64_t b = item / (H * nb), h = item / nb % H, q0 = item % nb * kQueryBlock;
+        fn(b, h, q0, std::min(kQueryBlock, T - q0), t);
       }
+    });
+  }
+
+  // The usual path: each block's scores live only in a per-thread buffer.
+  void attend_fused(int64_t l) {
+    for_each_query_block([&](int64_t b, int64_t h, int64_t i0, int64_t rows, int t) {
+      thread_local std::vector<float> buf;
+      const int64_t keys = past + i0 + rows;  // later keys are masked for every row
+      float* S = sized(buf, rows * keys);
+      scores_block(l, b, h, i0, rows, keys, S, keys, t);
+      for (int64_t r = 0; r < rows; ++r) kt.softmax(S + r * keys, keys);
+      weighted_sum_block(l, b, h, i0, rows, keys, S, keys, t);
     });
   }
 
   // Materializes scores and pattern [batch, head, query, key] so hooks can
   // read and edit them, as TransformerLens does (masked scores are -inf).
   void attend_phased(int64_t l) {
-    const float inv = score_scale(l);
     const int64_t keys = past + T;
     float* S = sized(ws.scores, B * H * T * keys);
-    const float* qkv = ws.qkv.data();
-    auto row = [&](int64_t item) { return S + item * keys; };  // item = (b * H + h) * T + i
-    parallel_for(B * H * T, [&](int64_t i0, int64_t i1, int) {
-      for (int64_t item = i0; item < i1; ++item) {
-        const int64_t b = item / (H * T), h = item / T % H, i = item % T;
-        const float* q = qkv + (b * T + i) * 3 * Da + h * dh;
-        float* s = row(item);
-        for (int64_t j = 0; j < keys; ++j)
-          s[j] = j <= past + i ? kt.dot(q, cache.k(l, b, j) + h * dh, dh) * inv
-                               : -std::numeric_limits<float>::infinity();
-      }
+    auto rows_at = [&](int64_t b, int64_t h, int64_t i0) { return S + ((b * H + h) * T + i0) * keys; };
+    for_each_query_block([&](int64_t b, int64_t h, int64_t i0, int64_t rows, int t) {
+      scores_block(l, b, h, i0, rows, keys, rows_at(b, h, i0), keys, t);
     });
     hook(HookKind::attn_scores, l, scores(S, keys));
-    parallel_for(B * H * T, [&](int64_t i0, int64_t i1, int) {
-      for (int64_t item = i0; item < i1; ++item) kt.softmax(row(item), keys);
+    parallel_for(B * H * T, [&](int64_t r0, int64_t r1, int) {
+      for (int64_t r = r0; r < r1; ++r) kt.softmax(S + r * keys, keys);
     });
     hook(HookKind::pattern, l, scores(S, keys));
-    float* z = ws.z.data();
-    parallel_for(B * H * T, [&](int64_t i0, int64_t i1, int) {
-      for (int64_t item = i0; item < i1; ++item) {
-        const int64_t b = item / (H * T), h = item / T % H, i = item % T;
-        const float* p = row(item);
-        float* zr = z + (b * T + i) * Da + h * dh;
-        std::memset(zr, 0, dh * sizeof(float));
-        for (int64_t j = 0; j < keys; ++j) kt.axpy(zr, p[j], cache.v(l, b, j) + h * dh, dh);
-      }
+    for_each_query_block([&](int64_t b, int64_t h, int64_t i0, int64_t rows, int t) {
+      weighted_sum_block(l, b, h, i0, rows, keys, rows_at(b, h, i0), keys, t);
     });
   }
 

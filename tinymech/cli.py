@@ -29,6 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="describe a model: config and hook points")
     _model_arg(info)
 
+    dyn = sub.add_parser("dynamics", help="plot a model's training dynamics (loss, induction heads forming)")
+    _model_arg(dyn)
+
     tui = sub.add_parser("tui", help="open the terminal UI")
     _model_arg(tui)
     tui.add_argument("--sae", action="append", default=[], help="SAE directory (SAELens format); repeatable")
@@ -83,6 +86,39 @@ def _info(args) -> int:
     return 0
 
 
+def _dynamics(args) -> int:
+    import json
+
+    import numpy as np
+
+    from .errors import ModelNotFoundError
+    from .loading import default_model_dir, resolve_model_dir
+    from .plotting import heatmap, line_chart
+
+    model_dir = default_model_dir() if args.model is None else resolve_model_dir(args.model)
+    path = model_dir / "training_dynamics.json"
+    if not path.is_file():
+        raise ModelNotFoundError(f"no training_dynamics.json beside the model ({path})")
+    records = json.loads(path.read_text())["records"]
+    steps = [r["step"] for r in records]
+    print(line_chart({"train loss": (steps, [r["train_loss"] for r in records]),
+                      "validation loss": (steps, [r["val_loss"] for r in records])}, title="Loss"))
+    print()
+    print(line_chart({"first half": (steps, [r["rep_loss_first_half"] for r in records]),
+                      "second half (copyable)": (steps, [r["rep_loss_second_half"] for r in records])},
+                     title="Loss on repeated random tokens: the second half drops when induction heads form"))
+    print()
+    ind = np.array([r["induction_score"] for r in records])  # [record, layer, head]
+    prev = np.array([r["prev_token_score"] for r in records])
+    print(line_chart({"best induction score": (steps, ind.max(axis=(1, 2))),
+                      "best previous-token score": (steps, prev.max(axis=(1, 2)))}, title="Head scores"))
+    print()
+    n_layers, n_heads = ind.shape[1:]
+    print(heatmap(ind[-1], [f"L{l}" for l in range(n_layers)], [f"H{h}" for h in range(n_heads)],
+                  title=f"Induction scores at step {steps[-1]}", vmin=0, vmax=1))
+    return 0
+
+
 def _tui(args) -> int:
     from .tui.app import run_tui
 
@@ -96,7 +132,7 @@ def main(argv=None) -> int:
 
         set_num_threads(args.threads)
     try:
-        return {"generate": _generate, "info": _info, "tui": _tui}[args.command](args)
+        return {"generate": _generate, "info": _info, "dynamics": _dynamics, "tui": _tui}[args.command](args)
     except TinymechError as e:
         print(f"tinymech: error: {e}", file=sys.stderr)
         return 2

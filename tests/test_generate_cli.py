@@ -70,9 +70,10 @@ def test_bad_sampling_arguments(model):
 
 
 def run_cli(*args):
+    # cwd: the tests folder, so `-m` cannot pick up a source tree without the compiled core
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     return subprocess.run([sys.executable, "-m", "tinymech", *args], capture_output=True, text=True, env=env,
-                          timeout=300)
+                          timeout=300, cwd=os.path.dirname(__file__))
 
 
 def test_cli_generate_matches_python(model_dir, model):

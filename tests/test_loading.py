@@ -56,7 +56,8 @@ def test_resident_memory_close_to_weight_size(tmp_path):
         print(rss() - before)
     """)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    grown = int(subprocess.check_output([sys.executable, "-c", script], env=env).decode().split()[-1])
+    out = subprocess.check_output([sys.executable, "-c", script], env=env, cwd=os.path.dirname(__file__))
+    grown = int(out.decode().split()[-1])
     assert grown < 1.5 * size, (grown, size)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from . import _core
+from . import _core, analysis
 from .activation_cache import ActivationCache
 from .config import Config
 from .errors import (

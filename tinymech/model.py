@@ -301,6 +301,23 @@ class Model:
     def W_V(self, layer: int) -> np.ndarray:
         return self._qkv(layer, 2)
 
+    def b_O(self, layer: int) -> np.ndarray:
+        """[d_model]"""
+        return self._weights["layers"][layer]["out_b"]
+
+    @property
+    def ln_final_w(self) -> np.ndarray:
+        return self._weights["lnf_w"]
+
+    @property
+    def ln_final_b(self) -> np.ndarray:
+        return self._weights["lnf_b"]
+
+    @property
+    def b_U(self) -> np.ndarray | None:
+        """[d_vocab], or None: GPT-2 has no unembedding bias (LN folding creates one)."""
+        return self._weights["unembed_b"]
+
     def W_in(self, layer: int) -> np.ndarray:
         """[d_model, d_mlp]"""
         return self._weights["layers"][layer]["fc_w"]

@@ -1,0 +1,426 @@
+"""tinymech.analysis on small random models built in memory: each result is
+checked against a direct numpy computation or an invariant (the last logit
+lens row is the model's output, attributions sum to the logit, a patch of an
+activation that does not differ changes nothing, ...)."""
+import numpy as np
+import pytest
+
+import tinymech as tm
+from tinymech import analysis
+from tinymech.analysis import AnalysisError
+from tinymech.config import Config
+from tinymech.loading import default_model_dir
+from tinymech.tokenizer import Tokenizer
+
+TOKENIZER = Tokenizer.from_dir(default_model_dir(), None, None)  # the demo model's byte-level BPE, 8192 tokens
+
+
+def random_model(n_layers=2, d_model=64, n_heads=4, d_vocab=8192, n_ctx=48, seed=0, tokenizer=True,
+                 tied=True, unembed_bias=False, ln_final_weight=True) -> tm.Model:
+    """A GPT-2-shaped model with random weights, large enough that attention is not uniform."""
+    rng = np.random.default_rng(seed)
+    d_head, d_mlp = d_model // n_heads, 4 * d_model
+
+    def rand(*shape, scale=0.2):
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    layers = [
+        dict(ln1_w=1 + rand(d_model), ln1_b=rand(d_model), qkv_w=rand(d_model, 3 * d_model, scale=0.6),
+             qkv_b=rand(3 * d_model), out_w=rand(d_model, d_model), out_b=rand(d_model),
+             ln2_w=1 + rand(d_model), ln2_b=rand(d_model), fc_w=rand(d_model, d_mlp), fc_b=rand(d_mlp),
+             proj_w=rand(d_mlp, d_model), proj_b=rand(d_model))
+        for _ in range(n_layers)
+    ]
+    wte = rand(d_vocab, d_model)
+    weights = dict(
+        wte=wte, wpe=rand(n_ctx, d_model),
+        lnf_w=1 + rand(d_model) if ln_final_weight else np.ones(d_model, np.float32), lnf_b=rand(d_model),
+        unembed=wte if tied else rand(d_vocab, d_model), unembed_b=rand(d_vocab) if unembed_bias else None,
+        layers=layers,
+    )
+    cfg = Config(n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_head=d_head, d_mlp=d_mlp, d_vocab=d_vocab,
+                 n_ctx=n_ctx, attn_scale=float(np.sqrt(d_head)), bos_token_id=0, eos_token_id=0)
+    return tm.Model(cfg, weights, TOKENIZER if tokenizer else None)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return random_model()
+
+
+@pytest.fixture(scope="module")
+def odd_model():
+    """d_head 20, untied unembedding with a bias, no tokenizer."""
+    return random_model(n_layers=3, d_model=60, n_heads=3, d_vocab=300, seed=1, tokenizer=False, tied=False,
+                        unembed_bias=True)
+
+
+def softmax(x):
+    x = np.asarray(x, np.float64)
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def lens_reference(model, resid, scale=None):
+    """ln_final (own or given scale) and the unembedding, in float64."""
+    w = model._weights
+    x = resid.astype(np.float64) - resid.mean(-1, keepdims=True)
+    if scale is None:
+        scale = np.sqrt((x ** 2).mean(-1, keepdims=True) + model.cfg.eps)
+    logits = (x / scale * w["lnf_w"] + w["lnf_b"]) @ w["unembed"].T.astype(np.float64)
+    return logits if w["unembed_b"] is None else logits + w["unembed_b"]
+
+
+# ---- logit lens ------------------------------------------------------------------------------
+
+def test_logit_lens_last_row_is_the_model_output(model):
+    text = "When Mary and John went to the park, John gave a key to"
+    res = analysis.logit_lens(model, text, answers=[" Mary", " John"], k=5)
+    tokens = model.to_tokens(text)
+    probs = softmax(model(tokens)[0])  # [pos, vocab]
+    assert res.labels == [f"{l}_{w}" for l in range(2) for w in ("pre", "mid", "post")]
+    assert res.top_ids.shape == res.top_probs.shape == (6, tokens.shape[1], 5)
+    expected_ids = np.argsort(-probs, axis=-1, kind="stable")[:, :5]
+    np.testing.assert_array_equal(res.top_ids[-1], expected_ids)
+    np.testing.assert_allclose(res.top_probs[-1], np.take_along_axis(probs, expected_ids, -1), rtol=1e-4, atol=1e-7)
+    answer_ids = [model.to_tokens(" Mary", prepend_bos=False)[0, 0], model.to_tokens(" John", prepend_bos=False)[0, 0]]
+    np.testing.assert_allclose(res.answer_probs[-1], probs[:, answer_ids], rtol=1e-4, atol=1e-8)
+    ranks = 1 + (probs[:, None, :] > probs[:, answer_ids, None]).sum(-1)
+    np.testing.assert_array_equal(res.answer_ranks[-1], ranks)
+    assert res.top_probs.dtype == np.float32 and res.top_ids.dtype == np.int64
+
+
+@pytest.mark.parametrize("ln", ["recompute", "frozen"])
+def test_logit_lens_every_row_matches_numpy(odd_model, ln):
+    tokens = np.random.default_rng(3).integers(0, odd_model.cfg.d_vocab, size=(2, 7))
+    res = analysis.logit_lens(odd_model, tokens, answers=[5, 17, 250], k=3, ln=ln)
+    assert res.top_ids.shape == (9, 2, 7, 3) and res.answer_probs.shape == (9, 2, 7, 3)
+    _, cache = odd_model.run_with_cache(tokens)
+    scale = cache["ln_final.hook_scale"] if ln == "frozen" else None
+    for row, label in enumerate(res.labels):
+        layer, where = label.split("_")
+        probs = softmax(lens_reference(odd_model, cache[f"blocks.{layer}.hook_resid_{where}"], scale))
+        top = np.take_along_axis(probs, res.top_ids[row], -1)
+        np.testing.assert_allclose(res.top_probs[row], top, rtol=1e-4, atol=1e-7)
+        assert np.all(top[..., :1] >= probs.max(-1, keepdims=True) * (1 - 1e-5))  # the first is the maximum
+        np.testing.assert_allclose(res.answer_probs[row], probs[..., [5, 17, 250]], rtol=1e-4, atol=1e-8)
+    # with the final scale frozen the last row is still exactly the output
+    np.testing.assert_allclose(res.top_probs[-1], np.take_along_axis(softmax(odd_model(tokens)), res.top_ids[-1], -1),
+                               rtol=1e-4, atol=1e-7)
+
+
+def test_logit_lens_one_token_and_table(model):
+    res = analysis.logit_lens(model, [0], k=2)
+    assert res.top_ids.shape == (6, 1, 2) and res.answer_probs is None
+    text = str(analysis.logit_lens(model, "The king said", answers=[" the"]))
+    assert "1_post" in text and "·the p (rank)" in text and "position 3" in text
+
+
+def test_logit_lens_rejects_bad_arguments(model):
+    with pytest.raises(tm.InvalidTokensError, match="not one"):
+        analysis.logit_lens(model, "The king", answers=["The king"])
+    with pytest.raises(AnalysisError, match="ln must be"):
+        analysis.logit_lens(model, "The king", ln="fresh")
+    with pytest.raises(AnalysisError, match="k must be"):
+        analysis.logit_lens(model, "The king", k=0)
+
+
+# ---- direct logit attribution ------------------------------------------------------------------
+
+@pytest.mark.parametrize("incorrect", [None, " a"])
+def test_logit_attribution_parts_sum_to_the_logit(model, incorrect):
+    text = "When Mary and John went to the park, John gave a key to"
+    res = analysis.logit_attribution(model, text, " Mary", incorrect)
+    logits = model(text)[0, -1]
+    good = model.to_tokens(" Mary", prepend_bos=False)[0, 0]
+    expected = logits[good] - (0 if incorrect is None else logits[model.to_tokens(incorrect, prepend_bos=False)[0, 0]])
+    assert res.values.shape == (2 + 2 * (4 + 2) + 1,)
+    assert res.labels[:3] == ["embed", "pos_embed", "L0H0"] and res.labels[-1] == "ln_final_bias"
+    assert res.head_values.shape == (2, 4) and res.mlp_values.shape == (2,)
+    np.testing.assert_allclose(res.values.sum(), expected, rtol=1e-4, atol=1e-4 * np.abs(res.values).max())
+    np.testing.assert_allclose(res.logit, expected, rtol=1e-5, atol=1e-5)
+    assert "real logit" in str(res)
+
+
+def test_logit_attribution_batch_per_sequence_tokens_and_bias(odd_model):
+    tokens = np.random.default_rng(4).integers(0, odd_model.cfg.d_vocab, size=(3, 6))
+    good, bad = [7, 8, 9], [1, 2, 3]
+    res = analysis.logit_attribution(odd_model, tokens, good, bad, position=2)
+    logits = odd_model(tokens)[:, 2]
+    expected = logits[np.arange(3), good] - logits[np.arange(3), bad]
+    assert res.values.shape == (2 + 3 * (3 + 2) + 1, 3) and res.head_values.shape == (3, 3, 3)
+    scale = np.abs(res.values).max()
+    np.testing.assert_allclose(res.values.sum(0), expected, rtol=1e-4, atol=1e-4 * scale)
+    # the constant is ln_final's bias and b_U through the unembedding, the same for every input
+    w = odd_model._weights
+    constant = [w["lnf_b"] @ (w["unembed"][g] - w["unembed"][b]) + w["unembed_b"][g] - w["unembed_b"][b]
+                for g, b in zip(good, bad)]
+    np.testing.assert_allclose(res["ln_final_bias"], constant, rtol=1e-5, atol=1e-6)
+
+
+def test_logit_attribution_matches_activation_cache_logit_attrs():
+    """With ln_final's weight 1, each head's part is TransformerLens-style
+    cache.logit_attrs of stack_head_results (a separate code path)."""
+    model = random_model(seed=5, ln_final_weight=False)
+    tokens = np.random.default_rng(5).integers(0, 8192, size=(1, 9))
+    res = analysis.logit_attribution(model, tokens, 11, 12)
+    _, cache = model.run_with_cache(tokens)
+    stack = cache.stack_head_results(pos_slice=-1)  # [head, batch, d_model]
+    attrs = cache.logit_attrs(stack, tokens=np.array([[11]]), incorrect_tokens=np.array([[12]]), pos_slice=-1)
+    np.testing.assert_allclose(res.head_values.reshape(-1), attrs[:, 0], rtol=1e-4, atol=1e-5)
+
+
+def test_logit_attribution_rejects_bad_arguments(model):
+    with pytest.raises(AnalysisError, match="position"):
+        analysis.logit_attribution(model, "The king", " the", position=5)
+    with pytest.raises(AnalysisError, match="one per sequence"):
+        analysis.logit_attribution(model, np.zeros((2, 3), np.int64), [1, 2, 3])
+
+
+# ---- head detectors ------------------------------------------------------------------------
+
+def test_detection_patterns():
+    tokens = np.array([0, 5, 6, 5, 6, 7])
+    np.testing.assert_array_equal(analysis.previous_token_pattern(tokens), np.eye(6, k=-1))
+    duplicate = np.zeros((6, 6))
+    duplicate[3, 1] = duplicate[4, 2] = 1
+    np.testing.assert_array_equal(analysis.duplicate_token_pattern(tokens), duplicate)
+    induction = np.zeros((6, 6))
+    induction[3, 2] = induction[4, 3] = 1
+    np.testing.assert_array_equal(analysis.induction_pattern(tokens), induction)
+
+
+def test_pattern_similarity_measures():
+    pattern = np.array([[1.0, 0, 0], [0.25, 0.75, 0], [0.5, 0.25, 0.25]])
+    detection = np.array([[0.0, 0, 0], [1, 0, 0], [0, 1, 0]])
+    assert analysis.pattern_similarity(pattern, detection) == pytest.approx(0.5 / 3)
+    assert analysis.pattern_similarity(pattern, detection, exclude_bos=True) == pytest.approx(0.25 / 1.25)
+    assert analysis.pattern_similarity(pattern, detection, exclude_current_token=True) == pytest.approx(0.5 / 1.0)
+    raw = (1 + 0.75 + 0.75 + 0.5 + 0.75 + 0.25) / 9 * 3
+    assert analysis.pattern_similarity(pattern, detection, error_measure="abs") == pytest.approx(1 - round(raw, 3))
+
+
+def test_detect_head_options(model):
+    text = "When Mary and John went to the park, Mary and John sat"
+    full = analysis.detect_head(model, text, "induction_head")
+    assert full.shape == (2, 4) and full.dtype == np.float32
+    _, cache = model.run_with_cache(text)
+    np.testing.assert_array_equal(analysis.detect_head(model, text, "induction_head", cache=cache), full)
+    tokens = model.to_tokens(text)[0]
+    np.testing.assert_allclose(analysis.detect_head(model, text, analysis.induction_pattern(tokens)), full)
+    partial = analysis.detect_head(model, text, "induction_head", heads=[(1, 2), (0, 0)])
+    assert (partial == -1).sum() == 6 and partial[1, 2] == full[1, 2] and partial[0, 0] == full[0, 0]
+    np.testing.assert_array_equal(analysis.detect_head(model, text, "induction_head", heads={1: [2], 0: [0]}), partial)
+    pattern = cache["pattern", 1][0, 3]
+    expected = analysis.pattern_similarity(pattern, analysis.induction_pattern(tokens), True, True, "abs")
+    got = analysis.detect_head(model, text, "induction_head", exclude_bos=True, exclude_current_token=True,
+                               error_measure="abs")
+    assert got[1, 3] == pytest.approx(expected, abs=1e-6)
+    texts = [text, "The king said that the king"]
+    np.testing.assert_allclose(analysis.detect_head(model, texts, "duplicate_token_head"),
+                               np.mean([analysis.detect_head(model, t, "duplicate_token_head") for t in texts], 0),
+                               rtol=1e-6)
+
+
+def test_detect_head_rejects_bad_arguments(model):
+    with pytest.raises(AnalysisError, match="detection_pattern"):
+        analysis.detect_head(model, "The king said", "copy_head")
+    with pytest.raises(AnalysisError, match="lower-triangular"):
+        analysis.detect_head(model, "The king said", np.ones((4, 4)))
+    with pytest.raises(AnalysisError, match="lower-triangular"):
+        analysis.detect_head(model, "The king said", np.eye(3))
+    with pytest.raises(AnalysisError, match="error_measure"):
+        analysis.detect_head(model, "The king said", "induction_head", error_measure="sq")
+    with pytest.raises(AnalysisError, match="no head L2H0"):
+        analysis.detect_head(model, "The king said", "induction_head", heads=[(2, 0)])
+    _, cache = model.run_with_cache("The king said")
+    with pytest.raises(AnalysisError, match="one sequence"):
+        analysis.detect_head(model, ["The king", "The queen"], "induction_head", cache=cache)
+    with pytest.raises(AnalysisError, match="not of this input"):
+        analysis.detect_head(model, "The king said it", "induction_head", cache=cache)
+    with pytest.raises(tm.InvalidTokensError, match="two tokens"):
+        analysis.detect_head(model, [5], "induction_head")
+
+
+def test_head_scores_equal_detect_head(model):
+    text = "When Mary and John went to the park, Mary and John sat"
+    scores = analysis.head_scores(model, text)
+    assert set(scores) == {"previous_token", "duplicate_token", "induction"}
+    for name, pattern in analysis.heads.SCORE_PATTERNS.items():
+        np.testing.assert_allclose(scores[name], analysis.detect_head(model, text, pattern), rtol=1e-6)
+    _, cache = model.run_with_cache(text)
+    np.testing.assert_array_equal(analysis.head_scores(model, text, cache=cache)["induction"], scores["induction"])
+
+
+def test_repeated_tokens_induction_scores_and_loss(model):
+    tokens = analysis.repeated_tokens(model, seq_len=10, batch=3, seed=2)
+    assert tokens.shape == (3, 21) and (tokens[:, 0] == 0).all()
+    np.testing.assert_array_equal(tokens[:, 1:11], tokens[:, 11:])
+    assert not (tokens[:, 1:] == 0).any()
+    scores = analysis.induction_scores(model, seq_len=10, batch=3, seed=2)
+    per_sequence = [analysis.detect_head(model, row, "induction_head") for row in tokens]
+    np.testing.assert_allclose(scores, np.mean(per_sequence, 0), rtol=1e-5)
+    loss = analysis.repeated_sequence_loss(model, seq_len=10, batch=3, seed=2)
+    per_token = model(tokens, return_type="loss", loss_per_token=True)  # [batch, 20]
+    np.testing.assert_allclose(loss.per_position, per_token.mean(0), rtol=1e-6)
+    assert loss.first_half == pytest.approx(per_token[:, :10].mean(), rel=1e-5)
+    assert loss.second_half == pytest.approx(per_token[:, 10:].mean(), rel=1e-5)
+    with pytest.raises(tm.ContextLengthError):
+        analysis.repeated_tokens(model, seq_len=24)
+
+
+def test_head_summary(model):
+    summary = analysis.head_summary(model, seq_len=10, batch=2, top=3)
+    scores = analysis.head_scores(model, analysis.repeated_tokens(model, 10, 2))
+    for name in scores:
+        np.testing.assert_allclose(summary.scores[name], scores[name], rtol=1e-6)
+    layer, head, value = summary.top_heads("induction")[0]
+    assert value == pytest.approx(scores["induction"].max())
+    assert scores["induction"][layer, head] == scores["induction"].max()
+    text = str(summary)
+    assert "induction" in text and "second copy" in text and f"L{layer}H{head}" in text
+    assert analysis.head_summary(model, "The king said the king", seq_len=10, batch=2).source == "the given input"
+
+
+# ---- activation patching -----------------------------------------------------------------
+
+def python_patch(model, target, source_cache, name, head=None, pos=None):
+    """The same patch as a Python hook function."""
+    def hook(activation, hook):
+        index = (slice(None), slice(None) if pos is None else pos) + (() if head is None else (head,))
+        activation[index] = source_cache[name][index]
+    return model.run_with_hooks(target, fwd_hooks=[(name, hook)])
+
+
+@pytest.fixture(scope="module")
+def pair():
+    rng = np.random.default_rng(6)
+    clean = rng.integers(1, 8192, size=(2, 7))
+    corrupted = clean.copy()
+    corrupted[:, 3] = rng.integers(1, 8192, size=2)
+    return clean, corrupted, [(11, 12), (13, 14)]
+
+
+@pytest.mark.parametrize("mode", ["denoise", "noise"])
+def test_head_patching_equals_python_hook_patch(model, pair, mode):
+    clean, corrupted, answers = pair
+    metric = analysis.logit_diff_metric(model, answers)
+    source, target = (clean, corrupted) if mode == "denoise" else (corrupted, clean)
+    _, cache = model.run_with_cache(source)
+    by_head = analysis.patch_head_z(model, clean, corrupted, answers=answers, mode=mode)
+    by_pos = analysis.patch_head_z_by_pos(model, clean, corrupted, metric, mode=mode)
+    assert by_head.values.shape == (2, 4) and by_pos.values.shape == (2, 4, 7)
+    for layer, head in [(0, 1), (1, 3)]:
+        name = f"blocks.{layer}.attn.hook_z"
+        assert by_head.values[layer, head] == pytest.approx(metric(python_patch(model, target, cache, name, head)),
+                                                            rel=1e-5, abs=1e-5)
+        for pos in (2, 3, 6):
+            expected = metric(python_patch(model, target, cache, name, head, pos))
+            assert by_pos.values[layer, head, pos] == pytest.approx(expected, rel=1e-5, abs=1e-5)
+    clean_score, corrupted_score = metric(model(clean)), metric(model(corrupted))
+    assert by_head.clean == pytest.approx(clean_score, rel=1e-6)
+    assert by_head.corrupted == pytest.approx(corrupted_score, rel=1e-6)
+    np.testing.assert_allclose(by_head.normalized, (by_head.values - corrupted_score) / (clean_score - corrupted_score),
+                               rtol=1e-5)
+    assert "L1" in str(by_head) and "3:" in str(by_pos)
+
+
+def test_residual_patching_localizes_the_changed_position(model, pair):
+    clean, corrupted, answers = pair
+    res = analysis.patch_resid_pre(model, clean, corrupted, answers=answers)
+    assert res.values.shape == (2, 7)
+    # before layer 0 only position 3 differs: patching it gives the clean run, any other position nothing
+    assert res.values[0, 3] == pytest.approx(res.clean, rel=1e-5, abs=1e-5)
+    np.testing.assert_allclose(np.delete(res.values[0], 3), res.corrupted, rtol=1e-5, atol=1e-5)
+    # positions before 3 are the same in both runs at every layer (causal attention)
+    np.testing.assert_allclose(res.values[:, :3], res.corrupted, rtol=1e-5, atol=1e-5)
+    for by_position, shape in [(True, (2, 7)), (False, (2,))]:
+        for fn in (analysis.patch_attn_out, analysis.patch_mlp_out):
+            assert fn(model, clean, corrupted, answers=answers, by_position=by_position).values.shape == shape
+    mlp = analysis.patch_mlp_out(model, clean, corrupted, answers=answers, by_position=False)
+    name = "blocks.1.hook_mlp_out"
+    _, cache = model.run_with_cache(clean, names_filter=name)
+    metric = analysis.logit_diff_metric(model, answers)
+    assert mlp.values[1] == pytest.approx(metric(python_patch(model, corrupted, cache, name)), rel=1e-5, abs=1e-5)
+    assert "L1" in str(mlp)
+
+
+def test_patching_with_a_custom_metric_and_progress(odd_model):
+    rng = np.random.default_rng(7)
+    clean = rng.integers(0, 300, size=(1, 5))
+    corrupted = rng.integers(0, 300, size=(1, 5))
+    calls = []
+    res = analysis.patch_activations(odd_model, clean, corrupted, "resid_mid", metric=lambda logits: logits[0, -1, 3],
+                                     progress=lambda done, total: calls.append((done, total)))
+    assert res.values.shape == (3, 5) and calls[-1] == (15, 15) and len(calls) == 15
+    assert res.values[2, 4] == pytest.approx(res.clean, rel=1e-5)  # the last position's resid after the last attn
+
+
+def test_patching_rejects_bad_arguments(model, pair):
+    clean, corrupted, answers = pair
+    with pytest.raises(AnalysisError, match="same shape"):
+        analysis.patch_head_z(model, clean, corrupted[:, :5], answers=answers)
+    with pytest.raises(AnalysisError, match="give a metric"):
+        analysis.patch_head_z(model, clean, corrupted)
+    with pytest.raises(AnalysisError, match="activation must be"):
+        analysis.patch_activations(model, clean, corrupted, "head_q", answers=answers)
+    with pytest.raises(AnalysisError, match="mode must be"):
+        analysis.patch_head_z(model, clean, corrupted, answers=answers, mode="both")
+    with pytest.raises(AnalysisError, match="one per sequence"):
+        analysis.patch_head_z(model, clean, corrupted, answers=[(1, 2), (3, 4), (5, 6)])
+    same = analysis.patch_head_z(model, clean, clean, answers=answers)
+    with pytest.raises(AnalysisError, match="score the same"):
+        same.normalized
+    assert "clean = corrupted" in str(same)
+
+
+# ---- IOI -------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def prompts(model):
+    return analysis.make_ioi_prompts(model, n=12, seed=1)
+
+
+def test_make_ioi_prompts(model, prompts):
+    assert len(prompts) == 12 and prompts.kinds[:2] == ["ABBA", "BABA"]
+    for clean, corrupted, io, s, kind in zip(prompts.clean, prompts.corrupted, prompts.io_names, prompts.s_names,
+                                             prompts.kinds):
+        words = clean.replace(",", " ").replace(".", " ").split()
+        assert words.count(io) == 1 and words.count(s) == 2
+        assert (words.index(io) < words.index(s)) == (kind == "ABBA")
+        assert io not in corrupted.split() and s not in corrupted.split()
+        assert model.to_tokens(clean).shape == model.to_tokens(corrupted).shape
+    for name, token in zip(prompts.io_names, prompts.io_ids):
+        assert model.to_tokens(" " + name, prepend_bos=False).tolist() == [[token]]
+    assert "ABBA" in str(prompts)
+    with pytest.raises(AnalysisError, match="too few single-token"):
+        analysis.make_ioi_prompts(model, names=["Mary", "John", "Zzxqjv"])
+
+
+def test_ioi_logit_diff(model, prompts):
+    diffs = analysis.ioi_logit_diff(model, prompts)
+    expected = [model(p)[0, -1, io] - model(p)[0, -1, s]
+                for p, io, s in zip(prompts.clean, prompts.io_ids, prompts.s_ids)]
+    np.testing.assert_allclose(diffs, expected, rtol=1e-4, atol=1e-5)
+    corrupted = analysis.ioi_logit_diff(model, prompts, corrupted=True)
+    np.testing.assert_allclose(corrupted[0], model(prompts.corrupted[0])[0, -1, prompts.io_ids[0]]
+                               - model(prompts.corrupted[0])[0, -1, prompts.s_ids[0]], rtol=1e-4, atol=1e-5)
+
+
+def test_ioi_patching_combines_length_groups(model, prompts):
+    calls = []
+    res = analysis.ioi_patching(model, prompts, activation="head_z", mode="noise",
+                                progress=lambda done, total: calls.append((done, total)))
+    assert res.values.shape == (2, 4) and res.mode == "noise"
+    groups = len({model.to_tokens(p).shape[1] for p in prompts.clean})
+    assert groups > 1 and calls == [(i, 8 * groups) for i in range(1, 8 * groups + 1)]
+    np.testing.assert_allclose(res.clean, analysis.ioi_logit_diff(model, prompts).mean(), rtol=1e-4)
+    np.testing.assert_allclose(res.corrupted, analysis.ioi_logit_diff(model, prompts, corrupted=True).mean(), rtol=1e-4)
+    # one template: one group, the same as patching the batch directly
+    one = analysis.make_ioi_prompts(model, n=4, templates=[analysis.ioi.TEMPLATES[0]])
+    by_pos = analysis.ioi_patching(model, one, activation="head_z_by_pos")
+    direct = analysis.patch_head_z_by_pos(model, one.clean, one.corrupted,
+                                          answers=np.stack([one.io_ids, one.s_ids], 1))
+    np.testing.assert_allclose(by_pos.values, direct.values, rtol=1e-6)
+    with pytest.raises(AnalysisError, match="position axis"):
+        analysis.ioi_patching(model, prompts, activation="resid_pre")

@@ -1,0 +1,70 @@
+"""Analysis toolkit: logit lens, direct logit attribution, head detectors,
+activation patching and IOI, on a loaded tinymech Model. Results are numpy
+arrays shaped for heatmaps, and print as text tables.
+
+    import tinymech as tm
+    from tinymech import analysis
+    model = tm.load()
+    print(analysis.logit_lens(model, "The capital of France is", answers=[" Paris"]))
+    print(analysis.head_summary(model))
+"""
+from .attribution import LogitAttribution, logit_attribution
+from .errors import AnalysisError
+from .heads import (
+    HeadSummary,
+    RepeatedSequenceLoss,
+    detect_head,
+    duplicate_token_pattern,
+    head_scores,
+    head_summary,
+    induction_pattern,
+    induction_scores,
+    pattern_similarity,
+    previous_token_pattern,
+    repeated_sequence_loss,
+    repeated_tokens,
+)
+from .ioi import IOIPrompts, ioi_logit_diff, ioi_patching, make_ioi_prompts
+from .logit_lens import LogitLensResult, logit_lens
+from .patching import (
+    PatchingResult,
+    logit_diff_metric,
+    patch_activations,
+    patch_attn_out,
+    patch_head_z,
+    patch_head_z_by_pos,
+    patch_mlp_out,
+    patch_resid_pre,
+)
+
+__all__ = [
+    "AnalysisError",
+    "HeadSummary",
+    "IOIPrompts",
+    "LogitAttribution",
+    "LogitLensResult",
+    "PatchingResult",
+    "RepeatedSequenceLoss",
+    "detect_head",
+    "duplicate_token_pattern",
+    "head_scores",
+    "head_summary",
+    "induction_pattern",
+    "induction_scores",
+    "ioi_logit_diff",
+    "ioi_patching",
+    "logit_attribution",
+    "logit_diff_metric",
+    "logit_lens",
+    "make_ioi_prompts",
+    "patch_activations",
+    "patch_attn_out",
+    "patch_head_z",
+    "patch_head_z_by_pos",
+    "patch_mlp_out",
+    "patch_resid_pre",
+    "pattern_similarity",
+    "previous_token_pattern",
+    "repeated_sequence_loss",
+    "repeated_tokens",
+]

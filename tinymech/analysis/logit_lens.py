@@ -1,0 +1,161 @@
+"""Logit lens: read every point of the residual stream through the final
+LayerNorm and the unembedding, as if the model stopped there."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from .errors import AnalysisError
+from .params import ln_final_params, unembed_bias
+from .tables import format_table
+from .tokens import token_ids, token_labels
+
+LN_MODES = ("recompute", "frozen")
+
+
+def residual_points(n_layers: int) -> list[tuple[str, str]]:
+    """(label, hook name) of every residual point in forward order:
+    "0_pre", "0_mid", "0_post", "1_pre", ... ("{l}_post" equals "{l+1}_pre")."""
+    return [
+        (f"{layer}_{where}", f"blocks.{layer}.hook_resid_{where}")
+        for layer in range(n_layers)
+        for where in ("pre", "mid", "post")
+    ]
+
+
+def unembed(model, normalized: np.ndarray) -> np.ndarray:
+    """Logits [..., d_vocab] of vectors that went through ln_final already."""
+    logits = np.asarray(normalized, dtype=np.float32) @ model.W_U
+    bias = unembed_bias(model)
+    return logits if bias is None else logits + bias
+
+
+def final_layer_norm(model, resid: np.ndarray, scale: np.ndarray | None = None) -> np.ndarray:
+    """ln_final applied to a residual [..., d_model]: with its own scale, or with
+    a given one ([..., 1], e.g. the real run's ln_final.hook_scale)."""
+    x = np.asarray(resid, dtype=np.float64)
+    x = x - x.mean(-1, keepdims=True)
+    if scale is None:
+        scale = np.sqrt((x * x).mean(-1, keepdims=True) + model.cfg.eps)
+    weight, bias = ln_final_params(model)
+    return (x / scale * weight + bias).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LogitLensResult:
+    """What each residual point predicts. Arrays have no batch axis when the
+    input was one sequence: [row, pos, ...]; otherwise [row, batch, pos, ...].
+
+    labels:        one per row, "{layer}_{pre|mid|post}" in forward order
+    top_ids:       [row, (batch,) pos, k] int64, most probable first
+    top_probs:     [row, (batch,) pos, k] float32
+    answer_ids:    [n_answers] int64, or None
+    answer_probs:  [row, (batch,) pos, n_answers] float32, or None
+    answer_ranks:  [row, (batch,) pos, n_answers] int64, 1 = the most probable token, or None
+    tokens:        the input [(batch,) pos]
+    """
+
+    labels: list[str]
+    top_ids: np.ndarray
+    top_probs: np.ndarray
+    answer_ids: np.ndarray | None
+    answer_probs: np.ndarray | None
+    answer_ranks: np.ndarray | None
+    tokens: np.ndarray
+    ln: str
+    model: object = dataclasses.field(repr=False)
+
+    def table(self, pos: int = -1, batch: int = 0) -> str:
+        """The table of one position (of one sequence of a batch)."""
+        def at(a):
+            return a[:, pos] if self.tokens.ndim == 1 else a[:, batch, pos]
+
+        seq = self.tokens if self.tokens.ndim == 1 else self.tokens[batch]
+        position = pos % len(seq)
+        ids, probs = at(self.top_ids), at(self.top_probs)
+        k = ids.shape[-1]
+        headers = ["resid"] + [f"top {i + 1}" for i in range(k)]
+        answers = [] if self.answer_ids is None else token_labels(self.model, self.answer_ids)
+        headers += [f"{a} p (rank)" for a in answers]
+        rows = []
+        for r, label in enumerate(self.labels):
+            names = token_labels(self.model, ids[r])
+            row = [label] + [f"{n} {p:.3f}" for n, p in zip(names, probs[r])]
+            if answers:
+                row += [f"{p:.3g} ({rank})" for p, rank in zip(at(self.answer_probs)[r], at(self.answer_ranks)[r])]
+            rows.append(row)
+        current = token_labels(self.model, [seq[position]])[0]
+        title = f"Logit lens (ln_final {self.ln}) at position {position} {current!r}"
+        return format_table(headers, rows, title=title, align="l" * (k + 1) + "r" * len(answers))
+
+    def __str__(self):
+        return self.table()
+
+
+def logit_lens(model, input, answers=None, k: int = 5, ln: str = "recompute",
+               prepend_bos: bool = True) -> LogitLensResult:
+    """The top-k next tokens (and the probability and rank of `answers`) read
+    off every residual point: resid_pre, resid_mid and resid_post of each layer.
+
+    input: text, a list of texts of equal token length, or token ids [batch, pos] / [pos].
+    answers: tokens to follow, as strings (each exactly one token) or ids.
+    ln: "recompute" applies ln_final afresh to each residual point;
+        "frozen" divides every point by the scale ln_final really used at that
+        position in the full run (so rows are linear in the residual).
+    The last row ("{n_layers-1}_post", recompute) is the model's own output.
+    """
+    if ln not in LN_MODES:
+        raise AnalysisError(f"ln must be one of {LN_MODES}, not {ln!r}")
+    if not (isinstance(k, (int, np.integer)) and 1 <= k <= model.cfg.d_vocab):
+        raise AnalysisError(f"k must be an integer in [1, {model.cfg.d_vocab}], got {k!r}")
+    answer_ids = None if answers is None else token_ids(model, answers)
+    tokens = model.tokens_of(input, prepend_bos=prepend_bos)
+    points = residual_points(model.cfg.n_layers)
+    _, cache = model.run_with_cache(tokens, names_filter=[n for _, n in points] + ["ln_final.hook_scale"])
+    scale = cache["ln_final.hook_scale"] if ln == "frozen" else None
+
+    rows = []  # (top ids, top probs, answer probs, answer ranks) per point
+    for label, name in points:
+        if label.endswith("_pre") and rows:  # "{l}_pre" is "{l-1}_post": reuse it
+            rows.append(rows[-1])
+            continue
+        logits = unembed(model, final_layer_norm(model, cache[name], scale))  # [batch, pos, vocab]
+        log_z = _logsumexp(logits)
+        ids = _top_k(logits, k)
+        row = (ids, np.exp(np.take_along_axis(logits, ids, -1) - log_z))
+        if answer_ids is not None:
+            picked = logits[..., answer_ids]  # [batch, pos, n_answers]
+            ranks = [1 + (logits > picked[..., [a]]).sum(-1) for a in range(len(answer_ids))]
+            row += (np.exp(picked - log_z), np.stack(ranks, -1))
+        rows.append(row)
+
+    def stack(field, dtype):
+        if answer_ids is None and field >= 2:
+            return None
+        arr = np.stack([row[field] for row in rows]).astype(dtype)
+        return arr[:, 0] if tokens.shape[0] == 1 else arr
+
+    return LogitLensResult(
+        labels=[label for label, _ in points],
+        top_ids=stack(0, np.int64),
+        top_probs=stack(1, np.float32),
+        answer_ids=answer_ids,
+        answer_probs=stack(2, np.float32),
+        answer_ranks=stack(3, np.int64),
+        tokens=tokens[0].astype(np.int64) if tokens.shape[0] == 1 else tokens.astype(np.int64),
+        ln=ln,
+        model=model,
+    )
+
+
+def _logsumexp(logits: np.ndarray) -> np.ndarray:
+    m = logits.max(-1, keepdims=True)
+    return m + np.log(np.exp(logits - m).sum(-1, keepdims=True))
+
+
+def _top_k(logits: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest logits along the last axis, largest first."""
+    part = np.argpartition(logits, -k, axis=-1)[..., -k:]
+    order = np.argsort(-np.take_along_axis(logits, part, -1), axis=-1, kind="stable")
+    return np.take_along_axis(part, order, -1)

@@ -1,0 +1,19 @@
+"""The weights the analyses need, read through Model's accessors."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def ln_final_params(model) -> tuple[np.ndarray, np.ndarray]:
+    """ln_final's weight and bias, each [d_model]."""
+    return model.ln_final_w, model.ln_final_b
+
+
+def unembed_bias(model) -> np.ndarray | None:
+    """b_U [d_vocab], or None (GPT-2 has none)."""
+    return model.b_U
+
+
+def attn_out_bias(model, layer: int) -> np.ndarray:
+    """b_O of a layer [d_model]."""
+    return model.b_O(layer)

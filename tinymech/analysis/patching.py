@@ -1,0 +1,184 @@
+"""Activation patching: run one input while replacing one activation (a layer's
+residual at one position, one head's output, ...) by its value in another
+run, and measure the output with a metric. Each patch is a tm.patch
+intervention applied by the core; the source run is captured once."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import numpy as np
+
+from ..hooks import patch
+from .errors import AnalysisError
+from .tables import format_grid
+from .tokens import token_ids, token_labels
+
+# activation -> (hook name within a block, the axes one patch is indexed by)
+ACTIVATIONS = {
+    "resid_pre": ("hook_resid_pre", ("layer", "pos")),
+    "resid_mid": ("hook_resid_mid", ("layer", "pos")),
+    "attn_out": ("hook_attn_out", ("layer", "pos")),
+    "attn_out_all_pos": ("hook_attn_out", ("layer",)),
+    "mlp_out": ("hook_mlp_out", ("layer", "pos")),
+    "mlp_out_all_pos": ("hook_mlp_out", ("layer",)),
+    "head_z": ("attn.hook_z", ("layer", "head")),
+    "head_z_by_pos": ("attn.hook_z", ("layer", "head", "pos")),
+}
+MODES = ("denoise", "noise")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PatchingResult:
+    """values: the metric after each patch, one axis per name in `axes`
+    ([layer, pos], [layer, head], [layer, head, pos] or [layer]), ready for a heatmap.
+    clean / corrupted: the metric on the unpatched clean / corrupted runs.
+    mode: "denoise" (clean activations patched into the corrupted run) or
+    "noise" (corrupted activations patched into the clean run).
+    pos_labels: the clean input's tokens (of its first sequence), when there is a pos axis."""
+
+    values: np.ndarray
+    axes: tuple[str, ...]
+    activation: str
+    mode: str
+    clean: float
+    corrupted: float
+    pos_labels: list[str] | None = None
+
+    @property
+    def normalized(self) -> np.ndarray:
+        """(values - corrupted) / (clean - corrupted): 1 where the patched run
+        scores like the clean run, 0 where it scores like the corrupted one."""
+        gap = self.clean - self.corrupted
+        if gap == 0:
+            raise AnalysisError("the clean and corrupted runs score the same: nothing to normalize by")
+        return (self.values - self.corrupted) / gap
+
+    def __str__(self):
+        title = (f"Patching {self.activation} ({self.mode}), normalized: 1 = clean {self.clean:+.4f}, "
+                 f"0 = corrupted {self.corrupted:+.4f}")
+        try:
+            grid = self.normalized
+        except AnalysisError:
+            grid, title = self.values, f"Patching {self.activation} ({self.mode}), metric (clean = corrupted)"
+        n_layers = grid.shape[0]
+        if self.axes == ("layer",):
+            return format_grid(grid[:, None], [f"L{l}" for l in range(n_layers)], ["value"], title)
+        if self.axes == ("layer", "head", "pos"):
+            rows = [f"L{l}H{h}" for l in range(n_layers) for h in range(grid.shape[1])]
+            return format_grid(grid.reshape(len(rows), -1), rows, self._pos_columns(grid.shape[-1]), title)
+        if self.axes[1] == "head":
+            columns = [f"H{h}" for h in range(grid.shape[1])]
+        else:
+            columns = self._pos_columns(grid.shape[1])
+        return format_grid(grid, [f"L{l}" for l in range(n_layers)], columns, title)
+
+    def _pos_columns(self, n: int) -> list[str]:
+        if not self.pos_labels:
+            return [str(p) for p in range(n)]
+        return [f"{p}:{label}" for p, label in enumerate(self.pos_labels)]
+
+
+def logit_diff_metric(model, answers, n_sequences: int | None = None) -> Callable[[np.ndarray], float]:
+    """A metric logits [batch, pos, d_vocab] -> mean over the batch of
+    logit(correct) - logit(incorrect) at the last position.
+    answers: one (correct, incorrect) pair, or one pair per sequence; tokens as
+    single-token strings or ids."""
+    pairs = np.asarray(answers, dtype=object)
+    if pairs.ndim == 1:
+        pairs = pairs[None]
+    if pairs.ndim != 2 or pairs.shape[1] != 2:
+        raise AnalysisError("answers are (correct, incorrect) token pairs: one pair, or one per sequence")
+    good, bad = token_ids(model, pairs[:, 0]), token_ids(model, pairs[:, 1])
+    if n_sequences is not None and len(good) not in (1, n_sequences):
+        raise AnalysisError(f"give one answer pair or one per sequence ({n_sequences}), not {len(good)}")
+
+    def metric(logits: np.ndarray) -> float:
+        last = np.asarray(logits)[:, -1]
+        rows = np.arange(last.shape[0])
+        return float(np.mean(last[rows, good] - last[rows, bad]))
+
+    return metric
+
+
+def patch_activations(model, clean, corrupted, activation: str, metric=None, answers=None, mode: str = "denoise",
+                      prepend_bos: bool = True, progress: Callable[[int, int], None] | None = None) -> PatchingResult:
+    """Patch every index of one activation kind (see ACTIVATIONS) in turn.
+
+    clean, corrupted: texts or token ids of the same shape [batch, pos].
+    metric: logits [batch, pos, d_vocab] -> float; by default the logit
+        difference of `answers` (see logit_diff_metric).
+    mode: "denoise" runs the corrupted input with clean activations patched in;
+        "noise" runs the clean input with corrupted activations patched in.
+    progress: called as progress(done, total) after each patched run.
+    """
+    if activation not in ACTIVATIONS:
+        raise AnalysisError(f"activation must be one of {list(ACTIVATIONS)}, not {activation!r}")
+    if mode not in MODES:
+        raise AnalysisError(f"mode must be one of {MODES}, not {mode!r}")
+    clean_tokens = model.tokens_of(clean, prepend_bos=prepend_bos)
+    corrupted_tokens = model.tokens_of(corrupted, prepend_bos=prepend_bos)
+    if clean_tokens.shape != corrupted_tokens.shape:
+        raise AnalysisError(
+            f"clean {list(clean_tokens.shape)} and corrupted {list(corrupted_tokens.shape)} inputs must have "
+            "the same shape, so that positions correspond"
+        )
+    if metric is None:
+        if answers is None:
+            raise AnalysisError("give a metric, or answers (correct, incorrect) for the logit difference")
+        metric = logit_diff_metric(model, answers, clean_tokens.shape[0])
+    suffix, axes = ACTIVATIONS[activation]
+    names = [f"blocks.{layer}.{suffix}" for layer in range(model.cfg.n_layers)]
+    source, target = (clean_tokens, corrupted_tokens) if mode == "denoise" else (corrupted_tokens, clean_tokens)
+
+    source_logits, cache = model.run_with_cache(source, names_filter=names)
+    target_score = float(metric(model.forward(target)))
+    source_score = float(metric(source_logits))
+    extent = {"layer": model.cfg.n_layers, "head": model.cfg.n_heads, "pos": target.shape[1]}
+    values = np.zeros([extent[a] for a in axes])
+    for done, index in enumerate(np.ndindex(values.shape), start=1):
+        at = dict(zip(axes, index))
+        name = names[at["layer"]]
+        intervention = patch(cache[name], heads=at.get("head"), positions=at.get("pos"))
+        values[index] = metric(model.run_with_hooks(target, fwd_hooks=[(name, intervention)]))
+        if progress is not None:
+            progress(done, values.size)
+    clean_score, corrupted_score = (source_score, target_score) if mode == "denoise" else (target_score, source_score)
+    return PatchingResult(
+        values=values,
+        axes=axes,
+        activation=activation,
+        mode=mode,
+        clean=clean_score,
+        corrupted=corrupted_score,
+        pos_labels=token_labels(model, clean_tokens[0]) if "pos" in axes else None,
+    )
+
+
+def patch_resid_pre(model, clean, corrupted, metric=None, answers=None, mode="denoise", **kw) -> PatchingResult:
+    """The residual stream before each layer, at each position: values [layer, pos]."""
+    return patch_activations(model, clean, corrupted, "resid_pre", metric, answers, mode, **kw)
+
+
+def patch_attn_out(model, clean, corrupted, metric=None, answers=None, mode="denoise", by_position=True,
+                   **kw) -> PatchingResult:
+    """Each layer's attention output: values [layer, pos], or [layer] (all positions at once)."""
+    activation = "attn_out" if by_position else "attn_out_all_pos"
+    return patch_activations(model, clean, corrupted, activation, metric, answers, mode, **kw)
+
+
+def patch_mlp_out(model, clean, corrupted, metric=None, answers=None, mode="denoise", by_position=True,
+                  **kw) -> PatchingResult:
+    """Each layer's MLP output: values [layer, pos], or [layer] (all positions at once)."""
+    activation = "mlp_out" if by_position else "mlp_out_all_pos"
+    return patch_activations(model, clean, corrupted, activation, metric, answers, mode, **kw)
+
+
+def patch_head_z(model, clean, corrupted, metric=None, answers=None, mode="denoise", **kw) -> PatchingResult:
+    """Each head's output (its hook_z) at every position at once: values [layer, head]."""
+    return patch_activations(model, clean, corrupted, "head_z", metric, answers, mode, **kw)
+
+
+def patch_head_z_by_pos(model, clean, corrupted, metric=None, answers=None, mode="denoise", **kw) -> PatchingResult:
+    """Each head's output (its hook_z) at each position: values [layer, head, pos]."""
+    return patch_activations(model, clean, corrupted, "head_z_by_pos", metric, answers, mode, **kw)

@@ -1,0 +1,47 @@
+"""Answer tokens given as strings or ids, and token labels for tables."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import InvalidTokensError
+
+
+def token_id(model, token) -> int:
+    """The id of one token, given as an id or as a string that is exactly one
+    token (mind the leading space: " Paris", not "Paris")."""
+    if isinstance(token, (int, np.integer)):
+        if not 0 <= int(token) < model.cfg.d_vocab:
+            raise InvalidTokensError(f"token id {int(token)} is outside the vocabulary [0, {model.cfg.d_vocab})")
+        return int(token)
+    if isinstance(token, str):
+        ids = model.to_tokens(token, prepend_bos=False)[0]
+        if len(ids) != 1:
+            pieces = model.to_str_tokens(ids) if len(ids) else []
+            raise InvalidTokensError(
+                f"{token!r} is {len(ids)} tokens {pieces}, not one; give a single token "
+                "(with its leading space, e.g. ' Paris') or a token id"
+            )
+        return int(ids[0])
+    raise InvalidTokensError(f"a token is a string or an integer id, got {type(token).__name__}")
+
+
+def token_ids(model, tokens) -> np.ndarray:
+    """[n] int64 ids of a token, or of a sequence of tokens (strings or ids)."""
+    if isinstance(tokens, (str, int, np.integer)):
+        tokens = [tokens]
+    return np.array([token_id(model, t) for t in np.asarray(tokens, dtype=object).reshape(-1)], dtype=np.int64)
+
+
+def is_single_token(model, text: str) -> bool:
+    return model.to_tokens(text, prepend_bos=False).shape[1] == 1
+
+
+def token_labels(model, ids: Sequence[int]) -> list[str]:
+    """Readable token strings: a leading space shows as '·', a newline as '↵';
+    '#id' when the model has no tokenizer."""
+    ids = [int(i) for i in np.asarray(ids).reshape(-1)]
+    if model.tokenizer is None:
+        return [f"#{i}" for i in ids]
+    return [s.replace(" ", "·").replace("\n", "↵") for s in model.tokenizer.decode_each(ids)]

@@ -16,15 +16,8 @@ import time
 
 import numpy as np
 
+from timing import best_time
 
-def best_time(fn, repeats: int) -> float:
-    fn()  # warm up: page in weights, size buffers
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def main():

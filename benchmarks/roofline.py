@@ -10,19 +10,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 import numpy as np
 
+from timing import best_time
 
-def best(fn, repeats=5):
-    fn()
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return min(out)
 
 
 def main():
@@ -43,16 +35,16 @@ def main():
         transposed = N == 50257  # the unembedding is stored [vocab, d_model]
         B = rng.standard_normal((N, K) if transposed else (K, N), dtype=np.float32)
         flops = 2 * M * K * N
-        ours = best(lambda: _core.kernels.matmul(A, B, None, transposed), 3)
-        ref = best(lambda: A @ (B.T if transposed else B), 3)
+        ours = best_time(lambda: _core.kernels.matmul(A, B, None, transposed), 3)
+        ref = best_time(lambda: A @ (B.T if transposed else B), 3)
         print(f"{f'{M} x {K} x {N}':<26}{flops / ours / 1e9:>15.1f}{flops / ref / 1e9:>13.1f}{ref / ours:>7.2f}x")
 
     big = rng.standard_normal(64 * 1024 * 1024 // 4 * 8, dtype=np.float32)  # 256 MB, far beyond caches
-    t_np = best(lambda: big.sum(), 3)
+    t_np = best_time(lambda: big.sum(), 3)
     # a 1-row matmul streams the whole matrix once: the decode pattern
     mat = big.reshape(-1, 4096)
     vec = rng.standard_normal((1, mat.shape[0]), dtype=np.float32)
-    t_ours = best(lambda: _core.kernels.matmul(vec, mat, None, False), 3)
+    t_ours = best_time(lambda: _core.kernels.matmul(vec, mat, None, False), 3)
     print(f"memory read: numpy sum {big.nbytes / t_np / 1e9:.1f} GB/s, "
           f"tinymech 1-row matmul {mat.nbytes / t_ours / 1e9:.1f} GB/s ({t_np / t_ours:.2f}x)")
 

@@ -264,15 +264,16 @@ struct Pass {
   }
 
   void unembed(LogitsMode mode, float* logits) {
-    if (mode == LogitsMode::none) return;
     const int64_t V = cfg.d_vocab;
     float* x = ws.x.data();
     float* h = ws.h.data();
     const bool ln_hooked =
         active(HookKind::ln_final_scale) || active(HookKind::ln_final_normalized);
+    // ln_final's hooks run even when no logits are wanted
     if (mode == LogitsMode::all || ln_hooked) {
       layer_norm(x, w.lnf_w, w.lnf_b, h, HookKind::ln_final_scale, HookKind::ln_final_normalized, 0);
     }
+    if (mode == LogitsMode::none) return;
     if (mode == LogitsMode::all) {
       matmul(h, BT, D, D, w.unembed, V, 1, D, w.unembed_b, logits, V);
       return;

@@ -85,13 +85,16 @@ void check_replace_shape(const View& v, const Edit& e, int hook_id, int64_t n_la
   std::vector<int64_t> want = v.tl_shape();
   const std::vector<int64_t>& got = e.values_shape;
   const size_t pos_axis = v.head_before_pos ? 2 : 1;
+  // scores and patterns also have a key axis, which grows during generation
+  const size_t key_axis = v.head_before_pos ? 3 : pos_axis;
   bool ok = got.size() == want.size() && (got[0] == want[0] || got[0] == 1);
   for (size_t i = 1; ok && i < want.size(); ++i)
-    if (i != pos_axis && got[i] != want[i]) ok = false;
+    if (i != pos_axis && i != key_axis && got[i] != want[i]) ok = false;
+  if (ok && v.head_before_pos && got[key_axis] < got[pos_axis]) ok = false;  // each query sees its keys
   if (!ok)
     throw std::invalid_argument("replacement for " + hook_name(hook_id, n_layers) + " has shape " +
                                 shape_str(got) + " but the activation is " + shape_str(want) +
-                                " (the position axis may differ)");
+                                " (the position axes may differ)");
 }
 
 }  // namespace
@@ -169,13 +172,16 @@ void HookPlan::apply(int id, const View& v) {
       case EditType::replace: {
         check_replace_shape(v, e, id, n_layers_);
         const int64_t src_pos = e.values_shape[v.head_before_pos ? 2 : 1];
+        // differs from inner only for scores/patterns, whose rows past either
+        // key count are causally masked for every position the source covers
+        const int64_t src_inner = e.values_shape.back(), n_copy = std::min(inner, src_inner);
         const bool one_batch = e.values_shape[0] == 1;
-        TlIndex idx{v.ndim == 4 ? v.shape[2] : 1, src_pos, inner, v.head_before_pos};
+        TlIndex idx{v.ndim == 4 ? v.shape[2] : 1, src_pos, src_inner, v.head_before_pos};
         for_each_block(v, e, [&](float* blk, int64_t b, int64_t t, int64_t h) {
           const int64_t p = v.pos_offset + t;
           if (p >= src_pos) return;  // the source does not cover this position
           std::memcpy(blk, e.values + idx(one_batch ? 0 : b, p, h),
-                      static_cast<size_t>(inner) * sizeof(float));
+                      static_cast<size_t>(n_copy) * sizeof(float));
         });
         break;
       }

@@ -84,6 +84,7 @@ struct Edit {
   std::vector<int64_t> heads;      // empty: every head
   std::vector<int64_t> positions;  // absolute positions; empty: every position
   // replace: source [batch or 1, P, rest...] in TL order covering positions 0..P-1
+  // (scores/pattern: [batch or 1, head, P, keys], keys may differ from the activation's)
   // fill / add: one value per element of rest, or per element of one head's
   // slice (broadcast over heads); none: use `scalar`
   const float* values = nullptr;

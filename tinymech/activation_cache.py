@@ -68,26 +68,38 @@ class ActivationCache:
         return layer + n + 1 if layer < 0 else layer
 
     def accumulated_resid(self, layer=None, incl_mid=False, apply_ln=False, pos_slice=None,
-                          return_labels=False):
-        """The residual stream before each layer up to `layer` (and after the last
-        layer when layer is None): [component, batch, pos, d_model]."""
-        stop = self._n_layers(layer)
+                          mlp_input=False, return_labels=False):
+        """The residual stream entering each layer up to and including `layer`, and
+        the final resid_post when layer is None (or -1): [component, batch, pos, d_model].
+        incl_mid adds each earlier layer's resid_mid, mlp_input `layer`'s own.
+        apply_ln at the unembed applies ln_final to each component with its own
+        statistics (the logit lens, as TransformerLens does); before a layer it
+        uses that layer's cached scale (apply_ln_to_stack)."""
+        n = self.model.cfg.n_layers
+        layer = self._n_layers(layer)
         parts, labels = [], []
-        for l in range(stop):
-            if l == self.model.cfg.n_layers:
+        for l in range(layer + 1):
+            if l == n:
+                parts.append(self[f"blocks.{n - 1}.hook_resid_post"])
+                labels.append("final_post")
                 break
             parts.append(self[f"blocks.{l}.hook_resid_pre"])
             labels.append(f"{l}_pre")
-            if incl_mid:
+            if (incl_mid and l < layer) or (mlp_input and l == layer):
                 parts.append(self[f"blocks.{l}.hook_resid_mid"])
                 labels.append(f"{l}_mid")
-        if stop == self.model.cfg.n_layers:
-            parts.append(self[f"blocks.{stop - 1}.hook_resid_post"])
-            labels.append("final_post")
-        stack = _pos(np.stack(parts), pos_slice)
+        stack = np.stack([_pos(p, pos_slice) for p in parts])
         if apply_ln:
-            stack = self.apply_ln_to_stack(stack, layer, pos_slice=pos_slice)
+            stack = self._ln_final_each(stack) if layer == n else \
+                self.apply_ln_to_stack(stack, layer, mlp_input, pos_slice=pos_slice)
         return (stack, labels) if return_labels else stack
+
+    def _ln_final_each(self, stack: np.ndarray) -> np.ndarray:
+        """ln_final (with its weight and bias) applied to each component on its own."""
+        w = self.model._weights
+        centered = stack - stack.mean(-1, keepdims=True)
+        scale = np.sqrt((centered * centered).mean(-1, keepdims=True) + self.model.cfg.eps)
+        return (centered / scale * w["lnf_w"] + w["lnf_b"]).astype(np.float32)
 
     def decompose_resid(self, layer=None, mlp_input=False, mode="all", apply_ln=False,
                         pos_slice=None, incl_embeds=True, return_labels=False):
@@ -149,16 +161,18 @@ class ActivationCache:
                           batch_slice=None, has_batch_dim=True):
         """Center each component and divide by the cached LayerNorm scale the
         stack's sum went through (ln_final for layer None), as TransformerLens does.
-        The LayerNorm's weight and bias are not applied."""
+        The LayerNorm's weight and bias are not applied. pos_slice is taken to be
+        applied to the stack already; batch_slice is applied here to both."""
         cfg = self.model.cfg
         if layer is None or layer == -1 or layer >= cfg.n_layers:
             scale = self["ln_final.hook_scale"]
         else:
             scale = self[f"blocks.{layer}.{'ln2' if mlp_input else 'ln1'}.hook_scale"]
         scale = _pos(scale, pos_slice)
-        if batch_slice is not None:
-            scale = scale[batch_slice]
-        if not has_batch_dim:
+        if has_batch_dim:
+            residual_stack = _index(residual_stack, batch_slice, axis=1)
+            scale = _index(scale, batch_slice, axis=0)
+        else:
             scale = scale[0]
         centered = residual_stack - residual_stack.mean(-1, keepdims=True)
         return centered / scale
@@ -177,9 +191,20 @@ class ActivationCache:
         return (scaled * direction).sum(-1)
 
 
-def _pos(x: np.ndarray, pos_slice):
-    if pos_slice is None:
+def _index(x: np.ndarray, selection, axis: int) -> np.ndarray:
+    """TransformerLens's Slice along one axis: None keeps all, an int picks one
+    (dropping the axis), a tuple is slice(*tuple), a slice or a list of indices picks those."""
+    if selection is None:
         return x
-    if isinstance(pos_slice, int):
-        pos_slice = slice(pos_slice, pos_slice + 1) if pos_slice != -1 else slice(-1, None)
-    return x[..., pos_slice, :]
+    if isinstance(selection, tuple):
+        selection = slice(*selection)
+    elif not isinstance(selection, (int, np.integer, slice)):
+        selection = np.asarray(selection)
+    index = [slice(None)] * x.ndim
+    index[axis] = selection
+    return x[tuple(index)]
+
+
+def _pos(x: np.ndarray, pos_slice) -> np.ndarray:
+    """pos_slice applied to the position axis ([..., pos, d])."""
+    return _index(x, pos_slice, axis=-2)

@@ -1,0 +1,131 @@
+"""ActivationCache lookups and helpers against TransformerLens's
+ActivationCache on the same weights and tokens."""
+import numpy as np
+import pytest
+import torch
+
+import tinymech as tm
+from model_factory import rel_err
+from tl_reference import TL_PROCESSING
+
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module", params=["raw", "processed"])
+def caches(request, gpt2, tl_gpt2):
+    """(our cache, TL's ActivationCache, tokens) for the odd shape (3 layers)."""
+    hf, model, path = gpt2("odd")
+    processed = request.param == "processed"
+    if processed:
+        model = tm.load(path, **TL_PROCESSING)
+    tokens = np.random.default_rng(0).integers(0, model.cfg.d_vocab, (3, 10))
+    _, ours = model.run_with_cache(tokens)
+    with torch.no_grad():
+        _, theirs = tl_gpt2(hf, processed=processed).run_with_cache(torch.as_tensor(tokens))
+    return ours, theirs, tokens
+
+
+def assert_same(ours, theirs):
+    (a, a_labels), (b, b_labels) = ours, theirs
+    assert a_labels == b_labels
+    assert a.shape == tuple(b.shape)
+    assert rel_err(a, b.detach().numpy()) <= TOL
+
+
+POS_SLICES = [None, -1, (1, 6), [0, 4, 9]]
+
+
+def test_lookup_forms(caches):
+    ours, _, _ = caches
+    assert ours["pattern", 1] is ours["blocks.1.attn.hook_pattern"]
+    assert ours["resid_post", -1] is ours["blocks.2.hook_resid_post"]
+    assert ours["k2"] is ours["blocks.2.attn.hook_k"]
+    assert ours["scale", 0, "ln2"] is ours["blocks.0.ln2.hook_scale"]
+    assert ours["normalized"] is ours["ln_final.hook_normalized"]
+    assert ("z", 1) in ours and "blocks.0.attn.hook_result" not in ours and "bogus" not in ours
+    with pytest.raises(KeyError, match="not cached"):
+        ours["result", 0]
+
+
+@pytest.mark.parametrize("layer,incl_mid,mlp_input", [
+    (None, False, False), (None, True, False), (0, False, False), (2, True, False), (3, True, False),
+    (0, False, True), (2, True, True),  # mlp_input needs a layer before the unembed
+])
+@pytest.mark.parametrize("apply_ln", [False, True])
+def test_accumulated_resid(caches, layer, incl_mid, mlp_input, apply_ln):
+    ours, theirs, _ = caches
+    kwargs = dict(layer=layer, incl_mid=incl_mid, mlp_input=mlp_input, apply_ln=apply_ln, return_labels=True)
+    assert_same(ours.accumulated_resid(**kwargs), theirs.accumulated_resid(**kwargs))
+
+
+@pytest.mark.parametrize("pos_slice", POS_SLICES)
+def test_accumulated_resid_pos_slice(caches, pos_slice):
+    ours, theirs, _ = caches
+    for apply_ln in (False, True):
+        kwargs = dict(pos_slice=pos_slice, apply_ln=apply_ln, incl_mid=True, return_labels=True)
+        assert_same(ours.accumulated_resid(**kwargs), theirs.accumulated_resid(**kwargs))
+
+
+@pytest.mark.parametrize("layer,mlp_input", [(None, False), (1, False), (1, True), (3, False)])
+@pytest.mark.parametrize("mode", ["all", "attn", "mlp"])
+def test_decompose_resid(caches, layer, mlp_input, mode):
+    ours, theirs, _ = caches
+    for apply_ln in (False, True):
+        kwargs = dict(layer=layer, mlp_input=mlp_input, mode=mode, apply_ln=apply_ln, return_labels=True)
+        assert_same(ours.decompose_resid(**kwargs), theirs.decompose_resid(**kwargs))
+
+
+@pytest.mark.parametrize("layer", [None, 0, 1, 3])
+def test_decompose_resid_sums_to_the_residual_stream(caches, layer):
+    ours, _, _ = caches
+    stop = 3 if layer is None else layer
+    target = ours["resid_post", 2] if stop == 3 else ours["resid_pre", stop]
+    assert rel_err(ours.decompose_resid(layer=layer).sum(0), target) <= TOL
+    if stop < 3:
+        assert rel_err(ours.decompose_resid(layer=layer, mlp_input=True).sum(0), ours["resid_mid", stop]) <= TOL
+    parts, labels = ours.decompose_resid(layer=layer, pos_slice=(2, 5), return_labels=True)
+    assert len(labels) == 2 + 2 * stop and parts.shape == (2 + 2 * stop, 3, 3, ours.model.cfg.d_model)
+
+
+@pytest.mark.parametrize("layer", [-1, 1, 3])
+@pytest.mark.parametrize("pos_slice", [None, -1, [0, 4, 9]])
+def test_stack_head_results(caches, layer, pos_slice):
+    ours, theirs, _ = caches
+    for incl_remainder, apply_ln in [(False, False), (True, False), (False, True)]:
+        kwargs = dict(layer=layer, pos_slice=pos_slice, incl_remainder=incl_remainder, apply_ln=apply_ln,
+                      return_labels=True)
+        assert_same(ours.stack_head_results(**kwargs), theirs.stack_head_results(**kwargs))
+
+
+def test_head_results_sum_to_attn_out(caches):
+    ours, _, _ = caches
+    model = ours.model
+    stack, labels = ours.stack_head_results(layer=-1, return_labels=True)
+    H = model.cfg.n_heads
+    assert labels[:H + 1] == [f"L0H{h}" for h in range(H)] + ["L1H0"]
+    for layer in range(model.cfg.n_layers):
+        heads = stack[layer * H:(layer + 1) * H].sum(0) + model._weights["layers"][layer]["out_b"]
+        assert rel_err(heads, ours["attn_out", layer]) <= TOL
+    _, captured = model.run_with_cache(caches[2], names_filter="blocks.1.attn.hook_result")
+    assert rel_err(ours.head_results(1), captured["result", 1]) <= TOL
+
+
+@pytest.mark.parametrize("layer,mlp_input", [(None, False), (0, False), (1, True)])
+@pytest.mark.parametrize("batch_slice", [None, 1, [0, 2]])
+def test_apply_ln_to_stack(caches, layer, mlp_input, batch_slice):
+    ours, theirs, _ = caches
+    stack = ours.decompose_resid(layer=layer, mlp_input=mlp_input)
+    ref = theirs.apply_ln_to_stack(torch.as_tensor(stack), layer, mlp_input=mlp_input, batch_slice=batch_slice)
+    assert rel_err(ours.apply_ln_to_stack(stack, layer, mlp_input, batch_slice=batch_slice), ref.detach().numpy()) <= TOL
+
+
+def test_logit_attrs(caches):
+    ours, theirs, tokens = caches
+    stack = ours.accumulated_resid(pos_slice=-1)  # [component, batch, d_model]
+    answer, wrong = torch.as_tensor(tokens[:, -1]), torch.as_tensor(tokens[:, 0])
+    ref = theirs.logit_attrs(torch.as_tensor(stack), answer, wrong, pos_slice=-1)
+    assert rel_err(ours.logit_attrs(stack, tokens[:, -1], tokens[:, 0], pos_slice=-1), ref.detach().numpy()) <= TOL
+
+    per_position = ours.decompose_resid()  # every position, next-token directions
+    ref = theirs.logit_attrs(torch.as_tensor(per_position), torch.as_tensor(tokens))
+    assert rel_err(ours.logit_attrs(per_position, tokens), ref.detach().numpy()) <= TOL

@@ -1,0 +1,173 @@
+"""Hook behaviour: name resolution, bad input, failing hook functions, the
+hooks() context manager, names_filter forms, and the empty plan."""
+import numpy as np
+import pytest
+
+import tinymech as tm
+from model_factory import rel_err
+
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def model(gpt2):
+    return gpt2("tiny")[1]
+
+
+@pytest.fixture(scope="module")
+def tokens(model):
+    return np.random.default_rng(0).integers(0, model.cfg.d_vocab, (2, 9))
+
+
+def test_hook_names_are_transformerlens_names(model):
+    names = model.hook_names()
+    assert names[:3] == ["hook_embed", "hook_pos_embed", "blocks.0.hook_resid_pre"]
+    assert names[-2:] == ["ln_final.hook_scale", "ln_final.hook_normalized"]
+    assert len(names) == 4 + 18 * model.cfg.n_layers
+    assert tm.get_act_name("pattern", 1) in names and tm.get_act_name("k1") == "blocks.1.attn.hook_k"
+    assert tm.get_act_name("normalized", 0, "ln2") == "blocks.0.ln2.hook_normalized"
+
+
+def test_unknown_hook_name_suggests_the_closest(model, tokens):
+    with pytest.raises(tm.HookError, match="did you mean 'blocks.0.attn.hook_pattern'"):
+        model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.attn.hook_patern", tm.zero_ablate())])
+    with pytest.raises(tm.HookError, match="did you mean 'blocks.1.hook_resid_post'"):
+        model.run_with_cache(tokens, names_filter=["blocks.1.hook_resid_pots"])
+    with pytest.raises(tm.HookError, match="unknown hook point"):
+        with model.hooks([("nothing.like.it", tm.zero_ablate())]):
+            pass
+    with pytest.raises(tm.HookError):
+        model.generate(tokens, max_new_tokens=2, hooks=[("blocks.9.hook_resid_pre", tm.zero_ablate())])
+
+
+@pytest.mark.parametrize("hook", [
+    ("blocks.0.hook_resid_pre", tm.add(np.ones(5))),                          # wrong width
+    ("blocks.0.attn.hook_z", tm.mean_ablate(np.ones((3, 16)))),               # wrong head count
+    ("blocks.0.attn.hook_z", tm.patch(np.ones((2, 9, 4, 15)))),               # wrong d_head
+    ("blocks.0.attn.hook_pattern", tm.patch(np.ones((3, 4, 9, 9)))),          # wrong batch
+    ("blocks.0.attn.hook_pattern", tm.patch(np.ones((2, 4, 9, 5)))),          # fewer keys than queries
+    ("blocks.0.attn.hook_z", tm.zero_ablate(heads=[4])),                      # no such head
+    ("blocks.0.hook_resid_pre", tm.zero_ablate(heads=[0])),                   # no head axis
+    ("blocks.0.hook_resid_pre", tm.zero_ablate(positions=[-1])),              # positions are absolute
+    ("blocks.0.hook_resid_pre", "not an action"),
+], ids=["width", "heads", "d_head", "batch", "keys", "head-range", "no-head-axis", "negative-pos", "action"])
+def test_bad_interventions_raise_hook_error(model, tokens, hook):
+    with pytest.raises(tm.HookError):
+        model.run_with_hooks(tokens, fwd_hooks=[hook])
+    np.testing.assert_array_equal(model.run_with_hooks(tokens), model(tokens))
+
+
+@pytest.mark.parametrize("values", [np.array(["a", "b"]), np.ones(64, dtype=bool), np.ones(64, dtype=complex),
+                                    np.array([None] * 64), np.full(64, np.nan)])
+def test_intervention_values_must_be_finite_numbers(values):
+    with pytest.raises(tm.HookError):
+        tm.add(values)
+
+
+def test_hook_function_that_raises(model, tokens):
+    def broken(act, hook):
+        raise KeyError("boom")
+
+    plain = model(tokens)
+    with pytest.raises(tm.HookError, match=r"blocks\.1\.mlp\.hook_post.*KeyError") as info:
+        model.run_with_hooks(tokens, fwd_hooks=[("blocks.1.mlp.hook_post", broken)])
+    assert isinstance(info.value.__cause__, KeyError)
+    np.testing.assert_array_equal(model(tokens), plain)
+
+    # a KV cache in use keeps its length and stays usable
+    cache = model.new_cache(2)
+    model.forward(tokens[:, :5], cache=cache)
+    with pytest.raises(tm.HookError):
+        model.forward(tokens[:, 5:], cache=cache, hooks=[("blocks.0.hook_resid_mid", broken)])
+    assert cache.n_past == 5
+    rest = model.forward(tokens[:, 5:], cache=cache)
+    assert rel_err(rest, plain[:, 5:]) <= TOL
+    with pytest.raises(tm.HookError):
+        model.generate(tokens, max_new_tokens=3, hooks=[("blocks.0.attn.hook_pattern", broken)])
+
+
+@pytest.mark.parametrize("bad_return", [
+    lambda act, hook: act[:, :1],
+    lambda act, hook: act.astype(np.int32),
+    lambda act, hook: "no",
+], ids=["shape", "dtype", "type"])
+def test_hook_function_with_a_bad_return_value(model, tokens, bad_return):
+    with pytest.raises(tm.HookError, match="blocks.0.hook_attn_out"):
+        model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.hook_attn_out", bad_return)])
+
+
+def test_hook_function_sees_transformerlens_shapes(model, tokens):
+    seen = {}
+
+    def record(act, hook):
+        seen[hook.name] = (act.shape, act.dtype, hook.layer())
+
+    names = ["blocks.1.attn.hook_pattern", "blocks.1.attn.hook_q", "blocks.1.ln2.hook_scale"]
+    model.run_with_hooks(tokens, fwd_hooks=[(n, record) for n in names])
+    c = model.cfg
+    assert seen == {
+        "blocks.1.attn.hook_pattern": ((2, c.n_heads, 9, 9), np.float32, 1),
+        "blocks.1.attn.hook_q": ((2, 9, c.n_heads, c.d_head), np.float32, 1),
+        "blocks.1.ln2.hook_scale": ((2, 9, 1), np.float32, 1),
+    }
+
+
+def test_hooks_context_manager(model, tokens):
+    plain = model(tokens)
+    prompt = tokens[:1, :4]
+    plain_generation = model.generate(prompt, max_new_tokens=6, stop_at_eos=False)
+    plain_resid = model.run_with_cache(tokens, names_filter="blocks.0.hook_resid_post")[1]["resid_post", 0]
+    hooks = [("blocks.0.hook_resid_post", tm.scale(-1.0))]
+    steered = model.run_with_hooks(tokens, fwd_hooks=hooks)
+    with model.hooks(hooks):
+        assert rel_err(model(tokens), steered) <= 1e-6
+        assert rel_err(model.forward(tokens), steered) <= 1e-6
+        logits, cache = model.run_with_cache(tokens)
+        assert rel_err(logits, steered) <= 1e-6
+        np.testing.assert_array_equal(cache["resid_post", 0], -plain_resid)
+        generated = model.generate(prompt, max_new_tokens=6, stop_at_eos=False)
+    np.testing.assert_array_equal(generated, model.generate(prompt, max_new_tokens=6, stop_at_eos=False, hooks=hooks))
+    assert not np.array_equal(generated, plain_generation)
+    np.testing.assert_array_equal(model(tokens), plain)
+    with pytest.raises(RuntimeError):
+        with model.hooks(hooks):
+            raise RuntimeError("leaving the block early")
+    np.testing.assert_array_equal(model(tokens), plain)
+
+
+def test_names_filter_forms(model, tokens):
+    every = model.hook_names()
+    _, cache = model.run_with_cache(tokens)
+    assert list(cache) == [n for n in every if not n.endswith("attn.hook_result")]
+    _, one = model.run_with_cache(tokens, names_filter="blocks.1.attn.hook_result")
+    assert list(one) == ["blocks.1.attn.hook_result"]
+    _, some = model.run_with_cache(tokens, names_filter=["blocks.1.hook_resid_post", "hook_embed"])
+    assert list(some) == ["hook_embed", "blocks.1.hook_resid_post"]
+    _, matched = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_scale"))
+    assert list(matched) == [n for n in every if n.endswith("hook_scale")]
+    for name in some:
+        np.testing.assert_array_equal(some[name], cache[name])
+    head_sum = one["blocks.1.attn.hook_result"].sum(2) + model._weights["layers"][1]["out_b"]
+    assert rel_err(head_sum, cache["attn_out", 1]) <= TOL
+
+
+def test_no_hooks_is_the_plain_forward(model, tokens):
+    plain = model(tokens)
+    empty_plan = tm._core.HookPlan(model.cfg.n_layers)
+    np.testing.assert_array_equal(model._core.forward(model.new_cache(2), tokens.astype(np.int32), empty_plan, "all"), plain)
+    np.testing.assert_array_equal(model.run_with_hooks(tokens, fwd_hooks=[]), plain)
+    np.testing.assert_array_equal(model.run_with_cache(tokens)[0], plain)
+
+
+def test_captures_see_earlier_edits(model, tokens):
+    _, cache = model.run_with_cache(tokens, names_filter="blocks.0.attn.hook_z",
+                                    hooks=[("blocks.0.attn.hook_z", tm.zero_ablate(heads=[2], positions=[3]))])
+    z = cache["z", 0]
+    np.testing.assert_array_equal(z[:, 3, 2], 0.0)
+    assert np.abs(z[:, 3, 1]).max() > 0 and np.abs(z[:, 4, 2]).max() > 0
+
+
+def test_every_hook_runs_without_logits(model, tokens):
+    seen = []
+    model.forward(tokens, logits="none", hooks=[(lambda n: True, lambda act, hook: seen.append(hook.name))])
+    assert seen == model.hook_names()

@@ -1,6 +1,255 @@
-// pybind11 bindings of the SAE core (csrc/sae.hpp).
+// pybind11 bindings of the SAE core (csrc/sae.hpp): _core.Sae and
+// _core.SaeSplice (a NativeHook). tinymech/sae.py owns the user-facing API
+// and its checks; this layer checks what keeps memory safe.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "sae.hpp"
 
 namespace py = pybind11;
 
-void register_sae(py::module_& m) { (void)m; }
+namespace {
+
+using FloatIn = py::array_t<float, py::array::c_style | py::array::forcecast>;
+using ByteIn = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
+
+// A numpy array that takes over a std::vector's storage.
+template <class T>
+py::array_t<T> owned_array(std::vector<T>&& data, std::vector<py::ssize_t> shape) {
+  auto* owned = new std::vector<T>(std::move(data));
+  py::capsule owner(owned, [](void* p) { delete static_cast<std::vector<T>*>(p); });
+  return py::array_t<T>(shape, owned->data(), owner);
+}
+
+// The SAE plus the arrays its weight pointers point into. Splices share it,
+// so it lives until the last of them is gone; the arrays are released
+// under the GIL, wherever the last owner lets go.
+struct OwnedSae {
+  std::unique_ptr<tmech::Sae> sae;
+  std::vector<py::object> keep;
+  ~OwnedSae() {
+    py::gil_scoped_acquire gil;
+    keep.clear();
+  }
+};
+
+struct PySae {
+  std::shared_ptr<OwnedSae> owned;
+  const tmech::Sae& sae() const { return *owned->sae; }
+  std::shared_ptr<const tmech::Sae> shared() const { return {owned, owned->sae.get()}; }
+};
+
+const float* weight(const py::dict& d, const char* key, std::vector<int64_t> shape, std::vector<py::object>& keep,
+                    bool optional = false) {
+  if (!d.contains(key) || d[key].is_none()) {
+    if (optional) return nullptr;
+    throw std::invalid_argument(std::string("SAE weight '") + key + "' is missing");
+  }
+  py::object obj = d[key];
+  if (!py::isinstance<py::array_t<float>>(obj))
+    throw std::invalid_argument(std::string("SAE weight '") + key + "' must be a float32 array");
+  auto arr = obj.cast<py::array>();
+  std::vector<int64_t> got(arr.shape(), arr.shape() + arr.ndim());
+  if (got != shape)
+    throw std::invalid_argument(std::string("SAE weight '") + key + "' has shape " + tmech::shape_string(got) +
+                                " but the config needs " + tmech::shape_string(shape));
+  if (!(arr.flags() & py::array::c_style))
+    throw std::invalid_argument(std::string("SAE weight '") + key + "' must be C-contiguous");
+  keep.push_back(obj);
+  return static_cast<const float*>(arr.data());
+}
+
+template <class E>
+E parse(const std::string& s, std::initializer_list<std::pair<const char*, E>> names, const char* what) {
+  for (const auto& [name, value] : names)
+    if (s == name) return value;
+  throw std::invalid_argument(std::string("unknown SAE ") + what + " '" + s + "'");
+}
+
+PySae make_sae(const py::dict& cfg, const py::dict& w) {
+  tmech::SaeConfig c;
+  c.d_in = cfg["d_in"].cast<int64_t>();
+  c.d_sae = cfg["d_sae"].cast<int64_t>();
+  c.d_out = cfg["d_out"].cast<int64_t>();
+  c.activation = parse<tmech::SaeActivation>(cfg["activation"].cast<std::string>(),
+                                              {{"relu", tmech::SaeActivation::relu},
+                                               {"jumprelu", tmech::SaeActivation::jumprelu},
+                                               {"topk", tmech::SaeActivation::topk}},
+                                              "activation");
+  c.k = cfg["k"].cast<int64_t>();
+  c.apply_b_dec_to_input = cfg["apply_b_dec_to_input"].cast<bool>();
+  c.rescale_acts_by_decoder_norm = cfg["rescale_acts_by_decoder_norm"].cast<bool>();
+  c.norm = parse<tmech::SaeNorm>(cfg["norm"].cast<std::string>(),
+                                 {{"none", tmech::SaeNorm::none},
+                                  {"constant_norm_rescale", tmech::SaeNorm::constant_norm_rescale},
+                                  {"layer_norm", tmech::SaeNorm::layer_norm}},
+                                 "normalization");
+  c.denormalize_output = cfg["denormalize_output"].cast<bool>();
+  c.validate();
+  auto owned = std::make_shared<OwnedSae>();
+  tmech::SaeWeights sw;
+  sw.W_enc = weight(w, "W_enc", {c.d_in, c.d_sae}, owned->keep);
+  sw.b_enc = weight(w, "b_enc", {c.d_sae}, owned->keep);
+  sw.W_dec = weight(w, "W_dec", {c.d_sae, c.d_out}, owned->keep);
+  sw.b_dec = weight(w, "b_dec", {c.d_out}, owned->keep);
+  sw.threshold = weight(w, "threshold", {c.d_sae}, owned->keep, true);
+  sw.W_skip = weight(w, "W_skip", {c.d_out, c.d_in}, owned->keep, true);
+  owned->sae = std::make_unique<tmech::Sae>(c, sw);
+  return PySae{owned};
+}
+
+// x as [rows, width] with width == `want`.
+int64_t rows_of(const FloatIn& x, int64_t want, const char* name) {
+  if (x.ndim() != 2 || x.shape(1) != want)
+    throw std::invalid_argument(std::string(name) + " must be [rows, " + std::to_string(want) + "]");
+  return x.shape(0);
+}
+
+py::tuple codes_to_numpy(tmech::SparseCodes&& codes) {
+  const auto nnz = static_cast<py::ssize_t>(codes.indices.size());
+  return py::make_tuple(owned_array(std::move(codes.offsets), {codes.rows + 1}),
+                        owned_array(std::move(codes.indices), {nnz}), owned_array(std::move(codes.values), {nnz}));
+}
+
+tmech::SparseCodes codes_from(py::array_t<int64_t, py::array::c_style | py::array::forcecast> offsets,
+                              py::array_t<int32_t, py::array::c_style | py::array::forcecast> indices, FloatIn values,
+                              int64_t d_sae) {
+  if (offsets.ndim() != 1 || offsets.shape(0) < 1 || indices.ndim() != 1 || values.ndim() != 1 ||
+      indices.shape(0) != values.shape(0))
+    throw std::invalid_argument("sparse codes are offsets [rows + 1], indices [nnz], values [nnz]");
+  tmech::SparseCodes c;
+  c.rows = offsets.shape(0) - 1;
+  c.offsets.assign(offsets.data(), offsets.data() + offsets.shape(0));
+  c.indices.assign(indices.data(), indices.data() + indices.shape(0));
+  c.values.assign(values.data(), values.data() + values.shape(0));
+  if (c.offsets[0] != 0 || c.offsets.back() != static_cast<int64_t>(c.indices.size()))
+    throw std::invalid_argument("sparse offsets must start at 0 and end at nnz");
+  for (int64_t r = 0; r < c.rows; ++r)
+    if (c.offsets[r + 1] < c.offsets[r]) throw std::invalid_argument("sparse offsets must not decrease");
+  for (int32_t f : c.indices)
+    if (f < 0 || f >= d_sae) throw std::out_of_range("feature index " + std::to_string(f) + " is out of range");
+  return c;
+}
+
+// decode + finish, with the input (for normalization and W_skip) when given.
+template <class Decode>
+py::array_t<float> decode_with(const PySae& s, int64_t rows, const std::optional<FloatIn>& x, Decode decode) {
+  const tmech::SaeConfig& c = s.sae().config();
+  if (x && rows_of(*x, c.d_in, "x") != rows) throw std::invalid_argument("x and the features cover different rows");
+  std::vector<float> out(static_cast<size_t>(rows * c.d_out));
+  {
+    py::gil_scoped_release nogil;
+    decode(out.data());
+    tmech::RowNorm norm;
+    if (x) {
+      s.sae().compute_norm(x->data(), rows, norm);
+      s.sae().finish(norm, x->data(), rows, out.data());
+    }
+  }
+  return owned_array(std::move(out), {rows, c.d_out});
+}
+
+}  // namespace
+
+void register_sae(py::module_& m) {
+  py::class_<PySae>(m, "Sae", "An SAE or transcoder over float32 weights (see tinymech.sae.SAE)")
+      .def(py::init(&make_sae), py::arg("config"), py::arg("weights"))
+      .def("encode", [](const PySae& s, FloatIn x) {
+        const tmech::SaeConfig& c = s.sae().config();
+        const int64_t rows = rows_of(x, c.d_in, "x");
+        std::vector<float> acts(static_cast<size_t>(rows * c.d_sae));
+        {
+          py::gil_scoped_release nogil;
+          s.sae().encode(x.data(), rows, nullptr, acts.data(), nullptr, nullptr);
+        }
+        return owned_array(std::move(acts), {rows, c.d_sae});
+      }, py::arg("x"))
+      .def("encode_pre", [](const PySae& s, FloatIn x) {
+        const tmech::SaeConfig& c = s.sae().config();
+        const int64_t rows = rows_of(x, c.d_in, "x");
+        std::vector<float> acts(static_cast<size_t>(rows * c.d_sae)), pre(acts.size());
+        {
+          py::gil_scoped_release nogil;
+          s.sae().encode(x.data(), rows, nullptr, acts.data(), pre.data(), nullptr);
+        }
+        return owned_array(std::move(pre), {rows, c.d_sae});
+      }, py::arg("x"), "pre-activations x·W_enc + b_enc (after normalization and b_dec)")
+      .def("encode_sparse", [](const PySae& s, FloatIn x) {
+        const int64_t rows = rows_of(x, s.sae().config().d_in, "x");
+        tmech::SparseCodes codes;
+        {
+          py::gil_scoped_release nogil;
+          s.sae().encode(x.data(), rows, &codes, nullptr, nullptr, nullptr);
+        }
+        return codes_to_numpy(std::move(codes));
+      }, py::arg("x"), "(offsets [rows + 1], indices [nnz], values [nnz]) of the active features")
+      .def("top_features", [](const PySae& s, FloatIn x, int64_t k) {
+        if (k < 0 || k > s.sae().config().d_sae) throw std::invalid_argument("k must be in [0, d_sae]");
+        const int64_t rows = rows_of(x, s.sae().config().d_in, "x");
+        std::vector<int64_t> idx(static_cast<size_t>(rows * k));
+        std::vector<float> val(idx.size());
+        {
+          py::gil_scoped_release nogil;
+          s.sae().top_features(x.data(), rows, k, idx.data(), val.data());
+        }
+        return py::make_tuple(owned_array(std::move(idx), {rows, k}), owned_array(std::move(val), {rows, k}));
+      }, py::arg("x"), py::arg("k"))
+      .def("decode", [](const PySae& s, FloatIn acts, std::optional<FloatIn> x) {
+        const int64_t rows = rows_of(acts, s.sae().config().d_sae, "features");
+        return decode_with(s, rows, x, [&](float* out) { s.sae().decode_dense(acts.data(), rows, out); });
+      }, py::arg("acts"), py::arg("x") = py::none())
+      .def("decode_sparse", [](const PySae& s, py::array_t<int64_t, py::array::c_style | py::array::forcecast> offsets,
+                               py::array_t<int32_t, py::array::c_style | py::array::forcecast> indices, FloatIn values,
+                               std::optional<FloatIn> x) {
+        tmech::SparseCodes codes = codes_from(offsets, indices, values, s.sae().config().d_sae);
+        return decode_with(s, codes.rows, x, [&](float* out) { s.sae().decode_codes(codes, out); });
+      }, py::arg("offsets"), py::arg("indices"), py::arg("values"), py::arg("x") = py::none())
+      .def("forward", [](const PySae& s, FloatIn x) {
+        const tmech::SaeConfig& c = s.sae().config();
+        const int64_t rows = rows_of(x, c.d_in, "x");
+        std::vector<float> out(static_cast<size_t>(rows * c.d_out));
+        {
+          py::gil_scoped_release nogil;
+          tmech::SparseCodes codes;
+          tmech::RowNorm norm;
+          s.sae().encode(x.data(), rows, &codes, nullptr, nullptr, &norm);
+          s.sae().decode_codes(codes, out.data());
+          s.sae().finish(norm, x.data(), rows, out.data());
+        }
+        return owned_array(std::move(out), {rows, c.d_out});
+      }, py::arg("x"));
+
+  py::class_<tmech::SaeSplice, tmech::HookCallback, std::shared_ptr<tmech::SaeSplice>>(
+      m, "SaeSplice", "Hook action running an SAE at a hook point (a NativeHook)")
+      .def(py::init([](const PySae& s, bool keep_error, bool transcoder) {
+             return std::make_shared<tmech::SaeSplice>(s.shared(), keep_error, transcoder);
+           }),
+           py::arg("sae"), py::arg("keep_error"), py::arg("transcoder"))
+      .def("set_clamps", &tmech::SaeSplice::set_clamps, py::arg("features"), py::arg("values"))
+      .def("set_recording", &tmech::SaeSplice::set_recording, py::arg("record"), py::arg("record_pre"))
+      .def("set_bypass", [](tmech::SaeSplice& sp, ByteIn rows) {
+        sp.set_bypass(std::vector<uint8_t>(rows.data(), rows.data() + rows.size()));
+      }, py::arg("rows"))
+      .def_property_readonly("last_shape", [](const tmech::SaeSplice& sp) { return sp.last().shape; })
+      .def("last", [](const tmech::SaeSplice& sp, const std::string& what) -> py::object {
+        const tmech::SpliceRecord& r = sp.last();
+        const std::vector<float>* v = what == "input"      ? &r.input
+                                      : what == "acts_pre" ? &r.acts_pre
+                                      : what == "recons"   ? &r.recons
+                                      : what == "error"    ? &r.error
+                                      : what == "output"   ? &r.output
+                                                           : nullptr;
+        if (!v) throw std::invalid_argument("nothing is recorded as '" + what + "'");
+        if (v->empty()) return py::none();
+        return owned_array(std::vector<float>(*v), {static_cast<py::ssize_t>(v->size())});
+      }, py::arg("what"), "a flat copy of what the last call recorded, or None")
+      .def("last_codes", [](const tmech::SaeSplice& sp) {
+        return codes_to_numpy(tmech::SparseCodes(sp.last().codes));
+      }, "(offsets, indices, values) of the last call's active features");
+}

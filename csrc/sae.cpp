@@ -1,1 +1,430 @@
 #include "sae.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <numeric>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/kernels.hpp"
+#include "parallel_ops.hpp"
+#include "threads.hpp"
+
+namespace tmech {
+namespace {
+
+// Rows encoded per encoder GEMM: bounds the [rows, d_sae] pre-activation
+// buffer (~32 MB) while keeping enough rows to amortize packing W_enc.
+constexpr int64_t kChunkFloats = int64_t{1} << 23;
+constexpr float kLayerNormEps = 1e-5f;  // SAELens's layer_norm normalization
+
+int64_t chunk_rows(int64_t d_sae) { return std::max<int64_t>(1, kChunkFloats / std::max<int64_t>(1, d_sae)); }
+
+}  // namespace
+
+std::string shape_string(const std::vector<int64_t>& shape) {
+  std::string out = "[";
+  for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
+  return out + "]";
+}
+
+void SaeConfig::validate() const {
+  if (d_in <= 0 || d_sae <= 0 || d_out <= 0) throw std::invalid_argument("SAE sizes must be positive");
+  if (d_sae > INT32_MAX) throw std::invalid_argument("d_sae is too large");
+  if (apply_b_dec_to_input && d_in != d_out)
+    throw std::invalid_argument("apply_b_dec_to_input needs d_in == d_out");
+  if (activation == SaeActivation::topk && k <= 0) throw std::invalid_argument("a TopK SAE needs k > 0");
+}
+
+Sae::Sae(SaeConfig cfg, SaeWeights w) : cfg_(cfg), w_(w) {
+  cfg_.validate();
+  if (!w_.W_enc || !w_.b_enc || !w_.W_dec || !w_.b_dec) throw std::invalid_argument("SAE weights are missing");
+  if (cfg_.activation == SaeActivation::jumprelu && !w_.threshold)
+    throw std::invalid_argument("a JumpReLU SAE needs a threshold");
+  if (cfg_.rescale_acts_by_decoder_norm) {
+    dec_norm_.resize(static_cast<size_t>(cfg_.d_sae));
+    const KernelTable& kt = kernels::active();
+    for (int64_t i = 0; i < cfg_.d_sae; ++i) {
+      const float* row = w_.W_dec + i * cfg_.d_out;
+      dec_norm_[static_cast<size_t>(i)] = std::sqrt(kt.dot(row, row, cfg_.d_out));
+    }
+  }
+}
+
+void Sae::compute_norm(const float* x, int64_t rows, RowNorm& norm) const {
+  norm.shift.assign(static_cast<size_t>(rows), 0.f);
+  norm.in_mul.assign(static_cast<size_t>(rows), 1.f);
+  norm.out_mul.assign(static_cast<size_t>(rows), 1.f);
+  if (cfg_.norm == SaeNorm::none) return;
+  const int64_t n = cfg_.d_in;
+  parallel_for(rows, [&](int64_t r0, int64_t r1, int) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* row = x + r * n;
+      const size_t i = static_cast<size_t>(r);
+      if (cfg_.norm == SaeNorm::constant_norm_rescale) {
+        // x * sqrt(d_in) / ||x||, undone by dividing by the same factor
+        double ss = 0;
+        for (int64_t j = 0; j < n; ++j) ss += static_cast<double>(row[j]) * row[j];
+        const double coeff = ss > 0 ? std::sqrt(static_cast<double>(n) / ss) : 1.0;
+        norm.in_mul[i] = static_cast<float>(coeff);
+        norm.out_mul[i] = static_cast<float>(1.0 / coeff);
+      } else {
+        // (x - mean) / (std + eps) with torch's unbiased std; undone as y * std + mean
+        double mean = 0;
+        for (int64_t j = 0; j < n; ++j) mean += row[j];
+        mean /= static_cast<double>(n);
+        double ss = 0;
+        for (int64_t j = 0; j < n; ++j) ss += (row[j] - mean) * (row[j] - mean);
+        const double sd = n > 1 ? std::sqrt(ss / static_cast<double>(n - 1)) : 0.0;
+        norm.shift[i] = static_cast<float>(mean);
+        norm.in_mul[i] = static_cast<float>(1.0 / (sd + kLayerNormEps));
+        norm.out_mul[i] = static_cast<float>(sd);
+      }
+    }
+  });
+}
+
+void Sae::activate_rows(float* h, int64_t rows) const {
+  const int64_t d = cfg_.d_sae;
+  parallel_for(rows, [&](int64_t r0, int64_t r1, int) {
+    std::vector<float> heap;  // topk
+    for (int64_t r = r0; r < r1; ++r) {
+      float* row = h + r * d;
+      if (cfg_.rescale_acts_by_decoder_norm)
+        for (int64_t j = 0; j < d; ++j) row[j] *= dec_norm_[static_cast<size_t>(j)];
+      switch (cfg_.activation) {
+        case SaeActivation::relu:
+          for (int64_t j = 0; j < d; ++j) row[j] = row[j] > 0.f ? row[j] : 0.f;
+          break;
+        case SaeActivation::jumprelu:
+          for (int64_t j = 0; j < d; ++j) row[j] = (row[j] > w_.threshold[j] && row[j] > 0.f) ? row[j] : 0.f;
+          break;
+        case SaeActivation::topk: {
+          // keep the k largest pre-activations (the first of equal ones), then ReLU them.
+          // The k-th largest comes from a min-heap of the k largest so far: with k << d_sae
+          // almost every value fails one well-predicted comparison with the heap's top.
+          float kth = -INFINITY;
+          int64_t ties = d;
+          if (cfg_.k < d) {
+            heap.assign(row, row + cfg_.k);
+            std::make_heap(heap.begin(), heap.end(), std::greater<float>());
+            for (int64_t j = cfg_.k; j < d; ++j)
+              if (row[j] > heap.front()) {
+                std::pop_heap(heap.begin(), heap.end(), std::greater<float>());
+                heap.back() = row[j];
+                std::push_heap(heap.begin(), heap.end(), std::greater<float>());
+              }
+            kth = heap.front();
+            ties = cfg_.k - std::count_if(row, row + d, [kth](float v) { return v > kth; });
+          }
+          for (int64_t j = 0; j < d; ++j) {
+            const bool keep = row[j] > kth || (row[j] == kth && ties-- > 0);
+            row[j] = keep && row[j] > 0.f ? row[j] : 0.f;
+          }
+          break;
+        }
+      }
+    }
+  });
+}
+
+void Sae::collect_codes(const float* acts, int64_t rows, SparseCodes& codes) const {
+  const int64_t d = cfg_.d_sae;
+  const size_t first = static_cast<size_t>(codes.rows);  // appending after these rows
+  std::vector<int64_t> counts(static_cast<size_t>(rows));
+  parallel_for(rows, [&](int64_t r0, int64_t r1, int) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* row = acts + r * d;
+      counts[static_cast<size_t>(r)] = std::count_if(row, row + d, [](float v) { return v != 0.f; });
+    }
+  });
+  for (int64_t c : counts) codes.offsets.push_back(codes.offsets.back() + c);
+  codes.indices.resize(static_cast<size_t>(codes.offsets.back()));
+  codes.values.resize(codes.indices.size());
+  parallel_for(rows, [&](int64_t r0, int64_t r1, int) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* row = acts + r * d;
+      auto o = static_cast<size_t>(codes.offsets[first + static_cast<size_t>(r)]);
+      for (int64_t j = 0; j < d; ++j)
+        if (row[j] != 0.f) {
+          codes.indices[o] = static_cast<int32_t>(j);
+          codes.values[o++] = row[j];
+        }
+    }
+  });
+  codes.rows += rows;
+}
+
+void Sae::encode(const float* x, int64_t rows, SparseCodes* codes, float* acts, float* pre,
+                 RowNorm* norm) const {
+  const int64_t d_in = cfg_.d_in, d_sae = cfg_.d_sae;
+  RowNorm local_norm;
+  RowNorm& nm = norm ? *norm : local_norm;
+  compute_norm(x, rows, nm);
+  if (codes) *codes = SparseCodes{};
+  const bool shifts_input = normalizes() || cfg_.apply_b_dec_to_input;
+  const int64_t chunk = chunk_rows(d_sae);
+  std::vector<float> sae_in, scratch;
+  for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+    const int64_t rc = std::min(chunk, rows - r0);
+    const float* in = x + r0 * d_in;
+    if (shifts_input) {
+      sae_in.resize(static_cast<size_t>(rc * d_in));
+      parallel_for(rc, [&](int64_t a, int64_t b, int) {
+        for (int64_t r = a; r < b; ++r) {
+          const size_t i = static_cast<size_t>(r0 + r);
+          const float shift = nm.shift[i], mul = nm.in_mul[i];
+          const float* src = in + r * d_in;
+          float* dst = sae_in.data() + r * d_in;
+          for (int64_t j = 0; j < d_in; ++j)
+            dst[j] = (src[j] - shift) * mul - (cfg_.apply_b_dec_to_input ? w_.b_dec[j] : 0.f);
+        }
+      });
+      in = sae_in.data();
+    }
+    float* h = acts ? acts + r0 * d_sae : nullptr;
+    if (!h) {
+      scratch.resize(static_cast<size_t>(rc * d_sae));
+      h = scratch.data();
+    }
+    matmul(in, rc, d_in, d_in, w_.W_enc, d_sae, d_sae, 1, w_.b_enc, h, d_sae);
+    if (pre) std::memcpy(pre + r0 * d_sae, h, static_cast<size_t>(rc * d_sae) * sizeof(float));
+    activate_rows(h, rc);
+    if (codes) collect_codes(h, rc, *codes);
+  }
+}
+
+void Sae::top_features(const float* x, int64_t rows, int64_t k, int64_t* indices, float* values) const {
+  const int64_t d = cfg_.d_sae, chunk = chunk_rows(d);
+  if (k < 0 || k > d) throw std::invalid_argument("top_features needs 0 <= k <= d_sae");
+  std::vector<float> acts;
+  for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+    const int64_t rc = std::min(chunk, rows - r0);
+    acts.resize(static_cast<size_t>(rc * d));
+    encode(x + r0 * cfg_.d_in, rc, nullptr, acts.data(), nullptr, nullptr);
+    parallel_for(rc, [&](int64_t a, int64_t b, int) {
+      std::vector<int32_t> order(static_cast<size_t>(d));
+      for (int64_t r = a; r < b; ++r) {
+        const float* row = acts.data() + r * d;
+        std::iota(order.begin(), order.end(), 0);
+        // largest first; ties by feature index so the result is deterministic
+        std::partial_sort(order.begin(), order.begin() + k, order.end(), [row](int32_t p, int32_t q) {
+          return row[p] > row[q] || (row[p] == row[q] && p < q);
+        });
+        for (int64_t j = 0; j < k; ++j) {
+          const int32_t f = order[static_cast<size_t>(j)];
+          indices[(r0 + r) * k + j] = f;
+          values[(r0 + r) * k + j] = row[f];
+        }
+      }
+    });
+  }
+}
+
+void Sae::decode_codes(const SparseCodes& codes, float* out) const {
+  const int64_t d = cfg_.d_out;
+  const KernelTable& kt = kernels::active();
+  parallel_for(codes.rows, [&](int64_t r0, int64_t r1, int) {
+    for (int64_t r = r0; r < r1; ++r) {
+      float* y = out + r * d;
+      std::memcpy(y, w_.b_dec, static_cast<size_t>(d) * sizeof(float));
+      const auto end = static_cast<size_t>(codes.offsets[static_cast<size_t>(r) + 1]);
+      for (auto o = static_cast<size_t>(codes.offsets[static_cast<size_t>(r)]); o < end; ++o) {
+        const int32_t f = codes.indices[o];
+        const float v = cfg_.rescale_acts_by_decoder_norm ? codes.values[o] / dec_norm_[static_cast<size_t>(f)]
+                                                          : codes.values[o];
+        kt.axpy(y, v, w_.W_dec + static_cast<int64_t>(f) * d, d);
+      }
+    }
+  });
+}
+
+void Sae::decode_dense(const float* acts, int64_t rows, float* out) const {
+  const int64_t d_sae = cfg_.d_sae;
+  int64_t nnz = 0;
+  for (int64_t i = 0; i < rows * d_sae; ++i) nnz += acts[i] != 0.f;
+  // A sparse walk reads one W_dec row per active feature; past ~1/8 density the GEMM wins.
+  if (nnz * 8 < rows * d_sae) {
+    SparseCodes codes;
+    collect_codes(acts, rows, codes);
+    decode_codes(codes, out);
+    return;
+  }
+  const float* a = acts;
+  std::vector<float> scaled;
+  if (cfg_.rescale_acts_by_decoder_norm) {
+    scaled.assign(acts, acts + rows * d_sae);
+    for (size_t i = 0; i < scaled.size(); ++i) scaled[i] /= dec_norm_[i % static_cast<size_t>(d_sae)];
+    a = scaled.data();
+  }
+  matmul(a, rows, d_sae, d_sae, w_.W_dec, cfg_.d_out, cfg_.d_out, 1, w_.b_dec, out, cfg_.d_out);
+}
+
+void Sae::finish(const RowNorm& norm, const float* x, int64_t rows, float* out) const {
+  const int64_t d = cfg_.d_out;
+  if (normalizes() && cfg_.denormalize_output) {
+    parallel_for(rows, [&](int64_t r0, int64_t r1, int) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const size_t i = static_cast<size_t>(r);
+        float* y = out + r * d;
+        for (int64_t j = 0; j < d; ++j) y[j] = y[j] * norm.out_mul[i] + norm.shift[i];
+      }
+    });
+  }
+  if (w_.W_skip) {
+    // out += x · W_skipᵀ, W_skip stored [d_out, d_in]
+    matmul(x, rows, cfg_.d_in, cfg_.d_in, w_.W_skip, d, 1, cfg_.d_in, nullptr, out, d, true);
+  }
+}
+
+// ---- splice -------------------------------------------------------------------
+
+SaeSplice::SaeSplice(std::shared_ptr<const Sae> sae, bool keep_error, bool transcoder)
+    : sae_(std::move(sae)), keep_error_(keep_error), transcoder_(transcoder) {
+  if (!sae_) throw std::invalid_argument("a splice needs an SAE");
+}
+
+void SaeSplice::set_clamps(std::vector<int32_t> features, std::vector<float> values) {
+  if (features.size() != values.size()) throw std::invalid_argument("one clamp value per feature");
+  for (int32_t f : features)
+    if (f < 0 || f >= sae_->config().d_sae)
+      throw std::out_of_range("feature " + std::to_string(f) + " is out of range for d_sae " +
+                              std::to_string(sae_->config().d_sae));
+  std::lock_guard<std::mutex> lock(mutex_);
+  clamp_features_ = std::move(features);
+  clamp_values_ = std::move(values);
+}
+
+void SaeSplice::set_recording(bool record, bool record_pre) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  record_ = record;
+  record_pre_ = record_pre;
+}
+
+void SaeSplice::set_bypass(std::vector<uint8_t> rows) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  bypass_ = std::move(rows);
+}
+
+// Rows of a TL-ordered activation whose trailing axes hold `width` numbers:
+// the last axis, or the last two flattened (hook_z: [.., head, d_head]).
+int64_t SaeSplice::rows_of(const std::vector<int64_t>& shape, int64_t width, const char* what) const {
+  int64_t numel = 1;
+  for (int64_t s : shape) numel *= s;
+  const size_t n = shape.size();
+  const bool last = n >= 1 && shape[n - 1] == width;
+  const bool last_two = n >= 4 && shape[n - 2] * shape[n - 1] == width;
+  if (!last && !last_two)
+    throw std::invalid_argument(std::string("the SAE's ") + what + " is " + std::to_string(width) +
+                                " but the activation has shape " + shape_string(shape));
+  return numel / width;
+}
+
+void SaeSplice::call(int hook_id, std::vector<float>& buffer, const std::vector<int64_t>& shape) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  const SaeConfig& c = sae_->config();
+  if (transcoder_ && (pending_id_ < 0 || hook_id <= pending_id_)) {
+    // the input hook: keep a copy until the output hook comes
+    pending_rows_ = rows_of(shape, c.d_in, "d_in");
+    pending_input_ = buffer;
+    pending_id_ = hook_id;
+    return;
+  }
+  if (!transcoder_) {
+    rows_of(shape, c.d_in, "d_in");
+    const std::vector<float> x = buffer;
+    run(x.data(), buffer, shape);
+    return;
+  }
+  pending_id_ = -1;
+  if (rows_of(shape, c.d_out, "d_out") != pending_rows_)
+    throw std::invalid_argument("a transcoder's input and output hooks cover different numbers of positions");
+  const std::vector<float> x = std::move(pending_input_);
+  pending_input_.clear();
+  run(x.data(), buffer, shape);
+}
+
+namespace {
+
+// The codes with the clamped features set to their values (rows in `bypass` unchanged).
+SparseCodes with_clamps(const SparseCodes& codes, const std::vector<int32_t>& features,
+                        const std::vector<float>& values, const std::vector<uint8_t>& bypass) {
+  SparseCodes out;
+  out.rows = codes.rows;
+  for (size_t r = 0; r < static_cast<size_t>(codes.rows); ++r) {
+    const bool clamp = bypass.empty() || !bypass[r];
+    for (auto o = static_cast<size_t>(codes.offsets[r]); o < static_cast<size_t>(codes.offsets[r + 1]); ++o) {
+      const int32_t f = codes.indices[o];
+      if (clamp && std::find(features.begin(), features.end(), f) != features.end()) continue;
+      out.indices.push_back(f);
+      out.values.push_back(codes.values[o]);
+    }
+    if (clamp) {
+      out.indices.insert(out.indices.end(), features.begin(), features.end());
+      out.values.insert(out.values.end(), values.begin(), values.end());
+    }
+    out.offsets.push_back(static_cast<int64_t>(out.indices.size()));
+  }
+  return out;
+}
+
+}  // namespace
+
+// x: the SAE's input rows; target: the activation at the output hook, replaced in place.
+void SaeSplice::run(const float* x, std::vector<float>& target, const std::vector<int64_t>& shape) {
+  const Sae& sae = *sae_;
+  const SaeConfig& c = sae.config();
+  const int64_t rows = static_cast<int64_t>(target.size()) / c.d_out;
+  const std::vector<uint8_t> bypass = std::move(bypass_);
+  bypass_.clear();
+  if (!bypass.empty() && static_cast<int64_t>(bypass.size()) != rows)
+    throw std::invalid_argument("the bypass mask has " + std::to_string(bypass.size()) +
+                                " rows but the activation has " + std::to_string(rows));
+  const bool clamping = !clamp_features_.empty();
+  if (keep_error_ && !clamping && !record_) return;  // the output would equal the input
+
+  // 1) encode, 2) decode (kept in normalized units for the record), 3) undo the normalization
+  SparseCodes codes;
+  RowNorm norm;
+  std::vector<float> pre(record_pre_ ? static_cast<size_t>(rows * c.d_sae) : 0);
+  sae.encode(x, rows, &codes, nullptr, record_pre_ ? pre.data() : nullptr, &norm);
+  std::vector<float> clean(target.size());
+  sae.decode_codes(codes, clean.data());
+  std::vector<float> recons = record_ ? clean : std::vector<float>();
+  sae.finish(norm, x, rows, clean.data());
+
+  // 4) with clamps, decode again from the edited codes
+  std::vector<float> clamped;
+  if (clamping) {
+    clamped.resize(target.size());
+    sae.decode_codes(with_clamps(codes, clamp_features_, clamp_values_, bypass), clamped.data());
+    sae.finish(norm, x, rows, clamped.data());
+  }
+  const std::vector<float>& sae_out = clamping ? clamped : clean;
+
+  // 5) the reconstruction, or the activation plus what the clamps changed (keep_error)
+  std::vector<float> result(target.size());
+  const auto width = static_cast<size_t>(c.d_out);
+  for (size_t i = 0; i < result.size(); ++i) {
+    if (!bypass.empty() && bypass[i / width])
+      result[i] = target[i];
+    else
+      result[i] = keep_error_ ? target[i] + (sae_out[i] - clean[i]) : sae_out[i];
+  }
+
+  if (record_) {
+    last_.shape = shape;
+    last_.input.assign(x, x + rows * c.d_in);
+    last_.error.resize(target.size());
+    for (size_t i = 0; i < target.size(); ++i) last_.error[i] = target[i] - clean[i];
+    last_.recons = std::move(recons);
+    last_.acts_pre = std::move(pre);
+    last_.codes = std::move(codes);
+    last_.output = result;
+  }
+  target = std::move(result);
+}
+
+}  // namespace tmech

@@ -14,11 +14,14 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "hooks.hpp"
 
 namespace tmech {
+
+std::string shape_string(const std::vector<int64_t>& shape);  // "[2, 5, 64]", for messages
 
 enum class SaeActivation { relu, jumprelu, topk };
 enum class SaeNorm { none, constant_norm_rescale, layer_norm };
@@ -91,7 +94,7 @@ class Sae {
 
 // What a splice saw on its last call (filled only when recording).
 struct SpliceRecord {
-  std::vector<int64_t> lead_shape;  // the activation's shape without its feature axes
+  std::vector<int64_t> shape;  // the (output) activation's TL shape
   std::vector<float> input, acts_pre, recons, error, output;
   SparseCodes codes;
 };

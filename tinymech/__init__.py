@@ -25,6 +25,9 @@ from .errors import (
 from .hooks import HookPoint, add, fill, get_act_name, mean_ablate, patch, scale, zero_ablate
 from .loading import load_gpt2_weights, read_config, resolve_model_dir, WeightStore
 from .model import Model
+from .sae import SAE
+from .sae_errors import FeatureIndexError, SAEInputError, SAELoadError, SAENotFoundError
+from .sae_metrics import SAEMetrics, sae_metrics
 from .tokenizer import Tokenizer
 from .weight_processing import process_weights
 
@@ -80,6 +83,12 @@ __all__ = [
     "ModelLoadError",
     "ModelNotFoundError",
     "NoTokenizerError",
+    "SAE",
+    "SAEInputError",
+    "SAELoadError",
+    "SAEMetrics",
+    "SAENotFoundError",
+    "FeatureIndexError",
     "TinymechError",
     "Tokenizer",
     "UnsupportedArchitectureError",
@@ -88,6 +97,7 @@ __all__ = [
     "get_act_name",
     "get_num_threads",
     "load",
+    "sae_metrics",
     "mean_ablate",
     "patch",
     "scale",

@@ -255,6 +255,18 @@ class Model:
         logits = self._run(tokens, self._plan(fwd_hooks))
         return self._package(logits, tokens, return_type, loss_per_token)
 
+    def run_with_saes(self, input, saes, keep_error: bool = False, **kwargs):
+        """Run with SAEs spliced in at their hook points (see tinymech.sae.run_with_saes)."""
+        from .sae import run_with_saes
+
+        return run_with_saes(self, input, saes, keep_error=keep_error, **kwargs)
+
+    def run_with_cache_with_saes(self, input, saes, keep_error: bool = False, **kwargs):
+        """run_with_cache with SAEs spliced in; the cache also holds <hook>.hook_sae_* entries."""
+        from .sae import run_with_cache_with_saes
+
+        return run_with_cache_with_saes(self, input, saes, keep_error=keep_error, **kwargs)
+
     @contextlib.contextmanager
     def hooks(self, fwd_hooks: Iterable[HookSpec] = ()):
         """Within the block, every run and generate call applies these hooks."""

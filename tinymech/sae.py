@@ -1,0 +1,318 @@
+"""Sparse autoencoders and transcoders: load SAELens checkpoints, encode and
+decode in the C++ core, splice into a model, inspect and steer features.
+
+    sae = tm.SAE.load("models/demo-gpt2/saes/blocks.2.hook_resid_pre")
+    logits, cache = run_with_cache_with_saes(model, "Mr Darcy walked in", [sae])
+    cache["blocks.2.hook_resid_pre.hook_sae_acts_post"]      # [batch, pos, d_sae]
+    model.generate("The", hooks=[sae.steer(feature=12, strength=8.0)])
+
+Architectures: standard (ReLU), jumprelu, topk, and transcoders (plain, skip,
+JumpReLU), with SAELens's input normalizations.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import NamedTuple
+
+import numpy as np
+
+from . import _core
+from . import hooks as _hooks
+from .errors import HookError
+from .sae_errors import FeatureIndexError, SAEInputError, SAELoadError
+from .sae_loading import (
+    CFG_FILE,
+    SAEConfig,
+    parse_config,
+    read_feature_labels,
+    read_json,
+    read_log_sparsity,
+    read_weights,
+    sae_dir,
+)
+from .sae_pretrained import resolve
+from .sae_splice import check_hooks, run_with_cache_with_saes, run_with_saes, splice_hooks
+
+__all__ = ["SAE", "SAEConfig", "LogitEffects", "run_with_saes", "run_with_cache_with_saes"]
+
+
+class LogitEffects(NamedTuple):
+    """A feature's direct effect on the logits, W_dec[f] @ W_U: the k most
+    promoted and most suppressed tokens with their values (most extreme first)."""
+
+    promoted: np.ndarray
+    promoted_values: np.ndarray
+    suppressed: np.ndarray
+    suppressed_values: np.ndarray
+
+
+def _fold_norm_scaling(weights: dict, factor: float) -> dict:
+    """Fold a dataset-wide input scale into the weights, as SAELens does, so the
+    SAE reads raw activations: W_enc * s, W_dec / s, b_dec / s."""
+    if not (isinstance(factor, (int, float)) and np.isfinite(factor) and factor > 0):
+        raise SAELoadError(f"norm_scaling_factor must be a positive number, got {factor!r}")
+    out = dict(weights)
+    out["W_enc"] = weights["W_enc"] * np.float32(factor)
+    out["W_dec"] = weights["W_dec"] / np.float32(factor)
+    out["b_dec"] = weights["b_dec"] / np.float32(factor)
+    return out
+
+
+def _padded_to_csr(indices, values) -> tuple[tuple, tuple]:
+    """(lead shape, (offsets, indices, values)) from encode_sparse's padded [..., n]
+    pair, whose index -1 marks the padding of tokens with fewer features."""
+    indices, values = np.asarray(indices), np.asarray(values)
+    if indices.shape != values.shape or indices.ndim == 0:
+        raise SAEInputError("sparse features are (indices, values) of one shape [..., n]")
+    lead = indices.shape[:-1]
+    shape = (int(np.prod(lead)), indices.shape[-1])
+    indices, values = indices.reshape(shape), values.reshape(shape)
+    active = indices >= 0
+    offsets = np.concatenate([[0], np.cumsum(active.sum(1))])
+    return lead, (offsets, indices[active], values[active])
+
+
+class SAE:
+    """A sparse autoencoder or transcoder with SAELens's semantics.
+
+    Attributes: cfg (SAEConfig), W_enc [d_in, d_sae], b_enc, W_dec [d_sae, d_out],
+    b_dec, threshold (JumpReLU) and W_skip (skip transcoders) or None, labels
+    {feature: label} and label_details {feature: dict} from feature_labels.json,
+    log_sparsity (log10 feature densities from sparsity.safetensors) or None.
+    """
+
+    def __init__(self, cfg: SAEConfig, weights: dict, path: str | None = None,
+                 labels: dict[int, str] | None = None, label_details: dict[int, dict] | None = None,
+                 log_sparsity: np.ndarray | None = None):
+        missing = [k for k in ("W_enc", "b_enc", "W_dec", "b_dec") if weights.get(k) is None]
+        if missing:
+            raise SAELoadError(f"SAE weights lack {', '.join(missing)}")
+        # float32 C-contiguous (no copy for memory-mapped float32 weights)
+        weights = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items() if v is not None}
+        self.cfg = cfg
+        self.path = path
+        self.W_enc, self.b_enc = weights["W_enc"], weights["b_enc"]
+        self.W_dec, self.b_dec = weights["W_dec"], weights["b_dec"]
+        self.threshold, self.W_skip = weights.get("threshold"), weights.get("W_skip")
+        self.labels = labels or {}
+        self.label_details = label_details or {}
+        self.log_sparsity = log_sparsity
+        try:
+            self._core = _core.Sae(self._core_config(), weights)
+        except ValueError as e:  # weights that do not fit the config
+            raise SAELoadError(str(e)) from e
+
+    def _core_config(self) -> dict:
+        c = self.cfg
+        if c.normalize_activations == "expected_average_only_in":
+            raise SAELoadError(
+                "this SAE expects inputs scaled by a dataset-wide constant that is not stored with its weights "
+                "(normalize_activations='expected_average_only_in'); pass norm_scaling_factor= to SAE.load (the "
+                "release's pretrained_saes.yaml lists it) or load it with SAE.from_pretrained"
+            )
+        return {
+            "d_in": c.d_in, "d_sae": c.d_sae, "d_out": c.d_out, "activation": c.activation, "k": c.k or 0,
+            "apply_b_dec_to_input": c.apply_b_dec_to_input,
+            "rescale_acts_by_decoder_norm": c.rescale_acts_by_decoder_norm,
+            "norm": c.normalize_activations, "denormalize_output": not c.is_transcoder,
+        }
+
+    # ---- loading ----------------------------------------------------------------
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, norm_scaling_factor: float | None = None) -> "SAE":
+        """An SAE from a directory in SAELens's format (cfg.json + sae_weights.safetensors).
+
+        norm_scaling_factor: the dataset-wide input scale of an SAE trained with
+        normalize_activations='expected_average_only_in', folded into the weights.
+        """
+        return cls._read(sae_dir(path), {}, norm_scaling_factor)
+
+    @classmethod
+    def from_pretrained(cls, release: str, sae_id: str) -> "SAE":
+        """An SAE by SAELens release name and id (e.g. "gpt2-small-res-jb",
+        "blocks.8.hook_resid_pre"), or by Hugging Face repo id and folder.
+        See tinymech.sae_pretrained for how names are resolved."""
+        path, overrides, factor = resolve(release, sae_id)
+        return cls._read(path, overrides, factor, only_if_expected=True)
+
+    @classmethod
+    def _read(cls, path, overrides: dict, factor: float | None, only_if_expected: bool = False) -> "SAE":
+        cfg = parse_config(read_json(path / CFG_FILE, "SAE config"), overrides)
+        weights = read_weights(path, cfg)
+        if factor is not None and (cfg.normalize_activations == "expected_average_only_in" or not only_if_expected):
+            weights = _fold_norm_scaling(weights, factor)
+            cfg = dataclasses.replace(cfg, normalize_activations="none")
+        labels, details = read_feature_labels(path, cfg.d_sae)
+        return cls(cfg, weights, str(path), labels, details, read_log_sparsity(path, cfg.d_sae))
+
+    def __repr__(self):
+        c = self.cfg
+        hooks = c.hook_name if c.output_hook == c.hook_name else f"{c.hook_name} -> {c.output_hook}"
+        return f"SAE({c.architecture}: {c.d_in} -> {c.d_sae}{'' if c.d_out == c.d_in else f' -> {c.d_out}'} at {hooks})"
+
+    @property
+    def d_in(self) -> int:
+        return self.cfg.d_in
+
+    @property
+    def d_sae(self) -> int:
+        return self.cfg.d_sae
+
+    @property
+    def d_out(self) -> int:
+        return self.cfg.d_out
+
+    @property
+    def hook_name(self) -> str | None:
+        return self.cfg.hook_name
+
+    # ---- encode / decode ----------------------------------------------------------
+
+    def _rows(self, acts, width: int, what: str) -> tuple[np.ndarray, tuple]:
+        """acts as float32 rows [n, width] and its leading shape; [.., head, d_head]
+        counts as one vector when the two axes multiply to width (hook_z)."""
+        a = np.asarray(acts)
+        if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+            raise SAEInputError(f"{what} must be numeric, got dtype {a.dtype}")
+        if a.ndim >= 1 and a.shape[-1] == width:
+            lead = a.shape[:-1]
+        elif a.ndim >= 2 and a.shape[-1] * a.shape[-2] == width and self.cfg.reshape_activations == "hook_z":
+            lead = a.shape[:-2]
+        else:
+            raise SAEInputError(f"{what} have shape {list(a.shape)} but the SAE needs a last axis of {width}")
+        return np.ascontiguousarray(a, dtype=np.float32).reshape(-1, width), lead
+
+    def encode(self, acts) -> np.ndarray:
+        """Feature activations [..., d_sae] of activations [..., d_in]."""
+        x, lead = self._rows(acts, self.d_in, "activations")
+        return self._core.encode(x).reshape(lead + (self.d_sae,))
+
+    def encode_sparse(self, acts, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The active features of each token: (indices [..., n], values [..., n]),
+        largest activation first, n = k or the most active features of any token;
+        indices are -1 (values 0) where a token has fewer active features."""
+        x, lead = self._rows(acts, self.d_in, "activations")
+        offsets, idx, val = self._core.encode_sparse(x)
+        counts = np.diff(offsets)
+        n = int(counts.max(initial=0)) if k is None else self._k(k)
+        rows = np.repeat(np.arange(len(counts)), counts)
+        order = np.lexsort((-val, rows))  # by row, then largest value first
+        rank = np.arange(len(order)) - offsets[rows]
+        keep = rank < n
+        indices = np.full((len(counts), n), -1, np.int64)
+        values = np.zeros((len(counts), n), np.float32)
+        indices[rows[keep], rank[keep]] = idx[order][keep]
+        values[rows[keep], rank[keep]] = val[order][keep]
+        return indices.reshape(lead + (n,)), values.reshape(lead + (n,))
+
+    def top_features(self, acts, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k largest feature activations of each token, as torch.topk on the
+        dense activations: (indices [..., k], values [..., k]), largest first."""
+        x, lead = self._rows(acts, self.d_in, "activations")
+        k = self._k(k)
+        if k > self.d_sae:
+            raise SAEInputError(f"k={k} exceeds d_sae={self.d_sae}")
+        idx, val = self._core.top_features(x, k)
+        return idx.reshape(lead + (k,)), val.reshape(lead + (k,))
+
+    def decode(self, features, acts=None) -> np.ndarray:
+        """Reconstruction [..., d_out] from dense features [..., d_sae] or from the
+        sparse (indices, values) pair that encode_sparse / top_features return.
+
+        acts (the encoded input) is needed to undo a per-token input
+        normalization (constant_norm_rescale, layer_norm); when given to a skip
+        transcoder its skip term is added too."""
+        if self.cfg.normalize_activations != "none" and acts is None and not self.cfg.is_transcoder:
+            raise SAEInputError(f"this SAE normalizes its input ({self.cfg.normalize_activations}); pass the "
+                                "input activations as decode(features, acts) to undo it")
+        x = None if acts is None else self._rows(acts, self.d_in, "activations")[0]
+        if isinstance(features, tuple):
+            lead, args, core_decode = *_padded_to_csr(*features), self._core.decode_sparse
+        else:
+            f, lead = self._rows(features, self.d_sae, "features")
+            args, core_decode = (f,), self._core.decode
+        try:
+            out = core_decode(*args, x)
+        except IndexError as e:
+            raise FeatureIndexError(str(e)) from e
+        except ValueError as e:  # features and acts cover different numbers of rows
+            raise SAEInputError(str(e)) from e
+        return out.reshape(lead + (self.d_out,))
+
+    def forward(self, acts) -> np.ndarray:
+        """decode(encode(acts)) (+ the skip term): the reconstruction [..., d_out]."""
+        a = np.asarray(acts)
+        x, lead = self._rows(a, self.d_in, "activations")
+        out = self._core.forward(x)
+        if len(lead) == a.ndim - 2 and self.d_out == self.d_in:  # hook_z: back to [.., head, d_head]
+            return out.reshape(a.shape)
+        return out.reshape(lead + (self.d_out,))
+
+    __call__ = forward
+
+    # ---- splicing and features --------------------------------------------------------
+
+    def as_hook(self, keep_error: bool = False):
+        """A hook spec (name, action) that splices this SAE into a model: usable in
+        run_with_hooks(fwd_hooks=[...]), generate(hooks=[...]) and model.hooks([...]).
+
+        The activation is replaced by the reconstruction, or, with keep_error,
+        left as it was (the error term is added back). A transcoder's spec names
+        its input and output hooks: ([hook_name, hook_name_out], action)."""
+        names = splice_hooks(self.cfg)
+        splice = _core.SaeSplice(self._core, bool(keep_error), len(names) == 2)
+        return (names if len(names) == 2 else names[0]), splice
+
+    def _k(self, k) -> int:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+            raise SAEInputError(f"k must be a non-negative integer, got {k!r}")
+        return int(k)
+
+    def _feature(self, feature) -> int:
+        if isinstance(feature, bool) or not isinstance(feature, (int, np.integer)):
+            raise FeatureIndexError(f"a feature is an integer index, got {feature!r}")
+        if not 0 <= feature < self.d_sae:
+            raise FeatureIndexError(f"feature {feature} is out of range for an SAE with d_sae={self.d_sae}")
+        return int(feature)
+
+    def feature_activations(self, model, input, feature: int, prepend_bos: bool = True) -> np.ndarray:
+        """One feature's activation at every token of the input: [batch, pos]."""
+        f = self._feature(feature)
+        check_hooks(model, self.cfg)
+        _, cache = model.run_with_cache(input, names_filter=[self.cfg.hook_name], prepend_bos=prepend_bos)
+        return self.encode(cache[self.cfg.hook_name])[..., f]
+
+    def logit_effects(self, model, feature: int, k: int = 10) -> LogitEffects:
+        """The tokens the feature's decoder direction promotes and suppresses
+        directly: W_dec[f] @ W_U, top k each way."""
+        f = self._feature(feature)
+        if self.d_out != model.cfg.d_model:
+            raise SAEInputError(f"the SAE writes {self.d_out} numbers, not the model's d_model={model.cfg.d_model}")
+        effects = self.W_dec[f] @ model.W_U
+        k = min(self._k(k), effects.shape[0])
+        order = np.argsort(-effects, kind="stable")
+        up, down = order[:k], order[::-1][:k]
+        return LogitEffects(up, effects[up], down, effects[down])
+
+    def steer(self, feature: int, strength: float, mode: str = "add", positions=None):
+        """A hook spec that steers the model with one feature, for generate(hooks=[...]).
+
+        mode "add": add strength * W_dec[feature] to the output hook's activation
+        (at the given absolute positions, or all). mode "clamp": splice the SAE
+        keeping its error term and set the feature's activation to `strength`,
+        so only that feature's contribution changes (all positions)."""
+        f = self._feature(feature)
+        if not np.isfinite(strength):
+            raise HookError(f"steering strength must be finite, got {strength!r}")
+        if mode == "add":
+            return self.cfg.output_hook, _hooks.add(self.W_dec[f], coeff=float(strength), positions=positions)
+        if mode != "clamp":
+            raise HookError(f"steering mode must be 'add' or 'clamp', not {mode!r}")
+        if positions is not None:
+            raise HookError("clamp steering applies at every position (native hooks are not told absolute "
+                            "positions yet); use mode='add' to steer chosen positions")
+        name, splice = self.as_hook(keep_error=True)
+        splice.set_clamps([f], [float(strength)])
+        return name, splice

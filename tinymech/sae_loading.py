@@ -1,0 +1,276 @@
+"""Reading SAELens's on-disk SAE format: cfg.json + sae_weights.safetensors
+(+ optional sparsity.safetensors, feature_labels.json).
+
+Configs of every SAELens version are accepted: v6 keeps the hook and model
+details under "metadata"; older ones are flat, name the hook "hook_point"
+and the activation "activation_fn_str", and default apply_b_dec_to_input to
+True. Weights are memory-mapped, never copied when stored as float32.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ModelLoadError
+from .safetensors_mmap import SafetensorsFile
+from .sae_errors import SAELoadError, SAENotFoundError
+
+CFG_FILE = "cfg.json"
+WEIGHTS_FILE = "sae_weights.safetensors"
+SPARSITY_FILE = "sparsity.safetensors"
+LABELS_FILE = "feature_labels.json"
+
+# architecture -> (activation, is a transcoder, has W_skip)
+ARCHITECTURES = {
+    "standard": ("relu", False, False),
+    "jumprelu": ("jumprelu", False, False),
+    "topk": ("topk", False, False),
+    "transcoder": ("relu", True, False),
+    "skip_transcoder": ("relu", True, True),
+    "jumprelu_transcoder": ("jumprelu", True, False),
+    "jumprelu_skip_transcoder": ("jumprelu", True, True),
+}
+NORMALIZATIONS = ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm")
+_OLD_KEYS = {"hook_point": "hook_name", "hook_point_head_index": "hook_head_index",
+             "activation_fn_str": "activation_fn"}
+
+
+@dataclasses.dataclass(frozen=True)
+class SAEConfig:
+    """An SAE's configuration with SAELens's field names (metadata flattened)."""
+
+    architecture: str
+    d_in: int
+    d_sae: int
+    d_out: int
+    hook_name: str | None
+    hook_name_out: str | None = None
+    hook_head_index: int | None = None
+    apply_b_dec_to_input: bool = True
+    normalize_activations: str = "none"
+    reshape_activations: str = "none"
+    k: int | None = None
+    rescale_acts_by_decoder_norm: bool = False
+    model_name: str | None = None
+    prepend_bos: bool = True
+    context_size: int | None = None
+    model_from_pretrained_kwargs: dict = dataclasses.field(default_factory=dict)
+    neuronpedia_id: str | None = None
+    metadata: dict = dataclasses.field(default_factory=dict)  # everything the file said, flattened
+
+    @property
+    def activation(self) -> str:
+        return ARCHITECTURES[self.architecture][0]
+
+    @property
+    def is_transcoder(self) -> bool:
+        return ARCHITECTURES[self.architecture][1]
+
+    @property
+    def output_hook(self) -> str | None:
+        """Where the reconstruction goes: hook_name_out for transcoders, else hook_name."""
+        return self.hook_name_out or self.hook_name
+
+
+def read_json(path: Path, what: str):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SAELoadError(f"{what} {path} is not valid JSON: {e}") from e
+
+
+def _flatten(raw: dict) -> dict:
+    """One flat dict: old keys renamed, metadata lifted to the top level."""
+    flat = {_OLD_KEYS.get(k, k): v for k, v in raw.items() if k != "metadata"}
+    meta = raw.get("metadata")
+    if meta is not None and not isinstance(meta, dict):
+        raise SAELoadError(f"cfg.json: 'metadata' must be an object, got {meta!r}")
+    for k, v in (meta or {}).items():
+        flat.setdefault(_OLD_KEYS.get(k, k), v)
+    return flat
+
+
+def _int(flat: dict, key: str) -> int:
+    v = flat.get(key)
+    if type(v) is not int or v <= 0:
+        raise SAELoadError(f"cfg.json: {key!r} must be a positive integer, got {v!r}")
+    return v
+
+
+def parse_config(raw: Any, overrides: dict | None = None) -> SAEConfig:
+    """SAEConfig from a cfg.json dict of any SAELens version."""
+    if not isinstance(raw, dict):
+        raise SAELoadError("cfg.json must hold a JSON object")
+    flat = _flatten(raw)
+    flat.update(overrides or {})
+    activation_fn = flat.get("activation_fn") or "relu"
+    arch = flat.get("architecture") or "standard"
+    if activation_fn == "topk" and arch == "standard":  # pre-6 TopK: k in activation_fn_kwargs
+        arch = "topk"
+        flat.setdefault("k", (flat.get("activation_fn_kwargs") or {}).get("k"))
+    elif activation_fn != "relu" and arch == "standard":
+        raise SAELoadError(f"activation function {activation_fn!r} is not supported (supported: relu, topk)")
+    if arch not in ARCHITECTURES:
+        raise SAELoadError(f"SAE architecture {arch!r} is not supported; supported: {', '.join(ARCHITECTURES)}")
+    d_in, d_sae = _int(flat, "d_in"), _int(flat, "d_sae")
+    is_transcoder = ARCHITECTURES[arch][1]
+    d_out = _int(flat, "d_out") if is_transcoder else d_in
+    norm = flat.get("normalize_activations")
+    if isinstance(norm, bool) or norm is None:  # pre-6: a flag meaning the dataset-wide constant
+        norm = "expected_average_only_in" if norm else "none"
+    if norm not in NORMALIZATIONS:
+        raise SAELoadError(f"normalize_activations {norm!r} is not supported; supported: {', '.join(NORMALIZATIONS)}")
+    reshape = flat.get("reshape_activations") or ("hook_z" if "hook_z" in str(flat.get("hook_name", "")) else "none")
+    if reshape not in ("none", "hook_z"):
+        raise SAELoadError(f"reshape_activations {reshape!r} is not supported")
+    apply_b_dec = flat.get("apply_b_dec_to_input", not is_transcoder)
+    if is_transcoder and apply_b_dec:
+        raise SAELoadError("apply_b_dec_to_input cannot be used by a transcoder (b_dec lives in the output space)")
+    k = _int(flat, "k") if arch == "topk" else None
+    if k is not None and k > d_sae:
+        raise SAELoadError(f"cfg.json: k={k} exceeds d_sae={d_sae}")
+    hook = flat.get("hook_name")
+    if hook is not None and not isinstance(hook, str):
+        raise SAELoadError(f"cfg.json: hook_name must be a string, got {hook!r}")
+    return SAEConfig(
+        architecture=arch,
+        d_in=d_in,
+        d_sae=d_sae,
+        d_out=d_out,
+        hook_name=hook,
+        hook_name_out=flat.get("hook_name_out"),
+        hook_head_index=flat.get("hook_head_index"),
+        apply_b_dec_to_input=bool(apply_b_dec),
+        normalize_activations=norm,
+        reshape_activations=reshape,
+        k=k,
+        rescale_acts_by_decoder_norm=bool(flat.get("rescale_acts_by_decoder_norm", False)),
+        model_name=flat.get("model_name"),
+        prepend_bos=bool(flat.get("prepend_bos", True)),
+        context_size=flat.get("context_size"),
+        model_from_pretrained_kwargs=dict(flat.get("model_from_pretrained_kwargs") or {}),
+        neuronpedia_id=flat.get("neuronpedia_id"),
+        metadata=flat,
+    )
+
+
+def _tensor(sf: SafetensorsFile, name: str, shape: tuple) -> np.ndarray:
+    if tuple(sf.shape(name)) != shape:
+        raise SAELoadError(f"{sf.path}: {name!r} has shape {list(sf.shape(name))} but the config needs {list(shape)}")
+    try:
+        t = sf.to_float32(name)
+    except ModelLoadError as e:
+        raise SAELoadError(str(e)) from e
+    if not np.isfinite(t).all():
+        raise SAELoadError(f"{sf.path}: {name!r} contains NaN or infinite values")
+    return t
+
+
+def read_weights(path: Path, cfg: SAEConfig) -> dict[str, np.ndarray | None]:
+    """The SAE's tensors as float32 arrays, shape- and finiteness-checked."""
+    file = path / WEIGHTS_FILE
+    if not file.is_file():
+        raise SAENotFoundError(f"{path} has no {WEIGHTS_FILE}")
+    try:
+        sf = SafetensorsFile(file)
+    except ModelLoadError as e:
+        raise SAELoadError(str(e)) from e
+    shapes = {"W_enc": (cfg.d_in, cfg.d_sae), "b_enc": (cfg.d_sae,), "W_dec": (cfg.d_sae, cfg.d_out),
+              "b_dec": (cfg.d_out,)}
+    missing = [n for n in shapes if n not in sf]
+    if missing:
+        raise SAELoadError(f"{file} lacks {', '.join(missing)} (has {', '.join(sorted(sf.keys()))})")
+    weights: dict[str, np.ndarray | None] = {n: _tensor(sf, n, s) for n, s in shapes.items()}
+    weights["threshold"] = weights["W_skip"] = None
+    if cfg.activation == "jumprelu":
+        if "threshold" in sf:
+            weights["threshold"] = _tensor(sf, "threshold", (cfg.d_sae,))
+        elif "log_threshold" in sf:  # training checkpoints store the log
+            weights["threshold"] = np.exp(_tensor(sf, "log_threshold", (cfg.d_sae,)))
+        else:
+            raise SAELoadError(f"{file}: a JumpReLU SAE needs a 'threshold' tensor")
+    if ARCHITECTURES[cfg.architecture][2]:
+        if "W_skip" not in sf:
+            raise SAELoadError(f"{file}: a skip transcoder needs a 'W_skip' tensor")
+        weights["W_skip"] = _tensor(sf, "W_skip", (cfg.d_out, cfg.d_in))
+    if "scaling_factor" in sf and not np.all(sf.to_float32("scaling_factor") == 1):
+        raise SAELoadError(f"{file}: a fine-tuning scaling_factor other than 1 is not supported")
+    return weights
+
+
+def read_log_sparsity(path: Path, d_sae: int) -> np.ndarray | None:
+    """log10 feature densities from sparsity.safetensors, when present and sound."""
+    file = path / SPARSITY_FILE
+    if not file.is_file():
+        return None
+    try:
+        sf = SafetensorsFile(file)
+        if "sparsity" in sf and tuple(sf.shape("sparsity")) == (d_sae,):
+            return sf.to_float32("sparsity")
+    except ModelLoadError:
+        pass
+    warnings.warn(f"ignoring {file}: not a [d_sae] 'sparsity' tensor", stacklevel=3)
+    return None
+
+
+def _label_of(value) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        for key in ("label", "explanation", "description", "name"):
+            if isinstance(value.get(key), str):
+                return value[key]
+    return None
+
+
+def read_feature_labels(path: Path, d_sae: int) -> tuple[dict[int, str], dict[int, dict]]:
+    """(labels, details) from feature_labels.json, tolerantly.
+
+    Accepts {"feature": "label"}, {"feature": {"label" | "explanation" |
+    "description": ..., ...}} and Neuronpedia-style lists of objects with an
+    "index" or "feature"; entries that fit none of these are skipped.
+    """
+    file = path / LABELS_FILE
+    if not file.is_file():
+        return {}, {}
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        warnings.warn(f"ignoring {file}: not valid JSON ({e})", stacklevel=3)
+        return {}, {}
+    if isinstance(data, dict):
+        items = list(data.items())
+    elif isinstance(data, list):
+        items = [(e.get("index", e.get("feature")), e) for e in data if isinstance(e, dict)]
+    else:
+        items = []
+    labels, details = {}, {}
+    for key, value in items:
+        try:
+            f = int(key)
+        except (TypeError, ValueError):
+            continue
+        label = _label_of(value)
+        if label is None or not 0 <= f < d_sae:
+            continue
+        labels[f] = label
+        if isinstance(value, dict):
+            details[f] = value
+    return labels, details
+
+
+def sae_dir(path) -> Path:
+    """The directory holding cfg.json (a path to cfg.json or the weights file works too)."""
+    p = Path(path).expanduser()
+    if p.is_file() and p.name in (CFG_FILE, WEIGHTS_FILE):
+        p = p.parent
+    if not p.is_dir():
+        raise SAENotFoundError(f"no SAE directory at {p}")
+    if not (p / CFG_FILE).is_file():
+        raise SAENotFoundError(f"{p} has no {CFG_FILE} (an SAELens SAE directory holds cfg.json and {WEIGHTS_FILE})")
+    return p

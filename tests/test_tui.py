@@ -1,0 +1,376 @@
+"""The TUI driven through Textual's Pilot: keys and clicks in, what the
+widgets show out. A seeded random model keeps every number reproducible."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from textual.app import App
+from textual.widgets import Input, Tabs
+
+import tinymech as tm
+from test_tui_support import PROMPT, build_model_dir, build_sae_dir, make_test_app, settle
+from tinymech.tui.app import TinymechApp, run_tui
+from tinymech.tui.backend import Steer
+from tinymech.tui.display import Palette, printable, token_label
+from tinymech.tui.screens.help import HelpScreen
+from tinymech.tui.screens.main import MainScreen
+from tinymech.tui.widgets.attention import PatternHeatmap
+from tinymech.tui.widgets.generate import GeneratePanel
+from tinymech.tui.widgets.tokens import TokenStrip
+
+pytestmark = pytest.mark.anyio
+SIZE = (120, 36)
+PROMPT_LABELS = ["‹bos›", "Mr", "·Darcy", "·bowed", "·to", "·Elizabeth", ".", "·Mr", "·Darcy", "·bowed"]
+
+
+@pytest.fixture(scope="module")
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return build_model_dir(tmp_path_factory.mktemp("tui-model"))
+
+
+@pytest.fixture(scope="module")
+def sae_dir(tmp_path_factory):
+    return build_sae_dir(tmp_path_factory.mktemp("tui-sae") / "sae")
+
+
+@pytest.fixture
+def app(model_dir, sae_dir) -> TinymechApp:
+    return make_test_app(model_dir, sae_dir)
+
+
+def main_screen(app) -> MainScreen:
+    return app.screen_stack[0]
+
+
+def offset_of(app, selector: str, **meta) -> tuple[int, int]:
+    """Where, inside the widget, the screen shows a cell with this metadata
+    (a table cell's row and column, an option list's option)."""
+    widget = app.screen.query_one(selector)
+    region = widget.region
+    for y in range(region.height):
+        for x in range(region.width):
+            found = app.screen.get_style_at(region.x + x, region.y + y).meta
+            if all(found.get(k) == v for k, v in meta.items()):
+                return x, y
+    raise AssertionError(f"nothing with {meta} in {selector}")
+
+
+def text_of(screen, selector: str) -> str:
+    """The plain text a Static shows."""
+    return screen.query_one(selector).render().plain
+
+
+async def test_opens_on_the_prompt_with_the_last_token_selected(app):
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        screen = main_screen(app)
+        strip = screen.query_one(TokenStrip)
+        assert strip.labels() == PROMPT_LABELS
+        assert strip.render().plain == " ".join(PROMPT_LABELS)
+        assert screen.view.selected == len(PROMPT_LABELS) - 1
+        assert strip.has_focus
+        assert screen.query_one("#tokens-box").border_title.startswith("Tokens · color: loss · @9 loss ")
+        assert "actual: (end of prompt)" in text_of(screen, "#predictions-body")
+        for panel, title in [("#predictions", "Next token @ 9"), ("#attention", "Attention · L0 H0"),
+                             ("#features", "Features @ 9"), ("#heads", "Heads · score: induction"),
+                             ("#lens", "Logit lens @ 9"), ("#generate", "Generate · steer: off")]:
+            assert screen.query_one(panel).border_title.startswith(title)
+
+
+async def test_typing_a_prompt_shows_its_tokens(app):
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        screen = main_screen(app)
+        await pilot.press("slash")
+        assert screen.query_one("#prompt", Input).has_focus
+        await pilot.press("ctrl+a", "ctrl+k", *"Elizabeth sat down. Elizabeth sat", "enter")
+        await settle(pilot)
+        strip = screen.query_one(TokenStrip)
+        assert strip.render().plain == "‹bos› Elizabeth ·sat ·down . ·Elizabeth ·sat"
+        assert strip.has_focus
+        assert screen.view.selected == 6
+        assert screen.query_one("#predictions").border_title == "Next token @ 6"
+
+        # the same prompt again is analyzed again, without trouble
+        first = screen.view.analysis
+        await pilot.press("slash", "enter")
+        await settle(pilot)
+        assert screen.view.analysis is not first and screen.view.analysis.prompt == first.prompt
+
+
+async def test_arrow_keys_and_clicks_move_the_selection(app, model_dir):
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        screen = main_screen(app)
+        await pilot.press("left", "left", "left")
+        await settle(pilot)
+        assert screen.view.selected == 6
+        assert screen.query_one("#predictions").border_title == "Next token @ 6"
+        # the token that really follows position 6 is "·Mr", with its rank and loss
+        a = screen.view.analysis
+        assert f"actual ·Mr  rank {a.next_rank[6] + 1}  p {a.next_prob[6]:.3f}  loss {a.losses[7]:.2f}" \
+            in text_of(screen, "#predictions-body")
+        # the next-token list is the model's own top 10 at that position
+        logits = tm.load(model_dir)(PROMPT)[0, 6]
+        assert list(a.top_ids[6]) == list(np.argsort(-logits, kind="stable")[:10])
+
+        await pilot.press("home")
+        assert screen.view.selected == 0
+        await pilot.press("end")
+        assert screen.view.selected == 9
+
+        strip = screen.query_one(TokenStrip)
+        line, x, width = strip._layout(strip.size.width)[5]  # "·Elizabeth"
+        await pilot.click(TokenStrip, offset=(x + width // 2, line))
+        await settle(pilot)
+        assert screen.view.selected == 5
+        assert screen.query_one("#lens").border_title == "Logit lens @ 5"
+        assert "·Elizabeth attends to:" in text_of(screen, "#attends")
+
+
+async def test_layer_and_head_keys_and_the_heads_grid(app):
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        screen = main_screen(app)
+        await pilot.press("right_square_bracket", "right_curly_bracket", "right_curly_bracket")
+        a = screen.view.analysis
+        attention = screen.query_one("#attention")
+        assert attention.border_title == f"Attention · L1 H2 · induction {a.head_scores['induction'][1, 2]:.2f}"
+        heatmap = screen.query_one(PatternHeatmap)
+        assert np.array_equal(heatmap.pattern, a.patterns[1, 2])
+        # two query rows per line: 10 tokens make 5 lines; the selected query (9) is on the last
+        assert heatmap.virtual_size.height == 5
+        lines = [heatmap.render_line(y).text for y in range(heatmap.size.height)]
+        assert lines[4].startswith("  8▸ ") and set(lines[4][5:25]) == {"▀"}
+
+        # in the grid: Enter on a cell shows that head
+        await pilot.press("4")
+        assert screen.query_one("#heads-table").has_focus
+        await pilot.press("up", "left", "enter")
+        await settle(pilot)
+        assert (screen.view.layer, screen.view.head) == (0, 1)
+        assert attention.border_title.startswith("Attention · L0 H1 · induction")
+        info = text_of(screen, "#head-info")
+        assert info.startswith("L0 H1  prev ") and " ind " in info and " dup " in info
+
+        await pilot.press("d")
+        assert screen.query_one("#heads").border_title == "Heads · score: duplicate-token"
+        assert attention.border_title.startswith("Attention · L0 H1 · duplicate-token")
+
+        # one click on a cell selects its head too
+        await pilot.click("#heads-table", offset=offset_of(app, "#heads-table", row=1, column=3))
+        await settle(pilot)
+        assert (screen.view.layer, screen.view.head) == (1, 3)
+        assert attention.border_title.startswith("Attention · L1 H3")
+
+
+async def test_picking_a_feature_recolors_the_tokens(app):
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        screen = main_screen(app)
+        options = screen.query_one("#feature-list")
+        fa = screen.view.features
+        assert options.option_count == int((fa.top_values[9] > 0).sum())
+        first = options.get_option_at_index(0).prompt.plain
+        assert first.startswith(f"  #{fa.top_ids[9, 0]}")
+        assert "promotes ·" in first or "promotes " in first and "…" not in first
+
+        await pilot.press("3")
+        assert options.has_focus
+        await pilot.press("down", "enter")
+        await settle(pilot)
+        feature = int(fa.top_ids[9, 1])
+        assert (screen.view.feature, screen.view.color_by) == (feature, "feature")
+        assert options.get_option_at_index(1).prompt.plain.startswith(f"● #{feature}")
+        title = screen.query_one("#tokens-box").border_title
+        assert title == f"Tokens · color: feature · @9 #{feature} {fa.acts[9, feature]:.2f}"
+
+        # a click picks another
+        await pilot.click("#feature-list", offset=offset_of(app, "#feature-list", option=2))
+        await settle(pilot)
+        assert screen.view.feature == int(fa.top_ids[9, 2])
+        feature = screen.view.feature
+
+        # the token where the feature is strongest gets the full feature color
+        strip = screen.query_one(TokenStrip)
+        await pilot.press("home")
+        acts = fa.acts[1:, feature]
+        strongest = 1 + int(np.argmax(acts))
+        palette = Palette.from_theme(app.theme_variables)
+        start = len(" ".join(strip.labels()[:strongest])) + 1
+        spans = [s for s in strip.render().spans if s.start == start]
+        assert spans and spans[0].style.background == palette.ramp(1.0, palette.feature).background
+
+
+async def test_generate_with_a_clamped_feature_streams_both_runs(app, model_dir, sae_dir):
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        screen = main_screen(app)
+        await pilot.press("3", "enter")  # the top feature at the last token
+        await settle(pilot)
+        feature = screen.view.feature
+        await pilot.press("s", "s")
+        assert screen.view.steer.mode == "clamp"
+        panel = screen.query_one(GeneratePanel)
+        strength = panel.query_one("#strength", Input)
+        strength.value = "20"
+        await settle(pilot)
+        assert panel.border_title == f"Generate · steer: clamp #{feature} to 20"
+        await pilot.press("escape", "g")
+        await settle(pilot)
+
+        clean, steered = panel.run_widget("clean"), panel.run_widget("steered")
+        backend = app.backend
+        ids = screen.view.analysis.token_ids
+        expect_clean = backend.generate(ids, 30, None, lambda text: False, seed=1)
+        expect_steered = backend.generate(ids, 30, Steer("clamp", 20.0, 0, feature), lambda text: False, seed=1)
+        assert clean.text == expect_clean and steered.text == expect_steered
+        assert clean.text != steered.text
+        assert steered.query_one(".run-title").render().plain == f"steered · clamp #{feature} to 20"
+        # control characters a random model emits are shown as pictures, never sent to the terminal
+        assert clean.query_one(".run-text").render().plain.endswith("Mr Darcy bowed" + printable(expect_clean))
+
+
+async def test_ablating_a_head_shows_the_steered_loss(app, model_dir):
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        screen = main_screen(app)
+        await pilot.press("right_square_bracket", "right_curly_bracket", "s", "s", "s", "c")
+        await settle(pilot)
+        view = screen.view
+        assert view.steer == Steer("ablate", 8.0, 0, None, 1, 1)
+        assert screen.query_one("#generate").border_title == "Generate · steer: ablate L1H1"
+        model = tm.load(model_dir)
+        expected = model.run_with_hooks(PROMPT, fwd_hooks=[("blocks.1.attn.hook_z", tm.zero_ablate(heads=[1]))],
+                                        return_type="loss", loss_per_token=True)[0]
+        np.testing.assert_allclose(view.steered_losses[1:], expected, rtol=1e-5)
+        assert screen.query_one("#tokens-box").border_title == (
+            f"Tokens · color: steered loss · @9 {expected[-1]:.2f} (clean {view.analysis.losses[9]:.2f})"
+        )
+
+
+async def test_help_lists_every_key(app):
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        text = app.screen.query_one("#help-text").render().plain
+        for binding in [*TinymechApp.BINDINGS, *MainScreen.BINDINGS]:
+            assert f"{app.get_key_display(binding):<16}{binding.description}" in text
+        await pilot.press("escape")
+        assert isinstance(app.screen, MainScreen)
+
+
+async def test_small_terminals_show_one_panel_under_tabs(app):
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        screen = main_screen(app)
+        assert screen.compact and screen.query_one(Tabs).display
+
+        def shown():
+            return [p.id for p in screen.query(".panel") if p.display and p.parent.display]
+
+        assert shown() == ["predictions"]
+        await pilot.press("2")
+        assert shown() == ["attention"]
+        await pilot.press("5")
+        assert shown() == ["lens"]
+        rows = text_of(screen, "#lens-body").splitlines()
+        assert [row[:9].rstrip() for row in rows[:5]] == ["embed", "L0 attn", "L0 mlp", "L1 attn", "L1 mlp"]
+        a = screen.view.analysis
+        assert rows[4][9:].startswith(token_label(a.top_tokens[9][0])[:9])  # the last row is the model's output
+        await pilot.press("g")  # generating brings its tab forward
+        await settle(pilot)
+        assert shown() == ["generate"]
+
+
+async def test_too_long_a_prompt_is_a_notification(app, monkeypatch):
+    notes = []
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        monkeypatch.setattr(app, "notify", lambda message, **kw: notes.append((message, kw)))
+        screen = main_screen(app)
+        screen.query_one("#prompt", Input).value = "word " * 300
+        await pilot.press("slash", "enter")
+        await settle(pilot)
+        assert len(notes) == 1
+        message, kw = notes[0]
+        assert kw["severity"] == "error" and kw["title"] == "analysis failed"
+        assert "context of 128" in message and "\n" not in message
+        assert screen.query_one(TokenStrip).labels() == PROMPT_LABELS  # the last good prompt stays
+
+
+async def test_without_an_sae_the_features_panel_says_so(model_dir):
+    app = make_test_app(model_dir, None)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        screen = main_screen(app)
+        assert "No SAE loaded" in text_of(screen, "#no-sae")
+        await pilot.press("c", "c")
+        assert screen.query_one("#tokens-box").border_title == "Tokens · color: feature · @9 no SAE loaded"
+
+
+async def test_light_theme_redraws_with_its_colors(app):
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("t")
+        await settle(pilot)
+        assert not app.current_theme.dark
+        strip = main_screen(app).query_one(TokenStrip)
+        light = Palette.from_theme(app.theme_variables)
+        selected = [s for s in strip.render().spans if s.start == len(" ".join(PROMPT_LABELS[:-1])) + 1]
+        assert selected[0].style.background == light.selection
+
+
+def test_token_labels_make_boundaries_visible():
+    assert token_label(" walked") == "·walked"
+    assert token_label("\n\n") == "↵↵"
+    assert token_label("\tx\r") == "⇥x␍"
+    assert token_label("<|endoftext|>", is_bos=True) == "‹bos›"
+    assert token_label("a\x1b[2Jb\x9b") == "a␛[2Jb\ufffd"
+    assert token_label("") == "∅"
+    assert printable("line one\nline\x07 two") == "line one\nline␇ two"
+
+
+@pytest.mark.parametrize("theme", ["textual-dark", "textual-light"])
+def test_color_ramps_stay_legible(theme):
+    app = App()  # only the theme's variables are needed
+    app.theme = theme
+    palette = Palette.from_theme(app.get_css_variables())
+    for hot in (palette.loss, palette.attention, palette.feature, palette.selection):
+        for value in np.linspace(0, 1, 11):
+            style = palette.ramp(value, hot)
+            assert _contrast(style.foreground, style.background) >= 4.5
+
+
+def _contrast(a, b) -> float:
+    """WCAG contrast ratio of two colors."""
+    def luminance(c):
+        channels = [x / 255 for x in (c.r, c.g, c.b)]
+        lin = [x / 12.92 if x <= 0.03928 else ((x + 0.055) / 1.055) ** 2.4 for x in channels]
+        return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+    hi, lo = sorted((luminance(a), luminance(b)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+def test_run_tui_reports_a_bad_model_path_in_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit:
+        run_tui(model_path=tmp_path / "nowhere")
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tinymech tui: ") and err.count("\n") == 1
+
+
+def test_run_tui_rejects_an_sae_that_does_not_fit(model_dir, tmp_path, capsys):
+    wrong = build_sae_dir(tmp_path / "wide-sae", d_in=32)
+    with pytest.raises(SystemExit) as exit:
+        run_tui(model_path=model_dir, sae_paths=[wrong])
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    assert "d_in is 32" in err and err.count("\n") == 1

@@ -1,0 +1,83 @@
+"""The Textual app: `make_app` builds it (for the CLI and for tests) and
+`run_tui` loads a model and its SAEs, then runs it."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from textual.app import App
+from textual.binding import Binding
+
+import tinymech as tm
+from tinymech.sae import SAE
+from tinymech.sae_splice import check_hooks
+
+from .backend import Backend
+from .screens.help import HelpScreen
+from .screens.main import MainScreen
+
+# a repeated sentence: the loss drops on the second copy and the induction head lights up
+DEFAULT_PROMPT = "Mr Darcy bowed to Elizabeth and left the room. Mr Darcy bowed to Elizabeth and left the room."
+
+
+class TinymechApp(App):
+    CSS_PATH = "tinymech.tcss"
+    TITLE = "tinymech"
+
+    BINDINGS = [
+        Binding("question_mark", "help", "help", key_display="?"),
+        Binding("t", "toggle_theme", "light/dark", show=False),
+        Binding("q", "quit", "quit"),
+    ]
+
+    def __init__(self, backend: Backend, prompt: str):
+        super().__init__()
+        self.backend = backend
+        self.prompt = prompt
+
+    def get_default_screen(self) -> MainScreen:
+        return MainScreen(self.backend, self.prompt)
+
+    def action_help(self) -> None:
+        if isinstance(self.screen, HelpScreen):
+            return
+        groups = [("Everywhere", list(self.BINDINGS)), ("Tokens and panels", list(MainScreen.BINDINGS))]
+        self.push_screen(HelpScreen(groups))
+
+    def action_toggle_theme(self) -> None:
+        self.theme = "textual-light" if self.current_theme.dark else "textual-dark"
+
+    def watch_theme(self, theme: str) -> None:
+        # panels bake theme colors into their content, so redraw them
+        screen = self.screen_stack[0] if self.screen_stack else None
+        if isinstance(screen, MainScreen):
+            screen.set_view()
+
+
+def make_app(model: tm.Model, saes: Sequence[SAE] = (), prompt: str | None = None) -> TinymechApp:
+    """The app on a loaded model and SAEs; a HookError if an SAE does not fit the model."""
+    for sae in saes:
+        check_hooks(model, sae.cfg)
+    return TinymechApp(Backend(model, saes), prompt or DEFAULT_PROMPT)
+
+
+def bundled_saes(model_dir: str | None) -> list[Path]:
+    """SAEs shipped beside a model: <model dir>/saes/*/cfg.json."""
+    if not model_dir:
+        return []
+    return sorted(p.parent for p in Path(model_dir).glob("saes/*/cfg.json"))
+
+
+def run_tui(model_path=None, sae_paths: Sequence = (), prompt: str | None = None) -> None:
+    """Load the model (None: the bundled demo model) and SAEs (none given: those
+    shipped in the model's saes/ folder), then run the app. A model or SAE that
+    cannot be used prints one line and exits with status 2."""
+    try:
+        model = tm.load(model_path)
+        paths = list(sae_paths) or bundled_saes(model.path)
+        app = make_app(model, [SAE.load(p) for p in paths], prompt)
+    except (tm.TinymechError, OSError) as e:
+        print(f"tinymech tui: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    app.run()

@@ -1,0 +1,286 @@
+"""The model work behind the TUI. Every method here may take a while, so the
+app calls them from worker threads; each returns an immutable result that
+widgets only read."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from types import MappingProxyType
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+import tinymech as tm
+from tinymech import analysis
+
+HEAD_SCORES = ("previous_token", "induction", "duplicate_token")
+TOP_K = 10  # predictions and logit-lens tokens kept per position
+TOP_FEATURES = 12  # SAE features kept per position
+
+
+def _frozen(array) -> np.ndarray:
+    out = np.array(array)  # a private copy nobody else can write to
+    out.setflags(write=False)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class SaeInfo:
+    index: int
+    hook_name: str
+    d_sae: int
+    labels: Mapping[int, str]
+
+    @property
+    def title(self) -> str:
+        return f"SAE {self.hook_name} ({self.d_sae})"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    n_layers: int
+    n_heads: int
+    d_model: int
+    n_ctx: int
+    saes: tuple[SaeInfo, ...]
+
+    @property
+    def title(self) -> str:
+        return f"{self.name} ({self.n_layers}L {self.n_heads}H d{self.d_model})"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # arrays inside: compared by identity
+class FeatureActs:
+    """One SAE's feature activations over the prompt."""
+
+    sae: SaeInfo
+    acts: np.ndarray  # [pos, d_sae]
+    top_ids: np.ndarray  # [pos, TOP_FEATURES], most active first
+    top_values: np.ndarray  # [pos, TOP_FEATURES]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # arrays inside: compared by identity
+class Analysis:
+    """Everything the panels show about one prompt."""
+
+    prompt: str
+    token_ids: np.ndarray  # [pos]
+    tokens: tuple[str, ...]  # decoded text of each token
+    bos: bool  # whether token 0 is the BOS the model prepended
+    vocab_size: int
+    losses: np.ndarray  # [pos]: loss of predicting token i from the tokens before it (nan at 0)
+    top_ids: np.ndarray  # [pos, TOP_K]: the most likely next tokens after position i
+    top_probs: np.ndarray  # [pos, TOP_K]
+    top_tokens: tuple[tuple[str, ...], ...]  # decoded top_ids
+    next_rank: np.ndarray  # [pos]: rank of the actual next token (0 = top; -1 after the last)
+    next_prob: np.ndarray  # [pos]
+    patterns: np.ndarray  # [layer, head, query, key]
+    head_scores: Mapping[str, np.ndarray]  # HEAD_SCORES -> [layer, head]
+    lens_labels: tuple[str, ...]  # one per logit-lens row (embed, L0, ...)
+    lens_ids: np.ndarray  # [row, pos, TOP_K]
+    lens_probs: np.ndarray  # [row, pos, TOP_K]
+    lens_tokens: tuple[tuple[tuple[str, ...], ...], ...]  # [row][pos][k] decoded
+    features: tuple[FeatureActs, ...]
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.tokens)
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureEffects:
+    """The tokens a feature's decoder direction promotes and suppresses."""
+
+    sae_index: int
+    feature: int
+    promoted: tuple[tuple[str, float], ...]
+    suppressed: tuple[tuple[str, float], ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Steer:
+    """An intervention for generation: a feature added or clamped, or a head ablated."""
+
+    mode: str = "off"  # off | add | clamp | ablate
+    strength: float = 8.0
+    sae_index: int = 0
+    feature: int | None = None
+    layer: int = 0
+    head: int = 0
+
+    MODES = ("off", "add", "clamp", "ablate")
+
+    @property
+    def active(self) -> bool:
+        if self.mode in ("add", "clamp"):
+            return self.feature is not None
+        return self.mode == "ablate"
+
+    def describe(self) -> str:
+        if self.mode == "add" and self.feature is not None:
+            return f"add {self.strength:g} × #{self.feature}"
+        if self.mode == "clamp" and self.feature is not None:
+            return f"clamp #{self.feature} to {self.strength:g}"
+        if self.mode == "ablate":
+            return f"ablate L{self.layer}H{self.head}"
+        if self.mode in ("add", "clamp"):
+            return f"{self.mode}: pick a feature first (Enter in Features)"
+        return "off"
+
+
+class Backend:
+    def __init__(self, model: tm.Model, saes: Sequence = ()):
+        self.model = model
+        self.saes = list(saes)
+        cfg = model.cfg
+        sae_infos = tuple(
+            SaeInfo(i, sae.cfg.hook_name, int(sae.cfg.d_sae), MappingProxyType(dict(sae.labels)))
+            for i, sae in enumerate(self.saes)
+        )
+        name = cfg.model_name or (model.path.rstrip("/").split("/")[-1] if model.path else "model")
+        self.info = ModelInfo(name, cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.n_ctx, sae_infos)
+
+    # ---- tokens -------------------------------------------------------------------
+
+    def _decode_each(self, ids) -> tuple[str, ...]:
+        return tuple(self.model.to_str_tokens(np.asarray(ids, dtype=np.int64).reshape(-1)))
+
+    def _decode_rows(self, rows) -> tuple[tuple[str, ...], ...]:
+        return tuple(self._decode_each(r) for r in rows)
+
+    def decode(self, ids) -> str:
+        return self.model.to_string(np.asarray(ids, dtype=np.int64))
+
+    # ---- one prompt ---------------------------------------------------------------
+
+    def analyze(self, prompt: str) -> Analysis:
+        model, cfg = self.model, self.model.cfg
+        # BOS first when the tokenizer has one; a TinymechError on bad input (too long, ...)
+        bos = model.tokenizer is not None and model.tokenizer.bos_token_id is not None
+        tokens = model.tokens_of(prompt, prepend_bos=bos)  # [1, pos]
+        names = [f"blocks.{l}.attn.hook_pattern" for l in range(cfg.n_layers)]
+        names += [sae.cfg.hook_name for sae in self.saes if sae.cfg.hook_name not in names]
+        (logits, losses), cache = model.run_with_cache(
+            tokens, names_filter=names, return_type="both", loss_per_token=True
+        )
+        ids = tokens[0]
+        probs = _softmax(logits[0])  # [pos, vocab]
+        top_ids = _top_k(probs, TOP_K)
+        top_probs = np.take_along_axis(probs, top_ids, axis=-1)
+        next_rank = np.full(len(ids), -1)
+        next_prob = np.full(len(ids), np.nan, dtype=np.float32)
+        for pos in range(len(ids) - 1):
+            p = probs[pos, ids[pos + 1]]
+            next_prob[pos] = p
+            next_rank[pos] = int((probs[pos] > p).sum())
+        patterns = np.stack([cache["pattern", l][0] for l in range(cfg.n_layers)])
+        lens = analysis.logit_lens(model, tokens, k=TOP_K, prepend_bos=False)
+        rows = lens_rows(lens.labels)
+        lens_ids, lens_probs = lens.top_ids[rows], lens.top_probs[rows]  # [row, pos, k]
+        scores = analysis.head_scores(model, tokens, cache=cache, prepend_bos=False)
+        features = tuple(self._feature_acts(i, cache[sae.cfg.hook_name][0]) for i, sae in enumerate(self.saes))
+        return Analysis(
+            prompt=prompt,
+            token_ids=_frozen(ids),
+            tokens=self._decode_each(ids),
+            bos=bos,
+            vocab_size=cfg.d_vocab,
+            losses=_frozen(np.concatenate([[np.nan], losses[0]]).astype(np.float32)),
+            top_ids=_frozen(top_ids),
+            top_probs=_frozen(top_probs),
+            top_tokens=self._decode_rows(top_ids),
+            next_rank=_frozen(next_rank),
+            next_prob=_frozen(next_prob),
+            patterns=_frozen(patterns),
+            head_scores=MappingProxyType({k: _frozen(scores[k]) for k in HEAD_SCORES}),
+            lens_labels=tuple(lens.labels[r] for r in rows),
+            lens_ids=_frozen(lens_ids),
+            lens_probs=_frozen(lens_probs),
+            lens_tokens=tuple(self._decode_rows(row) for row in lens_ids),
+            features=features,
+        )
+
+    def _feature_acts(self, index: int, acts: np.ndarray) -> FeatureActs:
+        sae = self.saes[index]
+        top_ids, top_values = sae.top_features(acts, min(TOP_FEATURES, sae.cfg.d_sae))
+        return FeatureActs(self.info.saes[index], _frozen(sae.encode(acts)), _frozen(top_ids), _frozen(top_values))
+
+    def feature_effects(self, sae_index: int, feature: int, k: int = 6) -> FeatureEffects:
+        e = self.saes[sae_index].logit_effects(self.model, feature, k)
+        return FeatureEffects(sae_index, feature, self._pairs(e.promoted, e.promoted_values),
+                              self._pairs(e.suppressed, e.suppressed_values))
+
+    def _pairs(self, ids, values) -> tuple[tuple[str, float], ...]:
+        return tuple(zip(self._decode_each(ids), (float(v) for v in values)))
+
+    # ---- interventions ------------------------------------------------------------
+
+    def steer_hooks(self, steer: Steer) -> list:
+        if not steer.active:
+            return []
+        if steer.mode == "ablate":
+            return [(f"blocks.{steer.layer}.attn.hook_z", tm.zero_ablate(heads=[steer.head]))]
+        return [self.saes[steer.sae_index].steer(steer.feature, steer.strength, mode=steer.mode)]
+
+    def steered_losses(self, token_ids: np.ndarray, steer: Steer) -> np.ndarray:
+        """Per-token loss with the intervention applied ([pos], nan at 0)."""
+        losses = self.model.run_with_hooks(
+            np.asarray(token_ids)[None], fwd_hooks=self.steer_hooks(steer), return_type="loss", loss_per_token=True
+        )
+        return _frozen(np.concatenate([[np.nan], losses[0]]).astype(np.float32))
+
+    def generate(
+        self,
+        token_ids: np.ndarray,
+        max_new_tokens: int,
+        steer: Steer | None,
+        on_text: Callable[[str], bool],
+        seed: int = 0,
+        temperature: float = 0.7,
+    ) -> str:
+        """Continue the tokens, calling on_text(continuation so far) after every
+        token; on_text returning True stops. Returns the continuation."""
+        ids = np.asarray(token_ids, dtype=np.int64)[None]
+        max_new_tokens = max(0, min(max_new_tokens, self.model.cfg.n_ctx - ids.shape[1]))
+        new: list[int] = []
+
+        def on_token(next_ids: np.ndarray) -> bool:
+            new.append(int(next_ids[0]))
+            return bool(on_text(self.decode(new)))
+
+        self.model.generate(
+            ids,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            seed=seed,
+            on_token=on_token,
+            hooks=self.steer_hooks(steer) if steer else (),
+        )
+        return self.decode(new)
+
+
+def lens_rows(labels: Sequence[str]) -> list[int]:
+    """The logit-lens rows worth showing: the embedding ("0_pre"), then each
+    layer after attention ("{l}_mid") and after its MLP ("{l}_post"); the other
+    "{l}_pre" rows repeat "{l-1}_post"."""
+    return [r for r, label in enumerate(labels) if label == "0_pre" or not label.endswith("_pre")]
+
+
+def _top_k(x: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest entries of each row, largest first."""
+    k = min(k, x.shape[-1])
+    part = np.argpartition(-x, k - 1, axis=-1)[..., :k]
+    order = np.argsort(-np.take_along_axis(x, part, -1), axis=-1, kind="stable")
+    return np.take_along_axis(part, order, -1)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    z = np.exp(z - z.max(-1, keepdims=True))
+    return (z / z.sum(-1, keepdims=True)).astype(np.float32)
+
+
+def loss_scale(d_vocab: int) -> float:
+    """The loss of a uniform guess: the top of the loss color scale."""
+    return math.log(d_vocab)

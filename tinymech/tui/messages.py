@@ -1,0 +1,77 @@
+"""Messages between the workers, the panels and the main screen. Workers post
+results; panels post what the user chose; the screen updates the view."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual.message import Message
+
+from .backend import Analysis, FeatureEffects, Steer
+
+
+@dataclass
+class AnalysisReady(Message):
+    analysis: Analysis
+
+
+@dataclass
+class WorkFailed(Message):
+    """Model work raised; `what` says which task, `error` is one readable line."""
+
+    what: str
+    error: str
+
+
+@dataclass
+class TokenSelected(Message):
+    index: int
+
+
+@dataclass
+class HeadSelected(Message):
+    layer: int
+    head: int
+
+
+@dataclass
+class FeatureSelected(Message):
+    sae_index: int
+    feature: int
+
+
+@dataclass
+class FeatureEffectsReady(Message):
+    effects: tuple[FeatureEffects, ...]
+
+
+@dataclass
+class SteeredLossReady(Message):
+    steer: Steer
+    prompt: str
+    losses: object  # np.ndarray [pos]
+
+
+@dataclass
+class GenerationText(Message):
+    """The continuation so far of one run ('clean' or 'steered'); done at the end."""
+
+    run: str
+    text: str
+    done: bool = False
+
+    def can_replace(self, message: Message) -> bool:
+        # Textual asks the older message whether the newer, queued one supersedes
+        # it: a newer text of the same run makes this undelivered one useless
+        return isinstance(message, GenerationText) and message.run == self.run and not self.done
+
+
+@dataclass
+class SteerEdited(Message):
+    """The user changed the intervention's mode or strength in the generate panel."""
+
+    mode: str | None = None
+    strength: float | None = None
+
+
+class GenerateRequested(Message):
+    """The generate button was pressed, or Enter in one of its inputs."""

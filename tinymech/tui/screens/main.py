@@ -1,0 +1,363 @@
+"""The main screen: owns the View, starts the model work in worker threads and
+hands each new View to every panel. The selected token drives all of them."""
+from __future__ import annotations
+
+from types import MappingProxyType
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Footer, Input, Tab, Tabs
+from textual.worker import Worker, WorkerState, get_current_worker
+
+from ...errors import TinymechError
+from ..backend import HEAD_SCORES, Backend, Steer
+from ..messages import (
+    AnalysisReady,
+    FeatureEffectsReady,
+    FeatureSelected,
+    GenerateRequested,
+    GenerationText,
+    HeadSelected,
+    SteeredLossReady,
+    SteerEdited,
+    TokenSelected,
+    WorkFailed,
+)
+from ..view import COLOR_METRICS, View
+from ..widgets.attention import AttentionPanel
+from ..widgets.features import FeaturesPanel
+from ..widgets.generate import GeneratePanel
+from ..widgets.heads import HeadsPanel
+from ..widgets.logit_lens import LogitLensPanel
+from ..widgets.predictions import PredictionsPanel
+from ..widgets.title import TitleBar
+from ..widgets.tokens import TokenBox, TokenStrip
+
+# panel id -> tab label, in tab order; the digit keys 1.. pick them
+PANELS = {
+    "predictions": "Next token",
+    "attention": "Attention",
+    "features": "Features",
+    "heads": "Heads",
+    "lens": "Logit lens",
+    "generate": "Generate",
+}
+STRENGTH_STEP = 1.0
+
+
+class MainScreen(Screen):
+    # below these sizes the panels become tabs (the screen gets -narrow / -short)
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (34, "-tall")]
+
+    BINDINGS = [
+        Binding("left", "move(-1)", "token", key_display="←/→"),
+        Binding("right", "move(1)", "next token", show=False),
+        Binding("home", "move_to(0)", "first token", show=False),
+        Binding("end", "move_to(-1)", "last token", show=False),
+        Binding("left_square_bracket", "layer(-1)", "layer", key_display="[/]"),
+        Binding("right_square_bracket", "layer(1)", "next layer", show=False),
+        Binding("left_curly_bracket", "head(-1)", "head", key_display="{/}"),
+        Binding("right_curly_bracket", "head(1)", "next head", show=False),
+        Binding("c", "cycle_color", "color by"),
+        Binding("d", "cycle_score", "head score", show=False),
+        Binding("v", "cycle_sae", "next SAE", show=False),
+        Binding("s", "cycle_steer", "steer"),
+        Binding("plus,equals_sign", "strength(1)", "stronger", show=False, key_display="+"),
+        Binding("minus", "strength(-1)", "weaker", show=False, key_display="-"),
+        Binding("g", "generate", "generate"),
+        Binding("x", "stop", "stop generating", show=False),
+        Binding("slash", "edit_prompt", "prompt", key_display="/"),
+        Binding("escape", "leave_prompt", "back to tokens", show=False),
+        *(Binding(str(n), f"panel('{panel}')", f"show {title.lower()}", show=False)
+          for n, (panel, title) in enumerate(PANELS.items(), 1)),
+    ]
+
+    def __init__(self, backend: Backend, prompt: str):
+        super().__init__()
+        self.backend = backend
+        self.prompt = prompt
+        self.view = View()
+        self._seed = 0  # each generate press samples anew; clean and steered share the seed
+
+    # ---- layout -------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        info = self.backend.info
+        title = " · ".join([info.title] + [s.title for s in info.saes])
+        yield TitleBar(title, id="title")
+        prompt = Input(self.prompt, placeholder="type a prompt, Enter to run", id="prompt")
+        prompt.border_title = "Prompt"
+        yield prompt
+        with TokenBox(id="tokens-box"):
+            yield TokenStrip(id="tokens")
+        yield Tabs(*(Tab(title, id=f"tab-{panel}") for panel, title in PANELS.items()), id="panel-tabs")
+        with Vertical(id="panels"):
+            with Horizontal(id="row-top", classes="panel-row"):
+                yield PredictionsPanel(id="predictions", classes="panel")
+                yield AttentionPanel(id="attention", classes="panel")
+                yield FeaturesPanel(id="features", classes="panel")
+            with Horizontal(id="row-middle", classes="panel-row"):
+                yield HeadsPanel(id="heads", classes="panel")
+                yield LogitLensPanel(id="lens", classes="panel")
+            with Horizontal(id="row-bottom", classes="panel-row"):
+                yield GeneratePanel(id="generate", classes="panel")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#tokens-box").border_subtitle = "←/→ select  c color by"
+        self.query_one(TokenStrip).focus()
+        self._activate_panel("predictions")
+        self.analyze(self.prompt)
+
+    @property
+    def compact(self) -> bool:
+        """Whether the panels are tabs (small terminal) rather than tiled."""
+        return self.has_class("-narrow") or self.has_class("-short")
+
+    def _activate_panel(self, panel: str) -> None:
+        """The panel shown under the tabs in compact mode (all show when tiled)."""
+        for widget in self.query(".panel"):
+            widget.set_class(widget.id == panel, "-active")
+        for row in self.query(".panel-row"):
+            row.set_class(any(p.id == panel for p in row.query(".panel")), "-active")
+        tabs = self.query_one(Tabs)
+        if tabs.active != f"tab-{panel}":
+            tabs.active = f"tab-{panel}"
+
+    @on(Tabs.TabActivated)
+    def _tab_activated(self, event: Tabs.TabActivated) -> None:
+        self._activate_panel(event.tab.id.removeprefix("tab-"))
+
+    # ---- the view -----------------------------------------------------------------
+
+    def set_view(self, **changes) -> None:
+        view = self.view.replace(**changes)
+        steer = Steer(view.steer.mode, view.steer.strength, view.sae_index, view.feature, view.layer, view.head)
+        if steer != view.steer:
+            view = view.replace(steer=steer, steered_losses=None)
+        old, self.view = self.view, view
+        self._render_view()
+        if view.analysis is None:
+            return
+        if view.steer != old.steer or view.analysis is not old.analysis:
+            if view.steer.active:
+                self.compute_steered_losses(view.analysis.prompt, view.analysis.token_ids, view.steer)
+        if view.analysis is not old.analysis or (view.selected, view.sae_index) != (old.selected, old.sae_index):
+            self._request_effects()
+
+    def _render_view(self) -> None:
+        view = self.view
+        box = self.query_one("#tokens-box")
+        metric = view.metric_text()
+        box.border_title = f"Tokens · color: {view.color_by}" + (f" · @{view.selected} {metric}" if metric else "")
+        self.query_one(TokenStrip).show(view)
+        for panel in self.query(".panel"):
+            panel.show(view)
+
+    def _request_effects(self) -> None:
+        fa = self.view.features
+        if fa is None:
+            return
+        wanted = [int(f) for f, v in zip(fa.top_ids[self.view.selected], fa.top_values[self.view.selected]) if v > 0]
+        missing = [f for f in wanted if (self.view.sae_index, f) not in self.view.effects]
+        if missing:
+            self.compute_effects(self.view.sae_index, missing)
+
+    # ---- workers --------------------------------------------------------------------
+
+    def _start(self, name: str, group: str, what: str, job, deliver) -> None:
+        """Run job() in a worker thread and post deliver(result), unless a newer
+        job of the group cancelled it; a failure becomes a notification."""
+
+        def work():
+            try:
+                result = job()
+            except Exception as e:  # the UI's boundary: any failure becomes a notification
+                self.post_message(WorkFailed(what, _one_line(e)))
+                return
+            if not get_current_worker().is_cancelled:
+                self.post_message(deliver(result))
+
+        self.run_worker(work, name=name, group=group, exclusive=True, thread=True, exit_on_error=False)
+
+    def analyze(self, prompt: str) -> None:
+        self._start("analyzing", "analysis", "analysis", lambda: self.backend.analyze(prompt), AnalysisReady)
+
+    def compute_effects(self, sae_index: int, features: list[int]) -> None:
+        def job():
+            return tuple(self.backend.feature_effects(sae_index, f) for f in features)
+
+        self._start("reading features", "effects", "feature effects", job, FeatureEffectsReady)
+
+    def compute_steered_losses(self, prompt: str, token_ids, steer: Steer) -> None:
+        self._start("steering", "steered-loss", "steered loss", lambda: self.backend.steered_losses(token_ids, steer),
+                    lambda losses: SteeredLossReady(steer, prompt, losses))
+
+    def generate(self, run: str, steer: Steer | None) -> None:
+        """Stream one continuation into the generate panel's `run` column."""
+        a = self.view.analysis
+        panel = self.query_one(GeneratePanel)
+        n, seed = panel.max_new_tokens, self._seed
+        panel.run_widget(run).set_text(a.prompt, "")
+
+        def job() -> str:
+            worker = get_current_worker()
+
+            def on_text(text: str) -> bool:
+                self.post_message(GenerationText(run, text))
+                return worker.is_cancelled
+
+            return self.backend.generate(a.token_ids, n, steer, on_text, seed=seed)
+
+        self._start("generating", f"generate-{run}", f"{run} generation", job,
+                    lambda text: GenerationText(run, text, done=True))
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        running = sorted({w.name for w in self.workers if w.state in (WorkerState.PENDING, WorkerState.RUNNING)})
+        self.query_one(TitleBar).busy = ", ".join(running)
+
+    # ---- results ------------------------------------------------------------------
+
+    def on_analysis_ready(self, message: AnalysisReady) -> None:
+        a = message.analysis
+        if self.view.analysis is not None and a.prompt != self.view.analysis.prompt:
+            self.action_stop()  # continuations of the old prompt no longer belong here
+            panel = self.query_one(GeneratePanel)
+            for run in ("clean", "steered"):
+                panel.run_widget(run).set_text("", "")
+        self.set_view(analysis=a, selected=a.n_tokens - 1, steered_losses=None)
+
+    def on_work_failed(self, message: WorkFailed) -> None:
+        self.notify(message.error, title=f"{message.what} failed", severity="error", timeout=8)
+
+    def on_feature_effects_ready(self, message: FeatureEffectsReady) -> None:
+        effects = {**self.view.effects, **{(e.sae_index, e.feature): e for e in message.effects}}
+        self.set_view(effects=MappingProxyType(effects))
+
+    def on_steered_loss_ready(self, message: SteeredLossReady) -> None:
+        a = self.view.analysis
+        if message.steer == self.view.steer and a is not None and message.prompt == a.prompt:
+            self.set_view(steered_losses=message.losses)
+
+    def on_generation_text(self, message: GenerationText) -> None:
+        a = self.view.analysis
+        panel = self.query_one(GeneratePanel)
+        panel.run_widget(message.run).set_text(a.prompt if a else "", message.text)
+
+    # ---- choices from the panels ----------------------------------------------------
+
+    def on_token_selected(self, message: TokenSelected) -> None:
+        self.query_one(TokenStrip).focus()
+        self.set_view(selected=message.index)
+
+    def on_head_selected(self, message: HeadSelected) -> None:
+        self.set_view(layer=message.layer, head=message.head)
+        self.notify(f"attention panel shows L{message.layer} H{message.head}", timeout=2)
+
+    def on_feature_selected(self, message: FeatureSelected) -> None:
+        self.set_view(sae_index=message.sae_index, feature=message.feature, color_by="feature")
+
+    def on_steer_edited(self, message: SteerEdited) -> None:
+        steer = self.view.steer
+        mode = message.mode if message.mode is not None else steer.mode
+        strength = message.strength if message.strength is not None else steer.strength
+        self.set_view(steer=Steer(mode, strength))
+
+    def on_generate_requested(self, message: GenerateRequested) -> None:
+        self.action_generate()
+
+    @on(Input.Submitted, "#prompt")
+    def _prompt_submitted(self, event: Input.Submitted) -> None:
+        if event.value.strip():
+            self.analyze(event.value)
+            self.query_one(TokenStrip).focus()
+        else:
+            self.notify("type a prompt first", severity="warning")
+
+    # ---- actions --------------------------------------------------------------------
+
+    def action_move(self, step: int) -> None:
+        a = self.view.analysis
+        if a is not None:
+            self.set_view(selected=min(max(self.view.selected + step, 0), a.n_tokens - 1))
+
+    def action_move_to(self, index: int) -> None:
+        a = self.view.analysis
+        if a is not None:
+            self.set_view(selected=index % a.n_tokens)
+
+    def action_layer(self, step: int) -> None:
+        self.set_view(layer=(self.view.layer + step) % self.backend.info.n_layers)
+
+    def action_head(self, step: int) -> None:
+        self.set_view(head=(self.view.head + step) % self.backend.info.n_heads)
+
+    def action_cycle_color(self) -> None:
+        metrics = list(COLOR_METRICS)
+        self.set_view(color_by=metrics[(metrics.index(self.view.color_by) + 1) % len(metrics)])
+
+    def action_cycle_score(self) -> None:
+        self.set_view(score=HEAD_SCORES[(HEAD_SCORES.index(self.view.score) + 1) % len(HEAD_SCORES)])
+
+    def action_cycle_sae(self) -> None:
+        n = len(self.backend.info.saes)
+        if n < 2:
+            self.notify("only one SAE is loaded" if n else "no SAE is loaded", timeout=2)
+            return
+        self.set_view(sae_index=(self.view.sae_index + 1) % n, feature=None)
+
+    def action_cycle_steer(self) -> None:
+        modes = Steer.MODES
+        steer = self.view.steer
+        self.set_view(steer=Steer(modes[(modes.index(steer.mode) + 1) % len(modes)], steer.strength))
+        self.notify(f"steer: {self.view.steer.describe()}", timeout=2)
+
+    def action_strength(self, sign: int) -> None:
+        steer = self.view.steer
+        self.set_view(steer=Steer(steer.mode, steer.strength + sign * STRENGTH_STEP))
+
+    def action_generate(self) -> None:
+        if self.view.analysis is None:
+            self.notify("no prompt to continue yet", severity="warning")
+            return
+        self._seed += 1
+        self.generate("clean", None)
+        panel = self.query_one(GeneratePanel)
+        steered = panel.run_widget("steered")
+        if self.view.steer.active:
+            steered.set_title(f"steered · {self.view.steer.describe()}")
+            self.generate("steered", self.view.steer)
+        else:
+            self.workers.cancel_group(self, "generate-steered")
+            steered.set_title("steered")
+            steered.set_text("", "(no intervention: press s to choose one)")
+        if self.compact:
+            self._activate_panel("generate")
+
+    def action_stop(self) -> None:
+        for run in ("clean", "steered"):
+            self.workers.cancel_group(self, f"generate-{run}")
+
+    def action_edit_prompt(self) -> None:
+        self.query_one("#prompt", Input).focus()
+
+    def action_leave_prompt(self) -> None:
+        self.query_one(TokenStrip).focus()
+
+    def action_panel(self, panel: str) -> None:
+        self._activate_panel(panel)
+        targets = {"attention": "#tokens", "features": "#feature-list", "heads": "#heads-table", "generate": "#generate-button"}
+        self.query_one(targets.get(panel, f"#{panel}")).focus()
+
+
+def _one_line(error: Exception) -> str:
+    """A notification's text: tinymech's own messages as they are, others with their type."""
+    lines = str(error).strip().splitlines()
+    message = lines[0] if lines else ""
+    if isinstance(error, TinymechError) and message:
+        return message
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__

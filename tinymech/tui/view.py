@@ -1,0 +1,91 @@
+"""The one piece of UI state every panel renders: an immutable View. The main
+screen replaces it on every change and hands it to each panel's show()."""
+from __future__ import annotations
+
+import dataclasses
+from types import MappingProxyType
+from typing import Mapping
+
+import numpy as np
+
+from .backend import Analysis, FeatureActs, FeatureEffects, Steer, loss_scale
+
+COLOR_METRICS = ("loss", "steered loss", "feature", "attention")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # arrays inside: compared by identity
+class View:
+    analysis: Analysis | None = None
+    selected: int = 0  # token position that drives every panel
+    layer: int = 0
+    head: int = 0
+    color_by: str = "loss"
+    score: str = "induction"  # which head score the heads grid shows
+    sae_index: int = 0
+    feature: int | None = None  # the feature chosen in the features panel
+    steer: Steer = Steer()
+    steered_losses: np.ndarray | None = None  # [pos] under `steer`, when computed
+    effects: Mapping[tuple[int, int], FeatureEffects] = dataclasses.field(
+        default_factory=lambda: MappingProxyType({})
+    )  # (sae index, feature) -> promoted tokens, filled in as workers finish
+
+    def replace(self, **changes) -> View:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def features(self) -> FeatureActs | None:
+        a = self.analysis
+        if a is None or not a.features:
+            return None
+        return a.features[min(self.sae_index, len(a.features) - 1)]
+
+    def token_values(self) -> np.ndarray | None:
+        """The color metric per token scaled to [0, 1] (nan: no value there);
+        None when the metric is unavailable."""
+        a = self.analysis
+        if a is None:
+            return None
+        if self.color_by in ("loss", "steered loss"):
+            losses = a.losses if self.color_by == "loss" else self.steered_losses
+            if losses is None:
+                return None
+            return losses / loss_scale(a.vocab_size)
+        if self.color_by == "feature":
+            fa = self.features
+            if fa is None or self.feature is None:
+                return None
+            acts = fa.acts[:, self.feature]
+            # scaled to the text's tokens: the BOS residual is an outlier many SAEs never saw
+            top = float(acts[1:].max() if a.bos and len(acts) > 1 else acts.max())
+            return acts / top if top > 0 else np.zeros_like(acts)
+        if self.color_by == "attention":
+            row = a.patterns[self.layer, self.head, self.selected].astype(np.float32).copy()
+            row[self.selected + 1 :] = np.nan  # a token cannot attend to later ones
+            return row
+        return None
+
+    def metric_text(self) -> str:
+        """What the selected token's color means, for the tokens panel title."""
+        a = self.analysis
+        if a is None:
+            return ""
+        i = self.selected
+        if self.color_by == "loss":
+            return "" if i == 0 else f"loss {a.losses[i]:.2f}"
+        if self.color_by == "steered loss":
+            if not self.steer.active:
+                return "set an intervention with s"
+            if self.steered_losses is None:
+                return "computing…"
+            return "" if i == 0 else f"{self.steered_losses[i]:.2f} (clean {a.losses[i]:.2f})"
+        if self.color_by == "feature":
+            fa = self.features
+            if fa is None:
+                return "no SAE loaded"
+            if self.feature is None:
+                return "pick a feature (Enter in Features)"
+            return f"#{self.feature} {fa.acts[i, self.feature]:.2f}"
+        if self.color_by == "attention":
+            return f"L{self.layer}H{self.head} from here"
+        return ""
+

@@ -1,0 +1,1 @@
+"""The panels, one module each, and the widgets they are made of."""

@@ -1,0 +1,48 @@
+"""The frame every panel shares: a bordered, titled, scrollable box that
+renders a View."""
+from __future__ import annotations
+
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.content import Content
+from textual.widgets import Static
+
+from ..view import View
+
+
+class Panel(VerticalScroll, inherit_bindings=False):
+    """Up/down scroll the panel; left/right stay free for moving the selection."""
+
+    BINDINGS = [
+        Binding("up", "scroll_up", "Scroll up", show=False),
+        Binding("down", "scroll_down", "Scroll down", show=False),
+        Binding("pageup", "page_up", "Page up", show=False),
+        Binding("pagedown", "page_down", "Page down", show=False),
+    ]
+
+    TITLE = ""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.border_title = self.TITLE
+        self.view = View()
+
+    def show(self, view: View) -> None:
+        self.view = view
+
+    def on_resize(self) -> None:
+        self.show(self.view)  # the layout of the text depends on the width
+
+
+class TextPanel(Panel):
+    """A panel whose whole body is one block of text rebuilt from the view."""
+
+    def compose(self):
+        yield Static(id=f"{self.id}-body" if self.id else None, classes="panel-body")
+
+    def show(self, view: View) -> None:
+        super().show(view)
+        self.query_one(".panel-body", Static).update(self.body(view))
+
+    def body(self, view: View) -> Content:
+        raise NotImplementedError

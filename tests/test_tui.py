@@ -8,7 +8,7 @@ from textual.app import App
 from textual.widgets import Input, Tabs
 
 import tinymech as tm
-from test_tui_support import PROMPT, build_model_dir, build_sae_dir, make_test_app, settle
+from test_tui_support import PROMPT, app, build_sae_dir, make_test_app, model_dir, sae_dir, settle  # noqa: F401 (fixtures)
 from tinymech.tui.app import TinymechApp, run_tui
 from tinymech.tui.backend import Steer
 from tinymech.tui.display import Palette, printable, token_label
@@ -26,21 +26,6 @@ PROMPT_LABELS = ["‹bos›", "Mr", "·Darcy", "·bowed", "·to", "·Elizabeth",
 @pytest.fixture(scope="module")
 def anyio_backend():
     return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return build_model_dir(tmp_path_factory.mktemp("tui-model"))
-
-
-@pytest.fixture(scope="module")
-def sae_dir(tmp_path_factory):
-    return build_sae_dir(tmp_path_factory.mktemp("tui-sae") / "sae")
-
-
-@pytest.fixture
-def app(model_dir, sae_dir) -> TinymechApp:
-    return make_test_app(model_dir, sae_dir)
 
 
 def main_screen(app) -> MainScreen:

@@ -6,22 +6,7 @@ from __future__ import annotations
 import pytest
 from textual.widgets import Input
 
-from test_tui_support import build_model_dir, build_sae_dir, make_test_app, settle
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return build_model_dir(tmp_path_factory.mktemp("tui-model"))
-
-
-@pytest.fixture(scope="module")
-def sae_dir(tmp_path_factory):
-    return build_sae_dir(tmp_path_factory.mktemp("tui-sae") / "sae")
-
-
-@pytest.fixture
-def app(model_dir, sae_dir):
-    return make_test_app(model_dir, sae_dir)
+from test_tui_support import app, model_dir, sae_dir, settle  # noqa: F401 (fixtures)
 
 
 def after(*keys: str):

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 from safetensors.numpy import save_file
 
 import tinymech as tm
@@ -64,3 +65,19 @@ async def settle(pilot) -> None:
         await pilot.pause()
         if not any(w.is_running for w in pilot.app.workers):
             return
+
+
+# Fixtures shared by the TUI test files (imported there by name).
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return build_model_dir(tmp_path_factory.mktemp("tui-model"))
+
+
+@pytest.fixture(scope="module")
+def sae_dir(tmp_path_factory):
+    return build_sae_dir(tmp_path_factory.mktemp("tui-sae") / "sae")
+
+
+@pytest.fixture
+def app(model_dir, sae_dir):
+    return make_test_app(model_dir, sae_dir)

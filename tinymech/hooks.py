@@ -33,6 +33,8 @@ _SHORT_NAMES = {
     "q": "attn.hook_q",
     "k": "attn.hook_k",
     "v": "attn.hook_v",
+    "rot_q": "attn.hook_rot_q",
+    "rot_k": "attn.hook_rot_k",
     "attn_scores": "attn.hook_attn_scores",
     "scores": "attn.hook_attn_scores",
     "pattern": "attn.hook_pattern",
@@ -43,6 +45,7 @@ _SHORT_NAMES = {
     "post": "mlp.hook_post",
     "mlp_pre": "mlp.hook_pre",
     "mlp_post": "mlp.hook_post",
+    "pre_linear": "mlp.hook_pre_linear",
     "scale": "hook_scale",
     "normalized": "hook_normalized",
 }
@@ -75,9 +78,11 @@ def get_act_name(name: str, layer: int | None = None, layer_type: str | None = N
     return f"blocks.{layer}.{suffix}"
 
 
-def hook_registry(n_layers: int) -> tuple[list[str], dict[str, int]]:
-    names = _core.hook_names(n_layers)
-    return names, {n: i for i, n in enumerate(names)}
+def hook_registry(n_layers: int, ids: Sequence[int]) -> tuple[list[str], dict[str, int]]:
+    """The names of the hook points with these core ids (those the architecture has), in order."""
+    every = _core.hook_names(n_layers)
+    names = [every[i] for i in ids]
+    return names, {every[i]: i for i in ids}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,8 +233,8 @@ def build_plan(model, specs: Iterable[HookSpec], capture: Iterable[str] = ()) ->
     return plan
 
 
-_HEADED = ("attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_z", "attn.hook_result",
-           "attn.hook_attn_scores", "attn.hook_pattern")
+_HEADED = ("attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_rot_q", "attn.hook_rot_k", "attn.hook_z",
+           "attn.hook_result", "attn.hook_attn_scores", "attn.hook_pattern")
 
 
 def _add_intervention(plan, hid: int, name: str, iv: Intervention):

@@ -1,8 +1,9 @@
 """From a path or hub id to a config, memory-mapped weights and a tokenizer.
 
 A model is a directory holding config.json, model.safetensors (or a sharded
-model.safetensors.index.json) in Hugging Face GPT-2 layout, and optionally
-tokenizer.json. Hub ids such as "gpt2" are looked up in the local Hugging Face
+model.safetensors.index.json) in Hugging Face GPT-2 or Llama layout, and
+optionally tokenizer.json; or a GGUF file (gguf_loading.py); or "smollm2"
+(smollm2.py). Hub ids such as "gpt2" are looked up in the local Hugging Face
 cache first, then downloaded through huggingface_hub when it is installed.
 """
 from __future__ import annotations
@@ -101,6 +102,20 @@ def resolve_model_dir(name_or_path: str | os.PathLike | None) -> Path:
     return _download(HUB_ALIASES.get(name, name))
 
 
+def resolve_model_source(name_or_path: str | os.PathLike | None) -> Path:
+    """A model directory, or a .gguf file to convert on loading."""
+    if isinstance(name_or_path, str) and name_or_path.lower() == "smollm2":
+        from .smollm2 import smollm2_dir
+
+        return smollm2_dir()
+    if name_or_path is not None and str(name_or_path).lower().endswith(".gguf"):
+        path = Path(name_or_path).expanduser()
+        if not path.is_file():
+            raise ModelNotFoundError(f"no GGUF file at {path}")
+        return path
+    return resolve_model_dir(name_or_path)
+
+
 def _download(repo_id: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
@@ -173,6 +188,25 @@ class WeightStore:
                 f"weight {name!r} has shape {list(sf.shape(name))} but the config needs {list(shape)}"
             )
         return sf.to_float32(name)
+
+
+class ArrayStore(WeightStore):
+    """A WeightStore over arrays already in memory (e.g. dequantized from a GGUF)."""
+
+    def __init__(self, arrays: dict, source: str):
+        self._arrays = arrays
+        self._source = source
+
+    def keys(self):
+        return self._arrays.keys()
+
+    def get(self, name: str, shape: tuple) -> np.ndarray:
+        arr = self._arrays.get(name)
+        if arr is None:
+            raise ModelLoadError(f"weight {name!r} is missing from {self._source}")
+        if arr.shape != tuple(shape):
+            raise ModelLoadError(f"weight {name!r} has shape {list(arr.shape)} but the config needs {list(shape)}")
+        return arr
 
 
 def load_gpt2_weights(store: WeightStore, cfg: Config) -> dict:

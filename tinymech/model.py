@@ -26,7 +26,8 @@ class Model:
         self.path = path
         self._weights = weights  # keeps the memory-mapped arrays alive
         self._core = _core.Model(cfg.core_dict(), weights)
-        self._hook_names, self._hook_ids = hook_registry(cfg.n_layers)
+        self._hook_names, self._hook_ids = hook_registry(cfg.n_layers, self._core.hook_ids())
+        self._hook_name_of = {i: n for n, i in self._hook_ids.items()}
         self._context_hooks: list[HookSpec] = []
 
     def __repr__(self):
@@ -47,6 +48,8 @@ class Model:
 
     @property
     def W_pos(self) -> np.ndarray:
+        if self.cfg.positional_embedding_type == "rotary":
+            raise AttributeError("a rotary model has no learned positional embedding W_pos")
         return self._weights["wpe"]
 
     # ---- tokens ---------------------------------------------------------------
@@ -244,7 +247,7 @@ class Model:
         tokens = self.tokens_of(input, prepend_bos=prepend_bos)
         plan = self._plan(hooks, capture=names)
         logits = self._run(tokens, plan)
-        acts = {self._hook_names[i]: a for i, a in plan.take_captured()}
+        acts = {self._hook_name_of[i]: a for i, a in plan.take_captured()}
         ordered = {n: acts[n] for n in self._hook_names if n in acts}
         return self._package(logits, tokens, return_type, loss_per_token), ActivationCache(ordered, self)
 
@@ -293,15 +296,25 @@ class Model:
 
     # ---- weights, TransformerLens-style ------------------------------------------
 
+    def _in_out(self, layer: int, name: str) -> np.ndarray:
+        """A linear weight as [in, out] (a transposed view for [out, in] storage)."""
+        w = self._weights["layers"][layer][name]
+        return w if self.cfg.weight_layout == "in_out" else w.T
+
     def W_O(self, layer: int) -> np.ndarray:
         """[head, d_head, d_model]"""
         c = self.cfg
-        return self._weights["layers"][layer]["out_w"].reshape(c.n_heads, c.d_head, c.d_model)
+        return self._in_out(layer, "out_w").reshape(c.n_heads, c.d_head, c.d_model)
 
     def _qkv(self, layer: int, which: int) -> np.ndarray:
+        """[head, d_model, d_head]; key/value heads repeated per query head, as TransformerLens's W_K/W_V."""
         c = self.cfg
-        w = self._weights["layers"][layer]["qkv_w"][:, which * c.d_model : (which + 1) * c.d_model]
-        return w.reshape(c.d_model, c.n_heads, c.d_head).transpose(1, 0, 2)
+        n_kv = c.n_key_value_heads or c.n_heads
+        widths = (c.n_heads * c.d_head, n_kv * c.d_head, n_kv * c.d_head)
+        start = sum(widths[:which])
+        w = self._in_out(layer, "qkv_w")[:, start : start + widths[which]]
+        w = w.reshape(c.d_model, -1, c.d_head).transpose(1, 0, 2)
+        return w if w.shape[0] == c.n_heads else np.repeat(w, c.n_heads // n_kv, axis=0)
 
     def W_Q(self, layer: int) -> np.ndarray:
         """[head, d_model, d_head]"""
@@ -314,8 +327,9 @@ class Model:
         return self._qkv(layer, 2)
 
     def b_O(self, layer: int) -> np.ndarray:
-        """[d_model]"""
-        return self._weights["layers"][layer]["out_b"]
+        """[d_model] (zeros for architectures without the bias, as in TransformerLens)"""
+        b = self._weights["layers"][layer]["out_b"]
+        return np.zeros(self.cfg.d_model, dtype=np.float32) if b is None else b
 
     @property
     def ln_final_w(self) -> np.ndarray:
@@ -331,12 +345,18 @@ class Model:
         return self._weights["unembed_b"]
 
     def W_in(self, layer: int) -> np.ndarray:
-        """[d_model, d_mlp]"""
-        return self._weights["layers"][layer]["fc_w"]
+        """[d_model, d_mlp] (the up projection of a gated MLP)"""
+        return self._in_out(layer, "fc_w")
+
+    def W_gate(self, layer: int) -> np.ndarray:
+        """[d_model, d_mlp] (gated MLPs only)"""
+        if not self.cfg.gated_mlp:
+            raise AttributeError("this model's MLP has no gate")
+        return self._in_out(layer, "gate_w")
 
     def W_out(self, layer: int) -> np.ndarray:
         """[d_mlp, d_model]"""
-        return self._weights["layers"][layer]["proj_w"]
+        return self._in_out(layer, "proj_w")
 
     def _plan(self, hooks: Iterable[HookSpec], capture: Iterable[str] = ()):
         specs = list(self._context_hooks) + list(hooks)

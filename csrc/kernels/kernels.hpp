@@ -40,6 +40,12 @@ struct KernelTable {
   void (*gelu_new)(const float* x, float* out, int64_t n);
   void (*softmax)(float* x, int64_t n);  // in place, max-subtracted
   void (*exp)(const float* x, float* out, int64_t n);
+  // out = silu(gate) * up, the SwiGLU MLP's activation
+  void (*silu_mul)(const float* gate, const float* up, float* out, int64_t n);
+  // Rotary embedding of one head, HF's rotate_half convention: with
+  // x1 = x[0, half) and x2 = x[half, 2 half), x1' = x1 cos - x2 sin and
+  // x2' = x2 cos + x1 sin, in place.
+  void (*rope)(float* x, const float* cos, const float* sin, int64_t half);
 };
 
 // Column-panel sizes shared by the matmul drivers and the packing buffers.

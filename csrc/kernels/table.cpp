@@ -6,7 +6,7 @@ namespace TM_ARCH {
 const KernelTable& table() {
   static const KernelTable t = {TM_STR(TM_ARCH), matmul_cols, dot,       axpy,     add,
                                 scale,           row_stats,   normalize, gelu_new, softmax,
-                                exp};
+                                exp,             silu_mul,    rope};
   return t;
 }
 }  // namespace TM_ARCH

@@ -24,6 +24,8 @@ void normalize(const float* x, float mean, float scale, const float* w, const fl
 void gelu_new(const float* x, float* out, int64_t n);
 void softmax(float* x, int64_t n);
 void exp(const float* x, float* out, int64_t n);
+void silu_mul(const float* gate, const float* up, float* out, int64_t n);
+void rope(float* x, const float* cos, const float* sin, int64_t half);
 const KernelTable& table();
 }  // namespace TM_ARCH
 }  // namespace tmech

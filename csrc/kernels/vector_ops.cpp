@@ -1,5 +1,6 @@
 // Elementwise and reduction kernels on float rows: dot, axpy, add, scale,
-// exp, softmax and GPT-2's tanh-approximated GELU. Each has a vector main
+// exp, softmax, GPT-2's tanh-approximated GELU, SwiGLU's silu(gate) * up and
+// the rotary embedding's rotation. Each has a vector main
 // loop and a padded tail (simd.hpp), so any length works.
 #include "kernels/variant.hpp"
 
@@ -82,6 +83,38 @@ void gelu_new(const float* x, float* out, int64_t n) {
   int64_t i = 0;
   for (; i + VL <= n; i += VL) vstore(out + i, gelu_vec(vload(x + i)));
   if (i < n) vstore_part(out + i, gelu_vec(vload_part(x + i, n - i)), n - i);
+}
+
+// silu(g) * u = g * u / (1 + exp(-g)); exp overflows to inf for very
+// negative g, which gives the right limit 0.
+static inline vf silu_mul_vec(vf g, vf u) { return vdiv(vmul(g, u), vadd(vset1(1.f), vexp(vsub(vzero(), g)))); }
+
+void silu_mul(const float* gate, const float* up, float* out, int64_t n) {
+  int64_t i = 0;
+  for (; i + VL <= n; i += VL) vstore(out + i, silu_mul_vec(vload(gate + i), vload(up + i)));
+  if (i < n) vstore_part(out + i, silu_mul_vec(vload_part(gate + i, n - i), vload_part(up + i, n - i)), n - i);
+}
+
+static inline void rope_vec(vf a, vf b, vf c, vf s, vf* a_out, vf* b_out) {
+  *a_out = vsub(vmul(a, c), vmul(b, s));
+  *b_out = vadd(vmul(b, c), vmul(a, s));
+}
+
+void rope(float* x, const float* cos, const float* sin, int64_t half) {
+  float* x2 = x + half;
+  vf a, b;
+  int64_t i = 0;
+  for (; i + VL <= half; i += VL) {
+    rope_vec(vload(x + i), vload(x2 + i), vload(cos + i), vload(sin + i), &a, &b);
+    vstore(x + i, a);
+    vstore(x2 + i, b);
+  }
+  if (i < half) {
+    const int64_t n = half - i;
+    rope_vec(vload_part(x + i, n), vload_part(x2 + i, n), vload_part(cos + i, n), vload_part(sin + i, n), &a, &b);
+    vstore_part(x + i, a, n);
+    vstore_part(x2 + i, b, n);
+  }
 }
 
 }  // namespace TM_ARCH

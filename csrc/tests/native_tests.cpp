@@ -110,6 +110,24 @@ void test_vector_kernels(const char* variant, std::mt19937& rng) {
     var /= n;
     check(std::abs(mean - mu) < 1e-4 && std::abs(scale - std::sqrt(var + 1e-5)) < 1e-4 * std::sqrt(var + 1e-5),
           std::string(variant) + " row_stats");
+
+    std::vector<float> sm(n);
+    kt.silu_mul(a.data(), b.data(), sm.data(), n);
+    std::vector<double> smref(n);
+    for (int64_t i = 0; i < n; ++i) smref[i] = double(a[i]) / (1 + std::exp(-double(a[i]))) * b[i];
+    check(max_rel(sm, smref) < 1e-5, std::string(variant) + " silu_mul");
+
+    // rope rotates x[0, n) against x[n, 2n)
+    auto x = randn(2 * n, rng), angle = randn(n, rng, 3.f);
+    std::vector<float> cs(n), sn(n);
+    for (int64_t i = 0; i < n; ++i) cs[i] = std::cos(angle[i]), sn[i] = std::sin(angle[i]);
+    std::vector<double> rref(2 * n);
+    for (int64_t i = 0; i < n; ++i) {
+      rref[i] = double(x[i]) * cs[i] - double(x[n + i]) * sn[i];
+      rref[n + i] = double(x[n + i]) * cs[i] + double(x[i]) * sn[i];
+    }
+    kt.rope(x.data(), cs.data(), sn.data(), n);
+    check(max_rel(x, rref) < 1e-5, std::string(variant) + " rope");
   }
   std::vector<float> masked = {-INFINITY, 1.f, -INFINITY};
   kt.softmax(masked.data(), 3);
@@ -121,35 +139,51 @@ struct TinyModel {
   std::vector<std::vector<float>> store;
   ModelWeights w;
 
-  explicit TinyModel(std::mt19937& rng) {
+  // GPT-2-like, or Llama-like: RMSNorm, rotary, 2 key/value heads for 4
+  // query heads, a gated MLP, [out, in] weights and no biases.
+  TinyModel(std::mt19937& rng, bool llama) {
     cfg.n_layers = 2, cfg.d_model = 40, cfg.n_heads = 4, cfg.d_head = 10, cfg.d_mlp = 72;
     cfg.d_vocab = 53, cfg.n_ctx = 16, cfg.attn_scale = std::sqrt(10.f);
-    const int64_t D = cfg.d_model, F = cfg.d_mlp, V = cfg.d_vocab;
+    if (llama) {
+      cfg.normalization = Normalization::rms_norm, cfg.positions = Positions::rotary;
+      cfg.layout = WeightLayout::out_in, cfg.act_fn = Activation::silu;
+      cfg.n_key_value_heads = 2, cfg.gated_mlp = true, cfg.rotary_dim = cfg.d_head;
+    }
+    const int64_t D = cfg.d_model, F = cfg.d_mlp, V = cfg.d_vocab, Dqkv = cfg.d_qkv();
     auto make = [&](size_t n, float scale) {
       store.push_back(randn(n, rng, scale));
       return store.back().data();
     };
     store.reserve(64);
+    auto bias = [&](size_t n) { return llama ? nullptr : make(n, 0.1f); };
     w.wte = make(V * D, 0.5f);
-    w.wpe = make(cfg.n_ctx * D, 0.2f);
+    if (llama) {
+      store.emplace_back();
+      for (int64_t i = 0; i < cfg.rotary_dim / 2; ++i) store.back().push_back(std::pow(100.f, -2.f * i / cfg.rotary_dim));
+      w.rope_inv_freq = store.back().data();
+    } else {
+      w.wpe = make(cfg.n_ctx * D, 0.2f);
+    }
     w.lnf_w = make(D, 1.f);
-    w.lnf_b = make(D, 0.1f);
+    w.lnf_b = bias(D);
     w.unembed = w.wte;
     for (int l = 0; l < cfg.n_layers; ++l) {
       LayerWeights lw;
-      lw.ln1_w = make(D, 1.f), lw.ln1_b = make(D, 0.1f);
-      lw.qkv_w = make(D * 3 * D, 0.3f), lw.qkv_b = make(3 * D, 0.1f);
-      lw.out_w = make(D * D, 0.2f), lw.out_b = make(D, 0.1f);
-      lw.ln2_w = make(D, 1.f), lw.ln2_b = make(D, 0.1f);
-      lw.fc_w = make(D * F, 0.2f), lw.fc_b = make(F, 0.1f);
-      lw.proj_w = make(F * D, 0.2f), lw.proj_b = make(D, 0.1f);
+      lw.ln1_w = make(D, 1.f), lw.ln1_b = bias(D);
+      lw.qkv_w = make(D * Dqkv, 0.3f), lw.qkv_b = bias(Dqkv);
+      lw.out_w = make(D * D, 0.2f), lw.out_b = bias(D);
+      lw.ln2_w = make(D, 1.f), lw.ln2_b = bias(D);
+      if (llama) lw.gate_w = make(D * F, 0.2f);
+      lw.fc_w = make(D * F, 0.2f), lw.fc_b = bias(F);
+      lw.proj_w = make(F * D, 0.2f), lw.proj_b = bias(D);
       w.layers.push_back(lw);
     }
   }
 };
 
-void test_forward(std::mt19937& rng) {
-  TinyModel tiny(rng);
+void test_forward(std::mt19937& rng, bool llama) {
+  TinyModel tiny(rng, llama);
+  const std::string arch = llama ? "llama: " : "gpt2: ";
   Model model(tiny.cfg, tiny.w);
   const int64_t B = 2, T = tiny.cfg.n_ctx, V = tiny.cfg.d_vocab;
   std::vector<int32_t> tokens(B * T);
@@ -176,21 +210,28 @@ void test_forward(std::mt19937& rng) {
       for (int64_t v = 0; v < V; ++v)
         worst = std::max(worst, double(std::abs(last[b * V + v] - full[(b * T + t) * V + v])));
   }
-  check(worst < 1e-4, "cached decode equals prefill");
+  check(worst < 1e-4, arch + "cached decode equals prefill");
 
   // A plan touching every hook point with a capture, plus edits, must run and
   // keep TransformerLens shapes; the phased attention path must agree with the fused one.
   HookPlan plan(tiny.cfg.n_layers);
-  for (int id = 0; id < hook_count(tiny.cfg.n_layers); ++id) plan.add(id, Edit{});
+  const std::vector<int> ids = model.hook_ids();
+  for (int id : ids) plan.add(id, Edit{});
   KVCache c3 = model.new_cache(B);
   std::vector<float> hooked(B * T * V);
   model.forward(c3, tokens.data(), B, T, &plan, LogitsMode::all, hooked.data());
   double diff = 0;
   for (size_t i = 0; i < full.size(); ++i) diff = std::max(diff, double(std::abs(full[i] - hooked[i])));
-  check(diff < 1e-4, "capturing every hook point leaves the logits unchanged");
-  check(static_cast<int>(plan.captured().size()) == hook_count(tiny.cfg.n_layers), "every hook point captured");
-  for (auto& [id, c] : plan.captured()) {
+  check(diff < 1e-4, arch + "capturing every hook point leaves the logits unchanged");
+  check(plan.captured().size() == ids.size(), arch + "every hook point of the architecture captured");
+  const int64_t kv_heads = tiny.cfg.kv_heads();
+  for (size_t i = 0; i < plan.captured().size(); ++i) {
+    auto& [id, c] = plan.captured()[i];
+    check(id == ids[i], arch + "hook points reached in order");
     const std::string name = hook_name(id, tiny.cfg.n_layers);
+    if (name.find("hook_k") != std::string::npos || name.find("hook_v") != std::string::npos ||
+        name.find("hook_rot_k") != std::string::npos)
+      check(c.shape == std::vector<int64_t>{B, T, kv_heads, tiny.cfg.d_head}, arch + name + " shape");
     if (name.find("hook_pattern") != std::string::npos) {
       check(c.shape == std::vector<int64_t>{B, tiny.cfg.n_heads, T, T}, "pattern shape");
       double row = 0;
@@ -220,7 +261,7 @@ void test_forward(std::mt19937& rng) {
   model.forward(c4, tokens.data(), B, T, &edits, LogitsMode::all, hooked.data());
   bool finite = true;
   for (float x : hooked) finite = finite && std::isfinite(x);
-  check(finite, "edited forward stays finite");
+  check(finite, arch + "edited forward stays finite");
 
   Edit bad;
   bad.type = EditType::add;
@@ -245,7 +286,7 @@ void test_forward(std::mt19937& rng) {
     model.forward(c, tokens.data(), B, T, nullptr, LogitsMode::all, out.data());
     double d = 0;
     for (size_t i = 0; i < out.size(); ++i) d = std::max(d, double(std::abs(out[i] - full[i])));
-    check(d < 1e-5, "same logits with " + std::to_string(threads) + " threads");
+    check(d < 1e-5, arch + "same logits with " + std::to_string(threads) + " threads");
   }
 
   auto throws = [&](std::function<void()> fn) {
@@ -280,7 +321,8 @@ int main() {
     kernels::select(variants[i]->name);
     test_matmul(variants[i]->name, rng);
     test_vector_kernels(variants[i]->name, rng);
-    test_forward(rng);
+    test_forward(rng, false);
+    test_forward(rng, true);
   }
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;

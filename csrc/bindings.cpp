@@ -167,7 +167,7 @@ struct PyCallback : tmech::HookCallback {
     py::gil_scoped_acquire gil;
     fn = py::function();
   }
-  void call(int, std::vector<float>& buffer, const std::vector<int64_t>& shape) override {
+  void call(int, int64_t, std::vector<float>& buffer, const std::vector<int64_t>& shape) override {
     py::gil_scoped_acquire gil;
     std::vector<py::ssize_t> dims(shape.begin(), shape.end());
     FloatArray arr(dims);

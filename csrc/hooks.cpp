@@ -164,7 +164,7 @@ void HookPlan::apply(int id, const View& v) {
         std::vector<float> buf(static_cast<size_t>(v.numel()));
         copy_to_tl(v, buf.data());
         const std::vector<int64_t> shape = v.tl_shape();
-        e.callback->call(id, buf, shape);
+        e.callback->call(id, v.pos_offset, buf, shape);
         if (static_cast<int64_t>(buf.size()) != v.numel())
           throw std::logic_error("hook callback changed the buffer size");
         copy_from_tl(v, buf.data());

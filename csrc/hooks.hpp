@@ -78,7 +78,9 @@ struct View {
 // length is left unchanged.
 struct HookCallback {
   virtual ~HookCallback() = default;
-  virtual void call(int hook_id, std::vector<float>& buffer, const std::vector<int64_t>& shape) = 0;
+  // pos_offset: the absolute position of the activation's first position.
+  virtual void call(int hook_id, int64_t pos_offset, std::vector<float>& buffer,
+                    const std::vector<int64_t>& shape) = 0;
 };
 
 enum class EditType { capture, replace, fill, add, scale, callback };

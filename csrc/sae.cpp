@@ -286,7 +286,8 @@ SaeSplice::SaeSplice(std::shared_ptr<const Sae> sae, bool keep_error, bool trans
   if (!sae_) throw std::invalid_argument("a splice needs an SAE");
 }
 
-void SaeSplice::set_clamps(std::vector<int32_t> features, std::vector<float> values) {
+void SaeSplice::set_clamps(std::vector<int32_t> features, std::vector<float> values,
+                           std::vector<int64_t> positions) {
   if (features.size() != values.size()) throw std::invalid_argument("one clamp value per feature");
   for (int32_t f : features)
     if (f < 0 || f >= sae_->config().d_sae)
@@ -295,6 +296,7 @@ void SaeSplice::set_clamps(std::vector<int32_t> features, std::vector<float> val
   std::lock_guard<std::mutex> lock(mutex_);
   clamp_features_ = std::move(features);
   clamp_values_ = std::move(values);
+  clamp_positions_ = std::move(positions);
 }
 
 void SaeSplice::set_recording(bool record, bool record_pre) {
@@ -322,7 +324,8 @@ int64_t SaeSplice::rows_of(const std::vector<int64_t>& shape, int64_t width, con
   return numel / width;
 }
 
-void SaeSplice::call(int hook_id, std::vector<float>& buffer, const std::vector<int64_t>& shape) {
+void SaeSplice::call(int hook_id, int64_t pos_offset, std::vector<float>& buffer,
+                     const std::vector<int64_t>& shape) {
   std::lock_guard<std::mutex> lock(mutex_);
   const SaeConfig& c = sae_->config();
   if (transcoder_ && (pending_id_ < 0 || hook_id <= pending_id_)) {
@@ -335,7 +338,7 @@ void SaeSplice::call(int hook_id, std::vector<float>& buffer, const std::vector<
   if (!transcoder_) {
     rows_of(shape, c.d_in, "d_in");
     const std::vector<float> x = buffer;
-    run(x.data(), buffer, shape);
+    run(x.data(), buffer, shape, pos_offset);
     return;
   }
   pending_id_ = -1;
@@ -343,18 +346,18 @@ void SaeSplice::call(int hook_id, std::vector<float>& buffer, const std::vector<
     throw std::invalid_argument("a transcoder's input and output hooks cover different numbers of positions");
   const std::vector<float> x = std::move(pending_input_);
   pending_input_.clear();
-  run(x.data(), buffer, shape);
+  run(x.data(), buffer, shape, pos_offset);
 }
 
 namespace {
 
-// The codes with the clamped features set to their values (rows in `bypass` unchanged).
+// The codes with the clamped features set to their values in the rows marked in `clamp`.
 SparseCodes with_clamps(const SparseCodes& codes, const std::vector<int32_t>& features,
-                        const std::vector<float>& values, const std::vector<uint8_t>& bypass) {
+                        const std::vector<float>& values, const std::vector<uint8_t>& clamp_rows) {
   SparseCodes out;
   out.rows = codes.rows;
   for (size_t r = 0; r < static_cast<size_t>(codes.rows); ++r) {
-    const bool clamp = bypass.empty() || !bypass[r];
+    const bool clamp = clamp_rows[r] != 0;
     for (auto o = static_cast<size_t>(codes.offsets[r]); o < static_cast<size_t>(codes.offsets[r + 1]); ++o) {
       const int32_t f = codes.indices[o];
       if (clamp && std::find(features.begin(), features.end(), f) != features.end()) continue;
@@ -373,7 +376,8 @@ SparseCodes with_clamps(const SparseCodes& codes, const std::vector<int32_t>& fe
 }  // namespace
 
 // x: the SAE's input rows; target: the activation at the output hook, replaced in place.
-void SaeSplice::run(const float* x, std::vector<float>& target, const std::vector<int64_t>& shape) {
+void SaeSplice::run(const float* x, std::vector<float>& target, const std::vector<int64_t>& shape,
+                    int64_t pos_offset) {
   const Sae& sae = *sae_;
   const SaeConfig& c = sae.config();
   const int64_t rows = static_cast<int64_t>(target.size()) / c.d_out;
@@ -399,7 +403,16 @@ void SaeSplice::run(const float* x, std::vector<float>& target, const std::vecto
   std::vector<float> clamped;
   if (clamping) {
     clamped.resize(target.size());
-    sae.decode_codes(with_clamps(codes, clamp_features_, clamp_values_, bypass), clamped.data());
+    // rows are [batch, pos] flattened: clamp where the row is not bypassed and its position is chosen
+    const int64_t n_pos = shape.size() >= 2 ? shape[1] : 1;
+    std::vector<uint8_t> clamp_rows(static_cast<size_t>(rows));
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t pos = pos_offset + r % n_pos;
+      const bool chosen = clamp_positions_.empty() ||
+                          std::find(clamp_positions_.begin(), clamp_positions_.end(), pos) != clamp_positions_.end();
+      clamp_rows[static_cast<size_t>(r)] = chosen && (bypass.empty() || !bypass[static_cast<size_t>(r)]);
+    }
+    sae.decode_codes(with_clamps(codes, clamp_features_, clamp_values_, clamp_rows), clamped.data());
     sae.finish(norm, x, rows, clamped.data());
   }
   const std::vector<float>& sae_out = clamping ? clamped : clean;

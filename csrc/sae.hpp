@@ -107,10 +107,10 @@ class SaeSplice : public HookCallback {
  public:
   SaeSplice(std::shared_ptr<const Sae> sae, bool keep_error, bool transcoder);
 
-  void call(int hook_id, std::vector<float>& buffer, const std::vector<int64_t>& shape) override;
+  void call(int hook_id, int64_t pos_offset, std::vector<float>& buffer, const std::vector<int64_t>& shape) override;
 
-  // Set these features to these activations wherever the splice runs.
-  void set_clamps(std::vector<int32_t> features, std::vector<float> values);
+  // Set these features to these activations at these absolute positions (empty: all).
+  void set_clamps(std::vector<int32_t> features, std::vector<float> values, std::vector<int64_t> positions = {});
   // record: inputs, codes, reconstructions, errors, outputs; record_pre: pre-activations too.
   void set_recording(bool record, bool record_pre);
   // Rows (flattened batch x pos) to leave untouched on the next call only.
@@ -121,12 +121,13 @@ class SaeSplice : public HookCallback {
 
  private:
   int64_t rows_of(const std::vector<int64_t>& shape, int64_t width, const char* what) const;
-  void run(const float* x, std::vector<float>& target, const std::vector<int64_t>& shape);
+  void run(const float* x, std::vector<float>& target, const std::vector<int64_t>& shape, int64_t pos_offset);
 
   std::shared_ptr<const Sae> sae_;
   bool keep_error_, transcoder_;
   std::vector<int32_t> clamp_features_;
   std::vector<float> clamp_values_;
+  std::vector<int64_t> clamp_positions_;
   bool record_ = false, record_pre_ = false;
   std::vector<uint8_t> bypass_;
   int pending_id_ = -1;  // transcoders: hook id of the stored input

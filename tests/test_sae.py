@@ -116,18 +116,26 @@ def test_steering(model, sae):
     ref = model.run_with_hooks(toks, fwd_hooks=[(HOOK, tm.add(sae.W_dec[f], 4.0, positions=[2, 3]))])
     assert rel_err(added, ref) <= TOL
 
-    def clamp(act, hook):
-        feats = sae.encode(act)
-        feats[..., f] = 3.0
-        return act + (sae.decode(feats) - sae.forward(act))
+    def clamp(value, positions=None):
+        def hook(act, hook):
+            feats = sae.encode(act)
+            chosen = [p for p in positions if p < act.shape[1]] if positions is not None else slice(None)
+            feats[:, chosen, f] = value
+            return act + (sae.decode(feats) - sae.forward(act))
+
+        return hook
 
     clamped = model.run_with_hooks(toks, fwd_hooks=[sae.steer(f, 3.0, mode="clamp")])
-    ref = model.run_with_hooks(toks, fwd_hooks=[(HOOK, clamp)])
+    ref = model.run_with_hooks(toks, fwd_hooks=[(HOOK, clamp(3.0))])
     assert rel_err(clamped, ref) <= TOL and rel_err(clamped, model(toks)) > 1e-4
-    gen = model.generate(toks[:, :3], max_new_tokens=4, stop_at_eos=False, hooks=[sae.steer(f, 30.0, mode="clamp")])
-    assert gen.shape == (1, 7)
-    with pytest.raises(tm.HookError, match="positions"):
-        sae.steer(f, 1.0, mode="clamp", positions=[1])
+    some = model.run_with_hooks(toks, fwd_hooks=[sae.steer(f, 3.0, mode="clamp", positions=[2, 5])])
+    assert rel_err(some, model.run_with_hooks(toks, fwd_hooks=[(HOOK, clamp(3.0, [2, 5]))])) <= TOL
+    # a clamp at a position the prompt does not reach takes effect once generation gets there
+    gen = model.generate(toks[:, :3], max_new_tokens=4, stop_at_eos=False,
+                         hooks=[sae.steer(f, 30.0, mode="clamp", positions=[4])])
+    for t in range(3, 7):
+        ref = model.run_with_hooks(gen[:, :t], fwd_hooks=[(HOOK, clamp(30.0, [4]))])
+        assert gen[0, t] == ref[0, -1].argmax()
     with pytest.raises(tm.HookError, match="mode"):
         sae.steer(f, 1.0, mode="scale")
 

@@ -302,7 +302,8 @@ class SAE:
         mode "add": add strength * W_dec[feature] to the output hook's activation
         (at the given absolute positions, or all). mode "clamp": splice the SAE
         keeping its error term and set the feature's activation to `strength`,
-        so only that feature's contribution changes (all positions)."""
+        so only that feature's contribution changes (at the given absolute
+        positions, or all)."""
         f = self._feature(feature)
         if not np.isfinite(strength):
             raise HookError(f"steering strength must be finite, got {strength!r}")
@@ -310,9 +311,6 @@ class SAE:
             return self.cfg.output_hook, _hooks.add(self.W_dec[f], coeff=float(strength), positions=positions)
         if mode != "clamp":
             raise HookError(f"steering mode must be 'add' or 'clamp', not {mode!r}")
-        if positions is not None:
-            raise HookError("clamp steering applies at every position (native hooks are not told absolute "
-                            "positions yet); use mode='add' to steer chosen positions")
         name, splice = self.as_hook(keep_error=True)
-        splice.set_clamps([f], [float(strength)])
+        splice.set_clamps([f], [float(strength)], _hooks._ints(positions))
         return name, splice

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from timing import best_time
+from timing import best_time, hf_decode_seconds
 
 
 
@@ -67,15 +67,7 @@ def main():
             return time.perf_counter() - t0
 
         def decode_hf():
-            with torch.inference_mode():
-                out = hf(torch.as_tensor(prompt), use_cache=True)
-                past, logits = out.past_key_values, out.logits[:, -1]
-                t0 = time.perf_counter()
-                for _ in range(steps):
-                    nxt = logits.argmax(-1)[:, None]
-                    out = hf(nxt, past_key_values=past, use_cache=True)
-                    past, logits = out.past_key_values, out.logits[:, -1]
-                return time.perf_counter() - t0
+            return hf_decode_seconds(hf, prompt, steps)
 
         decode_ours()
         decode_hf()

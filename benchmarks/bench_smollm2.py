@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from timing import best_time
+from timing import best_time, hf_decode_seconds
 
 
 def main():
@@ -60,12 +60,7 @@ def main():
         return time.perf_counter() - t0
 
     def decode_hf():
-        with torch.inference_mode():
-            out = hf(torch.as_tensor(prompt), use_cache=True)
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                out = hf(out.logits[:, -1:].argmax(-1), past_key_values=out.past_key_values, use_cache=True)
-            return time.perf_counter() - t0
+        return hf_decode_seconds(hf, prompt, steps)
 
     ours = min(decode_ours() for _ in range(args.repeats))
     ref = min(decode_hf() for _ in range(args.repeats))

@@ -13,3 +13,21 @@ def best_time(fn, repeats: int = 3) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return min(times)
+
+
+def hf_decode_seconds(hf, prompt, steps: int) -> float:
+    """Seconds for `steps` greedy decode steps of a transformers model after
+    `prompt`, through its own generate() and KV cache: generating steps + 1
+    tokens minus generating 1 (the prefill), so only decoding is counted."""
+    import torch
+
+    ids = torch.as_tensor(prompt)
+
+    def run(n):
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            hf.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
+        return time.perf_counter() - t0
+
+    run(2)
+    return run(steps + 1) - run(1)

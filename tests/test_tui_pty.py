@@ -10,7 +10,7 @@ import time
 
 import pexpect
 
-from test_tui_support import PROMPT, ROOT, build_model_dir, build_sae_dir
+from test_tui_support import PROMPT, build_model_dir, build_sae_dir
 
 ROWS, COLS = 36, 120
 # CSI (ESC [ ... final), OSC (ESC ] ... BEL or ESC \), other two-byte escapes, or a run of text
@@ -77,7 +77,8 @@ class Screen:
 def test_the_command_shows_tokens_and_panels(tmp_path):
     model_dir = build_model_dir(tmp_path)
     sae_dir = build_sae_dir(tmp_path / "sae")
-    env = dict(os.environ, PYTHONPATH=str(ROOT), TERM="xterm-256color", COLUMNS=str(COLS), LINES=str(ROWS))
+    # the same tinymech as this test process (installed or source tree), wherever the child starts
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), TERM="xterm-256color", COLUMNS=str(COLS), LINES=str(ROWS))
     child = pexpect.spawn(
         sys.executable, ["-m", "tinymech", "tui", "--model", str(model_dir), "--sae", str(sae_dir), PROMPT],
         env=env, cwd=str(tmp_path), dimensions=(ROWS, COLS), encoding="utf-8", codec_errors="replace",

@@ -27,6 +27,10 @@ def pick_steps(records: list[dict], available: set[int]) -> list[int]:
     records = [r for r in records if r["step"] in available and r["step"] > 0]
     final = max(best_induction(r) for r in records)
     start = min(best_induction(r) for r in records)
+    if final - start < 0.05:
+        # No induction transition happened: ship one mid-training checkpoint for dynamics demos.
+        mid = records[-1]["step"] / 2
+        return [min((r["step"] for r in records), key=lambda s: abs(s - mid))]
     before = [r["step"] for r in records if best_induction(r) < start + 0.1 * (final - start)]
     halfway = [r["step"] for r in records if best_induction(r) >= start + 0.5 * (final - start)]
     picks = []

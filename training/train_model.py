@@ -9,8 +9,9 @@ train/val loss, the per-position loss on repeated random token sequences, and
 each head's induction and previous-token scores (TransformerLens head-detector
 "mul" score: sum(A * D) / sum(A), averaged over the sequences).
 
-The number of steps is set from the measured speed so that training ends at
---end-time (UTC, HH:MM). State is saved regularly to the cache, so an
+With --end-time (UTC, HH:MM) the cosine schedule runs over wall-clock time and
+training stops at that time, whatever CPU share it gets; --steps fixes the
+step count instead. State is saved every 250 steps to the cache, so an
 interrupted run can continue with --resume.
 
 Usage: nice -n 10 python training/train_model.py --end-time 12:15
@@ -54,8 +55,9 @@ class BatchSampler:
     seq_len - 1 tokens.
     """
 
-    def __init__(self, stream: np.ndarray, vocab_size: int, batch: int, seq_len: int, repeat_share: float, seed: int):
-        self.stream, self.vocab_size = stream, vocab_size
+    def __init__(self, stream: np.ndarray, vocab_size: int, batch: int, seq_len: int, repeat_share: float, seed: int,
+                 max_copies: int = 2):
+        self.stream, self.vocab_size, self.max_copies = stream, vocab_size, max_copies
         self.batch, self.body = batch, seq_len - 1
         self.n_repeat = round(batch * repeat_share)
         self.rng = np.random.default_rng(seed)
@@ -65,15 +67,16 @@ class BatchSampler:
         return self.stream[start : start + n]
 
     def repeated(self) -> np.ndarray:
-        """Natural text with a span inserted twice in a row at a random place."""
-        length = int(self.rng.integers(4, 100))
+        """Natural text with a span inserted 2..max_copies times in a row at a random place."""
+        copies = int(self.rng.integers(2, self.max_copies + 1))
+        length = int(self.rng.integers(4, min(100, self.body // copies)))
         if self.rng.random() < 0.5:
             span = self.rng.integers(1, self.vocab_size, size=length)  # random tokens: pure copying
         else:
             span = self.natural(length)  # natural text: copying as it happens in real documents
         host = self.natural(self.body)
-        at = int(self.rng.integers(0, self.body - 2 * length + 1))
-        return np.concatenate([host[:at], span, span, host[at:]])[: self.body]
+        at = int(self.rng.integers(0, self.body - copies * length + 1))
+        return np.concatenate([host[:at], *([span] * copies), host[at:]])[: self.body]
 
     def next(self) -> torch.Tensor:
         rows = [self.repeated() for _ in range(self.n_repeat)]
@@ -162,12 +165,36 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> to
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8)
 
 
-def lr_at(step: int, total: int, peak: float, warmup: int, floor_frac: float = 0.1) -> float:
-    """Linear warmup, then cosine decay to floor_frac * peak."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return peak * (floor_frac + (1 - floor_frac) * 0.5 * (1 + math.cos(math.pi * progress)))
+class Schedule:
+    """Linear warmup over `warmup` steps, then cosine decay to 10 % of the peak as progress goes 0 -> 1.
+
+    With a fixed step count, progress counts steps. With an end time, it counts
+    wall-clock time up to that deadline: the machine is shared with compile
+    jobs, so the speed varies and a step count fixed in advance would overrun.
+    Training stops when progress reaches 1.
+    """
+
+    def __init__(self, peak: float, warmup: int, total_steps: int | None, end_time: str | None, progress: float = 0.0):
+        self.peak, self.warmup, self.total_steps = peak, warmup, total_steps
+        self.deadline = time.time() + seconds_until(end_time) if end_time else None
+        self.p0, self.t0, self.last = progress, None, progress  # progress when this process started counting
+
+    def progress(self, step: int) -> float:
+        if step < self.warmup:
+            return 0.0
+        if self.total_steps is not None:
+            self.last = (step - self.warmup) / max(1, self.total_steps - self.warmup)
+        else:
+            now = time.time()
+            if self.t0 is None:
+                self.t0 = now
+            self.last = self.p0 + (1 - self.p0) * (now - self.t0) / max(1e-9, self.deadline - self.t0)
+        return min(1.0, self.last)
+
+    def lr(self, step: int, progress: float, floor_frac: float = 0.1) -> float:
+        if step < self.warmup:
+            return self.peak * (step + 1) / self.warmup
+        return self.peak * (floor_frac + (1 - floor_frac) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 # ----------------------------------------------------------------- interpretability probes
@@ -263,9 +290,11 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1.5e-3)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--weight-decay", type=float, default=0.1)
-    parser.add_argument("--repeat-share", type=float, default=0.25)
+    parser.add_argument("--repeat-share", type=float, default=0.3)
+    parser.add_argument("--max-copies", type=int, default=4, help="a repeated span appears 2..max_copies times")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--set-progress", type=float, default=None, help="with --resume: schedule position to continue from")
     args = parser.parse_args()
     assert args.steps or args.end_time, "give --steps or --end-time"
 
@@ -281,7 +310,7 @@ def main() -> None:
     baselines = ngram_baselines(train_stream, val_stream, vocab)
     print(f"train {len(train_stream):,} tokens, val {len(val_stream):,}; baselines {baselines}", flush=True)
 
-    sampler = BatchSampler(train_stream, vocab, args.batch, args.seq_len, args.repeat_share, args.seed)
+    sampler = BatchSampler(train_stream, vocab, args.batch, args.seq_len, args.repeat_share, args.seed, args.max_copies)
     val_all = val_windows(val_stream, args.seq_len)
     val_probe = val_all[torch.randperm(len(val_all), generator=torch.Generator().manual_seed(1))[:64]]
     rep_tokens = repeated_random_tokens(vocab, n_seq=20, half=50, seed=2)
@@ -297,45 +326,52 @@ def main() -> None:
         "batch": args.batch,
         "seq_len": args.seq_len,
         "repeat_share": args.repeat_share,
+        "max_copies": args.max_copies,
         "baselines": baselines,
         "records": [],
     }
-    step, total_steps, recent = 0, args.steps, []
+    step, recent, progress = 0, [], 0.0
     state_path = args.work / "state.pt"
     if args.resume and state_path.exists():
         state = torch.load(state_path, weights_only=False)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
-        step, total_steps, dynamics = state["step"], state["total_steps"], state["dynamics"]
+        step, dynamics = state["step"], state["dynamics"]
+        dynamics.pop("total_steps", None)
+        # Older states stored a planned step count instead of the schedule's progress.
+        progress = state.get("progress", (step - args.warmup) / max(1, (state.get("total_steps") or step) - args.warmup))
         sampler.rng = state["rng"]
         torch.set_rng_state(state["torch_rng"])
-        print(f"resumed at step {step} of {total_steps}", flush=True)
+        print(f"resumed at step {step}, schedule progress {progress:.3f}", flush=True)
+        dynamics.setdefault("resumes", []).append({"step": step, "repeat_share": args.repeat_share,
+                                                   "max_copies": args.max_copies, "end_time": args.end_time})
+    if args.set_progress is not None:  # on resume: move the cosine back (raise the LR) or forward
+        progress = args.set_progress
+        dynamics["resumes"][-1]["set_progress"] = progress
+    schedule = Schedule(args.lr, args.warmup, args.steps, None if args.steps else args.end_time, max(0.0, progress))
+    dynamics["schedule"] = f"{args.steps} steps" if args.steps else f"cosine over wall-clock time until {args.end_time} UTC"
 
-    t_start, step_at_start = time.time(), step
     model.train()
-    while total_steps is None or step <= total_steps:
-        if probe_due(step) or step == total_steps:
-            record = {"step": step, "tokens_seen": step * args.batch * args.seq_len,
+    while True:
+        progress = schedule.progress(step)
+        finished = progress >= 1.0
+        if probe_due(step) or finished:
+            record = {"step": step, "tokens_seen": step * args.batch * args.seq_len, "lr": round(schedule.lr(step, progress), 6),
                       "train_loss": round(float(np.mean(recent)), 4) if recent else None, **probe(model, rep_tokens, val_probe)}
             recent = []
             dynamics["records"].append(record)
             write_json(args.out / "training_dynamics.json", dynamics)
             best_ind = max(max(row) for row in record["induction_score"])
             print(f"step {step}: train {record['train_loss']} val {record['val_loss']} rep {record['rep_loss_first_half']:.2f}"
-                  f"/{record['rep_loss_second_half']:.2f} best induction {best_ind:.3f}  ({time.strftime('%H:%M:%S')})", flush=True)
+                  f"/{record['rep_loss_second_half']:.2f} best induction {best_ind:.3f} lr {record['lr']:.2e} "
+                  f"progress {progress:.3f} ({time.strftime('%H:%M:%S')})", flush=True)
             if step <= 1500 or step % 500 == 0:
                 save_fp16_checkpoint(model, args.work / "checkpoints" / f"step_{step}")
-        if step == total_steps:
+        if finished:
             break
-        if total_steps is None and step - step_at_start == 100:
-            # Measured speed (probes included), 8% margin for load from other jobs.
-            rate = 100 / (time.time() - t_start)
-            total_steps = step + int(0.92 * rate * seconds_until(args.end_time))
-            dynamics["total_steps"] = total_steps
-            print(f"{rate:.2f} steps/s = {rate * args.batch * args.seq_len:.0f} tok/s -> total_steps {total_steps}", flush=True)
 
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, total_steps or 10**9, args.lr, args.warmup)
+            group["lr"] = schedule.lr(step, progress)
         tokens = sampler.next()
         loss = lm_loss(model(tokens).logits, tokens)
         opt.zero_grad(set_to_none=True)
@@ -345,15 +381,21 @@ def main() -> None:
         recent.append(loss.item())
         step += 1
         if step % 250 == 0:
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "total_steps": total_steps,
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "progress": progress,
                         "dynamics": dynamics, "rng": sampler.rng, "torch_rng": torch.get_rng_state()}, state_path)
 
     # Final: full validation loss, then float32 weights for the bundle.
+    # The train loss above includes the repeated-span sequences; for the baselines
+    # comparison, also measure plain training text (as many windows as validation has).
     model.eval()
+    train_all = val_windows(train_stream, args.seq_len)
+    train_eval = train_all[torch.randperm(len(train_all), generator=torch.Generator().manual_seed(3))[: len(val_all)]]
     with torch.no_grad():
         full_val = torch.stack([lm_loss(model(c).logits, c) for c in val_all.split(16)]).mean()
-    dynamics["final"] = {"steps": total_steps, "tokens_seen": total_steps * args.batch * args.seq_len,
-                         "val_loss_full": round(float(full_val), 4), "val_tokens": int(val_all[:, 1:].numel())}
+        train_nat = torch.stack([lm_loss(model(c).logits, c) for c in train_eval.split(16)]).mean()
+    dynamics["final"] = {"steps": step, "tokens_seen": step * args.batch * args.seq_len,
+                         "val_loss_full": round(float(full_val), 4), "val_tokens": int(val_all[:, 1:].numel()),
+                         "train_loss_natural_text": round(float(train_nat), 4), "train_eval_tokens": int(train_eval[:, 1:].numel())}
     write_json(args.out / "training_dynamics.json", dynamics)
     model.save_pretrained(args.out, safe_serialization=True)
     print(f"done: full val loss {float(full_val):.4f}; saved to {args.out}", flush=True)

@@ -103,7 +103,7 @@ class SAE(torch.nn.Module):
         super().__init__()
         w_dec = F.normalize(torch.randn(d_sae, d_in), dim=1)
         self.W_dec = torch.nn.Parameter(w_dec)
-        self.W_enc = torch.nn.Parameter(w_dec.T.clone())  # tied init: features start as their own readers
+        self.W_enc = torch.nn.Parameter(0.1 * w_dec.T.clone())  # tied init (scaled down): features start as their own readers
         self.b_enc = torch.nn.Parameter(torch.zeros(d_sae))
         self.b_dec = torch.nn.Parameter(b_dec_init.clone())
 
@@ -143,23 +143,28 @@ def resample_dead(sae: SAE, acts: torch.Tensor, dead: torch.Tensor, gen: torch.G
     return n_dead
 
 
-def train_sae(acts: torch.Tensor, d_sae: int, l1: float, steps: int, batch: int, lr: float, seed: int, log_every: int = 100) -> SAE:
-    """acts are already scaled so that E||x||^2 = d_in."""
+def train_sae(acts: torch.Tensor, d_sae: int, l1: float, steps: int, batch: int, lr: float, seed: int,
+              max_minutes: float, log_every: int = 100) -> tuple[SAE, int]:
+    """acts are already scaled so that E||x||^2 = d_in. Returns the SAE and the number of steps taken.
+
+    Progress is the larger of steps done / steps and time used / max_minutes, so a
+    slow (shared) machine trains for fewer steps but still completes the schedule.
+    """
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     sae = SAE(acts.shape[1], d_sae, acts[:100000].mean(0))
     opt = torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999))
-    resample_at = {int(steps * 0.2), int(steps * 0.4)}
+    resample_points = [0.2, 0.4]  # fractions of progress at which dead features are resampled
     fired = torch.zeros(d_sae, dtype=torch.bool)
-    t0 = time.time()
-    for step in range(steps):
+    t0, step, progress = time.time(), 0, 0.0
+    while progress < 1.0:
         x = acts[torch.randint(len(acts), (batch,), generator=gen)]
         f = sae.encode(x)
         x_hat = sae.decode(f)
         mse = (x - x_hat).pow(2).sum(1).mean()
-        warm = min(1.0, step / (0.05 * steps))  # ramp the L1 in, so few features die at the start
+        warm = min(1.0, progress / 0.05)  # ramp the L1 in, so few features die at the start
         sparsity = (f * sae.W_dec.norm(dim=1)).sum(1).mean()
-        lr_now = lr * min(1.0, 5 * (1 - step / steps))  # linear decay over the last 20%
+        lr_now = lr * min(1.0, 5 * (1 - progress))  # linear decay over the last 20 %
         for g in opt.param_groups:
             g["lr"] = lr_now
         loss = mse + warm * l1 * sparsity
@@ -169,17 +174,22 @@ def train_sae(acts: torch.Tensor, d_sae: int, l1: float, steps: int, batch: int,
         opt.step()
         sae.normalize_decoder()
         fired |= (f > 0).any(0)
-        if step in resample_at:
-            n = resample_dead(sae, acts, ~fired, gen)
-            opt = torch.optim.Adam(sae.parameters(), lr=lr_now)  # fresh moments for the new directions
-            print(f"  step {step}: resampled {n} dead features", flush=True)
-        if step in resample_at or step % 500 == 0:
-            fired = torch.zeros(d_sae, dtype=torch.bool)
-        if step % log_every == 0 or step == steps - 1:
+        if step % log_every == 0:
             l0 = (f > 0).float().sum(1).mean()
             fve = 1 - mse / (x - x.mean(0)).pow(2).sum(1).mean()
-            print(f"  step {step}: mse {mse:.3f} fve {fve:.3f} l0 {l0:.1f} ({time.time() - t0:.0f}s)", flush=True)
-    return sae
+            print(f"  step {step} ({progress:.0%}): mse {mse:.3f} fve {fve:.3f} l0 {l0:.1f} ({time.time() - t0:.0f}s)", flush=True)
+        if step % 300 == 299:
+            fired = torch.zeros(d_sae, dtype=torch.bool)  # dead = silent over the last <= 300 batches
+        step += 1
+        progress = max(step / steps, (time.time() - t0) / (60 * max_minutes))
+        if resample_points and progress >= resample_points[0] and step % 300 > 100:
+            resample_points.pop(0)
+            n = resample_dead(sae, acts, ~fired, gen)
+            opt = torch.optim.Adam(sae.parameters(), lr=lr_now)  # fresh moments for the new directions
+            fired = torch.zeros(d_sae, dtype=torch.bool)
+            print(f"  step {step}: resampled {n} dead features", flush=True)
+    print(f"  finished after {step} steps ({time.time() - t0:.0f}s): mse {mse:.3f} l0 {(f > 0).float().sum(1).mean():.1f}", flush=True)
+    return sae, step
 
 
 # ----------------------------------------------------------------- saving in SAELens format
@@ -191,6 +201,15 @@ def saelens_weights(sae: SAE, scale: float) -> dict[str, torch.Tensor]:
         "W_dec": sae.W_dec.detach().clone().contiguous(),
         "b_dec": (sae.b_dec.detach() / scale).contiguous(),
     }
+
+
+def _sae_lens_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("sae-lens")
+    except Exception:  # sae-lens not installed: the format written here is v6's
+        return "6.0.0"
 
 
 def saelens_cfg(d_in: int, d_sae: int) -> dict:
@@ -212,6 +231,9 @@ def saelens_cfg(d_in: int, d_sae: int) -> dict:
             "dataset_path": "training/.cache/corpus/train.txt (Austen + KJV, built by training/build_corpus.py)",
             "model_from_pretrained_kwargs": {},
             "exclude_special_tokens": [BOS],
+            # Without a version >= 6, sae_lens treats the file as a pre-6.0 config and drops the metadata.
+            "sae_lens_version": _sae_lens_version(),
+            "sae_lens_training_version": None,
         },
     }
 
@@ -326,22 +348,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=ROOT / "models/demo-gpt2")
     parser.add_argument("--corpus", type=Path, default=ROOT / "training/.cache/corpus")
-    parser.add_argument("--train-tokens", type=int, default=2_000_000)
+    parser.add_argument("--train-tokens", type=int, default=1_500_000)
     parser.add_argument("--d-sae", type=int, default=2048)
-    parser.add_argument("--l1", type=float, default=5.0)
+    parser.add_argument("--l1", type=float, default=4.0)
     parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--max-minutes", type=float, default=10.0, help="stop (with the schedule completed) after this long")
     parser.add_argument("--batch", type=int, default=4096)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--val-windows", type=int, default=None, help="limit held-out windows (for quick tests)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     tok = Tokenizer.from_file(str(args.model / "tokenizer.json"))
-    model = GPT2LMHeadModel.from_pretrained(args.model).eval()
+    model = GPT2LMHeadModel.from_pretrained(args.model, dtype=torch.float32).eval()
     train_windows = val_windows(encode_split(tok, args.corpus / "train.txt"), 256)  # non-overlapping
     train_windows = train_windows[: args.train_tokens // 255 + 1]
-    val = val_windows(encode_split(tok, args.corpus / "val.txt"), 256)
+    val = val_windows(encode_split(tok, args.corpus / "val.txt"), 256)[: args.val_windows]
 
     t0 = time.time()
     acts = collect_resid(model, train_windows)
@@ -349,7 +373,7 @@ def main() -> None:
     scale = float((acts.shape[1] / acts[:200000].pow(2).sum(1).mean()).sqrt())
     print(f"activations: train {tuple(acts.shape)}, val {tuple(val_acts.shape)}, scale {scale:.4f} ({time.time() - t0:.0f}s)", flush=True)
 
-    sae = train_sae(acts * scale, args.d_sae, args.l1, args.steps, args.batch, args.lr, args.seed)
+    sae, steps_done = train_sae(acts * scale, args.d_sae, args.l1, args.steps, args.batch, args.lr, args.seed, args.max_minutes)
     w = saelens_weights(sae, scale)
 
     out = args.model / "saes" / HOOK
@@ -367,7 +391,7 @@ def main() -> None:
     # SAELens convention: log10 of each feature's firing frequency (dead features get -10).
     save_file({"sparsity": torch.log10(train_density + 1e-10)}, str(out / "sparsity.safetensors"))
     metrics["dead_features_train"] = int((train_density == 0).sum())
-    metrics.update({"d_sae": args.d_sae, "l1_coefficient": args.l1, "steps": args.steps, "batch": args.batch,
+    metrics.update({"d_sae": args.d_sae, "l1_coefficient": args.l1, "steps": steps_done, "batch": args.batch,
                     "train_tokens": len(acts), "input_scale": scale, "bos_position": "excluded"})
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     print(json.dumps(metrics, indent=2), flush=True)

@@ -17,6 +17,7 @@ from train_model import encode_split
 
 ROOT = Path(__file__).resolve().parent.parent
 HOOK = "blocks.2.hook_resid_pre"
+INDUCTION_MIN = 0.1  # TL "mul" score above which a head counts as an induction head (max here is ~0.5)
 PROMPTS = [
     "It is a truth universally acknowledged, that",
     "In the beginning",
@@ -53,6 +54,32 @@ def formation_step(records: list[dict]) -> int | None:
     return None
 
 
+def mix_text(dyn: dict) -> str:
+    """The repeated-span mix, including any change made when the run was resumed."""
+    text = f"{dyn['repeat_share']:.0%} of sequences, span written {dyn.get('max_copies', 2)} times" if dyn.get("max_copies", 2) == 2 \
+        else f"{dyn['repeat_share']:.0%} of sequences, span written 2-{dyn['max_copies']} times"
+    for r in dyn.get("resumes", []):
+        if r["repeat_share"] != dyn["repeat_share"] or r["max_copies"] != dyn.get("max_copies", 2):
+            text += f"; from step {r['step']}: {r['repeat_share']:.0%}, 2-{r['max_copies']} times"
+    return text
+
+
+def schedule_notes(dyn: dict) -> list[str]:
+    """How this particular run went (it shared 2 CPU cores with compile jobs)."""
+    if not dyn.get("resumes"):
+        return [f"Schedule: {dyn.get('schedule', '')}.", ""]
+    steps = ", ".join(str(r["step"]) for r in dyn["resumes"])
+    moved = [r for r in dyn["resumes"] if "set_progress" in r]
+    rewarm = (f" and raise the learning rate again (the cosine moved back to {moved[-1]['set_progress']:.0%} of its course)"
+              if moved else "")
+    return [f"**How this run went.** The machine was shared with compile and benchmark jobs (training ran at nice 10),",
+            "so the speed varied from 0.1 to 0.6 steps/s. The run was stopped and resumed from its saved state at step(s)",
+            f"{steps}: first to replace the planned step count by a schedule over wall-clock time (cosine decay",
+            "until a fixed end time, whatever the speed), then, as no induction head had formed after 1000 steps, to",
+            "strengthen the repeated-span mix" + rewarm + ". `training_dynamics.json` records the changes",
+            "(`resumes`). Rerunning `training/run_all.py` uses the default mix (30 %, 2-4 copies) from the start.", ""]
+
+
 def one_line(text: str) -> str:
     return text.replace("\n", " ⏎ ").replace("|", "\\|")
 
@@ -70,7 +97,7 @@ def main() -> None:
     sae = json.loads((sae_dir / "metrics.json").read_text())
     labels = json.loads((sae_dir / "feature_labels.json").read_text())
     tok = Tokenizer.from_file(str(args.model / "tokenizer.json"))
-    model = GPT2LMHeadModel.from_pretrained(args.model).eval()
+    model = GPT2LMHeadModel.from_pretrained(args.model, dtype=torch.float32).eval()
 
     n_train = len(encode_split(tok, args.corpus / "train.txt"))
     base, final, last = dyn["baselines"], dyn["final"], dyn["records"][-1]
@@ -78,13 +105,18 @@ def main() -> None:
     size_mb = sum(p.stat().st_size for p in args.model.parent.rglob("*") if p.is_file()) / 1e6
     ckpts = dyn.get("bundled_checkpoints", [])
     formed = formation_step(dyn["records"])
+    has_induction = ind[0][1] >= INDUCTION_MIN
+    head_summary = (f"It has an induction head ({ind[0][0]}, score {ind[0][1]:.2f}) and a previous-token head "
+                    f"({prev[0][0]}, score {prev[0][1]:.2f})." if has_induction else
+                    "**No induction head formed within this run's compute budget** (see below); this version is "
+                    "useful for loading, hooking, caching and SAE plumbing, not for induction-circuit demos.")
 
     L = []  # the card, line by line
     L += ["# demo-gpt2", "",
           "A 4-layer GPT-2-architecture language model (5.3 M parameters) and a sparse autoencoder on its residual",
           "stream, trained from scratch on CPU for tinymech's tests, tutorials and demos. It writes passable",
-          "Austen- and King-James-flavoured English and has clear induction and previous-token heads. It is a toy: do",
-          "not use it for anything but exercising interpretability tools.", ""]
+          "Austen- and King-James-flavoured English. " + head_summary + " It is a toy: do not use it for anything",
+          "but exercising interpretability tools.", ""]
     L += ["## Data and licences", "",
           "Built by `training/build_corpus.py` from Debian packages (fetched with `apt-get download`, unpacked with",
           "`dpkg-deb -x`): Jane Austen's six novels (one document per chapter) and the King James Bible (one document",
@@ -105,19 +137,22 @@ def main() -> None:
           f"AdamW (betas 0.9/0.95, weight decay 0.1 on matrices), peak LR 1.5e-3, 200 warmup steps, cosine decay to 10 %,",
           f"gradient clipping 1.0, batch {dyn['batch']} x {dyn['seq_len']} tokens, seeds fixed, `torch.set_num_threads(2)`.",
           f"{final['steps']:,} steps = {final['tokens_seen'] / 1e6:.1f} M tokens (the training split is "
-          f"{n_train / 1e6:.2f} M tokens, so ≈ {final['tokens_seen'] * (1 - dyn['repeat_share']) / n_train:.1f} "
-          "passes over the natural text), about 70 minutes on 2 CPU cores.", "",
-          f"**Repeated spans.** {dyn['repeat_share']:.0%} of every batch are sequences with a span (4-99 tokens; half the time",
-          "random tokens, half the time a chunk of natural text) written twice in a row inside natural text. Natural",
-          "text rewards copying only weakly; these sequences make induction heads form within the budget.", ""]
+          f"{n_train / 1e6:.2f} M tokens, so at most {final['tokens_seen'] / n_train:.1f} passes over it), on 2 CPU "
+          "cores shared with other jobs.", "",
+          f"**Repeated spans.** A share of every batch ({mix_text(dyn)}) are sequences in which a span (4-99 tokens; half",
+          "the time random tokens, half the time a chunk of natural text) is written several times in a row inside",
+          "natural text. Natural text rewards copying only weakly; these sequences are there to make induction heads",
+          "form within a small budget.", ""]
+    L += schedule_notes(dyn)
     L += ["## Loss", "",
           "Cross-entropy in nats/token on the same tokenization. The bigram baseline interpolates P(b|a) with the unigram",
           f"(weight {base['bigram_interpolation_weight']} chosen on validation, so slightly optimistic).", "",
           "| | train | validation |", "|---|---|---|",
           f"| unigram | {base['unigram_train']:.3f} | {base['unigram_val']:.3f} |",
           f"| bigram | {base['bigram_train']:.3f} | {base['bigram_val']:.3f} |",
-          f"| demo-gpt2 | {last['train_loss']:.3f} (last {'250'} steps, incl. repeated-span sequences) | "
-          f"{final['val_loss_full']:.3f} ({final['val_tokens']:,} tokens) |", ""]
+          f"| demo-gpt2 | {final['train_loss_natural_text']:.3f} ({final['train_eval_tokens']:,} tokens of training text) | "
+          f"{final['val_loss_full']:.3f} ({final['val_tokens']:,} tokens) |", "",
+          f"The training loss on the last batches, which include the repeated-span sequences, was {last['train_loss']:.3f}.", ""]
     L += ["## Induction and previous-token heads", "",
           "Scores are TransformerLens head-detector scores (\"mul\": Σ(A ⊙ D) / Σ A, averaged over sequences), on 20",
           "sequences of `<|endoftext|>` + 50 random tokens repeated twice. The induction pattern can only be present in",
@@ -126,12 +161,17 @@ def main() -> None:
     L += [f"| {i + 1} | {a} | {sa:.3f} | {b} | {sb:.3f} |" for i, ((a, sa), (b, sb)) in enumerate(zip(ind, prev))]
     L += ["", f"Loss on the repeated random sequences: first half {last['rep_loss_first_half']:.2f} nats (random tokens are "
           f"unpredictable: ln {cfg['vocab_size']} = 9.01), second half {last['rep_loss_second_half']:.2f} nats.",
-          f"The induction score first reached half its final value at step {formed} "
-          f"({formed * dyn['batch'] * dyn['seq_len'] / 1e6 if formed is not None else float('nan'):.2f} M tokens).",
+          (f"The induction score first reached half its final value at step {formed} "
+           f"({formed * dyn['batch'] * dyn['seq_len'] / 1e6:.2f} M tokens)." if has_induction and formed is not None else
+           f"No head reached an induction score of {INDUCTION_MIN} (the best is {ind[0][1]:.3f}, close to the ≈ 0.007 of "
+           "uniform attention) and the second half of the repeated sequences is barely easier than the first: in "
+           f"{final['tokens_seen'] / 1e6:.1f} M tokens on a shared 2-core machine the model learned mostly local "
+           "(bigram-like) statistics. More steps with the repeated-span mix are the fix."),
           "`training_dynamics.json` has, for every probe step, the train and validation loss, both halves' loss, the",
           "per-position loss curve, and every head's induction and previous-token scores.", ""]
     if ckpts:
-        L += [f"Intermediate checkpoints (fp16 safetensors + config.json) around that transition: "
+        where = "around that transition" if has_induction else "from mid-training, for training-dynamics demos"
+        L += [f"Intermediate checkpoints (fp16 safetensors + config.json) {where}: "
               + ", ".join(f"`checkpoints/step_{s}`" for s in ckpts) + ".", ""]
     L += ["## Samples", "", "Greedy and sampled (temperature 0.8, top-k 50, seed 0) continuations of 40 tokens, BOS prepended.", ""]
     for prompt, greedy, sampled in continuations(model, tok):
@@ -174,13 +214,14 @@ def main() -> None:
     L += [f"", f"Total size of `models/`: {size_mb:.1f} MB.", ""]
     L += ["## Reproduce", "",
           "```", "pip install -e '.[train]'   # torch, transformers, tokenizers, safetensors, rdata, sae-lens",
-          "python training/run_all.py   # corpus -> tokenizer -> model (~70 min, 2 cores) -> SAE -> checkpoints -> this card", "```",
+          "python training/run_all.py --minutes 70   # corpus -> tokenizer -> model -> SAE -> checkpoints -> this card", "```",
           "",
           "Each step is also a script in `training/` (`build_corpus.py`, `train_tokenizer.py`, `train_model.py`,",
-          "`train_sae.py`, `select_checkpoints.py`, `write_model_card.py`). The step count is set from the measured",
-          "speed to fit the time budget, so a rerun on another machine trains for a different number of steps; pass",
-          "`--steps` to `run_all.py` to fix it. Seeds are fixed, but CPU kernels and thread scheduling make runs",
-          "only approximately bit-reproducible.", ""]
+          "`train_sae.py`, `select_checkpoints.py`, `write_model_card.py`). By default the model trains for a",
+          "wall-clock budget (`--minutes`, cosine schedule over time), so a faster or idle machine trains for more",
+          "steps; pass `--steps` to `run_all.py` for a fixed, machine-independent schedule (the SAE likewise has a",
+          "`--max-minutes` cap). Seeds are fixed, but CPU kernels and thread scheduling make runs only approximately",
+          "bit-reproducible.", ""]
     (args.model / "MODEL_CARD.md").write_text("\n".join(L))
     print(f"wrote {args.model / 'MODEL_CARD.md'}")
 

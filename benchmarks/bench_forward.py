@@ -12,11 +12,10 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-import time
 
 import numpy as np
 
-from timing import best_time, hf_decode_seconds
+from timing import best_time, hf_decode_seconds, tinymech_decode_seconds
 
 
 
@@ -58,13 +57,7 @@ def main():
         steps = args.decode_tokens
 
         def decode_ours():
-            cache = model.new_cache()
-            logits = model.forward(prompt, cache=cache, logits="last")
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                nxt = logits.argmax(-1)[:, None]
-                logits = model.forward(nxt, cache=cache, logits="last")
-            return time.perf_counter() - t0
+            return tinymech_decode_seconds(model, prompt, steps)
 
         def decode_hf():
             return hf_decode_seconds(hf, prompt, steps)

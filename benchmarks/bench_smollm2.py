@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 import numpy as np
 
-from timing import best_time, hf_decode_seconds
+from timing import best_time, hf_decode_seconds, tinymech_decode_seconds
 
 
 def main():
@@ -52,12 +51,7 @@ def main():
     steps = args.decode_tokens
 
     def decode_ours():
-        cache = model.new_cache()
-        logits = model.forward(prompt, cache=cache, logits="last")
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            logits = model.forward(logits.argmax(-1)[:, None], cache=cache, logits="last")
-        return time.perf_counter() - t0
+        return tinymech_decode_seconds(model, prompt, steps)
 
     def decode_hf():
         return hf_decode_seconds(hf, prompt, steps)

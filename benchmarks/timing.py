@@ -31,3 +31,14 @@ def hf_decode_seconds(hf, prompt, steps: int) -> float:
 
     run(2)
     return run(steps + 1) - run(1)
+
+
+def tinymech_decode_seconds(model, prompt, steps: int) -> float:
+    """Seconds for `steps` greedy decode steps of a tinymech model after
+    `prompt` with its KV cache (the prefill is not counted)."""
+    cache = model.new_cache()
+    logits = model.forward(prompt, cache=cache, logits="last")
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        logits = model.forward(logits.argmax(-1)[:, None], cache=cache, logits="last")
+    return time.perf_counter() - t0

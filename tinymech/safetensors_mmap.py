@@ -9,6 +9,7 @@ hostile file raises ModelLoadError instead of reading out of bounds.
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import os
 import struct
@@ -84,7 +85,7 @@ class SafetensorsFile:
         ):
             raise self._error(f"tensor {name!r} has data offsets {offsets!r} outside the {data_len}-byte data section")
         dtype = _DTYPES[dtype_name]
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize if shape else dtype.itemsize
+        nbytes = math.prod(shape) * dtype.itemsize  # Python ints: a hostile shape cannot overflow
         if offsets[1] - offsets[0] != nbytes:
             raise self._error(
                 f"tensor {name!r} of shape {shape} and dtype {dtype_name} needs {nbytes} bytes "

@@ -183,10 +183,7 @@ class WeightStore:
         sf = self._where.get(name)
         if sf is None:
             raise ModelLoadError(f"weight {name!r} is missing from the checkpoint")
-        if sf.shape(name) != tuple(shape):
-            raise ModelLoadError(
-                f"weight {name!r} has shape {list(sf.shape(name))} but the config needs {list(shape)}"
-            )
+        _check_shape(name, sf.shape(name), shape)
         return sf.to_float32(name)
 
 
@@ -204,9 +201,13 @@ class ArrayStore(WeightStore):
         arr = self._arrays.get(name)
         if arr is None:
             raise ModelLoadError(f"weight {name!r} is missing from {self._source}")
-        if arr.shape != tuple(shape):
-            raise ModelLoadError(f"weight {name!r} has shape {list(arr.shape)} but the config needs {list(shape)}")
+        _check_shape(name, arr.shape, shape)
         return arr
+
+
+def _check_shape(name: str, got: tuple, want: tuple) -> None:
+    if tuple(got) != tuple(want):
+        raise ModelLoadError(f"weight {name!r} has shape {list(got)} but the config needs {list(want)}")
 
 
 def load_gpt2_weights(store: WeightStore, cfg: Config) -> dict:

@@ -14,6 +14,7 @@
 #include "forward.hpp"
 #include "hooks.hpp"
 #include "kernels/kernels.hpp"
+#include "probes.hpp"
 #include "parallel_ops.hpp"
 #include "threads.hpp"
 
@@ -256,6 +257,16 @@ void bind_kernels(py::module_& m) {
     tmech::kernels::active().exp(x.data(), out.mutable_data(), x.size());
     return out;
   });
+  // Machine probes for benchmarks/roofline.py, on the pool's current threads.
+  k.def("fma_peak_gflops", [](double seconds) {
+    py::gil_scoped_release nogil;
+    return tmech::fma_peak_gflops(seconds);
+  }, py::arg("seconds") = 0.5);
+  k.def("read_bandwidth_gbs", [](int64_t bytes, int repeats) {
+    if (bytes <= 0 || repeats <= 0) throw std::invalid_argument("bytes and repeats must be positive");
+    py::gil_scoped_release nogil;
+    return tmech::read_bandwidth_gbs(bytes, repeats);
+  }, py::arg("bytes") = int64_t{512} << 20, py::arg("repeats") = 3);
   k.def("dot", [](FloatArray a, FloatArray b) {
     if (a.size() != b.size()) throw std::invalid_argument("dot needs equal lengths");
     return tmech::kernels::active().dot(a.data(), b.data(), a.size());

@@ -1,18 +1,68 @@
 #include "parallel_ops.hpp"
 
+#include <cstring>
+#include <vector>
+
 #include "kernels/kernels.hpp"
 #include "threads.hpp"
 
 namespace tmech {
 namespace {
 constexpr int64_t kElementGrain = 4096;  // below this, splitting costs more than it saves
+
+// A few rows against B stored [K, N]: split over K, so each thread streams
+// one contiguous block of B's rows (split over N, every thread would read a
+// short piece of every row), into its own partial sums, which are then added.
+void matmul_split_k(const MatmulArgs& base) {
+  const KernelTable& kt = kernels::active();
+  const int64_t M = base.M, N = base.N, partial_floats = M * N;
+  std::vector<char> used(static_cast<size_t>(num_threads()), 0);
+  parallel_for(
+      base.K,
+      [&](int64_t k0, int64_t k1, int t) {
+        float* partial = thread_scratch(t, matmul_scratch_floats() + partial_floats);
+        MatmulArgs a = base;
+        a.A += k0;
+        a.B += k0 * base.b_stride_k;
+        a.K = k1 - k0;
+        a.bias = nullptr;
+        a.C = partial;
+        a.ldc = N;
+        a.accumulate = false;
+        a.scratch = partial + partial_floats;
+        kt.matmul_cols(a, 0, N);
+        used[static_cast<size_t>(t)] = 1;
+      },
+      64);
+  for (int64_t m = 0; m < M; ++m) {
+    float* c = base.C + m * base.ldc;
+    bool first = !base.accumulate;
+    if (base.bias) {
+      if (first) std::memcpy(c, base.bias, N * sizeof(float));
+      else kt.add(c, c, base.bias, N);
+      first = false;
+    }
+    for (size_t t = 0; t < used.size(); ++t) {
+      if (!used[t]) continue;
+      const float* p = thread_scratch(static_cast<int>(t), matmul_scratch_floats() + partial_floats) + m * N;
+      if (first) std::memcpy(c, p, N * sizeof(float));
+      else kt.add(c, c, p, N);
+      first = false;
+    }
+  }
 }
+
+}  // namespace
 
 void matmul(const float* A, int64_t M, int64_t K, int64_t lda, const float* B, int64_t N,
             int64_t b_stride_k, int64_t b_stride_n, const float* bias, float* C, int64_t ldc,
             bool accumulate) {
   const KernelTable& kt = kernels::active();
   const MatmulArgs base{M, N, K, A, lda, B, b_stride_k, b_stride_n, bias, C, ldc, accumulate, nullptr};
+  if (M <= kMatmulSmallM && b_stride_n == 1 && K >= 128 && num_threads() > 1) {
+    matmul_split_k(base);
+    return;
+  }
   // Columns are split on 64-float boundaries: whole panels for every variant.
   parallel_for(
       N,

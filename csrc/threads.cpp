@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <memory>
 #include <mutex>
@@ -12,6 +13,30 @@ namespace tmech {
 namespace {
 
 thread_local bool t_inside_pool = false;
+
+// A decoded token makes dozens of parallel calls a few microseconds apart;
+// waking a sleeping thread costs about as much as one of them. So waiters
+// first spin for a short while, and only then sleep on a condition variable.
+constexpr double kSpinSeconds = 200e-6;
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+// True as soon as ready() holds, false if it still doesn't after kSpinSeconds.
+template <class Ready>
+bool spin_until(Ready ready) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(kSpinSeconds);
+  for (int i = 0;; ++i) {
+    if (ready()) return true;
+    cpu_relax();
+    if ((i & 63) == 63 && std::chrono::steady_clock::now() > deadline) return false;
+  }
+}
 thread_local int t_index = 0;  // this thread's slot while inside the pool
 
 class Pool {
@@ -28,7 +53,8 @@ class Pool {
     scratch_.resize(static_cast<size_t>(n));
     quit_ = false;
     // New workers start at the current generation so they never rerun a finished job.
-    for (int i = 1; i < n; ++i) workers_.emplace_back([this, i, g = generation_] { work(i, g); });
+    const uint64_t g = generation_.load();
+    for (int i = 1; i < n; ++i) workers_.emplace_back([this, i, g] { work(i, g); });
   }
 
   void run(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn, int64_t align) {
@@ -57,15 +83,16 @@ class Pool {
         auto r = range(t);
         if (r.first < r.second) fn(r.first, r.second, t);
       };
-      pending_ = static_cast<int>(workers_.size());
-      ++generation_;
+      pending_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
+      generation_.fetch_add(1, std::memory_order_release);
     }
     wake_.notify_all();
     t_inside_pool = true;
     job_(0);
     t_inside_pool = false;
+    if (spin_until([&] { return pending_.load(std::memory_order_acquire) == 0; })) return;
     std::unique_lock<std::mutex> lock(mutex_);
-    done_.wait(lock, [&] { return pending_ == 0; });
+    done_.wait(lock, [&] { return pending_.load(std::memory_order_acquire) == 0; });
   }
 
   float* scratch(int t, int64_t floats) {
@@ -79,17 +106,23 @@ class Pool {
     t_inside_pool = true;
     t_index = index;
     for (;;) {
+      auto fresh = [&] { return quit_ || generation_.load(std::memory_order_acquire) != seen; };
       std::function<void(int)> job;
-      {
+      if (!spin_until(fresh)) {
         std::unique_lock<std::mutex> lock(mutex_);
-        wake_.wait(lock, [&] { return quit_ || generation_ != seen; });
+        wake_.wait(lock, fresh);
+      }
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
         if (quit_) return;
-        seen = generation_;
+        seen = generation_.load(std::memory_order_relaxed);
         job = job_;
       }
       job(index);
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (--pending_ == 0) done_.notify_one();
+      if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+        std::lock_guard<std::mutex> lock(mutex_);  // so a caller about to sleep cannot miss it
+        done_.notify_one();
+      }
     }
   }
 
@@ -109,9 +142,9 @@ class Pool {
   std::vector<std::thread> workers_;
   std::vector<std::vector<float>> scratch_;
   std::function<void(int)> job_;
-  uint64_t generation_ = 0;
-  int pending_ = 0;
-  bool quit_ = false;
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int> pending_{0};
+  std::atomic<bool> quit_{false};
 };
 
 Pool& pool() {

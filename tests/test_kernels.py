@@ -36,6 +36,33 @@ def test_matmul(variant, M, Kd, N, transposed):
     assert np.abs(out - ref).max() <= 1e-5 * np.abs(ref).max()
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("M,Kd,N", [(1, 129, 70), (2, 1000, 2100), (4, 3071, 65)])
+def test_matmul_few_rows_split_over_threads(variant, threads, M, Kd, N):
+    """Decode-shaped products: with several threads the rows of B are split
+    between them and the partial sums added, with or without a bias."""
+    rng = np.random.default_rng(Kd)
+    A = rng.standard_normal((M, Kd), dtype=np.float32)
+    B = rng.standard_normal((Kd, N), dtype=np.float32)
+    bias = rng.standard_normal(N, dtype=np.float32)
+    before = _core.get_num_threads()
+    _core.set_num_threads(threads)
+    try:
+        for b in (bias, None):
+            ref = A.astype(np.float64) @ B + (0 if b is None else b)
+            out = K.matmul(A, B, b, False)
+            assert np.abs(out - ref).max() <= 1e-5 * np.abs(ref).max()
+    finally:
+        _core.set_num_threads(before)
+
+
+def test_machine_probes():
+    assert 0 < K.fma_peak_gflops(0.05) < 1e6
+    assert 0 < K.read_bandwidth_gbs(1 << 20, 1) < 1e5
+    with pytest.raises(ValueError):
+        K.read_bandwidth_gbs(0, 1)
+
+
 def test_elementwise(variant):
     rng = np.random.default_rng(0)
     for n in (1, 15, 16, 17, 1000):

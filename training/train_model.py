@@ -274,8 +274,8 @@ def seconds_until(hhmm: str) -> float:
 
 # ----------------------------------------------------------------- main loop
 def probe_due(step: int) -> bool:
-    """Dense probes early (when the induction head forms), sparser later."""
-    return step % 50 == 0 if step <= 1500 else step % 250 == 0
+    """Dense probes early, every 100 steps later (a resumed run may still be waiting for its induction head)."""
+    return step % 50 == 0 if step <= 1500 else step % 100 == 0
 
 
 def main() -> None:
@@ -365,7 +365,7 @@ def main() -> None:
             print(f"step {step}: train {record['train_loss']} val {record['val_loss']} rep {record['rep_loss_first_half']:.2f}"
                   f"/{record['rep_loss_second_half']:.2f} best induction {best_ind:.3f} lr {record['lr']:.2e} "
                   f"progress {progress:.3f} ({time.strftime('%H:%M:%S')})", flush=True)
-            if step <= 1500 or step % 500 == 0:
+            if step <= 1500 or step % 200 == 0:
                 save_fp16_checkpoint(model, args.work / "checkpoints" / f"step_{step}")
         if finished:
             break

@@ -46,12 +46,19 @@ struct KernelTable {
   // x1 = x[0, half) and x2 = x[half, 2 half), x1' = x1 cos - x2 sin and
   // x2' = x2 cos + x1 sin, in place.
   void (*rope)(float* x, const float* cos, const float* sin, int64_t half);
+  // Benchmark probe: `iters` rounds of independent FMA chains (returns a sum
+  // so the loop is kept) and the floating-point operations that took.
+  float (*fma_chains)(int64_t iters);
+  int64_t (*fma_chains_flops)(int64_t iters);
 };
 
 // Column-panel sizes shared by the matmul drivers and the packing buffers.
 constexpr int64_t kMatmulKC = 256;
 constexpr int64_t kMatmulNC = 512;
 constexpr int64_t matmul_scratch_floats() { return kMatmulKC * (kMatmulNC + 64); }
+// Up to this many rows of A, the kernel streams B once instead of packing it
+// (the decode path, bound by memory bandwidth).
+constexpr int64_t kMatmulSmallM = 4;
 
 namespace kernels {
 const KernelTable& active();

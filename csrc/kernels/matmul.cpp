@@ -15,7 +15,6 @@ namespace {
 
 constexpr int NR = 2 * VL;                                   // panel width
 constexpr int MR = VL >= 16 ? 12 : (VL >= 8 ? 6 : 4);       // rows per tile
-constexpr int64_t kSmallM = 4;
 static_assert(kMatmulNC % NR == 0, "NC must be a whole number of panels");
 static_assert(MR * NR <= 64 * kMatmulKC, "tile must fit the scratch tail");
 
@@ -137,9 +136,11 @@ void matmul_packed(const MatmulArgs& a, int64_t n_begin, int64_t n_end) {
 }
 
 // Few rows, B stored [K, N] (row-major, HF Conv1D): y_m += a_mk · B[k, :],
-// four k at a time so each output chunk is loaded and stored once per four rows of B.
+// four k at a time so each output chunk is loaded and stored once per four rows
+// of B. Chunks are long (8 KB of outputs, still in L1) so that B is read in long
+// runs of consecutive addresses, which the hardware prefetcher keeps up with.
 void matmul_small_rows(const MatmulArgs& a, int64_t n_begin, int64_t n_end) {
-  constexpr int64_t kChunk = 256;
+  constexpr int64_t kChunk = 2048;
   for (int64_t c0 = n_begin; c0 < n_end; c0 += kChunk) {
     const int64_t cw = n_end - c0 < kChunk ? n_end - c0 : kChunk;
     for (int64_t m = 0; m < a.M; ++m) {
@@ -211,9 +212,9 @@ void matmul_cols(const MatmulArgs& a, int64_t n_begin, int64_t n_end) {
     matmul_cols(plain, n_begin, n_end);
     return;
   }
-  if (a.M <= kSmallM && a.b_stride_n == 1)
+  if (a.M <= kMatmulSmallM && a.b_stride_n == 1)
     matmul_small_rows(a, n_begin, n_end);
-  else if (a.M <= kSmallM && a.b_stride_k == 1)
+  else if (a.M <= kMatmulSmallM && a.b_stride_k == 1)
     matmul_small_dots(a, n_begin, n_end);
   else
     matmul_packed(a, n_begin, n_end);

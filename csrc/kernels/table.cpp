@@ -6,7 +6,8 @@ namespace TM_ARCH {
 const KernelTable& table() {
   static const KernelTable t = {TM_STR(TM_ARCH), matmul_cols, dot,       axpy,     add,
                                 scale,           row_stats,   normalize, gelu_new, softmax,
-                                exp,             silu_mul,    rope};
+                                exp,             silu_mul,    rope,      fma_chains,
+                                fma_chains_flops};
   return t;
 }
 }  // namespace TM_ARCH

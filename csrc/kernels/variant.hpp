@@ -26,6 +26,8 @@ void softmax(float* x, int64_t n);
 void exp(const float* x, float* out, int64_t n);
 void silu_mul(const float* gate, const float* up, float* out, int64_t n);
 void rope(float* x, const float* cos, const float* sin, int64_t half);
+float fma_chains(int64_t iters);
+int64_t fma_chains_flops(int64_t iters);
 const KernelTable& table();
 }  // namespace TM_ARCH
 }  // namespace tmech

@@ -1,0 +1,55 @@
+#include "probes.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <vector>
+
+#include "kernels/kernels.hpp"
+#include "threads.hpp"
+
+namespace tmech {
+namespace {
+double now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+}  // namespace
+
+double fma_peak_gflops(double seconds) {
+  const KernelTable& kt = kernels::active();
+  // Calibrate on one thread so every thread runs about `seconds`.
+  int64_t iters = 1 << 16;
+  for (double t0 = now(); now() - t0 < 0.02; iters *= 2) kt.fma_chains(iters);
+  const double per_iter = [&] {
+    const double t0 = now();
+    kt.fma_chains(iters);
+    return (now() - t0) / static_cast<double>(iters);
+  }();
+  iters = std::max<int64_t>(1, static_cast<int64_t>(seconds / per_iter));
+  const int threads = num_threads();
+  std::atomic<float> sink{0.f};
+  const double t0 = now();
+  parallel_for(threads, [&](int64_t b, int64_t e, int) {
+    for (int64_t i = b; i < e; ++i) sink = sink + kt.fma_chains(iters);
+  });
+  const double elapsed = now() - t0;
+  return static_cast<double>(kt.fma_chains_flops(iters)) * threads / elapsed / 1e9;
+}
+
+double read_bandwidth_gbs(int64_t bytes, int repeats) {
+  const KernelTable& kt = kernels::active();
+  const int64_t n = std::max<int64_t>(bytes / 4, 1);
+  std::vector<float> buf(static_cast<size_t>(n), 1.f);
+  std::atomic<float> sink{0.f};
+  double best = 1e30;
+  for (int r = 0; r < repeats + 1; ++r) {  // the first pass only faults the pages in
+    const double t0 = now();
+    parallel_for(n, [&](int64_t b, int64_t e, int) {
+      sink = sink + kt.dot(buf.data() + b, buf.data() + b, e - b);
+    }, 4096);
+    if (r > 0) best = std::min(best, now() - t0);
+  }
+  return static_cast<double>(n) * 4 / best / 1e9;
+}
+
+}  // namespace tmech

@@ -1,0 +1,15 @@
+// What this machine can do, measured with the core's own thread pool:
+// the floating-point peak and the memory read bandwidth that
+// benchmarks/roofline.py compares the kernels against.
+#pragma once
+#include <cstdint>
+
+namespace tmech {
+
+// GFLOP/s of independent FMA chains on every pool thread at once.
+double fma_peak_gflops(double seconds);
+// GB/s of reading a `bytes`-sized buffer (far larger than the caches), every
+// pool thread streaming its own contiguous share.
+double read_bandwidth_gbs(int64_t bytes, int repeats);
+
+}  // namespace tmech

@@ -6,17 +6,61 @@ GPT-2-small-shaped weights and the same number of threads, in one process.
 Prints prefill throughput (all positions' logits) for 128/512/1024 tokens and
 decode throughput after a 128-token prompt, with the ratio tinymech / HF.
 Machines are noisy: compare ratios, not absolute numbers.
+
+forward_rows(model, hf, ...) returns the measurements as report rows.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 
-import numpy as np
+from report import row, target
+from timing import (best_measured, best_time, hf_decode_seconds, random_tokens, tinymech_decode_seconds,
+                    tinymech_prefill_seconds)
 
-from timing import best_time, hf_decode_seconds, tinymech_decode_seconds
+# the issue's targets, as tinymech speed / HF fp32 speed
+PREFILL_TARGET = {512: target(">=", 2.4)}
+DECODE_TARGET = target(">=", 2.2)
 
+
+def forward_rows(model, hf, *, tokens=(128, 512, 1024), decode_tokens: int = 32, prompt_tokens: int = 128,
+                 repeats: int = 3, targets: bool = True, prefix: str = "") -> list:
+    """Prefill (all logits) of each of `tokens` and decode after a prompt,
+    tinymech `model` vs transformers `hf` (same weights). Rows `prefix +
+    "prefill-N"` and `prefix + "decode"` in tok/s, ratio tinymech / HF; each
+    row's `seconds` is tinymech's time. targets=False leaves the issue's
+    GPT-2-small targets off."""
+    import torch
+
+    vocab = model.cfg.d_vocab
+    rows = []
+    for n in tokens:
+        ids = random_tokens(vocab, n, seed=n)
+        tt = torch.as_tensor(ids)
+        ours = tinymech_prefill_seconds(model, n, repeats)
+        with torch.inference_mode():
+            ref = best_time(lambda: hf(tt).logits, repeats)
+        rows.append(row(f"{prefix}prefill-{n}", f"{prefix}prefill {n} tokens, all logits", n / ours, n / ref,
+                        "tok/s", ref / ours, ref_name="HF", seconds=ours, tokens=n,
+                        target=PREFILL_TARGET.get(n) if targets else None))
+    prompt = random_tokens(vocab, prompt_tokens, seed=1)
+    ours = best_measured(lambda: tinymech_decode_seconds(model, prompt, decode_tokens), repeats)
+    ref = best_measured(lambda: hf_decode_seconds(hf, prompt, decode_tokens), repeats)
+    rows.append(row(f"{prefix}decode", f"{prefix}decode after {prompt_tokens} tokens", decode_tokens / ours,
+                    decode_tokens / ref, "tok/s", ref / ours, ref_name="HF", seconds=ours / decode_tokens,
+                    tokens=decode_tokens, prompt=prompt_tokens, target=DECODE_TARGET if targets else None))
+    return rows
+
+
+def print_forward_rows(rows) -> None:
+    """The table this script (and bench_smollm2.py) prints."""
+    print(f"{'task':<28}{'tinymech':>14}{'HF':>14}{'ratio':>9}")
+    for r in rows:
+        if r["id"].endswith("decode"):
+            task, digits = f"decode after {r['prompt']} (tok/s)", 1
+        else:
+            task, digits = f"prefill {r['tokens']} tokens (tok/s)", 0
+        print(f"{task:<28}{r['tinymech']:>14.{digits}f}{r['reference']:>14.{digits}f}{r['ratio']:>8.2f}x")
 
 
 def main():
@@ -28,45 +72,16 @@ def main():
     args = parser.parse_args()
 
     import torch
-    import transformers
 
     import tinymech as tm
+    from gpt2_small import gpt2_small
 
     torch.set_num_threads(args.threads)
     tm.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    cfg = transformers.GPT2Config(n_layer=args.layers, n_embd=768, n_head=12, n_positions=1024, vocab_size=50257)
-    hf = transformers.GPT2LMHeadModel(cfg).eval()
-    with tempfile.TemporaryDirectory() as tmp:
-        hf.save_pretrained(tmp)
-        model = tm.load(tmp)
-        rng = np.random.default_rng(0)
+    with gpt2_small(args.layers) as (_, hf, model):
         print(f"gpt2-small shape ({args.layers} layers), {args.threads} threads, "
               f"kernels {tm._core.kernels.variant()}, torch {torch.__version__}")
-        print(f"{'task':<28}{'tinymech':>14}{'HF':>14}{'ratio':>9}")
-
-        for n in (128, 512, 1024):
-            tokens = rng.integers(0, cfg.vocab_size, (1, n))
-            tt = torch.as_tensor(tokens)
-            ours = best_time(lambda: model(tokens), args.repeats)
-            with torch.inference_mode():
-                ref = best_time(lambda: hf(tt).logits, args.repeats)
-            print(f"{f'prefill {n} tokens (tok/s)':<28}{n / ours:>14.0f}{n / ref:>14.0f}{ref / ours:>8.2f}x")
-
-        prompt = rng.integers(0, cfg.vocab_size, (1, 128))
-        steps = args.decode_tokens
-
-        def decode_ours():
-            return tinymech_decode_seconds(model, prompt, steps)
-
-        def decode_hf():
-            return hf_decode_seconds(hf, prompt, steps)
-
-        decode_ours()
-        decode_hf()
-        ours = min(decode_ours() for _ in range(args.repeats))
-        ref = min(decode_hf() for _ in range(args.repeats))
-        print(f"{'decode after 128 (tok/s)':<28}{steps / ours:>14.1f}{steps / ref:>14.1f}{ref / ours:>8.2f}x")
+        print_forward_rows(forward_rows(model, hf, decode_tokens=args.decode_tokens, repeats=args.repeats))
 
 
 if __name__ == "__main__":

@@ -5,68 +5,87 @@ A random-weight model of gpt2-small's shape (12 layers, d_model 768, 12 heads,
 vocab 50257, n_ctx 1024); both libraries use the same number of threads.
 Both caches hold the default hook points (everything but attn.hook_result).
 
-    python benchmarks/bench_hooks.py [--threads N] [--repeats R] [--tokens 128 512]
+    python benchmarks/bench_hooks.py [--threads N] [--layers 12] [--repeats R] [--tokens 128 512]
+
+make_tl(hf) builds the TransformerLens reference; hooks_rows(model, tl, ...)
+returns the measurements as report rows.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
+from report import row, target
+from timing import median_time, random_tokens
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # shared reference builders
 
-import tinymech as tm  # noqa: E402
-from model_factory import make_hf_gpt2  # noqa: E402
-from tl_reference import hooked_transformer  # noqa: E402
-
-GPT2_SMALL = dict(n_layer=12, n_embd=768, n_head=12, n_positions=1024, vocab_size=50257)
+CACHE_VS_PLAIN_TARGET = target("<=", 1.5)  # run_with_cache time / plain forward time
+TL_TARGET = target(">=", 3.0)  # TransformerLens run_with_cache time / tinymech's
 
 
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm up: buffers, caches, lazy initialization
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def make_tl(hf):
+    """A TransformerLens HookedTransformer on hf's weights (no weight processing)."""
+    from tl_reference import hooked_transformer
+
+    return hooked_transformer(hf, use_attn_result=False)
+
+
+def hooks_rows(model, tl, *, tokens=(128, 512), repeats: int = 3) -> list:
+    """Per token count, median times (ms) of tinymech's plain forward, its
+    run_with_cache and TransformerLens's run_with_cache. Rows "cache-plain-N"
+    (ratio cache / plain) and "cache-tl-N" (ratio TL / tinymech); each holds
+    plain_ms, cache_ms, tl_ms and hook_points."""
+    import torch
+
+    n_points = len(model.run_with_cache(np.zeros((1, 1), dtype=np.int64))[1])
+    rows = []
+    for n in tokens:
+        ids = random_tokens(model.cfg.d_vocab, n, seed=n)
+        tl_ids = torch.as_tensor(ids)
+        plain = median_time(lambda: model(ids), repeats) * 1e3
+        cached = median_time(lambda: model.run_with_cache(ids), repeats) * 1e3
+        with torch.no_grad():
+            tl_cached = median_time(lambda: tl.run_with_cache(tl_ids), repeats) * 1e3
+        times = dict(tokens=n, plain_ms=plain, cache_ms=cached, tl_ms=tl_cached, hook_points=n_points)
+        rows.append(row(f"cache-plain-{n}", f"run_with_cache {n} tokens: time / plain forward", cached, plain,
+                        "ms", cached / plain, ref_name="plain", target=CACHE_VS_PLAIN_TARGET,
+                        note=f"{n_points} hook points", **times))
+        rows.append(row(f"cache-tl-{n}", f"run_with_cache {n} tokens: speed vs TL", cached, tl_cached, "ms",
+                        tl_cached / cached, ref_name="TL", target=TL_TARGET, **times))
+    return rows
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tokens", type=int, nargs="+", default=[128, 512])
     args = parser.parse_args()
 
     import torch
 
+    import tinymech as tm
+    from gpt2_small import gpt2_small
+
     torch.set_num_threads(args.threads)
     tm.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory() as tmp:
-        hf = make_hf_gpt2(Path(tmp), std=0.02, **GPT2_SMALL)
-        model = tm.load(tmp)
-        tl = hooked_transformer(hf, use_attn_result=False)
+    with gpt2_small(args.layers) as (_, hf, model):
+        tl = make_tl(hf)
         del hf
-        n_points = len(model.run_with_cache(np.zeros((1, 1), dtype=np.int64))[1])
-        print(f"gpt2-small shape, random weights, {args.threads} threads, batch 1, "
-              f"{n_points} hook points cached, median of {args.repeats}")
-        print(f"{'tokens':>6} {'plain':>9} {'tm cache':>9} {'TL cache':>9} {'cache/plain':>12} {'TL/tm cache':>12}")
-        for n in args.tokens:
-            tokens = np.random.default_rng(n).integers(0, GPT2_SMALL["vocab_size"], (1, n))
-            tl_tokens = torch.as_tensor(tokens)
-            plain = median_seconds(lambda: model(tokens), args.repeats)
-            cached = median_seconds(lambda: model.run_with_cache(tokens), args.repeats)
-            with torch.no_grad():
-                tl_cached = median_seconds(lambda: tl.run_with_cache(tl_tokens), args.repeats)
-            print(f"{n:>6} {plain * 1e3:>7.1f}ms {cached * 1e3:>7.1f}ms {tl_cached * 1e3:>7.1f}ms "
-                  f"{cached / plain:>11.2f}x {tl_cached / cached:>11.2f}x")
+        rows = [r for r in hooks_rows(model, tl, tokens=args.tokens, repeats=args.repeats)
+                if r["id"].startswith("cache-plain")]
+    print(f"gpt2-small shape ({args.layers} layers), random weights, {args.threads} threads, batch 1, "
+          f"{rows[0]['hook_points']} hook points cached, median of {args.repeats}")
+    print(f"{'tokens':>6} {'plain':>9} {'tm cache':>9} {'TL cache':>9} {'cache/plain':>12} {'TL/tm cache':>12}")
+    for r in rows:
+        print(f"{r['tokens']:>6} {r['plain_ms']:>7.1f}ms {r['cache_ms']:>7.1f}ms {r['tl_ms']:>7.1f}ms "
+              f"{r['cache_ms'] / r['plain_ms']:>11.2f}x {r['tl_ms'] / r['cache_ms']:>11.2f}x")
 
 
 if __name__ == "__main__":

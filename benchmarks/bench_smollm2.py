@@ -6,15 +6,35 @@ the same GGUF (dequantized to float32), same threads, one process.
 
 Prints prefill throughput (all positions' logits) and decode throughput after
 a 128-token prompt, with the ratio tinymech / transformers.
+
+smollm2_rows(...) returns the measurements as report rows (bench_forward's,
+prefixed "SmolLM2 "); it raises report.Skipped when the GGUF is not installed.
 """
 from __future__ import annotations
 
 import argparse
 import os
 
-import numpy as np
+from bench_forward import forward_rows, print_forward_rows
+from report import Skipped
 
-from timing import best_time, hf_decode_seconds, tinymech_decode_seconds
+
+def smollm2_rows(*, tokens=(128, 512), decode_tokens: int = 32, repeats: int = 3) -> list:
+    import torch
+    import transformers
+
+    import tinymech as tm
+    from tinymech import smollm2
+
+    try:
+        gguf = smollm2.find_gguf()
+    except tm.ModelNotFoundError as e:
+        raise Skipped(f"not installed ({smollm2.INSTALL_HINT})") from e
+    model = tm.load(gguf)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, torch_dtype=torch.float32).eval()
+    return forward_rows(model, hf, tokens=tokens, decode_tokens=decode_tokens, repeats=repeats, targets=False,
+                        prefix="SmolLM2 ")
 
 
 def main():
@@ -25,40 +45,17 @@ def main():
     args = parser.parse_args()
 
     import torch
-    import transformers
 
     import tinymech as tm
-    from tinymech import smollm2
 
     torch.set_num_threads(args.threads)
     tm.set_num_threads(args.threads)
-    gguf = smollm2.find_gguf()
-    model = tm.load(gguf)
-    hf = transformers.AutoModelForCausalLM.from_pretrained(
-        str(gguf.parent), gguf_file=gguf.name, torch_dtype=torch.float32).eval()
-    rng = np.random.default_rng(0)
+    try:
+        rows = smollm2_rows(decode_tokens=args.decode_tokens, repeats=args.repeats)
+    except Skipped as e:
+        raise SystemExit(f"SmolLM2: {e}")
     print(f"SmolLM2-135M, {args.threads} threads, kernels {tm._core.kernels.variant()}, torch {torch.__version__}")
-    print(f"{'task':<28}{'tinymech':>14}{'HF':>14}{'ratio':>9}")
-    for n in (128, 512):
-        tokens = rng.integers(0, model.cfg.d_vocab, (1, n))
-        tt = torch.as_tensor(tokens)
-        ours = best_time(lambda: model(tokens), args.repeats)
-        with torch.inference_mode():
-            ref = best_time(lambda: hf(tt).logits, args.repeats)
-        print(f"{f'prefill {n} tokens (tok/s)':<28}{n / ours:>14.0f}{n / ref:>14.0f}{ref / ours:>8.2f}x")
-
-    prompt = rng.integers(0, model.cfg.d_vocab, (1, 128))
-    steps = args.decode_tokens
-
-    def decode_ours():
-        return tinymech_decode_seconds(model, prompt, steps)
-
-    def decode_hf():
-        return hf_decode_seconds(hf, prompt, steps)
-
-    ours = min(decode_ours() for _ in range(args.repeats))
-    ref = min(decode_hf() for _ in range(args.repeats))
-    print(f"{'decode after 128 (tok/s)':<28}{steps / ours:>14.1f}{steps / ref:>14.1f}{ref / ours:>8.2f}x")
+    print_forward_rows(rows)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,16 @@
 """How close the core's kernels come to this machine's limits.
 
-    python benchmarks/roofline.py [--threads N]
+    python benchmarks/roofline.py [--threads N] [--repeats 3]
 
 Prints matmul GFLOP/s of tinymech's kernel and of numpy's BLAS on the shapes a
-GPT-2-small prefill uses, and memory read bandwidth (GB/s) measured by
-streaming a large array, with the kernel's share of each.
+GPT-2-small prefill uses, and memory read bandwidth (GB/s) of a 1-row matmul
+(the decode pattern: it streams the whole matrix once). Where the core has
+its native probes (kernels.fma_peak_gflops, kernels.read_bandwidth_gbs), the
+kernel's GF/s are also given as a share of the measured FMA peak and the
+1-row matmul's GB/s as a share of the measured read bandwidth; otherwise the
+bandwidth reference is numpy streaming a large array.
+
+roofline_rows(threads, repeats) returns the measurements as report rows.
 """
 from __future__ import annotations
 
@@ -13,40 +19,85 @@ import os
 
 import numpy as np
 
+from report import row
 from timing import best_time
 
+SHAPES = [(512, 768, 2304), (512, 768, 3072), (512, 3072, 768), (512, 768, 768), (512, 768, 50257)]
+
+
+def roofline_rows(threads: int, repeats: int = 3) -> list:
+    """Rows "matmul-MxKxN" (GF/s, ratio tinymech / numpy, `peak_share` when
+    the FMA probe exists), "fma-peak" (only with the probe) and "memory-read"
+    (GB/s of the 1-row matmul, ratio = its share of the reference bandwidth).
+    The core runs `threads` threads meanwhile (restored after)."""
+    import tinymech as tm
+
+    before = tm.get_num_threads()
+    tm.set_num_threads(threads)
+    try:
+        return _roofline_rows(repeats)
+    finally:
+        tm.set_num_threads(before)
+
+
+def _roofline_rows(repeats: int) -> list:
+    from tinymech import _core
+
+    kernels = _core.kernels
+    # the native probes run on the core's thread pool, with their default sizes
+    peak = kernels.fma_peak_gflops() if hasattr(kernels, "fma_peak_gflops") else None
+    rng = np.random.default_rng(0)
+    rows = []
+    if peak is not None:
+        rows.append(row("fma-peak", "FMA peak, native probe (GF/s)", peak, unit="GF/s"))
+    for M, K, N in SHAPES:
+        A = rng.standard_normal((M, K), dtype=np.float32)
+        transposed = N == 50257  # the unembedding is stored [vocab, d_model]
+        B = rng.standard_normal((N, K) if transposed else (K, N), dtype=np.float32)
+        flops = 2 * M * K * N
+        ours = flops / best_time(lambda: kernels.matmul(A, B, None, transposed), repeats) / 1e9
+        ref = flops / best_time(lambda: A @ (B.T if transposed else B), repeats) / 1e9
+        share = ours / peak if peak else None
+        rows.append(row(f"matmul-{M}x{K}x{N}", f"matmul {M}x{K}x{N}", ours, ref, "GF/s", ours / ref,
+                        ref_name="numpy", note=f"{share:.0%} of FMA peak" if share else "", peak_share=share))
+
+    big = rng.standard_normal(64 * 1024 * 1024 // 4 * 8, dtype=np.float32)  # 256 MB, far beyond caches
+    mat = big.reshape(-1, 4096)
+    vec = rng.standard_normal((1, mat.shape[0]), dtype=np.float32)
+    ours = mat.nbytes / best_time(lambda: kernels.matmul(vec, mat, None, False), repeats) / 1e9
+    if hasattr(kernels, "read_bandwidth_gbs"):
+        ref, ref_name = kernels.read_bandwidth_gbs(), "native read probe"
+    else:
+        ref, ref_name = big.nbytes / best_time(lambda: big.sum(), repeats) / 1e9, "numpy sum"
+    rows.append(row("memory-read", "memory read, 1-row matmul (share of bandwidth)", ours, ref, "GB/s", ours / ref,
+                    ref_name=ref_name))
+    return rows
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
     import tinymech as tm
-    from tinymech import _core
 
     tm.set_num_threads(args.threads)
-    rng = np.random.default_rng(0)
-    print(f"threads {args.threads}, kernels {_core.kernels.variant()}")
-    print(f"{'matmul M x K x N':<26}{'tinymech GF/s':>15}{'numpy GF/s':>13}{'ratio':>8}")
-    shapes = [(512, 768, 2304), (512, 768, 3072), (512, 3072, 768), (512, 768, 768), (512, 768, 50257)]
-    for M, K, N in shapes:
-        A = rng.standard_normal((M, K), dtype=np.float32)
-        transposed = N == 50257  # the unembedding is stored [vocab, d_model]
-        B = rng.standard_normal((N, K) if transposed else (K, N), dtype=np.float32)
-        flops = 2 * M * K * N
-        ours = best_time(lambda: _core.kernels.matmul(A, B, None, transposed), 3)
-        ref = best_time(lambda: A @ (B.T if transposed else B), 3)
-        print(f"{f'{M} x {K} x {N}':<26}{flops / ours / 1e9:>15.1f}{flops / ref / 1e9:>13.1f}{ref / ours:>7.2f}x")
-
-    big = rng.standard_normal(64 * 1024 * 1024 // 4 * 8, dtype=np.float32)  # 256 MB, far beyond caches
-    t_np = best_time(lambda: big.sum(), 3)
-    # a 1-row matmul streams the whole matrix once: the decode pattern
-    mat = big.reshape(-1, 4096)
-    vec = rng.standard_normal((1, mat.shape[0]), dtype=np.float32)
-    t_ours = best_time(lambda: _core.kernels.matmul(vec, mat, None, False), 3)
-    print(f"memory read: numpy sum {big.nbytes / t_np / 1e9:.1f} GB/s, "
-          f"tinymech 1-row matmul {mat.nbytes / t_ours / 1e9:.1f} GB/s ({t_np / t_ours:.2f}x)")
+    rows = roofline_rows(args.threads, args.repeats)
+    print(f"threads {args.threads}, kernels {tm._core.kernels.variant()}")
+    peak = next((r["tinymech"] for r in rows if r["id"] == "fma-peak"), None)
+    if peak is not None:
+        print(f"FMA peak (native probe): {peak:.1f} GF/s")
+    print(f"{'matmul M x K x N':<26}{'tinymech GF/s':>15}{'numpy GF/s':>13}{'ratio':>8}"
+          + (f"{'of peak':>9}" if peak else ""))
+    for r in rows:
+        if r["id"].startswith("matmul-"):
+            shape = r["id"][len("matmul-"):].replace("x", " x ")
+            share = f"{r['peak_share']:>8.0%}" if r["peak_share"] else ""
+            print(f"{shape:<26}{r['tinymech']:>15.1f}{r['reference']:>13.1f}{r['ratio']:>7.2f}x {share}".rstrip())
+    mem = rows[-1]
+    print(f"memory read: {mem['ref_name']} {mem['reference']:.1f} GB/s, "
+          f"tinymech 1-row matmul {mem['tinymech']:.1f} GB/s ({mem['ratio']:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -1,18 +1,43 @@
-"""Timing shared by the benchmark scripts: the best of several runs after a
-warm-up, which is the least noisy estimate on a busy machine."""
+"""Timing shared by the benchmark scripts: the best (or median) of several runs
+after a warm-up, which is the least noisy estimate on a busy machine."""
 from __future__ import annotations
 
+import statistics
 import time
 
+import numpy as np
 
-def best_time(fn, repeats: int = 3) -> float:
+
+def _times(fn, repeats: int) -> list:
     fn()  # warm up: page in weights, size buffers
     times = []
-    for _ in range(repeats):
+    for _ in range(max(1, repeats)):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return min(times)
+    return times
+
+
+def best_time(fn, repeats: int = 3) -> float:
+    """Seconds of the fastest of `repeats` calls of fn after one warm-up call."""
+    return min(_times(fn, repeats))
+
+
+def median_time(fn, repeats: int = 3) -> float:
+    """Seconds of the median of `repeats` calls of fn after one warm-up call."""
+    return statistics.median(_times(fn, repeats))
+
+
+def best_measured(measure, repeats: int = 3) -> float:
+    """The smallest of `repeats` results of measure(), a function that times
+    something itself and returns seconds, after one warm-up call."""
+    measure()
+    return min(measure() for _ in range(max(1, repeats)))
+
+
+def random_tokens(vocab_size: int, n: int, seed: int = 0) -> np.ndarray:
+    """[1, n] token ids, the same for the same seed."""
+    return np.random.default_rng(seed).integers(0, vocab_size, (1, n))
 
 
 def hf_decode_seconds(hf, prompt, steps: int) -> float:
@@ -42,3 +67,9 @@ def tinymech_decode_seconds(model, prompt, steps: int) -> float:
     for _ in range(steps):
         logits = model.forward(logits.argmax(-1)[:, None], cache=cache, logits="last")
     return time.perf_counter() - t0
+
+
+def tinymech_prefill_seconds(model, n: int, repeats: int = 3) -> float:
+    """Best seconds of a tinymech forward over n random tokens (all positions' logits)."""
+    tokens = random_tokens(model.cfg.d_vocab, n, seed=n)
+    return best_time(lambda: model(tokens), repeats)

@@ -1,0 +1,161 @@
+"""tinymech vs llama.cpp (llama-bench) on the same random GPT-2-small-shaped
+weights, written as an fp32 GGUF laid out as llama.cpp's convert_hf_to_gguf
+writes GPT-2. Optional: needs `llama-bench` on PATH and the gguf package.
+
+    python benchmarks/bench_llamacpp.py [--threads N] [--layers 12] [--repeats 3]
+
+llamacpp_rows(hf, model, threads, ...) returns the measurements as report
+rows; it raises report.Skipped("not installed") without llama-bench.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from report import Skipped, find, row
+from timing import best_measured, random_tokens, tinymech_decode_seconds, tinymech_prefill_seconds
+
+
+def _byte_tokens() -> list:
+    """GPT-2's byte-level alphabet: the printable character standing for each byte."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return [chars[b] for b in range(256)]
+
+
+def write_gpt2_gguf(path, hf) -> Path:
+    """An fp32 GGUF (architecture "gpt2") of a transformers GPT2LMHeadModel,
+    with a stand-in byte-level vocabulary (the weights are random anyway):
+    the 256 byte tokens, one merge, fillers, and <|endoftext|> last."""
+    try:
+        import gguf
+    except ImportError:
+        raise Skipped("the gguf package is needed to write the model as GGUF (pip install gguf)") from None
+
+    cfg = hf.config
+    vocab = cfg.vocab_size
+    if vocab < 258:
+        raise ValueError("the stand-in vocabulary needs at least 258 tokens")
+    sd = {k: v.detach().float().numpy() for k, v in hf.state_dict().items()}
+    w = gguf.GGUFWriter(str(path), "gpt2")
+    w.add_name("tinymech benchmark gpt2")
+    w.add_context_length(cfg.n_positions)
+    w.add_embedding_length(cfg.n_embd)
+    w.add_feed_forward_length(cfg.n_inner or 4 * cfg.n_embd)
+    w.add_block_count(cfg.n_layer)
+    w.add_head_count(cfg.n_head)
+    w.add_layer_norm_eps(cfg.layer_norm_epsilon)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    tokens = _byte_tokens() + ["Ġt"]
+    tokens += [f"<|unused{i}|>" for i in range(vocab - 1 - len(tokens))] + ["<|endoftext|>"]
+    types = [gguf.TokenType.NORMAL] * (vocab - 1) + [gguf.TokenType.CONTROL]
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("gpt-2")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(["Ġ t"])
+    w.add_bos_token_id(vocab - 1)
+    w.add_eos_token_id(vocab - 1)
+
+    def put(name, array, transpose=False):  # HF's Conv1D stores [in, out]; GGUF wants [out, in]
+        w.add_tensor(name, np.ascontiguousarray(array.T if transpose else array, dtype=np.float32))
+
+    put("token_embd.weight", sd["transformer.wte.weight"])
+    put("position_embd.weight", sd["transformer.wpe.weight"])
+    for i in range(cfg.n_layer):
+        h = f"transformer.h.{i}."
+        for hf_name, name, transpose in (("ln_1", "attn_norm", False), ("attn.c_attn", "attn_qkv", True),
+                                         ("attn.c_proj", "attn_output", True), ("ln_2", "ffn_norm", False),
+                                         ("mlp.c_fc", "ffn_up", True), ("mlp.c_proj", "ffn_down", True)):
+            put(f"blk.{i}.{name}.weight", sd[h + hf_name + ".weight"], transpose)
+            put(f"blk.{i}.{name}.bias", sd[h + hf_name + ".bias"])
+    put("output_norm.weight", sd["transformer.ln_f.weight"])
+    put("output_norm.bias", sd["transformer.ln_f.bias"])
+    put("output.weight", sd.get("lm_head.weight", sd["transformer.wte.weight"]))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return Path(path)
+
+
+def llama_bench(gguf_path, threads: int, repeats: int = 3, prompt: int = 512, gen: int = 32) -> dict:
+    """llama-bench's mean tok/s: {"prefill": pp<prompt>, "decode": tg<gen>}."""
+    exe = shutil.which("llama-bench")
+    if exe is None:
+        raise Skipped("not installed")
+    out = subprocess.run([exe, "-m", str(gguf_path), "-p", str(prompt), "-n", str(gen), "-t", str(threads),
+                          "-r", str(max(1, repeats)), "-o", "json"], capture_output=True, text=True, check=True)
+    results = {}
+    for test in json.loads(out.stdout):
+        if test.get("n_prompt") and not test.get("n_gen"):
+            results["prefill"] = float(test["avg_ts"])
+        elif test.get("n_gen") and not test.get("n_prompt"):
+            results["decode"] = float(test["avg_ts"])
+    return results
+
+
+def llamacpp_rows(hf, model, threads: int, *, repeats: int = 3, prompt: int = 512, gen: int = 32,
+                  forward_rows=None) -> list:
+    """Prefill `prompt` tokens and decode `gen` tokens, tinymech vs llama-bench
+    on hf's weights as an fp32 GGUF; ratio tinymech / llama.cpp. tinymech's
+    numbers come from bench_forward's rows when given (same run)."""
+    if shutil.which("llama-bench") is None:
+        raise Skipped("not installed")
+    with tempfile.TemporaryDirectory() as tmp:
+        ref = llama_bench(write_gpt2_gguf(Path(tmp) / "model.gguf", hf), threads, repeats, prompt, gen)
+    prefill, decode = find(forward_rows, f"prefill-{prompt}"), find(forward_rows, "decode")
+    ours_prefill = prefill["tinymech"] if prefill else prompt / tinymech_prefill_seconds(model, prompt, repeats)
+    if decode:
+        ours_decode = decode["tinymech"]
+    else:
+        ctx = random_tokens(model.cfg.d_vocab, 128, seed=1)
+        ours_decode = gen / best_measured(lambda: tinymech_decode_seconds(model, ctx, gen), repeats)
+    rows = []
+    if "prefill" in ref:
+        rows.append(row("llamacpp-prefill", f"prefill {prompt} tokens vs llama.cpp", ours_prefill, ref["prefill"],
+                        "tok/s", ours_prefill / ref["prefill"], ref_name="llama.cpp",
+                        note="llama.cpp: llama-bench pp, fp32 GGUF"))
+    if "decode" in ref:
+        rows.append(row("llamacpp-decode", "decode vs llama.cpp", ours_decode, ref["decode"], "tok/s",
+                        ours_decode / ref["decode"], ref_name="llama.cpp",
+                        note="tinymech after a 128-token prompt; llama-bench tg from an empty context"))
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    import tinymech as tm
+    from gpt2_small import gpt2_small
+    from report import format_table
+
+    if shutil.which("llama-bench") is None:
+        print("llama.cpp: not installed")
+        return
+    tm.set_num_threads(args.threads)
+    with gpt2_small(args.layers) as (_, hf, model):
+        rows = llamacpp_rows(hf, model, args.threads, repeats=args.repeats)
+    print(f"gpt2-small shape ({args.layers} layers), {args.threads} threads, kernels {tm._core.kernels.variant()}")
+    print(format_table(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""tinymech on its own: load time, peak memory, and how prefill scales with
+length and threads, on a random GPT-2-small-shaped checkpoint.
+
+    python benchmarks/bench_system.py [--layers 12] [--repeats 3]
+
+load_time_rows(path)             tm.load of a save_pretrained directory (memory-mapped), best of 3
+peak_rss_rows(path, threads)     peak RSS growth of loading + one 512-token forward, over the weights' bytes,
+                                 measured in fresh interpreters
+length_scaling_rows(model, ...)  per-token prefill time at 1024 tokens vs 512
+thread_scaling_rows(model, ...)  prefill 512 tokens with 2 threads vs 1
+each return report rows.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+from report import Skipped, find, row, target
+from timing import best_time, tinymech_prefill_seconds
+
+LOAD_TARGET = target("<", 0.5, of="value")  # seconds
+RSS_TARGET = target("<=", 1.15)  # peak RSS growth / weight bytes
+LENGTH_TARGET = target("within", 0.15)  # per-token time at 1024 / at 512
+THREADS_TARGET = target(">=", 1.8)  # speed with 2 threads / with 1
+
+
+def load_time_rows(path, repeats: int = 3) -> list:
+    import tinymech as tm
+
+    seconds = best_time(lambda: tm.load(path), repeats)
+    return [row("load", f"tm.load (memory-mapped), best of {repeats}", seconds, unit="s", target=LOAD_TARGET)]
+
+
+def weight_bytes(path) -> int:
+    """Bytes of the tensors in a directory's .safetensors files (headers not counted)."""
+    total = 0
+    for file in Path(path).glob("*.safetensors"):
+        with open(file, "rb") as f:
+            header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+        total += sum(v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items() if k != "__metadata__")
+    return total
+
+
+# Run in a fresh interpreter: the same imports either way, then (mode "run")
+# load the model and run one forward; prints the peak resident set size in bytes.
+# Linux carries ru_maxrss across execve (and the spawned process starts as a
+# copy of the parent's memory), so a spawned interpreter would report the
+# benchmark process's own peak; it forks first and measures in the child,
+# whose counters start from this small interpreter.
+_PEAK_RSS_CHILD = """
+import os, resource, sys
+pid = os.fork()
+if pid:
+    sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+import numpy as np
+import tinymech as tm
+mode, path, n, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+tm.set_num_threads(threads)
+if mode == "run":
+    model = tm.load(path)
+    model(np.random.default_rng(0).integers(0, model.cfg.d_vocab, (1, n)))
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(peak if sys.platform == "darwin" else peak * 1024)
+"""
+
+
+def _peak_rss(mode: str, path, tokens: int, threads: int) -> int:
+    import tinymech
+
+    env = dict(os.environ)  # the child imports the same tinymech as this process
+    root = str(Path(tinymech.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    out = subprocess.run([sys.executable, "-c", _PEAK_RSS_CHILD, mode, str(path), str(tokens), str(threads)],
+                         env=env, capture_output=True, text=True, check=True)
+    return int(out.stdout.split()[-1])
+
+
+def peak_rss_rows(path, threads: int, tokens: int = 512) -> list:
+    """Peak RSS (ru_maxrss) of a fresh interpreter that loads the model and
+    runs one forward, minus that of one that only imports the same modules."""
+    base = _peak_rss("base", path, tokens, threads)
+    peak = _peak_rss("run", path, tokens, threads)
+    weights = weight_bytes(path)
+    growth = peak - base
+    return [row("peak-rss", f"peak RSS growth, load + {tokens}-token forward / weights", growth / 2**20,
+                weights / 2**20, "MiB", growth / weights, ref_name="weights", target=RSS_TARGET,
+                note=f"import baseline {base / 2**20:.0f} MiB")]
+
+
+def length_scaling_rows(model, repeats: int = 3, forward_rows=None) -> list:
+    """Per-token prefill time at 1024 tokens / at 512; taken from
+    bench_forward's rows when given (same run), measured otherwise."""
+    seconds = {}
+    for n in (512, 1024):
+        r = find(forward_rows, f"prefill-{n}")
+        seconds[n] = r["seconds"] if r else tinymech_prefill_seconds(model, n, repeats)
+    per_token = {n: s / n * 1e3 for n, s in seconds.items()}
+    return [row("length-scaling", "prefill per-token time, 1024 tokens / 512", per_token[1024], per_token[512],
+                "ms/tok", per_token[1024] / per_token[512], ref_name="512 tokens", target=LENGTH_TARGET)]
+
+
+def thread_scaling_rows(model, repeats: int = 3, tokens: int = 512) -> list:
+    """Prefill speed with 2 threads / with 1 (the core's thread count is restored)."""
+    import tinymech as tm
+
+    if (os.cpu_count() or 1) < 2:
+        raise Skipped("needs at least 2 cores")
+    before = tm.get_num_threads()
+    speed = {}
+    try:
+        for threads in (1, 2):
+            tm.set_num_threads(threads)
+            speed[threads] = tokens / tinymech_prefill_seconds(model, tokens, repeats)
+    finally:
+        tm.set_num_threads(before)
+    return [row("thread-scaling", f"prefill {tokens} tokens, 2 threads / 1 thread", speed[2], speed[1], "tok/s",
+                speed[2] / speed[1], ref_name="1 thread", target=THREADS_TARGET)]
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    import tinymech as tm
+    from gpt2_small import gpt2_small
+    from report import format_table
+
+    tm.set_num_threads(args.threads)
+    with gpt2_small(args.layers) as (path, _, model):
+        rows = load_time_rows(path) + peak_rss_rows(path, args.threads)
+        rows += length_scaling_rows(model, args.repeats)
+        try:
+            rows += thread_scaling_rows(model, args.repeats)
+        except Skipped as e:
+            print(f"thread scaling: skipped, {e}")
+    print(f"gpt2-small shape ({args.layers} layers), {args.threads} threads, kernels {tm._core.kernels.variant()}")
+    print(format_table(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Every benchmark of the project in one process run, printed as one table of
+ratios and absolute numbers with the issue's targets, after a description of
+the machine.
+
+    python benchmarks/run_all.py [--threads N] [--layers 12] [--repeats 3]
+                                 [--only forward,hooks,...] [--markdown]
+
+Benchmarks (--only takes any of these names, comma-separated):
+  forward   prefill 128/512/1024 tokens and decode vs HF transformers  (bench_forward.py)
+  hooks     run_with_cache vs plain forward and vs TransformerLens       (bench_hooks.py)
+  sae       SAE encode / decode vs SAELens                               (bench_sae.py)
+  roofline  matmul GF/s vs numpy and FMA peak; memory bandwidth          (roofline.py)
+  load      tm.load time of a save_pretrained checkpoint                 (bench_system.py)
+  rss       peak RSS of load + a 512-token forward vs the weights' bytes (bench_system.py)
+  length    per-token prefill time, 1024 tokens vs 512                   (bench_system.py)
+  threads   prefill 512 tokens, 2 threads vs 1                           (bench_system.py)
+  llamacpp  prefill and decode vs llama.cpp's llama-bench, if on PATH    (bench_llamacpp.py)
+  smollm2   SmolLM2-135M vs HF on the same GGUF, if installed            (bench_smollm2.py)
+
+All GPT-2 benchmarks share one random GPT-2-small-shaped checkpoint
+(--layers layers), built once. Ratios are what to compare across machines.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import warnings
+
+BENCHMARKS = ("forward", "hooks", "sae", "roofline", "load", "rss", "length", "threads", "llamacpp", "smollm2")
+NEEDS_GPT2 = {"forward", "hooks", "load", "rss", "length", "threads", "llamacpp"}
+TITLES = {"llamacpp": "llama.cpp", "smollm2": "SmolLM2"}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for tinymech and torch")
+    parser.add_argument("--layers", type=int, default=12, help="layers of the GPT-2-small-shaped model")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (best or median)")
+    parser.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated subset of: " + ", ".join(BENCHMARKS))
+    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    args = parser.parse_args(argv)
+    args.only = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = [name for name in args.only if name not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+    return args
+
+
+def run(args) -> tuple:
+    """Runs the chosen benchmarks; returns (rows, [(name, reason)] of the skipped)."""
+    from bench_forward import forward_rows
+    from bench_hooks import hooks_rows, make_tl
+    from bench_llamacpp import llamacpp_rows
+    from bench_sae import sae_rows
+    from bench_smollm2 import smollm2_rows
+    from bench_system import length_scaling_rows, load_time_rows, peak_rss_rows, thread_scaling_rows
+    from gpt2_small import gpt2_small
+    from report import Skipped
+    from roofline import roofline_rows
+
+    rows, skipped, by_name = [], [], {}
+    chosen = [name for name in BENCHMARKS if name in args.only]
+
+    def step(name, fn):
+        t0 = time.perf_counter()
+        print(f"[run_all] {name} ...", file=sys.stderr, flush=True)
+        try:
+            by_name[name] = fn()
+            rows.extend(by_name[name])
+        except Skipped as e:
+            skipped.append((name, str(e)))
+        print(f"[run_all] {name} done in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+
+    reps = args.repeats
+    if NEEDS_GPT2 & set(chosen):
+        with gpt2_small(args.layers) as (path, hf, model):
+            for name in chosen:
+                if name == "forward":
+                    step(name, lambda: forward_rows(model, hf, repeats=reps))
+                elif name == "hooks":
+                    step(name, lambda: hooks_rows(model, make_tl(hf), repeats=reps))
+                elif name == "load":
+                    step(name, lambda: load_time_rows(path, repeats=3))
+                elif name == "rss":
+                    step(name, lambda: peak_rss_rows(path, args.threads))
+                elif name == "length":
+                    step(name, lambda: length_scaling_rows(model, reps, forward_rows=by_name.get("forward")))
+                elif name == "threads":
+                    step(name, lambda: thread_scaling_rows(model, reps))
+                elif name == "llamacpp":
+                    step(name, lambda: llamacpp_rows(hf, model, args.threads, repeats=reps,
+                                                     forward_rows=by_name.get("forward")))
+    for name in chosen:
+        if name == "sae":
+            step(name, lambda: sae_rows(repeats=reps))
+        elif name == "roofline":
+            step(name, lambda: roofline_rows(args.threads, repeats=reps))
+        elif name == "smollm2":
+            step(name, lambda: smollm2_rows(repeats=reps))
+    return rows, skipped
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    warnings.simplefilter("ignore")
+    import torch
+    import transformers
+
+    import tinymech as tm
+    from report import format_table, machine_description
+
+    transformers.utils.logging.disable_progress_bar()  # keep stderr to run_all's own progress lines
+    torch.set_num_threads(args.threads)
+    tm.set_num_threads(args.threads)
+    rows, skipped = run(args)
+
+    lines = machine_description(args.threads)
+    if NEEDS_GPT2 & set(args.only):
+        lines.append(f"model: GPT-2-small shape, {args.layers} layers, random weights, fp32; "
+                     f"{args.repeats} timed runs per measurement")
+    bullet = "- " if args.markdown else ""
+    print("\n".join(bullet + line for line in lines))
+    print()
+    print(format_table(rows, markdown=args.markdown))
+    if skipped:
+        print()
+        print("\n".join(f"{bullet}{TITLES.get(name, name)}: {reason}" for name, reason in skipped))
+    targets = [r for r in rows if r["met"] is not None]
+    if targets:
+        print()
+        print(f"{bullet}targets met: {sum(r['met'] for r in targets)} of {len(targets)}")
+
+
+if __name__ == "__main__":
+    main()

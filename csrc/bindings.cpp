@@ -9,6 +9,7 @@
 
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "forward.hpp"
@@ -31,19 +32,23 @@ FloatArray to_numpy(std::vector<float>&& data, const std::vector<int64_t>& shape
   return FloatArray(dims, owned->data(), owner);
 }
 
-const float* checked(const py::dict& d, const char* key, std::vector<int64_t> shape,
-                     std::vector<py::object>& keep, bool optional = false) {
+// The C-contiguous array d[key] of the given shape, float32 or (where
+// allow_bf16) bfloat16 stored as uint16; nullopt if optional and absent.
+std::optional<py::array> checked_array(const py::dict& d, const char* key, const std::vector<int64_t>& shape,
+                        std::vector<py::object>& keep, bool optional, bool allow_bf16) {
+  const std::string kinds = allow_bf16 ? "float32 or bfloat16 (uint16)" : "float32";
   if (!d.contains(key)) {
-    if (optional) return nullptr;
+    if (optional) return std::nullopt;
     throw std::invalid_argument(std::string("missing weight '") + key + "'");
   }
   py::object obj = d[key];
-  if (obj.is_none() && optional) return nullptr;
-  if (!py::isinstance<FloatArray>(obj))
-    throw std::invalid_argument(std::string("weight '") + key + "' must be a C-contiguous float32 array");
+  if (obj.is_none() && optional) return std::nullopt;
+  if (!py::isinstance<py::array>(obj))
+    throw std::invalid_argument(std::string("weight '") + key + "' must be a C-contiguous " + kinds + " array");
   auto arr = obj.cast<py::array>();
-  if (!(arr.flags() & py::array::c_style) || !arr.dtype().is(py::dtype::of<float>()))
-    throw std::invalid_argument(std::string("weight '") + key + "' must be a C-contiguous float32 array");
+  const bool dtype_ok = arr.dtype().is(py::dtype::of<float>()) || (allow_bf16 && arr.dtype().is(py::dtype::of<uint16_t>()));
+  if (!(arr.flags() & py::array::c_style) || !dtype_ok)
+    throw std::invalid_argument(std::string("weight '") + key + "' must be a C-contiguous " + kinds + " array");
   bool ok = arr.ndim() == static_cast<py::ssize_t>(shape.size());
   for (size_t i = 0; ok && i < shape.size(); ++i) ok = arr.shape(i) == shape[i];
   if (!ok) {
@@ -54,7 +59,21 @@ const float* checked(const py::dict& d, const char* key, std::vector<int64_t> sh
                                 want + ")");
   }
   keep.push_back(obj);
-  return static_cast<const float*>(arr.data());
+  return arr;
+}
+
+const float* checked(const py::dict& d, const char* key, std::vector<int64_t> shape,
+                     std::vector<py::object>& keep, bool optional = false) {
+  std::optional<py::array> arr = checked_array(d, key, shape, keep, optional, false);
+  return arr ? static_cast<const float*>(arr->data()) : nullptr;
+}
+
+// A weight matrix: float32, or bfloat16 in the bf16 weight mode.
+tmech::Matrix checked_matrix(const py::dict& d, const char* key, std::vector<int64_t> shape,
+                             std::vector<py::object>& keep) {
+  py::array arr = *checked_array(d, key, shape, keep, false, true);
+  if (arr.dtype().is(py::dtype::of<uint16_t>())) return tmech::Matrix(static_cast<const uint16_t*>(arr.data()));
+  return tmech::Matrix(static_cast<const float*>(arr.data()));
 }
 
 tmech::Activation parse_activation(const std::string& s) {
@@ -116,18 +135,18 @@ struct PyModel {
     // A linear weight [in, out], stored transposed in the out_in layout; its
     // bias is optional only where the architecture may lack one.
     auto linear = [&](const py::dict& d, const char* key, int64_t in, int64_t out) {
-      return c.layout == tmech::WeightLayout::in_out ? checked(d, key, {in, out}, keep)
-                                                     : checked(d, key, {out, in}, keep);
+      return c.layout == tmech::WeightLayout::in_out ? checked_matrix(d, key, {in, out}, keep)
+                                                     : checked_matrix(d, key, {out, in}, keep);
     };
     const bool optional_bias = c.layout == tmech::WeightLayout::out_in;
     tmech::ModelWeights w;
-    w.wte = checked(weights, "wte", {V, D}, keep);
+    w.wte = checked_matrix(weights, "wte", {V, D}, keep);
     if (c.positions == tmech::Positions::learned) w.wpe = checked(weights, "wpe", {c.n_ctx, D}, keep);
     if (c.positions == tmech::Positions::rotary)
       w.rope_inv_freq = checked(weights, "rope_inv_freq", {c.rotary_dim / 2}, keep);
     w.lnf_w = checked(weights, "lnf_w", {D}, keep);
     w.lnf_b = checked(weights, "lnf_b", {D}, keep, !ln);
-    w.unembed = checked(weights, "unembed", {V, D}, keep);
+    w.unembed = checked_matrix(weights, "unembed", {V, D}, keep);
     w.unembed_b = checked(weights, "unembed_b", {V}, keep, true);
     c.has_unembed_bias = w.unembed_b != nullptr;
     auto layers = weights["layers"].cast<py::list>();
@@ -218,17 +237,24 @@ void bind_kernels(py::module_& m) {
     if (!tmech::kernels::select(name.c_str()))
       throw std::invalid_argument("kernel variant '" + name + "' is not available on this CPU");
   });
-  // C = A @ B (+ bias); B given as [K, N], or as [N, K] when b_transposed.
-  k.def("matmul", [](FloatArray A, FloatArray B, std::optional<FloatArray> bias, bool b_transposed) {
+  // C = A @ B (+ bias); B given as [K, N], or as [N, K] when b_transposed;
+  // B float32 or bfloat16 (uint16).
+  k.def("matmul", [](FloatArray A, py::array B, std::optional<FloatArray> bias, bool b_transposed) {
+    const bool bf16 = B.dtype().is(py::dtype::of<uint16_t>());
+    if (!bf16) B = FloatArray::ensure(B);
+    if (!B || !(B.flags() & py::array::c_style))
+      throw std::invalid_argument("B must be a C-contiguous float32 or uint16 (bfloat16) array");
     if (A.ndim() != 2 || B.ndim() != 2) throw std::invalid_argument("matmul takes 2-D arrays");
     const int64_t M = A.shape(0), K = A.shape(1);
     const int64_t N = b_transposed ? B.shape(0) : B.shape(1);
     if ((b_transposed ? B.shape(1) : B.shape(0)) != K) throw std::invalid_argument("inner sizes differ");
     if (bias && (bias->ndim() != 1 || bias->shape(0) != N)) throw std::invalid_argument("bias must be [N]");
+    const tmech::Matrix Bm = bf16 ? tmech::Matrix(static_cast<const uint16_t*>(B.data()))
+                                  : tmech::Matrix(static_cast<const float*>(B.data()));
     FloatArray C({M, N});
     {
       py::gil_scoped_release nogil;
-      tmech::matmul(A.data(), M, K, K, B.data(), N, b_transposed ? 1 : N, b_transposed ? K : 1,
+      tmech::matmul(A.data(), M, K, K, Bm, N, b_transposed ? 1 : N, b_transposed ? K : 1,
                  bias ? bias->data() : nullptr, C.mutable_data(), N);
     }
     return C;

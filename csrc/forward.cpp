@@ -32,7 +32,7 @@ struct Pass {
 
   // C[M, N] = A[M, K] · W (+ bias) for a weight stored in the config's layout,
   // whose stored rows are ldw floats long (a slice of a wider matrix may be given).
-  void linear(const float* A, int64_t M, int64_t K, int64_t lda, const float* W, int64_t ldw, int64_t N,
+  void linear(const float* A, int64_t M, int64_t K, int64_t lda, Matrix W, int64_t ldw, int64_t N,
               const float* bias, float* C, int64_t ldc) const {
     if (cfg.layout == WeightLayout::in_out)
       matmul(A, M, K, lda, W, N, ldw, 1, bias, C, ldc);
@@ -84,7 +84,7 @@ struct Pass {
   void embed(const int32_t* tokens) {
     float* x = ws.x.data();
     for (int64_t r = 0; r < BT; ++r)
-      std::memcpy(x + r * D, w.wte + static_cast<int64_t>(tokens[r]) * D, D * sizeof(float));
+      w.wte.read(static_cast<int64_t>(tokens[r]) * D, D, x + r * D);
     hook(HookKind::embed, 0, rows(x, D));
     if (cfg.positions != Positions::learned) return;
     const float* pe = w.wpe + past * D;  // positions past..past+T-1, the same for every batch row
@@ -284,7 +284,7 @@ struct Pass {
       float* res = sized(ws.result, BT * H * D);
       const bool in_out = cfg.layout == WeightLayout::in_out;
       for (int64_t h = 0; h < H; ++h)
-        linear(z + h * dh, BT, dh, Da, lw.out_w + h * dh * (in_out ? D : 1), in_out ? D : Da, D, nullptr,
+        linear(z + h * dh, BT, dh, Da, lw.out_w.offset(h * dh * (in_out ? D : 1)), in_out ? D : Da, D, nullptr,
                res + h * D, H * D);
       hook(HookKind::result, l, heads(res, H * D, D, H));
       for (int64_t r = 0; r < BT; ++r) {
@@ -391,7 +391,7 @@ struct Pass {
 };
 
 void check_weights(const ModelConfig& cfg, const ModelWeights& w) {
-  auto need = [](const void* p, const std::string& what) {
+  auto need = [](auto p, const std::string& what) {
     if (!p) throw std::invalid_argument("missing weight: " + what);
   };
   const bool layer_norm = cfg.normalization == Normalization::layer_norm;
@@ -409,11 +409,13 @@ void check_weights(const ModelConfig& cfg, const ModelWeights& w) {
     const LayerWeights& lw = w.layers[l];
     const std::string at = " of layer " + std::to_string(l);
     // linear biases are optional (Llama has none)
-    for (auto [p, name] : {std::pair<const float*, const char*>{lw.ln1_w, "ln_1.weight"},
-                           {lw.qkv_w, "attention q|k|v weight"}, {lw.out_w, "attention output weight"},
-                           {lw.ln2_w, "ln_2.weight"},            {lw.fc_w, "mlp input weight"},
+    need(lw.ln1_w, "ln_1.weight" + at);
+    need(lw.ln2_w, "ln_2.weight" + at);
+    for (auto [m, name] : {std::pair<Matrix, const char*>{lw.qkv_w, "attention q|k|v weight"},
+                           {lw.out_w, "attention output weight"},
+                           {lw.fc_w, "mlp input weight"},
                            {lw.proj_w, "mlp output weight"}})
-      need(p, std::string(name) + at);
+      need(m, std::string(name) + at);
     if (layer_norm) {
       need(lw.ln1_b, "ln_1.bias" + at);
       need(lw.ln2_b, "ln_2.bias" + at);

@@ -23,7 +23,8 @@ void matmul_split_k(const MatmulArgs& base) {
         float* partial = thread_scratch(t, matmul_scratch_floats() + partial_floats);
         MatmulArgs a = base;
         a.A += k0;
-        a.B += k0 * base.b_stride_k;
+        if (a.B) a.B += k0 * base.b_stride_k;
+        if (a.B16) a.B16 += k0 * base.b_stride_k;
         a.K = k1 - k0;
         a.bias = nullptr;
         a.C = partial;
@@ -54,11 +55,11 @@ void matmul_split_k(const MatmulArgs& base) {
 
 }  // namespace
 
-void matmul(const float* A, int64_t M, int64_t K, int64_t lda, const float* B, int64_t N,
+void matmul(const float* A, int64_t M, int64_t K, int64_t lda, Matrix B, int64_t N,
             int64_t b_stride_k, int64_t b_stride_n, const float* bias, float* C, int64_t ldc,
             bool accumulate) {
   const KernelTable& kt = kernels::active();
-  const MatmulArgs base{M, N, K, A, lda, B, b_stride_k, b_stride_n, bias, C, ldc, accumulate, nullptr};
+  const MatmulArgs base{M, N, K, A, lda, B.f32, b_stride_k, b_stride_n, bias, C, ldc, accumulate, nullptr, B.bf16};
   if (M <= kMatmulSmallM && b_stride_n == 1 && K >= 128 && num_threads() > 1) {
     matmul_split_k(base);
     return;

@@ -3,11 +3,13 @@
 #pragma once
 #include <cstdint>
 
+#include "weights.hpp"
+
 namespace tmech {
 
 // C[M, N] = A[M, K] · B + bias (+ C if accumulate); B's element (k, n) is at
-// B[k * b_stride_k + n * b_stride_n].
-void matmul(const float* A, int64_t M, int64_t K, int64_t lda, const float* B, int64_t N,
+// B[k * b_stride_k + n * b_stride_n]; B is float32 or bfloat16.
+void matmul(const float* A, int64_t M, int64_t K, int64_t lda, Matrix B, int64_t N,
             int64_t b_stride_k, int64_t b_stride_n, const float* bias, float* C, int64_t ldc,
             bool accumulate = false);
 

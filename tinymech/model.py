@@ -15,26 +15,32 @@ from .config import Config
 from .errors import ContextLengthError, HookError, InvalidTokensError, NoTokenizerError
 from .generation import sample_next
 from .activation_cache import ActivationCache
+from .bf16 import bf16_core_weights, canonical_dtype
 from .hooks import HookSpec, build_plan, hook_registry, resolve_names
 from .tokenizer import Tokenizer
 
 
 class Model:
-    def __init__(self, cfg: Config, weights: dict, tokenizer: Tokenizer | None, path: str | None = None):
+    def __init__(self, cfg: Config, weights: dict, tokenizer: Tokenizer | None, path: str | None = None,
+                 dtype: str = "float32"):
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.path = path
-        self._weights = weights  # keeps the memory-mapped arrays alive
-        self._core = _core.Model(cfg.core_dict(), weights)
+        self.dtype = canonical_dtype(dtype)
+        # float32 weights, for the Python side (W_U, W_Q, ...); they keep the memory-mapped arrays alive
+        self._weights = weights
+        core_weights = bf16_core_weights(weights) if self.dtype == "bf16" else weights
+        self._core = _core.Model(cfg.core_dict(), core_weights)
         self._hook_names, self._hook_ids = hook_registry(cfg.n_layers, self._core.hook_ids())
         self._hook_name_of = {i: n for n, i in self._hook_ids.items()}
         self._context_hooks: list[HookSpec] = []
 
     def __repr__(self):
         c = self.cfg
+        dtype = ", bf16 weights" if self.dtype == "bf16" else ""
         return (
             f"Model({c.model_name or c.original_architecture}: {c.n_layers}L {c.n_heads}H "
-            f"d_model={c.d_model} d_vocab={c.d_vocab} n_ctx={c.n_ctx})"
+            f"d_model={c.d_model} d_vocab={c.d_vocab} n_ctx={c.n_ctx}{dtype})"
         )
 
     @property

@@ -23,6 +23,7 @@ struct MatmulArgs {
   int64_t ldc;
   bool accumulate;
   float* scratch;  // per-thread workspace of at least matmul_scratch_floats()
+  const uint16_t* B16 = nullptr;  // B in bfloat16 instead (then B is unused), same strides
 };
 
 struct KernelTable {

@@ -18,9 +18,10 @@ constexpr int MR = VL >= 16 ? 12 : (VL >= 8 ? 6 : 4);       // rows per tile
 static_assert(kMatmulNC % NR == 0, "NC must be a whole number of panels");
 static_assert(MR * NR <= 64 * kMatmulKC, "tile must fit the scratch tail");
 
-// Copies B[k0:k0+kc, n0:n1] into panels laid out [panel][k][NR], zero-padding
-// the last panel, so the micro-kernel reads B contiguously.
-void pack_b(const MatmulArgs& a, int64_t k0, int64_t kc, int64_t n0, int64_t n1, float* dst) {
+// Copies B[k0:k0+kc, n0:n1] into float32 panels laid out [panel][k][NR],
+// zero-padding the last panel, so the micro-kernel reads B contiguously.
+template <class W>
+void pack_b(const MatmulArgs& a, const W* Bw, int64_t k0, int64_t kc, int64_t n0, int64_t n1, float* dst) {
   const int64_t sk = a.b_stride_k, sn = a.b_stride_n;
   for (int64_t p0 = n0; p0 < n1; p0 += NR) {
     const int64_t w = n1 - p0 < NR ? n1 - p0 : NR;
@@ -29,18 +30,18 @@ void pack_b(const MatmulArgs& a, int64_t k0, int64_t kc, int64_t n0, int64_t n1,
       for (int64_t i = 0; i < kc * NR; ++i) panel[i] = 0.f;
     if (sn == 1) {
       for (int64_t k = 0; k < kc; ++k) {
-        const float* src = a.B + (k0 + k) * sk + p0;
+        const W* src = Bw + (k0 + k) * sk + p0;
         if (w == NR) {
-          vstore(panel + k * NR, vload(src));
-          vstore(panel + k * NR + VL, vload(src + VL));
+          vstore(panel + k * NR, vload_w(src));
+          vstore(panel + k * NR + VL, vload_w(src + VL));
         } else {
-          for (int64_t j = 0; j < w; ++j) panel[k * NR + j] = src[j];
+          for (int64_t j = 0; j < w; ++j) panel[k * NR + j] = load_w(src + j);
         }
       }
     } else {  // columns are contiguous in k: read along k, write strided
       for (int64_t j = 0; j < w; ++j) {
-        const float* src = a.B + k0 * sk + (p0 + j) * sn;
-        for (int64_t k = 0; k < kc; ++k) panel[k * NR + j] = src[k * sk];
+        const W* src = Bw + k0 * sk + (p0 + j) * sn;
+        for (int64_t k = 0; k < kc; ++k) panel[k * NR + j] = load_w(src + k * sk);
       }
     }
   }
@@ -106,7 +107,8 @@ void edge_tile(int rows, int64_t w, const float* A, int64_t lda, const float* pa
     for (int64_t j = 0; j < w; ++j) C[r * ldc + j] = tile[r * NR + j];
 }
 
-void matmul_packed(const MatmulArgs& a, int64_t n_begin, int64_t n_end) {
+template <class W>
+void matmul_packed(const MatmulArgs& a, const W* Bw, int64_t n_begin, int64_t n_end) {
   float* packed = a.scratch;
   float* tile = a.scratch + kMatmulKC * kMatmulNC;
   for (int64_t k0 = 0; k0 < a.K; k0 += kMatmulKC) {
@@ -115,7 +117,7 @@ void matmul_packed(const MatmulArgs& a, int64_t n_begin, int64_t n_end) {
     const int init_first = a.bias ? 1 : 0;
     for (int64_t n0 = n_begin; n0 < n_end; n0 += kMatmulNC) {
       const int64_t n1 = n_end - n0 < kMatmulNC ? n_end : n0 + kMatmulNC;
-      pack_b(a, k0, kc, n0, n1, packed);
+      pack_b(a, Bw, k0, kc, n0, n1, packed);
       for (int64_t m0 = 0; m0 < a.M; m0 += MR) {
         const int rows = static_cast<int>(a.M - m0 < MR ? a.M - m0 : MR);
         const float* A = a.A + m0 * a.lda + k0;
@@ -139,7 +141,8 @@ void matmul_packed(const MatmulArgs& a, int64_t n_begin, int64_t n_end) {
 // four k at a time so each output chunk is loaded and stored once per four rows
 // of B. Chunks are long (8 KB of outputs, still in L1) so that B is read in long
 // runs of consecutive addresses, which the hardware prefetcher keeps up with.
-void matmul_small_rows(const MatmulArgs& a, int64_t n_begin, int64_t n_end) {
+template <class W>
+void matmul_small_rows(const MatmulArgs& a, const W* Bw, int64_t n_begin, int64_t n_end) {
   constexpr int64_t kChunk = 2048;
   for (int64_t c0 = n_begin; c0 < n_end; c0 += kChunk) {
     const int64_t cw = n_end - c0 < kChunk ? n_end - c0 : kChunk;
@@ -150,10 +153,10 @@ void matmul_small_rows(const MatmulArgs& a, int64_t n_begin, int64_t n_end) {
     }
     int64_t k = 0;
     for (; k + 4 <= a.K; k += 4) {
-      const float* b0 = a.B + k * a.b_stride_k + c0;
-      const float* b1 = b0 + a.b_stride_k;
-      const float* b2 = b1 + a.b_stride_k;
-      const float* b3 = b2 + a.b_stride_k;
+      const W* b0 = Bw + k * a.b_stride_k + c0;
+      const W* b1 = b0 + a.b_stride_k;
+      const W* b2 = b1 + a.b_stride_k;
+      const W* b3 = b2 + a.b_stride_k;
       for (int64_t m = 0; m < a.M; ++m) {
         const float* x = a.A + m * a.lda + k;
         const vf x0 = vset1(x[0]), x1 = vset1(x[1]), x2 = vset1(x[2]), x3 = vset1(x[3]);
@@ -161,33 +164,63 @@ void matmul_small_rows(const MatmulArgs& a, int64_t n_begin, int64_t n_end) {
         int64_t j = 0;
         for (; j + VL <= cw; j += VL) {
           vf acc = vload(y + j);
-          acc = vfma(x0, vload(b0 + j), acc);
-          acc = vfma(x1, vload(b1 + j), acc);
-          acc = vfma(x2, vload(b2 + j), acc);
-          acc = vfma(x3, vload(b3 + j), acc);
+          acc = vfma(x0, vload_w(b0 + j), acc);
+          acc = vfma(x1, vload_w(b1 + j), acc);
+          acc = vfma(x2, vload_w(b2 + j), acc);
+          acc = vfma(x3, vload_w(b3 + j), acc);
           vstore(y + j, acc);
         }
-        for (; j < cw; ++j) y[j] += x[0] * b0[j] + x[1] * b1[j] + x[2] * b2[j] + x[3] * b3[j];
+        for (; j < cw; ++j)
+          y[j] += x[0] * load_w(b0 + j) + x[1] * load_w(b1 + j) + x[2] * load_w(b2 + j) + x[3] * load_w(b3 + j);
       }
     }
     for (; k < a.K; ++k) {
-      const float* b = a.B + k * a.b_stride_k + c0;
-      for (int64_t m = 0; m < a.M; ++m) axpy(a.C + m * a.ldc + c0, a.A[m * a.lda + k], b, cw);
+      const W* b = Bw + k * a.b_stride_k + c0;
+      for (int64_t m = 0; m < a.M; ++m) {
+        const float x = a.A[m * a.lda + k];
+        float* y = a.C + m * a.ldc + c0;
+        for (int64_t j = 0; j < cw; ++j) y[j] += x * load_w(b + j);
+      }
     }
   }
 }
 
+// x · w over n elements of a float32 or bfloat16 weight row.
+float dot_w(const float* x, const float* w, int64_t n) { return dot(x, w, n); }
+float dot_w(const float* x, const uint16_t* w, int64_t n) {
+  vf s0 = vzero(), s1 = vzero();
+  int64_t i = 0;
+  for (; i + 2 * VL <= n; i += 2 * VL) {
+    s0 = vfma(vload(x + i), vload_bf16(w + i), s0);
+    s1 = vfma(vload(x + i + VL), vload_bf16(w + i + VL), s1);
+  }
+  float s = vsum(vadd(s0, s1));
+  for (; i < n; ++i) s += x[i] * bf16_to_float(w[i]);
+  return s;
+}
+
 // Few rows, B's columns contiguous in k ([N, K] row-major, an unembedding):
 // each output is one dot product over a row of the weight matrix.
-void matmul_small_dots(const MatmulArgs& a, int64_t n_begin, int64_t n_end) {
+template <class W>
+void matmul_small_dots(const MatmulArgs& a, const W* Bw, int64_t n_begin, int64_t n_end) {
   for (int64_t n = n_begin; n < n_end; ++n) {
-    const float* col = a.B + n * a.b_stride_n;
+    const W* col = Bw + n * a.b_stride_n;
     for (int64_t m = 0; m < a.M; ++m) {
-      float v = dot(a.A + m * a.lda, col, a.K);
+      float v = dot_w(a.A + m * a.lda, col, a.K);
       float* y = a.C + m * a.ldc + n;
       *y = (a.accumulate ? *y : 0.f) + v + (a.bias ? a.bias[n] : 0.f);
     }
   }
+}
+
+template <class W>
+void matmul_any(const MatmulArgs& a, const W* Bw, int64_t n_begin, int64_t n_end) {
+  if (a.M <= kMatmulSmallM && a.b_stride_n == 1)
+    matmul_small_rows(a, Bw, n_begin, n_end);
+  else if (a.M <= kMatmulSmallM && a.b_stride_k == 1)
+    matmul_small_dots(a, Bw, n_begin, n_end);
+  else
+    matmul_packed(a, Bw, n_begin, n_end);
 }
 
 }  // namespace
@@ -212,12 +245,10 @@ void matmul_cols(const MatmulArgs& a, int64_t n_begin, int64_t n_end) {
     matmul_cols(plain, n_begin, n_end);
     return;
   }
-  if (a.M <= kMatmulSmallM && a.b_stride_n == 1)
-    matmul_small_rows(a, n_begin, n_end);
-  else if (a.M <= kMatmulSmallM && a.b_stride_k == 1)
-    matmul_small_dots(a, n_begin, n_end);
+  if (a.B16)
+    matmul_any(a, a.B16, n_begin, n_end);
   else
-    matmul_packed(a, n_begin, n_end);
+    matmul_any(a, a.B, n_begin, n_end);
 }
 
 }  // namespace TM_ARCH

@@ -48,6 +48,11 @@ static inline vf vpow2i(vf n) {
 static inline vf vzero_below(vf a, vf x, vf limit) {
   return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, limit, _CMP_GE_OQ), a);
 }
+// VL bfloat16 values widened to float32 (shifted into the upper half).
+static inline vf vload_bf16(const uint16_t* p) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
 #elif TM_SIMD_AVX2
 using vf = __m256;
 constexpr int VL = 8;
@@ -82,6 +87,10 @@ static inline vf vpow2i(vf n) {
 static inline vf vzero_below(vf a, vf x, vf limit) {
   return _mm256_and_ps(a, _mm256_cmp_ps(x, limit, _CMP_GE_OQ));
 }
+static inline vf vload_bf16(const uint16_t* p) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
 #elif TM_SIMD_NEON
 using vf = float32x4_t;
 constexpr int VL = 4;
@@ -106,6 +115,7 @@ static inline vf vpow2i(vf n) {
 static inline vf vzero_below(vf a, vf x, vf limit) {
   return vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(a), vcgeq_f32(x, limit)));
 }
+static inline vf vload_bf16(const uint16_t* p) { return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(p), 16)); }
 #else
 using vf = float;
 constexpr int VL = 1;
@@ -131,6 +141,22 @@ static inline vf vpow2i(vf n) {
 }
 static inline vf vzero_below(vf a, vf x, vf limit) { return x >= limit ? a : 0.f; }
 #endif
+
+static inline float bf16_to_float(uint16_t h) {
+  const uint32_t bits = static_cast<uint32_t>(h) << 16;
+  float out;
+  std::memcpy(&out, &bits, sizeof out);
+  return out;
+}
+#if !(TM_SIMD_AVX512 || TM_SIMD_AVX2 || TM_SIMD_NEON)
+static inline vf vload_bf16(const uint16_t* p) { return bf16_to_float(*p); }
+#endif
+
+// Loads of a weight matrix's elements, float32 or bfloat16, as float32.
+static inline vf vload_w(const float* p) { return vload(p); }
+static inline vf vload_w(const uint16_t* p) { return vload_bf16(p); }
+static inline float load_w(const float* p) { return *p; }
+static inline float load_w(const uint16_t* p) { return bf16_to_float(*p); }
 
 // Tails: go through a zero-padded stack buffer so no load or store ever
 // touches memory past n floats.

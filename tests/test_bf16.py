@@ -1,0 +1,132 @@
+"""The bf16 weight mode: matrices read as bfloat16, arithmetic in float32.
+
+Exactness: a bf16 model must equal a float32 model whose matrices were
+rounded to bfloat16 beforehand (the only difference is where the widening
+happens), on every kernel variant. The error against the float32 model is
+the rounding of the weights alone, and is bounded.
+"""
+import numpy as np
+import pytest
+
+import tinymech as tm
+from tinymech import _core
+from tinymech.bf16 import bf16_core_weights, from_bf16, to_bf16
+from tinymech.model import Model
+from llama_factory import LLAMA_SHAPES, make_hf_llama
+from model_factory import SHAPES, make_hf_gpt2, rel_err
+
+K = _core.kernels
+TOL = 1e-4
+
+
+@pytest.fixture(params=K.available())
+def variant(request):
+    default = K.variant()
+    K.select(request.param)
+    yield request.param
+    K.select(default)
+
+
+def test_rounding_matches_torch():
+    import torch
+
+    rng = np.random.default_rng(0)
+    special = np.array([0.0, -0.0, 1.0, 1.00390625, 1.01171875, 1.0 + 2**-8 + 2**-20, -3.5, 1e-40, -1e-45,
+                        3.3e38, 3.4e38, np.inf, -np.inf], np.float32)
+    x = np.concatenate([special, (rng.standard_normal(10_000) * 10.0 ** rng.integers(-30, 30, 10_000)).astype(np.float32)])
+    ref = torch.from_numpy(x).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    np.testing.assert_array_equal(to_bf16(x), ref)
+    assert np.isnan(from_bf16(to_bf16(np.array([np.nan], np.float32)))).all()
+    np.testing.assert_array_equal(from_bf16(ref), torch.from_numpy(ref.view(np.int16)).view(torch.bfloat16).float().numpy())
+
+
+@pytest.mark.parametrize("M,Kd,N", [(1, 1, 1), (1, 129, 70), (3, 1000, 2100), (4, 33, 17), (5, 300, 513), (77, 257, 130)])
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_matmul_reads_bf16_weights(variant, M, Kd, N, transposed, threads):
+    rng = np.random.default_rng(M + Kd)
+    A = rng.standard_normal((M, Kd), dtype=np.float32)
+    B16 = to_bf16(rng.standard_normal((Kd, N), dtype=np.float32))
+    bias = rng.standard_normal(N, dtype=np.float32)
+    ref = A.astype(np.float64) @ from_bf16(B16) + bias
+    before = _core.get_num_threads()
+    _core.set_num_threads(threads)
+    try:
+        out = K.matmul(A, np.ascontiguousarray(B16.T) if transposed else B16, bias, transposed)
+    finally:
+        _core.set_num_threads(before)
+    assert np.abs(out - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+def rounded_twin(model: Model) -> Model:
+    """A float32 model whose matrices hold exactly the bf16 model's values."""
+    core = bf16_core_weights(model._weights)
+    widened = {k: (from_bf16(v) if isinstance(v, np.ndarray) and v.dtype == np.uint16 else v)
+               for k, v in core.items() if k != "layers"}
+    widened["layers"] = [{k: (from_bf16(v) if isinstance(v, np.ndarray) and v.dtype == np.uint16 else v)
+                          for k, v in layer.items()} for layer in core["layers"]]
+    return Model(model.cfg, widened, model.tokenizer)
+
+
+def build(kind: str, path):
+    if kind in SHAPES:
+        make_hf_gpt2(path, **SHAPES[kind])
+    elif kind == "gpt2_untied":
+        make_hf_gpt2(path, tie_word_embeddings=False, **SHAPES["odd"])
+    else:
+        make_hf_llama(path, **LLAMA_SHAPES[kind])
+    return tm.load(path, dtype="bf16"), tm.load(path)
+
+
+@pytest.fixture(scope="module", params=["small", "odd", "gpt2_untied", "gqa", "mha_tied"])
+def models(request, tmp_path_factory):
+    bf16, f32 = build(request.param, tmp_path_factory.mktemp(request.param))
+    return bf16, f32, rounded_twin(f32)
+
+
+def test_bf16_equals_float32_on_rounded_weights(models, variant):
+    bf16, _, twin = models
+    rng = np.random.default_rng(1)
+    for batch, length in ((1, 1), (2, 7), (1, bf16.cfg.n_ctx)):
+        tokens = rng.integers(0, bf16.cfg.d_vocab, (batch, length))
+        assert rel_err(bf16(tokens), twin(tokens)) <= TOL
+
+
+def test_bf16_cached_decode_and_hooks(models):
+    bf16, _, twin = models
+    tokens = np.random.default_rng(2).integers(0, bf16.cfg.d_vocab, (2, 12))
+    cache = bf16.new_cache(batch=2)
+    bf16.forward(tokens[:, :6], cache=cache)
+    steps = [bf16.forward(tokens[:, t : t + 1], cache=cache, logits="last") for t in range(6, 12)]
+    assert rel_err(np.stack(steps, axis=1), twin(tokens)[:, 6:]) <= TOL
+    names = ["blocks.0.attn.hook_pattern", "blocks.1.hook_mlp_out", "ln_final.hook_normalized"]
+    _, ours = bf16.run_with_cache(tokens, names_filter=names)
+    _, ref = twin.run_with_cache(tokens, names_filter=names)
+    for name in names:
+        assert rel_err(ours[name], ref[name]) <= TOL, name
+
+
+def test_bf16_error_against_float32_is_bounded(models):
+    """Only the weights are rounded (8-bit mantissa, relative error ≤ 2^-9 each),
+    so logits move by a small fraction of their range (random weights
+    amplify it more than trained ones; the demo model is checked below)."""
+    bf16, f32, _ = models
+    tokens = np.random.default_rng(3).integers(0, bf16.cfg.d_vocab, (2, bf16.cfg.n_ctx))
+    ours, ref = bf16(tokens), f32(tokens)
+    assert 0 < np.abs(ours - ref).max() <= 0.05 * np.abs(ref).max()
+    assert bf16.dtype == "bf16" and f32.dtype == "float32" and "bf16" in repr(bf16)
+    assert bf16.W_U.dtype == np.float32  # the Python side keeps float32 weights
+
+
+def test_demo_model_bf16_predicts_like_float32():
+    f32, bf16 = tm.load(), tm.load(dtype="bf16")
+    tokens = f32.to_tokens("It is a truth universally acknowledged, that a single man in possession of a good fortune")
+    ours, ref = bf16(tokens)[0], f32(tokens)[0]
+    assert np.abs(ours - ref).max() <= 0.01 * np.abs(ref).max()
+    assert (ours.argmax(-1) == ref.argmax(-1)).mean() >= 0.95
+
+
+@pytest.mark.parametrize("bad", ["float16", "int8", "", None])
+def test_unknown_dtype_is_refused(bad, tmp_path):
+    with pytest.raises(ValueError, match="dtype must be 'float32' or 'bf16'"):
+        tm.load(dtype=bad)

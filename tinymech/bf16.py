@@ -1,0 +1,60 @@
+"""The bf16 weight mode: the core reads its weight matrices as bfloat16.
+
+A bfloat16 is the upper half of a float32's bits (same exponent range, 8 bits
+of mantissa), so it is stored as uint16 and widened by a shift as the kernels
+read it. Only the matrices are converted (embeddings, attention and MLP
+weights, the unembedding): they are almost all the bytes a decoded token
+streams. Biases, norms and positional embeddings stay float32, and so does
+all arithmetic, so the only error is the rounding of the weights themselves.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+MATRIX_KEYS = ("wte", "unembed")
+LAYER_MATRIX_KEYS = ("qkv_w", "out_w", "gate_w", "fc_w", "proj_w")
+DTYPES = {"float32": "float32", "fp32": "float32", "f32": "float32", "bf16": "bf16", "bfloat16": "bf16"}
+
+
+def canonical_dtype(dtype: str) -> str:
+    try:
+        return DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise ValueError(f"dtype must be 'float32' or 'bf16', not {dtype!r}") from None
+
+
+def to_bf16(x: np.ndarray, chunk: int = 1 << 22) -> np.ndarray:
+    """float32 -> bfloat16 bits (uint16), rounding to nearest, ties to even;
+    NaN stays NaN. Converted in chunks so a large matrix needs little scratch."""
+    flat = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+    out = np.empty(flat.shape, dtype=np.uint16)
+    for i in range(0, flat.size, chunk):
+        bits = flat[i : i + chunk].view(np.uint32)
+        rounded = (bits + (np.uint32(0x7FFF) + ((bits >> 16) & 1))) >> 16
+        rounded = np.where(np.isnan(flat[i : i + chunk]), np.uint32(0x7FC0), rounded)
+        out[i : i + chunk] = rounded.astype(np.uint16)
+    return out.reshape(x.shape)
+
+
+def from_bf16(h: np.ndarray) -> np.ndarray:
+    """bfloat16 bits (uint16) -> float32, exactly."""
+    return (h.astype(np.uint32) << 16).view(np.float32)
+
+
+def bf16_core_weights(weights: dict) -> dict:
+    """A copy of the core's weight dict with its matrices in bfloat16; a matrix
+    shared by two entries (tied embeddings) is converted once."""
+    converted: dict[int, np.ndarray] = {}
+
+    def convert(a):
+        if a is None:
+            return None
+        if id(a) not in converted:
+            converted[id(a)] = to_bf16(a)
+        return converted[id(a)]
+
+    out = {k: (convert(v) if k in MATRIX_KEYS else v) for k, v in weights.items() if k != "layers"}
+    out["layers"] = [
+        {k: (convert(v) if k in LAYER_MATRIX_KEYS else v) for k, v in layer.items()} for layer in weights["layers"]
+    ]
+    return out

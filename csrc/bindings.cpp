@@ -24,6 +24,14 @@ using FloatArray = py::array_t<float, py::array::c_style>;
 
 namespace {
 
+// A numpy array that takes over a captured buffer, without copying it.
+FloatArray to_numpy(tmech::FloatBuffer&& data, const std::vector<int64_t>& shape) {
+  float* raw = data.release();
+  py::capsule owner(raw, [](void* p) { tmech::FreeFloats()(static_cast<float*>(p)); });
+  std::vector<py::ssize_t> dims(shape.begin(), shape.end());
+  return FloatArray(dims, raw, owner);
+}
+
 // A numpy array that owns a std::vector's storage, without copying it.
 FloatArray to_numpy(std::vector<float>&& data, const std::vector<int64_t>& shape) {
   auto* owned = new std::vector<float>(std::move(data));

@@ -1,7 +1,9 @@
 #include "hooks.hpp"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <new>
 #include <stdexcept>
 
 namespace tmech {
@@ -155,8 +157,8 @@ void HookPlan::apply(int id, const View& v) {
                                 hook_name(id, n_layers_));
     switch (e.type) {
       case EditType::capture: {
-        Captured c{v.tl_shape(), std::vector<float>(static_cast<size_t>(v.numel()))};
-        copy_to_tl(v, c.data.data());
+        Captured c{v.tl_shape(), alloc_floats(v.numel())};
+        copy_to_tl(v, c.data.get());
         captured_.emplace_back(id, std::move(c));
         break;
       }
@@ -204,6 +206,14 @@ void HookPlan::apply(int id, const View& v) {
       }
     }
   }
+}
+
+void FreeFloats::operator()(float* p) const { std::free(p); }
+
+FloatBuffer alloc_floats(int64_t n) {
+  void* p = std::malloc(static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(float));
+  if (!p) throw std::bad_alloc();
+  return FloatBuffer(static_cast<float*>(p));
 }
 
 }  // namespace tmech

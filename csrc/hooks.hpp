@@ -99,9 +99,19 @@ struct Edit {
   std::shared_ptr<HookCallback> callback;
 };
 
+// Captured values go to numpy without a copy, in uninitialized memory.
+struct FreeFloats {
+  void operator()(float* p) const;
+};
+using FloatBuffer = std::unique_ptr<float[], FreeFloats>;
+// n floats, uninitialized: a run_with_cache of a long prompt fills hundreds
+// of MB, and zeroing them first would cost as much as the copy itself.
+// (Transparent huge pages were tried: slower here, compaction on fault.)
+FloatBuffer alloc_floats(int64_t n);
+
 struct Captured {
   std::vector<int64_t> shape;  // TL order
-  std::vector<float> data;
+  FloatBuffer data;
 };
 
 class HookPlan {

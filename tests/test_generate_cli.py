@@ -82,6 +82,15 @@ def test_cli_generate_matches_python(model_dir, model):
     assert res.stdout.rstrip("\n") == model.generate("The cat", max_new_tokens=8)
 
 
+def test_cli_generate_bf16_matches_python(model_dir):
+    bf16 = tm.load(model_dir, dtype="bf16")
+    res = run_cli("generate", "--model", str(model_dir), "--dtype", "bf16", "The cat", "-n", "8")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.rstrip("\n") == bf16.generate("The cat", max_new_tokens=8)
+    info = run_cli("info", "--model", str(model_dir), "--dtype", "bf16")
+    assert info.returncode == 0 and "bf16 weights" in info.stdout
+
+
 def test_cli_info(model_dir):
     res = run_cli("info", "--model", str(model_dir))
     assert res.returncode == 0 and "n_layers: 3" in res.stdout and "hook points" in res.stdout

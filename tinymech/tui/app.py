@@ -69,12 +69,12 @@ def bundled_saes(model_dir: str | None) -> list[Path]:
     return sorted(p.parent for p in Path(model_dir).glob("saes/*/cfg.json"))
 
 
-def run_tui(model_path=None, sae_paths: Sequence = (), prompt: str | None = None) -> None:
+def run_tui(model_path=None, sae_paths: Sequence = (), prompt: str | None = None, dtype: str = "float32") -> None:
     """Load the model (None: the bundled demo model) and SAEs (none given: those
     shipped in the model's saes/ folder), then run the app. A model or SAE that
     cannot be used prints one line and exits with status 2."""
     try:
-        model = tm.load(model_path)
+        model = tm.load(model_path, dtype=dtype)
         paths = list(sae_paths) or bundled_saes(model.path)
         app = make_app(model, [SAE.load(p) for p in paths], prompt)
     except (tm.TinymechError, OSError) as e:

@@ -21,6 +21,9 @@ from timing import (best_measured, best_time, hf_decode_seconds, random_tokens, 
 # the issue's targets, as tinymech speed / HF fp32 speed
 PREFILL_TARGET = {512: target(">=", 2.4)}
 DECODE_TARGET = target(">=", 2.2)
+# bf16 weight mode: decode vs HF fp32, prefill vs HF bf16
+BF16_DECODE_TARGET = target(">=", 4.4)
+BF16_PREFILL_TARGET = target(">=", 1.2)
 
 
 def forward_rows(model, hf, *, tokens=(128, 512, 1024), decode_tokens: int = 32, prompt_tokens: int = 128,
@@ -49,6 +52,43 @@ def forward_rows(model, hf, *, tokens=(128, 512, 1024), decode_tokens: int = 32,
     rows.append(row(f"{prefix}decode", f"{prefix}decode after {prompt_tokens} tokens", decode_tokens / ours,
                     decode_tokens / ref, "tok/s", ref / ours, ref_name="HF", seconds=ours / decode_tokens,
                     tokens=decode_tokens, prompt=prompt_tokens, target=DECODE_TARGET if targets else None))
+    return rows
+
+
+def bf16_rows(path, model, hf, *, prefill_tokens: int = 512, decode_tokens: int = 32, prompt_tokens: int = 128,
+              repeats: int = 3, fp32_rows=None) -> list:
+    """tinymech's bf16 weight mode (loaded from `path`): decode vs HF fp32
+    (reusing fp32_rows' HF decode when given), prefill vs HF in bfloat16, and
+    the largest logit difference from the float32 `model`."""
+    import copy
+
+    import numpy as np
+    import torch
+
+    import tinymech as tm
+
+    bf16 = tm.load(path, dtype="bf16")
+    vocab = model.cfg.d_vocab
+    prompt = random_tokens(vocab, prompt_tokens, seed=1)
+    ours = best_measured(lambda: tinymech_decode_seconds(bf16, prompt, decode_tokens), repeats)
+    hf_decode = next((r for r in fp32_rows or () if r["id"] == "decode"), None)
+    ref = (decode_tokens / hf_decode["reference"] if hf_decode
+           else best_measured(lambda: hf_decode_seconds(hf, prompt, decode_tokens), repeats))
+    rows = [row("bf16-decode", f"bf16 weights: decode after {prompt_tokens} tokens", decode_tokens / ours,
+                decode_tokens / ref, "tok/s", ref / ours, ref_name="HF fp32", target=BF16_DECODE_TARGET)]
+    ids = random_tokens(vocab, prefill_tokens, seed=prefill_tokens)
+    hf16 = copy.deepcopy(hf).to(torch.bfloat16)
+    tt = torch.as_tensor(ids)
+    ours = best_time(lambda: bf16(ids), repeats)
+    with torch.inference_mode():
+        ref = best_time(lambda: hf16(tt).logits, repeats)
+    rows.append(row("bf16-prefill", f"bf16 weights: prefill {prefill_tokens} tokens, all logits",
+                    prefill_tokens / ours, prefill_tokens / ref, "tok/s", ref / ours, ref_name="HF bf16",
+                    target=BF16_PREFILL_TARGET))
+    exact = model(ids)
+    err = float(np.abs(bf16(ids) - exact).max())
+    rows.append(row("bf16-error", "bf16 weights: max |logit - fp32 logit|", err, float(np.abs(exact).max()), "",
+                    ref_name="max |fp32 logit|", note="random weights"))
     return rows
 
 

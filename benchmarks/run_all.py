@@ -7,6 +7,7 @@ the machine.
 
 Benchmarks (--only takes any of these names, comma-separated):
   forward   prefill 128/512/1024 tokens and decode vs HF transformers  (bench_forward.py)
+  bf16      bf16 weight mode: decode vs HF fp32, prefill vs HF bf16      (bench_forward.py)
   hooks     run_with_cache vs plain forward and vs TransformerLens       (bench_hooks.py)
   sae       SAE encode / decode vs SAELens                               (bench_sae.py)
   roofline  matmul GF/s vs numpy and FMA peak; memory bandwidth          (roofline.py)
@@ -28,8 +29,8 @@ import sys
 import time
 import warnings
 
-BENCHMARKS = ("forward", "hooks", "sae", "roofline", "load", "rss", "length", "threads", "llamacpp", "smollm2")
-NEEDS_GPT2 = {"forward", "hooks", "load", "rss", "length", "threads", "llamacpp"}
+BENCHMARKS = ("forward", "bf16", "hooks", "sae", "roofline", "load", "rss", "length", "threads", "llamacpp", "smollm2")
+NEEDS_GPT2 = {"forward", "bf16", "hooks", "load", "rss", "length", "threads", "llamacpp"}
 TITLES = {"llamacpp": "llama.cpp", "smollm2": "SmolLM2"}
 
 
@@ -50,7 +51,7 @@ def parse_args(argv=None):
 
 def run(args) -> tuple:
     """Runs the chosen benchmarks; returns (rows, [(name, reason)] of the skipped)."""
-    from bench_forward import forward_rows
+    from bench_forward import bf16_rows, forward_rows
     from bench_hooks import hooks_rows, make_tl
     from bench_llamacpp import llamacpp_rows
     from bench_sae import sae_rows
@@ -79,6 +80,8 @@ def run(args) -> tuple:
             for name in chosen:
                 if name == "forward":
                     step(name, lambda: forward_rows(model, hf, repeats=reps))
+                elif name == "bf16":
+                    step(name, lambda: bf16_rows(path, model, hf, repeats=reps, fp32_rows=by_name.get("forward")))
                 elif name == "hooks":
                     step(name, lambda: hooks_rows(model, make_tl(hf), repeats=reps))
                 elif name == "load":

@@ -11,11 +11,9 @@ forward_rows(model, hf, ...) returns the measurements as report rows.
 """
 from __future__ import annotations
 
-import argparse
-import os
 
 from report import row, target
-from timing import (best_measured, best_time, hf_decode_seconds, random_tokens, tinymech_decode_seconds,
+from timing import (bench_parser, best_measured, best_time, hf_decode_seconds, random_tokens, tinymech_decode_seconds,
                     tinymech_prefill_seconds)
 
 # the issue's targets, as tinymech speed / HF fp32 speed
@@ -104,10 +102,7 @@ def print_forward_rows(rows) -> None:
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--layers", type=int, default=12)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser = bench_parser(__doc__.splitlines()[0])
     parser.add_argument("--decode-tokens", type=int, default=32)
     args = parser.parse_args()
 

@@ -9,9 +9,7 @@ rows; it raises report.Skipped("not installed") without llama-bench.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import shutil
 import subprocess
 import tempfile
@@ -20,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from report import Skipped, find, row
-from timing import best_measured, random_tokens, tinymech_decode_seconds, tinymech_prefill_seconds
+from timing import bench_parser, best_measured, random_tokens, tinymech_decode_seconds, tinymech_prefill_seconds
 
 
 def _byte_tokens() -> list:
@@ -137,10 +135,7 @@ def llamacpp_rows(hf, model, threads: int, *, repeats: int = 3, prompt: int = 51
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--layers", type=int, default=12)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser = bench_parser(__doc__.splitlines()[0])
     args = parser.parse_args()
 
     import tinymech as tm

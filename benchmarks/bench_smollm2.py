@@ -12,10 +12,9 @@ prefixed "SmolLM2 "); it raises report.Skipped when the GGUF is not installed.
 """
 from __future__ import annotations
 
-import argparse
-import os
 
 from bench_forward import forward_rows, print_forward_rows
+from timing import bench_parser
 from report import Skipped
 
 
@@ -38,9 +37,7 @@ def smollm2_rows(*, tokens=(128, 512), decode_tokens: int = 32, repeats: int = 3
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--repeats", type=int, default=3)
+    parser = bench_parser(__doc__.splitlines()[0], layers=False)
     parser.add_argument("--decode-tokens", type=int, default=32)
     args = parser.parse_args()
 

@@ -12,7 +12,6 @@ each return report rows.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import struct
@@ -21,7 +20,7 @@ import sys
 from pathlib import Path
 
 from report import Skipped, find, row, target
-from timing import best_time, tinymech_prefill_seconds
+from timing import bench_parser, best_time, tinymech_prefill_seconds
 
 LOAD_TARGET = target("<", 0.5, of="value")  # seconds
 RSS_TARGET = target("<=", 1.15)  # peak RSS growth / weight bytes
@@ -123,10 +122,7 @@ def thread_scaling_rows(model, repeats: int = 3, tokens: int = 512) -> list:
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--layers", type=int, default=12)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser = bench_parser(__doc__.splitlines()[0])
     args = parser.parse_args()
 
     import tinymech as tm

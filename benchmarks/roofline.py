@@ -14,13 +14,11 @@ roofline_rows(threads, repeats) returns the measurements as report rows.
 """
 from __future__ import annotations
 
-import argparse
-import os
 
 import numpy as np
 
 from report import row
-from timing import best_time
+from timing import bench_parser, best_time
 
 SHAPES = [(512, 768, 2304), (512, 768, 3072), (512, 3072, 768), (512, 768, 768), (512, 768, 50257)]
 
@@ -75,9 +73,7 @@ def _roofline_rows(repeats: int) -> list:
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--repeats", type=int, default=3)
+    parser = bench_parser(__doc__.splitlines()[0], layers=False)
     args = parser.parse_args()
 
     import tinymech as tm

@@ -3,6 +3,8 @@ after a warm-up, which is the least noisy estimate on a busy machine."""
 from __future__ import annotations
 
 import statistics
+import argparse
+import os
 import time
 
 import numpy as np
@@ -73,3 +75,14 @@ def tinymech_prefill_seconds(model, n: int, repeats: int = 3) -> float:
     """Best seconds of a tinymech forward over n random tokens (all positions' logits)."""
     tokens = random_tokens(model.cfg.d_vocab, n, seed=n)
     return best_time(lambda: model(tokens), repeats)
+
+
+def bench_parser(description: str | None = None, *, layers: bool = True, repeats: int = 3) -> argparse.ArgumentParser:
+    """The options every benchmark script shares: --threads, --repeats and
+    (for the GPT-2-small-shaped model) --layers."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for tinymech and torch")
+    if layers:
+        parser.add_argument("--layers", type=int, default=12, help="layers of the GPT-2-small-shaped model")
+    parser.add_argument("--repeats", type=int, default=repeats, help="timed runs per measurement")
+    return parser

@@ -290,7 +290,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1.5e-3)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--weight-decay", type=float, default=0.1)
-    parser.add_argument("--repeat-share", type=float, default=0.3)
+    parser.add_argument("--repeat-share", type=float, default=0.6)
     parser.add_argument("--max-copies", type=int, default=4, help="a repeated span appears 2..max_copies times")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true")

@@ -55,3 +55,13 @@ def tl_gpt2():
         return built[key][1]
 
     return make
+
+
+@pytest.fixture(params=tm._core.kernels.available())
+def variant(request):
+    """Runs a test once per SIMD kernel variant this CPU supports, then restores the default."""
+    kernels = tm._core.kernels
+    default = kernels.variant()
+    kernels.select(request.param)
+    yield request.param
+    kernels.select(default)

@@ -19,12 +19,6 @@ K = _core.kernels
 TOL = 1e-4
 
 
-@pytest.fixture(params=K.available())
-def variant(request):
-    default = K.variant()
-    K.select(request.param)
-    yield request.param
-    K.select(default)
 
 
 def test_rounding_matches_torch():

@@ -8,12 +8,6 @@ K = _core.kernels
 VARIANTS = K.available()
 
 
-@pytest.fixture(params=VARIANTS)
-def variant(request):
-    default = K.variant()
-    K.select(request.param)
-    yield request.param
-    K.select(default)
 
 
 def test_best_variant_is_default():

@@ -29,7 +29,7 @@ void matmul_split_k(const MatmulArgs& base) {
         a.bias = nullptr;
         a.C = partial;
         a.ldc = N;
-        a.accumulate = false;
+        a.accumulate = used[static_cast<size_t>(t)] != 0;  // this thread's second chunk adds to its first
         a.scratch = partial + partial_floats;
         kt.matmul_cols(a, 0, N);
         used[static_cast<size_t>(t)] = 1;

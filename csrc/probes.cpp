@@ -25,15 +25,17 @@ double fma_peak_gflops(double seconds) {
     kt.fma_chains(iters);
     return (now() - t0) / static_cast<double>(iters);
   }();
-  iters = std::max<int64_t>(1, static_cast<int64_t>(seconds / per_iter));
-  const int threads = num_threads();
+  // Many small pieces, so every thread stays busy to the end whichever takes which.
+  constexpr int64_t kPiecesPerThread = 32;
+  iters = std::max<int64_t>(1, static_cast<int64_t>(seconds / per_iter / kPiecesPerThread));
+  const int64_t pieces = num_threads() * kPiecesPerThread;
   std::atomic<float> sink{0.f};
   const double t0 = now();
-  parallel_for(threads, [&](int64_t b, int64_t e, int) {
+  parallel_for(pieces, [&](int64_t b, int64_t e, int) {
     for (int64_t i = b; i < e; ++i) sink = sink + kt.fma_chains(iters);
   });
   const double elapsed = now() - t0;
-  return static_cast<double>(kt.fma_chains_flops(iters)) * threads / elapsed / 1e9;
+  return static_cast<double>(kt.fma_chains_flops(iters)) * pieces / elapsed / 1e9;
 }
 
 double read_bandwidth_gbs(int64_t bytes, int repeats) {

@@ -1,6 +1,7 @@
 // One process-wide thread pool, sized once (all hardware threads by default)
-// and resizable with set_num_threads. parallel_for splits [0, n) into one
-// contiguous range per thread; the calling thread takes the first range.
+// and resizable with set_num_threads. parallel_for splits [0, n) into
+// contiguous chunks, which the calling thread and the workers take in turn:
+// a thread may run several chunks, one after the other, with its own index.
 // Calls from two Python threads at once are serialized; a call from inside
 // a pool task runs inline.
 #pragma once
@@ -12,7 +13,8 @@ namespace tmech {
 void set_num_threads(int n);  // n <= 0: all hardware threads
 int num_threads();
 
-// fn(begin, end, thread_index). Ranges are split on multiples of `align`.
+// fn(begin, end, thread_index), once per chunk. Chunks are split on multiples
+// of `align`; two chunks with the same thread_index never run at once.
 void parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn,
                   int64_t align = 1);
 

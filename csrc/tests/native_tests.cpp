@@ -2,6 +2,7 @@
 // naive double-precision reference, and the forward pass's invariants
 // (prefill = cached decode, thread counts agree, hooks keep shapes, bad input
 // throws). CI runs this binary built with AddressSanitizer and UBSan.
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <functional>
@@ -313,8 +314,37 @@ void test_forward(std::mt19937& rng, bool llama) {
 
 }  // namespace
 
+// Every index of every parallel_for is visited exactly once, whatever the
+// thread count, size and alignment, including calls nested inside a task and
+// calls back to back (workers joining late must not rerun or miss chunks).
+void test_parallel_for() {
+  for (int threads : {1, 2, 3, 5}) {
+    set_num_threads(threads);
+    std::atomic<bool> ok{true};
+    for (int64_t n : {1, 2, 7, 64, 65, 1000, 4097})
+      for (int64_t align : {1, 3, 64}) {
+        for (int rep = 0; rep < 20; ++rep) {
+          std::vector<int> seen(static_cast<size_t>(n), 0);
+          std::vector<int> busy(static_cast<size_t>(threads), 0);
+          parallel_for(n, [&](int64_t b, int64_t e, int t) {
+            if (t < 0 || t >= threads || busy[static_cast<size_t>(t)]++ != 0) ok = false;  // one chunk per index at a time
+            if (b % align != 0) ok = false;
+            for (int64_t i = b; i < e; ++i) ++seen[static_cast<size_t>(i)];
+            parallel_for(3, [&](int64_t, int64_t, int inner) { if (inner != t) ok = false; });  // nested: inline
+            --busy[static_cast<size_t>(t)];
+          }, align);
+          for (int v : seen)
+            if (v != 1) ok = false;
+        }
+      }
+    check(ok, "parallel_for covers every index once with " + std::to_string(threads) + " threads");
+  }
+  set_num_threads(0);
+}
+
 int main() {
   std::mt19937 rng(1234);
+  test_parallel_for();
   const KernelTable* variants[8];
   const int n = kernels::available(variants, 8);
   for (int i = 0; i < n && i < 8; ++i) {

@@ -86,9 +86,12 @@ def peak_rss_rows(path, threads: int, tokens: int = 512) -> list:
     peak = _peak_rss("run", path, tokens, threads)
     weights = weight_bytes(path)
     growth = peak - base
+    vocab = json.loads((Path(path) / "config.json").read_text())["vocab_size"]
+    logits = tokens * vocab * 4  # the float32 logits the forward returns
     return [row("peak-rss", f"peak RSS growth, load + {tokens}-token forward / weights", growth / 2**20,
                 weights / 2**20, "MiB", growth / weights, ref_name="weights", target=RSS_TARGET,
-                note=f"import baseline {base / 2**20:.0f} MiB")]
+                note=f"import baseline {base / 2**20:.0f} MiB; {(growth - logits) / weights:.2f}× without the "
+                     f"{logits / 2**20:.0f} MiB of logits returned")]
 
 
 def length_scaling_rows(model, repeats: int = 3, forward_rows=None) -> list:

@@ -1,5 +1,7 @@
 #include "hooks.hpp"
 
+#include "threads.hpp"
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -52,13 +54,21 @@ void for_each_block(const View& v, const Edit& e, F f) {
     }
 }
 
+// Split over positions between threads: a long prompt's cache is hundreds of
+// MB of fresh memory, and one thread copying (and faulting it in) would leave
+// the others idle.
 void copy_to_tl(const View& v, float* out) {
-  const int64_t heads = v.ndim == 4 ? v.shape[2] : 1, inner = v.shape[v.ndim - 1];
-  TlIndex idx{heads, v.shape[1], inner, v.head_before_pos};
-  Edit all;
-  for_each_block(v, all, [&](const float* blk, int64_t b, int64_t t, int64_t h) {
-    std::memcpy(out + idx(b, t, h), blk, static_cast<size_t>(inner) * sizeof(float));
-  });
+  const int64_t heads = v.ndim == 4 ? v.shape[2] : 1, inner = v.shape[v.ndim - 1], T = v.shape[1];
+  TlIndex idx{heads, T, inner, v.head_before_pos};
+  const int64_t rows_per_unit = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, heads * inner));
+  parallel_for(v.shape[0] * T, [&](int64_t r0, int64_t r1, int) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / T, t = r % T;
+      for (int64_t h = 0; h < heads; ++h)
+        std::memcpy(out + idx(b, t, h), v.data + b * v.stride[0] + t * v.stride[1] + (v.ndim == 4 ? h * v.stride[2] : 0),
+                    static_cast<size_t>(inner) * sizeof(float));
+    }
+  }, rows_per_unit);
 }
 
 void copy_from_tl(const View& v, const float* in) {

@@ -48,13 +48,18 @@ def _roofline_rows(repeats: int) -> list:
     rows = []
     if peak is not None:
         rows.append(row("fma-peak", "FMA peak, native probe (GF/s)", peak, unit="GF/s"))
+    problems = []
     for M, K, N in SHAPES:
-        A = rng.standard_normal((M, K), dtype=np.float32)
         transposed = N == 50257  # the unembedding is stored [vocab, d_model]
         B = rng.standard_normal((N, K) if transposed else (K, N), dtype=np.float32)
+        problems.append((M, K, N, rng.standard_normal((M, K), dtype=np.float32), B, transposed))
+    # All of tinymech's timings first: numpy's BLAS threads keep spinning for a
+    # while after each call and would steal a core from the next measurement.
+    ours_s = [best_time(lambda: kernels.matmul(A, B, None, t), repeats) for _, _, _, A, B, t in problems]
+    ref_s = [best_time(lambda: A @ (B.T if t else B), repeats) for _, _, _, A, B, t in problems]
+    for (M, K, N, _, _, _), t_ours, t_ref in zip(problems, ours_s, ref_s):
         flops = 2 * M * K * N
-        ours = flops / best_time(lambda: kernels.matmul(A, B, None, transposed), repeats) / 1e9
-        ref = flops / best_time(lambda: A @ (B.T if transposed else B), repeats) / 1e9
+        ours, ref = flops / t_ours / 1e9, flops / t_ref / 1e9
         share = ours / peak if peak else None
         rows.append(row(f"matmul-{M}x{K}x{N}", f"matmul {M}x{K}x{N}", ours, ref, "GF/s", ours / ref,
                         ref_name="numpy", note=f"{share:.0%} of FMA peak" if share else "", peak_share=share))

@@ -185,20 +185,6 @@ void matmul_small_rows(const MatmulArgs& a, const W* Bw, int64_t n_begin, int64_
   }
 }
 
-// x · w over n elements of a float32 or bfloat16 weight row.
-float dot_w(const float* x, const float* w, int64_t n) { return dot(x, w, n); }
-float dot_w(const float* x, const uint16_t* w, int64_t n) {
-  vf s0 = vzero(), s1 = vzero();
-  int64_t i = 0;
-  for (; i + 2 * VL <= n; i += 2 * VL) {
-    s0 = vfma(vload(x + i), vload_bf16(w + i), s0);
-    s1 = vfma(vload(x + i + VL), vload_bf16(w + i + VL), s1);
-  }
-  float s = vsum(vadd(s0, s1));
-  for (; i < n; ++i) s += x[i] * bf16_to_float(w[i]);
-  return s;
-}
-
 // Few rows, B's columns contiguous in k ([N, K] row-major, an unembedding):
 // each output is one dot product over a row of the weight matrix.
 template <class W>

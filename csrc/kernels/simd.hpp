@@ -158,6 +158,22 @@ static inline vf vload_w(const uint16_t* p) { return vload_bf16(p); }
 static inline float load_w(const float* p) { return *p; }
 static inline float load_w(const uint16_t* p) { return bf16_to_float(*p); }
 
+// x · w over n elements, w float32 or bfloat16. Two accumulators hide the FMA
+// latency on short rows such as d_head = 64.
+template <class W>
+static inline float dot_w(const float* x, const W* w, int64_t n) {
+  vf s0 = vzero(), s1 = vzero();
+  int64_t i = 0;
+  for (; i + 2 * VL <= n; i += 2 * VL) {
+    s0 = vfma(vload(x + i), vload_w(w + i), s0);
+    s1 = vfma(vload(x + i + VL), vload_w(w + i + VL), s1);
+  }
+  for (; i + VL <= n; i += VL) s0 = vfma(vload(x + i), vload_w(w + i), s0);
+  float s = vsum(vadd(s0, s1));
+  for (; i < n; ++i) s += x[i] * load_w(w + i);
+  return s;
+}
+
 // Tails: go through a zero-padded stack buffer so no load or store ever
 // touches memory past n floats.
 static inline vf vload_part(const float* p, int64_t n) {

@@ -8,18 +8,7 @@ namespace tmech {
 namespace TM_ARCH {
 using namespace tm_simd;
 
-float dot(const float* a, const float* b, int64_t n) {
-  // Two accumulators hide the FMA latency on short rows such as d_head = 64.
-  vf s0 = vzero(), s1 = vzero();
-  int64_t i = 0;
-  for (; i + 2 * VL <= n; i += 2 * VL) {
-    s0 = vfma(vload(a + i), vload(b + i), s0);
-    s1 = vfma(vload(a + i + VL), vload(b + i + VL), s1);
-  }
-  for (; i + VL <= n; i += VL) s0 = vfma(vload(a + i), vload(b + i), s0);
-  if (i < n) s1 = vfma(vload_part(a + i, n - i), vload_part(b + i, n - i), s1);
-  return vsum(vadd(s0, s1));
-}
+float dot(const float* a, const float* b, int64_t n) { return dot_w(a, b, n); }
 
 void axpy(float* y, float alpha, const float* x, int64_t n) {
   vf va = vset1(alpha);

@@ -1,12 +1,12 @@
 #include "hooks.hpp"
 
-#include "threads.hpp"
-
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <new>
 #include <stdexcept>
+
+#include "threads.hpp"
 
 namespace tmech {
 namespace {
@@ -40,6 +40,11 @@ struct TlIndex {
   }
 };
 
+// The contiguous innermost block of activation (b, t, h).
+float* block_at(const View& v, int64_t b, int64_t t, int64_t h) {
+  return v.data + b * v.stride[0] + t * v.stride[1] + (v.ndim == 4 ? h * v.stride[2] : 0);
+}
+
 // Calls f(block, b, t, h) for every selected contiguous innermost block.
 template <class F>
 void for_each_block(const View& v, const Edit& e, F f) {
@@ -49,35 +54,32 @@ void for_each_block(const View& v, const Edit& e, F f) {
       if (!selected(e.positions, v.pos_offset + t)) continue;
       for (int64_t h = 0; h < heads; ++h) {
         if (!selected(e.heads, h)) continue;
-        f(v.data + b * v.stride[0] + t * v.stride[1] + (v.ndim == 4 ? h * v.stride[2] : 0), b, t, h);
+        f(block_at(v, b, t, h), b, t, h);
       }
     }
 }
 
-// Split over positions between threads: a long prompt's cache is hundreds of
-// MB of fresh memory, and one thread copying (and faulting it in) would leave
-// the others idle.
-void copy_to_tl(const View& v, float* out) {
+// Copies the whole activation into (to_tl) or out of a contiguous TL-ordered
+// buffer, split over positions between threads: a long prompt's cache is
+// hundreds of MB of fresh memory, and one thread copying (and faulting it in)
+// would leave the others idle.
+void copy_tl(const View& v, float* tl, bool to_tl) {
   const int64_t heads = v.ndim == 4 ? v.shape[2] : 1, inner = v.shape[v.ndim - 1], T = v.shape[1];
-  TlIndex idx{heads, T, inner, v.head_before_pos};
+  const TlIndex idx{heads, T, inner, v.head_before_pos};
+  const size_t bytes = static_cast<size_t>(inner) * sizeof(float);
   const int64_t rows_per_unit = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, heads * inner));
   parallel_for(v.shape[0] * T, [&](int64_t r0, int64_t r1, int) {
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t b = r / T, t = r % T;
-      for (int64_t h = 0; h < heads; ++h)
-        std::memcpy(out + idx(b, t, h), v.data + b * v.stride[0] + t * v.stride[1] + (v.ndim == 4 ? h * v.stride[2] : 0),
-                    static_cast<size_t>(inner) * sizeof(float));
+      for (int64_t h = 0; h < heads; ++h) {
+        float* blk = block_at(v, b, t, h);
+        if (to_tl)
+          std::memcpy(tl + idx(b, t, h), blk, bytes);
+        else
+          std::memcpy(blk, tl + idx(b, t, h), bytes);
+      }
     }
   }, rows_per_unit);
-}
-
-void copy_from_tl(const View& v, const float* in) {
-  const int64_t heads = v.ndim == 4 ? v.shape[2] : 1, inner = v.shape[v.ndim - 1];
-  TlIndex idx{heads, v.shape[1], inner, v.head_before_pos};
-  Edit all;
-  for_each_block(v, all, [&](float* blk, int64_t b, int64_t t, int64_t h) {
-    std::memcpy(blk, in + idx(b, t, h), static_cast<size_t>(inner) * sizeof(float));
-  });
 }
 
 // Where a fill/add value block for head h starts, or null for the scalar.
@@ -168,18 +170,18 @@ void HookPlan::apply(int id, const View& v) {
     switch (e.type) {
       case EditType::capture: {
         Captured c{v.tl_shape(), alloc_floats(v.numel())};
-        copy_to_tl(v, c.data.get());
+        copy_tl(v, c.data.get(), true);
         captured_.emplace_back(id, std::move(c));
         break;
       }
       case EditType::callback: {
         std::vector<float> buf(static_cast<size_t>(v.numel()));
-        copy_to_tl(v, buf.data());
+        copy_tl(v, buf.data(), true);
         const std::vector<int64_t> shape = v.tl_shape();
         e.callback->call(id, v.pos_offset, buf, shape);
         if (static_cast<int64_t>(buf.size()) != v.numel())
           throw std::logic_error("hook callback changed the buffer size");
-        copy_from_tl(v, buf.data());
+        copy_tl(v, buf.data(), false);
         break;
       }
       case EditType::replace: {

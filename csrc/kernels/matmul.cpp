@@ -176,11 +176,7 @@ void matmul_small_rows(const MatmulArgs& a, const W* Bw, int64_t n_begin, int64_
     }
     for (; k < a.K; ++k) {
       const W* b = Bw + k * a.b_stride_k + c0;
-      for (int64_t m = 0; m < a.M; ++m) {
-        const float x = a.A[m * a.lda + k];
-        float* y = a.C + m * a.ldc + c0;
-        for (int64_t j = 0; j < cw; ++j) y[j] += x * load_w(b + j);
-      }
+      for (int64_t m = 0; m < a.M; ++m) axpy_w(a.C + m * a.ldc + c0, a.A[m * a.lda + k], b, cw);
     }
   }
 }

@@ -158,6 +158,15 @@ static inline vf vload_w(const uint16_t* p) { return vload_bf16(p); }
 static inline float load_w(const float* p) { return *p; }
 static inline float load_w(const uint16_t* p) { return bf16_to_float(*p); }
 
+// y += alpha w over n elements, w float32 or bfloat16.
+template <class W>
+static inline void axpy_w(float* y, float alpha, const W* w, int64_t n) {
+  const vf va = vset1(alpha);
+  int64_t i = 0;
+  for (; i + VL <= n; i += VL) vstore(y + i, vfma(va, vload_w(w + i), vload(y + i)));
+  for (; i < n; ++i) y[i] += alpha * load_w(w + i);
+}
+
 // x · w over n elements, w float32 or bfloat16. Two accumulators hide the FMA
 // latency on short rows such as d_head = 64.
 template <class W>

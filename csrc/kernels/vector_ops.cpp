@@ -10,12 +10,7 @@ using namespace tm_simd;
 
 float dot(const float* a, const float* b, int64_t n) { return dot_w(a, b, n); }
 
-void axpy(float* y, float alpha, const float* x, int64_t n) {
-  vf va = vset1(alpha);
-  int64_t i = 0;
-  for (; i + VL <= n; i += VL) vstore(y + i, vfma(va, vload(x + i), vload(y + i)));
-  if (i < n) vstore_part(y + i, vfma(va, vload_part(x + i, n - i), vload_part(y + i, n - i)), n - i);
-}
+void axpy(float* y, float alpha, const float* x, int64_t n) { axpy_w(y, alpha, x, n); }
 
 void add(float* out, const float* a, const float* b, int64_t n) {
   int64_t i = 0;

@@ -241,6 +241,11 @@ void bind_kernels(py::module_& m) {
     for (int i = 0; i < n && i < 8; ++i) names.emplace_back(all[i]->name);
     return names;
   });
+  k.def("bf16_dot_products", [] { return tmech::kernels::active().bf16_dot_products; },
+        "whether bfloat16-weight matmuls of more than small_rows() rows round A to bfloat16 "
+        "and use bfloat16 dot products (AVX512-BF16)");
+  k.def("small_rows", [] { return tmech::kMatmulSmallM; },
+        "up to this many rows, a matmul streams B once (the decode path)");
   k.def("select", [](const std::string& name) {
     if (!tmech::kernels::select(name.c_str()))
       throw std::invalid_argument("kernel variant '" + name + "' is not available on this CPU");

@@ -4,8 +4,12 @@ A bfloat16 is the upper half of a float32's bits (same exponent range, 8 bits
 of mantissa), so it is stored as uint16 and widened by a shift as the kernels
 read it. Only the matrices are converted (embeddings, attention and MLP
 weights, the unembedding): they are almost all the bytes a decoded token
-streams. Biases, norms and positional embeddings stay float32, and so does
-all arithmetic, so the only error is the rounding of the weights themselves.
+streams. Biases, norms and positional embeddings stay float32, and all sums
+are float32. On a CPU with AVX512-BF16, a matmul of more than a few rows
+(a prefill) also rounds its input activations to bfloat16 and multiplies in
+bfloat16 pairs (twice the float32 rate); decoding a token reads the weights
+the same way but keeps float32 activations. Elsewhere the only error is the
+rounding of the weights themselves.
 """
 from __future__ import annotations
 

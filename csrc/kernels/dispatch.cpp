@@ -8,6 +8,9 @@ namespace tmech {
   namespace ns {               \
   const KernelTable& table();  \
   }
+#if TM_HAVE_AVX512_BF16
+TM_DECLARE_VARIANT(avx512_bf16)
+#endif
 #if TM_HAVE_AVX512
 TM_DECLARE_VARIANT(avx512)
 #endif
@@ -22,6 +25,14 @@ TM_DECLARE_VARIANT(scalar)
 namespace kernels {
 namespace {
 
+#if TM_HAVE_AVX512
+bool has_avx512() {
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+         __builtin_cpu_supports("fma");
+}
+#endif
+
 // Best first.
 int supported_variants(const KernelTable** out, int capacity) {
   int n = 0;
@@ -29,11 +40,11 @@ int supported_variants(const KernelTable** out, int capacity) {
     if (n < capacity) out[n] = &t;
     ++n;
   };
+#if TM_HAVE_AVX512_BF16
+  if (has_avx512() && __builtin_cpu_supports("avx512bf16")) push(avx512_bf16::table());
+#endif
 #if TM_HAVE_AVX512
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
-      __builtin_cpu_supports("fma"))
-    push(avx512::table());
+  if (has_avx512()) push(avx512::table());
 #endif
 #if TM_HAVE_AVX2
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&

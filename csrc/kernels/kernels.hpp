@@ -28,6 +28,9 @@ struct MatmulArgs {
 
 struct KernelTable {
   const char* name;
+  // True where matmuls over bfloat16 weights with more than kMatmulSmallM rows
+  // use bfloat16 dot products: A is then rounded to bfloat16 too.
+  bool bf16_dot_products;
   void (*matmul_cols)(const MatmulArgs& a, int64_t n_begin, int64_t n_end);
   float (*dot)(const float* a, const float* b, int64_t n);
   void (*axpy)(float* y, float alpha, const float* x, int64_t n);  // y += alpha x
@@ -65,7 +68,7 @@ namespace kernels {
 const KernelTable& active();
 // Every variant built into this binary that the running CPU supports.
 int available(const KernelTable** out, int capacity);
-// Select a variant by name ("scalar", "avx2", "avx512", "neon"); false if
+// Select a variant by name ("scalar", "avx2", "avx512", "avx512_bf16", "neon"); false if
 // unknown or unsupported here. Used by tests to check every variant.
 bool select(const char* name);
 }  // namespace kernels

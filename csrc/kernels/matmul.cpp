@@ -4,7 +4,9 @@
 // - few rows (decode, M <= kSmallM): stream B once, row by row or column by
 //   column depending on its layout; this is bound by memory bandwidth.
 // - many rows (prefill): pack a KC x NC block of B into NR-wide panels, then
-//   an MR x NR register-tiled micro-kernel sweeps all rows over each panel.
+//   an MR x NR register-tiled micro-kernel sweeps all rows over each panel;
+//   in float32, or with bfloat16 weights on a CPU with AVX512-BF16, in
+//   bfloat16 pairs (A rounded to bfloat16, products summed in float32).
 #include "kernels/variant.hpp"
 
 namespace tmech {
@@ -16,42 +18,140 @@ namespace {
 constexpr int NR = 2 * VL;                                   // panel width
 constexpr int MR = VL >= 16 ? 12 : (VL >= 8 ? 6 : 4);       // rows per tile
 static_assert(kMatmulNC % NR == 0, "NC must be a whole number of panels");
-static_assert(MR * NR <= 64 * kMatmulKC, "tile must fit the scratch tail");
+// The scratch tail holds the edge tile and a copy of A's tile.
+static_assert(MR * NR + MR * kMatmulKC <= 64 * kMatmulKC, "tiles must fit the scratch tail");
 
-// Copies B[k0:k0+kc, n0:n1] into float32 panels laid out [panel][k][NR],
-// zero-padding the last panel, so the micro-kernel reads B contiguously.
-template <class W>
-void pack_b(const MatmulArgs& a, const W* Bw, int64_t k0, int64_t kc, int64_t n0, int64_t n1, float* dst) {
-  const int64_t sk = a.b_stride_k, sn = a.b_stride_n;
-  for (int64_t p0 = n0; p0 < n1; p0 += NR) {
-    const int64_t w = n1 - p0 < NR ? n1 - p0 : NR;
-    float* panel = dst + ((p0 - n0) / NR) * kc * NR;
-    if (w < NR)
-      for (int64_t i = 0; i < kc * NR; ++i) panel[i] = 0.f;
-    if (sn == 1) {
-      for (int64_t k = 0; k < kc; ++k) {
-        const W* src = Bw + (k0 + k) * sk + p0;
-        if (w == NR) {
-          vstore(panel + k * NR, vload_w(src));
-          vstore(panel + k * NR + VL, vload_w(src + VL));
-        } else {
-          for (int64_t j = 0; j < w; ++j) panel[k * NR + j] = load_w(src + j);
+// A packed micro-kernel step: `Steps` says what one step of the inner
+// product is. F32Steps: one k per step, a broadcast float32 of A times NR
+// float32 of B (one FMA per vector). Bf16PairSteps (CPUs with AVX512-BF16):
+// two k per step, a broadcast pair of bfloat16 of A times NR pairs of B (one
+// vdpbf16ps per vector: twice the multiply-adds of an FMA).
+struct F32Steps {
+  using Elem = float;
+  static int64_t count(int64_t kc) { return kc; }
+  static vf load_b(const float* p) { return vload(p); }
+  static vf bcast_a(float x) { return vset1(x); }
+  static vf madd(vf acc, vf a, vf b) { return vfma(a, b, acc); }
+  // A's rows [m0, m0 + rows), columns [k0, k0 + kc), copied together: rows
+  // of a wide A lie a power-of-two-ish stride apart and would evict each
+  // other from the same cache sets.
+  static const float* a_tile(const MatmulArgs& a, int64_t m0, int rows, int64_t k0, int64_t kc, float* buf,
+                             int64_t* ld) {
+    *ld = kc;
+    for (int r = 0; r < rows; ++r) {
+      const float* src = a.A + (m0 + r) * a.lda + k0;
+      float* dst = buf + r * kc;
+      int64_t j = 0;
+      for (; j + VL <= kc; j += VL) vstore(dst + j, vload(src + j));
+      for (; j < kc; ++j) dst[j] = src[j];
+    }
+    return buf;
+  }
+  // Copies B[k0:k0+kc, n0:n1] into float32 panels laid out [panel][k][NR],
+  // zero-padding the last panel, so the micro-kernel reads B contiguously.
+  template <class W>
+  static void pack_b(const MatmulArgs& a, const W* Bw, int64_t k0, int64_t kc, int64_t n0, int64_t n1, float* dst) {
+    const int64_t sk = a.b_stride_k, sn = a.b_stride_n;
+    for (int64_t p0 = n0; p0 < n1; p0 += NR) {
+      const int64_t w = n1 - p0 < NR ? n1 - p0 : NR;
+      float* panel = dst + ((p0 - n0) / NR) * kc * NR;
+      if (w < NR)
+        for (int64_t i = 0; i < kc * NR; ++i) panel[i] = 0.f;
+      if (sn == 1) {
+        for (int64_t k = 0; k < kc; ++k) {
+          const W* src = Bw + (k0 + k) * sk + p0;
+          if (w == NR) {
+            vstore(panel + k * NR, vload_w(src));
+            vstore(panel + k * NR + VL, vload_w(src + VL));
+          } else {
+            for (int64_t j = 0; j < w; ++j) panel[k * NR + j] = load_w(src + j);
+          }
         }
-      }
-    } else {  // columns are contiguous in k: read along k, write strided
-      for (int64_t j = 0; j < w; ++j) {
-        const W* src = Bw + k0 * sk + (p0 + j) * sn;
-        for (int64_t k = 0; k < kc; ++k) panel[k * NR + j] = load_w(src + k * sk);
+      } else {  // columns are contiguous in k: read along k, write strided
+        for (int64_t j = 0; j < w; ++j) {
+          const W* src = Bw + k0 * sk + (p0 + j) * sn;
+          for (int64_t k = 0; k < kc; ++k) panel[k * NR + j] = load_w(src + k * sk);
+        }
       }
     }
   }
-}
+};
 
-// R x NR tile: C[0:R, 0:NR] (= or +=) A[0:R, 0:kc] · panel.
+#if defined(__AVX512BF16__)
+// Pairs of bfloat16 held as one 32-bit word: (x[k], x[k + 1]), x[k] in the low half.
+struct Bf16PairSteps {
+  using Elem = uint32_t;
+  static int64_t count(int64_t kc) { return (kc + 1) / 2; }
+  static __m512bh load_b(const uint32_t* p) { return (__m512bh)_mm512_loadu_si512(p); }
+  static __m512bh bcast_a(uint32_t pair) { return (__m512bh)_mm512_set1_epi32(static_cast<int>(pair)); }
+  static vf madd(vf acc, __m512bh a, __m512bh b) { return _mm512_dpbf16_ps(acc, a, b); }
+
+  // A's rows [m0, m0 + rows), columns [k0, k0 + kc), rounded to bfloat16 (to
+  // nearest, ties to even) into buf as pairs; an odd kc is padded with a zero.
+  static const uint32_t* a_tile(const MatmulArgs& a, int64_t m0, int rows, int64_t k0, int64_t kc, float* buf,
+                                int64_t* ld) {
+    uint32_t* out = reinterpret_cast<uint32_t*>(buf);
+    *ld = count(kc);
+    for (int r = 0; r < rows; ++r) {
+      const float* src = a.A + (m0 + r) * a.lda + k0;
+      uint16_t* dst = reinterpret_cast<uint16_t*>(out + r * *ld);
+      for (int64_t j = 0; j < kc; j += 32) {
+        const int64_t n = kc - j < 32 ? kc - j : 32;
+        const __mmask16 lo = n >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << n) - 1);
+        const __mmask16 hi = n <= 16 ? 0 : (n >= 32 ? 0xFFFF : static_cast<__mmask16>((1u << (n - 16)) - 1));
+        const __m512bh h = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(hi, src + j + 16), _mm512_maskz_loadu_ps(lo, src + j));
+        const int64_t lanes = (n + 1) & ~int64_t{1};  // whole pairs
+        const __mmask32 keep = lanes >= 32 ? 0xFFFFFFFFu : static_cast<__mmask32>((1u << lanes) - 1);
+        _mm512_mask_storeu_epi16(dst + j, keep, (__m512i)h);
+      }
+    }
+    return out;
+  }
+
+  // B[k0:k0+kc, n0:n1] into panels laid out [panel][k pair][NR] of pairs.
+  static void pack_b(const MatmulArgs& a, const uint16_t* Bw, int64_t k0, int64_t kc, int64_t n0, int64_t n1,
+                     uint32_t* dst) {
+    const int64_t sk = a.b_stride_k, sn = a.b_stride_n, pairs = count(kc);
+    for (int64_t p0 = n0; p0 < n1; p0 += NR) {
+      const int64_t w = n1 - p0 < NR ? n1 - p0 : NR;
+      uint32_t* panel = dst + ((p0 - n0) / NR) * pairs * NR;
+      if (sn == 1) {  // two rows of B interleaved element by element
+        alignas(64) static const uint16_t interleave[2][32] = {
+            {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39, 8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47},
+            {16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21, 53, 22, 54, 23, 55, 24, 56, 25, 57, 26, 58, 27, 59, 28, 60, 29, 61, 30, 62, 31, 63}};
+        const __m512i first = _mm512_load_si512(interleave[0]), second = _mm512_load_si512(interleave[1]);
+        const __mmask32 cols = w >= 32 ? 0xFFFFFFFFu : static_cast<__mmask32>((1u << w) - 1);
+        for (int64_t p = 0; p < pairs; ++p) {
+          const uint16_t* row = Bw + (k0 + 2 * p) * sk + p0;
+          const __m512i r0 = _mm512_maskz_loadu_epi16(cols, row);
+          const __m512i r1 = 2 * p + 1 < kc ? _mm512_maskz_loadu_epi16(cols, row + sk) : _mm512_setzero_si512();
+          _mm512_storeu_si512(panel + p * NR, _mm512_permutex2var_epi16(r0, first, r1));
+          _mm512_storeu_si512(panel + p * NR + VL, _mm512_permutex2var_epi16(r0, second, r1));
+        }
+      } else {  // columns contiguous in k: each pair is already one word
+        for (int64_t j = 0; j < NR; ++j) {
+          const uint16_t* col = Bw + k0 * sk + (p0 + j) * sn;
+          for (int64_t p = 0; p < pairs; ++p) {
+            uint32_t pair = 0;
+            if (j < w) {
+              const uint32_t lo = col[2 * p * sk];
+              const uint32_t hi = 2 * p + 1 < kc ? col[(2 * p + 1) * sk] : 0u;
+              pair = lo | hi << 16;
+            }
+            panel[p * NR + j] = pair;
+          }
+        }
+      }
+    }
+  }
+};
+#endif
+
+// R x NR tile: C[0:R, 0:NR] (= or +=) A[0:R, :] · panel, over `steps` steps.
 // init: 0 = start from zero, 1 = from bias, 2 = from C (accumulate).
-template <int R>
-void micro(const float* A, int64_t lda, const float* panel, int64_t kc, float* C, int64_t ldc,
-           const float* bias, int init) {
+template <class S, int R>
+void micro(const typename S::Elem* A, int64_t lda, const typename S::Elem* panel, int64_t steps, float* C,
+           int64_t ldc, const float* bias, int init) {
   vf acc[R][2];
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r) {
@@ -66,13 +166,13 @@ void micro(const float* A, int64_t lda, const float* panel, int64_t kc, float* C
       acc[r][1] = vzero();
     }
   }
-  for (int64_t k = 0; k < kc; ++k) {
-    const vf b0 = vload(panel + k * NR), b1 = vload(panel + k * NR + VL);
+  for (int64_t k = 0; k < steps; ++k) {
+    const auto b0 = S::load_b(panel + k * NR), b1 = S::load_b(panel + k * NR + VL);
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
-      const vf av = vset1(A[r * lda + k]);
-      acc[r][0] = vfma(av, b0, acc[r][0]);
-      acc[r][1] = vfma(av, b1, acc[r][1]);
+      const auto av = S::bcast_a(A[r * lda + k]);
+      acc[r][0] = S::madd(acc[r][0], av, b0);
+      acc[r][1] = S::madd(acc[r][1], av, b1);
     }
   }
 #pragma GCC unroll 16
@@ -82,59 +182,82 @@ void micro(const float* A, int64_t lda, const float* panel, int64_t kc, float* C
   }
 }
 
-template <int R>
-void micro_rows(int rows, const float* A, int64_t lda, const float* panel, int64_t kc, float* C,
-                int64_t ldc, const float* bias, int init) {
+template <class S, int R>
+void micro_rows(int rows, const typename S::Elem* A, int64_t lda, const typename S::Elem* panel, int64_t steps,
+                float* C, int64_t ldc, const float* bias, int init) {
   if (rows == R) {
-    micro<R>(A, lda, panel, kc, C, ldc, bias, init);
+    micro<S, R>(A, lda, panel, steps, C, ldc, bias, init);
   } else if constexpr (R > 1) {
-    micro_rows<R - 1>(rows, A, lda, panel, kc, C, ldc, bias, init);
+    micro_rows<S, R - 1>(rows, A, lda, panel, steps, C, ldc, bias, init);
   }
 }
 
 // A tile whose panel is cut short by the matrix edge goes through a full
 // NR-wide buffer so the micro-kernel never writes past column n1.
-void edge_tile(int rows, int64_t w, const float* A, int64_t lda, const float* panel, int64_t kc,
-               float* C, int64_t ldc, const float* bias, int init, float* tile) {
+template <class S>
+void edge_tile(int rows, int64_t w, const typename S::Elem* A, int64_t lda, const typename S::Elem* panel,
+               int64_t steps, float* C, int64_t ldc, const float* bias, int init, float* tile) {
   for (int r = 0; r < rows; ++r)
     for (int64_t j = 0; j < NR; ++j) {
       float v = 0.f;
       if (j < w) v = init == 2 ? C[r * ldc + j] : (init == 1 ? bias[j] : 0.f);
       tile[r * NR + j] = v;
     }
-  micro_rows<MR>(rows, A, lda, panel, kc, tile, NR, nullptr, 2);
+  micro_rows<S, MR>(rows, A, lda, panel, steps, tile, NR, nullptr, 2);
   for (int r = 0; r < rows; ++r)
     for (int64_t j = 0; j < w; ++j) C[r * ldc + j] = tile[r * NR + j];
 }
 
-template <class W>
-void matmul_packed(const MatmulArgs& a, const W* Bw, int64_t n_begin, int64_t n_end) {
-  float* packed = a.scratch;
+// Scratch: the packed block of B, then the edge tile, then A's tile when S copies it.
+// One block of columns [n0, n1), summed over all of K while it is in cache.
+template <class S, class W>
+void packed_column_block(const MatmulArgs& a, const W* Bw, int64_t n0, int64_t n1) {
+  using E = typename S::Elem;
+  static_assert(sizeof(E) == sizeof(float), "panels reuse the float32 scratch");
+  E* packed = reinterpret_cast<E*>(a.scratch);
   float* tile = a.scratch + kMatmulKC * kMatmulNC;
+  float* a_buf = tile + MR * NR;
   for (int64_t k0 = 0; k0 < a.K; k0 += kMatmulKC) {
     const int64_t kc = a.K - k0 < kMatmulKC ? a.K - k0 : kMatmulKC;
-    const bool first = k0 == 0 && !a.accumulate;
-    const int init_first = a.bias ? 1 : 0;
-    for (int64_t n0 = n_begin; n0 < n_end; n0 += kMatmulNC) {
-      const int64_t n1 = n_end - n0 < kMatmulNC ? n_end : n0 + kMatmulNC;
-      pack_b(a, Bw, k0, kc, n0, n1, packed);
-      for (int64_t m0 = 0; m0 < a.M; m0 += MR) {
-        const int rows = static_cast<int>(a.M - m0 < MR ? a.M - m0 : MR);
-        const float* A = a.A + m0 * a.lda + k0;
-        for (int64_t p0 = n0; p0 < n1; p0 += NR) {
-          const float* panel = packed + ((p0 - n0) / NR) * kc * NR;
-          float* C = a.C + m0 * a.ldc + p0;
-          const float* bias = a.bias ? a.bias + p0 : nullptr;
-          const int init = first ? init_first : 2;
-          const int64_t w = n1 - p0;
-          if (w >= NR)
-            micro_rows<MR>(rows, A, a.lda, panel, kc, C, a.ldc, bias, init);
-          else
-            edge_tile(rows, w, A, a.lda, panel, kc, C, a.ldc, bias, init, tile);
-        }
+    const int64_t steps = S::count(kc);
+    const int init = k0 == 0 && !a.accumulate ? (a.bias ? 1 : 0) : 2;
+    S::pack_b(a, Bw, k0, kc, n0, n1, packed);
+    for (int64_t m0 = 0; m0 < a.M; m0 += MR) {
+      const int rows = static_cast<int>(a.M - m0 < MR ? a.M - m0 : MR);
+      int64_t lda = 0;
+      const E* A = S::a_tile(a, m0, rows, k0, kc, a_buf, &lda);
+      for (int64_t p0 = n0; p0 < n1; p0 += NR) {
+        const E* panel = packed + ((p0 - n0) / NR) * steps * NR;
+        float* C = a.C + m0 * a.ldc + p0;
+        const float* bias = a.bias ? a.bias + p0 : nullptr;
+        if (n1 - p0 >= NR)
+          micro_rows<S, MR>(rows, A, lda, panel, steps, C, a.ldc, bias, init);
+        else
+          edge_tile<S>(rows, n1 - p0, A, lda, panel, steps, C, a.ldc, bias, init, tile);
       }
     }
   }
+}
+
+// Blocks of columns outermost: an unembedding's C (50257 columns) is far
+// larger than the caches, and each block of it is finished before the next.
+template <class S, class W>
+void matmul_packed(const MatmulArgs& a, const W* Bw, int64_t n_begin, int64_t n_end) {
+  for (int64_t n0 = n_begin; n0 < n_end; n0 += kMatmulNC)
+    packed_column_block<S>(a, Bw, n0, n_end - n0 < kMatmulNC ? n_end : n0 + kMatmulNC);
+}
+
+// Many rows: float32 weights, or bfloat16 ones widened to float32 as they are
+// packed, unless the CPU has bfloat16 dot products (then A is rounded to bfloat16).
+void matmul_many_rows(const MatmulArgs& a, const float* B, int64_t n_begin, int64_t n_end) {
+  matmul_packed<F32Steps>(a, B, n_begin, n_end);
+}
+void matmul_many_rows(const MatmulArgs& a, const uint16_t* B, int64_t n_begin, int64_t n_end) {
+#if defined(__AVX512BF16__)
+  matmul_packed<Bf16PairSteps>(a, B, n_begin, n_end);
+#else
+  matmul_packed<F32Steps>(a, B, n_begin, n_end);
+#endif
 }
 
 // Few rows, B stored [K, N] (row-major, HF Conv1D): y_m += a_mk · B[k, :],
@@ -202,7 +325,7 @@ void matmul_any(const MatmulArgs& a, const W* Bw, int64_t n_begin, int64_t n_end
   else if (a.M <= kMatmulSmallM && a.b_stride_k == 1)
     matmul_small_dots(a, Bw, n_begin, n_end);
   else
-    matmul_packed(a, Bw, n_begin, n_end);
+    matmul_many_rows(a, Bw, n_begin, n_end);
 }
 
 }  // namespace

@@ -3,8 +3,13 @@
 
 namespace tmech {
 namespace TM_ARCH {
+#if defined(__AVX512BF16__)
+constexpr bool kBf16DotProducts = true;
+#else
+constexpr bool kBf16DotProducts = false;
+#endif
 const KernelTable& table() {
-  static const KernelTable t = {TM_STR(TM_ARCH), matmul_cols, dot,       axpy,     add,
+  static const KernelTable t = {TM_STR(TM_ARCH), kBf16DotProducts, matmul_cols, dot, axpy, add,
                                 scale,           row_stats,   normalize, gelu_new, softmax,
                                 exp,             silu_mul,    rope,      fma_chains,
                                 fma_chains_flops};

@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <functional>
 #include <random>
 #include <stdexcept>
@@ -48,31 +49,54 @@ double max_rel(const std::vector<float>& a, const std::vector<double>& ref) {
   return err / scale;
 }
 
+// float32 -> bfloat16 bits, to nearest, ties to even (finite inputs).
+uint16_t to_bf16(float x) {
+  uint32_t bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  return static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+}
+float from_bf16(uint16_t h) {
+  const uint32_t bits = static_cast<uint32_t>(h) << 16;
+  float x;
+  std::memcpy(&x, &bits, sizeof x);
+  return x;
+}
+
+// Every shape and flag, with float32 weights and with bfloat16 ones (whose
+// matmuls of many rows round A to bfloat16 too where the variant has dot products).
 void test_matmul(const char* variant, std::mt19937& rng) {
-  const int64_t shapes[][3] = {{1, 1, 1},  {1, 7, 5},     {3, 64, 100}, {4, 300, 77},
-                               {5, 17, 33}, {13, 257, 600}, {40, 40, 129}, {2, 513, 1000}};
+  const int64_t shapes[][3] = {{1, 1, 1},  {1, 7, 5},     {3, 64, 100}, {4, 300, 77},   {5, 17, 33},
+                               {13, 257, 600}, {40, 40, 129}, {2, 513, 1000}, {25, 2, 70}, {12, 3, 32}};
   for (auto& s : shapes) {
     const int64_t M = s[0], K = s[1], N = s[2];
-    for (int transposed = 0; transposed < 2; ++transposed)
-      for (int with_bias = 0; with_bias < 2; ++with_bias)
-        for (int accumulate = 0; accumulate < 2; ++accumulate) {
-          auto A = randn(M * K, rng), B = randn(K * N, rng), bias = randn(N, rng), C = randn(M * N, rng);
-          std::vector<double> ref(M * N);
-          for (int64_t m = 0; m < M; ++m)
-            for (int64_t n = 0; n < N; ++n) {
-              double acc = accumulate ? C[m * N + n] : 0.0;
-              if (with_bias) acc += bias[n];
-              for (int64_t k = 0; k < K; ++k)
-                acc += double(A[m * K + k]) * (transposed ? B[n * K + k] : B[k * N + n]);
-              ref[m * N + n] = acc;
-            }
-          matmul(A.data(), M, K, K, B.data(), N, transposed ? 1 : N, transposed ? K : 1,
-                 with_bias ? bias.data() : nullptr, C.data(), N, accumulate);
-          check(max_rel(C, ref) < 1e-5, std::string(variant) + " matmul " + std::to_string(M) + "x" +
-                                            std::to_string(K) + "x" + std::to_string(N) +
-                                            (transposed ? " NT" : " NN") + (with_bias ? " bias" : "") +
-                                            (accumulate ? " acc" : ""));
-        }
+    for (int bf16 = 0; bf16 < 2; ++bf16)
+      for (int transposed = 0; transposed < 2; ++transposed)
+        for (int with_bias = 0; with_bias < 2; ++with_bias)
+          for (int accumulate = 0; accumulate < 2; ++accumulate) {
+            auto A = randn(M * K, rng), B = randn(K * N, rng), bias = randn(N, rng), C = randn(M * N, rng);
+            std::vector<uint16_t> B16(B.size());
+            for (size_t i = 0; i < B.size(); ++i) B16[i] = to_bf16(B[i]);
+            const bool round_a = bf16 && kernels::active().bf16_dot_products && M > kMatmulSmallM;
+            std::vector<double> ref(M * N);
+            for (int64_t m = 0; m < M; ++m)
+              for (int64_t n = 0; n < N; ++n) {
+                double acc = accumulate ? C[m * N + n] : 0.0;
+                if (with_bias) acc += bias[n];
+                for (int64_t k = 0; k < K; ++k) {
+                  const int64_t at = transposed ? n * K + k : k * N + n;
+                  const float a = round_a ? from_bf16(to_bf16(A[m * K + k])) : A[m * K + k];
+                  acc += double(a) * (bf16 ? from_bf16(B16[at]) : B[at]);
+                }
+                ref[m * N + n] = acc;
+              }
+            const Matrix Bm = bf16 ? Matrix(B16.data()) : Matrix(B.data());
+            matmul(A.data(), M, K, K, Bm, N, transposed ? 1 : N, transposed ? K : 1,
+                   with_bias ? bias.data() : nullptr, C.data(), N, accumulate);
+            check(max_rel(C, ref) < 1e-5, std::string(variant) + " matmul " + std::to_string(M) + "x" +
+                                              std::to_string(K) + "x" + std::to_string(N) +
+                                              (bf16 ? " bf16" : "") + (transposed ? " NT" : " NN") +
+                                              (with_bias ? " bias" : "") + (accumulate ? " acc" : ""));
+          }
   }
 }
 

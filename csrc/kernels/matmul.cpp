@@ -128,19 +128,31 @@ struct Bf16PairSteps {
           _mm512_storeu_si512(panel + p * NR, _mm512_permutex2var_epi16(r0, first, r1));
           _mm512_storeu_si512(panel + p * NR + VL, _mm512_permutex2var_epi16(r0, second, r1));
         }
-      } else {  // columns contiguous in k: each pair is already one word
-        for (int64_t j = 0; j < NR; ++j) {
-          const uint16_t* col = Bw + k0 * sk + (p0 + j) * sn;
+      } else if (sk == 1) {  // columns contiguous in k: each pair is one word, gathered 16 columns at a time
+        const int64_t whole = kc / 2;  // pairs with both halves inside the block
+        for (int half = 0; half < 2; ++half) {
+          const int64_t cols = w - half * VL;
+          const __mmask16 live = cols >= VL ? 0xFFFF : (cols <= 0 ? 0 : static_cast<__mmask16>((1u << cols) - 1));
+          const __m512i at = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                                _mm512_set1_epi32(static_cast<int>(sn)));
+          const uint16_t* base = Bw + k0 + (p0 + half * VL) * sn;
+          for (int64_t p = 0; p < whole; ++p)
+            _mm512_storeu_si512(panel + p * NR + half * VL,
+                                _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, at, base + 2 * p, 2));
+        }
+        if (whole < pairs)  // odd kc: the last pair's second half is zero
+          for (int64_t j = 0; j < NR; ++j)
+            panel[whole * NR + j] = j < w ? Bw[k0 + 2 * whole + (p0 + j) * sn] : 0u;
+      } else {  // general strides
+        for (int64_t j = 0; j < NR; ++j)
           for (int64_t p = 0; p < pairs; ++p) {
             uint32_t pair = 0;
             if (j < w) {
-              const uint32_t lo = col[2 * p * sk];
-              const uint32_t hi = 2 * p + 1 < kc ? col[(2 * p + 1) * sk] : 0u;
-              pair = lo | hi << 16;
+              const uint16_t* col = Bw + (k0 + 2 * p) * sk + (p0 + j) * sn;
+              pair = col[0] | (2 * p + 1 < kc ? uint32_t{col[sk]} << 16 : 0u);
             }
             panel[p * NR + j] = pair;
           }
-        }
       }
     }
   }

@@ -21,6 +21,32 @@ static_assert(kMatmulNC % NR == 0, "NC must be a whole number of panels");
 // The scratch tail holds the edge tile and a copy of A's tile.
 static_assert(MR * NR + MR * kMatmulKC <= 64 * kMatmulKC, "tiles must fit the scratch tail");
 
+// panel[s * NR + j] = the 32-bit word at first + j * col_bytes + s * 4, for
+// steps s < steps and columns j < NR (zero for j >= w): a panel of B whose
+// columns are contiguous in memory (16 columns per gather with AVX-512).
+void gather_panel(const void* first, int64_t col_bytes, int64_t steps, int64_t w, uint32_t* panel) {
+  const char* base = static_cast<const char*>(first);
+#if TM_SIMD_AVX512
+  const __m512i at = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                        _mm512_set1_epi32(static_cast<int>(col_bytes)));
+  for (int half = 0; half < 2; ++half) {
+    const int64_t cols = w - half * VL;
+    const __mmask16 live = cols >= VL ? 0xFFFF : (cols <= 0 ? 0 : static_cast<__mmask16>((1u << cols) - 1));
+    for (int64_t s = 0; s < steps; ++s)
+      _mm512_storeu_si512(panel + s * NR + half * VL,
+                          _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, at,
+                                                      base + half * VL * col_bytes + 4 * s, 1));
+  }
+#else
+  for (int64_t j = 0; j < NR; ++j)
+    for (int64_t s = 0; s < steps; ++s) {
+      uint32_t word = 0;
+      if (j < w) std::memcpy(&word, base + j * col_bytes + 4 * s, sizeof word);
+      panel[s * NR + j] = word;
+    }
+#endif
+}
+
 // A packed micro-kernel step: `Steps` says what one step of the inner
 // product is. F32Steps: one k per step, a broadcast float32 of A times NR
 // float32 of B (one FMA per vector). Bf16PairSteps (CPUs with AVX512-BF16):
@@ -67,6 +93,8 @@ struct F32Steps {
             for (int64_t j = 0; j < w; ++j) panel[k * NR + j] = load_w(src + j);
           }
         }
+      } else if (sk == 1 && sizeof(W) == sizeof(float)) {  // columns contiguous in k, float32
+        gather_panel(Bw + k0 + p0 * sn, sn * sizeof(float), kc, w, reinterpret_cast<uint32_t*>(panel));
       } else {  // columns are contiguous in k: read along k, write strided
         for (int64_t j = 0; j < w; ++j) {
           const W* src = Bw + k0 * sk + (p0 + j) * sn;
@@ -130,16 +158,7 @@ struct Bf16PairSteps {
         }
       } else if (sk == 1) {  // columns contiguous in k: each pair is one word, gathered 16 columns at a time
         const int64_t whole = kc / 2;  // pairs with both halves inside the block
-        for (int half = 0; half < 2; ++half) {
-          const int64_t cols = w - half * VL;
-          const __mmask16 live = cols >= VL ? 0xFFFF : (cols <= 0 ? 0 : static_cast<__mmask16>((1u << cols) - 1));
-          const __m512i at = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                                _mm512_set1_epi32(static_cast<int>(sn)));
-          const uint16_t* base = Bw + k0 + (p0 + half * VL) * sn;
-          for (int64_t p = 0; p < whole; ++p)
-            _mm512_storeu_si512(panel + p * NR + half * VL,
-                                _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, at, base + 2 * p, 2));
-        }
+        gather_panel(Bw + k0 + p0 * sn, 2 * sn, whole, w, panel);
         if (whole < pairs)  // odd kc: the last pair's second half is zero
           for (int64_t j = 0; j < NR; ++j)
             panel[whole * NR + j] = j < w ? Bw[k0 + 2 * whole + (p0 + j) * sn] : 0u;

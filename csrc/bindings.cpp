@@ -272,6 +272,11 @@ void bind_kernels(py::module_& m) {
     }
     return C;
   }, py::arg("A"), py::arg("B"), py::arg("bias") = py::none(), py::arg("b_transposed") = false);
+  k.def("round_bf16", [](FloatArray x) {
+    py::array_t<uint16_t> out(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
+    tmech::kernels::active().round_bf16(x.data(), out.mutable_data(), x.size());
+    return out;
+  }, "float32 -> bfloat16 bits (uint16), to nearest, ties to even");
   k.def("layernorm", [](FloatArray x, FloatArray w, FloatArray b, float eps) {
     if (x.ndim() != 2 || w.size() != x.shape(1) || b.size() != x.shape(1))
       throw std::invalid_argument("layernorm takes x [rows, n], w [n], b [n]");

@@ -154,13 +154,38 @@ struct Pass {
     return s;
   }
 
+  // With bfloat16 weights and bfloat16 dot products, a prefill's attention
+  // uses them too (queries, keys, values and pattern rounded to bfloat16, as
+  // they are in the weight matmuls), through bfloat16 copies of this layer's
+  // keys and values; decoding steps keep float32 attention.
+  bool bf16_attention() const { return kt.bf16_dot_products && w.layers[0].qkv_w.bf16 && T > kMatmulSmallM; }
+
+  void round_keys_values(int64_t l) {
+    const int64_t keys = past + T, n = keys * Dkv;
+    ws.kv16.resize(static_cast<size_t>(2 * B * n));
+    parallel_for(2 * B, [&](int64_t i0, int64_t i1, int) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t b = i / 2;
+        kt.round_bf16(i % 2 ? cache.v(l, b, 0) : cache.k(l, b, 0), ws.kv16.data() + i * n, n);
+      }
+    });
+  }
+
+  // Keys (which = 0) or values (1) of batch row b from position 0, [keys, Dkv],
+  // starting at key/value head kv: the cache itself or its bfloat16 copy.
+  Matrix keys_values(int64_t l, int64_t b, int which, int64_t kv) const {
+    if (bf16_attention()) return Matrix(ws.kv16.data() + (2 * b + which) * (past + T) * Dkv + kv * dh);
+    return Matrix((which ? cache.v(l, b, 0) : cache.k(l, b, 0)) + kv * dh);
+  }
+
   // S[r, j] for queries i0 + r (r < rows) and keys j < keys: scaled q·k, and
   // -inf where key j lies after the query (causal mask).
   void scores_block(int64_t l, int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t keys, float* S,
                     int64_t lds, int t) {
+    const Matrix K = keys_values(l, b, 0, h / (H / Hkv));
     const MatmulArgs args{rows, keys, dh, ws.qkv.data() + (b * T + i0) * Dqkv + h * dh, Dqkv,
-                          cache.k(l, b, 0) + h / (H / Hkv) * dh, 1, Dkv, nullptr, S, lds, false,
-                          thread_scratch(t, matmul_scratch_floats())};
+                          K.f32, 1, Dkv, nullptr, S, lds, false,
+                          thread_scratch(t, matmul_scratch_floats()), K.bf16};
     kt.matmul_cols(args, 0, keys);
     const float inv = score_scale(l);
     for (int64_t r = 0; r < rows; ++r) {
@@ -175,9 +200,10 @@ struct Pass {
   // (query head h reads key/value head h / (H / Hkv)).
   void weighted_sum_block(int64_t l, int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t keys,
                           const float* P, int64_t ldp, int t) {
-    const MatmulArgs args{rows, dh, keys, P, ldp, cache.v(l, b, 0) + h / (H / Hkv) * dh, Dkv, 1, nullptr,
+    const Matrix V = keys_values(l, b, 1, h / (H / Hkv));
+    const MatmulArgs args{rows, dh, keys, P, ldp, V.f32, Dkv, 1, nullptr,
                           ws.z.data() + (b * T + i0) * Da + h * dh, Da, false,
-                          thread_scratch(t, matmul_scratch_floats())};
+                          thread_scratch(t, matmul_scratch_floats()), V.bf16};
     kt.matmul_cols(args, 0, dh);
   }
 
@@ -271,6 +297,7 @@ struct Pass {
         std::memcpy(cache.k(l, b, past + t), src + Da, Dkv * sizeof(float));
         std::memcpy(cache.v(l, b, past + t), src + Da + Dkv, Dkv * sizeof(float));
       }
+    if (bf16_attention()) round_keys_values(l);
     if (active(HookKind::attn_scores, l) || active(HookKind::pattern, l))
       attend_phased(l);
     else

@@ -35,6 +35,8 @@ struct KernelTable {
   float (*dot)(const float* a, const float* b, int64_t n);
   void (*axpy)(float* y, float alpha, const float* x, int64_t n);  // y += alpha x
   void (*add)(float* out, const float* a, const float* b, int64_t n);
+  // float32 -> bfloat16 bits, to nearest, ties to even
+  void (*round_bf16)(const float* x, uint16_t* out, int64_t n);
   void (*scale)(float* x, float alpha, int64_t n);
   // mean and sqrt(var + eps) of one row
   void (*row_stats)(const float* x, int64_t n, float eps, float* mean, float* scale);

@@ -9,7 +9,7 @@ constexpr bool kBf16DotProducts = true;
 constexpr bool kBf16DotProducts = false;
 #endif
 const KernelTable& table() {
-  static const KernelTable t = {TM_STR(TM_ARCH), kBf16DotProducts, matmul_cols, dot, axpy, add,
+  static const KernelTable t = {TM_STR(TM_ARCH), kBf16DotProducts, matmul_cols, dot, axpy, add, round_bf16,
                                 scale,           row_stats,   normalize, gelu_new, softmax,
                                 exp,             silu_mul,    rope,      fma_chains,
                                 fma_chains_flops};

@@ -17,6 +17,7 @@ void matmul_cols(const MatmulArgs& a, int64_t n_begin, int64_t n_end);
 float dot(const float* a, const float* b, int64_t n);
 void axpy(float* y, float alpha, const float* x, int64_t n);
 void add(float* out, const float* a, const float* b, int64_t n);
+void round_bf16(const float* x, uint16_t* out, int64_t n);
 void scale(float* x, float alpha, int64_t n);
 void row_stats(const float* x, int64_t n, float eps, float* mean, float* scale);
 void normalize(const float* x, float mean, float scale, const float* w, const float* b,

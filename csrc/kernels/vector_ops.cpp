@@ -12,6 +12,26 @@ float dot(const float* a, const float* b, int64_t n) { return dot_w(a, b, n); }
 
 void axpy(float* y, float alpha, const float* x, int64_t n) { axpy_w(y, alpha, x, n); }
 
+// float32 -> bfloat16 bits, to nearest, ties to even (NaN stays NaN). With
+// AVX512-BF16 the instruction flushes subnormal inputs to zero; so does the tail.
+void round_bf16(const float* x, uint16_t* out, int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX512BF16__)
+  for (; i + 16 <= n; i += 16)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(x + i)));
+  constexpr bool kFlushSubnormals = true;
+#else
+  constexpr bool kFlushSubnormals = false;
+#endif
+  for (; i < n; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, x + i, sizeof bits);
+    if (kFlushSubnormals && (bits & 0x7F800000u) == 0) bits &= 0x80000000u;
+    const bool nan = (bits & 0x7FFFFFFFu) > 0x7F800000u;
+    out[i] = nan ? static_cast<uint16_t>((bits >> 16) | 0x40u) : static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+  }
+}
+
 void add(float* out, const float* a, const float* b, int64_t n) {
   int64_t i = 0;
   for (; i + VL <= n; i += VL) vstore(out + i, vadd(vload(a + i), vload(b + i)));

@@ -71,6 +71,18 @@ def test_elementwise(variant):
     np.testing.assert_array_equal(K.exp(np.array([-np.inf, -100.0], np.float32)), [0.0, 0.0])
 
 
+def test_softmax_masked_and_max_anywhere(variant):
+    """Masked (-inf) entries get 0, an all-masked row all 0; the max may sit in the vector body or the tail."""
+    for n, at in ((1, 0), (17, 16), (33, 0), (40, 39), (40, 20)):
+        x = np.full(n, -np.inf, np.float32)
+        x[: n // 2 + 1] = np.linspace(-3, 1, n // 2 + 1)
+        x[at] = 50.0
+        finite = np.isfinite(x)
+        e = np.where(finite, np.exp(x.astype(np.float64) - 50.0), 0.0)
+        np.testing.assert_allclose(K.softmax(x), e / e.sum(), rtol=1e-5, atol=1e-30)
+    np.testing.assert_array_equal(K.softmax(np.full(19, -np.inf, np.float32)), np.zeros(19))
+
+
 def test_layernorm(variant):
     rng = np.random.default_rng(1)
     x = (rng.standard_normal((5, 99)) * 3 + 10).astype(np.float32)

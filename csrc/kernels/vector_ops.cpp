@@ -53,15 +53,18 @@ void exp(const float* x, float* out, int64_t n) {
 
 void softmax(float* x, int64_t n) {
   if (n <= 0) return;
-  float mx = x[0];
-  for (int64_t i = 1; i < n; ++i) mx = x[i] > mx ? x[i] : mx;
+  vf vmx = vset1(x[0]);
+  int64_t i = 0;
+  for (; i + VL <= n; i += VL) vmx = vmax(vmx, vload(x + i));
+  float mx = vhmax(vmx);
+  for (; i < n; ++i) mx = x[i] > mx ? x[i] : mx;
   if (mx == -__builtin_inff()) {  // every entry masked: no finite weight to give
     for (int64_t i = 0; i < n; ++i) x[i] = 0.f;
     return;
   }
-  vf vmx = vset1(mx), acc = vzero();
-  int64_t i = 0;
-  for (; i + VL <= n; i += VL) {
+  vmx = vset1(mx);
+  vf acc = vzero();
+  for (i = 0; i + VL <= n; i += VL) {
     vf e = vexp(vsub(vload(x + i), vmx));
     vstore(x + i, e);
     acc = vadd(acc, e);

@@ -386,7 +386,7 @@ PYBIND11_MODULE(_core, m) {
       .def("new_cache", [](PyModel& pm, int64_t batch) { return pm.model->new_cache(batch); }, py::arg("batch"))
       .def("hook_ids", [](PyModel& pm) { return pm.model->hook_ids(); })
       .def("forward",
-           [](PyModel& pm, tmech::KVCache& cache, py::array_t<int32_t, py::array::c_style> tokens,
+           [](PyModel& pm, tmech::KVCache* cache, py::array_t<int32_t, py::array::c_style> tokens,
               PyHookPlan* plan, const std::string& logits) {
              if (tokens.ndim() != 2) throw std::invalid_argument("tokens must be [batch, pos]");
              const int64_t B = tokens.shape(0), T = tokens.shape(1), V = pm.model->config().d_vocab;

@@ -23,7 +23,7 @@ float* sized(std::vector<float>& v, int64_t n) {
 struct Pass {
   const ModelConfig& cfg;
   const ModelWeights& w;
-  KVCache& cache;
+  KVCache* cache;  // null: a one-off forward, keys and values stay in the q|k|v rows
   HookPlan* plan;
   Model::Workspace& ws;
   const KernelTable& kt;
@@ -160,32 +160,44 @@ struct Pass {
   // keys and values; decoding steps keep float32 attention.
   bool bf16_attention() const { return kt.bf16_dot_products && w.layers[0].qkv_w.bf16 && T > kMatmulSmallM; }
 
-  void round_keys_values(int64_t l) {
-    const int64_t keys = past + T, n = keys * Dkv;
-    ws.kv16.resize(static_cast<size_t>(2 * B * n));
-    parallel_for(2 * B, [&](int64_t i0, int64_t i1, int) {
-      for (int64_t i = i0; i < i1; ++i) {
-        const int64_t b = i / 2;
-        kt.round_bf16(i % 2 ? cache.v(l, b, 0) : cache.k(l, b, 0), ws.kv16.data() + i * n, n);
-      }
-    });
+  // Keys (which = 0) or values (1) of batch row b from position 0 as
+  // attention reads them, [keys, Dkv] with rows ld floats apart: in the cache,
+  // in this call's q|k|v rows (no cache), or in their bfloat16 copy.
+  struct KeysValues {
+    Matrix m;
+    int64_t ld;
+  };
+  KeysValues keys_values_f32(int64_t l, int64_t b, int which) const {
+    if (cache) return {Matrix(which ? cache->v(l, b, 0) : cache->k(l, b, 0)), Dkv};
+    return {Matrix(ws.qkv.data() + b * T * Dqkv + Da + which * Dkv), Dqkv};
+  }
+  KeysValues keys_values(int64_t l, int64_t b, int which, int64_t kv_head) const {
+    if (bf16_attention())
+      return {Matrix(ws.kv16.data() + (2 * b + which) * (past + T) * Dkv + kv_head * dh), Dkv};
+    const KeysValues src = keys_values_f32(l, b, which);
+    return {src.m.offset(kv_head * dh), src.ld};
   }
 
-  // Keys (which = 0) or values (1) of batch row b from position 0, [keys, Dkv],
-  // starting at key/value head kv: the cache itself or its bfloat16 copy.
-  Matrix keys_values(int64_t l, int64_t b, int which, int64_t kv) const {
-    if (bf16_attention()) return Matrix(ws.kv16.data() + (2 * b + which) * (past + T) * Dkv + kv * dh);
-    return Matrix((which ? cache.v(l, b, 0) : cache.k(l, b, 0)) + kv * dh);
+  void round_keys_values(int64_t l) {
+    const int64_t keys = past + T;
+    ws.kv16.resize(static_cast<size_t>(2 * B * keys * Dkv));
+    parallel_for(2 * B * keys, [&](int64_t i0, int64_t i1, int) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t row = i % keys, block = i / keys;  // block = 2 b + which
+        const KeysValues src = keys_values_f32(l, block / 2, static_cast<int>(block % 2));
+        kt.round_bf16(src.m.f32 + row * src.ld, ws.kv16.data() + i * Dkv, Dkv);
+      }
+    }, 16);
   }
 
   // S[r, j] for queries i0 + r (r < rows) and keys j < keys: scaled q·k, and
   // -inf where key j lies after the query (causal mask).
   void scores_block(int64_t l, int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t keys, float* S,
                     int64_t lds, int t) {
-    const Matrix K = keys_values(l, b, 0, h / (H / Hkv));
+    const KeysValues K = keys_values(l, b, 0, h / (H / Hkv));
     const MatmulArgs args{rows, keys, dh, ws.qkv.data() + (b * T + i0) * Dqkv + h * dh, Dqkv,
-                          K.f32, 1, Dkv, nullptr, S, lds, false,
-                          thread_scratch(t, matmul_scratch_floats()), K.bf16};
+                          K.m.f32, 1, K.ld, nullptr, S, lds, false,
+                          thread_scratch(t, matmul_scratch_floats()), K.m.bf16};
     kt.matmul_cols(args, 0, keys);
     const float inv = score_scale(l);
     for (int64_t r = 0; r < rows; ++r) {
@@ -200,10 +212,10 @@ struct Pass {
   // (query head h reads key/value head h / (H / Hkv)).
   void weighted_sum_block(int64_t l, int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t keys,
                           const float* P, int64_t ldp, int t) {
-    const Matrix V = keys_values(l, b, 1, h / (H / Hkv));
-    const MatmulArgs args{rows, dh, keys, P, ldp, V.f32, Dkv, 1, nullptr,
+    const KeysValues V = keys_values(l, b, 1, h / (H / Hkv));
+    const MatmulArgs args{rows, dh, keys, P, ldp, V.m.f32, V.ld, 1, nullptr,
                           ws.z.data() + (b * T + i0) * Da + h * dh, Da, false,
-                          thread_scratch(t, matmul_scratch_floats()), V.bf16};
+                          thread_scratch(t, matmul_scratch_floats()), V.m.bf16};
     kt.matmul_cols(args, 0, dh);
   }
 
@@ -291,11 +303,11 @@ struct Pass {
       hook(HookKind::rot_q, l, heads(qkv, Dqkv, dh, H));
       hook(HookKind::rot_k, l, heads(qkv + Da, Dqkv, dh, Hkv));
     }
-    for (int64_t b = 0; b < B; ++b)
+    for (int64_t b = 0; cache && b < B; ++b)
       for (int64_t t = 0; t < T; ++t) {
         const float* src = qkv + (b * T + t) * Dqkv;
-        std::memcpy(cache.k(l, b, past + t), src + Da, Dkv * sizeof(float));
-        std::memcpy(cache.v(l, b, past + t), src + Da + Dkv, Dkv * sizeof(float));
+        std::memcpy(cache->k(l, b, past + t), src + Da, Dkv * sizeof(float));
+        std::memcpy(cache->v(l, b, past + t), src + Da + Dkv, Dkv * sizeof(float));
       }
     if (bf16_attention()) round_keys_values(l);
     if (active(HookKind::attn_scores, l) || active(HookKind::pattern, l))
@@ -489,14 +501,18 @@ std::vector<int> Model::hook_ids() const {
   return ids;
 }
 
-void Model::forward(KVCache& cache, const int32_t* tokens, int64_t batch, int64_t n_tokens,
+void Model::forward(KVCache* cache, const int32_t* tokens, int64_t batch, int64_t n_tokens,
                     HookPlan* plan, LogitsMode mode, float* logits) {
   if (batch <= 0 || n_tokens <= 0) throw std::invalid_argument("forward needs at least one token");
-  if (batch != cache.batch())
+  if (cache && batch != cache->batch())
     throw std::invalid_argument("tokens have batch " + std::to_string(batch) + " but the cache holds " +
-                                std::to_string(cache.batch()));
-  if (cache.n_layers() != cfg_.n_layers || cache.d_kv() != cfg_.d_kv() || cache.n_ctx() != cfg_.n_ctx)
+                                std::to_string(cache->batch()));
+  if (cache && (cache->n_layers() != cfg_.n_layers || cache->d_kv() != cfg_.d_kv() || cache->n_ctx() != cfg_.n_ctx))
     throw std::invalid_argument("this KV cache was made for another model");
+  const int64_t past = cache ? cache->n_past() : 0;
+  if (past + n_tokens > cfg_.n_ctx)
+    throw std::out_of_range("sequence of " + std::to_string(past + n_tokens) +
+                            " positions exceeds the context length " + std::to_string(cfg_.n_ctx));
   if (plan && plan->n_layers() != cfg_.n_layers)
     throw std::invalid_argument("this hook plan was made for another model");
   for (int64_t i = 0; i < batch * n_tokens; ++i)
@@ -504,7 +520,7 @@ void Model::forward(KVCache& cache, const int32_t* tokens, int64_t batch, int64_
       throw std::out_of_range("token id " + std::to_string(tokens[i]) + " at index " + std::to_string(i) +
                               " is outside the vocabulary [0, " + std::to_string(cfg_.d_vocab) + ")");
   std::lock_guard<std::mutex> lock(mutex_);
-  cache.reserve(cache.n_past() + n_tokens);  // throws past n_ctx
+  if (cache) cache->reserve(past + n_tokens);
 
   const int64_t BT = batch * n_tokens, D = cfg_.d_model, Da = cfg_.d_attn();
   sized(ws_.x, BT * D);
@@ -515,13 +531,13 @@ void Model::forward(KVCache& cache, const int32_t* tokens, int64_t batch, int64_
   sized(ws_.attn_out, BT * D);
   sized(ws_.mlp, BT * cfg_.d_mlp);
 
-  Pass pass{cfg_, w_, cache, plan, ws_, kernels::active(), batch, n_tokens, cache.n_past(), BT, D, Da,
+  Pass pass{cfg_, w_, cache, plan, ws_, kernels::active(), batch, n_tokens, past, BT, D, Da,
             cfg_.n_heads, cfg_.d_head, cfg_.kv_heads(), cfg_.d_kv(), cfg_.d_qkv()};
   if (cfg_.positions == Positions::rotary) pass.rope_tables();
   pass.embed(tokens);
   for (int64_t l = 0; l < cfg_.n_layers; ++l) pass.block(l);
   pass.unembed(mode, logits);
-  cache.advance(n_tokens);
+  if (cache) cache->advance(n_tokens);
 }
 
 }  // namespace tmech

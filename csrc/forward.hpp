@@ -20,11 +20,13 @@ class Model {
   Model(ModelConfig cfg, ModelWeights weights);
   const ModelConfig& config() const { return cfg_; }
 
-  // Runs tokens [batch, n_tokens] at positions cache.n_past() onward, writes
-  // their keys and values into the cache and advances it. logits receives
+  // Runs tokens [batch, n_tokens] at positions cache->n_past() onward, writes
+  // their keys and values into the cache and advances it. Without a cache
+  // (null), a one-off forward from position 0: keys and values are read where
+  // they were computed and nothing is kept. logits receives
   // [batch, n_tokens, d_vocab] (all), [batch, d_vocab] (last) or nothing.
   // Thread-safe: calls on one model are serialized.
-  void forward(KVCache& cache, const int32_t* tokens, int64_t batch, int64_t n_tokens,
+  void forward(KVCache* cache, const int32_t* tokens, int64_t batch, int64_t n_tokens,
                HookPlan* plan, LogitsMode mode, float* logits);
 
   KVCache new_cache(int64_t batch) const;

@@ -141,9 +141,7 @@ class Model:
         """
         # BOS starts a sequence, so text continuing a cached one gets none
         tokens = self.tokens_of(input, prepend_bos=prepend_bos and (cache is None or cache.n_past == 0))
-        if cache is None:
-            cache = self.new_cache(tokens.shape[0])
-        self._check_fits(cache.n_past, tokens.shape[1])
+        self._check_fits(cache.n_past if cache is not None else 0, tokens.shape[1])
         plan = self._plan(hooks)
         out = self._core_forward(cache, tokens, plan, logits)
         return None if logits == "none" else out
@@ -289,7 +287,7 @@ class Model:
             self._context_hooks = before
 
     def _run(self, tokens: np.ndarray, plan) -> np.ndarray:
-        return self._core_forward(self.new_cache(tokens.shape[0]), tokens, plan, "all")
+        return self._core_forward(None, tokens, plan, "all")  # no cache: nothing is kept
 
     def _core_forward(self, cache, tokens, plan, logits: str):
         try:

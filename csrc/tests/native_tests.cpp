@@ -216,8 +216,21 @@ void test_forward(std::mt19937& rng, bool llama) {
 
   std::vector<float> full(B * T * V);
   KVCache c1 = model.new_cache(B);
-  model.forward(c1, tokens.data(), B, T, nullptr, LogitsMode::all, full.data());
+  model.forward(&c1, tokens.data(), B, T, nullptr, LogitsMode::all, full.data());
   check(c1.n_past() == T, "prefill advances the cache");
+
+  // Without a cache, keys and values are read in place: the same logits.
+  std::vector<float> uncached(B * T * V);
+  model.forward(nullptr, tokens.data(), B, T, nullptr, LogitsMode::all, uncached.data());
+  check(uncached == full, arch + "a forward without a cache equals one with");
+  bool refused = false;
+  try {
+    std::vector<int32_t> too_long(T + 1, 0);
+    model.forward(nullptr, too_long.data(), 1, T + 1, nullptr, LogitsMode::none, nullptr);
+  } catch (const std::out_of_range&) {
+    refused = true;
+  }
+  check(refused, arch + "a forward without a cache refuses more tokens than the context");
 
   // Prefill 5 tokens, then decode one at a time: the last logits must match.
   KVCache c2 = model.new_cache(B);
@@ -226,11 +239,11 @@ void test_forward(std::mt19937& rng, bool llama) {
   std::vector<int32_t> head(B * 5);
   for (int64_t b = 0; b < B; ++b)
     for (int64_t t = 0; t < 5; ++t) head[b * 5 + t] = tokens[b * T + t];
-  model.forward(c2, head.data(), B, 5, nullptr, LogitsMode::all, prefix.data());
+  model.forward(&c2, head.data(), B, 5, nullptr, LogitsMode::all, prefix.data());
   double worst = 0;
   for (int64_t t = 5; t < T; ++t) {
     for (int64_t b = 0; b < B; ++b) step[b] = tokens[b * T + t];
-    model.forward(c2, step.data(), B, 1, nullptr, LogitsMode::last, last.data());
+    model.forward(&c2, step.data(), B, 1, nullptr, LogitsMode::last, last.data());
     for (int64_t b = 0; b < B; ++b)
       for (int64_t v = 0; v < V; ++v)
         worst = std::max(worst, double(std::abs(last[b * V + v] - full[(b * T + t) * V + v])));
@@ -244,7 +257,7 @@ void test_forward(std::mt19937& rng, bool llama) {
   for (int id : ids) plan.add(id, Edit{});
   KVCache c3 = model.new_cache(B);
   std::vector<float> hooked(B * T * V);
-  model.forward(c3, tokens.data(), B, T, &plan, LogitsMode::all, hooked.data());
+  model.forward(&c3, tokens.data(), B, T, &plan, LogitsMode::all, hooked.data());
   double diff = 0;
   for (size_t i = 0; i < full.size(); ++i) diff = std::max(diff, double(std::abs(full[i] - hooked[i])));
   check(diff < 1e-4, arch + "capturing every hook point leaves the logits unchanged");
@@ -283,7 +296,7 @@ void test_forward(std::mt19937& rng, bool llama) {
   add.scalar = 2.f;
   edits.add(hook_id(HookKind::resid_pre, 1, 2), add);
   KVCache c4 = model.new_cache(B);
-  model.forward(c4, tokens.data(), B, T, &edits, LogitsMode::all, hooked.data());
+  model.forward(&c4, tokens.data(), B, T, &edits, LogitsMode::all, hooked.data());
   bool finite = true;
   for (float x : hooked) finite = finite && std::isfinite(x);
   check(finite, arch + "edited forward stays finite");
@@ -297,7 +310,7 @@ void test_forward(std::mt19937& rng, bool llama) {
   KVCache c5 = model.new_cache(B);
   bool threw = false;
   try {
-    model.forward(c5, tokens.data(), B, T, &wrong, LogitsMode::all, hooked.data());
+    model.forward(&c5, tokens.data(), B, T, &wrong, LogitsMode::all, hooked.data());
   } catch (const std::invalid_argument&) {
     threw = true;
   }
@@ -308,7 +321,7 @@ void test_forward(std::mt19937& rng, bool llama) {
     set_num_threads(threads);
     KVCache c = model.new_cache(B);
     std::vector<float> out(B * T * V);
-    model.forward(c, tokens.data(), B, T, nullptr, LogitsMode::all, out.data());
+    model.forward(&c, tokens.data(), B, T, nullptr, LogitsMode::all, out.data());
     double d = 0;
     for (size_t i = 0; i < out.size(); ++i) d = std::max(d, double(std::abs(out[i] - full[i])));
     check(d < 1e-5, arch + "same logits with " + std::to_string(threads) + " threads");
@@ -325,13 +338,13 @@ void test_forward(std::mt19937& rng, bool llama) {
   std::vector<int32_t> bad_tokens = {0, static_cast<int32_t>(V)};
   check(throws([&] {
           KVCache c = model.new_cache(1);
-          model.forward(c, bad_tokens.data(), 1, 2, nullptr, LogitsMode::all, full.data());
+          model.forward(&c, bad_tokens.data(), 1, 2, nullptr, LogitsMode::all, full.data());
         }),
         "out-of-vocabulary token throws");
   check(throws([&] {
           KVCache c = model.new_cache(B);
-          model.forward(c, tokens.data(), B, T, nullptr, LogitsMode::none, nullptr);
-          model.forward(c, tokens.data(), B, 1, nullptr, LogitsMode::none, nullptr);
+          model.forward(&c, tokens.data(), B, T, nullptr, LogitsMode::none, nullptr);
+          model.forward(&c, tokens.data(), B, 1, nullptr, LogitsMode::none, nullptr);
         }),
         "running past n_ctx throws");
 }

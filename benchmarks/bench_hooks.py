@@ -8,19 +8,24 @@ Both caches hold the default hook points (everything but attn.hook_result).
     python benchmarks/bench_hooks.py [--threads N] [--layers 12] [--repeats R] [--tokens 128 512]
 
 make_tl(hf) builds the TransformerLens reference; hooks_rows(model, tl, ...)
-returns the measurements as report rows.
+returns the measurements as report rows. tl_bridge_rows(path, model, ...)
+times TransformerLens 4.x's TransformerBridge too, in the separate virtual
+environment tools/setup-tl4-venv makes (sae-lens pins TL < 4 here): its
+python is $TINYMECH_TL4_PYTHON, or ../tl4-venv/bin/python beside the repo.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from report import row, target
-from timing import median_time, random_tokens
+from report import Skipped, row, target
+from timing import best_time, median_time, random_tokens
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # shared reference builders
 
@@ -58,6 +63,37 @@ def hooks_rows(model, tl, *, tokens=(128, 512), repeats: int = 3) -> list:
         rows.append(row(f"cache-tl-{n}", f"run_with_cache {n} tokens: speed vs TL", cached, tl_cached, "ms",
                         tl_cached / cached, ref_name="TL", target=TL_TARGET, **times))
     return rows
+
+
+def tl4_python() -> Path:
+    """The TL 4.x environment's python, or Skipped when there is none."""
+    default = Path(__file__).resolve().parents[2] / "tl4-venv" / "bin" / "python"
+    python = Path(os.environ.get("TINYMECH_TL4_PYTHON", default))
+    if not python.exists():
+        raise Skipped(f"no TransformerLens 4.x environment at {python} (make one with tools/setup-tl4-venv, "
+                      "or point TINYMECH_TL4_PYTHON at its python)")
+    return python
+
+
+def tl_bridge_rows(path, model, threads: int, *, tokens: int = 512, repeats: int = 3) -> list:
+    """run_with_cache of every hook point: TL 4.x TransformerBridge's time
+    (bench_tl_bridge.py in its own environment, on the same checkpoint and
+    tokens) / tinymech's, timed alike (best of repeats) in this run."""
+    python = tl4_python()
+    script = Path(__file__).with_name("bench_tl_bridge.py")
+    done = subprocess.run([str(python), str(script), "--model", str(path), "--tokens", str(tokens),
+                           "--threads", str(threads), "--repeats", str(repeats)],
+                          capture_output=True, text=True, timeout=1800)
+    if done.returncode != 0:
+        raise Skipped(f"bench_tl_bridge.py failed: {done.stderr.strip().splitlines()[-1:]}")
+    bridge = json.loads(done.stdout.strip().splitlines()[-1])
+    ids = random_tokens(model.cfg.d_vocab, tokens, seed=tokens)
+    ours = best_time(lambda: model.run_with_cache(ids), repeats)
+    theirs = bridge["run_with_cache_s"]
+    return [row(f"cache-bridge-{tokens}", f"run_with_cache {tokens} tokens: speed vs TL 4.x bridge", ours * 1e3,
+                theirs * 1e3, "ms", theirs / ours, ref_name=f"TL {bridge['tl_version']} TransformerBridge",
+                note=f"{bridge['n_hooks_cached']} bridge hooks cached; its logits vs HF "
+                     f"{bridge['max_logit_diff_vs_hf']:.1e}")]
 
 
 def main():

@@ -4,8 +4,8 @@ length and threads, on a random GPT-2-small-shaped checkpoint.
     python benchmarks/bench_system.py [--layers 12] [--repeats 3]
 
 load_time_rows(path)             tm.load of a save_pretrained directory (memory-mapped), best of 3
-peak_rss_rows(path, threads)     peak RSS growth of loading + one 512-token forward, over the weights' bytes,
-                                 measured in fresh interpreters
+peak_rss_rows(path, threads)     peak RSS growth of loading + one 512-token forward, or + generating 64
+                                 tokens after it, over the weights' bytes, measured in fresh interpreters
 length_scaling_rows(model, ...)  per-token prefill time at 1024 tokens vs 512
 thread_scaling_rows(model, ...)  prefill 512 tokens with 2 threads vs 1
 each return report rows.
@@ -60,9 +60,13 @@ import numpy as np
 import tinymech as tm
 mode, path, n, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 tm.set_num_threads(threads)
-if mode == "run":
+if mode != "base":
     model = tm.load(path)
-    model(np.random.default_rng(0).integers(0, model.cfg.d_vocab, (1, n)))
+    tokens = np.random.default_rng(0).integers(0, model.cfg.d_vocab, (1, n))
+    if mode == "forward":
+        model(tokens)
+    else:  # "generate": a prompt of n tokens, then 64 more decoded with the KV cache
+        model.generate(tokens, max_new_tokens=64)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(peak if sys.platform == "darwin" else peak * 1024)
 """
@@ -80,18 +84,22 @@ def _peak_rss(mode: str, path, tokens: int, threads: int) -> int:
 
 
 def peak_rss_rows(path, threads: int, tokens: int = 512) -> list:
-    """Peak RSS (ru_maxrss) of a fresh interpreter that loads the model and
-    runs one forward, minus that of one that only imports the same modules."""
+    """Peak RSS (ru_maxrss) of a fresh interpreter that loads the model and runs
+    one forward (all positions' logits), or generates 64 tokens after a prompt,
+    minus that of one that only imports the same modules."""
     base = _peak_rss("base", path, tokens, threads)
-    peak = _peak_rss("run", path, tokens, threads)
     weights = weight_bytes(path)
-    growth = peak - base
     vocab = json.loads((Path(path) / "config.json").read_text())["vocab_size"]
     logits = tokens * vocab * 4  # the float32 logits the forward returns
-    return [row("peak-rss", f"peak RSS growth, load + {tokens}-token forward / weights", growth / 2**20,
-                weights / 2**20, "MiB", growth / weights, ref_name="weights", target=RSS_TARGET,
-                note=f"import baseline {base / 2**20:.0f} MiB; {(growth - logits) / weights:.2f}× without the "
-                     f"{logits / 2**20:.0f} MiB of logits returned")]
+    rows = []
+    for mode, task in (("forward", f"load + {tokens}-token forward"), ("generate", f"load + generate 64 after {tokens}")):
+        growth = _peak_rss(mode, path, tokens, threads) - base
+        note = f"import baseline {base / 2**20:.0f} MiB"
+        if mode == "forward":
+            note += f"; {(growth - logits) / weights:.2f}× without the {logits / 2**20:.0f} MiB of logits it returns"
+        rows.append(row(f"peak-rss-{mode}", f"peak RSS growth, {task} / weights", growth / 2**20, weights / 2**20,
+                        "MiB", growth / weights, ref_name="weights", target=RSS_TARGET, note=note))
+    return rows
 
 
 def length_scaling_rows(model, repeats: int = 3, forward_rows=None) -> list:

@@ -9,10 +9,11 @@ Benchmarks (--only takes any of these names, comma-separated):
   forward   prefill 128/512/1024 tokens and decode vs HF transformers  (bench_forward.py)
   bf16      bf16 weight mode: decode vs HF fp32, prefill vs HF bf16      (bench_forward.py)
   hooks     run_with_cache vs plain forward and vs TransformerLens       (bench_hooks.py)
+  tlbridge  run_with_cache vs TL 4.x TransformerBridge, in its own venv  (bench_hooks.py)
   sae       SAE encode / decode vs SAELens                               (bench_sae.py)
   roofline  matmul GF/s vs numpy and FMA peak; memory bandwidth          (roofline.py)
   load      tm.load time of a save_pretrained checkpoint                 (bench_system.py)
-  rss       peak RSS of load + a 512-token forward vs the weights' bytes (bench_system.py)
+  rss       peak RSS of load + a 512-token forward, or + generation, vs the weights' bytes (bench_system.py)
   length    per-token prefill time, 1024 tokens vs 512                   (bench_system.py)
   threads   prefill 512 tokens, 2 threads vs 1                           (bench_system.py)
   llamacpp  prefill and decode vs llama.cpp's llama-bench, if on PATH    (bench_llamacpp.py)
@@ -29,9 +30,9 @@ import sys
 import time
 import warnings
 
-BENCHMARKS = ("forward", "bf16", "hooks", "sae", "roofline", "load", "rss", "length", "threads", "llamacpp", "smollm2")
-NEEDS_GPT2 = {"forward", "bf16", "hooks", "load", "rss", "length", "threads", "llamacpp"}
-TITLES = {"llamacpp": "llama.cpp", "smollm2": "SmolLM2"}
+BENCHMARKS = ("forward", "bf16", "hooks", "tlbridge", "sae", "roofline", "load", "rss", "length", "threads", "llamacpp", "smollm2")
+NEEDS_GPT2 = {"forward", "bf16", "hooks", "tlbridge", "load", "rss", "length", "threads", "llamacpp"}
+TITLES = {"llamacpp": "llama.cpp", "smollm2": "SmolLM2", "tlbridge": "TL 4.x bridge"}
 
 
 def parse_args(argv=None):
@@ -52,7 +53,7 @@ def parse_args(argv=None):
 def run(args) -> tuple:
     """Runs the chosen benchmarks; returns (rows, [(name, reason)] of the skipped)."""
     from bench_forward import bf16_rows, forward_rows
-    from bench_hooks import hooks_rows, make_tl
+    from bench_hooks import hooks_rows, make_tl, tl_bridge_rows
     from bench_llamacpp import llamacpp_rows
     from bench_sae import sae_rows
     from bench_smollm2 import smollm2_rows
@@ -84,6 +85,8 @@ def run(args) -> tuple:
                     step(name, lambda: bf16_rows(path, model, hf, repeats=reps, fp32_rows=by_name.get("forward")))
                 elif name == "hooks":
                     step(name, lambda: hooks_rows(model, make_tl(hf), repeats=reps))
+                elif name == "tlbridge":
+                    step(name, lambda: tl_bridge_rows(path, model, args.threads, repeats=reps))
                 elif name == "load":
                     step(name, lambda: load_time_rows(path, repeats=3))
                 elif name == "rss":

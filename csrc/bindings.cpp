@@ -347,6 +347,8 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("n_ctx", &tmech::KVCache::n_ctx)
       .def("reset", &tmech::KVCache::reset)
       .def("truncate", &tmech::KVCache::truncate, py::arg("n"))
+      .def("reserve", &tmech::KVCache::reserve, py::arg("positions"),
+           "make room for this many positions now (no regrowth while decoding up to them)")
       .def("fork", &tmech::KVCache::fork);
 
   py::class_<PyHookPlan>(m, "HookPlan")

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <new>
 #include <stdexcept>
 #include <string>
 
@@ -20,24 +21,35 @@ void KVCache::truncate(int64_t n) {
   n_past_ = n;
 }
 
+KVCache::Buffer KVCache::relaid(const Buffer& from, int64_t from_cap, int64_t cap) const {
+  Buffer fresh(static_cast<float*>(std::calloc(static_cast<size_t>(n_layers_ * batch_ * cap * d_kv_), sizeof(float))));
+  if (!fresh) throw std::bad_alloc();
+  for (int64_t lb = 0; lb < n_layers_ * batch_ && n_past_ > 0; ++lb)
+    std::memcpy(fresh.get() + lb * cap * d_kv_, from.get() + lb * from_cap * d_kv_,
+                static_cast<size_t>(n_past_ * d_kv_) * sizeof(float));
+  return fresh;
+}
+
 void KVCache::reserve(int64_t positions) {
   if (positions > n_ctx_)
     throw std::out_of_range("sequence of " + std::to_string(positions) +
                             " positions exceeds the context length " + std::to_string(n_ctx_));
   if (positions <= capacity_) return;
   const int64_t cap = std::min(n_ctx_, std::max(positions, std::max<int64_t>(16, 2 * capacity_)));
-  // Re-lay out each [layer][batch] block at the new capacity, keeping n_past rows.
-  auto grow = [&](std::vector<float>& old) {
-    std::vector<float> fresh(static_cast<size_t>(n_layers_ * batch_ * cap * d_kv_));
-    for (int64_t lb = 0; lb < n_layers_ * batch_; ++lb)
-      if (n_past_ > 0)
-        std::memcpy(fresh.data() + lb * cap * d_kv_, old.data() + lb * capacity_ * d_kv_,
-                    static_cast<size_t>(n_past_ * d_kv_) * sizeof(float));
-    old.swap(fresh);
-  };
-  grow(k_);
-  grow(v_);
+  k_ = relaid(k_, capacity_, cap);
+  v_ = relaid(v_, capacity_, cap);
   capacity_ = cap;
+}
+
+KVCache KVCache::fork() const {
+  KVCache copy(n_layers_, batch_, d_kv_, n_ctx_);
+  copy.n_past_ = n_past_;
+  if (capacity_ > 0) {
+    copy.k_ = relaid(k_, capacity_, capacity_);
+    copy.v_ = relaid(v_, capacity_, capacity_);
+    copy.capacity_ = capacity_;
+  }
+  return copy;
 }
 
 }  // namespace tmech

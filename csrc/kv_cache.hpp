@@ -1,9 +1,12 @@
 // Per-layer key/value storage for decoding: K and V of every position seen so
 // far, laid out [layer][batch][capacity][d_kv]. Capacity grows by doubling up
-// to n_ctx; truncate() forgets a suffix, fork() copies for branching.
+// to n_ctx; truncate() forgets a suffix, fork() copies for branching. The
+// storage comes zero-filled from calloc, whose pages are only made resident
+// when written: capacity beyond the positions held costs no memory.
 #pragma once
 #include <cstdint>
-#include <vector>
+#include <cstdlib>
+#include <memory>
 
 namespace tmech {
 
@@ -20,7 +23,7 @@ class KVCache {
 
   void reset() { n_past_ = 0; }
   void truncate(int64_t n);   // keep the first n positions
-  KVCache fork() const { return *this; }
+  KVCache fork() const;
   void reserve(int64_t positions);  // make room for this many positions in all
   void advance(int64_t t) { n_past_ += t; }
 
@@ -28,12 +31,19 @@ class KVCache {
   float* v(int64_t layer, int64_t b, int64_t pos) { return at(v_, layer, b, pos); }
 
  private:
-  float* at(std::vector<float>& buf, int64_t layer, int64_t b, int64_t pos) {
-    return buf.data() + ((layer * batch_ + b) * capacity_ + pos) * d_kv_;
+  struct Free {
+    void operator()(float* p) const { std::free(p); }
+  };
+  using Buffer = std::unique_ptr<float[], Free>;
+  float* at(const Buffer& buf, int64_t layer, int64_t b, int64_t pos) {
+    return buf.get() + ((layer * batch_ + b) * capacity_ + pos) * d_kv_;
   }
+  // A zero-filled buffer for `cap` positions holding this cache's first n_past
+  // positions of `from` (laid out at capacity from_cap).
+  Buffer relaid(const Buffer& from, int64_t from_cap, int64_t cap) const;
   int64_t n_layers_, batch_, d_kv_, n_ctx_;
   int64_t capacity_ = 0, n_past_ = 0;
-  std::vector<float> k_, v_;
+  Buffer k_, v_;
 };
 
 }  // namespace tmech

@@ -241,6 +241,23 @@ def test_kv_cache_truncate_and_fork(ckpt):
         cache.truncate(5)
 
 
+def test_kv_cache_reserve(ckpt):
+    """Room made up front: the decode is the same, capacity stays put, and n_ctx bounds it."""
+    model = tm.load(ckpt)
+    tokens = np.random.default_rng(1).integers(0, model.cfg.d_vocab, (2, 20))
+    full = model(tokens)
+    cache = model.new_cache(batch=2)
+    assert cache.capacity == 0 and cache.fork().capacity == 0
+    cache.reserve(20)
+    assert cache.capacity == 20
+    model.forward(tokens[:, :5], cache=cache)
+    steps = [model.forward(tokens[:, t : t + 1], cache=cache, logits="last") for t in range(5, 20)]
+    np.testing.assert_allclose(np.stack(steps, axis=1), full[:, 5:], atol=1e-5)
+    assert cache.capacity == 20 and cache.fork().n_past == 20
+    with pytest.raises(IndexError, match="exceeds the context length"):
+        cache.reserve(model.cfg.n_ctx + 1)
+
+
 def test_tokens_roundtrip(ckpt, tmp_path):
     d = copy_ckpt(ckpt, tmp_path / "m")
     save_tokenizer(d, SHAPES["tiny"]["vocab_size"])

@@ -206,6 +206,7 @@ class Model:
         )
         plan = self._plan(hooks)
         cache = self.new_cache(tokens.shape[0])
+        cache.reserve(tokens.shape[1] + max_new_tokens)  # checked above; no regrowth copies while decoding
         out = [tokens.astype(np.int64)]
         finished = np.zeros(tokens.shape[0], dtype=bool)
         if max_new_tokens > 0:

@@ -21,22 +21,49 @@ static_assert(kMatmulNC % NR == 0, "NC must be a whole number of panels");
 // The scratch tail holds the edge tile and a copy of A's tile.
 static_assert(MR * NR + MR * kMatmulKC <= 64 * kMatmulKC, "tiles must fit the scratch tail");
 
+#if TM_SIMD_AVX512
+// r[s] = (r[0][s], ..., r[15][s]): a 16 x 16 transpose of 32-bit words, in
+// three rounds of shuffles (words, then pairs of words, then 128-bit lanes).
+inline void transpose16(__m512i r[16]) {
+  __m512i t[16], u[16];
+  for (int p = 0; p < 8; ++p) {
+    t[2 * p] = _mm512_unpacklo_epi32(r[2 * p], r[2 * p + 1]);
+    t[2 * p + 1] = _mm512_unpackhi_epi32(r[2 * p], r[2 * p + 1]);
+  }
+  for (int q = 0; q < 4; ++q) {  // u[4q + c], lane L: rows 4q..4q+3 of column 4L + c
+    u[4 * q] = _mm512_unpacklo_epi64(t[4 * q], t[4 * q + 2]);
+    u[4 * q + 1] = _mm512_unpackhi_epi64(t[4 * q], t[4 * q + 2]);
+    u[4 * q + 2] = _mm512_unpacklo_epi64(t[4 * q + 1], t[4 * q + 3]);
+    u[4 * q + 3] = _mm512_unpackhi_epi64(t[4 * q + 1], t[4 * q + 3]);
+  }
+  for (int c = 0; c < 4; ++c) {
+    const __m512i even = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x88), odd = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xDD);
+    const __m512i even2 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x88);
+    const __m512i odd2 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xDD);
+    r[c] = _mm512_shuffle_i32x4(even, even2, 0x88);
+    r[8 + c] = _mm512_shuffle_i32x4(even, even2, 0xDD);
+    r[4 + c] = _mm512_shuffle_i32x4(odd, odd2, 0x88);
+    r[12 + c] = _mm512_shuffle_i32x4(odd, odd2, 0xDD);
+  }
+}
+#endif
+
 // panel[s * NR + j] = the 32-bit word at first + j * col_bytes + s * 4, for
 // steps s < steps and columns j < NR (zero for j >= w): a panel of B whose
-// columns are contiguous in memory (16 columns per gather with AVX-512).
+// columns are contiguous in memory, turned into rows 16 x 16 words at a time.
 void gather_panel(const void* first, int64_t col_bytes, int64_t steps, int64_t w, uint32_t* panel) {
   const char* base = static_cast<const char*>(first);
 #if TM_SIMD_AVX512
-  const __m512i at = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                        _mm512_set1_epi32(static_cast<int>(col_bytes)));
-  for (int half = 0; half < 2; ++half) {
-    const int64_t cols = w - half * VL;
-    const __mmask16 live = cols >= VL ? 0xFFFF : (cols <= 0 ? 0 : static_cast<__mmask16>((1u << cols) - 1));
-    for (int64_t s = 0; s < steps; ++s)
-      _mm512_storeu_si512(panel + s * NR + half * VL,
-                          _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, at,
-                                                      base + half * VL * col_bytes + 4 * s, 1));
-  }
+  for (int64_t j0 = 0; j0 < NR; j0 += 16)
+    for (int64_t s0 = 0; s0 < steps; s0 += 16) {
+      const int64_t n = steps - s0 < 16 ? steps - s0 : 16;
+      const __mmask16 live = static_cast<__mmask16>((1u << n) - 1);
+      __m512i r[16];
+      for (int64_t i = 0; i < 16; ++i)
+        r[i] = j0 + i < w ? _mm512_maskz_loadu_epi32(live, base + (j0 + i) * col_bytes + 4 * s0) : _mm512_setzero_si512();
+      transpose16(r);
+      for (int64_t s = 0; s < n; ++s) _mm512_storeu_si512(panel + (s0 + s) * NR + j0, r[s]);
+    }
 #else
   for (int64_t j = 0; j < NR; ++j)
     for (int64_t s = 0; s < steps; ++s) {

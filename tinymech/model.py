@@ -15,7 +15,7 @@ from .config import Config
 from .errors import ContextLengthError, HookError, InvalidTokensError, NoTokenizerError
 from .generation import sample_next
 from .activation_cache import ActivationCache
-from .bf16 import bf16_core_weights, canonical_dtype
+from .bf16 import bf16_core, canonical_dtype
 from .hooks import HookSpec, build_plan, hook_registry, resolve_names
 from .tokenizer import Tokenizer
 
@@ -29,8 +29,10 @@ class Model:
         self.dtype = canonical_dtype(dtype)
         # float32 weights, for the Python side (W_U, W_Q, ...); they keep the memory-mapped arrays alive
         self._weights = weights
-        core_weights = bf16_core_weights(weights) if self.dtype == "bf16" else weights
-        self._core = _core.Model(cfg.core_dict(), core_weights)
+        core_config, core_weights = cfg.core_dict(), weights
+        if self.dtype == "bf16":
+            core_config, core_weights = bf16_core(core_config, weights)
+        self._core = _core.Model(core_config, core_weights)
         self._hook_names, self._hook_ids = hook_registry(cfg.n_layers, self._core.hook_ids())
         self._hook_name_of = {i: n for n, i in self._hook_ids.items()}
         self._context_hooks: list[HookSpec] = []

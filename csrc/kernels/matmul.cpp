@@ -324,9 +324,9 @@ void matmul_many_rows(const MatmulArgs& a, const uint16_t* B, int64_t n_begin, i
 // runs of consecutive addresses, which the hardware prefetcher keeps up with.
 template <class W>
 void matmul_small_rows(const MatmulArgs& a, const W* Bw, int64_t n_begin, int64_t n_end) {
-  constexpr int64_t kChunk = 2048;
-  for (int64_t c0 = n_begin; c0 < n_end; c0 += kChunk) {
-    const int64_t cw = n_end - c0 < kChunk ? n_end - c0 : kChunk;
+  const int64_t chunk = 8192 / a.M;  // the M rows of outputs stay within 32 KB
+  for (int64_t c0 = n_begin; c0 < n_end; c0 += chunk) {
+    const int64_t cw = n_end - c0 < chunk ? n_end - c0 : chunk;
     for (int64_t m = 0; m < a.M; ++m) {
       float* y = a.C + m * a.ldc + c0;
       if (!a.accumulate)

@@ -320,11 +320,12 @@ void matmul_many_rows(const MatmulArgs& a, const uint16_t* B, int64_t n_begin, i
 
 // Few rows, B stored [K, N] (row-major, HF Conv1D): y_m += a_mk · B[k, :],
 // four k at a time so each output chunk is loaded and stored once per four rows
-// of B. Chunks are long (8 KB of outputs, still in L1) so that B is read in long
-// runs of consecutive addresses, which the hardware prefetcher keeps up with.
+// of B. Chunks are long (32 KB of outputs over all M rows, still in L1; whole
+// rows of GPT-2's B for one row of A) so that B is read in long runs of
+// consecutive addresses, which the hardware prefetcher keeps up with.
 template <class W>
 void matmul_small_rows(const MatmulArgs& a, const W* Bw, int64_t n_begin, int64_t n_end) {
-  const int64_t chunk = 8192 / a.M;  // the M rows of outputs stay within 32 KB
+  const int64_t chunk = 8192 / a.M;
   for (int64_t c0 = n_begin; c0 < n_end; c0 += chunk) {
     const int64_t cw = n_end - c0 < chunk ? n_end - c0 : chunk;
     for (int64_t m = 0; m < a.M; ++m) {

@@ -21,57 +21,22 @@ static_assert(kMatmulNC % NR == 0, "NC must be a whole number of panels");
 // The scratch tail holds the edge tile and a copy of A's tile.
 static_assert(MR * NR + MR * kMatmulKC <= 64 * kMatmulKC, "tiles must fit the scratch tail");
 
-#if TM_SIMD_AVX512
-// r[s] = (r[0][s], ..., r[15][s]): a 16 x 16 transpose of 32-bit words, in
-// three rounds of shuffles (words, then pairs of words, then 128-bit lanes).
-inline void transpose16(__m512i r[16]) {
-  __m512i t[16], u[16];
-  for (int p = 0; p < 8; ++p) {
-    t[2 * p] = _mm512_unpacklo_epi32(r[2 * p], r[2 * p + 1]);
-    t[2 * p + 1] = _mm512_unpackhi_epi32(r[2 * p], r[2 * p + 1]);
-  }
-  for (int q = 0; q < 4; ++q) {  // u[4q + c], lane L: rows 4q..4q+3 of column 4L + c
-    u[4 * q] = _mm512_unpacklo_epi64(t[4 * q], t[4 * q + 2]);
-    u[4 * q + 1] = _mm512_unpackhi_epi64(t[4 * q], t[4 * q + 2]);
-    u[4 * q + 2] = _mm512_unpacklo_epi64(t[4 * q + 1], t[4 * q + 3]);
-    u[4 * q + 3] = _mm512_unpackhi_epi64(t[4 * q + 1], t[4 * q + 3]);
-  }
-  for (int c = 0; c < 4; ++c) {
-    const __m512i even = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x88), odd = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xDD);
-    const __m512i even2 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x88);
-    const __m512i odd2 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xDD);
-    r[c] = _mm512_shuffle_i32x4(even, even2, 0x88);
-    r[8 + c] = _mm512_shuffle_i32x4(even, even2, 0xDD);
-    r[4 + c] = _mm512_shuffle_i32x4(odd, odd2, 0x88);
-    r[12 + c] = _mm512_shuffle_i32x4(odd, odd2, 0xDD);
-  }
-}
-#endif
-
-// panel[s * NR + j] = the 32-bit word at first + j * col_bytes + s * 4, for
-// steps s < steps and columns j < NR (zero for j >= w): a panel of B whose
-// columns are contiguous in memory, turned into rows 16 x 16 words at a time.
-void gather_panel(const void* first, int64_t col_bytes, int64_t steps, int64_t w, uint32_t* panel) {
-  const char* base = static_cast<const char*>(first);
-#if TM_SIMD_AVX512
-  for (int64_t j0 = 0; j0 < NR; j0 += 16)
-    for (int64_t s0 = 0; s0 < steps; s0 += 16) {
-      const int64_t n = steps - s0 < 16 ? steps - s0 : 16;
-      const __mmask16 live = static_cast<__mmask16>((1u << n) - 1);
-      __m512i r[16];
-      for (int64_t i = 0; i < 16; ++i)
-        r[i] = j0 + i < w ? _mm512_maskz_loadu_epi32(live, base + (j0 + i) * col_bytes + 4 * s0) : _mm512_setzero_si512();
-      transpose16(r);
-      for (int64_t s = 0; s < n; ++s) _mm512_storeu_si512(panel + (s0 + s) * NR + j0, r[s]);
+// panel[s * NR + j] = column j's element s as float32, for steps s < steps and
+// columns j < w (zero for w <= j < NR), where column j starts at col0 + j * sn:
+// a panel of B whose columns are contiguous in memory, VL x VL at a time.
+template <class W>
+void transpose_panel(const W* col0, int64_t sn, int64_t steps, int64_t w, float* panel) {
+  for (int64_t j0 = 0; j0 < NR; j0 += VL)
+    for (int64_t s0 = 0; s0 < steps; s0 += VL) {
+      const int64_t n = steps - s0 < VL ? steps - s0 : VL;
+      vf r[VL];
+      for (int64_t i = 0; i < VL; ++i) {
+        const W* src = col0 + (j0 + i) * sn + s0;
+        r[i] = j0 + i >= w ? vzero() : (n == VL ? vload_w(src) : vload_w_part(src, n));
+      }
+      vtranspose(r);
+      for (int64_t s = 0; s < n; ++s) vstore(panel + (s0 + s) * NR + j0, r[s]);
     }
-#else
-  for (int64_t j = 0; j < NR; ++j)
-    for (int64_t s = 0; s < steps; ++s) {
-      uint32_t word = 0;
-      if (j < w) std::memcpy(&word, base + j * col_bytes + 4 * s, sizeof word);
-      panel[s * NR + j] = word;
-    }
-#endif
 }
 
 // A packed micro-kernel step: `Steps` says what one step of the inner
@@ -120,9 +85,9 @@ struct F32Steps {
             for (int64_t j = 0; j < w; ++j) panel[k * NR + j] = load_w(src + j);
           }
         }
-      } else if (sk == 1 && sizeof(W) == sizeof(float)) {  // columns contiguous in k, float32
-        gather_panel(Bw + k0 + p0 * sn, sn * sizeof(float), kc, w, reinterpret_cast<uint32_t*>(panel));
-      } else {  // columns are contiguous in k: read along k, write strided
+      } else if (sk == 1) {  // columns contiguous in k
+        transpose_panel(Bw + k0 + p0 * sn, sn, kc, w, panel);
+      } else {  // general strides
         for (int64_t j = 0; j < w; ++j) {
           const W* src = Bw + k0 * sk + (p0 + j) * sn;
           for (int64_t k = 0; k < kc; ++k) panel[k * NR + j] = load_w(src + k * sk);
@@ -163,6 +128,22 @@ struct Bf16PairSteps {
     return out;
   }
 
+  // panel[p * NR + j] = the pair of column j at step p, for p < pairs and j < w
+  // (zero for w <= j < NR), column j's pairs starting at col0 + j * sn
+  // (in bfloat16s): columns contiguous in memory, 16 x 16 words at a time.
+  static void transpose_pairs(const uint16_t* col0, int64_t sn, int64_t pairs, int64_t w, uint32_t* panel) {
+    for (int64_t j0 = 0; j0 < NR; j0 += 16)
+      for (int64_t p0 = 0; p0 < pairs; p0 += 16) {
+        const int64_t n = pairs - p0 < 16 ? pairs - p0 : 16;
+        const __mmask16 live = static_cast<__mmask16>((1u << n) - 1);
+        __m512i r[16];
+        for (int64_t i = 0; i < 16; ++i)
+          r[i] = j0 + i < w ? _mm512_maskz_loadu_epi32(live, col0 + (j0 + i) * sn + 2 * p0) : _mm512_setzero_si512();
+        transpose16_epi32(r);
+        for (int64_t p = 0; p < n; ++p) _mm512_storeu_si512(panel + (p0 + p) * NR + j0, r[p]);
+      }
+  }
+
   // B[k0:k0+kc, n0:n1] into panels laid out [panel][k pair][NR] of pairs.
   static void pack_b(const MatmulArgs& a, const uint16_t* Bw, int64_t k0, int64_t kc, int64_t n0, int64_t n1,
                      uint32_t* dst) {
@@ -183,9 +164,9 @@ struct Bf16PairSteps {
           _mm512_storeu_si512(panel + p * NR, _mm512_permutex2var_epi16(r0, first, r1));
           _mm512_storeu_si512(panel + p * NR + VL, _mm512_permutex2var_epi16(r0, second, r1));
         }
-      } else if (sk == 1) {  // columns contiguous in k: each pair is one word, gathered 16 columns at a time
+      } else if (sk == 1) {  // columns contiguous in k: each pair is one word
         const int64_t whole = kc / 2;  // pairs with both halves inside the block
-        gather_panel(Bw + k0 + p0 * sn, 2 * sn, whole, w, panel);
+        transpose_pairs(Bw + k0 + p0 * sn, sn, whole, w, panel);
         if (whole < pairs)  // odd kc: the last pair's second half is zero
           for (int64_t j = 0; j < NR; ++j)
             panel[whole * NR + j] = j < w ? Bw[k0 + 2 * whole + (p0 + j) * sn] : 0u;

@@ -53,6 +53,37 @@ static inline vf vload_bf16(const uint16_t* p) {
   const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
+// r[s] = (r[0][s], ..., r[15][s]): a 16 x 16 transpose of 32-bit words, in
+// three rounds of shuffles (words, then pairs of words, then 128-bit lanes).
+static inline void transpose16_epi32(__m512i r[16]) {
+  __m512i t[16], u[16];
+  for (int p = 0; p < 8; ++p) {
+    t[2 * p] = _mm512_unpacklo_epi32(r[2 * p], r[2 * p + 1]);
+    t[2 * p + 1] = _mm512_unpackhi_epi32(r[2 * p], r[2 * p + 1]);
+  }
+  for (int q = 0; q < 4; ++q) {  // u[4q + c], lane L: rows 4q..4q+3 of column 4L + c
+    u[4 * q] = _mm512_unpacklo_epi64(t[4 * q], t[4 * q + 2]);
+    u[4 * q + 1] = _mm512_unpackhi_epi64(t[4 * q], t[4 * q + 2]);
+    u[4 * q + 2] = _mm512_unpacklo_epi64(t[4 * q + 1], t[4 * q + 3]);
+    u[4 * q + 3] = _mm512_unpackhi_epi64(t[4 * q + 1], t[4 * q + 3]);
+  }
+  for (int c = 0; c < 4; ++c) {
+    const __m512i even = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x88), odd = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xDD);
+    const __m512i even2 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x88);
+    const __m512i odd2 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xDD);
+    r[c] = _mm512_shuffle_i32x4(even, even2, 0x88);
+    r[8 + c] = _mm512_shuffle_i32x4(even, even2, 0xDD);
+    r[4 + c] = _mm512_shuffle_i32x4(odd, odd2, 0x88);
+    r[12 + c] = _mm512_shuffle_i32x4(odd, odd2, 0xDD);
+  }
+}
+// r[s] = (r[0][s], ..., r[VL-1][s])
+static inline void vtranspose(vf r[VL]) {
+  __m512i w[16];
+  for (int i = 0; i < 16; ++i) w[i] = _mm512_castps_si512(r[i]);
+  transpose16_epi32(w);
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_castsi512_ps(w[i]);
+}
 #elif TM_SIMD_AVX2
 using vf = __m256;
 constexpr int VL = 8;
@@ -91,6 +122,23 @@ static inline vf vload_bf16(const uint16_t* p) {
   const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
+static inline void vtranspose(vf r[8]) {
+  vf t[8], u[8];
+  for (int p = 0; p < 4; ++p) {
+    t[2 * p] = _mm256_unpacklo_ps(r[2 * p], r[2 * p + 1]);
+    t[2 * p + 1] = _mm256_unpackhi_ps(r[2 * p], r[2 * p + 1]);
+  }
+  for (int q = 0; q < 2; ++q) {  // u[4q + c], each 128-bit half: rows 4q..4q+3 of column 4 half + c
+    u[4 * q] = _mm256_shuffle_ps(t[4 * q], t[4 * q + 2], 0x44);
+    u[4 * q + 1] = _mm256_shuffle_ps(t[4 * q], t[4 * q + 2], 0xEE);
+    u[4 * q + 2] = _mm256_shuffle_ps(t[4 * q + 1], t[4 * q + 3], 0x44);
+    u[4 * q + 3] = _mm256_shuffle_ps(t[4 * q + 1], t[4 * q + 3], 0xEE);
+  }
+  for (int c = 0; c < 4; ++c) {
+    r[c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x20);
+    r[4 + c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x31);
+  }
+}
 #elif TM_SIMD_NEON
 using vf = float32x4_t;
 constexpr int VL = 4;
@@ -116,6 +164,13 @@ static inline vf vzero_below(vf a, vf x, vf limit) {
   return vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(a), vcgeq_f32(x, limit)));
 }
 static inline vf vload_bf16(const uint16_t* p) { return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(p), 16)); }
+static inline void vtranspose(vf r[4]) {
+  const float32x4x2_t t01 = vtrnq_f32(r[0], r[1]), t23 = vtrnq_f32(r[2], r[3]);
+  r[0] = vcombine_f32(vget_low_f32(t01.val[0]), vget_low_f32(t23.val[0]));
+  r[1] = vcombine_f32(vget_low_f32(t01.val[1]), vget_low_f32(t23.val[1]));
+  r[2] = vcombine_f32(vget_high_f32(t01.val[0]), vget_high_f32(t23.val[0]));
+  r[3] = vcombine_f32(vget_high_f32(t01.val[1]), vget_high_f32(t23.val[1]));
+}
 #else
 using vf = float;
 constexpr int VL = 1;
@@ -140,6 +195,7 @@ static inline vf vpow2i(vf n) {
   return out;
 }
 static inline vf vzero_below(vf a, vf x, vf limit) { return x >= limit ? a : 0.f; }
+static inline void vtranspose(vf*) {}
 #endif
 
 static inline float bf16_to_float(uint16_t h) {
@@ -157,6 +213,14 @@ static inline vf vload_w(const float* p) { return vload(p); }
 static inline vf vload_w(const uint16_t* p) { return vload_bf16(p); }
 static inline float load_w(const float* p) { return *p; }
 static inline float load_w(const uint16_t* p) { return bf16_to_float(*p); }
+
+// The first n < VL elements of a weight row, zero-padded, as float32.
+template <class W>
+static inline vf vload_w_part(const W* p, int64_t n) {
+  W tmp[VL] = {};
+  std::memcpy(tmp, p, static_cast<size_t>(n) * sizeof(W));
+  return vload_w(tmp);
+}
 
 // y += alpha w over n elements, w float32 or bfloat16.
 template <class W>

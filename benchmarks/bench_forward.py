@@ -4,7 +4,8 @@ GPT-2-small-shaped weights and the same number of threads, in one process.
     python benchmarks/bench_forward.py [--threads N] [--layers 12] [--repeats 3]
 
 Prints prefill throughput (all positions' logits) for 128/512/1024 tokens and
-decode throughput after a 128-token prompt, with the ratio tinymech / HF.
+decode throughput after a 128-token prompt, with the ratio tinymech / HF, and
+the weight bytes decoding streams per second against the core's read-bandwidth probe.
 Machines are noisy: compare ratios, not absolute numbers.
 
 forward_rows(model, hf, ...) returns the measurements as report rows.
@@ -19,9 +20,38 @@ from timing import (bench_parser, best_measured, best_time, hf_decode_seconds, r
 # the issue's targets, as tinymech speed / HF fp32 speed
 PREFILL_TARGET = {512: target(">=", 2.4)}
 DECODE_TARGET = target(">=", 2.2)
+BANDWIDTH_TARGET = target(">=", 0.8)  # weight bytes read per second while decoding / measured read bandwidth
 # bf16 weight mode: decode vs HF fp32, prefill vs HF bf16
 BF16_DECODE_TARGET = target(">=", 4.4)
 BF16_PREFILL_TARGET = target(">=", 1.2)
+
+
+def decode_bytes_per_token(hf, matrix_bytes: int = 4) -> int:
+    """Weight bytes one decoded token reads: every parameter once, matrices at
+    matrix_bytes per element, but not the tables read one row per token
+    (position embeddings; the input embedding unless the unembedding shares it)."""
+    skip = {id(p) for name, p in hf.named_parameters() if "wpe" in name or "embed_positions" in name}
+    tokens_in, out = hf.get_input_embeddings().weight, hf.get_output_embeddings().weight
+    if tokens_in is not out:
+        skip.add(id(tokens_in))
+    return sum(p.numel() * (matrix_bytes if p.dim() == 2 else 4) for p in hf.parameters() if id(p) not in skip)
+
+
+def bandwidth_row(id: str, task: str, seconds_per_token, bytes_per_token: int, repeats: int, target=None) -> dict:
+    """Weight bytes streamed per second while decoding / the core's read-bandwidth
+    probe. This machine's bandwidth drifts from minute to minute, so each decode
+    run (seconds_per_token()) is paired with a probe right after it, and the
+    pair with the median ratio is reported."""
+    from tinymech import _core
+
+    pairs = []
+    for _ in range(repeats):
+        achieved = bytes_per_token / seconds_per_token() / 1e9
+        probe = _core.kernels.read_bandwidth_gbs(256 << 20, 1)
+        pairs.append((achieved / probe, achieved, probe))
+    ratio, achieved, probe = sorted(pairs)[len(pairs) // 2]
+    return row(id, task, achieved, probe, "GB/s", ratio, ref_name="native read probe", target=target,
+               note=f"{bytes_per_token / 2**20:.0f} MiB of weights per token; median of {repeats} paired runs")
 
 
 def forward_rows(model, hf, *, tokens=(128, 512, 1024), decode_tokens: int = 32, prompt_tokens: int = 128,
@@ -50,6 +80,9 @@ def forward_rows(model, hf, *, tokens=(128, 512, 1024), decode_tokens: int = 32,
     rows.append(row(f"{prefix}decode", f"{prefix}decode after {prompt_tokens} tokens", decode_tokens / ours,
                     decode_tokens / ref, "tok/s", ref / ours, ref_name="HF", seconds=ours / decode_tokens,
                     tokens=decode_tokens, prompt=prompt_tokens, target=DECODE_TARGET if targets else None))
+    rows.append(bandwidth_row(f"{prefix}decode-bandwidth", f"{prefix}decode: weight bytes read / s vs bandwidth",
+                              lambda: tinymech_decode_seconds(model, prompt, decode_tokens) / decode_tokens,
+                              decode_bytes_per_token(hf), repeats, BANDWIDTH_TARGET if targets else None))
     return rows
 
 
@@ -73,7 +106,10 @@ def bf16_rows(path, model, hf, *, prefill_tokens: int = 512, decode_tokens: int 
     ref = (decode_tokens / hf_decode["reference"] if hf_decode
            else best_measured(lambda: hf_decode_seconds(hf, prompt, decode_tokens), repeats))
     rows = [row("bf16-decode", f"bf16 weights: decode after {prompt_tokens} tokens", decode_tokens / ours,
-                decode_tokens / ref, "tok/s", ref / ours, ref_name="HF fp32", target=BF16_DECODE_TARGET)]
+                decode_tokens / ref, "tok/s", ref / ours, ref_name="HF fp32", target=BF16_DECODE_TARGET),
+            bandwidth_row("bf16-decode-bandwidth", "bf16 weights: decode bytes read / s vs bandwidth",
+                          lambda: tinymech_decode_seconds(bf16, prompt, decode_tokens) / decode_tokens,
+                          decode_bytes_per_token(hf, matrix_bytes=2), repeats)]
     ids = random_tokens(vocab, prefill_tokens, seed=prefill_tokens)
     hf16 = copy.deepcopy(hf).to(torch.bfloat16)
     tt = torch.as_tensor(ids)
@@ -94,7 +130,9 @@ def print_forward_rows(rows) -> None:
     """The table this script (and bench_smollm2.py) prints."""
     print(f"{'task':<28}{'tinymech':>14}{'HF':>14}{'ratio':>9}")
     for r in rows:
-        if r["id"].endswith("decode"):
+        if r["id"].endswith("bandwidth"):
+            task, digits = "decode bytes (GB/s)", 1
+        elif r["id"].endswith("decode"):
             task, digits = f"decode after {r['prompt']} (tok/s)", 1
         else:
             task, digits = f"prefill {r['tokens']} tokens (tok/s)", 0

@@ -143,6 +143,25 @@ def test_bf16_cached_decode_and_hooks(models, variant):
         assert rel_err(ours[name], ref[name]) <= tolerance(tokens.size), name
 
 
+def test_kernel_variant_without_dot_products_keeps_float32_arithmetic(models):
+    """The documented switch: a variant without bf16 dot products makes a bf16
+    prefill equal the rounded twin; an unknown variant is refused by name."""
+    bf16, _, twin = models
+    before = tm.kernel_variant()
+    assert before == tm.kernel_variants()[0]
+    plain = [v for v in tm.kernel_variants() if v != "avx512_bf16"][0]
+    tokens = np.random.default_rng(5).integers(0, bf16.cfg.d_vocab, (2, 9))
+    try:
+        tm.set_kernel_variant(plain)
+        assert tm.kernel_variant() == plain and not K.bf16_dot_products()
+        assert rel_err(bf16(tokens), twin(tokens)) <= TOL
+    finally:
+        tm.set_kernel_variant(before)
+    with pytest.raises(ValueError, match="'sse9' is not available"):
+        tm.set_kernel_variant("sse9")
+    assert tm.kernel_variant() == before
+
+
 def test_bf16_error_against_float32_is_bounded(models):
     """Only the weights are rounded (8-bit mantissa, relative error ≤ 2^-9 each),
     so logits move by a small fraction of their range (random weights

@@ -100,6 +100,24 @@ def get_num_threads() -> int:
     return _core.get_num_threads()
 
 
+def kernel_variants() -> list[str]:
+    """The SIMD kernel variants this CPU can run, fastest first (e.g. avx512_bf16, avx512, avx2, scalar)."""
+    return list(_core.kernels.available())
+
+
+def kernel_variant() -> str:
+    """The kernel variant in use."""
+    return _core.kernels.variant()
+
+
+def set_kernel_variant(name: str) -> None:
+    """Use another kernel variant, for every model. "avx512" instead of "avx512_bf16"
+    keeps a bf16 model's prefill in float32 arithmetic (no bfloat16 dot products)."""
+    if name not in kernel_variants():
+        raise ValueError(f"kernel variant {name!r} is not available on this CPU; choose from {kernel_variants()}")
+    _core.kernels.select(name)
+
+
 __all__ = [
     "ActivationCache",
     "Config",
@@ -124,8 +142,11 @@ __all__ = [
     "fill",
     "get_act_name",
     "get_num_threads",
+    "kernel_variant",
+    "kernel_variants",
     "load",
     "sae_metrics",
+    "set_kernel_variant",
     "mean_ablate",
     "patch",
     "scale",

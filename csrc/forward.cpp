@@ -510,9 +510,7 @@ void Model::forward(KVCache* cache, const int32_t* tokens, int64_t batch, int64_
   if (cache && (cache->n_layers() != cfg_.n_layers || cache->d_kv() != cfg_.d_kv() || cache->n_ctx() != cfg_.n_ctx))
     throw std::invalid_argument("this KV cache was made for another model");
   const int64_t past = cache ? cache->n_past() : 0;
-  if (past + n_tokens > cfg_.n_ctx)
-    throw std::out_of_range("sequence of " + std::to_string(past + n_tokens) +
-                            " positions exceeds the context length " + std::to_string(cfg_.n_ctx));
+  check_fits_context(past + n_tokens, cfg_.n_ctx);
   if (plan && plan->n_layers() != cfg_.n_layers)
     throw std::invalid_argument("this hook plan was made for another model");
   for (int64_t i = 0; i < batch * n_tokens; ++i)

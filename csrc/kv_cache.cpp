@@ -30,10 +30,14 @@ KVCache::Buffer KVCache::relaid(const Buffer& from, int64_t from_cap, int64_t ca
   return fresh;
 }
 
-void KVCache::reserve(int64_t positions) {
-  if (positions > n_ctx_)
+void check_fits_context(int64_t positions, int64_t n_ctx) {
+  if (positions > n_ctx)
     throw std::out_of_range("sequence of " + std::to_string(positions) +
-                            " positions exceeds the context length " + std::to_string(n_ctx_));
+                            " positions exceeds the context length " + std::to_string(n_ctx));
+}
+
+void KVCache::reserve(int64_t positions) {
+  check_fits_context(positions, n_ctx_);
   if (positions <= capacity_) return;
   const int64_t cap = std::min(n_ctx_, std::max(positions, std::max<int64_t>(16, 2 * capacity_)));
   k_ = relaid(k_, capacity_, cap);

@@ -10,6 +10,9 @@
 
 namespace tmech {
 
+// Throws std::out_of_range when a sequence of `positions` does not fit a context of n_ctx.
+void check_fits_context(int64_t positions, int64_t n_ctx);
+
 class KVCache {
  public:
   KVCache(int64_t n_layers, int64_t batch, int64_t d_kv, int64_t n_ctx);

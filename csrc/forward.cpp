@@ -43,6 +43,9 @@ struct Pass {
   bool active(HookKind kind, int64_t layer = 0) const {
     return plan && plan->active(hook_id(kind, layer, cfg.n_layers));
   }
+  bool reads_only(HookKind kind, int64_t layer) const {
+    return !plan || plan->reads_only(hook_id(kind, layer, cfg.n_layers));
+  }
   void hook(HookKind kind, int64_t layer, const View& v) {
     if (!plan) return;
     const int id = hook_id(kind, layer, cfg.n_layers);
@@ -251,8 +254,16 @@ struct Pass {
     const int64_t keys = past + T;
     float* S = sized(ws.scores, B * H * T * keys);
     auto rows_at = [&](int64_t b, int64_t h, int64_t i0) { return S + ((b * H + h) * T + i0) * keys; };
+    // Unless a hook edits them, masked scores stay -inf and their pattern
+    // entries 0: each query block's matmuls then stop at its last visible key.
+    const bool causal = reads_only(HookKind::attn_scores, l) && reads_only(HookKind::pattern, l);
+    auto keys_for = [&](int64_t i0, int64_t rows) { return causal ? past + i0 + rows : keys; };
     for_each_query_block([&](int64_t b, int64_t h, int64_t i0, int64_t rows, int t) {
-      scores_block(l, b, h, i0, rows, keys, rows_at(b, h, i0), keys, t);
+      float* block = rows_at(b, h, i0);
+      const int64_t used = keys_for(i0, rows);
+      scores_block(l, b, h, i0, rows, used, block, keys, t);
+      for (int64_t r = 0; r < rows; ++r)
+        std::fill(block + r * keys + used, block + (r + 1) * keys, -std::numeric_limits<float>::infinity());
     });
     hook(HookKind::attn_scores, l, scores(S, keys));
     parallel_for(B * H * T, [&](int64_t r0, int64_t r1, int) {
@@ -260,7 +271,7 @@ struct Pass {
     });
     hook(HookKind::pattern, l, scores(S, keys));
     for_each_query_block([&](int64_t b, int64_t h, int64_t i0, int64_t rows, int t) {
-      weighted_sum_block(l, b, h, i0, rows, keys, rows_at(b, h, i0), keys, t);
+      weighted_sum_block(l, b, h, i0, rows, keys_for(i0, rows), rows_at(b, h, i0), keys, t);
     });
   }
 

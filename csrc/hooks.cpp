@@ -151,6 +151,13 @@ std::vector<int64_t> View::tl_shape() const {
 HookPlan::HookPlan(int64_t n_layers)
     : n_layers_(n_layers), count_(hook_count(n_layers)), edits_(static_cast<size_t>(count_)) {}
 
+bool HookPlan::reads_only(int id) const {
+  if (!active(id)) return true;
+  for (const Edit& e : edits_[id])
+    if (e.type != EditType::capture) return false;
+  return true;
+}
+
 void HookPlan::add(int id, Edit edit) {
   if (id < 0 || id >= count_) throw std::out_of_range("no hook point with id " + std::to_string(id));
   if (edit.type == EditType::callback && !edit.callback)

@@ -120,6 +120,8 @@ class HookPlan {
 
   void add(int hook_id, Edit edit);
   bool active(int hook_id) const { return hook_id >= 0 && hook_id < count_ && !edits_[hook_id].empty(); }
+  // True when nothing at this hook point can change the values (no edits, or captures only).
+  bool reads_only(int hook_id) const;
   void apply(int hook_id, const View& view);
 
   std::vector<std::pair<int, Captured>>& captured() { return captured_; }

@@ -182,6 +182,18 @@ def halve_first_head_in_place(act, hook):
     act[:, :, 0] *= 0.5  # [batch, pos, head, d_head]
 
 
+@pytest.mark.parametrize("point", ["attn_scores", "pattern"])
+def test_edits_reaching_masked_keys_are_honoured(pair, point):
+    """Setting every score to 0 (or every pattern entry to 1/keys) gives weight
+    to later keys, masked until then: the weighted sum uses them, as TL's does."""
+    model, tl = pair
+    tokens = random_tokens(model, 2, model.cfg.n_ctx, seed=8)  # several query blocks where n_ctx allows
+    value = 0.0 if point == "attn_scores" else 1.0 / tokens.shape[1]
+    name = tm.get_act_name(point, 1)
+    assert_same_run(model, tl, tokens, hooks=[(name, tm.fill(value))],
+                    tl_hooks=[(name, lambda act, hook: torch.full_like(act, value))])
+
+
 def halve_first_half_in_place(act, hook):
     act[..., : act.shape[-1] // 2] *= 0.5
 

@@ -13,12 +13,13 @@ import json
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 
 from report import Skipped, find, row
-from timing import bench_parser, best_measured, random_tokens, tinymech_decode_seconds, tinymech_prefill_seconds
+from timing import bench_parser, best_measured, random_tokens, tinymech_decode_seconds
 
 
 def _byte_tokens() -> list:
@@ -82,7 +83,8 @@ def write_gpt2_gguf(path, hf) -> Path:
             put(f"blk.{i}.{name}.bias", sd[h + hf_name + ".bias"])
     put("output_norm.weight", sd["transformer.ln_f.weight"])
     put("output_norm.bias", sd["transformer.ln_f.bias"])
-    put("output.weight", sd.get("lm_head.weight", sd["transformer.wte.weight"]))
+    if not cfg.tie_word_embeddings:  # tied (GPT-2's own): llama.cpp reuses token_embd, as convert_hf_to_gguf leaves it
+        put("output.weight", sd["lm_head.weight"])
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -90,48 +92,63 @@ def write_gpt2_gguf(path, hf) -> Path:
     return Path(path)
 
 
-def llama_bench(gguf_path, threads: int, repeats: int = 3, prompt: int = 512, gen: int = 32) -> dict:
-    """llama-bench's mean tok/s: {"prefill": pp<prompt>, "decode": tg<gen>}."""
+def llama_bench(gguf_path, threads: int, repeats: int = 3, prompt: int = 512, gen: int = 32,
+                depth: int = 128) -> dict:
+    """llama-bench's best tok/s of `repeats` runs (after its warm-up), as
+    timing.py takes tinymech's: {"prefill": pp<prompt> from an empty context,
+    "decode": tg<gen> after `depth` tokens in the KV cache}."""
     exe = shutil.which("llama-bench")
     if exe is None:
         raise Skipped("not installed")
-    out = subprocess.run([exe, "-m", str(gguf_path), "-p", str(prompt), "-n", str(gen), "-t", str(threads),
-                          "-r", str(max(1, repeats)), "-o", "json"], capture_output=True, text=True, check=True)
-    results = {}
-    for test in json.loads(out.stdout):
-        if test.get("n_prompt") and not test.get("n_gen"):
-            results["prefill"] = float(test["avg_ts"])
-        elif test.get("n_gen") and not test.get("n_prompt"):
-            results["decode"] = float(test["avg_ts"])
-    return results
+
+    def best(p, n, d):  # one test: llama-bench skips the pp (tg) test when -p (-n) is 0
+        out = subprocess.run([exe, "-m", str(gguf_path), "-p", str(p), "-n", str(n), "-d", str(d),
+                              "-t", str(threads), "-r", str(max(1, repeats)), "-o", "json"],
+                             capture_output=True, text=True)
+        if out.returncode:
+            raise RuntimeError(f"llama-bench failed ({out.returncode}):\n{out.stderr[-2000:]}")
+        (test,) = json.loads(out.stdout)
+        return max(float(ts) for ts in test["samples_ts"])
+
+    return {"prefill": best(prompt, 0, 0), "decode": best(0, gen, depth)}
+
+
+def tinymech_prefill_last_seconds(model, n: int, repeats: int = 3) -> float:
+    """Best seconds of a tinymech forward of n random tokens into an empty KV
+    cache, logits of the last position only: what llama-bench's pp times."""
+    tokens = random_tokens(model.cfg.d_vocab, n, seed=n)
+
+    def measure():
+        cache = model.new_cache()
+        t0 = time.perf_counter()
+        model.forward(tokens, cache=cache, logits="last")
+        return time.perf_counter() - t0
+
+    return best_measured(measure, repeats)
 
 
 def llamacpp_rows(hf, model, threads: int, *, repeats: int = 3, prompt: int = 512, gen: int = 32,
                   forward_rows=None) -> list:
     """Prefill `prompt` tokens and decode `gen` tokens, tinymech vs llama-bench
     on hf's weights as an fp32 GGUF; ratio tinymech / llama.cpp. tinymech's
-    numbers come from bench_forward's rows when given (same run)."""
+    decode comes from bench_forward's rows when given (same run); its prefill
+    is timed here, as llama-bench's is, with the last position's logits only."""
     if shutil.which("llama-bench") is None:
         raise Skipped("not installed")
+    decode = find(forward_rows, "decode")
+    depth = decode["prompt"] if decode else 128
     with tempfile.TemporaryDirectory() as tmp:
-        ref = llama_bench(write_gpt2_gguf(Path(tmp) / "model.gguf", hf), threads, repeats, prompt, gen)
-    prefill, decode = find(forward_rows, f"prefill-{prompt}"), find(forward_rows, "decode")
-    ours_prefill = prefill["tinymech"] if prefill else prompt / tinymech_prefill_seconds(model, prompt, repeats)
+        ref = llama_bench(write_gpt2_gguf(Path(tmp) / "model.gguf", hf), threads, repeats, prompt, gen, depth)
+    ours_prefill = prompt / tinymech_prefill_last_seconds(model, prompt, repeats)
     if decode:
         ours_decode = decode["tinymech"]
     else:
-        ctx = random_tokens(model.cfg.d_vocab, 128, seed=1)
+        ctx = random_tokens(model.cfg.d_vocab, depth, seed=1)
         ours_decode = gen / best_measured(lambda: tinymech_decode_seconds(model, ctx, gen), repeats)
-    rows = []
-    if "prefill" in ref:
-        rows.append(row("llamacpp-prefill", f"prefill {prompt} tokens vs llama.cpp", ours_prefill, ref["prefill"],
-                        "tok/s", ours_prefill / ref["prefill"], ref_name="llama.cpp",
-                        note="llama.cpp: llama-bench pp, fp32 GGUF"))
-    if "decode" in ref:
-        rows.append(row("llamacpp-decode", "decode vs llama.cpp", ours_decode, ref["decode"], "tok/s",
-                        ours_decode / ref["decode"], ref_name="llama.cpp",
-                        note="tinymech after a 128-token prompt; llama-bench tg from an empty context"))
-    return rows
+    return [row("llamacpp-prefill", f"prefill {prompt} tokens vs llama.cpp", ours_prefill, ref["prefill"], "tok/s",
+                ours_prefill / ref["prefill"], ref_name="llama.cpp", note="last position's logits, as llama-bench pp"),
+            row("llamacpp-decode", f"decode after {depth} tokens vs llama.cpp", ours_decode, ref["decode"],
+                "tok/s", ours_decode / ref["decode"], ref_name="llama.cpp", note=f"llama-bench tg{gen} -d {depth}")]
 
 
 def main():

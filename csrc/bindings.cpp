@@ -32,14 +32,6 @@ FloatArray to_numpy(tmech::FloatBuffer&& data, const std::vector<int64_t>& shape
   return FloatArray(dims, raw, owner);
 }
 
-// A numpy array that owns a std::vector's storage, without copying it.
-FloatArray to_numpy(std::vector<float>&& data, const std::vector<int64_t>& shape) {
-  auto* owned = new std::vector<float>(std::move(data));
-  py::capsule owner(owned, [](void* p) { delete static_cast<std::vector<float>*>(p); });
-  std::vector<py::ssize_t> dims(shape.begin(), shape.end());
-  return FloatArray(dims, owned->data(), owner);
-}
-
 // The C-contiguous array d[key] of the given shape, float32 or (where
 // allow_bf16) bfloat16 stored as uint16; nullopt if optional and absent.
 std::optional<py::array> checked_array(const py::dict& d, const char* key, const std::vector<int64_t>& shape,

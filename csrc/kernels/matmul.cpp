@@ -106,24 +106,16 @@ struct Bf16PairSteps {
   static __m512bh bcast_a(uint32_t pair) { return (__m512bh)_mm512_set1_epi32(static_cast<int>(pair)); }
   static vf madd(vf acc, __m512bh a, __m512bh b) { return _mm512_dpbf16_ps(acc, a, b); }
 
-  // A's rows [m0, m0 + rows), columns [k0, k0 + kc), rounded to bfloat16 (to
-  // nearest, ties to even) into buf as pairs; an odd kc is padded with a zero.
+  // A's rows [m0, m0 + rows), columns [k0, k0 + kc), rounded to bfloat16 (as
+  // round_bf16 does) into buf as pairs; an odd kc is padded with a zero.
   static const uint32_t* a_tile(const MatmulArgs& a, int64_t m0, int rows, int64_t k0, int64_t kc, float* buf,
                                 int64_t* ld) {
     uint32_t* out = reinterpret_cast<uint32_t*>(buf);
     *ld = count(kc);
     for (int r = 0; r < rows; ++r) {
-      const float* src = a.A + (m0 + r) * a.lda + k0;
       uint16_t* dst = reinterpret_cast<uint16_t*>(out + r * *ld);
-      for (int64_t j = 0; j < kc; j += 32) {
-        const int64_t n = kc - j < 32 ? kc - j : 32;
-        const __mmask16 lo = n >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << n) - 1);
-        const __mmask16 hi = n <= 16 ? 0 : (n >= 32 ? 0xFFFF : static_cast<__mmask16>((1u << (n - 16)) - 1));
-        const __m512bh h = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(hi, src + j + 16), _mm512_maskz_loadu_ps(lo, src + j));
-        const int64_t lanes = (n + 1) & ~int64_t{1};  // whole pairs
-        const __mmask32 keep = lanes >= 32 ? 0xFFFFFFFFu : static_cast<__mmask32>((1u << lanes) - 1);
-        _mm512_mask_storeu_epi16(dst + j, keep, (__m512i)h);
-      }
+      round_bf16(a.A + (m0 + r) * a.lda + k0, dst, kc);
+      if (kc % 2) dst[kc] = 0;
     }
     return out;
   }

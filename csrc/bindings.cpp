@@ -269,6 +269,20 @@ void bind_kernels(py::module_& m) {
     tmech::kernels::active().round_bf16(x.data(), out.mutable_data(), x.size());
     return out;
   }, "float32 -> bfloat16 bits (uint16), to nearest, ties to even");
+  k.def("transpose", [](FloatArray x) {
+    if (x.ndim() != 2) throw std::invalid_argument("transpose takes a 2-D array");
+    FloatArray out({x.shape(1), x.shape(0)});
+    tmech::kernels::active().transpose(x.data(), x.shape(1), x.shape(0), x.shape(1), out.mutable_data(), x.shape(0));
+    return out;
+  });
+  k.def("screen", [](FloatArray x, FloatArray w, float alpha, FloatArray limit) {
+    if (x.ndim() != 1 || w.size() != x.size() || limit.size() != x.size())
+      throw std::invalid_argument("screen takes x, w and limit of one length");
+    std::vector<int32_t> out(static_cast<size_t>(x.size()));
+    out.resize(static_cast<size_t>(
+        tmech::kernels::active().screen(x.data(), w.data(), alpha, limit.data(), x.size(), out.data())));
+    return out;
+  }, "indices j where x[j] + alpha w[j] <= limit[j] fails, or x[j] is -inf");
   k.def("layernorm", [](FloatArray x, FloatArray w, FloatArray b, float eps) {
     if (x.ndim() != 2 || w.size() != x.shape(1) || b.size() != x.shape(1))
       throw std::invalid_argument("layernorm takes x [rows, n], w [n], b [n]");

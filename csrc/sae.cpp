@@ -10,6 +10,7 @@
 
 #include "kernels/kernels.hpp"
 #include "parallel_ops.hpp"
+#include "sae_screen.hpp"
 #include "threads.hpp"
 
 namespace tmech {
@@ -157,43 +158,70 @@ void Sae::collect_codes(const float* acts, int64_t rows, SparseCodes& codes) con
   codes.rows += rows;
 }
 
+// The SAE's input rows [r0, r0 + rc): x itself, or (x - shift) * in_mul - b_dec in buffer.
+const float* Sae::input_rows(const float* x, int64_t r0, int64_t rc, const RowNorm& nm,
+                             std::vector<float>& buffer) const {
+  const int64_t d_in = cfg_.d_in;
+  const float* in = x + r0 * d_in;
+  if (!normalizes() && !cfg_.apply_b_dec_to_input) return in;
+  buffer.resize(static_cast<size_t>(rc * d_in));
+  parallel_for(rc, [&](int64_t a, int64_t b, int) {
+    for (int64_t r = a; r < b; ++r) {
+      const size_t i = static_cast<size_t>(r0 + r);
+      const float shift = nm.shift[i], mul = nm.in_mul[i];
+      const float* src = in + r * d_in;
+      float* dst = buffer.data() + r * d_in;
+      for (int64_t j = 0; j < d_in; ++j)
+        dst[j] = (src[j] - shift) * mul - (cfg_.apply_b_dec_to_input ? w_.b_dec[j] : 0.f);
+    }
+  });
+  return buffer.data();
+}
+
 void Sae::encode(const float* x, int64_t rows, SparseCodes* codes, float* acts, float* pre,
                  RowNorm* norm) const {
-  const int64_t d_in = cfg_.d_in, d_sae = cfg_.d_sae;
+  const int64_t d_sae = cfg_.d_sae;
   RowNorm local_norm;
   RowNorm& nm = norm ? *norm : local_norm;
   compute_norm(x, rows, nm);
   if (codes) *codes = SparseCodes{};
-  const bool shifts_input = normalizes() || cfg_.apply_b_dec_to_input;
-  const int64_t chunk = chunk_rows(d_sae);
   std::vector<float> sae_in, scratch;
+  // ReLU and JumpReLU fire where the pre-activation passes a threshold, which
+  // a bfloat16 screen can rule out for most features (sae_screen.hpp)
+  if (!pre && cfg_.activation != SaeActivation::topk && screening_applies(rows, cfg_.d_in)) {
+    const ScreenedEncoder screen{cfg_.d_in, d_sae, w_.W_enc, w_.b_enc,
+                                 cfg_.activation == SaeActivation::jumprelu ? w_.threshold : nullptr};
+    SparseCodes local;
+    SparseCodes& out = codes ? *codes : local;
+    screened_encode(screen, input_rows(x, 0, rows, nm, sae_in), rows, out);
+    if (acts) scatter_codes(out, acts);
+    return;
+  }
+  const int64_t chunk = chunk_rows(d_sae);
   for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
     const int64_t rc = std::min(chunk, rows - r0);
-    const float* in = x + r0 * d_in;
-    if (shifts_input) {
-      sae_in.resize(static_cast<size_t>(rc * d_in));
-      parallel_for(rc, [&](int64_t a, int64_t b, int) {
-        for (int64_t r = a; r < b; ++r) {
-          const size_t i = static_cast<size_t>(r0 + r);
-          const float shift = nm.shift[i], mul = nm.in_mul[i];
-          const float* src = in + r * d_in;
-          float* dst = sae_in.data() + r * d_in;
-          for (int64_t j = 0; j < d_in; ++j)
-            dst[j] = (src[j] - shift) * mul - (cfg_.apply_b_dec_to_input ? w_.b_dec[j] : 0.f);
-        }
-      });
-      in = sae_in.data();
-    }
+    const float* in = input_rows(x, r0, rc, nm, sae_in);
     float* h = acts ? acts + r0 * d_sae : nullptr;
     if (!h) {
       scratch.resize(static_cast<size_t>(rc * d_sae));
       h = scratch.data();
     }
-    matmul(in, rc, d_in, d_in, w_.W_enc, d_sae, d_sae, 1, w_.b_enc, h, d_sae);
+    matmul(in, rc, cfg_.d_in, cfg_.d_in, w_.W_enc, d_sae, d_sae, 1, w_.b_enc, h, d_sae);
     if (pre) std::memcpy(pre + r0 * d_sae, h, static_cast<size_t>(rc * d_sae) * sizeof(float));
     activate_rows(h, rc);
     if (codes) collect_codes(h, rc, *codes);
   }
+}
+
+// acts [codes.rows, d_sae]: zero but for the codes.
+void Sae::scatter_codes(const SparseCodes& codes, float* acts) const {
+  const int64_t d = cfg_.d_sae;
+  parallel_for(codes.rows, [&](int64_t r0, int64_t r1, int) {
+    std::memset(acts + r0 * d, 0, static_cast<size_t>((r1 - r0) * d) * sizeof(float));
+    for (int64_t r = r0; r < r1; ++r)
+      for (auto o = static_cast<size_t>(codes.offsets[r]); o < static_cast<size_t>(codes.offsets[r + 1]); ++o)
+        acts[r * d + codes.indices[o]] = codes.values[o];
+  });
 }
 
 void Sae::top_features(const float* x, int64_t rows, int64_t k, int64_t* indices, float* values) const {

@@ -84,8 +84,11 @@ class Sae {
   bool normalizes() const { return cfg_.norm != SaeNorm::none; }
 
  private:
+  const float* input_rows(const float* x, int64_t r0, int64_t rc, const RowNorm& nm,
+                          std::vector<float>& buffer) const;
   void activate_rows(float* h, int64_t rows) const;
   void collect_codes(const float* acts, int64_t rows, SparseCodes& codes) const;
+  void scatter_codes(const SparseCodes& codes, float* acts) const;
 
   SaeConfig cfg_;
   SaeWeights w_;

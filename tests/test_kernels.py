@@ -90,3 +90,27 @@ def test_layernorm(variant):
     xd = x.astype(np.float64)
     ref = (xd - xd.mean(-1, keepdims=True)) / np.sqrt(xd.var(-1, keepdims=True) + 1e-5) * w + b
     np.testing.assert_allclose(K.layernorm(x, w, b, 1e-5), ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("rows,cols", [(1, 1), (1, 40), (40, 1), (16, 16), (17, 33), (100, 77)])
+def test_transpose(variant, rows, cols):
+    x = np.random.default_rng(rows * cols).standard_normal((rows, cols), dtype=np.float32)
+    np.testing.assert_array_equal(K.transpose(x), x.T)
+
+
+@pytest.mark.parametrize("n", [1, 7, 16, 17, 40, 129])
+def test_screen(variant, n):
+    """The indices where x + alpha w <= limit fails (NaN counts as failing) or x is -inf,
+    in order, wherever they sit in the vector body or the tail."""
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal(n, dtype=np.float32)
+    w = rng.random(n, dtype=np.float32)
+    limit = (x + 0.5 * w + rng.choice([-1e-3, 1e-3], n)).astype(np.float32)  # close calls both ways
+    specials = rng.permutation(n)[: min(n, 4)]
+    for at, (xv, wv, lv) in zip(specials, [(np.nan, 1, 0), (-np.inf, 1, 0), (0, np.inf, 0), (-np.inf, 0, -np.inf)]):
+        x[at], w[at], limit[at] = xv, wv, lv
+    alpha = np.float32(0.5)
+    with np.errstate(invalid="ignore"):
+        keep = ~((x.astype(np.float64) + alpha * w.astype(np.float64) <= limit) & (x > -np.inf))
+    assert K.screen(x, w, alpha, limit) == list(np.flatnonzero(keep))
+    assert K.screen(x, w, alpha, np.full(n, np.inf, np.float32)) == list(np.flatnonzero(np.isnan(x) | (x == -np.inf)))

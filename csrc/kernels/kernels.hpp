@@ -37,6 +37,11 @@ struct KernelTable {
   void (*add)(float* out, const float* a, const float* b, int64_t n);
   // float32 -> bfloat16 bits, to nearest, ties to even
   void (*round_bf16)(const float* x, uint16_t* out, int64_t n);
+  // dst[c * ld_dst + r] = src[r * ld_src + c] for r < rows, c < cols
+  void (*transpose)(const float* src, int64_t ld_src, int64_t rows, int64_t cols, float* dst, int64_t ld_dst);
+  // Writes the j < n where x[j] + alpha w[j] <= limit[j] fails (greater or
+  // NaN) or x[j] is -inf to out, in order; returns how many.
+  int64_t (*screen)(const float* x, const float* w, float alpha, const float* limit, int64_t n, int32_t* out);
   void (*scale)(float* x, float alpha, int64_t n);
   // mean and sqrt(var + eps) of one row
   void (*row_stats)(const float* x, int64_t n, float eps, float* mean, float* scale);

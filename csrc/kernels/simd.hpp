@@ -48,6 +48,8 @@ static inline vf vpow2i(vf n) {
 static inline vf vzero_below(vf a, vf x, vf limit) {
   return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, limit, _CMP_GE_OQ), a);
 }
+// whether some lane of a is not <= b's (greater, or either NaN)
+static inline bool vany_not_le(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_NLE_UQ) != 0; }
 // VL bfloat16 values widened to float32 (shifted into the upper half).
 static inline vf vload_bf16(const uint16_t* p) {
   const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
@@ -118,6 +120,7 @@ static inline vf vpow2i(vf n) {
 static inline vf vzero_below(vf a, vf x, vf limit) {
   return _mm256_and_ps(a, _mm256_cmp_ps(x, limit, _CMP_GE_OQ));
 }
+static inline bool vany_not_le(vf a, vf b) { return _mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_NLE_UQ)) != 0; }
 static inline vf vload_bf16(const uint16_t* p) {
   const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
@@ -163,6 +166,7 @@ static inline vf vpow2i(vf n) {
 static inline vf vzero_below(vf a, vf x, vf limit) {
   return vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(a), vcgeq_f32(x, limit)));
 }
+static inline bool vany_not_le(vf a, vf b) { return vminvq_u32(vcleq_f32(a, b)) == 0; }
 static inline vf vload_bf16(const uint16_t* p) { return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(p), 16)); }
 static inline void vtranspose(vf r[4]) {
   const float32x4x2_t t01 = vtrnq_f32(r[0], r[1]), t23 = vtrnq_f32(r[2], r[3]);
@@ -195,6 +199,7 @@ static inline vf vpow2i(vf n) {
   return out;
 }
 static inline vf vzero_below(vf a, vf x, vf limit) { return x >= limit ? a : 0.f; }
+static inline bool vany_not_le(vf a, vf b) { return !(a <= b); }
 static inline void vtranspose(vf*) {}
 #endif
 

@@ -1,7 +1,9 @@
 // Elementwise and reduction kernels on float rows: dot, axpy, add, scale,
 // exp, softmax, GPT-2's tanh-approximated GELU, SwiGLU's silu(gate) * up and
-// the rotary embedding's rotation. Each has a vector main
-// loop and a padded tail (simd.hpp), so any length works.
+// the rotary embedding's rotation; a matrix transpose and the SAE screen's test. Each has a vector
+// main loop and a padded tail (simd.hpp), so any length works.
+#include <cmath>
+
 #include "kernels/variant.hpp"
 
 namespace tmech {
@@ -30,6 +32,43 @@ void round_bf16(const float* x, uint16_t* out, int64_t n) {
     const bool nan = (bits & 0x7FFFFFFFu) > 0x7F800000u;
     out[i] = nan ? static_cast<uint16_t>((bits >> 16) | 0x40u) : static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
   }
+}
+
+// dst[c * ld_dst + r] = src[r * ld_src + c]: VL x VL blocks through
+// registers, the ragged edges element by element.
+void transpose(const float* src, int64_t ld_src, int64_t rows, int64_t cols, float* dst, int64_t ld_dst) {
+  int64_t r0 = 0;
+  for (; r0 + VL <= rows; r0 += VL) {
+    int64_t c0 = 0;
+    for (; c0 + VL <= cols; c0 += VL) {
+      vf v[VL];
+      for (int i = 0; i < VL; ++i) v[i] = vload(src + (r0 + i) * ld_src + c0);
+      vtranspose(v);
+      for (int i = 0; i < VL; ++i) vstore(dst + (c0 + i) * ld_dst + r0, v[i]);
+    }
+    for (; c0 < cols; ++c0)
+      for (int64_t r = r0; r < r0 + VL; ++r) dst[c0 * ld_dst + r] = src[r * ld_src + c0];
+  }
+  for (; r0 < rows; ++r0)
+    for (int64_t c = 0; c < cols; ++c) dst[c * ld_dst + r0] = src[r0 * ld_src + c];
+}
+
+// Indices j (into out, returned count) where x[j] + alpha w[j] <= limit[j]
+// fails (greater, or NaN) or x[j] is -inf: the SAE screen's survivors.
+// Vectors with none are skipped whole.
+int64_t screen(const float* x, const float* w, float alpha, const float* limit, int64_t n, int32_t* out) {
+  const auto passes = [&](int64_t j) { return !(std::fma(alpha, w[j], x[j]) <= limit[j] && x[j] > -__builtin_inff()); };
+  const vf va = vset1(alpha), fmax = vset1(3.40282347e38f);
+  int64_t count = 0, j = 0;
+  for (; j + VL <= n; j += VL) {
+    const vf xs = vload(x + j);
+    if (!vany_not_le(vfma(va, vload(w + j), xs), vload(limit + j)) && !vany_not_le(vsub(vzero(), xs), fmax)) continue;
+    for (int64_t i = j; i < j + VL; ++i)
+      if (passes(i)) out[count++] = static_cast<int32_t>(i);
+  }
+  for (; j < n; ++j)
+    if (passes(j)) out[count++] = static_cast<int32_t>(j);
+  return count;
 }
 
 void add(float* out, const float* a, const float* b, int64_t n) {

@@ -10,12 +10,14 @@
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "forward.hpp"
 #include "hooks.hpp"
 #include "kernels/kernels.hpp"
 #include "parallel_ops.hpp"
+#include "sae.hpp"
 #include "threads.hpp"
 
 using namespace tmech;
@@ -351,6 +353,60 @@ void test_forward(std::mt19937& rng, bool llama) {
 
 }  // namespace
 
+// transpose and the SAE screen's test on ragged sizes, against plain loops.
+void test_transpose_and_screen(const char* variant, std::mt19937& rng) {
+  const KernelTable& kt = kernels::active();
+  for (int64_t rows : {1, 5, 16, 33})
+    for (int64_t cols : {1, 7, 16, 40}) {
+      const auto x = randn(static_cast<size_t>(rows * cols), rng);
+      std::vector<float> t(static_cast<size_t>(rows * cols));
+      kt.transpose(x.data(), cols, rows, cols, t.data(), rows);
+      bool same = true;
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = 0; c < cols; ++c) same &= t[c * rows + r] == x[r * cols + c];
+      check(same, std::string(variant) + " transpose " + std::to_string(rows) + "x" + std::to_string(cols));
+    }
+  for (int64_t n : {1, 15, 16, 17, 50}) {
+    auto x = randn(static_cast<size_t>(n), rng), w = randn(static_cast<size_t>(n), rng),
+         limit = randn(static_cast<size_t>(n), rng);
+    x[static_cast<size_t>(n / 2)] = -INFINITY;
+    std::vector<int32_t> got(static_cast<size_t>(n)), want;
+    got.resize(static_cast<size_t>(kt.screen(x.data(), w.data(), 0.5f, limit.data(), n, got.data())));
+    for (int64_t j = 0; j < n; ++j)
+      if (!(std::fma(0.5f, w[j], x[j]) <= limit[j] && x[j] > -INFINITY)) want.push_back(static_cast<int32_t>(j));
+    check(got == want, std::string(variant) + " screen " + std::to_string(n));
+  }
+}
+
+// A ReLU SAE's codes (screened on variants with bfloat16 dot products) against
+// double-precision pre-activations: every feature clearly above zero is kept
+// with its value, none clearly below is.
+void test_sae_encode(const char* variant, std::mt19937& rng) {
+  for (auto [d_in, d_sae, rows] : {std::tuple<int64_t, int64_t, int64_t>{77, 300, 37}, {130, 129, 1030}, {16, 40, 3}}) {
+    const auto W_enc = randn(static_cast<size_t>(d_in * d_sae), rng, 1.f / std::sqrt(float(d_in)));
+    const auto W_dec = randn(static_cast<size_t>(d_sae * d_in), rng);
+    const std::vector<float> b_enc(static_cast<size_t>(d_sae), -2.f), b_dec(static_cast<size_t>(d_in), 0.f);
+    SaeConfig cfg;
+    cfg.d_in = cfg.d_out = d_in;
+    cfg.d_sae = d_sae;
+    const Sae sae(cfg, SaeWeights{W_enc.data(), b_enc.data(), W_dec.data(), b_dec.data()});
+    const auto x = randn(static_cast<size_t>(rows * d_in), rng);
+    SparseCodes codes;
+    sae.encode(x.data(), rows, &codes, nullptr, nullptr, nullptr);
+    bool ok = codes.rows == rows;
+    for (int64_t r = 0; r < rows && ok; ++r) {
+      std::vector<double> pre(static_cast<size_t>(d_sae), -2.0);
+      for (int64_t i = 0; i < d_in; ++i)
+        for (int64_t j = 0; j < d_sae; ++j) pre[j] += double(x[r * d_in + i]) * W_enc[i * d_sae + j];
+      std::vector<float> got(static_cast<size_t>(d_sae), 0.f);
+      for (auto o = codes.offsets[r]; o < codes.offsets[r + 1]; ++o) got[codes.indices[o]] = codes.values[o];
+      for (int64_t j = 0; j < d_sae; ++j)
+        ok &= pre[j] > 1e-4 ? std::abs(got[j] - pre[j]) < 1e-4 : (pre[j] < -1e-4 ? got[j] == 0.f : true);
+    }
+    check(ok, std::string(variant) + " SAE codes " + std::to_string(rows) + " rows");
+  }
+}
+
 // Every index of every parallel_for is visited exactly once, whatever the
 // thread count, size and alignment, including calls nested inside a task and
 // calls back to back (workers joining late must not rerun or miss chunks).
@@ -388,6 +444,8 @@ int main() {
     kernels::select(variants[i]->name);
     test_matmul(variants[i]->name, rng);
     test_vector_kernels(variants[i]->name, rng);
+    test_transpose_and_screen(variants[i]->name, rng);
+    test_sae_encode(variants[i]->name, rng);
     test_forward(rng, false);
     test_forward(rng, true);
   }

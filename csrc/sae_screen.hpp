@@ -1,0 +1,39 @@
+// Screened SAE encoding, on CPUs with bfloat16 dot products (AVX512-BF16).
+//
+// Encoding a batch costs one dense GEMM, x·W_enc, of which only the few
+// features that fire are kept. Here that GEMM runs on bfloat16-rounded
+// inputs and weights, at twice the float32 rate, as a screen; the features
+// that pass it are recomputed in float32.
+//
+// The screen is exact, not a heuristic. Rounding a and w to bfloat16 (8
+// significant bits, u = 2^-8) moves each product by at most (2u + u²)|a_i w_i|;
+// the float32 sums of the screen and of the float32 encoder each add at most
+// γ_K Σ|a_i w_i| (γ_K = K 2^-24 / (1 - K 2^-24)); and Σ|a_i w_i| ≤ ‖a‖‖w‖.
+// So when the screened pre-activation plus c‖a‖‖w_j‖ stays at or below the
+// feature's threshold, the float32 encoder would not fire it either. On
+// trained SAEs (and the benchmark's) a few times as many features pass as
+// fire; those are recomputed from the float32 weights.
+#pragma once
+#include <cstdint>
+
+namespace tmech {
+
+struct SparseCodes;
+
+struct ScreenedEncoder {
+  int64_t d_in = 0, d_sae = 0;
+  const float* W_enc = nullptr;      // [d_in, d_sae]
+  const float* b_enc = nullptr;      // [d_sae]
+  const float* threshold = nullptr;  // [d_sae] for JumpReLU; null for ReLU
+};
+
+// Whether screening runs here: the CPU has bfloat16 dot products and the
+// batch has enough rows for the tiled GEMM (fewer are bound by reading W_enc).
+bool screening_applies(int64_t rows, int64_t d_in);
+
+// Appends `rows` rows to codes: for each row of `in` (the SAE's input after
+// its normalization and b_dec shift, [rows, d_in]) the features whose float32
+// pre-activation exceeds max(threshold, 0), with that pre-activation.
+void screened_encode(const ScreenedEncoder& e, const float* in, int64_t rows, SparseCodes& codes);
+
+}  // namespace tmech

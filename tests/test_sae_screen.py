@@ -1,0 +1,105 @@
+"""The screened SAE encoder (csrc/sae_screen.hpp): on CPUs with bfloat16 dot
+products, batches of more than small_rows() rows are screened in bfloat16 and
+the survivors recomputed in float32. Its codes must be the float32 encoder's:
+checked against the float32 path (another kernel variant) and float64 numpy,
+and on features placed just above and just below their thresholds, which a
+screen without its error bound would lose."""
+import numpy as np
+import pytest
+
+import tinymech as tm
+from tinymech.sae import SAE, SAEConfig
+
+K = tm._core.kernels
+SCREENS = K.bf16_dot_products()
+FLOAT32 = [v for v in K.available() if v != "avx512_bf16"][0]
+pytestmark = pytest.mark.skipif(not SCREENS, reason="the screen runs only where the CPU has bfloat16 dot products")
+
+
+def make_sae(d_in, d_sae, activation="relu", norm="none", apply_b_dec=True, l0=8, seed=0) -> SAE:
+    """Random weights; biases (and thresholds) set so that about l0 features fire on unit-normal inputs."""
+    rng = np.random.default_rng(seed)
+    arch = {"relu": "standard", "jumprelu": "jumprelu"}[activation]
+    cfg = SAEConfig(architecture=arch, d_in=d_in, d_sae=d_sae, d_out=d_in, hook_name="blocks.0.hook_resid_pre",
+                    apply_b_dec_to_input=apply_b_dec, normalize_activations=norm)
+    W_enc = rng.normal(0, d_in**-0.5, (d_in, d_sae)).astype(np.float32)
+    quantile = np.quantile(rng.standard_normal(100_000), 1 - l0 / d_sae)
+    weights = {"W_enc": W_enc, "b_enc": np.full(d_sae, -quantile * 0.7, np.float32),
+               "W_dec": rng.normal(0, d_in**-0.5, (d_sae, d_in)).astype(np.float32),
+               "b_dec": rng.normal(0, 0.1, d_in).astype(np.float32)}
+    if activation == "jumprelu":
+        weights["threshold"] = np.full(d_sae, quantile * 0.3, np.float32)
+    return SAE(cfg, weights)
+
+
+def reference(sae: SAE, x: np.ndarray) -> np.ndarray:
+    """Pre-activations in float64 (no input normalization)."""
+    shift = sae.b_dec if sae.cfg.apply_b_dec_to_input else 0
+    return (x.astype(np.float64) - shift) @ sae.W_enc + sae.b_enc
+
+
+def float32_path(fn):
+    before = K.variant()
+    K.select(FLOAT32)
+    try:
+        return fn()
+    finally:
+        K.select(before)
+
+
+@pytest.mark.parametrize("activation", ["relu", "jumprelu"])
+@pytest.mark.parametrize("norm,apply_b_dec", [("none", True), ("none", False), ("constant_norm_rescale", True),
+                                              ("layer_norm", False)])
+@pytest.mark.parametrize("d_in,d_sae,rows", [(77, 1000, 5), (64, 300, 37), (130, 129, 1030)])
+def test_screened_codes_equal_float32(activation, norm, apply_b_dec, d_in, d_sae, rows):
+    sae = make_sae(d_in, d_sae, activation, norm, apply_b_dec)
+    x = np.random.default_rng(rows).standard_normal((rows, d_in), dtype=np.float32)
+    ours, (idx, val), out = sae.encode(x), sae.encode_sparse(x), sae.forward(x)
+    ref, (ref_idx, ref_val), ref_out = float32_path(lambda: (sae.encode(x), sae.encode_sparse(x), sae.forward(x)))
+    scale = np.abs(ref).max()
+    assert 1 <= (ref > 0).sum(-1).mean() <= 0.2 * d_sae  # sparse, not empty
+    assert np.abs(ours - ref).max() <= 1e-5 * scale
+    np.testing.assert_array_equal(ours > 0, ref > 0)
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_allclose(val, ref_val, rtol=1e-5, atol=1e-6 * scale)
+    assert np.abs(out - ref_out).max() <= 1e-5 * np.abs(ref_out).max()
+    if norm == "none":
+        pre = reference(sae, x)
+        fired = pre > (sae.threshold if activation == "jumprelu" else 0)
+        assert np.abs(ours - np.where(fired, pre, 0)).max() <= 1e-5 * scale
+
+
+@pytest.mark.parametrize("activation", ["relu", "jumprelu"])
+def test_features_just_above_their_threshold_survive_the_screen(activation):
+    """Row 0's pre-activations sit 1e-3 above or below each feature's threshold:
+    far inside bfloat16's rounding error (~1e-1 here), far outside float32's.
+    Exactly those above fire, with their float32 values."""
+    d_in, d_sae, rows = 256, 512, 8
+    sae = make_sae(d_in, d_sae, activation)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((rows, d_in), dtype=np.float32)
+    delta = np.where(np.arange(d_sae) % 2 == 0, 1e-3, -1e-3)
+    thr = sae.threshold if activation == "jumprelu" else np.zeros(d_sae)
+    dots = (x[0].astype(np.float64) - sae.b_dec) @ sae.W_enc
+    sae.b_enc[:] = (thr - dots + delta).astype(np.float32)  # the core reads the arrays in place
+    sae = SAE(sae.cfg, {"W_enc": sae.W_enc, "b_enc": sae.b_enc, "W_dec": sae.W_dec, "b_dec": sae.b_dec,
+                        "threshold": sae.threshold})
+    acts = sae.encode(x)
+    pre = reference(sae, x)[0]
+    above = pre > thr
+    assert above.sum() == d_sae // 2  # the float64 truth agrees with the construction
+    np.testing.assert_array_equal(acts[0] > 0, above)
+    np.testing.assert_allclose(acts[0][above], pre[above], atol=2e-4)
+    ref = float32_path(lambda: sae.encode(x))
+    np.testing.assert_array_equal(acts > 0, ref > 0)
+    np.testing.assert_allclose(acts, ref, atol=1e-5)
+
+
+def test_non_finite_rows_match_float32():
+    sae = make_sae(40, 300)
+    x = np.random.default_rng(5).standard_normal((9, 40), dtype=np.float32)
+    x[1, 3], x[4, 0], x[6, 39] = np.nan, np.inf, -np.inf
+    x[7, 5] = 3.4e38  # bfloat16 rounds it up to infinity; the float32 sums stay finite
+    ours, ref = sae.encode(x), float32_path(lambda: sae.encode(x))
+    assert np.isinf(ours[4]).any() and (ours[1] == 0).all() and np.isfinite(ours[7]).all() and ours[7].max() > 1e37
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)  # infinities and NaNs where they are

@@ -188,7 +188,8 @@ void Sae::encode(const float* x, int64_t rows, SparseCodes* codes, float* acts, 
   std::vector<float> sae_in, scratch;
   // ReLU and JumpReLU fire where the pre-activation passes a threshold, which
   // a bfloat16 screen can rule out for most features (sae_screen.hpp)
-  if (!pre && cfg_.activation != SaeActivation::topk && screening_applies(rows, cfg_.d_in)) {
+  const bool thresholded = cfg_.activation != SaeActivation::topk && !cfg_.rescale_acts_by_decoder_norm;
+  if (!pre && thresholded && screening_applies(rows, cfg_.d_in)) {
     const ScreenedEncoder screen{cfg_.d_in, d_sae, w_.W_enc, w_.b_enc,
                                  cfg_.activation == SaeActivation::jumprelu ? w_.threshold : nullptr};
     SparseCodes local;

@@ -59,28 +59,42 @@ struct Buffers {
         passed(reinterpret_cast<int32_t*>(limit + kColumns)) {}
 };
 
-// Features [n0, n0 + nc) for rows [0, rows) of in, survivors into hits.
-void screen_columns(const ScreenedEncoder& e, const float* in, int64_t rows, const float* row_margin, int64_t n0,
-                    int64_t nc, const Buffers& b, std::vector<Hit>& hits) {
+// Features [n0, n0 + nc): their float32 weights transposed into b.w_t (one
+// feature per row, for the float32 recomputation), rounded into b.w16, their
+// norms into b.w_norm; and the screened dot products round(a)·round(w) of
+// rows [0, rows) into b.scores ([rows, nc]).
+void screen_chunk(const ScreenedEncoder& e, const float* in, int64_t rows, int64_t n0, int64_t nc, const Buffers& b) {
   const KernelTable& kt = kernels::active();
   const int64_t K = e.d_in;
   kt.transpose(e.W_enc + n0, e.d_sae, K, nc, b.w_t, K);
   kt.round_bf16(b.w_t, b.w16, nc * K);
-  for (int64_t j = 0; j < nc; ++j) {
-    const float* w = b.w_t + j * K;
-    b.w_norm[j] = std::sqrt(kt.dot(w, w, K)) + kTiny;
-    const float thr = threshold_of(e, n0 + j), bias = e.b_enc[n0 + j];
-    b.limit[j] = (thr - bias) - (std::ldexp(std::fabs(thr) + std::fabs(bias), -21) + kTiny);
-  }
+  for (int64_t j = 0; j < nc; ++j) b.w_norm[j] = std::sqrt(kt.dot(b.w_t + j * K, b.w_t + j * K, K)) + kTiny;
   MatmulArgs a{rows, nc, K, in, K, nullptr, 1, K, nullptr, b.scores, nc, false, b.matmul, b.w16};
   kt.matmul_cols(a, 0, nc);
+}
+
+// The float32 pre-activation of feature n0 + j (its weights in b.w_t) for one row.
+float recompute(const ScreenedEncoder& e, const float* row, const Buffers& b, int64_t n0, int64_t j) {
+  return e.b_enc[n0 + j] + kernels::active().dot(row, b.w_t + j * e.d_in, e.d_in);
+}
+
+// ReLU / JumpReLU, features [n0, n0 + nc) of rows [0, rows): those whose
+// float32 pre-activation passes their threshold, into hits.
+void screen_columns(const ScreenedEncoder& e, const float* in, int64_t rows, const float* row_margin, int64_t n0,
+                    int64_t nc, const Buffers& b, std::vector<Hit>& hits) {
+  const KernelTable& kt = kernels::active();
+  screen_chunk(e, in, rows, n0, nc, b);
+  for (int64_t j = 0; j < nc; ++j) {
+    const float thr = threshold_of(e, n0 + j), bias = e.b_enc[n0 + j];
+    // less a slack for rounding the bias and the threshold into the test
+    b.limit[j] = (thr - bias) - (std::ldexp(std::fabs(thr) + std::fabs(bias), -21) + kTiny);
+  }
   for (int64_t m = 0; m < rows; ++m) {
     const int64_t count = kt.screen(b.scores + m * nc, b.w_norm, row_margin[m], b.limit, nc, b.passed);
     for (int64_t i = 0; i < count; ++i) {
       const int64_t j = b.passed[i];
-      const float pre = e.b_enc[n0 + j] + kt.dot(in + m * K, b.w_t + j * K, K);
-      if (pre > threshold_of(e, n0 + j))
-        hits.push_back({static_cast<int32_t>(m), static_cast<int32_t>(n0 + j), pre});
+      const float pre = recompute(e, in + m * e.d_in, b, n0, j);
+      if (pre > threshold_of(e, n0 + j)) hits.push_back({static_cast<int32_t>(m), static_cast<int32_t>(n0 + j), pre});
     }
   }
 }
@@ -118,17 +132,16 @@ void screened_encode(const ScreenedEncoder& e, const float* in, int64_t rows, Sp
   const KernelTable& kt = kernels::active();
   const int64_t K = e.d_in, n_chunks = (e.d_sae + kColumns - 1) / kColumns;
   const float c = bound_factor(K);
+  std::vector<float> row_margin(static_cast<size_t>(rows));
+  for (int64_t m = 0; m < rows; ++m) row_margin[m] = c * std::sqrt(kt.dot(in + m * K, in + m * K, K)) + kTiny;
   for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
     const int64_t rc = std::min(kRows, rows - r0);
-    const float* x = in + r0 * K;
-    std::vector<float> row_margin(static_cast<size_t>(rc));
-    for (int64_t m = 0; m < rc; ++m) row_margin[m] = c * std::sqrt(kt.dot(x + m * K, x + m * K, K)) + kTiny;
     std::vector<std::vector<Hit>> chunks(static_cast<size_t>(n_chunks));
     parallel_for(n_chunks, [&](int64_t c0, int64_t c1, int t) {
       const Buffers b(thread_scratch(t, Buffers::floats(K)), K);
       for (int64_t ch = c0; ch < c1; ++ch) {
         const int64_t n0 = ch * kColumns;
-        screen_columns(e, x, rc, row_margin.data(), n0, std::min(kColumns, e.d_sae - n0), b,
+        screen_columns(e, in + r0 * K, rc, row_margin.data() + r0, n0, std::min(kColumns, e.d_sae - n0), b,
                        chunks[static_cast<size_t>(ch)]);
       }
     });

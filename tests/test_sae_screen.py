@@ -3,7 +3,8 @@ products, batches of more than small_rows() rows are screened in bfloat16 and
 the survivors recomputed in float32. Its codes must be the float32 encoder's:
 checked against the float32 path (another kernel variant) and float64 numpy,
 and on features placed just above and just below their thresholds, which a
-screen without its error bound would lose."""
+screen without its error bound would get wrong. TopK SAEs, and SAEs that
+rescale by their decoder norms, take the float32 path."""
 import numpy as np
 import pytest
 
@@ -16,12 +17,12 @@ FLOAT32 = [v for v in K.available() if v != "avx512_bf16"][0]
 pytestmark = pytest.mark.skipif(not SCREENS, reason="the screen runs only where the CPU has bfloat16 dot products")
 
 
-def make_sae(d_in, d_sae, activation="relu", norm="none", apply_b_dec=True, l0=8, seed=0) -> SAE:
+def make_sae(d_in, d_sae, activation="relu", norm="none", apply_b_dec=True, l0=8, seed=0, rescale=False) -> SAE:
     """Random weights; biases (and thresholds) set so that about l0 features fire on unit-normal inputs."""
     rng = np.random.default_rng(seed)
     arch = {"relu": "standard", "jumprelu": "jumprelu"}[activation]
     cfg = SAEConfig(architecture=arch, d_in=d_in, d_sae=d_sae, d_out=d_in, hook_name="blocks.0.hook_resid_pre",
-                    apply_b_dec_to_input=apply_b_dec, normalize_activations=norm)
+                    apply_b_dec_to_input=apply_b_dec, normalize_activations=norm, rescale_acts_by_decoder_norm=rescale)
     W_enc = rng.normal(0, d_in**-0.5, (d_in, d_sae)).astype(np.float32)
     quantile = np.quantile(rng.standard_normal(100_000), 1 - l0 / d_sae)
     weights = {"W_enc": W_enc, "b_enc": np.full(d_sae, -quantile * 0.7, np.float32),
@@ -103,3 +104,13 @@ def test_non_finite_rows_match_float32():
     ours, ref = sae.encode(x), float32_path(lambda: sae.encode(x))
     assert np.isinf(ours[4]).any() and (ours[1] == 0).all() and np.isfinite(ours[7]).all() and ours[7].max() > 1e37
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)  # infinities and NaNs where they are
+
+
+
+def test_relu_rescaled_by_decoder_norms_takes_the_float32_path():
+    """The screen's thresholds are on pre-activations; an SAE that rescales
+    them by its decoder norms first is encoded in float32."""
+    sae = make_sae(40, 300, rescale=True)
+    x = np.random.default_rng(8).standard_normal((9, 40), dtype=np.float32)
+    expected = np.maximum(reference(sae, x) * np.linalg.norm(sae.W_dec, axis=1), 0)
+    np.testing.assert_allclose(sae.encode(x), expected, rtol=1e-5, atol=1e-5)

@@ -407,6 +407,33 @@ void test_sae_encode(const char* variant, std::mt19937& rng) {
   }
 }
 
+// A TopK SAE keeps the features the scalar variant keeps, with the same values.
+void test_sae_topk(const char* variant, std::mt19937& rng) {
+  for (bool rescale : {false, true}) {
+    const int64_t d_in = 45, d_sae = 300, rows = 300, k = 7;
+    const auto W_enc = randn(static_cast<size_t>(d_in * d_sae), rng, 1.f / std::sqrt(float(d_in)));
+    const auto W_dec = randn(static_cast<size_t>(d_sae * d_in), rng);
+    const auto b_enc = randn(static_cast<size_t>(d_sae), rng);
+    const std::vector<float> b_dec(static_cast<size_t>(d_in), 0.f);
+    SaeConfig cfg;
+    cfg.d_in = cfg.d_out = d_in;
+    cfg.d_sae = d_sae;
+    cfg.activation = SaeActivation::topk;
+    cfg.k = k;
+    cfg.rescale_acts_by_decoder_norm = rescale;
+    const Sae sae(cfg, SaeWeights{W_enc.data(), b_enc.data(), W_dec.data(), b_dec.data()});
+    const auto x = randn(static_cast<size_t>(rows * d_in), rng);
+    SparseCodes ours, ref;
+    sae.encode(x.data(), rows, &ours, nullptr, nullptr, nullptr);
+    kernels::select("scalar");
+    sae.encode(x.data(), rows, &ref, nullptr, nullptr, nullptr);
+    kernels::select(variant);
+    bool ok = ours.offsets == ref.offsets && ours.indices == ref.indices;
+    for (size_t i = 0; ok && i < ref.values.size(); ++i) ok = std::abs(ours.values[i] - ref.values[i]) < 1e-4f;
+    check(ok, std::string(variant) + " TopK SAE codes" + (rescale ? ", rescaled" : ""));
+  }
+}
+
 // Every index of every parallel_for is visited exactly once, whatever the
 // thread count, size and alignment, including calls nested inside a task and
 // calls back to back (workers joining late must not rerun or miss chunks).
@@ -446,6 +473,7 @@ int main() {
     test_vector_kernels(variants[i]->name, rng);
     test_transpose_and_screen(variants[i]->name, rng);
     test_sae_encode(variants[i]->name, rng);
+    test_sae_topk(variants[i]->name, rng);
     test_forward(rng, false);
     test_forward(rng, true);
   }

@@ -1,7 +1,7 @@
 // Elementwise and reduction kernels on float rows: dot, axpy, add, scale,
-// exp, softmax, GPT-2's tanh-approximated GELU, SwiGLU's silu(gate) * up and
-// the rotary embedding's rotation; a matrix transpose and the SAE screen's test. Each has a vector
-// main loop and a padded tail (simd.hpp), so any length works.
+// exp, softmax, GPT-2's tanh-approximated GELU, SwiGLU's silu(gate) * up, the
+// rotary embedding's rotation, the SAE screen's test; and a matrix transpose.
+// Each has a vector main loop and a padded tail (simd.hpp), so any length works.
 #include <cmath>
 
 #include "kernels/variant.hpp"

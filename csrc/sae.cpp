@@ -186,17 +186,24 @@ void Sae::encode(const float* x, int64_t rows, SparseCodes* codes, float* acts, 
   compute_norm(x, rows, nm);
   if (codes) *codes = SparseCodes{};
   std::vector<float> sae_in, scratch;
-  // ReLU and JumpReLU fire where the pre-activation passes a threshold, which
-  // a bfloat16 screen can rule out for most features (sae_screen.hpp)
-  const bool thresholded = cfg_.activation != SaeActivation::topk && !cfg_.rescale_acts_by_decoder_norm;
-  if (!pre && thresholded && screening_applies(rows, cfg_.d_in)) {
-    const ScreenedEncoder screen{cfg_.d_in, d_sae, w_.W_enc, w_.b_enc,
-                                 cfg_.activation == SaeActivation::jumprelu ? w_.threshold : nullptr};
+  // A bfloat16 screen rules out most features before the float32 matmul
+  // (sae_screen.hpp); its thresholds are on pre-activations, so an SAE that
+  // rescales them by its decoder norms must be TopK (which ranks the products)
+  const bool topk = cfg_.activation == SaeActivation::topk;
+  if (!pre && (topk || !cfg_.rescale_acts_by_decoder_norm) && screening_applies(rows, cfg_.d_in)) {
+    const ScreenedEncoder screen{cfg_.d_in,
+                                 d_sae,
+                                 w_.W_enc,
+                                 w_.b_enc,
+                                 cfg_.activation == SaeActivation::jumprelu ? w_.threshold : nullptr,
+                                 topk ? cfg_.k : 0,
+                                 cfg_.rescale_acts_by_decoder_norm ? dec_norm_.data() : nullptr};
     SparseCodes local;
     SparseCodes& out = codes ? *codes : local;
-    screened_encode(screen, input_rows(x, 0, rows, nm, sae_in), rows, out);
-    if (acts) scatter_codes(out, acts);
-    return;
+    if (screened_encode(screen, input_rows(x, 0, rows, nm, sae_in), rows, out)) {
+      if (acts) scatter_codes(out, acts);
+      return;
+    }
   }
   const int64_t chunk = chunk_rows(d_sae);
   for (int64_t r0 = 0; r0 < rows; r0 += chunk) {

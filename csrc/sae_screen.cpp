@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <vector>
 
 #include "kernels/kernels.hpp"
@@ -18,7 +19,9 @@ constexpr int64_t kColumns = 128;
 constexpr int64_t kRows = 1024;
 // Far below any bound that matters, far above what flushing subnormals to
 // zero can move a sum by (2K 2^-126).
-const float kTiny = std::ldexp(1.f, -100);
+constexpr float kTiny = 0x1p-100f;
+// Relative slack for rounding a bias, a threshold or a bound into a test (16 ulp).
+constexpr float kSlack = 0x1p-20f;
 
 struct Hit {
   int32_t row, feature;
@@ -30,7 +33,7 @@ struct Hit {
 float bound_factor(int64_t K) {
   const double u = std::ldexp(1.0, -8), u32 = std::ldexp(1.0, -24);
   const double gamma = static_cast<double>(K) * u32 / (1 - static_cast<double>(K) * u32);
-  return static_cast<float>((2 * u + u * u + 3 * gamma + std::ldexp(1.0, -20)) * 1.01);
+  return static_cast<float>((2 * u + u * u + 3 * gamma + kSlack) * 1.01);
 }
 
 float threshold_of(const ScreenedEncoder& e, int64_t j) {
@@ -44,10 +47,12 @@ struct Buffers {
   uint16_t* w16;    // [kColumns, K] the same in bfloat16
   float* scores;    // [kRows, kColumns]
   float* w_norm;    // [kColumns]
-  float* limit;     // [kColumns]: threshold - bias, less the rounding slack
-  int32_t* passed;  // [kColumns]: one row's survivors
+  float* limit;       // [kColumns]: threshold - bias, less the rounding slack
+  int32_t* passed;    // [kColumns]: one row's survivors
+  float* col_margin;  // [kColumns], TopK: the bound's factor of the row's ‖a‖ margin
+  float* col_slack;   // [kColumns], TopK: the bias's rounding slack
   static int64_t floats(int64_t K) {
-    return matmul_scratch_floats() + kColumns * K + (kColumns * K + 1) / 2 + kRows * kColumns + 3 * kColumns;
+    return matmul_scratch_floats() + kColumns * K + (kColumns * K + 1) / 2 + kRows * kColumns + 5 * kColumns;
   }
   Buffers(float* s, int64_t K)
       : matmul(s),
@@ -56,7 +61,9 @@ struct Buffers {
         scores(w_t + kColumns * K + (kColumns * K + 1) / 2),
         w_norm(scores + kRows * kColumns),
         limit(w_norm + kColumns),
-        passed(reinterpret_cast<int32_t*>(limit + kColumns)) {}
+        passed(reinterpret_cast<int32_t*>(limit + kColumns)),
+        col_margin(limit + 2 * kColumns),
+        col_slack(limit + 3 * kColumns) {}
 };
 
 // Features [n0, n0 + nc): their float32 weights transposed into b.w_t (one
@@ -87,7 +94,7 @@ void screen_columns(const ScreenedEncoder& e, const float* in, int64_t rows, con
   for (int64_t j = 0; j < nc; ++j) {
     const float thr = threshold_of(e, n0 + j), bias = e.b_enc[n0 + j];
     // less a slack for rounding the bias and the threshold into the test
-    b.limit[j] = (thr - bias) - (std::ldexp(std::fabs(thr) + std::fabs(bias), -21) + kTiny);
+    b.limit[j] = (thr - bias) - ((std::fabs(thr) + std::fabs(bias)) * kSlack + kTiny);
   }
   for (int64_t m = 0; m < rows; ++m) {
     const int64_t count = kt.screen(b.scores + m * nc, b.w_norm, row_margin[m], b.limit, nc, b.passed);
@@ -121,6 +128,121 @@ void append_codes(const std::vector<std::vector<Hit>>& chunks, int64_t rows, Spa
   codes.rows += rows;
 }
 
+// Drops the rows appended after the first `rows`.
+void truncate(SparseCodes& codes, int64_t rows) {
+  codes.rows = rows;
+  codes.offsets.resize(static_cast<size_t>(rows) + 1);
+  codes.indices.resize(static_cast<size_t>(codes.offsets.back()));
+  codes.values.resize(codes.indices.size());
+}
+
+// ---- TopK -----------------------------------------------------------------------
+//
+// A row keeps its k largest values v_j = pre-activation_j * dn_j (dn: the
+// decoder norms when the SAE rescales by them, else 1), ReLU'd. The screen
+// bounds each v_j to v'_j ± M_j. Each thread keeps, per row, the k largest
+// lower bounds it has seen: their smallest is at most the row's k-th largest
+// v, so a feature whose upper bound is below it cannot be kept. The others
+// are recomputed in float32 while their weights are in cache. At the end the
+// threads' bounds are merged, the candidates still above them ranked by their
+// float32 values (ties to the lower index, as the float32 path does).
+
+struct Candidate {
+  int32_t feature;
+  float value, upper;
+};
+
+// One thread's view of a block of rows.
+struct TopkState {
+  std::vector<std::vector<float>> lower;           // per row: min-heap of the k largest lower bounds seen
+  std::vector<std::vector<Candidate>> candidates;  // per row, in feature order
+  bool finite = true;                              // every bound finite (else the float32 path runs)
+};
+
+float decoder_norm(const ScreenedEncoder& e, int64_t j) { return e.dec_norm ? e.dec_norm[j] : 1.f; }
+
+// Feature n0 + j of row m: its bounds against the thread's heap; recomputed if it may be kept.
+void topk_feature(const ScreenedEncoder& e, const float* row, float row_margin, float score, int64_t n0, int64_t j,
+                  const Buffers& b, std::vector<float>& heap, std::vector<Candidate>& out, bool& finite) {
+  const float dn = decoder_norm(e, n0 + j);
+  const float v = (score + e.b_enc[n0 + j]) * dn, margin = row_margin * b.col_margin[j] + b.col_slack[j];
+  if (!(std::fabs(v) + margin < INFINITY)) finite = false;
+  const float lower = v - margin;
+  if (heap.size() < static_cast<size_t>(e.k)) {
+    heap.push_back(lower);
+    std::push_heap(heap.begin(), heap.end(), std::greater<float>());
+  } else if (lower > heap.front()) {
+    std::pop_heap(heap.begin(), heap.end(), std::greater<float>());
+    heap.back() = lower;
+    std::push_heap(heap.begin(), heap.end(), std::greater<float>());
+  }
+  if (heap.size() == static_cast<size_t>(e.k) && v + margin < heap.front()) return;
+  out.push_back({static_cast<int32_t>(n0 + j), recompute(e, row, b, n0, j) * dn, v + margin});
+}
+
+void topk_columns(const ScreenedEncoder& e, const float* in, int64_t rows, const float* row_margin, int64_t n0,
+                  int64_t nc, const Buffers& b, TopkState& st) {
+  screen_chunk(e, in, rows, n0, nc, b);
+  for (int64_t j = 0; j < nc; ++j) {
+    // the bound and the bias's slack, scaled by dn, with 1 % for rounding them and v
+    const float dn = decoder_norm(e, n0 + j);
+    b.col_margin[j] = b.w_norm[j] * dn * 1.01f;
+    b.col_slack[j] = (std::fabs(e.b_enc[n0 + j]) * kSlack + kTiny) * dn * 1.01f;
+  }
+  const KernelTable& kt = kernels::active();
+  for (int64_t m = 0; m < rows; ++m) {
+    auto& heap = st.lower[static_cast<size_t>(m)];
+    auto& out = st.candidates[static_cast<size_t>(m)];
+    const float* s = b.scores + m * nc;
+    const float* row = in + m * e.d_in;
+    if (heap.size() < static_cast<size_t>(e.k) || e.dec_norm) {
+      for (int64_t j = 0; j < nc; ++j) topk_feature(e, row, row_margin[m], s[j], n0, j, b, heap, out, st.finite);
+      continue;
+    }
+    // Only features whose upper bound reaches the heap's smallest can change
+    // the heap or be kept: with dn = 1, s + ‖a‖-margin > L - bias - slack,
+    // less a slack for rounding this test (the exact test follows).
+    const float L = heap.front();
+    for (int64_t j = 0; j < nc; ++j) {
+      const float bias = e.b_enc[n0 + j], lim = L - bias - b.col_slack[j];
+      b.limit[j] = lim - ((std::fabs(L) + std::fabs(bias) + b.col_slack[j]) * kSlack + kTiny);
+    }
+    const int64_t count = kt.screen(s, b.col_margin, row_margin[m], b.limit, nc, b.passed);
+    for (int64_t i = 0; i < count; ++i)
+      topk_feature(e, row, row_margin[m], s[b.passed[i]], n0, b.passed[i], b, heap, out, st.finite);
+  }
+}
+
+// Per row of the block: the k largest float32 values among the candidates
+// whose upper bound reaches the best k-th lower bound of any thread, ReLU'd,
+// by feature. (Each thread's k-th lower bound is at most the row's k-th value.)
+std::vector<std::vector<Hit>> choose_topk(const std::vector<TopkState>& states, int64_t rows, int64_t k) {
+  std::vector<std::vector<Hit>> out(static_cast<size_t>(rows));
+  parallel_for(rows, [&](int64_t r0, int64_t r1, int) {
+    std::vector<Candidate> cands;
+    for (int64_t m = r0; m < r1; ++m) {
+      const auto r = static_cast<size_t>(m);
+      float kth_lower = -INFINITY;
+      for (const auto& st : states)
+        if (st.lower[r].size() == static_cast<size_t>(k)) kth_lower = std::max(kth_lower, st.lower[r].front());
+      cands.clear();
+      for (const auto& st : states)
+        for (const Candidate& c : st.candidates[r])
+          if (c.upper >= kth_lower) cands.push_back(c);
+      const auto keep = std::min<size_t>(cands.size(), static_cast<size_t>(k));
+      std::partial_sort(cands.begin(), cands.begin() + static_cast<std::ptrdiff_t>(keep), cands.end(),
+                        [](const Candidate& p, const Candidate& q) {
+                          return p.value > q.value || (p.value == q.value && p.feature < q.feature);
+                        });
+      cands.resize(keep);
+      std::sort(cands.begin(), cands.end(), [](const Candidate& p, const Candidate& q) { return p.feature < q.feature; });
+      for (const Candidate& c : cands)
+        if (c.value > 0.f) out[r].push_back({static_cast<int32_t>(m), c.feature, c.value});
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
 bool screening_applies(int64_t rows, int64_t d_in) {
@@ -128,25 +250,50 @@ bool screening_applies(int64_t rows, int64_t d_in) {
   return kernels::active().bf16_dot_products && rows > kMatmulSmallM && d_in < (int64_t{1} << 20);
 }
 
-void screened_encode(const ScreenedEncoder& e, const float* in, int64_t rows, SparseCodes& codes) {
+bool screened_encode(const ScreenedEncoder& e, const float* in, int64_t rows, SparseCodes& codes) {
   const KernelTable& kt = kernels::active();
   const int64_t K = e.d_in, n_chunks = (e.d_sae + kColumns - 1) / kColumns;
   const float c = bound_factor(K);
   std::vector<float> row_margin(static_cast<size_t>(rows));
   for (int64_t m = 0; m < rows; ++m) row_margin[m] = c * std::sqrt(kt.dot(in + m * K, in + m * K, K)) + kTiny;
+  const int64_t rows_before = codes.rows;
+  if (e.k > 0 && (e.k >= e.d_sae || !std::all_of(row_margin.begin(), row_margin.end(),
+                                                  [](float v) { return std::isfinite(v); })))
+    return false;  // TopK ranks values against each other: only finite ones are vouched for
   for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
     const int64_t rc = std::min(kRows, rows - r0);
-    std::vector<std::vector<Hit>> chunks(static_cast<size_t>(n_chunks));
-    parallel_for(n_chunks, [&](int64_t c0, int64_t c1, int t) {
-      const Buffers b(thread_scratch(t, Buffers::floats(K)), K);
-      for (int64_t ch = c0; ch < c1; ++ch) {
-        const int64_t n0 = ch * kColumns;
-        screen_columns(e, in + r0 * K, rc, row_margin.data() + r0, n0, std::min(kColumns, e.d_sae - n0), b,
-                       chunks[static_cast<size_t>(ch)]);
+    const float* x = in + r0 * K;
+    const float* margin = row_margin.data() + r0;
+    std::vector<std::vector<Hit>> hits;
+    if (e.k > 0) {
+      std::vector<TopkState> states(static_cast<size_t>(num_threads()));
+      for (auto& st : states) {
+        st.lower.resize(static_cast<size_t>(rc));
+        st.candidates.resize(static_cast<size_t>(rc));
       }
-    });
-    append_codes(chunks, rc, codes);
+      parallel_for(n_chunks, [&](int64_t c0, int64_t c1, int t) {
+        const Buffers b(thread_scratch(t, Buffers::floats(K)), K);
+        for (int64_t ch = c0; ch < c1; ++ch)
+          topk_columns(e, x, rc, margin, ch * kColumns, std::min(kColumns, e.d_sae - ch * kColumns), b,
+                       states[static_cast<size_t>(t)]);
+      });
+      if (!std::all_of(states.begin(), states.end(), [](const TopkState& st) { return st.finite; })) {
+        truncate(codes, rows_before);
+        return false;
+      }
+      hits = choose_topk(states, rc, e.k);
+    } else {
+      hits.resize(static_cast<size_t>(n_chunks));
+      parallel_for(n_chunks, [&](int64_t c0, int64_t c1, int t) {
+        const Buffers b(thread_scratch(t, Buffers::floats(K)), K);
+        for (int64_t ch = c0; ch < c1; ++ch)
+          screen_columns(e, x, rc, margin, ch * kColumns, std::min(kColumns, e.d_sae - ch * kColumns), b,
+                         hits[static_cast<size_t>(ch)]);
+      });
+    }
+    append_codes(hits, rc, codes);
   }
+  return true;
 }
 
 }  // namespace tmech

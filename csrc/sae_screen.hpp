@@ -12,7 +12,9 @@
 // So when the screened pre-activation plus c‖a‖‖w_j‖ stays at or below the
 // feature's threshold, the float32 encoder would not fire it either. On
 // trained SAEs (and the benchmark's) a few times as many features pass as
-// fire; those are recomputed from the float32 weights.
+// fire; those are recomputed from the float32 weights. TopK keeps the k
+// largest instead of those above a threshold: the k-th largest lower bound
+// seen so far stands in for the threshold (sae_screen.cpp).
 #pragma once
 #include <cstdint>
 
@@ -24,16 +26,22 @@ struct ScreenedEncoder {
   int64_t d_in = 0, d_sae = 0;
   const float* W_enc = nullptr;      // [d_in, d_sae]
   const float* b_enc = nullptr;      // [d_sae]
-  const float* threshold = nullptr;  // [d_sae] for JumpReLU; null for ReLU
+  const float* threshold = nullptr;  // [d_sae] for JumpReLU; null for ReLU and TopK
+  int64_t k = 0;                     // TopK: features kept per row; 0 for ReLU / JumpReLU
+  const float* dec_norm = nullptr;   // TopK: ranks pre-activation * dec_norm (rescale_acts_by_decoder_norm)
 };
 
 // Whether screening runs here: the CPU has bfloat16 dot products and the
 // batch has enough rows for the tiled GEMM (fewer are bound by reading W_enc).
 bool screening_applies(int64_t rows, int64_t d_in);
 
-// Appends `rows` rows to codes: for each row of `in` (the SAE's input after
-// its normalization and b_dec shift, [rows, d_in]) the features whose float32
-// pre-activation exceeds max(threshold, 0), with that pre-activation.
-void screened_encode(const ScreenedEncoder& e, const float* in, int64_t rows, SparseCodes& codes);
+// Appends `rows` rows to codes, for each row of `in` (the SAE's input after
+// its normalization and b_dec shift, [rows, d_in]): ReLU / JumpReLU, the
+// features whose float32 pre-activation exceeds max(threshold, 0), with that
+// pre-activation; TopK, the positive ones among the k largest
+// pre-activation * dec_norm (ties to the lower index). Returns false, codes
+// unchanged, where TopK cannot vouch for its choice (k >= d_sae, values that
+// are not finite): the float32 path must run instead.
+bool screened_encode(const ScreenedEncoder& e, const float* in, int64_t rows, SparseCodes& codes);
 
 }  // namespace tmech

@@ -2,9 +2,9 @@
 products, batches of more than small_rows() rows are screened in bfloat16 and
 the survivors recomputed in float32. Its codes must be the float32 encoder's:
 checked against the float32 path (another kernel variant) and float64 numpy,
-and on features placed just above and just below their thresholds, which a
-screen without its error bound would get wrong. TopK SAEs, and SAEs that
-rescale by their decoder norms, take the float32 path."""
+and on features placed just above and just below their thresholds (or, for
+TopK, just either side of the k-th largest), which a screen without its error
+bound would get wrong."""
 import numpy as np
 import pytest
 
@@ -18,11 +18,13 @@ pytestmark = pytest.mark.skipif(not SCREENS, reason="the screen runs only where 
 
 
 def make_sae(d_in, d_sae, activation="relu", norm="none", apply_b_dec=True, l0=8, seed=0, rescale=False) -> SAE:
-    """Random weights; biases (and thresholds) set so that about l0 features fire on unit-normal inputs."""
+    """Random weights; biases (and thresholds) set so that about l0 features fire on
+    unit-normal inputs (TopK: k = l0)."""
     rng = np.random.default_rng(seed)
-    arch = {"relu": "standard", "jumprelu": "jumprelu"}[activation]
+    arch = {"relu": "standard", "jumprelu": "jumprelu", "topk": "topk"}[activation]
     cfg = SAEConfig(architecture=arch, d_in=d_in, d_sae=d_sae, d_out=d_in, hook_name="blocks.0.hook_resid_pre",
-                    apply_b_dec_to_input=apply_b_dec, normalize_activations=norm, rescale_acts_by_decoder_norm=rescale)
+                    apply_b_dec_to_input=apply_b_dec, normalize_activations=norm,
+                    k=l0 if activation == "topk" else None, rescale_acts_by_decoder_norm=rescale)
     W_enc = rng.normal(0, d_in**-0.5, (d_in, d_sae)).astype(np.float32)
     quantile = np.quantile(rng.standard_normal(100_000), 1 - l0 / d_sae)
     weights = {"W_enc": W_enc, "b_enc": np.full(d_sae, -quantile * 0.7, np.float32),
@@ -48,7 +50,7 @@ def float32_path(fn):
         K.select(before)
 
 
-@pytest.mark.parametrize("activation", ["relu", "jumprelu"])
+@pytest.mark.parametrize("activation", ["relu", "jumprelu", "topk"])
 @pytest.mark.parametrize("norm,apply_b_dec", [("none", True), ("none", False), ("constant_norm_rescale", True),
                                               ("layer_norm", False)])
 @pytest.mark.parametrize("d_in,d_sae,rows", [(77, 1000, 5), (64, 300, 37), (130, 129, 1030)])
@@ -64,7 +66,7 @@ def test_screened_codes_equal_float32(activation, norm, apply_b_dec, d_in, d_sae
     np.testing.assert_array_equal(idx, ref_idx)
     np.testing.assert_allclose(val, ref_val, rtol=1e-5, atol=1e-6 * scale)
     assert np.abs(out - ref_out).max() <= 1e-5 * np.abs(ref_out).max()
-    if norm == "none":
+    if norm == "none" and activation != "topk":
         pre = reference(sae, x)
         fired = pre > (sae.threshold if activation == "jumprelu" else 0)
         assert np.abs(ours - np.where(fired, pre, 0)).max() <= 1e-5 * scale
@@ -114,3 +116,51 @@ def test_relu_rescaled_by_decoder_norms_takes_the_float32_path():
     x = np.random.default_rng(8).standard_normal((9, 40), dtype=np.float32)
     expected = np.maximum(reference(sae, x) * np.linalg.norm(sae.W_dec, axis=1), 0)
     np.testing.assert_allclose(sae.encode(x), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rescale", [False, True])
+@pytest.mark.parametrize("rows", [5, 1100])  # 1100: two blocks of rows
+def test_topk_codes_equal_float32(rescale, rows):
+    sae = make_sae(70, 700, "topk", l0=16, rescale=rescale)
+    x = np.random.default_rng(rows).standard_normal((rows, 70), dtype=np.float32)
+    ours, ref = sae.encode(x), float32_path(lambda: sae.encode(x))
+    np.testing.assert_array_equal(ours != 0, ref != 0)
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6)
+    value = reference(sae, x) * (np.linalg.norm(sae.W_dec, axis=1) if rescale else 1)
+    top = np.argsort(-value, axis=-1, kind="stable")[:, :16]
+    expected = np.zeros_like(value)
+    np.put_along_axis(expected, top, np.take_along_axis(value, top, -1), -1)
+    np.testing.assert_allclose(ours, np.maximum(expected, 0), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rescale", [False, True])
+def test_topk_near_ties_at_the_kth_value(rescale):
+    """Row 0's 40 largest values lie 1e-4 apart (bfloat16 cannot tell them
+    apart, float32 can), so only the error bound keeps the right 8 in."""
+    d_in, d_sae, k = 256, 512, 8
+    sae = make_sae(d_in, d_sae, "topk", l0=k, rescale=rescale)
+    dn = np.linalg.norm(sae.W_dec.astype(np.float64), axis=1) if rescale else np.ones(d_sae)
+    x = np.random.default_rng(4).standard_normal((6, d_in), dtype=np.float32)
+    dots = (x[0].astype(np.float64) - sae.b_dec) @ sae.W_enc
+    target = np.full(d_sae, -3.0)
+    cluster = np.random.default_rng(5).permutation(d_sae)[:40]
+    target[cluster] = 1.0 + 1e-4 * np.arange(40)
+    weights = {"W_enc": sae.W_enc, "b_enc": (target / dn - dots).astype(np.float32), "W_dec": sae.W_dec,
+               "b_dec": sae.b_dec}
+    sae = SAE(sae.cfg, weights)
+    acts = sae.encode(x)
+    np.testing.assert_array_equal(np.flatnonzero(acts[0]), np.sort(cluster[-k:]))
+    np.testing.assert_allclose(acts[0][cluster[-k:]], target[cluster[-k:]], atol=1e-5)
+    np.testing.assert_allclose(acts, float32_path(lambda: sae.encode(x)), atol=1e-5)
+
+
+def test_topk_falls_back_where_the_screen_cannot_vouch():
+    """k >= d_sae, or a row that is not finite: the float32 path runs, with its results."""
+    x = np.random.default_rng(6).standard_normal((7, 30), dtype=np.float32)
+    whole = make_sae(30, 8, "topk", l0=8)
+    np.testing.assert_array_equal(whole.encode(x), float32_path(lambda: whole.encode(x)))
+    sae = make_sae(30, 200, "topk", l0=8)
+    x[3, 2] = np.nan
+    np.testing.assert_array_equal(sae.encode(x), float32_path(lambda: sae.encode(x)))
+    x[3, 2] = 3.4e38  # finite, but bfloat16 rounds it to infinity
+    np.testing.assert_allclose(sae.encode(x), float32_path(lambda: sae.encode(x)), rtol=1e-5)

@@ -180,8 +180,10 @@ void topk_feature(const ScreenedEncoder& e, const float* row, float row_margin, 
   out.push_back({static_cast<int32_t>(n0 + j), recompute(e, row, b, n0, j) * dn, v + margin});
 }
 
-void topk_columns(const ScreenedEncoder& e, const float* in, int64_t rows, const float* row_margin, int64_t n0,
-                  int64_t nc, const Buffers& b, TopkState& st) {
+// Features [n0, n0 + nc) of rows [0, rows) of in, which are the block's rows
+// [m0, m0 + rows), against this thread's heaps.
+void topk_columns(const ScreenedEncoder& e, const float* in, int64_t rows, int64_t m0, const float* row_margin,
+                  int64_t n0, int64_t nc, const Buffers& b, TopkState& st) {
   screen_chunk(e, in, rows, n0, nc, b);
   for (int64_t j = 0; j < nc; ++j) {
     // the bound and the bias's slack, scaled by dn, with 1 % for rounding them and v
@@ -191,8 +193,8 @@ void topk_columns(const ScreenedEncoder& e, const float* in, int64_t rows, const
   }
   const KernelTable& kt = kernels::active();
   for (int64_t m = 0; m < rows; ++m) {
-    auto& heap = st.lower[static_cast<size_t>(m)];
-    auto& out = st.candidates[static_cast<size_t>(m)];
+    auto& heap = st.lower[static_cast<size_t>(m0 + m)];
+    auto& out = st.candidates[static_cast<size_t>(m0 + m)];
     const float* s = b.scores + m * nc;
     const float* row = in + m * e.d_in;
     if (heap.size() < static_cast<size_t>(e.k) || e.dec_norm) {
@@ -211,6 +213,39 @@ void topk_columns(const ScreenedEncoder& e, const float* in, int64_t rows, const
     for (int64_t i = 0; i < count; ++i)
       topk_feature(e, row, row_margin[m], s[b.passed[i]], n0, b.passed[i], b, heap, out, st.finite);
   }
+}
+
+// Every thread's heaps and candidates for a block of rows. A seed of the
+// first features (about 32 k of them), split over the rows, gives every
+// row's heap a strong start, which each thread then copies: far fewer
+// features pass an early, weak bound only to be recomputed for nothing.
+std::vector<TopkState> topk_block(const ScreenedEncoder& e, const float* x, int64_t rows, const float* margin,
+                                  int64_t n_chunks) {
+  const int64_t K = e.d_in;
+  const int64_t seed = std::min(n_chunks / 4, (32 * e.k + kColumns - 1) / kColumns);
+  std::vector<TopkState> states(static_cast<size_t>(num_threads()));
+  for (auto& st : states) {
+    st.lower.resize(static_cast<size_t>(rows));
+    st.candidates.resize(static_cast<size_t>(rows));
+  }
+  const auto columns = [&](int64_t ch) { return std::min(kColumns, e.d_sae - ch * kColumns); };
+  if (seed > 0) {
+    parallel_for(rows, [&](int64_t r0, int64_t r1, int t) {
+      const Buffers b(thread_scratch(t, Buffers::floats(K)), K);
+      auto& st = states[static_cast<size_t>(t)];
+      for (int64_t ch = 0; ch < seed; ++ch)
+        topk_columns(e, x + r0 * K, r1 - r0, r0, margin + r0, ch * kColumns, columns(ch), b, st);
+      for (int64_t m = r0; m < r1; ++m)  // the seed's heaps, for every thread to go on from
+        for (auto& other : states)
+          if (&other != &st) other.lower[static_cast<size_t>(m)] = st.lower[static_cast<size_t>(m)];
+    });
+  }
+  parallel_for(n_chunks - seed, [&](int64_t c0, int64_t c1, int t) {
+    const Buffers b(thread_scratch(t, Buffers::floats(K)), K);
+    for (int64_t ch = seed + c0; ch < seed + c1; ++ch)
+      topk_columns(e, x, rows, 0, margin, ch * kColumns, columns(ch), b, states[static_cast<size_t>(t)]);
+  });
+  return states;
 }
 
 // Per row of the block: the k largest float32 values among the candidates
@@ -266,17 +301,7 @@ bool screened_encode(const ScreenedEncoder& e, const float* in, int64_t rows, Sp
     const float* margin = row_margin.data() + r0;
     std::vector<std::vector<Hit>> hits;
     if (e.k > 0) {
-      std::vector<TopkState> states(static_cast<size_t>(num_threads()));
-      for (auto& st : states) {
-        st.lower.resize(static_cast<size_t>(rc));
-        st.candidates.resize(static_cast<size_t>(rc));
-      }
-      parallel_for(n_chunks, [&](int64_t c0, int64_t c1, int t) {
-        const Buffers b(thread_scratch(t, Buffers::floats(K)), K);
-        for (int64_t ch = c0; ch < c1; ++ch)
-          topk_columns(e, x, rc, margin, ch * kColumns, std::min(kColumns, e.d_sae - ch * kColumns), b,
-                       states[static_cast<size_t>(t)]);
-      });
+      auto states = topk_block(e, x, rc, margin, n_chunks);
       if (!std::all_of(states.begin(), states.end(), [](const TopkState& st) { return st.finite; })) {
         truncate(codes, rows_before);
         return false;

@@ -410,7 +410,7 @@ void test_sae_encode(const char* variant, std::mt19937& rng) {
 // A TopK SAE keeps the features the scalar variant keeps, with the same values.
 void test_sae_topk(const char* variant, std::mt19937& rng) {
   for (bool rescale : {false, true}) {
-    const int64_t d_in = 45, d_sae = 300, rows = 300, k = 7;
+    const int64_t d_in = 45, d_sae = 1100, rows = 300, k = 7;  // 9 chunks of features: a seed of 2
     const auto W_enc = randn(static_cast<size_t>(d_in * d_sae), rng, 1.f / std::sqrt(float(d_in)));
     const auto W_dec = randn(static_cast<size_t>(d_sae * d_in), rng);
     const auto b_enc = randn(static_cast<size_t>(d_sae), rng);

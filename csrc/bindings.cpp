@@ -269,6 +269,7 @@ void bind_kernels(py::module_& m) {
     tmech::kernels::active().round_bf16(x.data(), out.mutable_data(), x.size());
     return out;
   }, "float32 -> bfloat16 bits (uint16), to nearest, ties to even");
+  k.def("pooled_bytes", &tmech::pooled_bytes, "bytes of freed capture buffers kept for reuse");
   k.def("transpose", [](FloatArray x) {
     if (x.ndim() != 2) throw std::invalid_argument("transpose takes a 2-D array");
     FloatArray out({x.shape(1), x.shape(0)});
@@ -333,6 +334,8 @@ PYBIND11_MODULE(_core, m) {
 
   m.def("set_num_threads", &tmech::set_num_threads, py::arg("n"));
   m.def("get_num_threads", &tmech::num_threads);
+  m.def("release_pooled_buffers", &tmech::release_pooled_buffers,
+        "frees the kept buffers of dropped activation caches; returns the bytes given back");
   m.def("hook_names", [](int64_t n_layers) {
     std::vector<std::string> names;
     for (int i = 0; i < tmech::hook_count(n_layers); ++i) names.push_back(tmech::hook_name(i, n_layers));

@@ -1,9 +1,7 @@
 #include "hooks.hpp"
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
-#include <new>
 #include <stdexcept>
 
 #include "threads.hpp"
@@ -225,14 +223,6 @@ void HookPlan::apply(int id, const View& v) {
       }
     }
   }
-}
-
-void FreeFloats::operator()(float* p) const { std::free(p); }
-
-FloatBuffer alloc_floats(int64_t n) {
-  void* p = std::malloc(static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(float));
-  if (!p) throw std::bad_alloc();
-  return FloatBuffer(static_cast<float*>(p));
 }
 
 }  // namespace tmech

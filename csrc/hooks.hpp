@@ -21,6 +21,8 @@
 #include <string>
 #include <vector>
 
+#include "float_buffers.hpp"
+
 namespace tmech {
 
 enum class HookKind : int {
@@ -98,16 +100,6 @@ struct Edit {
   float scalar = 0.f;  // scale factor, add coefficient, or fill constant
   std::shared_ptr<HookCallback> callback;
 };
-
-// Captured values go to numpy without a copy, in uninitialized memory.
-struct FreeFloats {
-  void operator()(float* p) const;
-};
-using FloatBuffer = std::unique_ptr<float[], FreeFloats>;
-// n floats, uninitialized: a run_with_cache of a long prompt fills hundreds
-// of MB, and zeroing them first would cost as much as the copy itself.
-// (Transparent huge pages were tried: slower here, compaction on fault.)
-FloatBuffer alloc_floats(int64_t n);
 
 struct Captured {
   std::vector<int64_t> shape;  // TL order

@@ -118,6 +118,16 @@ def set_kernel_variant(name: str) -> None:
     _core.kernels.select(name)
 
 
+def release_memory() -> int:
+    """Give back the memory kept from dropped activation caches; returns the bytes freed.
+
+    Captured activations live in buffers that, once their arrays are dropped,
+    are kept (up to 1 GiB) for the next run_with_cache of the same shapes:
+    faulting in fresh pages costs more than filling them. Call this when done
+    caching to return that memory to the system."""
+    return int(_core.release_pooled_buffers())
+
+
 __all__ = [
     "ActivationCache",
     "Config",
@@ -149,6 +159,7 @@ __all__ = [
     "set_kernel_variant",
     "mean_ablate",
     "patch",
+    "release_memory",
     "scale",
     "set_num_threads",
     "zero_ablate",

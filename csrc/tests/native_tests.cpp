@@ -13,6 +13,7 @@
 #include <tuple>
 #include <vector>
 
+#include "float_buffers.hpp"
 #include "forward.hpp"
 #include "hooks.hpp"
 #include "kernels/kernels.hpp"
@@ -434,6 +435,26 @@ void test_sae_topk(const char* variant, std::mt19937& rng) {
   }
 }
 
+// Capture buffers: large ones come back for the same size, small ones are
+// freed at once, and release gives the kept memory back.
+void test_float_buffers() {
+  release_pooled_buffers();
+  const int64_t big = kPooledBytes / 4 + 3, small = 100;
+  float* first = nullptr;
+  {
+    FloatBuffer a = alloc_floats(big), b = alloc_floats(small);
+    a[big - 1] = 1.f;  // the whole size is usable
+    b[small - 1] = 1.f;
+    first = a.get();
+  }
+  check(pooled_bytes() == big * 4, "a freed large buffer is kept");
+  FloatBuffer again = alloc_floats(big), other = alloc_floats(big + 1);
+  check(again.get() == first && other.get() != first && pooled_bytes() == 0, "and handed out for its size only");
+  again.reset();
+  other.reset();
+  check(release_pooled_buffers() == (2 * big + 1) * 4 && pooled_bytes() == 0, "release frees what was kept");
+}
+
 // Every index of every parallel_for is visited exactly once, whatever the
 // thread count, size and alignment, including calls nested inside a task and
 // calls back to back (workers joining late must not rerun or miss chunks).
@@ -465,6 +486,7 @@ void test_parallel_for() {
 int main() {
   std::mt19937 rng(1234);
   test_parallel_for();
+  test_float_buffers();
   const KernelTable* variants[8];
   const int n = kernels::available(variants, 8);
   for (int i = 0; i < n && i < 8; ++i) {

@@ -10,6 +10,7 @@
 #include <optional>
 #include <string>
 
+#include "numpy_buffers.hpp"
 #include "sae.hpp"
 
 namespace py = pybind11;
@@ -163,12 +164,12 @@ void register_sae(py::module_& m) {
       .def("encode", [](const PySae& s, FloatIn x) {
         const tmech::SaeConfig& c = s.sae().config();
         const int64_t rows = rows_of(x, c.d_in, "x");
-        std::vector<float> acts(static_cast<size_t>(rows * c.d_sae));
+        tmech::FloatBuffer acts = tmech::alloc_floats(rows * c.d_sae);  // encode writes every element
         {
           py::gil_scoped_release nogil;
-          s.sae().encode(x.data(), rows, nullptr, acts.data(), nullptr, nullptr);
+          s.sae().encode(x.data(), rows, nullptr, acts.get(), nullptr, nullptr);
         }
-        return owned_array(std::move(acts), {rows, c.d_sae});
+        return tmech::to_numpy(std::move(acts), {rows, c.d_sae});
       }, py::arg("x"))
       .def("encode_pre", [](const PySae& s, FloatIn x) {
         const tmech::SaeConfig& c = s.sae().config();

@@ -17,20 +17,13 @@
 #include "kernels/kernels.hpp"
 #include "probes.hpp"
 #include "parallel_ops.hpp"
+#include "numpy_buffers.hpp"
 #include "threads.hpp"
 
 namespace py = pybind11;
 using FloatArray = py::array_t<float, py::array::c_style>;
 
 namespace {
-
-// A numpy array that takes over a captured buffer, without copying it.
-FloatArray to_numpy(tmech::FloatBuffer&& data, const std::vector<int64_t>& shape) {
-  float* raw = data.release();
-  py::capsule owner(raw, [](void* p) { tmech::FreeFloats()(static_cast<float*>(p)); });
-  std::vector<py::ssize_t> dims(shape.begin(), shape.end());
-  return FloatArray(dims, raw, owner);
-}
 
 // The C-contiguous array d[key] of the given shape, float32 or (where
 // allow_bf16) bfloat16 stored as uint16; nullopt if optional and absent.
@@ -387,7 +380,7 @@ PYBIND11_MODULE(_core, m) {
       })
       .def("take_captured", [](PyHookPlan& p) {
         py::list out;
-        for (auto& [id, c] : p.plan.captured()) out.append(py::make_tuple(id, to_numpy(std::move(c.data), c.shape)));
+        for (auto& [id, c] : p.plan.captured()) out.append(py::make_tuple(id, tmech::to_numpy(std::move(c.data), c.shape)));
         p.plan.captured().clear();
         return out;
       });

@@ -144,8 +144,8 @@ void truncate(SparseCodes& codes, int64_t rows) {
 // lower bounds it has seen: their smallest is at most the row's k-th largest
 // v, so a feature whose upper bound is below it cannot be kept. The others
 // are recomputed in float32 while their weights are in cache. At the end the
-// threads' bounds are merged, the candidates still above them ranked by their
-// float32 values (ties to the lower index, as the float32 path does).
+// candidates whose upper bound reaches the best thread's bound are ranked by
+// their float32 values (ties to the lower index, as the float32 path does).
 
 struct Candidate {
   int32_t feature;
@@ -166,7 +166,10 @@ void topk_feature(const ScreenedEncoder& e, const float* row, float row_margin, 
                   const Buffers& b, std::vector<float>& heap, std::vector<Candidate>& out, bool& finite) {
   const float dn = decoder_norm(e, n0 + j);
   const float v = (score + e.b_enc[n0 + j]) * dn, margin = row_margin * b.col_margin[j] + b.col_slack[j];
-  if (!(std::fabs(v) + margin < INFINITY)) finite = false;
+  if (!(std::fabs(v) + margin < INFINITY)) {  // no ordering to keep a heap by
+    finite = false;
+    return;
+  }
   const float lower = v - margin;
   if (heap.size() < static_cast<size_t>(e.k)) {
     heap.push_back(lower);

@@ -164,3 +164,18 @@ def test_topk_falls_back_where_the_screen_cannot_vouch():
     np.testing.assert_array_equal(sae.encode(x), float32_path(lambda: sae.encode(x)))
     x[3, 2] = 3.4e38  # finite, but bfloat16 rounds it to infinity
     np.testing.assert_allclose(sae.encode(x), float32_path(lambda: sae.encode(x)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_heavy_tailed_inputs_match_float32(seed):
+    """Residual streams have a few huge dimensions (GPT-2's reach thousands);
+    the bound scales with ‖x‖, so the screen must stay exact on them too."""
+    rng = np.random.default_rng(seed)
+    activation = ("relu", "jumprelu", "topk")[seed % 3]
+    d_in = int(rng.integers(20, 200))
+    sae = make_sae(d_in, int(rng.integers(100, 1500)), activation, l0=int(rng.integers(1, 40)), seed=seed)
+    x = rng.standard_t(2, (int(rng.integers(5, 300)), d_in)).astype(np.float32)
+    x[:, rng.integers(0, d_in, 2)] *= 1000
+    ours, ref = sae.encode(x), float32_path(lambda: sae.encode(x))
+    np.testing.assert_array_equal(ours != 0, ref != 0)
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())

@@ -82,9 +82,11 @@ def sae_rows(arch: str = "standard", d_in: int = 768, d_sae: int = 24576, tokens
             for name, (ours_fn, lens_fn, n) in cases.items():
                 t_ours, t_lens = best_time(ours_fn, repeats), best_time(lens_fn, repeats)
                 task = {"forward": "encode + decode (forward)", "forward 1 token": "forward"}.get(name, name)
-                rows.append(row("sae-" + name.replace(" token", "").replace(" ", "-"),
-                                f"SAE {task}, {n} token{'s' * (n > 1)}", n / t_ours, n / t_lens, "tok/s", t_lens / t_ours,
-                                ref_name="SAELens", target=FORWARD_TARGET if name == "forward" else None,
+                kind = "" if arch == "standard" else f"{arch}-"  # the target is the standard SAE's
+                rows.append(row(f"sae-{kind}" + name.replace(" token", "").replace(" ", "-"),
+                                f"{'TopK ' if arch == 'topk' else ''}SAE {task}, {n} token{'s' * (n > 1)}",
+                                n / t_ours, n / t_lens, "tok/s", t_lens / t_ours, ref_name="SAELens",
+                                target=FORWARD_TARGET if name == "forward" and not kind else None,
                                 note=f"{arch} {d_in}->{d_sae}, L0 {measured_l0:.0f}", name=name, l0=measured_l0))
     return rows
 

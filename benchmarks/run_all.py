@@ -10,7 +10,7 @@ Benchmarks (--only takes any of these names, comma-separated):
   bf16      bf16 weight mode: decode vs HF fp32, prefill vs HF bf16      (bench_forward.py)
   hooks     run_with_cache vs plain forward and vs TransformerLens       (bench_hooks.py)
   tlbridge  run_with_cache vs TL 4.x TransformerBridge, in its own venv  (bench_hooks.py)
-  sae       SAE encode / decode vs SAELens                               (bench_sae.py)
+  sae       SAE encode / decode vs SAELens; a TopK SAE's forward too      (bench_sae.py)
   roofline  matmul GF/s vs numpy and FMA peak; memory bandwidth          (roofline.py)
   load      tm.load time of a save_pretrained checkpoint                 (bench_system.py)
   rss       peak RSS of load + a 512-token forward, or + generation, vs the weights' bytes (bench_system.py)
@@ -100,7 +100,8 @@ def run(args) -> tuple:
                                                      forward_rows=by_name.get("forward")))
     for name in chosen:
         if name == "sae":
-            step(name, lambda: sae_rows(repeats=reps))
+            step(name, lambda: sae_rows(repeats=reps) +
+                 [r for r in sae_rows("topk", repeats=reps) if r["name"] == "forward"])
         elif name == "roofline":
             step(name, lambda: roofline_rows(args.threads, repeats=reps))
         elif name == "smollm2":

@@ -12,6 +12,7 @@
 
 #include "numpy_buffers.hpp"
 #include "sae.hpp"
+#include "sae_screen.hpp"
 
 namespace py = pybind11;
 
@@ -159,6 +160,19 @@ py::array_t<float> decode_with(const PySae& s, int64_t rows, const std::optional
 }  // namespace
 
 void register_sae(py::module_& m) {
+  m.def("set_sae_screen", [](const std::string& mode) {
+    if (mode != "auto" && mode != "always" && mode != "never")
+      throw std::invalid_argument("the SAE screen mode is 'auto', 'always' or 'never', not '" + mode + "'");
+    tmech::set_screen_mode(mode == "always"  ? tmech::ScreenMode::always
+                           : mode == "never" ? tmech::ScreenMode::never
+                                             : tmech::ScreenMode::where_it_pays);
+  }, py::arg("mode"),
+        "when SAE encoders screen in bfloat16 first (csrc/sae_screen.hpp): 'auto' where it pays, "
+        "'always' (any CPU, any rows: for tests), 'never' (the float32 path)");
+  m.def("sae_screen", [] {
+    const tmech::ScreenMode mode = tmech::screen_mode();
+    return mode == tmech::ScreenMode::always ? "always" : mode == tmech::ScreenMode::never ? "never" : "auto";
+  });
   py::class_<PySae>(m, "Sae", "An SAE or transcoder over float32 weights (see tinymech.sae.SAE)")
       .def(py::init(&make_sae), py::arg("config"), py::arg("weights"))
       .def("encode", [](const PySae& s, FloatIn x) {

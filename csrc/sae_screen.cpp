@@ -1,6 +1,7 @@
 #include "sae_screen.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <functional>
 #include <vector>
@@ -283,9 +284,23 @@ std::vector<std::vector<Hit>> choose_topk(const std::vector<TopkState>& states, 
 
 }  // namespace
 
+namespace {
+std::atomic<ScreenMode> g_mode{ScreenMode::where_it_pays};
+}  // namespace
+
+void set_screen_mode(ScreenMode mode) { g_mode = mode; }
+ScreenMode screen_mode() { return g_mode; }
+
 bool screening_applies(int64_t rows, int64_t d_in) {
-  // d_in < 2^20 keeps γ_K tiny (and the bound meaningful)
-  return kernels::active().bf16_dot_products && rows > kMatmulSmallM && d_in < (int64_t{1} << 20);
+  if (d_in >= (int64_t{1} << 20)) return false;  // keeps γ_K tiny (and the bound meaningful)
+  switch (g_mode.load()) {
+    case ScreenMode::always:
+      return true;
+    case ScreenMode::never:
+      return false;
+    default:
+      return kernels::active().bf16_dot_products && rows > kMatmulSmallM;
+  }
 }
 
 bool screened_encode(const ScreenedEncoder& e, const float* in, int64_t rows, SparseCodes& codes) {

@@ -31,8 +31,15 @@ struct ScreenedEncoder {
   const float* dec_norm = nullptr;   // TopK: ranks pre-activation * dec_norm (rescale_acts_by_decoder_norm)
 };
 
-// Whether screening runs here: the CPU has bfloat16 dot products and the
-// batch has enough rows for the tiled GEMM (fewer are bound by reading W_enc).
+// When the screen runs. where_it_pays: the CPU has bfloat16 dot products and
+// the batch has more than kMatmulSmallM rows (fewer are bound by reading
+// W_enc). always: on any kernel variant and any rows, where the screen's
+// matmul widens the rounded weights instead and the bound covers that too
+// (tests use it to check the screen on every CPU). never: the float32 path.
+enum class ScreenMode { where_it_pays, always, never };
+void set_screen_mode(ScreenMode mode);
+ScreenMode screen_mode();
+
 bool screening_applies(int64_t rows, int64_t d_in);
 
 // Appends `rows` rows to codes, for each row of `in` (the SAE's input after

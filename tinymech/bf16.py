@@ -50,14 +50,15 @@ def bf16_core_weights(weights: dict, transpose_layers: bool = False) -> dict:
     shared by two entries (tied embeddings) is converted once. With
     transpose_layers, the layers' matrices are stored transposed ([in, out]
     becomes [out, in])."""
-    converted: dict[int, np.ndarray] = {}
+    converted: dict[tuple[int, bool], np.ndarray] = {}
 
     def convert(a, transpose=False):
         if a is None:
             return None
-        if id(a) not in converted:
-            converted[id(a)] = to_bf16(a.T if transpose else a)
-        return converted[id(a)]
+        key = (id(a), transpose)  # one array may be wanted both ways
+        if key not in converted:
+            converted[key] = to_bf16(a.T if transpose else a)
+        return converted[key]
 
     out = {k: (convert(v) if k in MATRIX_KEYS else v) for k, v in weights.items() if k != "layers"}
     out["layers"] = [

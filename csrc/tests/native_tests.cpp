@@ -19,6 +19,7 @@
 #include "kernels/kernels.hpp"
 #include "parallel_ops.hpp"
 #include "sae.hpp"
+#include "sae_screen.hpp"
 #include "threads.hpp"
 
 using namespace tmech;
@@ -379,36 +380,42 @@ void test_transpose_and_screen(const char* variant, std::mt19937& rng) {
   }
 }
 
-// A ReLU SAE's codes (screened on variants with bfloat16 dot products) against
-// double-precision pre-activations: every feature clearly above zero is kept
-// with its value, none clearly below is.
+// A ReLU SAE's codes, screened and not, against double-precision
+// pre-activations: every feature clearly above zero is kept with its value,
+// none clearly below is.
 void test_sae_encode(const char* variant, std::mt19937& rng) {
-  for (auto [d_in, d_sae, rows] : {std::tuple<int64_t, int64_t, int64_t>{77, 300, 37}, {130, 129, 1030}, {16, 40, 3}}) {
-    const auto W_enc = randn(static_cast<size_t>(d_in * d_sae), rng, 1.f / std::sqrt(float(d_in)));
-    const auto W_dec = randn(static_cast<size_t>(d_sae * d_in), rng);
-    const std::vector<float> b_enc(static_cast<size_t>(d_sae), -2.f), b_dec(static_cast<size_t>(d_in), 0.f);
-    SaeConfig cfg;
-    cfg.d_in = cfg.d_out = d_in;
-    cfg.d_sae = d_sae;
-    const Sae sae(cfg, SaeWeights{W_enc.data(), b_enc.data(), W_dec.data(), b_dec.data()});
-    const auto x = randn(static_cast<size_t>(rows * d_in), rng);
-    SparseCodes codes;
-    sae.encode(x.data(), rows, &codes, nullptr, nullptr, nullptr);
-    bool ok = codes.rows == rows;
-    for (int64_t r = 0; r < rows && ok; ++r) {
-      std::vector<double> pre(static_cast<size_t>(d_sae), -2.0);
-      for (int64_t i = 0; i < d_in; ++i)
-        for (int64_t j = 0; j < d_sae; ++j) pre[j] += double(x[r * d_in + i]) * W_enc[i * d_sae + j];
-      std::vector<float> got(static_cast<size_t>(d_sae), 0.f);
-      for (auto o = codes.offsets[r]; o < codes.offsets[r + 1]; ++o) got[codes.indices[o]] = codes.values[o];
-      for (int64_t j = 0; j < d_sae; ++j)
-        ok &= pre[j] > 1e-4 ? std::abs(got[j] - pre[j]) < 1e-4 : (pre[j] < -1e-4 ? got[j] == 0.f : true);
+  for (ScreenMode mode : {ScreenMode::always, ScreenMode::never}) {
+    set_screen_mode(mode);
+    for (auto [d_in, d_sae, rows] : {std::tuple<int64_t, int64_t, int64_t>{77, 300, 37}, {130, 129, 1030}, {16, 40, 3}}) {
+      const auto W_enc = randn(static_cast<size_t>(d_in * d_sae), rng, 1.f / std::sqrt(float(d_in)));
+      const auto W_dec = randn(static_cast<size_t>(d_sae * d_in), rng);
+      const std::vector<float> b_enc(static_cast<size_t>(d_sae), -2.f), b_dec(static_cast<size_t>(d_in), 0.f);
+      SaeConfig cfg;
+      cfg.d_in = cfg.d_out = d_in;
+      cfg.d_sae = d_sae;
+      const Sae sae(cfg, SaeWeights{W_enc.data(), b_enc.data(), W_dec.data(), b_dec.data()});
+      const auto x = randn(static_cast<size_t>(rows * d_in), rng);
+      SparseCodes codes;
+      sae.encode(x.data(), rows, &codes, nullptr, nullptr, nullptr);
+      bool ok = codes.rows == rows;
+      for (int64_t r = 0; r < rows && ok; ++r) {
+        std::vector<double> pre(static_cast<size_t>(d_sae), -2.0);
+        for (int64_t i = 0; i < d_in; ++i)
+          for (int64_t j = 0; j < d_sae; ++j) pre[j] += double(x[r * d_in + i]) * W_enc[i * d_sae + j];
+        std::vector<float> got(static_cast<size_t>(d_sae), 0.f);
+        for (auto o = codes.offsets[r]; o < codes.offsets[r + 1]; ++o) got[codes.indices[o]] = codes.values[o];
+        for (int64_t j = 0; j < d_sae; ++j)
+          ok &= pre[j] > 1e-4 ? std::abs(got[j] - pre[j]) < 1e-4 : (pre[j] < -1e-4 ? got[j] == 0.f : true);
+      }
+      check(ok, std::string(variant) + (mode == ScreenMode::always ? " screened" : "") + " SAE codes " +
+                    std::to_string(rows) + " rows");
     }
-    check(ok, std::string(variant) + " SAE codes " + std::to_string(rows) + " rows");
   }
+  set_screen_mode(ScreenMode::where_it_pays);
 }
 
-// A TopK SAE keeps the features the scalar variant keeps, with the same values.
+// A TopK SAE, screened, keeps the features the scalar variant's float32 path
+// keeps, with the same values.
 void test_sae_topk(const char* variant, std::mt19937& rng) {
   for (bool rescale : {false, true}) {
     const int64_t d_in = 45, d_sae = 1100, rows = 300, k = 7;  // 9 chunks of features: a seed of 2
@@ -425,10 +432,13 @@ void test_sae_topk(const char* variant, std::mt19937& rng) {
     const Sae sae(cfg, SaeWeights{W_enc.data(), b_enc.data(), W_dec.data(), b_dec.data()});
     const auto x = randn(static_cast<size_t>(rows * d_in), rng);
     SparseCodes ours, ref;
+    set_screen_mode(ScreenMode::always);
     sae.encode(x.data(), rows, &ours, nullptr, nullptr, nullptr);
     kernels::select("scalar");
+    set_screen_mode(ScreenMode::never);
     sae.encode(x.data(), rows, &ref, nullptr, nullptr, nullptr);
     kernels::select(variant);
+    set_screen_mode(ScreenMode::where_it_pays);
     bool ok = ours.offsets == ref.offsets && ours.indices == ref.indices;
     for (size_t i = 0; ok && i < ref.values.size(); ++i) ok = std::abs(ours.values[i] - ref.values[i]) < 1e-4f;
     check(ok, std::string(variant) + " TopK SAE codes" + (rescale ? ", rescaled" : ""));

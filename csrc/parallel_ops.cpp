@@ -59,10 +59,21 @@ void matmul(const float* A, int64_t M, int64_t K, int64_t lda, Matrix B, int64_t
             int64_t b_stride_k, int64_t b_stride_n, const float* bias, float* C, int64_t ldc,
             bool accumulate) {
   const KernelTable& kt = kernels::active();
-  const MatmulArgs base{M, N, K, A, lda, B.f32, b_stride_k, b_stride_n, bias, C, ldc, accumulate, nullptr, B.bf16};
+  MatmulArgs base{M, N, K, A, lda, B.f32, b_stride_k, b_stride_n, bias, C, ldc, accumulate, nullptr, B.bf16};
   if (M <= kMatmulSmallM && b_stride_n == 1 && K >= 128 && num_threads() > 1) {
     matmul_split_k(base);
     return;
+  }
+  // Every block of columns reads all of A: rounded to bfloat16 once here, not
+  // once per block (an unembedding has a hundred blocks).
+  // (The buffer is the calling thread's: named inside the lambda, a
+  // thread_local would be each worker's own.)
+  thread_local std::vector<uint32_t> a_pairs;
+  if (B.bf16 && kt.bf16_dot_products && M > kMatmulSmallM) {
+    a_pairs.resize(static_cast<size_t>(matmul_a_pairs_words(M, K)));
+    uint32_t* out = a_pairs.data();
+    parallel_for(M, [&](int64_t m0, int64_t m1, int) { kt.round_a_pairs(A, lda, M, K, m0, m1, out); }, 16);
+    base.A_pairs = out;
   }
   // Columns are split on 64-float boundaries: whole panels for every variant.
   parallel_for(

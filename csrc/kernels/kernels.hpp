@@ -24,6 +24,9 @@ struct MatmulArgs {
   bool accumulate;
   float* scratch;  // per-thread workspace of at least matmul_scratch_floats()
   const uint16_t* B16 = nullptr;  // B in bfloat16 instead (then B is unused), same strides
+  // A already rounded to bfloat16 pairs by round_a_pairs, for the many-row
+  // bf16 path; null: each tile of A is rounded where it is used.
+  const uint32_t* A_pairs = nullptr;
 };
 
 struct KernelTable {
@@ -37,6 +40,11 @@ struct KernelTable {
   void (*add)(float* out, const float* a, const float* b, int64_t n);
   // float32 -> bfloat16 bits, to nearest, ties to even
   void (*round_bf16)(const float* x, uint16_t* out, int64_t n);
+  // Rows [m_begin, m_end) of A[M, K] rounded to bfloat16 pairs (an odd
+  // block's last pair padded with zero) into out, laid out as the bf16
+  // many-row matmul reads A: blocks of kMatmulKC columns, each [M][pairs].
+  void (*round_a_pairs)(const float* A, int64_t lda, int64_t M, int64_t K, int64_t m_begin, int64_t m_end,
+                        uint32_t* out);
   // dst[c * ld_dst + r] = src[r * ld_src + c] for r < rows, c < cols
   void (*transpose)(const float* src, int64_t ld_src, int64_t rows, int64_t cols, float* dst, int64_t ld_dst);
   // Writes the j < n where x[j] + alpha w[j] <= limit[j] fails (greater or
@@ -67,6 +75,10 @@ struct KernelTable {
 constexpr int64_t kMatmulKC = 256;
 constexpr int64_t kMatmulNC = 512;
 constexpr int64_t matmul_scratch_floats() { return kMatmulKC * (kMatmulNC + 64); }
+// Words that round_a_pairs writes for A[M, K].
+constexpr int64_t matmul_a_pairs_words(int64_t M, int64_t K) {
+  return M * ((K / kMatmulKC) * (kMatmulKC / 2) + (K % kMatmulKC + 1) / 2);
+}
 // Up to this many rows of A, the kernel streams B once instead of packing it
 // (the decode path, bound by memory bandwidth).
 constexpr int64_t kMatmulSmallM = 4;

@@ -39,6 +39,14 @@ void transpose_panel(const W* col0, int64_t sn, int64_t steps, int64_t w, float*
     }
 }
 
+// kc floats of one row of A as bfloat16 pairs (count(kc) words; an odd kc's
+// last pair padded with zero), rounded as round_bf16 does.
+void round_row_pairs(const float* src, int64_t kc, uint32_t* dst) {
+  uint16_t* half = reinterpret_cast<uint16_t*>(dst);
+  round_bf16(src, half, kc);
+  if (kc % 2) half[kc] = 0;
+}
+
 // A packed micro-kernel step: `Steps` says what one step of the inner
 // product is. F32Steps: one k per step, a broadcast float32 of A times NR
 // float32 of B (one FMA per vector). Bf16PairSteps (CPUs with AVX512-BF16):
@@ -106,17 +114,15 @@ struct Bf16PairSteps {
   static __m512bh bcast_a(uint32_t pair) { return (__m512bh)_mm512_set1_epi32(static_cast<int>(pair)); }
   static vf madd(vf acc, __m512bh a, __m512bh b) { return _mm512_dpbf16_ps(acc, a, b); }
 
-  // A's rows [m0, m0 + rows), columns [k0, k0 + kc), rounded to bfloat16 (as
-  // round_bf16 does) into buf as pairs; an odd kc is padded with a zero.
+  // A's rows [m0, m0 + rows), columns [k0, k0 + kc), as bfloat16 pairs:
+  // in a.A_pairs when the caller rounded all of A once (round_a_pairs's
+  // layout: the blocks before k0 hold M * k0 / 2 words), else rounded into buf.
   static const uint32_t* a_tile(const MatmulArgs& a, int64_t m0, int rows, int64_t k0, int64_t kc, float* buf,
                                 int64_t* ld) {
-    uint32_t* out = reinterpret_cast<uint32_t*>(buf);
     *ld = count(kc);
-    for (int r = 0; r < rows; ++r) {
-      uint16_t* dst = reinterpret_cast<uint16_t*>(out + r * *ld);
-      round_bf16(a.A + (m0 + r) * a.lda + k0, dst, kc);
-      if (kc % 2) dst[kc] = 0;
-    }
+    if (a.A_pairs) return a.A_pairs + a.M * (k0 / 2) + m0 * *ld;
+    uint32_t* out = reinterpret_cast<uint32_t*>(buf);
+    for (int r = 0; r < rows; ++r) round_row_pairs(a.A + (m0 + r) * a.lda + k0, kc, out + r * *ld);
     return out;
   }
 
@@ -362,6 +368,15 @@ void matmul_any(const MatmulArgs& a, const W* Bw, int64_t n_begin, int64_t n_end
 }
 
 }  // namespace
+
+void round_a_pairs(const float* A, int64_t lda, int64_t M, int64_t K, int64_t m_begin, int64_t m_end,
+                   uint32_t* out) {
+  for (int64_t k0 = 0; k0 < K; k0 += kMatmulKC) {
+    const int64_t kc = K - k0 < kMatmulKC ? K - k0 : kMatmulKC, words = (kc + 1) / 2;
+    uint32_t* block = out + M * (k0 / 2);
+    for (int64_t m = m_begin; m < m_end; ++m) round_row_pairs(A + m * lda + k0, kc, block + m * words);
+  }
+}
 
 void matmul_cols(const MatmulArgs& a, int64_t n_begin, int64_t n_end) {
   if (n_begin >= n_end || a.M <= 0) return;

@@ -9,10 +9,11 @@ constexpr bool kBf16DotProducts = true;
 constexpr bool kBf16DotProducts = false;
 #endif
 const KernelTable& table() {
-  static const KernelTable t = {TM_STR(TM_ARCH), kBf16DotProducts, matmul_cols, dot,      axpy,
-                                add,             round_bf16,       transpose,   screen,   scale,
-                                row_stats,       normalize,        gelu_new,    softmax,  exp,
-                                silu_mul,        rope,             fma_chains,  fma_chains_flops};
+  static const KernelTable t = {TM_STR(TM_ARCH), kBf16DotProducts, matmul_cols,      dot,     axpy,
+                                add,             round_bf16,       round_a_pairs,    transpose,
+                                screen,          scale,            row_stats,        normalize,
+                                gelu_new,        softmax,          exp,              silu_mul,
+                                rope,            fma_chains,       fma_chains_flops};
   return t;
 }
 }  // namespace TM_ARCH

@@ -18,6 +18,7 @@ float dot(const float* a, const float* b, int64_t n);
 void axpy(float* y, float alpha, const float* x, int64_t n);
 void add(float* out, const float* a, const float* b, int64_t n);
 void round_bf16(const float* x, uint16_t* out, int64_t n);
+void round_a_pairs(const float* A, int64_t lda, int64_t M, int64_t K, int64_t m_begin, int64_t m_end, uint32_t* out);
 void transpose(const float* src, int64_t ld_src, int64_t rows, int64_t cols, float* dst, int64_t ld_dst);
 int64_t screen(const float* x, const float* w, float alpha, const float* limit, int64_t n, int32_t* out);
 void scale(float* x, float alpha, int64_t n);

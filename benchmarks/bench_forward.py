@@ -14,8 +14,8 @@ from __future__ import annotations
 
 
 from report import row, target
-from timing import (bench_parser, best_measured, best_time, hf_decode_seconds, random_tokens, tinymech_decode_seconds,
-                    tinymech_prefill_seconds)
+from timing import (bench_parser, best_measured, hf_decode_seconds, measured_interleaved, times_interleaved,
+                    random_tokens, tinymech_decode_seconds)
 
 # the targets, as tinymech speed / HF fp32 speed
 PREFILL_TARGET = {512: target(">=", 2.4)}
@@ -68,15 +68,14 @@ def forward_rows(model, hf, *, tokens=(128, 512, 1024), decode_tokens: int = 32,
     for n in tokens:
         ids = random_tokens(vocab, n, seed=n)
         tt = torch.as_tensor(ids)
-        ours = tinymech_prefill_seconds(model, n, repeats)
         with torch.inference_mode():
-            ref = best_time(lambda: hf(tt).logits, repeats)
+            ours, ref = times_interleaved([lambda: model(ids), lambda: hf(tt).logits], repeats)
         rows.append(row(f"{prefix}prefill-{n}", f"{prefix}prefill {n} tokens, all logits", n / ours, n / ref,
                         "tok/s", ref / ours, ref_name="HF", seconds=ours, tokens=n,
                         target=PREFILL_TARGET.get(n) if targets else None))
     prompt = random_tokens(vocab, prompt_tokens, seed=1)
-    ours = best_measured(lambda: tinymech_decode_seconds(model, prompt, decode_tokens), repeats)
-    ref = best_measured(lambda: hf_decode_seconds(hf, prompt, decode_tokens), repeats)
+    ours, ref = measured_interleaved([lambda: tinymech_decode_seconds(model, prompt, decode_tokens),
+                                           lambda: hf_decode_seconds(hf, prompt, decode_tokens)], repeats)
     rows.append(row(f"{prefix}decode", f"{prefix}decode after {prompt_tokens} tokens", decode_tokens / ours,
                     decode_tokens / ref, "tok/s", ref / ours, ref_name="HF", seconds=ours / decode_tokens,
                     tokens=decode_tokens, prompt=prompt_tokens, target=DECODE_TARGET if targets else None))
@@ -113,9 +112,8 @@ def bf16_rows(path, model, hf, *, prefill_tokens: int = 512, decode_tokens: int 
     ids = random_tokens(vocab, prefill_tokens, seed=prefill_tokens)
     hf16 = copy.deepcopy(hf).to(torch.bfloat16)
     tt = torch.as_tensor(ids)
-    ours = best_time(lambda: bf16(ids), repeats)
     with torch.inference_mode():
-        ref = best_time(lambda: hf16(tt).logits, repeats)
+        ours, ref = times_interleaved([lambda: bf16(ids), lambda: hf16(tt).logits], repeats)
     rows.append(row("bf16-prefill", f"bf16 weights: prefill {prefill_tokens} tokens, all logits",
                     prefill_tokens / ours, prefill_tokens / ref, "tok/s", ref / ours, ref_name="HF bf16",
                     target=BF16_PREFILL_TARGET))

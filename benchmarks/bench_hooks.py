@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import os
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from report import Skipped, row, target
-from timing import best_time, median_time, random_tokens
+from timing import best_time, random_tokens, times_interleaved
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # shared reference builders
 
@@ -52,10 +53,10 @@ def hooks_rows(model, tl, *, tokens=(128, 512), repeats: int = 3) -> list:
     for n in tokens:
         ids = random_tokens(model.cfg.d_vocab, n, seed=n)
         tl_ids = torch.as_tensor(ids)
-        plain = median_time(lambda: model(ids), repeats) * 1e3
-        cached = median_time(lambda: model.run_with_cache(ids), repeats) * 1e3
         with torch.no_grad():
-            tl_cached = median_time(lambda: tl.run_with_cache(tl_ids), repeats) * 1e3
+            plain, cached, tl_cached = (s * 1e3 for s in times_interleaved(
+                [lambda: model(ids), lambda: model.run_with_cache(ids), lambda: tl.run_with_cache(tl_ids)],
+                repeats, statistics.median))
         times = dict(tokens=n, plain_ms=plain, cache_ms=cached, tl_ms=tl_cached, hook_points=n_points)
         rows.append(row(f"cache-plain-{n}", f"run_with_cache {n} tokens: time / plain forward", cached, plain,
                         "ms", cached / plain, ref_name="plain", target=CACHE_VS_PLAIN_TARGET,

@@ -2,7 +2,6 @@
 after a warm-up, which is the least noisy estimate on a busy machine."""
 from __future__ import annotations
 
-import statistics
 import argparse
 import os
 import time
@@ -25,9 +24,30 @@ def best_time(fn, repeats: int = 3) -> float:
     return min(_times(fn, repeats))
 
 
-def median_time(fn, repeats: int = 3) -> float:
-    """Seconds of the median of `repeats` calls of fn after one warm-up call."""
-    return statistics.median(_times(fn, repeats))
+def measured_interleaved(measures, repeats: int = 3, statistic=min) -> list:
+    """statistic (min: the fastest; or statistics.median) of `repeats` results
+    of each of measures (functions that time something themselves and return
+    seconds), called in turn, one call of each per round after one warm-up
+    call of each: a slow minute of this machine then slows every contender
+    alike instead of one of them."""
+    for measure in measures:
+        measure()
+    results = [[] for _ in measures]
+    for _ in range(max(1, repeats)):
+        for measure, out in zip(measures, results):
+            out.append(measure())
+    return [statistic(r) for r in results]
+
+
+def times_interleaved(fns, repeats: int = 3, statistic=min) -> list:
+    """Seconds of calls of each of fns, called in turn (see measured_interleaved)."""
+    def timed(fn):
+        def measure():
+            t0 = time.perf_counter()
+            fn()
+            return time.perf_counter() - t0
+        return measure
+    return measured_interleaved([timed(fn) for fn in fns], repeats, statistic)
 
 
 def best_measured(measure, repeats: int = 3) -> float:

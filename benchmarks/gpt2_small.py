@@ -8,6 +8,8 @@ import contextlib
 import tempfile
 from pathlib import Path
 
+from timing import evict_from_page_cache
+
 GPT2_SMALL = dict(n_layer=12, n_embd=768, n_head=12, n_positions=1024, vocab_size=50257)
 
 
@@ -19,28 +21,8 @@ def build_gpt2_small(path, layers: int = 12, seed: int = 0):
     torch.manual_seed(seed)
     hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**dict(GPT2_SMALL, n_layer=layers))).eval()
     hf.save_pretrained(path)
-    evict_from_page_cache(path)
+    evict_from_page_cache(path)  # tm.load maps it as a model file read cold
     return hf
-
-
-def evict_from_page_cache(directory) -> None:
-    """Writes the directory's files out and drops them from the page cache, so
-    that tm.load maps them as it maps a model file read cold from disk. A file
-    written moments ago stays cached in the 4 KiB pieces the writes made, and
-    mapped so it costs decoding ~9 % (TLB misses, measured here on Linux 6.18
-    ext4); read cold, it comes into the cache in large folios that map as
-    2 MiB pages. (Linux only; elsewhere nothing happens.)"""
-    import os
-
-    if not hasattr(os, "posix_fadvise"):
-        return
-    for file in Path(directory).iterdir():
-        fd = os.open(file, os.O_RDONLY)
-        try:
-            os.fsync(fd)  # dirty pages cannot be dropped
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
 
 
 @contextlib.contextmanager

@@ -66,15 +66,8 @@ void matmul(const float* A, int64_t M, int64_t K, int64_t lda, Matrix B, int64_t
   }
   // Every block of columns reads all of A: rounded to bfloat16 once here, not
   // once per block (an unembedding has a hundred blocks).
-  // (The buffer is the calling thread's: named inside the lambda, a
-  // thread_local would be each worker's own.)
   thread_local std::vector<uint32_t> a_pairs;
-  if (B.bf16 && kt.bf16_dot_products && M > kMatmulSmallM) {
-    a_pairs.resize(static_cast<size_t>(matmul_a_pairs_words(M, K)));
-    uint32_t* out = a_pairs.data();
-    parallel_for(M, [&](int64_t m0, int64_t m1, int) { kt.round_a_pairs(A, lda, M, K, m0, m1, out); }, 16);
-    base.A_pairs = out;
-  }
+  if (B.bf16) base.A_pairs = round_to_pairs(A, M, K, lda, a_pairs);
   // Columns are split on 64-float boundaries: whole panels for every variant.
   parallel_for(
       N,
@@ -84,6 +77,15 @@ void matmul(const float* A, int64_t M, int64_t K, int64_t lda, Matrix B, int64_t
         kt.matmul_cols(a, n0, n1);
       },
       64);
+}
+
+const uint32_t* round_to_pairs(const float* A, int64_t M, int64_t K, int64_t lda, std::vector<uint32_t>& buf) {
+  const KernelTable& kt = kernels::active();
+  if (!kt.bf16_dot_products || M <= kMatmulSmallM) return nullptr;
+  buf.resize(static_cast<size_t>(matmul_a_pairs_words(M, K)));
+  uint32_t* out = buf.data();  // (buf may be a thread_local: not to be named inside the lambda)
+  parallel_for(M, [&](int64_t m0, int64_t m1, int) { kt.round_a_pairs(A, lda, M, K, m0, m1, out); }, 16);
+  return out;
 }
 
 void layernorm_rows(const float* x, int64_t rows, int64_t n, float eps, const float* w,

@@ -2,6 +2,7 @@
 // range per thread and call the active SIMD variant on each range.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "weights.hpp"
 
@@ -12,6 +13,11 @@ namespace tmech {
 void matmul(const float* A, int64_t M, int64_t K, int64_t lda, Matrix B, int64_t N,
             int64_t b_stride_k, int64_t b_stride_n, const float* bias, float* C, int64_t ldc,
             bool accumulate = false);
+
+// A[M, K] (rows lda floats apart) rounded to bfloat16 pairs, over the
+// threads, into buf, as MatmulArgs::A_pairs for a matmul with bfloat16 weights;
+// null where nothing would read it (no bfloat16 dot products, or few rows).
+const uint32_t* round_to_pairs(const float* A, int64_t M, int64_t K, int64_t lda, std::vector<uint32_t>& buf);
 
 // out[r] = LayerNorm(x[r]) * w + b for rows x[rows, n].
 void layernorm_rows(const float* x, int64_t rows, int64_t n, float eps, const float* w,

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "kernels/kernels.hpp"
+#include "parallel_ops.hpp"
 #include "sae.hpp"
 #include "threads.hpp"
 
@@ -70,14 +71,16 @@ struct Buffers {
 // Features [n0, n0 + nc): their float32 weights transposed into b.w_t (one
 // feature per row, for the float32 recomputation), rounded into b.w16, their
 // norms into b.w_norm; and the screened dot products round(a)·round(w) of
-// rows [0, rows) into b.scores ([rows, nc]).
-void screen_chunk(const ScreenedEncoder& e, const float* in, int64_t rows, int64_t n0, int64_t nc, const Buffers& b) {
+// rows [0, rows) into b.scores ([rows, nc]). in_pairs: those rows already
+// rounded (round_to_pairs), or null.
+void screen_chunk(const ScreenedEncoder& e, const float* in, const uint32_t* in_pairs, int64_t rows, int64_t n0,
+                  int64_t nc, const Buffers& b) {
   const KernelTable& kt = kernels::active();
   const int64_t K = e.d_in;
   kt.transpose(e.W_enc + n0, e.d_sae, K, nc, b.w_t, K);
   kt.round_bf16(b.w_t, b.w16, nc * K);
   for (int64_t j = 0; j < nc; ++j) b.w_norm[j] = std::sqrt(kt.dot(b.w_t + j * K, b.w_t + j * K, K)) + kTiny;
-  MatmulArgs a{rows, nc, K, in, K, nullptr, 1, K, nullptr, b.scores, nc, false, b.matmul, b.w16};
+  MatmulArgs a{rows, nc, K, in, K, nullptr, 1, K, nullptr, b.scores, nc, false, b.matmul, b.w16, in_pairs};
   kt.matmul_cols(a, 0, nc);
 }
 
@@ -88,10 +91,10 @@ float recompute(const ScreenedEncoder& e, const float* row, const Buffers& b, in
 
 // ReLU / JumpReLU, features [n0, n0 + nc) of rows [0, rows): those whose
 // float32 pre-activation passes their threshold, into hits.
-void screen_columns(const ScreenedEncoder& e, const float* in, int64_t rows, const float* row_margin, int64_t n0,
-                    int64_t nc, const Buffers& b, std::vector<Hit>& hits) {
+void screen_columns(const ScreenedEncoder& e, const float* in, const uint32_t* in_pairs, int64_t rows,
+                    const float* row_margin, int64_t n0, int64_t nc, const Buffers& b, std::vector<Hit>& hits) {
   const KernelTable& kt = kernels::active();
-  screen_chunk(e, in, rows, n0, nc, b);
+  screen_chunk(e, in, in_pairs, rows, n0, nc, b);
   for (int64_t j = 0; j < nc; ++j) {
     const float thr = threshold_of(e, n0 + j), bias = e.b_enc[n0 + j];
     // less a slack for rounding the bias and the threshold into the test
@@ -186,9 +189,9 @@ void topk_feature(const ScreenedEncoder& e, const float* row, float row_margin, 
 
 // Features [n0, n0 + nc) of rows [0, rows) of in, which are the block's rows
 // [m0, m0 + rows), against this thread's heaps.
-void topk_columns(const ScreenedEncoder& e, const float* in, int64_t rows, int64_t m0, const float* row_margin,
-                  int64_t n0, int64_t nc, const Buffers& b, TopkState& st) {
-  screen_chunk(e, in, rows, n0, nc, b);
+void topk_columns(const ScreenedEncoder& e, const float* in, const uint32_t* in_pairs, int64_t rows, int64_t m0,
+                  const float* row_margin, int64_t n0, int64_t nc, const Buffers& b, TopkState& st) {
+  screen_chunk(e, in, in_pairs, rows, n0, nc, b);
   for (int64_t j = 0; j < nc; ++j) {
     // the bound and the bias's slack, scaled by dn, with 1 % for rounding them and v
     const float dn = decoder_norm(e, n0 + j);
@@ -223,8 +226,8 @@ void topk_columns(const ScreenedEncoder& e, const float* in, int64_t rows, int64
 // first features (about 32 k of them), split over the rows, gives every
 // row's heap a strong start, which each thread then copies: far fewer
 // features pass an early, weak bound only to be recomputed for nothing.
-std::vector<TopkState> topk_block(const ScreenedEncoder& e, const float* x, int64_t rows, const float* margin,
-                                  int64_t n_chunks) {
+std::vector<TopkState> topk_block(const ScreenedEncoder& e, const float* x, const uint32_t* x_pairs, int64_t rows,
+                                  const float* margin, int64_t n_chunks) {
   const int64_t K = e.d_in;
   const int64_t seed = std::min(n_chunks / 4, (32 * e.k + kColumns - 1) / kColumns);
   std::vector<TopkState> states(static_cast<size_t>(num_threads()));
@@ -238,7 +241,7 @@ std::vector<TopkState> topk_block(const ScreenedEncoder& e, const float* x, int6
       const Buffers b(thread_scratch(t, Buffers::floats(K)), K);
       auto& st = states[static_cast<size_t>(t)];
       for (int64_t ch = 0; ch < seed; ++ch)
-        topk_columns(e, x + r0 * K, r1 - r0, r0, margin + r0, ch * kColumns, columns(ch), b, st);
+        topk_columns(e, x + r0 * K, nullptr, r1 - r0, r0, margin + r0, ch * kColumns, columns(ch), b, st);
       for (int64_t m = r0; m < r1; ++m)  // the seed's heaps, for every thread to go on from
         for (auto& other : states)
           if (&other != &st) other.lower[static_cast<size_t>(m)] = st.lower[static_cast<size_t>(m)];
@@ -247,7 +250,7 @@ std::vector<TopkState> topk_block(const ScreenedEncoder& e, const float* x, int6
   parallel_for(n_chunks - seed, [&](int64_t c0, int64_t c1, int t) {
     const Buffers b(thread_scratch(t, Buffers::floats(K)), K);
     for (int64_t ch = seed + c0; ch < seed + c1; ++ch)
-      topk_columns(e, x, rows, 0, margin, ch * kColumns, columns(ch), b, states[static_cast<size_t>(t)]);
+      topk_columns(e, x, x_pairs, rows, 0, margin, ch * kColumns, columns(ch), b, states[static_cast<size_t>(t)]);
   });
   return states;
 }
@@ -310,6 +313,7 @@ bool screened_encode(const ScreenedEncoder& e, const float* in, int64_t rows, Sp
   std::vector<float> row_margin(static_cast<size_t>(rows));
   for (int64_t m = 0; m < rows; ++m) row_margin[m] = c * std::sqrt(kt.dot(in + m * K, in + m * K, K)) + kTiny;
   const int64_t rows_before = codes.rows;
+  std::vector<uint32_t> pairs;
   if (e.k > 0 && (e.k >= e.d_sae || !std::all_of(row_margin.begin(), row_margin.end(),
                                                   [](float v) { return std::isfinite(v); })))
     return false;  // TopK ranks values against each other: only finite ones are vouched for
@@ -318,8 +322,10 @@ bool screened_encode(const ScreenedEncoder& e, const float* in, int64_t rows, Sp
     const float* x = in + r0 * K;
     const float* margin = row_margin.data() + r0;
     std::vector<std::vector<Hit>> hits;
+    // every chunk's matmul reads all the block's rows: rounded once
+    const uint32_t* x_pairs = round_to_pairs(x, rc, K, K, pairs);
     if (e.k > 0) {
-      auto states = topk_block(e, x, rc, margin, n_chunks);
+      auto states = topk_block(e, x, x_pairs, rc, margin, n_chunks);
       if (!std::all_of(states.begin(), states.end(), [](const TopkState& st) { return st.finite; })) {
         truncate(codes, rows_before);
         return false;
@@ -330,7 +336,7 @@ bool screened_encode(const ScreenedEncoder& e, const float* in, int64_t rows, Sp
       parallel_for(n_chunks, [&](int64_t c0, int64_t c1, int t) {
         const Buffers b(thread_scratch(t, Buffers::floats(K)), K);
         for (int64_t ch = c0; ch < c1; ++ch)
-          screen_columns(e, x, rc, margin, ch * kColumns, std::min(kColumns, e.d_sae - ch * kColumns), b,
+          screen_columns(e, x, x_pairs, rc, margin, ch * kColumns, std::min(kColumns, e.d_sae - ch * kColumns), b,
                          hits[static_cast<size_t>(ch)]);
       });
     }

@@ -7,6 +7,8 @@
 //   an MR x NR register-tiled micro-kernel sweeps all rows over each panel;
 //   in float32, or with bfloat16 weights on a CPU with AVX512-BF16, in
 //   bfloat16 pairs (A rounded to bfloat16, products summed in float32).
+#include <algorithm>
+
 #include "kernels/variant.hpp"
 
 namespace tmech {
@@ -78,22 +80,30 @@ struct F32Steps {
   template <class W>
   static void pack_b(const MatmulArgs& a, const W* Bw, int64_t k0, int64_t kc, int64_t n0, int64_t n1, float* dst) {
     const int64_t sk = a.b_stride_k, sn = a.b_stride_n;
+    if (sn == 1) {  // rows of B contiguous: each read whole, into every panel
+      const int64_t whole = (n1 - n0) / NR * NR;  // columns of full panels
+      for (int64_t k = 0; k < kc; ++k) {
+        const W* src = Bw + (k0 + k) * sk + n0;
+        for (int64_t j = 0; j < whole; j += NR) {
+          float* row = dst + j * kc + k * NR;  // panel j / NR, step k
+          vstore(row, vload_w(src + j));
+          vstore(row + VL, vload_w(src + j + VL));
+        }
+      }
+      if (whole < n1 - n0) {  // the last panel, zero-padded
+        float* panel = dst + whole * kc;
+        for (int64_t k = 0; k < kc; ++k)
+          for (int64_t j = 0; j < NR; ++j)
+            panel[k * NR + j] = n0 + whole + j < n1 ? load_w(Bw + (k0 + k) * sk + n0 + whole + j) : 0.f;
+      }
+      return;
+    }
     for (int64_t p0 = n0; p0 < n1; p0 += NR) {
       const int64_t w = n1 - p0 < NR ? n1 - p0 : NR;
       float* panel = dst + ((p0 - n0) / NR) * kc * NR;
       if (w < NR)
         for (int64_t i = 0; i < kc * NR; ++i) panel[i] = 0.f;
-      if (sn == 1) {
-        for (int64_t k = 0; k < kc; ++k) {
-          const W* src = Bw + (k0 + k) * sk + p0;
-          if (w == NR) {
-            vstore(panel + k * NR, vload_w(src));
-            vstore(panel + k * NR + VL, vload_w(src + VL));
-          } else {
-            for (int64_t j = 0; j < w; ++j) panel[k * NR + j] = load_w(src + j);
-          }
-        }
-      } else if (sk == 1) {  // columns contiguous in k
+      if (sk == 1) {  // columns contiguous in k
         transpose_panel(Bw + k0 + p0 * sn, sn, kc, w, panel);
       } else {  // general strides
         for (int64_t j = 0; j < w; ++j) {
@@ -245,20 +255,61 @@ void edge_tile(int rows, int64_t w, const typename S::Elem* A, int64_t lda, cons
     for (int64_t j = 0; j < w; ++j) C[r * ldc + j] = tile[r * NR + j];
 }
 
+// The cache lines of the block of B at rows [k0, k0 + kc), columns [n0, n1),
+// as runs of contiguous bytes (its rows, or its columns when those are
+// contiguous in k), prefetched a slice at a time.
+class BlockPrefetch {
+ public:
+  BlockPrefetch() = default;  // no lines
+  template <class W>
+  BlockPrefetch(const MatmulArgs& a, const W* Bw, int64_t k0, int64_t kc, int64_t n0, int64_t n1) {
+    const int64_t sk = a.b_stride_k, sn = a.b_stride_n;
+    const int64_t w = static_cast<int64_t>(sizeof(W));
+    if (sn == 1 || sk == 1) {  // (general strides: nothing to prefetch)
+      run_ = reinterpret_cast<const char*>(Bw + k0 * sk + n0 * sn);
+      runs_ = sn == 1 ? kc : n1 - n0;
+      run_lines_ = ((sn == 1 ? n1 - n0 : kc) * w + 63) / 64 + 1;  // +1: a run need not start a line
+      stride_ = (sn == 1 ? sk : sn) * w;
+    }
+  }
+  int64_t lines() const { return runs_ * run_lines_; }
+  // The next `count` lines. A prefetch never faults, even past B's end.
+  void fetch(int64_t count) {
+    for (; count > 0 && runs_ > 0; --count) {
+      __builtin_prefetch(run_ + line_ * 64, 0, 2);
+      if (++line_ == run_lines_) line_ = 0, run_ += stride_, --runs_;
+    }
+  }
+
+ private:
+  const char* run_ = nullptr;  // the current run
+  int64_t runs_ = 0, run_lines_ = 0, stride_ = 0, line_ = 0;  // runs left; stride: bytes from run to run
+};
+
 // Scratch: the packed block of B, then the edge tile, then A's tile when S copies it.
 // One block of columns [n0, n1), summed over all of K while it is in cache.
+// Meanwhile the next block of B ([n1, n_end) holds the next columns) is
+// prefetched into L2, a slice per tile: packing it would otherwise wait on
+// memory (a 128-token GPT-2 prefill spent ~9 % of its time there; prefetched,
+// it runs 3 % faster in float32, 7 % in bf16, measured in alternation).
 template <class S, class W>
-void packed_column_block(const MatmulArgs& a, const W* Bw, int64_t n0, int64_t n1) {
+void packed_column_block(const MatmulArgs& a, const W* Bw, int64_t n0, int64_t n1, int64_t n_end) {
   using E = typename S::Elem;
   static_assert(sizeof(E) == sizeof(float), "panels reuse the float32 scratch");
   E* packed = reinterpret_cast<E*>(a.scratch);
   float* tile = a.scratch + kMatmulKC * kMatmulNC;
   float* a_buf = tile + MR * NR;
+  const int64_t tiles = (a.M + MR - 1) / MR * ((n1 - n0 + NR - 1) / NR);
   for (int64_t k0 = 0; k0 < a.K; k0 += kMatmulKC) {
     const int64_t kc = a.K - k0 < kMatmulKC ? a.K - k0 : kMatmulKC;
     const int64_t steps = S::count(kc);
     const int init = k0 == 0 && !a.accumulate ? (a.bias ? 1 : 0) : 2;
     S::pack_b(a, Bw, k0, kc, n0, n1, packed);
+    const int64_t next_n1 = n_end - n1 < kMatmulNC ? n_end : n1 + kMatmulNC;
+    BlockPrefetch next = k0 + kc < a.K ? BlockPrefetch(a, Bw, k0 + kc, std::min(kMatmulKC, a.K - k0 - kc), n0, n1)
+                         : n1 < n_end  ? BlockPrefetch(a, Bw, 0, std::min(kMatmulKC, a.K), n1, next_n1)
+                                       : BlockPrefetch();
+    const int64_t per_tile = (next.lines() + tiles - 1) / tiles;
     for (int64_t m0 = 0; m0 < a.M; m0 += MR) {
       const int rows = static_cast<int>(a.M - m0 < MR ? a.M - m0 : MR);
       int64_t lda = 0;
@@ -271,6 +322,7 @@ void packed_column_block(const MatmulArgs& a, const W* Bw, int64_t n0, int64_t n
           micro_rows<S, MR>(rows, A, lda, panel, steps, C, a.ldc, bias, init);
         else
           edge_tile<S>(rows, n1 - p0, A, lda, panel, steps, C, a.ldc, bias, init, tile);
+        next.fetch(per_tile);
       }
     }
   }
@@ -281,7 +333,7 @@ void packed_column_block(const MatmulArgs& a, const W* Bw, int64_t n0, int64_t n
 template <class S, class W>
 void matmul_packed(const MatmulArgs& a, const W* Bw, int64_t n_begin, int64_t n_end) {
   for (int64_t n0 = n_begin; n0 < n_end; n0 += kMatmulNC)
-    packed_column_block<S>(a, Bw, n0, n_end - n0 < kMatmulNC ? n_end : n0 + kMatmulNC);
+    packed_column_block<S>(a, Bw, n0, n_end - n0 < kMatmulNC ? n_end : n0 + kMatmulNC, n_end);
 }
 
 // Many rows: float32 weights, or bfloat16 ones widened to float32 as they are

@@ -81,6 +81,13 @@ void screen_chunk(const ScreenedEncoder& e, const float* in, const uint32_t* in_
   kt.round_bf16(b.w_t, b.w16, nc * K);
   for (int64_t j = 0; j < nc; ++j) b.w_norm[j] = std::sqrt(kt.dot(b.w_t + j * K, b.w_t + j * K, K)) + kTiny;
   MatmulArgs a{rows, nc, K, in, K, nullptr, 1, K, nullptr, b.scores, nc, false, b.matmul, b.w16, in_pairs};
+  // The next chunk's weights (this thread's next, but at the end of its
+  // range), strided reads from memory that would stall their transposition,
+  // fetched during the matmul: a 512-row encode ran ~2.5 % faster.
+  const int64_t next = n0 + nc, next_nc = std::min(kColumns, e.d_sae - next);
+  if (next_nc > 0)
+    a.prefetch_after = {e.W_enc + next, K, next_nc * static_cast<int64_t>(sizeof(float)),
+                        e.d_sae * static_cast<int64_t>(sizeof(float))};
   kt.matmul_cols(a, 0, nc);
 }
 

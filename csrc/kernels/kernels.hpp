@@ -12,6 +12,13 @@ namespace tmech {
 // B[k * b_stride_k + n * b_stride_n], so one kernel serves HF's Conv1D
 // weights ([in, out]: stride_k = N, stride_n = 1) and embedding matrices used
 // as an unembedding ([vocab, d_model]: stride_k = 1, stride_n = K).
+// Memory a caller will read next: `runs` runs of `run_bytes` contiguous bytes,
+// `stride` bytes apart.
+struct PrefetchRegion {
+  const void* base = nullptr;
+  int64_t runs = 0, run_bytes = 0, stride = 0;
+};
+
 struct MatmulArgs {
   int64_t M, N, K;
   const float* A;  // [M, K], row stride lda
@@ -27,6 +34,9 @@ struct MatmulArgs {
   // A already rounded to bfloat16 pairs by round_a_pairs, for the many-row
   // bf16 path; null: each tile of A is rounded where it is used.
   const uint32_t* A_pairs = nullptr;
+  // Fetched into the cache a slice per tile while a many-row matmul computes,
+  // so that the caller does not wait on memory next (one thread's matmul_cols).
+  PrefetchRegion prefetch_after;
 };
 
 struct KernelTable {

@@ -255,25 +255,27 @@ void edge_tile(int rows, int64_t w, const typename S::Elem* A, int64_t lda, cons
     for (int64_t j = 0; j < w; ++j) C[r * ldc + j] = tile[r * NR + j];
 }
 
-// The cache lines of the block of B at rows [k0, k0 + kc), columns [n0, n1),
-// as runs of contiguous bytes (its rows, or its columns when those are
-// contiguous in k), prefetched a slice at a time.
-class BlockPrefetch {
+// The block of B at rows [k0, k0 + kc), columns [n0, n1) as runs of
+// contiguous bytes (its rows, or its columns when those are contiguous in k);
+// none for general strides.
+template <class W>
+PrefetchRegion b_block(const MatmulArgs& a, const W* Bw, int64_t k0, int64_t kc, int64_t n0, int64_t n1) {
+  const int64_t sk = a.b_stride_k, sn = a.b_stride_n, w = static_cast<int64_t>(sizeof(W));
+  if (sn != 1 && sk != 1) return {};
+  return {Bw + k0 * sk + n0 * sn, sn == 1 ? kc : n1 - n0, (sn == 1 ? n1 - n0 : kc) * w, (sn == 1 ? sk : sn) * w};
+}
+
+// The cache lines of a region, prefetched into L2 a slice at a time.
+class LinePrefetch {
  public:
-  BlockPrefetch() = default;  // no lines
-  template <class W>
-  BlockPrefetch(const MatmulArgs& a, const W* Bw, int64_t k0, int64_t kc, int64_t n0, int64_t n1) {
-    const int64_t sk = a.b_stride_k, sn = a.b_stride_n;
-    const int64_t w = static_cast<int64_t>(sizeof(W));
-    if (sn == 1 || sk == 1) {  // (general strides: nothing to prefetch)
-      run_ = reinterpret_cast<const char*>(Bw + k0 * sk + n0 * sn);
-      runs_ = sn == 1 ? kc : n1 - n0;
-      run_lines_ = ((sn == 1 ? n1 - n0 : kc) * w + 63) / 64 + 1;  // +1: a run need not start a line
-      stride_ = (sn == 1 ? sk : sn) * w;
-    }
-  }
+  LinePrefetch() = default;  // no lines
+  explicit LinePrefetch(const PrefetchRegion& r)
+      : run_(static_cast<const char*>(r.base)),
+        runs_(r.base && r.run_bytes > 0 ? r.runs : 0),
+        run_lines_((r.run_bytes + 63) / 64 + 1),  // +1: a run need not start a line
+        stride_(r.stride) {}
   int64_t lines() const { return runs_ * run_lines_; }
-  // The next `count` lines. A prefetch never faults, even past B's end.
+  // The next `count` lines. A prefetch never faults, even past the region's end.
   void fetch(int64_t count) {
     for (; count > 0 && runs_ > 0; --count) {
       __builtin_prefetch(run_ + line_ * 64, 0, 2);
@@ -286,6 +288,12 @@ class BlockPrefetch {
   int64_t runs_ = 0, run_lines_ = 0, stride_ = 0, line_ = 0;  // runs left; stride: bytes from run to run
 };
 
+// The caller's region (MatmulArgs::prefetch_after), spread over every tile of a call.
+struct CallerPrefetch {
+  LinePrefetch lines;
+  int64_t per_tile = 0;
+};
+
 // Scratch: the packed block of B, then the edge tile, then A's tile when S copies it.
 // One block of columns [n0, n1), summed over all of K while it is in cache.
 // Meanwhile the next block of B ([n1, n_end) holds the next columns) is
@@ -293,7 +301,8 @@ class BlockPrefetch {
 // memory (a 128-token GPT-2 prefill spent ~9 % of its time there; prefetched,
 // it runs 3 % faster in float32, 7 % in bf16, measured in alternation).
 template <class S, class W>
-void packed_column_block(const MatmulArgs& a, const W* Bw, int64_t n0, int64_t n1, int64_t n_end) {
+void packed_column_block(const MatmulArgs& a, const W* Bw, int64_t n0, int64_t n1, int64_t n_end,
+                         CallerPrefetch& caller) {
   using E = typename S::Elem;
   static_assert(sizeof(E) == sizeof(float), "panels reuse the float32 scratch");
   E* packed = reinterpret_cast<E*>(a.scratch);
@@ -306,9 +315,9 @@ void packed_column_block(const MatmulArgs& a, const W* Bw, int64_t n0, int64_t n
     const int init = k0 == 0 && !a.accumulate ? (a.bias ? 1 : 0) : 2;
     S::pack_b(a, Bw, k0, kc, n0, n1, packed);
     const int64_t next_n1 = n_end - n1 < kMatmulNC ? n_end : n1 + kMatmulNC;
-    BlockPrefetch next = k0 + kc < a.K ? BlockPrefetch(a, Bw, k0 + kc, std::min(kMatmulKC, a.K - k0 - kc), n0, n1)
-                         : n1 < n_end  ? BlockPrefetch(a, Bw, 0, std::min(kMatmulKC, a.K), n1, next_n1)
-                                       : BlockPrefetch();
+    LinePrefetch next(k0 + kc < a.K ? b_block(a, Bw, k0 + kc, std::min(kMatmulKC, a.K - k0 - kc), n0, n1)
+                      : n1 < n_end  ? b_block(a, Bw, 0, std::min(kMatmulKC, a.K), n1, next_n1)
+                                    : PrefetchRegion{});
     const int64_t per_tile = (next.lines() + tiles - 1) / tiles;
     for (int64_t m0 = 0; m0 < a.M; m0 += MR) {
       const int rows = static_cast<int>(a.M - m0 < MR ? a.M - m0 : MR);
@@ -323,6 +332,7 @@ void packed_column_block(const MatmulArgs& a, const W* Bw, int64_t n0, int64_t n
         else
           edge_tile<S>(rows, n1 - p0, A, lda, panel, steps, C, a.ldc, bias, init, tile);
         next.fetch(per_tile);
+        caller.lines.fetch(caller.per_tile);
       }
     }
   }
@@ -332,8 +342,11 @@ void packed_column_block(const MatmulArgs& a, const W* Bw, int64_t n0, int64_t n
 // larger than the caches, and each block of it is finished before the next.
 template <class S, class W>
 void matmul_packed(const MatmulArgs& a, const W* Bw, int64_t n_begin, int64_t n_end) {
+  CallerPrefetch caller{LinePrefetch(a.prefetch_after)};
+  const int64_t tiles = (a.M + MR - 1) / MR * ((n_end - n_begin + NR - 1) / NR) * ((a.K + kMatmulKC - 1) / kMatmulKC);
+  caller.per_tile = (caller.lines.lines() + tiles - 1) / tiles;
   for (int64_t n0 = n_begin; n0 < n_end; n0 += kMatmulNC)
-    packed_column_block<S>(a, Bw, n0, n_end - n0 < kMatmulNC ? n_end : n0 + kMatmulNC, n_end);
+    packed_column_block<S>(a, Bw, n0, n_end - n0 < kMatmulNC ? n_end : n0 + kMatmulNC, n_end, caller);
 }
 
 // Many rows: float32 weights, or bfloat16 ones widened to float32 as they are

@@ -25,6 +25,12 @@ def best_time(fn, repeats: int = 3) -> float:
     return min(_times(fn, repeats))
 
 
+# A pause before each timed call: thread pools (torch's OpenMP, numpy's BLAS,
+# tinymech's) spin for a while after a call, and would take a core from
+# whichever contender runs next.
+SETTLE_SECONDS = 0.02
+
+
 def measured_interleaved(measures, repeats: int = 3, statistic=min) -> list:
     """statistic (min: the fastest; or statistics.median) of `repeats` results
     of each of measures (functions that time something themselves and return
@@ -36,6 +42,7 @@ def measured_interleaved(measures, repeats: int = 3, statistic=min) -> list:
     results = [[] for _ in measures]
     for _ in range(max(1, repeats)):
         for measure, out in zip(measures, results):
+            time.sleep(SETTLE_SECONDS)
             out.append(measure())
     return [statistic(r) for r in results]
 

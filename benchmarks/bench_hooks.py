@@ -48,15 +48,22 @@ def hooks_rows(model, tl, *, tokens=(128, 512), repeats: int = 3) -> list:
     plain_ms, cache_ms, tl_ms and hook_points."""
     import torch
 
+    import tinymech as tm
+
     n_points = len(model.run_with_cache(np.zeros((1, 1), dtype=np.int64))[1])
     rows = []
     for n in tokens:
         ids = random_tokens(model.cfg.d_vocab, n, seed=n)
         tl_ids = torch.as_tensor(ids)
+        plain, cached = (s * 1e3 for s in times_interleaved(
+            [lambda: model(ids), lambda: model.run_with_cache(ids)], repeats, statistics.median))
+        # TransformerLens on its own, after tinymech gave back its kept capture
+        # buffers: called in turn with tinymech's run_with_cache, its own took
+        # 1.4-1.8x as long (the memory both allocate interfering), which would
+        # flatter tinymech.
+        tm.release_memory()
         with torch.no_grad():
-            plain, cached, tl_cached = (s * 1e3 for s in times_interleaved(
-                [lambda: model(ids), lambda: model.run_with_cache(ids), lambda: tl.run_with_cache(tl_ids)],
-                repeats, statistics.median))
+            tl_cached = times_interleaved([lambda: tl.run_with_cache(tl_ids)], repeats, statistics.median)[0] * 1e3
         times = dict(tokens=n, plain_ms=plain, cache_ms=cached, tl_ms=tl_cached, hook_points=n_points)
         rows.append(row(f"cache-plain-{n}", f"run_with_cache {n} tokens: time / plain forward", cached, plain,
                         "ms", cached / plain, ref_name="plain", target=CACHE_VS_PLAIN_TARGET,

@@ -17,8 +17,10 @@ def test_best_variant_is_default():
         K.select("sse1")
 
 
+# (7, 300, 97) and (12, 513, 200): one tile of rows, which reads a [K, N] B in
+# place but for its last, narrower panel, over several blocks of K
 @pytest.mark.parametrize("M,Kd,N", [(1, 1, 1), (1, 768, 2304), (2, 33, 65), (4, 100, 7), (5, 64, 64),
-                                    (13, 257, 130), (77, 300, 513)])
+                                    (7, 300, 97), (12, 513, 200), (13, 257, 130), (77, 300, 513)])
 @pytest.mark.parametrize("transposed", [False, True])
 def test_matmul(variant, M, Kd, N, transposed):
     rng = np.random.default_rng(M * 1000 + N)

@@ -8,6 +8,7 @@
 //   in float32, or with bfloat16 weights on a CPU with AVX512-BF16, in
 //   bfloat16 pairs (A rounded to bfloat16, products summed in float32).
 #include <algorithm>
+#include <type_traits>
 
 #include "kernels/variant.hpp"
 
@@ -196,9 +197,11 @@ struct Bf16PairSteps {
 
 // R x NR tile: C[0:R, 0:NR] (= or +=) A[0:R, :] · panel, over `steps` steps.
 // init: 0 = start from zero, 1 = from bias, 2 = from C (accumulate).
+// The panel's step k is at panel + k * ldb: NR for packed panels, B's row
+// stride when B is read in place.
 template <class S, int R>
 void micro(const typename S::Elem* A, int64_t lda, const typename S::Elem* panel, int64_t steps, float* C,
-           int64_t ldc, const float* bias, int init) {
+           int64_t ldc, const float* bias, int init, int64_t ldb = NR) {
   vf acc[R][2];
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r) {
@@ -214,7 +217,7 @@ void micro(const typename S::Elem* A, int64_t lda, const typename S::Elem* panel
     }
   }
   for (int64_t k = 0; k < steps; ++k) {
-    const auto b0 = S::load_b(panel + k * NR), b1 = S::load_b(panel + k * NR + VL);
+    const auto b0 = S::load_b(panel + k * ldb), b1 = S::load_b(panel + k * ldb + VL);
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
       const auto av = S::bcast_a(A[r * lda + k]);
@@ -231,11 +234,11 @@ void micro(const typename S::Elem* A, int64_t lda, const typename S::Elem* panel
 
 template <class S, int R>
 void micro_rows(int rows, const typename S::Elem* A, int64_t lda, const typename S::Elem* panel, int64_t steps,
-                float* C, int64_t ldc, const float* bias, int init) {
+                float* C, int64_t ldc, const float* bias, int init, int64_t ldb = NR) {
   if (rows == R) {
-    micro<S, R>(A, lda, panel, steps, C, ldc, bias, init);
+    micro<S, R>(A, lda, panel, steps, C, ldc, bias, init, ldb);
   } else if constexpr (R > 1) {
-    micro_rows<S, R - 1>(rows, A, lda, panel, steps, C, ldc, bias, init);
+    micro_rows<S, R - 1>(rows, A, lda, panel, steps, C, ldc, bias, init, ldb);
   }
 }
 
@@ -309,11 +312,16 @@ void packed_column_block(const MatmulArgs& a, const W* Bw, int64_t n0, int64_t n
   float* tile = a.scratch + kMatmulKC * kMatmulNC;
   float* a_buf = tile + MR * NR;
   const int64_t tiles = (a.M + MR - 1) / MR * ((n1 - n0 + NR - 1) / NR);
+  // One tile of rows uses each element of B once: float32 rows of B are then
+  // read in place (packing them would copy all of B for nothing), but for a
+  // last, narrower panel. Prompts of 5-12 tokens ran 10-13 % faster.
+  const bool in_place = std::is_same<W, E>::value && a.b_stride_n == 1 && a.M <= MR;
+  const int64_t whole = in_place ? n0 + (n1 - n0) / NR * NR : n0;  // columns of in-place panels end here
   for (int64_t k0 = 0; k0 < a.K; k0 += kMatmulKC) {
     const int64_t kc = a.K - k0 < kMatmulKC ? a.K - k0 : kMatmulKC;
     const int64_t steps = S::count(kc);
     const int init = k0 == 0 && !a.accumulate ? (a.bias ? 1 : 0) : 2;
-    S::pack_b(a, Bw, k0, kc, n0, n1, packed);
+    S::pack_b(a, Bw, k0, kc, whole, n1, packed);
     const int64_t next_n1 = n_end - n1 < kMatmulNC ? n_end : n1 + kMatmulNC;
     LinePrefetch next(k0 + kc < a.K ? b_block(a, Bw, k0 + kc, std::min(kMatmulKC, a.K - k0 - kc), n0, n1)
                       : n1 < n_end  ? b_block(a, Bw, 0, std::min(kMatmulKC, a.K), n1, next_n1)
@@ -324,13 +332,18 @@ void packed_column_block(const MatmulArgs& a, const W* Bw, int64_t n0, int64_t n
       int64_t lda = 0;
       const E* A = S::a_tile(a, m0, rows, k0, kc, a_buf, &lda);
       for (int64_t p0 = n0; p0 < n1; p0 += NR) {
-        const E* panel = packed + ((p0 - n0) / NR) * steps * NR;
         float* C = a.C + m0 * a.ldc + p0;
         const float* bias = a.bias ? a.bias + p0 : nullptr;
-        if (n1 - p0 >= NR)
-          micro_rows<S, MR>(rows, A, lda, panel, steps, C, a.ldc, bias, init);
-        else
-          edge_tile<S>(rows, n1 - p0, A, lda, panel, steps, C, a.ldc, bias, init, tile);
+        if (p0 < whole) {
+          const E* in_b = reinterpret_cast<const E*>(Bw + k0 * a.b_stride_k + p0);  // (W is E here)
+          micro_rows<S, MR>(rows, A, lda, in_b, steps, C, a.ldc, bias, init, a.b_stride_k);
+        } else {
+          const E* panel = packed + ((p0 - whole) / NR) * steps * NR;
+          if (n1 - p0 >= NR)
+            micro_rows<S, MR>(rows, A, lda, panel, steps, C, a.ldc, bias, init);
+          else
+            edge_tile<S>(rows, n1 - p0, A, lda, panel, steps, C, a.ldc, bias, init, tile);
+        }
         next.fetch(per_tile);
         caller.lines.fetch(caller.per_tile);
       }

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 
 from report import row, target
-from timing import (bench_parser, best_measured, hf_decode_seconds, measured_interleaved, times_interleaved,
-                    random_tokens, tinymech_decode_seconds)
+from timing import (bench_parser, best_measured, hf_decode_seconds, measured_interleaved, random_tokens,
+                    times_interleaved, tinymech_decode_seconds)
 
 # the targets, as tinymech speed / HF fp32 speed
 PREFILL_TARGET = {512: target(">=", 2.4)}
@@ -75,7 +75,7 @@ def forward_rows(model, hf, *, tokens=(128, 512, 1024), decode_tokens: int = 32,
                         target=PREFILL_TARGET.get(n) if targets else None))
     prompt = random_tokens(vocab, prompt_tokens, seed=1)
     ours, ref = measured_interleaved([lambda: tinymech_decode_seconds(model, prompt, decode_tokens),
-                                           lambda: hf_decode_seconds(hf, prompt, decode_tokens)], repeats)
+                                      lambda: hf_decode_seconds(hf, prompt, decode_tokens)], repeats)
     rows.append(row(f"{prefix}decode", f"{prefix}decode after {prompt_tokens} tokens", decode_tokens / ours,
                     decode_tokens / ref, "tok/s", ref / ours, ref_name="HF", seconds=ours / decode_tokens,
                     tokens=decode_tokens, prompt=prompt_tokens, target=DECODE_TARGET if targets else None))

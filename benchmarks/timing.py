@@ -126,6 +126,8 @@ def evict_from_page_cache(directory) -> None:
     if not hasattr(os, "posix_fadvise"):
         return
     for file in Path(directory).iterdir():
+        if not file.is_file():
+            continue
         fd = os.open(file, os.O_RDONLY)
         try:
             os.fsync(fd)  # dirty pages cannot be dropped

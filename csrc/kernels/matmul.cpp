@@ -81,30 +81,22 @@ struct F32Steps {
   template <class W>
   static void pack_b(const MatmulArgs& a, const W* Bw, int64_t k0, int64_t kc, int64_t n0, int64_t n1, float* dst) {
     const int64_t sk = a.b_stride_k, sn = a.b_stride_n;
-    if (sn == 1) {  // rows of B contiguous: each read whole, into every panel
-      const int64_t whole = (n1 - n0) / NR * NR;  // columns of full panels
-      for (int64_t k = 0; k < kc; ++k) {
-        const W* src = Bw + (k0 + k) * sk + n0;
-        for (int64_t j = 0; j < whole; j += NR) {
-          float* row = dst + j * kc + k * NR;  // panel j / NR, step k
-          vstore(row, vload_w(src + j));
-          vstore(row + VL, vload_w(src + j + VL));
-        }
-      }
-      if (whole < n1 - n0) {  // the last panel, zero-padded
-        float* panel = dst + whole * kc;
-        for (int64_t k = 0; k < kc; ++k)
-          for (int64_t j = 0; j < NR; ++j)
-            panel[k * NR + j] = n0 + whole + j < n1 ? load_w(Bw + (k0 + k) * sk + n0 + whole + j) : 0.f;
-      }
-      return;
-    }
     for (int64_t p0 = n0; p0 < n1; p0 += NR) {
       const int64_t w = n1 - p0 < NR ? n1 - p0 : NR;
       float* panel = dst + ((p0 - n0) / NR) * kc * NR;
       if (w < NR)
         for (int64_t i = 0; i < kc * NR; ++i) panel[i] = 0.f;
-      if (sk == 1) {  // columns contiguous in k
+      if (sn == 1) {
+        for (int64_t k = 0; k < kc; ++k) {
+          const W* src = Bw + (k0 + k) * sk + p0;
+          if (w == NR) {
+            vstore(panel + k * NR, vload_w(src));
+            vstore(panel + k * NR + VL, vload_w(src + VL));
+          } else {
+            for (int64_t j = 0; j < w; ++j) panel[k * NR + j] = load_w(src + j);
+          }
+        }
+      } else if (sk == 1) {  // columns contiguous in k
         transpose_panel(Bw + k0 + p0 * sn, sn, kc, w, panel);
       } else {  // general strides
         for (int64_t j = 0; j < w; ++j) {

@@ -231,6 +231,9 @@ void bind_kernels(py::module_& m) {
         "and use bfloat16 dot products (AVX512-BF16)");
   k.def("small_rows", [] { return tmech::kMatmulSmallM; },
         "up to this many rows, a matmul streams B once (the decode path)");
+  k.def("stream_rows_kn", [] { return tmech::kernels::active().stream_rows_kn; },
+        "up to this many rows, a matmul over B stored [K, N] streams B once (but over "
+        "bfloat16 B where bf16_dot_products(): small_rows())");
   k.def("select", [](const std::string& name) {
     if (!tmech::kernels::select(name.c_str()))
       throw std::invalid_argument("kernel variant '" + name + "' is not available on this CPU");

@@ -1,5 +1,6 @@
 #include "parallel_ops.hpp"
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -12,29 +13,35 @@ constexpr int64_t kElementGrain = 4096;  // below this, splitting costs more tha
 
 // A few rows against B stored [K, N]: split over K, so each thread streams
 // one contiguous block of B's rows (split over N, every thread would read a
-// short piece of every row), into its own partial sums, which are then added.
+// short piece of every row). Each block's partial sums go to a buffer of its
+// own and are added in block order: whichever thread takes which block, the
+// same call gives the same bits.
 void matmul_split_k(const MatmulArgs& base) {
   const KernelTable& kt = kernels::active();
-  const int64_t M = base.M, N = base.N, partial_floats = M * N;
-  std::vector<char> used(static_cast<size_t>(num_threads()), 0);
+  const int64_t M = base.M, N = base.N, K = base.K, partial_floats = M * N;
+  const int64_t blocks = std::min<int64_t>(num_threads(), K / 64);
+  thread_local std::vector<float> partials;
+  partials.resize(static_cast<size_t>(blocks * partial_floats));
+  float* parts = partials.data();  // (a thread_local: not to be named inside the lambda)
   parallel_for(
-      base.K,
-      [&](int64_t k0, int64_t k1, int t) {
-        float* partial = thread_scratch(t, matmul_scratch_floats() + partial_floats);
-        MatmulArgs a = base;
-        a.A += k0;
-        if (a.B) a.B += k0 * base.b_stride_k;
-        if (a.B16) a.B16 += k0 * base.b_stride_k;
-        a.K = k1 - k0;
-        a.bias = nullptr;
-        a.C = partial;
-        a.ldc = N;
-        a.accumulate = used[static_cast<size_t>(t)] != 0;  // this thread's second chunk adds to its first
-        a.scratch = partial + partial_floats;
-        kt.matmul_cols(a, 0, N);
-        used[static_cast<size_t>(t)] = 1;
+      blocks,
+      [&](int64_t b0, int64_t b1, int t) {
+        for (int64_t b = b0; b < b1; ++b) {
+          const int64_t k0 = K * b / blocks / 16 * 16, k1 = b + 1 == blocks ? K : K * (b + 1) / blocks / 16 * 16;
+          MatmulArgs a = base;
+          a.A += k0;
+          if (a.B) a.B += k0 * base.b_stride_k;
+          if (a.B16) a.B16 += k0 * base.b_stride_k;
+          a.K = k1 - k0;
+          a.bias = nullptr;
+          a.C = parts + b * partial_floats;
+          a.ldc = N;
+          a.accumulate = false;
+          a.scratch = thread_scratch(t, matmul_scratch_floats());
+          kt.matmul_cols(a, 0, N);
+        }
       },
-      64);
+      1);
   for (int64_t m = 0; m < M; ++m) {
     float* c = base.C + m * base.ldc;
     bool first = !base.accumulate;
@@ -43,9 +50,8 @@ void matmul_split_k(const MatmulArgs& base) {
       else kt.add(c, c, base.bias, N);
       first = false;
     }
-    for (size_t t = 0; t < used.size(); ++t) {
-      if (!used[t]) continue;
-      const float* p = thread_scratch(static_cast<int>(t), matmul_scratch_floats() + partial_floats) + m * N;
+    for (int64_t b = 0; b < blocks; ++b) {
+      const float* p = parts + b * partial_floats + m * N;
       if (first) std::memcpy(c, p, N * sizeof(float));
       else kt.add(c, c, p, N);
       first = false;
@@ -60,7 +66,7 @@ void matmul(const float* A, int64_t M, int64_t K, int64_t lda, Matrix B, int64_t
             bool accumulate) {
   const KernelTable& kt = kernels::active();
   MatmulArgs base{M, N, K, A, lda, B.f32, b_stride_k, b_stride_n, bias, C, ldc, accumulate, nullptr, B.bf16};
-  if (M <= kMatmulSmallM && b_stride_n == 1 && K >= 128 && num_threads() > 1) {
+  if (b_stride_n == 1 && matmul_streams_b(kt, M, b_stride_n, B.bf16 != nullptr) && K >= 128 && num_threads() > 1) {
     matmul_split_k(base);
     return;
   }

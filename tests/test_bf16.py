@@ -54,7 +54,7 @@ def rounded_if_dot(A: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("M,Kd,N", [(1, 1, 1), (1, 129, 70), (3, 1000, 2100), (4, 33, 17), (5, 300, 513),
                                     (77, 257, 130), (12, 512, 64), (13, 2, 33), (25, 1, 31), (40, 3, 100),
-                                    (203, 771, 97)])
+                                    (203, 771, 97), (8, 43, 2048), (16, 35, 100)])
 @pytest.mark.parametrize("transposed", [False, True])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_matmul_reads_bf16_weights(variant, M, Kd, N, transposed, threads):

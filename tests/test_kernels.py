@@ -17,10 +17,12 @@ def test_best_variant_is_default():
         K.select("sse1")
 
 
-# (7, 300, 97) and (12, 513, 200): one tile of rows, which reads a [K, N] B in
-# place but for its last, narrower panel, over several blocks of K
+# Up to stream_rows_kn rows (16 on AVX-512), a [K, N] B is streamed, four rows
+# of A at a time over 16 rows of B (a tail of K left over), or 8 rows of B
+# where they lie a multiple of 4 KiB apart (N = 1024, 2048); more rows pack it.
 @pytest.mark.parametrize("M,Kd,N", [(1, 1, 1), (1, 768, 2304), (2, 33, 65), (4, 100, 7), (5, 64, 64),
-                                    (7, 300, 97), (12, 513, 200), (13, 257, 130), (77, 300, 513)])
+                                    (7, 300, 97), (12, 513, 200), (13, 257, 130), (16, 43, 1024),
+                                    (9, 21, 2048), (17, 20, 33), (77, 300, 513)])
 @pytest.mark.parametrize("transposed", [False, True])
 def test_matmul(variant, M, Kd, N, transposed):
     rng = np.random.default_rng(M * 1000 + N)
@@ -33,7 +35,7 @@ def test_matmul(variant, M, Kd, N, transposed):
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
-@pytest.mark.parametrize("M,Kd,N", [(1, 129, 70), (2, 1000, 2100), (4, 3071, 65)])
+@pytest.mark.parametrize("M,Kd,N", [(1, 129, 70), (2, 1000, 2100), (4, 3071, 65), (11, 300, 1024), (16, 200, 33)])
 def test_matmul_few_rows_split_over_threads(variant, threads, M, Kd, N):
     """Decode-shaped products: with several threads the rows of B are split
     between them and the partial sums added, with or without a bias."""
@@ -48,6 +50,30 @@ def test_matmul_few_rows_split_over_threads(variant, threads, M, Kd, N):
             ref = A.astype(np.float64) @ B + (0 if b is None else b)
             out = K.matmul(A, B, b, False)
             assert np.abs(out - ref).max() <= 1e-5 * np.abs(ref).max()
+    finally:
+        _core.set_num_threads(before)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("bf16", [False, True])
+def test_streamed_rows_are_repeatable_and_batch_invariant(variant, threads, bf16):
+    """A streamed matmul gives the same bits on every call (however the pool's
+    threads take its blocks of K) and gives each row of a batch the bits it
+    gets alone: a batch of prompts, or a rerun, is not a different model."""
+    rng = np.random.default_rng(7)
+    A = rng.standard_normal((13, 1000), dtype=np.float32)
+    B = rng.standard_normal((1000, 300), dtype=np.float32)
+    if bf16:
+        B = K.round_bf16(B)
+    before = _core.get_num_threads()
+    _core.set_num_threads(threads)
+    try:
+        first = K.matmul(A, B, None, False)
+        for _ in range(20):
+            np.testing.assert_array_equal(K.matmul(A, B, None, False), first)
+        rows = K.stream_rows_kn() if not (bf16 and K.bf16_dot_products()) else K.small_rows()
+        alone = np.concatenate([K.matmul(A[i:i + 1], B, None, False) for i in range(rows)])
+        np.testing.assert_array_equal(K.matmul(A[:rows], B, None, False), alone)
     finally:
         _core.set_num_threads(before)
 

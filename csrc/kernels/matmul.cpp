@@ -1,14 +1,13 @@
 // Matrix multiply C = A·B (+ bias) for one range of output columns.
 //
 // Two paths:
-// - few rows (decode, M <= kSmallM): stream B once, row by row or column by
-//   column depending on its layout; this is bound by memory bandwidth.
+// - few rows (decode, short prompts; matmul_streams_b): stream B once, row by
+//   row or column by column depending on its layout; bound by memory bandwidth.
 // - many rows (prefill): pack a KC x NC block of B into NR-wide panels, then
 //   an MR x NR register-tiled micro-kernel sweeps all rows over each panel;
 //   in float32, or with bfloat16 weights on a CPU with AVX512-BF16, in
 //   bfloat16 pairs (A rounded to bfloat16, products summed in float32).
 #include <algorithm>
-#include <type_traits>
 
 #include "kernels/variant.hpp"
 
@@ -189,11 +188,9 @@ struct Bf16PairSteps {
 
 // R x NR tile: C[0:R, 0:NR] (= or +=) A[0:R, :] · panel, over `steps` steps.
 // init: 0 = start from zero, 1 = from bias, 2 = from C (accumulate).
-// The panel's step k is at panel + k * ldb: NR for packed panels, B's row
-// stride when B is read in place.
 template <class S, int R>
 void micro(const typename S::Elem* A, int64_t lda, const typename S::Elem* panel, int64_t steps, float* C,
-           int64_t ldc, const float* bias, int init, int64_t ldb = NR) {
+           int64_t ldc, const float* bias, int init) {
   vf acc[R][2];
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r) {
@@ -209,7 +206,7 @@ void micro(const typename S::Elem* A, int64_t lda, const typename S::Elem* panel
     }
   }
   for (int64_t k = 0; k < steps; ++k) {
-    const auto b0 = S::load_b(panel + k * ldb), b1 = S::load_b(panel + k * ldb + VL);
+    const auto b0 = S::load_b(panel + k * NR), b1 = S::load_b(panel + k * NR + VL);
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
       const auto av = S::bcast_a(A[r * lda + k]);
@@ -226,11 +223,11 @@ void micro(const typename S::Elem* A, int64_t lda, const typename S::Elem* panel
 
 template <class S, int R>
 void micro_rows(int rows, const typename S::Elem* A, int64_t lda, const typename S::Elem* panel, int64_t steps,
-                float* C, int64_t ldc, const float* bias, int init, int64_t ldb = NR) {
+                float* C, int64_t ldc, const float* bias, int init) {
   if (rows == R) {
-    micro<S, R>(A, lda, panel, steps, C, ldc, bias, init, ldb);
+    micro<S, R>(A, lda, panel, steps, C, ldc, bias, init);
   } else if constexpr (R > 1) {
-    micro_rows<S, R - 1>(rows, A, lda, panel, steps, C, ldc, bias, init, ldb);
+    micro_rows<S, R - 1>(rows, A, lda, panel, steps, C, ldc, bias, init);
   }
 }
 
@@ -304,16 +301,11 @@ void packed_column_block(const MatmulArgs& a, const W* Bw, int64_t n0, int64_t n
   float* tile = a.scratch + kMatmulKC * kMatmulNC;
   float* a_buf = tile + MR * NR;
   const int64_t tiles = (a.M + MR - 1) / MR * ((n1 - n0 + NR - 1) / NR);
-  // One tile of rows uses each element of B once: float32 rows of B are then
-  // read in place (packing them would copy all of B for nothing), but for a
-  // last, narrower panel. Prompts of 5-12 tokens ran 10-13 % faster.
-  const bool in_place = std::is_same<W, E>::value && a.b_stride_n == 1 && a.M <= MR;
-  const int64_t whole = in_place ? n0 + (n1 - n0) / NR * NR : n0;  // columns of in-place panels end here
   for (int64_t k0 = 0; k0 < a.K; k0 += kMatmulKC) {
     const int64_t kc = a.K - k0 < kMatmulKC ? a.K - k0 : kMatmulKC;
     const int64_t steps = S::count(kc);
     const int init = k0 == 0 && !a.accumulate ? (a.bias ? 1 : 0) : 2;
-    S::pack_b(a, Bw, k0, kc, whole, n1, packed);
+    S::pack_b(a, Bw, k0, kc, n0, n1, packed);
     const int64_t next_n1 = n_end - n1 < kMatmulNC ? n_end : n1 + kMatmulNC;
     LinePrefetch next(k0 + kc < a.K ? b_block(a, Bw, k0 + kc, std::min(kMatmulKC, a.K - k0 - kc), n0, n1)
                       : n1 < n_end  ? b_block(a, Bw, 0, std::min(kMatmulKC, a.K), n1, next_n1)
@@ -324,18 +316,13 @@ void packed_column_block(const MatmulArgs& a, const W* Bw, int64_t n0, int64_t n
       int64_t lda = 0;
       const E* A = S::a_tile(a, m0, rows, k0, kc, a_buf, &lda);
       for (int64_t p0 = n0; p0 < n1; p0 += NR) {
+        const E* panel = packed + ((p0 - n0) / NR) * steps * NR;
         float* C = a.C + m0 * a.ldc + p0;
         const float* bias = a.bias ? a.bias + p0 : nullptr;
-        if (p0 < whole) {
-          const E* in_b = reinterpret_cast<const E*>(Bw + k0 * a.b_stride_k + p0);  // (W is E here)
-          micro_rows<S, MR>(rows, A, lda, in_b, steps, C, a.ldc, bias, init, a.b_stride_k);
-        } else {
-          const E* panel = packed + ((p0 - whole) / NR) * steps * NR;
-          if (n1 - p0 >= NR)
-            micro_rows<S, MR>(rows, A, lda, panel, steps, C, a.ldc, bias, init);
-          else
-            edge_tile<S>(rows, n1 - p0, A, lda, panel, steps, C, a.ldc, bias, init, tile);
-        }
+        if (n1 - p0 >= NR)
+          micro_rows<S, MR>(rows, A, lda, panel, steps, C, a.ldc, bias, init);
+        else
+          edge_tile<S>(rows, n1 - p0, A, lda, panel, steps, C, a.ldc, bias, init, tile);
         next.fetch(per_tile);
         caller.lines.fetch(caller.per_tile);
       }
@@ -367,16 +354,76 @@ void matmul_many_rows(const MatmulArgs& a, const uint16_t* B, int64_t n_begin, i
 #endif
 }
 
-// Few rows, B stored [K, N] (row-major, HF Conv1D): y_m += a_mk · B[k, :],
-// sixteen rows of B at a time, so each output is loaded and stored once per
-// sixteen rows (four FMA chains hide the latency). Fewer rows per pass left a
-// core reading [K, N] weights ~25 % slower than one reading [N, K] rows; at 16
-// they stream alike. Chunks are long (32 KB of outputs over all M rows; whole
-// rows of GPT-2's B for one row of A) so that B is read in long runs.
+// Few rows, B stored [K, N] (row-major, HF Conv1D): y_m += a_mk · B[k, :].
+// One step takes G rows of B for MM rows of A: each vector of B is loaded
+// once for all MM rows, and each output is loaded and stored once per G rows.
+template <int MM, int G, class W>
+void small_rows_step(const MatmulArgs& a, const W* Bw, int64_t m0, int64_t k, int64_t c0, int64_t cw) {
+  // Two FMA chains per row of A whatever MM is, so that a row's sums do not
+  // depend on how many rows share its call (a batch gives each row's result).
+  constexpr int kChains = 2;
+  const int64_t sk = a.b_stride_k;
+  const float* A = a.A + m0 * a.lda + k;
+  float* C = a.C + m0 * a.ldc + c0;
+  const W* b = Bw + k * sk + c0;
+  vf xs[MM][G];  // (beyond the register file, the compiler keeps them on the stack: still one load each)
+  for (int m = 0; m < MM; ++m)
+    for (int r = 0; r < G; ++r) xs[m][r] = vset1(A[m * a.lda + r]);
+  int64_t j = 0;
+  for (; j + VL <= cw; j += VL) {
+    vf acc[MM][kChains];
+    for (int m = 0; m < MM; ++m)
+      for (int c = 0; c < kChains; ++c) acc[m][c] = vzero();
+#pragma GCC unroll 16
+    for (int r = 0; r < G; ++r) {
+      const vf bv = vload_w(b + r * sk + j);
+      for (int m = 0; m < MM; ++m) acc[m][r % kChains] = vfma(xs[m][r], bv, acc[m][r % kChains]);
+    }
+    for (int m = 0; m < MM; ++m) {
+      vf sum = vload(C + m * a.ldc + j);
+      for (int c = 0; c < kChains; ++c) sum = vadd(sum, acc[m][c]);
+      vstore(C + m * a.ldc + j, sum);
+    }
+  }
+  for (; j < cw; ++j)
+    for (int m = 0; m < MM; ++m) {
+      float v = 0.f;
+      for (int r = 0; r < G; ++r) v += A[m * a.lda + r] * load_w(b + r * sk + j);
+      C[m * a.ldc + j] += v;
+    }
+}
+
+// G rows of B (from row k) for every row of A, four rows of A at a time: the
+// block of B is read from memory once, and from cache for the next rows of A.
+template <int G, class W>
+void small_rows_group(const MatmulArgs& a, const W* Bw, int64_t k, int64_t c0, int64_t cw) {
+  int64_t m = 0;
+  for (; m + 4 <= a.M; m += 4) small_rows_step<4, G>(a, Bw, m, k, c0, cw);
+  switch (a.M - m) {
+    case 3: small_rows_step<3, G>(a, Bw, m, k, c0, cw); break;
+    case 2: small_rows_step<2, G>(a, Bw, m, k, c0, cw); break;
+    case 1: small_rows_step<1, G>(a, Bw, m, k, c0, cw); break;
+    default: break;
+  }
+}
+
+// Sixteen rows of B per step, but eight where B's rows lie a multiple of
+// 4 KiB apart (GPT-2's MLP in float32): such rows fall in one L1 set, which
+// has eight ways, and sixteen streams there ran ~20 % slower.
+template <class W>
+void small_rows_chunk(const MatmulArgs& a, const W* Bw, int64_t c0, int64_t cw) {
+  const bool same_set = (a.b_stride_k * static_cast<int64_t>(sizeof(W))) % 4096 == 0;
+  const int G = same_set ? 8 : 16;
+  int64_t k = 0;
+  for (; k + G <= a.K; k += G)
+    if (same_set) small_rows_group<8>(a, Bw, k, c0, cw);
+    else small_rows_group<16>(a, Bw, k, c0, cw);
+  for (; k < a.K; ++k) small_rows_group<1>(a, Bw, k, c0, cw);
+}
+
 template <class W>
 void matmul_small_rows(const MatmulArgs& a, const W* Bw, int64_t n_begin, int64_t n_end) {
-  constexpr int kGroup = 16;
-  const int64_t chunk = 8192 / a.M, sk = a.b_stride_k;
+  const int64_t chunk = 8192 / a.M;  // 32 KB of outputs over all M rows
   for (int64_t c0 = n_begin; c0 < n_end; c0 += chunk) {
     const int64_t cw = n_end - c0 < chunk ? n_end - c0 : chunk;
     for (int64_t m = 0; m < a.M; ++m) {
@@ -384,32 +431,7 @@ void matmul_small_rows(const MatmulArgs& a, const W* Bw, int64_t n_begin, int64_
       if (!a.accumulate)
         for (int64_t j = 0; j < cw; ++j) y[j] = a.bias ? a.bias[c0 + j] : 0.f;
     }
-    int64_t k = 0;
-    for (; k + kGroup <= a.K; k += kGroup) {
-      const W* b = Bw + k * sk + c0;
-      for (int64_t m = 0; m < a.M; ++m) {  // a second row of A finds this block of B in L2
-        const float* x = a.A + m * a.lda + k;
-        vf xs[kGroup];
-        for (int r = 0; r < kGroup; ++r) xs[r] = vset1(x[r]);
-        float* y = a.C + m * a.ldc + c0;
-        int64_t j = 0;
-        for (; j + VL <= cw; j += VL) {
-          vf acc[4] = {vload(y + j), vzero(), vzero(), vzero()};
-#pragma GCC unroll 16
-          for (int r = 0; r < kGroup; ++r) acc[r % 4] = vfma(xs[r], vload_w(b + r * sk + j), acc[r % 4]);
-          vstore(y + j, vadd(vadd(acc[0], acc[1]), vadd(acc[2], acc[3])));
-        }
-        for (; j < cw; ++j) {
-          float v = 0.f;
-          for (int r = 0; r < kGroup; ++r) v += x[r] * load_w(b + r * sk + j);
-          y[j] += v;
-        }
-      }
-    }
-    for (; k < a.K; ++k) {
-      const W* b = Bw + k * sk + c0;
-      for (int64_t m = 0; m < a.M; ++m) axpy_w(a.C + m * a.ldc + c0, a.A[m * a.lda + k], b, cw);
-    }
+    small_rows_chunk(a, Bw, c0, cw);
   }
 }
 
@@ -429,7 +451,7 @@ void matmul_small_dots(const MatmulArgs& a, const W* Bw, int64_t n_begin, int64_
 
 template <class W>
 void matmul_any(const MatmulArgs& a, const W* Bw, int64_t n_begin, int64_t n_end) {
-  if (a.M <= kMatmulSmallM && a.b_stride_n == 1)
+  if (a.b_stride_n == 1 && matmul_streams_b(table(), a.M, a.b_stride_n, a.B16 != nullptr))
     matmul_small_rows(a, Bw, n_begin, n_end);
   else if (a.M <= kMatmulSmallM && a.b_stride_k == 1)
     matmul_small_dots(a, Bw, n_begin, n_end);

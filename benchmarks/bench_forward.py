@@ -54,13 +54,14 @@ def bandwidth_row(id: str, task: str, seconds_per_token, bytes_per_token: int, r
                note=f"{bytes_per_token / 2**20:.0f} MiB of weights per token; median of {repeats} paired runs")
 
 
-def forward_rows(model, hf, *, tokens=(128, 512, 1024), decode_tokens: int = 32, prompt_tokens: int = 128,
-                 repeats: int = 3, targets: bool = True, prefix: str = "") -> list:
-    """Prefill (all logits) of each of `tokens` and decode after a prompt,
-    tinymech `model` vs transformers `hf` (same weights). Rows `prefix +
-    "prefill-N"` and `prefix + "decode"` in tok/s, ratio tinymech / HF; each
-    row's `seconds` is tinymech's time. targets=False leaves the issue's
-    GPT-2-small targets off."""
+def forward_rows(model, hf, *, tokens=(8, 128, 512, 1024), decode_tokens: int = 32, prompt_tokens: int = 128,
+                 decode_batch: int = 8, repeats: int = 3, targets: bool = True, prefix: str = "") -> list:
+    """Prefill (all logits) of each of `tokens`, decode after a prompt, and
+    (decode_batch > 1) decode a batch of that many prompts, tinymech `model` vs
+    transformers `hf` (same weights). Rows `prefix + "prefill-N"`, `prefix +
+    "decode"` and `prefix + "decode-batch"` in tok/s (a batch's: tokens of all
+    its sequences), ratio tinymech / HF; each row's `seconds` is tinymech's
+    time. targets=False leaves the issue's GPT-2-small targets off."""
     import torch
 
     vocab = model.cfg.d_vocab
@@ -82,6 +83,14 @@ def forward_rows(model, hf, *, tokens=(128, 512, 1024), decode_tokens: int = 32,
     rows.append(bandwidth_row(f"{prefix}decode-bandwidth", f"{prefix}decode: weight bytes read / s vs bandwidth",
                               lambda: tinymech_decode_seconds(model, prompt, decode_tokens) / decode_tokens,
                               decode_bytes_per_token(hf), repeats, BANDWIDTH_TARGET if targets else None))
+    if decode_batch > 1:
+        prompts = random_tokens(vocab, prompt_tokens, seed=2, batch=decode_batch)
+        ours, ref = measured_interleaved([lambda: tinymech_decode_seconds(model, prompts, decode_tokens),
+                                          lambda: hf_decode_seconds(hf, prompts, decode_tokens)], repeats)
+        made = decode_batch * decode_tokens
+        rows.append(row(f"{prefix}decode-batch", f"{prefix}decode, batch of {decode_batch}, after {prompt_tokens} tokens",
+                        made / ours, made / ref, "tok/s", ref / ours, ref_name="HF", seconds=ours / decode_tokens,
+                        tokens=decode_tokens, prompt=prompt_tokens, batch=decode_batch))
     return rows
 
 
@@ -132,6 +141,8 @@ def print_forward_rows(rows) -> None:
             task, digits = "decode bytes (GB/s)", 1
         elif r["id"].endswith("decode"):
             task, digits = f"decode after {r['prompt']} (tok/s)", 1
+        elif r["id"].endswith("decode-batch"):
+            task, digits = f"decode x{r['batch']} after {r['prompt']} (tok/s)", 1
         else:
             task, digits = f"prefill {r['tokens']} tokens (tok/s)", 0
         print(f"{task:<28}{r['tinymech']:>14.{digits}f}{r['reference']:>14.{digits}f}{r['ratio']:>8.2f}x")

@@ -65,9 +65,9 @@ def best_measured(measure, repeats: int = 3) -> float:
     return min(measure() for _ in range(max(1, repeats)))
 
 
-def random_tokens(vocab_size: int, n: int, seed: int = 0) -> np.ndarray:
-    """[1, n] token ids, the same for the same seed."""
-    return np.random.default_rng(seed).integers(0, vocab_size, (1, n))
+def random_tokens(vocab_size: int, n: int, seed: int = 0, batch: int = 1) -> np.ndarray:
+    """[batch, n] token ids, the same for the same seed."""
+    return np.random.default_rng(seed).integers(0, vocab_size, (batch, n))
 
 
 def hf_decode_seconds(hf, prompt, steps: int) -> float:
@@ -90,8 +90,8 @@ def hf_decode_seconds(hf, prompt, steps: int) -> float:
 
 def tinymech_decode_seconds(model, prompt, steps: int) -> float:
     """Seconds for `steps` greedy decode steps of a tinymech model after
-    `prompt` with its KV cache (the prefill is not counted)."""
-    cache = model.new_cache()
+    `prompt` ([batch, pos]) with its KV cache (the prefill is not counted)."""
+    cache = model.new_cache(len(prompt))
     logits = model.forward(prompt, cache=cache, logits="last")
     t0 = time.perf_counter()
     for _ in range(steps):

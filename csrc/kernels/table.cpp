@@ -8,8 +8,10 @@ constexpr bool kBf16DotProducts = true;
 #else
 constexpr bool kBf16DotProducts = false;
 #endif
-// Where streaming [K, N] weights stops beating packing them (measured on
-// Zen 4 in alternation, float32: about 16 rows with 16 lanes, 12 with 8).
+// Rows up to which streaming [K, N] weights beats packing them (measured on
+// Zen 4 in alternation, float32 weights from memory: with 16 lanes streaming
+// was 1.2-1.9x faster up to 16 rows and slower from 24; with 8 lanes, 1.2-2x
+// up to 8 rows and about even at 12).
 constexpr int64_t kStreamRowsKN = tm_simd::VL >= 16 ? 16 : 8;
 const KernelTable& table() {
   static const KernelTable t = {TM_STR(TM_ARCH), kBf16DotProducts, kStreamRowsKN, matmul_cols, dot, axpy,

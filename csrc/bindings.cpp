@@ -330,6 +330,19 @@ PYBIND11_MODULE(_core, m) {
 
   m.def("set_num_threads", &tmech::set_num_threads, py::arg("n"));
   m.def("get_num_threads", &tmech::num_threads);
+  m.def("to_bf16", [](FloatArray x, bool transpose) {
+    if (transpose && x.ndim() != 2) throw std::invalid_argument("only a 2-D array can be transposed");
+    std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
+    const int64_t rows = x.ndim() == 2 ? x.shape(0) : 1, cols = x.ndim() == 2 ? x.shape(1) : x.size();
+    if (transpose) std::swap(shape[0], shape[1]);
+    py::array_t<uint16_t> out(shape);
+    {
+      py::gil_scoped_release nogil;
+      tmech::to_bf16_matrix(x.data(), rows, cols, transpose, out.mutable_data());
+    }
+    return out;
+  }, py::arg("x"), py::arg("transpose") = false,
+     "float32 -> bfloat16 bits (uint16), to nearest, ties to even, as torch rounds; transposed if asked");
   m.def("release_pooled_buffers", &tmech::release_pooled_buffers,
         "frees the kept buffers of dropped activation caches; returns the bytes given back");
   m.def("hook_names", [](int64_t n_layers) {

@@ -23,6 +23,12 @@ const uint32_t* round_to_pairs(const float* A, int64_t M, int64_t K, int64_t lda
 void layernorm_rows(const float* x, int64_t rows, int64_t n, float eps, const float* w,
                     const float* b, float* out);
 
+// x[rows, cols] as bfloat16 bits, to nearest, ties to even (subnormals kept,
+// NaN as 0x7FC0: torch's rounding), into out[rows, cols], or out[cols, rows]
+// when transpose; over the threads (loading a model in bf16 converts every
+// weight matrix).
+void to_bf16_matrix(const float* x, int64_t rows, int64_t cols, bool transpose, uint16_t* out);
+
 void gelu_new_rows(float* x, int64_t count);
 void add_inplace(float* x, const float* y, int64_t count);  // x += y
 

@@ -82,6 +82,27 @@ def test_dot_product_rounding_is_to_nearest_even(variant):
     np.testing.assert_array_equal(out, rounded_if_dot(A) * from_bf16(B16))
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_to_bf16_transposed_over_threads(threads):
+    """The loader's conversion: any shape, transposed or not, over any number
+    of threads, the same bits as element-wise rounding."""
+    rng = np.random.default_rng(5)
+    before = _core.get_num_threads()
+    _core.set_num_threads(threads)
+    try:
+        for shape in ((1, 1), (1, 5), (37, 29), (17, 16), (300, 70), (3, 1000)):
+            x = rng.standard_normal(shape, dtype=np.float32)
+            x[0, 0] = np.nan
+            np.testing.assert_array_equal(to_bf16(x, transpose=True), to_bf16(x).T)
+        x = rng.standard_normal((2, 3, 70000), dtype=np.float32)  # several chunks per thread
+        np.testing.assert_array_equal(to_bf16(x).reshape(-1), to_bf16(x.reshape(-1)))
+        assert to_bf16(np.zeros((0, 4), np.float32), transpose=True).shape == (4, 0)
+    finally:
+        _core.set_num_threads(before)
+    with pytest.raises(ValueError, match="2-D"):
+        to_bf16(np.ones(3, np.float32), transpose=True)
+
+
 def test_round_bf16_kernel_matches_to_bf16(variant):
     """The core's float32 -> bfloat16 rounding (attention's keys and values in a
     bf16 prefill) is to_bf16's, body and tail; AVX512-BF16 flushes subnormals to zero."""

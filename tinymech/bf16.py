@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _core
+
 MATRIX_KEYS = ("wte", "unembed")
 LAYER_MATRIX_KEYS = ("qkv_w", "out_w", "gate_w", "fc_w", "proj_w")
 DTYPES = {"float32": "float32", "fp32": "float32", "f32": "float32", "bf16": "bf16", "bfloat16": "bf16"}
@@ -27,17 +29,11 @@ def canonical_dtype(dtype: str) -> str:
         raise ValueError(f"dtype must be 'float32' or 'bf16', not {dtype!r}") from None
 
 
-def to_bf16(x: np.ndarray, chunk: int = 1 << 22) -> np.ndarray:
+def to_bf16(x: np.ndarray, transpose: bool = False) -> np.ndarray:
     """float32 -> bfloat16 bits (uint16), rounding to nearest, ties to even;
-    NaN stays NaN. Converted in chunks so a large matrix needs little scratch."""
-    flat = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
-    out = np.empty(flat.shape, dtype=np.uint16)
-    for i in range(0, flat.size, chunk):
-        bits = flat[i : i + chunk].view(np.uint32)
-        rounded = (bits + (np.uint32(0x7FFF) + ((bits >> 16) & 1))) >> 16
-        rounded = np.where(np.isnan(flat[i : i + chunk]), np.uint32(0x7FC0), rounded)
-        out[i : i + chunk] = rounded.astype(np.uint16)
-    return out.reshape(x.shape)
+    NaN stays NaN. transpose: a 2-D x comes out [cols, rows]. Converted by the
+    core over its threads (a model's matrices in one pass each)."""
+    return _core.to_bf16(np.ascontiguousarray(x, dtype=np.float32), transpose)
 
 
 def from_bf16(h: np.ndarray) -> np.ndarray:
@@ -57,7 +53,7 @@ def bf16_core_weights(weights: dict, transpose_layers: bool = False) -> dict:
             return None
         key = (id(a), transpose)  # one array may be wanted both ways
         if key not in converted:
-            converted[key] = to_bf16(a.T if transpose else a)
+            converted[key] = to_bf16(a, transpose)
         return converted[key]
 
     out = {k: (convert(v) if k in MATRIX_KEYS else v) for k, v in weights.items() if k != "layers"}

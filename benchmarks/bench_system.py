@@ -3,7 +3,7 @@ length and threads, on a random GPT-2-small-shaped checkpoint.
 
     python benchmarks/bench_system.py [--layers 12] [--repeats 3]
 
-load_time_rows(path)             tm.load of a save_pretrained directory (memory-mapped), best of 3
+load_time_rows(path)             tm.load of a save_pretrained directory (memory-mapped; and in bf16), best of 3
 peak_rss_rows(path, threads)     peak RSS growth of loading + one 512-token forward, or + generating 64
                                  tokens after it, over the weights' bytes, measured in fresh interpreters
 length_scaling_rows(model, ...)  per-token prefill time at 1024 tokens vs 512
@@ -32,7 +32,10 @@ def load_time_rows(path, repeats: int = 3) -> list:
     import tinymech as tm
 
     seconds = best_time(lambda: tm.load(path), repeats)
-    return [row("load", f"tm.load (memory-mapped), best of {repeats}", seconds, unit="s", target=LOAD_TARGET)]
+    bf16 = best_time(lambda: tm.load(path, dtype="bf16"), repeats)
+    return [row("load", f"tm.load (memory-mapped), best of {repeats}", seconds, unit="s", target=LOAD_TARGET),
+            row("load-bf16", f"tm.load(dtype=\"bf16\"), best of {repeats}", bf16, unit="s",
+                note="every matrix rounded to bfloat16 and stored [out, in]")]
 
 
 def weight_bytes(path) -> int:

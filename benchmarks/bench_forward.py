@@ -14,7 +14,7 @@ from __future__ import annotations
 
 
 from report import row, target
-from timing import (bench_parser, best_measured, hf_decode_seconds, measured_interleaved, random_tokens,
+from timing import (bench_parser, hf_decode_seconds, measured_interleaved, random_tokens,
                     times_interleaved, tinymech_decode_seconds)
 
 # the issue's targets, as tinymech speed / HF fp32 speed
@@ -95,10 +95,10 @@ def forward_rows(model, hf, *, tokens=(8, 128, 512, 1024), decode_tokens: int = 
 
 
 def bf16_rows(path, model, hf, *, prefill_tokens: int = 512, decode_tokens: int = 32, prompt_tokens: int = 128,
-              repeats: int = 3, fp32_rows=None) -> list:
+              repeats: int = 3) -> list:
     """tinymech's bf16 weight mode (loaded from `path`): decode vs HF fp32
-    (reusing fp32_rows' HF decode when given), prefill vs HF in bfloat16, and
-    the largest logit difference from the float32 `model`."""
+    (timed in turn, as every ratio here), prefill vs HF in bfloat16, and the
+    largest logit difference from the float32 `model`."""
     import copy
 
     import numpy as np
@@ -109,10 +109,8 @@ def bf16_rows(path, model, hf, *, prefill_tokens: int = 512, decode_tokens: int 
     bf16 = tm.load(path, dtype="bf16")
     vocab = model.cfg.d_vocab
     prompt = random_tokens(vocab, prompt_tokens, seed=1)
-    ours = best_measured(lambda: tinymech_decode_seconds(bf16, prompt, decode_tokens), repeats)
-    hf_decode = next((r for r in fp32_rows or () if r["id"] == "decode"), None)
-    ref = (decode_tokens / hf_decode["reference"] if hf_decode
-           else best_measured(lambda: hf_decode_seconds(hf, prompt, decode_tokens), repeats))
+    ours, ref = measured_interleaved([lambda: tinymech_decode_seconds(bf16, prompt, decode_tokens),
+                                      lambda: hf_decode_seconds(hf, prompt, decode_tokens)], repeats)
     rows = [row("bf16-decode", f"bf16 weights: decode after {prompt_tokens} tokens", decode_tokens / ours,
                 decode_tokens / ref, "tok/s", ref / ours, ref_name="HF fp32", target=BF16_DECODE_TARGET),
             bandwidth_row("bf16-decode-bandwidth", "bf16 weights: decode bytes read / s vs bandwidth",

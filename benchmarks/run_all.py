@@ -82,7 +82,7 @@ def run(args) -> tuple:
                 if name == "forward":
                     step(name, lambda: forward_rows(model, hf, repeats=reps))
                 elif name == "bf16":
-                    step(name, lambda: bf16_rows(path, model, hf, repeats=reps, fp32_rows=by_name.get("forward")))
+                    step(name, lambda: bf16_rows(path, model, hf, repeats=reps))
                 elif name == "hooks":
                     step(name, lambda: hooks_rows(model, make_tl(hf), repeats=reps))
                 elif name == "tlbridge":

@@ -17,10 +17,11 @@ import os
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from report import Skipped, find, row, target
-from timing import bench_parser, best_time, tinymech_prefill_seconds
+from report import Skipped, row, target
+from timing import bench_parser, best_time, measured_interleaved, random_tokens, times_interleaved
 
 LOAD_TARGET = target("<", 0.5, of="value")  # seconds
 RSS_TARGET = target("<=", 1.15)  # peak RSS growth / weight bytes
@@ -105,32 +106,40 @@ def peak_rss_rows(path, threads: int, tokens: int = 512) -> list:
     return rows
 
 
-def length_scaling_rows(model, repeats: int = 3, forward_rows=None) -> list:
-    """Per-token prefill time at 1024 tokens / at 512; taken from
-    bench_forward's rows when given (same run), measured otherwise."""
-    seconds = {}
-    for n in (512, 1024):
-        r = find(forward_rows, f"prefill-{n}")
-        seconds[n] = r["seconds"] if r else tinymech_prefill_seconds(model, n, repeats)
-    per_token = {n: s / n * 1e3 for n, s in seconds.items()}
+def length_scaling_rows(model, repeats: int = 3) -> list:
+    """Per-token prefill time at 1024 tokens / at 512, the two timed in turn."""
+    lengths = (512, 1024)
+    ids = [random_tokens(model.cfg.d_vocab, n, seed=n) for n in lengths]
+    seconds = times_interleaved([lambda: model(ids[0]), lambda: model(ids[1])], repeats)
+    per_token = {n: s / n * 1e3 for n, s in zip(lengths, seconds)}
     return [row("length-scaling", "prefill per-token time, 1024 tokens / 512", per_token[1024], per_token[512],
                 "ms/tok", per_token[1024] / per_token[512], ref_name="512 tokens", target=LENGTH_TARGET)]
 
 
 def thread_scaling_rows(model, repeats: int = 3, tokens: int = 512) -> list:
-    """Prefill speed with 2 threads / with 1 (the core's thread count is restored)."""
+    """Prefill speed with 2 threads / with 1, timed in turn (the core's thread
+    count is restored)."""
     import tinymech as tm
 
     if (os.cpu_count() or 1) < 2:
         raise Skipped("needs at least 2 cores")
-    before = tm.get_num_threads()
-    speed = {}
-    try:
-        for threads in (1, 2):
+    ids = random_tokens(model.cfg.d_vocab, tokens, seed=tokens)
+
+    def prefill_with(threads):
+        def measure():
             tm.set_num_threads(threads)
-            speed[threads] = tokens / tinymech_prefill_seconds(model, tokens, repeats)
+            model(ids)  # the pool's new threads start and size their buffers outside the timing
+            t0 = time.perf_counter()
+            model(ids)
+            return time.perf_counter() - t0
+        return measure
+
+    before = tm.get_num_threads()
+    try:
+        one, two = measured_interleaved([prefill_with(1), prefill_with(2)], repeats)
     finally:
         tm.set_num_threads(before)
+    speed = {1: tokens / one, 2: tokens / two}
     return [row("thread-scaling", f"prefill {tokens} tokens, 2 threads / 1 thread", speed[2], speed[1], "tok/s",
                 speed[2] / speed[1], ref_name="1 thread", target=THREADS_TARGET)]
 

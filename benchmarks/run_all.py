@@ -92,7 +92,7 @@ def run(args) -> tuple:
                 elif name == "rss":
                     step(name, lambda: peak_rss_rows(path, args.threads))
                 elif name == "length":
-                    step(name, lambda: length_scaling_rows(model, reps, forward_rows=by_name.get("forward")))
+                    step(name, lambda: length_scaling_rows(model, reps))
                 elif name == "threads":
                     step(name, lambda: thread_scaling_rows(model, reps))
                 elif name == "llamacpp":

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from tinymech import _core
+from tinymech.bf16 import from_bf16
 
 K = _core.kernels
 VARIANTS = K.available()
@@ -76,6 +77,26 @@ def test_streamed_rows_are_repeatable_and_batch_invariant(variant, threads, bf16
         np.testing.assert_array_equal(K.matmul(A[:rows], B, None, False), alone)
     finally:
         _core.set_num_threads(before)
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_rows_against_out_in_weights_do_not_depend_on_the_batch(variant, bf16):
+    """Between small_rows() and 16 rows, B stored [N, K] (a Llama's Linear
+    weights, an unembedding) goes through dot-product tiles of 4 rows (16-lane
+    variants) or is packed; either way a row's sums run in an order of their
+    own, so 5 rows give the bits the same rows give within 16."""
+    rng = np.random.default_rng(11)
+    A = rng.standard_normal((16, 333), dtype=np.float32)
+    B = rng.standard_normal((203, 333), dtype=np.float32)
+    if bf16:
+        B = K.round_bf16(B)
+    bias = rng.standard_normal(203, dtype=np.float32)
+    few, many = K.matmul(A[:5], B, bias, True), K.matmul(A, B, bias, True)
+    np.testing.assert_array_equal(few, many[:5])
+    B32 = from_bf16(B) if bf16 else B
+    A_used = from_bf16(K.round_bf16(A)) if bf16 and K.bf16_dot_products() else A
+    ref = A_used.astype(np.float64) @ B32.T.astype(np.float64) + bias
+    assert np.abs(many - ref).max() <= 1e-5 * np.abs(ref).max()
 
 
 def test_machine_probes():

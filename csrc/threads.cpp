@@ -1,5 +1,7 @@
 #include "threads.hpp"
 
+#include "default_threads.hpp"
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -58,7 +60,7 @@ class Pool {
 
   void resize(int n) {
     std::lock_guard<std::mutex> call(call_mutex_);
-    if (n <= 0) n = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    if (n <= 0) n = default_thread_count();
     stop();
     scratch_.resize(static_cast<size_t>(n));
     quit_ = false;

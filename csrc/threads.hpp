@@ -1,4 +1,4 @@
-// One process-wide thread pool, sized once (all hardware threads by default)
+// One process-wide thread pool, sized once (default_thread_count() threads)
 // and resizable with set_num_threads. parallel_for splits [0, n) into
 // contiguous chunks, which the calling thread and the workers take in turn:
 // a thread may run several chunks, one after the other, with its own index.
@@ -10,7 +10,7 @@
 
 namespace tmech {
 
-void set_num_threads(int n);  // n <= 0: all hardware threads
+void set_num_threads(int n);  // n <= 0: default_thread_count()
 int num_threads();
 
 // fn(begin, end, thread_index), once per chunk. Chunks are split on multiples

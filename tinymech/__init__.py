@@ -92,7 +92,9 @@ def load(
 
 
 def set_num_threads(n: int) -> None:
-    """Threads used by the core (0 or less: all hardware threads)."""
+    """Threads used by the core. 0 or less: the default, which is
+    TINYMECH_NUM_THREADS or else OMP_NUM_THREADS when set, else the physical
+    cores among the CPUs this process may run on (its affinity mask)."""
     _core.set_num_threads(int(n))
 
 

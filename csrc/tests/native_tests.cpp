@@ -11,8 +11,10 @@
 #include <stdexcept>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
+#include "default_threads.hpp"
 #include "float_buffers.hpp"
 #include "forward.hpp"
 #include "hooks.hpp"
@@ -510,8 +512,19 @@ void test_parallel_for() {
   set_num_threads(0);
 }
 
+// Thread counts from the environment: a positive whole number, or the first
+// of OMP_NUM_THREADS's comma-separated list; anything else is ignored.
+void test_thread_count_parse() {
+  const std::pair<const char*, int> cases[] = {{"4", 4}, {"1", 1}, {"16,2", 16}, {"0", 0}, {"-2", 0}, {"", 0},
+                                               {"abc", 0}, {"3x", 0}, {" 2", 0}, {"99999999999", 0}, {nullptr, 0}};
+  for (const auto& [text, want] : cases)
+    check(parse_thread_count(text) == want, std::string("parse_thread_count(\"") + (text ? text : "null") + "\")");
+  check(default_thread_count() >= 1, "default_thread_count() >= 1");
+}
+
 int main() {
   std::mt19937 rng(1234);
+  test_thread_count_parse();
   test_parallel_for();
   test_float_buffers();
   const KernelTable* variants[8];

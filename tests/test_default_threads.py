@@ -8,7 +8,10 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import tinymech
+
+# the child imports the same tinymech as this process (installed, or the source tree)
+PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(tinymech.__file__)))
 
 
 def threads_in_fresh_process(env_overrides: dict, cpus=None) -> int:
@@ -16,7 +19,7 @@ def threads_in_fresh_process(env_overrides: dict, cpus=None) -> int:
     code = f"import os; {pin}import tinymech; print(tinymech.get_num_threads())"
     env = {k: v for k, v in os.environ.items() if k not in ("TINYMECH_NUM_THREADS", "OMP_NUM_THREADS")}
     env.update(env_overrides)
-    env["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+    env["PYTHONPATH"] = os.pathsep.join([PACKAGE_PARENT] + [p for p in [os.environ.get("PYTHONPATH")] if p])
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     return int(out.stdout.strip())
 
@@ -53,8 +56,7 @@ def test_a_bad_environment_value_is_ignored():
 
 
 def test_set_num_threads_zero_restores_the_default():
-    import tinymech as tm
-
+    tm = tinymech
     before = tm.get_num_threads()
     try:
         tm.set_num_threads(3)

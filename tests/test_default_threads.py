@@ -20,7 +20,9 @@ def threads_in_fresh_process(env_overrides: dict, cpus=None) -> int:
     env = {k: v for k, v in os.environ.items() if k not in ("TINYMECH_NUM_THREADS", "OMP_NUM_THREADS")}
     env.update(env_overrides)
     env["PYTHONPATH"] = os.pathsep.join([PACKAGE_PARENT] + [p for p in [os.environ.get("PYTHONPATH")] if p])
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    # (run from there too: `python -c` puts the working directory first on sys.path)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=PACKAGE_PARENT)
+    assert out.returncode == 0, out.stderr
     return int(out.stdout.strip())
 
 

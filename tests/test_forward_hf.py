@@ -19,7 +19,9 @@ def pair(request, tmp_path_factory):
 def test_logits_match_hf(pair, batch):
     hf, model = pair
     rng = np.random.default_rng(batch)
-    for length in (1, 7, model.cfg.n_ctx):
+    # 7 and 16 rows (batch 1): weights streamed and dot-product tiles; 17 and
+    # more: packed
+    for length in (1, 7, 16, 17, model.cfg.n_ctx):
         tokens = rng.integers(0, model.cfg.d_vocab, (batch, length))
         ours = model(tokens)
         assert ours.shape == (batch, length, model.cfg.d_vocab) and ours.dtype == np.float32

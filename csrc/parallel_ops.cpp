@@ -66,7 +66,7 @@ void matmul(const float* A, int64_t M, int64_t K, int64_t lda, Matrix B, int64_t
             bool accumulate) {
   const KernelTable& kt = kernels::active();
   MatmulArgs base{M, N, K, A, lda, B.f32, b_stride_k, b_stride_n, bias, C, ldc, accumulate, nullptr, B.bf16};
-  if (b_stride_n == 1 && matmul_streams_b(kt, M, b_stride_n, B.bf16 != nullptr) && K >= 128 && num_threads() > 1) {
+  if (matmul_streams_rows(kt, M, b_stride_n, B.bf16 != nullptr) && K >= 128 && num_threads() > 1) {
     matmul_split_k(base);
     return;
   }

@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 
-
 import tinymech
 
 # the child imports the same tinymech as this process (installed, or the source tree)

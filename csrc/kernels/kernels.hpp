@@ -45,7 +45,7 @@ struct KernelTable {
   // use bfloat16 dot products: A is then rounded to bfloat16 too.
   bool bf16_dot_products;
   // Rows of A up to which a matmul over B stored [K, N] streams B once rather
-  // than packing it (see matmul_streams_b).
+  // than packing it (see matmul_streams_rows).
   int64_t stream_rows_kn;
   void (*matmul_cols)(const MatmulArgs& a, int64_t n_begin, int64_t n_end);
   float (*dot)(const float* a, const float* b, int64_t n);
@@ -95,12 +95,14 @@ constexpr int64_t matmul_a_pairs_words(int64_t M, int64_t K) {
 // Up to this many rows of A, the kernel streams B once instead of packing it
 // (the decode path, bound by memory bandwidth), whatever B's layout.
 constexpr int64_t kMatmulSmallM = 4;
-// Over B stored [K, N], B is streamed for up to the variant's stream_rows_kn
-// rows (short prompts, batched decoding: packing copies all of B for a few
-// uses), unless B is bfloat16 and the variant has bfloat16 dot products, which
-// do twice the work per instruction in the packed path.
-inline bool matmul_streams_b(const KernelTable& kt, int64_t M, int64_t b_stride_n, bool bf16) {
-  return M <= kMatmulSmallM || (b_stride_n == 1 && !(bf16 && kt.bf16_dot_products) && M <= kt.stream_rows_kn);
+// Whether a matmul streams B stored [K, N] row by row: up to kMatmulSmallM
+// rows, and up to the variant's stream_rows_kn (short prompts, batched
+// decoding: packing copies all of B for a few uses) unless B is bfloat16 and
+// the variant has bfloat16 dot products, which do twice the work per
+// instruction in the packed path.
+inline bool matmul_streams_rows(const KernelTable& kt, int64_t M, int64_t b_stride_n, bool bf16) {
+  return b_stride_n == 1 &&
+         (M <= kMatmulSmallM || (!(bf16 && kt.bf16_dot_products) && M <= kt.stream_rows_kn));
 }
 
 namespace kernels {

@@ -1,7 +1,7 @@
 // Matrix multiply C = A·B (+ bias) for one range of output columns.
 //
 // Two paths:
-// - few rows (decode, short prompts; matmul_streams_b, kDotTileRows): stream
+// - few rows (decode, short prompts; matmul_streams_rows, kDotTileRows): stream
 //   B once, row by row or column by column depending on its layout; bound by
 //   memory bandwidth.
 // - many rows (prefill): pack a KC x NC block of B into NR-wide panels, then
@@ -516,7 +516,7 @@ void matmul_dot_tiles(const MatmulArgs& a, const W* Bw, int64_t n_begin, int64_t
 
 template <class W>
 void matmul_any(const MatmulArgs& a, const W* Bw, int64_t n_begin, int64_t n_end) {
-  if (a.b_stride_n == 1 && matmul_streams_b(table(), a.M, a.b_stride_n, a.B16 != nullptr))
+  if (matmul_streams_rows(table(), a.M, a.b_stride_n, a.B16 != nullptr))
     matmul_small_rows(a, Bw, n_begin, n_end);
   else if (a.M <= kMatmulSmallM && a.b_stride_k == 1)
     matmul_small_dots(a, Bw, n_begin, n_end);

@@ -406,24 +406,38 @@ PYBIND11_MODULE(_core, m) {
       .def("new_cache", [](PyModel& pm, int64_t batch) { return pm.model->new_cache(batch); }, py::arg("batch"))
       .def("hook_ids", [](PyModel& pm) { return pm.model->hook_ids(); })
       .def("forward",
-           [](PyModel& pm, tmech::KVCache* cache, py::array_t<int32_t, py::array::c_style> tokens,
-              PyHookPlan* plan, const std::string& logits) {
-             if (tokens.ndim() != 2) throw std::invalid_argument("tokens must be [batch, pos]");
-             const int64_t B = tokens.shape(0), T = tokens.shape(1), V = pm.model->config().d_vocab;
+           [](PyModel& pm, tmech::KVCache* cache, std::optional<py::array_t<int32_t, py::array::c_style>> tokens,
+              PyHookPlan* plan, const std::string& logits, int64_t start, int64_t stop,
+              std::optional<FloatArray> resid) {
+             const tmech::ModelConfig& cfg = pm.model->config();
+             if (tokens && tokens->ndim() != 2) throw std::invalid_argument("tokens must be [batch, pos]");
+             if (resid && (resid->ndim() != 3 || resid->shape(2) != cfg.d_model))
+               throw std::invalid_argument("the residual must be [batch, pos, d_model]");
+             if (!tokens && !resid) throw std::invalid_argument("give tokens or a residual");
+             const int64_t B = resid ? resid->shape(0) : tokens->shape(0);
+             const int64_t T = resid ? resid->shape(1) : tokens->shape(1);
+             if (tokens && resid && (tokens->shape(0) != B || tokens->shape(1) != T))
+               throw std::invalid_argument("tokens and residual cover different [batch, pos]");
              tmech::LogitsMode mode = logits == "all" ? tmech::LogitsMode::all
                                    : logits == "last" ? tmech::LogitsMode::last
                                    : logits == "none" ? tmech::LogitsMode::none
                                    : throw std::invalid_argument("logits must be 'all', 'last' or 'none'");
-             std::vector<py::ssize_t> dims = mode == tmech::LogitsMode::all    ? std::vector<py::ssize_t>{B, T, V}
+             const bool returns_resid = stop >= 0;  // an explicit last block: the residual after it
+             const int64_t V = cfg.d_vocab;
+             std::vector<py::ssize_t> dims = returns_resid                     ? std::vector<py::ssize_t>{B, T, cfg.d_model}
+                                             : mode == tmech::LogitsMode::all  ? std::vector<py::ssize_t>{B, T, V}
                                              : mode == tmech::LogitsMode::last ? std::vector<py::ssize_t>{B, V}
-                                                                            : std::vector<py::ssize_t>{0};
+                                                                               : std::vector<py::ssize_t>{0};
              FloatArray out(dims);
+             const tmech::BlockSpan span{start, stop, resid ? resid->data() : nullptr,
+                                         returns_resid ? out.mutable_data() : nullptr};
              {
                py::gil_scoped_release nogil;
-               pm.model->forward(cache, tokens.data(), B, T, plan ? &plan->plan : nullptr, mode,
-                                 out.mutable_data());
+               pm.model->forward(cache, tokens ? tokens->data() : nullptr, B, T, plan ? &plan->plan : nullptr,
+                                 mode, returns_resid ? nullptr : out.mutable_data(), span);
              }
              return out;
            },
-           py::arg("cache"), py::arg("tokens"), py::arg("plan") = nullptr, py::arg("logits") = "all");
+           py::arg("cache"), py::arg("tokens"), py::arg("plan") = nullptr, py::arg("logits") = "all",
+           py::arg("start") = 0, py::arg("stop") = -1, py::arg("resid") = std::nullopt);
 }

@@ -512,9 +512,30 @@ std::vector<int> Model::hook_ids() const {
   return ids;
 }
 
+namespace {
+
+// The blocks this call runs, [start, stop), checked against the model.
+BlockSpan resolve_span(BlockSpan span, int64_t n_layers, bool cached, const int32_t* tokens) {
+  if (span.stop < 0) span.stop = n_layers;
+  if (span.start < 0 || span.start > n_layers || span.stop < span.start || span.stop > n_layers)
+    throw std::invalid_argument("blocks [" + std::to_string(span.start) + ", " + std::to_string(span.stop) +
+                                ") are not a range of this model's " + std::to_string(n_layers) + " layers");
+  if (span.start > 0 && !span.resid_in)
+    throw std::invalid_argument("a forward starting after block 0 needs the residual before its first block");
+  if (span.stop < n_layers && !span.resid_out)
+    throw std::invalid_argument("a forward stopping before the last block returns the residual: give resid_out");
+  if (cached && (span.resid_in || span.resid_out))
+    throw std::invalid_argument("a forward over some of the blocks cannot use a KV cache");
+  if (!tokens && !span.resid_in) throw std::invalid_argument("a forward from the embeddings needs tokens");
+  return span;
+}
+
+}  // namespace
+
 void Model::forward(KVCache* cache, const int32_t* tokens, int64_t batch, int64_t n_tokens,
-                    HookPlan* plan, LogitsMode mode, float* logits) {
+                    HookPlan* plan, LogitsMode mode, float* logits, BlockSpan span) {
   if (batch <= 0 || n_tokens <= 0) throw std::invalid_argument("forward needs at least one token");
+  span = resolve_span(span, cfg_.n_layers, cache != nullptr, tokens);
   if (cache && batch != cache->batch())
     throw std::invalid_argument("tokens have batch " + std::to_string(batch) + " but the cache holds " +
                                 std::to_string(cache->batch()));
@@ -524,7 +545,7 @@ void Model::forward(KVCache* cache, const int32_t* tokens, int64_t batch, int64_
   check_fits_context(past + n_tokens, cfg_.n_ctx);
   if (plan && plan->n_layers() != cfg_.n_layers)
     throw std::invalid_argument("this hook plan was made for another model");
-  for (int64_t i = 0; i < batch * n_tokens; ++i)
+  for (int64_t i = 0; tokens && i < batch * n_tokens; ++i)
     if (tokens[i] < 0 || tokens[i] >= cfg_.d_vocab)
       throw std::out_of_range("token id " + std::to_string(tokens[i]) + " at index " + std::to_string(i) +
                               " is outside the vocabulary [0, " + std::to_string(cfg_.d_vocab) + ")");
@@ -542,10 +563,19 @@ void Model::forward(KVCache* cache, const int32_t* tokens, int64_t batch, int64_
 
   Pass pass{cfg_, w_, cache, plan, ws_, kernels::active(), batch, n_tokens, past, BT, D, Da,
             cfg_.n_heads, cfg_.d_head, cfg_.kv_heads(), cfg_.d_kv(), cfg_.d_qkv()};
+  // With no logits wanted and nothing kept, blocks after the last hooked one change nothing visible.
+  if (!cache && mode == LogitsMode::none && !span.resid_out)
+    span.stop = std::max(span.start, plan ? plan->blocks_reached() : 0);
   if (cfg_.positions == Positions::rotary) pass.rope_tables();
-  pass.embed(tokens);
-  for (int64_t l = 0; l < cfg_.n_layers; ++l) pass.block(l);
-  pass.unembed(mode, logits);
+  if (!span.resid_in)
+    pass.embed(tokens);
+  else
+    std::memcpy(ws_.x.data(), span.resid_in, static_cast<size_t>(BT * D) * sizeof(float));
+  for (int64_t l = span.start; l < span.stop; ++l) pass.block(l);
+  if (span.resid_out)
+    std::memcpy(span.resid_out, ws_.x.data(), static_cast<size_t>(BT * D) * sizeof(float));
+  else if (span.stop == cfg_.n_layers)
+    pass.unembed(mode, logits);
   if (cache) cache->advance(n_tokens);
 }
 

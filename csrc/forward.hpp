@@ -15,6 +15,18 @@ namespace tmech {
 
 enum class LogitsMode { all, last, none };
 
+// The blocks a forward runs, [start, stop) (stop -1: to the last). Given
+// resid_in [batch, n_tokens, d_model] (needed when start > 0), the residual
+// stream before block `start` is read from it instead of embedding tokens.
+// Given resid_out (needed when stop < n_layers), the residual after block
+// stop - 1 is written there and the final norm and unembedding are skipped.
+// Either needs a one-off forward (no KV cache: skipped blocks keep no keys).
+struct BlockSpan {
+  int64_t start = 0, stop = -1;
+  const float* resid_in = nullptr;
+  float* resid_out = nullptr;
+};
+
 class Model {
  public:
   Model(ModelConfig cfg, ModelWeights weights);
@@ -25,9 +37,11 @@ class Model {
   // (null), a one-off forward from position 0: keys and values are read where
   // they were computed and nothing is kept. logits receives
   // [batch, n_tokens, d_vocab] (all), [batch, d_vocab] (last) or nothing.
-  // Thread-safe: calls on one model are serialized.
+  // tokens may be null when span.resid_in is given. A one-off forward that wants no
+  // logits stops after the last block holding an active hook point (nothing
+  // later could be seen). Thread-safe: calls on one model are serialized.
   void forward(KVCache* cache, const int32_t* tokens, int64_t batch, int64_t n_tokens,
-               HookPlan* plan, LogitsMode mode, float* logits);
+               HookPlan* plan, LogitsMode mode, float* logits, BlockSpan span = {});
 
   KVCache new_cache(int64_t batch) const;
 

@@ -156,6 +156,12 @@ bool HookPlan::reads_only(int id) const {
   return true;
 }
 
+int64_t HookPlan::blocks_reached() const {
+  for (int id = count_ - 1; id >= 2; --id)
+    if (active(id)) return std::min<int64_t>(n_layers_, (id - 2) / kLayerKinds + 1);
+  return 0;
+}
+
 void HookPlan::add(int id, Edit edit) {
   if (id < 0 || id >= count_) throw std::out_of_range("no hook point with id " + std::to_string(id));
   if (edit.type == EditType::callback && !edit.callback)

@@ -114,6 +114,9 @@ class HookPlan {
   bool active(int hook_id) const { return hook_id >= 0 && hook_id < count_ && !edits_[hook_id].empty(); }
   // True when nothing at this hook point can change the values (no edits, or captures only).
   bool reads_only(int hook_id) const;
+  // How many blocks a forward must run to reach every active hook point:
+  // 0 when only the embeddings' are, n_layers when ln_final's are.
+  int64_t blocks_reached() const;
   void apply(int hook_id, const View& view);
 
   std::vector<std::pair<int, Captured>>& captured() { return captured_; }

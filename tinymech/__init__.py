@@ -15,6 +15,7 @@ from .config import Config
 from .errors import (
     ContextLengthError,
     HookError,
+    InvalidInputError,
     InvalidTokensError,
     ModelLoadError,
     ModelNotFoundError,
@@ -136,6 +137,7 @@ __all__ = [
     "ContextLengthError",
     "HookError",
     "HookPoint",
+    "InvalidInputError",
     "InvalidTokensError",
     "Model",
     "ModelLoadError",

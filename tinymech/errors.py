@@ -31,5 +31,10 @@ class ContextLengthError(TinymechError, ValueError):
     """A sequence longer than the model's context window."""
 
 
+class InvalidInputError(TinymechError, ValueError):
+    """A run's argument that does not fit the model: a residual stream of the
+    wrong shape, a layer outside it, a loss asked for without tokens."""
+
+
 class HookError(TinymechError, ValueError):
     """An unknown hook name, a bad intervention, or a hook function that failed."""

@@ -12,7 +12,7 @@ import numpy as np
 
 from . import _core
 from .config import Config
-from .errors import ContextLengthError, HookError, InvalidTokensError, NoTokenizerError
+from .errors import ContextLengthError, HookError, InvalidInputError, InvalidTokensError, NoTokenizerError
 from .generation import sample_next
 from .activation_cache import ActivationCache
 from .bf16 import bf16_core, canonical_dtype
@@ -148,11 +148,68 @@ class Model:
         out = self._core_forward(cache, tokens, plan, logits)
         return None if logits == "none" else out
 
-    def __call__(self, input, return_type: str = "logits", prepend_bos: bool = True, loss_per_token: bool = False):
-        """TransformerLens-style call: return_type 'logits', 'loss', 'both' or None."""
-        tokens = self.tokens_of(input, prepend_bos=prepend_bos)
-        logits = self._run(tokens, self._plan(()))
+    def __call__(self, input, return_type: str | None = "logits", prepend_bos: bool = True,
+                 loss_per_token: bool = False, start_at_layer: int | None = None, stop_at_layer: int | None = None,
+                 tokens=None):
+        """TransformerLens-style call: return_type 'logits', 'loss', 'both' or None.
+
+        stop_at_layer=l runs blocks 0..l-1 only and returns the residual stream
+        after them, [batch, pos, d_model] (negative l counts from the end).
+        start_at_layer=l takes that residual as `input` instead of tokens and
+        runs blocks l onward; a loss then needs the tokens (tokens=...).
+        With return_type None and no hooks after a layer, the run stops there.
+        """
+        return self._run(input, self._plan(()), return_type, prepend_bos, loss_per_token,
+                         start_at_layer, stop_at_layer, tokens)
+
+    def _run(self, input, plan, return_type, prepend_bos, loss_per_token, start_at_layer=None,
+             stop_at_layer=None, tokens=None):
+        """The TransformerLens-style calls' one-off forward (no KV cache)."""
+        if return_type not in RETURN_TYPES:
+            raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, not {return_type!r}")
+        start = 0 if start_at_layer is None else self._block_index(start_at_layer, "start_at_layer")
+        stop = -1 if stop_at_layer is None else self._block_index(stop_at_layer, "stop_at_layer")
+        if stop >= 0 and stop < start:
+            raise InvalidInputError(f"stop_at_layer ({stop_at_layer}) comes before start_at_layer ({start_at_layer})")
+        resid = None
+        if start_at_layer is None:
+            tokens = self.tokens_of(input, prepend_bos=prepend_bos)
+        else:
+            resid = self._residual_input(input)
+            if tokens is not None:
+                tokens = self.tokens_of(tokens, prepend_bos=False)
+                if tokens.shape != resid.shape[:2]:
+                    raise InvalidInputError(f"tokens {list(tokens.shape)} do not match the residual's "
+                                            f"[batch, pos] {list(resid.shape[:2])}")
+        if stop >= 0:  # TransformerLens returns the residual whatever return_type says
+            return self._core_forward(None, tokens, plan, "none", start, stop, resid)
+        if return_type in ("loss", "both") and tokens is None:
+            raise InvalidInputError("a loss starting from a residual needs the tokens: pass tokens=...")
+        logits = self._core_forward(None, tokens, plan, "none" if return_type is None else "all", start, -1, resid)
         return self._package(logits, tokens, return_type, loss_per_token)
+
+    def _block_index(self, layer, what: str) -> int:
+        """A block index in [0, n_layers], negative ones counted from the end."""
+        n = self.cfg.n_layers
+        if isinstance(layer, (bool, np.bool_)) or not isinstance(layer, (int, np.integer)):
+            raise InvalidInputError(f"{what} must be an int, not {type(layer).__name__}")
+        index = int(layer) + n if layer < 0 else int(layer)
+        if not 0 <= index <= n:
+            raise InvalidInputError(f"{what}={layer} is outside the model's {n} layers")
+        return index
+
+    def _residual_input(self, x) -> np.ndarray:
+        """A checked float32 residual stream [batch, pos, d_model]."""
+        x = np.asarray(x)
+        if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+            raise InvalidInputError(f"with start_at_layer the input is the residual stream (floats), "
+                                    f"not dtype {x.dtype}")
+        if x.ndim != 3 or x.shape[2] != self.cfg.d_model or 0 in x.shape:
+            raise InvalidInputError(f"with start_at_layer the input is the residual stream [batch, pos, "
+                                    f"{self.cfg.d_model}], not shape {list(x.shape)}")
+        if x.shape[1] > self.cfg.n_ctx:
+            raise ContextLengthError(f"{x.shape[1]} positions exceed the model's context of {self.cfg.n_ctx}")
+        return np.ascontiguousarray(x, dtype=np.float32)
 
     def _package(self, logits, tokens, return_type, loss_per_token):
         if return_type == "logits":
@@ -164,9 +221,7 @@ class Model:
             loss = float(loss.mean()) if loss.size else float("nan")
         if return_type == "loss":
             return loss
-        if return_type == "both":
-            return logits, loss
-        raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, not {return_type!r}")
+        return logits, loss
 
     def _check_fits(self, n_past: int, n_new: int):
         if n_past + n_new > self.cfg.n_ctx:
@@ -239,31 +294,34 @@ class Model:
         """Every hook point, in the order a forward pass reaches them."""
         return list(self._hook_names)
 
-    def run_with_cache(self, input, names_filter=None, return_type: str = "logits", prepend_bos: bool = True,
-                       hooks: Iterable[HookSpec] = (), loss_per_token: bool = False):
+    def run_with_cache(self, input, names_filter=None, return_type: str | None = "logits", prepend_bos: bool = True,
+                       hooks: Iterable[HookSpec] = (), loss_per_token: bool = False,
+                       start_at_layer: int | None = None, stop_at_layer: int | None = None, tokens=None):
         """Run and capture activations: (logits, ActivationCache).
 
         names_filter: None (every hook point except attn.hook_result, which is
         computed only when asked for, as in TransformerLens), a name, a list of
         names, or a predicate on names. Only the chosen points are materialized.
+        With return_type None the run stops after the last block it captures
+        from. start_at_layer, stop_at_layer, tokens: as for a call (model(...)).
         """
         if names_filter is None:
             names = [n for n in self._hook_names if not n.endswith("attn.hook_result")]
         else:
             names = resolve_names(self, names_filter)
-        tokens = self.tokens_of(input, prepend_bos=prepend_bos)
         plan = self._plan(hooks, capture=names)
-        logits = self._run(tokens, plan)
+        out = self._run(input, plan, return_type, prepend_bos, loss_per_token, start_at_layer, stop_at_layer, tokens)
         acts = {self._hook_name_of[i]: a for i, a in plan.take_captured()}
         ordered = {n: acts[n] for n in self._hook_names if n in acts}
-        return self._package(logits, tokens, return_type, loss_per_token), ActivationCache(ordered, self)
+        return out, ActivationCache(ordered, self)
 
-    def run_with_hooks(self, input, fwd_hooks: Iterable[HookSpec] = (), return_type: str = "logits",
-                       prepend_bos: bool = True, loss_per_token: bool = False, **_ignored):
-        """Run with hooks: (name or predicate, function or Intervention) pairs."""
-        tokens = self.tokens_of(input, prepend_bos=prepend_bos)
-        logits = self._run(tokens, self._plan(fwd_hooks))
-        return self._package(logits, tokens, return_type, loss_per_token)
+    def run_with_hooks(self, input, fwd_hooks: Iterable[HookSpec] = (), return_type: str | None = "logits",
+                       prepend_bos: bool = True, loss_per_token: bool = False, start_at_layer: int | None = None,
+                       stop_at_layer: int | None = None, tokens=None, **_ignored):
+        """Run with hooks: (name or predicate, function or Intervention) pairs.
+        start_at_layer, stop_at_layer, tokens: as for a call (model(...))."""
+        return self._run(input, self._plan(fwd_hooks), return_type, prepend_bos, loss_per_token,
+                         start_at_layer, stop_at_layer, tokens)
 
     def run_with_saes(self, input, saes, keep_error: bool = False, **kwargs):
         """Run with SAEs spliced in at their hook points (see tinymech.sae.run_with_saes)."""
@@ -289,12 +347,9 @@ class Model:
         finally:
             self._context_hooks = before
 
-    def _run(self, tokens: np.ndarray, plan) -> np.ndarray:
-        return self._core_forward(None, tokens, plan, "all")  # no cache: nothing is kept
-
-    def _core_forward(self, cache, tokens, plan, logits: str):
+    def _core_forward(self, cache, tokens, plan, logits: str, start: int = 0, stop: int = -1, resid=None):
         try:
-            return self._core.forward(cache, tokens, plan, logits)
+            return self._core.forward(cache, tokens, plan, logits, start, stop, resid)
         except (ValueError, IndexError) as e:
             # inputs were checked already, so the core objects to an intervention
             if plan is None or isinstance(e, HookError):
@@ -370,6 +425,9 @@ class Model:
         if not specs and not capture:
             return None
         return build_plan(self, specs, capture)
+
+
+RETURN_TYPES = ("logits", "loss", "both", None)
 
 
 def token_losses(logits: np.ndarray, tokens: np.ndarray) -> np.ndarray:

@@ -349,10 +349,16 @@ def test_patching_with_a_custom_metric_and_progress(odd_model):
     rng = np.random.default_rng(7)
     clean = rng.integers(0, 300, size=(1, 5))
     corrupted = rng.integers(0, 300, size=(1, 5))
-    calls = []
-    res = analysis.patch_activations(odd_model, clean, corrupted, "resid_mid", metric=lambda logits: logits[0, -1, 3],
+    calls, shapes = [], set()
+
+    def metric(logits):  # a metric without last_position_only sees every position
+        shapes.add(logits.shape)
+        return logits[0, -1, 3]
+
+    res = analysis.patch_activations(odd_model, clean, corrupted, "resid_mid", metric=metric,
                                      progress=lambda done, total: calls.append((done, total)))
     assert res.values.shape == (3, 5) and calls[-1] == (15, 15) and len(calls) == 15
+    assert shapes == {(1, 5, odd_model.cfg.d_vocab)}
     assert res.values[2, 4] == pytest.approx(res.clean, rel=1e-5)  # the last position's resid after the last attn
 
 

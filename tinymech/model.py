@@ -135,17 +135,29 @@ class Model:
         logits: str = "all",
         prepend_bos: bool = True,
         hooks: Iterable[HookSpec] = (),
+        start_at_layer: int | None = None,
     ) -> np.ndarray:
         """Logits [batch, pos, d_vocab] ('all'), [batch, d_vocab] ('last') or None.
 
         With a cache, the tokens continue the cached sequence (positions
         cache.n_past onward) and their keys and values are appended to it.
+        start_at_layer=l: the input is the residual stream before block l,
+        [batch, pos, d_model] (as model(tokens, stop_at_layer=l) gives it), and
+        blocks l onward run, with no cache.
         """
-        # BOS starts a sequence, so text continuing a cached one gets none
-        tokens = self.tokens_of(input, prepend_bos=prepend_bos and (cache is None or cache.n_past == 0))
-        self._check_fits(cache.n_past if cache is not None else 0, tokens.shape[1])
-        plan = self._plan(hooks)
-        out = self._core_forward(cache, tokens, plan, logits)
+        if logits not in ("all", "last", "none"):
+            raise ValueError(f"logits must be 'all', 'last' or 'none', not {logits!r}")
+        if start_at_layer is not None:
+            if cache is not None:
+                raise InvalidInputError("a run from start_at_layer cannot use a KV cache: "
+                                        "the blocks before it would keep no keys and values")
+            start = self._block_index(start_at_layer, "start_at_layer")
+            out = self._core_forward(None, None, self._plan(hooks), logits, start, -1, self._residual_input(input))
+        else:
+            # BOS starts a sequence, so text continuing a cached one gets none
+            tokens = self.tokens_of(input, prepend_bos=prepend_bos and (cache is None or cache.n_past == 0))
+            self._check_fits(cache.n_past if cache is not None else 0, tokens.shape[1])
+            out = self._core_forward(cache, tokens, self._plan(hooks), logits)
         return None if logits == "none" else out
 
     def __call__(self, input, return_type: str | None = "logits", prepend_bos: bool = True,

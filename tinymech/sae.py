@@ -281,7 +281,8 @@ class SAE:
         """One feature's activation at every token of the input: [batch, pos]."""
         f = self._feature(feature)
         check_hooks(model, self.cfg)
-        _, cache = model.run_with_cache(input, names_filter=[self.cfg.hook_name], prepend_bos=prepend_bos)
+        _, cache = model.run_with_cache(input, names_filter=[self.cfg.hook_name], prepend_bos=prepend_bos,
+                                       return_type=None)
         return self.encode(cache[self.cfg.hook_name])[..., f]
 
     def logit_effects(self, model, feature: int, k: int = 10) -> LogitEffects:

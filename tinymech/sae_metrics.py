@@ -21,6 +21,7 @@ is the clean activation at its output hook.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 
@@ -86,6 +87,12 @@ def _add_splice_record(sums: _Sums, splice, keep_rows: np.ndarray, d_out: int):
     sums.sum_x = x.sum(0) + (0 if sums.sum_x is None else sums.sum_x)
 
 
+def _block_of(hook_name: str) -> int:
+    """The block a hook point lies in; 0 for the embeddings' and ln_final's."""
+    m = re.match(r"blocks\.(\d+)\.", hook_name)
+    return int(m.group(1)) if m else 0
+
+
 def _default_ignored(model, sae) -> tuple[int, ...]:
     excluded = sae.cfg.metadata.get("exclude_special_tokens")
     if excluded is True:
@@ -107,17 +114,25 @@ def sae_metrics(model, sae, tokens, batch_size: int = 8, ignore_tokens=None, den
     out_hook = sae.cfg.output_hook
     rows_per_token = hook_widths(model.cfg, out_hook)[0] // sae.d_out
     sums = _Sums(sae.d_sae, fired=np.zeros(sae.d_sae, np.int64))
+    first = min(_block_of(sae.cfg.hook_name), _block_of(out_hook))
     for start in range(0, tokens.shape[0], max(1, int(batch_size))):
         batch = tokens[start : start + batch_size]
         keep = ~np.isin(batch, np.asarray(list(ignore_tokens), dtype=np.int64))
         keep_rows = np.repeat(keep.reshape(-1), rows_per_token)
         ce_mask = keep[:, :-1]
-        sums.add_ce("clean", model(batch, return_type="loss", loss_per_token=True), ce_mask)
+        # the three runs differ from block `first` on: the edited runs start there from the clean residual
+        if first > 0:
+            clean, cache = model.run_with_cache(batch, names_filter=f"blocks.{first}.hook_resid_pre",
+                                                return_type="loss", loss_per_token=True)
+            edited = dict(input=cache[f"blocks.{first}.hook_resid_pre"], start_at_layer=first, tokens=batch)
+        else:
+            clean, edited = model(batch, return_type="loss", loss_per_token=True), dict(input=batch)
+        sums.add_ce("clean", clean, ce_mask)
 
         name, splice = sae.as_hook(keep_error=False)
         splice.set_recording(True, False)
         splice.set_bypass((~keep_rows).astype(np.uint8))
-        sums.add_ce("sae", model.run_with_hooks(batch, fwd_hooks=[(name, splice)], return_type="loss",
+        sums.add_ce("sae", model.run_with_hooks(**edited, fwd_hooks=[(name, splice)], return_type="loss",
                                                 loss_per_token=True), ce_mask)
         _add_splice_record(sums, splice, keep_rows, sae.d_out)
 
@@ -126,7 +141,7 @@ def sae_metrics(model, sae, tokens, batch_size: int = 8, ignore_tokens=None, den
         else:
             def ablate(act, hook, ignored=~keep):  # zero where the SAE ran, as the splice would
                 return act * ignored.reshape(ignored.shape + (1,) * (act.ndim - 2))
-        sums.add_ce("zero", model.run_with_hooks(batch, fwd_hooks=[(out_hook, ablate)], return_type="loss",
+        sums.add_ce("zero", model.run_with_hooks(**edited, fwd_hooks=[(out_hook, ablate)], return_type="loss",
                                                  loss_per_token=True), ce_mask)
 
     n = max(sums.rows, 1)

@@ -166,7 +166,7 @@ def _layer_patterns(model, tokens: np.ndarray, cache=None) -> Callable[[int], np
     from the given cache or one run capturing every layer's pattern."""
     names = _pattern_names(model)
     if cache is None:
-        _, cache = model.run_with_cache(tokens, names_filter=names)
+        _, cache = model.run_with_cache(tokens, names_filter=names, return_type=None)
 
     def get(layer: int) -> np.ndarray:
         pattern = np.asarray(cache[names[layer]])

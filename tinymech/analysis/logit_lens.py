@@ -112,7 +112,8 @@ def logit_lens(model, input, answers=None, k: int = 5, ln: str = "recompute",
     answer_ids = None if answers is None else token_ids(model, answers)
     tokens = model.tokens_of(input, prepend_bos=prepend_bos)
     points = residual_points(model.cfg.n_layers)
-    _, cache = model.run_with_cache(tokens, names_filter=[n for _, n in points] + ["ln_final.hook_scale"])
+    _, cache = model.run_with_cache(tokens, names_filter=[n for _, n in points] + ["ln_final.hook_scale"],
+                                    return_type=None)
     scale = cache["ln_final.hook_scale"] if ln == "frozen" else None
 
     rows = []  # (top ids, top probs, answer probs, answer ranks) per point

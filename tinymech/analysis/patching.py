@@ -98,6 +98,7 @@ def logit_diff_metric(model, answers, n_sequences: int | None = None) -> Callabl
         rows = np.arange(last.shape[0])
         return float(np.mean(last[rows, good] - last[rows, bad]))
 
+    metric.last_position_only = True
     return metric
 
 
@@ -107,7 +108,9 @@ def patch_activations(model, clean, corrupted, activation: str, metric=None, ans
 
     clean, corrupted: texts or token ids of the same shape [batch, pos].
     metric: logits [batch, pos, d_vocab] -> float; by default the logit
-        difference of `answers` (see logit_diff_metric).
+        difference of `answers` (see logit_diff_metric). A metric with the
+        attribute last_position_only = True is given the last position's
+        logits only, [batch, 1, d_vocab], in the patched runs.
     mode: "denoise" runs the corrupted input with clean activations patched in;
         "noise" runs the clean input with corrupted activations patched in.
     progress: called as progress(done, total) after each patched run.
@@ -132,15 +135,22 @@ def patch_activations(model, clean, corrupted, activation: str, metric=None, ans
     source, target = (clean_tokens, corrupted_tokens) if mode == "denoise" else (corrupted_tokens, clean_tokens)
 
     source_logits, cache = model.run_with_cache(source, names_filter=names)
-    target_score = float(metric(model.forward(target)))
     source_score = float(metric(source_logits))
+    # A patch in block l leaves blocks 0..l-1 as in the target's own run: each
+    # patched run starts at block l from the target's residual there.
+    starts = [f"blocks.{layer}.hook_resid_pre" for layer in range(model.cfg.n_layers)]
+    target_logits, target_resid = model.run_with_cache(target, names_filter=starts)
+    target_score = float(metric(target_logits))
+    last_only = bool(getattr(metric, "last_position_only", False))
     extent = {"layer": model.cfg.n_layers, "head": model.cfg.n_heads, "pos": target.shape[1]}
     values = np.zeros([extent[a] for a in axes])
     for done, index in enumerate(np.ndindex(values.shape), start=1):
         at = dict(zip(axes, index))
         name = names[at["layer"]]
         intervention = patch(cache[name], heads=at.get("head"), positions=at.get("pos"))
-        values[index] = metric(model.run_with_hooks(target, fwd_hooks=[(name, intervention)]))
+        logits = model.forward(target_resid[starts[at["layer"]]], logits="last" if last_only else "all",
+                               hooks=[(name, intervention)], start_at_layer=at["layer"])
+        values[index] = metric(logits[:, None] if last_only else logits)
         if progress is not None:
             progress(done, values.size)
     clean_score, corrupted_score = (source_score, target_score) if mode == "denoise" else (target_score, source_score)

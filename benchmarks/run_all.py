@@ -10,6 +10,7 @@ Benchmarks (--only takes any of these names, comma-separated):
   bf16      bf16 weight mode: decode vs HF fp32, prefill vs HF bf16      (bench_forward.py)
   hooks     run_with_cache vs plain forward and vs TransformerLens       (bench_hooks.py)
   tlbridge  run_with_cache vs TL 4.x TransformerBridge, in its own venv  (bench_hooks.py)
+  analysis  activation patching and an early block's capture vs TL      (bench_analysis.py)
   sae       SAE encode / decode vs SAELens; a TopK SAE's forward too      (bench_sae.py)
   roofline  matmul GF/s vs numpy and FMA peak; memory bandwidth          (roofline.py)
   load      tm.load time of a save_pretrained checkpoint                 (bench_system.py)
@@ -30,8 +31,8 @@ import sys
 import time
 import warnings
 
-BENCHMARKS = ("forward", "bf16", "hooks", "tlbridge", "sae", "roofline", "load", "rss", "length", "threads", "llamacpp", "smollm2")
-NEEDS_GPT2 = {"forward", "bf16", "hooks", "tlbridge", "load", "rss", "length", "threads", "llamacpp"}
+BENCHMARKS = ("forward", "bf16", "hooks", "tlbridge", "analysis", "sae", "roofline", "load", "rss", "length", "threads", "llamacpp", "smollm2")
+NEEDS_GPT2 = {"forward", "bf16", "hooks", "tlbridge", "analysis", "load", "rss", "length", "threads", "llamacpp"}
 TITLES = {"llamacpp": "llama.cpp", "smollm2": "SmolLM2", "tlbridge": "TL 4.x bridge"}
 
 
@@ -52,6 +53,7 @@ def parse_args(argv=None):
 
 def run(args) -> tuple:
     """Runs the chosen benchmarks; returns (rows, [(name, reason)] of the skipped)."""
+    from bench_analysis import analysis_rows
     from bench_forward import bf16_rows, forward_rows
     from bench_hooks import hooks_rows, make_tl, tl_bridge_rows
     from bench_llamacpp import llamacpp_rows
@@ -85,6 +87,8 @@ def run(args) -> tuple:
                     step(name, lambda: bf16_rows(path, model, hf, repeats=reps))
                 elif name == "hooks":
                     step(name, lambda: hooks_rows(model, make_tl(hf), repeats=reps))
+                elif name == "analysis":
+                    step(name, lambda: analysis_rows(model, make_tl(hf), repeats=reps))
                 elif name == "tlbridge":
                     step(name, lambda: tl_bridge_rows(path, model, args.threads, repeats=reps))
                 elif name == "load":

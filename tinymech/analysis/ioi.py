@@ -135,7 +135,7 @@ def ioi_patching(model, prompts: IOIPrompts | None = None, activation: str = "he
     Prompts are patched in groups of equal token length and the results
     averaged, weighted by group size. activation: a key of patching.ACTIVATIONS
     ("head_z" gives [layer, head]); kinds with a position axis need prompts of one
-    length (e.g. one template). progress(done, total) counts patched runs over all groups."""
+    length (e.g. one template). progress(done, total) counts patches over all groups."""
     prompts = prompts if prompts is not None else make_ioi_prompts(model, n, seed)
     groups = _length_groups(model, prompts)
     if activation in ACTIVATIONS and "pos" in ACTIVATIONS[activation][1] and len(groups) > 1:

@@ -113,7 +113,8 @@ def patch_activations(model, clean, corrupted, activation: str, metric=None, ans
         logits only, [batch, 1, d_vocab], in the patched runs.
     mode: "denoise" runs the corrupted input with clean activations patched in;
         "noise" runs the clean input with corrupted activations patched in.
-    progress: called as progress(done, total) after each patched run.
+    progress: called as progress(done, total) after each forward pass (one
+        pass carries several patches side by side when the input is short).
     """
     if activation not in ACTIVATIONS:
         raise AnalysisError(f"activation must be one of {list(ACTIVATIONS)}, not {activation!r}")
@@ -134,25 +135,35 @@ def patch_activations(model, clean, corrupted, activation: str, metric=None, ans
     names = [f"blocks.{layer}.{suffix}" for layer in range(model.cfg.n_layers)]
     source, target = (clean_tokens, corrupted_tokens) if mode == "denoise" else (corrupted_tokens, clean_tokens)
 
-    source_logits, cache = model.run_with_cache(source, names_filter=names)
+    source_logits, source_acts = model.run_with_cache(source, names_filter=names)
     source_score = float(metric(source_logits))
     # A patch in block l leaves blocks 0..l-1 as in the target's own run: each
     # patched run starts at block l from the target's residual there.
     starts = [f"blocks.{layer}.hook_resid_pre" for layer in range(model.cfg.n_layers)]
-    target_logits, target_resid = model.run_with_cache(target, names_filter=starts)
+    target_logits, target_acts = model.run_with_cache(target, names_filter=names + starts)
     target_score = float(metric(target_logits))
     last_only = bool(getattr(metric, "last_position_only", False))
     extent = {"layer": model.cfg.n_layers, "head": model.cfg.n_heads, "pos": target.shape[1]}
     values = np.zeros([extent[a] for a in axes])
-    for done, index in enumerate(np.ndindex(values.shape), start=1):
-        at = dict(zip(axes, index))
-        name = names[at["layer"]]
-        intervention = patch(cache[name], heads=at.get("head"), positions=at.get("pos"))
-        logits = model.forward(target_resid[starts[at["layer"]]], logits="last" if last_only else "all",
-                               hooks=[(name, intervention)], start_at_layer=at["layer"])
-        values[index] = metric(logits[:, None] if last_only else logits)
-        if progress is not None:
-            progress(done, values.size)
+    batch, n_pos = target.shape
+    group = _patches_per_run(batch * n_pos, 1 if last_only else n_pos, model.cfg.d_vocab)
+    done = 0
+    for layer in range(model.cfg.n_layers):
+        name = names[layer]
+        indices = [i for i in np.ndindex(values.shape) if i[0] == layer]
+        for first in range(0, len(indices), group):
+            chunk = [dict(zip(axes, i)) for i in indices[first : first + group]]
+            # The patched runs side by side: copy j of the batch carries patch j.
+            patched = _patched_activations(target_acts[name], source_acts[name], chunk)
+            resid = np.concatenate([target_acts[starts[layer]]] * len(chunk))
+            logits = model.forward(resid, logits="last" if last_only else "all", hooks=[(name, patch(patched))],
+                                   start_at_layer=layer)
+            for j, index in enumerate(indices[first : first + group]):
+                own = logits[j * batch : (j + 1) * batch]
+                values[index] = metric(own[:, None] if last_only else own)
+            done += len(chunk)
+            if progress is not None:
+                progress(done, values.size)
     clean_score, corrupted_score = (source_score, target_score) if mode == "denoise" else (target_score, source_score)
     return PatchingResult(
         values=values,
@@ -163,6 +174,26 @@ def patch_activations(model, clean, corrupted, activation: str, metric=None, ans
         corrupted=corrupted_score,
         pos_labels=token_labels(model, clean_tokens[0]) if "pos" in axes else None,
     )
+
+
+# Patched runs share one forward until it has this many rows (short prompts
+# then read the weights once for many patches) or its logits this many floats.
+_ROWS_PER_RUN = 256
+_LOGITS_PER_RUN = 1 << 24
+
+
+def _patches_per_run(rows: int, logit_rows: int, d_vocab: int) -> int:
+    return max(1, min(_ROWS_PER_RUN // rows, _LOGITS_PER_RUN // (logit_rows * d_vocab * max(1, rows))))
+
+
+def _patched_activations(target, source, patches) -> np.ndarray:
+    """[len(patches) * batch, ...]: the target's activation, with patch j's
+    slice (its pos and head, or all of it) from the source in copy j."""
+    out = np.repeat(np.asarray(target)[None], len(patches), axis=0)
+    for j, at in enumerate(patches):
+        index = (slice(None), at.get("pos", slice(None))) + ((at["head"],) if "head" in at else ())
+        out[j][index] = source[index]
+    return out.reshape((-1,) + out.shape[2:])
 
 
 def patch_resid_pre(model, clean, corrupted, metric=None, answers=None, mode="denoise", **kw) -> PatchingResult:

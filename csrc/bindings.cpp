@@ -343,6 +343,23 @@ PYBIND11_MODULE(_core, m) {
     return out;
   }, py::arg("x"), py::arg("transpose") = false,
      "float32 -> bfloat16 bits (uint16), to nearest, ties to even, as torch rounds; transposed if asked");
+  m.def("token_losses", [](FloatArray logits, py::array_t<int32_t, py::array::c_style> tokens) {
+    if (logits.ndim() != 3 || tokens.ndim() != 2 || tokens.shape(0) != logits.shape(0) ||
+        tokens.shape(1) != logits.shape(1))
+      throw std::invalid_argument("logits must be [batch, pos, d_vocab] and tokens [batch, pos]");
+    const int64_t B = logits.shape(0), T = logits.shape(1), V = logits.shape(2);
+    if (V == 0 && T > 1) throw std::invalid_argument("logits over an empty vocabulary");
+    for (int64_t i = 0; i < tokens.size(); ++i)
+      if (tokens.data()[i] < 0 || tokens.data()[i] >= V)
+        throw std::out_of_range("token id " + std::to_string(tokens.data()[i]) + " is outside the logits' " +
+                                std::to_string(V) + " entries");
+    FloatArray out(std::vector<py::ssize_t>{B, std::max<int64_t>(T - 1, 0)});
+    if (T > 1) {
+      py::gil_scoped_release nogil;
+      tmech::token_losses(logits.data(), tokens.data(), B, T, V, out.mutable_data());
+    }
+    return out;
+  }, py::arg("logits"), py::arg("tokens"), "each next token's cross-entropy (natural log), [batch, pos - 1]");
   m.def("release_pooled_buffers", &tmech::release_pooled_buffers,
         "frees the kept buffers of dropped activation caches; returns the bytes given back");
   m.def("hook_names", [](int64_t n_layers) {

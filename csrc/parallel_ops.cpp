@@ -142,6 +142,17 @@ void layernorm_rows(const float* x, int64_t rows, int64_t n, float eps, const fl
   });
 }
 
+void token_losses(const float* logits, const int32_t* tokens, int64_t B, int64_t T, int64_t V, float* out) {
+  const KernelTable& kt = kernels::active();
+  parallel_for(B * (T - 1), [&](int64_t r0, int64_t r1, int) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / (T - 1), t = r % (T - 1);
+      const float* row = logits + (b * T + t) * V;
+      out[r] = kt.log_sum_exp(row, V) - row[tokens[b * T + t + 1]];
+    }
+  });
+}
+
 void gelu_new_rows(float* x, int64_t count) {
   const KernelTable& kt = kernels::active();
   parallel_for(count, [&](int64_t i0, int64_t i1, int) { kt.gelu_new(x + i0, x + i0, i1 - i0); },

@@ -29,6 +29,11 @@ void layernorm_rows(const float* x, int64_t rows, int64_t n, float eps, const fl
 // weight matrix).
 void to_bf16_matrix(const float* x, int64_t rows, int64_t cols, bool transpose, uint16_t* out);
 
+// out[b, t] = log_sum_exp(logits[b, t]) - logits[b, t, tokens[b, t + 1]] for
+// t < T - 1: each next token's cross-entropy, [B, T - 1]. Token ids must be
+// in [0, V).
+void token_losses(const float* logits, const int32_t* tokens, int64_t B, int64_t T, int64_t V, float* out);
+
 void gelu_new_rows(float* x, int64_t count);
 void add_inplace(float* x, const float* y, int64_t count);  // x += y
 

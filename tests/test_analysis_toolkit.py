@@ -356,6 +356,24 @@ def test_patches_side_by_side_equal_patches_one_by_one(model, pair, activation, 
     assert np.ptp(alone.values) > 0.01
 
 
+def test_patching_under_context_hooks_runs_patches_one_by_one(model, pair):
+    """Hooks of model.hooks(...) see the input's own batch, as in any run."""
+    clean, corrupted, answers = pair
+    batches = set()
+
+    def halve(act, hook):
+        batches.add(act.shape[0])
+        return act * 0.5
+
+    with model.hooks([("blocks.0.hook_mlp_out", halve)]):
+        res = analysis.patch_head_z(model, clean, corrupted, answers=answers)
+        _, cache = model.run_with_cache(clean)
+        expected = analysis.logit_diff_metric(model, answers)(
+            python_patch(model, corrupted, cache, "blocks.1.attn.hook_z", 2))
+    assert batches == {clean.shape[0]}
+    assert res.values[1, 2] == pytest.approx(expected, rel=1e-5, abs=1e-5)
+
+
 def test_patching_with_a_custom_metric_and_progress(odd_model):
     rng = np.random.default_rng(7)
     clean = rng.integers(0, 300, size=(1, 5))

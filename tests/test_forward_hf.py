@@ -28,6 +28,23 @@ def test_logits_match_hf(pair, batch):
         assert rel_err(ours, hf_logits(hf, tokens)) <= TOL
 
 
+def test_losses_match_hf(pair):
+    """return_type="loss": HF's own loss (labels=tokens); per token: torch's cross-entropy of HF's logits."""
+    import torch
+
+    hf, model = pair
+    tokens = np.random.default_rng(7).integers(0, model.cfg.d_vocab, (2, model.cfg.n_ctx))
+    with torch.no_grad():
+        out = hf(torch.as_tensor(tokens), labels=torch.as_tensor(tokens))
+        per_token = torch.nn.functional.cross_entropy(out.logits[:, :-1].transpose(1, 2),
+                                                      torch.as_tensor(tokens[:, 1:]), reduction="none")
+    assert model(tokens, return_type="loss") == pytest.approx(out.loss.item(), rel=1e-5)
+    logits, losses = model(tokens, return_type="both", loss_per_token=True)
+    assert losses.shape == (2, model.cfg.n_ctx - 1) and losses.dtype == np.float32
+    np.testing.assert_allclose(losses, per_token.numpy(), rtol=1e-4, atol=1e-5)
+    assert np.isnan(model(tokens[:, :1], return_type="loss"))  # no next token to predict
+
+
 def test_cached_decode_equals_prefill(pair):
     hf, model = pair
     tokens = np.random.default_rng(5).integers(0, model.cfg.d_vocab, (2, model.cfg.n_ctx))

@@ -163,3 +163,49 @@ def test_screen(variant, n):
         keep = ~((x.astype(np.float64) + alpha * w.astype(np.float64) <= limit) & (x > -np.inf))
     assert K.screen(x, w, alpha, limit) == list(np.flatnonzero(keep))
     assert K.screen(x, w, alpha, np.full(n, np.inf, np.float32)) == list(np.flatnonzero(np.isnan(x) | (x == -np.inf)))
+
+
+def reference_losses(logits, tokens):
+    x = logits.astype(np.float64)[:, :-1]
+    mx = x.max(-1, keepdims=True)
+    lse = np.log(np.exp(x - mx).sum(-1)) + mx[..., 0]
+    return lse - np.take_along_axis(x, tokens[:, 1:, None], axis=-1)[..., 0]
+
+
+@pytest.mark.parametrize("B,T,V", [(1, 1, 5), (2, 2, 1), (1, 5, 15), (3, 7, 17), (2, 9, 50257)])
+def test_token_losses(variant, B, T, V):
+    rng = np.random.default_rng(V)
+    logits = (rng.standard_normal((B, T, V)) * 8).astype(np.float32)
+    logits[..., V // 2] = 40.0  # a confident prediction: the loss is a difference of near-equal numbers
+    tokens = rng.integers(0, V, (B, T)).astype(np.int32)
+    tokens[:, -1] = V // 2
+    got = _core.token_losses(logits, tokens)
+    assert got.shape == (B, T - 1) and got.dtype == np.float32
+    np.testing.assert_allclose(got, reference_losses(logits, tokens), rtol=1e-5, atol=2e-5)
+
+
+def test_token_losses_of_odd_rows(variant):
+    """Masked (-inf) logits count for nothing; a NaN or +inf anywhere, in the vector body or the tail, gives NaN."""
+    logits = np.zeros((1, 6, 37), np.float32)
+    logits[0, 0, 1:] = -np.inf
+    logits[0, 1, 30] = np.nan
+    logits[0, 2, 3] = np.nan
+    logits[0, 3, 36] = np.inf
+    logits[0, 4] = np.linspace(-1e30, 3e4, 37, dtype=np.float32)
+    tokens = np.zeros((1, 6), np.int32)
+    tokens[0, 5] = 36
+    got = _core.token_losses(logits, tokens)[0]
+    assert got[0] == 0.0 and np.isnan(got[1:4]).all()
+    assert got[4] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_token_losses_refuse_bad_input():
+    logits = np.zeros((2, 3, 7), np.float32)
+    with pytest.raises(IndexError, match="outside"):
+        _core.token_losses(logits, np.full((2, 3), 7, np.int32))
+    with pytest.raises(IndexError, match="outside"):
+        _core.token_losses(logits, np.full((2, 3), -1, np.int32))
+    with pytest.raises(ValueError, match=r"\[batch, pos\]"):
+        _core.token_losses(logits, np.zeros((2, 4), np.int32))
+    with pytest.raises(ValueError, match=r"\[batch, pos, d_vocab\]"):
+        _core.token_losses(logits[0], np.zeros((2, 3), np.int32))

@@ -347,6 +347,11 @@ class Model:
 
         return run_with_cache_with_saes(self, input, saes, keep_error=keep_error, **kwargs)
 
+    @property
+    def context_hooks(self) -> tuple:
+        """The hooks of the enclosing `with model.hooks(...)` blocks, which every run applies."""
+        return tuple(self._context_hooks)
+
     @contextlib.contextmanager
     def hooks(self, fwd_hooks: Iterable[HookSpec] = ()):
         """Within the block, every run and generate call applies these hooks."""
@@ -444,9 +449,5 @@ RETURN_TYPES = ("logits", "loss", "both", None)
 
 def token_losses(logits: np.ndarray, tokens: np.ndarray) -> np.ndarray:
     """Cross-entropy of each next token, [batch, pos - 1] (natural log)."""
-    logits = np.asarray(logits, dtype=np.float64)[:, :-1]
-    targets = np.asarray(tokens)[:, 1:]
-    mx = logits.max(-1, keepdims=True)
-    lse = np.log(np.exp(logits - mx).sum(-1)) + mx[..., 0]
-    picked = np.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    return (lse - picked).astype(np.float32)
+    return _core.token_losses(np.ascontiguousarray(logits, dtype=np.float32),
+                              np.ascontiguousarray(tokens, dtype=np.int32))

@@ -71,6 +71,8 @@ struct KernelTable {
                     const float* b, float* out, int64_t n);
   void (*gelu_new)(const float* x, float* out, int64_t n);
   void (*softmax)(float* x, int64_t n);  // in place, max-subtracted
+  // log(sum_j exp(x[j])), max-subtracted, for n >= 1; NaN if any x[j] is NaN or +inf
+  float (*log_sum_exp)(const float* x, int64_t n);
   void (*exp)(const float* x, float* out, int64_t n);
   // out = silu(gate) * up, the SwiGLU MLP's activation
   void (*silu_mul)(const float* gate, const float* up, float* out, int64_t n);

@@ -17,8 +17,8 @@ const KernelTable& table() {
   static const KernelTable t = {TM_STR(TM_ARCH), kBf16DotProducts, kStreamRowsKN, matmul_cols, dot, axpy,
                                 add,             round_bf16,       round_a_pairs,    transpose,
                                 screen,          scale,            row_stats,        normalize,
-                                gelu_new,        softmax,          exp,              silu_mul,
-                                rope,            fma_chains,       fma_chains_flops};
+                                gelu_new,        softmax,          log_sum_exp,      exp,
+                                silu_mul,        rope,             fma_chains,       fma_chains_flops};
   return t;
 }
 }  // namespace TM_ARCH

@@ -27,6 +27,7 @@ void normalize(const float* x, float mean, float scale, const float* w, const fl
                float* out, int64_t n);
 void gelu_new(const float* x, float* out, int64_t n);
 void softmax(float* x, int64_t n);
+float log_sum_exp(const float* x, int64_t n);
 void exp(const float* x, float* out, int64_t n);
 void silu_mul(const float* gate, const float* up, float* out, int64_t n);
 void rope(float* x, const float* cos, const float* sin, int64_t half);

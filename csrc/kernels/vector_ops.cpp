@@ -3,6 +3,7 @@
 // rotary embedding's rotation, the SAE screen's test; and a matrix transpose.
 // Each has a vector main loop and a padded tail (simd.hpp), so any length works.
 #include <cmath>
+#include <limits>
 
 #include "kernels/variant.hpp"
 
@@ -90,31 +91,61 @@ void exp(const float* x, float* out, int64_t n) {
   if (i < n) vstore_part(out + i, vexp(vload_part(x + i, n - i)), n - i);
 }
 
-void softmax(float* x, int64_t n) {
-  if (n <= 0) return;
+// The largest of x[0, n), n >= 1 (NaNs may be skipped).
+static float row_max(const float* x, int64_t n) {
   vf vmx = vset1(x[0]);
   int64_t i = 0;
   for (; i + VL <= n; i += VL) vmx = vmax(vmx, vload(x + i));
   float mx = vhmax(vmx);
   for (; i < n; ++i) mx = x[i] > mx ? x[i] : mx;
+  return mx;
+}
+
+static inline float exp1(float x) { return vhmax(vexp(vset1(x))); }  // every lane holds the same value
+
+void softmax(float* x, int64_t n) {
+  if (n <= 0) return;
+  const float mx = row_max(x, n);
   if (mx == -__builtin_inff()) {  // every entry masked: no finite weight to give
     for (int64_t i = 0; i < n; ++i) x[i] = 0.f;
     return;
   }
-  vmx = vset1(mx);
+  const vf vmx = vset1(mx);
   vf acc = vzero();
-  for (i = 0; i + VL <= n; i += VL) {
+  int64_t i = 0;
+  for (; i + VL <= n; i += VL) {
     vf e = vexp(vsub(vload(x + i), vmx));
     vstore(x + i, e);
     acc = vadd(acc, e);
   }
   float sum = vsum(acc);
   for (; i < n; ++i) {
-    float e = vhmax(vexp(vset1(x[i] - mx)));  // every lane holds the same value
-    x[i] = e;
-    sum += e;
+    x[i] = exp1(x[i] - mx);
+    sum += x[i];
   }
   scale(x, 1.f / sum, n);
+}
+
+float log_sum_exp(const float* x, int64_t n) {
+  const float mx = row_max(x, n);
+  const vf vmx = vset1(mx);
+  // vexp clamps its input, so a NaN would pass for a tiny term: the plain
+  // sum of x - max is NaN exactly when some x is NaN (or max is infinite).
+  vf acc = vzero(), nan_seen = vzero();
+  int64_t i = 0;
+  for (; i + VL <= n; i += VL) {
+    const vf d = vsub(vload(x + i), vmx);
+    acc = vadd(acc, vexp(d));
+    nan_seen = vadd(nan_seen, d);
+  }
+  double sum = vsum(acc);
+  float seen = vsum(nan_seen);
+  for (; i < n; ++i) {
+    sum += exp1(x[i] - mx);
+    seen += x[i] - mx;
+  }
+  if (std::isnan(seen)) return std::numeric_limits<float>::quiet_NaN();
+  return static_cast<float>(static_cast<double>(mx) + std::log(sum));
 }
 
 // gelu_new(x) = 0.5 x (1 + tanh(c (x + 0.044715 x^3))) = x * sigmoid(2 c (x + 0.044715 x^3)),

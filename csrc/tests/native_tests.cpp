@@ -148,6 +148,11 @@ void test_vector_kernels(const char* variant, std::mt19937& rng) {
     for (int64_t i = 0; i < n; ++i) sum += sref[i] = std::exp(a[i] - mx);
     for (auto& x : sref) x /= sum;
     check(max_rel(s, sref) < 1e-5, std::string(variant) + " softmax");
+    const double lse = mx + std::log(sum);
+    check(std::abs(kt.log_sum_exp(a.data(), n) - lse) < 1e-5 * (1 + std::abs(lse)), std::string(variant) + " log_sum_exp");
+    std::vector<float> poisoned = a;
+    poisoned[n - 1] = NAN;  // in the tail or the vector body, depending on n
+    check(std::isnan(kt.log_sum_exp(poisoned.data(), n)), std::string(variant) + " log_sum_exp of a NaN");
 
     float mean, scale;
     kt.row_stats(a.data(), n, 1e-5f, &mean, &scale);

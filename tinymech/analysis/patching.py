@@ -142,24 +142,22 @@ def patch_activations(model, clean, corrupted, activation: str, metric=None, ans
     starts = [f"blocks.{layer}.hook_resid_pre" for layer in range(model.cfg.n_layers)]
     target_logits, target_acts = model.run_with_cache(target, names_filter=names + starts)
     target_score = float(metric(target_logits))
-    last_only = bool(getattr(metric, "last_position_only", False))
     extent = {"layer": model.cfg.n_layers, "head": model.cfg.n_heads, "pos": target.shape[1]}
     values = np.zeros([extent[a] for a in axes])
-    batch, n_pos = target.shape
-    group = _patches_per_run(batch * n_pos, 1 if last_only else n_pos, model.cfg.d_vocab)
+    last_only = bool(getattr(metric, "last_position_only", False))
+    # hooks of an enclosing model.hooks(...) may expect the input's batch size
+    group = 1 if model.context_hooks else _patches_per_run(target.size, 1 if last_only else target.shape[1],
+                                                           model.cfg.d_vocab)
     done = 0
-    for layer in range(model.cfg.n_layers):
-        name = names[layer]
+    for layer, (name, start) in enumerate(zip(names, starts)):
         indices = [i for i in np.ndindex(values.shape) if i[0] == layer]
         for first in range(0, len(indices), group):
-            chunk = [dict(zip(axes, i)) for i in indices[first : first + group]]
-            # The patched runs side by side: copy j of the batch carries patch j.
-            patched = _patched_activations(target_acts[name], source_acts[name], chunk)
-            resid = np.concatenate([target_acts[starts[layer]]] * len(chunk))
+            chunk = indices[first : first + group]
+            patched = _patched_activations(target_acts[name], source_acts[name], [dict(zip(axes, i)) for i in chunk])
+            resid = np.concatenate([target_acts[start]] * len(chunk))
             logits = model.forward(resid, logits="last" if last_only else "all", hooks=[(name, patch(patched))],
                                    start_at_layer=layer)
-            for j, index in enumerate(indices[first : first + group]):
-                own = logits[j * batch : (j + 1) * batch]
+            for index, own in zip(chunk, np.split(logits, len(chunk))):  # copy j of the batch carries patch j
                 values[index] = metric(own[:, None] if last_only else own)
             done += len(chunk)
             if progress is not None:

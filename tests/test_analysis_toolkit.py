@@ -116,7 +116,35 @@ def test_logit_lens_one_token_and_table(model):
     assert "1_post" in text and "·the p (rank)" in text and "position 3" in text
 
 
+@pytest.mark.parametrize("ln", ["recompute", "frozen"])
+def test_logit_lens_at_some_positions_and_from_a_cache(odd_model, ln):
+    tokens = np.random.default_rng(4).integers(0, odd_model.cfg.d_vocab, size=(2, 7))
+    full = analysis.logit_lens(odd_model, tokens, answers=[5, 250], k=3, ln=ln)
+    _, cache = odd_model.run_with_cache(tokens, names_filter=analysis.lens_hook_names(odd_model.cfg.n_layers))
+    for positions, columns in [([6, 0], [6, 0]), (-2, [5]), ([-1, 3], [6, 3])]:
+        for kw in ({}, {"cache": cache}):
+            some = analysis.logit_lens(odd_model, tokens, answers=[5, 250], k=3, ln=ln, positions=positions, **kw)
+            assert some.positions == columns and some.top_ids.shape == (9, 2, len(columns), 3)
+            np.testing.assert_array_equal(some.top_ids, full.top_ids[:, :, columns])
+            np.testing.assert_allclose(some.top_probs, full.top_probs[:, :, columns], rtol=1e-5, atol=1e-8)
+            np.testing.assert_array_equal(some.answer_ranks, full.answer_ranks[:, :, columns])
+    one = analysis.logit_lens(odd_model, tokens[:1], k=2, ln=ln, positions=[2, 4])
+    assert one.table(pos=4) == analysis.logit_lens(odd_model, tokens[:1], k=2, ln=ln).table(pos=4)
+    with pytest.raises(AnalysisError, match="not at 3"):
+        one.table(pos=3)
+
+
 def test_logit_lens_rejects_bad_arguments(model):
+    tokens = model.to_tokens("The king said")
+    with pytest.raises(AnalysisError, match="outside the input's 4 tokens"):
+        analysis.logit_lens(model, tokens, positions=[4])
+    with pytest.raises(AnalysisError, match="positions must be"):
+        analysis.logit_lens(model, tokens, positions=[])
+    with pytest.raises(AnalysisError, match="positions must be"):
+        analysis.logit_lens(model, tokens, positions=[1.5])
+    _, other = model.run_with_cache("The king", names_filter=analysis.lens_hook_names(model.cfg.n_layers))
+    with pytest.raises(AnalysisError, match="not of the input's"):
+        analysis.logit_lens(model, tokens, cache=other)
     with pytest.raises(tm.InvalidTokensError, match="not one"):
         analysis.logit_lens(model, "The king", answers=["The king"])
     with pytest.raises(AnalysisError, match="ln must be"):

@@ -8,6 +8,7 @@ from textual.app import App
 from textual.widgets import Input, Tabs
 
 import tinymech as tm
+from tinymech import analysis
 from test_tui_support import PROMPT, app, build_sae_dir, make_test_app, model_dir, sae_dir, settle  # noqa: F401 (fixtures)
 from tinymech.tui.app import TinymechApp, run_tui
 from tinymech.tui.backend import Steer
@@ -116,6 +117,13 @@ async def test_arrow_keys_and_clicks_move_the_selection(app, model_dir):
         assert screen.view.selected == 5
         assert screen.query_one("#lens").border_title == "Logit lens @ 5"
         assert "·Elizabeth attends to:" in text_of(screen, "#attends")
+        # the lens panel reads the lens at the new position: the library's, row for row
+        lens = analysis.logit_lens(tm.load(model_dir), PROMPT, k=10)
+        rows = [lens.labels.index(label) for label in a.lens_labels]
+        np.testing.assert_array_equal(a.lens_at(5).ids, lens.top_ids[rows, 5])
+        np.testing.assert_allclose(a.lens_at(5).probs, lens.top_probs[rows, 5], rtol=1e-5)
+        shown = text_of(screen, "#lens-body").splitlines()
+        assert shown[1].split()[2].startswith(token_label(a.lens_at(5).tokens[1][0])[:9])
 
 
 async def test_layer_and_head_keys_and_the_heads_grid(app):

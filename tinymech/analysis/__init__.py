@@ -25,7 +25,7 @@ from .heads import (
     repeated_tokens,
 )
 from .ioi import IOIPrompts, ioi_logit_diff, ioi_patching, make_ioi_prompts
-from .logit_lens import LogitLensResult, logit_lens
+from .logit_lens import LogitLensResult, lens_hook_names, logit_lens
 from .patching import (
     PatchingResult,
     logit_diff_metric,
@@ -55,6 +55,7 @@ __all__ = [
     "ioi_patching",
     "logit_attribution",
     "logit_diff_metric",
+    "lens_hook_names",
     "logit_lens",
     "make_ioi_prompts",
     "patch_activations",

@@ -54,6 +54,7 @@ class LogitLensResult:
     answer_probs:  [row, (batch,) pos, n_answers] float32, or None
     answer_ranks:  [row, (batch,) pos, n_answers] int64, 1 = the most probable token, or None
     tokens:        the input [(batch,) pos]
+    positions:     the input positions the pos axis holds (all of them by default)
     """
 
     labels: list[str]
@@ -65,14 +66,20 @@ class LogitLensResult:
     tokens: np.ndarray
     ln: str
     model: object = dataclasses.field(repr=False)
+    positions: list[int] | None = None
 
     def table(self, pos: int = -1, batch: int = 0) -> str:
-        """The table of one position (of one sequence of a batch)."""
-        def at(a):
-            return a[:, pos] if self.tokens.ndim == 1 else a[:, batch, pos]
-
+        """The table of one input position (of one sequence of a batch), among those read."""
         seq = self.tokens if self.tokens.ndim == 1 else self.tokens[batch]
         position = pos % len(seq)
+        read = list(range(len(seq))) if self.positions is None else self.positions
+        if position not in read:
+            raise AnalysisError(f"the lens was read at positions {read}, not at {pos}")
+        column = read.index(position)
+
+        def at(a):
+            return a[:, column] if self.tokens.ndim == 1 else a[:, batch, column]
+
         ids, probs = at(self.top_ids), at(self.top_probs)
         k = ids.shape[-1]
         headers = ["resid"] + [f"top {i + 1}" for i in range(k)]
@@ -93,8 +100,14 @@ class LogitLensResult:
         return self.table()
 
 
+def lens_hook_names(n_layers: int) -> list[str]:
+    """The hook points a logit lens reads (cache them to pass cache= to logit_lens)."""
+    return [n for label, n in residual_points(n_layers) if label == "0_pre" or not label.endswith("_pre")] + [
+        "ln_final.hook_scale"]
+
+
 def logit_lens(model, input, answers=None, k: int = 5, ln: str = "recompute",
-               prepend_bos: bool = True) -> LogitLensResult:
+               prepend_bos: bool = True, positions=None, cache=None) -> LogitLensResult:
     """The top-k next tokens (and the probability and rank of `answers`) read
     off every residual point: resid_pre, resid_mid and resid_post of each layer.
 
@@ -103,6 +116,10 @@ def logit_lens(model, input, answers=None, k: int = 5, ln: str = "recompute",
     ln: "recompute" applies ln_final afresh to each residual point;
         "frozen" divides every point by the scale ln_final really used at that
         position in the full run (so rows are linear in the residual).
+    positions: an index or a list of them (negative from the end): read the
+        lens there only (the unembedding is most of the work); None: everywhere.
+    cache: the activations of a run of the same input holding lens_hook_names,
+        so that no forward pass runs.
     The last row ("{n_layers-1}_post", recompute) is the model's own output.
     """
     if ln not in LN_MODES:
@@ -111,30 +128,39 @@ def logit_lens(model, input, answers=None, k: int = 5, ln: str = "recompute",
         raise AnalysisError(f"k must be an integer in [1, {model.cfg.d_vocab}], got {k!r}")
     answer_ids = None if answers is None else token_ids(model, answers)
     tokens = model.tokens_of(input, prepend_bos=prepend_bos)
+    chosen = _positions(positions, tokens.shape[1])
     points = residual_points(model.cfg.n_layers)
-    _, cache = model.run_with_cache(tokens, names_filter=[n for _, n in points] + ["ln_final.hook_scale"],
-                                    return_type=None)
-    scale = cache["ln_final.hook_scale"] if ln == "frozen" else None
+    if cache is None:
+        _, cache = model.run_with_cache(tokens, names_filter=lens_hook_names(model.cfg.n_layers), return_type=None)
 
-    rows = []  # (top ids, top probs, answer probs, answer ranks) per point
+    def at_chosen(name):
+        act = np.asarray(cache[name])
+        if act.shape[:2] != tokens.shape:
+            raise AnalysisError(f"the cache's {name} is {list(act.shape)}, not of the input's [batch, pos] "
+                                f"{list(tokens.shape)}")
+        return act[:, chosen]
+
+    scale = at_chosen("ln_final.hook_scale") if ln == "frozen" else None
+
+    # Each distinct point ("{l}_pre" repeats "{l-1}_post") normalized, then
+    # unembedded a block of rows at a time: one read of W_U serves a block.
+    row_of, distinct = [], []
     for label, name in points:
-        if label.endswith("_pre") and rows:  # "{l}_pre" is "{l-1}_post": reuse it
-            rows.append(rows[-1])
-            continue
-        logits = unembed(model, final_layer_norm(model, cache[name], scale))  # [batch, pos, vocab]
-        log_z = _logsumexp(logits)
-        ids = _top_k(logits, k)
-        row = (ids, np.exp(np.take_along_axis(logits, ids, -1) - log_z))
-        if answer_ids is not None:
-            picked = logits[..., answer_ids]  # [batch, pos, n_answers]
-            ranks = [1 + (logits > picked[..., [a]]).sum(-1) for a in range(len(answer_ids))]
-            row += (np.exp(picked - log_z), np.stack(ranks, -1))
-        rows.append(row)
+        if label.endswith("_pre") and row_of:
+            row_of.append(row_of[-1])
+        else:
+            row_of.append(len(distinct))
+            distinct.append(name)
+    normed = np.stack([final_layer_norm(model, at_chosen(name), scale) for name in distinct])
+    flat = normed.reshape(-1, normed.shape[-1])
+    step = max(1, _LOGITS_PER_BLOCK // model.cfg.d_vocab)
+    blocks = [_read_logits(unembed(model, flat[i : i + step]), k, answer_ids) for i in range(0, len(flat), step)]
 
     def stack(field, dtype):
         if answer_ids is None and field >= 2:
             return None
-        arr = np.stack([row[field] for row in rows]).astype(dtype)
+        arr = np.concatenate([b[field] for b in blocks]).astype(dtype)
+        arr = arr.reshape(normed.shape[:3] + arr.shape[1:])[row_of]  # [row, batch, pos, ...]
         return arr[:, 0] if tokens.shape[0] == 1 else arr
 
     return LogitLensResult(
@@ -147,7 +173,37 @@ def logit_lens(model, input, answers=None, k: int = 5, ln: str = "recompute",
         tokens=tokens[0].astype(np.int64) if tokens.shape[0] == 1 else tokens.astype(np.int64),
         ln=ln,
         model=model,
+        positions=chosen,
     )
+
+
+def _positions(positions, n: int) -> list[int]:
+    """Absolute positions in [0, n) from None (all), an index or a list of indices."""
+    if positions is None:
+        return list(range(n))
+    wanted = np.atleast_1d(np.asarray(positions))
+    if wanted.ndim != 1 or wanted.size == 0 or not np.issubdtype(wanted.dtype, np.integer):
+        raise AnalysisError(f"positions must be an integer or a non-empty list of integers, not {positions!r}")
+    bad = [int(p) for p in wanted if not -n <= p < n]
+    if bad:
+        raise AnalysisError(f"position {bad[0]} is outside the input's {n} tokens")
+    return [int(p) % n for p in wanted]
+
+
+_LOGITS_PER_BLOCK = 1 << 24  # floats of logits computed at once (64 MB)
+
+
+def _read_logits(logits: np.ndarray, k: int, answer_ids) -> tuple:
+    """Of logits [rows, vocab]: the top k ids and their probabilities, and the
+    answers' probabilities and ranks (1 = most probable) when asked for."""
+    log_z = _logsumexp(logits)
+    ids = _top_k(logits, k)
+    fields = (ids, np.exp(np.take_along_axis(logits, ids, -1) - log_z))
+    if answer_ids is None:
+        return fields
+    picked = logits[:, answer_ids]  # [rows, n_answers]
+    ranks = np.stack([1 + (logits > picked[:, [a]]).sum(-1) for a in range(len(answer_ids))], -1)
+    return fields + (np.exp(picked - log_z), ranks)
 
 
 def _logsumexp(logits: np.ndarray) -> np.ndarray:

@@ -4,6 +4,7 @@ widgets only read."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from types import MappingProxyType
 from typing import Callable, Mapping, Sequence
@@ -12,6 +13,7 @@ import numpy as np
 
 import tinymech as tm
 from tinymech import analysis
+from tinymech.analysis.logit_lens import residual_points
 
 HEAD_SCORES = ("previous_token", "induction", "duplicate_token")
 TOP_K = 10  # predictions and logit-lens tokens kept per position
@@ -77,15 +79,22 @@ class Analysis:
     next_prob: np.ndarray  # [pos]
     patterns: np.ndarray  # [layer, head, query, key]
     head_scores: Mapping[str, np.ndarray]  # HEAD_SCORES -> [layer, head]
-    lens_labels: tuple[str, ...]  # one per logit-lens row (embed, L0, ...)
-    lens_ids: np.ndarray  # [row, pos, TOP_K]
-    lens_probs: np.ndarray  # [row, pos, TOP_K]
-    lens_tokens: tuple[tuple[tuple[str, ...], ...], ...]  # [row][pos][k] decoded
+    lens_labels: tuple[str, ...]  # one per logit-lens row (embed, L0 attn, L0 mlp, ...)
+    lens_at: Callable[[int], "LensAt"]  # the logit lens at a position, computed when first asked for
     features: tuple[FeatureActs, ...]
 
     @property
     def n_tokens(self) -> int:
         return len(self.tokens)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LensAt:
+    """The logit lens at one position, a row per lens_labels entry."""
+
+    ids: np.ndarray  # [row, TOP_K], most probable first
+    probs: np.ndarray  # [row, TOP_K]
+    tokens: tuple[tuple[str, ...], ...]  # [row][k] decoded
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,6 +149,8 @@ class Backend:
         )
         name = cfg.model_name or (model.path.rstrip("/").split("/")[-1] if model.path else "model")
         self.info = ModelInfo(name, cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.n_ctx, sae_infos)
+        labels = [label for label, _ in residual_points(cfg.n_layers)]
+        self._lens_labels = tuple(labels[r] for r in lens_rows(labels))
 
     # ---- tokens -------------------------------------------------------------------
 
@@ -160,6 +171,7 @@ class Backend:
         bos = model.tokenizer is not None and model.tokenizer.bos_token_id is not None
         tokens = model.tokens_of(prompt, prepend_bos=bos)  # [1, pos]
         names = [f"blocks.{l}.attn.hook_pattern" for l in range(cfg.n_layers)]
+        names += analysis.lens_hook_names(cfg.n_layers)
         names += [sae.cfg.hook_name for sae in self.saes if sae.cfg.hook_name not in names]
         (logits, losses), cache = model.run_with_cache(
             tokens, names_filter=names, return_type="both", loss_per_token=True
@@ -175,9 +187,8 @@ class Backend:
             next_prob[pos] = p
             next_rank[pos] = int((probs[pos] > p).sum())
         patterns = np.stack([cache["pattern", l][0] for l in range(cfg.n_layers)])
-        lens = analysis.logit_lens(model, tokens, k=TOP_K, prepend_bos=False)
-        rows = lens_rows(lens.labels)
-        lens_ids, lens_probs = lens.top_ids[rows], lens.top_probs[rows]  # [row, pos, k]
+        lens_at = self._lens_reader(tokens, cache)
+        lens_at(len(ids) - 1)  # where the selection starts
         scores = analysis.head_scores(model, tokens, cache=cache, prepend_bos=False)
         features = tuple(self._feature_acts(i, cache[sae.cfg.hook_name][0]) for i, sae in enumerate(self.saes))
         return Analysis(
@@ -194,12 +205,24 @@ class Backend:
             next_prob=_frozen(next_prob),
             patterns=_frozen(patterns),
             head_scores=MappingProxyType({k: _frozen(scores[k]) for k in HEAD_SCORES}),
-            lens_labels=tuple(lens.labels[r] for r in rows),
-            lens_ids=_frozen(lens_ids),
-            lens_probs=_frozen(lens_probs),
-            lens_tokens=tuple(self._decode_rows(row) for row in lens_ids),
+            lens_labels=self._lens_labels,
+            lens_at=lens_at,
             features=features,
         )
+
+    def _lens_reader(self, tokens: np.ndarray, cache) -> Callable[[int], LensAt]:
+        """The logit lens at a position, from the analysis run's cache, computed
+        once when first asked for: every position at once would unembed every
+        row at every position (seconds for a long prompt on GPT-2 small)."""
+
+        @functools.lru_cache(maxsize=None)
+        def lens_at(pos: int) -> LensAt:
+            lens = analysis.logit_lens(self.model, tokens, k=TOP_K, prepend_bos=False, positions=[pos], cache=cache)
+            rows = lens_rows(lens.labels)
+            ids = lens.top_ids[rows, 0]  # [row, k]
+            return LensAt(_frozen(ids), _frozen(lens.top_probs[rows, 0]), self._decode_rows(ids))
+
+        return lens_at
 
     def _feature_acts(self, index: int, acts: np.ndarray) -> FeatureActs:
         sae = self.saes[index]

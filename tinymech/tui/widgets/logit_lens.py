@@ -41,13 +41,14 @@ class LogitLensPanel(TextPanel):
         palette = Palette.from_theme(self.app.theme_variables)
         actual = int(a.token_ids[i + 1]) if i + 1 < a.n_tokens else None
         final = int(a.top_ids[i, 0])
+        lens = a.lens_at(i)
         names = [row_name(label) for label in a.lens_labels]
         width = max(len(n) for n in names) + 2
         shown = max(1, min(MAX_SHOWN, (self.scrollable_content_region.width - width) // CELL))
         lines = []
         for row, name in enumerate(names):
             parts: list[Content | str] = [Content.styled(name.ljust(width), Style(foreground=palette.muted))]
-            for tid, text, p in list(zip(a.lens_ids[row, i], a.lens_tokens[row][i], a.lens_probs[row, i]))[:shown]:
+            for tid, text, p in list(zip(lens.ids[row], lens.tokens[row], lens.probs[row]))[:shown]:
                 tid = int(tid)
                 style = palette.selected if tid == actual else Style(bold=True, underline=True) if tid == final else Style()
                 label = token_label(text)[:LABEL_WIDTH]

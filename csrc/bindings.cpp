@@ -19,6 +19,7 @@
 #include "parallel_ops.hpp"
 #include "numpy_buffers.hpp"
 #include "threads.hpp"
+#include "top_k.hpp"
 
 namespace py = pybind11;
 using FloatArray = py::array_t<float, py::array::c_style>;
@@ -360,6 +361,32 @@ PYBIND11_MODULE(_core, m) {
     }
     return out;
   }, py::arg("logits"), py::arg("tokens"), "each next token's cross-entropy (natural log), [batch, pos - 1]");
+  m.def("log_sum_exp", [](FloatArray x) {
+    if (x.ndim() < 1 || x.shape(x.ndim() - 1) == 0)
+      throw std::invalid_argument("log_sum_exp needs an array with a non-empty last axis");
+    const int64_t n = x.shape(x.ndim() - 1);
+    FloatArray out(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim() - 1));
+    {
+      py::gil_scoped_release nogil;
+      tmech::log_sum_exp_rows(x.data(), x.size() / n, n, out.mutable_data());
+    }
+    return out;
+  }, py::arg("x"), "log(sum(exp(x))) along the last axis, max-subtracted; NaN where a row holds NaN or +inf");
+  m.def("top_k", [](FloatArray x, int64_t k) {
+    if (x.ndim() < 1) throw std::invalid_argument("top_k needs an array with a last axis");
+    const int64_t n = x.shape(x.ndim() - 1), rows = n ? x.size() / n : 0;
+    if (k < 0 || k > n) throw std::invalid_argument("top_k needs 0 <= k <= " + std::to_string(n));
+    std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
+    shape.back() = k;
+    py::array_t<int64_t> indices(shape);
+    FloatArray values(shape);
+    {
+      py::gil_scoped_release nogil;
+      tmech::top_k_rows(x.data(), rows, n, k, indices.mutable_data(), values.mutable_data());
+    }
+    return py::make_tuple(indices, values);
+  }, py::arg("x"), py::arg("k"),
+     "(indices, values) of the k largest entries along the last axis, largest first; ties by index, NaN as -inf");
   m.def("release_pooled_buffers", &tmech::release_pooled_buffers,
         "frees the kept buffers of dropped activation caches; returns the bytes given back");
   m.def("hook_names", [](int64_t n_layers) {

@@ -142,6 +142,13 @@ void layernorm_rows(const float* x, int64_t rows, int64_t n, float eps, const fl
   });
 }
 
+void log_sum_exp_rows(const float* x, int64_t rows, int64_t n, float* out) {
+  const KernelTable& kt = kernels::active();
+  parallel_for(rows, [&](int64_t r0, int64_t r1, int) {
+    for (int64_t r = r0; r < r1; ++r) out[r] = kt.log_sum_exp(x + r * n, n);
+  });
+}
+
 void token_losses(const float* logits, const int32_t* tokens, int64_t B, int64_t T, int64_t V, float* out) {
   const KernelTable& kt = kernels::active();
   parallel_for(B * (T - 1), [&](int64_t r0, int64_t r1, int) {

@@ -29,6 +29,9 @@ void layernorm_rows(const float* x, int64_t rows, int64_t n, float eps, const fl
 // weight matrix).
 void to_bf16_matrix(const float* x, int64_t rows, int64_t cols, bool transpose, uint16_t* out);
 
+// out[r] = log(sum_j exp(x[r, j])) for rows x[rows, n], n >= 1.
+void log_sum_exp_rows(const float* x, int64_t rows, int64_t n, float* out);
+
 // out[b, t] = log_sum_exp(logits[b, t]) - logits[b, t, tokens[b, t + 1]] for
 // t < T - 1: each next token's cross-entropy, [B, T - 1]. Token ids must be
 // in [0, V).

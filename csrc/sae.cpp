@@ -4,7 +4,6 @@
 #include <cmath>
 #include <cstring>
 #include <functional>
-#include <numeric>
 #include <stdexcept>
 #include <string>
 
@@ -12,6 +11,7 @@
 #include "parallel_ops.hpp"
 #include "sae_screen.hpp"
 #include "threads.hpp"
+#include "top_k.hpp"
 
 namespace tmech {
 namespace {
@@ -240,22 +240,7 @@ void Sae::top_features(const float* x, int64_t rows, int64_t k, int64_t* indices
     const int64_t rc = std::min(chunk, rows - r0);
     acts.resize(static_cast<size_t>(rc * d));
     encode(x + r0 * cfg_.d_in, rc, nullptr, acts.data(), nullptr, nullptr);
-    parallel_for(rc, [&](int64_t a, int64_t b, int) {
-      std::vector<int32_t> order(static_cast<size_t>(d));
-      for (int64_t r = a; r < b; ++r) {
-        const float* row = acts.data() + r * d;
-        std::iota(order.begin(), order.end(), 0);
-        // largest first; ties by feature index so the result is deterministic
-        std::partial_sort(order.begin(), order.begin() + k, order.end(), [row](int32_t p, int32_t q) {
-          return row[p] > row[q] || (row[p] == row[q] && p < q);
-        });
-        for (int64_t j = 0; j < k; ++j) {
-          const int32_t f = order[static_cast<size_t>(j)];
-          indices[(r0 + r) * k + j] = f;
-          values[(r0 + r) * k + j] = row[f];
-        }
-      }
-    });
+    top_k_rows(acts.data(), rc, d, k, indices + r0 * k, values + r0 * k);
   }
 }
 

@@ -2,6 +2,7 @@
 // naive double-precision reference, and the forward pass's invariants
 // (prefill = cached decode, thread counts agree, hooks keep shapes, bad input
 // throws). CI runs this binary built with AddressSanitizer and UBSan.
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdio>
@@ -23,6 +24,7 @@
 #include "sae.hpp"
 #include "sae_screen.hpp"
 #include "threads.hpp"
+#include "top_k.hpp"
 
 using namespace tmech;
 
@@ -527,11 +529,39 @@ void test_thread_count_parse() {
   check(default_thread_count() >= 1, "default_thread_count() >= 1");
 }
 
+// top_k_rows against a stable descending sort: ties by index, NaN as -inf,
+// k small against the row (one pass) and large (a partial sort).
+void test_top_k(std::mt19937& rng) {
+  std::uniform_int_distribution<int> small(-4, 4);
+  for (auto [rows, n, k] : {std::tuple<int64_t, int64_t, int64_t>{5, 100, 3}, {3, 17, 17}, {4, 64, 4}, {2, 1, 1},
+                            {7, 1000, 10}, {3, 9, 0}}) {
+    std::vector<float> x(static_cast<size_t>(rows * n));
+    for (auto& v : x) v = static_cast<float>(small(rng));
+    x[0] = NAN;
+    std::vector<int64_t> idx(static_cast<size_t>(rows * k));
+    std::vector<float> val(static_cast<size_t>(rows * k));
+    top_k_rows(x.data(), rows, n, k, idx.data(), val.data());
+    bool ok = true;
+    for (int64_t r = 0; r < rows; ++r) {
+      std::vector<int64_t> order(static_cast<size_t>(n));
+      for (int64_t j = 0; j < n; ++j) order[j] = j;
+      auto key = [&](int64_t j) { return std::isnan(x[r * n + j]) ? -INFINITY : x[r * n + j]; };
+      std::stable_sort(order.begin(), order.end(), [&](int64_t p, int64_t q) { return key(p) > key(q); });
+      for (int64_t j = 0; j < k; ++j) {
+        const float want = x[r * n + order[j]], got = val[r * k + j];
+        ok = ok && idx[r * k + j] == order[j] && (got == want || (std::isnan(got) && std::isnan(want)));
+      }
+    }
+    check(ok, "top_k_rows " + std::to_string(rows) + "x" + std::to_string(n) + " k=" + std::to_string(k));
+  }
+}
+
 int main() {
   std::mt19937 rng(1234);
   test_thread_count_parse();
   test_parallel_for();
   test_float_buffers();
+  test_top_k(rng);
   const KernelTable* variants[8];
   const int n = kernels::available(variants, 8);
   for (int i = 0; i < n && i < 8; ++i) {

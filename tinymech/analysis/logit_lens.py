@@ -6,6 +6,7 @@ import dataclasses
 
 import numpy as np
 
+from ..ranking import log_sum_exp, top_k
 from .errors import AnalysisError
 from .params import ln_final_params, unembed_bias
 from .tables import format_table
@@ -196,23 +197,11 @@ _LOGITS_PER_BLOCK = 1 << 24  # floats of logits computed at once (64 MB)
 def _read_logits(logits: np.ndarray, k: int, answer_ids) -> tuple:
     """Of logits [rows, vocab]: the top k ids and their probabilities, and the
     answers' probabilities and ranks (1 = most probable) when asked for."""
-    log_z = _logsumexp(logits)
-    ids = _top_k(logits, k)
-    fields = (ids, np.exp(np.take_along_axis(logits, ids, -1) - log_z))
+    log_z = log_sum_exp(logits)[:, None]
+    ids, top = top_k(logits, k)
+    fields = (ids, np.exp(top - log_z))
     if answer_ids is None:
         return fields
     picked = logits[:, answer_ids]  # [rows, n_answers]
     ranks = np.stack([1 + (logits > picked[:, [a]]).sum(-1) for a in range(len(answer_ids))], -1)
     return fields + (np.exp(picked - log_z), ranks)
-
-
-def _logsumexp(logits: np.ndarray) -> np.ndarray:
-    m = logits.max(-1, keepdims=True)
-    return m + np.log(np.exp(logits - m).sum(-1, keepdims=True))
-
-
-def _top_k(logits: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k largest logits along the last axis, largest first."""
-    part = np.argpartition(logits, -k, axis=-1)[..., -k:]
-    order = np.argsort(-np.take_along_axis(logits, part, -1), axis=-1, kind="stable")
-    return np.take_along_axis(part, order, -1)

@@ -14,6 +14,7 @@ import numpy as np
 import tinymech as tm
 from tinymech import analysis
 from tinymech.analysis.logit_lens import residual_points
+from tinymech.ranking import log_sum_exp, top_k
 
 HEAD_SCORES = ("previous_token", "induction", "duplicate_token")
 TOP_K = 10  # predictions and logit-lens tokens kept per position
@@ -176,16 +177,14 @@ class Backend:
         (logits, losses), cache = model.run_with_cache(
             tokens, names_filter=names, return_type="both", loss_per_token=True
         )
-        ids = tokens[0]
-        probs = _softmax(logits[0])  # [pos, vocab]
-        top_ids = _top_k(probs, TOP_K)
-        top_probs = np.take_along_axis(probs, top_ids, axis=-1)
+        ids, logits = tokens[0], logits[0]  # [pos], [pos, vocab]
+        top_ids, top_logits = top_k(logits, min(TOP_K, cfg.d_vocab))
+        top_probs = np.exp(top_logits - log_sum_exp(logits)[:, None])
         next_rank = np.full(len(ids), -1)
         next_prob = np.full(len(ids), np.nan, dtype=np.float32)
+        next_prob[:-1] = np.exp(-losses[0])
         for pos in range(len(ids) - 1):
-            p = probs[pos, ids[pos + 1]]
-            next_prob[pos] = p
-            next_rank[pos] = int((probs[pos] > p).sum())
+            next_rank[pos] = int((logits[pos] > logits[pos, ids[pos + 1]]).sum())
         patterns = np.stack([cache["pattern", l][0] for l in range(cfg.n_layers)])
         lens_at = self._lens_reader(tokens, cache)
         lens_at(len(ids) - 1)  # where the selection starts
@@ -288,20 +287,6 @@ def lens_rows(labels: Sequence[str]) -> list[int]:
     layer after attention ("{l}_mid") and after its MLP ("{l}_post"); the other
     "{l}_pre" rows repeat "{l-1}_post"."""
     return [r for r, label in enumerate(labels) if label == "0_pre" or not label.endswith("_pre")]
-
-
-def _top_k(x: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k largest entries of each row, largest first."""
-    k = min(k, x.shape[-1])
-    part = np.argpartition(-x, k - 1, axis=-1)[..., :k]
-    order = np.argsort(-np.take_along_axis(x, part, -1), axis=-1, kind="stable")
-    return np.take_along_axis(part, order, -1)
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64)
-    z = np.exp(z - z.max(-1, keepdims=True))
-    return (z / z.sum(-1, keepdims=True)).astype(np.float32)
 
 
 def loss_scale(d_vocab: int) -> float:

@@ -19,6 +19,7 @@
 #include "parallel_ops.hpp"
 #include "numpy_buffers.hpp"
 #include "threads.hpp"
+#include "sampling.hpp"
 #include "top_k.hpp"
 
 namespace py = pybind11;
@@ -372,6 +373,20 @@ PYBIND11_MODULE(_core, m) {
     }
     return out;
   }, py::arg("x"), "log(sum(exp(x))) along the last axis, max-subtracted; NaN where a row holds NaN or +inf");
+  m.def("sample", [](FloatArray logits, float temperature, int64_t top_k, double top_p,
+                     py::array_t<double, py::array::c_style> u) {
+    if (logits.ndim() != 2 || u.ndim() != 1 || u.shape(0) != logits.shape(0))
+      throw std::invalid_argument("sample needs logits [batch, d_vocab] and one uniform number per row");
+    py::array_t<int64_t> out(logits.shape(0));
+    {
+      py::gil_scoped_release nogil;
+      tmech::sample_rows(logits.data(), logits.shape(0), logits.shape(1), {temperature, top_k, top_p}, u.data(),
+                         out.mutable_data());
+    }
+    return out;
+  }, py::arg("logits"), py::arg("temperature"), py::arg("top_k"), py::arg("top_p"), py::arg("u"),
+     "one token per row: softmax(logits / temperature) kept to the top_k (0: all) and the top_p nucleus, "
+     "drawn with u in [0, 1)");
   m.def("top_k", [](FloatArray x, int64_t k) {
     if (x.ndim() < 1) throw std::invalid_argument("top_k needs an array with a last axis");
     const int64_t n = x.shape(x.ndim() - 1), rows = n ? x.size() / n : 0;

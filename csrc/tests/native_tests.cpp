@@ -24,6 +24,7 @@
 #include "sae.hpp"
 #include "sae_screen.hpp"
 #include "threads.hpp"
+#include "sampling.hpp"
 #include "top_k.hpp"
 
 using namespace tmech;
@@ -556,12 +557,39 @@ void test_top_k(std::mt19937& rng) {
   }
 }
 
+// Draws from rows wide enough that the nucleus outgrows the first candidates;
+// u = 0 picks the most probable kept token, a masked one is never drawn.
+void test_sampling(std::mt19937& rng) {
+  const int64_t rows = 4, n = 3000;
+  std::vector<float> z = randn(rows * n, rng, 0.5f);
+  for (int64_t r = 0; r < rows; ++r) z[r * n + 7] = -INFINITY, z[r * n + 11] = 3.f;
+  std::vector<double> u = {0.0, 0.3, 0.7, 0.999999};
+  std::vector<int64_t> out(rows);
+  bool ok = true;
+  for (SamplingParams p : {SamplingParams{1.f, 0, 0.95}, SamplingParams{0.5f, 100, 0.9}, SamplingParams{2.f, 0, 1.0},
+                           SamplingParams{1.f, 5, 1.0}}) {
+    sample_rows(z.data(), rows, n, p, u.data(), out.data());
+    for (int64_t r = 0; r < rows; ++r) ok = ok && out[r] >= 0 && out[r] < n && out[r] != 7;
+    if (p.top_k > 0 || p.top_p < 1.0) ok = ok && out[0] == 11;
+  }
+  check(ok, "sample_rows");
+  bool refused = false;
+  try {
+    std::vector<float> bad = {NAN, 1.f};
+    sample_rows(bad.data(), 1, 2, {}, u.data(), out.data());
+  } catch (const std::invalid_argument&) {
+    refused = true;
+  }
+  check(refused, "sample_rows refuses NaN logits");
+}
+
 int main() {
   std::mt19937 rng(1234);
   test_thread_count_parse();
   test_parallel_for();
   test_float_buffers();
   test_top_k(rng);
+  test_sampling(rng);
   const KernelTable* variants[8];
   const int n = kernels::available(variants, 8);
   for (int i = 0; i < n && i < 8; ++i) {

@@ -145,6 +145,9 @@ def test_logit_lens_rejects_bad_arguments(model):
     _, other = model.run_with_cache("The king", names_filter=analysis.lens_hook_names(model.cfg.n_layers))
     with pytest.raises(AnalysisError, match="not of the input's"):
         analysis.logit_lens(model, tokens, cache=other)
+    _, patterns = model.run_with_cache(tokens, names_filter="blocks.0.attn.hook_pattern")
+    with pytest.raises(AnalysisError, match="has no blocks.0.hook_resid_pre: capture analysis.lens_hook_names"):
+        analysis.logit_lens(model, tokens, cache=patterns)
     with pytest.raises(tm.InvalidTokensError, match="not one"):
         analysis.logit_lens(model, "The king", answers=["The king"])
     with pytest.raises(AnalysisError, match="ln must be"):

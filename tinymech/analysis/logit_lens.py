@@ -135,6 +135,8 @@ def logit_lens(model, input, answers=None, k: int = 5, ln: str = "recompute",
         _, cache = model.run_with_cache(tokens, names_filter=lens_hook_names(model.cfg.n_layers), return_type=None)
 
     def at_chosen(name):
+        if name not in cache:
+            raise AnalysisError(f"the cache has no {name}: capture analysis.lens_hook_names(n_layers) in it")
         act = np.asarray(cache[name])
         if act.shape[:2] != tokens.shape:
             raise AnalysisError(f"the cache's {name} is {list(act.shape)}, not of the input's [batch, pos] "

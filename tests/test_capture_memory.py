@@ -30,3 +30,16 @@ def test_dropped_caches_are_reused_and_released(gpt2):
     gc.collect()
     assert tm.release_memory() == big and tm._core.kernels.pooled_bytes() == 0
     assert tm.release_memory() == 0
+
+
+def test_a_name_given_twice_is_captured_once(gpt2):
+    _, model, _ = gpt2("small")
+    tokens = np.random.default_rng(1).integers(0, 1000, (2, 100))
+    name = "blocks.1.hook_resid_post"
+    tm.release_memory()
+    logits, cache = model.run_with_cache(tokens, names_filter=[name, name])
+    assert list(cache) == [name]
+    expected = cache[name].nbytes + logits.nbytes
+    del logits, cache
+    gc.collect()
+    assert tm.release_memory() == expected  # no second copy was made

@@ -228,7 +228,7 @@ def build_plan(model, specs: Iterable[HookSpec], capture: Iterable[str] = ()) ->
                 plan.callback(hid, _wrap_function(action, name))
             else:
                 raise HookError(f"the action for {name!r} must be a function or an Intervention, got {action!r}")
-    for name in capture:
+    for name in dict.fromkeys(capture):  # a name given twice is captured once
         plan.capture(ids[name])
     return plan
 

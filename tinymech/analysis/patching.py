@@ -140,7 +140,7 @@ def patch_activations(model, clean, corrupted, activation: str, metric=None, ans
     # A patch in block l leaves blocks 0..l-1 as in the target's own run: each
     # patched run starts at block l from the target's residual there.
     starts = [f"blocks.{layer}.hook_resid_pre" for layer in range(model.cfg.n_layers)]
-    target_logits, target_acts = model.run_with_cache(target, names_filter=list(dict.fromkeys(names + starts)))
+    target_logits, target_acts = model.run_with_cache(target, names_filter=names + starts)
     target_score = float(metric(target_logits))
     extent = {"layer": model.cfg.n_layers, "head": model.cfg.n_heads, "pos": target.shape[1]}
     values = np.zeros([extent[a] for a in axes])

@@ -4,9 +4,9 @@ A GGUF file holds metadata (architecture sizes, the tokenizer's vocabulary
 and merges, a chat template) and tensors, often quantized. read_gguf turns
 one into what a Hugging Face directory would hold: a config.json dict,
 float32 tensors under HF names (dequantized, with llama.cpp's rotary row
-permutation of q and k undone) and a `tokenizers` tokenizer. The `gguf`
-package (pip install gguf) does the parsing and dequantizing; it is
-imported only here, only when a GGUF is loaded.
+permutation of q and k undone) and a `tokenizers` tokenizer. The container
+is parsed by gguf_format; the `gguf` package (pip install gguf) dequantizes
+block-quantized tensors, imported only when a file holds some.
 """
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ModelLoadError, UnsupportedArchitectureError
+from .errors import ModelLoadError, TinymechError, UnsupportedArchitectureError
+from .gguf_format import GgufFile, GgufTensor, read_gguf_file
 
 SUPPORTED_GGUF_ARCHITECTURES = ("llama",)
 
@@ -50,7 +51,7 @@ class GgufCheckpoint:
     eos_token_id: int | None
 
 
-def _import_gguf():
+def import_gguf():
     try:
         import gguf
     except ImportError:
@@ -61,13 +62,12 @@ def _import_gguf():
 
 
 class _Metadata:
-    def __init__(self, reader, path: Path):
-        self._fields = reader.fields
+    def __init__(self, metadata: dict, path: Path):
+        self._values = metadata
         self._path = path
 
     def get(self, key, default=None):
-        field = self._fields.get(key)
-        return default if field is None else field.contents()
+        return self._values.get(key, default)
 
     def need(self, key):
         value = self.get(key)
@@ -77,13 +77,19 @@ class _Metadata:
 
 
 def read_gguf(path: str | Path) -> GgufCheckpoint:
-    gguf = _import_gguf()
     path = Path(path)
+    file = read_gguf_file(path)
     try:
-        reader = gguf.GGUFReader(str(path))
-    except (ValueError, OSError, IndexError) as e:
-        raise ModelLoadError(f"cannot read {path} as a GGUF file: {e}") from e
-    meta = _Metadata(reader, path)
+        return _checkpoint(file, path)
+    except TinymechError:
+        raise
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, ZeroDivisionError, OverflowError) as e:
+        # metadata of the wrong type, or sizes that disagree with the tensors
+        raise ModelLoadError(f"{path} has malformed or inconsistent metadata: {e}") from e
+
+
+def _checkpoint(file: GgufFile, path: Path) -> GgufCheckpoint:
+    meta = _Metadata(file.metadata, path)
     arch = meta.need("general.architecture")
     if arch not in SUPPORTED_GGUF_ARCHITECTURES:
         raise UnsupportedArchitectureError(
@@ -93,11 +99,11 @@ def read_gguf(path: str | Path) -> GgufCheckpoint:
     hf_config = _hf_config(meta, arch, n_tokens, bos, eos)
     n_heads, n_kv = hf_config["num_attention_heads"], hf_config["num_key_value_heads"]
     tensors = {}
-    for t in reader.tensors:
+    for t in file.tensors:
         name = _hf_name(t.name, path)
         if name is None:
             continue
-        w = _dequantize(gguf, t, path)
+        w = _dequantize(t, path)
         # llama.cpp interleaves each head's two rotary halves; HF keeps them apart
         if name.endswith("q_proj.weight"):
             w = _unpermute(w, n_heads)
@@ -122,17 +128,31 @@ def _hf_name(gguf_name: str, path: Path) -> str | None:
     raise ModelLoadError(f"{path} holds a tensor {gguf_name!r} that a llama model does not have")
 
 
-def _dequantize(gguf, tensor, path: Path) -> np.ndarray:
-    try:
-        w = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
-    except (NotImplementedError, KeyError, ValueError) as e:
-        raise ModelLoadError(
-            f"tensor {tensor.name!r} in {path} has type {tensor.tensor_type.name}, which the installed gguf "
-            f"package cannot dequantize ({e})"
-        ) from e
-    # GGUF lists dimensions innermost first; numpy's shape is the reverse
-    shape = tuple(int(d) for d in reversed(tensor.shape))
-    return np.ascontiguousarray(w, dtype=np.float32).reshape(shape)
+def _dequantize(tensor: GgufTensor, path: Path) -> np.ndarray:
+    """float32 [shape] of a tensor's bytes: F32, F16 and BF16 here, block-quantized types by the gguf package."""
+    if tensor.data.size == 0:
+        w = np.zeros(tensor.shape, np.float32)
+    elif tensor.type == 0:
+        w = tensor.data.view("<f4")
+    elif tensor.type == 1:
+        w = tensor.data.view("<f2")
+    elif tensor.type == 30:
+        w = (tensor.data.view("<u2").astype(np.uint32) << 16).view(np.float32)
+    else:
+        gguf = import_gguf()
+        qtype = gguf.GGMLQuantizationType(tensor.type)
+        try:
+            w = gguf.quants.dequantize(tensor.data.reshape(_rows(tensor), -1), qtype)
+        except (NotImplementedError, KeyError, ValueError) as e:
+            raise ModelLoadError(
+                f"tensor {tensor.name!r} in {path} has type {qtype.name}, which the installed gguf package "
+                f"cannot dequantize ({e})"
+            ) from e
+    return np.ascontiguousarray(w, dtype=np.float32).reshape(tensor.shape)
+
+
+def _rows(tensor: GgufTensor) -> int:
+    return int(np.prod(tensor.shape[:-1], dtype=np.int64)) if len(tensor.shape) > 1 else 1
 
 
 def _unpermute(w: np.ndarray, n_heads: int) -> np.ndarray:
@@ -193,7 +213,10 @@ def _tokenizer(meta: _Metadata, path: Path):
     tokens = meta.need("tokenizer.ggml.tokens")
     merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
     vocab = {tok: i for i, tok in enumerate(tokens)}
-    tok = tokenizers.Tokenizer(models.BPE(vocab, merges, fuse_unk=False))
+    try:
+        tok = tokenizers.Tokenizer(models.BPE(vocab, merges, fuse_unk=False))
+    except Exception as e:  # the tokenizers library raises a bare Exception, e.g. for a merge of unknown tokens
+        raise ModelLoadError(f"{path} holds a vocabulary and merges that make no tokenizer: {e}") from e
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=pre != "llama-bpe")
     if pre == "smollm":
         tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])

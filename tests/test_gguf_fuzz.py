@@ -1,0 +1,100 @@
+"""The GGUF container reader: what it parses equals what the gguf package
+reads from the same file, and any damage to a file (bytes changed, cut short,
+arbitrary bytes) ends in a TinymechError or a clean load, never another
+exception or a read past the end."""
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gguf_factory import write_gguf
+from llama_factory import make_hf_llama
+from model_factory import save_tokenizer
+import tinymech as tm
+from tinymech.errors import TinymechError
+from tinymech.gguf_format import read_gguf_file
+
+SHAPE = dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=96,
+             num_hidden_layers=1, vocab_size=300, max_position_embeddings=32)
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@pytest.fixture(scope="module")
+def gguf_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("gguf_fuzz")
+    hf = make_hf_llama(path / "hf", **SHAPE)
+    save_tokenizer(path, SHAPE["vocab_size"])
+    write_gguf(path / "tiny.gguf", hf, path / "tokenizer.json")
+    return path / "tiny.gguf"
+
+
+def header_end(path) -> int:
+    """Where the tensor data starts (so damage lands in the parsed part)."""
+    return min(t.offset for t in read_gguf_file(path).tensors)
+
+
+def load(path):
+    """tm.load's whole path: the container, the metadata, the tokenizer, the weights' shapes."""
+    try:
+        model = tm.load(path)
+    except TinymechError:
+        return
+    assert np.isfinite(model.cfg.d_model)
+
+
+def test_parsed_file_equals_the_gguf_package_reading(gguf_path):
+    import gguf
+
+    path = gguf_path
+    ours, theirs = read_gguf_file(path), gguf.GGUFReader(str(path))
+    fields = {k: f for k, f in theirs.fields.items() if not k.startswith("GGUF.")}  # its header counts
+    assert ours.version == 3 and set(ours.metadata) == set(fields)
+    for key, field in fields.items():
+        assert ours.metadata[key] == field.contents(), key
+    assert [t.name for t in ours.tensors] == [t.name for t in theirs.tensors]
+    for mine, ref in zip(ours.tensors, theirs.tensors):
+        assert mine.type == int(ref.tensor_type) and mine.shape == tuple(int(d) for d in reversed(ref.shape))
+        np.testing.assert_array_equal(mine.data, np.asarray(ref.data).reshape(-1).view(np.uint8))
+
+
+@FUZZ
+@given(data=st.data())
+def test_damaged_header(gguf_path, tmp_path, data):
+    raw = bytearray(gguf_path.read_bytes())
+    end = header_end(gguf_path)
+    for _ in range(data.draw(st.integers(1, 6))):
+        i = data.draw(st.integers(0, end - 1))
+        raw[i] = data.draw(st.integers(0, 255))
+    path = tmp_path / "d.gguf"
+    path.write_bytes(bytes(raw))
+    load(path)
+
+
+@FUZZ
+@given(cut=st.integers(0, 10**6))
+def test_cut_short(gguf_path, tmp_path, cut):
+    raw = gguf_path.read_bytes()
+    path = tmp_path / "c.gguf"
+    path.write_bytes(raw[: cut % len(raw)])
+    load(path)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(blob=st.binary(max_size=96))
+def test_arbitrary_bytes(tmp_path, blob):
+    path = tmp_path / "x.gguf"
+    path.write_bytes(b"GGUF" + blob if blob[:1] == b"\x00" else blob)
+    load(path)
+
+
+def test_a_merge_of_unknown_tokens_is_a_load_error(gguf_path, tmp_path):
+    """A vocabulary edited so that a merge names a token it lacks (same byte length)."""
+    raw = gguf_path.read_bytes()
+    merge = read_gguf_file(gguf_path).metadata["tokenizer.ggml.merges"][0].encode()
+    first = merge.split(b" ")[0]
+    damaged = raw.replace(merge, merge.replace(first, b"\x01" * len(first), 1), 1)
+    assert damaged != raw
+    path = tmp_path / "m.gguf"
+    path.write_bytes(damaged)
+    with pytest.raises(tm.ModelLoadError, match="make no tokenizer"):
+        tm.load(path)

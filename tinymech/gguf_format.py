@@ -1,0 +1,156 @@
+"""The GGUF container (llama.cpp's file format) read directly: the metadata
+key-values and tensor descriptions parsed from the header, the tensor bytes
+memory-mapped. The gguf package's reader took ~2 s on SmolLM2's header (its
+98k vocabulary and merge strings, one numpy view each); this takes ~0.1 s.
+Every count, length and offset is checked against the file's size, so a
+corrupt or truncated file raises ModelLoadError instead of reading past it.
+
+Layout (little-endian): magic "GGUF", version (u32, 2 or 3), tensor count and
+key-value count (u64); the key-values (string key, u32 value type, value);
+the tensor infos (string name, u32 n_dims, u64 dims innermost first, u32
+type, u64 offset into the data); the data, from the header's end rounded up
+to general.alignment (default 32).
+"""
+from __future__ import annotations
+
+import dataclasses
+import mmap
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ModelLoadError
+
+MAGIC = b"GGUF"
+# value type -> (struct format, size) for the fixed-size scalars
+_SCALARS = {0: ("<B", 1), 1: ("<b", 1), 2: ("<H", 2), 3: ("<h", 2), 4: ("<I", 4), 5: ("<i", 4), 6: ("<f", 4),
+            7: ("<?", 1), 10: ("<Q", 8), 11: ("<q", 8), 12: ("<d", 8)}
+_NUMPY = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "<u1", 10: "<u8", 11: "<i8",
+          12: "<f8"}
+_STRING, _ARRAY = 8, 9
+MAX_DIMS = 4  # GGML_MAX_DIMS
+
+
+@dataclasses.dataclass(frozen=True)
+class GgufTensor:
+    name: str
+    shape: tuple[int, ...]  # numpy order (outermost first)
+    type: int  # GGML type id (0 F32, 1 F16, 30 BF16, quantized types otherwise)
+    offset: int  # from the start of the file
+    data: np.ndarray = dataclasses.field(repr=False)  # uint8 bytes of the tensor, memory-mapped
+
+
+@dataclasses.dataclass(frozen=True)
+class GgufFile:
+    version: int
+    metadata: dict  # key -> int, float, bool, str or list of them
+    tensors: list[GgufTensor]
+
+
+class _Cursor:
+    """Reads the header sequentially, refusing to step past the end."""
+
+    def __init__(self, buf, path: Path):
+        self.buf, self.pos, self.path = buf, 0, path
+
+    def take(self, n: int) -> int:
+        start = self.pos
+        if n < 0 or start + n > len(self.buf):
+            raise ModelLoadError(f"{self.path} is truncated or corrupt: its header runs past the end of the file")
+        self.pos += n
+        return start
+
+    def scalar(self, kind: int):
+        fmt, size = _SCALARS[kind]
+        return struct.unpack_from(fmt, self.buf, self.take(size))[0]
+
+    def string(self) -> str:
+        n = self.scalar(10)
+        start = self.take(n)
+        try:
+            return bytes(self.buf[start : start + n]).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ModelLoadError(f"{self.path} holds a string that is not UTF-8 at byte {start}") from None
+
+    def value(self, kind: int, depth: int = 0):
+        if kind in _SCALARS:
+            return self.scalar(kind)
+        if kind == _STRING:
+            return self.string()
+        if kind == _ARRAY and depth < 4:  # arrays of arrays, but not without end
+            item, count = self.scalar(4), self.scalar(10)
+            if item in _NUMPY:
+                size = np.dtype(_NUMPY[item]).itemsize
+                start = self.take(count * size)
+                values = np.frombuffer(self.buf, _NUMPY[item], count, start)
+                return (values != 0).tolist() if item == 7 else values.tolist()
+            if count > len(self.buf) - self.pos:  # every element takes at least a byte
+                raise ModelLoadError(f"{self.path} is corrupt: an array claims {count} elements")
+            return [self.value(item, depth + 1) for _ in range(count)]
+        raise ModelLoadError(f"{self.path} is corrupt: unknown GGUF value type {kind}")
+
+
+def tensor_nbytes(type_id: int, shape: tuple[int, ...], path: Path) -> int:
+    """Bytes of a tensor of this GGML type: F32/F16/BF16 here, block-quantized
+    types from the gguf package's table (which dequantizes them anyway)."""
+    n = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    sizes = {0: (1, 4), 1: (1, 2), 30: (1, 2)}
+    if type_id not in sizes:
+        from .gguf_loading import import_gguf
+
+        gguf = import_gguf()
+        try:
+            sizes[type_id] = gguf.constants.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(type_id)]
+        except (ValueError, KeyError):
+            raise ModelLoadError(f"{path} holds a tensor of unknown GGML type {type_id}") from None
+    block, size = sizes[type_id]
+    if shape and shape[-1] % block:
+        raise ModelLoadError(f"{path} holds a tensor whose rows ({shape[-1]}) are not whole blocks of {block}")
+    return n // block * size
+
+
+def read_gguf_file(path: str | Path) -> GgufFile:
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError) as e:  # ValueError: an empty file cannot be mapped
+        raise ModelLoadError(f"cannot read {path} as a GGUF file: {e}") from e
+    cur = _Cursor(buf, path)
+    if len(buf) < 4 or bytes(buf[:4]) != MAGIC:
+        raise ModelLoadError(f"{path} is not a GGUF file (it does not start with 'GGUF')")
+    cur.take(4)
+    version = cur.scalar(4)
+    if version not in (2, 3):
+        raise ModelLoadError(f"{path} is GGUF version {version}; tinymech reads versions 2 and 3")
+    n_tensors, n_kv = cur.scalar(10), cur.scalar(10)
+    if n_tensors > len(buf) or n_kv > len(buf):
+        raise ModelLoadError(f"{path} is corrupt: it claims {n_tensors} tensors and {n_kv} metadata entries")
+    metadata = {}
+    for _ in range(n_kv):
+        key = cur.string()
+        metadata[key] = cur.value(cur.scalar(4))
+    infos = []
+    for _ in range(n_tensors):
+        name = cur.string()
+        n_dims = cur.scalar(4)
+        if not 1 <= n_dims <= MAX_DIMS:
+            raise ModelLoadError(f"{path} is corrupt: tensor {name!r} has {n_dims} dimensions")
+        dims = [cur.scalar(10) for _ in range(n_dims)]
+        infos.append((name, tuple(reversed(dims)), cur.scalar(4), cur.scalar(10)))
+    alignment = metadata.get("general.alignment", 32)
+    if not isinstance(alignment, int) or isinstance(alignment, bool) or not 1 <= alignment <= 1 << 16:
+        raise ModelLoadError(f"{path} is corrupt: general.alignment is {alignment!r}")
+    data_start = -(-cur.pos // alignment) * alignment
+    file_bytes = np.frombuffer(buf, np.uint8)
+    tensors = []
+    for name, shape, type_id, offset in infos:
+        if any(d > len(buf) for d in shape):
+            raise ModelLoadError(f"{path} is corrupt: tensor {name!r} has shape {list(shape)}")
+        nbytes = tensor_nbytes(type_id, shape, path)
+        start = data_start + offset
+        if offset % alignment or start + nbytes > len(buf):
+            raise ModelLoadError(f"{path} is truncated or corrupt: tensor {name!r} lies outside the file")
+        tensors.append(GgufTensor(name, shape, type_id, start, file_bytes[start : start + nbytes]))
+    return GgufFile(version, metadata, tensors)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import _core
 from .errors import ModelLoadError, TinymechError, UnsupportedArchitectureError
 from .gguf_format import GgufFile, GgufTensor, read_gguf_file
 
@@ -129,7 +130,8 @@ def _hf_name(gguf_name: str, path: Path) -> str | None:
 
 
 def _dequantize(tensor: GgufTensor, path: Path) -> np.ndarray:
-    """float32 [shape] of a tensor's bytes: F32, F16 and BF16 here, block-quantized types by the gguf package."""
+    """float32 [shape] of a tensor's bytes: F32, F16, BF16, Q4_0, Q4_1 and Q8_0 here, other
+    block-quantized types by the gguf package."""
     if tensor.data.size == 0:
         w = np.zeros(tensor.shape, np.float32)
     elif tensor.type == 0:
@@ -138,6 +140,8 @@ def _dequantize(tensor: GgufTensor, path: Path) -> np.ndarray:
         w = tensor.data.view("<f2")
     elif tensor.type == 30:
         w = (tensor.data.view("<u2").astype(np.uint32) << 16).view(np.float32)
+    elif _core.can_dequantize(tensor.type):  # Q4_0, Q4_1, Q8_0: in the core, over its threads
+        w = _core.dequantize(tensor.data, tensor.type)
     else:
         gguf = import_gguf()
         qtype = gguf.GGMLQuantizationType(tensor.type)

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "default_threads.hpp"
+#include "dequantize.hpp"
 #include "float_buffers.hpp"
 #include "forward.hpp"
 #include "hooks.hpp"
@@ -583,6 +584,24 @@ void test_sampling(std::mt19937& rng) {
   check(refused, "sample_rows refuses NaN logits");
 }
 
+// One block of each GGML type: d = 0.5 (f16 0x3800), m = -1 (0xBC00).
+void test_dequantize() {
+  std::vector<uint8_t> q4_0(18), q4_1(20), q8_0(34);
+  q4_0[0] = 0x00, q4_0[1] = 0x38, q4_0[2] = 0xA3;  // values 0 and 16: nibbles 3 and 10
+  q4_1[0] = 0x00, q4_1[1] = 0x38, q4_1[2] = 0x00, q4_1[3] = 0xBC, q4_1[4] = 0xF1;
+  q8_0[0] = 0x00, q8_0[1] = 0x38, q8_0[2] = 0x80, q8_0[33] = 0x7F;
+  std::vector<float> out(32);
+  dequantize_blocks(2, q4_0.data(), 1, out.data());
+  bool ok = out[0] == 0.5f * (3 - 8) && out[16] == 0.5f * (10 - 8) && out[1] == -4.f;
+  dequantize_blocks(3, q4_1.data(), 1, out.data());
+  ok = ok && out[0] == 0.5f * 1 - 1.f && out[16] == 0.5f * 15 - 1.f && out[5] == -1.f;
+  dequantize_blocks(8, q8_0.data(), 1, out.data());
+  ok = ok && out[0] == -64.f && out[31] == 63.5f && out[1] == 0.f;
+  ok = ok && half_to_float(0x0001) == 5.9604644775390625e-8f && std::isinf(half_to_float(0xFC00)) &&
+       std::isnan(half_to_float(0x7E00)) && half_to_float(0x3C00) == 1.f;
+  check(ok, "dequantize_blocks Q4_0 / Q4_1 / Q8_0 and half_to_float");
+}
+
 int main() {
   std::mt19937 rng(1234);
   test_thread_count_parse();
@@ -590,6 +609,7 @@ int main() {
   test_float_buffers();
   test_top_k(rng);
   test_sampling(rng);
+  test_dequantize();
   const KernelTable* variants[8];
   const int n = kernels::available(variants, 8);
   for (int i = 0; i < n && i < 8; ++i) {

@@ -401,6 +401,8 @@ PYBIND11_MODULE(_core, m) {
     return out;
   }, py::arg("data"), py::arg("ggml_type"), "GGML Q4_0 / Q4_1 / Q8_0 blocks (bytes) -> float32 values");
   m.def("can_dequantize", &tmech::can_dequantize, py::arg("ggml_type"));
+  m.def("quant_block_bytes", &tmech::quant_block_bytes, py::arg("ggml_type"),
+        "bytes of one block of 32 values of a GGML type the core dequantizes; 0 for others");
   m.def("top_k", [](FloatArray x, int64_t k) {
     if (x.ndim() < 1) throw std::invalid_argument("top_k needs an array with a last axis");
     const int64_t n = x.shape(x.ndim() - 1), rows = n ? x.size() / n : 0;

@@ -19,7 +19,7 @@ BLOCK_TENSORS = {
     "post_attention_layernorm.weight": ("ffn_norm.weight", "F32"),
     "mlp.gate_proj.weight": ("ffn_gate.weight", "Q8_0"),
     "mlp.up_proj.weight": ("ffn_up.weight", "Q4_1"),
-    "mlp.down_proj.weight": ("ffn_down.weight", "F32"),
+    "mlp.down_proj.weight": ("ffn_down.weight", "Q5_0"),  # dequantized by the gguf package, not the core
 }
 
 
@@ -37,7 +37,9 @@ def _tokenizer_parts(tokenizer_json: Path, vocab_size: int):
     return tokens, merges, types
 
 
-def write_gguf(path: Path, hf_model, tokenizer_json: Path, arch: str = "llama", tokenizer_model: str = "gpt2"):
+def write_gguf(path: Path, hf_model, tokenizer_json: Path, arch: str = "llama", tokenizer_model: str = "gpt2",
+               quants: dict | None = None):
+    """quants: GGUF block tensor name -> quantization, overriding BLOCK_TENSORS's."""
     import gguf
 
     cfg = hf_model.config
@@ -83,7 +85,7 @@ def write_gguf(path: Path, hf_model, tokenizer_json: Path, arch: str = "llama", 
                 arr = _permute(arr, cfg.num_attention_heads)
             elif hf_name.startswith("self_attn.k_proj"):
                 arr = _permute(arr, cfg.num_key_value_heads)
-            put(f"blk.{i}.{gguf_name}", arr, qtype)
+            put(f"blk.{i}.{gguf_name}", arr, (quants or {}).get(gguf_name, qtype))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

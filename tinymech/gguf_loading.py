@@ -57,7 +57,9 @@ def import_gguf():
         import gguf
     except ImportError:
         raise ModelLoadError(
-            "reading GGUF files needs the gguf package: pip install gguf (or pip install 'tinymech[gguf]')"
+            "this GGUF file holds tensors of a quantization tinymech's core does not read (it reads F32, F16, "
+            "BF16, Q4_0, Q4_1, Q8_0); dequantizing them needs the gguf package: pip install gguf "
+            "(or pip install 'tinymech[gguf]')"
         ) from None
     return gguf
 

@@ -389,20 +389,23 @@ PYBIND11_MODULE(_core, m) {
      "one token per row: softmax(logits / temperature) kept to the top_k (0: all) and the top_p nucleus, "
      "drawn with u in [0, 1)");
   m.def("dequantize", [](py::array_t<uint8_t, py::array::c_style> data, int ggml_type) {
-    const int64_t bytes = tmech::quant_block_bytes(ggml_type);
-    if (bytes == 0) throw std::invalid_argument("no dequantizer for GGML type " + std::to_string(ggml_type));
-    if (data.size() % bytes) throw std::invalid_argument("the data is not a whole number of blocks");
-    const int64_t n_blocks = data.size() / bytes;
-    FloatArray out(n_blocks * tmech::kQuantBlock);
+    const tmech::QuantBlock q = tmech::quant_block(ggml_type);
+    if (q.bytes == 0) throw std::invalid_argument("no dequantizer for GGML type " + std::to_string(ggml_type));
+    if (data.size() % q.bytes) throw std::invalid_argument("the data is not a whole number of blocks");
+    const int64_t n_blocks = data.size() / q.bytes;
+    FloatArray out(n_blocks * q.values);
     {
       py::gil_scoped_release nogil;
       tmech::dequantize_blocks(ggml_type, data.data(), n_blocks, out.mutable_data());
     }
     return out;
-  }, py::arg("data"), py::arg("ggml_type"), "GGML Q4_0 / Q4_1 / Q8_0 blocks (bytes) -> float32 values");
-  m.def("can_dequantize", &tmech::can_dequantize, py::arg("ggml_type"));
-  m.def("quant_block_bytes", &tmech::quant_block_bytes, py::arg("ggml_type"),
-        "bytes of one block of 32 values of a GGML type the core dequantizes; 0 for others");
+  }, py::arg("data"), py::arg("ggml_type"), "GGML block-quantized bytes -> float32 values (see quant_block)");
+  m.def("quant_block", [](int ggml_type) {
+    const tmech::QuantBlock q = tmech::quant_block(ggml_type);
+    return py::make_tuple(q.values, q.bytes);
+  }, py::arg("ggml_type"),
+     "(values, bytes) of one block of a GGML type the core dequantizes (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, "
+     "Q6_K); (0, 0) for others");
   m.def("top_k", [](FloatArray x, int64_t k) {
     if (x.ndim() < 1) throw std::invalid_argument("top_k needs an array with a last axis");
     const int64_t n = x.shape(x.ndim() - 1), rows = n ? x.size() / n : 0;

@@ -1,22 +1,21 @@
 // GGML's block-quantized tensors (GGUF files) to float32, over the threads:
-// the three 32-value block formats most small GGUF models use. Other types
-// are dequantized on the Python side (by the gguf package).
+// the formats small GGUF models mostly use (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 in
+// blocks of 32 values; Q4_K and Q6_K in super-blocks of 256, as in Q4_K_M
+// files). Each computes what the gguf package's numpy dequantizers compute,
+// bit for bit (this file is compiled without FMA contraction). Other types
+// are dequantized on the Python side, by the gguf package.
 #pragma once
 #include <cstdint>
 
 namespace tmech {
 
-// GGML type ids: Q4_0 = 2, Q4_1 = 3, Q8_0 = 8.
-bool can_dequantize(int ggml_type);
-// Bytes of one block of kQuantBlock values; 0 for a type this file does not know.
-int64_t quant_block_bytes(int ggml_type);
-constexpr int64_t kQuantBlock = 32;
+struct QuantBlock {
+  int64_t values = 0, bytes = 0;  // {0, 0}: a type this file does not dequantize
+};
+// GGML type ids: Q4_0 2, Q4_1 3, Q5_0 6, Q5_1 7, Q8_0 8, Q4_K 12, Q6_K 14.
+QuantBlock quant_block(int ggml_type);
 
-// out[n_blocks * 32] from n_blocks blocks at src (n_blocks * quant_block_bytes(type) bytes):
-//   Q4_0: f16 d, 16 bytes of 4-bit q (value i < 16: low nibble of byte i, else the high
-//         nibble of byte i - 16): d * (q - 8)
-//   Q4_1: f16 d, f16 m, the same nibbles: d * q + m
-//   Q8_0: f16 d, 32 int8 q: d * q
+// out[n_blocks * values] from n_blocks blocks at src (n_blocks * bytes bytes).
 void dequantize_blocks(int ggml_type, const uint8_t* src, int64_t n_blocks, float* out);
 
 // IEEE half-precision bits to float (subnormals, infinities and NaN included).

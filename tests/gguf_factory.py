@@ -19,7 +19,7 @@ BLOCK_TENSORS = {
     "post_attention_layernorm.weight": ("ffn_norm.weight", "F32"),
     "mlp.gate_proj.weight": ("ffn_gate.weight", "Q8_0"),
     "mlp.up_proj.weight": ("ffn_up.weight", "Q4_1"),
-    "mlp.down_proj.weight": ("ffn_down.weight", "Q5_0"),  # dequantized by the gguf package, not the core
+    "mlp.down_proj.weight": ("ffn_down.weight", "MXFP4"),  # dequantized by the gguf package, not the core
 }
 
 

@@ -1,12 +1,13 @@
-"""The core's GGML dequantizers (Q4_0, Q4_1, Q8_0) against the gguf package's
-on random blocks, and its half-precision decoding on every 16-bit pattern."""
+"""The core's GGML dequantizers (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K)
+against the gguf package's on random blocks, and its half-precision decoding
+on every 16-bit pattern."""
 import numpy as np
 import pytest
 
 from tinymech import _core
 
 
-@pytest.mark.parametrize("name", ["Q4_0", "Q4_1", "Q8_0"])
+@pytest.mark.parametrize("name", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q6_K"])
 @pytest.mark.parametrize("threads", [1, 3])
 def test_random_blocks_equal_the_gguf_package(name, threads):
     import gguf
@@ -15,8 +16,11 @@ def test_random_blocks_equal_the_gguf_package(name, threads):
 
     qtype = gguf.GGMLQuantizationType[name]
     block_bytes = gguf.constants.GGML_QUANT_SIZES[qtype][1]
-    blocks = np.random.default_rng(int(qtype)).integers(0, 256, (3000, block_bytes), dtype=np.uint8)
-    blocks[:4, :4] = [[0, 0x7C, 0, 0x7C], [0xFF, 0x7F, 0xFF, 0x7F], [1, 0, 1, 0], [0, 0x80, 0, 0x80]]  # inf, NaN, subnormal, -0
+    values = gguf.constants.GGML_QUANT_SIZES[qtype][0]
+    blocks = np.random.default_rng(int(qtype)).integers(0, 256, (700, block_bytes), dtype=np.uint8)
+    scale = slice(block_bytes - 2, None) if name == "Q6_K" else slice(0, 2)  # Q6_K keeps d last
+    for row, bits in enumerate([(0, 0x7C), (0xFF, 0x7F), (1, 0), (0, 0x80)]):  # inf, NaN, subnormal, -0
+        blocks[row, scale] = bits
     tm.set_num_threads(threads)
     try:
         ours = _core.dequantize(blocks.reshape(-1), int(qtype))
@@ -24,7 +28,8 @@ def test_random_blocks_equal_the_gguf_package(name, threads):
         tm.set_num_threads(0)
     with np.errstate(invalid="ignore", over="ignore"):
         ref = gguf.quants.dequantize(blocks, qtype).reshape(-1)
-    assert ours.shape == (3000 * 32,) and ours.dtype == np.float32
+    assert _core.quant_block(int(qtype)) == (values, block_bytes)
+    assert ours.shape == (700 * values,) and ours.dtype == np.float32
     np.testing.assert_array_equal(ours, ref)  # NaN where the reference has NaN
 
 
@@ -38,9 +43,9 @@ def test_every_half_precision_value():
 
 
 def test_bad_input_is_refused():
-    assert _core.can_dequantize(2) and not _core.can_dequantize(12)
-    with pytest.raises(ValueError, match="GGML type 12"):
-        _core.dequantize(np.zeros(144, np.uint8), 12)
+    assert _core.quant_block(10) == (0, 0)  # Q2_K: the gguf package's
+    with pytest.raises(ValueError, match="GGML type 10"):
+        _core.dequantize(np.zeros(84, np.uint8), 10)
     with pytest.raises(ValueError, match="whole number of blocks"):
         _core.dequantize(np.zeros(35, np.uint8), 8)
     assert _core.dequantize(np.zeros(0, np.uint8), 3).shape == (0,)

@@ -98,8 +98,8 @@ def tensor_nbytes(type_id: int, shape: tuple[int, ...], path: Path) -> int:
     (which dequantizes them anyway)."""
     n = int(np.prod(shape, dtype=np.int64)) if shape else 1
     sizes = {0: (1, 4), 1: (1, 2), 30: (1, 2)}
-    if _core.can_dequantize(type_id):
-        sizes[type_id] = (32, _core.quant_block_bytes(type_id))
+    if _core.quant_block(type_id)[0]:
+        sizes[type_id] = _core.quant_block(type_id)
     if type_id not in sizes:
         from .gguf_loading import import_gguf
 

@@ -58,8 +58,8 @@ def import_gguf():
     except ImportError:
         raise ModelLoadError(
             "this GGUF file holds tensors of a quantization tinymech's core does not read (it reads F32, F16, "
-            "BF16, Q4_0, Q4_1, Q8_0); dequantizing them needs the gguf package: pip install gguf "
-            "(or pip install 'tinymech[gguf]')"
+            "BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K); dequantizing them needs the gguf package: "
+            "pip install gguf (or pip install 'tinymech[gguf]')"
         ) from None
     return gguf
 
@@ -132,8 +132,8 @@ def _hf_name(gguf_name: str, path: Path) -> str | None:
 
 
 def _dequantize(tensor: GgufTensor, path: Path) -> np.ndarray:
-    """float32 [shape] of a tensor's bytes: F32, F16, BF16, Q4_0, Q4_1 and Q8_0 here, other
-    block-quantized types by the gguf package."""
+    """float32 [shape] of a tensor's bytes: F32, F16, BF16 and the core's quantized types
+    here, other block-quantized types by the gguf package."""
     if tensor.data.size == 0:
         w = np.zeros(tensor.shape, np.float32)
     elif tensor.type == 0:
@@ -142,7 +142,7 @@ def _dequantize(tensor: GgufTensor, path: Path) -> np.ndarray:
         w = tensor.data.view("<f2")
     elif tensor.type == 30:
         w = (tensor.data.view("<u2").astype(np.uint32) << 16).view(np.float32)
-    elif _core.can_dequantize(tensor.type):  # Q4_0, Q4_1, Q8_0: in the core, over its threads
+    elif _core.quant_block(tensor.type)[0]:  # Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K: in the core
         w = _core.dequantize(tensor.data, tensor.type)
     else:
         gguf = import_gguf()

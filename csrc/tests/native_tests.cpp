@@ -597,9 +597,17 @@ void test_dequantize() {
   ok = ok && out[0] == 0.5f * 1 - 1.f && out[16] == 0.5f * 15 - 1.f && out[5] == -1.f;
   dequantize_blocks(8, q8_0.data(), 1, out.data());
   ok = ok && out[0] == -64.f && out[31] == 63.5f && out[1] == 0.f;
+  std::vector<uint8_t> q4_k(144), q6_k(210);
+  std::vector<float> wide(256);
+  q4_k[1] = 0x38, q4_k[3] = 0x3C, q4_k[4] = 2, q4_k[8] = 3, q4_k[16] = 0x75;  // d 0.5, dmin 1, scale 2, min 3
+  dequantize_blocks(12, q4_k.data(), 1, wide.data());
+  ok = ok && wide[0] == 0.5f * 2 * 5 - 3.f && wide[32] == 0.f && wide[1] == -3.f;
+  q6_k[192] = 1, q6_k[193] = static_cast<uint8_t>(-2), q6_k[209] = 0x38, q6_k[0] = 0x0F, q6_k[128] = 0x03;
+  dequantize_blocks(14, q6_k.data(), 1, wide.data());
+  ok = ok && wide[0] == 0.5f * 1 * (63 - 32) && wide[1] == -16.f && wide[16] == 0.5f * -2 * -32;
   ok = ok && half_to_float(0x0001) == 5.9604644775390625e-8f && std::isinf(half_to_float(0xFC00)) &&
        std::isnan(half_to_float(0x7E00)) && half_to_float(0x3C00) == 1.f;
-  check(ok, "dequantize_blocks Q4_0 / Q4_1 / Q8_0 and half_to_float");
+  check(ok, "dequantize_blocks Q4_0 / Q4_1 / Q8_0 / Q4_K / Q6_K and half_to_float");
 }
 
 int main() {

@@ -8,6 +8,7 @@ from typing import Iterator
 import numpy as np
 
 from .errors import HookError
+from .final_norm import final_norm, norm_centers
 from .hooks import get_act_name
 
 
@@ -90,26 +91,23 @@ class ActivationCache:
                 labels.append(f"{l}_mid")
         stack = np.stack([_pos(p, pos_slice) for p in parts])
         if apply_ln:
-            stack = self._ln_final_each(stack) if layer == n else \
+            stack = final_norm(self.model, stack) if layer == n else \
                 self.apply_ln_to_stack(stack, layer, mlp_input, pos_slice=pos_slice)
         return (stack, labels) if return_labels else stack
 
-    def _ln_final_each(self, stack: np.ndarray) -> np.ndarray:
-        """ln_final (with its weight and bias) applied to each component on its own."""
-        w = self.model._weights
-        centered = stack - stack.mean(-1, keepdims=True)
-        scale = np.sqrt((centered * centered).mean(-1, keepdims=True) + self.model.cfg.eps)
-        return (centered / scale * w["lnf_w"] + w["lnf_b"]).astype(np.float32)
 
     def decompose_resid(self, layer=None, mlp_input=False, mode="all", apply_ln=False,
                         pos_slice=None, incl_embeds=True, return_labels=False):
         """The residual stream at `layer` as the sum of its writers:
-        embed, pos_embed, then each earlier layer's attn_out and mlp_out."""
+        embed, pos_embed (learned positions), then each earlier layer's attn_out and mlp_out."""
         stop = self._n_layers(layer)
         parts, labels = [], []
-        if incl_embeds:
-            parts += [self["hook_embed"], self["hook_pos_embed"]]
-            labels += ["embed", "pos_embed"]
+        if incl_embeds:  # rotary models have no position embedding to add
+            parts.append(self["hook_embed"])
+            labels.append("embed")
+            if "hook_pos_embed" in self.model.hook_names():
+                parts.append(self["hook_pos_embed"])
+                labels.append("pos_embed")
         for l in range(stop):
             if mode in ("all", "attn"):
                 parts.append(self[f"blocks.{l}.hook_attn_out"])
@@ -159,7 +157,7 @@ class ActivationCache:
 
     def apply_ln_to_stack(self, residual_stack, layer=None, mlp_input=False, pos_slice=None,
                           batch_slice=None, has_batch_dim=True):
-        """Center each component and divide by the cached LayerNorm scale the
+        """Center each component (LayerNorm models) and divide by the cached norm scale the
         stack's sum went through (ln_final for layer None), as TransformerLens does.
         The LayerNorm's weight and bias are not applied. pos_slice is taken to be
         applied to the stack already; batch_slice is applied here to both."""
@@ -174,8 +172,9 @@ class ActivationCache:
             scale = _index(scale, batch_slice, axis=0)
         else:
             scale = scale[0]
-        centered = residual_stack - residual_stack.mean(-1, keepdims=True)
-        return centered / scale
+        if norm_centers(self.model):  # an RMSNorm does not center (as in TransformerLens)
+            residual_stack = residual_stack - residual_stack.mean(-1, keepdims=True)
+        return residual_stack / scale
 
     def logit_attrs(self, residual_stack, tokens, incorrect_tokens=None, pos_slice=None,
                     batch_slice=None, has_batch_dim=True):

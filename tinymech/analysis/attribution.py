@@ -9,6 +9,7 @@ import re
 import numpy as np
 
 from .errors import AnalysisError
+from ..final_norm import norm_centers
 from .params import attn_out_bias, ln_final_params, unembed_bias
 from .tables import format_table
 from .tokens import token_ids, token_labels
@@ -19,10 +20,10 @@ class LogitAttribution:
     """The parts of a logit (difference). With one input sequence the arrays have
     no batch axis; otherwise a last batch axis.
 
-    labels: one per component: "embed", "pos_embed", then for each layer l
+    labels: one per component: "embed", "pos_embed" (learned positions only), then for each layer l
             "L{l}H{h}" (each head's z·W_O), "L{l}_b_O" (the attention output
-            bias), "L{l}_mlp"; finally "ln_final_bias" (ln_final's bias, and b_U
-            if any, through the unembedding: the same for every input)
+            bias), "L{l}_mlp"; finally "ln_final_bias" (ln_final's bias, if a
+            LayerNorm, and b_U if any, through the unembedding: the same for every input)
     values: [component, (batch)] float64; values.sum(0) equals `logit`
     logit:  the model's real logit (difference) [(batch)]
     token, incorrect_token: the ids compared [(batch)] (incorrect_token may be None)
@@ -93,13 +94,16 @@ def logit_attribution(model, input, token, incorrect_token=None, position: int =
     good = _per_sequence(model, token, batch)
     bad = None if incorrect_token is None else _per_sequence(model, incorrect_token, batch)
 
-    names = ["hook_embed", "hook_pos_embed", "ln_final.hook_scale"]
+    # rotary models add no position embedding to the residual stream
+    embeds = [("hook_embed", "embed"), ("hook_pos_embed", "pos_embed")][: 2 if "hook_pos_embed" in
+                                                                        model.hook_names() else 1]
+    names = [name for name, _ in embeds] + ["ln_final.hook_scale"]
     for layer in range(cfg.n_layers):
         names += [f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_mlp_out"]
     logits, cache = model.run_with_cache(tokens, names_filter=names)
 
-    labels = ["embed", "pos_embed"]
-    parts = [cache["hook_embed"][:, pos], cache["hook_pos_embed"][:, pos]]  # each [batch, d_model]
+    labels = [label for _, label in embeds]
+    parts = [cache[name][:, pos] for name, _ in embeds]  # each [batch, d_model]
     for layer in range(cfg.n_layers):
         z = cache[f"blocks.{layer}.attn.hook_z"][:, pos].astype(np.float64)  # [batch, head, d_head]
         heads = np.einsum("bhd,hdm->hbm", z, model.W_O(layer).astype(np.float64))
@@ -115,9 +119,9 @@ def logit_attribution(model, input, token, incorrect_token=None, position: int =
     if bad is not None:
         unembed_dir = unembed_dir - model.W_U[:, bad].T
     scale = cache["ln_final.hook_scale"][:, pos].astype(np.float64)  # [batch, 1]
-    centered = stack - stack.mean(-1, keepdims=True)
+    centered = stack - stack.mean(-1, keepdims=True) if norm_centers(model) else stack
     values = (centered / scale * (unembed_dir * ln_w)).sum(-1)  # [component, batch]
-    constant = unembed_dir @ ln_b.astype(np.float64)
+    constant = np.zeros(batch) if ln_b is None else unembed_dir @ ln_b.astype(np.float64)
     b_U = unembed_bias(model)
     if b_U is not None:
         constant = constant + b_U[good] - (0.0 if bad is None else b_U[bad])

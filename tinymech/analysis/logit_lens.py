@@ -8,7 +8,8 @@ import numpy as np
 
 from ..ranking import log_sum_exp, top_k
 from .errors import AnalysisError
-from .params import ln_final_params, unembed_bias
+from ..final_norm import final_norm
+from .params import unembed_bias
 from .tables import format_table
 from .tokens import token_ids, token_labels
 
@@ -30,17 +31,6 @@ def unembed(model, normalized: np.ndarray) -> np.ndarray:
     logits = np.asarray(normalized, dtype=np.float32) @ model.W_U
     bias = unembed_bias(model)
     return logits if bias is None else logits + bias
-
-
-def final_layer_norm(model, resid: np.ndarray, scale: np.ndarray | None = None) -> np.ndarray:
-    """ln_final applied to a residual [..., d_model]: with its own scale, or with
-    a given one ([..., 1], e.g. the real run's ln_final.hook_scale)."""
-    x = np.asarray(resid, dtype=np.float64)
-    x = x - x.mean(-1, keepdims=True)
-    if scale is None:
-        scale = np.sqrt((x * x).mean(-1, keepdims=True) + model.cfg.eps)
-    weight, bias = ln_final_params(model)
-    return (x / scale * weight + bias).astype(np.float32)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -154,7 +144,7 @@ def logit_lens(model, input, answers=None, k: int = 5, ln: str = "recompute",
         else:
             row_of.append(len(distinct))
             distinct.append(name)
-    normed = np.stack([final_layer_norm(model, at_chosen(name), scale) for name in distinct])
+    normed = np.stack([final_norm(model, at_chosen(name), scale) for name in distinct])
     flat = normed.reshape(-1, normed.shape[-1])
     step = max(1, _LOGITS_PER_BLOCK // model.cfg.d_vocab)
     blocks = [_read_logits(unembed(model, flat[i : i + step]), k, answer_ids) for i in range(0, len(flat), step)]

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 
-def ln_final_params(model) -> tuple[np.ndarray, np.ndarray]:
-    """ln_final's weight and bias, each [d_model]."""
+def ln_final_params(model) -> tuple[np.ndarray, np.ndarray | None]:
+    """ln_final's weight [d_model] and bias [d_model] (None for an RMSNorm, which has none)."""
     return model.ln_final_w, model.ln_final_b
 
 

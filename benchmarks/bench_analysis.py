@@ -12,12 +12,11 @@ number of threads. analysis_rows(model, tl, ...) returns the report rows.
 from __future__ import annotations
 
 import os
-import time
 
 import numpy as np
 
 from report import row
-from timing import best_time, random_tokens
+from timing import best_time, random_tokens, seconds_of
 
 
 def _patching_inputs(vocab: int, batch: int, n: int):
@@ -28,11 +27,6 @@ def _patching_inputs(vocab: int, batch: int, n: int):
     answers = np.stack([clean[:, -1], corrupted[:, -1] ^ 1], axis=1)
     return clean, corrupted, answers
 
-
-def seconds(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def patching_rows(model, tl, *, batch: int = 1, n: int = 12) -> list:
@@ -58,8 +52,8 @@ def patching_rows(model, tl, *, batch: int = 1, n: int = 12) -> list:
 
     # each call is many runs: one timed call per library after a warm-up forward
     model(clean), tl(torch.as_tensor(clean))
-    ours = seconds(lambda: analysis.patch_resid_pre(model, clean, corrupted, answers=answers))
-    ref = seconds(theirs)
+    ours = seconds_of(lambda: analysis.patch_resid_pre(model, clean, corrupted, answers=answers))
+    ref = seconds_of(theirs)
     runs = model.cfg.n_layers * n
     return [row(f"patch-resid-{batch}x{n}", f"activation patching, resid_pre, {batch}x{n} tokens", ours, ref, "s",
                 ref / ours, ref_name="TL patching", note=f"{runs} patched runs; logit difference metric")]

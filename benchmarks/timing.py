@@ -20,6 +20,13 @@ def _times(fn, repeats: int) -> list:
     return times
 
 
+def seconds_of(fn) -> float:
+    """Seconds of one call of fn, no warm-up (for calls that are long runs themselves)."""
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 def best_time(fn, repeats: int = 3) -> float:
     """Seconds of the fastest of `repeats` calls of fn after one warm-up call."""
     return min(_times(fn, repeats))

@@ -49,3 +49,33 @@ def test_bad_input_is_refused():
     with pytest.raises(ValueError, match="whole number of blocks"):
         _core.dequantize(np.zeros(35, np.uint8), 8)
     assert _core.dequantize(np.zeros(0, np.uint8), 3).shape == (0,)
+
+
+def test_k_quant_tensors_read_from_a_file(tmp_path):
+    """A GGUF holding Q4_K and Q6_K tensors (random blocks: the gguf package cannot
+    quantize to them): the container reader finds their bytes and shapes, and the
+    loader's dequantization equals the package's."""
+    import gguf
+
+    from tinymech.gguf_format import read_gguf_file
+    from tinymech.gguf_loading import _dequantize
+
+    rng = np.random.default_rng(0)
+    writer = gguf.GGUFWriter(str(tmp_path / "k.gguf"), "llama")
+    raw = {}
+    for name, qtype, shape in [("a", "Q4_K", (3, 512)), ("b", "Q6_K", (2, 256))]:
+        q = gguf.GGMLQuantizationType[qtype]
+        block_bytes = gguf.constants.GGML_QUANT_SIZES[q][1]
+        blocks = rng.integers(0, 256, (shape[0], shape[1] // 256 * block_bytes), dtype=np.uint8)
+        blocks.reshape(-1, block_bytes)[:, 0 if qtype == "Q4_K" else -2:][:, :2] = [0, 0x3C]  # finite scales
+        raw[name] = (q, blocks, shape)
+        writer.add_tensor(name, blocks, raw_dtype=q)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    tensors = {t.name: t for t in read_gguf_file(tmp_path / "k.gguf").tensors}
+    for name, (q, blocks, shape) in raw.items():
+        t = tensors[name]
+        assert t.shape == shape and t.type == int(q)
+        np.testing.assert_array_equal(_dequantize(t, tmp_path), gguf.quants.dequantize(blocks, q).reshape(shape))

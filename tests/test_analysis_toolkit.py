@@ -387,6 +387,14 @@ def test_patches_side_by_side_equal_patches_one_by_one(model, pair, activation, 
     assert np.ptp(alone.values) > 0.01
 
 
+def test_patches_per_forward_are_bounded_by_rows_and_logits():
+    per_run = analysis.patching._patches_per_run
+    assert per_run(8, 50257) == 32  # 256 rows
+    assert per_run(8, 8 * 50257) == 32
+    assert per_run(8, 8 * 10**6) == 2  # 2 x 8M floats of logits: 64 MB
+    assert per_run(300, 1) == 1  # always at least one
+
+
 def test_patching_under_context_hooks_runs_patches_one_by_one(model, pair):
     """Hooks of model.hooks(...) see the input's own batch, as in any run."""
     clean, corrupted, answers = pair

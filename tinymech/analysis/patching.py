@@ -146,8 +146,8 @@ def patch_activations(model, clean, corrupted, activation: str, metric=None, ans
     values = np.zeros([extent[a] for a in axes])
     last_only = bool(getattr(metric, "last_position_only", False))
     # hooks of an enclosing model.hooks(...) may expect the input's batch size
-    group = 1 if model.context_hooks else _patches_per_run(target.size, 1 if last_only else target.shape[1],
-                                                           model.cfg.d_vocab)
+    logits_per_patch = target.shape[0] * (1 if last_only else target.shape[1]) * model.cfg.d_vocab
+    group = 1 if model.context_hooks else _patches_per_run(target.size, logits_per_patch)
     done = 0
     for layer, (name, start) in enumerate(zip(names, starts)):
         indices = [i for i in np.ndindex(values.shape) if i[0] == layer]
@@ -180,8 +180,9 @@ _ROWS_PER_RUN = 256
 _LOGITS_PER_RUN = 1 << 24
 
 
-def _patches_per_run(rows: int, logit_rows: int, d_vocab: int) -> int:
-    return max(1, min(_ROWS_PER_RUN // rows, _LOGITS_PER_RUN // (logit_rows * d_vocab * max(1, rows))))
+def _patches_per_run(rows: int, logits_per_patch: int) -> int:
+    """How many patched copies of the input (rows tokens each) one forward carries."""
+    return max(1, min(_ROWS_PER_RUN // rows, _LOGITS_PER_RUN // logits_per_patch))
 
 
 def _patched_activations(target, source, patches) -> np.ndarray:

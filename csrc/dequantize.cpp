@@ -26,19 +26,6 @@ float half_to_float(uint16_t h) {
   return out;
 }
 
-QuantBlock quant_block(int ggml_type) {
-  switch (ggml_type) {
-    case 2: return {32, 18};
-    case 3: return {32, 20};
-    case 6: return {32, 22};
-    case 7: return {32, 24};
-    case 8: return {32, 34};
-    case 12: return {256, 144};
-    case 14: return {256, 210};
-    default: return {};
-  }
-}
-
 namespace {
 
 inline uint16_t u16_at(const uint8_t* p) { return static_cast<uint16_t>(p[0] | (p[1] << 8)); }
@@ -109,28 +96,34 @@ void q6_k(const uint8_t* b, float* y) {
   }
 }
 
-using BlockFn = void (*)(const uint8_t*, float*);
-BlockFn block_fn(int ggml_type) {
-  switch (ggml_type) {
-    case 2: return q4_0;
-    case 3: return q4_1;
-    case 6: return q5_0;
-    case 7: return q5_1;
-    case 8: return q8_0;
-    case 12: return q4_k;
-    case 14: return q6_k;
-    default: return nullptr;
-  }
+// Each type this file dequantizes: its id, block size and block function.
+struct Format {
+  int type;
+  QuantBlock block;
+  void (*fn)(const uint8_t*, float*);
+};
+constexpr Format kFormats[] = {{2, {32, 18}, q4_0},   {3, {32, 20}, q4_1},    {6, {32, 22}, q5_0},
+                               {7, {32, 24}, q5_1},   {8, {32, 34}, q8_0},    {12, {256, 144}, q4_k},
+                               {14, {256, 210}, q6_k}};
+
+const Format* format_of(int ggml_type) {
+  for (const Format& f : kFormats)
+    if (f.type == ggml_type) return &f;
+  return nullptr;
 }
 
 }  // namespace
 
+QuantBlock quant_block(int ggml_type) {
+  const Format* f = format_of(ggml_type);
+  return f ? f->block : QuantBlock{};
+}
+
 void dequantize_blocks(int ggml_type, const uint8_t* src, int64_t n_blocks, float* out) {
-  const QuantBlock q = quant_block(ggml_type);
-  const BlockFn fn = block_fn(ggml_type);
-  if (!fn) throw std::invalid_argument("no dequantizer for GGML type " + std::to_string(ggml_type));
+  const Format* f = format_of(ggml_type);
+  if (!f) throw std::invalid_argument("no dequantizer for GGML type " + std::to_string(ggml_type));
   parallel_for(n_blocks, [&](int64_t b0, int64_t b1, int) {
-    for (int64_t b = b0; b < b1; ++b) fn(src + b * q.bytes, out + b * q.values);
+    for (int64_t b = b0; b < b1; ++b) f->fn(src + b * f->block.bytes, out + b * f->block.values);
   }, 256);
 }
 

@@ -90,3 +90,15 @@ def write_gguf(path: Path, hf_model, tokenizer_json: Path, arch: str = "llama", 
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+
+
+def make_tiny_gguf(directory: Path, **llama_shape) -> Path:
+    """A random HF Llama of this shape in directory/hf, its byte-level BPE
+    tokenizer, and the same written as directory/tiny.gguf (returned)."""
+    from llama_factory import make_hf_llama
+    from model_factory import save_tokenizer
+
+    hf = make_hf_llama(directory / "hf", **llama_shape)
+    save_tokenizer(directory, llama_shape["vocab_size"])
+    write_gguf(directory / "tiny.gguf", hf, directory / "tokenizer.json")
+    return directory / "tiny.gguf"

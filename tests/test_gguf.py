@@ -5,9 +5,8 @@ import numpy as np
 import pytest
 
 import tinymech as tm
-from gguf_factory import write_gguf
-from llama_factory import make_hf_llama
-from model_factory import SAMPLE_TEXT, hf_logits, rel_err, save_tokenizer
+from gguf_factory import make_tiny_gguf, write_gguf
+from model_factory import SAMPLE_TEXT, hf_logits, rel_err
 
 # row lengths (d_model, d_mlp) are multiples of 32, the quantization block
 SHAPE = dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=96,
@@ -16,11 +15,7 @@ SHAPE = dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, inter
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    path = tmp_path_factory.mktemp("gguf")
-    hf = make_hf_llama(path / "hf", **SHAPE)
-    save_tokenizer(path, SHAPE["vocab_size"])
-    write_gguf(path / "tiny.gguf", hf, path / "tokenizer.json")
-    return path
+    return make_tiny_gguf(tmp_path_factory.mktemp("gguf"), **SHAPE).parent
 
 
 def test_logits_match_transformers_reading_the_same_file(files):

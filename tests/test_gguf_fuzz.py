@@ -7,9 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gguf_factory import write_gguf
-from llama_factory import make_hf_llama
-from model_factory import save_tokenizer
+from gguf_factory import make_tiny_gguf
 import tinymech as tm
 from tinymech.errors import TinymechError
 from tinymech.gguf_format import read_gguf_file
@@ -21,11 +19,7 @@ FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCh
 
 @pytest.fixture(scope="module")
 def gguf_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("gguf_fuzz")
-    hf = make_hf_llama(path / "hf", **SHAPE)
-    save_tokenizer(path, SHAPE["vocab_size"])
-    write_gguf(path / "tiny.gguf", hf, path / "tokenizer.json")
-    return path / "tiny.gguf"
+    return make_tiny_gguf(tmp_path_factory.mktemp("gguf_fuzz"), **SHAPE)
 
 
 def header_end(path) -> int:

@@ -92,17 +92,29 @@ class _Cursor:
         raise ModelLoadError(f"{self.path} is corrupt: unknown GGUF value type {kind}")
 
 
+def import_gguf():
+    """The gguf package, needed only to dequantize types the core does not read."""
+    try:
+        import gguf
+    except ImportError:
+        raise ModelLoadError(
+            "this GGUF file holds tensors of a quantization tinymech's core does not read (it reads F32, F16, "
+            "BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K); dequantizing them needs the gguf package: "
+            "pip install gguf (or pip install 'tinymech[gguf]')"
+        ) from None
+    return gguf
+
+
 def tensor_nbytes(type_id: int, shape: tuple[int, ...], path: Path) -> int:
     """Bytes of a tensor of this GGML type: F32/F16/BF16 and the types the core
     dequantizes here, other block-quantized types from the gguf package's table
     (which dequantizes them anyway)."""
     n = int(np.prod(shape, dtype=np.int64)) if shape else 1
     sizes = {0: (1, 4), 1: (1, 2), 30: (1, 2)}
-    if _core.quant_block(type_id)[0]:
-        sizes[type_id] = _core.quant_block(type_id)
+    core_block = _core.quant_block(type_id)
+    if core_block[0]:
+        sizes[type_id] = core_block
     if type_id not in sizes:
-        from .gguf_loading import import_gguf
-
         gguf = import_gguf()
         try:
             sizes[type_id] = gguf.constants.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(type_id)]

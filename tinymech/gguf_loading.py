@@ -17,7 +17,7 @@ import numpy as np
 
 from . import _core
 from .errors import ModelLoadError, TinymechError, UnsupportedArchitectureError
-from .gguf_format import GgufFile, GgufTensor, read_gguf_file
+from .gguf_format import GgufFile, GgufTensor, import_gguf, read_gguf_file
 
 SUPPORTED_GGUF_ARCHITECTURES = ("llama",)
 
@@ -50,18 +50,6 @@ class GgufCheckpoint:
     tokenizer: object  # tokenizers.Tokenizer
     bos_token_id: int | None
     eos_token_id: int | None
-
-
-def import_gguf():
-    try:
-        import gguf
-    except ImportError:
-        raise ModelLoadError(
-            "this GGUF file holds tensors of a quantization tinymech's core does not read (it reads F32, F16, "
-            "BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K); dequantizing them needs the gguf package: "
-            "pip install gguf (or pip install 'tinymech[gguf]')"
-        ) from None
-    return gguf
 
 
 class _Metadata:

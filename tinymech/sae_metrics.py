@@ -21,7 +21,6 @@ is the clean activation at its output hook.
 from __future__ import annotations
 
 import dataclasses
-import re
 
 import numpy as np
 
@@ -89,8 +88,10 @@ def _add_splice_record(sums: _Sums, splice, keep_rows: np.ndarray, d_out: int):
 
 def _block_of(hook_name: str) -> int:
     """The block a hook point lies in; 0 for the embeddings' and ln_final's."""
-    m = re.match(r"blocks\.(\d+)\.", hook_name)
-    return int(m.group(1)) if m else 0
+    try:
+        return _hooks.HookPoint(hook_name).layer()
+    except _hooks.HookError:
+        return 0
 
 
 def _default_ignored(model, sae) -> tuple[int, ...]:

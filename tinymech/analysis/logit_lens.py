@@ -26,6 +26,14 @@ def residual_points(n_layers: int) -> list[tuple[str, str]]:
     ]
 
 
+def distinct_points(n_layers: int) -> list[tuple[str, str]]:
+    """The residual points that differ: the embeddings ("0_pre"), then each
+    layer after attention ("{l}_mid") and after its MLP ("{l}_post"); every
+    other "{l}_pre" repeats "{l-1}_post"."""
+    return [(label, name) for label, name in residual_points(n_layers)
+            if label == "0_pre" or not label.endswith("_pre")]
+
+
 def unembed(model, normalized: np.ndarray) -> np.ndarray:
     """Logits [..., d_vocab] of vectors that went through ln_final already."""
     logits = np.asarray(normalized, dtype=np.float32) @ model.W_U
@@ -93,8 +101,7 @@ class LogitLensResult:
 
 def lens_hook_names(n_layers: int) -> list[str]:
     """The hook points a logit lens reads (cache them to pass cache= to logit_lens)."""
-    return [n for label, n in residual_points(n_layers) if label == "0_pre" or not label.endswith("_pre")] + [
-        "ln_final.hook_scale"]
+    return [name for _, name in distinct_points(n_layers)] + ["ln_final.hook_scale"]
 
 
 def logit_lens(model, input, answers=None, k: int = 5, ln: str = "recompute",
@@ -137,13 +144,10 @@ def logit_lens(model, input, answers=None, k: int = 5, ln: str = "recompute",
 
     # Each distinct point ("{l}_pre" repeats "{l-1}_post") normalized, then
     # unembedded a block of rows at a time: one read of W_U serves a block.
-    row_of, distinct = [], []
-    for label, name in points:
-        if label.endswith("_pre") and row_of:
-            row_of.append(row_of[-1])
-        else:
-            row_of.append(len(distinct))
-            distinct.append(name)
+    distinct = [name for _, name in distinct_points(model.cfg.n_layers)]
+    row_of = []  # each point's row among the distinct ones
+    for _, name in points:
+        row_of.append(distinct.index(name) if name in distinct else row_of[-1])
     normed = np.stack([final_norm(model, at_chosen(name), scale) for name in distinct])
     flat = normed.reshape(-1, normed.shape[-1])
     step = max(1, _LOGITS_PER_BLOCK // model.cfg.d_vocab)

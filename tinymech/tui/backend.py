@@ -13,7 +13,7 @@ import numpy as np
 
 import tinymech as tm
 from tinymech import analysis
-from tinymech.analysis.logit_lens import residual_points
+from tinymech.analysis.logit_lens import distinct_points
 from tinymech.ranking import log_sum_exp, top_k
 
 HEAD_SCORES = ("previous_token", "induction", "duplicate_token")
@@ -150,8 +150,7 @@ class Backend:
         )
         name = cfg.model_name or (model.path.rstrip("/").split("/")[-1] if model.path else "model")
         self.info = ModelInfo(name, cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.n_ctx, sae_infos)
-        labels = [label for label, _ in residual_points(cfg.n_layers)]
-        self._lens_labels = tuple(labels[r] for r in lens_rows(labels))
+        self._lens_labels = tuple(label for label, _ in distinct_points(cfg.n_layers))
 
     # ---- tokens -------------------------------------------------------------------
 
@@ -217,7 +216,7 @@ class Backend:
         @functools.lru_cache(maxsize=None)
         def lens_at(pos: int) -> LensAt:
             lens = analysis.logit_lens(self.model, tokens, k=TOP_K, prepend_bos=False, positions=[pos], cache=cache)
-            rows = lens_rows(lens.labels)
+            rows = [lens.labels.index(label) for label in self._lens_labels]
             ids = lens.top_ids[rows, 0]  # [row, k]
             return LensAt(_frozen(ids), _frozen(lens.top_probs[rows, 0]), self._decode_rows(ids))
 
@@ -280,13 +279,6 @@ class Backend:
             hooks=self.steer_hooks(steer) if steer else (),
         )
         return self.decode(new)
-
-
-def lens_rows(labels: Sequence[str]) -> list[int]:
-    """The logit-lens rows worth showing: the embedding ("0_pre"), then each
-    layer after attention ("{l}_mid") and after its MLP ("{l}_post"); the other
-    "{l}_pre" rows repeat "{l-1}_post"."""
-    return [r for r, label in enumerate(labels) if label == "0_pre" or not label.endswith("_pre")]
 
 
 def loss_scale(d_vocab: int) -> float:

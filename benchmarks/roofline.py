@@ -8,7 +8,10 @@ GPT-2-small prefill uses, and memory read bandwidth (GB/s) of a 1-row matmul
 its native probes (kernels.fma_peak_gflops, kernels.read_bandwidth_gbs), the
 kernel's GF/s are also given as a share of the measured FMA peak and the
 1-row matmul's GB/s as a share of the measured read bandwidth; otherwise the
-bandwidth reference is numpy streaming a large array.
+bandwidth reference is numpy streaming a large array. On a CPU with bfloat16
+dot products, the same shapes with bfloat16 weights (stored [N, K], as
+`tm.load(..., dtype="bf16")` keeps them) are given as a share of the
+measured bfloat16 dot-product peak.
 
 roofline_rows(threads, repeats) returns the measurements as report rows.
 """
@@ -25,7 +28,9 @@ SHAPES = [(512, 768, 2304), (512, 768, 3072), (512, 3072, 768), (512, 768, 768),
 
 def roofline_rows(threads: int, repeats: int = 3) -> list:
     """Rows "matmul-MxKxN" (GF/s, ratio tinymech / numpy, `peak_share` when
-    the FMA probe exists), "fma-peak" (only with the probe) and "memory-read"
+    the FMA probe exists), "fma-peak" (only with the probe), where the CPU has
+    bfloat16 dot products "bf16-peak" and "bf16-matmul-MxKxN" (GF/s, ratio =
+    share of that peak), and "memory-read"
     (GB/s of the 1-row matmul, ratio = its share of the reference bandwidth).
     The core runs `threads` threads meanwhile (restored after)."""
     import tinymech as tm
@@ -63,6 +68,7 @@ def _roofline_rows(repeats: int) -> list:
         share = ours / peak if peak else None
         rows.append(row(f"matmul-{M}x{K}x{N}", f"matmul {M}x{K}x{N}", ours, ref, "GF/s", ours / ref,
                         ref_name="numpy", note=f"{share:.0%} of FMA peak" if share else "", peak_share=share))
+    rows += _bf16_rows(kernels, problems, repeats)
 
     big = rng.standard_normal(64 * 1024 * 1024 // 4 * 8, dtype=np.float32)  # 256 MB, far beyond caches
     mat = big.reshape(-1, 4096)
@@ -74,6 +80,21 @@ def _roofline_rows(repeats: int) -> list:
         ref, ref_name = big.nbytes / best_time(lambda: big.sum(), repeats) / 1e9, "numpy sum"
     rows.append(row("memory-read", "memory read, 1-row matmul (share of bandwidth)", ours, ref, "GB/s", ours / ref,
                     ref_name=ref_name))
+    return rows
+
+
+def _bf16_rows(kernels, problems, repeats: int) -> list:
+    """The bfloat16 kernel on the same problems, against the bfloat16
+    dot-product peak; none where the CPU has no such instructions."""
+    bf16_peak = kernels.bf16_dot_peak_gflops() if hasattr(kernels, "bf16_dot_peak_gflops") else 0.0
+    if not bf16_peak:
+        return []
+    rows = [row("bf16-peak", "bfloat16 dot-product peak, native probe (GF/s)", bf16_peak, unit="GF/s")]
+    for M, K, N, A, B, transposed in problems:
+        B16 = kernels.round_bf16(B if transposed else np.ascontiguousarray(B.T))  # [N, K]
+        ours = 2 * M * K * N / best_time(lambda: kernels.matmul(A, B16, None, True), repeats) / 1e9
+        rows.append(row(f"bf16-matmul-{M}x{K}x{N}", f"bf16 matmul {M}x{K}x{N} (share of bf16 peak)", ours,
+                        bf16_peak, "GF/s", ours / bf16_peak, ref_name="bf16 dot-product peak"))
     return rows
 
 
@@ -96,6 +117,13 @@ def main():
             shape = r["id"][len("matmul-"):].replace("x", " x ")
             share = f"{r['peak_share']:>8.0%}" if r["peak_share"] else ""
             print(f"{shape:<26}{r['tinymech']:>15.1f}{r['reference']:>13.1f}{r['ratio']:>7.2f}x {share}".rstrip())
+    bf16_peak = next((r["tinymech"] for r in rows if r["id"] == "bf16-peak"), None)
+    if bf16_peak is not None:
+        print(f"bfloat16 dot-product peak (native probe): {bf16_peak:.1f} GF/s")
+        for r in rows:
+            if r["id"].startswith("bf16-matmul-"):
+                shape = r["id"][len("bf16-matmul-"):].replace("x", " x ")
+                print(f"bf16 weights {shape:<22}{r['tinymech']:>8.1f} GF/s {r['ratio']:>5.0%} of bf16 peak")
     mem = rows[-1]
     print(f"memory read: {mem['ref_name']} {mem['reference']:.1f} GB/s, "
           f"tinymech 1-row matmul {mem['tinymech']:.1f} GB/s ({mem['ratio']:.2f}x)")

@@ -312,6 +312,10 @@ void bind_kernels(py::module_& m) {
     py::gil_scoped_release nogil;
     return tmech::fma_peak_gflops(seconds);
   }, py::arg("seconds") = 0.5);
+  k.def("bf16_dot_peak_gflops", [](double seconds) {
+    py::gil_scoped_release nogil;
+    return tmech::bf16_dot_peak_gflops(seconds);
+  }, py::arg("seconds") = 0.5, "0 where the active kernel variant has no bfloat16 dot products");
   k.def("read_bandwidth_gbs", [](int64_t bytes, int repeats) {
     if (bytes <= 0 || repeats <= 0) throw std::invalid_argument("bytes and repeats must be positive");
     py::gil_scoped_release nogil;

@@ -13,16 +13,15 @@ namespace {
 double now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
-}  // namespace
 
-double fma_peak_gflops(double seconds) {
-  const KernelTable& kt = kernels::active();
+// GFLOP/s of `chains` (a probe of the kernel table) on every pool thread at once.
+double chains_gflops(float (*chains)(int64_t), int64_t (*flops)(int64_t), double seconds) {
   // Calibrate on one thread so every thread runs about `seconds`.
   int64_t iters = 1 << 16;
-  for (double t0 = now(); now() - t0 < 0.02; iters *= 2) kt.fma_chains(iters);
+  for (double t0 = now(); now() - t0 < 0.02; iters *= 2) chains(iters);
   const double per_iter = [&] {
     const double t0 = now();
-    kt.fma_chains(iters);
+    chains(iters);
     return (now() - t0) / static_cast<double>(iters);
   }();
   // Many small pieces, so every thread stays busy to the end whichever takes which.
@@ -32,10 +31,22 @@ double fma_peak_gflops(double seconds) {
   std::atomic<float> sink{0.f};
   const double t0 = now();
   parallel_for(pieces, [&](int64_t b, int64_t e, int) {
-    for (int64_t i = b; i < e; ++i) sink = sink + kt.fma_chains(iters);
+    for (int64_t i = b; i < e; ++i) sink = sink + chains(iters);
   });
   const double elapsed = now() - t0;
-  return static_cast<double>(kt.fma_chains_flops(iters)) * pieces / elapsed / 1e9;
+  return static_cast<double>(flops(iters)) * pieces / elapsed / 1e9;
+}
+}  // namespace
+
+double fma_peak_gflops(double seconds) {
+  const KernelTable& kt = kernels::active();
+  return chains_gflops(kt.fma_chains, kt.fma_chains_flops, seconds);
+}
+
+double bf16_dot_peak_gflops(double seconds) {
+  const KernelTable& kt = kernels::active();
+  if (!kt.bf16_dot_chains) return 0.0;
+  return chains_gflops(kt.bf16_dot_chains, kt.bf16_dot_chains_flops, seconds);
 }
 
 double read_bandwidth_gbs(int64_t bytes, int repeats) {

@@ -8,6 +8,9 @@ namespace tmech {
 
 // GFLOP/s of independent FMA chains on every pool thread at once.
 double fma_peak_gflops(double seconds);
+// The same with bfloat16 dot products (vdpbf16ps); 0 where the active
+// kernel variant has none.
+double bf16_dot_peak_gflops(double seconds);
 // GB/s of reading a `bytes`-sized buffer (far larger than the caches), every
 // pool thread streaming its own contiguous share.
 double read_bandwidth_gbs(int64_t bytes, int repeats);

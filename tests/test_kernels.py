@@ -99,8 +99,13 @@ def test_rows_against_out_in_weights_do_not_depend_on_the_batch(variant, bf16):
     assert np.abs(many - ref).max() <= 1e-5 * np.abs(ref).max()
 
 
-def test_machine_probes():
+def test_machine_probes(variant):
     assert 0 < K.fma_peak_gflops(0.05) < 1e6
+    bf16_peak = K.bf16_dot_peak_gflops(0.05)
+    if K.bf16_dot_products():  # two products per lane and instruction
+        assert 0 < bf16_peak < 1e6
+    else:
+        assert bf16_peak == 0.0
     assert 0 < K.read_bandwidth_gbs(1 << 20, 1) < 1e5
     with pytest.raises(ValueError):
         K.read_bandwidth_gbs(0, 1)

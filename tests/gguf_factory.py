@@ -92,12 +92,19 @@ def write_gguf(path: Path, hf_model, tokenizer_json: Path, arch: str = "llama", 
     w.close()
 
 
+# row lengths (d_model, d_mlp) are multiples of 32, the quantization block
+TINY_SHAPE = dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=96,
+                  num_hidden_layers=1, vocab_size=300, max_position_embeddings=32)
+
+
 def make_tiny_gguf(directory: Path, **llama_shape) -> Path:
-    """A random HF Llama of this shape in directory/hf, its byte-level BPE
-    tokenizer, and the same written as directory/tiny.gguf (returned)."""
+    """A random HF Llama of TINY_SHAPE (updated by llama_shape) in
+    directory/hf, its byte-level BPE tokenizer, and the same written as
+    directory/tiny.gguf (returned)."""
     from llama_factory import make_hf_llama
     from model_factory import save_tokenizer
 
+    llama_shape = {**TINY_SHAPE, **llama_shape}
     hf = make_hf_llama(directory / "hf", **llama_shape)
     save_tokenizer(directory, llama_shape["vocab_size"])
     write_gguf(directory / "tiny.gguf", hf, directory / "tokenizer.json")

@@ -90,3 +90,18 @@ def test_sae_reconstructs_as_its_card_says(model):
     assert abs(metrics.explained_variance - card["explained_variance"]) < 0.15
     assert metrics.ce_loss_recovered > 0.5
     assert len(sae.labels) > 0
+
+
+def test_tui_heads_grid_on_the_example_prompt_shows_the_induction_head(model):
+    """Story 1: `tinymech tui` opens on a repeated sentence, and the heads grid
+    (scores of attention off BOS) has one bright induction cell, the card's head."""
+    from tinymech.tui.app import DEFAULT_PROMPT
+    from tinymech.tui.backend import Backend
+
+    card = json.loads((DEMO / "heads.json").read_text())
+    scores = Backend(model, []).analyze(DEFAULT_PROMPT).head_scores["induction"]
+    np.testing.assert_allclose(scores, analysis.head_scores(model, DEFAULT_PROMPT, exclude_bos=True)["induction"],
+                               rtol=1e-6)
+    assert head_of(scores) == card["induction_head_exclude_bos"]
+    runner_up = np.sort(scores, axis=None)[-2]
+    assert scores.max() >= 0.5 and scores.max() >= 3 * runner_up

@@ -5,12 +5,10 @@ import numpy as np
 import pytest
 
 import tinymech as tm
-from gguf_factory import make_tiny_gguf, write_gguf
+from gguf_factory import TINY_SHAPE, make_tiny_gguf, write_gguf
 from model_factory import SAMPLE_TEXT, hf_logits, rel_err
 
-# row lengths (d_model, d_mlp) are multiples of 32, the quantization block
-SHAPE = dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=96,
-             num_hidden_layers=2, vocab_size=300, max_position_embeddings=32)
+SHAPE = {**TINY_SHAPE, "num_hidden_layers": 2}
 
 
 @pytest.fixture(scope="module")

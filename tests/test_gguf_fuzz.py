@@ -12,14 +12,12 @@ import tinymech as tm
 from tinymech.errors import TinymechError
 from tinymech.gguf_format import read_gguf_file
 
-SHAPE = dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=96,
-             num_hidden_layers=1, vocab_size=300, max_position_embeddings=32)
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @pytest.fixture(scope="module")
 def gguf_path(tmp_path_factory):
-    return make_tiny_gguf(tmp_path_factory.mktemp("gguf_fuzz"), **SHAPE)
+    return make_tiny_gguf(tmp_path_factory.mktemp("gguf_fuzz"))
 
 
 def header_end(path) -> int:

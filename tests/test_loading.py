@@ -69,6 +69,17 @@ def test_hub_id_resolves_from_local_cache(ckpt, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     model = tm.load("gpt2")
     assert model.cfg.n_layers == SHAPES["tiny"]["n_layer"]
+    assert model.cfg.model_name == "openai-community/gpt2"  # not the snapshot's commit hash
+
+
+def test_model_name_is_the_folder_or_the_gguf_it_came_from(ckpt, tmp_path):
+    from gguf_factory import make_tiny_gguf
+    from tinymech.gguf_loading import convert_gguf
+
+    assert tm.load(ckpt).cfg.model_name == ckpt.name
+    gguf = make_tiny_gguf(tmp_path / "g")
+    converted = convert_gguf(gguf, tmp_path / "cache" / f"{gguf.stem}-12345")
+    assert tm.load(converted).cfg.model_name == gguf.stem
 
 
 def test_unknown_hub_id_offline_says_how_to_get_it(tmp_path, monkeypatch):

@@ -2,6 +2,8 @@
 widgets show out. A seeded random model keeps every number reproducible."""
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 from textual.app import App
@@ -9,10 +11,12 @@ from textual.widgets import Input, Tabs
 
 import tinymech as tm
 from tinymech import analysis
-from test_tui_support import PROMPT, app, build_sae_dir, make_test_app, model_dir, sae_dir, settle  # noqa: F401 (fixtures)
+from model_factory import make_hf_gpt2
+from test_tui_support import PROMPT, ROOT, app, build_sae_dir, make_test_app, model_dir, sae_dir, settle  # noqa: F401 (fixtures)
 from tinymech.tui.app import TinymechApp, run_tui
 from tinymech.tui.backend import Steer
-from tinymech.tui.display import Palette, printable, token_label
+from tinymech.tui.display import Palette, fit, printable, token_label
+from tinymech.tui.screens import help as help_screen
 from tinymech.tui.screens.help import HelpScreen
 from tinymech.tui.screens.main import MainScreen
 from tinymech.tui.widgets.attention import PatternHeatmap
@@ -99,7 +103,7 @@ async def test_arrow_keys_and_clicks_move_the_selection(app, model_dir):
         assert screen.query_one("#predictions").border_title == "Next token @ 6"
         # the token that really follows position 6 is "·Mr", with its rank and loss
         a = screen.view.analysis
-        assert f"actual ·Mr  rank {a.next_rank[6] + 1}  p {a.next_prob[6]:.3f}  loss {a.losses[7]:.2f}" \
+        assert f"actual ·Mr\nrank {a.next_rank[6] + 1}  p {a.next_prob[6]:.3f}  loss {a.losses[7]:.2f}" \
             in text_of(screen, "#predictions-body")
         # the next-token list is the model's own top 10 at that position
         logits = tm.load(model_dir)(PROMPT)[0, 6]
@@ -253,8 +257,20 @@ async def test_help_lists_every_key(app):
         await pilot.press("question_mark")
         assert isinstance(app.screen, HelpScreen)
         text = app.screen.query_one("#help-text").render().plain
+        lines = text.splitlines()
+        # every key on a line of its own, its description in one column
+        columns = set()
         for binding in [*TinymechApp.BINDINGS, *MainScreen.BINDINGS]:
-            assert f"{app.get_key_display(binding):<16}{binding.description}" in text
+            key = app.get_key_display(binding)
+            line = next(line for line in lines if line.startswith(f"  {key} ") and line.endswith(binding.description))
+            columns.add(len(line) - len(binding.description))
+        assert len(columns) == 1
+        column = columns.pop()
+        assert column > max(len(app.get_key_display(b)) for b in MainScreen.BINDINGS) + 2
+        # a long description wraps within the box, indented to its column
+        mouse = lines.index(next(line for line in lines if line.startswith("  mouse ")))
+        assert lines[mouse + 1].startswith(" " * column) and lines[mouse + 1].strip()
+        assert all(len(line) <= help_screen.TEXT_WIDTH for line in lines)
         await pilot.press("escape")
         assert isinstance(app.screen, MainScreen)
 
@@ -295,7 +311,11 @@ async def test_too_long_a_prompt_is_a_notification(app, monkeypatch):
         message, kw = notes[0]
         assert kw["severity"] == "error" and kw["title"] == "analysis failed"
         assert "context of 128" in message and "\n" not in message
+        assert message.endswith("(the panels still show the previous prompt)")
         assert screen.query_one(TokenStrip).labels() == PROMPT_LABELS  # the last good prompt stays
+        # the rejected text stays in the prompt field, which has the focus to mend it
+        field = screen.query_one("#prompt", Input)
+        assert field.value == "word " * 300 and field.has_focus
 
 
 async def test_without_an_sae_the_features_panel_says_so(model_dir):
@@ -308,6 +328,71 @@ async def test_without_an_sae_the_features_panel_says_so(model_dir):
         assert screen.query_one("#tokens-box").border_title == "Tokens · color: feature · @9 no SAE loaded"
 
 
+async def test_without_an_sae_steering_offers_head_ablation_only(model_dir):
+    app = make_test_app(model_dir, None)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        screen = main_screen(app)
+        panel = screen.query_one(GeneratePanel)
+        assert panel.modes == ("off", "ablate")  # the mode list offers these
+        assert panel.border_subtitle == "g generate  s mode"
+        await pilot.press("s")
+        assert screen.view.steer.mode == "ablate"
+        assert not any(w.display for w in panel.query(".strength"))  # an ablation has no strength
+        await pilot.press("s")
+        assert screen.view.steer.mode == "off"
+
+
+async def test_with_an_sae_the_strength_shows_for_feature_modes_only(app):
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        screen = main_screen(app)
+        panel = screen.query_one(GeneratePanel)
+        shown = []
+        for _ in Steer.MODES:
+            await pilot.press("s")
+            await pilot.pause()
+            shown.append((screen.view.steer.mode, all(w.display for w in panel.query(".strength"))))
+        assert shown == [("add", True), ("clamp", True), ("ablate", False), ("off", False)]
+
+
+async def test_a_deep_model_keeps_the_tiled_panels_in_their_slots(tmp_path):
+    """30 layers: the logit lens (61 rows) scrolls inside its row instead of
+    growing past it under the generate panel."""
+    path = tmp_path / "deep"
+    make_hf_gpt2(path, seed=0, n_layer=30, n_embd=32, n_head=2, n_positions=64, vocab_size=8192)
+    shutil.copy(ROOT / "models" / "demo-gpt2" / "tokenizer.json", path / "tokenizer.json")
+    app = make_test_app(path, None)
+    async with app.run_test(size=(160, 50)) as pilot:
+        await settle(pilot)
+        screen = main_screen(app)
+        row, lens, heads, generate = (screen.query_one(f"#{i}") for i in ("row-middle", "lens", "heads", "generate"))
+        for panel in (lens, heads):
+            assert row.region.contains_region(panel.region)
+            assert panel.region.bottom <= generate.region.y
+        assert lens.max_scroll_y > 0
+        await pilot.press("5", *["pagedown"] * 5)
+        await pilot.pause()
+        assert lens.scroll_y == lens.max_scroll_y
+        last_row = text_of(screen, "#lens-body").splitlines()[-1]
+        assert last_row.startswith("L29 mlp") and lens.scroll_offset.y + lens.scrollable_content_region.height \
+            >= len(text_of(screen, "#lens-body").splitlines())
+
+
+async def test_a_prompt_with_newlines_shows_them_as_marks_in_the_field(model_dir):
+    app = make_test_app(model_dir, None, prompt="Mr Darcy\nbowed")
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        screen = main_screen(app)
+        field = screen.query_one("#prompt", Input)
+        assert field.value == "Mr Darcy↵bowed"
+        assert screen.view.analysis.prompt == "Mr Darcy\nbowed"
+        field.value = "Mr⇥Darcy↵"
+        await pilot.press("slash", "enter")
+        await settle(pilot)
+        assert screen.view.analysis.prompt == "Mr\tDarcy\n"
+
+
 async def test_light_theme_redraws_with_its_colors(app):
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
@@ -318,6 +403,12 @@ async def test_light_theme_redraws_with_its_colors(app):
         light = Palette.from_theme(app.theme_variables)
         selected = [s for s in strip.render().spans if s.start == len(" ".join(PROMPT_LABELS[:-1])) + 1]
         assert selected[0].style.background == light.selection
+
+
+def test_fit_marks_a_cut_label():
+    assert fit("·Elizabeth", 10) == "·Elizabeth"
+    assert fit("·Elizabeth", 9) == "·Elizabe…"
+    assert fit("<|endoftext|>", 1) == "…"
 
 
 def test_token_labels_make_boundaries_visible():

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import Config, config_from_hf
-from .errors import ModelLoadError, ModelNotFoundError
+from .errors import ModelLoadError, ModelNotFoundError, TinymechError
 from .safetensors_mmap import SafetensorsFile
 
 # Old short names now live under an organization on the hub.
@@ -144,7 +144,23 @@ def read_config(model_dir: Path) -> Config:
         raise ModelLoadError(f"{path} is not valid JSON: {e}") from e
     if not isinstance(hf, dict):
         raise ModelLoadError(f"{path} does not hold a JSON object")
-    return config_from_hf(hf, model_name=model_dir.name)
+    return config_from_hf(hf, model_name=model_name_of(model_dir))
+
+
+def model_name_of(model_dir: Path) -> str:
+    """What to call a model directory: the repo id of a Hugging Face cache
+    snapshot (its folder is named by a commit hash), the GGUF file a
+    directory was converted from (convert_gguf records it), else the folder's name."""
+    snapshots = model_dir.parent
+    if snapshots.name == "snapshots" and snapshots.parent.name.startswith("models--"):
+        return snapshots.parent.name[len("models--"):].replace("--", "/")
+    try:
+        source = SafetensorsFile(model_dir / "model.safetensors").metadata.get("source", "")
+    except (OSError, TinymechError):  # no such file, or a damaged one: loading reports it
+        source = ""
+    if isinstance(source, str) and source.lower().endswith(".gguf"):
+        return Path(source).stem
+    return model_dir.name
 
 
 class WeightStore:

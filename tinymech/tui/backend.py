@@ -120,10 +120,16 @@ class Steer:
     head: int = 0
 
     MODES = ("off", "add", "clamp", "ablate")
+    FEATURE_MODES = ("add", "clamp")  # the modes that need an SAE, and use the strength
+
+    @staticmethod
+    def modes(has_sae: bool) -> tuple[str, ...]:
+        """The modes on offer: without an SAE there is no feature to steer with."""
+        return Steer.MODES if has_sae else tuple(m for m in Steer.MODES if m not in Steer.FEATURE_MODES)
 
     @property
     def active(self) -> bool:
-        if self.mode in ("add", "clamp"):
+        if self.mode in self.FEATURE_MODES:
             return self.feature is not None
         return self.mode == "ablate"
 
@@ -134,7 +140,7 @@ class Steer:
             return f"clamp #{self.feature} to {self.strength:g}"
         if self.mode == "ablate":
             return f"ablate L{self.layer}H{self.head}"
-        if self.mode in ("add", "clamp"):
+        if self.mode in self.FEATURE_MODES:
             return f"{self.mode}: pick a feature first (Enter in Features)"
         return "off"
 
@@ -187,7 +193,10 @@ class Backend:
         patterns = np.stack([cache["pattern", l][0] for l in range(cfg.n_layers)])
         lens_at = self._lens_reader(tokens, cache)
         lens_at(len(ids) - 1)  # where the selection starts
-        scores = analysis.head_scores(model, tokens, cache=cache, prepend_bos=False)
+        # BOS soaks up most heads' attention (a resting place): scored as
+        # shares of the attention elsewhere, an induction head stands out
+        # on one repeated sentence (demo model's L3H0: 0.08 with BOS, 0.81 without)
+        scores = analysis.head_scores(model, tokens, cache=cache, prepend_bos=False, exclude_bos=bos)
         features = tuple(self._feature_acts(i, cache[sae.cfg.hook_name][0]) for i, sae in enumerate(self.saes))
         return Analysis(
             prompt=prompt,

@@ -29,11 +29,31 @@ def printable(text: str) -> str:
     return "".join(out)
 
 
+# The prompt field holds one line: a prompt's newlines and tabs show there as
+# these marks, and the marks in a submitted field stand for the characters.
+_FIELD_MARKS = {"\n": "↵", "\t": "⇥"}
+
+
+def prompt_to_field(prompt: str) -> str:
+    return "".join(_FIELD_MARKS.get(ch, ch) for ch in prompt.replace("\r\n", "\n"))
+
+
+def field_to_prompt(field: str) -> str:
+    for ch, mark in _FIELD_MARKS.items():
+        field = field.replace(mark, ch)
+    return field
+
+
 def token_label(text: str, is_bos: bool = False) -> str:
     """A token as a chip shows it: spaces as ·, newlines as ↵, BOS as ‹bos›."""
     if is_bos:
         return BOS_LABEL
     return printable("".join(_VISIBLE.get(ch, ch) for ch in text)) or "∅"
+
+
+def fit(label: str, width: int) -> str:
+    """A label cut to width, with "…" where something was cut."""
+    return label if len(label) <= width else label[: max(0, width - 1)] + "…"
 
 
 def bar(fraction: float, width: int) -> str:

@@ -2,6 +2,8 @@
 cannot drift from what the keys do."""
 from __future__ import annotations
 
+import textwrap
+
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
@@ -18,6 +20,8 @@ WIDGET_KEYS = [
     ("ctrl+p", "command palette (themes, screenshot, all keys)"),
     ("mouse", "click a token to select it, a head cell or a feature to pick it"),
 ]
+BOX_WIDTH = 72
+TEXT_WIDTH = BOX_WIDTH - 2 - 2 - 1  # less the border, the padding and a scrollbar
 
 
 class HelpScreen(ModalScreen):
@@ -25,12 +29,12 @@ class HelpScreen(ModalScreen):
         Binding("escape,question_mark,q", "dismiss", "close help", key_display="esc"),
     ]
 
-    DEFAULT_CSS = """
-    HelpScreen { align: center middle; }
-    HelpScreen > VerticalScroll {
-        width: 72; max-width: 100%; height: auto; max-height: 90%;
+    DEFAULT_CSS = f"""
+    HelpScreen {{ align: center middle; }}
+    HelpScreen > VerticalScroll {{
+        width: {BOX_WIDTH}; max-width: 100%; height: auto; max-height: 90%;
         border: round $accent; background: $surface; padding: 0 1;
-    }
+    }}
     """
 
     def __init__(self, groups: list[tuple[str, list[Binding]]]):
@@ -44,16 +48,21 @@ class HelpScreen(ModalScreen):
             yield Static(self.text(), id="help-text")
 
     def text(self) -> Content:
+        groups = [(title, [(self.app.get_key_display(b), b.description) for b in bindings])
+                  for title, bindings in self.groups]
+        groups.append(("In panels", WIDGET_KEYS))
+        key_width = max(len(keys) for _, entries in groups for keys, _ in entries) + 2
         lines: list[Content] = []
-        for title, bindings in self.groups:
+        for title, entries in groups:
             lines.append(Content.styled(title, Style(bold=True, underline=True)))
-            for binding in bindings:
-                lines.append(self._line(self.app.get_key_display(binding), binding.description))
+            lines += [self._line(keys, what, key_width) for keys, what in entries]
             lines.append(Content(""))
-        lines.append(Content.styled("In panels", Style(bold=True, underline=True)))
-        lines += [self._line(keys, what) for keys, what in WIDGET_KEYS]
-        return Content("\n").join(lines)
+        return Content("\n").join(lines[:-1])
 
     @staticmethod
-    def _line(keys: str, what: str) -> Content:
-        return Content.assemble((f"  {keys:<16}", Style(bold=True)), what)
+    def _line(keys: str, what: str, key_width: int) -> Content:
+        """Keys in a column of their own; a long description wraps beside it."""
+        indent = 2 + key_width
+        wrapped = textwrap.wrap(what, max(20, TEXT_WIDTH - indent)) or [""]
+        rest = "".join("\n" + " " * indent + line for line in wrapped[1:])
+        return Content.assemble((f"  {keys:<{key_width}}", Style(bold=True)), wrapped[0] + rest)

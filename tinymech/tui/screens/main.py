@@ -14,6 +14,7 @@ from textual.worker import Worker, WorkerState, get_current_worker
 
 from ...errors import TinymechError
 from ..backend import HEAD_SCORES, Backend, Steer
+from ..display import field_to_prompt, prompt_to_field
 from ..messages import (
     AnalysisReady,
     FeatureEffectsReady,
@@ -62,7 +63,7 @@ class MainScreen(Screen):
         Binding("right_square_bracket", "layer(1)", "next layer", show=False),
         Binding("left_curly_bracket", "head(-1)", "head", key_display="{/}"),
         Binding("right_curly_bracket", "head(1)", "next head", show=False),
-        Binding("c", "cycle_color", "color by"),
+        Binding("c", "cycle_color", "color"),  # short: the footer must fit 80 columns
         Binding("d", "cycle_score", "head score", show=False),
         Binding("v", "cycle_sae", "next SAE", show=False),
         Binding("s", "cycle_steer", "steer"),
@@ -89,7 +90,8 @@ class MainScreen(Screen):
         info = self.backend.info
         title = " · ".join([info.title] + [s.title for s in info.saes])
         yield TitleBar(title, id="title")
-        prompt = Input(self.prompt, placeholder="type a prompt, Enter to run", id="prompt")
+        prompt = Input(prompt_to_field(self.prompt), placeholder="type a prompt, Enter to run (↵ for a newline)",
+                       id="prompt")
         prompt.border_title = "Prompt"
         yield prompt
         with TokenBox(id="tokens-box"):
@@ -104,8 +106,10 @@ class MainScreen(Screen):
                 yield HeadsPanel(id="heads", classes="panel")
                 yield LogitLensPanel(id="lens", classes="panel")
             with Horizontal(id="row-bottom", classes="panel-row"):
-                yield GeneratePanel(id="generate", classes="panel")
-        yield Footer()
+                yield GeneratePanel(Steer.modes(bool(info.saes)), id="generate", classes="panel")
+        # single spaces between the keys' hints: all of them fit in 80 columns
+        # (ctrl+p, the command palette, is in the help screen)
+        yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
         self.query_one("#tokens-box").border_subtitle = "←/→ select  c color by"
@@ -232,7 +236,12 @@ class MainScreen(Screen):
         self.set_view(analysis=a, selected=a.n_tokens - 1, steered_losses=None)
 
     def on_work_failed(self, message: WorkFailed) -> None:
-        self.notify(message.error, title=f"{message.what} failed", severity="error", timeout=8)
+        error = message.error
+        if message.what == "analysis":  # the prompt stays in its field, to be mended
+            if self.view.analysis is not None:
+                error += " (the panels still show the previous prompt)"
+            self.query_one("#prompt", Input).focus()
+        self.notify(error, title=f"{message.what} failed", severity="error", timeout=8)
 
     def on_feature_effects_ready(self, message: FeatureEffectsReady) -> None:
         effects = {**self.view.effects, **{(e.sae_index, e.feature): e for e in message.effects}}
@@ -273,7 +282,7 @@ class MainScreen(Screen):
     @on(Input.Submitted, "#prompt")
     def _prompt_submitted(self, event: Input.Submitted) -> None:
         if event.value.strip():
-            self.analyze(event.value)
+            self.analyze(field_to_prompt(event.value))
             self.query_one(TokenStrip).focus()
         else:
             self.notify("type a prompt first", severity="warning")
@@ -311,7 +320,7 @@ class MainScreen(Screen):
         self.set_view(sae_index=(self.view.sae_index + 1) % n, feature=None)
 
     def action_cycle_steer(self) -> None:
-        modes = Steer.MODES
+        modes = Steer.modes(bool(self.backend.info.saes))
         steer = self.view.steer
         self.set_view(steer=Steer(modes[(modes.index(steer.mode) + 1) % len(modes)], steer.strength))
         self.notify(f"steer: {self.view.steer.describe()}", timeout=2)

@@ -61,19 +61,21 @@ class GeneratePanel(Vertical):
     GeneratePanel #runs-row { height: auto; }
     """
 
-    def __init__(self, **kwargs):
+    def __init__(self, modes: tuple[str, ...] = Steer.MODES, **kwargs):
         super().__init__(**kwargs)
+        self.modes = modes
         self.border_title = self.TITLE
-        self.border_subtitle = "g generate  s mode  +/- strength"
+        has_strength = any(m in Steer.FEATURE_MODES for m in modes)
+        self.border_subtitle = "g generate  s mode" + ("  +/- strength" if has_strength else "")
         self.view = View()
 
     def compose(self):
         with Horizontal(id="steer-row"):
             yield Label("steer")
-            yield Select([(name, mode) for mode, name in MODE_NAMES.items()], value="off", allow_blank=False,
+            yield Select([(MODE_NAMES[mode], mode) for mode in self.modes], value="off", allow_blank=False,
                          compact=True, id="steer-mode")
-            yield Label("strength")
-            yield Input(str(Steer().strength), type="number", compact=True, id="strength")
+            yield Label("strength", classes="strength")
+            yield Input(str(Steer().strength), type="number", compact=True, id="strength", classes="strength")
             yield Label("tokens")
             yield Input(str(DEFAULT_TOKENS), type="integer", compact=True, id="max-tokens")
             yield Button("generate", compact=True, id="generate-button")
@@ -97,6 +99,8 @@ class GeneratePanel(Vertical):
         if mode.value != steer.mode:
             with self.prevent(Select.Changed):
                 mode.value = steer.mode
+        for widget in self.query(".strength"):  # only a feature's steering has a strength
+            widget.display = steer.mode in Steer.FEATURE_MODES
         strength = self.query_one("#strength", Input)
         if not strength.has_focus and _parse(strength.value) != steer.strength:
             with self.prevent(Input.Changed):

@@ -85,7 +85,8 @@ class HeadsPanel(Vertical):
         if a is None or not (0 <= cell.row < a.patterns.shape[0] and 0 <= cell.column < a.patterns.shape[1]):
             return
         values = "  ".join(f"{SHORT[s]} {prob(a.head_scores[s][cell.row, cell.column])}" for s in HEAD_SCORES)
-        self.query_one("#head-info", Static).update(f"L{cell.row} H{cell.column}  {values}")
+        note = "\nshares of attention not on ‹bos›" if a.bos else ""
+        self.query_one("#head-info", Static).update(f"L{cell.row} H{cell.column}  {values}{note}")
 
     def on_data_table_cell_highlighted(self, event: DataTable.CellHighlighted) -> None:
         self._describe(event.coordinate)

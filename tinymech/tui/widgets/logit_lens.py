@@ -7,7 +7,7 @@ import re
 from textual.content import Content
 from textual.style import Style
 
-from ..display import Palette, prob, token_label
+from ..display import Palette, fit, prob, token_label
 from ..view import View
 from .panel import TextPanel
 
@@ -51,7 +51,7 @@ class LogitLensPanel(TextPanel):
             for tid, text, p in list(zip(lens.ids[row], lens.tokens[row], lens.probs[row]))[:shown]:
                 tid = int(tid)
                 style = palette.selected if tid == actual else Style(bold=True, underline=True) if tid == final else Style()
-                label = token_label(text)[:LABEL_WIDTH]
+                label = fit(token_label(text), LABEL_WIDTH)
                 parts += [Content.styled(label, style), " " * (LABEL_WIDTH - len(label)), f" {prob(p)} "]
             lines.append(Content.assemble(*parts))
         return Content("\n").join(lines)

@@ -2,12 +2,15 @@
 checked against a direct numpy computation or an invariant (the last logit
 lens row is the model's output, attributions sum to the logit, a patch of an
 activation that does not differ changes nothing, ...)."""
+import io
+
 import numpy as np
 import pytest
 
 import tinymech as tm
 from tinymech import analysis
-from tinymech.analysis import AnalysisError
+from tinymech.analysis import AnalysisError, progress
+from tinymech.analysis.tokens import is_single_token
 from tinymech.config import Config
 from tinymech.loading import default_model_dir
 from tinymech.tokenizer import Tokenizer
@@ -148,8 +151,14 @@ def test_logit_lens_rejects_bad_arguments(model):
     _, patterns = model.run_with_cache(tokens, names_filter="blocks.0.attn.hook_pattern")
     with pytest.raises(AnalysisError, match="has no blocks.0.hook_resid_pre: capture analysis.lens_hook_names"):
         analysis.logit_lens(model, tokens, cache=patterns)
-    with pytest.raises(tm.InvalidTokensError, match="not one"):
+    with pytest.raises(tm.InvalidTokensError, match="not one") as error:
         analysis.logit_lens(model, "The king", answers=["The king"])
+    assert "did you mean" not in str(error.value)
+    # a word without its leading space, where the spaced word is one token: a hint
+    word = next(w for w in ("king", "Darcy", "Lord", "house")
+                if is_single_token(model, " " + w) and not is_single_token(model, w))
+    with pytest.raises(tm.InvalidTokensError, match=f"did you mean ' {word}', with its leading space"):
+        analysis.logit_lens(model, "The king", answers=[word])
     with pytest.raises(AnalysisError, match="ln must be"):
         analysis.logit_lens(model, "The king", ln="fresh")
     with pytest.raises(AnalysisError, match="k must be"):
@@ -429,6 +438,36 @@ def test_patching_with_a_custom_metric_and_progress(odd_model):
     assert res.values.shape == (3, 5) and calls == [(5, 15), (10, 15), (15, 15)]
     assert shapes == {(1, 5, odd_model.cfg.d_vocab)}
     assert res.values[2, 4] == pytest.approx(res.clean, rel=1e-5)  # the last position's resid after the last attn
+
+
+def test_patching_progress_true_writes_a_line_to_stderr(odd_model, capsys):
+    rng = np.random.default_rng(7)
+    clean, corrupted = rng.integers(0, 300, size=(2, 1, 5))
+    res = analysis.patch_activations(odd_model, clean, corrupted, "resid_mid", metric=lambda lg: lg[0, -1, 3],
+                                     progress=True)
+    err = capsys.readouterr().err.splitlines()  # not a terminal: a line at each tenth done
+    assert [line.split()[1] for line in err] == ["5/15", "10/15", "15/15"]
+    assert err[-1].startswith("patching 15/15 [" + "#" * progress.BAR_WIDTH + "]") and "0:00 left" in err[-1]
+    assert res.values.shape == (3, 5)
+    with pytest.raises(AnalysisError, match="progress must be"):
+        analysis.patch_activations(odd_model, clean, corrupted, "resid_mid", metric=lambda lg: 0.0, progress="yes")
+
+
+def test_progress_line_redraws_in_place_on_a_terminal(monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    clock = iter([0.0, 0.0, 0.05, 1.0, 2.0])  # start, then one reading per report
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    out = Terminal()
+    line = progress.ProgressLine(out)
+    for done in (0, 1, 2, 4):
+        line(done, 4)
+    draws = out.getvalue().split("\r")[1:]
+    # 1/4 came 0.05 s after the first draw: skipped; the last draw ends the line
+    assert [d.split()[1] for d in draws] == ["0/4", "2/4", "4/4"]
+    assert "?" in draws[0] and "0:01 elapsed, 0:01 left" in draws[1] and draws[2].endswith("0:00 left\n")
 
 
 def test_patching_rejects_bad_arguments(model, pair):

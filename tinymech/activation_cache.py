@@ -129,7 +129,7 @@ class ActivationCache:
         if name in self._acts:
             return self._acts[name]
         z = self[f"blocks.{layer}.attn.hook_z"]
-        W_O = self.model.W_O(layer)  # [head, d_head, d_model]
+        W_O = self.model.W_O[layer]  # [head, d_head, d_model]
         return np.einsum("bphd,hdm->bphm", z, W_O, optimize=True).astype(np.float32)
 
     def stack_head_results(self, layer=-1, return_labels=False, incl_remainder=False,

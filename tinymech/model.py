@@ -6,6 +6,8 @@ numbers runs in the C++ core (tinymech._core).
 from __future__ import annotations
 
 import contextlib
+import functools
+import operator
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -18,6 +20,93 @@ from .activation_cache import ActivationCache
 from .bf16 import bf16_core, canonical_dtype
 from .hooks import HookSpec, build_plan, hook_registry, resolve_names
 from .tokenizer import Tokenizer
+
+
+class LayerStack:
+    """A per-layer weight that reads like TransformerLens's stacked parameter
+    [n_layers, ...] without stacking every layer:
+
+        W[l], W(l)      layer l's weight: a view of the stored weights (or an
+                        array derived from one layer only); negative l counts back
+        W[l, h, ...]    indexes within layer l (as torch does: the layer is
+                        selected first, then the rest applies to its weight)
+        W[a:b, ...]     the chosen layers, stacked (a copy of those layers only)
+        np.asarray(W)   all layers stacked (a copy), as is any other index
+        len(W), iter(W), W.shape, W.ndim, W.dtype
+    """
+
+    def __init__(self, name: str, n_layers: int, layer_weight: Callable[[int], np.ndarray]):
+        self.name = name
+        self._n_layers = n_layers
+        self._layer_weight = layer_weight
+
+    def _layer(self, index) -> int:
+        layer = operator.index(index)
+        if not -self._n_layers <= layer < self._n_layers:
+            raise IndexError(f"{self.name}: layer {layer} is out of range for a model "
+                             f"with {self._n_layers} layers")
+        return layer % self._n_layers
+
+    def __call__(self, layer: int) -> np.ndarray:
+        return self._layer_weight(self._layer(layer))
+
+    def __getitem__(self, index):
+        first, rest = (index[0], index[1:]) if isinstance(index, tuple) and index else (index, ())
+        if isinstance(first, (int, np.integer)) and not isinstance(first, bool):
+            weight = self(first)
+            return weight[rest] if rest else weight
+        if isinstance(first, slice):
+            return self._stacked(range(self._n_layers)[first])[(slice(None),) + rest]
+        return np.asarray(self)[index]
+
+    def _stacked(self, layers: range) -> np.ndarray:
+        if not layers:  # an empty stack still has the layer's shape
+            return np.empty((0,) + self.shape[1:], dtype=self.dtype)
+        return np.stack([self._layer_weight(layer) for layer in layers])
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        if copy is False:
+            raise ValueError(f"{self.name} is stored layer by layer; a stacked array is a copy")
+        stacked = self._stacked(range(self._n_layers))
+        return stacked if dtype is None else stacked.astype(dtype, copy=False)
+
+    def __len__(self) -> int:
+        return self._n_layers
+
+    def __iter__(self):
+        return (self._layer_weight(layer) for layer in range(self._n_layers))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self._n_layers,) + self._layer_weight(0).shape
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._layer_weight(0).dtype
+
+    def __repr__(self):
+        return f"LayerStack({self.name}, shape={self.shape}, dtype={self.dtype})"
+
+
+class per_layer:
+    """Turns a Model method `name(self, layer) -> array` into an attribute that
+    reads as TransformerLens's stacked parameter: model.name is a LayerStack."""
+
+    def __init__(self, layer_weight: Callable):
+        self._layer_weight = layer_weight
+        functools.update_wrapper(self, layer_weight)
+
+    def __set_name__(self, owner, name: str):
+        self._name = name
+
+    def __get__(self, model, owner=None):
+        if model is None:
+            return self
+        return LayerStack(self._name, model.cfg.n_layers, functools.partial(self._layer_weight, model))
 
 
 class Model:
@@ -374,41 +463,107 @@ class Model:
             raise HookError(str(e)) from e
 
     # ---- weights, TransformerLens-style ------------------------------------------
+    # Per-layer weights read as TransformerLens's stacked [n_layers, ...]
+    # parameters (model.W_out[1], model.W_Q[1, h]) and, as before, by call
+    # (model.W_out(1)); see LayerStack.
 
     def _in_out(self, layer: int, name: str) -> np.ndarray:
         """A linear weight as [in, out] (a transposed view for [out, in] storage)."""
         w = self._weights["layers"][layer][name]
         return w if self.cfg.weight_layout == "in_out" else w.T
 
+    def _bias(self, layer: int, name: str, size: int) -> np.ndarray:
+        """A layer's bias, zeros for architectures without it (as in TransformerLens)."""
+        b = self._weights["layers"][layer][name]
+        return np.zeros(size, dtype=np.float32) if b is None else b
+
+    def _qkv_widths(self) -> tuple[int, int, int]:
+        c = self.cfg
+        n_kv = c.n_key_value_heads or c.n_heads
+        return c.n_heads * c.d_head, n_kv * c.d_head, n_kv * c.d_head
+
+    def _qkv_heads(self, fused: np.ndarray, which: int) -> np.ndarray:
+        """The query (0), key (1) or value (2) part of a fused q|k|v last axis, split
+        into heads: [head, ..., d_head]. Key/value heads are repeated per query
+        head, as in TransformerLens's W_K/W_V of a grouped-query model."""
+        c = self.cfg
+        widths = self._qkv_widths()
+        start = sum(widths[:which])
+        part = fused[..., start : start + widths[which]]
+        heads = np.moveaxis(part.reshape(part.shape[:-1] + (-1, c.d_head)), -2, 0)
+        return heads if len(heads) == c.n_heads else np.repeat(heads, c.n_heads // len(heads), axis=0)
+
+    def _qkv_bias(self, layer: int, which: int) -> np.ndarray:
+        return self._qkv_heads(self._bias(layer, "qkv_b", sum(self._qkv_widths())), which)
+
+    @per_layer
+    def W_Q(self, layer: int) -> np.ndarray:
+        """[n_layers, head, d_model, d_head]"""
+        return self._qkv_heads(self._in_out(layer, "qkv_w"), 0)
+
+    @per_layer
+    def W_K(self, layer: int) -> np.ndarray:
+        """[n_layers, head, d_model, d_head] (key heads repeated per query head)"""
+        return self._qkv_heads(self._in_out(layer, "qkv_w"), 1)
+
+    @per_layer
+    def W_V(self, layer: int) -> np.ndarray:
+        """[n_layers, head, d_model, d_head] (value heads repeated per query head)"""
+        return self._qkv_heads(self._in_out(layer, "qkv_w"), 2)
+
+    @per_layer
     def W_O(self, layer: int) -> np.ndarray:
-        """[head, d_head, d_model]"""
+        """[n_layers, head, d_head, d_model]"""
         c = self.cfg
         return self._in_out(layer, "out_w").reshape(c.n_heads, c.d_head, c.d_model)
 
-    def _qkv(self, layer: int, which: int) -> np.ndarray:
-        """[head, d_model, d_head]; key/value heads repeated per query head, as TransformerLens's W_K/W_V."""
-        c = self.cfg
-        n_kv = c.n_key_value_heads or c.n_heads
-        widths = (c.n_heads * c.d_head, n_kv * c.d_head, n_kv * c.d_head)
-        start = sum(widths[:which])
-        w = self._in_out(layer, "qkv_w")[:, start : start + widths[which]]
-        w = w.reshape(c.d_model, -1, c.d_head).transpose(1, 0, 2)
-        return w if w.shape[0] == c.n_heads else np.repeat(w, c.n_heads // n_kv, axis=0)
+    @per_layer
+    def b_Q(self, layer: int) -> np.ndarray:
+        """[n_layers, head, d_head] (zeros for architectures without the bias)"""
+        return self._qkv_bias(layer, 0)
 
-    def W_Q(self, layer: int) -> np.ndarray:
-        """[head, d_model, d_head]"""
-        return self._qkv(layer, 0)
+    @per_layer
+    def b_K(self, layer: int) -> np.ndarray:
+        """[n_layers, head, d_head] (key heads repeated per query head)"""
+        return self._qkv_bias(layer, 1)
 
-    def W_K(self, layer: int) -> np.ndarray:
-        return self._qkv(layer, 1)
+    @per_layer
+    def b_V(self, layer: int) -> np.ndarray:
+        """[n_layers, head, d_head] (value heads repeated per query head)"""
+        return self._qkv_bias(layer, 2)
 
-    def W_V(self, layer: int) -> np.ndarray:
-        return self._qkv(layer, 2)
-
+    @per_layer
     def b_O(self, layer: int) -> np.ndarray:
-        """[d_model] (zeros for architectures without the bias, as in TransformerLens)"""
-        b = self._weights["layers"][layer]["out_b"]
-        return np.zeros(self.cfg.d_model, dtype=np.float32) if b is None else b
+        """[n_layers, d_model] (zeros for architectures without the bias)"""
+        return self._bias(layer, "out_b", self.cfg.d_model)
+
+    @per_layer
+    def W_in(self, layer: int) -> np.ndarray:
+        """[n_layers, d_model, d_mlp] (the up projection of a gated MLP)"""
+        return self._in_out(layer, "fc_w")
+
+    def _gate_weight(self, layer: int) -> np.ndarray:
+        return self._in_out(layer, "gate_w")
+
+    @property
+    def W_gate(self) -> LayerStack | None:
+        """[n_layers, d_model, d_mlp]; None when the MLP has no gate (as in TransformerLens)"""
+        return LayerStack("W_gate", self.cfg.n_layers, self._gate_weight) if self.cfg.gated_mlp else None
+
+    @per_layer
+    def W_out(self, layer: int) -> np.ndarray:
+        """[n_layers, d_mlp, d_model]"""
+        return self._in_out(layer, "proj_w")
+
+    @per_layer
+    def b_in(self, layer: int) -> np.ndarray:
+        """[n_layers, d_mlp] (zeros for architectures without the bias)"""
+        return self._bias(layer, "fc_b", self.cfg.d_mlp)
+
+    @per_layer
+    def b_out(self, layer: int) -> np.ndarray:
+        """[n_layers, d_model] (zeros for architectures without the bias)"""
+        return self._bias(layer, "proj_b", self.cfg.d_model)
 
     @property
     def ln_final_w(self) -> np.ndarray:
@@ -419,23 +574,11 @@ class Model:
         return self._weights["lnf_b"]
 
     @property
-    def b_U(self) -> np.ndarray | None:
-        """[d_vocab], or None: GPT-2 has no unembedding bias (LN folding creates one)."""
-        return self._weights["unembed_b"]
-
-    def W_in(self, layer: int) -> np.ndarray:
-        """[d_model, d_mlp] (the up projection of a gated MLP)"""
-        return self._in_out(layer, "fc_w")
-
-    def W_gate(self, layer: int) -> np.ndarray:
-        """[d_model, d_mlp] (gated MLPs only)"""
-        if not self.cfg.gated_mlp:
-            raise AttributeError("this model's MLP has no gate")
-        return self._in_out(layer, "gate_w")
-
-    def W_out(self, layer: int) -> np.ndarray:
-        """[d_mlp, d_model]"""
-        return self._in_out(layer, "proj_w")
+    def b_U(self) -> np.ndarray:
+        """[d_vocab]; zeros when the model has no unembedding bias, as in TransformerLens
+        (GPT-2 and Llama have none; fold_ln makes one of ln_final's bias)."""
+        b = self._weights["unembed_b"]
+        return np.zeros(self.cfg.d_vocab_out, dtype=np.float32) if b is None else b
 
     def _plan(self, hooks: Iterable[HookSpec], capture: Iterable[str] = ()):
         specs = list(self._context_hooks) + list(hooks)

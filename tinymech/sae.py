@@ -19,6 +19,8 @@ import numpy as np
 
 from . import _core
 from . import hooks as _hooks
+from .analysis.tables import format_table
+from .analysis.tokens import readable_token
 from .errors import HookError
 from .sae_errors import FeatureIndexError, SAEInputError, SAELoadError
 from .sae_loading import (
@@ -39,12 +41,39 @@ __all__ = ["SAE", "SAEConfig", "LogitEffects", "run_with_saes", "run_with_cache_
 
 class LogitEffects(NamedTuple):
     """A feature's direct effect on the logits, W_dec[f] @ W_U: the k most
-    promoted and most suppressed tokens with their values (most extreme first)."""
+    promoted and most suppressed tokens (ids) with their values, most extreme
+    first, and the same tokens as strings decoded with the model's tokenizer
+    (None when the model has none). print() shows them as a table."""
 
     promoted: np.ndarray
     promoted_values: np.ndarray
     suppressed: np.ndarray
     suppressed_values: np.ndarray
+    # defaults keep the four-field constructor working
+    promoted_tokens: tuple[str, ...] | None = None
+    suppressed_tokens: tuple[str, ...] | None = None
+
+    def _named(self, side: str, show) -> list[tuple[str, float]]:
+        """(token shown by `show`, or '#id' without a tokenizer; value) of "promoted" or "suppressed"."""
+        ids, strings = getattr(self, side), getattr(self, side + "_tokens")
+        names = [f"#{int(i)}" for i in ids] if strings is None else [show(s) for s in strings]
+        return list(zip(names, (float(v) for v in getattr(self, side + "_values"))))
+
+    def table(self) -> str:
+        rows = [[up, f"{up_value:+.4f}", down, f"{down_value:+.4f}"]
+                for (up, up_value), (down, down_value) in zip(self._named("promoted", readable_token),
+                                                              self._named("suppressed", readable_token))]
+        return format_table(["promoted", "effect", "suppressed", "effect"], rows, align="lrlr",
+                            title=f"Direct logit effects (W_dec[f] @ W_U), top {len(rows)} each way")
+
+    def __str__(self):
+        return self.table()
+
+    def __repr__(self):
+        def listed(side):
+            return "[" + ", ".join(f"{name} {value:+.4f}" for name, value in self._named(side, repr)) + "]"
+
+        return f"LogitEffects(promoted={listed('promoted')}, suppressed={listed('suppressed')})"
 
 
 def _fold_norm_scaling(weights: dict, factor: float) -> dict:
@@ -57,6 +86,11 @@ def _fold_norm_scaling(weights: dict, factor: float) -> dict:
     out["W_dec"] = weights["W_dec"] / np.float32(factor)
     out["b_dec"] = weights["b_dec"] / np.float32(factor)
     return out
+
+
+def _decoded(model, ids) -> tuple[str, ...] | None:
+    """Each token as a string, or None when the model has no tokenizer."""
+    return None if model.tokenizer is None else tuple(model.tokenizer.decode_each(ids))
 
 
 def _padded_to_csr(indices, values) -> tuple[tuple, tuple]:
@@ -287,7 +321,7 @@ class SAE:
 
     def logit_effects(self, model, feature: int, k: int = 10) -> LogitEffects:
         """The tokens the feature's decoder direction promotes and suppresses
-        directly: W_dec[f] @ W_U, top k each way."""
+        directly: W_dec[f] @ W_U, top k each way, as ids and as strings."""
         f = self._feature(feature)
         if self.d_out != model.cfg.d_model:
             raise SAEInputError(f"the SAE writes {self.d_out} numbers, not the model's d_model={model.cfg.d_model}")
@@ -295,7 +329,7 @@ class SAE:
         k = min(self._k(k), effects.shape[0])
         order = np.argsort(-effects, kind="stable")
         up, down = order[:k], order[::-1][:k]
-        return LogitEffects(up, effects[up], down, effects[down])
+        return LogitEffects(up, effects[up], down, effects[down], *(_decoded(model, ids) for ids in (up, down)))
 
     def steer(self, feature: int, strength: float, mode: str = "add", positions=None):
         """A hook spec that steers the model with one feature, for generate(hooks=[...]).

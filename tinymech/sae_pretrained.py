@@ -56,8 +56,8 @@ def registry_entry(release: str, path: Path | None = None) -> dict | None:
         import yaml
     except ImportError:
         raise SAENotFoundError(
-            f"reading SAELens's release registry needs PyYAML (pip install pyyaml); or pass the Hugging Face "
-            f"repo id as the release and the SAE's folder as sae_id"
+            "reading SAELens's release registry needs PyYAML (pip install pyyaml); or pass the Hugging Face "
+            "repo id as the release and the SAE's folder as sae_id"
         ) from None
     entry = yaml.safe_load("".join(lines[start:end]))[release]
     if not isinstance(entry, dict) or "repo_id" not in entry or not isinstance(entry.get("saes"), list):

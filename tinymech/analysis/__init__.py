@@ -4,7 +4,7 @@ arrays shaped for heatmaps, and print as text tables.
 
     import tinymech as tm
     from tinymech import analysis
-    model = tm.load()
+    model = tm.load("smollm2")  # pretrained; the bundled demo model knows Austen, not geography
     print(analysis.logit_lens(model, "The capital of France is", answers=[" Paris"]))
     print(analysis.head_summary(model))
 """

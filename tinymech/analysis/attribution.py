@@ -106,7 +106,7 @@ def logit_attribution(model, input, token, incorrect_token=None, position: int =
     parts = [cache[name][:, pos] for name, _ in embeds]  # each [batch, d_model]
     for layer in range(cfg.n_layers):
         z = cache[f"blocks.{layer}.attn.hook_z"][:, pos].astype(np.float64)  # [batch, head, d_head]
-        heads = np.einsum("bhd,hdm->hbm", z, model.W_O(layer).astype(np.float64))
+        heads = np.einsum("bhd,hdm->hbm", z, model.W_O[layer].astype(np.float64))
         parts += list(heads)
         labels += [f"L{layer}H{h}" for h in range(cfg.n_heads)]
         parts.append(np.broadcast_to(attn_out_bias(model, layer), (batch, cfg.d_model)))

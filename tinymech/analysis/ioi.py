@@ -4,11 +4,12 @@ the IO - S logit difference, and activation patching on them."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from .errors import AnalysisError
+from .progress import ProgressFn, progress_function
 from .patching import ACTIVATIONS, PatchingResult, logit_diff_metric, patch_activations
 from .tables import format_table
 from .tokens import is_single_token
@@ -129,13 +130,15 @@ def ioi_logit_diff(model, prompts: IOIPrompts, corrupted: bool = False) -> np.nd
 
 
 def ioi_patching(model, prompts: IOIPrompts | None = None, activation: str = "head_z", mode: str = "denoise",
-                 n: int = 50, seed: int = 0, progress: Callable[[int, int], None] | None = None) -> PatchingResult:
+                 n: int = 50, seed: int = 0, progress: bool | ProgressFn | None = None) -> PatchingResult:
     """Activation patching on IOI prompts (made with make_ioi_prompts(model, n,
     seed) when not given) with the mean IO - S logit difference as the metric.
     Prompts are patched in groups of equal token length and the results
     averaged, weighted by group size. activation: a key of patching.ACTIVATIONS
     ("head_z" gives [layer, head]); kinds with a position axis need prompts of one
-    length (e.g. one template). progress(done, total) counts patches over all groups."""
+    length (e.g. one template). progress: True for a progress line on stderr, or
+    a function progress(done, total) counting patches over all groups."""
+    progress = progress_function(progress)
     prompts = prompts if prompts is not None else make_ioi_prompts(model, n, seed)
     groups = _length_groups(model, prompts)
     if activation in ACTIVATIONS and "pos" in ACTIVATIONS[activation][1] and len(groups) > 1:

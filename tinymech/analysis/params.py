@@ -10,10 +10,12 @@ def ln_final_params(model) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def unembed_bias(model) -> np.ndarray | None:
-    """b_U [d_vocab], or None (GPT-2 has none)."""
-    return model.b_U
+    """b_U [d_vocab], or None when it is all zeros (GPT-2 and Llama have none;
+    fold_ln makes one), so that callers skip adding it."""
+    b_U = model.b_U
+    return b_U if b_U.any() else None
 
 
 def attn_out_bias(model, layer: int) -> np.ndarray:
     """b_O of a layer [d_model]."""
-    return model.b_O(layer)
+    return model.b_O[layer]

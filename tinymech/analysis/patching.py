@@ -11,6 +11,7 @@ import numpy as np
 
 from ..hooks import patch
 from .errors import AnalysisError
+from .progress import ProgressFn, progress_function
 from .tables import format_grid
 from .tokens import token_ids, token_labels
 
@@ -103,7 +104,7 @@ def logit_diff_metric(model, answers, n_sequences: int | None = None) -> Callabl
 
 
 def patch_activations(model, clean, corrupted, activation: str, metric=None, answers=None, mode: str = "denoise",
-                      prepend_bos: bool = True, progress: Callable[[int, int], None] | None = None) -> PatchingResult:
+                      prepend_bos: bool = True, progress: bool | ProgressFn | None = None) -> PatchingResult:
     """Patch every index of one activation kind (see ACTIVATIONS) in turn.
 
     clean, corrupted: texts or token ids of the same shape [batch, pos].
@@ -113,9 +114,11 @@ def patch_activations(model, clean, corrupted, activation: str, metric=None, ans
         logits only, [batch, 1, d_vocab], in the patched runs.
     mode: "denoise" runs the corrupted input with clean activations patched in;
         "noise" runs the clean input with corrupted activations patched in.
-    progress: called as progress(done, total) after each forward pass (one
-        pass carries several patches side by side when the input is short).
+    progress: True for a progress line on stderr, or a function called as
+        progress(done, total) after each forward pass (one pass carries several
+        patches side by side when the input is short).
     """
+    progress = progress_function(progress)
     if activation not in ACTIVATIONS:
         raise AnalysisError(f"activation must be one of {list(ACTIVATIONS)}, not {activation!r}")
     if mode not in MODES:

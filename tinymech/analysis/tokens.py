@@ -20,11 +20,19 @@ def token_id(model, token) -> int:
         if len(ids) != 1:
             pieces = model.to_str_tokens(ids) if len(ids) else []
             raise InvalidTokensError(
-                f"{token!r} is {len(ids)} tokens {pieces}, not one; give a single token "
-                "(with its leading space, e.g. ' Paris') or a token id"
+                f"{token!r} is {len(ids)} tokens {pieces} in this model's vocabulary, not one; "
+                f"give a single token or a token id{_spacing_hint(model, token)}"
             )
         return int(ids[0])
     raise InvalidTokensError(f"a token is a string or an integer id, got {type(token).__name__}")
+
+
+def _spacing_hint(model, token: str) -> str:
+    """A hint when the token is one with a leading space (as words after the first are)."""
+    spaced = " " + token
+    if token and not token.startswith(" ") and is_single_token(model, spaced):
+        return f" (did you mean {spaced!r}, with its leading space?)"
+    return ""
 
 
 def token_ids(model, tokens) -> np.ndarray:
@@ -38,10 +46,14 @@ def is_single_token(model, text: str) -> bool:
     return model.to_tokens(text, prepend_bos=False).shape[1] == 1
 
 
+def readable_token(token: str) -> str:
+    """A token string for tables: a space shows as '·', a newline as '↵'."""
+    return token.replace(" ", "·").replace("\n", "↵")
+
+
 def token_labels(model, ids: Sequence[int]) -> list[str]:
-    """Readable token strings: a leading space shows as '·', a newline as '↵';
-    '#id' when the model has no tokenizer."""
+    """Readable token strings (see readable_token); '#id' when the model has no tokenizer."""
     ids = [int(i) for i in np.asarray(ids).reshape(-1)]
     if model.tokenizer is None:
         return [f"#{i}" for i in ids]
-    return [s.replace(" ", "·").replace("\n", "↵") for s in model.tokenizer.decode_each(ids)]
+    return [readable_token(s) for s in model.tokenizer.decode_each(ids)]

@@ -1,0 +1,68 @@
+"""Progress of long analyses (activation patching sweeps): a function
+progress(done, total) of the caller's, or progress=True for a line on stderr."""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Callable, TextIO
+
+from .errors import AnalysisError
+
+ProgressFn = Callable[[int, int], None]
+BAR_WIDTH = 24
+MIN_INTERVAL_S = 0.2  # between redraws on a terminal
+
+
+def progress_function(progress) -> ProgressFn | None:
+    """None, False: no reports; True: a ProgressLine on stderr; a function: itself."""
+    if progress is None or progress is False:
+        return None
+    if progress is True:
+        return ProgressLine(sys.stderr)
+    if callable(progress):
+        return progress
+    raise AnalysisError(f"progress must be True, False, None or a function progress(done, total), not {progress!r}")
+
+
+class ProgressLine:
+    """done/total with a bar, the time so far and an estimate of the time left.
+    On a terminal one line is redrawn in place (at most every MIN_INTERVAL_S);
+    elsewhere (a log file) a line is written at each tenth and at the end."""
+
+    def __init__(self, stream: TextIO, label: str = "patching"):
+        self.stream = stream
+        self.label = label
+        self.interactive = bool(getattr(stream, "isatty", lambda: False)())
+        self.start = time.monotonic()
+        self.last_draw = float("-inf")
+        self.last_tenth = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        finished = done >= total
+        if self.interactive:
+            if finished or now - self.last_draw >= MIN_INTERVAL_S:
+                self.stream.write("\r" + self.line(done, total, now) + ("\n" if finished else ""))
+                self.stream.flush()
+                self.last_draw = now
+        else:
+            tenth = 10 * done // max(total, 1)
+            if tenth > self.last_tenth:
+                self.stream.write(self.line(done, total, now) + "\n")
+                self.stream.flush()
+                self.last_tenth = tenth
+
+    def line(self, done: int, total: int, now: float) -> str:
+        fraction = done / total if total else 1.0
+        filled = round(fraction * BAR_WIDTH)
+        elapsed = now - self.start
+        left = elapsed * (total - done) / done if done else float("nan")
+        return (f"{self.label} {done}/{total} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] "
+                f"{_clock(elapsed)} elapsed, {_clock(left)} left")
+
+
+def _clock(seconds: float) -> str:
+    if seconds != seconds:  # NaN: nothing done yet
+        return "?"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes}:{secs:02d}"

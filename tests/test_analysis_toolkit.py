@@ -9,7 +9,8 @@ import pytest
 
 import tinymech as tm
 from tinymech import analysis
-from tinymech.analysis import AnalysisError, progress
+from tinymech import progress
+from tinymech.analysis import AnalysisError
 from tinymech.analysis.tokens import is_single_token
 from tinymech.config import Config
 from tinymech.loading import default_model_dir
@@ -449,7 +450,7 @@ def test_patching_progress_true_writes_a_line_to_stderr(odd_model, capsys):
     assert [line.split()[1] for line in err] == ["5/15", "10/15", "15/15"]
     assert err[-1].startswith("patching 15/15 [" + "#" * progress.BAR_WIDTH + "]") and "0:00 left" in err[-1]
     assert res.values.shape == (3, 5)
-    with pytest.raises(AnalysisError, match="progress must be"):
+    with pytest.raises(tm.InvalidInputError, match="progress must be"):
         analysis.patch_activations(odd_model, clean, corrupted, "resid_mid", metric=lambda lg: 0.0, progress="yes")
 
 

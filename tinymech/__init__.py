@@ -12,6 +12,7 @@ import os
 from . import _core, analysis
 from .activation_cache import ActivationCache
 from .config import Config
+from .corpus import batches, tokenize_and_concatenate
 from .errors import (
     ContextLengthError,
     HookError,
@@ -153,6 +154,7 @@ __all__ = [
     "Tokenizer",
     "UnsupportedArchitectureError",
     "add",
+    "batches",
     "fill",
     "get_act_name",
     "get_num_threads",
@@ -161,6 +163,7 @@ __all__ = [
     "load",
     "sae_metrics",
     "set_kernel_variant",
+    "tokenize_and_concatenate",
     "mean_ablate",
     "patch",
     "release_memory",

@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import AnalysisError
-from .progress import ProgressFn, progress_function
+from ..progress import ProgressFn, progress_function
 from .patching import ACTIVATIONS, PatchingResult, logit_diff_metric, patch_activations
 from .tables import format_table
 from .tokens import is_single_token

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..hooks import patch
 from .errors import AnalysisError
-from .progress import ProgressFn, progress_function
+from ..progress import ProgressFn, progress_function
 from .tables import format_grid
 from .tokens import token_ids, token_labels
 

@@ -1,4 +1,4 @@
-"""Progress of long analyses (activation patching sweeps): a function
+"""Progress of long jobs (patching sweeps, batches over a corpus): a function
 progress(done, total) of the caller's, or progress=True for a line on stderr."""
 from __future__ import annotations
 
@@ -6,22 +6,22 @@ import sys
 import time
 from typing import Callable, TextIO
 
-from .errors import AnalysisError
+from .errors import InvalidInputError
 
 ProgressFn = Callable[[int, int], None]
 BAR_WIDTH = 24
 MIN_INTERVAL_S = 0.2  # between redraws on a terminal
 
 
-def progress_function(progress) -> ProgressFn | None:
+def progress_function(progress, label: str = "patching") -> ProgressFn | None:
     """None, False: no reports; True: a ProgressLine on stderr; a function: itself."""
     if progress is None or progress is False:
         return None
     if progress is True:
-        return ProgressLine(sys.stderr)
+        return ProgressLine(sys.stderr, label)
     if callable(progress):
         return progress
-    raise AnalysisError(f"progress must be True, False, None or a function progress(done, total), not {progress!r}")
+    raise InvalidInputError(f"progress must be True, False, None or a function progress(done, total), not {progress!r}")
 
 
 class ProgressLine:

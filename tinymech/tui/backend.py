@@ -195,7 +195,7 @@ class Backend:
         lens_at(len(ids) - 1)  # where the selection starts
         # BOS soaks up most heads' attention (a resting place): scored as
         # shares of the attention elsewhere, an induction head stands out
-        # on one repeated sentence (demo model's L3H0: 0.08 with BOS, 0.81 without)
+        # on one repeated sentence (demo model's L3H0: 0.08 with BOS, 0.70 without)
         scores = analysis.head_scores(model, tokens, cache=cache, prepend_bos=False, exclude_bos=bos)
         features = tuple(self._feature_acts(i, cache[sae.cfg.hook_name][0]) for i, sae in enumerate(self.saes))
         return Analysis(

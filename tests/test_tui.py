@@ -393,6 +393,19 @@ async def test_a_prompt_with_newlines_shows_them_as_marks_in_the_field(model_dir
         assert screen.view.analysis.prompt == "Mr\tDarcy\n"
 
 
+async def test_in_the_feature_list_left_right_still_move_the_token(app):
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        screen = main_screen(app)
+        await pilot.press("3")
+        assert app.focused.id == "feature-list"
+        shown = {b.binding.key for b in screen.active_bindings.values() if b.binding.show}
+        assert "left" in shown  # the footer's "←/→ token" hint
+        await pilot.press("left")
+        await settle(pilot)
+        assert screen.view.selected == len(PROMPT_LABELS) - 2
+
+
 async def test_light_theme_redraws_with_its_colors(app):
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)

@@ -19,6 +19,13 @@ PROMOTES = "  promotes "
 PROMOTED_SHOWN = 4
 
 
+class FeatureList(OptionList, inherit_bindings=False):
+    """The option list without the horizontal scrolling it inherits: its
+    bindings of left/right hid the screen's "←/→ token" from the footer."""
+
+    BINDINGS = OptionList.BINDINGS
+
+
 class FeaturesPanel(Vertical):
     TITLE = "Features"
 
@@ -37,7 +44,7 @@ class FeaturesPanel(Vertical):
 
     def compose(self):
         yield Static(id="no-sae")
-        yield OptionList(id="feature-list")
+        yield FeatureList(id="feature-list")
 
     @property
     def options(self) -> OptionList:

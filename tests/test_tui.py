@@ -13,7 +13,7 @@ import tinymech as tm
 from tinymech import analysis
 from model_factory import make_hf_gpt2
 from test_tui_support import PROMPT, ROOT, app, build_sae_dir, make_test_app, model_dir, sae_dir, settle  # noqa: F401 (fixtures)
-from tinymech.tui.app import TinymechApp, run_tui
+from tinymech.tui.app import TinymechApp, make_app, run_tui
 from tinymech.tui.backend import Steer
 from tinymech.tui.display import Palette, fit, printable, token_label
 from tinymech.tui.screens import help as help_screen
@@ -404,6 +404,23 @@ async def test_in_the_feature_list_left_right_still_move_the_token(app):
         await pilot.press("left")
         await settle(pilot)
         assert screen.view.selected == len(PROMPT_LABELS) - 2
+
+
+async def test_the_example_prompt_opens_on_the_induction_head():
+    """Story 1: `tinymech tui` on the demo model shows the induction head's
+    pattern at once (a random model's heads stand out nowhere: it opens on L0 H0)."""
+    app = make_app(tm.load(), [])
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        screen = main_screen(app)
+        assert (screen.view.layer, screen.view.head) == (3, 0)
+        assert screen.query_one("#attention").border_title.startswith("Attention · L3 H0 · induction 0.7")
+        # another prompt keeps the head the user is looking at
+        await pilot.press("right_curly_bracket")
+        screen.query_one("#prompt", Input).value = "Mr Darcy bowed. Mr Darcy bowed."
+        await pilot.press("slash", "enter")
+        await settle(pilot)
+        assert (screen.view.layer, screen.view.head) == (3, 1)
 
 
 async def test_light_theme_redraws_with_its_colors(app):

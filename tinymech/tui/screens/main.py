@@ -233,7 +233,10 @@ class MainScreen(Screen):
             panel = self.query_one(GeneratePanel)
             for run in ("clean", "steered"):
                 panel.run_widget(run).set_text("", "")
-        self.set_view(analysis=a, selected=a.n_tokens - 1, steered_losses=None)
+        changes = dict(analysis=a, selected=a.n_tokens - 1, steered_losses=None)
+        if self.view.analysis is None:  # the first prompt: open on its clearest head, if one stands out
+            changes.update(_standout_head(a.head_scores[self.view.score]))
+        self.set_view(**changes)
 
     def on_work_failed(self, message: WorkFailed) -> None:
         error = message.error
@@ -361,6 +364,15 @@ class MainScreen(Screen):
         self._activate_panel(panel)
         targets = {"attention": "#tokens", "features": "#feature-list", "heads": "#heads-table", "generate": "#generate-button"}
         self.query_one(targets.get(panel, f"#{panel}")).focus()
+
+
+STANDOUT_SCORE = 0.3  # a head score above what heads without the pattern reach (~0.05 on random weights)
+
+
+def _standout_head(scores) -> dict:
+    """{layer, head} of the best-scoring head when its score stands out, else nothing."""
+    layer, head = divmod(int(scores.argmax()), scores.shape[1])
+    return dict(layer=layer, head=head) if scores[layer, head] >= STANDOUT_SCORE else {}
 
 
 def _one_line(error: Exception) -> str:

@@ -441,6 +441,34 @@ def test_patching_with_a_custom_metric_and_progress(odd_model):
     assert res.values[2, 4] == pytest.approx(res.clean, rel=1e-5)  # the last position's resid after the last attn
 
 
+def test_patching_result_heatmap_and_files(odd_model, tmp_path):
+    rng = np.random.default_rng(3)
+    clean, corrupted = rng.integers(0, 300, size=(2, 1, 5))
+    res = analysis.patch_activations(odd_model, clean, corrupted, "head_z", metric=lambda lg: float(lg[0, -1, 3]))
+    grid, rows, columns, title = res.labelled_grid()
+    np.testing.assert_array_equal(grid, res.normalized)
+    picture = res.heatmap().splitlines()
+    assert picture[0] == title and picture[1].split() == columns
+    assert [line.split()[0] for line in picture[2 : 2 + len(rows)]] == rows
+    low, high = np.unravel_index(grid.argmin(), grid.shape), np.unravel_index(grid.argmax(), grid.shape)
+
+    def cell(r, c):  # each cell is 3 characters wide, after the row label and a space
+        start = len(rows[r]) + 1 + 3 * c
+        return picture[2 + r][start : start + 3].strip()
+
+    assert cell(*low) == "" and cell(*high) == "██"  # darkest = lowest, full block = highest
+    res.save(tmp_path / "r.csv")
+    lines = (tmp_path / "r.csv").read_text().splitlines()
+    assert lines[0].split(",") == [""] + columns
+    np.testing.assert_array_equal(np.array([line.split(",")[1:] for line in lines[1:]], float), grid)
+    res.save(tmp_path / "r.npz")
+    saved = np.load(tmp_path / "r.npz")
+    np.testing.assert_array_equal(saved["values"], res.values)
+    assert tuple(saved["axes"]) == res.axes and float(saved["clean"]) == res.clean and str(saved["mode"]) == res.mode
+    with pytest.raises(AnalysisError, match="a .csv or a .npz"):
+        res.save(tmp_path / "r.png")
+
+
 def test_patching_progress_true_writes_a_line_to_stderr(odd_model, capsys):
     rng = np.random.default_rng(7)
     clean, corrupted = rng.integers(0, 300, size=(2, 1, 5))

@@ -4,6 +4,7 @@ run, and measure the output with a metric. Each patch is a tm.patch
 intervention applied by the core; the source run is captured once."""
 from __future__ import annotations
 
+import csv
 import dataclasses
 from typing import Callable
 
@@ -55,7 +56,10 @@ class PatchingResult:
             raise AnalysisError("the clean and corrupted runs score the same: nothing to normalize by")
         return (self.values - self.corrupted) / gap
 
-    def __str__(self):
+    def labelled_grid(self) -> tuple[np.ndarray, list[str], list[str], str]:
+        """(grid, row labels, column labels, title): the normalized values as
+        2-D rows (layers, or layer-heads for per-position head patching), or the
+        raw metric when clean and corrupted score the same."""
         title = (f"Patching {self.activation} ({self.mode}), normalized: 1 = clean {self.clean:+.4f}, "
                  f"0 = corrupted {self.corrupted:+.4f}")
         try:
@@ -64,15 +68,43 @@ class PatchingResult:
             grid, title = self.values, f"Patching {self.activation} ({self.mode}), metric (clean = corrupted)"
         n_layers = grid.shape[0]
         if self.axes == ("layer",):
-            return format_grid(grid[:, None], [f"L{l}" for l in range(n_layers)], ["value"], title)
+            return grid[:, None], [f"L{l}" for l in range(n_layers)], ["value"], title
         if self.axes == ("layer", "head", "pos"):
             rows = [f"L{l}H{h}" for l in range(n_layers) for h in range(grid.shape[1])]
-            return format_grid(grid.reshape(len(rows), -1), rows, self._pos_columns(grid.shape[-1]), title)
+            return grid.reshape(len(rows), -1), rows, self._pos_columns(grid.shape[-1]), title
         if self.axes[1] == "head":
             columns = [f"H{h}" for h in range(grid.shape[1])]
         else:
             columns = self._pos_columns(grid.shape[1])
-        return format_grid(grid, [f"L{l}" for l in range(n_layers)], columns, title)
+        return grid, [f"L{l}" for l in range(n_layers)], columns, title
+
+    def __str__(self):
+        grid, rows, columns, title = self.labelled_grid()
+        return format_grid(grid, rows, columns, title)
+
+    def heatmap(self) -> str:
+        """The grid as shaded cells for a terminal (darkest = lowest)."""
+        from ..plotting import heatmap
+
+        grid, rows, columns, title = self.labelled_grid()
+        return heatmap(grid, rows, columns, title)
+
+    def save(self, path) -> None:
+        """Write the result: a .csv of the labelled grid (normalized, as printed),
+        or a .npz of the raw values with axes, activation, mode, clean and corrupted."""
+        path = str(path)
+        if path.endswith(".npz"):
+            np.savez(path, values=self.values, axes=np.array(self.axes), activation=self.activation,
+                     mode=self.mode, clean=self.clean, corrupted=self.corrupted,
+                     pos_labels=np.array(self.pos_labels or [], dtype=str))
+        elif path.endswith(".csv"):
+            grid, rows, columns, _ = self.labelled_grid()
+            with open(path, "w", encoding="utf-8", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow([""] + columns)
+                writer.writerows([row] + [repr(float(v)) for v in values] for row, values in zip(rows, grid))
+        else:
+            raise AnalysisError(f"save writes a .csv or a .npz file, not {path!r}")
 
     def _pos_columns(self, n: int) -> list[str]:
         if not self.pos_labels:

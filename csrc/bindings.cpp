@@ -15,6 +15,7 @@
 #include "dequantize.hpp"
 #include "forward.hpp"
 #include "hooks.hpp"
+#include "kv_cache.hpp"
 #include "kernels/kernels.hpp"
 #include "probes.hpp"
 #include "parallel_ops.hpp"
@@ -27,6 +28,15 @@ namespace py = pybind11;
 using FloatArray = py::array_t<float, py::array::c_style>;
 
 namespace {
+
+// f() run holding the cache, without the GIL: a pass on another thread may be
+// using the cache, and its Python hooks need the GIL to finish.
+template <class F>
+auto holding(tmech::KVCache& cache, F f) {
+  py::gil_scoped_release nogil;
+  tmech::OwnedLock lock(cache.mutex(), "this KV cache is in use by a forward pass on this thread");
+  return f();
+}
 
 // The C-contiguous array d[key] of the given shape, float32 or (where
 // allow_bf16) bfloat16 stored as uint16; nullopt if optional and absent.
@@ -336,6 +346,7 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "tinymech's C++ core: transformer forward passes, KV cache, hook plans";
 
   m.def("set_num_threads", &tmech::set_num_threads, py::arg("n"));
+  m.attr("MAX_THREADS") = tmech::kMaxThreads;
   m.def("get_num_threads", &tmech::num_threads);
   m.def("to_bf16", [](FloatArray x, bool transpose) {
     if (transpose && x.ndim() != 2) throw std::invalid_argument("only a 2-D array can be transposed");
@@ -440,16 +451,17 @@ PYBIND11_MODULE(_core, m) {
 
   register_sae(m);
 
+  py::register_exception<tmech::ContextOverflow>(m, "ContextOverflow", PyExc_IndexError);
   py::class_<tmech::KVCache>(m, "KVCache")
       .def_property_readonly("batch", &tmech::KVCache::batch)
       .def_property_readonly("n_past", &tmech::KVCache::n_past)
       .def_property_readonly("capacity", &tmech::KVCache::capacity)
       .def_property_readonly("n_ctx", &tmech::KVCache::n_ctx)
-      .def("reset", &tmech::KVCache::reset)
-      .def("truncate", &tmech::KVCache::truncate, py::arg("n"))
-      .def("reserve", &tmech::KVCache::reserve, py::arg("positions"),
-           "make room for this many positions now (no regrowth while decoding up to them)")
-      .def("fork", &tmech::KVCache::fork);
+      .def("reset", [](tmech::KVCache& c) { holding(c, [&] { c.reset(); }); })
+      .def("truncate", [](tmech::KVCache& c, int64_t n) { holding(c, [&] { c.truncate(n); }); }, py::arg("n"))
+      .def("reserve", [](tmech::KVCache& c, int64_t n) { holding(c, [&] { c.reserve(n); }); },
+           py::arg("positions"), "make room for this many positions now (no regrowth while decoding up to them)")
+      .def("fork", [](tmech::KVCache& c) { return holding(c, [&] { return c.fork(); }); });
 
   py::class_<PyHookPlan>(m, "HookPlan")
       .def(py::init<int64_t>(), py::arg("n_layers"))

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <stdexcept>
 #include <string>
 
@@ -13,6 +14,12 @@
 
 namespace tmech {
 namespace {
+
+constexpr const char* kModelReentry =
+    "this model is already running a forward pass on this thread: a hook cannot run the model whose "
+    "pass called it (run it after the pass, or on another model)";
+constexpr const char* kCacheReentry =
+    "this KV cache is already in use by a forward pass on this thread: a hook cannot run a pass on it";
 
 float* sized(std::vector<float>& v, int64_t n) {
   if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
@@ -541,15 +548,19 @@ void Model::forward(KVCache* cache, const int32_t* tokens, int64_t batch, int64_
                                 std::to_string(cache->batch()));
   if (cache && (cache->n_layers() != cfg_.n_layers || cache->d_kv() != cfg_.d_kv() || cache->n_ctx() != cfg_.n_ctx))
     throw std::invalid_argument("this KV cache was made for another model");
-  const int64_t past = cache ? cache->n_past() : 0;
-  check_fits_context(past + n_tokens, cfg_.n_ctx);
   if (plan && plan->n_layers() != cfg_.n_layers)
     throw std::invalid_argument("this hook plan was made for another model");
   for (int64_t i = 0; tokens && i < batch * n_tokens; ++i)
     if (tokens[i] < 0 || tokens[i] >= cfg_.d_vocab)
       throw std::out_of_range("token id " + std::to_string(tokens[i]) + " at index " + std::to_string(i) +
                               " is outside the vocabulary [0, " + std::to_string(cfg_.d_vocab) + ")");
-  std::lock_guard<std::mutex> lock(mutex_);
+  // One pass at a time on a model, and on a cache (two models may share one);
+  // the cache's length is read once both are held.
+  OwnedLock model_lock(mutex_, kModelReentry);
+  std::optional<OwnedLock> cache_lock;
+  if (cache) cache_lock.emplace(cache->mutex(), kCacheReentry);
+  const int64_t past = cache ? cache->n_past() : 0;
+  check_fits_context(past + n_tokens, cfg_.n_ctx);
   if (cache) cache->reserve(past + n_tokens);
 
   const int64_t BT = batch * n_tokens, D = cfg_.d_model, Da = cfg_.d_attn();

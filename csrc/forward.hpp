@@ -3,11 +3,11 @@
 // TransformerLens's order; with no plan, no hook work is done at all.
 #pragma once
 #include <cstdint>
-#include <mutex>
 #include <vector>
 
 #include "config.hpp"
 #include "hooks.hpp"
+#include "owned_mutex.hpp"
 #include "kv_cache.hpp"
 #include "weights.hpp"
 
@@ -58,7 +58,7 @@ class Model {
  private:
   ModelConfig cfg_;
   ModelWeights w_;
-  std::mutex mutex_;
+  OwnedMutex mutex_;
   Workspace ws_;
 };
 

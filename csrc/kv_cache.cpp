@@ -32,7 +32,7 @@ KVCache::Buffer KVCache::relaid(const Buffer& from, int64_t from_cap, int64_t ca
 
 void check_fits_context(int64_t positions, int64_t n_ctx) {
   if (positions > n_ctx)
-    throw std::out_of_range("sequence of " + std::to_string(positions) +
+    throw ContextOverflow("sequence of " + std::to_string(positions) +
                             " positions exceeds the context length " + std::to_string(n_ctx));
 }
 

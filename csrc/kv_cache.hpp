@@ -7,10 +7,18 @@
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
+#include <stdexcept>
+
+#include "owned_mutex.hpp"
 
 namespace tmech {
 
-// Throws std::out_of_range when a sequence of `positions` does not fit a context of n_ctx.
+// A sequence longer than the context (Python: _core.ContextOverflow, an IndexError).
+struct ContextOverflow : std::out_of_range {
+  using std::out_of_range::out_of_range;
+};
+
+// Throws ContextOverflow when a sequence of `positions` does not fit a context of n_ctx.
 void check_fits_context(int64_t positions, int64_t n_ctx);
 
 class KVCache {
@@ -31,6 +39,9 @@ class KVCache {
   void advance(int64_t t) { n_past_ += t; }
 
   float* k(int64_t layer, int64_t b, int64_t pos) { return at(k_, layer, b, pos); }
+  // Held by whoever reads or changes the cache (a forward pass, the Python
+  // methods), so that two threads sharing a cache take turns.
+  OwnedMutex& mutex() { return mutex_; }
   float* v(int64_t layer, int64_t b, int64_t pos) { return at(v_, layer, b, pos); }
 
  private:
@@ -47,6 +58,7 @@ class KVCache {
   int64_t n_layers_, batch_, d_kv_, n_ctx_;
   int64_t capacity_ = 0, n_past_ = 0;
   Buffer k_, v_;
+  OwnedMutex mutex_;
 };
 
 }  // namespace tmech

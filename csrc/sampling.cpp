@@ -27,12 +27,14 @@ void most_probable(const float* z, int64_t n, int64_t count, Candidates& c) {
 
 int64_t sample_row(const float* z, int64_t n, const SamplingParams& p, double u, Candidates& c) {
   const KernelTable& kt = kernels::active();
-  const float zmax = *std::max_element(z, z + n, [](float a, float b) { return a < b || std::isnan(b); });
+  const float* best = std::max_element(z, z + n, [](float a, float b) { return a < b || std::isnan(b); });
+  const float zmax = *best;
   if (!std::isfinite(zmax)) throw std::invalid_argument("logits hold NaN or +inf, or are all -inf: cannot sample");
-  // weights of every token, in order: exp((z - max) / T) <= 1
+  const float inv_t = 1.f / p.temperature;
+  if (!std::isfinite(inv_t)) return best - z;  // a temperature this close to 0 leaves only the top token
+  // weights of every token, in order: exp((z - max) / T) <= 1, the top token's 1
   c.scaled.resize(static_cast<size_t>(n));
   c.weight.resize(static_cast<size_t>(n));
-  const float inv_t = 1.f / p.temperature;
   for (int64_t j = 0; j < n; ++j) c.scaled[j] = (z[j] - zmax) * inv_t;
   kt.exp(c.scaled.data(), c.weight.data(), n);
   const bool top_k = p.top_k > 0 && p.top_k < n, top_p = p.top_p < 1.0;
@@ -42,8 +44,9 @@ int64_t sample_row(const float* z, int64_t n, const SamplingParams& p, double u,
     double acc = 0, target = u * total;
     for (int64_t j = 0; j < n; ++j)
       if ((acc += c.weight[j]) > target && c.weight[j] > 0) return j;
-    for (int64_t j = n - 1;; --j)  // rounding left the target unreached: the last token with weight
+    for (int64_t j = n - 1; j >= 0; --j)  // rounding left the target unreached: the last token with weight
       if (c.weight[j] > 0) return j;
+    return best - z;
   }
   // the kept tokens, most probable first: the top k, then the nucleus of those
   int64_t count = top_k ? p.top_k : std::min<int64_t>(n, 64);

@@ -8,6 +8,9 @@
 #include <condition_variable>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
+#include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -59,14 +62,18 @@ class Pool {
   int size() const { return static_cast<int>(workers_.size()) + 1; }
 
   void resize(int n) {
+    if (n > kMaxThreads)
+      throw std::invalid_argument("at most " + std::to_string(kMaxThreads) + " threads, not " + std::to_string(n));
     std::lock_guard<std::mutex> call(call_mutex_);
     if (n <= 0) n = default_thread_count();
-    stop();
-    scratch_.resize(static_cast<size_t>(n));
-    quit_ = false;
-    // New workers start at the current generation so they never rerun a finished job.
-    const uint64_t g = generation_.load();
-    for (int i = 1; i < n; ++i) workers_.emplace_back([this, i, g] { work(i, g); });
+    const int before = size();
+    try {
+      start(n);
+    } catch (const std::system_error&) {  // the system refused a thread: keep the pool as it was
+      start(before);
+      throw std::runtime_error("could not start " + std::to_string(n) + " threads; still using " +
+                               std::to_string(before));
+    }
   }
 
   void run(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn, int64_t align) {
@@ -140,6 +147,16 @@ class Pool {
         done_.notify_one();
       }
     }
+  }
+
+  // n threads: the caller and n - 1 workers.
+  void start(int n) {
+    stop();
+    scratch_.resize(static_cast<size_t>(n));
+    quit_ = false;
+    // New workers start at the current generation so they never rerun a finished job.
+    const uint64_t g = generation_.load();
+    for (int i = 1; i < n; ++i) workers_.emplace_back([this, i, g] { work(i, g); });
   }
 
   void stop() {

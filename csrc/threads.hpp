@@ -10,7 +10,10 @@
 
 namespace tmech {
 
-void set_num_threads(int n);  // n <= 0: default_thread_count()
+// n <= 0: default_thread_count(); more than kMaxThreads: std::invalid_argument;
+// a thread the system refuses: std::runtime_error, the pool left as it was.
+void set_num_threads(int n);
+constexpr int kMaxThreads = 1024;  // more than any CPU offers cores: a mistyped count
 int num_threads();
 
 // fn(begin, end, thread_index), once per chunk. Chunks are split on multiples

@@ -145,6 +145,10 @@ def test_names_filter_forms(model, tokens):
     assert list(some) == ["hook_embed", "blocks.1.hook_resid_post"]
     _, matched = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_scale"))
     assert list(matched) == [n for n in every if n.endswith("hook_scale")]
+    for nothing in ([], lambda n: False):  # an empty cache, and the plain logits, as in TransformerLens
+        logits, empty = model.run_with_cache(tokens, names_filter=nothing)
+        assert list(empty) == []
+        np.testing.assert_array_equal(logits, model(tokens))
     for name in some:
         np.testing.assert_array_equal(some[name], cache[name])
     head_sum = one["blocks.1.attn.hook_result"].sum(2) + model._weights["layers"][1]["out_b"]

@@ -57,3 +57,15 @@ def test_bad_logits_and_parameters_are_refused():
         _core.sample(z, 1.0, 0, 1.5, u)
     with pytest.raises(ValueError, match="one uniform number per row"):
         _core.sample(z, 1.0, 0, 1.0, np.zeros(2))
+
+
+@pytest.mark.parametrize("temperature", [1e-40, 1e-45, 2e-39])
+@pytest.mark.parametrize("top_k,top_p", [(0, 1.0), (3, 1.0), (0, 0.5)])
+def test_a_temperature_whose_inverse_overflows_picks_the_top_token(temperature, top_k, top_p):
+    """1 / T is +inf in float32 below ~3e-39: only the most probable token (the
+    first of equal ones, as argmax) can come out, never an index outside the vocabulary."""
+    rng = np.random.default_rng(5)
+    z = rng.standard_normal((8, 50)).astype(np.float32)
+    z[1, 7] = z[1, 30] = z[1].max() + 1  # a tie: the first wins
+    got = _core.sample(z, temperature, top_k, top_p, np.linspace(0, 0.999, 8))
+    np.testing.assert_array_equal(got, z.argmax(-1))

@@ -96,8 +96,12 @@ def load(
 def set_num_threads(n: int) -> None:
     """Threads used by the core. 0 or less: the default, which is
     TINYMECH_NUM_THREADS or else OMP_NUM_THREADS when set, else the physical
-    cores among the CPUs this process may run on (its affinity mask)."""
-    _core.set_num_threads(int(n))
+    cores among the CPUs this process may run on (its affinity mask). At most
+    _core.MAX_THREADS (1024); a thread the system refuses leaves the count as it was."""
+    n = int(n)
+    if n > _core.MAX_THREADS:
+        raise ValueError(f"at most {_core.MAX_THREADS} threads, not {n}")
+    _core.set_num_threads(n)
 
 
 def get_num_threads() -> int:

@@ -412,7 +412,8 @@ class Model:
             names = resolve_names(self, names_filter)
         plan = self._plan(hooks, capture=names)
         out = self._run(input, plan, return_type, prepend_bos, loss_per_token, start_at_layer, stop_at_layer, tokens)
-        acts = {self._hook_name_of[i]: a for i, a in plan.take_captured()}
+        # no plan: nothing to capture (an empty names_filter) and no hooks
+        acts = {self._hook_name_of[i]: a for i, a in plan.take_captured()} if plan is not None else {}
         ordered = {n: acts[n] for n in self._hook_names if n in acts}
         return out, ActivationCache(ordered, self)
 
@@ -456,6 +457,8 @@ class Model:
     def _core_forward(self, cache, tokens, plan, logits: str, start: int = 0, stop: int = -1, resid=None):
         try:
             return self._core.forward(cache, tokens, plan, logits, start, stop, resid)
+        except _core.ContextOverflow as e:  # another thread lengthened a shared cache meanwhile
+            raise ContextLengthError(str(e)) from e
         except (ValueError, IndexError) as e:
             # inputs were checked already, so the core objects to an intervention
             if plan is None or isinstance(e, HookError):

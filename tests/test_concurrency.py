@@ -1,0 +1,89 @@
+"""Several Python threads on one model or one KV cache, and hooks that call
+back into the model: the core serializes what must take turns, refuses what
+would wait for itself, and never corrupts memory."""
+import threading
+
+import numpy as np
+import pytest
+
+import tinymech as tm
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tm.load()
+
+
+def run_threads(target, args_list):
+    threads = [threading.Thread(target=target, args=args) for args in args_list]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+@pytest.mark.parametrize("same_model", [True, False])
+def test_threads_sharing_a_kv_cache_take_turns(model, same_model):
+    other = model if same_model else tm.load()
+    tokens = np.random.default_rng(0).integers(0, model.cfg.d_vocab, (4, 20))
+    for _ in range(10):
+        cache = model.new_cache(4)
+        done, errors = [], []
+
+        def extend(m):
+            for _ in range(14):  # 2 x 14 x 20 positions: more than the context of 256
+                try:
+                    m.forward(tokens, cache=cache, logits="none")
+                    done.append(1)
+                except tm.ContextLengthError as e:
+                    errors.append(e)
+
+        run_threads(extend, [(model,), (other,)])
+        # every call that ran appended its 20 positions; the others were refused whole
+        assert cache.n_past == 20 * len(done) <= model.cfg.n_ctx
+        assert len(done) == model.cfg.n_ctx // 20 and len(errors) == 28 - len(done)
+    # the cache's content is what one thread alone would have written
+    alone = model.new_cache(4)
+    for _ in range(len(done)):
+        model.forward(tokens, cache=alone, logits="none")
+    probe = tokens[:, :1]
+    np.testing.assert_array_equal(model.forward(probe, cache=cache.fork()), model.forward(probe, cache=alone.fork()))
+
+
+def test_threads_on_one_model_get_their_own_results(model):
+    rng = np.random.default_rng(1)
+    inputs = [rng.integers(0, model.cfg.d_vocab, (2, 30)) for _ in range(4)]
+    expected = [model(x) for x in inputs]
+    got = [None] * len(inputs)
+
+    def run(i):
+        for _ in range(5):
+            got[i] = model(inputs[i])
+
+    run_threads(run, [(i,) for i in range(len(inputs))])
+    for g, e in zip(got, expected):
+        np.testing.assert_array_equal(g, e)
+
+
+def test_a_hook_running_its_own_model_is_refused(model):
+    tokens = model.to_tokens("Mr Darcy")
+    with pytest.raises(tm.HookError, match="a hook cannot run the model whose pass called it"):
+        model.run_with_hooks(tokens, fwd_hooks=[("hook_embed", lambda a, hook: model(tokens) is None or a)])
+    with pytest.raises(tm.HookError, match="a hook cannot run the model"):
+        model.generate(tokens, max_new_tokens=2, hooks=[("hook_embed", lambda a, hook: model.generate(tokens, 1))])
+    cache = model.new_cache(1)
+    with pytest.raises(tm.HookError, match="KV cache is in use"):
+        model.forward(tokens, cache=cache, hooks=[("hook_embed", lambda a, hook: cache.truncate(0))])
+    assert cache.n_past == 0  # the failed pass left the cache as it was
+    # another model may run inside a hook, and the model still works after
+    other = tm.load()
+    seen = model.run_with_hooks(tokens, fwd_hooks=[("hook_embed", lambda a, hook: other(tokens) is None or a)])
+    np.testing.assert_array_equal(seen, model(tokens))
+
+
+def test_thread_counts_are_bounded():
+    before = tm.get_num_threads()
+    for n in (tm._core.MAX_THREADS + 1, 10**9, 10**12):
+        with pytest.raises(ValueError, match="at most 1024 threads"):
+            tm.set_num_threads(n)
+    assert tm.get_num_threads() == before

@@ -180,10 +180,45 @@ const float* Sae::input_rows(const float* x, int64_t r0, int64_t rc, const RowNo
 
 void Sae::encode(const float* x, int64_t rows, SparseCodes* codes, float* acts, float* pre,
                  RowNorm* norm) const {
-  const int64_t d_sae = cfg_.d_sae;
   RowNorm local_norm;
   RowNorm& nm = norm ? *norm : local_norm;
   compute_norm(x, rows, nm);
+  encode_rows(x, rows, codes, acts, pre, nm);
+  poison_nonfinite_rows(x, rows, codes, acts, pre);
+}
+
+void Sae::poison_nonfinite_rows(const float* x, int64_t rows, SparseCodes* codes, float* acts, float* pre) const {
+  const int64_t d_in = cfg_.d_in, d_sae = cfg_.d_sae;
+  std::vector<int64_t> bad;
+  for (int64_t r = 0; r < rows; ++r)
+    if (!std::all_of(x + r * d_in, x + (r + 1) * d_in, [](float v) { return std::isfinite(v); })) bad.push_back(r);
+  if (bad.empty()) return;
+  for (int64_t r : bad)
+    for (float* out : {acts, pre})
+      if (out) std::fill(out + r * d_sae, out + (r + 1) * d_sae, NAN);
+  if (!codes) return;
+  SparseCodes rebuilt;  // the same rows, a bad one holding only (feature 0, NaN)
+  rebuilt.rows = codes->rows;
+  size_t next_bad = 0;
+  for (int64_t r = 0; r < codes->rows; ++r) {
+    if (next_bad < bad.size() && bad[next_bad] == r) {
+      ++next_bad;
+      rebuilt.indices.push_back(0);
+      rebuilt.values.push_back(NAN);
+    } else {
+      const auto b = static_cast<size_t>(codes->offsets[static_cast<size_t>(r)]);
+      const auto e = static_cast<size_t>(codes->offsets[static_cast<size_t>(r) + 1]);
+      rebuilt.indices.insert(rebuilt.indices.end(), codes->indices.begin() + b, codes->indices.begin() + e);
+      rebuilt.values.insert(rebuilt.values.end(), codes->values.begin() + b, codes->values.begin() + e);
+    }
+    rebuilt.offsets.push_back(static_cast<int64_t>(rebuilt.indices.size()));
+  }
+  *codes = std::move(rebuilt);
+}
+
+void Sae::encode_rows(const float* x, int64_t rows, SparseCodes* codes, float* acts, float* pre,
+                      RowNorm& nm) const {
+  const int64_t d_sae = cfg_.d_sae;
   if (codes) *codes = SparseCodes{};
   std::vector<float> sae_in, scratch;
   // A bfloat16 screen rules out most features before the float32 matmul

@@ -68,6 +68,9 @@ class Sae {
 
   // x [rows, d_in]. Outputs may be null: codes, dense activations
   // acts [rows, d_sae], pre-activations pre [rows, d_sae], the normalization.
+  // A row holding NaN or infinity comes out NaN (every feature of acts and
+  // pre; in codes, feature 0 with value NaN, which decodes to a NaN row), as
+  // in SAELens, where a ReLU passes NaN on.
   void encode(const float* x, int64_t rows, SparseCodes* codes, float* acts, float* pre,
               RowNorm* norm) const;
   // The k largest feature activations of each row, largest first.
@@ -89,6 +92,8 @@ class Sae {
   void activate_rows(float* h, int64_t rows) const;
   void collect_codes(const float* acts, int64_t rows, SparseCodes& codes) const;
   void scatter_codes(const SparseCodes& codes, float* acts) const;
+  void encode_rows(const float* x, int64_t rows, SparseCodes* codes, float* acts, float* pre, RowNorm& nm) const;
+  void poison_nonfinite_rows(const float* x, int64_t rows, SparseCodes* codes, float* acts, float* pre) const;
 
   SaeConfig cfg_;
   SaeWeights w_;

@@ -208,6 +208,41 @@ def test_metrics_skip_the_tokens_the_sae_was_trained_without(tmp_path, model, sa
     assert sae_metrics(model, sae, toks, ignore_tokens=()).n_tokens == toks.size
 
 
+@pytest.mark.parametrize("arch", ["standard", "jumprelu", "topk"])
+@pytest.mark.parametrize("rows", [2, 9])  # few rows, and enough for the bfloat16 screen
+def test_nan_and_inf_rows_come_out_nan(tmp_path, arch, rows):
+    """A ReLU passes NaN on (SAELens gives NaN features and a NaN reconstruction):
+    a row with NaN or infinity is NaN throughout, the other rows as if alone."""
+    k = {"k": 8} if arch == "topk" else {}
+    sae = SAE.load(save_lens(lens_sae(arch, D, D_SAE, hook=HOOK, **k), tmp_path / arch))
+    x = np.random.default_rng(3).standard_normal((rows, D)).astype(np.float32)
+    x[0, 5], x[-1, 0] = np.nan, np.inf
+    good = slice(1, rows - 1)
+    dense = sae.encode(x)
+    assert np.isnan(dense[[0, -1]]).all() and np.isfinite(dense[good]).all()
+    np.testing.assert_allclose(dense[good], sae.encode(x[good]), rtol=1e-6, atol=1e-6)
+    out = sae.forward(x)
+    assert np.isnan(out[[0, -1]]).all()
+    np.testing.assert_allclose(out[good], sae.forward(x[good]), rtol=1e-5, atol=1e-5)
+    idx, val = sae.encode_sparse(x)
+    assert np.isnan(val[[0, -1], 0]).all() and np.isfinite(val[good]).all()
+    assert np.isnan(sae.decode((idx, val))[[0, -1]]).all()
+
+
+def test_a_spliced_sae_passes_nan_on(model, sae):
+    """An upstream NaN stays visible with an SAE spliced in (it came out as
+    zeros, and the logits finite). One NaN position reaches every position, in
+    Hugging Face's model as here: attention multiplies the NaN value by 0."""
+    toks = tokens()
+    nan_in = [(HOOK, lambda a, hook: np.where(np.arange(a.shape[1])[None, :, None] == 3, np.nan, a))]
+    with model.hooks(nan_in):
+        logits, cache = run_with_cache_with_saes(model, toks, sae)
+        plain = model(toks)
+    assert np.isnan(plain).all() and np.isnan(logits).all()
+    acts = cache[f"{HOOK}.hook_sae_acts_post"]
+    assert np.isnan(acts[:, 3]).all() and np.isfinite(acts[:, :3]).all()
+
+
 def test_every_kernel_variant(sae):
     x = np.random.default_rng(7).standard_normal((5, D)).astype(np.float32)
     dense = np.maximum((x - sae.b_dec) @ sae.W_enc + sae.b_enc, 0)

@@ -8,7 +8,7 @@ from safetensors.numpy import load_file, save_file
 
 import tinymech as tm
 from sae_factory import lens_sae, save_lens
-from tinymech.sae import SAE, run_with_saes
+from tinymech.sae import SAE, run_with_cache_with_saes, run_with_saes
 from tinymech.sae_errors import FeatureIndexError, SAEInputError, SAELoadError, SAENotFoundError
 
 D, D_SAE = 64, 40
@@ -67,6 +67,10 @@ def test_hook_problems(model, saved, tmp_path):
         model.generate(toks, max_new_tokens=2, hooks=[SAE.load(wide).as_hook()])
     with pytest.raises(tm.HookError, match="SAE objects"):
         run_with_saes(model, toks, ["not an sae"])
+    sae = SAE.load(saved["standard"])
+    for run in (run_with_saes, run_with_cache_with_saes):
+        with pytest.raises(tm.HookError, match=f"two SAEs write {sae.cfg.output_hook}: splice one SAE per hook"):
+            run(model, toks, [sae, sae])
 
 
 @pytest.mark.parametrize("damage,error,match", [

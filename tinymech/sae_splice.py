@@ -62,9 +62,14 @@ def check_hooks(model, cfg) -> None:
 
 def _sae_list(saes) -> list:
     saes = list(saes) if isinstance(saes, (list, tuple)) else [saes]
+    writers = {}
     for sae in saes:
         if not hasattr(sae, "as_hook"):
             raise HookError(f"saes must be tinymech SAE objects, got {type(sae).__name__}")
+        hook = sae.cfg.output_hook
+        if hook in writers:  # the second would reconstruct the first's reconstruction
+            raise HookError(f"two SAEs write {hook}: splice one SAE per hook point")
+        writers[hook] = sae
     return saes
 
 
@@ -106,6 +111,7 @@ def recorded(sae, splice, keep_error: bool) -> dict[str, np.ndarray]:
     rows = len(offsets) - 1
     acts = np.zeros((rows, cfg.d_sae), np.float32)
     acts[np.repeat(np.arange(rows), np.diff(offsets)), indices] = values
+    acts[np.isnan(acts).any(-1)] = np.nan  # a NaN input's codes are one NaN: every feature NaN, as encode gives
     out = {"hook_sae_input": splice.last("input").reshape(lead + (cfg.d_in,)),
            "hook_sae_acts_post": acts.reshape(lead + (cfg.d_sae,)),
            "hook_sae_recons": splice.last("recons").reshape(lead + (cfg.d_out,)),

@@ -88,10 +88,13 @@ const float* value_block(const View& v, const Edit& e, int hook_id, int64_t n_la
   for (int64_t d : e.values_shape) n *= d;
   if (n == heads * inner) return e.values + h * inner;
   if (n == inner) return e.values;
+  const std::string one = "[" + std::to_string(inner) + "]";
+  const std::string wanted = heads > 1 ? "[" + std::to_string(heads) + ", " + std::to_string(inner) + "] or one head's " + one
+                                       : one;
   throw std::invalid_argument("values for " + hook_name(hook_id, n_layers) + " have shape " +
-                              shape_str(e.values_shape) + " but the activation is " +
-                              shape_str(v.tl_shape()) + ": give one value per element of " +
-                              (heads > 1 ? "[head, d] or of one head's [d]" : "the last axis"));
+                              shape_str(e.values_shape) + " for an activation of shape " + shape_str(v.tl_shape()) +
+                              ": fill and add take one vector, broadcast over batch and positions: " + wanted +
+                              " (tm.patch replaces with a whole activation)");
 }
 
 void check_replace_shape(const View& v, const Edit& e, int hook_id, int64_t n_layers) {

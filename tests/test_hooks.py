@@ -64,6 +64,36 @@ def test_intervention_values_must_be_finite_numbers(values):
         tm.add(values)
 
 
+@pytest.mark.parametrize("make", [lambda: tm.add(np.ones(64), coeff=np.nan), lambda: tm.scale(np.inf),
+                                  lambda: tm.fill(np.nan), lambda: tm.fill(np.inf), lambda: tm.add(np.full(64, -np.inf)),
+                                  lambda: tm.patch(np.full((1, 2, 64), np.nan))])
+def test_intervention_numbers_must_be_finite(make):
+    with pytest.raises(tm.HookError, match="finite|NaN or infinity"):
+        make()
+
+
+def test_a_vector_of_the_wrong_shape_says_what_fits(model, tokens):
+    d = model.cfg.d_model
+    whole = np.ones((1, tokens.shape[1], d), np.float32)
+    with pytest.raises(tm.HookError, match=rf"fill and add take one vector, broadcast over batch and positions: \[{d}\] "
+                                            r"\(tm.patch replaces with a whole activation\)"):
+        model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.hook_resid_pre", tm.add(whole))])
+    heads, d_head = model.cfg.n_heads, model.cfg.d_head
+    with pytest.raises(tm.HookError, match=rf"\[{heads}, {d_head}\] or one head's \[{d_head}\]"):
+        model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.attn.hook_z", tm.add(np.ones(d_head + 1)))])
+
+
+def test_cached_attention_scores_patch_back(model, tokens):
+    """A cache's attention scores hold -inf where a query may not look: patching
+    them back (or filling -inf) is allowed, and the patch reproduces the run."""
+    _, cache = model.run_with_cache(tokens, names_filter="blocks.1.attn.hook_attn_scores")
+    scores = cache["blocks.1.attn.hook_attn_scores"]
+    assert np.isneginf(scores).any()
+    patched = model.run_with_hooks(tokens, fwd_hooks=[("blocks.1.attn.hook_attn_scores", tm.patch(scores))])
+    np.testing.assert_array_equal(patched, model(tokens))
+    tm.fill(-np.inf)  # a mask
+
+
 def test_hook_function_that_raises(model, tokens):
     def broken(act, hook):
         raise KeyError("boom")

@@ -117,16 +117,25 @@ def _ints(x) -> tuple[int, ...]:
     return tuple(int(i) for i in x)
 
 
-def _floats(x) -> np.ndarray | None:
+def _floats(x, masked: bool = False) -> np.ndarray | None:
+    """Finite float32 values; with masked, -inf too (attention scores hold
+    -inf where a query may not look: a patch or fill may put it there)."""
     if x is None:
         return None
     arr = np.asarray(x)
     if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
         raise HookError(f"intervention values must be numeric, got dtype {arr.dtype}")
     arr = np.ascontiguousarray(arr, dtype=np.float32)
-    if not np.isfinite(arr).all():
-        raise HookError("intervention values contain NaN or infinity")
+    if not (np.isfinite(arr) | (masked & (arr == -np.inf))).all():
+        raise HookError("intervention values contain NaN or infinity" + ("" if masked else " (-inf: patch and fill only)"))
     return arr
+
+
+def _scalar(x, what: str, masked: bool = False) -> float:
+    value = float(x)
+    if not (np.isfinite(value) or (masked and value == -np.inf)):
+        raise HookError(f"{what} must be a finite number{' or -inf' if masked else ''}, not {value}")
+    return value
 
 
 def zero_ablate(heads=None, positions=None) -> Intervention:
@@ -142,8 +151,8 @@ def mean_ablate(mean, heads=None, positions=None) -> Intervention:
 def fill(value, heads=None, positions=None) -> Intervention:
     """Set to a constant (a number) or to a vector broadcast over batch and positions."""
     if np.ndim(value) == 0:
-        return Intervention("fill", None, float(value), _ints(heads), _ints(positions))
-    return Intervention("fill", _floats(value), 0.0, _ints(heads), _ints(positions))
+        return Intervention("fill", None, _scalar(value, "a fill value", masked=True), _ints(heads), _ints(positions))
+    return Intervention("fill", _floats(value, masked=True), 0.0, _ints(heads), _ints(positions))
 
 
 def patch(source, heads=None, positions=None) -> Intervention:
@@ -152,16 +161,16 @@ def patch(source, heads=None, positions=None) -> Intervention:
     The source covers absolute positions 0..P-1; positions it does not cover are
     left alone (so a patch from the prompt stays valid during generation).
     """
-    return Intervention("replace", _floats(source), 0.0, _ints(heads), _ints(positions))
+    return Intervention("replace", _floats(source, masked=True), 0.0, _ints(heads), _ints(positions))
 
 
 def add(vector, coeff: float = 1.0, positions=None, heads=None) -> Intervention:
     """Add coeff * vector (steering); vector broadcasts over batch and positions."""
-    return Intervention("add", _floats(vector), float(coeff), _ints(heads), _ints(positions))
+    return Intervention("add", _floats(vector), _scalar(coeff, "coeff"), _ints(heads), _ints(positions))
 
 
 def scale(factor: float, heads=None, positions=None) -> Intervention:
-    return Intervention("scale", None, float(factor), _ints(heads), _ints(positions))
+    return Intervention("scale", None, _scalar(factor, "a scale factor"), _ints(heads), _ints(positions))
 
 
 HookAction = Union[Callable, Intervention]

@@ -6,6 +6,7 @@ import torch
 
 import tinymech as tm
 from model_factory import rel_err
+from tinymech.activation_cache import _pos
 from tl_reference import TL_PROCESSING
 
 TOL = 1e-4
@@ -129,3 +130,52 @@ def test_logit_attrs(caches):
     per_position = ours.decompose_resid()  # every position, next-token directions
     ref = theirs.logit_attrs(torch.as_tensor(per_position), torch.as_tensor(tokens))
     assert rel_err(ours.logit_attrs(per_position, tokens), ref.detach().numpy()) <= TOL
+
+
+@pytest.mark.parametrize("name,layer,sublayer", [("resid_pre", -1, None), ("pattern", 2, None), ("scale", 3, "ln2"),
+                                                 ("post", 1, None)])
+def test_stack_activation(caches, name, layer, sublayer):
+    ours, theirs, _ = caches
+    got, want = ours.stack_activation(name, layer, sublayer), theirs.stack_activation(name, layer, sublayer)
+    assert got.shape == tuple(want.shape) and rel_err(got, want.detach().numpy()) <= TOL
+
+
+@pytest.mark.parametrize("neuron_slice,pos_slice", [(None, None), ((2, 9), -1), ([0, 5, 7], [1, 3]), (4, (0, 5))])
+def test_get_neuron_results(caches, neuron_slice, pos_slice):
+    ours, theirs, _ = caches
+    got, want = ours.get_neuron_results(1, neuron_slice, pos_slice), theirs.get_neuron_results(1, neuron_slice, pos_slice)
+    assert got.shape == tuple(want.shape) and rel_err(got, want.detach().numpy()) <= TOL
+
+
+@pytest.mark.parametrize("layer", [-1, 2, 0])
+@pytest.mark.parametrize("pos_slice,neuron_slice", [(None, None), (-1, (0, 6)), ([0, 4, 9], [1, 2])])
+@pytest.mark.parametrize("incl_remainder,apply_ln", [(False, False), (True, False), (True, True)])
+def test_stack_neuron_results(caches, layer, pos_slice, neuron_slice, incl_remainder, apply_ln):
+    ours, theirs, _ = caches
+    kwargs = dict(pos_slice=pos_slice, neuron_slice=neuron_slice, return_labels=True, incl_remainder=incl_remainder,
+                  apply_ln=apply_ln)
+    if layer == 0:  # no neurons; the remainder is all of resid_pre 0 (TransformerLens wraps to the last layer's)
+        stack, labels = ours.stack_neuron_results(layer, **kwargs)
+        assert labels == (["remainder"] if incl_remainder else []) and stack.shape[0] == len(labels)
+        if incl_remainder and not apply_ln:
+            np.testing.assert_array_equal(stack[0], _pos(ours["resid_pre", 0], pos_slice))
+        return
+    assert_same(ours.stack_neuron_results(layer, **kwargs), theirs.stack_neuron_results(layer, **kwargs))
+
+
+def test_stack_neuron_results_sum_to_mlp_out(caches):
+    ours, _, _ = caches
+    stack, labels = ours.stack_neuron_results(1, return_labels=True)  # layer 0's neurons
+    d_mlp = ours.model.cfg.d_mlp
+    assert labels[:2] == ["L0N0", "L0N1"] and len(labels) == d_mlp
+    np.testing.assert_allclose(stack.sum(0) + ours.model.b_out[0], ours["mlp_out", 0], rtol=1e-4, atol=1e-4)
+
+
+def test_compute_head_results(caches):
+    ours, theirs, _ = caches
+    ours_copy = tm.ActivationCache(dict(ours.items()), ours.model)
+    ours_copy.compute_head_results()
+    theirs.compute_head_results()
+    for layer in range(ours.model.cfg.n_layers):
+        got, want = ours_copy["result", layer], theirs["result", layer]
+        assert got.shape == tuple(want.shape) and rel_err(got, want.detach().numpy()) <= TOL

@@ -1,6 +1,7 @@
 """ActivationCache: the activations captured by run_with_cache, looked up and
 combined as in TransformerLens (cache["pattern", 3], accumulated_resid,
-decompose_resid, stack_head_results, apply_ln_to_stack, logit_attrs)."""
+decompose_resid, stack_head_results, stack_neuron_results, stack_activation,
+apply_ln_to_stack, logit_attrs)."""
 from __future__ import annotations
 
 from typing import Iterator
@@ -137,7 +138,7 @@ class ActivationCache:
         """Every head's output for layers before `layer` (-1: all layers):
         [layer * head, batch, pos, d_model], labelled "L{l}H{h}"."""
         cfg = self.model.cfg
-        stop = cfg.n_layers if layer == -1 or layer is None else layer
+        stop = self._stop(layer)
         parts, labels = [], []
         for l in range(stop):
             r = self.head_results(l)
@@ -146,14 +147,62 @@ class ActivationCache:
                 labels.append(f"L{l}H{h}")
         stack = np.stack(parts) if parts else np.zeros((0,) + self["hook_embed"].shape, np.float32)
         if incl_remainder:
-            resid = self[f"blocks.{stop}.hook_resid_pre"] if stop < cfg.n_layers else \
-                self[f"blocks.{cfg.n_layers - 1}.hook_resid_post"]
-            stack = np.concatenate([stack, (resid - stack.sum(0))[None]])
+            stack = np.concatenate([stack, (self._resid_before(stop) - stack.sum(0))[None]])
             labels.append("remainder")
         stack = _pos(stack, pos_slice)
         if apply_ln:
             stack = self.apply_ln_to_stack(stack, layer if layer != -1 else None, pos_slice=pos_slice)
         return (stack, labels) if return_labels else stack
+
+    def compute_head_results(self) -> None:
+        """Adds every layer's blocks.{l}.attn.hook_result [batch, pos, head, d_model]
+        to the cache (from hook_z and W_O), as TransformerLens's does."""
+        for layer in range(self.model.cfg.n_layers):
+            self._acts[f"blocks.{layer}.attn.hook_result"] = self.head_results(layer)
+
+    def stack_activation(self, activation_name: str, layer=-1, sublayer_type=None) -> np.ndarray:
+        """cache[activation_name, l, sublayer_type] of every layer before `layer`
+        (-1 or None: all layers), stacked: [layers, ...]."""
+        stop = self._stop(layer)
+        return np.stack([self[(activation_name, l, sublayer_type)] for l in range(stop)])
+
+    def get_neuron_results(self, layer: int, neuron_slice=None, pos_slice=None) -> np.ndarray:
+        """Each MLP neuron's write to the residual stream at `layer`, its
+        activation times its row of W_out: [batch, pos, neuron, d_model]."""
+        acts = _index(_pos(self[f"blocks.{layer}.mlp.hook_post"], pos_slice), neuron_slice, axis=-1)
+        W_out = _index(self.model.W_out[layer], neuron_slice, axis=0)
+        return acts[..., None] * W_out
+
+    def stack_neuron_results(self, layer=-1, pos_slice=None, neuron_slice=None, return_labels=False,
+                             incl_remainder=False, apply_ln=False):
+        """Every neuron's write for the layers before `layer` (-1: all):
+        [layer * neuron, batch, pos, d_model], labelled "L{l}N{n}"; incl_remainder
+        adds the rest of the residual stream there. Large: d_mlp components per layer."""
+        stop = self._stop(layer)
+        if isinstance(neuron_slice, (int, np.integer)):  # one neuron keeps its axis in the stack
+            neuron_slice = [int(neuron_slice)]
+        neurons = _index(np.arange(self.model.cfg.d_mlp), neuron_slice, axis=0)
+        labels = [f"L{l}N{n}" for l in range(stop) for n in neurons]
+        parts = [np.moveaxis(self.get_neuron_results(l, neuron_slice, pos_slice), -2, 0) for l in range(stop)]
+        stack = np.concatenate(parts) if parts else np.zeros((0,) + _pos(self["hook_embed"], pos_slice).shape,
+                                                             np.float32)
+        if incl_remainder:
+            stack = np.concatenate([stack, (_pos(self._resid_before(stop), pos_slice) - stack.sum(0))[None]])
+            labels.append("remainder")
+        if apply_ln:
+            stack = self.apply_ln_to_stack(stack, None if stop == self.model.cfg.n_layers else stop,
+                                           pos_slice=pos_slice)
+        return (stack, labels) if return_labels else stack
+
+    def _resid_before(self, layer: int) -> np.ndarray:
+        """The residual stream entering `layer` (the final one for n_layers). TransformerLens
+        takes resid_post of layer - 1, which for layer 0 wraps round to the last layer's."""
+        n = self.model.cfg.n_layers
+        return self[f"blocks.{layer}.hook_resid_pre"] if layer < n else self[f"blocks.{n - 1}.hook_resid_post"]
+
+    def _stop(self, layer) -> int:
+        """The layers before `layer` (-1 or None: all of them), as a count."""
+        return self.model.cfg.n_layers if layer is None or layer == -1 else layer
 
     def apply_ln_to_stack(self, residual_stack, layer=None, mlp_input=False, pos_slice=None,
                           batch_slice=None, has_batch_dim=True):

@@ -5,8 +5,9 @@
 // ~650 MB of them; glibc gives such large blocks back to the system as soon as
 // they are freed. So freed buffers of at least kPooledBytes are kept (up to
 // kPoolCapBytes in all) and handed out again for the same size: a loop of
-// run_with_cache calls reuses the memory of the caches it has dropped.
-// release_pooled_buffers() gives the kept memory back.
+// run_with_cache calls reuses the memory of the caches it has dropped. A kept
+// buffer no request has wanted for a while (inputs changed length) is freed;
+// release_pooled_buffers() gives all the kept memory back.
 #pragma once
 #include <cstdint>
 #include <memory>

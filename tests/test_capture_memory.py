@@ -43,3 +43,37 @@ def test_a_name_given_twice_is_captured_once(gpt2):
     del logits, cache
     gc.collect()
     assert tm.release_memory() == expected  # no second copy was made
+
+
+def pooled_after(model, tokens) -> tuple[int, int]:
+    """(bytes of the run's large buffers, pool bytes once they are dropped)."""
+    logits, cache = model.run_with_cache(tokens)
+    big = sum(v.nbytes for v in [logits, *cache.values()] if v.nbytes >= 1 << 16)
+    del logits, cache
+    gc.collect()
+    return big, tm._core.kernels.pooled_bytes()
+
+
+def test_inputs_of_changing_length_do_not_pile_up_kept_buffers(gpt2):
+    """Each new length asks for new sizes; what no run has taken for a while is
+    given back, where the pool used to keep every size up to its 1 GiB cap."""
+    _, model, _ = gpt2("small")
+    rng = np.random.default_rng(2)
+    tm.release_memory()
+    runs = [pooled_after(model, rng.integers(0, 1000, (2, length))) for length in range(40, 100, 2)]
+    assert all(kept <= 12 * big for big, kept in runs)  # a window of the last few runs' buffers
+    assert max(kept for _, kept in runs) < sum(big for big, _ in runs) / 2  # the pool used to keep them all
+    tm.release_memory()
+
+
+def test_two_lengths_in_turn_keep_reusing_their_buffers(gpt2):
+    _, model, _ = gpt2("small")
+    rng = np.random.default_rng(3)
+    tm.release_memory()
+    a, b = rng.integers(0, 1000, (2, 100)), rng.integers(0, 1000, (2, 60))
+    sizes = [pooled_after(model, t) for t in (a, b)]
+    both = sum(big for big, _ in sizes)
+    for _ in range(4):  # after the first two runs every buffer comes from the pool and goes back
+        for t in (a, b):
+            assert pooled_after(model, t)[1] == both
+    tm.release_memory()

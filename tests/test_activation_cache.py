@@ -46,6 +46,16 @@ def test_lookup_forms(caches):
     assert ("z", 1) in ours and "blocks.0.attn.hook_result" not in ours and "bogus" not in ours
     with pytest.raises(KeyError, match="not cached"):
         ours["result", 0]
+    for key, match in [(("resid_post", 3), "layer 3 is out of range for a model with 3 layers"),
+                       (("resid_post", -4), "layer -4 is out of range"), (("pattern", 1.0), "whole number"),
+                       (5, "a cache key is a hook name")]:
+        with pytest.raises(KeyError, match=match):
+            ours[key]
+        assert key not in ours
+    with pytest.raises(tm.InvalidInputError, match="layer 4 is out of range: 0..3"):
+        ours.accumulated_resid(layer=4)
+    with pytest.raises(tm.InvalidInputError, match="mode must be"):
+        ours.decompose_resid(mode="heads")
 
 
 @pytest.mark.parametrize("layer,incl_mid,mlp_input", [

@@ -40,6 +40,13 @@ def test_unknown_hook_name_suggests_the_closest(model, tokens):
         model.generate(tokens, max_new_tokens=2, hooks=[("blocks.9.hook_resid_pre", tm.zero_ablate())])
 
 
+@pytest.mark.parametrize("heads,positions", [(True, None), ([1.7], None), (-1, None), (None, [-1]), (None, [2**63]),
+                                             ("0", None)])
+def test_heads_and_positions_are_whole_numbers(heads, positions):
+    with pytest.raises(tm.HookError, match="heads|positions"):
+        tm.zero_ablate(heads=heads, positions=positions)
+
+
 @pytest.mark.parametrize("hook", [
     ("blocks.0.hook_resid_pre", tm.add(np.ones(5))),                          # wrong width
     ("blocks.0.attn.hook_z", tm.mean_ablate(np.ones((3, 16)))),               # wrong head count
@@ -48,7 +55,7 @@ def test_unknown_hook_name_suggests_the_closest(model, tokens):
     ("blocks.0.attn.hook_pattern", tm.patch(np.ones((2, 4, 9, 5)))),          # fewer keys than queries
     ("blocks.0.attn.hook_z", tm.zero_ablate(heads=[4])),                      # no such head
     ("blocks.0.hook_resid_pre", tm.zero_ablate(heads=[0])),                   # no head axis
-    ("blocks.0.hook_resid_pre", tm.zero_ablate(positions=[-1])),              # positions are absolute
+    ("blocks.0.hook_resid_pre", tm.hooks.Intervention("fill", positions=(-1,))),  # the core checks too
     ("blocks.0.hook_resid_pre", "not an action"),
 ], ids=["width", "heads", "d_head", "batch", "keys", "head-range", "no-head-axis", "negative-pos", "action"])
 def test_bad_interventions_raise_hook_error(model, tokens, hook):

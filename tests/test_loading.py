@@ -204,6 +204,19 @@ class TestBadTokens:
         with pytest.raises(tm.InvalidTokensError, match="empty"):
             model(np.zeros((1, 0), dtype=np.int64))
 
+    def test_ragged_lists(self, model):
+        with pytest.raises(tm.InvalidTokensError, match=r"must form a \[batch, pos\] array"):
+            model([[1, 2, 3], [4, 5]])
+
+    @pytest.mark.parametrize("kwargs,match", [(dict(max_new_tokens=2.5), "max_new_tokens must be a whole number"),
+                                              (dict(max_new_tokens=-1), "max_new_tokens must be >= 0"),
+                                              (dict(max_new_tokens=True), "whole number"),
+                                              (dict(top_k=2.5, temperature=1.0), "top_k must be a whole number"),
+                                              (dict(top_k=0, temperature=1.0), "top_k must be >= 1")])
+    def test_generate_counts_are_whole_numbers(self, model, kwargs, match):
+        with pytest.raises(tm.InvalidInputError, match=match):
+            model.generate(np.array([[1, 2]]), **kwargs)
+
     def test_too_long(self, model):
         with pytest.raises(tm.ContextLengthError, match="exceed"):
             model(np.zeros((1, model.cfg.n_ctx + 1), dtype=np.int64))

@@ -8,7 +8,8 @@ from typing import Iterator
 
 import numpy as np
 
-from .errors import HookError
+from .checks import whole_number
+from .errors import HookError, InvalidInputError
 from .final_norm import final_norm, norm_centers
 from .hooks import get_act_name
 
@@ -24,9 +25,15 @@ class ActivationCache:
         if isinstance(key, tuple):
             name, *rest = key
             layer = rest[0] if rest else None
-            if layer is not None and layer < 0:
-                layer += self.model.cfg.n_layers
+            if layer is not None:
+                n = self.model.cfg.n_layers
+                layer = whole_number(layer, "a cache key's layer", error=KeyError)
+                if not -n <= layer < n:
+                    raise KeyError(f"layer {layer} is out of range for a model with {n} layers")
+                layer %= n
             return get_act_name(name, layer, rest[1] if len(rest) > 1 else None)
+        if not isinstance(key, str):
+            raise KeyError(f"a cache key is a hook name or (name, layer[, layer type]), not {key!r}")
         return get_act_name(key) if key not in self._acts else key
 
     def __getitem__(self, key) -> np.ndarray:
@@ -40,7 +47,7 @@ class ActivationCache:
     def __contains__(self, key) -> bool:
         try:
             return self._key(key) in self._acts
-        except HookError:
+        except (HookError, KeyError):
             return False
 
     def __iter__(self) -> Iterator[str]:
@@ -64,9 +71,13 @@ class ActivationCache:
     # ---- residual stream --------------------------------------------------------
 
     def _n_layers(self, layer):
+        """A layer argument as 0..n_layers (n_layers: the unembed; -1 is n_layers too, as in TransformerLens)."""
         n = self.model.cfg.n_layers
         if layer is None:
             return n
+        layer = whole_number(layer, "layer")
+        if not -(n + 1) <= layer <= n:
+            raise InvalidInputError(f"layer {layer} is out of range: 0..{n} (or -1 for {n}, the unembed)")
         return layer + n + 1 if layer < 0 else layer
 
     def accumulated_resid(self, layer=None, incl_mid=False, apply_ln=False, pos_slice=None,
@@ -101,6 +112,8 @@ class ActivationCache:
                         pos_slice=None, incl_embeds=True, return_labels=False):
         """The residual stream at `layer` as the sum of its writers:
         embed, pos_embed (learned positions), then each earlier layer's attn_out and mlp_out."""
+        if mode not in ("all", "attn", "mlp"):
+            raise InvalidInputError(f"mode must be 'all', 'attn' or 'mlp', not {mode!r}")
         stop = self._n_layers(layer)
         parts, labels = [], []
         if incl_embeds:  # rotary models have no position embedding to add

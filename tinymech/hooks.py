@@ -20,6 +20,7 @@ from typing import Callable, Iterable, Sequence, Union
 import numpy as np
 
 from . import _core
+from .checks import whole_number
 from .errors import HookError
 
 _SHORT_NAMES = {
@@ -109,12 +110,20 @@ class Intervention:
     positions: tuple[int, ...] = ()
 
 
-def _ints(x) -> tuple[int, ...]:
+def _ints(x, what: str) -> tuple[int, ...]:
+    """Head or position indices: one whole number or several (no bools, no 1.7)."""
     if x is None:
         return ()
-    if isinstance(x, (int, np.integer)):
-        return (int(x),)
-    return tuple(int(i) for i in x)
+    items = [x] if isinstance(x, (int, np.integer)) else list(x)
+    out = tuple(whole_number(i, what, 0, error=HookError) for i in items)
+    if any(i >= 2**31 for i in out):
+        raise HookError(f"{what} {max(out)} is out of range")
+    return out
+
+
+def _targets(heads, positions) -> dict:
+    """An Intervention's heads and positions, checked."""
+    return dict(heads=_ints(heads, "heads"), positions=_ints(positions, "positions"))
 
 
 def _floats(x, masked: bool = False) -> np.ndarray | None:
@@ -127,7 +136,8 @@ def _floats(x, masked: bool = False) -> np.ndarray | None:
         raise HookError(f"intervention values must be numeric, got dtype {arr.dtype}")
     arr = np.ascontiguousarray(arr, dtype=np.float32)
     if not (np.isfinite(arr) | (masked & (arr == -np.inf))).all():
-        raise HookError("intervention values contain NaN or infinity" + ("" if masked else " (-inf: patch and fill only)"))
+        hint = "" if masked else " (-inf: patch and fill only)"
+        raise HookError(f"intervention values contain NaN or infinity{hint}")
     return arr
 
 
@@ -140,19 +150,19 @@ def _scalar(x, what: str, masked: bool = False) -> float:
 
 def zero_ablate(heads=None, positions=None) -> Intervention:
     """Set the activation (or the given heads / absolute positions) to zero."""
-    return Intervention("fill", None, 0.0, _ints(heads), _ints(positions))
+    return Intervention("fill", None, 0.0, **_targets(heads, positions))
 
 
 def mean_ablate(mean, heads=None, positions=None) -> Intervention:
     """Replace by a mean activation: [head, d_head] per head, or one slice broadcast."""
-    return Intervention("fill", _floats(mean), 0.0, _ints(heads), _ints(positions))
+    return Intervention("fill", _floats(mean), 0.0, **_targets(heads, positions))
 
 
 def fill(value, heads=None, positions=None) -> Intervention:
     """Set to a constant (a number) or to a vector broadcast over batch and positions."""
     if np.ndim(value) == 0:
-        return Intervention("fill", None, _scalar(value, "a fill value", masked=True), _ints(heads), _ints(positions))
-    return Intervention("fill", _floats(value, masked=True), 0.0, _ints(heads), _ints(positions))
+        return Intervention("fill", None, _scalar(value, "a fill value", masked=True), **_targets(heads, positions))
+    return Intervention("fill", _floats(value, masked=True), 0.0, **_targets(heads, positions))
 
 
 def patch(source, heads=None, positions=None) -> Intervention:
@@ -161,16 +171,16 @@ def patch(source, heads=None, positions=None) -> Intervention:
     The source covers absolute positions 0..P-1; positions it does not cover are
     left alone (so a patch from the prompt stays valid during generation).
     """
-    return Intervention("replace", _floats(source, masked=True), 0.0, _ints(heads), _ints(positions))
+    return Intervention("replace", _floats(source, masked=True), 0.0, **_targets(heads, positions))
 
 
 def add(vector, coeff: float = 1.0, positions=None, heads=None) -> Intervention:
     """Add coeff * vector (steering); vector broadcasts over batch and positions."""
-    return Intervention("add", _floats(vector), _scalar(coeff, "coeff"), _ints(heads), _ints(positions))
+    return Intervention("add", _floats(vector), _scalar(coeff, "coeff"), **_targets(heads, positions))
 
 
 def scale(factor: float, heads=None, positions=None) -> Intervention:
-    return Intervention("scale", None, _scalar(factor, "a scale factor"), _ints(heads), _ints(positions))
+    return Intervention("scale", None, _scalar(factor, "a scale factor"), **_targets(heads, positions))
 
 
 HookAction = Union[Callable, Intervention]

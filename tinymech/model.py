@@ -18,6 +18,7 @@ from .errors import ContextLengthError, HookError, InvalidInputError, InvalidTok
 from .generation import sample_next
 from .activation_cache import ActivationCache
 from .bf16 import bf16_core, canonical_dtype
+from .checks import whole_number
 from .hooks import HookSpec, build_plan, hook_registry, resolve_names
 from .tokenizer import Tokenizer
 
@@ -190,7 +191,10 @@ class Model:
         ):
             tokens = self.to_tokens(input, prepend_bos=prepend_bos)
         else:
-            tokens = np.asarray(input)
+            try:
+                tokens = np.asarray(input)
+            except ValueError as e:  # ragged lists: sequences of a batch must have one length
+                raise InvalidTokensError(f"token ids must form a [batch, pos] array: {e}") from None
             if tokens.dtype == object or not (
                 np.issubdtype(tokens.dtype, np.integer) or tokens.size == 0
             ):
@@ -355,8 +359,9 @@ class Model:
         """
         as_text = isinstance(input, str)
         tokens = self.tokens_of(input, prepend_bos=prepend_bos)
-        if max_new_tokens < 0:
-            raise ValueError("max_new_tokens must be >= 0")
+        max_new_tokens = whole_number(max_new_tokens, "max_new_tokens", 0)
+        if top_k is not None:
+            top_k = whole_number(top_k, "top_k", 1)
         self._check_fits(0, tokens.shape[1] + max_new_tokens)
         rng = np.random.default_rng(seed)
         eos = self.cfg.eos_token_id if self.cfg.eos_token_id is not None else (

@@ -347,5 +347,5 @@ class SAE:
         if mode != "clamp":
             raise HookError(f"steering mode must be 'add' or 'clamp', not {mode!r}")
         name, splice = self.as_hook(keep_error=True)
-        splice.set_clamps([f], [float(strength)], _hooks._ints(positions))
+        splice.set_clamps([f], [float(strength)], _hooks._ints(positions, "positions"))
         return name, splice

@@ -452,6 +452,7 @@ PYBIND11_MODULE(_core, m) {
   register_sae(m);
 
   py::register_exception<tmech::ContextOverflow>(m, "ContextOverflow", PyExc_IndexError);
+  py::register_exception<tmech::CacheMismatch>(m, "CacheMismatch", PyExc_ValueError);
   py::class_<tmech::KVCache>(m, "KVCache")
       .def_property_readonly("batch", &tmech::KVCache::batch)
       .def_property_readonly("n_past", &tmech::KVCache::n_past)

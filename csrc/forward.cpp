@@ -489,7 +489,9 @@ Model::Model(ModelConfig cfg, ModelWeights weights) : cfg_(cfg), w_(std::move(we
 }
 
 KVCache Model::new_cache(int64_t batch) const {
-  return KVCache(cfg_.n_layers, batch, cfg_.d_kv(), cfg_.n_ctx);
+  KVCache cache(cfg_.n_layers, batch, cfg_.d_kv(), cfg_.n_ctx);
+  cache.set_owner(this);
+  return cache;
 }
 
 bool Model::has_hook(HookKind kind) const {
@@ -544,10 +546,11 @@ void Model::forward(KVCache* cache, const int32_t* tokens, int64_t batch, int64_
   if (batch <= 0 || n_tokens <= 0) throw std::invalid_argument("forward needs at least one token");
   span = resolve_span(span, cfg_.n_layers, cache != nullptr, tokens);
   if (cache && batch != cache->batch())
-    throw std::invalid_argument("tokens have batch " + std::to_string(batch) + " but the cache holds " +
+    throw CacheMismatch("tokens have batch " + std::to_string(batch) + " but the cache holds " +
                                 std::to_string(cache->batch()));
-  if (cache && (cache->n_layers() != cfg_.n_layers || cache->d_kv() != cfg_.d_kv() || cache->n_ctx() != cfg_.n_ctx))
-    throw std::invalid_argument("this KV cache was made for another model");
+  if (cache && ((cache->owner() && cache->owner() != this) || cache->n_layers() != cfg_.n_layers ||
+                cache->d_kv() != cfg_.d_kv() || cache->n_ctx() != cfg_.n_ctx))
+    throw CacheMismatch("this KV cache was made for another model (use this model's new_cache)");
   if (plan && plan->n_layers() != cfg_.n_layers)
     throw std::invalid_argument("this hook plan was made for another model");
   for (int64_t i = 0; tokens && i < batch * n_tokens; ++i)

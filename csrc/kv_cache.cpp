@@ -47,6 +47,7 @@ void KVCache::reserve(int64_t positions) {
 
 KVCache KVCache::fork() const {
   KVCache copy(n_layers_, batch_, d_kv_, n_ctx_);
+  copy.owner_ = owner_;
   copy.n_past_ = n_past_;
   if (capacity_ > 0) {
     copy.k_ = relaid(k_, capacity_, capacity_);

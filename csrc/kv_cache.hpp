@@ -18,6 +18,11 @@ struct ContextOverflow : std::out_of_range {
   using std::out_of_range::out_of_range;
 };
 
+// A KV cache that does not fit the pass given it (Python: _core.CacheMismatch, a ValueError).
+struct CacheMismatch : std::invalid_argument {
+  using std::invalid_argument::invalid_argument;
+};
+
 // Throws ContextOverflow when a sequence of `positions` does not fit a context of n_ctx.
 void check_fits_context(int64_t positions, int64_t n_ctx);
 
@@ -31,6 +36,10 @@ class KVCache {
   int64_t n_ctx() const { return n_ctx_; }
   int64_t d_kv() const { return d_kv_; }
   int64_t n_layers() const { return n_layers_; }
+
+  // The model that made the cache (null: any model of its shape may use it).
+  const void* owner() const { return owner_; }
+  void set_owner(const void* model) { owner_ = model; }
 
   void reset() { n_past_ = 0; }
   void truncate(int64_t n);   // keep the first n positions
@@ -58,6 +67,7 @@ class KVCache {
   int64_t n_layers_, batch_, d_kv_, n_ctx_;
   int64_t capacity_ = 0, n_past_ = 0;
   Buffer k_, v_;
+  const void* owner_ = nullptr;
   OwnedMutex mutex_;
 };
 

@@ -22,23 +22,21 @@ def run_threads(target, args_list):
         t.join()
 
 
-@pytest.mark.parametrize("same_model", [True, False])
-def test_threads_sharing_a_kv_cache_take_turns(model, same_model):
-    other = model if same_model else tm.load()
+def test_threads_sharing_a_kv_cache_take_turns(model):
     tokens = np.random.default_rng(0).integers(0, model.cfg.d_vocab, (4, 20))
     for _ in range(10):
         cache = model.new_cache(4)
         done, errors = [], []
 
-        def extend(m):
+        def extend():
             for _ in range(14):  # 2 x 14 x 20 positions: more than the context of 256
                 try:
-                    m.forward(tokens, cache=cache, logits="none")
+                    model.forward(tokens, cache=cache, logits="none")
                     done.append(1)
                 except tm.ContextLengthError as e:
                     errors.append(e)
 
-        run_threads(extend, [(model,), (other,)])
+        run_threads(extend, [(), ()])
         # every call that ran appended its 20 positions; the others were refused whole
         assert cache.n_past == 20 * len(done) <= model.cfg.n_ctx
         assert len(done) == model.cfg.n_ctx // 20 and len(errors) == 28 - len(done)
@@ -48,6 +46,53 @@ def test_threads_sharing_a_kv_cache_take_turns(model, same_model):
         model.forward(tokens, cache=alone, logits="none")
     probe = tokens[:, :1]
     np.testing.assert_array_equal(model.forward(probe, cache=cache.fork()), model.forward(probe, cache=alone.fork()))
+
+
+def test_a_cache_changed_by_another_thread_during_passes(model):
+    """truncate / fork / reset from one thread while another decodes: each
+    call waits for the pass on the cache to end, and the cache stays whole."""
+    tokens = np.random.default_rng(2).integers(0, model.cfg.d_vocab, (2, 8))
+    cache = model.new_cache(2)
+    stop = threading.Event()
+
+    def decode():
+        while not stop.is_set():
+            try:
+                model.forward(tokens, cache=cache, logits="last")
+            except tm.ContextLengthError:
+                cache.reset()
+
+    def meddle():
+        try:
+            for i in range(300):
+                if i % 3 == 0:
+                    try:
+                        cache.truncate(cache.n_past // 2)
+                    except IndexError:  # the decoder reset it between the two calls
+                        pass
+                elif i % 3 == 1:
+                    cache.fork()
+                else:
+                    cache.reserve(64)
+        finally:
+            stop.set()
+
+    run_threads(lambda f: f(), [(decode,), (meddle,)])
+    assert 0 <= cache.n_past <= model.cfg.n_ctx
+    cache.truncate(min(cache.n_past, 8))  # still a working cache
+    assert model.forward(tokens[:, :1], cache=cache).shape == (2, 1, model.cfg.d_vocab)
+
+
+def test_a_kv_cache_belongs_to_the_model_that_made_it(model):
+    other = tm.load()  # the same shapes, but another model
+    cache = model.new_cache(1)
+    tokens = model.to_tokens("Mr Darcy")
+    for c in (cache, cache.fork()):
+        with pytest.raises(tm.InvalidInputError, match="made for another model"):
+            other.forward(tokens, cache=c)
+    with pytest.raises(tm.InvalidInputError, match="tokens have batch 2 but the cache holds 1"):
+        model.forward(np.concatenate([tokens, tokens]), cache=cache)
+    assert cache.n_past == 0
 
 
 def test_threads_on_one_model_get_their_own_results(model):

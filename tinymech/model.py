@@ -464,6 +464,8 @@ class Model:
             return self._core.forward(cache, tokens, plan, logits, start, stop, resid)
         except _core.ContextOverflow as e:  # another thread lengthened a shared cache meanwhile
             raise ContextLengthError(str(e)) from e
+        except _core.CacheMismatch as e:
+            raise InvalidInputError(str(e)) from e
         except (ValueError, IndexError) as e:
             # inputs were checked already, so the core objects to an intervention
             if plan is None or isinstance(e, HookError):

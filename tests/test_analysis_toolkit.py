@@ -2,7 +2,7 @@
 checked against a direct numpy computation or an invariant (the last logit
 lens row is the model's output, attributions sum to the logit, a patch of an
 activation that does not differ changes nothing, ...)."""
-import io
+import io as text_io
 
 import numpy as np
 import pytest
@@ -483,7 +483,7 @@ def test_patching_progress_true_writes_a_line_to_stderr(odd_model, capsys):
 
 
 def test_progress_line_redraws_in_place_on_a_terminal(monkeypatch):
-    class Terminal(io.StringIO):
+    class Terminal(text_io.StringIO):
         def isatty(self):
             return True
 

@@ -238,11 +238,8 @@ class Backend:
 
     def feature_effects(self, sae_index: int, feature: int, k: int = 6) -> FeatureEffects:
         e = self.saes[sae_index].logit_effects(self.model, feature, k)
-        return FeatureEffects(sae_index, feature, self._pairs(e.promoted, e.promoted_values),
-                              self._pairs(e.suppressed, e.suppressed_values))
-
-    def _pairs(self, ids, values) -> tuple[tuple[str, float], ...]:
-        return tuple(zip(self._decode_each(ids), (float(v) for v in values)))
+        return FeatureEffects(sae_index, feature, _pairs(e.promoted_tokens, e.promoted_values),
+                              _pairs(e.suppressed_tokens, e.suppressed_values))
 
     # ---- interventions ------------------------------------------------------------
 
@@ -288,6 +285,11 @@ class Backend:
             hooks=self.steer_hooks(steer) if steer else (),
         )
         return self.decode(new)
+
+
+def _pairs(tokens, values) -> tuple[tuple[str, float], ...]:
+    """(token, value) pairs of logit_effects' decoded tokens (the TUI's model has a tokenizer)."""
+    return tuple(zip(tokens, (float(v) for v in values)))
 
 
 def loss_scale(d_vocab: int) -> float:

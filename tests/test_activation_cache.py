@@ -189,3 +189,45 @@ def test_compute_head_results(caches):
     for layer in range(ours.model.cfg.n_layers):
         got, want = ours_copy["result", layer], theirs["result", layer]
         assert got.shape == tuple(want.shape) and rel_err(got, want.detach().numpy()) <= TOL
+
+
+@pytest.fixture(scope="module")
+def single(gpt2, tl_gpt2):
+    """(our cache, TL's) of one sequence with the batch axis removed, on the odd shape."""
+    hf, model, _ = gpt2("odd")
+    tokens = np.random.default_rng(4).integers(0, model.cfg.d_vocab, (1, 10))
+    _, ours = model.run_with_cache(tokens)
+    with torch.no_grad():
+        _, theirs = tl_gpt2(hf, processed=False).run_with_cache(torch.as_tensor(tokens))
+    assert ours.remove_batch_dim() is ours and ours.remove_batch_dim() is ours  # once, in place
+    theirs.remove_batch_dim()
+    return ours, theirs, tokens
+
+
+def test_remove_batch_dim_lookups(single):
+    ours, theirs, _ = single
+    assert not ours.has_batch_dim and ours["pattern", 1].shape == tuple(theirs["pattern", 1].shape)
+    for name in ours:
+        assert ours[name].shape == tuple(theirs[name].shape), name
+        ref = theirs[name].detach().numpy()  # attention scores hold -inf where masked: allclose keeps them
+        np.testing.assert_allclose(ours[name], ref, rtol=0, atol=TOL * np.abs(ref[np.isfinite(ref)]).max(), err_msg=name)
+
+
+@pytest.mark.parametrize("apply_ln", [False, True])
+def test_remove_batch_dim_stacks(single, apply_ln):
+    ours, theirs, tokens = single
+    for method, kwargs in [("accumulated_resid", dict(layer=None)), ("accumulated_resid", dict(layer=2)),
+                           ("decompose_resid", dict(layer=2)), ("stack_head_results", dict(layer=-1)),
+                           ("stack_neuron_results", dict(layer=2, pos_slice=-1))]:
+        assert_same(getattr(ours, method)(apply_ln=apply_ln, return_labels=True, **kwargs),
+                    getattr(theirs, method)(apply_ln=apply_ln, return_labels=True, **kwargs))
+    stack = ours.decompose_resid()
+    got = ours.logit_attrs(stack, tokens[0], has_batch_dim=False)  # each position's own token
+    want = theirs.logit_attrs(torch.as_tensor(stack), torch.as_tensor(tokens[0]), has_batch_dim=False)
+    assert got.shape == tuple(want.shape) and rel_err(got, want.detach().numpy()) <= TOL
+
+
+def test_remove_batch_dim_needs_one_sequence(caches):
+    ours, _, _ = caches
+    with pytest.raises(tm.InvalidInputError, match="one sequence, not 3"):
+        tm.ActivationCache(dict(ours.items()), ours.model).remove_batch_dim()

@@ -18,6 +18,18 @@ class ActivationCache:
     def __init__(self, activations: dict[str, np.ndarray], model):
         self._acts = activations
         self.model = model
+        self.has_batch_dim = True
+
+    def remove_batch_dim(self) -> "ActivationCache":
+        """Drops the batch axis of a cache of one sequence, in place, as
+        TransformerLens's does (cache["pattern", 0] is then [head, q, k]); returns the cache."""
+        if self.has_batch_dim:
+            batches = {a.shape[0] for a in self._acts.values()}
+            if batches - {1}:
+                raise InvalidInputError(f"remove_batch_dim needs a cache of one sequence, not {max(batches)}")
+            self._acts = {name: a[0] for name, a in self._acts.items()}
+            self.has_batch_dim = False
+        return self
 
     # ---- mapping ----------------------------------------------------------------
 
@@ -138,13 +150,14 @@ class ActivationCache:
         return (stack, labels) if return_labels else stack
 
     def head_results(self, layer: int) -> np.ndarray:
-        """Each head's output z_h · W_O[h] at `layer`: [batch, pos, head, d_model]."""
+        """Each head's output z_h · W_O[h] at `layer`: [batch, pos, head, d_model]
+        (no batch axis after remove_batch_dim)."""
         name = f"blocks.{layer}.attn.hook_result"
         if name in self._acts:
             return self._acts[name]
         z = self[f"blocks.{layer}.attn.hook_z"]
         W_O = self.model.W_O[layer]  # [head, d_head, d_model]
-        return np.einsum("bphd,hdm->bphm", z, W_O, optimize=True).astype(np.float32)
+        return np.einsum("...phd,hdm->...phm", z, W_O, optimize=True).astype(np.float32)
 
     def stack_head_results(self, layer=-1, return_labels=False, incl_remainder=False,
                            pos_slice=None, apply_ln=False):
@@ -156,7 +169,7 @@ class ActivationCache:
         for l in range(stop):
             r = self.head_results(l)
             for h in range(cfg.n_heads):
-                parts.append(r[:, :, h])
+                parts.append(r[..., h, :])
                 labels.append(f"L{l}H{h}")
         stack = np.stack(parts) if parts else np.zeros((0,) + self["hook_embed"].shape, np.float32)
         if incl_remainder:
@@ -231,9 +244,8 @@ class ActivationCache:
         scale = _pos(scale, pos_slice)
         if has_batch_dim:
             residual_stack = _index(residual_stack, batch_slice, axis=1)
-            scale = _index(scale, batch_slice, axis=0)
-        else:
-            scale = scale[0]
+        if self.has_batch_dim:  # a stack without one takes the first sequence's scale
+            scale = _index(scale, batch_slice, axis=0) if has_batch_dim else scale[0]
         if norm_centers(self.model):  # an RMSNorm does not center (as in TransformerLens)
             residual_stack = residual_stack - residual_stack.mean(-1, keepdims=True)
         return residual_stack / scale

@@ -181,6 +181,25 @@ def test_stack_neuron_results_sum_to_mlp_out(caches):
     np.testing.assert_allclose(stack.sum(0) + ours.model.b_out[0], ours["mlp_out", 0], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("layer,mlp_input", [(None, False), (2, False), (1, True), (0, False), (0, True)])
+@pytest.mark.parametrize("expand_neurons", [True, False])
+@pytest.mark.parametrize("apply_ln,pos_slice", [(False, None), (True, -1)])
+def test_get_full_resid_decomposition(caches, layer, mlp_input, expand_neurons, apply_ln, pos_slice):
+    ours, theirs, _ = caches
+    kwargs = dict(layer=layer, mlp_input=mlp_input, expand_neurons=expand_neurons, apply_ln=apply_ln,
+                  pos_slice=pos_slice, return_labels=True)
+    assert_same(ours.get_full_resid_decomposition(**kwargs), theirs.get_full_resid_decomposition(**kwargs))
+
+
+@pytest.mark.parametrize("layer,mlp_input,resid", [(None, False, "blocks.2.hook_resid_post"),
+                                                   (1, False, "blocks.1.hook_resid_pre"),
+                                                   (1, True, "blocks.1.hook_resid_mid")])
+def test_full_resid_decomposition_sums_to_the_residual_stream(caches, layer, mlp_input, resid):
+    ours, _, _ = caches
+    full = ours.get_full_resid_decomposition(layer, mlp_input=mlp_input)
+    np.testing.assert_allclose(full.sum(0), ours[resid], rtol=1e-4, atol=1e-4)
+
+
 def test_compute_head_results(caches):
     ours, theirs, _ = caches
     ours_copy = tm.ActivationCache(dict(ours.items()), ours.model)

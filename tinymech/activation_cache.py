@@ -220,6 +220,47 @@ class ActivationCache:
                                            pos_slice=pos_slice)
         return (stack, labels) if return_labels else stack
 
+    def get_full_resid_decomposition(self, layer=None, mlp_input=False, expand_neurons=True, apply_ln=False,
+                                     pos_slice=None, return_labels=False):
+        """The residual stream at `layer` (before its MLP with mlp_input) as the sum
+        of every head's output, every neuron's write (or each MLP's output, without
+        expand_neurons), the embeddings and the biases, in TransformerLens's order:
+        [component, batch, pos, d_model] labelled "L{l}H{h}", "L{l}N{n}" (or
+        "{l}_mlp_out"), "embed", "pos_embed", "bias"."""
+        stop = self._n_layers(layer)
+        stack, labels = self.stack_head_results(stop + int(mlp_input), pos_slice=pos_slice, return_labels=True)
+        parts = [stack]
+        if stop > 0:
+            if expand_neurons:
+                mlps, mlp_labels = self.stack_neuron_results(stop, pos_slice=pos_slice, return_labels=True)
+            else:
+                mlps, mlp_labels = self.decompose_resid(stop, mlp_input=mlp_input, mode="mlp", pos_slice=pos_slice,
+                                                        incl_embeds=False, return_labels=True)
+            parts.append(mlps)
+            labels = labels + mlp_labels
+        for name, label in (("hook_embed", "embed"), ("hook_pos_embed", "pos_embed")):
+            if name in self.model.hook_names():  # rotary models have no position embedding
+                parts.append(_pos(self[name], pos_slice)[None])
+                labels = labels + [label]
+        parts.append(np.broadcast_to(self._accumulated_bias(stop, mlp_input, expand_neurons), stack.shape[1:])[None])
+        labels = labels + ["bias"]
+        full = np.concatenate(parts)
+        if apply_ln:
+            full = self.apply_ln_to_stack(full, None if stop == self.model.cfg.n_layers else stop, mlp_input,
+                                          pos_slice=pos_slice)
+        return (full, labels) if return_labels else full
+
+    def _accumulated_bias(self, layer: int, mlp_input: bool, include_mlp_biases: bool) -> np.ndarray:
+        """What the biases add to the residual stream before `layer` (and its
+        attention's, with mlp_input): b_O of each layer, b_out when included."""
+        m = self.model
+        total = np.zeros(m.cfg.d_model, np.float32)
+        for l in range(layer + int(mlp_input and layer < m.cfg.n_layers)):
+            total += m.b_O[l]
+            if include_mlp_biases and l < layer:
+                total += m.b_out[l]
+        return total
+
     def _resid_before(self, layer: int) -> np.ndarray:
         """The residual stream entering `layer` (the final one for n_layers). TransformerLens
         takes resid_post of layer - 1, which for layer 0 wraps round to the last layer's."""

@@ -34,7 +34,7 @@ namespace {
 template <class F>
 auto holding(tmech::KVCache& cache, F f) {
   py::gil_scoped_release nogil;
-  tmech::OwnedLock lock(cache.mutex(), "this KV cache is in use by a forward pass on this thread");
+  tmech::OwnedLock lock(cache.mutex(), tmech::KVCache::kInUse);
   return f();
 }
 

@@ -18,8 +18,6 @@ namespace {
 constexpr const char* kModelReentry =
     "this model is already running a forward pass on this thread: a hook cannot run the model whose "
     "pass called it (run it after the pass, or on another model)";
-constexpr const char* kCacheReentry =
-    "this KV cache is already in use by a forward pass on this thread: a hook cannot run a pass on it";
 
 float* sized(std::vector<float>& v, int64_t n) {
   if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
@@ -561,7 +559,7 @@ void Model::forward(KVCache* cache, const int32_t* tokens, int64_t batch, int64_
   // the cache's length is read once both are held.
   OwnedLock model_lock(mutex_, kModelReentry);
   std::optional<OwnedLock> cache_lock;
-  if (cache) cache_lock.emplace(cache->mutex(), kCacheReentry);
+  if (cache) cache_lock.emplace(cache->mutex(), KVCache::kInUse);
   const int64_t past = cache ? cache->n_past() : 0;
   check_fits_context(past + n_tokens, cfg_.n_ctx);
   if (cache) cache->reserve(past + n_tokens);

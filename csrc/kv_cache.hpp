@@ -51,6 +51,10 @@ class KVCache {
   // Held by whoever reads or changes the cache (a forward pass, the Python
   // methods), so that two threads sharing a cache take turns.
   OwnedMutex& mutex() { return mutex_; }
+  // What a thread asking for the mutex it holds already is told.
+  static constexpr const char* kInUse =
+      "this KV cache is already in use by a forward pass on this thread: "
+      "a hook cannot run a pass on it or change it";
   float* v(int64_t layer, int64_t b, int64_t pos) { return at(v_, layer, b, pos); }
 
  private:

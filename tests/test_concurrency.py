@@ -117,7 +117,7 @@ def test_a_hook_running_its_own_model_is_refused(model):
     with pytest.raises(tm.HookError, match="a hook cannot run the model"):
         model.generate(tokens, max_new_tokens=2, hooks=[("hook_embed", lambda a, hook: model.generate(tokens, 1))])
     cache = model.new_cache(1)
-    with pytest.raises(tm.HookError, match="KV cache is in use"):
+    with pytest.raises(tm.HookError, match="KV cache is already in use by a forward pass on this thread"):
         model.forward(tokens, cache=cache, hooks=[("hook_embed", lambda a, hook: cache.truncate(0))])
     assert cache.n_past == 0  # the failed pass left the cache as it was
     # another model may run inside a hook, and the model still works after

@@ -119,7 +119,6 @@ class ActivationCache:
                 self.apply_ln_to_stack(stack, layer, mlp_input, pos_slice=pos_slice)
         return (stack, labels) if return_labels else stack
 
-
     def decompose_resid(self, layer=None, mlp_input=False, mode="all", apply_ln=False,
                         pos_slice=None, incl_embeds=True, return_labels=False):
         """The residual stream at `layer` as the sum of its writers:
@@ -164,7 +163,7 @@ class ActivationCache:
         """Every head's output for layers before `layer` (-1: all layers):
         [layer * head, batch, pos, d_model], labelled "L{l}H{h}"."""
         cfg = self.model.cfg
-        stop = self._stop(layer)
+        stop = self._n_layers(layer)
         parts, labels = [], []
         for l in range(stop):
             r = self.head_results(l)
@@ -189,7 +188,7 @@ class ActivationCache:
     def stack_activation(self, activation_name: str, layer=-1, sublayer_type=None) -> np.ndarray:
         """cache[activation_name, l, sublayer_type] of every layer before `layer`
         (-1 or None: all layers), stacked: [layers, ...]."""
-        stop = self._stop(layer)
+        stop = self._n_layers(layer)
         return np.stack([self[(activation_name, l, sublayer_type)] for l in range(stop)])
 
     def get_neuron_results(self, layer: int, neuron_slice=None, pos_slice=None) -> np.ndarray:
@@ -204,7 +203,7 @@ class ActivationCache:
         """Every neuron's write for the layers before `layer` (-1: all):
         [layer * neuron, batch, pos, d_model], labelled "L{l}N{n}"; incl_remainder
         adds the rest of the residual stream there. Large: d_mlp components per layer."""
-        stop = self._stop(layer)
+        stop = self._n_layers(layer)
         if isinstance(neuron_slice, (int, np.integer)):  # one neuron keeps its axis in the stack
             neuron_slice = [int(neuron_slice)]
         neurons = _index(np.arange(self.model.cfg.d_mlp), neuron_slice, axis=0)
@@ -228,7 +227,8 @@ class ActivationCache:
         [component, batch, pos, d_model] labelled "L{l}H{h}", "L{l}N{n}" (or
         "{l}_mlp_out"), "embed", "pos_embed", "bias"."""
         stop = self._n_layers(layer)
-        stack, labels = self.stack_head_results(stop + int(mlp_input), pos_slice=pos_slice, return_labels=True)
+        attn_stop = stop + int(mlp_input and stop < self.model.cfg.n_layers)  # layer `stop`'s heads too
+        stack, labels = self.stack_head_results(attn_stop, pos_slice=pos_slice, return_labels=True)
         parts = [stack]
         if stop > 0:
             if expand_neurons:
@@ -242,7 +242,8 @@ class ActivationCache:
             if name in self.model.hook_names():  # rotary models have no position embedding
                 parts.append(_pos(self[name], pos_slice)[None])
                 labels = labels + [label]
-        parts.append(np.broadcast_to(self._accumulated_bias(stop, mlp_input, expand_neurons), stack.shape[1:])[None])
+        parts.append(np.broadcast_to(self._accumulated_bias(attn_stop, stop if expand_neurons else 0),
+                                     stack.shape[1:])[None])
         labels = labels + ["bias"]
         full = np.concatenate(parts)
         if apply_ln:
@@ -250,15 +251,15 @@ class ActivationCache:
                                           pos_slice=pos_slice)
         return (full, labels) if return_labels else full
 
-    def _accumulated_bias(self, layer: int, mlp_input: bool, include_mlp_biases: bool) -> np.ndarray:
-        """What the biases add to the residual stream before `layer` (and its
-        attention's, with mlp_input): b_O of each layer, b_out when included."""
+    def _accumulated_bias(self, attn_layers: int, mlp_layers: int) -> np.ndarray:
+        """What the biases add to the residual stream: b_O of the first attn_layers
+        layers, b_out of the first mlp_layers."""
         m = self.model
         total = np.zeros(m.cfg.d_model, np.float32)
-        for l in range(layer + int(mlp_input and layer < m.cfg.n_layers)):
+        for l in range(attn_layers):
             total += m.b_O[l]
-            if include_mlp_biases and l < layer:
-                total += m.b_out[l]
+        for l in range(mlp_layers):
+            total += m.b_out[l]
         return total
 
     def _resid_before(self, layer: int) -> np.ndarray:
@@ -266,10 +267,6 @@ class ActivationCache:
         takes resid_post of layer - 1, which for layer 0 wraps round to the last layer's."""
         n = self.model.cfg.n_layers
         return self[f"blocks.{layer}.hook_resid_pre"] if layer < n else self[f"blocks.{n - 1}.hook_resid_post"]
-
-    def _stop(self, layer) -> int:
-        """The layers before `layer` (-1 or None: all of them), as a count."""
-        return self.model.cfg.n_layers if layer is None or layer == -1 else layer
 
     def apply_ln_to_stack(self, residual_stack, layer=None, mlp_input=False, pos_slice=None,
                           batch_slice=None, has_batch_dim=True):

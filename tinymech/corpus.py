@@ -12,6 +12,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from .checks import whole_number
 from .errors import InvalidInputError, NoTokenizerError
 from .progress import progress_function
 
@@ -29,8 +30,7 @@ def tokenize_and_concatenate(model, texts: str | Iterable[str], max_length: int 
         raise NoTokenizerError("tokenize_and_concatenate needs a model with a tokenizer")
     if isinstance(texts, str):
         texts = [texts]
-    if not isinstance(max_length, (int, np.integer)) or max_length < 1 + bool(add_bos_token):
-        raise InvalidInputError(f"max_length must be an integer >= {1 + bool(add_bos_token)}, not {max_length!r}")
+    max_length = whole_number(max_length, "max_length", 1 + bool(add_bos_token))
     if max_length > model.cfg.n_ctx:
         raise InvalidInputError(f"max_length {max_length} is longer than the model's context of {model.cfg.n_ctx}")
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
@@ -56,8 +56,7 @@ def batches(rows, batch_size: int, progress=None) -> Iterator[np.ndarray]:
     last may have fewer). progress: True for a line on stderr, or a function
     progress(done_rows, total_rows) called after each batch is used."""
     rows = np.asarray(rows)
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise InvalidInputError(f"batch_size must be an integer >= 1, not {batch_size!r}")
+    batch_size = whole_number(batch_size, "batch_size", 1)
     report = progress_function(progress, label="rows")
     total = len(rows)
     for start in range(0, total, batch_size):

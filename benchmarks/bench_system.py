@@ -82,8 +82,10 @@ def _peak_rss(mode: str, path, tokens: int, threads: int) -> int:
     env = dict(os.environ)  # the child imports the same tinymech as this process
     root = str(Path(tinymech.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    # run in that folder: `python -c` puts its working directory first on sys.path, and from the
+    # repository's root that is the source tree, which has no compiled core
     out = subprocess.run([sys.executable, "-c", _PEAK_RSS_CHILD, mode, str(path), str(tokens), str(threads)],
-                         env=env, capture_output=True, text=True, check=True)
+                         env=env, cwd=root, capture_output=True, text=True, check=True)
     return int(out.stdout.split()[-1])
 
 

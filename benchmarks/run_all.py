@@ -29,6 +29,7 @@ import argparse
 import os
 import sys
 import time
+import traceback
 import warnings
 
 BENCHMARKS = ("forward", "bf16", "hooks", "tlbridge", "analysis", "sae", "roofline", "load", "rss", "length", "threads", "llamacpp", "smollm2")
@@ -52,7 +53,9 @@ def parse_args(argv=None):
 
 
 def run(args) -> tuple:
-    """Runs the chosen benchmarks; returns (rows, [(name, reason)] of the skipped)."""
+    """Runs the chosen benchmarks, printing each row to stderr as it is measured; returns
+    (rows, [(name, reason)] of the skipped, [(name, error)] of the failed). A failed
+    benchmark does not stop the others: the rows measured before it are kept."""
     from bench_analysis import analysis_rows
     from bench_forward import bf16_rows, forward_rows
     from bench_hooks import hooks_rows, make_tl, tl_bridge_rows
@@ -61,10 +64,10 @@ def run(args) -> tuple:
     from bench_smollm2 import smollm2_rows
     from bench_system import length_scaling_rows, load_time_rows, peak_rss_rows, thread_scaling_rows
     from gpt2_small import gpt2_small
-    from report import Skipped
+    from report import Skipped, format_table
     from roofline import roofline_rows
 
-    rows, skipped, by_name = [], [], {}
+    rows, skipped, failed, by_name = [], [], [], {}
     chosen = [name for name in BENCHMARKS if name in args.only]
 
     def step(name, fn):
@@ -72,10 +75,17 @@ def run(args) -> tuple:
         print(f"[run_all] {name} ...", file=sys.stderr, flush=True)
         try:
             by_name[name] = fn()
-            rows.extend(by_name[name])
         except Skipped as e:
             skipped.append((name, str(e)))
-        print(f"[run_all] {name} done in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+        except Exception as e:  # noqa: BLE001 - one broken benchmark must not lose the others' rows
+            traceback.print_exc(file=sys.stderr)
+            failed.append((name, f"{type(e).__name__}: {e}"))
+        else:
+            rows.extend(by_name[name])
+            if by_name[name]:
+                body = format_table(by_name[name]).splitlines()[2:]  # the rows without the header
+                print("\n".join(f"[run_all]   {line}" for line in body), file=sys.stderr, flush=True)
+        print(f"[run_all] {name} ended in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
 
     reps = args.repeats
     if NEEDS_GPT2 & set(chosen):
@@ -110,7 +120,7 @@ def run(args) -> tuple:
             step(name, lambda: roofline_rows(args.threads, repeats=reps))
         elif name == "smollm2":
             step(name, lambda: smollm2_rows(repeats=reps))
-    return rows, skipped
+    return rows, skipped, failed
 
 
 def main(argv=None):
@@ -125,7 +135,7 @@ def main(argv=None):
     transformers.utils.logging.disable_progress_bar()  # keep stderr to run_all's own progress lines
     torch.set_num_threads(args.threads)
     tm.set_num_threads(args.threads)
-    rows, skipped = run(args)
+    rows, skipped, failed = run(args)
 
     lines = machine_description(args.threads)
     if NEEDS_GPT2 & set(args.only):
@@ -138,11 +148,15 @@ def main(argv=None):
     if skipped:
         print()
         print("\n".join(f"{bullet}{TITLES.get(name, name)}: {reason}" for name, reason in skipped))
+    if failed:
+        print()
+        print("\n".join(f"{bullet}{TITLES.get(name, name)} FAILED: {error}" for name, error in failed))
     targets = [r for r in rows if r["met"] is not None]
     if targets:
         print()
         print(f"{bullet}targets met: {sum(r['met'] for r in targets)} of {len(targets)}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

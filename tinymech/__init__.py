@@ -9,7 +9,18 @@ from __future__ import annotations
 
 import os
 
-from . import _core, analysis
+try:
+    from . import _core
+except ImportError:  # a source tree without its compiled core, e.g. Python started in the repository root
+    import glob
+    if glob.glob(os.path.join(os.path.dirname(__file__), "_core*")):
+        raise  # the core is there but failed to load: its own error says why
+    raise ImportError(
+        f"tinymech's compiled core (_core) is missing from {os.path.dirname(__file__)}: this is the "
+        "source tree, which Python imports when started from the repository's root. Start Python from "
+        "another folder to use the installed package (pip install .), or build the core beside the "
+        "sources with tools/dev-build.") from None
+from . import analysis
 from .activation_cache import ActivationCache
 from .config import Config
 from .corpus import batches, tokenize_and_concatenate

@@ -467,13 +467,18 @@ def test_patching_result_heatmap_and_files(odd_model, tmp_path):
     picture = res.heatmap().splitlines()
     assert picture[0] == title and picture[1].split() == columns
     assert [line.split()[0] for line in picture[2 : 2 + len(rows)]] == rows
-    low, high = np.unravel_index(grid.argmin(), grid.shape), np.unravel_index(grid.argmax(), grid.shape)
 
     def cell(r, c):  # each cell is 3 characters wide, after the row label and a space
         start = len(rows[r]) + 1 + 3 * c
         return picture[2 + r][start : start + 3].strip()
 
-    assert cell(*low) == "" and cell(*high) == "██"  # darkest = lowest, full block = highest
+    # diverging from 0: the sign picks the ramp, the size the shade; 0 is blank
+    assert grid.min() < 0 < grid.max()
+    limit = np.abs(grid).max()
+    for r, c in np.ndindex(grid.shape):
+        level = round(abs(grid[r, c]) / limit * 4)
+        shade = ("░▒▓█" if grid[r, c] > 0 else "·-=≡")[level - 1] * 2 if level else ""
+        assert cell(r, c) == shade, (r, c)
     res.save(tmp_path / "r.csv")
     lines = (tmp_path / "r.csv").read_text().splitlines()
     assert lines[0].split(",") == [""] + columns

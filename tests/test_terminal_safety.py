@@ -160,7 +160,8 @@ def test_dynamics_with_text_instead_of_numbers_is_one_harmless_line(tmp_path, ca
     (b"[1, 2]", '"records" must be a non-empty list of objects'),
     (b'{"records": []}', '"records" must be a non-empty list of objects'),
     (b'{"records": [1]}', '"records" must be a non-empty list of objects'),
-    ({"train_loss": None}, '"train_loss" must be a number'),
+    ({"train_loss": "1.0x"}, '"train_loss" must be a number'),
+    ({"step": None}, '"step" must be a number'),
     ({"val_loss": [1.0]}, '"val_loss" must be a number'),
     ({"step": float("inf")}, '"step" must be a number'),
     ({"induction_score": [0.5]}, '"induction_score" must be a [layer, head] grid'),
@@ -213,8 +214,8 @@ async def test_tui_title_and_feature_labels_are_harmless(model, sae):
         title = screen.query_one(TitleBar).render().plain
         assert_harmless(title)
         assert "model␛]0;pwned␇" in title
-        panel = screen.query_one(FeaturesPanel)
-        features = "\n".join(strip.text for strip in panel.render_lines(panel.region.reset_offset))
+        options = screen.query_one(FeaturesPanel).options
+        features = "\n".join(options.get_option_at_index(i).prompt.plain for i in range(options.option_count))
         assert_harmless(features)
         assert "feature" in features and ("␛" in features or "␍" in features)  # hostile labels, shown harmless
 

@@ -230,9 +230,8 @@ def _dynamics_columns(path) -> dict:
         raise damaged('"records" must be a non-empty list of objects')
     columns = {}
     for field in _DYNAMICS_NUMBERS + _DYNAMICS_GRIDS:
-        values = [r.get(field) for r in records]  # None: missing (numpy would read it as nan)
-        try:
-            column = None if None in values else np.array(values, dtype=float)
+        try:  # a null or missing number is nan: no point on the chart (the first record has no train loss)
+            column = np.array([r.get(field) for r in records], dtype=float)
         except (TypeError, ValueError, OverflowError):  # text, ragged grids, huge integers
             column = None
         ndim = 1 if field in _DYNAMICS_NUMBERS else 3

@@ -82,8 +82,9 @@ def test_logit_lens_last_row_is_the_model_output(model):
     res = analysis.logit_lens(model, text, answers=[" Mary", " John"], k=5)
     tokens = model.to_tokens(text)
     probs = softmax(model(tokens)[0])  # [pos, vocab]
-    assert res.labels == [f"{l}_{w}" for l in range(2) for w in ("pre", "mid", "post")]
-    assert res.top_ids.shape == res.top_probs.shape == (6, tokens.shape[1], 5)
+    # each distinct residual point once: "1_pre" would repeat "0_post"
+    assert res.labels == ["0_pre", "0_mid", "0_post", "1_mid", "1_post"]
+    assert res.top_ids.shape == res.top_probs.shape == (5, tokens.shape[1], 5)
     expected_ids = np.argsort(-probs, axis=-1, kind="stable")[:, :5]
     np.testing.assert_array_equal(res.top_ids[-1], expected_ids)
     np.testing.assert_allclose(res.top_probs[-1], np.take_along_axis(probs, expected_ids, -1), rtol=1e-4, atol=1e-7)
@@ -98,7 +99,7 @@ def test_logit_lens_last_row_is_the_model_output(model):
 def test_logit_lens_every_row_matches_numpy(odd_model, ln):
     tokens = np.random.default_rng(3).integers(0, odd_model.cfg.d_vocab, size=(2, 7))
     res = analysis.logit_lens(odd_model, tokens, answers=[5, 17, 250], k=3, ln=ln)
-    assert res.top_ids.shape == (9, 2, 7, 3) and res.answer_probs.shape == (9, 2, 7, 3)
+    assert res.top_ids.shape == (7, 2, 7, 3) and res.answer_probs.shape == (7, 2, 7, 3)
     _, cache = odd_model.run_with_cache(tokens)
     scale = cache["ln_final.hook_scale"] if ln == "frozen" else None
     for row, label in enumerate(res.labels):
@@ -115,9 +116,11 @@ def test_logit_lens_every_row_matches_numpy(odd_model, ln):
 
 def test_logit_lens_one_token_and_table(model):
     res = analysis.logit_lens(model, [0], k=2)
-    assert res.top_ids.shape == (6, 1, 2) and res.answer_probs is None
+    assert res.top_ids.shape == (5, 1, 2) and res.answer_probs is None
     text = str(analysis.logit_lens(model, "The king said", answers=[" the"]))
     assert "1_post" in text and "·the p (rank)" in text and "position 3" in text
+    # a row per distinct residual point: "1_pre" would repeat "0_post"
+    assert [line.split()[0] for line in text.splitlines()[3:]] == ["0_pre", "0_mid", "0_post", "1_mid", "1_post"]
 
 
 @pytest.mark.parametrize("ln", ["recompute", "frozen"])
@@ -128,7 +131,7 @@ def test_logit_lens_at_some_positions_and_from_a_cache(odd_model, ln):
     for positions, columns in [([6, 0], [6, 0]), (-2, [5]), ([-1, 3], [6, 3])]:
         for kw in ({}, {"cache": cache}):
             some = analysis.logit_lens(odd_model, tokens, answers=[5, 250], k=3, ln=ln, positions=positions, **kw)
-            assert some.positions == columns and some.top_ids.shape == (9, 2, len(columns), 3)
+            assert some.positions == columns and some.top_ids.shape == (7, 2, len(columns), 3)
             np.testing.assert_array_equal(some.top_ids, full.top_ids[:, :, columns])
             np.testing.assert_allclose(some.top_probs, full.top_probs[:, :, columns], rtol=1e-5, atol=1e-8)
             np.testing.assert_array_equal(some.answer_ranks, full.answer_ranks[:, :, columns])
@@ -261,6 +264,20 @@ def test_detect_head_options(model):
     np.testing.assert_allclose(analysis.detect_head(model, texts, "duplicate_token_head"),
                                np.mean([analysis.detect_head(model, t, "duplicate_token_head") for t in texts], 0),
                                rtol=1e-6)
+
+
+def test_detect_head_prints_a_table_and_computes_as_an_array(model):
+    scores = analysis.detect_head(model, "When Mary and John went to the park, Mary and John sat", "induction_head",
+                                  heads=[(1, 2)])
+    lines = str(scores).splitlines()
+    assert lines[0] == "detect_head: induction_head (mul)" and lines[1].split() == ["H0", "H1", "H2", "H3"]
+    assert lines[3].split() == ["L0"] + ["-1.000"] * 4
+    assert lines[4].split()[0] == "L1" and lines[4].split()[3] == f"{scores[1, 2]:.3f}"
+    # what is computed from the scores is a plain array (no table for a slice or a comparison)
+    for derived in (scores[1], scores > 0, scores * 2, np.maximum(scores, 0), scores.max(axis=1), np.asarray(scores)):
+        assert type(derived) is np.ndarray
+    assert isinstance(scores.max(), np.float32) and isinstance(scores, np.ndarray)
+    np.testing.assert_array_equal(np.asarray(scores), scores)
 
 
 def test_detect_head_rejects_bad_arguments(model):
@@ -450,13 +467,18 @@ def test_patching_result_heatmap_and_files(odd_model, tmp_path):
     picture = res.heatmap().splitlines()
     assert picture[0] == title and picture[1].split() == columns
     assert [line.split()[0] for line in picture[2 : 2 + len(rows)]] == rows
-    low, high = np.unravel_index(grid.argmin(), grid.shape), np.unravel_index(grid.argmax(), grid.shape)
 
     def cell(r, c):  # each cell is 3 characters wide, after the row label and a space
         start = len(rows[r]) + 1 + 3 * c
         return picture[2 + r][start : start + 3].strip()
 
-    assert cell(*low) == "" and cell(*high) == "██"  # darkest = lowest, full block = highest
+    # diverging from 0: the sign picks the ramp, the size the shade; 0 is blank
+    assert grid.min() < 0 < grid.max()
+    limit = np.abs(grid).max()
+    for r, c in np.ndindex(grid.shape):
+        level = round(abs(grid[r, c]) / limit * 4)
+        shade = ("░▒▓█" if grid[r, c] > 0 else "·-=≡")[level - 1] * 2 if level else ""
+        assert cell(r, c) == shade, (r, c)
     res.save(tmp_path / "r.csv")
     lines = (tmp_path / "r.csv").read_text().splitlines()
     assert lines[0].split(",") == [""] + columns

@@ -26,6 +26,16 @@ def test_heatmap_shades_by_value():
     assert "▒▒" in rows[2]
 
 
+def test_heatmap_diverging_is_blank_at_zero_and_shades_each_sign():
+    text = heatmap(np.array([[-2.0, -1.0, 0.0, 1.0, 2.0, 0.1]]), ["L0"], list("abcdef"), diverging=True)
+    row, scale = text.splitlines()[1:]
+    assert [row[4 + 3 * c : 6 + 3 * c] for c in range(6)] == ["≡≡", "--", "  ", "▒▒", "██", "  "]
+    assert scale.split() == ["scale:", "'≡'", "-2", "…", "'", "'", "0", "…", "'█'", "2"]
+    # the scale is symmetric: the largest size of either sign is the full shade
+    row = heatmap(np.array([[0.5, -1.0]]), ["L0"], ["a", "b"], diverging=True).splitlines()[1]
+    assert row[4:6] == "▒▒" and row[7:9] == "≡≡"
+
+
 def test_dynamics_command(tmp_path, capsys):
     records = [{"step": s, "train_loss": 5 - s / 100, "val_loss": 5.2 - s / 100, "rep_loss_first_half": 9.0,
                 "rep_loss_second_half": 9.0 - s / 50, "induction_score": [[0.0, s / 200]],

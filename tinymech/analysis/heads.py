@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import ContextLengthError, InvalidTokensError
 from .errors import AnalysisError
-from .tables import format_table
+from .tables import format_grid, format_table
 
 HEAD_NAMES = ("previous_token_head", "duplicate_token_head", "induction_head")
 ERROR_MEASURES = ("abs", "mul")
@@ -77,11 +77,37 @@ def pattern_similarity(patterns: np.ndarray, detection: np.ndarray, exclude_bos:
 
 # ---- detect_head --------------------------------------------------------------------------
 
+class HeadScores(np.ndarray):
+    """detect_head's scores: an [n_layers, n_heads] float32 array that prints
+    as a table of layers x heads. What is computed from it (slices, arithmetic,
+    reductions) is a plain numpy array."""
+
+    title: str | None = None
+
+    def __array_finalize__(self, obj):
+        self.title = getattr(obj, "title", None)
+
+    def __array_wrap__(self, array, context=None, return_scalar=False):
+        plain = np.asarray(array)
+        return plain[()] if return_scalar else plain
+
+    def __getitem__(self, index):
+        return self.view(np.ndarray)[index]
+
+    def __str__(self):
+        plain = self.view(np.ndarray)
+        if plain.ndim != 2:
+            return str(plain)
+        return format_grid(plain, [f"L{l}" for l in range(plain.shape[0])], [f"H{h}" for h in range(plain.shape[1])],
+                           title=self.title, fmt="{:.3f}")
+
+
 def detect_head(model, seq, detection_pattern, heads=None, cache=None, *, exclude_bos: bool = False,
-                exclude_current_token: bool = False, error_measure: str = "mul") -> np.ndarray:
+                exclude_current_token: bool = False, error_measure: str = "mul") -> HeadScores:
     """Score every head (or only `heads`; the others get -1) for how well its
     attention on `seq` matches `detection_pattern`; TransformerLens's
-    head_detector.detect_head. Returns [n_layers, n_heads] float32.
+    head_detector.detect_head. Returns [n_layers, n_heads] float32, a
+    HeadScores array that prints as a table.
 
     seq: a text (BOS prepended as TransformerLens does), a list of texts (the
         scores are averaged over them; named patterns only), or token ids
@@ -117,7 +143,10 @@ def detect_head(model, seq, detection_pattern, heads=None, cache=None, *, exclud
             pattern_similarity(layer_patterns(layer)[0], pattern, exclude_bos, exclude_current_token, error_measure)
             for layer in range(model.cfg.n_layers)
         ]))
-    return np.where(mask, np.mean(scores, axis=0), -1.0).astype(np.float32)
+    out = np.where(mask, np.mean(scores, axis=0), -1.0).astype(np.float32).view(HeadScores)
+    name = detection_pattern if isinstance(detection_pattern, str) else "a detection pattern"
+    out.title = f"detect_head: {name} ({error_measure})"
+    return out
 
 
 def _sequences(model, seq) -> list[np.ndarray]:

@@ -46,7 +46,9 @@ class LogitLensResult:
     """What each residual point predicts. Arrays have no batch axis when the
     input was one sequence: [row, pos, ...]; otherwise [row, batch, pos, ...].
 
-    labels:        one per row, "{layer}_{pre|mid|post}" in forward order
+    labels:        one per distinct residual point in forward order: "0_pre" (the
+                   embeddings), then "{layer}_mid" and "{layer}_post" of each layer
+                   ("{layer}_pre" of a later layer is "{layer-1}_post": not repeated)
     top_ids:       [row, (batch,) pos, k] int64, most probable first
     top_probs:     [row, (batch,) pos, k] float32
     answer_ids:    [n_answers] int64, or None
@@ -107,7 +109,8 @@ def lens_hook_names(n_layers: int) -> list[str]:
 def logit_lens(model, input, answers=None, k: int = 5, ln: str = "recompute",
                prepend_bos: bool = True, positions=None, cache=None) -> LogitLensResult:
     """The top-k next tokens (and the probability and rank of `answers`) read
-    off every residual point: resid_pre, resid_mid and resid_post of each layer.
+    off every distinct residual point: the embeddings (0_pre), then resid_mid
+    and resid_post of each layer (see distinct_points).
 
     input: text, a list of texts of equal token length, or token ids [batch, pos] / [pos].
     answers: tokens to follow, as strings (each exactly one token) or ids.
@@ -127,7 +130,7 @@ def logit_lens(model, input, answers=None, k: int = 5, ln: str = "recompute",
     answer_ids = None if answers is None else token_ids(model, answers)
     tokens = model.tokens_of(input, prepend_bos=prepend_bos)
     chosen = _positions(positions, tokens.shape[1])
-    points = residual_points(model.cfg.n_layers)
+    points = distinct_points(model.cfg.n_layers)
     if cache is None:
         _, cache = model.run_with_cache(tokens, names_filter=lens_hook_names(model.cfg.n_layers), return_type=None)
 
@@ -142,13 +145,9 @@ def logit_lens(model, input, answers=None, k: int = 5, ln: str = "recompute",
 
     scale = at_chosen("ln_final.hook_scale") if ln == "frozen" else None
 
-    # Each distinct point ("{l}_pre" repeats "{l-1}_post") normalized, then
-    # unembedded a block of rows at a time: one read of W_U serves a block.
-    distinct = [name for _, name in distinct_points(model.cfg.n_layers)]
-    row_of = []  # each point's row among the distinct ones
-    for _, name in points:
-        row_of.append(distinct.index(name) if name in distinct else row_of[-1])
-    normed = np.stack([final_norm(model, at_chosen(name), scale) for name in distinct])
+    # Each point normalized, then unembedded a block of rows at a time: one
+    # read of W_U serves a block.
+    normed = np.stack([final_norm(model, at_chosen(name), scale) for _, name in points])
     flat = normed.reshape(-1, normed.shape[-1])
     step = max(1, _LOGITS_PER_BLOCK // model.cfg.d_vocab)
     blocks = [_read_logits(unembed(model, flat[i : i + step]), k, answer_ids) for i in range(0, len(flat), step)]
@@ -157,7 +156,7 @@ def logit_lens(model, input, answers=None, k: int = 5, ln: str = "recompute",
         if answer_ids is None and field >= 2:
             return None
         arr = np.concatenate([b[field] for b in blocks]).astype(dtype)
-        arr = arr.reshape(normed.shape[:3] + arr.shape[1:])[row_of]  # [row, batch, pos, ...]
+        arr = arr.reshape(normed.shape[:3] + arr.shape[1:])  # [row, batch, pos, ...]
         return arr[:, 0] if tokens.shape[0] == 1 else arr
 
     return LogitLensResult(

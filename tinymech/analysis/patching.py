@@ -83,11 +83,13 @@ class PatchingResult:
         return format_grid(grid, rows, columns, title)
 
     def heatmap(self) -> str:
-        """The grid as shaded cells for a terminal (darkest = lowest)."""
+        """The grid as shaded cells for a terminal, on a scale diverging from 0
+        (normalized: the corrupted run's score): 0 is blank, values above are
+        blocks and values below dashes, denser the farther from 0."""
         from ..plotting import heatmap
 
         grid, rows, columns, title = self.labelled_grid()
-        return heatmap(grid, rows, columns, title)
+        return heatmap(grid, rows, columns, title, diverging=True)
 
     def save(self, path) -> None:
         """Write the result: a .csv of the labelled grid (normalized, as printed),

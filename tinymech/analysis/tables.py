@@ -5,20 +5,23 @@ from typing import Sequence
 
 import numpy as np
 
+from ..text import printable
+
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], title: str | None = None,
                  align: str | None = None) -> str:
     """A monospaced table; align holds one 'l' or 'r' per column
-    (default: the first column left, the others right)."""
+    (default: the first column left, the others right). Cells and title are
+    made printable: they hold tokens and names from a model's files."""
     n = len(headers)
     align = align or "l" + "r" * (n - 1)
-    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    cells = [[printable(str(c), keep="") for c in row] for row in [headers, *rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(n)]
 
     def line(row):
         return "  ".join(c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(row, widths, align)).rstrip()
 
-    out = [title] if title else []
+    out = [printable(title, keep="")] if title else []
     out.append(line(cells[0]))
     out.append("  ".join("-" * w for w in widths))
     out.extend(line(r) for r in cells[1:])

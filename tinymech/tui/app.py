@@ -12,6 +12,7 @@ from textual.binding import Binding
 import tinymech as tm
 from tinymech.sae import SAE
 from tinymech.sae_splice import check_hooks
+from tinymech.text import printable
 
 from .backend import Backend
 from .screens.help import HelpScreen
@@ -78,6 +79,6 @@ def run_tui(model_path=None, sae_paths: Sequence = (), prompt: str | None = None
         paths = list(sae_paths) or bundled_saes(model.path)
         app = make_app(model, [SAE.load(p) for p in paths], prompt)
     except (tm.TinymechError, OSError) as e:
-        print(f"tinymech tui: {e}", file=sys.stderr)
+        print(printable(f"tinymech tui: {e}", keep=""), file=sys.stderr)
         raise SystemExit(2) from None
     app.run()

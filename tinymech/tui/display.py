@@ -8,25 +8,11 @@ from textual.color import Color
 from textual.content import Content
 from textual.style import Style
 
+from ..text import printable
+
 BOS_LABEL = "‹bos›"
 _VISIBLE = {" ": "·", "\n": "↵", "\t": "⇥", "\r": "␍"}
 _EIGHTHS = " ▏▎▍▌▋▊▉█"
-
-
-def printable(text: str) -> str:
-    """Text safe to show: C0 control characters other than newlines as their
-    Unicode pictures, DEL and C1 controls as U+FFFD, so model output cannot
-    drive the terminal."""
-    out = []
-    for ch in text:
-        code = ord(ch)
-        if code < 32 and ch != "\n":
-            out.append(chr(0x2400 + code))
-        elif code == 0x7F or 0x80 <= code < 0xA0:
-            out.append("\ufffd")
-        else:
-            out.append(ch)
-    return "".join(out)
 
 
 # The prompt field holds one line: a prompt's newlines and tabs show there as

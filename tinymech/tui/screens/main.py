@@ -13,6 +13,7 @@ from textual.widgets import Footer, Input, Tab, Tabs
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from ...errors import TinymechError
+from ...text import printable
 from ..backend import HEAD_SCORES, Backend, Steer
 from ..display import field_to_prompt, prompt_to_field
 from ..messages import (
@@ -244,7 +245,8 @@ class MainScreen(Screen):
             if self.view.analysis is not None:
                 error += " (the panels still show the previous prompt)"
             self.query_one("#prompt", Input).focus()
-        self.notify(error, title=f"{message.what} failed", severity="error", timeout=8)
+        # the message may quote a file's strings: shown as text, never as markup or escapes
+        self.notify(printable(error), title=f"{message.what} failed", severity="error", timeout=8, markup=False)
 
     def on_feature_effects_ready(self, message: FeatureEffectsReady) -> None:
         effects = {**self.view.effects, **{(e.sae_index, e.feature): e for e in message.effects}}

@@ -7,6 +7,8 @@ from textual.reactive import reactive
 from textual.style import Style
 from textual.widget import Widget
 
+from ...text import printable
+
 SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 
 
@@ -20,7 +22,7 @@ class TitleBar(Widget):
 
     def __init__(self, title: str, **kwargs):
         super().__init__(**kwargs)
-        self.title = title
+        self.title = printable(title, keep="")  # model and SAE names come from files
         self._timer = None
 
     def watch_busy(self, busy: str) -> None:

@@ -139,3 +139,67 @@ def test_sae_from_arrays():
         SAE(cfg, dict(good, W_enc=np.zeros((4, 5))))
     with pytest.raises(SAELoadError, match="lack W_dec"):
         SAE(cfg, dict(good, W_dec=None))
+
+
+@pytest.fixture(scope="module")
+def transcoder_dir(tmp_path_factory):
+    return save_lens(lens_sae("transcoder", D, D_SAE, hook="blocks.0.hook_resid_pre", hook_out="blocks.1.hook_resid_post"),
+                     tmp_path_factory.mktemp("transcoder"))
+
+
+def transcoder_with(transcoder_dir, tmp_path, **cfg):
+    path = shutil.copytree(transcoder_dir, tmp_path / "tc")
+    edit_cfg(path, **cfg)
+    return path
+
+
+@pytest.mark.parametrize("hook_in,hook_out", [
+    ("blocks.1.hook_resid_post", "blocks.0.hook_resid_pre"),  # the names swapped
+    ("blocks.1.ln2.hook_normalized", "blocks.0.hook_mlp_out"),  # an earlier block
+    ("blocks.0.hook_mlp_out", "blocks.0.ln2.hook_normalized"),  # earlier in the same block
+    ("ln_final.hook_normalized", "blocks.1.hook_resid_post"),
+    ("blocks.0.hook_resid_pre", "hook_embed"),
+    ("blocks.3.hook_mlp_in", "blocks.2.hook_mlp_out"),  # blocks ordered where a name is not tinymech's
+])
+def test_a_transcoder_writing_before_it_reads_is_refused(transcoder_dir, tmp_path, hook_in, hook_out):
+    path = transcoder_with(transcoder_dir, tmp_path, hook_name=hook_in, hook_name_out=hook_out)
+    with pytest.raises(SAELoadError, match=f"reads {hook_in} but writes {hook_out}, which comes before it"):
+        SAE.load(path)
+
+
+def test_a_transcoder_reading_and_writing_one_hook(model, transcoder_dir, tmp_path):
+    toks = np.arange(1, 6)[None]
+    narrow = save_lens(lens_sae("transcoder", D, D_SAE, hook="blocks.0.hook_resid_pre", d_out=D // 2), tmp_path / "n")
+    for hook_out in (None, "blocks.0.hook_resid_pre"):  # no hook_name_out: it writes hook_name
+        edit_cfg(narrow, hook_name_out=hook_out)
+        with pytest.raises(SAELoadError, match=r"reads and writes blocks.0.hook_resid_pre but d_in=64 != d_out=32"):
+            SAE.load(narrow)
+    # with d_in == d_out it replaces the activation by its output, as SAELens splices it
+    same = SAE.load(transcoder_with(transcoder_dir, tmp_path, hook_name_out="blocks.0.hook_resid_pre"))
+    assert same.as_hook()[0] == "blocks.0.hook_resid_pre"
+    _, cache = model.run_with_cache(toks, names_filter="blocks.0.hook_resid_pre")
+    want = same.forward(cache["blocks.0.hook_resid_pre"])
+    np.testing.assert_allclose(run_with_saes(model, toks, same),
+                               model.run_with_hooks(toks, fwd_hooks=[("blocks.0.hook_resid_pre", lambda a, hook: want)]),
+                               rtol=1e-4, atol=1e-4)
+    # an SAE naming another output hook is spliced as SAELens splices it, and checked the same way
+    sae = save_lens(lens_sae("standard", D, D_SAE, hook="blocks.1.hook_resid_pre"), tmp_path / "s")
+    edit_cfg(sae, hook_name_out="blocks.0.hook_resid_post")
+    with pytest.raises(SAELoadError, match="reads blocks.1.hook_resid_pre but writes blocks.0.hook_resid_post"):
+        SAE.load(sae)
+    edit_cfg(sae, hook_name_out=7)
+    with pytest.raises(SAELoadError, match="hook_name_out must be a string, got 7"):
+        SAE.load(sae)
+
+
+def test_transcoder_hooks_the_model_lacks(model, transcoder_dir, tmp_path):
+    toks = np.arange(1, 6)[None]
+    for hook_in, hook_out, missing in (("blocks.0.hook_resid_pre", "blocks.7.hook_resid_post", "blocks.7.hook_resid_post"),
+                                       ("blocks.0.hook_mlp_in", "blocks.0.hook_mlp_out", "blocks.0.hook_mlp_in")):
+        tc = SAE.load(transcoder_with(transcoder_dir, tmp_path / missing, hook_name=hook_in, hook_name_out=hook_out))
+        for run in (lambda: run_with_saes(model, toks, tc), lambda: run_with_cache_with_saes(model, toks, tc),
+                    lambda: model.run_with_hooks(toks, fwd_hooks=[tc.as_hook()]),
+                    lambda: model.generate(toks, max_new_tokens=2, hooks=[tc.as_hook()])):
+            with pytest.raises(tm.HookError, match=f"unknown hook point '{missing}'"):
+                run()
+

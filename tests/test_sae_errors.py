@@ -203,3 +203,30 @@ def test_transcoder_hooks_the_model_lacks(model, transcoder_dir, tmp_path):
             with pytest.raises(tm.HookError, match=f"unknown hook point '{missing}'"):
                 run()
 
+
+def test_a_transcoder_whose_input_hook_a_run_skips(model, transcoder_dir):
+    """A run starting after the input hook cannot splice the transcoder: it says so."""
+    tc = SAE.load(transcoder_dir)
+    toks = np.arange(1, 6)[None]
+    _, cache = model.run_with_cache(toks, names_filter="blocks.1.hook_resid_pre")
+    resid = cache["blocks.1.hook_resid_pre"]
+    with pytest.raises(tm.HookError, match="output hook blocks.1.hook_resid_post ran without its input hook "
+                                           "blocks.0.hook_resid_pre"):
+        model.run_with_hooks(resid, start_at_layer=1, fwd_hooks=[tc.as_hook()])
+    # a transcoder's splice placed at other hooks than its own is refused, not run backwards
+    with pytest.raises(tm.HookError, match="runs at blocks.0.hook_resid_pre and blocks.1.hook_resid_post, "
+                                           "not blocks.1.hook_resid_pre"):
+        model.run_with_hooks(toks, fwd_hooks=[(["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"],
+                                               tc.as_hook()[1])])
+
+
+def test_decode_bindings_take_no_wrapped_index(saved):
+    core = SAE.load(saved["standard"])._core
+    offsets, values = np.array([0, 1]), np.ones(1, np.float32)
+    with pytest.raises(IndexError, match="4294967301"):
+        core.decode_sparse(offsets, np.array([2**32 + 5]), values)
+    with pytest.raises(TypeError):  # no silent float -> int cast
+        core.decode_sparse(offsets, np.array([5.7]), values)
+    with pytest.raises(TypeError):
+        core.decode_sparse(np.array([0.0, 1.5]), np.array([5]), values)
+

@@ -296,7 +296,7 @@ class SAE:
         left as it was (the error term is added back). A transcoder's spec names
         its input and output hooks: ([hook_name, hook_name_out], action)."""
         names = splice_hooks(self.cfg)
-        splice = _core.SaeSplice(self._core, bool(keep_error), len(names) == 2)
+        splice = _core.SaeSplice(self._core, bool(keep_error), names[0], names[-1])
         return (names if len(names) == 2 else names[0]), splice
 
     def _k(self, k) -> int:

@@ -220,6 +220,26 @@ def test_a_transcoder_whose_input_hook_a_run_skips(model, transcoder_dir):
                                                tc.as_hook()[1])])
 
 
+@pytest.mark.parametrize("indices,values,match", [
+    ([[2**32 + 5]], [[1.0]], r"feature index 4294967301 is out of range for d_sae=40"),
+    ([[2**63 - 1]], [[1.0]], "out of range"),
+    (np.array([[2**64 - 1]], np.uint64), [[1.0]], "out of range"),
+    ([[2**70]], [[1.0]], "integers"),
+    ([[5.7]], [[1.0]], "integers"),
+    ([[5.0]], [[1.0]], "integers"),
+    ([[True]], [[1.0]], "integers"),
+    ([[D_SAE]], [[1.0]], "out of range"),
+    ([[-2]], [[1.0]], "out of range"),
+    ([[3, -1]], [[1.0, 0.5]], "-1 marks padding"),
+    ([[3]], [["x"]], "values"),
+    ([[3]], [[1j]], "values"),
+])
+def test_decode_refuses_feature_indices_it_would_wrap(saved, indices, values, match):
+    sae = SAE.load(saved["standard"])
+    with pytest.raises((FeatureIndexError, SAEInputError), match=match):
+        sae.decode((np.asarray(indices), np.asarray(values)))
+
+
 def test_decode_bindings_take_no_wrapped_index(saved):
     core = SAE.load(saved["standard"])._core
     offsets, values = np.array([0, 1]), np.ones(1, np.float32)
@@ -230,3 +250,22 @@ def test_decode_bindings_take_no_wrapped_index(saved):
     with pytest.raises(TypeError):
         core.decode_sparse(np.array([0.0, 1.5]), np.array([5]), values)
 
+
+def test_ks_and_features_are_whole_numbers_in_range(model, saved):
+    sae = SAE.load(saved["standard"])
+    x = np.zeros((1, D), np.float32)
+    for k in (10**12, D_SAE + 1):
+        with pytest.raises(SAEInputError, match=f"k={k} exceeds d_sae={D_SAE}"):
+            sae.encode_sparse(x, k=k)
+        with pytest.raises(SAEInputError, match=f"k={k} exceeds d_sae={D_SAE}"):
+            sae.top_features(x, k)
+    for k in (2.0, True, -1, "3"):
+        for call in (lambda: sae.encode_sparse(x, k=k), lambda: sae.top_features(x, k),
+                     lambda: sae.logit_effects(model, 0, k=k)):
+            with pytest.raises(SAEInputError, match="k must be"):
+                call()
+    for bad in (2**32 + 5, np.uint64(2**64 - 1), np.int64(-1), 5.7, np.float64(3), True, np.bool_(True), "3", None):
+        for call in (lambda: sae.steer(bad, 1.0), lambda: sae.steer(bad, 1.0, mode="clamp"),
+                     lambda: sae.logit_effects(model, bad), lambda: sae.feature_activations(model, "ab", bad)):
+            with pytest.raises(FeatureIndexError):
+                call()

@@ -119,24 +119,50 @@ py::tuple codes_to_numpy(tmech::SparseCodes&& codes) {
                         owned_array(std::move(codes.indices), {nnz}), owned_array(std::move(codes.values), {nnz}));
 }
 
-tmech::SparseCodes codes_from(py::array_t<int64_t, py::array::c_style | py::array::forcecast> offsets,
-                              py::array_t<int32_t, py::array::c_style | py::array::forcecast> indices, FloatIn values,
-                              int64_t d_sae) {
+// Offsets and feature indices as int64 arrays, converted from other integer
+// types only where numpy's safe casting keeps every value (no float or wider
+// type): an index is range-checked before it is narrowed, never wrapped.
+using IndexIn = py::array_t<int64_t, py::array::c_style>;
+
+tmech::SparseCodes codes_from(IndexIn offsets, IndexIn indices, FloatIn values, int64_t d_sae) {
   if (offsets.ndim() != 1 || offsets.shape(0) < 1 || indices.ndim() != 1 || values.ndim() != 1 ||
       indices.shape(0) != values.shape(0))
     throw std::invalid_argument("sparse codes are offsets [rows + 1], indices [nnz], values [nnz]");
   tmech::SparseCodes c;
   c.rows = offsets.shape(0) - 1;
   c.offsets.assign(offsets.data(), offsets.data() + offsets.shape(0));
-  c.indices.assign(indices.data(), indices.data() + indices.shape(0));
-  c.values.assign(values.data(), values.data() + values.shape(0));
-  if (c.offsets[0] != 0 || c.offsets.back() != static_cast<int64_t>(c.indices.size()))
+  if (c.offsets[0] != 0 || c.offsets.back() != indices.shape(0))
     throw std::invalid_argument("sparse offsets must start at 0 and end at nnz");
   for (int64_t r = 0; r < c.rows; ++r)
     if (c.offsets[r + 1] < c.offsets[r]) throw std::invalid_argument("sparse offsets must not decrease");
-  for (int32_t f : c.indices)
-    if (f < 0 || f >= d_sae) throw std::out_of_range("feature index " + std::to_string(f) + " is out of range");
+  c.indices.reserve(static_cast<size_t>(indices.shape(0)));
+  for (py::ssize_t i = 0; i < indices.shape(0); ++i) {
+    const int64_t f = indices.data()[i];
+    if (f < 0 || f >= d_sae)
+      throw std::out_of_range("feature index " + std::to_string(f) + " is out of range for d_sae=" +
+                              std::to_string(d_sae));
+    c.indices.push_back(static_cast<int32_t>(f));
+  }
+  c.values.assign(values.data(), values.data() + values.shape(0));
   return c;
+}
+
+// A splice's record as a dict of flat copies (acts_pre None unless recorded), or None.
+py::object record_to_python(const std::shared_ptr<const tmech::SpliceRecord>& r) {
+  if (!r) return py::none();
+  auto flat = [](const std::vector<float>& v) -> py::object {
+    if (v.empty()) return py::none();
+    return owned_array(std::vector<float>(v), {static_cast<py::ssize_t>(v.size())});
+  };
+  py::dict d;
+  d["shape"] = py::tuple(py::cast(r->shape));
+  d["codes"] = codes_to_numpy(tmech::SparseCodes(r->codes));
+  d["input"] = flat(r->input);
+  d["acts_pre"] = flat(r->acts_pre);
+  d["recons"] = flat(r->recons);
+  d["error"] = flat(r->error);
+  d["output"] = flat(r->output);
+  return d;
 }
 
 // decode + finish, with the input (for normalization and W_skip) when given.
@@ -219,8 +245,7 @@ void register_sae(py::module_& m) {
         const int64_t rows = rows_of(acts, s.sae().config().d_sae, "features");
         return decode_with(s, rows, x, [&](float* out) { s.sae().decode_dense(acts.data(), rows, out); });
       }, py::arg("acts"), py::arg("x") = py::none())
-      .def("decode_sparse", [](const PySae& s, py::array_t<int64_t, py::array::c_style | py::array::forcecast> offsets,
-                               py::array_t<int32_t, py::array::c_style | py::array::forcecast> indices, FloatIn values,
+      .def("decode_sparse", [](const PySae& s, IndexIn offsets, IndexIn indices, FloatIn values,
                                std::optional<FloatIn> x) {
         tmech::SparseCodes codes = codes_from(offsets, indices, values, s.sae().config().d_sae);
         return decode_with(s, codes.rows, x, [&](float* out) { s.sae().decode_codes(codes, out); });
@@ -242,30 +267,18 @@ void register_sae(py::module_& m) {
 
   py::class_<tmech::SaeSplice, tmech::HookCallback, std::shared_ptr<tmech::SaeSplice>>(
       m, "SaeSplice", "Hook action running an SAE at a hook point (a NativeHook)")
-      .def(py::init([](const PySae& s, bool keep_error, bool transcoder) {
-             return std::make_shared<tmech::SaeSplice>(s.shared(), keep_error, transcoder);
+      .def(py::init([](const PySae& s, bool keep_error, const std::string& hook_in, const std::string& hook_out) {
+             return std::make_shared<tmech::SaeSplice>(s.shared(), keep_error, hook_in, hook_out);
            }),
-           py::arg("sae"), py::arg("keep_error"), py::arg("transcoder"))
+           py::arg("sae"), py::arg("keep_error"), py::arg("hook_in"), py::arg("hook_out"),
+           "hook_in == hook_out: an SAE; else a transcoder reading hook_in and writing the later hook_out")
       .def("set_clamps", &tmech::SaeSplice::set_clamps, py::arg("features"), py::arg("values"),
            py::arg("positions") = std::vector<int64_t>{})
       .def("set_recording", &tmech::SaeSplice::set_recording, py::arg("record"), py::arg("record_pre"))
       .def("set_bypass", [](tmech::SaeSplice& sp, ByteIn rows) {
         sp.set_bypass(std::vector<uint8_t>(rows.data(), rows.data() + rows.size()));
       }, py::arg("rows"))
-      .def_property_readonly("last_shape", [](const tmech::SaeSplice& sp) { return sp.last().shape; })
-      .def("last", [](const tmech::SaeSplice& sp, const std::string& what) -> py::object {
-        const tmech::SpliceRecord& r = sp.last();
-        const std::vector<float>* v = what == "input"      ? &r.input
-                                      : what == "acts_pre" ? &r.acts_pre
-                                      : what == "recons"   ? &r.recons
-                                      : what == "error"    ? &r.error
-                                      : what == "output"   ? &r.output
-                                                           : nullptr;
-        if (!v) throw std::invalid_argument("nothing is recorded as '" + what + "'");
-        if (v->empty()) return py::none();
-        return owned_array(std::vector<float>(*v), {static_cast<py::ssize_t>(v->size())});
-      }, py::arg("what"), "a flat copy of what the last call recorded, or None")
-      .def("last_codes", [](const tmech::SaeSplice& sp) {
-        return codes_to_numpy(tmech::SparseCodes(sp.last().codes));
-      }, "(offsets, indices, values) of the last call's active features");
+      .def("last", [](const tmech::SaeSplice& sp) { return record_to_python(sp.last()); },
+           "what the last call to finish recorded: {shape, codes (offsets, indices, values), input, acts_pre, "
+           "recons, error, output} as flat arrays (acts_pre None unless recorded), or None");
 }

@@ -169,6 +169,14 @@ void HookPlan::add(int id, Edit edit) {
   if (id < 0 || id >= count_) throw std::out_of_range("no hook point with id " + std::to_string(id));
   if (edit.type == EditType::callback && !edit.callback)
     throw std::invalid_argument("a callback edit needs a function");
+  if (edit.type == EditType::callback) {
+    auto it = std::find_if(bound_.begin(), bound_.end(), [&](const auto& b) { return b.first == edit.callback; });
+    if (it == bound_.end()) {
+      std::shared_ptr<HookCallback> own = edit.callback->for_plan(n_layers_);
+      it = bound_.emplace(bound_.end(), edit.callback, own ? own : edit.callback);
+    }
+    edit.callback = it->second;
+  }
   edits_[static_cast<size_t>(id)].push_back(std::move(edit));
 }
 

@@ -83,6 +83,13 @@ struct HookCallback {
   // pos_offset: the absolute position of the activation's first position.
   virtual void call(int hook_id, int64_t pos_offset, std::vector<float>& buffer,
                     const std::vector<int64_t>& shape) = 0;
+  // The object a plan calls instead of this one. A callback that keeps state
+  // from one call of a pass to a later one (a transcoder's input, held until
+  // its output hook) returns a fresh object, so that passes sharing the
+  // callback (other threads, a pass nested in a hook) never see each other's
+  // state. A plan asks once, however many hook points it adds the callback at;
+  // n_layers names its hook ids. nullptr (the default): call this object.
+  virtual std::shared_ptr<HookCallback> for_plan(int64_t /*n_layers*/) { return nullptr; }
 };
 
 enum class EditType { capture, replace, fill, add, scale, callback };
@@ -127,6 +134,8 @@ class HookPlan {
   int count_;
   std::vector<std::vector<Edit>> edits_;
   std::vector<std::pair<int, Captured>> captured_;
+  // each callback added and the object this plan calls for it (HookCallback::for_plan)
+  std::vector<std::pair<std::shared_ptr<HookCallback>, std::shared_ptr<HookCallback>>> bound_;
 };
 
 }  // namespace tmech

@@ -337,8 +337,8 @@ void Sae::finish(const RowNorm& norm, const float* x, int64_t rows, float* out) 
 
 // ---- splice -------------------------------------------------------------------
 
-SaeSplice::SaeSplice(std::shared_ptr<const Sae> sae, bool keep_error, bool transcoder)
-    : sae_(std::move(sae)), keep_error_(keep_error), transcoder_(transcoder) {
+SaeSplice::SaeSplice(std::shared_ptr<const Sae> sae, bool keep_error, std::string hook_in, std::string hook_out)
+    : sae_(std::move(sae)), keep_error_(keep_error), hook_in_(std::move(hook_in)), hook_out_(std::move(hook_out)) {
   if (!sae_) throw std::invalid_argument("a splice needs an SAE");
 }
 
@@ -350,20 +350,25 @@ void SaeSplice::set_clamps(std::vector<int32_t> features, std::vector<float> val
       throw std::out_of_range("feature " + std::to_string(f) + " is out of range for d_sae " +
                               std::to_string(sae_->config().d_sae));
   std::lock_guard<std::mutex> lock(mutex_);
-  clamp_features_ = std::move(features);
-  clamp_values_ = std::move(values);
-  clamp_positions_ = std::move(positions);
+  settings_.clamp_features = std::move(features);
+  settings_.clamp_values = std::move(values);
+  settings_.clamp_positions = std::move(positions);
 }
 
 void SaeSplice::set_recording(bool record, bool record_pre) {
   std::lock_guard<std::mutex> lock(mutex_);
-  record_ = record;
-  record_pre_ = record_pre;
+  settings_.record = record;
+  settings_.record_pre = record_pre;
 }
 
 void SaeSplice::set_bypass(std::vector<uint8_t> rows) {
   std::lock_guard<std::mutex> lock(mutex_);
-  bypass_ = std::move(rows);
+  settings_.bypass = std::move(rows);
+}
+
+std::shared_ptr<const SpliceRecord> SaeSplice::last() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return last_;
 }
 
 // Rows of a TL-ordered activation whose trailing axes hold `width` numbers:
@@ -380,29 +385,69 @@ int64_t SaeSplice::rows_of(const std::vector<int64_t>& shape, int64_t width, con
   return numel / width;
 }
 
-void SaeSplice::call(int hook_id, int64_t pos_offset, std::vector<float>& buffer,
-                     const std::vector<int64_t>& shape) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  const SaeConfig& c = sae_->config();
-  if (transcoder_ && (pending_id_ < 0 || hook_id <= pending_id_)) {
-    // the input hook: keep a copy until the output hook comes
-    pending_rows_ = rows_of(shape, c.d_in, "d_in");
-    pending_input_ = buffer;
-    pending_id_ = hook_id;
-    return;
-  }
-  if (!transcoder_) {
-    rows_of(shape, c.d_in, "d_in");
-    const std::vector<float> x = buffer;
-    run(x.data(), buffer, shape, pos_offset);
-    return;
-  }
-  pending_id_ = -1;
-  if (rows_of(shape, c.d_out, "d_out") != pending_rows_)
-    throw std::invalid_argument("a transcoder's input and output hooks cover different numbers of positions");
-  const std::vector<float> x = std::move(pending_input_);
-  pending_input_.clear();
+void SaeSplice::call(int, int64_t pos_offset, std::vector<float>& buffer, const std::vector<int64_t>& shape) {
+  if (transcoder()) throw std::logic_error("a transcoder's splice runs through a hook plan (for_plan)");
+  rows_of(shape, sae_->config().d_in, "d_in");
+  const std::vector<float> x = buffer;
   run(x.data(), buffer, shape, pos_offset);
+}
+
+namespace {
+
+// The hook id of a name in a model of n_layers blocks, or -1.
+int hook_id_of(const std::string& name, int64_t n_layers) {
+  for (int id = 0; id < hook_count(n_layers); ++id)
+    if (hook_name(id, n_layers) == name) return id;
+  return -1;
+}
+
+// A transcoder's splice within one plan: the input its input hook gave,
+// kept for the output hook of the same pass.
+class TranscoderPass : public HookCallback {
+ public:
+  TranscoderPass(std::shared_ptr<SaeSplice> splice, int64_t n_layers)
+      : splice_(std::move(splice)),
+        n_layers_(n_layers),
+        in_id_(hook_id_of(splice_->hook_in(), n_layers)),
+        out_id_(hook_id_of(splice_->hook_out(), n_layers)) {}
+
+  void call(int hook_id, int64_t pos_offset, std::vector<float>& buffer, const std::vector<int64_t>& shape) override {
+    const SaeConfig& c = splice_->sae().config();
+    if (hook_id == in_id_) {
+      rows_ = splice_->rows_of(shape, c.d_in, "d_in");
+      input_ = buffer;
+      has_input_ = true;
+      return;
+    }
+    if (hook_id != out_id_)
+      throw std::invalid_argument("this transcoder's splice runs at " + splice_->hook_in() + " and " +
+                                  splice_->hook_out() + ", not " + hook_name(hook_id, n_layers_));
+    if (!has_input_)
+      throw std::invalid_argument("the transcoder's output hook " + splice_->hook_out() +
+                                  " ran without its input hook " + splice_->hook_in() +
+                                  " before it: a run must pass through both, in this order");
+    has_input_ = false;
+    const std::vector<float> x = std::move(input_);
+    input_.clear();
+    if (splice_->rows_of(shape, c.d_out, "d_out") != rows_)
+      throw std::invalid_argument("a transcoder's input and output hooks cover different numbers of positions");
+    splice_->run(x.data(), buffer, shape, pos_offset);
+  }
+
+ private:
+  std::shared_ptr<SaeSplice> splice_;
+  int64_t n_layers_;
+  int in_id_, out_id_;
+  std::vector<float> input_;
+  int64_t rows_ = 0;
+  bool has_input_ = false;
+};
+
+}  // namespace
+
+std::shared_ptr<HookCallback> SaeSplice::for_plan(int64_t n_layers) {
+  if (!transcoder()) return nullptr;  // an SAE keeps nothing between calls
+  return std::make_shared<TranscoderPass>(shared_from_this(), n_layers);
 }
 
 namespace {
@@ -431,28 +476,31 @@ SparseCodes with_clamps(const SparseCodes& codes, const std::vector<int32_t>& fe
 
 }  // namespace
 
-// x: the SAE's input rows; target: the activation at the output hook, replaced in place.
 void SaeSplice::run(const float* x, std::vector<float>& target, const std::vector<int64_t>& shape,
                     int64_t pos_offset) {
   const Sae& sae = *sae_;
   const SaeConfig& c = sae.config();
   const int64_t rows = static_cast<int64_t>(target.size()) / c.d_out;
-  const std::vector<uint8_t> bypass = std::move(bypass_);
-  bypass_.clear();
+  Settings set;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    set = settings_;
+  }
+  const std::vector<uint8_t>& bypass = set.bypass;
   if (!bypass.empty() && static_cast<int64_t>(bypass.size()) != rows)
     throw std::invalid_argument("the bypass mask has " + std::to_string(bypass.size()) +
                                 " rows but the activation has " + std::to_string(rows));
-  const bool clamping = !clamp_features_.empty();
-  if (keep_error_ && !clamping && !record_) return;  // the output would equal the input
+  const bool clamping = !set.clamp_features.empty();
+  if (keep_error_ && !clamping && !set.record) return;  // the output would equal the input
 
   // 1) encode, 2) decode (kept in normalized units for the record), 3) undo the normalization
   SparseCodes codes;
   RowNorm norm;
-  std::vector<float> pre(record_pre_ ? static_cast<size_t>(rows * c.d_sae) : 0);
-  sae.encode(x, rows, &codes, nullptr, record_pre_ ? pre.data() : nullptr, &norm);
+  std::vector<float> pre(set.record_pre ? static_cast<size_t>(rows * c.d_sae) : 0);
+  sae.encode(x, rows, &codes, nullptr, set.record_pre ? pre.data() : nullptr, &norm);
   std::vector<float> clean(target.size());
   sae.decode_codes(codes, clean.data());
-  std::vector<float> recons = record_ ? clean : std::vector<float>();
+  std::vector<float> recons = set.record ? clean : std::vector<float>();
   sae.finish(norm, x, rows, clean.data());
 
   // 4) with clamps, decode again from the edited codes
@@ -461,14 +509,14 @@ void SaeSplice::run(const float* x, std::vector<float>& target, const std::vecto
     clamped.resize(target.size());
     // rows are [batch, pos] flattened: clamp where the row is not bypassed and its position is chosen
     const int64_t n_pos = shape.size() >= 2 ? shape[1] : 1;
+    const std::vector<int64_t>& chosen_pos = set.clamp_positions;
     std::vector<uint8_t> clamp_rows(static_cast<size_t>(rows));
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t pos = pos_offset + r % n_pos;
-      const bool chosen = clamp_positions_.empty() ||
-                          std::find(clamp_positions_.begin(), clamp_positions_.end(), pos) != clamp_positions_.end();
+      const bool chosen = chosen_pos.empty() || std::find(chosen_pos.begin(), chosen_pos.end(), pos) != chosen_pos.end();
       clamp_rows[static_cast<size_t>(r)] = chosen && (bypass.empty() || !bypass[static_cast<size_t>(r)]);
     }
-    sae.decode_codes(with_clamps(codes, clamp_features_, clamp_values_, clamp_rows), clamped.data());
+    sae.decode_codes(with_clamps(codes, set.clamp_features, set.clamp_values, clamp_rows), clamped.data());
     sae.finish(norm, x, rows, clamped.data());
   }
   const std::vector<float>& sae_out = clamping ? clamped : clean;
@@ -483,15 +531,18 @@ void SaeSplice::run(const float* x, std::vector<float>& target, const std::vecto
       result[i] = keep_error_ ? target[i] + (sae_out[i] - clean[i]) : sae_out[i];
   }
 
-  if (record_) {
-    last_.shape = shape;
-    last_.input.assign(x, x + rows * c.d_in);
-    last_.error.resize(target.size());
-    for (size_t i = 0; i < target.size(); ++i) last_.error[i] = target[i] - clean[i];
-    last_.recons = std::move(recons);
-    last_.acts_pre = std::move(pre);
-    last_.codes = std::move(codes);
-    last_.output = result;
+  if (set.record) {
+    auto rec = std::make_shared<SpliceRecord>();
+    rec->shape = shape;
+    rec->input.assign(x, x + rows * c.d_in);
+    rec->error.resize(target.size());
+    for (size_t i = 0; i < target.size(); ++i) rec->error[i] = target[i] - clean[i];
+    rec->recons = std::move(recons);
+    rec->acts_pre = std::move(pre);
+    rec->codes = std::move(codes);
+    rec->output = result;
+    std::lock_guard<std::mutex> lock(mutex_);
+    last_ = std::move(rec);
   }
   target = std::move(result);
 }

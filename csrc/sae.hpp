@@ -100,49 +100,64 @@ class Sae {
   std::vector<float> dec_norm_;  // ||W_dec[i]||, for rescale_acts_by_decoder_norm
 };
 
-// What a splice saw on its last call (filled only when recording).
+// What a splice saw on one call (filled only when recording).
 struct SpliceRecord {
   std::vector<int64_t> shape;  // the (output) activation's TL shape
   std::vector<float> input, acts_pre, recons, error, output;
   SparseCodes codes;
 };
 
-// A hook action that runs an SAE at a hook point. For a transcoder the same
-// object is attached to its input hook and its output hook; since hook ids
-// follow the forward order, a call at a later id than the stored input is
-// the output.
-class SaeSplice : public HookCallback {
+// A hook action that runs an SAE: it replaces the activation by the
+// reconstruction (or keeps the error term), can clamp features, and, when
+// recording, keeps what its last call saw. An SAE reads and writes one hook
+// point; a transcoder reads hook_in and writes the later hook_out, and holds
+// the input in between in an object of the plan (for_plan), never in the
+// splice, which threads and passes may share.
+class SaeSplice : public HookCallback, public std::enable_shared_from_this<SaeSplice> {
  public:
-  SaeSplice(std::shared_ptr<const Sae> sae, bool keep_error, bool transcoder);
+  SaeSplice(std::shared_ptr<const Sae> sae, bool keep_error, std::string hook_in, std::string hook_out);
 
+  // An SAE's call at its hook point (a transcoder's run through for_plan's object).
   void call(int hook_id, int64_t pos_offset, std::vector<float>& buffer, const std::vector<int64_t>& shape) override;
+  std::shared_ptr<HookCallback> for_plan(int64_t n_layers) override;
 
   // Set these features to these activations at these absolute positions (empty: all).
   void set_clamps(std::vector<int32_t> features, std::vector<float> values, std::vector<int64_t> positions = {});
   // record: inputs, codes, reconstructions, errors, outputs; record_pre: pre-activations too.
   void set_recording(bool record, bool record_pre);
-  // Rows (flattened batch x pos) to leave untouched on the next call only.
+  // Rows (flattened batch x pos) to leave untouched (empty: none); a call on
+  // an activation of another number of rows throws.
   void set_bypass(std::vector<uint8_t> rows);
 
-  const SpliceRecord& last() const { return last_; }
+  // What the last call to finish recorded; null before any did.
+  std::shared_ptr<const SpliceRecord> last() const;
   const Sae& sae() const { return *sae_; }
+  bool transcoder() const { return hook_in_ != hook_out_; }
+  const std::string& hook_in() const { return hook_in_; }
+  const std::string& hook_out() const { return hook_out_; }
 
- private:
+  // Rows of an activation of this shape whose trailing axes hold `width`
+  // numbers (the SAE's d_in or d_out, named `what` in the error).
   int64_t rows_of(const std::vector<int64_t>& shape, int64_t width, const char* what) const;
+  // x: the SAE's input rows; target: the activation at the output hook, replaced in place.
   void run(const float* x, std::vector<float>& target, const std::vector<int64_t>& shape, int64_t pos_offset);
 
+ private:
+  // What set_* chose: every call reads a copy, taken under the lock.
+  struct Settings {
+    std::vector<int32_t> clamp_features;
+    std::vector<float> clamp_values;
+    std::vector<int64_t> clamp_positions;
+    bool record = false, record_pre = false;
+    std::vector<uint8_t> bypass;
+  };
+
   std::shared_ptr<const Sae> sae_;
-  bool keep_error_, transcoder_;
-  std::vector<int32_t> clamp_features_;
-  std::vector<float> clamp_values_;
-  std::vector<int64_t> clamp_positions_;
-  bool record_ = false, record_pre_ = false;
-  std::vector<uint8_t> bypass_;
-  int pending_id_ = -1;  // transcoders: hook id of the stored input
-  std::vector<float> pending_input_;
-  int64_t pending_rows_ = 0;
-  SpliceRecord last_;
-  std::mutex mutex_;
+  bool keep_error_;
+  std::string hook_in_, hook_out_;
+  mutable std::mutex mutex_;  // guards settings_ and last_
+  Settings settings_;
+  std::shared_ptr<const SpliceRecord> last_;
 };
 
 }  // namespace tmech

@@ -139,3 +139,133 @@ def test_sae_from_arrays():
         SAE(cfg, dict(good, W_enc=np.zeros((4, 5))))
     with pytest.raises(SAELoadError, match="lack W_dec"):
         SAE(cfg, dict(good, W_dec=None))
+
+
+@pytest.fixture(scope="module")
+def transcoder_dir(tmp_path_factory):
+    return save_lens(lens_sae("transcoder", D, D_SAE, hook="blocks.0.hook_resid_pre", hook_out="blocks.1.hook_resid_post"),
+                     tmp_path_factory.mktemp("transcoder"))
+
+
+def transcoder_with(transcoder_dir, tmp_path, **cfg):
+    path = shutil.copytree(transcoder_dir, tmp_path / "tc")
+    edit_cfg(path, **cfg)
+    return path
+
+
+@pytest.mark.parametrize("hook_in,hook_out", [
+    ("blocks.1.hook_resid_post", "blocks.0.hook_resid_pre"),  # the names swapped
+    ("blocks.1.ln2.hook_normalized", "blocks.0.hook_mlp_out"),  # an earlier block
+    ("blocks.0.hook_mlp_out", "blocks.0.ln2.hook_normalized"),  # earlier in the same block
+    ("ln_final.hook_normalized", "blocks.1.hook_resid_post"),
+    ("blocks.0.hook_resid_pre", "hook_embed"),
+    ("blocks.3.hook_mlp_in", "blocks.2.hook_mlp_out"),  # blocks ordered where a name is not tinymech's
+])
+def test_a_transcoder_writing_before_it_reads_is_refused(transcoder_dir, tmp_path, hook_in, hook_out):
+    path = transcoder_with(transcoder_dir, tmp_path, hook_name=hook_in, hook_name_out=hook_out)
+    with pytest.raises(SAELoadError, match=f"reads {hook_in} but writes {hook_out}, which comes before it"):
+        SAE.load(path)
+
+
+def test_a_transcoder_reading_and_writing_one_hook(model, transcoder_dir, tmp_path):
+    toks = np.arange(1, 6)[None]
+    narrow = save_lens(lens_sae("transcoder", D, D_SAE, hook="blocks.0.hook_resid_pre", d_out=D // 2), tmp_path / "n")
+    for hook_out in (None, "blocks.0.hook_resid_pre"):  # no hook_name_out: it writes hook_name
+        edit_cfg(narrow, hook_name_out=hook_out)
+        with pytest.raises(SAELoadError, match=r"reads and writes blocks.0.hook_resid_pre but d_in=64 != d_out=32"):
+            SAE.load(narrow)
+    # with d_in == d_out it replaces the activation by its output, as SAELens splices it
+    same = SAE.load(transcoder_with(transcoder_dir, tmp_path, hook_name_out="blocks.0.hook_resid_pre"))
+    assert same.as_hook()[0] == "blocks.0.hook_resid_pre"
+    _, cache = model.run_with_cache(toks, names_filter="blocks.0.hook_resid_pre")
+    want = same.forward(cache["blocks.0.hook_resid_pre"])
+    np.testing.assert_allclose(run_with_saes(model, toks, same),
+                               model.run_with_hooks(toks, fwd_hooks=[("blocks.0.hook_resid_pre", lambda a, hook: want)]),
+                               rtol=1e-4, atol=1e-4)
+    # an SAE naming another output hook is spliced as SAELens splices it, and checked the same way
+    sae = save_lens(lens_sae("standard", D, D_SAE, hook="blocks.1.hook_resid_pre"), tmp_path / "s")
+    edit_cfg(sae, hook_name_out="blocks.0.hook_resid_post")
+    with pytest.raises(SAELoadError, match="reads blocks.1.hook_resid_pre but writes blocks.0.hook_resid_post"):
+        SAE.load(sae)
+    edit_cfg(sae, hook_name_out=7)
+    with pytest.raises(SAELoadError, match="hook_name_out must be a string, got 7"):
+        SAE.load(sae)
+
+
+def test_transcoder_hooks_the_model_lacks(model, transcoder_dir, tmp_path):
+    toks = np.arange(1, 6)[None]
+    for hook_in, hook_out, missing in (("blocks.0.hook_resid_pre", "blocks.7.hook_resid_post", "blocks.7.hook_resid_post"),
+                                       ("blocks.0.hook_mlp_in", "blocks.0.hook_mlp_out", "blocks.0.hook_mlp_in")):
+        tc = SAE.load(transcoder_with(transcoder_dir, tmp_path / missing, hook_name=hook_in, hook_name_out=hook_out))
+        for run in (lambda: run_with_saes(model, toks, tc), lambda: run_with_cache_with_saes(model, toks, tc),
+                    lambda: model.run_with_hooks(toks, fwd_hooks=[tc.as_hook()]),
+                    lambda: model.generate(toks, max_new_tokens=2, hooks=[tc.as_hook()])):
+            with pytest.raises(tm.HookError, match=f"unknown hook point '{missing}'"):
+                run()
+
+
+def test_a_transcoder_whose_input_hook_a_run_skips(model, transcoder_dir):
+    """A run starting after the input hook cannot splice the transcoder: it says so."""
+    tc = SAE.load(transcoder_dir)
+    toks = np.arange(1, 6)[None]
+    _, cache = model.run_with_cache(toks, names_filter="blocks.1.hook_resid_pre")
+    resid = cache["blocks.1.hook_resid_pre"]
+    with pytest.raises(tm.HookError, match="output hook blocks.1.hook_resid_post ran without its input hook "
+                                           "blocks.0.hook_resid_pre"):
+        model.run_with_hooks(resid, start_at_layer=1, fwd_hooks=[tc.as_hook()])
+    # a transcoder's splice placed at other hooks than its own is refused, not run backwards
+    with pytest.raises(tm.HookError, match="runs at blocks.0.hook_resid_pre and blocks.1.hook_resid_post, "
+                                           "not blocks.1.hook_resid_pre"):
+        model.run_with_hooks(toks, fwd_hooks=[(["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"],
+                                               tc.as_hook()[1])])
+
+
+@pytest.mark.parametrize("indices,values,match", [
+    ([[2**32 + 5]], [[1.0]], r"feature index 4294967301 is out of range for d_sae=40"),
+    ([[2**63 - 1]], [[1.0]], "out of range"),
+    (np.array([[2**64 - 1]], np.uint64), [[1.0]], "out of range"),
+    ([[2**70]], [[1.0]], "integers"),
+    ([[5.7]], [[1.0]], "integers"),
+    ([[5.0]], [[1.0]], "integers"),
+    ([[True]], [[1.0]], "integers"),
+    ([[D_SAE]], [[1.0]], "out of range"),
+    ([[-2]], [[1.0]], "out of range"),
+    ([[3, -1]], [[1.0, 0.5]], "-1 marks padding"),
+    ([[3]], [["x"]], "values"),
+    ([[3]], [[1j]], "values"),
+])
+def test_decode_refuses_feature_indices_it_would_wrap(saved, indices, values, match):
+    sae = SAE.load(saved["standard"])
+    with pytest.raises((FeatureIndexError, SAEInputError), match=match):
+        sae.decode((np.asarray(indices), np.asarray(values)))
+
+
+def test_decode_bindings_take_no_wrapped_index(saved):
+    core = SAE.load(saved["standard"])._core
+    offsets, values = np.array([0, 1]), np.ones(1, np.float32)
+    with pytest.raises(IndexError, match="4294967301"):
+        core.decode_sparse(offsets, np.array([2**32 + 5]), values)
+    with pytest.raises(TypeError):  # no silent float -> int cast
+        core.decode_sparse(offsets, np.array([5.7]), values)
+    with pytest.raises(TypeError):
+        core.decode_sparse(np.array([0.0, 1.5]), np.array([5]), values)
+
+
+def test_ks_and_features_are_whole_numbers_in_range(model, saved):
+    sae = SAE.load(saved["standard"])
+    x = np.zeros((1, D), np.float32)
+    for k in (10**12, D_SAE + 1):
+        with pytest.raises(SAEInputError, match=f"k={k} exceeds d_sae={D_SAE}"):
+            sae.encode_sparse(x, k=k)
+        with pytest.raises(SAEInputError, match=f"k={k} exceeds d_sae={D_SAE}"):
+            sae.top_features(x, k)
+    for k in (2.0, True, -1, "3"):
+        for call in (lambda: sae.encode_sparse(x, k=k), lambda: sae.top_features(x, k),
+                     lambda: sae.logit_effects(model, 0, k=k)):
+            with pytest.raises(SAEInputError, match="k must be"):
+                call()
+    for bad in (2**32 + 5, np.uint64(2**64 - 1), np.int64(-1), 5.7, np.float64(3), True, np.bool_(True), "3", None):
+        for call in (lambda: sae.steer(bad, 1.0), lambda: sae.steer(bad, 1.0, mode="clamp"),
+                     lambda: sae.logit_effects(model, bad), lambda: sae.feature_activations(model, "ab", bad)):
+            with pytest.raises(FeatureIndexError):
+                call()

@@ -32,8 +32,8 @@ ENCODER_CASES = [
 @pytest.mark.parametrize("arch,cfg", ENCODER_CASES, ids=lambda v: str(v))
 @pytest.mark.parametrize("shape", [(1, 1), (3, 7)])
 def test_encode_and_reconstruct_match_saelens(tmp_path, arch, cfg, shape):
-    d_out = 44 if "transcoder" in arch else None
-    lens = lens_sae(arch, D_IN, D_SAE, hook="blocks.0.hook_resid_pre", d_out=d_out, **cfg)
+    d_out, hook_out = (44, "blocks.0.hook_mlp_out") if "transcoder" in arch else (None, None)
+    lens = lens_sae(arch, D_IN, D_SAE, hook="blocks.0.hook_resid_pre", hook_out=hook_out, d_out=d_out, **cfg)
     ours = SAE.load(save_lens(lens, tmp_path))
     x = (np.random.default_rng(1).standard_normal(shape + (D_IN,)) * 2 + 0.5).astype(np.float32)
     feats, recons = lens_run(lens, x)

@@ -21,6 +21,7 @@ from . import _core
 from . import hooks as _hooks
 from .analysis.tables import format_table
 from .analysis.tokens import readable_token
+from .checks import whole_number
 from .errors import HookError
 from .sae_errors import FeatureIndexError, SAEInputError, SAELoadError
 from .sae_loading import (
@@ -93,15 +94,26 @@ def _decoded(model, ids) -> tuple[str, ...] | None:
     return None if model.tokenizer is None else tuple(model.tokenizer.decode_each(ids))
 
 
-def _padded_to_csr(indices, values) -> tuple[tuple, tuple]:
+def _padded_to_csr(indices, values, d_sae: int) -> tuple[tuple, tuple]:
     """(lead shape, (offsets, indices, values)) from encode_sparse's padded [..., n]
-    pair, whose index -1 marks the padding of tokens with fewer features."""
+    pair, whose index -1 marks the padding of tokens with fewer features.
+    Indices are checked as they are, before any cast could wrap or truncate them."""
     indices, values = np.asarray(indices), np.asarray(values)
     if indices.shape != values.shape or indices.ndim == 0:
         raise SAEInputError("sparse features are (indices, values) of one shape [..., n]")
+    if indices.dtype.kind not in "iu":
+        raise FeatureIndexError(f"feature indices must be integers, got dtype {indices.dtype}")
+    if values.dtype.kind not in "iuf":
+        raise SAEInputError(f"feature values must be real numbers, got dtype {values.dtype}")
+    wrong = (indices < -1) | (indices >= d_sae)
+    if wrong.any():
+        raise FeatureIndexError(f"feature index {indices[wrong][0]} is out of range for d_sae={d_sae} "
+                                "(-1 marks padding)")
+    if (values[indices == -1] != 0).any():
+        raise SAEInputError("index -1 marks padding, whose value must be 0 (features count from 0 to d_sae - 1)")
     lead = indices.shape[:-1]
     shape = (int(np.prod(lead)), indices.shape[-1])
-    indices, values = indices.reshape(shape), values.reshape(shape)
+    indices, values = indices.reshape(shape).astype(np.int64), values.reshape(shape)
     active = indices >= 0
     offsets = np.concatenate([[0], np.cumsum(active.sum(1))])
     return lead, (offsets, indices[active], values[active])
@@ -230,7 +242,7 @@ class SAE:
         x, lead = self._rows(acts, self.d_in, "activations")
         offsets, idx, val = self._core.encode_sparse(x)
         counts = np.diff(offsets)
-        n = int(counts.max(initial=0)) if k is None else self._k(k)
+        n = int(counts.max(initial=0)) if k is None else self._k(k, at_most=self.d_sae)
         rows = np.repeat(np.arange(len(counts)), counts)
         order = np.lexsort((-val, rows))  # by row, then largest value first
         rank = np.arange(len(order)) - offsets[rows]
@@ -245,9 +257,7 @@ class SAE:
         """The k largest feature activations of each token, as torch.topk on the
         dense activations: (indices [..., k], values [..., k]), largest first."""
         x, lead = self._rows(acts, self.d_in, "activations")
-        k = self._k(k)
-        if k > self.d_sae:
-            raise SAEInputError(f"k={k} exceeds d_sae={self.d_sae}")
+        k = self._k(k, at_most=self.d_sae)
         idx, val = self._core.top_features(x, k)
         return idx.reshape(lead + (k,)), val.reshape(lead + (k,))
 
@@ -263,7 +273,9 @@ class SAE:
                                 "input activations as decode(features, acts) to undo it")
         x = None if acts is None else self._rows(acts, self.d_in, "activations")[0]
         if isinstance(features, tuple):
-            lead, args, core_decode = *_padded_to_csr(*features), self._core.decode_sparse
+            if len(features) != 2:
+                raise SAEInputError("sparse features are an (indices, values) pair")
+            lead, args, core_decode = *_padded_to_csr(*features, self.d_sae), self._core.decode_sparse
         else:
             f, lead = self._rows(features, self.d_sae, "features")
             args, core_decode = (f,), self._core.decode
@@ -296,20 +308,20 @@ class SAE:
         left as it was (the error term is added back). A transcoder's spec names
         its input and output hooks: ([hook_name, hook_name_out], action)."""
         names = splice_hooks(self.cfg)
-        splice = _core.SaeSplice(self._core, bool(keep_error), len(names) == 2)
+        splice = _core.SaeSplice(self._core, bool(keep_error), names[0], names[-1])
         return (names if len(names) == 2 else names[0]), splice
 
-    def _k(self, k) -> int:
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
-            raise SAEInputError(f"k must be a non-negative integer, got {k!r}")
-        return int(k)
+    def _k(self, k, at_most: int | None = None) -> int:
+        k = whole_number(k, "k", 0, error=SAEInputError)
+        if at_most is not None and k > at_most:
+            raise SAEInputError(f"k={k} exceeds d_sae={at_most}")
+        return k
 
     def _feature(self, feature) -> int:
-        if isinstance(feature, bool) or not isinstance(feature, (int, np.integer)):
-            raise FeatureIndexError(f"a feature is an integer index, got {feature!r}")
-        if not 0 <= feature < self.d_sae:
-            raise FeatureIndexError(f"feature {feature} is out of range for an SAE with d_sae={self.d_sae}")
-        return int(feature)
+        f = whole_number(feature, "a feature index", error=FeatureIndexError)
+        if not 0 <= f < self.d_sae:
+            raise FeatureIndexError(f"feature {f} is out of range for an SAE with d_sae={self.d_sae}")
+        return f
 
     def feature_activations(self, model, input, feature: int, prepend_bos: bool = True) -> np.ndarray:
         """One feature's activation at every token of the input: [batch, pos]."""

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from . import _core
 from .errors import ModelLoadError
 from .safetensors_mmap import SafetensorsFile
 from .sae_errors import SAELoadError, SAENotFoundError
@@ -95,6 +97,51 @@ def _flatten(raw: dict) -> dict:
     return flat
 
 
+_ONE_BLOCK = _core.hook_names(1)  # every kind of hook point in forward order, block 0's as "blocks.0.*"
+
+
+def _forward_place(name: str) -> tuple[float, int | None] | None:
+    """Where a pass meets a hook point: (block, place among the points of a
+    block); the embeddings' before block 0, ln_final's after every block. The
+    place is None for a block's point tinymech does not have; None for a name
+    outside the blocks that it does not have."""
+    m = re.fullmatch(r"blocks\.(\d+)\.(.+)", name)
+    if m:
+        key = f"blocks.0.{m.group(2)}"
+        return int(m.group(1)), _ONE_BLOCK.index(key) if key in _ONE_BLOCK else None
+    if name not in _ONE_BLOCK:
+        return None
+    place = _ONE_BLOCK.index(name)
+    return (-1 if name.startswith("hook_") else float("inf")), place
+
+
+def _comes_before(a: str, b: str) -> bool:
+    """Whether a pass surely meets hook point a before hook point b."""
+    pa, pb = _forward_place(a), _forward_place(b)
+    if pa is None or pb is None:
+        return False
+    if pa[0] != pb[0]:
+        return pa[0] < pb[0]
+    return pa[1] is not None and pb[1] is not None and pa[1] < pb[1]
+
+
+def _check_hooks(hook_in, hook_out, d_in: int, d_out: int) -> None:
+    """An SAE reads hook_name and writes hook_name_out (if given, else
+    hook_name): a later hook point, or the same one at the same width."""
+    for key, name in (("hook_name", hook_in), ("hook_name_out", hook_out)):
+        if name is not None and not isinstance(name, str):
+            raise SAELoadError(f"cfg.json: {key} must be a string, got {name!r}")
+    hook_out = hook_out or hook_in
+    if hook_in is None:
+        return
+    if hook_out == hook_in and d_in != d_out:
+        raise SAELoadError(f"cfg.json: the SAE reads and writes {hook_in} but d_in={d_in} != d_out={d_out}; "
+                           "hook_name_out must name the later hook point it writes")
+    if _comes_before(hook_out, hook_in):
+        raise SAELoadError(f"cfg.json: the SAE reads {hook_in} but writes {hook_out}, which comes before it in a "
+                           "forward pass (are hook_name and hook_name_out swapped?)")
+
+
 def _int(flat: dict, key: str) -> int:
     v = flat.get(key)
     if type(v) is not int or v <= 0:
@@ -134,16 +181,15 @@ def parse_config(raw: Any, overrides: dict | None = None) -> SAEConfig:
     k = _int(flat, "k") if arch == "topk" else None
     if k is not None and k > d_sae:
         raise SAELoadError(f"cfg.json: k={k} exceeds d_sae={d_sae}")
-    hook = flat.get("hook_name")
-    if hook is not None and not isinstance(hook, str):
-        raise SAELoadError(f"cfg.json: hook_name must be a string, got {hook!r}")
+    hook, hook_out = flat.get("hook_name"), flat.get("hook_name_out")
+    _check_hooks(hook, hook_out, d_in, d_out)
     return SAEConfig(
         architecture=arch,
         d_in=d_in,
         d_sae=d_sae,
         d_out=d_out,
         hook_name=hook,
-        hook_name_out=flat.get("hook_name_out"),
+        hook_name_out=hook_out,
         hook_head_index=flat.get("hook_head_index"),
         apply_b_dec_to_input=bool(apply_b_dec),
         normalize_activations=norm,

@@ -71,7 +71,8 @@ class _Sums:
 
 
 def _add_splice_record(sums: _Sums, splice, keep_rows: np.ndarray, d_out: int):
-    offsets, indices, values = splice.last_codes()
+    last = splice.last()
+    offsets, indices, values = last["codes"]
     counts = np.diff(offsets)
     row_of = np.repeat(np.arange(len(counts)), counts)
     kept = keep_rows[row_of]
@@ -79,8 +80,8 @@ def _add_splice_record(sums: _Sums, splice, keep_rows: np.ndarray, d_out: int):
     sums.l0 += float(counts[keep_rows].sum())
     sums.l1 += float(values[kept].astype(np.float64).sum())
     sums.fired += np.bincount(indices[kept], minlength=sums.d_sae)
-    error = splice.last("error").reshape(-1, d_out)[keep_rows].astype(np.float64)
-    x = error + splice.last("output").reshape(-1, d_out)[keep_rows]  # output = x̂ where the SAE ran
+    error = last["error"].reshape(-1, d_out)[keep_rows].astype(np.float64)
+    x = error + last["output"].reshape(-1, d_out)[keep_rows]  # output = x̂ where the SAE ran
     sums.sq_resid += float((error**2).sum())
     sums.sq_norm += float((x**2).sum())
     sums.sum_x = x.sum(0) + (0 if sums.sum_x is None else sums.sum_x)

@@ -103,24 +103,23 @@ def _model_filter(names_filter, sae_names: set):
 
 def recorded(sae, splice, keep_error: bool) -> dict[str, np.ndarray]:
     """What a recording splice saw on its last call, under SAELens's hook names."""
-    cfg = sae.cfg
-    shape = tuple(splice.last_shape)
+    cfg, last = sae.cfg, splice.last()
+    shape = last["shape"]
     flattened = shape[-1] != cfg.d_out  # hook_z: [.., head, d_head] read as one vector
     lead = shape[:-2] if flattened else shape[:-1]
-    offsets, indices, values = splice.last_codes()
+    offsets, indices, values = last["codes"]
     rows = len(offsets) - 1
     acts = np.zeros((rows, cfg.d_sae), np.float32)
     acts[np.repeat(np.arange(rows), np.diff(offsets)), indices] = values
     acts[np.isnan(acts).any(-1)] = np.nan  # a NaN input's codes are one NaN: every feature NaN, as encode gives
-    out = {"hook_sae_input": splice.last("input").reshape(lead + (cfg.d_in,)),
+    out = {"hook_sae_input": last["input"].reshape(lead + (cfg.d_in,)),
            "hook_sae_acts_post": acts.reshape(lead + (cfg.d_sae,)),
-           "hook_sae_recons": splice.last("recons").reshape(lead + (cfg.d_out,)),
-           "hook_sae_output": splice.last("output").reshape(shape)}
-    pre = splice.last("acts_pre")
-    if pre is not None:
-        out["hook_sae_acts_pre"] = pre.reshape(lead + (cfg.d_sae,))
+           "hook_sae_recons": last["recons"].reshape(lead + (cfg.d_out,)),
+           "hook_sae_output": last["output"].reshape(shape)}
+    if last["acts_pre"] is not None:
+        out["hook_sae_acts_pre"] = last["acts_pre"].reshape(lead + (cfg.d_sae,))
     if keep_error:
-        out["hook_sae_error"] = splice.last("error").reshape(shape)
+        out["hook_sae_error"] = last["error"].reshape(shape)
     return {f"{cfg.output_hook}.{k}": out[k] for k in SAE_HOOKS if k in out}
 
 

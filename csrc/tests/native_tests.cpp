@@ -475,6 +475,54 @@ void test_sae_topk(const char* variant, std::mt19937& rng) {
 
 // Capture buffers: large ones come back for the same size, small ones are
 // freed at once, and release gives the kept memory back.
+// A transcoder's splice shared by two plans whose passes interleave (two
+// threads, or a pass inside a hook): each output hook gets the reconstruction
+// of its own pass's input; an output hook met before the input hook throws.
+void test_splice_state_per_plan() {
+  const int64_t d = 4, n_layers = 2;
+  std::vector<float> eye(static_cast<size_t>(d * d), 0.f), zero(static_cast<size_t>(d), 0.f);
+  for (int64_t i = 0; i < d; ++i) eye[static_cast<size_t>(i * d + i)] = 1.f;
+  SaeConfig cfg;
+  cfg.d_in = cfg.d_sae = cfg.d_out = d;
+  auto sae = std::make_shared<const Sae>(cfg, SaeWeights{eye.data(), zero.data(), eye.data(), zero.data()});
+  const int in = hook_id(HookKind::resid_pre, 0, n_layers), out = hook_id(HookKind::resid_post, 1, n_layers);
+  auto splice = std::make_shared<SaeSplice>(sae, false, hook_name(in, n_layers), hook_name(out, n_layers));
+  auto plan = [&] {
+    HookPlan p(n_layers);
+    for (int id : {in, out}) {
+      Edit e;
+      e.type = EditType::callback;
+      e.callback = splice;
+      p.add(id, e);
+    }
+    return p;
+  };
+  auto view = [&](std::vector<float>& buf) {  // [1, 1, d]
+    View v;
+    v.data = buf.data();
+    v.shape[0] = v.shape[1] = 1;
+    v.shape[2] = d;
+    v.stride[0] = v.stride[1] = d;
+    v.stride[2] = 1;
+    return v;
+  };
+  HookPlan a = plan(), b = plan();
+  std::vector<float> a_in{1, 2, 3, 4}, b_in{5, 6, 7, 8}, a_out(4, 0.f), b_out(4, 0.f);
+  a.apply(in, view(a_in));
+  b.apply(in, view(b_in));
+  a.apply(out, view(a_out));
+  b.apply(out, view(b_out));
+  check(a_out == a_in && b_out == b_in, "a transcoder's splice shared by two plans keeps each pass's input");
+  HookPlan c = plan();
+  bool threw = false;
+  try {
+    c.apply(out, view(a_out));
+  } catch (const std::invalid_argument&) {
+    threw = true;
+  }
+  check(threw, "a transcoder's output hook without its input hook throws");
+}
+
 void test_float_buffers() {
   release_pooled_buffers();
   const int64_t big = kPooledBytes / 4 + 3, small = 100;
@@ -615,6 +663,7 @@ int main() {
   test_thread_count_parse();
   test_parallel_for();
   test_float_buffers();
+  test_splice_state_per_plan();
   test_top_k(rng);
   test_sampling(rng);
   test_dequantize();

@@ -1,6 +1,7 @@
 """The README stays short and keeps CI's test command; every relative link in
-README.md and docs/ leads somewhere; docs/benchmarks.md is what the benchmark
-command writes."""
+README.md and docs/ leads somewhere, and every file they name exists (the
+layout is moving: a moved file must be renamed in the docs too);
+docs/benchmarks.md is what the benchmark command writes."""
 from __future__ import annotations
 
 import re
@@ -14,6 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = sorted((ROOT / "docs").glob("*.md"))
 CI_MARKER = "<!-- .ci/run runs the next code block as the test command -->"
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+# inline code that is just a path in the repository: `csrc/hooks.cpp`, `csrc/sae.*`
+REPO_PATH = re.compile(r"`((?:tinymech|csrc|tests|benchmarks|tools|training|models|cmake|docs|\.ci)/[^`\s]*)`")
 
 
 def _prose(text: str) -> str:
@@ -55,6 +58,13 @@ def test_relative_links_lead_to_files_and_headings(path):
         elif anchor and linked.suffix == ".md" and anchor not in _anchors(linked):
             broken.append(target)
     assert not broken, f"{path.name}: broken links {broken}"
+
+
+@pytest.mark.parametrize("path", [ROOT / "README.md"] + DOCS, ids=lambda p: p.name)
+def test_named_files_exist(path):
+    named = REPO_PATH.findall(path.read_text(encoding="utf-8"))
+    missing = [p for p in named if not (any(ROOT.glob(p)) if "*" in p else (ROOT / p).exists())]
+    assert not missing, f"{path.name} names files that are not in the repository: {missing}"
 
 
 def test_every_doc_is_linked_from_the_readme():

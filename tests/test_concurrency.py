@@ -1,12 +1,14 @@
 """Several Python threads on one model or one KV cache, and hooks that call
 back into the model: the core serializes what must take turns, refuses what
 would wait for itself, and never corrupts memory."""
+import sys
 import threading
 
 import numpy as np
 import pytest
 
 import tinymech as tm
+from fresh_process import run_python
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +95,37 @@ def test_a_kv_cache_belongs_to_the_model_that_made_it(model):
     with pytest.raises(tm.InvalidInputError, match="tokens have batch 2 but the cache holds 1"):
         model.forward(np.concatenate([tokens, tokens]), cache=cache)
     assert cache.n_past == 0
+
+
+OUT_OF_MEMORY = """
+import resource
+import numpy as np
+import tinymech as tm
+from tinymech.ranking import top_k
+
+tm.set_num_threads(4)
+x = np.ones((4, 1 << 23), np.float32)
+top_k(x[:, :100], 5)  # the pool's threads have started
+vm = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1]) * 1024
+# room for the 24 MB of results, not for any thread's 64 MB of indices to sort (k * 16 >= n)
+resource.setrlimit(resource.RLIMIT_AS, (vm + (40 << 20), resource.RLIM_INFINITY))
+try:
+    top_k(x, 1 << 19)
+except MemoryError:
+    print("MemoryError")
+resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+print(top_k(x[:, :100] * np.arange(100), 3)[0][0])
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/status")
+def test_an_allocation_failing_in_pool_threads_raises_memory_error():
+    """Every thread's chunk fails to allocate: workers' exceptions used to
+    escape and abort the process; now the job drains and one MemoryError
+    comes out, and the pool still works."""
+    out = run_python(OUT_OF_MEMORY, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["MemoryError", "[99", "98", "97]"], out.stdout
 
 
 def test_threads_on_one_model_get_their_own_results(model):

@@ -4,13 +4,16 @@
 // throws). CI runs this binary built with AddressSanitizer and UBSan.
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <functional>
+#include <new>
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -521,6 +524,52 @@ void test_parallel_for() {
   set_num_threads(0);
 }
 
+// A chunk that throws, on a worker or on the calling thread: the job drains
+// (no chunk runs after parallel_for returns: they may use its caller's stack)
+// and the first exception comes out; the pool works on.
+void test_parallel_for_exceptions() {
+  set_num_threads(3);
+  for (int thrower : {0, 1, 2}) {
+    std::atomic<int> running{0}, ran{0};
+    std::atomic<bool> threw{false};
+    bool caught = false;
+    try {
+      parallel_for(3, [&](int64_t, int64_t, int t) {
+        ++running;
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        ++ran;
+        --running;
+        if (t == thrower) {
+          threw = true;
+          throw std::bad_alloc();
+        }
+      });
+    } catch (const std::bad_alloc&) {
+      caught = true;
+    }
+    const int running_at_return = running, ran_at_return = ran;
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+    // (thread `thrower` may have taken no chunk, its share run by the others: then nothing throws)
+    check(caught == threw && running_at_return == 0 && ran == ran_at_return,
+          "parallel_for: thread " + std::to_string(thrower) + "'s chunk throws, the job drains, its exception out");
+  }
+  std::atomic<int64_t> sum{0};
+  parallel_for(1000, [&](int64_t b, int64_t e, int) { sum += e - b; });
+  check(sum == 1000, "parallel_for works after a chunk threw");
+  set_num_threads(1);
+  bool threw = false;
+  try {
+    parallel_for(4, [](int64_t, int64_t, int) { throw std::bad_alloc(); });
+  } catch (const std::bad_alloc&) {
+    threw = true;
+  }
+  set_num_threads(2);
+  std::atomic<int> chunks{0};
+  parallel_for(1000, [&](int64_t, int64_t, int) { ++chunks; });
+  check(threw && chunks == 2, "a single-threaded job that threw leaves the thread outside the pool (jobs split again)");
+  set_num_threads(0);
+}
+
 // Thread counts from the environment: a positive whole number, or the first
 // of OMP_NUM_THREADS's comma-separated list; anything else is ignored.
 void test_thread_count_parse() {
@@ -614,6 +663,7 @@ int main() {
   std::mt19937 rng(1234);
   test_thread_count_parse();
   test_parallel_for();
+  test_parallel_for_exceptions();
   test_float_buffers();
   test_top_k(rng);
   test_sampling(rng);

@@ -574,7 +574,8 @@ void test_parallel_for_exceptions() {
 // of OMP_NUM_THREADS's comma-separated list; anything else is ignored.
 void test_thread_count_parse() {
   const std::pair<const char*, int> cases[] = {{"4", 4}, {"1", 1}, {"16,2", 16}, {"0", 0}, {"-2", 0}, {"", 0},
-                                               {"abc", 0}, {"3x", 0}, {" 2", 0}, {"99999999999", 0}, {nullptr, 0}};
+                                               {"abc", 0}, {"3x", 0}, {" 2", 0}, {"99999999999", 0}, {nullptr, 0},
+                                               {"1024", 1024}, {"1025", 0}, {"4000", 0}};  // set_num_threads' limit
   for (const auto& [text, want] : cases)
     check(parse_thread_count(text) == want, std::string("parse_thread_count(\"") + (text ? text : "null") + "\")");
   check(default_thread_count() >= 1, "default_thread_count() >= 1");

@@ -39,7 +39,8 @@ class Model {
   // [batch, n_tokens, d_vocab] (all), [batch, d_vocab] (last) or nothing.
   // tokens may be null when span.resid_in is given. A one-off forward that wants no
   // logits stops after the last block holding an active hook point (nothing
-  // later could be seen). Thread-safe: calls on one model are serialized.
+  // later could be seen). Thread-safe: calls on one model are serialized (a
+  // call that would wait forever throws instead: see OwnedMutex).
   void forward(KVCache* cache, const int32_t* tokens, int64_t batch, int64_t n_tokens,
                HookPlan* plan, LogitsMode mode, float* logits, BlockSpan span = {});
 
@@ -58,7 +59,7 @@ class Model {
  private:
   ModelConfig cfg_;
   ModelWeights w_;
-  OwnedMutex mutex_;
+  OwnedMutex mutex_{"model"};
   Workspace ws_;
 };
 

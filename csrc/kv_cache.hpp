@@ -72,7 +72,7 @@ class KVCache {
   int64_t capacity_ = 0, n_past_ = 0;
   Buffer k_, v_;
   const void* owner_ = nullptr;
-  OwnedMutex mutex_;
+  OwnedMutex mutex_{"KV cache"};
 };
 
 }  // namespace tmech

@@ -1,6 +1,6 @@
 """Several Python threads on one model or one KV cache, and hooks that call
 back into the model: the core serializes what must take turns, refuses what
-would wait for itself, and never corrupts memory."""
+would wait for itself or deadlock, and never corrupts memory."""
 import sys
 import threading
 
@@ -95,6 +95,47 @@ def test_a_kv_cache_belongs_to_the_model_that_made_it(model):
     with pytest.raises(tm.InvalidInputError, match="tokens have batch 2 but the cache holds 1"):
         model.forward(np.concatenate([tokens, tokens]), cache=cache)
     assert cache.n_past == 0
+
+
+DEADLOCK = """
+import threading
+import tinymech as tm
+
+a, b = tm.load(), tm.load()
+tokens = a.to_tokens("Mr Darcy walked in")
+both_inside = threading.Barrier(2, timeout=30)
+results = {}
+
+def run(name, model, other):
+    def hook(act, hook):
+        both_inside.wait()  # both passes hold their models: each hook now asks for the other's
+        other(tokens)
+    try:
+        results[name] = model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.hook_resid_pre", hook)])
+    except tm.HookError as e:
+        results[name] = e
+
+threads = [threading.Thread(target=run, args=("a", a, b)), threading.Thread(target=run, args=("b", b, a))]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+refused = [str(r) for r in results.values() if isinstance(r, Exception)]
+done = [r for r in results.values() if not isinstance(r, Exception)]
+print(len(refused), len(done), bool(done) and (done[0] == a(tokens)).all())
+print(refused)
+"""
+
+
+def test_hooks_on_two_threads_running_each_others_models_do_not_deadlock():
+    """Thread A's pass on model 1 runs model 2 from a hook while thread B's pass
+    on model 2 runs model 1: waiting would never end. One of them is refused
+    (its pass unwinds and releases its model), the other finishes."""
+    out = run_python(DEADLOCK, timeout=120)
+    assert out.returncode == 0, out.stderr
+    counts, refused = out.stdout.splitlines()[:2]
+    assert counts == "1 1 True", out.stdout
+    assert "waiting for this model would deadlock" in refused and "hooks on two threads" in refused
 
 
 OUT_OF_MEMORY = """

@@ -7,8 +7,10 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <future>
 #include <new>
 #include <random>
 #include <stdexcept>
@@ -24,6 +26,7 @@
 #include "forward.hpp"
 #include "hooks.hpp"
 #include "kernels/kernels.hpp"
+#include "owned_mutex.hpp"
 #include "parallel_ops.hpp"
 #include "sae.hpp"
 #include "sae_screen.hpp"
@@ -570,6 +573,44 @@ void test_parallel_for_exceptions() {
   set_num_threads(0);
 }
 
+// Two threads each holding a mutex and asking for the other's (hooks running
+// each other's models): one is refused, the other gets it; nothing hangs.
+void test_deadlock_refused() {
+  OwnedMutex a("model"), b("model");
+  std::atomic<int> holding{0}, refused{0}, locked{0};
+  auto run = [&](OwnedMutex& mine, OwnedMutex& other) {
+    OwnedLock hold(mine, "reentry");
+    ++holding;
+    while (holding < 2) std::this_thread::yield();
+    try {
+      OwnedLock both(other, "reentry");
+      ++locked;
+    } catch (const std::logic_error& e) {
+      refused += std::string(e.what()).find("would deadlock") != std::string::npos;
+    }
+  };
+  auto done = std::async(std::launch::async, [&] {
+    std::thread t1(run, std::ref(a), std::ref(b)), t2(run, std::ref(b), std::ref(a));
+    t1.join();
+    t2.join();
+  });
+  if (done.wait_for(std::chrono::seconds(20)) != std::future_status::ready) {
+    std::printf("FAIL: two threads waiting for each other's mutex deadlocked\n");
+    std::_Exit(1);
+  }
+  check(refused == 1 && locked == 1, "of two threads waiting for each other's mutex, one is refused");
+  bool reentry = false;
+  {
+    OwnedLock hold(a, "reentry");
+    try {
+      OwnedLock again(a, "reentry");
+    } catch (const std::logic_error& e) {
+      reentry = std::string(e.what()) == "reentry";
+    }
+  }
+  check(reentry, "a thread asking for a mutex it holds is refused");
+}
+
 // Thread counts from the environment: a positive whole number, or the first
 // of OMP_NUM_THREADS's comma-separated list; anything else is ignored.
 void test_thread_count_parse() {
@@ -665,6 +706,7 @@ int main() {
   test_thread_count_parse();
   test_parallel_for();
   test_parallel_for_exceptions();
+  test_deadlock_refused();
   test_float_buffers();
   test_top_k(rng);
   test_sampling(rng);

@@ -1,6 +1,7 @@
 #include "forward.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -481,14 +482,21 @@ void check_weights(const ModelConfig& cfg, const ModelWeights& w) {
 
 }  // namespace
 
-Model::Model(ModelConfig cfg, ModelWeights weights) : cfg_(cfg), w_(std::move(weights)) {
+namespace {
+uint64_t next_model_id() {
+  static std::atomic<uint64_t> last{0};
+  return ++last;
+}
+}  // namespace
+
+Model::Model(ModelConfig cfg, ModelWeights weights) : cfg_(cfg), w_(std::move(weights)), id_(next_model_id()) {
   cfg_.validate();
   check_weights(cfg_, w_);
 }
 
 KVCache Model::new_cache(int64_t batch) const {
   KVCache cache(cfg_.n_layers, batch, cfg_.d_kv(), cfg_.n_ctx);
-  cache.set_owner(this);
+  cache.set_owner(id_);
   return cache;
 }
 
@@ -546,7 +554,7 @@ void Model::forward(KVCache* cache, const int32_t* tokens, int64_t batch, int64_
   if (cache && batch != cache->batch())
     throw CacheMismatch("tokens have batch " + std::to_string(batch) + " but the cache holds " +
                                 std::to_string(cache->batch()));
-  if (cache && ((cache->owner() && cache->owner() != this) || cache->n_layers() != cfg_.n_layers ||
+  if (cache && ((cache->owner() && cache->owner() != id_) || cache->n_layers() != cfg_.n_layers ||
                 cache->d_kv() != cfg_.d_kv() || cache->n_ctx() != cfg_.n_ctx))
     throw CacheMismatch("this KV cache was made for another model (use this model's new_cache)");
   if (plan && plan->n_layers() != cfg_.n_layers)

@@ -59,6 +59,7 @@ class Model {
  private:
   ModelConfig cfg_;
   ModelWeights w_;
+  uint64_t id_;  // the owner id of the caches it makes, never reused
   OwnedMutex mutex_{"model"};
   Workspace ws_;
 };

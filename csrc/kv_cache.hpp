@@ -37,9 +37,10 @@ class KVCache {
   int64_t d_kv() const { return d_kv_; }
   int64_t n_layers() const { return n_layers_; }
 
-  // The model that made the cache (null: any model of its shape may use it).
-  const void* owner() const { return owner_; }
-  void set_owner(const void* model) { owner_ = model; }
+  // The id of the model that made the cache (0: any model of its shape may
+  // use it). Ids are never reused, unlike the address of a freed model.
+  uint64_t owner() const { return owner_; }
+  void set_owner(uint64_t model_id) { owner_ = model_id; }
 
   void reset() { n_past_ = 0; }
   void truncate(int64_t n);   // keep the first n positions
@@ -71,7 +72,7 @@ class KVCache {
   int64_t n_layers_, batch_, d_kv_, n_ctx_;
   int64_t capacity_ = 0, n_past_ = 0;
   Buffer k_, v_;
-  const void* owner_ = nullptr;
+  uint64_t owner_ = 0;
   OwnedMutex mutex_{"KV cache"};
 };
 

@@ -1,6 +1,7 @@
 """Several Python threads on one model or one KV cache, and hooks that call
 back into the model: the core serializes what must take turns, refuses what
 would wait for itself or deadlock, and never corrupts memory."""
+import gc
 import sys
 import threading
 
@@ -95,6 +96,22 @@ def test_a_kv_cache_belongs_to_the_model_that_made_it(model):
     with pytest.raises(tm.InvalidInputError, match="tokens have batch 2 but the cache holds 1"):
         model.forward(np.concatenate([tokens, tokens]), cache=cache)
     assert cache.n_past == 0
+
+
+def test_a_kv_cache_outlives_its_model():
+    """The next model is usually allocated where a freed one was: its address
+    does not tell them apart, and the old cache's keys must not continue under new weights."""
+    tokens = np.array([[1, 2, 3]])
+    for _ in range(5):
+        first = tm.load()
+        cache = first.new_cache(1)
+        first.forward(tokens, cache=cache)
+        del first
+        gc.collect()
+        second = tm.load()
+        with pytest.raises(tm.InvalidInputError, match="made for another model"):
+            second.forward(tokens, cache=cache)
+        assert cache.n_past == 3
 
 
 DEADLOCK = """

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <functional>
 #include <future>
+#include <memory>
 #include <new>
 #include <random>
 #include <stdexcept>
@@ -573,6 +574,27 @@ void test_parallel_for_exceptions() {
   set_num_threads(0);
 }
 
+// A KV cache names its model by an id never reused: a model made where a
+// freed one was (the same address) refuses the freed one's cache.
+void test_cache_owner() {
+  std::mt19937 rng(8);
+  TinyModel tiny(rng, false);
+  std::vector<int32_t> tokens = {1, 2, 3};
+  std::vector<float> logits(3 * tiny.cfg.d_vocab);
+  auto first = std::make_unique<Model>(tiny.cfg, tiny.w);
+  KVCache cache = first->new_cache(1);
+  first->forward(&cache, tokens.data(), 1, 3, nullptr, LogitsMode::all, logits.data());
+  first.reset();
+  auto second = std::make_unique<Model>(tiny.cfg, tiny.w);
+  bool refused = false;
+  try {
+    second->forward(&cache, tokens.data(), 1, 3, nullptr, LogitsMode::all, logits.data());
+  } catch (const CacheMismatch&) {
+    refused = true;
+  }
+  check(refused && cache.n_past() == 3, "a freed model's KV cache is refused by the next model");
+}
+
 // Two threads each holding a mutex and asking for the other's (hooks running
 // each other's models): one is refused, the other gets it; nothing hangs.
 void test_deadlock_refused() {
@@ -706,6 +728,7 @@ int main() {
   test_thread_count_parse();
   test_parallel_for();
   test_parallel_for_exceptions();
+  test_cache_owner();
   test_deadlock_refused();
   test_float_buffers();
   test_top_k(rng);

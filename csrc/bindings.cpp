@@ -7,6 +7,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <chrono>
 #include <cstring>
 #include <memory>
 #include <optional>
@@ -337,6 +338,24 @@ void bind_kernels(py::module_& m) {
   });
 }
 
+// Ctrl-C during a long pass: before each block, a pass on Python's main
+// thread (the one that runs signal handlers) runs the pending handlers, at
+// most every 20 ms (taking the GIL before every block of a decoding step would
+// cost more than the blocks). A handler's exception (KeyboardInterrupt) ends
+// the pass.
+unsigned long g_main_thread = 0;
+
+void check_signals() {
+  if (PyThread_get_thread_ident() != g_main_thread) return;
+  using Clock = std::chrono::steady_clock;
+  static Clock::time_point last;  // only the main thread comes here
+  const Clock::time_point now = Clock::now();
+  if (now - last < std::chrono::milliseconds(20)) return;
+  last = now;
+  py::gil_scoped_acquire gil;
+  if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+}
+
 }  // namespace
 
 // Other areas register their bindings from their own files.
@@ -344,6 +363,9 @@ void register_sae(py::module_& m);
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "tinymech's C++ core: transformer forward passes, KV cache, hook plans";
+
+  g_main_thread = py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
+  tmech::set_interrupt_check(check_signals);
 
   m.def("set_num_threads", &tmech::set_num_threads, py::arg("n"));
   m.attr("MAX_THREADS") = tmech::kMaxThreads;

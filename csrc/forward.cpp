@@ -25,6 +25,12 @@ float* sized(std::vector<float>& v, int64_t n) {
   return v.data();
 }
 
+std::atomic<void (*)()> g_interrupt_check{nullptr};
+
+void check_interrupt() {
+  if (void (*check)() = g_interrupt_check.load()) check();
+}
+
 // One forward call: shapes, buffers and the plan, with a method per stage.
 struct Pass {
   const ModelConfig& cfg;
@@ -482,6 +488,8 @@ void check_weights(const ModelConfig& cfg, const ModelWeights& w) {
 
 }  // namespace
 
+void set_interrupt_check(void (*check)()) { g_interrupt_check = check; }
+
 namespace {
 uint64_t next_model_id() {
   static std::atomic<uint64_t> last{0};
@@ -591,7 +599,11 @@ void Model::forward(KVCache* cache, const int32_t* tokens, int64_t batch, int64_
     pass.embed(tokens);
   else
     std::memcpy(ws_.x.data(), span.resid_in, static_cast<size_t>(BT * D) * sizeof(float));
-  for (int64_t l = span.start; l < span.stop; ++l) pass.block(l);
+  for (int64_t l = span.start; l < span.stop; ++l) {
+    check_interrupt();
+    pass.block(l);
+  }
+  check_interrupt();
   if (span.resid_out)
     std::memcpy(span.resid_out, ws_.x.data(), static_cast<size_t>(BT * D) * sizeof(float));
   else if (span.stop == cfg_.n_layers)

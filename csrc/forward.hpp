@@ -15,6 +15,11 @@ namespace tmech {
 
 enum class LogitsMode { all, last, none };
 
+// Called by a pass before each block and before the unembedding: it throws to
+// stop the pass (Ctrl-C; the Python bindings install one), which then unwinds,
+// leaving its KV cache at the length it had. Null: none.
+void set_interrupt_check(void (*check)());
+
 // The blocks a forward runs, [start, stop) (stop -1: to the last). Given
 // resid_in [batch, n_tokens, d_model] (needed when start > 0), the residual
 // stream before block `start` is read from it instead of embedding tokens.

@@ -633,6 +633,40 @@ void test_deadlock_refused() {
   check(reentry, "a thread asking for a mutex it holds is refused");
 }
 
+// A pass stopped between blocks (Ctrl-C) unwinds, leaving the cache at its
+// length, and the model gives the same logits afterwards.
+int g_checks_left = 0;
+void interrupt_after_some_checks() {
+  if (--g_checks_left == 0) throw std::runtime_error("interrupted");
+}
+
+void test_interrupted_pass() {
+  std::mt19937 rng(9);
+  TinyModel tiny(rng, true);
+  Model model(tiny.cfg, tiny.w);
+  const int64_t V = tiny.cfg.d_vocab;
+  std::vector<int32_t> tokens = {1, 2, 3, 4, 5, 6};
+  std::vector<float> before(6 * V), after(6 * V), rest(3 * V);
+  model.forward(nullptr, tokens.data(), 1, 6, nullptr, LogitsMode::all, before.data());
+  KVCache cache = model.new_cache(1);
+  model.forward(&cache, tokens.data(), 1, 3, nullptr, LogitsMode::none, nullptr);
+  set_interrupt_check(interrupt_after_some_checks);
+  g_checks_left = 2;  // before block 0, then before block 1
+  bool stopped = false;
+  try {
+    model.forward(&cache, tokens.data() + 3, 1, 3, nullptr, LogitsMode::all, rest.data());
+  } catch (const std::runtime_error&) {
+    stopped = true;
+  }
+  set_interrupt_check(nullptr);
+  check(stopped && cache.n_past() == 3, "an interrupted pass leaves its KV cache at its length");
+  model.forward(&cache, tokens.data() + 3, 1, 3, nullptr, LogitsMode::all, rest.data());
+  model.forward(nullptr, tokens.data(), 1, 6, nullptr, LogitsMode::all, after.data());
+  double d = 0;
+  for (int64_t i = 0; i < 3 * V; ++i) d = std::max(d, double(std::abs(rest[i] - before[3 * V + i])));
+  check(after == before && d < 1e-4, "the model works as before after an interrupted pass");
+}
+
 // Thread counts from the environment: a positive whole number, or the first
 // of OMP_NUM_THREADS's comma-separated list; anything else is ignored.
 void test_thread_count_parse() {
@@ -730,6 +764,7 @@ int main() {
   test_parallel_for_exceptions();
   test_cache_owner();
   test_deadlock_refused();
+  test_interrupted_pass();
   test_float_buffers();
   test_top_k(rng);
   test_sampling(rng);

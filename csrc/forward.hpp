@@ -45,7 +45,8 @@ class Model {
   // tokens may be null when span.resid_in is given. A one-off forward that wants no
   // logits stops after the last block holding an active hook point (nothing
   // later could be seen). Thread-safe: calls on one model are serialized (a
-  // call that would wait forever throws instead: see OwnedMutex).
+  // call that would wait forever throws instead: see OwnedMutex). Sizes from
+  // the caller are checked (SizeOverflow).
   void forward(KVCache* cache, const int32_t* tokens, int64_t batch, int64_t n_tokens,
                HookPlan* plan, LogitsMode mode, float* logits, BlockSpan span = {});
 

@@ -45,7 +45,9 @@ class KVCache {
   void reset() { n_past_ = 0; }
   void truncate(int64_t n);   // keep the first n positions
   KVCache fork() const;
-  void reserve(int64_t positions);  // make room for this many positions in all
+  // Makes room for this many positions in all: ContextOverflow past n_ctx,
+  // SizeOverflow or std::bad_alloc where memory cannot hold them.
+  void reserve(int64_t positions);
   void advance(int64_t t) { n_past_ += t; }
 
   float* k(int64_t layer, int64_t b, int64_t pos) { return at(k_, layer, b, pos); }

@@ -21,6 +21,7 @@
 #include <utility>
 #include <vector>
 
+#include "checked.hpp"
 #include "default_threads.hpp"
 #include "dequantize.hpp"
 #include "float_buffers.hpp"
@@ -574,6 +575,27 @@ void test_parallel_for_exceptions() {
   set_num_threads(0);
 }
 
+// Sizes from a config or a caller that do not fit int64 throw instead of wrapping.
+void test_checked_sizes() {
+  auto overflows = [](std::function<void()> fn) {
+    try {
+      fn();
+    } catch (const SizeOverflow&) {
+      return true;
+    }
+    return false;
+  };
+  check(checked_size({3, 4, 5}, "x") == 60 && checked_size({int64_t{1} << 62, 0, 8}, "x") == 0,
+        "checked_size multiplies");
+  check(overflows([] { checked_size({int64_t{1} << 32, int64_t{1} << 31}, "x"); }), "checked_size: 2^63 overflows");
+  KVCache wide(2, int64_t{1} << 62, 32, 1024);  // 2 x 2^62 x 16 x 32 floats wrap to 0
+  check(overflows([&] { wide.reserve(4); }) && wide.capacity() == 0, "a KV cache too wide for int64 is refused");
+  std::mt19937 rng(7);
+  TinyModel tiny(rng, true);
+  tiny.cfg.n_ctx = int64_t{1} << 61;  // max_position_embeddings of 2^61: a KV cache of 2^70 bytes
+  check(overflows([&] { Model model(tiny.cfg, tiny.w); }), "a config whose KV cache could never fit is refused");
+}
+
 // A KV cache names its model by an id never reused: a model made where a
 // freed one was (the same address) refuses the freed one's cache.
 void test_cache_owner() {
@@ -762,6 +784,7 @@ int main() {
   test_thread_count_parse();
   test_parallel_for();
   test_parallel_for_exceptions();
+  test_checked_sizes();
   test_cache_owner();
   test_deadlock_refused();
   test_interrupted_pass();

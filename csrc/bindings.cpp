@@ -7,11 +7,13 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <chrono>
 #include <cstring>
 #include <memory>
 #include <optional>
 #include <string>
 
+#include "checked.hpp"
 #include "dequantize.hpp"
 #include "forward.hpp"
 #include "hooks.hpp"
@@ -90,9 +92,21 @@ tmech::Activation parse_activation(const std::string& s) {
   throw std::invalid_argument("unsupported activation function '" + s + "'");
 }
 
+// d[key] as T; a value T cannot hold (an integer past int64) is refused by
+// name instead of with pybind's cast error.
+template <class T>
+T field(const py::dict& d, const char* key) {
+  try {
+    return d[key].cast<T>();
+  } catch (const py::cast_error&) {
+    throw std::invalid_argument(std::string("invalid model config: ") + key + " = " +
+                                py::repr(d[key]).cast<std::string>() + " is out of range or of the wrong type");
+  }
+}
+
 template <class T>
 T get_or(const py::dict& d, const char* key, T fallback) {
-  return d.contains(key) && !d[key].is_none() ? d[key].cast<T>() : fallback;
+  return d.contains(key) && !d[key].is_none() ? field<T>(d, key) : fallback;
 }
 
 // The architecture fields beyond GPT-2's; a GPT-2 config dict may omit them.
@@ -123,17 +137,17 @@ struct PyModel {
 
   PyModel(const py::dict& cfg_dict, const py::dict& weights) {
     tmech::ModelConfig c;
-    c.n_layers = cfg_dict["n_layers"].cast<int64_t>();
-    c.d_model = cfg_dict["d_model"].cast<int64_t>();
-    c.n_heads = cfg_dict["n_heads"].cast<int64_t>();
-    c.d_head = cfg_dict["d_head"].cast<int64_t>();
-    c.d_mlp = cfg_dict["d_mlp"].cast<int64_t>();
-    c.d_vocab = cfg_dict["d_vocab"].cast<int64_t>();
-    c.n_ctx = cfg_dict["n_ctx"].cast<int64_t>();
-    c.ln_eps = cfg_dict["eps"].cast<float>();
-    c.attn_scale = cfg_dict["attn_scale"].cast<float>();
-    c.act_fn = parse_activation(cfg_dict["act_fn"].cast<std::string>());
-    c.scale_attn_by_inverse_layer_idx = cfg_dict["scale_attn_by_inverse_layer_idx"].cast<bool>();
+    c.n_layers = field<int64_t>(cfg_dict, "n_layers");
+    c.d_model = field<int64_t>(cfg_dict, "d_model");
+    c.n_heads = field<int64_t>(cfg_dict, "n_heads");
+    c.d_head = field<int64_t>(cfg_dict, "d_head");
+    c.d_mlp = field<int64_t>(cfg_dict, "d_mlp");
+    c.d_vocab = field<int64_t>(cfg_dict, "d_vocab");
+    c.n_ctx = field<int64_t>(cfg_dict, "n_ctx");
+    c.ln_eps = field<float>(cfg_dict, "eps");
+    c.attn_scale = field<float>(cfg_dict, "attn_scale");
+    c.act_fn = parse_activation(field<std::string>(cfg_dict, "act_fn"));
+    c.scale_attn_by_inverse_layer_idx = field<bool>(cfg_dict, "scale_attn_by_inverse_layer_idx");
     parse_architecture(cfg_dict, c);
     c.validate();
     const int64_t D = c.d_model, Da = c.d_attn(), Dqkv = c.d_qkv(), F = c.d_mlp, V = c.d_vocab;
@@ -337,6 +351,24 @@ void bind_kernels(py::module_& m) {
   });
 }
 
+// Ctrl-C during a long pass: before each block, a pass on Python's main
+// thread (the one that runs signal handlers) runs the pending handlers, at
+// most every 20 ms (taking the GIL before every block of a decoding step would
+// cost more than the blocks). A handler's exception (KeyboardInterrupt) ends
+// the pass.
+unsigned long g_main_thread = 0;
+
+void check_signals() {
+  if (PyThread_get_thread_ident() != g_main_thread) return;
+  using Clock = std::chrono::steady_clock;
+  static Clock::time_point last;  // only the main thread comes here
+  const Clock::time_point now = Clock::now();
+  if (now - last < std::chrono::milliseconds(20)) return;
+  last = now;
+  py::gil_scoped_acquire gil;
+  if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+}
+
 }  // namespace
 
 // Other areas register their bindings from their own files.
@@ -344,6 +376,9 @@ void register_sae(py::module_& m);
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "tinymech's C++ core: transformer forward passes, KV cache, hook plans";
+
+  g_main_thread = py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
+  tmech::set_interrupt_check(check_signals);
 
   m.def("set_num_threads", &tmech::set_num_threads, py::arg("n"));
   m.attr("MAX_THREADS") = tmech::kMaxThreads;
@@ -408,7 +443,7 @@ PYBIND11_MODULE(_core, m) {
     if (q.bytes == 0) throw std::invalid_argument("no dequantizer for GGML type " + std::to_string(ggml_type));
     if (data.size() % q.bytes) throw std::invalid_argument("the data is not a whole number of blocks");
     const int64_t n_blocks = data.size() / q.bytes;
-    FloatArray out(n_blocks * q.values);
+    FloatArray out(tmech::checked_size({n_blocks, q.values}, "dequantized values"));
     {
       py::gil_scoped_release nogil;
       tmech::dequantize_blocks(ggml_type, data.data(), n_blocks, out.mutable_data());
@@ -452,6 +487,7 @@ PYBIND11_MODULE(_core, m) {
   register_sae(m);
 
   py::register_exception<tmech::ContextOverflow>(m, "ContextOverflow", PyExc_IndexError);
+  py::register_exception<tmech::SizeOverflow>(m, "SizeOverflow", PyExc_MemoryError);
   py::register_exception<tmech::CacheMismatch>(m, "CacheMismatch", PyExc_ValueError);
   py::class_<tmech::KVCache>(m, "KVCache")
       .def_property_readonly("batch", &tmech::KVCache::batch)
@@ -525,8 +561,7 @@ PYBIND11_MODULE(_core, m) {
                                                                                   : std::vector<int64_t>{0};
              // from the pool of dropped outputs: a loop of forwards does not fault in fresh pages for
              // its logits each time (2-8 % of a 512-token prefill, measured in alternation)
-             int64_t numel = 1;
-             for (int64_t d : shape) numel *= d;
+             const int64_t numel = tmech::checked_size(shape, "a forward pass's output");
              FloatArray out = tmech::to_numpy(tmech::alloc_floats(numel), shape);
              const tmech::BlockSpan span{start, stop, resid ? resid->data() : nullptr,
                                          returns_resid ? out.mutable_data() : nullptr};

@@ -6,6 +6,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "checked.hpp"
+
 namespace tmech {
 
 enum class Activation { gelu_new, gelu, relu, silu };
@@ -57,6 +59,12 @@ struct ModelConfig {
          "n_key_value_heads must divide n_heads");
     need(positions != Positions::rotary || (rotary_dim > 0 && rotary_dim % 2 == 0 && rotary_dim <= d_head),
          "rotary_dim must be even and in (0, d_head]");
+    // The widths derived from these, and the bytes of a KV cache holding one
+    // sequence of n_ctx positions, fit int64 (a larger n_ctx could never be used).
+    checked_size({3, n_heads, d_head}, "invalid model config: a q|k|v row");
+    checked_size({n_layers, 2, n_ctx, kv_heads(), d_head, sizeof(float)},
+                 "invalid model config: the bytes of a KV cache of one sequence at n_ctx, layers x keys and "
+                 "values x n_ctx x heads x d_head x 4");
   }
 };
 

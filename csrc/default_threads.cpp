@@ -1,5 +1,7 @@
 #include "default_threads.hpp"
 
+#include "threads.hpp"
+
 #include <algorithm>
 #include <cstdlib>
 #include <fstream>
@@ -14,8 +16,6 @@
 
 namespace tmech {
 namespace {
-
-constexpr long kMaxThreads = 4096;
 
 int hardware_threads() { return static_cast<int>(std::max(1u, std::thread::hardware_concurrency())); }
 
@@ -67,9 +67,9 @@ int default_thread_count() {
   for (const char* name : {"TINYMECH_NUM_THREADS", "OMP_NUM_THREADS"})
     if (const int n = parse_thread_count(std::getenv(name))) return n;
 #if defined(__linux__)
-  if (const int n = affinity_cores()) return n;
+  if (const int n = affinity_cores()) return std::min(n, kMaxThreads);
 #endif
-  return hardware_threads();
+  return std::min(hardware_threads(), kMaxThreads);
 }
 
 }  // namespace tmech

@@ -9,11 +9,12 @@ namespace tmech {
 // process may run on (a container's or taskset's CPU set; a second hardware
 // thread of a core shares its FMA units and, measured on one core here, two
 // threads where one fits cost decoding 14 %), else every hardware thread.
-// A variable that is not a positive whole number is ignored.
+// A variable that is not a whole number in [1, kMaxThreads] (threads.hpp,
+// the limit of set_num_threads too) is ignored. Never more than kMaxThreads.
 int default_thread_count();
 
-// The same parse, exposed for tests: the positive number `text` starts with
-// (up to a comma), or 0.
+// The same parse, exposed for tests: the number in [1, kMaxThreads] `text`
+// starts with (up to a comma), or 0.
 int parse_thread_count(const char* text);
 
 }  // namespace tmech

@@ -1,9 +1,12 @@
 #include "float_buffers.hpp"
 
+#include <algorithm>
 #include <cstdlib>
 #include <mutex>
 #include <new>
 #include <unordered_map>
+
+#include "checked.hpp"
 
 namespace tmech {
 namespace {
@@ -57,7 +60,7 @@ void free_stale(Pool& p) {
 }  // namespace
 
 FloatBuffer alloc_floats(int64_t n) {
-  const size_t bytes = static_cast<size_t>(n > 0 ? n : 1) * sizeof(float);
+  const auto bytes = static_cast<size_t>(checked_size({std::max<int64_t>(n, 1), sizeof(float)}, "a buffer"));
   if (bytes >= static_cast<size_t>(kPooledBytes)) {
     Pool& p = pool();
     std::lock_guard<std::mutex> lock(p.mutex);

@@ -22,7 +22,7 @@ struct FreeFloats {
 };
 using FloatBuffer = std::unique_ptr<float[], FreeFloats>;
 
-// n floats, uninitialized (zeroing them first would cost as much as the copy
+// n floats (SizeOverflow past int64 bytes), uninitialized (zeroing them first would cost as much as the copy
 // that fills them). (Transparent huge pages were tried: slower here, and
 // erratic, compaction on fault.)
 FloatBuffer alloc_floats(int64_t n);

@@ -1,6 +1,7 @@
 #include "forward.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -8,6 +9,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "checked.hpp"
 #include "kernels/kernels.hpp"
 #include "parallel_ops.hpp"
 #include "threads.hpp"
@@ -19,9 +21,18 @@ constexpr const char* kModelReentry =
     "this model is already running a forward pass on this thread: a hook cannot run the model whose "
     "pass called it (run it after the pass, or on another model)";
 
-float* sized(std::vector<float>& v, int64_t n) {
+// v grown to at least the product of dims floats (the sizes checked: they come from the caller and the config).
+template <class T>
+T* sized(std::vector<T>& v, std::initializer_list<int64_t> dims) {
+  const int64_t n = checked_size(dims, "a forward pass's buffer");
   if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
   return v.data();
+}
+
+std::atomic<void (*)()> g_interrupt_check{nullptr};
+
+void check_interrupt() {
+  if (void (*check)() = g_interrupt_check.load()) check();
 }
 
 // One forward call: shapes, buffers and the plan, with a method per stage.
@@ -141,7 +152,7 @@ struct Pass {
       norm_rows(x, BT, lw, lb, out);
       return;
     }
-    float* mean = sized(ws.stats, 2 * BT);
+    float* mean = sized(ws.stats, {2, BT});
     float* scale = mean + BT;
     for (int64_t r = 0; r < BT; ++r) stats(x + r * D, mean + r, scale + r);
     hook(scale_kind, layer, rows(scale, 1));
@@ -188,7 +199,7 @@ struct Pass {
 
   void round_keys_values(int64_t l) {
     const int64_t keys = past + T;
-    ws.kv16.resize(static_cast<size_t>(2 * B * keys * Dkv));
+    sized(ws.kv16, {2, B, keys, Dkv});
     parallel_for(2 * B * keys, [&](int64_t i0, int64_t i1, int) {
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t row = i % keys, block = i / keys;  // block = 2 b + which
@@ -246,7 +257,7 @@ struct Pass {
     for_each_query_block([&](int64_t b, int64_t h, int64_t i0, int64_t rows, int t) {
       thread_local std::vector<float> buf;
       const int64_t keys = past + i0 + rows;  // later keys are masked for every row
-      float* S = sized(buf, rows * keys);
+      float* S = sized(buf, {rows, keys});
       scores_block(l, b, h, i0, rows, keys, S, keys, t);
       for (int64_t r = 0; r < rows; ++r) kt.softmax(S + r * keys, keys);
       weighted_sum_block(l, b, h, i0, rows, keys, S, keys, t);
@@ -257,7 +268,7 @@ struct Pass {
   // read and edit them, as TransformerLens does (masked scores are -inf).
   void attend_phased(int64_t l) {
     const int64_t keys = past + T;
-    float* S = sized(ws.scores, B * H * T * keys);
+    float* S = sized(ws.scores, {B, H, T, keys});
     auto rows_at = [&](int64_t b, int64_t h, int64_t i0) { return S + ((b * H + h) * T + i0) * keys; };
     // Unless a hook edits them, masked scores stay -inf and their pattern
     // entries 0: each query block's matmuls then stop at its last visible key.
@@ -284,7 +295,7 @@ struct Pass {
   // each. The angle is rounded to float first, as HF computes it.
   void rope_tables() {
     const int64_t half = cfg.rotary_dim / 2;
-    float* c = sized(ws.rope, 2 * T * half);
+    float* c = sized(ws.rope, {2, T, half});
     for (int64_t t = 0; t < T; ++t)
       for (int64_t i = 0; i < half; ++i) {
         const float angle = static_cast<float>(past + t) * w.rope_inv_freq[i];
@@ -336,7 +347,7 @@ struct Pass {
     float* out = ws.attn_out.data();
     if (active(HookKind::result, l)) {
       // Each head's own output z_h · W_O[h], [batch, pos, head, d_model], summed afterwards.
-      float* res = sized(ws.result, BT * H * D);
+      float* res = sized(ws.result, {BT, H, D});
       const bool in_out = cfg.layout == WeightLayout::in_out;
       for (int64_t h = 0; h < H; ++h)
         linear(z + h * dh, BT, dh, Da, lw.out_w.offset(h * dh * (in_out ? D : 1)), in_out ? D : Da, D, nullptr,
@@ -377,7 +388,7 @@ struct Pass {
   void gated_mlp(int64_t l, const float* h, float* m) {
     const LayerWeights& lw = w.layers[l];
     const int64_t F = cfg.d_mlp, ldw = cfg.layout == WeightLayout::in_out ? F : D;
-    float* up = sized(ws.up, BT * F);
+    float* up = sized(ws.up, {BT, F});
     linear(h, BT, D, D, lw.gate_w, ldw, F, lw.gate_b, m, F);
     linear(h, BT, D, D, lw.fc_w, ldw, F, lw.fc_b, up, F);
     hook(HookKind::mlp_pre, l, rows(m, F));
@@ -435,7 +446,7 @@ struct Pass {
       return;
     }
     // Only the last position of each sequence: normalize and project B rows.
-    float* last = sized(ws.last, B * D);
+    float* last = sized(ws.last, {B, D});
     for (int64_t b = 0; b < B; ++b) {
       const float* src = (ln_hooked ? h : x) + (b * T + T - 1) * D;
       std::memcpy(last + b * D, src, D * sizeof(float));
@@ -481,14 +492,24 @@ void check_weights(const ModelConfig& cfg, const ModelWeights& w) {
 
 }  // namespace
 
-Model::Model(ModelConfig cfg, ModelWeights weights) : cfg_(cfg), w_(std::move(weights)) {
+void set_interrupt_check(void (*check)()) { g_interrupt_check = check; }
+
+namespace {
+uint64_t next_model_id() {
+  static std::atomic<uint64_t> last{0};
+  return ++last;
+}
+}  // namespace
+
+Model::Model(ModelConfig cfg, ModelWeights weights) : cfg_(cfg), w_(std::move(weights)), id_(next_model_id()) {
   cfg_.validate();
+  hook_count(cfg_.n_layers);  // hook ids fit an int
   check_weights(cfg_, w_);
 }
 
 KVCache Model::new_cache(int64_t batch) const {
   KVCache cache(cfg_.n_layers, batch, cfg_.d_kv(), cfg_.n_ctx);
-  cache.set_owner(this);
+  cache.set_owner(id_);
   return cache;
 }
 
@@ -542,16 +563,17 @@ BlockSpan resolve_span(BlockSpan span, int64_t n_layers, bool cached, const int3
 void Model::forward(KVCache* cache, const int32_t* tokens, int64_t batch, int64_t n_tokens,
                     HookPlan* plan, LogitsMode mode, float* logits, BlockSpan span) {
   if (batch <= 0 || n_tokens <= 0) throw std::invalid_argument("forward needs at least one token");
+  const int64_t BT = checked_size({batch, n_tokens}, "a forward pass's batch x positions");
   span = resolve_span(span, cfg_.n_layers, cache != nullptr, tokens);
   if (cache && batch != cache->batch())
     throw CacheMismatch("tokens have batch " + std::to_string(batch) + " but the cache holds " +
                                 std::to_string(cache->batch()));
-  if (cache && ((cache->owner() && cache->owner() != this) || cache->n_layers() != cfg_.n_layers ||
+  if (cache && ((cache->owner() && cache->owner() != id_) || cache->n_layers() != cfg_.n_layers ||
                 cache->d_kv() != cfg_.d_kv() || cache->n_ctx() != cfg_.n_ctx))
     throw CacheMismatch("this KV cache was made for another model (use this model's new_cache)");
   if (plan && plan->n_layers() != cfg_.n_layers)
     throw std::invalid_argument("this hook plan was made for another model");
-  for (int64_t i = 0; tokens && i < batch * n_tokens; ++i)
+  for (int64_t i = 0; tokens && i < BT; ++i)
     if (tokens[i] < 0 || tokens[i] >= cfg_.d_vocab)
       throw std::out_of_range("token id " + std::to_string(tokens[i]) + " at index " + std::to_string(i) +
                               " is outside the vocabulary [0, " + std::to_string(cfg_.d_vocab) + ")");
@@ -564,14 +586,14 @@ void Model::forward(KVCache* cache, const int32_t* tokens, int64_t batch, int64_
   check_fits_context(past + n_tokens, cfg_.n_ctx);
   if (cache) cache->reserve(past + n_tokens);
 
-  const int64_t BT = batch * n_tokens, D = cfg_.d_model, Da = cfg_.d_attn();
-  sized(ws_.x, BT * D);
-  sized(ws_.pos, BT * D);
-  sized(ws_.h, BT * D);
-  sized(ws_.qkv, BT * cfg_.d_qkv());
-  sized(ws_.z, BT * Da);
-  sized(ws_.attn_out, BT * D);
-  sized(ws_.mlp, BT * cfg_.d_mlp);
+  const int64_t D = cfg_.d_model, Da = cfg_.d_attn();
+  sized(ws_.x, {BT, D});
+  sized(ws_.pos, {BT, D});
+  sized(ws_.h, {BT, D});
+  sized(ws_.qkv, {BT, cfg_.d_qkv()});
+  sized(ws_.z, {BT, Da});
+  sized(ws_.attn_out, {BT, D});
+  sized(ws_.mlp, {BT, cfg_.d_mlp});
 
   Pass pass{cfg_, w_, cache, plan, ws_, kernels::active(), batch, n_tokens, past, BT, D, Da,
             cfg_.n_heads, cfg_.d_head, cfg_.kv_heads(), cfg_.d_kv(), cfg_.d_qkv()};
@@ -583,7 +605,11 @@ void Model::forward(KVCache* cache, const int32_t* tokens, int64_t batch, int64_
     pass.embed(tokens);
   else
     std::memcpy(ws_.x.data(), span.resid_in, static_cast<size_t>(BT * D) * sizeof(float));
-  for (int64_t l = span.start; l < span.stop; ++l) pass.block(l);
+  for (int64_t l = span.start; l < span.stop; ++l) {
+    check_interrupt();
+    pass.block(l);
+  }
+  check_interrupt();
   if (span.resid_out)
     std::memcpy(span.resid_out, ws_.x.data(), static_cast<size_t>(BT * D) * sizeof(float));
   else if (span.stop == cfg_.n_layers)

@@ -15,6 +15,11 @@ namespace tmech {
 
 enum class LogitsMode { all, last, none };
 
+// Called by a pass before each block and before the unembedding: it throws to
+// stop the pass (Ctrl-C; the Python bindings install one), which then unwinds,
+// leaving its KV cache at the length it had. Null: none.
+void set_interrupt_check(void (*check)());
+
 // The blocks a forward runs, [start, stop) (stop -1: to the last). Given
 // resid_in [batch, n_tokens, d_model] (needed when start > 0), the residual
 // stream before block `start` is read from it instead of embedding tokens.
@@ -39,7 +44,9 @@ class Model {
   // [batch, n_tokens, d_vocab] (all), [batch, d_vocab] (last) or nothing.
   // tokens may be null when span.resid_in is given. A one-off forward that wants no
   // logits stops after the last block holding an active hook point (nothing
-  // later could be seen). Thread-safe: calls on one model are serialized.
+  // later could be seen). Thread-safe: calls on one model are serialized (a
+  // call that would wait forever throws instead: see OwnedMutex). Sizes from
+  // the caller are checked (SizeOverflow).
   void forward(KVCache* cache, const int32_t* tokens, int64_t batch, int64_t n_tokens,
                HookPlan* plan, LogitsMode mode, float* logits, BlockSpan span = {});
 
@@ -58,7 +65,8 @@ class Model {
  private:
   ModelConfig cfg_;
   ModelWeights w_;
-  OwnedMutex mutex_;
+  uint64_t id_;  // the owner id of the caches it makes, never reused
+  OwnedMutex mutex_{"model"};
   Workspace ws_;
 };
 

@@ -115,7 +115,12 @@ void check_replace_shape(const View& v, const Edit& e, int hook_id, int64_t n_la
 
 }  // namespace
 
-int hook_count(int64_t n_layers) { return static_cast<int>(4 + kLayerKinds * n_layers); }
+int hook_count(int64_t n_layers) {
+  if (n_layers < 0 || n_layers > kMaxLayers)
+    throw std::invalid_argument("a model has 0 to " + std::to_string(kMaxLayers) + " layers, not " +
+                                std::to_string(n_layers));
+  return static_cast<int>(4 + kLayerKinds * n_layers);
+}
 
 int hook_id(HookKind kind, int64_t layer, int64_t n_layers) {
   const int k = static_cast<int>(kind);

@@ -58,6 +58,9 @@ enum class HookKind : int {
 constexpr int kFirstLayerKind = static_cast<int>(HookKind::resid_pre);
 constexpr int kLayerKinds = static_cast<int>(HookKind::resid_post) - kFirstLayerKind + 1;
 
+// Hook ids are ints: hook_count throws std::invalid_argument for more than
+// kMaxLayers layers (or fewer than 0).
+constexpr int64_t kMaxLayers = int64_t{1} << 20;
 int hook_count(int64_t n_layers);
 int hook_id(HookKind kind, int64_t layer, int64_t n_layers);
 std::string hook_name(int id, int64_t n_layers);  // "blocks.3.attn.hook_z"

@@ -6,6 +6,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "checked.hpp"
+
 namespace tmech {
 
 KVCache::KVCache(int64_t n_layers, int64_t batch, int64_t d_kv, int64_t n_ctx)
@@ -22,7 +24,9 @@ void KVCache::truncate(int64_t n) {
 }
 
 KVCache::Buffer KVCache::relaid(const Buffer& from, int64_t from_cap, int64_t cap) const {
-  Buffer fresh(static_cast<float*>(std::calloc(static_cast<size_t>(n_layers_ * batch_ * cap * d_kv_), sizeof(float))));
+  const int64_t floats =
+      checked_size({n_layers_, batch_, cap, d_kv_}, "a KV cache of layers x batch x positions x width");
+  Buffer fresh(static_cast<float*>(std::calloc(static_cast<size_t>(floats), sizeof(float))));
   if (!fresh) throw std::bad_alloc();
   for (int64_t lb = 0; lb < n_layers_ * batch_ && n_past_ > 0; ++lb)
     std::memcpy(fresh.get() + lb * cap * d_kv_, from.get() + lb * from_cap * d_kv_,

@@ -37,14 +37,17 @@ class KVCache {
   int64_t d_kv() const { return d_kv_; }
   int64_t n_layers() const { return n_layers_; }
 
-  // The model that made the cache (null: any model of its shape may use it).
-  const void* owner() const { return owner_; }
-  void set_owner(const void* model) { owner_ = model; }
+  // The id of the model that made the cache (0: any model of its shape may
+  // use it). Ids are never reused, unlike the address of a freed model.
+  uint64_t owner() const { return owner_; }
+  void set_owner(uint64_t model_id) { owner_ = model_id; }
 
   void reset() { n_past_ = 0; }
   void truncate(int64_t n);   // keep the first n positions
   KVCache fork() const;
-  void reserve(int64_t positions);  // make room for this many positions in all
+  // Makes room for this many positions in all: ContextOverflow past n_ctx,
+  // SizeOverflow or std::bad_alloc where memory cannot hold them.
+  void reserve(int64_t positions);
   void advance(int64_t t) { n_past_ += t; }
 
   float* k(int64_t layer, int64_t b, int64_t pos) { return at(k_, layer, b, pos); }
@@ -71,8 +74,8 @@ class KVCache {
   int64_t n_layers_, batch_, d_kv_, n_ctx_;
   int64_t capacity_ = 0, n_past_ = 0;
   Buffer k_, v_;
-  const void* owner_ = nullptr;
-  OwnedMutex mutex_;
+  uint64_t owner_ = 0;
+  OwnedMutex mutex_{"KV cache"};
 };
 
 }  // namespace tmech

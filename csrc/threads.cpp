@@ -6,6 +6,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <exception>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -19,6 +20,12 @@ namespace {
 
 thread_local bool t_inside_pool = false;
 thread_local int t_index = 0;  // this thread's slot while inside the pool
+
+// Marks the calling thread as inside the pool for a scope, however it ends.
+struct InsidePool {
+  InsidePool() { t_inside_pool = true; }
+  ~InsidePool() { t_inside_pool = false; }
+};
 
 // A decoded token makes dozens of parallel calls a few microseconds apart;
 // waking a sleeping thread costs about as much as one of them. So waiters
@@ -53,7 +60,10 @@ bool spin_until(Ready ready) {
 // announces itself (active_) before it checks that the job is still open, and
 // the caller closes the job before it waits for active_ to drop to zero; with
 // sequentially consistent atomics, a worker either joins in time to be waited
-// for or sees the job closed and touches nothing.
+// for or sees the job closed and touches nothing. A chunk that throws (an
+// allocation failing) stops the handing out of chunks; once every thread has
+// left the job (which lives on the caller's stack, as the arrays it writes
+// may), the caller rethrows the first exception.
 class Pool {
  public:
   explicit Pool(int n) { resize(n); }
@@ -84,35 +94,43 @@ class Pool {
       return;
     }
     std::lock_guard<std::mutex> call(call_mutex_);
+    InsidePool inside;
     if (size() == 1 || units == 1) {
-      t_inside_pool = true;
       fn(0, n, 0);
-      t_inside_pool = false;
       return;
     }
     const int64_t chunks = std::min<int64_t>(units, size() * kChunksPerThread);
     std::atomic<int64_t> next{0};
-    auto take_chunks = [&, chunks, units](int t) {
+    std::mutex error_mutex;
+    std::exception_ptr error;
+    const std::function<void(int)> take_chunks = [&, chunks, units](int t) {
       for (int64_t c; (c = next.fetch_add(1)) < chunks;) {
         const int64_t b = std::min(units * c / chunks * align, n);
         const int64_t e = std::min(units * (c + 1) / chunks * align, n);
-        if (b < e) fn(b, e, t);
+        if (b >= e) continue;
+        try {
+          fn(b, e, t);
+        } catch (...) {
+          std::lock_guard<std::mutex> lock(error_mutex);
+          if (!error) error = std::current_exception();
+          next = chunks;
+        }
       }
     };
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      job_ = take_chunks;
+      job_ = &take_chunks;
       open_ = true;
       ++generation_;
     }
     wake_.notify_all();
-    t_inside_pool = true;
     take_chunks(0);
-    t_inside_pool = false;
     open_ = false;
-    if (spin_until([&] { return active_ == 0; })) return;
-    std::unique_lock<std::mutex> lock(mutex_);
-    done_.wait(lock, [&] { return active_ == 0; });
+    if (!spin_until([&] { return active_ == 0; })) {
+      std::unique_lock<std::mutex> lock(mutex_);
+      done_.wait(lock, [&] { return active_ == 0; });
+    }
+    if (error) std::rethrow_exception(error);
   }
 
   float* scratch(int t, int64_t floats) {
@@ -135,12 +153,12 @@ class Pool {
       seen = generation_;
       ++active_;
       if (open_) {
-        std::function<void(int)> job;
+        const std::function<void(int)>* job;
         {
           std::lock_guard<std::mutex> lock(mutex_);
           job = job_;
         }
-        job(index);
+        (*job)(index);  // never throws: take_chunks keeps its chunks' exceptions
       }
       if (--active_ == 0) {
         std::lock_guard<std::mutex> lock(mutex_);  // so a caller about to sleep cannot miss it
@@ -174,7 +192,7 @@ class Pool {
   std::condition_variable wake_, done_;
   std::vector<std::thread> workers_;
   std::vector<std::vector<float>> scratch_;
-  std::function<void(int)> job_;
+  const std::function<void(int)>* job_ = nullptr;  // the caller's, while open_
   std::atomic<uint64_t> generation_{0};
   std::atomic<bool> open_{false};  // the current job still has chunks to hand out
   std::atomic<int> active_{0};     // workers inside the current job

@@ -158,9 +158,9 @@ def test_core_refuses_spans_it_cannot_run(pair):
     with pytest.raises(ValueError, match="not a range"):
         core.forward(None, None, None, "all", 2, 1, resid)
     with pytest.raises(ValueError, match="KV cache"):
-        core.forward(model.new_cache(1), None, None, "all", 1, -1, resid)
+        core.forward(core.new_cache(1), None, None, "all", 1, -1, resid)
     with pytest.raises(ValueError, match="KV cache"):
-        core.forward(model.new_cache(1), tokens, None, "all", 0, 1)
+        core.forward(core.new_cache(1), tokens, None, "all", 0, 1)
     with pytest.raises(ValueError, match="d_model"):
         core.forward(None, None, None, "all", 1, -1, np.zeros((1, 4, d + 1), np.float32))
     with pytest.raises(ValueError, match="different"):

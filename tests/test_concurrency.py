@@ -1,12 +1,15 @@
 """Several Python threads on one model or one KV cache, and hooks that call
 back into the model: the core serializes what must take turns, refuses what
-would wait for itself, and never corrupts memory."""
+would wait for itself or deadlock, and never corrupts memory."""
+import gc
+import sys
 import threading
 
 import numpy as np
 import pytest
 
 import tinymech as tm
+from fresh_process import run_python
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +98,94 @@ def test_a_kv_cache_belongs_to_the_model_that_made_it(model):
     assert cache.n_past == 0
 
 
+def test_a_kv_cache_outlives_its_model():
+    """The next model is usually allocated where a freed one was: its address
+    does not tell them apart, and the old cache's keys must not continue under new weights."""
+    tokens = np.array([[1, 2, 3]])
+    for _ in range(5):
+        first = tm.load()
+        cache = first.new_cache(1)
+        first.forward(tokens, cache=cache)
+        del first
+        gc.collect()
+        second = tm.load()
+        with pytest.raises(tm.InvalidInputError, match="made for another model"):
+            second.forward(tokens, cache=cache)
+        assert cache.n_past == 3
+
+
+DEADLOCK = """
+import threading
+import tinymech as tm
+
+a, b = tm.load(), tm.load()
+tokens = a.to_tokens("Mr Darcy walked in")
+both_inside = threading.Barrier(2, timeout=30)
+results = {}
+
+def run(name, model, other):
+    def hook(act, hook):
+        both_inside.wait()  # both passes hold their models: each hook now asks for the other's
+        other(tokens)
+    try:
+        results[name] = model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.hook_resid_pre", hook)])
+    except tm.HookError as e:
+        results[name] = e
+
+threads = [threading.Thread(target=run, args=("a", a, b)), threading.Thread(target=run, args=("b", b, a))]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+refused = [str(r) for r in results.values() if isinstance(r, Exception)]
+done = [r for r in results.values() if not isinstance(r, Exception)]
+print(len(refused), len(done), bool(done) and (done[0] == a(tokens)).all())
+print(refused)
+"""
+
+
+def test_hooks_on_two_threads_running_each_others_models_do_not_deadlock():
+    """Thread A's pass on model 1 runs model 2 from a hook while thread B's pass
+    on model 2 runs model 1: waiting would never end. One of them is refused
+    (its pass unwinds and releases its model), the other finishes."""
+    out = run_python(DEADLOCK, timeout=120)
+    assert out.returncode == 0, out.stderr
+    counts, refused = out.stdout.splitlines()[:2]
+    assert counts == "1 1 True", out.stdout
+    assert "waiting for this model would deadlock" in refused and "hooks on two threads" in refused
+
+
+OUT_OF_MEMORY = """
+import resource
+import numpy as np
+import tinymech as tm
+from tinymech.ranking import top_k
+
+tm.set_num_threads(4)
+x = np.ones((4, 1 << 23), np.float32)
+top_k(x[:, :100], 5)  # the pool's threads have started
+vm = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1]) * 1024
+# room for the 24 MB of results, not for any thread's 64 MB of indices to sort (k * 16 >= n)
+resource.setrlimit(resource.RLIMIT_AS, (vm + (40 << 20), resource.RLIM_INFINITY))
+try:
+    top_k(x, 1 << 19)
+except MemoryError:
+    print("MemoryError")
+resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+print(top_k(x[:, :100] * np.arange(100), 3)[0][0])
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/status")
+def test_an_allocation_failing_in_pool_threads_raises_memory_error():
+    """Every thread's chunk fails to allocate: workers' exceptions used to
+    escape and abort the process; now the job drains and one MemoryError
+    comes out, and the pool still works."""
+    out = run_python(OUT_OF_MEMORY, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["MemoryError", "[99", "98", "97]"], out.stdout
+
+
 def test_threads_on_one_model_get_their_own_results(model):
     rng = np.random.default_rng(1)
     inputs = [rng.integers(0, model.cfg.d_vocab, (2, 30)) for _ in range(4)]
@@ -128,7 +219,7 @@ def test_a_hook_running_its_own_model_is_refused(model):
 
 def test_thread_counts_are_bounded():
     before = tm.get_num_threads()
-    for n in (tm._core.MAX_THREADS + 1, 10**9, 10**12):
-        with pytest.raises(ValueError, match="at most 1024 threads"):
+    for n in (tm._core.MAX_THREADS + 1, 10**9, 10**12, 2**63):
+        with pytest.raises(tm.InvalidInputError, match="at most 1024 threads"):
             tm.set_num_threads(n)
     assert tm.get_num_threads() == before

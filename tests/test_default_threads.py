@@ -57,6 +57,15 @@ def test_a_bad_environment_value_is_ignored():
         assert threads_in_fresh_process({"TINYMECH_NUM_THREADS": bad}) == default, bad
 
 
+def test_a_count_past_set_num_threads_limit_is_ignored():
+    """One limit however the count is given: TINYMECH_NUM_THREADS=4000 used to
+    start 4000 threads (one forward: 40 ms -> 34 s), past set_num_threads' 1024."""
+    default = threads_in_fresh_process({})
+    for name in ("TINYMECH_NUM_THREADS", "OMP_NUM_THREADS"):
+        for past in (str(tinymech._core.MAX_THREADS + 1), "4000"):
+            assert threads_in_fresh_process({name: past}) == default, (name, past)
+
+
 def test_set_num_threads_zero_restores_the_default():
     tm = tinymech
     before = tm.get_num_threads()

@@ -195,7 +195,7 @@ def test_names_filter_forms(model, tokens):
 def test_no_hooks_is_the_plain_forward(model, tokens):
     plain = model(tokens)
     empty_plan = tm._core.HookPlan(model.cfg.n_layers)
-    np.testing.assert_array_equal(model._core.forward(model.new_cache(2), tokens.astype(np.int32), empty_plan, "all"), plain)
+    np.testing.assert_array_equal(model._core.forward(model._core.new_cache(2), tokens.astype(np.int32), empty_plan, "all"), plain)
     np.testing.assert_array_equal(model.run_with_hooks(tokens, fwd_hooks=[]), plain)
     np.testing.assert_array_equal(model.run_with_cache(tokens)[0], plain)
 

@@ -239,7 +239,7 @@ class TestBadTokens:
 
     def test_core_rejects_bad_tokens_itself(self, model):
         # the C++ layer checks too, so nothing reads out of bounds even if Python checks are bypassed
-        cache = model.new_cache()
+        cache = model._core.new_cache(1)
         with pytest.raises(IndexError, match="outside the vocabulary"):
             model._core.forward(cache, np.array([[10**6]], dtype=np.int32), None, "all")
         with pytest.raises(ValueError, match="batch"):
@@ -261,7 +261,7 @@ def test_kv_cache_truncate_and_fork(ckpt):
     np.testing.assert_allclose(out, full[:, 12:20], atol=1e-5)
     cache.reset()
     assert cache.n_past == 0
-    with pytest.raises(IndexError):
+    with pytest.raises(tm.InvalidInputError, match="cannot truncate a cache of 0 positions to 5"):
         cache.truncate(5)
 
 
@@ -278,7 +278,7 @@ def test_kv_cache_reserve(ckpt):
     steps = [model.forward(tokens[:, t : t + 1], cache=cache, logits="last") for t in range(5, 20)]
     np.testing.assert_allclose(np.stack(steps, axis=1), full[:, 5:], atol=1e-5)
     assert cache.capacity == 20 and cache.fork().n_past == 20
-    with pytest.raises(IndexError, match="exceeds the context length"):
+    with pytest.raises(tm.ContextLengthError, match="exceeds the context length"):
         cache.reserve(model.cfg.n_ctx + 1)
 
 

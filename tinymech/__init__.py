@@ -45,6 +45,7 @@ from .sae_errors import FeatureIndexError, SAEInputError, SAELoadError, SAENotFo
 from .sae_metrics import SAEMetrics, sae_metrics
 from .tokenizer import Tokenizer
 from .bf16 import canonical_dtype
+from .checks import whole_number
 from .weight_processing import process_weights
 
 __version__ = "0.1.0"
@@ -108,11 +109,12 @@ def set_num_threads(n: int) -> None:
     """Threads used by the core. 0 or less: the default, which is
     TINYMECH_NUM_THREADS or else OMP_NUM_THREADS when set, else the physical
     cores among the CPUs this process may run on (its affinity mask). At most
-    _core.MAX_THREADS (1024); a thread the system refuses leaves the count as it was."""
-    n = int(n)
+    _core.MAX_THREADS (1024), as for the variables; a thread the system refuses
+    leaves the count as it was."""
+    n = whole_number(n, "the thread count")
     if n > _core.MAX_THREADS:
-        raise ValueError(f"at most {_core.MAX_THREADS} threads, not {n}")
-    _core.set_num_threads(n)
+        raise InvalidInputError(f"at most {_core.MAX_THREADS} threads, not {n}")
+    _core.set_num_threads(max(n, 0))
 
 
 def get_num_threads() -> int:

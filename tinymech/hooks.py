@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Sequence, Union
 import numpy as np
 
 from . import _core
-from .checks import whole_number
+from .checks import real_number, whole_number
 from .errors import HookError
 
 _SHORT_NAMES = {
@@ -114,7 +114,10 @@ def _ints(x, what: str) -> tuple[int, ...]:
     """Head or position indices: one whole number or several (no bools, no 1.7)."""
     if x is None:
         return ()
-    items = [x] if isinstance(x, (int, np.integer)) else list(x)
+    try:
+        items = list(x)
+    except TypeError:  # one index (or something whole_number refuses by name)
+        items = [x]
     out = tuple(whole_number(i, what, 0, error=HookError) for i in items)
     if any(i >= 2**31 for i in out):
         raise HookError(f"{what} {max(out)} is out of range")
@@ -142,7 +145,7 @@ def _floats(x, masked: bool = False) -> np.ndarray | None:
 
 
 def _scalar(x, what: str, masked: bool = False) -> float:
-    value = float(x)
+    value = real_number(x, what, error=HookError)
     if not (np.isfinite(value) or (masked and value == -np.inf)):
         raise HookError(f"{what} must be a finite number{' or -inf' if masked else ''}, not {value}")
     return value

@@ -14,12 +14,14 @@ import numpy as np
 
 from . import _core
 from .config import Config
-from .errors import ContextLengthError, HookError, InvalidInputError, InvalidTokensError, NoTokenizerError
-from .generation import sample_next
+from .errors import (ContextLengthError, HookError, InvalidInputError, InvalidTokensError, ModelLoadError,
+                     NoTokenizerError)
+from .generation import sample_next, sampling_settings
 from .activation_cache import ActivationCache
 from .bf16 import bf16_core, canonical_dtype
-from .checks import whole_number
+from .checks import CORE_INT_MAX, whole_number
 from .hooks import HookSpec, build_plan, hook_registry, resolve_names
+from .kv_cache import KVCache
 from .tokenizer import Tokenizer
 
 
@@ -122,7 +124,10 @@ class Model:
         core_config, core_weights = cfg.core_dict(), weights
         if self.dtype == "bf16":
             core_config, core_weights = bf16_core(core_config, weights)
-        self._core = _core.Model(core_config, core_weights)
+        try:
+            self._core = _core.Model(core_config, core_weights)
+        except (ValueError, _core.SizeOverflow) as e:  # the core refuses the config's sizes or the weights' shapes
+            raise ModelLoadError(str(e)) from None
         self._hook_names, self._hook_ids = hook_registry(cfg.n_layers, self._core.hook_ids())
         self._hook_name_of = {i: n for n, i in self._hook_ids.items()}
         self._context_hooks: list[HookSpec] = []
@@ -217,14 +222,14 @@ class Model:
 
     # ---- forward --------------------------------------------------------------
 
-    def new_cache(self, batch: int = 1) -> _core.KVCache:
-        """An empty KV cache for decoding; reset(), truncate(n) and fork() manage it."""
-        return self._core.new_cache(int(batch))
+    def new_cache(self, batch: int = 1) -> KVCache:
+        """An empty KV cache for decoding; reset(), truncate(n), reserve(n) and fork() manage it."""
+        return KVCache(self._core.new_cache(whole_number(batch, "batch", 1, maximum=CORE_INT_MAX)))
 
     def forward(
         self,
         input,
-        cache: _core.KVCache | None = None,
+        cache: KVCache | None = None,
         logits: str = "all",
         prepend_bos: bool = True,
         hooks: Iterable[HookSpec] = (),
@@ -240,6 +245,8 @@ class Model:
         """
         if logits not in ("all", "last", "none"):
             raise ValueError(f"logits must be 'all', 'last' or 'none', not {logits!r}")
+        if cache is not None and not isinstance(cache, KVCache):
+            raise InvalidInputError(f"cache must be a KV cache from model.new_cache(), not {type(cache).__name__}")
         if start_at_layer is not None:
             if cache is not None:
                 raise InvalidInputError("a run from start_at_layer cannot use a KV cache: "
@@ -360,8 +367,9 @@ class Model:
         as_text = isinstance(input, str)
         tokens = self.tokens_of(input, prepend_bos=prepend_bos)
         max_new_tokens = whole_number(max_new_tokens, "max_new_tokens", 0)
-        if top_k is not None:
-            top_k = whole_number(top_k, "top_k", 1)
+        temperature, top_k, top_p = sampling_settings(temperature, top_k, top_p)
+        if seed is not None:
+            seed = whole_number(seed, "seed", 0)
         self._check_fits(0, tokens.shape[1] + max_new_tokens)
         rng = np.random.default_rng(seed)
         eos = self.cfg.eos_token_id if self.cfg.eos_token_id is not None else (
@@ -461,10 +469,10 @@ class Model:
 
     def _core_forward(self, cache, tokens, plan, logits: str, start: int = 0, stop: int = -1, resid=None):
         try:
-            return self._core.forward(cache, tokens, plan, logits, start, stop, resid)
+            return self._core.forward(None if cache is None else cache._core, tokens, plan, logits, start, stop, resid)
         except _core.ContextOverflow as e:  # another thread lengthened a shared cache meanwhile
             raise ContextLengthError(str(e)) from e
-        except _core.CacheMismatch as e:
+        except (_core.CacheMismatch, _core.SizeOverflow) as e:
             raise InvalidInputError(str(e)) from e
         except (ValueError, IndexError) as e:
             # inputs were checked already, so the core objects to an intervention

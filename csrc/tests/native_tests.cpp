@@ -4,23 +4,31 @@
 // throws). CI runs this binary built with AddressSanitizer and UBSan.
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <future>
+#include <memory>
+#include <new>
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <utility>
 #include <vector>
 
+#include "checked.hpp"
 #include "default_threads.hpp"
 #include "dequantize.hpp"
 #include "float_buffers.hpp"
 #include "forward.hpp"
 #include "hooks.hpp"
 #include "kernels/kernels.hpp"
+#include "owned_mutex.hpp"
 #include "parallel_ops.hpp"
 #include "sae.hpp"
 #include "sae_screen.hpp"
@@ -569,11 +577,172 @@ void test_parallel_for() {
   set_num_threads(0);
 }
 
+// A chunk that throws, on a worker or on the calling thread: the job drains
+// (no chunk runs after parallel_for returns: they may use its caller's stack)
+// and the first exception comes out; the pool works on.
+void test_parallel_for_exceptions() {
+  set_num_threads(3);
+  for (int thrower : {0, 1, 2}) {
+    std::atomic<int> running{0}, ran{0};
+    std::atomic<bool> threw{false};
+    bool caught = false;
+    try {
+      parallel_for(3, [&](int64_t, int64_t, int t) {
+        ++running;
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        ++ran;
+        --running;
+        if (t == thrower) {
+          threw = true;
+          throw std::bad_alloc();
+        }
+      });
+    } catch (const std::bad_alloc&) {
+      caught = true;
+    }
+    const int running_at_return = running, ran_at_return = ran;
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+    // (thread `thrower` may have taken no chunk, its share run by the others: then nothing throws)
+    check(caught == threw && running_at_return == 0 && ran == ran_at_return,
+          "parallel_for: thread " + std::to_string(thrower) + "'s chunk throws, the job drains, its exception out");
+  }
+  std::atomic<int64_t> sum{0};
+  parallel_for(1000, [&](int64_t b, int64_t e, int) { sum += e - b; });
+  check(sum == 1000, "parallel_for works after a chunk threw");
+  set_num_threads(1);
+  bool threw = false;
+  try {
+    parallel_for(4, [](int64_t, int64_t, int) { throw std::bad_alloc(); });
+  } catch (const std::bad_alloc&) {
+    threw = true;
+  }
+  set_num_threads(2);
+  std::atomic<int> chunks{0};
+  parallel_for(1000, [&](int64_t, int64_t, int) { ++chunks; });
+  check(threw && chunks == 2, "a single-threaded job that threw leaves the thread outside the pool (jobs split again)");
+  set_num_threads(0);
+}
+
+// Sizes from a config or a caller that do not fit int64 throw instead of wrapping.
+void test_checked_sizes() {
+  auto overflows = [](std::function<void()> fn) {
+    try {
+      fn();
+    } catch (const SizeOverflow&) {
+      return true;
+    }
+    return false;
+  };
+  check(checked_size({3, 4, 5}, "x") == 60 && checked_size({int64_t{1} << 62, 0, 8}, "x") == 0,
+        "checked_size multiplies");
+  check(overflows([] { checked_size({int64_t{1} << 32, int64_t{1} << 31}, "x"); }), "checked_size: 2^63 overflows");
+  KVCache wide(2, int64_t{1} << 62, 32, 1024);  // 2 x 2^62 x 16 x 32 floats wrap to 0
+  check(overflows([&] { wide.reserve(4); }) && wide.capacity() == 0, "a KV cache too wide for int64 is refused");
+  std::mt19937 rng(7);
+  TinyModel tiny(rng, true);
+  tiny.cfg.n_ctx = int64_t{1} << 61;  // max_position_embeddings of 2^61: a KV cache of 2^70 bytes
+  check(overflows([&] { Model model(tiny.cfg, tiny.w); }), "a config whose KV cache could never fit is refused");
+}
+
+// A KV cache names its model by an id never reused: a model made where a
+// freed one was (the same address) refuses the freed one's cache.
+void test_cache_owner() {
+  std::mt19937 rng(8);
+  TinyModel tiny(rng, false);
+  std::vector<int32_t> tokens = {1, 2, 3};
+  std::vector<float> logits(3 * tiny.cfg.d_vocab);
+  auto first = std::make_unique<Model>(tiny.cfg, tiny.w);
+  KVCache cache = first->new_cache(1);
+  first->forward(&cache, tokens.data(), 1, 3, nullptr, LogitsMode::all, logits.data());
+  first.reset();
+  auto second = std::make_unique<Model>(tiny.cfg, tiny.w);
+  bool refused = false;
+  try {
+    second->forward(&cache, tokens.data(), 1, 3, nullptr, LogitsMode::all, logits.data());
+  } catch (const CacheMismatch&) {
+    refused = true;
+  }
+  check(refused && cache.n_past() == 3, "a freed model's KV cache is refused by the next model");
+}
+
+// Two threads each holding a mutex and asking for the other's (hooks running
+// each other's models): one is refused, the other gets it; nothing hangs.
+void test_deadlock_refused() {
+  OwnedMutex a("model"), b("model");
+  std::atomic<int> holding{0}, refused{0}, locked{0};
+  auto run = [&](OwnedMutex& mine, OwnedMutex& other) {
+    OwnedLock hold(mine, "reentry");
+    ++holding;
+    while (holding < 2) std::this_thread::yield();
+    try {
+      OwnedLock both(other, "reentry");
+      ++locked;
+    } catch (const std::logic_error& e) {
+      refused += std::string(e.what()).find("would deadlock") != std::string::npos;
+    }
+  };
+  auto done = std::async(std::launch::async, [&] {
+    std::thread t1(run, std::ref(a), std::ref(b)), t2(run, std::ref(b), std::ref(a));
+    t1.join();
+    t2.join();
+  });
+  if (done.wait_for(std::chrono::seconds(20)) != std::future_status::ready) {
+    std::printf("FAIL: two threads waiting for each other's mutex deadlocked\n");
+    std::_Exit(1);
+  }
+  check(refused == 1 && locked == 1, "of two threads waiting for each other's mutex, one is refused");
+  bool reentry = false;
+  {
+    OwnedLock hold(a, "reentry");
+    try {
+      OwnedLock again(a, "reentry");
+    } catch (const std::logic_error& e) {
+      reentry = std::string(e.what()) == "reentry";
+    }
+  }
+  check(reentry, "a thread asking for a mutex it holds is refused");
+}
+
+// A pass stopped between blocks (Ctrl-C) unwinds, leaving the cache at its
+// length, and the model gives the same logits afterwards.
+int g_checks_left = 0;
+void interrupt_after_some_checks() {
+  if (--g_checks_left == 0) throw std::runtime_error("interrupted");
+}
+
+void test_interrupted_pass() {
+  std::mt19937 rng(9);
+  TinyModel tiny(rng, true);
+  Model model(tiny.cfg, tiny.w);
+  const int64_t V = tiny.cfg.d_vocab;
+  std::vector<int32_t> tokens = {1, 2, 3, 4, 5, 6};
+  std::vector<float> before(6 * V), after(6 * V), rest(3 * V);
+  model.forward(nullptr, tokens.data(), 1, 6, nullptr, LogitsMode::all, before.data());
+  KVCache cache = model.new_cache(1);
+  model.forward(&cache, tokens.data(), 1, 3, nullptr, LogitsMode::none, nullptr);
+  set_interrupt_check(interrupt_after_some_checks);
+  g_checks_left = 2;  // before block 0, then before block 1
+  bool stopped = false;
+  try {
+    model.forward(&cache, tokens.data() + 3, 1, 3, nullptr, LogitsMode::all, rest.data());
+  } catch (const std::runtime_error&) {
+    stopped = true;
+  }
+  set_interrupt_check(nullptr);
+  check(stopped && cache.n_past() == 3, "an interrupted pass leaves its KV cache at its length");
+  model.forward(&cache, tokens.data() + 3, 1, 3, nullptr, LogitsMode::all, rest.data());
+  model.forward(nullptr, tokens.data(), 1, 6, nullptr, LogitsMode::all, after.data());
+  double d = 0;
+  for (int64_t i = 0; i < 3 * V; ++i) d = std::max(d, double(std::abs(rest[i] - before[3 * V + i])));
+  check(after == before && d < 1e-4, "the model works as before after an interrupted pass");
+}
+
 // Thread counts from the environment: a positive whole number, or the first
 // of OMP_NUM_THREADS's comma-separated list; anything else is ignored.
 void test_thread_count_parse() {
   const std::pair<const char*, int> cases[] = {{"4", 4}, {"1", 1}, {"16,2", 16}, {"0", 0}, {"-2", 0}, {"", 0},
-                                               {"abc", 0}, {"3x", 0}, {" 2", 0}, {"99999999999", 0}, {nullptr, 0}};
+                                               {"abc", 0}, {"3x", 0}, {" 2", 0}, {"99999999999", 0}, {nullptr, 0},
+                                               {"1024", 1024}, {"1025", 0}, {"4000", 0}};  // set_num_threads' limit
   for (const auto& [text, want] : cases)
     check(parse_thread_count(text) == want, std::string("parse_thread_count(\"") + (text ? text : "null") + "\")");
   check(default_thread_count() >= 1, "default_thread_count() >= 1");
@@ -662,6 +831,11 @@ int main() {
   std::mt19937 rng(1234);
   test_thread_count_parse();
   test_parallel_for();
+  test_parallel_for_exceptions();
+  test_checked_sizes();
+  test_cache_owner();
+  test_deadlock_refused();
+  test_interrupted_pass();
   test_float_buffers();
   test_splice_state_per_plan();
   test_top_k(rng);

@@ -10,6 +10,7 @@
 #include <optional>
 #include <string>
 
+#include "checked.hpp"
 #include "numpy_buffers.hpp"
 #include "sae.hpp"
 #include "sae_screen.hpp"
@@ -170,7 +171,7 @@ template <class Decode>
 py::array_t<float> decode_with(const PySae& s, int64_t rows, const std::optional<FloatIn>& x, Decode decode) {
   const tmech::SaeConfig& c = s.sae().config();
   if (x && rows_of(*x, c.d_in, "x") != rows) throw std::invalid_argument("x and the features cover different rows");
-  std::vector<float> out(static_cast<size_t>(rows * c.d_out));
+  std::vector<float> out(static_cast<size_t>(tmech::checked_size({rows, c.d_out}, "SAE output")));
   {
     py::gil_scoped_release nogil;
     decode(out.data());
@@ -204,7 +205,7 @@ void register_sae(py::module_& m) {
       .def("encode", [](const PySae& s, FloatIn x) {
         const tmech::SaeConfig& c = s.sae().config();
         const int64_t rows = rows_of(x, c.d_in, "x");
-        tmech::FloatBuffer acts = tmech::alloc_floats(rows * c.d_sae);  // encode writes every element
+        tmech::FloatBuffer acts = tmech::alloc_floats(tmech::checked_size({rows, c.d_sae}, "SAE features"));  // encode writes every element
         {
           py::gil_scoped_release nogil;
           s.sae().encode(x.data(), rows, nullptr, acts.get(), nullptr, nullptr);
@@ -214,7 +215,7 @@ void register_sae(py::module_& m) {
       .def("encode_pre", [](const PySae& s, FloatIn x) {
         const tmech::SaeConfig& c = s.sae().config();
         const int64_t rows = rows_of(x, c.d_in, "x");
-        std::vector<float> acts(static_cast<size_t>(rows * c.d_sae)), pre(acts.size());
+        std::vector<float> acts(static_cast<size_t>(tmech::checked_size({rows, c.d_sae}, "SAE features"))), pre(acts.size());
         {
           py::gil_scoped_release nogil;
           s.sae().encode(x.data(), rows, nullptr, acts.data(), pre.data(), nullptr);
@@ -233,7 +234,7 @@ void register_sae(py::module_& m) {
       .def("top_features", [](const PySae& s, FloatIn x, int64_t k) {
         if (k < 0 || k > s.sae().config().d_sae) throw std::invalid_argument("k must be in [0, d_sae]");
         const int64_t rows = rows_of(x, s.sae().config().d_in, "x");
-        std::vector<int64_t> idx(static_cast<size_t>(rows * k));
+        std::vector<int64_t> idx(static_cast<size_t>(tmech::checked_size({rows, k}, "SAE top-k indices")));
         std::vector<float> val(idx.size());
         {
           py::gil_scoped_release nogil;
@@ -253,7 +254,7 @@ void register_sae(py::module_& m) {
       .def("forward", [](const PySae& s, FloatIn x) {
         const tmech::SaeConfig& c = s.sae().config();
         const int64_t rows = rows_of(x, c.d_in, "x");
-        std::vector<float> out(static_cast<size_t>(rows * c.d_out));
+        std::vector<float> out(static_cast<size_t>(tmech::checked_size({rows, c.d_out}, "SAE output")));
         {
           py::gil_scoped_release nogil;
           tmech::SparseCodes codes;

@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "checked.hpp"
 #include "kernels/kernels.hpp"
 #include "parallel_ops.hpp"
 #include "sae_screen.hpp"
@@ -496,7 +497,7 @@ void SaeSplice::run(const float* x, std::vector<float>& target, const std::vecto
   // 1) encode, 2) decode (kept in normalized units for the record), 3) undo the normalization
   SparseCodes codes;
   RowNorm norm;
-  std::vector<float> pre(set.record_pre ? static_cast<size_t>(rows * c.d_sae) : 0);
+  std::vector<float> pre(set.record_pre ? static_cast<size_t>(checked_size({rows, c.d_sae}, "SAE pre-activations")) : 0);
   sae.encode(x, rows, &codes, nullptr, set.record_pre ? pre.data() : nullptr, &norm);
   std::vector<float> clean(target.size());
   sae.decode_codes(codes, clean.data());

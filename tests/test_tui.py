@@ -435,6 +435,26 @@ async def test_light_theme_redraws_with_its_colors(app):
         assert selected[0].style.background == light.selection
 
 
+async def test_light_theme_reaches_every_panel(app):
+    """The heatmap, the heads grid, the predictions and the generated text bake
+    colors into their content: they are redrawn with the new theme's."""
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        screen = main_screen(app)
+        await pilot.press("escape", "g", "t")
+        await settle(pilot)
+        light, dark = Palette.from_theme(app.get_css_variables()), Palette.from_theme(App().get_css_variables())
+        assert (light.base, light.attention, light.muted) != (dark.base, dark.attention, dark.muted)
+        assert screen.query_one(PatternHeatmap).palette == light
+        score = screen.view.analysis.head_scores["induction"][0, 1]
+        cell = screen.query_one("#heads-table").get_cell_at((0, 1))
+        assert cell.style.bgcolor.triplet == light.ramp(score, light.attention).rich_style.bgcolor.triplet
+        bars = [s.style.foreground for s in screen.query_one("#predictions-body").render().spans]
+        assert light.attention in bars
+        tail = screen.query_one(GeneratePanel).run_widget("clean").query_one(".run-text").render()
+        assert tail.spans[0].style.foreground == light.muted
+
+
 def test_fit_marks_a_cut_label():
     assert fit("·Elizabeth", 10) == "·Elizabeth"
     assert fit("·Elizabeth", 9) == "·Elizabe…"

@@ -48,12 +48,6 @@ class TinymechApp(App):
     def action_toggle_theme(self) -> None:
         self.theme = "textual-light" if self.current_theme.dark else "textual-dark"
 
-    def watch_theme(self, theme: str) -> None:
-        # panels bake theme colors into their content, so redraw them
-        screen = self.screen_stack[0] if self.screen_stack else None
-        if isinstance(screen, MainScreen):
-            screen.set_view()
-
 
 def make_app(model: tm.Model, saes: Sequence[SAE] = (), prompt: str | None = None) -> TinymechApp:
     """The app on a loaded model and SAEs; a HookError if an SAE does not fit the model."""

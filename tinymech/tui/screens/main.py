@@ -115,6 +115,9 @@ class MainScreen(Screen):
         self.query_one("#tokens-box").border_subtitle = "←/→ select  c color by"
         self.query_one(TokenStrip).focus()
         self._activate_panel("predictions")
+        # panels bake the theme's colors into their content: redraw them once the
+        # new theme's variables are in place (they are not yet when App.theme changes)
+        self.app.theme_changed_signal.subscribe(self, lambda theme: self.set_view())
         self.analyze(self.prompt)
 
     @property

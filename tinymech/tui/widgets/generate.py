@@ -29,7 +29,7 @@ class GenerateRun(Vertical):
         super().__init__(**kwargs)
         self.run = run
         self.text = ""
-        self.prompt_tail = ""
+        self.prompt = ""
 
     def compose(self):
         yield Label(self.run, classes="run-title")
@@ -39,12 +39,16 @@ class GenerateRun(Vertical):
         self.query_one(".run-title", Label).update(title)
 
     def set_text(self, prompt: str, text: str) -> None:
-        self.text = text
-        tail = prompt[-PROMPT_TAIL:]
+        self.prompt, self.text = prompt, text
+        self.redraw()
+
+    def redraw(self) -> None:
+        """The text again, in the theme's current colors."""
+        tail = self.prompt[-PROMPT_TAIL:]
         palette = Palette.from_theme(self.app.theme_variables)
         self.query_one(".run-text", Static).update(Content.assemble(
-            (printable("…" + tail if len(prompt) > PROMPT_TAIL else tail), Style(foreground=palette.muted)),
-            (printable(text), Style(bold=True)),
+            (printable("…" + tail if len(self.prompt) > PROMPT_TAIL else tail), Style(foreground=palette.muted)),
+            (printable(self.text), Style(bold=True)),
         ))
 
 
@@ -95,6 +99,8 @@ class GeneratePanel(Vertical):
         self.view = view
         steer = view.steer
         self.border_title = f"Generate · steer: {steer.describe()}"
+        for run in self.query(GenerateRun):
+            run.redraw()  # in case the theme changed
         mode = self.query_one("#steer-mode", Select)
         if mode.value != steer.mode:
             with self.prevent(Select.Changed):

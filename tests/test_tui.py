@@ -166,6 +166,40 @@ async def test_layer_and_head_keys_and_the_heads_grid(app):
         assert attention.border_title.startswith("Attention · L1 H3")
 
 
+async def test_after_enter_in_the_heads_grid_arrows_move_the_token_again(app):
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        screen = main_screen(app)
+        table = screen.query_one("#heads-table")
+        await pilot.press("4", "down", "right", "enter")
+        await settle(pilot)
+        assert (screen.view.layer, screen.view.head) == (1, 1)
+        assert screen.query_one(TokenStrip).has_focus
+        await pilot.press("left")
+        await settle(pilot)
+        assert screen.view.selected == len(PROMPT_LABELS) - 2
+        assert table.cursor_coordinate == (1, 1) and (screen.view.layer, screen.view.head) == (1, 1)
+
+
+async def test_the_line_under_the_heads_grid_names_the_head_it_describes(app):
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        screen = main_screen(app)
+        table = screen.query_one("#heads-table")
+        await pilot.press("4")
+        assert text_of(screen, "#head-info").splitlines()[1] == "shown in Attention"
+        await pilot.press("down")  # browsing: the line describes the cursor's cell
+        info = text_of(screen, "#head-info").splitlines()
+        assert info[0].startswith("L1 H0  prev ") and info[1] == "⏎ show in Attention"
+        assert (screen.view.layer, screen.view.head) == (0, 0)
+        await pilot.press("escape")  # leaving the grid: cursor and line go back to the head shown
+        await settle(pilot)
+        assert screen.query_one(TokenStrip).has_focus
+        assert table.cursor_coordinate == (0, 0)
+        info = text_of(screen, "#head-info").splitlines()
+        assert info[0].startswith("L0 H0  prev ") and info[1] == "shown in Attention"
+
+
 async def test_picking_a_feature_recolors_the_tokens(app):
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)

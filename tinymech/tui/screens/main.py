@@ -270,6 +270,7 @@ class MainScreen(Screen):
         self.set_view(selected=message.index)
 
     def on_head_selected(self, message: HeadSelected) -> None:
+        self.query_one(TokenStrip).focus()  # back to the tokens: ←/→ move the selection again
         self.set_view(layer=message.layer, head=message.head)
         self.notify(f"attention panel shows L{message.layer} H{message.head}", timeout=2)
 

@@ -267,6 +267,22 @@ async def test_generate_with_a_clamped_feature_streams_both_runs(app, model_dir,
         assert clean.query_one(".run-text").render().plain.endswith("Mr Darcy bowed" + printable(expect_clean))
 
 
+async def test_a_long_generation_scrolls_inside_the_generate_panel(app):
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        screen = main_screen(app)
+        panel = screen.query_one(GeneratePanel)
+        top, heights = screen.query_one("#row-top"), (screen.query_one("#row-top").region.height, panel.region.height)
+        panel.query_one("#max-tokens", Input).value = "118"  # up to the model's context of 128
+        await pilot.press("escape", "g")
+        await settle(pilot)
+        await pilot.pause()
+        assert len(panel.run_widget("clean").text) > 400
+        assert (top.region.height, panel.region.height) == heights  # the panels above keep their room
+        runs = panel.query_one("#runs")
+        assert runs.max_scroll_y > 0 and runs.scroll_y == runs.max_scroll_y  # the newest text in view
+
+
 async def test_ablating_a_head_shows_the_steered_loss(app, model_dir):
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)

@@ -41,6 +41,7 @@ class GenerateRun(Vertical):
     def set_text(self, prompt: str, text: str) -> None:
         self.prompt, self.text = prompt, text
         self.redraw()
+        self.query_ancestor("#runs").scroll_end(animate=False)  # the newest tokens in view
 
     def redraw(self) -> None:
         """The text again, in the theme's current colors."""
@@ -61,7 +62,7 @@ class GeneratePanel(Vertical):
     GeneratePanel > #steer-row > Select { width: 20; }
     GeneratePanel > #steer-row > Input { width: 8; margin: 0 1 0 0; }
     GeneratePanel > #steer-row > Button { min-width: 14; }
-    GeneratePanel > #runs { height: auto; max-height: 1fr; }
+    GeneratePanel > #runs { height: 1fr; }
     GeneratePanel #runs-row { height: auto; }
     """
 

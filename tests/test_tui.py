@@ -140,10 +140,14 @@ async def test_layer_and_head_keys_and_the_heads_grid(app):
         assert attention.border_title == f"Attention · L1 H2 · induction {a.head_scores['induction'][1, 2]:.2f}"
         heatmap = screen.query_one(PatternHeatmap)
         assert np.array_equal(heatmap.pattern, a.patterns[1, 2])
-        # two query rows per line: 10 tokens make 5 lines; the selected query (9) is on the last
-        assert heatmap.virtual_size.height == 5
+        # a line of key labels, then two query rows per line: 10 tokens make 5 lines;
+        # the selected query (9) is on the last, scrolled into view under the labels
+        assert heatmap.virtual_size.height == 1 + 5
         lines = [heatmap.render_line(y).text for y in range(heatmap.size.height)]
-        assert lines[4].startswith("  8▸ ") and set(lines[4][5:25]) == {"▀"}
+        assert lines[0].rstrip() == " q\\k 0 1 2 3 4 5 6 7 8 9"
+        assert lines[-1].startswith("  8▸ ") and set(lines[-1][5:25]) == {"▀"}
+        selected = [s for s in heatmap.render_line(0) if s.text == "9"]
+        assert selected and selected[0].style.color.triplet == Palette.from_theme(app.theme_variables).selection.rich_color.triplet
 
         # in the grid: Enter on a cell shows that head
         await pilot.press("4")
@@ -164,6 +168,33 @@ async def test_layer_and_head_keys_and_the_heads_grid(app):
         await settle(pilot)
         assert (screen.view.layer, screen.view.head) == (1, 3)
         assert attention.border_title.startswith("Attention · L1 H3")
+
+
+async def test_the_heatmap_labels_its_key_columns(model_dir):
+    import re
+    from tinymech.tui.widgets.attention import MARGIN
+
+    app = make_test_app(model_dir, None, prompt=" ".join(["Mr Darcy bowed to Elizabeth."] * 8))
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        screen = main_screen(app)
+        heatmap = screen.query_one(PatternHeatmap)
+        n, cell = heatmap.pattern.shape[0], heatmap.cell
+        assert n > 40 and cell == 1  # one cell per key: not every key has room for a label
+        await pilot.press("home")  # scrolled to the left edge
+        await settle(pilot)
+        assert heatmap.scroll_offset.x == 0
+        header = heatmap.render_line(0).text
+        labels = {int(m.group()): m.start() for m in re.finditer(r"\d+", header)}
+        assert all(x == MARGIN + cell * k for k, x in labels.items())  # each over its own column
+        assert {0, 5, 10} <= set(labels) and len(labels) < n
+        await pilot.press("end")  # scrolled right: the labels move with their columns
+        await settle(pilot)
+        scroll_x = heatmap.scroll_offset.x
+        assert scroll_x > 0
+        labels = {int(m.group()): m.start() + scroll_x for m in re.finditer(r"\d+", heatmap.render_line(0).text)
+                  if m.start() > 0}
+        assert all(x == MARGIN + cell * k for k, x in labels.items()) and n - 1 in labels, (labels, n, scroll_x, heatmap.render_line(0).text)
 
 
 async def test_after_enter_in_the_heads_grid_arrows_move_the_token_again(app):

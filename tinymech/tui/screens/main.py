@@ -34,6 +34,7 @@ from ..widgets.generate import GeneratePanel
 from ..widgets.heads import HeadsPanel
 from ..widgets.logit_lens import LogitLensPanel
 from ..widgets.predictions import PredictionsPanel
+from ..widgets.prompt import PromptField
 from ..widgets.title import TitleBar
 from ..widgets.tokens import TokenBox, TokenStrip
 
@@ -90,10 +91,7 @@ class MainScreen(Screen):
         info = self.backend.info
         title = " · ".join([info.title] + [s.title for s in info.saes])
         yield TitleBar(title, id="title")
-        prompt = Input(prompt_to_field(self.prompt), placeholder="type a prompt, Enter to run (↵ for a newline)",
-                       id="prompt")
-        prompt.border_title = "Prompt"
-        yield prompt
+        yield PromptField(prompt_to_field(self.prompt), id="prompt")
         with TokenBox(id="tokens-box"):
             yield TokenStrip(id="tokens")
         yield Tabs(*(Tab(title, id=f"tab-{panel}") for panel, title in PANELS.items()), id="panel-tabs")
@@ -113,7 +111,7 @@ class MainScreen(Screen):
 
     def on_mount(self) -> None:
         self.query_one("#tokens-box").border_subtitle = "←/→ select  c color by"
-        self.query_one(TokenStrip).focus()
+        self.query_one("#prompt").focus()  # typing edits the prompt; Esc or Enter lead on to the keys
         self._activate_panel("predictions")
         # panels bake the theme's colors into their content: redraw them once the
         # new theme's variables are in place (they are not yet when App.theme changes)
@@ -138,6 +136,11 @@ class MainScreen(Screen):
     @on(Tabs.TabActivated)
     def _tab_activated(self, event: Tabs.TabActivated) -> None:
         self._activate_panel(event.tab.id.removeprefix("tab-"))
+
+    def check_action(self, action: str, parameters: tuple) -> bool | None:
+        # keys type into a focused field: the bindings are off (and out of the
+        # footer) meanwhile, but Esc, which leaves the field
+        return action == "leave_prompt" or not isinstance(self.focused, Input)
 
     # ---- the view -----------------------------------------------------------------
 

@@ -62,7 +62,7 @@ class GeneratePanel(Vertical):
     GeneratePanel > #steer-row > Select { width: 20; }
     GeneratePanel > #steer-row > Input { width: 8; margin: 0 1 0 0; }
     GeneratePanel > #steer-row > Button { min-width: 14; }
-    GeneratePanel > #runs { height: 1fr; }
+    GeneratePanel > #runs { height: auto; max-height: 1fr; }
     GeneratePanel #runs-row { height: auto; }
     """
 

@@ -91,7 +91,7 @@ class HeadsPanel(Vertical):
         shown = (cell.row, cell.column) == (view.layer, view.head)
         where = "shown in Attention" if shown else "⏎ show in Attention"
         note = "\nshares of attention not on ‹bos›" if a.bos else ""
-        self.query_one("#head-info", Static).update(f"L{cell.row} H{cell.column}  {values}\n{where}{note}")
+        self.query_one("#head-info", Static).update(f"L{cell.row} H{cell.column} {where}\n{values}{note}")
 
     def on_data_table_cell_highlighted(self, event: DataTable.CellHighlighted) -> None:
         self._describe()

@@ -340,6 +340,26 @@ async def test_a_long_generation_scrolls_inside_the_generate_panel(app):
         assert runs.max_scroll_y > 0 and runs.scroll_y == runs.max_scroll_y  # the newest text in view
 
 
+async def test_generate_continues_the_prompt_in_the_field(app, monkeypatch):
+    notes = []
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        monkeypatch.setattr(app, "notify", lambda message, **kw: notes.append((message, kw.get("severity"))))
+        screen = main_screen(app)
+        clean = screen.query_one(GeneratePanel).run_widget("clean")
+        await pilot.press("backspace", "enter", "escape", "g")  # an emptied field
+        await settle(pilot)
+        assert notes == [("type a prompt first", "warning")] * 2
+        assert clean.text == "" and screen.view.analysis.prompt == PROMPT  # the old prompt is not continued
+
+        # a prompt typed but not run: g runs it, then continues it
+        await pilot.press("slash", *"Elizabeth sat", "escape", "g")
+        await settle(pilot)
+        assert screen.view.analysis.prompt == "Elizabeth sat"
+        ids = screen.view.analysis.token_ids
+        assert clean.text and clean.text == app.backend.generate(ids, 30, None, lambda text: False, seed=1)
+
+
 async def test_ablating_a_head_shows_the_steered_loss(app, model_dir):
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot)

@@ -84,6 +84,7 @@ class MainScreen(Screen):
         self.prompt = prompt
         self.view = View()
         self._seed = 0  # each generate press samples anew; clean and steered share the seed
+        self._generate_when_ready = False  # generate was pressed on a prompt being analyzed
 
     # ---- layout -------------------------------------------------------------------
 
@@ -243,10 +244,14 @@ class MainScreen(Screen):
         if self.view.analysis is None:  # the first prompt: open on its clearest head, if one stands out
             changes.update(_standout_head(a.head_scores[self.view.score]))
         self.set_view(**changes)
+        if self._generate_when_ready:
+            self._generate_when_ready = False
+            self.action_generate()
 
     def on_work_failed(self, message: WorkFailed) -> None:
         error = message.error
         if message.what == "analysis":  # the prompt stays in its field, to be mended
+            self._generate_when_ready = False
             if self.view.analysis is not None:
                 error += " (the panels still show the previous prompt)"
             self.query_one("#prompt", Input).focus()
@@ -340,8 +345,15 @@ class MainScreen(Screen):
         self.set_view(steer=Steer(steer.mode, steer.strength + sign * STRENGTH_STEP))
 
     def action_generate(self) -> None:
-        if self.view.analysis is None:
-            self.notify("no prompt to continue yet", severity="warning")
+        """Continue the prompt the field shows: one not run yet runs first."""
+        prompt = field_to_prompt(self.query_one("#prompt", Input).value)
+        if not prompt.strip():
+            self.notify("type a prompt first", severity="warning")
+            return
+        a = self.view.analysis
+        if a is None or prompt != a.prompt:
+            self._generate_when_ready = True
+            self.analyze(prompt)
             return
         self._seed += 1
         self.generate("clean", None)

@@ -6,6 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
+from rich.cells import cell_len
 from textual.app import App
 from textual.widgets import Input, Tabs
 
@@ -15,7 +16,7 @@ from model_factory import make_hf_gpt2
 from test_tui_support import PROMPT, ROOT, app, build_sae_dir, make_test_app, model_dir, ready, sae_dir, settle  # noqa: F401 (fixtures)
 from tinymech.tui.app import TinymechApp, make_app, run_tui
 from tinymech.tui.backend import Steer
-from tinymech.tui.display import Palette, fit, printable, token_label
+from tinymech.tui.display import Palette, fit, pad, printable, token_label, token_labels
 from tinymech.tui.screens import help as help_screen
 from tinymech.tui.screens.help import HelpScreen
 from tinymech.tui.screens.main import MainScreen
@@ -194,6 +195,30 @@ async def test_layer_and_head_keys_and_the_heads_grid(app):
         await settle(pilot)
         assert (screen.view.layer, screen.view.head) == (1, 3)
         assert attention.border_title.startswith("Attention · L1 H3")
+
+
+async def test_a_prompt_with_emoji_and_accents_shows_bytes_then_characters(model_dir):
+    app = make_test_app(model_dir, None, prompt="😀 Mr said “café”")
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        screen = main_screen(app)
+        a = screen.view.analysis
+        assert a.tokens[1:5] == (b"\xf0", b"\x9f", b"\x98", b"\x80")  # the byte-level tokens' own bytes
+        strip = screen.query_one(TokenStrip)
+        assert strip.labels() == ["‹bos›", "‹f0›", "‹9f›", "‹98›", "😀", "·Mr", "·said", "·", "‹e2›", "‹80›", "“",
+                                  "c", "af", "‹c3›", "é", "‹e2›", "‹80›", "”"]
+        # the emoji takes two cells: a click on the last cell of the chip after it selects that chip
+        line = strip.render().plain.splitlines()[0]
+        x = cell_len(line[: line.index("·Mr")]) + 2
+        await pilot.click(TokenStrip, offset=(x, 0))
+        await settle(pilot)
+        assert screen.view.selected == 5
+        await pilot.press("home", "right", "right")
+        await settle(pilot)
+        assert "‹9f› attends to:" in text_of(screen, "#attends")
+        assert "actual ‹98›" in text_of(screen, "#predictions-body")
+        for panel in ("#tokens", "#attends", "#predictions-body", "#lens-body"):
+            assert "\ufffd" not in text_of(screen, panel)
 
 
 async def test_the_heatmap_labels_its_key_columns(model_dir):
@@ -596,6 +621,15 @@ def test_token_labels_make_boundaries_visible():
     assert token_label("a\x1b[2Jb\x9b") == "a␛[2Jb\ufffd"
     assert token_label("") == "∅"
     assert printable("line one\nline\x07 two") == "line one\nline␇ two"
+
+
+def test_characters_cut_across_tokens_are_joined_on_the_last():
+    assert token_labels([b"\xf0\x9f", b"\x98\x80", " caf", b"\xc3", b"\xa9!"]) == ["‹f0 9f›", "😀", "·caf", "‹c3›", "é!"]
+    assert token_labels(["<|endoftext|>", b"\xe2", b"\x80", b"\x9c\n"], bos=True) == ["‹bos›", "‹e2›", "‹80›", "“↵"]
+    # bytes that complete nothing stay marks; a token alone shows its bytes
+    assert token_labels([b"\xa9 \xe2", "x", b"\xff"]) == ["‹a9›·‹e2›", "x", "‹ff›"]
+    assert token_label(b"\xe2\x80") == "‹e2 80›" and token_label(b" \xf0") == "·‹f0›"
+    assert fit("日本語", 4) == "日 …" and pad("日本", 6) == "日本  "
 
 
 @pytest.mark.parametrize("theme", ["textual-dark", "textual-light"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import re
 from types import MappingProxyType
 from typing import Callable, Mapping, Sequence
 
@@ -15,6 +16,8 @@ import tinymech as tm
 from tinymech import analysis
 from tinymech.analysis.logit_lens import distinct_points
 from tinymech.ranking import log_sum_exp, top_k
+
+from .display import token_labels
 
 HEAD_SCORES = ("previous_token", "induction", "duplicate_token")
 TOP_K = 10  # predictions and logit-lens tokens kept per position
@@ -69,13 +72,14 @@ class Analysis:
 
     prompt: str
     token_ids: np.ndarray  # [pos]
-    tokens: tuple[str, ...]  # decoded text of each token
+    tokens: tuple[str | bytes, ...]  # each token's text, or its bytes if they are part of a character
+    labels: tuple[str, ...]  # how the tokens show, characters cut across tokens joined (display.token_labels)
     bos: bool  # whether token 0 is the BOS the model prepended
     vocab_size: int
     losses: np.ndarray  # [pos]: loss of predicting token i from the tokens before it (nan at 0)
     top_ids: np.ndarray  # [pos, TOP_K]: the most likely next tokens after position i
     top_probs: np.ndarray  # [pos, TOP_K]
-    top_tokens: tuple[tuple[str, ...], ...]  # decoded top_ids
+    top_tokens: tuple[tuple[str | bytes, ...], ...]  # decoded top_ids
     next_rank: np.ndarray  # [pos]: rank of the actual next token (0 = top; -1 after the last)
     next_prob: np.ndarray  # [pos]
     patterns: np.ndarray  # [layer, head, query, key]
@@ -95,7 +99,7 @@ class LensAt:
 
     ids: np.ndarray  # [row, TOP_K], most probable first
     probs: np.ndarray  # [row, TOP_K]
-    tokens: tuple[tuple[str, ...], ...]  # [row][k] decoded
+    tokens: tuple[tuple[str | bytes, ...], ...]  # [row][k] decoded
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,10 +164,15 @@ class Backend:
 
     # ---- tokens -------------------------------------------------------------------
 
-    def _decode_each(self, ids) -> tuple[str, ...]:
-        return tuple(self.model.to_str_tokens(np.asarray(ids, dtype=np.int64).reshape(-1)))
+    def _decode_each(self, ids) -> tuple[str | bytes, ...]:
+        """Each token's text, or its bytes where they are not whole UTF-8 on their
+        own (a piece of a character: the tokenizer's text would be U+FFFD)."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        texts = self.model.to_str_tokens(ids)
+        return tuple(_bytes_if_partial(self.model.tokenizer.backend, int(i), t) if "\ufffd" in t else t
+                     for i, t in zip(ids, texts))
 
-    def _decode_rows(self, rows) -> tuple[tuple[str, ...], ...]:
+    def _decode_rows(self, rows) -> tuple[tuple[str | bytes, ...], ...]:
         return tuple(self._decode_each(r) for r in rows)
 
     def decode(self, ids) -> str:
@@ -198,10 +207,12 @@ class Backend:
         # on one repeated sentence (demo model's L3H0: 0.08 with BOS, 0.70 without)
         scores = analysis.head_scores(model, tokens, cache=cache, prepend_bos=False, exclude_bos=bos)
         features = tuple(self._feature_acts(i, cache[sae.cfg.hook_name][0]) for i, sae in enumerate(self.saes))
+        decoded = self._decode_each(ids)
         return Analysis(
             prompt=prompt,
             token_ids=_frozen(ids),
-            tokens=self._decode_each(ids),
+            tokens=decoded,
+            labels=tuple(token_labels(decoded, bos)),
             bos=bos,
             vocab_size=cfg.d_vocab,
             losses=_frozen(np.concatenate([[np.nan], losses[0]]).astype(np.float32)),
@@ -285,6 +296,37 @@ class Backend:
             hooks=self.steer_hooks(steer) if steer else (),
         )
         return self.decode(new)
+
+
+def _byte_level_alphabet() -> dict[str, int]:
+    """Byte-level BPE's (GPT-2's) characters for bytes: the printable Latin-1
+    bytes stand for themselves, the others for U+0100 on, in byte order."""
+    kept = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    moved = [b for b in range(256) if b not in kept]
+    return {**{chr(b): b for b in kept}, **{chr(0x100 + i): b for i, b in enumerate(moved)}}
+
+
+_BYTE_LEVEL = _byte_level_alphabet()
+_BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # SentencePiece-style byte tokens
+
+
+def _bytes_if_partial(tokenizer, token_id: int, text: str) -> str | bytes:
+    """A token's bytes, from its vocabulary entry, when they are not whole UTF-8
+    on their own; else (or when its vocabulary entry does not tell) its text."""
+    from tokenizers.decoders import ByteLevel
+
+    piece = tokenizer.id_to_token(token_id) or ""
+    if m := _BYTE_FALLBACK.fullmatch(piece):
+        data = bytes([int(m.group(1), 16)])
+    elif isinstance(tokenizer.decoder, ByteLevel) and all(c in _BYTE_LEVEL for c in piece):
+        data = bytes(_BYTE_LEVEL[c] for c in piece)
+    else:
+        return text
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data
+    return text
 
 
 def _pairs(tokens, values) -> tuple[tuple[str, float], ...]:

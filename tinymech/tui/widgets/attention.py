@@ -13,7 +13,7 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 from textual.widgets import Static
 
-from ..display import Palette, prob, token_label, wrap_chips
+from ..display import Palette, prob, wrap_chips
 from ..view import View
 
 TOP_KEYS = 8  # attended tokens listed above the heatmap
@@ -138,11 +138,11 @@ class AttentionPanel(Vertical):
         i = view.selected
         keys = np.argsort(-weights[: i + 1], kind="stable")[:TOP_KEYS]
         head = Content.assemble(
-            (token_label(a.tokens[i], is_bos=i == 0 and a.bos), palette.selected), " attends to:"
+            (a.labels[i], palette.selected), " attends to:"
         )
         chips = [
             Content.styled(
-                f"{token_label(a.tokens[k], is_bos=k == 0 and a.bos)} {prob(weights[k])}",
+                f"{a.labels[k]} {prob(weights[k])}",
                 palette.ramp(float(weights[k]), palette.attention),
             )
             for k in keys

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from rich.cells import cell_len
 from textual.content import Content
 from textual.style import Style
 
@@ -52,6 +53,6 @@ class LogitLensPanel(TextPanel):
                 tid = int(tid)
                 style = palette.selected if tid == actual else Style(bold=True, underline=True) if tid == final else Style()
                 label = fit(token_label(text), LABEL_WIDTH)
-                parts += [Content.styled(label, style), " " * (LABEL_WIDTH - len(label)), f" {prob(p)} "]
+                parts += [Content.styled(label, style), " " * (LABEL_WIDTH - cell_len(label)), f" {prob(p)} "]
             lines.append(Content.assemble(*parts))
         return Content("\n").join(lines)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from textual.content import Content
 from textual.style import Style
 
-from ..display import Palette, bar, fit, token_label
+from ..display import Palette, bar, fit, pad, token_label
 from ..view import View
 from .panel import TextPanel
 
@@ -30,7 +30,7 @@ class PredictionsPanel(TextPanel):
         bar_width = min(max(room - width, 0), BAR_WIDTH)
         lines = []
         for rank, (tid, text, p) in enumerate(zip(a.top_ids[i], a.top_tokens[i], a.top_probs[i])):
-            label = fit(token_label(text), width).ljust(width)
+            label = pad(fit(token_label(text), width), width)
             is_actual = int(tid) == actual
             lines.append(Content.assemble(
                 (f"{rank + 1:>2} ", Style(foreground=palette.muted)),
@@ -45,7 +45,7 @@ class PredictionsPanel(TextPanel):
             rank = int(a.next_rank[i])
             lines.append(Content.assemble(
                 ("actual ", Style(foreground=palette.muted)),
-                (token_label(a.tokens[i + 1]), palette.selected),
+                (a.labels[i + 1], palette.selected),
             ))
             lines.append(Content(f"rank {rank + 1}  p {a.next_prob[i]:.3f}  loss {a.losses[i + 1]:.2f}"))
         return Content("\n").join(lines)

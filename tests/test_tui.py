@@ -16,7 +16,7 @@ from model_factory import make_hf_gpt2
 from test_tui_support import PROMPT, ROOT, app, build_sae_dir, make_test_app, model_dir, ready, sae_dir, settle  # noqa: F401 (fixtures)
 from tinymech.tui.app import TinymechApp, make_app, run_tui
 from tinymech.tui.backend import Steer
-from tinymech.tui.display import Palette, fit, pad, printable, token_label, token_labels
+from tinymech.tui.display import Palette, fit, pad, printable, prob, token_label, token_labels
 from tinymech.tui.screens import help as help_screen
 from tinymech.tui.screens.help import HelpScreen
 from tinymech.tui.screens.main import MainScreen
@@ -145,15 +145,54 @@ async def test_arrow_keys_and_clicks_move_the_selection(app, model_dir):
         await pilot.click(TokenStrip, offset=(x + width // 2, line))
         await settle(pilot)
         assert screen.view.selected == 5
-        assert screen.query_one("#lens").border_title == "Logit lens @ 5"
+        assert screen.query_one("#lens").border_title == "Logit lens @ 5 · following . (actual next)"
         assert "·Elizabeth attends to:" in text_of(screen, "#attends")
         # the lens panel reads the lens at the new position: the library's, row for row
         lens = analysis.logit_lens(tm.load(model_dir), PROMPT, k=10)
         rows = [lens.labels.index(label) for label in a.lens_labels]
-        np.testing.assert_array_equal(a.lens_at(5).ids, lens.top_ids[rows, 5])
-        np.testing.assert_allclose(a.lens_at(5).probs, lens.top_probs[rows, 5], rtol=1e-5)
+        at5 = a.lens_at(5, int(a.token_ids[6]))
+        np.testing.assert_array_equal(at5.ids, lens.top_ids[rows, 5])
+        np.testing.assert_allclose(at5.probs, lens.top_probs[rows, 5], rtol=1e-5)
+        shown = text_of(screen, "#lens-body").splitlines()  # a header, then a row per lens row
+        assert shown[2].split()[4].startswith(token_label(at5.tokens[1][0])[:9])
+
+
+async def test_the_logit_lens_follows_a_picked_prediction_at_the_last_position(app, model_dir):
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        screen = main_screen(app)
+        a = screen.view.analysis
+        lens_panel = screen.query_one("#lens")
+        top = token_label(a.top_tokens[9][0])
+        assert lens_panel.border_title == f"Logit lens @ 9 · following {top} (top prediction)"
+
+        await pilot.press("1")  # the next-token list
+        assert app.focused.id == "prediction-list"
+        await pilot.press("down", "enter")  # the second prediction
+        await settle(pilot)
+        answer, label = int(a.top_ids[9, 1]), token_label(a.top_tokens[9][1])
+        assert screen.view.answer == (answer, label)
+        assert lens_panel.border_title == f"Logit lens @ 9 · following {label} (picked)"
+        picked = screen.query_one("#prediction-list").get_option_at_index(1).prompt.plain
+        assert picked.startswith("●  2 ")
+        # each row's rank and probability of the picked token: the library's logit lens with it as the answer
+        lens = analysis.logit_lens(tm.load(model_dir), PROMPT, answers=[answer], k=10)
+        rows = [lens.labels.index(row) for row in a.lens_labels]
         shown = text_of(screen, "#lens-body").splitlines()
-        assert shown[1].split()[2].startswith(token_label(a.lens_at(5).tokens[1][0])[:9])
+        assert shown[0].split()[0] == fit(label, 10)
+        for line, row in zip(shown[1:], rows):
+            rank, p = line[9:].split()[:2]
+            assert rank == f"#{lens.answer_ranks[row, 9, 0]}" and p == prob(lens.answer_probs[row, 9, 0])
+
+        await pilot.press("left")  # it stays followed at other positions
+        await settle(pilot)
+        assert lens_panel.border_title == f"Logit lens @ 8 · following {label} (picked)"
+        await pilot.press("right", "1", "enter")  # Enter on it again: back to the token followed by default
+        await settle(pilot)
+        assert screen.view.answer is None
+        assert lens_panel.border_title == f"Logit lens @ 9 · following {top} (top prediction)"
+        await pilot.press("left")
+        assert lens_panel.border_title == f"Logit lens @ 8 · following {a.labels[9]} (actual next)"
 
 
 async def test_layer_and_head_keys_and_the_heads_grid(app):
@@ -290,6 +329,10 @@ async def test_picking_a_feature_recolors_the_tokens(app):
         first = options.get_option_at_index(0).prompt.plain
         assert first.startswith(f"  #{fa.top_ids[9, 0]}")
         assert "promotes ·" in first or "promotes " in first and "…" not in first
+
+        # a promoted token that is part of a character shows its bytes (one of them here: ‹..›)
+        promoted = [options.get_option_at_index(k).prompt.plain.splitlines()[1] for k in range(options.option_count)]
+        assert any("‹" in line for line in promoted) and not any("\ufffd" in line for line in promoted)
 
         await pilot.press("3")
         assert options.has_focus
@@ -442,9 +485,10 @@ async def test_small_terminals_show_one_panel_under_tabs(app):
         await pilot.press("5")
         assert shown() == ["lens"]
         rows = text_of(screen, "#lens-body").splitlines()
-        assert [row[:9].rstrip() for row in rows[:5]] == ["embed", "L0 attn", "L0 mlp", "L1 attn", "L1 mlp"]
+        assert [row[:9].rstrip() for row in rows[1:6]] == ["embed", "L0 attn", "L0 mlp", "L1 attn", "L1 mlp"]
         a = screen.view.analysis
-        assert rows[4][9:].startswith(token_label(a.top_tokens[9][0])[:9])  # the last row is the model's output
+        top = token_label(a.top_tokens[9][0])[:9]
+        assert rows[5][9:].startswith(f"#1 ") and top in rows[5]  # the last row is the model's output
         await pilot.press("g")  # generating brings its tab forward
         await settle(pilot)
         assert shown() == ["generate"]
@@ -601,7 +645,7 @@ async def test_light_theme_reaches_every_panel(app):
         score = screen.view.analysis.head_scores["induction"][0, 1]
         cell = screen.query_one("#heads-table").get_cell_at((0, 1))
         assert cell.style.bgcolor.triplet == light.ramp(score, light.attention).rich_style.bgcolor.triplet
-        bars = [s.style.foreground for s in screen.query_one("#predictions-body").render().spans]
+        bars = [s.style.foreground for s in screen.query_one("#prediction-list").get_option_at_index(0).prompt.spans]
         assert light.attention in bars
         tail = screen.query_one(GeneratePanel).run_widget("clean").query_one(".run-text").render()
         assert tail.spans[0].style.foreground == light.muted

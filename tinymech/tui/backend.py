@@ -85,7 +85,7 @@ class Analysis:
     patterns: np.ndarray  # [layer, head, query, key]
     head_scores: Mapping[str, np.ndarray]  # HEAD_SCORES -> [layer, head]
     lens_labels: tuple[str, ...]  # one per logit-lens row (embed, L0 attn, L0 mlp, ...)
-    lens_at: Callable[[int], "LensAt"]  # the logit lens at a position, computed when first asked for
+    lens_at: Callable[[int, int], "LensAt"]  # the logit lens at a position following a token, computed when first asked for
     features: tuple[FeatureActs, ...]
 
     @property
@@ -100,6 +100,9 @@ class LensAt:
     ids: np.ndarray  # [row, TOP_K], most probable first
     probs: np.ndarray  # [row, TOP_K]
     tokens: tuple[tuple[str | bytes, ...], ...]  # [row][k] decoded
+    answer: int  # the token followed
+    answer_ranks: np.ndarray  # [row]: its rank, 1 = the most probable
+    answer_probs: np.ndarray  # [row]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,8 +111,8 @@ class FeatureEffects:
 
     sae_index: int
     feature: int
-    promoted: tuple[tuple[str, float], ...]
-    suppressed: tuple[tuple[str, float], ...]
+    promoted: tuple[tuple[str | bytes, float], ...]
+    suppressed: tuple[tuple[str | bytes, float], ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,9 +171,8 @@ class Backend:
         """Each token's text, or its bytes where they are not whole UTF-8 on their
         own (a piece of a character: the tokenizer's text would be U+FFFD)."""
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        texts = self.model.to_str_tokens(ids)
-        return tuple(_bytes_if_partial(self.model.tokenizer.backend, int(i), t) if "\ufffd" in t else t
-                     for i, t in zip(ids, texts))
+        tokenizer = self.model.tokenizer.backend
+        return tuple(_bytes_if_partial(tokenizer, int(i), t) for i, t in zip(ids, self.model.to_str_tokens(ids)))
 
     def _decode_rows(self, rows) -> tuple[tuple[str | bytes, ...], ...]:
         return tuple(self._decode_each(r) for r in rows)
@@ -201,7 +203,7 @@ class Backend:
             next_rank[pos] = int((logits[pos] > logits[pos, ids[pos + 1]]).sum())
         patterns = np.stack([cache["pattern", l][0] for l in range(cfg.n_layers)])
         lens_at = self._lens_reader(tokens, cache)
-        lens_at(len(ids) - 1)  # where the selection starts
+        lens_at(len(ids) - 1, int(top_ids[-1, 0]))  # where the selection starts, following the top prediction
         # BOS soaks up most heads' attention (a resting place): scored as
         # shares of the attention elsewhere, an induction head stands out
         # on one repeated sentence (demo model's L3H0: 0.08 with BOS, 0.70 without)
@@ -228,17 +230,20 @@ class Backend:
             features=features,
         )
 
-    def _lens_reader(self, tokens: np.ndarray, cache) -> Callable[[int], LensAt]:
-        """The logit lens at a position, from the analysis run's cache, computed
-        once when first asked for: every position at once would unembed every
-        row at every position (seconds for a long prompt on GPT-2 small)."""
+    def _lens_reader(self, tokens: np.ndarray, cache) -> Callable[[int, int], LensAt]:
+        """The logit lens at a position, following a token, from the analysis
+        run's cache, computed once when first asked for: every position at once
+        would unembed every row at every position (seconds for a long prompt on
+        GPT-2 small)."""
 
-        @functools.lru_cache(maxsize=None)
-        def lens_at(pos: int) -> LensAt:
-            lens = analysis.logit_lens(self.model, tokens, k=TOP_K, prepend_bos=False, positions=[pos], cache=cache)
+        @functools.lru_cache(maxsize=256)
+        def lens_at(pos: int, answer: int) -> LensAt:
+            lens = analysis.logit_lens(self.model, tokens, answers=[answer], k=TOP_K, prepend_bos=False,
+                                       positions=[pos], cache=cache)
             rows = [lens.labels.index(label) for label in self._lens_labels]
             ids = lens.top_ids[rows, 0]  # [row, k]
-            return LensAt(_frozen(ids), _frozen(lens.top_probs[rows, 0]), self._decode_rows(ids))
+            return LensAt(_frozen(ids), _frozen(lens.top_probs[rows, 0]), self._decode_rows(ids), answer,
+                          _frozen(lens.answer_ranks[rows, 0, 0]), _frozen(lens.answer_probs[rows, 0, 0]))
 
         return lens_at
 
@@ -249,8 +254,14 @@ class Backend:
 
     def feature_effects(self, sae_index: int, feature: int, k: int = 6) -> FeatureEffects:
         e = self.saes[sae_index].logit_effects(self.model, feature, k)
-        return FeatureEffects(sae_index, feature, _pairs(e.promoted_tokens, e.promoted_values),
-                              _pairs(e.suppressed_tokens, e.suppressed_values))
+        return FeatureEffects(sae_index, feature, self._pairs(e.promoted, e.promoted_tokens, e.promoted_values),
+                              self._pairs(e.suppressed, e.suppressed_tokens, e.suppressed_values))
+
+    def _pairs(self, ids, tokens, values) -> tuple[tuple[str | bytes, float], ...]:
+        """(token, value) pairs of logit_effects' decoded tokens (the TUI's model has
+        a tokenizer), a piece of a character as its bytes."""
+        tokenizer = self.model.tokenizer.backend
+        return tuple((_bytes_if_partial(tokenizer, int(i), t), float(v)) for i, t, v in zip(ids, tokens, values))
 
     # ---- interventions ------------------------------------------------------------
 
@@ -312,9 +323,12 @@ _BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # SentencePiece-style byte
 
 def _bytes_if_partial(tokenizer, token_id: int, text: str) -> str | bytes:
     """A token's bytes, from its vocabulary entry, when they are not whole UTF-8
-    on their own; else (or when its vocabulary entry does not tell) its text."""
+    on their own (its decoded text has U+FFFD); else (or when the vocabulary
+    entry does not tell) its text."""
     from tokenizers.decoders import ByteLevel
 
+    if "\ufffd" not in text:
+        return text
     piece = tokenizer.id_to_token(token_id) or ""
     if m := _BYTE_FALLBACK.fullmatch(piece):
         data = bytes([int(m.group(1), 16)])
@@ -327,11 +341,6 @@ def _bytes_if_partial(tokenizer, token_id: int, text: str) -> str | bytes:
     except UnicodeDecodeError:
         return data
     return text
-
-
-def _pairs(tokens, values) -> tuple[tuple[str, float], ...]:
-    """(token, value) pairs of logit_effects' decoded tokens (the TUI's model has a tokenizer)."""
-    return tuple(zip(tokens, (float(v) for v in values)))
 
 
 def loss_scale(d_vocab: int) -> float:

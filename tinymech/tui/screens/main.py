@@ -17,6 +17,7 @@ from ..backend import HEAD_SCORES, Backend, Steer
 from ..display import field_to_prompt, prompt_to_field
 from ..messages import (
     AnalysisReady,
+    AnswerPicked,
     FeatureEffectsReady,
     FeatureSelected,
     GenerateRequested,
@@ -282,6 +283,10 @@ class MainScreen(Screen):
         self.set_view(layer=message.layer, head=message.head)
         self.notify(f"attention panel shows L{message.layer} H{message.head}", timeout=2)
 
+    def on_answer_picked(self, message: AnswerPicked) -> None:
+        picked_again = self.view.answer is not None and self.view.answer[0] == message.token_id
+        self.set_view(answer=None if picked_again else (message.token_id, message.label))
+
     def on_feature_selected(self, message: FeatureSelected) -> None:
         self.set_view(sae_index=message.sae_index, feature=message.feature, color_by="feature")
 
@@ -381,7 +386,8 @@ class MainScreen(Screen):
 
     def action_panel(self, panel: str) -> None:
         self._activate_panel(panel)
-        targets = {"attention": "#tokens", "features": "#feature-list", "heads": "#heads-table", "generate": "#generate-button"}
+        targets = {"predictions": "#prediction-list", "attention": "#tokens", "features": "#feature-list",
+                   "heads": "#heads-table", "generate": "#generate-button"}
         self.query_one(targets.get(panel, f"#{panel}")).focus()
 
 

@@ -85,7 +85,7 @@ class Analysis:
     patterns: np.ndarray  # [layer, head, query, key]
     head_scores: Mapping[str, np.ndarray]  # HEAD_SCORES -> [layer, head]
     lens_labels: tuple[str, ...]  # one per logit-lens row (embed, L0 attn, L0 mlp, ...)
-    lens_at: Callable[[int, int], "LensAt"]  # the logit lens at a position following a token, computed when first asked for
+    lens_at: Callable[[int, int], "LensAt"]  # (position, token followed) -> the lens there, computed once asked for
     features: tuple[FeatureActs, ...]
 
     @property

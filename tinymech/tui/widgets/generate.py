@@ -11,6 +11,7 @@ from ..backend import Steer
 from ..display import Palette, printable
 from ..messages import GenerateRequested, SteerEdited
 from ..view import View
+from .prompt import Field
 
 MODE_NAMES = {"off": "no intervention", "add": "add feature", "clamp": "clamp feature", "ablate": "ablate head"}
 PROMPT_TAIL = 40  # characters of the prompt shown before each continuation
@@ -80,9 +81,9 @@ class GeneratePanel(Vertical):
             yield Select([(MODE_NAMES[mode], mode) for mode in self.modes], value="off", allow_blank=False,
                          compact=True, id="steer-mode")
             yield Label("strength", classes="strength")
-            yield Input(str(Steer().strength), type="number", compact=True, id="strength", classes="strength")
+            yield Field(str(Steer().strength), type="number", compact=True, id="strength", classes="strength")
             yield Label("tokens")
-            yield Input(str(DEFAULT_TOKENS), type="integer", compact=True, id="max-tokens")
+            yield Field(str(DEFAULT_TOKENS), type="integer", compact=True, id="max-tokens")
             yield Button("generate", compact=True, id="generate-button")
         with VerticalScroll(id="runs", can_focus=False):
             with Horizontal(id="runs-row"):

@@ -32,7 +32,7 @@ class LogitLensPanel(TextPanel):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.border_subtitle = "highlighted: followed  underlined: model's top  ⏎ in Next token: follow"
+        self.border_subtitle = "highlighted: followed  underlined: model's top token"
 
     def body(self, view: View) -> Content:
         a = view.analysis

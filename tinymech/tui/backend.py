@@ -85,7 +85,7 @@ class Analysis:
     patterns: np.ndarray  # [layer, head, query, key]
     head_scores: Mapping[str, np.ndarray]  # HEAD_SCORES -> [layer, head]
     lens_labels: tuple[str, ...]  # one per logit-lens row (embed, L0 attn, L0 mlp, ...)
-    lens_at: Callable[[int, int], "LensAt"]  # (position, token followed) -> the lens there, computed once asked for
+    lens_at: Callable[..., "LensAt"]  # (position, token followed or None) -> the lens there, computed once asked for
     features: tuple[FeatureActs, ...]
 
     @property
@@ -100,9 +100,9 @@ class LensAt:
     ids: np.ndarray  # [row, TOP_K], most probable first
     probs: np.ndarray  # [row, TOP_K]
     tokens: tuple[tuple[str | bytes, ...], ...]  # [row][k] decoded
-    answer: int  # the token followed
-    answer_ranks: np.ndarray  # [row]: its rank, 1 = the most probable
-    answer_probs: np.ndarray  # [row]
+    answer: int | None  # the token followed, if any
+    answer_ranks: np.ndarray | None  # [row]: its rank, 1 = the most probable
+    answer_probs: np.ndarray | None  # [row]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,20 +230,24 @@ class Backend:
             features=features,
         )
 
-    def _lens_reader(self, tokens: np.ndarray, cache) -> Callable[[int, int], LensAt]:
-        """The logit lens at a position, following a token, from the analysis
-        run's cache, computed once when first asked for: every position at once
-        would unembed every row at every position (seconds for a long prompt on
-        GPT-2 small)."""
+    def _lens_reader(self, tokens: np.ndarray, cache) -> Callable[..., LensAt]:
+        """The logit lens at a position, following a token (or none), from the
+        analysis run's cache, computed once when first asked for: every position
+        at once would unembed every row at every position (seconds for a long
+        prompt on GPT-2 small)."""
 
         @functools.lru_cache(maxsize=256)
-        def lens_at(pos: int, answer: int) -> LensAt:
-            lens = analysis.logit_lens(self.model, tokens, answers=[answer], k=TOP_K, prepend_bos=False,
-                                       positions=[pos], cache=cache)
+        def lens_at(pos: int, answer: int | None = None) -> LensAt:
+            lens = analysis.logit_lens(self.model, tokens, answers=None if answer is None else [answer], k=TOP_K,
+                                       prepend_bos=False, positions=[pos], cache=cache)
             rows = [lens.labels.index(label) for label in self._lens_labels]
             ids = lens.top_ids[rows, 0]  # [row, k]
+
+            def of_answer(values):  # [row], or None without an answer
+                return None if values is None else _frozen(values[rows, 0, 0])
+
             return LensAt(_frozen(ids), _frozen(lens.top_probs[rows, 0]), self._decode_rows(ids), answer,
-                          _frozen(lens.answer_ranks[rows, 0, 0]), _frozen(lens.answer_probs[rows, 0, 0]))
+                          of_answer(lens.answer_ranks), of_answer(lens.answer_probs))
 
         return lens_at
 

@@ -137,9 +137,7 @@ class AttentionPanel(Vertical):
         a = view.analysis
         i = view.selected
         keys = np.argsort(-weights[: i + 1], kind="stable")[:TOP_KEYS]
-        head = Content.assemble(
-            (a.labels[i], palette.selected), " attends to:"
-        )
+        head = Content.assemble((a.labels[i], palette.selected), " attends to:")
         chips = [
             Content.styled(
                 f"{a.labels[k]} {prob(weights[k])}",

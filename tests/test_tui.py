@@ -6,16 +6,17 @@ import shutil
 
 import numpy as np
 import pytest
+from rich.cells import cell_len
 from textual.app import App
 from textual.widgets import Input, Tabs
 
 import tinymech as tm
 from tinymech import analysis
 from model_factory import make_hf_gpt2
-from test_tui_support import PROMPT, ROOT, app, build_sae_dir, make_test_app, model_dir, sae_dir, settle  # noqa: F401 (fixtures)
+from test_tui_support import PROMPT, ROOT, app, build_sae_dir, make_test_app, model_dir, ready, sae_dir, settle  # noqa: F401 (fixtures)
 from tinymech.tui.app import TinymechApp, make_app, run_tui
 from tinymech.tui.backend import Steer
-from tinymech.tui.display import Palette, fit, printable, token_label
+from tinymech.tui.display import Palette, fit, pad, printable, prob, token_label, token_labels
 from tinymech.tui.screens import help as help_screen
 from tinymech.tui.screens.help import HelpScreen
 from tinymech.tui.screens.main import MainScreen
@@ -63,7 +64,7 @@ async def test_opens_on_the_prompt_with_the_last_token_selected(app):
         assert strip.labels() == PROMPT_LABELS
         assert strip.render().plain == " ".join(PROMPT_LABELS)
         assert screen.view.selected == len(PROMPT_LABELS) - 1
-        assert strip.has_focus
+        assert screen.query_one("#prompt", Input).has_focus
         assert screen.query_one("#tokens-box").border_title.startswith("Tokens · color: loss · @9 loss ")
         assert "actual: (end of prompt)" in text_of(screen, "#predictions-body")
         for panel, title in [("#predictions", "Next token @ 9"), ("#attention", "Attention · L0 H0"),
@@ -72,9 +73,37 @@ async def test_opens_on_the_prompt_with_the_last_token_selected(app):
             assert screen.query_one(panel).border_title.startswith(title)
 
 
-async def test_typing_a_prompt_shows_its_tokens(app):
+async def test_typing_at_the_start_edits_the_prompt(app):
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
+        screen = main_screen(app)
+        first = screen.view.analysis
+
+        def footer_keys():
+            return {b.binding.key for b in screen.active_bindings.values() if b.binding.show and b.enabled}
+
+        assert footer_keys() == {"escape"}  # the letter keys type: their bindings are off meanwhile
+        await pilot.press(*"Elizabeth sat. Elizabeth sat")  # replaces the example, selected on opening
+        await settle(pilot)
+        assert screen.query_one("#prompt", Input).value == "Elizabeth sat. Elizabeth sat"
+        assert screen.view.analysis is first and screen.view.steer.mode == "off" and not app.workers
+        await pilot.press("enter")
+        await settle(pilot)
+        assert screen.view.analysis.prompt == "Elizabeth sat. Elizabeth sat"
+        assert screen.query_one(TokenStrip).has_focus
+        assert {"g", "s", "q", "left"} <= footer_keys() and "escape" not in footer_keys()
+        await pilot.press("slash", "escape")  # Esc leaves the field, the keys work again
+        assert screen.query_one(TokenStrip).has_focus
+        await pilot.press("s")
+        assert screen.view.steer.mode == "add"
+        screen.query_one("#max-tokens").focus()  # the generate panel's fields type too
+        await pilot.pause()
+        assert footer_keys() == {"escape"}
+
+
+async def test_typing_a_prompt_shows_its_tokens(app):
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
         screen = main_screen(app)
         await pilot.press("slash")
         assert screen.query_one("#prompt", Input).has_focus
@@ -95,7 +124,7 @@ async def test_typing_a_prompt_shows_its_tokens(app):
 
 async def test_arrow_keys_and_clicks_move_the_selection(app, model_dir):
     async with app.run_test(size=SIZE) as pilot:
-        await settle(pilot)
+        await ready(pilot)
         screen = main_screen(app)
         await pilot.press("left", "left", "left")
         await settle(pilot)
@@ -119,20 +148,59 @@ async def test_arrow_keys_and_clicks_move_the_selection(app, model_dir):
         await pilot.click(TokenStrip, offset=(x + width // 2, line))
         await settle(pilot)
         assert screen.view.selected == 5
-        assert screen.query_one("#lens").border_title == "Logit lens @ 5"
+        assert screen.query_one("#lens").border_title == "Logit lens @ 5 · following . (actual next)"
         assert "·Elizabeth attends to:" in text_of(screen, "#attends")
         # the lens panel reads the lens at the new position: the library's, row for row
         lens = analysis.logit_lens(tm.load(model_dir), PROMPT, k=10)
         rows = [lens.labels.index(label) for label in a.lens_labels]
-        np.testing.assert_array_equal(a.lens_at(5).ids, lens.top_ids[rows, 5])
-        np.testing.assert_allclose(a.lens_at(5).probs, lens.top_probs[rows, 5], rtol=1e-5)
+        at5 = a.lens_at(5, int(a.token_ids[6]))
+        np.testing.assert_array_equal(at5.ids, lens.top_ids[rows, 5])
+        np.testing.assert_allclose(at5.probs, lens.top_probs[rows, 5], rtol=1e-5)
+        shown = text_of(screen, "#lens-body").splitlines()  # a header, then a row per lens row
+        assert shown[2].split()[4].startswith(token_label(at5.tokens[1][0])[:9])
+
+
+async def test_the_logit_lens_follows_a_picked_prediction_at_the_last_position(app, model_dir):
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        screen = main_screen(app)
+        a = screen.view.analysis
+        lens_panel = screen.query_one("#lens")
+        top = token_label(a.top_tokens[9][0])
+        assert lens_panel.border_title == f"Logit lens @ 9 · following {top} (top prediction)"
+
+        await pilot.press("1")  # the next-token list
+        assert app.focused.id == "prediction-list"
+        await pilot.press("down", "enter")  # the second prediction
+        await settle(pilot)
+        answer, label = int(a.top_ids[9, 1]), token_label(a.top_tokens[9][1])
+        assert screen.view.answer == (answer, label)
+        assert lens_panel.border_title == f"Logit lens @ 9 · following {label} (picked)"
+        picked = screen.query_one("#prediction-list").get_option_at_index(1).prompt.plain
+        assert picked.startswith("●  2 ")
+        # each row's rank and probability of the picked token: the library's logit lens with it as the answer
+        lens = analysis.logit_lens(tm.load(model_dir), PROMPT, answers=[answer], k=10)
+        rows = [lens.labels.index(row) for row in a.lens_labels]
         shown = text_of(screen, "#lens-body").splitlines()
-        assert shown[1].split()[2].startswith(token_label(a.lens_at(5).tokens[1][0])[:9])
+        assert shown[0].split()[0] == fit(label, 10)
+        for line, row in zip(shown[1:], rows):
+            rank, p = line[9:].split()[:2]
+            assert rank == f"#{lens.answer_ranks[row, 9, 0]}" and p == prob(lens.answer_probs[row, 9, 0])
+
+        await pilot.press("left")  # it stays followed at other positions
+        await settle(pilot)
+        assert lens_panel.border_title == f"Logit lens @ 8 · following {label} (picked)"
+        await pilot.press("right", "1", "enter")  # Enter on it again: back to the token followed by default
+        await settle(pilot)
+        assert screen.view.answer is None
+        assert lens_panel.border_title == f"Logit lens @ 9 · following {top} (top prediction)"
+        await pilot.press("left")
+        assert lens_panel.border_title == f"Logit lens @ 8 · following {a.labels[9]} (actual next)"
 
 
 async def test_layer_and_head_keys_and_the_heads_grid(app):
     async with app.run_test(size=SIZE) as pilot:
-        await settle(pilot)
+        await ready(pilot)
         screen = main_screen(app)
         await pilot.press("right_square_bracket", "right_curly_bracket", "right_curly_bracket")
         a = screen.view.analysis
@@ -140,10 +208,16 @@ async def test_layer_and_head_keys_and_the_heads_grid(app):
         assert attention.border_title == f"Attention · L1 H2 · induction {a.head_scores['induction'][1, 2]:.2f}"
         heatmap = screen.query_one(PatternHeatmap)
         assert np.array_equal(heatmap.pattern, a.patterns[1, 2])
-        # two query rows per line: 10 tokens make 5 lines; the selected query (9) is on the last
-        assert heatmap.virtual_size.height == 5
+        # a line of key labels, then two query rows per line: 10 tokens make 5 lines;
+        # the selected query (9) is on the last, scrolled into view under the labels
+        assert heatmap.virtual_size.height == 1 + 5
         lines = [heatmap.render_line(y).text for y in range(heatmap.size.height)]
-        assert lines[4].startswith("  8▸ ") and set(lines[4][5:25]) == {"▀"}
+        assert lines[0].rstrip() == " q\\k 0 1 2 3 4 5 6 7 8 9"
+        shown = [line for line in lines if line.strip()]
+        assert shown[-1].startswith("  8▸ ") and set(shown[-1][5:25]) == {"▀"}
+        selected = [s for s in heatmap.render_line(0) if s.text == "9"]
+        accent = Palette.from_theme(app.theme_variables).selection
+        assert selected and selected[0].style.color.triplet == accent.rich_color.triplet
 
         # in the grid: Enter on a cell shows that head
         await pilot.press("4")
@@ -153,7 +227,7 @@ async def test_layer_and_head_keys_and_the_heads_grid(app):
         assert (screen.view.layer, screen.view.head) == (0, 1)
         assert attention.border_title.startswith("Attention · L0 H1 · induction")
         info = text_of(screen, "#head-info")
-        assert info.startswith("L0 H1  prev ") and " ind " in info and " dup " in info
+        assert info.startswith("L0 H1 shown in Attention\nprev ") and " ind " in info and " dup " in info
 
         await pilot.press("d")
         assert screen.query_one("#heads").border_title == "Heads · score: duplicate-token"
@@ -166,9 +240,92 @@ async def test_layer_and_head_keys_and_the_heads_grid(app):
         assert attention.border_title.startswith("Attention · L1 H3")
 
 
+async def test_a_prompt_with_emoji_and_accents_shows_bytes_then_characters(model_dir):
+    app = make_test_app(model_dir, None, prompt="😀 Mr said “café”")
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        screen = main_screen(app)
+        a = screen.view.analysis
+        assert a.tokens[1:5] == (b"\xf0", b"\x9f", b"\x98", b"\x80")  # the byte-level tokens' own bytes
+        strip = screen.query_one(TokenStrip)
+        assert strip.labels() == ["‹bos›", "‹f0›", "‹9f›", "‹98›", "😀", "·Mr", "·said", "·", "‹e2›", "‹80›", "“",
+                                  "c", "af", "‹c3›", "é", "‹e2›", "‹80›", "”"]
+        # the emoji takes two cells: a click on the last cell of the chip after it selects that chip
+        line = strip.render().plain.splitlines()[0]
+        x = cell_len(line[: line.index("·Mr")]) + 2
+        await pilot.click(TokenStrip, offset=(x, 0))
+        await settle(pilot)
+        assert screen.view.selected == 5
+        await pilot.press("home", "right", "right")
+        await settle(pilot)
+        assert "‹9f› attends to:" in text_of(screen, "#attends")
+        assert "actual ‹98›" in text_of(screen, "#predictions-body")
+        for panel in ("#tokens", "#attends", "#predictions-body", "#lens-body"):
+            assert "\ufffd" not in text_of(screen, panel)
+
+
+async def test_the_heatmap_labels_its_key_columns(model_dir):
+    import re
+    from tinymech.tui.widgets.attention import MARGIN
+
+    app = make_test_app(model_dir, None, prompt=" ".join(["Mr Darcy bowed to Elizabeth."] * 8))
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        screen = main_screen(app)
+        heatmap = screen.query_one(PatternHeatmap)
+        n, cell = heatmap.pattern.shape[0], heatmap.cell
+        assert n > 40 and cell == 1  # one cell per key: not every key has room for a label
+        await pilot.press("home")  # scrolled to the left edge
+        await settle(pilot)
+        assert heatmap.scroll_offset.x == 0
+        header = heatmap.render_line(0).text
+        labels = {int(m.group()): m.start() for m in re.finditer(r"\d+", header)}
+        assert all(x == MARGIN + cell * k for k, x in labels.items())  # each over its own column
+        assert {0, 5, 10} <= set(labels) and len(labels) < n
+        await pilot.press("end")  # scrolled right: the labels move with their columns
+        await settle(pilot)
+        scroll_x = heatmap.scroll_offset.x
+        assert scroll_x > 0
+        labels = {int(m.group()): m.start() + scroll_x for m in re.finditer(r"\d+", heatmap.render_line(0).text)
+                  if m.start() > 0}
+        assert all(x == MARGIN + cell * k for k, x in labels.items()) and n - 1 in labels
+
+
+async def test_after_enter_in_the_heads_grid_arrows_move_the_token_again(app):
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        screen = main_screen(app)
+        table = screen.query_one("#heads-table")
+        await pilot.press("4", "down", "right", "enter")
+        await settle(pilot)
+        assert (screen.view.layer, screen.view.head) == (1, 1)
+        assert screen.query_one(TokenStrip).has_focus
+        await pilot.press("left")
+        await settle(pilot)
+        assert screen.view.selected == len(PROMPT_LABELS) - 2
+        assert table.cursor_coordinate == (1, 1) and (screen.view.layer, screen.view.head) == (1, 1)
+
+
+async def test_the_line_under_the_heads_grid_names_the_head_it_describes(app):
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        screen = main_screen(app)
+        table = screen.query_one("#heads-table")
+        await pilot.press("4")
+        assert text_of(screen, "#head-info").startswith("L0 H0 shown in Attention\nprev ")
+        await pilot.press("down")  # browsing: the line describes the cursor's cell
+        assert text_of(screen, "#head-info").startswith("L1 H0 ⏎ show in Attention\nprev ")
+        assert (screen.view.layer, screen.view.head) == (0, 0)
+        await pilot.press("escape")  # leaving the grid: cursor and line go back to the head shown
+        await settle(pilot)
+        assert screen.query_one(TokenStrip).has_focus
+        assert table.cursor_coordinate == (0, 0)
+        assert text_of(screen, "#head-info").startswith("L0 H0 shown in Attention\nprev ")
+
+
 async def test_picking_a_feature_recolors_the_tokens(app):
     async with app.run_test(size=SIZE) as pilot:
-        await settle(pilot)
+        await ready(pilot)
         screen = main_screen(app)
         options = screen.query_one("#feature-list")
         fa = screen.view.features
@@ -176,6 +333,10 @@ async def test_picking_a_feature_recolors_the_tokens(app):
         first = options.get_option_at_index(0).prompt.plain
         assert first.startswith(f"  #{fa.top_ids[9, 0]}")
         assert "promotes ·" in first or "promotes " in first and "…" not in first
+
+        # a promoted token that is part of a character shows its bytes (one of them here: ‹..›)
+        promoted = [options.get_option_at_index(k).prompt.plain.splitlines()[1] for k in range(options.option_count)]
+        assert any("‹" in line for line in promoted) and not any("\ufffd" in line for line in promoted)
 
         await pilot.press("3")
         assert options.has_focus
@@ -206,7 +367,7 @@ async def test_picking_a_feature_recolors_the_tokens(app):
 
 async def test_generate_with_a_clamped_feature_streams_both_runs(app, model_dir, sae_dir):
     async with app.run_test(size=SIZE) as pilot:
-        await settle(pilot)
+        await ready(pilot)
         screen = main_screen(app)
         await pilot.press("3", "enter")  # the top feature at the last token
         await settle(pilot)
@@ -233,9 +394,47 @@ async def test_generate_with_a_clamped_feature_streams_both_runs(app, model_dir,
         assert clean.query_one(".run-text").render().plain.endswith("Mr Darcy bowed" + printable(expect_clean))
 
 
-async def test_ablating_a_head_shows_the_steered_loss(app, model_dir):
+async def test_a_long_generation_scrolls_inside_the_generate_panel(app):
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        screen = main_screen(app)
+        panel = screen.query_one(GeneratePanel)
+        top = screen.query_one("#row-top")
+        top_height, panel_height = top.region.height, panel.region.height
+        panel.query_one("#max-tokens", Input).value = "118"  # up to the model's context of 128
+        await pilot.press("escape", "g")
+        await settle(pilot)
+        await pilot.pause()
+        assert len(panel.run_widget("clean").text) > 400
+        # the panel grows by three lines at most, then scrolls: the panels above keep their room
+        assert panel.region.height <= panel_height + 3 and top.region.height >= top_height - 3
+        runs = panel.query_one("#runs")
+        assert runs.max_scroll_y > 0 and runs.scroll_y == runs.max_scroll_y  # the newest text in view
+
+
+async def test_generate_continues_the_prompt_in_the_field(app, monkeypatch):
+    notes = []
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
+        monkeypatch.setattr(app, "notify", lambda message, **kw: notes.append((message, kw.get("severity"))))
+        screen = main_screen(app)
+        clean = screen.query_one(GeneratePanel).run_widget("clean")
+        await pilot.press("backspace", "enter", "escape", "g")  # an emptied field
+        await settle(pilot)
+        assert notes == [("type a prompt first", "warning")] * 2
+        assert clean.text == "" and screen.view.analysis.prompt == PROMPT  # the old prompt is not continued
+
+        # a prompt typed but not run: g runs it, then continues it
+        await pilot.press("slash", *"Elizabeth sat", "escape", "g")
+        await settle(pilot)
+        assert screen.view.analysis.prompt == "Elizabeth sat"
+        ids = screen.view.analysis.token_ids
+        assert clean.text and clean.text == app.backend.generate(ids, 30, None, lambda text: False, seed=1)
+
+
+async def test_ablating_a_head_shows_the_steered_loss(app, model_dir):
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
         screen = main_screen(app)
         await pilot.press("right_square_bracket", "right_curly_bracket", "s", "s", "s", "c")
         await settle(pilot)
@@ -253,7 +452,7 @@ async def test_ablating_a_head_shows_the_steered_loss(app, model_dir):
 
 async def test_help_lists_every_key(app):
     async with app.run_test(size=SIZE) as pilot:
-        await settle(pilot)
+        await ready(pilot)
         await pilot.press("question_mark")
         assert isinstance(app.screen, HelpScreen)
         text = app.screen.query_one("#help-text").render().plain
@@ -277,7 +476,7 @@ async def test_help_lists_every_key(app):
 
 async def test_small_terminals_show_one_panel_under_tabs(app):
     async with app.run_test(size=(80, 24)) as pilot:
-        await settle(pilot)
+        await ready(pilot)
         screen = main_screen(app)
         assert screen.compact and screen.query_one(Tabs).display
 
@@ -290,9 +489,10 @@ async def test_small_terminals_show_one_panel_under_tabs(app):
         await pilot.press("5")
         assert shown() == ["lens"]
         rows = text_of(screen, "#lens-body").splitlines()
-        assert [row[:9].rstrip() for row in rows[:5]] == ["embed", "L0 attn", "L0 mlp", "L1 attn", "L1 mlp"]
+        assert [row[:9].rstrip() for row in rows[1:6]] == ["embed", "L0 attn", "L0 mlp", "L1 attn", "L1 mlp"]
         a = screen.view.analysis
-        assert rows[4][9:].startswith(token_label(a.top_tokens[9][0])[:9])  # the last row is the model's output
+        top = token_label(a.top_tokens[9][0])[:9]
+        assert rows[5][9:].startswith(f"#1 ") and top in rows[5]  # the last row is the model's output
         await pilot.press("g")  # generating brings its tab forward
         await settle(pilot)
         assert shown() == ["generate"]
@@ -301,7 +501,7 @@ async def test_small_terminals_show_one_panel_under_tabs(app):
 async def test_too_long_a_prompt_is_a_notification(app, monkeypatch):
     notes = []
     async with app.run_test(size=SIZE) as pilot:
-        await settle(pilot)
+        await ready(pilot)
         monkeypatch.setattr(app, "notify", lambda message, **kw: notes.append((message, kw)))
         screen = main_screen(app)
         screen.query_one("#prompt", Input).value = "word " * 300
@@ -321,7 +521,7 @@ async def test_too_long_a_prompt_is_a_notification(app, monkeypatch):
 async def test_without_an_sae_the_features_panel_says_so(model_dir):
     app = make_test_app(model_dir, None)
     async with app.run_test(size=SIZE) as pilot:
-        await settle(pilot)
+        await ready(pilot)
         screen = main_screen(app)
         assert "No SAE loaded" in text_of(screen, "#no-sae")
         await pilot.press("c", "c")
@@ -331,7 +531,7 @@ async def test_without_an_sae_the_features_panel_says_so(model_dir):
 async def test_without_an_sae_steering_offers_head_ablation_only(model_dir):
     app = make_test_app(model_dir, None)
     async with app.run_test(size=SIZE) as pilot:
-        await settle(pilot)
+        await ready(pilot)
         screen = main_screen(app)
         panel = screen.query_one(GeneratePanel)
         assert panel.modes == ("off", "ablate")  # the mode list offers these
@@ -345,7 +545,7 @@ async def test_without_an_sae_steering_offers_head_ablation_only(model_dir):
 
 async def test_with_an_sae_the_strength_shows_for_feature_modes_only(app):
     async with app.run_test(size=SIZE) as pilot:
-        await settle(pilot)
+        await ready(pilot)
         screen = main_screen(app)
         panel = screen.query_one(GeneratePanel)
         shown = []
@@ -364,7 +564,7 @@ async def test_a_deep_model_keeps_the_tiled_panels_in_their_slots(tmp_path):
     shutil.copy(ROOT / "models" / "demo-gpt2" / "tokenizer.json", path / "tokenizer.json")
     app = make_test_app(path, None)
     async with app.run_test(size=(160, 50)) as pilot:
-        await settle(pilot)
+        await ready(pilot)
         screen = main_screen(app)
         row, lens, heads, generate = (screen.query_one(f"#{i}") for i in ("row-middle", "lens", "heads", "generate"))
         for panel in (lens, heads):
@@ -382,7 +582,7 @@ async def test_a_deep_model_keeps_the_tiled_panels_in_their_slots(tmp_path):
 async def test_a_prompt_with_newlines_shows_them_as_marks_in_the_field(model_dir):
     app = make_test_app(model_dir, None, prompt="Mr Darcy\nbowed")
     async with app.run_test(size=SIZE) as pilot:
-        await settle(pilot)
+        await ready(pilot)
         screen = main_screen(app)
         field = screen.query_one("#prompt", Input)
         assert field.value == "Mr Darcy↵bowed"
@@ -395,7 +595,7 @@ async def test_a_prompt_with_newlines_shows_them_as_marks_in_the_field(model_dir
 
 async def test_in_the_feature_list_left_right_still_move_the_token(app):
     async with app.run_test(size=SIZE) as pilot:
-        await settle(pilot)
+        await ready(pilot)
         screen = main_screen(app)
         await pilot.press("3")
         assert app.focused.id == "feature-list"
@@ -411,7 +611,7 @@ async def test_the_example_prompt_opens_on_the_induction_head():
     pattern at once (a random model's heads stand out nowhere: it opens on L0 H0)."""
     app = make_app(tm.load(), [])
     async with app.run_test(size=SIZE) as pilot:
-        await settle(pilot)
+        await ready(pilot)
         screen = main_screen(app)
         assert (screen.view.layer, screen.view.head) == (3, 0)
         assert screen.query_one("#attention").border_title.startswith("Attention · L3 H0 · induction 0.7")
@@ -425,7 +625,7 @@ async def test_the_example_prompt_opens_on_the_induction_head():
 
 async def test_light_theme_redraws_with_its_colors(app):
     async with app.run_test(size=SIZE) as pilot:
-        await settle(pilot)
+        await ready(pilot)
         await pilot.press("t")
         await settle(pilot)
         assert not app.current_theme.dark
@@ -433,6 +633,26 @@ async def test_light_theme_redraws_with_its_colors(app):
         light = Palette.from_theme(app.theme_variables)
         selected = [s for s in strip.render().spans if s.start == len(" ".join(PROMPT_LABELS[:-1])) + 1]
         assert selected[0].style.background == light.selection
+
+
+async def test_light_theme_reaches_every_panel(app):
+    """The heatmap, the heads grid, the predictions and the generated text bake
+    colors into their content: they are redrawn with the new theme's."""
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        screen = main_screen(app)
+        await pilot.press("escape", "g", "t")
+        await settle(pilot)
+        light, dark = Palette.from_theme(app.get_css_variables()), Palette.from_theme(App().get_css_variables())
+        assert (light.base, light.attention, light.muted) != (dark.base, dark.attention, dark.muted)
+        assert screen.query_one(PatternHeatmap).palette == light
+        score = screen.view.analysis.head_scores["induction"][0, 1]
+        cell = screen.query_one("#heads-table").get_cell_at((0, 1))
+        assert cell.style.bgcolor.triplet == light.ramp(score, light.attention).rich_style.bgcolor.triplet
+        bars = [s.style.foreground for s in screen.query_one("#prediction-list").get_option_at_index(0).prompt.spans]
+        assert light.attention in bars
+        tail = screen.query_one(GeneratePanel).run_widget("clean").query_one(".run-text").render()
+        assert tail.spans[0].style.foreground == light.muted
 
 
 def test_fit_marks_a_cut_label():
@@ -449,6 +669,17 @@ def test_token_labels_make_boundaries_visible():
     assert token_label("a\x1b[2Jb\x9b") == "a␛[2Jb\ufffd"
     assert token_label("") == "∅"
     assert printable("line one\nline\x07 two") == "line one\nline␇ two"
+
+
+def test_characters_cut_across_tokens_are_joined_on_the_last():
+    pieces = [b"\xf0\x9f", b"\x98\x80", " caf", b"\xc3", b"\xa9!"]
+    assert token_labels(pieces) == ["‹f0 9f›", "😀", "·caf", "‹c3›", "é!"]
+    pieces = ["<|endoftext|>", b"\xe2", b"\x80", b"\x9c\n"]
+    assert token_labels(pieces, bos=True) == ["‹bos›", "‹e2›", "‹80›", "“↵"]
+    # bytes that complete nothing stay marks; a token alone shows its bytes
+    assert token_labels([b"\xa9 \xe2", "x", b"\xff"]) == ["‹a9›·‹e2›", "x", "‹ff›"]
+    assert token_label(b"\xe2\x80") == "‹e2 80›" and token_label(b" \xf0") == "·‹f0›"
+    assert fit("日本語", 4) == "日 …" and pad("日本", 6) == "日本  "
 
 
 @pytest.mark.parametrize("theme", ["textual-dark", "textual-light"])

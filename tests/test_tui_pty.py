@@ -101,6 +101,8 @@ def test_the_command_shows_tokens_and_panels(tmp_path):
             screen.feed(output)
             shown = screen.text()
         assert all(w in shown for w in wanted), shown
+        child.send("\x1b")  # Esc: out of the prompt field the app opens in, to the keys
+        time.sleep(0.5)  # a lone ESC is a key only once no escape sequence follows it
         child.send("q")
         child.expect(pexpect.EOF, timeout=30)
     finally:

@@ -26,7 +26,7 @@ def after(*keys: str):
     return run_before
 
 
-def test_tiled_at_120x36(snap_compare, app):
+def test_tiled_at_120x36(snap_compare, app):  # as it opens: in the prompt field
     assert snap_compare(app, terminal_size=(120, 36), run_before=after())
 
 
@@ -35,22 +35,22 @@ def test_tabs_at_80x24(snap_compare, app):
 
 
 def test_attention_tab_on_an_earlier_token(snap_compare, app):
-    keys = ["2", "left", "left", "right_square_bracket", "right_curly_bracket"]
+    keys = ["escape", "2", "left", "left", "right_square_bracket", "right_curly_bracket"]
     assert snap_compare(app, terminal_size=(80, 24), run_before=after(*keys))
 
 
 def test_feature_coloring_and_steered_generation_at_160x48(snap_compare, app):
-    keys = ["3", "down", "enter", "s", "s", "g"]
+    keys = ["escape", "3", "down", "enter", "s", "s", "g"]
     assert snap_compare(app, terminal_size=(160, 48), run_before=after(*keys))
 
 
 def test_heads_grid_by_previous_token_score(snap_compare, app):
-    assert snap_compare(app, terminal_size=(80, 24), run_before=after("4", "d", "d"))
+    assert snap_compare(app, terminal_size=(80, 24), run_before=after("escape", "4", "d", "d"))
 
 
 def test_help_screen(snap_compare, app):
-    assert snap_compare(app, terminal_size=(100, 40), run_before=after("question_mark"))
+    assert snap_compare(app, terminal_size=(100, 40), run_before=after("escape", "question_mark"))
 
 
 def test_light_theme(snap_compare, app):
-    assert snap_compare(app, terminal_size=(120, 36), run_before=after("t", "c", "c", "c"))
+    assert snap_compare(app, terminal_size=(120, 36), run_before=after("escape", "t", "c", "c", "c"))

@@ -67,6 +67,12 @@ async def settle(pilot) -> None:
             return
 
 
+async def ready(pilot) -> None:
+    """Settle, then leave the prompt field the app opens in, for the keys."""
+    await settle(pilot)
+    await pilot.press("escape")
+
+
 # Fixtures shared by the TUI test files (imported there by name).
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):

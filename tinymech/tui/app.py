@@ -8,6 +8,7 @@ from typing import Sequence
 
 from textual.app import App
 from textual.binding import Binding
+from textual.widgets import Input
 
 import tinymech as tm
 from tinymech.sae import SAE
@@ -29,8 +30,9 @@ class TinymechApp(App):
     BINDINGS = [
         Binding("question_mark", "help", "help", key_display="?"),
         Binding("t", "toggle_theme", "light/dark", show=False),
-        Binding("q", "quit", "quit"),
+        Binding("q", "quit_key", "quit"),  # not "quit", which ctrl+q needs while typing too
     ]
+    TYPED_KEYS = ("help", "toggle_theme", "quit_key")  # actions of keys that type into a focused field
 
     def __init__(self, backend: Backend, prompt: str):
         super().__init__()
@@ -46,14 +48,15 @@ class TinymechApp(App):
         groups = [("Everywhere", list(self.BINDINGS)), ("Tokens and panels", list(MainScreen.BINDINGS))]
         self.push_screen(HelpScreen(groups))
 
+    def check_action(self, action: str, parameters: tuple) -> bool | None:
+        # off (and out of the footer) while their keys type into a field
+        return action not in self.TYPED_KEYS or not isinstance(self.focused, Input)
+
+    async def action_quit_key(self) -> None:
+        await self.action_quit()
+
     def action_toggle_theme(self) -> None:
         self.theme = "textual-light" if self.current_theme.dark else "textual-dark"
-
-    def watch_theme(self, theme: str) -> None:
-        # panels bake theme colors into their content, so redraw them
-        screen = self.screen_stack[0] if self.screen_stack else None
-        if isinstance(screen, MainScreen):
-            screen.set_view()
 
 
 def make_app(model: tm.Model, saes: Sequence[SAE] = (), prompt: str | None = None) -> TinymechApp:

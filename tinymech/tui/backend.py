@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import re
 from types import MappingProxyType
 from typing import Callable, Mapping, Sequence
 
@@ -15,6 +16,8 @@ import tinymech as tm
 from tinymech import analysis
 from tinymech.analysis.logit_lens import distinct_points
 from tinymech.ranking import log_sum_exp, top_k
+
+from .display import token_labels
 
 HEAD_SCORES = ("previous_token", "induction", "duplicate_token")
 TOP_K = 10  # predictions and logit-lens tokens kept per position
@@ -69,19 +72,20 @@ class Analysis:
 
     prompt: str
     token_ids: np.ndarray  # [pos]
-    tokens: tuple[str, ...]  # decoded text of each token
+    tokens: tuple[str | bytes, ...]  # each token's text, or its bytes if they are part of a character
+    labels: tuple[str, ...]  # how the tokens show, characters cut across tokens joined (display.token_labels)
     bos: bool  # whether token 0 is the BOS the model prepended
     vocab_size: int
     losses: np.ndarray  # [pos]: loss of predicting token i from the tokens before it (nan at 0)
     top_ids: np.ndarray  # [pos, TOP_K]: the most likely next tokens after position i
     top_probs: np.ndarray  # [pos, TOP_K]
-    top_tokens: tuple[tuple[str, ...], ...]  # decoded top_ids
+    top_tokens: tuple[tuple[str | bytes, ...], ...]  # decoded top_ids
     next_rank: np.ndarray  # [pos]: rank of the actual next token (0 = top; -1 after the last)
     next_prob: np.ndarray  # [pos]
     patterns: np.ndarray  # [layer, head, query, key]
     head_scores: Mapping[str, np.ndarray]  # HEAD_SCORES -> [layer, head]
     lens_labels: tuple[str, ...]  # one per logit-lens row (embed, L0 attn, L0 mlp, ...)
-    lens_at: Callable[[int], "LensAt"]  # the logit lens at a position, computed when first asked for
+    lens_at: Callable[..., "LensAt"]  # (position, token followed or None) -> the lens there, computed once asked for
     features: tuple[FeatureActs, ...]
 
     @property
@@ -95,7 +99,10 @@ class LensAt:
 
     ids: np.ndarray  # [row, TOP_K], most probable first
     probs: np.ndarray  # [row, TOP_K]
-    tokens: tuple[tuple[str, ...], ...]  # [row][k] decoded
+    tokens: tuple[tuple[str | bytes, ...], ...]  # [row][k] decoded
+    answer: int | None  # the token followed, if any
+    answer_ranks: np.ndarray | None  # [row]: its rank, 1 = the most probable
+    answer_probs: np.ndarray | None  # [row]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,8 +111,8 @@ class FeatureEffects:
 
     sae_index: int
     feature: int
-    promoted: tuple[tuple[str, float], ...]
-    suppressed: tuple[tuple[str, float], ...]
+    promoted: tuple[tuple[str | bytes, float], ...]
+    suppressed: tuple[tuple[str | bytes, float], ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,10 +167,14 @@ class Backend:
 
     # ---- tokens -------------------------------------------------------------------
 
-    def _decode_each(self, ids) -> tuple[str, ...]:
-        return tuple(self.model.to_str_tokens(np.asarray(ids, dtype=np.int64).reshape(-1)))
+    def _decode_each(self, ids) -> tuple[str | bytes, ...]:
+        """Each token's text, or its bytes where they are not whole UTF-8 on their
+        own (a piece of a character: the tokenizer's text would be U+FFFD)."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        tokenizer = self.model.tokenizer.backend
+        return tuple(_bytes_if_partial(tokenizer, int(i), t) for i, t in zip(ids, self.model.to_str_tokens(ids)))
 
-    def _decode_rows(self, rows) -> tuple[tuple[str, ...], ...]:
+    def _decode_rows(self, rows) -> tuple[tuple[str | bytes, ...], ...]:
         return tuple(self._decode_each(r) for r in rows)
 
     def decode(self, ids) -> str:
@@ -192,16 +203,18 @@ class Backend:
             next_rank[pos] = int((logits[pos] > logits[pos, ids[pos + 1]]).sum())
         patterns = np.stack([cache["pattern", l][0] for l in range(cfg.n_layers)])
         lens_at = self._lens_reader(tokens, cache)
-        lens_at(len(ids) - 1)  # where the selection starts
+        lens_at(len(ids) - 1, int(top_ids[-1, 0]))  # where the selection starts, following the top prediction
         # BOS soaks up most heads' attention (a resting place): scored as
         # shares of the attention elsewhere, an induction head stands out
         # on one repeated sentence (demo model's L3H0: 0.08 with BOS, 0.70 without)
         scores = analysis.head_scores(model, tokens, cache=cache, prepend_bos=False, exclude_bos=bos)
         features = tuple(self._feature_acts(i, cache[sae.cfg.hook_name][0]) for i, sae in enumerate(self.saes))
+        decoded = self._decode_each(ids)
         return Analysis(
             prompt=prompt,
             token_ids=_frozen(ids),
-            tokens=self._decode_each(ids),
+            tokens=decoded,
+            labels=tuple(token_labels(decoded, bos)),
             bos=bos,
             vocab_size=cfg.d_vocab,
             losses=_frozen(np.concatenate([[np.nan], losses[0]]).astype(np.float32)),
@@ -217,17 +230,24 @@ class Backend:
             features=features,
         )
 
-    def _lens_reader(self, tokens: np.ndarray, cache) -> Callable[[int], LensAt]:
-        """The logit lens at a position, from the analysis run's cache, computed
-        once when first asked for: every position at once would unembed every
-        row at every position (seconds for a long prompt on GPT-2 small)."""
+    def _lens_reader(self, tokens: np.ndarray, cache) -> Callable[..., LensAt]:
+        """The logit lens at a position, following a token (or none), from the
+        analysis run's cache, computed once when first asked for: every position
+        at once would unembed every row at every position (seconds for a long
+        prompt on GPT-2 small)."""
 
-        @functools.lru_cache(maxsize=None)
-        def lens_at(pos: int) -> LensAt:
-            lens = analysis.logit_lens(self.model, tokens, k=TOP_K, prepend_bos=False, positions=[pos], cache=cache)
+        @functools.lru_cache(maxsize=256)
+        def lens_at(pos: int, answer: int | None = None) -> LensAt:
+            lens = analysis.logit_lens(self.model, tokens, answers=None if answer is None else [answer], k=TOP_K,
+                                       prepend_bos=False, positions=[pos], cache=cache)
             rows = [lens.labels.index(label) for label in self._lens_labels]
             ids = lens.top_ids[rows, 0]  # [row, k]
-            return LensAt(_frozen(ids), _frozen(lens.top_probs[rows, 0]), self._decode_rows(ids))
+
+            def of_answer(values):  # [row], or None without an answer
+                return None if values is None else _frozen(values[rows, 0, 0])
+
+            return LensAt(_frozen(ids), _frozen(lens.top_probs[rows, 0]), self._decode_rows(ids), answer,
+                          of_answer(lens.answer_ranks), of_answer(lens.answer_probs))
 
         return lens_at
 
@@ -238,8 +258,14 @@ class Backend:
 
     def feature_effects(self, sae_index: int, feature: int, k: int = 6) -> FeatureEffects:
         e = self.saes[sae_index].logit_effects(self.model, feature, k)
-        return FeatureEffects(sae_index, feature, _pairs(e.promoted_tokens, e.promoted_values),
-                              _pairs(e.suppressed_tokens, e.suppressed_values))
+        return FeatureEffects(sae_index, feature, self._pairs(e.promoted, e.promoted_tokens, e.promoted_values),
+                              self._pairs(e.suppressed, e.suppressed_tokens, e.suppressed_values))
+
+    def _pairs(self, ids, tokens, values) -> tuple[tuple[str | bytes, float], ...]:
+        """(token, value) pairs of logit_effects' decoded tokens (the TUI's model has
+        a tokenizer), a piece of a character as its bytes."""
+        tokenizer = self.model.tokenizer.backend
+        return tuple((_bytes_if_partial(tokenizer, int(i), t), float(v)) for i, t, v in zip(ids, tokens, values))
 
     # ---- interventions ------------------------------------------------------------
 
@@ -287,9 +313,38 @@ class Backend:
         return self.decode(new)
 
 
-def _pairs(tokens, values) -> tuple[tuple[str, float], ...]:
-    """(token, value) pairs of logit_effects' decoded tokens (the TUI's model has a tokenizer)."""
-    return tuple(zip(tokens, (float(v) for v in values)))
+def _byte_level_alphabet() -> dict[str, int]:
+    """Byte-level BPE's (GPT-2's) characters for bytes: the printable Latin-1
+    bytes stand for themselves, the others for U+0100 on, in byte order."""
+    kept = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    moved = [b for b in range(256) if b not in kept]
+    return {**{chr(b): b for b in kept}, **{chr(0x100 + i): b for i, b in enumerate(moved)}}
+
+
+_BYTE_LEVEL = _byte_level_alphabet()
+_BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # SentencePiece-style byte tokens
+
+
+def _bytes_if_partial(tokenizer, token_id: int, text: str) -> str | bytes:
+    """A token's bytes, from its vocabulary entry, when they are not whole UTF-8
+    on their own (its decoded text has U+FFFD); else (or when the vocabulary
+    entry does not tell) its text."""
+    from tokenizers.decoders import ByteLevel
+
+    if "\ufffd" not in text:
+        return text
+    piece = tokenizer.id_to_token(token_id) or ""
+    if m := _BYTE_FALLBACK.fullmatch(piece):
+        data = bytes([int(m.group(1), 16)])
+    elif isinstance(tokenizer.decoder, ByteLevel) and all(c in _BYTE_LEVEL for c in piece):
+        data = bytes(_BYTE_LEVEL[c] for c in piece)
+    else:
+        return text
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data
+    return text
 
 
 def loss_scale(d_vocab: int) -> float:

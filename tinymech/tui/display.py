@@ -2,7 +2,12 @@
 boundaries, color ramps built from the current theme, and bars."""
 from __future__ import annotations
 
+import bisect
+import itertools
 from dataclasses import dataclass
+from typing import Sequence
+
+from rich.cells import cell_len, set_cell_size
 
 from textual.color import Color
 from textual.content import Content
@@ -30,16 +35,48 @@ def field_to_prompt(field: str) -> str:
     return field
 
 
-def token_label(text: str, is_bos: bool = False) -> str:
-    """A token as a chip shows it: spaces as ·, newlines as ↵, BOS as ‹bos›."""
-    if is_bos:
-        return BOS_LABEL
-    return printable("".join(_VISIBLE.get(ch, ch) for ch in text)) or "∅"
+def token_label(token: str | bytes, is_bos: bool = False) -> str:
+    """A token as a chip shows it: spaces as ·, newlines as ↵, BOS as ‹bos›,
+    bytes that are not a whole character as ‹e2 80›."""
+    return BOS_LABEL if is_bos else token_labels([token])[0]
+
+
+def token_labels(tokens: Sequence[str | bytes], bos: bool = False) -> list[str]:
+    """Labels of consecutive tokens, each its text, or its bytes where it is not
+    whole UTF-8 on its own. A character cut across tokens shows on the token that
+    completes it; its bytes in the tokens before show as marks (‹f0 9f› ‹98 80›
+    -> "‹f0 9f›", "😀"), as do bytes that make no character."""
+    data = [t if isinstance(t, bytes) else t.encode("utf-8") for t in tokens]
+    ends = list(itertools.accumulate(len(d) for d in data))
+    parts: list[list[str | bytearray]] = [[] for _ in data]
+    pos = 0
+    for ch in b"".join(data).decode("utf-8", "surrogateescape"):  # a byte of no character: a lone surrogate
+        raw = ch.encode("utf-8", "surrogateescape")
+        last = bisect.bisect_right(ends, pos + len(raw) - 1)  # the token holding the character's last byte
+        whole = not "\udc80" <= ch <= "\udcff"
+        for t in range(bisect.bisect_right(ends, pos), last + 1):
+            if t == last and whole:
+                parts[t].append(printable(_VISIBLE.get(ch, ch)))
+            else:
+                lo, hi = max(pos, ends[t] - len(data[t])), min(pos + len(raw), ends[t])
+                if not parts[t] or not isinstance(parts[t][-1], bytearray):
+                    parts[t].append(bytearray())
+                parts[t][-1] += raw[lo - pos : hi - pos]
+        pos += len(raw)
+    labels = ["".join(p if isinstance(p, str) else f"‹{p.hex(' ')}›" for p in ps) or "∅" for ps in parts]
+    if bos and labels:
+        labels[0] = BOS_LABEL
+    return labels
 
 
 def fit(label: str, width: int) -> str:
-    """A label cut to width, with "…" where something was cut."""
-    return label if len(label) <= width else label[: max(0, width - 1)] + "…"
+    """A label cut to `width` cells, with "…" where something was cut."""
+    return label if cell_len(label) <= width else set_cell_size(label, max(0, width - 1)) + "…"
+
+
+def pad(label: str, width: int) -> str:
+    """A label padded with spaces to `width` cells (wide characters take two)."""
+    return label + " " * max(0, width - cell_len(label))
 
 
 def bar(fraction: float, width: int) -> str:

@@ -40,6 +40,14 @@ class FeatureSelected(Message):
 
 
 @dataclass
+class AnswerPicked(Message):
+    """A predicted token picked for the logit lens to follow."""
+
+    token_id: int
+    label: str
+
+
+@dataclass
 class FeatureEffectsReady(Message):
     effects: tuple[FeatureEffects, ...]
 

@@ -9,6 +9,7 @@ from typing import Mapping
 import numpy as np
 
 from .backend import Analysis, FeatureActs, FeatureEffects, Steer, loss_scale
+from .display import token_label
 
 COLOR_METRICS = ("loss", "steered loss", "feature", "attention")
 
@@ -23,6 +24,7 @@ class View:
     score: str = "induction"  # which head score the heads grid shows
     sae_index: int = 0
     feature: int | None = None  # the feature chosen in the features panel
+    answer: tuple[int, str] | None = None  # (token id, label) the logit lens follows, picked in Next token
     steer: Steer = Steer()
     steered_losses: np.ndarray | None = None  # [pos] under `steer`, when computed
     effects: Mapping[tuple[int, int], FeatureEffects] = dataclasses.field(
@@ -38,6 +40,19 @@ class View:
         if a is None or not a.features:
             return None
         return a.features[min(self.sae_index, len(a.features) - 1)]
+
+    def followed(self) -> tuple[int, str, str] | None:
+        """(token id, label, why) of the token the logit lens follows at the
+        selected position: the one picked, else the actual next, else at the
+        end of the prompt the model's top prediction."""
+        a, i = self.analysis, self.selected
+        if a is None:
+            return None
+        if self.answer is not None:
+            return *self.answer, "picked"
+        if i + 1 < a.n_tokens:
+            return int(a.token_ids[i + 1]), a.labels[i + 1], "actual next"
+        return int(a.top_ids[i, 0]), token_label(a.top_tokens[i][0]), "top prediction"
 
     def token_values(self) -> np.ndarray | None:
         """The color metric per token scaled to [0, 1] (nan: no value there);

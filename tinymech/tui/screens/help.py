@@ -15,10 +15,11 @@ from textual.widgets import Static
 # keys that belong to Textual's own widgets, described once here
 WIDGET_KEYS = [
     ("↑/↓", "move in lists, tables and panels"),
-    ("⏎", "heads grid: show that head · features: color tokens by that feature"),
+    ("⏎", "heads grid: show that head · features: color tokens by that feature · "
+          "next token: follow it in the logit lens (on a followed one: stop)"),
     ("tab / shift+tab", "next / previous area"),
     ("ctrl+p", "command palette (themes, screenshot, all keys)"),
-    ("mouse", "click a token to select it, a head cell or a feature to pick it"),
+    ("mouse", "click a token to select it, a head cell, a feature or a prediction to pick it"),
 ]
 BOX_WIDTH = 72
 TEXT_WIDTH = BOX_WIDTH - 2 - 2 - 1  # less the border, the padding and a scrollbar

@@ -18,6 +18,7 @@ from ..backend import HEAD_SCORES, Backend, Steer
 from ..display import field_to_prompt, prompt_to_field
 from ..messages import (
     AnalysisReady,
+    AnswerPicked,
     FeatureEffectsReady,
     FeatureSelected,
     GenerateRequested,
@@ -35,6 +36,7 @@ from ..widgets.generate import GeneratePanel
 from ..widgets.heads import HeadsPanel
 from ..widgets.logit_lens import LogitLensPanel
 from ..widgets.predictions import PredictionsPanel
+from ..widgets.prompt import PromptField
 from ..widgets.title import TitleBar
 from ..widgets.tokens import TokenBox, TokenStrip
 
@@ -84,6 +86,7 @@ class MainScreen(Screen):
         self.prompt = prompt
         self.view = View()
         self._seed = 0  # each generate press samples anew; clean and steered share the seed
+        self._generate_when_ready = False  # generate was pressed on a prompt being analyzed
 
     # ---- layout -------------------------------------------------------------------
 
@@ -91,10 +94,7 @@ class MainScreen(Screen):
         info = self.backend.info
         title = " · ".join([info.title] + [s.title for s in info.saes])
         yield TitleBar(title, id="title")
-        prompt = Input(prompt_to_field(self.prompt), placeholder="type a prompt, Enter to run (↵ for a newline)",
-                       id="prompt")
-        prompt.border_title = "Prompt"
-        yield prompt
+        yield PromptField(prompt_to_field(self.prompt), id="prompt")
         with TokenBox(id="tokens-box"):
             yield TokenStrip(id="tokens")
         yield Tabs(*(Tab(title, id=f"tab-{panel}") for panel, title in PANELS.items()), id="panel-tabs")
@@ -114,8 +114,11 @@ class MainScreen(Screen):
 
     def on_mount(self) -> None:
         self.query_one("#tokens-box").border_subtitle = "←/→ select  c color by"
-        self.query_one(TokenStrip).focus()
+        self.query_one("#prompt").focus()  # typing edits the prompt; Esc or Enter lead on to the keys
         self._activate_panel("predictions")
+        # panels bake the theme's colors into their content: redraw them once the
+        # new theme's variables are in place (they are not yet when App.theme changes)
+        self.app.theme_changed_signal.subscribe(self, lambda theme: self.set_view())
         self.analyze(self.prompt)
 
     @property
@@ -136,6 +139,11 @@ class MainScreen(Screen):
     @on(Tabs.TabActivated)
     def _tab_activated(self, event: Tabs.TabActivated) -> None:
         self._activate_panel(event.tab.id.removeprefix("tab-"))
+
+    def check_action(self, action: str, parameters: tuple) -> bool | None:
+        # keys type into a focused field: the bindings are off (and out of the
+        # footer) meanwhile, but Esc, which leaves the field
+        return action == "leave_prompt" or not isinstance(self.focused, Input)
 
     # ---- the view -----------------------------------------------------------------
 
@@ -238,10 +246,14 @@ class MainScreen(Screen):
         if self.view.analysis is None:  # the first prompt: open on its clearest head, if one stands out
             changes.update(_standout_head(a.head_scores[self.view.score]))
         self.set_view(**changes)
+        if self._generate_when_ready:
+            self._generate_when_ready = False
+            self.action_generate()
 
     def on_work_failed(self, message: WorkFailed) -> None:
         error = message.error
         if message.what == "analysis":  # the prompt stays in its field, to be mended
+            self._generate_when_ready = False
             if self.view.analysis is not None:
                 error += " (the panels still show the previous prompt)"
             self.query_one("#prompt", Input).focus()
@@ -269,8 +281,13 @@ class MainScreen(Screen):
         self.set_view(selected=message.index)
 
     def on_head_selected(self, message: HeadSelected) -> None:
+        self.query_one(TokenStrip).focus()  # back to the tokens: ←/→ move the selection again
         self.set_view(layer=message.layer, head=message.head)
         self.notify(f"attention panel shows L{message.layer} H{message.head}", timeout=2)
+
+    def on_answer_picked(self, message: AnswerPicked) -> None:
+        picked_again = self.view.answer is not None and self.view.answer[0] == message.token_id
+        self.set_view(answer=None if picked_again else (message.token_id, message.label))
 
     def on_feature_selected(self, message: FeatureSelected) -> None:
         self.set_view(sae_index=message.sae_index, feature=message.feature, color_by="feature")
@@ -335,8 +352,15 @@ class MainScreen(Screen):
         self.set_view(steer=Steer(steer.mode, steer.strength + sign * STRENGTH_STEP))
 
     def action_generate(self) -> None:
-        if self.view.analysis is None:
-            self.notify("no prompt to continue yet", severity="warning")
+        """Continue the prompt the field shows: one not run yet runs first."""
+        prompt = field_to_prompt(self.query_one("#prompt", Input).value)
+        if not prompt.strip():
+            self.notify("type a prompt first", severity="warning")
+            return
+        a = self.view.analysis
+        if a is None or prompt != a.prompt:
+            self._generate_when_ready = True
+            self.analyze(prompt)
             return
         self._seed += 1
         self.generate("clean", None)
@@ -364,7 +388,8 @@ class MainScreen(Screen):
 
     def action_panel(self, panel: str) -> None:
         self._activate_panel(panel)
-        targets = {"attention": "#tokens", "features": "#feature-list", "heads": "#heads-table", "generate": "#generate-button"}
+        targets = {"predictions": "#prediction-list", "attention": "#tokens", "features": "#feature-list",
+                   "heads": "#heads-table", "generate": "#generate-button"}
         self.query_one(targets.get(panel, f"#{panel}")).focus()
 
 

@@ -13,7 +13,7 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 from textual.widgets import Static
 
-from ..display import Palette, prob, token_label, wrap_chips
+from ..display import Palette, prob, wrap_chips
 from ..view import View
 
 TOP_KEYS = 8  # attended tokens listed above the heatmap
@@ -22,7 +22,8 @@ MARGIN = 5  # cells left of the heatmap: query index and selection marker
 
 class PatternHeatmap(ScrollView, can_focus=False):
     """Rows are query positions, columns key positions; scrolls to keep the
-    selected query in view. The selected query's row uses the accent color."""
+    selected query in view. The selected query's row uses the accent color.
+    The first line stays put and labels the key columns."""
 
     DEFAULT_CSS = """
     PatternHeatmap { height: 1fr; }
@@ -39,13 +40,17 @@ class PatternHeatmap(ScrollView, can_focus=False):
         self.pattern, self.selected, self.palette = pattern, selected, palette
         n = pattern.shape[0]
         self.cell = 2 if MARGIN + 2 * n <= max(self.scrollable_content_region.width, 1) else 1
-        self.virtual_size = Size(MARGIN + self.cell * n, (n + 1) // 2)
+        overhang = max(0, len(str(n - 1)) - self.cell)  # of the last key's label
+        self.virtual_size = Size(MARGIN + self.cell * n + overhang, 1 + (n + 1) // 2)
         self.refresh()
         self.call_after_refresh(self._reveal_selected)
 
     def _reveal_selected(self) -> None:
-        x = MARGIN + self.cell * self.selected
-        self.scroll_to_region(Region(x, self.selected // 2, self.cell, 1), animate=False, immediate=True)
+        # the column and its label, with MARGIN cells of room on the left (the row
+        # labels at the first key); two lines, as the key labels cover the first one
+        width = MARGIN + max(self.cell, len(str(self.selected)))
+        self.scroll_to_region(Region(self.cell * self.selected, self.selected // 2, width, 2),
+                              animate=False, immediate=True)
 
     def _color(self, q: int, k: int) -> Color:
         p = self.palette
@@ -54,13 +59,35 @@ class PatternHeatmap(ScrollView, can_focus=False):
         hot = p.selection if q == self.selected else p.attention
         return p.base.blend(hot, float(self.pattern[q, k]))
 
+    def _key_labels(self) -> Strip:
+        """Key positions over their columns: every `step`-th one, spaced so that
+        labels never touch, and the selected token's in the accent color."""
+        n, p, base = self.pattern.shape[0], self.palette, self.rich_style
+        step = next(s for s in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, n) if s * self.cell > len(str(n - 1)))
+        sel, sel_label = MARGIN + self.cell * self.selected, str(self.selected)
+        cells = list(" q\\k".ljust(MARGIN) + " " * (self.cell * n + len(str(n - 1))))
+        for k in range(0, n, step):
+            x, label = MARGIN + self.cell * k, str(k)
+            if x + len(label) < sel or x > sel + len(sel_label):  # a cell apart from the selected label
+                cells[x : x + len(label)] = label
+        end = sel + len(sel_label)
+        cells[sel:end] = sel_label
+        muted = base + RichStyle(color=p.muted.rich_color)
+        return Strip([Segment("".join(cells[:sel]), muted),
+                      Segment(sel_label, base + RichStyle(color=p.selection.rich_color, bold=True)),
+                      Segment("".join(cells[end:]), muted)])
+
     def render_line(self, y: int) -> Strip:
         scroll_x, scroll_y = self.scroll_offset
         width = self.scrollable_content_region.width
-        line = scroll_y + y
         n = self.pattern.shape[0]
         base = self.rich_style
-        if self.palette is None or line >= (n + 1) // 2:
+        if self.palette is None or n == 0:
+            return Strip.blank(width, base)
+        if y == 0:
+            return self._key_labels().crop_extend(scroll_x, scroll_x + width, base)
+        line = scroll_y + y - 1
+        if line >= (n + 1) // 2:
             return Strip.blank(width, base)
         top, bottom = 2 * line, 2 * line + 1
         marker = "▸" if self.selected in (top, bottom) else " "
@@ -110,12 +137,10 @@ class AttentionPanel(Vertical):
         a = view.analysis
         i = view.selected
         keys = np.argsort(-weights[: i + 1], kind="stable")[:TOP_KEYS]
-        head = Content.assemble(
-            (token_label(a.tokens[i], is_bos=i == 0 and a.bos), palette.selected), " attends to:"
-        )
+        head = Content.assemble((a.labels[i], palette.selected), " attends to:")
         chips = [
             Content.styled(
-                f"{token_label(a.tokens[k], is_bos=k == 0 and a.bos)} {prob(weights[k])}",
+                f"{a.labels[k]} {prob(weights[k])}",
                 palette.ramp(float(weights[k]), palette.attention),
             )
             for k in keys

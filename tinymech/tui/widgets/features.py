@@ -12,18 +12,12 @@ from textual.widgets.option_list import Option
 from ..display import Palette, bar, printable, token_label
 from ..messages import FeatureSelected
 from ..view import View
+from .panel import ChoiceList
 
 BAR_WIDTH = 8
 LABEL_START = 2 + 6 + 8 + BAR_WIDTH + 1  # marker, "#id", value, bar, space
 PROMOTES = "  promotes "
 PROMOTED_SHOWN = 4
-
-
-class FeatureList(OptionList, inherit_bindings=False):
-    """The option list without the horizontal scrolling it inherits: its
-    bindings of left/right hid the screen's "←/→ token" from the footer."""
-
-    BINDINGS = OptionList.BINDINGS
 
 
 class FeaturesPanel(Vertical):
@@ -44,7 +38,7 @@ class FeaturesPanel(Vertical):
 
     def compose(self):
         yield Static(id="no-sae")
-        yield FeatureList(id="feature-list")
+        yield ChoiceList(id="feature-list")
 
     @property
     def options(self) -> OptionList:

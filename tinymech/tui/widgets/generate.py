@@ -11,6 +11,7 @@ from ..backend import Steer
 from ..display import Palette, printable
 from ..messages import GenerateRequested, SteerEdited
 from ..view import View
+from .prompt import Field
 
 MODE_NAMES = {"off": "no intervention", "add": "add feature", "clamp": "clamp feature", "ablate": "ablate head"}
 PROMPT_TAIL = 40  # characters of the prompt shown before each continuation
@@ -29,7 +30,7 @@ class GenerateRun(Vertical):
         super().__init__(**kwargs)
         self.run = run
         self.text = ""
-        self.prompt_tail = ""
+        self.prompt = ""
 
     def compose(self):
         yield Label(self.run, classes="run-title")
@@ -39,12 +40,17 @@ class GenerateRun(Vertical):
         self.query_one(".run-title", Label).update(title)
 
     def set_text(self, prompt: str, text: str) -> None:
-        self.text = text
-        tail = prompt[-PROMPT_TAIL:]
+        self.prompt, self.text = prompt, text
+        self.redraw()
+        self.query_ancestor("#runs").scroll_end(animate=False)  # the newest tokens in view
+
+    def redraw(self) -> None:
+        """The text again, in the theme's current colors."""
+        tail = self.prompt[-PROMPT_TAIL:]
         palette = Palette.from_theme(self.app.theme_variables)
         self.query_one(".run-text", Static).update(Content.assemble(
-            (printable("…" + tail if len(prompt) > PROMPT_TAIL else tail), Style(foreground=palette.muted)),
-            (printable(text), Style(bold=True)),
+            (printable("…" + tail if len(self.prompt) > PROMPT_TAIL else tail), Style(foreground=palette.muted)),
+            (printable(self.text), Style(bold=True)),
         ))
 
 
@@ -75,9 +81,9 @@ class GeneratePanel(Vertical):
             yield Select([(MODE_NAMES[mode], mode) for mode in self.modes], value="off", allow_blank=False,
                          compact=True, id="steer-mode")
             yield Label("strength", classes="strength")
-            yield Input(str(Steer().strength), type="number", compact=True, id="strength", classes="strength")
+            yield Field(str(Steer().strength), type="number", compact=True, id="strength", classes="strength")
             yield Label("tokens")
-            yield Input(str(DEFAULT_TOKENS), type="integer", compact=True, id="max-tokens")
+            yield Field(str(DEFAULT_TOKENS), type="integer", compact=True, id="max-tokens")
             yield Button("generate", compact=True, id="generate-button")
         with VerticalScroll(id="runs", can_focus=False):
             with Horizontal(id="runs-row"):
@@ -95,6 +101,8 @@ class GeneratePanel(Vertical):
         self.view = view
         steer = view.steer
         self.border_title = f"Generate · steer: {steer.describe()}"
+        for run in self.query(GenerateRun):
+            run.redraw()  # in case the theme changed
         mode = self.query_one("#steer-mode", Select)
         if mode.value != steer.mode:
             with self.prevent(Select.Changed):

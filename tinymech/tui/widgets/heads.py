@@ -67,7 +67,7 @@ class HeadsPanel(Vertical):
                     table.update_cell_at(Coordinate(layer, head), cell)
             if (old.layer, old.head) != (view.layer, view.head):
                 table.move_cursor(row=view.layer, column=view.head, animate=False)
-        self._describe(table.cursor_coordinate)
+        self._describe()
 
     def _cells(self, view: View, layer: int) -> list[Text]:
         palette = Palette.from_theme(self.app.theme_variables)
@@ -80,16 +80,27 @@ class HeadsPanel(Vertical):
             cells.append(Text(prob(s), style=style))
         return cells
 
-    def _describe(self, cell: Coordinate) -> None:
-        a = self.view.analysis
+    def _describe(self) -> None:
+        """The line under the grid: the cell under the cursor while the grid has
+        the focus, else the head the attention panel shows."""
+        a, view, table = self.view.analysis, self.view, self.table
+        cell = table.cursor_coordinate if table.has_focus else Coordinate(view.layer, view.head)
         if a is None or not (0 <= cell.row < a.patterns.shape[0] and 0 <= cell.column < a.patterns.shape[1]):
             return
         values = "  ".join(f"{SHORT[s]} {prob(a.head_scores[s][cell.row, cell.column])}" for s in HEAD_SCORES)
+        shown = (cell.row, cell.column) == (view.layer, view.head)
+        where = "shown in Attention" if shown else "⏎ show in Attention"
         note = "\nshares of attention not on ‹bos›" if a.bos else ""
-        self.query_one("#head-info", Static).update(f"L{cell.row} H{cell.column}  {values}{note}")
+        self.query_one("#head-info", Static).update(f"L{cell.row} H{cell.column} {where}\n{values}{note}")
 
     def on_data_table_cell_highlighted(self, event: DataTable.CellHighlighted) -> None:
-        self._describe(event.coordinate)
+        self._describe()
+
+    def on_descendant_blur(self) -> None:
+        """Leaving the grid puts its cursor back on the head the attention panel shows."""
+        view = self.view
+        self.table.move_cursor(row=view.layer, column=view.head, animate=False)
+        self._describe()
 
     def on_data_table_cell_selected(self, event: DataTable.CellSelected) -> None:
         event.stop()

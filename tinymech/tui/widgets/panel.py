@@ -5,7 +5,7 @@ from __future__ import annotations
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.content import Content
-from textual.widgets import Static
+from textual.widgets import OptionList, Static
 
 from ..view import View
 
@@ -32,6 +32,13 @@ class Panel(VerticalScroll, inherit_bindings=False):
 
     def on_resize(self) -> None:
         self.show(self.view)  # the layout of the text depends on the width
+
+
+class ChoiceList(OptionList, inherit_bindings=False):
+    """An option list without the horizontal scrolling it inherits: its
+    bindings of left/right hid the screen's "←/→ token" from the footer."""
+
+    BINDINGS = OptionList.BINDINGS
 
 
 class TextPanel(Panel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from rich.cells import cell_len
 from textual import events
 from textual.containers import VerticalScroll
 from textual.content import Content
@@ -11,7 +12,7 @@ from textual.geometry import Region, Size
 from textual.style import Style
 from textual.widget import Widget
 
-from ..display import Palette, token_label
+from ..display import Palette
 from ..messages import TokenSelected
 from ..view import View
 
@@ -42,12 +43,12 @@ class TokenStrip(Widget, can_focus=True):
         a = self.view.analysis
         if a is None:
             return []
-        return [token_label(t, is_bos=(i == 0 and a.bos)) for i, t in enumerate(a.tokens)]
+        return list(a.labels)
 
     def _layout(self, width: int) -> list[tuple[int, int, int]]:
         chips, line, x = [], 0, 0
         for label in self.labels():
-            w = len(label)
+            w = cell_len(label)  # emoji and CJK characters take two cells
             if x > 0 and x + w > width:
                 line, x = line + 1, 0
             chips.append((line, x, w))

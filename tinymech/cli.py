@@ -158,14 +158,12 @@ def _dynamics_file(model_name):
 
 
 def _dynamics(args) -> int:
-    import json
-
     import numpy as np
 
+    from .loading import read_training_dynamics
     from .plotting import heatmap, line_chart
 
-    path = _dynamics_file(args.model)
-    records = json.loads(path.read_text())["records"]
+    records = read_training_dynamics(_dynamics_file(args.model))
     steps = [r["step"] for r in records]
     print(line_chart({"train loss": (steps, [r["train_loss"] for r in records]),
                       "validation loss": (steps, [r["val_loss"] for r in records])}, title="Loss"))

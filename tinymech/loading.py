@@ -8,7 +8,6 @@ cache first, then downloaded through huggingface_hub when it is installed.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 
 from .config import Config, config_from_hf
 from .errors import ModelLoadError, ModelNotFoundError, TinymechError
+from .files import inside, read_json, read_text
 from .safetensors_mmap import SafetensorsFile
 
 # Old short names now live under an organization on the hub.
@@ -61,21 +61,25 @@ def hf_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "huggingface" / "hub"
 
 
-def find_in_hf_cache(repo_id: str) -> Path | None:
-    """The cached snapshot of repo_id holding a config.json, preferring refs/main."""
+def cached_snapshots(repo_id: str) -> list[Path]:
+    """The snapshot folders of repo_id in the local Hugging Face cache, the one
+    refs/main names first. refs/main is read bounded and must name a folder
+    inside snapshots/ (it holds a commit hash)."""
     repo_dir = hf_cache_dir() / ("models--" + repo_id.replace("/", "--"))
     snapshots = repo_dir / "snapshots"
     if not snapshots.is_dir():
-        return None
+        return []
     ref = repo_dir / "refs" / "main"
+    first = []
     if ref.is_file():
-        candidate = snapshots / ref.read_text().strip()
-        if (candidate / "config.json").is_file():
-            return candidate
-    for candidate in sorted(snapshots.iterdir()):
-        if (candidate / "config.json").is_file():
-            return candidate
-    return None
+        revision = read_text(ref, "the Hugging Face cache's ref", limit=1024).strip()
+        first = [inside(snapshots, revision, f"the revision in {ref}")]
+    return first + sorted(snapshots.iterdir())
+
+
+def find_in_hf_cache(repo_id: str) -> Path | None:
+    """The cached snapshot of repo_id holding a config.json, preferring refs/main."""
+    return next((snap for snap in cached_snapshots(repo_id) if (snap / "config.json").is_file()), None)
 
 
 def resolve_model_dir(name_or_path: str | os.PathLike | None) -> Path:
@@ -104,13 +108,16 @@ def resolve_model_dir(name_or_path: str | os.PathLike | None) -> Path:
 
 def resolve_model_source(name_or_path: str | os.PathLike | None) -> Path:
     """A model directory, or a .gguf file to convert on loading."""
+    if name_or_path == "":  # Path("") would be the current directory
+        raise ModelNotFoundError("an empty name is no model: give a directory, a hub id, a .gguf file, "
+                                 "\"smollm2\", or nothing for the bundled demo model")
     if isinstance(name_or_path, str) and name_or_path.lower() == "smollm2":
         from .smollm2 import smollm2_dir
 
         return smollm2_dir()
     if name_or_path is not None and str(name_or_path).lower().endswith(".gguf"):
         path = Path(name_or_path).expanduser()
-        if not path.is_file():
+        if not path.exists():  # a FIFO or directory exists: reading it says what it is
             raise ModelNotFoundError(f"no GGUF file at {path}")
         return path
     return resolve_model_dir(name_or_path)
@@ -136,15 +143,9 @@ def _download(repo_id: str) -> Path:
 
 def read_config(model_dir: Path) -> Config:
     path = model_dir / "config.json"
-    if not path.is_file():
+    if not path.exists():
         raise ModelNotFoundError(f"{model_dir} has no config.json")
-    try:
-        hf = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelLoadError(f"{path} is not valid JSON: {e}") from e
-    if not isinstance(hf, dict):
-        raise ModelLoadError(f"{path} does not hold a JSON object")
-    return config_from_hf(hf, model_name=model_name_of(model_dir))
+    return config_from_hf(read_json(path, "the model config"), model_name=model_name_of(model_dir))
 
 
 def model_name_of(model_dir: Path) -> str:
@@ -156,11 +157,31 @@ def model_name_of(model_dir: Path) -> str:
         return snapshots.parent.name[len("models--"):].replace("--", "/")
     try:
         source = SafetensorsFile(model_dir / "model.safetensors").metadata.get("source", "")
-    except (OSError, TinymechError):  # no such file, or a damaged one: loading reports it
+    except TinymechError:  # no such file, or a damaged one: loading reports it
         source = ""
     if isinstance(source, str) and source.lower().endswith(".gguf"):
         return Path(source).stem
     return model_dir.name
+
+
+_DYNAMICS_NUMBERS = ("step", "train_loss", "val_loss", "rep_loss_first_half", "rep_loss_second_half")
+_DYNAMICS_SCORES = ("induction_score", "prev_token_score")  # [layer, head] each
+
+
+def read_training_dynamics(path: Path) -> list[dict]:
+    """The records of a training_dynamics.json (training/train_model.py writes
+    one), checked to hold what `tinymech dynamics` plots: numbers, and
+    [layer, head] scores of one shape throughout."""
+    records = read_json(path, "training dynamics").get("records")
+    try:
+        numbers = np.array([[r[k] for k in _DYNAMICS_NUMBERS] for r in records], dtype=np.float64)
+        scores = np.array([[r[k] for k in _DYNAMICS_SCORES] for r in records], dtype=np.float64)
+    except (KeyError, TypeError, ValueError) as e:  # a missing field, or one of the wrong kind or shape
+        raise ModelLoadError(f"{path} does not hold training dynamics records: {e!r}") from e
+    if numbers.ndim != 2 or not len(numbers) or scores.ndim != 4 or 0 in scores.shape:
+        raise ModelLoadError(f"{path} does not hold training dynamics records: numbers, and [layer, head] "
+                             "scores of one shape")
+    return records
 
 
 class WeightStore:
@@ -169,14 +190,10 @@ class WeightStore:
     def __init__(self, model_dir: Path):
         single = model_dir / "model.safetensors"
         index = model_dir / "model.safetensors.index.json"
-        if single.is_file():
+        if single.exists():  # a FIFO or directory exists too: SafetensorsFile says what it is
             files = [single]
-        elif index.is_file():
-            try:
-                weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-                files = [model_dir / f for f in dict.fromkeys(weight_map.values())]
-            except (KeyError, TypeError, ValueError) as e:
-                raise ModelLoadError(f"{index} is not a valid safetensors index: {e}") from e
+        elif index.exists():
+            files = _shards(model_dir, index)
         elif (model_dir / "pytorch_model.bin").is_file():
             raise ModelLoadError(
                 f"{model_dir} has only pytorch_model.bin; tinymech reads safetensors. Convert once with "
@@ -186,7 +203,7 @@ class WeightStore:
             raise ModelNotFoundError(f"{model_dir} has no model.safetensors")
         self._where = {}
         for f in files:
-            if not f.is_file():
+            if not f.exists():
                 raise ModelNotFoundError(f"{f} listed in the index is missing")
             sf = SafetensorsFile(f)
             for key in sf.keys():
@@ -201,6 +218,15 @@ class WeightStore:
             raise ModelLoadError(f"weight {name!r} is missing from the checkpoint")
         _check_shape(name, sf.shape(name), shape)
         return sf.to_float32(name)
+
+
+def _shards(model_dir: Path, index: Path) -> list[Path]:
+    """The files a model.safetensors.index.json maps weights to, each inside model_dir."""
+    weight_map = read_json(index, "the safetensors index").get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise ModelLoadError(f"{index} is not a valid safetensors index: its weight_map is not an object")
+    names = dict.fromkeys(weight_map.values())
+    return [inside(model_dir, name, f"the shard named in {index}") for name in names]
 
 
 class ArrayStore(WeightStore):

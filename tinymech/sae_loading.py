@@ -9,7 +9,6 @@ True. Weights are memory-mapped, never copied when stored as float32.
 from __future__ import annotations
 
 import dataclasses
-import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ModelLoadError
+from .files import read_json as read_json_file
 from .safetensors_mmap import SafetensorsFile
 from .sae_errors import SAELoadError, SAENotFoundError
 
@@ -78,10 +78,7 @@ class SAEConfig:
 
 
 def read_json(path: Path, what: str):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SAELoadError(f"{what} {path} is not valid JSON: {e}") from e
+    return read_json_file(path, what, SAELoadError, top=None)
 
 
 def _flatten(raw: dict) -> dict:
@@ -239,9 +236,9 @@ def read_feature_labels(path: Path, d_sae: int) -> tuple[dict[int, str], dict[in
     if not file.is_file():
         return {}, {}
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        warnings.warn(f"ignoring {file}: not valid JSON ({e})", stacklevel=3)
+        data = read_json(file, "feature labels")
+    except SAELoadError as e:
+        warnings.warn(f"ignoring {file}: {e}", stacklevel=3)
         return {}, {}
     if isinstance(data, dict):
         items = list(data.items())

@@ -92,7 +92,7 @@ LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_fr
     ("llama", dict(chat_template=["x"]), "chat_template must be a string"),
     # RoPE parameters that raised foreign errors or silently broke the model
     ("llama", dict(rope_parameters=None, rope_scaling="linear"), "rope_scaling must be an object, got 'linear'"),
-    ("llama", dict(rope_parameters={"rope_type": "linear", "factor": "x"}), r"rope_parameters.factor must be .* got 'x'"),
+    ("llama", dict(rope_parameters={"rope_type": "linear", "factor": "x"}), r"rope_parameters.factor must .* 'x'"),
     ("llama", dict(rope_parameters={"rope_type": "linear", "factor": 0}), r"rope_parameters.factor must be a positive"),
     ("llama", dict(rope_parameters={"rope_type": "linear"}), r"rope_parameters.factor must be .* got None"),
     ("llama", dict(rope_parameters=dict(LLAMA3, original_max_position_embeddings=0)),
@@ -262,7 +262,8 @@ def test_gguf_merge_into_a_missing_token(gguf_files, tmp_path):
     from gguf_factory import write_gguf
 
     tok = json.loads((gguf_files / "tokenizer.json").read_text())
-    a, b = tok["model"]["merges"][0] if isinstance(tok["model"]["merges"][0], list) else tok["model"]["merges"][0].split()
+    first = tok["model"]["merges"][0]
+    a, b = first if isinstance(first, list) else first.split()
     tok["model"]["vocab"]["renamed"] = tok["model"]["vocab"].pop(a + b)
     (tmp_path / "tokenizer.json").write_text(json.dumps(tok))
     hf = transformers.LlamaForCausalLM.from_pretrained(gguf_files / "hf")

@@ -19,7 +19,7 @@ from . import _core
 from .config import config_from_hf
 from .errors import ModelLoadError, TinymechError, UnsupportedArchitectureError
 from .gguf_format import GgufFile, GgufTensor, import_gguf, read_gguf_file
-from .tokenizer import build
+from .tokenizer import call_tokenizers
 
 SUPPORTED_GGUF_ARCHITECTURES = ("llama",)
 
@@ -209,8 +209,8 @@ def _tokenizer(meta: _Metadata, path: Path):
     tokens = meta.need("tokenizer.ggml.tokens")
     vocab = {tok: i for i, tok in enumerate(tokens)}
     merges = _merges(meta.get("tokenizer.ggml.merges", []), vocab, path)
-    bpe = build(f"{path} holds a vocabulary and merges that make no tokenizer",
-                lambda: models.BPE(vocab, merges, fuse_unk=False))
+    bpe = call_tokenizers(f"{path} holds a vocabulary and merges that make no tokenizer",
+                          lambda: models.BPE(vocab, merges, fuse_unk=False))
     tok = tokenizers.Tokenizer(bpe)
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=pre != "llama-bpe")
     if pre == "smollm":

@@ -225,8 +225,8 @@ def _shards(model_dir: Path, index: Path) -> list[Path]:
     weight_map = read_json(index, "the safetensors index").get("weight_map")
     if not isinstance(weight_map, dict):
         raise ModelLoadError(f"{index} is not a valid safetensors index: its weight_map is not an object")
-    names = dict.fromkeys(weight_map.values())
-    return [inside(model_dir, name, f"the shard named in {index}") for name in names]
+    paths = [inside(model_dir, name, f"the shard named in {index}") for name in weight_map.values()]
+    return list(dict.fromkeys(paths))
 
 
 class ArrayStore(WeightStore):

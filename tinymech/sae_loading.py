@@ -99,6 +99,13 @@ def _int(flat: dict, key: str) -> int:
     return v
 
 
+def _object(flat: dict, key: str) -> dict:
+    v = flat.get(key) or {}
+    if not isinstance(v, dict):
+        raise SAELoadError(f"cfg.json: {key!r} must be an object, got {v!r}")
+    return v
+
+
 def parse_config(raw: Any, overrides: dict | None = None) -> SAEConfig:
     """SAEConfig from a cfg.json dict of any SAELens version."""
     if not isinstance(raw, dict):
@@ -109,10 +116,10 @@ def parse_config(raw: Any, overrides: dict | None = None) -> SAEConfig:
     arch = flat.get("architecture") or "standard"
     if activation_fn == "topk" and arch == "standard":  # pre-6 TopK: k in activation_fn_kwargs
         arch = "topk"
-        flat.setdefault("k", (flat.get("activation_fn_kwargs") or {}).get("k"))
+        flat.setdefault("k", _object(flat, "activation_fn_kwargs").get("k"))
     elif activation_fn != "relu" and arch == "standard":
         raise SAELoadError(f"activation function {activation_fn!r} is not supported (supported: relu, topk)")
-    if arch not in ARCHITECTURES:
+    if not isinstance(arch, str) or arch not in ARCHITECTURES:
         raise SAELoadError(f"SAE architecture {arch!r} is not supported; supported: {', '.join(ARCHITECTURES)}")
     d_in, d_sae = _int(flat, "d_in"), _int(flat, "d_sae")
     is_transcoder = ARCHITECTURES[arch][1]
@@ -150,7 +157,7 @@ def parse_config(raw: Any, overrides: dict | None = None) -> SAEConfig:
         model_name=flat.get("model_name"),
         prepend_bos=bool(flat.get("prepend_bos", True)),
         context_size=flat.get("context_size"),
-        model_from_pretrained_kwargs=dict(flat.get("model_from_pretrained_kwargs") or {}),
+        model_from_pretrained_kwargs=dict(_object(flat, "model_from_pretrained_kwargs")),
         neuronpedia_id=flat.get("neuronpedia_id"),
         metadata=flat,
     )

@@ -24,12 +24,13 @@ def panics_as_errors(what: str):
         raise ModelLoadError(f"{what}: the tokenizers library failed ({e})") from e
 
 
-def build(what: str, make, *args):
-    """make(*args), a tokenizers constructor, with its failures as ModelLoadError:
-    the plain Exception it raises on bad input, or a panic."""
+def call_tokenizers(what: str, fn, *args):
+    """fn(*args) of the tokenizers library, its failures as ModelLoadError: the
+    plain Exception it raises for a bad tokenizer (a file it cannot read, a text
+    its model cannot encode), or a panic."""
     with panics_as_errors(what):
         try:
-            return make(*args)
+            return fn(*args)
         except Exception as e:
             raise ModelLoadError(f"{what}: {e}") from e
 
@@ -76,14 +77,14 @@ class Tokenizer:
         if path.exists():
             text = read_text(path, "the tokenizer")
             check_charsmaps(parse_json(text, f"the tokenizer {path}"), path)
-            backend = build(f"cannot read the tokenizer {path}", tokenizers.Tokenizer.from_str, text)
+            backend = call_tokenizers(f"cannot read the tokenizer {path}", tokenizers.Tokenizer.from_str, text)
             backend.no_padding()
             backend.no_truncation()
         elif vocab.exists() and merges.exists():
             check_regular(vocab)
             check_regular(merges)
-            backend = build(f"cannot read the tokenizer in {model_dir}", tokenizers.ByteLevelBPETokenizer,
-                            str(vocab), str(merges))
+            backend = call_tokenizers(f"cannot read the tokenizer in {model_dir}", tokenizers.ByteLevelBPETokenizer,
+                                      str(vocab), str(merges))
         else:
             return None
         if bos_token_id is None:
@@ -99,8 +100,9 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         if not isinstance(text, str):
             raise TypeError(f"expected a string, got {type(text).__name__}")
-        with panics_as_errors("the tokenizer failed to encode"):
-            return self.backend.encode(text, add_special_tokens=False).ids
+        encoding = call_tokenizers("the tokenizer failed to encode",
+                                   lambda: self.backend.encode(text, add_special_tokens=False))
+        return encoding.ids
 
     def decode(self, ids) -> str:
         ids = [int(i) for i in ids]

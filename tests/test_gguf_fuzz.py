@@ -1,7 +1,7 @@
 """The GGUF container reader: what it parses equals what the gguf package
 reads from the same file, and any damage to a file (bytes changed, cut short,
-arbitrary bytes) ends in a TinymechError or a clean load, never another
-exception or a read past the end."""
+arbitrary bytes, metadata values replaced) ends in a TinymechError or a clean
+load, never another exception or a read past the end."""
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -26,9 +26,10 @@ def header_end(path) -> int:
 
 
 def load(path):
-    """tm.load's whole path: the container, the metadata, the tokenizer, the weights' shapes."""
+    """tm.load's whole path (the container, the metadata, the tokenizer, the weights' shapes), then a run."""
     try:
         model = tm.load(path)
+        model(model.to_tokens("The cat sat. 12 3")[:, : model.cfg.n_ctx])
     except TinymechError:
         return
     assert np.isfinite(model.cfg.d_model)
@@ -90,3 +91,39 @@ def test_a_merge_of_unknown_tokens_is_a_load_error(gguf_path, tmp_path):
     path.write_bytes(damaged)
     with pytest.raises(tm.ModelLoadError, match="make no tokenizer"):
         tm.load(path)
+
+
+# the GGUF's "config.json" and "tokenizer.json": its metadata values
+metadata_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64) | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4),
+    max_leaves=8,
+)
+
+
+@FUZZ
+@given(data=st.data())
+def test_metadata_values(gguf_path, data):
+    """Any metadata value replaced (or dropped): the model's sizes, RoPE, token ids, vocabulary, merges."""
+    import dataclasses
+    from unittest import mock
+
+    from tinymech import gguf_loading
+
+    file = read_gguf_file(gguf_path)
+    metadata = dict(file.metadata)
+    for _ in range(data.draw(st.integers(1, 3))):
+        key = data.draw(st.sampled_from(sorted(metadata) + ["llama.rope.scaling.type", "llama.rope.scaling.factor",
+                                                           "llama.attention.key_length"]))
+        if data.draw(st.integers(0, 9)) == 0:
+            metadata.pop(key, None)
+        elif key.startswith("tokenizer.ggml.") and isinstance(metadata.get(key), list) and metadata[key] \
+                and data.draw(st.booleans()):
+            values = list(metadata[key])  # one entry of the vocabulary, merges or token types changed
+            values[data.draw(st.integers(0, len(values) - 1))] = data.draw(metadata_values)
+            metadata[key] = values
+        else:
+            metadata[key] = data.draw(metadata_values | st.sampled_from(["linear", "llama3", "none"]))
+    damaged = dataclasses.replace(file, metadata=metadata)
+    with mock.patch.object(gguf_loading, "read_gguf_file", lambda path: damaged):
+        load(gguf_path)

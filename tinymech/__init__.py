@@ -75,7 +75,7 @@ def load(
     Python-side weights (model.W_U, ...) stay float32."""
     dtype = canonical_dtype(dtype)
     source = resolve_model_source(name_or_path)
-    if source.is_file():  # a GGUF
+    if not source.is_dir():  # a GGUF file (or a FIFO or device named .gguf, which reading it refuses)
         from .gguf_loading import read_gguf
 
         ck = read_gguf(source)

@@ -8,7 +8,7 @@ import sys
 import textwrap
 
 from . import __version__
-from .errors import ModelLoadError, TinymechError
+from .errors import TinymechError
 from .text import printable
 
 MODEL_HELP = ("a model directory (config.json + model.safetensors), a .gguf file, \"smollm2\" "
@@ -206,48 +206,11 @@ def _dynamics_file(model_name):
     return path
 
 
-# training_dynamics.json's records: numbers, and [layer, head] grids of head scores
-_DYNAMICS_NUMBERS = ("step", "train_loss", "val_loss", "rep_loss_first_half", "rep_loss_second_half")
-_DYNAMICS_GRIDS = ("induction_score", "prev_token_score")
-
-
-def _dynamics_columns(path) -> dict:
-    """Each field of training_dynamics.json over its records, as a float array
-    ([record] or [record, layer, head]); a damaged file is a ModelLoadError."""
-    import json
-
-    import numpy as np
-
-    def damaged(why) -> ModelLoadError:
-        return ModelLoadError(f"{path} is damaged: {why}")
-
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:  # unreadable, not UTF-8, not JSON
-        raise damaged(e) from e
-    records = data.get("records") if isinstance(data, dict) else None
-    if not isinstance(records, list) or not records or not all(isinstance(r, dict) for r in records):
-        raise damaged('"records" must be a non-empty list of objects')
-    columns = {}
-    for field in _DYNAMICS_NUMBERS + _DYNAMICS_GRIDS:
-        try:  # a null or missing number is nan: no point on the chart (the first record has no train loss)
-            column = np.array([r.get(field) for r in records], dtype=float)
-        except (TypeError, ValueError, OverflowError):  # text, ragged grids, huge integers
-            column = None
-        ndim = 1 if field in _DYNAMICS_NUMBERS else 3
-        if column is None or column.ndim != ndim or column.size == 0:
-            raise damaged(f'"{field}" must be a number in every record' if ndim == 1 else
-                          f'"{field}" must be a [layer, head] grid of numbers, of one shape in every record')
-        columns[field] = column
-    if not np.isfinite(columns["step"]).all():
-        raise damaged('"step" must be a number in every record')
-    return columns
-
-
 def _dynamics(args) -> int:
+    from .loading import read_training_dynamics
     from .plotting import heatmap, line_chart
 
-    c = _dynamics_columns(_dynamics_file(args.model))
+    c = read_training_dynamics(_dynamics_file(args.model))
     steps = c["step"]
     print(line_chart({"train loss": (steps, c["train_loss"]), "validation loss": (steps, c["val_loss"])},
                      title="Loss"))

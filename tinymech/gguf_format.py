@@ -22,6 +22,7 @@ import numpy as np
 
 from . import _core
 from .errors import ModelLoadError
+from .files import open_regular
 
 MAGIC = b"GGUF"
 # value type -> (struct format, size) for the fixed-size scalars
@@ -128,11 +129,11 @@ def tensor_nbytes(type_id: int, shape: tuple[int, ...], path: Path) -> int:
 
 def read_gguf_file(path: str | Path) -> GgufFile:
     path = Path(path)
-    try:
-        with open(path, "rb") as f:
+    with open_regular(path) as f:
+        try:
             buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    except (OSError, ValueError) as e:  # ValueError: an empty file cannot be mapped
-        raise ModelLoadError(f"cannot read {path} as a GGUF file: {e}") from e
+        except (OSError, ValueError) as e:  # ValueError: an empty file cannot be mapped
+            raise ModelLoadError(f"cannot read {path} as a GGUF file: {e}") from e
     cur = _Cursor(buf, path)
     if len(buf) < 4 or bytes(buf[:4]) != MAGIC:
         raise ModelLoadError(f"{path} is not a GGUF file (it does not start with 'GGUF')")

@@ -16,8 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from . import _core
+from .config import config_from_hf
 from .errors import ModelLoadError, TinymechError, UnsupportedArchitectureError
 from .gguf_format import GgufFile, GgufTensor, import_gguf, read_gguf_file
+from .tokenizer import call_tokenizers
 
 SUPPORTED_GGUF_ARCHITECTURES = ("llama",)
 
@@ -88,7 +90,8 @@ def _checkpoint(file: GgufFile, path: Path) -> GgufCheckpoint:
         )
     tokenizer, bos, eos, n_tokens = _tokenizer(meta, path)
     hf_config = _hf_config(meta, arch, n_tokens, bos, eos)
-    n_heads, n_kv = hf_config["num_attention_heads"], hf_config["num_key_value_heads"]
+    cfg = config_from_hf(hf_config, source=f"{path}'s metadata")  # every size checked before use
+    n_heads, n_kv = cfg.n_heads, cfg.n_key_value_heads
     tensors = {}
     for t in file.tensors:
         name = _hf_name(t.name, path)
@@ -102,7 +105,7 @@ def _checkpoint(file: GgufFile, path: Path) -> GgufCheckpoint:
             w = _unpermute(w, n_kv)
         tensors[name] = w
     hf_config["tie_word_embeddings"] = "lm_head.weight" not in tensors
-    return GgufCheckpoint(hf_config, tensors, tokenizer, bos, eos)
+    return GgufCheckpoint(hf_config, tensors, tokenizer, cfg.bos_token_id, cfg.eos_token_id)
 
 
 def _hf_name(gguf_name: str, path: Path) -> str | None:
@@ -155,32 +158,31 @@ def _unpermute(w: np.ndarray, n_heads: int) -> np.ndarray:
 
 
 def _hf_config(meta: _Metadata, arch: str, n_tokens: int, bos, eos) -> dict:
+    """The config.json of the metadata, its values as the file holds them (config_from_hf checks them)."""
     def key(name):
         return f"{arch}.{name}"
 
-    d_model = int(meta.need(key("embedding_length")))
-    n_heads = int(meta.need(key("attention.head_count")))
-    head_dim = meta.get(key("attention.key_length")) or d_model // n_heads
+    n_heads = meta.need(key("attention.head_count"))
     config = {
         "model_type": "llama",
         "architectures": ["LlamaForCausalLM"],
-        "hidden_size": d_model,
-        "intermediate_size": int(meta.need(key("feed_forward_length"))),
-        "num_hidden_layers": int(meta.need(key("block_count"))),
+        "hidden_size": meta.need(key("embedding_length")),
+        "intermediate_size": meta.need(key("feed_forward_length")),
+        "num_hidden_layers": meta.need(key("block_count")),
         "num_attention_heads": n_heads,
-        "num_key_value_heads": int(meta.get(key("attention.head_count_kv"), n_heads)),
-        "head_dim": int(head_dim),
-        "max_position_embeddings": int(meta.need(key("context_length"))),
-        "rms_norm_eps": float(meta.get(key("attention.layer_norm_rms_epsilon"), 1e-5)),
-        "vocab_size": int(meta.get(key("vocab_size"), n_tokens)),
+        "num_key_value_heads": meta.get(key("attention.head_count_kv"), n_heads),
+        "head_dim": meta.get(key("attention.key_length")),  # None: hidden_size / heads
+        "max_position_embeddings": meta.need(key("context_length")),
+        "rms_norm_eps": meta.get(key("attention.layer_norm_rms_epsilon"), 1e-5),
+        "vocab_size": meta.get(key("vocab_size"), n_tokens),
         "hidden_act": "silu",
-        "rope_theta": float(meta.get(key("rope.freq_base"), 10000.0)),
+        "rope_theta": meta.get(key("rope.freq_base"), 10000.0),
         "bos_token_id": bos,
         "eos_token_id": eos,
     }
     scaling = meta.get(key("rope.scaling.type"))
     if scaling == "linear":
-        config["rope_scaling"] = {"rope_type": "linear", "factor": float(meta.need(key("rope.scaling.factor")))}
+        config["rope_scaling"] = {"rope_type": "linear", "factor": meta.need(key("rope.scaling.factor"))}
     elif scaling not in (None, "none"):
         raise UnsupportedArchitectureError(f"GGUF RoPE scaling {scaling!r} is not supported")
     template = meta.get("tokenizer.chat_template")
@@ -205,12 +207,11 @@ def _tokenizer(meta: _Metadata, path: Path):
             f"{path} uses the pre-tokenizer {pre!r}; supported: {', '.join(SUPPORTED_PRE_TOKENIZERS)}"
         )
     tokens = meta.need("tokenizer.ggml.tokens")
-    merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
     vocab = {tok: i for i, tok in enumerate(tokens)}
-    try:
-        tok = tokenizers.Tokenizer(models.BPE(vocab, merges, fuse_unk=False))
-    except Exception as e:  # the tokenizers library raises a bare Exception, e.g. for a merge of unknown tokens
-        raise ModelLoadError(f"{path} holds a vocabulary and merges that make no tokenizer: {e}") from e
+    merges = _merges(meta.get("tokenizer.ggml.merges", []), vocab, path)
+    bpe = call_tokenizers(f"{path} holds a vocabulary and merges that make no tokenizer",
+                          lambda: models.BPE(vocab, merges, fuse_unk=False))
+    tok = tokenizers.Tokenizer(bpe)
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=pre != "llama-bpe")
     if pre == "smollm":
         tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
@@ -224,9 +225,18 @@ def _tokenizer(meta: _Metadata, path: Path):
     types = meta.get("tokenizer.ggml.token_type") or []
     special = [tokens[i] for i, t in enumerate(types) if t == 3]
     tok.add_special_tokens([tokenizers.AddedToken(t, special=True, normalized=False) for t in special])
-    bos = meta.get("tokenizer.ggml.bos_token_id")
-    eos = meta.get("tokenizer.ggml.eos_token_id")
-    return tok, (None if bos is None else int(bos)), (None if eos is None else int(eos)), len(tokens)
+    return tok, meta.get("tokenizer.ggml.bos_token_id"), meta.get("tokenizer.ggml.eos_token_id"), len(tokens)
+
+
+def _merges(merges: list, vocab: dict, path: Path) -> list[tuple[str, str]]:
+    """"a b" merges as pairs, each of two tokens merging into a third: the
+    tokenizers library panics on a merge whose result is not a token."""
+    pairs = [tuple(m.split(" ", 1)) for m in merges]
+    for pair in pairs:
+        if len(pair) != 2 or not all(t in vocab for t in (*pair, "".join(pair))):
+            raise ModelLoadError(f"{path} holds merges that make no tokenizer: {' '.join(pair)!r} is not "
+                                 "a merge of two tokens of its vocabulary into a third")
+    return pairs
 
 
 def convert_gguf(path: str | Path, out_dir: str | Path) -> Path:

@@ -8,7 +8,6 @@ cache first, then downloaded through huggingface_hub when it is installed.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 
 from .config import Config, config_from_hf
 from .errors import ModelLoadError, ModelNotFoundError, TinymechError
+from .files import inside, read_json, read_text
 from .safetensors_mmap import SafetensorsFile
 
 # Old short names now live under an organization on the hub.
@@ -61,21 +61,25 @@ def hf_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "huggingface" / "hub"
 
 
-def find_in_hf_cache(repo_id: str) -> Path | None:
-    """The cached snapshot of repo_id holding a config.json, preferring refs/main."""
+def cached_snapshots(repo_id: str) -> list[Path]:
+    """The snapshot folders of repo_id in the local Hugging Face cache, the one
+    refs/main names first. refs/main is read bounded and must name a folder
+    inside snapshots/ (it holds a commit hash)."""
     repo_dir = hf_cache_dir() / ("models--" + repo_id.replace("/", "--"))
     snapshots = repo_dir / "snapshots"
     if not snapshots.is_dir():
-        return None
+        return []
     ref = repo_dir / "refs" / "main"
+    first = []
     if ref.is_file():
-        candidate = snapshots / ref.read_text().strip()
-        if (candidate / "config.json").is_file():
-            return candidate
-    for candidate in sorted(snapshots.iterdir()):
-        if (candidate / "config.json").is_file():
-            return candidate
-    return None
+        revision = read_text(ref, "the Hugging Face cache's ref", limit=1024).strip()
+        first = [inside(snapshots, revision, f"the revision in {ref}")]
+    return first + sorted(snapshots.iterdir())
+
+
+def find_in_hf_cache(repo_id: str) -> Path | None:
+    """The cached snapshot of repo_id holding a config.json, preferring refs/main."""
+    return next((snap for snap in cached_snapshots(repo_id) if (snap / "config.json").is_file()), None)
 
 
 def resolve_model_dir(name_or_path: str | os.PathLike | None) -> Path:
@@ -104,13 +108,16 @@ def resolve_model_dir(name_or_path: str | os.PathLike | None) -> Path:
 
 def resolve_model_source(name_or_path: str | os.PathLike | None) -> Path:
     """A model directory, or a .gguf file to convert on loading."""
+    if name_or_path == "":  # Path("") would be the current directory
+        raise ModelNotFoundError("an empty name is no model: give a directory, a hub id, a .gguf file, "
+                                 "\"smollm2\", or nothing for the bundled demo model")
     if isinstance(name_or_path, str) and name_or_path.lower() == "smollm2":
         from .smollm2 import smollm2_dir
 
         return smollm2_dir()
     if name_or_path is not None and str(name_or_path).lower().endswith(".gguf"):
         path = Path(name_or_path).expanduser()
-        if not path.is_file():
+        if not path.exists():  # a FIFO or directory exists: reading it says what it is
             raise ModelNotFoundError(f"no GGUF file at {path}")
         return path
     return resolve_model_dir(name_or_path)
@@ -136,15 +143,9 @@ def _download(repo_id: str) -> Path:
 
 def read_config(model_dir: Path) -> Config:
     path = model_dir / "config.json"
-    if not path.is_file():
+    if not path.exists():
         raise ModelNotFoundError(f"{model_dir} has no config.json")
-    try:
-        hf = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelLoadError(f"{path} is not valid JSON: {e}") from e
-    if not isinstance(hf, dict):
-        raise ModelLoadError(f"{path} does not hold a JSON object")
-    return config_from_hf(hf, model_name=model_name_of(model_dir))
+    return config_from_hf(read_json(path, "the model config"), model_name=model_name_of(model_dir))
 
 
 def model_name_of(model_dir: Path) -> str:
@@ -156,11 +157,42 @@ def model_name_of(model_dir: Path) -> str:
         return snapshots.parent.name[len("models--"):].replace("--", "/")
     try:
         source = SafetensorsFile(model_dir / "model.safetensors").metadata.get("source", "")
-    except (OSError, TinymechError):  # no such file, or a damaged one: loading reports it
+    except TinymechError:  # no such file, or a damaged one: loading reports it
         source = ""
     if isinstance(source, str) and source.lower().endswith(".gguf"):
         return Path(source).stem
     return model_dir.name
+
+
+_DYNAMICS_NUMBERS = ("step", "train_loss", "val_loss", "rep_loss_first_half", "rep_loss_second_half")
+_DYNAMICS_GRIDS = ("induction_score", "prev_token_score")  # [layer, head] each
+
+
+def read_training_dynamics(path: Path) -> dict:
+    """Each field of a training_dynamics.json (training/train_model.py writes one)
+    over its records, as a float array ([record], or [record, layer, head] for
+    head scores); a null or missing number is NaN (the first record has no train
+    loss yet). A damaged file is a ModelLoadError."""
+    def damaged(why) -> ModelLoadError:
+        return ModelLoadError(f"{path} is damaged: {why}")
+
+    records = read_json(path, "training dynamics").get("records")
+    if not isinstance(records, list) or not records or not all(isinstance(r, dict) for r in records):
+        raise damaged('"records" must be a non-empty list of objects')
+    columns = {}
+    for field in _DYNAMICS_NUMBERS + _DYNAMICS_GRIDS:
+        try:
+            column = np.array([r.get(field) for r in records], dtype=float)
+        except (TypeError, ValueError, OverflowError):  # text, ragged grids, huge integers
+            column = None
+        ndim = 1 if field in _DYNAMICS_NUMBERS else 3
+        if column is None or column.ndim != ndim or column.size == 0:
+            raise damaged(f'"{field}" must be a number in every record' if ndim == 1 else
+                          f'"{field}" must be a [layer, head] grid of numbers, of one shape in every record')
+        columns[field] = column
+    if not np.isfinite(columns["step"]).all():
+        raise damaged('"step" must be a number in every record')
+    return columns
 
 
 class WeightStore:
@@ -169,14 +201,10 @@ class WeightStore:
     def __init__(self, model_dir: Path):
         single = model_dir / "model.safetensors"
         index = model_dir / "model.safetensors.index.json"
-        if single.is_file():
+        if single.exists():  # a FIFO or directory exists too: SafetensorsFile says what it is
             files = [single]
-        elif index.is_file():
-            try:
-                weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-                files = [model_dir / f for f in dict.fromkeys(weight_map.values())]
-            except (KeyError, TypeError, ValueError) as e:
-                raise ModelLoadError(f"{index} is not a valid safetensors index: {e}") from e
+        elif index.exists():
+            files = _shards(model_dir, index)
         elif (model_dir / "pytorch_model.bin").is_file():
             raise ModelLoadError(
                 f"{model_dir} has only pytorch_model.bin; tinymech reads safetensors. Convert once with "
@@ -186,7 +214,7 @@ class WeightStore:
             raise ModelNotFoundError(f"{model_dir} has no model.safetensors")
         self._where = {}
         for f in files:
-            if not f.is_file():
+            if not f.exists():
                 raise ModelNotFoundError(f"{f} listed in the index is missing")
             sf = SafetensorsFile(f)
             for key in sf.keys():
@@ -201,6 +229,15 @@ class WeightStore:
             raise ModelLoadError(f"weight {name!r} is missing from the checkpoint")
         _check_shape(name, sf.shape(name), shape)
         return sf.to_float32(name)
+
+
+def _shards(model_dir: Path, index: Path) -> list[Path]:
+    """The files a model.safetensors.index.json maps weights to, each inside model_dir."""
+    weight_map = read_json(index, "the safetensors index").get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise ModelLoadError(f"{index} is not a valid safetensors index: its weight_map is not an object")
+    paths = [inside(model_dir, name, f"the shard named in {index}") for name in weight_map.values()]
+    return list(dict.fromkeys(paths))
 
 
 class ArrayStore(WeightStore):

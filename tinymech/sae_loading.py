@@ -9,7 +9,6 @@ True. Weights are memory-mapped, never copied when stored as float32.
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import warnings
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 
 from . import _core
 from .errors import ModelLoadError
+from .files import read_json as read_json_file
 from .safetensors_mmap import SafetensorsFile
 from .sae_errors import SAELoadError, SAENotFoundError
 
@@ -80,10 +80,7 @@ class SAEConfig:
 
 
 def read_json(path: Path, what: str):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SAELoadError(f"{what} {path} is not valid JSON: {e}") from e
+    return read_json_file(path, what, SAELoadError, top=None)
 
 
 def _flatten(raw: dict) -> dict:
@@ -149,6 +146,13 @@ def _int(flat: dict, key: str) -> int:
     return v
 
 
+def _object(flat: dict, key: str) -> dict:
+    v = flat.get(key) or {}
+    if not isinstance(v, dict):
+        raise SAELoadError(f"cfg.json: {key!r} must be an object, got {v!r}")
+    return v
+
+
 def parse_config(raw: Any, overrides: dict | None = None) -> SAEConfig:
     """SAEConfig from a cfg.json dict of any SAELens version."""
     if not isinstance(raw, dict):
@@ -159,10 +163,10 @@ def parse_config(raw: Any, overrides: dict | None = None) -> SAEConfig:
     arch = flat.get("architecture") or "standard"
     if activation_fn == "topk" and arch == "standard":  # pre-6 TopK: k in activation_fn_kwargs
         arch = "topk"
-        flat.setdefault("k", (flat.get("activation_fn_kwargs") or {}).get("k"))
+        flat.setdefault("k", _object(flat, "activation_fn_kwargs").get("k"))
     elif activation_fn != "relu" and arch == "standard":
         raise SAELoadError(f"activation function {activation_fn!r} is not supported (supported: relu, topk)")
-    if arch not in ARCHITECTURES:
+    if not isinstance(arch, str) or arch not in ARCHITECTURES:
         raise SAELoadError(f"SAE architecture {arch!r} is not supported; supported: {', '.join(ARCHITECTURES)}")
     d_in, d_sae = _int(flat, "d_in"), _int(flat, "d_sae")
     is_transcoder = ARCHITECTURES[arch][1]
@@ -199,7 +203,7 @@ def parse_config(raw: Any, overrides: dict | None = None) -> SAEConfig:
         model_name=flat.get("model_name"),
         prepend_bos=bool(flat.get("prepend_bos", True)),
         context_size=flat.get("context_size"),
-        model_from_pretrained_kwargs=dict(flat.get("model_from_pretrained_kwargs") or {}),
+        model_from_pretrained_kwargs=dict(_object(flat, "model_from_pretrained_kwargs")),
         neuronpedia_id=flat.get("neuronpedia_id"),
         metadata=flat,
     )
@@ -285,9 +289,9 @@ def read_feature_labels(path: Path, d_sae: int) -> tuple[dict[int, str], dict[in
     if not file.is_file():
         return {}, {}
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        warnings.warn(f"ignoring {file}: not valid JSON ({e})", stacklevel=3)
+        data = read_json(file, "feature labels")
+    except SAELoadError as e:
+        warnings.warn(f"ignoring {file}: {e}", stacklevel=3)
         return {}, {}
     if isinstance(data, dict):
         items = list(data.items())

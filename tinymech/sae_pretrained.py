@@ -18,7 +18,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from .loading import hf_cache_dir
+from .files import inside
+from .loading import cached_snapshots, hf_cache_dir
 from .sae_errors import SAELoadError, SAENotFoundError
 from .sae_loading import CFG_FILE, LABELS_FILE, SPARSITY_FILE, WEIGHTS_FILE
 
@@ -97,16 +98,7 @@ def locate(release: str, sae_id: str) -> tuple[str, str, dict, float | None]:
 
 def find_cached(repo_id: str, folder: str) -> Path | None:
     """The folder inside the cached snapshot of repo_id holding cfg.json, refs/main first."""
-    repo_dir = hf_cache_dir() / ("models--" + repo_id.replace("/", "--"))
-    snapshots = repo_dir / "snapshots"
-    if not snapshots.is_dir():
-        return None
-    candidates = []
-    ref = repo_dir / "refs" / "main"
-    if ref.is_file():
-        candidates.append(snapshots / ref.read_text().strip())
-    candidates += sorted(snapshots.iterdir())
-    for snap in candidates:
+    for snap in cached_snapshots(repo_id):
         if (snap / folder / CFG_FILE).is_file() and (snap / folder / WEIGHTS_FILE).is_file():
             return snap / folder
     return None
@@ -138,4 +130,5 @@ def download(repo_id: str, folder: str) -> Path:
 def resolve(release: str, sae_id: str) -> tuple[Path, dict, float | None]:
     """(local directory, config overrides, norm_scaling_factor) for a release and SAE id."""
     repo_id, folder, overrides, factor = locate(release, sae_id)
+    inside(Path(repo_id), folder, "the SAE folder", SAENotFoundError)  # checked before any lookup
     return find_cached(repo_id, folder) or download(repo_id, folder), overrides, factor

@@ -8,7 +8,6 @@ hostile file raises ModelLoadError instead of reading out of bounds.
 """
 from __future__ import annotations
 
-import json
 import math
 import mmap
 import os
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ModelLoadError
+from .files import open_regular, parse_json
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 
@@ -40,27 +40,22 @@ class SafetensorsFile:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        try:
-            with open(self.path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                if size < 8:
-                    raise self._error(f"file is {size} bytes, too short for a header")
+        with open_regular(self.path) as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < 8:
+                raise self._error(f"file is {size} bytes, too short for a header")
+            try:
                 self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        except FileNotFoundError:
-            raise
-        except OSError as e:
-            raise ModelLoadError(f"cannot read {self.path}: {e}") from e
+            except OSError as e:
+                raise ModelLoadError(f"cannot read {self.path}: {e}") from e
         self._buffer = np.frombuffer(self._map, dtype=np.uint8)
         (header_len,) = struct.unpack("<Q", self._map[:8])
         if header_len > MAX_HEADER_BYTES or 8 + header_len > size:
             raise self._error(f"header length {header_len} does not fit in a file of {size} bytes")
-        try:
-            header = json.loads(bytes(self._map[8 : 8 + header_len]).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise self._error(f"header is not valid JSON ({e})") from e
-        if not isinstance(header, dict):
-            raise self._error("header is not a JSON object")
+        header = parse_json(bytes(self._map[8 : 8 + header_len]), f"corrupt safetensors file {self.path}: its header")
         self.metadata = header.pop("__metadata__", None) or {}
+        if not isinstance(self.metadata, dict):
+            raise self._error(f"__metadata__ is not an object but {self.metadata!r:.40}")
         self._data_start = 8 + header_len
         data_len = size - self._data_start
         self._entries = {name: self._check_entry(name, info, data_len) for name, info in header.items()}

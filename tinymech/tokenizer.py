@@ -1,11 +1,61 @@
 """Text <-> token ids through the `tokenizers` library, TransformerLens-style."""
 from __future__ import annotations
 
+import base64
+import contextlib
 from pathlib import Path
 
 import numpy as np
 
 from .errors import InvalidTokensError, ModelLoadError
+from .files import check_regular, parse_json, read_text
+
+
+@contextlib.contextmanager
+def panics_as_errors(what: str):
+    """A Rust panic in the tokenizers library as ModelLoadError: it arrives as
+    pyo3_runtime.PanicException, a BaseException, caught by name so that
+    KeyboardInterrupt and SystemExit still pass."""
+    try:
+        yield
+    except BaseException as e:
+        if type(e).__name__ != "PanicException":
+            raise
+        raise ModelLoadError(f"{what}: the tokenizers library failed ({e})") from e
+
+
+def call_tokenizers(what: str, fn, *args):
+    """fn(*args) of the tokenizers library, its failures as ModelLoadError: the
+    plain Exception it raises for a bad tokenizer (a file it cannot read, a text
+    its model cannot encode), or a panic."""
+    with panics_as_errors(what):
+        try:
+            return fn(*args)
+        except Exception as e:
+            raise ModelLoadError(f"{what}: {e}") from e
+
+
+def check_charsmaps(spec: dict, path: Path) -> None:
+    """Refuse a Precompiled normalizer whose charsmap ([u32 trie bytes][trie]
+    [strings], base64) claims a trie longer than itself: the tokenizers library
+    allocates what it claims, and a failed allocation aborts the process."""
+    pending = [spec.get("normalizer")]
+    while pending:  # the normalizer, or one nested in Sequences
+        node = pending.pop()
+        if isinstance(node, list):
+            pending.extend(node)
+        elif isinstance(node, dict):
+            pending.extend(node.values())
+            if node.get("type") == "Precompiled" and not _sound_charsmap(node.get("precompiled_charsmap")):
+                raise ModelLoadError(f"{path}: the Precompiled normalizer's precompiled_charsmap is corrupt")
+
+
+def _sound_charsmap(encoded) -> bool:
+    try:
+        data = base64.b64decode(encoded, validate=True)
+    except (TypeError, ValueError):  # not a string, or not base64 (binascii.Error)
+        return False
+    return len(data) >= 4 and int.from_bytes(data[:4], "little") <= len(data) - 4
 
 
 class Tokenizer:
@@ -16,20 +66,27 @@ class Tokenizer:
 
     @classmethod
     def from_dir(cls, model_dir: Path, bos_token_id, eos_token_id) -> Tokenizer | None:
-        """tokenizer.json, else vocab.json + merges.txt (byte-level BPE), else None."""
+        """tokenizer.json, else vocab.json + merges.txt (byte-level BPE), else None.
+
+        tokenizer.json's padding and truncation sections are ignored, as
+        transformers ignores them unless a call asks for them: applied, they
+        would cut every prompt short or pad it with tokens the model then reads."""
         import tokenizers
 
-        try:
-            if (model_dir / "tokenizer.json").is_file():
-                backend = tokenizers.Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-            elif (model_dir / "vocab.json").is_file() and (model_dir / "merges.txt").is_file():
-                backend = tokenizers.ByteLevelBPETokenizer(
-                    str(model_dir / "vocab.json"), str(model_dir / "merges.txt")
-                )
-            else:
-                return None
-        except Exception as e:  # the library raises plain Exception on bad files
-            raise ModelLoadError(f"cannot read the tokenizer in {model_dir}: {e}") from e
+        path, vocab, merges = model_dir / "tokenizer.json", model_dir / "vocab.json", model_dir / "merges.txt"
+        if path.exists():
+            text = read_text(path, "the tokenizer")
+            check_charsmaps(parse_json(text, f"the tokenizer {path}"), path)
+            backend = call_tokenizers(f"cannot read the tokenizer {path}", tokenizers.Tokenizer.from_str, text)
+            backend.no_padding()
+            backend.no_truncation()
+        elif vocab.exists() and merges.exists():
+            check_regular(vocab)
+            check_regular(merges)
+            backend = call_tokenizers(f"cannot read the tokenizer in {model_dir}", tokenizers.ByteLevelBPETokenizer,
+                                      str(vocab), str(merges))
+        else:
+            return None
         if bos_token_id is None:
             bos_token_id = backend.token_to_id("<|endoftext|>")
         if eos_token_id is None:
@@ -43,14 +100,20 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         if not isinstance(text, str):
             raise TypeError(f"expected a string, got {type(text).__name__}")
-        return self.backend.encode(text, add_special_tokens=False).ids
+        encoding = call_tokenizers("the tokenizer failed to encode",
+                                   lambda: self.backend.encode(text, add_special_tokens=False))
+        return encoding.ids
 
     def decode(self, ids) -> str:
-        return self.backend.decode([int(i) for i in ids], skip_special_tokens=False)
+        ids = [int(i) for i in ids]
+        with panics_as_errors("the tokenizer failed to decode"):
+            return self.backend.decode(ids, skip_special_tokens=False)
 
     def decode_each(self, ids) -> list[str]:
         """One string per token (partial UTF-8 bytes show as U+FFFD, as in TransformerLens)."""
-        return self.backend.decode_batch([[int(i)] for i in ids], skip_special_tokens=False)
+        ids = [[int(i)] for i in ids]
+        with panics_as_errors("the tokenizer failed to decode"):
+            return self.backend.decode_batch(ids, skip_special_tokens=False)
 
     def to_tokens(self, text: str | list[str], prepend_bos: bool = True) -> np.ndarray:
         texts = [text] if isinstance(text, str) else list(text)

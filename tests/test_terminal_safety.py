@@ -156,17 +156,17 @@ def test_dynamics_with_text_instead_of_numbers_is_one_harmless_line(tmp_path, ca
 
 
 @pytest.mark.parametrize("damage, message", [
-    (b"\xff\xfe", "is damaged"),
-    (b"[1, 2]", '"records" must be a non-empty list of objects'),
+    (b"\xff\xfe", "is not UTF-8 text"),
+    (b"[1, 2]", "does not hold an object at its top level"),
     (b'{"records": []}', '"records" must be a non-empty list of objects'),
     (b'{"records": [1]}', '"records" must be a non-empty list of objects'),
     ({"train_loss": "1.0x"}, '"train_loss" must be a number'),
     ({"step": None}, '"step" must be a number'),
     ({"val_loss": [1.0]}, '"val_loss" must be a number'),
-    ({"step": float("inf")}, '"step" must be a number'),
+    ({"step": float("inf")}, "Infinity, which is not a number JSON allows"),
     ({"induction_score": [0.5]}, '"induction_score" must be a [layer, head] grid'),
     ({"induction_score": [["x"]]}, '"induction_score" must be a [layer, head] grid'),
-    ({"induction_score": [[10 ** 400]]}, '"induction_score" must be a [layer, head] grid'),
+    ({"induction_score": [[10 ** 400]]}, "an integer of 401 digits"),
     ({"prev_token_score": [[]]}, '"prev_token_score" must be a [layer, head] grid'),
     ({"prev_token_score": [[0.5, 0.5]]}, '"prev_token_score" must be a [layer, head] grid'),  # not as the other
 ])

@@ -57,7 +57,7 @@ def sae_rows(arch: str = "standard", d_in: int = 768, d_sae: int = 24576, tokens
     the measured `l0` and `name`."""
     import torch
 
-    from tinymech.sae import SAE
+    from tinymech.sae.sae import SAE
 
     with warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp:
         warnings.simplefilter("ignore")

@@ -24,7 +24,7 @@ def smollm2_rows(*, tokens=(128, 512), decode_tokens: int = 32, repeats: int = 3
     import transformers
 
     import tinymech as tm
-    from tinymech import smollm2
+    from tinymech.io import smollm2
 
     try:
         gguf = smollm2.find_gguf()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinymech.config import Config
+from tinymech.arch.config import Config
 from tinymech.model import Model
 
 

@@ -6,7 +6,7 @@ import torch
 
 import tinymech as tm
 from model_factory import rel_err
-from tinymech.activation_cache import _pos
+from tinymech.cache import _pos
 from tl_reference import TL_PROCESSING
 
 TOL = 1e-4

@@ -13,7 +13,7 @@ import pytest
 
 import tinymech as tm
 from tinymech import analysis
-from tinymech.config import Config
+from tinymech.arch.config import Config
 
 VOCAB, N_CTX, D_MODEL, N_HEADS, D_HEAD = 32, 48, 256, 4, 64
 SEQ_LEN = 20  # random tokens per copy; BOS + 2 copies fit the context

@@ -12,9 +12,9 @@ from tinymech import analysis
 from tinymech import progress
 from tinymech.analysis import AnalysisError
 from tinymech.analysis.tokens import is_single_token
-from tinymech.config import Config
-from tinymech.loading import default_model_dir
-from tinymech.tokenizer import Tokenizer
+from tinymech.arch.config import Config
+from tinymech.io.sources import default_model_dir
+from tinymech.io.tokenizer import Tokenizer
 
 TOKENIZER = Tokenizer.from_dir(default_model_dir(), None, None)  # the demo model's byte-level BPE, 8192 tokens
 

@@ -9,7 +9,7 @@ from transformer_lens import head_detector, patching
 
 import tinymech as tm
 from tinymech import analysis
-from tinymech.loading import default_model_dir
+from tinymech.io.sources import default_model_dir
 from tl_reference import hooked_transformer
 
 N_LAYERS, N_HEADS = 2, 3

@@ -13,7 +13,7 @@ import pytest
 
 import tinymech as tm
 from tinymech import _core
-from tinymech.bf16 import bf16_core_weights, from_bf16, to_bf16
+from tinymech.arch.bf16 import bf16_core_weights, from_bf16, to_bf16
 from tinymech.model import Model
 from llama_factory import LLAMA_SHAPES, make_hf_llama
 from model_factory import SHAPES, make_hf_gpt2, rel_err

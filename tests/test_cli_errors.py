@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from tinymech import loading, smollm2
+from tinymech.io import sources as loading, smollm2
 from tinymech.cli import main
 
 

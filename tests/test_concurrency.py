@@ -159,7 +159,7 @@ OUT_OF_MEMORY = """
 import resource
 import numpy as np
 import tinymech as tm
-from tinymech.ranking import top_k
+from tinymech.ops import top_k
 
 tm.set_num_threads(4)
 x = np.ones((4, 1 << 23), np.float32)

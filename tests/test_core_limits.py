@@ -6,7 +6,7 @@ import pytest
 
 import tinymech as tm
 from numpy_models import rotary_model
-from tinymech.ranking import top_k
+from tinymech.ops import top_k
 
 
 @pytest.mark.parametrize("n_ctx", [2**61, 2**63 - 1, 2**63, 2**64])

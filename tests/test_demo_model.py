@@ -8,7 +8,7 @@ import pytest
 import tinymech as tm
 from model_factory import hf_logits, rel_err
 from tinymech import analysis
-from tinymech.loading import default_model_dir
+from tinymech.io.sources import default_model_dir
 
 DEMO = default_model_dir()
 SAE_DIR = DEMO / "saes" / "blocks.2.hook_resid_pre"

@@ -57,8 +57,8 @@ def test_k_quant_tensors_read_from_a_file(tmp_path):
     loader's dequantization equals the package's."""
     import gguf
 
-    from tinymech.gguf_format import read_gguf_file
-    from tinymech.gguf_loading import _dequantize
+    from tinymech.io.gguf_format import read_gguf_file
+    from tinymech.io.gguf import _dequantize
 
     rng = np.random.default_rng(0)
     writer = gguf.GGUFWriter(str(tmp_path / "k.gguf"), "llama")

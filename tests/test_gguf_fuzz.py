@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from gguf_factory import make_tiny_gguf
 import tinymech as tm
 from tinymech.errors import TinymechError
-from tinymech.gguf_format import read_gguf_file
+from tinymech.io.gguf_format import read_gguf_file
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -108,7 +108,7 @@ def test_metadata_values(gguf_path, data):
     import dataclasses
     from unittest import mock
 
-    from tinymech import gguf_loading
+    from tinymech.io import gguf as gguf_loading
 
     file = read_gguf_file(gguf_path)
     metadata = dict(file.metadata)

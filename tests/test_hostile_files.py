@@ -15,11 +15,11 @@ import pytest
 import tinymech as tm
 from llama_factory import LLAMA_SHAPES, make_hf_llama
 from model_factory import SHAPES, make_hf_gpt2, save_tokenizer
-from tinymech import files
+from tinymech.io import files
 from tinymech.cli import main
-from tinymech.config import config_from_hf
-from tinymech.sae import SAE
-from tinymech.sae_errors import SAENotFoundError
+from tinymech.arch.config import config_from_hf
+from tinymech.sae.sae import SAE
+from tinymech.errors import SAENotFoundError
 
 HERE = os.path.dirname(__file__)
 
@@ -367,7 +367,7 @@ def test_sae_and_dynamics_fifos_are_refused(tmp_path):
         import warnings
         import tinymech as tm
         from tinymech.cli import main
-        from tinymech.sae import SAE
+        from tinymech.sae.sae import SAE
         warnings.simplefilter("ignore")
         for name in ("cfg.json", "sae_weights.safetensors", "feature_labels.json"):
             print(name, end=": ", flush=True)

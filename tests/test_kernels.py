@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from tinymech import _core
-from tinymech.bf16 import from_bf16
+from tinymech.arch.bf16 import from_bf16
 
 K = _core.kernels
 VARIANTS = K.available()

@@ -12,7 +12,7 @@ import pytest
 
 import tinymech as tm
 from model_factory import hf_logits, rel_err
-from tinymech import smollm2
+from tinymech.io import smollm2
 
 pytestmark = pytest.mark.slow
 

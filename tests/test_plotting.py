@@ -4,7 +4,7 @@ import json
 import numpy as np
 
 from tinymech.cli import main
-from tinymech.plotting import heatmap, line_chart
+from tinymech.text import heatmap, line_chart
 
 
 def test_line_chart_places_extremes():

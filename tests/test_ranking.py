@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import tinymech as tm
-from tinymech.ranking import log_sum_exp, top_k
+from tinymech.ops import log_sum_exp, top_k
 
 
 def reference_top_k(x, k):

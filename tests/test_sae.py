@@ -8,9 +8,9 @@ import pytest
 import tinymech as tm
 from model_factory import SHAPES, make_hf_gpt2, rel_err, save_tokenizer
 from sae_factory import lens_sae, save_lens
-from tinymech.sae import SAE, run_with_cache_with_saes, run_with_saes
-from tinymech.sae_errors import SAELoadError, SAENotFoundError
-from tinymech.sae_metrics import sae_metrics
+from tinymech.sae.sae import SAE, run_with_cache_with_saes, run_with_saes
+from tinymech.errors import SAELoadError, SAENotFoundError
+from tinymech.sae.metrics import sae_metrics
 
 TOL = 1e-4
 D, D_SAE = 64, 96

@@ -8,8 +8,8 @@ from safetensors.numpy import load_file, save_file
 
 import tinymech as tm
 from sae_factory import lens_sae, save_lens
-from tinymech.sae import SAE, run_with_cache_with_saes, run_with_saes
-from tinymech.sae_errors import FeatureIndexError, SAEInputError, SAELoadError, SAENotFoundError
+from tinymech.sae.sae import SAE, run_with_cache_with_saes, run_with_saes
+from tinymech.errors import FeatureIndexError, SAEInputError, SAELoadError, SAENotFoundError
 
 D, D_SAE = 64, 40
 
@@ -127,7 +127,7 @@ def test_bad_inputs(model, saved, tmp_path):
 
 
 def test_sae_from_arrays():
-    from tinymech.sae_loading import parse_config
+    from tinymech.sae.loading import parse_config
 
     cfg = parse_config({"d_in": 4, "d_sae": 6, "hook_name": "blocks.0.hook_resid_pre"})
     rng = np.random.default_rng(0)

@@ -6,8 +6,8 @@ import pytest
 
 import tinymech as tm
 from model_factory import SHAPES, make_hf_gpt2, save_tokenizer
-from tinymech.sae import SAE
-from tinymech.sae_loading import parse_config
+from tinymech.sae.sae import SAE
+from tinymech.sae.loading import parse_config
 
 VOCAB = 400  # enough BPE merges for word tokens such as " sat"
 K = 4

@@ -9,8 +9,8 @@ import torch
 
 from model_factory import rel_err
 from sae_factory import lens_run, lens_sae, save_lens, tl_model
-from tinymech.sae import SAE, run_with_cache_with_saes, run_with_saes
-from tinymech.sae_errors import SAELoadError
+from tinymech.sae.sae import SAE, run_with_cache_with_saes, run_with_saes
+from tinymech.errors import SAELoadError
 
 TOL = 1e-4
 D_IN, D_SAE = 60, 150  # the "odd" model's d_model; d_sae not a multiple of 16

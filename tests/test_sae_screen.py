@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import tinymech as tm
-from tinymech.sae import SAE, SAEConfig
+from tinymech.sae.sae import SAE, SAEConfig
 
 core = tm._core
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from sae_factory import lens_sae, save_lens
-from tinymech.sae import SAE, run_with_cache_with_saes
+from tinymech.sae.sae import SAE, run_with_cache_with_saes
 
 D, D_SAE = 64, 48
 # a transcoder reading block 0 and writing block 1; MIDDLE lies between its hooks

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import tinymech as tm
 from tinymech.errors import ModelLoadError
-from tinymech.safetensors_mmap import SafetensorsFile
+from tinymech.io.safetensors import SafetensorsFile
 
 
 def valid_file(tmp_path):
@@ -187,7 +187,7 @@ def sae_src(tmp_path_factory):
 @FILES
 @given(data=st.data())
 def test_sae_config_fields(sae_src, tmp_path, data):
-    from tinymech.sae import SAE
+    from tinymech.sae.sae import SAE
 
     cfg = json.loads((sae_src / "cfg.json").read_text())
     for _ in range(data.draw(st.integers(1, 3))):

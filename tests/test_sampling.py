@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from tinymech import _core
-from tinymech.generation import sample_next
+from tinymech.ops import sample_next
 
 
 def reference_draw(z, temperature, top_k, top_p, u):

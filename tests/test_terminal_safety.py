@@ -18,8 +18,8 @@ from llama_factory import make_hf_llama
 from test_tui_support import build_sae_dir, settle
 from tinymech import analysis
 from tinymech.cli import main
-from tinymech.plotting import heatmap, line_chart
-from tinymech.sae import SAE
+from tinymech.text import heatmap, line_chart
+from tinymech.sae.sae import SAE
 from tinymech.text import printable
 from tinymech.tui.app import make_app
 from tinymech.tui.widgets.features import FeaturesPanel

@@ -13,7 +13,7 @@ from safetensors.numpy import save_file
 
 import tinymech as tm
 from model_factory import make_hf_gpt2
-from tinymech.sae import SAE
+from tinymech.sae.sae import SAE
 from tinymech.tui.app import make_app
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -195,7 +195,7 @@ def _hook_lines(names: list[str], n_layers: int) -> list[str]:
 
 def _dynamics_file(model_name):
     """training_dynamics.json of the model named as tm.load names models (a GGUF file has none)."""
-    from .loading import resolve_model_source
+    from .io.sources import resolve_model_source
 
     path = resolve_model_source(model_name) / "training_dynamics.json"
     if not path.is_file():
@@ -207,8 +207,8 @@ def _dynamics_file(model_name):
 
 
 def _dynamics(args) -> int:
-    from .loading import read_training_dynamics
-    from .plotting import heatmap, line_chart
+    from .io.sources import read_training_dynamics
+    from .text import heatmap, line_chart
 
     c = read_training_dynamics(_dynamics_file(args.model))
     steps = c["step"]

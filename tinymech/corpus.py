@@ -12,7 +12,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from .checks import whole_number
+from .errors import whole_number
 from .errors import InvalidInputError, NoTokenizerError
 from .progress import progress_function
 

@@ -1,6 +1,13 @@
-"""Exceptions raised by tinymech. All derive from TinymechError, and each also
-derives from the built-in type a caller would naturally catch (ValueError,
-FileNotFoundError, ...), so existing handlers keep working."""
+"""Exceptions raised by tinymech, and the argument checks shared by the Python layer.
+
+Every exception derives from TinymechError, and each also derives from the built-in type a
+caller would naturally catch (ValueError, FileNotFoundError, ...), so existing handlers keep
+working."""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
 
 
 class TinymechError(Exception):
@@ -38,3 +45,60 @@ class InvalidInputError(TinymechError, ValueError):
 
 class HookError(TinymechError, ValueError):
     """An unknown hook name, a bad intervention, or a hook function that failed."""
+
+
+# ---- SAEs ----
+
+class SAENotFoundError(TinymechError, FileNotFoundError):
+    """No SAE at the given directory, in the local Hugging Face cache, or online."""
+
+
+class SAELoadError(TinymechError, ValueError):
+    """An SAE's files exist but are corrupt, inconsistent, or in a format tinymech cannot run."""
+
+
+class SAEInputError(TinymechError, ValueError):
+    """Activations or features that do not fit the SAE (wrong shape or dtype, a missing input)."""
+
+
+class FeatureIndexError(TinymechError, IndexError):
+    """A feature index outside [0, d_sae)."""
+
+
+# ---- the analysis toolkit ----
+
+class AnalysisError(TinymechError, ValueError):
+    """An analysis asked for something its inputs cannot give: an unknown
+    detection pattern, clean and corrupted runs of different shapes, a
+    vocabulary without the single-token names an IOI prompt needs, ..."""
+
+
+# ---- argument checks: a whole number is a whole number (not a bool, not 2.5 quietly made 2),
+# a number is one a float holds ----
+
+# The largest integer the core's int64 arguments take.
+CORE_INT_MAX = 2**63 - 1
+
+
+def whole_number(value, what: str, minimum: int | None = None, error=InvalidInputError,
+                 maximum: int | None = None) -> int:
+    """value as an int; `error` naming `what` unless it is an integer (numpy's
+    included, bools not) of at least `minimum` and at most `maximum`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise error(f"{what} must be a whole number, not {value!r}")
+    if minimum is not None and value < minimum:
+        raise error(f"{what} must be >= {minimum}, not {value}")
+    if maximum is not None and value > maximum:
+        raise error(f"{what} must be <= {maximum}, not {value}")
+    return int(value)
+
+
+def real_number(value, what: str, error=InvalidInputError) -> float:
+    """value as a float; `error` naming `what` unless it is a number a float
+    can hold (numpy's and 0-d arrays included; bools and strings not)."""
+    if isinstance(value, (bool, np.bool_, str, bytes)):
+        raise error(f"{what} must be a number, not {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise error(f"{what} must be a number that a float can hold, not {value!r}") from None

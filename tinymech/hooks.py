@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Sequence, Union
 import numpy as np
 
 from . import _core
-from .checks import real_number, whole_number
+from .errors import real_number, whole_number
 from .errors import HookError
 
 _SHORT_NAMES = {

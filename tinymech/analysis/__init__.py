@@ -9,7 +9,7 @@ arrays shaped for heatmaps, and print as text tables.
     print(analysis.head_summary(model))
 """
 from .attribution import LogitAttribution, logit_attribution
-from .errors import AnalysisError
+from ..errors import AnalysisError
 from .heads import (
     HeadScores,
     HeadSummary,

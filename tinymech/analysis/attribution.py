@@ -8,11 +8,12 @@ import re
 
 import numpy as np
 
-from .errors import AnalysisError
-from ..final_norm import norm_centers
+from ..errors import AnalysisError
+from ..ops import norm_centers
 from .params import attn_out_bias, ln_final_params, unembed_bias
-from .tables import format_table
-from .tokens import token_ids, token_labels
+from ..text import format_table
+from .tokens import token_ids
+from ..text import token_labels
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -9,8 +9,8 @@ from typing import Callable
 import numpy as np
 
 from ..errors import ContextLengthError, InvalidTokensError
-from .errors import AnalysisError
-from .tables import format_grid, format_table
+from ..errors import AnalysisError
+from ..text import format_grid, format_table
 
 HEAD_NAMES = ("previous_token_head", "duplicate_token_head", "induction_head")
 ERROR_MEASURES = ("abs", "mul")

@@ -8,10 +8,10 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import AnalysisError
+from ..errors import AnalysisError
 from ..progress import ProgressFn, progress_function
 from .patching import ACTIVATIONS, PatchingResult, logit_diff_metric, patch_activations
-from .tables import format_table
+from ..text import format_table
 from .tokens import is_single_token
 
 # {A} and {B} are the two names in order of first mention, {S} the subject's second mention:

@@ -6,12 +6,13 @@ import dataclasses
 
 import numpy as np
 
-from ..ranking import log_sum_exp, top_k
-from .errors import AnalysisError
-from ..final_norm import final_norm
+from ..ops import log_sum_exp, top_k
+from ..errors import AnalysisError
+from ..ops import final_norm
 from .params import unembed_bias
-from .tables import format_table
-from .tokens import token_ids, token_labels
+from ..text import format_table
+from .tokens import token_ids
+from ..text import token_labels
 
 LN_MODES = ("recompute", "frozen")
 

@@ -11,10 +11,11 @@ from typing import Callable
 import numpy as np
 
 from ..hooks import patch
-from .errors import AnalysisError
+from ..errors import AnalysisError
 from ..progress import ProgressFn, progress_function
-from .tables import format_grid
-from .tokens import token_ids, token_labels
+from ..text import format_grid
+from .tokens import token_ids
+from ..text import token_labels
 
 # activation -> (hook name within a block, the axes one patch is indexed by)
 ACTIVATIONS = {
@@ -86,7 +87,7 @@ class PatchingResult:
         """The grid as shaded cells for a terminal, on a scale diverging from 0
         (normalized: the corrupted run's score): 0 is blank, values above are
         blocks and values below dashes, denser the farther from 0."""
-        from ..plotting import heatmap
+        from ..text import heatmap
 
         grid, rows, columns, title = self.labelled_grid()
         return heatmap(grid, rows, columns, title, diverging=True)

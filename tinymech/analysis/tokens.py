@@ -1,8 +1,6 @@
 """Answer tokens given as strings or ids, and token labels for tables."""
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
 
 from ..errors import InvalidTokensError
@@ -44,16 +42,3 @@ def token_ids(model, tokens) -> np.ndarray:
 
 def is_single_token(model, text: str) -> bool:
     return model.to_tokens(text, prepend_bos=False).shape[1] == 1
-
-
-def readable_token(token: str) -> str:
-    """A token string for tables: a space shows as '·', a newline as '↵'."""
-    return token.replace(" ", "·").replace("\n", "↵")
-
-
-def token_labels(model, ids: Sequence[int]) -> list[str]:
-    """Readable token strings (see readable_token); '#id' when the model has no tokenizer."""
-    ids = [int(i) for i in np.asarray(ids).reshape(-1)]
-    if model.tokenizer is None:
-        return [f"#{i}" for i in ids]
-    return [readable_token(s) for s in model.tokenizer.decode_each(ids)]

@@ -11,8 +11,8 @@ from textual.binding import Binding
 from textual.widgets import Input
 
 import tinymech as tm
-from tinymech.sae import SAE
-from tinymech.sae_splice import check_hooks
+from tinymech.sae.sae import SAE
+from tinymech.sae.splice import check_hooks
 from tinymech.text import printable
 
 from .backend import Backend

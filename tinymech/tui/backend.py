@@ -15,7 +15,7 @@ import numpy as np
 import tinymech as tm
 from tinymech import analysis
 from tinymech.analysis.logit_lens import distinct_points
-from tinymech.ranking import log_sum_exp, top_k
+from tinymech.ops import log_sum_exp, top_k
 
 from .display import token_labels
 

@@ -17,14 +17,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _core
-from . import hooks as _hooks
-from .analysis.tables import format_table
-from .analysis.tokens import readable_token
-from .checks import whole_number
-from .errors import HookError
-from .sae_errors import FeatureIndexError, SAEInputError, SAELoadError
-from .sae_loading import (
+from .. import _core
+from .. import hooks as _hooks
+from ..text import format_table
+from ..text import readable_token
+from ..errors import whole_number
+from ..errors import HookError
+from ..errors import FeatureIndexError, SAEInputError, SAELoadError
+from .loading import (
     CFG_FILE,
     SAEConfig,
     parse_config,
@@ -34,8 +34,8 @@ from .sae_loading import (
     read_weights,
     sae_dir,
 )
-from .sae_pretrained import resolve
-from .sae_splice import check_hooks, run_with_cache_with_saes, run_with_saes, splice_hooks
+from .pretrained import resolve
+from .splice import check_hooks, run_with_cache_with_saes, run_with_saes, splice_hooks
 
 __all__ = ["SAE", "SAEConfig", "LogitEffects", "run_with_saes", "run_with_cache_with_saes"]
 

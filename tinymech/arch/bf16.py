@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _core
+from .. import _core
 
 MATRIX_KEYS = ("wte", "unembed")
 LAYER_MATRIX_KEYS = ("qkv_w", "out_w", "gate_w", "fc_w", "proj_w")

@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from . import _core
-from .errors import ModelLoadError
-from .files import read_json as read_json_file
-from .safetensors_mmap import SafetensorsFile
-from .sae_errors import SAELoadError, SAENotFoundError
+from .. import _core
+from ..errors import ModelLoadError
+from ..io.files import read_json as read_json_file
+from ..io.safetensors import SafetensorsFile
+from ..errors import SAELoadError, SAENotFoundError
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"

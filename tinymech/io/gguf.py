@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _core
-from .config import config_from_hf
-from .errors import ModelLoadError, TinymechError, UnsupportedArchitectureError
+from .. import _core
+from ..arch.config import config_from_hf
+from ..errors import ModelLoadError, TinymechError, UnsupportedArchitectureError
 from .gguf_format import GgufFile, GgufTensor, import_gguf, read_gguf_file
 from .tokenizer import call_tokenizers
 

@@ -24,8 +24,8 @@ import dataclasses
 
 import numpy as np
 
-from . import hooks as _hooks
-from .sae_splice import check_hooks, hook_widths
+from .. import hooks as _hooks
+from .splice import check_hooks, hook_widths
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InvalidTokensError, ModelLoadError
+from ..errors import InvalidTokensError, ModelLoadError
 from .files import check_regular, parse_json, read_text
 
 

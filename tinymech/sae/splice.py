@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .activation_cache import ActivationCache
-from .errors import HookError
-from .hooks import resolve_names
+from ..cache import ActivationCache
+from ..errors import HookError
+from ..hooks import resolve_names
 
 SAE_HOOKS = ("hook_sae_input", "hook_sae_acts_pre", "hook_sae_acts_post", "hook_sae_recons",
              "hook_sae_error", "hook_sae_output")

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ModelLoadError
-from .files import open_regular, parse_json
+from ..errors import ModelLoadError, ModelNotFoundError
+from .files import inside, open_regular, parse_json, read_json
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 
@@ -128,3 +128,71 @@ class SafetensorsFile:
         if dtype_name in ("F16", "F64"):
             return t.astype(np.float32)
         raise ModelLoadError(f"tensor {name!r} in {self.path} has dtype {dtype_name}, not a float type")
+
+
+class WeightStore:
+    """Name -> tensor over one or several safetensors files."""
+
+    def __init__(self, model_dir: Path):
+        single = model_dir / "model.safetensors"
+        index = model_dir / "model.safetensors.index.json"
+        if single.exists():  # a FIFO or directory exists too: SafetensorsFile says what it is
+            files = [single]
+        elif index.exists():
+            files = _shards(model_dir, index)
+        elif (model_dir / "pytorch_model.bin").is_file():
+            raise ModelLoadError(
+                f"{model_dir} has only pytorch_model.bin; tinymech reads safetensors. Convert once with "
+                "transformers: AutoModelForCausalLM.from_pretrained(dir).save_pretrained(dir)"
+            )
+        else:
+            raise ModelNotFoundError(f"{model_dir} has no model.safetensors")
+        self._where = {}
+        for f in files:
+            if not f.exists():
+                raise ModelNotFoundError(f"{f} listed in the index is missing")
+            sf = SafetensorsFile(f)
+            for key in sf.keys():
+                self._where[key] = sf
+
+    def keys(self):
+        return self._where.keys()
+
+    def get(self, name: str, shape: tuple) -> np.ndarray:
+        sf = self._where.get(name)
+        if sf is None:
+            raise ModelLoadError(f"weight {name!r} is missing from the checkpoint")
+        _check_shape(name, sf.shape(name), shape)
+        return sf.to_float32(name)
+
+
+def _shards(model_dir: Path, index: Path) -> list[Path]:
+    """The files a model.safetensors.index.json maps weights to, each inside model_dir."""
+    weight_map = read_json(index, "the safetensors index").get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise ModelLoadError(f"{index} is not a valid safetensors index: its weight_map is not an object")
+    paths = [inside(model_dir, name, f"the shard named in {index}") for name in weight_map.values()]
+    return list(dict.fromkeys(paths))
+
+
+class ArrayStore(WeightStore):
+    """A WeightStore over arrays already in memory (e.g. dequantized from a GGUF)."""
+
+    def __init__(self, arrays: dict, source: str):
+        self._arrays = arrays
+        self._source = source
+
+    def keys(self):
+        return self._arrays.keys()
+
+    def get(self, name: str, shape: tuple) -> np.ndarray:
+        arr = self._arrays.get(name)
+        if arr is None:
+            raise ModelLoadError(f"weight {name!r} is missing from {self._source}")
+        _check_shape(name, arr.shape, shape)
+        return arr
+
+
+def _check_shape(name: str, got: tuple, want: tuple) -> None:
+    if tuple(got) != tuple(want):
+        raise ModelLoadError(f"weight {name!r} has shape {list(got)} but the config needs {list(want)}")

@@ -8,9 +8,9 @@ from typing import Iterator
 
 import numpy as np
 
-from .checks import whole_number
+from .errors import whole_number
 from .errors import HookError, InvalidInputError
-from .final_norm import final_norm, norm_centers
+from .ops import final_norm, norm_centers
 from .hooks import get_act_name
 
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _core
-from .errors import ModelLoadError
+from .. import _core
+from ..errors import ModelLoadError
 from .files import open_regular
 
 MAGIC = b"GGUF"

@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
+from pathlib import Path
 from typing import Any
 
-from .checks import whole_number
-from .errors import ModelLoadError, UnsupportedArchitectureError
+from ..errors import ModelLoadError, ModelNotFoundError, UnsupportedArchitectureError, whole_number
+from ..io.files import read_json
+from ..io.sources import model_name_of
 
 SUPPORTED_ARCHITECTURES = ("gpt2 (GPT2LMHeadModel)", "llama (LlamaForCausalLM)")
 
@@ -258,3 +260,10 @@ def _llama_config(hf: dict, model_name: str, source: str) -> Config:
         weight_layout="out_in",
         chat_template=template,
     )
+
+
+def read_config(model_dir: Path) -> Config:
+    path = model_dir / "config.json"
+    if not path.exists():
+        raise ModelNotFoundError(f"{model_dir} has no config.json")
+    return config_from_hf(read_json(path, "the model config"), model_name=model_name_of(model_dir))

@@ -11,7 +11,7 @@ import os
 import stat
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from .errors import ModelLoadError
+from ..errors import ModelLoadError
 
 # The largest tokenizer.json files (262k-token vocabularies) are ~35 MB.
 MAX_JSON_BYTES = 128 << 20

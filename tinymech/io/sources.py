@@ -14,10 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import Config, config_from_hf
-from .errors import ModelLoadError, ModelNotFoundError, TinymechError
+from ..errors import ModelLoadError, ModelNotFoundError, TinymechError
 from .files import inside, read_json, read_text
-from .safetensors_mmap import SafetensorsFile
+from .safetensors import SafetensorsFile
 
 # Old short names now live under an organization on the hub.
 HUB_ALIASES = {
@@ -42,7 +41,7 @@ _DOWNLOAD_PATTERNS = [
 
 def bundled_models_dir() -> Path:
     """models/ shipped inside the package, or the source tree's models/ folder."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]  # the package folder
     for candidate in (here / "models", here.parent / "models"):
         if candidate.is_dir():
             return candidate
@@ -141,13 +140,6 @@ def _download(repo_id: str) -> Path:
         ) from e
 
 
-def read_config(model_dir: Path) -> Config:
-    path = model_dir / "config.json"
-    if not path.exists():
-        raise ModelNotFoundError(f"{model_dir} has no config.json")
-    return config_from_hf(read_json(path, "the model config"), model_name=model_name_of(model_dir))
-
-
 def model_name_of(model_dir: Path) -> str:
     """What to call a model directory: the repo id of a Hugging Face cache
     snapshot (its folder is named by a commit hash), the GGUF file a
@@ -193,112 +185,3 @@ def read_training_dynamics(path: Path) -> dict:
     if not np.isfinite(columns["step"]).all():
         raise damaged('"step" must be a number in every record')
     return columns
-
-
-class WeightStore:
-    """Name -> tensor over one or several safetensors files."""
-
-    def __init__(self, model_dir: Path):
-        single = model_dir / "model.safetensors"
-        index = model_dir / "model.safetensors.index.json"
-        if single.exists():  # a FIFO or directory exists too: SafetensorsFile says what it is
-            files = [single]
-        elif index.exists():
-            files = _shards(model_dir, index)
-        elif (model_dir / "pytorch_model.bin").is_file():
-            raise ModelLoadError(
-                f"{model_dir} has only pytorch_model.bin; tinymech reads safetensors. Convert once with "
-                "transformers: AutoModelForCausalLM.from_pretrained(dir).save_pretrained(dir)"
-            )
-        else:
-            raise ModelNotFoundError(f"{model_dir} has no model.safetensors")
-        self._where = {}
-        for f in files:
-            if not f.exists():
-                raise ModelNotFoundError(f"{f} listed in the index is missing")
-            sf = SafetensorsFile(f)
-            for key in sf.keys():
-                self._where[key] = sf
-
-    def keys(self):
-        return self._where.keys()
-
-    def get(self, name: str, shape: tuple) -> np.ndarray:
-        sf = self._where.get(name)
-        if sf is None:
-            raise ModelLoadError(f"weight {name!r} is missing from the checkpoint")
-        _check_shape(name, sf.shape(name), shape)
-        return sf.to_float32(name)
-
-
-def _shards(model_dir: Path, index: Path) -> list[Path]:
-    """The files a model.safetensors.index.json maps weights to, each inside model_dir."""
-    weight_map = read_json(index, "the safetensors index").get("weight_map")
-    if not isinstance(weight_map, dict):
-        raise ModelLoadError(f"{index} is not a valid safetensors index: its weight_map is not an object")
-    paths = [inside(model_dir, name, f"the shard named in {index}") for name in weight_map.values()]
-    return list(dict.fromkeys(paths))
-
-
-class ArrayStore(WeightStore):
-    """A WeightStore over arrays already in memory (e.g. dequantized from a GGUF)."""
-
-    def __init__(self, arrays: dict, source: str):
-        self._arrays = arrays
-        self._source = source
-
-    def keys(self):
-        return self._arrays.keys()
-
-    def get(self, name: str, shape: tuple) -> np.ndarray:
-        arr = self._arrays.get(name)
-        if arr is None:
-            raise ModelLoadError(f"weight {name!r} is missing from {self._source}")
-        _check_shape(name, arr.shape, shape)
-        return arr
-
-
-def _check_shape(name: str, got: tuple, want: tuple) -> None:
-    if tuple(got) != tuple(want):
-        raise ModelLoadError(f"weight {name!r} has shape {list(got)} but the config needs {list(want)}")
-
-
-def load_gpt2_weights(store: WeightStore, cfg: Config) -> dict:
-    """The core's weight dict from HF GPT-2 names (with or without 'transformer.')."""
-    prefix = "transformer." if any(k.startswith("transformer.") for k in store.keys()) else ""
-    D, F, V = cfg.d_model, cfg.d_mlp, cfg.d_vocab
-
-    def get(name, shape):
-        return store.get(prefix + name, shape)
-
-    layers = []
-    for i in range(cfg.n_layers):
-        h = f"h.{i}."
-        layers.append(
-            {
-                "ln1_w": get(h + "ln_1.weight", (D,)),
-                "ln1_b": get(h + "ln_1.bias", (D,)),
-                "qkv_w": get(h + "attn.c_attn.weight", (D, 3 * D)),
-                "qkv_b": get(h + "attn.c_attn.bias", (3 * D,)),
-                "out_w": get(h + "attn.c_proj.weight", (D, D)),
-                "out_b": get(h + "attn.c_proj.bias", (D,)),
-                "ln2_w": get(h + "ln_2.weight", (D,)),
-                "ln2_b": get(h + "ln_2.bias", (D,)),
-                "fc_w": get(h + "mlp.c_fc.weight", (D, F)),
-                "fc_b": get(h + "mlp.c_fc.bias", (F,)),
-                "proj_w": get(h + "mlp.c_proj.weight", (F, D)),
-                "proj_b": get(h + "mlp.c_proj.bias", (D,)),
-            }
-        )
-    wte = get("wte.weight", (V, D))
-    weights = {
-        "wte": wte,
-        "wpe": get("wpe.weight", (cfg.n_ctx, D)),
-        "lnf_w": get("ln_f.weight", (D,)),
-        "lnf_b": get("ln_f.bias", (D,)),
-        # HF ties lm_head to wte unless the config says otherwise
-        "unembed": wte if cfg.tie_word_embeddings else store.get("lm_head.weight", (V, D)),
-        "unembed_b": None,
-        "layers": layers,
-    }
-    return weights

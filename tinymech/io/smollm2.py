@@ -9,8 +9,8 @@ import importlib.util
 import os
 from pathlib import Path
 
-from .errors import ModelNotFoundError
-from .gguf_loading import convert_gguf
+from ..errors import ModelNotFoundError
+from .gguf import convert_gguf
 
 NAME = "smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

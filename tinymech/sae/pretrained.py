@@ -18,10 +18,10 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from .files import inside
-from .loading import cached_snapshots, hf_cache_dir
-from .sae_errors import SAELoadError, SAENotFoundError
-from .sae_loading import CFG_FILE, LABELS_FILE, SPARSITY_FILE, WEIGHTS_FILE
+from ..io.files import inside
+from ..io.sources import cached_snapshots, hf_cache_dir
+from ..errors import SAELoadError, SAENotFoundError
+from .loading import CFG_FILE, LABELS_FILE, SPARSITY_FILE, WEIGHTS_FILE
 
 REGISTRY_FILE = "pretrained_saes.yaml"
 

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from .errors import ModelLoadError
+from ..errors import ModelLoadError
 
 
 def inverse_frequencies(rotary_dim: int, base: float, scaling: dict | None = None) -> np.ndarray:

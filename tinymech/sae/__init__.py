@@ -1,0 +1,6 @@
+"""Sparse autoencoders and transcoders in SAELens's format: loading, the splice into a
+forward pass, metrics."""
+from .metrics import SAEMetrics, sae_metrics
+from .sae import SAE
+
+__all__ = ["SAE", "SAEMetrics", "sae_metrics"]

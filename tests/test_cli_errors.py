@@ -21,7 +21,7 @@ def test_threads_must_be_positive(capsys, threads):
 
 
 def test_dynamics_resolves_smollm2_like_load(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(smollm2, "smollm2_dir", lambda: tmp_path)  # the converted model: no dynamics beside it
+    monkeypatch.setattr(smollm2, "find_gguf", lambda: tmp_path / "smollm2.gguf")  # a GGUF: no dynamics beside it
     monkeypatch.setattr(loading, "_download", lambda repo_id: pytest.fail(f"went to the hub for {repo_id!r}"))
     assert_one_line_error(main(["dynamics", "-m", "smollm2"]), capsys.readouterr(),
                           "no training_dynamics.json beside this model")

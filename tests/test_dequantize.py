@@ -58,7 +58,7 @@ def test_k_quant_tensors_read_from_a_file(tmp_path):
     import gguf
 
     from tinymech.io.gguf_format import read_gguf_file
-    from tinymech.io.gguf import _dequantize
+    from tinymech.arch.gguf import _dequantize
 
     rng = np.random.default_rng(0)
     writer = gguf.GGUFWriter(str(tmp_path / "k.gguf"), "llama")

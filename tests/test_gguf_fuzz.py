@@ -108,7 +108,7 @@ def test_metadata_values(gguf_path, data):
     import dataclasses
     from unittest import mock
 
-    from tinymech.io import gguf as gguf_loading
+    from tinymech.arch import gguf as gguf_loading
 
     file = read_gguf_file(gguf_path)
     metadata = dict(file.metadata)

@@ -74,7 +74,7 @@ def test_hub_id_resolves_from_local_cache(ckpt, tmp_path, monkeypatch):
 
 def test_model_name_is_the_folder_or_the_gguf_it_came_from(ckpt, tmp_path):
     from gguf_factory import make_tiny_gguf
-    from tinymech.io.gguf import convert_gguf
+    from tinymech.arch.gguf import convert_gguf
 
     assert tm.load(ckpt).cfg.model_name == ckpt.name
     gguf = make_tiny_gguf(tmp_path / "g")

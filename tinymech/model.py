@@ -16,6 +16,7 @@ import numpy as np
 from . import _core
 from .arch.bf16 import bf16_core, canonical_dtype
 from .arch.config import Config, config_from_hf, read_config
+from .arch.gguf import converted, read_gguf
 from .arch.gpt2 import load_gpt2_weights
 from .arch.llama import load_llama_weights
 from .arch.processing import process_weights
@@ -32,7 +33,7 @@ from .errors import (
     whole_number,
 )
 from .hooks import HookSpec, build_plan, hook_registry, resolve_names
-from .io.gguf import read_gguf
+from .io import smollm2
 from .io.safetensors import ArrayStore, WeightStore
 from .io.sources import resolve_model_source
 from .io.tokenizer import Tokenizer
@@ -653,6 +654,8 @@ def load(
     Python-side weights (model.W_U, ...) stay float32."""
     dtype = canonical_dtype(dtype)
     source = resolve_model_source(name_or_path)
+    if smollm2.is_name(name_or_path):  # converted once, then memory-mapped from the cache
+        source = converted(source, smollm2.cache_dir())
     if not source.is_dir():  # a GGUF file (or a FIFO or device named .gguf, which reading it refuses)
         ck = read_gguf(source)
         cfg = config_from_hf(ck.hf_config, model_name=source.stem)

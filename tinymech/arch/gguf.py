@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from .. import _core
-from ..arch.config import config_from_hf
 from ..errors import ModelLoadError, TinymechError, UnsupportedArchitectureError
-from .gguf_format import GgufFile, GgufTensor, import_gguf, read_gguf_file
-from .tokenizer import call_tokenizers
+from ..io.gguf_format import GgufFile, GgufTensor, import_gguf, read_gguf_file
+from ..io.tokenizer import call_tokenizers
+from .config import config_from_hf
 
 SUPPORTED_GGUF_ARCHITECTURES = ("llama",)
 
@@ -266,3 +266,12 @@ def convert_gguf(path: str | Path, out_dir: str | Path) -> Path:
             return out_dir
         raise
     return out_dir
+
+
+def converted(path: Path, cache: Path) -> Path:
+    """A GGUF converted once into a folder under cache (named by the file and its size), which
+    later loads memory-map instead of dequantizing again."""
+    target = cache / f"{path.stem}-{path.stat().st_size}"
+    if not (target / "model.safetensors").is_file():
+        convert_gguf(path, target)
+    return target

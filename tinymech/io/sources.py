@@ -2,7 +2,7 @@
 
 A model is a directory holding config.json, model.safetensors (or a sharded
 model.safetensors.index.json) in Hugging Face GPT-2 or Llama layout, and
-optionally tokenizer.json; or a GGUF file (gguf_loading.py); or "smollm2"
+optionally tokenizer.json; or a GGUF file (arch/gguf.py); or "smollm2"
 (smollm2.py). Hub ids such as "gpt2" are looked up in the local Hugging Face
 cache first, then downloaded through huggingface_hub when it is installed.
 """

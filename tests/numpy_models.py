@@ -33,5 +33,5 @@ def rotary_model(n_ctx: int = 64, n_layers: int = 2, d_model: int = 32, n_heads:
     cfg = Config(n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_head=d_head, d_mlp=d_mlp, d_vocab=d_vocab,
                  n_ctx=n_ctx, act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary",
                  attn_scale=float(np.sqrt(d_head)), gated_mlp=True, rotary_dim=d_head, weight_layout="out_in",
-                 original_architecture="LlamaForCausalLM", bos_token_id=0, eos_token_id=1)
+                 original_architecture="LlamaForCausalLM", family="llama", bos_token_id=0, eos_token_id=1)
     return Model(cfg, weights, None)

@@ -17,7 +17,7 @@ from llama_factory import LLAMA_SHAPES, make_hf_llama
 from model_factory import SHAPES, make_hf_gpt2, save_tokenizer
 from tinymech.io import files
 from tinymech.cli import main
-from tinymech.arch.config import config_from_hf
+from tinymech.arch.families import config_from_hf
 from tinymech.sae.sae import SAE
 from tinymech.errors import SAENotFoundError
 

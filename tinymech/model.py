@@ -15,10 +15,9 @@ import numpy as np
 
 from . import _core
 from .arch.bf16 import bf16_core, canonical_dtype
-from .arch.config import Config, config_from_hf, read_config
+from .arch.config import Config
+from .arch.families import config_from_hf, family_of, read_config
 from .arch.gguf import converted, read_gguf
-from .arch.gpt2 import load_gpt2_weights
-from .arch.llama import load_llama_weights
 from .arch.processing import process_weights
 from .cache import ActivationCache
 from .errors import (
@@ -665,14 +664,16 @@ def load(
         cfg = read_config(source)
         store = WeightStore(source)
         tokenizer = Tokenizer.from_dir(source, cfg.bos_token_id, cfg.eos_token_id)
-    if cfg.is_llama:
-        if fold_ln or center_writing_weights or center_unembed or fold_value_biases:
-            raise UnsupportedArchitectureError(
-                "fold_ln, center_writing_weights, center_unembed and fold_value_biases are implemented "
-                "for GPT-2 models only; load Llama-class models without them"
-            )
-        return Model(cfg, load_llama_weights(store, cfg), tokenizer, path=str(source), dtype=dtype)
-    weights = load_gpt2_weights(store, cfg)
+    family = family_of(cfg)
+    weights = family.weights(store, cfg)
+    processing = fold_ln or center_writing_weights or center_unembed or fold_value_biases
+    if not processing:
+        return Model(cfg, weights, tokenizer, path=str(source), dtype=dtype)
+    if not family.PROCESSING:
+        raise UnsupportedArchitectureError(
+            "fold_ln, center_writing_weights, center_unembed and fold_value_biases are implemented "
+            f"for GPT-2 models only; load {family.NAME} models without them"
+        )
     weights, cfg = process_weights(
         weights,
         cfg,

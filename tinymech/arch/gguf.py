@@ -19,7 +19,7 @@ from .. import _core
 from ..errors import ModelLoadError, TinymechError, UnsupportedArchitectureError
 from ..io.gguf_format import GgufFile, GgufTensor, import_gguf, read_gguf_file
 from ..io.tokenizer import call_tokenizers
-from .config import config_from_hf
+from .families import config_from_hf
 
 SUPPORTED_GGUF_ARCHITECTURES = ("llama",)
 

@@ -1,11 +1,58 @@
-"""GPT-2 (GPT2LMHeadModel): the core's weight dict from Hugging Face's names."""
+"""GPT-2 (GPT2LMHeadModel): its config.json as a Config, and the core's weight dict from
+Hugging Face's tensor names."""
 from __future__ import annotations
 
+import math
+
+from ..errors import ModelLoadError, UnsupportedArchitectureError
 from ..io.safetensors import WeightStore
-from .config import Config
+from .config import Config, architectures, check_context, number, size, token_id
+
+MODEL_TYPE = "gpt2"
+NAME = "gpt2 (GPT2LMHeadModel)"
+PROCESSING = True  # TransformerLens's weight processing (arch/processing.py) is implemented
 
 
-def load_gpt2_weights(store: WeightStore, cfg: Config) -> dict:
+def config(hf: dict, model_name: str, source: str) -> Config:
+    """A GPT-2 config.json as a Config, every field checked before anything is computed
+    from it; errors name `source`."""
+    archs = architectures(hf, source)
+    d_model = size(hf.get("n_embd"), f"{source}: n_embd")
+    n_heads = size(hf.get("n_head"), f"{source}: n_head")
+    if d_model % n_heads:
+        raise ModelLoadError(f"{source}: n_embd={d_model} is not divisible by n_head={n_heads}")
+    n_inner = hf.get("n_inner")
+    d_mlp = size(4 * d_model if n_inner is None else n_inner, f"{source}: n_inner")
+    n_layers = size(hf.get("n_layer"), f"{source}: n_layer")
+    n_ctx = size(hf.get("n_positions", hf.get("n_ctx")), f"{source}: n_positions")
+    check_context(n_ctx, f"{source}: n_positions", n_layers, d_model)
+    d_vocab = size(hf.get("vocab_size"), f"{source}: vocab_size")
+    act = hf.get("activation_function", "gelu_new")
+    if act not in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu", "relu", "silu", "swish"):
+        raise UnsupportedArchitectureError(f"activation function {act!r} is not supported")
+    d_head = d_model // n_heads
+    return Config(
+        n_layers=n_layers,
+        d_model=d_model,
+        n_heads=n_heads,
+        d_head=d_head,
+        d_mlp=d_mlp,
+        d_vocab=d_vocab,
+        n_ctx=n_ctx,
+        act_fn="gelu_new" if act in ("gelu_pytorch_tanh", "gelu_fast") else act,
+        eps=number(hf.get("layer_norm_epsilon", 1e-5), f"{source}: layer_norm_epsilon"),
+        attn_scale=math.sqrt(d_head) if hf.get("scale_attn_weights", True) else 1.0,
+        scale_attn_by_inverse_layer_idx=bool(hf.get("scale_attn_by_inverse_layer_idx", False)),
+        tie_word_embeddings=bool(hf.get("tie_word_embeddings", True)),
+        bos_token_id=token_id(hf.get("bos_token_id"), f"{source}: bos_token_id", d_vocab),
+        eos_token_id=token_id(hf.get("eos_token_id"), f"{source}: eos_token_id", d_vocab),
+        original_architecture=archs[0] if archs else "GPT2LMHeadModel",
+        family=MODEL_TYPE,
+        model_name=model_name,
+    )
+
+
+def weights(store: WeightStore, cfg: Config) -> dict:
     """The core's weight dict from HF GPT-2 names (with or without 'transformer.')."""
     prefix = "transformer." if any(k.startswith("transformer.") for k in store.keys()) else ""
     D, F, V = cfg.d_model, cfg.d_mlp, cfg.d_vocab

@@ -1,0 +1,40 @@
+"""Model families are listed once (tinymech/arch/families.py), each a module with one interface."""
+from __future__ import annotations
+
+import pkgutil
+
+import pytest
+
+import tinymech.arch as arch
+from tinymech.arch import families
+from tinymech.arch.config import Config
+
+INTERFACE = ("MODEL_TYPE", "NAME", "PROCESSING", "config", "weights")
+
+
+def test_every_family_module_is_listed():
+    modules = [__import__(f"tinymech.arch.{m.name}", fromlist=["x"]) for m in pkgutil.iter_modules(arch.__path__)]
+    declaring = {m.MODEL_TYPE: m for m in modules if hasattr(m, "MODEL_TYPE")}
+    assert declaring == families.FAMILIES
+
+
+@pytest.mark.parametrize("model_type", sorted(families.FAMILIES))
+def test_a_family_has_the_interface_and_names_itself(model_type):
+    family = families.FAMILIES[model_type]
+    assert all(hasattr(family, name) for name in INTERFACE)
+    assert family.NAME in families.SUPPORTED_ARCHITECTURES
+
+
+def test_an_unknown_model_type_names_the_supported_families():
+    with pytest.raises(families.UnsupportedArchitectureError, match="gpt2 .*llama"):
+        families.config_from_hf({"model_type": "mamba"})
+
+
+def test_a_config_knows_its_family():
+    gpt2 = families.config_from_hf({"model_type": "gpt2", "n_embd": 8, "n_head": 2, "n_layer": 1, "n_positions": 16,
+                                    "vocab_size": 10})
+    assert isinstance(gpt2, Config) and families.family_of(gpt2) is families.FAMILIES["gpt2"]
+    llama = families.config_from_hf({"model_type": "llama", "hidden_size": 8, "num_attention_heads": 2,
+                                     "num_hidden_layers": 1, "max_position_embeddings": 16, "vocab_size": 10,
+                                     "intermediate_size": 16})
+    assert llama.is_llama and families.family_of(llama) is families.FAMILIES["llama"]

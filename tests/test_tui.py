@@ -492,7 +492,7 @@ async def test_small_terminals_show_one_panel_under_tabs(app):
         assert [row[:9].rstrip() for row in rows[1:6]] == ["embed", "L0 attn", "L0 mlp", "L1 attn", "L1 mlp"]
         a = screen.view.analysis
         top = token_label(a.top_tokens[9][0])[:9]
-        assert rows[5][9:].startswith(f"#1 ") and top in rows[5]  # the last row is the model's output
+        assert rows[5][9:].startswith("#1 ") and top in rows[5]  # the last row is the model's output
         await pilot.press("g")  # generating brings its tab forward
         await settle(pilot)
         assert shown() == ["generate"]

@@ -3,7 +3,6 @@ random model. After an intended change of the look, review the new pictures
 and accept them with `pytest tests/test_tui_snapshots.py --snapshot-update`."""
 from __future__ import annotations
 
-import pytest
 from textual.widgets import Input
 
 from test_tui_support import app, model_dir, sae_dir, settle  # noqa: F401 (fixtures)

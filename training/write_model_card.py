@@ -72,7 +72,7 @@ def schedule_notes(dyn: dict) -> list[str]:
     moved = [r for r in dyn["resumes"] if "set_progress" in r]
     rewarm = (f" and raise the learning rate again (the cosine moved back to {moved[-1]['set_progress']:.0%} of its course)"
               if moved else "")
-    return [f"**How this run went.** The machine was shared with compile, test and benchmark jobs, so the speed varied",
+    return ["**How this run went.** The machine was shared with compile, test and benchmark jobs, so the speed varied",
             "from 0.1 to 1 step/s. The run was stopped and resumed from its saved state at steps",
             f"{steps}: first to replace the planned step count by a schedule over wall-clock time (cosine decay",
             "until a fixed end time, whatever the speed), then, as no induction head had formed, to strengthen the",
@@ -165,7 +165,7 @@ def main() -> None:
           f"`GPT2LMHeadModel`: {cfg['n_layer']} layers, d_model {cfg['n_embd']}, {cfg['n_head']} heads (d_head "
           f"{cfg['n_embd'] // cfg['n_head']}), d_mlp {cfg['n_inner']}, context {cfg['n_positions']}, `{cfg['activation_function']}`, "
           f"tied embeddings, no dropout; {dyn['n_params']:,} parameters.", "",
-          f"AdamW (betas 0.9/0.95, weight decay 0.1 on matrices), peak LR 1.5e-3, 200 warmup steps, cosine decay to 10 %,",
+          "AdamW (betas 0.9/0.95, weight decay 0.1 on matrices), peak LR 1.5e-3, 200 warmup steps, cosine decay to 10 %,",
           f"gradient clipping 1.0, batch {dyn['batch']} x {dyn['seq_len']} tokens, seeds fixed, `torch.set_num_threads(2)`.",
           f"{final['steps']:,} steps = {final['tokens_seen'] / 1e6:.1f} M tokens (the training split is "
           f"{n_train / 1e6:.2f} M tokens, so at most {final['tokens_seen'] / n_train:.1f} passes over it), on 2 CPU "
@@ -227,7 +227,7 @@ def main() -> None:
           f"{sae['saelens_max_abs_diff']:.1e}).", "",
           f"Trained by `training/train_sae.py` on {sae['train_tokens'] / 1e6:.2f} M activations from the training text,",
           "**excluding the BOS position** (here and in every metric; with the SAE spliced in, BOS keeps its clean",
-          f"residual). Inputs scaled to E‖x‖² = d_in for training (scale folded back into the biases), L1 coefficient",
+          "residual). Inputs scaled to E‖x‖² = d_in for training (scale folded back into the biases), L1 coefficient",
           f"{sae['l1_coefficient']} on f·‖W_dec row‖, unit-norm decoder rows, Adam, {sae['steps']} steps of {sae['batch']} tokens,",
           "dead features resampled twice.", "",
           f"Held-out metrics ({sae['n_tokens']:,} validation tokens; SAELens `evals.py` definitions):", "",
@@ -253,7 +253,7 @@ def main() -> None:
           f"- `saes/{HOOK}/`: the SAE, its `metrics.json` and `feature_labels.json`."]
     if ckpts:
         L += ["- `checkpoints/step_N/`: fp16 intermediate checkpoints."]
-    L += [f"", f"Total size of `models/`: {size_mb:.1f} MB.", ""]
+    L += ["", f"Total size of `models/`: {size_mb:.1f} MB.", ""]
     L += ["## Reproduce", "",
           "```", "pip install -e '.[train]'   # torch, transformers, tokenizers, safetensors, rdata, sae-lens",
           "python training/run_all.py --minutes 70   # corpus -> tokenizer -> model -> SAE -> checkpoints -> this card", "```",

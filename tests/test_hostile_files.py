@@ -99,6 +99,8 @@ LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_fr
      "original_max_position_embeddings must be >= 1"),
     ("llama", dict(rope_parameters=dict(LLAMA3, high_freq_factor=1.0)), "high_freq_factor=1.0 must exceed"),
     ("llama", dict(rope_parameters=dict(LLAMA3, rope_theta=-1)), "rope_theta must be a positive"),
+    # positive, but its rotary frequencies overflow float32: the model loaded and gave NaN logits
+    ("llama", dict(rope_parameters=dict(LLAMA3, rope_theta=1e-300)), "frequencies that are not finite"),
 ])
 def test_bad_config_fields(gpt2_dir, llama_dir, tmp_path, model, changes, match):
     d = copy(gpt2_dir if model == "gpt2" else llama_dir, tmp_path)
@@ -286,6 +288,15 @@ def precompiled(encoded) -> dict:
 def test_precompiled_charsmap_is_checked(gpt2_dir, tmp_path, encoded):
     d = copy(gpt2_dir, tmp_path)
     edit_json(d / "tokenizer.json", lambda t: t.update(normalizer=precompiled(encoded)))
+    with pytest.raises(tm.ModelLoadError, match="precompiled_charsmap is corrupt"):
+        tm.load(d)
+
+
+def test_precompiled_spelled_with_escapes_is_checked_too(gpt2_dir, tmp_path):
+    d = copy(gpt2_dir, tmp_path)
+    edit_json(d / "tokenizer.json", lambda t: t.update(normalizer=precompiled(charsmap(0x7FFFFFFF, b"x" * 20))))
+    path = d / "tokenizer.json"
+    path.write_text(path.read_text().replace('"Precompiled"', '"\\u0050recompiled"'))
     with pytest.raises(tm.ModelLoadError, match="precompiled_charsmap is corrupt"):
         tm.load(d)
 

@@ -66,3 +66,14 @@ def test_source_tree_without_its_core_says_what_happened(tmp_path):
     last = done.stderr.strip().splitlines()[-1]
     assert "compiled core" in last and "source tree" in last and "tools/dev-build" in last, last
     assert "circular import" not in done.stderr
+
+
+def test_a_core_built_for_another_python_says_what_happened(tmp_path):
+    shutil.copytree(Path(tinymech.__file__).parent, tmp_path / "tinymech",
+                    ignore=shutil.ignore_patterns("_core*", "__pycache__"))
+    (tmp_path / "tinymech" / "_core.cpython-30-x86_64-linux-gnu.so").write_bytes(b"")  # another interpreter's
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", "import tinymech"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert "compiled core" in done.stderr and "circular import" not in done.stderr, done.stderr
+

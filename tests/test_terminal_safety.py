@@ -30,6 +30,7 @@ HOSTILE = [TITLE, "\x1b]52;c;cHduZWQ=\x07", "\x1b[2J", "\x1b[8m", "\r", "\x08", 
            "[link=https://x]y[/link]"]
 ORDINARY = ["a", "b", "café", "日本語", "🙂", "👩‍👩‍👧"]
 UNK = "[link=https://x]unk"
+MARKUP = ["[/]", "[/b]", "[b]", "[/"]  # tokens that look like Textual markup, unbalanced
 VOCAB = 64
 SHAPE = dict(hidden_size=32, num_attention_heads=2, num_key_value_heads=2, intermediate_size=48,
              num_hidden_layers=2, vocab_size=VOCAB, max_position_embeddings=32)
@@ -43,8 +44,9 @@ def build_hostile_model(parent: Path) -> Path:
     path = parent / f"model{TITLE}"
     make_hf_llama(path, std=0.5, **SHAPE)
     vocab = {"<s>": 0, "</s>": 1, UNK: 2, **{w: 3 + i for i, w in enumerate(ORDINARY)}}
-    for i in range(VOCAB - len(vocab)):
+    for i in range(VOCAB - len(vocab) - len(MARKUP)):
         vocab[f"{HOSTILE[i % len(HOSTILE)]}{i}"] = len(vocab)
+    vocab.update({token: len(vocab) + i for i, token in enumerate(MARKUP)})
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tokenizer.save(str(path / "tokenizer.json"))
@@ -240,3 +242,43 @@ async def test_tui_error_notifications_show_markup_and_escapes_as_text(model, mo
         assert notes[0].message.startswith(printable(message))
         await pilot.pause()  # the toast renders without a MarkupError
         assert app.is_running
+
+
+@pytest.mark.anyio
+async def test_tokens_that_look_like_markup_are_shown_as_text_in_titles(model):
+    # the lens's title names the token it follows: an unbalanced "[/]" crashed the app (MarkupError)
+    app = make_app(model, [], "a " + " ".join(MARKUP) + " b")
+    async with app.run_test(size=(120, 36)) as pilot:
+        await settle(pilot)
+        await pilot.press("escape")
+        screen = app.screen_stack[0]
+        titles = set()
+        for _ in range(len(MARKUP) + 2):
+            await pilot.press("left")
+            await settle(pilot)
+            titles.add(str(screen.query_one("#lens").border_title))
+        assert app.is_running
+        assert all(any(f"following {token}" in t or token in t for t in titles) for token in ("[/]", "[/b]", "[b]"))
+
+
+
+def test_the_reprs_of_a_model_and_an_sae_are_harmless(model, sae):
+    # typed at a REPL, repr(model) wrote the folder's name raw (it retitled the window)
+    assert_harmless(repr(model))
+    assert "model␛]0;pwned␇" in repr(model)
+    assert_harmless(repr(sae))
+
+
+def test_token_ids_outside_the_vocabulary_are_invalid_tokens(model):
+    # -1 and 2**32 + 5 overflowed inside tokenizers; 10**6 decoded silently as ''
+    for ids in ([-1], [2 ** 32 + 5], [VOCAB], [1.5]):
+        with pytest.raises(tm.InvalidTokensError):
+            model.to_string(ids)
+        with pytest.raises(tm.InvalidTokensError):
+            model.to_str_tokens(np.array([ids], dtype=object))
+
+
+def test_steering_strengths_that_are_not_numbers_are_hook_errors(sae):
+    for strength in (10 ** 400, "x", None, float("nan")):
+        with pytest.raises(tm.HookError):
+            sae.steer(0, strength)

@@ -11,15 +11,17 @@ import os
 
 try:
     from . import _core
-except ImportError:  # a source tree without its compiled core, e.g. Python started in the repository root
-    import glob
-    if glob.glob(os.path.join(os.path.dirname(__file__), "_core*")):
-        raise  # the core is there but failed to load: its own error says why
+except ImportError:  # a source tree without a core for this Python, e.g. Python started in the repository root
+    from importlib.machinery import EXTENSION_SUFFIXES
+
+    here = os.path.dirname(__file__)
+    if any(os.path.exists(os.path.join(here, "_core" + suffix)) for suffix in EXTENSION_SUFFIXES):
+        raise  # a core for this Python is there but failed to load: its own error says why
     raise ImportError(
-        f"tinymech's compiled core (_core) is missing from {os.path.dirname(__file__)}: this is the "
-        "source tree, which Python imports when started from the repository's root. Start Python from "
-        "another folder to use the installed package (pip install .), or build the core beside the "
-        "sources with tools/dev-build.") from None
+        f"tinymech's compiled core (_core) for this Python is missing from {here}: this is the source "
+        "tree (or a core built for another Python), which Python imports when started from the repository's "
+        "root. Start Python from another folder to use the installed package (pip install .), or build the "
+        "core beside the sources with tools/dev-build.") from None
 from . import analysis
 from .arch.config import Config
 from .cache import ActivationCache

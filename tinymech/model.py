@@ -38,6 +38,7 @@ from .io.sources import resolve_model_source
 from .io.tokenizer import Tokenizer
 from .kv_cache import KVCache
 from .ops import sample_next, sampling_settings
+from .text import printable
 
 
 class LayerStack:
@@ -150,7 +151,7 @@ class Model:
     def __repr__(self):
         c = self.cfg
         dtype = ", bf16 weights" if self.dtype == "bf16" else ""
-        return (
+        return printable(  # the name comes from a folder or a file
             f"Model({c.model_name or c.original_architecture}: {c.n_layers}L {c.n_heads}H "
             f"d_model={c.d_model} d_vocab={c.d_vocab} n_ctx={c.n_ctx}{dtype})"
         )

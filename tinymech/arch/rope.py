@@ -11,7 +11,17 @@ from ..errors import ModelLoadError
 
 
 def inverse_frequencies(rotary_dim: int, base: float, scaling: dict | None = None) -> np.ndarray:
-    """[rotary_dim / 2] float32: base ** (-2i / rotary_dim), then scaled."""
+    """[rotary_dim / 2] float32: base ** (-2i / rotary_dim), then scaled; a ModelLoadError
+    when a base or factor the config allows (e.g. rope_theta 1e-300) makes one not finite."""
+    with np.errstate(all="ignore"):
+        inv_freq = _inverse_frequencies(rotary_dim, base, scaling)
+    if not np.isfinite(inv_freq).all():
+        raise ModelLoadError(f"rope_theta={base} and the RoPE scaling {scaling} give rotary frequencies that are "
+                             "not finite in float32")
+    return inv_freq
+
+
+def _inverse_frequencies(rotary_dim: int, base: float, scaling: dict | None) -> np.ndarray:
     # float32 throughout, like transformers, so angles round the same way
     exponents = np.arange(0, rotary_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(rotary_dim)
     inv_freq = (np.float32(1.0) / np.power(np.float32(base), exponents)).astype(np.float32)

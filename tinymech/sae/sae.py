@@ -12,6 +12,7 @@ JumpReLU), with SAELens's input normalizations.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from typing import NamedTuple
 
@@ -19,11 +20,8 @@ import numpy as np
 
 from .. import _core
 from .. import hooks as _hooks
-from ..text import format_table
-from ..text import readable_token
-from ..errors import whole_number
-from ..errors import HookError
-from ..errors import FeatureIndexError, SAEInputError, SAELoadError
+from ..text import format_table, printable, readable_token
+from ..errors import FeatureIndexError, HookError, SAEInputError, SAELoadError, real_number, whole_number
 from .loading import (
     CFG_FILE,
     SAEConfig,
@@ -196,7 +194,8 @@ class SAE:
     def __repr__(self):
         c = self.cfg
         hooks = c.hook_name if c.output_hook == c.hook_name else f"{c.hook_name} -> {c.output_hook}"
-        return f"SAE({c.architecture}: {c.d_in} -> {c.d_sae}{'' if c.d_out == c.d_in else f' -> {c.d_out}'} at {hooks})"
+        out = "" if c.d_out == c.d_in else f" -> {c.d_out}"
+        return printable(f"SAE({c.architecture}: {c.d_in} -> {c.d_sae}{out} at {hooks})")  # hook names from a file
 
     @property
     def d_in(self) -> int:
@@ -352,7 +351,8 @@ class SAE:
         so only that feature's contribution changes (at the given absolute
         positions, or all)."""
         f = self._feature(feature)
-        if not np.isfinite(strength):
+        strength = real_number(strength, "the steering strength", error=HookError)
+        if not math.isfinite(strength):
             raise HookError(f"steering strength must be finite, got {strength!r}")
         if mode == "add":
             return self.cfg.output_hook, _hooks.add(self.W_dec[f], coeff=float(strength), positions=positions)

@@ -7,6 +7,7 @@ from types import MappingProxyType
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.content import Content
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Tab, Tabs
@@ -166,7 +167,7 @@ class MainScreen(Screen):
         view = self.view
         box = self.query_one("#tokens-box")
         metric = view.metric_text()
-        box.border_title = f"Tokens · color: {view.color_by}" + (f" · @{view.selected} {metric}" if metric else "")
+        box.border_title = Content(f"Tokens · color: {view.color_by}" + (f" · @{view.selected} {metric}" if metric else ""))
         self.query_one(TokenStrip).show(view)
         for panel in self.query(".panel"):
             panel.show(view)

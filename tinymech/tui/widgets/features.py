@@ -59,7 +59,7 @@ class FeaturesPanel(Vertical):
         note.display = False
         self.options.display = True
         i = view.selected
-        self.border_title = f"Features @ {i} · {fa.sae.hook_name}"
+        self.border_title = Content(printable(f"Features @ {i} · {fa.sae.hook_name}"))  # from a file: no markup
         active = [(int(f), float(v)) for f, v in zip(fa.top_ids[i], fa.top_values[i]) if v > 0]
         key = (a.prompt, i, view.sae_index, view.feature, tuple(sorted(view.effects)), self.app.theme,
                self.options.size.width)

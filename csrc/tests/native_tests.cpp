@@ -21,20 +21,20 @@
 #include <utility>
 #include <vector>
 
-#include "checked.hpp"
-#include "default_threads.hpp"
-#include "dequantize.hpp"
-#include "float_buffers.hpp"
-#include "forward.hpp"
-#include "hooks.hpp"
+#include "runtime/checked.hpp"
+#include "runtime/default_threads.hpp"
+#include "ops/dequantize.hpp"
+#include "runtime/float_buffers.hpp"
+#include "core/forward.hpp"
+#include "core/hooks.hpp"
 #include "kernels/kernels.hpp"
-#include "owned_mutex.hpp"
-#include "parallel_ops.hpp"
-#include "sae.hpp"
-#include "sae_screen.hpp"
-#include "threads.hpp"
-#include "sampling.hpp"
-#include "top_k.hpp"
+#include "runtime/owned_mutex.hpp"
+#include "ops/parallel_ops.hpp"
+#include "sae/sae.hpp"
+#include "sae/screen.hpp"
+#include "runtime/threads.hpp"
+#include "ops/sampling.hpp"
+#include "ops/top_k.hpp"
 
 using namespace tmech;
 

@@ -1,6 +1,6 @@
-#include "threads.hpp"
+#include "runtime/threads.hpp"
 
-#include "default_threads.hpp"
+#include "runtime/default_threads.hpp"
 
 #include <algorithm>
 #include <atomic>

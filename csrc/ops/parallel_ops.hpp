@@ -4,7 +4,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "weights.hpp"
+#include "core/weights.hpp"
 
 namespace tmech {
 

@@ -1,4 +1,4 @@
-#include "forward.hpp"
+#include "core/forward.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -9,10 +9,10 @@
 #include <stdexcept>
 #include <string>
 
-#include "checked.hpp"
+#include "runtime/checked.hpp"
 #include "kernels/kernels.hpp"
-#include "parallel_ops.hpp"
-#include "threads.hpp"
+#include "ops/parallel_ops.hpp"
+#include "runtime/threads.hpp"
 
 namespace tmech {
 namespace {

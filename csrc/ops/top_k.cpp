@@ -1,4 +1,4 @@
-#include "top_k.hpp"
+#include "ops/top_k.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -6,7 +6,7 @@
 #include <numeric>
 #include <vector>
 
-#include "threads.hpp"
+#include "runtime/threads.hpp"
 
 namespace tmech {
 namespace {

@@ -6,7 +6,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "checked.hpp"
+#include "runtime/checked.hpp"
 
 namespace tmech {
 

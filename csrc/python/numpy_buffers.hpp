@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "float_buffers.hpp"
+#include "runtime/float_buffers.hpp"
 
 namespace tmech {
 

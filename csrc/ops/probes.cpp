@@ -1,4 +1,4 @@
-#include "probes.hpp"
+#include "ops/probes.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "kernels/kernels.hpp"
-#include "threads.hpp"
+#include "runtime/threads.hpp"
 
 namespace tmech {
 namespace {

@@ -17,7 +17,7 @@
 #include <string>
 #include <vector>
 
-#include "hooks.hpp"
+#include "core/hooks.hpp"
 
 namespace tmech {
 

@@ -1,4 +1,4 @@
-#include "owned_mutex.hpp"
+#include "runtime/owned_mutex.hpp"
 
 #include <string>
 #include <unordered_map>

@@ -1,10 +1,10 @@
-#include "hooks.hpp"
+#include "core/hooks.hpp"
 
 #include <algorithm>
 #include <cstring>
 #include <stdexcept>
 
-#include "threads.hpp"
+#include "runtime/threads.hpp"
 
 namespace tmech {
 namespace {

@@ -1,4 +1,4 @@
-// pybind11 bindings of the SAE core (csrc/sae.hpp): _core.Sae and
+// pybind11 bindings of the SAE core (csrc/sae/sae.hpp): _core.Sae and
 // _core.SaeSplice (a NativeHook). tinymech/sae.py owns the user-facing API
 // and its checks; this layer checks what keeps memory safe.
 #include <pybind11/numpy.h>
@@ -10,10 +10,10 @@
 #include <optional>
 #include <string>
 
-#include "checked.hpp"
-#include "numpy_buffers.hpp"
-#include "sae.hpp"
-#include "sae_screen.hpp"
+#include "runtime/checked.hpp"
+#include "python/numpy_buffers.hpp"
+#include "sae/sae.hpp"
+#include "sae/screen.hpp"
 
 namespace py = pybind11;
 
@@ -194,7 +194,7 @@ void register_sae(py::module_& m) {
                            : mode == "never" ? tmech::ScreenMode::never
                                              : tmech::ScreenMode::where_it_pays);
   }, py::arg("mode"),
-        "when SAE encoders screen in bfloat16 first (csrc/sae_screen.hpp): 'auto' where it pays, "
+        "when SAE encoders screen in bfloat16 first (csrc/sae/screen.hpp): 'auto' where it pays, "
         "'always' (any CPU, any rows: for tests), 'never' (the float32 path)");
   m.def("sae_screen", [] {
     const tmech::ScreenMode mode = tmech::screen_mode();

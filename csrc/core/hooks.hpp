@@ -21,7 +21,7 @@
 #include <string>
 #include <vector>
 
-#include "float_buffers.hpp"
+#include "runtime/float_buffers.hpp"
 
 namespace tmech {
 

@@ -13,18 +13,18 @@
 #include <optional>
 #include <string>
 
-#include "checked.hpp"
-#include "dequantize.hpp"
-#include "forward.hpp"
-#include "hooks.hpp"
-#include "kv_cache.hpp"
+#include "runtime/checked.hpp"
+#include "ops/dequantize.hpp"
+#include "core/forward.hpp"
+#include "core/hooks.hpp"
+#include "core/kv_cache.hpp"
 #include "kernels/kernels.hpp"
-#include "probes.hpp"
-#include "parallel_ops.hpp"
-#include "numpy_buffers.hpp"
-#include "threads.hpp"
-#include "sampling.hpp"
-#include "top_k.hpp"
+#include "ops/probes.hpp"
+#include "ops/parallel_ops.hpp"
+#include "python/numpy_buffers.hpp"
+#include "runtime/threads.hpp"
+#include "ops/sampling.hpp"
+#include "ops/top_k.hpp"
 
 namespace py = pybind11;
 using FloatArray = py::array_t<float, py::array::c_style>;

@@ -1,4 +1,4 @@
-#include "sampling.hpp"
+#include "ops/sampling.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "kernels/kernels.hpp"
-#include "top_k.hpp"
+#include "ops/top_k.hpp"
 
 namespace tmech {
 namespace {

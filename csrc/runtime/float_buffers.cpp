@@ -1,4 +1,4 @@
-#include "float_buffers.hpp"
+#include "runtime/float_buffers.hpp"
 
 #include <algorithm>
 #include <cstdlib>
@@ -6,7 +6,7 @@
 #include <new>
 #include <unordered_map>
 
-#include "checked.hpp"
+#include "runtime/checked.hpp"
 
 namespace tmech {
 namespace {

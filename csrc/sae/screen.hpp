@@ -14,7 +14,7 @@
 // trained SAEs (and the benchmark's) a few times as many features pass as
 // fire; those are recomputed from the float32 weights. TopK keeps the k
 // largest instead of those above a threshold: the k-th largest lower bound
-// seen so far stands in for the threshold (sae_screen.cpp).
+// seen so far stands in for the threshold (screen.cpp).
 #pragma once
 #include <cstdint>
 

@@ -5,11 +5,11 @@
 #include <cstdint>
 #include <vector>
 
-#include "config.hpp"
-#include "hooks.hpp"
-#include "owned_mutex.hpp"
-#include "kv_cache.hpp"
-#include "weights.hpp"
+#include "core/config.hpp"
+#include "core/hooks.hpp"
+#include "runtime/owned_mutex.hpp"
+#include "core/kv_cache.hpp"
+#include "core/weights.hpp"
 
 namespace tmech {
 

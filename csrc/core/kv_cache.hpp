@@ -9,7 +9,7 @@
 #include <memory>
 #include <stdexcept>
 
-#include "owned_mutex.hpp"
+#include "runtime/owned_mutex.hpp"
 
 namespace tmech {
 

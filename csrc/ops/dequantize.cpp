@@ -1,10 +1,10 @@
-#include "dequantize.hpp"
+#include "ops/dequantize.hpp"
 
 #include <cstring>
 #include <stdexcept>
 #include <string>
 
-#include "threads.hpp"
+#include "runtime/threads.hpp"
 
 namespace tmech {
 

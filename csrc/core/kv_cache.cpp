@@ -1,4 +1,4 @@
-#include "kv_cache.hpp"
+#include "core/kv_cache.hpp"
 
 #include <algorithm>
 #include <cstring>
@@ -6,7 +6,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "checked.hpp"
+#include "runtime/checked.hpp"
 
 namespace tmech {
 

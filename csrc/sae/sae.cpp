@@ -1,4 +1,4 @@
-#include "sae.hpp"
+#include "sae/sae.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -7,12 +7,12 @@
 #include <stdexcept>
 #include <string>
 
-#include "checked.hpp"
+#include "runtime/checked.hpp"
 #include "kernels/kernels.hpp"
-#include "parallel_ops.hpp"
-#include "sae_screen.hpp"
-#include "threads.hpp"
-#include "top_k.hpp"
+#include "ops/parallel_ops.hpp"
+#include "sae/screen.hpp"
+#include "runtime/threads.hpp"
+#include "ops/top_k.hpp"
 
 namespace tmech {
 namespace {
@@ -223,7 +223,7 @@ void Sae::encode_rows(const float* x, int64_t rows, SparseCodes* codes, float* a
   if (codes) *codes = SparseCodes{};
   std::vector<float> sae_in, scratch;
   // A bfloat16 screen rules out most features before the float32 matmul
-  // (sae_screen.hpp); its thresholds are on pre-activations, so an SAE that
+  // (sae/screen.hpp); its thresholds are on pre-activations, so an SAE that
   // rescales them by its decoder norms must be TopK (which ranks the products)
   const bool topk = cfg_.activation == SaeActivation::topk;
   if (!pre && (topk || !cfg_.rescale_acts_by_decoder_norm) && screening_applies(rows, cfg_.d_in)) {

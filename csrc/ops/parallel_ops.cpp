@@ -1,11 +1,11 @@
-#include "parallel_ops.hpp"
+#include "ops/parallel_ops.hpp"
 
 #include <algorithm>
 #include <cstring>
 #include <vector>
 
 #include "kernels/kernels.hpp"
-#include "threads.hpp"
+#include "runtime/threads.hpp"
 
 namespace tmech {
 namespace {

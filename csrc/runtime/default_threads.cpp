@@ -1,6 +1,6 @@
-#include "default_threads.hpp"
+#include "runtime/default_threads.hpp"
 
-#include "threads.hpp"
+#include "runtime/threads.hpp"
 
 #include <algorithm>
 #include <cstdlib>

@@ -1,4 +1,4 @@
-#include "sae_screen.hpp"
+#include "sae/screen.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -7,9 +7,9 @@
 #include <vector>
 
 #include "kernels/kernels.hpp"
-#include "parallel_ops.hpp"
-#include "sae.hpp"
-#include "threads.hpp"
+#include "ops/parallel_ops.hpp"
+#include "sae/sae.hpp"
+#include "runtime/threads.hpp"
 
 namespace tmech {
 namespace {

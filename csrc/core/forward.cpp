@@ -11,7 +11,8 @@
 
 #include "runtime/checked.hpp"
 #include "kernels/kernels.hpp"
-#include "ops/parallel_ops.hpp"
+#include "ops/matmul.hpp"
+#include "ops/rows.hpp"
 #include "runtime/threads.hpp"
 
 namespace tmech {

@@ -9,7 +9,7 @@
 
 #include "runtime/checked.hpp"
 #include "kernels/kernels.hpp"
-#include "ops/parallel_ops.hpp"
+#include "ops/matmul.hpp"
 #include "sae/screen.hpp"
 #include "runtime/threads.hpp"
 #include "ops/top_k.hpp"

@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "kernels/kernels.hpp"
-#include "ops/parallel_ops.hpp"
+#include "ops/matmul.hpp"
 #include "sae/sae.hpp"
 #include "runtime/threads.hpp"
 

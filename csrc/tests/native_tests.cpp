@@ -29,7 +29,7 @@
 #include "core/hooks.hpp"
 #include "kernels/kernels.hpp"
 #include "runtime/owned_mutex.hpp"
-#include "ops/parallel_ops.hpp"
+#include "ops/matmul.hpp"
 #include "sae/sae.hpp"
 #include "sae/screen.hpp"
 #include "runtime/threads.hpp"

@@ -1,4 +1,4 @@
-#include "ops/parallel_ops.hpp"
+#include "ops/matmul.hpp"
 
 #include <algorithm>
 #include <cstring>
@@ -9,7 +9,6 @@
 
 namespace tmech {
 namespace {
-constexpr int64_t kElementGrain = 4096;  // below this, splitting costs more than it saves
 
 // A few rows against B stored [K, N]: split over K, so each thread streams
 // one contiguous block of B's rows (split over N, every thread would read a
@@ -92,84 +91,6 @@ const uint32_t* round_to_pairs(const float* A, int64_t M, int64_t K, int64_t lda
   uint32_t* out = buf.data();  // (buf may be a thread_local: not to be named inside the lambda)
   parallel_for(M, [&](int64_t m0, int64_t m1, int) { kt.round_a_pairs(A, lda, M, K, m0, m1, out); }, 16);
   return out;
-}
-
-namespace {
-// Plain integer rounding, which the compiler vectorizes; the kernels' own
-// round_bf16 flushes subnormals where the CPU converts in hardware.
-void round_bf16_exact(const float* x, uint16_t* out, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
-    uint32_t bits;
-    std::memcpy(&bits, x + i, sizeof bits);
-    out[i] = (bits & 0x7FFFFFFFu) > 0x7F800000u ? uint16_t{0x7FC0}
-                                               : static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
-  }
-}
-}  // namespace
-
-void to_bf16_matrix(const float* x, int64_t rows, int64_t cols, bool transpose, uint16_t* out) {
-  if (!transpose) {
-    parallel_for(rows * cols, [&](int64_t i0, int64_t i1, int) { round_bf16_exact(x + i0, out + i0, i1 - i0); },
-                 1 << 16);
-    return;
-  }
-  // 16 columns of x at a time, transposed into the thread's scratch, then
-  // rounded as 16 rows of out.
-  constexpr int64_t kBlock = 16;
-  const KernelTable& kt = kernels::active();
-  parallel_for(
-      cols,
-      [&](int64_t c0, int64_t c1, int t) {
-        float* tmp = thread_scratch(t, kBlock * rows);
-        for (int64_t c = c0; c < c1; c += kBlock) {
-          const int64_t w = std::min(kBlock, c1 - c);
-          kt.transpose(x + c, cols, rows, w, tmp, rows);
-          for (int64_t j = 0; j < w; ++j) round_bf16_exact(tmp + j * rows, out + (c + j) * rows, rows);
-        }
-      },
-      kBlock);
-}
-
-void layernorm_rows(const float* x, int64_t rows, int64_t n, float eps, const float* w,
-                    const float* b, float* out) {
-  const KernelTable& kt = kernels::active();
-  parallel_for(rows, [&](int64_t r0, int64_t r1, int) {
-    for (int64_t r = r0; r < r1; ++r) {
-      float mean, scale;
-      kt.row_stats(x + r * n, n, eps, &mean, &scale);
-      kt.normalize(x + r * n, mean, scale, w, b, out + r * n, n);
-    }
-  });
-}
-
-void log_sum_exp_rows(const float* x, int64_t rows, int64_t n, float* out) {
-  const KernelTable& kt = kernels::active();
-  parallel_for(rows, [&](int64_t r0, int64_t r1, int) {
-    for (int64_t r = r0; r < r1; ++r) out[r] = kt.log_sum_exp(x + r * n, n);
-  });
-}
-
-void token_losses(const float* logits, const int32_t* tokens, int64_t B, int64_t T, int64_t V, float* out) {
-  const KernelTable& kt = kernels::active();
-  parallel_for(B * (T - 1), [&](int64_t r0, int64_t r1, int) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t b = r / (T - 1), t = r % (T - 1);
-      const float* row = logits + (b * T + t) * V;
-      out[r] = kt.log_sum_exp(row, V) - row[tokens[b * T + t + 1]];
-    }
-  });
-}
-
-void gelu_new_rows(float* x, int64_t count) {
-  const KernelTable& kt = kernels::active();
-  parallel_for(count, [&](int64_t i0, int64_t i1, int) { kt.gelu_new(x + i0, x + i0, i1 - i0); },
-               kElementGrain);
-}
-
-void add_inplace(float* x, const float* y, int64_t count) {
-  const KernelTable& kt = kernels::active();
-  parallel_for(count, [&](int64_t i0, int64_t i1, int) { kt.add(x + i0, x + i0, y + i0, i1 - i0); },
-               kElementGrain);
 }
 
 }  // namespace tmech

@@ -68,4 +68,11 @@ struct ModelConfig {
   }
 };
 
+// TransformerLens's names for the architecture fields (HF's for the
+// activation), as the core's values; std::invalid_argument naming an unknown one.
+Activation parse_activation(const std::string& name);    // act_fn
+Normalization parse_normalization(const std::string& name);  // normalization_type
+Positions parse_positions(const std::string& name);      // positional_embedding_type
+WeightLayout parse_weight_layout(const std::string& name);  // weight_layout
+
 }  // namespace tmech

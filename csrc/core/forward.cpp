@@ -495,6 +495,13 @@ void check_weights(const ModelConfig& cfg, const ModelWeights& w) {
 
 void set_interrupt_check(void (*check)()) { g_interrupt_check = check; }
 
+LogitsMode parse_logits_mode(const std::string& name) {
+  if (name == "all") return LogitsMode::all;
+  if (name == "last") return LogitsMode::last;
+  if (name == "none") return LogitsMode::none;
+  throw std::invalid_argument("logits must be 'all', 'last' or 'none'");
+}
+
 namespace {
 uint64_t next_model_id() {
   static std::atomic<uint64_t> last{0};

@@ -3,6 +3,7 @@
 // TransformerLens's order; with no plan, no hook work is done at all.
 #pragma once
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "core/config.hpp"
@@ -14,6 +15,7 @@
 namespace tmech {
 
 enum class LogitsMode { all, last, none };
+LogitsMode parse_logits_mode(const std::string& name);  // "all", "last" or "none"
 
 // Called by a pass before each block and before the unembedding: it throws to
 // stop the pass (Ctrl-C; the Python bindings install one), which then unwinds,

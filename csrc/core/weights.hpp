@@ -70,4 +70,25 @@ struct ModelWeights {
   const float* unembed_b = nullptr;  // [d_vocab] or null
 };
 
+// Where weights come from (the Python bindings: dicts of numpy arrays). The
+// core decides which weights a config needs and their shapes; a source hands
+// each one over, checked against its shape.
+class WeightSource {
+ public:
+  virtual ~WeightSource() = default;
+  // Weight `name` of block `layer` (-1: outside the blocks), of exactly
+  // `shape`: float32, or bfloat16 where allow_bf16 (a linear map's weights in
+  // the bf16 weight mode). An empty Matrix where optional and absent; throws
+  // std::invalid_argument where absent otherwise, or of another shape or type.
+  virtual Matrix get(int64_t layer, const char* name, const std::vector<int64_t>& shape, bool optional,
+                     bool allow_bf16) = 0;
+  // How many blocks the source holds weights for (a model's source).
+  virtual int64_t layers() { return 0; }
+};
+
+struct ModelConfig;
+// The weights cfg needs, from src, which must hold cfg.n_layers blocks; sets
+// cfg.has_unembed_bias by whether src holds an unembedding bias.
+ModelWeights read_weights(ModelConfig& cfg, WeightSource& src);
+
 }  // namespace tmech

@@ -112,6 +112,12 @@ const Format* format_of(int ggml_type) {
   return nullptr;
 }
 
+const Format& known_format(int ggml_type) {
+  const Format* f = format_of(ggml_type);
+  if (!f) throw std::invalid_argument("no dequantizer for GGML type " + std::to_string(ggml_type));
+  return *f;
+}
+
 }  // namespace
 
 QuantBlock quant_block(int ggml_type) {
@@ -119,11 +125,16 @@ QuantBlock quant_block(int ggml_type) {
   return f ? f->block : QuantBlock{};
 }
 
+int64_t quant_blocks(int ggml_type, int64_t bytes) {
+  const QuantBlock q = known_format(ggml_type).block;
+  if (bytes % q.bytes) throw std::invalid_argument("the data is not a whole number of blocks");
+  return bytes / q.bytes;
+}
+
 void dequantize_blocks(int ggml_type, const uint8_t* src, int64_t n_blocks, float* out) {
-  const Format* f = format_of(ggml_type);
-  if (!f) throw std::invalid_argument("no dequantizer for GGML type " + std::to_string(ggml_type));
+  const Format& f = known_format(ggml_type);
   parallel_for(n_blocks, [&](int64_t b0, int64_t b1, int) {
-    for (int64_t b = b0; b < b1; ++b) f->fn(src + b * f->block.bytes, out + b * f->block.values);
+    for (int64_t b = b0; b < b1; ++b) f.fn(src + b * f.block.bytes, out + b * f.block.values);
   }, 256);
 }
 

@@ -14,6 +14,9 @@ struct QuantBlock {
 };
 // GGML type ids: Q4_0 2, Q4_1 3, Q5_0 6, Q5_1 7, Q8_0 8, Q4_K 12, Q6_K 14.
 QuantBlock quant_block(int ggml_type);
+// How many blocks `bytes` bytes of this type hold; std::invalid_argument for
+// a type this file does not dequantize, or bytes that end inside a block.
+int64_t quant_blocks(int ggml_type, int64_t bytes);
 
 // out[n_blocks * values] from n_blocks blocks at src (n_blocks * bytes bytes).
 void dequantize_blocks(int ggml_type, const uint8_t* src, int64_t n_blocks, float* out);

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <stdexcept>
 #include <vector>
 
 #include "kernels/kernels.hpp"
@@ -50,6 +51,7 @@ double bf16_dot_peak_gflops(double seconds) {
 }
 
 double read_bandwidth_gbs(int64_t bytes, int repeats) {
+  if (bytes <= 0 || repeats <= 0) throw std::invalid_argument("bytes and repeats must be positive");
   const KernelTable& kt = kernels::active();
   const int64_t n = std::max<int64_t>(bytes / 4, 1);
   std::vector<float> buf(static_cast<size_t>(n), 1.f);

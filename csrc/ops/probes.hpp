@@ -12,7 +12,7 @@ double fma_peak_gflops(double seconds);
 // kernel variant has none.
 double bf16_dot_peak_gflops(double seconds);
 // GB/s of reading a `bytes`-sized buffer (far larger than the caches), every
-// pool thread streaming its own contiguous share.
+// pool thread streaming its own contiguous share; bytes and repeats positive.
 double read_bandwidth_gbs(int64_t bytes, int repeats);
 
 }  // namespace tmech

@@ -1,5 +1,8 @@
 #include "ops/rows.hpp"
 
+#include <stdexcept>
+#include <string>
+
 #include "kernels/kernels.hpp"
 #include "runtime/threads.hpp"
 
@@ -28,6 +31,12 @@ void log_sum_exp_rows(const float* x, int64_t rows, int64_t n, float* out) {
 }
 
 void token_losses(const float* logits, const int32_t* tokens, int64_t B, int64_t T, int64_t V, float* out) {
+  if (V == 0 && T > 1) throw std::invalid_argument("logits over an empty vocabulary");
+  for (int64_t i = 0; i < B * T; ++i)
+    if (tokens[i] < 0 || tokens[i] >= V)
+      throw std::out_of_range("token id " + std::to_string(tokens[i]) + " is outside the logits' " +
+                              std::to_string(V) + " entries");
+  if (T < 2) return;
   const KernelTable& kt = kernels::active();
   parallel_for(B * (T - 1), [&](int64_t r0, int64_t r1, int) {
     for (int64_t r = r0; r < r1; ++r) {

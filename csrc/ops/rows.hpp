@@ -13,8 +13,8 @@ void layernorm_rows(const float* x, int64_t rows, int64_t n, float eps, const fl
 void log_sum_exp_rows(const float* x, int64_t rows, int64_t n, float* out);
 
 // out[b, t] = log_sum_exp(logits[b, t]) - logits[b, t, tokens[b, t + 1]] for
-// t < T - 1: each next token's cross-entropy, [B, T - 1]. Token ids must be
-// in [0, V).
+// t < T - 1: each next token's cross-entropy, [B, T - 1]. A token id outside
+// [0, V) throws std::out_of_range, logits over no entries std::invalid_argument.
 void token_losses(const float* logits, const int32_t* tokens, int64_t B, int64_t T, int64_t V, float* out);
 
 void gelu_new_rows(float* x, int64_t count);

@@ -1,8 +1,5 @@
-// pybind11 bindings of the SAE core (csrc/sae/sae.hpp): _core.Sae and
-// _core.SaeSplice (a NativeHook). tinymech/sae.py owns the user-facing API
-// and its checks; this layer checks what keeps memory safe.
-#include <pybind11/numpy.h>
-#include <pybind11/pybind11.h>
+// _core.Sae and _core.SaeSplice (a NativeHook) over the SAE core
+// (csrc/sae/sae.hpp), and the screen mode (csrc/sae/screen.hpp).
 #include <pybind11/stl.h>
 
 #include <cstring>
@@ -10,25 +7,16 @@
 #include <optional>
 #include <string>
 
-#include "runtime/checked.hpp"
+#include "python/bindings.hpp"
 #include "python/numpy_buffers.hpp"
+#include "runtime/checked.hpp"
 #include "sae/sae.hpp"
 #include "sae/screen.hpp"
-
-namespace py = pybind11;
 
 namespace {
 
 using FloatIn = py::array_t<float, py::array::c_style | py::array::forcecast>;
 using ByteIn = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
-
-// A numpy array that takes over a std::vector's storage.
-template <class T>
-py::array_t<T> owned_array(std::vector<T>&& data, std::vector<py::ssize_t> shape) {
-  auto* owned = new std::vector<T>(std::move(data));
-  py::capsule owner(owned, [](void* p) { delete static_cast<std::vector<T>*>(p); });
-  return py::array_t<T>(shape, owned->data(), owner);
-}
 
 // The SAE plus the arrays its weight pointers point into. Splices share it,
 // so it lives until the last of them is gone; the arrays are released
@@ -48,62 +36,50 @@ struct PySae {
   std::shared_ptr<const tmech::Sae> shared() const { return {owned, owned->sae.get()}; }
 };
 
-const float* weight(const py::dict& d, const char* key, std::vector<int64_t> shape, std::vector<py::object>& keep,
-                    bool optional = false) {
-  if (!d.contains(key) || d[key].is_none()) {
-    if (optional) return nullptr;
-    throw std::invalid_argument(std::string("SAE weight '") + key + "' is missing");
-  }
-  py::object obj = d[key];
-  if (!py::isinstance<py::array_t<float>>(obj))
-    throw std::invalid_argument(std::string("SAE weight '") + key + "' must be a float32 array");
-  auto arr = obj.cast<py::array>();
-  std::vector<int64_t> got(arr.shape(), arr.shape() + arr.ndim());
-  if (got != shape)
-    throw std::invalid_argument(std::string("SAE weight '") + key + "' has shape " + tmech::shape_string(got) +
-                                " but the config needs " + tmech::shape_string(shape));
-  if (!(arr.flags() & py::array::c_style))
-    throw std::invalid_argument(std::string("SAE weight '") + key + "' must be C-contiguous");
-  keep.push_back(obj);
-  return static_cast<const float*>(arr.data());
-}
+// The SAE's weights dict: float32 C-contiguous arrays by name.
+class SaeWeightsDict : public tmech::WeightSource {
+ public:
+  SaeWeightsDict(const py::dict& weights, std::vector<py::object>& keep) : weights_(weights), keep_(keep) {}
 
-template <class E>
-E parse(const std::string& s, std::initializer_list<std::pair<const char*, E>> names, const char* what) {
-  for (const auto& [name, value] : names)
-    if (s == name) return value;
-  throw std::invalid_argument(std::string("unknown SAE ") + what + " '" + s + "'");
-}
+  tmech::Matrix get(int64_t, const char* key, const std::vector<int64_t>& shape, bool optional, bool) override {
+    if (!weights_.contains(key) || weights_[key].is_none()) {
+      if (optional) return {};
+      throw std::invalid_argument(std::string("SAE weight '") + key + "' is missing");
+    }
+    py::object obj = weights_[key];
+    if (!py::isinstance<py::array_t<float>>(obj))
+      throw std::invalid_argument(std::string("SAE weight '") + key + "' must be a float32 array");
+    auto arr = obj.cast<py::array>();
+    std::vector<int64_t> got(arr.shape(), arr.shape() + arr.ndim());
+    if (got != shape)
+      throw std::invalid_argument(std::string("SAE weight '") + key + "' has shape " + tmech::shape_string(got) +
+                                  " but the config needs " + tmech::shape_string(shape));
+    if (!(arr.flags() & py::array::c_style))
+      throw std::invalid_argument(std::string("SAE weight '") + key + "' must be C-contiguous");
+    keep_.push_back(obj);
+    return static_cast<const float*>(arr.data());
+  }
+
+ private:
+  py::dict weights_;
+  std::vector<py::object>& keep_;  // the arrays handed over
+};
 
 PySae make_sae(const py::dict& cfg, const py::dict& w) {
   tmech::SaeConfig c;
   c.d_in = cfg["d_in"].cast<int64_t>();
   c.d_sae = cfg["d_sae"].cast<int64_t>();
   c.d_out = cfg["d_out"].cast<int64_t>();
-  c.activation = parse<tmech::SaeActivation>(cfg["activation"].cast<std::string>(),
-                                              {{"relu", tmech::SaeActivation::relu},
-                                               {"jumprelu", tmech::SaeActivation::jumprelu},
-                                               {"topk", tmech::SaeActivation::topk}},
-                                              "activation");
+  c.activation = tmech::parse_sae_activation(cfg["activation"].cast<std::string>());
   c.k = cfg["k"].cast<int64_t>();
   c.apply_b_dec_to_input = cfg["apply_b_dec_to_input"].cast<bool>();
   c.rescale_acts_by_decoder_norm = cfg["rescale_acts_by_decoder_norm"].cast<bool>();
-  c.norm = parse<tmech::SaeNorm>(cfg["norm"].cast<std::string>(),
-                                 {{"none", tmech::SaeNorm::none},
-                                  {"constant_norm_rescale", tmech::SaeNorm::constant_norm_rescale},
-                                  {"layer_norm", tmech::SaeNorm::layer_norm}},
-                                 "normalization");
+  c.norm = tmech::parse_sae_norm(cfg["norm"].cast<std::string>());
   c.denormalize_output = cfg["denormalize_output"].cast<bool>();
   c.validate();
   auto owned = std::make_shared<OwnedSae>();
-  tmech::SaeWeights sw;
-  sw.W_enc = weight(w, "W_enc", {c.d_in, c.d_sae}, owned->keep);
-  sw.b_enc = weight(w, "b_enc", {c.d_sae}, owned->keep);
-  sw.W_dec = weight(w, "W_dec", {c.d_sae, c.d_out}, owned->keep);
-  sw.b_dec = weight(w, "b_dec", {c.d_out}, owned->keep);
-  sw.threshold = weight(w, "threshold", {c.d_sae}, owned->keep, true);
-  sw.W_skip = weight(w, "W_skip", {c.d_out, c.d_in}, owned->keep, true);
-  owned->sae = std::make_unique<tmech::Sae>(c, sw);
+  SaeWeightsDict source(w, owned->keep);
+  owned->sae = std::make_unique<tmech::Sae>(c, tmech::read_sae_weights(c, source));
   return PySae{owned};
 }
 
@@ -116,8 +92,8 @@ int64_t rows_of(const FloatIn& x, int64_t want, const char* name) {
 
 py::tuple codes_to_numpy(tmech::SparseCodes&& codes) {
   const auto nnz = static_cast<py::ssize_t>(codes.indices.size());
-  return py::make_tuple(owned_array(std::move(codes.offsets), {codes.rows + 1}),
-                        owned_array(std::move(codes.indices), {nnz}), owned_array(std::move(codes.values), {nnz}));
+  return py::make_tuple(tmech::owned_array(std::move(codes.offsets), {codes.rows + 1}),
+                        tmech::owned_array(std::move(codes.indices), {nnz}), tmech::owned_array(std::move(codes.values), {nnz}));
 }
 
 // Offsets and feature indices as int64 arrays, converted from other integer
@@ -129,23 +105,8 @@ tmech::SparseCodes codes_from(IndexIn offsets, IndexIn indices, FloatIn values, 
   if (offsets.ndim() != 1 || offsets.shape(0) < 1 || indices.ndim() != 1 || values.ndim() != 1 ||
       indices.shape(0) != values.shape(0))
     throw std::invalid_argument("sparse codes are offsets [rows + 1], indices [nnz], values [nnz]");
-  tmech::SparseCodes c;
-  c.rows = offsets.shape(0) - 1;
-  c.offsets.assign(offsets.data(), offsets.data() + offsets.shape(0));
-  if (c.offsets[0] != 0 || c.offsets.back() != indices.shape(0))
-    throw std::invalid_argument("sparse offsets must start at 0 and end at nnz");
-  for (int64_t r = 0; r < c.rows; ++r)
-    if (c.offsets[r + 1] < c.offsets[r]) throw std::invalid_argument("sparse offsets must not decrease");
-  c.indices.reserve(static_cast<size_t>(indices.shape(0)));
-  for (py::ssize_t i = 0; i < indices.shape(0); ++i) {
-    const int64_t f = indices.data()[i];
-    if (f < 0 || f >= d_sae)
-      throw std::out_of_range("feature index " + std::to_string(f) + " is out of range for d_sae=" +
-                              std::to_string(d_sae));
-    c.indices.push_back(static_cast<int32_t>(f));
-  }
-  c.values.assign(values.data(), values.data() + values.shape(0));
-  return c;
+  return tmech::sparse_codes(offsets.data(), offsets.shape(0) - 1, indices.data(), values.data(), indices.shape(0),
+                             d_sae);
 }
 
 // A splice's record as a dict of flat copies (acts_pre None unless recorded), or None.
@@ -153,7 +114,7 @@ py::object record_to_python(const std::shared_ptr<const tmech::SpliceRecord>& r)
   if (!r) return py::none();
   auto flat = [](const std::vector<float>& v) -> py::object {
     if (v.empty()) return py::none();
-    return owned_array(std::vector<float>(v), {static_cast<py::ssize_t>(v.size())});
+    return tmech::owned_array(std::vector<float>(v), {static_cast<py::ssize_t>(v.size())});
   };
   py::dict d;
   d["shape"] = py::tuple(py::cast(r->shape));
@@ -181,25 +142,17 @@ py::array_t<float> decode_with(const PySae& s, int64_t rows, const std::optional
       s.sae().finish(norm, x->data(), rows, out.data());
     }
   }
-  return owned_array(std::move(out), {rows, c.d_out});
+  return tmech::owned_array(std::move(out), {rows, c.d_out});
 }
 
 }  // namespace
 
-void register_sae(py::module_& m) {
-  m.def("set_sae_screen", [](const std::string& mode) {
-    if (mode != "auto" && mode != "always" && mode != "never")
-      throw std::invalid_argument("the SAE screen mode is 'auto', 'always' or 'never', not '" + mode + "'");
-    tmech::set_screen_mode(mode == "always"  ? tmech::ScreenMode::always
-                           : mode == "never" ? tmech::ScreenMode::never
-                                             : tmech::ScreenMode::where_it_pays);
-  }, py::arg("mode"),
+void bind_sae(py::module_& m) {
+  m.def("set_sae_screen", [](const std::string& mode) { tmech::set_screen_mode(tmech::parse_screen_mode(mode)); },
+        py::arg("mode"),
         "when SAE encoders screen in bfloat16 first (csrc/sae/screen.hpp): 'auto' where it pays, "
         "'always' (any CPU, any rows: for tests), 'never' (the float32 path)");
-  m.def("sae_screen", [] {
-    const tmech::ScreenMode mode = tmech::screen_mode();
-    return mode == tmech::ScreenMode::always ? "always" : mode == tmech::ScreenMode::never ? "never" : "auto";
-  });
+  m.def("sae_screen", [] { return tmech::screen_mode_name(tmech::screen_mode()); });
   py::class_<PySae>(m, "Sae", "An SAE or transcoder over float32 weights (see tinymech.sae.SAE)")
       .def(py::init(&make_sae), py::arg("config"), py::arg("weights"))
       .def("encode", [](const PySae& s, FloatIn x) {
@@ -220,7 +173,7 @@ void register_sae(py::module_& m) {
           py::gil_scoped_release nogil;
           s.sae().encode(x.data(), rows, nullptr, acts.data(), pre.data(), nullptr);
         }
-        return owned_array(std::move(pre), {rows, c.d_sae});
+        return tmech::owned_array(std::move(pre), {rows, c.d_sae});
       }, py::arg("x"), "pre-activations x·W_enc + b_enc (after normalization and b_dec)")
       .def("encode_sparse", [](const PySae& s, FloatIn x) {
         const int64_t rows = rows_of(x, s.sae().config().d_in, "x");
@@ -240,7 +193,7 @@ void register_sae(py::module_& m) {
           py::gil_scoped_release nogil;
           s.sae().top_features(x.data(), rows, k, idx.data(), val.data());
         }
-        return py::make_tuple(owned_array(std::move(idx), {rows, k}), owned_array(std::move(val), {rows, k}));
+        return py::make_tuple(tmech::owned_array(std::move(idx), {rows, k}), tmech::owned_array(std::move(val), {rows, k}));
       }, py::arg("x"), py::arg("k"))
       .def("decode", [](const PySae& s, FloatIn acts, std::optional<FloatIn> x) {
         const int64_t rows = rows_of(acts, s.sae().config().d_sae, "features");
@@ -263,7 +216,7 @@ void register_sae(py::module_& m) {
           s.sae().decode_codes(codes, out.data());
           s.sae().finish(norm, x.data(), rows, out.data());
         }
-        return owned_array(std::move(out), {rows, c.d_out});
+        return tmech::owned_array(std::move(out), {rows, c.d_out});
       }, py::arg("x"));
 
   py::class_<tmech::SaeSplice, tmech::HookCallback, std::shared_ptr<tmech::SaeSplice>>(

@@ -40,6 +40,54 @@ void SaeConfig::validate() const {
   if (activation == SaeActivation::topk && k <= 0) throw std::invalid_argument("a TopK SAE needs k > 0");
 }
 
+SaeActivation parse_sae_activation(const std::string& name) {
+  if (name == "relu") return SaeActivation::relu;
+  if (name == "jumprelu") return SaeActivation::jumprelu;
+  if (name == "topk") return SaeActivation::topk;
+  throw std::invalid_argument("unknown SAE activation '" + name + "'");
+}
+
+SaeNorm parse_sae_norm(const std::string& name) {
+  if (name == "none") return SaeNorm::none;
+  if (name == "constant_norm_rescale") return SaeNorm::constant_norm_rescale;
+  if (name == "layer_norm") return SaeNorm::layer_norm;
+  throw std::invalid_argument("unknown SAE normalization '" + name + "'");
+}
+
+SaeWeights read_sae_weights(const SaeConfig& c, WeightSource& src) {
+  auto get = [&](const char* name, std::vector<int64_t> shape, bool optional = false) {
+    return src.get(-1, name, shape, optional, false).f32;
+  };
+  SaeWeights w;
+  w.W_enc = get("W_enc", {c.d_in, c.d_sae});
+  w.b_enc = get("b_enc", {c.d_sae});
+  w.W_dec = get("W_dec", {c.d_sae, c.d_out});
+  w.b_dec = get("b_dec", {c.d_out});
+  w.threshold = get("threshold", {c.d_sae}, true);
+  w.W_skip = get("W_skip", {c.d_out, c.d_in}, true);
+  return w;
+}
+
+SparseCodes sparse_codes(const int64_t* offsets, int64_t rows, const int64_t* indices, const float* values,
+                         int64_t nnz, int64_t d_sae) {
+  SparseCodes c;
+  c.rows = rows;
+  c.offsets.assign(offsets, offsets + rows + 1);
+  if (c.offsets[0] != 0 || c.offsets.back() != nnz)
+    throw std::invalid_argument("sparse offsets must start at 0 and end at nnz");
+  for (int64_t r = 0; r < rows; ++r)
+    if (c.offsets[r + 1] < c.offsets[r]) throw std::invalid_argument("sparse offsets must not decrease");
+  c.indices.reserve(static_cast<size_t>(nnz));
+  for (int64_t i = 0; i < nnz; ++i) {
+    if (indices[i] < 0 || indices[i] >= d_sae)
+      throw std::out_of_range("feature index " + std::to_string(indices[i]) + " is out of range for d_sae=" +
+                              std::to_string(d_sae));
+    c.indices.push_back(static_cast<int32_t>(indices[i]));
+  }
+  c.values.assign(values, values + nnz);
+  return c;
+}
+
 Sae::Sae(SaeConfig cfg, SaeWeights w) : cfg_(cfg), w_(w) {
   cfg_.validate();
   if (!w_.W_enc || !w_.b_enc || !w_.W_dec || !w_.b_dec) throw std::invalid_argument("SAE weights are missing");

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "core/hooks.hpp"
+#include "core/weights.hpp"
 
 namespace tmech {
 
@@ -37,6 +38,10 @@ struct SaeConfig {
   void validate() const;
 };
 
+// SAELens's names, as the core's values; std::invalid_argument naming an unknown one.
+SaeActivation parse_sae_activation(const std::string& name);  // "relu", "jumprelu", "topk"
+SaeNorm parse_sae_norm(const std::string& name);  // "none", "constant_norm_rescale", "layer_norm"
+
 struct SaeWeights {
   const float* W_enc = nullptr;      // [d_in, d_sae]
   const float* b_enc = nullptr;      // [d_sae]
@@ -46,6 +51,9 @@ struct SaeWeights {
   const float* W_skip = nullptr;     // [d_out, d_in], skip transcoders only
 };
 
+// The weights cfg needs, from src (float32, outside any block).
+SaeWeights read_sae_weights(const SaeConfig& cfg, WeightSource& src);
+
 // Active features of `rows` rows: row r's are indices/values[offsets[r], offsets[r+1]),
 // in increasing feature order.
 struct SparseCodes {
@@ -54,6 +62,12 @@ struct SparseCodes {
   std::vector<int32_t> indices;
   std::vector<float> values;
 };
+
+// Codes from a caller's arrays, checked: offsets [rows + 1] from 0 to nnz,
+// never decreasing; indices [nnz] in [0, d_sae) (std::out_of_range otherwise,
+// checked before they are narrowed to int32); values [nnz].
+SparseCodes sparse_codes(const int64_t* offsets, int64_t rows, const int64_t* indices, const float* values,
+                         int64_t nnz, int64_t d_sae);
 
 // Per-row input normalization: sae_in = (x - shift) * in_mul, undone on the
 // output as y * out_mul + shift. Empty when the SAE does not normalize.

@@ -4,6 +4,8 @@
 #include <atomic>
 #include <cmath>
 #include <functional>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "kernels/kernels.hpp"
@@ -300,6 +302,17 @@ std::atomic<ScreenMode> g_mode{ScreenMode::where_it_pays};
 
 void set_screen_mode(ScreenMode mode) { g_mode = mode; }
 ScreenMode screen_mode() { return g_mode; }
+
+ScreenMode parse_screen_mode(const std::string& name) {
+  if (name == "auto") return ScreenMode::where_it_pays;
+  if (name == "always") return ScreenMode::always;
+  if (name == "never") return ScreenMode::never;
+  throw std::invalid_argument("the SAE screen mode is 'auto', 'always' or 'never', not '" + name + "'");
+}
+
+const char* screen_mode_name(ScreenMode mode) {
+  return mode == ScreenMode::always ? "always" : mode == ScreenMode::never ? "never" : "auto";
+}
 
 bool screening_applies(int64_t rows, int64_t d_in) {
   if (d_in >= (int64_t{1} << 20)) return false;  // keeps γ_K tiny (and the bound meaningful)

@@ -17,6 +17,7 @@
 // seen so far stands in for the threshold (screen.cpp).
 #pragma once
 #include <cstdint>
+#include <string>
 
 namespace tmech {
 
@@ -39,6 +40,9 @@ struct ScreenedEncoder {
 enum class ScreenMode { where_it_pays, always, never };
 void set_screen_mode(ScreenMode mode);
 ScreenMode screen_mode();
+// The modes' names: "auto" (where_it_pays), "always", "never".
+ScreenMode parse_screen_mode(const std::string& name);
+const char* screen_mode_name(ScreenMode mode);
 
 bool screening_applies(int64_t rows, int64_t d_in);
 

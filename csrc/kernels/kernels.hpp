@@ -89,6 +89,14 @@ struct KernelTable {
   int64_t (*bf16_dot_chains_flops)(int64_t iters);
 };
 
+// The benchmark probes' chains: each of kProbeChains chains per vector lane
+// starts at 0.001 c (chain c) and takes `iters` steps of acc = acc * kProbeMul
+// + kProbeAdd (fma_chains), or acc += a0 b0 + a1 b1 with the bfloat16 pairs
+// a = (kProbeBf16A, kProbeBf16A), b = (kProbeBf16B, kProbeBf16B) (bf16_dot_chains).
+constexpr int kProbeChains = 12;
+constexpr float kProbeMul = 0.999f, kProbeAdd = 1e-4f;
+constexpr uint16_t kProbeBf16A = 0x3f7f, kProbeBf16B = 0x38d1;
+
 // Column-panel sizes shared by the matmul drivers and the packing buffers.
 constexpr int64_t kMatmulKC = 256;
 constexpr int64_t kMatmulNC = 512;

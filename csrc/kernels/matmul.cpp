@@ -8,8 +8,6 @@
 //   an MR x NR register-tiled micro-kernel sweeps all rows over each panel;
 //   in float32, or with bfloat16 weights on a CPU with AVX512-BF16, in
 //   bfloat16 pairs (A rounded to bfloat16, products summed in float32).
-#include <algorithm>
-
 #include "kernels/variant.hpp"
 
 namespace tmech {
@@ -308,8 +306,10 @@ void packed_column_block(const MatmulArgs& a, const W* Bw, int64_t n0, int64_t n
     const int init = k0 == 0 && !a.accumulate ? (a.bias ? 1 : 0) : 2;
     S::pack_b(a, Bw, k0, kc, n0, n1, packed);
     const int64_t next_n1 = n_end - n1 < kMatmulNC ? n_end : n1 + kMatmulNC;
-    LinePrefetch next(k0 + kc < a.K ? b_block(a, Bw, k0 + kc, std::min(kMatmulKC, a.K - k0 - kc), n0, n1)
-                      : n1 < n_end  ? b_block(a, Bw, 0, std::min(kMatmulKC, a.K), n1, next_n1)
+    const int64_t next_kc = a.K - k0 - kc < kMatmulKC ? a.K - k0 - kc : kMatmulKC;
+    const int64_t first_kc = a.K < kMatmulKC ? a.K : kMatmulKC;
+    LinePrefetch next(k0 + kc < a.K ? b_block(a, Bw, k0 + kc, next_kc, n0, n1)
+                      : n1 < n_end  ? b_block(a, Bw, 0, first_kc, n1, next_n1)
                                     : PrefetchRegion{});
     const int64_t per_tile = (next.lines() + tiles - 1) / tiles;
     for (int64_t m0 = 0; m0 < a.M; m0 += MR) {

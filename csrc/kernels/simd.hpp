@@ -2,9 +2,12 @@
 // once against it and compiled once per variant (TM_ARCH = scalar, avx2,
 // avx512, neon); the CMake build sets the matching compiler flags.
 //
-// Kernel translation units include no STL headers: the same inline function
-// compiled with AVX-512 flags in one unit and without in another would break
-// the one-definition rule and could run AVX-512 code on a CPU without it.
+// Kernel translation units include no standard header but <cstdint> and
+// <cstring> (types, and C functions declared only; math goes through
+// __builtin_*): the same inline function of any other, compiled with AVX-512
+// flags in one unit and without in another, would break the one-definition
+// rule and could run AVX-512 code on a CPU without it. CI checks this
+// (tools/check-kernel-includes).
 #pragma once
 #include <cstdint>
 #include <cstring>

@@ -31,8 +31,8 @@ struct ModelConfig {
   Normalization normalization = Normalization::layer_norm;
   Positions positions = Positions::learned;
   WeightLayout layout = WeightLayout::in_out;
-  bool gated_mlp = false;       // act(x W_gate) * (x W_in), as SwiGLU
-  int64_t rotary_dim = 0;       // rotated leading dims of each head (rotary only)
+  bool gated_mlp = false;                        // act(x W_gate) * (x W_in), as SwiGLU
+  int64_t rotary_dim = 0;                        // rotated leading dims of each head (rotary only)
   float attn_scale = 0.f;                        // scores = q·k / attn_scale
   bool scale_attn_by_inverse_layer_idx = false;  // GPT-2 option: also / (layer + 1)
   bool has_unembed_bias = false;                 // b_U (after LN folding)
@@ -55,8 +55,7 @@ struct ModelConfig {
     need(n_ctx > 0, "n_ctx must be positive");
     need(attn_scale > 0.f, "attn_scale must be positive");
     need(ln_eps >= 0.f, "layer norm epsilon must be non-negative");
-    need(n_key_value_heads >= 0 && n_heads % kv_heads() == 0,
-         "n_key_value_heads must divide n_heads");
+    need(n_key_value_heads >= 0 && n_heads % kv_heads() == 0, "n_key_value_heads must divide n_heads");
     need(positions != Positions::rotary || (rotary_dim > 0 && rotary_dim % 2 == 0 && rotary_dim <= d_head),
          "rotary_dim must be even and in (0, d_head]");
     // The widths derived from these, and the bytes of a KV cache holding one
@@ -70,9 +69,9 @@ struct ModelConfig {
 
 // TransformerLens's names for the architecture fields (HF's for the
 // activation), as the core's values; std::invalid_argument naming an unknown one.
-Activation parse_activation(const std::string& name);    // act_fn
+Activation parse_activation(const std::string& name);        // act_fn
 Normalization parse_normalization(const std::string& name);  // normalization_type
-Positions parse_positions(const std::string& name);      // positional_embedding_type
-WeightLayout parse_weight_layout(const std::string& name);  // weight_layout
+Positions parse_positions(const std::string& name);          // positional_embedding_type
+WeightLayout parse_weight_layout(const std::string& name);   // weight_layout
 
 }  // namespace tmech

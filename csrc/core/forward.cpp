@@ -9,10 +9,10 @@
 #include <stdexcept>
 #include <string>
 
-#include "runtime/checked.hpp"
 #include "kernels/kernels.hpp"
 #include "ops/matmul.hpp"
 #include "ops/rows.hpp"
+#include "runtime/checked.hpp"
 #include "runtime/threads.hpp"
 
 namespace tmech {
@@ -49,8 +49,8 @@ struct Pass {
 
   // C[M, N] = A[M, K] · W (+ bias) for a weight stored in the config's layout,
   // whose stored rows are ldw floats long (a slice of a wider matrix may be given).
-  void linear(const float* A, int64_t M, int64_t K, int64_t lda, Matrix W, int64_t ldw, int64_t N,
-              const float* bias, float* C, int64_t ldc) const {
+  void linear(const float* A, int64_t M, int64_t K, int64_t lda, Matrix W, int64_t ldw, int64_t N, const float* bias,
+              float* C, int64_t ldc) const {
     if (cfg.layout == WeightLayout::in_out)
       matmul(A, M, K, lda, W, N, ldw, 1, bias, C, ldc);
     else
@@ -103,8 +103,7 @@ struct Pass {
 
   void embed(const int32_t* tokens) {
     float* x = ws.x.data();
-    for (int64_t r = 0; r < BT; ++r)
-      w.wte.read(static_cast<int64_t>(tokens[r]) * D, D, x + r * D);
+    for (int64_t r = 0; r < BT; ++r) w.wte.read(static_cast<int64_t>(tokens[r]) * D, D, x + r * D);
     hook(HookKind::embed, 0, rows(x, D));
     if (cfg.positions != Positions::learned) return;
     const float* pe = w.wpe + past * D;  // positions past..past+T-1, the same for every batch row
@@ -147,8 +146,8 @@ struct Pass {
 
   // LayerNorm or RMSNorm; when its hooks are used, it runs in TransformerLens's
   // steps: scale (hooked), (centered) x / scale (hooked), then the affine map.
-  void layer_norm(const float* x, const float* lw, const float* lb, float* out, HookKind scale_kind,
-                  HookKind norm_kind, int64_t layer) {
+  void layer_norm(const float* x, const float* lw, const float* lb, float* out, HookKind scale_kind, HookKind norm_kind,
+                  int64_t layer) {
     if (!active(scale_kind, layer) && !active(norm_kind, layer)) {
       norm_rows(x, BT, lw, lb, out);
       return;
@@ -157,8 +156,7 @@ struct Pass {
     float* scale = mean + BT;
     for (int64_t r = 0; r < BT; ++r) stats(x + r * D, mean + r, scale + r);
     hook(scale_kind, layer, rows(scale, 1));
-    for (int64_t r = 0; r < BT; ++r)
-      kt.normalize(x + r * D, mean[r], scale[r], nullptr, nullptr, out + r * D, D);
+    for (int64_t r = 0; r < BT; ++r) kt.normalize(x + r * D, mean[r], scale[r], nullptr, nullptr, out + r * D, D);
     hook(norm_kind, layer, rows(out, D));
     for (int64_t r = 0; r < BT; ++r) kt.normalize(out + r * D, 0.f, 1.f, lw, lb, out + r * D, D);
   }
@@ -192,8 +190,7 @@ struct Pass {
     return {Matrix(ws.qkv.data() + b * T * Dqkv + Da + which * Dkv), Dqkv};
   }
   KeysValues keys_values(int64_t l, int64_t b, int which, int64_t kv_head) const {
-    if (bf16_attention())
-      return {Matrix(ws.kv16.data() + (2 * b + which) * (past + T) * Dkv + kv_head * dh), Dkv};
+    if (bf16_attention()) return {Matrix(ws.kv16.data() + (2 * b + which) * (past + T) * Dkv + kv_head * dh), Dkv};
     const KeysValues src = keys_values_f32(l, b, which);
     return {src.m.offset(kv_head * dh), src.ld};
   }
@@ -201,23 +198,26 @@ struct Pass {
   void round_keys_values(int64_t l) {
     const int64_t keys = past + T;
     sized(ws.kv16, {2, B, keys, Dkv});
-    parallel_for(2 * B * keys, [&](int64_t i0, int64_t i1, int) {
-      for (int64_t i = i0; i < i1; ++i) {
-        const int64_t row = i % keys, block = i / keys;  // block = 2 b + which
-        const KeysValues src = keys_values_f32(l, block / 2, static_cast<int>(block % 2));
-        kt.round_bf16(src.m.f32 + row * src.ld, ws.kv16.data() + i * Dkv, Dkv);
-      }
-    }, 16);
+    parallel_for(
+        2 * B * keys,
+        [&](int64_t i0, int64_t i1, int) {
+          for (int64_t i = i0; i < i1; ++i) {
+            const int64_t row = i % keys, block = i / keys;  // block = 2 b + which
+            const KeysValues src = keys_values_f32(l, block / 2, static_cast<int>(block % 2));
+            kt.round_bf16(src.m.f32 + row * src.ld, ws.kv16.data() + i * Dkv, Dkv);
+          }
+        },
+        16);
   }
 
   // S[r, j] for queries i0 + r (r < rows) and keys j < keys: scaled q·k, and
   // -inf where key j lies after the query (causal mask).
-  void scores_block(int64_t l, int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t keys, float* S,
-                    int64_t lds, int t) {
+  void scores_block(int64_t l, int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t keys, float* S, int64_t lds,
+                    int t) {
     const KeysValues K = keys_values(l, b, 0, h / (H / Hkv));
-    const MatmulArgs args{rows, keys, dh, ws.qkv.data() + (b * T + i0) * Dqkv + h * dh, Dqkv,
-                          K.m.f32, 1, K.ld, nullptr, S, lds, false,
-                          thread_scratch(t, matmul_scratch_floats()), K.m.bf16};
+    const MatmulArgs args{
+        rows, keys, dh,    ws.qkv.data() + (b * T + i0) * Dqkv + h * dh, Dqkv,    K.m.f32, 1, K.ld, nullptr,
+        S,    lds,  false, thread_scratch(t, matmul_scratch_floats()),   K.m.bf16};
     kt.matmul_cols(args, 0, keys);
     const float inv = score_scale(l);
     for (int64_t r = 0; r < rows; ++r) {
@@ -230,12 +230,23 @@ struct Pass {
 
   // z[i0 + r, head h] = sum_j P[r, j] v_j over the first `keys` keys
   // (query head h reads key/value head h / (H / Hkv)).
-  void weighted_sum_block(int64_t l, int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t keys,
-                          const float* P, int64_t ldp, int t) {
+  void weighted_sum_block(int64_t l, int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t keys, const float* P,
+                          int64_t ldp, int t) {
     const KeysValues V = keys_values(l, b, 1, h / (H / Hkv));
-    const MatmulArgs args{rows, dh, keys, P, ldp, V.m.f32, V.ld, 1, nullptr,
-                          ws.z.data() + (b * T + i0) * Da + h * dh, Da, false,
-                          thread_scratch(t, matmul_scratch_floats()), V.m.bf16};
+    const MatmulArgs args{rows,
+                          dh,
+                          keys,
+                          P,
+                          ldp,
+                          V.m.f32,
+                          V.ld,
+                          1,
+                          nullptr,
+                          ws.z.data() + (b * T + i0) * Da + h * dh,
+                          Da,
+                          false,
+                          thread_scratch(t, matmul_scratch_floats()),
+                          V.m.bf16};
     kt.matmul_cols(args, 0, dh);
   }
 
@@ -310,19 +321,21 @@ struct Pass {
     const int64_t half = cfg.rotary_dim / 2, heads_per_row = H + Hkv;
     const float* cos = ws.rope.data();
     const float* sin = cos + T * half;
-    parallel_for(BT * heads_per_row, [&](int64_t i0, int64_t i1, int) {
-      for (int64_t i = i0; i < i1; ++i) {
-        const int64_t r = i / heads_per_row, t = r % T;
-        kt.rope(qkv + r * Dqkv + i % heads_per_row * dh, cos + t * half, sin + t * half, half);
-      }
-    }, 64);  // a decode step's few heads stay on one thread
+    parallel_for(
+        BT * heads_per_row,
+        [&](int64_t i0, int64_t i1, int) {
+          for (int64_t i = i0; i < i1; ++i) {
+            const int64_t r = i / heads_per_row, t = r % T;
+            kt.rope(qkv + r * Dqkv + i % heads_per_row * dh, cos + t * half, sin + t * half, half);
+          }
+        },
+        64);  // a decode step's few heads stay on one thread
   }
 
   void attention(int64_t l) {
     const LayerWeights& lw = w.layers[l];
     float* qkv = ws.qkv.data();
-    linear(ws.h.data(), BT, D, D, lw.qkv_w, cfg.layout == WeightLayout::in_out ? Dqkv : D, Dqkv, lw.qkv_b, qkv,
-           Dqkv);
+    linear(ws.h.data(), BT, D, D, lw.qkv_w, cfg.layout == WeightLayout::in_out ? Dqkv : D, Dqkv, lw.qkv_b, qkv, Dqkv);
     hook(HookKind::q, l, heads(qkv, Dqkv, dh, H));
     hook(HookKind::k, l, heads(qkv + Da, Dqkv, dh, Hkv));
     hook(HookKind::v, l, heads(qkv + Da + Dkv, Dqkv, dh, Hkv));
@@ -369,9 +382,7 @@ struct Pass {
 
   void activation(float* x, int64_t n) {
     switch (cfg.act_fn) {
-      case Activation::gelu_new:
-        gelu_new_rows(x, n);
-        return;
+      case Activation::gelu_new: gelu_new_rows(x, n); return;
       case Activation::gelu:
         for (int64_t i = 0; i < n; ++i) x[i] = 0.5f * x[i] * (1.f + std::erf(x[i] * 0.70710678118654752f));
         return;
@@ -395,8 +406,7 @@ struct Pass {
     hook(HookKind::mlp_pre, l, rows(m, F));
     hook(HookKind::mlp_pre_linear, l, rows(up, F));
     if (cfg.act_fn == Activation::silu) {
-      parallel_for(BT * F, [&](int64_t i0, int64_t i1, int) { kt.silu_mul(m + i0, up + i0, m + i0, i1 - i0); },
-                   4096);
+      parallel_for(BT * F, [&](int64_t i0, int64_t i1, int) { kt.silu_mul(m + i0, up + i0, m + i0, i1 - i0); }, 4096);
       return;
     }
     activation(m, BT * F);
@@ -435,8 +445,7 @@ struct Pass {
     const int64_t V = cfg.d_vocab;
     float* x = ws.x.data();
     float* h = ws.h.data();
-    const bool ln_hooked =
-        active(HookKind::ln_final_scale) || active(HookKind::ln_final_normalized);
+    const bool ln_hooked = active(HookKind::ln_final_scale) || active(HookKind::ln_final_normalized);
     // ln_final's hooks run even when no logits are wanted
     if (mode == LogitsMode::all || ln_hooked) {
       layer_norm(x, w.lnf_w, w.lnf_b, h, HookKind::ln_final_scale, HookKind::ln_final_normalized, 0);
@@ -523,15 +532,11 @@ KVCache Model::new_cache(int64_t batch) const {
 
 bool Model::has_hook(HookKind kind) const {
   switch (kind) {
-    case HookKind::pos_embed:
-      return cfg_.positions == Positions::learned;
+    case HookKind::pos_embed: return cfg_.positions == Positions::learned;
     case HookKind::rot_q:
-    case HookKind::rot_k:
-      return cfg_.positions == Positions::rotary;
-    case HookKind::mlp_pre_linear:
-      return cfg_.gated_mlp;
-    default:
-      return true;
+    case HookKind::rot_k: return cfg_.positions == Positions::rotary;
+    case HookKind::mlp_pre_linear: return cfg_.gated_mlp;
+    default: return true;
   }
 }
 
@@ -568,14 +573,14 @@ BlockSpan resolve_span(BlockSpan span, int64_t n_layers, bool cached, const int3
 
 }  // namespace
 
-void Model::forward(KVCache* cache, const int32_t* tokens, int64_t batch, int64_t n_tokens,
-                    HookPlan* plan, LogitsMode mode, float* logits, BlockSpan span) {
+void Model::forward(KVCache* cache, const int32_t* tokens, int64_t batch, int64_t n_tokens, HookPlan* plan,
+                    LogitsMode mode, float* logits, BlockSpan span) {
   if (batch <= 0 || n_tokens <= 0) throw std::invalid_argument("forward needs at least one token");
   const int64_t BT = checked_size({batch, n_tokens}, "a forward pass's batch x positions");
   span = resolve_span(span, cfg_.n_layers, cache != nullptr, tokens);
   if (cache && batch != cache->batch())
     throw CacheMismatch("tokens have batch " + std::to_string(batch) + " but the cache holds " +
-                                std::to_string(cache->batch()));
+                        std::to_string(cache->batch()));
   if (cache && ((cache->owner() && cache->owner() != id_) || cache->n_layers() != cfg_.n_layers ||
                 cache->d_kv() != cfg_.d_kv() || cache->n_ctx() != cfg_.n_ctx))
     throw CacheMismatch("this KV cache was made for another model (use this model's new_cache)");
@@ -603,8 +608,8 @@ void Model::forward(KVCache* cache, const int32_t* tokens, int64_t batch, int64_
   sized(ws_.attn_out, {BT, D});
   sized(ws_.mlp, {BT, cfg_.d_mlp});
 
-  Pass pass{cfg_, w_, cache, plan, ws_, kernels::active(), batch, n_tokens, past, BT, D, Da,
-            cfg_.n_heads, cfg_.d_head, cfg_.kv_heads(), cfg_.d_kv(), cfg_.d_qkv()};
+  Pass pass{cfg_, w_, cache, plan,         ws_,         kernels::active(), batch,       n_tokens,    past,
+            BT,   D,  Da,    cfg_.n_heads, cfg_.d_head, cfg_.kv_heads(),   cfg_.d_kv(), cfg_.d_qkv()};
   // With no logits wanted and nothing kept, blocks after the last hooked one change nothing visible.
   if (!cache && mode == LogitsMode::none && !span.resid_out)
     span.stop = std::max(span.start, plan ? plan->blocks_reached() : 0);

@@ -8,9 +8,9 @@
 
 #include "core/config.hpp"
 #include "core/hooks.hpp"
-#include "runtime/owned_mutex.hpp"
 #include "core/kv_cache.hpp"
 #include "core/weights.hpp"
+#include "runtime/owned_mutex.hpp"
 
 namespace tmech {
 
@@ -49,8 +49,8 @@ class Model {
   // later could be seen). Thread-safe: calls on one model are serialized (a
   // call that would wait forever throws instead: see OwnedMutex). Sizes from
   // the caller are checked (SizeOverflow).
-  void forward(KVCache* cache, const int32_t* tokens, int64_t batch, int64_t n_tokens,
-               HookPlan* plan, LogitsMode mode, float* logits, BlockSpan span = {});
+  void forward(KVCache* cache, const int32_t* tokens, int64_t batch, int64_t n_tokens, HookPlan* plan, LogitsMode mode,
+               float* logits, BlockSpan span = {});
 
   KVCache new_cache(int64_t batch) const;
 

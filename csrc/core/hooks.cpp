@@ -10,11 +10,10 @@ namespace tmech {
 namespace {
 
 const char* const kLayerSuffix[kLayerKinds] = {
-    "hook_resid_pre",        "ln1.hook_scale",      "ln1.hook_normalized", "attn.hook_q",
-    "attn.hook_k",           "attn.hook_v",         "attn.hook_rot_q",     "attn.hook_rot_k",
-    "attn.hook_attn_scores", "attn.hook_pattern",   "attn.hook_z",         "attn.hook_result",
-    "hook_attn_out",         "hook_resid_mid",      "ln2.hook_scale",      "ln2.hook_normalized",
-    "mlp.hook_pre",          "mlp.hook_pre_linear", "mlp.hook_post",       "hook_mlp_out",
+    "hook_resid_pre",      "ln1.hook_scale",   "ln1.hook_normalized", "attn.hook_q",           "attn.hook_k",
+    "attn.hook_v",         "attn.hook_rot_q",  "attn.hook_rot_k",     "attn.hook_attn_scores", "attn.hook_pattern",
+    "attn.hook_z",         "attn.hook_result", "hook_attn_out",       "hook_resid_mid",        "ln2.hook_scale",
+    "ln2.hook_normalized", "mlp.hook_pre",     "mlp.hook_pre_linear", "mlp.hook_post",         "hook_mlp_out",
     "hook_resid_post"};
 
 std::string shape_str(const std::vector<int64_t>& s) {
@@ -33,8 +32,7 @@ struct TlIndex {
   int64_t heads, positions, inner;
   bool head_before_pos;
   int64_t operator()(int64_t b, int64_t t, int64_t h) const {
-    return head_before_pos ? ((b * heads + h) * positions + t) * inner
-                           : ((b * positions + t) * heads + h) * inner;
+    return head_before_pos ? ((b * heads + h) * positions + t) * inner : ((b * positions + t) * heads + h) * inner;
   }
 };
 
@@ -66,18 +64,21 @@ void copy_tl(const View& v, float* tl, bool to_tl) {
   const TlIndex idx{heads, T, inner, v.head_before_pos};
   const size_t bytes = static_cast<size_t>(inner) * sizeof(float);
   const int64_t rows_per_unit = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, heads * inner));
-  parallel_for(v.shape[0] * T, [&](int64_t r0, int64_t r1, int) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t b = r / T, t = r % T;
-      for (int64_t h = 0; h < heads; ++h) {
-        float* blk = block_at(v, b, t, h);
-        if (to_tl)
-          std::memcpy(tl + idx(b, t, h), blk, bytes);
-        else
-          std::memcpy(blk, tl + idx(b, t, h), bytes);
-      }
-    }
-  }, rows_per_unit);
+  parallel_for(
+      v.shape[0] * T,
+      [&](int64_t r0, int64_t r1, int) {
+        for (int64_t r = r0; r < r1; ++r) {
+          const int64_t b = r / T, t = r % T;
+          for (int64_t h = 0; h < heads; ++h) {
+            float* blk = block_at(v, b, t, h);
+            if (to_tl)
+              std::memcpy(tl + idx(b, t, h), blk, bytes);
+            else
+              std::memcpy(blk, tl + idx(b, t, h), bytes);
+          }
+        }
+      },
+      rows_per_unit);
 }
 
 // Where a fill/add value block for head h starts, or null for the scalar.
@@ -89,8 +90,8 @@ const float* value_block(const View& v, const Edit& e, int hook_id, int64_t n_la
   if (n == heads * inner) return e.values + h * inner;
   if (n == inner) return e.values;
   const std::string one = "[" + std::to_string(inner) + "]";
-  const std::string wanted = heads > 1 ? "[" + std::to_string(heads) + ", " + std::to_string(inner) + "] or one head's " + one
-                                       : one;
+  const std::string wanted =
+      heads > 1 ? "[" + std::to_string(heads) + ", " + std::to_string(inner) + "] or one head's " + one : one;
   throw std::invalid_argument("values for " + hook_name(hook_id, n_layers) + " have shape " +
                               shape_str(e.values_shape) + " for an activation of shape " + shape_str(v.tl_shape()) +
                               ": fill and add take one vector, broadcast over batch and positions: " + wanted +
@@ -108,9 +109,8 @@ void check_replace_shape(const View& v, const Edit& e, int hook_id, int64_t n_la
     if (i != pos_axis && i != key_axis && got[i] != want[i]) ok = false;
   if (ok && v.head_before_pos && got[key_axis] < got[pos_axis]) ok = false;  // each query sees its keys
   if (!ok)
-    throw std::invalid_argument("replacement for " + hook_name(hook_id, n_layers) + " has shape " +
-                                shape_str(got) + " but the activation is " + shape_str(want) +
-                                " (the position axes may differ)");
+    throw std::invalid_argument("replacement for " + hook_name(hook_id, n_layers) + " has shape " + shape_str(got) +
+                                " but the activation is " + shape_str(want) + " (the position axes may differ)");
 }
 
 }  // namespace
@@ -192,8 +192,7 @@ void HookPlan::apply(int id, const View& v) {
       throw std::invalid_argument(hook_name(id, n_layers_) + " has no head axis to select heads on");
     for (int64_t h : e.heads)
       if (h < 0 || h >= v.shape[2])
-        throw std::out_of_range("head " + std::to_string(h) + " out of range for " +
-                                hook_name(id, n_layers_));
+        throw std::out_of_range("head " + std::to_string(h) + " out of range for " + hook_name(id, n_layers_));
     switch (e.type) {
       case EditType::capture: {
         Captured c{v.tl_shape(), alloc_floats(v.numel())};
@@ -222,8 +221,7 @@ void HookPlan::apply(int id, const View& v) {
         for_each_block(v, e, [&](float* blk, int64_t b, int64_t t, int64_t h) {
           const int64_t p = v.pos_offset + t;
           if (p >= src_pos) return;  // the source does not cover this position
-          std::memcpy(blk, e.values + idx(one_batch ? 0 : b, p, h),
-                      static_cast<size_t>(n_copy) * sizeof(float));
+          std::memcpy(blk, e.values + idx(one_batch ? 0 : b, p, h), static_cast<size_t>(n_copy) * sizeof(float));
         });
         break;
       }

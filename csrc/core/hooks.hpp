@@ -67,7 +67,7 @@ std::string hook_name(int id, int64_t n_layers);  // "blocks.3.attn.hook_z"
 
 struct View {
   float* data = nullptr;
-  int ndim = 3;                  // 3: [batch, pos, x]; 4: [batch, pos, head, x]
+  int ndim = 3;  // 3: [batch, pos, x]; 4: [batch, pos, head, x]
   int64_t shape[4] = {0, 0, 0, 0};
   int64_t stride[4] = {0, 0, 0, 0};
   int64_t pos_offset = 0;        // absolute position of pos index 0
@@ -84,8 +84,7 @@ struct View {
 struct HookCallback {
   virtual ~HookCallback() = default;
   // pos_offset: the absolute position of the activation's first position.
-  virtual void call(int hook_id, int64_t pos_offset, std::vector<float>& buffer,
-                    const std::vector<int64_t>& shape) = 0;
+  virtual void call(int hook_id, int64_t pos_offset, std::vector<float>& buffer, const std::vector<int64_t>& shape) = 0;
   // The object a plan calls instead of this one. A callback that keeps state
   // from one call of a pass to a later one (a transcoder's input, held until
   // its output hook) returns a fresh object, so that passes sharing the

@@ -18,8 +18,8 @@ KVCache::KVCache(int64_t n_layers, int64_t batch, int64_t d_kv, int64_t n_ctx)
 
 void KVCache::truncate(int64_t n) {
   if (n < 0 || n > n_past_)
-    throw std::out_of_range("cannot truncate a cache of " + std::to_string(n_past_) +
-                            " positions to " + std::to_string(n));
+    throw std::out_of_range("cannot truncate a cache of " + std::to_string(n_past_) + " positions to " +
+                            std::to_string(n));
   n_past_ = n;
 }
 
@@ -36,8 +36,8 @@ KVCache::Buffer KVCache::relaid(const Buffer& from, int64_t from_cap, int64_t ca
 
 void check_fits_context(int64_t positions, int64_t n_ctx) {
   if (positions > n_ctx)
-    throw ContextOverflow("sequence of " + std::to_string(positions) +
-                            " positions exceeds the context length " + std::to_string(n_ctx));
+    throw ContextOverflow("sequence of " + std::to_string(positions) + " positions exceeds the context length " +
+                          std::to_string(n_ctx));
 }
 
 void KVCache::reserve(int64_t positions) {

@@ -43,7 +43,7 @@ class KVCache {
   void set_owner(uint64_t model_id) { owner_ = model_id; }
 
   void reset() { n_past_ = 0; }
-  void truncate(int64_t n);   // keep the first n positions
+  void truncate(int64_t n);  // keep the first n positions
   KVCache fork() const;
   // Makes room for this many positions in all: ContextOverflow past n_ctx,
   // SizeOverflow or std::bad_alloc where memory cannot hold them.

@@ -45,29 +45,29 @@ struct Matrix {
 struct LayerWeights {
   const float* ln1_w = nullptr;   // [d_model]
   const float* ln1_b = nullptr;   // [d_model] (LayerNorm only)
-  Matrix qkv_w;   // [d_model, d_attn + 2 d_kv]  (Q | K | V, each head-major)
+  Matrix qkv_w;                   // [d_model, d_attn + 2 d_kv]  (Q | K | V, each head-major)
   const float* qkv_b = nullptr;   // [d_attn + 2 d_kv]
-  Matrix out_w;   // [d_attn, d_model]
+  Matrix out_w;                   // [d_attn, d_model]
   const float* out_b = nullptr;   // [d_model]
   const float* ln2_w = nullptr;   // [d_model]
   const float* ln2_b = nullptr;   // [d_model] (LayerNorm only)
-  Matrix gate_w;  // [d_model, d_mlp] (gated MLPs only)
+  Matrix gate_w;                  // [d_model, d_mlp] (gated MLPs only)
   const float* gate_b = nullptr;  // [d_mlp]
-  Matrix fc_w;    // [d_model, d_mlp] (W_in: the up projection when gated)
+  Matrix fc_w;                    // [d_model, d_mlp] (W_in: the up projection when gated)
   const float* fc_b = nullptr;    // [d_mlp]
-  Matrix proj_w;  // [d_mlp, d_model]
+  Matrix proj_w;                  // [d_mlp, d_model]
   const float* proj_b = nullptr;  // [d_model]
 };
 
 struct ModelWeights {
-  Matrix wte;                        // [d_vocab, d_model]
-  const float* wpe = nullptr;        // [n_ctx, d_model] (learned positions only)
+  Matrix wte;                            // [d_vocab, d_model]
+  const float* wpe = nullptr;            // [n_ctx, d_model] (learned positions only)
   const float* rope_inv_freq = nullptr;  // [rotary_dim / 2] (rotary only)
-  std::vector<LayerWeights> layers;  // [n_layers]
-  const float* lnf_w = nullptr;      // [d_model]
-  const float* lnf_b = nullptr;      // [d_model] (LayerNorm only)
-  Matrix unembed;                    // [d_vocab, d_model] (lm_head, or wte when tied)
-  const float* unembed_b = nullptr;  // [d_vocab] or null
+  std::vector<LayerWeights> layers;      // [n_layers]
+  const float* lnf_w = nullptr;          // [d_model]
+  const float* lnf_b = nullptr;          // [d_model] (LayerNorm only)
+  Matrix unembed;                        // [d_vocab, d_model] (lm_head, or wte when tied)
+  const float* unembed_b = nullptr;      // [d_vocab] or null
 };
 
 // Where weights come from (the Python bindings: dicts of numpy arrays). The

@@ -28,7 +28,8 @@ void round_bf16(const float* x, uint16_t* out, int64_t n) {
     std::memcpy(&bits, x + i, sizeof bits);
     if (kFlushSubnormals && (bits & 0x7F800000u) == 0) bits &= 0x80000000u;
     const bool nan = (bits & 0x7FFFFFFFu) > 0x7F800000u;
-    out[i] = nan ? static_cast<uint16_t>((bits >> 16) | 0x40u) : static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+    out[i] = nan ? static_cast<uint16_t>((bits >> 16) | 0x40u)
+                 : static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
   }
 }
 
@@ -55,7 +56,9 @@ void transpose(const float* src, int64_t ld_src, int64_t rows, int64_t cols, flo
 // fails (greater, or NaN) or x[j] is -inf: the SAE screen's survivors.
 // Vectors with none are skipped whole.
 int64_t screen(const float* x, const float* w, float alpha, const float* limit, int64_t n, int32_t* out) {
-  const auto passes = [&](int64_t j) { return !(__builtin_fmaf(alpha, w[j], x[j]) <= limit[j] && x[j] > -__builtin_inff()); };
+  const auto passes = [&](int64_t j) {
+    return !(__builtin_fmaf(alpha, w[j], x[j]) <= limit[j] && x[j] > -__builtin_inff());
+  };
   const vf va = vset1(alpha), fmax = vset1(3.40282347e38f);
   int64_t count = 0, j = 0;
   for (; j + VL <= n; j += VL) {

@@ -16,15 +16,15 @@ void round_bf16_exact(const float* x, uint16_t* out, int64_t n) {
     uint32_t bits;
     std::memcpy(&bits, x + i, sizeof bits);
     out[i] = (bits & 0x7FFFFFFFu) > 0x7F800000u ? uint16_t{0x7FC0}
-                                               : static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+                                                : static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
   }
 }
 }  // namespace
 
 void to_bf16_matrix(const float* x, int64_t rows, int64_t cols, bool transpose, uint16_t* out) {
   if (!transpose) {
-    parallel_for(rows * cols, [&](int64_t i0, int64_t i1, int) { round_bf16_exact(x + i0, out + i0, i1 - i0); },
-                 1 << 16);
+    parallel_for(
+        rows * cols, [&](int64_t i0, int64_t i1, int) { round_bf16_exact(x + i0, out + i0, i1 - i0); }, 1 << 16);
     return;
   }
   // 16 columns of x at a time, transposed into the thread's scratch, then

@@ -102,9 +102,8 @@ struct Format {
   QuantBlock block;
   void (*fn)(const uint8_t*, float*);
 };
-constexpr Format kFormats[] = {{2, {32, 18}, q4_0},   {3, {32, 20}, q4_1},    {6, {32, 22}, q5_0},
-                               {7, {32, 24}, q5_1},   {8, {32, 34}, q8_0},    {12, {256, 144}, q4_k},
-                               {14, {256, 210}, q6_k}};
+constexpr Format kFormats[] = {{2, {32, 18}, q4_0}, {3, {32, 20}, q4_1},    {6, {32, 22}, q5_0},   {7, {32, 24}, q5_1},
+                               {8, {32, 34}, q8_0}, {12, {256, 144}, q4_k}, {14, {256, 210}, q6_k}};
 
 const Format* format_of(int ggml_type) {
   for (const Format& f : kFormats)
@@ -133,9 +132,12 @@ int64_t quant_blocks(int ggml_type, int64_t bytes) {
 
 void dequantize_blocks(int ggml_type, const uint8_t* src, int64_t n_blocks, float* out) {
   const Format& f = known_format(ggml_type);
-  parallel_for(n_blocks, [&](int64_t b0, int64_t b1, int) {
-    for (int64_t b = b0; b < b1; ++b) f.fn(src + b * f.block.bytes, out + b * f.block.values);
-  }, 256);
+  parallel_for(
+      n_blocks,
+      [&](int64_t b0, int64_t b1, int) {
+        for (int64_t b = b0; b < b1; ++b) f.fn(src + b * f.block.bytes, out + b * f.block.values);
+      },
+      256);
 }
 
 }  // namespace tmech

@@ -45,14 +45,18 @@ void matmul_split_k(const MatmulArgs& base) {
     float* c = base.C + m * base.ldc;
     bool first = !base.accumulate;
     if (base.bias) {
-      if (first) std::memcpy(c, base.bias, N * sizeof(float));
-      else kt.add(c, c, base.bias, N);
+      if (first)
+        std::memcpy(c, base.bias, N * sizeof(float));
+      else
+        kt.add(c, c, base.bias, N);
       first = false;
     }
     for (int64_t b = 0; b < blocks; ++b) {
       const float* p = parts + b * partial_floats + m * N;
-      if (first) std::memcpy(c, p, N * sizeof(float));
-      else kt.add(c, c, p, N);
+      if (first)
+        std::memcpy(c, p, N * sizeof(float));
+      else
+        kt.add(c, c, p, N);
       first = false;
     }
   }
@@ -60,9 +64,8 @@ void matmul_split_k(const MatmulArgs& base) {
 
 }  // namespace
 
-void matmul(const float* A, int64_t M, int64_t K, int64_t lda, Matrix B, int64_t N,
-            int64_t b_stride_k, int64_t b_stride_n, const float* bias, float* C, int64_t ldc,
-            bool accumulate) {
+void matmul(const float* A, int64_t M, int64_t K, int64_t lda, Matrix B, int64_t N, int64_t b_stride_k,
+            int64_t b_stride_n, const float* bias, float* C, int64_t ldc, bool accumulate) {
   const KernelTable& kt = kernels::active();
   MatmulArgs base{M, N, K, A, lda, B.f32, b_stride_k, b_stride_n, bias, C, ldc, accumulate, nullptr, B.bf16};
   if (matmul_streams_rows(kt, M, b_stride_n, B.bf16 != nullptr) && K >= 128 && num_threads() > 1) {

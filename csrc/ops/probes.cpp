@@ -11,9 +11,7 @@
 
 namespace tmech {
 namespace {
-double now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
+double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
 // GFLOP/s of `chains` (a probe of the kernel table) on every pool thread at once.
 double chains_gflops(float (*chains)(int64_t), int64_t (*flops)(int64_t), double seconds) {
@@ -59,9 +57,8 @@ double read_bandwidth_gbs(int64_t bytes, int repeats) {
   double best = 1e30;
   for (int r = 0; r < repeats + 1; ++r) {  // the first pass only faults the pages in
     const double t0 = now();
-    parallel_for(n, [&](int64_t b, int64_t e, int) {
-      sink = sink + kt.dot(buf.data() + b, buf.data() + b, e - b);
-    }, 4096);
+    parallel_for(
+        n, [&](int64_t b, int64_t e, int) { sink = sink + kt.dot(buf.data() + b, buf.data() + b, e - b); }, 4096);
     if (r > 0) best = std::min(best, now() - t0);
   }
   return static_cast<double>(n) * 4 / best / 1e9;

@@ -6,8 +6,7 @@
 namespace tmech {
 
 // out[r] = LayerNorm(x[r]) * w + b for rows x[rows, n].
-void layernorm_rows(const float* x, int64_t rows, int64_t n, float eps, const float* w,
-                    const float* b, float* out);
+void layernorm_rows(const float* x, int64_t rows, int64_t n, float eps, const float* w, const float* b, float* out);
 
 // out[r] = log(sum_j exp(x[r, j])) for rows x[rows, n], n >= 1.
 void log_sum_exp_rows(const float* x, int64_t rows, int64_t n, float* out);

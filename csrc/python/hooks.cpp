@@ -68,34 +68,43 @@ void bind_hooks(py::module_& m) {
 
   py::class_<PyHookPlan>(m, "HookPlan")
       .def(py::init<int64_t>(), py::arg("n_layers"))
-      .def("capture", [](PyHookPlan& p, int id) { p.plan.add(id, p.make(tmech::EditType::capture, {}, {}, py::none(), 0.f)); })
-      .def("replace", [](PyHookPlan& p, int id, py::object values, std::vector<int64_t> heads, std::vector<int64_t> positions) {
-        p.plan.add(id, p.make(tmech::EditType::replace, heads, positions, values, 0.f));
-      })
-      .def("fill", [](PyHookPlan& p, int id, py::object values, float scalar, std::vector<int64_t> heads, std::vector<int64_t> positions) {
-        p.plan.add(id, p.make(tmech::EditType::fill, heads, positions, values, scalar));
-      })
-      .def("add", [](PyHookPlan& p, int id, py::object values, float coeff, std::vector<int64_t> heads, std::vector<int64_t> positions) {
-        p.plan.add(id, p.make(tmech::EditType::add, heads, positions, values, coeff));
-      })
-      .def("scale", [](PyHookPlan& p, int id, float factor, std::vector<int64_t> heads, std::vector<int64_t> positions) {
-        p.plan.add(id, p.make(tmech::EditType::scale, heads, positions, py::none(), factor));
-      })
-      .def("callback", [](PyHookPlan& p, int id, py::function fn) {
-        tmech::Edit e = p.make(tmech::EditType::callback, {}, {}, py::none(), 0.f);
-        e.callback = std::make_shared<PyCallback>(std::move(fn));
-        p.plan.add(id, std::move(e));
-      })
-      .def("native", [](PyHookPlan& p, int id, std::shared_ptr<tmech::HookCallback> action) {
-        tmech::Edit e = p.make(tmech::EditType::callback, {}, {}, py::none(), 0.f);
-        e.callback = std::move(action);
-        p.plan.add(id, std::move(e));
-      })
+      .def("capture",
+           [](PyHookPlan& p, int id) { p.plan.add(id, p.make(tmech::EditType::capture, {}, {}, py::none(), 0.f)); })
+      .def("replace",
+           [](PyHookPlan& p, int id, py::object values, std::vector<int64_t> heads, std::vector<int64_t> positions) {
+             p.plan.add(id, p.make(tmech::EditType::replace, heads, positions, values, 0.f));
+           })
+      .def("fill",
+           [](PyHookPlan& p, int id, py::object values, float scalar, std::vector<int64_t> heads,
+              std::vector<int64_t> positions) {
+             p.plan.add(id, p.make(tmech::EditType::fill, heads, positions, values, scalar));
+           })
+      .def("add",
+           [](PyHookPlan& p, int id, py::object values, float coeff, std::vector<int64_t> heads,
+              std::vector<int64_t> positions) {
+             p.plan.add(id, p.make(tmech::EditType::add, heads, positions, values, coeff));
+           })
+      .def("scale",
+           [](PyHookPlan& p, int id, float factor, std::vector<int64_t> heads, std::vector<int64_t> positions) {
+             p.plan.add(id, p.make(tmech::EditType::scale, heads, positions, py::none(), factor));
+           })
+      .def("callback",
+           [](PyHookPlan& p, int id, py::function fn) {
+             tmech::Edit e = p.make(tmech::EditType::callback, {}, {}, py::none(), 0.f);
+             e.callback = std::make_shared<PyCallback>(std::move(fn));
+             p.plan.add(id, std::move(e));
+           })
+      .def("native",
+           [](PyHookPlan& p, int id, std::shared_ptr<tmech::HookCallback> action) {
+             tmech::Edit e = p.make(tmech::EditType::callback, {}, {}, py::none(), 0.f);
+             e.callback = std::move(action);
+             p.plan.add(id, std::move(e));
+           })
       .def("take_captured", [](PyHookPlan& p) {
         py::list out;
-        for (auto& [id, c] : p.plan.captured()) out.append(py::make_tuple(id, tmech::to_numpy(std::move(c.data), c.shape)));
+        for (auto& [id, c] : p.plan.captured())
+          out.append(py::make_tuple(id, tmech::to_numpy(std::move(c.data), c.shape)));
         p.plan.captured().clear();
         return out;
       });
-
 }

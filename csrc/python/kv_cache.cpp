@@ -1,5 +1,6 @@
 // _core.KVCache: the core's KV cache, each method run holding the cache.
 #include "core/kv_cache.hpp"
+
 #include "python/bindings.hpp"
 
 namespace {
@@ -22,8 +23,10 @@ void bind_kv_cache(py::module_& m) {
       .def_property_readonly("capacity", &tmech::KVCache::capacity)
       .def_property_readonly("n_ctx", &tmech::KVCache::n_ctx)
       .def("reset", [](tmech::KVCache& c) { holding(c, [&] { c.reset(); }); })
-      .def("truncate", [](tmech::KVCache& c, int64_t n) { holding(c, [&] { c.truncate(n); }); }, py::arg("n"))
-      .def("reserve", [](tmech::KVCache& c, int64_t n) { holding(c, [&] { c.reserve(n); }); },
-           py::arg("positions"), "make room for this many positions now (no regrowth while decoding up to them)")
+      .def(
+          "truncate", [](tmech::KVCache& c, int64_t n) { holding(c, [&] { c.truncate(n); }); }, py::arg("n"))
+      .def(
+          "reserve", [](tmech::KVCache& c, int64_t n) { holding(c, [&] { c.reserve(n); }); }, py::arg("positions"),
+          "make room for this many positions now (no regrowth while decoding up to them)")
       .def("fork", [](tmech::KVCache& c) { return holding(c, [&] { return c.fork(); }); });
 }

@@ -18,7 +18,7 @@ namespace {
 // The C-contiguous array d[key] of the given shape, float32 or (where
 // allow_bf16) bfloat16 stored as uint16; nullopt if optional and absent.
 std::optional<py::array> checked_array(const py::dict& d, const char* key, const std::vector<int64_t>& shape,
-                        std::vector<py::object>& keep, bool optional, bool allow_bf16) {
+                                       std::vector<py::object>& keep, bool optional, bool allow_bf16) {
   const std::string kinds = allow_bf16 ? "float32 or bfloat16 (uint16)" : "float32";
   if (!d.contains(key)) {
     if (optional) return std::nullopt;
@@ -29,7 +29,8 @@ std::optional<py::array> checked_array(const py::dict& d, const char* key, const
   if (!py::isinstance<py::array>(obj))
     throw std::invalid_argument(std::string("weight '") + key + "' must be a C-contiguous " + kinds + " array");
   auto arr = obj.cast<py::array>();
-  const bool dtype_ok = arr.dtype().is(py::dtype::of<float>()) || (allow_bf16 && arr.dtype().is(py::dtype::of<uint16_t>()));
+  const bool dtype_ok =
+      arr.dtype().is(py::dtype::of<float>()) || (allow_bf16 && arr.dtype().is(py::dtype::of<uint16_t>()));
   if (!(arr.flags() & py::array::c_style) || !dtype_ok)
     throw std::invalid_argument(std::string("weight '") + key + "' must be a C-contiguous " + kinds + " array");
   bool ok = arr.ndim() == static_cast<py::ssize_t>(shape.size());
@@ -127,41 +128,43 @@ struct PyModel {
 void bind_model(py::module_& m) {
   py::class_<PyModel>(m, "Model")
       .def(py::init<const py::dict&, const py::dict&>(), py::arg("config"), py::arg("weights"))
-      .def("new_cache", [](PyModel& pm, int64_t batch) { return pm.model->new_cache(batch); }, py::arg("batch"))
+      .def(
+          "new_cache", [](PyModel& pm, int64_t batch) { return pm.model->new_cache(batch); }, py::arg("batch"))
       .def("hook_ids", [](PyModel& pm) { return pm.model->hook_ids(); })
-      .def("forward",
-           [](PyModel& pm, tmech::KVCache* cache, std::optional<py::array_t<int32_t, py::array::c_style>> tokens,
-              PyHookPlan* plan, const std::string& logits, int64_t start, int64_t stop,
-              std::optional<FloatArray> resid) {
-             const tmech::ModelConfig& cfg = pm.model->config();
-             if (tokens && tokens->ndim() != 2) throw std::invalid_argument("tokens must be [batch, pos]");
-             if (resid && (resid->ndim() != 3 || resid->shape(2) != cfg.d_model))
-               throw std::invalid_argument("the residual must be [batch, pos, d_model]");
-             if (!tokens && !resid) throw std::invalid_argument("give tokens or a residual");
-             const int64_t B = resid ? resid->shape(0) : tokens->shape(0);
-             const int64_t T = resid ? resid->shape(1) : tokens->shape(1);
-             if (tokens && resid && (tokens->shape(0) != B || tokens->shape(1) != T))
-               throw std::invalid_argument("tokens and residual cover different [batch, pos]");
-             const tmech::LogitsMode mode = tmech::parse_logits_mode(logits);
-             const bool returns_resid = stop >= 0;  // an explicit last block: the residual after it
-             const int64_t V = cfg.d_vocab;
-             const std::vector<int64_t> shape = returns_resid                     ? std::vector<int64_t>{B, T, cfg.d_model}
-                                                : mode == tmech::LogitsMode::all  ? std::vector<int64_t>{B, T, V}
-                                                : mode == tmech::LogitsMode::last ? std::vector<int64_t>{B, V}
-                                                                                  : std::vector<int64_t>{0};
-             // from the pool of dropped outputs: a loop of forwards does not fault in fresh pages for
-             // its logits each time (2-8 % of a 512-token prefill, measured in alternation)
-             const int64_t numel = tmech::checked_size(shape, "a forward pass's output");
-             FloatArray out = tmech::to_numpy(tmech::alloc_floats(numel), shape);
-             const tmech::BlockSpan span{start, stop, resid ? resid->data() : nullptr,
-                                         returns_resid ? out.mutable_data() : nullptr};
-             {
-               py::gil_scoped_release nogil;
-               pm.model->forward(cache, tokens ? tokens->data() : nullptr, B, T, plan ? &plan->plan : nullptr,
-                                 mode, returns_resid ? nullptr : out.mutable_data(), span);
-             }
-             return out;
-           },
-           py::arg("cache"), py::arg("tokens"), py::arg("plan") = nullptr, py::arg("logits") = "all",
-           py::arg("start") = 0, py::arg("stop") = -1, py::arg("resid") = std::nullopt);
+      .def(
+          "forward",
+          [](PyModel& pm, tmech::KVCache* cache, std::optional<py::array_t<int32_t, py::array::c_style>> tokens,
+             PyHookPlan* plan, const std::string& logits, int64_t start, int64_t stop,
+             std::optional<FloatArray> resid) {
+            const tmech::ModelConfig& cfg = pm.model->config();
+            if (tokens && tokens->ndim() != 2) throw std::invalid_argument("tokens must be [batch, pos]");
+            if (resid && (resid->ndim() != 3 || resid->shape(2) != cfg.d_model))
+              throw std::invalid_argument("the residual must be [batch, pos, d_model]");
+            if (!tokens && !resid) throw std::invalid_argument("give tokens or a residual");
+            const int64_t B = resid ? resid->shape(0) : tokens->shape(0);
+            const int64_t T = resid ? resid->shape(1) : tokens->shape(1);
+            if (tokens && resid && (tokens->shape(0) != B || tokens->shape(1) != T))
+              throw std::invalid_argument("tokens and residual cover different [batch, pos]");
+            const tmech::LogitsMode mode = tmech::parse_logits_mode(logits);
+            const bool returns_resid = stop >= 0;  // an explicit last block: the residual after it
+            const int64_t V = cfg.d_vocab;
+            const std::vector<int64_t> shape = returns_resid ? std::vector<int64_t>{B, T, cfg.d_model}
+                                               : mode == tmech::LogitsMode::all  ? std::vector<int64_t>{B, T, V}
+                                               : mode == tmech::LogitsMode::last ? std::vector<int64_t>{B, V}
+                                                                                 : std::vector<int64_t>{0};
+            // from the pool of dropped outputs: a loop of forwards does not fault in fresh pages for
+            // its logits each time (2-8 % of a 512-token prefill, measured in alternation)
+            const int64_t numel = tmech::checked_size(shape, "a forward pass's output");
+            FloatArray out = tmech::to_numpy(tmech::alloc_floats(numel), shape);
+            const tmech::BlockSpan span{start, stop, resid ? resid->data() : nullptr,
+                                        returns_resid ? out.mutable_data() : nullptr};
+            {
+              py::gil_scoped_release nogil;
+              pm.model->forward(cache, tokens ? tokens->data() : nullptr, B, T, plan ? &plan->plan : nullptr, mode,
+                                returns_resid ? nullptr : out.mutable_data(), span);
+            }
+            return out;
+          },
+          py::arg("cache"), py::arg("tokens"), py::arg("plan") = nullptr, py::arg("logits") = "all",
+          py::arg("start") = 0, py::arg("stop") = -1, py::arg("resid") = std::nullopt);
 }

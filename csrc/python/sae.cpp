@@ -1,5 +1,7 @@
 // _core.Sae and _core.SaeSplice (a NativeHook) over the SAE core
 // (csrc/sae/sae.hpp), and the screen mode (csrc/sae/screen.hpp).
+#include "sae/sae.hpp"
+
 #include <pybind11/stl.h>
 
 #include <cstring>
@@ -10,7 +12,6 @@
 #include "python/bindings.hpp"
 #include "python/numpy_buffers.hpp"
 #include "runtime/checked.hpp"
-#include "sae/sae.hpp"
 #include "sae/screen.hpp"
 
 namespace {
@@ -93,7 +94,8 @@ int64_t rows_of(const FloatIn& x, int64_t want, const char* name) {
 py::tuple codes_to_numpy(tmech::SparseCodes&& codes) {
   const auto nnz = static_cast<py::ssize_t>(codes.indices.size());
   return py::make_tuple(tmech::owned_array(std::move(codes.offsets), {codes.rows + 1}),
-                        tmech::owned_array(std::move(codes.indices), {nnz}), tmech::owned_array(std::move(codes.values), {nnz}));
+                        tmech::owned_array(std::move(codes.indices), {nnz}),
+                        tmech::owned_array(std::move(codes.values), {nnz}));
 }
 
 // Offsets and feature indices as int64 arrays, converted from other integer
@@ -148,76 +150,100 @@ py::array_t<float> decode_with(const PySae& s, int64_t rows, const std::optional
 }  // namespace
 
 void bind_sae(py::module_& m) {
-  m.def("set_sae_screen", [](const std::string& mode) { tmech::set_screen_mode(tmech::parse_screen_mode(mode)); },
-        py::arg("mode"),
-        "when SAE encoders screen in bfloat16 first (csrc/sae/screen.hpp): 'auto' where it pays, "
-        "'always' (any CPU, any rows: for tests), 'never' (the float32 path)");
+  m.def(
+      "set_sae_screen", [](const std::string& mode) { tmech::set_screen_mode(tmech::parse_screen_mode(mode)); },
+      py::arg("mode"),
+      "when SAE encoders screen in bfloat16 first (csrc/sae/screen.hpp): 'auto' where it pays, "
+      "'always' (any CPU, any rows: for tests), 'never' (the float32 path)");
   m.def("sae_screen", [] { return tmech::screen_mode_name(tmech::screen_mode()); });
   py::class_<PySae>(m, "Sae", "An SAE or transcoder over float32 weights (see tinymech.sae.SAE)")
       .def(py::init(&make_sae), py::arg("config"), py::arg("weights"))
-      .def("encode", [](const PySae& s, FloatIn x) {
-        const tmech::SaeConfig& c = s.sae().config();
-        const int64_t rows = rows_of(x, c.d_in, "x");
-        tmech::FloatBuffer acts = tmech::alloc_floats(tmech::checked_size({rows, c.d_sae}, "SAE features"));  // encode writes every element
-        {
-          py::gil_scoped_release nogil;
-          s.sae().encode(x.data(), rows, nullptr, acts.get(), nullptr, nullptr);
-        }
-        return tmech::to_numpy(std::move(acts), {rows, c.d_sae});
-      }, py::arg("x"))
-      .def("encode_pre", [](const PySae& s, FloatIn x) {
-        const tmech::SaeConfig& c = s.sae().config();
-        const int64_t rows = rows_of(x, c.d_in, "x");
-        std::vector<float> acts(static_cast<size_t>(tmech::checked_size({rows, c.d_sae}, "SAE features"))), pre(acts.size());
-        {
-          py::gil_scoped_release nogil;
-          s.sae().encode(x.data(), rows, nullptr, acts.data(), pre.data(), nullptr);
-        }
-        return tmech::owned_array(std::move(pre), {rows, c.d_sae});
-      }, py::arg("x"), "pre-activations x·W_enc + b_enc (after normalization and b_dec)")
-      .def("encode_sparse", [](const PySae& s, FloatIn x) {
-        const int64_t rows = rows_of(x, s.sae().config().d_in, "x");
-        tmech::SparseCodes codes;
-        {
-          py::gil_scoped_release nogil;
-          s.sae().encode(x.data(), rows, &codes, nullptr, nullptr, nullptr);
-        }
-        return codes_to_numpy(std::move(codes));
-      }, py::arg("x"), "(offsets [rows + 1], indices [nnz], values [nnz]) of the active features")
-      .def("top_features", [](const PySae& s, FloatIn x, int64_t k) {
-        if (k < 0 || k > s.sae().config().d_sae) throw std::invalid_argument("k must be in [0, d_sae]");
-        const int64_t rows = rows_of(x, s.sae().config().d_in, "x");
-        std::vector<int64_t> idx(static_cast<size_t>(tmech::checked_size({rows, k}, "SAE top-k indices")));
-        std::vector<float> val(idx.size());
-        {
-          py::gil_scoped_release nogil;
-          s.sae().top_features(x.data(), rows, k, idx.data(), val.data());
-        }
-        return py::make_tuple(tmech::owned_array(std::move(idx), {rows, k}), tmech::owned_array(std::move(val), {rows, k}));
-      }, py::arg("x"), py::arg("k"))
-      .def("decode", [](const PySae& s, FloatIn acts, std::optional<FloatIn> x) {
-        const int64_t rows = rows_of(acts, s.sae().config().d_sae, "features");
-        return decode_with(s, rows, x, [&](float* out) { s.sae().decode_dense(acts.data(), rows, out); });
-      }, py::arg("acts"), py::arg("x") = py::none())
-      .def("decode_sparse", [](const PySae& s, IndexIn offsets, IndexIn indices, FloatIn values,
-                               std::optional<FloatIn> x) {
-        tmech::SparseCodes codes = codes_from(offsets, indices, values, s.sae().config().d_sae);
-        return decode_with(s, codes.rows, x, [&](float* out) { s.sae().decode_codes(codes, out); });
-      }, py::arg("offsets"), py::arg("indices"), py::arg("values"), py::arg("x") = py::none())
-      .def("forward", [](const PySae& s, FloatIn x) {
-        const tmech::SaeConfig& c = s.sae().config();
-        const int64_t rows = rows_of(x, c.d_in, "x");
-        std::vector<float> out(static_cast<size_t>(tmech::checked_size({rows, c.d_out}, "SAE output")));
-        {
-          py::gil_scoped_release nogil;
-          tmech::SparseCodes codes;
-          tmech::RowNorm norm;
-          s.sae().encode(x.data(), rows, &codes, nullptr, nullptr, &norm);
-          s.sae().decode_codes(codes, out.data());
-          s.sae().finish(norm, x.data(), rows, out.data());
-        }
-        return tmech::owned_array(std::move(out), {rows, c.d_out});
-      }, py::arg("x"));
+      .def(
+          "encode",
+          [](const PySae& s, FloatIn x) {
+            const tmech::SaeConfig& c = s.sae().config();
+            const int64_t rows = rows_of(x, c.d_in, "x");
+            tmech::FloatBuffer acts = tmech::alloc_floats(
+                tmech::checked_size({rows, c.d_sae}, "SAE features"));  // encode writes every element
+            {
+              py::gil_scoped_release nogil;
+              s.sae().encode(x.data(), rows, nullptr, acts.get(), nullptr, nullptr);
+            }
+            return tmech::to_numpy(std::move(acts), {rows, c.d_sae});
+          },
+          py::arg("x"))
+      .def(
+          "encode_pre",
+          [](const PySae& s, FloatIn x) {
+            const tmech::SaeConfig& c = s.sae().config();
+            const int64_t rows = rows_of(x, c.d_in, "x");
+            std::vector<float> acts(static_cast<size_t>(tmech::checked_size({rows, c.d_sae}, "SAE features"))),
+                pre(acts.size());
+            {
+              py::gil_scoped_release nogil;
+              s.sae().encode(x.data(), rows, nullptr, acts.data(), pre.data(), nullptr);
+            }
+            return tmech::owned_array(std::move(pre), {rows, c.d_sae});
+          },
+          py::arg("x"), "pre-activations x·W_enc + b_enc (after normalization and b_dec)")
+      .def(
+          "encode_sparse",
+          [](const PySae& s, FloatIn x) {
+            const int64_t rows = rows_of(x, s.sae().config().d_in, "x");
+            tmech::SparseCodes codes;
+            {
+              py::gil_scoped_release nogil;
+              s.sae().encode(x.data(), rows, &codes, nullptr, nullptr, nullptr);
+            }
+            return codes_to_numpy(std::move(codes));
+          },
+          py::arg("x"), "(offsets [rows + 1], indices [nnz], values [nnz]) of the active features")
+      .def(
+          "top_features",
+          [](const PySae& s, FloatIn x, int64_t k) {
+            if (k < 0 || k > s.sae().config().d_sae) throw std::invalid_argument("k must be in [0, d_sae]");
+            const int64_t rows = rows_of(x, s.sae().config().d_in, "x");
+            std::vector<int64_t> idx(static_cast<size_t>(tmech::checked_size({rows, k}, "SAE top-k indices")));
+            std::vector<float> val(idx.size());
+            {
+              py::gil_scoped_release nogil;
+              s.sae().top_features(x.data(), rows, k, idx.data(), val.data());
+            }
+            return py::make_tuple(tmech::owned_array(std::move(idx), {rows, k}),
+                                  tmech::owned_array(std::move(val), {rows, k}));
+          },
+          py::arg("x"), py::arg("k"))
+      .def(
+          "decode",
+          [](const PySae& s, FloatIn acts, std::optional<FloatIn> x) {
+            const int64_t rows = rows_of(acts, s.sae().config().d_sae, "features");
+            return decode_with(s, rows, x, [&](float* out) { s.sae().decode_dense(acts.data(), rows, out); });
+          },
+          py::arg("acts"), py::arg("x") = py::none())
+      .def(
+          "decode_sparse",
+          [](const PySae& s, IndexIn offsets, IndexIn indices, FloatIn values, std::optional<FloatIn> x) {
+            tmech::SparseCodes codes = codes_from(offsets, indices, values, s.sae().config().d_sae);
+            return decode_with(s, codes.rows, x, [&](float* out) { s.sae().decode_codes(codes, out); });
+          },
+          py::arg("offsets"), py::arg("indices"), py::arg("values"), py::arg("x") = py::none())
+      .def(
+          "forward",
+          [](const PySae& s, FloatIn x) {
+            const tmech::SaeConfig& c = s.sae().config();
+            const int64_t rows = rows_of(x, c.d_in, "x");
+            std::vector<float> out(static_cast<size_t>(tmech::checked_size({rows, c.d_out}, "SAE output")));
+            {
+              py::gil_scoped_release nogil;
+              tmech::SparseCodes codes;
+              tmech::RowNorm norm;
+              s.sae().encode(x.data(), rows, &codes, nullptr, nullptr, &norm);
+              s.sae().decode_codes(codes, out.data());
+              s.sae().finish(norm, x.data(), rows, out.data());
+            }
+            return tmech::owned_array(std::move(out), {rows, c.d_out});
+          },
+          py::arg("x"));
 
   py::class_<tmech::SaeSplice, tmech::HookCallback, std::shared_ptr<tmech::SaeSplice>>(
       m, "SaeSplice", "Hook action running an SAE at a hook point (a NativeHook)")
@@ -229,10 +255,14 @@ void bind_sae(py::module_& m) {
       .def("set_clamps", &tmech::SaeSplice::set_clamps, py::arg("features"), py::arg("values"),
            py::arg("positions") = std::vector<int64_t>{})
       .def("set_recording", &tmech::SaeSplice::set_recording, py::arg("record"), py::arg("record_pre"))
-      .def("set_bypass", [](tmech::SaeSplice& sp, ByteIn rows) {
-        sp.set_bypass(std::vector<uint8_t>(rows.data(), rows.data() + rows.size()));
-      }, py::arg("rows"))
-      .def("last", [](const tmech::SaeSplice& sp) { return record_to_python(sp.last()); },
-           "what the last call to finish recorded: {shape, codes (offsets, indices, values), input, acts_pre, "
-           "recons, error, output} as flat arrays (acts_pre None unless recorded), or None");
+      .def(
+          "set_bypass",
+          [](tmech::SaeSplice& sp, ByteIn rows) {
+            sp.set_bypass(std::vector<uint8_t>(rows.data(), rows.data() + rows.size()));
+          },
+          py::arg("rows"))
+      .def(
+          "last", [](const tmech::SaeSplice& sp) { return record_to_python(sp.last()); },
+          "what the last call to finish recorded: {shape, codes (offsets, indices, values), input, acts_pre, "
+          "recons, error, output} as flat arrays (acts_pre None unless recorded), or None");
 }

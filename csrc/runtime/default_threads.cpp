@@ -1,7 +1,5 @@
 #include "runtime/default_threads.hpp"
 
-#include "runtime/threads.hpp"
-
 #include <algorithm>
 #include <cstdlib>
 #include <fstream>
@@ -9,6 +7,8 @@
 #include <string>
 #include <thread>
 #include <utility>
+
+#include "runtime/threads.hpp"
 
 #if defined(__linux__)
 #include <sched.h>

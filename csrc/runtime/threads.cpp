@@ -1,7 +1,5 @@
 #include "runtime/threads.hpp"
 
-#include "runtime/default_threads.hpp"
-
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -14,6 +12,8 @@
 #include <system_error>
 #include <thread>
 #include <vector>
+
+#include "runtime/default_threads.hpp"
 
 namespace tmech {
 namespace {
@@ -213,8 +213,6 @@ void parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& f
   pool().run(n, fn, std::max<int64_t>(align, 1));
 }
 
-float* thread_scratch(int thread_index, int64_t floats) {
-  return pool().scratch(thread_index, floats);
-}
+float* thread_scratch(int thread_index, int64_t floats) { return pool().scratch(thread_index, floats); }
 
 }  // namespace tmech

@@ -18,8 +18,7 @@ int num_threads();
 
 // fn(begin, end, thread_index), once per chunk. Chunks are split on multiples
 // of `align`; two chunks with the same thread_index never run at once.
-void parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn,
-                  int64_t align = 1);
+void parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn, int64_t align = 1);
 
 // A per-thread grow-only buffer for kernels' scratch space (thread_index as
 // given to fn). Valid until the next call with a larger size on that thread.

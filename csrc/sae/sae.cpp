@@ -7,12 +7,12 @@
 #include <stdexcept>
 #include <string>
 
-#include "runtime/checked.hpp"
 #include "kernels/kernels.hpp"
 #include "ops/matmul.hpp"
-#include "sae/screen.hpp"
-#include "runtime/threads.hpp"
 #include "ops/top_k.hpp"
+#include "runtime/checked.hpp"
+#include "runtime/threads.hpp"
+#include "sae/screen.hpp"
 
 namespace tmech {
 namespace {
@@ -35,8 +35,7 @@ std::string shape_string(const std::vector<int64_t>& shape) {
 void SaeConfig::validate() const {
   if (d_in <= 0 || d_sae <= 0 || d_out <= 0) throw std::invalid_argument("SAE sizes must be positive");
   if (d_sae > INT32_MAX) throw std::invalid_argument("d_sae is too large");
-  if (apply_b_dec_to_input && d_in != d_out)
-    throw std::invalid_argument("apply_b_dec_to_input needs d_in == d_out");
+  if (apply_b_dec_to_input && d_in != d_out) throw std::invalid_argument("apply_b_dec_to_input needs d_in == d_out");
   if (activation == SaeActivation::topk && k <= 0) throw std::invalid_argument("a TopK SAE needs k > 0");
 }
 
@@ -68,8 +67,8 @@ SaeWeights read_sae_weights(const SaeConfig& c, WeightSource& src) {
   return w;
 }
 
-SparseCodes sparse_codes(const int64_t* offsets, int64_t rows, const int64_t* indices, const float* values,
-                         int64_t nnz, int64_t d_sae) {
+SparseCodes sparse_codes(const int64_t* offsets, int64_t rows, const int64_t* indices, const float* values, int64_t nnz,
+                         int64_t d_sae) {
   SparseCodes c;
   c.rows = rows;
   c.offsets.assign(offsets, offsets + rows + 1);
@@ -80,8 +79,8 @@ SparseCodes sparse_codes(const int64_t* offsets, int64_t rows, const int64_t* in
   c.indices.reserve(static_cast<size_t>(nnz));
   for (int64_t i = 0; i < nnz; ++i) {
     if (indices[i] < 0 || indices[i] >= d_sae)
-      throw std::out_of_range("feature index " + std::to_string(indices[i]) + " is out of range for d_sae=" +
-                              std::to_string(d_sae));
+      throw std::out_of_range("feature index " + std::to_string(indices[i]) +
+                              " is out of range for d_sae=" + std::to_string(d_sae));
     c.indices.push_back(static_cast<int32_t>(indices[i]));
   }
   c.values.assign(values, values + nnz);
@@ -227,8 +226,7 @@ const float* Sae::input_rows(const float* x, int64_t r0, int64_t rc, const RowNo
   return buffer.data();
 }
 
-void Sae::encode(const float* x, int64_t rows, SparseCodes* codes, float* acts, float* pre,
-                 RowNorm* norm) const {
+void Sae::encode(const float* x, int64_t rows, SparseCodes* codes, float* acts, float* pre, RowNorm* norm) const {
   RowNorm local_norm;
   RowNorm& nm = norm ? *norm : local_norm;
   compute_norm(x, rows, nm);
@@ -265,8 +263,7 @@ void Sae::poison_nonfinite_rows(const float* x, int64_t rows, SparseCodes* codes
   *codes = std::move(rebuilt);
 }
 
-void Sae::encode_rows(const float* x, int64_t rows, SparseCodes* codes, float* acts, float* pre,
-                      RowNorm& nm) const {
+void Sae::encode_rows(const float* x, int64_t rows, SparseCodes* codes, float* acts, float* pre, RowNorm& nm) const {
   const int64_t d_sae = cfg_.d_sae;
   if (codes) *codes = SparseCodes{};
   std::vector<float> sae_in, scratch;
@@ -338,8 +335,8 @@ void Sae::decode_codes(const SparseCodes& codes, float* out) const {
       const auto end = static_cast<size_t>(codes.offsets[static_cast<size_t>(r) + 1]);
       for (auto o = static_cast<size_t>(codes.offsets[static_cast<size_t>(r)]); o < end; ++o) {
         const int32_t f = codes.indices[o];
-        const float v = cfg_.rescale_acts_by_decoder_norm ? codes.values[o] / dec_norm_[static_cast<size_t>(f)]
-                                                          : codes.values[o];
+        const float v =
+            cfg_.rescale_acts_by_decoder_norm ? codes.values[o] / dec_norm_[static_cast<size_t>(f)] : codes.values[o];
         kt.axpy(y, v, w_.W_dec + static_cast<int64_t>(f) * d, d);
       }
     }
@@ -391,8 +388,7 @@ SaeSplice::SaeSplice(std::shared_ptr<const Sae> sae, bool keep_error, std::strin
   if (!sae_) throw std::invalid_argument("a splice needs an SAE");
 }
 
-void SaeSplice::set_clamps(std::vector<int32_t> features, std::vector<float> values,
-                           std::vector<int64_t> positions) {
+void SaeSplice::set_clamps(std::vector<int32_t> features, std::vector<float> values, std::vector<int64_t> positions) {
   if (features.size() != values.size()) throw std::invalid_argument("one clamp value per feature");
   for (int32_t f : features)
     if (f < 0 || f >= sae_->config().d_sae)
@@ -525,8 +521,7 @@ SparseCodes with_clamps(const SparseCodes& codes, const std::vector<int32_t>& fe
 
 }  // namespace
 
-void SaeSplice::run(const float* x, std::vector<float>& target, const std::vector<int64_t>& shape,
-                    int64_t pos_offset) {
+void SaeSplice::run(const float* x, std::vector<float>& target, const std::vector<int64_t>& shape, int64_t pos_offset) {
   const Sae& sae = *sae_;
   const SaeConfig& c = sae.config();
   const int64_t rows = static_cast<int64_t>(target.size()) / c.d_out;
@@ -545,7 +540,8 @@ void SaeSplice::run(const float* x, std::vector<float>& target, const std::vecto
   // 1) encode, 2) decode (kept in normalized units for the record), 3) undo the normalization
   SparseCodes codes;
   RowNorm norm;
-  std::vector<float> pre(set.record_pre ? static_cast<size_t>(checked_size({rows, c.d_sae}, "SAE pre-activations")) : 0);
+  std::vector<float> pre(set.record_pre ? static_cast<size_t>(checked_size({rows, c.d_sae}, "SAE pre-activations"))
+                                        : 0);
   sae.encode(x, rows, &codes, nullptr, set.record_pre ? pre.data() : nullptr, &norm);
   std::vector<float> clean(target.size());
   sae.decode_codes(codes, clean.data());
@@ -562,7 +558,8 @@ void SaeSplice::run(const float* x, std::vector<float>& target, const std::vecto
     std::vector<uint8_t> clamp_rows(static_cast<size_t>(rows));
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t pos = pos_offset + r % n_pos;
-      const bool chosen = chosen_pos.empty() || std::find(chosen_pos.begin(), chosen_pos.end(), pos) != chosen_pos.end();
+      const bool chosen =
+          chosen_pos.empty() || std::find(chosen_pos.begin(), chosen_pos.end(), pos) != chosen_pos.end();
       clamp_rows[static_cast<size_t>(r)] = chosen && (bypass.empty() || !bypass[static_cast<size_t>(r)]);
     }
     sae.decode_codes(with_clamps(codes, set.clamp_features, set.clamp_values, clamp_rows), clamped.data());

@@ -40,7 +40,7 @@ struct SaeConfig {
 
 // SAELens's names, as the core's values; std::invalid_argument naming an unknown one.
 SaeActivation parse_sae_activation(const std::string& name);  // "relu", "jumprelu", "topk"
-SaeNorm parse_sae_norm(const std::string& name);  // "none", "constant_norm_rescale", "layer_norm"
+SaeNorm parse_sae_norm(const std::string& name);              // "none", "constant_norm_rescale", "layer_norm"
 
 struct SaeWeights {
   const float* W_enc = nullptr;      // [d_in, d_sae]
@@ -66,8 +66,8 @@ struct SparseCodes {
 // Codes from a caller's arrays, checked: offsets [rows + 1] from 0 to nnz,
 // never decreasing; indices [nnz] in [0, d_sae) (std::out_of_range otherwise,
 // checked before they are narrowed to int32); values [nnz].
-SparseCodes sparse_codes(const int64_t* offsets, int64_t rows, const int64_t* indices, const float* values,
-                         int64_t nnz, int64_t d_sae);
+SparseCodes sparse_codes(const int64_t* offsets, int64_t rows, const int64_t* indices, const float* values, int64_t nnz,
+                         int64_t d_sae);
 
 // Per-row input normalization: sae_in = (x - shift) * in_mul, undone on the
 // output as y * out_mul + shift. Empty when the SAE does not normalize.
@@ -85,8 +85,7 @@ class Sae {
   // A row holding NaN or infinity comes out NaN (every feature of acts and
   // pre; in codes, feature 0 with value NaN, which decodes to a NaN row), as
   // in SAELens, where a ReLU passes NaN on.
-  void encode(const float* x, int64_t rows, SparseCodes* codes, float* acts, float* pre,
-              RowNorm* norm) const;
+  void encode(const float* x, int64_t rows, SparseCodes* codes, float* acts, float* pre, RowNorm* norm) const;
   // The k largest feature activations of each row, largest first.
   void top_features(const float* x, int64_t rows, int64_t k, int64_t* indices, float* values) const;
   void compute_norm(const float* x, int64_t rows, RowNorm& norm) const;
@@ -101,8 +100,7 @@ class Sae {
   bool normalizes() const { return cfg_.norm != SaeNorm::none; }
 
  private:
-  const float* input_rows(const float* x, int64_t r0, int64_t rc, const RowNorm& nm,
-                          std::vector<float>& buffer) const;
+  const float* input_rows(const float* x, int64_t r0, int64_t rc, const RowNorm& nm, std::vector<float>& buffer) const;
   void activate_rows(float* h, int64_t rows) const;
   void collect_codes(const float* acts, int64_t rows, SparseCodes& codes) const;
   void scatter_codes(const SparseCodes& codes, float* acts) const;

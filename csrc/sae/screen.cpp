@@ -10,8 +10,8 @@
 
 #include "kernels/kernels.hpp"
 #include "ops/matmul.hpp"
-#include "sae/sae.hpp"
 #include "runtime/threads.hpp"
+#include "sae/sae.hpp"
 
 namespace tmech {
 namespace {
@@ -40,17 +40,15 @@ float bound_factor(int64_t K) {
   return static_cast<float>((2 * u + u * u + 3 * gamma + kSlack) * 1.01);
 }
 
-float threshold_of(const ScreenedEncoder& e, int64_t j) {
-  return e.threshold ? std::max(e.threshold[j], 0.f) : 0.f;
-}
+float threshold_of(const ScreenedEncoder& e, int64_t j) { return e.threshold ? std::max(e.threshold[j], 0.f) : 0.f; }
 
 // Per-thread buffers, carved from the thread's scratch after the matmul's.
 struct Buffers {
-  float* matmul;    // matmul_scratch_floats()
-  float* w_t;       // [kColumns, K] float32: the chunk's weights, one feature per row
-  uint16_t* w16;    // [kColumns, K] the same in bfloat16
-  float* scores;    // [kRows, kColumns]
-  float* w_norm;    // [kColumns]
+  float* matmul;      // matmul_scratch_floats()
+  float* w_t;         // [kColumns, K] float32: the chunk's weights, one feature per row
+  uint16_t* w16;      // [kColumns, K] the same in bfloat16
+  float* scores;      // [kRows, kColumns]
+  float* w_norm;      // [kColumns]
   float* limit;       // [kColumns]: threshold - bias, less the rounding slack
   int32_t* passed;    // [kColumns]: one row's survivors
   float* col_margin;  // [kColumns], TopK: the bound's factor of the row's ‖a‖ margin
@@ -286,7 +284,8 @@ std::vector<std::vector<Hit>> choose_topk(const std::vector<TopkState>& states, 
                           return p.value > q.value || (p.value == q.value && p.feature < q.feature);
                         });
       cands.resize(keep);
-      std::sort(cands.begin(), cands.end(), [](const Candidate& p, const Candidate& q) { return p.feature < q.feature; });
+      std::sort(cands.begin(), cands.end(),
+                [](const Candidate& p, const Candidate& q) { return p.feature < q.feature; });
       for (const Candidate& c : cands)
         if (c.value > 0.f) out[r].push_back({static_cast<int32_t>(m), c.feature, c.value});
     }
@@ -317,12 +316,9 @@ const char* screen_mode_name(ScreenMode mode) {
 bool screening_applies(int64_t rows, int64_t d_in) {
   if (d_in >= (int64_t{1} << 20)) return false;  // keeps γ_K tiny (and the bound meaningful)
   switch (g_mode.load()) {
-    case ScreenMode::always:
-      return true;
-    case ScreenMode::never:
-      return false;
-    default:
-      return kernels::active().bf16_dot_products && rows > kMatmulSmallM;
+    case ScreenMode::always: return true;
+    case ScreenMode::never: return false;
+    default: return kernels::active().bf16_dot_products && rows > kMatmulSmallM;
   }
 }
 
@@ -334,8 +330,8 @@ bool screened_encode(const ScreenedEncoder& e, const float* in, int64_t rows, Sp
   for (int64_t m = 0; m < rows; ++m) row_margin[m] = c * std::sqrt(kt.dot(in + m * K, in + m * K, K)) + kTiny;
   const int64_t rows_before = codes.rows;
   std::vector<uint32_t> pairs;
-  if (e.k > 0 && (e.k >= e.d_sae || !std::all_of(row_margin.begin(), row_margin.end(),
-                                                  [](float v) { return std::isfinite(v); })))
+  if (e.k > 0 &&
+      (e.k >= e.d_sae || !std::all_of(row_margin.begin(), row_margin.end(), [](float v) { return std::isfinite(v); })))
     return false;  // TopK ranks values against each other: only finite ones are vouched for
   for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
     const int64_t rc = std::min(kRows, rows - r0);

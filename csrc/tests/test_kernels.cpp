@@ -36,8 +36,8 @@ std::vector<float> from_bf16(const std::vector<uint16_t>& h) {
 // matmuls of many rows round A to bfloat16 too where the variant has dot
 // products), through the threaded driver.
 void test_matmul(const char* variant, std::mt19937& rng) {
-  const int64_t shapes[][3] = {{1, 1, 1},   {1, 7, 5},      {3, 64, 100},   {4, 300, 77},  {5, 17, 33},
-                               {13, 257, 600}, {40, 40, 129}, {2, 513, 1000}, {25, 2, 70}, {12, 3, 32},
+  const int64_t shapes[][3] = {{1, 1, 1},      {1, 7, 5},      {3, 64, 100},   {4, 300, 77}, {5, 17, 33},
+                               {13, 257, 600}, {40, 40, 129},  {2, 513, 1000}, {25, 2, 70},  {12, 3, 32},
                                {9, 300, 97},   {16, 43, 1024}, {11, 5, 2048}};
   for (auto& s : shapes) {
     const int64_t M = s[0], K = s[1], N = s[2];
@@ -49,8 +49,19 @@ void test_matmul(const char* variant, std::mt19937& rng) {
             const std::vector<uint16_t> B16 = to_bf16(B);
             const bool round_a = bf16 && kernels::active().bf16_dot_products && M > kMatmulSmallM;
             const std::vector<float> A_used = round_a ? from_bf16(to_bf16(A)) : A;
-            MatmulArgs args{M, N, K, A_used.data(), K, B.data(), transposed ? 1 : N, transposed ? K : 1,
-                            with_bias ? bias.data() : nullptr, C.data(), N, accumulate != 0, nullptr};
+            MatmulArgs args{M,
+                            N,
+                            K,
+                            A_used.data(),
+                            K,
+                            B.data(),
+                            transposed ? 1 : N,
+                            transposed ? K : 1,
+                            with_bias ? bias.data() : nullptr,
+                            C.data(),
+                            N,
+                            accumulate != 0,
+                            nullptr};
             if (bf16) args.B16 = B16.data();
             std::vector<double> ref(M * N);
             ref_matmul_cols(args, 0, N, ref.data());

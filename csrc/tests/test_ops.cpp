@@ -19,8 +19,12 @@ namespace {
 // k small against the row (one pass) and large (a partial sort).
 void test_top_k(std::mt19937& rng) {
   std::uniform_int_distribution<int> small(-4, 4);
-  for (auto [rows, n, k] : {std::tuple<int64_t, int64_t, int64_t>{5, 100, 3}, {3, 17, 17}, {4, 64, 4}, {2, 1, 1},
-                            {7, 1000, 10}, {3, 9, 0}}) {
+  for (auto [rows, n, k] : {std::tuple<int64_t, int64_t, int64_t>{5, 100, 3},
+                            {3, 17, 17},
+                            {4, 64, 4},
+                            {2, 1, 1},
+                            {7, 1000, 10},
+                            {3, 9, 0}}) {
     std::vector<float> x(static_cast<size_t>(rows * n));
     for (auto& v : x) v = static_cast<float>(small(rng));
     x[0] = NAN;

@@ -55,13 +55,19 @@ void test_parallel_for() {
         for (int rep = 0; rep < 20; ++rep) {
           std::vector<int> seen(static_cast<size_t>(n), 0);
           std::vector<int> busy(static_cast<size_t>(threads), 0);
-          parallel_for(n, [&](int64_t b, int64_t e, int t) {
-            if (t < 0 || t >= threads || busy[static_cast<size_t>(t)]++ != 0) ok = false;  // one chunk per index at a time
-            if (b % align != 0) ok = false;
-            for (int64_t i = b; i < e; ++i) ++seen[static_cast<size_t>(i)];
-            parallel_for(3, [&](int64_t, int64_t, int inner) { if (inner != t) ok = false; });  // nested: inline
-            --busy[static_cast<size_t>(t)];
-          }, align);
+          parallel_for(
+              n,
+              [&](int64_t b, int64_t e, int t) {
+                if (t < 0 || t >= threads || busy[static_cast<size_t>(t)]++ != 0)
+                  ok = false;  // one chunk per index at a time
+                if (b % align != 0) ok = false;
+                for (int64_t i = b; i < e; ++i) ++seen[static_cast<size_t>(i)];
+                parallel_for(3, [&](int64_t, int64_t, int inner) {
+                  if (inner != t) ok = false;
+                });  // nested: inline
+                --busy[static_cast<size_t>(t)];
+              },
+              align);
           for (int v : seen)
             if (v != 1) ok = false;
         }
@@ -158,9 +164,9 @@ void test_deadlock_refused() {
 // Thread counts from the environment: a positive whole number, or the first
 // of OMP_NUM_THREADS's comma-separated list; anything else is ignored.
 void test_thread_count_parse() {
-  const std::pair<const char*, int> cases[] = {{"4", 4}, {"1", 1}, {"16,2", 16}, {"0", 0}, {"-2", 0}, {"", 0},
-                                               {"abc", 0}, {"3x", 0}, {" 2", 0}, {"99999999999", 0}, {nullptr, 0},
-                                               {"1024", 1024}, {"1025", 0}, {"4000", 0}};  // set_num_threads' limit
+  const std::pair<const char*, int> cases[] = {
+      {"4", 4},  {"1", 1},           {"16,2", 16}, {"0", 0},       {"-2", 0},   {"", 0},    {"abc", 0}, {"3x", 0},
+      {" 2", 0}, {"99999999999", 0}, {nullptr, 0}, {"1024", 1024}, {"1025", 0}, {"4000", 0}};  // set_num_threads' limit
   for (const auto& [text, want] : cases)
     check(parse_thread_count(text) == want, std::string("parse_thread_count(\"") + (text ? text : "null") + "\")");
   check(default_thread_count() >= 1, "default_thread_count() >= 1");

@@ -25,7 +25,8 @@ namespace {
 void test_sae_encode(const char* variant, std::mt19937& rng) {
   for (ScreenMode mode : {ScreenMode::always, ScreenMode::never}) {
     set_screen_mode(mode);
-    for (auto [d_in, d_sae, rows] : {std::tuple<int64_t, int64_t, int64_t>{77, 300, 37}, {130, 129, 1030}, {16, 40, 3}}) {
+    for (auto [d_in, d_sae, rows] :
+         {std::tuple<int64_t, int64_t, int64_t>{77, 300, 37}, {130, 129, 1030}, {16, 40, 3}}) {
       const auto W_enc = randn(static_cast<size_t>(d_in * d_sae), rng, 1.f / std::sqrt(float(d_in)));
       const auto W_dec = randn(static_cast<size_t>(d_sae * d_in), rng);
       const std::vector<float> b_enc(static_cast<size_t>(d_sae), -2.f), b_dec(static_cast<size_t>(d_in), 0.f);
@@ -38,8 +39,8 @@ void test_sae_encode(const char* variant, std::mt19937& rng) {
       sae.encode(x.data(), rows, &codes, nullptr, nullptr, nullptr);
       // pre = x · W_enc + b_enc
       std::vector<double> pre(static_cast<size_t>(rows * d_sae));
-      const MatmulArgs enc{rows, d_sae, d_in, x.data(), d_in, W_enc.data(), d_sae, 1, b_enc.data(), nullptr, d_sae,
-                           false, nullptr};
+      const MatmulArgs enc{rows, d_sae,        d_in,    x.data(), d_in,  W_enc.data(), d_sae,
+                           1,    b_enc.data(), nullptr, d_sae,    false, nullptr};
       ref_matmul_cols(enc, 0, d_sae, pre.data());
       bool ok = codes.rows == rows;
       for (int64_t r = 0; r < rows && ok; ++r) {

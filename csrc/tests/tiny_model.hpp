@@ -35,7 +35,8 @@ struct TinyModel {
     w.wte = make(V * D, 0.5f);
     if (llama) {
       store.emplace_back();
-      for (int64_t i = 0; i < cfg.rotary_dim / 2; ++i) store.back().push_back(std::pow(100.f, -2.f * i / cfg.rotary_dim));
+      for (int64_t i = 0; i < cfg.rotary_dim / 2; ++i)
+        store.back().push_back(std::pow(100.f, -2.f * i / cfg.rotary_dim));
       w.rope_inv_freq = store.back().data();
     } else {
       w.wpe = make(cfg.n_ctx * D, 0.2f);

@@ -123,7 +123,8 @@ void ref_gelu_new(const float* x, double* out, int64_t n) {
 void ref_softmax(const float* x, int64_t n, double* out) {
   const double minus_inf = -std::numeric_limits<double>::infinity();
   double max = minus_inf, sum = 0;
-  for (int64_t i = 0; i < n; ++i) max = std::fmax(max, x[i]);
+  for (int64_t i = 0; i < n; ++i)
+    if (x[i] > max) max = x[i];
   for (int64_t i = 0; i < n; ++i) {
     out[i] = max == minus_inf ? 0.0 : std::exp(x[i] - max);
     sum += out[i];
@@ -135,7 +136,7 @@ double ref_log_sum_exp(const float* x, int64_t n) {
   double max = x[0], sum = 0;
   for (int64_t i = 0; i < n; ++i) {
     if (std::isnan(x[i]) || x[i] == std::numeric_limits<float>::infinity()) return std::nan("");
-    max = std::fmax(max, x[i]);
+    if (x[i] > max) max = x[i];
   }
   for (int64_t i = 0; i < n; ++i) sum += std::exp(x[i] - max);
   return max + std::log(sum);

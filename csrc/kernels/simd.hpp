@@ -12,7 +12,10 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(__AVX512F__)
+#if defined(TM_ARCH_SCALAR)
+// the plain fallback below, even where the compiler's baseline has vectors
+// (NEON on 64-bit ARM): the scalar variant is the one that runs anywhere
+#elif defined(__AVX512F__)
 #include <immintrin.h>
 #define TM_SIMD_AVX512 1
 #elif defined(__AVX2__) && defined(__FMA__)

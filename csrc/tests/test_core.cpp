@@ -96,6 +96,68 @@ void test_interrupted_pass() {
   check(after == before && d < 1e-4, "the model works as before after an interrupted pass");
 }
 
+// A weight source that records what read_weights asks for and hands out one
+// buffer for every weight (absent: the optional ones whose names it is told).
+struct RecordingSource : WeightSource {
+  std::vector<std::string> asked;
+  std::vector<std::string> absent;
+  int64_t blocks = 0;
+  float buffer = 0.f;
+  Matrix get(int64_t layer, const char* name, const std::vector<int64_t>& shape, bool optional, bool) override {
+    std::string what = std::to_string(layer) + " " + name + " " + (optional ? "optional " : "");
+    for (int64_t n : shape) what += std::to_string(n) + ",";
+    asked.push_back(what);
+    for (const std::string& a : absent)
+      if (optional && a == name) return {};
+    return &buffer;
+  }
+  int64_t layers() override { return blocks; }
+};
+
+bool asked_for(const RecordingSource& src, const std::string& what) {
+  return std::find(src.asked.begin(), src.asked.end(), what) != src.asked.end();
+}
+
+// The weights a config needs: names, shapes (transposed in the out_in
+// layout), which are optional; the architecture names parsed.
+void test_read_weights() {
+  std::mt19937 rng(10);
+  TinyModel gpt2(rng, false), llama(rng, true);  // D 40, F 72, V 53, q|k|v 120 (GPT-2) or 80 (Llama)
+  RecordingSource g;
+  g.blocks = 2;
+  g.absent = {"unembed_b"};
+  const ModelWeights gw = read_weights(gpt2.cfg, g);
+  check(gw.layers.size() == 2 && !gw.unembed_b && !gpt2.cfg.has_unembed_bias && asked_for(g, "-1 wpe 16,40,") &&
+            asked_for(g, "1 qkv_w 40,120,") && asked_for(g, "0 ln1_b 40,") && !asked_for(g, "0 gate_w 40,72,"),
+        "read_weights: GPT-2's weights");
+  RecordingSource l;
+  l.blocks = 2;
+  const ModelWeights lw = read_weights(llama.cfg, l);
+  check(lw.unembed_b && llama.cfg.has_unembed_bias && asked_for(l, "-1 rope_inv_freq 5,") &&
+            asked_for(l, "1 qkv_w 80,40,") && asked_for(l, "1 qkv_b optional 80,") &&
+            asked_for(l, "0 ln1_b optional 40,") && asked_for(l, "0 gate_w 72,40,") && !asked_for(l, "-1 wpe 16,40,"),
+        "read_weights: Llama's weights, [out, in], biases optional");
+  l.blocks = 3;
+  bool refused = false;
+  try {
+    read_weights(llama.cfg, l);
+  } catch (const std::invalid_argument& e) {
+    refused = std::string(e.what()) == "config has 2 layers but 3 were given";
+  }
+  check(refused, "read_weights refuses another number of blocks");
+  bool unknown = false;
+  try {
+    parse_normalization("BatchNorm");
+  } catch (const std::invalid_argument&) {
+    unknown = true;
+  }
+  check(unknown && parse_activation("swish") == Activation::silu &&
+            parse_normalization("RMSPre") == Normalization::rms_norm &&
+            parse_positions("rotary") == Positions::rotary && parse_weight_layout("out_in") == WeightLayout::out_in &&
+            parse_logits_mode("last") == LogitsMode::last,
+        "the config's names");
+}
+
 }  // namespace
 
 void test_forward(std::mt19937& rng, bool llama) {
@@ -242,6 +304,7 @@ void test_forward(std::mt19937& rng, bool llama) {
 }
 
 void test_core() {
+  test_read_weights();
   test_checked_sizes();
   test_cache_owner();
   test_interrupted_pass();

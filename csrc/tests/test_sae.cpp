@@ -137,9 +137,37 @@ void test_splice_state_per_plan() {
   check(threw, "a transcoder's output hook without its input hook throws");
 }
 
+// Sparse codes from a caller: offsets from 0 to nnz, never decreasing; an
+// index outside [0, d_sae) refused before it is narrowed to int32.
+void test_sparse_codes() {
+  const std::vector<float> values = {1.f, 2.f, 3.f};
+  auto refused = [&](std::vector<int64_t> offsets, std::vector<int64_t> indices) {
+    try {
+      sparse_codes(offsets.data(), static_cast<int64_t>(offsets.size()) - 1, indices.data(), values.data(),
+                   static_cast<int64_t>(indices.size()), 40);
+    } catch (const std::out_of_range&) {
+      return 2;
+    } catch (const std::invalid_argument&) {
+      return 1;
+    }
+    return 0;
+  };
+  const std::vector<int64_t> offsets = {0, 2, 3}, indices = {5, 39, 0};
+  const SparseCodes c = sparse_codes(offsets.data(), 2, indices.data(), values.data(), 3, 40);
+  check(c.rows == 2 && c.offsets == offsets && c.indices == std::vector<int32_t>{5, 39, 0} && c.values == values,
+        "sparse_codes keeps valid codes");
+  check(refused({1, 2, 3}, {5, 39, 0}) == 1 && refused({0, 2, 2}, {5, 39, 0}) == 1 &&
+            refused({0, 2, 1, 3}, {5, 39, 0}) == 1 && refused({0, 2, 3}, {5, 40, 0}) == 2 &&
+            refused({0, 2, 3}, {5, (int64_t{1} << 32) + 5, 0}) == 2 && refused({0, 2, 3}, {-1, 3, 0}) == 2,
+        "sparse_codes refuses bad offsets and out-of-range indices");
+}
+
 }  // namespace
 
-void test_sae() { test_splice_state_per_plan(); }
+void test_sae() {
+  test_splice_state_per_plan();
+  test_sparse_codes();
+}
 
 void test_sae_variant(const char* variant, std::mt19937& rng) {
   test_sae_encode(variant, rng);

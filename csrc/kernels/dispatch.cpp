@@ -28,8 +28,7 @@ namespace {
 #if TM_HAVE_AVX512
 bool has_avx512() {
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
-         __builtin_cpu_supports("fma");
+         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma");
 }
 #endif
 
@@ -47,8 +46,7 @@ int supported_variants(const KernelTable** out, int capacity) {
   if (has_avx512()) push(avx512::table());
 #endif
 #if TM_HAVE_AVX2
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-      __builtin_cpu_supports("f16c"))
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
     push(avx2::table());
 #endif
 #if TM_HAVE_NEON

@@ -29,7 +29,7 @@ struct MatmulArgs {
   float* C;           // [M, N], row stride ldc
   int64_t ldc;
   bool accumulate;
-  float* scratch;  // per-thread workspace of at least matmul_scratch_floats()
+  float* scratch;                 // per-thread workspace of at least matmul_scratch_floats()
   const uint16_t* B16 = nullptr;  // B in bfloat16 instead (then B is unused), same strides
   // A already rounded to bfloat16 pairs by round_a_pairs, for the many-row
   // bf16 path; null: each tile of A is rounded where it is used.
@@ -67,8 +67,7 @@ struct KernelTable {
   // mean and sqrt(var + eps) of one row
   void (*row_stats)(const float* x, int64_t n, float eps, float* mean, float* scale);
   // out = (x - mean) / scale * w + b; w and b may be null (no affine)
-  void (*normalize)(const float* x, float mean, float scale, const float* w,
-                    const float* b, float* out, int64_t n);
+  void (*normalize)(const float* x, float mean, float scale, const float* w, const float* b, float* out, int64_t n);
   void (*gelu_new)(const float* x, float* out, int64_t n);
   void (*softmax)(float* x, int64_t n);  // in place, max-subtracted
   // log(sum_j exp(x[j])), max-subtracted, for n >= 1; NaN if any x[j] is NaN or +inf
@@ -89,6 +88,14 @@ struct KernelTable {
   int64_t (*bf16_dot_chains_flops)(int64_t iters);
 };
 
+// The benchmark probes' chains: each of kProbeChains chains per vector lane
+// starts at 0.001 c (chain c) and takes `iters` steps of acc = acc * kProbeMul
+// + kProbeAdd (fma_chains), or acc += a0 b0 + a1 b1 with the bfloat16 pairs
+// a = (kProbeBf16A, kProbeBf16A), b = (kProbeBf16B, kProbeBf16B) (bf16_dot_chains).
+constexpr int kProbeChains = 12;
+constexpr float kProbeMul = 0.999f, kProbeAdd = 1e-4f;
+constexpr uint16_t kProbeBf16A = 0x3f7f, kProbeBf16B = 0x38d1;
+
 // Column-panel sizes shared by the matmul drivers and the packing buffers.
 constexpr int64_t kMatmulKC = 256;
 constexpr int64_t kMatmulNC = 512;
@@ -106,8 +113,7 @@ constexpr int64_t kMatmulSmallM = 4;
 // the variant has bfloat16 dot products, which do twice the work per
 // instruction in the packed path.
 inline bool matmul_streams_rows(const KernelTable& kt, int64_t M, int64_t b_stride_n, bool bf16) {
-  return b_stride_n == 1 &&
-         (M <= kMatmulSmallM || (!(bf16 && kt.bf16_dot_products) && M <= kt.stream_rows_kn));
+  return b_stride_n == 1 && (M <= kMatmulSmallM || (!(bf16 && kt.bf16_dot_products) && M <= kt.stream_rows_kn));
 }
 
 namespace kernels {

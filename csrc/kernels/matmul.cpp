@@ -8,8 +8,6 @@
 //   an MR x NR register-tiled micro-kernel sweeps all rows over each panel;
 //   in float32, or with bfloat16 weights on a CPU with AVX512-BF16, in
 //   bfloat16 pairs (A rounded to bfloat16, products summed in float32).
-#include <algorithm>
-
 #include "kernels/variant.hpp"
 
 namespace tmech {
@@ -18,8 +16,8 @@ using namespace tm_simd;
 
 namespace {
 
-constexpr int NR = 2 * VL;                                   // panel width
-constexpr int MR = VL >= 16 ? 12 : (VL >= 8 ? 6 : 4);       // rows per tile
+constexpr int NR = 2 * VL;                             // panel width
+constexpr int MR = VL >= 16 ? 12 : (VL >= 8 ? 6 : 4);  // rows per tile
 static_assert(kMatmulNC % NR == 0, "NC must be a whole number of panels");
 // The scratch tail holds the edge tile and a copy of A's tile.
 static_assert(MR * NR + MR * kMatmulKC <= 64 * kMatmulKC, "tiles must fit the scratch tail");
@@ -154,8 +152,10 @@ struct Bf16PairSteps {
       uint32_t* panel = dst + ((p0 - n0) / NR) * pairs * NR;
       if (sn == 1) {  // two rows of B interleaved element by element
         alignas(64) static const uint16_t interleave[2][32] = {
-            {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39, 8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47},
-            {16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21, 53, 22, 54, 23, 55, 24, 56, 25, 57, 26, 58, 27, 59, 28, 60, 29, 61, 30, 62, 31, 63}};
+            {0, 32, 1, 33, 2,  34, 3,  35, 4,  36, 5,  37, 6,  38, 7,  39,
+             8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47},
+            {16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21, 53, 22, 54, 23, 55,
+             24, 56, 25, 57, 26, 58, 27, 59, 28, 60, 29, 61, 30, 62, 31, 63}};
         const __m512i first = _mm512_load_si512(interleave[0]), second = _mm512_load_si512(interleave[1]);
         const __mmask32 cols = w >= 32 ? 0xFFFFFFFFu : static_cast<__mmask32>((1u << w) - 1);
         for (int64_t p = 0; p < pairs; ++p) {
@@ -165,12 +165,11 @@ struct Bf16PairSteps {
           _mm512_storeu_si512(panel + p * NR, _mm512_permutex2var_epi16(r0, first, r1));
           _mm512_storeu_si512(panel + p * NR + VL, _mm512_permutex2var_epi16(r0, second, r1));
         }
-      } else if (sk == 1) {  // columns contiguous in k: each pair is one word
+      } else if (sk == 1) {            // columns contiguous in k: each pair is one word
         const int64_t whole = kc / 2;  // pairs with both halves inside the block
         transpose_pairs(Bw + k0 + p0 * sn, sn, whole, w, panel);
         if (whole < pairs)  // odd kc: the last pair's second half is zero
-          for (int64_t j = 0; j < NR; ++j)
-            panel[whole * NR + j] = j < w ? Bw[k0 + 2 * whole + (p0 + j) * sn] : 0u;
+          for (int64_t j = 0; j < NR; ++j) panel[whole * NR + j] = j < w ? Bw[k0 + 2 * whole + (p0 + j) * sn] : 0u;
       } else {  // general strides
         for (int64_t j = 0; j < NR; ++j)
           for (int64_t p = 0; p < pairs; ++p) {
@@ -190,8 +189,8 @@ struct Bf16PairSteps {
 // R x NR tile: C[0:R, 0:NR] (= or +=) A[0:R, :] · panel, over `steps` steps.
 // init: 0 = start from zero, 1 = from bias, 2 = from C (accumulate).
 template <class S, int R>
-void micro(const typename S::Elem* A, int64_t lda, const typename S::Elem* panel, int64_t steps, float* C,
-           int64_t ldc, const float* bias, int init) {
+void micro(const typename S::Elem* A, int64_t lda, const typename S::Elem* panel, int64_t steps, float* C, int64_t ldc,
+           const float* bias, int init) {
   vf acc[R][2];
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r) {
@@ -277,7 +276,7 @@ class LinePrefetch {
   }
 
  private:
-  const char* run_ = nullptr;  // the current run
+  const char* run_ = nullptr;                                 // the current run
   int64_t runs_ = 0, run_lines_ = 0, stride_ = 0, line_ = 0;  // runs left; stride: bytes from run to run
 };
 
@@ -308,8 +307,10 @@ void packed_column_block(const MatmulArgs& a, const W* Bw, int64_t n0, int64_t n
     const int init = k0 == 0 && !a.accumulate ? (a.bias ? 1 : 0) : 2;
     S::pack_b(a, Bw, k0, kc, n0, n1, packed);
     const int64_t next_n1 = n_end - n1 < kMatmulNC ? n_end : n1 + kMatmulNC;
-    LinePrefetch next(k0 + kc < a.K ? b_block(a, Bw, k0 + kc, std::min(kMatmulKC, a.K - k0 - kc), n0, n1)
-                      : n1 < n_end  ? b_block(a, Bw, 0, std::min(kMatmulKC, a.K), n1, next_n1)
+    const int64_t next_kc = a.K - k0 - kc < kMatmulKC ? a.K - k0 - kc : kMatmulKC;
+    const int64_t first_kc = a.K < kMatmulKC ? a.K : kMatmulKC;
+    LinePrefetch next(k0 + kc < a.K ? b_block(a, Bw, k0 + kc, next_kc, n0, n1)
+                      : n1 < n_end  ? b_block(a, Bw, 0, first_kc, n1, next_n1)
                                     : PrefetchRegion{});
     const int64_t per_tile = (next.lines() + tiles - 1) / tiles;
     for (int64_t m0 = 0; m0 < a.M; m0 += MR) {
@@ -417,8 +418,10 @@ void small_rows_chunk(const MatmulArgs& a, const W* Bw, int64_t c0, int64_t cw) 
   const int G = same_set ? 8 : 16;
   int64_t k = 0;
   for (; k + G <= a.K; k += G)
-    if (same_set) small_rows_group<8>(a, Bw, k, c0, cw);
-    else small_rows_group<16>(a, Bw, k, c0, cw);
+    if (same_set)
+      small_rows_group<8>(a, Bw, k, c0, cw);
+    else
+      small_rows_group<16>(a, Bw, k, c0, cw);
   for (; k < a.K; ++k) small_rows_group<1>(a, Bw, k, c0, cw);
 }
 
@@ -528,8 +531,7 @@ void matmul_any(const MatmulArgs& a, const W* Bw, int64_t n_begin, int64_t n_end
 
 }  // namespace
 
-void round_a_pairs(const float* A, int64_t lda, int64_t M, int64_t K, int64_t m_begin, int64_t m_end,
-                   uint32_t* out) {
+void round_a_pairs(const float* A, int64_t lda, int64_t M, int64_t K, int64_t m_begin, int64_t m_end, uint32_t* out) {
   for (int64_t k0 = 0; k0 < K; k0 += kMatmulKC) {
     const int64_t kc = K - k0 < kMatmulKC ? K - k0 : kMatmulKC, words = (kc + 1) / 2;
     uint32_t* block = out + M * (k0 / 2);

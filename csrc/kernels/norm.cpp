@@ -27,8 +27,7 @@ void row_stats(const float* x, int64_t n, float eps, float* mean, float* scale_o
   *scale_out = __builtin_sqrtf(ss / static_cast<float>(n) + eps);
 }
 
-void normalize(const float* x, float mean, float scale_v, const float* w, const float* b,
-               float* out, int64_t n) {
+void normalize(const float* x, float mean, float scale_v, const float* w, const float* b, float* out, int64_t n) {
   vf vmu = vset1(mean), vinv = vset1(1.f / scale_v);
   int64_t i = 0;
   for (; i + VL <= n; i += VL) {

@@ -2,14 +2,20 @@
 // once against it and compiled once per variant (TM_ARCH = scalar, avx2,
 // avx512, neon); the CMake build sets the matching compiler flags.
 //
-// Kernel translation units include no STL headers: the same inline function
-// compiled with AVX-512 flags in one unit and without in another would break
-// the one-definition rule and could run AVX-512 code on a CPU without it.
+// Kernel translation units include no standard header but <cstdint> and
+// <cstring> (types, and C functions declared only; math goes through
+// __builtin_*): the same inline function of any other, compiled with AVX-512
+// flags in one unit and without in another, would break the one-definition
+// rule and could run AVX-512 code on a CPU without it. CI checks this
+// (tools/check-kernel-includes).
 #pragma once
 #include <cstdint>
 #include <cstring>
 
-#if defined(__AVX512F__)
+#if defined(TM_ARCH_SCALAR)
+// the plain fallback below, even where the compiler's baseline has vectors
+// (NEON on 64-bit ARM): the scalar variant is the one that runs anywhere
+#elif defined(__AVX512F__)
 #include <immintrin.h>
 #define TM_SIMD_AVX512 1
 #elif defined(__AVX2__) && defined(__FMA__)
@@ -117,9 +123,7 @@ static inline vf vpow2i(vf n) {
   __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
   return _mm256_castsi256_ps(_mm256_slli_epi32(e, 23));
 }
-static inline vf vzero_below(vf a, vf x, vf limit) {
-  return _mm256_and_ps(a, _mm256_cmp_ps(x, limit, _CMP_GE_OQ));
-}
+static inline vf vzero_below(vf a, vf x, vf limit) { return _mm256_and_ps(a, _mm256_cmp_ps(x, limit, _CMP_GE_OQ)); }
 static inline bool vany_not_le(vf a, vf b) { return _mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_NLE_UQ)) != 0; }
 static inline vf vload_bf16(const uint16_t* p) {
   const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));

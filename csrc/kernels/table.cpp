@@ -16,12 +16,30 @@ constexpr int64_t (*bf16_dot_chains_flops)(int64_t) = nullptr;
 // up to 8 rows and about even at 12).
 constexpr int64_t kStreamRowsKN = tm_simd::VL >= 16 ? 16 : 8;
 const KernelTable& table() {
-  static const KernelTable t = {TM_STR(TM_ARCH), kBf16DotProducts, kStreamRowsKN, matmul_cols, dot, axpy,
-                                add,             round_bf16,       round_a_pairs,    transpose,
-                                screen,          scale,            row_stats,        normalize,
-                                gelu_new,        softmax,          log_sum_exp,      exp,
-                                silu_mul,        rope,             fma_chains,       fma_chains_flops,
-                                bf16_dot_chains, bf16_dot_chains_flops};
+  static const KernelTable t = {TM_STR(TM_ARCH),
+                                kBf16DotProducts,
+                                kStreamRowsKN,
+                                matmul_cols,
+                                dot,
+                                axpy,
+                                add,
+                                round_bf16,
+                                round_a_pairs,
+                                transpose,
+                                screen,
+                                scale,
+                                row_stats,
+                                normalize,
+                                gelu_new,
+                                softmax,
+                                log_sum_exp,
+                                exp,
+                                silu_mul,
+                                rope,
+                                fma_chains,
+                                fma_chains_flops,
+                                bf16_dot_chains,
+                                bf16_dot_chains_flops};
   return t;
 }
 }  // namespace TM_ARCH

@@ -23,8 +23,7 @@ void transpose(const float* src, int64_t ld_src, int64_t rows, int64_t cols, flo
 int64_t screen(const float* x, const float* w, float alpha, const float* limit, int64_t n, int32_t* out);
 void scale(float* x, float alpha, int64_t n);
 void row_stats(const float* x, int64_t n, float eps, float* mean, float* scale);
-void normalize(const float* x, float mean, float scale, const float* w, const float* b,
-               float* out, int64_t n);
+void normalize(const float* x, float mean, float scale, const float* w, const float* b, float* out, int64_t n);
 void gelu_new(const float* x, float* out, int64_t n);
 void softmax(float* x, int64_t n);
 float log_sum_exp(const float* x, int64_t n);

@@ -2,9 +2,6 @@
 // exp, softmax, GPT-2's tanh-approximated GELU, SwiGLU's silu(gate) * up, the
 // rotary embedding's rotation, the SAE screen's test; and a matrix transpose.
 // Each has a vector main loop and a padded tail (simd.hpp), so any length works.
-#include <cmath>
-#include <limits>
-
 #include "kernels/variant.hpp"
 
 namespace tmech {
@@ -31,7 +28,8 @@ void round_bf16(const float* x, uint16_t* out, int64_t n) {
     std::memcpy(&bits, x + i, sizeof bits);
     if (kFlushSubnormals && (bits & 0x7F800000u) == 0) bits &= 0x80000000u;
     const bool nan = (bits & 0x7FFFFFFFu) > 0x7F800000u;
-    out[i] = nan ? static_cast<uint16_t>((bits >> 16) | 0x40u) : static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+    out[i] = nan ? static_cast<uint16_t>((bits >> 16) | 0x40u)
+                 : static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
   }
 }
 
@@ -58,7 +56,9 @@ void transpose(const float* src, int64_t ld_src, int64_t rows, int64_t cols, flo
 // fails (greater, or NaN) or x[j] is -inf: the SAE screen's survivors.
 // Vectors with none are skipped whole.
 int64_t screen(const float* x, const float* w, float alpha, const float* limit, int64_t n, int32_t* out) {
-  const auto passes = [&](int64_t j) { return !(std::fma(alpha, w[j], x[j]) <= limit[j] && x[j] > -__builtin_inff()); };
+  const auto passes = [&](int64_t j) {
+    return !(__builtin_fmaf(alpha, w[j], x[j]) <= limit[j] && x[j] > -__builtin_inff());
+  };
   const vf va = vset1(alpha), fmax = vset1(3.40282347e38f);
   int64_t count = 0, j = 0;
   for (; j + VL <= n; j += VL) {
@@ -144,8 +144,8 @@ float log_sum_exp(const float* x, int64_t n) {
     sum += exp1(x[i] - mx);
     seen += x[i] - mx;
   }
-  if (std::isnan(seen)) return std::numeric_limits<float>::quiet_NaN();
-  return static_cast<float>(static_cast<double>(mx) + std::log(sum));
+  if (__builtin_isnan(seen)) return __builtin_nanf("");
+  return static_cast<float>(static_cast<double>(mx) + __builtin_log(sum));
 }
 
 // gelu_new(x) = 0.5 x (1 + tanh(c (x + 0.044715 x^3))) = x * sigmoid(2 c (x + 0.044715 x^3)),

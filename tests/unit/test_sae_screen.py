@@ -1,4 +1,4 @@
-"""The screened SAE encoder (csrc/sae_screen.hpp): batches are screened in
+"""The screened SAE encoder (csrc/sae/screen.hpp): batches are screened in
 bfloat16 and the survivors recomputed in float32 (by default where the CPU has
 bfloat16 dot products; here forced on every kernel variant, where the
 screen's matmul widens the rounded weights instead). Its codes must be the

@@ -1,0 +1,633 @@
+#include "core/forward.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <optional>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/kernels.hpp"
+#include "ops/matmul.hpp"
+#include "ops/rows.hpp"
+#include "runtime/checked.hpp"
+#include "runtime/threads.hpp"
+
+namespace tmech {
+namespace {
+
+constexpr const char* kModelReentry =
+    "this model is already running a forward pass on this thread: a hook cannot run the model whose "
+    "pass called it (run it after the pass, or on another model)";
+
+// v grown to at least the product of dims floats (the sizes checked: they come from the caller and the config).
+template <class T>
+T* sized(std::vector<T>& v, std::initializer_list<int64_t> dims) {
+  const int64_t n = checked_size(dims, "a forward pass's buffer");
+  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
+  return v.data();
+}
+
+std::atomic<void (*)()> g_interrupt_check{nullptr};
+
+void check_interrupt() {
+  if (void (*check)() = g_interrupt_check.load()) check();
+}
+
+// One forward call: shapes, buffers and the plan, with a method per stage.
+struct Pass {
+  const ModelConfig& cfg;
+  const ModelWeights& w;
+  KVCache* cache;  // null: a one-off forward, keys and values stay in the q|k|v rows
+  HookPlan* plan;
+  Model::Workspace& ws;
+  const KernelTable& kt;
+  int64_t B, T, past, BT, D, Da, H, dh;
+  int64_t Hkv, Dkv, Dqkv;  // key/value heads, their width, the width of a q|k|v row
+
+  // C[M, N] = A[M, K] · W (+ bias) for a weight stored in the config's layout,
+  // whose stored rows are ldw floats long (a slice of a wider matrix may be given).
+  void linear(const float* A, int64_t M, int64_t K, int64_t lda, Matrix W, int64_t ldw, int64_t N, const float* bias,
+              float* C, int64_t ldc) const {
+    if (cfg.layout == WeightLayout::in_out)
+      matmul(A, M, K, lda, W, N, ldw, 1, bias, C, ldc);
+    else
+      matmul(A, M, K, lda, W, N, 1, ldw, bias, C, ldc);
+  }
+
+  bool active(HookKind kind, int64_t layer = 0) const {
+    return plan && plan->active(hook_id(kind, layer, cfg.n_layers));
+  }
+  bool reads_only(HookKind kind, int64_t layer) const {
+    return !plan || plan->reads_only(hook_id(kind, layer, cfg.n_layers));
+  }
+  void hook(HookKind kind, int64_t layer, const View& v) {
+    if (!plan) return;
+    const int id = hook_id(kind, layer, cfg.n_layers);
+    if (plan->active(id)) plan->apply(id, v);
+  }
+
+  // [batch, pos, width], rows contiguous
+  View rows(float* data, int64_t width) const {
+    View v;
+    v.data = data;
+    v.ndim = 3;
+    v.shape[0] = B, v.shape[1] = T, v.shape[2] = width;
+    v.stride[0] = T * width, v.stride[1] = width, v.stride[2] = 1;
+    v.pos_offset = past;
+    return v;
+  }
+  // [batch, pos, head, d] inside rows of row_stride floats
+  View heads(float* data, int64_t row_stride, int64_t d, int64_t n_heads) const {
+    View v;
+    v.data = data;
+    v.ndim = 4;
+    v.shape[0] = B, v.shape[1] = T, v.shape[2] = n_heads, v.shape[3] = d;
+    v.stride[0] = T * row_stride, v.stride[1] = row_stride, v.stride[2] = d, v.stride[3] = 1;
+    v.pos_offset = past;
+    return v;
+  }
+  // attention scores/pattern stored [batch, head, query, key]
+  View scores(float* data, int64_t keys) const {
+    View v;
+    v.data = data;
+    v.ndim = 4;
+    v.shape[0] = B, v.shape[1] = T, v.shape[2] = H, v.shape[3] = keys;
+    v.stride[0] = H * T * keys, v.stride[1] = keys, v.stride[2] = T * keys, v.stride[3] = 1;
+    v.pos_offset = past;
+    v.head_before_pos = true;
+    return v;
+  }
+
+  void embed(const int32_t* tokens) {
+    float* x = ws.x.data();
+    for (int64_t r = 0; r < BT; ++r) w.wte.read(static_cast<int64_t>(tokens[r]) * D, D, x + r * D);
+    hook(HookKind::embed, 0, rows(x, D));
+    if (cfg.positions != Positions::learned) return;
+    const float* pe = w.wpe + past * D;  // positions past..past+T-1, the same for every batch row
+    if (active(HookKind::pos_embed)) {
+      float* p = ws.pos.data();
+      for (int64_t b = 0; b < B; ++b) std::memcpy(p + b * T * D, pe, T * D * sizeof(float));
+      hook(HookKind::pos_embed, 0, rows(p, D));
+      add_inplace(x, p, BT * D);
+    } else {
+      for (int64_t b = 0; b < B; ++b) add_inplace(x + b * T * D, pe, T * D);
+    }
+  }
+
+  // RMSNorm's statistics in LayerNorm's terms: mean 0, scale sqrt(mean(x²) + eps).
+  void rms_stats(const float* x, float* mean, float* scale) const {
+    *mean = 0.f;
+    *scale = std::sqrt(kt.dot(x, x, D) / static_cast<float>(D) + cfg.ln_eps);
+  }
+  void stats(const float* x, float* mean, float* scale) const {
+    if (cfg.normalization == Normalization::rms_norm)
+      rms_stats(x, mean, scale);
+    else
+      kt.row_stats(x, D, cfg.ln_eps, mean, scale);
+  }
+
+  // out[r] = norm(x[r]) * w (+ b) for `n` rows, with no hooks.
+  void norm_rows(const float* x, int64_t n, const float* lw, const float* lb, float* out) const {
+    if (cfg.normalization == Normalization::layer_norm) {
+      layernorm_rows(x, n, D, cfg.ln_eps, lw, lb, out);
+      return;
+    }
+    parallel_for(n, [&](int64_t r0, int64_t r1, int) {
+      for (int64_t r = r0; r < r1; ++r) {
+        float mean, scale;
+        rms_stats(x + r * D, &mean, &scale);
+        kt.normalize(x + r * D, mean, scale, lw, lb, out + r * D, D);
+      }
+    });
+  }
+
+  // LayerNorm or RMSNorm; when its hooks are used, it runs in TransformerLens's
+  // steps: scale (hooked), (centered) x / scale (hooked), then the affine map.
+  void layer_norm(const float* x, const float* lw, const float* lb, float* out, HookKind scale_kind, HookKind norm_kind,
+                  int64_t layer) {
+    if (!active(scale_kind, layer) && !active(norm_kind, layer)) {
+      norm_rows(x, BT, lw, lb, out);
+      return;
+    }
+    float* mean = sized(ws.stats, {2, BT});
+    float* scale = mean + BT;
+    for (int64_t r = 0; r < BT; ++r) stats(x + r * D, mean + r, scale + r);
+    hook(scale_kind, layer, rows(scale, 1));
+    for (int64_t r = 0; r < BT; ++r) kt.normalize(x + r * D, mean[r], scale[r], nullptr, nullptr, out + r * D, D);
+    hook(norm_kind, layer, rows(out, D));
+    for (int64_t r = 0; r < BT; ++r) kt.normalize(out + r * D, 0.f, 1.f, lw, lb, out + r * D, D);
+  }
+
+  // Attention works on blocks of queries of one (batch, head): scores are a
+  // small matrix product Q·K^T, weighted sums P·V another, both through the
+  // single-threaded matmul kernel (the caller spreads blocks over threads).
+  static constexpr int64_t kQueryBlock = 32;
+
+  float score_scale(int64_t layer) const {
+    float s = 1.f / cfg.attn_scale;
+    if (cfg.scale_attn_by_inverse_layer_idx) s /= static_cast<float>(layer + 1);
+    return s;
+  }
+
+  // With bfloat16 weights and bfloat16 dot products, a prefill's attention
+  // uses them too (queries, keys, values and pattern rounded to bfloat16, as
+  // they are in the weight matmuls), through bfloat16 copies of this layer's
+  // keys and values; decoding steps keep float32 attention.
+  bool bf16_attention() const { return kt.bf16_dot_products && w.layers[0].qkv_w.bf16 && T > kMatmulSmallM; }
+
+  // Keys (which = 0) or values (1) of batch row b from position 0 as
+  // attention reads them, [keys, Dkv] with rows ld floats apart: in the cache,
+  // in this call's q|k|v rows (no cache), or in their bfloat16 copy.
+  struct KeysValues {
+    Matrix m;
+    int64_t ld;
+  };
+  KeysValues keys_values_f32(int64_t l, int64_t b, int which) const {
+    if (cache) return {Matrix(which ? cache->v(l, b, 0) : cache->k(l, b, 0)), Dkv};
+    return {Matrix(ws.qkv.data() + b * T * Dqkv + Da + which * Dkv), Dqkv};
+  }
+  KeysValues keys_values(int64_t l, int64_t b, int which, int64_t kv_head) const {
+    if (bf16_attention()) return {Matrix(ws.kv16.data() + (2 * b + which) * (past + T) * Dkv + kv_head * dh), Dkv};
+    const KeysValues src = keys_values_f32(l, b, which);
+    return {src.m.offset(kv_head * dh), src.ld};
+  }
+
+  void round_keys_values(int64_t l) {
+    const int64_t keys = past + T;
+    sized(ws.kv16, {2, B, keys, Dkv});
+    parallel_for(
+        2 * B * keys,
+        [&](int64_t i0, int64_t i1, int) {
+          for (int64_t i = i0; i < i1; ++i) {
+            const int64_t row = i % keys, block = i / keys;  // block = 2 b + which
+            const KeysValues src = keys_values_f32(l, block / 2, static_cast<int>(block % 2));
+            kt.round_bf16(src.m.f32 + row * src.ld, ws.kv16.data() + i * Dkv, Dkv);
+          }
+        },
+        16);
+  }
+
+  // S[r, j] for queries i0 + r (r < rows) and keys j < keys: scaled q·k, and
+  // -inf where key j lies after the query (causal mask).
+  void scores_block(int64_t l, int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t keys, float* S, int64_t lds,
+                    int t) {
+    const KeysValues K = keys_values(l, b, 0, h / (H / Hkv));
+    const MatmulArgs args{
+        rows, keys, dh,    ws.qkv.data() + (b * T + i0) * Dqkv + h * dh, Dqkv,    K.m.f32, 1, K.ld, nullptr,
+        S,    lds,  false, thread_scratch(t, matmul_scratch_floats()),   K.m.bf16};
+    kt.matmul_cols(args, 0, keys);
+    const float inv = score_scale(l);
+    for (int64_t r = 0; r < rows; ++r) {
+      float* row = S + r * lds;
+      const int64_t visible = past + i0 + r + 1;
+      kt.scale(row, inv, visible);
+      for (int64_t j = visible; j < keys; ++j) row[j] = -std::numeric_limits<float>::infinity();
+    }
+  }
+
+  // z[i0 + r, head h] = sum_j P[r, j] v_j over the first `keys` keys
+  // (query head h reads key/value head h / (H / Hkv)).
+  void weighted_sum_block(int64_t l, int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t keys, const float* P,
+                          int64_t ldp, int t) {
+    const KeysValues V = keys_values(l, b, 1, h / (H / Hkv));
+    const MatmulArgs args{rows,
+                          dh,
+                          keys,
+                          P,
+                          ldp,
+                          V.m.f32,
+                          V.ld,
+                          1,
+                          nullptr,
+                          ws.z.data() + (b * T + i0) * Da + h * dh,
+                          Da,
+                          false,
+                          thread_scratch(t, matmul_scratch_floats()),
+                          V.m.bf16};
+    kt.matmul_cols(args, 0, dh);
+  }
+
+  int64_t query_blocks() const { return (T + kQueryBlock - 1) / kQueryBlock; }
+
+  // Calls fn(b, h, i0, rows, t) for every query block, spread over threads.
+  template <class F>
+  void for_each_query_block(F fn) {
+    const int64_t nb = query_blocks();
+    parallel_for(B * H * nb, [&](int64_t i0, int64_t i1, int t) {
+      for (int64_t item = i0; item < i1; ++item) {
+        const int64_t b = item / (H * nb), h = item / nb % H, q0 = item % nb * kQueryBlock;
+        fn(b, h, q0, std::min(kQueryBlock, T - q0), t);
+      }
+    });
+  }
+
+  // The usual path: each block's scores live only in a per-thread buffer.
+  void attend_fused(int64_t l) {
+    for_each_query_block([&](int64_t b, int64_t h, int64_t i0, int64_t rows, int t) {
+      thread_local std::vector<float> buf;
+      const int64_t keys = past + i0 + rows;  // later keys are masked for every row
+      float* S = sized(buf, {rows, keys});
+      scores_block(l, b, h, i0, rows, keys, S, keys, t);
+      for (int64_t r = 0; r < rows; ++r) kt.softmax(S + r * keys, keys);
+      weighted_sum_block(l, b, h, i0, rows, keys, S, keys, t);
+    });
+  }
+
+  // Materializes scores and pattern [batch, head, query, key] so hooks can
+  // read and edit them, as TransformerLens does (masked scores are -inf).
+  void attend_phased(int64_t l) {
+    const int64_t keys = past + T;
+    float* S = sized(ws.scores, {B, H, T, keys});
+    auto rows_at = [&](int64_t b, int64_t h, int64_t i0) { return S + ((b * H + h) * T + i0) * keys; };
+    // Unless a hook edits them, masked scores stay -inf and their pattern
+    // entries 0: each query block's matmuls then stop at its last visible key.
+    const bool causal = reads_only(HookKind::attn_scores, l) && reads_only(HookKind::pattern, l);
+    auto keys_for = [&](int64_t i0, int64_t rows) { return causal ? past + i0 + rows : keys; };
+    for_each_query_block([&](int64_t b, int64_t h, int64_t i0, int64_t rows, int t) {
+      float* block = rows_at(b, h, i0);
+      const int64_t used = keys_for(i0, rows);
+      scores_block(l, b, h, i0, rows, used, block, keys, t);
+      for (int64_t r = 0; r < rows; ++r)
+        std::fill(block + r * keys + used, block + (r + 1) * keys, -std::numeric_limits<float>::infinity());
+    });
+    hook(HookKind::attn_scores, l, scores(S, keys));
+    parallel_for(B * H * T, [&](int64_t r0, int64_t r1, int) {
+      for (int64_t r = r0; r < r1; ++r) kt.softmax(S + r * keys, keys);
+    });
+    hook(HookKind::pattern, l, scores(S, keys));
+    for_each_query_block([&](int64_t b, int64_t h, int64_t i0, int64_t rows, int t) {
+      weighted_sum_block(l, b, h, i0, rows, keys_for(i0, rows), rows_at(b, h, i0), keys, t);
+    });
+  }
+
+  // cos and sin of every (position, frequency) of this call, [T, rotary_dim / 2]
+  // each. The angle is rounded to float first, as HF computes it.
+  void rope_tables() {
+    const int64_t half = cfg.rotary_dim / 2;
+    float* c = sized(ws.rope, {2, T, half});
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t i = 0; i < half; ++i) {
+        const float angle = static_cast<float>(past + t) * w.rope_inv_freq[i];
+        c[t * half + i] = static_cast<float>(std::cos(static_cast<double>(angle)));
+        c[(T + t) * half + i] = static_cast<float>(std::sin(static_cast<double>(angle)));
+      }
+  }
+
+  // Rotates every query and key head of a q|k|v buffer by its position.
+  void rotate(float* qkv) {
+    const int64_t half = cfg.rotary_dim / 2, heads_per_row = H + Hkv;
+    const float* cos = ws.rope.data();
+    const float* sin = cos + T * half;
+    parallel_for(
+        BT * heads_per_row,
+        [&](int64_t i0, int64_t i1, int) {
+          for (int64_t i = i0; i < i1; ++i) {
+            const int64_t r = i / heads_per_row, t = r % T;
+            kt.rope(qkv + r * Dqkv + i % heads_per_row * dh, cos + t * half, sin + t * half, half);
+          }
+        },
+        64);  // a decode step's few heads stay on one thread
+  }
+
+  void attention(int64_t l) {
+    const LayerWeights& lw = w.layers[l];
+    float* qkv = ws.qkv.data();
+    linear(ws.h.data(), BT, D, D, lw.qkv_w, cfg.layout == WeightLayout::in_out ? Dqkv : D, Dqkv, lw.qkv_b, qkv, Dqkv);
+    hook(HookKind::q, l, heads(qkv, Dqkv, dh, H));
+    hook(HookKind::k, l, heads(qkv + Da, Dqkv, dh, Hkv));
+    hook(HookKind::v, l, heads(qkv + Da + Dkv, Dqkv, dh, Hkv));
+    if (cfg.positions == Positions::rotary) {
+      rotate(qkv);
+      hook(HookKind::rot_q, l, heads(qkv, Dqkv, dh, H));
+      hook(HookKind::rot_k, l, heads(qkv + Da, Dqkv, dh, Hkv));
+    }
+    for (int64_t b = 0; cache && b < B; ++b)
+      for (int64_t t = 0; t < T; ++t) {
+        const float* src = qkv + (b * T + t) * Dqkv;
+        std::memcpy(cache->k(l, b, past + t), src + Da, Dkv * sizeof(float));
+        std::memcpy(cache->v(l, b, past + t), src + Da + Dkv, Dkv * sizeof(float));
+      }
+    if (bf16_attention()) round_keys_values(l);
+    if (active(HookKind::attn_scores, l) || active(HookKind::pattern, l))
+      attend_phased(l);
+    else
+      attend_fused(l);
+    float* z = ws.z.data();
+    hook(HookKind::z, l, heads(z, Da, dh, H));
+
+    float* out = ws.attn_out.data();
+    if (active(HookKind::result, l)) {
+      // Each head's own output z_h · W_O[h], [batch, pos, head, d_model], summed afterwards.
+      float* res = sized(ws.result, {BT, H, D});
+      const bool in_out = cfg.layout == WeightLayout::in_out;
+      for (int64_t h = 0; h < H; ++h)
+        linear(z + h * dh, BT, dh, Da, lw.out_w.offset(h * dh * (in_out ? D : 1)), in_out ? D : Da, D, nullptr,
+               res + h * D, H * D);
+      hook(HookKind::result, l, heads(res, H * D, D, H));
+      for (int64_t r = 0; r < BT; ++r) {
+        if (lw.out_b)
+          std::memcpy(out + r * D, lw.out_b, D * sizeof(float));
+        else
+          std::fill(out + r * D, out + (r + 1) * D, 0.f);
+        for (int64_t h = 0; h < H; ++h) kt.add(out + r * D, out + r * D, res + (r * H + h) * D, D);
+      }
+    } else {
+      linear(z, BT, Da, Da, lw.out_w, cfg.layout == WeightLayout::in_out ? D : Da, D, lw.out_b, out, D);
+    }
+    hook(HookKind::attn_out, l, rows(out, D));
+  }
+
+  void activation(float* x, int64_t n) {
+    switch (cfg.act_fn) {
+      case Activation::gelu_new: gelu_new_rows(x, n); return;
+      case Activation::gelu:
+        for (int64_t i = 0; i < n; ++i) x[i] = 0.5f * x[i] * (1.f + std::erf(x[i] * 0.70710678118654752f));
+        return;
+      case Activation::relu:
+        for (int64_t i = 0; i < n; ++i) x[i] = x[i] > 0.f ? x[i] : 0.f;
+        return;
+      case Activation::silu:
+        for (int64_t i = 0; i < n; ++i) x[i] = x[i] / (1.f + std::exp(-x[i]));
+        return;
+    }
+  }
+
+  // act(h W_gate) * (h W_in) into m, with TransformerLens's hook_pre (the gate)
+  // and hook_pre_linear (the up projection) on the way.
+  void gated_mlp(int64_t l, const float* h, float* m) {
+    const LayerWeights& lw = w.layers[l];
+    const int64_t F = cfg.d_mlp, ldw = cfg.layout == WeightLayout::in_out ? F : D;
+    float* up = sized(ws.up, {BT, F});
+    linear(h, BT, D, D, lw.gate_w, ldw, F, lw.gate_b, m, F);
+    linear(h, BT, D, D, lw.fc_w, ldw, F, lw.fc_b, up, F);
+    hook(HookKind::mlp_pre, l, rows(m, F));
+    hook(HookKind::mlp_pre_linear, l, rows(up, F));
+    if (cfg.act_fn == Activation::silu) {
+      parallel_for(BT * F, [&](int64_t i0, int64_t i1, int) { kt.silu_mul(m + i0, up + i0, m + i0, i1 - i0); }, 4096);
+      return;
+    }
+    activation(m, BT * F);
+    for (int64_t i = 0; i < BT * F; ++i) m[i] *= up[i];
+  }
+
+  void block(int64_t l) {
+    const LayerWeights& lw = w.layers[l];
+    float* x = ws.x.data();
+    float* h = ws.h.data();
+    hook(HookKind::resid_pre, l, rows(x, D));
+    layer_norm(x, lw.ln1_w, lw.ln1_b, h, HookKind::ln1_scale, HookKind::ln1_normalized, l);
+    attention(l);
+    float* out = ws.attn_out.data();
+    add_inplace(x, out, BT * D);
+    hook(HookKind::resid_mid, l, rows(x, D));
+    layer_norm(x, lw.ln2_w, lw.ln2_b, h, HookKind::ln2_scale, HookKind::ln2_normalized, l);
+    const int64_t F = cfg.d_mlp;
+    const bool in_out = cfg.layout == WeightLayout::in_out;
+    float* m = ws.mlp.data();
+    if (cfg.gated_mlp) {
+      gated_mlp(l, h, m);
+    } else {
+      linear(h, BT, D, D, lw.fc_w, in_out ? F : D, F, lw.fc_b, m, F);
+      hook(HookKind::mlp_pre, l, rows(m, F));
+      activation(m, BT * F);
+    }
+    hook(HookKind::mlp_post, l, rows(m, F));
+    linear(m, BT, F, F, lw.proj_w, in_out ? D : F, D, lw.proj_b, out, D);
+    hook(HookKind::mlp_out, l, rows(out, D));
+    add_inplace(x, out, BT * D);
+    hook(HookKind::resid_post, l, rows(x, D));
+  }
+
+  void unembed(LogitsMode mode, float* logits) {
+    const int64_t V = cfg.d_vocab;
+    float* x = ws.x.data();
+    float* h = ws.h.data();
+    const bool ln_hooked = active(HookKind::ln_final_scale) || active(HookKind::ln_final_normalized);
+    // ln_final's hooks run even when no logits are wanted
+    if (mode == LogitsMode::all || ln_hooked) {
+      layer_norm(x, w.lnf_w, w.lnf_b, h, HookKind::ln_final_scale, HookKind::ln_final_normalized, 0);
+    }
+    if (mode == LogitsMode::none) return;
+    if (mode == LogitsMode::all) {
+      matmul(h, BT, D, D, w.unembed, V, 1, D, w.unembed_b, logits, V);
+      return;
+    }
+    // Only the last position of each sequence: normalize and project B rows.
+    float* last = sized(ws.last, {B, D});
+    for (int64_t b = 0; b < B; ++b) {
+      const float* src = (ln_hooked ? h : x) + (b * T + T - 1) * D;
+      std::memcpy(last + b * D, src, D * sizeof(float));
+    }
+    if (!ln_hooked) norm_rows(last, B, w.lnf_w, w.lnf_b, last);
+    matmul(last, B, D, D, w.unembed, V, 1, D, w.unembed_b, logits, V);
+  }
+};
+
+void check_weights(const ModelConfig& cfg, const ModelWeights& w) {
+  auto need = [](auto p, const std::string& what) {
+    if (!p) throw std::invalid_argument("missing weight: " + what);
+  };
+  const bool layer_norm = cfg.normalization == Normalization::layer_norm;
+  need(w.wte, "wte");
+  if (cfg.positions == Positions::learned) need(w.wpe, "wpe");
+  if (cfg.positions == Positions::rotary) need(w.rope_inv_freq, "rotary inverse frequencies");
+  need(w.lnf_w, "ln_f.weight");
+  if (layer_norm) need(w.lnf_b, "ln_f.bias");
+  need(w.unembed, "unembedding");
+  if (cfg.has_unembed_bias) need(w.unembed_b, "unembedding bias");
+  if (static_cast<int64_t>(w.layers.size()) != cfg.n_layers)
+    throw std::invalid_argument("expected " + std::to_string(cfg.n_layers) + " layers of weights, got " +
+                                std::to_string(w.layers.size()));
+  for (size_t l = 0; l < w.layers.size(); ++l) {
+    const LayerWeights& lw = w.layers[l];
+    const std::string at = " of layer " + std::to_string(l);
+    // linear biases are optional (Llama has none)
+    need(lw.ln1_w, "ln_1.weight" + at);
+    need(lw.ln2_w, "ln_2.weight" + at);
+    for (auto [m, name] : {std::pair<Matrix, const char*>{lw.qkv_w, "attention q|k|v weight"},
+                           {lw.out_w, "attention output weight"},
+                           {lw.fc_w, "mlp input weight"},
+                           {lw.proj_w, "mlp output weight"}})
+      need(m, std::string(name) + at);
+    if (layer_norm) {
+      need(lw.ln1_b, "ln_1.bias" + at);
+      need(lw.ln2_b, "ln_2.bias" + at);
+    }
+    if (cfg.gated_mlp) need(lw.gate_w, "mlp gate weight" + at);
+  }
+}
+
+}  // namespace
+
+void set_interrupt_check(void (*check)()) { g_interrupt_check = check; }
+
+LogitsMode parse_logits_mode(const std::string& name) {
+  if (name == "all") return LogitsMode::all;
+  if (name == "last") return LogitsMode::last;
+  if (name == "none") return LogitsMode::none;
+  throw std::invalid_argument("logits must be 'all', 'last' or 'none'");
+}
+
+namespace {
+uint64_t next_model_id() {
+  static std::atomic<uint64_t> last{0};
+  return ++last;
+}
+}  // namespace
+
+Model::Model(ModelConfig cfg, ModelWeights weights) : cfg_(cfg), w_(std::move(weights)), id_(next_model_id()) {
+  cfg_.validate();
+  hook_count(cfg_.n_layers);  // hook ids fit an int
+  check_weights(cfg_, w_);
+}
+
+KVCache Model::new_cache(int64_t batch) const {
+  KVCache cache(cfg_.n_layers, batch, cfg_.d_kv(), cfg_.n_ctx);
+  cache.set_owner(id_);
+  return cache;
+}
+
+bool Model::has_hook(HookKind kind) const {
+  switch (kind) {
+    case HookKind::pos_embed: return cfg_.positions == Positions::learned;
+    case HookKind::rot_q:
+    case HookKind::rot_k: return cfg_.positions == Positions::rotary;
+    case HookKind::mlp_pre_linear: return cfg_.gated_mlp;
+    default: return true;
+  }
+}
+
+std::vector<int> Model::hook_ids() const {
+  std::vector<int> ids;
+  const int first = kFirstLayerKind, last = first + kLayerKinds;
+  for (int k = 0; k < first; ++k)
+    if (has_hook(static_cast<HookKind>(k))) ids.push_back(hook_id(static_cast<HookKind>(k), 0, cfg_.n_layers));
+  for (int64_t l = 0; l < cfg_.n_layers; ++l)
+    for (int k = first; k < last; ++k)
+      if (has_hook(static_cast<HookKind>(k))) ids.push_back(hook_id(static_cast<HookKind>(k), l, cfg_.n_layers));
+  ids.push_back(hook_id(HookKind::ln_final_scale, 0, cfg_.n_layers));
+  ids.push_back(hook_id(HookKind::ln_final_normalized, 0, cfg_.n_layers));
+  return ids;
+}
+
+namespace {
+
+// The blocks this call runs, [start, stop), checked against the model.
+BlockSpan resolve_span(BlockSpan span, int64_t n_layers, bool cached, const int32_t* tokens) {
+  if (span.stop < 0) span.stop = n_layers;
+  if (span.start < 0 || span.start > n_layers || span.stop < span.start || span.stop > n_layers)
+    throw std::invalid_argument("blocks [" + std::to_string(span.start) + ", " + std::to_string(span.stop) +
+                                ") are not a range of this model's " + std::to_string(n_layers) + " layers");
+  if (span.start > 0 && !span.resid_in)
+    throw std::invalid_argument("a forward starting after block 0 needs the residual before its first block");
+  if (span.stop < n_layers && !span.resid_out)
+    throw std::invalid_argument("a forward stopping before the last block returns the residual: give resid_out");
+  if (cached && (span.resid_in || span.resid_out))
+    throw std::invalid_argument("a forward over some of the blocks cannot use a KV cache");
+  if (!tokens && !span.resid_in) throw std::invalid_argument("a forward from the embeddings needs tokens");
+  return span;
+}
+
+}  // namespace
+
+void Model::forward(KVCache* cache, const int32_t* tokens, int64_t batch, int64_t n_tokens, HookPlan* plan,
+                    LogitsMode mode, float* logits, BlockSpan span) {
+  if (batch <= 0 || n_tokens <= 0) throw std::invalid_argument("forward needs at least one token");
+  const int64_t BT = checked_size({batch, n_tokens}, "a forward pass's batch x positions");
+  span = resolve_span(span, cfg_.n_layers, cache != nullptr, tokens);
+  if (cache && batch != cache->batch())
+    throw CacheMismatch("tokens have batch " + std::to_string(batch) + " but the cache holds " +
+                        std::to_string(cache->batch()));
+  if (cache && ((cache->owner() && cache->owner() != id_) || cache->n_layers() != cfg_.n_layers ||
+                cache->d_kv() != cfg_.d_kv() || cache->n_ctx() != cfg_.n_ctx))
+    throw CacheMismatch("this KV cache was made for another model (use this model's new_cache)");
+  if (plan && plan->n_layers() != cfg_.n_layers)
+    throw std::invalid_argument("this hook plan was made for another model");
+  for (int64_t i = 0; tokens && i < BT; ++i)
+    if (tokens[i] < 0 || tokens[i] >= cfg_.d_vocab)
+      throw std::out_of_range("token id " + std::to_string(tokens[i]) + " at index " + std::to_string(i) +
+                              " is outside the vocabulary [0, " + std::to_string(cfg_.d_vocab) + ")");
+  // One pass at a time on a model, and on a cache (two models may share one);
+  // the cache's length is read once both are held.
+  OwnedLock model_lock(mutex_, kModelReentry);
+  std::optional<OwnedLock> cache_lock;
+  if (cache) cache_lock.emplace(cache->mutex(), KVCache::kInUse);
+  const int64_t past = cache ? cache->n_past() : 0;
+  check_fits_context(past + n_tokens, cfg_.n_ctx);
+  if (cache) cache->reserve(past + n_tokens);
+
+  const int64_t D = cfg_.d_model, Da = cfg_.d_attn();
+  sized(ws_.x, {BT, D});
+  sized(ws_.pos, {BT, D});
+  sized(ws_.h, {BT, D});
+  sized(ws_.qkv, {BT, cfg_.d_qkv()});
+  sized(ws_.z, {BT, Da});
+  sized(ws_.attn_out, {BT, D});
+  sized(ws_.mlp, {BT, cfg_.d_mlp});
+
+  Pass pass{cfg_, w_, cache, plan,         ws_,         kernels::active(), batch,       n_tokens,    past,
+            BT,   D,  Da,    cfg_.n_heads, cfg_.d_head, cfg_.kv_heads(),   cfg_.d_kv(), cfg_.d_qkv()};
+  // With no logits wanted and nothing kept, blocks after the last hooked one change nothing visible.
+  if (!cache && mode == LogitsMode::none && !span.resid_out)
+    span.stop = std::max(span.start, plan ? plan->blocks_reached() : 0);
+  if (cfg_.positions == Positions::rotary) pass.rope_tables();
+  if (!span.resid_in)
+    pass.embed(tokens);
+  else
+    std::memcpy(ws_.x.data(), span.resid_in, static_cast<size_t>(BT * D) * sizeof(float));
+  for (int64_t l = span.start; l < span.stop; ++l) {
+    check_interrupt();
+    pass.block(l);
+  }
+  check_interrupt();
+  if (span.resid_out)
+    std::memcpy(span.resid_out, ws_.x.data(), static_cast<size_t>(BT * D) * sizeof(float));
+  else if (span.stop == cfg_.n_layers)
+    pass.unembed(mode, logits);
+  if (cache) cache->advance(n_tokens);
+}
+
+}  // namespace tmech

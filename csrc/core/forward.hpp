@@ -1,0 +1,75 @@
+// The transformer forward pass: prefill (many tokens) and decode (one token)
+// are the same call, appending to a KV cache. Hook points are visited in
+// TransformerLens's order; with no plan, no hook work is done at all.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/config.hpp"
+#include "core/hooks.hpp"
+#include "core/kv_cache.hpp"
+#include "core/weights.hpp"
+#include "runtime/owned_mutex.hpp"
+
+namespace tmech {
+
+enum class LogitsMode { all, last, none };
+LogitsMode parse_logits_mode(const std::string& name);  // "all", "last" or "none"
+
+// Called by a pass before each block and before the unembedding: it throws to
+// stop the pass (Ctrl-C; the Python bindings install one), which then unwinds,
+// leaving its KV cache at the length it had. Null: none.
+void set_interrupt_check(void (*check)());
+
+// The blocks a forward runs, [start, stop) (stop -1: to the last). Given
+// resid_in [batch, n_tokens, d_model] (needed when start > 0), the residual
+// stream before block `start` is read from it instead of embedding tokens.
+// Given resid_out (needed when stop < n_layers), the residual after block
+// stop - 1 is written there and the final norm and unembedding are skipped.
+// Either needs a one-off forward (no KV cache: skipped blocks keep no keys).
+struct BlockSpan {
+  int64_t start = 0, stop = -1;
+  const float* resid_in = nullptr;
+  float* resid_out = nullptr;
+};
+
+class Model {
+ public:
+  Model(ModelConfig cfg, ModelWeights weights);
+  const ModelConfig& config() const { return cfg_; }
+
+  // Runs tokens [batch, n_tokens] at positions cache->n_past() onward, writes
+  // their keys and values into the cache and advances it. Without a cache
+  // (null), a one-off forward from position 0: keys and values are read where
+  // they were computed and nothing is kept. logits receives
+  // [batch, n_tokens, d_vocab] (all), [batch, d_vocab] (last) or nothing.
+  // tokens may be null when span.resid_in is given. A one-off forward that wants no
+  // logits stops after the last block holding an active hook point (nothing
+  // later could be seen). Thread-safe: calls on one model are serialized (a
+  // call that would wait forever throws instead: see OwnedMutex). Sizes from
+  // the caller are checked (SizeOverflow).
+  void forward(KVCache* cache, const int32_t* tokens, int64_t batch, int64_t n_tokens, HookPlan* plan, LogitsMode mode,
+               float* logits, BlockSpan span = {});
+
+  KVCache new_cache(int64_t batch) const;
+
+  // The hook points this architecture visits, in forward order (ids cover
+  // every architecture's kinds; e.g. rotary models have no hook_pos_embed).
+  bool has_hook(HookKind kind) const;
+  std::vector<int> hook_ids() const;
+
+  struct Workspace {
+    std::vector<float> x, pos, h, qkv, z, attn_out, mlp, up, result, scores, stats, last, rope;
+    std::vector<uint16_t> kv16;  // bfloat16 keys and values of one layer (bf16 attention)
+  };
+
+ private:
+  ModelConfig cfg_;
+  ModelWeights w_;
+  uint64_t id_;  // the owner id of the caches it makes, never reused
+  OwnedMutex mutex_{"model"};
+  Workspace ws_;
+};
+
+}  // namespace tmech

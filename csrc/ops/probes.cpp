@@ -1,0 +1,67 @@
+#include "ops/probes.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <stdexcept>
+#include <vector>
+
+#include "kernels/kernels.hpp"
+#include "runtime/threads.hpp"
+
+namespace tmech {
+namespace {
+double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+// GFLOP/s of `chains` (a probe of the kernel table) on every pool thread at once.
+double chains_gflops(float (*chains)(int64_t), int64_t (*flops)(int64_t), double seconds) {
+  // Calibrate on one thread so every thread runs about `seconds`.
+  int64_t iters = 1 << 16;
+  for (double t0 = now(); now() - t0 < 0.02; iters *= 2) chains(iters);
+  const double per_iter = [&] {
+    const double t0 = now();
+    chains(iters);
+    return (now() - t0) / static_cast<double>(iters);
+  }();
+  // Many small pieces, so every thread stays busy to the end whichever takes which.
+  constexpr int64_t kPiecesPerThread = 32;
+  iters = std::max<int64_t>(1, static_cast<int64_t>(seconds / per_iter / kPiecesPerThread));
+  const int64_t pieces = num_threads() * kPiecesPerThread;
+  std::atomic<float> sink{0.f};
+  const double t0 = now();
+  parallel_for(pieces, [&](int64_t b, int64_t e, int) {
+    for (int64_t i = b; i < e; ++i) sink = sink + chains(iters);
+  });
+  const double elapsed = now() - t0;
+  return static_cast<double>(flops(iters)) * pieces / elapsed / 1e9;
+}
+}  // namespace
+
+double fma_peak_gflops(double seconds) {
+  const KernelTable& kt = kernels::active();
+  return chains_gflops(kt.fma_chains, kt.fma_chains_flops, seconds);
+}
+
+double bf16_dot_peak_gflops(double seconds) {
+  const KernelTable& kt = kernels::active();
+  if (!kt.bf16_dot_chains) return 0.0;
+  return chains_gflops(kt.bf16_dot_chains, kt.bf16_dot_chains_flops, seconds);
+}
+
+double read_bandwidth_gbs(int64_t bytes, int repeats) {
+  if (bytes <= 0 || repeats <= 0) throw std::invalid_argument("bytes and repeats must be positive");
+  const KernelTable& kt = kernels::active();
+  const int64_t n = std::max<int64_t>(bytes / 4, 1);
+  std::vector<float> buf(static_cast<size_t>(n), 1.f);
+  std::atomic<float> sink{0.f};
+  double best = 1e30;
+  for (int r = 0; r < repeats + 1; ++r) {  // the first pass only faults the pages in
+    const double t0 = now();
+    parallel_for(
+        n, [&](int64_t b, int64_t e, int) { sink = sink + kt.dot(buf.data() + b, buf.data() + b, e - b); }, 4096);
+    if (r > 0) best = std::min(best, now() - t0);
+  }
+  return static_cast<double>(n) * 4 / best / 1e9;
+}
+
+}  // namespace tmech

@@ -1,0 +1,177 @@
+// SAEs: encoding on every kernel variant, screened and not, against
+// double-precision pre-activations and against the scalar float32 path; a
+// transcoder's splice shared by two plans.
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "core/hooks.hpp"
+#include "kernels/kernels.hpp"
+#include "kernels/reference.hpp"
+#include "sae/sae.hpp"
+#include "sae/screen.hpp"
+#include "tests/native_tests.hpp"
+
+namespace tmech::test {
+namespace {
+
+// A ReLU SAE's codes, screened and not, against double-precision
+// pre-activations: every feature clearly above zero is kept with its value,
+// none clearly below is.
+void test_sae_encode(const char* variant, std::mt19937& rng) {
+  for (ScreenMode mode : {ScreenMode::always, ScreenMode::never}) {
+    set_screen_mode(mode);
+    for (auto [d_in, d_sae, rows] :
+         {std::tuple<int64_t, int64_t, int64_t>{77, 300, 37}, {130, 129, 1030}, {16, 40, 3}}) {
+      const auto W_enc = randn(static_cast<size_t>(d_in * d_sae), rng, 1.f / std::sqrt(float(d_in)));
+      const auto W_dec = randn(static_cast<size_t>(d_sae * d_in), rng);
+      const std::vector<float> b_enc(static_cast<size_t>(d_sae), -2.f), b_dec(static_cast<size_t>(d_in), 0.f);
+      SaeConfig cfg;
+      cfg.d_in = cfg.d_out = d_in;
+      cfg.d_sae = d_sae;
+      const Sae sae(cfg, SaeWeights{W_enc.data(), b_enc.data(), W_dec.data(), b_dec.data()});
+      const auto x = randn(static_cast<size_t>(rows * d_in), rng);
+      SparseCodes codes;
+      sae.encode(x.data(), rows, &codes, nullptr, nullptr, nullptr);
+      // pre = x · W_enc + b_enc
+      std::vector<double> pre(static_cast<size_t>(rows * d_sae));
+      const MatmulArgs enc{rows, d_sae,        d_in,    x.data(), d_in,  W_enc.data(), d_sae,
+                           1,    b_enc.data(), nullptr, d_sae,    false, nullptr};
+      ref_matmul_cols(enc, 0, d_sae, pre.data());
+      bool ok = codes.rows == rows;
+      for (int64_t r = 0; r < rows && ok; ++r) {
+        std::vector<float> got(static_cast<size_t>(d_sae), 0.f);
+        for (auto o = codes.offsets[r]; o < codes.offsets[r + 1]; ++o) got[codes.indices[o]] = codes.values[o];
+        for (int64_t j = 0; j < d_sae; ++j) {
+          const double p = pre[r * d_sae + j];
+          ok &= p > 1e-4 ? std::abs(got[j] - p) < 1e-4 : (p < -1e-4 ? got[j] == 0.f : true);
+        }
+      }
+      check(ok, std::string(variant) + (mode == ScreenMode::always ? " screened" : "") + " SAE codes " +
+                    std::to_string(rows) + " rows");
+    }
+  }
+  set_screen_mode(ScreenMode::where_it_pays);
+}
+
+// A TopK SAE, screened, keeps the features the scalar variant's float32 path
+// keeps, with the same values.
+void test_sae_topk(const char* variant, std::mt19937& rng) {
+  for (bool rescale : {false, true}) {
+    const int64_t d_in = 45, d_sae = 1100, rows = 300, k = 7;  // 9 chunks of features: a seed of 2
+    const auto W_enc = randn(static_cast<size_t>(d_in * d_sae), rng, 1.f / std::sqrt(float(d_in)));
+    const auto W_dec = randn(static_cast<size_t>(d_sae * d_in), rng);
+    const auto b_enc = randn(static_cast<size_t>(d_sae), rng);
+    const std::vector<float> b_dec(static_cast<size_t>(d_in), 0.f);
+    SaeConfig cfg;
+    cfg.d_in = cfg.d_out = d_in;
+    cfg.d_sae = d_sae;
+    cfg.activation = SaeActivation::topk;
+    cfg.k = k;
+    cfg.rescale_acts_by_decoder_norm = rescale;
+    const Sae sae(cfg, SaeWeights{W_enc.data(), b_enc.data(), W_dec.data(), b_dec.data()});
+    const auto x = randn(static_cast<size_t>(rows * d_in), rng);
+    SparseCodes ours, ref;
+    set_screen_mode(ScreenMode::always);
+    sae.encode(x.data(), rows, &ours, nullptr, nullptr, nullptr);
+    kernels::select("scalar");
+    set_screen_mode(ScreenMode::never);
+    sae.encode(x.data(), rows, &ref, nullptr, nullptr, nullptr);
+    kernels::select(variant);
+    set_screen_mode(ScreenMode::where_it_pays);
+    bool ok = ours.offsets == ref.offsets && ours.indices == ref.indices;
+    for (size_t i = 0; ok && i < ref.values.size(); ++i) ok = std::abs(ours.values[i] - ref.values[i]) < 1e-4f;
+    check(ok, std::string(variant) + " TopK SAE codes" + (rescale ? ", rescaled" : ""));
+  }
+}
+
+// A transcoder's splice shared by two plans whose passes interleave (two
+// threads, or a pass inside a hook): each output hook gets the reconstruction
+// of its own pass's input; an output hook met before the input hook throws.
+void test_splice_state_per_plan() {
+  const int64_t d = 4, n_layers = 2;
+  std::vector<float> eye(static_cast<size_t>(d * d), 0.f), zero(static_cast<size_t>(d), 0.f);
+  for (int64_t i = 0; i < d; ++i) eye[static_cast<size_t>(i * d + i)] = 1.f;
+  SaeConfig cfg;
+  cfg.d_in = cfg.d_sae = cfg.d_out = d;
+  auto sae = std::make_shared<const Sae>(cfg, SaeWeights{eye.data(), zero.data(), eye.data(), zero.data()});
+  const int in = hook_id(HookKind::resid_pre, 0, n_layers), out = hook_id(HookKind::resid_post, 1, n_layers);
+  auto splice = std::make_shared<SaeSplice>(sae, false, hook_name(in, n_layers), hook_name(out, n_layers));
+  auto plan = [&] {
+    HookPlan p(n_layers);
+    for (int id : {in, out}) {
+      Edit e;
+      e.type = EditType::callback;
+      e.callback = splice;
+      p.add(id, e);
+    }
+    return p;
+  };
+  auto view = [&](std::vector<float>& buf) {  // [1, 1, d]
+    View v;
+    v.data = buf.data();
+    v.shape[0] = v.shape[1] = 1;
+    v.shape[2] = d;
+    v.stride[0] = v.stride[1] = d;
+    v.stride[2] = 1;
+    return v;
+  };
+  HookPlan a = plan(), b = plan();
+  std::vector<float> a_in{1, 2, 3, 4}, b_in{5, 6, 7, 8}, a_out(4, 0.f), b_out(4, 0.f);
+  a.apply(in, view(a_in));
+  b.apply(in, view(b_in));
+  a.apply(out, view(a_out));
+  b.apply(out, view(b_out));
+  check(a_out == a_in && b_out == b_in, "a transcoder's splice shared by two plans keeps each pass's input");
+  HookPlan c = plan();
+  bool threw = false;
+  try {
+    c.apply(out, view(a_out));
+  } catch (const std::invalid_argument&) {
+    threw = true;
+  }
+  check(threw, "a transcoder's output hook without its input hook throws");
+}
+
+// Sparse codes from a caller: offsets from 0 to nnz, never decreasing; an
+// index outside [0, d_sae) refused before it is narrowed to int32.
+void test_sparse_codes() {
+  const std::vector<float> values = {1.f, 2.f, 3.f};
+  auto refused = [&](std::vector<int64_t> offsets, std::vector<int64_t> indices) {
+    try {
+      sparse_codes(offsets.data(), static_cast<int64_t>(offsets.size()) - 1, indices.data(), values.data(),
+                   static_cast<int64_t>(indices.size()), 40);
+    } catch (const std::out_of_range&) {
+      return 2;
+    } catch (const std::invalid_argument&) {
+      return 1;
+    }
+    return 0;
+  };
+  const std::vector<int64_t> offsets = {0, 2, 3}, indices = {5, 39, 0};
+  const SparseCodes c = sparse_codes(offsets.data(), 2, indices.data(), values.data(), 3, 40);
+  check(c.rows == 2 && c.offsets == offsets && c.indices == std::vector<int32_t>{5, 39, 0} && c.values == values,
+        "sparse_codes keeps valid codes");
+  check(refused({1, 2, 3}, {5, 39, 0}) == 1 && refused({0, 2, 2}, {5, 39, 0}) == 1 &&
+            refused({0, 2, 1, 3}, {5, 39, 0}) == 1 && refused({0, 2, 3}, {5, 40, 0}) == 2 &&
+            refused({0, 2, 3}, {5, (int64_t{1} << 32) + 5, 0}) == 2 && refused({0, 2, 3}, {-1, 3, 0}) == 2,
+        "sparse_codes refuses bad offsets and out-of-range indices");
+}
+
+}  // namespace
+
+void test_sae() {
+  test_splice_state_per_plan();
+  test_sparse_codes();
+}
+
+void test_sae_variant(const char* variant, std::mt19937& rng) {
+  test_sae_encode(variant, rng);
+  test_sae_topk(variant, rng);
+}
+
+}  // namespace tmech::test

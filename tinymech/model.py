@@ -196,14 +196,14 @@ class Model:
                 ids = ids[0]
             if ids.ndim != 1:
                 raise InvalidTokensError(f"to_str_tokens takes one sequence, got shape {ids.shape}")
-        return tok.decode_each(ids)
+        return tok.decode_each(ids, limit=self.cfg.d_vocab)
 
     def to_string(self, tokens) -> str | list[str]:
         tok = self._need_tokenizer()
         arr = np.asarray(tokens)
         if arr.ndim == 2:
-            return [tok.decode(row) for row in arr]
-        return tok.decode(arr.reshape(-1))
+            return [tok.decode(row, limit=self.cfg.d_vocab) for row in arr]
+        return tok.decode(arr.reshape(-1), limit=self.cfg.d_vocab)
 
     def tokens_of(self, input, prepend_bos: bool = True) -> np.ndarray:
         """Checked int32 tokens [batch, pos] from text, a list of texts, or ids."""

@@ -108,23 +108,26 @@ class Tokenizer:
                                    error=InvalidTokensError)
         return encoding.ids
 
-    def _ids(self, ids) -> list[int]:
-        """Token ids of this vocabulary (a wrong one was decoded as '' or overflowed in tokenizers)."""
-        n = self.vocab_size
+    @staticmethod
+    def _ids(ids, limit: int | None) -> list[int]:
+        """Whole ids in [0, limit): a model's d_vocab, which may exceed the tokenizer's vocabulary
+        (padded embeddings: those ids decode as ''), else what tokenizers' u32 ids hold (-1 and
+        2**32 + 5 overflowed inside it)."""
+        limit = 1 << 32 if limit is None else limit
         ids = [whole_number(i, "a token id", error=InvalidTokensError) for i in ids]
-        bad = [i for i in ids if not 0 <= i < n]
+        bad = [i for i in ids if not 0 <= i < limit]
         if bad:
-            raise InvalidTokensError(f"token id {bad[0]} is outside the vocabulary [0, {n})")
+            raise InvalidTokensError(f"token id {bad[0]} is outside the vocabulary [0, {limit})")
         return ids
 
-    def decode(self, ids) -> str:
-        ids = self._ids(ids)
+    def decode(self, ids, limit: int | None = None) -> str:
+        ids = self._ids(ids, limit)
         with panics_as_errors("the tokenizer failed to decode"):
             return self.backend.decode(ids, skip_special_tokens=False)
 
-    def decode_each(self, ids) -> list[str]:
+    def decode_each(self, ids, limit: int | None = None) -> list[str]:
         """One string per token (partial UTF-8 bytes show as U+FFFD, as in TransformerLens)."""
-        ids = [[i] for i in self._ids(ids)]
+        ids = [[i] for i in self._ids(ids, limit)]
         with panics_as_errors("the tokenizer failed to decode"):
             return self.backend.decode_batch(ids, skip_special_tokens=False)
 

@@ -25,17 +25,19 @@ template <class It>
 int64_t checked_size(It first, It last, const char* what) {
   int64_t n = 1;
   bool zero = false, overflow = false;
-  std::string factors;
   for (It it = first; it != last; ++it) {
     const int64_t f = *it;
     if (f < 0) throw std::invalid_argument(std::string(what) + ": negative size " + std::to_string(f));
-    factors += (factors.empty() ? "" : " x ") + std::to_string(f);
     zero = zero || f == 0;
     if (f != 0 && n > std::numeric_limits<int64_t>::max() / f) overflow = true;
     if (!overflow) n *= f;
   }
   if (zero) return 0;
-  if (overflow) throw SizeOverflow(std::string(what) + ": " + factors + " is more than memory can hold");
+  if (overflow) {  // the message is built only here: checked_size runs in hot loops (attention's buffers)
+    std::string factors;
+    for (It it = first; it != last; ++it) factors += (factors.empty() ? "" : " x ") + std::to_string(*it);
+    throw SizeOverflow(std::string(what) + ": " + factors + " is more than memory can hold");
+  }
   return n;
 }
 

@@ -2,12 +2,38 @@
 
 namespace tmech {
 
+// The MLP activations the core computes, under every name a config may give one: the one
+// table of them (Python reads it through activation_names). The first name of each is its
+// canonical one. A new function: a row here, its Activation and its case in Pass::activation.
+namespace {
+struct ActivationName {
+  const char* name;
+  Activation value;
+};
+constexpr ActivationName kActivations[] = {
+    {"gelu_new", Activation::gelu_new},  {"gelu_pytorch_tanh", Activation::gelu_new},
+    {"gelu_fast", Activation::gelu_new}, {"gelu", Activation::gelu},
+    {"relu", Activation::relu},          {"silu", Activation::silu},
+    {"swish", Activation::silu},
+};
+
+const char* canonical_name(Activation value) {
+  for (const ActivationName& a : kActivations)
+    if (a.value == value) return a.name;
+  return "";
+}
+}  // namespace
+
 Activation parse_activation(const std::string& s) {
-  if (s == "gelu_new" || s == "gelu_pytorch_tanh" || s == "gelu_fast") return Activation::gelu_new;
-  if (s == "gelu") return Activation::gelu;
-  if (s == "relu") return Activation::relu;
-  if (s == "silu" || s == "swish") return Activation::silu;
+  for (const ActivationName& a : kActivations)
+    if (s == a.name) return a.value;
   throw std::invalid_argument("unsupported activation function '" + s + "'");
+}
+
+std::vector<std::pair<std::string, std::string>> activation_names() {
+  std::vector<std::pair<std::string, std::string>> names;
+  for (const ActivationName& a : kActivations) names.emplace_back(a.name, canonical_name(a.value));
+  return names;
 }
 
 Normalization parse_normalization(const std::string& s) {

@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "runtime/checked.hpp"
 
@@ -69,7 +71,9 @@ struct ModelConfig {
 
 // TransformerLens's names for the architecture fields (HF's for the
 // activation), as the core's values; std::invalid_argument naming an unknown one.
-Activation parse_activation(const std::string& name);        // act_fn
+Activation parse_activation(const std::string& name);  // act_fn
+// Every name parse_activation takes, with its canonical name (the table of activations)
+std::vector<std::pair<std::string, std::string>> activation_names();
 Normalization parse_normalization(const std::string& name);  // normalization_type
 Positions parse_positions(const std::string& name);          // positional_embedding_type
 WeightLayout parse_weight_layout(const std::string& name);   // weight_layout

@@ -126,6 +126,8 @@ struct PyModel {
 }  // namespace
 
 void bind_model(py::module_& m) {
+  m.def("activation_names", &tmech::activation_names,
+        "[(name, canonical name)] of every MLP activation the core computes, as a config may name it");
   py::class_<PyModel>(m, "Model")
       .def(py::init<const py::dict&, const py::dict&>(), py::arg("config"), py::arg("weights"))
       .def(

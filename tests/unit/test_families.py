@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pkgutil
+from pathlib import Path
 
 import pytest
 
@@ -38,3 +39,18 @@ def test_a_config_knows_its_family():
                                      "num_hidden_layers": 1, "max_position_embeddings": 16, "vocab_size": 10,
                                      "intermediate_size": 16})
     assert llama.is_llama and families.family_of(llama) is families.FAMILIES["llama"]
+
+
+def test_activation_names_live_in_the_cores_table_only():
+    # the names a config may give an activation were listed in four places (two in Python, two in C++)
+    from tinymech.arch.config import ACTIVATIONS, activation
+
+    assert activation("gelu_pytorch_tanh") == "gelu_new" and activation("swish") == "silu"
+    assert set(ACTIVATIONS.values()) == {"gelu_new", "gelu", "relu", "silu"}
+    with pytest.raises(families.UnsupportedArchitectureError, match="'tanh' is not supported; supported: gelu_new"):
+        activation("tanh")
+    root = Path(__file__).resolve().parents[2]  # the repository (the tests may run on an installed package)
+    holders = [p.relative_to(root).as_posix() for folder in ("tinymech", "csrc")
+               for p in (root / folder).rglob("*") if p.suffix in (".py", ".cpp", ".hpp")
+               and "gelu_pytorch_tanh" in p.read_text(encoding="utf-8", errors="replace")]
+    assert holders == ["csrc/core/config.cpp"]

@@ -6,7 +6,8 @@ import dataclasses
 import sys
 from typing import Any
 
-from ..errors import ModelLoadError, whole_number
+from .. import _core
+from ..errors import ModelLoadError, UnsupportedArchitectureError, whole_number
 
 @dataclasses.dataclass(frozen=True)
 class Config:
@@ -77,6 +78,18 @@ class Config:
 # far below both; the cap keeps the core's size arithmetic from overflowing.
 MAX_SIZE = (1 << 31) - 1
 ADDRESS_SPACE = 1 << 47
+
+
+# every name of an MLP activation a config may give -> the core's canonical name (the core's table)
+ACTIVATIONS = dict(_core.activation_names())
+
+
+def activation(name) -> str:
+    """The canonical name of an activation function a config names."""
+    if not isinstance(name, str) or name not in ACTIVATIONS:
+        raise UnsupportedArchitectureError(f"activation function {name!r} is not supported; supported: "
+                                           f"{', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
 
 
 def size(value, what: str) -> int:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 
-from ..errors import ModelLoadError, UnsupportedArchitectureError
+from ..errors import ModelLoadError
 from ..io.safetensors import WeightStore
-from .config import Config, architectures, check_context, number, size, token_id
+from .config import Config, activation, architectures, check_context, number, size, token_id
 
 MODEL_TYPE = "gpt2"
 NAME = "gpt2 (GPT2LMHeadModel)"
@@ -27,9 +27,7 @@ def config(hf: dict, model_name: str, source: str) -> Config:
     n_ctx = size(hf.get("n_positions", hf.get("n_ctx")), f"{source}: n_positions")
     check_context(n_ctx, f"{source}: n_positions", n_layers, d_model)
     d_vocab = size(hf.get("vocab_size"), f"{source}: vocab_size")
-    act = hf.get("activation_function", "gelu_new")
-    if act not in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu", "relu", "silu", "swish"):
-        raise UnsupportedArchitectureError(f"activation function {act!r} is not supported")
+    act_fn = activation(hf.get("activation_function", "gelu_new"))
     d_head = d_model // n_heads
     return Config(
         n_layers=n_layers,
@@ -39,7 +37,7 @@ def config(hf: dict, model_name: str, source: str) -> Config:
         d_mlp=d_mlp,
         d_vocab=d_vocab,
         n_ctx=n_ctx,
-        act_fn="gelu_new" if act in ("gelu_pytorch_tanh", "gelu_fast") else act,
+        act_fn=act_fn,
         eps=number(hf.get("layer_norm_epsilon", 1e-5), f"{source}: layer_norm_epsilon"),
         attn_scale=math.sqrt(d_head) if hf.get("scale_attn_weights", True) else 1.0,
         scale_attn_by_inverse_layer_idx=bool(hf.get("scale_attn_by_inverse_layer_idx", False)),

@@ -12,7 +12,7 @@ import numpy as np
 import math
 
 from ..errors import ModelLoadError, UnsupportedArchitectureError
-from .config import Config, check_context, number, size, token_id
+from .config import Config, activation, check_context, number, size, token_id
 from .rope import inverse_frequencies
 
 MODEL_TYPE = "llama"
@@ -68,9 +68,7 @@ def config(hf: dict, model_name: str, source: str) -> Config:
     n_ctx = size(hf.get("max_position_embeddings"), f"{source}: max_position_embeddings")
     check_context(n_ctx, f"{source}: max_position_embeddings", n_layers, n_kv * d_head)
     d_vocab = size(hf.get("vocab_size"), f"{source}: vocab_size")
-    act = hf.get("hidden_act", "silu")
-    if act not in ("silu", "swish", "gelu", "relu", "gelu_new", "gelu_pytorch_tanh"):
-        raise UnsupportedArchitectureError(f"activation function {act!r} is not supported")
+    act_fn = activation(hf.get("hidden_act", "silu"))
     if hf.get("pretraining_tp", 1) not in (1, None):
         raise UnsupportedArchitectureError("Llama checkpoints with pretraining_tp > 1 are not supported")
     template = hf.get("chat_template")
@@ -85,7 +83,7 @@ def config(hf: dict, model_name: str, source: str) -> Config:
         d_mlp=size(hf.get("intermediate_size"), f"{source}: intermediate_size"),
         d_vocab=d_vocab,
         n_ctx=n_ctx,
-        act_fn="gelu_new" if act == "gelu_pytorch_tanh" else ("silu" if act == "swish" else act),
+        act_fn=act_fn,
         eps=number(hf.get("rms_norm_eps", 1e-6), f"{source}: rms_norm_eps"),
         normalization_type="RMS",
         positional_embedding_type="rotary",

@@ -96,14 +96,24 @@ void q6_k(const uint8_t* b, float* y) {
   }
 }
 
-// Each type this file dequantizes: its id, block size and block function.
+// Unquantized types: one value a block. (F32 is here so the table lists every type the core reads.)
+void f32(const uint8_t* b, float* out) { std::memcpy(out, b, 4); }
+void f16(const uint8_t* b, float* out) { out[0] = f16_at(b); }
+void bf16(const uint8_t* b, float* out) {
+  const uint32_t bits = static_cast<uint32_t>(u16_at(b)) << 16;
+  std::memcpy(out, &bits, 4);
+}
+
+// The GGML types the core reads, the one table of them (Python asks quant_block): id, block
+// size and block function. A new type: a block function and a row here.
 struct Format {
   int type;
   QuantBlock block;
   void (*fn)(const uint8_t*, float*);
 };
-constexpr Format kFormats[] = {{2, {32, 18}, q4_0}, {3, {32, 20}, q4_1},    {6, {32, 22}, q5_0},   {7, {32, 24}, q5_1},
-                               {8, {32, 34}, q8_0}, {12, {256, 144}, q4_k}, {14, {256, 210}, q6_k}};
+constexpr Format kFormats[] = {{0, {1, 4}, f32},       {1, {1, 2}, f16},      {30, {1, 2}, bf16},  {2, {32, 18}, q4_0},
+                               {3, {32, 20}, q4_1},    {6, {32, 22}, q5_0},   {7, {32, 24}, q5_1}, {8, {32, 34}, q8_0},
+                               {12, {256, 144}, q4_k}, {14, {256, 210}, q6_k}};
 
 const Format* format_of(int ggml_type) {
   for (const Format& f : kFormats)

@@ -54,3 +54,14 @@ def test_activation_names_live_in_the_cores_table_only():
                for p in (root / folder).rglob("*") if p.suffix in (".py", ".cpp", ".hpp")
                and "gelu_pytorch_tanh" in p.read_text(encoding="utf-8", errors="replace")]
     assert holders == ["csrc/core/config.cpp"]
+
+
+def test_gguf_types_live_in_the_cores_table():
+    # F32, F16 and BF16 were listed in Python twice beside the core's table of quantized types
+    from tinymech import _core
+
+    assert [_core.quant_block(t) for t in (0, 1, 30, 2, 14)] == [(1, 4), (1, 2), (1, 2), (32, 18), (256, 210)]
+    root = Path(__file__).resolve().parents[2]
+    for path in ("tinymech/io/gguf_format.py", "tinymech/arch/gguf.py"):
+        text = (root / path).read_text()
+        assert "30:" not in text and "== 30" not in text and "== 1:" not in text, path

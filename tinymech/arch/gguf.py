@@ -123,17 +123,13 @@ def _hf_name(gguf_name: str, path: Path) -> str | None:
 
 
 def _dequantize(tensor: GgufTensor, path: Path) -> np.ndarray:
-    """float32 [shape] of a tensor's bytes: F32, F16, BF16 and the core's quantized types
-    here, other block-quantized types by the gguf package."""
+    """float32 [shape] of a tensor's bytes: the types of the core's table (F32, F16, BF16,
+    Q4_0, ...: _core.quant_block) in the core, other block-quantized types by the gguf package."""
     if tensor.data.size == 0:
         w = np.zeros(tensor.shape, np.float32)
-    elif tensor.type == 0:
+    elif tensor.type == 0:  # F32 needs no conversion: a view of the bytes, no copy
         w = tensor.data.view("<f4")
-    elif tensor.type == 1:
-        w = tensor.data.view("<f2")
-    elif tensor.type == 30:
-        w = (tensor.data.view("<u2").astype(np.uint32) << 16).view(np.float32)
-    elif _core.quant_block(tensor.type)[0]:  # Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K: in the core
+    elif _core.quant_block(tensor.type)[0]:
         w = _core.dequantize(tensor.data, tensor.type)
     else:
         gguf = import_gguf()

@@ -107,21 +107,17 @@ def import_gguf():
 
 
 def tensor_nbytes(type_id: int, shape: tuple[int, ...], path: Path) -> int:
-    """Bytes of a tensor of this GGML type: F32/F16/BF16 and the types the core
-    dequantizes here, other block-quantized types from the gguf package's table
+    """Bytes of a tensor of this GGML type: the types the core reads from its table
+    (_core.quant_block), other block-quantized types from the gguf package's table
     (which dequantizes them anyway)."""
     n = int(np.prod(shape, dtype=np.int64)) if shape else 1
-    sizes = {0: (1, 4), 1: (1, 2), 30: (1, 2)}
-    core_block = _core.quant_block(type_id)
-    if core_block[0]:
-        sizes[type_id] = core_block
-    if type_id not in sizes:
+    block, size = _core.quant_block(type_id)
+    if not block:
         gguf = import_gguf()
         try:
-            sizes[type_id] = gguf.constants.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(type_id)]
+            block, size = gguf.constants.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(type_id)]
         except (ValueError, KeyError):
             raise ModelLoadError(f"{path} holds a tensor of unknown GGML type {type_id}") from None
-    block, size = sizes[type_id]
     if shape and shape[-1] % block:
         raise ModelLoadError(f"{path} holds a tensor whose rows ({shape[-1]}) are not whole blocks of {block}")
     return n // block * size

@@ -3,7 +3,6 @@ from the SAE's feature list, and the tokens each one promotes. Enter picks a
 feature: the tokens recolor by it and steering uses it."""
 from __future__ import annotations
 
-from textual.containers import Vertical
 from textual.content import Content
 from textual.style import Style
 from textual.widgets import OptionList, Static
@@ -12,7 +11,7 @@ from textual.widgets.option_list import Option
 from ..display import Palette, bar, printable, token_label
 from ..messages import FeatureSelected
 from ..view import View
-from .panel import ChoiceList
+from .panel import ChoiceList, ListPanel
 
 BAR_WIDTH = 8
 LABEL_START = 2 + 6 + 8 + BAR_WIDTH + 1  # marker, "#id", value, bar, space
@@ -20,8 +19,9 @@ PROMOTES = "  promotes "
 PROMOTED_SHOWN = 4
 
 
-class FeaturesPanel(Vertical):
+class FeaturesPanel(ListPanel):
     TITLE = "Features"
+    SUBTITLE = "⏎ color by  s steer"
 
     DEFAULT_CSS = """
     FeaturesPanel > OptionList { height: 1fr; padding: 0; scrollbar-gutter: stable; }
@@ -29,20 +29,9 @@ class FeaturesPanel(Vertical):
     FeaturesPanel > #no-sae { height: auto; }
     """
 
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.border_title = self.TITLE
-        self.border_subtitle = "⏎ color by  s steer"
-        self.view = View()
-        self._shown: tuple = ()  # what the options were built from, to keep the cursor when unchanged
-
     def compose(self):
         yield Static(id="no-sae")
         yield ChoiceList(id="feature-list")
-
-    @property
-    def options(self) -> OptionList:
-        return self.query_one(OptionList)
 
     def show(self, view: View) -> None:
         self.view = view

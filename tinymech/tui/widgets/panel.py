@@ -3,7 +3,7 @@ renders a View."""
 from __future__ import annotations
 
 from textual.binding import Binding
-from textual.containers import VerticalScroll
+from textual.containers import Vertical, VerticalScroll
 from textual.content import Content
 from textual.widgets import OptionList, Static
 
@@ -39,6 +39,25 @@ class ChoiceList(OptionList, inherit_bindings=False):
     bindings of left/right hid the screen's "←/→ token" from the footer."""
 
     BINDINGS = OptionList.BINDINGS
+
+
+class ListPanel(Vertical):
+    """A panel whose body is a list to pick from (a ChoiceList), rebuilt from the view
+    only when what it shows changed, so that the cursor stays where the user left it."""
+
+    TITLE = ""
+    SUBTITLE = ""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.border_title = self.TITLE
+        self.border_subtitle = self.SUBTITLE
+        self.view = View()
+        self._shown: tuple = ()  # what the options were built from
+
+    @property
+    def options(self) -> OptionList:
+        return self.query_one(OptionList)
 
 
 class TextPanel(Panel):

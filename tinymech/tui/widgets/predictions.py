@@ -3,7 +3,6 @@ really comes next ranks among them. Enter on a prediction has the logit lens
 follow it (again: back to the actual next token)."""
 from __future__ import annotations
 
-from textual.containers import Vertical
 from textual.content import Content
 from textual.style import Style
 from textual.widgets import OptionList, Static
@@ -12,15 +11,16 @@ from textual.widgets.option_list import Option
 from ..display import Palette, bar, fit, pad, token_label
 from ..messages import AnswerPicked
 from ..view import View
-from .panel import ChoiceList
+from .panel import ChoiceList, ListPanel
 
 LABEL_WIDTH = (8, 20)  # a token's column, fit between these in the panel's width
 BAR_WIDTH = 10  # at most; what is left of a narrow panel
 NUMBERS_WIDTH = 3 + 7 + 2  # the rank before the token, the probability after it, the pick mark
 
 
-class PredictionsPanel(Vertical):
+class PredictionsPanel(ListPanel):
     TITLE = "Next token"
+    SUBTITLE = "⏎ follow in lens"
 
     DEFAULT_CSS = """
     PredictionsPanel > OptionList { height: 1fr; padding: 0; }
@@ -28,20 +28,9 @@ class PredictionsPanel(Vertical):
     PredictionsPanel > #predictions-body { height: auto; }
     """
 
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.border_title = self.TITLE
-        self.border_subtitle = "⏎ follow in lens"
-        self.view = View()
-        self._shown: tuple = ()  # what the options were built from, to keep the cursor when unchanged
-
     def compose(self):
         yield ChoiceList(id="prediction-list")
         yield Static(id="predictions-body")
-
-    @property
-    def options(self) -> OptionList:
-        return self.query_one(OptionList)
 
     def show(self, view: View) -> None:
         self.view = view

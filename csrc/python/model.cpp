@@ -111,6 +111,26 @@ tmech::ModelConfig read_config(const py::dict& d) {
   return c;
 }
 
+// Records what read_weights asks for, for block 0 and outside the blocks: the weight
+// schema, which Python reads instead of listing the core's weight names again.
+class SchemaRecorder : public tmech::WeightSource {
+ public:
+  explicit SchemaRecorder(int64_t n_layers) : n_layers_(n_layers) {}
+  tmech::Matrix get(int64_t layer, const char* name, const std::vector<int64_t>& shape, bool optional,
+                    bool allow_bf16) override {
+    if (layer <= 0)
+      entries.append(py::dict(py::arg("layer") = layer, py::arg("name") = name,
+                              py::arg("shape") = py::tuple(py::cast(shape)), py::arg("optional") = optional,
+                              py::arg("matrix") = allow_bf16));
+    return {};
+  }
+  int64_t layers() override { return n_layers_; }
+  py::list entries;
+
+ private:
+  int64_t n_layers_;
+};
+
 struct PyModel {
   std::unique_ptr<tmech::Model> model;
   std::vector<py::object> keep;  // the weight arrays the model points into
@@ -126,6 +146,17 @@ struct PyModel {
 }  // namespace
 
 void bind_model(py::module_& m) {
+  m.def(
+      "weight_schema",
+      [](const py::dict& config) {
+        tmech::ModelConfig c = read_config(config);
+        SchemaRecorder recorder(c.n_layers);
+        tmech::read_weights(c, recorder);
+        return recorder.entries;
+      },
+      py::arg("config"),
+      "[{layer (-1 outside the blocks, 0 for every block), name, shape, optional, matrix}] of the weights a "
+      "config needs; matrix: a linear map's weight, which the bf16 mode stores in bfloat16");
   m.def("activation_names", &tmech::activation_names,
         "[(name, canonical name)] of every MLP activation the core computes, as a config may name it");
   py::class_<PyModel>(m, "Model")

@@ -9,7 +9,7 @@ import pytest
 
 import tinymech as tm
 from tinymech import _core
-from tinymech.arch.bf16 import bf16_core_weights, from_bf16
+from tinymech.arch.bf16 import bf16_core_weights, from_bf16, matrix_keys
 from tinymech.model import Model
 from llama_factory import LLAMA_SHAPES
 from model_factory import SHAPES, rel_err
@@ -32,7 +32,7 @@ def tolerance(rows: int) -> float:
 
 def rounded_twin(model: Model) -> Model:
     """A float32 model whose matrices hold exactly the bf16 model's values."""
-    core = bf16_core_weights(model._weights)
+    core = bf16_core_weights(model._weights, matrix_keys(model.cfg.core_dict()))
     widened = {k: (from_bf16(v) if isinstance(v, np.ndarray) and v.dtype == np.uint16 else v)
                for k, v in core.items() if k != "layers"}
     widened["layers"] = [{k: (from_bf16(v) if isinstance(v, np.ndarray) and v.dtype == np.uint16 else v)

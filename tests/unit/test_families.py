@@ -65,3 +65,31 @@ def test_gguf_types_live_in_the_cores_table():
     for path in ("tinymech/io/gguf_format.py", "tinymech/arch/gguf.py"):
         text = (root / path).read_text()
         assert "30:" not in text and "== 30" not in text and "== 1:" not in text, path
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_each_family_gives_the_weights_the_cores_schema_names(family, tmp_path):
+    # the core's read_weights is the one list of weights (_core.weight_schema reads it); a family's
+    # weights() must give exactly those names, and the bf16 mode converts the ones it marks as matrices
+    import tinymech as tm
+    from llama_factory import LLAMA_SHAPES
+    from model_factory import SHAPES
+    from numpy_checkpoints import write_gpt2, write_llama
+    from tinymech import _core
+    from tinymech.arch.bf16 import matrix_keys
+
+    if family == "gpt2":
+        path = write_gpt2(tmp_path / family, **SHAPES["tiny"])
+    else:
+        path = write_llama(tmp_path / family, **LLAMA_SHAPES["gqa"])
+    model = tm.load(path)
+    schema = _core.weight_schema(model.cfg.core_dict())
+    given = {k for k, v in model._weights.items() if k != "layers" and v is not None}
+    named = {w["name"] for w in schema if w["layer"] < 0}
+    required = {w["name"] for w in schema if w["layer"] < 0 and not w["optional"]}
+    assert required <= given <= named
+    layer = {k for k, v in model._weights["layers"][0].items() if v is not None}
+    assert {w["name"] for w in schema if w["layer"] == 0 and not w["optional"]} <= layer
+    assert layer <= {w["name"] for w in schema if w["layer"] == 0}
+    top, per_layer = matrix_keys(model.cfg.core_dict())
+    assert "wte" in top and "qkv_w" in per_layer and ("gate_w" in per_layer) == (family == "llama")

@@ -17,8 +17,6 @@ import numpy as np
 
 from .. import _core
 
-MATRIX_KEYS = ("wte", "unembed")
-LAYER_MATRIX_KEYS = ("qkv_w", "out_w", "gate_w", "fc_w", "proj_w")
 DTYPES = {"float32": "float32", "fp32": "float32", "f32": "float32", "bf16": "bf16", "bfloat16": "bf16"}
 
 
@@ -41,11 +39,20 @@ def from_bf16(h: np.ndarray) -> np.ndarray:
     return (h.astype(np.uint32) << 16).view(np.float32)
 
 
-def bf16_core_weights(weights: dict, transpose_layers: bool = False) -> dict:
-    """A copy of the core's weight dict with its matrices in bfloat16; a matrix
-    shared by two entries (tied embeddings) is converted once. With
+def matrix_keys(core_config: dict) -> tuple[set, set]:
+    """The names of the matrices outside the blocks and in each block, as the core's
+    weight schema marks them (the core lists its weights; nothing here lists them again)."""
+    schema = _core.weight_schema(core_config)
+    return ({w["name"] for w in schema if w["matrix"] and w["layer"] < 0},
+            {w["name"] for w in schema if w["matrix"] and w["layer"] == 0})
+
+
+def bf16_core_weights(weights: dict, keys: tuple[set, set], transpose_layers: bool = False) -> dict:
+    """A copy of the core's weight dict with its matrices (keys: matrix_keys) in bfloat16;
+    a matrix shared by two entries (tied embeddings) is converted once. With
     transpose_layers, the layers' matrices are stored transposed ([in, out]
     becomes [out, in])."""
+    top_keys, layer_keys = keys
     converted: dict[tuple[int, bool], np.ndarray] = {}
 
     def convert(a, transpose=False):
@@ -56,9 +63,9 @@ def bf16_core_weights(weights: dict, transpose_layers: bool = False) -> dict:
             converted[key] = to_bf16(a, transpose)
         return converted[key]
 
-    out = {k: (convert(v) if k in MATRIX_KEYS else v) for k, v in weights.items() if k != "layers"}
+    out = {k: (convert(v) if k in top_keys else v) for k, v in weights.items() if k != "layers"}
     out["layers"] = [
-        {k: (convert(v, transpose_layers) if k in LAYER_MATRIX_KEYS else v) for k, v in layer.items()}
+        {k: (convert(v, transpose_layers) if k in layer_keys else v) for k, v in layer.items()}
         for layer in weights["layers"]
     ]
     return out
@@ -71,4 +78,5 @@ def bf16_core(core_config: dict, weights: dict) -> tuple[dict, dict]:
     a third faster than [in, out] rows for GPT-2 small here), and the
     conversion to bfloat16 copies them anyway."""
     config = dict(core_config, weight_layout="out_in")
-    return config, bf16_core_weights(weights, transpose_layers=core_config["weight_layout"] == "in_out")
+    keys = matrix_keys(core_config)
+    return config, bf16_core_weights(weights, keys, transpose_layers=core_config["weight_layout"] == "in_out")

@@ -255,8 +255,15 @@ def build_plan(model, specs: Iterable[HookSpec], capture: Iterable[str] = ()) ->
     return plan
 
 
-_HEADED = ("attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_rot_q", "attn.hook_rot_k", "attn.hook_z",
-           "attn.hook_result", "attn.hook_attn_scores", "attn.hook_pattern")
+# The core's table of hook points (csrc/core/hooks.cpp's kHooks), by name
+# (after "blocks.N." for a block's points).
+HOOK_TABLE = {row["name"]: row for row in _core.hook_table()}
+_HEADED = tuple(name for name, row in HOOK_TABLE.items() if row["heads"])
+
+
+def hook_row(name: str) -> dict:
+    """The table's row for a hook point's full name ("blocks.3.attn.hook_z")."""
+    return HOOK_TABLE[re.sub(r"^blocks\.\d+\.", "", name)]
 
 
 def _add_intervention(plan, hid: int, name: str, iv: Intervention):

@@ -9,12 +9,44 @@
 namespace tmech {
 namespace {
 
-const char* const kLayerSuffix[kLayerKinds] = {
-    "hook_resid_pre",      "ln1.hook_scale",   "ln1.hook_normalized", "attn.hook_q",           "attn.hook_k",
-    "attn.hook_v",         "attn.hook_rot_q",  "attn.hook_rot_k",     "attn.hook_attn_scores", "attn.hook_pattern",
-    "attn.hook_z",         "attn.hook_result", "hook_attn_out",       "hook_resid_mid",        "ln2.hook_scale",
-    "ln2.hook_normalized", "mlp.hook_pre",     "mlp.hook_pre_linear", "mlp.hook_post",         "hook_mlp_out",
-    "hook_resid_post"};
+using H = HookHeads;
+using W = HookWidth;
+// One row per HookKind, in the enum's order.
+constexpr HookInfo kHooks[kHookKinds] = {
+    {"hook_embed", false, H::none, W::d_model},
+    {"hook_pos_embed", false, H::none, W::d_model},
+    {"hook_resid_pre", true, H::none, W::d_model},
+    {"ln1.hook_scale", true, H::none, W::one},
+    {"ln1.hook_normalized", true, H::none, W::d_model},
+    {"attn.hook_q", true, H::query, W::d_head},
+    {"attn.hook_k", true, H::key_value, W::d_head},
+    {"attn.hook_v", true, H::key_value, W::d_head},
+    {"attn.hook_rot_q", true, H::query, W::d_head},
+    {"attn.hook_rot_k", true, H::key_value, W::d_head},
+    {"attn.hook_attn_scores", true, H::query, W::key_pos},
+    {"attn.hook_pattern", true, H::query, W::key_pos},
+    {"attn.hook_z", true, H::query, W::d_head},
+    {"attn.hook_result", true, H::query, W::d_model},
+    {"hook_attn_out", true, H::none, W::d_model},
+    {"hook_resid_mid", true, H::none, W::d_model},
+    {"ln2.hook_scale", true, H::none, W::one},
+    {"ln2.hook_normalized", true, H::none, W::d_model},
+    {"mlp.hook_pre", true, H::none, W::d_mlp},
+    {"mlp.hook_pre_linear", true, H::none, W::d_mlp},
+    {"mlp.hook_post", true, H::none, W::d_mlp},
+    {"hook_mlp_out", true, H::none, W::d_model},
+    {"hook_resid_post", true, H::none, W::d_model},
+    {"ln_final.hook_scale", false, H::none, W::one},
+    {"ln_final.hook_normalized", false, H::none, W::d_model},
+};
+
+// Hook ids rely on the per-layer kinds being one run, from resid_pre to resid_post.
+constexpr bool layer_kinds_contiguous() {
+  for (int k = 0; k < kHookKinds; ++k)
+    if (kHooks[k].per_layer != (k >= kFirstLayerKind && k < kFirstLayerKind + kLayerKinds)) return false;
+  return true;
+}
+static_assert(layer_kinds_contiguous(), "per-layer hook kinds run from resid_pre to resid_post");
 
 std::string shape_str(const std::vector<int64_t>& s) {
   std::string out = "[";
@@ -115,11 +147,13 @@ void check_replace_shape(const View& v, const Edit& e, int hook_id, int64_t n_la
 
 }  // namespace
 
+const HookInfo& hook_info(HookKind kind) { return kHooks[static_cast<int>(kind)]; }
+
 int hook_count(int64_t n_layers) {
   if (n_layers < 0 || n_layers > kMaxLayers)
     throw std::invalid_argument("a model has 0 to " + std::to_string(kMaxLayers) + " layers, not " +
                                 std::to_string(n_layers));
-  return static_cast<int>(4 + kLayerKinds * n_layers);
+  return static_cast<int>(kHookKinds - kLayerKinds + kLayerKinds * n_layers);
 }
 
 int hook_id(HookKind kind, int64_t layer, int64_t n_layers) {
@@ -134,12 +168,11 @@ int hook_id(HookKind kind, int64_t layer, int64_t n_layers) {
 std::string hook_name(int id, int64_t n_layers) {
   const int count = hook_count(n_layers);
   if (id < 0 || id >= count) throw std::out_of_range("no hook point with id " + std::to_string(id));
-  if (id == 0) return "hook_embed";
-  if (id == 1) return "hook_pos_embed";
-  if (id == count - 2) return "ln_final.hook_scale";
-  if (id == count - 1) return "ln_final.hook_normalized";
-  const int layer = (id - 2) / kLayerKinds, kind = (id - 2) % kLayerKinds;
-  return "blocks." + std::to_string(layer) + "." + kLayerSuffix[kind];
+  if (id < kFirstLayerKind) return kHooks[id].name;
+  if (id >= count - (kHookKinds - kFirstLayerKind - kLayerKinds))
+    return kHooks[kHookKinds - (count - id)].name;  // ln_final's, after the blocks
+  const int layer = (id - kFirstLayerKind) / kLayerKinds, kind = (id - kFirstLayerKind) % kLayerKinds;
+  return "blocks." + std::to_string(layer) + "." + kHooks[kFirstLayerKind + kind].name;
 }
 
 int64_t View::numel() const {

@@ -57,6 +57,20 @@ enum class HookKind : int {
 
 constexpr int kFirstLayerKind = static_cast<int>(HookKind::resid_pre);
 constexpr int kLayerKinds = static_cast<int>(HookKind::resid_post) - kFirstLayerKind + 1;
+constexpr int kHookKinds = static_cast<int>(HookKind::ln_final_normalized) + 1;
+
+// The table of hook points (hooks.cpp's kHooks, one row per HookKind): what a
+// point's activation holds after [batch, pos]. Python reads it through
+// _core.hook_table, so its lists of headed points and SAE widths follow.
+enum class HookHeads { none, query, key_value };                // a head axis of n_heads or n_key_value_heads
+enum class HookWidth { d_model, d_mlp, d_head, key_pos, one };  // the last axis
+struct HookInfo {
+  const char* name;  // per layer: the name after "blocks.N."
+  bool per_layer;
+  HookHeads heads;
+  HookWidth width;
+};
+const HookInfo& hook_info(HookKind kind);
 
 // Hook ids are ints: hook_count throws std::invalid_argument for more than
 // kMaxLayers layers (or fewer than 0).

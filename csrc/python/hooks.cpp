@@ -56,6 +56,24 @@ tmech::Edit PyHookPlan::make(tmech::EditType type, std::vector<int64_t> heads, s
 }
 
 void bind_hooks(py::module_& m) {
+  m.def(
+      "hook_table",
+      [] {
+        const char* const heads[] = {nullptr, "n_heads", "n_key_value_heads"};
+        const char* const widths[] = {"d_model", "d_mlp", "d_head", "key_pos", "1"};
+        py::list rows;
+        for (int k = 0; k < tmech::kHookKinds; ++k) {
+          const tmech::HookInfo& h = tmech::hook_info(static_cast<tmech::HookKind>(k));
+          const char* head = heads[static_cast<int>(h.heads)];
+          rows.append(py::dict(py::arg("name") = h.name, py::arg("per_layer") = h.per_layer,
+                               py::arg("heads") = head ? py::object(py::str(head)) : py::object(py::none()),
+                               py::arg("width") = widths[static_cast<int>(h.width)]));
+        }
+        return rows;
+      },
+      "The hook points in the order a forward pass reaches them: name (after blocks.N. when per_layer), "
+      "heads (the config field sizing its head axis, or None) and width (its last axis: a config field, "
+      "key_pos or 1)");
   m.def("hook_names", [](int64_t n_layers) {
     std::vector<std::string> names;
     for (int i = 0; i < tmech::hook_count(n_layers); ++i) names.push_back(tmech::hook_name(i, n_layers));

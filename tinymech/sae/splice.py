@@ -15,28 +15,25 @@ import numpy as np
 
 from ..cache import ActivationCache
 from ..errors import HookError
-from ..hooks import resolve_names
+from ..hooks import hook_row, resolve_names
 
 SAE_HOOKS = ("hook_sae_input", "hook_sae_acts_pre", "hook_sae_acts_post", "hook_sae_recons",
              "hook_sae_error", "hook_sae_output")
-_HEADED = ("attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_z")
 
 
 def hook_widths(mcfg, name: str) -> tuple[int, ...] | None:
-    """The widths an SAE may read at a hook: its last axis, or the last two
-    flattened where it has a head axis (SAELens's hook_z reshaping). None for
-    attention scores and patterns, whose last axis is a key position."""
-    if name.endswith(("attn.hook_attn_scores", "attn.hook_pattern")):
+    """The widths an SAE may read at a hook (the core's table): its last axis,
+    or the last two flattened where it has a head axis (SAELens's hook_z
+    reshaping). None for attention scores and patterns, whose last axis is a
+    key position."""
+    row = hook_row(name)
+    if row["width"] == "key_pos":
         return None
-    if name.endswith(_HEADED):
-        return mcfg.n_heads * mcfg.d_head, mcfg.d_head
-    if name.endswith("attn.hook_result"):
-        return mcfg.n_heads * mcfg.d_model, mcfg.d_model
-    if name.endswith("hook_scale"):
-        return (1,)
-    if name.endswith(("mlp.hook_pre", "mlp.hook_post")):
-        return (mcfg.d_mlp,)
-    return (mcfg.d_model,)
+    inner = 1 if row["width"] == "1" else getattr(mcfg, row["width"])
+    if row["heads"] is None:
+        return (inner,)
+    heads = getattr(mcfg, row["heads"]) or mcfg.n_heads  # n_key_value_heads None: as many as n_heads
+    return heads * inner, inner
 
 
 def splice_hooks(cfg) -> list[str]:

@@ -39,10 +39,22 @@ void SaeConfig::validate() const {
   if (activation == SaeActivation::topk && k <= 0) throw std::invalid_argument("a TopK SAE needs k > 0");
 }
 
+namespace {
+// The one table of SAE activations (their names as tinymech/sae/architectures/ gives them).
+struct SaeActivationName {
+  const char* name;
+  SaeActivation value;
+};
+constexpr SaeActivationName kSaeActivations[] = {
+    {"relu", SaeActivation::relu},
+    {"jumprelu", SaeActivation::jumprelu},
+    {"topk", SaeActivation::topk},
+};
+}  // namespace
+
 SaeActivation parse_sae_activation(const std::string& name) {
-  if (name == "relu") return SaeActivation::relu;
-  if (name == "jumprelu") return SaeActivation::jumprelu;
-  if (name == "topk") return SaeActivation::topk;
+  for (const SaeActivationName& a : kSaeActivations)
+    if (name == a.name) return a.value;
   throw std::invalid_argument("unknown SAE activation '" + name + "'");
 }
 

@@ -58,6 +58,12 @@ SaeActivation parse_sae_activation(const std::string& name) {
   throw std::invalid_argument("unknown SAE activation '" + name + "'");
 }
 
+std::vector<std::string> sae_activation_names() {
+  std::vector<std::string> names;
+  for (const SaeActivationName& a : kSaeActivations) names.emplace_back(a.name);
+  return names;
+}
+
 SaeNorm parse_sae_norm(const std::string& name) {
   if (name == "none") return SaeNorm::none;
   if (name == "constant_norm_rescale") return SaeNorm::constant_norm_rescale;

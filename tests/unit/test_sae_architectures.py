@@ -26,6 +26,16 @@ def test_an_architecture_module_has_the_interface(module):
     assert set(module.NAMES.values()) <= set(architectures.KINDS)
 
 
+def test_every_activation_is_in_the_cores_table_only():
+    from tinymech import _core
+
+    assert {m.ACTIVATION for m in architectures.MODULES} == set(_core.sae_activation_names())
+    root = Path(__file__).resolve().parents[2]
+    holders = [p.relative_to(root).as_posix() for p in (root / "csrc").rglob("*") if p.suffix in (".cpp", ".hpp")
+               and '"jumprelu"' in p.read_text(encoding="utf-8", errors="replace")]
+    assert holders == ["csrc/sae/sae.cpp"]
+
+
 def test_the_registry_holds_what_each_architecture_was():
     # the table loading.py held before the registry: architecture -> (activation, transcoder, skip)
     assert {n: (a.activation, a.is_transcoder, a.has_skip) for n, a in architectures.ARCHITECTURES.items()} == {

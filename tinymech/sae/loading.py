@@ -9,6 +9,7 @@ True. Weights are memory-mapped, never copied when stored as float32.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import warnings
 from pathlib import Path
@@ -234,7 +235,7 @@ def read_weights(path: Path, cfg: SAEConfig) -> dict[str, np.ndarray | None]:
     weights: dict[str, np.ndarray | None] = {n: _tensor(sf, n, s) for n, s in shapes.items()}
     weights["threshold"] = weights["W_skip"] = None
     architecture = ARCHITECTURES[cfg.architecture]
-    weights.update(architecture.module.weights(sf, lambda name, shape: _tensor(sf, name, shape), cfg.d_sae))
+    weights.update(architecture.module.weights(sf, functools.partial(_tensor, sf), cfg.d_sae))
     if architecture.has_skip:
         if "W_skip" not in sf:
             raise SAELoadError(f"{file}: a skip transcoder needs a 'W_skip' tensor")

@@ -155,6 +155,8 @@ void bind_sae(py::module_& m) {
       py::arg("mode"),
       "when SAE encoders screen in bfloat16 first (csrc/sae/screen.hpp): 'auto' where it pays, "
       "'always' (any CPU, any rows: for tests), 'never' (the float32 path)");
+  m.def("sae_activation_names", &tmech::sae_activation_names,
+        "every SAE activation the core encodes, as tinymech/sae/architectures/ names them");
   m.def("sae_screen", [] { return tmech::screen_mode_name(tmech::screen_mode()); });
   py::class_<PySae>(m, "Sae", "An SAE or transcoder over float32 weights (see tinymech.sae.SAE)")
       .def(py::init(&make_sae), py::arg("config"), py::arg("weights"))

@@ -39,11 +39,29 @@ void SaeConfig::validate() const {
   if (activation == SaeActivation::topk && k <= 0) throw std::invalid_argument("a TopK SAE needs k > 0");
 }
 
+namespace {
+// The one table of SAE activations (their names as tinymech/sae/architectures/ gives them).
+struct SaeActivationName {
+  const char* name;
+  SaeActivation value;
+};
+constexpr SaeActivationName kSaeActivations[] = {
+    {"relu", SaeActivation::relu},
+    {"jumprelu", SaeActivation::jumprelu},
+    {"topk", SaeActivation::topk},
+};
+}  // namespace
+
 SaeActivation parse_sae_activation(const std::string& name) {
-  if (name == "relu") return SaeActivation::relu;
-  if (name == "jumprelu") return SaeActivation::jumprelu;
-  if (name == "topk") return SaeActivation::topk;
+  for (const SaeActivationName& a : kSaeActivations)
+    if (name == a.name) return a.value;
   throw std::invalid_argument("unknown SAE activation '" + name + "'");
+}
+
+std::vector<std::string> sae_activation_names() {
+  std::vector<std::string> names;
+  for (const SaeActivationName& a : kSaeActivations) names.emplace_back(a.name);
+  return names;
 }
 
 SaeNorm parse_sae_norm(const std::string& name) {

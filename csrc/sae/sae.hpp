@@ -39,7 +39,8 @@ struct SaeConfig {
 };
 
 // SAELens's names, as the core's values; std::invalid_argument naming an unknown one.
-SaeActivation parse_sae_activation(const std::string& name);  // "relu", "jumprelu", "topk"
+SaeActivation parse_sae_activation(const std::string& name);  // kSaeActivations in sae.cpp
+std::vector<std::string> sae_activation_names();              // every name parse_sae_activation knows
 SaeNorm parse_sae_norm(const std::string& name);              // "none", "constant_norm_rescale", "layer_norm"
 
 struct SaeWeights {

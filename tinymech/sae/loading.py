@@ -9,6 +9,7 @@ True. Weights are memory-mapped, never copied when stored as float32.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import warnings
 from pathlib import Path
@@ -21,22 +22,13 @@ from ..errors import ModelLoadError
 from ..io.files import read_json as read_json_file
 from ..io.safetensors import SafetensorsFile
 from ..errors import SAELoadError, SAENotFoundError
+from .architectures import ARCHITECTURES, DEFAULT, OLD_ACTIVATION_FNS
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
 SPARSITY_FILE = "sparsity.safetensors"
 LABELS_FILE = "feature_labels.json"
 
-# architecture -> (activation, is a transcoder, has W_skip)
-ARCHITECTURES = {
-    "standard": ("relu", False, False),
-    "jumprelu": ("jumprelu", False, False),
-    "topk": ("topk", False, False),
-    "transcoder": ("relu", True, False),
-    "skip_transcoder": ("relu", True, True),
-    "jumprelu_transcoder": ("jumprelu", True, False),
-    "jumprelu_skip_transcoder": ("jumprelu", True, True),
-}
 NORMALIZATIONS = ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm")
 _OLD_KEYS = {"hook_point": "hook_name", "hook_point_head_index": "hook_head_index",
              "activation_fn_str": "activation_fn"}
@@ -67,11 +59,11 @@ class SAEConfig:
 
     @property
     def activation(self) -> str:
-        return ARCHITECTURES[self.architecture][0]
+        return ARCHITECTURES[self.architecture].activation
 
     @property
     def is_transcoder(self) -> bool:
-        return ARCHITECTURES[self.architecture][1]
+        return ARCHITECTURES[self.architecture].is_transcoder
 
     @property
     def output_hook(self) -> str | None:
@@ -153,23 +145,30 @@ def _object(flat: dict, key: str) -> dict:
     return v
 
 
+def _architecture(flat: dict) -> str:
+    """The registry's name for the config's architecture (pre-6 ones named it by activation_fn)."""
+    default = ARCHITECTURES[DEFAULT].activation
+    activation_fn = flat.get("activation_fn") or default
+    arch = flat.get("architecture") or DEFAULT
+    if arch == DEFAULT and activation_fn != default:
+        if not isinstance(activation_fn, str) or activation_fn not in OLD_ACTIVATION_FNS:
+            raise SAELoadError(f"activation function {activation_fn!r} is not supported "
+                               f"(supported: {', '.join([default, *OLD_ACTIVATION_FNS])})")
+        arch = OLD_ACTIVATION_FNS[activation_fn]
+    if not isinstance(arch, str) or arch not in ARCHITECTURES:
+        raise SAELoadError(f"SAE architecture {arch!r} is not supported; supported: {', '.join(ARCHITECTURES)}")
+    return arch
+
+
 def parse_config(raw: Any, overrides: dict | None = None) -> SAEConfig:
     """SAEConfig from a cfg.json dict of any SAELens version."""
     if not isinstance(raw, dict):
         raise SAELoadError("cfg.json must hold a JSON object")
     flat = _flatten(raw)
     flat.update(overrides or {})
-    activation_fn = flat.get("activation_fn") or "relu"
-    arch = flat.get("architecture") or "standard"
-    if activation_fn == "topk" and arch == "standard":  # pre-6 TopK: k in activation_fn_kwargs
-        arch = "topk"
-        flat.setdefault("k", _object(flat, "activation_fn_kwargs").get("k"))
-    elif activation_fn != "relu" and arch == "standard":
-        raise SAELoadError(f"activation function {activation_fn!r} is not supported (supported: relu, topk)")
-    if not isinstance(arch, str) or arch not in ARCHITECTURES:
-        raise SAELoadError(f"SAE architecture {arch!r} is not supported; supported: {', '.join(ARCHITECTURES)}")
+    arch = _architecture(flat)
     d_in, d_sae = _int(flat, "d_in"), _int(flat, "d_sae")
-    is_transcoder = ARCHITECTURES[arch][1]
+    is_transcoder = ARCHITECTURES[arch].is_transcoder
     d_out = _int(flat, "d_out") if is_transcoder else d_in
     norm = flat.get("normalize_activations")
     if isinstance(norm, bool) or norm is None:  # pre-6: a flag meaning the dataset-wide constant
@@ -182,9 +181,7 @@ def parse_config(raw: Any, overrides: dict | None = None) -> SAEConfig:
     apply_b_dec = flat.get("apply_b_dec_to_input", not is_transcoder)
     if is_transcoder and apply_b_dec:
         raise SAELoadError("apply_b_dec_to_input cannot be used by a transcoder (b_dec lives in the output space)")
-    k = _int(flat, "k") if arch == "topk" else None
-    if k is not None and k > d_sae:
-        raise SAELoadError(f"cfg.json: k={k} exceeds d_sae={d_sae}")
+    extra = ARCHITECTURES[arch].module.config(flat, d_sae)
     hook, hook_out = flat.get("hook_name"), flat.get("hook_name_out")
     _check_hooks(hook, hook_out, d_in, d_out)
     return SAEConfig(
@@ -198,7 +195,7 @@ def parse_config(raw: Any, overrides: dict | None = None) -> SAEConfig:
         apply_b_dec_to_input=bool(apply_b_dec),
         normalize_activations=norm,
         reshape_activations=reshape,
-        k=k,
+        k=extra.get("k"),
         rescale_acts_by_decoder_norm=bool(flat.get("rescale_acts_by_decoder_norm", False)),
         model_name=flat.get("model_name"),
         prepend_bos=bool(flat.get("prepend_bos", True)),
@@ -237,14 +234,9 @@ def read_weights(path: Path, cfg: SAEConfig) -> dict[str, np.ndarray | None]:
         raise SAELoadError(f"{file} lacks {', '.join(missing)} (has {', '.join(sorted(sf.keys()))})")
     weights: dict[str, np.ndarray | None] = {n: _tensor(sf, n, s) for n, s in shapes.items()}
     weights["threshold"] = weights["W_skip"] = None
-    if cfg.activation == "jumprelu":
-        if "threshold" in sf:
-            weights["threshold"] = _tensor(sf, "threshold", (cfg.d_sae,))
-        elif "log_threshold" in sf:  # training checkpoints store the log
-            weights["threshold"] = np.exp(_tensor(sf, "log_threshold", (cfg.d_sae,)))
-        else:
-            raise SAELoadError(f"{file}: a JumpReLU SAE needs a 'threshold' tensor")
-    if ARCHITECTURES[cfg.architecture][2]:
+    architecture = ARCHITECTURES[cfg.architecture]
+    weights.update(architecture.module.weights(sf, functools.partial(_tensor, sf), cfg.d_sae))
+    if architecture.has_skip:
         if "W_skip" not in sf:
             raise SAELoadError(f"{file}: a skip transcoder needs a 'W_skip' tensor")
         weights["W_skip"] = _tensor(sf, "W_skip", (cfg.d_out, cfg.d_in))

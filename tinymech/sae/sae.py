@@ -6,8 +6,9 @@ decode in the C++ core, splice into a model, inspect and steer features.
     cache["blocks.2.hook_resid_pre.hook_sae_acts_post"]      # [batch, pos, d_sae]
     model.generate("The", hooks=[sae.steer(feature=12, strength=8.0)])
 
-Architectures: standard (ReLU), jumprelu, topk, and transcoders (plain, skip,
-JumpReLU), with SAELens's input normalizations.
+Architectures: those registered in tinymech/sae/architectures/ (ReLU, JumpReLU and
+TopK SAEs, ReLU and JumpReLU transcoders and skip transcoders), with SAELens's input
+normalizations.
 """
 from __future__ import annotations
 

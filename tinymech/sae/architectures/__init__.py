@@ -1,0 +1,48 @@
+"""The SAE architectures tinymech reads, listed once: each is a module of this folder for
+one activation, with ACTIVATION (the core's name: csrc/sae/sae.cpp's kSaeActivations),
+NAMES (each cfg.json "architecture" SAELens writes for it -> its kind: "sae",
+"transcoder" or "skip_transcoder"), config(flat, d_sae) -> the extra config fields it
+needs, and weights(file, read, d_sae) -> the extra tensors it reads. Adding an
+architecture is a module and a line in MODULES (docs/contributing.md).
+
+Transcoders are a kind, not modules of their own: what makes one (d_out, hook_name_out,
+W_skip) is the same for every activation, so tinymech/sae/loading.py handles it once.
+"""
+from __future__ import annotations
+
+import dataclasses
+from types import ModuleType
+
+from . import jumprelu, standard, topk
+
+MODULES = (standard, jumprelu, topk)
+KINDS = {"sae": (False, False), "transcoder": (True, False), "skip_transcoder": (True, True)}  # (transcoder, skip)
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    """One cfg.json "architecture": its module (activation, extra config and tensors) and kind."""
+
+    name: str
+    module: ModuleType
+    kind: str
+
+    @property
+    def activation(self) -> str:
+        return self.module.ACTIVATION
+
+    @property
+    def is_transcoder(self) -> bool:
+        return KINDS[self.kind][0]
+
+    @property
+    def has_skip(self) -> bool:
+        """A skip transcoder: W_skip [d_out, d_in] adds a linear path from input to output."""
+        return KINDS[self.kind][1]
+
+
+ARCHITECTURES = {name: Architecture(name, m, kind) for m in MODULES for name, kind in m.NAMES.items()}
+DEFAULT = "standard"  # what a config without an "architecture" means
+# Pre-6 configs said architecture "standard" and named any other activation in activation_fn.
+OLD_ACTIVATION_FNS = {m.OLD_ACTIVATION_FN: name for m in MODULES for name, kind in m.NAMES.items()
+                      if hasattr(m, "OLD_ACTIVATION_FN") and kind == "sae"}

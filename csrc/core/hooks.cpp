@@ -11,33 +11,11 @@ namespace {
 
 using H = HookHeads;
 using W = HookWidth;
-// One row per HookKind, in the enum's order.
+// TM_HOOK_POINTS's rows (hooks.hpp), in the enum's order.
 constexpr HookInfo kHooks[kHookKinds] = {
-    {"hook_embed", false, H::none, W::d_model},
-    {"hook_pos_embed", false, H::none, W::d_model},
-    {"hook_resid_pre", true, H::none, W::d_model},
-    {"ln1.hook_scale", true, H::none, W::one},
-    {"ln1.hook_normalized", true, H::none, W::d_model},
-    {"attn.hook_q", true, H::query, W::d_head},
-    {"attn.hook_k", true, H::key_value, W::d_head},
-    {"attn.hook_v", true, H::key_value, W::d_head},
-    {"attn.hook_rot_q", true, H::query, W::d_head},
-    {"attn.hook_rot_k", true, H::key_value, W::d_head},
-    {"attn.hook_attn_scores", true, H::query, W::key_pos},
-    {"attn.hook_pattern", true, H::query, W::key_pos},
-    {"attn.hook_z", true, H::query, W::d_head},
-    {"attn.hook_result", true, H::query, W::d_model},
-    {"hook_attn_out", true, H::none, W::d_model},
-    {"hook_resid_mid", true, H::none, W::d_model},
-    {"ln2.hook_scale", true, H::none, W::one},
-    {"ln2.hook_normalized", true, H::none, W::d_model},
-    {"mlp.hook_pre", true, H::none, W::d_mlp},
-    {"mlp.hook_pre_linear", true, H::none, W::d_mlp},
-    {"mlp.hook_post", true, H::none, W::d_mlp},
-    {"hook_mlp_out", true, H::none, W::d_model},
-    {"hook_resid_post", true, H::none, W::d_model},
-    {"ln_final.hook_scale", false, H::none, W::one},
-    {"ln_final.hook_normalized", false, H::none, W::d_model},
+#define TM_HOOK_ROW(kind, name, per_layer, heads, width) {name, per_layer, H::heads, W::width},
+    TM_HOOK_POINTS(TM_HOOK_ROW)
+#undef TM_HOOK_ROW
 };
 
 // Hook ids rely on the per-layer kinds being one run, from resid_pre to resid_post.

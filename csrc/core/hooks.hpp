@@ -25,43 +25,7 @@
 
 namespace tmech {
 
-enum class HookKind : int {
-  embed,
-  pos_embed,
-  // per layer, in the order a block reaches them
-  resid_pre,
-  ln1_scale,
-  ln1_normalized,
-  q,
-  k,
-  v,
-  rot_q,  // rotary models only
-  rot_k,
-  attn_scores,
-  pattern,
-  z,
-  result,
-  attn_out,
-  resid_mid,
-  ln2_scale,
-  ln2_normalized,
-  mlp_pre,
-  mlp_pre_linear,  // gated MLPs only
-  mlp_post,
-  mlp_out,
-  resid_post,
-  // after the blocks
-  ln_final_scale,
-  ln_final_normalized,
-};
-
-constexpr int kFirstLayerKind = static_cast<int>(HookKind::resid_pre);
-constexpr int kLayerKinds = static_cast<int>(HookKind::resid_post) - kFirstLayerKind + 1;
-constexpr int kHookKinds = static_cast<int>(HookKind::ln_final_normalized) + 1;
-
-// The table of hook points (hooks.cpp's kHooks, one row per HookKind): what a
-// point's activation holds after [batch, pos]. Python reads it through
-// _core.hook_table, so its lists of headed points and SAE widths follow.
+// What a hook point's activation holds after [batch, pos].
 enum class HookHeads { none, query, key_value };                // a head axis of n_heads or n_key_value_heads
 enum class HookWidth { d_model, d_mlp, d_head, key_pos, one };  // the last axis
 struct HookInfo {
@@ -70,6 +34,47 @@ struct HookInfo {
   HookHeads heads;
   HookWidth width;
 };
+// The hook points, one row each, in the order a forward pass reaches them: kind, TransformerLens
+// name (per layer: after "blocks.N."), per layer, head axis, last axis. The one table of them:
+// HookKind and hooks.cpp's kHooks are made from it, and Python reads it through _core.hook_table
+// (its lists of headed points and SAE widths follow). A new point: a row here, its visit in forward.cpp.
+#define TM_HOOK_POINTS(X)                                                           \
+  X(embed, "hook_embed", false, none, d_model)                                      \
+  X(pos_embed, "hook_pos_embed", false, none, d_model)                              \
+  X(resid_pre, "hook_resid_pre", true, none, d_model)                               \
+  X(ln1_scale, "ln1.hook_scale", true, none, one)                                   \
+  X(ln1_normalized, "ln1.hook_normalized", true, none, d_model)                     \
+  X(q, "attn.hook_q", true, query, d_head)                                          \
+  X(k, "attn.hook_k", true, key_value, d_head)                                      \
+  X(v, "attn.hook_v", true, key_value, d_head)                                      \
+  X(rot_q, "attn.hook_rot_q", true, query, d_head) /* rotary models only */         \
+  X(rot_k, "attn.hook_rot_k", true, key_value, d_head)                              \
+  X(attn_scores, "attn.hook_attn_scores", true, query, key_pos)                     \
+  X(pattern, "attn.hook_pattern", true, query, key_pos)                             \
+  X(z, "attn.hook_z", true, query, d_head)                                          \
+  X(result, "attn.hook_result", true, query, d_model)                               \
+  X(attn_out, "hook_attn_out", true, none, d_model)                                 \
+  X(resid_mid, "hook_resid_mid", true, none, d_model)                               \
+  X(ln2_scale, "ln2.hook_scale", true, none, one)                                   \
+  X(ln2_normalized, "ln2.hook_normalized", true, none, d_model)                     \
+  X(mlp_pre, "mlp.hook_pre", true, none, d_mlp)                                     \
+  X(mlp_pre_linear, "mlp.hook_pre_linear", true, none, d_mlp) /* gated MLPs only */ \
+  X(mlp_post, "mlp.hook_post", true, none, d_mlp)                                   \
+  X(mlp_out, "hook_mlp_out", true, none, d_model)                                   \
+  X(resid_post, "hook_resid_post", true, none, d_model)                             \
+  X(ln_final_scale, "ln_final.hook_scale", false, none, one)                        \
+  X(ln_final_normalized, "ln_final.hook_normalized", false, none, d_model)
+
+enum class HookKind : int {
+#define TM_HOOK_KIND(kind, name, per_layer, heads, width) kind,
+  TM_HOOK_POINTS(TM_HOOK_KIND)
+#undef TM_HOOK_KIND
+};
+
+constexpr int kFirstLayerKind = static_cast<int>(HookKind::resid_pre);
+constexpr int kLayerKinds = static_cast<int>(HookKind::resid_post) - kFirstLayerKind + 1;
+constexpr int kHookKinds = static_cast<int>(HookKind::ln_final_normalized) + 1;
+
 const HookInfo& hook_info(HookKind kind);
 
 // Hook ids are ints: hook_count throws std::invalid_argument for more than

@@ -55,3 +55,11 @@ def tl_gpt2():
         return built[key][1]
 
     return make
+
+
+@pytest.fixture(scope="module", params=["small", "odd"])
+def pair(request, gpt2, tl_gpt2):
+    """(tinymech model, HookedTransformer) on the same random GPT-2 weights, two shapes; a test
+    module may define its own pair instead."""
+    hf, model, _ = gpt2(request.param)
+    return model, tl_gpt2(hf)

@@ -7,18 +7,9 @@ import torch
 
 from model_factory import rel_err
 from tl_reference import act_err
+from numpy_models import random_tokens
 
 TOL = 1e-4
-
-
-@pytest.fixture(scope="module", params=["small", "odd"])
-def pair(request, gpt2, tl_gpt2):
-    hf, model, _ = gpt2(request.param)
-    return model, tl_gpt2(hf)
-
-
-def random_tokens(model, batch, length, seed=0):
-    return np.random.default_rng(seed).integers(0, model.cfg.d_vocab, (batch, length))
 
 
 @pytest.mark.parametrize("stop", [0, 1, -1, "n_layers"])

@@ -8,18 +8,9 @@ import torch
 import tinymech as tm
 from model_factory import rel_err
 from tl_reference import act_err, as_tl_hook, tl_greedy_cached, tl_run_with_cache, tl_run_with_hooks
+from numpy_models import random_tokens
 
 TOL = 1e-4
-
-
-@pytest.fixture(scope="module", params=["small", "odd"])
-def pair(request, gpt2, tl_gpt2):
-    hf, model, _ = gpt2(request.param)
-    return model, tl_gpt2(hf)
-
-
-def random_tokens(model, batch, length, seed=0):
-    return np.random.default_rng(seed).integers(0, model.cfg.d_vocab, (batch, length))
 
 
 def assert_same_run(model, tl, tokens, hooks, tl_hooks):

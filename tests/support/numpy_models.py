@@ -35,3 +35,8 @@ def rotary_model(n_ctx: int = 64, n_layers: int = 2, d_model: int = 32, n_heads:
                  attn_scale=float(np.sqrt(d_head)), gated_mlp=True, rotary_dim=d_head, weight_layout="out_in",
                  original_architecture="LlamaForCausalLM", family="llama", bos_token_id=0, eos_token_id=1)
     return Model(cfg, weights, None)
+
+
+def random_tokens(model, batch: int, length: int, seed: int = 0) -> np.ndarray:
+    """[batch, length] token ids drawn uniformly from the model's vocabulary."""
+    return np.random.default_rng(seed).integers(0, model.cfg.d_vocab, (batch, length))

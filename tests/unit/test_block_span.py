@@ -7,6 +7,7 @@ import pytest
 import tinymech as tm
 from llama_factory import LLAMA_SHAPES
 from numpy_checkpoints import write_llama
+from numpy_models import random_tokens
 
 
 @pytest.fixture(scope="module", params=["small", "odd"])
@@ -19,10 +20,6 @@ def llama(tmp_path_factory):
     path = tmp_path_factory.mktemp("llama_span")
     write_llama(path, **LLAMA_SHAPES["gqa"])
     return tm.load(path)
-
-
-def random_tokens(model, batch, length, seed=0):
-    return np.random.default_rng(seed).integers(0, model.cfg.d_vocab, (batch, length))
 
 
 @pytest.mark.parametrize("layer", [1, "last"])

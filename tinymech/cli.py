@@ -1,4 +1,4 @@
-"""The `tinymech` command: generate text, inspect a model, open the terminal UI."""
+"""The `tinymech` command: generate text, inspect a model, train SAEs, open the terminal UI."""
 from __future__ import annotations
 
 import argparse
@@ -93,9 +93,62 @@ def _parser() -> argparse.ArgumentParser:
     tui.add_argument("--sae", action="append", default=[], help="SAE directory (SAELens format); repeatable")
     tui.add_argument("prompt", nargs="?", default=None, type=_utf8_text,
                      help="the prompt to open on (default: an example)")
-    for p in (gen, info, dyn, tui):  # --threads after the subcommand too; when absent there, that before counts
+    train = sub.add_parser("train-sae", help="collect a hook's activations over a corpus and train an SAE or "
+                           "transcoder on them (SAELens's format)")
+    _train_args(train)
+    for p in (gen, info, dyn, tui, train):  # --threads after the subcommand too; when absent there, that before counts
         _threads_arg(p, argparse.SUPPRESS)
     return parser
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    _model_arg(p, dtype=False)
+    p.add_argument("--hook", required=True, help="the hook point the SAE reads, e.g. blocks.2.hook_resid_pre")
+    p.add_argument("--hook-out", default=None, help="train a transcoder: the hook point it writes "
+                   "(e.g. --hook blocks.2.ln2.hook_normalized --hook-out blocks.2.hook_mlp_out)")
+    p.add_argument("--skip", action="store_true", help="a skip transcoder (adds a trained linear path)")
+    p.add_argument("--corpus", required=True, help="a text file, a folder of them, or a .jsonl with a text field")
+    p.add_argument("--arch", default="topk", choices=["topk", "batchtopk", "jumprelu", "standard"],
+                   help="training method (default: topk); standard is ReLU + L1")
+    p.add_argument("--d-sae", type=_positive_int, default=None, help="latents (default: 8 x the hook's width)")
+    p.add_argument("--k", type=_positive_int, default=None, help="active latents per token (topk, batchtopk)")
+    p.add_argument("--tokens", type=_positive_int, required=True, help="training tokens")
+    p.add_argument("--collect", type=_positive_int, default=None,
+                   help="activations to collect (default: --tokens plus a tenth held out for evaluation; "
+                        "fewer than --tokens means several passes)")
+    p.add_argument("--activations", default=None, help="where the collected activations are kept "
+                   "(default: OUT.activations); an existing folder of the same run is resumed")
+    p.add_argument("--context", type=_positive_int, default=128, help="tokens per row of text (default: 128)")
+    p.add_argument("--act-dtype", choices=["float32", "bf16"], default="float32",
+                   help="how activations are stored on disk (bf16 halves the space)")
+    p.add_argument("--lr", type=_checked(float, lambda v: 0 < v < 1, "a number in (0, 1)"), default=None,
+                   help="Adam's learning rate (default: 2e-4 / sqrt(d_sae / 16384))")
+    p.add_argument("--batch-size", type=_positive_int, default=4096, help="tokens per step (default: 4096)")
+    p.add_argument("--coefficient", type=_non_negative_float, default=None,
+                   help="sparsity coefficient: L1 (standard) or L0 (jumprelu)")
+    p.add_argument("--checkpoint-every", type=_positive_int, default=None,
+                   help="tokens between checkpoints (default: a tenth of the run)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT's checkpoint")
+    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument("--out", required=True, help="the SAE's folder")
+
+
+def _train_sae(args) -> int:
+    import tinymech as tm
+
+    model = tm.load(args.model)
+    hold = min(max(1, args.tokens // 10), 32768)  # held out for evaluation
+    n_collect = args.collect or args.tokens + hold + args.context  # a row's slack: held-out rows are whole
+    store = tm.collect_activations(model, args.hook, args.corpus, n_collect, out=args.activations or args.out +
+                                   ".activations", context=args.context, dtype=args.act_dtype,
+                                   hook_out=args.hook_out, seed=args.seed, progress=True, resume=True)
+    every = args.checkpoint_every or max(args.batch_size, args.tokens // 10)
+    sae = tm.train_sae(store, args.arch, d_sae=args.d_sae, k=args.k, n_tokens=args.tokens, lr=args.lr,
+                       batch_size=args.batch_size, out=args.out, coefficient=args.coefficient, skip=args.skip,
+                       seed=args.seed, checkpoint_every=every, resume=args.resume, model=model, holdout=hold,
+                       progress=True)
+    print(printable(f"saved {sae!r} to {args.out}"))
+    return 0
 
 
 # generated text keeps its lines and tabs; any other control character shows as a picture
@@ -235,7 +288,7 @@ def _tui(args) -> int:
     return run_tui(model_path=args.model, sae_paths=tuple(args.sae), prompt=args.prompt, dtype=args.dtype) or 0
 
 
-COMMANDS = {"generate": _generate, "info": _info, "dynamics": _dynamics, "tui": _tui}
+COMMANDS = {"generate": _generate, "info": _info, "dynamics": _dynamics, "tui": _tui, "train-sae": _train_sae}
 
 
 def _report_error(error: Exception) -> int:

@@ -67,6 +67,11 @@ class FeatureIndexError(TinymechError, IndexError):
 
 # ---- the analysis toolkit ----
 
+class TrainingError(TinymechError, RuntimeError):
+    """A training run could not go on: a checkpoint that could not be written (a full
+    disk), a checkpoint that does not belong to this run. What was saved before is kept."""
+
+
 class AnalysisError(TinymechError, ValueError):
     """An analysis asked for something its inputs cannot give: an unknown
     detection pattern, clean and corrupted runs of different shapes, a

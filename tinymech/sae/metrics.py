@@ -167,3 +167,48 @@ def sae_metrics(model, sae, tokens, batch_size: int = 8, ignore_tokens=None, den
         dense_features=int((density > dense_threshold).sum()),
         feature_density=density,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class ReconstructionMetrics:
+    """An SAE's reconstruction of stored activations (no model run): SAELens's definitions."""
+
+    n_tokens: int
+    l0: float
+    l1: float
+    mse: float
+    explained_variance: float
+    dead_features: int
+    dense_features: int
+    feature_density: np.ndarray  # [d_sae]
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "feature_density"}
+
+
+def reconstruction_metrics(sae, x, y=None, chunk: int = 4096, dense_threshold: float = 0.1) -> ReconstructionMetrics:
+    """L0, L1, MSE, explained variance and feature densities of `sae` on rows x [n, d_in]
+    (the target is y [n, d_out] for a transcoder, else x), chunk rows at a time."""
+    x = np.asarray(x)
+    y = x if y is None else np.asarray(y)
+    n = len(x)
+    fired = np.zeros(sae.d_sae, np.int64)
+    l0 = l1 = sq_resid = sq_norm = 0.0
+    sum_y = np.zeros(sae.d_out, np.float64)
+    for start in range(0, n, chunk):
+        xs, ys = x[start : start + chunk], y[start : start + chunk].astype(np.float64)
+        _, indices, values = sae._core.encode_sparse(np.ascontiguousarray(xs, dtype=np.float32))  # CSR
+        l0 += len(indices)
+        l1 += float(values.astype(np.float64).sum())
+        fired += np.bincount(indices, minlength=sae.d_sae)
+        sq_resid += float(((ys - sae.forward(xs)) ** 2).sum())
+        sq_norm += float((ys**2).sum())
+        sum_y += ys.sum(0)
+    m = max(n, 1)
+    variance = sq_norm / m - float(((sum_y / m) ** 2).sum())
+    mse = sq_resid / m
+    explained = (1.0 if mse < 1e-10 else 0.0) if variance < 1e-10 else 1.0 - mse / variance
+    density = (fired / m).astype(np.float32)
+    return ReconstructionMetrics(n_tokens=n, l0=l0 / m, l1=l1 / m, mse=mse, explained_variance=explained,
+                                 dead_features=int((fired == 0).sum()),
+                                 dense_features=int((density > dense_threshold).sum()), feature_density=density)

@@ -34,6 +34,7 @@ from .loading import (
     sae_dir,
 )
 from .pretrained import resolve
+from .saving import config_json, write_sae_folder
 from .splice import check_hooks, run_with_cache_with_saes, run_with_saes, splice_hooks
 
 __all__ = ["SAE", "SAEConfig", "LogitEffects", "run_with_saes", "run_with_cache_with_saes"]
@@ -191,6 +192,13 @@ class SAE:
             cfg = dataclasses.replace(cfg, normalize_activations="none")
         labels, details = read_feature_labels(path, cfg.d_sae)
         return cls(cfg, weights, str(path), labels, details, read_log_sparsity(path, cfg.d_sae))
+
+    def save(self, path: str | os.PathLike) -> str:
+        """Write this SAE in SAELens's format (cfg.json, sae_weights.safetensors and, when
+        known, sparsity.safetensors) into the folder `path`; returns the path."""
+        weights = {"W_enc": self.W_enc, "b_enc": self.b_enc, "W_dec": self.W_dec, "b_dec": self.b_dec,
+                   "threshold": self.threshold, "W_skip": self.W_skip}
+        return str(write_sae_folder(path, config_json(self.cfg), weights, self.log_sparsity))
 
     def __repr__(self):
         c = self.cfg

@@ -1,0 +1,79 @@
+"""Writing an SAE or transcoder in SAELens 6's on-disk format: a folder with
+cfg.json, sae_weights.safetensors and (optionally) sparsity.safetensors, which
+sae_lens.SAE.load_from_disk and tm.SAE.load both read.
+
+Each file is written beside its target and then moved onto it, so a full disk
+or an interruption leaves the previous file as it was; other files in the
+folder (feature labels, checkpoints) are kept.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import save_file
+
+from ..errors import SAEInputError
+from .loading import CFG_FILE, SAEConfig
+
+WEIGHTS_FILE = "sae_weights.safetensors"
+SPARSITY_FILE = "sparsity.safetensors"
+TENSORS = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold", "W_skip")
+
+
+def config_json(cfg: SAEConfig) -> dict:
+    """cfg.json as SAELens 6 writes it: the architecture's fields at the top, the rest under metadata."""
+    meta = {k: v for k, v in cfg.metadata.items() if k not in _TOP_LEVEL}
+    meta.update(hook_name=cfg.hook_name, hook_head_index=cfg.hook_head_index, model_name=cfg.model_name,
+                prepend_bos=cfg.prepend_bos, context_size=cfg.context_size,
+                model_from_pretrained_kwargs=cfg.model_from_pretrained_kwargs, neuronpedia_id=cfg.neuronpedia_id)
+    if cfg.hook_name_out is not None:
+        meta["hook_name_out"] = cfg.hook_name_out
+    out = dict(architecture=cfg.architecture, d_in=cfg.d_in, d_sae=cfg.d_sae, dtype="float32", device="cpu",
+               apply_b_dec_to_input=cfg.apply_b_dec_to_input, normalize_activations=cfg.normalize_activations,
+               reshape_activations=cfg.reshape_activations, metadata=meta)
+    if cfg.is_transcoder:
+        out["d_out"] = cfg.d_out
+    if cfg.k is not None:
+        out["k"] = cfg.k
+        out["rescale_acts_by_decoder_norm"] = cfg.rescale_acts_by_decoder_norm
+    return out
+
+
+# Keys SAELens keeps at the top level of cfg.json (never duplicated into metadata).
+_TOP_LEVEL = {"architecture", "d_in", "d_sae", "d_out", "dtype", "device", "apply_b_dec_to_input",
+              "normalize_activations", "reshape_activations", "k", "rescale_acts_by_decoder_norm"}
+
+
+def write_sae_folder(path, config: dict, weights: dict, log_sparsity: np.ndarray | None = None,
+                     extra_files: dict[str, str] | None = None) -> Path:
+    """Write config (cfg.json's contents), weights (float32 arrays named as SAELens names
+    them) and log_sparsity (log10 feature densities) into the folder `path`.
+    extra_files: {file name: text} written beside them (e.g. metrics.json)."""
+    path = Path(path)
+    unknown = set(weights) - set(TENSORS)
+    if unknown:
+        raise SAEInputError(f"unknown SAE tensors {sorted(unknown)}; SAELens names them {', '.join(TENSORS)}")
+    path.mkdir(parents=True, exist_ok=True)
+    arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items() if v is not None}
+    _write(path / WEIGHTS_FILE, lambda p: save_file(arrays, str(p)))
+    if log_sparsity is not None:
+        sparsity = {"sparsity": np.ascontiguousarray(log_sparsity, dtype=np.float32)}
+        _write(path / SPARSITY_FILE, lambda p: save_file(sparsity, str(p)))
+    files = {CFG_FILE: json.dumps(config, indent=2) + "\n", **(extra_files or {})}
+    for name, text in files.items():
+        _write(path / name, lambda p, text=text: p.write_text(text))
+    return path
+
+
+def _write(target: Path, write) -> None:
+    """write(tmp) then move tmp onto target: a full disk or an interruption leaves target as it was."""
+    tmp = target.with_name(target.name + ".partial")
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,395 @@
+"""Training an SAE or transcoder on stored activations, in the C++ core (Trainer),
+and saving it in SAELens's format.
+
+train_sae decides the schedule and what is kept; every number is crunched in the
+core: each step is one Trainer.step on a shuffled batch. Around it:
+
+- inputs (and a transcoder's outputs) are scaled so that E‖x‖ = √d, as SAELens's
+  normalize_activations="expected_average_only_in"; the scale is folded into the
+  saved weights (W_enc·s_in, W_dec/s_out, b_dec/s_out), which then read raw activations;
+- b_dec starts at the geometric median of a sample (an SAE) or the mean output (a
+  transcoder), as Gao et al. 2024 do;
+- the learning rate warms up linearly and decays linearly at the end, the sparsity
+  coefficient warms up linearly (SAELens's CoefficientScheduler);
+- a checkpoint (the trainer's state and the position in the data) is written every
+  checkpoint_every tokens and on Ctrl-C; resume=True continues from it with the same
+  batches as an uninterrupted run;
+- at the end the SAE is evaluated on held-out activations (and, given the model, on
+  held-out text with the SAE spliced in) and metrics.json written beside it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from ..errors import InvalidInputError, SAEInputError, TrainingError, real_number, whole_number
+from .metrics import reconstruction_metrics, sae_metrics
+from .sae import SAE
+from .saving import write_sae_folder
+from .train_data import ArrayActivations, as_activations, holdout_split
+from .train_display import TrainingDisplay
+from .trainer import Trainer
+
+# Per training method: the sparsity coefficient's default (on inputs scaled to E‖x‖ = √d_in)
+# and the share of the steps over which it warms up.
+METHODS = {
+    "topk": dict(coefficient=0.0, warm_up=0.0),
+    "batchtopk": dict(coefficient=0.0, warm_up=0.0),
+    "jumprelu": dict(coefficient=1.0, warm_up=0.1),   # SAELens's l0_coefficient
+    "standard": dict(coefficient=5.0, warm_up=0.05),  # L1 weighted by decoder norms
+}
+CHECKPOINT = "checkpoint"
+SCALE_SAMPLE = 65536  # tokens for the norm scale and the geometric median
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything that decides a run: a resumed run must be given the same."""
+
+    architecture: str
+    d_sae: int
+    k: int | None
+    n_tokens: int
+    lr: float
+    batch_size: int
+    coefficient: float
+    coefficient_warm_up_steps: int
+    lr_warm_up_steps: int
+    lr_decay_steps: int
+    lr_end: float
+    skip: bool
+    b_dec_init: str
+    seed: int
+    options: dict
+
+    @property
+    def steps(self) -> int:
+        return math.ceil(self.n_tokens / self.batch_size)
+
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up to lr, constant, then linear decay to lr_end over the last steps."""
+        if step < self.lr_warm_up_steps:
+            return self.lr * (step + 1) / self.lr_warm_up_steps
+        into_decay = step - (self.steps - self.lr_decay_steps)
+        if self.lr_decay_steps and into_decay >= 0:
+            return self.lr + (self.lr_end - self.lr) * (into_decay + 1) / self.lr_decay_steps
+        return self.lr
+
+    def coefficient_at(self, step: int) -> float:
+        warm = self.coefficient_warm_up_steps
+        return self.coefficient * min(step, warm) / warm if warm else self.coefficient
+
+
+def train_sae(acts, architecture: str = "topk", d_sae: int | None = None, k: int | None = None,
+              n_tokens: int | None = None, lr: float | None = None, batch_size: int = 4096, out=None, *,
+              coefficient: float | None = None, coefficient_warm_up_steps: int | None = None,
+              lr_warm_up_steps: int | None = None, lr_decay_steps: int | None = None, lr_end: float = 0.0,
+              skip: bool = False, b_dec_init: str | None = None, seed: int = 0,
+              checkpoint_every: int | None = None, resume: bool = False, model=None, holdout: int | None = None,
+              progress=True, **options) -> SAE:
+    """Train an SAE (or a transcoder, when the activations hold outputs) and return it.
+
+    acts: an ActivationStore (tm.collect_activations), its folder, or an array
+    [n, d_in] (a pair (x, y) for a transcoder). architecture: "topk", "batchtopk",
+    "jumprelu" or "standard" (ReLU + L1). d_sae: the number of latents (default
+    8 × d_in); k: active latents per token (topk, batchtopk). n_tokens: training
+    tokens (default: one pass over the activations; more passes reshuffle). lr:
+    Adam's learning rate (default 2e-4 / √(d_sae / 16384), Gao et al.'s scaling).
+    out: the folder to write (SAELens's format, metrics.json, checkpoints); required
+    for checkpoints and resume. model: the Model the activations came from, for the
+    CE-loss metrics on held-out text. options: passed to the Trainer (e.g.
+    aux_coefficient, dead_window, jumprelu_bandwidth).
+    """
+    data = as_activations(acts)
+    cfg = _config(data, architecture, d_sae, k, n_tokens, lr, batch_size, coefficient, coefficient_warm_up_steps,
+                  lr_warm_up_steps, lr_decay_steps, lr_end, skip, b_dec_init, seed, holdout, options)
+    out = Path(out) if out is not None else None
+    every = None if checkpoint_every is None else whole_number(checkpoint_every, "checkpoint_every", 1)
+    if (every or resume) and out is None:
+        raise InvalidInputError("checkpoints and resume need out= (the folder they are kept in)")
+    n_train, held = holdout_split(data, holdout)
+    run = _resume(out, cfg, data) if resume else None
+    if run is None:
+        run = _start(cfg, data, n_train)
+    display = TrainingDisplay(cfg.n_tokens, progress)
+    try:
+        _loop(run, cfg, data, n_train, out, every, display)
+    except KeyboardInterrupt:
+        if out is not None:
+            _save_checkpoint(out, run, cfg)
+            display.message(f"interrupted: checkpoint saved at {run.tokens_done:,} tokens in {out / CHECKPOINT}; "
+                            "train again with resume=True (--resume) to continue")
+        raise
+    finally:
+        display.close()
+    if every:
+        _save_checkpoint(out, run, cfg)
+    return _finish(run, cfg, data, n_train, held, out, model, display)
+
+
+# ---- configuration ----------------------------------------------------------------------
+
+def _config(data, architecture, d_sae, k, n_tokens, lr, batch_size, coefficient, coefficient_warm_up_steps,
+            lr_warm_up_steps, lr_decay_steps, lr_end, skip, b_dec_init, seed, holdout, options) -> TrainConfig:
+    if architecture not in METHODS:
+        raise InvalidInputError(f"unknown architecture {architecture!r}; tinymech trains {', '.join(METHODS)}")
+    d_sae = whole_number(8 * data.d_in if d_sae is None else d_sae, "d_sae", 1)
+    if architecture in ("topk", "batchtopk"):
+        if k is None:
+            raise InvalidInputError(f"a {architecture} SAE needs k (the active latents per token)")
+        k = whole_number(k, "k", 1)
+        if k > d_sae:
+            raise InvalidInputError(f"k={k} exceeds d_sae={d_sae}")
+    elif k is not None:
+        raise InvalidInputError(f"k is for topk and batchtopk SAEs, not {architecture}")
+    batch_size = whole_number(batch_size, "batch_size", 1)
+    n_train, _ = holdout_split(data, holdout)
+    n_tokens = whole_number(n_train if n_tokens is None else n_tokens, "n_tokens", 1)
+    lr = real_number(2e-4 / math.sqrt(d_sae / 16384) if lr is None else lr, "lr")
+    if not 0 < lr < 1:
+        raise InvalidInputError(f"lr must be in (0, 1), got {lr}")
+    steps = math.ceil(n_tokens / batch_size)
+    method = METHODS[architecture]
+    coefficient = real_number(method["coefficient"] if coefficient is None else coefficient, "coefficient")
+    if coefficient < 0:
+        raise InvalidInputError(f"coefficient must be >= 0, got {coefficient}")
+    warm = (round(method["warm_up"] * steps) if coefficient_warm_up_steps is None
+            else whole_number(coefficient_warm_up_steps, "coefficient_warm_up_steps", 0))
+    lr_warm = steps // 20 if lr_warm_up_steps is None else whole_number(lr_warm_up_steps, "lr_warm_up_steps", 0)
+    lr_decay = steps // 5 if lr_decay_steps is None else whole_number(lr_decay_steps, "lr_decay_steps", 0)
+    if lr_warm + lr_decay > steps:
+        raise InvalidInputError(f"lr_warm_up_steps + lr_decay_steps = {lr_warm + lr_decay} exceed the {steps} steps")
+    transcoder = data.d_out is not None
+    b_dec_init = b_dec_init or ("mean" if transcoder else "geometric_median")
+    if b_dec_init not in ("geometric_median", "mean", "zeros"):
+        raise InvalidInputError(f"b_dec_init must be 'geometric_median', 'mean' or 'zeros', not {b_dec_init!r}")
+    if skip and not transcoder:
+        raise InvalidInputError("skip=True makes a skip transcoder: the activations need outputs (hook_out)")
+    return TrainConfig(architecture, d_sae, k, n_tokens, lr, batch_size, coefficient, warm, lr_warm, lr_decay,
+                       real_number(lr_end, "lr_end"), bool(skip), b_dec_init, whole_number(seed, "seed", 0),
+                       dict(options))
+
+
+# ---- the run ---------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class _Run:
+    trainer: Trainer
+    scale_in: float
+    scale_out: float
+    tokens_done: int = 0
+    step: int = 0
+    seconds: float = 0.0
+    last: dict = dataclasses.field(default_factory=dict)
+
+
+def _start(cfg: TrainConfig, data, n_train: int) -> _Run:
+    x, y = _sample(data, n_train, cfg.seed)
+    scale_in = _norm_scale(x)
+    scale_out = scale_in if y is None else _norm_scale(y)
+    trainer = Trainer(cfg.architecture, data.d_in, cfg.d_sae, d_out=data.d_out, skip=cfg.skip, k=cfg.k,
+                      seed=cfg.seed, **cfg.options)
+    target = (x if y is None else y) * scale_out
+    if cfg.b_dec_init == "geometric_median":
+        trainer.set_params(b_dec=geometric_median(target))
+    elif cfg.b_dec_init == "mean":
+        trainer.set_params(b_dec=target.mean(0, dtype=np.float64).astype(np.float32))
+    return _Run(trainer, scale_in, scale_out)
+
+
+def _sample(data, n_train: int, seed: int):
+    """Up to SCALE_SAMPLE random training rows (x, y or None)."""
+    n = min(n_train, SCALE_SAMPLE)
+    return next(iter(data.batches(n, seed=seed + 7919, holdout=data.n_tokens - n_train)))
+
+
+def _norm_scale(x: np.ndarray) -> float:
+    """√d / mean ‖x‖: scaled rows have an average norm of √d (SAELens's estimate_scaling_factor)."""
+    mean_norm = float(np.linalg.norm(x.astype(np.float64), axis=1).mean())
+    if not math.isfinite(mean_norm) or mean_norm == 0:
+        raise SAEInputError(f"the activations' mean norm is {mean_norm}: nothing to train on")
+    return math.sqrt(x.shape[1]) / mean_norm
+
+
+def geometric_median(x: np.ndarray, iterations: int = 100, tol: float = 1e-6) -> np.ndarray:
+    """The point minimizing the summed distances to the rows of x (Weiszfeld's iteration), float32."""
+    x = x.astype(np.float64)
+    m = x.mean(0)
+    for _ in range(iterations):
+        w = 1.0 / np.maximum(np.linalg.norm(x - m, axis=1), 1e-12)
+        new = (w[:, None] * x).sum(0) / w.sum()
+        done = np.linalg.norm(new - m) <= tol * max(np.linalg.norm(m), 1e-12)
+        m = new
+        if done:
+            break
+    return m.astype(np.float32)
+
+
+def _batches(data, cfg: TrainConfig, n_train: int, tokens_done: int):
+    """Shuffled training batches from token tokens_done on; each pass over the data reshuffles (seed + pass)."""
+    held = data.n_tokens - n_train
+    while True:
+        epoch, offset = divmod(tokens_done, n_train)
+        for batch in data.batches(cfg.batch_size, seed=cfg.seed + epoch, start_token=offset, holdout=held):
+            yield batch
+            tokens_done += len(batch[0])
+            if tokens_done % n_train == 0:
+                break  # the pass is over: the next one reshuffles
+
+
+def _loop(run: _Run, cfg: TrainConfig, data, n_train: int, out, every, display) -> None:
+    next_checkpoint = None if every is None else (run.tokens_done // every + 1) * every
+    started = time.monotonic() - run.seconds
+    for x, y in _batches(data, cfg, n_train, run.tokens_done):
+        if run.tokens_done >= cfg.n_tokens:
+            break
+        take = cfg.n_tokens - run.tokens_done
+        if len(x) > take:  # the budget ends inside this batch
+            x, y = x[:take], None if y is None else y[:take]
+        stats = run.trainer.step(x * run.scale_in, None if y is None else y * run.scale_out,
+                                 lr=cfg.lr_at(run.step), coefficient=cfg.coefficient_at(run.step))
+        run.step += 1
+        run.tokens_done += len(x)
+        run.seconds = time.monotonic() - started
+        run.last = dict(stats, lr=cfg.lr_at(run.step - 1))
+        display.update(run.tokens_done, run.seconds, run.last, run.trainer.d_sae)
+        if next_checkpoint is not None and run.tokens_done >= next_checkpoint and run.tokens_done < cfg.n_tokens:
+            _save_checkpoint(out, run, cfg)
+            next_checkpoint = (run.tokens_done // every + 1) * every
+
+
+# ---- checkpoints ------------------------------------------------------------------------
+
+def _save_checkpoint(out: Path, run: _Run, cfg: TrainConfig) -> None:
+    """The trainer's state in state-<step>.safetensors, then train.json naming it; older states
+    are removed only once train.json is written, so a failed write leaves the last checkpoint whole."""
+    folder = out / CHECKPOINT
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"state-{run.step}.safetensors"
+    info = dict(state=name, tokens_done=run.tokens_done, step=run.step, seconds=run.seconds,
+                scale_in=run.scale_in, scale_out=run.scale_out, config=dataclasses.asdict(cfg))
+    try:
+        _atomic(folder / name, lambda p: save_file(_state_arrays(run.trainer.state()), str(p)))
+        _atomic(folder / "train.json", lambda p: p.write_text(json.dumps(info, indent=2)))
+    except OSError as e:
+        raise TrainingError(f"could not write a checkpoint in {folder} ({e.strerror or e}); the previous "
+                            "checkpoint there is intact") from e
+    for old in folder.glob("state-*.safetensors"):
+        if old.name != name:
+            old.unlink(missing_ok=True)
+
+
+def _atomic(target: Path, write) -> None:
+    tmp = target.with_name(target.name + ".partial")
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _state_arrays(state: dict) -> dict:
+    return {k: np.ascontiguousarray(np.asarray(v)) for k, v in state.items()}
+
+
+def _resume(out: Path, cfg: TrainConfig, data) -> _Run | None:
+    """The run saved in out/checkpoint, if any; a checkpoint of another run is refused."""
+    info_path = out / CHECKPOINT / "train.json"
+    if not info_path.is_file():
+        return None
+    info = json.loads(info_path.read_text())
+    saved = info.get("config", {})
+    now = dataclasses.asdict(cfg)
+    differ = [key for key in now if key != "n_tokens" and saved.get(key) != now[key]]
+    if differ:
+        raise InvalidInputError(f"the checkpoint in {out / CHECKPOINT} is of a run with other settings "
+                                f"({', '.join(f'{key}: {saved.get(key)!r} there, {now[key]!r} now' for key in differ)})")
+    state = load_file(str(out / CHECKPOINT / info["state"]))
+    trainer = Trainer.from_state(state, cfg.architecture, data.d_in, cfg.d_sae, d_out=data.d_out, skip=cfg.skip,
+                                 k=cfg.k, seed=cfg.seed, **cfg.options)
+    return _Run(trainer, float(info["scale_in"]), float(info["scale_out"]), int(info["tokens_done"]),
+                int(info["step"]), float(info["seconds"]))
+
+
+# ---- the result -------------------------------------------------------------------------
+
+def _finish(run: _Run, cfg: TrainConfig, data, n_train: int, held: int, out, model, display) -> SAE:
+    weights = _folded(run.trainer.sae_weights(), run.scale_in, run.scale_out)
+    config = _sae_config(run.trainer, cfg, data)
+    sae = SAE(_parse(config), weights)
+    metrics = _evaluate(sae, data, n_train, held, model, run, cfg)
+    sae.log_sparsity = np.log10(np.maximum(metrics.pop("_density"), 1e-10)).astype(np.float32)
+    display.summary(metrics)
+    if out is not None:
+        write_sae_folder(out, config, weights, sae.log_sparsity,
+                         {"metrics.json": json.dumps(metrics, indent=2) + "\n"})
+        sae = SAE.load(out)
+    sae.metrics = metrics
+    return sae
+
+
+def _folded(weights: dict, s_in: float, s_out: float) -> dict:
+    """Weights that read raw activations: the training scales folded in (as SAELens's
+    fold_activation_norm_scaling_factor; thresholds act on pre-activations, which are unchanged)."""
+    w = dict(weights)
+    w["W_enc"] = w["W_enc"] * np.float32(s_in)
+    w["W_dec"] = w["W_dec"] / np.float32(s_out)
+    w["b_dec"] = w["b_dec"] / np.float32(s_out)
+    if w.get("W_skip") is not None:
+        w["W_skip"] = w["W_skip"] * np.float32(s_in / s_out)
+    return w
+
+
+def _sae_config(trainer: Trainer, cfg: TrainConfig, data) -> dict:
+    meta = data.meta
+    config = dict(trainer.sae_config(), d_in=data.d_in, d_sae=cfg.d_sae, dtype="float32", device="cpu",
+                  normalize_activations="none", reshape_activations="none")
+    config.setdefault("apply_b_dec_to_input", data.d_out is None)
+    if data.d_out is not None:
+        config["d_out"] = data.d_out
+    config["metadata"] = dict(
+        model_name=meta.get("model"), hook_name=meta.get("hook"), hook_name_out=meta.get("hook_out"),
+        hook_head_index=None, context_size=meta.get("context"), prepend_bos=meta.get("prepend_bos", True),
+        exclude_special_tokens=meta.get("excluded_token_ids", []), dataset_path=meta.get("corpus"),
+        model_from_pretrained_kwargs={}, sae_lens_training_version=None,
+        tinymech_training={k: v for k, v in dataclasses.asdict(cfg).items()},
+    )
+    return config
+
+
+def _parse(config: dict):
+    from .loading import parse_config  # the same reading as a saved folder gets
+    return parse_config(config, {})
+
+
+def _evaluate(sae: SAE, data, n_train: int, held: int, model, run: _Run, cfg: TrainConfig) -> dict:
+    x, y = data.rows(n_train, data.n_tokens) if held else data.rows(0, min(data.n_tokens, SCALE_SAMPLE))
+    rec = reconstruction_metrics(sae, x, y)
+    metrics = dict(evaluated_on="held-out activations" if held else "training activations (no holdout)",
+                   **rec.as_dict())
+    tokens = data.holdout_tokens(n_train) if held and model is not None else None
+    if tokens is not None and len(tokens):
+        ce = sae_metrics(model, sae, tokens)
+        metrics.update(ce_clean=ce.ce_clean, ce_sae=ce.ce_sae, ce_zero_ablation=ce.ce_zero_ablation,
+                       ce_loss_score=ce.ce_loss_recovered, delta_lm_loss=ce.delta_lm_loss,
+                       ce_tokens=ce.n_tokens)
+    density = rec.feature_density
+    edges = [0.0] + [10.0**e for e in range(-6, 1)]
+    counts = np.histogram(density, bins=edges)[0]
+    counts[0] -= rec.dead_features  # dead ones are counted apart
+    metrics["density_histogram"] = {"dead": rec.dead_features, **{
+        f"({edges[i]:g}, {edges[i + 1]:g}]": int(c) for i, c in enumerate(counts)}}
+    metrics.update(architecture=cfg.architecture, d_sae=cfg.d_sae, k=cfg.k, train_tokens=run.tokens_done,
+                   steps=run.step, seconds=round(run.seconds, 2),
+                   tokens_per_second=round(run.tokens_done / max(run.seconds, 1e-9), 1),
+                   final_training_step=run.last)
+    metrics["_density"] = density
+    return metrics

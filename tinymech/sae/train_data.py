@@ -1,0 +1,108 @@
+"""What train_sae reads: an ActivationStore (or its folder) or plain arrays, behind one
+small interface (n_tokens, d_in, d_out, meta, batches, rows, holdout_tokens), and
+which tokens are held out for evaluation."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..errors import SAEInputError, whole_number
+from .activations import ActivationStore
+
+MAX_HOLDOUT_TOKENS = 32768
+
+
+def as_activations(acts):
+    """An ActivationStore, a store's folder, an array [n, d_in] or a pair (x [n, d_in], y [n, d_out])."""
+    if isinstance(acts, ActivationStore):
+        return StoreActivations(acts)
+    if isinstance(acts, (str, os.PathLike)):
+        return StoreActivations(ActivationStore.open(acts))
+    if isinstance(acts, tuple) and len(acts) == 2:
+        return ArrayActivations(*acts)
+    return ArrayActivations(acts)
+
+
+def holdout_split(data, holdout: int | None) -> tuple[int, int]:
+    """(training tokens, held-out tokens): the held-out ones are the last, whole token rows for a store."""
+    if holdout is None:
+        holdout = min(data.n_tokens // 10, MAX_HOLDOUT_TOKENS)
+    holdout = data.round_holdout(whole_number(holdout, "holdout", 0))
+    if holdout >= data.n_tokens:
+        raise SAEInputError(f"holding out {holdout} of {data.n_tokens} tokens leaves none to train on")
+    return data.n_tokens - holdout, holdout
+
+
+class ArrayActivations:
+    """Activations given as arrays (float32 rows); shuffled batches by a seeded permutation."""
+
+    def __init__(self, x, y=None):
+        self.x = _rows_of(x, "activations")
+        self.y = None if y is None else _rows_of(y, "output activations")
+        if self.y is not None and len(self.y) != len(self.x):
+            raise SAEInputError(f"{len(self.x)} input rows but {len(self.y)} output rows")
+        self.n_tokens, self.d_in = self.x.shape
+        self.d_out = None if self.y is None else self.y.shape[1]
+        self.meta = {}
+
+    def round_holdout(self, tokens: int) -> int:
+        return tokens
+
+    def rows(self, start: int, stop: int):
+        return self.x[start:stop], None if self.y is None else self.y[start:stop]
+
+    def batches(self, batch_size: int, seed: int = 0, start_token: int = 0, holdout: int = 0):
+        order = np.random.default_rng(seed).permutation(self.n_tokens - holdout)
+        for start in range(start_token, len(order), batch_size):
+            take = np.sort(order[start : start + batch_size])
+            yield self.x[take], None if self.y is None else self.y[take]
+
+    def holdout_tokens(self, n_train: int):
+        return None
+
+
+class StoreActivations:
+    """An ActivationStore: batches and rows come from it; the held-out tokens are its last token rows."""
+
+    def __init__(self, store: ActivationStore):
+        self.store = store
+        self.n_tokens, self.d_in, self.d_out = store.n_tokens, store.d_in, store.d_out
+        self.meta = store.meta
+
+    def _kept_per_row(self) -> np.ndarray:
+        """How many activations each token row gave (its positions not excluded)."""
+        tokens = np.asarray(self.store.tokens)
+        kept = ~np.isin(tokens, np.asarray(self.meta.get("excluded_token_ids", []), dtype=tokens.dtype))
+        if self.meta.get("prepend_bos", True):
+            kept[:, 0] = False
+        return kept.sum(1)
+
+    def round_holdout(self, tokens: int) -> int:
+        """Up to whole rows: the smallest number of last rows holding at least `tokens` activations."""
+        if tokens == 0:
+            return 0
+        tail = np.cumsum(self._kept_per_row()[::-1])
+        rows = int(np.searchsorted(tail, tokens)) + 1
+        return int(tail[min(rows, len(tail)) - 1])
+
+    def rows(self, start: int, stop: int):
+        return self.store.rows(start, stop)
+
+    def batches(self, batch_size: int, seed: int = 0, start_token: int = 0, holdout: int = 0):
+        return self.store.batches(batch_size, seed=seed, start_token=start_token, holdout=holdout)
+
+    def holdout_tokens(self, n_train: int):
+        """The token rows whose activations are n_train onwards."""
+        tail = np.cumsum(self._kept_per_row()[::-1])
+        rows = int(np.searchsorted(tail, self.n_tokens - n_train)) + 1
+        return np.asarray(self.store.tokens[-rows:], dtype=np.int64)
+
+
+def _rows_of(a, what: str) -> np.ndarray:
+    a = np.asarray(a)
+    if a.ndim != 2 or a.shape[0] == 0 or a.shape[1] == 0:
+        raise SAEInputError(f"{what} must be a non-empty array [tokens, width], got shape {list(a.shape)}")
+    if not np.issubdtype(a.dtype, np.floating):
+        raise SAEInputError(f"{what} must be floating point, got {a.dtype}")
+    return np.ascontiguousarray(a, dtype=np.float32)

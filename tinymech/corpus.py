@@ -18,7 +18,7 @@ import numpy as np
 
 from .errors import whole_number
 from .errors import InvalidInputError, NoTokenizerError
-from .io.files import open_regular, parse_json
+from .io.files import check_regular, open_regular, parse_json
 from .progress import progress_function
 
 DOCUMENT_SEPARATOR = "<|endoftext|>"
@@ -89,6 +89,7 @@ def _texts(source, text_field: str) -> Iterator[str]:
             return (text for f in files for text in _file_texts(f, text_field))
         if not path.exists():
             raise InvalidInputError(f"no corpus file or folder at {path}")
+        check_regular(path, InvalidInputError)
         return _file_texts(path, text_field)
     if isinstance(source, bytes) or not isinstance(source, Iterable):
         raise InvalidInputError(f"a corpus is a file, a folder or an iterable of strings, not {type(source).__name__}")
@@ -139,10 +140,12 @@ def _blocks(f, path: Path) -> Iterator[str]:
         if b"\0" in raw:
             raise InvalidInputError(f"the corpus file {path} is binary (a NUL byte at offset "
                                     f"{offset + raw.index(0)}), not text")
+        held = len(decoder.getstate()[0])  # bytes of a character begun in the last block
         try:
             yield decoder.decode(raw, final=not raw)
         except UnicodeDecodeError as e:
-            raise InvalidInputError(f"the corpus file {path} is not UTF-8 text (at byte {offset + e.start})") from None
+            raise InvalidInputError(f"the corpus file {path} is not UTF-8 text (at byte {offset - held + e.start})"
+                                    ) from None
         if not raw:
             return
         offset += len(raw)
@@ -153,7 +156,7 @@ def _documents(f, path: Path) -> Iterator[str]:
     for block in _blocks(f, path):
         *done, pending = (pending + block).split(DOCUMENT_SEPARATOR)
         yield from done
-        while len(pending) > MAX_DOCUMENT_CHARS:
+        while len(pending) >= MAX_DOCUMENT_CHARS + len(DOCUMENT_SEPARATOR):  # never cut a marker's beginning
             cut = pending.rfind("\n", 0, MAX_DOCUMENT_CHARS) + 1 or MAX_DOCUMENT_CHARS
             yield pending[:cut]
             pending = pending[cut:]

@@ -156,7 +156,7 @@ def _check_disk(out: Path, header: dict) -> None:
 
 
 def _gb(n: int) -> str:
-    return f"{n / 1e9:.2f} GB"
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
 def _collect(model, corpus, text_field, header, out: Path, batch_size: int, progress) -> None:

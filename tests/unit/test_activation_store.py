@@ -214,28 +214,33 @@ def small_windows(monkeypatch):
 def test_batches_are_a_permutation_per_epoch_and_deterministic(model, tmp_path, small_windows):
     store = collect(model, tmp_path / "s", n_tokens=203, hook_out=HOOK_OUT)
     x_all, y_all = store.rows(0, 203)
+    index = {row.tobytes(): i for i, row in enumerate(x_all)}
+
+    def ids(batch):
+        return [index[row.tobytes()] for row in batch[0]]
+
+    # batches of one row show the stream's order: epochs follow one another, each a permutation of its own
+    ones = store.batches(1, seed=3)
+    stream = [i for _ in range(416) for i in ids(next(ones))]
+    assert sorted(stream[:203]) == sorted(stream[203:406]) == list(range(203))
+    assert stream[:203] != list(range(203)) and stream[203:406] != stream[:203]
     got = list(store.batches(16, seed=3, epochs=1))
     assert [len(x) for x, _ in got] == [16] * 12 + [11]
-    x = np.concatenate([b[0] for b in got])
-    index = {row.tobytes(): i for i, row in enumerate(x_all)}
-    order = [index[row.tobytes()] for row in x]
-    assert sorted(order) == list(range(203)) and order != list(range(203))
-    np.testing.assert_array_equal(np.concatenate([b[1] for b in got]), y_all[order])  # pairs stay paired
-    again = np.concatenate([b[0] for b in store.batches(16, seed=3, epochs=1)])
-    np.testing.assert_array_equal(again, x)
-    other = np.concatenate([b[0] for b in store.batches(16, seed=4, epochs=1)])
-    assert not np.array_equal(other, x)
-    # endless by default: the second epoch is another permutation, and a batch spans the two
-    stream = store.batches(16, seed=3)
-    two = np.concatenate([next(stream)[0] for _ in range(26)])
-    np.testing.assert_array_equal(two[:203], x)
-    second = [index[row.tobytes()] for row in two[203:406]]
-    assert sorted(second) == list(range(203)) and second != order
+    for k, batch in enumerate(got):
+        assert ids(batch) == sorted(stream[16 * k : min(16 * k + 16, 203)])  # rows within a batch in the store's order
+        np.testing.assert_array_equal(batch[1], y_all[ids(batch)])  # pairs stay paired
+    again = list(store.batches(16, seed=3, epochs=1))
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(got, again))
+    assert [ids(b) for b in store.batches(16, seed=4, epochs=1)] != [ids(b) for b in got]
+    # endless by default: a batch spans two epochs
+    endless = store.batches(16, seed=3)
+    assert [ids(next(endless)) for _ in range(26)][12] == sorted(stream[192:208])
     # resumed from a token offset: the same stream from there
-    resumed = np.concatenate([next(store.batches(16, seed=3, start_token=37 + k * 16))[0] for k in range(15)])
-    np.testing.assert_array_equal(resumed, two[37 : 37 + 240])
+    resumed = store.batches(16, seed=3, start_token=37)
+    for k in range(20):
+        assert ids(next(resumed)) == sorted(stream[37 + 16 * k : 53 + 16 * k])
     # the holdout tail is never served
-    held = [index[r.tobytes()] for b in store.batches(10, seed=3, holdout=50, epochs=1) for r in b[0]]
+    held = [i for b in store.batches(10, seed=3, holdout=50, epochs=1) for i in ids(b)]
     assert sorted(held) == list(range(153))
 
 

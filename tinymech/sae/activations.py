@@ -341,7 +341,8 @@ class ActivationStore:
         """(x [stop - start, d_in], y [stop - start, d_out] or None), float32 copies of rows start..stop-1."""
         start = whole_number(start, "start", 0, maximum=self.n_tokens)
         stop = whole_number(stop, "stop", start, maximum=self.n_tokens)
-        return _floats(self.inputs[start:stop]), None if self.outputs is None else _floats(self.outputs[start:stop])
+        return tuple(None if data is None else _floats(data[start:stop], copy=True)
+                     for data in (self.inputs, self.outputs))
 
     def batches(self, batch_size: int, seed: int = 0, start_token: int = 0, holdout: int = 0,
                 epochs: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
@@ -351,8 +352,10 @@ class ActivationStore:
         Each epoch is a permutation of those rows, its own for each (seed,
         epoch); epochs follow one another without a break (a batch may span
         two), forever when epochs is None, else until `epochs` are done (the
-        last batch may be smaller). start_token: skip that many rows of this
-        stream, to continue a run that used them."""
+        last batch may be smaller). Within a batch the rows come in the
+        store's order (read sequentially; the order is nothing to training).
+        start_token: skip that many rows of this stream, to continue a run
+        that used them."""
         batch_size = whole_number(batch_size, "batch_size", 1, maximum=MAX_SIZE)
         seed = whole_number(seed, "seed", 0, maximum=2**63 - 1)
         holdout = whole_number(holdout, "holdout", 0, maximum=self.n_tokens - 1)
@@ -363,15 +366,10 @@ class ActivationStore:
         return (self._gather(idx) for idx in _cut(indices, batch_size))
 
     def _gather(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """The rows idx, read in increasing order (sequential on the disk), returned in idx's."""
-        order = np.argsort(idx, kind="stable")
-        where = np.empty_like(order)
-        where[order] = np.arange(len(order))
-        picked = idx[order]
-        out = []
-        for data in (self.inputs, self.outputs):
-            out.append(None if data is None else _floats(data[picked])[where])
-        return out[0], out[1]
+        """The rows idx, read in increasing order (the order within a batch does not matter to training)."""
+        idx = np.sort(idx)
+        return tuple(None if data is None else _floats(np.asarray(data)[idx], copy=False)
+                     for data in (self.inputs, self.outputs))
 
 
 def _map(path: Path, dtype, shape: tuple[int, int]):
@@ -388,8 +386,12 @@ def _map(path: Path, dtype, shape: tuple[int, int]):
     return np.memmap(path, dtype=dtype, mode="r", shape=shape)
 
 
-def _floats(a: np.ndarray) -> np.ndarray:
-    return from_bf16(np.asarray(a)) if a.dtype == np.uint16 else np.array(a, dtype=np.float32)
+def _floats(a: np.ndarray, copy: bool) -> np.ndarray:
+    """float32 rows from rows of a map (bfloat16 bits widened); copy: a's are a view of the file."""
+    a = np.asarray(a)
+    if a.dtype == np.uint16:
+        return from_bf16(a)
+    return a.copy() if copy else a
 
 
 def _row_stream(n: int, seed: int, start: int, epochs: int | None) -> Iterator[np.ndarray]:

@@ -277,3 +277,23 @@ def test_collect_command(tmp_path, capsys):
     assert "collected with dtype 'bf16', not 'float32'" in capsys.readouterr().err
     assert main(argv[:6] + ["0", "--out", str(tmp_path / "t")]) == 2
     assert "expected a whole number >= 1" in capsys.readouterr().err
+
+
+def test_bad_progress_or_corpus_leaves_no_folder(model, tmp_path):
+    with pytest.raises(tm.InvalidInputError, match="progress must be"):
+        collect(model, tmp_path / "s", progress="yes")
+    with pytest.raises(tm.InvalidInputError, match="text_field must be a string"):
+        collect(model, tmp_path / "s", text_field=3)
+    with pytest.raises(tm.InvalidInputError, match="no corpus file or folder"):
+        tm.collect_activations(model, HOOK, tmp_path / "none.txt", 10, out=tmp_path / "s")
+    assert not (tmp_path / "s").exists()
+
+
+def test_collect_command_interrupted(tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tm, "collect_activations", interrupted)
+    argv = ["collect", "--hook", HOOK, "--corpus", str(tmp_path), "--tokens", "30", "--out", str(tmp_path / "s")]
+    assert main(argv) == 130
+    assert "the same command continues it" in capsys.readouterr().err

@@ -75,8 +75,10 @@ def collect_activations(model, hook: str, corpus, n_tokens: int, out, context: i
     old = _existing_header(out, resume)
     header = _continued(old, header, n_tokens, out) if old else header | {"n_tokens": n_tokens}
     if not header["complete"]:
+        report = progress_function(progress, label="collecting", unit="tokens", start_done=header["tokens_written"])
+        rows = token_rows(model, read_corpus(corpus, text_field), header["context"])
         _check_disk(out, header)
-        _collect(model, corpus, text_field, header, out, batch_size, progress)
+        _collect(model, rows, header, out, batch_size, report)
     return ActivationStore.open(out)
 
 
@@ -159,14 +161,13 @@ def _gb(n: int) -> str:
     return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
-def _collect(model, corpus, text_field, header, out: Path, batch_size: int, progress) -> None:
-    """Append the activations of the rows after header's to out's files, the header rewritten after each batch."""
-    out.mkdir(parents=True, exist_ok=True)
+def _collect(model, rows: Iterator[np.ndarray], header: dict, out: Path, batch_size: int, report) -> None:
+    """Append the activations of the token rows after header's to out's files, the header rewritten after
+    each batch."""
     names = [header["hook"]] + ([header["hook_out"]] if header["hook_out"] else [])
     stop = _stop_layer(model, names)
     excluded = np.asarray(header["excluded_token_ids"], dtype=np.int64)
-    report = progress_function(progress, label="collecting", unit="tokens", start_done=header["tokens_written"])
-    rows = token_rows(model, read_corpus(corpus, text_field), header["context"])
+    out.mkdir(parents=True, exist_ok=True)
     with _DataFiles(out, header) as files:
         _write_header(out, header)
         for batch in _row_batches(rows, batch_size, skip=header["rows_written"]):
@@ -188,8 +189,8 @@ def _collect(model, corpus, text_field, header, out: Path, batch_size: int, prog
     if header["tokens_written"] < header["n_tokens"]:
         raise InvalidInputError(
             f"the corpus ran out after {header['tokens_written']} of the {header['n_tokens']} tokens asked; "
-            f"they are kept in {out}: collect again with n_tokens={header['tokens_written']} (or fewer: "
-            "not less than collected) to finish the store with them, or give a larger corpus")
+            f"they are kept in {out}: collect again with n_tokens={header['tokens_written']} to finish the "
+            "store with them, or into another folder from a larger corpus")
     header["complete"] = True
     _write_header(out, header)
 

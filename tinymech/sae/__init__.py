@@ -1,6 +1,7 @@
 """Sparse autoencoders and transcoders in SAELens's format: loading, the splice into a
-forward pass, metrics."""
+forward pass, metrics, and the activations to train them on."""
+from .activations import ActivationStore, collect_activations
 from .metrics import SAEMetrics, sae_metrics
 from .sae import SAE
 
-__all__ = ["SAE", "SAEMetrics", "sae_metrics"]
+__all__ = ["ActivationStore", "SAE", "SAEMetrics", "collect_activations", "sae_metrics"]

@@ -351,11 +351,10 @@ void Trainer::select(int64_t n) {
 // returns the loss scale min(n_dead / k_aux, 1), 0 when there is no aux loss.
 double Trainer::select_dead(int64_t n) {
   Work& w = *work_;
-  w.aux.from_counts(std::vector<int64_t>(sz(n), 0));
   std::vector<int32_t> dead;
   for (int64_t j = 0; j < cfg_.d_sae; ++j)
     if (tokens_since_fired[sz(j)] > cfg_.dead_tokens) dead.push_back(static_cast<int32_t>(j));
-  const int64_t nd = static_cast<int64_t>(dead.size()), k_aux0 = cfg_.d_in / 2;
+  const int64_t nd = static_cast<int64_t>(dead.size()), k_aux0 = cfg_.d_out / 2;  // the residual's width / 2 (SAELens's sae_in.shape[-1] // 2)
   if (nd == 0 || k_aux0 == 0 || cfg_.aux_coefficient == 0) return 0;
   const int64_t k_aux = std::min(k_aux0, nd), d_sae = cfg_.d_sae;
   std::vector<float> hd(sz(n * nd));
@@ -412,6 +411,7 @@ StepStats Trainer::step(const float* x, const float* y, int64_t n, double lr, do
         for (int64_t j = 0; j < d_sae; ++j) w.pre[sz(r * d_sae + j)] *= w.s[sz(j)];
     });
   select(n);
+  w.aux.from_counts(std::vector<int64_t>(sz(n), 0));  // none unless AuxK finds dead latents
   const double aux_scale = auxk ? select_dead(n) : 0.0;
 
   // decode and the MSE's output gradient g[0:n] = 2/n (out - target)

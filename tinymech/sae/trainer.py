@@ -5,8 +5,10 @@ clip_grad_norm_(1.0), torch.optim.Adam). Learning-rate and coefficient schedules
 normalization and saving belong to the caller (tinymech/sae/train.py).
 
 Deviations from SAELens: dead latents are counted in tokens since they last fired
-(`dead_tokens`, SAELens's dead_feature_window in steps times the batch size); a
-transcoder's AuxK uses k_aux = d_in // 2 as SAELens's code reads it.
+(`dead_tokens`, SAELens's dead_feature_window in steps times the batch size).
+SAELens trains no transcoders; here they train as its SAEs do, with y as the target
+of the MSE and of AuxK (k_aux = d_out // 2, as EleutherAI's sparsify) and no b_dec
+subtracted from the input.
 """
 from __future__ import annotations
 
@@ -199,7 +201,7 @@ class Trainer:
         """The weights of sae_weights.safetensors, folded as SAELens folds them on saving:
         decoder norms (topk and batchtopk with rescale_acts_by_decoder_norm), batchtopk's
         running threshold as a JumpReLU threshold."""
-        w = {name: np.ascontiguousarray(v) for name, v in self.params.items()}
+        w = self.params
         if self.architecture in ("topk", "batchtopk") and self.options["rescale_acts_by_decoder_norm"]:
             norms = np.maximum(np.linalg.norm(w["W_dec"], axis=1), np.float32(1e-8)).astype(np.float32)
             w["b_enc"] = w["b_enc"] * norms

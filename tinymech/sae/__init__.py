@@ -1,7 +1,9 @@
 """Sparse autoencoders and transcoders in SAELens's format: loading, the splice into a
-forward pass, metrics, and the activations to train them on."""
+forward pass, metrics, the activations to train them on, and training."""
 from .activations import ActivationStore, collect_activations
 from .metrics import SAEMetrics, sae_metrics
 from .sae import SAE
+from .train import train_sae
+from .trainer import Trainer
 
-__all__ = ["ActivationStore", "SAE", "SAEMetrics", "collect_activations", "sae_metrics"]
+__all__ = ["ActivationStore", "SAE", "SAEMetrics", "Trainer", "collect_activations", "sae_metrics", "train_sae"]

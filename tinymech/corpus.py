@@ -42,7 +42,7 @@ def read_corpus(source, text_field: str = "text") -> Iterator[str]:
     Blank documents are skipped. InvalidInputError, naming the file (and line),
     for a missing, unreadable, binary or non-UTF-8 file, a bad JSON line, and
     a corpus without any text (raised when it runs out)."""
-    if isinstance(text_field, bool) or not isinstance(text_field, str):
+    if not isinstance(text_field, str):
         raise InvalidInputError(f"text_field must be a string, not {text_field!r}")
     what = str(source) if isinstance(source, (str, os.PathLike)) else "given"
     return _nonblank(_texts(source, text_field), what)

@@ -39,6 +39,7 @@ from .errors import (
     SAELoadError,
     SAENotFoundError,
     TinymechError,
+    TrainingError,
     UnsupportedArchitectureError,
 )
 from .hooks import HookPoint, add, fill, get_act_name, mean_ablate, patch, scale, zero_ablate
@@ -52,7 +53,7 @@ from .runtime import (
     set_kernel_variant,
     set_num_threads,
 )
-from .sae import SAE, ActivationStore, SAEMetrics, collect_activations, sae_metrics
+from .sae import SAE, ActivationStore, SAEMetrics, collect_activations, sae_metrics, train_sae
 
 __version__ = "0.1.0"
 
@@ -77,6 +78,7 @@ __all__ = [
     "SAENotFoundError",
     "TinymechError",
     "Tokenizer",
+    "TrainingError",
     "UnsupportedArchitectureError",
     "add",
     "batches",
@@ -96,5 +98,6 @@ __all__ = [
     "set_kernel_variant",
     "set_num_threads",
     "tokenize_and_concatenate",
+    "train_sae",
     "zero_ablate",
 ]

@@ -100,10 +100,16 @@ def _new_header(model, hook, hook_out, dtype, context, corpus, seed) -> dict:
         "d_out": None if hook_out is None else _width(model, names[-1]),
         "dtype": dtype, "context": context, "prepend_bos": True, "excluded_token_ids": sorted(excluded),
         "seed": whole_number(seed, "seed", 0, maximum=2**63 - 1),
-        "tokenizer_sha256": hashlib.sha256(tok.backend.to_str().encode()).hexdigest(),
+        "tokenizer_sha256": tokenizer_sha256(model),
         "corpus": corpus_description(corpus),
         "n_tokens": 0, "tokens_written": 0, "rows_written": 0, "complete": False,
     }
+
+
+def tokenizer_sha256(model) -> str | None:
+    """A fingerprint of the model's tokenizer: activations of one tokenization are not another's."""
+    tok = model.tokenizer
+    return None if tok is None else hashlib.sha256(tok.backend.to_str().encode()).hexdigest()
 
 
 def _width(model, name: str) -> int:

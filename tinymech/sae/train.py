@@ -30,10 +30,12 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from ..errors import InvalidInputError, SAEInputError, TrainingError, real_number, whole_number
+from .activations import tokenizer_sha256
+from .loading import parse_config
 from .metrics import reconstruction_metrics, sae_metrics
 from .sae import SAE
 from .saving import write_sae_folder
-from .train_data import ArrayActivations, as_activations, holdout_split
+from .train_data import as_activations, holdout_split, nonfinite_error
 from .train_display import TrainingDisplay
 from .trainer import Trainer
 
@@ -79,7 +81,7 @@ class TrainConfig:
             return self.lr * (step + 1) / self.lr_warm_up_steps
         into_decay = step - (self.steps - self.lr_decay_steps)
         if self.lr_decay_steps and into_decay >= 0:
-            return self.lr + (self.lr_end - self.lr) * (into_decay + 1) / self.lr_decay_steps
+            return self.lr + (self.lr_end - self.lr) * into_decay / self.lr_decay_steps
         return self.lr
 
     def coefficient_at(self, step: int) -> float:
@@ -108,6 +110,7 @@ def train_sae(acts, architecture: str = "topk", d_sae: int | None = None, k: int
     aux_coefficient, dead_window, jumprelu_bandwidth).
     """
     data = as_activations(acts)
+    _check_model(data, model)
     cfg = _config(data, architecture, d_sae, k, n_tokens, lr, batch_size, coefficient, coefficient_warm_up_steps,
                   lr_warm_up_steps, lr_decay_steps, lr_end, skip, b_dec_init, seed, holdout, options)
     out = Path(out) if out is not None else None
@@ -177,6 +180,16 @@ def _config(data, architecture, d_sae, k, n_tokens, lr, batch_size, coefficient,
                        dict(options))
 
 
+def _check_model(data, model) -> None:
+    """The model for the CE metrics must be the one the activations came from."""
+    if model is None or not data.meta:
+        return
+    name = str(model.path or model.cfg.model_name)
+    if data.meta.get("model") != name or data.meta.get("tokenizer_sha256") != tokenizer_sha256(model):
+        raise InvalidInputError(f"the activations were collected from {data.meta.get('model')!r}, not from "
+                                f"{name!r}: pass the model they came from (or none)")
+
+
 # ---- the run ---------------------------------------------------------------------------
 
 @dataclasses.dataclass
@@ -192,6 +205,8 @@ class _Run:
 
 def _start(cfg: TrainConfig, data, n_train: int) -> _Run:
     x, y = _sample(data, n_train, cfg.seed)
+    if not (np.isfinite(x).all() and (y is None or np.isfinite(y).all())):
+        raise nonfinite_error(data)
     scale_in = _norm_scale(x)
     scale_out = scale_in if y is None else _norm_scale(y)
     trainer = Trainer(cfg.architecture, data.d_in, cfg.d_sae, d_out=data.d_out, skip=cfg.skip, k=cfg.k,
@@ -233,15 +248,8 @@ def geometric_median(x: np.ndarray, iterations: int = 100, tol: float = 1e-6) ->
 
 
 def _batches(data, cfg: TrainConfig, n_train: int, tokens_done: int):
-    """Shuffled training batches from token tokens_done on; each pass over the data reshuffles (seed + pass)."""
-    held = data.n_tokens - n_train
-    while True:
-        epoch, offset = divmod(tokens_done, n_train)
-        for batch in data.batches(cfg.batch_size, seed=cfg.seed + epoch, start_token=offset, holdout=held):
-            yield batch
-            tokens_done += len(batch[0])
-            if tokens_done % n_train == 0:
-                break  # the pass is over: the next one reshuffles
+    """Shuffled training batches from token tokens_done of the stream on (passes follow one another)."""
+    return data.batches(cfg.batch_size, seed=cfg.seed, start_token=tokens_done, holdout=data.n_tokens - n_train)
 
 
 def _loop(run: _Run, cfg: TrainConfig, data, n_train: int, out, every, display) -> None:
@@ -253,6 +261,8 @@ def _loop(run: _Run, cfg: TrainConfig, data, n_train: int, out, every, display) 
         take = cfg.n_tokens - run.tokens_done
         if len(x) > take:  # the budget ends inside this batch
             x, y = x[:take], None if y is None else y[:take]
+        if not (np.isfinite(x).all() and (y is None or np.isfinite(y).all())):
+            raise nonfinite_error(data)
         stats = run.trainer.step(x * run.scale_in, None if y is None else y * run.scale_out,
                                  lr=cfg.lr_at(run.step), coefficient=cfg.coefficient_at(run.step))
         run.step += 1
@@ -297,7 +307,7 @@ def _atomic(target: Path, write) -> None:
 
 
 def _state_arrays(state: dict) -> dict:
-    return {k: np.ascontiguousarray(np.asarray(v)) for k, v in state.items()}
+    return {k: np.array(v, order="C") for k, v in state.items()}  # (ascontiguousarray would make scalars 1-d)
 
 
 def _resume(out: Path, cfg: TrainConfig, data) -> _Run | None:
@@ -366,8 +376,7 @@ def _sae_config(trainer: Trainer, cfg: TrainConfig, data) -> dict:
 
 
 def _parse(config: dict):
-    from .loading import parse_config  # the same reading as a saved folder gets
-    return parse_config(config, {})
+    return parse_config(config, {})  # the same reading as a saved folder gets
 
 
 def _evaluate(sae: SAE, data, n_train: int, held: int, model, run: _Run, cfg: TrainConfig) -> dict:

@@ -53,13 +53,30 @@ class ArrayActivations:
         return self.x[start:stop], None if self.y is None else self.y[start:stop]
 
     def batches(self, batch_size: int, seed: int = 0, start_token: int = 0, holdout: int = 0):
-        order = np.random.default_rng(seed).permutation(self.n_tokens - holdout)
-        for start in range(start_token, len(order), batch_size):
-            take = np.sort(order[start : start + batch_size])
-            yield self.x[take], None if self.y is None else self.y[take]
+        """Pass after pass over rows [0, n_tokens - holdout), each a permutation of its own (seed, pass),
+        from position start_token of that endless stream (as ActivationStore.batches)."""
+        n = self.n_tokens - holdout
+        epoch, offset = divmod(start_token, n)
+        pending: list[np.ndarray] = []
+        count = 0
+        while True:
+            order = np.random.default_rng([seed, epoch])
+            order = order.permutation(n)[offset:]
+            epoch, offset = epoch + 1, 0
+            while len(order):
+                take = min(batch_size - count, len(order))
+                pending.append(order[:take])
+                order, count = order[take:], count + take
+                if count == batch_size:
+                    rows = np.sort(np.concatenate(pending))
+                    pending, count = [], 0
+                    yield self.x[rows], None if self.y is None else self.y[rows]
 
     def holdout_tokens(self, n_train: int):
         return None
+
+    def describe_token(self, i: int) -> str:
+        return f"row {i}"
 
 
 class StoreActivations:
@@ -89,6 +106,13 @@ class StoreActivations:
     def rows(self, start: int, stop: int):
         return self.store.rows(start, stop)
 
+    def describe_token(self, i: int) -> str:
+        """Token i of the store: which text row and position it came from."""
+        tokens = np.asarray(self.store.tokens)
+        kept = ~np.isin(tokens, np.asarray(self.meta.get("excluded_token_ids", []), dtype=tokens.dtype))
+        row, position = np.unravel_index(np.flatnonzero(kept.reshape(-1))[i], tokens.shape)
+        return f"token {i} of {self.store.folder} (text row {row}, position {position})"
+
     def batches(self, batch_size: int, seed: int = 0, start_token: int = 0, holdout: int = 0):
         return self.store.batches(batch_size, seed=seed, start_token=start_token, holdout=holdout)
 
@@ -97,6 +121,21 @@ class StoreActivations:
         tail = np.cumsum(self._kept_per_row()[::-1])
         rows = int(np.searchsorted(tail, self.n_tokens - n_train)) + 1
         return np.asarray(self.store.tokens[-rows:], dtype=np.int64)
+
+
+def nonfinite_error(data) -> SAEInputError:
+    """An SAEInputError naming the first token whose activations hold NaN or infinity (a scan, chunk by chunk)."""
+    chunk = 65536
+    for start in range(0, data.n_tokens, chunk):
+        for name, part in zip(("input", "output"), data.rows(start, min(start + chunk, data.n_tokens))):
+            if part is None:
+                continue
+            bad = np.flatnonzero(~np.isfinite(part).all(axis=1))
+            if len(bad):
+                where = data.describe_token(start + int(bad[0]))
+                return SAEInputError(f"the {name} activations hold NaN or infinity at {where}: the model "
+                                     "produced them there (or the store is damaged); nothing was trained on them")
+    return SAEInputError("the activations hold NaN or infinity")
 
 
 def _rows_of(a, what: str) -> np.ndarray:

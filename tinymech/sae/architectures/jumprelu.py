@@ -22,4 +22,4 @@ def weights(file, read, d_sae: int) -> dict:
         return {"threshold": np.exp(read("log_threshold", (d_sae,)))}
     raise SAELoadError(f"{file.path}: a JumpReLU SAE needs a 'threshold' tensor")
 
-# Training (next issue): the loss (MSE + L0 through the threshold's straight-through estimator) goes here.
+# Training: csrc/sae/train.cpp (MSE + L0 through the threshold's straight-through estimator).

@@ -13,4 +13,4 @@ def config(flat: dict, d_sae: int) -> dict:
 def weights(file, read, d_sae: int) -> dict:
     return {}
 
-# Training (next issue): the loss (MSE + L1 of the feature activations) goes here.
+# Training: csrc/sae/train.cpp (MSE + L1 weighted by decoder norms).

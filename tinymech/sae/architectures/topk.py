@@ -4,7 +4,8 @@ from __future__ import annotations
 from ...errors import SAELoadError
 
 ACTIVATION = "topk"
-NAMES = {"topk": "sae"}
+# SAELens 6.54 has no TopK transcoder class: these two are tinymech's (train_sae writes them)
+NAMES = {"topk": "sae", "topk_transcoder": "transcoder", "topk_skip_transcoder": "skip_transcoder"}
 OLD_ACTIVATION_FN = "topk"  # pre-6: architecture "standard", activation_fn "topk", k in activation_fn_kwargs
 
 
@@ -22,4 +23,4 @@ def config(flat: dict, d_sae: int) -> dict:
 def weights(file, read, d_sae: int) -> dict:
     return {}
 
-# Training (next issue): the loss (MSE, plus the auxiliary loss on dead features) goes here.
+# Training: csrc/sae/train.cpp (MSE + AuxK on dead latents; batchtopk saves as jumprelu).

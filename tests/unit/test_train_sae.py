@@ -1,0 +1,231 @@
+"""tm.train_sae: the run around the core's Trainer (schedules, scaling, checkpoints,
+resume, saving, evaluation) and the train-sae command. No torch."""
+from __future__ import annotations
+
+import errno
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tinymech as tm
+from tinymech import cli
+from tinymech.sae import train as train_module
+from tinymech.sae.train import TrainConfig, geometric_median
+from model_factory import SHAPES
+from numpy_checkpoints import write_gpt2
+
+DEMO = Path(__file__).resolve().parents[2] / "models" / "demo-gpt2"
+
+
+def dictionary_data(n=6000, d_in=24, d_sae=48, k=3, seed=0, offset=2.0):
+    """Rows that are sparse sums of a random unit dictionary, plus an offset."""
+    rng = np.random.default_rng(seed)
+    atoms = rng.standard_normal((d_sae, d_in)).astype(np.float32)
+    atoms /= np.linalg.norm(atoms, axis=1, keepdims=True)
+    codes = np.zeros((n, d_sae), np.float32)
+    codes[np.arange(n)[:, None], rng.integers(0, d_sae, (n, k))] = rng.exponential(1.0, (n, k))
+    return (codes @ atoms * 3 + offset).astype(np.float32)
+
+
+def small_run(x, out=None, **kw):
+    args = dict(architecture="topk", d_sae=48, k=3, n_tokens=20000, batch_size=500, out=out, progress=False)
+    args.update(kw)
+    return tm.train_sae(x, **args)
+
+
+def test_trains_and_saves_a_folder_both_readers_agree(tmp_path):
+    x = dictionary_data()
+    sae = small_run(x, tmp_path / "sae", n_tokens=60000, lr=3e-3)
+    assert sae.metrics["explained_variance"] > 0.7
+    again = tm.SAE.load(tmp_path / "sae")
+    np.testing.assert_array_equal(again.encode(x[:50]), sae.encode(x[:50]))
+    metrics = json.loads((tmp_path / "sae" / "metrics.json").read_text())
+    for key in ("l0", "explained_variance", "dead_features", "dense_features", "density_histogram",
+                "tokens_per_second", "train_tokens"):
+        assert key in metrics
+    assert metrics["train_tokens"] == 60000
+    assert abs(metrics["l0"] - 3) < 1e-9  # topk: exactly k active where k pre-activations are positive
+    cfg = json.loads((tmp_path / "sae" / "cfg.json").read_text())
+    assert cfg["architecture"] == "topk" and cfg["k"] == 3 and cfg["normalize_activations"] == "none"
+
+
+def test_scaling_is_folded_into_the_weights():
+    """The SAE trained on scaled rows, folded, reads raw rows: same features, reconstruction scaled back."""
+    x = dictionary_data() * 40.0  # far from E||x|| = sqrt(d)
+    t = tm.sae.Trainer("standard", 24, 48, seed=1)
+    t.set_params(b_dec=np.full(24, 0.3, np.float32), b_enc=np.linspace(-0.1, 0.1, 48, dtype=np.float32))
+    s = 0.05
+    raw = train_module._folded(t.sae_weights(), s, s)
+    cfg = train_module._parse(dict(t.sae_config(), d_sae=48, normalize_activations="none"))
+    scaled_sae, raw_sae = tm.SAE(cfg, t.sae_weights()), tm.SAE(cfg, raw)
+    np.testing.assert_allclose(raw_sae.encode(x[:20]), scaled_sae.encode(x[:20] * s), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(raw_sae.forward(x[:20]), scaled_sae.forward(x[:20] * s) / s, rtol=1e-4, atol=1e-3)
+
+
+def test_same_seed_same_weights_other_seed_other_weights():
+    x = dictionary_data(n=3000)
+    a, b, c = (small_run(x, n_tokens=6000, seed=s) for s in (0, 0, 1))
+    np.testing.assert_array_equal(a.W_enc, b.W_enc)
+    assert not np.array_equal(a.W_enc, c.W_enc)
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
+    x = dictionary_data(n=3000)
+    whole = small_run(x, tmp_path / "whole", n_tokens=12000, checkpoint_every=2000)
+
+    def interrupt(done, total, stats):
+        if done >= 7000:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        small_run(x, tmp_path / "cut", n_tokens=12000, checkpoint_every=2000, progress=interrupt)
+    saved = json.loads((tmp_path / "cut" / "checkpoint" / "train.json").read_text())
+    assert saved["tokens_done"] == 7000  # Ctrl-C saved where it stopped
+    resumed = small_run(x, tmp_path / "cut", n_tokens=12000, checkpoint_every=2000, resume=True)
+    np.testing.assert_array_equal(resumed.W_enc, whole.W_enc)
+    np.testing.assert_array_equal(resumed.W_dec, whole.W_dec)
+    assert resumed.metrics["train_tokens"] == 12000
+
+
+def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path):
+    x = dictionary_data(n=3000)
+    small_run(x, tmp_path / "sae", n_tokens=4000, checkpoint_every=1000)
+    with pytest.raises(tm.InvalidInputError, match="d_sae"):
+        small_run(x, tmp_path / "sae", n_tokens=4000, d_sae=64, checkpoint_every=1000, resume=True)
+
+
+def test_full_disk_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    x = dictionary_data(n=3000)
+    real = train_module.save_file
+    calls = []
+
+    def save_file(arrays, path):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(arrays, path)
+
+    monkeypatch.setattr(train_module, "save_file", save_file)
+    with pytest.raises(tm.TrainingError, match="No space left.*previous checkpoint"):
+        small_run(x, tmp_path / "sae", n_tokens=6000, checkpoint_every=2000)
+    folder = tmp_path / "sae" / "checkpoint"
+    info = json.loads((folder / "train.json").read_text())
+    assert info["tokens_done"] == 2000 and (folder / info["state"]).is_file()
+    assert not list(folder.glob("*.partial"))
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(architecture="gated"), "unknown architecture"),
+    (dict(d_sae=0), "d_sae"),
+    (dict(k=49), "exceeds d_sae"),
+    (dict(k=None), "needs k"),
+    (dict(architecture="standard", k=3), "k is for topk"),
+    (dict(lr=0.0), "lr"),
+    (dict(batch_size=0), "batch_size"),
+    (dict(checkpoint_every=100), "need out="),
+    (dict(skip=True), "skip transcoder"),
+    (dict(coefficient=-1.0), "coefficient"),
+    (dict(lr_warm_up_steps=30, lr_decay_steps=20), "exceed"),
+])
+def test_bad_arguments_get_precise_errors(kw, match):
+    with pytest.raises(tm.InvalidInputError, match=match):
+        small_run(dictionary_data(n=500), n_tokens=1000, **kw)
+
+
+def test_nan_activations_say_where():
+    x = dictionary_data(n=500)
+    x[123, 4] = np.nan
+    with pytest.raises(tm.SAEInputError, match="NaN or infinity at row 123"):
+        small_run(x, n_tokens=1000, holdout=0, b_dec_init="zeros")
+
+
+@pytest.mark.parametrize("shape", [(0, 8), (10,), (5, 0)])
+def test_empty_or_flat_activations_are_refused(shape):
+    with pytest.raises(tm.SAEInputError):
+        small_run(np.zeros(shape, np.float32), n_tokens=10)
+
+
+@pytest.mark.parametrize("arch, skip, saved_as", [
+    ("standard", False, "transcoder"), ("jumprelu", True, "jumprelu_skip_transcoder"),
+    ("batchtopk", False, "jumprelu_transcoder"), ("topk", False, "topk_transcoder"),
+])
+def test_transcoders_train_from_pairs(tmp_path, arch, skip, saved_as):
+    rng = np.random.default_rng(3)
+    x = dictionary_data(n=2000)
+    y = np.tanh(x @ rng.standard_normal((24, 16)).astype(np.float32)) * 5
+    k = 3 if arch in ("topk", "batchtopk") else None
+    sae = tm.train_sae((x, y), arch, d_sae=40, k=k, n_tokens=4000, batch_size=500, out=tmp_path / "tc", skip=skip,
+                       progress=False)
+    cfg = json.loads((tmp_path / "tc" / "cfg.json").read_text())
+    assert cfg["architecture"] == saved_as and cfg["d_out"] == 16 and sae.d_out == 16
+    assert sae.forward(x[:3]).shape == (3, 16)
+
+
+def test_schedules():
+    cfg = TrainConfig("standard", 8, None, 1000, 1e-3, 10, 2.0, 10, 5, 20, 0.0, False, "zeros", 0, {})
+    assert cfg.steps == 100
+    assert cfg.lr_at(0) == pytest.approx(2e-4) and cfg.lr_at(4) == pytest.approx(1e-3)
+    assert cfg.lr_at(50) == 1e-3 and cfg.lr_at(80) == pytest.approx(1e-3)
+    assert cfg.lr_at(99) == pytest.approx(1e-3 * 1 / 20)
+    assert cfg.coefficient_at(0) == 0 and cfg.coefficient_at(5) == pytest.approx(1.0)
+    assert cfg.coefficient_at(10) == cfg.coefficient_at(99) == 2.0
+
+
+def test_geometric_median_resists_outliers():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.standard_normal((200, 3)), np.full((20, 3), 1000.0)]).astype(np.float32)
+    assert np.abs(geometric_median(x)).max() < 0.5  # the mean is near 90
+
+
+def test_a_store_of_the_demo_model_trains_and_evaluates_on_held_out_text(tmp_path):
+    model, store = demo_store(tmp_path)
+    sae = tm.train_sae(store, "topk", d_sae=256, k=8, n_tokens=6000, batch_size=512, out=tmp_path / "sae",
+                       model=model, holdout=500, progress=False)
+    m = sae.metrics
+    assert m["evaluated_on"] == "held-out activations" and m["n_tokens"] >= 500
+    for key in ("ce_clean", "ce_sae", "ce_zero_ablation", "ce_loss_score", "delta_lm_loss"):
+        assert np.isfinite(m[key])
+    assert sae.cfg.hook_name == "blocks.2.hook_resid_pre" and sae.cfg.context_size == 64
+    assert tm.SAE.load(tmp_path / "sae").encode(store.rows(0, 4)[0]).shape == (4, 256)
+
+
+def demo_store(tmp_path, n=3000, hook="blocks.2.hook_resid_pre"):
+    model = tm.load(str(DEMO))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("<|endoftext|>".join(Path(DEMO / "MODEL_CARD.md").read_text().split("\n\n")))
+    return model, tm.collect_activations(model, hook, corpus, n, out=tmp_path / "acts", context=64, progress=False)
+
+
+def test_nan_in_a_store_names_the_text_row_and_position(tmp_path):
+    model, store = demo_store(tmp_path, n=1000)
+    _, cache = model.run_with_cache(np.asarray(store.tokens[1:2]), names_filter="blocks.2.hook_resid_pre")
+    np.testing.assert_allclose(cache["blocks.2.hook_resid_pre"][0, 9], store.rows(70, 71)[0][0], rtol=1e-5)
+    data = np.memmap(tmp_path / "acts" / "inputs.bin", dtype=np.float32, mode="r+", shape=(1000, 256))
+    data[70, 3] = np.inf
+    data.flush()
+    del data
+    with pytest.raises(tm.SAEInputError, match=r"token 70 of .*acts \(text row 1, position 9\)"):
+        tm.train_sae(tm.ActivationStore.open(tmp_path / "acts"), "topk", d_sae=64, k=4, n_tokens=2000,
+                     batch_size=1000, holdout=0, progress=False)
+
+
+def test_activations_of_another_model_are_refused_for_evaluation(tmp_path):
+    _, store = demo_store(tmp_path, n=1000)
+    other = tm.load(str(write_gpt2(tmp_path / "other", **dict(SHAPES["tiny"], n_embd=256))))
+    with pytest.raises(tm.InvalidInputError, match="collected from"):
+        tm.train_sae(store, "topk", d_sae=64, k=4, n_tokens=1000, model=other, progress=False)
+
+
+def test_the_train_sae_command(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("<|endoftext|>".join(Path(DEMO / "MODEL_CARD.md").read_text().split("\n\n")))
+    out = tmp_path / "sae"
+    status = cli.main(["train-sae", "--hook", "blocks.1.hook_resid_pre", "--corpus", str(corpus), "--arch", "topk",
+                       "--d-sae", "128", "--k", "4", "--tokens", "3000", "--batch-size", "500", "--context", "64",
+                       "--out", str(out)])
+    assert status == 0
+    assert (out / "cfg.json").is_file() and (out / "metrics.json").is_file()
+    assert (tmp_path / "sae.activations" / "activations.json").is_file()
+    assert "saved SAE(topk" in capsys.readouterr().out

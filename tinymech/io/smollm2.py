@@ -20,6 +20,11 @@ def is_name(name_or_path) -> bool:
     return isinstance(name_or_path, str) and name_or_path.lower() == NAME
 
 
+def is_conversion(folder) -> bool:
+    """Whether folder is this GGUF converted in the cache (arch/gguf.py's converted() names it <stem>-<size>)."""
+    return Path(folder).name.startswith(Path(GGUF_FILE).stem + "-")
+
+
 def cache_dir() -> Path:
     """Where the model is kept once converted (TINYMECH_CACHE, else ~/.cache/tinymech)."""
     if os.environ.get("TINYMECH_CACHE"):

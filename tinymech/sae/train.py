@@ -48,7 +48,8 @@ METHODS = {
     "standard": dict(coefficient=5.0, warm_up=0.05),  # L1 weighted by decoder norms
 }
 CHECKPOINT = "checkpoint"
-SCALE_SAMPLE = 65536  # tokens for the norm scale and the geometric median
+SCALE_SAMPLE = 65536
+DEAD_TOKENS = 1000 * 4096  # SAELens's dead_feature_window (1000 steps) at its batch size  # tokens for the norm scale and the geometric median
 
 
 @dataclasses.dataclass
@@ -175,9 +176,12 @@ def _config(data, architecture, d_sae, k, n_tokens, lr, batch_size, coefficient,
         raise InvalidInputError(f"b_dec_init must be 'geometric_median', 'mean' or 'zeros', not {b_dec_init!r}")
     if skip and not transcoder:
         raise InvalidInputError("skip=True makes a skip transcoder: the activations need outputs (hook_out)")
+    options = dict(options)
+    # A latent is dead (and AuxK revives it) after DEAD_TOKENS without firing, or a tenth of a shorter run.
+    options.setdefault("dead_tokens", min(DEAD_TOKENS, max(batch_size, n_tokens // 10)))
     return TrainConfig(architecture, d_sae, k, n_tokens, lr, batch_size, coefficient, warm, lr_warm, lr_decay,
                        real_number(lr_end, "lr_end"), bool(skip), b_dec_init, whole_number(seed, "seed", 0),
-                       dict(options))
+                       options)
 
 
 def _check_model(data, model) -> None:
@@ -391,11 +395,11 @@ def _evaluate(sae: SAE, data, n_train: int, held: int, model, run: _Run, cfg: Tr
                        ce_loss_score=ce.ce_loss_recovered, delta_lm_loss=ce.delta_lm_loss,
                        ce_tokens=ce.n_tokens)
     density = rec.feature_density
-    edges = [0.0] + [10.0**e for e in range(-6, 1)]
-    counts = np.histogram(density, bins=edges)[0]
-    counts[0] -= rec.dead_features  # dead ones are counted apart
+    edges = [10.0**e for e in range(-6, 1)]
+    live = density[density > 0]
+    counts = np.histogram(live, bins=[0.0] + edges)[0]  # [a, b), the last bin closed
     metrics["density_histogram"] = {"dead": rec.dead_features, **{
-        f"({edges[i]:g}, {edges[i + 1]:g}]": int(c) for i, c in enumerate(counts)}}
+        f"[{lo:g}, {hi:g}{']' if hi == 1 else ')'}": int(c) for lo, hi, c in zip([0.0] + edges, edges, counts)}}
     metrics.update(architecture=cfg.architecture, d_sae=cfg.d_sae, k=cfg.k, train_tokens=run.tokens_done,
                    steps=run.step, seconds=round(run.seconds, 2),
                    tokens_per_second=round(run.tokens_done / max(run.seconds, 1e-9), 1),

@@ -11,6 +11,7 @@ from textual.binding import Binding
 from textual.widgets import Input
 
 import tinymech as tm
+from tinymech.io.sources import bundled_sae_dirs
 from tinymech.sae.sae import SAE
 from tinymech.sae.splice import check_hooks
 from tinymech.text import printable
@@ -67,10 +68,8 @@ def make_app(model: tm.Model, saes: Sequence[SAE] = (), prompt: str | None = Non
 
 
 def bundled_saes(model_dir: str | None) -> list[Path]:
-    """SAEs shipped beside a model: <model dir>/saes/*/cfg.json."""
-    if not model_dir:
-        return []
-    return sorted(p.parent for p in Path(model_dir).glob("saes/*/cfg.json"))
+    """SAEs shipped for a model (beside it, or in the package for SmolLM2)."""
+    return bundled_sae_dirs(model_dir)
 
 
 def run_tui(model_path=None, sae_paths: Sequence = (), prompt: str | None = None, dtype: str = "float32") -> None:

@@ -95,7 +95,7 @@ def _new_header(model, hook, hook_out, dtype, context, corpus, seed) -> dict:
     excluded = {tok.bos_token_id, tok.eos_token_id, getattr(tok, "pad_token_id", None)} - {None}
     return {
         "format": FORMAT, "version": VERSION, "tinymech_version": __version__,
-        "model": str(model.path or model.cfg.model_name), "model_dtype": model.dtype,
+        "model": model_identity(model), "model_dtype": model.dtype,
         "hook": names[0], "hook_out": hook_out, "d_in": _width(model, names[0]),
         "d_out": None if hook_out is None else _width(model, names[-1]),
         "dtype": dtype, "context": context, "prepend_bos": True, "excluded_token_ids": sorted(excluded),
@@ -104,6 +104,11 @@ def _new_header(model, hook, hook_out, dtype, context, corpus, seed) -> dict:
         "corpus": corpus_description(corpus),
         "n_tokens": 0, "tokens_written": 0, "rows_written": 0, "complete": False,
     }
+
+
+def model_identity(model) -> str:
+    """What a store records of its model: the folder it was loaded from (resolved), else its name."""
+    return str(Path(model.path).resolve()) if model.path else str(model.cfg.model_name)
 
 
 def tokenizer_sha256(model) -> str | None:

@@ -30,7 +30,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from ..errors import InvalidInputError, SAEInputError, TrainingError, real_number, whole_number
-from .activations import tokenizer_sha256
+from .activations import model_identity, tokenizer_sha256
 from .loading import parse_config
 from .metrics import reconstruction_metrics, sae_metrics
 from .sae import SAE
@@ -188,7 +188,7 @@ def _check_model(data, model) -> None:
     """The model for the CE metrics must be the one the activations came from."""
     if model is None or not data.meta:
         return
-    name = str(model.path or model.cfg.model_name)
+    name = model_identity(model)
     if data.meta.get("model") != name or data.meta.get("tokenizer_sha256") != tokenizer_sha256(model):
         raise InvalidInputError(f"the activations were collected from {data.meta.get('model')!r}, not from "
                                 f"{name!r}: pass the model they came from (or none)")

@@ -1,0 +1,49 @@
+"""What tm.train_sae writes is SAELens's format: sae_lens.SAE.load_from_disk reads each
+architecture's folder and encodes and decodes as tm.SAE.load's does."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tinymech as tm
+
+torch = pytest.importorskip("torch")
+sae_lens = pytest.importorskip("sae_lens")
+
+
+def data(n=3000, d_in=20, d_out=12, seed=0):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((n, d_in)) * rng.exponential(2.0, d_in) + 3.0).astype(np.float32)
+    y = np.tanh(x @ rng.standard_normal((d_in, d_out)).astype(np.float32)).astype(np.float32) * 4
+    return x, y
+
+
+CASES = [
+    ("topk", False, False),
+    ("batchtopk", False, False),
+    ("jumprelu", False, False),
+    ("standard", False, False),
+    ("standard", True, False),   # a transcoder
+    ("jumprelu", True, True),    # a JumpReLU skip transcoder
+    ("batchtopk", True, False),  # saved as a JumpReLU transcoder
+]
+
+
+@pytest.mark.parametrize("arch, transcoder, skip", CASES)
+def test_saelens_reads_what_train_sae_writes(tmp_path, arch, transcoder, skip):
+    x, y = data()
+    acts = (x, y) if transcoder else x
+    k = 4 if "topk" in arch else None
+    tm.train_sae(acts, arch, d_sae=48, k=k, n_tokens=6000, batch_size=500, out=tmp_path / "sae", skip=skip,
+                 lr=3e-3, progress=False)
+    ours = tm.SAE.load(tmp_path / "sae")
+    theirs = sae_lens.SAE.load_from_disk(str(tmp_path / "sae"), device="cpu")
+    rows = x[:64]
+    with torch.no_grad():
+        feats = theirs.encode(torch.from_numpy(rows))
+        out = theirs.decode(feats)
+        if skip:
+            out = out + torch.from_numpy(rows) @ theirs.W_skip.T
+    np.testing.assert_allclose(ours.encode(rows), feats.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(ours.forward(rows), out.numpy(), rtol=1e-4, atol=1e-4)
+    assert (ours.encode(rows) > 0).any()  # something was learned to fire

@@ -47,6 +47,7 @@ PYBIND11_MODULE(_core, m) {
   bind_kernels(m);
   bind_hooks(m);
   bind_sae(m);
+  bind_train(m);
   bind_kv_cache(m);
   bind_model(m);
 }

@@ -2,5 +2,6 @@
 forward pass, metrics."""
 from .metrics import SAEMetrics, sae_metrics
 from .sae import SAE
+from .trainer import Trainer
 
-__all__ = ["SAE", "SAEMetrics", "sae_metrics"]
+__all__ = ["SAE", "SAEMetrics", "Trainer", "sae_metrics"]

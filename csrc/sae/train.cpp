@@ -1,0 +1,687 @@
+#include "sae/train.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <stdexcept>
+
+#include "kernels/kernels.hpp"
+#include "ops/matmul.hpp"
+#include "ops/top_k.hpp"
+#include "runtime/checked.hpp"
+#include "runtime/threads.hpp"
+
+namespace tmech {
+namespace {
+
+enum { kWenc, kBenc, kWdec, kBdec };  // the first parameters, always present
+constexpr int64_t kNormBlock = 4096;  // gradient norms are summed per block: the same bits for any thread count
+
+struct ArchName {
+  const char* name;
+  TrainArch value;
+};
+constexpr ArchName kTrainArchs[] = {
+    {"topk", TrainArch::topk},
+    {"batchtopk", TrainArch::batchtopk},
+    {"jumprelu", TrainArch::jumprelu},
+    {"standard", TrainArch::standard},
+};
+
+size_t sz(int64_t n) { return static_cast<size_t>(n); }
+
+// The active (row, latent) pairs of the batch, row by row (CSR), with the
+// value each multiplies its W_dec row by.
+struct Codes {
+  std::vector<int64_t> offsets;
+  std::vector<int32_t> latent;
+  std::vector<float> value;
+  void from_counts(const std::vector<int64_t>& counts) {
+    offsets.assign(counts.size() + 1, 0);
+    for (size_t r = 0; r < counts.size(); ++r) offsets[r + 1] = offsets[r] + counts[r];
+    latent.resize(sz(offsets.back()));
+    value.resize(latent.size());
+  }
+  int64_t nnz() const { return offsets.back(); }
+};
+
+}  // namespace
+
+struct Trainer::Work {
+  std::vector<float> s, inv_s;       // ||W_dec[j]|| and its inverse
+  std::vector<float> sae_in, pre;    // [n, d_in], [n, d_sae]
+  std::vector<float> out, g;         // [n, d_out]; g: [2n, d_out], the output gradients of the MSE then of AuxK
+  std::vector<float> gout_t;         // [d_out, n] for W_skip's gradient
+  Codes main, aux;                   // active latents, and AuxK's dead ones
+  std::vector<int64_t> near_offsets; // jumprelu: pairs within the estimator's window
+  std::vector<int32_t> near_latent;
+  std::vector<float> near_grad;
+  std::vector<float> gpre_main, gpre_aux;  // dLoss/dpre per pair
+  // per latent (CSC): the pairs touching it
+  std::vector<int64_t> col_offsets;
+  std::vector<int32_t> col_row_in, col_row_dec;
+  std::vector<float> col_gpre, col_dec;
+  std::vector<int64_t> thr_offsets;
+  std::vector<int32_t> thr_rows;
+  std::vector<float> thr_grad;
+};
+
+TrainArch parse_train_arch(const std::string& name) {
+  for (const ArchName& a : kTrainArchs)
+    if (name == a.name) return a.value;
+  throw std::invalid_argument("unknown SAE training architecture '" + name + "'");
+}
+
+void TrainConfig::validate() const {
+  if (d_in <= 0 || d_sae <= 0 || d_out <= 0) throw std::invalid_argument("SAE sizes must be positive");
+  if (d_sae > INT32_MAX) throw std::invalid_argument("d_sae is too large");
+  checked_size({d_sae, std::max(d_in, d_out)}, "SAE weights");
+  if (apply_b_dec_to_input && d_in != d_out) throw std::invalid_argument("apply_b_dec_to_input needs d_in == d_out");
+  const bool topk = arch == TrainArch::topk || arch == TrainArch::batchtopk;
+  if (topk && !(k > 0 && k <= static_cast<double>(d_sae))) throw std::invalid_argument("k must be in (0, d_sae]");
+  if (arch == TrainArch::topk && k != std::floor(k)) throw std::invalid_argument("a TopK SAE's k must be whole");
+  if (arch == TrainArch::jumprelu && !(bandwidth > 0)) throw std::invalid_argument("bandwidth must be positive");
+  if (!(beta1 >= 0 && beta1 < 1 && beta2 >= 0 && beta2 < 1 && eps >= 0))
+    throw std::invalid_argument("Adam needs 0 <= betas < 1 and eps >= 0");
+  if (dead_tokens < 0) throw std::invalid_argument("dead_tokens must be >= 0");
+}
+
+void accumulate_rows(const int64_t* offsets, const int32_t* rows, const float* coef, const float* src, int64_t width,
+                     int64_t latents, float* grad_rows) {
+  const KernelTable& kt = kernels::active();
+  parallel_for(latents, [&](int64_t j0, int64_t j1, int) {
+    for (int64_t j = j0; j < j1; ++j) {
+      float* dst = grad_rows + j * width;
+      std::memset(dst, 0, sz(width) * sizeof(float));
+      for (int64_t e = offsets[j]; e < offsets[j + 1]; ++e)
+        if (coef[e] != 0.f) kt.axpy(dst, coef[e], src + static_cast<int64_t>(rows[e]) * width, width);
+    }
+  });
+}
+
+Trainer::Trainer(TrainConfig cfg, uint64_t seed) : cfg_(cfg), work_(std::make_shared<Work>()) {
+  cfg_.validate();
+  const int64_t d_in = cfg_.d_in, d_sae = cfg_.d_sae, d_out = cfg_.d_out;
+  auto add = [&](const char* name, std::vector<int64_t> shape, bool transposed = false) {
+    TrainParam q;
+    q.name = name;
+    q.shape = shape;
+    q.transposed = transposed;
+    const size_t n = sz(checked_size(shape.begin(), shape.end(), name));
+    q.value.assign(n, 0.f);
+    q.grad.assign(n, 0.f);
+    q.m.assign(n, 0.f);
+    q.v.assign(n, 0.f);
+    params_.push_back(std::move(q));
+    return static_cast<int>(params_.size()) - 1;
+  };
+  add("W_enc", {d_in, d_sae}, true);
+  add("b_enc", {d_sae});
+  add("W_dec", {d_sae, d_out});
+  add("b_dec", {d_out});
+  if (cfg_.arch == TrainArch::jumprelu) threshold_ = add("threshold", {d_sae});
+  if (cfg_.skip) skip_ = add("W_skip", {d_out, d_in});
+  tokens_since_fired.assign(sz(d_sae), 0);
+  init(seed);
+}
+
+// SAELens's initialization: W_dec kaiming_uniform (rows rescaled to
+// decoder_init_norm), W_enc = W_dec^T (a transcoder's W_enc: its own
+// kaiming_uniform, as SAELens's Transcoder), biases and W_skip zero.
+void Trainer::init(uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  auto kaiming = [&](std::vector<float>& w, int64_t fan_in) {
+    std::uniform_real_distribution<double> u(-1.0, 1.0);
+    const double bound = std::sqrt(6.0 / static_cast<double>(fan_in));
+    for (float& x : w) x = static_cast<float>(bound * u(rng));
+  };
+  const int64_t d_in = cfg_.d_in, d_sae = cfg_.d_sae, d_out = cfg_.d_out;
+  std::vector<float>& W_dec = p(kWdec).value;
+  kaiming(W_dec, d_out);
+  if (cfg_.decoder_init_norm > 0)
+    for (int64_t j = 0; j < d_sae; ++j) {
+      float* row = W_dec.data() + j * d_out;
+      double ss = 0;
+      for (int64_t i = 0; i < d_out; ++i) ss += static_cast<double>(row[i]) * row[i];
+      const double f = ss > 0 ? cfg_.decoder_init_norm / std::sqrt(ss) : 0.0;
+      for (int64_t i = 0; i < d_out; ++i) row[i] = static_cast<float>(row[i] * f);
+    }
+  std::vector<float>& W_encT = p(kWenc).value;  // [d_sae, d_in]
+  if (d_in == d_out) {
+    W_encT = W_dec;
+  } else {
+    std::vector<float> W_enc(sz(d_in * d_sae));
+    kaiming(W_enc, d_sae);
+    for (int64_t i = 0; i < d_in; ++i)
+      for (int64_t j = 0; j < d_sae; ++j) W_encT[sz(j * d_in + i)] = W_enc[sz(i * d_sae + j)];
+  }
+  if (threshold_ >= 0) std::fill(p(threshold_).value.begin(), p(threshold_).value.end(),
+                                 static_cast<float>(cfg_.init_threshold));
+}
+
+TrainParam& Trainer::param(const std::string& name) {
+  for (TrainParam& q : params_)
+    if (q.name == name) return q;
+  throw std::out_of_range("no parameter '" + name + "'");
+}
+
+std::vector<float>& Trainer::slot(TrainParam& q, const std::string& what) {
+  if (what == "value") return q.value;
+  if (what == "m") return q.m;
+  if (what == "v") return q.v;
+  throw std::invalid_argument("unknown parameter slot '" + what + "'");
+}
+
+std::vector<float> Trainer::get(const std::string& name, const std::string& what) {
+  TrainParam& q = param(name);
+  const std::vector<float>& src = slot(q, what);
+  if (!q.transposed) return src;
+  const int64_t rows = q.shape[0], cols = q.shape[1];  // SAELens's [rows, cols], stored [cols, rows]
+  std::vector<float> out(src.size());
+  parallel_for(rows, [&](int64_t r0, int64_t r1, int) {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t c = 0; c < cols; ++c) out[sz(r * cols + c)] = src[sz(c * rows + r)];
+  });
+  return out;
+}
+
+void Trainer::set(const std::string& name, const std::string& what, const float* data) {
+  TrainParam& q = param(name);
+  std::vector<float>& dst = slot(q, what);
+  if (!q.transposed) {
+    std::copy(data, data + dst.size(), dst.begin());
+    return;
+  }
+  const int64_t rows = q.shape[0], cols = q.shape[1];
+  parallel_for(cols, [&](int64_t c0, int64_t c1, int) {
+    for (int64_t c = c0; c < c1; ++c)
+      for (int64_t r = 0; r < rows; ++r) dst[sz(c * rows + r)] = data[r * cols + c];
+  });
+}
+
+namespace {
+
+// Counts then fills: fill(r, latents, values) writes row r's pairs and returns how many.
+template <class Count, class Fill>
+void collect(Codes& c, int64_t n, Count count, Fill fill) {
+  std::vector<int64_t> counts(sz(n));
+  parallel_for(n, [&](int64_t r0, int64_t r1, int) {
+    for (int64_t r = r0; r < r1; ++r) counts[sz(r)] = count(r);
+  });
+  c.from_counts(counts);
+  parallel_for(n, [&](int64_t r0, int64_t r1, int) {
+    for (int64_t r = r0; r < r1; ++r) fill(r, c.latent.data() + c.offsets[sz(r)], c.value.data() + c.offsets[sz(r)]);
+  });
+}
+
+// out[r] (+)= sum over row r's pairs of value * W_dec[latent]
+void decode(const Codes& c, const float* W_dec, int64_t d_out, int64_t n, const float* b_dec, float* out) {
+  const KernelTable& kt = kernels::active();
+  parallel_for(n, [&](int64_t r0, int64_t r1, int) {
+    for (int64_t r = r0; r < r1; ++r) {
+      float* y = out + r * d_out;
+      if (b_dec)
+        std::memcpy(y, b_dec, sz(d_out) * sizeof(float));
+      else
+        std::memset(y, 0, sz(d_out) * sizeof(float));
+      for (int64_t e = c.offsets[sz(r)]; e < c.offsets[sz(r) + 1]; ++e)
+        kt.axpy(y, c.value[sz(e)], W_dec + static_cast<int64_t>(c.latent[sz(e)]) * d_out, d_out);
+    }
+  });
+}
+
+// gpre[e] = g[r] . W_dec[latent] for each pair e of row r
+void pair_grads(const Codes& c, const float* g, const float* W_dec, int64_t d_out, int64_t n, float* gpre) {
+  const KernelTable& kt = kernels::active();
+  parallel_for(n, [&](int64_t r0, int64_t r1, int) {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t e = c.offsets[sz(r)]; e < c.offsets[sz(r) + 1]; ++e)
+        gpre[e] = kt.dot(g + r * d_out, W_dec + static_cast<int64_t>(c.latent[sz(e)]) * d_out, d_out);
+  });
+}
+
+}  // namespace
+
+void Trainer::decoder_norms() {
+  Work& w = *work_;
+  const int64_t d_sae = cfg_.d_sae, d_out = cfg_.d_out;
+  const KernelTable& kt = kernels::active();
+  w.s.resize(sz(d_sae));
+  w.inv_s.resize(sz(d_sae));
+  const float* W_dec = p(kWdec).value.data();
+  parallel_for(d_sae, [&](int64_t j0, int64_t j1, int) {
+    for (int64_t j = j0; j < j1; ++j) {
+      const float* row = W_dec + j * d_out;
+      w.s[sz(j)] = std::sqrt(kt.dot(row, row, d_out));
+      w.inv_s[sz(j)] = 1.f / w.s[sz(j)];
+    }
+  });
+}
+
+// The active latents of each row (Work::main), from the pre-activations.
+void Trainer::select(int64_t n) {
+  Work& w = *work_;
+  const int64_t d_sae = cfg_.d_sae;
+  const float* pre = w.pre.data();
+  const bool rescale = cfg_.rescale_acts_by_decoder_norm;
+  switch (cfg_.arch) {
+    case TrainArch::topk: {
+      const auto k = static_cast<int64_t>(cfg_.k);
+      std::vector<int64_t> ti(sz(n * k));
+      std::vector<float> tv(sz(n * k));
+      top_k_rows(pre, n, d_sae, k, ti.data(), tv.data());
+      collect(
+          w.main, n, [&](int64_t r) { return std::count_if(&tv[sz(r * k)], &tv[sz((r + 1) * k)], [](float v) { return v > 0.f; }); },
+          [&](int64_t r, int32_t* lat, float* val) {
+            for (int64_t i = r * k; i < (r + 1) * k; ++i)
+              if (tv[sz(i)] > 0.f) {
+                *lat++ = static_cast<int32_t>(ti[sz(i)]);
+                *val++ = rescale ? tv[sz(i)] * w.inv_s[sz(ti[sz(i)])] : tv[sz(i)];
+              }
+          });
+      break;
+    }
+    case TrainArch::batchtopk: {
+      // torch.topk over the flattened relu(h): the K largest, ties to the lower flat index
+      const auto K = static_cast<int64_t>(cfg_.k * static_cast<double>(n));
+      std::vector<float> positive;
+      for (int64_t i = 0; i < n * d_sae; ++i)
+        if (pre[i] > 0.f) positive.push_back(pre[i]);
+      float cut = 0.f;  // keep h > cut, then h == cut while `ties` last
+      int64_t ties = 0;
+      if (static_cast<int64_t>(positive.size()) > K && K > 0) {
+        std::nth_element(positive.begin(), positive.begin() + (K - 1), positive.end(), std::greater<float>());
+        cut = positive[sz(K - 1)];
+        const int64_t above = std::count_if(positive.begin(), positive.end(), [&](float v) { return v > cut; });
+        ties = K - above;
+      } else if (K == 0) {
+        cut = INFINITY;
+      }
+      std::vector<uint8_t> keep_tie(sz(n * d_sae) / 8 + 1, 0);
+      if (ties > 0)  // sequential: the first `ties` equal values in flat order
+        for (int64_t i = 0; i < n * d_sae && ties > 0; ++i)
+          if (pre[i] == cut) {
+            keep_tie[sz(i) / 8] |= static_cast<uint8_t>(1u << (i % 8));
+            --ties;
+          }
+      auto kept = [&](int64_t i) {
+        return pre[i] > 0.f && (pre[i] > cut || (pre[i] == cut && (keep_tie[sz(i) / 8] >> (i % 8) & 1u)));
+      };
+      collect(
+          w.main, n,
+          [&](int64_t r) {
+            int64_t c = 0;
+            for (int64_t j = 0; j < d_sae; ++j) c += kept(r * d_sae + j);
+            return c;
+          },
+          [&](int64_t r, int32_t* lat, float* val) {
+            for (int64_t j = 0; j < d_sae; ++j)
+              if (kept(r * d_sae + j)) {
+                *lat++ = static_cast<int32_t>(j);
+                *val++ = rescale ? pre[r * d_sae + j] * w.inv_s[sz(j)] : pre[r * d_sae + j];
+              }
+          });
+      break;
+    }
+    case TrainArch::jumprelu:
+    case TrainArch::standard: {
+      const float* thr = threshold_ >= 0 ? p(threshold_).value.data() : nullptr;
+      auto on = [&](int64_t r, int64_t j) { return pre[r * d_sae + j] > (thr ? thr[j] : 0.f); };
+      collect(
+          w.main, n,
+          [&](int64_t r) {
+            int64_t c = 0;
+            for (int64_t j = 0; j < d_sae; ++j) c += on(r, j);
+            return c;
+          },
+          [&](int64_t r, int32_t* lat, float* val) {
+            for (int64_t j = 0; j < d_sae; ++j)
+              if (on(r, j)) {
+                *lat++ = static_cast<int32_t>(j);
+                *val++ = pre[r * d_sae + j];
+              }
+          });
+      break;
+    }
+  }
+}
+
+// AuxK: each row's top k_aux pre-activations among the dead latents (Work::aux);
+// returns the loss scale min(n_dead / k_aux, 1), 0 when there is no aux loss.
+double Trainer::select_dead(int64_t n) {
+  Work& w = *work_;
+  std::vector<int32_t> dead;
+  for (int64_t j = 0; j < cfg_.d_sae; ++j)
+    if (tokens_since_fired[sz(j)] > cfg_.dead_tokens) dead.push_back(static_cast<int32_t>(j));
+  const int64_t nd = static_cast<int64_t>(dead.size()), k_aux0 = cfg_.d_out / 2;  // the residual's width / 2 (SAELens's sae_in.shape[-1] // 2)
+  if (nd == 0 || k_aux0 == 0 || cfg_.aux_coefficient == 0) return 0;
+  const int64_t k_aux = std::min(k_aux0, nd), d_sae = cfg_.d_sae;
+  std::vector<float> hd(sz(n * nd));
+  const float* pre = w.pre.data();
+  parallel_for(n, [&](int64_t r0, int64_t r1, int) {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t i = 0; i < nd; ++i) hd[sz(r * nd + i)] = pre[r * d_sae + dead[sz(i)]];
+  });
+  std::vector<int64_t> ti(sz(n * k_aux));
+  std::vector<float> tv(sz(n * k_aux));
+  top_k_rows(hd.data(), n, nd, k_aux, ti.data(), tv.data());
+  const bool rescale = cfg_.rescale_acts_by_decoder_norm;
+  collect(
+      w.aux, n, [&](int64_t) { return k_aux; },
+      [&](int64_t r, int32_t* lat, float* val) {
+        for (int64_t i = r * k_aux; i < (r + 1) * k_aux; ++i) {
+          const int32_t j = dead[sz(ti[sz(i)])];
+          *lat++ = j;
+          *val++ = rescale ? tv[sz(i)] * w.inv_s[sz(j)] : tv[sz(i)];
+        }
+      });
+  return std::min(static_cast<double>(nd) / static_cast<double>(k_aux0), 1.0);
+}
+
+StepStats Trainer::step(const float* x, const float* y, int64_t n, double lr, double coefficient) {
+  if (n <= 0) throw std::invalid_argument("a training batch needs at least one row");
+  Work& w = *work_;
+  const int64_t d_in = cfg_.d_in, d_sae = cfg_.d_sae, d_out = cfg_.d_out;
+  checked_size({n, d_sae}, "pre-activations");
+  const float* target = y ? y : x;
+  const bool jump = cfg_.arch == TrainArch::jumprelu, standard = cfg_.arch == TrainArch::standard;
+  const bool auxk = cfg_.arch == TrainArch::topk || cfg_.arch == TrainArch::batchtopk;
+  const float inv_n = 1.f / static_cast<float>(n);
+  if (jump)  // SAELens projects the threshold to >= 0 before each forward pass
+    for (float& t : p(threshold_).value) t = std::max(t, 0.f);
+  decoder_norms();
+
+  // forward: sae_in = x - b_dec, pre = sae_in W_enc + b_enc (times ||W_dec|| for rescaling TopK)
+  const float* b_dec = p(kBdec).value.data();
+  const float* sae_in = x;
+  if (cfg_.apply_b_dec_to_input) {
+    w.sae_in.resize(sz(n * d_in));
+    parallel_for(n, [&](int64_t r0, int64_t r1, int) {
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t i = 0; i < d_in; ++i) w.sae_in[sz(r * d_in + i)] = x[r * d_in + i] - b_dec[i];
+    });
+    sae_in = w.sae_in.data();
+  }
+  w.pre.resize(sz(n * d_sae));
+  matmul(sae_in, n, d_in, d_in, p(kWenc).value.data(), d_sae, 1, d_in, p(kBenc).value.data(), w.pre.data(), d_sae);
+  if (auxk && cfg_.rescale_acts_by_decoder_norm)
+    parallel_for(n, [&](int64_t r0, int64_t r1, int) {
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t j = 0; j < d_sae; ++j) w.pre[sz(r * d_sae + j)] *= w.s[sz(j)];
+    });
+  select(n);
+  w.aux.from_counts(std::vector<int64_t>(sz(n), 0));  // none unless AuxK finds dead latents
+  const double aux_scale = auxk ? select_dead(n) : 0.0;
+
+  // decode and the MSE's output gradient g[0:n] = 2/n (out - target)
+  const float* W_dec = p(kWdec).value.data();
+  w.out.resize(sz(n * d_out));
+  decode(w.main, W_dec, d_out, n, b_dec, w.out.data());
+  if (skip_ >= 0)
+    matmul(x, n, d_in, d_in, p(skip_).value.data(), d_out, 1, d_in, nullptr, w.out.data(), d_out, true);
+  w.g.resize(sz(2 * n * d_out));
+  float* g = w.g.data();
+  float* g_aux = g + n * d_out;
+  std::vector<double> row_l2(sz(n)), row_aux(sz(n));
+  parallel_for(n, [&](int64_t r0, int64_t r1, int) {
+    for (int64_t r = r0; r < r1; ++r) {
+      double ss = 0;
+      for (int64_t i = 0; i < d_out; ++i) {
+        const float e = w.out[sz(r * d_out + i)] - target[r * d_out + i];
+        ss += static_cast<double>(e) * e;
+        g[r * d_out + i] = 2.f * inv_n * e;
+      }
+      row_l2[sz(r)] = ss;
+    }
+  });
+  // AuxK: the dead latents' decode (no bias) against the residual target - out
+  if (aux_scale > 0) {
+    decode(w.aux, W_dec, d_out, n, nullptr, g_aux);
+    const auto c = static_cast<float>(cfg_.aux_coefficient * aux_scale);
+    parallel_for(n, [&](int64_t r0, int64_t r1, int) {
+      for (int64_t r = r0; r < r1; ++r) {
+        double ss = 0;
+        for (int64_t i = 0; i < d_out; ++i) {
+          const float e = g_aux[r * d_out + i] + (w.out[sz(r * d_out + i)] - target[r * d_out + i]);
+          ss += static_cast<double>(e) * e;
+          g_aux[r * d_out + i] = c * 2.f * inv_n * e;
+        }
+        row_aux[sz(r)] = ss;
+      }
+    });
+  }
+
+  // the pre-activations' gradients, per active pair
+  w.gpre_main.resize(sz(w.main.nnz()));
+  w.gpre_aux.resize(sz(w.aux.nnz()));
+  pair_grads(w.main, g, W_dec, d_out, n, w.gpre_main.data());
+  pair_grads(w.aux, g_aux, W_dec, d_out, n, w.gpre_aux.data());
+  const auto coef = static_cast<float>(coefficient);
+  if (standard)  // d/da of coefficient * mean_r sum_j a_rj ||W_dec[j]||
+    for (int64_t e = 0; e < w.main.nnz(); ++e) w.gpre_main[sz(e)] += coef * inv_n * w.s[sz(w.main.latent[sz(e)])];
+  if (jump) near_threshold(n, coef);
+
+  backward(n, sae_in, x, coef);
+  const double norm = grad_norm();
+  // torch's clip_grad_norm_, in float32 as torch computes it
+  const float clip = cfg_.max_grad_norm > 0
+                         ? std::min(1.f, static_cast<float>(cfg_.max_grad_norm) / (static_cast<float>(norm) + 1e-6f))
+                         : 1.f;
+  adam(lr, clip);
+
+  // bookkeeping: firing counts, batchtopk's threshold, the stats
+  std::vector<uint8_t> fired(sz(d_sae), 0);
+  float min_positive = INFINITY;  // of the activations (TopK's: the rescaled pre-activations, in w.pre)
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t e = w.main.offsets[sz(r)]; e < w.main.offsets[sz(r) + 1]; ++e) {
+      const int32_t j = w.main.latent[sz(e)];
+      fired[sz(j)] = 1;
+      min_positive = std::min(min_positive, auxk ? w.pre[sz(r * d_sae + j)] : w.main.value[sz(e)]);
+    }
+  StepStats st;
+  for (int64_t j = 0; j < d_sae; ++j) {
+    int64_t& t = tokens_since_fired[sz(j)];
+    t = fired[sz(j)] ? 0 : t + n;
+    st.n_dead += t > cfg_.dead_tokens;
+  }
+  if (cfg_.arch == TrainArch::batchtopk && w.main.nnz() > 0)
+    topk_threshold = (1 - cfg_.topk_threshold_lr) * topk_threshold + cfg_.topk_threshold_lr * min_positive;
+  double l2 = 0, aux = 0;
+  for (int64_t r = 0; r < n; ++r) {
+    l2 += row_l2[sz(r)];
+    aux += row_aux[sz(r)];
+  }
+  st.mse = l2 / static_cast<double>(n);
+  st.aux_loss = cfg_.aux_coefficient * aux_scale * aux / static_cast<double>(n);
+  st.l0 = static_cast<double>(w.main.nnz()) / static_cast<double>(n);
+  if (jump) st.sparsity_loss = coefficient * st.l0;
+  if (standard) {
+    double l1 = 0;
+    for (int64_t e = 0; e < w.main.nnz(); ++e) l1 += static_cast<double>(w.main.value[sz(e)]) * w.s[sz(w.main.latent[sz(e)])];
+    st.sparsity_loss = coefficient * l1 / static_cast<double>(n);
+  }
+  st.loss = st.mse + st.aux_loss + st.sparsity_loss;
+  st.explained_variance = 1.0 - st.mse / total_variance(target, n);
+  return st;
+}
+
+// jumprelu: the pairs within the rectangle window, |pre - threshold| < bandwidth/2, with
+// their threshold gradient: -(threshold / bw) dL/dacts (JumpReLU) - coefficient / (n bw) (the L0 step)
+void Trainer::near_threshold(int64_t n, float coef) {
+  Work& w = *work_;
+  const int64_t d_sae = cfg_.d_sae, d_out = cfg_.d_out;
+  const float* thr = p(threshold_).value.data();
+  const auto bw = static_cast<float>(cfg_.bandwidth);
+  const float* pre = w.pre.data();
+  auto near = [&](int64_t r, int64_t j) {
+    const float u = (pre[r * d_sae + j] - thr[j]) / bw;
+    return u > -0.5f && u < 0.5f;
+  };
+  Codes c;
+  collect(
+      c, n,
+      [&](int64_t r) {
+        int64_t k = 0;
+        for (int64_t j = 0; j < d_sae; ++j) k += near(r, j);
+        return k;
+      },
+      [&](int64_t r, int32_t* lat, float*) {
+        for (int64_t j = 0; j < d_sae; ++j)
+          if (near(r, j)) *lat++ = static_cast<int32_t>(j);
+      });
+  std::vector<float> gacts(sz(c.nnz()));
+  pair_grads(c, w.g.data(), p(kWdec).value.data(), d_out, n, gacts.data());
+  const float inv_n = 1.f / static_cast<float>(n);
+  for (int64_t e = 0; e < c.nnz(); ++e) {
+    const int32_t j = c.latent[sz(e)];
+    c.value[sz(e)] = -(thr[j] / bw) * gacts[sz(e)] - (1.f / bw) * coef * inv_n;
+  }
+  w.near_offsets = std::move(c.offsets);
+  w.near_latent = std::move(c.latent);
+  w.near_grad = std::move(c.value);
+}
+
+double Trainer::total_variance(const float* t, int64_t n) const {
+  const int64_t d = cfg_.d_out;
+  std::vector<double> mean(sz(d), 0.0);
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t i = 0; i < d; ++i) mean[sz(i)] += t[r * d + i];
+  for (double& m : mean) m /= static_cast<double>(n);
+  double tv = 0;
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t i = 0; i < d; ++i) {
+      const double e = t[r * d + i] - mean[sz(i)];
+      tv += e * e;
+    }
+  return tv / static_cast<double>(n);
+}
+
+namespace {
+
+// CSR pairs (row-major) regrouped per latent, rows in increasing order.
+template <class Emit>
+void by_latent(int64_t d_sae, std::vector<int64_t>& offsets, const std::vector<const Codes*>& sets, Emit emit) {
+  offsets.assign(sz(d_sae) + 1, 0);
+  for (const Codes* c : sets)
+    for (int32_t j : c->latent) ++offsets[sz(j) + 1];
+  for (int64_t j = 0; j < d_sae; ++j) offsets[sz(j + 1)] += offsets[sz(j)];
+  std::vector<int64_t> next(offsets.begin(), offsets.end() - 1);
+  for (size_t s = 0; s < sets.size(); ++s) {
+    const Codes& c = *sets[s];
+    const int64_t rows = static_cast<int64_t>(c.offsets.size()) - 1;
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t e = c.offsets[sz(r)]; e < c.offsets[sz(r) + 1]; ++e)
+        emit(next[sz(c.latent[sz(e)])]++, s, r, e);
+  }
+}
+
+}  // namespace
+
+// Every parameter's gradient from the output gradients (Work::g) and the pairs' gradients.
+void Trainer::backward(int64_t n, const float* sae_in, const float* x, float coef) {
+  Work& w = *work_;
+  const int64_t d_in = cfg_.d_in, d_sae = cfg_.d_sae, d_out = cfg_.d_out;
+  const size_t total = sz(w.main.nnz() + w.aux.nnz());
+  w.col_row_in.resize(total);
+  w.col_row_dec.resize(total);
+  w.col_gpre.resize(total);
+  w.col_dec.resize(total);
+  by_latent(d_sae, w.col_offsets, {&w.main, &w.aux}, [&](int64_t at, size_t set, int64_t r, int64_t e) {
+    w.col_row_in[sz(at)] = static_cast<int32_t>(r);
+    w.col_row_dec[sz(at)] = static_cast<int32_t>(set ? r + n : r);  // g_aux's rows follow g's
+    w.col_gpre[sz(at)] = (set ? w.gpre_aux : w.gpre_main)[sz(e)];
+    w.col_dec[sz(at)] = (set ? w.aux.value : w.main.value)[sz(e)];
+  });
+  const int64_t* off = w.col_offsets.data();
+  accumulate_rows(off, w.col_row_in.data(), w.col_gpre.data(), sae_in, d_in, d_sae, p(kWenc).grad.data());
+  accumulate_rows(off, w.col_row_dec.data(), w.col_dec.data(), w.g.data(), d_out, d_sae, p(kWdec).grad.data());
+  float* gb_enc = p(kBenc).grad.data();
+  const float inv_n = 1.f / static_cast<float>(n);
+  const KernelTable& kt = kernels::active();
+  parallel_for(d_sae, [&](int64_t j0, int64_t j1, int) {
+    for (int64_t j = j0; j < j1; ++j) {
+      float sum = 0, acts = 0;
+      for (int64_t e = off[j]; e < off[j + 1]; ++e) {
+        sum += w.col_gpre[sz(e)];
+        if (w.col_row_dec[sz(e)] < n) acts += w.col_dec[sz(e)];
+      }
+      gb_enc[j] = sum;
+      // standard: the L1 term's pull on ||W_dec[j]||: coefficient/n sum_r a_rj W_dec[j] / ||W_dec[j]||
+      if (cfg_.arch == TrainArch::standard && acts != 0.f && w.s[sz(j)] > 0.f)
+        kt.axpy(p(kWdec).grad.data() + j * d_out, coef * inv_n * acts * w.inv_s[sz(j)],
+                p(kWdec).value.data() + j * d_out, d_out);
+    }
+  });
+  if (threshold_ >= 0) {
+    float* gthr = p(threshold_).grad.data();
+    std::fill(gthr, gthr + d_sae, 0.f);
+    for (int64_t r = 0; r < n; ++r)  // rows in order: the same sums for any thread count
+      for (int64_t e = w.near_offsets[sz(r)]; e < w.near_offsets[sz(r) + 1]; ++e)
+        gthr[w.near_latent[sz(e)]] += w.near_grad[sz(e)];
+  }
+  // b_dec: the output's sum over rows, minus W_enc's share when it was subtracted from the input
+  float* gb_dec = p(kBdec).grad.data();
+  const float* W_encT = p(kWenc).value.data();
+  parallel_for(
+      d_out,
+      [&](int64_t i0, int64_t i1, int) {
+        std::fill(gb_dec + i0, gb_dec + i1, 0.f);
+        for (int64_t r = 0; r < n; ++r)
+          for (int64_t i = i0; i < i1; ++i) gb_dec[i] += w.g[sz(r * d_out + i)];
+        if (cfg_.apply_b_dec_to_input)
+          for (int64_t j = 0; j < d_sae; ++j)
+            for (int64_t i = i0; i < i1; ++i) gb_dec[i] -= gb_enc[j] * W_encT[j * d_in + i];
+      },
+      16);
+  if (skip_ >= 0) {  // W_skip [d_out, d_in] = g^T x
+    w.gout_t.resize(sz(d_out * n));
+    kt.transpose(w.g.data(), d_out, n, d_out, w.gout_t.data(), n);
+    matmul(w.gout_t.data(), d_out, n, n, x, d_in, d_in, 1, nullptr, p(skip_).grad.data(), d_in);
+  }
+}
+
+double Trainer::grad_norm() const {
+  double total = 0;
+  for (const TrainParam& q : params_) {
+    const auto size = static_cast<int64_t>(q.grad.size());
+    const int64_t blocks = (size + kNormBlock - 1) / kNormBlock;
+    std::vector<double> part(sz(blocks), 0.0);
+    parallel_for(blocks, [&](int64_t b0, int64_t b1, int) {
+      for (int64_t b = b0; b < b1; ++b) {
+        double s = 0;
+        for (int64_t i = b * kNormBlock; i < std::min(size, (b + 1) * kNormBlock); ++i)
+          s += static_cast<double>(q.grad[sz(i)]) * q.grad[sz(i)];
+        part[sz(b)] = s;
+      }
+    });
+    for (double s : part) total += s;
+  }
+  return std::sqrt(total);
+}
+
+// torch.optim.Adam (its foreach form), on the gradients scaled by clip
+void Trainer::adam(double lr, double clip) {
+  ++steps;
+  const double t = static_cast<double>(steps);
+  const auto b1 = static_cast<float>(cfg_.beta1), b2 = static_cast<float>(cfg_.beta2);
+  const auto step_size = static_cast<float>(lr / (1 - std::pow(cfg_.beta1, t)));
+  const auto bc2_sqrt = static_cast<float>(std::sqrt(1 - std::pow(cfg_.beta2, t)));
+  const auto eps = static_cast<float>(cfg_.eps), c = static_cast<float>(clip);
+  for (TrainParam& q : params_) {
+    float *pv = q.value.data(), *gv = q.grad.data(), *mv = q.m.data(), *vv = q.v.data();
+    parallel_for(
+        static_cast<int64_t>(q.value.size()),
+        [&](int64_t i0, int64_t i1, int) {
+          for (int64_t i = i0; i < i1; ++i) {
+            const float gi = gv[i] * c;
+            mv[i] += (1.f - b1) * (gi - mv[i]);
+            vv[i] = vv[i] * b2 + (1.f - b2) * gi * gi;
+            pv[i] -= step_size * (mv[i] / (std::sqrt(vv[i]) / bc2_sqrt + eps));
+          }
+        },
+        64);
+  }
+}
+
+}  // namespace tmech

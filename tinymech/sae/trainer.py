@@ -1,0 +1,228 @@
+"""Training one SAE or transcoder natively: `Trainer` holds the parameters, the Adam
+moments and the dead-latent counters in the C++ core (csrc/sae/train.hpp), and `step`
+runs SAELens 6.54's training step on a batch (forward, loss, backward,
+clip_grad_norm_(1.0), torch.optim.Adam). Learning-rate and coefficient schedules,
+normalization and saving belong to the caller (tinymech/sae/train.py).
+
+Deviations from SAELens: dead latents are counted in tokens since they last fired
+(`dead_tokens`, SAELens's dead_feature_window in steps times the batch size).
+SAELens trains no transcoders; here they train as its SAEs do, with y as the target
+of the MSE and of AuxK (k_aux = d_out // 2, as EleutherAI's sparsify) and no b_dec
+subtracted from the input.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _core
+from ..errors import InvalidInputError, SAEInputError, real_number, whole_number
+
+ARCHITECTURES = ("topk", "batchtopk", "jumprelu", "standard")
+
+# Options and their defaults (SAELens's names and values; dead_tokens: 1000 steps x 4096 tokens).
+DEFAULTS = {
+    "rescale_acts_by_decoder_norm": True,
+    "apply_b_dec_to_input": None,  # True for SAEs, False for transcoders
+    "aux_loss_coefficient": 1.0,
+    "topk_threshold_lr": 0.01,
+    "jumprelu_bandwidth": 0.05,
+    "jumprelu_init_threshold": 0.01,
+    "decoder_init_norm": 0.1,
+    "dead_tokens": 1000 * 4096,
+    "adam_beta1": 0.9,
+    "adam_beta2": 0.999,
+    "adam_eps": 1e-8,
+    "max_grad_norm": 1.0,
+}
+_BOOL_OPTIONS = ("rescale_acts_by_decoder_norm", "apply_b_dec_to_input")
+
+
+class Trainer:
+    """Trainer(architecture, d_in, d_sae, *, d_out=None, skip=False, k=None, seed=0, **options).
+
+    d_out (or skip=True) makes a transcoder, trained from x to y; skip adds W_skip
+    [d_out, d_in]. k: latents per row (topk), or their mean per row (batchtopk).
+    options: see DEFAULTS."""
+
+    def __init__(self, architecture, d_in, d_sae, *, d_out=None, skip=False, k=None, seed=0, **options):
+        if architecture not in ARCHITECTURES:
+            raise InvalidInputError(f"unknown architecture {architecture!r}; expected one of {', '.join(ARCHITECTURES)}")
+        unknown = sorted(set(options) - set(DEFAULTS))
+        if unknown:
+            raise InvalidInputError(f"unknown training option(s) {', '.join(unknown)} for {architecture}")
+        d_in = whole_number(d_in, "d_in", 1)
+        d_sae = whole_number(d_sae, "d_sae", 1, maximum=2**31 - 1)
+        self.transcoder = d_out is not None or bool(skip)
+        d_out = d_in if d_out is None else whole_number(d_out, "d_out", 1)
+        opts = {**DEFAULTS, **options}
+        if opts["apply_b_dec_to_input"] is None:
+            opts["apply_b_dec_to_input"] = not self.transcoder
+        if opts["apply_b_dec_to_input"] and d_in != d_out:
+            raise InvalidInputError("apply_b_dec_to_input needs d_in == d_out")
+        if opts["decoder_init_norm"] is None:
+            opts["decoder_init_norm"] = -1.0
+        self.architecture, self.d_in, self.d_sae, self.d_out, self.skip = architecture, d_in, d_sae, d_out, bool(skip)
+        self.k = self._check_k(k)
+        cfg = {"architecture": architecture, "d_in": d_in, "d_sae": d_sae, "d_out": d_out, "skip": self.skip,
+               "k": float(self.k or 0)}
+        for name, value in opts.items():
+            if name in _BOOL_OPTIONS:
+                cfg[name] = bool(value)
+            elif name == "dead_tokens":
+                cfg[name] = whole_number(value, name, 0)
+            else:
+                cfg[name] = real_number(value, name)
+        self.options = opts
+        try:
+            self._core = _core.Trainer(cfg, whole_number(seed, "seed", 0, maximum=2**64 - 1))
+        except ValueError as e:
+            raise InvalidInputError(str(e)) from None
+
+    def _check_k(self, k):
+        if self.architecture not in ("topk", "batchtopk"):
+            return None
+        if k is None:
+            raise InvalidInputError(f"a {self.architecture} trainer needs k")
+        if self.architecture == "topk":
+            return whole_number(k, "k", 1, maximum=self.d_sae)
+        k = real_number(k, "k")
+        if not 0 < k <= self.d_sae:
+            raise InvalidInputError(f"k must be in (0, d_sae={self.d_sae}], not {k}")
+        return k
+
+    # ---- parameters ----
+
+    @property
+    def params(self) -> dict:
+        """The parameters, float32, in SAELens's names and layout (batchtopk: topk_threshold, float64)."""
+        out = {name: self._core.get(name, "value") for name in self._core.names()}
+        if self.architecture == "batchtopk":
+            out["topk_threshold"] = np.array(self._core.topk_threshold, dtype=np.float64)
+        return out
+
+    def set_params(self, **arrays) -> None:
+        """Replace parameters (e.g. b_dec from the geometric median); shapes checked."""
+        names = self._core.names()
+        for name, value in arrays.items():
+            if name == "topk_threshold" and self.architecture == "batchtopk":
+                self._core.topk_threshold = real_number(value, name)
+                continue
+            if name not in names:
+                raise InvalidInputError(f"{self.architecture} has no parameter {name!r}; it has {', '.join(names)}")
+            self._core.set(name, "value", self._float_array(value, name, InvalidInputError))
+
+    @property
+    def tokens_since_fired(self) -> np.ndarray:
+        return self._core.tokens_since_fired
+
+    @tokens_since_fired.setter
+    def tokens_since_fired(self, value) -> None:
+        value = np.asarray(value)
+        if value.shape != (self.d_sae,) or not np.issubdtype(value.dtype, np.integer) or (value < 0).any():
+            raise InvalidInputError(f"tokens_since_fired must be [d_sae={self.d_sae}] non-negative integers")
+        self._core.tokens_since_fired = value.astype(np.int64)
+
+    @property
+    def steps(self) -> int:
+        return self._core.steps
+
+    # ---- training ----
+
+    def step(self, x, y=None, *, lr, coefficient=0.0) -> dict:
+        """One Adam step on the batch x [n, d_in] (and y [n, d_out] for a transcoder).
+        coefficient: this step's sparsity coefficient (standard: L1, jumprelu: L0).
+        Returns loss, mse, aux_loss, sparsity_loss, l0, explained_variance, n_dead."""
+        x = self._batch(x, "x", self.d_in)
+        if self.transcoder:
+            if y is None:
+                raise SAEInputError("a transcoder's step needs y, the activations it reconstructs")
+            y = self._batch(y, "y", self.d_out)
+            if y.shape[0] != x.shape[0]:
+                raise SAEInputError(f"x has {x.shape[0]} rows but y has {y.shape[0]}")
+        elif y is not None:
+            raise SAEInputError("an SAE reconstructs x: pass y only to a transcoder (d_out or skip)")
+        lr = real_number(lr, "lr")
+        coefficient = real_number(coefficient, "coefficient")
+        if not (np.isfinite(lr) and lr >= 0 and np.isfinite(coefficient) and coefficient >= 0):
+            raise InvalidInputError(f"lr and coefficient must be finite and >= 0, not {lr} and {coefficient}")
+        return self._core.step(x, y, lr, coefficient)
+
+    def _batch(self, a, name, width):
+        a = self._float_array(a, name, SAEInputError)
+        if a.ndim != 2 or a.shape[1] != width or a.shape[0] == 0:
+            raise SAEInputError(f"{name} must be [rows >= 1, {width}], not {list(a.shape)}")
+        finite = np.isfinite(a).all(axis=1)
+        if not finite.all():
+            raise SAEInputError(f"{name} row {int(np.argmin(finite))} holds NaN or infinity")
+        return a
+
+    @staticmethod
+    def _float_array(a, name, error):
+        a = np.asarray(a)
+        if a.dtype.kind not in "fiu":
+            raise error(f"{name} must be a float array, not {a.dtype}")
+        return np.ascontiguousarray(a, dtype=np.float32)
+
+    # ---- checkpoints ----
+
+    def state(self) -> dict:
+        """Everything a step depends on, as numpy arrays: the parameters, Adam's moments
+        (adam_m.NAME, adam_v.NAME), steps, tokens_since_fired (and topk_threshold)."""
+        out = self.params
+        for name in self._core.names():
+            out[f"adam_m.{name}"] = self._core.get(name, "m")
+            out[f"adam_v.{name}"] = self._core.get(name, "v")
+        out["steps"] = np.array(self._core.steps, dtype=np.int64)
+        out["tokens_since_fired"] = self._core.tokens_since_fired
+        return out
+
+    def load_state(self, state: dict) -> None:
+        """Continue from state() (of a trainer built with the same arguments)."""
+        expected = set(self.state())
+        missing = sorted(expected - set(state))
+        if missing:
+            raise InvalidInputError(f"the training state lacks {', '.join(missing)}")
+        self.set_params(**{name: state[name] for name in self.params})
+        for name in self._core.names():
+            for what in ("m", "v"):
+                self._core.set(name, what, self._float_array(state[f"adam_{what}.{name}"], name, InvalidInputError))
+        self._core.steps = whole_number(int(np.asarray(state["steps"])), "steps", 0)
+        self.tokens_since_fired = state["tokens_since_fired"]
+
+    @classmethod
+    def from_state(cls, state: dict, architecture, d_in, d_sae, **kwargs) -> "Trainer":
+        t = cls(architecture, d_in, d_sae, **kwargs)
+        t.load_state(state)
+        return t
+
+    # ---- saving ----
+
+    def sae_weights(self) -> dict:
+        """The weights of sae_weights.safetensors, folded as SAELens folds them on saving:
+        decoder norms (topk and batchtopk with rescale_acts_by_decoder_norm), batchtopk's
+        running threshold as a JumpReLU threshold."""
+        w = self.params
+        if self.architecture in ("topk", "batchtopk") and self.options["rescale_acts_by_decoder_norm"]:
+            norms = np.maximum(np.linalg.norm(w["W_dec"], axis=1), np.float32(1e-8)).astype(np.float32)
+            w["b_enc"] = w["b_enc"] * norms
+            w["W_dec"] = w["W_dec"] / norms[:, None]
+            w["W_enc"] = w["W_enc"] * norms[None, :]
+        if self.architecture == "batchtopk":
+            threshold = float(w.pop("topk_threshold"))
+            w["threshold"] = np.full(self.d_sae, threshold, dtype=np.float32)
+        return w
+
+    def sae_config(self) -> dict:
+        """The architecture-specific fields of the saved cfg.json."""
+        saved_as = "jumprelu" if self.architecture == "batchtopk" else self.architecture
+        if self.transcoder:
+            base = {"standard": "", "jumprelu": "jumprelu_"}.get(saved_as, saved_as + "_")
+            saved_as = base + ("skip_transcoder" if self.skip else "transcoder")
+        cfg = {"architecture": saved_as, "d_in": self.d_in, "d_sae": self.d_sae,
+               "apply_b_dec_to_input": bool(self.options["apply_b_dec_to_input"])}
+        if self.transcoder:
+            cfg["d_out"] = self.d_out
+        if self.architecture == "topk":
+            cfg["k"] = self.k
+            cfg["rescale_acts_by_decoder_norm"] = bool(self.options["rescale_acts_by_decoder_norm"])
+        return cfg

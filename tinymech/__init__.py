@@ -25,7 +25,7 @@ except ImportError:  # a source tree without a core for this Python, e.g. Python
 from . import analysis
 from .arch.config import Config
 from .cache import ActivationCache
-from .corpus import batches, tokenize_and_concatenate
+from .corpus import batches, read_corpus, tokenize_and_concatenate
 from .errors import (
     ContextLengthError,
     FeatureIndexError,
@@ -52,12 +52,13 @@ from .runtime import (
     set_kernel_variant,
     set_num_threads,
 )
-from .sae import SAE, SAEMetrics, sae_metrics
+from .sae import SAE, ActivationStore, SAEMetrics, collect_activations, sae_metrics
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ActivationCache",
+    "ActivationStore",
     "Config",
     "ContextLengthError",
     "FeatureIndexError",
@@ -79,6 +80,7 @@ __all__ = [
     "UnsupportedArchitectureError",
     "add",
     "batches",
+    "collect_activations",
     "fill",
     "get_act_name",
     "get_num_threads",
@@ -87,6 +89,7 @@ __all__ = [
     "load",
     "mean_ablate",
     "patch",
+    "read_corpus",
     "release_memory",
     "sae_metrics",
     "scale",

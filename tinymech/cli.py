@@ -1,4 +1,4 @@
-"""The `tinymech` command: generate text, inspect a model, open the terminal UI."""
+"""The `tinymech` command: generate text, inspect a model, open the terminal UI, collect activations."""
 from __future__ import annotations
 
 import argparse
@@ -93,7 +93,21 @@ def _parser() -> argparse.ArgumentParser:
     tui.add_argument("--sae", action="append", default=[], help="SAE directory (SAELens format); repeatable")
     tui.add_argument("prompt", nargs="?", default=None, type=_utf8_text,
                      help="the prompt to open on (default: an example)")
-    for p in (gen, info, dyn, tui):  # --threads after the subcommand too; when absent there, that before counts
+    col = sub.add_parser("collect", help="collect a hook's activations over a corpus, to train an SAE or transcoder on")
+    _model_arg(col, dtype=False)
+    col.add_argument("--hook", required=True, help="the hook point to read, e.g. blocks.6.hook_resid_pre")
+    col.add_argument("--hook-out", default=None, help="a second hook read in the same pass (a transcoder's output)")
+    col.add_argument("--corpus", required=True,
+                     help="a text file (documents separated by <|endoftext|>), a .jsonl file, or a folder of them")
+    col.add_argument("--text-field", default="text", help="the field holding the text in .jsonl files (default: text)")
+    col.add_argument("--tokens", type=_positive_int, required=True, help="how many token positions to collect")
+    col.add_argument("--out", required=True, help="the store's folder (an unfinished one is continued)")
+    col.add_argument("--context", type=_positive_int, default=128, help="tokens per row, BOS included (default: 128)")
+    col.add_argument("--dtype", choices=["float32", "bf16"], default="float32",
+                     help="how activations are stored: bf16 halves the bytes (default: float32)")
+    col.add_argument("--batch-size", type=_positive_int, default=8, help="rows per forward pass (default: 8)")
+    col.add_argument("--seed", type=_non_negative_int, default=0, help="recorded for the trainer (default: 0)")
+    for p in (gen, info, dyn, tui, col):  # --threads after the subcommand too; when absent there, that before counts
         _threads_arg(p, argparse.SUPPRESS)
     return parser
 
@@ -235,7 +249,23 @@ def _tui(args) -> int:
     return run_tui(model_path=args.model, sae_paths=tuple(args.sae), prompt=args.prompt, dtype=args.dtype) or 0
 
 
-COMMANDS = {"generate": _generate, "info": _info, "dynamics": _dynamics, "tui": _tui}
+def _collect(args) -> int:
+    import tinymech as tm
+
+    model = tm.load(args.model)
+    try:
+        store = tm.collect_activations(model, args.hook, args.corpus, args.tokens, out=args.out, context=args.context,
+                                       dtype=args.dtype, hook_out=args.hook_out, batch_size=args.batch_size,
+                                       seed=args.seed, text_field=args.text_field)
+    except KeyboardInterrupt:
+        print(printable(f"tinymech: interrupted; what was collected is kept in {args.out}: "
+                        "the same command continues it"), file=sys.stderr)
+        raise
+    print(printable(repr(store)))
+    return 0
+
+
+COMMANDS = {"generate": _generate, "info": _info, "dynamics": _dynamics, "tui": _tui, "collect": _collect}
 
 
 def _report_error(error: Exception) -> int:

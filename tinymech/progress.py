@@ -13,12 +13,14 @@ BAR_WIDTH = 24
 MIN_INTERVAL_S = 0.2  # between redraws on a terminal
 
 
-def progress_function(progress, label: str = "patching") -> ProgressFn | None:
-    """None, False: no reports; True: a ProgressLine on stderr; a function: itself."""
+def progress_function(progress, label: str = "patching", unit: str | None = None,
+                      start_done: int = 0) -> ProgressFn | None:
+    """None, False: no reports; True: a ProgressLine on stderr (see it for unit
+    and start_done); a function: itself."""
     if progress is None or progress is False:
         return None
     if progress is True:
-        return ProgressLine(sys.stderr, label)
+        return ProgressLine(sys.stderr, label, unit, start_done)
     if callable(progress):
         return progress
     raise InvalidInputError(f"progress must be True, False, None or a function progress(done, total), not {progress!r}")
@@ -27,11 +29,16 @@ def progress_function(progress, label: str = "patching") -> ProgressFn | None:
 class ProgressLine:
     """done/total with a bar, the time so far and an estimate of the time left.
     On a terminal one line is redrawn in place (at most every MIN_INTERVAL_S);
-    elsewhere (a log file) a line is written at each tenth and at the end."""
+    elsewhere (a log file) a line is written at each tenth and at the end.
+    unit: also show the rate, in units per second (e.g. "tokens").
+    start_done: what was done before this line started (a resumed job):
+    the rate and the time left count only what is done from here."""
 
-    def __init__(self, stream: TextIO, label: str = "patching"):
+    def __init__(self, stream: TextIO, label: str = "patching", unit: str | None = None, start_done: int = 0):
         self.stream = stream
         self.label = label
+        self.unit = unit
+        self.start_done = start_done
         self.interactive = bool(getattr(stream, "isatty", lambda: False)())
         self.start = time.monotonic()
         self.last_draw = float("-inf")
@@ -56,9 +63,11 @@ class ProgressLine:
         fraction = done / total if total else 1.0
         filled = round(fraction * BAR_WIDTH)
         elapsed = now - self.start
-        left = elapsed * (total - done) / done if done else float("nan")
+        new = done - self.start_done
+        left = elapsed * (total - done) / new if new > 0 else float("nan")
+        rate = f", {new / elapsed:.0f} {self.unit}/s" if self.unit and new > 0 and elapsed > 0 else ""
         return (f"{self.label} {done}/{total} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] "
-                f"{_clock(elapsed)} elapsed, {_clock(left)} left")
+                f"{_clock(elapsed)} elapsed, {_clock(left)} left{rate}")
 
 
 def _clock(seconds: float) -> str:

@@ -2,38 +2,41 @@
 a plain torch TopK loop written the way EleutherAI's sparsify writes it, on the same
 stored activations, in the same order, with the same hyperparameters and threads.
 
-    python benchmarks/bench_sae_training.py [--tokens N] [--models smollm2,demo]
-                                            [--threads N] [--lr 3e-3] [--batch-size 4096]
+    python benchmarks/bench_sae_training.py [--tokens N] [--models smollm2,demo] [--threads N]
+                                            [--lr 3e-3] [--batch-size 4096] [--corpus PATH]
 
-Activations: `model.run_with_cache` over token rows of `--context` tokens drawn from
-the corpus (training/.cache/corpus/train.txt, else the project's docs), BOS positions
-left out, cached under benchmarks/.cache/sae_training/. SmolLM2-135M
+Activations: tm.collect_activations over the corpus (training/.cache/corpus/train.txt,
+built by training/build_corpus.py), 128-token rows, BOS and EOS positions left out,
+cached under benchmarks/.cache/sae_training/; the last 16 rows are held out. SmolLM2-135M
 blocks.15.hook_resid_pre -> 4608 latents and the bundled demo GPT-2
 blocks.2.hook_resid_pre -> 2048 latents, k 32. The training activations are scaled
 once, as SAELens's normalize_activations="expected_average_only_in" does (sqrt(d_in) /
-mean norm), and all three trainers read those scaled batches; each trained SAE is
-then saved in SAELens's format and loaded by tinymech with the scale folded in.
+mean norm), and all three trainers read the same scaled batches (store.batches); each
+trained SAE is then saved in SAELens's format and loaded by tinymech with the scale
+folded in.
 
 The contenders, one step of each in turn per batch (a slow minute of the machine then
 slows all three alike), the first `--warmup` steps untimed:
   tinymech   tinymech.sae.trainer.Trainer("topk"), started from SAELens's initial weights
   SAELens    TopKTrainingSAE under its SAETrainer, fed through SAETrainer.step (the
-             seam its fit() loop calls; fit() adds only tqdm, logging and checkpoints)
+             seam its fit() loop calls; fit() adds only tqdm, logging and checkpoints);
+             dense activations: its use_sparse_activations fails in backward on CPU
+             (torch 2.13: aten::view on SparseCPU)
   torch loop a sparsify-style loop: encoder Linear, ReLU, top-k, a backward through
-             the k chosen latents only, embedding_bag decoding, FVU loss, AuxK on
-             latents dead for 10M tokens, unit-norm decoder rows, Adam (eager: no
-             torch.compile, no Triton on CPU)
-All use one constant learning rate and no warm-up (3e-3 by default, ten times
-SAELens's default, so that the quick run's 16-20 steps reach a telling explained variance). Quality: explained variance on
-held-out activations, and for the demo model the CE loss recovered
-(tm.sae_metrics) on held-out token rows.
+             the k chosen latents only (dW as one sparse product), embedding_bag
+             decoding, FVU loss, AuxK on latents dead for 10M tokens, unit-norm
+             decoder rows, Adam (eager: no torch.compile, no Triton on CPU)
+All use one constant learning rate and no warm-up: 3e-3 by default, ten times
+SAELens's, so that the quick run's 16-20 steps reach a telling explained variance.
+Quality: explained variance on the held-out activations and, for the demo model, the
+CE loss recovered (tm.sae_metrics) on the held-out token rows.
 
 sae_training_rows(...) returns the measurements as report rows.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
+import itertools
 import json
 import os
 import sys
@@ -60,47 +63,24 @@ QUICK_TOKENS = {"smollm2": 65536, "demo": 81920}  # 16 and 20 steps of 4096: the
 
 # ---- activations ----------------------------------------------------------------------------
 
-def corpus_text() -> tuple[str, str]:
-    """(text, description): the training corpus, or the project's docs where it is not built."""
-    if CORPUS.is_file():
-        return CORPUS.read_text(encoding="utf-8"), str(CORPUS.relative_to(ROOT))
-    files = sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md"]
-    return "\n".join(f.read_text(encoding="utf-8") for f in files), "docs/*.md + README.md (no training corpus)"
-
-
-def token_rows(model, text: str, n_rows: int, context: int, seed: int = 0) -> np.ndarray:
-    """[n_rows, context] int32: BOS, then context - 1 tokens from a random place in text."""
-    rng = np.random.default_rng(seed)
-    chars = 8 * context  # enough characters for context tokens
-    rows = []
-    while len(rows) < n_rows:
-        start = int(rng.integers(0, max(1, len(text) - chars)))
-        ids = model.tokenizer.encode(text[start:start + chars])[1:context]  # drop the first (cut) token
-        if len(ids) == context - 1:
-            rows.append([model.cfg.bos_token_id, *ids])
-    return np.asarray(rows, dtype=np.int32)
-
-
-def activations(name: str, n_rows: int, context: int) -> tuple:
-    """(model, tokens [n_rows, context], acts [n_rows, context, d_in], corpus description),
-    the activations collected once and then read from the cache."""
+def activations(name: str, n_tokens: int, context: int, corpus: Path) -> tuple:
+    """(model, store): the activations tm.collect_activations collects once into the cache."""
     import tinymech as tm
 
+    if not corpus.exists():
+        raise Skipped(f"no corpus at {corpus} (python training/build_corpus.py builds it)")
     source, hook, _ = MODELS[name]
     model = tm.load(source) if source else tm.load()
-    text, described = corpus_text()
-    key = hashlib.sha256(f"{described}:{len(text)}:{hook}:{n_rows}:{context}".encode()).hexdigest()[:12]
-    path = CACHE / f"{name}-{key}"
-    if not (path / "acts.npy").is_file():
-        path.mkdir(parents=True, exist_ok=True)
-        tokens = token_rows(model, text, n_rows, context)
-        stop = int(hook.split(".")[1]) + 1
-        acts = np.concatenate([model.run_with_cache(tokens[i:i + 8], names_filter=hook, return_type=None,
-                                                    stop_at_layer=stop)[1][hook] for i in range(0, n_rows, 8)])
-        np.save(path / "tokens.npy", tokens)
-        np.save(path / "acts.tmp.npy", acts.astype(np.float32))
-        os.replace(path / "acts.tmp.npy", path / "acts.npy")  # a cache entry is whole or absent
-    return model, np.load(path / "tokens.npy"), np.load(path / "acts.npy", mmap_mode="r"), described
+    out = CACHE / f"{name}-{context}-{n_tokens}"
+    return model, tm.collect_activations(model, hook, corpus, n_tokens, out=out, context=context)
+
+
+def heldout_split(store, rows: int) -> tuple:
+    """(held-out token rows [rows, context], their activations' count): the last `rows`
+    rows of the store, whose activations are its last ones (the excluded positions,
+    BOS and EOS, have none)."""
+    kept = ~np.isin(store.tokens[:-rows], store.meta["excluded_token_ids"])
+    return np.asarray(store.tokens[-rows:]), store.n_tokens - int(kept.sum())
 
 
 # ---- the three trainers ---------------------------------------------------------------------
@@ -295,41 +275,38 @@ def explained_variance(sae, x: np.ndarray) -> float:
 
 
 def run_model(name: str, tokens: int, lr: float, batch_size: int, k: int, context: int, warmup: int,
-              seed: int = 0, holdout_rows: int = 16) -> dict:
+              corpus: Path = CORPUS, seed: int = 0, holdout_rows: int = 16) -> dict:
     """Trains the three contenders on one model's activations; returns their
-    tokens/s, held-out explained variance (and CE loss recovered), and the shapes."""
+    seconds per step and tokens/s, held-out explained variance (and CE loss
+    recovered), and the shapes."""
     import tinymech as tm
     from tinymech.sae.sae import SAE
 
     steps = max(tokens // batch_size, warmup + 1)
-    n_rows = -(-steps * batch_size // (context - 1)) + holdout_rows
-    model, token_ids, acts, described = activations(name, n_rows, context)
-    hook, d_sae = MODELS[name][1], MODELS[name][2]
-    train = np.asarray(acts[:-holdout_rows, 1:]).reshape(-1, acts.shape[-1])  # BOS positions left out
-    heldout = np.asarray(acts[-holdout_rows:, 1:]).reshape(-1, acts.shape[-1])
-    d_in = train.shape[1]
-    scale = float(np.sqrt(d_in) / np.linalg.norm(train, axis=1).mean())  # SAELens's expected_average_only_in
-    order = np.random.default_rng(seed).permutation(len(train))[:steps * batch_size].reshape(steps, batch_size)
-    batches = (train[rows] * np.float32(scale) for rows in order)
+    model, store = activations(name, steps * batch_size + (holdout_rows + 2) * context, context, corpus)
+    heldout_tokens, holdout = heldout_split(store, holdout_rows)
+    hook, d_sae, d_in = MODELS[name][1], MODELS[name][2], store.d_in
+    x_train = store.inputs[:store.n_tokens - holdout]
+    scale = float(np.sqrt(d_in) / np.linalg.norm(x_train, axis=1).mean())  # SAELens's expected_average_only_in
+    stream = store.batches(batch_size, seed=seed, holdout=holdout)
+    batches = (x * np.float32(scale) for x, _ in itertools.islice(stream, steps))
 
     lens = LensTrainer(d_in, d_sae, k, lr, batch_size, steps, seed)
-    trainers = [lens, TorchLoopTrainer(d_in, d_sae, k, lr, seed)]
-    try:
-        trainers.insert(0, TinymechTrainer(d_in, d_sae, k, lr, batch_size, lens.initial_params(), seed))
-    except ImportError:  # the trainer is not in this build
-        pass
+    trainers = [TinymechTrainer(d_in, d_sae, k, lr, batch_size, lens.initial_params(), seed), lens,
+                TorchLoopTrainer(d_in, d_sae, k, lr, seed)]
     seconds = train_interleaved(trainers, batches, warmup)
-    out = {"steps": steps, "d_in": d_in, "d_sae": d_sae, "corpus": described, "timed_tokens":
-           (steps - warmup) * batch_size, "seconds": {}, "tok_s": {}, "ev": {}, "ce": {}}
+    timed = (steps - warmup) * batch_size
+    out = {"steps": steps, "d_in": d_in, "d_sae": d_sae, "timed_tokens": timed, "corpus": store.meta["corpus"],
+           "seconds": {}, "tok_s": {}, "ev": {}, "ce": {}}
+    heldout, _ = store.rows(store.n_tokens - holdout, store.n_tokens)
     for trainer, s in zip(trainers, seconds):
-        out["seconds"][trainer.name] = s / (steps - warmup)
-        out["tok_s"][trainer.name] = out["timed_tokens"] / s
+        out["seconds"][trainer.name], out["tok_s"][trainer.name] = s / (steps - warmup), timed / s
         with tempfile.TemporaryDirectory() as tmp:
             trainer.save(tmp, hook)
             sae = SAE.load(tmp, norm_scaling_factor=scale)
         out["ev"][trainer.name] = explained_variance(sae, heldout)
         if name == "demo":
-            metrics = tm.sae_metrics(model, sae, token_ids[-holdout_rows:], ignore_tokens=[model.cfg.bos_token_id])
+            metrics = tm.sae_metrics(model, sae, heldout_tokens, ignore_tokens=store.meta["excluded_token_ids"])
             out["ce"][trainer.name] = metrics.ce_loss_recovered
     return out
 
@@ -382,10 +359,10 @@ def _quality_rows(tag: str, what: str, values: dict, label: str) -> list:
     """tinymech's held-out quality vs SAELens's (same recipe, same initial weights:
     target no lower than theirs - QUALITY_MARGIN) and vs the torch loop's (sparsify's
     recipe and init, which differ: no target)."""
-    ours, rows = values.get("tinymech"), []
+    ours, rows = values["tinymech"], []
     for ref, suffix in (("SAELens", ""), ("torch loop", "-loop")):
         theirs = values[ref]
-        note = "" if ours is None else f"Δ {ours - theirs:+.4f}"
+        note = f"Δ {ours - theirs:+.4f}"
         if ref != "SAELens":
             note += "; sparsify's recipe: b_dec = batch mean, unit-norm decoder, no clipping"
         rows.append(row(f"sae-train-{tag}-{label}{suffix}", f"SAE training {tag}: {what}, held out", ours, theirs,
@@ -394,13 +371,25 @@ def _quality_rows(tag: str, what: str, values: dict, label: str) -> list:
     return rows
 
 
+def _speed_rows(name: str, out: dict, floor: dict, note: str) -> list:
+    """tinymech's tokens/s vs SAELens's (target ≥5×) and vs the torch loop's."""
+    tok, ours = out["tok_s"], out["tok_s"]["tinymech"]
+    if floor["gemm_s"]:
+        note += f"; encoder GEMM at peak {floor['gemm_s'] / out['seconds']['tinymech']:.0%} of tinymech's step"
+    return [row(f"sae-train-{name}{suffix}", f"SAE training {name} {MODELS[name][1]}", ours, tok[ref], "tok/s",
+                ours / tok[ref], ref_name=ref, target=SPEED_TARGET if ref == "SAELens" else None,
+                note=note if ref == "SAELens" else note.split(";")[0])
+            for ref, suffix in (("SAELens", ""), ("torch loop", "-loop"))]
+
+
 def sae_training_rows(tokens: dict | None = None, models=("smollm2", "demo"), lr: float = 3e-3,
                       batch_size: int = 4096, k: int = 32, context: int = 128, warmup: int = 2,
-                      verbose: bool = False) -> list:
+                      corpus: Path = CORPUS, verbose: bool = False) -> list:
     """Rows per model: "sae-train-<model>" (tokens/s, ratio tinymech / SAELens,
     target ≥5×), "sae-train-<model>-loop" (ratio tinymech / torch loop), the held-out
     explained variance vs each ("-ev", "-ev-loop") and, for the demo model, the CE
-    loss recovered ("-ce", "-ce-loop"); targets: no lower than SAELens's - 0.005."""
+    loss recovered ("-ce", "-ce-loop"); targets: no lower than SAELens's - 0.005.
+    A model that is not installed (SmolLM2) is left out; Skipped when none is left."""
     import tinymech as tm
 
     tokens = {**QUICK_TOKENS, **(tokens or {})}
@@ -408,26 +397,19 @@ def sae_training_rows(tokens: dict | None = None, models=("smollm2", "demo"), lr
     rows, missing = [], []
     for name in models:
         try:
-            out = run_model(name, tokens[name], lr, batch_size, k, context, warmup)
-        except tm.ModelNotFoundError as e:  # SmolLM2 is an optional package
+            out = run_model(name, tokens[name], lr, batch_size, k, context, warmup, Path(corpus))
+        except tm.ModelNotFoundError as e:
             missing.append(f"{name}: {e}")
             print(f"sae_training: {name} skipped: {e}", file=sys.stderr)
             continue
         floor = step_floor(batch_size, out["d_in"], out["d_sae"], k, *limits)
-        tok, ours = out["tok_s"], out["tok_s"].get("tinymech")
-        shape = f"{out['d_in']}->{out['d_sae']} k{k}, {out['steps']} steps of {batch_size}, lr {lr:g}"
-        share = "" if ours is None or not floor["gemm_s"] else \
-            f"; encoder GEMM at peak {floor['gemm_s'] / out['seconds']['tinymech']:.0%} of tinymech's step"
-        for ref, suffix in (("SAELens", ""), ("torch loop", "-loop")):
-            rows.append(row(f"sae-train-{name}{suffix}", f"SAE training {name} {MODELS[name][1]}", ours, tok[ref],
-                            "tok/s", None if ours is None else ours / tok[ref], ref_name=ref,
-                            target=SPEED_TARGET if ref == "SAELens" else None,
-                            note=shape + (share if ref == "SAELens" else "")))
+        rows += _speed_rows(name, out, floor, f"{out['d_in']}->{out['d_sae']} k{k}, {out['steps']} steps of "
+                            f"{batch_size}, lr {lr:g}")
         rows += _quality_rows(name, "explained variance", out["ev"], "ev")
         if out["ce"]:
             rows += _quality_rows(name, "CE loss recovered", out["ce"], "ce")
         if verbose:
-            print(f"{name}: activations from {out['corpus']}; {out['timed_tokens']} timed tokens per contender")
+            print(f"{name}: activations of {out['corpus']}; {out['timed_tokens']} timed tokens per contender")
             print("\n".join(roofline_text(out, batch_size, k, limits)))
     if not rows:
         raise Skipped("; ".join(missing))
@@ -444,6 +426,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--warmup", type=int, default=2, help="untimed first steps")
+    parser.add_argument("--corpus", default=str(CORPUS), help="text file or folder (tm.read_corpus)")
     args = parser.parse_args()
 
     import torch
@@ -456,7 +439,8 @@ def main() -> None:
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     tokens = {m: args.tokens for m in models} if args.tokens else None
     print(f"{args.threads} threads, tinymech kernels {tm._core.kernels.variant()}, torch {torch.__version__}")
-    rows = sae_training_rows(tokens, models, args.lr, args.batch_size, args.k, warmup=args.warmup, verbose=True)
+    rows = sae_training_rows(tokens, models, args.lr, args.batch_size, args.k, warmup=args.warmup,
+                             corpus=args.corpus, verbose=True)
     print(format_table(rows))
 
 

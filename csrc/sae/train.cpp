@@ -8,7 +8,6 @@
 
 #include "kernels/kernels.hpp"
 #include "ops/matmul.hpp"
-#include "ops/top_k.hpp"
 #include "runtime/checked.hpp"
 #include "runtime/threads.hpp"
 
@@ -16,7 +15,8 @@ namespace tmech {
 namespace {
 
 enum { kWenc, kBenc, kWdec, kBdec };  // the first parameters, always present
-constexpr int64_t kNormBlock = 4096;  // gradient norms are summed per block: the same bits for any thread count
+constexpr int64_t kNormBlock = 4096;
+constexpr int64_t kEncodeRows = 256;  // rows per encoder GEMM: their pre-activations stay in cache for TopK  // gradient norms are summed per block: the same bits for any thread count
 
 struct ArchName {
   const char* name;
@@ -54,6 +54,9 @@ struct Trainer::Work {
   std::vector<float> out, g;         // [n, d_out]; g: [2n, d_out], the output gradients of the MSE then of AuxK
   std::vector<float> gout_t;         // [d_out, n] for W_skip's gradient
   Codes main, aux;                   // active latents, and AuxK's dead ones
+  std::vector<int32_t> top;          // TopK: each row's k latents
+  std::vector<int32_t> dead;         // AuxK: the dead latents
+  int64_t k_aux = 0;                 // AuxK: latents per row (0: no aux loss this step)
   std::vector<int64_t> near_offsets; // jumprelu: pairs within the estimator's window
   std::vector<int32_t> near_latent;
   std::vector<float> near_grad;
@@ -215,6 +218,39 @@ void collect(Codes& c, int64_t n, Count count, Fill fill) {
   });
 }
 
+// The k largest of value(0..n) (0 < k <= n) into idx, unordered; ties to the lower
+// index. A strided sample of ~4k values sets a threshold that ~2k values pass, and
+// only those are ranked (all n when the sample was unlucky or n is small).
+struct Candidate {
+  float v;
+  int32_t i;
+};
+template <class Value>
+void top_k_of(Value value, int64_t n, int64_t k, std::vector<Candidate>& cand, int32_t* idx) {
+  auto before = [](const Candidate& a, const Candidate& b) { return a.v > b.v || (a.v == b.v && a.i < b.i); };
+  auto nth = [&](int64_t rank) {
+    std::nth_element(cand.begin(), cand.begin() + (rank - 1), cand.end(), before);
+    return cand[sz(rank - 1)].v;
+  };
+  cand.clear();
+  const int64_t stride = n / (4 * k);
+  if (stride >= 2) {
+    for (int64_t i = 0; i < n; i += stride) cand.push_back({value(i), static_cast<int32_t>(i)});
+    const auto m = static_cast<int64_t>(cand.size());
+    const float thr = nth(std::min(m, 2 * k * m / n + 1));
+    cand.clear();
+    for (int64_t i = 0; i < n; ++i) {
+      const float v = value(i);
+      if (v >= thr) cand.push_back({v, static_cast<int32_t>(i)});
+    }
+    if (static_cast<int64_t>(cand.size()) < k) cand.clear();
+  }
+  if (cand.empty())
+    for (int64_t i = 0; i < n; ++i) cand.push_back({value(i), static_cast<int32_t>(i)});
+  nth(k);
+  for (int64_t m = 0; m < k; ++m) idx[m] = cand[sz(m)].i;
+}
+
 // out[r] (+)= sum over row r's pairs of value * W_dec[latent]
 void decode(const Codes& c, const float* W_dec, int64_t d_out, int64_t n, const float* b_dec, float* out) {
   const KernelTable& kt = kernels::active();
@@ -266,18 +302,21 @@ void Trainer::select(int64_t n) {
   const float* pre = w.pre.data();
   const bool rescale = cfg_.rescale_acts_by_decoder_norm;
   switch (cfg_.arch) {
-    case TrainArch::topk: {
+    case TrainArch::topk: {  // from the rows' top k (encode_rows), those above zero
       const auto k = static_cast<int64_t>(cfg_.k);
-      std::vector<int64_t> ti(sz(n * k));
-      std::vector<float> tv(sz(n * k));
-      top_k_rows(pre, n, d_sae, k, ti.data(), tv.data());
+      auto h = [&](int64_t i) { return act(pre[(i / k) * d_sae + w.top[sz(i)]], w.top[sz(i)]); };  // i = r * k + m
       collect(
-          w.main, n, [&](int64_t r) { return std::count_if(&tv[sz(r * k)], &tv[sz((r + 1) * k)], [](float v) { return v > 0.f; }); },
+          w.main, n,
+          [&](int64_t r) {
+            int64_t c = 0;
+            for (int64_t i = r * k; i < (r + 1) * k; ++i) c += h(i) > 0.f;
+            return c;
+          },
           [&](int64_t r, int32_t* lat, float* val) {
             for (int64_t i = r * k; i < (r + 1) * k; ++i)
-              if (tv[sz(i)] > 0.f) {
-                *lat++ = static_cast<int32_t>(ti[sz(i)]);
-                *val++ = rescale ? tv[sz(i)] * w.inv_s[sz(ti[sz(i)])] : tv[sz(i)];
+              if (h(i) > 0.f) {
+                *lat++ = w.top[sz(i)];
+                *val++ = rescale ? h(i) * w.inv_s[sz(w.top[sz(i)])] : h(i);
               }
           });
       break;
@@ -285,28 +324,27 @@ void Trainer::select(int64_t n) {
     case TrainArch::batchtopk: {
       // torch.topk over the flattened relu(h): the K largest, ties to the lower flat index
       const auto K = static_cast<int64_t>(cfg_.k * static_cast<double>(n));
+      auto h = [&](int64_t i) { return act(pre[i], i % d_sae); };
       std::vector<float> positive;
       for (int64_t i = 0; i < n * d_sae; ++i)
-        if (pre[i] > 0.f) positive.push_back(pre[i]);
+        if (h(i) > 0.f) positive.push_back(h(i));
       float cut = 0.f;  // keep h > cut, then h == cut while `ties` last
       int64_t ties = 0;
       if (static_cast<int64_t>(positive.size()) > K && K > 0) {
         std::nth_element(positive.begin(), positive.begin() + (K - 1), positive.end(), std::greater<float>());
         cut = positive[sz(K - 1)];
-        const int64_t above = std::count_if(positive.begin(), positive.end(), [&](float v) { return v > cut; });
-        ties = K - above;
+        ties = K - std::count_if(positive.begin(), positive.end(), [&](float v) { return v > cut; });
       } else if (K == 0) {
         cut = INFINITY;
       }
       std::vector<uint8_t> keep_tie(sz(n * d_sae) / 8 + 1, 0);
-      if (ties > 0)  // sequential: the first `ties` equal values in flat order
-        for (int64_t i = 0; i < n * d_sae && ties > 0; ++i)
-          if (pre[i] == cut) {
-            keep_tie[sz(i) / 8] |= static_cast<uint8_t>(1u << (i % 8));
-            --ties;
-          }
+      for (int64_t i = 0; i < n * d_sae && ties > 0; ++i)  // the first `ties` equal values in flat order
+        if (h(i) == cut) {
+          keep_tie[sz(i) / 8] |= static_cast<uint8_t>(1u << (i % 8));
+          --ties;
+        }
       auto kept = [&](int64_t i) {
-        return pre[i] > 0.f && (pre[i] > cut || (pre[i] == cut && (keep_tie[sz(i) / 8] >> (i % 8) & 1u)));
+        return h(i) > 0.f && (h(i) > cut || (h(i) == cut && (keep_tie[sz(i) / 8] >> (i % 8) & 1u)));
       };
       collect(
           w.main, n,
@@ -319,7 +357,7 @@ void Trainer::select(int64_t n) {
             for (int64_t j = 0; j < d_sae; ++j)
               if (kept(r * d_sae + j)) {
                 *lat++ = static_cast<int32_t>(j);
-                *val++ = rescale ? pre[r * d_sae + j] * w.inv_s[sz(j)] : pre[r * d_sae + j];
+                *val++ = rescale ? h(r * d_sae + j) * w.inv_s[sz(j)] : h(r * d_sae + j);
               }
           });
       break;
@@ -347,36 +385,48 @@ void Trainer::select(int64_t n) {
   }
 }
 
-// AuxK: each row's top k_aux pre-activations among the dead latents (Work::aux);
-// returns the loss scale min(n_dead / k_aux, 1), 0 when there is no aux loss.
-double Trainer::select_dead(int64_t n) {
+// AuxK's dead latents (Work::dead) and k_aux (Work::k_aux, 0 for no aux loss this
+// step); returns the loss scale min(n_dead / k_aux, 1).
+double Trainer::prepare_dead(int64_t n) {
   Work& w = *work_;
-  std::vector<int32_t> dead;
+  w.dead.clear();
+  w.k_aux = 0;
   for (int64_t j = 0; j < cfg_.d_sae; ++j)
-    if (tokens_since_fired[sz(j)] > cfg_.dead_tokens) dead.push_back(static_cast<int32_t>(j));
-  const int64_t nd = static_cast<int64_t>(dead.size()), k_aux0 = cfg_.d_out / 2;  // the residual's width / 2 (SAELens's sae_in.shape[-1] // 2)
+    if (tokens_since_fired[sz(j)] > cfg_.dead_tokens) w.dead.push_back(static_cast<int32_t>(j));
+  const auto nd = static_cast<int64_t>(w.dead.size());
+  const int64_t k_aux0 = cfg_.d_out / 2;  // the residual's width / 2 (SAELens's sae_in.shape[-1] // 2)
   if (nd == 0 || k_aux0 == 0 || cfg_.aux_coefficient == 0) return 0;
-  const int64_t k_aux = std::min(k_aux0, nd), d_sae = cfg_.d_sae;
-  std::vector<float> hd(sz(n * nd));
-  const float* pre = w.pre.data();
-  parallel_for(n, [&](int64_t r0, int64_t r1, int) {
-    for (int64_t r = r0; r < r1; ++r)
-      for (int64_t i = 0; i < nd; ++i) hd[sz(r * nd + i)] = pre[r * d_sae + dead[sz(i)]];
-  });
-  std::vector<int64_t> ti(sz(n * k_aux));
-  std::vector<float> tv(sz(n * k_aux));
-  top_k_rows(hd.data(), n, nd, k_aux, ti.data(), tv.data());
-  const bool rescale = cfg_.rescale_acts_by_decoder_norm;
-  collect(
-      w.aux, n, [&](int64_t) { return k_aux; },
-      [&](int64_t r, int32_t* lat, float* val) {
-        for (int64_t i = r * k_aux; i < (r + 1) * k_aux; ++i) {
-          const int32_t j = dead[sz(ti[sz(i)])];
-          *lat++ = j;
-          *val++ = rescale ? tv[sz(i)] * w.inv_s[sz(j)] : tv[sz(i)];
-        }
-      });
+  w.k_aux = std::min(k_aux0, nd);
+  w.aux.from_counts(std::vector<int64_t>(sz(n), w.k_aux));
   return std::min(static_cast<double>(nd) / static_cast<double>(k_aux0), 1.0);
+}
+
+// The pre-activations of rows [r0, r1), and what is chosen from them while they are
+// in cache: TopK's top k per row (Work::top), AuxK's top k_aux dead latents (Work::aux).
+void Trainer::encode_rows(const float* sae_in, int64_t r0, int64_t r1) {
+  Work& w = *work_;
+  const int64_t d_in = cfg_.d_in, d_sae = cfg_.d_sae, k_aux = w.k_aux;
+  matmul(sae_in + r0 * d_in, r1 - r0, d_in, d_in, p(kWenc).value.data(), d_sae, 1, d_in, p(kBenc).value.data(),
+         w.pre.data() + r0 * d_sae, d_sae);
+  const bool topk = cfg_.arch == TrainArch::topk;
+  if (!topk && k_aux == 0) return;
+  const auto k = static_cast<int64_t>(cfg_.k), nd = static_cast<int64_t>(w.dead.size());
+  const bool rescale = cfg_.rescale_acts_by_decoder_norm;
+  parallel_for(r1 - r0, [&](int64_t a, int64_t b, int) {
+    std::vector<Candidate> cand;
+    for (int64_t r = r0 + a; r < r0 + b; ++r) {
+      const float* row = w.pre.data() + r * d_sae;
+      if (topk) top_k_of([&](int64_t j) { return act(row[j], j); }, d_sae, k, cand, &w.top[sz(r * k)]);
+      if (k_aux == 0) continue;
+      int32_t* lat = &w.aux.latent[sz(r * k_aux)];
+      float* val = &w.aux.value[sz(r * k_aux)];
+      top_k_of([&](int64_t i) { return act(row[w.dead[sz(i)]], w.dead[sz(i)]); }, nd, k_aux, cand, lat);
+      for (int64_t i = 0; i < k_aux; ++i) {
+        const int32_t j = lat[i] = w.dead[sz(lat[i])];
+        val[i] = rescale ? act(row[j], j) * w.inv_s[sz(j)] : row[j];
+      }
+    }
+  });
 }
 
 StepStats Trainer::step(const float* x, const float* y, int64_t n, double lr, double coefficient) {
@@ -391,6 +441,8 @@ StepStats Trainer::step(const float* x, const float* y, int64_t n, double lr, do
   if (jump)  // SAELens projects the threshold to >= 0 before each forward pass
     for (float& t : p(threshold_).value) t = std::max(t, 0.f);
   decoder_norms();
+  rescale_ = auxk && cfg_.rescale_acts_by_decoder_norm;
+  scale_ = w.s.data();
 
   // forward: sae_in = x - b_dec, pre = sae_in W_enc + b_enc (times ||W_dec|| for rescaling TopK)
   const float* b_dec = p(kBdec).value.data();
@@ -403,16 +455,12 @@ StepStats Trainer::step(const float* x, const float* y, int64_t n, double lr, do
     });
     sae_in = w.sae_in.data();
   }
-  w.pre.resize(sz(n * d_sae));
-  matmul(sae_in, n, d_in, d_in, p(kWenc).value.data(), d_sae, 1, d_in, p(kBenc).value.data(), w.pre.data(), d_sae);
-  if (auxk && cfg_.rescale_acts_by_decoder_norm)
-    parallel_for(n, [&](int64_t r0, int64_t r1, int) {
-      for (int64_t r = r0; r < r1; ++r)
-        for (int64_t j = 0; j < d_sae; ++j) w.pre[sz(r * d_sae + j)] *= w.s[sz(j)];
-    });
-  select(n);
   w.aux.from_counts(std::vector<int64_t>(sz(n), 0));  // none unless AuxK finds dead latents
-  const double aux_scale = auxk ? select_dead(n) : 0.0;
+  const double aux_scale = auxk ? prepare_dead(n) : 0.0;
+  w.pre.resize(sz(n * d_sae));
+  if (cfg_.arch == TrainArch::topk) w.top.resize(sz(n * static_cast<int64_t>(cfg_.k)));
+  for (int64_t r0 = 0; r0 < n; r0 += kEncodeRows) encode_rows(sae_in, r0, std::min(n, r0 + kEncodeRows));
+  select(n);
 
   // decode and the MSE's output gradient g[0:n] = 2/n (out - target)
   const float* W_dec = p(kWdec).value.data();
@@ -452,7 +500,6 @@ StepStats Trainer::step(const float* x, const float* y, int64_t n, double lr, do
     });
   }
 
-  // the pre-activations' gradients, per active pair
   w.gpre_main.resize(sz(w.main.nnz()));
   w.gpre_aux.resize(sz(w.aux.nnz()));
   pair_grads(w.main, g, W_dec, d_out, n, w.gpre_main.data());
@@ -477,7 +524,7 @@ StepStats Trainer::step(const float* x, const float* y, int64_t n, double lr, do
     for (int64_t e = w.main.offsets[sz(r)]; e < w.main.offsets[sz(r) + 1]; ++e) {
       const int32_t j = w.main.latent[sz(e)];
       fired[sz(j)] = 1;
-      min_positive = std::min(min_positive, auxk ? w.pre[sz(r * d_sae + j)] : w.main.value[sz(e)]);
+      min_positive = std::min(min_positive, auxk ? act(w.pre[sz(r * d_sae + j)], j) : w.main.value[sz(e)]);
     }
   StepStats st;
   for (int64_t j = 0; j < d_sae; ++j) {

@@ -52,7 +52,7 @@ struct Trainer::Work {
   std::vector<float> s, inv_s;       // ||W_dec[j]|| and its inverse
   std::vector<float> sae_in, pre;    // [n, d_in], [n, d_sae]
   std::vector<float> out, g;         // [n, d_out]; g: [2n, d_out], the output gradients of the MSE then of AuxK
-  std::vector<float> gout_t;         // [d_out, n] for W_skip's gradient
+  std::vector<float> gout_t, x_t;    // [d_out, n] and [d_in, n], for W_skip's gradient
   Codes main, aux;                   // active latents, and AuxK's dead ones
   std::vector<int32_t> top;          // TopK: each row's k latents
   std::vector<int32_t> dead;         // AuxK: the dead latents
@@ -681,10 +681,12 @@ void Trainer::backward(int64_t n, const float* sae_in, const float* x, float coe
             for (int64_t i = i0; i < i1; ++i) gb_dec[i] -= gb_enc[j] * W_encT[j * d_in + i];
       },
       16);
-  if (skip_ >= 0) {  // W_skip [d_out, d_in] = g^T x
+  if (skip_ >= 0) {  // W_skip [d_out, d_in] = g^T x; x^T as B, so that no few-row GEMM splits K by thread count
     w.gout_t.resize(sz(d_out * n));
+    w.x_t.resize(sz(d_in * n));
     kt.transpose(w.g.data(), d_out, n, d_out, w.gout_t.data(), n);
-    matmul(w.gout_t.data(), d_out, n, n, x, d_in, d_in, 1, nullptr, p(skip_).grad.data(), d_in);
+    kt.transpose(x, d_in, n, d_in, w.x_t.data(), n);
+    matmul(w.gout_t.data(), d_out, n, n, w.x_t.data(), d_in, 1, n, nullptr, p(skip_).grad.data(), d_in);
   }
 }
 

@@ -55,6 +55,8 @@ struct Trainer::Work {
   std::vector<float> gout_t, x_t;    // [d_out, n] and [d_in, n], for W_skip's gradient
   Codes main, aux;                   // active latents, and AuxK's dead ones
   std::vector<int32_t> top;          // TopK: each row's k latents
+  bool dense = false;                // many active pairs: decode and backward as GEMMs
+  std::vector<float> acts, grads, t; // dense: activations and dL/dpre [n, d_sae]; a transposed one [d_sae, n]
   std::vector<int32_t> dead;         // AuxK: the dead latents
   int64_t k_aux = 0;                 // AuxK: latents per row (0: no aux loss this step)
   std::vector<int64_t> near_offsets; // jumprelu: pairs within the estimator's window
@@ -267,6 +269,34 @@ void decode(const Codes& c, const float* W_dec, int64_t d_out, int64_t n, const 
   });
 }
 
+// dense [n, d_sae]: values[e] at each pair e, zero elsewhere
+void scatter(const Codes& c, const float* values, int64_t n, int64_t d_sae, std::vector<float>& dense) {
+  dense.resize(sz(n * d_sae));
+  parallel_for(n, [&](int64_t r0, int64_t r1, int) {
+    std::fill(dense.begin() + r0 * d_sae, dense.begin() + r1 * d_sae, 0.f);
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t e = c.offsets[sz(r)]; e < c.offsets[sz(r) + 1]; ++e)
+        dense[sz(r * d_sae + c.latent[sz(e)])] = values[e];
+  });
+}
+
+// out[e] = dense[r, latent] for each pair e of row r
+void gather(const Codes& c, const float* dense, int64_t d_sae, int64_t n, float* out) {
+  parallel_for(n, [&](int64_t r0, int64_t r1, int) {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t e = c.offsets[sz(r)]; e < c.offsets[sz(r) + 1]; ++e) out[e] = dense[r * d_sae + c.latent[sz(e)]];
+  });
+}
+
+// t [cols, rows] = src [rows, cols]^T, over the threads by column blocks
+void transpose_to(const float* src, int64_t rows, int64_t cols, std::vector<float>& t) {
+  const KernelTable& kt = kernels::active();
+  t.resize(sz(rows * cols));
+  parallel_for(
+      cols, [&](int64_t c0, int64_t c1, int) { kt.transpose(src + c0, cols, rows, c1 - c0, t.data() + c0 * rows, rows); },
+      16);
+}
+
 // gpre[e] = g[r] . W_dec[latent] for each pair e of row r
 void pair_grads(const Codes& c, const float* g, const float* W_dec, int64_t d_out, int64_t n, float* gpre) {
   const KernelTable& kt = kernels::active();
@@ -465,7 +495,15 @@ StepStats Trainer::step(const float* x, const float* y, int64_t n, double lr, do
   // decode and the MSE's output gradient g[0:n] = 2/n (out - target)
   const float* W_dec = p(kWdec).value.data();
   w.out.resize(sz(n * d_out));
-  decode(w.main, W_dec, d_out, n, b_dec, w.out.data());
+  // Past 1/8 active (ReLU and JumpReLU early on), GEMMs beat walking the pairs; from 17
+  // rows, where no GEMM splits K by thread count
+  w.dense = w.aux.nnz() == 0 && n > 16 && d_sae > 16 && w.main.nnz() * 8 > n * d_sae;
+  if (w.dense) {
+    scatter(w.main, w.main.value.data(), n, d_sae, w.acts);
+    matmul(w.acts.data(), n, d_sae, d_sae, W_dec, d_out, d_out, 1, b_dec, w.out.data(), d_out);
+  } else {
+    decode(w.main, W_dec, d_out, n, b_dec, w.out.data());
+  }
   if (skip_ >= 0)
     matmul(x, n, d_in, d_in, p(skip_).value.data(), d_out, 1, d_in, nullptr, w.out.data(), d_out, true);
   w.g.resize(sz(2 * n * d_out));
@@ -502,7 +540,13 @@ StepStats Trainer::step(const float* x, const float* y, int64_t n, double lr, do
 
   w.gpre_main.resize(sz(w.main.nnz()));
   w.gpre_aux.resize(sz(w.aux.nnz()));
-  pair_grads(w.main, g, W_dec, d_out, n, w.gpre_main.data());
+  if (w.dense) {  // dL/dacts = g W_dec^T, all of it
+    w.grads.resize(sz(n * d_sae));
+    matmul(g, n, d_out, d_out, W_dec, d_sae, 1, d_out, nullptr, w.grads.data(), d_sae);
+    gather(w.main, w.grads.data(), d_sae, n, w.gpre_main.data());
+  } else {
+    pair_grads(w.main, g, W_dec, d_out, n, w.gpre_main.data());
+  }
   pair_grads(w.aux, g_aux, W_dec, d_out, n, w.gpre_aux.data());
   const auto coef = static_cast<float>(coefficient);
   if (standard)  // d/da of coefficient * mean_r sum_j a_rj ||W_dec[j]||
@@ -578,7 +622,10 @@ void Trainer::near_threshold(int64_t n, float coef) {
           if (near(r, j)) *lat++ = static_cast<int32_t>(j);
       });
   std::vector<float> gacts(sz(c.nnz()));
-  pair_grads(c, w.g.data(), p(kWdec).value.data(), d_out, n, gacts.data());
+  if (w.dense)
+    gather(c, w.grads.data(), d_sae, n, gacts.data());
+  else
+    pair_grads(c, w.g.data(), p(kWdec).value.data(), d_out, n, gacts.data());
   const float inv_n = 1.f / static_cast<float>(n);
   for (int64_t e = 0; e < c.nnz(); ++e) {
     const int32_t j = c.latent[sz(e)];
@@ -625,8 +672,8 @@ void by_latent(int64_t d_sae, std::vector<int64_t>& offsets, const std::vector<c
 
 }  // namespace
 
-// Every parameter's gradient from the output gradients (Work::g) and the pairs' gradients.
-void Trainer::backward(int64_t n, const float* sae_in, const float* x, float coef) {
+// W_enc, W_dec and b_enc's gradients as sums over each latent's pairs.
+void Trainer::sparse_backward(int64_t n, const float* sae_in, float coef) {
   Work& w = *work_;
   const int64_t d_in = cfg_.d_in, d_sae = cfg_.d_sae, d_out = cfg_.d_out;
   const size_t total = sz(w.main.nnz() + w.aux.nnz());
@@ -644,22 +691,73 @@ void Trainer::backward(int64_t n, const float* sae_in, const float* x, float coe
   accumulate_rows(off, w.col_row_in.data(), w.col_gpre.data(), sae_in, d_in, d_sae, p(kWenc).grad.data());
   accumulate_rows(off, w.col_row_dec.data(), w.col_dec.data(), w.g.data(), d_out, d_sae, p(kWdec).grad.data());
   float* gb_enc = p(kBenc).grad.data();
-  const float inv_n = 1.f / static_cast<float>(n);
-  const KernelTable& kt = kernels::active();
+  std::vector<float> acts(sz(d_sae));  // per latent: the sum of its activations
   parallel_for(d_sae, [&](int64_t j0, int64_t j1, int) {
     for (int64_t j = j0; j < j1; ++j) {
-      float sum = 0, acts = 0;
+      float sum = 0, a = 0;
       for (int64_t e = off[j]; e < off[j + 1]; ++e) {
         sum += w.col_gpre[sz(e)];
-        if (w.col_row_dec[sz(e)] < n) acts += w.col_dec[sz(e)];
+        if (w.col_row_dec[sz(e)] < n) a += w.col_dec[sz(e)];
       }
       gb_enc[j] = sum;
-      // standard: the L1 term's pull on ||W_dec[j]||: coefficient/n sum_r a_rj W_dec[j] / ||W_dec[j]||
-      if (cfg_.arch == TrainArch::standard && acts != 0.f && w.s[sz(j)] > 0.f)
-        kt.axpy(p(kWdec).grad.data() + j * d_out, coef * inv_n * acts * w.inv_s[sz(j)],
-                p(kWdec).value.data() + j * d_out, d_out);
+      acts[sz(j)] = a;
     }
   });
+  if (cfg_.arch == TrainArch::standard) l1_decoder_grad(acts.data(), n, coef);
+}
+
+// standard: the L1 term's pull on ||W_dec[j]||, coefficient/n sum_r a_rj W_dec[j] / ||W_dec[j]||
+void Trainer::l1_decoder_grad(const float* acts, int64_t n, float coef) {
+  const KernelTable& kt = kernels::active();
+  const int64_t d_out = cfg_.d_out;
+  const float inv_n = 1.f / static_cast<float>(n);
+  const std::vector<float>& s = work_->s;
+  const std::vector<float>& inv_s = work_->inv_s;
+  parallel_for(cfg_.d_sae, [&](int64_t j0, int64_t j1, int) {
+    for (int64_t j = j0; j < j1; ++j)
+      if (acts[j] != 0.f && s[sz(j)] > 0.f)
+        kt.axpy(p(kWdec).grad.data() + j * d_out, coef * inv_n * acts[j] * inv_s[sz(j)],
+                p(kWdec).value.data() + j * d_out, d_out);
+  });
+}
+
+// The same as GEMMs over dense [n, d_sae] activations and gradients.
+void Trainer::dense_backward(int64_t n, const float* sae_in, float coef) {
+  Work& w = *work_;
+  const int64_t d_in = cfg_.d_in, d_sae = cfg_.d_sae, d_out = cfg_.d_out;
+  float* gb_enc = p(kBenc).grad.data();
+  scatter(w.main, w.gpre_main.data(), n, d_sae, w.grads);  // dL/dpre
+  transpose_to(w.grads.data(), n, d_sae, w.t);
+  matmul(w.t.data(), d_sae, n, n, sae_in, d_in, d_in, 1, nullptr, p(kWenc).grad.data(), d_in);
+  auto row_sums = [&](float* out) {
+    parallel_for(d_sae, [&](int64_t j0, int64_t j1, int) {
+      for (int64_t j = j0; j < j1; ++j) {
+        float sum = 0;
+        for (int64_t r = 0; r < n; ++r) sum += w.t[sz(j * n + r)];
+        out[j] = sum;
+      }
+    });
+  };
+  row_sums(gb_enc);
+  transpose_to(w.acts.data(), n, d_sae, w.t);
+  matmul(w.t.data(), d_sae, n, n, w.g.data(), d_out, d_out, 1, nullptr, p(kWdec).grad.data(), d_out);
+  if (cfg_.arch == TrainArch::standard) {
+    std::vector<float> acts(sz(d_sae));
+    row_sums(acts.data());
+    l1_decoder_grad(acts.data(), n, coef);
+  }
+}
+
+// Every parameter's gradient from the output gradients (Work::g) and the pairs' gradients.
+void Trainer::backward(int64_t n, const float* sae_in, const float* x, float coef) {
+  Work& w = *work_;
+  const int64_t d_in = cfg_.d_in, d_sae = cfg_.d_sae, d_out = cfg_.d_out;
+  if (w.dense)
+    dense_backward(n, sae_in, coef);
+  else
+    sparse_backward(n, sae_in, coef);
+  const float* gb_enc = p(kBenc).grad.data();
+  const KernelTable& kt = kernels::active();
   if (threshold_ >= 0) {
     float* gthr = p(threshold_).grad.data();
     std::fill(gthr, gthr + d_sae, 0.f);

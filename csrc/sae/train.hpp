@@ -84,6 +84,9 @@ class Trainer {
   }
   void near_threshold(int64_t n, float coef);
   void backward(int64_t n, const float* sae_in, const float* x, float coef);
+  void sparse_backward(int64_t n, const float* sae_in, float coef);
+  void dense_backward(int64_t n, const float* sae_in, float coef);
+  void l1_decoder_grad(const float* acts, int64_t n, float coef);
   double total_variance(const float* target, int64_t n) const;
   double grad_norm() const;
   void adam(double lr, double clip);

@@ -4,6 +4,7 @@ the machine.
 
     python benchmarks/run_all.py [--threads N] [--layers 12] [--repeats 3]
                                  [--only forward,hooks,...] [--markdown] [--write PATH]
+                                 [--train-tokens N]
 
 --write PATH also writes the Markdown report to PATH (the project keeps its
 latest in docs/benchmarks.md: python benchmarks/run_all.py --write docs/benchmarks.md).
@@ -15,6 +16,9 @@ Benchmarks (--only takes any of these names, comma-separated):
   tlbridge  run_with_cache vs TL 4.x TransformerBridge, in its own venv  (bench_hooks.py)
   analysis  activation patching and an early block's capture vs TL      (bench_analysis.py)
   sae       SAE encode / decode vs SAELens; a TopK SAE's forward too      (bench_sae.py)
+  sae_training  TopK SAE training tok/s, held-out EV and CE recovered vs SAELens's
+            trainer and a sparsify-style torch loop; a quick budget unless
+            --train-tokens                                               (bench_sae_training.py)
   roofline  matmul GF/s vs numpy and FMA peak; memory bandwidth          (roofline.py)
   load      tm.load time of a save_pretrained checkpoint                 (bench_system.py)
   rss       peak RSS of load + a 512-token forward, or + generation, vs the weights' bytes (bench_system.py)
@@ -36,7 +40,7 @@ import time
 import traceback
 import warnings
 
-BENCHMARKS = ("forward", "bf16", "hooks", "tlbridge", "analysis", "sae", "roofline", "load", "rss", "length", "threads", "llamacpp", "smollm2")
+BENCHMARKS = ("forward", "bf16", "hooks", "tlbridge", "analysis", "sae", "sae_training", "roofline", "load", "rss", "length", "threads", "llamacpp", "smollm2")
 NEEDS_GPT2 = {"forward", "bf16", "hooks", "tlbridge", "analysis", "load", "rss", "length", "threads", "llamacpp"}
 TITLES = {"llamacpp": "llama.cpp", "smollm2": "SmolLM2", "tlbridge": "TL 4.x bridge"}
 
@@ -48,6 +52,8 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (best or median)")
     parser.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated subset of: " + ", ".join(BENCHMARKS))
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    parser.add_argument("--train-tokens", type=int, metavar="N",
+                        help="sae_training: training tokens per model (default: its quick budget)")
     parser.add_argument("--write", metavar="PATH", help="also write the Markdown report to PATH (e.g. docs/benchmarks.md)")
     args = parser.parse_args(argv)
     args.only = [name.strip() for name in args.only.split(",") if name.strip()]
@@ -68,6 +74,7 @@ def run(args) -> tuple:
     from bench_hooks import hooks_rows, make_tl, tl_bridge_rows
     from bench_llamacpp import llamacpp_rows
     from bench_sae import sae_rows
+    from bench_sae_training import sae_training_rows
     from bench_smollm2 import smollm2_rows
     from bench_system import length_scaling_rows, load_time_rows, peak_rss_rows, thread_scaling_rows
     from gpt2_small import gpt2_small
@@ -123,6 +130,9 @@ def run(args) -> tuple:
         if name == "sae":
             step(name, lambda: sae_rows(repeats=reps) +
                  [r for r in sae_rows("topk", repeats=reps) if r["name"] == "forward"])
+        elif name == "sae_training":
+            tokens = {"smollm2": args.train_tokens, "demo": args.train_tokens} if args.train_tokens else None
+            step(name, lambda: sae_training_rows(tokens))
         elif name == "roofline":
             step(name, lambda: roofline_rows(args.threads, repeats=reps))
         elif name == "smollm2":

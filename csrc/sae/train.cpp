@@ -8,7 +8,6 @@
 
 #include "kernels/kernels.hpp"
 #include "ops/matmul.hpp"
-#include "ops/top_k.hpp"
 #include "runtime/checked.hpp"
 #include "runtime/threads.hpp"
 
@@ -16,7 +15,8 @@ namespace tmech {
 namespace {
 
 enum { kWenc, kBenc, kWdec, kBdec };  // the first parameters, always present
-constexpr int64_t kNormBlock = 4096;  // gradient norms are summed per block: the same bits for any thread count
+constexpr int64_t kNormBlock = 4096;
+constexpr int64_t kEncodeRows = 256;  // rows per encoder GEMM: their pre-activations stay in cache for TopK  // gradient norms are summed per block: the same bits for any thread count
 
 struct ArchName {
   const char* name;
@@ -52,8 +52,13 @@ struct Trainer::Work {
   std::vector<float> s, inv_s;       // ||W_dec[j]|| and its inverse
   std::vector<float> sae_in, pre;    // [n, d_in], [n, d_sae]
   std::vector<float> out, g;         // [n, d_out]; g: [2n, d_out], the output gradients of the MSE then of AuxK
-  std::vector<float> gout_t;         // [d_out, n] for W_skip's gradient
+  std::vector<float> gout_t, x_t;    // [d_out, n] and [d_in, n], for W_skip's gradient
   Codes main, aux;                   // active latents, and AuxK's dead ones
+  std::vector<int32_t> top;          // TopK: each row's k latents
+  bool dense = false;                // many active pairs: decode and backward as GEMMs
+  std::vector<float> acts, grads, t; // dense: activations and dL/dpre [n, d_sae]; a transposed one [d_sae, n]
+  std::vector<int32_t> dead;         // AuxK: the dead latents
+  int64_t k_aux = 0;                 // AuxK: latents per row (0: no aux loss this step)
   std::vector<int64_t> near_offsets; // jumprelu: pairs within the estimator's window
   std::vector<int32_t> near_latent;
   std::vector<float> near_grad;
@@ -215,6 +220,39 @@ void collect(Codes& c, int64_t n, Count count, Fill fill) {
   });
 }
 
+// The k largest of value(0..n) (0 < k <= n) into idx, unordered; ties to the lower
+// index. A strided sample of ~4k values sets a threshold that ~2k values pass, and
+// only those are ranked (all n when the sample was unlucky or n is small).
+struct Candidate {
+  float v;
+  int32_t i;
+};
+template <class Value>
+void top_k_of(Value value, int64_t n, int64_t k, std::vector<Candidate>& cand, int32_t* idx) {
+  auto before = [](const Candidate& a, const Candidate& b) { return a.v > b.v || (a.v == b.v && a.i < b.i); };
+  auto nth = [&](int64_t rank) {
+    std::nth_element(cand.begin(), cand.begin() + (rank - 1), cand.end(), before);
+    return cand[sz(rank - 1)].v;
+  };
+  cand.clear();
+  const int64_t stride = n / (4 * k);
+  if (stride >= 2) {
+    for (int64_t i = 0; i < n; i += stride) cand.push_back({value(i), static_cast<int32_t>(i)});
+    const auto m = static_cast<int64_t>(cand.size());
+    const float thr = nth(std::min(m, 2 * k * m / n + 1));
+    cand.clear();
+    for (int64_t i = 0; i < n; ++i) {
+      const float v = value(i);
+      if (v >= thr) cand.push_back({v, static_cast<int32_t>(i)});
+    }
+    if (static_cast<int64_t>(cand.size()) < k) cand.clear();
+  }
+  if (cand.empty())
+    for (int64_t i = 0; i < n; ++i) cand.push_back({value(i), static_cast<int32_t>(i)});
+  nth(k);
+  for (int64_t m = 0; m < k; ++m) idx[m] = cand[sz(m)].i;
+}
+
 // out[r] (+)= sum over row r's pairs of value * W_dec[latent]
 void decode(const Codes& c, const float* W_dec, int64_t d_out, int64_t n, const float* b_dec, float* out) {
   const KernelTable& kt = kernels::active();
@@ -229,6 +267,34 @@ void decode(const Codes& c, const float* W_dec, int64_t d_out, int64_t n, const 
         kt.axpy(y, c.value[sz(e)], W_dec + static_cast<int64_t>(c.latent[sz(e)]) * d_out, d_out);
     }
   });
+}
+
+// dense [n, d_sae]: values[e] at each pair e, zero elsewhere
+void scatter(const Codes& c, const float* values, int64_t n, int64_t d_sae, std::vector<float>& dense) {
+  dense.resize(sz(n * d_sae));
+  parallel_for(n, [&](int64_t r0, int64_t r1, int) {
+    std::fill(dense.begin() + r0 * d_sae, dense.begin() + r1 * d_sae, 0.f);
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t e = c.offsets[sz(r)]; e < c.offsets[sz(r) + 1]; ++e)
+        dense[sz(r * d_sae + c.latent[sz(e)])] = values[e];
+  });
+}
+
+// out[e] = dense[r, latent] for each pair e of row r
+void gather(const Codes& c, const float* dense, int64_t d_sae, int64_t n, float* out) {
+  parallel_for(n, [&](int64_t r0, int64_t r1, int) {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t e = c.offsets[sz(r)]; e < c.offsets[sz(r) + 1]; ++e) out[e] = dense[r * d_sae + c.latent[sz(e)]];
+  });
+}
+
+// t [cols, rows] = src [rows, cols]^T, over the threads by column blocks
+void transpose_to(const float* src, int64_t rows, int64_t cols, std::vector<float>& t) {
+  const KernelTable& kt = kernels::active();
+  t.resize(sz(rows * cols));
+  parallel_for(
+      cols, [&](int64_t c0, int64_t c1, int) { kt.transpose(src + c0, cols, rows, c1 - c0, t.data() + c0 * rows, rows); },
+      16);
 }
 
 // gpre[e] = g[r] . W_dec[latent] for each pair e of row r
@@ -266,18 +332,21 @@ void Trainer::select(int64_t n) {
   const float* pre = w.pre.data();
   const bool rescale = cfg_.rescale_acts_by_decoder_norm;
   switch (cfg_.arch) {
-    case TrainArch::topk: {
+    case TrainArch::topk: {  // from the rows' top k (encode_rows), those above zero
       const auto k = static_cast<int64_t>(cfg_.k);
-      std::vector<int64_t> ti(sz(n * k));
-      std::vector<float> tv(sz(n * k));
-      top_k_rows(pre, n, d_sae, k, ti.data(), tv.data());
+      auto h = [&](int64_t i) { return act(pre[(i / k) * d_sae + w.top[sz(i)]], w.top[sz(i)]); };  // i = r * k + m
       collect(
-          w.main, n, [&](int64_t r) { return std::count_if(&tv[sz(r * k)], &tv[sz((r + 1) * k)], [](float v) { return v > 0.f; }); },
+          w.main, n,
+          [&](int64_t r) {
+            int64_t c = 0;
+            for (int64_t i = r * k; i < (r + 1) * k; ++i) c += h(i) > 0.f;
+            return c;
+          },
           [&](int64_t r, int32_t* lat, float* val) {
             for (int64_t i = r * k; i < (r + 1) * k; ++i)
-              if (tv[sz(i)] > 0.f) {
-                *lat++ = static_cast<int32_t>(ti[sz(i)]);
-                *val++ = rescale ? tv[sz(i)] * w.inv_s[sz(ti[sz(i)])] : tv[sz(i)];
+              if (h(i) > 0.f) {
+                *lat++ = w.top[sz(i)];
+                *val++ = rescale ? h(i) * w.inv_s[sz(w.top[sz(i)])] : h(i);
               }
           });
       break;
@@ -285,28 +354,27 @@ void Trainer::select(int64_t n) {
     case TrainArch::batchtopk: {
       // torch.topk over the flattened relu(h): the K largest, ties to the lower flat index
       const auto K = static_cast<int64_t>(cfg_.k * static_cast<double>(n));
+      auto h = [&](int64_t i) { return act(pre[i], i % d_sae); };
       std::vector<float> positive;
       for (int64_t i = 0; i < n * d_sae; ++i)
-        if (pre[i] > 0.f) positive.push_back(pre[i]);
+        if (h(i) > 0.f) positive.push_back(h(i));
       float cut = 0.f;  // keep h > cut, then h == cut while `ties` last
       int64_t ties = 0;
       if (static_cast<int64_t>(positive.size()) > K && K > 0) {
         std::nth_element(positive.begin(), positive.begin() + (K - 1), positive.end(), std::greater<float>());
         cut = positive[sz(K - 1)];
-        const int64_t above = std::count_if(positive.begin(), positive.end(), [&](float v) { return v > cut; });
-        ties = K - above;
+        ties = K - std::count_if(positive.begin(), positive.end(), [&](float v) { return v > cut; });
       } else if (K == 0) {
         cut = INFINITY;
       }
       std::vector<uint8_t> keep_tie(sz(n * d_sae) / 8 + 1, 0);
-      if (ties > 0)  // sequential: the first `ties` equal values in flat order
-        for (int64_t i = 0; i < n * d_sae && ties > 0; ++i)
-          if (pre[i] == cut) {
-            keep_tie[sz(i) / 8] |= static_cast<uint8_t>(1u << (i % 8));
-            --ties;
-          }
+      for (int64_t i = 0; i < n * d_sae && ties > 0; ++i)  // the first `ties` equal values in flat order
+        if (h(i) == cut) {
+          keep_tie[sz(i) / 8] |= static_cast<uint8_t>(1u << (i % 8));
+          --ties;
+        }
       auto kept = [&](int64_t i) {
-        return pre[i] > 0.f && (pre[i] > cut || (pre[i] == cut && (keep_tie[sz(i) / 8] >> (i % 8) & 1u)));
+        return h(i) > 0.f && (h(i) > cut || (h(i) == cut && (keep_tie[sz(i) / 8] >> (i % 8) & 1u)));
       };
       collect(
           w.main, n,
@@ -319,7 +387,7 @@ void Trainer::select(int64_t n) {
             for (int64_t j = 0; j < d_sae; ++j)
               if (kept(r * d_sae + j)) {
                 *lat++ = static_cast<int32_t>(j);
-                *val++ = rescale ? pre[r * d_sae + j] * w.inv_s[sz(j)] : pre[r * d_sae + j];
+                *val++ = rescale ? h(r * d_sae + j) * w.inv_s[sz(j)] : h(r * d_sae + j);
               }
           });
       break;
@@ -347,36 +415,48 @@ void Trainer::select(int64_t n) {
   }
 }
 
-// AuxK: each row's top k_aux pre-activations among the dead latents (Work::aux);
-// returns the loss scale min(n_dead / k_aux, 1), 0 when there is no aux loss.
-double Trainer::select_dead(int64_t n) {
+// AuxK's dead latents (Work::dead) and k_aux (Work::k_aux, 0 for no aux loss this
+// step); returns the loss scale min(n_dead / k_aux, 1).
+double Trainer::prepare_dead(int64_t n) {
   Work& w = *work_;
-  std::vector<int32_t> dead;
+  w.dead.clear();
+  w.k_aux = 0;
   for (int64_t j = 0; j < cfg_.d_sae; ++j)
-    if (tokens_since_fired[sz(j)] > cfg_.dead_tokens) dead.push_back(static_cast<int32_t>(j));
-  const int64_t nd = static_cast<int64_t>(dead.size()), k_aux0 = cfg_.d_out / 2;  // the residual's width / 2 (SAELens's sae_in.shape[-1] // 2)
+    if (tokens_since_fired[sz(j)] > cfg_.dead_tokens) w.dead.push_back(static_cast<int32_t>(j));
+  const auto nd = static_cast<int64_t>(w.dead.size());
+  const int64_t k_aux0 = cfg_.d_out / 2;  // the residual's width / 2 (SAELens's sae_in.shape[-1] // 2)
   if (nd == 0 || k_aux0 == 0 || cfg_.aux_coefficient == 0) return 0;
-  const int64_t k_aux = std::min(k_aux0, nd), d_sae = cfg_.d_sae;
-  std::vector<float> hd(sz(n * nd));
-  const float* pre = w.pre.data();
-  parallel_for(n, [&](int64_t r0, int64_t r1, int) {
-    for (int64_t r = r0; r < r1; ++r)
-      for (int64_t i = 0; i < nd; ++i) hd[sz(r * nd + i)] = pre[r * d_sae + dead[sz(i)]];
-  });
-  std::vector<int64_t> ti(sz(n * k_aux));
-  std::vector<float> tv(sz(n * k_aux));
-  top_k_rows(hd.data(), n, nd, k_aux, ti.data(), tv.data());
-  const bool rescale = cfg_.rescale_acts_by_decoder_norm;
-  collect(
-      w.aux, n, [&](int64_t) { return k_aux; },
-      [&](int64_t r, int32_t* lat, float* val) {
-        for (int64_t i = r * k_aux; i < (r + 1) * k_aux; ++i) {
-          const int32_t j = dead[sz(ti[sz(i)])];
-          *lat++ = j;
-          *val++ = rescale ? tv[sz(i)] * w.inv_s[sz(j)] : tv[sz(i)];
-        }
-      });
+  w.k_aux = std::min(k_aux0, nd);
+  w.aux.from_counts(std::vector<int64_t>(sz(n), w.k_aux));
   return std::min(static_cast<double>(nd) / static_cast<double>(k_aux0), 1.0);
+}
+
+// The pre-activations of rows [r0, r1), and what is chosen from them while they are
+// in cache: TopK's top k per row (Work::top), AuxK's top k_aux dead latents (Work::aux).
+void Trainer::encode_rows(const float* sae_in, int64_t r0, int64_t r1) {
+  Work& w = *work_;
+  const int64_t d_in = cfg_.d_in, d_sae = cfg_.d_sae, k_aux = w.k_aux;
+  matmul(sae_in + r0 * d_in, r1 - r0, d_in, d_in, p(kWenc).value.data(), d_sae, 1, d_in, p(kBenc).value.data(),
+         w.pre.data() + r0 * d_sae, d_sae);
+  const bool topk = cfg_.arch == TrainArch::topk;
+  if (!topk && k_aux == 0) return;
+  const auto k = static_cast<int64_t>(cfg_.k), nd = static_cast<int64_t>(w.dead.size());
+  const bool rescale = cfg_.rescale_acts_by_decoder_norm;
+  parallel_for(r1 - r0, [&](int64_t a, int64_t b, int) {
+    std::vector<Candidate> cand;
+    for (int64_t r = r0 + a; r < r0 + b; ++r) {
+      const float* row = w.pre.data() + r * d_sae;
+      if (topk) top_k_of([&](int64_t j) { return act(row[j], j); }, d_sae, k, cand, &w.top[sz(r * k)]);
+      if (k_aux == 0) continue;
+      int32_t* lat = &w.aux.latent[sz(r * k_aux)];
+      float* val = &w.aux.value[sz(r * k_aux)];
+      top_k_of([&](int64_t i) { return act(row[w.dead[sz(i)]], w.dead[sz(i)]); }, nd, k_aux, cand, lat);
+      for (int64_t i = 0; i < k_aux; ++i) {
+        const int32_t j = lat[i] = w.dead[sz(lat[i])];
+        val[i] = rescale ? act(row[j], j) * w.inv_s[sz(j)] : row[j];
+      }
+    }
+  });
 }
 
 StepStats Trainer::step(const float* x, const float* y, int64_t n, double lr, double coefficient) {
@@ -391,6 +471,8 @@ StepStats Trainer::step(const float* x, const float* y, int64_t n, double lr, do
   if (jump)  // SAELens projects the threshold to >= 0 before each forward pass
     for (float& t : p(threshold_).value) t = std::max(t, 0.f);
   decoder_norms();
+  rescale_ = auxk && cfg_.rescale_acts_by_decoder_norm;
+  scale_ = w.s.data();
 
   // forward: sae_in = x - b_dec, pre = sae_in W_enc + b_enc (times ||W_dec|| for rescaling TopK)
   const float* b_dec = p(kBdec).value.data();
@@ -403,21 +485,25 @@ StepStats Trainer::step(const float* x, const float* y, int64_t n, double lr, do
     });
     sae_in = w.sae_in.data();
   }
-  w.pre.resize(sz(n * d_sae));
-  matmul(sae_in, n, d_in, d_in, p(kWenc).value.data(), d_sae, 1, d_in, p(kBenc).value.data(), w.pre.data(), d_sae);
-  if (auxk && cfg_.rescale_acts_by_decoder_norm)
-    parallel_for(n, [&](int64_t r0, int64_t r1, int) {
-      for (int64_t r = r0; r < r1; ++r)
-        for (int64_t j = 0; j < d_sae; ++j) w.pre[sz(r * d_sae + j)] *= w.s[sz(j)];
-    });
-  select(n);
   w.aux.from_counts(std::vector<int64_t>(sz(n), 0));  // none unless AuxK finds dead latents
-  const double aux_scale = auxk ? select_dead(n) : 0.0;
+  const double aux_scale = auxk ? prepare_dead(n) : 0.0;
+  w.pre.resize(sz(n * d_sae));
+  if (cfg_.arch == TrainArch::topk) w.top.resize(sz(n * static_cast<int64_t>(cfg_.k)));
+  for (int64_t r0 = 0; r0 < n; r0 += kEncodeRows) encode_rows(sae_in, r0, std::min(n, r0 + kEncodeRows));
+  select(n);
 
   // decode and the MSE's output gradient g[0:n] = 2/n (out - target)
   const float* W_dec = p(kWdec).value.data();
   w.out.resize(sz(n * d_out));
-  decode(w.main, W_dec, d_out, n, b_dec, w.out.data());
+  // Past 1/8 active (ReLU and JumpReLU early on), GEMMs beat walking the pairs; from 17
+  // rows, where no GEMM splits K by thread count
+  w.dense = w.aux.nnz() == 0 && n > 16 && d_sae > 16 && w.main.nnz() * 8 > n * d_sae;
+  if (w.dense) {
+    scatter(w.main, w.main.value.data(), n, d_sae, w.acts);
+    matmul(w.acts.data(), n, d_sae, d_sae, W_dec, d_out, d_out, 1, b_dec, w.out.data(), d_out);
+  } else {
+    decode(w.main, W_dec, d_out, n, b_dec, w.out.data());
+  }
   if (skip_ >= 0)
     matmul(x, n, d_in, d_in, p(skip_).value.data(), d_out, 1, d_in, nullptr, w.out.data(), d_out, true);
   w.g.resize(sz(2 * n * d_out));
@@ -452,10 +538,15 @@ StepStats Trainer::step(const float* x, const float* y, int64_t n, double lr, do
     });
   }
 
-  // the pre-activations' gradients, per active pair
   w.gpre_main.resize(sz(w.main.nnz()));
   w.gpre_aux.resize(sz(w.aux.nnz()));
-  pair_grads(w.main, g, W_dec, d_out, n, w.gpre_main.data());
+  if (w.dense) {  // dL/dacts = g W_dec^T, all of it
+    w.grads.resize(sz(n * d_sae));
+    matmul(g, n, d_out, d_out, W_dec, d_sae, 1, d_out, nullptr, w.grads.data(), d_sae);
+    gather(w.main, w.grads.data(), d_sae, n, w.gpre_main.data());
+  } else {
+    pair_grads(w.main, g, W_dec, d_out, n, w.gpre_main.data());
+  }
   pair_grads(w.aux, g_aux, W_dec, d_out, n, w.gpre_aux.data());
   const auto coef = static_cast<float>(coefficient);
   if (standard)  // d/da of coefficient * mean_r sum_j a_rj ||W_dec[j]||
@@ -477,7 +568,7 @@ StepStats Trainer::step(const float* x, const float* y, int64_t n, double lr, do
     for (int64_t e = w.main.offsets[sz(r)]; e < w.main.offsets[sz(r) + 1]; ++e) {
       const int32_t j = w.main.latent[sz(e)];
       fired[sz(j)] = 1;
-      min_positive = std::min(min_positive, auxk ? w.pre[sz(r * d_sae + j)] : w.main.value[sz(e)]);
+      min_positive = std::min(min_positive, auxk ? act(w.pre[sz(r * d_sae + j)], j) : w.main.value[sz(e)]);
     }
   StepStats st;
   for (int64_t j = 0; j < d_sae; ++j) {
@@ -531,7 +622,10 @@ void Trainer::near_threshold(int64_t n, float coef) {
           if (near(r, j)) *lat++ = static_cast<int32_t>(j);
       });
   std::vector<float> gacts(sz(c.nnz()));
-  pair_grads(c, w.g.data(), p(kWdec).value.data(), d_out, n, gacts.data());
+  if (w.dense)
+    gather(c, w.grads.data(), d_sae, n, gacts.data());
+  else
+    pair_grads(c, w.g.data(), p(kWdec).value.data(), d_out, n, gacts.data());
   const float inv_n = 1.f / static_cast<float>(n);
   for (int64_t e = 0; e < c.nnz(); ++e) {
     const int32_t j = c.latent[sz(e)];
@@ -578,8 +672,8 @@ void by_latent(int64_t d_sae, std::vector<int64_t>& offsets, const std::vector<c
 
 }  // namespace
 
-// Every parameter's gradient from the output gradients (Work::g) and the pairs' gradients.
-void Trainer::backward(int64_t n, const float* sae_in, const float* x, float coef) {
+// W_enc, W_dec and b_enc's gradients as sums over each latent's pairs.
+void Trainer::sparse_backward(int64_t n, const float* sae_in, float coef) {
   Work& w = *work_;
   const int64_t d_in = cfg_.d_in, d_sae = cfg_.d_sae, d_out = cfg_.d_out;
   const size_t total = sz(w.main.nnz() + w.aux.nnz());
@@ -597,22 +691,73 @@ void Trainer::backward(int64_t n, const float* sae_in, const float* x, float coe
   accumulate_rows(off, w.col_row_in.data(), w.col_gpre.data(), sae_in, d_in, d_sae, p(kWenc).grad.data());
   accumulate_rows(off, w.col_row_dec.data(), w.col_dec.data(), w.g.data(), d_out, d_sae, p(kWdec).grad.data());
   float* gb_enc = p(kBenc).grad.data();
-  const float inv_n = 1.f / static_cast<float>(n);
-  const KernelTable& kt = kernels::active();
+  std::vector<float> acts(sz(d_sae));  // per latent: the sum of its activations
   parallel_for(d_sae, [&](int64_t j0, int64_t j1, int) {
     for (int64_t j = j0; j < j1; ++j) {
-      float sum = 0, acts = 0;
+      float sum = 0, a = 0;
       for (int64_t e = off[j]; e < off[j + 1]; ++e) {
         sum += w.col_gpre[sz(e)];
-        if (w.col_row_dec[sz(e)] < n) acts += w.col_dec[sz(e)];
+        if (w.col_row_dec[sz(e)] < n) a += w.col_dec[sz(e)];
       }
       gb_enc[j] = sum;
-      // standard: the L1 term's pull on ||W_dec[j]||: coefficient/n sum_r a_rj W_dec[j] / ||W_dec[j]||
-      if (cfg_.arch == TrainArch::standard && acts != 0.f && w.s[sz(j)] > 0.f)
-        kt.axpy(p(kWdec).grad.data() + j * d_out, coef * inv_n * acts * w.inv_s[sz(j)],
-                p(kWdec).value.data() + j * d_out, d_out);
+      acts[sz(j)] = a;
     }
   });
+  if (cfg_.arch == TrainArch::standard) l1_decoder_grad(acts.data(), n, coef);
+}
+
+// standard: the L1 term's pull on ||W_dec[j]||, coefficient/n sum_r a_rj W_dec[j] / ||W_dec[j]||
+void Trainer::l1_decoder_grad(const float* acts, int64_t n, float coef) {
+  const KernelTable& kt = kernels::active();
+  const int64_t d_out = cfg_.d_out;
+  const float inv_n = 1.f / static_cast<float>(n);
+  const std::vector<float>& s = work_->s;
+  const std::vector<float>& inv_s = work_->inv_s;
+  parallel_for(cfg_.d_sae, [&](int64_t j0, int64_t j1, int) {
+    for (int64_t j = j0; j < j1; ++j)
+      if (acts[j] != 0.f && s[sz(j)] > 0.f)
+        kt.axpy(p(kWdec).grad.data() + j * d_out, coef * inv_n * acts[j] * inv_s[sz(j)],
+                p(kWdec).value.data() + j * d_out, d_out);
+  });
+}
+
+// The same as GEMMs over dense [n, d_sae] activations and gradients.
+void Trainer::dense_backward(int64_t n, const float* sae_in, float coef) {
+  Work& w = *work_;
+  const int64_t d_in = cfg_.d_in, d_sae = cfg_.d_sae, d_out = cfg_.d_out;
+  float* gb_enc = p(kBenc).grad.data();
+  scatter(w.main, w.gpre_main.data(), n, d_sae, w.grads);  // dL/dpre
+  transpose_to(w.grads.data(), n, d_sae, w.t);
+  matmul(w.t.data(), d_sae, n, n, sae_in, d_in, d_in, 1, nullptr, p(kWenc).grad.data(), d_in);
+  auto row_sums = [&](float* out) {
+    parallel_for(d_sae, [&](int64_t j0, int64_t j1, int) {
+      for (int64_t j = j0; j < j1; ++j) {
+        float sum = 0;
+        for (int64_t r = 0; r < n; ++r) sum += w.t[sz(j * n + r)];
+        out[j] = sum;
+      }
+    });
+  };
+  row_sums(gb_enc);
+  transpose_to(w.acts.data(), n, d_sae, w.t);
+  matmul(w.t.data(), d_sae, n, n, w.g.data(), d_out, d_out, 1, nullptr, p(kWdec).grad.data(), d_out);
+  if (cfg_.arch == TrainArch::standard) {
+    std::vector<float> acts(sz(d_sae));
+    row_sums(acts.data());
+    l1_decoder_grad(acts.data(), n, coef);
+  }
+}
+
+// Every parameter's gradient from the output gradients (Work::g) and the pairs' gradients.
+void Trainer::backward(int64_t n, const float* sae_in, const float* x, float coef) {
+  Work& w = *work_;
+  const int64_t d_in = cfg_.d_in, d_sae = cfg_.d_sae, d_out = cfg_.d_out;
+  if (w.dense)
+    dense_backward(n, sae_in, coef);
+  else
+    sparse_backward(n, sae_in, coef);
+  const float* gb_enc = p(kBenc).grad.data();
+  const KernelTable& kt = kernels::active();
   if (threshold_ >= 0) {
     float* gthr = p(threshold_).grad.data();
     std::fill(gthr, gthr + d_sae, 0.f);
@@ -634,10 +779,12 @@ void Trainer::backward(int64_t n, const float* sae_in, const float* x, float coe
             for (int64_t i = i0; i < i1; ++i) gb_dec[i] -= gb_enc[j] * W_encT[j * d_in + i];
       },
       16);
-  if (skip_ >= 0) {  // W_skip [d_out, d_in] = g^T x
+  if (skip_ >= 0) {  // W_skip [d_out, d_in] = g^T x; x^T as B, so that no few-row GEMM splits K by thread count
     w.gout_t.resize(sz(d_out * n));
+    w.x_t.resize(sz(d_in * n));
     kt.transpose(w.g.data(), d_out, n, d_out, w.gout_t.data(), n);
-    matmul(w.gout_t.data(), d_out, n, n, x, d_in, d_in, 1, nullptr, p(skip_).grad.data(), d_in);
+    kt.transpose(x, d_in, n, d_in, w.x_t.data(), n);
+    matmul(w.gout_t.data(), d_out, n, n, w.x_t.data(), d_in, 1, n, nullptr, p(skip_).grad.data(), d_in);
   }
 }
 

@@ -75,17 +75,27 @@ class Trainer {
   TrainParam& p(int i) { return params_[static_cast<size_t>(i)]; }
   std::vector<float>& slot(TrainParam& q, const std::string& what);
   void decoder_norms();
+  double prepare_dead(int64_t n);
+  void encode_rows(const float* sae_in, int64_t r0, int64_t r1);
   void select(int64_t n);
-  double select_dead(int64_t n);
+  // TopK's and BatchTopK's ranking value: the pre-activation times ||W_dec[j]|| when rescaling
+  float act(float pre, int64_t j) const {
+    return rescale_ ? pre * scale_[static_cast<size_t>(j)] : pre;
+  }
   void near_threshold(int64_t n, float coef);
   void backward(int64_t n, const float* sae_in, const float* x, float coef);
+  void sparse_backward(int64_t n, const float* sae_in, float coef);
+  void dense_backward(int64_t n, const float* sae_in, float coef);
+  void l1_decoder_grad(const float* acts, int64_t n, float coef);
   double total_variance(const float* target, int64_t n) const;
   double grad_norm() const;
   void adam(double lr, double clip);
 
   TrainConfig cfg_;
   std::vector<TrainParam> params_;
-  int threshold_ = -1, skip_ = -1;  // their index in params_, -1 when absent
+  int threshold_ = -1, skip_ = -1;
+  bool rescale_ = false;         // TopK or BatchTopK, rescaling by decoder norms
+  const float* scale_ = nullptr;  // ||W_dec[j]||, this step's  // their index in params_, -1 when absent
   std::shared_ptr<Work> work_;
 };
 

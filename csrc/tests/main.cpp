@@ -51,6 +51,7 @@ int main() {
   test_core();
   test_sae();
   test_ops(rng);
+  test_train(rng);
   const KernelTable* variants[8];
   const int n = kernels::available(variants, 8);
   for (int i = 0; i < n && i < 8; ++i) {

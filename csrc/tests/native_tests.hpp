@@ -21,5 +21,6 @@ void test_forward(std::mt19937& rng, bool llama);               // test_core.cpp
 void test_kernels(const char* variant, std::mt19937& rng);      // test_kernels.cpp, per kernel variant
 void test_sae();                                                // test_sae.cpp
 void test_sae_variant(const char* variant, std::mt19937& rng);  // test_sae.cpp, per kernel variant
+void test_train(std::mt19937& rng);                             // test_train.cpp
 
 }  // namespace tmech::test

@@ -102,7 +102,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("arch,opts", CASES, ids=lambda v: str(v))
-@pytest.mark.parametrize("n", [33, 1])
+@pytest.mark.parametrize("n", [33, 1])  # 33: ReLU and JumpReLU past 1/8 active take the dense (GEMM) path
 def test_three_steps_match_saelens(arch, opts, n):
     d_in, d_sae, window = 37, 130, 2
     opts = dict(opts)

@@ -77,6 +77,7 @@ class Trainer:
             self._core = _core.Trainer(cfg, whole_number(seed, "seed", 0, maximum=2**64 - 1))
         except ValueError as e:
             raise InvalidInputError(str(e)) from None
+        self._shapes = {name: self._core.get(name).shape for name in self._core.names()}
 
     def _check_k(self, k):
         if self.architecture not in ("topk", "batchtopk"):
@@ -109,7 +110,15 @@ class Trainer:
                 continue
             if name not in names:
                 raise InvalidInputError(f"{self.architecture} has no parameter {name!r}; it has {', '.join(names)}")
-            self._core.set(name, "value", self._float_array(value, name, InvalidInputError))
+            self._set(name, "value", value, name)
+
+    def _set(self, name, what, value, label):
+        value = self._float_array(value, label, InvalidInputError)
+        if value.shape != self._shapes[name]:
+            raise InvalidInputError(f"{label} must have shape {list(self._shapes[name])}, not {list(value.shape)}")
+        if not np.isfinite(value).all():
+            raise InvalidInputError(f"{label} holds NaN or infinity")
+        self._core.set(name, what, value)
 
     @property
     def tokens_since_fired(self) -> np.ndarray:
@@ -185,7 +194,7 @@ class Trainer:
         self.set_params(**{name: state[name] for name in self.params})
         for name in self._core.names():
             for what in ("m", "v"):
-                self._core.set(name, what, self._float_array(state[f"adam_{what}.{name}"], name, InvalidInputError))
+                self._set(name, what, state[f"adam_{what}.{name}"], f"adam_{what}.{name}")
         self._core.steps = whole_number(int(np.asarray(state["steps"])), "steps", 0)
         self.tokens_since_fired = state["tokens_since_fired"]
 

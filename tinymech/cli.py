@@ -137,7 +137,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--act-dtype", choices=["float32", "bf16"], default="float32",
                    help="how activations are stored on disk (bf16 halves the space)")
     p.add_argument("--lr", type=_checked(float, lambda v: 0 < v < 1, "a number in (0, 1)"), default=None,
-                   help="Adam's learning rate (default: 2e-4 / sqrt(d_sae / 16384))")
+                   help="Adam's learning rate (default: 4e-4 / sqrt(d_sae / 16384))")
     p.add_argument("--batch-size", type=_positive_int, default=4096, help="tokens per step (default: 4096)")
     p.add_argument("--coefficient", type=_non_negative_float, default=None,
                    help="sparsity coefficient: L1 (standard) or L0 (jumprelu)")

@@ -75,12 +75,8 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     x = dictionary_data(n=3000)
     whole = small_run(x, tmp_path / "whole", n_tokens=12000, checkpoint_every=2000)
 
-    def interrupt(done, total, stats):
-        if done >= 7000:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        small_run(x, tmp_path / "cut", n_tokens=12000, checkpoint_every=2000, progress=interrupt)
+        small_run(x, tmp_path / "cut", n_tokens=12000, checkpoint_every=2000, progress=stop_at(7000))
     saved = json.loads((tmp_path / "cut" / "checkpoint" / "train.json").read_text())
     assert saved["tokens_done"] == 7000  # Ctrl-C saved where it stopped
     resumed = small_run(x, tmp_path / "cut", n_tokens=12000, checkpoint_every=2000, resume=True)
@@ -89,9 +85,22 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     assert resumed.metrics["train_tokens"] == 12000
 
 
+def stop_at(tokens):
+    def progress(done, total, stats):
+        if done >= tokens:
+            raise KeyboardInterrupt
+    return progress
+
+
+def test_a_finished_run_leaves_no_checkpoint(tmp_path):
+    small_run(dictionary_data(n=3000), tmp_path / "sae", n_tokens=4000, checkpoint_every=1000)
+    assert not (tmp_path / "sae" / "checkpoint").exists()
+
+
 def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path):
     x = dictionary_data(n=3000)
-    small_run(x, tmp_path / "sae", n_tokens=4000, checkpoint_every=1000)
+    with pytest.raises(KeyboardInterrupt):
+        small_run(x, tmp_path / "sae", n_tokens=4000, checkpoint_every=1000, progress=stop_at(2000))
     with pytest.raises(tm.InvalidInputError, match="d_sae"):
         small_run(x, tmp_path / "sae", n_tokens=4000, d_sae=64, checkpoint_every=1000, resume=True)
 

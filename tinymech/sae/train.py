@@ -23,6 +23,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -104,7 +105,8 @@ def train_sae(acts, architecture: str = "topk", d_sae: int | None = None, k: int
     "jumprelu" or "standard" (ReLU + L1). d_sae: the number of latents (default
     8 × d_in); k: active latents per token (topk, batchtopk). n_tokens: training
     tokens (default: one pass over the activations; more passes reshuffle). lr:
-    Adam's learning rate (default 2e-4 / √(d_sae / 16384), Gao et al.'s scaling).
+    Adam's learning rate (default 4e-4 / √(d_sae / 16384): twice Gao et al.'s
+    scaling, which was set for runs of billions of tokens).
     out: the folder to write (SAELens's format, metrics.json, checkpoints); required
     for checkpoints and resume. model: the Model the activations came from, for the
     CE-loss metrics on held-out text. options: passed to the Trainer (e.g.
@@ -133,9 +135,10 @@ def train_sae(acts, architecture: str = "topk", d_sae: int | None = None, k: int
         raise
     finally:
         display.close()
-    if every:
-        _save_checkpoint(out, run, cfg)
-    return _finish(run, cfg, data, n_train, held, out, model, display)
+    sae = _finish(run, cfg, data, n_train, held, out, model, display)
+    if out is not None:  # the run is over: what it saved to go on is of no more use
+        shutil.rmtree(out / CHECKPOINT, ignore_errors=True)
+    return sae
 
 
 # ---- configuration ----------------------------------------------------------------------
@@ -156,7 +159,7 @@ def _config(data, architecture, d_sae, k, n_tokens, lr, batch_size, coefficient,
     batch_size = whole_number(batch_size, "batch_size", 1)
     n_train, _ = holdout_split(data, holdout)
     n_tokens = whole_number(n_train if n_tokens is None else n_tokens, "n_tokens", 1)
-    lr = real_number(2e-4 / math.sqrt(d_sae / 16384) if lr is None else lr, "lr")
+    lr = real_number(4e-4 / math.sqrt(d_sae / 16384) if lr is None else lr, "lr")
     if not 0 < lr < 1:
         raise InvalidInputError(f"lr must be in (0, 1), got {lr}")
     steps = math.ceil(n_tokens / batch_size)

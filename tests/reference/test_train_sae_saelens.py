@@ -47,3 +47,17 @@ def test_saelens_reads_what_train_sae_writes(tmp_path, arch, transcoder, skip):
     np.testing.assert_allclose(ours.encode(rows), feats.numpy(), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(ours.forward(rows), out.numpy(), rtol=1e-4, atol=1e-4)
     assert (ours.encode(rows) > 0).any()  # something was learned to fire
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_a_saved_sae_reloads_in_both_readers(tmp_path, dtype):
+    x, _ = data()
+    sae = tm.train_sae(x, "topk", d_sae=48, k=4, n_tokens=3000, batch_size=500, lr=3e-3, progress=False)
+    sae.save(tmp_path / "copy", dtype=dtype)
+    ours = tm.SAE.load(tmp_path / "copy")
+    theirs = sae_lens.SAE.load_from_disk(str(tmp_path / "copy"), device="cpu", dtype="float32")
+    tol = 1e-6 if dtype == "float32" else 2e-3
+    np.testing.assert_allclose(ours.W_dec, sae.W_dec, rtol=tol, atol=tol)
+    with torch.no_grad():
+        feats = theirs.encode(torch.from_numpy(x[:32]))
+    np.testing.assert_allclose(ours.encode(x[:32]), feats.numpy(), rtol=1e-4, atol=1e-4)

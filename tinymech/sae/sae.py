@@ -193,12 +193,13 @@ class SAE:
         labels, details = read_feature_labels(path, cfg.d_sae)
         return cls(cfg, weights, str(path), labels, details, read_log_sparsity(path, cfg.d_sae))
 
-    def save(self, path: str | os.PathLike) -> str:
+    def save(self, path: str | os.PathLike, dtype: str = "float32") -> str:
         """Write this SAE in SAELens's format (cfg.json, sae_weights.safetensors and, when
-        known, sparsity.safetensors) into the folder `path`; returns the path."""
+        known, sparsity.safetensors) into the folder `path`; returns the path. dtype:
+        "float32", or "float16" for half the bytes (both readers widen it on loading)."""
         weights = {"W_enc": self.W_enc, "b_enc": self.b_enc, "W_dec": self.W_dec, "b_dec": self.b_dec,
                    "threshold": self.threshold, "W_skip": self.W_skip}
-        return str(write_sae_folder(path, config_json(self.cfg), weights, self.log_sparsity))
+        return str(write_sae_folder(path, config_json(self.cfg), weights, self.log_sparsity, dtype=dtype))
 
     def __repr__(self):
         c = self.cfg

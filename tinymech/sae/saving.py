@@ -47,17 +47,24 @@ _TOP_LEVEL = {"architecture", "d_in", "d_sae", "d_out", "dtype", "device", "appl
               "normalize_activations", "reshape_activations", "k", "rescale_acts_by_decoder_norm"}
 
 
+DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
 def write_sae_folder(path, config: dict, weights: dict, log_sparsity: np.ndarray | None = None,
-                     extra_files: dict[str, str] | None = None) -> Path:
-    """Write config (cfg.json's contents), weights (float32 arrays named as SAELens names
-    them) and log_sparsity (log10 feature densities) into the folder `path`.
-    extra_files: {file name: text} written beside them (e.g. metrics.json)."""
+                     extra_files: dict[str, str] | None = None, dtype: str = "float32") -> Path:
+    """Write config (cfg.json's contents), weights (arrays named as SAELens names them,
+    stored as dtype: "float32" or "float16", half the bytes) and log_sparsity (log10
+    feature densities) into the folder `path`. extra_files: {file name: text} written
+    beside them (e.g. metrics.json)."""
     path = Path(path)
     unknown = set(weights) - set(TENSORS)
     if unknown:
         raise SAEInputError(f"unknown SAE tensors {sorted(unknown)}; SAELens names them {', '.join(TENSORS)}")
+    if dtype not in DTYPES:
+        raise SAEInputError(f"dtype must be 'float32' or 'float16', not {dtype!r}")
+    config = dict(config, dtype=dtype)
     path.mkdir(parents=True, exist_ok=True)
-    arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items() if v is not None}
+    arrays = {k: np.ascontiguousarray(v, dtype=DTYPES[dtype]) for k, v in weights.items() if v is not None}
     _write(path / WEIGHTS_FILE, lambda p: save_file(arrays, str(p)))
     if log_sparsity is not None:
         sparsity = {"sparsity": np.ascontiguousarray(log_sparsity, dtype=np.float32)}

@@ -238,3 +238,21 @@ def test_the_train_sae_command(tmp_path, capsys):
     assert (out / "cfg.json").is_file() and (out / "metrics.json").is_file()
     assert (tmp_path / "sae.activations" / "activations.json").is_file()
     assert "saved SAE(topk" in capsys.readouterr().out
+
+
+def test_smollm2s_bundled_saes_are_found_for_its_conversion_only(tmp_path, monkeypatch):
+    from tinymech.io import sources
+    from tinymech.tui.app import bundled_saes
+
+    package_models = tmp_path / "models"
+    (package_models / "smollm2" / "saes" / "blocks.15.hook_resid_pre").mkdir(parents=True)
+    (package_models / "smollm2" / "saes" / "blocks.15.hook_resid_pre" / "cfg.json").write_text("{}")
+    monkeypatch.setattr(sources, "bundled_models_dir", lambda: package_models)
+    conversion = tmp_path / "cache" / "SmolLM2-135M-Instruct.Q4_1-98362432"
+    other = tmp_path / "cache" / "some-model"
+    for folder in (conversion, other):
+        (folder / "saes" / "own").mkdir(parents=True)
+        (folder / "saes" / "own" / "cfg.json").write_text("{}")
+    assert [p.name for p in bundled_saes(str(conversion))] == ["own", "blocks.15.hook_resid_pre"]
+    assert [p.name for p in bundled_saes(str(other))] == ["own"]
+    assert bundled_saes(None) == []

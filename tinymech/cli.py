@@ -151,6 +151,10 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 def _train_sae(args) -> int:
     import tinymech as tm
 
+    if args.arch in ("topk", "batchtopk") and args.k is None:
+        raise UsageError(f"--arch {args.arch} needs --k (the active latents per token)")
+    if args.k is not None and args.d_sae is not None and args.k > args.d_sae:
+        raise UsageError(f"--k {args.k} exceeds --d-sae {args.d_sae}")
     model = tm.load(args.model)
     hold = min(max(1, args.tokens // 10), 32768)  # held out for evaluation
     n_collect = args.collect or args.tokens + hold + args.context  # a row's slack: held-out rows are whole

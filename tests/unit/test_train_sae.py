@@ -256,3 +256,21 @@ def test_smollm2s_bundled_saes_are_found_for_its_conversion_only(tmp_path, monke
     assert [p.name for p in bundled_saes(str(conversion))] == ["own", "blocks.15.hook_resid_pre"]
     assert [p.name for p in bundled_saes(str(other))] == ["own"]
     assert bundled_saes(None) == []
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--k", "4", "--d-sae", "2"], "--k 4 exceeds --d-sae 2"),
+    ([], "--arch topk needs --k"),
+    (["--k", "4", "--hook", "blocks.99.hook_resid_pre"], "unknown hook point 'blocks.99.hook_resid_pre'"),
+    (["--k", "4", "--corpus", "SHORT"], "holds less than one row of 128 tokens"),
+])
+def test_the_train_sae_command_refuses_bad_input_in_one_line(tmp_path, capsys, extra, message):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text((DEMO / "MODEL_CARD.md").read_text())
+    (tmp_path / "short.txt").write_text("hello world")
+    argv = ["train-sae", "--hook", "blocks.1.hook_resid_pre", "--corpus", str(corpus), "--tokens", "1000",
+            "--out", str(tmp_path / "sae")] + [str(tmp_path / "short.txt") if a == "SHORT" else a for a in extra]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "sae").exists()

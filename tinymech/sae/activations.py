@@ -197,6 +197,9 @@ def _collect(model, rows: Iterator[np.ndarray], header: dict, out: Path, batch_s
                 report(header["tokens_written"], header["n_tokens"])
             if header["tokens_written"] == header["n_tokens"]:
                 break
+    if header["tokens_written"] == 0:
+        raise InvalidInputError(f"the corpus {header['corpus']} holds less than one row of {header['context']} "
+                                "tokens: give more text or a smaller context")
     if header["tokens_written"] < header["n_tokens"]:
         raise InvalidInputError(
             f"the corpus ran out after {header['tokens_written']} of the {header['n_tokens']} tokens asked; "

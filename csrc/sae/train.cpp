@@ -500,7 +500,7 @@ void Trainer::encode_rows(const float* sae_in, int64_t r0, int64_t r1) {
 
 
 StepStats Trainer::step(const float* x, const float* y, int64_t n, double lr, double coefficient) {
-  if (n <= 0) throw std::invalid_argument("a training batch needs at least one row");
+  if (n <= 0 || n > INT32_MAX) throw std::invalid_argument("a training batch needs 1 to 2^31 - 1 rows");
   Work& w = *work_;
   const int64_t d_in = cfg_.d_in, d_sae = cfg_.d_sae, d_out = cfg_.d_out;
   checked_size({n, d_sae}, "pre-activations");

@@ -142,6 +142,28 @@ def test_state_round_trip_continues_identically(arch, kw):
         b.load_state({n: v for n, v in sa.items() if n != "adam_m.W_enc"})
 
 
+def test_steps_from_two_threads_take_turns():
+    import threading
+
+    t = Trainer("topk", 24, 64, k=4, seed=0)
+    errors = []
+
+    def run(seed):
+        try:
+            for s in range(10):
+                t.step(batch(200, 24, seed + s), lr=1e-3)
+                t.state()
+        except Exception as e:  # noqa: BLE001 (reported below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i * 100,)) for i in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors and t.steps == 20
+
+
 def test_dead_latents_counted_in_tokens():
     t = Trainer("topk", 24, 64, k=2, seed=0, dead_tokens=80)
     stats = [t.step(batch(40, 24, s), lr=0.0)["n_dead"] for s in range(3)]  # lr 0: the same latents fire

@@ -12,6 +12,8 @@ subtracted from the input.
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from .. import _core
@@ -78,6 +80,7 @@ class Trainer:
         except ValueError as e:
             raise InvalidInputError(str(e)) from None
         self._shapes = {name: self._core.get(name).shape for name in self._core.names()}
+        self._lock = threading.Lock()  # one step, read or write at a time (steps run without the GIL)
 
     def _check_k(self, k):
         if self.architecture not in ("topk", "batchtopk"):
@@ -96,7 +99,8 @@ class Trainer:
     @property
     def params(self) -> dict:
         """The parameters, float32, in SAELens's names and layout (batchtopk: topk_threshold, float64)."""
-        out = {name: self._core.get(name, "value") for name in self._core.names()}
+        with self._lock:
+            out = {name: self._core.get(name, "value") for name in self._core.names()}
         if self.architecture == "batchtopk":
             out["topk_threshold"] = np.array(self._core.topk_threshold, dtype=np.float64)
         return out
@@ -118,7 +122,8 @@ class Trainer:
             raise InvalidInputError(f"{label} must have shape {list(self._shapes[name])}, not {list(value.shape)}")
         if not np.isfinite(value).all():
             raise InvalidInputError(f"{label} holds NaN or infinity")
-        self._core.set(name, what, value)
+        with self._lock:
+            self._core.set(name, what, value)
 
     @property
     def tokens_since_fired(self) -> np.ndarray:
@@ -129,7 +134,8 @@ class Trainer:
         value = np.asarray(value)
         if value.shape != (self.d_sae,) or not np.issubdtype(value.dtype, np.integer) or (value < 0).any():
             raise InvalidInputError(f"tokens_since_fired must be [d_sae={self.d_sae}] non-negative integers")
-        self._core.tokens_since_fired = value.astype(np.int64)
+        with self._lock:
+            self._core.tokens_since_fired = value.astype(np.int64)
 
     @property
     def steps(self) -> int:
@@ -154,7 +160,8 @@ class Trainer:
         coefficient = real_number(coefficient, "coefficient")
         if not (np.isfinite(lr) and lr >= 0 and np.isfinite(coefficient) and coefficient >= 0):
             raise InvalidInputError(f"lr and coefficient must be finite and >= 0, not {lr} and {coefficient}")
-        return self._core.step(x, y, lr, coefficient)
+        with self._lock:
+            return self._core.step(x, y, lr, coefficient)
 
     def _batch(self, a, name, width):
         a = self._float_array(a, name, SAEInputError)
@@ -178,9 +185,10 @@ class Trainer:
         """Everything a step depends on, as numpy arrays: the parameters, Adam's moments
         (adam_m.NAME, adam_v.NAME), steps, tokens_since_fired (and topk_threshold)."""
         out = self.params
-        for name in self._core.names():
-            out[f"adam_m.{name}"] = self._core.get(name, "m")
-            out[f"adam_v.{name}"] = self._core.get(name, "v")
+        with self._lock:
+            for name in self._core.names():
+                out[f"adam_m.{name}"] = self._core.get(name, "m")
+                out[f"adam_v.{name}"] = self._core.get(name, "v")
         out["steps"] = np.array(self._core.steps, dtype=np.int64)
         out["tokens_since_fired"] = self._core.tokens_since_fired
         return out

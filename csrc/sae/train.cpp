@@ -19,17 +19,6 @@ enum { kWenc, kBenc, kWdec, kBdec };  // the first parameters, always present
 constexpr int64_t kNormBlock = 4096;
 constexpr int64_t kEncodeRows = 256;  // rows per encoder GEMM: their pre-activations stay in cache for TopK  // gradient norms are summed per block: the same bits for any thread count
 
-struct ArchName {
-  const char* name;
-  TrainArch value;
-};
-constexpr ArchName kTrainArchs[] = {
-    {"topk", TrainArch::topk},
-    {"batchtopk", TrainArch::batchtopk},
-    {"jumprelu", TrainArch::jumprelu},
-    {"standard", TrainArch::standard},
-};
-
 size_t sz(int64_t n) { return static_cast<size_t>(n); }
 
 // Rows per block of a pass over the pairs: a block's rows of `width` floats stay in cache.
@@ -76,10 +65,17 @@ struct Trainer::Work {
   std::vector<float> thr_grad;
 };
 
-TrainArch parse_train_arch(const std::string& name) {
-  for (const ArchName& a : kTrainArchs)
-    if (name == a.name) return a.value;
-  throw std::invalid_argument("unknown SAE training architecture '" + name + "'");
+TrainArch train_arch(SaeActivation activation, bool batch_topk) {
+  if (batch_topk && activation != SaeActivation::topk) throw std::invalid_argument("batch_topk needs topk");
+  switch (activation) {
+    case SaeActivation::topk:
+      return batch_topk ? TrainArch::batchtopk : TrainArch::topk;
+    case SaeActivation::jumprelu:
+      return TrainArch::jumprelu;
+    case SaeActivation::relu:
+      break;
+  }
+  return TrainArch::standard;
 }
 
 void TrainConfig::validate() const {

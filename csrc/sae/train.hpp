@@ -13,10 +13,13 @@
 #include <string>
 #include <vector>
 
+#include "sae/sae.hpp"  // SaeActivation
+
 namespace tmech {
 
 enum class TrainArch { topk, batchtopk, jumprelu, standard };
-TrainArch parse_train_arch(const std::string& name);  // std::invalid_argument for an unknown one
+// From the SAE's activation (its names: sae.cpp's table) and whether TopK is over the batch.
+TrainArch train_arch(SaeActivation activation, bool batch_topk);
 
 struct TrainConfig {
   TrainArch arch = TrainArch::topk;

@@ -195,3 +195,14 @@ def test_training_recovers_a_sparse_dictionary(arch, kw, coef):
         W = t.params["W_dec"]
         cos = (D @ W.T) / np.linalg.norm(W, axis=1)
         assert (cos.max(axis=1) > 0.9).mean() > 0.9
+
+
+def test_saved_config_names_what_the_registry_reads():
+    from tinymech.sae.architectures import ARCHITECTURES
+
+    for arch, kw, skip, saved in [("batchtopk", {"k": 2.0}, True, "jumprelu_skip_transcoder"),
+                                  ("standard", {"d_out": 4}, False, "transcoder"),
+                                  ("topk", {"k": 2}, False, "topk")]:
+        cfg = Trainer(arch, 8, 16, skip=skip, **kw).sae_config()
+        assert cfg["architecture"] == saved and saved in ARCHITECTURES
+    assert Trainer("topk", 8, 16, k=3).sae_config()["k"] == 3

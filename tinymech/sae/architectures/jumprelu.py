@@ -8,6 +8,7 @@ from ...errors import SAELoadError
 
 ACTIVATION = "jumprelu"
 NAMES = {"jumprelu": "sae", "jumprelu_transcoder": "transcoder", "jumprelu_skip_transcoder": "skip_transcoder"}
+TRAINING = {"jumprelu": (None, "jumprelu")}  # (k, saved as): see topk.py
 
 
 def config(flat: dict, d_sae: int) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 ACTIVATION = "relu"
 NAMES = {"standard": "sae", "transcoder": "transcoder", "skip_transcoder": "skip_transcoder"}
+TRAINING = {"standard": (None, "standard")}  # (k, saved as): see topk.py
 
 
 def config(flat: dict, d_sae: int) -> dict:

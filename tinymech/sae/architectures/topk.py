@@ -5,6 +5,9 @@ from ...errors import SAELoadError
 
 ACTIVATION = "topk"
 NAMES = {"topk": "sae"}
+# Training (tinymech.sae.Trainer): name -> (k: per row "whole" or per row on average "mean",
+# saved as (a module of this folder)); BatchTopK is saved as a JumpReLU SAE, as SAELens saves it.
+TRAINING = {"topk": ("whole", "topk"), "batchtopk": ("mean", "jumprelu")}
 OLD_ACTIVATION_FN = "topk"  # pre-6: architecture "standard", activation_fn "topk", k in activation_fn_kwargs
 
 
@@ -22,4 +25,3 @@ def config(flat: dict, d_sae: int) -> dict:
 def weights(file, read, d_sae: int) -> dict:
     return {}
 
-# Training (next issue): the loss (MSE, plus the auxiliary loss on dead features) goes here.

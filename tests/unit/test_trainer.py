@@ -28,6 +28,7 @@ def batch(n=40, d=24, seed=0):
     (("standard", 0, 16), {}, "d_in"),
     (("standard", 24, 16), {"dead_tokens": -1}, "dead_tokens"),
     (("standard", 24, 16), {"adam_beta1": 1.0}, "betas"),
+    (("topk", 24, 16), {"k": 2, "aux_loss_coefficient": float("nan")}, "finite"),
 ])
 def test_bad_arguments(args, kwargs, match):
     with pytest.raises(InvalidInputError, match=match):

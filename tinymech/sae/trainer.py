@@ -65,8 +65,8 @@ class Trainer:
             opts["decoder_init_norm"] = -1.0
         self.architecture, self.d_in, self.d_sae, self.d_out, self.skip = architecture, d_in, d_sae, d_out, bool(skip)
         self.k = self._check_k(k)
-        cfg = {"activation": spec.module.ACTIVATION, "batch_topk": spec.batch_topk, "d_in": d_in, "d_sae": d_sae, "d_out": d_out, "skip": self.skip,
-               "k": float(self.k or 0)}
+        cfg = {"activation": spec.module.ACTIVATION, "batch_topk": spec.batch_topk, "d_in": d_in, "d_sae": d_sae,
+               "d_out": d_out, "skip": self.skip, "k": float(self.k or 0)}
         for name, value in opts.items():
             if name in _BOOL_OPTIONS:
                 cfg[name] = bool(value)
@@ -74,6 +74,8 @@ class Trainer:
                 cfg[name] = whole_number(value, name, 0)
             else:
                 cfg[name] = real_number(value, name)
+                if not np.isfinite(cfg[name]):
+                    raise InvalidInputError(f"{name} must be finite, not {value!r}")
         self.options = opts
         try:
             self._core = _core.Trainer(cfg, whole_number(seed, "seed", 0, maximum=2**64 - 1))

@@ -10,6 +10,7 @@ import textwrap
 
 from . import __version__
 from .errors import TinymechError
+from .sae.architectures import DEFAULT_TRAINING, TRAINING
 from .text import printable
 
 MODEL_HELP = ("a model directory (config.json + model.safetensors), a .gguf file, \"smollm2\" "
@@ -123,8 +124,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    "(e.g. --hook blocks.2.ln2.hook_normalized --hook-out blocks.2.hook_mlp_out)")
     p.add_argument("--skip", action="store_true", help="a skip transcoder (adds a trained linear path)")
     p.add_argument("--corpus", required=True, help="a text file, a folder of them, or a .jsonl with a text field")
-    p.add_argument("--arch", default="topk", choices=["topk", "batchtopk", "jumprelu", "standard"],
-                   help="training method (default: topk); standard is ReLU + L1")
+    p.add_argument("--arch", default=DEFAULT_TRAINING, choices=list(TRAINING),
+                   help=f"training method (default: {DEFAULT_TRAINING}); standard is ReLU + L1")
     p.add_argument("--d-sae", type=_positive_int, default=None, help="latents (default: 8 x the hook's width)")
     p.add_argument("--k", type=_positive_int, default=None, help="active latents per token (topk, batchtopk)")
     p.add_argument("--tokens", type=_positive_int, required=True, help="training tokens")
@@ -151,7 +152,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 def _train_sae(args) -> int:
     import tinymech as tm
 
-    if args.arch in ("topk", "batchtopk") and args.k is None:
+    if TRAINING[args.arch].k is not None and args.k is None:
         raise UsageError(f"--arch {args.arch} needs --k (the active latents per token)")
     if args.k is not None and args.d_sae is not None and args.k > args.d_sae:
         raise UsageError(f"--k {args.k} exceeds --d-sae {args.d_sae}")

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <random>
 #include <stdexcept>
 
@@ -18,18 +19,10 @@ enum { kWenc, kBenc, kWdec, kBdec };  // the first parameters, always present
 constexpr int64_t kNormBlock = 4096;
 constexpr int64_t kEncodeRows = 256;  // rows per encoder GEMM: their pre-activations stay in cache for TopK  // gradient norms are summed per block: the same bits for any thread count
 
-struct ArchName {
-  const char* name;
-  TrainArch value;
-};
-constexpr ArchName kTrainArchs[] = {
-    {"topk", TrainArch::topk},
-    {"batchtopk", TrainArch::batchtopk},
-    {"jumprelu", TrainArch::jumprelu},
-    {"standard", TrainArch::standard},
-};
-
 size_t sz(int64_t n) { return static_cast<size_t>(n); }
+
+// Rows per block of a pass over the pairs: a block's rows of `width` floats stay in cache.
+int64_t block_rows(int64_t width) { return std::max<int64_t>(16, (int64_t{1} << 16) / std::max<int64_t>(1, width)); }
 
 // The active (row, latent) pairs of the batch, row by row (CSR), with the
 // value each multiplies its W_dec row by.
@@ -72,10 +65,17 @@ struct Trainer::Work {
   std::vector<float> thr_grad;
 };
 
-TrainArch parse_train_arch(const std::string& name) {
-  for (const ArchName& a : kTrainArchs)
-    if (name == a.name) return a.value;
-  throw std::invalid_argument("unknown SAE training architecture '" + name + "'");
+TrainArch train_arch(SaeActivation activation, bool batch_topk) {
+  if (batch_topk && activation != SaeActivation::topk) throw std::invalid_argument("batch_topk needs topk");
+  switch (activation) {
+    case SaeActivation::topk:
+      return batch_topk ? TrainArch::batchtopk : TrainArch::topk;
+    case SaeActivation::jumprelu:
+      return TrainArch::jumprelu;
+    case SaeActivation::relu:
+      break;
+  }
+  return TrainArch::standard;
 }
 
 void TrainConfig::validate() const {
@@ -92,15 +92,21 @@ void TrainConfig::validate() const {
   if (dead_tokens < 0) throw std::invalid_argument("dead_tokens must be >= 0");
 }
 
-void accumulate_rows(const int64_t* offsets, const int32_t* rows, const float* coef, const float* src, int64_t width,
-                     int64_t latents, float* grad_rows) {
+void accumulate_rows(const int64_t* offsets, const int32_t* key, const int32_t* rows, const float* coef,
+                     const float* src, int64_t width, int64_t latents, float* grad_rows) {
   const KernelTable& kt = kernels::active();
+  const int64_t block = block_rows(width);
   parallel_for(latents, [&](int64_t j0, int64_t j1, int) {
-    for (int64_t j = j0; j < j1; ++j) {
-      float* dst = grad_rows + j * width;
-      std::memset(dst, 0, sz(width) * sizeof(float));
-      for (int64_t e = offsets[j]; e < offsets[j + 1]; ++e)
-        if (coef[e] != 0.f) kt.axpy(dst, coef[e], src + static_cast<int64_t>(rows[e]) * width, width);
+    std::memset(grad_rows + j0 * width, 0, sz((j1 - j0) * width) * sizeof(float));
+    std::vector<int64_t> at(offsets + j0, offsets + j1);  // each latent's next entry
+    for (int64_t k0 = 0, more = 1; more; k0 += block) {   // a block of batch rows at a time, in cache
+      more = 0;
+      for (int64_t j = j0; j < j1; ++j) {
+        int64_t& e = at[sz(j - j0)];
+        for (; e < offsets[j + 1] && key[e] < k0 + block; ++e)
+          if (coef[e] != 0.f) kt.axpy(grad_rows + j * width, coef[e], src + static_cast<int64_t>(rows[e]) * width, width);
+        more |= e < offsets[j + 1];
+      }
     }
   });
 }
@@ -220,52 +226,79 @@ void collect(Codes& c, int64_t n, Count count, Fill fill) {
   });
 }
 
-// The k largest of value(0..n) (0 < k <= n) into idx, unordered; ties to the lower
-// index. A strided sample of ~4k values sets a threshold that ~2k values pass, and
-// only those are ranked (all n when the sample was unlucky or n is small).
-struct Candidate {
-  float v;
-  int32_t i;
-};
-template <class Value>
-void top_k_of(Value value, int64_t n, int64_t k, std::vector<Candidate>& cand, int32_t* idx) {
-  auto before = [](const Candidate& a, const Candidate& b) { return a.v > b.v || (a.v == b.v && a.i < b.i); };
-  auto nth = [&](int64_t rank) {
-    std::nth_element(cand.begin(), cand.begin() + (rank - 1), cand.end(), before);
-    return cand[sz(rank - 1)].v;
+// The k largest of v[0..n) (0 < k <= n) into idx, in index order; ties to the lower
+// index. The k-th largest value is found among the values above a threshold that a
+// strided sample of ~4k values sets so that ~2k pass (among all n when it passes
+// fewer than k, or when n is small).
+void top_k_of(const float* v, int64_t n, int64_t k, std::vector<float>& buf, int32_t* idx) {
+  auto kth_largest = [&](int64_t rank) {  // of buf
+    std::nth_element(buf.begin(), buf.begin() + (rank - 1), buf.end(), std::greater<float>());
+    return buf[sz(rank - 1)];
   };
-  cand.clear();
+  buf.clear();
   const int64_t stride = n / (4 * k);
   if (stride >= 2) {
-    for (int64_t i = 0; i < n; i += stride) cand.push_back({value(i), static_cast<int32_t>(i)});
-    const auto m = static_cast<int64_t>(cand.size());
-    const float thr = nth(std::min(m, 2 * k * m / n + 1));
-    cand.clear();
-    for (int64_t i = 0; i < n; ++i) {
-      const float v = value(i);
-      if (v >= thr) cand.push_back({v, static_cast<int32_t>(i)});
-    }
-    if (static_cast<int64_t>(cand.size()) < k) cand.clear();
+    for (int64_t i = 0; i < n; i += stride) buf.push_back(v[i]);
+    const auto m = static_cast<int64_t>(buf.size());
+    const float thr = kth_largest(std::min(m, 2 * k * m / n + 1));
+    buf.clear();
+    for (int64_t i = 0; i < n; ++i)
+      if (v[i] >= thr) buf.push_back(v[i]);
+    if (static_cast<int64_t>(buf.size()) < k) buf.clear();
   }
-  if (cand.empty())
-    for (int64_t i = 0; i < n; ++i) cand.push_back({value(i), static_cast<int32_t>(i)});
-  nth(k);
-  for (int64_t m = 0; m < k; ++m) idx[m] = cand[sz(m)].i;
+  if (buf.empty()) buf.assign(v, v + n);
+  const float kth = kth_largest(k);
+  int64_t above = 0;
+  for (int64_t i = 0; i < n; ++i) above += v[i] > kth;
+  int64_t ties = k - above, m = 0;  // the first `ties` values equal to the k-th are kept
+  for (int64_t i = 0; i < n; ++i)
+    if (v[i] > kth || (v[i] == kth && ties-- > 0)) idx[m++] = static_cast<int32_t>(i);
 }
 
-// out[r] (+)= sum over row r's pairs of value * W_dec[latent]
-void decode(const Codes& c, const float* W_dec, int64_t d_out, int64_t n, const float* b_dec, float* out) {
+// fn(r, e, latent) for each pair e of each row r, in blocks of rows that each go to one
+// thread whole, and within a block latent by latent: a W_dec row is read once per
+// block, not once per pair. Each row sees its pairs in latent order, whatever the threads.
+template <class Fn>
+void by_block(const Codes& c, int64_t n, int64_t d_sae, int64_t width, Fn fn) {
+  const int64_t rows = block_rows(width), blocks = (n + rows - 1) / rows;
+  parallel_for(blocks, [&](int64_t b0, int64_t b1, int) {
+    std::vector<int64_t> start(sz(d_sae) + 1), next;
+    std::vector<int64_t> pair;
+    std::vector<int32_t> row;
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t r0 = b * rows, r1 = std::min(n, r0 + rows), e0 = c.offsets[sz(r0)];
+      std::fill(start.begin(), start.end(), 0);
+      for (int64_t e = e0; e < c.offsets[sz(r1)]; ++e) ++start[sz(c.latent[sz(e)]) + 1];
+      for (int64_t j = 0; j < d_sae; ++j) start[sz(j + 1)] += start[sz(j)];
+      next.assign(start.begin(), start.end() - 1);
+      pair.resize(sz(start.back()));
+      row.resize(pair.size());
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t e = c.offsets[sz(r)]; e < c.offsets[sz(r) + 1]; ++e) {
+          const int64_t at = next[sz(c.latent[sz(e)])]++;
+          pair[sz(at)] = e;
+          row[sz(at)] = static_cast<int32_t>(r);
+        }
+      for (int64_t j = 0; j < d_sae; ++j)
+        for (int64_t at = start[sz(j)]; at < start[sz(j + 1)]; ++at) fn(row[sz(at)], pair[sz(at)], j);
+    }
+  });
+}
+
+// out[r] = (b_dec or 0) + sum over row r's pairs of value * W_dec[latent]
+void decode(const Codes& c, const float* W_dec, int64_t d_out, int64_t d_sae, int64_t n, const float* b_dec,
+            float* out) {
   const KernelTable& kt = kernels::active();
   parallel_for(n, [&](int64_t r0, int64_t r1, int) {
     for (int64_t r = r0; r < r1; ++r) {
-      float* y = out + r * d_out;
       if (b_dec)
-        std::memcpy(y, b_dec, sz(d_out) * sizeof(float));
+        std::memcpy(out + r * d_out, b_dec, sz(d_out) * sizeof(float));
       else
-        std::memset(y, 0, sz(d_out) * sizeof(float));
-      for (int64_t e = c.offsets[sz(r)]; e < c.offsets[sz(r) + 1]; ++e)
-        kt.axpy(y, c.value[sz(e)], W_dec + static_cast<int64_t>(c.latent[sz(e)]) * d_out, d_out);
+        std::memset(out + r * d_out, 0, sz(d_out) * sizeof(float));
     }
+  });
+  by_block(c, n, d_sae, d_out, [&](int64_t r, int64_t e, int64_t j) {
+    kt.axpy(out + r * d_out, c.value[sz(e)], W_dec + j * d_out, d_out);
   });
 }
 
@@ -298,13 +331,11 @@ void transpose_to(const float* src, int64_t rows, int64_t cols, std::vector<floa
 }
 
 // gpre[e] = g[r] . W_dec[latent] for each pair e of row r
-void pair_grads(const Codes& c, const float* g, const float* W_dec, int64_t d_out, int64_t n, float* gpre) {
+void pair_grads(const Codes& c, const float* g, const float* W_dec, int64_t d_out, int64_t d_sae, int64_t n,
+                float* gpre) {
   const KernelTable& kt = kernels::active();
-  parallel_for(n, [&](int64_t r0, int64_t r1, int) {
-    for (int64_t r = r0; r < r1; ++r)
-      for (int64_t e = c.offsets[sz(r)]; e < c.offsets[sz(r) + 1]; ++e)
-        gpre[e] = kt.dot(g + r * d_out, W_dec + static_cast<int64_t>(c.latent[sz(e)]) * d_out, d_out);
-  });
+  by_block(c, n, d_sae, d_out,
+           [&](int64_t r, int64_t e, int64_t j) { gpre[e] = kt.dot(g + r * d_out, W_dec + j * d_out, d_out); });
 }
 
 }  // namespace
@@ -443,14 +474,18 @@ void Trainer::encode_rows(const float* sae_in, int64_t r0, int64_t r1) {
   const auto k = static_cast<int64_t>(cfg_.k), nd = static_cast<int64_t>(w.dead.size());
   const bool rescale = cfg_.rescale_acts_by_decoder_norm;
   parallel_for(r1 - r0, [&](int64_t a, int64_t b, int) {
-    std::vector<Candidate> cand;
+    std::vector<float> h(sz(std::max(d_sae, nd))), buf;  // a row's ranking values
     for (int64_t r = r0 + a; r < r0 + b; ++r) {
       const float* row = w.pre.data() + r * d_sae;
-      if (topk) top_k_of([&](int64_t j) { return act(row[j], j); }, d_sae, k, cand, &w.top[sz(r * k)]);
+      if (topk) {
+        for (int64_t j = 0; j < d_sae; ++j) h[sz(j)] = act(row[j], j);
+        top_k_of(h.data(), d_sae, k, buf, &w.top[sz(r * k)]);
+      }
       if (k_aux == 0) continue;
+      for (int64_t i = 0; i < nd; ++i) h[sz(i)] = act(row[w.dead[sz(i)]], w.dead[sz(i)]);
       int32_t* lat = &w.aux.latent[sz(r * k_aux)];
       float* val = &w.aux.value[sz(r * k_aux)];
-      top_k_of([&](int64_t i) { return act(row[w.dead[sz(i)]], w.dead[sz(i)]); }, nd, k_aux, cand, lat);
+      top_k_of(h.data(), nd, k_aux, buf, lat);
       for (int64_t i = 0; i < k_aux; ++i) {
         const int32_t j = lat[i] = w.dead[sz(lat[i])];
         val[i] = rescale ? act(row[j], j) * w.inv_s[sz(j)] : row[j];
@@ -459,8 +494,9 @@ void Trainer::encode_rows(const float* sae_in, int64_t r0, int64_t r1) {
   });
 }
 
+
 StepStats Trainer::step(const float* x, const float* y, int64_t n, double lr, double coefficient) {
-  if (n <= 0) throw std::invalid_argument("a training batch needs at least one row");
+  if (n <= 0 || n > INT32_MAX) throw std::invalid_argument("a training batch needs 1 to 2^31 - 1 rows");
   Work& w = *work_;
   const int64_t d_in = cfg_.d_in, d_sae = cfg_.d_sae, d_out = cfg_.d_out;
   checked_size({n, d_sae}, "pre-activations");
@@ -502,7 +538,7 @@ StepStats Trainer::step(const float* x, const float* y, int64_t n, double lr, do
     scatter(w.main, w.main.value.data(), n, d_sae, w.acts);
     matmul(w.acts.data(), n, d_sae, d_sae, W_dec, d_out, d_out, 1, b_dec, w.out.data(), d_out);
   } else {
-    decode(w.main, W_dec, d_out, n, b_dec, w.out.data());
+    decode(w.main, W_dec, d_out, d_sae, n, b_dec, w.out.data());
   }
   if (skip_ >= 0)
     matmul(x, n, d_in, d_in, p(skip_).value.data(), d_out, 1, d_in, nullptr, w.out.data(), d_out, true);
@@ -523,7 +559,7 @@ StepStats Trainer::step(const float* x, const float* y, int64_t n, double lr, do
   });
   // AuxK: the dead latents' decode (no bias) against the residual target - out
   if (aux_scale > 0) {
-    decode(w.aux, W_dec, d_out, n, nullptr, g_aux);
+    decode(w.aux, W_dec, d_out, d_sae, n, nullptr, g_aux);
     const auto c = static_cast<float>(cfg_.aux_coefficient * aux_scale);
     parallel_for(n, [&](int64_t r0, int64_t r1, int) {
       for (int64_t r = r0; r < r1; ++r) {
@@ -545,9 +581,9 @@ StepStats Trainer::step(const float* x, const float* y, int64_t n, double lr, do
     matmul(g, n, d_out, d_out, W_dec, d_sae, 1, d_out, nullptr, w.grads.data(), d_sae);
     gather(w.main, w.grads.data(), d_sae, n, w.gpre_main.data());
   } else {
-    pair_grads(w.main, g, W_dec, d_out, n, w.gpre_main.data());
+    pair_grads(w.main, g, W_dec, d_out, d_sae, n, w.gpre_main.data());
   }
-  pair_grads(w.aux, g_aux, W_dec, d_out, n, w.gpre_aux.data());
+  pair_grads(w.aux, g_aux, W_dec, d_out, d_sae, n, w.gpre_aux.data());
   const auto coef = static_cast<float>(coefficient);
   if (standard)  // d/da of coefficient * mean_r sum_j a_rj ||W_dec[j]||
     for (int64_t e = 0; e < w.main.nnz(); ++e) w.gpre_main[sz(e)] += coef * inv_n * w.s[sz(w.main.latent[sz(e)])];
@@ -625,7 +661,7 @@ void Trainer::near_threshold(int64_t n, float coef) {
   if (w.dense)
     gather(c, w.grads.data(), d_sae, n, gacts.data());
   else
-    pair_grads(c, w.g.data(), p(kWdec).value.data(), d_out, n, gacts.data());
+    pair_grads(c, w.g.data(), p(kWdec).value.data(), d_out, d_sae, n, gacts.data());
   const float inv_n = 1.f / static_cast<float>(n);
   for (int64_t e = 0; e < c.nnz(); ++e) {
     const int32_t j = c.latent[sz(e)];
@@ -653,21 +689,21 @@ double Trainer::total_variance(const float* t, int64_t n) const {
 
 namespace {
 
-// CSR pairs (row-major) regrouped per latent, rows in increasing order.
+// The pairs of every set regrouped per latent, batch rows ascending (a row's pairs
+// of the first set before those of the next).
 template <class Emit>
-void by_latent(int64_t d_sae, std::vector<int64_t>& offsets, const std::vector<const Codes*>& sets, Emit emit) {
+void by_latent(int64_t d_sae, int64_t n, std::vector<int64_t>& offsets, const std::vector<const Codes*>& sets,
+               Emit emit) {
   offsets.assign(sz(d_sae) + 1, 0);
   for (const Codes* c : sets)
     for (int32_t j : c->latent) ++offsets[sz(j) + 1];
   for (int64_t j = 0; j < d_sae; ++j) offsets[sz(j + 1)] += offsets[sz(j)];
   std::vector<int64_t> next(offsets.begin(), offsets.end() - 1);
-  for (size_t s = 0; s < sets.size(); ++s) {
-    const Codes& c = *sets[s];
-    const int64_t rows = static_cast<int64_t>(c.offsets.size()) - 1;
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t e = c.offsets[sz(r)]; e < c.offsets[sz(r) + 1]; ++e)
-        emit(next[sz(c.latent[sz(e)])]++, s, r, e);
-  }
+  for (int64_t r = 0; r < n; ++r)
+    for (size_t s = 0; s < sets.size(); ++s) {
+      const Codes& c = *sets[s];
+      for (int64_t e = c.offsets[sz(r)]; e < c.offsets[sz(r) + 1]; ++e) emit(next[sz(c.latent[sz(e)])]++, s, r, e);
+    }
 }
 
 }  // namespace
@@ -681,15 +717,17 @@ void Trainer::sparse_backward(int64_t n, const float* sae_in, float coef) {
   w.col_row_dec.resize(total);
   w.col_gpre.resize(total);
   w.col_dec.resize(total);
-  by_latent(d_sae, w.col_offsets, {&w.main, &w.aux}, [&](int64_t at, size_t set, int64_t r, int64_t e) {
+  by_latent(d_sae, n, w.col_offsets, {&w.main, &w.aux}, [&](int64_t at, size_t set, int64_t r, int64_t e) {
     w.col_row_in[sz(at)] = static_cast<int32_t>(r);
     w.col_row_dec[sz(at)] = static_cast<int32_t>(set ? r + n : r);  // g_aux's rows follow g's
     w.col_gpre[sz(at)] = (set ? w.gpre_aux : w.gpre_main)[sz(e)];
     w.col_dec[sz(at)] = (set ? w.aux.value : w.main.value)[sz(e)];
   });
   const int64_t* off = w.col_offsets.data();
-  accumulate_rows(off, w.col_row_in.data(), w.col_gpre.data(), sae_in, d_in, d_sae, p(kWenc).grad.data());
-  accumulate_rows(off, w.col_row_dec.data(), w.col_dec.data(), w.g.data(), d_out, d_sae, p(kWdec).grad.data());
+  accumulate_rows(off, w.col_row_in.data(), w.col_row_in.data(), w.col_gpre.data(), sae_in, d_in, d_sae,
+                  p(kWenc).grad.data());
+  accumulate_rows(off, w.col_row_in.data(), w.col_row_dec.data(), w.col_dec.data(), w.g.data(), d_out, d_sae,
+                  p(kWdec).grad.data());
   float* gb_enc = p(kBenc).grad.data();
   std::vector<float> acts(sz(d_sae));  // per latent: the sum of its activations
   parallel_for(d_sae, [&](int64_t j0, int64_t j1, int) {

@@ -13,10 +13,13 @@
 #include <string>
 #include <vector>
 
+#include "sae/sae.hpp"  // SaeActivation
+
 namespace tmech {
 
 enum class TrainArch { topk, batchtopk, jumprelu, standard };
-TrainArch parse_train_arch(const std::string& name);  // std::invalid_argument for an unknown one
+// From the SAE's activation (its names: sae.cpp's table) and whether TopK is over the batch.
+TrainArch train_arch(SaeActivation activation, bool batch_topk);
 
 struct TrainConfig {
   TrainArch arch = TrainArch::topk;
@@ -99,10 +102,11 @@ class Trainer {
   std::shared_ptr<Work> work_;
 };
 
-// The sparse backward's pieces, exposed for the native tests' dense reference.
-// Per latent j: grad_rows[j] += sum over its entries e of coef[e] * src[row[e]]
-// (rows of `width` floats), in entry order; entries grouped per latent by offsets.
-void accumulate_rows(const int64_t* offsets, const int32_t* rows, const float* coef, const float* src, int64_t width,
-                     int64_t latents, float* grad_rows);
+// Per latent j: grad_rows[j] = sum over its entries e of coef[e] * src[rows[e]] (rows of
+// `width` floats), entries grouped per latent by offsets, each group's key (its batch
+// row) ascending; the sums run over blocks of keys, so that a block's src rows stay in
+// cache, and each latent's in entry order, whatever the threads.
+void accumulate_rows(const int64_t* offsets, const int32_t* key, const int32_t* rows, const float* coef,
+                     const float* src, int64_t width, int64_t latents, float* grad_rows);
 
 }  // namespace tmech

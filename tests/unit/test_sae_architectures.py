@@ -42,6 +42,7 @@ def test_the_registry_holds_what_each_architecture_was():
         "standard": ("relu", False, False), "jumprelu": ("jumprelu", False, False), "topk": ("topk", False, False),
         "transcoder": ("relu", True, False), "skip_transcoder": ("relu", True, True),
         "jumprelu_transcoder": ("jumprelu", True, False), "jumprelu_skip_transcoder": ("jumprelu", True, True),
+        "topk_transcoder": ("topk", True, False), "topk_skip_transcoder": ("topk", True, True),  # tinymech's own
     }
     assert architectures.OLD_ACTIVATION_FNS == {"topk": "topk"}
 

@@ -28,6 +28,7 @@ def batch(n=40, d=24, seed=0):
     (("standard", 0, 16), {}, "d_in"),
     (("standard", 24, 16), {"dead_tokens": -1}, "dead_tokens"),
     (("standard", 24, 16), {"adam_beta1": 1.0}, "betas"),
+    (("topk", 24, 16), {"k": 2, "aux_loss_coefficient": float("nan")}, "finite"),
 ])
 def test_bad_arguments(args, kwargs, match):
     with pytest.raises(InvalidInputError, match=match):
@@ -142,6 +143,28 @@ def test_state_round_trip_continues_identically(arch, kw):
         b.load_state({n: v for n, v in sa.items() if n != "adam_m.W_enc"})
 
 
+def test_steps_from_two_threads_take_turns():
+    import threading
+
+    t = Trainer("topk", 24, 64, k=4, seed=0)
+    errors = []
+
+    def run(seed):
+        try:
+            for s in range(10):
+                t.step(batch(200, 24, seed + s), lr=1e-3)
+                t.state()
+        except Exception as e:  # noqa: BLE001 (reported below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i * 100,)) for i in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors and t.steps == 20
+
+
 def test_dead_latents_counted_in_tokens():
     t = Trainer("topk", 24, 64, k=2, seed=0, dead_tokens=80)
     stats = [t.step(batch(40, 24, s), lr=0.0)["n_dead"] for s in range(3)]  # lr 0: the same latents fire
@@ -173,3 +196,14 @@ def test_training_recovers_a_sparse_dictionary(arch, kw, coef):
         W = t.params["W_dec"]
         cos = (D @ W.T) / np.linalg.norm(W, axis=1)
         assert (cos.max(axis=1) > 0.9).mean() > 0.9
+
+
+def test_saved_config_names_what_the_registry_reads():
+    from tinymech.sae.architectures import ARCHITECTURES
+
+    for arch, kw, skip, saved in [("batchtopk", {"k": 2.0}, True, "jumprelu_skip_transcoder"),
+                                  ("standard", {"d_out": 4}, False, "transcoder"),
+                                  ("topk", {"k": 2}, False, "topk")]:
+        cfg = Trainer(arch, 8, 16, skip=skip, **kw).sae_config()
+        assert cfg["architecture"] == saved and saved in ARCHITECTURES
+    assert Trainer("topk", 8, 16, k=3).sae_config()["k"] == 3

@@ -32,6 +32,7 @@ from safetensors.numpy import load_file, save_file
 
 from ..errors import InvalidInputError, SAEInputError, TrainingError, real_number, whole_number
 from .activations import model_identity, tokenizer_sha256
+from .architectures import DEFAULT_TRAINING, TRAINING
 from .loading import parse_config
 from .metrics import reconstruction_metrics, sae_metrics
 from .sae import SAE
@@ -40,14 +41,6 @@ from .train_data import as_activations, holdout_split, nonfinite_error
 from .train_display import TrainingDisplay
 from .trainer import Trainer
 
-# Per training method: the sparsity coefficient's default (on inputs scaled to E‖x‖ = √d_in)
-# and the share of the steps over which it warms up.
-METHODS = {
-    "topk": dict(coefficient=0.0, warm_up=0.0),
-    "batchtopk": dict(coefficient=0.0, warm_up=0.0),
-    "jumprelu": dict(coefficient=1.0, warm_up=0.1),   # SAELens's l0_coefficient
-    "standard": dict(coefficient=5.0, warm_up=0.05),  # L1 weighted by decoder norms
-}
 CHECKPOINT = "checkpoint"
 SCALE_SAMPLE = 65536
 DEAD_TOKENS = 1000 * 4096  # SAELens's dead_feature_window (1000 steps) at its batch size  # tokens for the norm scale and the geometric median
@@ -91,7 +84,7 @@ class TrainConfig:
         return self.coefficient * min(step, warm) / warm if warm else self.coefficient
 
 
-def train_sae(acts, architecture: str = "topk", d_sae: int | None = None, k: int | None = None,
+def train_sae(acts, architecture: str = DEFAULT_TRAINING, d_sae: int | None = None, k: int | None = None,
               n_tokens: int | None = None, lr: float | None = None, batch_size: int = 4096, out=None, *,
               coefficient: float | None = None, coefficient_warm_up_steps: int | None = None,
               lr_warm_up_steps: int | None = None, lr_decay_steps: int | None = None, lr_end: float = 0.0,
@@ -101,8 +94,9 @@ def train_sae(acts, architecture: str = "topk", d_sae: int | None = None, k: int
     """Train an SAE (or a transcoder, when the activations hold outputs) and return it.
 
     acts: an ActivationStore (tm.collect_activations), its folder, or an array
-    [n, d_in] (a pair (x, y) for a transcoder). architecture: "topk", "batchtopk",
-    "jumprelu" or "standard" (ReLU + L1). d_sae: the number of latents (default
+    [n, d_in] (a pair (x, y) for a transcoder). architecture: a training method of the
+    registry (tinymech.sae.architectures.TRAINING): topk, batchtopk, jumprelu or standard
+    (ReLU + L1). d_sae: the number of latents (default
     8 × d_in); k: active latents per token (topk, batchtopk). n_tokens: training
     tokens (default: one pass over the activations; more passes reshuffle). lr:
     Adam's learning rate (default 4e-4 / √(d_sae / 16384): twice Gao et al.'s
@@ -110,7 +104,7 @@ def train_sae(acts, architecture: str = "topk", d_sae: int | None = None, k: int
     out: the folder to write (SAELens's format, metrics.json, checkpoints); required
     for checkpoints and resume. model: the Model the activations came from, for the
     CE-loss metrics on held-out text. options: passed to the Trainer (e.g.
-    aux_coefficient, dead_window, jumprelu_bandwidth).
+    aux_loss_coefficient, dead_tokens, jumprelu_bandwidth: see Trainer).
     """
     data = as_activations(acts)
     _check_model(data, model)
@@ -145,17 +139,18 @@ def train_sae(acts, architecture: str = "topk", d_sae: int | None = None, k: int
 
 def _config(data, architecture, d_sae, k, n_tokens, lr, batch_size, coefficient, coefficient_warm_up_steps,
             lr_warm_up_steps, lr_decay_steps, lr_end, skip, b_dec_init, seed, holdout, options) -> TrainConfig:
-    if architecture not in METHODS:
-        raise InvalidInputError(f"unknown architecture {architecture!r}; tinymech trains {', '.join(METHODS)}")
+    if not isinstance(architecture, str) or architecture not in TRAINING:
+        raise InvalidInputError(f"unknown architecture {architecture!r}; tinymech trains {', '.join(TRAINING)}")
+    method = TRAINING[architecture]
     d_sae = whole_number(8 * data.d_in if d_sae is None else d_sae, "d_sae", 1)
-    if architecture in ("topk", "batchtopk"):
+    if method.k is not None:
         if k is None:
             raise InvalidInputError(f"a {architecture} SAE needs k (the active latents per token)")
         k = whole_number(k, "k", 1)
         if k > d_sae:
             raise InvalidInputError(f"k={k} exceeds d_sae={d_sae}")
     elif k is not None:
-        raise InvalidInputError(f"k is for topk and batchtopk SAEs, not {architecture}")
+        raise InvalidInputError(f"k is for {', '.join(n for n, t in TRAINING.items() if t.k)} SAEs, not {architecture}")
     batch_size = whole_number(batch_size, "batch_size", 1)
     n_train, _ = holdout_split(data, holdout)
     n_tokens = whole_number(n_train if n_tokens is None else n_tokens, "n_tokens", 1)
@@ -163,11 +158,10 @@ def _config(data, architecture, d_sae, k, n_tokens, lr, batch_size, coefficient,
     if not 0 < lr < 1:
         raise InvalidInputError(f"lr must be in (0, 1), got {lr}")
     steps = math.ceil(n_tokens / batch_size)
-    method = METHODS[architecture]
-    coefficient = real_number(method["coefficient"] if coefficient is None else coefficient, "coefficient")
+    coefficient = real_number(method.coefficient if coefficient is None else coefficient, "coefficient")
     if coefficient < 0:
         raise InvalidInputError(f"coefficient must be >= 0, got {coefficient}")
-    warm = (round(method["warm_up"] * steps) if coefficient_warm_up_steps is None
+    warm = (round(method.warm_up * steps) if coefficient_warm_up_steps is None
             else whole_number(coefficient_warm_up_steps, "coefficient_warm_up_steps", 0))
     lr_warm = steps // 20 if lr_warm_up_steps is None else whole_number(lr_warm_up_steps, "lr_warm_up_steps", 0)
     lr_decay = steps // 5 if lr_decay_steps is None else whole_number(lr_decay_steps, "lr_decay_steps", 0)

@@ -12,12 +12,13 @@ subtracted from the input.
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from .. import _core
 from ..errors import InvalidInputError, SAEInputError, real_number, whole_number
-
-ARCHITECTURES = ("topk", "batchtopk", "jumprelu", "standard")
+from .architectures import TRAINING
 
 # Options and their defaults (SAELens's names and values; dead_tokens: 1000 steps x 4096 tokens).
 DEFAULTS = {
@@ -45,8 +46,9 @@ class Trainer:
     options: see DEFAULTS."""
 
     def __init__(self, architecture, d_in, d_sae, *, d_out=None, skip=False, k=None, seed=0, **options):
-        if architecture not in ARCHITECTURES:
-            raise InvalidInputError(f"unknown architecture {architecture!r}; expected one of {', '.join(ARCHITECTURES)}")
+        if not isinstance(architecture, str) or architecture not in TRAINING:
+            raise InvalidInputError(f"unknown architecture {architecture!r}; expected one of {', '.join(TRAINING)}")
+        self._spec = spec = TRAINING[architecture]
         unknown = sorted(set(options) - set(DEFAULTS))
         if unknown:
             raise InvalidInputError(f"unknown training option(s) {', '.join(unknown)} for {architecture}")
@@ -63,8 +65,8 @@ class Trainer:
             opts["decoder_init_norm"] = -1.0
         self.architecture, self.d_in, self.d_sae, self.d_out, self.skip = architecture, d_in, d_sae, d_out, bool(skip)
         self.k = self._check_k(k)
-        cfg = {"architecture": architecture, "d_in": d_in, "d_sae": d_sae, "d_out": d_out, "skip": self.skip,
-               "k": float(self.k or 0)}
+        cfg = {"activation": spec.module.ACTIVATION, "batch_topk": spec.batch_topk, "d_in": d_in, "d_sae": d_sae,
+               "d_out": d_out, "skip": self.skip, "k": float(self.k or 0)}
         for name, value in opts.items():
             if name in _BOOL_OPTIONS:
                 cfg[name] = bool(value)
@@ -72,19 +74,22 @@ class Trainer:
                 cfg[name] = whole_number(value, name, 0)
             else:
                 cfg[name] = real_number(value, name)
+                if not np.isfinite(cfg[name]):
+                    raise InvalidInputError(f"{name} must be finite, not {value!r}")
         self.options = opts
         try:
             self._core = _core.Trainer(cfg, whole_number(seed, "seed", 0, maximum=2**64 - 1))
         except ValueError as e:
             raise InvalidInputError(str(e)) from None
         self._shapes = {name: self._core.get(name).shape for name in self._core.names()}
+        self._lock = threading.Lock()  # one step, read or write at a time (steps run without the GIL)
 
     def _check_k(self, k):
-        if self.architecture not in ("topk", "batchtopk"):
+        if self._spec.k is None:
             return None
         if k is None:
             raise InvalidInputError(f"a {self.architecture} trainer needs k")
-        if self.architecture == "topk":
+        if self._spec.k == "whole":
             return whole_number(k, "k", 1, maximum=self.d_sae)
         k = real_number(k, "k")
         if not 0 < k <= self.d_sae:
@@ -96,8 +101,9 @@ class Trainer:
     @property
     def params(self) -> dict:
         """The parameters, float32, in SAELens's names and layout (batchtopk: topk_threshold, float64)."""
-        out = {name: self._core.get(name, "value") for name in self._core.names()}
-        if self.architecture == "batchtopk":
+        with self._lock:
+            out = {name: self._core.get(name, "value") for name in self._core.names()}
+        if self._spec.batch_topk:
             out["topk_threshold"] = np.array(self._core.topk_threshold, dtype=np.float64)
         return out
 
@@ -105,7 +111,7 @@ class Trainer:
         """Replace parameters (e.g. b_dec from the geometric median); shapes checked."""
         names = self._core.names()
         for name, value in arrays.items():
-            if name == "topk_threshold" and self.architecture == "batchtopk":
+            if name == "topk_threshold" and self._spec.batch_topk:
                 self._core.topk_threshold = real_number(value, name)
                 continue
             if name not in names:
@@ -118,7 +124,8 @@ class Trainer:
             raise InvalidInputError(f"{label} must have shape {list(self._shapes[name])}, not {list(value.shape)}")
         if not np.isfinite(value).all():
             raise InvalidInputError(f"{label} holds NaN or infinity")
-        self._core.set(name, what, value)
+        with self._lock:
+            self._core.set(name, what, value)
 
     @property
     def tokens_since_fired(self) -> np.ndarray:
@@ -129,7 +136,8 @@ class Trainer:
         value = np.asarray(value)
         if value.shape != (self.d_sae,) or not np.issubdtype(value.dtype, np.integer) or (value < 0).any():
             raise InvalidInputError(f"tokens_since_fired must be [d_sae={self.d_sae}] non-negative integers")
-        self._core.tokens_since_fired = value.astype(np.int64)
+        with self._lock:
+            self._core.tokens_since_fired = value.astype(np.int64)
 
     @property
     def steps(self) -> int:
@@ -154,7 +162,8 @@ class Trainer:
         coefficient = real_number(coefficient, "coefficient")
         if not (np.isfinite(lr) and lr >= 0 and np.isfinite(coefficient) and coefficient >= 0):
             raise InvalidInputError(f"lr and coefficient must be finite and >= 0, not {lr} and {coefficient}")
-        return self._core.step(x, y, lr, coefficient)
+        with self._lock:
+            return self._core.step(x, y, lr, coefficient)
 
     def _batch(self, a, name, width):
         a = self._float_array(a, name, SAEInputError)
@@ -178,9 +187,10 @@ class Trainer:
         """Everything a step depends on, as numpy arrays: the parameters, Adam's moments
         (adam_m.NAME, adam_v.NAME), steps, tokens_since_fired (and topk_threshold)."""
         out = self.params
-        for name in self._core.names():
-            out[f"adam_m.{name}"] = self._core.get(name, "m")
-            out[f"adam_v.{name}"] = self._core.get(name, "v")
+        with self._lock:
+            for name in self._core.names():
+                out[f"adam_m.{name}"] = self._core.get(name, "m")
+                out[f"adam_v.{name}"] = self._core.get(name, "v")
         out["steps"] = np.array(self._core.steps, dtype=np.int64)
         out["tokens_since_fired"] = self._core.tokens_since_fired
         return out
@@ -211,27 +221,23 @@ class Trainer:
         decoder norms (topk and batchtopk with rescale_acts_by_decoder_norm), batchtopk's
         running threshold as a JumpReLU threshold."""
         w = self.params
-        if self.architecture in ("topk", "batchtopk") and self.options["rescale_acts_by_decoder_norm"]:
+        if self._spec.k is not None and self.options["rescale_acts_by_decoder_norm"]:
             norms = np.maximum(np.linalg.norm(w["W_dec"], axis=1), np.float32(1e-8)).astype(np.float32)
             w["b_enc"] = w["b_enc"] * norms
             w["W_dec"] = w["W_dec"] / norms[:, None]
             w["W_enc"] = w["W_enc"] * norms[None, :]
-        if self.architecture == "batchtopk":
+        if self._spec.batch_topk:
             threshold = float(w.pop("topk_threshold"))
             w["threshold"] = np.full(self.d_sae, threshold, dtype=np.float32)
         return w
 
     def sae_config(self) -> dict:
         """The architecture-specific fields of the saved cfg.json."""
-        saved_as = "jumprelu" if self.architecture == "batchtopk" else self.architecture
-        if self.transcoder:
-            base = {"standard": "", "jumprelu": "jumprelu_"}.get(saved_as, saved_as + "_")
-            saved_as = base + ("skip_transcoder" if self.skip else "transcoder")
-        cfg = {"architecture": saved_as, "d_in": self.d_in, "d_sae": self.d_sae,
-               "apply_b_dec_to_input": bool(self.options["apply_b_dec_to_input"])}
+        cfg = {"architecture": self._spec.saved_name(self.transcoder, self.skip), "d_in": self.d_in,
+               "d_sae": self.d_sae, "apply_b_dec_to_input": bool(self.options["apply_b_dec_to_input"])}
         if self.transcoder:
             cfg["d_out"] = self.d_out
-        if self.architecture == "topk":
+        if self._spec.k == "whole":  # saved as TopK
             cfg["k"] = self.k
             cfg["rescale_acts_by_decoder_norm"] = bool(self.options["rescale_acts_by_decoder_norm"])
         return cfg

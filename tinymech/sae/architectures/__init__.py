@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 from types import ModuleType
 
+from ...errors import InvalidInputError
+
 from . import jumprelu, standard, topk
 
 MODULES = (standard, jumprelu, topk)
@@ -42,7 +44,40 @@ class Architecture:
 
 
 ARCHITECTURES = {name: Architecture(name, m, kind) for m in MODULES for name, kind in m.NAMES.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Training:
+    """A training architecture (tinymech.sae.Trainer's): the module whose activation it
+    trains, its k ("whole" per row, "mean" per row over the batch, or None), the module
+    it is saved as, and its sparsity coefficient's default and warm-up."""
+
+    name: str
+    module: ModuleType
+    k: str | None
+    saved_as: ModuleType
+    coefficient: float  # the sparsity coefficient's default (L1, L0), on inputs scaled to E||x|| = sqrt(d_in)
+    warm_up: float      # the share of the steps over which it warms up
+
+    @property
+    def batch_topk(self) -> bool:
+        return self.k == "mean"
+
+    def saved_name(self, transcoder: bool, skip: bool) -> str:
+        """The saved cfg.json's "architecture" for this kind."""
+        kind = "skip_transcoder" if skip else "transcoder" if transcoder else "sae"
+        names = [name for name, k in self.saved_as.NAMES.items() if k == kind]
+        if not names:
+            raise InvalidInputError(f"a {self.name} {kind.replace('_', ' ')} has no saved format (no architecture "
+                                    f"of kind {kind!r} in {self.saved_as.__name__})")
+        return names[0]
+
+
+_BY_NAME = {m.__name__.rsplit(".", 1)[-1]: m for m in MODULES}
+TRAINING = {name: Training(name, m, spec["k"], _BY_NAME[spec["saved_as"]], spec["coefficient"], spec["warm_up"])
+            for m in MODULES for name, spec in getattr(m, "TRAINING", {}).items()}
 DEFAULT = "standard"  # what a config without an "architecture" means
+DEFAULT_TRAINING = "topk"  # what tm.train_sae and `tinymech train-sae` train unless told
 # Pre-6 configs said architecture "standard" and named any other activation in activation_fn.
 OLD_ACTIVATION_FNS = {m.OLD_ACTIVATION_FN: name for m in MODULES for name, kind in m.NAMES.items()
                       if hasattr(m, "OLD_ACTIVATION_FN") and kind == "sae"}

@@ -8,6 +8,7 @@ from ...errors import SAELoadError
 
 ACTIVATION = "jumprelu"
 NAMES = {"jumprelu": "sae", "jumprelu_transcoder": "transcoder", "jumprelu_skip_transcoder": "skip_transcoder"}
+TRAINING = {"jumprelu": dict(k=None, saved_as="jumprelu", coefficient=1.0, warm_up=0.1)}  # see topk.py; L0
 
 
 def config(flat: dict, d_sae: int) -> dict:

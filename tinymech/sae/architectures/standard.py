@@ -4,6 +4,7 @@ from __future__ import annotations
 
 ACTIVATION = "relu"
 NAMES = {"standard": "sae", "transcoder": "transcoder", "skip_transcoder": "skip_transcoder"}
+TRAINING = {"standard": dict(k=None, saved_as="standard", coefficient=5.0, warm_up=0.05)}  # see topk.py; L1
 
 
 def config(flat: dict, d_sae: int) -> dict:

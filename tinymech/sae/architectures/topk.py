@@ -6,6 +6,11 @@ from ...errors import SAELoadError
 ACTIVATION = "topk"
 # SAELens 6.54 has no TopK transcoder class: these two are tinymech's (train_sae writes them)
 NAMES = {"topk": "sae", "topk_transcoder": "transcoder", "topk_skip_transcoder": "skip_transcoder"}
+# Training (tinymech.sae.Trainer, tm.train_sae): name -> k ("whole" per row, or "mean" per row
+# over the batch), the module of this folder it is saved as (BatchTopK as a JumpReLU SAE, as
+# SAELens saves it), its sparsity coefficient's default and warm-up share of the steps (none).
+TRAINING = {"topk": dict(k="whole", saved_as="topk", coefficient=0.0, warm_up=0.0),
+            "batchtopk": dict(k="mean", saved_as="jumprelu", coefficient=0.0, warm_up=0.0)}
 OLD_ACTIVATION_FN = "topk"  # pre-6: architecture "standard", activation_fn "topk", k in activation_fn_kwargs
 
 
@@ -22,5 +27,3 @@ def config(flat: dict, d_sae: int) -> dict:
 
 def weights(file, read, d_sae: int) -> dict:
     return {}
-
-# Training: csrc/sae/train.cpp (MSE + AuxK on dead latents; batchtopk saves as jumprelu).

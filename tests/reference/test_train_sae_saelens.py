@@ -61,3 +61,20 @@ def test_a_saved_sae_reloads_in_both_readers(tmp_path, dtype):
     with torch.no_grad():
         feats = theirs.encode(torch.from_numpy(x[:32]))
     np.testing.assert_allclose(ours.encode(x[:32]), feats.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_saelens_reads_the_metadata_of_a_trained_sae(tmp_path):
+    """A cfg.json without metadata.sae_lens_version is a pre-6 config to SAELens, which then drops
+    the metadata (hook_name came back None)."""
+    from pathlib import Path
+
+    demo = Path(__file__).resolve().parents[2] / "models" / "demo-gpt2"
+    model = tm.load(str(demo))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text((demo / "MODEL_CARD.md").read_text())
+    store = tm.collect_activations(model, "blocks.1.hook_resid_pre", corpus, 2000, out=tmp_path / "acts",
+                                   context=64, progress=False)
+    tm.train_sae(store, "topk", d_sae=64, k=4, n_tokens=2000, batch_size=500, out=tmp_path / "sae", progress=False)
+    theirs = sae_lens.SAE.load_from_disk(str(tmp_path / "sae"), device="cpu")
+    assert theirs.cfg.metadata.hook_name == "blocks.1.hook_resid_pre"
+    assert theirs.cfg.metadata.context_size == 64 and theirs.cfg.metadata.prepend_bos is True

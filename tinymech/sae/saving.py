@@ -21,6 +21,8 @@ from .loading import CFG_FILE, SAEConfig
 WEIGHTS_FILE = "sae_weights.safetensors"
 SPARSITY_FILE = "sparsity.safetensors"
 TENSORS = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold", "W_skip")
+# The format written, as SAELens marks it: a cfg.json without a version is read as pre-6 (its metadata dropped).
+FORMAT_VERSION = "6.0.0"
 
 
 def config_json(cfg: SAEConfig) -> dict:
@@ -63,6 +65,8 @@ def write_sae_folder(path, config: dict, weights: dict, log_sparsity: np.ndarray
     if dtype not in DTYPES:
         raise SAEInputError(f"dtype must be 'float32' or 'float16', not {dtype!r}")
     config = dict(config, dtype=dtype)
+    config["metadata"] = dict(config.get("metadata") or {})
+    config["metadata"].setdefault("sae_lens_version", FORMAT_VERSION)
     path.mkdir(parents=True, exist_ok=True)
     arrays = {k: np.ascontiguousarray(v, dtype=DTYPES[dtype]) for k, v in weights.items() if v is not None}
     _write(path / WEIGHTS_FILE, lambda p: save_file(arrays, str(p)))

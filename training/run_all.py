@@ -1,7 +1,8 @@
 """Rebuild the bundled demo model and SAE from scratch: corpus, tokenizer, model, SAE, model card.
 
 Needs apt-get (Debian) for the corpus, and the project's `[train]` extra
-(torch, transformers, tokenizers, safetensors, rdata; sae-lens to check the SAE).
+(torch, transformers, tokenizers, safetensors, rdata) for the model; the SAE and its
+feature labels are trained by tinymech itself (train_sae.py, label_features.py).
 
 Usage: python training/run_all.py [--minutes 70]
 """

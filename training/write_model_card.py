@@ -18,6 +18,13 @@ from train_model import encode_split
 ROOT = Path(__file__).resolve().parent.parent
 HOOK = "blocks.2.hook_resid_pre"
 INDUCTION_MIN = 0.1  # TL "mul" score above which a head counts as an induction head (max here is ~0.5)
+# The SAE bundled before the TopK one (standard ReLU + L1, trained by a torch script; git history up to
+# a3f7216), measured with tm.sae_metrics on the same held-out rows as this SAE's metrics.json.
+PREVIOUS_SAE = dict(l0=17.393, explained_variance=0.6667, ce_sae=4.6307, ce_loss_score=0.7459, delta_lm_loss=1.8484,
+                    dead_features=165)
+TRAIN_COMMAND = ("tinymech train-sae --model models/demo-gpt2 --hook blocks.2.hook_resid_pre "
+                 "--corpus training/.cache/corpus/train.txt --collect 1532896 --arch topk --d-sae 2048 --k 16 "
+                 "--tokens 6000000 --lr 1e-3 --out models/demo-gpt2/saes/blocks.2.hook_resid_pre")
 PROMPTS = [
     "It is a truth universally acknowledged, that",
     "In the beginning",
@@ -220,26 +227,31 @@ def main() -> None:
         L += [f"- **{one_line(prompt)}**", f"  - greedy: {one_line(greedy)}", f"  - sampled: {one_line(sampled)}"]
     L += [""]
     L += [f"## SAE: `saes/{HOOK}`", "",
-          f"A standard ReLU SAE (d_in {cfg['n_embd']}, d_sae {sae['d_sae']}) on the raw residual stream entering block 2",
-          "(HF `hidden_states[2]`; no weight processing, so `model_from_pretrained_kwargs` is empty). SAELens v6 format:",
-          "`cfg.json`, `sae_weights.safetensors`, `sparsity.safetensors` (log10 feature density on the training",
-          f"activations); loads with `sae_lens.SAE.load_from_disk` (max |difference| from our encode/decode "
-          f"{sae['saelens_max_abs_diff']:.1e}).", "",
-          f"Trained by `training/train_sae.py` on {sae['train_tokens'] / 1e6:.2f} M activations from the training text,",
-          "**excluding the BOS position** (here and in every metric; with the SAE spliced in, BOS keeps its clean",
-          "residual). Inputs scaled to E‖x‖² = d_in for training (scale folded back into the biases), L1 coefficient",
-          f"{sae['l1_coefficient']} on f·‖W_dec row‖, unit-norm decoder rows, Adam, {sae['steps']} steps of {sae['batch']} tokens,",
-          "dead features resampled twice.", "",
-          f"Held-out metrics ({sae['n_tokens']:,} validation tokens; SAELens `evals.py` definitions):", "",
-          "| metric | value |", "|---|---|",
-          f"| L0 | {sae['l0']:.1f} |",
-          f"| explained variance | {sae['explained_variance']:.3f} |",
-          f"| CE loss clean / with SAE / zero-ablated | {sae['ce_clean']:.3f} / {sae['ce_sae']:.3f} / {sae['ce_zero_ablation']:.3f} |",
-          f"| CE loss recovered | {sae['ce_loss_recovered']:.3f} |",
-          f"| delta LM loss | {sae['delta_lm_loss']:.3f} |",
-          f"| dead features (never fired on the training activations) | {sae['dead_features_train']} of {sae['d_sae']} |",
-          f"| features never firing on validation | {sae['dead_features_val']} |", "",
-          f"`feature_labels.json` describes the {len(labels)} most frequent live features: top activating contexts (the",
+          f"A TopK SAE (d_in {cfg['n_embd']}, d_sae {sae['d_sae']}, k {sae['k']}) on the raw residual stream entering block 2",
+          "(HF `hidden_states[2]`; no weight processing, so `model_from_pretrained_kwargs` is empty), trained by",
+          "tinymech, natively (its C++ core, no torch), with one command:", "",
+          "```", TRAIN_COMMAND, "```", "",
+          "`training/train_sae.py` runs the same through `tm.collect_activations` and `tm.train_sae`. The activations:",
+          "1.53 M positions of the training text in rows of 128 tokens, **BOS and EOS left out** (here and in every",
+          f"metric; with the SAE spliced in, they keep their clean residual). {sae['train_tokens'] / 1e6:.0f} M training tokens",
+          f"(four passes over the first 1.5 M), {sae['steps']:,} Adam steps of 4096, learning rate 1e-3 with warm-up and a",
+          f"linear decay over the last 20 %, AuxK for latents that stop firing; {sae['seconds'] / 60:.0f} minutes on 2 shared",
+          "CPU cores. SAELens v6 format: `cfg.json`, `sae_weights.safetensors`, `sparsity.safetensors` (log10 feature",
+          "density on the held-out activations); loads with `sae_lens.SAE.load_from_disk` and `tm.SAE.load`.", "",
+          f"Held-out metrics ({sae['n_tokens']:,} activations: the store's last token rows, never trained on; SAELens's",
+          "definitions), next to those of the SAE bundled before it (a standard ReLU + L1 SAE trained by a torch script)",
+          "measured on the same text:", "",
+          "| metric | this SAE (TopK) | previous (ReLU + L1) |", "|---|---|---|",
+          f"| L0 | {sae['l0']:.1f} | {PREVIOUS_SAE['l0']:.1f} |",
+          f"| explained variance | {sae['explained_variance']:.3f} | {PREVIOUS_SAE['explained_variance']:.3f} |",
+          f"| CE loss clean / with SAE / zero-ablated | {sae['ce_clean']:.3f} / {sae['ce_sae']:.3f} / "
+          f"{sae['ce_zero_ablation']:.3f} | {sae['ce_clean']:.3f} / {PREVIOUS_SAE['ce_sae']:.3f} / {sae['ce_zero_ablation']:.3f} |",
+          f"| CE loss recovered | {sae['ce_loss_score']:.3f} | {PREVIOUS_SAE['ce_loss_score']:.3f} |",
+          f"| delta LM loss | {sae['delta_lm_loss']:.3f} | {PREVIOUS_SAE['delta_lm_loss']:.3f} |",
+          f"| dead features (never fired on the held-out activations) | {sae['dead_features']} of {sae['d_sae']} | "
+          f"{PREVIOUS_SAE['dead_features']} of {sae['d_sae']} |", "",
+          f"`feature_labels.json` (written by `training/label_features.py`, without torch; a stopgap until tinymech has",
+          f"feature dashboards) describes the {len(labels)} most frequent live features: top activating contexts (the",
           "max token in «»), top promoted and suppressed tokens (W_dec[f] @ W_U with W_U = wte.T, no final LayerNorm),",
           "and an automatic label (the most common max-activating token, or the three most common). Examples:", ""]
     for feat, info in list(labels.items())[:8]:
@@ -255,15 +267,15 @@ def main() -> None:
         L += ["- `checkpoints/step_N/`: fp16 intermediate checkpoints."]
     L += ["", f"Total size of `models/`: {size_mb:.1f} MB.", ""]
     L += ["## Reproduce", "",
-          "```", "pip install -e '.[train]'   # torch, transformers, tokenizers, safetensors, rdata, sae-lens",
+          "```", "pip install -e '.[train]'   # torch, transformers, tokenizers, safetensors, rdata (the SAE needs none)",
           "python training/run_all.py --minutes 70   # corpus -> tokenizer -> model -> SAE -> checkpoints -> this card", "```",
           "",
           "Each step is also a script in `training/` (`build_corpus.py`, `train_tokenizer.py`, `train_model.py`,",
-          "`train_sae.py`, `select_checkpoints.py`, `write_model_card.py`). By default the model trains for a",
-          "wall-clock budget (`--minutes`, cosine schedule over time), so a faster or idle machine trains for more",
-          "steps; pass `--steps` to `run_all.py` for a fixed, machine-independent schedule (the SAE likewise has a",
-          "`--max-minutes` cap). Seeds are fixed, but CPU kernels and thread scheduling make runs only approximately",
-          "bit-reproducible.", ""]
+          "`train_sae.py` with `label_features.py`, `select_checkpoints.py`, `write_model_card.py`). By default the",
+          "model trains for a wall-clock budget (`--minutes`, cosine schedule over time), so a faster or idle machine",
+          "trains for more steps; pass `--steps` to `run_all.py` for a fixed, machine-independent schedule (the SAE's",
+          "is fixed in tokens, and deterministic for a seed and thread count). Seeds are fixed, but CPU kernels and",
+          "thread scheduling make the model's runs only approximately bit-reproducible.", ""]
     (args.model / "MODEL_CARD.md").write_text("\n".join(L))
     print(f"wrote {args.model / 'MODEL_CARD.md'}")
 

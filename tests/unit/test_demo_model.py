@@ -76,12 +76,23 @@ def test_training_dynamics_show_the_induction_head_forming():
 
 
 def test_sae_reconstructs_as_its_card_says(model):
+    """metrics.json is tm.train_sae's, on held-out text; a short text of the same books comes close."""
     sae = tm.SAE.load(SAE_DIR)
     card = json.loads((SAE_DIR / "metrics.json").read_text())
     metrics = tm.sae_metrics(model, sae, model.to_tokens(TEXT))
+    assert sae.cfg.architecture == card["architecture"] == "topk" and sae.d_sae == card["d_sae"]
+    assert metrics.l0 == pytest.approx(card["l0"], abs=0.5) and card["l0"] <= card["k"]
     assert abs(metrics.explained_variance - card["explained_variance"]) < 0.15
-    assert metrics.ce_loss_recovered > 0.5
-    assert len(sae.labels) > 0
+    assert abs(metrics.ce_loss_recovered - card["ce_loss_score"]) < 0.15
+    assert card["ce_loss_score"] > 0.9 and card["dead_features"] < sae.d_sae // 4
+
+
+def test_sae_feature_labels_describe_live_features():
+    sae = tm.SAE.load(SAE_DIR)
+    assert len(sae.labels) >= 500
+    for feature, details in sae.label_details.items():
+        assert details["label"].startswith(("token ", "fires on "))
+        assert all("«" in c["text"] and "»" in c["text"] for c in details["top_contexts"])
 
 
 def test_tui_heads_grid_on_the_example_prompt_shows_the_induction_head(model):

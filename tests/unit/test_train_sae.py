@@ -47,6 +47,8 @@ def test_trains_and_saves_a_folder_both_readers_agree(tmp_path):
         assert key in metrics
     assert metrics["train_tokens"] == 60000
     assert abs(metrics["l0"] - 3) < 1e-9  # topk: exactly k active where k pre-activations are positive
+    for file in (tmp_path / "sae").iterdir():  # safetensors made its files private to their owner
+        assert file.stat().st_mode & 0o044 == 0o044, file.name
     cfg = json.loads((tmp_path / "sae" / "cfg.json").read_text())
     assert cfg["architecture"] == "topk" and cfg["k"] == 3 and cfg["normalize_activations"] == "none"
 

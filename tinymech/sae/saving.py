@@ -69,21 +69,23 @@ def write_sae_folder(path, config: dict, weights: dict, log_sparsity: np.ndarray
     config["metadata"].setdefault("sae_lens_version", FORMAT_VERSION)
     path.mkdir(parents=True, exist_ok=True)
     arrays = {k: np.ascontiguousarray(v, dtype=DTYPES[dtype]) for k, v in weights.items() if v is not None}
-    _write(path / WEIGHTS_FILE, lambda p: save_file(arrays, str(p)))
+    write_atomically(path / WEIGHTS_FILE, lambda p: save_file(arrays, str(p)))
     if log_sparsity is not None:
         sparsity = {"sparsity": np.ascontiguousarray(log_sparsity, dtype=np.float32)}
-        _write(path / SPARSITY_FILE, lambda p: save_file(sparsity, str(p)))
+        write_atomically(path / SPARSITY_FILE, lambda p: save_file(sparsity, str(p)))
     files = {CFG_FILE: json.dumps(config, indent=2) + "\n", **(extra_files or {})}
     for name, text in files.items():
-        _write(path / name, lambda p, text=text: p.write_text(text))
+        write_atomically(path / name, lambda p, text=text: p.write_text(text))
     return path
 
 
-def _write(target: Path, write) -> None:
-    """write(tmp) then move tmp onto target: a full disk or an interruption leaves target as it was."""
+def write_atomically(target: Path, write) -> None:
+    """write(tmp) then move tmp onto target: a full disk or an interruption leaves target as it was.
+    The file is readable by all (safetensors creates its files for their owner only)."""
     tmp = target.with_name(target.name + ".partial")
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -36,7 +36,7 @@ from .architectures import DEFAULT_TRAINING, TRAINING
 from .loading import parse_config
 from .metrics import reconstruction_metrics, sae_metrics
 from .sae import SAE
-from .saving import write_sae_folder
+from .saving import write_atomically, write_sae_folder
 from .train_data import as_activations, holdout_split, nonfinite_error
 from .train_display import TrainingDisplay
 from .trainer import Trainer
@@ -287,24 +287,14 @@ def _save_checkpoint(out: Path, run: _Run, cfg: TrainConfig) -> None:
     info = dict(state=name, tokens_done=run.tokens_done, step=run.step, seconds=run.seconds,
                 scale_in=run.scale_in, scale_out=run.scale_out, config=dataclasses.asdict(cfg))
     try:
-        _atomic(folder / name, lambda p: save_file(_state_arrays(run.trainer.state()), str(p)))
-        _atomic(folder / "train.json", lambda p: p.write_text(json.dumps(info, indent=2)))
+        write_atomically(folder / name, lambda p: save_file(_state_arrays(run.trainer.state()), str(p)))
+        write_atomically(folder / "train.json", lambda p: p.write_text(json.dumps(info, indent=2)))
     except OSError as e:
         raise TrainingError(f"could not write a checkpoint in {folder} ({e.strerror or e}); the previous "
                             "checkpoint there is intact") from e
     for old in folder.glob("state-*.safetensors"):
         if old.name != name:
             old.unlink(missing_ok=True)
-
-
-def _atomic(target: Path, write) -> None:
-    tmp = target.with_name(target.name + ".partial")
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _state_arrays(state: dict) -> dict:

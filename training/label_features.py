@@ -109,7 +109,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sae", type=Path, help="the SAE's folder (feature_labels.json is written there)")
     parser.add_argument("activations", type=Path, help="its activation store (tm.collect_activations)")
-    parser.add_argument("--model", type=Path, default=ROOT / "models/demo-gpt2")
+    parser.add_argument("--model", default=str(ROOT / "models/demo-gpt2"), help='a model folder, or "smollm2"')
     parser.add_argument("--features", type=int, default=600, help="the most frequent live features to describe")
     args = parser.parse_args()
     labels = feature_labels(tm.load(args.model), tm.SAE.load(args.sae), tm.ActivationStore.open(args.activations),

@@ -108,3 +108,20 @@ def test_ioi_logit_difference_is_positive(model):
     prompts = tm.analysis.make_ioi_prompts(model, n=20, seed=0)
     diff = tm.analysis.ioi_logit_diff(model, prompts)
     assert diff.mean() > 1.0 and (diff > 0).mean() >= 0.8
+
+
+def test_the_tui_opens_on_smollm2_with_its_bundled_sae(model):
+    """`tinymech tui --model smollm2` shows features: the package ships a SmolLM2 SAE, found for its conversion."""
+    from tinymech.tui.app import bundled_saes
+    from tinymech.tui.backend import Backend
+
+    paths = bundled_saes(model.path)
+    assert [p.name for p in paths] == ["blocks.15.hook_resid_pre"]
+    sae = tm.SAE.load(paths[0])
+    assert (sae.d_in, sae.d_sae, sae.cfg.k) == (576, 4608, 32)
+    analysis = Backend(model, [sae]).analyze(PROMPTS[2])
+    acts = analysis.features[0]
+    assert acts.top_ids.shape[0] == len(model.to_tokens(PROMPTS[2])[0])
+    text = "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a wife."
+    metrics = tm.sae_metrics(model, sae, text)
+    assert metrics.explained_variance > 0.7 and metrics.ce_loss_recovered > 0.8, metrics.as_dict()

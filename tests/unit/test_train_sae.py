@@ -242,7 +242,7 @@ def test_the_train_sae_command(tmp_path, capsys):
     assert "saved SAE(topk" in capsys.readouterr().out
 
 
-def test_smollm2s_bundled_saes_are_found_for_its_conversion_only(tmp_path, monkeypatch):
+def test_smollm2s_bundled_saes_are_found_for_it_only(tmp_path, monkeypatch):
     from tinymech.io import sources
     from tinymech.tui.app import bundled_saes
 
@@ -258,6 +258,8 @@ def test_smollm2s_bundled_saes_are_found_for_its_conversion_only(tmp_path, monke
     assert [p.name for p in bundled_saes(str(conversion))] == ["own", "blocks.15.hook_resid_pre"]
     assert [p.name for p in bundled_saes(str(other))] == ["own"]
     assert bundled_saes(None) == []
+    gguf = tmp_path / "dl" / "SmolLM2-135M-Instruct.Q4_1.gguf"  # tm.load of the file itself
+    assert [p.name for p in bundled_saes(str(gguf))] == ["blocks.15.hook_resid_pre"]
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -20,9 +20,11 @@ def is_name(name_or_path) -> bool:
     return isinstance(name_or_path, str) and name_or_path.lower() == NAME
 
 
-def is_conversion(folder) -> bool:
-    """Whether folder is this GGUF converted in the cache (arch/gguf.py's converted() names it <stem>-<size>)."""
-    return Path(folder).name.startswith(Path(GGUF_FILE).stem + "-")
+def is_smollm2(path) -> bool:
+    """Whether a model's path is this GGUF file, or its conversion in the cache (arch/gguf.py's
+    converted() names that <stem>-<size>)."""
+    name = Path(path).name
+    return name == GGUF_FILE or name.startswith(Path(GGUF_FILE).stem + "-")
 
 
 def cache_dir() -> Path:

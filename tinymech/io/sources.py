@@ -50,12 +50,12 @@ def bundled_models_dir() -> Path:
 
 
 def bundled_sae_dirs(model_dir) -> list[Path]:
-    """The SAEs shipped for a model: <model dir>/saes/*/, then for SmolLM2 (converted in the
-    cache, outside the package) the package's models/smollm2/saes/*/."""
+    """The SAEs shipped for a model: <model dir>/saes/*/, then for SmolLM2 (its GGUF, or its
+    conversion in the cache, both outside the package) the package's models/smollm2/saes/*/."""
     if not model_dir:
         return []
     folders = [Path(model_dir) / "saes"]
-    if smollm2.is_conversion(model_dir):
+    if smollm2.is_smollm2(model_dir):
         folders.append(bundled_models_dir() / "smollm2" / "saes")
     return [p.parent for folder in folders for p in sorted(folder.glob("*/cfg.json"))]
 

@@ -41,6 +41,7 @@ def test_trains_and_saves_a_folder_both_readers_agree(tmp_path):
     assert sae.metrics["explained_variance"] > 0.7
     again = tm.SAE.load(tmp_path / "sae")
     np.testing.assert_array_equal(again.encode(x[:50]), sae.encode(x[:50]))
+    assert again.metrics == sae.metrics and tm.SAE.load(DEMO / "saes" / "blocks.2.hook_resid_pre").metrics["k"] == 16
     metrics = json.loads((tmp_path / "sae" / "metrics.json").read_text())
     for key in ("l0", "explained_variance", "dead_features", "dense_features", "density_histogram",
                 "tokens_per_second", "train_tokens"):

@@ -28,6 +28,7 @@ CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
 SPARSITY_FILE = "sparsity.safetensors"
 LABELS_FILE = "feature_labels.json"
+METRICS_FILE = "metrics.json"
 
 NORMALIZATIONS = ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm")
 _OLD_KEYS = {"hook_point": "hook_name", "hook_point_head_index": "hook_head_index",
@@ -268,6 +269,19 @@ def _label_of(value) -> str | None:
             if isinstance(value.get(key), str):
                 return value[key]
     return None
+
+
+def read_metrics(path: Path) -> dict | None:
+    """metrics.json (what tm.train_sae measured), when present and sound; a warning otherwise."""
+    file = path / METRICS_FILE
+    if not file.is_file():
+        return None
+    try:
+        data = read_json(file, "SAE metrics")
+    except SAELoadError as e:
+        warnings.warn(f"ignoring {file}: {e}", stacklevel=3)
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def read_feature_labels(path: Path, d_sae: int) -> tuple[dict[int, str], dict[int, dict]]:

@@ -30,6 +30,7 @@ from .loading import (
     read_feature_labels,
     read_json,
     read_log_sparsity,
+    read_metrics,
     read_weights,
     sae_dir,
 )
@@ -125,7 +126,8 @@ class SAE:
     Attributes: cfg (SAEConfig), W_enc [d_in, d_sae], b_enc, W_dec [d_sae, d_out],
     b_dec, threshold (JumpReLU) and W_skip (skip transcoders) or None, labels
     {feature: label} and label_details {feature: dict} from feature_labels.json,
-    log_sparsity (log10 feature densities from sparsity.safetensors) or None.
+    log_sparsity (log10 feature densities from sparsity.safetensors) or None,
+    metrics (metrics.json's contents, as tm.train_sae writes it) or None.
     """
 
     def __init__(self, cfg: SAEConfig, weights: dict, path: str | None = None,
@@ -144,6 +146,7 @@ class SAE:
         self.labels = labels or {}
         self.label_details = label_details or {}
         self.log_sparsity = log_sparsity
+        self.metrics = None
         try:
             self._core = _core.Sae(self._core_config(), weights)
         except ValueError as e:  # weights that do not fit the config
@@ -191,7 +194,9 @@ class SAE:
             weights = _fold_norm_scaling(weights, factor)
             cfg = dataclasses.replace(cfg, normalize_activations="none")
         labels, details = read_feature_labels(path, cfg.d_sae)
-        return cls(cfg, weights, str(path), labels, details, read_log_sparsity(path, cfg.d_sae))
+        sae = cls(cfg, weights, str(path), labels, details, read_log_sparsity(path, cfg.d_sae))
+        sae.metrics = read_metrics(path)
+        return sae
 
     def save(self, path: str | os.PathLike, dtype: str = "float32") -> str:
         """Write this SAE in SAELens's format (cfg.json, sae_weights.safetensors and, when

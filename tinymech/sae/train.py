@@ -331,10 +331,19 @@ def _finish(run: _Run, cfg: TrainConfig, data, n_train: int, held: int, out, mod
     display.summary(metrics)
     if out is not None:
         write_sae_folder(out, config, weights, sae.log_sparsity,
-                         {"metrics.json": json.dumps(metrics, indent=2) + "\n"})
-        sae = SAE.load(out)
+                         {"metrics.json": json.dumps(_json_safe(metrics), indent=2) + "\n"})
+        return SAE.load(out)  # its metrics read back from metrics.json
     sae.metrics = metrics
     return sae
+
+
+def _json_safe(value):
+    """NaN and infinities (a CE score when zero ablation costs nothing) as null: JSON has no NaN."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _folded(weights: dict, s_in: float, s_out: float) -> dict:

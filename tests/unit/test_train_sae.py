@@ -140,10 +140,14 @@ def test_full_disk_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     (dict(skip=True), "skip transcoder"),
     (dict(coefficient=-1.0), "coefficient"),
     (dict(lr_warm_up_steps=30, lr_decay_steps=20), "exceed"),
+    (dict(batch_size=2**40), "exceeds the 450 training tokens"),  # it hung, building one batch of 2**40 rows
+    (dict(lr_end=-1.0), "lr_end"), (dict(lr_end=float("nan")), "lr_end"), (dict(lr_end=1.0), "lr_end"),
+    (dict(coefficient=float("inf")), "coefficient"),
+    (dict(aux_loss_coefficient="0.5"), "aux_loss_coefficient must be a number"),
 ])
 def test_bad_arguments_get_precise_errors(kw, match):
     with pytest.raises(tm.InvalidInputError, match=match):
-        small_run(dictionary_data(n=500), n_tokens=1000, **kw)
+        small_run(dictionary_data(n=500), n_tokens=1000, **dict(dict(batch_size=100), **kw))
 
 
 def test_nan_activations_say_where():
@@ -176,7 +180,7 @@ def test_transcoders_train_from_pairs(tmp_path, arch, skip, saved_as):
 
 
 def test_schedules():
-    cfg = TrainConfig("standard", 8, None, 1000, 1e-3, 10, 2.0, 10, 5, 20, 0.0, False, "zeros", 0, {})
+    cfg = TrainConfig("standard", 8, None, 1000, 1e-3, 10, 2.0, 10, 5, 20, 0.0, False, "zeros", 0, {}, 0, "")
     assert cfg.steps == 100
     assert cfg.lr_at(0) == pytest.approx(2e-4) and cfg.lr_at(4) == pytest.approx(1e-3)
     assert cfg.lr_at(50) == 1e-3 and cfg.lr_at(80) == pytest.approx(1e-3)
@@ -279,3 +283,81 @@ def test_the_train_sae_command_refuses_bad_input_in_one_line(tmp_path, capsys, e
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "sae").exists()
+
+
+def test_ctrl_c_inside_the_cores_step_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    """A real Ctrl-C lands while the core steps: the step is taken, then the interrupt surfaces.
+    The checkpoint counted one step less than its state held, and the resumed run trained a batch twice."""
+    x = dictionary_data(n=3000)
+    whole = small_run(x, tmp_path / "whole", n_tokens=12000)
+    real_step = tm.sae.Trainer.step
+
+    def step_then_interrupt(self, *args, **kwargs):
+        stats = real_step(self, *args, **kwargs)
+        if self.steps == 9:
+            raise KeyboardInterrupt
+        return stats
+
+    monkeypatch.setattr(tm.sae.Trainer, "step", step_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        small_run(x, tmp_path / "cut", n_tokens=12000)
+    monkeypatch.setattr(tm.sae.Trainer, "step", real_step)
+    assert json.loads((tmp_path / "cut" / "checkpoint" / "train.json").read_text())["step"] == 9
+    resumed = small_run(x, tmp_path / "cut", n_tokens=12000, resume=True)
+    np.testing.assert_array_equal(resumed.W_enc, whole.W_enc)
+
+
+@pytest.mark.parametrize("change, what", [(dict(holdout=0), "holdout"), ("data", "data")])
+def test_resume_refuses_other_data_or_holdout(tmp_path, change, what):
+    x = dictionary_data(n=3000)
+    with pytest.raises(KeyboardInterrupt):
+        small_run(x, tmp_path / "sae", n_tokens=6000, holdout=300, progress=stop_at(2000))
+    kw = dict(holdout=300)
+    if change == "data":
+        x = x * 100 + 5
+    else:
+        kw.update(change)
+    with pytest.raises(tm.InvalidInputError, match=what):
+        small_run(x, tmp_path / "sae", n_tokens=6000, resume=True, **kw)
+
+
+@pytest.mark.parametrize("damage", [
+    lambda f: (f / "train.json").write_text("{not json"),
+    lambda f: (f / "train.json").write_text("[1, 2]"),
+    lambda f: _edit(f, state="../../hostile.safetensors"),
+    lambda f: _edit(f, tokens_done="abc"),
+    lambda f: _edit(f, step=999),
+    lambda f: _edit(f, scale_in=-1.0),
+    lambda f: next(f.glob("state-*.safetensors")).write_bytes(b"garbage"),
+])
+def test_a_damaged_checkpoint_is_a_training_error(tmp_path, damage):
+    x = dictionary_data(n=3000)
+    with pytest.raises(KeyboardInterrupt):
+        small_run(x, tmp_path / "sae", n_tokens=6000, progress=stop_at(2000))
+    damage(tmp_path / "sae" / "checkpoint")
+    with pytest.raises(tm.TrainingError):
+        small_run(x, tmp_path / "sae", n_tokens=6000, resume=True)
+
+
+def _edit(folder, **fields):
+    info = json.loads((folder / "train.json").read_text())
+    info.update(fields)
+    (folder / "train.json").write_text(json.dumps(info))
+
+
+def test_numpy_options_and_stale_labels(tmp_path):
+    x = dictionary_data(n=3000)
+    out = tmp_path / "sae"
+    out.mkdir()
+    (out / "feature_labels.json").write_text('{"3": "a feature of the SAE trained here before"}')
+    sae = small_run(x, out, n_tokens=3000, checkpoint_every=1000, aux_loss_coefficient=np.float32(0.5))
+    assert sae.labels == {} and not (out / "feature_labels.json").exists()
+    assert json.loads((out / "cfg.json").read_text())["metadata"]["tinymech_training"]["options"][
+        "aux_loss_coefficient"] == 0.5
+
+
+def test_a_diverging_run_stops_with_a_training_error(monkeypatch):
+    real_step = tm.sae.Trainer.step
+    monkeypatch.setattr(tm.sae.Trainer, "step", lambda self, *a, **k: dict(real_step(self, *a, **k), loss=float("nan")))
+    with pytest.raises(tm.TrainingError, match="diverged"):
+        small_run(dictionary_data(n=3000), n_tokens=3000)

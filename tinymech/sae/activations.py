@@ -229,7 +229,7 @@ def _row_batches(blocks: Iterator[np.ndarray], batch_size: int, skip: int) -> It
             skip -= dropped
             yield block[dropped:]
 
-    return (rows.astype(np.int32) for rows in _cut(after_skip(), batch_size))
+    return (rows.astype(np.int32) for rows in cut_into(after_skip(), batch_size))
 
 
 def _used(keep: np.ndarray, left: int) -> tuple[int, int]:
@@ -378,7 +378,7 @@ class ActivationStore:
         if epochs is not None:
             epochs = whole_number(epochs, "epochs", 1)
         indices = _row_stream(self.n_tokens - holdout, seed, start_token, epochs)
-        return (self._gather(idx) for idx in _cut(indices, batch_size))
+        return (self._gather(idx) for idx in cut_into(indices, batch_size))
 
     def _gather(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """The rows idx, read in increasing order (the order within a batch does not matter to training)."""
@@ -431,7 +431,7 @@ def _row_stream(n: int, seed: int, start: int, epochs: int | None) -> Iterator[n
         epoch += 1
 
 
-def _cut(pieces: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:
+def cut_into(pieces: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:
     """The concatenation of pieces (along their first axis), in slices of `size` (the last may be smaller)."""
     pending: list[np.ndarray] = []
     count = 0

@@ -22,18 +22,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
+import re
 import shutil
 import time
 from pathlib import Path
 
 import numpy as np
+from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from ..errors import InvalidInputError, SAEInputError, TrainingError, real_number, whole_number
+from ..io.files import read_json
 from .activations import model_identity, tokenizer_sha256
 from .architectures import DEFAULT_TRAINING, TRAINING
-from .loading import parse_config
+from .loading import LABELS_FILE, parse_config
 from .metrics import reconstruction_metrics, sae_metrics
 from .sae import SAE
 from .saving import write_atomically, write_sae_folder
@@ -42,8 +44,8 @@ from .train_display import TrainingDisplay
 from .trainer import Trainer
 
 CHECKPOINT = "checkpoint"
-SCALE_SAMPLE = 65536
-DEAD_TOKENS = 1000 * 4096  # SAELens's dead_feature_window (1000 steps) at its batch size  # tokens for the norm scale and the geometric median
+SCALE_SAMPLE = 65536  # tokens for the norm scale and the geometric median
+DEAD_TOKENS = 1000 * 4096  # SAELens's dead_feature_window (1000 steps) at its batch size
 
 
 @dataclasses.dataclass
@@ -65,6 +67,8 @@ class TrainConfig:
     b_dec_init: str
     seed: int
     options: dict
+    holdout: int  # held-out tokens
+    data: str     # what the activations are (data_identity): a run resumes only on the same
 
     @property
     def steps(self) -> int:
@@ -129,6 +133,8 @@ def train_sae(acts, architecture: str = DEFAULT_TRAINING, d_sae: int | None = No
         raise
     finally:
         display.close()
+    if out is not None:  # evaluating takes a while: an interruption there keeps the trained weights
+        _save_checkpoint(out, run, cfg)
     sae = _finish(run, cfg, data, n_train, held, out, model, display)
     if out is not None:  # the run is over: what it saved to go on is of no more use
         shutil.rmtree(out / CHECKPOINT, ignore_errors=True)
@@ -151,16 +157,22 @@ def _config(data, architecture, d_sae, k, n_tokens, lr, batch_size, coefficient,
             raise InvalidInputError(f"k={k} exceeds d_sae={d_sae}")
     elif k is not None:
         raise InvalidInputError(f"k is for {', '.join(n for n, t in TRAINING.items() if t.k)} SAEs, not {architecture}")
+    n_train, held = holdout_split(data, holdout)
     batch_size = whole_number(batch_size, "batch_size", 1)
-    n_train, _ = holdout_split(data, holdout)
+    if batch_size > n_train:
+        raise InvalidInputError(f"batch_size {batch_size} exceeds the {n_train} training tokens: collect more "
+                                "activations or use a smaller batch_size")
     n_tokens = whole_number(n_train if n_tokens is None else n_tokens, "n_tokens", 1)
     lr = real_number(4e-4 / math.sqrt(d_sae / 16384) if lr is None else lr, "lr")
     if not 0 < lr < 1:
         raise InvalidInputError(f"lr must be in (0, 1), got {lr}")
     steps = math.ceil(n_tokens / batch_size)
     coefficient = real_number(method.coefficient if coefficient is None else coefficient, "coefficient")
-    if coefficient < 0:
-        raise InvalidInputError(f"coefficient must be >= 0, got {coefficient}")
+    if not 0 <= coefficient < math.inf:
+        raise InvalidInputError(f"coefficient must be a finite number >= 0, got {coefficient}")
+    lr_end = real_number(lr_end, "lr_end")
+    if not 0 <= lr_end <= lr:
+        raise InvalidInputError(f"lr_end must be in [0, lr={lr}], got {lr_end}")
     warm = (round(method.warm_up * steps) if coefficient_warm_up_steps is None
             else whole_number(coefficient_warm_up_steps, "coefficient_warm_up_steps", 0))
     lr_warm = steps // 20 if lr_warm_up_steps is None else whole_number(lr_warm_up_steps, "lr_warm_up_steps", 0)
@@ -173,12 +185,23 @@ def _config(data, architecture, d_sae, k, n_tokens, lr, batch_size, coefficient,
         raise InvalidInputError(f"b_dec_init must be 'geometric_median', 'mean' or 'zeros', not {b_dec_init!r}")
     if skip and not transcoder:
         raise InvalidInputError("skip=True makes a skip transcoder: the activations need outputs (hook_out)")
-    options = dict(options)
+    options = {name: _plain(value, name) for name, value in options.items()}
     # A latent is dead (and AuxK revives it) after DEAD_TOKENS without firing, or a tenth of a shorter run.
     options.setdefault("dead_tokens", min(DEAD_TOKENS, max(batch_size, n_tokens // 10)))
     return TrainConfig(architecture, d_sae, k, n_tokens, lr, batch_size, coefficient, warm, lr_warm, lr_decay,
-                       real_number(lr_end, "lr_end"), bool(skip), b_dec_init, whole_number(seed, "seed", 0),
-                       options)
+                       lr_end, bool(skip), b_dec_init, whole_number(seed, "seed", 0), options, held,
+                       data.identity())
+
+
+def _plain(value, name: str):
+    """A Trainer option as a plain Python value (numpy scalars would not go into train.json)."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value)
+    raise InvalidInputError(f"the training option {name} must be a number or a bool, not {value!r}")
 
 
 def _check_model(data, model) -> None:
@@ -264,8 +287,17 @@ def _loop(run: _Run, cfg: TrainConfig, data, n_train: int, out, every, display) 
             x, y = x[:take], None if y is None else y[:take]
         if not (np.isfinite(x).all() and (y is None or np.isfinite(y).all())):
             raise nonfinite_error(data)
-        stats = run.trainer.step(x * run.scale_in, None if y is None else y * run.scale_out,
-                                 lr=cfg.lr_at(run.step), coefficient=cfg.coefficient_at(run.step))
+        try:
+            stats = run.trainer.step(x * run.scale_in, None if y is None else y * run.scale_out,
+                                     lr=cfg.lr_at(run.step), coefficient=cfg.coefficient_at(run.step))
+        except KeyboardInterrupt:
+            if run.trainer.steps > run.step:  # Ctrl-C surfaced after the core took the step: count it
+                run.step += 1
+                run.tokens_done += len(x)
+            raise
+        if not math.isfinite(stats["loss"]):
+            raise TrainingError(f"the loss became {stats['loss']} at step {run.step} ({run.tokens_done:,} tokens): "
+                                "the run diverged; try a smaller lr")
         run.step += 1
         run.tokens_done += len(x)
         run.seconds = time.monotonic() - started
@@ -302,22 +334,35 @@ def _state_arrays(state: dict) -> dict:
 
 
 def _resume(out: Path, cfg: TrainConfig, data) -> _Run | None:
-    """The run saved in out/checkpoint, if any; a checkpoint of another run is refused."""
-    info_path = out / CHECKPOINT / "train.json"
-    if not info_path.is_file():
+    """The run saved in out/checkpoint, if any; a checkpoint of another run, or a damaged one, is refused."""
+    folder = out / CHECKPOINT
+    if not (folder / "train.json").is_file():
         return None
-    info = json.loads(info_path.read_text())
-    saved = info.get("config", {})
-    now = dataclasses.asdict(cfg)
+    info = read_json(folder / "train.json", "training checkpoint", TrainingError)
+    if not isinstance(info.get("config"), dict):
+        raise TrainingError(f"{folder / 'train.json'} is not a checkpoint tinymech wrote")
+    saved, now = info["config"], dataclasses.asdict(cfg)
     differ = [key for key in now if key != "n_tokens" and saved.get(key) != now[key]]
     if differ:
-        raise InvalidInputError(f"the checkpoint in {out / CHECKPOINT} is of a run with other settings "
+        raise InvalidInputError(f"the checkpoint in {folder} is of a run with other settings "
                                 f"({', '.join(f'{key}: {saved.get(key)!r} there, {now[key]!r} now' for key in differ)})")
-    state = load_file(str(out / CHECKPOINT / info["state"]))
-    trainer = Trainer.from_state(state, cfg.architecture, data.d_in, cfg.d_sae, d_out=data.d_out, skip=cfg.skip,
-                                 k=cfg.k, seed=cfg.seed, **cfg.options)
-    return _Run(trainer, float(info["scale_in"]), float(info["scale_out"]), int(info["tokens_done"]),
-                int(info["step"]), float(info["seconds"]))
+    name = info.get("state")
+    if not (isinstance(name, str) and re.fullmatch(r"state-\d+\.safetensors", name)):
+        raise TrainingError(f"{folder / 'train.json'} names no state file of its own: {name!r}")
+    try:
+        numbers = {key: whole_number(info.get(key), key, 0, error=TrainingError) for key in ("tokens_done", "step")}
+        scales = {key: real_number(info.get(key), key, error=TrainingError) for key in ("scale_in", "scale_out",
+                                                                                       "seconds")}
+        state = load_file(str(folder / name))
+        trainer = Trainer.from_state(state, cfg.architecture, data.d_in, cfg.d_sae, d_out=data.d_out,
+                                     skip=cfg.skip, k=cfg.k, seed=cfg.seed, **cfg.options)
+    except (OSError, ValueError, TypeError, SafetensorError, InvalidInputError) as e:
+        raise TrainingError(f"the checkpoint in {folder} cannot be read ({e}); remove it to start over") from e
+    if not all(0 < scales[key] < math.inf for key in ("scale_in", "scale_out")) or trainer.steps != numbers["step"]:
+        raise TrainingError(f"the checkpoint in {folder} does not hold together (scales, or steps "
+                            f"{trainer.steps} in its state but {numbers['step']} in train.json)")
+    return _Run(trainer, scales["scale_in"], scales["scale_out"], numbers["tokens_done"], numbers["step"],
+                scales["seconds"])
 
 
 # ---- the result -------------------------------------------------------------------------
@@ -332,6 +377,7 @@ def _finish(run: _Run, cfg: TrainConfig, data, n_train: int, held: int, out, mod
     if out is not None:
         write_sae_folder(out, config, weights, sae.log_sparsity,
                          {"metrics.json": json.dumps(_json_safe(metrics), indent=2) + "\n"})
+        (out / LABELS_FILE).unlink(missing_ok=True)  # labels of an SAE trained here before describe its features
         return SAE.load(out)  # its metrics read back from metrics.json
     sae.metrics = metrics
     return sae

@@ -3,12 +3,13 @@ small interface (n_tokens, d_in, d_out, meta, batches, rows, holdout_tokens), an
 which tokens are held out for evaluation."""
 from __future__ import annotations
 
+import hashlib
 import os
 
 import numpy as np
 
 from ..errors import SAEInputError, whole_number
-from .activations import ActivationStore
+from .activations import ActivationStore, cut_into
 
 MAX_HOLDOUT_TOKENS = 32768
 
@@ -56,21 +57,26 @@ class ArrayActivations:
         """Pass after pass over rows [0, n_tokens - holdout), each a permutation of its own (seed, pass),
         from position start_token of that endless stream (as ActivationStore.batches)."""
         n = self.n_tokens - holdout
-        epoch, offset = divmod(start_token, n)
-        pending: list[np.ndarray] = []
-        count = 0
-        while True:
-            order = np.random.default_rng([seed, epoch])
-            order = order.permutation(n)[offset:]
-            epoch, offset = epoch + 1, 0
-            while len(order):
-                take = min(batch_size - count, len(order))
-                pending.append(order[:take])
-                order, count = order[take:], count + take
-                if count == batch_size:
-                    rows = np.sort(np.concatenate(pending))
-                    pending, count = [], 0
-                    yield self.x[rows], None if self.y is None else self.y[rows]
+
+        def passes():
+            epoch, offset = divmod(start_token, n)
+            while True:
+                yield np.random.default_rng([seed, epoch]).permutation(n)[offset:]
+                epoch, offset = epoch + 1, 0
+
+        for rows in cut_into(passes(), batch_size):
+            rows = np.sort(rows)
+            yield self.x[rows], None if self.y is None else self.y[rows]
+
+    def identity(self) -> str:
+        """The arrays' shapes and a hash of their first and last rows (a resumed run checks it)."""
+        digest = hashlib.sha256()
+        for a in (self.x, self.y):
+            if a is not None:
+                digest.update(str(a.shape).encode())
+                digest.update(a[:64].tobytes())
+                digest.update(a[-64:].tobytes())
+        return f"arrays {list(self.x.shape)}, sha256 {digest.hexdigest()[:16]}"
 
     def holdout_tokens(self, n_train: int):
         return None
@@ -87,30 +93,33 @@ class StoreActivations:
         self.n_tokens, self.d_in, self.d_out = store.n_tokens, store.d_in, store.d_out
         self.meta = store.meta
 
-    def _kept_per_row(self) -> np.ndarray:
-        """How many activations each token row gave (its positions not excluded)."""
+    def _kept(self) -> np.ndarray:
+        """[rows, context] bool: the token positions that gave an activation (not excluded), in order."""
         tokens = np.asarray(self.store.tokens)
-        kept = ~np.isin(tokens, np.asarray(self.meta.get("excluded_token_ids", []), dtype=tokens.dtype))
-        if self.meta.get("prepend_bos", True):
-            kept[:, 0] = False
-        return kept.sum(1)
+        return ~np.isin(tokens, np.asarray(self.meta.get("excluded_token_ids", []), dtype=np.int64))
+
+    def _last_rows(self, tokens: int) -> tuple[int, int]:
+        """(rows, their activations): the fewest last token rows holding at least `tokens` activations."""
+        tail = np.cumsum(self._kept().sum(1)[::-1])
+        rows = min(int(np.searchsorted(tail, tokens)) + 1, len(tail))
+        return rows, int(tail[rows - 1])
 
     def round_holdout(self, tokens: int) -> int:
-        """Up to whole rows: the smallest number of last rows holding at least `tokens` activations."""
-        if tokens == 0:
-            return 0
-        tail = np.cumsum(self._kept_per_row()[::-1])
-        rows = int(np.searchsorted(tail, tokens)) + 1
-        return int(tail[min(rows, len(tail)) - 1])
+        """Up to whole rows: the activations of the fewest last rows holding at least `tokens`."""
+        return self._last_rows(tokens)[1] if tokens else 0
 
     def rows(self, start: int, stop: int):
         return self.store.rows(start, stop)
 
+    def identity(self) -> str:
+        m = self.meta
+        return f"store of {m.get('model')} {m.get('hook')} {m.get('hook_out')}, {self.n_tokens} tokens, " \
+               f"tokenizer {str(m.get('tokenizer_sha256'))[:16]}, corpus {m.get('corpus')}"
+
     def describe_token(self, i: int) -> str:
         """Token i of the store: which text row and position it came from."""
-        tokens = np.asarray(self.store.tokens)
-        kept = ~np.isin(tokens, np.asarray(self.meta.get("excluded_token_ids", []), dtype=tokens.dtype))
-        row, position = np.unravel_index(np.flatnonzero(kept.reshape(-1))[i], tokens.shape)
+        kept = self._kept()
+        row, position = np.unravel_index(np.flatnonzero(kept.reshape(-1))[i], kept.shape)
         return f"token {i} of {self.store.folder} (text row {row}, position {position})"
 
     def batches(self, batch_size: int, seed: int = 0, start_token: int = 0, holdout: int = 0):
@@ -118,8 +127,7 @@ class StoreActivations:
 
     def holdout_tokens(self, n_train: int):
         """The token rows whose activations are n_train onwards."""
-        tail = np.cumsum(self._kept_per_row()[::-1])
-        rows = int(np.searchsorted(tail, self.n_tokens - n_train)) + 1
+        rows = self._last_rows(self.n_tokens - n_train)[0]
         return np.asarray(self.store.tokens[-rows:], dtype=np.int64)
 
 

@@ -6,6 +6,7 @@ import io
 import json
 import shutil
 from collections import namedtuple
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -297,3 +298,22 @@ def test_collect_command_interrupted(tmp_path, capsys, monkeypatch):
     argv = ["collect", "--hook", HOOK, "--corpus", str(tmp_path), "--tokens", "30", "--out", str(tmp_path / "s")]
     assert main(argv) == 130
     assert "the same command continues it" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("rows", [0, 1])
+def test_a_store_whose_token_rows_cannot_hold_its_activations_is_refused(tmp_path, rows):
+    """rows_written 0 raised IndexError in train_sae's holdout; 1 sent trained text to the CE evaluation."""
+    import json as _json
+
+    model = tm.load(str(Path(__file__).resolve().parents[2] / "models" / "demo-gpt2"))
+    corpus = tmp_path / "c.txt"
+    corpus.write_text((Path(__file__).resolve().parents[2] / "README.md").read_text())
+    tm.collect_activations(model, "blocks.1.hook_resid_pre", corpus, 500, out=tmp_path / "s", context=64,
+                           progress=False)
+    header = _json.loads((tmp_path / "s" / "activations.json").read_text())
+    header["rows_written"] = rows
+    (tmp_path / "s" / "activations.json").write_text(_json.dumps(header))
+    tokens = np.fromfile(tmp_path / "s" / "tokens.bin", dtype=np.int32).reshape(-1, 64)
+    tokens[:rows].tofile(tmp_path / "s" / "tokens.bin")
+    with pytest.raises(tm.InvalidInputError, match="do not hold the store's 500 activations"):
+        tm.ActivationStore.open(tmp_path / "s")

@@ -207,3 +207,22 @@ def test_saved_config_names_what_the_registry_reads():
         cfg = Trainer(arch, 8, 16, skip=skip, **kw).sae_config()
         assert cfg["architecture"] == saved and saved in ARCHITECTURES
     assert Trainer("topk", 8, 16, k=3).sae_config()["k"] == 3
+
+
+def test_hostile_options_and_states_are_refused():
+    """Found in review: a string counted as True, 2**70 dead tokens escaped as a RuntimeError, and a
+    state with negative Adam moments or a steps array of two loaded (NaN weights, a TypeError)."""
+    with pytest.raises(tm.InvalidInputError, match="must be True or False"):
+        tm.sae.Trainer("topk", 8, 16, k=2, rescale_acts_by_decoder_norm="no")
+    with pytest.raises(tm.InvalidInputError, match="dead_tokens"):
+        tm.sae.Trainer("topk", 8, 16, k=2, dead_tokens=2**70)
+    t = tm.sae.Trainer("topk", 8, 16, k=2)
+    state = t.state()
+    bad_v = dict(state, **{"adam_v.W_dec": -np.ones_like(state["adam_v.W_dec"])})
+    with pytest.raises(tm.InvalidInputError, match="negative"):
+        t.load_state(bad_v)
+    with pytest.raises(tm.InvalidInputError, match="steps must be one integer"):
+        t.load_state(dict(state, steps=np.array([1, 2])))
+    b = tm.sae.Trainer("batchtopk", 8, 16, k=2.0)
+    with pytest.raises(tm.InvalidInputError, match="finite"):
+        b.set_params(topk_threshold=float("nan"))

@@ -343,6 +343,7 @@ class ActivationStore:
         inputs = _map(folder / INPUTS, dtype, (n, h["d_in"]))
         outputs = None if h["d_out"] is None else _map(folder / OUTPUTS, dtype, (n, h["d_out"]))
         tokens = _map(folder / TOKENS, np.int32, (h["rows_written"], h["context"]))
+        _check_rows(folder, tokens, h)
         return cls(folder, h, inputs, outputs, tokens)
 
     def __repr__(self):
@@ -385,6 +386,15 @@ class ActivationStore:
         idx = np.sort(idx)
         return tuple(None if data is None else _floats(np.asarray(data)[idx], copy=False)
                      for data in (self.inputs, self.outputs))
+
+
+def _check_rows(folder: Path, tokens, h: dict) -> None:
+    """The token rows must hold the store's activations: all of them, the last row partly at most."""
+    per_row = (~np.isin(np.asarray(tokens), np.asarray(h["excluded_token_ids"], dtype=np.int64))).sum(1)
+    before_last = int(per_row[:-1].sum())
+    if len(per_row) == 0 or before_last >= h["n_tokens"] or before_last + int(per_row[-1]) < h["n_tokens"]:
+        raise InvalidInputError(f"{folder / TOKENS}: its {len(per_row)} token rows do not hold the store's "
+                                f"{h['n_tokens']} activations (a damaged or foreign store)")
 
 
 def _map(path: Path, dtype, shape: tuple[int, int]):

@@ -8,7 +8,8 @@ import sys
 import time
 
 from ..errors import InvalidInputError
-from ..progress import _clock  # one clock format for every progress line
+from ..progress import _clock
+from ..text import printable  # one clock format for every progress line
 
 REDRAW_S = 0.25
 
@@ -51,8 +52,9 @@ class TrainingDisplay:
     def message(self, text: str) -> None:
         if not self.on:
             return
+        text = printable(text)  # paths and names from files and callers
         if self.live is not None:
-            self.live.console.print(text)
+            self.live.console.print(text, markup=False, highlight=False)
         else:
             print(text, file=self.stream, flush=True)
 

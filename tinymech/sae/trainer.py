@@ -35,6 +35,7 @@ DEFAULTS = {
     "adam_eps": 1e-8,
     "max_grad_norm": 1.0,
 }
+MAX_COUNT = 2**62  # tokens and steps: far beyond any run, and no int64 overflow when one is added
 _BOOL_OPTIONS = ("rescale_acts_by_decoder_norm", "apply_b_dec_to_input")
 
 
@@ -69,9 +70,11 @@ class Trainer:
                "d_out": d_out, "skip": self.skip, "k": float(self.k or 0)}
         for name, value in opts.items():
             if name in _BOOL_OPTIONS:
+                if not isinstance(value, (bool, np.bool_)):
+                    raise InvalidInputError(f"{name} must be True or False, not {value!r}")
                 cfg[name] = bool(value)
             elif name == "dead_tokens":
-                cfg[name] = whole_number(value, name, 0)
+                cfg[name] = whole_number(value, name, 0, maximum=MAX_COUNT)
             else:
                 cfg[name] = real_number(value, name)
                 if not np.isfinite(cfg[name]):
@@ -102,7 +105,10 @@ class Trainer:
     def params(self) -> dict:
         """The parameters, float32, in SAELens's names and layout (batchtopk: topk_threshold, float64)."""
         with self._lock:
-            out = {name: self._core.get(name, "value") for name in self._core.names()}
+            return self._params()
+
+    def _params(self) -> dict:  # under the lock
+        out = {name: self._core.get(name, "value") for name in self._core.names()}
         if self._spec.batch_topk:
             out["topk_threshold"] = np.array(self._core.topk_threshold, dtype=np.float64)
         return out
@@ -112,7 +118,11 @@ class Trainer:
         names = self._core.names()
         for name, value in arrays.items():
             if name == "topk_threshold" and self._spec.batch_topk:
-                self._core.topk_threshold = real_number(value, name)
+                threshold = real_number(value, name)
+                if not np.isfinite(threshold):
+                    raise InvalidInputError(f"topk_threshold must be finite, not {threshold}")
+                with self._lock:
+                    self._core.topk_threshold = threshold
                 continue
             if name not in names:
                 raise InvalidInputError(f"{self.architecture} has no parameter {name!r}; it has {', '.join(names)}")
@@ -124,6 +134,8 @@ class Trainer:
             raise InvalidInputError(f"{label} must have shape {list(self._shapes[name])}, not {list(value.shape)}")
         if not np.isfinite(value).all():
             raise InvalidInputError(f"{label} holds NaN or infinity")
+        if what == "v" and (value < 0).any():  # Adam's second moment: a negative one makes NaN weights
+            raise InvalidInputError(f"{label} holds negative values")
         with self._lock:
             self._core.set(name, what, value)
 
@@ -134,8 +146,9 @@ class Trainer:
     @tokens_since_fired.setter
     def tokens_since_fired(self, value) -> None:
         value = np.asarray(value)
-        if value.shape != (self.d_sae,) or not np.issubdtype(value.dtype, np.integer) or (value < 0).any():
-            raise InvalidInputError(f"tokens_since_fired must be [d_sae={self.d_sae}] non-negative integers")
+        if (value.shape != (self.d_sae,) or not np.issubdtype(value.dtype, np.integer) or (value < 0).any()
+                or (value > MAX_COUNT).any()):
+            raise InvalidInputError(f"tokens_since_fired must be [d_sae={self.d_sae}] integers in [0, 2**62]")
         with self._lock:
             self._core.tokens_since_fired = value.astype(np.int64)
 
@@ -186,13 +199,13 @@ class Trainer:
     def state(self) -> dict:
         """Everything a step depends on, as numpy arrays: the parameters, Adam's moments
         (adam_m.NAME, adam_v.NAME), steps, tokens_since_fired (and topk_threshold)."""
-        out = self.params
-        with self._lock:
+        with self._lock:  # one lock for all of it: a step between two reads would tear the checkpoint
+            out = self._params()
             for name in self._core.names():
                 out[f"adam_m.{name}"] = self._core.get(name, "m")
                 out[f"adam_v.{name}"] = self._core.get(name, "v")
-        out["steps"] = np.array(self._core.steps, dtype=np.int64)
-        out["tokens_since_fired"] = self._core.tokens_since_fired
+            out["steps"] = np.array(self._core.steps, dtype=np.int64)
+            out["tokens_since_fired"] = self._core.tokens_since_fired
         return out
 
     def load_state(self, state: dict) -> None:
@@ -205,7 +218,12 @@ class Trainer:
         for name in self._core.names():
             for what in ("m", "v"):
                 self._set(name, what, state[f"adam_{what}.{name}"], f"adam_{what}.{name}")
-        self._core.steps = whole_number(int(np.asarray(state["steps"])), "steps", 0)
+        steps = np.asarray(state["steps"])
+        if steps.shape != () or steps.dtype.kind not in "iu":
+            raise InvalidInputError(f"the training state's steps must be one integer, not {steps!r}")
+        steps = whole_number(int(steps), "steps", 0, maximum=MAX_COUNT)
+        with self._lock:
+            self._core.steps = steps
         self.tokens_since_fired = state["tokens_since_fired"]
 
     @classmethod

@@ -16,8 +16,9 @@ namespace tmech {
 namespace {
 
 enum { kWenc, kBenc, kWdec, kBdec };  // the first parameters, always present
-constexpr int64_t kNormBlock = 4096;
-constexpr int64_t kEncodeRows = 256;  // rows per encoder GEMM: their pre-activations stay in cache for TopK  // gradient norms are summed per block: the same bits for any thread count
+constexpr int64_t kNormBlock = 4096;  // gradient norms are summed per block: the same bits for any thread count
+constexpr int64_t kEncodeRows = 256;  // rows per encoder GEMM: their pre-activations stay in cache for TopK
+constexpr int64_t kMaxTokens = int64_t{1} << 62;  // tokens since a latent fired saturate here
 
 size_t sz(int64_t n) { return static_cast<size_t>(n); }
 
@@ -496,7 +497,8 @@ void Trainer::encode_rows(const float* sae_in, int64_t r0, int64_t r1) {
 
 
 StepStats Trainer::step(const float* x, const float* y, int64_t n, double lr, double coefficient) {
-  if (n <= 0 || n > INT32_MAX) throw std::invalid_argument("a training batch needs 1 to 2^31 - 1 rows");
+  // rows are int32 in the per-latent lists, and AuxK's follow the main ones (r + n): n < 2^30
+  if (n <= 0 || n > INT32_MAX / 2) throw std::invalid_argument("a training batch needs 1 to 2^30 - 1 rows");
   Work& w = *work_;
   const int64_t d_in = cfg_.d_in, d_sae = cfg_.d_sae, d_out = cfg_.d_out;
   checked_size({n, d_sae}, "pre-activations");
@@ -609,7 +611,7 @@ StepStats Trainer::step(const float* x, const float* y, int64_t n, double lr, do
   StepStats st;
   for (int64_t j = 0; j < d_sae; ++j) {
     int64_t& t = tokens_since_fired[sz(j)];
-    t = fired[sz(j)] ? 0 : t + n;
+    t = fired[sz(j)] ? 0 : std::min(t, kMaxTokens) + n;  // saturates: no overflow however long the run
     st.n_dead += t > cfg_.dead_tokens;
   }
   if (cfg_.arch == TrainArch::batchtopk && w.main.nnz() > 0)

@@ -180,8 +180,10 @@ class Trainer:
 
     def _batch(self, a, name, width):
         a = self._float_array(a, name, SAEInputError)
-        if a.ndim != 2 or a.shape[1] != width or not 0 < a.shape[0] < 2**30:
-            raise SAEInputError(f"{name} must be [1 to 2**30 - 1 rows, {width}], not {list(a.shape)}")
+        if a.ndim != 2 or a.shape[1] != width or a.shape[0] == 0:
+            raise SAEInputError(f"{name} must be [rows >= 1, {width}], not {list(a.shape)}")
+        if a.shape[0] >= 2**30:  # the core's per-latent lists hold rows as int32, AuxK's after the main ones
+            raise SAEInputError(f"{name} has {a.shape[0]} rows; a step takes fewer than 2**30")
         finite = np.isfinite(a).all(axis=1)
         if not finite.all():
             raise SAEInputError(f"{name} row {int(np.argmin(finite))} holds NaN or infinity")

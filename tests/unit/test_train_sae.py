@@ -12,6 +12,7 @@ import pytest
 import tinymech as tm
 from tinymech import cli
 from tinymech.sae import train as train_module
+from tinymech.sae.sae import fold_norm_scaling
 from tinymech.sae.train import TrainConfig, geometric_median
 from model_factory import SHAPES
 from numpy_checkpoints import write_gpt2
@@ -60,7 +61,7 @@ def test_scaling_is_folded_into_the_weights():
     t = tm.sae.Trainer("standard", 24, 48, seed=1)
     t.set_params(b_dec=np.full(24, 0.3, np.float32), b_enc=np.linspace(-0.1, 0.1, 48, dtype=np.float32))
     s = 0.05
-    raw = train_module._folded(t.sae_weights(), s, s)
+    raw = fold_norm_scaling(t.sae_weights(), s, s, skip=True)
     cfg = train_module._parse(dict(t.sae_config(), d_sae=48, normalize_activations="none"))
     scaled_sae, raw_sae = tm.SAE(cfg, t.sae_weights()), tm.SAE(cfg, raw)
     np.testing.assert_allclose(raw_sae.encode(x[:20]), scaled_sae.encode(x[:20] * s), rtol=1e-4, atol=1e-5)

@@ -46,7 +46,11 @@ class SAEMetrics:
 
     def as_dict(self) -> dict:
         """The scalar metrics (feature_density left out)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "feature_density"}
+        return _scalars(self)
+
+
+def _scalars(metrics) -> dict:
+    return {f.name: getattr(metrics, f.name) for f in dataclasses.fields(metrics) if f.name != "feature_density"}
 
 
 @dataclasses.dataclass
@@ -183,7 +187,8 @@ class ReconstructionMetrics:
     feature_density: np.ndarray  # [d_sae]
 
     def as_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "feature_density"}
+        """The scalar metrics (feature_density left out)."""
+        return _scalars(self)
 
 
 def reconstruction_metrics(sae, x, y=None, chunk: int = 4096, dense_threshold: float = 0.1) -> ReconstructionMetrics:

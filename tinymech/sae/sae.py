@@ -78,15 +78,20 @@ class LogitEffects(NamedTuple):
         return f"LogitEffects(promoted={listed('promoted')}, suppressed={listed('suppressed')})"
 
 
-def _fold_norm_scaling(weights: dict, factor: float) -> dict:
-    """Fold a dataset-wide input scale into the weights, as SAELens does, so the
-    SAE reads raw activations: W_enc * s, W_dec / s, b_dec / s."""
-    if not (isinstance(factor, (int, float)) and np.isfinite(factor) and factor > 0):
-        raise SAELoadError(f"norm_scaling_factor must be a positive number, got {factor!r}")
+def fold_norm_scaling(weights: dict, factor: float, factor_out: float | None = None, skip: bool = False) -> dict:
+    """Fold dataset-wide activation scales into the weights, as SAELens does, so the SAE
+    reads raw activations: W_enc * s_in, W_dec / s_out, b_dec / s_out (s_out = s_in unless
+    given: a transcoder's output scale), and with skip W_skip * s_in / s_out."""
+    factor_out = factor if factor_out is None else factor_out
+    for f in (factor, factor_out):
+        if not (isinstance(f, (int, float)) and np.isfinite(f) and f > 0):
+            raise SAELoadError(f"norm_scaling_factor must be a positive number, got {f!r}")
     out = dict(weights)
     out["W_enc"] = weights["W_enc"] * np.float32(factor)
-    out["W_dec"] = weights["W_dec"] / np.float32(factor)
-    out["b_dec"] = weights["b_dec"] / np.float32(factor)
+    out["W_dec"] = weights["W_dec"] / np.float32(factor_out)
+    out["b_dec"] = weights["b_dec"] / np.float32(factor_out)
+    if skip and weights.get("W_skip") is not None:
+        out["W_skip"] = weights["W_skip"] * np.float32(factor / factor_out)
     return out
 
 
@@ -191,7 +196,7 @@ class SAE:
         cfg = parse_config(read_json(path / CFG_FILE, "SAE config"), overrides)
         weights = read_weights(path, cfg)
         if factor is not None and (cfg.normalize_activations == "expected_average_only_in" or not only_if_expected):
-            weights = _fold_norm_scaling(weights, factor)
+            weights = fold_norm_scaling(weights, factor)
             cfg = dataclasses.replace(cfg, normalize_activations="none")
         labels, details = read_feature_labels(path, cfg.d_sae)
         sae = cls(cfg, weights, str(path), labels, details, read_log_sparsity(path, cfg.d_sae))

@@ -37,7 +37,7 @@ from .activations import model_identity, tokenizer_sha256
 from .architectures import DEFAULT_TRAINING, TRAINING
 from .loading import LABELS_FILE, parse_config
 from .metrics import reconstruction_metrics, sae_metrics
-from .sae import SAE
+from .sae import SAE, fold_norm_scaling
 from .saving import write_atomically, write_sae_folder
 from .train_data import as_activations, holdout_split, nonfinite_error
 from .train_display import TrainingDisplay
@@ -368,7 +368,7 @@ def _resume(out: Path, cfg: TrainConfig, data) -> _Run | None:
 # ---- the result -------------------------------------------------------------------------
 
 def _finish(run: _Run, cfg: TrainConfig, data, n_train: int, held: int, out, model, display) -> SAE:
-    weights = _folded(run.trainer.sae_weights(), run.scale_in, run.scale_out)
+    weights = fold_norm_scaling(run.trainer.sae_weights(), run.scale_in, run.scale_out, skip=True)
     config = _sae_config(run.trainer, cfg, data)
     sae = SAE(_parse(config), weights)
     metrics = _evaluate(sae, data, n_train, held, model, run, cfg)
@@ -390,18 +390,6 @@ def _json_safe(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-def _folded(weights: dict, s_in: float, s_out: float) -> dict:
-    """Weights that read raw activations: the training scales folded in (as SAELens's
-    fold_activation_norm_scaling_factor; thresholds act on pre-activations, which are unchanged)."""
-    w = dict(weights)
-    w["W_enc"] = w["W_enc"] * np.float32(s_in)
-    w["W_dec"] = w["W_dec"] / np.float32(s_out)
-    w["b_dec"] = w["b_dec"] / np.float32(s_out)
-    if w.get("W_skip") is not None:
-        w["W_skip"] = w["W_skip"] * np.float32(s_in / s_out)
-    return w
 
 
 def _sae_config(trainer: Trainer, cfg: TrainConfig, data) -> dict:

@@ -195,14 +195,23 @@ def reconstruction_metrics(sae, x, y=None, chunk: int = 4096, dense_threshold: f
     """L0, L1, MSE, explained variance and feature densities of `sae` on rows x [n, d_in]
     (the target is y [n, d_out] for a transcoder, else x), chunk rows at a time."""
     x = np.asarray(x)
-    y = x if y is None else np.asarray(y)
-    n = len(x)
+    y = None if y is None else np.asarray(y)
+    return reconstruction_metrics_over(sae, lambda a, b: (x[a:b], None if y is None else y[a:b]), len(x), chunk,
+                                       dense_threshold)
+
+
+def reconstruction_metrics_over(sae, read, n: int, chunk: int = 4096,
+                                dense_threshold: float = 0.1) -> ReconstructionMetrics:
+    """reconstruction_metrics over n rows that read(start, stop) -> (x, y or None) gives a chunk at a
+    time (rows of an activation store, never all in memory at once)."""
     fired = np.zeros(sae.d_sae, np.int64)
     l0 = l1 = sq_resid = sq_norm = 0.0
     sum_y = np.zeros(sae.d_out, np.float64)
     for start in range(0, n, chunk):
-        xs, ys = x[start : start + chunk], y[start : start + chunk].astype(np.float64)
-        _, indices, values = sae._core.encode_sparse(np.ascontiguousarray(xs, dtype=np.float32))  # CSR
+        xs, ys = read(start, min(start + chunk, n))
+        xs = np.ascontiguousarray(xs, dtype=np.float32)
+        ys = (xs if ys is None else ys).astype(np.float64)
+        _, indices, values = sae._core.encode_sparse(xs)  # CSR
         l0 += len(indices)
         l1 += float(values.astype(np.float64).sum())
         fired += np.bincount(indices, minlength=sae.d_sae)

@@ -36,7 +36,7 @@ from ..io.files import read_json
 from .activations import model_identity, tokenizer_sha256
 from .architectures import DEFAULT_TRAINING, TRAINING
 from .loading import LABELS_FILE, parse_config
-from .metrics import reconstruction_metrics, sae_metrics
+from .metrics import reconstruction_metrics_over, sae_metrics
 from .sae import SAE, fold_norm_scaling
 from .saving import write_atomically, write_sae_folder
 from .train_data import as_activations, holdout_split, nonfinite_error
@@ -414,8 +414,8 @@ def _parse(config: dict):
 
 
 def _evaluate(sae: SAE, data, n_train: int, held: int, model, run: _Run, cfg: TrainConfig) -> dict:
-    x, y = data.rows(n_train, data.n_tokens) if held else data.rows(0, min(data.n_tokens, SCALE_SAMPLE))
-    rec = reconstruction_metrics(sae, x, y)
+    first, last = (n_train, data.n_tokens) if held else (0, min(data.n_tokens, SCALE_SAMPLE))
+    rec = reconstruction_metrics_over(sae, lambda a, b: data.rows(first + a, first + b), last - first, chunk=65536)
     metrics = dict(evaluated_on="held-out activations" if held else "training activations (no holdout)",
                    **rec.as_dict())
     tokens = data.holdout_tokens(n_train) if held and model is not None else None

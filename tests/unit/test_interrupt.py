@@ -48,6 +48,11 @@ print("usable")
 
 
 def test_ctrl_c_ends_a_long_pass_between_blocks():
-    out = run_python(INTERRUPTED_PASS, timeout=300)
+    # On a loaded machine the signalling thread may get to run only after the pass is over (then the
+    # script fails on a full cache): that run tested nothing, so it is tried again, a few times at most.
+    for _ in range(4):
+        out = run_python(INTERRUPTED_PASS, timeout=300)
+        if not out.stdout.startswith("finished"):
+            break
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["interrupted", "True", "4", "usable"], out.stdout

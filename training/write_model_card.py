@@ -250,7 +250,7 @@ def main() -> None:
           f"| delta LM loss | {sae['delta_lm_loss']:.3f} | {PREVIOUS_SAE['delta_lm_loss']:.3f} |",
           f"| dead features (never fired on the held-out activations) | {sae['dead_features']} of {sae['d_sae']} | "
           f"{PREVIOUS_SAE['dead_features']} of {sae['d_sae']} |", "",
-          f"`feature_labels.json` (written by `training/label_features.py`, without torch; a stopgap until tinymech has",
+          "`feature_labels.json` (written by `training/label_features.py`, without torch; a stopgap until tinymech has",
           f"feature dashboards) describes the {len(labels)} most frequent live features: top activating contexts (the",
           "max token in «»), top promoted and suppressed tokens (W_dec[f] @ W_U with W_U = wte.T, no final LayerNorm),",
           "and an automatic label (the most common max-activating token, or the three most common). Examples:", ""]

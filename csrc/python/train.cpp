@@ -17,8 +17,8 @@ using FloatIn = py::array_t<float, py::array::c_style | py::array::forcecast>;
 
 tmech::TrainConfig train_config(const py::dict& d) {
   tmech::TrainConfig c;
-  c.arch = tmech::train_arch(tmech::parse_sae_activation(d["activation"].cast<std::string>()),
-                             d["batch_topk"].cast<bool>());
+  c.arch =
+      tmech::train_arch(tmech::parse_sae_activation(d["activation"].cast<std::string>()), d["batch_topk"].cast<bool>());
   c.d_in = d["d_in"].cast<int64_t>();
   c.d_sae = d["d_sae"].cast<int64_t>();
   c.d_out = d["d_out"].cast<int64_t>();

@@ -43,17 +43,17 @@ struct Codes {
 }  // namespace
 
 struct Trainer::Work {
-  std::vector<float> s, inv_s;       // ||W_dec[j]|| and its inverse
-  std::vector<float> sae_in, pre;    // [n, d_in], [n, d_sae]
-  std::vector<float> out, g;         // [n, d_out]; g: [2n, d_out], the output gradients of the MSE then of AuxK
-  std::vector<float> gout_t, x_t;    // [d_out, n] and [d_in, n], for W_skip's gradient
-  Codes main, aux;                   // active latents, and AuxK's dead ones
-  std::vector<int32_t> top;          // TopK: each row's k latents
-  bool dense = false;                // many active pairs: decode and backward as GEMMs
-  std::vector<float> acts, grads, t; // dense: activations and dL/dpre [n, d_sae]; a transposed one [d_sae, n]
-  std::vector<int32_t> dead;         // AuxK: the dead latents
-  int64_t k_aux = 0;                 // AuxK: latents per row (0: no aux loss this step)
-  std::vector<int64_t> near_offsets; // jumprelu: pairs within the estimator's window
+  std::vector<float> s, inv_s;        // ||W_dec[j]|| and its inverse
+  std::vector<float> sae_in, pre;     // [n, d_in], [n, d_sae]
+  std::vector<float> out, g;          // [n, d_out]; g: [2n, d_out], the output gradients of the MSE then of AuxK
+  std::vector<float> gout_t, x_t;     // [d_out, n] and [d_in, n], for W_skip's gradient
+  Codes main, aux;                    // active latents, and AuxK's dead ones
+  std::vector<int32_t> top;           // TopK: each row's k latents
+  bool dense = false;                 // many active pairs: decode and backward as GEMMs
+  std::vector<float> acts, grads, t;  // dense: activations and dL/dpre [n, d_sae]; a transposed one [d_sae, n]
+  std::vector<int32_t> dead;          // AuxK: the dead latents
+  int64_t k_aux = 0;                  // AuxK: latents per row (0: no aux loss this step)
+  std::vector<int64_t> near_offsets;  // jumprelu: pairs within the estimator's window
   std::vector<int32_t> near_latent;
   std::vector<float> near_grad;
   std::vector<float> gpre_main, gpre_aux;  // dLoss/dpre per pair
@@ -69,12 +69,9 @@ struct Trainer::Work {
 TrainArch train_arch(SaeActivation activation, bool batch_topk) {
   if (batch_topk && activation != SaeActivation::topk) throw std::invalid_argument("batch_topk needs topk");
   switch (activation) {
-    case SaeActivation::topk:
-      return batch_topk ? TrainArch::batchtopk : TrainArch::topk;
-    case SaeActivation::jumprelu:
-      return TrainArch::jumprelu;
-    case SaeActivation::relu:
-      break;
+    case SaeActivation::topk: return batch_topk ? TrainArch::batchtopk : TrainArch::topk;
+    case SaeActivation::jumprelu: return TrainArch::jumprelu;
+    case SaeActivation::relu: break;
   }
   return TrainArch::standard;
 }
@@ -105,7 +102,8 @@ void accumulate_rows(const int64_t* offsets, const int32_t* key, const int32_t* 
       for (int64_t j = j0; j < j1; ++j) {
         int64_t& e = at[sz(j - j0)];
         for (; e < offsets[j + 1] && key[e] < k0 + block; ++e)
-          if (coef[e] != 0.f) kt.axpy(grad_rows + j * width, coef[e], src + static_cast<int64_t>(rows[e]) * width, width);
+          if (coef[e] != 0.f)
+            kt.axpy(grad_rows + j * width, coef[e], src + static_cast<int64_t>(rows[e]) * width, width);
         more |= e < offsets[j + 1];
       }
     }
@@ -168,8 +166,8 @@ void Trainer::init(uint64_t seed) {
     for (int64_t i = 0; i < d_in; ++i)
       for (int64_t j = 0; j < d_sae; ++j) W_encT[sz(j * d_in + i)] = W_enc[sz(i * d_sae + j)];
   }
-  if (threshold_ >= 0) std::fill(p(threshold_).value.begin(), p(threshold_).value.end(),
-                                 static_cast<float>(cfg_.init_threshold));
+  if (threshold_ >= 0)
+    std::fill(p(threshold_).value.begin(), p(threshold_).value.end(), static_cast<float>(cfg_.init_threshold));
 }
 
 TrainParam& Trainer::param(const std::string& name) {
@@ -327,7 +325,8 @@ void transpose_to(const float* src, int64_t rows, int64_t cols, std::vector<floa
   const KernelTable& kt = kernels::active();
   t.resize(sz(rows * cols));
   parallel_for(
-      cols, [&](int64_t c0, int64_t c1, int) { kt.transpose(src + c0, cols, rows, c1 - c0, t.data() + c0 * rows, rows); },
+      cols,
+      [&](int64_t c0, int64_t c1, int) { kt.transpose(src + c0, cols, rows, c1 - c0, t.data() + c0 * rows, rows); },
       16);
 }
 
@@ -495,7 +494,6 @@ void Trainer::encode_rows(const float* sae_in, int64_t r0, int64_t r1) {
   });
 }
 
-
 StepStats Trainer::step(const float* x, const float* y, int64_t n, double lr, double coefficient) {
   // rows are int32 in the per-latent lists, and AuxK's follow the main ones (r + n): n < 2^30
   if (n <= 0 || n > INT32_MAX / 2) throw std::invalid_argument("a training batch needs 1 to 2^30 - 1 rows");
@@ -542,8 +540,7 @@ StepStats Trainer::step(const float* x, const float* y, int64_t n, double lr, do
   } else {
     decode(w.main, W_dec, d_out, d_sae, n, b_dec, w.out.data());
   }
-  if (skip_ >= 0)
-    matmul(x, n, d_in, d_in, p(skip_).value.data(), d_out, 1, d_in, nullptr, w.out.data(), d_out, true);
+  if (skip_ >= 0) matmul(x, n, d_in, d_in, p(skip_).value.data(), d_out, 1, d_in, nullptr, w.out.data(), d_out, true);
   w.g.resize(sz(2 * n * d_out));
   float* g = w.g.data();
   float* g_aux = g + n * d_out;
@@ -627,7 +624,8 @@ StepStats Trainer::step(const float* x, const float* y, int64_t n, double lr, do
   if (jump) st.sparsity_loss = coefficient * st.l0;
   if (standard) {
     double l1 = 0;
-    for (int64_t e = 0; e < w.main.nnz(); ++e) l1 += static_cast<double>(w.main.value[sz(e)]) * w.s[sz(w.main.latent[sz(e)])];
+    for (int64_t e = 0; e < w.main.nnz(); ++e)
+      l1 += static_cast<double>(w.main.value[sz(e)]) * w.s[sz(w.main.latent[sz(e)])];
     st.sparsity_loss = coefficient * l1 / static_cast<double>(n);
   }
   st.loss = st.mse + st.aux_loss + st.sparsity_loss;

@@ -24,18 +24,18 @@ TrainArch train_arch(SaeActivation activation, bool batch_topk);
 struct TrainConfig {
   TrainArch arch = TrainArch::topk;
   int64_t d_in = 0, d_sae = 0, d_out = 0;
-  bool skip = false;                          // W_skip [d_out, d_in] (skip transcoders)
-  double k = 0;                               // topk: per row; batchtopk: the mean per row
-  bool rescale_acts_by_decoder_norm = true;   // topk, batchtopk
-  bool apply_b_dec_to_input = true;           // SAEs (d_in == d_out and no y); never for transcoders
-  double aux_coefficient = 1.0;               // AuxK (topk, batchtopk)
-  double topk_threshold_lr = 0.01;            // batchtopk's running threshold
-  double bandwidth = 0.05;                    // jumprelu's straight-through estimator
-  double init_threshold = 0.01;               // jumprelu
-  double decoder_init_norm = 0.1;             // <= 0: keep kaiming_uniform's norms
-  int64_t dead_tokens = 1000 * 4096;          // dead: more tokens than this since it last fired
+  bool skip = false;                         // W_skip [d_out, d_in] (skip transcoders)
+  double k = 0;                              // topk: per row; batchtopk: the mean per row
+  bool rescale_acts_by_decoder_norm = true;  // topk, batchtopk
+  bool apply_b_dec_to_input = true;          // SAEs (d_in == d_out and no y); never for transcoders
+  double aux_coefficient = 1.0;              // AuxK (topk, batchtopk)
+  double topk_threshold_lr = 0.01;           // batchtopk's running threshold
+  double bandwidth = 0.05;                   // jumprelu's straight-through estimator
+  double init_threshold = 0.01;              // jumprelu
+  double decoder_init_norm = 0.1;            // <= 0: keep kaiming_uniform's norms
+  int64_t dead_tokens = 1000 * 4096;         // dead: more tokens than this since it last fired
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
-  double max_grad_norm = 1.0;                 // <= 0: no clipping
+  double max_grad_norm = 1.0;  // <= 0: no clipping
   void validate() const;
 };
 
@@ -82,9 +82,7 @@ class Trainer {
   void encode_rows(const float* sae_in, int64_t r0, int64_t r1);
   void select(int64_t n);
   // TopK's and BatchTopK's ranking value: the pre-activation times ||W_dec[j]|| when rescaling
-  float act(float pre, int64_t j) const {
-    return rescale_ ? pre * scale_[static_cast<size_t>(j)] : pre;
-  }
+  float act(float pre, int64_t j) const { return rescale_ ? pre * scale_[static_cast<size_t>(j)] : pre; }
   void near_threshold(int64_t n, float coef);
   void backward(int64_t n, const float* sae_in, const float* x, float coef);
   void sparse_backward(int64_t n, const float* sae_in, float coef);
@@ -97,7 +95,7 @@ class Trainer {
   TrainConfig cfg_;
   std::vector<TrainParam> params_;
   int threshold_ = -1, skip_ = -1;
-  bool rescale_ = false;         // TopK or BatchTopK, rescaling by decoder norms
+  bool rescale_ = false;          // TopK or BatchTopK, rescaling by decoder norms
   const float* scale_ = nullptr;  // ||W_dec[j]||, this step's  // their index in params_, -1 when absent
   std::shared_ptr<Work> work_;
 };

@@ -65,7 +65,8 @@ Reference reference_grads(Trainer& t, const std::vector<float>& xf, const std::v
     for (int64_t r = 0; r < n; ++r) {
       std::vector<int64_t> order(static_cast<size_t>(d_sae));
       for (int64_t j = 0; j < d_sae; ++j) order[size_t(j)] = j;
-      std::sort(order.begin(), order.end(), [&](int64_t p, int64_t q) { return h[size_t(r * d_sae + p)] > h[size_t(r * d_sae + q)]; });
+      std::sort(order.begin(), order.end(),
+                [&](int64_t p, int64_t q) { return h[size_t(r * d_sae + p)] > h[size_t(r * d_sae + q)]; });
       for (int64_t m = 0; m < int64_t(c.k); ++m) {
         const size_t i = size_t(r * d_sae + order[size_t(m)]);
         if (h[i] > 0) a[i] = decode_value(i);
@@ -92,8 +93,10 @@ Reference reference_grads(Trainer& t, const std::vector<float>& xf, const std::v
   if (aux_scale > 0)
     for (int64_t r = 0; r < n; ++r) {
       std::vector<int64_t> order(dead);
-      std::sort(order.begin(), order.end(), [&](int64_t p, int64_t q) { return h[size_t(r * d_sae + p)] > h[size_t(r * d_sae + q)]; });
-      for (int64_t m = 0; m < k_aux; ++m) u[size_t(r * d_sae + order[size_t(m)])] = decode_value(size_t(r * d_sae + order[size_t(m)]));
+      std::sort(order.begin(), order.end(),
+                [&](int64_t p, int64_t q) { return h[size_t(r * d_sae + p)] > h[size_t(r * d_sae + q)]; });
+      for (int64_t m = 0; m < k_aux; ++m)
+        u[size_t(r * d_sae + order[size_t(m)])] = decode_value(size_t(r * d_sae + order[size_t(m)]));
     }
   // output gradients: g of the MSE, ga of AuxK
   Vec g(size_t(n * d_out)), ga(size_t(n * d_out), 0.0);
@@ -111,7 +114,7 @@ Reference reference_grads(Trainer& t, const std::vector<float>& xf, const std::v
       ga[size_t(r * d_out + i)] = c.aux_coefficient * aux_scale * 2.0 / double(n) * (aux + e);
     }
   Reference ref{Vec(size_t(d_in * d_sae), 0.0), Vec(size_t(d_sae), 0.0), Vec(size_t(d_sae * d_out), 0.0),
-                Vec(size_t(d_out), 0.0), Vec(size_t(d_sae), 0.0), Vec(W_skip.size(), 0.0)};
+                Vec(size_t(d_out), 0.0),        Vec(size_t(d_sae), 0.0), Vec(W_skip.size(), 0.0)};
   for (int64_t r = 0; r < n; ++r)
     for (int64_t j = 0; j < d_sae; ++j) {
       const size_t rj = size_t(r * d_sae + j);
@@ -138,7 +141,8 @@ Reference reference_grads(Trainer& t, const std::vector<float>& xf, const std::v
     if (c.apply_b_dec_to_input)
       for (int64_t j = 0; j < d_sae; ++j) ref.b_dec[size_t(i)] -= ref.b_enc[size_t(j)] * W_enc[size_t(i * d_sae + j)];
     for (int64_t q = 0; q < (c.skip ? d_in : 0); ++q)
-      for (int64_t r = 0; r < n; ++r) ref.W_skip[size_t(i * d_in + q)] += g[size_t(r * d_out + i)] * x[size_t(r * d_in + q)];
+      for (int64_t r = 0; r < n; ++r)
+        ref.W_skip[size_t(i * d_in + q)] += g[size_t(r * d_out + i)] * x[size_t(r * d_in + q)];
   }
   return ref;
 }

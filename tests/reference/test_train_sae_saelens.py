@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import sae_lens
+import torch
 
 import tinymech as tm
-
-torch = pytest.importorskip("torch")
-sae_lens = pytest.importorskip("sae_lens")
 
 
 def data(n=3000, d_in=20, d_out=12, seed=0):

@@ -62,8 +62,33 @@ class _Sums:
     sq_resid: float = 0.0
     sq_norm: float = 0.0
     sum_x: np.ndarray | None = None
-    fired: np.ndarray | None = None
+    fired: np.ndarray = None  # [d_sae] int64, set in __post_init__
     ce: dict = dataclasses.field(default_factory=lambda: {"clean": [0.0, 0], "sae": [0.0, 0], "zero": [0.0, 0]})
+
+    def __post_init__(self):
+        if self.fired is None:
+            self.fired = np.zeros(self.d_sae, np.int64)
+
+    def add(self, indices: np.ndarray, values: np.ndarray, target: np.ndarray, recon: np.ndarray) -> None:
+        """Rows of one chunk: their active features (flat over the rows), the target and its reconstruction."""
+        target = target.astype(np.float64)
+        self.rows += len(target)
+        self.l0 += len(indices)
+        self.l1 += float(values.astype(np.float64).sum())
+        self.fired += np.bincount(indices, minlength=self.d_sae)
+        self.sq_resid += float(((target - recon) ** 2).sum())
+        self.sq_norm += float((target**2).sum())
+        self.sum_x = target.sum(0) + (0 if self.sum_x is None else self.sum_x)
+
+    def reconstruction(self, dense_threshold: float, rows_per_token: int = 1) -> "ReconstructionMetrics":
+        n = max(self.rows, 1)
+        variance = self.sq_norm / n - float(((self.sum_x / n) ** 2).sum()) if self.rows else 0.0
+        mse = self.sq_resid / n
+        explained = (1.0 if mse < 1e-10 else 0.0) if variance < 1e-10 else 1.0 - mse / variance
+        density = (self.fired / n).astype(np.float32)
+        return ReconstructionMetrics(n_tokens=self.rows // rows_per_token, l0=self.l0 / n, l1=self.l1 / n, mse=mse,
+                                     explained_variance=explained, dead_features=int((self.fired == 0).sum()),
+                                     dense_features=int((density > dense_threshold).sum()), feature_density=density)
 
     def add_ce(self, which: str, losses: np.ndarray, mask: np.ndarray):
         self.ce[which][0] += float(losses[mask].astype(np.float64).sum())
@@ -77,18 +102,10 @@ class _Sums:
 def _add_splice_record(sums: _Sums, splice, keep_rows: np.ndarray, d_out: int):
     last = splice.last()
     offsets, indices, values = last["codes"]
-    counts = np.diff(offsets)
-    row_of = np.repeat(np.arange(len(counts)), counts)
-    kept = keep_rows[row_of]
-    sums.rows += int(keep_rows.sum())
-    sums.l0 += float(counts[keep_rows].sum())
-    sums.l1 += float(values[kept].astype(np.float64).sum())
-    sums.fired += np.bincount(indices[kept], minlength=sums.d_sae)
+    kept = keep_rows[np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))]
     error = last["error"].reshape(-1, d_out)[keep_rows].astype(np.float64)
-    x = error + last["output"].reshape(-1, d_out)[keep_rows]  # output = x̂ where the SAE ran
-    sums.sq_resid += float((error**2).sum())
-    sums.sq_norm += float((x**2).sum())
-    sums.sum_x = x.sum(0) + (0 if sums.sum_x is None else sums.sum_x)
+    recon = last["output"].reshape(-1, d_out)[keep_rows]  # output = x̂ where the SAE ran
+    sums.add(indices[kept], values[kept], error + recon, recon)
 
 
 def _block_of(hook_name: str) -> int:
@@ -119,7 +136,7 @@ def sae_metrics(model, sae, tokens, batch_size: int = 8, ignore_tokens=None, den
     tokens = model.tokens_of(tokens, prepend_bos=prepend_bos)
     out_hook = sae.cfg.output_hook
     rows_per_token = hook_widths(model.cfg, out_hook)[0] // sae.d_out
-    sums = _Sums(sae.d_sae, fired=np.zeros(sae.d_sae, np.int64))
+    sums = _Sums(sae.d_sae)
     first = min(_block_of(sae.cfg.hook_name), _block_of(out_hook))
     for start in range(0, tokens.shape[0], max(1, int(batch_size))):
         batch = tokens[start : start + batch_size]
@@ -150,26 +167,16 @@ def sae_metrics(model, sae, tokens, batch_size: int = 8, ignore_tokens=None, den
         sums.add_ce("zero", model.run_with_hooks(**edited, fwd_hooks=[(out_hook, ablate)], return_type="loss",
                                                  loss_per_token=True), ce_mask)
 
-    n = max(sums.rows, 1)
-    variance = sums.sq_norm / n - float(((sums.sum_x / n) ** 2).sum()) if sums.rows else 0.0
-    mse = sums.sq_resid / n
-    explained = (1.0 if mse < 1e-10 else 0.0) if variance < 1e-10 else 1.0 - mse / variance
+    rec = sums.reconstruction(dense_threshold, rows_per_token)
     clean, spliced, zero = sums.ce_mean("clean"), sums.ce_mean("sae"), sums.ce_mean("zero")
-    density = (sums.fired / n).astype(np.float32)
     return SAEMetrics(
-        n_tokens=sums.rows // rows_per_token,
-        l0=sums.l0 / n,
-        l1=sums.l1 / n,
-        mse=mse,
-        explained_variance=explained,
+        n_tokens=rec.n_tokens, l0=rec.l0, l1=rec.l1, mse=rec.mse, explained_variance=rec.explained_variance,
         ce_clean=clean,
         ce_sae=spliced,
         ce_zero_ablation=zero,
         ce_loss_recovered=(zero - spliced) / (zero - clean) if zero != clean else float("nan"),
         delta_lm_loss=spliced - clean,
-        dead_features=int((sums.fired == 0).sum()),
-        dense_features=int((density > dense_threshold).sum()),
-        feature_density=density,
+        dead_features=rec.dead_features, dense_features=rec.dense_features, feature_density=rec.feature_density,
     )
 
 
@@ -204,25 +211,10 @@ def reconstruction_metrics_over(sae, read, n: int, chunk: int = 4096,
                                 dense_threshold: float = 0.1) -> ReconstructionMetrics:
     """reconstruction_metrics over n rows that read(start, stop) -> (x, y or None) gives a chunk at a
     time (rows of an activation store, never all in memory at once)."""
-    fired = np.zeros(sae.d_sae, np.int64)
-    l0 = l1 = sq_resid = sq_norm = 0.0
-    sum_y = np.zeros(sae.d_out, np.float64)
+    sums = _Sums(sae.d_sae)
     for start in range(0, n, chunk):
         xs, ys = read(start, min(start + chunk, n))
         xs = np.ascontiguousarray(xs, dtype=np.float32)
-        ys = (xs if ys is None else ys).astype(np.float64)
         _, indices, values = sae._core.encode_sparse(xs)  # CSR
-        l0 += len(indices)
-        l1 += float(values.astype(np.float64).sum())
-        fired += np.bincount(indices, minlength=sae.d_sae)
-        sq_resid += float(((ys - sae.forward(xs)) ** 2).sum())
-        sq_norm += float((ys**2).sum())
-        sum_y += ys.sum(0)
-    m = max(n, 1)
-    variance = sq_norm / m - float(((sum_y / m) ** 2).sum())
-    mse = sq_resid / m
-    explained = (1.0 if mse < 1e-10 else 0.0) if variance < 1e-10 else 1.0 - mse / variance
-    density = (fired / m).astype(np.float32)
-    return ReconstructionMetrics(n_tokens=n, l0=l0 / m, l1=l1 / m, mse=mse, explained_variance=explained,
-                                 dead_features=int((fired == 0).sum()),
-                                 dense_features=int((density > dense_threshold).sum()), feature_density=density)
+        sums.add(indices, values, xs if ys is None else ys, sae.forward(xs))
+    return sums.reconstruction(dense_threshold)

@@ -33,7 +33,6 @@ def synthetic(n_features: int = 6, context: int = 8, n_rows: int = 5, top_k: int
     top_token = np.full((f_count, top_k), -1, np.int64)
     sample_value = np.zeros((f_count, n_intervals, per_interval), np.float32)
     sample_token = np.full((f_count, n_intervals, per_interval), -1, np.int64)
-    windows: list[tuple[np.ndarray, np.ndarray]] = []
     flat = tokens.reshape(-1)
     acts = np.zeros((f_count, flat.size), np.float32)
     for f in range(f_count):
@@ -41,13 +40,11 @@ def synthetic(n_features: int = 6, context: int = 8, n_rows: int = 5, top_k: int
             continue
         on = flat == (f % len(WORDS))
         acts[f, on] = rng.uniform(0.5, 4.0, on.sum()).astype(np.float32)
-    top_windows, sample_windows = [], []
     for f in range(f_count):
         a = acts[f]
         active = np.flatnonzero(a > 0)
         count[f], sums[f] = len(active), a[active].sum()
         if not len(active):
-            top_windows.append([]), sample_windows.append([])
             continue
         m, e = np.frexp(a.max())
         rng_[f] = np.ldexp(1.0, e)

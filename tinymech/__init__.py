@@ -53,7 +53,17 @@ from .runtime import (
     set_kernel_variant,
     set_num_threads,
 )
-from .sae import SAE, ActivationStore, SAEMetrics, collect_activations, sae_metrics, train_sae
+from .sae import (
+    SAE,
+    ActivationStore,
+    FeatureDashboard,
+    FeatureDashboards,
+    SAEMetrics,
+    collect_activations,
+    feature_dashboards,
+    sae_metrics,
+    train_sae,
+)
 
 __version__ = "0.1.0"
 
@@ -61,6 +71,8 @@ __all__ = [
     "ActivationCache",
     "ActivationStore",
     "Config",
+    "FeatureDashboard",
+    "FeatureDashboards",
     "ContextLengthError",
     "FeatureIndexError",
     "HookError",
@@ -83,6 +95,7 @@ __all__ = [
     "add",
     "batches",
     "collect_activations",
+    "feature_dashboards",
     "fill",
     "get_act_name",
     "get_num_threads",

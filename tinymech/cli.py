@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+from pathlib import Path
 import sys
 import textwrap
 
@@ -112,7 +113,13 @@ def _parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train-sae", help="collect a hook's activations over a corpus and train an SAE or "
                            "transcoder on them (SAELens's format)")
     _train_args(train)
-    for p in (gen, info, dyn, tui, col, train):  # --threads after the subcommand too; when absent there, that before counts
+    dash = sub.add_parser("dashboards", help="build every feature's dashboard (top contexts, histogram, density, "
+                          "logit effects) over a corpus, beside the SAE")
+    _dashboards_args(dash)
+    feat = sub.add_parser("feature", help="print a feature's dashboard")
+    feat.add_argument("source", help="an SAE's folder (its dashboards/ inside) or a dashboards folder")
+    feat.add_argument("feature", type=_non_negative_int, help="the feature's index")
+    for p in (gen, info, dyn, tui, col, train, dash, feat):  # --threads after the subcommand too; when absent there, that before counts
         _threads_arg(p, argparse.SUPPRESS)
     return parser
 
@@ -147,6 +154,53 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue from OUT's checkpoint")
     p.add_argument("--seed", type=_non_negative_int, default=0)
     p.add_argument("--out", required=True, help="the SAE's folder")
+
+
+def _dashboards_args(p: argparse.ArgumentParser) -> None:
+    _model_arg(p, dtype=False)
+    p.add_argument("--sae", default=None, help="the SAE's or transcoder's folder (or give --hook for neurons)")
+    p.add_argument("--hook", default=None, help="without --sae: the units to explain, e.g. blocks.3.mlp.hook_post")
+    p.add_argument("--corpus", required=True, help="a text file, a folder of them, a .jsonl with a text field, "
+                   "or an activation store of the same hook (tinymech collect)")
+    p.add_argument("--text-field", default="text", help="the field holding the text in .jsonl files (default: text)")
+    p.add_argument("--tokens", type=_positive_int, default=None, help="tokens to read (default: the whole corpus)")
+    p.add_argument("--out", default=None, help="the dashboards' folder (default: SAE/dashboards)")
+    p.add_argument("--context", type=_positive_int, default=128, help="tokens per row, BOS included (default: 128)")
+    p.add_argument("--top-k", type=_positive_int, default=20, help="top contexts kept per feature (default: 20)")
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="rows per forward pass (default: 8)")
+    p.add_argument("--no-cooccurrence", action="store_true", help="skip the features' co-occurrence counts")
+    p.add_argument("--restart", action="store_true", help="replace the dashboards in --out instead of continuing")
+
+
+def _dashboards(args) -> int:
+    import tinymech as tm
+
+    if (args.sae is None) == (args.hook is None):
+        raise UsageError("give --sae (an SAE's features) or --hook (a layer's units), one of them")
+    model = tm.load(args.model)
+    try:
+        dash = tm.feature_dashboards(model, args.sae, args.corpus, n_tokens=args.tokens, context=args.context,
+                                     out=args.out, hook=args.hook, batch_size=args.batch_size,
+                                     cooccurrence=not args.no_cooccurrence, resume=not args.restart,
+                                     text_field=args.text_field, top_k=args.top_k)
+    except KeyboardInterrupt:
+        print("tinymech: interrupted; the pass so far is kept: the same command continues it", file=sys.stderr)
+        raise
+    live = int((dash.count > 0).sum())
+    print(printable(f"{dash!r}: {live} of {dash.n_features} features active; open them with "
+                    f"`tinymech feature {dash.path} N` or the TUI's feature explorer"))
+    return 0
+
+
+def _feature(args) -> int:
+    import tinymech as tm
+
+    folder = Path(args.source)
+    if not (folder / "index.json").is_file() and (folder / "dashboards" / "index.json").is_file():
+        folder = folder / "dashboards"
+    dash = tm.FeatureDashboards.load(folder)
+    print(dash[args.feature])
+    return 0
 
 
 def _train_sae(args) -> int:
@@ -325,7 +379,7 @@ def _collect(args) -> int:
 
 
 COMMANDS = {"generate": _generate, "info": _info, "dynamics": _dynamics, "tui": _tui, "collect": _collect,
-            "train-sae": _train_sae}
+            "train-sae": _train_sae, "dashboards": _dashboards, "feature": _feature}
 
 
 def _report_error(error: Exception) -> int:

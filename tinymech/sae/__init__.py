@@ -1,9 +1,11 @@
 """Sparse autoencoders and transcoders in SAELens's format: loading, the splice into a
 forward pass, metrics, the activations to train them on, and training."""
 from .activations import ActivationStore, collect_activations
+from .dashboards import FeatureDashboard, FeatureDashboards
+from .dashboards.build import feature_dashboards
 from .metrics import SAEMetrics, sae_metrics
 from .sae import SAE
 from .train import train_sae
 from .trainer import Trainer
 
-__all__ = ["ActivationStore", "SAE", "SAEMetrics", "Trainer", "collect_activations", "sae_metrics", "train_sae"]
+__all__ = ["ActivationStore", "FeatureDashboard", "FeatureDashboards", "SAE", "SAEMetrics", "Trainer", "collect_activations", "feature_dashboards", "sae_metrics", "train_sae"]

@@ -338,32 +338,51 @@ def from_arrays(meta: dict, a: Mapping[str, np.ndarray], vocab: Mapping[int, str
                 path: Path | None = None, notes_path: Path | None = None) -> FeatureDashboards:
     summary = summary_of(meta, a)
 
-    def strings(ids) -> tuple[str, ...]:
-        return tuple(vocab.get(int(i), f"<{int(i)}>") for i in ids)
+    top_id = max(vocab, default=-1)
+    names = np.array([vocab.get(i, f"<{i}>") for i in range(top_id + 1)], dtype=object)
+    ctx, before = meta["context"], meta["before"]
+    offsets = np.arange(-before, meta["after"] + 1)
 
-    def context(token: int, slot: int) -> Context:
-        row, pos = divmod(int(token), meta["context"])
-        ids = a["tokens"][int(np.searchsorted(a["rows"], row))]
-        lo, hi = max(0, pos - meta["before"]), min(meta["context"], pos + meta["after"] + 1)
-        acts = np.zeros(hi - lo, np.float32)
-        s, e = a["window_start"][slot], a["window_start"][slot + 1]
-        offsets = a["window_offset"][s:e].astype(np.int64) + pos - lo
-        inside = (offsets >= 0) & (offsets < hi - lo)
-        acts[offsets[inside]] = a["window_value"][s:e][inside]
-        return Context(ids[lo:hi].copy(), strings(ids[lo:hi]), acts, pos - lo, row, pos)
+    def contexts(tokens: np.ndarray, first_slot: int) -> list[Context]:
+        """The contexts of the tokens (-1: none) held in consecutive slots from first_slot, all at once."""
+        slots = first_slot + np.flatnonzero(tokens >= 0)
+        row, pos = np.divmod(tokens[tokens >= 0].astype(np.int64), ctx)
+        cols = pos[:, None] + offsets
+        inside = (cols >= 0) & (cols < ctx)
+        ids = a["tokens"][np.searchsorted(a["rows"], row)[:, None], np.clip(cols, 0, ctx - 1)]
+        starts, ends = a["window_start"][slots], a["window_start"][slots + 1]
+        lengths = (ends - starts).astype(np.int64)
+        which = np.repeat(np.arange(len(slots)), lengths)
+        entries = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths) + np.repeat(starts,
+                                                                                                          lengths)
+        col = a["window_offset"][entries].astype(np.int64) + before
+        ok = (col >= 0) & (col < len(offsets))
+        acts = np.zeros(ids.shape, np.float32)
+        acts[which[ok], col[ok]] = a["window_value"][entries[ok]]
+        strs = names[np.clip(ids, 0, max(top_id, 0))] if top_id >= 0 else np.full(ids.shape, "", dtype=object)
+        unknown = (ids < 0) | (ids > top_id)
+        strs[unknown] = [f"<{int(i)}>" for i in ids[unknown]]
+        out = []
+        for i in range(len(slots)):
+            lo, hi = np.flatnonzero(inside[i])[[0, -1]]
+            out.append(Context(ids[i, lo:hi + 1], tuple(strs[i, lo:hi + 1].tolist()), acts[i, lo:hi + 1],
+                               before - int(lo), int(row[i]), int(pos[i])))
+        return out
 
     n_bins, k, n_int, per = meta["n_bins"], meta["top_k"], meta["n_intervals"], meta["per_interval"]
 
     def feature(f: int) -> FeatureDashboard:
         r = float(a["range"][f])
         first_sample = meta["n_features"] * k + f * n_int * per
-        tops = tuple(context(t, f * k + j) for j, t in enumerate(a["top_token"][f]) if t >= 0)
+        tops = tuple(contexts(a["top_token"][f], f * k))
         hist = a["hist"][f].astype(np.int64)
+        samples = a["sample_token"][f].reshape(-1)
+        have = np.cumsum(np.concatenate([[0], (samples >= 0)]))  # the contexts of interval i: have[i*per]:...
+        every = contexts(samples, first_sample)
         intervals = []
         for i in range(n_int):
             width = n_bins // n_int
-            tokens = a["sample_token"][f, i]
-            chosen = tuple(context(t, first_sample + i * per + j) for j, t in enumerate(tokens) if t >= 0)
+            chosen = tuple(every[have[i * per]:have[(i + 1) * per]])
             n = int(hist[i * width:(i + 1) * width].sum())
             if n:
                 intervals.append(Interval(r * i / n_int, r * (i + 1) / n_int, n, chosen))

@@ -348,7 +348,6 @@ def from_arrays(meta: dict, a: Mapping[str, np.ndarray], vocab: Mapping[int, str
         slots = first_slot + np.flatnonzero(tokens >= 0)
         row, pos = np.divmod(tokens[tokens >= 0].astype(np.int64), ctx)
         cols = pos[:, None] + offsets
-        inside = (cols >= 0) & (cols < ctx)
         ids = a["tokens"][np.searchsorted(a["rows"], row)[:, None], np.clip(cols, 0, ctx - 1)]
         starts, ends = a["window_start"][slots], a["window_start"][slots + 1]
         lengths = (ends - starts).astype(np.int64)
@@ -362,12 +361,11 @@ def from_arrays(meta: dict, a: Mapping[str, np.ndarray], vocab: Mapping[int, str
         strs = names[np.clip(ids, 0, max(top_id, 0))] if top_id >= 0 else np.full(ids.shape, "", dtype=object)
         unknown = (ids < 0) | (ids > top_id)
         strs[unknown] = [f"<{int(i)}>" for i in ids[unknown]]
-        out = []
-        for i in range(len(slots)):
-            lo, hi = np.flatnonzero(inside[i])[[0, -1]]
-            out.append(Context(ids[i, lo:hi + 1], tuple(strs[i, lo:hi + 1].tolist()), acts[i, lo:hi + 1],
-                               before - int(lo), int(row[i]), int(pos[i])))
-        return out
+        first = np.maximum(before - pos, 0).tolist()  # the window's part inside the row: [first, last)
+        last = np.minimum(before + ctx - pos, len(offsets)).tolist()
+        rows, poss = row.tolist(), pos.tolist()
+        return [Context(ids[i, lo:hi], tuple(strs[i, lo:hi].tolist()), acts[i, lo:hi], before - lo, rows[i], poss[i])
+                for i, (lo, hi) in enumerate(zip(first, last))]
 
     n_bins, k, n_int, per = meta["n_bins"], meta["top_k"], meta["n_intervals"], meta["per_interval"]
 

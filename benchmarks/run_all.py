@@ -19,6 +19,7 @@ Benchmarks (--only takes any of these names, comma-separated):
   sae_training  TopK SAE training tok/s, held-out EV and CE recovered vs SAELens's
             trainer and a sparsify-style torch loop; a quick budget unless
             --train-tokens                                               (bench_sae_training.py)
+  dashboards  feature dashboards tok/s, where the time goes, seconds per 10^6 tokens (bench_dashboards.py)
   roofline  matmul GF/s vs numpy and FMA peak; memory bandwidth          (roofline.py)
   load      tm.load time of a save_pretrained checkpoint                 (bench_system.py)
   rss       peak RSS of load + a 512-token forward, or + generation, vs the weights' bytes (bench_system.py)
@@ -40,7 +41,7 @@ import time
 import traceback
 import warnings
 
-BENCHMARKS = ("forward", "bf16", "hooks", "tlbridge", "analysis", "sae", "sae_training", "roofline", "load", "rss", "length", "threads", "llamacpp", "smollm2")
+BENCHMARKS = ("forward", "bf16", "hooks", "tlbridge", "analysis", "sae", "sae_training", "dashboards", "roofline", "load", "rss", "length", "threads", "llamacpp", "smollm2")
 NEEDS_GPT2 = {"forward", "bf16", "hooks", "tlbridge", "analysis", "load", "rss", "length", "threads", "llamacpp"}
 TITLES = {"llamacpp": "llama.cpp", "smollm2": "SmolLM2", "tlbridge": "TL 4.x bridge"}
 
@@ -70,6 +71,7 @@ def run(args) -> tuple:
     (rows, [(name, reason)] of the skipped, [(name, error)] of the failed). A failed
     benchmark does not stop the others: the rows measured before it are kept."""
     from bench_analysis import analysis_rows
+    from bench_dashboards import dashboard_rows
     from bench_forward import bf16_rows, forward_rows
     from bench_hooks import hooks_rows, make_tl, tl_bridge_rows
     from bench_llamacpp import llamacpp_rows
@@ -133,6 +135,8 @@ def run(args) -> tuple:
         elif name == "sae_training":
             tokens = {"smollm2": args.train_tokens, "demo": args.train_tokens} if args.train_tokens else None
             step(name, lambda: sae_training_rows(tokens))
+        elif name == "dashboards":
+            step(name, dashboard_rows)
         elif name == "roofline":
             step(name, lambda: roofline_rows(args.threads, repeats=reps))
         elif name == "smollm2":

@@ -202,3 +202,19 @@ def test_the_default_folder_is_beside_the_sae_and_writes_its_labels(model, tmp_p
     capsys.readouterr()
     assert main(["feature", str(folder), str(f)]) == 0
     assert f"feature {f}" in capsys.readouterr().out
+
+
+def test_a_transcoder_reads_its_input_hook(model, tmp_path):
+    from numpy_checkpoints import write_sae
+
+    hook_in, hook_out = "blocks.1.ln2.hook_normalized", "blocks.1.hook_mlp_out"
+    d = model.cfg.d_model
+    tc = tm.SAE.load(write_sae(tmp_path / "tc", "transcoder", d, 64, hook=hook_in, hook_out=hook_out, std=0.1))
+    dash = dashboards(model, tc, tmp_path / "d", n_tokens=400)
+
+    def acts_of(rows):
+        _, cache = model.run_with_cache(rows, names_filter=[hook_in], return_type=None)
+        return tc.encode(cache[hook_in])
+
+    check_against(dash, model, *brute_force(model, acts_of, n_tokens=400), directions=tc.W_dec)
+    assert dash.meta["kind"] == "transcoder" and dash.meta["hook_out"] == hook_out

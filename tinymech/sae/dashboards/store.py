@@ -22,7 +22,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ...errors import FeatureIndexError, InvalidInputError, whole_number
+from ...errors import FeatureIndexError, InvalidInputError, ModelLoadError, whole_number
 from ...io.files import check_regular, read_json
 from ...io.safetensors import SafetensorsFile
 from ...text import printable
@@ -235,6 +235,9 @@ def expected_shapes(meta: dict) -> dict[str, tuple]:
     }
 
 
+FLOATS = {"sum", "range", "top_value", "sample_value", "window_value", "promoted_values", "suppressed_values"}
+
+
 def _load(folder: Path) -> FeatureDashboards:
     meta = read_index(folder)
     if not meta.get("complete"):
@@ -261,12 +264,17 @@ def notes_path(folder: Path, meta: dict) -> Path:
 
 def read_arrays(path: Path, meta: dict) -> dict[str, np.ndarray]:
     check_regular(path, InvalidInputError)
-    file = SafetensorsFile(path)
+    try:
+        file = SafetensorsFile(path)
+    except ModelLoadError as e:  # the reader's error names the file: the same words as a dashboards error
+        raise InvalidInputError(str(e)) from e
     out = {}
     for name, shape in expected_shapes(meta).items():
         if name not in file:
             raise InvalidInputError(f"{path} has no {name!r} array")
         a = file.tensor(name)
+        if a.dtype.kind not in ("f" if name in FLOATS else "iu"):
+            raise InvalidInputError(f"{path}'s {name!r} holds {a.dtype}, not {'floats' if name in FLOATS else 'integers'}")
         if len(a.shape) != len(shape) or any(w not in (-1, g) for w, g in zip(shape, a.shape)):
             raise InvalidInputError(f"{path}'s {name!r} has shape {a.shape}, not {shape} as its index says")
         out[name] = a
@@ -276,6 +284,8 @@ def read_arrays(path: Path, meta: dict) -> dict[str, np.ndarray]:
 
 def _check_references(path: Path, meta: dict, a: dict) -> None:
     """Every offset in the arrays points inside them (they come from a file)."""
+    if len(a["rows"]) != len(a["tokens"]) or np.any(np.diff(a["rows"]) <= 0):
+        raise InvalidInputError(f"{path}'s rows are not sorted indices of its token rows")
     start = a["window_start"]
     if start[0] != 0 or np.any(np.diff(start) < 0) or start[-1] != len(a["window_offset"]) \
             or len(a["window_offset"]) != len(a["window_value"]):
@@ -290,8 +300,6 @@ def _check_references(path: Path, meta: dict, a: dict) -> None:
         used = np.unique(t[t >= 0] // meta["context"])
         if not np.all(np.isin(used, a["rows"])):
             raise InvalidInputError(f"{path}'s {name} refers to a row it does not keep")
-    if len(a["rows"]) != len(a["tokens"]) or np.any(np.diff(a["rows"]) <= 0):
-        raise InvalidInputError(f"{path}'s rows are not sorted indices of its token rows")
     f = meta["n_features"]
     for name in ("cooc_ids",):
         if np.any((a[name] < -1) | (a[name] >= f)):

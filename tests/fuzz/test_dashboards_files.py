@@ -1,0 +1,98 @@
+"""Hostile or broken dashboards folders: each gets a precise InvalidInputError
+when loaded, never a foreign exception, a crash or an out-of-range read."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+import tinymech as tm
+from dashboard_factory import synthetic_folder
+from tinymech.sae.dashboards.store import ARRAYS, INDEX, VOCAB
+
+
+@pytest.fixture
+def folder(tmp_path):
+    return synthetic_folder(tmp_path / "d")
+
+
+def edit_index(folder, **changes):
+    meta = json.loads((folder / INDEX).read_text())
+    meta.update(changes)
+    (folder / INDEX).write_text(json.dumps(meta))
+
+
+def edit_array(folder, name, value):
+    arrays = load_file(str(folder / ARRAYS))
+    arrays[name] = value(arrays[name]) if callable(value) else value
+    save_file(arrays, str(folder / ARRAYS))
+
+
+def every_feature(folder):
+    dash = tm.FeatureDashboards.load(folder)
+    for d in dash:
+        str(d)
+    return dash
+
+
+def test_the_intact_folder_loads(folder):
+    assert every_feature(folder).n_features == 6
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"format": "something else"}, "not a"),
+    ({"version": 99}, "version"),
+    ({"n_features": -1}, "n_features"),
+    ({"n_features": 2**50}, "n_features"),
+    ({"top_k": "3"}, "top_k"),
+    ({"context": 0}, "context"),
+    ({"n_features": 7}, "shape"),
+    ({"top_k": 4}, "shape"),
+    ({"context": 9}, "shape"),
+    ({"complete": False}, "unfinished"),
+    ({"n_rows": 1}, "outside the corpus"),
+])
+def test_a_lying_index_is_refused(folder, changes, match):
+    edit_index(folder, **changes)
+    with pytest.raises(tm.InvalidInputError, match=match):
+        every_feature(folder)
+
+
+@pytest.mark.parametrize("name, value, match", [
+    ("window_start", lambda a: a + 1, "window_start"),
+    ("window_start", lambda a: a[::-1].copy(), "window_start"),
+    ("window_offset", lambda a: a + 1000, "window_offset"),
+    ("top_token", lambda a: a + 10**6, "top_token"),
+    ("sample_token", lambda a: np.where(a >= 0, -5, a), "sample_token"),
+    ("rows", lambda a: a[:-1].copy(), "rows"),
+    ("rows", lambda a: a[::-1].copy(), "rows"),
+    ("cooc_ids", lambda a: a + 100, "cooc_ids"),
+    ("count", lambda a: a.astype(np.float32), "count"),
+    ("promoted_ids", lambda a: a.astype(np.float64), "promoted_ids"),
+])
+def test_arrays_pointing_outside_are_refused(folder, name, value, match):
+    edit_array(folder, name, value)
+    with pytest.raises(tm.InvalidInputError, match=match):
+        every_feature(folder)
+
+
+@pytest.mark.parametrize("damage", [
+    lambda f: (f / ARRAYS).write_bytes(b"\x00" * 7),
+    lambda f: (f / ARRAYS).unlink(),
+    lambda f: (f / INDEX).write_text("{"),
+    lambda f: (f / INDEX).write_text("[]"),
+    lambda f: (f / VOCAB).write_text('{"x": 3}'),
+    lambda f: (f / VOCAB).write_text('{"1": 3}'),
+    lambda f: (f / VOCAB).write_text("[1, 2]"),
+])
+def test_damaged_files_are_refused(folder, damage):
+    damage(folder)
+    with pytest.raises(tm.InvalidInputError):
+        every_feature(folder)
+
+
+def test_no_folder(tmp_path):
+    with pytest.raises(tm.InvalidInputError, match="no feature dashboards"):
+        tm.FeatureDashboards.load(tmp_path)

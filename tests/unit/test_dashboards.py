@@ -218,3 +218,21 @@ def test_a_transcoder_reads_its_input_hook(model, tmp_path):
 
     check_against(dash, model, *brute_force(model, acts_of, n_tokens=400), directions=tc.W_dec)
     assert dash.meta["kind"] == "transcoder" and dash.meta["hook_out"] == hook_out
+
+
+def test_loading_for_an_sae_checks_its_weights(model, sae, tmp_path):
+    dashboards(model, sae, tmp_path / "d", n_tokens=200)
+    assert tm.FeatureDashboards.load(tmp_path / "d", sae=sae).n_tokens == 200
+    w_dec = sae.W_dec.copy()
+    w_dec[3] *= 2
+    other = tm.SAE(sae.cfg, {"W_enc": sae.W_enc, "b_enc": sae.b_enc, "W_dec": w_dec, "b_dec": sae.b_dec})
+    with pytest.raises(tm.InvalidInputError, match="another SAE"):
+        tm.FeatureDashboards.load(tmp_path / "d", sae=other)
+
+
+def test_an_sae_whose_hook_the_model_lacks_is_refused(model, tmp_path):
+    from numpy_checkpoints import write_sae
+
+    wide = tm.SAE.load(write_sae(tmp_path / "w", "topk", 576, 64, hook="blocks.15.hook_resid_pre", k=4))
+    with pytest.raises(tm.HookError):
+        dashboards(model, wide, tmp_path / "d")

@@ -13,7 +13,6 @@ every few minutes and on Ctrl-C; the same call continues it.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import time
@@ -31,7 +30,7 @@ from ...progress import progress_function
 from ..activations import ActivationStore, _row_batches, _stop_layer, model_identity, tokenizer_sha256
 from ..splice import check_hooks, hook_widths
 from .labels import auto_labels
-from .store import FORMAT, INDEX, VERSION, FeatureDashboards, from_arrays, read_index, write_folder
+from .store import FORMAT, INDEX, VERSION, FeatureDashboards, from_arrays, read_index, sae_sha256, write_folder
 
 DEFAULTS = dict(top_k=20, n_intervals=16, per_interval=4, n_bins=64, before=24, after=8, n_logits=10, n_cooc=10)
 COOC_CAP = 64  # features per token that count for co-occurrence (all of a TopK SAE's)
@@ -346,17 +345,6 @@ def _sizes(sizes: dict, context) -> dict:
     if out["n_intervals"] > out["n_bins"]:
         raise InvalidInputError("n_intervals cannot exceed n_bins")
     return out
-
-
-def sae_sha256(sae) -> str:
-    """A fingerprint of an SAE's weights: dashboards of one SAE are not another's."""
-    h = hashlib.sha256()
-    for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold", "W_skip"):
-        w = getattr(sae, name, None)
-        if w is not None:
-            h.update(name.encode())
-            h.update(np.ascontiguousarray(w, np.float32).tobytes())
-    return h.hexdigest()
 
 
 def _new_meta(model, source, store, corpus, n_tokens, context, seed, cooccurrence, sizes) -> dict:

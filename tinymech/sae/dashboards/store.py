@@ -15,6 +15,7 @@ A context is referenced by the index of its token in the corpus (row * context +
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -191,9 +192,25 @@ class FeatureDashboards:
         return search(self, query)
 
     @classmethod
-    def load(cls, path) -> FeatureDashboards:
-        """The dashboards in a folder written by tm.feature_dashboards."""
-        return _load(Path(path))
+    def load(cls, path, sae=None) -> FeatureDashboards:
+        """The dashboards in a folder written by tm.feature_dashboards; with sae, refused unless
+        they were built from that SAE's weights."""
+        dash = _load(Path(path))
+        if sae is not None and dash.meta.get("sae_sha256") != sae_sha256(sae):
+            raise InvalidInputError(f"the dashboards in {path} were built from another SAE (its weights differ): "
+                                    "build them again for this one")
+        return dash
+
+
+def sae_sha256(sae) -> str:
+    """A fingerprint of an SAE's weights: dashboards of one SAE are not another's."""
+    h = hashlib.sha256()
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold", "W_skip"):
+        w = getattr(sae, name, None)
+        if w is not None:
+            h.update(name.encode())
+            h.update(np.ascontiguousarray(w, np.float32).tobytes())
+    return h.hexdigest()
 
 
 # --- reading a folder -------------------------------------------------------------------------------------------

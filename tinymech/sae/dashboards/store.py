@@ -118,7 +118,7 @@ class FeatureDashboards:
         self._feature = feature
         from .labels import read_notes
 
-        self.notes = read_notes(notes_path) if notes_path is not None else {}
+        self.notes = read_notes(notes_path, self.n_features) if notes_path is not None else {}
 
     @property
     def n_features(self) -> int:

@@ -22,6 +22,7 @@ __all__ = ["NOTES_FILE", "auto_label", "auto_labels", "read_auto_labels", "read_
 MAX_LABEL = 40
 DOMINANT = 0.6  # share of the peaks one token (or one neighbour) needs to name the feature
 COVERED = 0.8  # share of the peaks a small set of tokens, or a class of tokens, needs
+CODE_MARKS = "{}[]<>=_\\`$|&^~#@"  # characters prose rarely has
 SPACE_MARKS = " Ġ▁"  # a word's leading space, as byte-level BPE and SentencePiece vocabularies write it
 
 
@@ -45,10 +46,10 @@ def token_class(token: str) -> str | None:
     core = core.strip()
     if core.replace(",", "").replace(".", "").isdigit():
         return "numbers"
-    if all(unicodedata.category(ch).startswith("P") for ch in core):
-        return "punctuation"
-    if any(ch in "{}[]<>=;_\\`$|&^~#@" for ch in core) or all(unicodedata.category(ch)[0] in "PS" for ch in core):
+    if any(ch in CODE_MARKS for ch in core) or all(unicodedata.category(ch)[0] == "S" for ch in core):
         return "code / symbols"
+    if all(unicodedata.category(ch)[0] in "PS" for ch in core):
+        return "punctuation"
     if core[0].isupper() and core.isalpha():
         return "capitalised words"
     return None

@@ -2,6 +2,7 @@
 (their files read hostile-proof), and searching features by id, label or token."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 
@@ -12,9 +13,9 @@ import tinymech as tm
 from dashboard_factory import synthetic_dashboards, synthetic_folder
 from numpy_checkpoints import write_sae
 from tinymech.errors import InvalidInputError
-from tinymech.sae.dashboards.labels import (MAX_LABEL, NOTES_FILE, auto_label, auto_labels, read_auto_labels,
-                                            read_notes, search, token_class, write_notes)
-from tinymech.sae.dashboards.store import AUTO_LABELS, Context, FeatureDashboard, FeatureDashboards
+from tinymech.sae.dashboards.labels import (MAX_LABEL, NOTES_FILE, auto_label, auto_labels, feature_labels_json,
+                                            read_auto_labels, read_notes, search, token_class, write_notes)
+from tinymech.sae.dashboards.store import AUTO_LABELS, Context, FeatureDashboard, FeatureDashboards, Interval
 
 
 def context(tokens, peak: int) -> Context:
@@ -186,3 +187,19 @@ def test_search_by_label(tmp_path):
     dash.set_label(2, "Lovely dead feature")
     assert search(dash, "lovely") == [2]
     assert dash.search("nothing like this") == [] and dash.search("   ") == []
+
+
+def test_low_activation_samples_do_not_blur_the_label():
+    d = dashboard(peaks(" the", " the", " the"))
+    low = Interval(0.0, 0.25, 50, tuple(context((" x", t), 1) for t in (" cat", " sat", " on", " mat", " ran")))
+    high = Interval(0.5, 1.0, 9, (context((" x", " the"), 1),))
+    assert auto_label(dataclasses.replace(d, intervals=(low, high))) == "' the'"
+
+
+def test_feature_labels_json_is_what_sae_labels_read(tmp_path):
+    data = feature_labels_json(synthetic_dashboards(dead=(2,)))
+    assert set(data) == {"0", "1", "3", "4", "5"} and data["0"]["label"] == "' the'"
+    assert data["0"]["label_source"] == "auto" and data["0"]["top_contexts"][0]["text"].count("«") == 1
+    path = write_sae(tmp_path / "sae", "standard", 8, 16, hook="blocks.0.hook_resid_pre")
+    (path / "feature_labels.json").write_text(json.dumps(data))
+    assert tm.SAE.load(path).labels[5] == "' Darcy'"

@@ -17,7 +17,7 @@ from ...errors import InvalidInputError
 from ...io.files import read_json
 from ..loading import NOTES_FILE
 
-__all__ = ["NOTES_FILE", "auto_label", "auto_labels", "read_auto_labels", "read_notes", "write_notes", "search"]
+__all__ = ["NOTES_FILE", "auto_label", "auto_labels", "feature_labels_json", "read_auto_labels", "read_notes", "write_notes", "search"]
 
 MAX_LABEL = 40
 DOMINANT = 0.6  # share of the peaks one token (or one neighbour) needs to name the feature
@@ -56,8 +56,10 @@ def token_class(token: str) -> str | None:
 
 
 def _peaks(d) -> list:
-    """The contexts a label is read from: the top contexts and the interval samples."""
-    return list(d.top_contexts) + [c for interval in d.intervals for c in interval.contexts]
+    """The contexts a label is read from: the top contexts and the samples above half the maximum
+    (at low activations a feature is least specific)."""
+    upper = [c for i in d.intervals if i.high > d.max_activation / 2 for c in i.contexts]
+    return list(d.top_contexts) + upper
 
 
 def _neighbour(contexts, step: int) -> str | None:
@@ -109,6 +111,24 @@ def auto_label(d) -> str:
 def auto_labels(dash) -> dict[int, str]:
     """The automatic label of every feature that fires."""
     return {f: label for f in range(dash.n_features) if dash.count[f] and (label := auto_label(dash[f]))}
+
+
+def feature_labels_json(dash, contexts: int = 5, logits: int = 8) -> dict[str, dict]:
+    """The SAE folder's feature_labels.json (what SAE.labels and the TUI read) made from dashboards:
+    per live feature its automatic label, density, max activation, top contexts and logit effects."""
+    out = {}
+    for d in (dash[f] for f in range(dash.n_features) if dash.count[f]):
+        label = auto_label(d)
+        if not label:
+            continue
+        out[str(d.index)] = {
+            "label": label, "label_source": "auto", "density": round(d.density, 6),
+            "max_activation": round(d.max_activation, 4),
+            "top_contexts": [{"activation": round(c.value, 4), "text": c.text()} for c in d.top_contexts[:contexts]],
+            "promoted_tokens": [[t, round(v, 4)] for t, v in d.promoted[:logits]],
+            "suppressed_tokens": [[t, round(v, 4)] for t, v in d.suppressed[:logits]],
+        }
+    return out
 
 
 # --- files: labels.json (automatic) and feature_notes.json (the user's) ---------------------------------------------

@@ -41,6 +41,7 @@ def peaks(*tokens, before=None):
 
 def test_one_dominant_token_names_the_feature():
     assert auto_label(dashboard(peaks(" the", " the", " the", " the", " a"))) == "' the'"
+    assert auto_label(dashboard(peaks("of", " of", " of", " about", " of"))) == "' of'"  # with or without its space
 
 
 def test_a_small_set_of_tokens_is_listed():

@@ -72,7 +72,9 @@ def _neighbour(contexts, step: int) -> str | None:
 
 
 def _what_it_fires_on(tokens: list[str]) -> str | None:
-    counted = collections.Counter(tokens).most_common()
+    # ' of' and 'of' count as one token, shown as the more frequent of the two
+    shown = {t.lstrip(SPACE_MARKS) or t: t for t, _ in collections.Counter(tokens).most_common()[::-1]}
+    counted = [(shown[t], n) for t, n in collections.Counter(t.lstrip(SPACE_MARKS) or t for t in tokens).most_common()]
     n = len(tokens)
     if counted[0][1] >= DOMINANT * n:
         return quoted(counted[0][0])

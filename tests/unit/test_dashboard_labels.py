@@ -89,7 +89,8 @@ def test_dead_features_get_no_label():
 
 
 def test_token_classes():
-    assert token_class(" the") is None and token_class("Ġ7") == "numbers" and token_class("▁Paris") == "capitalised words"
+    assert token_class(" the") is None and token_class("Ġ7") == "numbers"
+    assert token_class("▁Paris") == "capitalised words" and token_class(" ") == "spaces"
 
 
 # --- the user's labels and notes -------------------------------------------------------------------------------------

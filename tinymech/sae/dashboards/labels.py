@@ -3,7 +3,7 @@ user's labels and notes, saved beside the SAE (feature_notes.json) and preferred
 
 An automatic label names, in order of preference: the one token a feature fires on
 ("' the'"), the few it fires on ("' the' / ' a' / ' an'"), the kind of token
-("digits", "capitalised words"), the token that consistently comes before or after its
+("numbers", "capitalised words"), the token that consistently comes before or after its
 peaks ("after ' Mr'"), or else what it promotes ("→ ' walked'"). Tokens stay raw in the
 labels (they are data); whoever shows a label makes it printable."""
 from __future__ import annotations
@@ -17,7 +17,8 @@ from ...errors import InvalidInputError
 from ...io.files import read_json
 from ..loading import NOTES_FILE
 
-__all__ = ["NOTES_FILE", "auto_label", "auto_labels", "feature_labels_json", "read_auto_labels", "read_notes", "write_notes", "search"]
+__all__ = ["NOTES_FILE", "auto_label", "auto_labels", "feature_labels_json", "read_auto_labels", "read_notes",
+           "write_notes", "search"]
 
 MAX_LABEL = 40
 DOMINANT = 0.6  # share of the peaks one token (or one neighbour) needs to name the feature
@@ -37,7 +38,7 @@ def quoted(token: str, limit: int = 14) -> str:
 
 
 def token_class(token: str) -> str | None:
-    """The kind of token, for labels like "digits"; None for an ordinary lower-case word piece."""
+    """The kind of token, for labels like "numbers"; None for an ordinary lower-case word piece."""
     core = token.lstrip(SPACE_MARKS)
     if not core:
         return "spaces" if token else None
@@ -72,21 +73,18 @@ def _neighbour(contexts, step: int) -> str | None:
 
 
 def _what_it_fires_on(tokens: list[str]) -> str | None:
+    """One token, a few, or a class of tokens that most peaks are; None if there is none."""
     # ' of' and 'of' count as one token, shown as the more frequent of the two
     shown = {t.lstrip(SPACE_MARKS) or t: t for t, _ in collections.Counter(tokens).most_common()[::-1]}
     counted = [(shown[t], n) for t, n in collections.Counter(t.lstrip(SPACE_MARKS) or t for t in tokens).most_common()]
-    n = len(tokens)
+    n, top3 = len(tokens), counted[:3]
     if counted[0][1] >= DOMINANT * n:
         return quoted(counted[0][0])
-    top3 = counted[:3]
-    if len(top3) > 1 and sum(c for _, c in top3) >= COVERED * n and len(counted) <= 3:
-        return " / ".join(quoted(t, 8) for t, _ in top3)
-    classes = collections.Counter(token_class(t) for t in tokens).most_common(1)[0]
-    if classes[0] is not None and classes[1] >= COVERED * n:
-        return classes[0]
-    if sum(c for _, c in top3) >= COVERED * n:
-        return " / ".join(quoted(t, 8) for t, _ in top3)
-    return None
+    few = " / ".join(quoted(t, 8) for t, _ in top3) if sum(c for _, c in top3) >= COVERED * n else None
+    if few and len(counted) <= 3:  # all of them: more precise than their class
+        return few
+    kind, k = collections.Counter(token_class(t) for t in tokens).most_common(1)[0]
+    return kind if kind is not None and k >= COVERED * n else few
 
 
 def auto_label(d) -> str:
@@ -207,7 +205,8 @@ def search(dash, query: str) -> list[int]:
         if exact or any(q in t for t in peaks) or any(q in t for t in promoted) or q in labels.get(f, "").lower():
             scored.append((-exact, -float(dash.density[f]), f))
     found = {f for *_, f in scored}
-    scored += [(0.0, -float(dash.density[f]), f) for f, label in labels.items() if f not in found and q in label.lower()]
+    scored += [(0.0, -float(dash.density[f]), f) for f, label in labels.items()
+               if f not in found and q in label.lower()]
     return [f for *_, f in sorted(scored)]
 
 

@@ -299,7 +299,7 @@ def _intervals(contexts: list, extra: dict, count: int, where: str) -> tuple[Int
             bounds.append((_number(item[0], f"{where}'s interval"), _number(item[1], f"{where}'s interval"),
                            whole_number(item[2], f"{where}'s interval count", 0, error=InvalidInputError)))
     else:
-        bounds = [(low, high, round((shares[low, high] or 0) * count)) for low, high in sampled]
+        bounds = [(low, high, round(min(max(shares[low, high] or 0.0, 0.0), 1.0) * count)) for low, high in sampled]
     return tuple(Interval(low, high, n, tuple(sampled.get((low, high), ()))) for low, high, n in sorted(bounds))
 
 

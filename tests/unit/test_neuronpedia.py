@@ -197,3 +197,11 @@ def test_export_refuses_values_json_cannot_hold(dash, tmp_path):
     with pytest.raises(InvalidInputError, match="JSON cannot"):
         export_neuronpedia(dash, tmp_path / "x.json", features=0)
     assert not (tmp_path / "x.json").exists()
+
+
+def test_names_from_the_file_reach_the_terminal_sanitized(tmp_path):
+    path = tmp_path / "evil.json"
+    path.write_text(json.dumps(hostile(hookName="\x1b]0;pwned\x07", layer="\x1b[2J")))
+    dash = import_neuronpedia(path)
+    assert dash.meta["hook"] == "\x1b]0;pwned\x07"  # kept as data
+    assert "\x1b" not in repr(dash) and "\x07" not in repr(dash)

@@ -133,7 +133,8 @@ class FeatureDashboards:
 
     def __repr__(self) -> str:
         where = f" from {self.path}" if self.path else ""
-        return f"FeatureDashboards({self.n_features} features of {self.meta.get('hook')}, {self.n_tokens} tokens{where})"
+        return printable(f"FeatureDashboards({self.n_features} features of {self.meta.get('hook')}, "
+                         f"{self.n_tokens} tokens{where})", keep="")  # the hook's name comes from a file
 
     def __iter__(self) -> Iterator[FeatureDashboard]:
         return (self[f] for f in range(self.n_features))

@@ -21,13 +21,14 @@ from .. import _core
 from ..errors import ModelLoadError
 from ..io.files import read_json as read_json_file
 from ..io.safetensors import SafetensorsFile
-from ..errors import SAELoadError, SAENotFoundError
+from ..errors import InvalidInputError, SAELoadError, SAENotFoundError
 from .architectures import ARCHITECTURES, DEFAULT, OLD_ACTIVATION_FNS
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
 SPARSITY_FILE = "sparsity.safetensors"
 LABELS_FILE = "feature_labels.json"
+NOTES_FILE = "feature_notes.json"  # the user's labels and notes (tinymech.sae.dashboards.labels)
 METRICS_FILE = "metrics.json"
 
 NORMALIZATIONS = ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm")
@@ -285,19 +286,36 @@ def read_metrics(path: Path) -> dict | None:
 
 
 def read_feature_labels(path: Path, d_sae: int) -> tuple[dict[int, str], dict[int, dict]]:
-    """(labels, details) from feature_labels.json, tolerantly.
+    """(labels, details) from feature_labels.json, tolerantly, with the user's labels
+    from feature_notes.json preferred where both label a feature.
 
     Accepts {"feature": "label"}, {"feature": {"label" | "explanation" |
     "description": ..., ...}} and Neuronpedia-style lists of objects with an
     "index" or "feature"; entries that fit none of these are skipped.
     """
-    file = path / LABELS_FILE
+    labels, details = _read_labels_file(path / LABELS_FILE, d_sae)
+    labels.update(_read_user_labels(path / NOTES_FILE, d_sae))
+    return labels, details
+
+
+def _read_user_labels(file: Path, d_sae: int) -> dict[int, str]:
+    from .dashboards.labels import read_notes  # a stage's own module, imported late: it imports this one
+
+    try:
+        notes = read_notes(file, d_sae)
+    except InvalidInputError as e:
+        warnings.warn(f"ignoring {file}: {e}", stacklevel=4)
+        return {}
+    return {f: entry["label"] for f, entry in notes.items() if entry.get("label")}
+
+
+def _read_labels_file(file: Path, d_sae: int) -> tuple[dict[int, str], dict[int, dict]]:
     if not file.is_file():
         return {}, {}
     try:
         data = read_json(file, "feature labels")
     except SAELoadError as e:
-        warnings.warn(f"ignoring {file}: {e}", stacklevel=3)
+        warnings.warn(f"ignoring {file}: {e}", stacklevel=4)
         return {}, {}
     if isinstance(data, dict):
         items = list(data.items())

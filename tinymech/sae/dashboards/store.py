@@ -119,7 +119,7 @@ class FeatureDashboards:
         self._feature = feature
         from .labels import read_notes
 
-        self.notes = read_notes(notes_path) if notes_path is not None else {}
+        self.notes = read_notes(notes_path, self.n_features) if notes_path is not None else {}
 
     @property
     def n_features(self) -> int:
@@ -134,7 +134,8 @@ class FeatureDashboards:
 
     def __repr__(self) -> str:
         where = f" from {self.path}" if self.path else ""
-        return f"FeatureDashboards({self.n_features} features of {self.meta.get('hook')}, {self.n_tokens} tokens{where})"
+        return printable(f"FeatureDashboards({self.n_features} features of {self.meta.get('hook')}, "
+                         f"{self.n_tokens} tokens{where})", keep="")  # the hook's name comes from a file
 
     def __iter__(self) -> Iterator[FeatureDashboard]:
         return (self[f] for f in range(self.n_features))

@@ -116,9 +116,14 @@ def _parser() -> argparse.ArgumentParser:
     dash = sub.add_parser("dashboards", help="build every feature's dashboard (top contexts, histogram, density, "
                           "logit effects) over a corpus, beside the SAE")
     _dashboards_args(dash)
-    feat = sub.add_parser("feature", help="print a feature's dashboard")
-    feat.add_argument("source", help="an SAE's folder (its dashboards/ inside) or a dashboards folder")
-    feat.add_argument("feature", type=_non_negative_int, help="the feature's index")
+    feat = sub.add_parser("feature", help="print a feature's dashboard, or export dashboards as Neuronpedia's JSON")
+    feat.add_argument("source", help="an SAE's folder (its dashboards/ inside), a dashboards folder, or a "
+                      "Neuronpedia JSON file")
+    feat.add_argument("feature", type=_checked(lambda t: t if t == "all" else int(t), lambda v: v == "all" or v >= 0,
+                                               "a feature's index, or all"),
+                      help="the feature's index (all: every feature, with --neuronpedia)")
+    feat.add_argument("--neuronpedia", metavar="FILE", default=None,
+                      help="write the feature (or all) to FILE as Neuronpedia's feature JSON instead of printing it")
     for p in (gen, info, dyn, tui, col, train, dash, feat):  # --threads after the subcommand too; when absent there, that before counts
         _threads_arg(p, argparse.SUPPRESS)
     return parser
@@ -195,11 +200,20 @@ def _dashboards(args) -> int:
 def _feature(args) -> int:
     import tinymech as tm
 
-    folder = Path(args.source)
-    if not (folder / "index.json").is_file() and (folder / "dashboards" / "index.json").is_file():
-        folder = folder / "dashboards"
-    dash = tm.FeatureDashboards.load(folder)
-    print(dash[args.feature])
+    source = Path(args.source)
+    if source.is_file():
+        dash = tm.import_neuronpedia(source)
+    else:
+        if not (source / "index.json").is_file() and (source / "dashboards" / "index.json").is_file():
+            source = source / "dashboards"
+        dash = tm.FeatureDashboards.load(source)
+    if args.neuronpedia:
+        path = tm.export_neuronpedia(dash, args.neuronpedia, features=None if args.feature == "all" else args.feature)
+        print(printable(f"wrote {path}"))
+    elif args.feature == "all":
+        raise UsageError("all needs --neuronpedia FILE (printing every feature's dashboard is a lot of text)")
+    else:
+        print(dash[args.feature])
     return 0
 
 

@@ -201,7 +201,7 @@ def test_the_default_folder_is_beside_the_sae_and_writes_its_labels(model, tmp_p
     assert sae.labels[f] == dash[f].label
     capsys.readouterr()
     assert main(["feature", str(folder), str(f)]) == 0
-    assert f"feature {f}" in capsys.readouterr().out
+    assert f"feature #{f}" in capsys.readouterr().out
 
 
 def test_a_transcoder_reads_its_input_hook(model, tmp_path):
@@ -236,3 +236,19 @@ def test_an_sae_whose_hook_the_model_lacks_is_refused(model, tmp_path):
     wide = tm.SAE.load(write_sae(tmp_path / "w", "topk", 576, 64, hook="blocks.15.hook_resid_pre", k=4))
     with pytest.raises(tm.HookError):
         dashboards(model, wide, tmp_path / "d")
+
+
+def test_the_feature_command_exports_and_reads_neuronpedia_json(model, sae, tmp_path, capsys):
+    dash = dashboards(model, sae, tmp_path / "d", n_tokens=300)
+    f = int(np.argmax(dash.count))
+    assert main(["feature", str(tmp_path / "d"), str(f), "--neuronpedia", str(tmp_path / "one.json")]) == 0
+    assert str(json.loads((tmp_path / "one.json").read_text())["index"]) == str(f)
+    assert main(["feature", str(tmp_path / "d"), "all", "--neuronpedia", str(tmp_path / "all.json")]) == 0
+    assert len(json.loads((tmp_path / "all.json").read_text())) == dash.n_features
+    capsys.readouterr()
+    assert main(["feature", str(tmp_path / "all.json"), str(f)]) == 0
+    assert f"feature #{f}" in capsys.readouterr().out
+    assert main(["feature", str(tmp_path / "d"), "all"]) == 2
+    assert "needs --neuronpedia" in capsys.readouterr().err
+    assert main(["feature", str(tmp_path / "d"), str(dash.n_features)]) == 2
+    assert "out of range" in capsys.readouterr().err

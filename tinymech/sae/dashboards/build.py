@@ -29,7 +29,7 @@ from ...ops import top_k
 from ...progress import progress_function
 from ..activations import ActivationStore, _row_batches, _stop_layer, model_identity, tokenizer_sha256
 from ..splice import check_hooks, hook_widths
-from .labels import auto_labels
+from .labels import auto_labels, feature_labels_json
 from .store import FORMAT, INDEX, VERSION, FeatureDashboards, from_arrays, read_index, sae_sha256, write_folder
 
 DEFAULTS = dict(top_k=20, n_intervals=16, per_interval=4, n_bins=64, before=24, after=8, n_logits=10, n_cooc=10)
@@ -318,9 +318,7 @@ def _write_feature_labels(folder: Path, dash, labels: dict[int, str]) -> None:
     """The SAE's feature_labels.json, from the automatic labels (SAE.labels reads it; a user's win)."""
     from .store import _write_json
 
-    entries = {str(f): {"label": label, "source": "auto", "density": round(float(dash.density[f]), 6),
-                        "max_activation": round(float(dash.max_activation[f]), 4)} for f, label in labels.items()}
-    _write_json(folder / "feature_labels.json", entries)
+    _write_json(folder / "feature_labels.json", feature_labels_json(dash, labels))
 
 
 # --- arguments, the folder and the checkpoint ------------------------------------------------------------------------

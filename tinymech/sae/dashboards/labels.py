@@ -113,15 +113,16 @@ def auto_labels(dash) -> dict[int, str]:
     return {f: label for f in range(dash.n_features) if dash.count[f] and (label := auto_label(dash[f]))}
 
 
-def feature_labels_json(dash, contexts: int = 5, logits: int = 8) -> dict[str, dict]:
+def feature_labels_json(dash, labels: dict[int, str] | None = None, contexts: int = 5,
+                        logits: int = 8) -> dict[str, dict]:
     """The SAE folder's feature_labels.json (what SAE.labels and the TUI read) made from dashboards:
-    per live feature its automatic label, density, max activation, top contexts and logit effects."""
+    per labelled feature its automatic label (from `labels` if given: auto_labels(dash)), density,
+    max activation, top contexts and logit effects."""
+    labels = auto_labels(dash) if labels is None else labels
     out = {}
-    for d in (dash[f] for f in range(dash.n_features) if dash.count[f]):
-        label = auto_label(d)
-        if not label:
-            continue
-        out[str(d.index)] = {
+    for f, label in sorted(labels.items()):
+        d = dash[f]
+        out[str(f)] = {
             "label": label, "label_source": "auto", "density": round(d.density, 6),
             "max_activation": round(d.max_activation, 4),
             "top_contexts": [{"activation": round(c.value, 4), "text": c.text()} for c in d.top_contexts[:contexts]],

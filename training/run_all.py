@@ -2,7 +2,7 @@
 
 Needs apt-get (Debian) for the corpus, and the project's `[train]` extra
 (torch, transformers, tokenizers, safetensors, rdata) for the model; the SAE and its
-feature labels are trained by tinymech itself (train_sae.py, label_features.py).
+feature dashboards and labels are made by tinymech itself (train_sae.py).
 
 Usage: python training/run_all.py [--minutes 70]
 """

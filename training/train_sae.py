@@ -8,12 +8,14 @@ The same run as
 
 (tm.collect_activations over the training text built by training/build_corpus.py, in rows
 of 128 tokens with BOS and EOS left out; tm.train_sae, four passes over those activations,
-the last 32768 held out for the metrics), then training/label_features.py's
-feature_labels.json. cfg.json's metadata names the model and corpus by their places in the
-repository rather than this machine's paths.
+the last 32768 held out for the metrics), then its feature dashboards over the held-out
+text (tm.feature_dashboards: dashboards/ and the automatic labels in feature_labels.json),
+as `tinymech dashboards --sae models/demo-gpt2/saes/blocks.2.hook_resid_pre --corpus
+training/.cache/corpus/val.txt` makes them. cfg.json's metadata names the model and corpus by
+their places in the repository rather than this machine's paths.
 
 Writes models/demo-gpt2/saes/blocks.2.hook_resid_pre/{cfg.json, sae_weights.safetensors,
-sparsity.safetensors, metrics.json, feature_labels.json}; the activations are kept in
+sparsity.safetensors, metrics.json, feature_labels.json, dashboards/}; the activations are kept in
 training/.cache/sae-activations (an interrupted collection continues).
 
 Usage: python training/train_sae.py [--resume]
@@ -26,8 +28,6 @@ import json
 from pathlib import Path
 
 import tinymech as tm
-
-from label_features import feature_labels
 
 ROOT = Path(__file__).resolve().parent.parent
 HOOK = "blocks.2.hook_resid_pre"
@@ -42,7 +42,8 @@ def main() -> None:
     parser.add_argument("--corpus", type=Path, default=ROOT / "training/.cache/corpus/train.txt")
     parser.add_argument("--activations", type=Path, default=ROOT / "training/.cache/sae-activations")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted training from its checkpoint")
-    parser.add_argument("--features", type=int, default=1000, help="the most frequent live features to label")
+    parser.add_argument("--text", type=Path, default=ROOT / "training/.cache/corpus/val.txt",
+                        help="the held-out text the dashboards read")
     args = parser.parse_args()
 
     model = tm.load(args.model)
@@ -55,8 +56,8 @@ def main() -> None:
                            "(Austen + KJV, built by training/build_corpus.py)")
     (out / "cfg.json").write_text(json.dumps(cfg, indent=2) + "\n")
 
-    labels = feature_labels(model, sae, store, args.features)
-    (out / "feature_labels.json").write_text(json.dumps(labels, ensure_ascii=False, separators=(",", ":")))
+    dash = tm.feature_dashboards(model, tm.SAE.load(out), args.text, out=out / "dashboards", resume=False)
+    labels = dash.auto_labels
     print(f"wrote {out}: EV {sae.metrics['explained_variance']:.3f}, CE loss recovered "
           f"{sae.metrics['ce_loss_score']:.3f}; {len(labels)} feature labels")
 

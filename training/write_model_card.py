@@ -250,10 +250,11 @@ def main() -> None:
           f"| delta LM loss | {sae['delta_lm_loss']:.3f} | {PREVIOUS_SAE['delta_lm_loss']:.3f} |",
           f"| dead features (never fired on the held-out activations) | {sae['dead_features']} of {sae['d_sae']} | "
           f"{PREVIOUS_SAE['dead_features']} of {sae['d_sae']} |", "",
-          "`feature_labels.json` (written by `training/label_features.py`, without torch; a stopgap until tinymech has",
-          f"feature dashboards) describes the {len(labels)} most frequent live features: top activating contexts (the",
+          "`dashboards/` (`tm.feature_dashboards` over the held-out text, `tinymech feature DIR N` shows one) and",
+          f"`feature_labels.json` describe the {len(labels)} labelled live features: top activating contexts (the",
           "max token in «»), top promoted and suppressed tokens (W_dec[f] @ W_U with W_U = wte.T, no final LayerNorm),",
-          "and an automatic label (the most common max-activating token, or the three most common). Examples:", ""]
+          "and an automatic label made without a language model (the tokens it fires on, the token beside its peaks, a",
+          "class of tokens, or what it promotes). Examples:", ""]
     for feat, info in list(labels.items())[:8]:
         ctx = info["top_contexts"][0]["text"] if info["top_contexts"] else ""
         L += [f"- feature {feat} ({info['label']}, density {info['density']:.3f}): `{one_line(ctx)}`; promotes "
@@ -262,7 +263,7 @@ def main() -> None:
           "- `config.json`, `model.safetensors` (float32), `generation_config.json`: the model (`GPT2LMHeadModel.from_pretrained`).",
           "- `tokenizer.json`, `tokenizer_config.json`, `special_tokens_map.json`: the tokenizer.",
           "- `training_dynamics.json`: probes during training; `heads.json`: the heads tinymech's detectors find.",
-          f"- `saes/{HOOK}/`: the SAE, its `metrics.json` and `feature_labels.json`."]
+          f"- `saes/{HOOK}/`: the SAE, its `metrics.json`, `dashboards/` and `feature_labels.json`."]
     if ckpts:
         L += ["- `checkpoints/step_N/`: fp16 intermediate checkpoints."]
     L += ["", f"Total size of `models/`: {size_mb:.1f} MB.", ""]
@@ -271,7 +272,7 @@ def main() -> None:
           "python training/run_all.py --minutes 70   # corpus -> tokenizer -> model -> SAE -> checkpoints -> this card", "```",
           "",
           "Each step is also a script in `training/` (`build_corpus.py`, `train_tokenizer.py`, `train_model.py`,",
-          "`train_sae.py` with `label_features.py`, `select_checkpoints.py`, `write_model_card.py`). By default the",
+          "`train_sae.py` (with its dashboards), `select_checkpoints.py`, `write_model_card.py`). By default the",
           "model trains for a wall-clock budget (`--minutes`, cosine schedule over time), so a faster or idle machine",
           "trains for more steps; pass `--steps` to `run_all.py` for a fixed, machine-independent schedule (the SAE's",
           "is fixed in tokens, and deterministic for a seed and thread count). Seeds are fixed, but CPU kernels and",

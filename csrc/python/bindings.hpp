@@ -17,5 +17,6 @@ void bind_kernels(py::module_& m);   // kernels.cpp: _core.kernels, the kernel t
 void bind_hooks(py::module_& m);     // hooks.cpp: NativeHook, HookPlan, hook names
 void bind_sae(py::module_& m);       // sae.cpp: Sae, SaeSplice, the screen mode
 void bind_train(py::module_& m);     // train.cpp: Trainer (SAE and transcoder training)
+void bind_dashboards(py::module_& m);  // dashboards.cpp: FeatureStats (feature dashboards' accumulator)
 void bind_kv_cache(py::module_& m);  // kv_cache.cpp: KVCache
 void bind_model(py::module_& m);     // model.cpp: Model

@@ -30,8 +30,7 @@ std::vector<T> state_array(const py::dict& d, const char* name, const std::vecto
   if (!d.contains(name)) throw std::invalid_argument(std::string("the state has no ") + name);
   const py::array a = py::reinterpret_borrow<py::array>(py::array::ensure(d[name]));
   if (!a || !a.dtype().is(py::dtype::of<T>()))
-    throw std::invalid_argument(std::string(name) + " must be an array of " +
-                                std::string(py::str(py::dtype::of<T>())));
+    throw std::invalid_argument(std::string(name) + " must be an array of " + std::string(py::str(py::dtype::of<T>())));
   check_shape(a, shape, name);
   const In<T> c = In<T>::ensure(a);
   return std::vector<T>(c.data(), c.data() + c.size());
@@ -74,9 +73,8 @@ void bind_dashboards(py::module_& m) {
              return new tmech::FeatureStats(
                  {n_features, top_k, n_intervals, per_interval, n_bins, before, after, cooccurrence, cooc_cap, seed});
            }),
-           py::arg("n_features"), py::arg("top_k"), py::arg("n_intervals"), py::arg("per_interval"),
-           py::arg("n_bins"), py::arg("before"), py::arg("after"), py::arg("cooccurrence"), py::arg("cooc_cap"),
-           py::arg("seed"))
+           py::arg("n_features"), py::arg("top_k"), py::arg("n_intervals"), py::arg("per_interval"), py::arg("n_bins"),
+           py::arg("before"), py::arg("after"), py::arg("cooccurrence"), py::arg("cooc_cap"), py::arg("seed"))
       .def(
           "add_sparse",
           [](tmech::FeatureStats& s, In<int32_t> idx, In<float> val, In<uint8_t> valid, int64_t first_row,

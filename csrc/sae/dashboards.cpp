@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <iterator>
 #include <limits>
 #include <stdexcept>
 #include <tuple>
@@ -49,21 +50,18 @@ struct FeatureStats::Batch {
   const float* dense = nullptr;  // dense
   const uint8_t* valid = nullptr;
   int64_t n_tok = 0, first_row = 0, context = 0, F = 0;
-  std::vector<int64_t> start;  // [F + 1]: feature f's entries are [start[f], start[f + 1])
+  // [F + 1]: feature f's entries are [start[f], start[f + 1]), tokens ascending: its
+  // activations > 0 at valid tokens, and for sparse input its other nonzero ones (windows show them)
+  std::vector<int64_t> start;
   std::vector<int64_t> token;
   std::vector<float> value;
-  std::vector<int64_t> sel_start;  // [n_tok + 1]: the features of token t taking part in co-occurrence
-  std::vector<int32_t> sel;
+  // with co-occurrence, per token: its entries (in the chunks' lists), and the last that takes part
+  std::vector<std::vector<Entry>> found;
+  std::vector<const Entry*> first_entry;  // [n_tok]
+  std::vector<int64_t> n_entries;         // [n_tok]
+  std::vector<Entry> cut;                 // [n_tok]: an entry takes part if the cut does not rank before it
 
   int64_t global(int64_t t) const { return first_row * context + t; }
-  // feature f's activation at token t, as a window shows it
-  float at(int64_t t, int64_t f) const {
-    if (!valid[t]) return 0.f;
-    if (dense) return dense[t * F + f];
-    for (int64_t j = 0; j < k; ++j)
-      if (idx[t * k + j] == f) return val[t * k + j];
-    return 0.f;
-  }
   void check_value(float v, int64_t t, int64_t f) const {
     if (!std::isfinite(v) || v >= kMaxActivation)
       throw std::invalid_argument("the activation of feature " + std::to_string(f) + " at token " +
@@ -92,23 +90,24 @@ struct FeatureStats::Batch {
       seen[sz(f)] = t;
       const float v = val[t * k + j];
       check_value(v, t, f);
-      if (valid[t] && v > 0.f) out.push_back({t, f, v});
+      if (valid[t] && v != 0.f) out.push_back({t, f, v});
     }
   }
 };
 
 namespace {
 
-// The cap largest of one token's entries (ties: the smaller feature), their features appended to sel.
-void select_cooc(const Entry* first, const Entry* last, int64_t cap, std::vector<Entry>& buf,
-                 std::vector<int32_t>& sel) {
-  buf.assign(first, last);
-  if (static_cast<int64_t>(buf.size()) > cap) {
-    std::nth_element(buf.begin(), buf.begin() + (cap - 1), buf.end(),
-                     [](const Entry& a, const Entry& b) { return a.v > b.v || (a.v == b.v && a.f < b.f); });
-    buf.resize(sz(cap));
-  }
-  for (const Entry& e : buf) sel.push_back(e.f);
+// Ranks a token's entries for co-occurrence: the larger value first, ties to the smaller feature.
+bool ranks_before(const Entry& a, const Entry& b) { return a.v > b.v || (a.v == b.v && a.f < b.f); }
+
+// The last of the cap first-ranked of one token's entries, those taking part in
+// co-occurrence (all of them when there are at most cap: a cut below any).
+Entry cooc_cut(const Entry* first, const Entry* last, int64_t cap, std::vector<Entry>& buf) {
+  buf.clear();
+  std::copy_if(first, last, std::back_inserter(buf), [](const Entry& e) { return e.v > 0.f; });
+  if (static_cast<int64_t>(buf.size()) <= cap) return {0, std::numeric_limits<int32_t>::max(), 0.f};
+  std::nth_element(buf.begin(), buf.begin() + (cap - 1), buf.end(), ranks_before);
+  return buf[sz(cap - 1)];
 }
 
 // Scans and checks the batch in chunks of tokens over the threads, then sorts its
@@ -116,11 +115,13 @@ void select_cooc(const Entry* first, const Entry* last, int64_t cap, std::vector
 // feature's tokens ascending); with cap > 0, each token's co-occurring features.
 void gather(FeatureStats::Batch& b, int64_t cap) {
   const int64_t F = b.F, n_chunks = std::max<int64_t>(1, std::min<int64_t>(b.n_tok, 4 * num_threads()));
-  std::vector<std::vector<Entry>> found(sz(n_chunks));
-  std::vector<std::vector<int64_t>> at(sz(n_chunks));     // per chunk and feature: its first slot
-  std::vector<std::vector<int32_t>> sel(sz(n_chunks));     // per chunk: its tokens' co-occurring features
-  std::vector<std::vector<int64_t>> sel_n(sz(n_chunks));   // per chunk and token: how many
+  std::vector<std::vector<Entry>>& found = b.found;
+  found.assign(sz(n_chunks), {});
+  std::vector<int64_t> offset(cap > 0 ? sz(b.n_tok) : 0);  // token t's first entry in its chunk's list
+  b.n_entries.resize(offset.size());
+  std::vector<std::vector<int64_t>> at(sz(n_chunks));  // per chunk and feature: its first slot
   auto chunk_start = [&](int64_t c) { return b.n_tok * c / n_chunks; };
+  b.cut.resize(cap > 0 ? sz(b.n_tok) : 0);
   parallel_for(n_chunks, [&](int64_t c0, int64_t c1, int) {
     std::vector<int64_t> seen(sz(F), -1);
     std::vector<Entry> buf;
@@ -130,10 +131,10 @@ void gather(FeatureStats::Batch& b, int64_t cap) {
       for (int64_t t = chunk_start(c); t < chunk_start(c + 1); ++t) {
         const size_t first = out.size();
         b.scan(t, seen, out);
-        if (cap > 0) {
-          select_cooc(out.data() + first, out.data() + out.size(), cap, buf, sel[sz(c)]);
-          sel_n[sz(c)].push_back(static_cast<int64_t>(std::min<size_t>(out.size() - first, sz(cap))));
-        }
+        if (cap == 0) continue;
+        b.cut[sz(t)] = cooc_cut(out.data() + first, out.data() + out.size(), cap, buf);
+        offset[sz(t)] = static_cast<int64_t>(first);
+        b.n_entries[sz(t)] = static_cast<int64_t>(out.size() - first);
       }
       for (const Entry& e : out) ++at[sz(c)][sz(e.f)];
     }
@@ -154,13 +155,10 @@ void gather(FeatureStats::Batch& b, int64_t cap) {
         b.value[sz(slot)] = e.v;
       }
   });
-  if (cap == 0) return;
-  b.sel_start.assign(1, 0);
-  b.sel.clear();
-  for (int64_t c = 0; c < n_chunks; ++c) {
-    for (int64_t n : sel_n[sz(c)]) b.sel_start.push_back(b.sel_start.back() + n);
-    b.sel.insert(b.sel.end(), sel[sz(c)].begin(), sel[sz(c)].end());
-  }
+  b.first_entry.resize(offset.size());  // the lists are complete: pointers into them hold
+  for (int64_t c = 0; c < n_chunks && cap > 0; ++c)
+    for (int64_t t = chunk_start(c); t < chunk_start(c + 1); ++t)
+      b.first_entry[sz(t)] = found[sz(c)].data() + offset[sz(t)];
 }
 
 // The state's arrays: name, shape, bytes per element.
@@ -204,8 +202,7 @@ FeatureStats::FeatureStats(const FeatureStatsConfig& c) : c_(c) {
               std::to_string(c.n_intervals));
   require(c.per_interval >= 0, "per_interval must be >= 0, not " + std::to_string(c.per_interval));
   require(c.before >= 0 && c.after >= 0 && c.before < (int64_t{1} << 30) && c.after < (int64_t{1} << 30),
-          "before and after must be in [0, 2^30), not " + std::to_string(c.before) + " and " +
-              std::to_string(c.after));
+          "before and after must be in [0, 2^30), not " + std::to_string(c.before) + " and " + std::to_string(c.after));
   require(!c.cooccurrence || c.cooc_cap >= 1,
           "cooc_cap must be at least 1 with cooccurrence, not " + std::to_string(c.cooc_cap));
   memory_bytes();  // SizeOverflow before allocating anything
@@ -272,11 +269,10 @@ void FeatureStats::add_dense(const float* acts, int64_t n_tok, const uint8_t* va
 
 void FeatureStats::add(Batch& b) {
   require(b.context >= 1, "context must be at least 1, not " + std::to_string(b.context));
-  require(s_.context == 0 || b.context == s_.context, "context " + std::to_string(b.context) +
-                                                          " differs from the first batch's " +
-                                                          std::to_string(s_.context));
-  require(b.n_tok >= 0 && b.n_tok % b.context == 0, "a batch of " + std::to_string(b.n_tok) +
-                                                        " tokens is not whole rows of " + std::to_string(b.context));
+  require(s_.context == 0 || b.context == s_.context,
+          "context " + std::to_string(b.context) + " differs from the first batch's " + std::to_string(s_.context));
+  require(b.n_tok >= 0 && b.n_tok % b.context == 0,
+          "a batch of " + std::to_string(b.n_tok) + " tokens is not whole rows of " + std::to_string(b.context));
   require(b.first_row == s_.n_rows, "the batch starts at row " + std::to_string(b.first_row) + ", not at row " +
                                         std::to_string(s_.n_rows) + " (rows come in order, none skipped)");
   const int64_t rows = b.n_tok / b.context;
@@ -288,12 +284,6 @@ void FeatureStats::add(Batch& b) {
     std::vector<int64_t> scratch;
     for (int64_t f = f0; f < f1; ++f) walk_feature(b, f, scratch);
   });
-  if (c_.cooccurrence) {  // one range of rows per thread: each walks the whole batch
-    const int64_t n = std::min<int64_t>(num_threads(), c_.n_features);
-    parallel_for(n, [&](int64_t i0, int64_t i1, int) {
-      for (int64_t i = i0; i < i1; ++i) count_cooccurrence(b, c_.n_features * i / n, c_.n_features * (i + 1) / n);
-    });
-  }
   int64_t valid = 0;
   for (int64_t t = 0; t < b.n_tok; ++t) valid += b.valid[t] != 0;
   s_.n_tokens += valid;
@@ -302,23 +292,24 @@ void FeatureStats::add(Batch& b) {
 
 // Feature f's entries of the batch, in token order.
 void FeatureStats::walk_feature(const Batch& b, int64_t f, std::vector<int64_t>& scratch) {
-  float peak = 0.f;
-  int64_t peak_t = -1;
+  int64_t peak = -1;  // the entry of the row's peak so far
   for (int64_t e = b.start[sz(f)]; e < b.start[sz(f) + 1]; ++e) {
     const int64_t t = b.token[sz(e)];
     const float v = b.value[sz(e)];
+    if (v <= 0.f) continue;  // shown in windows only
     ++s_.count[sz(f)];
     s_.sum[sz(f)] += v;
     if (v >= s_.range[sz(f)]) grow_range(f, v, scratch);
     ++s_.hist[sz(f * c_.n_bins + bin_of(v, c_.n_bins, s_.range[sz(f)]))];
-    offer_sample(b, f, v, t);
-    if (peak_t >= 0 && peak_t / b.context != t / b.context) {  // a new row: the last one's peak is final
-      offer_top(b, f, peak, peak_t);
-      peak_t = -1;
+    offer_sample(b, f, e);
+    if (peak >= 0 && b.token[sz(peak)] / b.context != t / b.context) {  // a new row: the last one's peak is final
+      offer_top(b, f, peak);
+      peak = -1;
     }
-    if (peak_t < 0 || v > peak) peak = v, peak_t = t;
+    if (peak < 0 || v > b.value[sz(peak)]) peak = e;
   }
-  if (peak_t >= 0) offer_top(b, f, peak, peak_t);
+  if (peak >= 0) offer_top(b, f, peak);
+  if (c_.cooccurrence) count_cooccurrence(b, f);
 }
 
 // R: the smallest power of two above v; the histogram's bins and the intervals
@@ -342,10 +333,8 @@ void FeatureStats::grow_range(int64_t f, float v, std::vector<int64_t>& order) {
   };
   std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return rank(a) < rank(b); });
   const std::vector<uint64_t> key(s_.sample_key.begin() + base, s_.sample_key.begin() + base + c_.n_intervals * P);
-  const std::vector<float> value(s_.sample_value.begin() + base,
-                                 s_.sample_value.begin() + base + c_.n_intervals * P);
-  const std::vector<int64_t> token(s_.sample_token.begin() + base,
-                                   s_.sample_token.begin() + base + c_.n_intervals * P);
+  const std::vector<float> value(s_.sample_value.begin() + base, s_.sample_value.begin() + base + c_.n_intervals * P);
+  const std::vector<int64_t> token(s_.sample_token.begin() + base, s_.sample_token.begin() + base + c_.n_intervals * P);
   const std::vector<float> win(s_.sample_window.begin() + base * W,
                                s_.sample_window.begin() + (base + c_.n_intervals * P) * W);
   std::fill(s_.sample_token.begin() + base, s_.sample_token.begin() + base + c_.n_intervals * P, -1);
@@ -375,20 +364,29 @@ void open_slot(std::vector<T>& v, int64_t base, int64_t at, int64_t n, int64_t w
 
 }  // namespace
 
-// The window of feature f around token t of the batch (its row's positions only).
-void FeatureStats::capture(const Batch& b, int64_t f, int64_t t, float* out) const {
-  const int64_t row = t / b.context, pos = t % b.context;
-  for (int64_t w = 0; w < window(); ++w) {
-    const int64_t p = pos - c_.before + w;
-    out[w] = p < 0 || p >= b.context ? 0.f : b.at(row * b.context + p, f);
+// The window of feature f around its entry e, within e's row: from the dense
+// input, or from f's entries next to e.
+void FeatureStats::capture(const Batch& b, int64_t f, int64_t e, float* out) const {
+  const int64_t t = b.token[sz(e)], row = t - t % b.context;
+  const int64_t lo = std::max(row, t - c_.before), hi = std::min(row + b.context - 1, t + c_.after);
+  std::fill(out, out + window(), 0.f);
+  if (b.dense) {
+    for (int64_t u = lo; u <= hi; ++u) out[u - t + c_.before] = b.valid[u] ? b.dense[u * b.F + f] : 0.f;
+    return;
   }
+  for (int64_t i = e; i >= b.start[sz(f)] && b.token[sz(i)] >= lo; --i)
+    out[b.token[sz(i)] - t + c_.before] = b.value[sz(i)];
+  for (int64_t i = e + 1; i < b.start[sz(f) + 1] && b.token[sz(i)] <= hi; ++i)
+    out[b.token[sz(i)] - t + c_.before] = b.value[sz(i)];
 }
 
-void FeatureStats::offer_top(const Batch& b, int64_t f, float peak, int64_t t) {
-  const int64_t K = c_.top_k, base = f * K, row = b.first_row + t / b.context;
+void FeatureStats::offer_top(const Batch& b, int64_t f, int64_t e) {
+  const float peak = b.value[sz(e)];
+  const int64_t K = c_.top_k, base = f * K, row = b.first_row + b.token[sz(e)] / b.context;
   int64_t at = 0;  // sorted by value descending, then row ascending
-  while (at < K && s_.top_row[sz(base + at)] >= 0 &&
-         (s_.top_value[sz(base + at)] > peak || (s_.top_value[sz(base + at)] == peak && s_.top_row[sz(base + at)] < row)))
+  while (
+      at < K && s_.top_row[sz(base + at)] >= 0 &&
+      (s_.top_value[sz(base + at)] > peak || (s_.top_value[sz(base + at)] == peak && s_.top_row[sz(base + at)] < row)))
     ++at;
   if (at == K) return;
   open_slot(s_.top_value, base, at, K, 1);
@@ -397,18 +395,21 @@ void FeatureStats::offer_top(const Batch& b, int64_t f, float peak, int64_t t) {
   open_slot(s_.top_window, base, at, K, window());
   s_.top_value[sz(base + at)] = peak;
   s_.top_row[sz(base + at)] = row;
-  s_.top_pos[sz(base + at)] = static_cast<int32_t>(t % b.context);
-  capture(b, f, t, &s_.top_window[sz((base + at) * window())]);
+  s_.top_pos[sz(base + at)] = static_cast<int32_t>(b.token[sz(e)] % b.context);
+  capture(b, f, e, &s_.top_window[sz((base + at) * window())]);
 }
 
-void FeatureStats::offer_sample(const Batch& b, int64_t f, float v, int64_t t) {
+void FeatureStats::offer_sample(const Batch& b, int64_t f, int64_t e) {
   const int64_t P = c_.per_interval;
   if (P == 0) return;
-  const int64_t tg = b.global(t), base = (f * c_.n_intervals + bin_of(v, c_.n_intervals, s_.range[sz(f)])) * P;
+  const float v = b.value[sz(e)];
+  const int64_t tg = b.global(b.token[sz(e)]);
+  const int64_t base = (f * c_.n_intervals + bin_of(v, c_.n_intervals, s_.range[sz(f)])) * P;
   const uint64_t key = splitmix64(splitmix64(c_.seed ^ static_cast<uint64_t>(f)) ^ static_cast<uint64_t>(tg));
   int64_t at = 0;  // sorted by key, then token
   while (at < P && s_.sample_token[sz(base + at)] >= 0 &&
-         (s_.sample_key[sz(base + at)] < key || (s_.sample_key[sz(base + at)] == key && s_.sample_token[sz(base + at)] < tg)))
+         (s_.sample_key[sz(base + at)] < key ||
+          (s_.sample_key[sz(base + at)] == key && s_.sample_token[sz(base + at)] < tg)))
     ++at;
   if (at == P) return;
   open_slot(s_.sample_key, base, at, P, 1);
@@ -418,22 +419,22 @@ void FeatureStats::offer_sample(const Batch& b, int64_t f, float v, int64_t t) {
   s_.sample_key[sz(base + at)] = key;
   s_.sample_value[sz(base + at)] = v;
   s_.sample_token[sz(base + at)] = tg;
-  capture(b, f, t, &s_.sample_window[sz((base + at) * window())]);
+  capture(b, f, e, &s_.sample_window[sz((base + at) * window())]);
 }
 
-// Rows f0..f1 of the co-occurrence counts: each token's selected features pair up.
-void FeatureStats::count_cooccurrence(const Batch& b, int64_t f0, int64_t f1) {
-  const int64_t F = c_.n_features;
-  for (int64_t t = 0; t < b.n_tok; ++t) {
-    const int32_t* first = b.sel.data() + b.sel_start[sz(t)];
-    const int32_t* last = b.sel.data() + b.sel_start[sz(t) + 1];
-    for (const int32_t* f = first; f != last; ++f) {
-      if (*f < f0 || *f >= f1) continue;
-      uint32_t* row = &s_.cooc[sz(*f * F)];
-      for (const int32_t* g = first; g != last; ++g)
-        if (*g != *f && row[*g] != std::numeric_limits<uint32_t>::max()) ++row[*g];
-    }
+// Row f of the co-occurrence counts, over f's tokens (the row stays in cache):
+// where f takes part, each other feature taking part counts.
+void FeatureStats::count_cooccurrence(const Batch& b, int64_t f) {
+  uint32_t* row = &s_.cooc[sz(f * c_.n_features)];
+  const uint32_t diagonal = row[f];
+  for (int64_t e = b.start[sz(f)]; e < b.start[sz(f) + 1]; ++e) {
+    const int64_t t = b.token[sz(e)];
+    if (ranks_before(b.cut[sz(t)], {t, static_cast<int32_t>(f), b.value[sz(e)]})) continue;
+    const Entry* first = b.first_entry[sz(t)];
+    for (const Entry* g = first; g != first + b.n_entries[sz(t)]; ++g)
+      if (!ranks_before(b.cut[sz(t)], *g)) row[g->f] += row[g->f] != std::numeric_limits<uint32_t>::max();
   }
+  row[f] = diagonal;  // counted along with the others
 }
 
 }  // namespace tmech

@@ -24,19 +24,19 @@ struct FeatureStatsConfig {
 // with the shapes FeatureStats::shape names. Empty slots: row/token -1, value 0.
 struct FeatureState {
   int64_t n_tokens = 0, n_rows = 0, context = 0;
-  std::vector<int64_t> count;                     // [F]
-  std::vector<double> sum;                        // [F]
-  std::vector<float> range;                       // [F] R: a power of two above the max, 0 if never active
-  std::vector<int64_t> hist;                      // [F, n_bins]
-  std::vector<float> top_value;                   // [F, top_k]
-  std::vector<int64_t> top_row;                   // [F, top_k]
-  std::vector<int32_t> top_pos;                   // [F, top_k]
-  std::vector<float> top_window;                  // [F, top_k, W]
-  std::vector<uint64_t> sample_key;               // [F, n_intervals, per_interval]
-  std::vector<float> sample_value;                // [F, n_intervals, per_interval]
-  std::vector<int64_t> sample_token;              // [F, n_intervals, per_interval]
-  std::vector<float> sample_window;               // [F, n_intervals, per_interval, W]
-  std::vector<uint32_t> cooc;                     // [F, F] with cooccurrence, else empty
+  std::vector<int64_t> count;         // [F]
+  std::vector<double> sum;            // [F]
+  std::vector<float> range;           // [F] R: a power of two above the max, 0 if never active
+  std::vector<int64_t> hist;          // [F, n_bins]
+  std::vector<float> top_value;       // [F, top_k]
+  std::vector<int64_t> top_row;       // [F, top_k]
+  std::vector<int32_t> top_pos;       // [F, top_k]
+  std::vector<float> top_window;      // [F, top_k, W]
+  std::vector<uint64_t> sample_key;   // [F, n_intervals, per_interval]
+  std::vector<float> sample_value;    // [F, n_intervals, per_interval]
+  std::vector<int64_t> sample_token;  // [F, n_intervals, per_interval]
+  std::vector<float> sample_window;   // [F, n_intervals, per_interval, W]
+  std::vector<uint32_t> cooc;         // [F, F] with cooccurrence, else empty
 
   // fn(name, vector) for each array, in the order above
   template <class Fn>
@@ -76,10 +76,10 @@ class FeatureStats {
   void add(Batch& b);
   void walk_feature(const Batch& b, int64_t f, std::vector<int64_t>& scratch);
   void grow_range(int64_t f, float v, std::vector<int64_t>& scratch);
-  void capture(const Batch& b, int64_t f, int64_t t, float* out) const;
-  void offer_top(const Batch& b, int64_t f, float peak, int64_t t);
-  void offer_sample(const Batch& b, int64_t f, float v, int64_t t);
-  void count_cooccurrence(const Batch& b, int64_t f0, int64_t f1);
+  void capture(const Batch& b, int64_t f, int64_t e, float* out) const;  // e: an entry of f in the batch
+  void offer_top(const Batch& b, int64_t f, int64_t e);
+  void offer_sample(const Batch& b, int64_t f, int64_t e);
+  void count_cooccurrence(const Batch& b, int64_t f);
 
   FeatureStatsConfig c_;
   FeatureState s_;

@@ -77,8 +77,11 @@ void bind_dashboards(py::module_& m) {
            py::arg("before"), py::arg("after"), py::arg("cooccurrence"), py::arg("cooc_cap"), py::arg("seed"))
       .def(
           "add_sparse",
-          [](tmech::FeatureStats& s, In<int32_t> idx, In<float> val, In<uint8_t> valid, int64_t first_row,
+          [](tmech::FeatureStats& s, const py::array& idx_in, In<float> val, In<uint8_t> valid, int64_t first_row,
              int64_t context) {
+            if (!idx_in.dtype().is(py::dtype::of<int32_t>()))  // a cast would wrap larger indices around
+              throw std::invalid_argument("idx must be an array of int32");
+            const In<int32_t> idx = In<int32_t>::ensure(idx_in);
             check_shape(idx, {-1, -1}, "idx");
             check_shape(val, {idx.shape(0), idx.shape(1)}, "val");
             check_shape(valid, {idx.shape(0)}, "valid");

@@ -18,7 +18,7 @@ size_t sz(int64_t n) { return static_cast<size_t>(n); }
 bool power_of_two(int64_t n) { return n >= 1 && (n & (n - 1)) == 0; }
 const float kMaxActivation = std::ldexp(1.f, 127);  // R = 2^128 would not fit a float
 
-// An active (valid token, value > 0) entry, as a scan of the batch finds it.
+// A nonzero value at a valid token, as a scan of the batch finds it.
 struct Entry {
   int64_t t;  // the token within the batch
   int32_t f;
@@ -355,11 +355,24 @@ void FeatureStats::grow_range(int64_t f, float v, std::vector<int64_t>& order) {
 
 namespace {
 
-// Slot `at` of a sorted list of n slots made free: slots at.. shift one down, the last one dropped.
-template <class T>
-void open_slot(std::vector<T>& v, int64_t base, int64_t at, int64_t n, int64_t width) {
-  std::copy_backward(v.begin() + (base + at) * width, v.begin() + (base + n - 1) * width,
-                     v.begin() + (base + n) * width);
+// The slot a new entry takes in a sorted list of n slots (n: none, it ranks below
+// them all); ahead(i): whether slot i's entry stays ahead of it (an empty one does not).
+template <class Ahead>
+int64_t slot_for(int64_t n, Ahead ahead) {
+  int64_t at = 0;
+  while (at < n && ahead(at)) ++at;
+  return at;
+}
+
+// Slot `at` of the sorted lists of n slots at base made free: the slots from there
+// shift one down, the last one dropped (windows: `width` floats a slot).
+template <class... Lists>
+void open_slot(int64_t base, int64_t at, int64_t n, int64_t width, std::vector<float>& windows, Lists&... lists) {
+  auto shift = [&](auto& v, int64_t w) {
+    std::copy_backward(v.begin() + (base + at) * w, v.begin() + (base + n - 1) * w, v.begin() + (base + n) * w);
+  };
+  shift(windows, width);
+  (shift(lists, 1), ...);
 }
 
 }  // namespace
@@ -383,16 +396,12 @@ void FeatureStats::capture(const Batch& b, int64_t f, int64_t e, float* out) con
 void FeatureStats::offer_top(const Batch& b, int64_t f, int64_t e) {
   const float peak = b.value[sz(e)];
   const int64_t K = c_.top_k, base = f * K, row = b.first_row + b.token[sz(e)] / b.context;
-  int64_t at = 0;  // sorted by value descending, then row ascending
-  while (
-      at < K && s_.top_row[sz(base + at)] >= 0 &&
-      (s_.top_value[sz(base + at)] > peak || (s_.top_value[sz(base + at)] == peak && s_.top_row[sz(base + at)] < row)))
-    ++at;
+  const int64_t at = slot_for(K, [&](int64_t i) {  // by value descending, then row
+    const int64_t r = s_.top_row[sz(base + i)];
+    return r >= 0 && std::make_pair(-s_.top_value[sz(base + i)], r) < std::make_pair(-peak, row);
+  });
   if (at == K) return;
-  open_slot(s_.top_value, base, at, K, 1);
-  open_slot(s_.top_row, base, at, K, 1);
-  open_slot(s_.top_pos, base, at, K, 1);
-  open_slot(s_.top_window, base, at, K, window());
+  open_slot(base, at, K, window(), s_.top_window, s_.top_value, s_.top_row, s_.top_pos);
   s_.top_value[sz(base + at)] = peak;
   s_.top_row[sz(base + at)] = row;
   s_.top_pos[sz(base + at)] = static_cast<int32_t>(b.token[sz(e)] % b.context);
@@ -401,21 +410,16 @@ void FeatureStats::offer_top(const Batch& b, int64_t f, int64_t e) {
 
 void FeatureStats::offer_sample(const Batch& b, int64_t f, int64_t e) {
   const int64_t P = c_.per_interval;
-  if (P == 0) return;
   const float v = b.value[sz(e)];
   const int64_t tg = b.global(b.token[sz(e)]);
   const int64_t base = (f * c_.n_intervals + bin_of(v, c_.n_intervals, s_.range[sz(f)])) * P;
   const uint64_t key = splitmix64(splitmix64(c_.seed ^ static_cast<uint64_t>(f)) ^ static_cast<uint64_t>(tg));
-  int64_t at = 0;  // sorted by key, then token
-  while (at < P && s_.sample_token[sz(base + at)] >= 0 &&
-         (s_.sample_key[sz(base + at)] < key ||
-          (s_.sample_key[sz(base + at)] == key && s_.sample_token[sz(base + at)] < tg)))
-    ++at;
+  const int64_t at = slot_for(P, [&](int64_t i) {  // by key, then token
+    const int64_t t = s_.sample_token[sz(base + i)];
+    return t >= 0 && std::make_pair(s_.sample_key[sz(base + i)], t) < std::make_pair(key, tg);
+  });
   if (at == P) return;
-  open_slot(s_.sample_key, base, at, P, 1);
-  open_slot(s_.sample_value, base, at, P, 1);
-  open_slot(s_.sample_token, base, at, P, 1);
-  open_slot(s_.sample_window, base, at, P, window());
+  open_slot(base, at, P, window(), s_.sample_window, s_.sample_key, s_.sample_value, s_.sample_token);
   s_.sample_key[sz(base + at)] = key;
   s_.sample_value[sz(base + at)] = v;
   s_.sample_token[sz(base + at)] = tg;

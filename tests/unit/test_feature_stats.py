@@ -214,6 +214,7 @@ def test_bad_batches_change_nothing():
         (dict(idx=np.where(idx == 1, 0, idx)), "feature 0 is listed twice at token 10"),
         (dict(val=np.where(idx == 2, np.inf, val).astype(np.float32)), "feature 2 at token 11 is inf"),
         (dict(val=np.where(idx == 2, 2.0**127, val).astype(np.float32)), "below 2\\^127"),
+        (dict(idx=idx.astype(np.int64) + 2**32), "idx must be an array of int32"),
         (dict(valid=valid[:3]), "valid must have shape"),
         (dict(val=val[:, :1]), "val must have shape"),
     ]

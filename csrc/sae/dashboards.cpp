@@ -236,7 +236,8 @@ void FeatureStats::load(FeatureState st) {
     sizes_ok &= static_cast<int64_t>(v.size()) == checked_size(shape(name), name);
   });
   require(sizes_ok, "a feature statistics state of other sizes than this one's");
-  require(st.n_tokens >= 0 && st.n_rows >= 0 && st.context >= 0 && (st.context > 0 || st.n_rows == 0) &&
+  require(st.n_rows >= 0 && st.context >= 0 && (st.context > 0 || st.n_rows == 0) &&
+              st.n_rows <= std::numeric_limits<int64_t>::max() / std::max<int64_t>(1, st.context) && st.n_tokens >= 0 &&
               st.n_tokens <= st.n_rows * st.context,
           "a feature statistics state with bad totals (n_tokens, n_rows, context)");
   for (float R : st.range) {

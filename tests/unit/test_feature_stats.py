@@ -178,6 +178,8 @@ def test_fresh_state_and_properties():
     assert (fs.n_features, fs.top_k, fs.n_intervals, fs.per_interval, fs.n_bins, fs.before, fs.after) == (
         F, TOP_K, N_INTERVALS, PER_INTERVAL, N_BINS, BEFORE, AFTER)
     assert not fs.cooccurrence
+    s["count"][:] = 5  # a copy
+    assert (fs.state()["count"] == 0).all()
     assert fs.memory_bytes == sum(a.nbytes for k, a in s.items() if k not in ("n_tokens", "n_rows", "context"))
 
 
@@ -241,6 +243,8 @@ def test_load_state_checks_what_it_is_given():
         ({k: v for k, v in good.items() if k != "cooc"}, "no cooc"),
         ({**good, "range": np.full(F, 3, np.float32)}, "not a power of two"),
         ({**good, "n_rows": np.array([-1])}, "bad totals"),
+        ({**good, "n_rows": np.array([2**62]), "context": np.array([5])}, "bad totals"),
+        ({**good, "top_row": np.full((F, TOP_K), 3)}, "top row outside"),
     ]
     for state, match in cases:
         with pytest.raises(ValueError, match=match):

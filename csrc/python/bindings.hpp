@@ -11,11 +11,12 @@
 namespace py = pybind11;
 using FloatArray = py::array_t<float, py::array::c_style>;
 
-void bind_runtime(py::module_& m);   // runtime.cpp: the thread pool, kept buffers
-void bind_ops(py::module_& m);       // ops.cpp: bfloat16, losses, sampling, top-k, dequantizing
-void bind_kernels(py::module_& m);   // kernels.cpp: _core.kernels, the kernel table for tests
-void bind_hooks(py::module_& m);     // hooks.cpp: NativeHook, HookPlan, hook names
-void bind_sae(py::module_& m);       // sae.cpp: Sae, SaeSplice, the screen mode
-void bind_train(py::module_& m);     // train.cpp: Trainer (SAE and transcoder training)
-void bind_kv_cache(py::module_& m);  // kv_cache.cpp: KVCache
-void bind_model(py::module_& m);     // model.cpp: Model
+void bind_runtime(py::module_& m);     // runtime.cpp: the thread pool, kept buffers
+void bind_ops(py::module_& m);         // ops.cpp: bfloat16, losses, sampling, top-k, dequantizing
+void bind_kernels(py::module_& m);     // kernels.cpp: _core.kernels, the kernel table for tests
+void bind_hooks(py::module_& m);       // hooks.cpp: NativeHook, HookPlan, hook names
+void bind_sae(py::module_& m);         // sae.cpp: Sae, SaeSplice, the screen mode
+void bind_train(py::module_& m);       // train.cpp: Trainer (SAE and transcoder training)
+void bind_dashboards(py::module_& m);  // dashboards.cpp: FeatureStats (feature dashboards' accumulator)
+void bind_kv_cache(py::module_& m);    // kv_cache.cpp: KVCache
+void bind_model(py::module_& m);       // model.cpp: Model

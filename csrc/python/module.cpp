@@ -48,6 +48,7 @@ PYBIND11_MODULE(_core, m) {
   bind_hooks(m);
   bind_sae(m);
   bind_train(m);
+  bind_dashboards(m);
   bind_kv_cache(m);
   bind_model(m);
 }

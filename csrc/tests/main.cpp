@@ -52,6 +52,7 @@ int main() {
   test_sae();
   test_ops(rng);
   test_train(rng);
+  test_dashboards(rng);
   const KernelTable* variants[8];
   const int n = kernels::available(variants, 8);
   for (int i = 0; i < n && i < 8; ++i) {

@@ -22,5 +22,6 @@ void test_kernels(const char* variant, std::mt19937& rng);      // test_kernels.
 void test_sae();                                                // test_sae.cpp
 void test_sae_variant(const char* variant, std::mt19937& rng);  // test_sae.cpp, per kernel variant
 void test_train(std::mt19937& rng);                             // test_train.cpp
+void test_dashboards(std::mt19937& rng);                        // test_dashboards.cpp
 
 }  // namespace tmech::test

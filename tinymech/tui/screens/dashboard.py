@@ -121,7 +121,8 @@ class DashboardScreen(Screen):
         options.add_options([Option(Content.assemble((f"#{g:<6}", Style(bold=True)), f"{n:>7,} ",
                                                      (printable(labels.get(g, ""), keep=""), Style(italic=True))),
                                     id=str(g)) for g, n in d.cooccurring])
-        options.highlighted = highlighted
+        if d.cooccurring:
+            options.highlighted = highlighted if highlighted is not None and highlighted < len(d.cooccurring) else 0
 
     def _header(self, d: FeatureDashboard, palette: Palette) -> Content:
         muted = Style(foreground=palette.muted)

@@ -250,3 +250,15 @@ async def test_find_in_my_prompt_colors_the_tokens_by_the_feature(dash_app):
         assert main.query_one("#tokens-box").border_title.endswith(
             f"@{strongest} #{feature} {fa.acts[strongest, feature]:.2f}")
         assert screen is not dash_app.screen
+
+
+async def test_hostile_labels_and_notes_show_harmlessly(dash_app, dash_sae_dir):
+    FeatureDashboards.load(dash_sae_dir / "dashboards").set_label(3, "\x1b[2Jevil\nlabel", note="\x07\x9bnote")
+    async with dash_app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        screen = await open_dashboard(pilot, 3)
+        header = screen.query_one("#dash-header").render().plain
+        assert "#3  ␛[2Jevil␊label  (your label" in header and "note: ␇\ufffdnote" in header
+        await pilot.press("escape")
+        row = option_text(pilot.app.screen, "#explorer-list", 0)
+        assert row.startswith("#3 ") and row.endswith("␛[2Jevil␊label")

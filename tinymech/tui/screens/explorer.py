@@ -76,11 +76,10 @@ class ExplorerScreen(Screen):
         yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
-        self.fill()
         self.query_one("#explorer-list").focus()
 
     def on_screen_resume(self) -> None:
-        self.fill()  # a label may have changed in a dashboard opened from here
+        self.fill()  # on opening, and on coming back: a label may have changed in a dashboard opened from here
 
     def check_action(self, action: str, parameters: tuple) -> bool | None:
         # keys type into the search field: only Esc, which leaves it, works meanwhile
@@ -101,7 +100,8 @@ class ExplorerScreen(Screen):
         palette = Palette.from_theme(self.app.theme_variables)
         width = max(options.scrollable_content_region.width, 40)
         options.clear_options()
-        options.add_options([Option(self._row(int(f), width, palette), id=str(f)) for f in features])
+        columns = {name: np.asarray(getattr(self.dash, name)) for _, name in SORTS}  # each computed once
+        options.add_options([Option(self._row(int(f), columns, width, palette), id=str(f)) for f in features])
         if not len(features):
             options.add_option(Option(Content.styled("no feature matches", "dim italic"), disabled=True))
         options.highlighted = min(highlighted or 0, max(len(features) - 1, 0)) if len(features) else None
@@ -111,11 +111,11 @@ class ExplorerScreen(Screen):
         more = f" · the first {SHOWN} listed" if n > SHOWN else ""
         box.border_subtitle = f"{n:,} of {self.dash.n_features:,}{more} · ⏎ dashboard  s sort  / search"
 
-    def _row(self, f: int, width: int, palette: Palette) -> Content:
-        dash = self.dash
-        numbers = NUMBERS.format(density=f"{float(dash.density[f]):.3g}", max=f"{float(dash.max_activation[f]):.3g}",
-                                 spec=f"{float(dash.specificity[f]):.2f}")
-        label, source = dash.label(f)
+    def _row(self, f: int, columns: dict[str, np.ndarray], width: int, palette: Palette) -> Content:
+        numbers = NUMBERS.format(density=f"{float(columns['density'][f]):.3g}",
+                                 max=f"{float(columns['max_activation'][f]):.3g}",
+                                 spec=f"{float(columns['specificity'][f]):.2f}")
+        label, source = self.dash.label(f)
         start = self.id_width + 1 + len(numbers)
         label = fit((AUTO_MARK if source == "auto" else "") + printable(label or "", keep=""), max(width - start, 1))
         style = Style(italic=True, foreground=palette.muted) if source == "auto" else Style()

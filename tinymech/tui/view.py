@@ -49,7 +49,7 @@ class View:
     @property
     def dashboard(self) -> FeatureDashboards | None:
         """The dashboards of the SAE shown, when it has them (and they are loaded)."""
-        return self.dashboards.get(self.sae_index) if self.features is not None else None
+        return self.dashboards.get(self.sae_index)
 
     def ranked_features(self) -> tuple[tuple[int, float, float | None], ...]:
         """(feature, activation, share of its maximum over the corpus) of the features

@@ -405,7 +405,7 @@ class MainScreen(Screen):
     def action_explore(self) -> None:
         dash = self._dashboards_or_say()
         if dash is not None:
-            self.app.push_screen(ExplorerScreen(dash, self.view.features.sae))
+            self.app.push_screen(ExplorerScreen(dash, self.backend.info.saes[self.view.sae_index]))
 
     def action_dashboard(self) -> None:
         dash = self._dashboards_or_say()
@@ -415,7 +415,7 @@ class MainScreen(Screen):
         if feature is None:
             self.notify("no feature is active at this token: press f to find one", timeout=3)
             return
-        self.app.push_screen(DashboardScreen(dash, self.view.features.sae, feature))
+        self.app.push_screen(DashboardScreen(dash, self.backend.info.saes[self.view.sae_index], feature))
 
     def _dashboards_or_say(self) -> FeatureDashboards | None:
         """The shown SAE's dashboards; a notification says why there are none."""

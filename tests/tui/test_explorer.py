@@ -151,7 +151,7 @@ async def test_the_explorer_searches_and_sorts(dash_app):
         # a search narrows the list; the letters type into the field meanwhile (s does not sort)
         await pilot.press("slash", "#", "5")
         await settle(pilot)
-        assert listed(screen, "#explorer-list") == [5] and box.border_title.endswith("max activation")
+        assert listed(screen, "#explorer-list") == [5] and box.border_title.endswith("best match")
         assert box.border_subtitle.startswith("1 of 64 ")
         await pilot.press("backspace", "backspace", "x", "y", "z")
         await settle(pilot)
@@ -159,9 +159,20 @@ async def test_the_explorer_searches_and_sorts(dash_app):
             screen, "#explorer-list", 0)
         screen.query_one("#explorer-search", Input).value = ""
         await settle(pilot)
-        assert len(listed(screen, "#explorer-list")) == D_SAE
+        assert len(listed(screen, "#explorer-list")) == D_SAE and box.border_title.endswith("density")
 
-        await pilot.press("escape")  # out of the field, then out of the explorer
+        # a search's results come in its own order (best match first) until s sorts them
+        dash.search = lambda query: [7, 3, 5]
+        await pilot.press(*"cat", "enter")
+        await settle(pilot)
+        assert listed(screen, "#explorer-list") == [7, 3, 5] and box.border_title.endswith("best match")
+        await pilot.press("s")
+        assert box.border_title.endswith("density")
+        assert listed(screen, "#explorer-list") == sorted([7, 3, 5], key=lambda f: (-dash.density[f], [7, 3, 5].index(f)))
+        screen.query_one("#explorer-search", Input).value = ""
+        await settle(pilot)
+
+        await pilot.press("slash", "escape")  # out of the field, then out of the explorer
         assert isinstance(dash_app.screen, ExplorerScreen)
         await pilot.press("question_mark")  # the help lists the explorer's keys
         assert isinstance(dash_app.screen, HelpScreen)

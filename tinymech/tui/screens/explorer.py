@@ -1,7 +1,7 @@
 """The feature explorer: every feature of an SAE with dashboards, searched by
 id, label text or a token it fires on or promotes (FeatureDashboards.search, in
-a worker), sorted by density, maximum activation or specificity (s cycles);
-Enter opens a feature's dashboard."""
+a worker), sorted by density, maximum activation or specificity (s cycles;
+a search's results come best match first); Enter opens a feature's dashboard."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,6 +17,7 @@ from textual.screen import Screen
 from textual.style import Style
 from textual.widgets import Footer, Input, OptionList, Static
 from textual.widgets.option_list import Option
+from textual.worker import Worker, WorkerState
 
 from ...sae.dashboards import FeatureDashboards
 from ...text import printable
@@ -28,8 +29,10 @@ from ..widgets.title import TitleBar
 from ..workers import notify_failure, start_job
 from .dashboard import DashboardScreen
 
-# (name, FeatureDashboards' array), in the order s cycles through them; each sorts the largest first
-SORTS = (("density", "density"), ("max activation", "max_activation"), ("specificity", "specificity"))
+# name -> FeatureDashboards' array (the largest first), in the order s cycles through them;
+# "best match" (the search's own order) only while searching
+SORTS = {"best match": None, "density": "density", "max activation": "max_activation",
+         "specificity": "specificity"}
 SHOWN = 500  # rows listed at most: a search narrows the rest
 NUMBERS = "{density:>9} {max:>8} {spec:>5}  "
 AUTO_MARK = "~"
@@ -62,7 +65,7 @@ class ExplorerScreen(Screen):
     def __init__(self, dash: FeatureDashboards, sae: SaeInfo):
         super().__init__()
         self.dash, self.sae = dash, sae
-        self.sort = 0  # index into SORTS
+        self.sort = "density"  # a key of SORTS
         self.matches: np.ndarray | None = None  # the features the search found; None: no search, all
         self.id_width = len(str(dash.n_features - 1)) + 1
 
@@ -87,11 +90,16 @@ class ExplorerScreen(Screen):
 
     # ---- the list -----------------------------------------------------------------------
 
+    def sorts(self) -> list[str]:
+        return [name for name, array in SORTS.items() if array is not None or self.matches is not None]
+
     def shown_features(self) -> np.ndarray:
         """The features listed, in order: the matches (or all) by the sort, at most SHOWN."""
         ids = np.arange(self.dash.n_features) if self.matches is None else self.matches
-        key = np.asarray(getattr(self.dash, SORTS[self.sort][1]), dtype=np.float64)[ids]
-        return ids[np.argsort(-key, kind="stable")][:SHOWN]
+        if SORTS[self.sort] is not None:
+            key = np.asarray(getattr(self.dash, SORTS[self.sort]), dtype=np.float64)[ids]
+            ids = ids[np.argsort(-key, kind="stable")]
+        return ids[:SHOWN]
 
     def fill(self) -> None:
         options = self.query_one("#explorer-list", OptionList)
@@ -100,14 +108,14 @@ class ExplorerScreen(Screen):
         palette = Palette.from_theme(self.app.theme_variables)
         width = max(options.scrollable_content_region.width, 40)
         options.clear_options()
-        columns = {name: np.asarray(getattr(self.dash, name)) for _, name in SORTS}  # each computed once
+        columns = {name: np.asarray(getattr(self.dash, name)) for name in SORTS.values() if name}  # each once
         options.add_options([Option(self._row(int(f), columns, width, palette), id=str(f)) for f in features])
         if not len(features):
             options.add_option(Option(Content.styled("no feature matches", "dim italic"), disabled=True))
         options.highlighted = min(highlighted or 0, max(len(features) - 1, 0)) if len(features) else None
         n = len(self.matches) if self.matches is not None else self.dash.n_features
         box = self.query_one("#explorer-box")
-        box.border_title = f"Features · sorted by {SORTS[self.sort][0]}"
+        box.border_title = f"Features · sorted by {self.sort}"
         more = f" · the first {SHOWN} listed" if n > SHOWN else ""
         box.border_subtitle = f"{n:,} of {self.dash.n_features:,}{more} · ⏎ dashboard  s sort  / search"
 
@@ -132,6 +140,7 @@ class ExplorerScreen(Screen):
         if not query.strip():
             self.workers.cancel_group(self, "search")
             self.matches = None
+            self.sort = self.sort if self.sort in self.sorts() else "density"
             self.fill()
             return
         start_job(self, "searching", "search", "search", lambda: tuple(self.dash.search(query)),
@@ -139,12 +148,19 @@ class ExplorerScreen(Screen):
 
     def on_search_done(self, message: SearchDone) -> None:
         if message.query == self.query_one("#explorer-search", Input).value:  # else a newer search is on its way
+            if self.matches is None:
+                self.sort = "best match"  # a new search: its own order first
             self.matches = np.array(message.features, dtype=np.int64)
             self.fill()
 
     @on(Input.Submitted, "#explorer-search")
     def _search_submitted(self) -> None:
         self.query_one("#explorer-list").focus()
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        # the first search reads every feature's tokens: seconds for thousands of features
+        busy = any(w.group == "search" and w.state in (WorkerState.PENDING, WorkerState.RUNNING) for w in self.workers)
+        self.query_one(TitleBar).busy = "searching" if busy else ""
 
     def on_work_failed(self, message: WorkFailed) -> None:
         notify_failure(self, message.what, message.error)
@@ -166,5 +182,6 @@ class ExplorerScreen(Screen):
         self.query_one("#explorer-search").focus()
 
     def action_cycle_sort(self) -> None:
-        self.sort = (self.sort + 1) % len(SORTS)
+        sorts = self.sorts()
+        self.sort = sorts[(sorts.index(self.sort) + 1) % len(sorts)]
         self.fill()

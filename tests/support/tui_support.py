@@ -11,6 +11,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 import tinymech as tm
+from dashboard_factory import synthetic_folder
 from model_factory import make_hf_gpt2
 from tinymech.sae.sae import SAE
 from tinymech.tui.app import make_app
@@ -47,6 +48,14 @@ def build_sae_dir(path: Path, d_in: int = MODEL_SHAPE["n_embd"], hook: str = SAE
     (path / "cfg.json").write_text(json.dumps(cfg))
     labels = {str(f): {"label": f"test feature {f}"} for f in range(0, D_SAE, 2)}
     (path / "feature_labels.json").write_text(json.dumps(labels))
+    return path
+
+
+def with_dashboards(sae_dir: Path, path: Path) -> Path:
+    """A copy of the SAE at path with synthetic dashboards where tm.feature_dashboards
+    puts them (feature f fires on dashboard_factory.WORDS[f % len(WORDS)])."""
+    shutil.copytree(sae_dir, path)
+    synthetic_folder(path / "dashboards", n_features=D_SAE)
     return path
 
 

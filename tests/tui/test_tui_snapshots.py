@@ -56,3 +56,12 @@ def test_help_screen(snap_compare, app):
 
 def test_light_theme(snap_compare, app):
     assert snap_compare(app, terminal_size=(120, 36), run_before=after("escape", "t", "c", "c", "c"))
+
+
+def test_feature_explorer_sorted_by_max_activation(snap_compare, dash_app):
+    assert snap_compare(dash_app, terminal_size=(100, 30), run_before=after("escape", "f", "s"))
+
+
+def test_feature_dashboard(snap_compare, dash_app):  # feature 14 fires on a token that is an escape sequence
+    keys = ["escape", "f", "slash", "1", "4", "enter", "enter"]
+    assert snap_compare(dash_app, terminal_size=(100, 30), run_before=after(*keys))

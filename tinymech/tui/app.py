@@ -46,7 +46,9 @@ class TinymechApp(App):
     def action_help(self) -> None:
         if isinstance(self.screen, HelpScreen):
             return
-        groups = [("Everywhere", list(self.BINDINGS)), ("Tokens and panels", list(MainScreen.BINDINGS))]
+        screen = self.screen
+        title = getattr(screen, "HELP_TITLE", "Tokens and panels")  # the main screen's keys act on those
+        groups = [("Everywhere", list(self.BINDINGS)), (title, list(type(screen).BINDINGS))]
         self.push_screen(HelpScreen(groups))
 
     def check_action(self, action: str, parameters: tuple) -> bool | None:
@@ -60,11 +62,14 @@ class TinymechApp(App):
         self.theme = "textual-light" if self.current_theme.dark else "textual-dark"
 
 
-def make_app(model: tm.Model, saes: Sequence[SAE] = (), prompt: str | None = None) -> TinymechApp:
-    """The app on a loaded model and SAEs; a HookError if an SAE does not fit the model."""
+def make_app(model: tm.Model, saes: Sequence[SAE] = (), prompt: str | None = None,
+             dashboards: Sequence = ()) -> TinymechApp:
+    """The app on a loaded model and SAEs; a HookError if an SAE does not fit the model.
+    dashboards: a feature dashboards folder per SAE, in order (by default each SAE's
+    own dashboards/ folder, where it has one)."""
     for sae in saes:
         check_hooks(model, sae.cfg)
-    return TinymechApp(Backend(model, saes), prompt or DEFAULT_PROMPT)
+    return TinymechApp(Backend(model, saes, dashboards), prompt or DEFAULT_PROMPT)
 
 
 def bundled_saes(model_dir: str | None) -> list[Path]:
@@ -72,14 +77,16 @@ def bundled_saes(model_dir: str | None) -> list[Path]:
     return bundled_sae_dirs(model_dir)
 
 
-def run_tui(model_path=None, sae_paths: Sequence = (), prompt: str | None = None, dtype: str = "float32") -> None:
+def run_tui(model_path=None, sae_paths: Sequence = (), prompt: str | None = None, dtype: str = "float32",
+            dashboards: Sequence = ()) -> None:
     """Load the model (None: the bundled demo model) and SAEs (none given: those
-    shipped in the model's saes/ folder), then run the app. A model or SAE that
-    cannot be used prints one line and exits with status 2."""
+    shipped in the model's saes/ folder), then run the app; dashboards: a feature
+    dashboards folder per SAE, in order (else each SAE's own, read in the background).
+    A model or SAE that cannot be used prints one line and exits with status 2."""
     try:
         model = tm.load(model_path, dtype=dtype)
         paths = list(sae_paths) or bundled_saes(model.path)
-        app = make_app(model, [SAE.load(p) for p in paths], prompt)
+        app = make_app(model, [SAE.load(p) for p in paths], prompt, dashboards)
     except (tm.TinymechError, OSError) as e:
         print(printable(f"tinymech tui: {e}", keep=""), file=sys.stderr)
         raise SystemExit(2) from None

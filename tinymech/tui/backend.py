@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import math
 import re
+from pathlib import Path
 from types import MappingProxyType
 from typing import Callable, Mapping, Sequence
 
@@ -15,13 +16,17 @@ import numpy as np
 import tinymech as tm
 from tinymech import analysis
 from tinymech.analysis.logit_lens import distinct_points
+from tinymech.errors import InvalidInputError
 from tinymech.ops import log_sum_exp, top_k
+from tinymech.sae.dashboards import FeatureDashboards
+from tinymech.sae.dashboards.store import INDEX
 
 from .display import token_labels
 
 HEAD_SCORES = ("previous_token", "induction", "duplicate_token")
 TOP_K = 10  # predictions and logit-lens tokens kept per position
 TOP_FEATURES = 12  # SAE features kept per position
+DASHBOARDS_FOLDER = "dashboards"  # where tm.feature_dashboards writes them inside an SAE's folder
 
 
 def _frozen(array) -> np.ndarray:
@@ -153,9 +158,12 @@ class Steer:
 
 
 class Backend:
-    def __init__(self, model: tm.Model, saes: Sequence = ()):
+    def __init__(self, model: tm.Model, saes: Sequence = (), dashboards: Sequence = ()):
+        """dashboards: a dashboards folder per SAE, in order (None or missing: the SAE's own
+        dashboards/ folder, if it has one)."""
         self.model = model
         self.saes = list(saes)
+        self._dashboards = list(dashboards)
         cfg = model.cfg
         sae_infos = tuple(
             SaeInfo(i, sae.cfg.hook_name, int(sae.cfg.d_sae), MappingProxyType(dict(sae.labels)))
@@ -266,6 +274,30 @@ class Backend:
         a tokenizer), a piece of a character as its bytes."""
         tokenizer = self.model.tokenizer.backend
         return tuple((_bytes_if_partial(tokenizer, int(i), t), float(v)) for i, t, v in zip(ids, tokens, values))
+
+    # ---- feature dashboards -------------------------------------------------------
+
+    def dashboards_folder(self, sae_index: int) -> Path | None:
+        """The dashboards folder of an SAE: the one given for it, else its folder's
+        dashboards/ when that holds an index; None when it has none."""
+        given = self._dashboards[sae_index] if sae_index < len(self._dashboards) else None
+        if given is not None:
+            return Path(given)
+        path = self.saes[sae_index].path
+        folder = Path(path) / DASHBOARDS_FOLDER if path else None
+        return folder if folder is not None and (folder / INDEX).is_file() else None
+
+    def load_dashboards(self, sae_index: int) -> FeatureDashboards:
+        """The SAE's dashboards (reading them takes a while for thousands of features)."""
+        folder = self.dashboards_folder(sae_index)
+        if folder is None:
+            raise InvalidInputError(f"SAE {self.info.saes[sae_index].hook_name} has no feature dashboards")
+        dash = FeatureDashboards.load(folder)
+        d_sae = self.info.saes[sae_index].d_sae
+        if dash.n_features != d_sae:
+            raise InvalidInputError(f"the dashboards in {folder} have {dash.n_features} features, the SAE "
+                                    f"{d_sae}: they belong to another SAE")
+        return dash
 
     # ---- interventions ------------------------------------------------------------
 

@@ -7,6 +7,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 from rich.cells import cell_len, set_cell_size
 
 from textual.color import Color
@@ -18,6 +19,7 @@ from ..text import printable
 BOS_LABEL = "‹bos›"
 _VISIBLE = {" ": "·", "\n": "↵", "\t": "⇥", "\r": "␍"}
 _EIGHTHS = " ▏▎▍▌▋▊▉█"
+_BLOCKS = " ▁▂▃▄▅▆▇█"  # a column's top cell, in eighths
 
 
 # The prompt field holds one line: a prompt's newlines and tabs show there as
@@ -86,6 +88,22 @@ def bar(fraction: float, width: int) -> str:
     full, part = divmod(eighths, 8)
     text = "█" * full + (_EIGHTHS[part] if part else "")
     return text.ljust(width)
+
+
+def columns(values: Sequence[float], width: int, height: int) -> list[str]:
+    """Values (counts: not negative) as a column chart of block characters, `height`
+    lines from the top down, in at most `width` cells: each value as wide as fits,
+    neighbours added together when there are more values than cells. Any value
+    above 0 shows (one eighth at least)."""
+    values = np.asarray(values, dtype=np.float64)
+    width = max(int(width), 1)
+    if len(values) > width:
+        values = np.array([part.sum() for part in np.array_split(values, width)])
+    repeat = max(1, width // max(len(values), 1))
+    top = values.max() if len(values) else 0.0
+    eighths = np.ceil(values / top * height * 8).astype(int) if top > 0 else np.zeros(len(values), int)
+    return ["".join(_BLOCKS[level] * repeat for level in np.clip(eighths - row * 8, 0, 8))
+            for row in range(height - 1, -1, -1)]
 
 
 def prob(p: float) -> str:

@@ -83,3 +83,27 @@ class SteerEdited(Message):
 
 class GenerateRequested(Message):
     """The generate button was pressed, or Enter in one of its inputs."""
+
+
+@dataclass
+class DashboardsReady(Message):
+    """An SAE's feature dashboards, read from its folder."""
+
+    sae_index: int
+    dashboards: object  # FeatureDashboards
+
+
+@dataclass
+class FindFeature(Message):
+    """Show where a feature fires in the prompt (from its dashboard)."""
+
+    sae_index: int
+    feature: int
+
+
+@dataclass
+class LabelSaved(Message):
+    """A feature's label or note was saved: what shows labels redraws."""
+
+    sae_index: int
+    feature: int

@@ -8,7 +8,8 @@ from typing import Mapping
 
 import numpy as np
 
-from .backend import Analysis, FeatureActs, FeatureEffects, Steer, loss_scale
+from ..sae.dashboards import FeatureDashboards
+from .backend import TOP_FEATURES, Analysis, FeatureActs, FeatureEffects, Steer, loss_scale
 from .display import token_label
 
 COLOR_METRICS = ("loss", "steered loss", "feature", "attention")
@@ -30,6 +31,10 @@ class View:
     effects: Mapping[tuple[int, int], FeatureEffects] = dataclasses.field(
         default_factory=lambda: MappingProxyType({})
     )  # (sae index, feature) -> promoted tokens, filled in as workers finish
+    dashboards: Mapping[int, FeatureDashboards] = dataclasses.field(
+        default_factory=lambda: MappingProxyType({})
+    )  # sae index -> its feature dashboards, once loaded
+    label_edits: int = 0  # counts the labels saved: what shows them redraws
 
     def replace(self, **changes) -> View:
         return dataclasses.replace(self, **changes)
@@ -40,6 +45,41 @@ class View:
         if a is None or not a.features:
             return None
         return a.features[min(self.sae_index, len(a.features) - 1)]
+
+    @property
+    def dashboard(self) -> FeatureDashboards | None:
+        """The dashboards of the SAE shown, when it has them (and they are loaded)."""
+        return self.dashboards.get(self.sae_index)
+
+    def ranked_features(self) -> tuple[tuple[int, float, float | None], ...]:
+        """(feature, activation, share of its maximum over the corpus) of the features
+        active at the selected token, first the most active: with dashboards by that
+        share, so that a dense feature's large values do not lead on every token
+        (share None, ranked last: a feature the corpus never activated); without, by value."""
+        fa = self.features
+        if fa is None or self.analysis is None:
+            return ()
+        i, dash = self.selected, self.dashboard
+        if dash is None:
+            return tuple((int(f), float(v), None) for f, v in zip(fa.top_ids[i], fa.top_values[i]) if v > 0)
+        active = np.flatnonzero(fa.acts[i] > 0)
+        values = fa.acts[i, active].astype(np.float64)
+        peaks = np.asarray(dash.max_activation, dtype=np.float64)[active]
+        known = peaks > 0
+        shares = np.where(known, values / np.where(known, peaks, 1.0), 0.0)
+        order = np.lexsort((-values, -shares, ~known))[:TOP_FEATURES]  # the last key sorts first
+        return tuple((int(active[k]), float(values[k]), float(shares[k]) if known[k] else None) for k in order)
+
+    def feature_label(self, feature: int) -> tuple[str, str | None]:
+        """(label, "user" | "auto" | None) of a feature of the SAE shown: from its
+        dashboards (a user's label first), else from the SAE's feature list."""
+        dash = self.dashboard
+        if dash is not None:
+            label, source = dash.label(feature)
+            if label:
+                return label, source
+        fa = self.features
+        return (fa.sae.labels.get(feature, "") if fa is not None else ""), None
 
     def followed(self) -> tuple[int, str, str] | None:
         """(token id, label, why) of the token the logit lens follows at the

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
+import numpy as np
+
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -13,18 +15,20 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input, Tab, Tabs
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from ...errors import TinymechError
-from ...text import printable
+from ...sae.dashboards import FeatureDashboards
 from ..backend import HEAD_SCORES, Backend, Steer
 from ..display import field_to_prompt, prompt_to_field
 from ..messages import (
     AnalysisReady,
     AnswerPicked,
+    DashboardsReady,
     FeatureEffectsReady,
     FeatureSelected,
+    FindFeature,
     GenerateRequested,
     GenerationText,
     HeadSelected,
+    LabelSaved,
     SteeredLossReady,
     SteerEdited,
     TokenSelected,
@@ -40,6 +44,9 @@ from ..widgets.predictions import PredictionsPanel
 from ..widgets.prompt import PromptField
 from ..widgets.title import TitleBar
 from ..widgets.tokens import TokenBox, TokenStrip
+from ..workers import notify_failure, start_job
+from .dashboard import DashboardScreen
+from .explorer import ExplorerScreen
 
 # panel id -> tab label, in tab order; the digit keys 1.. pick them
 PANELS = {
@@ -75,6 +82,8 @@ class MainScreen(Screen):
         Binding("minus", "strength(-1)", "weaker", show=False, key_display="-"),
         Binding("g", "generate", "generate"),
         Binding("x", "stop", "stop generating", show=False),
+        Binding("f", "explore", "feature explorer (with dashboards)", show=False),
+        Binding("o", "dashboard", "the feature's dashboard", show=False),
         Binding("slash", "edit_prompt", "prompt", key_display="/"),
         Binding("escape", "leave_prompt", "back to tokens", show=False),
         *(Binding(str(n), f"panel('{panel}')", f"show {title.lower()}", show=False)
@@ -121,6 +130,7 @@ class MainScreen(Screen):
         # new theme's variables are in place (they are not yet when App.theme changes)
         self.app.theme_changed_signal.subscribe(self, lambda theme: self.set_view())
         self.analyze(self.prompt)
+        self.load_dashboards()
 
     @property
     def compact(self) -> bool:
@@ -160,7 +170,8 @@ class MainScreen(Screen):
         if view.steer != old.steer or view.analysis is not old.analysis:
             if view.steer.active:
                 self.compute_steered_losses(view.analysis.prompt, view.analysis.token_ids, view.steer)
-        if view.analysis is not old.analysis or (view.selected, view.sae_index) != (old.selected, old.sae_index):
+        if (view.analysis is not old.analysis or (view.selected, view.sae_index) != (old.selected, old.sae_index)
+                or view.dashboard is not old.dashboard):  # dashboards rank the features anew
             self._request_effects()
 
     def _render_view(self) -> None:
@@ -173,10 +184,7 @@ class MainScreen(Screen):
             panel.show(view)
 
     def _request_effects(self) -> None:
-        fa = self.view.features
-        if fa is None:
-            return
-        wanted = [int(f) for f, v in zip(fa.top_ids[self.view.selected], fa.top_values[self.view.selected]) if v > 0]
+        wanted = [f for f, _, _ in self.view.ranked_features()]
         missing = [f for f in wanted if (self.view.sae_index, f) not in self.view.effects]
         if missing:
             self.compute_effects(self.view.sae_index, missing)
@@ -184,22 +192,17 @@ class MainScreen(Screen):
     # ---- workers --------------------------------------------------------------------
 
     def _start(self, name: str, group: str, what: str, job, deliver) -> None:
-        """Run job() in a worker thread and post deliver(result), unless a newer
-        job of the group cancelled it; a failure becomes a notification."""
-
-        def work():
-            try:
-                result = job()
-            except Exception as e:  # the UI's boundary: any failure becomes a notification
-                self.post_message(WorkFailed(what, _one_line(e)))
-                return
-            if not get_current_worker().is_cancelled:
-                self.post_message(deliver(result))
-
-        self.run_worker(work, name=name, group=group, exclusive=True, thread=True, exit_on_error=False)
+        start_job(self, name, group, what, job, deliver)
 
     def analyze(self, prompt: str) -> None:
         self._start("analyzing", "analysis", "analysis", lambda: self.backend.analyze(prompt), AnalysisReady)
+
+    def load_dashboards(self) -> None:
+        """Each SAE's feature dashboards, where it has them, read in the background."""
+        for i, sae in enumerate(self.backend.info.saes):
+            if self.backend.dashboards_folder(i) is not None:
+                self._start("reading dashboards", f"dashboards-{i}", f"dashboards of {sae.hook_name}",
+                            lambda i=i: self.backend.load_dashboards(i), lambda d, i=i: DashboardsReady(i, d))
 
     def compute_effects(self, sae_index: int, features: list[int]) -> None:
         def job():
@@ -258,8 +261,10 @@ class MainScreen(Screen):
             if self.view.analysis is not None:
                 error += " (the panels still show the previous prompt)"
             self.query_one("#prompt", Input).focus()
-        # the message may quote a file's strings: shown as text, never as markup or escapes
-        self.notify(printable(error), title=f"{message.what} failed", severity="error", timeout=8, markup=False)
+        notify_failure(self, message.what, error)
+
+    def on_dashboards_ready(self, message: DashboardsReady) -> None:
+        self.set_view(dashboards=MappingProxyType({**self.view.dashboards, message.sae_index: message.dashboards}))
 
     def on_feature_effects_ready(self, message: FeatureEffectsReady) -> None:
         effects = {**self.view.effects, **{(e.sae_index, e.feature): e for e in message.effects}}
@@ -292,6 +297,26 @@ class MainScreen(Screen):
 
     def on_feature_selected(self, message: FeatureSelected) -> None:
         self.set_view(sae_index=message.sae_index, feature=message.feature, color_by="feature")
+
+    def on_find_feature(self, message: FindFeature) -> None:
+        """Color the tokens by the feature and select the token where it is strongest."""
+        f = message.feature
+        self.set_view(sae_index=message.sae_index, feature=f, color_by="feature")
+        self.query_one(TokenStrip).focus()
+        a, fa = self.view.analysis, self.view.features
+        if a is None or fa is None:
+            return
+        acts = fa.acts[:, f]
+        first = 1 if a.bos and len(acts) > 1 else 0  # BOS is an outlier many SAEs never saw
+        peak = first + int(np.argmax(acts[first:]))
+        if acts[peak] > 0:
+            self.set_view(selected=peak)
+            self.notify(f"#{f} is strongest at token {peak} ({acts[peak]:.2f})", timeout=3)
+        else:
+            self.notify(f"#{f} does not fire on this prompt", timeout=4)
+
+    def on_label_saved(self, message: LabelSaved) -> None:
+        self.set_view(label_edits=self.view.label_edits + 1)
 
     def on_steer_edited(self, message: SteerEdited) -> None:
         steer = self.view.steer
@@ -377,6 +402,36 @@ class MainScreen(Screen):
         if self.compact:
             self._activate_panel("generate")
 
+    def action_explore(self) -> None:
+        dash = self._dashboards_or_say()
+        if dash is not None:
+            self.app.push_screen(ExplorerScreen(dash, self.backend.info.saes[self.view.sae_index]))
+
+    def action_dashboard(self) -> None:
+        dash = self._dashboards_or_say()
+        feature = self.query_one(FeaturesPanel).feature_to_open()
+        if dash is None:
+            return
+        if feature is None:
+            self.notify("no feature is active at this token: press f to find one", timeout=3)
+            return
+        self.app.push_screen(DashboardScreen(dash, self.backend.info.saes[self.view.sae_index], feature))
+
+    def _dashboards_or_say(self) -> FeatureDashboards | None:
+        """The shown SAE's dashboards; a notification says why there are none."""
+        dash = self.view.dashboard
+        if dash is None:
+            group = f"dashboards-{self.view.sae_index}"
+            if not self.backend.info.saes:
+                why = "no SAE is loaded: start with --sae DIR"
+            elif any(w.group == group and w.state in (WorkerState.PENDING, WorkerState.RUNNING) for w in self.workers):
+                why = "the feature dashboards are still loading"
+            else:
+                why = ("this SAE has no feature dashboards: build them with `tinymech dashboards` "
+                       "(into the SAE's folder, dashboards/)")
+            self.notify(why, timeout=4)
+        return dash
+
     def action_stop(self) -> None:
         for run in ("clean", "steered"):
             self.workers.cancel_group(self, f"generate-{run}")
@@ -402,11 +457,3 @@ def _standout_head(scores) -> dict:
     layer, head = divmod(int(scores.argmax()), scores.shape[1])
     return dict(layer=layer, head=head) if scores[layer, head] >= STANDOUT_SCORE else {}
 
-
-def _one_line(error: Exception) -> str:
-    """A notification's text: tinymech's own messages as they are, others with their type."""
-    lines = str(error).strip().splitlines()
-    message = lines[0] if lines else ""
-    if isinstance(error, TinymechError) and message:
-        return message
-    return f"{type(error).__name__}: {message}" if message else type(error).__name__

@@ -94,6 +94,8 @@ def _parser() -> argparse.ArgumentParser:
     tui = sub.add_parser("tui", help="open the terminal UI")
     _model_arg(tui)
     tui.add_argument("--sae", action="append", default=[], help="SAE directory (SAELens format); repeatable")
+    tui.add_argument("--dashboards", action="append", default=[],
+                     help="a feature dashboards folder per --sae, in order (default: each SAE's dashboards/)")
     tui.add_argument("prompt", nargs="?", default=None, type=_utf8_text,
                      help="the prompt to open on (default: an example)")
     col = sub.add_parser("collect", help="collect a hook's activations over a corpus, to train an SAE or transcoder on")
@@ -373,7 +375,8 @@ def _dynamics(args) -> int:
 def _tui(args) -> int:
     from .tui.app import run_tui
 
-    return run_tui(model_path=args.model, sae_paths=tuple(args.sae), prompt=args.prompt, dtype=args.dtype) or 0
+    return run_tui(model_path=args.model, sae_paths=tuple(args.sae), prompt=args.prompt, dtype=args.dtype,
+                   dashboards=tuple(args.dashboards)) or 0
 
 
 def _collect(args) -> int:

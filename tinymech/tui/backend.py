@@ -292,12 +292,7 @@ class Backend:
         folder = self.dashboards_folder(sae_index)
         if folder is None:
             raise InvalidInputError(f"SAE {self.info.saes[sae_index].hook_name} has no feature dashboards")
-        dash = FeatureDashboards.load(folder)
-        d_sae = self.info.saes[sae_index].d_sae
-        if dash.n_features != d_sae:
-            raise InvalidInputError(f"the dashboards in {folder} have {dash.n_features} features, the SAE "
-                                    f"{d_sae}: they belong to another SAE")
-        return dash
+        return FeatureDashboards.load(folder, sae=self.saes[sae_index])
 
     # ---- interventions ------------------------------------------------------------
 

@@ -195,11 +195,16 @@ class FeatureDashboards:
     @classmethod
     def load(cls, path, sae=None) -> FeatureDashboards:
         """The dashboards in a folder written by tm.feature_dashboards; with sae, refused unless
-        they were built from that SAE's weights."""
+        they were built from that SAE's weights (as their index records them) and width."""
         dash = _load(Path(path))
-        if sae is not None and dash.meta.get("sae_sha256") != sae_sha256(sae):
-            raise InvalidInputError(f"the dashboards in {path} were built from another SAE (its weights differ): "
-                                    "build them again for this one")
+        if sae is not None:
+            if dash.n_features != sae.d_sae:
+                raise InvalidInputError(f"the dashboards in {path} have {dash.n_features} features, the SAE "
+                                        f"{sae.d_sae}: they belong to another SAE")
+            recorded = dash.meta.get("sae_sha256")  # None: dashboards made elsewhere, trusted by their width
+            if recorded is not None and recorded != sae_sha256(sae):
+                raise InvalidInputError(f"the dashboards in {path} were built from another SAE (its weights "
+                                        "differ): build them again for this one")
         return dash
 
 

@@ -8,9 +8,10 @@ from typing import Callable, TextIO
 
 from .errors import InvalidInputError
 
-ProgressFn = Callable[[int, int], None]
+ProgressFn = Callable[[int, "int | None"], None]  # (done, total); total None: not known
 BAR_WIDTH = 24
 MIN_INTERVAL_S = 0.2  # between redraws on a terminal
+LOG_INTERVAL_S = 30.0  # between lines in a log, when the total is not known
 
 
 def progress_function(progress, label: str = "patching", unit: str | None = None,
@@ -44,8 +45,16 @@ class ProgressLine:
         self.last_draw = float("-inf")
         self.last_tenth = -1
 
-    def __call__(self, done: int, total: int) -> None:
+    def __call__(self, done: int, total: int | None) -> None:
         now = time.monotonic()
+        if total is None:  # not known in advance (a whole corpus): the count and rate, no bar
+            if self.interactive or now - self.last_draw >= LOG_INTERVAL_S:
+                if now - self.last_draw >= MIN_INTERVAL_S:
+                    self.stream.write(("\r" if self.interactive else "") + self.line(done, total, now)
+                                      + ("" if self.interactive else "\n"))
+                    self.stream.flush()
+                    self.last_draw = now
+            return
         finished = done >= total
         if self.interactive:
             if finished or now - self.last_draw >= MIN_INTERVAL_S:
@@ -59,7 +68,12 @@ class ProgressLine:
                 self.stream.flush()
                 self.last_tenth = tenth
 
-    def line(self, done: int, total: int, now: float) -> str:
+    def line(self, done: int, total: int | None, now: float) -> str:
+        elapsed = now - self.start
+        if total is None:
+            new = done - self.start_done
+            rate = f", {new / elapsed:.0f} {self.unit}/s" if self.unit and new > 0 and elapsed > 0 else ""
+            return f"{self.label} {done}{' ' + self.unit if self.unit else ''}, {_clock(elapsed)} elapsed{rate}"
         fraction = done / total if total else 1.0
         filled = round(fraction * BAR_WIDTH)
         elapsed = now - self.start

@@ -188,8 +188,7 @@ def test_refusals(model, sae, tmp_path):
 
 def test_the_default_folder_is_beside_the_sae_and_writes_its_labels(model, tmp_path, capsys):
     folder = tmp_path / "sae"
-    shutil.copytree(DEMO_SAE, folder)
-    (folder / "feature_labels.json").unlink()
+    shutil.copytree(DEMO_SAE, folder, ignore=shutil.ignore_patterns("dashboards", "feature_labels.json"))
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("<|endoftext|>".join(TEXTS))
     assert main(["dashboards", "--sae", str(folder), "--corpus", str(corpus), "--tokens", "400",
@@ -252,3 +251,9 @@ def test_the_feature_command_exports_and_reads_neuronpedia_json(model, sae, tmp_
     assert "needs --neuronpedia" in capsys.readouterr().err
     assert main(["feature", str(tmp_path / "d"), str(dash.n_features)]) == 2
     assert "out of range" in capsys.readouterr().err
+
+
+def test_a_whole_corpus_shows_its_count_not_a_total_of_zero(model, sae, tmp_path, capsys):
+    dashboards(model, sae, tmp_path / "d", progress=True)  # n_tokens=None: the total is not known
+    err = capsys.readouterr().err
+    assert "tokens/s" in err and "/0 [" not in err and "-" not in err.replace("-gpt2", "")

@@ -222,10 +222,12 @@ def _run(stats, batches, meta, checkpoint, report) -> None:
         done += int(valid.sum())
         checkpoint.rows(batch)
         if report is not None:
-            report(done, left or 0)
+            report(done, left if left is not None else meta["_total"])
         if left is not None and done >= left:
             break
         checkpoint.maybe_save()
+    if report is not None and left is None and meta["_total"] is None:
+        report(done, done)  # the whole corpus is read: the last line says so
     if checkpoint.rows_done == 0 or done == 0:
         raise InvalidInputError(f"the corpus {meta['corpus']} holds less than one row of {meta['context']} tokens: "
                                 "give more text or a smaller context")
@@ -242,6 +244,7 @@ def _finish(model, source, stats, meta, out, checkpoint) -> FeatureDashboards:
     arrays.update(_cooccurring(state.get("cooc"), meta))
     meta = {k: v for k, v in meta.items() if not k.startswith("_")}
     meta.update(n_tokens=int(state["n_tokens"][0]), n_rows=int(state["n_rows"][0]), complete=True)
+    arrays = {name: a if name == "tokens" else _compact(a) for name, a in arrays.items()}
     vocab = _vocab(model, arrays)
     dash = from_arrays(meta, arrays, vocab, {})
     labels = auto_labels(dash)
@@ -271,6 +274,16 @@ def _arrays(state: dict, meta: dict, read_rows) -> dict:
         "window_value": windows[slot, col].astype(np.float32),
         "rows": rows.astype(np.int64), "tokens": read_rows(rows),
     }
+
+
+def _compact(a: np.ndarray) -> np.ndarray:
+    """An integer array in the smallest signed type that holds it (the folder stays small; readers widen)."""
+    if a.dtype.kind not in "iu" or a.size == 0:
+        return a
+    lo, hi = int(a.min()), int(a.max())
+    kind = next(t for t in (np.int8, np.int16, np.int32, np.int64)
+                if np.iinfo(t).min <= lo and hi <= np.iinfo(t).max)
+    return a.astype(kind)
 
 
 def _logit_effects(model, directions, meta) -> dict:
@@ -318,7 +331,7 @@ def _write_feature_labels(folder: Path, dash, labels: dict[int, str]) -> None:
     """The SAE's feature_labels.json, from the automatic labels (SAE.labels reads it; a user's win)."""
     from .store import _write_json
 
-    _write_json(folder / "feature_labels.json", feature_labels_json(dash, labels))
+    _write_json(folder / "feature_labels.json", feature_labels_json(dash, labels, contexts=1, logits=4))  # the rest: dashboards/
 
 
 # --- arguments, the folder and the checkpoint ------------------------------------------------------------------------
@@ -372,7 +385,7 @@ def _new_meta(model, source, store, corpus, n_tokens, context, seed, cooccurrenc
         "seed": whole_number(seed, "seed", 0, maximum=2**63 - 1), "cooccurrence": cooc, "cooc_cap": COOC_CAP,
         "n_features": f, **sizes, "n_tokens": 0, "n_rows": 0, "complete": False,
         "seconds": {"model": 0.0, "encode": 0.0, "merge": 0.0},
-        "_source": source,
+        "_source": source, "_total": store.n_tokens if store is not None else None,  # for the progress line
     }
 
 

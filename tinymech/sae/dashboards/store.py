@@ -276,12 +276,12 @@ def _load(folder: Path) -> FeatureDashboards:
 
 
 def notes_path(folder: Path, meta: dict) -> Path:
-    """Where user labels and notes live: beside the SAE when the dashboards sit in its folder, else in theirs."""
+    """Where user labels and notes live: beside the SAE when the dashboards sit in an SAE's folder (its
+    dashboards/: wherever that folder was moved), else in theirs."""
     from .labels import NOTES_FILE
 
-    sae = meta.get("sae_path")
-    if sae and folder.resolve().parent == Path(sae).resolve():
-        return Path(sae) / NOTES_FILE
+    if meta.get("kind") != "neurons" and (folder.parent / "cfg.json").is_file():
+        return folder.parent / NOTES_FILE
     return folder / NOTES_FILE
 
 

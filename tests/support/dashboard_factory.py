@@ -20,7 +20,7 @@ def synthetic(n_features: int = 6, context: int = 8, n_rows: int = 5, top_k: int
     rng = np.random.default_rng(seed)
     tokens = rng.integers(0, len(WORDS), size=(n_rows, context)).astype(np.int32)
     f_count = n_features
-    meta = {"format": FORMAT, "version": VERSION, "kind": "sae", "hook": "blocks.0.hook_resid_pre",
+    meta = {"format": FORMAT, "version": VERSION, "kind": "sae latents", "hook": "blocks.0.hook_resid_pre",
             "hook_out": None, "model": "synthetic", "sae_path": None, "sae_sha256": None, "corpus": "synthetic",
             "n_features": f_count, "n_tokens": n_rows * context, "n_rows": n_rows, "context": context,
             "top_k": top_k, "n_intervals": n_intervals, "per_interval": per_interval, "n_bins": n_bins,

@@ -106,7 +106,7 @@ def test_an_sae_s_dashboards_are_the_brute_force_s(model, sae, tmp_path):
         return sae.encode(cache[hook])
 
     check_against(dash, model, *brute_force(model, acts_of), directions=sae.W_dec)
-    assert dash.meta["kind"] == "sae" and dash.meta["sae_sha256"] == build.sae_sha256(sae)
+    assert dash.meta["kind"] == "sae latents" and dash.meta["sae_sha256"] == build.sae_sha256(sae)
     again = tm.FeatureDashboards.load(tmp_path / "d")
     f = int(np.argmax(dash.count))
     assert again[f].top_contexts[0].text() == dash[f].top_contexts[0].text()
@@ -216,7 +216,7 @@ def test_a_transcoder_reads_its_input_hook(model, tmp_path):
         return tc.encode(cache[hook_in])
 
     check_against(dash, model, *brute_force(model, acts_of, n_tokens=400), directions=tc.W_dec)
-    assert dash.meta["kind"] == "transcoder" and dash.meta["hook_out"] == hook_out
+    assert dash.meta["kind"] == "transcoder latents" and dash.meta["hook_out"] == hook_out
 
 
 def test_loading_for_an_sae_checks_its_weights(model, sae, tmp_path):

@@ -90,8 +90,10 @@ def test_sae_reconstructs_as_its_card_says(model):
 def test_sae_feature_labels_describe_live_features():
     sae = tm.SAE.load(SAE_DIR)
     assert len(sae.labels) >= 500
+    dash = tm.FeatureDashboards.load(SAE_DIR / "dashboards", sae=sae)  # the labels come from the dashboards
     for feature, details in sae.label_details.items():
-        assert details["label"].startswith(("token ", "fires on "))
+        assert details["label_source"] == "auto" and details["label"] == dash.auto_labels[feature]
+        assert dash.count[feature] > 0
         assert all("«" in c["text"] and "»" in c["text"] for c in details["top_contexts"])
 
 

@@ -87,7 +87,8 @@ def feature_dashboards(model, sae=None, corpus=None, n_tokens: int | None = None
 # --- what the features are ------------------------------------------------------------------------------------------
 
 class _Source:
-    """The features: an SAE's or transcoder's latents, or a hook's units."""
+    """The features: an SAE's or transcoder's latents, or a hook's units (index.json's kind: "sae latents",
+    "transcoder latents" or "neurons")."""
 
     def __init__(self, kind: str, hook: str, width: int, sae=None, directions=None):
         self.kind, self.hook, self.width, self.sae, self.directions = kind, hook, width, sae, directions
@@ -115,7 +116,7 @@ def _source(model, sae, hook) -> _Source:
         if hook is not None and hook != sae.cfg.hook_name:
             raise HookError(f"the SAE reads {sae.cfg.hook_name}, not {hook}: leave hook out")
         check_hooks(model, sae.cfg)
-        kind = "transcoder" if sae.cfg.is_transcoder else "sae"
+        kind = "transcoder latents" if sae.cfg.is_transcoder else "sae latents"
         directions = sae.W_dec if sae.d_out == model.cfg.d_model else None
         return _Source(kind, sae.cfg.hook_name, sae.d_sae, sae, directions)
     if hook is None:

@@ -95,7 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     _model_arg(tui)
     tui.add_argument("--sae", action="append", default=[], help="SAE directory (SAELens format); repeatable")
     tui.add_argument("--dashboards", action="append", default=[],
-                     help="a feature dashboards folder per --sae, in order (default: each SAE's dashboards/)")
+                     help="feature dashboards per --sae, in order: a folder or a Neuronpedia JSON file "
+                          "(default: each SAE's dashboards/)")
     tui.add_argument("prompt", nargs="?", default=None, type=_utf8_text,
                      help="the prompt to open on (default: an example)")
     col = sub.add_parser("collect", help="collect a hook's activations over a corpus, to train an SAE or transcoder on")

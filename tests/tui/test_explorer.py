@@ -95,6 +95,17 @@ async def test_dashboards_given_for_an_sae_are_read(model_dir, sae_dir, tmp_path
         assert main_screen(app).view.dashboards[0].path == folder
 
 
+async def test_a_neuronpedia_export_opens_in_the_explorer(model_dir, sae_dir, tmp_path):
+    exported = tm.export_neuronpedia(synthetic_dashboards(n_features=6), tmp_path / "np.json")
+    app = make_app(tm.load(model_dir), [SAE.load(sae_dir)], dashboards=[exported])
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        dash = main_screen(app).view.dashboards[0]
+        assert dash.n_features == D_SAE and dash.meta["kind"] == "neuronpedia"  # the SAE's width, 6 of them known
+        assert dash[1].top_contexts and not dash[D_SAE - 1].top_contexts
+        await open_dashboard(pilot, 1)
+
+
 async def test_features_rank_by_the_share_of_their_own_maximum(app):
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot)

@@ -19,6 +19,7 @@ from tinymech.analysis.logit_lens import distinct_points
 from tinymech.errors import InvalidInputError
 from tinymech.ops import log_sum_exp, top_k
 from tinymech.sae.dashboards import FeatureDashboards
+from tinymech.sae.dashboards.neuronpedia import import_neuronpedia
 from tinymech.sae.dashboards.store import INDEX
 
 from .display import token_labels
@@ -292,7 +293,10 @@ class Backend:
         folder = self.dashboards_folder(sae_index)
         if folder is None:
             raise InvalidInputError(f"SAE {self.info.saes[sae_index].hook_name} has no feature dashboards")
-        return FeatureDashboards.load(folder, sae=self.saes[sae_index])
+        sae = self.saes[sae_index]
+        if folder.is_file():  # a Neuronpedia export (tm.export_neuronpedia, or Neuronpedia's own)
+            return import_neuronpedia(folder, n_features=sae.d_sae)
+        return FeatureDashboards.load(folder, sae=sae)
 
     # ---- interventions ------------------------------------------------------------
 

@@ -106,11 +106,13 @@ def _explanations_json(dash: FeatureDashboards, f: int) -> list[dict]:
 
 # --- reading -----------------------------------------------------------------------------------------------------
 
-def import_neuronpedia(path) -> FeatureDashboards:
+def import_neuronpedia(path, n_features: int | None = None) -> FeatureDashboards:
     """Neuronpedia's feature JSON (as export_neuronpedia writes it, or as Neuronpedia's API and
     SAEDashboard give it) as FeatureDashboards in memory, for the explorer. Features the file
     lacks read as never active; labels come from "explanations" (a "tinymech-user" one as the
-    user's label and note, any other as the automatic label)."""
+    user's label and note, any other as the automatic label). n_features: the SAE's width (the
+    dashboards then cover all its features; a feature beyond it is refused), else the largest
+    index in the file + 1."""
     path = Path(path)
     objects = _feature_objects(path)
     features: dict[int, FeatureDashboard] = {}
@@ -128,7 +130,12 @@ def import_neuronpedia(path) -> FeatureDashboards:
         _labels(obj, f, where, auto, notes)
     if not features:
         raise InvalidInputError(f"{path} holds no features")
-    return _dashboards(features, n_tokens, auto, notes, path, objects[0])
+    n = max(features) + 1
+    if n_features is not None:
+        if whole_number(n_features, "n_features", 1) < n:
+            raise InvalidInputError(f"{path} holds feature {n - 1}, beyond the SAE's {n_features} features")
+        n = n_features
+    return _dashboards(features, n, n_tokens, auto, notes, path, objects[0])
 
 
 def _feature_objects(path: Path) -> list:
@@ -334,8 +341,8 @@ def _labels(obj: dict, f: int, where: str, auto: dict, notes: dict) -> None:
             auto[f] = text
 
 
-def _dashboards(features: dict, n_tokens: int, auto: dict, notes: dict, path: Path, first: dict) -> FeatureDashboards:
-    n = max(features) + 1
+def _dashboards(features: dict, n: int, n_tokens: int, auto: dict, notes: dict, path: Path,
+                first: dict) -> FeatureDashboards:
     count = np.zeros(n, np.int64)
     maximum, mean, specificity = np.zeros(n, np.float32), np.zeros(n), np.zeros(n)
     for f, d in features.items():

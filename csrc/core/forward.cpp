@@ -445,10 +445,21 @@ struct Pass {
     const int64_t V = cfg.d_vocab;
     float* x = ws.x.data();
     float* h = ws.h.data();
-    const bool ln_hooked = active(HookKind::ln_final_scale) || active(HookKind::ln_final_normalized);
-    // ln_final's hooks run even when no logits are wanted
+    const bool out_hooked = active(HookKind::unembed_out);
+    const bool ln_hooked = active(HookKind::ln_final_scale) || active(HookKind::ln_final_normalized) ||
+                           active(HookKind::unembed_in) || out_hooked;
+    // ln_final's and unembed's hooks run even when no logits are wanted
     if (mode == LogitsMode::all || ln_hooked) {
       layer_norm(x, w.lnf_w, w.lnf_b, h, HookKind::ln_final_scale, HookKind::ln_final_normalized, 0);
+      hook(HookKind::unembed_in, 0, rows(h, D));
+    }
+    if (out_hooked) {  // unembed.hook_out sees every position's logits, whatever the caller keeps
+      float* all = mode == LogitsMode::all ? logits : sized(ws.logits, {BT, V});
+      matmul(h, BT, D, D, w.unembed, V, 1, D, w.unembed_b, all, V);
+      hook(HookKind::unembed_out, 0, rows(all, V));
+      if (mode == LogitsMode::last)
+        for (int64_t b = 0; b < B; ++b) std::memcpy(logits + b * V, all + (b * T + T - 1) * V, V * sizeof(float));
+      return;
     }
     if (mode == LogitsMode::none) return;
     if (mode == LogitsMode::all) {
@@ -548,8 +559,7 @@ std::vector<int> Model::hook_ids() const {
   for (int64_t l = 0; l < cfg_.n_layers; ++l)
     for (int k = first; k < last; ++k)
       if (has_hook(static_cast<HookKind>(k))) ids.push_back(hook_id(static_cast<HookKind>(k), l, cfg_.n_layers));
-  ids.push_back(hook_id(HookKind::ln_final_scale, 0, cfg_.n_layers));
-  ids.push_back(hook_id(HookKind::ln_final_normalized, 0, cfg_.n_layers));
+  for (int k = kFirstFinalKind; k < kHookKinds; ++k) ids.push_back(hook_id(static_cast<HookKind>(k), 0, cfg_.n_layers));
   return ids;
 }
 

@@ -60,7 +60,7 @@ class Model {
   std::vector<int> hook_ids() const;
 
   struct Workspace {
-    std::vector<float> x, pos, h, qkv, z, attn_out, mlp, up, result, scores, stats, last, rope;
+    std::vector<float> x, pos, h, qkv, z, attn_out, mlp, up, result, scores, stats, last, rope, logits;
     std::vector<uint16_t> kv16;  // bfloat16 keys and values of one layer (bf16 attention)
   };
 

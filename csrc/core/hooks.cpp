@@ -138,8 +138,7 @@ int hook_id(HookKind kind, int64_t layer, int64_t n_layers) {
   const int k = static_cast<int>(kind);
   if (kind == HookKind::embed) return 0;
   if (kind == HookKind::pos_embed) return 1;
-  if (kind == HookKind::ln_final_scale) return static_cast<int>(2 + kLayerKinds * n_layers);
-  if (kind == HookKind::ln_final_normalized) return static_cast<int>(3 + kLayerKinds * n_layers);
+  if (k >= kFirstFinalKind) return static_cast<int>(kFirstLayerKind + kLayerKinds * n_layers + (k - kFirstFinalKind));
   return static_cast<int>(2 + layer * kLayerKinds + (k - kFirstLayerKind));
 }
 
@@ -148,7 +147,7 @@ std::string hook_name(int id, int64_t n_layers) {
   if (id < 0 || id >= count) throw std::out_of_range("no hook point with id " + std::to_string(id));
   if (id < kFirstLayerKind) return kHooks[id].name;
   if (id >= count - (kHookKinds - kFirstLayerKind - kLayerKinds))
-    return kHooks[kHookKinds - (count - id)].name;  // ln_final's, after the blocks
+    return kHooks[kHookKinds - (count - id)].name;  // ln_final's and unembed's, after the blocks
   const int layer = (id - kFirstLayerKind) / kLayerKinds, kind = (id - kFirstLayerKind) % kLayerKinds;
   return "blocks." + std::to_string(layer) + "." + kHooks[kFirstLayerKind + kind].name;
 }

@@ -26,8 +26,8 @@
 namespace tmech {
 
 // What a hook point's activation holds after [batch, pos].
-enum class HookHeads { none, query, key_value };                // a head axis of n_heads or n_key_value_heads
-enum class HookWidth { d_model, d_mlp, d_head, key_pos, one };  // the last axis
+enum class HookHeads { none, query, key_value };                         // a head axis of n_heads or n_key_value_heads
+enum class HookWidth { d_model, d_mlp, d_head, key_pos, one, d_vocab };  // the last axis
 struct HookInfo {
   const char* name;  // per layer: the name after "blocks.N."
   bool per_layer;
@@ -63,7 +63,9 @@ struct HookInfo {
   X(mlp_out, "hook_mlp_out", true, none, d_model)                                   \
   X(resid_post, "hook_resid_post", true, none, d_model)                             \
   X(ln_final_scale, "ln_final.hook_scale", false, none, one)                        \
-  X(ln_final_normalized, "ln_final.hook_normalized", false, none, d_model)
+  X(ln_final_normalized, "ln_final.hook_normalized", false, none, d_model)          \
+  X(unembed_in, "unembed.hook_in", false, none, d_model)                            \
+  X(unembed_out, "unembed.hook_out", false, none, d_vocab)
 
 enum class HookKind : int {
 #define TM_HOOK_KIND(kind, name, per_layer, heads, width) kind,
@@ -73,7 +75,8 @@ enum class HookKind : int {
 
 constexpr int kFirstLayerKind = static_cast<int>(HookKind::resid_pre);
 constexpr int kLayerKinds = static_cast<int>(HookKind::resid_post) - kFirstLayerKind + 1;
-constexpr int kHookKinds = static_cast<int>(HookKind::ln_final_normalized) + 1;
+constexpr int kHookKinds = static_cast<int>(HookKind::unembed_out) + 1;
+constexpr int kFirstFinalKind = kFirstLayerKind + kLayerKinds;  // ln_final's and unembed's, after the blocks
 
 const HookInfo& hook_info(HookKind kind);
 

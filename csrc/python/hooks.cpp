@@ -60,7 +60,7 @@ void bind_hooks(py::module_& m) {
       "hook_table",
       [] {
         const char* const heads[] = {nullptr, "n_heads", "n_key_value_heads"};
-        const char* const widths[] = {"d_model", "d_mlp", "d_head", "key_pos", "1"};
+        const char* const widths[] = {"d_model", "d_mlp", "d_head", "key_pos", "1", "d_vocab"};
         py::list rows;
         for (int k = 0; k < tmech::kHookKinds; ++k) {
           const tmech::HookInfo& h = tmech::hook_info(static_cast<tmech::HookKind>(k));

@@ -32,6 +32,7 @@ def test_every_hook_point_matches(pair, batch, length):
     logits, cache = model.run_with_cache(tokens, names_filter=lambda name: True)
     tl_logits, tl_cache = tl_run_with_cache(tl, tokens)
     assert list(cache.keys()) == model.hook_names()
+    assert set(cache) == set(tl_cache)  # every name TransformerLens has, unembed.hook_in/hook_out included
     assert "blocks.0.attn.hook_result" in cache
     for name in model.hook_names():
         assert cache[name].dtype == np.float32, name
@@ -262,3 +263,28 @@ def test_interventions_at_later_positions_apply_in_cached_generation(pair):
     steps += [model.forward(tokens[:, t : t + 1], cache=cache, hooks=hooks) for t in range(P, tokens.shape[1])]
     assert rel_err(np.concatenate(steps, axis=1), full) <= TOL
     assert rel_err(full, model(tokens)) > 1e-3
+
+
+def scale_unembed_in(x, hook):
+    assert hook.name == "unembed.hook_in"
+    return x * 1.5
+
+
+def shift_logits(logits, hook):
+    assert hook.name == "unembed.hook_out"
+    out = logits.copy()
+    out[..., :7] += 3.0
+    return out
+
+
+def test_hooks_at_the_unembedding_edit_the_logits(pair):
+    model, tl = pair
+    tokens = random_tokens(model, 2, 5, seed=13)
+    fns = [("unembed.hook_in", scale_unembed_in), ("unembed.hook_out", shift_logits)]
+    tl_fns = [(n, as_tl_hook(f)) for n, f in fns]
+    assert_same_run(model, tl, tokens, hooks=fns, tl_hooks=tl_fns)
+    want = tl_run_with_hooks(tl, tokens, tl_fns)
+    assert rel_err(model.run_with_hooks(tokens, fwd_hooks=fns), want) <= TOL
+    steered = model.generate(tokens, max_new_tokens=3, stop_at_eos=False, hooks=[("unembed.hook_out", tm.add(
+        np.eye(model.cfg.d_vocab, dtype=np.float32)[5] * 1e4))])
+    assert (steered[:, 5:] == 5).all()  # generation reads the edited logits

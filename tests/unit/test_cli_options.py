@@ -55,7 +55,7 @@ def test_info_lists_each_blocks_hook_names_once(capsys):
     out = capsys.readouterr().out
     names = tm.load().hook_names()
     assert f"hook points: {len(names)}\n  hook_embed, hook_pos_embed\n  blocks.{{0..3}}.{{hook_resid_pre, " in out
-    assert "\n  ln_final.hook_scale, ln_final.hook_normalized\n" in out
+    assert "\n  ln_final.hook_scale, ln_final.hook_normalized, unembed.hook_in, unembed.hook_out\n" in out
     listing = out[out.index("hook points"):]
     in_braces = re.search(r"blocks\.\{0\.\.3\}\.\{([^}]*)\}", listing).group(1)
     assert [name.strip() for name in in_braces.split(",")] == [

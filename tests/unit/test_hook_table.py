@@ -33,7 +33,8 @@ def test_pythons_lists_are_the_tables():
 def test_every_point_has_a_short_name():
     # get_act_name's short names are aliases (two for some points); each point needs one
     short = set(hooks._SHORT_NAMES.values())
-    assert [row["name"] for row in TABLE if not {row["name"], row["name"].rpartition(".")[2]} & short] == []
+    unnamed = [row["name"] for row in TABLE if not {row["name"], row["name"].rpartition(".")[2]} & short]
+    assert unnamed == ["unembed.hook_in", "unembed.hook_out"]  # TransformerLens's get_act_name has none for them
 
 
 def test_no_other_python_file_lists_head_axis_points():

@@ -22,8 +22,8 @@ def tokens(model):
 def test_hook_names_are_transformerlens_names(model):
     names = model.hook_names()
     assert names[:3] == ["hook_embed", "hook_pos_embed", "blocks.0.hook_resid_pre"]
-    assert names[-2:] == ["ln_final.hook_scale", "ln_final.hook_normalized"]
-    assert len(names) == 4 + 18 * model.cfg.n_layers
+    assert names[-4:] == ["ln_final.hook_scale", "ln_final.hook_normalized", "unembed.hook_in", "unembed.hook_out"]
+    assert len(names) == 6 + 18 * model.cfg.n_layers
     assert tm.get_act_name("pattern", 1) in names and tm.get_act_name("k1") == "blocks.1.attn.hook_k"
     assert tm.get_act_name("normalized", 0, "ln2") == "blocks.0.ln2.hook_normalized"
 

@@ -316,6 +316,23 @@ def _index(x: np.ndarray, selection, axis: int) -> np.ndarray:
     return x[tuple(index)]
 
 
+def position_slice(name: str, x: np.ndarray, pos_slice) -> np.ndarray:
+    """pos_slice applied to a captured activation's position axis, as TransformerLens's
+    run_with_cache(pos_slice=) does (an int keeps the axis, length 1): before the head axis at
+    q, k, v, z and result (and tinymech's rot_q, rot_k), the query axis of scores and patterns,
+    else the one before last."""
+    if x.ndim < 2:
+        return x
+    if isinstance(pos_slice, (int, np.integer)):
+        pos_slice = [pos_slice]  # as TransformerLens's run_with_cache: an int keeps the axis
+    headed = name.endswith(("hook_q", "hook_k", "hook_v", "hook_z", "hook_result", "hook_rot_q", "hook_rot_k"))
+    try:
+        return _index(x, pos_slice, axis=-3 if headed else -2)
+    except (IndexError, ValueError, TypeError) as e:
+        raise InvalidInputError(f"pos_slice {pos_slice!r} does not fit {name}'s {x.shape[-3 if headed else -2]} "
+                                f"positions: {e}") from None
+
+
 def _pos(x: np.ndarray, pos_slice) -> np.ndarray:
     """pos_slice applied to the position axis ([..., pos, d])."""
     return _index(x, pos_slice, axis=-2)

@@ -19,7 +19,7 @@ from .arch.config import Config
 from .arch.families import config_from_hf, family_of, read_config
 from .arch.gguf import converted, read_gguf
 from .arch.processing import process_weights
-from .cache import ActivationCache
+from .cache import ActivationCache, position_slice
 from .errors import (
     CORE_INT_MAX,
     ContextLengthError,
@@ -426,7 +426,8 @@ class Model:
 
     def run_with_cache(self, input, names_filter=None, return_type: str | None = "logits", prepend_bos: bool = True,
                        hooks: Iterable[HookSpec] = (), loss_per_token: bool = False,
-                       start_at_layer: int | None = None, stop_at_layer: int | None = None, tokens=None):
+                       start_at_layer: int | None = None, stop_at_layer: int | None = None, tokens=None,
+                       remove_batch_dim: bool = False, pos_slice=None):
         """Run and capture activations: (logits, ActivationCache).
 
         names_filter: None (every hook point except attn.hook_result, which is
@@ -434,6 +435,9 @@ class Model:
         names, or a predicate on names. Only the chosen points are materialized.
         With return_type None the run stops after the last block it captures
         from. start_at_layer, stop_at_layer, tokens: as for a call (model(...)).
+        remove_batch_dim: a run of one sequence caches without the batch axis;
+        pos_slice: each activation keeps only these positions (TransformerLens's
+        Slice: an int keeps that one, a tuple is slice(*tuple), a list picks).
         """
         if names_filter is None:
             names = [n for n in self._hook_names if not n.endswith("attn.hook_result")]
@@ -444,7 +448,10 @@ class Model:
         # no plan: nothing to capture (an empty names_filter) and no hooks
         acts = {self._hook_name_of[i]: a for i, a in plan.take_captured()} if plan is not None else {}
         ordered = {n: acts[n] for n in self._hook_names if n in acts}
-        return out, ActivationCache(ordered, self)
+        if pos_slice is not None:
+            ordered = {n: position_slice(n, a, pos_slice) for n, a in ordered.items()}
+        cache = ActivationCache(ordered, self)
+        return out, cache.remove_batch_dim() if remove_batch_dim else cache
 
     def run_with_hooks(self, input, fwd_hooks: Iterable[HookSpec] = (), return_type: str | None = "logits",
                        prepend_bos: bool = True, loss_per_token: bool = False, start_at_layer: int | None = None,

@@ -180,3 +180,23 @@ def test_remove_batch_dim_stacks(single, apply_ln):
     got = ours.logit_attrs(stack, tokens[0], has_batch_dim=False)  # each position's own token
     want = theirs.logit_attrs(torch.as_tensor(stack), torch.as_tensor(tokens[0]), has_batch_dim=False)
     assert got.shape == tuple(want.shape) and rel_err(got, want.detach().numpy()) <= TOL
+
+
+@pytest.mark.parametrize("pos_slice", [None, 2, -1, (1, 4), [0, 3, 3]])
+@pytest.mark.parametrize("remove_batch_dim", [False, True])
+def test_run_with_cache_slices_positions_and_the_batch_as_transformerlens(pos_slice, remove_batch_dim, gpt2,
+                                                                         tl_gpt2):
+    hf, model, _ = gpt2("odd")
+    tl = tl_gpt2(hf, processed=False)
+    tokens = np.random.default_rng(3).integers(0, model.cfg.d_vocab, (1, 6))
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: True, pos_slice=pos_slice,
+                                    remove_batch_dim=remove_batch_dim)
+    with torch.no_grad():
+        _, tl_cache = tl.run_with_cache(torch.from_numpy(tokens), names_filter=lambda n: True, pos_slice=pos_slice,
+                                        remove_batch_dim=remove_batch_dim)
+    assert set(cache) == set(tl_cache)
+    for name in tl_cache:
+        want = tl_cache[name].numpy()
+        assert cache[name].shape == want.shape, name
+        np.testing.assert_allclose(cache[name], want, rtol=1e-4, atol=1e-5, err_msg=name)
+    assert cache.has_batch_dim != remove_batch_dim

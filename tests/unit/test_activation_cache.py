@@ -90,3 +90,16 @@ def test_remove_batch_dim_needs_one_sequence(caches):
     ours, _ = caches
     with pytest.raises(tm.InvalidInputError, match="one sequence, not 3"):
         tm.ActivationCache(dict(ours.items()), ours.model).remove_batch_dim()
+
+
+def test_run_with_cache_refuses_a_pos_slice_or_batch_removal_that_does_not_fit():
+    model = tm.load()
+    tokens = np.zeros((2, 5), np.int64)
+    with pytest.raises(tm.InvalidInputError, match="pos_slice"):
+        model.run_with_cache(tokens, names_filter=["blocks.0.attn.hook_z"], pos_slice=[7])
+    with pytest.raises(tm.InvalidInputError, match="one sequence"):
+        model.run_with_cache(tokens, names_filter=["hook_embed"], remove_batch_dim=True)
+    _, cache = model.run_with_cache(tokens[:1], names_filter=["blocks.0.attn.hook_z", "blocks.0.attn.hook_pattern"],
+                                    pos_slice=(1, 3), remove_batch_dim=True)
+    assert cache["blocks.0.attn.hook_z"].shape == (2, model.cfg.n_heads, model.cfg.d_head)
+    assert cache["blocks.0.attn.hook_pattern"].shape == (model.cfg.n_heads, 2, 5)  # query positions sliced

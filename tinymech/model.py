@@ -41,6 +41,12 @@ from .ops import sample_next, sampling_settings
 from .text import printable
 
 
+def _not_yet(on: bool, setter: str, points: str) -> None:
+    if on:
+        raise HookError(f"{setter}(True): tinymech has no {points} hook points yet (one attention input is "
+                        "computed for all heads); hook blocks.N.ln1.hook_normalized or hook_resid_mid instead")
+
+
 class LayerStack:
     """A per-layer weight that reads like TransformerLens's stacked parameter
     [n_layers, ...] without stacking every layer:
@@ -147,6 +153,7 @@ class Model:
         self._hook_names, self._hook_ids = hook_registry(cfg.n_layers, self._core.hook_ids())
         self._hook_name_of = {i: n for n, i in self._hook_ids.items()}
         self._context_hooks: list[HookSpec] = []
+        self._use_attn_result = False  # set_use_attn_result: run_with_cache's default keeps attn.hook_result
 
     def __repr__(self):
         c = self.cfg
@@ -440,7 +447,7 @@ class Model:
         Slice: an int keeps that one, a tuple is slice(*tuple), a list picks).
         """
         if names_filter is None:
-            names = [n for n in self._hook_names if not n.endswith("attn.hook_result")]
+            names = [n for n in self._hook_names if self._use_attn_result or not n.endswith("attn.hook_result")]
         else:
             names = resolve_names(self, names_filter)
         plan = self._plan(hooks, capture=names)
@@ -477,6 +484,24 @@ class Model:
     def context_hooks(self) -> tuple:
         """The hooks of the enclosing `with model.hooks(...)` blocks, which every run applies."""
         return tuple(self._context_hooks)
+
+    def set_use_attn_result(self, use_attn_result: bool) -> None:
+        """As TransformerLens's: True makes run_with_cache capture attn.hook_result (each head's
+        output, [batch, pos, head, d_model]) without a names_filter too. Any hook on it works
+        either way: tinymech computes it whenever a hook asks for it."""
+        self._use_attn_result = bool(use_attn_result)
+
+    def set_use_split_qkv_input(self, use_split_qkv_input: bool) -> None:
+        """TransformerLens's per-head query/key/value inputs (hook_q_input, ...): not in tinymech yet."""
+        _not_yet(use_split_qkv_input, "set_use_split_qkv_input", "hook_q_input, hook_k_input and hook_v_input")
+
+    def set_use_attn_in(self, use_attn_in: bool) -> None:
+        """TransformerLens's per-head attention input (hook_attn_in): not in tinymech yet."""
+        _not_yet(use_attn_in, "set_use_attn_in", "hook_attn_in")
+
+    def set_use_hook_mlp_in(self, use_hook_mlp_in: bool) -> None:
+        """TransformerLens's MLP input hook (hook_mlp_in): not in tinymech yet."""
+        _not_yet(use_hook_mlp_in, "set_use_hook_mlp_in", "hook_mlp_in")
 
     @contextlib.contextmanager
     def hooks(self, fwd_hooks: Iterable[HookSpec] = ()):

@@ -212,3 +212,20 @@ def test_every_hook_runs_without_logits(model, tokens):
     seen = []
     model.forward(tokens, logits="none", hooks=[(lambda n: True, lambda act, hook: seen.append(hook.name))])
     assert seen == model.hook_names()
+
+
+def test_set_use_attn_result_makes_the_default_cache_keep_each_heads_output(model, tokens):
+    _, plain = model.run_with_cache(tokens)
+    assert not any(n.endswith("attn.hook_result") for n in plain)
+    model.set_use_attn_result(True)
+    try:
+        _, cache = model.run_with_cache(tokens)
+    finally:
+        model.set_use_attn_result(False)
+    result = cache["blocks.1.attn.hook_result"]
+    assert result.shape == (*tokens.shape, model.cfg.n_heads, model.cfg.d_model)
+    np.testing.assert_allclose(result.sum(2) + model.b_O[1], cache["blocks.1.hook_attn_out"], rtol=1e-4, atol=1e-4)
+    model.set_use_split_qkv_input(False)  # off: nothing to do
+    for setter in (model.set_use_split_qkv_input, model.set_use_attn_in, model.set_use_hook_mlp_in):
+        with pytest.raises(tm.HookError, match="not|no"):
+            setter(True)

@@ -670,7 +670,8 @@ class Model:
 
     def _plan(self, hooks: Iterable[HookSpec], capture: Iterable[str] = (), record=False, recorders=None):
         specs = list(self._context_hooks) + list(hooks)
-        if self._saes:  # the attached SAEs' splices (record, recorders: see attached_specs)
+        on_sae_points = any(isinstance(s, tuple) and len(s) == 2 and ".hook_sae_" in str(s[0]) for s in specs)
+        if self._saes or on_sae_points:  # the attached SAEs' splices (record, recorders: see attached_specs)
             from .sae.sae import attached_specs
 
             specs = attached_specs(self, specs, record, recorders)

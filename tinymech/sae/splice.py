@@ -23,7 +23,6 @@ import warnings
 
 import numpy as np
 
-from ..cache import ActivationCache
 from ..errors import HookError
 from ..hooks import _wrap_function, hook_row, resolve_names
 
@@ -80,22 +79,6 @@ def _sae_list(saes) -> list:
     return saes
 
 
-def _wanted(names_filter, name: str) -> bool:
-    if names_filter is None:
-        return True
-    if callable(names_filter):
-        return bool(names_filter(name))
-    return name in ([names_filter] if isinstance(names_filter, str) else list(names_filter))
-
-
-def _model_filter(names_filter, sae_names: set):
-    """names_filter without the SAE names, for the model's own run_with_cache."""
-    if names_filter is None or callable(names_filter):
-        return names_filter
-    names = [names_filter] if isinstance(names_filter, str) else list(names_filter)
-    return [n for n in names if n not in sae_names]
-
-
 def recorded(sae, splice, keep_error: bool) -> dict[str, np.ndarray]:
     """What a recording splice saw on its last call, under SAELens's hook names."""
     cfg, last = sae.cfg, splice.last()
@@ -140,19 +123,6 @@ def model_names_filter(model, names_filter):
 
 
 # ---- attaching SAEs to a model (HookedSAETransformer's stateful API) ----------------------
-
-def _sae_list(saes) -> list:
-    saes = list(saes) if isinstance(saes, (list, tuple)) else [saes]
-    writers = {}
-    for sae in saes:
-        if not hasattr(sae, "as_hook"):
-            raise HookError(f"saes must be tinymech SAE objects, got {type(sae).__name__}")
-        hook = sae.cfg.output_hook
-        if hook in writers:  # the second would reconstruct the first's reconstruction
-            raise HookError(f"two SAEs write {hook}: splice one SAE per hook point")
-        writers[hook] = sae
-    return saes
-
 
 def _error_term(use_error_term, keep_error=None):
     for flag in (use_error_term, keep_error):

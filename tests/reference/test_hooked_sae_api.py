@@ -134,3 +134,38 @@ def test_saes_context_restores_what_was_attached(tmp_path, models):
     finally:
         tl.reset_saes()
         model.reset_saes()
+
+
+def _scale(factor):
+    def edit(x, hook):
+        return x * factor
+    return edit
+
+
+@pytest.mark.parametrize("point", ["hook_sae_input", "hook_sae_recons", "hook_sae_error", "hook_sae_output"])
+@pytest.mark.parametrize("arch,hook,hook_out,cfg", CASES[::3], ids=lambda v: str(v))
+def test_hooks_on_the_other_sae_points(tmp_path, models, point, arch, hook, hook_out, cfg):
+    """A hook function on any editable SAE point, with the error term kept; the cache
+    then holds what the hooks made."""
+    model, tl = models
+    lens, ours = _pair(tmp_path, arch, hook, hook_out, cfg)
+    tokens = np.random.default_rng(7).integers(0, model.cfg.d_vocab, (2, 6))
+    t = torch.as_tensor(tokens)
+    name = f"{lens.cfg.metadata.hook_name_out or hook}.{point}"
+    try:
+        with torch.no_grad():
+            tl.add_sae(lens, use_error_term=True)
+            ref = tl.run_with_hooks(t, fwd_hooks=[(name, _scale(0.5))]).numpy()
+            with tl.hooks(fwd_hooks=[(name, _scale(0.5))]):
+                _, ref_cache = tl.run_with_cache(t, names_filter=lambda n: ".hook_sae_" in n)
+        model.add_sae(ours, use_error_term=True)
+        got = model.run_with_hooks(tokens, fwd_hooks=[(name, _scale(0.5))])
+        assert rel_err(got, ref) <= TOL and rel_err(got, model(tokens)) > 1e-4
+        _, cache = model.run_with_cache(tokens, names_filter=lambda n: ".hook_sae_" in n,
+                                        hooks=[(name, _scale(0.5))])
+        for key in ref_cache.keys():
+            if not key.endswith("acts_pre"):  # not computed by a Python splice
+                assert rel_err(cache[key], ref_cache[key].numpy()) <= TOL, key
+    finally:
+        tl.reset_saes()
+        model.reset_saes()

@@ -20,6 +20,16 @@ class ActivationCache:
         self.model = model
         self.has_batch_dim = True
 
+    def __deepcopy__(self, memo) -> "ActivationCache":
+        """A copy of the activations that shares the model (models do not change; pickling
+        a cache, by contrast, pickles its model: see Model.__reduce__)."""
+        import copy
+
+        memo[id(self.model)] = self.model
+        new = ActivationCache.__new__(ActivationCache)
+        new.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return new
+
     def remove_batch_dim(self) -> "ActivationCache":
         """Drops the batch axis of a cache of one sequence, in place, as
         TransformerLens's does (cache["pattern", 0] is then [head, q, k]); returns the cache."""

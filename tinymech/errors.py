@@ -38,6 +38,11 @@ class ContextLengthError(TinymechError, ValueError):
     """A sequence longer than the model's context window."""
 
 
+class UnpicklableError(TinymechError, TypeError):
+    """pickle or copy.deepcopy of an object that cannot be rebuilt: a model not
+    loaded from a path (a pickled model is loaded again from its path)."""
+
+
 class InvalidInputError(TinymechError, ValueError):
     """A run's argument that does not fit the model: a residual stream of the
     wrong shape, a layer outside it, a loss asked for without tokens."""

@@ -28,6 +28,7 @@ from .errors import (
     InvalidTokensError,
     ModelLoadError,
     NoTokenizerError,
+    UnpicklableError,
     UnsupportedArchitectureError,
     whole_number,
 )
@@ -154,6 +155,16 @@ class Model:
         self._hook_name_of = {i: n for n, i in self._hook_ids.items()}
         self._context_hooks: list[HookSpec] = []
         self._use_attn_result = False  # set_use_attn_result: run_with_cache's default keeps attn.hook_result
+        self._saes: dict = {}  # input hook -> (SAE, use_error_term): the SAEs attached with add_sae
+        self._load_args: tuple | None = None  # (path, load's keywords) when loaded by tm.load: for pickling
+
+    def __reduce__(self):
+        """Pickling and copy.deepcopy load the model again from its path with the same
+        arguments (the weights are not copied); its attached SAEs come along."""
+        if self._load_args is None:
+            raise UnpicklableError("only a model loaded from a path by tm.load can be pickled or copied (it is "
+                                   "loaded again from there); this one was built from arrays in memory")
+        return _reloaded, (*self._load_args, list(self._saes.values()))
 
     def __repr__(self):
         c = self.cfg
@@ -446,15 +457,24 @@ class Model:
         pos_slice: each activation keeps only these positions (TransformerLens's
         Slice: an int keeps that one, a tuple is slice(*tuple), a list picks).
         """
-        if names_filter is None:
+        model_filter, recorders = names_filter, []
+        if self._saes:  # attached SAEs' points are cached by their splices
+            from .sae.sae import model_names_filter
+
+            model_filter = model_names_filter(self, names_filter)
+        if model_filter is None:
             names = [n for n in self._hook_names if self._use_attn_result or not n.endswith("attn.hook_result")]
         else:
-            names = resolve_names(self, names_filter)
-        plan = self._plan(hooks, capture=names)
+            names = resolve_names(self, model_filter)
+        plan = self._plan(hooks, capture=names, record=names_filter, recorders=recorders)
         out = self._run(input, plan, return_type, prepend_bos, loss_per_token, start_at_layer, stop_at_layer, tokens)
         # no plan: nothing to capture (an empty names_filter) and no hooks
         acts = {self._hook_name_of[i]: a for i, a in plan.take_captured()} if plan is not None else {}
         ordered = {n: acts[n] for n in self._hook_names if n in acts}
+        if recorders:
+            from .sae.sae import with_sae_entries
+
+            ordered = with_sae_entries(self, ordered, recorders)
         if pos_slice is not None:
             ordered = {n: position_slice(n, a, pos_slice) for n, a in ordered.items()}
         cache = ActivationCache(ordered, self)
@@ -468,17 +488,51 @@ class Model:
         return self._run(input, self._plan(fwd_hooks), return_type, prepend_bos, loss_per_token,
                          start_at_layer, stop_at_layer, tokens)
 
-    def run_with_saes(self, input, saes, keep_error: bool = False, **kwargs):
-        """Run with SAEs spliced in at their hook points (see tinymech.sae.run_with_saes)."""
+    # ---- SAEs, as SAELens's HookedSAETransformer attaches them (tinymech/sae/splice.py) ----
+
+    def run_with_saes(self, input, saes=(), keep_error: bool | None = None, **kwargs):
+        """Run (as model(...)) with SAEs spliced in at their hook points, besides those attached;
+        use_error_term= (or keep_error) keeps the error term (see tinymech.sae.run_with_saes)."""
         from .sae.sae import run_with_saes
 
-        return run_with_saes(self, input, saes, keep_error=keep_error, **kwargs)
+        return run_with_saes(self, input, saes, keep_error, **kwargs)
 
-    def run_with_cache_with_saes(self, input, saes, keep_error: bool = False, **kwargs):
+    def run_with_cache_with_saes(self, input, saes=(), keep_error: bool | None = None, **kwargs):
         """run_with_cache with SAEs spliced in; the cache also holds <hook>.hook_sae_* entries."""
         from .sae.sae import run_with_cache_with_saes
 
-        return run_with_cache_with_saes(self, input, saes, keep_error=keep_error, **kwargs)
+        return run_with_cache_with_saes(self, input, saes, keep_error, **kwargs)
+
+    def run_with_hooks_with_saes(self, input, saes=(), reset_saes_end: bool = True, fwd_hooks=(), **kwargs):
+        """run_with_hooks with SAEs spliced in; fwd_hooks may edit their points, e.g.
+        (hook + ".hook_sae_acts_post", fn) edits the latents."""
+        from .sae.sae import run_with_hooks_with_saes
+
+        return run_with_hooks_with_saes(self, input, saes, reset_saes_end, fwd_hooks, **kwargs)
+
+    def add_sae(self, sae, use_error_term: bool | None = None) -> None:
+        """Attach an SAE at its hook point until reset_saes(): every run, run_with_cache and
+        generate splices it in. use_error_term None: the SAE's sae.use_error_term."""
+        from .sae.sae import add_sae
+
+        add_sae(self, sae, use_error_term)
+
+    def reset_saes(self, act_names: str | list[str] | None = None) -> None:
+        """Detach the SAEs attached at these hook points (their input hooks), or all."""
+        from .sae.sae import reset_saes
+
+        reset_saes(self, act_names)
+
+    def saes(self, saes=(), reset_saes_end: bool = True, use_error_term: bool | None = None):
+        """A context manager: within the block the SAEs are attached; then those before come back."""
+        from .sae.sae import attached
+
+        return attached(self, saes, reset_saes_end, use_error_term)
+
+    @property
+    def acts_to_saes(self) -> dict:
+        """{input hook: SAE} of the attached SAEs."""
+        return {name: sae for name, (sae, _) in self._saes.items()}
 
     @property
     def context_hooks(self) -> tuple:
@@ -646,14 +700,27 @@ class Model:
         b = self._weights["unembed_b"]
         return np.zeros(self.cfg.d_vocab_out, dtype=np.float32) if b is None else b
 
-    def _plan(self, hooks: Iterable[HookSpec], capture: Iterable[str] = ()):
+    def _plan(self, hooks: Iterable[HookSpec], capture: Iterable[str] = (), record=False, recorders=None):
         specs = list(self._context_hooks) + list(hooks)
+        on_sae_points = any(isinstance(s, tuple) and len(s) == 2 and ".hook_sae_" in str(s[0]) for s in specs)
+        if self._saes or on_sae_points:  # the attached SAEs' splices (record, recorders: see attached_specs)
+            from .sae.sae import attached_specs
+
+            specs = attached_specs(self, specs, record, recorders)
         if not specs and not capture:
             return None
         return build_plan(self, specs, capture)
 
 
 RETURN_TYPES = ("logits", "loss", "both", None)
+
+
+def _reloaded(path: str, kwargs: dict, saes: list) -> Model:
+    """A pickled model: loaded again from its path, its SAEs attached again."""
+    model = load(path, **kwargs)
+    for sae, use_error_term in saes:
+        model.add_sae(sae, use_error_term)
+    return model
 
 
 def token_losses(logits: np.ndarray, tokens: np.ndarray) -> np.ndarray:
@@ -700,8 +767,10 @@ def load(
     family = family_of(cfg)
     weights = family.weights(store, cfg)
     processing = fold_ln or center_writing_weights or center_unembed or fold_value_biases
+    flags = dict(fold_ln=fold_ln, center_writing_weights=center_writing_weights, center_unembed=center_unembed,
+                 fold_value_biases=fold_value_biases, dtype=dtype)
     if not processing:
-        return Model(cfg, weights, tokenizer, path=str(source), dtype=dtype)
+        return _loaded(Model(cfg, weights, tokenizer, path=str(source), dtype=dtype), source, flags)
     if not family.PROCESSING:
         raise UnsupportedArchitectureError(
             "fold_ln, center_writing_weights, center_unembed and fold_value_biases are implemented "
@@ -715,4 +784,10 @@ def load(
         center_unembed=center_unembed,
         fold_value_biases=fold_value_biases,
     )
-    return Model(cfg, weights, tokenizer, path=str(source), dtype=dtype)
+    return _loaded(Model(cfg, weights, tokenizer, path=str(source), dtype=dtype), source, flags)
+
+
+def _loaded(model: Model, source, flags: dict) -> Model:
+    """The model, remembering where and how it was loaded (pickling loads it again so)."""
+    model._load_args = (os.path.abspath(source), flags)
+    return model

@@ -36,6 +36,22 @@ _OLD_KEYS = {"hook_point": "hook_name", "hook_point_head_index": "hook_head_inde
              "activation_fn_str": "activation_fn"}
 
 
+class SAEMetadata(dict):
+    """cfg.json's fields (metadata flattened) read as a dict or, as SAELens 6 reads
+    them, as attributes: cfg.metadata.hook_name; a field the file lacks is None."""
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):  # dunders and private names stay real attribute lookups
+            raise AttributeError(name)
+        return self.get(name)
+
+    def __setattr__(self, name: str, value) -> None:
+        self[name] = value
+
+    def to_dict(self) -> dict:
+        return dict(self)
+
+
 @dataclasses.dataclass(frozen=True)
 class SAEConfig:
     """An SAE's configuration with SAELens's field names (metadata flattened)."""
@@ -57,7 +73,20 @@ class SAEConfig:
     context_size: int | None = None
     model_from_pretrained_kwargs: dict = dataclasses.field(default_factory=dict)
     neuronpedia_id: str | None = None
-    metadata: dict = dataclasses.field(default_factory=dict)  # everything the file said, flattened
+    metadata: SAEMetadata = dataclasses.field(default_factory=SAEMetadata)  # everything the file said, flattened
+
+    def __post_init__(self):
+        if not isinstance(self.metadata, SAEMetadata):
+            object.__setattr__(self, "metadata", SAEMetadata(self.metadata))
+
+    @property
+    def device(self) -> str:
+        """Where the SAE computes, as SAELens names it: always the CPU."""
+        return "cpu"
+
+    @property
+    def dtype(self) -> str:
+        return "float32"
 
     @property
     def activation(self) -> str:
@@ -204,7 +233,7 @@ def parse_config(raw: Any, overrides: dict | None = None) -> SAEConfig:
         context_size=flat.get("context_size"),
         model_from_pretrained_kwargs=dict(_object(flat, "model_from_pretrained_kwargs")),
         neuronpedia_id=flat.get("neuronpedia_id"),
-        metadata=flat,
+        metadata=SAEMetadata(flat, prepend_bos=bool(flat.get("prepend_bos", True))),  # SAELens's default
     )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import warnings
 from typing import NamedTuple
 
 import numpy as np
@@ -36,7 +37,19 @@ from .loading import (
 )
 from .pretrained import resolve
 from .saving import config_json, write_sae_folder
-from .splice import check_hooks, run_with_cache_with_saes, run_with_saes, splice_hooks
+from .splice import (  # noqa: F401 (Model's SAE methods import these from here)
+    add_sae,
+    attached,
+    attached_specs,
+    check_hooks,
+    model_names_filter,
+    reset_saes,
+    run_with_cache_with_saes,
+    run_with_hooks_with_saes,
+    run_with_saes,
+    splice_hooks,
+    with_sae_entries,
+)
 
 __all__ = ["SAE", "SAEConfig", "LogitEffects", "run_with_saes", "run_with_cache_with_saes"]
 
@@ -100,6 +113,26 @@ def _decoded(model, ids) -> tuple[str, ...] | None:
     return None if model.tokenizer is None else tuple(model.tokenizer.decode_each(ids))
 
 
+def _on_cpu(device, dtype) -> None:
+    """SAELens's device= and dtype= arguments: tinymech computes in float32 on the CPU,
+    so another device or dtype is accepted with a warning that says so."""
+    for value, what, native in ((device, "device", "cpu"), (dtype, "dtype", "float32")):
+        if value is None:
+            continue
+        name = str(value).removeprefix("torch.")
+        if not isinstance(value, str) and type(value).__module__.split(".")[0] != "torch":
+            raise SAEInputError(f"{what} must be a string such as {native!r}, got {type(value).__name__}")
+        if name.split(":")[0] != native:
+            warnings.warn(f"tinymech runs SAEs in float32 on the CPU; {what}={name!r} is ignored", stacklevel=3)
+
+
+def _rebuilt(state: dict) -> "SAE":
+    """An SAE from its pickled state: the core object is rebuilt from the weights."""
+    sae = SAE.__new__(SAE)
+    sae.__setstate__(state)
+    return sae
+
+
 def _padded_to_csr(indices, values, d_sae: int) -> tuple[tuple, tuple]:
     """(lead shape, (offsets, indices, values)) from encode_sparse's padded [..., n]
     pair, whose index -1 marks the padding of tokens with fewer features.
@@ -152,10 +185,26 @@ class SAE:
         self.label_details = label_details or {}
         self.log_sparsity = log_sparsity
         self.metrics = None
+        self.use_error_term = False  # SAELens's default for model.add_sae(sae)
+        self._core = self._built_core(weights)
+
+    def _built_core(self, weights: dict):
         try:
-            self._core = _core.Sae(self._core_config(), weights)
+            return _core.Sae(self._core_config(), weights)
         except ValueError as e:  # weights that do not fit the config
             raise SAELoadError(str(e)) from e
+
+    # pickle and copy.deepcopy: everything but the core object, which is rebuilt from the weights
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_core"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        weights = {k: getattr(self, k) for k in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold", "W_skip")}
+        self._core = self._built_core({k: v for k, v in weights.items() if v is not None})
+
+    def __reduce__(self):
+        return _rebuilt, (self.__getstate__(),)
 
     def _core_config(self) -> dict:
         c = self.cfg
@@ -184,10 +233,21 @@ class SAE:
         return cls._read(sae_dir(path), {}, norm_scaling_factor)
 
     @classmethod
-    def from_pretrained(cls, release: str, sae_id: str) -> "SAE":
+    def load_from_disk(cls, path: str | os.PathLike, device: str = "cpu", dtype: str | None = None) -> "SAE":
+        """SAELens 6's name for load: the SAE in the folder `path`. device and dtype are
+        accepted for SAELens's code; tinymech computes in float32 on the CPU."""
+        _on_cpu(device, dtype)
+        return cls.load(path)
+
+    @classmethod
+    def from_pretrained(cls, release: str, sae_id: str, device: str = "cpu", dtype: str = "float32",
+                        force_download: bool = False) -> "SAE":
         """An SAE by SAELens release name and id (e.g. "gpt2-small-res-jb",
         "blocks.8.hook_resid_pre"), or by Hugging Face repo id and folder.
-        See tinymech.sae_pretrained for how names are resolved."""
+        See tinymech.sae_pretrained for how names are resolved. device and dtype are
+        accepted as SAELens takes them (tinymech computes in float32 on the CPU);
+        force_download is ignored (files come from the local Hugging Face cache)."""
+        _on_cpu(device, dtype)
         path, overrides, factor = resolve(release, sae_id)
         return cls._read(path, overrides, factor, only_if_expected=True)
 

@@ -8,14 +8,23 @@ what each SAE saw, under SAELens's names:
 `<hook>.hook_sae_input`, `.hook_sae_acts_pre`, `.hook_sae_acts_post`,
 `.hook_sae_recons`, `.hook_sae_error` (with keep_error) and `.hook_sae_output`,
 where <hook> is the hook the SAE writes (a transcoder's output hook).
+
+SAEs attached with model.add_sae(sae) (or for a block, `with model.saes([...])`)
+stay spliced into every run, run_with_cache and generate until model.reset_saes();
+run_with_cache then also caches their hook_sae_* points. Python hook functions on
+an attached SAE's points (`<hook>.hook_sae_acts_post`, ...) run inside a Python
+splice that calls the SAE's encode and decode, as SAELens's HookedSAETransformer
+calls them.
 """
 from __future__ import annotations
 
+import contextlib
+import warnings
+
 import numpy as np
 
-from ..cache import ActivationCache
 from ..errors import HookError
-from ..hooks import hook_row, resolve_names
+from ..hooks import _wrap_function, hook_row, resolve_names
 
 SAE_HOOKS = ("hook_sae_input", "hook_sae_acts_pre", "hook_sae_acts_post", "hook_sae_recons",
              "hook_sae_error", "hook_sae_output")
@@ -70,34 +79,6 @@ def _sae_list(saes) -> list:
     return saes
 
 
-def run_with_saes(model, input, saes, keep_error: bool = False, return_type: str = "logits",
-                  prepend_bos: bool = True, loss_per_token: bool = False):
-    """Run with the SAEs spliced in (each replaces its hook's activation by its
-    reconstruction, or keeps the error term when keep_error)."""
-    specs = []
-    for sae in _sae_list(saes):
-        check_hooks(model, sae.cfg)
-        specs.append(sae.as_hook(keep_error=keep_error))
-    return model.run_with_hooks(input, fwd_hooks=specs, return_type=return_type, prepend_bos=prepend_bos,
-                                loss_per_token=loss_per_token)
-
-
-def _wanted(names_filter, name: str) -> bool:
-    if names_filter is None:
-        return True
-    if callable(names_filter):
-        return bool(names_filter(name))
-    return name in ([names_filter] if isinstance(names_filter, str) else list(names_filter))
-
-
-def _model_filter(names_filter, sae_names: set):
-    """names_filter without the SAE names, for the model's own run_with_cache."""
-    if names_filter is None or callable(names_filter):
-        return names_filter
-    names = [names_filter] if isinstance(names_filter, str) else list(names_filter)
-    return [n for n in names if n not in sae_names]
-
-
 def recorded(sae, splice, keep_error: bool) -> dict[str, np.ndarray]:
     """What a recording splice saw on its last call, under SAELens's hook names."""
     cfg, last = sae.cfg, splice.last()
@@ -120,34 +101,211 @@ def recorded(sae, splice, keep_error: bool) -> dict[str, np.ndarray]:
     return {f"{cfg.output_hook}.{k}": out[k] for k in SAE_HOOKS if k in out}
 
 
-def run_with_cache_with_saes(model, input, saes, keep_error: bool = False, names_filter=None,
-                             return_type: str = "logits", prepend_bos: bool = True):
-    """run_with_cache with the SAEs spliced in: (logits, ActivationCache) whose
-    cache also holds `<hook>.hook_sae_acts_post` and the other SAE hooks.
+def _wanted(names_filter, name: str) -> bool:
+    if names_filter is None:
+        return True
+    if callable(names_filter):
+        return bool(names_filter(name))
+    return name in ([names_filter] if isinstance(names_filter, str) else list(names_filter))
 
-    names_filter (a name, list of names or predicate) may name SAE hooks as
-    well as the model's; None caches everything."""
+
+def sae_point_names(sae) -> list[str]:
+    return [f"{sae.cfg.output_hook}.{h}" for h in SAE_HOOKS]
+
+
+def model_names_filter(model, names_filter):
+    """names_filter without the attached SAEs' points, for the model's own hook points."""
+    if names_filter is None or callable(names_filter):
+        return names_filter
+    names = [names_filter] if isinstance(names_filter, str) else list(names_filter)
+    sae_names = {n for sae, _ in model._saes.values() for n in sae_point_names(sae)}
+    return [n for n in names if n not in sae_names]
+
+
+# ---- attaching SAEs to a model (HookedSAETransformer's stateful API) ----------------------
+
+def _error_term(use_error_term, keep_error=None):
+    for flag in (use_error_term, keep_error):
+        if flag is not None and not isinstance(flag, (bool, np.bool_)):
+            raise HookError(f"use_error_term must be True, False or None, got {flag!r}")
+    return use_error_term if use_error_term is not None else keep_error
+
+
+def add_sae(model, sae, use_error_term: bool | None = None) -> None:
+    """Attach the SAE at its hook (replacing one attached there) until reset_saes.
+    use_error_term None: the SAE's own sae.use_error_term."""
+    _sae_list([sae])
+    check_hooks(model, sae.cfg)
+    use_error_term = _error_term(use_error_term)
+    keep = bool(sae.use_error_term if use_error_term is None else use_error_term)
+    for name, (other, _) in model._saes.items():
+        if name != sae.cfg.hook_name and other.cfg.output_hook == sae.cfg.output_hook:
+            raise HookError(f"two SAEs write {sae.cfg.output_hook}: splice one SAE per hook point "
+                            f"(reset_saes({name!r}) first)")
+    model._saes[sae.cfg.hook_name] = (sae, keep)
+
+
+def reset_saes(model, act_names=None) -> None:
+    """Detach the SAEs at these input hooks (a name or a list), or all."""
+    names = list(model._saes) if act_names is None else [act_names] if isinstance(act_names, str) else list(act_names)
+    for name in names:
+        if not isinstance(name, str):
+            raise HookError(f"reset_saes takes hook names, got {name!r}")
+        if model._saes.pop(name, None) is None:
+            warnings.warn(f"no SAE is attached to {name}; there is nothing to reset", stacklevel=3)
+
+
+@contextlib.contextmanager
+def attached(model, saes=(), reset_saes_end: bool = True, use_error_term: bool | None = None):
+    """Within the block the SAEs are attached; on leaving, those attached before come back."""
     saes = _sae_list(saes)
-    specs, splices, sae_names = [], [], set()
-    for sae in saes:
-        check_hooks(model, sae.cfg)
-        names = {f"{sae.cfg.output_hook}.{h}" for h in SAE_HOOKS}
-        sae_names |= names
-        wanted = [n for n in names if _wanted(names_filter, n)]
-        name, splice = sae.as_hook(keep_error=keep_error)
-        splice.set_recording(bool(wanted), any(n.endswith("hook_sae_acts_pre") for n in wanted))
-        specs.append((name, splice))
-        splices.append((sae, splice, bool(wanted)))
-    logits, cache = model.run_with_cache(input, names_filter=_model_filter(names_filter, sae_names),
-                                         return_type=return_type, prepend_bos=prepend_bos, hooks=specs)
+    before = dict(model._saes)
+    try:
+        for sae in saes:
+            add_sae(model, sae, use_error_term)
+        yield model
+    finally:
+        if reset_saes_end:
+            model._saes = before
+
+
+# ---- the splices of the attached SAEs in one run -----------------------------------------------
+
+def _sae_point(spec) -> tuple[str, str] | None:
+    """(output hook, SAE point) of a hook spec on an SAE point such as
+    blocks.1.hook_resid_pre.hook_sae_acts_post; None for other specs."""
+    name = spec[0] if isinstance(spec, tuple) and len(spec) == 2 else None
+    if not isinstance(name, str):
+        return None
+    hook, _, point = name.rpartition(".")
+    return (hook, point) if point in SAE_HOOKS else None
+
+
+class PythonSplice:
+    """An attached SAE spliced in by Python, so that hook functions can edit what it
+    computes: encode, the hooks on hook_sae_acts_post, decode, the error term of the
+    unedited reconstruction (use_error_term), as SAELens's splice runs them."""
+
+    def __init__(self, sae, keep_error: bool, edits: dict[str, list]):
+        cfg = sae.cfg
+        if "hook_sae_acts_pre" in edits:
+            raise HookError(f"{cfg.output_hook}.hook_sae_acts_pre cannot take a hook function here; "
+                            "hook hook_sae_acts_post (the latents) instead")
+        if "hook_sae_recons" in edits and cfg.normalize_activations != "none":
+            raise HookError(f"{cfg.output_hook}.hook_sae_recons cannot take a hook function on an SAE that "
+                            "normalizes its input; hook hook_sae_acts_post or hook_sae_output instead")
+        if "hook_sae_error" in edits and not keep_error:
+            raise HookError(f"{cfg.output_hook}.hook_sae_error exists only with use_error_term=True")
+        self.sae, self.keep_error, self.recording = sae, keep_error, {}
+        self.edits = {point: [_wrap_function(fn, f"{cfg.output_hook}.{point}") for fn in fns]
+                      for point, fns in edits.items()}
+        self._input = None
+
+    def _hooked(self, point: str, x: np.ndarray) -> np.ndarray:
+        for call in self.edits.get(point, ()):
+            x = call(np.ascontiguousarray(x, dtype=np.float32))
+        self.recording[point] = x
+        return x
+
+    def specs(self) -> list:
+        cfg = self.sae.cfg
+        if cfg.hook_name == cfg.output_hook:
+            return [(cfg.output_hook, self._splice)]
+        return [(cfg.hook_name, self._capture), (cfg.output_hook, self._splice)]
+
+    def _capture(self, act, hook):
+        self._input = act.copy()
+
+    def _splice(self, act, hook):
+        sae, x = self.sae, (act if self._input is None else self._input)
+        self._input = None
+        flat = sae._rows(x, sae.d_in, "activations")[1]  # lead shape: hook_z's [.., head, d_head] read as one
+        x_in = self._hooked("hook_sae_input", np.ascontiguousarray(x, dtype=np.float32).reshape(flat + (sae.d_in,)))
+        feats = self._hooked("hook_sae_acts_post", sae.encode(x_in))
+        recons = self._hooked("hook_sae_recons", sae.decode(feats, x_in))
+        out = recons.reshape(act.shape)
+        if self.keep_error:  # the error of the unedited SAE on the unedited input
+            out = out + self._hooked("hook_sae_error", act - sae.forward(x).reshape(act.shape))
+        return self._hooked("hook_sae_output", out)
+
+    def recorded(self) -> dict[str, np.ndarray]:
+        name = self.sae.cfg.output_hook
+        return {f"{name}.{k}": self.recording[k] for k in SAE_HOOKS if k in self.recording}
+
+
+def attached_specs(model, specs: list, record=False, recorders: list | None = None) -> list:
+    """specs less those on SAE points, then the attached SAEs' splices (so hooks on
+    an SAE's own hook point edit what it reads); the hooks on SAE points run
+    inside their SAE's (Python) splice. record: a names filter of the SAE points
+    to record (None: all; False: none); each recording splice is appended to
+    recorders as (sae, splice, keep_error, wanted names)."""
+    writers = {sae.cfg.output_hook: sae for sae, _ in model._saes.values()}
+    edits: dict[str, dict[str, list]] = {}
+    rest = []
+    for spec in specs:
+        point = _sae_point(spec)
+        if point is None:
+            rest.append(spec)
+            continue
+        hook, name = point
+        if hook not in writers:
+            raise HookError(f"no SAE writing {hook} is attached; attach one with model.add_sae(sae) "
+                            "or run_with_hooks_with_saes(saes=[...])")
+        if not callable(spec[1]) or hasattr(spec[1], "op"):
+            raise HookError(f"a hook on {spec[0]} must be a Python function fn(activation, hook)")
+        edits.setdefault(hook, {}).setdefault(name, []).append(spec[1])
+    out = []
+    for sae, keep_error in model._saes.values():
+        wanted = [] if record is False else [n for n in sae_point_names(sae) if _wanted(record, n)]
+        if sae.cfg.output_hook in edits:
+            splice = PythonSplice(sae, keep_error, edits[sae.cfg.output_hook])
+            out += splice.specs()
+        else:
+            name, splice = sae.as_hook(keep_error=keep_error)
+            splice.set_recording(bool(wanted), any(n.endswith("hook_sae_acts_pre") for n in wanted))
+            out.append((name, splice))
+        if wanted and recorders is not None:
+            recorders.append((sae, splice, keep_error, wanted))
+    return rest + out
+
+
+def with_sae_entries(model, acts: dict, recorders: list) -> dict:
+    """The cache's entries in forward order, each SAE's points after the hook it writes."""
     extra: dict[str, dict[str, np.ndarray]] = {}
-    for sae, splice, wanted in splices:
-        if wanted:
-            got = {n: a for n, a in recorded(sae, splice, keep_error).items() if _wanted(names_filter, n)}
-            extra.setdefault(sae.cfg.output_hook, {}).update(got)
-    acts, ordered = dict(cache.items()), {}
+    for sae, splice, keep_error, wanted in recorders:
+        got = splice.recorded() if isinstance(splice, PythonSplice) else recorded(sae, splice, keep_error)
+        extra.setdefault(sae.cfg.output_hook, {}).update({n: a for n, a in got.items() if n in wanted})
+    ordered = {}
     for n in model.hook_names():
         if n in acts:
             ordered[n] = acts[n]
         ordered.update(extra.get(n, {}))
-    return logits, ActivationCache(ordered, model)
+    return ordered
+
+
+# ---- HookedSAETransformer's one-run calls -------------------------------------------------
+
+def run_with_saes(model, input, saes=(), keep_error: bool | None = None, *, use_error_term: bool | None = None,
+                  reset_saes_end: bool = True, **kwargs):
+    """Run (as model(...)) with the SAEs attached for this run, as well as those attached
+    already; each replaces its hook's activation by its reconstruction, or keeps the
+    error term with use_error_term (keep_error: the same flag). None: each SAE's own."""
+    with attached(model, saes, reset_saes_end, _error_term(use_error_term, keep_error)):
+        return model(input, **kwargs)
+
+
+def run_with_cache_with_saes(model, input, saes=(), keep_error: bool | None = None, *,
+                             use_error_term: bool | None = None, reset_saes_end: bool = True, **kwargs):
+    """run_with_cache with the SAEs attached for this run: (logits, ActivationCache) whose
+    cache also holds `<hook>.hook_sae_acts_post` and the other SAE points.
+    names_filter (a name, list of names or predicate) may name SAE points as
+    well as the model's; None caches everything."""
+    with attached(model, saes, reset_saes_end, _error_term(use_error_term, keep_error)):
+        return model.run_with_cache(input, **kwargs)
+
+
+def run_with_hooks_with_saes(model, input, saes=(), reset_saes_end: bool = True, fwd_hooks=(), **kwargs):
+    """run_with_hooks with the SAEs attached for this run; fwd_hooks may name the
+    SAEs' points, e.g. (hook + ".hook_sae_acts_post", fn) to edit the latents."""
+    with attached(model, saes, reset_saes_end):
+        return model.run_with_hooks(input, fwd_hooks=fwd_hooks, **kwargs)

@@ -1,0 +1,207 @@
+"""SAELens 6 habits without the reference libraries: cfg.metadata read as attributes,
+load_from_disk and from_pretrained's device=, pickling and copying of SAEs, models
+and caches, and the SAEs a model keeps attached (add_sae, reset_saes, saes(), hooks
+on an attached SAE's points). Numbers against SAELens: tests/reference/test_hooked_sae_api.py."""
+import copy
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+
+import tinymech as tm
+from model_factory import SHAPES, rel_err, save_tokenizer
+from numpy_checkpoints import fake_hub_cache, write_gpt2, write_sae
+from tinymech.sae.sae import SAE
+
+TOL = 1e-4
+D, D_SAE = 64, 96
+HOOK = "blocks.1.hook_resid_pre"
+LATENTS = HOOK + ".hook_sae_acts_post"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny")
+    write_gpt2(path, **SHAPES["tiny"])
+    save_tokenizer(path, SHAPES["tiny"]["vocab_size"])
+    return path
+
+
+@pytest.fixture()
+def model(model_dir):
+    return tm.load(model_dir)
+
+
+@pytest.fixture(scope="module")
+def sae_dir(tmp_path_factory):
+    return write_sae(tmp_path_factory.mktemp("sae"), "standard", D, D_SAE, hook=HOOK, std=0.15,
+                     context_size=128)
+
+
+@pytest.fixture()
+def sae(sae_dir):
+    return SAE.load(sae_dir)
+
+
+def tokens(batch=2, pos=9, seed=0):
+    return np.random.default_rng(seed).integers(1, SHAPES["tiny"]["vocab_size"], (batch, pos))
+
+
+# ---- config access, loading, pickling ---------------------------------------------------
+
+def test_metadata_reads_as_attributes_and_as_a_dict(sae):
+    meta = sae.cfg.metadata
+    assert meta.hook_name == meta["hook_name"] == HOOK
+    assert meta.context_size == 128 and meta.prepend_bos is True and meta.model_name == "test"
+    assert meta.dataset_path is None and meta.get("dataset_path", "x") == "x"  # as SAELens: a missing field is None
+    assert isinstance(meta, dict) and meta.to_dict() == dict(meta)
+    with pytest.raises(AttributeError):
+        meta.__array_interface__  # noqa: B018 (numpy and copy probe such names: no None for them)
+    assert sae.cfg.device == "cpu" and sae.cfg.dtype == "float32"
+
+
+def test_load_from_disk_and_from_pretrained_take_a_device(sae_dir, tmp_path, monkeypatch):
+    x = np.random.default_rng(0).standard_normal((3, D)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        same = SAE.load_from_disk(sae_dir, device="cpu", dtype="float32")
+    np.testing.assert_array_equal(same.encode(x), SAE.load(sae_dir).encode(x))
+    with pytest.warns(UserWarning, match="on the CPU; device='cuda' is ignored"):
+        SAE.load_from_disk(sae_dir, device="cuda")
+    with pytest.warns(UserWarning, match="dtype='bfloat16' is ignored"):
+        SAE.load_from_disk(sae_dir, dtype="bfloat16")
+    with pytest.raises(tm.SAEInputError, match="device must be a string"):
+        SAE.load_from_disk(sae_dir, device=3)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    fake_hub_cache(tmp_path, "someone/my-saes", "layer1/res", sae_dir)
+    with pytest.warns(UserWarning, match="device='mps'"):
+        assert SAE.from_pretrained("someone/my-saes", "layer1/res", device="mps").hook_name == HOOK
+
+
+def test_saes_pickle_and_deepcopy(sae):
+    sae.labels[3] = "a label"
+    sae.use_error_term = True
+    x = np.random.default_rng(1).standard_normal((2, 4, D)).astype(np.float32)
+    for other in (copy.deepcopy(sae), pickle.loads(pickle.dumps(sae)), copy.copy(sae)):
+        assert other.cfg == sae.cfg and other.labels == {3: "a label"} and other.use_error_term
+        assert other.cfg.metadata.hook_name == HOOK
+        np.testing.assert_array_equal(other.encode(x), sae.encode(x))
+        np.testing.assert_array_equal(other.forward(x), sae.forward(x))
+    copied = copy.deepcopy(sae)
+    copied.W_dec[0] = 7  # a deep copy owns its weights
+    assert not (sae.W_dec[0] == 7).any()
+
+
+def test_a_loaded_model_pickles_as_its_path(model_dir, sae):
+    processed = tm.load(model_dir, fold_ln=True, center_writing_weights=True)
+    processed.add_sae(sae, use_error_term=True)
+    toks = tokens()
+    for m in (pickle.loads(pickle.dumps(processed)), copy.deepcopy(processed)):
+        assert m is not processed and m.acts_to_saes[HOOK].cfg == sae.cfg and m._saes[HOOK][1] is True
+        np.testing.assert_array_equal(m.W_U, processed.W_U)  # loaded again with the same processing
+        np.testing.assert_array_equal(m(toks), processed(toks))
+    logits, cache = processed.run_with_cache(toks)
+    for c in (pickle.loads(pickle.dumps(cache)), copy.deepcopy(cache)):
+        assert list(c.keys()) == list(cache.keys())
+        np.testing.assert_array_equal(c[LATENTS], cache[LATENTS])
+    assert copy.deepcopy(cache).model is processed  # a copy of the activations shares the model
+
+
+def test_a_model_built_in_memory_cannot_be_pickled(model):
+    built = tm.Model(model.cfg, model._weights, model.tokenizer)
+    for attempt in (lambda: pickle.dumps(built), lambda: copy.deepcopy(built)):
+        with pytest.raises(tm.UnpicklableError, match="only a model loaded from a path"):
+            attempt()
+    _, cache = built.run_with_cache(tokens(1, 3))
+    assert copy.deepcopy(cache)["hook_embed"].shape == (1, 3, D)  # its caches still copy
+    with pytest.raises(tm.UnpicklableError):
+        pickle.dumps(cache)
+
+
+# ---- attached SAEs ------------------------------------------------------------------------
+
+def test_an_attached_sae_applies_to_every_run_until_reset(model, sae):
+    toks = tokens()
+    spliced = model.run_with_saes(toks, saes=[sae])
+    plain = model(toks)
+    assert rel_err(spliced, plain) > 1e-3 and model.acts_to_saes == {}
+    model.add_sae(sae)
+    assert model.acts_to_saes == {HOOK: sae}
+    np.testing.assert_array_equal(model(toks), spliced)
+    np.testing.assert_array_equal(model.run_with_hooks(toks), spliced)
+    logits, cache = model.run_with_cache(toks, names_filter=lambda n: "hook_sae" in n)
+    assert rel_err(logits, spliced) <= TOL  # a recording splice sums in another order
+    assert list(cache.keys()) == [f"{HOOK}.hook_sae_{p}" for p in ("input", "acts_pre", "acts_post", "recons",
+                                                                    "output")]
+    assert list(model.run_with_cache(toks, names_filter=[HOOK])[1].keys()) == [HOOK]  # the SAE's output
+    out = model.generate(toks[:1, :4], max_new_tokens=3)
+    for t in range(4, 7):
+        assert out[0, t] == model(out[:, :t])[0, -1].argmax()
+    model.reset_saes()
+    assert model.acts_to_saes == {}
+    np.testing.assert_array_equal(model(toks), plain)
+
+
+def test_saes_context_restores_on_an_error(model, sae, sae_dir):
+    other = SAE.load(sae_dir)
+    model.add_sae(sae)
+    with pytest.raises(RuntimeError), model.saes([other], use_error_term=True):
+        assert model.acts_to_saes[HOOK] is other
+        raise RuntimeError
+    assert model.acts_to_saes == {HOOK: sae}
+    with model.saes([other], reset_saes_end=False):
+        pass
+    assert model.acts_to_saes == {HOOK: other}
+
+
+def test_hooks_on_the_latents(model, sae):
+    toks = tokens()
+    seen = []
+
+    def zero_all(acts, hook):
+        seen.append((hook.name, acts.shape))
+        return np.zeros_like(acts)
+
+    out = model.run_with_hooks_with_saes(toks, saes=[sae], fwd_hooks=[(LATENTS, zero_all)])
+    assert seen == [(LATENTS, (2, 9, D_SAE))]
+    assert model.acts_to_saes == {}
+    b_dec = model.run_with_hooks(toks, fwd_hooks=[(HOOK, lambda a, hook: np.broadcast_to(sae.b_dec, a.shape))])
+    assert rel_err(out, b_dec) <= TOL  # no latents: the reconstruction is b_dec
+    kept = model.run_with_hooks_with_saes(toks, saes=[sae], fwd_hooks=[(LATENTS, lambda a, hook: None)])
+    assert rel_err(kept, model.run_with_saes(toks, saes=[sae])) <= TOL
+    model.add_sae(sae, use_error_term=True)
+    same = model.generate(toks[:1, :3], max_new_tokens=2, hooks=[(LATENTS, lambda a, hook: None)])
+    np.testing.assert_array_equal(same, model.generate(toks[:1, :3], max_new_tokens=2))
+
+
+def test_hostile_arguments(model, sae, tmp_path):
+    with pytest.raises(tm.HookError, match="tinymech SAE objects"):
+        model.add_sae("an sae")
+    with pytest.raises(tm.HookError, match="use_error_term must be True, False or None"):
+        model.add_sae(sae, use_error_term="yes")
+    wide = SAE.load(write_sae(tmp_path / "w", "standard", D + 1, D_SAE, hook=HOOK))
+    with pytest.raises(tm.HookError, match="d_in is 65"):
+        model.add_sae(wide)
+    with pytest.raises(tm.HookError, match="no SAE writing blocks.1.hook_resid_pre is attached"):
+        model.run_with_hooks(tokens(), fwd_hooks=[(LATENTS, lambda a, hook: a)])
+    with pytest.warns(UserWarning, match="no SAE is attached to blocks.0.hook_resid_pre"):
+        model.reset_saes("blocks.0.hook_resid_pre")
+    with pytest.raises(tm.HookError, match="reset_saes takes hook names"):
+        model.reset_saes([5])
+    model.add_sae(sae)
+    for name, action, match in [
+        (LATENTS, tm.zero_ablate(), "must be a Python function"),
+        (HOOK + ".hook_sae_acts_pre", lambda a, hook: a, "hook hook_sae_acts_post"),
+        (HOOK + ".hook_sae_error", lambda a, hook: a, "only with use_error_term=True"),
+        (LATENTS, lambda a, hook: a[..., :3], "returned shape"),
+    ]:
+        with pytest.raises(tm.HookError, match=match):
+            model.run_with_hooks(tokens(), fwd_hooks=[(name, action)])
+    tc = SAE.load(write_sae(tmp_path / "t", "transcoder", D, D_SAE, hook="blocks.1.ln2.hook_normalized",
+                            hook_out="blocks.1.hook_mlp_out"))
+    model.add_sae(tc)
+    other = SAE.load(write_sae(tmp_path / "o", "standard", D, D_SAE, hook="blocks.1.hook_mlp_out"))
+    with pytest.raises(tm.HookError, match="two SAEs write blocks.1.hook_mlp_out"):
+        model.add_sae(other)

@@ -155,6 +155,7 @@ class Model:
         self._hook_name_of = {i: n for n, i in self._hook_ids.items()}
         self._context_hooks: list[HookSpec] = []
         self._use_attn_result = False  # set_use_attn_result: run_with_cache's default keeps attn.hook_result
+        self._added_hooks: list[tuple[HookSpec, bool]] = []  # add_hook's (hook, permanent), until reset_hooks
         self._saes: dict = {}  # input hook -> (SAE, use_error_term): the SAEs attached with add_sae
         self._load_args: tuple | None = None  # (path, load's keywords) when loaded by tm.load: for pickling
 
@@ -539,6 +540,23 @@ class Model:
         """The hooks of the enclosing `with model.hooks(...)` blocks, which every run applies."""
         return tuple(self._context_hooks)
 
+    def add_hook(self, name, hook, dir: str = "fwd", is_permanent: bool = False, level=None,
+                 prepend: bool = False) -> None:
+        """TransformerLens's add_hook: the hook (a function or an intervention) at the point(s) `name`
+        (a name or a predicate on names) applies to every later run and generate call, until
+        reset_hooks() (which keeps it when is_permanent) removes it."""
+        if dir != "fwd":
+            raise HookError(f"dir={dir!r}: tinymech runs forward hooks only (no backward pass yet)")
+        spec = (name, hook)
+        self._plan([spec])  # checks the name and action now, not at the next run
+        entry = (spec, bool(is_permanent))
+        self._added_hooks = [entry] + self._added_hooks if prepend else self._added_hooks + [entry]
+
+    def reset_hooks(self, clear_contexts: bool = True, direction: str = "both", including_permanent: bool = False,
+                    level=None) -> None:
+        """Remove the hooks add_hook added (the permanent ones too with including_permanent)."""
+        self._added_hooks = [e for e in self._added_hooks if e[1] and not including_permanent]
+
     def set_use_attn_result(self, use_attn_result: bool) -> None:
         """As TransformerLens's: True makes run_with_cache capture attn.hook_result (each head's
         output, [batch, pos, head, d_model]) without a names_filter too. Any hook on it works
@@ -701,7 +719,7 @@ class Model:
         return np.zeros(self.cfg.d_vocab_out, dtype=np.float32) if b is None else b
 
     def _plan(self, hooks: Iterable[HookSpec], capture: Iterable[str] = (), record=False, recorders=None):
-        specs = list(self._context_hooks) + list(hooks)
+        specs = list(self._context_hooks) + [h for h, _ in self._added_hooks] + list(hooks)
         on_sae_points = any(isinstance(s, tuple) and len(s) == 2 and ".hook_sae_" in str(s[0]) for s in specs)
         if self._saes or on_sae_points:  # the attached SAEs' splices (record, recorders: see attached_specs)
             from .sae.sae import attached_specs

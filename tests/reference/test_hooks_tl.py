@@ -288,3 +288,29 @@ def test_hooks_at_the_unembedding_edit_the_logits(pair):
     steered = model.generate(tokens, max_new_tokens=3, stop_at_eos=False, hooks=[("unembed.hook_out", tm.add(
         np.eye(model.cfg.d_vocab, dtype=np.float32)[5] * 1e4))])
     assert (steered[:, 5:] == 5).all()  # generation reads the edited logits
+
+
+def test_add_hook_and_reset_hooks_as_transformerlens(pair):
+    model, tl = pair
+    tokens = random_tokens(model, 2, 6, seed=14)
+    tl.reset_hooks(including_permanent=True)
+    try:
+        for m, hook in ((model, negate_with_offset), (tl, as_tl_hook(negate_with_offset))):
+            m.add_hook("blocks.1.hook_mlp_out", hook)
+        hooked = model(tokens)
+        assert rel_err(hooked, tl(torch.from_numpy(tokens)).detach().numpy()) <= TOL
+        _, cache = model.run_with_cache(tokens, names_filter="blocks.1.hook_mlp_out")
+        _, tl_cache = tl_run_with_cache(tl, tokens)
+        assert act_err(cache["blocks.1.hook_mlp_out"], tl_cache["blocks.1.hook_mlp_out"]) <= TOL
+        model.add_hook("blocks.0.attn.hook_q", halve_first_head_in_place, is_permanent=True)
+        tl.add_hook("blocks.0.attn.hook_q", as_tl_hook(halve_first_head_in_place), is_permanent=True)
+        model.reset_hooks()
+        tl.reset_hooks()
+        assert rel_err(model(tokens), tl(torch.from_numpy(tokens)).detach().numpy()) <= TOL  # the permanent stays
+        assert rel_err(model(tokens), hooked) > TOL
+        model.reset_hooks(including_permanent=True)
+        tl.reset_hooks(including_permanent=True)
+        assert rel_err(model(tokens), tl(torch.from_numpy(tokens)).detach().numpy()) <= TOL
+    finally:
+        model.reset_hooks(including_permanent=True)
+        tl.reset_hooks(including_permanent=True)

@@ -229,3 +229,22 @@ def test_set_use_attn_result_makes_the_default_cache_keep_each_heads_output(mode
     for setter in (model.set_use_split_qkv_input, model.set_use_attn_in, model.set_use_hook_mlp_in):
         with pytest.raises(tm.HookError, match="not|no"):
             setter(True)
+
+
+def test_add_hook_checks_now_and_reset_hooks_keeps_the_permanent(model, tokens):
+    with pytest.raises(tm.HookError):
+        model.add_hook("blocks.99.hook_resid_pre", tm.zero_ablate())
+    with pytest.raises(tm.HookError, match="forward hooks only"):
+        model.add_hook("hook_embed", tm.zero_ablate(), dir="bwd")
+    clean = model(tokens)
+    model.add_hook("hook_embed", tm.scale(0.5), is_permanent=True)
+    model.add_hook("blocks.0.hook_mlp_out", tm.zero_ablate())
+    try:
+        both = model(tokens)
+        model.reset_hooks()
+        permanent = model(tokens)
+        assert not np.allclose(both, permanent) and not np.allclose(permanent, clean)
+        model.reset_hooks(including_permanent=True)
+        np.testing.assert_array_equal(model(tokens), clean)
+    finally:
+        model.reset_hooks(including_permanent=True)

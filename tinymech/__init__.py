@@ -45,7 +45,7 @@ from .errors import (
 )
 from .hooks import HookPoint, add, fill, get_act_name, mean_ablate, patch, scale, zero_ablate
 from .io.tokenizer import Tokenizer
-from .model import Model, load
+from .model import Model, from_pretrained, from_pretrained_no_processing, load
 from .runtime import (
     get_num_threads,
     kernel_variant,
@@ -68,6 +68,8 @@ from .sae import (
     train_sae,
 )
 
+HookedTransformer = Model  # `from tinymech import HookedTransformer`: HookedTransformer.from_pretrained("gpt2")
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -79,6 +81,7 @@ __all__ = [
     "ContextLengthError",
     "FeatureIndexError",
     "HookError",
+    "HookedTransformer",
     "HookPoint",
     "InvalidInputError",
     "InvalidTokensError",
@@ -102,6 +105,8 @@ __all__ = [
     "export_neuronpedia",
     "feature_dashboards",
     "fill",
+    "from_pretrained",
+    "from_pretrained_no_processing",
     "get_act_name",
     "get_num_threads",
     "import_neuronpedia",

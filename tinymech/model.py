@@ -136,6 +136,16 @@ class per_layer:
 
 
 class Model:
+    @classmethod
+    def from_pretrained(cls, model_name=None, **kwargs) -> "Model":
+        """HookedTransformer.from_pretrained (tm.from_pretrained), so `from tinymech import
+        HookedTransformer` ports `HookedTransformer.from_pretrained("gpt2")`."""
+        return from_pretrained(model_name, **kwargs)
+
+    @classmethod
+    def from_pretrained_no_processing(cls, model_name=None, **kwargs) -> "Model":
+        return from_pretrained_no_processing(model_name, **kwargs)
+
     def __init__(self, cfg: Config, weights: dict, tokenizer: Tokenizer | None, path: str | None = None,
                  dtype: str = "float32"):
         self.cfg = cfg
@@ -763,8 +773,9 @@ def load(
 
     The processing flags are TransformerLens's (all off: activations equal
     Hugging Face's; all on: equal to HookedTransformer.from_pretrained's
-    defaults, which SAEs such as gpt2-small-res-jb were trained on); they are
-    implemented for GPT-2 models.
+    defaults, which SAEs such as gpt2-small-res-jb were trained on); on
+    Llama-class models fold_ln folds the RMSNorm weights and center_writing_weights
+    does nothing, as in TransformerLens. tm.from_pretrained turns them on.
 
     dtype="bf16" makes the core read its weight matrices as bfloat16 (half the
     memory traffic: faster decoding); arithmetic stays float32, and the
@@ -791,8 +802,8 @@ def load(
         return _loaded(Model(cfg, weights, tokenizer, path=str(source), dtype=dtype), source, flags)
     if not family.PROCESSING:
         raise UnsupportedArchitectureError(
-            "fold_ln, center_writing_weights, center_unembed and fold_value_biases are implemented "
-            f"for GPT-2 models only; load {family.NAME} models without them"
+            "fold_ln, center_writing_weights, center_unembed and fold_value_biases are not implemented "
+            f"for {family.NAME} models; load them without"
         )
     weights, cfg = process_weights(
         weights,
@@ -803,6 +814,47 @@ def load(
         fold_value_biases=fold_value_biases,
     )
     return _loaded(Model(cfg, weights, tokenizer, path=str(source), dtype=dtype), source, flags)
+
+
+TL_DEFAULTS = dict(fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True)
+# from_pretrained's other keywords: what tinymech does anyway (None: any value is refused but None)
+FROM_PRETRAINED_KEYS = {"default_prepend_bos": True, "default_padding_side": "right", "tokenizer": None,
+                        "hf_model": None, "checkpoint_index": None, "checkpoint_value": None, "first_n_layers": None}
+
+
+def from_pretrained(model_name: str | os.PathLike | None = None, fold_ln: bool = True,
+                    center_writing_weights: bool = True, center_unembed: bool = True,
+                    refactor_factored_attn_matrices: bool = False, fold_value_biases: bool = True,
+                    dtype: str = "float32", device=None, n_devices: int = 1, move_to_device: bool = True,
+                    **kwargs) -> Model:
+    """TransformerLens's HookedTransformer.from_pretrained: load with its weight processing on by
+    default (what tm.load leaves off), so a ported notebook gets TransformerLens's activations.
+    device: the CPU only (tinymech runs there); dtype "float32" or "bf16"/"bfloat16" weights."""
+    if refactor_factored_attn_matrices:
+        raise UnsupportedArchitectureError("refactor_factored_attn_matrices is not implemented in tinymech yet")
+    _cpu_only(device, n_devices)
+    for key, value in kwargs.items():
+        if key not in FROM_PRETRAINED_KEYS:
+            raise InvalidInputError(f"from_pretrained got an unexpected keyword {key!r}")
+        if value is not None and value != FROM_PRETRAINED_KEYS[key]:
+            raise UnsupportedArchitectureError(f"from_pretrained's {key}={value!r} is not supported by tinymech")
+    return load(model_name, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
+                center_unembed=center_unembed, fold_value_biases=fold_value_biases,
+                dtype="bf16" if str(dtype).lower() in ("bfloat16", "torch.bfloat16") else dtype)
+
+
+def from_pretrained_no_processing(model_name: str | os.PathLike | None = None, **kwargs) -> Model:
+    """TransformerLens's HookedTransformer.from_pretrained_no_processing: as tm.load."""
+    return from_pretrained(model_name, **{**{k: False for k in TL_DEFAULTS}, **kwargs})
+
+
+def _cpu_only(device, n_devices: int = 1) -> None:
+    if n_devices != 1:
+        raise InvalidInputError(f"n_devices={n_devices}: tinymech runs on one CPU (its threads: tm.set_num_threads)")
+    if device is not None and str(device).split(":")[0] != "cpu":
+        import warnings
+
+        warnings.warn(f"device={device!r}: tinymech runs on the CPU; the model stays there", stacklevel=3)
 
 
 def _loaded(model: Model, source, flags: dict) -> Model:

@@ -59,7 +59,7 @@ def sample_next(logits: np.ndarray, temperature: float, top_k, top_p, rng: np.ra
 
 def norm_centers(model) -> bool:
     """Whether the model's norms subtract the mean first (LayerNorm) or not (RMSNorm)."""
-    return model.cfg.normalization_type != "RMS"
+    return not model.cfg.normalization_type.startswith("RMS")
 
 
 def final_norm(model, resid: np.ndarray, scale: np.ndarray | None = None) -> np.ndarray:

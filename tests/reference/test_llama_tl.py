@@ -50,3 +50,29 @@ def test_zero_ablating_heads_matches(pair, point, heads):
         ref = tl_run_with_hooks(tl, tokens, [(name, tl_zero)])
     assert rel_err(ours, ref) <= TOL
     assert rel_err(ours, model(tokens)) > 1e-3  # the ablation did something
+
+
+@pytest.mark.parametrize("shape", ["gqa", "mha_tied"])  # TransformerLens's conversion drops attention biases
+@pytest.mark.parametrize("flags", [
+    dict(fold_ln=True), dict(center_unembed=True), dict(fold_value_biases=True),
+    dict(fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True),
+])
+def test_weight_processing_matches_transformerlens(tmp_path, shape, flags):
+    """TransformerLens's processing on a Llama-class model (fold_ln folds the RMSNorm weights; it
+    skips center_writing_weights there): every activation and the logits as its processed model's."""
+    import warnings
+
+    hf = make_hf_llama(tmp_path, **LLAMA_SHAPES[shape])
+    model = tm.load(tmp_path, **flags)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TransformerLens warns that RMSNorm models cannot center
+        tl = tl_llama(hf, **flags)
+    tokens = np.random.default_rng(5).integers(0, model.cfg.d_vocab, (2, 9))
+    logits, cache = model.run_with_cache(tokens, names_filter=lambda name: True)
+    tl_logits, tl_cache = tl_run_with_cache(tl, tokens)
+    assert set(cache) == set(tl_cache)
+    for name in cache:
+        assert cache[name].shape == tl_cache[name].shape, name
+        assert act_err(cache[name], tl_cache[name]) <= TOL, name
+    assert rel_err(logits, tl_logits) <= TOL
+    assert model.cfg.normalization_type == ("RMSPre" if flags.get("fold_ln") else "RMS")

@@ -53,9 +53,10 @@ def hooked_transformer(hf_model, use_attn_result: bool = True, **processing):
     return model.eval()
 
 
-def tl_llama(hf_model):
+def tl_llama(hf_model, **processing):
     """A HookedTransformer holding a Hugging Face LlamaForCausalLM's weights (TransformerLens's
-    own Llama conversion), unprocessed, attn.hook_result enabled."""
+    own Llama conversion), processed as the flags (TL_PROCESSING's keys) say: none by default;
+    attn.hook_result enabled."""
     import torch
     from transformer_lens import HookedTransformer, HookedTransformerConfig
     from transformer_lens.pretrained.weight_conversions.llama import convert_llama_weights
@@ -72,8 +73,7 @@ def tl_llama(hf_model):
     model = HookedTransformer(cfg)
     with torch.no_grad():
         state = {k: v.detach().clone() for k, v in convert_llama_weights(hf_model, cfg).items()}
-    model.load_and_process_state_dict(state, fold_ln=False, center_writing_weights=False,
-                                      center_unembed=False, fold_value_biases=False)
+    model.load_and_process_state_dict(state, **dict(NO_PROCESSING, **processing))
     return model.eval()
 
 

@@ -17,7 +17,7 @@ from .rope import inverse_frequencies
 
 MODEL_TYPE = "llama"
 NAME = "llama (LlamaForCausalLM)"
-PROCESSING = False  # TransformerLens's weight processing is implemented for GPT-2 only
+PROCESSING = True  # TransformerLens's weight processing (RMSNorm: the norms' weights fold; nothing centers)
 
 
 # RoPE variants whose inverse frequencies tinymech.rope computes

@@ -17,7 +17,10 @@ HookedTransformer.from_pretrained (whose defaults turn all four on):
   value bias adds the same b_V @ W_O at every position).
 
 Processed arrays are new float32 arrays; untouched ones stay memory-mapped.
-Layouts are the core's: linear weights [in, out], "unembed" [d_vocab, d_model].
+Layouts are the core's: linear weights [in, out] (GPT-2) or [out, in] (Llama-class,
+config.weight_layout), "unembed" [d_vocab, d_model]. On RMSNorm models only the norms'
+weights fold (no centering, no biases) and center_writing_weights is skipped, as in
+TransformerLens.
 """
 from __future__ import annotations
 
@@ -28,20 +31,24 @@ import numpy as np
 
 def process_weights(weights: dict, cfg, *, fold_ln=False, center_writing_weights=False,
                     center_unembed=False, fold_value_biases=False):
-    """The processed weights and config; steps run in TransformerLens's order."""
+    """The processed weights and config; steps run in TransformerLens's order. RMSNorm models
+    (Llama-class) fold only their norms' weights (nothing to center: RMSNorm keeps the mean)
+    and skip center_writing_weights, as TransformerLens does."""
     if not (fold_ln or center_writing_weights or center_unembed or fold_value_biases):
         return weights, cfg
+    rms = cfg.normalization_type.startswith("RMS")
+    in_out = cfg.weight_layout == "in_out"
     w = dict(weights, layers=[dict(layer) for layer in weights["layers"]])
     if fold_ln:
-        _fold_layer_norms(w)
-        cfg = dataclasses.replace(cfg, normalization_type="LNPre")
-    if center_writing_weights:
+        _fold_layer_norms(w, in_out, rms)
+        cfg = dataclasses.replace(cfg, normalization_type="RMSPre" if rms else "LNPre")
+    if center_writing_weights and not rms:
         _center_writing_weights(w)
     if center_unembed:
         _center_unembed(w)
     if fold_value_biases:
-        _fold_value_biases(w, cfg.n_heads * cfg.d_head)
-        if center_writing_weights:
+        _fold_value_biases(w, cfg, in_out)
+        if center_writing_weights and not rms:
             for layer in w["layers"]:
                 layer["out_b"] = _centered(layer["out_b"], axis=-1)
     return w, cfg
@@ -55,29 +62,36 @@ def _centered(x: np.ndarray, axis: int) -> np.ndarray:
     return _f32(x - x.mean(axis=axis, keepdims=True))
 
 
-def _folded(ln_w, ln_b, weight, bias):
-    """A LayerNorm's affine map folded into the linear map [in, out] reading it:
-    (n * ln_w + ln_b) @ W + b = n @ (ln_w[:, None] * W) + (ln_b @ W + b),
-    with the folded matrix's input rows then centered (n has zero mean)."""
-    new_bias = ln_b @ weight if bias is None else bias + ln_b @ weight
-    new_weight = ln_w[:, None] * weight
-    return _centered(new_weight, axis=0), _f32(new_bias)
+def _folded(ln_w, ln_b, weight, bias, in_out: bool = True, center: bool = True):
+    """A norm's affine map folded into the linear map reading it (weight [in, out], or [out, in]
+    when not in_out): (n * ln_w + ln_b) @ W + b = n @ (ln_w[:, None] * W) + (ln_b @ W + b), the
+    folded matrix's input rows then centered for a LayerNorm (n has zero mean)."""
+    W = weight if in_out else weight.T
+    new_bias = bias if ln_b is None else (ln_b @ W if bias is None else bias + ln_b @ W)
+    new_weight = ln_w[:, None] * W
+    if center:
+        new_weight = new_weight - new_weight.mean(axis=0, keepdims=True)
+    return _f32(new_weight if in_out else new_weight.T), None if new_bias is None else _f32(new_bias)
 
 
-def _fold_layer_norms(w: dict) -> None:
+def _fold_layer_norms(w: dict, in_out: bool, rms: bool) -> None:
+    fold = dict(in_out=in_out, center=not rms)
     for layer in w["layers"]:
-        layer["qkv_w"], layer["qkv_b"] = _folded(layer["ln1_w"], layer["ln1_b"], layer["qkv_w"], layer["qkv_b"])
-        layer["fc_w"], layer["fc_b"] = _folded(layer["ln2_w"], layer["ln2_b"], layer["fc_w"], layer["fc_b"])
+        layer["qkv_w"], layer["qkv_b"] = _folded(layer["ln1_w"], layer["ln1_b"], layer["qkv_w"], layer["qkv_b"], **fold)
+        layer["fc_w"], layer["fc_b"] = _folded(layer["ln2_w"], layer["ln2_b"], layer["fc_w"], layer["fc_b"], **fold)
+        if layer.get("gate_w") is not None:  # a gated MLP's second reader of ln2
+            layer["gate_w"], layer["gate_b"] = _folded(layer["ln2_w"], layer["ln2_b"], layer["gate_w"],
+                                                       layer.get("gate_b"), **fold)
         for name in ("ln1", "ln2"):
-            layer[name + "_w"], layer[name + "_b"] = _identity_affine(layer[name + "_w"])
-    # the unembedding is stored [d_vocab, d_model], so it folds transposed
-    W_U, b_U = _folded(w["lnf_w"], w["lnf_b"], w["unembed"].T, w["unembed_b"])
-    w["unembed"], w["unembed_b"] = _f32(W_U.T), b_U
-    w["lnf_w"], w["lnf_b"] = _identity_affine(w["lnf_w"])
+            layer[name + "_w"], layer[name + "_b"] = _identity_affine(layer[name + "_w"], rms)
+    # the unembedding is stored [d_vocab, d_model]: [out, in]
+    w["unembed"], w["unembed_b"] = _folded(w["lnf_w"], w["lnf_b"], w["unembed"], w["unembed_b"], in_out=False,
+                                           center=not rms)
+    w["lnf_w"], w["lnf_b"] = _identity_affine(w["lnf_w"], rms)
 
 
-def _identity_affine(ln_w: np.ndarray):
-    return np.ones_like(ln_w, dtype=np.float32), np.zeros_like(ln_w, dtype=np.float32)
+def _identity_affine(ln_w: np.ndarray, rms: bool = False):
+    return np.ones_like(ln_w, dtype=np.float32), None if rms else np.zeros_like(ln_w, dtype=np.float32)
 
 
 def _center_writing_weights(w: dict) -> None:
@@ -94,11 +108,20 @@ def _center_unembed(w: dict) -> None:
         w["unembed_b"] = _centered(w["unembed_b"], axis=0)
 
 
-def _fold_value_biases(w: dict, d_attn: int) -> None:
+def _fold_value_biases(w: dict, cfg, in_out: bool) -> None:
+    """b_V into b_O: each query head's value bias (its key-value head's, with grouped queries)
+    through W_O. Nothing to do without attention biases (Llama's)."""
+    d_attn = cfg.n_heads * cfg.d_head
+    n_kv = cfg.n_key_value_heads or cfg.n_heads
+    d_kv = n_kv * cfg.d_head
     for layer in w["layers"]:
+        if layer["qkv_b"] is None:
+            continue
         qkv_b = np.array(layer["qkv_b"], dtype=np.float32)
-        b_V = qkv_b[2 * d_attn :]
-        # out_w's rows are head-major like b_V, so one product sums over heads
-        layer["out_b"] = _f32(layer["out_b"] + b_V @ layer["out_w"])
-        b_V[:] = 0.0
+        b_V = qkv_b[d_attn + d_kv:].reshape(n_kv, cfg.d_head)
+        per_head = np.repeat(b_V, cfg.n_heads // n_kv, axis=0).reshape(d_attn)  # query head h reads kv head h // g
+        W_O = layer["out_w"] if in_out else layer["out_w"].T  # [d_attn, d_model], rows head-major like b_V
+        out_b = layer["out_b"] if layer["out_b"] is not None else np.zeros(W_O.shape[1], np.float32)
+        layer["out_b"] = _f32(out_b + per_head @ W_O)
+        qkv_b[d_attn + d_kv:] = 0.0
         layer["qkv_b"] = qkv_b

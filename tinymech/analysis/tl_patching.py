@@ -73,8 +73,9 @@ def generic_activation_patch(model, corrupted_tokens, clean_cache, patching_metr
     """
     tokens = model.tokens_of(corrupted_tokens)
     if not isinstance(clean_cache, (ActivationCache, Mapping)):
-        raise AnalysisError(f"clean_cache is the clean run's cache (model.run_with_cache), "
-                            f"not {type(clean_cache).__name__}")
+        kind = type(clean_cache)
+        raise AnalysisError(f"clean_cache is the clean run's cache (tinymech's model.run_with_cache), "
+                            f"not {kind.__module__}.{kind.__qualname__}")
     if not callable(patching_metric) or not callable(patch_setter):
         raise AnalysisError("patching_metric and patch_setter are functions")
     hook_name = _hook_namer(model, activation_name)
@@ -189,31 +190,31 @@ get_act_patch_attn_head_pattern_all_pos = _sweep(
     ("layer", "head_index"), "each head's attention pattern, at every position at once")
 
 
-def _pad_heads(values: np.ndarray, n_heads: int) -> np.ndarray:
-    """Key-value heads' results padded with zeros to n_heads (grouped-query attention)."""
-    return np.pad(values, [(0, 0)] * (values.ndim - 1) + [(0, n_heads - values.shape[-1])])
+def _stack_heads(out, q, k, v, pattern) -> np.ndarray:
+    """[5, ...]: the five kinds' results, keys and values of grouped-query attention
+    padded with zeros to the query heads (the last axis)."""
+    def pad(values):
+        return np.pad(values, [(0, 0)] * (values.ndim - 1) + [(0, out.shape[-1] - values.shape[-1])])
+
+    return np.stack([out, q, pad(k), pad(v), pattern])
 
 
 def get_act_patch_attn_head_all_pos_every(model, corrupted_tokens, clean_cache, metric) -> np.ndarray:
     """Each head's output, queries, keys, values and pattern, at every position at once:
     [5, layer, head] (keys and values of grouped-query attention padded with zeros)."""
     args = (model, corrupted_tokens, clean_cache, metric)
-    out = get_act_patch_attn_head_out_all_pos(*args)
-    return np.stack([out, get_act_patch_attn_head_q_all_pos(*args),
-                     _pad_heads(get_act_patch_attn_head_k_all_pos(*args), out.shape[-1]),
-                     _pad_heads(get_act_patch_attn_head_v_all_pos(*args), out.shape[-1]),
-                     get_act_patch_attn_head_pattern_all_pos(*args)])
+    return _stack_heads(get_act_patch_attn_head_out_all_pos(*args), get_act_patch_attn_head_q_all_pos(*args),
+                        get_act_patch_attn_head_k_all_pos(*args), get_act_patch_attn_head_v_all_pos(*args),
+                        get_act_patch_attn_head_pattern_all_pos(*args))
 
 
 def get_act_patch_attn_head_by_pos_every(model, corrupted_tokens, clean_cache, metric) -> np.ndarray:
     """Each head's output, queries, keys, values and pattern (by destination), at each
     position: [5, layer, pos, head] (keys and values of grouped-query attention padded with zeros)."""
     args = (model, corrupted_tokens, clean_cache, metric)
-    out = get_act_patch_attn_head_out_by_pos(*args)
-    return np.stack([out, get_act_patch_attn_head_q_by_pos(*args),
-                     _pad_heads(get_act_patch_attn_head_k_by_pos(*args), out.shape[-1]),
-                     _pad_heads(get_act_patch_attn_head_v_by_pos(*args), out.shape[-1]),
-                     get_act_patch_attn_head_pattern_by_pos(*args).transpose(0, 2, 1)])
+    return _stack_heads(get_act_patch_attn_head_out_by_pos(*args), get_act_patch_attn_head_q_by_pos(*args),
+                        get_act_patch_attn_head_k_by_pos(*args), get_act_patch_attn_head_v_by_pos(*args),
+                        get_act_patch_attn_head_pattern_by_pos(*args).transpose(0, 2, 1))
 
 
 def get_act_patch_block_every(model, corrupted_tokens, clean_cache, metric) -> np.ndarray:

@@ -22,7 +22,7 @@ except ImportError:  # a source tree without a core for this Python, e.g. Python
         "tree (or a core built for another Python), which Python imports when started from the repository's "
         "root. Start Python from another folder to use the installed package (pip install .), or build the "
         "core beside the sources with tools/dev-build.") from None
-from . import analysis
+from . import analysis, patching
 from .arch.config import Config
 from .cache import ActivationCache
 from .corpus import batches, read_corpus, tokenize_and_concatenate

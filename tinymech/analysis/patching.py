@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import itertools
 from typing import Callable
 
 import numpy as np
@@ -170,36 +171,16 @@ def patch_activations(model, clean, corrupted, activation: str, metric=None, ans
             raise AnalysisError("give a metric, or answers (correct, incorrect) for the logit difference")
         metric = logit_diff_metric(model, answers, clean_tokens.shape[0])
     suffix, axes = ACTIVATIONS[activation]
-    names = [f"blocks.{layer}.{suffix}" for layer in range(model.cfg.n_layers)]
     source, target = (clean_tokens, corrupted_tokens) if mode == "denoise" else (corrupted_tokens, clean_tokens)
-
+    names = [f"blocks.{layer}.{suffix}" for layer in range(model.cfg.n_layers)]
     source_logits, source_acts = model.run_with_cache(source, names_filter=names)
-    source_score = float(metric(source_logits))
-    # A patch in block l leaves blocks 0..l-1 as in the target's own run: each
-    # patched run starts at block l from the target's residual there.
-    starts = [f"blocks.{layer}.hook_resid_pre" for layer in range(model.cfg.n_layers)]
-    target_logits, target_acts = model.run_with_cache(target, names_filter=names + starts)
-    target_score = float(metric(target_logits))
-    extent = {"layer": model.cfg.n_layers, "head": model.cfg.n_heads, "pos": target.shape[1]}
-    values = np.zeros([extent[a] for a in axes])
-    last_only = bool(getattr(metric, "last_position_only", False))
-    # hooks of an enclosing model.hooks(...) may expect the input's batch size
-    logits_per_patch = target.shape[0] * (1 if last_only else target.shape[1]) * model.cfg.d_vocab
-    group = 1 if model.context_hooks else _patches_per_run(target.size, logits_per_patch)
-    done = 0
-    for layer, (name, start) in enumerate(zip(names, starts)):
-        indices = [i for i in np.ndindex(values.shape) if i[0] == layer]
-        for first in range(0, len(indices), group):
-            chunk = indices[first : first + group]
-            patched = _patched_activations(target_acts[name], source_acts[name], [dict(zip(axes, i)) for i in chunk])
-            resid = np.concatenate([target_acts[start]] * len(chunk))
-            logits = model.forward(resid, logits="last" if last_only else "all", hooks=[(name, patch(patched))],
-                                   start_at_layer=layer)
-            for index, own in zip(chunk, np.split(logits, len(chunk))):  # copy j of the batch carries patch j
-                values[index] = metric(own[:, None] if last_only else own)
-            done += len(chunk)
-            if progress is not None:
-                progress(done, values.size)
+    source_score = score(metric, source_logits)
+    extents = axis_extents(model, target.shape[1], suffix)
+    shape = [extents[axis] for axis in axes]
+    values, target_score = run_patches(model, target, source_acts, lambda layer: names[layer],
+                                       list(np.ndindex(*shape)), slice_setter(layout(suffix), axes), metric,
+                                       progress)
+    values = values.reshape(shape)
     clean_score, corrupted_score = (source_score, target_score) if mode == "denoise" else (target_score, source_score)
     return PatchingResult(
         values=values,
@@ -210,6 +191,112 @@ def patch_activations(model, clean, corrupted, activation: str, metric=None, ans
         corrupted=corrupted_score,
         pos_labels=token_labels(model, clean_tokens[0]) if "pos" in axes else None,
     )
+
+
+# Where a patch's axes lie in an activation [batch, ...]: attention patterns and
+# scores are [batch, head, dest_pos, src_pos]; q, k, v, z, result [batch, pos, head, ...];
+# the others [batch, pos, ...].
+_PATTERN_LAYOUT = ("head", "dest_pos", "src_pos")
+_HEAD_LAYOUT = ("pos", "head")
+
+
+def layout(hook_name: str) -> tuple[str, ...]:
+    """The axes after the batch in this hook point's activation, as patches name them."""
+    if hook_name.endswith(("hook_pattern", "hook_attn_scores")):
+        return _PATTERN_LAYOUT
+    if hook_name.endswith(("hook_q", "hook_k", "hook_v", "hook_z", "hook_result")):
+        return _HEAD_LAYOUT
+    return ("pos",)
+
+
+def axis_extents(model, n_pos: int, hook_name: str) -> dict[str, int]:
+    """How many indices each patch axis has (TransformerLens's names too: head_index):
+    keys and values have the model's key-value heads."""
+    heads = model.cfg.n_heads
+    if hook_name.endswith(("hook_k", "hook_v")) and model.cfg.n_key_value_heads:
+        heads = model.cfg.n_key_value_heads
+    return {"layer": model.cfg.n_layers, "pos": n_pos, "dest_pos": n_pos, "src_pos": n_pos,
+            "head": heads, "head_index": heads}
+
+
+def slice_setter(activation_layout: tuple[str, ...], axes: tuple[str, ...]):
+    """A patch setter (TransformerLens's signature): setter(activation, index, source)
+    copies the source's slice at index (one value per name in axes, the layer first)
+    into the activation, whose axes after the batch are activation_layout."""
+
+    def setter(activation, index, source):
+        at = dict(zip(axes, index))
+        where = (slice(None),) + tuple(at.get(axis, slice(None)) for axis in activation_layout)
+        activation[where] = source[where]
+        return activation
+
+    return setter
+
+
+def score(metric, logits) -> float:
+    """The metric's value on these logits, checked to be one number."""
+    value = metric(logits)
+    try:
+        number = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or number.size != 1:
+        raise AnalysisError(f"the metric must return one number, not {type(value).__name__} "
+                            f"of shape {list(np.shape(value))}")
+    return float(number.reshape(()))
+
+
+def run_patches(model, target, source, hook_name, indices, setter, metric,
+                progress: ProgressFn | None = None) -> tuple[np.ndarray, float]:
+    """Run the target tokens [batch, pos] once per index with one activation patched.
+
+    index[0] is a layer; the activation at hook_name(layer) becomes
+    setter(activation, index, source[hook_name(layer)]), source mapping hook names to
+    activations of the target's shapes (a cache of another run).
+    Returns (the metric after each patch, [len(indices)]; the metric on the target's own run).
+    """
+    layers = sorted({int(index[0]) for index in indices})
+    names = {layer: hook_name(layer) for layer in layers}
+    # A patch in block l leaves blocks 0..l-1 as in the target's own run: each
+    # patched run starts at block l from the target's residual there.
+    starts = {layer: f"blocks.{layer}.hook_resid_pre" for layer in layers}
+    target_logits, target_acts = model.run_with_cache(target, names_filter=[*names.values(), *starts.values()])
+    target_score = score(metric, target_logits)
+    sources = {layer: _source_activation(source, names[layer], target_acts[names[layer]].shape) for layer in layers}
+    values = np.zeros(len(indices))
+    last_only = bool(getattr(metric, "last_position_only", False))
+    # hooks of an enclosing model.hooks(...) may expect the input's batch size
+    logits_per_patch = target.shape[0] * (1 if last_only else target.shape[1]) * model.cfg.d_vocab
+    group = 1 if model.context_hooks else _patches_per_run(target.size, logits_per_patch)
+    done = 0
+    for layer, run in itertools.groupby(range(len(indices)), key=lambda j: int(indices[j][0])):
+        run = list(run)
+        name = names[layer]
+        for first in range(0, len(run), group):
+            chunk = run[first : first + group]
+            patched = _patched_activations(target_acts[name], sources[layer], [indices[j] for j in chunk], setter)
+            resid = np.concatenate([target_acts[starts[layer]]] * len(chunk))
+            logits = model.forward(resid, logits="last" if last_only else "all", hooks=[(name, patch(patched))],
+                                   start_at_layer=layer)
+            for j, own in zip(chunk, np.split(logits, len(chunk))):  # copy k of the batch carries patch k
+                values[j] = score(metric, own[:, None] if last_only else own)
+            done += len(chunk)
+            if progress is not None:
+                progress(done, len(indices))
+    return values, target_score
+
+
+def _source_activation(source, name: str, shape) -> np.ndarray:
+    """source[name], checked to have the target activation's shape."""
+    try:
+        activation = np.asarray(source[name])
+    except KeyError:
+        raise AnalysisError(f"the clean cache has no {name!r}: cache the clean run with a names_filter "
+                            "that keeps it (or none)") from None
+    if activation.shape != tuple(shape):
+        raise AnalysisError(f"the clean cache's {name} is {list(activation.shape)} where the corrupted run's "
+                            f"is {list(shape)}: the clean and corrupted tokens must have one shape")
+    return activation
 
 
 # Patched runs share one forward until it has this many rows (short prompts
@@ -223,13 +310,16 @@ def _patches_per_run(rows: int, logits_per_patch: int) -> int:
     return max(1, min(_ROWS_PER_RUN // rows, _LOGITS_PER_RUN // logits_per_patch))
 
 
-def _patched_activations(target, source, patches) -> np.ndarray:
-    """[len(patches) * batch, ...]: the target's activation, with patch j's
-    slice (its pos and head, or all of it) from the source in copy j."""
-    out = np.repeat(np.asarray(target)[None], len(patches), axis=0)
-    for j, at in enumerate(patches):
-        index = (slice(None), at.get("pos", slice(None))) + ((at["head"],) if "head" in at else ())
-        out[j][index] = source[index]
+def _patched_activations(target, source, indices, setter) -> np.ndarray:
+    """[len(indices) * batch, ...]: the target's activation, patched by
+    setter(copy j, indices[j], source) in copy j."""
+    out = np.repeat(np.asarray(target)[None], len(indices), axis=0)
+    for j, index in enumerate(indices):
+        patched = np.asarray(setter(out[j], [int(i) for i in index], source))
+        if patched.shape != out[j].shape:
+            raise AnalysisError(f"the patch setter returned shape {list(patched.shape)} for an activation "
+                                f"of shape {list(out[j].shape)}")
+        out[j] = patched
     return out.reshape((-1,) + out.shape[2:])
 
 

@@ -78,7 +78,7 @@ def generate(
     result = np.concatenate(out, axis=1)
     if not as_text:
         return result
-    texts = [_text(model, row, tokens.shape[1], stops) for row in result]
+    texts = [_text(model, row) for row in result]
     return texts[0] if len(texts) == 1 else texts
 
 
@@ -146,7 +146,7 @@ def _stop_tokens(model, eos_token_id) -> tuple[tuple[int, ...], int | None]:
         default = model.tokenizer.eos_token_id
     if eos_token_id is None:
         return ((default,), default) if default is not None else ((), None)
-    ids = [eos_token_id] if isinstance(eos_token_id, (int, np.integer)) else list(eos_token_id)
+    ids = list(eos_token_id) if isinstance(eos_token_id, (list, tuple, np.ndarray)) else [eos_token_id]
     ids = tuple(whole_number(i, "eos_token_id", 0, maximum=model.cfg.d_vocab - 1) for i in ids)
     if not ids:
         raise InvalidInputError("eos_token_id must be a token id or a non-empty list of them")
@@ -162,13 +162,6 @@ def _token_counts(tokens: np.ndarray, d_vocab: int) -> np.ndarray:
     return counts
 
 
-def _text(model, row: np.ndarray, prompt_len: int, stops) -> str:
-    """A row as text: without a leading BOS token, and cut at the first stop token of the continuation."""
-    bos = model.tokenizer.bos_token_id if model.tokenizer is not None else None
-    prompt, new = row[:prompt_len], row[prompt_len:]
-    if len(prompt) and bos is not None and prompt[0] == bos:
-        prompt = prompt[1:]
-    ended = np.flatnonzero(np.isin(new, stops)) if stops else ()
-    if len(ended):
-        new = new[: ended[0]]
-    return model._need_tokenizer().decode(np.concatenate([prompt, new]))
+def _text(model, row: np.ndarray) -> str:
+    """A row as text, without special tokens (BOS, end-of-text), as TransformerLens's."""
+    return model._need_tokenizer().decode(row, limit=model.cfg.d_vocab, skip_special_tokens=True)

@@ -384,8 +384,9 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         """Continue the input with the KV cache, greedily (temperature 0, the
         default) or by sampling.
 
-        A string in gives the prompt plus continuation as a string; token ids in
-        give the token array [batch, prompt + new] (prompt included).
+        A string in gives the prompt plus continuation as a string (without
+        special tokens such as BOS, as TransformerLens's); token ids in give the
+        token array [batch, prompt + new] (prompt included).
         on_token(new_ids [batch]) is called after each step; returning True stops.
         Hooks (and those of an enclosing `with model.hooks(...)`) apply at every
         step, to the prompt and to generated positions alike.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import InvalidInputError
+from .errors import InvalidInputError, whole_number
 from .factored_matrix import composition_scores, get_corner
 from .hooks import get_act_name
 from .model_helpers import lm_cross_entropy_loss
@@ -46,9 +46,12 @@ def test_prompt(prompt: str, answer: str | list[str], model, prepend_space_to_an
     """Prints how the model ranks the answer's tokens after the prompt, and its top_k
     predictions there, as transformer_lens.utils.test_prompt (plain text, no rich
     markup). Several answers: each one's first token, as alternatives."""
-    answers = [answer] if isinstance(answer, str) else list(answer)
+    answers = [answer] if isinstance(answer, str) else list(answer) if isinstance(answer, (list, tuple)) else []
     if not answers or not all(isinstance(a, str) for a in answers):
-        raise InvalidInputError("answer must be a string or a non-empty list of strings")
+        raise InvalidInputError(f"answer must be a string or a non-empty list of strings, not {answer!r}")
+    if not isinstance(prompt, str):
+        raise InvalidInputError(f"prompt must be a string, not {type(prompt).__name__}")
+    top_k = whole_number(top_k, "top_k", 0)
     several = len(answers) > 1
     if prepend_space_to_answer:
         answers = [a if a.startswith(" ") else " " + a for a in answers]

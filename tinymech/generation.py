@@ -37,7 +37,22 @@ def generate(
     verbose: bool = False,
     eos_token_id: int | Iterable[int] | None = None,
 ):
-    """See Model.generate."""
+    """Continue the input with the KV cache, greedily (temperature 0, the
+    default) or by sampling.
+
+    A string in gives the prompt plus continuation as a string (without
+    special tokens such as BOS, as TransformerLens's); token ids in give the
+    token array [batch, prompt + new] (prompt included).
+    on_token(new_ids [batch]) is called after each step; returning True stops.
+    Hooks (and those of an enclosing `with model.hooks(...)`) apply at every
+    step, to the prompt and to generated positions alike.
+
+    TransformerLens's keywords, with its meaning: do_sample (False: greedy;
+    True: sampling, at temperature 1.0 unless one is given), freq_penalty,
+    use_past_kv_cache, return_type ("input", "str", "tokens"), padding_side
+    (a batch of texts must still tokenize to one length), verbose (a progress
+    line on stderr; off by default here), eos_token_id (one id or several).
+    """
     as_text = _returns_text(input, return_type)
     check_padding_side(padding_side)  # a batch of equal lengths needs no padding
     prepend_bos = model.cfg.default_prepend_bos if prepend_bos is None else prepend_bos

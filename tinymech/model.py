@@ -360,46 +360,7 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
 
     # ---- generation -----------------------------------------------------------
 
-    def generate(
-        self,
-        input,
-        max_new_tokens: int = 10,
-        temperature: float | None = None,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
-        stop_at_eos: bool = True,
-        on_token: Callable[[np.ndarray], bool | None] | None = None,
-        prepend_bos: bool | None = True,
-        hooks: Iterable[HookSpec] = (),
-        *,
-        do_sample: bool | None = None,
-        freq_penalty: float = 0.0,
-        use_past_kv_cache: bool = True,
-        return_type: str = "input",
-        padding_side: str | None = None,
-        verbose: bool = False,
-        eos_token_id: int | Sequence[int] | None = None,
-    ):
-        """Continue the input with the KV cache, greedily (temperature 0, the
-        default) or by sampling.
-
-        A string in gives the prompt plus continuation as a string (without
-        special tokens such as BOS, as TransformerLens's); token ids in give the
-        token array [batch, prompt + new] (prompt included).
-        on_token(new_ids [batch]) is called after each step; returning True stops.
-        Hooks (and those of an enclosing `with model.hooks(...)`) apply at every
-        step, to the prompt and to generated positions alike.
-
-        TransformerLens's keywords, with its meaning: do_sample (False: greedy;
-        True: sampling, at temperature 1.0 unless one is given), freq_penalty,
-        use_past_kv_cache, return_type ("input", "str", "tokens"), padding_side,
-        verbose (a progress line on stderr; off by default here), eos_token_id.
-        """
-        return generate(self, input, max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos, on_token,
-                        prepend_bos, hooks, do_sample=do_sample, freq_penalty=freq_penalty,
-                        use_past_kv_cache=use_past_kv_cache, return_type=return_type,
-                        padding_side=padding_side, verbose=verbose, eos_token_id=eos_token_id)
+    generate = generate  # generation.py: text or token ids continued, with TransformerLens's keywords
 
     # ---- hooks ----------------------------------------------------------------
 

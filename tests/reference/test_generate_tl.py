@@ -7,11 +7,8 @@ tests/unit/test_generate_options.py.)"""
 import numpy as np
 import pytest
 import torch
-import transformers
 
-import tinymech as tm
-from tinymech.io.sources import default_model_dir
-from tl_reference import hooked_transformer
+from tl_reference import demo_pair
 
 PROMPT = "Mr Darcy walked in"
 N_NEW = 12
@@ -19,10 +16,8 @@ N_NEW = 12
 
 @pytest.fixture(scope="module")
 def demo():
-    hf = transformers.GPT2LMHeadModel.from_pretrained(default_model_dir(), attn_implementation="eager").eval()
-    reference = hooked_transformer(hf)
-    reference.set_tokenizer(transformers.AutoTokenizer.from_pretrained(default_model_dir()))
-    return tm.load(), reference
+    """The demo model in both libraries, with its tokenizer."""
+    return demo_pair()
 
 
 def tl_generate(tl, input, **options):

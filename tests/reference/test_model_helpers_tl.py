@@ -11,7 +11,6 @@ import re
 import numpy as np
 import pytest
 import torch
-import transformers
 from transformer_lens import FactoredMatrix as TLFactoredMatrix
 from transformer_lens import utils as tl_utils
 
@@ -19,8 +18,7 @@ import tinymech as tm
 from llama_factory import LLAMA_SHAPES, make_hf_llama
 from tinymech import utils
 from tinymech.factored_matrix import FactoredMatrix
-from tinymech.io.sources import default_model_dir
-from tl_reference import TL_PROCESSING, act_err, hooked_transformer, tl_llama
+from tl_reference import TL_PROCESSING, act_err, demo_pair, tl_llama
 
 TOL = 2e-5
 # hook points TransformerLens has and tinymech has not yet (issue 23, item 5): optional inputs of the blocks
@@ -49,10 +47,7 @@ def models(request, gpt2, tl_gpt2, llama_gqa):
 @pytest.fixture(scope="module")
 def demo():
     """The demo model in both libraries, with its tokenizer."""
-    hf = transformers.GPT2LMHeadModel.from_pretrained(default_model_dir(), attn_implementation="eager").eval()
-    reference = hooked_transformer(hf)
-    reference.set_tokenizer(transformers.AutoTokenizer.from_pretrained(default_model_dir()))
-    return tm.load(), reference
+    return demo_pair()
 
 
 def numpy(x) -> np.ndarray:

@@ -103,6 +103,12 @@ class ModelHelpers:
                 f"give a single token or a token id{self._spacing_hint(string)}")
         return int(ids[0])
 
+    def to_single_str_token(self, int_token: int) -> str:
+        """The string of one token id."""
+        if isinstance(int_token, str):
+            raise InvalidTokensError(f"to_single_str_token takes a token id, not the string {int_token!r}")
+        return self.to_str_tokens([self._token_id(int_token)])[0]
+
     def _spacing_hint(self, string: str) -> str:
         """A hint when the string is one token with a leading space (as words after the first are)."""
         spaced = " " + string

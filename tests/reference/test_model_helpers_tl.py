@@ -219,6 +219,7 @@ def test_token_helpers_match_tl(demo):
     model, tl = demo
     for token in [" Darcy", " walked", ".", "Mr"]:
         assert model.to_single_token(token) == tl.to_single_token(token)
+        assert model.to_single_str_token(model.to_single_token(token)) == tl.to_single_str_token(tl.to_single_token(token))
     tokens = model.to_tokens(TEXT)
     for token in [" Darcy", " walked", model.to_single_token(" Darcy"), np.int64(model.to_single_token("."))]:
         for mode in ["first", "last"]:

@@ -134,6 +134,8 @@ def test_token_helpers_refuse_hostile_arguments(demo):
         (lambda: demo.to_single_token("Darcy"), tm.InvalidTokensError, "leading space"),
         (lambda: demo.to_single_token(""), tm.InvalidTokensError, "0 tokens"),
         (lambda: demo.to_single_token(5), tm.InvalidTokensError, "takes a string"),
+        (lambda: demo.to_single_str_token(demo.cfg.d_vocab), tm.InvalidTokensError, "outside"),
+        (lambda: demo.to_single_str_token("a"), tm.InvalidTokensError, "takes a token id"),
         (lambda: demo.get_token_position(" Elizabeth", "Mr Darcy"), tm.InvalidInputError, "does not occur"),
         (lambda: demo.get_token_position(" Darcy", "Mr Darcy", mode="middle"), tm.InvalidInputError, "mode"),
         (lambda: demo.get_token_position(" Darcy", "Mr Darcy", padding_side="up"), tm.InvalidInputError, "padding_side"),

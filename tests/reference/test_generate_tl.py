@@ -86,3 +86,15 @@ def test_eos_token_id_matches_tl(demo):
             ours = model.generate(PROMPT, max_new_tokens=N_NEW, eos_token_id=eos, return_type=return_type)
             same(ours, tl_generate(tl, PROMPT, do_sample=False, eos_token_id=eos, return_type=return_type))
     assert model.generate(PROMPT, max_new_tokens=N_NEW, eos_token_id=stop, return_type="tokens").shape[1] < greedy.shape[1]
+
+
+@pytest.mark.parametrize("use_past_kv_cache", [True, False])
+def test_odd_shapes_match_tl(demo, use_past_kv_cache):
+    model, tl = demo
+    options = dict(do_sample=False, use_past_kv_cache=use_past_kv_cache, stop_at_eos=False)
+    one = np.array([[model.to_single_token(" Darcy")]])  # a prompt of one token
+    batch = model.to_tokens(["Mr Darcy walked in", "Mr Bingley sat down", "She said that he"])
+    # (not "", BOS alone: TransformerLens 3.9's generate masks that BOS out as padding, since GPT-2 pads with
+    # the same token, and continues from nothing; its forward pass, Hugging Face's and tinymech's agree)
+    for input in [one, batch]:
+        same(model.generate(input, max_new_tokens=N_NEW, **options), tl_generate(tl, input, **options))

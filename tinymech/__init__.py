@@ -43,6 +43,7 @@ from .errors import (
     TrainingError,
     UnsupportedArchitectureError,
 )
+from .factored_matrix import FactoredMatrix
 from .hooks import HookPoint, add, fill, get_act_name, mean_ablate, patch, scale, zero_ablate
 from .io.tokenizer import Tokenizer
 from .model import Model, from_pretrained, from_pretrained_no_processing, load
@@ -54,6 +55,7 @@ from .runtime import (
     set_kernel_variant,
     set_num_threads,
 )
+from . import utils  # transformer_lens.utils's helpers: test_prompt, get_act_name, to_numpy, ...
 from .sae import (
     SAE,
     ActivationStore,
@@ -79,6 +81,7 @@ __all__ = [
     "FeatureDashboard",
     "FeatureDashboards",
     "ContextLengthError",
+    "FactoredMatrix",
     "FeatureIndexError",
     "HookError",
     "HookedTransformer",

@@ -32,13 +32,14 @@ from .errors import (
     UnsupportedArchitectureError,
     whole_number,
 )
+from .generation import generate
 from .hooks import HookSpec, build_plan, hook_registry, resolve_names
 from .io import smollm2
 from .io.safetensors import ArrayStore, WeightStore
 from .io.sources import resolve_model_source
 from .io.tokenizer import Tokenizer
 from .kv_cache import KVCache
-from .ops import sample_next, sampling_settings
+from .model_helpers import ModelHelpers
 from .text import printable
 
 
@@ -135,7 +136,7 @@ class per_layer:
         return LayerStack(self._name, model.cfg.n_layers, functools.partial(self._layer_weight, model))
 
 
-class Model:
+class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
     @classmethod
     def from_pretrained(cls, model_name=None, **kwargs) -> "Model":
         """HookedTransformer.from_pretrained (tm.from_pretrained), so `from tinymech import
@@ -388,64 +389,7 @@ class Model:
 
     # ---- generation -----------------------------------------------------------
 
-    def generate(
-        self,
-        input,
-        max_new_tokens: int = 10,
-        temperature: float = 0.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
-        stop_at_eos: bool = True,
-        on_token: Callable[[np.ndarray], bool | None] | None = None,
-        prepend_bos: bool = True,
-        hooks: Iterable[HookSpec] = (),
-    ):
-        """Continue the input with the KV cache, greedily (temperature 0) or by sampling.
-
-        A string in gives the prompt plus continuation as a string; token ids in
-        give the token array [batch, prompt + new] (prompt included).
-        on_token(new_ids [batch]) is called after each step; returning True stops.
-        Hooks (and those of an enclosing `with model.hooks(...)`) apply at every
-        step, to the prompt and to generated positions alike.
-        """
-        as_text = isinstance(input, str)
-        tokens = self.tokens_of(input, prepend_bos=prepend_bos)
-        max_new_tokens = whole_number(max_new_tokens, "max_new_tokens", 0)
-        temperature, top_k, top_p = sampling_settings(temperature, top_k, top_p)
-        if seed is not None:
-            seed = whole_number(seed, "seed", 0)
-        self._check_fits(0, tokens.shape[1] + max_new_tokens)
-        rng = np.random.default_rng(seed)
-        eos = self.cfg.eos_token_id if self.cfg.eos_token_id is not None else (
-            self.tokenizer.eos_token_id if self.tokenizer else None
-        )
-        plan = self._plan(hooks)
-        cache = self.new_cache(tokens.shape[0])
-        cache.reserve(tokens.shape[1] + max_new_tokens)  # checked above; no regrowth copies while decoding
-        out = [tokens.astype(np.int64)]
-        finished = np.zeros(tokens.shape[0], dtype=bool)
-        if max_new_tokens > 0:
-            logits = self._core_forward(cache, tokens, plan, "last")
-        for step in range(max_new_tokens):
-            nxt = sample_next(logits, temperature, top_k, top_p, rng)
-            if stop_at_eos and eos is not None:
-                nxt = np.where(finished, eos, nxt)
-                finished |= nxt == eos
-            out.append(nxt[:, None])
-            if on_token is not None and on_token(nxt.copy()):
-                break
-            if (stop_at_eos and finished.all()) or step == max_new_tokens - 1:
-                break
-            logits = self._core_forward(cache, nxt[:, None].astype(np.int32), plan, "last")
-        result = np.concatenate(out, axis=1)
-        if as_text:
-            new = result[0, tokens.shape[1] :]
-            if stop_at_eos and eos is not None and (new == eos).any():
-                new = new[: int(np.argmax(new == eos))]
-            prompt = tokens[0, 1:] if prepend_bos else tokens[0]
-            return self._need_tokenizer().decode(np.concatenate([prompt, new]))
-        return result
+    generate = generate  # generation.py: text or token ids continued, with TransformerLens's keywords
 
     # ---- hooks ----------------------------------------------------------------
 

@@ -53,6 +53,19 @@ def hooked_transformer(hf_model, use_attn_result: bool = True, **processing):
     return model.eval()
 
 
+def demo_pair():
+    """(tinymech Model, HookedTransformer): the bundled demo model in both libraries, each with its tokenizer."""
+    import transformers
+
+    import tinymech as tm
+    from tinymech.io.sources import default_model_dir
+
+    hf = transformers.GPT2LMHeadModel.from_pretrained(default_model_dir(), attn_implementation="eager").eval()
+    reference = hooked_transformer(hf)
+    reference.set_tokenizer(transformers.AutoTokenizer.from_pretrained(default_model_dir()))
+    return tm.load(), reference
+
+
 def tl_llama(hf_model, **processing):
     """A HookedTransformer holding a Hugging Face LlamaForCausalLM's weights (TransformerLens's
     own Llama conversion), processed as the flags (TL_PROCESSING's keys) say: none by default;

@@ -14,23 +14,8 @@ def token_id(model, token) -> int:
             raise InvalidTokensError(f"token id {int(token)} is outside the vocabulary [0, {model.cfg.d_vocab})")
         return int(token)
     if isinstance(token, str):
-        ids = model.to_tokens(token, prepend_bos=False)[0]
-        if len(ids) != 1:
-            pieces = model.to_str_tokens(ids) if len(ids) else []
-            raise InvalidTokensError(
-                f"{token!r} is {len(ids)} tokens {pieces} in this model's vocabulary, not one; "
-                f"give a single token or a token id{_spacing_hint(model, token)}"
-            )
-        return int(ids[0])
+        return model.to_single_token(token)
     raise InvalidTokensError(f"a token is a string or an integer id, got {type(token).__name__}")
-
-
-def _spacing_hint(model, token: str) -> str:
-    """A hint when the token is one with a leading space (as words after the first are)."""
-    spaced = " " + token
-    if token and not token.startswith(" ") and is_single_token(model, spaced):
-        return f" (did you mean {spaced!r}, with its leading space?)"
-    return ""
 
 
 def token_ids(model, tokens) -> np.ndarray:

@@ -48,6 +48,11 @@ class Config:
     def d_vocab_out(self) -> int:
         return self.d_vocab
 
+    @property
+    def device(self) -> str:
+        """Where the model runs, as TransformerLens's cfg.device: always the CPU."""
+        return "cpu"
+
     def core_dict(self) -> dict[str, Any]:
         """The fields the C++ core needs."""
         return {

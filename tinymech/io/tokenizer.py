@@ -120,10 +120,10 @@ class Tokenizer:
             raise InvalidTokensError(f"token id {bad[0]} is outside the vocabulary [0, {limit})")
         return ids
 
-    def decode(self, ids, limit: int | None = None) -> str:
+    def decode(self, ids, limit: int | None = None, skip_special_tokens: bool = False) -> str:
         ids = self._ids(ids, limit)
         with panics_as_errors("the tokenizer failed to decode"):
-            return self.backend.decode(ids, skip_special_tokens=False)
+            return self.backend.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def decode_each(self, ids, limit: int | None = None) -> list[str]:
         """One string per token (partial UTF-8 bytes show as U+FFFD, as in TransformerLens)."""

@@ -1,0 +1,239 @@
+"""FactoredMatrix: a matrix kept as the product A @ B of two factors, as
+TransformerLens's (model.OV, model.QK), over numpy arrays.
+
+The factors may carry leading axes ([layer, head, ...]); every method works on
+the last two axes and broadcasts over the rest. The SVD, eigenvalues and norms
+come from the factors (one small SVD each), never from the d_model x d_model
+product.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from .errors import InvalidInputError
+
+
+def _array(x, what: str) -> np.ndarray:
+    try:
+        arr = np.asarray(x)
+    except (TypeError, ValueError) as e:  # ragged lists and the like
+        raise InvalidInputError(f"{what} must be an array: {e}") from None
+    if not (np.issubdtype(arr.dtype, np.number) and not np.issubdtype(arr.dtype, np.bool_)):
+        raise InvalidInputError(f"{what} must be an array of numbers, not dtype {arr.dtype}")
+    return arr
+
+
+def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    try:
+        return a @ b
+    except ValueError as e:  # leading axes that do not broadcast
+        raise InvalidInputError(f"cannot multiply shapes {a.shape} and {b.shape}: {e}") from None
+
+
+def _transpose(x: np.ndarray) -> np.ndarray:
+    return np.swapaxes(x, -1, -2)
+
+
+class FactoredMatrix:
+    """A @ B with A [..., ldim, mdim] and B [..., mdim, rdim], as
+    transformer_lens.FactoredMatrix: AB, BA, T, svd() (U, S, V), eigenvalues,
+    norm(), get_corner(k), make_even(), collapse_l/collapse_r, unsqueeze(k),
+    indexing over the leading axes, @ with arrays and other FactoredMatrices,
+    * with a scalar."""
+
+    __array_ufunc__ = None  # array @ fm calls fm.__rmatmul__ instead of numpy's own matmul
+
+    def __init__(self, A, B):
+        A, B = _array(A, "A"), _array(B, "B")
+        if A.ndim < 2 or B.ndim < 2:
+            raise InvalidInputError(f"a FactoredMatrix's factors are matrices, not shapes {A.shape} and {B.shape}")
+        if A.shape[-1] != B.shape[-2]:
+            raise InvalidInputError(f"a FactoredMatrix's factors must match on the inner dimension, "
+                                    f"shapes were A: {A.shape}, B: {B.shape}")
+        self.ldim, self.mdim, self.rdim = A.shape[-2], A.shape[-1], B.shape[-1]
+        try:
+            leading = np.broadcast_shapes(A.shape[:-2], B.shape[:-2])
+        except ValueError:
+            raise InvalidInputError(f"cannot broadcast the leading axes of A {A.shape} and B {B.shape}") from None
+        self.shape = tuple(leading) + (self.ldim, self.rdim)
+        self.has_leading_dims = A.ndim > 2 or B.ndim > 2
+        self.A = np.broadcast_to(A, leading + (self.ldim, self.mdim))
+        self.B = np.broadcast_to(B, leading + (self.mdim, self.rdim))
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def pair(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.A, self.B
+
+    def __repr__(self):
+        return f"FactoredMatrix: Shape({self.shape}), Hidden Dim({self.mdim})"
+
+    # ---- products ---------------------------------------------------------------
+
+    @property
+    def AB(self) -> np.ndarray:
+        """The product [..., ldim, rdim] (large: d_model x d_model per head for OV and QK)."""
+        return self.A @ self.B
+
+    @property
+    def BA(self) -> np.ndarray:
+        """The reverse product [..., mdim, mdim]; only for square matrices (ldim == rdim)."""
+        if self.ldim != self.rdim:
+            raise InvalidInputError(f"BA needs ldim == rdim, shape was {self.shape}")
+        return self.B @ self.A
+
+    @property
+    def T(self) -> FactoredMatrix:
+        return FactoredMatrix(_transpose(self.B), _transpose(self.A))
+
+    def __matmul__(self, other):
+        if isinstance(other, FactoredMatrix):
+            return (self @ other.A) @ other.B
+        other = _array(other, "the right operand")
+        if other.ndim == 0 or other.shape[max(-2, -other.ndim)] != self.rdim:  # a vector's only axis
+            raise InvalidInputError(f"the right operand must match on the inner dimension, "
+                                    f"shapes were {self.shape} and {other.shape}")
+        if other.ndim < 2:  # a vector: the product is a vector
+            return _matmul(self.A, _matmul(self.B, other[..., None]))[..., 0]
+        if self.rdim > self.mdim:
+            return FactoredMatrix(self.A, _matmul(self.B, other))
+        return FactoredMatrix(self.AB, other)
+
+    def __rmatmul__(self, other):
+        other = _array(other, "the left operand")
+        if other.ndim == 0 or other.shape[-1] != self.ldim:
+            raise InvalidInputError(f"the left operand must match on the inner dimension, "
+                                    f"shapes were {other.shape} and {self.shape}")
+        if other.ndim < 2:
+            return _matmul(_matmul(other[..., None, :], self.A), self.B)[..., 0, :]
+        if self.ldim > self.mdim:
+            return FactoredMatrix(_matmul(other, self.A), self.B)
+        return FactoredMatrix(other, self.AB)
+
+    def __mul__(self, scalar) -> FactoredMatrix:
+        """Scaled by a number (or a one-element array)."""
+        value = np.asarray(scalar)
+        if value.size != 1 or not np.issubdtype(value.dtype, np.number):
+            raise InvalidInputError(f"a FactoredMatrix is multiplied by a scalar; use @ for matrices, "
+                                    f"not shape {value.shape}")
+        return FactoredMatrix(self.A * value.reshape(()), self.B)
+
+    __rmul__ = __mul__
+
+    # ---- decompositions -----------------------------------------------------------
+
+    @functools.cached_property
+    def _svd(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        Ua, Sa, Vha = np.linalg.svd(self.A, full_matrices=False)
+        Ub, Sb, Vhb = np.linalg.svd(self.B, full_matrices=False)
+        middle = Sa[..., :, None] * Vha @ Ub * Sb[..., None, :]
+        Um, Sm, Vhm = np.linalg.svd(middle, full_matrices=False)
+        return Ua @ Um, Sm, _transpose(Vhb) @ _transpose(Vhm)
+
+    def svd(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(U [..., ldim, mdim], S [..., mdim], V [..., rdim, mdim]) with
+        U @ diag(S) @ V.T == AB (V, not its transpose, as TransformerLens)."""
+        return self._svd
+
+    @property
+    def U(self) -> np.ndarray:
+        return self._svd[0]
+
+    @property
+    def S(self) -> np.ndarray:
+        return self._svd[1]
+
+    @property
+    def V(self) -> np.ndarray:
+        return self._svd[2]
+
+    @property
+    def Vh(self) -> np.ndarray:
+        """V, under the name TransformerLens has deprecated (it was never the transpose)."""
+        return self._svd[2]
+
+    @property
+    def eigenvalues(self) -> np.ndarray:
+        """The eigenvalues of AB other than its trailing zeros: those of BA [..., mdim] (complex)."""
+        return np.linalg.eigvals(self.BA)
+
+    def norm(self) -> np.ndarray:
+        """The Frobenius norm [...]: the root of the sum of the squared singular values."""
+        return np.sqrt((self.S**2).sum(-1))
+
+    def make_even(self) -> FactoredMatrix:
+        """The same matrix as U·sqrt(S) times sqrt(S)·V.T: each factor holds half the singular values."""
+        root = np.sqrt(self.S)
+        return FactoredMatrix(self.U * root[..., None, :], root[..., :, None] * _transpose(self.V))
+
+    def collapse_l(self) -> np.ndarray:
+        """diag(S) @ V.T [..., mdim, rdim]: the matrix without its left orthogonal factor."""
+        return self.S[..., :, None] * _transpose(self.V)
+
+    def collapse_r(self) -> np.ndarray:
+        """U @ diag(S) [..., ldim, mdim]: the matrix without its right orthogonal factor."""
+        return self.U * self.S[..., None, :]
+
+    # ---- indexing -----------------------------------------------------------------
+
+    def unsqueeze(self, k: int) -> FactoredMatrix:
+        return FactoredMatrix(np.expand_dims(self.A, k), np.expand_dims(self.B, k))
+
+    def __getitem__(self, idx) -> FactoredMatrix:
+        """Indexes the leading axes; an index as long as the shape also
+        selects rows (of A) and columns (of B), keeping both axes."""
+        idx = idx if isinstance(idx, tuple) else (idx,)
+        length = len([i for i in idx if i is not None])
+        if length <= self.ndim - 2:
+            return FactoredMatrix(self.A[idx], self.B[idx])
+        if length == self.ndim - 1:
+            idx = idx[:-1] + (_kept_axis(idx[-1]),)
+            return FactoredMatrix(self.A[idx], self.B[idx[:-1]])
+        if length == self.ndim:
+            idx = idx[:-2] + (_kept_axis(idx[-2]), _kept_axis(idx[-1]))
+            return FactoredMatrix(self.A[idx[:-1]], self.B[idx[:-2] + (slice(None), idx[-1])])
+        raise InvalidInputError(f"{idx} is too long an index for a FactoredMatrix of shape {self.shape}")
+
+    def get_corner(self, k: int = 3) -> np.ndarray:
+        """The top-left k x k (and first k of each leading axis) of AB, without forming AB."""
+        return get_corner(self.A[..., :k, :] @ self.B[..., :, :k], k)
+
+
+def _kept_axis(index):
+    """An integer row or column index as a slice of one (the axis stays), as TransformerLens does."""
+    if isinstance(index, (int, np.integer)) and not isinstance(index, bool):
+        return slice(index, index + 1 if index != -1 else None)
+    return index
+
+
+def get_corner(x, n: int = 3):
+    """The first n of every axis of an array or a FactoredMatrix (utils.get_corner)."""
+    x = x if isinstance(x, FactoredMatrix) else np.asarray(x)
+    return x[tuple(slice(n) for _ in range(x.ndim))]
+
+
+def composition_scores(left: FactoredMatrix, right: FactoredMatrix, broadcast_dims: bool = True) -> np.ndarray:
+    """‖left·right‖ / (‖left‖·‖right‖) (Frobenius norms) of each pair of matrices,
+    as transformer_lens.utils.composition_scores; with broadcast_dims the result's
+    axes are left's leading axes, then right's."""
+    if not (isinstance(left, FactoredMatrix) and isinstance(right, FactoredMatrix)):
+        raise InvalidInputError("composition_scores takes two FactoredMatrix objects")
+    if broadcast_dims:
+        r_leading, l_leading = right.ndim - 2, left.ndim - 2
+        for i in range(l_leading):
+            right = right.unsqueeze(i)
+        for i in range(r_leading):
+            left = left.unsqueeze(i + l_leading)
+    if left.rdim != right.ldim:
+        raise InvalidInputError(f"composition scores need left.rdim == right.ldim, shapes were "
+                                f"left: {left.shape}, right: {right.shape}")
+    new_right, new_left = right.collapse_r(), left.collapse_l()
+    r_norms = np.linalg.norm(new_right, axis=(-2, -1))
+    l_norms = np.linalg.norm(new_left, axis=(-2, -1))
+    comp_norms = np.linalg.norm(new_left @ new_right, axis=(-2, -1))
+    return comp_norms / r_norms / l_norms

@@ -1,0 +1,182 @@
+"""Model.generate: continuing a text or token ids, with the keywords of
+TransformerLens's HookedTransformer.generate (do_sample, freq_penalty,
+use_past_kv_cache, return_type, padding_side, verbose, eos_token_id) and
+tinymech's own (seed, on_token, hooks)."""
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable
+
+import numpy as np
+
+from .errors import InvalidInputError, real_number, whole_number
+from .hooks import HookSpec
+from .model_helpers import check_padding_side
+from .ops import sample_next, sampling_settings
+from .progress import progress_function
+
+
+def generate(
+    model,
+    input,
+    max_new_tokens: int = 10,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    stop_at_eos: bool = True,
+    on_token: Callable[[np.ndarray], bool | None] | None = None,
+    prepend_bos: bool | None = True,
+    hooks: Iterable[HookSpec] = (),
+    *,
+    do_sample: bool | None = None,
+    freq_penalty: float = 0.0,
+    use_past_kv_cache: bool = True,
+    return_type: str = "input",
+    padding_side: str | None = None,
+    verbose: bool = False,
+    eos_token_id: int | Iterable[int] | None = None,
+):
+    """Continue the input with the KV cache, greedily (temperature 0, the
+    default) or by sampling.
+
+    A string in gives the prompt plus continuation as a string (without
+    special tokens such as BOS, as TransformerLens's); token ids in give the
+    token array [batch, prompt + new] (prompt included).
+    on_token(new_ids [batch]) is called after each step; returning True stops.
+    Hooks (and those of an enclosing `with model.hooks(...)`) apply at every
+    step, to the prompt and to generated positions alike.
+
+    TransformerLens's keywords, with its meaning: do_sample (False: greedy;
+    True: sampling, at temperature 1.0 unless one is given), freq_penalty,
+    use_past_kv_cache, return_type ("input", "str", "tokens"), padding_side
+    (a batch of texts must still tokenize to one length), verbose (a progress
+    line on stderr; off by default here), eos_token_id (one id or several).
+    """
+    as_text = _returns_text(input, return_type)
+    check_padding_side(padding_side)  # a batch of equal lengths needs no padding
+    prepend_bos = model.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
+    tokens = model.tokens_of(input, prepend_bos=prepend_bos)
+    max_new_tokens = whole_number(max_new_tokens, "max_new_tokens", 0)
+    temperature, top_k, top_p = sampling_settings(_temperature(temperature, do_sample), top_k, top_p)
+    freq_penalty = _freq_penalty(freq_penalty)
+    if temperature == 0:  # greedy decoding ignores it, as TransformerLens's does
+        freq_penalty = 0.0
+    rng = np.random.default_rng(None if seed is None else whole_number(seed, "seed", 0))
+    progress = progress_function(_flag(verbose, "verbose"), label="generating", unit="tokens")
+    stops, pad = _stop_tokens(model, eos_token_id) if stop_at_eos else ((), None)
+    batch, total = tokens.shape[0], tokens.shape[1] + max_new_tokens
+    model._check_fits(0, total)
+    next_logits = Decoder(model, model._plan(hooks), batch, total, _flag(use_past_kv_cache, "use_past_kv_cache"))
+    counts = _token_counts(tokens, model.cfg.d_vocab) if freq_penalty else None
+    out = [tokens.astype(np.int64)]
+    finished = np.zeros(batch, dtype=bool)
+    if max_new_tokens > 0:
+        logits = next_logits(tokens)
+    for step in range(max_new_tokens):
+        if counts is not None:  # TransformerLens subtracts freq_penalty * count from logits / temperature
+            logits = logits - np.float32(freq_penalty * temperature) * counts
+        nxt = sample_next(logits, temperature, top_k, top_p, rng)
+        if stops:
+            nxt = np.where(finished, pad, nxt)
+            finished |= np.isin(nxt, stops)
+        out.append(nxt[:, None])
+        if counts is not None:
+            counts[np.arange(batch), nxt] += 1
+        if progress is not None:
+            progress(step + 1, max_new_tokens)
+        if on_token is not None and on_token(nxt.copy()):
+            break
+        if (stops and finished.all()) or step == max_new_tokens - 1:
+            break
+        logits = next_logits(nxt[:, None].astype(np.int32))
+    result = np.concatenate(out, axis=1)
+    if not as_text:
+        return result
+    texts = [_text(model, row) for row in result]
+    return texts[0] if len(texts) == 1 else texts
+
+
+class Decoder:
+    """The last position's logits [batch, d_vocab] after the new tokens: with the
+    KV cache each call runs only them; without it (use_past_kv_cache=False) the
+    whole sequence runs again, as TransformerLens does."""
+
+    def __init__(self, model, plan, batch: int, total: int, use_cache: bool):
+        self.model, self.plan = model, plan
+        self.cache = model.new_cache(batch) if use_cache else None
+        if self.cache is not None:
+            self.cache.reserve(total)  # checked by the caller; no regrowth copies while decoding
+        self.sequence = np.zeros((batch, 0), dtype=np.int32)
+
+    def __call__(self, new: np.ndarray) -> np.ndarray:
+        if self.cache is not None:
+            return self.model._core_forward(self.cache, new, self.plan, "last")
+        self.sequence = np.concatenate([self.sequence, new], axis=1)
+        return self.model._core_forward(None, self.sequence, self.plan, "last")
+
+
+RETURN_TYPES = ("input", "str", "tokens")
+
+
+def _returns_text(input, return_type) -> bool:
+    """Whether generate returns text: return_type "str", or "input" with text in."""
+    if return_type not in RETURN_TYPES:
+        hint = " (tinymech generates from text or token ids, not embeddings)" if return_type == "embeds" else ""
+        raise InvalidInputError(f"return_type must be 'input', 'str' or 'tokens', not {return_type!r}{hint}")
+    if return_type == "input":
+        return isinstance(input, str) or (isinstance(input, (list, tuple)) and bool(input)
+                                          and all(isinstance(t, str) for t in input))
+    return return_type == "str"
+
+
+def _flag(value, what: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise InvalidInputError(f"{what} must be True or False, not {value!r}")
+    return bool(value)
+
+
+def _temperature(temperature, do_sample) -> float:
+    """do_sample as TransformerLens's: False is greedy, True samples (at temperature 1.0
+    unless one is given); None leaves it to the temperature (0, the default: greedy)."""
+    if do_sample is None:
+        return 0.0 if temperature is None else temperature
+    if not _flag(do_sample, "do_sample"):
+        return 0.0
+    return 1.0 if temperature is None else temperature
+
+
+def _freq_penalty(value) -> float:
+    penalty = real_number(value, "freq_penalty")
+    if not (math.isfinite(penalty) and penalty >= 0):
+        raise InvalidInputError(f"freq_penalty must be a finite number >= 0, not {penalty}")
+    return penalty
+
+
+def _stop_tokens(model, eos_token_id) -> tuple[tuple[int, ...], int | None]:
+    """(the ids that end a sequence, the id that pads a finished one), as TransformerLens's:
+    eos_token_id (one id or several) or else the model's end-of-text token; none: no stop."""
+    default = model.cfg.eos_token_id
+    if default is None and model.tokenizer is not None:
+        default = model.tokenizer.eos_token_id
+    if eos_token_id is None:
+        return ((default,), default) if default is not None else ((), None)
+    ids = list(eos_token_id) if isinstance(eos_token_id, (list, tuple, np.ndarray)) else [eos_token_id]
+    ids = tuple(whole_number(i, "eos_token_id", 0, maximum=model.cfg.d_vocab - 1) for i in ids)
+    if not ids:
+        raise InvalidInputError("eos_token_id must be a token id or a non-empty list of them")
+    pad = ids[0] if len(ids) == 1 or default is None else default
+    return ids, pad
+
+
+def _token_counts(tokens: np.ndarray, d_vocab: int) -> np.ndarray:
+    """How often each token occurs in each row, [batch, d_vocab] float32."""
+    counts = np.zeros((tokens.shape[0], d_vocab), dtype=np.float32)
+    for row, ids in zip(counts, tokens):
+        row += np.bincount(ids, minlength=d_vocab)
+    return counts
+
+
+def _text(model, row: np.ndarray) -> str:
+    """A row as text, without special tokens (BOS, end-of-text), as TransformerLens's."""
+    return model._need_tokenizer().decode(row, limit=model.cfg.d_vocab, skip_special_tokens=True)

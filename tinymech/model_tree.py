@@ -1,0 +1,187 @@
+"""TransformerLens's module tree over a Model's weights: model.embed.W_E,
+model.blocks[l].attn.W_Q, model.blocks[l].mlp.W_in, model.ln_final.w,
+model.unembed.W_U, ..., and the parameters under TransformerLens's names
+(named_parameters, state_dict). Each module reads the Model's weights when asked:
+nothing is copied up front.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+
+from .factored_matrix import FactoredMatrix
+
+
+class Module:
+    """A read-only view of some of a Model's weights, named as TransformerLens's module."""
+
+    PARAMETERS: tuple[str, ...] = ()
+
+    def __init__(self, model):
+        self.model = model
+        self.cfg = model.cfg
+
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, np.ndarray]]:
+        """(name, array) for each of TransformerLens's parameters of this module, in its order."""
+        for name in self.PARAMETERS:
+            yield prefix + name, getattr(self, name)
+        for child_name, child in self._children():
+            yield from child.named_parameters(f"{prefix}{child_name}.")
+
+    def _children(self) -> list[tuple[str, Module]]:
+        return []
+
+    def __repr__(self):
+        return f"{type(self).__name__}({', '.join(name for name, _ in self.named_parameters())})"
+
+
+class Embed(Module):
+    PARAMETERS = ("W_E",)
+
+    @property
+    def W_E(self) -> np.ndarray:
+        return self.model.W_E
+
+
+class PosEmbed(Module):
+    PARAMETERS = ("W_pos",)
+
+    @property
+    def W_pos(self) -> np.ndarray:
+        return self.model.W_pos
+
+
+class Unembed(Module):
+    PARAMETERS = ("W_U", "b_U")
+
+    @property
+    def W_U(self) -> np.ndarray:
+        return self.model.W_U
+
+    @property
+    def b_U(self) -> np.ndarray:
+        return self.model.b_U
+
+
+class Norm(Module):
+    """LayerNorm (w, b), RMSNorm (w), or, once folded into the next weights
+    (normalization_type LNPre/RMSPre), one without parameters, as in TransformerLens."""
+
+    def __init__(self, model, w: np.ndarray | None, b: np.ndarray | None):
+        super().__init__(model)
+        self.PARAMETERS = {"LN": ("w", "b"), "RMS": ("w",)}.get(model.cfg.normalization_type, ())
+        self._w, self._b = w, b
+
+    def _parameter(self, name: str, value):
+        if name not in self.PARAMETERS:
+            raise AttributeError(f"a {self.cfg.normalization_type} norm has no parameter {name!r}")
+        return value
+
+    @property
+    def w(self) -> np.ndarray:
+        return self._parameter("w", self._w)
+
+    @property
+    def b(self) -> np.ndarray:
+        return self._parameter("b", self._b)
+
+
+class LayerWeight:
+    """A layer module's attribute: the model's per-layer weight of the same name at the module's layer."""
+
+    def __set_name__(self, owner, name: str):
+        self.name = name
+
+    def __get__(self, module, owner=None):
+        if module is None:
+            return self
+        stack = getattr(module.model, self.name)
+        if stack is None:  # W_gate of an MLP without a gate
+            raise AttributeError(f"this model's {type(module).__name__} has no {self.name}")
+        return stack(module.layer)
+
+
+class KeyValueOnce:
+    """_W_K, _W_V, _b_K, _b_V of grouped-query attention: each key/value head once, [n_key_value_heads, ...]."""
+
+    def __set_name__(self, owner, name: str):
+        self.name = name
+
+    def __get__(self, module, owner=None):
+        if module is None:
+            return self
+        c = module.cfg
+        if c.n_key_value_heads is None:
+            raise AttributeError(f"{self.name} belongs to grouped-query attention; this model's is {self.name[1:]}")
+        return getattr(module, self.name[1:])[:: c.n_heads // c.n_key_value_heads]  # the first of each repeat
+
+
+class Attention(Module):
+    """One layer's attention: W_Q, W_K, W_V [head, d_model, d_head], W_O [head, d_head, d_model],
+    their biases, OV and QK. With grouped-query attention, W_K/W_V/b_K/b_V repeat each key/value
+    head per query head and _W_K/_W_V/_b_K/_b_V hold each once, as TransformerLens's."""
+
+    W_Q, W_K, W_V, W_O, b_Q, b_K, b_V, b_O = (LayerWeight() for _ in range(8))
+    _W_K, _W_V, _b_K, _b_V = (KeyValueOnce() for _ in range(4))
+
+    def __init__(self, model, layer: int):
+        super().__init__(model)
+        self.layer = layer
+        grouped = model.cfg.n_key_value_heads is not None  # TransformerLens's GroupedQueryAttention
+        kv = ("_W_K", "_W_V", "_b_K", "_b_V") if grouped else ("W_K", "W_V", "b_K", "b_V")
+        self.PARAMETERS = ("W_Q", "W_O", "b_Q", "b_O") + kv
+
+    @property
+    def OV(self) -> FactoredMatrix:
+        """[head, d_model, d_model]: W_V @ W_O."""
+        return FactoredMatrix(self.W_V, self.W_O)
+
+    @property
+    def QK(self) -> FactoredMatrix:
+        """[head, d_model, d_model]: W_Q @ W_K.T."""
+        return FactoredMatrix(self.W_Q, np.swapaxes(self.W_K, -1, -2))
+
+
+class MLP(Module):
+    """One layer's MLP: W_in [d_model, d_mlp], W_out [d_mlp, d_model], b_in, b_out, and W_gate for a gated MLP."""
+
+    W_in, W_out, W_gate, b_in, b_out = (LayerWeight() for _ in range(5))
+
+    def __init__(self, model, layer: int):
+        super().__init__(model)
+        self.layer = layer
+        gated = model.cfg.gated_mlp
+        self.PARAMETERS = ("W_in", "W_out", "W_gate", "b_in", "b_out") if gated else ("W_in", "b_in", "W_out", "b_out")
+
+
+class Block(Module):
+    """model.blocks[l]: ln1, attn, ln2, mlp."""
+
+    def __init__(self, model, layer: int):
+        super().__init__(model)
+        self.layer = layer
+        weights = model._weights["layers"][layer]
+        self.ln1 = Norm(model, weights["ln1_w"], weights["ln1_b"])
+        self.ln2 = Norm(model, weights["ln2_w"], weights["ln2_b"])
+        self.attn = Attention(model, layer)
+        self.mlp = MLP(model, layer)
+
+    def _children(self):
+        return [("ln1", self.ln1), ("ln2", self.ln2), ("attn", self.attn), ("mlp", self.mlp)]
+
+
+def top_modules(model) -> list[tuple[str, Module]]:
+    """The model's modules with parameters, in TransformerLens's order."""
+    modules = [("embed", Embed(model))]
+    if model.cfg.positional_embedding_type != "rotary":
+        modules.append(("pos_embed", PosEmbed(model)))
+    modules += [(f"blocks.{layer}", Block(model, layer)) for layer in range(model.cfg.n_layers)]
+    modules += [("ln_final", Norm(model, model.ln_final_w, model.ln_final_b)), ("unembed", Unembed(model))]
+    return modules
+
+
+def named_parameters(model) -> Iterator[tuple[str, np.ndarray]]:
+    """(name, array) for each of TransformerLens's parameters: embed.W_E, blocks.0.ln1.w, ..., unembed.b_U."""
+    for prefix, module in top_modules(model):
+        yield from module.named_parameters(prefix + ".")

@@ -76,7 +76,16 @@ def test_unsupported_rope_type_is_named(tmp_path):
         tm.load(tmp_path)
 
 
-def test_weight_processing_flags_are_refused(pair, tmp_path):
-    make_hf_llama(tmp_path, **LLAMA_SHAPES["mha_tied"])
-    with pytest.raises(tm.UnsupportedArchitectureError, match="GPT-2"):
-        tm.load(tmp_path, fold_ln=True)
+def test_weight_processing_keeps_hugging_faces_next_token_distribution(pair, tmp_path):
+    # the flags were refused on Llama-class models before issue 23; TransformerLens's processing keeps log-probs
+    import torch
+
+    hf = make_hf_llama(tmp_path, **LLAMA_SHAPES["mqa_llama3"])
+    model = tm.from_pretrained(tmp_path)
+    tokens = np.random.default_rng(2).integers(0, model.cfg.d_vocab, (2, 9))
+    with torch.no_grad():
+        want = torch.log_softmax(hf(torch.as_tensor(tokens)).logits, -1).numpy()
+    got = model(tokens)
+    got = got - got.max(-1, keepdims=True)
+    got = got - np.log(np.exp(got).sum(-1, keepdims=True))
+    np.testing.assert_allclose(got, want, atol=1e-4)

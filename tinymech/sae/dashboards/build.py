@@ -349,7 +349,8 @@ def _sizes(sizes: dict, context) -> dict:
     unknown = set(sizes) - set(DEFAULTS)
     if unknown:
         raise InvalidInputError(f"unknown argument {sorted(unknown)[0]!r}; the sizes are {', '.join(DEFAULTS)}")
-    out = {k: whole_number(sizes.get(k, v), k, 0, maximum=1 << 16) for k, v in DEFAULTS.items()}
+    # top_k >= 1: a feature's max activation is its first top context's
+    out = {k: whole_number(sizes.get(k, v), k, int(k == "top_k"), maximum=1 << 16) for k, v in DEFAULTS.items()}
     for k in ("n_intervals", "n_bins"):
         if out[k] < 1 or out[k] & (out[k] - 1):
             raise InvalidInputError(f"{k} must be a power of two, not {out[k]}")
@@ -471,7 +472,9 @@ class _Checkpoint:
         if size < self.rows_done * self.context * 4:
             raise InvalidInputError(f"{self.folder / TOKENS} is shorter than its checkpoint: remove {self.folder} "
                                     "to start over")
-        self.meta["seconds"] = read_index(self.out).get("seconds", self.meta["seconds"])
+        seconds = read_index(self.out).get("seconds")
+        if isinstance(seconds, dict) and all(isinstance(seconds.get(k), float) for k in self.meta["seconds"]):
+            self.meta["seconds"] = seconds  # the time spent so far; a damaged record restarts the timings only
 
     def rows(self, batch: np.ndarray) -> None:
         self.tokens.write(np.ascontiguousarray(batch, np.int32).data)

@@ -185,6 +185,26 @@ def test_a_damaged_record_of_the_time_spent_does_not_stop_a_resume(model, sae, t
         shutil.rmtree(tmp_path / "again")
 
 
+@pytest.mark.parametrize("n_tokens", [None, 300])
+def test_an_interrupt_while_finishing_keeps_the_whole_pass(model, sae, tmp_path, monkeypatch, n_tokens):
+    whole = dashboards(model, sae, tmp_path / "whole", n_tokens=n_tokens)
+
+    def interrupt(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build, "_logit_effects", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        dashboards(model, sae, tmp_path / "cut", n_tokens=n_tokens)
+    monkeypatch.undo()
+    read = []
+    real_rows = build._Checkpoint.rows
+    monkeypatch.setattr(build._Checkpoint, "rows", lambda self, batch: (read.append(len(batch)), real_rows(self, batch)))
+    resumed = dashboards(model, sae, tmp_path / "cut", n_tokens=n_tokens)
+    assert read == []  # nothing read again
+    assert resumed.meta["n_rows"] == whole.meta["n_rows"] and resumed.n_tokens == whole.n_tokens
+    np.testing.assert_array_equal(resumed.count, whole.count)
+
+
 def test_the_cli_says_when_cooccurrence_is_skipped(model, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(build, "COOC_MEMORY", 1024)  # the 1 GiB limit, scaled to this layer's neurons
     corpus = tmp_path / "corpus.txt"

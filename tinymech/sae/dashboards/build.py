@@ -78,10 +78,11 @@ def feature_dashboards(model, sae=None, corpus=None, n_tokens: int | None = None
     batches = _batches(model, source, store, corpus, meta, batch_size, text_field, checkpoint.rows_done)
     try:
         _run(stats, batches, meta, checkpoint, report)
+        return _finish(model, source, stats, meta, out, checkpoint)
     except KeyboardInterrupt:
-        checkpoint.save()
+        if not checkpoint.finished:  # also while finishing: the whole pass is kept
+            checkpoint.save()
         raise
-    return _finish(model, source, stats, meta, out, checkpoint)
 
 
 # --- what the features are ------------------------------------------------------------------------------------------
@@ -201,6 +202,8 @@ def _run(stats, batches, meta, checkpoint, report) -> None:
     seconds = meta["seconds"]
     done = checkpoint.done
     for batch, acts, valid, t_model in batches:
+        if left is not None and done >= left:
+            break  # a resumed pass that had read them all: no row more
         if left is not None:
             kept = np.cumsum(valid)
             if done + int(kept[-1]) >= left:  # the last batch: cut at the n_tokens-th valid token
@@ -250,6 +253,7 @@ def _finish(model, source, stats, meta, out, checkpoint) -> FeatureDashboards:
     labels = auto_labels(dash)
     meta["seconds"]["finish"] = time.perf_counter() - t0
     write_folder(out, meta, arrays, vocab, labels)
+    checkpoint.finished = True  # index.json says complete: a checkpoint must not replace it
     checkpoint.remove()
     if source.sae is not None and source.sae.path and out.resolve().parent == Path(source.sae.path).resolve():
         _write_feature_labels(Path(source.sae.path), dash, labels)
@@ -442,7 +446,7 @@ class _Checkpoint:
     def __init__(self, out: Path, meta: dict, stats, resumed: bool):
         self.folder, self.meta, self.stats, self.out = out / CHECKPOINT, meta, stats, out
         self.context = meta["context"]
-        self.rows_done, self.done = 0, 0
+        self.rows_done, self.done, self.finished = 0, 0, False
         state_file = self.folder / STATE
         if resumed and state_file.is_file():
             self._load(state_file)

@@ -205,6 +205,13 @@ def test_an_interrupt_while_finishing_keeps_the_whole_pass(model, sae, tmp_path,
     np.testing.assert_array_equal(resumed.count, whole.count)
 
 
+def test_sizes_beyond_the_machine_s_memory_are_refused_before_allocating(model, sae, tmp_path, monkeypatch):
+    # top_k=65536 for 2048 features wants 20 GiB, which the 1 TiB limit let the core zero-fill
+    monkeypatch.setattr(build, "_physical_memory", lambda: 1 << 20)
+    with pytest.raises(tm.InvalidInputError, match="would need .* GiB, more than this machine's"):
+        dashboards(model, sae, tmp_path / "m", top_k=65536)
+
+
 def test_the_cli_says_when_cooccurrence_is_skipped(model, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(build, "COOC_MEMORY", 1024)  # the 1 GiB limit, scaled to this layer's neurons
     corpus = tmp_path / "corpus.txt"

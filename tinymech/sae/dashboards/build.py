@@ -430,14 +430,25 @@ def _new_stats(meta: dict):
     n = meta["n_features"]
     need = n * ((meta["top_k"] + meta["n_intervals"] * meta["per_interval"]) * per_context + meta["n_bins"] * 8 + 32)
     need += n * n * 4 if meta["cooccurrence"] else 0
-    if need > 1 << 40:
-        raise InvalidInputError(f"these dashboards would need {need / 2**30:.0f} GiB: choose smaller sizes")
+    memory = _physical_memory()  # the core zero-fills its arrays: past the memory, the OOM killer, not MemoryError
+    if need > memory:
+        raise InvalidInputError(f"these dashboards would need {need / 2**30:.1f} GiB, more than this machine's "
+                                f"{memory / 2**30:.1f} GiB: choose smaller sizes (top_k, n_intervals × per_interval, "
+                                "before + after) or cooccurrence=False")
     try:
         return _core.FeatureStats(n, meta["top_k"], meta["n_intervals"], meta["per_interval"], meta["n_bins"],
                                   meta["before"], meta["after"], meta["cooccurrence"], COOC_CAP, meta["seed"])
     except MemoryError as e:
         raise InvalidInputError(f"not enough memory for the dashboards' {need / 2**30:.2f} GiB: choose smaller "
                                 "sizes or cooccurrence=False") from e
+
+
+def _physical_memory() -> int:
+    """The machine's memory in bytes (1 TiB where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 1 << 40
 
 
 class _Checkpoint:

@@ -53,6 +53,8 @@ def test_the_intact_folder_loads(folder):
     ({"context": 9}, "shape"),
     ({"complete": False}, "unfinished"),
     ({"n_rows": 1}, "outside the corpus"),
+    ({"before": 2**40}, "before must be <="),  # np.arange over every window column: 8 TiB
+    ({"after": 10**9}, "after must be <="),
 ])
 def test_a_lying_index_is_refused(folder, changes, match):
     edit_index(folder, **changes)

@@ -30,7 +30,8 @@ from ...progress import progress_function
 from ..activations import ActivationStore, _row_batches, _stop_layer, model_identity, tokenizer_sha256
 from ..splice import check_hooks, hook_widths
 from .labels import auto_labels, feature_labels_json
-from .store import FORMAT, INDEX, VERSION, FeatureDashboards, from_arrays, read_index, sae_sha256, write_folder
+from .store import (FORMAT, INDEX, MAX_ARGUMENT, VERSION, FeatureDashboards, from_arrays, read_index, sae_sha256,
+                    write_folder)
 
 DEFAULTS = dict(top_k=20, n_intervals=16, per_interval=4, n_bins=64, before=24, after=8, n_logits=10, n_cooc=10)
 COOC_CAP = 64  # features per token that count for co-occurrence (all of a TopK SAE's)
@@ -354,7 +355,7 @@ def _sizes(sizes: dict, context) -> dict:
     if unknown:
         raise InvalidInputError(f"unknown argument {sorted(unknown)[0]!r}; the sizes are {', '.join(DEFAULTS)}")
     # top_k >= 1: a feature's max activation is its first top context's
-    out = {k: whole_number(sizes.get(k, v), k, int(k == "top_k"), maximum=1 << 16) for k, v in DEFAULTS.items()}
+    out = {k: whole_number(sizes.get(k, v), k, int(k == "top_k"), maximum=MAX_ARGUMENT) for k, v in DEFAULTS.items()}
     for k in ("n_intervals", "n_bins"):
         if out[k] < 1 or out[k] & (out[k] - 1):
             raise InvalidInputError(f"{k} must be a power of two, not {out[k]}")

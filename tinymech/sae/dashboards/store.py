@@ -31,6 +31,7 @@ from ...text import printable
 FORMAT, VERSION = "tinymech feature dashboards", 1
 INDEX, ARRAYS, VOCAB, AUTO_LABELS = "index.json", "dashboards.safetensors", "vocab.json", "labels.json"
 MAX_SIZE = 2**40  # any size read from index.json
+MAX_ARGUMENT = 1 << 16  # the largest top_k, before, after... tm.feature_dashboards takes (and index.json may say)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # arrays inside: compared by identity
@@ -236,11 +237,13 @@ def read_index(folder: Path) -> dict:
         whole_number(meta.get(key), f"{path}'s {key}", 0, maximum=MAX_SIZE, error=InvalidInputError)
     for key in ("n_features", "context", "n_bins", "n_intervals"):
         whole_number(meta[key], f"{path}'s {key}", 1, maximum=MAX_SIZE, error=InvalidInputError)
+    for key in ARGUMENTS:  # before and after size every window, whatever the arrays hold
+        whole_number(meta[key], f"{path}'s {key}", 0, maximum=MAX_ARGUMENT, error=InvalidInputError)
     return meta
 
 
-SIZES = ("n_features", "n_tokens", "n_rows", "context", "top_k", "n_intervals", "per_interval", "n_bins", "before",
-         "after", "n_logits", "n_cooc")
+ARGUMENTS = ("top_k", "n_intervals", "per_interval", "n_bins", "before", "after", "n_logits", "n_cooc")
+SIZES = ("n_features", "n_tokens", "n_rows", "context", *ARGUMENTS)
 
 
 def expected_shapes(meta: dict) -> dict[str, tuple]:

@@ -195,6 +195,12 @@ def _dashboards(args) -> int:
         print("tinymech: interrupted; the pass so far is kept: the same command continues it", file=sys.stderr)
         raise
     live = int((dash.count > 0).sum())
+    if not args.no_cooccurrence and not dash.meta.get("cooccurrence"):
+        from .sae.dashboards.build import COOC_MEMORY
+
+        print(f"tinymech: co-occurring features were not counted: {dash.n_features} features would need a "
+              f"{dash.n_features**2 * 4 / 2**30:.0f} GiB matrix, over the {COOC_MEMORY / 2**30:.0f} GiB limit",
+              file=sys.stderr)
     print(printable(f"{dash!r}: {live} of {dash.n_features} features active; open them with "
                     f"`tinymech feature {dash.path} N` or the TUI's feature explorer"))
     return 0

@@ -248,6 +248,19 @@ void FeatureStats::load(FeatureState st) {
   for (int64_t r : st.top_row) require(r >= -1 && r < st.n_rows, "a top row outside the rows seen");
   for (int64_t t : st.sample_token)
     require(t >= -1 && t < st.n_rows * st.context, "a sample token outside the tokens seen");
+  for (size_t i = 0; i < st.top_row.size(); ++i)
+    require(st.top_row[i] < 0 || (st.top_pos[i] >= 0 && st.top_pos[i] < st.context), "a top position outside its row");
+  // every active token is in one bin: a feature's bins add up to its count
+  for (int64_t f = 0; f < c_.n_features; ++f) {
+    int64_t left = st.count[sz(f)];
+    require(left >= 0, "a negative count");
+    for (int64_t j = 0; j < c_.n_bins; ++j) {
+      const int64_t h = st.hist[sz(f * c_.n_bins + j)];
+      require(h >= 0 && h <= left, "a histogram that does not add up to its feature's count");
+      left -= h;
+    }
+    require(left == 0, "a histogram that does not add up to its feature's count");
+  }
   s_ = std::move(st);
 }
 

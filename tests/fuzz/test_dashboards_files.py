@@ -53,6 +53,8 @@ def test_the_intact_folder_loads(folder):
     ({"context": 9}, "shape"),
     ({"complete": False}, "unfinished"),
     ({"n_rows": 1}, "outside the corpus"),
+    ({"before": 2**40}, "before must be <="),  # np.arange over every window column: 8 TiB
+    ({"after": 10**9}, "after must be <="),
 ])
 def test_a_lying_index_is_refused(folder, changes, match):
     edit_index(folder, **changes)
@@ -70,6 +72,9 @@ def test_a_lying_index_is_refused(folder, changes, match):
     ("rows", lambda a: a[::-1].copy(), "rows"),
     ("cooc_ids", lambda a: a + 100, "cooc_ids"),
     ("count", lambda a: a.astype(np.float32), "count"),
+    ("range", lambda a: np.full_like(a, np.inf), "range"),
+    ("range", lambda a: np.full_like(a, np.nan), "range"),
+    ("range", lambda a: -a, "range"),
     ("promoted_ids", lambda a: a.astype(np.float64), "promoted_ids"),
 ])
 def test_arrays_pointing_outside_are_refused(folder, name, value, match):
@@ -86,6 +91,8 @@ def test_arrays_pointing_outside_are_refused(folder, name, value, match):
     lambda f: (f / VOCAB).write_text('{"x": 3}'),
     lambda f: (f / VOCAB).write_text('{"1": 3}'),
     lambda f: (f / VOCAB).write_text("[1, 2]"),
+    lambda f: (f / VOCAB).write_text('{"\u00b2": "x"}'),  # a digit to str.isdigit, not to int()
+    lambda f: (f / VOCAB).write_text('{"' + "9" * 5000 + '": "x"}'),
 ])
 def test_damaged_files_are_refused(folder, damage):
     damage(folder)
@@ -96,3 +103,22 @@ def test_damaged_files_are_refused(folder, damage):
 def test_no_folder(tmp_path):
     with pytest.raises(tm.InvalidInputError, match="no feature dashboards"):
         tm.FeatureDashboards.load(tmp_path)
+
+
+def test_rows_whose_differences_overflow_are_not_taken_as_sorted(folder):
+    """2**62 then -2**63 + 1: their difference wraps around to a positive number."""
+    arrays = load_file(str(folder / ARRAYS))
+    arrays["rows"] = np.concatenate([[2**62, -2**63 + 1], arrays["rows"]]).astype(np.int64)
+    arrays["tokens"] = np.concatenate([np.zeros((2, arrays["tokens"].shape[1]), arrays["tokens"].dtype),
+                                       arrays["tokens"]])
+    save_file(arrays, str(folder / ARRAYS))
+    with pytest.raises(tm.InvalidInputError, match="rows"):
+        every_feature(folder)
+
+
+def test_a_huge_token_id_in_the_vocabulary_allocates_nothing_for_it(folder):
+    """The strings are looked up for the ids shown, not laid out up to the largest id in the file."""
+    vocab = json.loads((folder / VOCAB).read_text())
+    (folder / VOCAB).write_text(json.dumps(vocab | {str(2**62): "far"}))
+    dash = every_feature(folder)
+    assert dash[0].top_contexts[0].tokens == tuple(vocab[str(int(t))] for t in dash[0].top_contexts[0].token_ids)

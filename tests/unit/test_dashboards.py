@@ -164,6 +164,63 @@ def test_an_interrupted_run_continues_to_the_same_result(model, sae, tmp_path, m
     assert not (tmp_path / "cut" / "checkpoint").exists()
 
 
+def test_a_damaged_record_of_the_time_spent_does_not_stop_a_resume(model, sae, tmp_path, monkeypatch):
+    whole = dashboards(model, sae, tmp_path / "whole", n_tokens=300)
+    real_rows = build._Checkpoint.rows
+
+    def interrupt(self, batch):
+        real_rows(self, batch)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build._Checkpoint, "rows", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        dashboards(model, sae, tmp_path / "cut", n_tokens=300)
+    monkeypatch.undo()
+    for seconds in ("x", {}, {"model": "1", "encode": 0.0, "merge": 0.0}):
+        index = json.loads((tmp_path / "cut" / "index.json").read_text())
+        (tmp_path / "cut" / "index.json").write_text(json.dumps(index | {"seconds": seconds}))
+        shutil.copytree(tmp_path / "cut", tmp_path / "again", dirs_exist_ok=True)
+        resumed = dashboards(model, sae, tmp_path / "again", n_tokens=300)
+        np.testing.assert_array_equal(resumed.count, whole.count)
+        shutil.rmtree(tmp_path / "again")
+
+
+@pytest.mark.parametrize("n_tokens", [None, 300])
+def test_an_interrupt_while_finishing_keeps_the_whole_pass(model, sae, tmp_path, monkeypatch, n_tokens):
+    whole = dashboards(model, sae, tmp_path / "whole", n_tokens=n_tokens)
+
+    def interrupt(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build, "_logit_effects", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        dashboards(model, sae, tmp_path / "cut", n_tokens=n_tokens)
+    monkeypatch.undo()
+    read = []
+    real_rows = build._Checkpoint.rows
+    monkeypatch.setattr(build._Checkpoint, "rows", lambda self, batch: (read.append(len(batch)), real_rows(self, batch)))
+    resumed = dashboards(model, sae, tmp_path / "cut", n_tokens=n_tokens)
+    assert read == []  # nothing read again
+    assert resumed.meta["n_rows"] == whole.meta["n_rows"] and resumed.n_tokens == whole.n_tokens
+    np.testing.assert_array_equal(resumed.count, whole.count)
+
+
+def test_sizes_beyond_the_machine_s_memory_are_refused_before_allocating(model, sae, tmp_path, monkeypatch):
+    # top_k=65536 for 2048 features wants 20 GiB, which the 1 TiB limit let the core zero-fill
+    monkeypatch.setattr(build, "_physical_memory", lambda: 1 << 20)
+    with pytest.raises(tm.InvalidInputError, match="would need .* GiB, more than this machine's"):
+        dashboards(model, sae, tmp_path / "m", top_k=65536)
+
+
+def test_the_cli_says_when_cooccurrence_is_skipped(model, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(build, "COOC_MEMORY", 1024)  # the 1 GiB limit, scaled to this layer's neurons
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("<|endoftext|>".join(TEXTS))
+    assert main(["dashboards", "--hook", "blocks.1.mlp.hook_post", "--corpus", str(corpus), "--tokens", "100",
+                 "--context", str(CONTEXT), "--out", str(tmp_path / "d")]) == 0
+    assert "co-occurring features were not counted" in capsys.readouterr().err
+
+
 def test_refusals(model, sae, tmp_path):
     with pytest.raises(tm.InvalidInputError, match="less than one row"):
         tm.feature_dashboards(model, sae, ["too short"], out=tmp_path / "short", context=64, progress=False)
@@ -173,6 +230,8 @@ def test_refusals(model, sae, tmp_path):
         tm.feature_dashboards(model, None, TEXTS, hook="blocks.1.mlp.hook_post", progress=False)
     with pytest.raises(tm.InvalidInputError, match="power of two"):
         dashboards(model, sae, tmp_path / "p", n_bins=12)
+    with pytest.raises(tm.InvalidInputError, match="top_k"):  # the max activation is the first top context's
+        dashboards(model, sae, tmp_path / "k", top_k=0)
     with pytest.raises(tm.InvalidInputError, match="ran out"):
         dashboards(model, sae, tmp_path / "r", n_tokens=10**6)
     dashboards(model, sae, tmp_path / "d", n_tokens=200)

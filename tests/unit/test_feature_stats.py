@@ -250,3 +250,28 @@ def test_load_state_checks_what_it_is_given():
         with pytest.raises(ValueError, match=match):
             fs.load_state(state)
     assert_same(fs.state(), good)
+
+
+def test_load_state_refuses_positions_and_counts_a_pass_cannot_give():
+    """A checkpoint's top position past its row would point into the next row (or outside the corpus, refused only
+    when the finished folder is read); a count its histogram does not add up to is silently wrong."""
+    x, valid, idx, val = corpus(np.random.default_rng(5), 12, True)
+    fed = stats()
+    feed(fed, x, valid, idx, val, 3)
+    good = fed.state()
+    f = int(np.argmax(good["count"]))
+    assert good["count"][f] > 0 and good["top_row"][f, 0] >= 0
+
+    def changed(name, value):
+        a = good[name].copy()
+        a.reshape(F, -1)[f, 0] = value  # feature f's first entry
+        return {**good, name: a}
+
+    cases = [(changed("top_pos", CONTEXT), "top position"), (changed("top_pos", -1), "top position"),
+             (changed("count", -1), "negative count"), (changed("count", good["count"][f] + 1), "add up"),
+             (changed("hist", -1), "add up"), (changed("hist", 2**62), "add up")]
+    for state, match in cases:
+        with pytest.raises(ValueError, match=match):
+            fed.load_state(state)
+    assert_same(fed.state(), good)
+    fed.load_state(good)

@@ -149,7 +149,9 @@ def activation(**changes):
     (hostile(activations=["x"]), "must be an object"),
     (activation(values=[1.0]), "as many values as tokens"),
     (activation(tokens=[], values=[]), "as many values as tokens"),
-    (activation(values=[0, 1, 1e39, 0]), "beyond float32"),
+    (activation(values=[0, 1, 1e39, 0]), "within float32's range"),
+    (hostile(maxActApprox=1e300), "within float32's range"),  # overflowed the float32 array of maxima
+    (hostile(freq_hist_data_bar_values=[-1e308, 1e308, 1.5e308]), "within float32's range"),  # edges overflowed
     (activation(values=[0, 1, None, 0]), "values must be a finite number"),
     (activation(maxValueTokenIndex=4), "peak token index must be <= 3"),
     (activation(tinymech={"token_ids": [1, 2]}), "token_ids must be a list as long"),

@@ -30,7 +30,8 @@ from ...progress import progress_function
 from ..activations import ActivationStore, _row_batches, _stop_layer, model_identity, tokenizer_sha256
 from ..splice import check_hooks, hook_widths
 from .labels import auto_labels, feature_labels_json
-from .store import FORMAT, INDEX, VERSION, FeatureDashboards, from_arrays, read_index, sae_sha256, write_folder
+from .store import (FORMAT, INDEX, MAX_ARGUMENT, VERSION, FeatureDashboards, from_arrays, read_index, sae_sha256,
+                    write_folder)
 
 DEFAULTS = dict(top_k=20, n_intervals=16, per_interval=4, n_bins=64, before=24, after=8, n_logits=10, n_cooc=10)
 COOC_CAP = 64  # features per token that count for co-occurrence (all of a TopK SAE's)
@@ -78,10 +79,11 @@ def feature_dashboards(model, sae=None, corpus=None, n_tokens: int | None = None
     batches = _batches(model, source, store, corpus, meta, batch_size, text_field, checkpoint.rows_done)
     try:
         _run(stats, batches, meta, checkpoint, report)
+        return _finish(model, source, stats, meta, out, checkpoint)
     except KeyboardInterrupt:
-        checkpoint.save()
+        if not checkpoint.finished:  # also while finishing: the whole pass is kept
+            checkpoint.save()
         raise
-    return _finish(model, source, stats, meta, out, checkpoint)
 
 
 # --- what the features are ------------------------------------------------------------------------------------------
@@ -202,6 +204,8 @@ def _run(stats, batches, meta, checkpoint, report) -> None:
     seconds = meta["seconds"]
     done = checkpoint.done
     for batch, acts, valid, t_model in batches:
+        if left is not None and done >= left:
+            break  # a resumed pass that had read them all: no row more
         if left is not None:
             kept = np.cumsum(valid)
             if done + int(kept[-1]) >= left:  # the last batch: cut at the n_tokens-th valid token
@@ -251,6 +255,7 @@ def _finish(model, source, stats, meta, out, checkpoint) -> FeatureDashboards:
     labels = auto_labels(dash)
     meta["seconds"]["finish"] = time.perf_counter() - t0
     write_folder(out, meta, arrays, vocab, labels)
+    checkpoint.finished = True  # index.json says complete: a checkpoint must not replace it
     checkpoint.remove()
     if source.sae is not None and source.sae.path and out.resolve().parent == Path(source.sae.path).resolve():
         _write_feature_labels(Path(source.sae.path), dash, labels)
@@ -350,7 +355,8 @@ def _sizes(sizes: dict, context) -> dict:
     unknown = set(sizes) - set(DEFAULTS)
     if unknown:
         raise InvalidInputError(f"unknown argument {sorted(unknown)[0]!r}; the sizes are {', '.join(DEFAULTS)}")
-    out = {k: whole_number(sizes.get(k, v), k, 0, maximum=1 << 16) for k, v in DEFAULTS.items()}
+    # top_k >= 1: a feature's max activation is its first top context's
+    out = {k: whole_number(sizes.get(k, v), k, int(k == "top_k"), maximum=MAX_ARGUMENT) for k, v in DEFAULTS.items()}
     for k in ("n_intervals", "n_bins"):
         if out[k] < 1 or out[k] & (out[k] - 1):
             raise InvalidInputError(f"{k} must be a power of two, not {out[k]}")
@@ -426,8 +432,11 @@ def _new_stats(meta: dict):
     n = meta["n_features"]
     need = n * ((meta["top_k"] + meta["n_intervals"] * meta["per_interval"]) * per_context + meta["n_bins"] * 8 + 32)
     need += n * n * 4 if meta["cooccurrence"] else 0
-    if need > 1 << 40:
-        raise InvalidInputError(f"these dashboards would need {need / 2**30:.0f} GiB: choose smaller sizes")
+    memory = _physical_memory()  # the core zero-fills its arrays: past the memory, the OOM killer, not MemoryError
+    if need > memory:
+        raise InvalidInputError(f"these dashboards would need {need / 2**30:.1f} GiB, more than this machine's "
+                                f"{memory / 2**30:.1f} GiB: choose smaller sizes (top_k, n_intervals × per_interval, "
+                                "before + after) or cooccurrence=False")
     try:
         return _core.FeatureStats(n, meta["top_k"], meta["n_intervals"], meta["per_interval"], meta["n_bins"],
                                   meta["before"], meta["after"], meta["cooccurrence"], COOC_CAP, meta["seed"])
@@ -436,13 +445,21 @@ def _new_stats(meta: dict):
                                 "sizes or cooccurrence=False") from e
 
 
+def _physical_memory() -> int:
+    """The machine's memory in bytes (1 TiB where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 1 << 40
+
+
 class _Checkpoint:
     """out/checkpoint: the corpus rows so far (tokens.bin) and the core's state at the last save."""
 
     def __init__(self, out: Path, meta: dict, stats, resumed: bool):
         self.folder, self.meta, self.stats, self.out = out / CHECKPOINT, meta, stats, out
         self.context = meta["context"]
-        self.rows_done, self.done = 0, 0
+        self.rows_done, self.done, self.finished = 0, 0, False
         state_file = self.folder / STATE
         if resumed and state_file.is_file():
             self._load(state_file)
@@ -472,7 +489,9 @@ class _Checkpoint:
         if size < self.rows_done * self.context * 4:
             raise InvalidInputError(f"{self.folder / TOKENS} is shorter than its checkpoint: remove {self.folder} "
                                     "to start over")
-        self.meta["seconds"] = read_index(self.out).get("seconds", self.meta["seconds"])
+        seconds = read_index(self.out).get("seconds")
+        if isinstance(seconds, dict) and all(isinstance(seconds.get(k), float) for k in self.meta["seconds"]):
+            self.meta["seconds"] = seconds  # the time spent so far; a damaged record restarts the timings only
 
     def rows(self, batch: np.ndarray) -> None:
         self.tokens.write(np.ascontiguousarray(batch, np.int32).data)

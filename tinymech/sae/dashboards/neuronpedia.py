@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import collections
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ from .store import Context, FeatureDashboard, FeatureDashboards, Interval
 EXTRA = "tinymech"
 AUTO, USER = "tinymech-auto", "tinymech-user"
 MAX_FEATURES = 2**24  # the largest index read: the arrays over all features are allocated up to it
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 NOMINAL_TOKENS = 10**9  # corpus size assumed when a file gives only densities
 
 __all__ = ["export_neuronpedia", "import_neuronpedia"]
@@ -163,8 +163,10 @@ def _index(value, where: str) -> int:
 
 
 def _number(value, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InvalidInputError(f"{what} must be a finite number, not {str(value)[:40]!r}")
+    """A number from the file, within float32's range: what dashboards hold, and sums and differences of such
+    numbers (the histogram's edges, the mean) stay finite."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not abs(value) <= FLOAT32_MAX:
+        raise InvalidInputError(f"{what} must be a finite number within float32's range, not {str(value)[:40]!r}")
     return float(value)
 
 
@@ -178,12 +180,6 @@ def _strings(obj: dict, key: str, where: str) -> list[str]:
     if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
         raise InvalidInputError(f"{where}'s {key} must be a list of strings")
     return values
-
-
-def _float32(values: np.ndarray, what: str) -> np.ndarray:
-    if np.any(np.abs(values) > np.finfo(np.float32).max):
-        raise InvalidInputError(f"{what} holds a value beyond float32's range")
-    return values.astype(np.float32)
 
 
 def _n_tokens(objects: list, path: Path) -> int:
@@ -266,7 +262,7 @@ def _context(a, where: str) -> tuple[Context, float | None, float | None, float 
     if not tokens or len(tokens) != len(values):
         raise InvalidInputError(f"{where} needs as many values as tokens (at least one), not {len(values)} for "
                                 f"{len(tokens)}")
-    acts = _float32(values, f"{where}'s values")
+    acts = values.astype(np.float32)
     peak = _field(a, "qualifyingTokenIndex", "maxValueTokenIndex")
     peak = int(np.argmax(acts)) if peak is None else \
         whole_number(peak, f"{where}'s peak token index", 0, maximum=len(tokens) - 1, error=InvalidInputError)

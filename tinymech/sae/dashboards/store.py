@@ -31,6 +31,7 @@ from ...text import printable
 FORMAT, VERSION = "tinymech feature dashboards", 1
 INDEX, ARRAYS, VOCAB, AUTO_LABELS = "index.json", "dashboards.safetensors", "vocab.json", "labels.json"
 MAX_SIZE = 2**40  # any size read from index.json
+MAX_ARGUMENT = 1 << 16  # the largest top_k, before, after... tm.feature_dashboards takes (and index.json may say)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # arrays inside: compared by identity
@@ -236,11 +237,13 @@ def read_index(folder: Path) -> dict:
         whole_number(meta.get(key), f"{path}'s {key}", 0, maximum=MAX_SIZE, error=InvalidInputError)
     for key in ("n_features", "context", "n_bins", "n_intervals"):
         whole_number(meta[key], f"{path}'s {key}", 1, maximum=MAX_SIZE, error=InvalidInputError)
+    for key in ARGUMENTS:  # before and after size every window, whatever the arrays hold
+        whole_number(meta[key], f"{path}'s {key}", 0, maximum=MAX_ARGUMENT, error=InvalidInputError)
     return meta
 
 
-SIZES = ("n_features", "n_tokens", "n_rows", "context", "top_k", "n_intervals", "per_interval", "n_bins", "before",
-         "after", "n_logits", "n_cooc")
+ARGUMENTS = ("top_k", "n_intervals", "per_interval", "n_bins", "before", "after", "n_logits", "n_cooc")
+SIZES = ("n_features", "n_tokens", "n_rows", "context", *ARGUMENTS)
 
 
 def expected_shapes(meta: dict) -> dict[str, tuple]:
@@ -307,14 +310,16 @@ def read_arrays(path: Path, meta: dict) -> dict[str, np.ndarray]:
 
 def _check_references(path: Path, meta: dict, a: dict) -> None:
     """Every offset in the arrays points inside them (they come from a file)."""
-    if len(a["rows"]) != len(a["tokens"]) or np.any(np.diff(a["rows"]) <= 0):
+    rows, start = a["rows"], a["window_start"]  # compared, not subtracted: a difference may overflow
+    if len(rows) != len(a["tokens"]) or np.any(rows[1:] <= rows[:-1]):
         raise InvalidInputError(f"{path}'s rows are not sorted indices of its token rows")
-    start = a["window_start"]
-    if start[0] != 0 or np.any(np.diff(start) < 0) or start[-1] != len(a["window_offset"]) \
+    if start[0] != 0 or np.any(start[1:] < start[:-1]) or start[-1] != len(a["window_offset"]) \
             or len(a["window_offset"]) != len(a["window_value"]):
         raise InvalidInputError(f"{path}'s window_start does not index its windows")
     if np.any(np.abs(a["window_offset"].astype(np.int64)) > meta["context"]):
         raise InvalidInputError(f"{path}'s window_offset points outside a row")
+    if not np.all(np.isfinite(a["range"]) & (a["range"] >= 0)):
+        raise InvalidInputError(f"{path}'s range holds a negative or non-finite value")
     n_corpus = meta["n_rows"] * meta["context"]
     for name in ("top_token", "sample_token"):
         t = a[name]
@@ -333,8 +338,9 @@ def _read_vocab(path: Path) -> dict[int, str]:
     data = read_json(path, "the dashboards' vocabulary", InvalidInputError)
     vocab = {}
     for key, value in data.items():
-        if not isinstance(value, str) or not key.isdigit():
-            raise InvalidInputError(f"{path} maps {key!r} to {value!r}: token ids to strings are expected")
+        if not isinstance(value, str) or not (key.isascii() and key.isdigit() and len(key) <= 19):
+            raise InvalidInputError(f"{path} maps {key[:40]!r} to {str(value)[:40]!r}: token ids to strings are "
+                                    "expected")
         vocab[int(key)] = value
     return vocab
 
@@ -369,8 +375,6 @@ def from_arrays(meta: dict, a: Mapping[str, np.ndarray], vocab: Mapping[int, str
                 path: Path | None = None, notes_path: Path | None = None) -> FeatureDashboards:
     summary = summary_of(meta, a)
 
-    top_id = max(vocab, default=-1)
-    names = np.array([vocab.get(i, f"<{i}>") for i in range(top_id + 1)], dtype=object)
     ctx, before = meta["context"], meta["before"]
     offsets = np.arange(-before, meta["after"] + 1)
 
@@ -389,9 +393,8 @@ def from_arrays(meta: dict, a: Mapping[str, np.ndarray], vocab: Mapping[int, str
         ok = (col >= 0) & (col < len(offsets))
         acts = np.zeros(ids.shape, np.float32)
         acts[which[ok], col[ok]] = a["window_value"][entries[ok]]
-        strs = names[np.clip(ids, 0, max(top_id, 0))] if top_id >= 0 else np.full(ids.shape, "", dtype=object)
-        unknown = (ids < 0) | (ids > top_id)
-        strs[unknown] = [f"<{int(i)}>" for i in ids[unknown]]
+        used, which_id = np.unique(ids, return_inverse=True)  # only the ids shown: vocab's ids come from a file
+        strs = np.array([vocab.get(i, f"<{i}>") for i in used.tolist()], dtype=object)[which_id].reshape(ids.shape)
         first = np.maximum(before - pos, 0).tolist()  # the window's part inside the row: [first, last)
         last = np.minimum(before + ctx - pos, len(offsets)).tolist()
         rows, poss = row.tolist(), pos.tolist()

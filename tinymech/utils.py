@@ -1,6 +1,6 @@
 """transformer_lens.utils's helpers that notebooks call, over numpy:
 test_prompt, get_act_name, to_numpy, get_corner, composition_scores,
-lm_cross_entropy_loss, remove_batch_dim.
+lm_cross_entropy_loss, remove_batch_dim, tokenize_and_concatenate.
 
     from tinymech import utils
     utils.test_prompt("Mr Darcy walked in. Mr", "Darcy", model)
@@ -16,7 +16,30 @@ from .model_helpers import lm_cross_entropy_loss
 from .ops import log_sum_exp, top_k
 
 __all__ = ["composition_scores", "get_act_name", "get_corner", "lm_cross_entropy_loss", "remove_batch_dim",
-           "test_prompt", "to_numpy"]
+           "test_prompt", "to_numpy", "tokenize_and_concatenate"]
+
+
+def tokenize_and_concatenate(dataset, tokenizer, streaming: bool = False, max_length: int = 1024,
+                             column_name: str = "text", add_bos_token: bool = True, num_proc: int = 10) -> dict:
+    """transformer_lens.utils.tokenize_and_concatenate(dataset, model.tokenizer, ...): {"tokens": rows
+    [n, max_length]} (int64) of the texts, EOS between them, BOS first in each row when add_bos_token
+    (tm.tokenize_and_concatenate's rows). dataset: strings, or rows (dicts, a Hugging Face dataset)
+    holding column_name."""
+    from .corpus import _rows
+
+    texts = (row if isinstance(row, str) else _column(row, column_name) for row in dataset)
+    max_length = whole_number(max_length, "max_length", 1 + bool(add_bos_token))
+    if add_bos_token and tokenizer.bos_token_id is None:
+        raise InvalidInputError("this tokenizer has no BOS token: pass add_bos_token=False")
+    blocks = list(_rows(tokenizer, texts, max_length, add_bos_token))
+    return {"tokens": np.concatenate(blocks) if blocks else np.zeros((0, max_length), np.int64)}
+
+
+def _column(row, column_name: str) -> str:
+    try:
+        return row[column_name]
+    except (KeyError, TypeError, IndexError):
+        raise InvalidInputError(f"a dataset row has no {column_name!r} column (column_name names another)") from None
 
 
 def to_numpy(x) -> np.ndarray:

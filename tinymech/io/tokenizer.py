@@ -131,6 +131,83 @@ class Tokenizer:
         with panics_as_errors("the tokenizer failed to decode"):
             return self.backend.decode_batch(ids, skip_special_tokens=False)
 
+    # ---- what notebooks call on a Hugging Face tokenizer (model.tokenizer(...), .pad_token, ...) ----
+
+    padding_side = "right"
+
+    def _name(self, token_id: int | None) -> str | None:
+        return None if token_id is None else self.backend.id_to_token(token_id)
+
+    @property
+    def bos_token(self) -> str | None:
+        return self._name(self.bos_token_id)
+
+    @property
+    def eos_token(self) -> str | None:
+        return self._name(self.eos_token_id)
+
+    @property
+    def pad_token_id(self) -> int | None:
+        """The padding id: the EOS token's, as TransformerLens sets it on tokenizers without one."""
+        return getattr(self, "_pad_token_id", None) or self.eos_token_id
+
+    @property
+    def pad_token(self) -> str | None:
+        return self._name(self.pad_token_id)
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def convert_ids_to_tokens(self, ids):
+        """The vocabulary's string of each id (byte-level BPE's Ġ for a space, as Hugging Face's)."""
+        if isinstance(ids, (int, np.integer)):
+            return self._name(self._ids([ids], None)[0])
+        return [self._name(i) for i in self._ids(ids, None)]
+
+    def batch_decode(self, sequences, skip_special_tokens: bool = False) -> list[str]:
+        return [self.decode(list(np.asarray(s).reshape(-1)), skip_special_tokens=skip_special_tokens)
+                for s in sequences]
+
+    def __call__(self, text, padding=False, truncation: bool = False, max_length: int | None = None,
+                 add_special_tokens: bool = True, return_tensors: str | None = None,
+                 return_attention_mask: bool = True) -> "Encoding":
+        """Hugging Face's tokenizer call: {"input_ids", "attention_mask"} for a text or a list of
+        them; padding True/"longest" or "max_length" on padding_side with pad_token_id;
+        truncation to max_length; return_tensors None (lists), "np" or "pt" (torch, if installed)."""
+        single = isinstance(text, str)
+        texts = [text] if single else list(text)
+        if not all(isinstance(t, str) for t in texts):
+            raise InvalidTokensError("the tokenizer takes a string or a list of strings")
+        rows = [call_tokenizers("the tokenizer failed to encode",
+                                lambda t=t: self.backend.encode(t, add_special_tokens=add_special_tokens),
+                                error=InvalidTokensError).ids for t in texts]
+        if max_length is not None:
+            max_length = whole_number(max_length, "max_length", 1, error=InvalidTokensError)
+        if truncation and max_length is not None:
+            rows = [r[:max_length] for r in rows]
+        masks = [[1] * len(r) for r in rows]
+        if padding not in (False, None, "do_not_pad"):
+            if padding not in (True, "longest", "max_length"):
+                raise InvalidTokensError(f"padding must be True, 'longest', 'max_length' or False, not {padding!r}")
+            width = max_length if padding == "max_length" and max_length else max(map(len, rows), default=0)
+            pad = self.pad_token_id
+            if pad is None:
+                raise InvalidTokensError("this tokenizer has no padding token (nor an EOS token to pad with)")
+            left = self.padding_side == "left"
+            fill = [width - len(r) for r in rows]
+            rows = [[pad] * n + r if left else r + [pad] * n for r, n in zip(rows, fill)]
+            masks = [[0] * n + m if left else m + [0] * n for m, n in zip(masks, fill)]
+        out = Encoding(input_ids=rows, **({"attention_mask": masks} if return_attention_mask else {}))
+        if return_tensors is not None:
+            if len({len(r) for r in rows}) > 1:
+                raise InvalidTokensError("texts of different lengths need padding=True to become one array")
+            for key in out:
+                out[key] = _tensor(out[key], return_tensors)
+        elif single:
+            for key in out:
+                out[key] = out[key][0]
+        return out
+
     def to_tokens(self, text: str | list[str], prepend_bos: bool = True) -> np.ndarray:
         texts = [text] if isinstance(text, str) else list(text)
         rows = [self.encode(t) for t in texts]
@@ -145,3 +222,24 @@ class Tokenizer:
                 "of equal length, so pass them one at a time"
             )
         return np.array(rows, dtype=np.int64).reshape(len(rows), -1)
+
+
+class Encoding(dict):
+    """What a Hugging Face tokenizer call returns (its BatchEncoding): keys also as attributes."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def _tensor(rows: list, kind: str):
+    array = np.asarray(rows, dtype=np.int64)
+    if kind == "np":
+        return array
+    if kind == "pt":
+        import torch  # only when asked for
+
+        return torch.from_numpy(array)
+    raise InvalidTokensError(f"return_tensors must be None, 'np' or 'pt', not {kind!r}")

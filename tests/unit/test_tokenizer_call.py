@@ -1,0 +1,32 @@
+"""model.tokenizer's Hugging Face-style call: hostile arguments get InvalidTokensError (the
+equality with Hugging Face's tokenizer is in tests/reference/test_tokenizer_hf.py)."""
+from __future__ import annotations
+
+import pytest
+
+import tinymech as tm
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tm.load().tokenizer
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda t: t(["a", 3]), "string"),
+    (lambda t: t("a", padding="sideways"), "padding must be"),
+    (lambda t: t(["a", "b c"], padding=True, return_tensors="tf"), "return_tensors"),
+    (lambda t: t("a", truncation=True, max_length=0), "max_length"),
+    (lambda t: t(["a", "b c d"], return_tensors="np"), "padding=True"),
+])
+def test_bad_calls_are_refused(tok, call, match):
+    with pytest.raises(tm.InvalidTokensError, match=match):
+        call(tok)
+
+
+def test_a_single_text_gives_flat_lists_and_padding_fills_the_mask(tok):
+    enc = tok("Mr Darcy")
+    assert isinstance(enc.input_ids[0], int) and enc.attention_mask == [1] * len(enc.input_ids)
+    batch = tok(["Mr Darcy walked", "Hi"], padding=True)
+    assert len(batch.input_ids[0]) == len(batch.input_ids[1]) and batch.attention_mask[1][-1] == 0
+    assert batch.input_ids[1][-1] == tok.pad_token_id == tok.eos_token_id

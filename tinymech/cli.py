@@ -212,9 +212,10 @@ def _feature(args) -> int:
     source = Path(args.source)
     if source.is_file():
         dash = tm.import_neuronpedia(source)
+    elif not (source / "index.json").is_file() and (source / "cfg.json").is_file():  # an SAE's folder
+        sae = tm.SAE.load(source)  # its dashboards must be of these weights (a retrained SAE's are stale)
+        dash = tm.FeatureDashboards.load(source / "dashboards", sae=sae)
     else:
-        if not (source / "index.json").is_file() and (source / "dashboards" / "index.json").is_file():
-            source = source / "dashboards"
         dash = tm.FeatureDashboards.load(source)
     if args.neuronpedia:
         path = tm.export_neuronpedia(dash, args.neuronpedia, features=None if args.feature == "all" else args.feature)

@@ -316,3 +316,18 @@ def test_a_whole_corpus_shows_its_count_not_a_total_of_zero(model, sae, tmp_path
     dashboards(model, sae, tmp_path / "d", progress=True)  # n_tokens=None: the total is not known
     err = capsys.readouterr().err
     assert "tokens/s" in err and "/0 [" not in err and "-" not in err.replace("-gpt2", "")
+
+
+def test_the_feature_command_refuses_the_dashboards_of_a_retrained_sae(model, sae, tmp_path, capsys):
+    folder = tmp_path / "sae"
+    shutil.copytree(DEMO_SAE, folder, ignore=shutil.ignore_patterns("dashboards", "feature_labels.json"))
+    dashboards(model, tm.SAE.load(folder), folder / "dashboards", n_tokens=200)
+    assert main(["feature", str(folder), "3"]) == 0
+    retrained = tm.SAE.load(folder)
+    w_dec = retrained.W_dec.copy()
+    w_dec[0] *= -1
+    tm.SAE(retrained.cfg, {"W_enc": retrained.W_enc, "b_enc": retrained.b_enc, "W_dec": w_dec,
+                           "b_dec": retrained.b_dec}).save(folder)
+    capsys.readouterr()
+    assert main(["feature", str(folder), "3"]) == 2
+    assert "another SAE" in capsys.readouterr().err

@@ -27,6 +27,9 @@ ENCODER_CASES = [
     ("transcoder", {}),
     ("skip_transcoder", {}),
     ("jumprelu_transcoder", {"normalize_activations": "layer_norm"}),
+    ("gated", {}),
+    ("gated", {"apply_b_dec_to_input": False}),
+    ("gated", {"normalize_activations": "layer_norm"}),
 ]
 
 
@@ -96,6 +99,7 @@ SPLICE_CASES = [
     ("standard", "blocks.2.hook_resid_post", None, {"normalize_activations": "layer_norm"}),
     ("transcoder", "blocks.1.ln2.hook_normalized", "blocks.1.hook_mlp_out", {}),
     ("jumprelu_transcoder", "blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out", {}),
+    ("gated", "blocks.1.hook_resid_pre", None, {}),
 ]
 
 

@@ -1,7 +1,7 @@
 // Sparse autoencoders and transcoders in SAELens's parameterisation.
 //
 // encode: x [rows, d_in] -> normalize -> (- b_dec) -> x·W_enc + b_enc
-//         -> ReLU / JumpReLU / TopK / gated -> sparse codes (active features per row)
+//         -> ReLU / JumpReLU / TopK / gated / AbsTopK -> sparse codes (active features per row)
 // decode: codes·W_dec + b_dec -> undo the input normalization (+ x·W_skipᵀ)
 //
 // The encoder GEMM is tmech::matmul; decoding walks only the active features
@@ -24,13 +24,13 @@ namespace tmech {
 
 std::string shape_string(const std::vector<int64_t>& shape);  // "[2, 5, 64]", for messages
 
-enum class SaeActivation { relu, jumprelu, topk, gated };
+enum class SaeActivation { relu, jumprelu, topk, gated, abstopk };
 enum class SaeNorm { none, constant_norm_rescale, layer_norm };
 
 struct SaeConfig {
   int64_t d_in = 0, d_sae = 0, d_out = 0;
   SaeActivation activation = SaeActivation::relu;
-  int64_t k = 0;                              // topk
+  int64_t k = 0;                              // topk, abstopk
   bool apply_b_dec_to_input = false;          // needs d_in == d_out
   bool rescale_acts_by_decoder_norm = false;  // topk
   SaeNorm norm = SaeNorm::none;

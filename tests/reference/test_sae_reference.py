@@ -30,6 +30,8 @@ ENCODER_CASES = [
     ("gated", {}),
     ("gated", {"apply_b_dec_to_input": False}),
     ("gated", {"normalize_activations": "layer_norm"}),
+    ("abstopk", {"k": 7}),
+    ("abstopk", {"k": 5, "rescale_acts_by_decoder_norm": True}),
 ]
 
 
@@ -49,7 +51,9 @@ def test_encode_and_reconstruct_match_saelens(tmp_path, arch, cfg, shape):
         assert rel_err(ours.decode(got, acts=x), recons) <= TOL
         idx, val = ours.encode_sparse(x)
         assert rel_err(ours.decode((idx, val), acts=x), recons) <= TOL
-    assert (got > 0).sum(-1).max() <= (cfg.get("k") or D_SAE)
+    assert (got != 0).sum(-1).max() <= (cfg.get("k") or D_SAE)
+    if arch == "abstopk":  # exactly k, signed
+        assert (got != 0).sum(-1).min() == cfg["k"] and (got < 0).any()
 
 
 def test_pre_6_config_keys(tmp_path):
@@ -100,6 +104,7 @@ SPLICE_CASES = [
     ("transcoder", "blocks.1.ln2.hook_normalized", "blocks.1.hook_mlp_out", {}),
     ("jumprelu_transcoder", "blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out", {}),
     ("gated", "blocks.1.hook_resid_pre", None, {}),
+    ("abstopk", "blocks.2.hook_attn_out", None, {"k": 9}),
 ]
 
 

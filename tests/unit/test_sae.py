@@ -311,3 +311,18 @@ def test_a_gated_sae_saves_pickles_and_splices_with_its_own_tensors(tmp_path, mo
     acts = model.run_with_cache(tokens(), names_filter=HOOK)[1][HOOK] - sae.b_dec
     pre = acts @ (sae.W_enc * np.exp(sae.r_mag)) + sae.b_mag
     assert rel_err(cache[HOOK + ".hook_sae_acts_pre"], pre) <= TOL
+
+
+def test_an_abstopk_sae_keeps_the_k_largest_magnitudes_signed(tmp_path):
+    sae = SAE.load(write_sae(tmp_path, "abstopk", D, D_SAE, hook=HOOK, k=5))
+    x = np.random.default_rng(6).standard_normal((2, 3, D)).astype(np.float32)
+    feats = sae.encode(x)
+    pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+    top = np.argsort(-np.abs(pre), axis=-1)[..., :5]
+    expect = np.zeros_like(pre)
+    np.put_along_axis(expect, top, np.take_along_axis(pre, top, -1), -1)
+    assert rel_err(feats, expect) <= TOL and (feats < 0).any() and ((feats != 0).sum(-1) == 5).all()
+    idx, val = sae.encode_sparse(x)
+    assert rel_err(sae.decode((idx, val)), sae.decode(feats)) <= TOL
+    with pytest.raises(tm.SAELoadError, match="'k' must be a positive integer"):
+        SAE.load(write_sae(tmp_path / "nok", "abstopk", D, D_SAE))

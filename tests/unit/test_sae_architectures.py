@@ -43,7 +43,7 @@ def test_the_registry_holds_what_each_architecture_was():
         "transcoder": ("relu", True, False), "skip_transcoder": ("relu", True, True),
         "jumprelu_transcoder": ("jumprelu", True, False), "jumprelu_skip_transcoder": ("jumprelu", True, True),
         "topk_transcoder": ("topk", True, False), "topk_skip_transcoder": ("topk", True, True),  # tinymech's own
-        "gated": ("gated", False, False),
+        "gated": ("gated", False, False), "abstopk": ("abstopk", False, False),
     }
     assert architectures.OLD_ACTIVATION_FNS == {"topk": "topk"}
 

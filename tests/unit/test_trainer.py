@@ -24,6 +24,7 @@ def batch(n=40, d=24, seed=0):
     (("batchtopk", 24, 16), {"k": -1.0}, "k"),
     (("matching_pursuit", 24, 16), {}, "unknown architecture"),
     (("gated", 24, 16), {}, "reads 'gated' SAEs but does not train them"),
+    (("abstopk", 24, 16), {"k": 4}, "reads 'abstopk' SAEs but does not train them"),
     (("standard", 24, 16), {"l1": 3}, "unknown training option"),
     (("standard", 24, 16), {"d_out": 8, "apply_b_dec_to_input": True}, "apply_b_dec_to_input"),
     (("standard", 0, 16), {}, "d_in"),

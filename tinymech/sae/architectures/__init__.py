@@ -15,9 +15,9 @@ from types import ModuleType
 
 from ...errors import InvalidInputError
 
-from . import gated, jumprelu, standard, topk
+from . import abstopk, gated, jumprelu, standard, topk
 
-MODULES = (standard, jumprelu, topk, gated)
+MODULES = (standard, jumprelu, topk, gated, abstopk)
 KINDS = {"sae": (False, False), "transcoder": (True, False), "skip_transcoder": (True, True)}  # (transcoder, skip)
 
 

@@ -56,6 +56,19 @@ def test_encode_and_reconstruct_match_saelens(tmp_path, arch, cfg, shape):
         assert (got != 0).sum(-1).min() == cfg["k"] and (got < 0).any()
 
 
+@pytest.mark.parametrize("arch,cfg", [("gated", {}), ("abstopk", {"k": 4})])
+def test_saved_folders_load_in_saelens(tmp_path, arch, cfg):
+    """What SAE.save writes, SAELens loads (gated: b_gate, r_mag, b_mag) and encodes alike."""
+    from sae_lens import SAE as LensSAE
+
+    ours = SAE.load(save_lens(lens_sae(arch, D_IN, D_SAE, **cfg), tmp_path / "lens"))
+    back = LensSAE.load_from_disk(ours.save(tmp_path / "ours"))
+    assert type(back).__name__ == {"gated": "GatedSAE", "abstopk": "AbsTopKSAE"}[arch]
+    x = np.random.default_rng(7).standard_normal((4, D_IN)).astype(np.float32)
+    feats, recons = lens_run(back, x)
+    assert rel_err(ours.encode(x), feats) <= TOL and rel_err(ours.forward(x), recons) <= TOL
+
+
 def test_pre_6_config_keys(tmp_path):
     """An old flat config (hook_point, activation_fn_str topk, k in activation_fn_kwargs,
     no apply_b_dec_to_input) loads as SAELens loads it."""

@@ -36,7 +36,8 @@ void SaeConfig::validate() const {
   if (d_in <= 0 || d_sae <= 0 || d_out <= 0) throw std::invalid_argument("SAE sizes must be positive");
   if (d_sae > INT32_MAX) throw std::invalid_argument("d_sae is too large");
   if (apply_b_dec_to_input && d_in != d_out) throw std::invalid_argument("apply_b_dec_to_input needs d_in == d_out");
-  if (activation == SaeActivation::topk && k <= 0) throw std::invalid_argument("a TopK SAE needs k > 0");
+  if ((activation == SaeActivation::topk || activation == SaeActivation::abstopk) && k <= 0)
+    throw std::invalid_argument("a TopK SAE needs k > 0");
 }
 
 namespace {
@@ -46,9 +47,8 @@ struct SaeActivationName {
   SaeActivation value;
 };
 constexpr SaeActivationName kSaeActivations[] = {
-    {"relu", SaeActivation::relu},
-    {"jumprelu", SaeActivation::jumprelu},
-    {"topk", SaeActivation::topk},
+    {"relu", SaeActivation::relu},   {"jumprelu", SaeActivation::jumprelu}, {"topk", SaeActivation::topk},
+    {"gated", SaeActivation::gated}, {"abstopk", SaeActivation::abstopk},
 };
 }  // namespace
 
@@ -82,6 +82,8 @@ SaeWeights read_sae_weights(const SaeConfig& c, WeightSource& src) {
   w.b_dec = get("b_dec", {c.d_out});
   w.threshold = get("threshold", {c.d_sae}, true);
   w.W_skip = get("W_skip", {c.d_out, c.d_in}, true);
+  w.r_mag = get("r_mag", {c.d_sae}, true);
+  w.b_mag = get("b_mag", {c.d_sae}, true);
   return w;
 }
 
@@ -110,6 +112,16 @@ Sae::Sae(SaeConfig cfg, SaeWeights w) : cfg_(cfg), w_(w) {
   if (!w_.W_enc || !w_.b_enc || !w_.W_dec || !w_.b_dec) throw std::invalid_argument("SAE weights are missing");
   if (cfg_.activation == SaeActivation::jumprelu && !w_.threshold)
     throw std::invalid_argument("a JumpReLU SAE needs a threshold");
+  if (cfg_.activation == SaeActivation::gated) {
+    if (!w_.r_mag || !w_.b_mag) throw std::invalid_argument("a gated SAE needs r_mag and b_mag");
+    mag_scale_.resize(static_cast<size_t>(cfg_.d_sae));
+    for (int64_t j = 0; j < cfg_.d_sae; ++j) {
+      mag_scale_[static_cast<size_t>(j)] = std::exp(w_.r_mag[j]);
+      if (!std::isfinite(mag_scale_[static_cast<size_t>(j)]))  // NaN, or too large for exp in float32
+        throw std::invalid_argument("r_mag[" + std::to_string(j) + "] = " + std::to_string(w_.r_mag[j]) +
+                                    " has no finite exp");
+    }
+  }
   if (cfg_.rescale_acts_by_decoder_norm) {
     dec_norm_.resize(static_cast<size_t>(cfg_.d_sae));
     const KernelTable& kt = kernels::active();
@@ -168,27 +180,41 @@ void Sae::activate_rows(float* h, int64_t rows) const {
         case SaeActivation::jumprelu:
           for (int64_t j = 0; j < d; ++j) row[j] = (row[j] > w_.threshold[j] && row[j] > 0.f) ? row[j] : 0.f;
           break;
-        case SaeActivation::topk: {
-          // keep the k largest pre-activations (the first of equal ones), then ReLU them.
-          // The k-th largest comes from a min-heap of the k largest so far: with k << d_sae
-          // almost every value fails one well-predicted comparison with the heap's top.
+        case SaeActivation::gated:
+          // row holds the gate's x·W_enc + b_gate; the magnitude path shares x·W_enc, its
+          // columns scaled by exp(r_mag): a feature is its ReLU'd magnitude where the gate is open
+          for (int64_t j = 0; j < d; ++j) {
+            const float mag = magnitude(row[j], j);
+            row[j] = row[j] > 0.f && mag > 0.f ? mag : 0.f;
+          }
+          break;
+        case SaeActivation::topk:
+        case SaeActivation::abstopk: {
+          // keep the k largest pre-activations (the first of equal ones), then ReLU them;
+          // abstopk: the k largest in absolute value, signed. The k-th largest comes from a
+          // min-heap of the k largest so far: with k << d_sae almost every value fails one
+          // well-predicted comparison with the heap's top.
+          const bool by_abs = cfg_.activation == SaeActivation::abstopk;
+          auto key = [by_abs](float v) { return by_abs ? std::fabs(v) : v; };
           float kth = -INFINITY;
           int64_t ties = d;
           if (cfg_.k < d) {
-            heap.assign(row, row + cfg_.k);
+            heap.resize(static_cast<size_t>(cfg_.k));
+            std::transform(row, row + cfg_.k, heap.begin(), key);
             std::make_heap(heap.begin(), heap.end(), std::greater<float>());
             for (int64_t j = cfg_.k; j < d; ++j)
-              if (row[j] > heap.front()) {
+              if (key(row[j]) > heap.front()) {
                 std::pop_heap(heap.begin(), heap.end(), std::greater<float>());
-                heap.back() = row[j];
+                heap.back() = key(row[j]);
                 std::push_heap(heap.begin(), heap.end(), std::greater<float>());
               }
             kth = heap.front();
-            ties = cfg_.k - std::count_if(row, row + d, [kth](float v) { return v > kth; });
+            ties = cfg_.k - std::count_if(row, row + d, [&](float v) { return key(v) > kth; });
           }
           for (int64_t j = 0; j < d; ++j) {
-            const bool keep = row[j] > kth || (row[j] == kth && ties-- > 0);
-            row[j] = keep && row[j] > 0.f ? row[j] : 0.f;
+            const float v = key(row[j]);
+            const bool keep = v > kth || (v == kth && ties-- > 0);
+            row[j] = keep && (by_abs || row[j] > 0.f) ? row[j] : 0.f;
           }
           break;
         }
@@ -287,9 +313,11 @@ void Sae::encode_rows(const float* x, int64_t rows, SparseCodes* codes, float* a
   std::vector<float> sae_in, scratch;
   // A bfloat16 screen rules out most features before the float32 matmul
   // (sae/screen.hpp); its thresholds are on pre-activations, so an SAE that
-  // rescales them by its decoder norms must be TopK (which ranks the products)
+  // rescales them by its decoder norms must be TopK (which ranks the products); a gated
+  // SAE's values are not its pre-activations, and AbsTopK ranks their absolute values
   const bool topk = cfg_.activation == SaeActivation::topk;
-  if (!pre && (topk || !cfg_.rescale_acts_by_decoder_norm) && screening_applies(rows, cfg_.d_in)) {
+  if (!pre && cfg_.activation != SaeActivation::gated && cfg_.activation != SaeActivation::abstopk &&
+      (topk || !cfg_.rescale_acts_by_decoder_norm) && screening_applies(rows, cfg_.d_in)) {
     const ScreenedEncoder screen{cfg_.d_in,
                                  d_sae,
                                  w_.W_enc,
@@ -315,6 +343,8 @@ void Sae::encode_rows(const float* x, int64_t rows, SparseCodes* codes, float* a
     }
     matmul(in, rc, cfg_.d_in, cfg_.d_in, w_.W_enc, d_sae, d_sae, 1, w_.b_enc, h, d_sae);
     if (pre) std::memcpy(pre + r0 * d_sae, h, static_cast<size_t>(rc * d_sae) * sizeof(float));
+    if (pre && cfg_.activation == SaeActivation::gated)  // SAELens records the magnitude path's
+      for (int64_t i = 0; i < rc * d_sae; ++i) pre[r0 * d_sae + i] = magnitude(pre[r0 * d_sae + i], i % d_sae);
     activate_rows(h, rc);
     if (codes) collect_codes(h, rc, *codes);
   }

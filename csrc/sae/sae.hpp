@@ -1,7 +1,7 @@
 // Sparse autoencoders and transcoders in SAELens's parameterisation.
 //
 // encode: x [rows, d_in] -> normalize -> (- b_dec) -> x·W_enc + b_enc
-//         -> ReLU / JumpReLU / TopK -> sparse codes (active features per row)
+//         -> ReLU / JumpReLU / TopK / gated / AbsTopK -> sparse codes (active features per row)
 // decode: codes·W_dec + b_dec -> undo the input normalization (+ x·W_skipᵀ)
 //
 // The encoder GEMM is tmech::matmul; decoding walks only the active features
@@ -24,13 +24,13 @@ namespace tmech {
 
 std::string shape_string(const std::vector<int64_t>& shape);  // "[2, 5, 64]", for messages
 
-enum class SaeActivation { relu, jumprelu, topk };
+enum class SaeActivation { relu, jumprelu, topk, gated, abstopk };
 enum class SaeNorm { none, constant_norm_rescale, layer_norm };
 
 struct SaeConfig {
   int64_t d_in = 0, d_sae = 0, d_out = 0;
   SaeActivation activation = SaeActivation::relu;
-  int64_t k = 0;                              // topk
+  int64_t k = 0;                              // topk, abstopk
   bool apply_b_dec_to_input = false;          // needs d_in == d_out
   bool rescale_acts_by_decoder_norm = false;  // topk
   SaeNorm norm = SaeNorm::none;
@@ -50,6 +50,8 @@ struct SaeWeights {
   const float* b_dec = nullptr;      // [d_out]
   const float* threshold = nullptr;  // [d_sae], jumprelu only
   const float* W_skip = nullptr;     // [d_out, d_in], skip transcoders only
+  const float* r_mag = nullptr;      // [d_sae], gated only: log of the magnitude path's W_enc column scales
+  const float* b_mag = nullptr;      // [d_sae], gated only: the magnitude path's bias (b_enc is the gate's)
 };
 
 // The weights cfg needs, from src (float32, outside any block).
@@ -110,7 +112,12 @@ class Sae {
 
   SaeConfig cfg_;
   SaeWeights w_;
-  std::vector<float> dec_norm_;  // ||W_dec[i]||, for rescale_acts_by_decoder_norm
+  std::vector<float> dec_norm_;   // ||W_dec[i]||, for rescale_acts_by_decoder_norm
+  std::vector<float> mag_scale_;  // exp(r_mag), gated only
+  // A gated SAE's magnitude pre-activation of feature j from its gate's
+  float magnitude(float gate, int64_t j) const {
+    return (gate - w_.b_enc[j]) * mag_scale_[static_cast<size_t>(j)] + w_.b_mag[j];
+  }
 };
 
 // What a splice saw on one call (filled only when recording).

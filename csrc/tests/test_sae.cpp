@@ -1,8 +1,10 @@
 // SAEs: encoding on every kernel variant, screened and not, against
 // double-precision pre-activations and against the scalar float32 path; a
 // transcoder's splice shared by two plans.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -89,6 +91,106 @@ void test_sae_topk(const char* variant, std::mt19937& rng) {
   }
 }
 
+// A gated SAE (screen or not, which it must skip): a feature is its magnitude
+// x·(W_enc·exp(r_mag)) + b_mag, ReLU'd, where its gate x·W_enc + b_gate is
+// open, against double precision; its recorded pre-activations are the
+// magnitudes. Missing or overflowing magnitude weights are refused.
+void test_sae_gated(const char* variant, std::mt19937& rng) {
+  const int64_t d_in = 33, d_sae = 70, rows = 9;
+  const auto W_enc = randn(static_cast<size_t>(d_in * d_sae), rng, 1.f / std::sqrt(float(d_in)));
+  const auto W_dec = randn(static_cast<size_t>(d_sae * d_in), rng);
+  const auto b_gate = randn(static_cast<size_t>(d_sae), rng), b_mag = randn(static_cast<size_t>(d_sae), rng);
+  auto r_mag = randn(static_cast<size_t>(d_sae), rng, 0.5f);
+  const std::vector<float> b_dec(static_cast<size_t>(d_in), 0.f);
+  SaeConfig cfg;
+  cfg.d_in = cfg.d_out = d_in;
+  cfg.d_sae = d_sae;
+  cfg.activation = SaeActivation::gated;
+  SaeWeights w{W_enc.data(), b_gate.data(), W_dec.data(), b_dec.data()};
+  w.r_mag = r_mag.data();
+  w.b_mag = b_mag.data();
+  const auto x = randn(static_cast<size_t>(rows * d_in), rng);
+  std::vector<double> gate(static_cast<size_t>(rows * d_sae));
+  const MatmulArgs enc{rows, d_sae,         d_in,    x.data(), d_in,  W_enc.data(), d_sae,
+                       1,    b_gate.data(), nullptr, d_sae,    false, nullptr};
+  ref_matmul_cols(enc, 0, d_sae, gate.data());
+  const Sae sae(cfg, w);
+  for (ScreenMode mode : {ScreenMode::always, ScreenMode::never}) {
+    set_screen_mode(mode);
+    std::vector<float> acts(static_cast<size_t>(rows * d_sae)), pre(acts.size()), screened(acts.size());
+    sae.encode(x.data(), rows, nullptr, acts.data(), pre.data(), nullptr);
+    sae.encode(x.data(), rows, nullptr, screened.data(), nullptr, nullptr);
+    bool ok = screened == acts;
+    for (int64_t i = 0; i < rows * d_sae; ++i) {
+      const int64_t j = i % d_sae;
+      const double g = gate[i], m = (g - b_gate[j]) * std::exp(double(r_mag[j])) + b_mag[j];
+      ok &= std::abs(pre[i] - m) < 1e-4 * (1 + std::abs(m));
+      if (g > 1e-4 && m > 1e-4) ok &= std::abs(acts[i] - m) < 1e-4 * (1 + m);
+      if (g < -1e-4 || m < -1e-4) ok &= acts[i] == 0.f;
+    }
+    check(ok, std::string(variant) + (mode == ScreenMode::always ? " screened" : "") + " gated SAE codes");
+  }
+  set_screen_mode(ScreenMode::where_it_pays);
+  auto refused = [&](SaeWeights bad) {
+    try {
+      Sae s(cfg, bad);
+    } catch (const std::invalid_argument&) {
+      return true;
+    }
+    return false;
+  };
+  SaeWeights no_mag = w;
+  no_mag.b_mag = nullptr;
+  r_mag[3] = 100.f;  // exp overflows float32
+  check(refused(no_mag) && refused(w), "a gated SAE without b_mag, or with an r_mag too large for exp, is refused");
+}
+
+// An AbsTopK SAE (screen or not, which it must skip) keeps each row's k
+// pre-activations largest in absolute value, signed: the k-th largest absolute
+// value, from double precision, bounds what is kept and what is not.
+void test_sae_abstopk(const char* variant, std::mt19937& rng) {
+  const int64_t d_in = 30, d_sae = 200, rows = 11, k = 6;
+  const auto W_enc = randn(static_cast<size_t>(d_in * d_sae), rng, 1.f / std::sqrt(float(d_in)));
+  const auto W_dec = randn(static_cast<size_t>(d_sae * d_in), rng);
+  const auto b_enc = randn(static_cast<size_t>(d_sae), rng);
+  const std::vector<float> b_dec(static_cast<size_t>(d_in), 0.f);
+  SaeConfig cfg;
+  cfg.d_in = cfg.d_out = d_in;
+  cfg.d_sae = d_sae;
+  cfg.activation = SaeActivation::abstopk;
+  cfg.k = k;
+  const Sae sae(cfg, SaeWeights{W_enc.data(), b_enc.data(), W_dec.data(), b_dec.data()});
+  const auto x = randn(static_cast<size_t>(rows * d_in), rng);
+  std::vector<double> pre(static_cast<size_t>(rows * d_sae));
+  const MatmulArgs enc{rows, d_sae,        d_in,    x.data(), d_in,  W_enc.data(), d_sae,
+                       1,    b_enc.data(), nullptr, d_sae,    false, nullptr};
+  ref_matmul_cols(enc, 0, d_sae, pre.data());
+  for (ScreenMode mode : {ScreenMode::always, ScreenMode::never}) {
+    set_screen_mode(mode);
+    std::vector<float> acts(static_cast<size_t>(rows * d_sae));
+    sae.encode(x.data(), rows, nullptr, acts.data(), nullptr, nullptr);
+    bool ok = true, negative = false;
+    for (int64_t r = 0; r < rows; ++r) {
+      std::vector<double> mags(static_cast<size_t>(d_sae));
+      for (int64_t j = 0; j < d_sae; ++j) mags[static_cast<size_t>(j)] = std::abs(pre[r * d_sae + j]);
+      std::nth_element(mags.begin(), mags.begin() + (k - 1), mags.end(), std::greater<double>());
+      const double kth = mags[static_cast<size_t>(k - 1)];
+      int64_t kept = 0;
+      for (int64_t j = 0; j < d_sae; ++j) {
+        const double p = pre[r * d_sae + j];
+        const float got = acts[static_cast<size_t>(r * d_sae + j)];
+        kept += got != 0.f;
+        negative |= got < 0.f;
+        if (std::abs(p) > kth + 1e-4) ok &= std::abs(got - p) < 1e-4;
+        if (std::abs(p) < kth - 1e-4) ok &= got == 0.f;
+      }
+      ok &= kept == k;
+    }
+    check(ok && negative, std::string(variant) + (mode == ScreenMode::always ? " screened" : "") + " AbsTopK SAE");
+  }
+  set_screen_mode(ScreenMode::where_it_pays);
+}
+
 // A transcoder's splice shared by two plans whose passes interleave (two
 // threads, or a pass inside a hook): each output hook gets the reconstruction
 // of its own pass's input; an output hook met before the input hook throws.
@@ -172,6 +274,8 @@ void test_sae() {
 void test_sae_variant(const char* variant, std::mt19937& rng) {
   test_sae_encode(variant, rng);
   test_sae_topk(variant, rng);
+  test_sae_gated(variant, rng);
+  test_sae_abstopk(variant, rng);
 }
 
 }  // namespace tmech::test

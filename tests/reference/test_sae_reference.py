@@ -27,6 +27,11 @@ ENCODER_CASES = [
     ("transcoder", {}),
     ("skip_transcoder", {}),
     ("jumprelu_transcoder", {"normalize_activations": "layer_norm"}),
+    ("gated", {}),
+    ("gated", {"apply_b_dec_to_input": False}),
+    ("gated", {"normalize_activations": "layer_norm"}),
+    ("abstopk", {"k": 7}),
+    ("abstopk", {"k": 5, "rescale_acts_by_decoder_norm": True}),
 ]
 
 
@@ -46,7 +51,22 @@ def test_encode_and_reconstruct_match_saelens(tmp_path, arch, cfg, shape):
         assert rel_err(ours.decode(got, acts=x), recons) <= TOL
         idx, val = ours.encode_sparse(x)
         assert rel_err(ours.decode((idx, val), acts=x), recons) <= TOL
-    assert (got > 0).sum(-1).max() <= (cfg.get("k") or D_SAE)
+    assert (got != 0).sum(-1).max() <= (cfg.get("k") or D_SAE)
+    if arch == "abstopk":  # exactly k, signed
+        assert (got != 0).sum(-1).min() == cfg["k"] and (got < 0).any()
+
+
+@pytest.mark.parametrize("arch,cfg", [("gated", {}), ("abstopk", {"k": 4})])
+def test_saved_folders_load_in_saelens(tmp_path, arch, cfg):
+    """What SAE.save writes, SAELens loads (gated: b_gate, r_mag, b_mag) and encodes alike."""
+    from sae_lens import SAE as LensSAE
+
+    ours = SAE.load(save_lens(lens_sae(arch, D_IN, D_SAE, **cfg), tmp_path / "lens"))
+    back = LensSAE.load_from_disk(ours.save(tmp_path / "ours"))
+    assert type(back).__name__ == {"gated": "GatedSAE", "abstopk": "AbsTopKSAE"}[arch]
+    x = np.random.default_rng(7).standard_normal((4, D_IN)).astype(np.float32)
+    feats, recons = lens_run(back, x)
+    assert rel_err(ours.encode(x), feats) <= TOL and rel_err(ours.forward(x), recons) <= TOL
 
 
 def test_pre_6_config_keys(tmp_path):
@@ -96,6 +116,8 @@ SPLICE_CASES = [
     ("standard", "blocks.2.hook_resid_post", None, {"normalize_activations": "layer_norm"}),
     ("transcoder", "blocks.1.ln2.hook_normalized", "blocks.1.hook_mlp_out", {}),
     ("jumprelu_transcoder", "blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out", {}),
+    ("gated", "blocks.1.hook_resid_pre", None, {}),
+    ("abstopk", "blocks.2.hook_attn_out", None, {"k": 9}),
 ]
 
 

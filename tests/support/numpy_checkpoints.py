@@ -79,6 +79,9 @@ def write_sae(path: Path, arch: str, d_in: int, d_sae: int, hook: str | None = N
         shapes["threshold"] = (d_sae,)
     if arch == "skip_transcoder":
         shapes["W_skip"] = (d_out, d_in)
+    if arch == "gated":  # its b_enc is b_gate
+        del shapes["b_enc"]
+        shapes.update(b_gate=(d_sae,), r_mag=(d_sae,), b_mag=(d_sae,))
     rng = np.random.default_rng(seed)
     weights = {name: _normal(rng, shape, std) for name, shape in shapes.items()}
     if "threshold" in weights:

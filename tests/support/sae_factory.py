@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-ARCHS = ("standard", "jumprelu", "topk", "transcoder", "skip_transcoder", "jumprelu_transcoder")
+ARCHS = ("standard", "jumprelu", "topk", "transcoder", "skip_transcoder", "jumprelu_transcoder", "gated",
+         "abstopk")
 
 
 def lens_sae(arch: str, d_in: int, d_sae: int, hook: str | None = None, hook_out: str | None = None,
@@ -24,6 +25,8 @@ def lens_sae(arch: str, d_in: int, d_sae: int, hook: str | None = None, hook_out
         "transcoder": (sae_lens.Transcoder, sae_lens.TranscoderConfig),
         "skip_transcoder": (sae_lens.SkipTranscoder, sae_lens.SkipTranscoderConfig),
         "jumprelu_transcoder": (sae_lens.JumpReLUTranscoder, sae_lens.JumpReLUTranscoderConfig),
+        "gated": (sae_lens.GatedSAE, sae_lens.GatedSAEConfig),
+        "abstopk": (sae_lens.AbsTopKSAE, sae_lens.AbsTopKSAEConfig),
     }
     cls, cfg_cls = classes[arch]
     meta = SAEMetadata(hook_name=hook, hook_name_out=hook_out, model_name="test")

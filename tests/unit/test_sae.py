@@ -287,3 +287,42 @@ def test_from_pretrained_local_cache(tmp_path, sae_dir, monkeypatch):
         SAE.from_pretrained("no-such-release", "x")
     with pytest.raises(SAENotFoundError, match="could not download"):
         SAE.from_pretrained("someone/missing", "x")
+
+
+def test_a_gated_sae_saves_pickles_and_splices_with_its_own_tensors(tmp_path, model):
+    """Saved under SAELens's names (b_gate, not b_enc); its magnitude weights survive a
+    pickle; the splice's recorded pre-activations are the magnitude path's, as SAELens's."""
+    import pickle
+
+    from safetensors.numpy import load_file
+
+    sae = SAE.load(write_sae(tmp_path / "in", "gated", D, D_SAE, hook=HOOK, std=0.15))
+    x = np.random.default_rng(5).standard_normal((3, D)).astype(np.float32)
+    saved = load_file(sae.save(tmp_path / "out") + "/sae_weights.safetensors")
+    assert sorted(saved) == ["W_dec", "W_enc", "b_dec", "b_gate", "b_mag", "r_mag"]
+    for other in (SAE.load(tmp_path / "out"), pickle.loads(pickle.dumps(sae))):
+        assert other.cfg.architecture == "gated" and np.array_equal(other.encode(x), sae.encode(x))
+    feats = sae.encode(x)
+    sae_in = x - sae.b_dec
+    magnitude = sae_in @ (sae.W_enc * np.exp(sae.r_mag)) + sae.b_mag
+    expect = np.where(sae_in @ sae.W_enc + sae.b_enc > 0, np.maximum(magnitude, 0), 0)
+    assert 0 < (feats > 0).sum() < (magnitude > 0).sum() and rel_err(feats, expect) <= TOL
+    _, cache = run_with_cache_with_saes(model, tokens(), [sae])
+    acts = model.run_with_cache(tokens(), names_filter=HOOK)[1][HOOK] - sae.b_dec
+    pre = acts @ (sae.W_enc * np.exp(sae.r_mag)) + sae.b_mag
+    assert rel_err(cache[HOOK + ".hook_sae_acts_pre"], pre) <= TOL
+
+
+def test_an_abstopk_sae_keeps_the_k_largest_magnitudes_signed(tmp_path):
+    sae = SAE.load(write_sae(tmp_path, "abstopk", D, D_SAE, hook=HOOK, k=5))
+    x = np.random.default_rng(6).standard_normal((2, 3, D)).astype(np.float32)
+    feats = sae.encode(x)
+    pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+    top = np.argsort(-np.abs(pre), axis=-1)[..., :5]
+    expect = np.zeros_like(pre)
+    np.put_along_axis(expect, top, np.take_along_axis(pre, top, -1), -1)
+    assert rel_err(feats, expect) <= TOL and (feats < 0).any() and ((feats != 0).sum(-1) == 5).all()
+    idx, val = sae.encode_sparse(x)
+    assert rel_err(sae.decode((idx, val)), sae.decode(feats)) <= TOL
+    with pytest.raises(tm.SAELoadError, match="'k' must be a positive integer"):
+        SAE.load(write_sae(tmp_path / "nok", "abstopk", D, D_SAE))

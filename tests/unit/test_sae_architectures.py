@@ -43,13 +43,14 @@ def test_the_registry_holds_what_each_architecture_was():
         "transcoder": ("relu", True, False), "skip_transcoder": ("relu", True, True),
         "jumprelu_transcoder": ("jumprelu", True, False), "jumprelu_skip_transcoder": ("jumprelu", True, True),
         "topk_transcoder": ("topk", True, False), "topk_skip_transcoder": ("topk", True, True),  # tinymech's own
+        "gated": ("gated", False, False), "abstopk": ("abstopk", False, False),
     }
     assert architectures.OLD_ACTIVATION_FNS == {"topk": "topk"}
 
 
 def test_an_unknown_architecture_or_old_activation_names_the_supported_ones():
-    with pytest.raises(SAELoadError, match="'gated' is not supported; supported: standard, "):
-        parse_config({"architecture": "gated", "d_in": 4, "d_sae": 8})
+    with pytest.raises(SAELoadError, match="'matching_pursuit' is not supported; supported: standard, "):
+        parse_config({"architecture": "matching_pursuit", "d_in": 4, "d_sae": 8})
     with pytest.raises(SAELoadError, match=r"'tanh' is not supported \(supported: relu, topk\)"):
         parse_config({"activation_fn": "tanh", "d_in": 4, "d_sae": 8})
     with pytest.raises(SAELoadError, match="not supported"):  # unhashable, from a hostile file

@@ -24,7 +24,7 @@ def saved(tmp_path_factory):
     """Directories of SAEs in SAELens's format, copied per test before being damaged."""
     root = tmp_path_factory.mktemp("saes")
     return {arch: write_sae(root / arch, arch, D, D_SAE, hook="blocks.0.hook_resid_post")
-            for arch in ("standard", "jumprelu")}
+            for arch in ("standard", "jumprelu", "gated")}
 
 
 def copy(saved, arch, tmp_path):
@@ -81,7 +81,7 @@ def test_hook_problems(model, saved, tmp_path):
     (lambda p: edit_weights(p, b_enc=None), SAELoadError, "lacks b_enc"),
     (lambda p: edit_cfg(p, d_sae=D_SAE + 1), SAELoadError, "shape"),
     (lambda p: edit_cfg(p, d_in="64"), SAELoadError, "d_in"),
-    (lambda p: edit_cfg(p, architecture="gated"), SAELoadError, "architecture 'gated'"),
+    (lambda p: edit_cfg(p, architecture="matching_pursuit"), SAELoadError, "architecture 'matching_pursuit'"),
     (lambda p: edit_cfg(p, architecture="transcoder", apply_b_dec_to_input=False), SAELoadError, "d_out"),
     (lambda p: edit_cfg(p, normalize_activations="whiten"), SAELoadError, "normalize_activations"),
     (lambda p: (p / "cfg.json").write_text("{oops"), SAELoadError, "not valid JSON"),
@@ -94,6 +94,20 @@ def test_bad_files(saved, tmp_path, damage, error, match):
     path = copy(saved, "jumprelu", tmp_path)
     damage(path)
     with pytest.raises(error, match=match):
+        SAE.load(path)
+
+
+@pytest.mark.parametrize("damage,match", [
+    (lambda p: edit_weights(p, b_gate=None), "lacks b_gate"),
+    (lambda p: edit_weights(p, r_mag=None), "r_mag"),
+    (lambda p: edit_weights(p, b_mag=np.zeros(D_SAE + 1, np.float32)), "b_mag.*shape"),
+    (lambda p: edit_weights(p, r_mag=np.full(D_SAE, np.nan, np.float32)), "NaN or infinite"),
+    (lambda p: edit_weights(p, r_mag=np.full(D_SAE, 100, np.float32)), "r_mag.*no finite exp"),
+])
+def test_bad_gated_files(saved, tmp_path, damage, match):
+    path = copy(saved, "gated", tmp_path)
+    damage(path)
+    with pytest.raises(SAELoadError, match=match):
         SAE.load(path)
 
 

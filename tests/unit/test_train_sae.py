@@ -130,7 +130,8 @@ def test_full_disk_keeps_the_last_checkpoint(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("kw, match", [
-    (dict(architecture="gated"), "unknown architecture"),
+    (dict(architecture="matching_pursuit"), "unknown architecture"),
+    (dict(architecture="gated"), "reads 'gated' SAEs but does not train them"),
     (dict(d_sae=0), "d_sae"),
     (dict(k=49), "exceeds d_sae"),
     (dict(k=None), "needs k"),

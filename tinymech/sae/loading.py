@@ -249,6 +249,11 @@ def _tensor(sf: SafetensorsFile, name: str, shape: tuple) -> np.ndarray:
     return t
 
 
+def encoder_bias_name(architecture) -> str:
+    """The name the architecture saves its b_enc under (a gated SAE's is b_gate)."""
+    return getattr(architecture.module, "ENCODER_BIAS", "b_enc")
+
+
 def read_weights(path: Path, cfg: SAEConfig) -> dict[str, np.ndarray | None]:
     """The SAE's tensors as float32 arrays, shape- and finiteness-checked."""
     file = path / WEIGHTS_FILE
@@ -258,14 +263,16 @@ def read_weights(path: Path, cfg: SAEConfig) -> dict[str, np.ndarray | None]:
         sf = SafetensorsFile(file)
     except ModelLoadError as e:
         raise SAELoadError(str(e)) from e
-    shapes = {"W_enc": (cfg.d_in, cfg.d_sae), "b_enc": (cfg.d_sae,), "W_dec": (cfg.d_sae, cfg.d_out),
+    architecture = ARCHITECTURES[cfg.architecture]
+    b_enc = encoder_bias_name(architecture)
+    shapes = {"W_enc": (cfg.d_in, cfg.d_sae), b_enc: (cfg.d_sae,), "W_dec": (cfg.d_sae, cfg.d_out),
               "b_dec": (cfg.d_out,)}
     missing = [n for n in shapes if n not in sf]
     if missing:
         raise SAELoadError(f"{file} lacks {', '.join(missing)} (has {', '.join(sorted(sf.keys()))})")
     weights: dict[str, np.ndarray | None] = {n: _tensor(sf, n, s) for n, s in shapes.items()}
+    weights["b_enc"] = weights.pop(b_enc)
     weights["threshold"] = weights["W_skip"] = None
-    architecture = ARCHITECTURES[cfg.architecture]
     weights.update(architecture.module.weights(sf, functools.partial(_tensor, sf), cfg.d_sae))
     if architecture.has_skip:
         if "W_skip" not in sf:

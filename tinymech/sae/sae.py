@@ -27,6 +27,7 @@ from ..errors import FeatureIndexError, HookError, SAEInputError, SAELoadError, 
 from .loading import (
     CFG_FILE,
     SAEConfig,
+    encoder_bias_name,
     parse_config,
     read_feature_labels,
     read_json,
@@ -35,6 +36,7 @@ from .loading import (
     read_weights,
     sae_dir,
 )
+from .architectures import ARCHITECTURES
 from .pretrained import resolve
 from .saving import config_json, write_sae_folder
 from .splice import (  # noqa: F401 (Model's SAE methods import these from here)
@@ -158,11 +160,15 @@ def _padded_to_csr(indices, values, d_sae: int) -> tuple[tuple, tuple]:
     return lead, (offsets, indices[active], values[active])
 
 
+WEIGHTS = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold", "W_skip", "r_mag", "b_mag")  # the SAE's arrays
+
+
 class SAE:
     """A sparse autoencoder or transcoder with SAELens's semantics.
 
     Attributes: cfg (SAEConfig), W_enc [d_in, d_sae], b_enc, W_dec [d_sae, d_out],
-    b_dec, threshold (JumpReLU) and W_skip (skip transcoders) or None, labels
+    b_dec, threshold (JumpReLU), W_skip (skip transcoders), r_mag and b_mag (gated SAEs,
+    whose b_enc is SAELens's b_gate) or None, labels
     {feature: label} and label_details {feature: dict} from feature_labels.json,
     log_sparsity (log10 feature densities from sparsity.safetensors) or None,
     metrics (metrics.json's contents, as tm.train_sae writes it) or None.
@@ -181,6 +187,7 @@ class SAE:
         self.W_enc, self.b_enc = weights["W_enc"], weights["b_enc"]
         self.W_dec, self.b_dec = weights["W_dec"], weights["b_dec"]
         self.threshold, self.W_skip = weights.get("threshold"), weights.get("W_skip")
+        self.r_mag, self.b_mag = weights.get("r_mag"), weights.get("b_mag")
         self.labels = labels or {}
         self.label_details = label_details or {}
         self.log_sparsity = log_sparsity
@@ -200,7 +207,7 @@ class SAE:
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        weights = {k: getattr(self, k) for k in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold", "W_skip")}
+        weights = {k: getattr(self, k) for k in WEIGHTS}
         self._core = self._built_core({k: v for k, v in weights.items() if v is not None})
 
     def __reduce__(self):
@@ -267,8 +274,8 @@ class SAE:
         """Write this SAE in SAELens's format (cfg.json, sae_weights.safetensors and, when
         known, sparsity.safetensors) into the folder `path`; returns the path. dtype:
         "float32", or "float16" for half the bytes (both readers widen it on loading)."""
-        weights = {"W_enc": self.W_enc, "b_enc": self.b_enc, "W_dec": self.W_dec, "b_dec": self.b_dec,
-                   "threshold": self.threshold, "W_skip": self.W_skip}
+        weights = {k: getattr(self, k) for k in WEIGHTS}
+        weights[encoder_bias_name(ARCHITECTURES[self.cfg.architecture])] = weights.pop("b_enc")
         return str(write_sae_folder(path, config_json(self.cfg), weights, self.log_sparsity, dtype=dtype))
 
     def __repr__(self):

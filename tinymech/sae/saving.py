@@ -20,7 +20,7 @@ from .loading import CFG_FILE, SAEConfig
 
 WEIGHTS_FILE = "sae_weights.safetensors"
 SPARSITY_FILE = "sparsity.safetensors"
-TENSORS = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold", "W_skip")
+TENSORS = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold", "W_skip", "b_gate", "r_mag", "b_mag")
 # The format written, as SAELens marks it: a cfg.json without a version is read as pre-6 (its metadata dropped).
 FORMAT_VERSION = "6.0.0"
 

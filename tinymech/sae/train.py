@@ -34,7 +34,7 @@ from safetensors.numpy import load_file, save_file
 from ..errors import InvalidInputError, SAEInputError, TrainingError, real_number, whole_number
 from ..io.files import read_json
 from .activations import model_identity, tokenizer_sha256
-from .architectures import DEFAULT_TRAINING, TRAINING
+from .architectures import DEFAULT_TRAINING, TRAINING, training
 from .loading import LABELS_FILE, parse_config
 from .metrics import reconstruction_metrics_over, sae_metrics
 from .sae import SAE, fold_norm_scaling
@@ -145,9 +145,7 @@ def train_sae(acts, architecture: str = DEFAULT_TRAINING, d_sae: int | None = No
 
 def _config(data, architecture, d_sae, k, n_tokens, lr, batch_size, coefficient, coefficient_warm_up_steps,
             lr_warm_up_steps, lr_decay_steps, lr_end, skip, b_dec_init, seed, holdout, options) -> TrainConfig:
-    if not isinstance(architecture, str) or architecture not in TRAINING:
-        raise InvalidInputError(f"unknown architecture {architecture!r}; tinymech trains {', '.join(TRAINING)}")
-    method = TRAINING[architecture]
+    method = training(architecture)
     d_sae = whole_number(8 * data.d_in if d_sae is None else d_sae, "d_sae", 1)
     if method.k is not None:
         if k is None:

@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import _core
 from ..errors import InvalidInputError, SAEInputError, real_number, whole_number
-from .architectures import TRAINING
+from .architectures import training
 
 # Options and their defaults (SAELens's names and values; dead_tokens: 1000 steps x 4096 tokens).
 DEFAULTS = {
@@ -47,9 +47,7 @@ class Trainer:
     options: see DEFAULTS."""
 
     def __init__(self, architecture, d_in, d_sae, *, d_out=None, skip=False, k=None, seed=0, **options):
-        if not isinstance(architecture, str) or architecture not in TRAINING:
-            raise InvalidInputError(f"unknown architecture {architecture!r}; expected one of {', '.join(TRAINING)}")
-        self._spec = spec = TRAINING[architecture]
+        self._spec = spec = training(architecture)
         unknown = sorted(set(options) - set(DEFAULTS))
         if unknown:
             raise InvalidInputError(f"unknown training option(s) {', '.join(unknown)} for {architecture}")

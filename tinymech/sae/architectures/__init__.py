@@ -15,9 +15,9 @@ from types import ModuleType
 
 from ...errors import InvalidInputError
 
-from . import jumprelu, standard, topk
+from . import abstopk, gated, jumprelu, standard, topk
 
-MODULES = (standard, jumprelu, topk)
+MODULES = (standard, jumprelu, topk, gated, abstopk)
 KINDS = {"sae": (False, False), "transcoder": (True, False), "skip_transcoder": (True, True)}  # (transcoder, skip)
 
 
@@ -76,6 +76,17 @@ class Training:
 _BY_NAME = {m.__name__.rsplit(".", 1)[-1]: m for m in MODULES}
 TRAINING = {name: Training(name, m, spec["k"], _BY_NAME[spec["saved_as"]], spec["coefficient"], spec["warm_up"])
             for m in MODULES for name, spec in getattr(m, "TRAINING", {}).items()}
+
+
+def training(name) -> Training:
+    """The training architecture called name; InvalidInputError naming those there are."""
+    if isinstance(name, str) and name in TRAINING:
+        return TRAINING[name]
+    if isinstance(name, str) and name in ARCHITECTURES and not hasattr(ARCHITECTURES[name].module, "TRAINING"):
+        raise InvalidInputError(f"tinymech reads {name!r} SAEs but does not train them; it trains {', '.join(TRAINING)}")
+    raise InvalidInputError(f"unknown architecture {name!r}; tinymech trains {', '.join(TRAINING)}")
+
+
 DEFAULT = "standard"  # what a config without an "architecture" means
 DEFAULT_TRAINING = "topk"  # what tm.train_sae and `tinymech train-sae` train unless told
 # Pre-6 configs said architecture "standard" and named any other activation in activation_fn.

@@ -212,7 +212,7 @@ class FeatureDashboards:
 def sae_sha256(sae) -> str:
     """A fingerprint of an SAE's weights: dashboards of one SAE are not another's."""
     h = hashlib.sha256()
-    for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold", "W_skip"):
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold", "W_skip", "r_mag", "b_mag"):
         w = getattr(sae, name, None)
         if w is not None:
             h.update(name.encode())

@@ -172,11 +172,12 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
 
     def __reduce__(self):
         """Pickling and copy.deepcopy load the model again from its path with the same
-        arguments (the weights are not copied); its attached SAEs come along."""
+        arguments (the weights are not copied); its attached SAEs, add_hook's hooks and
+        set_use_attn_result come along, as they do with TransformerLens's deepcopy."""
         if self._load_args is None:
             raise UnpicklableError("only a model loaded from a path by tm.load can be pickled or copied (it is "
                                    "loaded again from there); this one was built from arrays in memory")
-        return _reloaded, (*self._load_args, list(self._saes.values()))
+        return _reloaded, (*self._load_args, list(self._saes.values()), self._added_hooks, self._use_attn_result)
 
     def __repr__(self):
         c = self.cfg
@@ -687,11 +688,14 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
 RETURN_TYPES = ("logits", "loss", "both", None)
 
 
-def _reloaded(path: str, kwargs: dict, saes: list) -> Model:
-    """A pickled model: loaded again from its path, its SAEs attached again."""
+def _reloaded(path: str, kwargs: dict, saes: list, added_hooks: list = (), use_attn_result: bool = False) -> Model:
+    """A pickled model: loaded again from its path, its SAEs, hooks and settings set again."""
     model = load(path, **kwargs)
     for sae, use_error_term in saes:
         model.add_sae(sae, use_error_term)
+    for (name, hook), permanent in added_hooks:
+        model.add_hook(name, hook, is_permanent=permanent)
+    model.set_use_attn_result(use_attn_result)
     return model
 
 

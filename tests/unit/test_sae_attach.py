@@ -109,6 +109,27 @@ def test_a_loaded_model_pickles_as_its_path(model_dir, sae):
     assert copy.deepcopy(cache).model is processed  # a copy of the activations shares the model
 
 
+def _halve(act, hook):  # module level: a hook pickle can carry
+    return act * 0.5
+
+
+def test_a_copied_model_keeps_its_hooks_and_attn_result(model_dir):
+    """add_hook's hooks and set_use_attn_result survive pickling and deepcopy, as TransformerLens's
+    deepcopy keeps them (a copy used to run without the hooks, silently)."""
+    m = tm.load(model_dir)
+    m.add_hook("blocks.0.hook_resid_post", _halve)
+    m.add_hook("blocks.1.hook_resid_post", _halve, is_permanent=True)
+    m.set_use_attn_result(True)
+    toks = tokens()
+    for c in (pickle.loads(pickle.dumps(m)), copy.deepcopy(m)):
+        np.testing.assert_array_equal(c(toks), m(toks))
+        assert "blocks.0.attn.hook_result" in c.run_with_cache(toks)[1]
+        c.reset_hooks()  # the permanent one stays, as it does on the original
+        m2 = copy.deepcopy(m)
+        m2.reset_hooks()
+        np.testing.assert_array_equal(c(toks), m2(toks))
+
+
 def test_a_model_built_in_memory_cannot_be_pickled(model):
     built = tm.Model(model.cfg, model._weights, model.tokenizer)
     for attempt in (lambda: pickle.dumps(built), lambda: copy.deepcopy(built)):

@@ -38,6 +38,11 @@ def test_unknown_hook_name_suggests_the_closest(model, tokens):
             pass
     with pytest.raises(tm.HookError):
         model.generate(tokens, max_new_tokens=2, hooks=[("blocks.9.hook_resid_pre", tm.zero_ablate())])
+    for neither in (3, None, b"hook_embed"):  # not a name, a list or a predicate: list(3) was a TypeError
+        with pytest.raises(tm.HookError, match="a name, a list of names or a predicate"):
+            model.add_hook(neither, tm.zero_ablate())
+        with pytest.raises(tm.HookError, match="a name, a list of names or a predicate"):
+            model.run_with_cache(tokens, names_filter=neither if neither is not None else 3)
 
 
 @pytest.mark.parametrize("heads,positions", [(True, None), ([1.7], None), (-1, None), (None, [-1]), (None, [2**63]),

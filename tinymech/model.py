@@ -788,7 +788,7 @@ def from_pretrained(model_name: str | os.PathLike | None = None, fold_ln: bool =
             raise UnsupportedArchitectureError(f"from_pretrained's {key}={value!r} is not supported by tinymech")
     return load(model_name, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
                 center_unembed=center_unembed, fold_value_biases=fold_value_biases,
-                dtype="bf16" if str(dtype).lower() in ("bfloat16", "torch.bfloat16") else dtype)
+                dtype=dtype)
 
 
 def from_pretrained_no_processing(model_name: str | os.PathLike | None = None, **kwargs) -> Model:

@@ -9,7 +9,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from .errors import InvalidInputError, real_number, whole_number
+from .errors import InvalidInputError, real_number, true_or_false, whole_number
 from .hooks import HookSpec
 from .model_helpers import check_padding_side
 from .ops import sample_next, sampling_settings
@@ -63,11 +63,11 @@ def generate(
     if temperature == 0:  # greedy decoding ignores it, as TransformerLens's does
         freq_penalty = 0.0
     rng = np.random.default_rng(None if seed is None else whole_number(seed, "seed", 0))
-    progress = progress_function(_flag(verbose, "verbose"), label="generating", unit="tokens")
+    progress = progress_function(true_or_false(verbose, "verbose"), label="generating", unit="tokens")
     stops, pad = _stop_tokens(model, eos_token_id) if stop_at_eos else ((), None)
     batch, total = tokens.shape[0], tokens.shape[1] + max_new_tokens
     model._check_fits(0, total)
-    next_logits = Decoder(model, model._plan(hooks), batch, total, _flag(use_past_kv_cache, "use_past_kv_cache"))
+    next_logits = Decoder(model, model._plan(hooks), batch, total, true_or_false(use_past_kv_cache, "use_past_kv_cache"))
     counts = _token_counts(tokens, model.cfg.d_vocab) if freq_penalty else None
     out = [tokens.astype(np.int64)]
     finished = np.zeros(batch, dtype=bool)
@@ -130,18 +130,12 @@ def _returns_text(input, return_type) -> bool:
     return return_type == "str"
 
 
-def _flag(value, what: str) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise InvalidInputError(f"{what} must be True or False, not {value!r}")
-    return bool(value)
-
-
 def _temperature(temperature, do_sample) -> float:
     """do_sample as TransformerLens's: False is greedy, True samples (at temperature 1.0
     unless one is given); None leaves it to the temperature (0, the default: greedy)."""
     if do_sample is None:
         return 0.0 if temperature is None else temperature
-    if not _flag(do_sample, "do_sample"):
+    if not true_or_false(do_sample, "do_sample"):
         return 0.0
     return 1.0 if temperature is None else temperature
 

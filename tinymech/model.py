@@ -30,6 +30,7 @@ from .errors import (
     NoTokenizerError,
     UnpicklableError,
     UnsupportedArchitectureError,
+    true_or_false,
     whole_number,
 )
 from .generation import generate
@@ -516,7 +517,7 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         """As TransformerLens's: True makes run_with_cache capture attn.hook_result (each head's
         output, [batch, pos, head, d_model]) without a names_filter too. Any hook on it works
         either way: tinymech computes it whenever a hook asks for it."""
-        self._use_attn_result = bool(use_attn_result)
+        self._use_attn_result = true_or_false(use_attn_result, "use_attn_result")
 
     def set_use_split_qkv_input(self, use_split_qkv_input: bool) -> None:
         """TransformerLens's per-head query/key/value inputs (hook_q_input, ...): not in tinymech yet."""

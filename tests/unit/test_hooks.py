@@ -230,6 +230,9 @@ def test_set_use_attn_result_makes_the_default_cache_keep_each_heads_output(mode
     result = cache["blocks.1.attn.hook_result"]
     assert result.shape == (*tokens.shape, model.cfg.n_heads, model.cfg.d_model)
     np.testing.assert_allclose(result.sum(2) + model.b_O[1], cache["blocks.1.hook_attn_out"], rtol=1e-4, atol=1e-4)
+    with pytest.raises(tm.InvalidInputError, match="use_attn_result must be True or False"):
+        model.set_use_attn_result("no")  # was read as True
+    assert not any(n.endswith("attn.hook_result") for n in model.run_with_cache(tokens)[1])
     model.set_use_split_qkv_input(False)  # off: nothing to do
     for setter in (model.set_use_split_qkv_input, model.set_use_attn_in, model.set_use_hook_mlp_in):
         with pytest.raises(tm.HookError, match="not|no"):

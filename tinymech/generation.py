@@ -74,9 +74,11 @@ def generate(
     if max_new_tokens > 0:
         logits = next_logits(tokens)
     for step in range(max_new_tokens):
-        if counts is not None:  # TransformerLens subtracts freq_penalty * count from logits / temperature
-            logits = logits - np.float32(freq_penalty * temperature) * counts
-        nxt = sample_next(logits, temperature, top_k, top_p, rng)
+        if counts is None:
+            nxt = sample_next(logits, temperature, top_k, top_p, rng)
+        else:  # as TransformerLens: logits / temperature - freq_penalty * count, in float64 (no inf * 0 = NaN)
+            scaled = np.clip(logits.astype(np.float64) / temperature - freq_penalty * counts, F32.min, F32.max)
+            nxt = sample_next(scaled, 1.0, top_k, top_p, rng)
         if stops:
             nxt = np.where(finished, pad, nxt)
             finished |= np.isin(nxt, stops)
@@ -117,6 +119,7 @@ class Decoder:
 
 
 RETURN_TYPES = ("input", "str", "tokens")
+F32 = np.finfo(np.float32)
 
 
 def _returns_text(input, return_type) -> bool:
@@ -164,8 +167,8 @@ def _stop_tokens(model, eos_token_id) -> tuple[tuple[int, ...], int | None]:
 
 
 def _token_counts(tokens: np.ndarray, d_vocab: int) -> np.ndarray:
-    """How often each token occurs in each row, [batch, d_vocab] float32."""
-    counts = np.zeros((tokens.shape[0], d_vocab), dtype=np.float32)
+    """How often each token occurs in each row, [batch, d_vocab] float64."""
+    counts = np.zeros((tokens.shape[0], d_vocab))
     for row, ids in zip(counts, tokens):
         row += np.bincount(ids, minlength=d_vocab)
     return counts

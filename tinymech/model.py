@@ -510,8 +510,12 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
 
     def reset_hooks(self, clear_contexts: bool = True, direction: str = "both", including_permanent: bool = False,
                     level=None) -> None:
-        """Remove the hooks add_hook added (the permanent ones too with including_permanent)."""
-        self._added_hooks = [e for e in self._added_hooks if e[1] and not including_permanent]
+        """Remove the hooks add_hook added (the permanent ones too with including_permanent);
+        direction "bwd" removes none, as tinymech has forward hooks only."""
+        if direction not in ("fwd", "bwd", "both"):
+            raise HookError(f"direction must be 'fwd', 'bwd' or 'both', not {direction!r}")
+        if direction != "bwd":
+            self._added_hooks = [e for e in self._added_hooks if e[1] and not including_permanent]
 
     def set_use_attn_result(self, use_attn_result: bool) -> None:
         """As TransformerLens's: True makes run_with_cache capture attn.hook_result (each head's

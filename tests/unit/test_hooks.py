@@ -249,6 +249,10 @@ def test_add_hook_checks_now_and_reset_hooks_keeps_the_permanent(model, tokens):
     model.add_hook("blocks.0.hook_mlp_out", tm.zero_ablate())
     try:
         both = model(tokens)
+        model.reset_hooks(direction="bwd")  # as TransformerLens's: the forward hooks stay
+        np.testing.assert_array_equal(model(tokens), both)
+        with pytest.raises(tm.HookError, match="direction must be"):
+            model.reset_hooks(direction="sideways")
         model.reset_hooks()
         permanent = model(tokens)
         assert not np.allclose(both, permanent) and not np.allclose(permanent, clean)

@@ -16,6 +16,7 @@ def tok():
     (lambda t: t(["a", 3]), "string"),
     (lambda t: t(3), "string"),  # these two were list()'s TypeError
     (lambda t: t(None), "string"),
+    (lambda t: t.encode(None), "string"),  # was a TypeError
     (lambda t: t("a", padding="sideways"), "padding must be"),
     (lambda t: t(["a", "b c"], padding=True, return_tensors="tf"), "return_tensors"),
     (lambda t: t("a", truncation=True, max_length=0), "max_length"),

@@ -102,7 +102,7 @@ class Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         if not isinstance(text, str):
-            raise TypeError(f"expected a string, got {type(text).__name__}")
+            raise InvalidTokensError(f"the tokenizer encodes a string, not {type(text).__name__}")
         encoding = call_tokenizers("the tokenizer failed to encode",  # e.g. a text its vocabulary cannot hold
                                    lambda: self.backend.encode(text, add_special_tokens=False),
                                    error=InvalidTokensError)

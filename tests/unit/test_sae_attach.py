@@ -209,8 +209,14 @@ def test_hostile_arguments(model, sae, tmp_path):
         model.run_with_hooks(tokens(), fwd_hooks=[(LATENTS, lambda a, hook: a)])
     with pytest.warns(UserWarning, match="no SAE is attached to blocks.0.hook_resid_pre"):
         model.reset_saes("blocks.0.hook_resid_pre")
-    with pytest.raises(tm.HookError, match="reset_saes takes hook names"):
-        model.reset_saes([5])
+    for not_names in ([5], 5):  # 5 alone was list()'s TypeError
+        with pytest.raises(tm.HookError, match="reset_saes takes hook names"):
+            model.reset_saes(not_names)
+    for path in (None, 5):  # were TypeErrors from pathlib
+        with pytest.raises(tm.InvalidInputError, match="an SAE's path is a string or a path"):
+            SAE.load_from_disk(path)
+    with pytest.raises(tm.SAENotFoundError, match="release is a string"):
+        SAE.from_pretrained(5, "blocks.0.hook_resid_pre")  # was int + str's TypeError
     model.add_sae(sae)
     for name, action, match in [
         (LATENTS, tm.zero_ablate(), "must be a Python function"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import re
 import warnings
 from pathlib import Path
@@ -369,6 +370,8 @@ def _read_labels_file(file: Path, d_sae: int) -> tuple[dict[int, str], dict[int,
 
 def sae_dir(path) -> Path:
     """The directory holding cfg.json (a path to cfg.json or the weights file works too)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidInputError(f"an SAE's path is a string or a path, not {path!r}")
     p = Path(path).expanduser()
     if p.is_file() and p.name in (CFG_FILE, WEIGHTS_FILE):
         p = p.parent

@@ -59,6 +59,11 @@ def test_metadata_reads_as_attributes_and_as_a_dict(sae):
     with pytest.raises(AttributeError):
         meta.__array_interface__  # noqa: B018 (numpy and copy probe such names: no None for them)
     assert sae.cfg.device == "cpu" and sae.cfg.dtype == "float32"
+    with pytest.raises(tm.InvalidInputError, match="hook_name is fixed"):  # was set, and the SAE stayed put
+        meta.hook_name = "blocks.0.hook_resid_pre"
+    assert meta.hook_name == sae.cfg.hook_name == HOOK
+    meta.my_note = "kept"  # a field of one's own is fine
+    assert meta.my_note == "kept"
 
 
 def test_load_from_disk_and_from_pretrained_take_a_device(sae_dir, tmp_path, monkeypatch):

@@ -47,6 +47,9 @@ class SAEMetadata(dict):
         return self.get(name)
 
     def __setattr__(self, name: str, value) -> None:
+        if name in CONFIG_FIELDS:  # the SAE was built from it: a new value would not move or reshape it
+            raise InvalidInputError(f"an SAE's {name} is fixed when it loads ({self.get(name)!r}): "
+                                    "the SAE would not follow a new value")
         self[name] = value
 
     def to_dict(self) -> dict:
@@ -101,6 +104,9 @@ class SAEConfig:
     def output_hook(self) -> str | None:
         """Where the reconstruction goes: hook_name_out for transcoders, else hook_name."""
         return self.hook_name_out or self.hook_name
+
+
+CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(SAEConfig)) - {"metadata"}
 
 
 def read_json(path: Path, what: str):

@@ -217,9 +217,12 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         """Token ids [batch, pos] (int64), BOS first unless prepend_bos=False."""
         return self._need_tokenizer().to_tokens(text, prepend_bos=prepend_bos)
 
-    def to_str_tokens(self, input, prepend_bos: bool = True) -> list[str]:
-        """One string per token of a text or of a 1-D token sequence."""
+    def to_str_tokens(self, input, prepend_bos: bool = True) -> list[str] | list[list[str]]:
+        """One string per token of a text or of a 1-D token sequence; a list of texts gives
+        one such list per text, as TransformerLens's."""
         tok = self._need_tokenizer()
+        if isinstance(input, (list, tuple)) and input and all(isinstance(t, str) for t in input):
+            return [self.to_str_tokens(t, prepend_bos) for t in input]
         if isinstance(input, str):
             ids = self.to_tokens(input, prepend_bos=prepend_bos)[0]
         else:

@@ -55,8 +55,7 @@ def generate(
     """
     as_text = _returns_text(input, return_type)
     check_padding_side(padding_side)  # a batch of equal lengths needs no padding
-    prepend_bos = model.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
-    tokens = model.tokens_of(input, prepend_bos=prepend_bos)
+    tokens = model.tokens_of(input, prepend_bos=prepend_bos)  # None: the model's default
     max_new_tokens = whole_number(max_new_tokens, "max_new_tokens", 0)
     temperature, top_k, top_p = sampling_settings(_temperature(temperature, do_sample), top_k, top_p)
     freq_penalty = _freq_penalty(freq_penalty)

@@ -213,9 +213,13 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
             )
         return self.tokenizer
 
-    def to_tokens(self, text: str | Sequence[str], prepend_bos: bool = True) -> np.ndarray:
+    def _bos(self, prepend_bos: bool | None) -> bool:
+        """prepend_bos as TransformerLens reads it: None is the model's default (cfg.default_prepend_bos)."""
+        return self.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
+
+    def to_tokens(self, text: str | Sequence[str], prepend_bos: bool | None = True) -> np.ndarray:
         """Token ids [batch, pos] (int64), BOS first unless prepend_bos=False."""
-        return self._need_tokenizer().to_tokens(text, prepend_bos=prepend_bos)
+        return self._need_tokenizer().to_tokens(text, prepend_bos=self._bos(prepend_bos))
 
     def to_str_tokens(self, input, prepend_bos: bool = True) -> list[str] | list[list[str]]:
         """One string per token of a text or of a 1-D token sequence; a list of texts gives
@@ -306,7 +310,7 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
             out = self._core_forward(None, None, self._plan(hooks), logits, start, -1, self._residual_input(input))
         else:
             # BOS starts a sequence, so text continuing a cached one gets none
-            tokens = self.tokens_of(input, prepend_bos=prepend_bos and (cache is None or cache.n_past == 0))
+            tokens = self.tokens_of(input, prepend_bos=self._bos(prepend_bos) and (cache is None or cache.n_past == 0))
             self._check_fits(cache.n_past if cache is not None else 0, tokens.shape[1])
             out = self._core_forward(cache, tokens, self._plan(hooks), logits)
         return None if logits == "none" else out

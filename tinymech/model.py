@@ -446,11 +446,21 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
 
     def run_with_hooks(self, input, fwd_hooks: Iterable[HookSpec] = (), return_type: str | None = "logits",
                        prepend_bos: bool = True, loss_per_token: bool = False, start_at_layer: int | None = None,
-                       stop_at_layer: int | None = None, tokens=None, **_ignored):
+                       stop_at_layer: int | None = None, tokens=None, bwd_hooks=(), reset_hooks_end: bool = True,
+                       **_ignored):
         """Run with hooks: (name or predicate, function or Intervention) pairs.
-        start_at_layer, stop_at_layer, tokens: as for a call (model(...))."""
-        return self._run(input, self._plan(fwd_hooks), return_type, prepend_bos, loss_per_token,
-                         start_at_layer, stop_at_layer, tokens)
+        start_at_layer, stop_at_layer, tokens: as for a call (model(...)). As TransformerLens's,
+        reset_hooks_end=False leaves the hooks on afterwards (as add_hook's, until reset_hooks);
+        bwd_hooks are refused (no backward pass)."""
+        if bwd_hooks:  # ignored, they would leave the notebook's gradients silently empty
+            raise HookError("bwd_hooks: tinymech runs forward hooks only (no backward pass yet)")
+        keep = not true_or_false(reset_hooks_end, "reset_hooks_end")
+        fwd_hooks = list(fwd_hooks)
+        out = self._run(input, self._plan(fwd_hooks), return_type, prepend_bos, loss_per_token,
+                        start_at_layer, stop_at_layer, tokens)
+        for name, hook in fwd_hooks if keep else ():
+            self.add_hook(name, hook)
+        return out
 
     # ---- SAEs, as SAELens's HookedSAETransformer attaches them (tinymech/sae/splice.py) ----
 

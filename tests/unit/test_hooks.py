@@ -239,6 +239,22 @@ def test_set_use_attn_result_makes_the_default_cache_keep_each_heads_output(mode
             setter(True)
 
 
+def test_run_with_hooks_takes_transformerlens_reset_hooks_end_and_refuses_bwd_hooks(model, tokens):
+    """Both were swallowed: reset_hooks_end=False dropped the hooks, bwd_hooks ran nothing, silently."""
+    clean = model(tokens)
+    hooked = model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.hook_mlp_out", tm.zero_ablate())], reset_hooks_end=False)
+    try:
+        np.testing.assert_array_equal(model(tokens), hooked)  # the hook stayed on
+        assert not np.allclose(hooked, clean)
+    finally:
+        model.reset_hooks()
+    np.testing.assert_array_equal(model(tokens), clean)
+    with pytest.raises(tm.HookError, match="forward hooks only"):
+        model.run_with_hooks(tokens, bwd_hooks=[("hook_embed", lambda grad, hook: grad)])
+    with pytest.raises(tm.InvalidInputError, match="reset_hooks_end must be True or False"):
+        model.run_with_hooks(tokens, reset_hooks_end="no")
+
+
 def test_add_hook_checks_now_and_reset_hooks_keeps_the_permanent(model, tokens):
     with pytest.raises(tm.HookError):
         model.add_hook("blocks.99.hook_resid_pre", tm.zero_ablate())

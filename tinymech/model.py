@@ -6,9 +6,11 @@ numbers runs in the C++ core (tinymech._core).
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import operator
 import os
+import pickle
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -175,6 +177,21 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         """Pickling and copy.deepcopy load the model again from its path with the same
         arguments (the weights are not copied); its attached SAEs, add_hook's hooks and
         set_use_attn_result come along, as they do with TransformerLens's deepcopy."""
+        rebuilt = self._rebuilt_args()
+        for (name, hook), _ in self._added_hooks:  # a lambda would fail deep inside pickle
+            try:
+                pickle.dumps(hook)
+            except (pickle.PicklingError, AttributeError, TypeError) as e:
+                raise UnpicklableError(f"the hook at {name} (add_hook) cannot be pickled: {e}; use a module-level "
+                                       "function, or reset_hooks() before pickling") from None
+        return rebuilt
+
+    def __deepcopy__(self, memo):
+        """As pickling, with the hook functions passed on as they are (a lambda copies too)."""
+        rebuild, (path, kwargs, saes, hooks, use_attn_result) = self._rebuilt_args()
+        return rebuild(path, copy.deepcopy(kwargs, memo), copy.deepcopy(saes, memo), hooks, use_attn_result)
+
+    def _rebuilt_args(self):
         if self._load_args is None:
             raise UnpicklableError("only a model loaded from a path by tm.load can be pickled or copied (it is "
                                    "loaded again from there); this one was built from arrays in memory")

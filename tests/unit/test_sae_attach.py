@@ -133,6 +133,10 @@ def test_a_copied_model_keeps_its_hooks_and_attn_result(model_dir):
         m2 = copy.deepcopy(m)
         m2.reset_hooks()
         np.testing.assert_array_equal(c(toks), m2(toks))
+    m.add_hook("blocks.0.hook_resid_pre", lambda act, hook: act)
+    assert copy.deepcopy(m)._added_hooks[-1] == m._added_hooks[-1]  # deepcopy passes a lambda on
+    with pytest.raises(tm.UnpicklableError, match="blocks.0.hook_resid_pre .add_hook. cannot be pickled"):
+        pickle.dumps(m)  # a precise error, not pickle's
 
 
 def test_a_model_built_in_memory_cannot_be_pickled(model):

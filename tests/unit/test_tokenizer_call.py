@@ -35,6 +35,15 @@ def test_a_single_text_gives_flat_lists_and_padding_fills_the_mask(tok):
     assert batch.input_ids[1][-1] == tok.pad_token_id == tok.eos_token_id
 
 
+def test_an_unknown_padding_side_is_refused(tok):
+    tok.padding_side = "middle"  # padded on the right, silently
+    try:
+        with pytest.raises(tm.InvalidTokensError, match="padding_side must be 'left' or 'right'"):
+            tok(["Mr Darcy walked", "Hi"], padding=True)
+    finally:
+        tok.padding_side = "right"
+
+
 def test_pad_token_can_be_set_as_on_hugging_faces(tok):
     """`tokenizer.pad_token = tokenizer.eos_token`, a notebook habit, was an AttributeError."""
     try:

@@ -202,6 +202,8 @@ class Tokenizer:
             pad = self.pad_token_id
             if pad is None:
                 raise InvalidTokensError("this tokenizer has no padding token (nor an EOS token to pad with)")
+            if self.padding_side not in ("left", "right"):  # anything else padded on the right, silently
+                raise InvalidTokensError(f"padding_side must be 'left' or 'right', not {self.padding_side!r}")
             left = self.padding_side == "left"
             fill = [width - len(r) for r in rows]
             rows = [[pad] * n + r if left else r + [pad] * n for r, n in zip(rows, fill)]

@@ -103,6 +103,14 @@ def whole_number(value, what: str, minimum: int | None = None, error=InvalidInpu
     return int(value)
 
 
+def true_or_false(value, what: str, error=InvalidInputError) -> bool:
+    """value as a bool; `error` naming `what` unless it is True or False (numpy's
+    included): a string such as "no" would read as True."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise error(f"{what} must be True or False, not {value!r}")
+    return bool(value)
+
+
 def real_number(value, what: str, error=InvalidInputError) -> float:
     """value as a float; `error` naming `what` unless it is a number a float
     can hold (numpy's and 0-d arrays included; bools and strings not)."""

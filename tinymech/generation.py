@@ -9,7 +9,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from .errors import InvalidInputError, real_number, whole_number
+from .errors import InvalidInputError, real_number, true_or_false, whole_number
 from .hooks import HookSpec
 from .model_helpers import check_padding_side
 from .ops import sample_next, sampling_settings
@@ -55,28 +55,29 @@ def generate(
     """
     as_text = _returns_text(input, return_type)
     check_padding_side(padding_side)  # a batch of equal lengths needs no padding
-    prepend_bos = model.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
-    tokens = model.tokens_of(input, prepend_bos=prepend_bos)
+    tokens = model.tokens_of(input, prepend_bos=prepend_bos)  # None: the model's default
     max_new_tokens = whole_number(max_new_tokens, "max_new_tokens", 0)
     temperature, top_k, top_p = sampling_settings(_temperature(temperature, do_sample), top_k, top_p)
     freq_penalty = _freq_penalty(freq_penalty)
     if temperature == 0:  # greedy decoding ignores it, as TransformerLens's does
         freq_penalty = 0.0
     rng = np.random.default_rng(None if seed is None else whole_number(seed, "seed", 0))
-    progress = progress_function(_flag(verbose, "verbose"), label="generating", unit="tokens")
+    progress = progress_function(true_or_false(verbose, "verbose"), label="generating", unit="tokens")
     stops, pad = _stop_tokens(model, eos_token_id) if stop_at_eos else ((), None)
     batch, total = tokens.shape[0], tokens.shape[1] + max_new_tokens
     model._check_fits(0, total)
-    next_logits = Decoder(model, model._plan(hooks), batch, total, _flag(use_past_kv_cache, "use_past_kv_cache"))
+    next_logits = Decoder(model, model._plan(hooks), batch, total, true_or_false(use_past_kv_cache, "use_past_kv_cache"))
     counts = _token_counts(tokens, model.cfg.d_vocab) if freq_penalty else None
     out = [tokens.astype(np.int64)]
     finished = np.zeros(batch, dtype=bool)
     if max_new_tokens > 0:
         logits = next_logits(tokens)
     for step in range(max_new_tokens):
-        if counts is not None:  # TransformerLens subtracts freq_penalty * count from logits / temperature
-            logits = logits - np.float32(freq_penalty * temperature) * counts
-        nxt = sample_next(logits, temperature, top_k, top_p, rng)
+        if counts is None:
+            nxt = sample_next(logits, temperature, top_k, top_p, rng)
+        else:  # as TransformerLens: logits / temperature - freq_penalty * count, in float64 (no inf * 0 = NaN)
+            scaled = np.clip(logits.astype(np.float64) / temperature - freq_penalty * counts, F32.min, F32.max)
+            nxt = sample_next(scaled, 1.0, top_k, top_p, rng)
         if stops:
             nxt = np.where(finished, pad, nxt)
             finished |= np.isin(nxt, stops)
@@ -117,6 +118,7 @@ class Decoder:
 
 
 RETURN_TYPES = ("input", "str", "tokens")
+F32 = np.finfo(np.float32)
 
 
 def _returns_text(input, return_type) -> bool:
@@ -130,18 +132,12 @@ def _returns_text(input, return_type) -> bool:
     return return_type == "str"
 
 
-def _flag(value, what: str) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise InvalidInputError(f"{what} must be True or False, not {value!r}")
-    return bool(value)
-
-
 def _temperature(temperature, do_sample) -> float:
     """do_sample as TransformerLens's: False is greedy, True samples (at temperature 1.0
     unless one is given); None leaves it to the temperature (0, the default: greedy)."""
     if do_sample is None:
         return 0.0 if temperature is None else temperature
-    if not _flag(do_sample, "do_sample"):
+    if not true_or_false(do_sample, "do_sample"):
         return 0.0
     return 1.0 if temperature is None else temperature
 
@@ -170,8 +166,8 @@ def _stop_tokens(model, eos_token_id) -> tuple[tuple[int, ...], int | None]:
 
 
 def _token_counts(tokens: np.ndarray, d_vocab: int) -> np.ndarray:
-    """How often each token occurs in each row, [batch, d_vocab] float32."""
-    counts = np.zeros((tokens.shape[0], d_vocab), dtype=np.float32)
+    """How often each token occurs in each row, [batch, d_vocab] float64."""
+    counts = np.zeros((tokens.shape[0], d_vocab))
     for row, ids in zip(counts, tokens):
         row += np.bincount(ids, minlength=d_vocab)
     return counts

@@ -195,7 +195,12 @@ def resolve_names(model, name_or_filter) -> list[str]:
     known = model._hook_ids
     if callable(name_or_filter):
         return [n for n in model._hook_names if name_or_filter(n)]
-    names = [name_or_filter] if isinstance(name_or_filter, str) else list(name_or_filter)
+    if isinstance(name_or_filter, str):
+        names = [name_or_filter]
+    elif isinstance(name_or_filter, Iterable) and not isinstance(name_or_filter, bytes):
+        names = list(name_or_filter)
+    else:  # list(3) would escape as a TypeError
+        raise HookError(f"a hook point is a name, a list of names or a predicate on names, got {name_or_filter!r}")
     out = []
     for n in names:
         if not isinstance(n, str):

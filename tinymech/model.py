@@ -6,9 +6,11 @@ numbers runs in the C++ core (tinymech._core).
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import operator
 import os
+import pickle
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -30,6 +32,7 @@ from .errors import (
     NoTokenizerError,
     UnpicklableError,
     UnsupportedArchitectureError,
+    true_or_false,
     whole_number,
 )
 from .generation import generate
@@ -172,11 +175,27 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
 
     def __reduce__(self):
         """Pickling and copy.deepcopy load the model again from its path with the same
-        arguments (the weights are not copied); its attached SAEs come along."""
+        arguments (the weights are not copied); its attached SAEs, add_hook's hooks and
+        set_use_attn_result come along, as they do with TransformerLens's deepcopy."""
+        rebuilt = self._rebuilt_args()
+        for (name, hook), _ in self._added_hooks:  # a lambda would fail deep inside pickle
+            try:
+                pickle.dumps(hook)
+            except (pickle.PicklingError, AttributeError, TypeError) as e:
+                raise UnpicklableError(f"the hook at {name} (add_hook) cannot be pickled: {e}; use a module-level "
+                                       "function, or reset_hooks() before pickling") from None
+        return rebuilt
+
+    def __deepcopy__(self, memo):
+        """As pickling, with the hook functions passed on as they are (a lambda copies too)."""
+        rebuild, (path, kwargs, saes, hooks, use_attn_result) = self._rebuilt_args()
+        return rebuild(path, copy.deepcopy(kwargs, memo), copy.deepcopy(saes, memo), hooks, use_attn_result)
+
+    def _rebuilt_args(self):
         if self._load_args is None:
             raise UnpicklableError("only a model loaded from a path by tm.load can be pickled or copied (it is "
                                    "loaded again from there); this one was built from arrays in memory")
-        return _reloaded, (*self._load_args, list(self._saes.values()))
+        return _reloaded, (*self._load_args, list(self._saes.values()), self._added_hooks, self._use_attn_result)
 
     def __repr__(self):
         c = self.cfg
@@ -211,13 +230,20 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
             )
         return self.tokenizer
 
-    def to_tokens(self, text: str | Sequence[str], prepend_bos: bool = True) -> np.ndarray:
-        """Token ids [batch, pos] (int64), BOS first unless prepend_bos=False."""
-        return self._need_tokenizer().to_tokens(text, prepend_bos=prepend_bos)
+    def _bos(self, prepend_bos: bool | None) -> bool:
+        """prepend_bos as TransformerLens reads it: None is the model's default (cfg.default_prepend_bos)."""
+        return self.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
 
-    def to_str_tokens(self, input, prepend_bos: bool = True) -> list[str]:
-        """One string per token of a text or of a 1-D token sequence."""
+    def to_tokens(self, text: str | Sequence[str], prepend_bos: bool | None = True) -> np.ndarray:
+        """Token ids [batch, pos] (int64), BOS first unless prepend_bos=False."""
+        return self._need_tokenizer().to_tokens(text, prepend_bos=self._bos(prepend_bos))
+
+    def to_str_tokens(self, input, prepend_bos: bool = True) -> list[str] | list[list[str]]:
+        """One string per token of a text or of a 1-D token sequence; a list of texts gives
+        one such list per text, as TransformerLens's."""
         tok = self._need_tokenizer()
+        if isinstance(input, (list, tuple)) and input and all(isinstance(t, str) for t in input):
+            return [self.to_str_tokens(t, prepend_bos) for t in input]
         if isinstance(input, str):
             ids = self.to_tokens(input, prepend_bos=prepend_bos)[0]
         else:
@@ -301,7 +327,7 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
             out = self._core_forward(None, None, self._plan(hooks), logits, start, -1, self._residual_input(input))
         else:
             # BOS starts a sequence, so text continuing a cached one gets none
-            tokens = self.tokens_of(input, prepend_bos=prepend_bos and (cache is None or cache.n_past == 0))
+            tokens = self.tokens_of(input, prepend_bos=self._bos(prepend_bos) and (cache is None or cache.n_past == 0))
             self._check_fits(cache.n_past if cache is not None else 0, tokens.shape[1])
             out = self._core_forward(cache, tokens, self._plan(hooks), logits)
         return None if logits == "none" else out
@@ -437,11 +463,21 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
 
     def run_with_hooks(self, input, fwd_hooks: Iterable[HookSpec] = (), return_type: str | None = "logits",
                        prepend_bos: bool = True, loss_per_token: bool = False, start_at_layer: int | None = None,
-                       stop_at_layer: int | None = None, tokens=None, **_ignored):
+                       stop_at_layer: int | None = None, tokens=None, bwd_hooks=(), reset_hooks_end: bool = True,
+                       **_ignored):
         """Run with hooks: (name or predicate, function or Intervention) pairs.
-        start_at_layer, stop_at_layer, tokens: as for a call (model(...))."""
-        return self._run(input, self._plan(fwd_hooks), return_type, prepend_bos, loss_per_token,
-                         start_at_layer, stop_at_layer, tokens)
+        start_at_layer, stop_at_layer, tokens: as for a call (model(...)). As TransformerLens's,
+        reset_hooks_end=False leaves the hooks on afterwards (as add_hook's, until reset_hooks);
+        bwd_hooks are refused (no backward pass)."""
+        if bwd_hooks:  # ignored, they would leave the notebook's gradients silently empty
+            raise HookError("bwd_hooks: tinymech runs forward hooks only (no backward pass yet)")
+        keep = not true_or_false(reset_hooks_end, "reset_hooks_end")
+        fwd_hooks = list(fwd_hooks)
+        out = self._run(input, self._plan(fwd_hooks), return_type, prepend_bos, loss_per_token,
+                        start_at_layer, stop_at_layer, tokens)
+        for name, hook in fwd_hooks if keep else ():
+            self.add_hook(name, hook)
+        return out
 
     # ---- SAEs, as SAELens's HookedSAETransformer attaches them (tinymech/sae/splice.py) ----
 
@@ -508,14 +544,18 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
 
     def reset_hooks(self, clear_contexts: bool = True, direction: str = "both", including_permanent: bool = False,
                     level=None) -> None:
-        """Remove the hooks add_hook added (the permanent ones too with including_permanent)."""
-        self._added_hooks = [e for e in self._added_hooks if e[1] and not including_permanent]
+        """Remove the hooks add_hook added (the permanent ones too with including_permanent);
+        direction "bwd" removes none, as tinymech has forward hooks only."""
+        if direction not in ("fwd", "bwd", "both"):
+            raise HookError(f"direction must be 'fwd', 'bwd' or 'both', not {direction!r}")
+        if direction != "bwd":
+            self._added_hooks = [e for e in self._added_hooks if e[1] and not including_permanent]
 
     def set_use_attn_result(self, use_attn_result: bool) -> None:
         """As TransformerLens's: True makes run_with_cache capture attn.hook_result (each head's
         output, [batch, pos, head, d_model]) without a names_filter too. Any hook on it works
         either way: tinymech computes it whenever a hook asks for it."""
-        self._use_attn_result = bool(use_attn_result)
+        self._use_attn_result = true_or_false(use_attn_result, "use_attn_result")
 
     def set_use_split_qkv_input(self, use_split_qkv_input: bool) -> None:
         """TransformerLens's per-head query/key/value inputs (hook_q_input, ...): not in tinymech yet."""
@@ -687,11 +727,14 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
 RETURN_TYPES = ("logits", "loss", "both", None)
 
 
-def _reloaded(path: str, kwargs: dict, saes: list) -> Model:
-    """A pickled model: loaded again from its path, its SAEs attached again."""
+def _reloaded(path: str, kwargs: dict, saes: list, added_hooks: list = (), use_attn_result: bool = False) -> Model:
+    """A pickled model: loaded again from its path, its SAEs, hooks and settings set again."""
     model = load(path, **kwargs)
     for sae, use_error_term in saes:
         model.add_sae(sae, use_error_term)
+    for (name, hook), permanent in added_hooks:
+        model.add_hook(name, hook, is_permanent=permanent)
+    model.set_use_attn_result(use_attn_result)
     return model
 
 
@@ -784,7 +827,7 @@ def from_pretrained(model_name: str | os.PathLike | None = None, fold_ln: bool =
             raise UnsupportedArchitectureError(f"from_pretrained's {key}={value!r} is not supported by tinymech")
     return load(model_name, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
                 center_unembed=center_unembed, fold_value_biases=fold_value_biases,
-                dtype="bf16" if str(dtype).lower() in ("bfloat16", "torch.bfloat16") else dtype)
+                dtype=dtype)
 
 
 def from_pretrained_no_processing(model_name: str | os.PathLike | None = None, **kwargs) -> Model:

@@ -139,7 +139,7 @@ class ModelHelpers:
             raise InvalidInputError(f"mode must be 'first' or 'last', not {mode!r}")
         check_padding_side(padding_side)
         if isinstance(input, str):
-            bos = self.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
+            bos = self._bos(prepend_bos)
             tokens = self.to_tokens(input, prepend_bos=bos)[0]
         else:
             tokens = np.asarray(input)

@@ -52,8 +52,11 @@ def sample_next(logits: np.ndarray, temperature: float, top_k, top_p, rng: np.ra
         return logits.argmax(-1).astype(np.int64)
     # the draw runs in the core; the randomness comes from rng, so a seed reproduces it
     kept = 0 if top_k is None or top_k >= logits.shape[-1] else top_k
-    return _core.sample(np.ascontiguousarray(logits, dtype=np.float32), float(temperature), kept,
-                        float(1.0 if top_p is None else top_p), rng.random(logits.shape[0]))
+    try:
+        return _core.sample(np.ascontiguousarray(logits, dtype=np.float32), float(temperature), kept,
+                            float(1.0 if top_p is None else top_p), rng.random(logits.shape[0]))
+    except ValueError as e:  # the settings were checked: the logits hold NaN or +inf (a hook's, say)
+        raise InvalidInputError(str(e)) from None
 
 # ---- the final norm ----
 

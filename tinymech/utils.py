@@ -78,7 +78,7 @@ def test_prompt(prompt: str, answer: str | list[str], model, prepend_space_to_an
     several = len(answers) > 1
     if prepend_space_to_answer:
         answers = [a if a.startswith(" ") else " " + a for a in answers]
-    bos = model.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
+    bos = model._bos(prepend_bos)
     prompt_tokens = model.to_tokens(prompt, prepend_bos=bos)[0]
     answer_rows = [model.to_tokens(a, prepend_bos=False)[0] for a in answers]
     if any(len(row) == 0 for row in answer_rows):

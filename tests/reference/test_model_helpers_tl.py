@@ -230,6 +230,10 @@ def test_token_helpers_match_tl(demo):
             assert (model.get_token_position(token, TEXT, mode=mode, prepend_bos=False)
                     == tl.get_token_position(token, TEXT, mode=mode, prepend_bos=False))
     assert model.get_token_position(" Darcy", TEXT, padding_side="left") == tl.get_token_position(" Darcy", TEXT, padding_side="left")
+    np.testing.assert_array_equal(model.to_tokens(TEXT, prepend_bos=None), tl.to_tokens(TEXT, prepend_bos=None).numpy())
+    texts = [TEXT, "Hi", "Mr Bingley"]  # a list of texts: one list of strings each (was refused)
+    assert model.to_str_tokens(texts) == tl.to_str_tokens(texts)
+    assert model.to_str_tokens(texts, prepend_bos=False) == tl.to_str_tokens(texts, prepend_bos=False)
 
 
 def test_tokens_to_residual_directions_match_tl(demo):

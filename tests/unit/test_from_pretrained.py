@@ -32,6 +32,10 @@ def test_from_pretrained_takes_transformerlens_keywords_and_runs_on_the_cpu():
     with pytest.warns(UserWarning, match="CPU"):
         tm.from_pretrained(None, device="cuda")
     assert tm.from_pretrained(None, dtype="bfloat16").dtype == "bf16"
+    assert tm.from_pretrained(None, dtype="torch.float32").dtype == "float32"  # str(torch.float32)
+    for load in (tm.from_pretrained, tm.HookedTransformer.from_pretrained_no_processing, tm.load):
+        with pytest.raises(tm.InvalidInputError, match="dtype must be 'float32' or 'bf16'"):
+            load(None, dtype="float16")  # was a plain ValueError
     with pytest.raises(tm.UnsupportedArchitectureError, match="refactor_factored_attn_matrices"):
         tm.from_pretrained(None, refactor_factored_attn_matrices=True)
     with pytest.raises(tm.InvalidInputError, match="n_devices"):

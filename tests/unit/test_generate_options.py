@@ -69,6 +69,20 @@ def test_padding_side_where_no_padding_is_needed(demo):
         demo.generate([PROMPT, "Mr Darcy"], max_new_tokens=4, padding_side="left")
 
 
+def test_huge_penalties_and_nan_logits(demo):
+    """freq_penalty * temperature overflowed float32 into inf * 0 = NaN, and the core's refusal of
+    NaN logits escaped as a plain ValueError."""
+    tokens = demo.to_tokens(PROMPT)
+    for penalty, temperature in ((1e30, 1e30), (1e308, 1e-30), (1e308, 1e308)):
+        out = demo.generate(tokens, max_new_tokens=4, stop_at_eos=False, do_sample=True, seed=0,
+                            freq_penalty=penalty, temperature=temperature)
+        new = out[0, tokens.shape[1]:].tolist()
+        assert len(set(new)) == len(new) and not set(new) & set(tokens[0].tolist())
+    with pytest.raises(tm.InvalidInputError, match="NaN"):
+        demo.generate(tokens, max_new_tokens=2, do_sample=True,
+                      hooks=[("unembed.hook_out", lambda logits, hook: logits * np.nan)])
+
+
 @pytest.mark.parametrize("options,match", [
     (dict(return_type="embeds"), "not embeddings"),
     (dict(return_type=None), "return_type"),

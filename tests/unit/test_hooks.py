@@ -38,6 +38,11 @@ def test_unknown_hook_name_suggests_the_closest(model, tokens):
             pass
     with pytest.raises(tm.HookError):
         model.generate(tokens, max_new_tokens=2, hooks=[("blocks.9.hook_resid_pre", tm.zero_ablate())])
+    for neither in (3, None, b"hook_embed"):  # not a name, a list or a predicate: list(3) was a TypeError
+        with pytest.raises(tm.HookError, match="a name, a list of names or a predicate"):
+            model.add_hook(neither, tm.zero_ablate())
+        with pytest.raises(tm.HookError, match="a name, a list of names or a predicate"):
+            model.run_with_cache(tokens, names_filter=neither if neither is not None else 3)
 
 
 @pytest.mark.parametrize("heads,positions", [(True, None), ([1.7], None), (-1, None), (None, [-1]), (None, [2**63]),
@@ -225,10 +230,29 @@ def test_set_use_attn_result_makes_the_default_cache_keep_each_heads_output(mode
     result = cache["blocks.1.attn.hook_result"]
     assert result.shape == (*tokens.shape, model.cfg.n_heads, model.cfg.d_model)
     np.testing.assert_allclose(result.sum(2) + model.b_O[1], cache["blocks.1.hook_attn_out"], rtol=1e-4, atol=1e-4)
+    with pytest.raises(tm.InvalidInputError, match="use_attn_result must be True or False"):
+        model.set_use_attn_result("no")  # was read as True
+    assert not any(n.endswith("attn.hook_result") for n in model.run_with_cache(tokens)[1])
     model.set_use_split_qkv_input(False)  # off: nothing to do
     for setter in (model.set_use_split_qkv_input, model.set_use_attn_in, model.set_use_hook_mlp_in):
         with pytest.raises(tm.HookError, match="not|no"):
             setter(True)
+
+
+def test_run_with_hooks_takes_transformerlens_reset_hooks_end_and_refuses_bwd_hooks(model, tokens):
+    """Both were swallowed: reset_hooks_end=False dropped the hooks, bwd_hooks ran nothing, silently."""
+    clean = model(tokens)
+    hooked = model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.hook_mlp_out", tm.zero_ablate())], reset_hooks_end=False)
+    try:
+        np.testing.assert_array_equal(model(tokens), hooked)  # the hook stayed on
+        assert not np.allclose(hooked, clean)
+    finally:
+        model.reset_hooks()
+    np.testing.assert_array_equal(model(tokens), clean)
+    with pytest.raises(tm.HookError, match="forward hooks only"):
+        model.run_with_hooks(tokens, bwd_hooks=[("hook_embed", lambda grad, hook: grad)])
+    with pytest.raises(tm.InvalidInputError, match="reset_hooks_end must be True or False"):
+        model.run_with_hooks(tokens, reset_hooks_end="no")
 
 
 def test_add_hook_checks_now_and_reset_hooks_keeps_the_permanent(model, tokens):
@@ -241,6 +265,10 @@ def test_add_hook_checks_now_and_reset_hooks_keeps_the_permanent(model, tokens):
     model.add_hook("blocks.0.hook_mlp_out", tm.zero_ablate())
     try:
         both = model(tokens)
+        model.reset_hooks(direction="bwd")  # as TransformerLens's: the forward hooks stay
+        np.testing.assert_array_equal(model(tokens), both)
+        with pytest.raises(tm.HookError, match="direction must be"):
+            model.reset_hooks(direction="sideways")
         model.reset_hooks()
         permanent = model(tokens)
         assert not np.allclose(both, permanent) and not np.allclose(permanent, clean)

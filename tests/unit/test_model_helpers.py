@@ -128,6 +128,20 @@ def test_token_helpers(demo):
     assert demo.tokens_to_residual_directions([[darcy, 3]]).shape == (1, 2, demo.cfg.d_model)
 
 
+def test_prepend_bos_none_is_the_models_default(demo):
+    """As TransformerLens's USE_DEFAULT_VALUE: None was read as False, so runs lost their BOS."""
+    text = "Mr Darcy walked"
+    with_bos = demo.to_tokens(text)
+    np.testing.assert_array_equal(demo.to_tokens(text, prepend_bos=None), with_bos)
+    assert demo.to_str_tokens(text, prepend_bos=None)[0] == demo.to_str_tokens(text)[0] == "<|endoftext|>"
+    np.testing.assert_array_equal(demo(text, prepend_bos=None), demo(with_bos))
+    np.testing.assert_array_equal(demo.run_with_cache(text, prepend_bos=None)[0], demo(with_bos))
+    cache = demo.new_cache(1)
+    demo.forward(text, cache=cache, prepend_bos=None)
+    demo.forward(" in", cache=cache, prepend_bos=None)  # a continuation gets no BOS
+    assert cache.n_past == with_bos.shape[1] + 1
+
+
 def test_token_helpers_refuse_hostile_arguments(demo):
     errors = [
         (lambda: demo.to_single_token(" Darcy walked"), tm.InvalidTokensError, "2 tokens"),

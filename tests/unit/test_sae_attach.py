@@ -59,6 +59,11 @@ def test_metadata_reads_as_attributes_and_as_a_dict(sae):
     with pytest.raises(AttributeError):
         meta.__array_interface__  # noqa: B018 (numpy and copy probe such names: no None for them)
     assert sae.cfg.device == "cpu" and sae.cfg.dtype == "float32"
+    with pytest.raises(tm.InvalidInputError, match="hook_name is fixed"):  # was set, and the SAE stayed put
+        meta.hook_name = "blocks.0.hook_resid_pre"
+    assert meta.hook_name == sae.cfg.hook_name == HOOK
+    meta.my_note = "kept"  # a field of one's own is fine
+    assert meta.my_note == "kept"
 
 
 def test_load_from_disk_and_from_pretrained_take_a_device(sae_dir, tmp_path, monkeypatch):
@@ -107,6 +112,31 @@ def test_a_loaded_model_pickles_as_its_path(model_dir, sae):
         assert list(c.keys()) == list(cache.keys())
         np.testing.assert_array_equal(c[LATENTS], cache[LATENTS])
     assert copy.deepcopy(cache).model is processed  # a copy of the activations shares the model
+
+
+def _halve(act, hook):  # module level: a hook pickle can carry
+    return act * 0.5
+
+
+def test_a_copied_model_keeps_its_hooks_and_attn_result(model_dir):
+    """add_hook's hooks and set_use_attn_result survive pickling and deepcopy, as TransformerLens's
+    deepcopy keeps them (a copy used to run without the hooks, silently)."""
+    m = tm.load(model_dir)
+    m.add_hook("blocks.0.hook_resid_post", _halve)
+    m.add_hook("blocks.1.hook_resid_post", _halve, is_permanent=True)
+    m.set_use_attn_result(True)
+    toks = tokens()
+    for c in (pickle.loads(pickle.dumps(m)), copy.deepcopy(m)):
+        np.testing.assert_array_equal(c(toks), m(toks))
+        assert "blocks.0.attn.hook_result" in c.run_with_cache(toks)[1]
+        c.reset_hooks()  # the permanent one stays, as it does on the original
+        m2 = copy.deepcopy(m)
+        m2.reset_hooks()
+        np.testing.assert_array_equal(c(toks), m2(toks))
+    m.add_hook("blocks.0.hook_resid_pre", lambda act, hook: act)
+    assert copy.deepcopy(m)._added_hooks[-1] == m._added_hooks[-1]  # deepcopy passes a lambda on
+    with pytest.raises(tm.UnpicklableError, match="blocks.0.hook_resid_pre .add_hook. cannot be pickled"):
+        pickle.dumps(m)  # a precise error, not pickle's
 
 
 def test_a_model_built_in_memory_cannot_be_pickled(model):
@@ -188,8 +218,14 @@ def test_hostile_arguments(model, sae, tmp_path):
         model.run_with_hooks(tokens(), fwd_hooks=[(LATENTS, lambda a, hook: a)])
     with pytest.warns(UserWarning, match="no SAE is attached to blocks.0.hook_resid_pre"):
         model.reset_saes("blocks.0.hook_resid_pre")
-    with pytest.raises(tm.HookError, match="reset_saes takes hook names"):
-        model.reset_saes([5])
+    for not_names in ([5], 5):  # 5 alone was list()'s TypeError
+        with pytest.raises(tm.HookError, match="reset_saes takes hook names"):
+            model.reset_saes(not_names)
+    for path in (None, 5):  # were TypeErrors from pathlib
+        with pytest.raises(tm.InvalidInputError, match="an SAE's path is a string or a path"):
+            SAE.load_from_disk(path)
+    with pytest.raises(tm.SAENotFoundError, match="release is a string"):
+        SAE.from_pretrained(5, "blocks.0.hook_resid_pre")  # was int + str's TypeError
     model.add_sae(sae)
     for name, action, match in [
         (LATENTS, tm.zero_ablate(), "must be a Python function"),

@@ -16,15 +16,17 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _core
+from ..errors import InvalidInputError
 
 DTYPES = {"float32": "float32", "fp32": "float32", "f32": "float32", "bf16": "bf16", "bfloat16": "bf16"}
 
 
-def canonical_dtype(dtype: str) -> str:
+def canonical_dtype(dtype) -> str:
+    """"float32" or "bf16" from their spellings, torch's dtypes (torch.float32) included."""
     try:
-        return DTYPES[str(dtype).lower()]
+        return DTYPES[str(dtype).lower().removeprefix("torch.")]
     except KeyError:
-        raise ValueError(f"dtype must be 'float32' or 'bf16', not {dtype!r}") from None
+        raise InvalidInputError(f"dtype must be 'float32' or 'bf16', not {dtype!r}") from None
 
 
 def to_bf16(x: np.ndarray, transpose: bool = False) -> np.ndarray:

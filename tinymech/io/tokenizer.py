@@ -102,7 +102,7 @@ class Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         if not isinstance(text, str):
-            raise TypeError(f"expected a string, got {type(text).__name__}")
+            raise InvalidTokensError(f"the tokenizer encodes a string, not {type(text).__name__}")
         encoding = call_tokenizers("the tokenizer failed to encode",  # e.g. a text its vocabulary cannot hold
                                    lambda: self.backend.encode(text, add_special_tokens=False),
                                    error=InvalidTokensError)
@@ -134,6 +134,7 @@ class Tokenizer:
     # ---- what notebooks call on a Hugging Face tokenizer (model.tokenizer(...), .pad_token, ...) ----
 
     padding_side = "right"
+    _pad_token_id = None  # set through pad_token; None: the EOS token pads
 
     def _name(self, token_id: int | None) -> str | None:
         return None if token_id is None else self.backend.id_to_token(token_id)
@@ -149,11 +150,19 @@ class Tokenizer:
     @property
     def pad_token_id(self) -> int | None:
         """The padding id: the EOS token's, as TransformerLens sets it on tokenizers without one."""
-        return getattr(self, "_pad_token_id", None) or self.eos_token_id
+        return self.eos_token_id if self._pad_token_id is None else self._pad_token_id
 
     @property
     def pad_token(self) -> str | None:
         return self._name(self.pad_token_id)
+
+    @pad_token.setter
+    def pad_token(self, token: str) -> None:
+        """As on Hugging Face's: `tokenizer.pad_token = tokenizer.eos_token` (a notebook habit)."""
+        token_id = self.backend.token_to_id(token) if isinstance(token, str) else None
+        if token_id is None:
+            raise InvalidTokensError(f"pad_token must be a token of the vocabulary, not {token!r}")
+        self._pad_token_id = token_id
 
     def __len__(self) -> int:
         return self.vocab_size
@@ -175,8 +184,8 @@ class Tokenizer:
         them; padding True/"longest" or "max_length" on padding_side with pad_token_id;
         truncation to max_length; return_tensors None (lists), "np" or "pt" (torch, if installed)."""
         single = isinstance(text, str)
-        texts = [text] if single else list(text)
-        if not all(isinstance(t, str) for t in texts):
+        texts = [text] if single else list(text) if isinstance(text, (list, tuple, np.ndarray)) else None
+        if texts is None or not all(isinstance(t, str) for t in texts):
             raise InvalidTokensError("the tokenizer takes a string or a list of strings")
         rows = [call_tokenizers("the tokenizer failed to encode",
                                 lambda t=t: self.backend.encode(t, add_special_tokens=add_special_tokens),
@@ -193,6 +202,8 @@ class Tokenizer:
             pad = self.pad_token_id
             if pad is None:
                 raise InvalidTokensError("this tokenizer has no padding token (nor an EOS token to pad with)")
+            if self.padding_side not in ("left", "right"):  # anything else padded on the right, silently
+                raise InvalidTokensError(f"padding_side must be 'left' or 'right', not {self.padding_side!r}")
             left = self.padding_side == "left"
             fill = [width - len(r) for r in rows]
             rows = [[pad] * n + r if left else r + [pad] * n for r, n in zip(rows, fill)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import re
 import warnings
 from pathlib import Path
@@ -46,6 +47,9 @@ class SAEMetadata(dict):
         return self.get(name)
 
     def __setattr__(self, name: str, value) -> None:
+        if name in CONFIG_FIELDS:  # the SAE was built from it: a new value would not move or reshape it
+            raise InvalidInputError(f"an SAE's {name} is fixed when it loads ({self.get(name)!r}): "
+                                    "the SAE would not follow a new value")
         self[name] = value
 
     def to_dict(self) -> dict:
@@ -100,6 +104,9 @@ class SAEConfig:
     def output_hook(self) -> str | None:
         """Where the reconstruction goes: hook_name_out for transcoders, else hook_name."""
         return self.hook_name_out or self.hook_name
+
+
+CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(SAEConfig)) - {"metadata"}
 
 
 def read_json(path: Path, what: str):
@@ -376,6 +383,8 @@ def _read_labels_file(file: Path, d_sae: int) -> tuple[dict[int, str], dict[int,
 
 def sae_dir(path) -> Path:
     """The directory holding cfg.json (a path to cfg.json or the weights file works too)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidInputError(f"an SAE's path is a string or a path, not {path!r}")
     p = Path(path).expanduser()
     if p.is_file() and p.name in (CFG_FILE, WEIGHTS_FILE):
         p = p.parent

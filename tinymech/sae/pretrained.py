@@ -68,6 +68,9 @@ def registry_entry(release: str, path: Path | None = None) -> dict | None:
 
 def locate(release: str, sae_id: str) -> tuple[str, str, dict, float | None]:
     """(repo_id, folder, config overrides, norm_scaling_factor) for a release and SAE id."""
+    for what, name in (("release", release), ("sae_id", sae_id)):
+        if not isinstance(name, str):
+            raise SAENotFoundError(f"an SAE's {what} is a string, not {name!r}")
     entry = registry_entry(release)
     if entry is None:
         if "/" not in release:

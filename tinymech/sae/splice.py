@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -147,7 +148,11 @@ def add_sae(model, sae, use_error_term: bool | None = None) -> None:
 
 def reset_saes(model, act_names=None) -> None:
     """Detach the SAEs at these input hooks (a name or a list), or all."""
-    names = list(model._saes) if act_names is None else [act_names] if isinstance(act_names, str) else list(act_names)
+    if act_names is None:
+        names = list(model._saes)
+    else:
+        one = isinstance(act_names, (str, bytes)) or not isinstance(act_names, Iterable)
+        names = [act_names] if one else list(act_names)  # a non-name is refused below
     for name in names:
         if not isinstance(name, str):
             raise HookError(f"reset_saes takes hook names, got {name!r}")

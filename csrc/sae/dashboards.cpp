@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <exception>
 #include <iterator>
 #include <limits>
 #include <stdexcept>
@@ -122,23 +123,31 @@ void gather(FeatureStats::Batch& b, int64_t cap) {
   std::vector<std::vector<int64_t>> at(sz(n_chunks));  // per chunk and feature: its first slot
   auto chunk_start = [&](int64_t c) { return b.n_tok * c / n_chunks; };
   b.cut.resize(cap > 0 ? sz(b.n_tok) : 0);
+  // each chunk keeps its first error: the batch's first bad token is reported, whatever the threads
+  std::vector<std::exception_ptr> errors(sz(n_chunks));
   parallel_for(n_chunks, [&](int64_t c0, int64_t c1, int) {
     std::vector<int64_t> seen(sz(F), -1);
     std::vector<Entry> buf;
     for (int64_t c = c0; c < c1; ++c) {
       std::vector<Entry>& out = found[sz(c)];
       at[sz(c)].assign(sz(F), 0);
-      for (int64_t t = chunk_start(c); t < chunk_start(c + 1); ++t) {
-        const size_t first = out.size();
-        b.scan(t, seen, out);
-        if (cap == 0) continue;
-        b.cut[sz(t)] = cooc_cut(out.data() + first, out.data() + out.size(), cap, buf);
-        offset[sz(t)] = static_cast<int64_t>(first);
-        b.n_entries[sz(t)] = static_cast<int64_t>(out.size() - first);
+      try {
+        for (int64_t t = chunk_start(c); t < chunk_start(c + 1); ++t) {
+          const size_t first = out.size();
+          b.scan(t, seen, out);
+          if (cap == 0) continue;
+          b.cut[sz(t)] = cooc_cut(out.data() + first, out.data() + out.size(), cap, buf);
+          offset[sz(t)] = static_cast<int64_t>(first);
+          b.n_entries[sz(t)] = static_cast<int64_t>(out.size() - first);
+        }
+      } catch (...) {
+        errors[sz(c)] = std::current_exception();
       }
       for (const Entry& e : out) ++at[sz(c)][sz(e.f)];
     }
   });
+  for (const std::exception_ptr& e : errors)
+    if (e) std::rethrow_exception(e);
   b.start.assign(sz(F) + 1, 0);
   for (int64_t f = 0; f < F; ++f) {  // counts become first slots
     int64_t n = b.start[sz(f)];

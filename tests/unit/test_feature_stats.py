@@ -5,6 +5,7 @@ excluded positions, any thread count, a checkpoint resumed, and bad input."""
 import numpy as np
 import pytest
 
+import tinymech as tm
 from tinymech import _core
 
 F, CONTEXT, TOP_K, BEFORE, AFTER = 37, 5, 3, 2, 1
@@ -275,3 +276,19 @@ def test_load_state_refuses_positions_and_counts_a_pass_cannot_give():
             fed.load_state(state)
     assert_same(fed.state(), good)
     fed.load_state(good)
+
+
+def test_the_first_bad_token_is_the_one_reported_whatever_the_threads():
+    # the batch is checked in chunks over the threads: a later chunk's error once won the race (CI saw it)
+    idx = np.array([[0, 1], [2, -1]] * (4 * CONTEXT), np.int32)
+    val = np.where(idx == 2, np.inf, 1.0).astype(np.float32)  # inf at every odd token: the first is token 1
+    valid = np.ones(len(idx), np.uint8)
+    threads = tm.get_num_threads()
+    try:
+        for n in (1, 2, 3, 4):
+            tm.set_num_threads(n)
+            for _ in range(20):
+                with pytest.raises(ValueError, match="feature 2 at token 1 is inf"):
+                    stats().add_sparse(idx, val, valid, 0, CONTEXT)
+    finally:
+        tm.set_num_threads(threads)

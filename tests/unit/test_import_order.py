@@ -13,10 +13,11 @@ PACKAGE = Path(tinymech.__file__).resolve().parent
 # the stage of each top-level module or folder of the package, in the order data flows
 STAGES = {
     "_core": 0, "errors": 0, "text": 0, "progress": 0,
+    "factored_matrix": 0,  # plain numpy algebra; weight processing (arch) refactors through it
     "io": 1,
     "arch": 2,
     "ops": 3, "hooks": 3, "cache": 3, "kv_cache": 3, "model": 3, "corpus": 3, "runtime": 3,
-    "factored_matrix": 3, "model_tree": 3, "model_helpers": 3, "generation": 3,
+    "model_tree": 3, "model_helpers": 3, "generation": 3,
     "sae": 4,
     "analysis": 5, "patching": 5, "utils": 5,
     "cli": 6, "tui": 6, "__main__": 6,

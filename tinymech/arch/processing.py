@@ -15,6 +15,11 @@ HookedTransformer.from_pretrained (whose defaults turn all four on):
   shift by a constant per position, which softmax ignores.
 - fold_value_biases: b_V moves into b_O (attention patterns sum to one, so a
   value bias adds the same b_V @ W_O at every position).
+- refactor_factored_attn_matrices: each head's W_Q·W_K^T (with the biases as
+  an extra input row) and W_V·W_O are refactored through their SVDs, so W_O
+  is orthonormal and W_Q, W_K carry half of each singular value. Only
+  W_QK and W_OV are defined: single singular vectors may differ in sign from
+  TransformerLens's (another LAPACK), the circuits and outputs do not.
 
 Processed arrays are new float32 arrays; untouched ones stay memory-mapped.
 Layouts are the core's: linear weights [in, out] (GPT-2) or [out, in] (Llama-class,
@@ -28,14 +33,20 @@ import dataclasses
 
 import numpy as np
 
+from ..errors import UnsupportedArchitectureError
+from ..factored_matrix import FactoredMatrix
+
 
 def process_weights(weights: dict, cfg, *, fold_ln=False, center_writing_weights=False,
-                    center_unembed=False, fold_value_biases=False):
+                    center_unembed=False, fold_value_biases=False, refactor_factored_attn_matrices=False):
     """The processed weights and config; steps run in TransformerLens's order. RMSNorm models
     (Llama-class) fold only their norms' weights (nothing to center: RMSNorm keeps the mean)
     and skip center_writing_weights, as TransformerLens does."""
-    if not (fold_ln or center_writing_weights or center_unembed or fold_value_biases):
+    if not (fold_ln or center_writing_weights or center_unembed or fold_value_biases
+            or refactor_factored_attn_matrices):
         return weights, cfg
+    if refactor_factored_attn_matrices:
+        _check_refactorable(cfg)
     rms = cfg.normalization_type.startswith("RMS")
     in_out = cfg.weight_layout == "in_out"
     w = dict(weights, layers=[dict(layer) for layer in weights["layers"]])
@@ -51,6 +62,8 @@ def process_weights(weights: dict, cfg, *, fold_ln=False, center_writing_weights
         if center_writing_weights and not rms:
             for layer in w["layers"]:
                 layer["out_b"] = _centered(layer["out_b"], axis=-1)
+    if refactor_factored_attn_matrices:
+        _refactor_factored_attn_matrices(w, cfg, in_out)
     return w, cfg
 
 
@@ -125,3 +138,48 @@ def _fold_value_biases(w: dict, cfg, in_out: bool) -> None:
         layer["out_b"] = _f32(out_b + per_head @ W_O)
         qkv_b[d_attn + d_kv:] = 0.0
         layer["qkv_b"] = qkv_b
+
+
+def _check_refactorable(cfg) -> None:
+    if cfg.positional_embedding_type == "rotary":
+        raise UnsupportedArchitectureError(
+            "refactor_factored_attn_matrices needs position-free queries and keys; this model rotates them "
+            "(rotary embeddings make W_QK depend on the positions), as TransformerLens also refuses")
+    if (cfg.n_key_value_heads or cfg.n_heads) != cfg.n_heads:
+        raise UnsupportedArchitectureError(
+            "refactor_factored_attn_matrices: grouped-query attention shares keys and values between heads, "
+            "which a per-head refactoring would split")
+
+
+def _refactor_factored_attn_matrices(w: dict, cfg, in_out: bool) -> None:
+    """Per head: [W_Q; b_Q] [W_K; b_K]^T made even (U√S, √S V^T), and W_V W_O as (U S, V^T) with
+    b_V moved into b_O, as TransformerLens's refactoring."""
+    H, D, dh = cfg.n_heads, cfg.d_model, cfg.d_head
+    Da = H * dh
+    for layer in w["layers"]:
+        qkv_w = np.array(layer["qkv_w"] if in_out else layer["qkv_w"].T, dtype=np.float32)  # [D, 3 Da]
+        qkv_b = np.zeros(3 * Da, np.float32) if layer["qkv_b"] is None else np.array(layer["qkv_b"], np.float32)
+        out_w = np.array(layer["out_w"] if in_out else layer["out_w"].T, dtype=np.float32)  # [Da, D]
+        out_b = np.zeros(D, np.float32) if layer["out_b"] is None else np.array(layer["out_b"], np.float32)
+
+        def heads(which: int) -> np.ndarray:  # [H, D + 1, dh]: weight rows, then the bias as a last row
+            cols = slice(which * Da, (which + 1) * Da)
+            W = qkv_w[:, cols].reshape(D, H, dh).transpose(1, 0, 2)
+            return np.concatenate([W, qkv_b[cols].reshape(H, 1, dh)], axis=1)
+
+        q_even, k_even_t = FactoredMatrix(heads(0), np.swapaxes(heads(1), -1, -2)).make_even().pair
+        k_even = np.swapaxes(k_even_t, -1, -2)
+        W_V = heads(2)[:, :D]
+        W_O = out_w.reshape(H, dh, D)
+        b_V = qkv_b[2 * Da:].reshape(H, dh)
+        out_b = out_b + np.einsum("hd,hdm->m", b_V, W_O)
+        U, S, V = FactoredMatrix(W_V, W_O).svd()
+        for which, new in enumerate((q_even, k_even, U * S[..., None, :])):
+            cols = slice(which * Da, (which + 1) * Da)
+            qkv_w[:, cols] = new[:, :D].transpose(1, 0, 2).reshape(D, Da)
+            qkv_b[cols] = new[:, D].reshape(Da) if which < 2 else 0.0
+        out_w = np.swapaxes(V, -1, -2).reshape(Da, D)
+        layer["qkv_w"] = _f32(qkv_w if in_out else qkv_w.T)
+        layer["qkv_b"] = _f32(qkv_b)
+        layer["out_w"] = _f32(out_w if in_out else out_w.T)
+        layer["out_b"] = _f32(out_b)

@@ -103,6 +103,7 @@ __all__ = [
     "UnpicklableError",
     "UnsupportedArchitectureError",
     "add",
+    "array_type",
     "batches",
     "collect_activations",
     "export_neuronpedia",
@@ -111,6 +112,7 @@ __all__ = [
     "from_pretrained",
     "from_pretrained_no_processing",
     "get_act_name",
+    "get_array_type",
     "get_num_threads",
     "import_neuronpedia",
     "kernel_variant",
@@ -122,9 +124,16 @@ __all__ = [
     "release_memory",
     "sae_metrics",
     "scale",
+    "set_array_type",
     "set_kernel_variant",
     "set_num_threads",
     "tokenize_and_concatenate",
     "train_sae",
     "zero_ablate",
 ]
+
+# torch tensors in and out, when asked (tm.set_array_type("torch")): wraps the public entry points,
+# so it comes after everything they belong to
+from .arrays import array_type, get_array_type, set_array_type, wrap_entry_points  # noqa: E402
+
+wrap_entry_points()

@@ -20,7 +20,7 @@ STAGES = {
     "model_tree": 3, "model_helpers": 3, "generation": 3,
     "sae": 4,
     "analysis": 5, "patching": 5, "utils": 5,
-    "cli": 6, "tui": 6, "__main__": 6,
+    "cli": 6, "tui": 6, "__main__": 6, "arrays": 6,
 }
 
 # (importing module, imported module): why the import runs up a stage

@@ -59,7 +59,7 @@ struct HookInfo {
   X(result, "attn.hook_result", true, query, d_model)                               \
   X(attn_out, "hook_attn_out", true, none, d_model)                                 \
   X(resid_mid, "hook_resid_mid", true, none, d_model)                               \
-  X(mlp_in, "hook_mlp_in", true, none, d_model) /* a copy: edits reach the MLP only */ \
+  X(mlp_in, "hook_mlp_in", true, none, d_model) /* a copy of resid_mid */           \
   X(ln2_scale, "ln2.hook_scale", true, none, one)                                   \
   X(ln2_normalized, "ln2.hook_normalized", true, none, d_model)                     \
   X(mlp_pre, "mlp.hook_pre", true, none, d_mlp)                                     \
@@ -126,7 +126,7 @@ struct HookCallback {
 // head, hook_attn_in (attn_in); or one per head for each of q, k and v, hook_q_input, hook_k_input
 // and hook_v_input (split_qkv). The per-head modes also normalize each copy by ln1 on its own, so
 // ln1's hooks see [batch, pos, head, ...], once for the queries', then the keys', then the values'
-// inputs (a capture keeps the last).
+// inputs (each call captured; run_with_cache keeps the last, as TransformerLens does).
 enum class AttentionInput { shared, attn_in, split_qkv };
 AttentionInput parse_attention_input(const std::string& name);  // "shared", "attn_in" or "split_qkv"
 

@@ -56,6 +56,7 @@ class Model {
 
   // The hook points this architecture visits, in forward order (ids cover
   // every architecture's kinds; e.g. rotary models have no hook_pos_embed).
+  // The per-head attention inputs are visited only in their AttentionInput mode.
   bool has_hook(HookKind kind) const;
   std::vector<int> hook_ids() const;
 

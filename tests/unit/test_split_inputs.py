@@ -9,7 +9,7 @@ import pytest
 
 import tinymech as tm
 from llama_factory import LLAMA_SHAPES
-from numpy_checkpoints import write_llama
+from numpy_checkpoints import write_llama, write_sae
 
 TOL = 1e-4
 SPLIT = ("hook_q_input", "hook_k_input", "hook_v_input")
@@ -142,6 +142,19 @@ def test_bf16_weights_take_the_per_head_path_too(gpt2_path):
     plain = model(toks)
     model.set_use_split_qkv_input(True)
     np.testing.assert_allclose(model.run_with_cache(toks)[0], plain, rtol=1e-3, atol=1e-3)
+
+
+def test_a_transcoder_reads_hook_mlp_in_once_the_mode_is_on(gpt2, tmp_path):
+    d = gpt2.cfg.d_model
+    tc = tm.SAE.load(write_sae(tmp_path / "tc", "transcoder", d, 24, hook="blocks.0.hook_mlp_in",
+                               hook_out="blocks.0.hook_mlp_out"))
+    toks = tokens(gpt2)
+    gpt2.set_use_hook_mlp_in(True)
+    _, cache = gpt2.run_with_cache(toks, names_filter="blocks.0.hook_mlp_in")
+    want = tc.forward(cache["blocks.0.hook_mlp_in"])
+    np.testing.assert_allclose(gpt2.run_with_saes(toks, saes=[tc]),
+                               gpt2.run_with_hooks(toks, fwd_hooks=[("blocks.0.hook_mlp_out", lambda a, hook: want)]),
+                               rtol=TOL, atol=TOL)
 
 
 def test_setters_take_true_or_false(gpt2):

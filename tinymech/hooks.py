@@ -47,6 +47,11 @@ _SHORT_NAMES = {
     "mlp_pre": "mlp.hook_pre",
     "mlp_post": "mlp.hook_post",
     "pre_linear": "mlp.hook_pre_linear",
+    "attn_in": "hook_attn_in",
+    "q_input": "hook_q_input",
+    "k_input": "hook_k_input",
+    "v_input": "hook_v_input",
+    "mlp_in": "hook_mlp_in",
     "scale": "hook_scale",
     "normalized": "hook_normalized",
 }
@@ -77,6 +82,22 @@ def get_act_name(name: str, layer: int | None = None, layer_type: str | None = N
     if layer is None:
         raise HookError(f"{name!r} needs a layer")
     return f"blocks.{layer}.{suffix}"
+
+
+# The points TransformerLens computes only in a mode (HookedTransformer's set_use_* setters):
+# each point's last name -> its mode. A model lists them (hook_names, hook_dict) while it is on.
+MODE_POINTS = {
+    "hook_attn_in": "use_attn_in",
+    "hook_q_input": "use_split_qkv_input",
+    "hook_k_input": "use_split_qkv_input",
+    "hook_v_input": "use_split_qkv_input",
+    "hook_mlp_in": "use_hook_mlp_in",
+}
+
+
+def mode_of(name: str) -> str | None:
+    """The mode a hook point needs (MODE_POINTS), or None."""
+    return MODE_POINTS.get(name.rpartition(".")[2])
 
 
 def hook_registry(n_layers: int, ids: Sequence[int]) -> tuple[list[str], dict[str, int]]:
@@ -205,6 +226,8 @@ def resolve_names(model, name_or_filter) -> list[str]:
     for n in names:
         if not isinstance(n, str):
             raise HookError(f"hook names are strings, got {n!r}")
+        if mode_of(n) and n in known and n not in model._hook_names:  # a point of a mode that is off
+            raise HookError(f"{n!r} is computed only after model.set_{mode_of(n)}(True), as in TransformerLens")
         if n not in known:
             close = difflib.get_close_matches(n, model._hook_names, n=1, cutoff=0.6)
             hint = f"; did you mean {close[0]!r}?" if close else "; see model.hook_names()"
@@ -239,6 +262,7 @@ def _wrap_function(fn: Callable, name: str):
 def build_plan(model, specs: Iterable[HookSpec], capture: Iterable[str] = ()) -> _core.HookPlan:
     """One core HookPlan: user hooks in order, then captures (so caches see edits)."""
     plan = _core.HookPlan(model.cfg.n_layers)
+    plan.attention_input = model._attention_input()
     ids = model._hook_ids
     for spec in specs:
         try:

@@ -36,7 +36,7 @@ from .errors import (
     whole_number,
 )
 from .generation import generate
-from .hooks import HookSpec, build_plan, hook_registry, resolve_names
+from .hooks import HookSpec, build_plan, hook_registry, mode_of, resolve_names
 from .io import smollm2
 from .io.safetensors import ArrayStore, WeightStore
 from .io.sources import resolve_model_source
@@ -44,12 +44,6 @@ from .io.tokenizer import Tokenizer
 from .kv_cache import KVCache
 from .model_helpers import ModelHelpers
 from .text import printable
-
-
-def _not_yet(on: bool, setter: str, points: str) -> None:
-    if on:
-        raise HookError(f"{setter}(True): tinymech has no {points} hook points yet (one attention input is "
-                        "computed for all heads); hook blocks.N.ln1.hook_normalized or hook_resid_mid instead")
 
 
 class LayerStack:
@@ -165,10 +159,13 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
             self._core = _core.Model(core_config, core_weights)
         except (ValueError, _core.SizeOverflow) as e:  # the core refuses the config's sizes or the weights' shapes
             raise ModelLoadError(str(e)) from None
-        self._hook_names, self._hook_ids = hook_registry(cfg.n_layers, self._core.hook_ids())
+        # every point of the architecture; _hook_names: those the current modes visit (_set_mode)
+        self._all_hook_names, self._hook_ids = hook_registry(cfg.n_layers, self._core.hook_ids())
         self._hook_name_of = {i: n for n, i in self._hook_ids.items()}
         self._context_hooks: list[HookSpec] = []
-        self._use_attn_result = False  # set_use_attn_result: run_with_cache's default keeps attn.hook_result
+        # TransformerLens's set_use_* modes; use_attn_result: run_with_cache's default keeps attn.hook_result
+        self._modes = dict.fromkeys(_MODES, False)
+        self._hook_names = [n for n in self._all_hook_names if mode_of(n) is None]
         self._added_hooks: list[tuple[HookSpec, bool]] = []  # add_hook's (hook, permanent), until reset_hooks
         self._saes: dict = {}  # input hook -> (SAE, use_error_term): the SAEs attached with add_sae
         self._load_args: tuple | None = None  # (path, load's keywords) when loaded by tm.load: for pickling
@@ -176,7 +173,7 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
     def __reduce__(self):
         """Pickling and copy.deepcopy load the model again from its path with the same
         arguments (the weights are not copied); its attached SAEs, add_hook's hooks and
-        set_use_attn_result come along, as they do with TransformerLens's deepcopy."""
+        set_use_* modes come along, as they do with TransformerLens's deepcopy."""
         rebuilt = self._rebuilt_args()
         for (name, hook), _ in self._added_hooks:  # a lambda would fail deep inside pickle
             try:
@@ -188,14 +185,16 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
 
     def __deepcopy__(self, memo):
         """As pickling, with the hook functions passed on as they are (a lambda copies too)."""
-        rebuild, (path, kwargs, saes, hooks, use_attn_result) = self._rebuilt_args()
-        return rebuild(path, copy.deepcopy(kwargs, memo), copy.deepcopy(saes, memo), hooks, use_attn_result)
+        rebuild, (path, kwargs, saes, hooks, use_attn_result, modes) = self._rebuilt_args()
+        return rebuild(path, copy.deepcopy(kwargs, memo), copy.deepcopy(saes, memo), hooks, use_attn_result, modes)
 
     def _rebuilt_args(self):
         if self._load_args is None:
             raise UnpicklableError("only a model loaded from a path by tm.load can be pickled or copied (it is "
                                    "loaded again from there); this one was built from arrays in memory")
-        return _reloaded, (*self._load_args, list(self._saes.values()), self._added_hooks, self._use_attn_result)
+        modes = {mode: on for mode, on in self._modes.items() if mode != "use_attn_result"}
+        return _reloaded, (*self._load_args, list(self._saes.values()), self._added_hooks,
+                           self._modes["use_attn_result"], modes)
 
     def __repr__(self):
         c = self.cfg
@@ -430,7 +429,8 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         """Run and capture activations: (logits, ActivationCache).
 
         names_filter: None (every hook point except attn.hook_result, which is
-        computed only when asked for, as in TransformerLens), a name, a list of
+        computed only when asked for, as in TransformerLens; the set_use_* modes'
+        points while they are on), a name, a list of
         names, or a predicate on names. Only the chosen points are materialized.
         With return_type None the run stops after the last block it captures
         from. start_at_layer, stop_at_layer, tokens: as for a call (model(...)).
@@ -444,7 +444,8 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
 
             model_filter = model_names_filter(self, names_filter)
         if model_filter is None:
-            names = [n for n in self._hook_names if self._use_attn_result or not n.endswith("attn.hook_result")]
+            keep_result = self._modes["use_attn_result"]
+            names = [n for n in self._hook_names if keep_result or not n.endswith("attn.hook_result")]
         else:
             names = resolve_names(self, model_filter)
         plan = self._plan(hooks, capture=names, record=names_filter, recorders=recorders)
@@ -555,19 +556,52 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         """As TransformerLens's: True makes run_with_cache capture attn.hook_result (each head's
         output, [batch, pos, head, d_model]) without a names_filter too. Any hook on it works
         either way: tinymech computes it whenever a hook asks for it."""
-        self._use_attn_result = true_or_false(use_attn_result, "use_attn_result")
+        self._set_mode("use_attn_result", use_attn_result)
 
     def set_use_split_qkv_input(self, use_split_qkv_input: bool) -> None:
-        """TransformerLens's per-head query/key/value inputs (hook_q_input, ...): not in tinymech yet."""
-        _not_yet(use_split_qkv_input, "set_use_split_qkv_input", "hook_q_input, hook_k_input and hook_v_input")
+        """As TransformerLens's: True gives each head its own copy of the residual stream for its
+        queries, keys and values, blocks.N.hook_q_input [batch, pos, head, d_model], hook_k_input
+        and hook_v_input (key/value heads), each normalized by ln1 on its own (ln1's hooks then see
+        [batch, pos, head, ...], once per q, k and v). Not with set_use_attn_in."""
+        self._set_mode("use_split_qkv_input", use_split_qkv_input)
 
     def set_use_attn_in(self, use_attn_in: bool) -> None:
-        """TransformerLens's per-head attention input (hook_attn_in): not in tinymech yet."""
-        _not_yet(use_attn_in, "set_use_attn_in", "hook_attn_in")
+        """As TransformerLens's: True gives each head its own copy of the residual stream,
+        blocks.N.hook_attn_in [batch, pos, head, d_model], read by its queries, keys and values
+        (ln1 per head, as for set_use_split_qkv_input). Not with grouped-query attention, nor
+        with set_use_split_qkv_input."""
+        use_attn_in = true_or_false(use_attn_in, "use_attn_in")
+        if use_attn_in and self.cfg.n_key_value_heads not in (None, self.cfg.n_heads):
+            raise HookError("set_use_attn_in(True): a model with grouped-query attention has fewer key/value heads "
+                            "than query heads; use set_use_split_qkv_input(True), as TransformerLens says")
+        self._set_mode("use_attn_in", use_attn_in)
 
     def set_use_hook_mlp_in(self, use_hook_mlp_in: bool) -> None:
-        """TransformerLens's MLP input hook (hook_mlp_in): not in tinymech yet."""
-        _not_yet(use_hook_mlp_in, "set_use_hook_mlp_in", "hook_mlp_in")
+        """As TransformerLens's: True adds blocks.N.hook_mlp_in [batch, pos, d_model], a copy of
+        hook_resid_mid that the MLP reads (its edits reach the MLP, not the residual stream)."""
+        self._set_mode("use_hook_mlp_in", use_hook_mlp_in)
+
+    def _set_mode(self, mode: str, on) -> None:
+        on = true_or_false(on, mode)
+        other = _EXCLUSIVE.get(mode)
+        if on and other and self._modes[other]:
+            raise HookError(f"set_{mode}(True): {mode} and {other} are exclusive (as in TransformerLens's "
+                            f"TransformerBridge); call set_{other}(False) first")
+        before = self._modes[mode]
+        self._modes[mode] = on
+        self._hook_names = [n for n in self._all_hook_names if mode_of(n) is None or self._modes[mode_of(n)]]
+        if before and not on:
+            try:  # add_hook's and the hooks() block's hooks must still name points that exist
+                self._plan([])
+            except HookError as e:
+                self._set_mode(mode, True)
+                raise HookError(f"set_{mode}(False): {e}; remove those hooks first (reset_hooks())") from None
+
+    def _attention_input(self) -> str:
+        """How the core feeds each block's attention (the plan's attention_input)."""
+        if self._modes["use_split_qkv_input"]:
+            return "split_qkv"
+        return "attn_in" if self._modes["use_attn_in"] else "shared"
 
     @contextlib.contextmanager
     def hooks(self, fwd_hooks: Iterable[HookSpec] = ()):
@@ -725,16 +759,21 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
 
 
 RETURN_TYPES = ("logits", "loss", "both", None)
+_MODES = ("use_attn_result", "use_split_qkv_input", "use_attn_in", "use_hook_mlp_in")
+_EXCLUSIVE = {"use_split_qkv_input": "use_attn_in", "use_attn_in": "use_split_qkv_input"}
 
 
-def _reloaded(path: str, kwargs: dict, saes: list, added_hooks: list = (), use_attn_result: bool = False) -> Model:
-    """A pickled model: loaded again from its path, its SAEs, hooks and settings set again."""
+def _reloaded(path: str, kwargs: dict, saes: list, added_hooks: list = (), use_attn_result: bool = False,
+              modes: dict | None = None) -> Model:
+    """A pickled model: loaded again from its path, its SAEs, modes and hooks set again."""
     model = load(path, **kwargs)
     for sae, use_error_term in saes:
         model.add_sae(sae, use_error_term)
+    model.set_use_attn_result(use_attn_result)
+    for mode, on in (modes or {}).items():  # before the hooks, which may be at the modes' points
+        getattr(model, f"set_{mode}")(on)
     for (name, hook), permanent in added_hooks:
         model.add_hook(name, hook, is_permanent=permanent)
-    model.set_use_attn_result(use_attn_result)
     return model
 
 

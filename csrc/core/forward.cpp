@@ -146,19 +146,22 @@ struct Pass {
 
   // LayerNorm or RMSNorm; when its hooks are used, it runs in TransformerLens's
   // steps: scale (hooked), (centered) x / scale (hooked), then the affine map.
+  // With n_heads, x holds n_heads rows per position ([batch, pos, head, d_model],
+  // the per-head attention inputs), and so do the hooks' views. out may be x.
   void layer_norm(const float* x, const float* lw, const float* lb, float* out, HookKind scale_kind, HookKind norm_kind,
-                  int64_t layer) {
+                  int64_t layer, int64_t n_heads = 0) {
+    const int64_t n = BT * std::max<int64_t>(n_heads, 1);
     if (!active(scale_kind, layer) && !active(norm_kind, layer)) {
-      norm_rows(x, BT, lw, lb, out);
+      norm_rows(x, n, lw, lb, out);
       return;
     }
-    float* mean = sized(ws.stats, {2, BT});
-    float* scale = mean + BT;
-    for (int64_t r = 0; r < BT; ++r) stats(x + r * D, mean + r, scale + r);
-    hook(scale_kind, layer, rows(scale, 1));
-    for (int64_t r = 0; r < BT; ++r) kt.normalize(x + r * D, mean[r], scale[r], nullptr, nullptr, out + r * D, D);
-    hook(norm_kind, layer, rows(out, D));
-    for (int64_t r = 0; r < BT; ++r) kt.normalize(out + r * D, 0.f, 1.f, lw, lb, out + r * D, D);
+    float* mean = sized(ws.stats, {2, n});
+    float* scale = mean + n;
+    for (int64_t r = 0; r < n; ++r) stats(x + r * D, mean + r, scale + r);
+    hook(scale_kind, layer, n_heads ? heads(scale, n_heads, 1, n_heads) : rows(scale, 1));
+    for (int64_t r = 0; r < n; ++r) kt.normalize(x + r * D, mean[r], scale[r], nullptr, nullptr, out + r * D, D);
+    hook(norm_kind, layer, n_heads ? heads(out, n_heads * D, D, n_heads) : rows(out, D));
+    for (int64_t r = 0; r < n; ++r) kt.normalize(out + r * D, 0.f, 1.f, lw, lb, out + r * D, D);
   }
 
   // Attention works on blocks of queries of one (batch, head): scores are a
@@ -332,10 +335,58 @@ struct Pass {
         64);  // a decode step's few heads stay on one thread
   }
 
-  void attention(int64_t l) {
+  // A plan in a per-head mode (AttentionInput) with a hook that could see the difference at layer l:
+  // attn_in, q/k/v_input or ln1's. Otherwise the shared input gives the same values, faster.
+  bool per_head_inputs(int64_t l) const {
+    if (!plan || plan->attention_input() == AttentionInput::shared) return false;
+    for (HookKind k : {HookKind::attn_in, HookKind::q_input, HookKind::k_input, HookKind::v_input, HookKind::ln1_scale,
+                       HookKind::ln1_normalized})
+      if (active(k, l)) return true;
+    return false;
+  }
+
+  // q|k|v rows as TransformerLens computes them in a per-head mode: resid_pre x copied per head
+  // (once for all of q, k and v, hook_attn_in, or once each, hook_q/k/v_input), each copy
+  // normalized by ln1 and projected by its own head's columns of W_Q, W_K or W_V.
+  void per_head_qkv(int64_t l, const float* x) {
+    const LayerWeights& lw = w.layers[l];
+    const bool split = plan->attention_input() == AttentionInput::split_qkv;
+    if (!split && Hkv != H)
+      throw std::invalid_argument("hook_attn_in needs one key/value head per query head: use split_qkv_input");
+    const int64_t n[3] = {H, Hkv, Hkv};  // heads of the q, k and v inputs
+    float* in[3];
+    in[0] = sized(ws.inputs, {BT, H + 2 * Hkv, D});
+    in[1] = in[0] + BT * H * D;
+    in[2] = in[1] + BT * Hkv * D;
+    const HookKind kinds[3] = {HookKind::q_input, HookKind::k_input, HookKind::v_input};
+    for (int i = 0; i < (split ? 3 : 1); ++i) {
+      parallel_for(BT, [&](int64_t r0, int64_t r1, int) {
+        for (int64_t r = r0; r < r1; ++r)
+          for (int64_t h = 0; h < n[i]; ++h) std::memcpy(in[i] + (r * n[i] + h) * D, x + r * D, D * sizeof(float));
+      });
+      hook(split ? kinds[i] : HookKind::attn_in, l, heads(in[i], n[i] * D, D, n[i]));
+    }
+    if (!split) {  // q, k and v each normalize their own copy of the hooked input
+      std::memcpy(in[1], in[0], static_cast<size_t>(BT * H * D) * sizeof(float));
+      std::memcpy(in[2], in[0], static_cast<size_t>(BT * H * D) * sizeof(float));
+    }
+    for (int i = 0; i < 3; ++i)
+      layer_norm(in[i], lw.ln1_w, lw.ln1_b, in[i], HookKind::ln1_scale, HookKind::ln1_normalized, l, n[i]);
+    const bool in_out = cfg.layout == WeightLayout::in_out;
+    for (int i = 0; i < 3; ++i)
+      for (int64_t h = 0; h < n[i]; ++h) {
+        const int64_t col = (i == 0 ? 0 : Da + (i - 1) * Dkv) + h * dh;  // the head's first column of q|k|v
+        linear(in[i] + h * D, BT, D, n[i] * D, lw.qkv_w.offset(col * (in_out ? 1 : D)), in_out ? Dqkv : D, dh,
+               lw.qkv_b ? lw.qkv_b + col : nullptr, ws.qkv.data() + col, Dqkv);
+      }
+  }
+
+  // per_head: the q|k|v rows are made already (per_head_qkv).
+  void attention(int64_t l, bool per_head = false) {
     const LayerWeights& lw = w.layers[l];
     float* qkv = ws.qkv.data();
-    linear(ws.h.data(), BT, D, D, lw.qkv_w, cfg.layout == WeightLayout::in_out ? Dqkv : D, Dqkv, lw.qkv_b, qkv, Dqkv);
+    if (!per_head)
+      linear(ws.h.data(), BT, D, D, lw.qkv_w, cfg.layout == WeightLayout::in_out ? Dqkv : D, Dqkv, lw.qkv_b, qkv, Dqkv);
     hook(HookKind::q, l, heads(qkv, Dqkv, dh, H));
     hook(HookKind::k, l, heads(qkv + Da, Dqkv, dh, Hkv));
     hook(HookKind::v, l, heads(qkv + Da + Dkv, Dqkv, dh, Hkv));
@@ -418,12 +469,23 @@ struct Pass {
     float* x = ws.x.data();
     float* h = ws.h.data();
     hook(HookKind::resid_pre, l, rows(x, D));
-    layer_norm(x, lw.ln1_w, lw.ln1_b, h, HookKind::ln1_scale, HookKind::ln1_normalized, l);
-    attention(l);
+    const bool per_head = per_head_inputs(l);
+    if (per_head)
+      per_head_qkv(l, x);
+    else
+      layer_norm(x, lw.ln1_w, lw.ln1_b, h, HookKind::ln1_scale, HookKind::ln1_normalized, l);
+    attention(l, per_head);
     float* out = ws.attn_out.data();
     add_inplace(x, out, BT * D);
     hook(HookKind::resid_mid, l, rows(x, D));
-    layer_norm(x, lw.ln2_w, lw.ln2_b, h, HookKind::ln2_scale, HookKind::ln2_normalized, l);
+    const float* mlp_in = x;
+    if (active(HookKind::mlp_in, l)) {  // a copy, as in TransformerLens: edits reach the MLP, not the residual
+      float* copy = sized(ws.inputs, {BT, D});
+      std::memcpy(copy, x, static_cast<size_t>(BT * D) * sizeof(float));
+      hook(HookKind::mlp_in, l, rows(copy, D));
+      mlp_in = copy;
+    }
+    layer_norm(mlp_in, lw.ln2_w, lw.ln2_b, h, HookKind::ln2_scale, HookKind::ln2_normalized, l);
     const int64_t F = cfg.d_mlp;
     const bool in_out = cfg.layout == WeightLayout::in_out;
     float* m = ws.mlp.data();

@@ -56,12 +56,14 @@ class Model {
 
   // The hook points this architecture visits, in forward order (ids cover
   // every architecture's kinds; e.g. rotary models have no hook_pos_embed).
+  // The per-head attention inputs are visited only in their AttentionInput mode.
   bool has_hook(HookKind kind) const;
   std::vector<int> hook_ids() const;
 
   struct Workspace {
     std::vector<float> x, pos, h, qkv, z, attn_out, mlp, up, result, scores, stats, last, rope, logits;
     std::vector<uint16_t> kv16;  // bfloat16 keys and values of one layer (bf16 attention)
+    std::vector<float> inputs;   // per-head attention inputs (AttentionInput), or hook_mlp_in's copy
   };
 
  private:

@@ -127,6 +127,13 @@ void check_replace_shape(const View& v, const Edit& e, int hook_id, int64_t n_la
 
 const HookInfo& hook_info(HookKind kind) { return kHooks[static_cast<int>(kind)]; }
 
+AttentionInput parse_attention_input(const std::string& name) {
+  if (name == "shared") return AttentionInput::shared;
+  if (name == "attn_in") return AttentionInput::attn_in;
+  if (name == "split_qkv") return AttentionInput::split_qkv;
+  throw std::invalid_argument("attention input must be 'shared', 'attn_in' or 'split_qkv', not '" + name + "'");
+}
+
 int hook_count(int64_t n_layers) {
   if (n_layers < 0 || n_layers > kMaxLayers)
     throw std::invalid_argument("a model has 0 to " + std::to_string(kMaxLayers) + " layers, not " +

@@ -42,6 +42,10 @@ struct HookInfo {
   X(embed, "hook_embed", false, none, d_model)                                      \
   X(pos_embed, "hook_pos_embed", false, none, d_model)                              \
   X(resid_pre, "hook_resid_pre", true, none, d_model)                               \
+  X(attn_in, "hook_attn_in", true, query, d_model) /* AttentionInput::attn_in */    \
+  X(q_input, "hook_q_input", true, query, d_model) /* AttentionInput::split_qkv */  \
+  X(k_input, "hook_k_input", true, key_value, d_model)                              \
+  X(v_input, "hook_v_input", true, key_value, d_model)                              \
   X(ln1_scale, "ln1.hook_scale", true, none, one)                                   \
   X(ln1_normalized, "ln1.hook_normalized", true, none, d_model)                     \
   X(q, "attn.hook_q", true, query, d_head)                                          \
@@ -55,6 +59,7 @@ struct HookInfo {
   X(result, "attn.hook_result", true, query, d_model)                               \
   X(attn_out, "hook_attn_out", true, none, d_model)                                 \
   X(resid_mid, "hook_resid_mid", true, none, d_model)                               \
+  X(mlp_in, "hook_mlp_in", true, none, d_model) /* a copy of resid_mid */           \
   X(ln2_scale, "ln2.hook_scale", true, none, one)                                   \
   X(ln2_normalized, "ln2.hook_normalized", true, none, d_model)                     \
   X(mlp_pre, "mlp.hook_pre", true, none, d_mlp)                                     \
@@ -116,6 +121,15 @@ struct HookCallback {
   virtual std::shared_ptr<HookCallback> for_plan(int64_t /*n_layers*/) { return nullptr; }
 };
 
+// How a block feeds its attention, as TransformerLens's modes do (HookedTransformerConfig's
+// use_attn_in, use_split_qkv_input): one input for every head (shared); a copy of resid_pre per
+// head, hook_attn_in (attn_in); or one per head for each of q, k and v, hook_q_input, hook_k_input
+// and hook_v_input (split_qkv). The per-head modes also normalize each copy by ln1 on its own, so
+// ln1's hooks see [batch, pos, head, ...], once for the queries', then the keys', then the values'
+// inputs (each call captured; run_with_cache keeps the last, as TransformerLens does).
+enum class AttentionInput { shared, attn_in, split_qkv };
+AttentionInput parse_attention_input(const std::string& name);  // "shared", "attn_in" or "split_qkv"
+
 enum class EditType { capture, replace, fill, add, scale, callback };
 
 struct Edit {
@@ -152,12 +166,15 @@ class HookPlan {
 
   std::vector<std::pair<int, Captured>>& captured() { return captured_; }
   int64_t n_layers() const { return n_layers_; }
+  AttentionInput attention_input() const { return attention_input_; }
+  void set_attention_input(AttentionInput mode) { attention_input_ = mode; }
 
  private:
   int64_t n_layers_;
   int count_;
   std::vector<std::vector<Edit>> edits_;
   std::vector<std::pair<int, Captured>> captured_;
+  AttentionInput attention_input_ = AttentionInput::shared;
   // each callback added and the object this plan calls for it (HookCallback::for_plan)
   std::vector<std::pair<std::shared_ptr<HookCallback>, std::shared_ptr<HookCallback>>> bound_;
 };

@@ -118,6 +118,17 @@ void bind_hooks(py::module_& m) {
              e.callback = std::move(action);
              p.plan.add(id, std::move(e));
            })
+      .def_property(
+          "attention_input",
+          [](const PyHookPlan& p) {
+            const char* const names[] = {"shared", "attn_in", "split_qkv"};
+            return names[static_cast<int>(p.plan.attention_input())];
+          },
+          [](PyHookPlan& p, const std::string& name) {
+            p.plan.set_attention_input(tmech::parse_attention_input(name));
+          },
+          "How blocks feed their attention: 'shared' (one input for every head), 'attn_in' (a copy of resid_pre "
+          "per head, hook_attn_in) or 'split_qkv' (one per head for each of q, k and v, hook_q_input, ...)")
       .def("take_captured", [](PyHookPlan& p) {
         py::list out;
         for (auto& [id, c] : p.plan.captured())

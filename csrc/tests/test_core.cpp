@@ -158,6 +158,120 @@ void test_read_weights() {
         "the config's names");
 }
 
+// Visited only when a plan asks for per-head attention inputs (AttentionInput).
+bool per_head_point(const std::string& name) {
+  for (const std::string end : {"hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input"})
+    if (name.size() >= end.size() && name.compare(name.size() - end.size(), end.size(), end) == 0) return true;
+  return false;
+}
+
+double max_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  double d = 0;
+  for (size_t i = 0; i < a.size(); ++i) d = std::max(d, double(std::abs(a[i] - b[i])));
+  return d;
+}
+
+// TransformerLens's per-head modes: logits as with the shared input unless a hook edits,
+// TransformerLens's order and shapes (ln1's hooks once per q, k and v input, per head), an
+// edit at one head's query input reaching that head's queries only, KV-cached decoding.
+void test_per_head_inputs(Model& model, const TinyModel& tiny, const std::vector<int32_t>& tokens,
+                          const std::vector<float>& full, const std::string& arch) {
+  const ModelConfig& cfg = tiny.cfg;
+  const int64_t B = 2, T = cfg.n_ctx, V = cfg.d_vocab, L = cfg.n_layers, H = cfg.n_heads, Hkv = cfg.kv_heads();
+  const int64_t D = cfg.d_model;
+  std::vector<float> out(B * T * V);
+  for (AttentionInput mode : {AttentionInput::split_qkv, AttentionInput::attn_in}) {
+    const bool split = mode == AttentionInput::split_qkv;
+    HookPlan plan(L);
+    plan.set_attention_input(mode);
+    for (int id : model.hook_ids()) plan.add(id, Edit{});
+    if (!split && Hkv != H) {
+      bool refused = false;
+      try {
+        model.forward(nullptr, tokens.data(), B, T, &plan, LogitsMode::all, out.data());
+      } catch (const std::invalid_argument&) {
+        refused = true;
+      }
+      check(refused, arch + "hook_attn_in refuses grouped-query attention");
+      continue;
+    }
+    model.forward(nullptr, tokens.data(), B, T, &plan, LogitsMode::all, out.data());
+    check(max_diff(out, full) < 1e-4, arch + "per-head inputs leave the logits unchanged");
+    std::vector<std::string> block0;
+    std::vector<std::vector<int64_t>> shapes;
+    const float *resid_pre = nullptr, *q_input = nullptr;
+    for (auto& [id, c] : plan.captured()) {
+      const std::string name = hook_name(id, L);
+      if (name.rfind("blocks.0.", 0) != 0) continue;
+      block0.push_back(name.substr(9));
+      shapes.push_back(c.shape);
+      if (name == "blocks.0.hook_resid_pre") resid_pre = c.data.get();
+      if (name == "blocks.0.hook_q_input" || name == "blocks.0.hook_attn_in") q_input = c.data.get();
+    }
+    const std::vector<std::string> want_names =
+        split
+            ? std::vector<std::string>{"hook_resid_pre", "hook_q_input",        "hook_k_input",   "hook_v_input",
+                                       "ln1.hook_scale", "ln1.hook_normalized", "ln1.hook_scale", "ln1.hook_normalized",
+                                       "ln1.hook_scale", "ln1.hook_normalized", "attn.hook_q"}
+            : std::vector<std::string>{"hook_resid_pre",      "hook_attn_in",        "ln1.hook_scale",
+                                       "ln1.hook_normalized", "ln1.hook_scale",      "ln1.hook_normalized",
+                                       "ln1.hook_scale",      "ln1.hook_normalized", "attn.hook_q"};
+    check(block0.size() > want_names.size() && std::equal(want_names.begin(), want_names.end(), block0.begin()),
+          arch + "per-head points in TransformerLens's order");
+    const int64_t kv_in = split ? Hkv : H;  // heads of the key and value inputs
+    check(shapes[1] == std::vector<int64_t>{B, T, H, D}, arch + "the query input is [batch, pos, head, d_model]");
+    check(shapes[split ? 8 : 6] == std::vector<int64_t>{B, T, kv_in, 1}, arch + "ln1's scale of the value input");
+    check(std::find(block0.begin(), block0.end(), "hook_mlp_in") != block0.end(), arch + "hook_mlp_in visited");
+    bool copies = resid_pre && q_input;
+    for (int64_t r = 0; copies && r < B * T; ++r)
+      for (int64_t h = 0; h < H; ++h)
+        copies = copies && std::equal(resid_pre + r * D, resid_pre + (r + 1) * D, q_input + (r * H + h) * D);
+    check(copies, arch + "each head's input is a copy of resid_pre");
+  }
+
+  // Zeroing head 1's query input changes head 1's queries only.
+  HookPlan shared(L), zeroed(L);
+  zeroed.set_attention_input(AttentionInput::split_qkv);
+  Edit zero;
+  zero.type = EditType::fill;
+  zero.heads = {1};
+  zeroed.add(hook_id(HookKind::q_input, 0, L), zero);
+  shared.add(hook_id(HookKind::q, 0, L), Edit{});
+  zeroed.add(hook_id(HookKind::q, 0, L), Edit{});
+  model.forward(nullptr, tokens.data(), B, T, &shared, LogitsMode::none, nullptr);
+  model.forward(nullptr, tokens.data(), B, T, &zeroed, LogitsMode::none, nullptr);
+  const float* q0 = shared.captured()[0].second.data.get();
+  const float* q1 = zeroed.captured()[0].second.data.get();
+  const int64_t dh = cfg.d_head;
+  double same = 0, changed = 0;
+  for (int64_t r = 0; r < B * T; ++r)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t x = 0; x < dh; ++x) {
+        double& worst_here = h == 1 ? changed : same;
+        worst_here = std::max(worst_here, double(std::abs(q0[(r * H + h) * dh + x] - q1[(r * H + h) * dh + x])));
+      }
+  check(same < 1e-5 && changed > 1e-3, arch + "an edit at one head's query input reaches that head only");
+
+  // Prefill, then decode a token at a time, with every layer's inputs split: the full pass's logits.
+  HookPlan split(L);
+  split.set_attention_input(AttentionInput::split_qkv);
+  for (int64_t l = 0; l < L; ++l) split.add(hook_id(HookKind::k_input, l, L), Edit{});
+  KVCache cache = model.new_cache(B);
+  std::vector<int32_t> head(B * 3), step(B);
+  for (int64_t b = 0; b < B; ++b) std::copy(&tokens[b * T], &tokens[b * T + 3], &head[b * 3]);
+  model.forward(&cache, head.data(), B, 3, &split, LogitsMode::none, nullptr);
+  std::vector<float> last(B * V);
+  double worst = 0;
+  for (int64_t t = 3; t < T; ++t) {
+    for (int64_t b = 0; b < B; ++b) step[b] = tokens[b * T + t];
+    model.forward(&cache, step.data(), B, 1, &split, LogitsMode::last, last.data());
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t v = 0; v < V; ++v)
+        worst = std::max(worst, double(std::abs(last[b * V + v] - full[(b * T + t) * V + v])));
+  }
+  check(worst < 1e-4, arch + "cached decoding with per-head inputs equals the full pass");
+}
+
 }  // namespace
 
 void test_forward(std::mt19937& rng, bool llama) {
@@ -207,8 +321,10 @@ void test_forward(std::mt19937& rng, bool llama) {
   // A plan touching every hook point with a capture, plus edits, must run and
   // keep TransformerLens shapes; the phased attention path must agree with the fused one.
   HookPlan plan(tiny.cfg.n_layers);
-  const std::vector<int> ids = model.hook_ids();
-  for (int id : ids) plan.add(id, Edit{});
+  std::vector<int> ids;  // every point a pass with one shared attention input visits
+  for (int id : model.hook_ids())
+    if (!per_head_point(hook_name(id, tiny.cfg.n_layers))) ids.push_back(id);
+  for (int id : model.hook_ids()) plan.add(id, Edit{});
   KVCache c3 = model.new_cache(B);
   std::vector<float> hooked(B * T * V);
   model.forward(&c3, tokens.data(), B, T, &plan, LogitsMode::all, hooked.data());
@@ -269,6 +385,8 @@ void test_forward(std::mt19937& rng, bool llama) {
     threw = true;
   }
   check(threw && c5.n_past() == 0, "a mis-shaped edit throws and leaves the cache untouched");
+
+  test_per_head_inputs(model, tiny, tokens, full, arch);
 
   // Thread counts give the same numbers.
   for (int threads : {1, 3, 2}) {

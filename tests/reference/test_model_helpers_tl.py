@@ -21,10 +21,8 @@ from tinymech.factored_matrix import FactoredMatrix
 from tl_reference import TL_PROCESSING, act_err, demo_pair, tl_llama
 
 TOL = 2e-5
-# hook points TransformerLens has and tinymech has not yet (issue 23, item 5): optional inputs of the blocks
-# and the unembedding's hooks
-NOT_YET = {"hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input", "hook_mlp_in"}
-NOT_YET_TOP = {"unembed.hook_in", "unembed.hook_out"}
+# TransformerLens's hook_dict lists these always; tinymech's while their set_use_* mode is on
+MODE_POINTS = {"hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input", "hook_mlp_in"}
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +102,7 @@ def test_hook_dict_names_tl_hook_points(models):
     assert all(isinstance(point, tm.HookPoint) and point.name == name for name, point in ours.items())
     assert set(ours) <= set(tl.hook_dict)
     missing = set(tl.hook_dict) - set(ours)
-    assert {name for name in missing if name.rsplit(".", 1)[-1] not in NOT_YET} <= NOT_YET_TOP
+    assert missing == {f"blocks.{layer}.{name}" for layer in range(model.cfg.n_layers) for name in MODE_POINTS}
 
 
 # ---- OV, QK, composition scores ---------------------------------------------------------------------

@@ -233,10 +233,6 @@ def test_set_use_attn_result_makes_the_default_cache_keep_each_heads_output(mode
     with pytest.raises(tm.InvalidInputError, match="use_attn_result must be True or False"):
         model.set_use_attn_result("no")  # was read as True
     assert not any(n.endswith("attn.hook_result") for n in model.run_with_cache(tokens)[1])
-    model.set_use_split_qkv_input(False)  # off: nothing to do
-    for setter in (model.set_use_split_qkv_input, model.set_use_attn_in, model.set_use_hook_mlp_in):
-        with pytest.raises(tm.HookError, match="not|no"):
-            setter(True)
 
 
 def test_run_with_hooks_takes_transformerlens_reset_hooks_end_and_refuses_bwd_hooks(model, tokens):

@@ -208,13 +208,16 @@ def test_a_transcoder_reading_and_writing_one_hook(model, transcoder_dir, tmp_pa
 
 def test_transcoder_hooks_the_model_lacks(model, transcoder_dir, tmp_path):
     toks = np.arange(1, 6)[None]
-    for hook_in, hook_out, missing in (("blocks.0.hook_resid_pre", "blocks.7.hook_resid_post", "blocks.7.hook_resid_post"),
-                                       ("blocks.0.hook_mlp_in", "blocks.0.hook_mlp_out", "blocks.0.hook_mlp_in")):
-        tc = SAE.load(transcoder_with(transcoder_dir, tmp_path / missing, hook_name=hook_in, hook_name_out=hook_out))
+    for hook_in, hook_out, error in (
+            ("blocks.0.hook_resid_pre", "blocks.7.hook_resid_post", "unknown hook point 'blocks.7.hook_resid_post'"),
+            # a mode's point while the mode is off
+            ("blocks.0.hook_mlp_in", "blocks.0.hook_mlp_out", r"'blocks.0.hook_mlp_in' is computed only after "
+                                                              r"model.set_use_hook_mlp_in\(True\)")):
+        tc = SAE.load(transcoder_with(transcoder_dir, tmp_path / hook_in, hook_name=hook_in, hook_name_out=hook_out))
         for run in (lambda: run_with_saes(model, toks, tc), lambda: run_with_cache_with_saes(model, toks, tc),
                     lambda: model.run_with_hooks(toks, fwd_hooks=[tc.as_hook()]),
                     lambda: model.generate(toks, max_new_tokens=2, hooks=[tc.as_hook()])):
-            with pytest.raises(tm.HookError, match=f"unknown hook point '{missing}'"):
+            with pytest.raises(tm.HookError, match=error):
                 run()
 
 

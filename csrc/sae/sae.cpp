@@ -59,9 +59,10 @@ struct SaeActivationName {
   SaeActivation value;
 };
 constexpr SaeActivationName kSaeActivations[] = {
-    {"relu", SaeActivation::relu},   {"jumprelu", SaeActivation::jumprelu}, {"topk", SaeActivation::topk},
-    {"gated", SaeActivation::gated}, {"abstopk", SaeActivation::abstopk},
-    {"matching_pursuit", SaeActivation::matching_pursuit}, {"temporal", SaeActivation::temporal},
+    {"relu", SaeActivation::relu},         {"jumprelu", SaeActivation::jumprelu},
+    {"topk", SaeActivation::topk},         {"gated", SaeActivation::gated},
+    {"abstopk", SaeActivation::abstopk},   {"matching_pursuit", SaeActivation::matching_pursuit},
+    {"temporal", SaeActivation::temporal},
 };
 }  // namespace
 

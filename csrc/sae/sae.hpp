@@ -49,17 +49,18 @@ struct SaeConfig {
 // SAELens's names, as the core's values; std::invalid_argument naming an unknown one.
 SaeActivation parse_sae_activation(const std::string& name);  // kSaeActivations in sae.cpp
 std::vector<std::string> sae_activation_names();              // every name parse_sae_activation knows
-SaeNorm parse_sae_norm(const std::string& name);  // "none", "constant_norm_rescale", "layer_norm", "constant_scalar_rescale"
+SaeNorm parse_sae_norm(
+    const std::string& name);  // "none", "constant_norm_rescale", "layer_norm", "constant_scalar_rescale"
 
 struct SaeWeights {
-  const float* W_enc = nullptr;      // [d_in, d_sae]
-  const float* b_enc = nullptr;      // [d_sae]
-  const float* W_dec = nullptr;      // [d_sae, d_out]
-  const float* b_dec = nullptr;      // [d_out]
-  const float* threshold = nullptr;  // [d_sae], jumprelu only
-  const float* W_skip = nullptr;     // [d_out, d_in], skip transcoders only
-  const float* r_mag = nullptr;      // [d_sae], gated only: log of the magnitude path's W_enc column scales
-  const float* b_mag = nullptr;      // [d_sae], gated only: the magnitude path's bias (b_enc is the gate's)
+  const float* W_enc = nullptr;            // [d_in, d_sae]
+  const float* b_enc = nullptr;            // [d_sae]
+  const float* W_dec = nullptr;            // [d_sae, d_out]
+  const float* b_dec = nullptr;            // [d_out]
+  const float* threshold = nullptr;        // [d_sae], jumprelu only
+  const float* W_skip = nullptr;           // [d_out, d_in], skip transcoders only
+  const float* r_mag = nullptr;            // [d_sae], gated only: log of the magnitude path's W_enc column scales
+  const float* b_mag = nullptr;            // [d_sae], gated only: the magnitude path's bias (b_enc is the gate's)
   std::vector<TemporalLayerWeights> attn;  // temporal only: its attention layers
 };
 
@@ -128,8 +129,8 @@ class Sae {
   void scatter_codes(const SparseCodes& codes, float* acts) const;
   void encode_rows(const float* x, int64_t rows, SparseCodes* codes, float* acts, float* pre, RowNorm& nm,
                    int64_t seq_len, float* predicted) const;
-  void poison_nonfinite_rows(const float* x, int64_t rows, int64_t seq_len, SparseCodes* codes, float* acts,
-                             float* pre, float* predicted) const;
+  void poison_nonfinite_rows(const float* x, int64_t rows, int64_t seq_len, SparseCodes* codes, float* acts, float* pre,
+                             float* predicted) const;
 
   SaeConfig cfg_;
   SaeWeights w_;

@@ -31,7 +31,8 @@ void causal_attention(const float* q, const float* k, const float* v, int64_t ba
       const int64_t b = t / n_heads, h = t % n_heads, row0 = b * seq;
       for (int64_t i = 0; i < seq; ++i) {
         const float* qi = q + (row0 + i) * width + h * dk;
-        for (int64_t j = 0; j <= i; ++j) p[static_cast<size_t>(j)] = kt.dot(qi, k + (row0 + j) * width + h * dk, dk) * scale;
+        for (int64_t j = 0; j <= i; ++j)
+          p[static_cast<size_t>(j)] = kt.dot(qi, k + (row0 + j) * width + h * dk, dk) * scale;
         kt.softmax(p.data(), i + 1);
         float* o = out + (row0 + i) * d_sae + h * dv;
         std::memset(o, 0, static_cast<size_t>(dv) * sizeof(float));
@@ -48,8 +49,8 @@ void temporal_predict(const TemporalConfig& c, const TemporalWeights& w, int64_t
   const int64_t rows = batch * seq;
   const auto codes = static_cast<size_t>(checked_size({rows, d_sae}, "temporal SAE codes"));
   std::memset(z_pred, 0, codes * sizeof(float));
-  std::vector<float> scaled(static_cast<size_t>(rows * d_in)), z(codes), ctx(codes), q(static_cast<size_t>(rows * c.width)),
-      k(q.size()), v(codes), att(codes), p(codes), D(scaled.size());
+  std::vector<float> scaled(static_cast<size_t>(rows * d_in)), z(codes), ctx(codes),
+      q(static_cast<size_t>(rows * c.width)), k(q.size()), v(codes), att(codes), p(codes), D(scaled.size());
   const KernelTable& kt = kernels::active();
   for (const TemporalLayerWeights& L : w.layers) {
     for (size_t i = 0; i < scaled.size(); ++i) scaled[i] = x[i] * c.lam;

@@ -305,3 +305,16 @@ def test_a_temporal_sae_splices_and_generates(saved_gpt2, tmp_path):
                               n_heads=2, bottleneck_factor=2))
     with pytest.raises(HookError, match="whole positions"):
         run_with_saes(model, tokens, [wide])
+
+
+def test_a_temporal_sae_dashboards_over_sequences_and_refuses_rows(tmp_path):
+    model = tm.load()  # the demo model: dashboards need a tokenizer
+    d = model.cfg.d_model
+    sae = SAE.load(write_sae(tmp_path / "t", "temporal", d, 64, hook="blocks.1.hook_resid_pre", std=0.1,
+                             n_heads=2, bottleneck_factor=2, kval_topk=6))
+    texts = ["the cat sat on the mat " * 4, "a dog ran in the park " * 4]
+    dash = tm.feature_dashboards(model, sae, texts, n_tokens=40, context=10, batch_size=2, progress=False,
+                                 out=tmp_path / "dash")
+    assert len(dash) == 64
+    with pytest.raises(SAEInputError, match="whole sequences"):
+        tm.sae.metrics.reconstruction_metrics(sae, np.zeros((4, d), np.float32))

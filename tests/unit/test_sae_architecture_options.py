@@ -122,6 +122,13 @@ def test_temporal_reads_whole_sequences(tmp_path):
     novel, predicted = sae.encode_with_predictions(x)
     assert np.array_equal(novel, feats) and rel_err(sae.forward(x), sae.decode(novel + predicted)) <= TOL
     assert sae.encode(x[:, :0]).shape == (2, 0, D_SAE)
+    idx, val = sae.top_features(x, 3)
+    assert np.array_equal(np.take_along_axis(feats, idx, -1), val) and (val[..., :-1] >= val[..., 1:]).all()
+    scaled = temporal_sae(tmp_path / "s", normalize_activations="constant_scalar_rescale",
+                          activation_normalization_factor=0.5)
+    codes = scaled.encode(x)  # a constant scale is undone without the input
+    assert rel_err(scaled.decode(codes), scaled.decode(codes, acts=x)) <= TOL
+    assert rel_err(scaled.decode(codes), sae.decode(codes) * 2) <= TOL  # the same weights: (z W_dec + b_dec) / 0.5
     for bad in (x[0], x[:, :, None]):
         with pytest.raises(SAEInputError, match="attends over the positions"):
             sae.encode(bad)

@@ -77,6 +77,19 @@ PySae make_sae(const py::dict& cfg, const py::dict& w) {
   c.rescale_acts_by_decoder_norm = cfg["rescale_acts_by_decoder_norm"].cast<bool>();
   c.norm = tmech::parse_sae_norm(cfg["norm"].cast<std::string>());
   c.denormalize_output = cfg["denormalize_output"].cast<bool>();
+  c.decode_bias = cfg["decode_bias"].cast<bool>();
+  c.norm_factor = cfg["norm_factor"].cast<float>();
+  if (c.activation == tmech::SaeActivation::matching_pursuit) {
+    c.matching_pursuit.residual_threshold = cfg["residual_threshold"].cast<float>();
+    c.matching_pursuit.max_iterations = cfg["max_iterations"].cast<int64_t>();
+    c.matching_pursuit.stop_on_duplicate_support = cfg["stop_on_duplicate_support"].cast<bool>();
+  }
+  if (c.activation == tmech::SaeActivation::temporal) {
+    c.temporal.n_heads = cfg["n_heads"].cast<int64_t>();
+    c.temporal.n_layers = cfg["n_attn_layers"].cast<int64_t>();
+    c.temporal.width = cfg["attention_width"].cast<int64_t>();
+    c.temporal.lam = cfg["lam"].cast<float>();
+  }
   c.validate();
   auto owned = std::make_shared<OwnedSae>();
   SaeWeightsDict source(w, owned->keep);
@@ -139,9 +152,10 @@ py::array_t<float> decode_with(const PySae& s, int64_t rows, const std::optional
     py::gil_scoped_release nogil;
     decode(out.data());
     tmech::RowNorm norm;
-    if (x) {
-      s.sae().compute_norm(x->data(), rows, norm);
-      s.sae().finish(norm, x->data(), rows, out.data());
+    const float* xs = x ? x->data() : nullptr;
+    if (xs || c.norm == tmech::SaeNorm::constant_scalar_rescale) {  // a constant scale is undone without x
+      s.sae().compute_norm(xs, rows, norm);
+      s.sae().finish(norm, xs, rows, out.data());
     }
   }
   return tmech::owned_array(std::move(out), {rows, c.d_out});
@@ -162,59 +176,76 @@ void bind_sae(py::module_& m) {
       .def(py::init(&make_sae), py::arg("config"), py::arg("weights"))
       .def(
           "encode",
-          [](const PySae& s, FloatIn x) {
+          [](const PySae& s, FloatIn x, int64_t seq_len) {
             const tmech::SaeConfig& c = s.sae().config();
             const int64_t rows = rows_of(x, c.d_in, "x");
             tmech::FloatBuffer acts = tmech::alloc_floats(
                 tmech::checked_size({rows, c.d_sae}, "SAE features"));  // encode writes every element
             {
               py::gil_scoped_release nogil;
-              s.sae().encode(x.data(), rows, nullptr, acts.get(), nullptr, nullptr);
+              s.sae().encode(x.data(), rows, nullptr, acts.get(), nullptr, nullptr, seq_len);
             }
             return tmech::to_numpy(std::move(acts), {rows, c.d_sae});
           },
-          py::arg("x"))
+          py::arg("x"), py::arg("seq_len") = 0,
+          "seq_len: a temporal SAE's rows are sequences of seq_len positions (ignored by others)")
       .def(
           "encode_pre",
-          [](const PySae& s, FloatIn x) {
+          [](const PySae& s, FloatIn x, int64_t seq_len) {
             const tmech::SaeConfig& c = s.sae().config();
             const int64_t rows = rows_of(x, c.d_in, "x");
             std::vector<float> acts(static_cast<size_t>(tmech::checked_size({rows, c.d_sae}, "SAE features"))),
                 pre(acts.size());
             {
               py::gil_scoped_release nogil;
-              s.sae().encode(x.data(), rows, nullptr, acts.data(), pre.data(), nullptr);
+              s.sae().encode(x.data(), rows, nullptr, acts.data(), pre.data(), nullptr, seq_len);
             }
             return tmech::owned_array(std::move(pre), {rows, c.d_sae});
           },
-          py::arg("x"), "pre-activations x·W_enc + b_enc (after normalization and b_dec)")
+          py::arg("x"), py::arg("seq_len") = 0, "pre-activations x·W_enc + b_enc (after normalization and b_dec)")
+      .def(
+          "encode_predicted",
+          [](const PySae& s, FloatIn x, int64_t seq_len) {
+            const tmech::SaeConfig& c = s.sae().config();
+            const int64_t rows = rows_of(x, c.d_in, "x");
+            std::vector<float> acts(static_cast<size_t>(tmech::checked_size({rows, c.d_sae}, "SAE features"))),
+                predicted(acts.size());
+            {
+              py::gil_scoped_release nogil;
+              s.sae().encode(x.data(), rows, nullptr, acts.data(), nullptr, nullptr, seq_len, predicted.data());
+            }
+            return py::make_tuple(tmech::owned_array(std::move(acts), {rows, c.d_sae}),
+                                  tmech::owned_array(std::move(predicted), {rows, c.d_sae}));
+          },
+          py::arg("x"), py::arg("seq_len"), "a temporal SAE's (novel codes, predicted codes)")
       .def(
           "encode_sparse",
-          [](const PySae& s, FloatIn x) {
+          [](const PySae& s, FloatIn x, int64_t seq_len) {
             const int64_t rows = rows_of(x, s.sae().config().d_in, "x");
             tmech::SparseCodes codes;
             {
               py::gil_scoped_release nogil;
-              s.sae().encode(x.data(), rows, &codes, nullptr, nullptr, nullptr);
+              s.sae().encode(x.data(), rows, &codes, nullptr, nullptr, nullptr, seq_len);
             }
             return codes_to_numpy(std::move(codes));
           },
-          py::arg("x"), "(offsets [rows + 1], indices [nnz], values [nnz]) of the active features")
+          py::arg("x"), py::arg("seq_len") = 0,
+          "(offsets [rows + 1], indices [nnz], values [nnz]) of the active features")
       .def(
           "top_features",
-          [](const PySae& s, FloatIn x, int64_t k) {
+          [](const PySae& s, FloatIn x, int64_t k, int64_t seq_len) {
             if (k < 0 || k > s.sae().config().d_sae) throw std::invalid_argument("k must be in [0, d_sae]");
             const int64_t rows = rows_of(x, s.sae().config().d_in, "x");
             std::vector<int64_t> idx(static_cast<size_t>(tmech::checked_size({rows, k}, "SAE top-k indices")));
             std::vector<float> val(idx.size());
             {
               py::gil_scoped_release nogil;
-              s.sae().top_features(x.data(), rows, k, idx.data(), val.data());
+              s.sae().top_features(x.data(), rows, k, idx.data(), val.data(), seq_len);
             }
             return py::make_tuple(tmech::owned_array(std::move(idx), {rows, k}),
                                   tmech::owned_array(std::move(val), {rows, k}));
           },
-          py::arg("x"), py::arg("k"))
+          py::arg("x"), py::arg("k"), py::arg("seq_len") = 0)
       .def(
           "decode",
           [](const PySae& s, FloatIn acts, std::optional<FloatIn> x) {
@@ -231,21 +262,17 @@ void bind_sae(py::module_& m) {
           py::arg("offsets"), py::arg("indices"), py::arg("values"), py::arg("x") = py::none())
       .def(
           "forward",
-          [](const PySae& s, FloatIn x) {
+          [](const PySae& s, FloatIn x, int64_t seq_len) {
             const tmech::SaeConfig& c = s.sae().config();
             const int64_t rows = rows_of(x, c.d_in, "x");
             std::vector<float> out(static_cast<size_t>(tmech::checked_size({rows, c.d_out}, "SAE output")));
             {
               py::gil_scoped_release nogil;
-              tmech::SparseCodes codes;
-              tmech::RowNorm norm;
-              s.sae().encode(x.data(), rows, &codes, nullptr, nullptr, &norm);
-              s.sae().decode_codes(codes, out.data());
-              s.sae().finish(norm, x.data(), rows, out.data());
+              s.sae().forward(x.data(), rows, seq_len, out.data());
             }
             return tmech::owned_array(std::move(out), {rows, c.d_out});
           },
-          py::arg("x"));
+          py::arg("x"), py::arg("seq_len") = 0);
 
   py::class_<tmech::SaeSplice, tmech::HookCallback, std::shared_ptr<tmech::SaeSplice>>(
       m, "SaeSplice", "Hook action running an SAE at a hook point (a NativeHook)")

@@ -38,6 +38,18 @@ void SaeConfig::validate() const {
   if (apply_b_dec_to_input && d_in != d_out) throw std::invalid_argument("apply_b_dec_to_input needs d_in == d_out");
   if ((activation == SaeActivation::topk || activation == SaeActivation::abstopk) && k <= 0)
     throw std::invalid_argument("a TopK SAE needs k > 0");
+  if (k < 0 || k > d_sae) throw std::invalid_argument("k must be in [0, d_sae]");
+  if (!std::isfinite(norm_factor) || norm_factor == 0.f)
+    throw std::invalid_argument("the activation normalization factor must be finite and nonzero");
+  const bool tied = activation == SaeActivation::matching_pursuit || activation == SaeActivation::temporal;
+  if (tied && d_in != d_out) throw std::invalid_argument("a matching-pursuit or temporal SAE needs d_in == d_out");
+  if (activation == SaeActivation::matching_pursuit && matching_pursuit.max_iterations < 0)
+    throw std::invalid_argument("max_iterations must be >= 0");
+  if (activation == SaeActivation::temporal) {
+    const TemporalConfig& t = temporal;
+    if (t.n_heads <= 0 || t.n_layers < 0 || t.width <= 0 || t.width % t.n_heads != 0 || d_sae % t.n_heads != 0)
+      throw std::invalid_argument("a temporal SAE needs n_heads > 0 dividing d_sae and its attention width");
+  }
 }
 
 namespace {
@@ -47,8 +59,10 @@ struct SaeActivationName {
   SaeActivation value;
 };
 constexpr SaeActivationName kSaeActivations[] = {
-    {"relu", SaeActivation::relu},   {"jumprelu", SaeActivation::jumprelu}, {"topk", SaeActivation::topk},
-    {"gated", SaeActivation::gated}, {"abstopk", SaeActivation::abstopk},
+    {"relu", SaeActivation::relu},         {"jumprelu", SaeActivation::jumprelu},
+    {"topk", SaeActivation::topk},         {"gated", SaeActivation::gated},
+    {"abstopk", SaeActivation::abstopk},   {"matching_pursuit", SaeActivation::matching_pursuit},
+    {"temporal", SaeActivation::temporal},
 };
 }  // namespace
 
@@ -68,6 +82,7 @@ SaeNorm parse_sae_norm(const std::string& name) {
   if (name == "none") return SaeNorm::none;
   if (name == "constant_norm_rescale") return SaeNorm::constant_norm_rescale;
   if (name == "layer_norm") return SaeNorm::layer_norm;
+  if (name == "constant_scalar_rescale") return SaeNorm::constant_scalar_rescale;
   throw std::invalid_argument("unknown SAE normalization '" + name + "'");
 }
 
@@ -84,6 +99,22 @@ SaeWeights read_sae_weights(const SaeConfig& c, WeightSource& src) {
   w.W_skip = get("W_skip", {c.d_out, c.d_in}, true);
   w.r_mag = get("r_mag", {c.d_sae}, true);
   w.b_mag = get("b_mag", {c.d_sae}, true);
+  if (c.activation == SaeActivation::temporal) {
+    const int64_t d = c.d_sae, width = c.temporal.width;
+    for (int64_t i = 0; i < c.temporal.n_layers; ++i) {
+      const std::string at = "attn_layers." + std::to_string(i) + ".";
+      auto linear = [&](const char* name, int64_t out, const float*& weight, const float*& bias) {
+        weight = get((at + name + ".weight").c_str(), {out, d});
+        bias = get((at + name + ".bias").c_str(), {out});
+      };
+      TemporalLayerWeights L;
+      linear("k_ctx", width, L.k_w, L.k_b);
+      linear("q_target", width, L.q_w, L.q_b);
+      linear("v_ctx", d, L.v_w, L.v_b);
+      linear("c_proj", d, L.c_w, L.c_b);
+      w.attn.push_back(L);
+    }
+  }
   return w;
 }
 
@@ -112,6 +143,12 @@ Sae::Sae(SaeConfig cfg, SaeWeights w) : cfg_(cfg), w_(w) {
   if (!w_.W_enc || !w_.b_enc || !w_.W_dec || !w_.b_dec) throw std::invalid_argument("SAE weights are missing");
   if (cfg_.activation == SaeActivation::jumprelu && !w_.threshold)
     throw std::invalid_argument("a JumpReLU SAE needs a threshold");
+  if (temporal()) {
+    bool complete = static_cast<int64_t>(w_.attn.size()) == cfg_.temporal.n_layers;
+    for (const TemporalLayerWeights& L : w_.attn)
+      for (const float* p : {L.k_w, L.k_b, L.q_w, L.q_b, L.v_w, L.v_b, L.c_w, L.c_b}) complete &= p != nullptr;
+    if (!complete) throw std::invalid_argument("a temporal SAE needs every attention layer's weights");
+  }
   if (cfg_.activation == SaeActivation::gated) {
     if (!w_.r_mag || !w_.b_mag) throw std::invalid_argument("a gated SAE needs r_mag and b_mag");
     mag_scale_.resize(static_cast<size_t>(cfg_.d_sae));
@@ -137,6 +174,11 @@ void Sae::compute_norm(const float* x, int64_t rows, RowNorm& norm) const {
   norm.in_mul.assign(static_cast<size_t>(rows), 1.f);
   norm.out_mul.assign(static_cast<size_t>(rows), 1.f);
   if (cfg_.norm == SaeNorm::none) return;
+  if (cfg_.norm == SaeNorm::constant_scalar_rescale) {  // x * factor, undone as y / factor
+    std::fill(norm.in_mul.begin(), norm.in_mul.end(), cfg_.norm_factor);
+    std::fill(norm.out_mul.begin(), norm.out_mul.end(), 1.f / cfg_.norm_factor);
+    return;
+  }
   const int64_t n = cfg_.d_in;
   parallel_for(rows, [&](int64_t r0, int64_t r1, int) {
     for (int64_t r = r0; r < r1; ++r) {
@@ -188,6 +230,14 @@ void Sae::activate_rows(float* h, int64_t rows) const {
             row[j] = row[j] > 0.f && mag > 0.f ? mag : 0.f;
           }
           break;
+        case SaeActivation::matching_pursuit:  // encoded by its own loop (encode_rows)
+          break;
+        case SaeActivation::temporal:  // its novel codes: ReLU, or TopK with k > 0
+          if (cfg_.k == 0) {
+            for (int64_t j = 0; j < d; ++j) row[j] = row[j] > 0.f ? row[j] : 0.f;
+            break;
+          }
+          [[fallthrough]];
         case SaeActivation::topk:
         case SaeActivation::abstopk: {
           // keep the k largest pre-activations (the first of equal ones), then ReLU them;
@@ -270,22 +320,48 @@ const float* Sae::input_rows(const float* x, int64_t r0, int64_t rc, const RowNo
   return buffer.data();
 }
 
-void Sae::encode(const float* x, int64_t rows, SparseCodes* codes, float* acts, float* pre, RowNorm* norm) const {
+void Sae::encode(const float* x, int64_t rows, SparseCodes* codes, float* acts, float* pre, RowNorm* norm,
+                 int64_t seq_len, float* predicted) const {
+  if (temporal() && (seq_len <= 0 || rows % seq_len != 0))
+    throw std::invalid_argument("a temporal SAE reads whole sequences: " + std::to_string(rows) +
+                                " rows are not sequences of " + std::to_string(seq_len) + " positions");
+  if (!temporal()) seq_len = 1;
   RowNorm local_norm;
   RowNorm& nm = norm ? *norm : local_norm;
   compute_norm(x, rows, nm);
-  encode_rows(x, rows, codes, acts, pre, nm);
-  poison_nonfinite_rows(x, rows, codes, acts, pre);
+  encode_rows(x, rows, codes, acts, pre, nm, seq_len, predicted);
+  poison_nonfinite_rows(x, rows, seq_len, codes, acts, pre, predicted);
 }
 
-void Sae::poison_nonfinite_rows(const float* x, int64_t rows, SparseCodes* codes, float* acts, float* pre) const {
+void Sae::forward(const float* x, int64_t rows, int64_t seq_len, float* out) const {
+  RowNorm norm;
+  if (temporal()) {  // the sparse codes plus the predicted ones
+    const auto n = static_cast<size_t>(checked_size({rows, cfg_.d_sae}, "SAE features"));
+    std::vector<float> acts(n), predicted(n);
+    encode(x, rows, nullptr, acts.data(), nullptr, &norm, seq_len, predicted.data());
+    for (size_t i = 0; i < n; ++i) acts[i] += predicted[i];
+    decode_dense(acts.data(), rows, out);
+  } else {
+    SparseCodes codes;
+    encode(x, rows, &codes, nullptr, nullptr, &norm, seq_len);
+    decode_codes(codes, out);
+  }
+  finish(norm, x, rows, out);
+}
+
+// seq_len: a bad row of a temporal SAE spoils the later rows of its sequence, which attend to it.
+void Sae::poison_nonfinite_rows(const float* x, int64_t rows, int64_t seq_len, SparseCodes* codes, float* acts,
+                                float* pre, float* predicted) const {
   const int64_t d_in = cfg_.d_in, d_sae = cfg_.d_sae;
   std::vector<int64_t> bad;
-  for (int64_t r = 0; r < rows; ++r)
-    if (!std::all_of(x + r * d_in, x + (r + 1) * d_in, [](float v) { return std::isfinite(v); })) bad.push_back(r);
+  for (int64_t r = 0; r < rows; ++r) {
+    const bool spoiled = !bad.empty() && bad.back() == r - 1 && r % seq_len != 0;
+    if (spoiled || !std::all_of(x + r * d_in, x + (r + 1) * d_in, [](float v) { return std::isfinite(v); }))
+      bad.push_back(r);
+  }
   if (bad.empty()) return;
   for (int64_t r : bad)
-    for (float* out : {acts, pre})
+    for (float* out : {acts, pre, predicted})
       if (out) std::fill(out + r * d_sae, out + (r + 1) * d_sae, NAN);
   if (!codes) return;
   SparseCodes rebuilt;  // the same rows, a bad one holding only (feature 0, NaN)
@@ -307,17 +383,19 @@ void Sae::poison_nonfinite_rows(const float* x, int64_t rows, SparseCodes* codes
   *codes = std::move(rebuilt);
 }
 
-void Sae::encode_rows(const float* x, int64_t rows, SparseCodes* codes, float* acts, float* pre, RowNorm& nm) const {
+void Sae::encode_rows(const float* x, int64_t rows, SparseCodes* codes, float* acts, float* pre, RowNorm& nm,
+                      int64_t seq_len, float* predicted) const {
   const int64_t d_sae = cfg_.d_sae;
   if (codes) *codes = SparseCodes{};
   std::vector<float> sae_in, scratch;
   // A bfloat16 screen rules out most features before the float32 matmul
   // (sae/screen.hpp); its thresholds are on pre-activations, so an SAE that
   // rescales them by its decoder norms must be TopK (which ranks the products); a gated
-  // SAE's values are not its pre-activations, and AbsTopK ranks their absolute values
+  // SAE's values are not its pre-activations, AbsTopK ranks their absolute values,
+  // and matching pursuit and temporal SAEs encode otherwise
   const bool topk = cfg_.activation == SaeActivation::topk;
-  if (!pre && cfg_.activation != SaeActivation::gated && cfg_.activation != SaeActivation::abstopk &&
-      (topk || !cfg_.rescale_acts_by_decoder_norm) && screening_applies(rows, cfg_.d_in)) {
+  const bool screenable = topk || cfg_.activation == SaeActivation::relu || cfg_.activation == SaeActivation::jumprelu;
+  if (!pre && screenable && (topk || !cfg_.rescale_acts_by_decoder_norm) && screening_applies(rows, cfg_.d_in)) {
     const ScreenedEncoder screen{cfg_.d_in,
                                  d_sae,
                                  w_.W_enc,
@@ -332,7 +410,9 @@ void Sae::encode_rows(const float* x, int64_t rows, SparseCodes* codes, float* a
       return;
     }
   }
-  const int64_t chunk = chunk_rows(d_sae);
+  // whole sequences per chunk: a temporal SAE attends over each
+  const int64_t chunk = std::max<int64_t>(1, chunk_rows(d_sae) / seq_len) * seq_len;
+  std::vector<float> temporal_in, temporal_pred;
   for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
     const int64_t rc = std::min(chunk, rows - r0);
     const float* in = input_rows(x, r0, rc, nm, sae_in);
@@ -340,6 +420,24 @@ void Sae::encode_rows(const float* x, int64_t rows, SparseCodes* codes, float* a
     if (!h) {
       scratch.resize(static_cast<size_t>(rc * d_sae));
       h = scratch.data();
+    }
+    if (cfg_.activation == SaeActivation::matching_pursuit) {
+      matching_pursuit(cfg_.matching_pursuit, w_.W_dec, cfg_.d_in, d_sae, in, rc, h);
+      if (pre) std::memset(pre + r0 * d_sae, 0, static_cast<size_t>(rc * d_sae) * sizeof(float));  // it has none
+      if (codes) collect_codes(h, rc, *codes);
+      continue;
+    }
+    if (temporal()) {  // the input less what attention predicts, times lam
+      temporal_in.assign(in, in + rc * cfg_.d_in);
+      float* z_pred = predicted ? predicted + r0 * d_sae : nullptr;
+      if (!z_pred) {
+        temporal_pred.resize(static_cast<size_t>(rc * d_sae));
+        z_pred = temporal_pred.data();
+      }
+      const TemporalWeights tw{w_.W_enc, w_.W_dec, w_.attn};
+      temporal_predict(cfg_.temporal, tw, cfg_.d_in, d_sae, rc / seq_len, seq_len, temporal_in.data(), z_pred);
+      for (float& v : temporal_in) v *= cfg_.temporal.lam;
+      in = temporal_in.data();
     }
     matmul(in, rc, cfg_.d_in, cfg_.d_in, w_.W_enc, d_sae, d_sae, 1, w_.b_enc, h, d_sae);
     if (pre) std::memcpy(pre + r0 * d_sae, h, static_cast<size_t>(rc * d_sae) * sizeof(float));
@@ -361,14 +459,16 @@ void Sae::scatter_codes(const SparseCodes& codes, float* acts) const {
   });
 }
 
-void Sae::top_features(const float* x, int64_t rows, int64_t k, int64_t* indices, float* values) const {
-  const int64_t d = cfg_.d_sae, chunk = chunk_rows(d);
+void Sae::top_features(const float* x, int64_t rows, int64_t k, int64_t* indices, float* values,
+                       int64_t seq_len) const {
+  const int64_t d = cfg_.d_sae, seq = temporal() && seq_len > 0 ? seq_len : 1;
+  const int64_t chunk = std::max<int64_t>(1, chunk_rows(d) / seq) * seq;  // whole sequences
   if (k < 0 || k > d) throw std::invalid_argument("top_features needs 0 <= k <= d_sae");
   std::vector<float> acts;
   for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
     const int64_t rc = std::min(chunk, rows - r0);
     acts.resize(static_cast<size_t>(rc * d));
-    encode(x + r0 * cfg_.d_in, rc, nullptr, acts.data(), nullptr, nullptr);
+    encode(x + r0 * cfg_.d_in, rc, nullptr, acts.data(), nullptr, nullptr, seq_len);
     top_k_rows(acts.data(), rc, d, k, indices + r0 * k, values + r0 * k);
   }
 }
@@ -379,7 +479,10 @@ void Sae::decode_codes(const SparseCodes& codes, float* out) const {
   parallel_for(codes.rows, [&](int64_t r0, int64_t r1, int) {
     for (int64_t r = r0; r < r1; ++r) {
       float* y = out + r * d;
-      std::memcpy(y, w_.b_dec, static_cast<size_t>(d) * sizeof(float));
+      if (cfg_.decode_bias)
+        std::memcpy(y, w_.b_dec, static_cast<size_t>(d) * sizeof(float));
+      else
+        std::memset(y, 0, static_cast<size_t>(d) * sizeof(float));
       const auto end = static_cast<size_t>(codes.offsets[static_cast<size_t>(r) + 1]);
       for (auto o = static_cast<size_t>(codes.offsets[static_cast<size_t>(r)]); o < end; ++o) {
         const int32_t f = codes.indices[o];
@@ -409,7 +512,8 @@ void Sae::decode_dense(const float* acts, int64_t rows, float* out) const {
     for (size_t i = 0; i < scaled.size(); ++i) scaled[i] /= dec_norm_[i % static_cast<size_t>(d_sae)];
     a = scaled.data();
   }
-  matmul(a, rows, d_sae, d_sae, w_.W_dec, cfg_.d_out, cfg_.d_out, 1, w_.b_dec, out, cfg_.d_out);
+  matmul(a, rows, d_sae, d_sae, w_.W_dec, cfg_.d_out, cfg_.d_out, 1, cfg_.decode_bias ? w_.b_dec : nullptr, out,
+         cfg_.d_out);
 }
 
 void Sae::finish(const RowNorm& norm, const float* x, int64_t rows, float* out) const {
@@ -423,7 +527,7 @@ void Sae::finish(const RowNorm& norm, const float* x, int64_t rows, float* out) 
       }
     });
   }
-  if (w_.W_skip) {
+  if (w_.W_skip && x) {
     // out += x · W_skipᵀ, W_skip stored [d_out, d_in]
     matmul(x, rows, cfg_.d_in, cfg_.d_in, w_.W_skip, d, 1, cfg_.d_in, nullptr, out, d, true);
   }
@@ -590,7 +694,9 @@ void SaeSplice::run(const float* x, std::vector<float>& target, const std::vecto
   RowNorm norm;
   std::vector<float> pre(set.record_pre ? static_cast<size_t>(checked_size({rows, c.d_sae}, "SAE pre-activations"))
                                         : 0);
-  sae.encode(x, rows, &codes, nullptr, set.record_pre ? pre.data() : nullptr, &norm);
+  // a temporal SAE attends over the positions of each sequence ([batch, pos, d_in] only)
+  const int64_t seq_len = shape.size() >= 3 && rows == shape[0] * shape[1] ? shape[1] : 0;
+  sae.encode(x, rows, &codes, nullptr, set.record_pre ? pre.data() : nullptr, &norm, seq_len);
   std::vector<float> clean(target.size());
   sae.decode_codes(codes, clean.data());
   std::vector<float> recons = set.record ? clean : std::vector<float>();

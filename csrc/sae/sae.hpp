@@ -2,6 +2,8 @@
 //
 // encode: x [rows, d_in] -> normalize -> (- b_dec) -> x·W_enc + b_enc
 //         -> ReLU / JumpReLU / TopK / gated / AbsTopK -> sparse codes (active features per row)
+//         (matching pursuit: its own loop over W_dec, sae/matching_pursuit.hpp; temporal: the
+//         input first loses what attention over earlier positions predicts, sae/temporal.hpp)
 // decode: codes·W_dec + b_dec -> undo the input normalization (+ x·W_skipᵀ)
 //
 // The encoder GEMM is tmech::matmul; decoding walks only the active features
@@ -19,39 +21,47 @@
 
 #include "core/hooks.hpp"
 #include "core/weights.hpp"
+#include "sae/matching_pursuit.hpp"
+#include "sae/temporal.hpp"
 
 namespace tmech {
 
 std::string shape_string(const std::vector<int64_t>& shape);  // "[2, 5, 64]", for messages
 
-enum class SaeActivation { relu, jumprelu, topk, gated, abstopk };
-enum class SaeNorm { none, constant_norm_rescale, layer_norm };
+enum class SaeActivation { relu, jumprelu, topk, gated, abstopk, matching_pursuit, temporal };
+enum class SaeNorm { none, constant_norm_rescale, layer_norm, constant_scalar_rescale };
 
 struct SaeConfig {
   int64_t d_in = 0, d_sae = 0, d_out = 0;
   SaeActivation activation = SaeActivation::relu;
-  int64_t k = 0;                              // topk, abstopk
+  int64_t k = 0;                              // topk, abstopk; temporal: 0 for ReLU, else its TopK's k
   bool apply_b_dec_to_input = false;          // needs d_in == d_out
   bool rescale_acts_by_decoder_norm = false;  // topk
   SaeNorm norm = SaeNorm::none;
   bool denormalize_output = true;  // SAELens transcoders leave their output in normalized units
+  bool decode_bias = true;         // decoding adds b_dec (tied matching-pursuit and temporal SAEs may not)
+  float norm_factor = 1.f;         // constant_scalar_rescale's: inputs times it, outputs divided by it
+  MatchingPursuitConfig matching_pursuit;
+  TemporalConfig temporal;
   void validate() const;
 };
 
 // SAELens's names, as the core's values; std::invalid_argument naming an unknown one.
 SaeActivation parse_sae_activation(const std::string& name);  // kSaeActivations in sae.cpp
 std::vector<std::string> sae_activation_names();              // every name parse_sae_activation knows
-SaeNorm parse_sae_norm(const std::string& name);              // "none", "constant_norm_rescale", "layer_norm"
+SaeNorm parse_sae_norm(
+    const std::string& name);  // "none", "constant_norm_rescale", "layer_norm", "constant_scalar_rescale"
 
 struct SaeWeights {
-  const float* W_enc = nullptr;      // [d_in, d_sae]
-  const float* b_enc = nullptr;      // [d_sae]
-  const float* W_dec = nullptr;      // [d_sae, d_out]
-  const float* b_dec = nullptr;      // [d_out]
-  const float* threshold = nullptr;  // [d_sae], jumprelu only
-  const float* W_skip = nullptr;     // [d_out, d_in], skip transcoders only
-  const float* r_mag = nullptr;      // [d_sae], gated only: log of the magnitude path's W_enc column scales
-  const float* b_mag = nullptr;      // [d_sae], gated only: the magnitude path's bias (b_enc is the gate's)
+  const float* W_enc = nullptr;            // [d_in, d_sae]
+  const float* b_enc = nullptr;            // [d_sae]
+  const float* W_dec = nullptr;            // [d_sae, d_out]
+  const float* b_dec = nullptr;            // [d_out]
+  const float* threshold = nullptr;        // [d_sae], jumprelu only
+  const float* W_skip = nullptr;           // [d_out, d_in], skip transcoders only
+  const float* r_mag = nullptr;            // [d_sae], gated only: log of the magnitude path's W_enc column scales
+  const float* b_mag = nullptr;            // [d_sae], gated only: the magnitude path's bias (b_enc is the gate's)
+  std::vector<TemporalLayerWeights> attn;  // temporal only: its attention layers
 };
 
 // The weights cfg needs, from src (float32, outside any block).
@@ -87,28 +97,40 @@ class Sae {
   // acts [rows, d_sae], pre-activations pre [rows, d_sae], the normalization.
   // A row holding NaN or infinity comes out NaN (every feature of acts and
   // pre; in codes, feature 0 with value NaN, which decodes to a NaN row), as
-  // in SAELens, where a ReLU passes NaN on.
-  void encode(const float* x, int64_t rows, SparseCodes* codes, float* acts, float* pre, RowNorm* norm) const;
+  // in SAELens, where a ReLU passes NaN on (a temporal SAE's later rows of
+  // that sequence too, which attend to it).
+  // seq_len: a temporal SAE's rows are sequences of seq_len positions
+  // (std::invalid_argument unless it divides rows); predicted [rows, d_sae]:
+  // its predicted codes, which forward adds to the sparse ones.
+  void encode(const float* x, int64_t rows, SparseCodes* codes, float* acts, float* pre, RowNorm* norm,
+              int64_t seq_len = 0, float* predicted = nullptr) const;
+  // out [rows, d_out]: the reconstruction, as SAELens's forward (a temporal
+  // SAE's decodes its predicted codes too), the normalization undone.
+  void forward(const float* x, int64_t rows, int64_t seq_len, float* out) const;
   // The k largest feature activations of each row, largest first.
-  void top_features(const float* x, int64_t rows, int64_t k, int64_t* indices, float* values) const;
+  void top_features(const float* x, int64_t rows, int64_t k, int64_t* indices, float* values,
+                    int64_t seq_len = 0) const;
   void compute_norm(const float* x, int64_t rows, RowNorm& norm) const;
 
   // out [rows, d_out] = codes·W_dec + b_dec, in normalized units (SAELens's hook_sae_recons).
   void decode_codes(const SparseCodes& codes, float* out) const;
   // The same from dense activations [rows, d_sae] (sparse walk when mostly zeros).
   void decode_dense(const float* acts, int64_t rows, float* out) const;
-  // Undo the normalization and add the skip connection (x: the raw input, for W_skip).
+  // Undo the normalization and add the skip connection (x: the raw input, for W_skip; null: no skip term).
   void finish(const RowNorm& norm, const float* x, int64_t rows, float* out) const;
 
   bool normalizes() const { return cfg_.norm != SaeNorm::none; }
+  bool temporal() const { return cfg_.activation == SaeActivation::temporal; }
 
  private:
   const float* input_rows(const float* x, int64_t r0, int64_t rc, const RowNorm& nm, std::vector<float>& buffer) const;
   void activate_rows(float* h, int64_t rows) const;
   void collect_codes(const float* acts, int64_t rows, SparseCodes& codes) const;
   void scatter_codes(const SparseCodes& codes, float* acts) const;
-  void encode_rows(const float* x, int64_t rows, SparseCodes* codes, float* acts, float* pre, RowNorm& nm) const;
-  void poison_nonfinite_rows(const float* x, int64_t rows, SparseCodes* codes, float* acts, float* pre) const;
+  void encode_rows(const float* x, int64_t rows, SparseCodes* codes, float* acts, float* pre, RowNorm& nm,
+                   int64_t seq_len, float* predicted) const;
+  void poison_nonfinite_rows(const float* x, int64_t rows, int64_t seq_len, SparseCodes* codes, float* acts, float* pre,
+                             float* predicted) const;
 
   SaeConfig cfg_;
   SaeWeights w_;

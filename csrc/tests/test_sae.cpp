@@ -264,6 +264,145 @@ void test_sparse_codes() {
         "sparse_codes refuses bad offsets and out-of-range indices");
 }
 
+// SAELens's matching-pursuit loop transcribed in double precision, batched as
+// it is written: every row iterates until all are done, a done row adding zero.
+std::vector<double> matching_pursuit_reference(const MatchingPursuitConfig& c, const std::vector<float>& W_dec,
+                                               int64_t d_in, int64_t d_sae, const std::vector<float>& x, int64_t rows) {
+  std::vector<double> acts(static_cast<size_t>(rows * d_sae), 0.0), res(x.begin(), x.end());
+  std::vector<uint8_t> done(static_cast<size_t>(rows), 0), prev(acts.size(), 0);
+  for (int64_t it = 0; it < c.max_iterations; ++it) {
+    bool all_done = true;
+    for (int64_t r = 0; r < rows; ++r) {
+      double* rr = res.data() + r * d_in;
+      int64_t best = 0;
+      double best_v = -1;
+      for (int64_t f = 0; f < d_sae; ++f) {
+        double s = 0;
+        for (int64_t j = 0; j < d_in; ++j) s += rr[j] * W_dec[static_cast<size_t>(f * d_in + j)];
+        if (std::max(s, 0.0) > best_v) best = f, best_v = std::max(s, 0.0);
+      }
+      const double v = done[static_cast<size_t>(r)] ? 0.0 : best_v;
+      acts[static_cast<size_t>(r * d_sae + best)] += v;
+      double ss = 0;
+      for (int64_t j = 0; j < d_in; ++j) {
+        rr[j] -= v * W_dec[static_cast<size_t>(best * d_in + j)];
+        ss += rr[j] * rr[j];
+      }
+      bool same = true;
+      for (int64_t f = 0; f < d_sae; ++f) {
+        const auto i = static_cast<size_t>(r * d_sae + f);
+        same &= (acts[i] != 0) == (prev[i] != 0);
+        prev[i] = acts[i] != 0;
+      }
+      if (c.stop_on_duplicate_support && same) done[static_cast<size_t>(r)] = 1;
+      if (c.residual_threshold > 0 && std::sqrt(ss) < c.residual_threshold) done[static_cast<size_t>(r)] = 1;
+      all_done &= done[static_cast<size_t>(r)] != 0;
+    }
+    if (all_done) break;
+  }
+  return acts;
+}
+
+// Matching pursuit against the batched reference under each stopping rule (the
+// same features picked, the same values), over many rows and threads; equal
+// decoder rows: the first is picked; a tied SAE decodes without b_dec unless
+// it subtracted it.
+void test_matching_pursuit(const char* variant, std::mt19937& rng) {
+  const int64_t d_in = 19, d_sae = 53, rows = 67;
+  auto W_dec = randn(static_cast<size_t>(d_sae * d_in), rng, 0.3f);
+  const auto x = randn(static_cast<size_t>(rows * d_in), rng);
+  for (auto [threshold, iterations, stop] :
+       {std::tuple<float, int64_t, bool>{1e-2f, d_in, true}, {1.5f, 40, false}, {0.f, 4, true}, {0.f, 25, false}}) {
+    const MatchingPursuitConfig c{threshold, iterations, stop};
+    std::vector<float> acts(static_cast<size_t>(rows * d_sae), -1.f);
+    matching_pursuit(c, W_dec.data(), d_in, d_sae, x.data(), rows, acts.data());
+    const auto ref = matching_pursuit_reference(c, W_dec, d_in, d_sae, x, rows);
+    bool ok = true;
+    for (size_t i = 0; i < acts.size(); ++i)
+      ok &= (acts[i] != 0) == (ref[i] != 0) && std::abs(acts[i] - ref[i]) < 1e-4 * (1 + std::abs(ref[i]));
+    check(ok, std::string(variant) + " matching pursuit, threshold " + std::to_string(threshold) + ", " +
+                  std::to_string(iterations) + " iterations" + (stop ? ", stopping on a repeated support" : ""));
+  }
+  std::copy(W_dec.begin() + 2 * d_in, W_dec.begin() + 3 * d_in, W_dec.begin() + 9 * d_in);  // row 9 = row 2
+  std::vector<float> one(W_dec.begin() + 2 * d_in, W_dec.begin() + 3 * d_in), acts(static_cast<size_t>(d_sae));
+  matching_pursuit(MatchingPursuitConfig{0.f, 1, true}, W_dec.data(), d_in, d_sae, one.data(), 1, acts.data());
+  check(acts[2] > 0 && acts[9] == 0, std::string(variant) + " matching pursuit picks the first of equal rows");
+
+  SaeConfig cfg;
+  cfg.d_in = cfg.d_out = d_in;
+  cfg.d_sae = d_sae;
+  cfg.activation = SaeActivation::matching_pursuit;
+  cfg.matching_pursuit = MatchingPursuitConfig{1e-2f, d_in, true};
+  cfg.decode_bias = false;
+  std::vector<float> W_enc(static_cast<size_t>(d_in * d_sae)), b_enc(static_cast<size_t>(d_sae), 0.f);
+  for (int64_t f = 0; f < d_sae; ++f)
+    for (int64_t j = 0; j < d_in; ++j)
+      W_enc[static_cast<size_t>(j * d_sae + f)] = W_dec[static_cast<size_t>(f * d_in + j)];
+  const std::vector<float> b_dec(static_cast<size_t>(d_in), 5.f);
+  const Sae sae(cfg, SaeWeights{W_enc.data(), b_enc.data(), W_dec.data(), b_dec.data()});
+  SparseCodes codes;
+  std::vector<float> out(static_cast<size_t>(rows * d_in)), expect(out.size(), 0.f);
+  sae.encode(x.data(), rows, &codes, nullptr, nullptr, nullptr);
+  sae.decode_codes(codes, out.data());
+  for (int64_t r = 0; r < rows; ++r)
+    for (auto o = codes.offsets[r]; o < codes.offsets[r + 1]; ++o)
+      for (int64_t j = 0; j < d_in; ++j)
+        expect[static_cast<size_t>(r * d_in + j)] += codes.values[o] * W_dec[codes.indices[o] * d_in + j];
+  bool ok = true;
+  for (size_t i = 0; i < out.size(); ++i) ok &= std::abs(out[i] - expect[i]) < 1e-4f;
+  check(ok, std::string(variant) + " a tied SAE decodes without b_dec");
+}
+
+// A temporal SAE: each sequence on its own (two sequences encoded together as
+// apart), position t independent of later positions, rows that are not whole
+// sequences refused.
+void test_temporal(const char* variant, std::mt19937& rng) {
+  const int64_t d_in = 12, d_sae = 24, seq = 5, width = 6, heads = 2;
+  const auto W_dec = randn(static_cast<size_t>(d_sae * d_in), rng, 0.3f);
+  std::vector<float> W_enc(static_cast<size_t>(d_in * d_sae)), b_enc(static_cast<size_t>(d_sae), 0.f),
+      b_dec(static_cast<size_t>(d_in), 0.f);
+  for (int64_t f = 0; f < d_sae; ++f)
+    for (int64_t j = 0; j < d_in; ++j)
+      W_enc[static_cast<size_t>(j * d_sae + f)] = W_dec[static_cast<size_t>(f * d_in + j)];
+  std::vector<std::vector<float>> parts;
+  for (int64_t n : {width * d_sae, width, width * d_sae, width, d_sae * d_sae, d_sae, d_sae * d_sae, d_sae})
+    parts.push_back(randn(static_cast<size_t>(n), rng, 0.3f));
+  SaeConfig cfg;
+  cfg.d_in = cfg.d_out = d_in;
+  cfg.d_sae = d_sae;
+  cfg.activation = SaeActivation::temporal;
+  cfg.k = 4;
+  cfg.temporal = TemporalConfig{heads, 1, width, 1.f / (4 * d_in)};
+  SaeWeights w{W_enc.data(), b_enc.data(), W_dec.data(), b_dec.data()};
+  w.attn.push_back(TemporalLayerWeights{parts[0].data(), parts[1].data(), parts[2].data(), parts[3].data(),
+                                        parts[4].data(), parts[5].data(), parts[6].data(), parts[7].data()});
+  const Sae sae(cfg, w);
+  auto x = randn(static_cast<size_t>(2 * seq * d_in), rng, 5.f);
+  const auto n = static_cast<size_t>(seq * d_sae);
+  std::vector<float> both(2 * n), first(n), second(n), pred(2 * n);
+  sae.encode(x.data(), 2 * seq, nullptr, both.data(), nullptr, nullptr, seq, pred.data());
+  sae.encode(x.data(), seq, nullptr, first.data(), nullptr, nullptr, seq);
+  sae.encode(x.data() + seq * d_in, seq, nullptr, second.data(), nullptr, nullptr, seq);
+  // (a matmul of more rows may round otherwise: close, not equal)
+  auto close = [](float a, float b) { return std::abs(a - b) <= 1e-5f * (1 + std::abs(b)); };
+  bool apart = std::equal(first.begin(), first.end(), both.begin(), close) &&
+               std::equal(second.begin(), second.end(), both.begin() + static_cast<std::ptrdiff_t>(n), close);
+  x[static_cast<size_t>(3 * d_in)] += 1.f;  // position 3 of the first sequence
+  sae.encode(x.data(), seq, nullptr, first.data(), nullptr, nullptr, seq);
+  const auto before = static_cast<std::ptrdiff_t>(3 * d_sae);
+  apart &= std::equal(first.begin(), first.begin() + before, both.begin(), close) &&
+           !std::equal(first.begin() + before, first.end(), both.begin() + before, close);
+  check(apart && std::any_of(pred.begin(), pred.end(), [](float v) { return v != 0.f; }),
+        std::string(variant) + " temporal SAE: sequences apart, causal, predicting");
+  bool refused = false;
+  try {
+    sae.encode(x.data(), 2 * seq, nullptr, both.data(), nullptr, nullptr, 3);
+  } catch (const std::invalid_argument&) {
+    refused = true;
+  }
+  check(refused, std::string(variant) + " temporal SAE refuses rows that are not whole sequences");
+}
+
 }  // namespace
 
 void test_sae() {
@@ -276,6 +415,8 @@ void test_sae_variant(const char* variant, std::mt19937& rng) {
   test_sae_topk(variant, rng);
   test_sae_gated(variant, rng);
   test_sae_abstopk(variant, rng);
+  test_matching_pursuit(variant, rng);
+  test_temporal(variant, rng);
 }
 
 }  // namespace tmech::test

@@ -82,6 +82,15 @@ def write_sae(path: Path, arch: str, d_in: int, d_sae: int, hook: str | None = N
     if arch == "gated":  # its b_enc is b_gate
         del shapes["b_enc"]
         shapes.update(b_gate=(d_sae,), r_mag=(d_sae,), b_mag=(d_sae,))
+    if arch in ("matching_pursuit", "temporal"):  # tied: W_dec only, no encoder bias
+        del shapes["b_enc"]
+        if arch == "matching_pursuit" or cfg.get("tied_weights", True):
+            del shapes["W_enc"]
+    if arch == "temporal":  # its attention layers, as torch Linear modules
+        width = d_sae // cfg.get("bottleneck_factor", 64)
+        for i in range(cfg.get("n_attn_layers", 1)):
+            for name, rows in (("k_ctx", width), ("q_target", width), ("v_ctx", d_sae), ("c_proj", d_sae)):
+                shapes.update({f"attn_layers.{i}.{name}.weight": (rows, d_sae), f"attn_layers.{i}.{name}.bias": (rows,)})
     rng = np.random.default_rng(seed)
     weights = {name: _normal(rng, shape, std) for name, shape in shapes.items()}
     if "threshold" in weights:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 ARCHS = ("standard", "jumprelu", "topk", "transcoder", "skip_transcoder", "jumprelu_transcoder", "gated",
-         "abstopk")
+         "abstopk", "matching_pursuit", "temporal")
 
 
 def lens_sae(arch: str, d_in: int, d_sae: int, hook: str | None = None, hook_out: str | None = None,
@@ -16,7 +16,9 @@ def lens_sae(arch: str, d_in: int, d_sae: int, hook: str | None = None, hook_out
     """A SAELens SAE of the architecture with random weights (and positive thresholds)."""
     import sae_lens
     import torch
+    from sae_lens.saes.matching_pursuit_sae import MatchingPursuitSAE, MatchingPursuitSAEConfig
     from sae_lens.saes.sae import SAEMetadata
+    from sae_lens.saes.temporal_sae import TemporalSAE, TemporalSAEConfig
 
     classes = {
         "standard": (sae_lens.StandardSAE, sae_lens.StandardSAEConfig),
@@ -27,9 +29,11 @@ def lens_sae(arch: str, d_in: int, d_sae: int, hook: str | None = None, hook_out
         "jumprelu_transcoder": (sae_lens.JumpReLUTranscoder, sae_lens.JumpReLUTranscoderConfig),
         "gated": (sae_lens.GatedSAE, sae_lens.GatedSAEConfig),
         "abstopk": (sae_lens.AbsTopKSAE, sae_lens.AbsTopKSAEConfig),
+        "matching_pursuit": (MatchingPursuitSAE, MatchingPursuitSAEConfig),
+        "temporal": (TemporalSAE, TemporalSAEConfig),
     }
     cls, cfg_cls = classes[arch]
-    meta = SAEMetadata(hook_name=hook, hook_name_out=hook_out, model_name="test")
+    meta = SAEMetadata(hook_name=hook, hook_name_out=hook_out, model_name="test", **cfg.pop("metadata", {}))
     if "transcoder" in arch:
         cfg.update(d_out=d_out or d_in, apply_b_dec_to_input=False)
     torch.manual_seed(seed)

@@ -44,13 +44,14 @@ def test_the_registry_holds_what_each_architecture_was():
         "jumprelu_transcoder": ("jumprelu", True, False), "jumprelu_skip_transcoder": ("jumprelu", True, True),
         "topk_transcoder": ("topk", True, False), "topk_skip_transcoder": ("topk", True, True),  # tinymech's own
         "gated": ("gated", False, False), "abstopk": ("abstopk", False, False),
+        "matching_pursuit": ("matching_pursuit", False, False), "temporal": ("temporal", False, False),
     }
     assert architectures.OLD_ACTIVATION_FNS == {"topk": "topk"}
 
 
 def test_an_unknown_architecture_or_old_activation_names_the_supported_ones():
-    with pytest.raises(SAELoadError, match="'matching_pursuit' is not supported; supported: standard, "):
-        parse_config({"architecture": "matching_pursuit", "d_in": 4, "d_sae": 8})
+    with pytest.raises(SAELoadError, match="'matryoshka' is not supported; supported: standard, "):
+        parse_config({"architecture": "matryoshka", "d_in": 4, "d_sae": 8})
     with pytest.raises(SAELoadError, match=r"'tanh' is not supported \(supported: relu, topk\)"):
         parse_config({"activation_fn": "tanh", "d_in": 4, "d_sae": 8})
     with pytest.raises(SAELoadError, match="not supported"):  # unhashable, from a hostile file

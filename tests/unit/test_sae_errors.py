@@ -81,7 +81,7 @@ def test_hook_problems(model, saved, tmp_path):
     (lambda p: edit_weights(p, b_enc=None), SAELoadError, "lacks b_enc"),
     (lambda p: edit_cfg(p, d_sae=D_SAE + 1), SAELoadError, "shape"),
     (lambda p: edit_cfg(p, d_in="64"), SAELoadError, "d_in"),
-    (lambda p: edit_cfg(p, architecture="matching_pursuit"), SAELoadError, "architecture 'matching_pursuit'"),
+    (lambda p: edit_cfg(p, architecture="matryoshka"), SAELoadError, "architecture 'matryoshka'"),
     (lambda p: edit_cfg(p, architecture="transcoder", apply_b_dec_to_input=False), SAELoadError, "d_out"),
     (lambda p: edit_cfg(p, normalize_activations="whiten"), SAELoadError, "normalize_activations"),
     (lambda p: (p / "cfg.json").write_text("{oops"), SAELoadError, "not valid JSON"),

@@ -130,7 +130,9 @@ def test_full_disk_keeps_the_last_checkpoint(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("kw, match", [
-    (dict(architecture="matching_pursuit"), "unknown architecture"),
+    (dict(architecture="matryoshka"), "unknown architecture"),
+    (dict(architecture="matching_pursuit"), "reads 'matching_pursuit' SAEs but does not train them"),
+    (dict(architecture="temporal"), "reads 'temporal' SAEs but does not train them"),
     (dict(architecture="gated"), "reads 'gated' SAEs but does not train them"),
     (dict(d_sae=0), "d_sae"),
     (dict(k=49), "exceeds d_sae"),

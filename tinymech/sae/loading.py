@@ -32,7 +32,12 @@ LABELS_FILE = "feature_labels.json"
 NOTES_FILE = "feature_notes.json"  # the user's labels and notes (tinymech.sae.dashboards.labels)
 METRICS_FILE = "metrics.json"
 
-NORMALIZATIONS = ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm")
+# SAELens's SAEConfig's (an architecture may take others: its NORMALIZATIONS)
+NORMALIZATIONS = ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm", "covariance_whitening")
+PER_TOKEN_NORMS = ("constant_norm_rescale", "layer_norm")  # undone with the token's own input
+# Run as no normalization: the whitening is folded into the weights on loading when the
+# checkpoint keeps it, and SAELens's SAE applies none at run time either
+UNAPPLIED_NORMS = ("covariance_whitening",)
 _OLD_KEYS = {"hook_point": "hook_name", "hook_point_head_index": "hook_head_index",
              "activation_fn_str": "activation_fn"}
 
@@ -78,10 +83,18 @@ class SAEConfig:
     model_from_pretrained_kwargs: dict = dataclasses.field(default_factory=dict)
     neuronpedia_id: str | None = None
     metadata: SAEMetadata = dataclasses.field(default_factory=SAEMetadata)  # everything the file said, flattened
+    options: dict = dataclasses.field(default_factory=dict)  # the architecture's own fields (cfg.residual_threshold)
 
     def __post_init__(self):
         if not isinstance(self.metadata, SAEMetadata):
             object.__setattr__(self, "metadata", SAEMetadata(self.metadata))
+
+    def __getattr__(self, name: str):
+        """An architecture's own field, as SAELens's config classes have them (cfg.n_heads)."""
+        options = self.__dict__.get("options") or {}
+        if name in options:
+            return options[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
     @property
     def device(self) -> str:
@@ -104,6 +117,11 @@ class SAEConfig:
     def output_hook(self) -> str | None:
         """Where the reconstruction goes: hook_name_out for transcoders, else hook_name."""
         return self.hook_name_out or self.hook_name
+
+    @property
+    def run_norm(self) -> str:
+        """The normalization applied when encoding ("none" for one folded or not applied)."""
+        return "none" if self.normalize_activations in UNAPPLIED_NORMS else self.normalize_activations
 
 
 CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(SAEConfig)) - {"metadata"}
@@ -211,15 +229,18 @@ def parse_config(raw: Any, overrides: dict | None = None) -> SAEConfig:
     norm = flat.get("normalize_activations")
     if isinstance(norm, bool) or norm is None:  # pre-6: a flag meaning the dataset-wide constant
         norm = "expected_average_only_in" if norm else "none"
-    if norm not in NORMALIZATIONS:
-        raise SAELoadError(f"normalize_activations {norm!r} is not supported; supported: {', '.join(NORMALIZATIONS)}")
+    norms = getattr(ARCHITECTURES[arch].module, "NORMALIZATIONS", NORMALIZATIONS)
+    if not isinstance(norm, str) or norm not in norms:
+        raise SAELoadError(f"normalize_activations {norm!r} is not supported by a {arch} SAE; supported: "
+                           f"{', '.join(norms)}")
     reshape = flat.get("reshape_activations") or ("hook_z" if "hook_z" in str(flat.get("hook_name", "")) else "none")
     if reshape not in ("none", "hook_z"):
         raise SAELoadError(f"reshape_activations {reshape!r} is not supported")
     apply_b_dec = flat.get("apply_b_dec_to_input", not is_transcoder)
     if is_transcoder and apply_b_dec:
         raise SAELoadError("apply_b_dec_to_input cannot be used by a transcoder (b_dec lives in the output space)")
-    extra = ARCHITECTURES[arch].module.config(flat, d_sae)
+    extra = dict(ARCHITECTURES[arch].module.config(flat, d_sae))
+    k = extra.pop("k", None)
     hook, hook_out = flat.get("hook_name"), flat.get("hook_name_out")
     _check_hooks(hook, hook_out, d_in, d_out)
     return SAEConfig(
@@ -233,7 +254,7 @@ def parse_config(raw: Any, overrides: dict | None = None) -> SAEConfig:
         apply_b_dec_to_input=bool(apply_b_dec),
         normalize_activations=norm,
         reshape_activations=reshape,
-        k=extra.get("k"),
+        k=k,
         rescale_acts_by_decoder_norm=bool(flat.get("rescale_acts_by_decoder_norm", False)),
         model_name=flat.get("model_name"),
         prepend_bos=bool(flat.get("prepend_bos", True)),
@@ -241,6 +262,7 @@ def parse_config(raw: Any, overrides: dict | None = None) -> SAEConfig:
         model_from_pretrained_kwargs=dict(_object(flat, "model_from_pretrained_kwargs")),
         neuronpedia_id=flat.get("neuronpedia_id"),
         metadata=SAEMetadata(flat, prepend_bos=bool(flat.get("prepend_bos", True))),  # SAELens's default
+        options=extra,
     )
 
 
@@ -256,8 +278,8 @@ def _tensor(sf: SafetensorsFile, name: str, shape: tuple) -> np.ndarray:
     return t
 
 
-def encoder_bias_name(architecture) -> str:
-    """The name the architecture saves its b_enc under (a gated SAE's is b_gate)."""
+def encoder_bias_name(architecture) -> str | None:
+    """The name the architecture saves its b_enc under (a gated SAE's is b_gate; None: it has none)."""
     return getattr(architecture.module, "ENCODER_BIAS", "b_enc")
 
 
@@ -272,15 +294,22 @@ def read_weights(path: Path, cfg: SAEConfig) -> dict[str, np.ndarray | None]:
         raise SAELoadError(str(e)) from e
     architecture = ARCHITECTURES[cfg.architecture]
     b_enc = encoder_bias_name(architecture)
-    shapes = {"W_enc": (cfg.d_in, cfg.d_sae), b_enc: (cfg.d_sae,), "W_dec": (cfg.d_sae, cfg.d_out),
-              "b_dec": (cfg.d_out,)}
+    tied = architecture.tied(cfg.options)
+    shapes = {"W_dec": (cfg.d_sae, cfg.d_out), "b_dec": (cfg.d_out,)}
+    if not tied:
+        shapes["W_enc"] = (cfg.d_in, cfg.d_sae)
+    if b_enc is not None and not tied:
+        shapes[b_enc] = (cfg.d_sae,)
     missing = [n for n in shapes if n not in sf]
     if missing:
         raise SAELoadError(f"{file} lacks {', '.join(missing)} (has {', '.join(sorted(sf.keys()))})")
     weights: dict[str, np.ndarray | None] = {n: _tensor(sf, n, s) for n, s in shapes.items()}
-    weights["b_enc"] = weights.pop(b_enc)
+    if tied:  # SAELens's W_enc is a view of W_dec then
+        weights["W_enc"] = np.ascontiguousarray(weights["W_dec"].T)
+    # an architecture without an encoder bias (tied, or ENCODER_BIAS None) adds zeros
+    weights["b_enc"] = weights.pop(b_enc) if b_enc in shapes else np.zeros(cfg.d_sae, np.float32)
     weights["threshold"] = weights["W_skip"] = None
-    weights.update(architecture.module.weights(sf, functools.partial(_tensor, sf), cfg.d_sae))
+    weights.update(architecture.module.weights(sf, functools.partial(_tensor, sf), cfg))
     if architecture.has_skip:
         if "W_skip" not in sf:
             raise SAELoadError(f"{file}: a skip transcoder needs a 'W_skip' tensor")

@@ -25,6 +25,8 @@ import dataclasses
 import numpy as np
 
 from .. import hooks as _hooks
+from ..errors import SAEInputError
+from .architectures import ARCHITECTURES
 from .splice import check_hooks, hook_widths
 
 
@@ -211,6 +213,9 @@ def reconstruction_metrics_over(sae, read, n: int, chunk: int = 4096,
                                 dense_threshold: float = 0.1) -> ReconstructionMetrics:
     """reconstruction_metrics over n rows that read(start, stop) -> (x, y or None) gives a chunk at a
     time (rows of an activation store, never all in memory at once)."""
+    if ARCHITECTURES[sae.cfg.architecture].sequential:
+        raise SAEInputError("a temporal SAE reads whole sequences, not rows of activations: measure it on a "
+                            "model's runs (tm.sae_metrics)")
     sums = _Sums(sae.d_sae)
     for start in range(0, n, chunk):
         xs, ys = read(start, min(start + chunk, n))

@@ -6,9 +6,9 @@ decode in the C++ core, splice into a model, inspect and steer features.
     cache["blocks.2.hook_resid_pre.hook_sae_acts_post"]      # [batch, pos, d_sae]
     model.generate("The", hooks=[sae.steer(feature=12, strength=8.0)])
 
-Architectures: those registered in tinymech/sae/architectures/ (ReLU, JumpReLU and
-TopK SAEs, ReLU and JumpReLU transcoders and skip transcoders), with SAELens's input
-normalizations.
+Architectures: those registered in tinymech/sae/architectures/ (ReLU, JumpReLU, TopK,
+AbsTopK, gated, matching-pursuit and temporal SAEs, ReLU and JumpReLU transcoders and
+skip transcoders), with SAELens's input normalizations.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from ..text import format_table, printable, readable_token
 from ..errors import FeatureIndexError, HookError, SAEInputError, SAELoadError, real_number, whole_number
 from .loading import (
     CFG_FILE,
+    PER_TOKEN_NORMS,
     SAEConfig,
     encoder_bias_name,
     parse_config,
@@ -39,6 +40,7 @@ from .loading import (
 from .architectures import ARCHITECTURES
 from .pretrained import resolve
 from .saving import config_json, write_sae_folder
+from .whitening import unwhitened
 from .splice import (  # noqa: F401 (Model's SAE methods import these from here)
     add_sae,
     attached,
@@ -99,8 +101,7 @@ def fold_norm_scaling(weights: dict, factor: float, factor_out: float | None = N
     given: a transcoder's output scale), and with skip W_skip * s_in / s_out."""
     factor_out = factor if factor_out is None else factor_out
     for f in (factor, factor_out):
-        if not (isinstance(f, (int, float)) and np.isfinite(f) and f > 0):
-            raise SAELoadError(f"norm_scaling_factor must be a positive number, got {f!r}")
+        _check_factor(f)
     out = dict(weights)
     out["W_enc"] = weights["W_enc"] * np.float32(factor)
     out["W_dec"] = weights["W_dec"] / np.float32(factor_out)
@@ -108,6 +109,26 @@ def fold_norm_scaling(weights: dict, factor: float, factor_out: float | None = N
     if skip and weights.get("W_skip") is not None:
         out["W_skip"] = weights["W_skip"] * np.float32(factor / factor_out)
     return out
+
+
+def _check_factor(factor) -> None:
+    if isinstance(factor, bool) or not (isinstance(factor, (int, float)) and np.isfinite(factor) and factor > 0):
+        raise SAELoadError(f"norm_scaling_factor must be a positive number, got {factor!r}")
+
+
+def _fold_scale(weights: dict, cfg: SAEConfig, factor) -> tuple[dict, SAEConfig]:
+    """The SAE reading raw activations, its dataset-wide input scale folded in (as the
+    architecture folds it: fold_scale), its config saying normalize_activations "none"."""
+    module = ARCHITECTURES[cfg.architecture].module
+    if hasattr(module, "fold_scale"):
+        _check_factor(factor)
+        weights, options = module.fold_scale(weights, cfg.options, factor)
+        cfg = dataclasses.replace(cfg, options=options)
+    else:
+        weights = fold_norm_scaling(weights, factor)
+    if ARCHITECTURES[cfg.architecture].tied(cfg.options):  # W_enc stays W_dec's transpose
+        weights["W_enc"] = np.ascontiguousarray(weights["W_dec"].T)
+    return weights, dataclasses.replace(cfg, normalize_activations="none")
 
 
 def _decoded(model, ids) -> tuple[str, ...] | None:
@@ -161,6 +182,7 @@ def _padded_to_csr(indices, values, d_sae: int) -> tuple[tuple, tuple]:
 
 
 WEIGHTS = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold", "W_skip", "r_mag", "b_mag")  # the SAE's arrays
+SEQUENCE_SHAPE = "[batch, pos, d_in] (or [batch, pos, n_heads, d_head] for hook_z)"
 
 
 class SAE:
@@ -168,7 +190,9 @@ class SAE:
 
     Attributes: cfg (SAEConfig), W_enc [d_in, d_sae], b_enc, W_dec [d_sae, d_out],
     b_dec, threshold (JumpReLU), W_skip (skip transcoders), r_mag and b_mag (gated SAEs,
-    whose b_enc is SAELens's b_gate) or None, labels
+    whose b_enc is SAELens's b_gate) or None (a tied SAE's W_enc is W_dec's transpose and
+    its b_enc zeros), extra_weights (a temporal SAE's attention layers, by SAELens's
+    names), d_head (a hook_z SAE's, once encode has seen [..., n_heads, d_head]), labels
     {feature: label} and label_details {feature: dict} from feature_labels.json,
     log_sparsity (log10 feature densities from sparsity.safetensors) or None,
     metrics (metrics.json's contents, as tm.train_sae writes it) or None.
@@ -188,6 +212,8 @@ class SAE:
         self.W_dec, self.b_dec = weights["W_dec"], weights["b_dec"]
         self.threshold, self.W_skip = weights.get("threshold"), weights.get("W_skip")
         self.r_mag, self.b_mag = weights.get("r_mag"), weights.get("b_mag")
+        self.extra_weights = {k: v for k, v in weights.items() if k not in WEIGHTS}
+        self.d_head = None
         self.labels = labels or {}
         self.label_details = label_details or {}
         self.log_sparsity = log_sparsity
@@ -207,7 +233,9 @@ class SAE:
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        weights = {k: getattr(self, k) for k in WEIGHTS}
+        weights = {**{k: getattr(self, k) for k in WEIGHTS}, **self.__dict__.get("extra_weights", {})}
+        self.__dict__.setdefault("extra_weights", {})
+        self.__dict__.setdefault("d_head", None)
         self._core = self._built_core({k: v for k, v in weights.items() if v is not None})
 
     def __reduce__(self):
@@ -221,11 +249,14 @@ class SAE:
                 "(normalize_activations='expected_average_only_in'); pass norm_scaling_factor= to SAE.load (the "
                 "release's pretrained_saes.yaml lists it) or load it with SAE.from_pretrained"
             )
+        module = ARCHITECTURES[c.architecture].module
         return {
             "d_in": c.d_in, "d_sae": c.d_sae, "d_out": c.d_out, "activation": c.activation, "k": c.k or 0,
             "apply_b_dec_to_input": c.apply_b_dec_to_input,
             "rescale_acts_by_decoder_norm": c.rescale_acts_by_decoder_norm,
-            "norm": c.normalize_activations, "denormalize_output": not c.is_transcoder,
+            "norm": c.run_norm, "denormalize_output": not c.is_transcoder, "norm_factor": 1.0,
+            "decode_bias": module.decode_bias(c) if hasattr(module, "decode_bias") else True,
+            **(module.core_config(c) if hasattr(module, "core_config") else {}),
         }
 
     # ---- loading ----------------------------------------------------------------
@@ -261,10 +292,9 @@ class SAE:
     @classmethod
     def _read(cls, path, overrides: dict, factor: float | None, only_if_expected: bool = False) -> "SAE":
         cfg = parse_config(read_json(path / CFG_FILE, "SAE config"), overrides)
-        weights = read_weights(path, cfg)
+        weights, cfg = unwhitened(path, read_weights(path, cfg), cfg)
         if factor is not None and (cfg.normalize_activations == "expected_average_only_in" or not only_if_expected):
-            weights = fold_norm_scaling(weights, factor)
-            cfg = dataclasses.replace(cfg, normalize_activations="none")
+            weights, cfg = _fold_scale(weights, cfg, factor)
         labels, details = read_feature_labels(path, cfg.d_sae)
         sae = cls(cfg, weights, str(path), labels, details, read_log_sparsity(path, cfg.d_sae))
         sae.metrics = read_metrics(path)
@@ -274,9 +304,15 @@ class SAE:
         """Write this SAE in SAELens's format (cfg.json, sae_weights.safetensors and, when
         known, sparsity.safetensors) into the folder `path`; returns the path. dtype:
         "float32", or "float16" for half the bytes (both readers widen it on loading)."""
+        architecture = ARCHITECTURES[self.cfg.architecture]
         weights = {k: getattr(self, k) for k in WEIGHTS}
-        weights[encoder_bias_name(ARCHITECTURES[self.cfg.architecture])] = weights.pop("b_enc")
-        return str(write_sae_folder(path, config_json(self.cfg), weights, self.log_sparsity, dtype=dtype))
+        bias = weights.pop("b_enc")
+        if architecture.tied(self.cfg.options):  # SAELens stores W_dec only
+            del weights["W_enc"]
+        elif encoder_bias_name(architecture) is not None:
+            weights[encoder_bias_name(architecture)] = bias
+        return str(write_sae_folder(path, config_json(self.cfg), weights, self.log_sparsity, dtype=dtype,
+                                    extra=self.extra_weights))
 
     def __repr__(self):
         c = self.cfg
@@ -303,30 +339,58 @@ class SAE:
     # ---- encode / decode ----------------------------------------------------------
 
     def _rows(self, acts, width: int, what: str) -> tuple[np.ndarray, tuple]:
-        """acts as float32 rows [n, width] and its leading shape; [.., head, d_head]
-        counts as one vector when the two axes multiply to width (hook_z)."""
+        """acts as float32 rows [n, width] and its leading shape; a hook_z SAE reads
+        [.., n_heads, d_head] as one vector, as SAELens does, and keeps its d_head."""
         a = np.asarray(acts)
         if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
             raise SAEInputError(f"{what} must be numeric, got dtype {a.dtype}")
-        if a.ndim >= 1 and a.shape[-1] == width:
-            lead = a.shape[:-1]
-        elif a.ndim >= 2 and a.shape[-1] * a.shape[-2] == width and self.cfg.reshape_activations == "hook_z":
+        if self.cfg.reshape_activations == "hook_z" and a.ndim >= 2 and a.shape[-1] * a.shape[-2] == width:
             lead = a.shape[:-2]
+            if width == self.d_in:
+                self.d_head = a.shape[-1]
+        elif a.ndim >= 1 and a.shape[-1] == width:
+            lead = a.shape[:-1]
         else:
             raise SAEInputError(f"{what} have shape {list(a.shape)} but the SAE needs a last axis of {width}")
         return np.ascontiguousarray(a, dtype=np.float32).reshape(-1, width), lead
 
+    def _input(self, acts) -> tuple[np.ndarray, tuple, int]:
+        """(rows [n, d_in], leading shape, seq_len): a temporal SAE's rows are sequences of
+        seq_len positions, its activations [batch, pos, d_in]; 0 for others."""
+        x, lead = self._rows(acts, self.d_in, "activations")
+        if not ARCHITECTURES[self.cfg.architecture].sequential:
+            return x, lead, 0
+        if len(lead) != 2:
+            raise SAEInputError(f"a temporal SAE attends over the positions of each sequence: its activations are "
+                                f"{SEQUENCE_SHAPE}, not shape {list(np.shape(acts))}")
+        return x, lead, max(lead[1], 1)
+
+    def _head_shaped(self, out: np.ndarray) -> np.ndarray:
+        """A hook_z SAE's output [..., d_out] as [..., n_heads, d_head], as SAELens's decode
+        gives it, once d_head is known (from the activations encode saw)."""
+        if self.cfg.reshape_activations != "hook_z" or not self.d_head or self.d_out % self.d_head:
+            return out
+        return out.reshape(out.shape[:-1] + (self.d_out // self.d_head, self.d_head))
+
     def encode(self, acts) -> np.ndarray:
         """Feature activations [..., d_sae] of activations [..., d_in]."""
-        x, lead = self._rows(acts, self.d_in, "activations")
-        return self._core.encode(x).reshape(lead + (self.d_sae,))
+        x, lead, seq_len = self._input(acts)
+        return self._core.encode(x, seq_len).reshape(lead + (self.d_sae,))
+
+    def encode_with_predictions(self, acts) -> tuple[np.ndarray, np.ndarray]:
+        """A temporal SAE's (novel codes, predicted codes), each [batch, pos, d_sae]: encode
+        gives the first, forward decodes their sum."""
+        if not ARCHITECTURES[self.cfg.architecture].sequential:
+            raise SAEInputError(f"a {self.cfg.architecture} SAE predicts no codes from context (a temporal SAE does)")
+        x, lead, seq_len = self._input(acts)
+        return tuple(a.reshape(lead + (self.d_sae,)) for a in self._core.encode_predicted(x, seq_len))
 
     def encode_sparse(self, acts, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The active features of each token: (indices [..., n], values [..., n]),
         largest activation first, n = k or the most active features of any token;
         indices are -1 (values 0) where a token has fewer active features."""
-        x, lead = self._rows(acts, self.d_in, "activations")
-        offsets, idx, val = self._core.encode_sparse(x)
+        x, lead, seq_len = self._input(acts)
+        offsets, idx, val = self._core.encode_sparse(x, seq_len)
         counts = np.diff(offsets)
         n = int(counts.max(initial=0)) if k is None else self._k(k, at_most=self.d_sae)
         rows = np.repeat(np.arange(len(counts)), counts)
@@ -342,19 +406,26 @@ class SAE:
     def top_features(self, acts, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The k largest feature activations of each token, as torch.topk on the
         dense activations: (indices [..., k], values [..., k]), largest first."""
-        x, lead = self._rows(acts, self.d_in, "activations")
+        x, lead, seq_len = self._input(acts)
         k = self._k(k, at_most=self.d_sae)
-        idx, val = self._core.top_features(x, k)
+        idx, val = self._core.top_features(x, k, seq_len)
         return idx.reshape(lead + (k,)), val.reshape(lead + (k,))
 
     def decode(self, features, acts=None) -> np.ndarray:
         """Reconstruction [..., d_out] from dense features [..., d_sae] or from the
-        sparse (indices, values) pair that encode_sparse / top_features return.
+        sparse (indices, values) pair that encode_sparse / top_features return; a
+        hook_z SAE's is [..., n_heads, d_head], as SAELens's, once d_head is known
+        (encode or acts saw [..., n_heads, d_head]). A temporal SAE's decodes the
+        features given, not the codes it predicts (forward adds those).
 
         acts (the encoded input) is needed to undo a per-token input
         normalization (constant_norm_rescale, layer_norm); when given to a skip
         transcoder its skip term is added too."""
-        if self.cfg.normalize_activations != "none" and acts is None and not self.cfg.is_transcoder:
+        return self._head_shaped(self._decode_rows(features, acts))
+
+    def _decode_rows(self, features, acts=None) -> np.ndarray:
+        """decode's reconstruction [..., d_out], never split into heads (SAELens's hook_sae_recons)."""
+        if self.cfg.run_norm in PER_TOKEN_NORMS and acts is None and not self.cfg.is_transcoder:
             raise SAEInputError(f"this SAE normalizes its input ({self.cfg.normalize_activations}); pass the "
                                 "input activations as decode(features, acts) to undo it")
         x = None if acts is None else self._rows(acts, self.d_in, "activations")[0]
@@ -374,10 +445,11 @@ class SAE:
         return out.reshape(lead + (self.d_out,))
 
     def forward(self, acts) -> np.ndarray:
-        """decode(encode(acts)) (+ the skip term): the reconstruction [..., d_out]."""
+        """decode(encode(acts)) (+ the skip term; a temporal SAE decodes its predicted codes
+        too): the reconstruction [..., d_out]."""
         a = np.asarray(acts)
-        x, lead = self._rows(a, self.d_in, "activations")
-        out = self._core.forward(x)
+        x, lead, seq_len = self._input(a)
+        out = self._core.forward(x, seq_len)
         if len(lead) == a.ndim - 2 and self.d_out == self.d_in:  # hook_z: back to [.., head, d_head]
             return out.reshape(a.shape)
         return out.reshape(lead + (self.d_out,))

@@ -27,7 +27,7 @@ FORMAT_VERSION = "6.0.0"
 
 def config_json(cfg: SAEConfig) -> dict:
     """cfg.json as SAELens 6 writes it: the architecture's fields at the top, the rest under metadata."""
-    meta = {k: v for k, v in cfg.metadata.items() if k not in _TOP_LEVEL}
+    meta = {k: v for k, v in cfg.metadata.items() if k not in _TOP_LEVEL and k not in cfg.options}
     meta.update(hook_name=cfg.hook_name, hook_head_index=cfg.hook_head_index, model_name=cfg.model_name,
                 prepend_bos=cfg.prepend_bos, context_size=cfg.context_size,
                 model_from_pretrained_kwargs=cfg.model_from_pretrained_kwargs, neuronpedia_id=cfg.neuronpedia_id)
@@ -41,6 +41,7 @@ def config_json(cfg: SAEConfig) -> dict:
     if cfg.k is not None:
         out["k"] = cfg.k
         out["rescale_acts_by_decoder_norm"] = cfg.rescale_acts_by_decoder_norm
+    out.update(cfg.options)  # the architecture's own fields, where SAELens keeps them
     return out
 
 
@@ -53,11 +54,13 @@ DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
 def write_sae_folder(path, config: dict, weights: dict, log_sparsity: np.ndarray | None = None,
-                     extra_files: dict[str, str] | None = None, dtype: str = "float32") -> Path:
+                     extra_files: dict[str, str] | None = None, dtype: str = "float32",
+                     extra: dict[str, np.ndarray] | None = None) -> Path:
     """Write config (cfg.json's contents), weights (arrays named as SAELens names them,
     stored as dtype: "float32" or "float16", half the bytes) and log_sparsity (log10
     feature densities) into the folder `path`. extra_files: {file name: text} written
-    beside them (e.g. metrics.json)."""
+    beside them (e.g. metrics.json); extra: an architecture's own tensors, by SAELens's
+    names (a temporal SAE's attention layers)."""
     path = Path(path)
     unknown = set(weights) - set(TENSORS)
     if unknown:
@@ -68,7 +71,8 @@ def write_sae_folder(path, config: dict, weights: dict, log_sparsity: np.ndarray
     config["metadata"] = dict(config.get("metadata") or {})
     config["metadata"].setdefault("sae_lens_version", FORMAT_VERSION)
     path.mkdir(parents=True, exist_ok=True)
-    arrays = {k: np.ascontiguousarray(v, dtype=DTYPES[dtype]) for k, v in weights.items() if v is not None}
+    arrays = {k: np.ascontiguousarray(v, dtype=DTYPES[dtype]) for k, v in {**weights, **(extra or {})}.items()
+              if v is not None}
     write_atomically(path / WEIGHTS_FILE, lambda p: save_file(arrays, str(p)))
     if log_sparsity is not None:
         sparsity = {"sparsity": np.ascontiguousarray(log_sparsity, dtype=np.float32)}

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..errors import HookError
 from ..hooks import _wrap_function, hook_row, resolve_names
+from .architectures import ARCHITECTURES
 
 SAE_HOOKS = ("hook_sae_input", "hook_sae_acts_pre", "hook_sae_acts_post", "hook_sae_recons",
              "hook_sae_error", "hook_sae_output")
@@ -47,11 +48,11 @@ def hook_widths(mcfg, name: str) -> tuple[int, ...] | None:
 
 
 def splice_hooks(cfg) -> list[str]:
-    """The hooks a splice runs at: [hook_name], or [hook_name, hook_name_out] for a transcoder."""
+    """The hooks a splice runs at: [hook_name], or [hook_name, hook_name_out] for a transcoder.
+    An SAE of one head (hook_head_index) runs at every head of its hook, as SAELens's
+    HookedSAETransformer runs it (which does not read hook_head_index)."""
     if cfg.hook_name is None:
         raise HookError("the SAE's config names no hook point (hook_name)")
-    if cfg.hook_head_index is not None:
-        raise HookError("SAEs trained on a single head (hook_head_index) are not supported")
     return list(dict.fromkeys([cfg.hook_name, cfg.output_hook]))
 
 
@@ -65,6 +66,9 @@ def check_hooks(model, cfg) -> None:
         if width not in allowed:
             raise HookError(f"the SAE's {what} is {width} but {name} has width "
                             f"{' or '.join(str(w) for w in allowed)} in this model")
+        if ARCHITECTURES[cfg.architecture].sequential and width != allowed[0]:
+            raise HookError(f"a temporal SAE reads whole positions, [batch, pos, {allowed[0]}] at {name}; its {what} "
+                            f"is {width}")
 
 
 def _sae_list(saes) -> list:
@@ -111,7 +115,9 @@ def _wanted(names_filter, name: str) -> bool:
 
 
 def sae_point_names(sae) -> list[str]:
-    return [f"{sae.cfg.output_hook}.{h}" for h in SAE_HOOKS]
+    """The SAE's points (a matching-pursuit SAE has no pre-activations: no hook_sae_acts_pre)."""
+    pre = ARCHITECTURES[sae.cfg.architecture].pre_activations
+    return [f"{sae.cfg.output_hook}.{h}" for h in SAE_HOOKS if pre or h != "hook_sae_acts_pre"]
 
 
 def model_names_filter(model, names_filter):
@@ -196,7 +202,7 @@ class PythonSplice:
         if "hook_sae_acts_pre" in edits:
             raise HookError(f"{cfg.output_hook}.hook_sae_acts_pre cannot take a hook function here; "
                             "hook hook_sae_acts_post (the latents) instead")
-        if "hook_sae_recons" in edits and cfg.normalize_activations != "none":
+        if "hook_sae_recons" in edits and cfg.run_norm != "none":
             raise HookError(f"{cfg.output_hook}.hook_sae_recons cannot take a hook function on an SAE that "
                             "normalizes its input; hook hook_sae_acts_post or hook_sae_output instead")
         if "hook_sae_error" in edits and not keep_error:
@@ -225,12 +231,14 @@ class PythonSplice:
         sae, x = self.sae, (act if self._input is None else self._input)
         self._input = None
         flat = sae._rows(x, sae.d_in, "activations")[1]  # lead shape: hook_z's [.., head, d_head] read as one
-        x_in = self._hooked("hook_sae_input", np.ascontiguousarray(x, dtype=np.float32).reshape(flat + (sae.d_in,)))
+        raw = np.ascontiguousarray(x, dtype=np.float32).reshape(flat + (sae.d_in,))
+        x_in = self._hooked("hook_sae_input", raw)
         feats = self._hooked("hook_sae_acts_post", sae.encode(x_in))
-        recons = self._hooked("hook_sae_recons", sae.decode(feats, x_in))
+        recons = self._hooked("hook_sae_recons", sae._decode_rows(feats, x_in))
         out = recons.reshape(act.shape)
-        if self.keep_error:  # the error of the unedited SAE on the unedited input
-            out = out + self._hooked("hook_sae_error", act - sae.forward(x).reshape(act.shape))
+        if self.keep_error:  # the error of the unedited SAE on the unedited input (decode(encode(x)), as SAELens)
+            clean = sae._decode_rows(sae.encode(raw), raw)
+            out = out + self._hooked("hook_sae_error", act - clean.reshape(act.shape))
         return self._hooked("hook_sae_output", out)
 
     def recorded(self) -> dict[str, np.ndarray]:
@@ -267,7 +275,7 @@ def attached_specs(model, specs: list, record=False, recorders: list | None = No
             out += splice.specs()
         else:
             name, splice = sae.as_hook(keep_error=keep_error)
-            splice.set_recording(bool(wanted), any(n.endswith("hook_sae_acts_pre") for n in wanted))
+            splice.set_recording(bool(wanted), any(n.endswith(".hook_sae_acts_pre") for n in wanted))
             out.append((name, splice))
         if wanted and recorders is not None:
             recorders.append((sae, splice, keep_error, wanted))

@@ -2,8 +2,19 @@
 one activation, with ACTIVATION (the core's name: csrc/sae/sae.cpp's kSaeActivations),
 NAMES (each cfg.json "architecture" SAELens writes for it -> its kind: "sae",
 "transcoder" or "skip_transcoder"), config(flat, d_sae) -> the extra config fields it
-needs, and weights(file, read, d_sae) -> the extra tensors it reads. Adding an
-architecture is a module and a line in MODULES (docs/contributing.md).
+needs (k, or its own options, which cfg.json keeps at the top level), and
+weights(file, read, cfg) -> the extra tensors it reads. Adding an architecture is a
+module and a line in MODULES (docs/contributing.md).
+
+Optional, where an architecture differs from the plain SAE (defaults in brackets):
+ENCODER_BIAS, the name b_enc is saved under ["b_enc"]; tied(options), whether W_enc is
+W_dec's transpose with no b_enc stored [False]; decode_bias(cfg), whether decoding adds
+b_dec [True]; core_config(cfg), its fields of the core's config; NORMALIZATIONS, the
+normalize_activations it takes [loading.NORMALIZATIONS]; SEQUENTIAL, whether it encodes
+whole sequences [batch, pos, d_in] [False]; PRE_ACTIVATIONS, whether it has
+hook_sae_acts_pre [True]; fold_scale(weights, options, factor), folding a dataset-wide
+input scale [W_enc * s, W_dec / s, b_dec / s]; FOLDS_WHITENING [True] and
+shift_encoder_biases(weights, shift) [b_enc - shift], for folding a covariance whitening.
 
 Transcoders are a kind, not modules of their own: what makes one (d_out, hook_name_out,
 W_skip) is the same for every activation, so tinymech/sae/loading.py handles it once.
@@ -15,9 +26,9 @@ from types import ModuleType
 
 from ...errors import InvalidInputError
 
-from . import abstopk, gated, jumprelu, standard, topk
+from . import abstopk, gated, jumprelu, matching_pursuit, standard, temporal, topk
 
-MODULES = (standard, jumprelu, topk, gated, abstopk)
+MODULES = (standard, jumprelu, topk, gated, abstopk, matching_pursuit, temporal)
 KINDS = {"sae": (False, False), "transcoder": (True, False), "skip_transcoder": (True, True)}  # (transcoder, skip)
 
 
@@ -41,6 +52,20 @@ class Architecture:
     def has_skip(self) -> bool:
         """A skip transcoder: W_skip [d_out, d_in] adds a linear path from input to output."""
         return KINDS[self.kind][1]
+
+    @property
+    def sequential(self) -> bool:
+        """Whether it encodes whole sequences [batch, pos, d_in] (a temporal SAE)."""
+        return getattr(self.module, "SEQUENTIAL", False)
+
+    @property
+    def pre_activations(self) -> bool:
+        """Whether it has pre-activations (SAELens's hook_sae_acts_pre)."""
+        return getattr(self.module, "PRE_ACTIVATIONS", True)
+
+    def tied(self, options: dict) -> bool:
+        """Whether W_enc is W_dec's transpose, with no b_enc stored."""
+        return self.module.tied(options) if hasattr(self.module, "tied") else False
 
 
 ARCHITECTURES = {name: Architecture(name, m, kind) for m in MODULES for name, kind in m.NAMES.items()}

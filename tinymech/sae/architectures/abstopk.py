@@ -8,7 +8,7 @@ ACTIVATION = "abstopk"
 NAMES = {"abstopk": "sae"}
 
 
-def weights(file, read, d_sae: int) -> dict:
+def weights(file, read, cfg) -> dict:
     return {}
 
 # Training: not supported (tinymech.sae.Trainer names the architectures it trains).

@@ -15,12 +15,12 @@ def config(flat: dict, d_sae: int) -> dict:
     return {}
 
 
-def weights(file, read, d_sae: int) -> dict:
+def weights(file, read, cfg) -> dict:
     """threshold [d_sae]; training checkpoints store its log."""
     if "threshold" in file:
-        return {"threshold": read("threshold", (d_sae,))}
+        return {"threshold": read("threshold", (cfg.d_sae,))}
     if "log_threshold" in file:
-        return {"threshold": np.exp(read("log_threshold", (d_sae,)))}
+        return {"threshold": np.exp(read("log_threshold", (cfg.d_sae,)))}
     raise SAELoadError(f"{file.path}: a JumpReLU SAE needs a 'threshold' tensor")
 
 # Training: csrc/sae/train.cpp (MSE + L0 through the threshold's straight-through estimator).

@@ -11,7 +11,7 @@ def config(flat: dict, d_sae: int) -> dict:
     return {}
 
 
-def weights(file, read, d_sae: int) -> dict:
+def weights(file, read, cfg) -> dict:
     return {}
 
 # Training: csrc/sae/train.cpp (MSE + L1 weighted by decoder norms).

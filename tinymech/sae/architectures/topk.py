@@ -25,5 +25,5 @@ def config(flat: dict, d_sae: int) -> dict:
     return {"k": k}
 
 
-def weights(file, read, d_sae: int) -> dict:
+def weights(file, read, cfg) -> dict:
     return {}

@@ -95,11 +95,12 @@ class _Source:
     def __init__(self, kind: str, hook: str, width: int, sae=None, directions=None):
         self.kind, self.hook, self.width, self.sae, self.directions = kind, hook, width, sae, directions
 
-    def encode(self, x: np.ndarray):
-        """(idx int32 [n, k], val [n, k]) for an SAE, the activations themselves [n, width] for units."""
+    def encode(self, x: np.ndarray, context: int):
+        """(idx int32 [n, k], val [n, k]) for an SAE, the activations themselves [n, width] for units;
+        x: whole sequences of `context` positions (a temporal SAE attends over them)."""
         if self.sae is None:
             return np.ascontiguousarray(x, np.float32)
-        offsets, idx, val = self.sae._core.encode_sparse(np.ascontiguousarray(x, np.float32))
+        offsets, idx, val = self.sae._core.encode_sparse(np.ascontiguousarray(x, np.float32), context)
         counts = np.diff(offsets)
         rows = np.repeat(np.arange(len(counts)), counts)
         rank = np.arange(len(rows)) - offsets[rows]
@@ -214,7 +215,7 @@ def _run(stats, batches, meta, checkpoint, report) -> None:
                 batch, acts, valid = batch[:n_rows], acts[: n_rows * meta["context"]], valid[: n_rows * meta["context"]]
         seconds["model"] += t_model
         t0 = time.perf_counter()
-        codes = meta["_source"].encode(acts)
+        codes = meta["_source"].encode(acts, meta["context"])
         t1 = time.perf_counter()
         first_row = checkpoint.rows_done
         if isinstance(codes, tuple):

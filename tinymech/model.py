@@ -42,7 +42,8 @@ from .io.safetensors import ArrayStore, WeightStore
 from .io.sources import resolve_model_source
 from .io.tokenizer import Tokenizer
 from .kv_cache import KVCache
-from .model_helpers import ModelHelpers
+from .model_helpers import ModelHelpers, check_padding_side, lm_cross_entropy_loss
+from .padding import checked_mask, mask_of_tokens, pad_counts
 from .text import printable
 
 
@@ -154,6 +155,8 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
                  dtype: str = "float32"):
         self.cfg = cfg
         self.tokenizer = tokenizer
+        if tokenizer is not None:  # TransformerLens sets it from default_padding_side too
+            tokenizer.padding_side = cfg.default_padding_side
         self.path = path
         self.dtype = canonical_dtype(dtype)
         # float32 weights, for the Python side (W_U, W_Q, ...); they keep the memory-mapped arrays alive
@@ -234,9 +237,14 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         """prepend_bos as TransformerLens reads it: None is the model's default (cfg.default_prepend_bos)."""
         return self.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
 
-    def to_tokens(self, text: str | Sequence[str], prepend_bos: bool | None = True) -> np.ndarray:
-        """Token ids [batch, pos] (int64), BOS first unless prepend_bos=False."""
-        return self._need_tokenizer().to_tokens(text, prepend_bos=self._bos(prepend_bos))
+    def to_tokens(self, text: str | Sequence[str], prepend_bos: bool | None = True,
+                  padding_side: str | None = None) -> np.ndarray:
+        """Token ids [batch, pos] (int64), BOS first unless prepend_bos=False. Texts of
+        different lengths are padded with the tokenizer's pad token on padding_side
+        ("left" or "right"; None: model.tokenizer.padding_side, cfg.default_padding_side
+        at load), as TransformerLens's to_tokens pads them."""
+        check_padding_side(padding_side)
+        return self._need_tokenizer().to_tokens(text, prepend_bos=self._bos(prepend_bos), padding_side=padding_side)
 
     def to_str_tokens(self, input, prepend_bos: bool = True) -> list[str] | list[list[str]]:
         """One string per token of a text or of a 1-D token sequence; a list of texts gives
@@ -261,12 +269,13 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
             return [tok.decode(row, limit=self.cfg.d_vocab) for row in arr]
         return tok.decode(arr.reshape(-1), limit=self.cfg.d_vocab)
 
-    def tokens_of(self, input, prepend_bos: bool = True) -> np.ndarray:
-        """Checked int32 tokens [batch, pos] from text, a list of texts, or ids."""
+    def tokens_of(self, input, prepend_bos: bool = True, padding_side: str | None = None) -> np.ndarray:
+        """Checked int32 tokens [batch, pos] from text, a list of texts (padded on
+        padding_side: see to_tokens), or ids."""
         if isinstance(input, str) or (
             isinstance(input, (list, tuple)) and input and all(isinstance(t, str) for t in input)
         ):
-            tokens = self.to_tokens(input, prepend_bos=prepend_bos)
+            tokens = self.to_tokens(input, prepend_bos=prepend_bos, padding_side=padding_side)
         else:
             try:
                 tokens = np.asarray(input)
@@ -306,6 +315,8 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         prepend_bos: bool = True,
         hooks: Iterable[HookSpec] = (),
         start_at_layer: int | None = None,
+        attention_mask=None,
+        padding_side: str | None = None,
     ) -> np.ndarray:
         """Logits [batch, pos, d_vocab] ('all'), [batch, d_vocab] ('last') or None.
 
@@ -314,6 +325,9 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         start_at_layer=l: the input is the residual stream before block l,
         [batch, pos, d_model] (as model(tokens, stop_at_layer=l) gives it), and
         blocks l onward run, with no cache.
+        attention_mask [batch, pos] (1: a real token, 0: padding) and padding_side
+        work as in a call (model(...)). A cache remembers each row's left padding:
+        later calls keep masking it; they add no padding of their own.
         """
         if logits not in ("all", "last", "none"):
             raise ValueError(f"logits must be 'all', 'last' or 'none', not {logits!r}")
@@ -324,17 +338,53 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
                 raise InvalidInputError("a run from start_at_layer cannot use a KV cache: "
                                         "the blocks before it would keep no keys and values")
             start = self._block_index(start_at_layer, "start_at_layer")
-            out = self._core_forward(None, None, self._plan(hooks), logits, start, -1, self._residual_input(input))
+            resid = self._residual_input(input)
+            pads = self._pads(self._attention_mask(resid.shape[:2], attention_mask))
+            out = self._core_forward(None, None, self._plan(hooks), logits, start, -1, resid, pads)
         else:
             # BOS starts a sequence, so text continuing a cached one gets none
-            tokens = self.tokens_of(input, prepend_bos=self._bos(prepend_bos) and (cache is None or cache.n_past == 0))
+            bos = self._bos(prepend_bos) and (cache is None or cache.n_past == 0)
+            tokens = self.tokens_of(input, prepend_bos=bos, padding_side=padding_side)
             self._check_fits(cache.n_past if cache is not None else 0, tokens.shape[1])
-            out = self._core_forward(cache, tokens, self._plan(hooks), logits)
+            pads = self._pads(self._attention_mask(tokens, attention_mask, bos, padding_side), cache)
+            out = self._core_forward(cache, tokens, self._plan(hooks), logits, pads=pads)
         return None if logits == "none" else out
+
+    def _attention_mask(self, tokens, attention_mask=None, prepend_bos: bool = True,
+                        padding_side: str | None = None) -> np.ndarray | None:
+        """The mask a run applies, as TransformerLens's input_to_embed decides: attention_mask
+        when given (checked against the tokens, or a [batch, pos] shape); else, with left
+        padding (padding_side, or else the tokenizer's), the one the tokens' leading pad
+        tokens make; else None (right padding needs none: causal attention never reads
+        later positions)."""
+        shape = tuple(tokens) if isinstance(tokens, tuple) else tokens.shape
+        if attention_mask is not None:
+            return checked_mask(attention_mask, shape)
+        side = check_padding_side(padding_side)
+        tok = self.tokenizer
+        if isinstance(tokens, tuple) or tok is None or (side or tok.padding_side) != "left":
+            return None
+        return mask_of_tokens(tokens, tok.pad_token_id, tok.bos_token_id, self._bos(prepend_bos), "left")
+
+    def _pads(self, mask: np.ndarray | None, cache: KVCache | None = None):
+        """(left, right) padding counts per row for the core, or None: no padding. A KV
+        cache takes left padding only, and only in rows it holds no real token of yet."""
+        counts = pad_counts(mask)
+        if counts is None or cache is None:
+            return counts
+        left, right = counts
+        if right.any():
+            raise InvalidInputError(f"row {np.flatnonzero(right)[0]} is padded on the right: a forward with a KV "
+                                    "cache takes left padding only (a later call would leave a gap); pad on the left")
+        late = np.flatnonzero((left > 0) & (cache.left_padding < cache.n_past))
+        if late.size:
+            raise InvalidInputError(f"row {late[0]} is padded on the left, but the KV cache holds real tokens of it "
+                                    "already: padding goes before a row's first real token")
+        return counts
 
     def __call__(self, input, return_type: str | None = "logits", prepend_bos: bool = True,
                  loss_per_token: bool = False, start_at_layer: int | None = None, stop_at_layer: int | None = None,
-                 tokens=None):
+                 tokens=None, attention_mask=None, padding_side: str | None = None):
         """TransformerLens-style call: return_type 'logits', 'loss', 'both' or None.
 
         stop_at_layer=l runs blocks 0..l-1 only and returns the residual stream
@@ -342,12 +392,19 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         start_at_layer=l takes that residual as `input` instead of tokens and
         runs blocks l onward; a loss then needs the tokens (tokens=...).
         With return_type None and no hooks after a layer, the run stops there.
+
+        Padding, as TransformerLens: texts of different lengths are padded on
+        padding_side (None: model.tokenizer.padding_side). attention_mask
+        [batch, pos] (1: a real token, 0: padding at the start or end of a row)
+        masks padded keys and counts each row's positions from its first real
+        token; without one, left padding makes it of the leading pad tokens (after
+        start_at_layer only a given one applies). A loss leaves padding out.
         """
         return self._run(input, self._plan(()), return_type, prepend_bos, loss_per_token,
-                         start_at_layer, stop_at_layer, tokens)
+                         start_at_layer, stop_at_layer, tokens, attention_mask, padding_side)
 
     def _run(self, input, plan, return_type, prepend_bos, loss_per_token, start_at_layer=None,
-             stop_at_layer=None, tokens=None):
+             stop_at_layer=None, tokens=None, attention_mask=None, padding_side=None):
         """The TransformerLens-style calls' one-off forward (no KV cache)."""
         if return_type not in RETURN_TYPES:
             raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, not {return_type!r}")
@@ -357,7 +414,8 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
             raise InvalidInputError(f"stop_at_layer ({stop_at_layer}) comes before start_at_layer ({start_at_layer})")
         resid = None
         if start_at_layer is None:
-            tokens = self.tokens_of(input, prepend_bos=prepend_bos)
+            tokens = self.tokens_of(input, prepend_bos=prepend_bos, padding_side=padding_side)
+            mask = self._attention_mask(tokens, attention_mask, prepend_bos, padding_side)
         else:
             resid = self._residual_input(input)
             if tokens is not None:
@@ -365,12 +423,15 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
                 if tokens.shape != resid.shape[:2]:
                     raise InvalidInputError(f"tokens {list(tokens.shape)} do not match the residual's "
                                             f"[batch, pos] {list(resid.shape[:2])}")
+            mask = self._attention_mask(resid.shape[:2], attention_mask)
+        pads = self._pads(mask)
         if stop >= 0:  # TransformerLens returns the residual whatever return_type says
-            return self._core_forward(None, tokens, plan, "none", start, stop, resid)
+            return self._core_forward(None, tokens, plan, "none", start, stop, resid, pads)
         if return_type in ("loss", "both") and tokens is None:
             raise InvalidInputError("a loss starting from a residual needs the tokens: pass tokens=...")
-        logits = self._core_forward(None, tokens, plan, "none" if return_type is None else "all", start, -1, resid)
-        return self._package(logits, tokens, return_type, loss_per_token)
+        logits = self._core_forward(None, tokens, plan, "none" if return_type is None else "all", start, -1, resid,
+                                    pads)
+        return self._package(logits, tokens, return_type, loss_per_token, mask)
 
     def _block_index(self, layer, what: str) -> int:
         """A block index in [0, n_layers], negative ones counted from the end."""
@@ -395,14 +456,17 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
             raise ContextLengthError(f"{x.shape[1]} positions exceed the model's context of {self.cfg.n_ctx}")
         return np.ascontiguousarray(x, dtype=np.float32)
 
-    def _package(self, logits, tokens, return_type, loss_per_token):
+    def _package(self, logits, tokens, return_type, loss_per_token, mask=None):
         if return_type == "logits":
             return logits
         if return_type is None:
             return None
-        loss = token_losses(logits, tokens)
-        if not loss_per_token:
-            loss = float(loss.mean()) if loss.size else float("nan")
+        if mask is not None:  # padding counts neither as a prediction nor as a target
+            loss = lm_cross_entropy_loss(logits, tokens, mask, per_token=loss_per_token)
+        else:
+            loss = token_losses(logits, tokens)
+            if not loss_per_token:
+                loss = float(loss.mean()) if loss.size else float("nan")
         if return_type == "loss":
             return loss
         return logits, loss
@@ -426,15 +490,16 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
     def run_with_cache(self, input, names_filter=None, return_type: str | None = "logits", prepend_bos: bool = True,
                        hooks: Iterable[HookSpec] = (), loss_per_token: bool = False,
                        start_at_layer: int | None = None, stop_at_layer: int | None = None, tokens=None,
-                       remove_batch_dim: bool = False, pos_slice=None):
+                       remove_batch_dim: bool = False, pos_slice=None, attention_mask=None,
+                       padding_side: str | None = None):
         """Run and capture activations: (logits, ActivationCache).
 
         names_filter: None (every hook point except attn.hook_result, which is
         computed only when asked for, as in TransformerLens), a name, a list of
         names, or a predicate on names. Only the chosen points are materialized.
         With return_type None the run stops after the last block it captures
-        from. start_at_layer, stop_at_layer, tokens: as for a call (model(...)).
-        remove_batch_dim: a run of one sequence caches without the batch axis;
+        from. start_at_layer, stop_at_layer, tokens, attention_mask, padding_side: as
+        for a call (model(...)). remove_batch_dim: a run of one sequence caches without the batch axis;
         pos_slice: each activation keeps only these positions (TransformerLens's
         Slice: an int keeps that one, a tuple is slice(*tuple), a list picks).
         """
@@ -448,7 +513,8 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         else:
             names = resolve_names(self, model_filter)
         plan = self._plan(hooks, capture=names, record=names_filter, recorders=recorders)
-        out = self._run(input, plan, return_type, prepend_bos, loss_per_token, start_at_layer, stop_at_layer, tokens)
+        out = self._run(input, plan, return_type, prepend_bos, loss_per_token, start_at_layer, stop_at_layer, tokens,
+                        attention_mask, padding_side)
         # no plan: nothing to capture (an empty names_filter) and no hooks
         acts = {self._hook_name_of[i]: a for i, a in plan.take_captured()} if plan is not None else {}
         ordered = {n: acts[n] for n in self._hook_names if n in acts}
@@ -464,9 +530,9 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
     def run_with_hooks(self, input, fwd_hooks: Iterable[HookSpec] = (), return_type: str | None = "logits",
                        prepend_bos: bool = True, loss_per_token: bool = False, start_at_layer: int | None = None,
                        stop_at_layer: int | None = None, tokens=None, bwd_hooks=(), reset_hooks_end: bool = True,
-                       **_ignored):
-        """Run with hooks: (name or predicate, function or Intervention) pairs.
-        start_at_layer, stop_at_layer, tokens: as for a call (model(...)). As TransformerLens's,
+                       attention_mask=None, padding_side: str | None = None, **_ignored):
+        """Run with hooks: (name or predicate, function or Intervention) pairs. start_at_layer,
+        stop_at_layer, tokens, attention_mask, padding_side: as for a call (model(...)). As TransformerLens's,
         reset_hooks_end=False leaves the hooks on afterwards (as add_hook's, until reset_hooks);
         bwd_hooks are refused (no backward pass)."""
         if bwd_hooks:  # ignored, they would leave the notebook's gradients silently empty
@@ -474,7 +540,7 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         keep = not true_or_false(reset_hooks_end, "reset_hooks_end")
         fwd_hooks = list(fwd_hooks)
         out = self._run(input, self._plan(fwd_hooks), return_type, prepend_bos, loss_per_token,
-                        start_at_layer, stop_at_layer, tokens)
+                        start_at_layer, stop_at_layer, tokens, attention_mask, padding_side)
         for name, hook in fwd_hooks if keep else ():
             self.add_hook(name, hook)
         return out
@@ -581,9 +647,12 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         finally:
             self._context_hooks = before
 
-    def _core_forward(self, cache, tokens, plan, logits: str, start: int = 0, stop: int = -1, resid=None):
+    def _core_forward(self, cache, tokens, plan, logits: str, start: int = 0, stop: int = -1, resid=None, pads=None):
+        """pads: (left, right) padding counts per row (see _pads), or None."""
+        left, right = (None, None) if pads is None else pads
         try:
-            return self._core.forward(None if cache is None else cache._core, tokens, plan, logits, start, stop, resid)
+            return self._core.forward(None if cache is None else cache._core, tokens, plan, logits, start, stop, resid,
+                                      left, right)
         except _core.ContextOverflow as e:  # another thread lengthened a shared cache meanwhile
             raise ContextLengthError(str(e)) from e
         except (_core.CacheMismatch, _core.SizeOverflow) as e:

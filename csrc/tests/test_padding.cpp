@@ -89,7 +89,7 @@ void test_padded_rows(Model& model, const std::vector<std::vector<int32_t>>& own
     for (int64_t b = 0; b < kRows; ++b)
       for (int64_t h = 0; h < H; ++h)
         for (int64_t q = 0; q < kWidth; ++q) {
-          const float* row = p.data.data() + ((b * H + h) * kWidth + q) * kWidth;
+          const float* row = p.data.get() + ((b * H + h) * kWidth + q) * kWidth;
           double sum = 0, outside = 0;
           for (int64_t k = 0; k < kWidth; ++k) {
             sum += row[k];

@@ -129,7 +129,7 @@ def test_hooks_on_padded_texts_match_transformer_lens(demo, side):
     assert act_err(ours, theirs) <= TOL
 
 
-@pytest.mark.parametrize("options", [{}, {"use_past_kv_cache": False},
+@pytest.mark.parametrize("options", [{}, pytest.param({"use_past_kv_cache": False}, marks=pytest.mark.slow),
                                      {"return_type": "tokens", "stop_at_eos": False}], ids=str)
 def test_generate_from_texts_of_different_lengths_matches_transformer_lens(demo, options):
     model, tl = demo

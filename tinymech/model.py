@@ -247,9 +247,10 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         check_padding_side(padding_side)
         return self._need_tokenizer().to_tokens(text, prepend_bos=self._bos(prepend_bos), padding_side=padding_side)
 
-    def to_str_tokens(self, input, prepend_bos: bool = True) -> list[str] | list[list[str]]:
+    def to_str_tokens(self, input, prepend_bos: bool = True, padding_side: str | None = None) -> list[str] | list[list[str]]:
         """One string per token of a text or of a 1-D token sequence; a list of texts gives
-        one such list per text, as TransformerLens's."""
+        one such list per text (unpadded, so padding_side changes nothing), as TransformerLens's."""
+        check_padding_side(padding_side)
         tok = self._need_tokenizer()
         if isinstance(input, (list, tuple)) and input and all(isinstance(t, str) for t in input):
             return [self.to_str_tokens(t, prepend_bos) for t in input]
@@ -273,9 +274,7 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
     def tokens_of(self, input, prepend_bos: bool = True, padding_side: str | None = None) -> np.ndarray:
         """Checked int32 tokens [batch, pos] from text, a list of texts (padded on
         padding_side: see to_tokens), or ids."""
-        if isinstance(input, str) or (
-            isinstance(input, (list, tuple)) and input and all(isinstance(t, str) for t in input)
-        ):
+        if _is_texts(input):
             tokens = self.to_tokens(input, prepend_bos=prepend_bos, padding_side=padding_side)
         else:
             try:
@@ -343,11 +342,14 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
             pads = self._pads(self._attention_mask(resid.shape[:2], attention_mask))
             out = self._core_forward(None, None, self._plan(hooks), logits, start, -1, resid, pads)
         else:
-            # BOS starts a sequence, so text continuing a cached one gets none
-            bos = self._bos(prepend_bos) and (cache is None or cache.n_past == 0)
+            # BOS starts a sequence, so text continuing a cached one gets none (and token ids
+            # continuing it no mask made of their leading pad tokens: they are tokens there)
+            starts = cache is None or cache.n_past == 0
+            bos = self._bos(prepend_bos) and starts
             tokens = self.tokens_of(input, prepend_bos=bos, padding_side=padding_side)
             self._check_fits(cache.n_past if cache is not None else 0, tokens.shape[1])
-            pads = self._pads(self._attention_mask(tokens, attention_mask, bos, padding_side), cache)
+            made = starts or attention_mask is not None or _is_texts(input)  # texts are padded by to_tokens
+            pads = self._pads(self._attention_mask(tokens, attention_mask, bos, padding_side) if made else None, cache)
             out = self._core_forward(cache, tokens, self._plan(hooks), logits, pads=pads)
         return None if logits == "none" else out
 
@@ -795,6 +797,12 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
 
 
 RETURN_TYPES = ("logits", "loss", "both", None)
+
+
+def _is_texts(input) -> bool:
+    """A text or a non-empty list of texts (rather than token ids)."""
+    return isinstance(input, str) or (
+        isinstance(input, (list, tuple)) and bool(input) and all(isinstance(t, str) for t in input))
 
 
 def _reloaded(path: str, kwargs: dict, saes: list, added_hooks: list = (), use_attn_result: bool = False) -> Model:

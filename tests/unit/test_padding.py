@@ -159,7 +159,24 @@ def test_left_padding_makes_its_mask_from_the_pad_tokens(demo):
     assert not np.allclose(demo(tokens)[1, -n:], own, atol=1e-4)  # right: no mask is made, as TransformerLens
 
 
-def test_default_padding_side(demo, tmp_path):
+def test_token_ids_continuing_a_cache_are_tokens_even_when_they_are_pad_tokens(demo):
+    eos = demo.tokenizer.pad_token_id
+    expected = demo(demo.to_tokens("Mr Darcy").tolist()[0] + [eos, eos])[0, -1]
+    demo.tokenizer.padding_side = "left"
+    try:
+        cache = demo.new_cache()
+        demo.forward("Mr Darcy", cache=cache, logits="none")
+        np.testing.assert_allclose(demo.forward([[eos, eos]], cache=cache, logits="last")[0], expected, atol=1e-4)
+        # texts of different lengths continuing a cache would be padded after its real tokens
+        cache = demo.new_cache(2)
+        demo.forward(["Mr Darcy", "Mr Bingley walked"], cache=cache, logits="none")
+        with pytest.raises(tm.InvalidInputError, match="padded on the left, but the KV cache"):
+            demo.forward([" and sat down", " in"], cache=cache, logits="none")
+    finally:
+        demo.tokenizer.padding_side = "right"
+
+
+def test_default_padding_side(demo):
     assert demo.cfg.default_padding_side == "right" == demo.tokenizer.padding_side
     left = tm.from_pretrained(None, default_padding_side="left")
     assert left.cfg.default_padding_side == "left" == left.tokenizer.padding_side

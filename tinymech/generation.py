@@ -49,13 +49,17 @@ def generate(
 
     TransformerLens's keywords, with its meaning: do_sample (False: greedy;
     True: sampling, at temperature 1.0 unless one is given), freq_penalty,
-    use_past_kv_cache, return_type ("input", "str", "tokens"), padding_side
-    (a batch of texts must still tokenize to one length), verbose (a progress
-    line on stderr; off by default here), eos_token_id (one id or several).
+    use_past_kv_cache, return_type ("input", "str", "tokens"), padding_side,
+    verbose (a progress line on stderr; off by default here), eos_token_id
+    (one id or several). A batch of texts of different lengths is padded on
+    the left, as TransformerLens pads it for generation: each row continues as
+    its text alone would (its padding masked, its positions its own).
     """
     as_text = _returns_text(input, return_type)
-    check_padding_side(padding_side)  # a batch of equal lengths needs no padding
-    tokens = model.tokens_of(input, prepend_bos=prepend_bos)  # None: the model's default
+    check_padding_side(padding_side)
+    if isinstance(input, (list, tuple)) and len(input) > 1 and all(isinstance(t, str) for t in input):
+        padding_side = "left"  # the real tokens end together, so each row's next token is read at the end
+    tokens = model.tokens_of(input, prepend_bos=prepend_bos, padding_side=padding_side)  # None: the default
     max_new_tokens = whole_number(max_new_tokens, "max_new_tokens", 0)
     temperature, top_k, top_p = sampling_settings(_temperature(temperature, do_sample), top_k, top_p)
     freq_penalty = _freq_penalty(freq_penalty)
@@ -66,7 +70,9 @@ def generate(
     stops, pad = _stop_tokens(model, eos_token_id) if stop_at_eos else ((), None)
     batch, total = tokens.shape[0], tokens.shape[1] + max_new_tokens
     model._check_fits(0, total)
-    next_logits = Decoder(model, model._plan(hooks), batch, total, true_or_false(use_past_kv_cache, "use_past_kv_cache"))
+    pads = _left_padding(model, tokens, prepend_bos, padding_side)
+    next_logits = Decoder(model, model._plan(hooks), batch, total, true_or_false(use_past_kv_cache, "use_past_kv_cache"),
+                          pads)
     counts = _token_counts(tokens, model.cfg.d_vocab) if freq_penalty else None
     out = [tokens.astype(np.int64)]
     finished = np.zeros(batch, dtype=bool)
@@ -98,13 +104,25 @@ def generate(
     return texts[0] if len(texts) == 1 else texts
 
 
+def _left_padding(model, tokens: np.ndarray, prepend_bos, padding_side):
+    """The prompt's padding counts for the core when it is padded on the left (as
+    TransformerLens's initial attention mask finds it), else None. (TransformerLens also
+    masks a token prompt's trailing pad tokens under right padding, then reads the
+    continuation after the gap; tinymech reads them as tokens.)"""
+    tok = model.tokenizer
+    if tok is None or (padding_side or tok.padding_side) != "left":
+        return None
+    return model._pads(model._attention_mask(tokens, None, model._bos(prepend_bos), "left"))
+
+
 class Decoder:
     """The last position's logits [batch, d_vocab] after the new tokens: with the
-    KV cache each call runs only them; without it (use_past_kv_cache=False) the
-    whole sequence runs again, as TransformerLens does."""
+    KV cache each call runs only them (the cache keeps the prompt's left padding);
+    without it (use_past_kv_cache=False) the whole sequence runs again, as
+    TransformerLens does. pads: the prompt's padding counts, or None."""
 
-    def __init__(self, model, plan, batch: int, total: int, use_cache: bool):
-        self.model, self.plan = model, plan
+    def __init__(self, model, plan, batch: int, total: int, use_cache: bool, pads=None):
+        self.model, self.plan, self.pads = model, plan, pads
         self.cache = model.new_cache(batch) if use_cache else None
         if self.cache is not None:
             self.cache.reserve(total)  # checked by the caller; no regrowth copies while decoding
@@ -112,9 +130,10 @@ class Decoder:
 
     def __call__(self, new: np.ndarray) -> np.ndarray:
         if self.cache is not None:
-            return self.model._core_forward(self.cache, new, self.plan, "last")
+            pads, self.pads = self.pads, None  # the prompt's, once
+            return self.model._core_forward(self.cache, new, self.plan, "last", pads=pads)
         self.sequence = np.concatenate([self.sequence, new], axis=1)
-        return self.model._core_forward(None, self.sequence, self.plan, "last")
+        return self.model._core_forward(None, self.sequence, self.plan, "last", pads=self.pads)
 
 
 RETURN_TYPES = ("input", "str", "tokens")

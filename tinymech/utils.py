@@ -1,6 +1,6 @@
 """transformer_lens.utils's helpers that notebooks call, over numpy:
 test_prompt, get_act_name, to_numpy, get_corner, composition_scores,
-lm_cross_entropy_loss, remove_batch_dim, tokenize_and_concatenate.
+lm_cross_entropy_loss, get_attention_mask, remove_batch_dim, tokenize_and_concatenate.
 
     from tinymech import utils
     utils.test_prompt("Mr Darcy walked in. Mr", "Darcy", model)
@@ -14,9 +14,23 @@ from .factored_matrix import composition_scores, get_corner
 from .hooks import get_act_name
 from .model_helpers import lm_cross_entropy_loss
 from .ops import log_sum_exp, top_k
+from .padding import mask_of_tokens
 
-__all__ = ["composition_scores", "get_act_name", "get_corner", "lm_cross_entropy_loss", "remove_batch_dim",
-           "test_prompt", "to_numpy", "tokenize_and_concatenate"]
+__all__ = ["composition_scores", "get_act_name", "get_attention_mask", "get_corner", "lm_cross_entropy_loss",
+           "remove_batch_dim", "test_prompt", "to_numpy", "tokenize_and_concatenate"]
+
+
+def get_attention_mask(tokenizer, tokens, prepend_bos: bool, padding_side: str | None = None) -> np.ndarray:
+    """transformer_lens.utils.get_attention_mask: [batch, pos] int64, 0 at the pad tokens that
+    pad each row on padding_side (None: the tokenizer's), 1 elsewhere (see tinymech.padding)."""
+    tokens = np.asarray(tokens)
+    side = tokenizer.padding_side if padding_side is None else padding_side
+    if side not in ("left", "right"):
+        raise InvalidInputError(f"padding_side must be 'left' or 'right', not {side!r}")
+    if tokens.ndim not in (1, 2):
+        raise InvalidInputError(f"tokens are [batch, pos] or [pos], not shape {list(tokens.shape)}")
+    mask = mask_of_tokens(np.atleast_2d(tokens), tokenizer.pad_token_id, tokenizer.bos_token_id, prepend_bos, side)
+    return mask.reshape(tokens.shape)
 
 
 def tokenize_and_concatenate(dataset, tokenizer, streaming: bool = False, max_length: int = 1024,

@@ -8,6 +8,8 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "kernels/kernels.hpp"
 #include "ops/matmul.hpp"
@@ -46,6 +48,10 @@ struct Pass {
   const KernelTable& kt;
   int64_t B, T, past, BT, D, Da, H, dh;
   int64_t Hkv, Dkv, Dqkv;  // key/value heads, their width, the width of a q|k|v row
+  // Padding (see Padding): each row's first real position and one past its
+  // last, absolute; null: no row padded (row_end null: none on the right).
+  const int64_t* row_start = nullptr;
+  const int64_t* row_end = nullptr;
 
   // C[M, N] = A[M, K] · W (+ bias) for a weight stored in the config's layout,
   // whose stored rows are ldw floats long (a slice of a wider matrix may be given).
@@ -101,13 +107,51 @@ struct Pass {
     return v;
   }
 
+  // The keys [first, last) query t of row b attends to: those up to itself,
+  // within its row's real tokens (none for a query before them).
+  std::pair<int64_t, int64_t> visible_keys(int64_t b, int64_t t) const {
+    int64_t last = past + t + 1;
+    if (!row_start) return {0, last};
+    if (row_end) last = std::min(last, row_end[b]);
+    return {std::min(row_start[b], last), last};
+  }
+  // The first key any query of row b attends to, of `keys` (0 without padding).
+  int64_t first_key(int64_t b, int64_t keys) const { return row_start ? std::min(row_start[b], keys) : 0; }
+  // Token t of row b's position, as TransformerLens counts it under a mask:
+  // real tokens from the row's first, padding before it 0, after it the last real one's.
+  int64_t position(int64_t b, int64_t t) const {
+    if (!row_start) return past + t;
+    const int64_t p = std::max<int64_t>(past + t - row_start[b], 0);
+    return row_end ? std::min(p, row_end[b] - 1 - row_start[b]) : p;
+  }
+  bool is_padding(int64_t b, int64_t t) const {
+    return row_start && (past + t < row_start[b] || (row_end && past + t >= row_end[b]));
+  }
+
+  // Learned positions of a padded batch: each row's own, zero at padding (as TransformerLens).
+  void padded_positions(float* p) const {
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t t = 0; t < T; ++t) {
+        float* row = p + (b * T + t) * D;
+        if (is_padding(b, t))
+          std::fill(row, row + D, 0.f);
+        else
+          std::memcpy(row, w.wpe + position(b, t) * D, D * sizeof(float));
+      }
+  }
+
   void embed(const int32_t* tokens) {
     float* x = ws.x.data();
     for (int64_t r = 0; r < BT; ++r) w.wte.read(static_cast<int64_t>(tokens[r]) * D, D, x + r * D);
     hook(HookKind::embed, 0, rows(x, D));
     if (cfg.positions != Positions::learned) return;
     const float* pe = w.wpe + past * D;  // positions past..past+T-1, the same for every batch row
-    if (active(HookKind::pos_embed)) {
+    if (row_start) {
+      float* p = ws.pos.data();
+      padded_positions(p);
+      hook(HookKind::pos_embed, 0, rows(p, D));
+      add_inplace(x, p, BT * D);
+    } else if (active(HookKind::pos_embed)) {
       float* p = ws.pos.data();
       for (int64_t b = 0; b < B; ++b) std::memcpy(p + b * T * D, pe, T * D * sizeof(float));
       hook(HookKind::pos_embed, 0, rows(p, D));
@@ -214,42 +258,50 @@ struct Pass {
   }
 
   // S[r, j] for queries i0 + r (r < rows) and keys j < keys: scaled q·k, and
-  // -inf where key j lies after the query (causal mask).
+  // -inf where key j lies after the query (causal mask) or in its row's padding.
   void scores_block(int64_t l, int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t keys, float* S, int64_t lds,
                     int t) {
     const KeysValues K = keys_values(l, b, 0, h / (H / Hkv));
     const MatmulArgs args{
         rows, keys, dh,    ws.qkv.data() + (b * T + i0) * Dqkv + h * dh, Dqkv,    K.m.f32, 1, K.ld, nullptr,
         S,    lds,  false, thread_scratch(t, matmul_scratch_floats()),   K.m.bf16};
-    kt.matmul_cols(args, 0, keys);
+    kt.matmul_cols(args, first_key(b, keys), keys);  // no query reads keys before its row's first
     const float inv = score_scale(l);
+    constexpr float kMasked = -std::numeric_limits<float>::infinity();
     for (int64_t r = 0; r < rows; ++r) {
       float* row = S + r * lds;
-      const int64_t visible = past + i0 + r + 1;
-      kt.scale(row, inv, visible);
-      for (int64_t j = visible; j < keys; ++j) row[j] = -std::numeric_limits<float>::infinity();
+      const auto [first, last] = visible_keys(b, i0 + r);
+      std::fill(row, row + first, kMasked);
+      kt.scale(row + first, inv, last - first);
+      std::fill(row + last, row + keys, kMasked);
     }
   }
 
-  // z[i0 + r, head h] = sum_j P[r, j] v_j over the first `keys` keys
-  // (query head h reads key/value head h / (H / Hkv)).
-  void weighted_sum_block(int64_t l, int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t keys, const float* P,
-                          int64_t ldp, int t) {
+  // z[i0 + r, head h] = sum_j P[r, j] v_j over keys first <= j < keys, P's
+  // columns starting at key `first` (query head h reads key/value head h / (H / Hkv)).
+  void weighted_sum_block(int64_t l, int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t first, int64_t keys,
+                          const float* P, int64_t ldp, int t) {
+    float* z = ws.z.data() + (b * T + i0) * Da + h * dh;
+    if (first == keys) {  // queries before their row's first real token: no key, z = 0 (as TransformerLens)
+      for (int64_t r = 0; r < rows; ++r) std::fill(z + r * Da, z + r * Da + dh, 0.f);
+      return;
+    }
     const KeysValues V = keys_values(l, b, 1, h / (H / Hkv));
+    const Matrix Vm = V.m.offset(first * V.ld);
     const MatmulArgs args{rows,
                           dh,
-                          keys,
+                          keys - first,
                           P,
                           ldp,
-                          V.m.f32,
+                          Vm.f32,
                           V.ld,
                           1,
                           nullptr,
-                          ws.z.data() + (b * T + i0) * Da + h * dh,
+                          z,
                           Da,
                           false,
                           thread_scratch(t, matmul_scratch_floats()),
-                          V.m.bf16};
+                          Vm.bf16};
     kt.matmul_cols(args, 0, dh);
   }
 
@@ -274,8 +326,9 @@ struct Pass {
       const int64_t keys = past + i0 + rows;  // later keys are masked for every row
       float* S = sized(buf, {rows, keys});
       scores_block(l, b, h, i0, rows, keys, S, keys, t);
-      for (int64_t r = 0; r < rows; ++r) kt.softmax(S + r * keys, keys);
-      weighted_sum_block(l, b, h, i0, rows, keys, S, keys, t);
+      const int64_t first = first_key(b, keys);  // earlier keys are padding, masked for every row
+      for (int64_t r = 0; r < rows; ++r) kt.softmax(S + r * keys + first, keys - first);
+      weighted_sum_block(l, b, h, i0, rows, first, keys, S + first, keys, t);
     });
   }
 
@@ -302,20 +355,25 @@ struct Pass {
     });
     hook(HookKind::pattern, l, scores(S, keys));
     for_each_query_block([&](int64_t b, int64_t h, int64_t i0, int64_t rows, int t) {
-      weighted_sum_block(l, b, h, i0, rows, keys_for(i0, rows), rows_at(b, h, i0), keys, t);
+      const int64_t used = keys_for(i0, rows), first = causal ? first_key(b, used) : 0;
+      weighted_sum_block(l, b, h, i0, rows, first, used, rows_at(b, h, i0) + first, keys, t);
     });
   }
 
-  // cos and sin of every (position, frequency) of this call, [T, rotary_dim / 2]
+  // Rows of the rotary tables: one per position of this call, or with
+  // padding one per token (each row has its own positions).
+  int64_t rope_rows() const { return row_start ? BT : T; }
+
+  // cos and sin of every (position, frequency) of this call, [rope_rows(), rotary_dim / 2]
   // each. The angle is rounded to float first, as HF computes it.
   void rope_tables() {
-    const int64_t half = cfg.rotary_dim / 2;
-    float* c = sized(ws.rope, {2, T, half});
-    for (int64_t t = 0; t < T; ++t)
+    const int64_t half = cfg.rotary_dim / 2, n = rope_rows();
+    float* c = sized(ws.rope, {2, n, half});
+    for (int64_t r = 0; r < n; ++r)
       for (int64_t i = 0; i < half; ++i) {
-        const float angle = static_cast<float>(past + t) * w.rope_inv_freq[i];
-        c[t * half + i] = static_cast<float>(std::cos(static_cast<double>(angle)));
-        c[(T + t) * half + i] = static_cast<float>(std::sin(static_cast<double>(angle)));
+        const float angle = static_cast<float>(row_start ? position(r / T, r % T) : past + r) * w.rope_inv_freq[i];
+        c[r * half + i] = static_cast<float>(std::cos(static_cast<double>(angle)));
+        c[(n + r) * half + i] = static_cast<float>(std::sin(static_cast<double>(angle)));
       }
   }
 
@@ -323,12 +381,12 @@ struct Pass {
   void rotate(float* qkv) {
     const int64_t half = cfg.rotary_dim / 2, heads_per_row = H + Hkv;
     const float* cos = ws.rope.data();
-    const float* sin = cos + T * half;
+    const float* sin = cos + rope_rows() * half;
     parallel_for(
         BT * heads_per_row,
         [&](int64_t i0, int64_t i1, int) {
           for (int64_t i = i0; i < i1; ++i) {
-            const int64_t r = i / heads_per_row, t = r % T;
+            const int64_t r = i / heads_per_row, t = row_start ? r : r % T;
             kt.rope(qkv + r * Dqkv + i % heads_per_row * dh, cos + t * half, sin + t * half, half);
           }
         },
@@ -643,10 +701,52 @@ BlockSpan resolve_span(BlockSpan span, int64_t n_layers, bool cached, const int3
   return span;
 }
 
+// Each row's real tokens [start, end), absolute positions, from this call's
+// padding and the left padding the cache holds (see Padding); both empty when
+// no row is padded, end empty when none is padded on the right.
+struct RowBounds {
+  std::vector<int64_t> start, end;
+};
+
+RowBounds row_bounds(const Padding& padding, const KVCache* cache, int64_t B, int64_t T, int64_t past) {
+  RowBounds rows;
+  const bool held = cache && cache->padded();
+  if (!padding.left && !padding.right && !held) return rows;
+  bool any_left = held, any_right = false;
+  auto row = [](int64_t b) { return "row " + std::to_string(b); };
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t left = padding.left ? padding.left[b] : 0, right = padding.right ? padding.right[b] : 0;
+    if (left < 0 || right < 0) throw std::invalid_argument(row(b) + ": padding counts are >= 0");
+    if (left >= T || right >= T - left)
+      throw std::invalid_argument(row(b) + " is all padding (" + std::to_string(left) + " left, " +
+                                  std::to_string(right) + " right of " + std::to_string(T) +
+                                  " tokens): every row needs a real token");
+    if (cache && right > 0)
+      throw CacheMismatch(row(b) +
+                          " is padded on the right: a KV cache takes left padding only (a later call would "
+                          "leave a gap)");
+    if (cache && left > 0 && cache->left_padding(b) < past)
+      throw CacheMismatch(row(b) + " is padded on the left, but the KV cache holds real tokens of it already");
+    any_left = any_left || left > 0;
+    any_right = any_right || right > 0;
+  }
+  if (!any_left && !any_right) return rows;
+  rows.start.resize(static_cast<size_t>(B));
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t left = padding.left ? padding.left[b] : 0;
+    rows.start[b] = left > 0 ? past + left : cache ? cache->left_padding(b) : 0;
+  }
+  if (any_right) {
+    rows.end.resize(static_cast<size_t>(B));
+    for (int64_t b = 0; b < B; ++b) rows.end[b] = past + T - padding.right[b];
+  }
+  return rows;
+}
+
 }  // namespace
 
 void Model::forward(KVCache* cache, const int32_t* tokens, int64_t batch, int64_t n_tokens, HookPlan* plan,
-                    LogitsMode mode, float* logits, BlockSpan span) {
+                    LogitsMode mode, float* logits, BlockSpan span, Padding padding) {
   if (batch <= 0 || n_tokens <= 0) throw std::invalid_argument("forward needs at least one token");
   const int64_t BT = checked_size({batch, n_tokens}, "a forward pass's batch x positions");
   span = resolve_span(span, cfg_.n_layers, cache != nullptr, tokens);
@@ -669,6 +769,7 @@ void Model::forward(KVCache* cache, const int32_t* tokens, int64_t batch, int64_
   if (cache) cache_lock.emplace(cache->mutex(), KVCache::kInUse);
   const int64_t past = cache ? cache->n_past() : 0;
   check_fits_context(past + n_tokens, cfg_.n_ctx);
+  const RowBounds bounds = row_bounds(padding, cache, batch, n_tokens, past);
   if (cache) cache->reserve(past + n_tokens);
 
   const int64_t D = cfg_.d_model, Da = cfg_.d_attn();
@@ -682,6 +783,8 @@ void Model::forward(KVCache* cache, const int32_t* tokens, int64_t batch, int64_
 
   Pass pass{cfg_, w_, cache, plan,         ws_,         kernels::active(), batch,       n_tokens,    past,
             BT,   D,  Da,    cfg_.n_heads, cfg_.d_head, cfg_.kv_heads(),   cfg_.d_kv(), cfg_.d_qkv()};
+  if (!bounds.start.empty()) pass.row_start = bounds.start.data();
+  if (!bounds.end.empty()) pass.row_end = bounds.end.data();
   // With no logits wanted and nothing kept, blocks after the last hooked one change nothing visible.
   if (!cache && mode == LogitsMode::none && !span.resid_out)
     span.stop = std::max(span.start, plan ? plan->blocks_reached() : 0);
@@ -699,6 +802,7 @@ void Model::forward(KVCache* cache, const int32_t* tokens, int64_t batch, int64_
     std::memcpy(span.resid_out, ws_.x.data(), static_cast<size_t>(BT * D) * sizeof(float));
   else if (span.stop == cfg_.n_layers)
     pass.unembed(mode, logits);
+  if (cache && !bounds.start.empty()) cache->set_left_padding(bounds.start);
   if (cache) cache->advance(n_tokens);
 }
 

@@ -34,6 +34,20 @@ struct BlockSpan {
   float* resid_out = nullptr;
 };
 
+// A batch padded at either end of its rows, as TransformerLens's attention mask
+// of zeros gives it: row b has left[b] padding positions before its first real
+// token and right[b] after its last, counted in this call's tokens (null: none;
+// every row keeps at least one real token). Padded keys are masked; real tokens
+// take positions counted from their row's first real token; a padding query
+// before the row starts sees no key (its pattern row is zero), one after it ends
+// sees the row's real keys. A KV cache remembers each row's left padding for
+// later calls: a row is padded on the left only while it holds no real token,
+// and never on the right (a later call would leave a gap).
+struct Padding {
+  const int64_t* left = nullptr;
+  const int64_t* right = nullptr;
+};
+
 class Model {
  public:
   Model(ModelConfig cfg, ModelWeights weights);
@@ -48,9 +62,9 @@ class Model {
   // logits stops after the last block holding an active hook point (nothing
   // later could be seen). Thread-safe: calls on one model are serialized (a
   // call that would wait forever throws instead: see OwnedMutex). Sizes from
-  // the caller are checked (SizeOverflow).
+  // the caller are checked (SizeOverflow), and so are the padding counts.
   void forward(KVCache* cache, const int32_t* tokens, int64_t batch, int64_t n_tokens, HookPlan* plan, LogitsMode mode,
-               float* logits, BlockSpan span = {});
+               float* logits, BlockSpan span = {}, Padding padding = {});
 
   KVCache new_cache(int64_t batch) const;
 

@@ -21,6 +21,8 @@ void KVCache::truncate(int64_t n) {
     throw std::out_of_range("cannot truncate a cache of " + std::to_string(n_past_) + " positions to " +
                             std::to_string(n));
   n_past_ = n;
+  for (int64_t& pad : left_padding_) pad = std::min(pad, n);  // a row cut inside its padding holds padding only
+  if (n == 0) left_padding_.clear();
 }
 
 KVCache::Buffer KVCache::relaid(const Buffer& from, int64_t from_cap, int64_t cap) const {
@@ -53,6 +55,7 @@ KVCache KVCache::fork() const {
   KVCache copy(n_layers_, batch_, d_kv_, n_ctx_);
   copy.owner_ = owner_;
   copy.n_past_ = n_past_;
+  copy.left_padding_ = left_padding_;
   if (capacity_ > 0) {
     copy.k_ = relaid(k_, capacity_, capacity_);
     copy.v_ = relaid(v_, capacity_, capacity_);

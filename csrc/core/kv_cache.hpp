@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <memory>
 #include <stdexcept>
+#include <vector>
 
 #include "runtime/owned_mutex.hpp"
 
@@ -42,13 +43,23 @@ class KVCache {
   uint64_t owner() const { return owner_; }
   void set_owner(uint64_t model_id) { owner_ = model_id; }
 
-  void reset() { n_past_ = 0; }
+  void reset() {
+    n_past_ = 0;
+    left_padding_.clear();
+  }
   void truncate(int64_t n);  // keep the first n positions
   KVCache fork() const;
   // Makes room for this many positions in all: ContextOverflow past n_ctx,
   // SizeOverflow or std::bad_alloc where memory cannot hold them.
   void reserve(int64_t positions);
   void advance(int64_t t) { n_past_ += t; }
+
+  // Row b's left padding: the positions before its first real token, which
+  // later passes keep masking (a row of padding only holds n_past). Empty
+  // until a padded pass sets it (a batch of 2^62 rows may be declared).
+  int64_t left_padding(int64_t b) const { return left_padding_.empty() ? 0 : left_padding_[b]; }
+  bool padded() const { return !left_padding_.empty(); }
+  void set_left_padding(std::vector<int64_t> rows) { left_padding_ = std::move(rows); }
 
   float* k(int64_t layer, int64_t b, int64_t pos) { return at(k_, layer, b, pos); }
   // Held by whoever reads or changes the cache (a forward pass, the Python
@@ -74,6 +85,7 @@ class KVCache {
   int64_t n_layers_, batch_, d_kv_, n_ctx_;
   int64_t capacity_ = 0, n_past_ = 0;
   Buffer k_, v_;
+  std::vector<int64_t> left_padding_;  // [batch] or empty: no row padded
   uint64_t owner_ = 0;
   OwnedMutex mutex_{"KV cache"};
 };

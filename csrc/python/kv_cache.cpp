@@ -1,6 +1,10 @@
 // _core.KVCache: the core's KV cache, each method run holding the cache.
 #include "core/kv_cache.hpp"
 
+#include <pybind11/stl.h>
+
+#include <vector>
+
 #include "python/bindings.hpp"
 
 namespace {
@@ -22,6 +26,15 @@ void bind_kv_cache(py::module_& m) {
       .def_property_readonly("n_past", &tmech::KVCache::n_past)
       .def_property_readonly("capacity", &tmech::KVCache::capacity)
       .def_property_readonly("n_ctx", &tmech::KVCache::n_ctx)
+      .def_property_readonly("left_padding",
+                             [](tmech::KVCache& c) {
+                               return holding(c, [&] {
+                                 std::vector<int64_t> rows;
+                                 for (int64_t b = 0; c.padded() && b < c.batch(); ++b)
+                                   rows.push_back(c.left_padding(b));
+                                 return rows;
+                               });
+                             })
       .def("reset", [](tmech::KVCache& c) { holding(c, [&] { c.reset(); }); })
       .def(
           "truncate", [](tmech::KVCache& c, int64_t n) { holding(c, [&] { c.truncate(n); }); }, py::arg("n"))

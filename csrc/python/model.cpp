@@ -15,6 +15,9 @@
 
 namespace {
 
+// Per-row padding counts (core/forward.hpp's Padding).
+using RowCounts = py::array_t<int64_t, py::array::c_style>;
+
 // The C-contiguous array d[key] of the given shape, float32 or (where
 // allow_bf16) bfloat16 stored as uint16; nullopt if optional and absent.
 std::optional<py::array> checked_array(const py::dict& d, const char* key, const std::vector<int64_t>& shape,
@@ -167,8 +170,8 @@ void bind_model(py::module_& m) {
       .def(
           "forward",
           [](PyModel& pm, tmech::KVCache* cache, std::optional<py::array_t<int32_t, py::array::c_style>> tokens,
-             PyHookPlan* plan, const std::string& logits, int64_t start, int64_t stop,
-             std::optional<FloatArray> resid) {
+             PyHookPlan* plan, const std::string& logits, int64_t start, int64_t stop, std::optional<FloatArray> resid,
+             std::optional<RowCounts> pad_left, std::optional<RowCounts> pad_right) {
             const tmech::ModelConfig& cfg = pm.model->config();
             if (tokens && tokens->ndim() != 2) throw std::invalid_argument("tokens must be [batch, pos]");
             if (resid && (resid->ndim() != 3 || resid->shape(2) != cfg.d_model))
@@ -178,6 +181,11 @@ void bind_model(py::module_& m) {
             const int64_t T = resid ? resid->shape(1) : tokens->shape(1);
             if (tokens && resid && (tokens->shape(0) != B || tokens->shape(1) != T))
               throw std::invalid_argument("tokens and residual cover different [batch, pos]");
+            for (const auto& counts : {pad_left, pad_right})
+              if (counts && (counts->ndim() != 1 || counts->shape(0) != B))
+                throw std::invalid_argument("padding counts are one per row: [batch]");
+            const tmech::Padding padding{pad_left ? pad_left->data() : nullptr,
+                                         pad_right ? pad_right->data() : nullptr};
             const tmech::LogitsMode mode = tmech::parse_logits_mode(logits);
             const bool returns_resid = stop >= 0;  // an explicit last block: the residual after it
             const int64_t V = cfg.d_vocab;
@@ -194,10 +202,11 @@ void bind_model(py::module_& m) {
             {
               py::gil_scoped_release nogil;
               pm.model->forward(cache, tokens ? tokens->data() : nullptr, B, T, plan ? &plan->plan : nullptr, mode,
-                                returns_resid ? nullptr : out.mutable_data(), span);
+                                returns_resid ? nullptr : out.mutable_data(), span, padding);
             }
             return out;
           },
           py::arg("cache"), py::arg("tokens"), py::arg("plan") = nullptr, py::arg("logits") = "all",
-          py::arg("start") = 0, py::arg("stop") = -1, py::arg("resid") = std::nullopt);
+          py::arg("start") = 0, py::arg("stop") = -1, py::arg("resid") = std::nullopt,
+          py::arg("pad_left") = std::nullopt, py::arg("pad_right") = std::nullopt);
 }

@@ -61,6 +61,8 @@ int main() {
     test_sae_variant(variants[i]->name, rng);
     test_forward(rng, false);
     test_forward(rng, true);
+    test_padding(rng, false);
+    test_padding(rng, true);
   }
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;

@@ -45,5 +45,5 @@ def test_from_pretrained_takes_transformerlens_keywords_and_runs_on_the_cpu():
         tm.from_pretrained(None, n_devices=2)
     with pytest.raises(tm.InvalidInputError, match="unexpected keyword 'fold_lnn'"):
         tm.from_pretrained(None, fold_lnn=True)
-    with pytest.raises(tm.UnsupportedArchitectureError, match="default_padding_side"):
-        tm.from_pretrained(None, default_padding_side="left")
+    with pytest.raises(tm.InvalidInputError, match="padding_side"):
+        tm.from_pretrained(None, default_padding_side="middle")

@@ -289,5 +289,7 @@ def test_tokens_roundtrip(ckpt, tmp_path):
     assert strs[0] == "<|endoftext|>" and "".join(strs[1:]) == text
     assert model.to_tokens(text, prepend_bos=False).shape[1] == tokens.shape[1] - 1
     assert model.to_tokens(["ab", "ab"]).shape == (2, model.to_tokens("ab").shape[1])
-    with pytest.raises(tm.InvalidTokensError, match="different lengths"):
-        model.to_tokens(["a", "The cat sat on"])
+    short, long = model.to_tokens("a"), model.to_tokens("The cat sat on")
+    padded = model.to_tokens(["a", "The cat sat on"])  # was an error: padded on the right, as TransformerLens
+    pad = [model.tokenizer.pad_token_id] * (long.shape[1] - short.shape[1])
+    np.testing.assert_array_equal(padded, [short[0].tolist() + pad, long[0].tolist()])

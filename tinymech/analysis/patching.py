@@ -254,13 +254,16 @@ def run_patches(model, target, source, hook_name, indices, setter, metric,
     setter(activation, index, source[hook_name(layer)]), source mapping hook names to
     activations of the target's shapes (a cache of another run).
     Returns (the metric after each patch, [len(indices)]; the metric on the target's own run).
+    A padded target is masked as a run of it is (model._attention_mask: left padding).
     """
     layers = sorted({int(index[0]) for index in indices})
+    mask = model._attention_mask(target)
     names = {layer: hook_name(layer) for layer in layers}
     # A patch in block l leaves blocks 0..l-1 as in the target's own run: each
     # patched run starts at block l from the target's residual there.
     starts = {layer: f"blocks.{layer}.hook_resid_pre" for layer in layers}
-    target_logits, target_acts = model.run_with_cache(target, names_filter=[*names.values(), *starts.values()])
+    target_logits, target_acts = model.run_with_cache(target, names_filter=[*names.values(), *starts.values()],
+                                                      attention_mask=mask)
     target_score = score(metric, target_logits)
     sources = {layer: _source_activation(source, names[layer], target_acts[names[layer]].shape) for layer in layers}
     values = np.zeros(len(indices))
@@ -276,8 +279,9 @@ def run_patches(model, target, source, hook_name, indices, setter, metric,
             chunk = run[first : first + group]
             patched = _patched_activations(target_acts[name], sources[layer], [indices[j] for j in chunk], setter)
             resid = np.concatenate([target_acts[starts[layer]]] * len(chunk))
+            masks = None if mask is None else np.tile(mask, (len(chunk), 1))
             logits = model.forward(resid, logits="last" if last_only else "all", hooks=[(name, patch(patched))],
-                                   start_at_layer=layer)
+                                   start_at_layer=layer, attention_mask=masks)
             for j, own in zip(chunk, np.split(logits, len(chunk))):  # copy k of the batch carries patch k
                 values[j] = score(metric, own[:, None] if last_only else own)
             done += len(chunk)

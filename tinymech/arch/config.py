@@ -28,6 +28,7 @@ class Config:
     bos_token_id: int | None = None
     eos_token_id: int | None = None
     default_prepend_bos: bool = True
+    default_padding_side: str = "right"  # the tokenizer's padding_side at load, as TransformerLens's default
     original_architecture: str = "GPT2LMHeadModel"
     family: str = "gpt2"  # the arch/ module that maps its config and weights (arch/families.py)
     model_name: str = ""

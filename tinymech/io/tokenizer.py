@@ -199,15 +199,10 @@ class Tokenizer:
             if padding not in (True, "longest", "max_length"):
                 raise InvalidTokensError(f"padding must be True, 'longest', 'max_length' or False, not {padding!r}")
             width = max_length if padding == "max_length" and max_length else max(map(len, rows), default=0)
-            pad = self.pad_token_id
-            if pad is None:
-                raise InvalidTokensError("this tokenizer has no padding token (nor an EOS token to pad with)")
-            if self.padding_side not in ("left", "right"):  # anything else padded on the right, silently
-                raise InvalidTokensError(f"padding_side must be 'left' or 'right', not {self.padding_side!r}")
-            left = self.padding_side == "left"
-            fill = [width - len(r) for r in rows]
-            rows = [[pad] * n + r if left else r + [pad] * n for r, n in zip(rows, fill)]
-            masks = [[0] * n + m if left else m + [0] * n for m, n in zip(masks, fill)]
+            # a side other than left or right is refused (it padded on the right, silently)
+            masks = [[0] * (width - len(m)) + m if self.padding_side == "left" else m + [0] * (width - len(m))
+                     for m in masks]
+            rows = self._padded(rows, width, self.padding_side)
         out = Encoding(input_ids=rows, **({"attention_mask": masks} if return_attention_mask else {}))
         if return_tensors is not None:
             if len({len(r) for r in rows}) > 1:
@@ -219,20 +214,29 @@ class Tokenizer:
                 out[key] = out[key][0]
         return out
 
-    def to_tokens(self, text: str | list[str], prepend_bos: bool = True) -> np.ndarray:
+    def to_tokens(self, text: str | list[str], prepend_bos: bool = True, padding_side: str | None = None) -> np.ndarray:
+        """Token ids [batch, pos] (int64), BOS first unless prepend_bos=False; texts of different
+        lengths padded with pad_token_id on padding_side (None: self.padding_side), as
+        TransformerLens's to_tokens pads them."""
         texts = [text] if isinstance(text, str) else list(text)
         rows = [self.encode(t) for t in texts]
         if prepend_bos:
             if self.bos_token_id is None:
                 raise InvalidTokensError("this tokenizer has no BOS token; use prepend_bos=False")
             rows = [[self.bos_token_id] + r for r in rows]
-        lengths = {len(r) for r in rows}
-        if len(lengths) > 1:
-            raise InvalidTokensError(
-                f"the texts tokenize to different lengths {sorted(lengths)}; tinymech runs batches "
-                "of equal length, so pass them one at a time"
-            )
+        width = max(map(len, rows), default=0)
+        if any(len(r) != width for r in rows):
+            rows = self._padded(rows, width, self.padding_side if padding_side is None else padding_side)
         return np.array(rows, dtype=np.int64).reshape(len(rows), -1)
+
+    def _padded(self, rows: list[list[int]], width: int, side: str) -> list[list[int]]:
+        if side not in ("left", "right"):
+            raise InvalidTokensError(f"padding_side must be 'left' or 'right', not {side!r}")
+        pad = self.pad_token_id
+        if pad is None:
+            raise InvalidTokensError("the texts tokenize to different lengths and this tokenizer has no padding "
+                                     "token (nor an EOS token to pad with): pass them one at a time")
+        return [[pad] * (width - len(r)) + r if side == "left" else r + [pad] * (width - len(r)) for r in rows]
 
 
 class Encoding(dict):

@@ -270,11 +270,20 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
             return [tok.decode(row, limit=self.cfg.d_vocab) for row in arr]
         return tok.decode(arr.reshape(-1), limit=self.cfg.d_vocab)
 
-    def tokens_of(self, input, prepend_bos: bool = True, padding_side: str | None = None) -> np.ndarray:
+    def tokens_of(self, input, prepend_bos: bool = True, padding_side: str | None = None,
+                  same_length: bool = False) -> np.ndarray:
         """Checked int32 tokens [batch, pos] from text, a list of texts (padded on
-        padding_side: see to_tokens), or ids."""
+        padding_side: see to_tokens), or ids. same_length: texts of different lengths are
+        refused rather than padded (for analyses that would read pad positions as tokens)."""
         if _is_texts(input):
             tokens = self.to_tokens(input, prepend_bos=prepend_bos, padding_side=padding_side)
+            if same_length and not isinstance(input, str):
+                lengths = {self.to_tokens(text, prepend_bos=prepend_bos).shape[1] for text in input}
+                if len(lengths) > 1:
+                    raise InvalidTokensError(
+                        f"these texts have {len(lengths)} different token lengths ({sorted(lengths)}); this "
+                        "analysis reads every position as a token, so it takes texts of one length: run them "
+                        "one at a time (padded tokens from model.to_tokens would count their pads)")
         else:
             try:
                 tokens = np.asarray(input)

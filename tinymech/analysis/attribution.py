@@ -87,7 +87,7 @@ def logit_attribution(model, input, token, incorrect_token=None, position: int =
     token, incorrect_token: a string of one token or an id, or one per sequence.
     """
     cfg = model.cfg
-    tokens = model.tokens_of(input, prepend_bos=prepend_bos)
+    tokens = model.tokens_of(input, prepend_bos=prepend_bos, same_length=True)
     batch, n_pos = tokens.shape
     if not (isinstance(position, (int, np.integer)) and -n_pos <= position < n_pos):
         raise AnalysisError(f"position {position!r} is outside a sequence of {n_pos} tokens")

@@ -219,7 +219,7 @@ def head_scores(model, input, cache=None, exclude_bos: bool = False, exclude_cur
     as detect_head) of every head on this input's attention patterns:
     {name: [n_layers, n_heads] float32}, averaged over the sequences of a batch.
     One forward pass, or none when `cache` (of this input's run) holds the patterns."""
-    tokens = model.tokens_of(input, prepend_bos=prepend_bos)
+    tokens = model.tokens_of(input, prepend_bos=prepend_bos, same_length=True)
     if tokens.shape[1] < 2:
         raise InvalidTokensError("head scores need sequences of at least two tokens")
     return _scores(model, tokens, _layer_patterns(model, tokens, cache), exclude_bos, exclude_current_token)

@@ -129,7 +129,7 @@ def logit_lens(model, input, answers=None, k: int = 5, ln: str = "recompute",
     if not (isinstance(k, (int, np.integer)) and 1 <= k <= model.cfg.d_vocab):
         raise AnalysisError(f"k must be an integer in [1, {model.cfg.d_vocab}], got {k!r}")
     answer_ids = None if answers is None else token_ids(model, answers)
-    tokens = model.tokens_of(input, prepend_bos=prepend_bos)
+    tokens = model.tokens_of(input, prepend_bos=prepend_bos, same_length=True)
     chosen = _positions(positions, tokens.shape[1])
     points = distinct_points(model.cfg.n_layers)
     if cache is None:

@@ -159,8 +159,8 @@ def patch_activations(model, clean, corrupted, activation: str, metric=None, ans
         raise AnalysisError(f"activation must be one of {list(ACTIVATIONS)}, not {activation!r}")
     if mode not in MODES:
         raise AnalysisError(f"mode must be one of {MODES}, not {mode!r}")
-    clean_tokens = model.tokens_of(clean, prepend_bos=prepend_bos)
-    corrupted_tokens = model.tokens_of(corrupted, prepend_bos=prepend_bos)
+    clean_tokens = model.tokens_of(clean, prepend_bos=prepend_bos, same_length=True)
+    corrupted_tokens = model.tokens_of(corrupted, prepend_bos=prepend_bos, same_length=True)
     if clean_tokens.shape != corrupted_tokens.shape:
         raise AnalysisError(
             f"clean {list(clean_tokens.shape)} and corrupted {list(corrupted_tokens.shape)} inputs must have "

@@ -135,7 +135,7 @@ def sae_metrics(model, sae, tokens, batch_size: int = 8, ignore_tokens=None, den
     check_hooks(model, sae.cfg)
     if ignore_tokens is None:
         ignore_tokens = _default_ignored(model, sae)
-    tokens = model.tokens_of(tokens, prepend_bos=prepend_bos)
+    tokens = model.tokens_of(tokens, prepend_bos=prepend_bos, same_length=True)
     out_hook = sae.cfg.output_hook
     rows_per_token = hook_widths(model.cfg, out_hook)[0] // sae.d_out
     sums = _Sums(sae.d_sae)

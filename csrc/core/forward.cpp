@@ -46,6 +46,9 @@ struct Pass {
   const KernelTable& kt;
   int64_t B, T, past, BT, D, Da, H, dh;
   int64_t Hkv, Dkv, Dqkv;  // key/value heads, their width, the width of a q|k|v row
+  Tape* tape = nullptr;    // what a backward needs, kept from block tape->from on; null: nothing kept
+
+  LayerTape* taping(int64_t layer) const { return tape && tape->records(layer) ? &tape->layers[layer] : nullptr; }
 
   // C[M, N] = A[M, K] · W (+ bias) for a weight stored in the config's layout,
   // whose stored rows are ldw floats long (a slice of a wider matrix may be given).
@@ -298,6 +301,7 @@ struct Pass {
       for (int64_t r = r0; r < r1; ++r) kt.softmax(S + r * keys, keys);
     });
     hook(HookKind::pattern, l, scores(S, keys));
+    if (LayerTape* lt = taping(l)) Tape::keep(lt->pattern, S, B * H * T * keys);
     for_each_query_block([&](int64_t b, int64_t h, int64_t i0, int64_t rows, int t) {
       weighted_sum_block(l, b, h, i0, rows, keys_for(i0, rows), rows_at(b, h, i0), keys, t);
     });
@@ -344,6 +348,7 @@ struct Pass {
       hook(HookKind::rot_q, l, heads(qkv, Dqkv, dh, H));
       hook(HookKind::rot_k, l, heads(qkv + Da, Dqkv, dh, Hkv));
     }
+    if (LayerTape* lt = taping(l)) Tape::keep(lt->qkv, qkv, BT * Dqkv);
     for (int64_t b = 0; cache && b < B; ++b)
       for (int64_t t = 0; t < T; ++t) {
         const float* src = qkv + (b * T + t) * Dqkv;
@@ -351,7 +356,7 @@ struct Pass {
         std::memcpy(cache->v(l, b, past + t), src + Da + Dkv, Dkv * sizeof(float));
       }
     if (bf16_attention()) round_keys_values(l);
-    if (active(HookKind::attn_scores, l) || active(HookKind::pattern, l))
+    if (active(HookKind::attn_scores, l) || active(HookKind::pattern, l) || taping(l))
       attend_phased(l);
     else
       attend_fused(l);
@@ -405,6 +410,7 @@ struct Pass {
     linear(h, BT, D, D, lw.fc_w, ldw, F, lw.fc_b, up, F);
     hook(HookKind::mlp_pre, l, rows(m, F));
     hook(HookKind::mlp_pre_linear, l, rows(up, F));
+    if (LayerTape* lt = taping(l)) Tape::keep(lt->pre, m, BT * F), Tape::keep(lt->up, up, BT * F);
     if (cfg.act_fn == Activation::silu) {
       parallel_for(BT * F, [&](int64_t i0, int64_t i1, int) { kt.silu_mul(m + i0, up + i0, m + i0, i1 - i0); }, 4096);
       return;
@@ -418,11 +424,14 @@ struct Pass {
     float* x = ws.x.data();
     float* h = ws.h.data();
     hook(HookKind::resid_pre, l, rows(x, D));
+    LayerTape* lt = taping(l);
+    if (lt) Tape::keep(lt->resid_pre, x, BT * D);
     layer_norm(x, lw.ln1_w, lw.ln1_b, h, HookKind::ln1_scale, HookKind::ln1_normalized, l);
     attention(l);
     float* out = ws.attn_out.data();
     add_inplace(x, out, BT * D);
     hook(HookKind::resid_mid, l, rows(x, D));
+    if (lt) Tape::keep(lt->resid_mid, x, BT * D);
     layer_norm(x, lw.ln2_w, lw.ln2_b, h, HookKind::ln2_scale, HookKind::ln2_normalized, l);
     const int64_t F = cfg.d_mlp;
     const bool in_out = cfg.layout == WeightLayout::in_out;
@@ -432,6 +441,7 @@ struct Pass {
     } else {
       linear(h, BT, D, D, lw.fc_w, in_out ? F : D, F, lw.fc_b, m, F);
       hook(HookKind::mlp_pre, l, rows(m, F));
+      if (lt) Tape::keep(lt->pre, m, BT * F);
       activation(m, BT * F);
     }
     hook(HookKind::mlp_post, l, rows(m, F));
@@ -445,6 +455,7 @@ struct Pass {
     const int64_t V = cfg.d_vocab;
     float* x = ws.x.data();
     float* h = ws.h.data();
+    if (tape) Tape::keep(tape->final_resid, x, BT * D);
     const bool out_hooked = active(HookKind::unembed_out);
     const bool ln_hooked = active(HookKind::ln_final_scale) || active(HookKind::ln_final_normalized) ||
                            active(HookKind::unembed_in) || out_hooked;
@@ -514,6 +525,7 @@ void check_weights(const ModelConfig& cfg, const ModelWeights& w) {
 }  // namespace
 
 void set_interrupt_check(void (*check)()) { g_interrupt_check = check; }
+void interrupt_point() { check_interrupt(); }
 
 LogitsMode parse_logits_mode(const std::string& name) {
   if (name == "all") return LogitsMode::all;
@@ -584,7 +596,7 @@ BlockSpan resolve_span(BlockSpan span, int64_t n_layers, bool cached, const int3
 }  // namespace
 
 void Model::forward(KVCache* cache, const int32_t* tokens, int64_t batch, int64_t n_tokens, HookPlan* plan,
-                    LogitsMode mode, float* logits, BlockSpan span) {
+                    LogitsMode mode, float* logits, BlockSpan span, Tape* tape) {
   if (batch <= 0 || n_tokens <= 0) throw std::invalid_argument("forward needs at least one token");
   const int64_t BT = checked_size({batch, n_tokens}, "a forward pass's batch x positions");
   span = resolve_span(span, cfg_.n_layers, cache != nullptr, tokens);
@@ -607,6 +619,7 @@ void Model::forward(KVCache* cache, const int32_t* tokens, int64_t batch, int64_
   if (cache) cache_lock.emplace(cache->mutex(), KVCache::kInUse);
   const int64_t past = cache ? cache->n_past() : 0;
   check_fits_context(past + n_tokens, cfg_.n_ctx);
+  if (tape) start_tape(*tape, cache != nullptr, span, mode, batch, n_tokens);
   if (cache) cache->reserve(past + n_tokens);
 
   const int64_t D = cfg_.d_model, Da = cfg_.d_attn();
@@ -623,6 +636,7 @@ void Model::forward(KVCache* cache, const int32_t* tokens, int64_t batch, int64_
   // With no logits wanted and nothing kept, blocks after the last hooked one change nothing visible.
   if (!cache && mode == LogitsMode::none && !span.resid_out)
     span.stop = std::max(span.start, plan ? plan->blocks_reached() : 0);
+  pass.tape = tape;
   if (cfg_.positions == Positions::rotary) pass.rope_tables();
   if (!span.resid_in)
     pass.embed(tokens);
@@ -638,6 +652,7 @@ void Model::forward(KVCache* cache, const int32_t* tokens, int64_t batch, int64_
   else if (span.stop == cfg_.n_layers)
     pass.unembed(mode, logits);
   if (cache) cache->advance(n_tokens);
+  if (tape) tape->model = id_;  // complete: a backward may read it
 }
 
 }  // namespace tmech

@@ -276,14 +276,13 @@ struct Backprop {
     const float* P = lt.pattern.data();
     const int64_t group = H / Hkv;
     float* dp = grown(dP, {B, H, T, T});
-    // dP[i, j] = dz_i · v_j for keys j <= i, 0 for masked ones
+    // dP[i, j] = dz_i · v_j, for masked keys too (as TransformerLens's: z = P v reads every key)
     parallel_for(B * H, [&](int64_t i0, int64_t i1, int t) {
       for (int64_t item = i0; item < i1; ++item) {
         const int64_t b = item / H, h = item % H;
         float* out = dp + item * T * T;
         small_matmul(T, T, dh, z + b * T * Da + h * dh, Da, qkv + b * T * Dqkv + Da + Dkv + h / group * dh, 1, Dqkv,
                      out, T, false, t);
-        for (int64_t i = 0; i < T; ++i) std::fill(out + i * T + i + 1, out + (i + 1) * T, 0.f);
       }
     });
     hook(HookKind::pattern, l, scores(dp));

@@ -26,6 +26,7 @@ void bind_backward(py::module_& m) {
 void model_backward(tmech::Model& model, tmech::Tape& tape, const FloatArray& grad_logits, PyHookPlan* plan,
                     bool freeze_pattern, bool freeze_scales) {
   const int64_t V = model.config().d_vocab;
+  if (tape.model == 0) throw std::invalid_argument("this tape was not recorded by a completed forward");
   if (grad_logits.ndim() != 3 || grad_logits.shape(0) != tape.batch || grad_logits.shape(1) != tape.n_tokens ||
       grad_logits.shape(2) != V)
     throw std::invalid_argument("grad_logits must be [" + std::to_string(tape.batch) + ", " +

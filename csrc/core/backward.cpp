@@ -248,8 +248,8 @@ struct Backprop {
   // One single-threaded matmul: C[M, N] (+)= A[M, K] · B, B's (k, n) at B[k sk + n sn].
   void small_matmul(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* Bm, int64_t sk,
                     int64_t sn, float* C, int64_t ldc, bool accumulate, int t) const {
-    const MatmulArgs args{M, N, K, A, lda, Bm, sk, sn, nullptr, C, ldc, accumulate,
-                          thread_scratch(t, matmul_scratch_floats())};
+    const MatmulArgs args{
+        M, N, K, A, lda, Bm, sk, sn, nullptr, C, ldc, accumulate, thread_scratch(t, matmul_scratch_floats())};
     kt.matmul_cols(args, 0, N);
   }
 
@@ -265,8 +265,8 @@ struct Backprop {
       });
       hook(HookKind::result, l, heads(res, H * D, D, H));
       for (int64_t h = 0; h < H; ++h)
-        linear_t(res + h * D, BT, D, H * D, lw.out_w.offset(h * dh * (in_out ? D : 1)), in_out ? D : Da, dh,
-                 z + h * dh, Da);
+        linear_t(res + h * D, BT, D, H * D, lw.out_w.offset(h * dh * (in_out ? D : 1)), in_out ? D : Da, dh, z + h * dh,
+                 Da);
     } else {
       linear_t(br, BT, D, D, lw.out_w, in_out ? D : Da, Da, z, Da);
     }
@@ -313,7 +313,7 @@ struct Backprop {
             continue;
           }
           small_matmul(T, dh, T, S, T, k, Dqkv, 1, dq, Dqkv, false, t);  // dq = dS k
-          kt.transpose(S, T, T, T, tr, T);                                // dk += dS^T q
+          kt.transpose(S, T, T, T, tr, T);                               // dk += dS^T q
           small_matmul(T, dh, T, tr, T, qkv + b * T * Dqkv + h * dh, Dqkv, 1, dk, Dqkv, j > 0, t);
           for (int64_t i = 0; i < T; ++i) kt.scale(dq + i * Dqkv, inv, dh);
         }
@@ -419,15 +419,31 @@ void Model::start_tape(Tape& tape, bool cached, const BlockSpan& span, LogitsMod
 
 void Model::backward(const Tape& tape, const float* grad_logits, HookPlan* plan, const BackwardOptions& options) {
   if (tape.model != id_) throw std::invalid_argument("this tape was not recorded by a completed forward of this model");
-  if (plan && plan->n_layers() != cfg_.n_layers) throw std::invalid_argument("this hook plan was made for another model");
+  if (plan && plan->n_layers() != cfg_.n_layers)
+    throw std::invalid_argument("this hook plan was made for another model");
   check_tape(tape, cfg_);
   OwnedLock lock(mutex_,
                  "this model is already running a pass on this thread: a backward hook cannot run the model whose "
                  "pass called it");
   const int64_t B = tape.batch, T = tape.n_tokens;
-  Backprop bp{cfg_,          w_,          tape,           plan,        options,     kernels::active(),
-              B,             T,           B * T,          cfg_.d_model, cfg_.d_attn(), cfg_.n_heads,
-              cfg_.d_head,   cfg_.kv_heads(), cfg_.d_kv(), cfg_.d_qkv(), cfg_.d_mlp,  cfg_.layout == WeightLayout::in_out};
+  Backprop bp{cfg_,
+              w_,
+              tape,
+              plan,
+              options,
+              kernels::active(),
+              B,
+              T,
+              B * T,
+              cfg_.d_model,
+              cfg_.d_attn(),
+              cfg_.n_heads,
+              cfg_.d_head,
+              cfg_.kv_heads(),
+              cfg_.d_kv(),
+              cfg_.d_qkv(),
+              cfg_.d_mlp,
+              cfg_.layout == WeightLayout::in_out};
   bp.run(grad_logits);
 }
 

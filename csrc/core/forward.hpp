@@ -68,7 +68,6 @@ class Model {
                   int64_t n_tokens) const;
 
  public:
-
   // The hook points this architecture visits, in forward order (ids cover
   // every architecture's kinds; e.g. rotary models have no hook_pos_embed).
   bool has_hook(HookKind kind) const;

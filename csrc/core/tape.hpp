@@ -22,17 +22,15 @@ struct LayerTape {
 };
 
 struct Tape {
-  int64_t from = 0;               // the lowest block recorded (a backward stops there)
+  int64_t from = 0;  // the lowest block recorded (a backward stops there)
   int64_t batch = 0, n_tokens = 0;
-  uint64_t model = 0;             // the model that recorded it (0: none yet)
-  std::vector<LayerTape> layers;  // [n_layers]; blocks below `from` stay empty
-  std::vector<float> final_resid; // ln_final's input [B*T, d_model]
+  uint64_t model = 0;              // the model that recorded it (0: none yet)
+  std::vector<LayerTape> layers;   // [n_layers]; blocks below `from` stay empty
+  std::vector<float> final_resid;  // ln_final's input [B*T, d_model]
 
   bool records(int64_t layer) const { return layer >= from; }
   // dst = n floats of src (n from checked sizes)
-  static void keep(std::vector<float>& dst, const float* src, int64_t n) {
-    dst.assign(src, src + n);
-  }
+  static void keep(std::vector<float>& dst, const float* src, int64_t n) { dst.assign(src, src + n); }
 };
 
 }  // namespace tmech

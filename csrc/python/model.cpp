@@ -167,8 +167,8 @@ void bind_model(py::module_& m) {
       .def(
           "forward",
           [](PyModel& pm, tmech::KVCache* cache, std::optional<py::array_t<int32_t, py::array::c_style>> tokens,
-             PyHookPlan* plan, const std::string& logits, int64_t start, int64_t stop,
-             std::optional<FloatArray> resid, tmech::Tape* tape) {
+             PyHookPlan* plan, const std::string& logits, int64_t start, int64_t stop, std::optional<FloatArray> resid,
+             tmech::Tape* tape) {
             const tmech::ModelConfig& cfg = pm.model->config();
             if (tokens && tokens->ndim() != 2) throw std::invalid_argument("tokens must be [batch, pos]");
             if (resid && (resid->ndim() != 3 || resid->shape(2) != cfg.d_model))
@@ -203,9 +203,7 @@ void bind_model(py::module_& m) {
       .def(
           "backward",
           [](PyModel& pm, tmech::Tape& tape, const FloatArray& grad_logits, PyHookPlan* plan, bool freeze_pattern,
-             bool freeze_scales) {
-            model_backward(*pm.model, tape, grad_logits, plan, freeze_pattern, freeze_scales);
-          },
+             bool freeze_scales) { model_backward(*pm.model, tape, grad_logits, plan, freeze_pattern, freeze_scales); },
           py::arg("tape"), py::arg("grad_logits"), py::arg("plan") = nullptr, py::arg("freeze_pattern") = false,
           py::arg("freeze_scales") = false);
 }

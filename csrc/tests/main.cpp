@@ -61,6 +61,8 @@ int main() {
     test_sae_variant(variants[i]->name, rng);
     test_forward(rng, false);
     test_forward(rng, true);
+    test_backward(rng, false);
+    test_backward(rng, true);
   }
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;

@@ -52,6 +52,33 @@ void activation_and_slope(Activation act, float x, float* a, float* da) {
   }
 }
 
+// act and act' of n pre-activations x into a and da; gelu_new and SiLU through the SIMD
+// exp kernel (tanh(u) = (1 - e) / (1 + e) with e = exp(-2|u|)), the others elementwise.
+void activation_slopes(const KernelTable& kt, Activation act, const float* x, int64_t n, float* a, float* da) {
+  if (act == Activation::gelu_new) {
+    const float c = 0.7978845608028654f, k = 0.044715f;
+    for (int64_t i = 0; i < n; ++i) da[i] = -2.f * std::abs(c * (x[i] + k * x[i] * x[i] * x[i]));
+    kt.exp(da, da, n);
+    for (int64_t i = 0; i < n; ++i) {
+      const float xi = x[i], t = std::copysign((1.f - da[i]) / (1.f + da[i]), xi);  // u has x's sign
+      a[i] = 0.5f * xi * (1.f + t);
+      da[i] = 0.5f * (1.f + t) + 0.5f * xi * (1.f - t * t) * c * (1.f + 3.f * k * xi * xi);
+    }
+    return;
+  }
+  if (act == Activation::silu) {
+    for (int64_t i = 0; i < n; ++i) da[i] = -x[i];
+    kt.exp(da, da, n);
+    for (int64_t i = 0; i < n; ++i) {
+      const float s = 1.f / (1.f + da[i]);  // exp overflowing to inf gives s = 0, as it should
+      a[i] = x[i] * s;
+      da[i] = s * (1.f + x[i] * (1.f - s));
+    }
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) activation_and_slope(act, x[i], a + i, da + i);
+}
+
 // One backward call: the tape, the plan, and a buffer per gradient.
 struct Backprop {
   const ModelConfig& cfg;
@@ -170,36 +197,32 @@ struct Backprop {
     linear_t(br, BT, D, D, lw.proj_w, in_out ? D : F, F, dpost, F);
     hook(HookKind::mlp_post, l, rows(dpost, F));
     const float* pre = lt.pre.data();
-    if (cfg.gated_mlp) {
-      float* du = grown(dup, {BT, F});
-      const float* up = lt.up.data();
-      parallel_for(
-          BT * F,
-          [&](int64_t i0, int64_t i1, int) {
-            for (int64_t i = i0; i < i1; ++i) {
-              float a, da;
-              activation_and_slope(cfg.act_fn, pre[i], &a, &da);
-              du[i] = dpost[i] * a;
-              dpost[i] *= up[i] * da;
+    const bool gated = cfg.gated_mlp;
+    float* du = gated ? grown(dup, {BT, F}) : nullptr;
+    const float* up = lt.up.data();
+    // gated: d gate = d post * up * act'(gate), d up = d post * act(gate); else d pre = d post * act'(pre)
+    parallel_for(
+        BT * F,
+        [&](int64_t i0, int64_t i1, int) {
+          constexpr int64_t kRun = 1024;
+          float a[kRun], da[kRun];
+          for (int64_t r0 = i0; r0 < i1; r0 += kRun) {
+            const int64_t n = std::min(kRun, i1 - r0);
+            activation_slopes(kt, cfg.act_fn, pre + r0, n, a, da);
+            for (int64_t j = 0; j < n; ++j) {
+              if (gated) du[r0 + j] = dpost[r0 + j] * a[j];
+              dpost[r0 + j] *= gated ? up[r0 + j] * da[j] : da[j];
             }
-          },
-          1024);
+          }
+        },
+        1024);
+    if (gated) {
       hook(HookKind::mlp_pre, l, rows(dpost, F));
       hook(HookKind::mlp_pre_linear, l, rows(du, F));
       linear_t(dpost, BT, F, F, lw.gate_w, ldw, D, dh, D);
       linear_t(du, BT, F, F, lw.fc_w, ldw, D, dh, D, true);
       return;
     }
-    parallel_for(
-        BT * F,
-        [&](int64_t i0, int64_t i1, int) {
-          for (int64_t i = i0; i < i1; ++i) {
-            float a, da;
-            activation_and_slope(cfg.act_fn, pre[i], &a, &da);
-            dpost[i] *= da;
-          }
-        },
-        1024);
     hook(HookKind::mlp_pre, l, rows(dpost, F));
     linear_t(dpost, BT, F, F, lw.fc_w, ldw, D, dh, D);
   }

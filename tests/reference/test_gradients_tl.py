@@ -79,13 +79,11 @@ def metrics(batch):
             ("log_prob", rng.integers(0, 200, batch))]
 
 
-@pytest.mark.parametrize("batch, length", [(2, 7), (1, 1), (2, 24)])
-@pytest.mark.parametrize("which", [0, 1, 2])
+@pytest.mark.parametrize("batch, length, which", [  # which metric; a loss needs two positions
+    (2, 7, 0), (2, 7, 1), (2, 7, 2), (1, 1, 1), (1, 1, 2), (2, 24, 0), (2, 24, 1), (2, 24, 2)])
 def test_gpt2_every_hook_point(gpt2_pair, batch, length, which):
     model, tl = gpt2_pair
     metric = metrics(batch)[which]
-    if metric == "loss" and length == 1:
-        pytest.skip("a loss needs two positions")
     tokens = np.random.default_rng(length).integers(0, model.cfg.d_vocab, (batch, length))
     model.set_use_attn_result(True)
     try:
@@ -221,3 +219,15 @@ def test_llama3_rope_scaling_biases_mqa_against_hf(tmp_path):
     for layer in range(model.cfg.n_layers):
         ref = out.hidden_states[layer].grad.numpy()
         assert act_err(cache[f"blocks.{layer}.hook_resid_pre_grad"], ref) < TOL, layer
+
+
+@pytest.mark.parametrize("act", ["gelu", "relu"])
+def test_gpt2_other_activations_untied_layer_scaled(tmp_path, act):
+    """The exact GELU and ReLU, an untied unembedding and scores scaled by 1 / (layer + 1)."""
+    hf = make_hf_gpt2(tmp_path, **SHAPES["odd"], activation_function=act, tie_word_embeddings=False,
+                      scale_attn_by_inverse_layer_idx=True)
+    model, tl = tm.load(tmp_path), hooked_transformer(hf, use_attn_result=False)
+    tokens = np.random.default_rng(11).integers(0, model.cfg.d_vocab, (2, 9))
+    _, cache = model.run_with_cache(tokens, prepend_bos=False, incl_bwd=True, metric="loss")
+    _, ref = tl_grads(tl, tokens, "loss")
+    assert_grads_match(cache, ref)

@@ -59,8 +59,11 @@ def metric_gradient(metric, logits: np.ndarray, tokens: np.ndarray | None) -> tu
         except (TypeError, ValueError) as e:
             raise InvalidInputError(f"a metric function returns (value, grad_logits): {e}") from None
         return value, G
-    name, args = (metric, ()) if isinstance(metric, str) else (metric[0], tuple(metric[1:])) \
-        if isinstance(metric, (tuple, list)) and metric and isinstance(metric[0], str) else (None, ())
+    name, args = None, ()
+    if isinstance(metric, str):
+        name = metric
+    elif isinstance(metric, (tuple, list)) and metric and isinstance(metric[0], str):
+        name, args = metric[0], tuple(metric[1:])
     if name not in METRICS:
         raise InvalidInputError(f"unknown metric {metric!r}: 'loss', ('logit_diff', correct_ids, wrong_ids), "
                                 "('log_prob', token_ids) or a function logits -> (value, grad_logits)")

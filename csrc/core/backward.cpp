@@ -268,6 +268,8 @@ struct Backprop {
     });
   }
 
+  static constexpr int64_t kBlock = 32;  // query (or key) rows per causal block
+
   // One single-threaded matmul: C[M, N] (+)= A[M, K] · B, B's (k, n) at B[k sk + n sn].
   void small_matmul(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* Bm, int64_t sk,
                     int64_t sn, float* C, int64_t ldc, bool accumulate, int t) const {
@@ -327,17 +329,24 @@ struct Backprop {
         const float* k = qkv + b * T * Dqkv + Da + kvh * dh;
         for (int64_t j = 0; j < group; ++j) {
           const int64_t h = kvh * group + j;
-          const float* S = dp + (b * H + h) * T * T;
+          float* S = dp + (b * H + h) * T * T;
           float* dq = d + b * T * Dqkv + h * dh;
-          kt.transpose(P + (b * H + h) * T * T, T, T, T, tr, T);  // dv += P^T dz
+          const float* q = qkv + b * T * Dqkv + h * dh;
+          kt.transpose(P + (b * H + h) * T * T, T, T, T, tr, T);  // dv += P^T dz (all of P: a hook may edit it)
           small_matmul(T, dh, T, tr, T, z + b * T * Da + h * dh, Da, 1, dv, Dqkv, j > 0, t);
           if (opt.freeze_pattern) {
             for (int64_t i = 0; i < T; ++i) std::fill(dq + i * Dqkv, dq + i * Dqkv + dh, 0.f);
             continue;
           }
-          small_matmul(T, dh, T, S, T, k, Dqkv, 1, dq, Dqkv, false, t);  // dq = dS k
-          kt.transpose(S, T, T, T, tr, T);                               // dk += dS^T q
-          small_matmul(T, dh, T, tr, T, qkv + b * T * Dqkv + h * dh, Dqkv, 1, dk, Dqkv, j > 0, t);
+          // Masked scores pass no gradient to q and k (even one a hook wrote there), so
+          // dq = dS k and dk += dS^T q run over the visible keys only, a block of rows at a time.
+          for (int64_t i = 0; i < T; ++i) std::fill(S + i * T + i + 1, S + (i + 1) * T, 0.f);
+          kt.transpose(S, T, T, T, tr, T);
+          for (int64_t i0 = 0; i0 < T; i0 += kBlock) {
+            const int64_t rows = std::min(kBlock, T - i0);
+            small_matmul(rows, dh, i0 + rows, S + i0 * T, T, k, Dqkv, 1, dq + i0 * Dqkv, Dqkv, false, t);
+            small_matmul(rows, dh, T - i0, tr + i0 * T + i0, T, q + i0 * Dqkv, Dqkv, 1, dk + i0 * Dqkv, Dqkv, j > 0, t);
+          }
           for (int64_t i = 0; i < T; ++i) kt.scale(dq + i * Dqkv, inv, dh);
         }
         for (int64_t i = 0; i < T; ++i) {

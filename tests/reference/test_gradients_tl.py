@@ -231,3 +231,26 @@ def test_gpt2_other_activations_untied_layer_scaled(tmp_path, act):
     _, cache = model.run_with_cache(tokens, prepend_bos=False, incl_bwd=True, metric="loss")
     _, ref = tl_grads(tl, tokens, "loss")
     assert_grads_match(cache, ref)
+
+
+def test_gradients_written_at_masked_scores_reach_nothing(gpt2_pair):
+    """TransformerLens masks the scores with torch.where: a gradient a hook writes at a masked score
+    stops there (before this, tinymech's queries and keys took it in)."""
+    model, tl = gpt2_pair
+    tokens = np.random.default_rng(12).integers(0, model.cfg.d_vocab, (2, 7))
+    point = "blocks.1.attn.hook_attn_scores"
+
+    def plus_one(grad, hook):
+        return grad + 1
+
+    metric = ("log_prob", np.array([3, 4]))
+    model.add_hook(point, plus_one, dir="bwd")
+    try:
+        _, cache = model.run_with_cache(tokens, prepend_bos=False, incl_bwd=True, metric=metric,
+                                        names_filter=lambda n: not n.endswith("hook_result"))
+    finally:
+        model.reset_hooks()
+    _, ref = tl_grads(tl, tokens, metric, bwd_hooks=[(point, plus_one)])
+    ref = {k: v for k, v in ref.items() if not k.endswith("hook_result_grad")}
+    ref[point + "_grad"] = plus_one(ref[point + "_grad"], None)
+    assert_grads_match(cache, ref)

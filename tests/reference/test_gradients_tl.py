@@ -254,3 +254,17 @@ def test_gradients_written_at_masked_scores_reach_nothing(gpt2_pair):
     ref = {k: v for k, v in ref.items() if not k.endswith("hook_result_grad")}
     ref[point + "_grad"] = plus_one(ref[point + "_grad"], None)
     assert_grads_match(cache, ref)
+
+
+def test_processed_weights(gpt2, tl_gpt2):
+    """TransformerLens's weight processing (fold_ln: LNPre norms, centered writing weights and
+    unembedding, folded value biases) on both sides: the same gradients."""
+    from tl_reference import TL_PROCESSING
+
+    hf, _, path = gpt2("odd")
+    model, tl = tm.load(path, **TL_PROCESSING), tl_gpt2(hf, processed=True)
+    tokens = np.random.default_rng(13).integers(0, model.cfg.d_vocab, (2, 8))
+    _, cache = model.run_with_cache(tokens, prepend_bos=False, incl_bwd=True, metric="loss")
+    _, ref = tl_grads(tl, tokens, "loss")
+    ref = {k: v for k, v in ref.items() if not k.endswith("hook_result_grad")}
+    assert_grads_match(cache, ref)

@@ -48,17 +48,8 @@ def _softmax_last(logits: np.ndarray) -> np.ndarray:
     return x / x.sum(-1, keepdims=True)
 
 
-def metric_gradient(metric, logits: np.ndarray, tokens: np.ndarray | None) -> tuple[float, np.ndarray]:
-    """(value, d value / d logits) of a metric (see the module's doc) at these logits."""
-    B, T, V = logits.shape
-    G = np.zeros((B, T, V), dtype=np.float64)
-    rows = np.arange(B)
-    if callable(metric):
-        try:
-            value, G = metric(logits)
-        except (TypeError, ValueError) as e:
-            raise InvalidInputError(f"a metric function returns (value, grad_logits): {e}") from None
-        return value, G
+def parse_metric(metric) -> tuple[str, tuple]:
+    """A built-in metric's name and arguments, checked (before the forward runs)."""
     name, args = None, ()
     if isinstance(metric, str):
         name = metric
@@ -70,6 +61,24 @@ def metric_gradient(metric, logits: np.ndarray, tokens: np.ndarray | None) -> tu
     wanted = {"loss": 0, "logit_diff": 2, "log_prob": 1}[name]
     if len(args) != wanted:
         raise InvalidInputError(f"metric {name!r} takes {wanted} argument(s), got {len(args)}")
+    return name, args
+
+
+def metric_gradient(metric, logits: np.ndarray, tokens: np.ndarray | None) -> tuple[float, np.ndarray]:
+    """(value, d value / d logits) of a metric (see the module's doc) at these logits."""
+    B, T, V = logits.shape
+    G = np.zeros((B, T, V), dtype=np.float64)
+    rows = np.arange(B)
+    if callable(metric):
+        try:
+            out = metric(logits)
+        except Exception as e:  # the user's code: said so, as a hook function's error is
+            raise InvalidInputError(f"the metric function {getattr(metric, '__name__', metric)!r} raised "
+                                    f"{type(e).__name__}: {e}") from e
+        if not (isinstance(out, (tuple, list)) and len(out) == 2):
+            raise InvalidInputError(f"a metric function returns (value, grad_logits), not {type(out).__name__}")
+        return out[0], out[1]
+    name, args = parse_metric(metric)
     if name == "loss":
         if tokens is None or T < 2:
             raise InvalidInputError("the loss metric needs the tokens and at least 2 positions")
@@ -110,7 +119,10 @@ def _checked_grad(G, shape: tuple) -> np.ndarray:
 
 
 def _freeze(freeze) -> tuple[bool, bool]:
-    items = [freeze] if isinstance(freeze, str) else list(freeze or ())
+    try:
+        items = [freeze] if isinstance(freeze, str) else list(freeze or ())
+    except TypeError:
+        items = [freeze]
     for item in items:
         if item not in FREEZABLE:
             raise InvalidInputError(f"freeze takes 'pattern' and/or 'scales', not {item!r}")
@@ -147,6 +159,8 @@ def forward_backward(model, tokens: np.ndarray, fwd_plan, grad_names: list[str],
     if (metric is None) == (grad_logits is None):
         raise InvalidInputError("a backward needs exactly one of metric= and grad_logits=")
     freeze_pattern, freeze_scales = _freeze(freeze)
+    if metric is not None and not callable(metric):
+        parse_metric(metric)
     specs = [h for h, _ in model._added_bwd_hooks] + list(bwd_hooks)
     tape = _core.Tape(first_layer(model, list(grad_names) + bwd_hook_names(model, specs)))
     logits = model._core_forward(None, tokens, fwd_plan, "all", tape=tape)
@@ -190,6 +204,6 @@ def backward_run(model, input, fwd_plan, grad_names: list[str], return_type, pre
         metric = "loss"
     if return_type not in ("logits", "loss", "both", None):
         raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, not {return_type!r}")
-    ids = model.tokens_of(input if tokens is None else tokens, prepend_bos=prepend_bos)
+    ids = model.tokens_of(input, prepend_bos=prepend_bos)  # tokens= goes with start_at_layer, refused above
     logits, _, grads = forward_backward(model, ids, fwd_plan, grad_names, metric, grad_logits, bwd_hooks, freeze)
     return model._package(logits, ids, return_type, loss_per_token), grads

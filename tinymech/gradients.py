@@ -161,7 +161,7 @@ def forward_backward(model, tokens: np.ndarray, fwd_plan, grad_names: list[str],
     freeze_pattern, freeze_scales = _freeze(freeze)
     if metric is not None and not callable(metric):
         parse_metric(metric)
-    specs = [h for h, _ in model._added_bwd_hooks] + list(bwd_hooks)
+    specs = list(model._context_bwd_hooks) + [h for h, _ in model._added_bwd_hooks] + list(bwd_hooks)
     tape = _core.Tape(first_layer(model, list(grad_names) + bwd_hook_names(model, specs)))
     logits = model._core_forward(None, tokens, fwd_plan, "all", tape=tape)
     value = None

@@ -168,6 +168,7 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         self._hook_names, self._hook_ids = hook_registry(cfg.n_layers, self._core.hook_ids())
         self._hook_name_of = {i: n for n, i in self._hook_ids.items()}
         self._context_hooks: list[HookSpec] = []
+        self._context_bwd_hooks: list[HookSpec] = []  # hooks(bwd_hooks=...)'s, for every backward in the block
         self._use_attn_result = False  # set_use_attn_result: run_with_cache's default keeps attn.hook_result
         self._added_hooks: list[tuple[HookSpec, bool]] = []  # add_hook's (hook, permanent), until reset_hooks
         self._added_bwd_hooks: list[tuple[HookSpec, bool]] = []  # add_hook(dir="bwd")'s, for every backward
@@ -596,16 +597,18 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         _not_yet(use_hook_mlp_in, "set_use_hook_mlp_in", "hook_mlp_in")
 
     @contextlib.contextmanager
-    def hooks(self, fwd_hooks: Iterable[HookSpec] = ()):
-        """Within the block, every run and generate call applies these hooks."""
-        fwd_hooks = list(fwd_hooks)
+    def hooks(self, fwd_hooks: Iterable[HookSpec] = (), bwd_hooks: Iterable[HookSpec] = ()):
+        """Within the block, every run and generate call applies these hooks, and every backward
+        (run_with_cache(incl_bwd=True), ...) the backward hooks."""
+        fwd_hooks, bwd_hooks = list(fwd_hooks), list(bwd_hooks)
         self._plan(fwd_hooks)  # check names and actions now, not at the first run
-        before = self._context_hooks
-        self._context_hooks = before + fwd_hooks
+        build_plan(self, bwd_hooks)
+        before, before_bwd = self._context_hooks, self._context_bwd_hooks
+        self._context_hooks, self._context_bwd_hooks = before + fwd_hooks, before_bwd + bwd_hooks
         try:
             yield self
         finally:
-            self._context_hooks = before
+            self._context_hooks, self._context_bwd_hooks = before, before_bwd
 
     def _core_forward(self, cache, tokens, plan, logits: str, start: int = 0, stop: int = -1, resid=None, tape=None):
         try:

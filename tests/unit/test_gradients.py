@@ -121,6 +121,19 @@ def test_backward_hooks_read_and_rewrite(saved_gpt2):
     assert logits.shape == (2, 5, model.cfg.d_vocab)
 
 
+def test_hooks_context_takes_backward_hooks(saved_gpt2):
+    model = saved_gpt2("odd")[0]
+    calls = []
+    with model.hooks(bwd_hooks=[("blocks.0.hook_resid_mid", lambda g, hook: calls.append(hook.name))]):
+        model.run_with_cache([[1, 2, 3]], prepend_bos=False, incl_bwd=True, metric=("log_prob", 1),
+                             names_filter="hook_embed")
+    model.run_with_cache([[1, 2, 3]], prepend_bos=False, incl_bwd=True, metric=("log_prob", 1))
+    assert calls == ["blocks.0.hook_resid_mid"]
+    with pytest.raises(HookError, match="unknown hook point"):
+        with model.hooks(bwd_hooks=[("blocks.0.hook_nope", lambda g, hook: None)]):
+            pass
+
+
 def test_a_callable_metric(saved_gpt2):
     model = saved_gpt2("odd")[0]
     tokens = np.random.default_rng(6).integers(0, model.cfg.d_vocab, (2, 4))

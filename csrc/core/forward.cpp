@@ -269,6 +269,9 @@ struct Pass {
 
   // The usual path: each block's scores live only in a per-thread buffer.
   void attend_fused(int64_t l) {
+    // a tape keeps the pattern [batch, head, query, key] (no cache: past is 0), 0 where masked
+    float* pattern = nullptr;
+    if (LayerTape* lt = taping(l)) pattern = sized(lt->pattern, {B, H, T, T});
     for_each_query_block([&](int64_t b, int64_t h, int64_t i0, int64_t rows, int t) {
       thread_local std::vector<float> buf;
       const int64_t keys = past + i0 + rows;  // later keys are masked for every row
@@ -276,6 +279,11 @@ struct Pass {
       scores_block(l, b, h, i0, rows, keys, S, keys, t);
       for (int64_t r = 0; r < rows; ++r) kt.softmax(S + r * keys, keys);
       weighted_sum_block(l, b, h, i0, rows, keys, S, keys, t);
+      for (int64_t r = 0; pattern && r < rows; ++r) {
+        float* row = pattern + ((b * H + h) * T + i0 + r) * T;
+        std::memcpy(row, S + r * keys, keys * sizeof(float));
+        std::fill(row + keys, row + T, 0.f);
+      }
     });
   }
 
@@ -356,7 +364,7 @@ struct Pass {
         std::memcpy(cache->v(l, b, past + t), src + Da + Dkv, Dkv * sizeof(float));
       }
     if (bf16_attention()) round_keys_values(l);
-    if (active(HookKind::attn_scores, l) || active(HookKind::pattern, l) || taping(l))
+    if (active(HookKind::attn_scores, l) || active(HookKind::pattern, l))
       attend_phased(l);
     else
       attend_fused(l);

@@ -66,8 +66,9 @@ def test_loss_metric_is_the_models_loss(saved_gpt2):
     assert value == pytest.approx(model(tokens, prepend_bos=False, return_type="loss"), rel=1e-5)
 
 
-@pytest.mark.parametrize("freeze", [(), "pattern", ("pattern", "scales")])
-def test_same_gradients_for_1_2_3_threads(llama, freeze):
+@pytest.mark.parametrize("freeze, names", [((), None), ("pattern", None), (("pattern", "scales"), None),
+                                           ((), "hook_embed")])  # None: the pattern hooked (its phased path)
+def test_same_gradients_for_1_2_3_threads(llama, freeze, names):
     tokens = np.random.default_rng(3).integers(0, llama.cfg.d_vocab, (3, 9))
     runs = []
     before = tm.get_num_threads()
@@ -75,7 +76,7 @@ def test_same_gradients_for_1_2_3_threads(llama, freeze):
         for n in (1, 2, 3):
             tm.set_num_threads(n)
             _, cache = llama.run_with_cache(tokens, prepend_bos=False, incl_bwd=True, metric=("log_prob", 4),
-                                            freeze=freeze)
+                                            freeze=freeze, names_filter=names)
             runs.append(cache)
     finally:
         tm.set_num_threads(before)

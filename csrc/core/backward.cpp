@@ -301,17 +301,29 @@ struct Backprop {
     const float* P = lt.pattern.data();
     const int64_t group = H / Hkv;
     float* dp = grown(dP, {B, H, T, T});
-    // dP[i, j] = dz_i · v_j, for masked keys too (as TransformerLens's: z = P v reads every key)
+    // dP[i, j] = dz_i · v_j, for masked keys too where the pattern's gradient is seen (as
+    // TransformerLens's: z = P v reads every key); else, of a causal pattern, the visible keys only
+    // (the rest 0: P is 0 there, so dS is too).
+    const bool trim = lt.causal && !active(HookKind::pattern, l);
     parallel_for(B * H, [&](int64_t i0, int64_t i1, int t) {
       for (int64_t item = i0; item < i1; ++item) {
         const int64_t b = item / H, h = item % H;
         float* out = dp + item * T * T;
-        small_matmul(T, T, dh, z + b * T * Da + h * dh, Da, qkv + b * T * Dqkv + Da + Dkv + h / group * dh, 1, Dqkv,
-                     out, T, false, t);
+        const float* zh = z + b * T * Da + h * dh;
+        const float* v = qkv + b * T * Dqkv + Da + Dkv + h / group * dh;
+        if (!trim) {
+          small_matmul(T, T, dh, zh, Da, v, 1, Dqkv, out, T, false, t);
+          continue;
+        }
+        for (int64_t q0 = 0; q0 < T; q0 += kBlock) {
+          const int64_t rows = std::min(kBlock, T - q0);
+          small_matmul(rows, q0 + rows, dh, zh + q0 * Da, Da, v, 1, Dqkv, out + q0 * T, T, false, t);
+        }
+        for (int64_t i = 0; i < T; ++i) std::fill(out + i * T + i + 1, out + (i + 1) * T, 0.f);
       }
     });
     hook(HookKind::pattern, l, scores(dp));
-    softmax_backward(P, dp);
+    softmax_backward(lt.softmax.empty() ? P : lt.softmax.data(), dp);
     hook(HookKind::attn_scores, l, scores(dp));
 
     // Per (batch, key/value head): its keys' and values' gradients, summed over
@@ -332,8 +344,13 @@ struct Backprop {
           float* S = dp + (b * H + h) * T * T;
           float* dq = d + b * T * Dqkv + h * dh;
           const float* q = qkv + b * T * Dqkv + h * dh;
-          kt.transpose(P + (b * H + h) * T * T, T, T, T, tr, T);  // dv += P^T dz (all of P: a hook may edit it)
-          small_matmul(T, dh, T, tr, T, z + b * T * Da + h * dh, Da, 1, dv, Dqkv, j > 0, t);
+          // dv += P^T dz: over the queries at or after each key of a causal pattern, else all of P
+          kt.transpose(P + (b * H + h) * T * T, T, T, T, tr, T);
+          const float* zh = z + b * T * Da + h * dh;
+          for (int64_t j0 = 0; j0 < T; j0 += lt.causal ? kBlock : T) {
+            const int64_t rows = lt.causal ? std::min(kBlock, T - j0) : T;
+            small_matmul(rows, dh, T - j0, tr + j0 * T + j0, T, zh + j0 * Da, Da, 1, dv + j0 * Dqkv, Dqkv, j > 0, t);
+          }
           if (opt.freeze_pattern) {
             for (int64_t i = 0; i < T; ++i) std::fill(dq + i * Dqkv, dq + i * Dqkv + dh, 0.f);
             continue;
@@ -425,6 +442,7 @@ void check_tape(const Tape& tape, const ModelConfig& cfg) {
     need(lt.resid_mid, BT * D);
     need(lt.qkv, BT * cfg.d_qkv());
     need(lt.pattern, checked_size({tape.batch, cfg.n_heads, T, T}, "a tape's pattern"));
+    if (!lt.softmax.empty()) need(lt.softmax, static_cast<int64_t>(lt.pattern.size()));
     need(lt.pre, BT * F);
     if (cfg.gated_mlp) need(lt.up, BT * F);
   }
@@ -432,8 +450,8 @@ void check_tape(const Tape& tape, const ModelConfig& cfg) {
 
 }  // namespace
 
-void Model::start_tape(Tape& tape, bool cached, const BlockSpan& span, LogitsMode mode, int64_t batch,
-                       int64_t n_tokens) const {
+void Model::start_tape(Tape& tape, const HookPlan* plan, bool cached, const BlockSpan& span, LogitsMode mode,
+                       int64_t batch, int64_t n_tokens) const {
   if (cached) throw std::invalid_argument("a forward recording for a backward cannot use a KV cache");
   if (span.start != 0 || span.stop != cfg_.n_layers || span.resid_in || span.resid_out)
     throw std::invalid_argument("a forward recording for a backward runs every block, from the tokens");
@@ -443,6 +461,19 @@ void Model::start_tape(Tape& tape, bool cached, const BlockSpan& span, LogitsMod
   if (tape.from < 0 || tape.from > cfg_.n_layers)
     throw std::invalid_argument("a tape's first block " + std::to_string(tape.from) + " is outside the model's " +
                                 std::to_string(cfg_.n_layers) + " layers");
+  // The backward recomputes each norm's statistics from its input: an edit of its scale or
+  // normalized value would go unseen.
+  auto unedited = [&](HookKind kind, int64_t layer) {
+    const int id = hook_id(kind, layer, cfg_.n_layers);
+    if (plan && !plan->reads_only(id))
+      throw std::invalid_argument("a backward through an edit of " + hook_name(id, cfg_.n_layers) +
+                                  " is not supported yet (edit the norm's input or output instead)");
+  };
+  for (int64_t l = tape.from; l < cfg_.n_layers; ++l)
+    for (HookKind kind : {HookKind::ln1_scale, HookKind::ln1_normalized, HookKind::ln2_scale, HookKind::ln2_normalized})
+      unedited(kind, l);
+  unedited(HookKind::ln_final_scale, 0);
+  unedited(HookKind::ln_final_normalized, 0);
   tape.model = 0;  // until the forward completes
   tape.batch = batch, tape.n_tokens = n_tokens;
   tape.layers.assign(static_cast<size_t>(cfg_.n_layers), LayerTape{});

@@ -8,7 +8,10 @@
 // points upstream then see the rewritten one. The pass reads a Tape that a
 // forward of the same model recorded (Model::forward) and stops at its
 // `from` block: points below it are not visited. Forward edits are treated
-// as constants added to the activation (the gradient passes through them).
+// as constants added to the activation (the gradient passes through them;
+// the softmax's derivative reads its own output, the tape's pre-edit copy);
+// a forward recording a tape refuses edits of the norms' scale and normalized
+// points, which the backward's recomputed statistics would not see.
 //
 // Threads own whole outputs (rows for the norms, a (batch, key/value head)
 // for attention), so results do not depend on the thread count.

@@ -271,7 +271,7 @@ struct Pass {
   void attend_fused(int64_t l) {
     // a tape keeps the pattern [batch, head, query, key] (no cache: past is 0), 0 where masked
     float* pattern = nullptr;
-    if (LayerTape* lt = taping(l)) pattern = sized(lt->pattern, {B, H, T, T});
+    if (LayerTape* lt = taping(l)) pattern = sized(lt->pattern, {B, H, T, T}), lt->causal = true;
     for_each_query_block([&](int64_t b, int64_t h, int64_t i0, int64_t rows, int t) {
       thread_local std::vector<float> buf;
       const int64_t keys = past + i0 + rows;  // later keys are masked for every row
@@ -308,8 +308,10 @@ struct Pass {
     parallel_for(B * H * T, [&](int64_t r0, int64_t r1, int) {
       for (int64_t r = r0; r < r1; ++r) kt.softmax(S + r * keys, keys);
     });
+    if (LayerTape* lt = taping(l); lt && !reads_only(HookKind::pattern, l))  // the softmax's own derivative reads it
+      Tape::keep(lt->softmax, S, B * H * T * keys);
     hook(HookKind::pattern, l, scores(S, keys));
-    if (LayerTape* lt = taping(l)) Tape::keep(lt->pattern, S, B * H * T * keys);
+    if (LayerTape* lt = taping(l)) Tape::keep(lt->pattern, S, B * H * T * keys), lt->causal = causal;
     for_each_query_block([&](int64_t b, int64_t h, int64_t i0, int64_t rows, int t) {
       weighted_sum_block(l, b, h, i0, rows, keys_for(i0, rows), rows_at(b, h, i0), keys, t);
     });
@@ -627,7 +629,7 @@ void Model::forward(KVCache* cache, const int32_t* tokens, int64_t batch, int64_
   if (cache) cache_lock.emplace(cache->mutex(), KVCache::kInUse);
   const int64_t past = cache ? cache->n_past() : 0;
   check_fits_context(past + n_tokens, cfg_.n_ctx);
-  if (tape) start_tape(*tape, cache != nullptr, span, mode, batch, n_tokens);
+  if (tape) start_tape(*tape, plan, cache != nullptr, span, mode, batch, n_tokens);
   if (cache) cache->reserve(past + n_tokens);
 
   const int64_t D = cfg_.d_model, Da = cfg_.d_attn();

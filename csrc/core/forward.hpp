@@ -64,7 +64,7 @@ class Model {
   KVCache new_cache(int64_t batch) const;
 
  private:
-  void start_tape(Tape& tape, bool cached, const BlockSpan& span, LogitsMode mode, int64_t batch,
+  void start_tape(Tape& tape, const HookPlan* plan, bool cached, const BlockSpan& span, LogitsMode mode, int64_t batch,
                   int64_t n_tokens) const;
 
  public:

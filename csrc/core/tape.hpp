@@ -19,6 +19,8 @@ struct LayerTape {
   std::vector<float> resid_mid;  // ln2's input [B*T, d_model]
   std::vector<float> pre;        // mlp.hook_pre: the (gate) pre-activation [B*T, d_mlp]
   std::vector<float> up;         // mlp.hook_pre_linear (gated MLPs) [B*T, d_mlp]
+  std::vector<float> softmax;    // the softmax's output where a forward hook may edit the pattern (else empty)
+  bool causal = false;           // the pattern is 0 past each query (no forward hook put weight there)
 };
 
 struct Tape {

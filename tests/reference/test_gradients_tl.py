@@ -268,3 +268,34 @@ def test_processed_weights(gpt2, tl_gpt2):
     _, ref = tl_grads(tl, tokens, "loss")
     ref = {k: v for k, v in ref.items() if not k.endswith("hook_result_grad")}
     assert_grads_match(cache, ref)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_every_point_but_the_pattern(gpt2_pair, llama_pair, family):
+    """Without the pattern's gradient asked for, the backward works on the visible keys only."""
+    model, tl = gpt2_pair if family == "gpt2" else llama_pair
+    tokens = np.random.default_rng(14).integers(0, model.cfg.d_vocab, (2, 23))
+    metric = "loss"
+    _, cache = model.run_with_cache(tokens, prepend_bos=False, incl_bwd=True, metric=metric,
+                                    names_filter=lambda n: not n.endswith(("hook_pattern", "hook_result")))
+    _, ref = tl_grads(tl, tokens, metric)
+    ref = {k: v for k, v in ref.items() if not k.endswith(("hook_pattern_grad", "hook_result_grad"))}
+    assert_grads_match(cache, ref)
+
+
+def test_forward_edit_putting_weight_on_masked_keys(gpt2_pair):
+    """A forward hook adding to the pattern (masked keys too): z reads every key, and the gradient
+    passes through the added constant, as torch's does."""
+    model, tl = gpt2_pair
+    tokens = np.random.default_rng(15).integers(0, model.cfg.d_vocab, (2, 9))
+
+    def add_tenth(pattern, hook):
+        return pattern + 0.1
+
+    point = "blocks.1.attn.hook_pattern"
+    names = lambda n: not n.endswith(("hook_pattern", "hook_result"))  # noqa: E731
+    _, cache = model.run_with_cache(tokens, prepend_bos=False, incl_bwd=True, metric="loss", names_filter=names,
+                                    hooks=[(point, add_tenth)])
+    _, ref = tl_grads(tl, tokens, "loss", fwd_hooks=[(point, add_tenth)])
+    ref = {k: v for k, v in ref.items() if names(k.removesuffix("_grad"))}
+    assert_grads_match(cache, ref)

@@ -199,6 +199,17 @@ def test_hook_errors(saved_gpt2):
                              bwd_hooks=[("hook_embed", lambda g, hook: 1 / 0)])
 
 
+def test_forward_edits_of_a_norms_scale_are_refused(saved_gpt2):
+    model = saved_gpt2("odd")[0]
+    with pytest.raises(HookError, match="blocks.1.ln2.hook_scale is not supported yet"):
+        model.run_with_cache([[1, 2]], prepend_bos=False, incl_bwd=True, metric=("log_prob", 1),
+                             hooks=[("blocks.1.ln2.hook_scale", tm.scale(2.0))])
+    # reading it is fine, and so is an edit below the lowest block a backward reaches
+    model.run_with_cache([[1, 2]], prepend_bos=False, incl_bwd=True, metric=("log_prob", 1),
+                         names_filter=["blocks.1.ln2.hook_scale", "blocks.2.hook_resid_pre"],
+                         hooks=[("blocks.0.ln1.hook_normalized", tm.scale(2.0))])
+
+
 def test_core_refuses_a_tape_with_a_kv_cache_or_bf16_weights(saved_gpt2, tmp_path):
     model, path = saved_gpt2("odd")
     tokens = np.array([[1, 2]], dtype=np.int32)

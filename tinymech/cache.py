@@ -333,6 +333,7 @@ def position_slice(name: str, x: np.ndarray, pos_slice) -> np.ndarray:
     else the one before last."""
     if x.ndim < 2:
         return x
+    name = name.removesuffix("_grad")  # a gradient is laid out as its activation
     if isinstance(pos_slice, (int, np.integer)):
         pos_slice = [pos_slice]  # as TransformerLens's run_with_cache: an int keeps the axis
     headed = name.endswith(("hook_q", "hook_k", "hook_v", "hook_z", "hook_result", "hook_rot_q", "hook_rot_k"))

@@ -170,7 +170,9 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         # TransformerLens's set_use_* modes; use_attn_result: run_with_cache's default keeps attn.hook_result
         self._modes = dict.fromkeys(_MODES, False)
         self._hook_names = [n for n in self._all_hook_names if mode_of(n) is None]
+        self._context_bwd_hooks: list[HookSpec] = []  # hooks(bwd_hooks=...)'s, for every backward in the block
         self._added_hooks: list[tuple[HookSpec, bool]] = []  # add_hook's (hook, permanent), until reset_hooks
+        self._added_bwd_hooks: list[tuple[HookSpec, bool]] = []  # add_hook(dir="bwd")'s, for every backward
         self._saes: dict = {}  # input hook -> (SAE, use_error_term): the SAEs attached with add_sae
         self._load_args: tuple | None = None  # (path, load's keywords) when loaded by tm.load: for pickling
 
@@ -502,7 +504,8 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
                        hooks: Iterable[HookSpec] = (), loss_per_token: bool = False,
                        start_at_layer: int | None = None, stop_at_layer: int | None = None, tokens=None,
                        remove_batch_dim: bool = False, pos_slice=None, attention_mask=None,
-                       padding_side: str | None = None):
+                       padding_side: str | None = None, incl_bwd: bool = False, metric=None,
+                       grad_logits=None, freeze=()):
         """Run and capture activations: (logits, ActivationCache).
 
         names_filter: None (every hook point except attn.hook_result, which is
@@ -514,6 +517,9 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         for a call (model(...)). remove_batch_dim: a run of one sequence caches without the batch axis;
         pos_slice: each activation keeps only these positions (TransformerLens's
         Slice: an int keeps that one, a tuple is slice(*tuple), a list picks).
+        incl_bwd: also a backward (tinymech/gradients.py) of metric= (or of grad_logits=, d metric /
+        d logits; return_type="loss" alone means the loss), caching the gradients at the same points
+        as name + "_grad"; freeze="pattern" and/or "scales" linearizes it (see docs/api.md).
         """
         model_filter, recorders = names_filter, []
         if self._saes:  # attached SAEs' points are cached by their splices
@@ -526,11 +532,19 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         else:
             names = resolve_names(self, model_filter)
         plan = self._plan(hooks, capture=names, record=names_filter, recorders=recorders)
-        out = self._run(input, plan, return_type, prepend_bos, loss_per_token, start_at_layer, stop_at_layer, tokens,
-                        attention_mask, padding_side)
+        grads = {}
+        if true_or_false(incl_bwd, "incl_bwd"):
+            from .gradients import backward_run
+
+            _no_padded_backward(attention_mask, padding_side)
+            out, grads = backward_run(self, input, plan, names, return_type, prepend_bos, loss_per_token,
+                                      start_at_layer, stop_at_layer, tokens, metric, grad_logits, freeze=freeze)
+        else:
+            out = self._run(input, plan, return_type, prepend_bos, loss_per_token, start_at_layer, stop_at_layer,
+                            tokens, attention_mask, padding_side)
         # no plan: nothing to capture (an empty names_filter) and no hooks
         acts = {self._hook_name_of[i]: a for i, a in plan.take_captured()} if plan is not None else {}
-        ordered = {n: acts[n] for n in self._hook_names if n in acts}
+        ordered = {n: acts[n] for n in self._hook_names if n in acts} | grads
         if recorders:
             from .sae.sae import with_sae_entries
 
@@ -543,19 +557,29 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
     def run_with_hooks(self, input, fwd_hooks: Iterable[HookSpec] = (), return_type: str | None = "logits",
                        prepend_bos: bool = True, loss_per_token: bool = False, start_at_layer: int | None = None,
                        stop_at_layer: int | None = None, tokens=None, bwd_hooks=(), reset_hooks_end: bool = True,
-                       attention_mask=None, padding_side: str | None = None, **_ignored):
+                       attention_mask=None, padding_side: str | None = None, metric=None, grad_logits=None,
+                       freeze=(), **_ignored):
         """Run with hooks: (name or predicate, function or Intervention) pairs. start_at_layer,
         stop_at_layer, tokens, attention_mask, padding_side: as for a call (model(...)). As TransformerLens's,
-        reset_hooks_end=False leaves the hooks on afterwards (as add_hook's, until reset_hooks);
-        bwd_hooks are refused (no backward pass)."""
-        if bwd_hooks:  # ignored, they would leave the notebook's gradients silently empty
-            raise HookError("bwd_hooks: tinymech runs forward hooks only (no backward pass yet)")
+        reset_hooks_end=False leaves the hooks on afterwards (as add_hook's, until reset_hooks).
+        bwd_hooks (or metric=, grad_logits=) run a backward in the same call, the backward hooks
+        reading and rewriting gradients (see run_with_cache's incl_bwd for metric, grad_logits
+        and freeze): tinymech has no loss.backward() to call later."""
         keep = not true_or_false(reset_hooks_end, "reset_hooks_end")
-        fwd_hooks = list(fwd_hooks)
-        out = self._run(input, self._plan(fwd_hooks), return_type, prepend_bos, loss_per_token,
-                        start_at_layer, stop_at_layer, tokens, attention_mask, padding_side)
+        fwd_hooks, bwd_hooks = list(fwd_hooks), list(bwd_hooks)
+        if bwd_hooks or metric is not None or grad_logits is not None:
+            from .gradients import backward_run
+
+            _no_padded_backward(attention_mask, padding_side)
+            out, _ = backward_run(self, input, self._plan(fwd_hooks), [], return_type, prepend_bos, loss_per_token,
+                                  start_at_layer, stop_at_layer, tokens, metric, grad_logits, bwd_hooks, freeze)
+        else:
+            out = self._run(input, self._plan(fwd_hooks), return_type, prepend_bos, loss_per_token,
+                            start_at_layer, stop_at_layer, tokens, attention_mask, padding_side)
         for name, hook in fwd_hooks if keep else ():
             self.add_hook(name, hook)
+        for name, hook in bwd_hooks if keep else ():
+            self.add_hook(name, hook, dir="bwd")
         return out
 
     # ---- SAEs, as SAELens's HookedSAETransformer attaches them (tinymech/sae/splice.py) ----
@@ -614,21 +638,26 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         """TransformerLens's add_hook: the hook (a function or an intervention) at the point(s) `name`
         (a name or a predicate on names) applies to every later run and generate call, until
         reset_hooks() (which keeps it when is_permanent) removes it."""
-        if dir != "fwd":
-            raise HookError(f"dir={dir!r}: tinymech runs forward hooks only (no backward pass yet)")
+        if dir not in ("fwd", "bwd"):
+            raise HookError(f"dir must be 'fwd' or 'bwd', not {dir!r}")
         spec = (name, hook)
-        self._plan([spec])  # checks the name and action now, not at the next run
+        build_plan(self, [spec]) if dir == "bwd" else self._plan([spec])  # checks the name and action now
         entry = (spec, bool(is_permanent))
+        if dir == "bwd":  # read by every backward (run_with_cache(incl_bwd=True), run_with_hooks(bwd_hooks=))
+            self._added_bwd_hooks = [entry] + self._added_bwd_hooks if prepend else self._added_bwd_hooks + [entry]
+            return
         self._added_hooks = [entry] + self._added_hooks if prepend else self._added_hooks + [entry]
 
     def reset_hooks(self, clear_contexts: bool = True, direction: str = "both", including_permanent: bool = False,
                     level=None) -> None:
         """Remove the hooks add_hook added (the permanent ones too with including_permanent);
-        direction "bwd" removes none, as tinymech has forward hooks only."""
+        direction "fwd" or "bwd" removes only the forward or backward ones."""
         if direction not in ("fwd", "bwd", "both"):
             raise HookError(f"direction must be 'fwd', 'bwd' or 'both', not {direction!r}")
         if direction != "bwd":
             self._added_hooks = [e for e in self._added_hooks if e[1] and not including_permanent]
+        if direction != "fwd":
+            self._added_bwd_hooks = [e for e in self._added_bwd_hooks if e[1] and not including_permanent]
 
     def set_use_attn_result(self, use_attn_result: bool) -> None:
         """As TransformerLens's: True makes run_with_cache capture attn.hook_result (each head's
@@ -682,23 +711,27 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         return "attn_in" if self._modes["use_attn_in"] else "shared"
 
     @contextlib.contextmanager
-    def hooks(self, fwd_hooks: Iterable[HookSpec] = ()):
-        """Within the block, every run and generate call applies these hooks."""
-        fwd_hooks = list(fwd_hooks)
+    def hooks(self, fwd_hooks: Iterable[HookSpec] = (), bwd_hooks: Iterable[HookSpec] = ()):
+        """Within the block, every run and generate call applies these hooks, and every backward
+        (run_with_cache(incl_bwd=True), ...) the backward hooks."""
+        fwd_hooks, bwd_hooks = list(fwd_hooks), list(bwd_hooks)
         self._plan(fwd_hooks)  # check names and actions now, not at the first run
-        before = self._context_hooks
-        self._context_hooks = before + fwd_hooks
+        build_plan(self, bwd_hooks)
+        before, before_bwd = self._context_hooks, self._context_bwd_hooks
+        self._context_hooks, self._context_bwd_hooks = before + fwd_hooks, before_bwd + bwd_hooks
         try:
             yield self
         finally:
-            self._context_hooks = before
+            self._context_hooks, self._context_bwd_hooks = before, before_bwd
 
-    def _core_forward(self, cache, tokens, plan, logits: str, start: int = 0, stop: int = -1, resid=None, pads=None):
-        """pads: (left, right) padding counts per row (see _pads), or None."""
+    def _core_forward(self, cache, tokens, plan, logits: str, start: int = 0, stop: int = -1, resid=None, pads=None,
+                      tape=None):
+        """pads: (left, right) padding counts per row (see _pads), or None. tape: a _core.Tape to record
+        for a backward (tinymech/gradients.py), or None."""
         left, right = (None, None) if pads is None else pads
         try:
             return self._core.forward(None if cache is None else cache._core, tokens, plan, logits, start, stop, resid,
-                                      left, right)
+                                      left, right, tape)
         except _core.ContextOverflow as e:  # another thread lengthened a shared cache meanwhile
             raise ContextLengthError(str(e)) from e
         except (_core.CacheMismatch, _core.SizeOverflow) as e:
@@ -842,6 +875,12 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
 RETURN_TYPES = ("logits", "loss", "both", None)
 _MODES = ("use_attn_result", "use_split_qkv_input", "use_attn_in", "use_hook_mlp_in")
 _EXCLUSIVE = {"use_split_qkv_input": "use_attn_in", "use_attn_in": "use_split_qkv_input"}
+
+
+def _no_padded_backward(attention_mask, padding_side) -> None:
+    if attention_mask is not None or padding_side is not None:
+        raise InvalidInputError("a backward of a padded batch is not supported yet: run its rows one at a time "
+                                "(attention_mask and padding_side are for forward runs)")
 
 
 def _is_texts(input) -> bool:

@@ -52,6 +52,9 @@ struct Pass {
   // last, absolute; null: no row padded (row_end null: none on the right).
   const int64_t* row_start = nullptr;
   const int64_t* row_end = nullptr;
+  Tape* tape = nullptr;  // what a backward needs, kept from block tape->from on; null: nothing kept
+
+  LayerTape* taping(int64_t layer) const { return tape && tape->records(layer) ? &tape->layers[layer] : nullptr; }
 
   // C[M, N] = A[M, K] · W (+ bias) for a weight stored in the config's layout,
   // whose stored rows are ldw floats long (a slice of a wider matrix may be given).
@@ -321,6 +324,9 @@ struct Pass {
 
   // The usual path: each block's scores live only in a per-thread buffer.
   void attend_fused(int64_t l) {
+    // a tape keeps the pattern [batch, head, query, key] (no cache: past is 0), 0 where masked
+    float* pattern = nullptr;
+    if (LayerTape* lt = taping(l)) pattern = sized(lt->pattern, {B, H, T, T}), lt->causal = true;
     for_each_query_block([&](int64_t b, int64_t h, int64_t i0, int64_t rows, int t) {
       thread_local std::vector<float> buf;
       const int64_t keys = past + i0 + rows;  // later keys are masked for every row
@@ -329,6 +335,11 @@ struct Pass {
       const int64_t first = first_key(b, keys);  // earlier keys are padding, masked for every row
       for (int64_t r = 0; r < rows; ++r) kt.softmax(S + r * keys + first, keys - first);
       weighted_sum_block(l, b, h, i0, rows, first, keys, S + first, keys, t);
+      for (int64_t r = 0; pattern && r < rows; ++r) {  // a tape is never padded: first is 0 here
+        float* row = pattern + ((b * H + h) * T + i0 + r) * T;
+        std::memcpy(row, S + r * keys, keys * sizeof(float));
+        std::fill(row + keys, row + T, 0.f);
+      }
     });
   }
 
@@ -353,7 +364,10 @@ struct Pass {
     parallel_for(B * H * T, [&](int64_t r0, int64_t r1, int) {
       for (int64_t r = r0; r < r1; ++r) kt.softmax(S + r * keys, keys);
     });
+    if (LayerTape* lt = taping(l); lt && !reads_only(HookKind::pattern, l))  // the softmax's own derivative reads it
+      Tape::keep(lt->softmax, S, B * H * T * keys);
     hook(HookKind::pattern, l, scores(S, keys));
+    if (LayerTape* lt = taping(l)) Tape::keep(lt->pattern, S, B * H * T * keys), lt->causal = causal;
     for_each_query_block([&](int64_t b, int64_t h, int64_t i0, int64_t rows, int t) {
       const int64_t used = keys_for(i0, rows), first = causal ? first_key(b, used) : 0;
       weighted_sum_block(l, b, h, i0, rows, first, used, rows_at(b, h, i0) + first, keys, t);
@@ -453,6 +467,7 @@ struct Pass {
       hook(HookKind::rot_q, l, heads(qkv, Dqkv, dh, H));
       hook(HookKind::rot_k, l, heads(qkv + Da, Dqkv, dh, Hkv));
     }
+    if (LayerTape* lt = taping(l)) Tape::keep(lt->qkv, qkv, BT * Dqkv);
     for (int64_t b = 0; cache && b < B; ++b)
       for (int64_t t = 0; t < T; ++t) {
         const float* src = qkv + (b * T + t) * Dqkv;
@@ -514,6 +529,7 @@ struct Pass {
     linear(h, BT, D, D, lw.fc_w, ldw, F, lw.fc_b, up, F);
     hook(HookKind::mlp_pre, l, rows(m, F));
     hook(HookKind::mlp_pre_linear, l, rows(up, F));
+    if (LayerTape* lt = taping(l)) Tape::keep(lt->pre, m, BT * F), Tape::keep(lt->up, up, BT * F);
     if (cfg.act_fn == Activation::silu) {
       parallel_for(BT * F, [&](int64_t i0, int64_t i1, int) { kt.silu_mul(m + i0, up + i0, m + i0, i1 - i0); }, 4096);
       return;
@@ -527,6 +543,8 @@ struct Pass {
     float* x = ws.x.data();
     float* h = ws.h.data();
     hook(HookKind::resid_pre, l, rows(x, D));
+    LayerTape* lt = taping(l);
+    if (lt) Tape::keep(lt->resid_pre, x, BT * D);
     const bool per_head = per_head_inputs(l);
     if (per_head)
       per_head_qkv(l, x);
@@ -536,6 +554,7 @@ struct Pass {
     float* out = ws.attn_out.data();
     add_inplace(x, out, BT * D);
     hook(HookKind::resid_mid, l, rows(x, D));
+    if (lt) Tape::keep(lt->resid_mid, x, BT * D);
     const float* mlp_in = x;
     if (active(HookKind::mlp_in, l)) {  // a copy, as in TransformerLens: edits reach the MLP, not the residual
       float* copy = sized(ws.inputs, {BT, D});
@@ -552,6 +571,7 @@ struct Pass {
     } else {
       linear(h, BT, D, D, lw.fc_w, in_out ? F : D, F, lw.fc_b, m, F);
       hook(HookKind::mlp_pre, l, rows(m, F));
+      if (lt) Tape::keep(lt->pre, m, BT * F);
       activation(m, BT * F);
     }
     hook(HookKind::mlp_post, l, rows(m, F));
@@ -565,6 +585,7 @@ struct Pass {
     const int64_t V = cfg.d_vocab;
     float* x = ws.x.data();
     float* h = ws.h.data();
+    if (tape) Tape::keep(tape->final_resid, x, BT * D);
     const bool out_hooked = active(HookKind::unembed_out);
     const bool ln_hooked = active(HookKind::ln_final_scale) || active(HookKind::ln_final_normalized) ||
                            active(HookKind::unembed_in) || out_hooked;
@@ -634,6 +655,7 @@ void check_weights(const ModelConfig& cfg, const ModelWeights& w) {
 }  // namespace
 
 void set_interrupt_check(void (*check)()) { g_interrupt_check = check; }
+void interrupt_point() { check_interrupt(); }
 
 LogitsMode parse_logits_mode(const std::string& name) {
   if (name == "all") return LogitsMode::all;
@@ -746,7 +768,7 @@ RowBounds row_bounds(const Padding& padding, const KVCache* cache, int64_t B, in
 }  // namespace
 
 void Model::forward(KVCache* cache, const int32_t* tokens, int64_t batch, int64_t n_tokens, HookPlan* plan,
-                    LogitsMode mode, float* logits, BlockSpan span, Padding padding) {
+                    LogitsMode mode, float* logits, BlockSpan span, Padding padding, Tape* tape) {
   if (batch <= 0 || n_tokens <= 0) throw std::invalid_argument("forward needs at least one token");
   const int64_t BT = checked_size({batch, n_tokens}, "a forward pass's batch x positions");
   span = resolve_span(span, cfg_.n_layers, cache != nullptr, tokens);
@@ -770,6 +792,9 @@ void Model::forward(KVCache* cache, const int32_t* tokens, int64_t batch, int64_
   const int64_t past = cache ? cache->n_past() : 0;
   check_fits_context(past + n_tokens, cfg_.n_ctx);
   const RowBounds bounds = row_bounds(padding, cache, batch, n_tokens, past);
+  if (tape && !bounds.start.empty())
+    throw std::invalid_argument("a backward of a padded batch is not supported yet: run its rows one at a time");
+  if (tape) start_tape(*tape, plan, cache != nullptr, span, mode, batch, n_tokens);
   if (cache) cache->reserve(past + n_tokens);
 
   const int64_t D = cfg_.d_model, Da = cfg_.d_attn();
@@ -788,6 +813,7 @@ void Model::forward(KVCache* cache, const int32_t* tokens, int64_t batch, int64_
   // With no logits wanted and nothing kept, blocks after the last hooked one change nothing visible.
   if (!cache && mode == LogitsMode::none && !span.resid_out)
     span.stop = std::max(span.start, plan ? plan->blocks_reached() : 0);
+  pass.tape = tape;
   if (cfg_.positions == Positions::rotary) pass.rope_tables();
   if (!span.resid_in)
     pass.embed(tokens);
@@ -804,6 +830,7 @@ void Model::forward(KVCache* cache, const int32_t* tokens, int64_t batch, int64_
     pass.unembed(mode, logits);
   if (cache && !bounds.start.empty()) cache->set_left_padding(bounds.start);
   if (cache) cache->advance(n_tokens);
+  if (tape) tape->model = id_;  // complete: a backward may read it
 }
 
 }  // namespace tmech

@@ -6,9 +6,11 @@
 #include <string>
 #include <vector>
 
+#include "core/backward.hpp"
 #include "core/config.hpp"
 #include "core/hooks.hpp"
 #include "core/kv_cache.hpp"
+#include "core/tape.hpp"
 #include "core/weights.hpp"
 #include "runtime/owned_mutex.hpp"
 
@@ -21,6 +23,7 @@ LogitsMode parse_logits_mode(const std::string& name);  // "all", "last" or "non
 // stop the pass (Ctrl-C; the Python bindings install one), which then unwinds,
 // leaving its KV cache at the length it had. Null: none.
 void set_interrupt_check(void (*check)());
+void interrupt_point();  // runs that check (a backward between blocks)
 
 // The blocks a forward runs, [start, stop) (stop -1: to the last). Given
 // resid_in [batch, n_tokens, d_model] (needed when start > 0), the residual
@@ -63,11 +66,22 @@ class Model {
   // later could be seen). Thread-safe: calls on one model are serialized (a
   // call that would wait forever throws instead: see OwnedMutex). Sizes from
   // the caller are checked (SizeOverflow), and so are the padding counts.
+  // Given a tape (its `from` set), the pass also keeps there what a backward
+  // needs; it must then be a one-off forward of every block with all logits.
   void forward(KVCache* cache, const int32_t* tokens, int64_t batch, int64_t n_tokens, HookPlan* plan, LogitsMode mode,
-               float* logits, BlockSpan span = {}, Padding padding = {});
+               float* logits, BlockSpan span = {}, Padding padding = {}, Tape* tape = nullptr);
+
+  // The reverse pass over a tape this model recorded (core/backward.cpp):
+  // see core/backward.hpp.
+  void backward(const Tape& tape, const float* grad_logits, HookPlan* plan, const BackwardOptions& options);
 
   KVCache new_cache(int64_t batch) const;
 
+ private:
+  void start_tape(Tape& tape, const HookPlan* plan, bool cached, const BlockSpan& span, LogitsMode mode, int64_t batch,
+                  int64_t n_tokens) const;
+
+ public:
   // The hook points this architecture visits, in forward order (ids cover
   // every architecture's kinds; e.g. rotary models have no hook_pos_embed).
   // The per-head attention inputs are visited only in their AttentionInput mode.

@@ -19,4 +19,14 @@ void bind_sae(py::module_& m);         // sae.cpp: Sae, SaeSplice, the screen mo
 void bind_train(py::module_& m);       // train.cpp: Trainer (SAE and transcoder training)
 void bind_dashboards(py::module_& m);  // dashboards.cpp: FeatureStats (feature dashboards' accumulator)
 void bind_kv_cache(py::module_& m);    // kv_cache.cpp: KVCache
+void bind_backward(py::module_& m);    // backward.cpp: Tape (a forward's record for a backward)
 void bind_model(py::module_& m);       // model.cpp: Model
+
+namespace tmech {
+class Model;
+struct Tape;
+}  // namespace tmech
+struct PyHookPlan;
+// Model.backward (model.cpp binds it on Model; backward.cpp converts): G [batch, pos, d_vocab]
+void model_backward(tmech::Model& model, tmech::Tape& tape, const FloatArray& grad_logits, PyHookPlan* plan,
+                    bool freeze_pattern, bool freeze_scales);

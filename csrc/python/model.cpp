@@ -171,7 +171,7 @@ void bind_model(py::module_& m) {
           "forward",
           [](PyModel& pm, tmech::KVCache* cache, std::optional<py::array_t<int32_t, py::array::c_style>> tokens,
              PyHookPlan* plan, const std::string& logits, int64_t start, int64_t stop, std::optional<FloatArray> resid,
-             std::optional<RowCounts> pad_left, std::optional<RowCounts> pad_right) {
+             std::optional<RowCounts> pad_left, std::optional<RowCounts> pad_right, tmech::Tape* tape) {
             const tmech::ModelConfig& cfg = pm.model->config();
             if (tokens && tokens->ndim() != 2) throw std::invalid_argument("tokens must be [batch, pos]");
             if (resid && (resid->ndim() != 3 || resid->shape(2) != cfg.d_model))
@@ -202,11 +202,17 @@ void bind_model(py::module_& m) {
             {
               py::gil_scoped_release nogil;
               pm.model->forward(cache, tokens ? tokens->data() : nullptr, B, T, plan ? &plan->plan : nullptr, mode,
-                                returns_resid ? nullptr : out.mutable_data(), span, padding);
+                                returns_resid ? nullptr : out.mutable_data(), span, padding, tape);
             }
             return out;
           },
           py::arg("cache"), py::arg("tokens"), py::arg("plan") = nullptr, py::arg("logits") = "all",
           py::arg("start") = 0, py::arg("stop") = -1, py::arg("resid") = std::nullopt,
-          py::arg("pad_left") = std::nullopt, py::arg("pad_right") = std::nullopt);
+          py::arg("pad_left") = std::nullopt, py::arg("pad_right") = std::nullopt, py::arg("tape") = nullptr)
+      .def(
+          "backward",
+          [](PyModel& pm, tmech::Tape& tape, const FloatArray& grad_logits, PyHookPlan* plan, bool freeze_pattern,
+             bool freeze_scales) { model_backward(*pm.model, tape, grad_logits, plan, freeze_pattern, freeze_scales); },
+          py::arg("tape"), py::arg("grad_logits"), py::arg("plan") = nullptr, py::arg("freeze_pattern") = false,
+          py::arg("freeze_scales") = false);
 }

@@ -50,5 +50,6 @@ PYBIND11_MODULE(_core, m) {
   bind_train(m);
   bind_dashboards(m);
   bind_kv_cache(m);
+  bind_backward(m);
   bind_model(m);
 }

@@ -63,6 +63,8 @@ int main() {
     test_forward(rng, true);
     test_padding(rng, false);
     test_padding(rng, true);
+    test_backward(rng, false);
+    test_backward(rng, true);
   }
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;

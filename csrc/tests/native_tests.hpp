@@ -19,6 +19,7 @@ void test_ops(std::mt19937& rng);                               // test_ops.cpp
 void test_core();                                               // test_core.cpp
 void test_forward(std::mt19937& rng, bool llama);               // test_core.cpp, per kernel variant
 void test_padding(std::mt19937& rng, bool llama);               // test_padding.cpp, per kernel variant
+void test_backward(std::mt19937& rng, bool llama);              // test_backward.cpp, per kernel variant
 void test_kernels(const char* variant, std::mt19937& rng);      // test_kernels.cpp, per kernel variant
 void test_sae();                                                // test_sae.cpp
 void test_sae_variant(const char* variant, std::mt19937& rng);  // test_sae.cpp, per kernel variant

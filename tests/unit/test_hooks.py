@@ -235,8 +235,9 @@ def test_set_use_attn_result_makes_the_default_cache_keep_each_heads_output(mode
     assert not any(n.endswith("attn.hook_result") for n in model.run_with_cache(tokens)[1])
 
 
-def test_run_with_hooks_takes_transformerlens_reset_hooks_end_and_refuses_bwd_hooks(model, tokens):
-    """Both were swallowed: reset_hooks_end=False dropped the hooks, bwd_hooks ran nothing, silently."""
+def test_run_with_hooks_takes_transformerlens_reset_hooks_end_and_bwd_hooks_need_a_metric(model, tokens):
+    """Both were swallowed: reset_hooks_end=False dropped the hooks, bwd_hooks ran nothing, silently.
+    bwd_hooks now run a backward (tests/unit/test_gradients.py), of a metric the call must name."""
     clean = model(tokens)
     hooked = model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.hook_mlp_out", tm.zero_ablate())], reset_hooks_end=False)
     try:
@@ -245,7 +246,7 @@ def test_run_with_hooks_takes_transformerlens_reset_hooks_end_and_refuses_bwd_ho
     finally:
         model.reset_hooks()
     np.testing.assert_array_equal(model(tokens), clean)
-    with pytest.raises(tm.HookError, match="forward hooks only"):
+    with pytest.raises(tm.InvalidInputError, match="needs a metric"):
         model.run_with_hooks(tokens, bwd_hooks=[("hook_embed", lambda grad, hook: grad)])
     with pytest.raises(tm.InvalidInputError, match="reset_hooks_end must be True or False"):
         model.run_with_hooks(tokens, reset_hooks_end="no")
@@ -254,8 +255,8 @@ def test_run_with_hooks_takes_transformerlens_reset_hooks_end_and_refuses_bwd_ho
 def test_add_hook_checks_now_and_reset_hooks_keeps_the_permanent(model, tokens):
     with pytest.raises(tm.HookError):
         model.add_hook("blocks.99.hook_resid_pre", tm.zero_ablate())
-    with pytest.raises(tm.HookError, match="forward hooks only"):
-        model.add_hook("hook_embed", tm.zero_ablate(), dir="bwd")
+    with pytest.raises(tm.HookError, match="dir must be"):
+        model.add_hook("hook_embed", tm.zero_ablate(), dir="backward")
     clean = model(tokens)
     model.add_hook("hook_embed", tm.scale(0.5), is_permanent=True)
     model.add_hook("blocks.0.hook_mlp_out", tm.zero_ablate())

@@ -17,7 +17,7 @@ STAGES = {
     "io": 1,
     "arch": 2,
     "ops": 3, "hooks": 3, "cache": 3, "kv_cache": 3, "model": 3, "corpus": 3, "runtime": 3,
-    "model_tree": 3, "model_helpers": 3, "generation": 3, "padding": 3,
+    "model_tree": 3, "model_helpers": 3, "generation": 3, "padding": 3, "gradients": 3,
     "sae": 4,
     "analysis": 5, "patching": 5, "utils": 5,
     "cli": 6, "tui": 6, "__main__": 6, "arrays": 6,

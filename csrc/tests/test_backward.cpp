@@ -1,0 +1,111 @@
+// The reverse pass on the tiny model: hook_embed's gradient against central
+// differences of the forward (the metric summed in double), every hook point's
+// gradient captured in TransformerLens's shapes, the frozen-pattern option, and
+// tapes refused where they do not fit.
+#include <cmath>
+#include <cstdio>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "core/forward.hpp"
+#include "tests/native_tests.hpp"
+#include "tests/tiny_model.hpp"
+
+namespace tmech::test {
+
+namespace {
+
+// sum(G * logits) in double
+double metric(Model& model, const std::vector<int32_t>& tokens, int64_t B, int64_t T, const std::vector<float>& G) {
+  std::vector<float> logits(G.size());
+  model.forward(nullptr, tokens.data(), B, T, nullptr, LogitsMode::all, logits.data());
+  double s = 0;
+  for (size_t i = 0; i < G.size(); ++i) s += static_cast<double>(G[i]) * logits[i];
+  return s;
+}
+
+}  // namespace
+
+void test_backward(std::mt19937& rng, bool llama) {
+  const std::string arch = llama ? "backward (llama): " : "backward (gpt2): ";
+  TinyModel tiny(rng, llama);
+  float* wte = tiny.store[0].data();
+  const std::vector<float> unembed = tiny.store[0];  // untied: moving wte's rows moves the embedding only
+  tiny.w.unembed = unembed.data();
+  Model model(tiny.cfg, tiny.w);
+  const int64_t B = 2, T = 6, V = tiny.cfg.d_vocab, D = tiny.cfg.d_model;
+  std::vector<int32_t> tokens(B * T);
+  for (int64_t i = 0; i < B * T; ++i) tokens[i] = static_cast<int32_t>((7 * i + 3) % V);  // distinct: one row each
+  const std::vector<float> G = randn(B * T * V, rng, 1.f);
+
+  Tape tape;
+  tape.from = 0;
+  std::vector<float> logits(B * T * V);
+  model.forward(nullptr, tokens.data(), B, T, nullptr, LogitsMode::all, logits.data(), {}, &tape);
+  HookPlan plan(tiny.cfg.n_layers);
+  const std::vector<int> ids = model.hook_ids();
+  for (int id : ids) plan.add(id, Edit{});
+  model.backward(tape, G.data(), &plan, BackwardOptions{});
+  check(plan.captured().size() == ids.size(), arch + "every hook point's gradient captured");
+  const float* embed_grad = nullptr;
+  for (auto& [id, c] : plan.captured()) {
+    if (id == hook_id(HookKind::embed, 0, tiny.cfg.n_layers)) embed_grad = c.data.get();
+    if (id == hook_id(HookKind::pattern, 1, tiny.cfg.n_layers))
+      check(c.shape == std::vector<int64_t>{B, tiny.cfg.n_heads, T, T}, arch + "pattern gradient's shape");
+  }
+  check(embed_grad != nullptr, arch + "hook_embed's gradient");
+  if (!embed_grad) return;
+
+  // d metric along a random direction u of the token embeddings, against (f(+eps) - f(-eps)) / 2 eps
+  const std::vector<float> u = randn(B * T * D, rng, 1.f);
+  double analytic = 0, magnitude = 0;  // magnitude: the sum's scale before cancellation
+  for (int64_t i = 0; i < B * T * D; ++i) {
+    analytic += static_cast<double>(embed_grad[i]) * u[i];
+    magnitude += std::abs(static_cast<double>(embed_grad[i]) * u[i]);
+  }
+  const float eps = 1e-3f;
+  auto shift = [&](float s) {
+    for (int64_t r = 0; r < B * T; ++r)
+      for (int64_t d = 0; d < D; ++d) wte[tokens[r] * D + d] += s * u[r * D + d];
+  };
+  shift(eps);
+  const double up = metric(model, tokens, B, T, G);
+  shift(-2 * eps);
+  const double down = metric(model, tokens, B, T, G);
+  shift(eps);
+  const double numeric = (up - down) / (2 * eps);
+  check(std::abs(analytic - numeric) <= 1e-3 * magnitude, arch + "hook_embed's gradient equals finite differences (" +
+                                                              std::to_string(analytic) + " vs " +
+                                                              std::to_string(numeric) + ")");
+
+  // A frozen pattern: no gradient reaches the queries and keys.
+  HookPlan frozen(tiny.cfg.n_layers);
+  frozen.add(hook_id(HookKind::q, 0, tiny.cfg.n_layers), Edit{});
+  BackwardOptions opt;
+  opt.freeze_pattern = true;
+  model.backward(tape, G.data(), &frozen, opt);
+  bool zero = frozen.captured().size() == 1;
+  for (int64_t i = 0; zero && i < B * T * tiny.cfg.d_attn(); ++i) zero = frozen.captured()[0].second.data[i] == 0.f;
+  check(zero, arch + "a frozen pattern leaves hook_q's gradient 0");
+
+  // Tapes that do not fit are refused.
+  Model other(tiny.cfg, tiny.w);
+  bool threw = false;
+  try {
+    other.backward(tape, G.data(), nullptr, BackwardOptions{});
+  } catch (const std::invalid_argument&) {
+    threw = true;
+  }
+  check(threw, arch + "another model's tape is refused");
+  threw = false;
+  KVCache cache = model.new_cache(B);
+  try {
+    model.forward(&cache, tokens.data(), B, T, nullptr, LogitsMode::all, logits.data(), {}, &tape);
+  } catch (const std::invalid_argument&) {
+    threw = true;
+  }
+  check(threw, arch + "a tape with a KV cache is refused");
+}
+
+}  // namespace tmech::test

@@ -1,0 +1,209 @@
+"""Gradients: the C++ core's reverse pass behind TransformerLens's incl_bwd and backward hooks.
+
+A backward run is a forward that records a tape (what the chain rule reads),
+a metric of its logits giving G = d metric / d logits, and the core's backward
+from G, which visits the hook points in reverse order with a second hook plan:
+captures (the cache's `name + "_grad"` entries) and backward hooks, which read
+and may rewrite a gradient as TransformerLens's do. No weight gradients.
+
+Metrics (`metric=`):
+    "loss"                           the mean next-token cross-entropy, as return_type="loss"
+    ("logit_diff", correct, wrong)   mean over the batch of logits[b, -1, correct[b]] - logits[b, -1, wrong[b]]
+    ("log_prob", token_ids)          mean over the batch of log_softmax(logits[b, -1])[token_ids[b]]
+    f(logits) -> (value, G)          a function of the logits [batch, pos, d_vocab] (numpy)
+Token ids are one id for every sequence or one per sequence. Or `grad_logits=G` directly.
+"""
+from __future__ import annotations
+
+import re
+from typing import Iterable
+
+import numpy as np
+
+from . import _core
+from .errors import HookError, InvalidInputError
+from .hooks import build_plan, resolve_names
+
+METRICS = ("loss", "logit_diff", "log_prob")
+FREEZABLE = ("pattern", "scales")
+
+
+def _ids(ids, batch: int, d_vocab: int, what: str) -> np.ndarray:
+    """One token id per sequence: [batch] ints in the vocabulary."""
+    arr = np.asarray(ids)
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0) or arr.dtype == bool:
+        raise InvalidInputError(f"{what} must be token ids (ints), not {ids!r}")
+    if arr.ndim == 0:
+        arr = np.full(batch, int(arr))
+    if arr.shape != (batch,):
+        raise InvalidInputError(f"{what} needs one token id, or one per sequence ({batch}), not shape {arr.shape}")
+    if arr.size and (arr.min() < 0 or arr.max() >= d_vocab):
+        raise InvalidInputError(f"{what}: token id outside the vocabulary [0, {d_vocab})")
+    return arr.astype(np.int64)
+
+
+def _softmax_last(logits: np.ndarray) -> np.ndarray:
+    x = logits[:, -1].astype(np.float64)
+    x = np.exp(x - x.max(-1, keepdims=True))
+    return x / x.sum(-1, keepdims=True)
+
+
+def parse_metric(metric) -> tuple[str, tuple]:
+    """A built-in metric's name and arguments, checked (before the forward runs)."""
+    name, args = None, ()
+    if isinstance(metric, str):
+        name = metric
+    elif isinstance(metric, (tuple, list)) and metric and isinstance(metric[0], str):
+        name, args = metric[0], tuple(metric[1:])
+    if name not in METRICS:
+        raise InvalidInputError(f"unknown metric {metric!r}: 'loss', ('logit_diff', correct_ids, wrong_ids), "
+                                "('log_prob', token_ids) or a function logits -> (value, grad_logits)")
+    wanted = {"loss": 0, "logit_diff": 2, "log_prob": 1}[name]
+    if len(args) != wanted:
+        raise InvalidInputError(f"metric {name!r} takes {wanted} argument(s), got {len(args)}")
+    return name, args
+
+
+def metric_gradient(metric, logits: np.ndarray, tokens: np.ndarray | None) -> tuple[float, np.ndarray]:
+    """(value, d value / d logits) of a metric (see the module's doc) at these logits."""
+    B, T, V = logits.shape
+    G = np.zeros((B, T, V), dtype=np.float64)
+    rows = np.arange(B)
+    if callable(metric):
+        try:
+            out = metric(logits)
+        except Exception as e:  # the user's code: said so, as a hook function's error is
+            raise InvalidInputError(f"the metric function {getattr(metric, '__name__', metric)!r} raised "
+                                    f"{type(e).__name__}: {e}") from e
+        if not (isinstance(out, (tuple, list)) and len(out) == 2):
+            raise InvalidInputError(f"a metric function returns (value, grad_logits), not {type(out).__name__}")
+        return out[0], out[1]
+    name, args = parse_metric(metric)
+    if name == "loss":
+        if tokens is None or T < 2:
+            raise InvalidInputError("the loss metric needs the tokens and at least 2 positions")
+        x = logits[:, :-1].astype(np.float64)
+        p = np.exp(x - x.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        target = tokens[:, 1:]
+        n = B * (T - 1)
+        value = float(-np.log(np.take_along_axis(p, target[..., None], -1)).mean())
+        np.put_along_axis(p, target[..., None], np.take_along_axis(p, target[..., None], -1) - 1.0, -1)
+        G[:, :-1] = p / n
+        return value, G
+    if name == "logit_diff":
+        good, bad = (_ids(a, B, V, f"logit_diff's {w} ids") for a, w in zip(args, ("correct", "wrong")))
+        last = logits[:, -1].astype(np.float64)
+        value = float((last[rows, good] - last[rows, bad]).mean())
+        np.add.at(G[:, -1], (rows, good), 1.0 / B)
+        np.add.at(G[:, -1], (rows, bad), -1.0 / B)
+        return value, G
+    ids = _ids(args[0], B, V, "log_prob's token ids")
+    p = _softmax_last(logits)
+    value = float(np.log(p[rows, ids]).mean())
+    G[:, -1] = -p / B
+    G[rows, -1, ids] += 1.0 / B
+    return value, G
+
+
+def _checked_grad(G, shape: tuple) -> np.ndarray:
+    arr = np.asarray(G)
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)) or arr.dtype == bool:
+        raise InvalidInputError(f"grad_logits must be floats, not dtype {arr.dtype}")
+    if arr.shape != shape:
+        raise InvalidInputError(f"grad_logits must have the logits' shape {list(shape)}, not {list(arr.shape)}")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        raise InvalidInputError("grad_logits contains NaN or infinity")
+    return arr
+
+
+def _freeze(freeze) -> tuple[bool, bool]:
+    try:
+        items = [freeze] if isinstance(freeze, str) else list(freeze or ())
+    except TypeError:
+        items = [freeze]
+    for item in items:
+        if item not in FREEZABLE:
+            raise InvalidInputError(f"freeze takes 'pattern' and/or 'scales', not {item!r}")
+    return "pattern" in items, "scales" in items
+
+
+def first_layer(model, names: Iterable[str]) -> int:
+    """The lowest block a backward must reach to visit these hook points (n_layers: none)."""
+    low = model.cfg.n_layers
+    for name in names:
+        m = re.match(r"blocks\.(\d+)\.", name)
+        if m:
+            low = min(low, int(m.group(1)))
+        elif name in ("hook_embed", "hook_pos_embed"):
+            low = 0
+    return low
+
+
+def bwd_hook_names(model, specs) -> list[str]:
+    names = []
+    for spec in specs:
+        try:
+            name_or_filter, _ = spec
+        except (TypeError, ValueError):
+            raise HookError(f"a hook is a (name, function or intervention) pair, got {spec!r}") from None
+        names += resolve_names(model, name_or_filter)
+    return names
+
+
+def forward_backward(model, tokens: np.ndarray, fwd_plan, grad_names: list[str], metric=None, grad_logits=None,
+                     bwd_hooks=(), freeze=()) -> tuple[np.ndarray, float | None, dict]:
+    """A forward recording a tape, the metric, and the backward: (logits, metric value or None,
+    {name + "_grad": gradient} for grad_names in forward order)."""
+    if (metric is None) == (grad_logits is None):
+        raise InvalidInputError("a backward needs exactly one of metric= and grad_logits=")
+    freeze_pattern, freeze_scales = _freeze(freeze)
+    if metric is not None and not callable(metric):
+        parse_metric(metric)
+    specs = list(model._context_bwd_hooks) + [h for h, _ in model._added_bwd_hooks] + list(bwd_hooks)
+    tape = _core.Tape(first_layer(model, list(grad_names) + bwd_hook_names(model, specs)))
+    logits = model._core_forward(None, tokens, fwd_plan, "all", tape=tape)
+    value = None
+    if metric is not None:
+        value, grad_logits = metric_gradient(metric, logits, tokens)
+    G = _checked_grad(grad_logits, logits.shape)
+    plan = build_plan(model, specs, capture=grad_names) if specs or grad_names else None
+    try:
+        model._core.backward(tape, G, plan, freeze_pattern, freeze_scales)
+    except (ValueError, IndexError) as e:
+        if plan is None or isinstance(e, HookError):
+            raise
+        raise HookError(str(e)) from e
+    grads = {model._hook_name_of[i]: a for i, a in plan.take_captured()} if plan is not None and grad_names else {}
+    return logits, value, {n + "_grad": grads[n] for n in model._hook_names if n in grads}
+
+
+def check_backward_run(model, start_at_layer=None, stop_at_layer=None) -> None:
+    """What a backward cannot do yet, refused precisely."""
+    if start_at_layer is not None or stop_at_layer is not None:
+        raise InvalidInputError("a backward runs the whole model: start_at_layer and stop_at_layer are not "
+                                "supported with gradients")
+    if model._saes:
+        raise InvalidInputError("a backward through attached SAEs is not supported yet (reset_saes() first)")
+    if model.dtype == "bf16":
+        raise InvalidInputError("a backward needs float32 weights: load the model without dtype='bf16'")
+
+
+def backward_run(model, input, fwd_plan, grad_names: list[str], return_type, prepend_bos: bool, loss_per_token: bool,
+                 start_at_layer, stop_at_layer, tokens, metric, grad_logits, bwd_hooks=(), freeze=()):
+    """run_with_cache(incl_bwd=True) and run_with_hooks(bwd_hooks=...): (the run's output, gradients).
+    With neither metric nor grad_logits, a loss return type makes the loss the metric (as
+    TransformerLens's incl_bwd calls backward() on the loss)."""
+    check_backward_run(model, start_at_layer, stop_at_layer)
+    if metric is None and grad_logits is None:
+        if return_type not in ("loss", "both"):
+            raise InvalidInputError("a backward needs a metric: pass metric= ('loss', ('logit_diff', correct, "
+                                    "wrong), ('log_prob', ids) or a function) or grad_logits=, or "
+                                    "return_type='loss'")
+        metric = "loss"
+    if return_type not in ("logits", "loss", "both", None):
+        raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, not {return_type!r}")
+    ids = model.tokens_of(input, prepend_bos=prepend_bos, same_length=True)  # tokens= goes with start_at_layer, refused above
+    logits, _, grads = forward_backward(model, ids, fwd_plan, grad_names, metric, grad_logits, bwd_hooks, freeze)
+    return model._package(logits, ids, return_type, loss_per_token), grads

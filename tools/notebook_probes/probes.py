@@ -1700,6 +1700,14 @@ probe("hsae.add_hook_bwd", HSAE, _d("""
     model.add_hook(filter_sae_acts, backward_cache_hook, "bwd")
 """), _HS + ("hsae.saes",))
 probe("hsae.attribution_backward", HSAE, _d("""
+    def logits_to_ave_logit_diff(logits, answer_tokens, per_prompt=False):
+        final_logits = logits[:, -1, :]
+        answer_logits = final_logits.gather(dim=-1, index=answer_tokens)
+        answer_logit_diff = answer_logits[:, 0] - answer_logits[:, 1]
+        if per_prompt:
+            return answer_logit_diff
+        else:
+            return answer_logit_diff.mean()
     from transformer_lens import ActivationCache
     torch.set_grad_enabled(True)
     filter_sae_acts = lambda name: ("hook_sae_acts_post" in name)

@@ -400,6 +400,19 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def failures(report: dict) -> str:
+    """Every probe that does not run as written, grouped by status and error (what tinymech lacks)."""
+    groups: dict = {}
+    for row in report["probes"]:
+        if row["status"] != "same":
+            error = re.sub(r"\(/[^)]*\)", "", (row.get("error") or "").splitlines()[0])[:160]
+            groups.setdefault((row["status"], error), []).append(row["id"])
+    lines = []
+    for (status, error), ids in sorted(groups.items(), key=lambda kv: (STATUSES.index(kv[0][0]), -len(kv[1]))):
+        lines.append(f"{status:10} {len(ids):3}  {error}\n{'':15}{', '.join(ids)}")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", type=Path, help="write the report here")
@@ -430,6 +443,8 @@ def main(argv=None) -> int:
     report = measure(selected, root, progress, args.check_all)
     report["imports"] = {"modules": MODULES, "names": {f"{m}.{n}": v for (m, n), v in NAMES.items()}}
     report["standin_subs"] = [list(s) for s in probe_data.STANDIN_SUBS]
+    if not args.quiet:
+        print(failures(report))
     print(table(report))
     if args.json:
         args.json.write_text(json.dumps(report, indent=1, default=str))

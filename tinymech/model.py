@@ -854,11 +854,11 @@ def _reloaded(path: str, kwargs: dict, saes: list, added_hooks: list = (), use_a
               modes: dict | None = None) -> Model:
     """A pickled model: loaded again from its path, its SAEs, modes and hooks set again."""
     model = load(path, **kwargs)
+    model.set_use_attn_result(use_attn_result)
+    for mode, on in (modes or {}).items():  # before the SAEs and hooks, which may be at the modes' points
+        getattr(model, f"set_{mode}")(on)
     for sae, use_error_term in saes:
         model.add_sae(sae, use_error_term)
-    model.set_use_attn_result(use_attn_result)
-    for mode, on in (modes or {}).items():  # before the hooks, which may be at the modes' points
-        getattr(model, f"set_{mode}")(on)
     for (name, hook), permanent in added_hooks:
         model.add_hook(name, hook, is_permanent=permanent)
     return model

@@ -189,16 +189,18 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
 
     def __deepcopy__(self, memo):
         """As pickling, with the hook functions passed on as they are (a lambda copies too)."""
-        rebuild, (path, kwargs, saes, hooks, use_attn_result, modes) = self._rebuilt_args()
-        return rebuild(path, copy.deepcopy(kwargs, memo), copy.deepcopy(saes, memo), hooks, use_attn_result, modes)
+        rebuild, (path, kwargs, saes, hooks, use_attn_result, modes, padding_side) = self._rebuilt_args()
+        return rebuild(path, copy.deepcopy(kwargs, memo), copy.deepcopy(saes, memo), hooks, use_attn_result, modes,
+                       padding_side)
 
     def _rebuilt_args(self):
         if self._load_args is None:
             raise UnpicklableError("only a model loaded from a path by tm.load can be pickled or copied (it is "
                                    "loaded again from there); this one was built from arrays in memory")
         modes = {mode: on for mode, on in self._modes.items() if mode != "use_attn_result"}
+        padding_side = None if self.tokenizer is None else self.tokenizer.padding_side  # set since load, perhaps
         return _reloaded, (*self._load_args, list(self._saes.values()), self._added_hooks,
-                           self._modes["use_attn_result"], modes)
+                           self._modes["use_attn_result"], modes, padding_side)
 
     def __repr__(self):
         c = self.cfg
@@ -851,9 +853,11 @@ def _is_texts(input) -> bool:
 
 
 def _reloaded(path: str, kwargs: dict, saes: list, added_hooks: list = (), use_attn_result: bool = False,
-              modes: dict | None = None) -> Model:
-    """A pickled model: loaded again from its path, its SAEs, modes and hooks set again."""
+              modes: dict | None = None, padding_side: str | None = None) -> Model:
+    """A pickled model: loaded again from its path, its tokenizer's padding side, SAEs, modes and hooks set again."""
     model = load(path, **kwargs)
+    if padding_side is not None and model.tokenizer is not None:
+        model.tokenizer.padding_side = padding_side
     model.set_use_attn_result(use_attn_result)
     for mode, on in (modes or {}).items():  # before the SAEs and hooks, which may be at the modes' points
         getattr(model, f"set_{mode}")(on)

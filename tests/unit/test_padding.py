@@ -5,6 +5,7 @@ masks get precise errors. (Against TransformerLens on the same padded inputs:
 tests/reference/test_padding_tl.py.)"""
 from __future__ import annotations
 
+import copy
 import pickle
 
 import numpy as np
@@ -184,6 +185,11 @@ def test_default_padding_side(demo):
     texts = ["Mr Darcy", "Hello there, Mr Darcy"]
     assert left.to_tokens(texts)[0, 0] == left.tokenizer.pad_token_id
     assert demo.to_tokens(texts)[0, -1] == demo.tokenizer.pad_token_id
+    left.tokenizer.padding_side = "right"  # changed since load: copies pad as the model does now
+    for copied in (pickle.loads(pickle.dumps(left)), copy.deepcopy(left)):
+        assert copied.tokenizer.padding_side == "right"
+        np.testing.assert_array_equal(copied.to_tokens(texts), left.to_tokens(texts))
+    left.tokenizer.padding_side = "left"
 
 
 @pytest.mark.parametrize("mask, match", [

@@ -386,6 +386,8 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         if counts is None or cache is None:
             return counts
         left, right = counts
+        if len(left) != cache.batch:  # before reading the cache's padding: its batch may be huge
+            raise InvalidInputError(f"tokens have batch {len(left)} but the cache holds {cache.batch}")
         if right.any():
             raise InvalidInputError(f"row {np.flatnonzero(right)[0]} is padded on the right: a forward with a KV "
                                     "cache takes left padding only (a later call would leave a gap); pad on the left")

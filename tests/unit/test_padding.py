@@ -224,6 +224,16 @@ def test_kv_cache_padding_that_would_leave_a_gap_is_refused(model):
         model(np.zeros((3, 4, model.cfg.d_model), np.float32), start_at_layer=1, attention_mask=mask)
 
 
+def test_a_padded_call_on_a_cache_of_another_batch_is_refused_before_allocating(model):
+    """A cache's batch may be declared far beyond memory (it allocates nothing until used):
+    a padded call on it is refused by its batch before its padding counts are read."""
+    tokens, mask, _ = padded(rows_of(model), "left")
+    huge = model.new_cache(2**40)
+    with pytest.raises(tm.InvalidInputError, match="tokens have batch 3 but the cache holds 1099511627776"):
+        model.forward(tokens, cache=huge, attention_mask=mask)
+    assert huge.n_past == 0 and model.new_cache(2).left_padding.tolist() == [0, 0]
+
+
 def test_bf16_attention_of_padded_rows(saved_gpt2):
     """bfloat16 weights: a prefill's attention reads bfloat16 copies of the keys and values
     (where the CPU has bfloat16 dot products), from each row's first real key."""

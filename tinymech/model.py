@@ -337,7 +337,8 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         blocks l onward run, with no cache.
         attention_mask [batch, pos] (1: a real token, 0: padding) and padding_side
         work as in a call (model(...)). A cache remembers each row's left padding:
-        later calls keep masking it; they add no padding of their own.
+        later calls keep masking it; they add no padding of their own. Texts padded on the right
+        are refused with a cache (pad them on the left).
         """
         if logits not in ("all", "last", "none"):
             raise ValueError(f"logits must be 'all', 'last' or 'none', not {logits!r}")
@@ -357,11 +358,21 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
             starts = cache is None or cache.n_past == 0
             bos = self._bos(prepend_bos) and starts
             tokens = self.tokens_of(input, prepend_bos=bos, padding_side=padding_side)
+            if cache is not None and self._right_padded(input, bos, padding_side):
+                raise InvalidInputError("texts of different lengths padded on the right cannot go into a KV cache "
+                                        "(their padding would sit before what continues them): pad on the left, "
+                                        "padding_side='left', as generate does")
             self._check_fits(cache.n_past if cache is not None else 0, tokens.shape[1])
             made = starts or attention_mask is not None or _is_texts(input)  # texts are padded by to_tokens
             pads = self._pads(self._attention_mask(tokens, attention_mask, bos, padding_side) if made else None, cache)
             out = self._core_forward(cache, tokens, self._plan(hooks), logits, pads=pads)
         return None if logits == "none" else out
+
+    def _right_padded(self, input, prepend_bos: bool, padding_side: str | None) -> bool:
+        """Whether to_tokens pads these texts on the right: several, of different lengths."""
+        if not _is_texts(input) or isinstance(input, str) or (padding_side or self.tokenizer.padding_side) != "right":
+            return False
+        return len({self.tokenizer.to_tokens(text, prepend_bos=prepend_bos).shape[1] for text in input}) > 1
 
     def _attention_mask(self, tokens, attention_mask=None, prepend_bos: bool = True,
                         padding_side: str | None = None) -> np.ndarray | None:

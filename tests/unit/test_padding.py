@@ -234,6 +234,20 @@ def test_a_padded_call_on_a_cache_of_another_batch_is_refused_before_allocating(
     assert huge.n_past == 0 and model.new_cache(2).left_padding.tolist() == [0, 0]
 
 
+def test_texts_padded_on_the_right_are_refused_by_a_kv_cache(demo):
+    """Right padding would sit in the cache between a row's prompt and what continues it."""
+    texts = ["Mr Darcy walked in", "She"]
+    for side in (None, "right"):  # None: the tokenizer's, right by default
+        cache = demo.new_cache(2)
+        with pytest.raises(tm.InvalidInputError, match="pad on the left"):
+            demo.forward(texts, cache=cache, padding_side=side)
+        assert cache.n_past == 0
+    cache = demo.new_cache(2)
+    last = demo.forward(texts, cache=cache, padding_side="left", logits="last")
+    np.testing.assert_allclose(last[1], demo.forward(texts[1], logits="last")[0], rtol=TOL, atol=TOL)
+    demo.forward(["Mr Darcy", "Mr Bingley"], cache=demo.new_cache(2))  # one length: no padding
+
+
 def test_bf16_attention_of_padded_rows(saved_gpt2):
     """bfloat16 weights: a prefill's attention reads bfloat16 copies of the keys and values
     (where the CPU has bfloat16 dot products), from each row's first real key."""

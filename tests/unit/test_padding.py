@@ -258,3 +258,15 @@ def test_bf16_attention_of_padded_rows(saved_gpt2):
         logits = model(tokens, attention_mask=mask)
         for b, row in enumerate(rows):
             assert_close(logits[b, where[b]], model(row)[0], f"{side} row {b}")
+
+
+@pytest.mark.parametrize("tokenizer, tokens, match", [
+    (None, [[1, 2]], "a tokenizer"),
+    ("demo", [[1, 2], [3]], r"tokens are \[batch, pos\]"),
+    ("demo", [["a", "b"]], "integers"),
+])
+def test_get_attention_mask_refuses_what_it_cannot_read(demo, tokenizer, tokens, match):
+    tokenizer = demo.tokenizer if tokenizer == "demo" else tokenizer
+    with pytest.raises(tm.TinymechError, match=match):
+        tm.utils.get_attention_mask(tokenizer, tokens, True, "left")
+    np.testing.assert_array_equal(tm.utils.get_attention_mask(demo.tokenizer, [0, 0, 5], False, "left"), [0, 0, 1])

@@ -309,6 +309,36 @@ class _ArrayAttribute:
         obj.__dict__[self.name] = _inbound(value) if _converting() else value
 
 
+# ---- layer stacks in torch code -------------------------------------------------------------------
+
+def _stack_tensor(x):
+    """A layer stack as the tensor of its stacked layers (a copy, as np.asarray(stack) is);
+    other values as they are, inside lists and tuples too."""
+    if isinstance(x, LayerStack):
+        return __import__("torch").from_numpy(np.asarray(x))  # torch is loaded: it called us
+    if type(x) is list or type(x) is tuple:
+        return type(x)(_stack_tensor(v) for v in x)
+    return x
+
+
+def _stack_torch_function(cls, func, types, args=(), kwargs=None):
+    """torch.einsum(..., model.W_Q), x @ model.W_V, torch.stack([...]): torch hands a call with a
+    layer stack among its arguments here, and it runs on the stacked tensor."""
+    return func(*_stack_tensor(args), **{k: _stack_tensor(v) for k, v in (kwargs or {}).items()})
+
+
+def _stack_tensor_attribute(self, name: str):
+    """model.W_in.norm(), model.W_K.transpose(-1, -2): with the switch on, a tensor's methods
+    and attributes that a layer stack lacks are its stacked tensor's."""
+    if not name.startswith("_") and _converting() and hasattr(_torch.Tensor, name):
+        return getattr(_stack_tensor(self), name)
+    raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+
+def _stack_matmul(self, other):
+    return NotImplemented if not _converting() else _stack_tensor(self) @ other
+
+
 # The dunders an entry point's class wraps besides its public methods and properties.
 DUNDERS = ("__init__", "__call__", "__getitem__", "__iter__", "__matmul__", "__rmatmul__", "__mul__", "__rmul__",
            "__setstate__", "__repr__", "__str__")
@@ -383,3 +413,7 @@ def wrap_entry_points() -> None:
             _wrap_class(owner, results, attributes)
         else:
             _wrap_module(owner, results, wrapped, named)
+    # after the wrapping: these convert themselves (a layer stack is no tensor to convert)
+    LayerStack.__torch_function__ = classmethod(_stack_torch_function)
+    LayerStack.__getattr__ = _stack_tensor_attribute
+    LayerStack.__matmul__ = _stack_matmul

@@ -41,7 +41,13 @@ class KVCache:
         """[batch] int64: each row's padding before its first real token, which later
         calls keep masking (a padded first call sets it; truncate shortens it)."""
         rows = self._core.left_padding
-        return np.asarray(rows, dtype=np.int64) if rows else np.zeros(self.batch, dtype=np.int64)
+        if rows:
+            return np.asarray(rows, dtype=np.int64)
+        try:  # none padded: a zero per row, of a batch that may have been declared far beyond memory
+            return np.zeros(self.batch, dtype=np.int64)
+        except MemoryError:
+            raise InvalidInputError(f"the left padding of a cache of batch {self.batch} is more than memory can "
+                                    "hold (none of its rows is padded)") from None
 
     def reset(self) -> None:
         self._core.reset()

@@ -191,16 +191,18 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
 
     def __deepcopy__(self, memo):
         """As pickling, with the hook functions passed on as they are (a lambda copies too)."""
-        rebuild, (path, kwargs, saes, hooks, use_attn_result, modes) = self._rebuilt_args()
-        return rebuild(path, copy.deepcopy(kwargs, memo), copy.deepcopy(saes, memo), hooks, use_attn_result, modes)
+        rebuild, (path, kwargs, saes, hooks, use_attn_result, modes, padding_side) = self._rebuilt_args()
+        return rebuild(path, copy.deepcopy(kwargs, memo), copy.deepcopy(saes, memo), hooks, use_attn_result, modes,
+                       padding_side)
 
     def _rebuilt_args(self):
         if self._load_args is None:
             raise UnpicklableError("only a model loaded from a path by tm.load can be pickled or copied (it is "
                                    "loaded again from there); this one was built from arrays in memory")
         modes = {mode: on for mode, on in self._modes.items() if mode != "use_attn_result"}
+        padding_side = None if self.tokenizer is None else self.tokenizer.padding_side  # set since load, perhaps
         return _reloaded, (*self._load_args, list(self._saes.values()), self._added_hooks,
-                           self._modes["use_attn_result"], modes)
+                           self._modes["use_attn_result"], modes, padding_side)
 
     def __repr__(self):
         c = self.cfg
@@ -337,7 +339,8 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         blocks l onward run, with no cache.
         attention_mask [batch, pos] (1: a real token, 0: padding) and padding_side
         work as in a call (model(...)). A cache remembers each row's left padding:
-        later calls keep masking it; they add no padding of their own.
+        later calls keep masking it; they add no padding of their own. Texts padded on the right
+        are refused with a cache (pad them on the left).
         """
         if logits not in ("all", "last", "none"):
             raise ValueError(f"logits must be 'all', 'last' or 'none', not {logits!r}")
@@ -357,11 +360,21 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
             starts = cache is None or cache.n_past == 0
             bos = self._bos(prepend_bos) and starts
             tokens = self.tokens_of(input, prepend_bos=bos, padding_side=padding_side)
+            if cache is not None and self._right_padded(input, bos, padding_side):
+                raise InvalidInputError("texts of different lengths padded on the right cannot go into a KV cache "
+                                        "(their padding would sit before what continues them): pad on the left, "
+                                        "padding_side='left', as generate does")
             self._check_fits(cache.n_past if cache is not None else 0, tokens.shape[1])
             made = starts or attention_mask is not None or _is_texts(input)  # texts are padded by to_tokens
             pads = self._pads(self._attention_mask(tokens, attention_mask, bos, padding_side) if made else None, cache)
             out = self._core_forward(cache, tokens, self._plan(hooks), logits, pads=pads)
         return None if logits == "none" else out
+
+    def _right_padded(self, input, prepend_bos: bool, padding_side: str | None) -> bool:
+        """Whether to_tokens pads these texts on the right: several, of different lengths."""
+        if not _is_texts(input) or isinstance(input, str) or (padding_side or self.tokenizer.padding_side) != "right":
+            return False
+        return len({self.tokenizer.to_tokens(text, prepend_bos=prepend_bos).shape[1] for text in input}) > 1
 
     def _attention_mask(self, tokens, attention_mask=None, prepend_bos: bool = True,
                         padding_side: str | None = None) -> np.ndarray | None:
@@ -386,6 +399,8 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         if counts is None or cache is None:
             return counts
         left, right = counts
+        if len(left) != cache.batch:  # before reading the cache's padding: its batch may be huge
+            raise InvalidInputError(f"tokens have batch {len(left)} but the cache holds {cache.batch}")
         if right.any():
             raise InvalidInputError(f"row {np.flatnonzero(right)[0]} is padded on the right: a forward with a KV "
                                     "cache takes left padding only (a later call would leave a gap); pad on the left")
@@ -890,14 +905,16 @@ def _is_texts(input) -> bool:
 
 
 def _reloaded(path: str, kwargs: dict, saes: list, added_hooks: list = (), use_attn_result: bool = False,
-              modes: dict | None = None) -> Model:
-    """A pickled model: loaded again from its path, its SAEs, modes and hooks set again."""
+              modes: dict | None = None, padding_side: str | None = None) -> Model:
+    """A pickled model: loaded again from its path, its tokenizer's padding side, SAEs, modes and hooks set again."""
     model = load(path, **kwargs)
+    if padding_side is not None and model.tokenizer is not None:
+        model.tokenizer.padding_side = padding_side
+    model.set_use_attn_result(use_attn_result)
+    for mode, on in (modes or {}).items():  # before the SAEs and hooks, which may be at the modes' points
+        getattr(model, f"set_{mode}")(on)
     for sae, use_error_term in saes:
         model.add_sae(sae, use_error_term)
-    model.set_use_attn_result(use_attn_result)
-    for mode, on in (modes or {}).items():  # before the hooks, which may be at the modes' points
-        getattr(model, f"set_{mode}")(on)
     for (name, hook), permanent in added_hooks:
         model.add_hook(name, hook, is_permanent=permanent)
     return model

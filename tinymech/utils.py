@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import InvalidInputError, whole_number
+from .errors import InvalidInputError, NoTokenizerError, whole_number
 from .factored_matrix import composition_scores, get_corner
 from .hooks import get_act_name
 from .model_helpers import lm_cross_entropy_loss
@@ -23,12 +23,20 @@ __all__ = ["composition_scores", "get_act_name", "get_attention_mask", "get_corn
 def get_attention_mask(tokenizer, tokens, prepend_bos: bool, padding_side: str | None = None) -> np.ndarray:
     """transformer_lens.utils.get_attention_mask: [batch, pos] int64, 0 at the pad tokens that
     pad each row on padding_side (None: the tokenizer's), 1 elsewhere (see tinymech.padding)."""
-    tokens = np.asarray(tokens)
+    if not all(hasattr(tokenizer, name) for name in ("padding_side", "pad_token_id", "bos_token_id")):
+        raise NoTokenizerError(f"get_attention_mask needs a tokenizer (its pad and BOS tokens), not "
+                               f"{type(tokenizer).__name__}")
+    try:
+        tokens = np.asarray(tokens)
+    except (TypeError, ValueError) as e:
+        raise InvalidInputError(f"tokens are [batch, pos] or [pos] token ids: {e}") from None
     side = tokenizer.padding_side if padding_side is None else padding_side
     if side not in ("left", "right"):
         raise InvalidInputError(f"padding_side must be 'left' or 'right', not {side!r}")
     if tokens.ndim not in (1, 2):
         raise InvalidInputError(f"tokens are [batch, pos] or [pos], not shape {list(tokens.shape)}")
+    if not (np.issubdtype(tokens.dtype, np.integer) or tokens.size == 0):
+        raise InvalidInputError(f"tokens must be integers (token ids), not dtype {tokens.dtype}")
     mask = mask_of_tokens(np.atleast_2d(tokens), tokenizer.pad_token_id, tokenizer.bos_token_id, prepend_bos, side)
     return mask.reshape(tokens.shape)
 

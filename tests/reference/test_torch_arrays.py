@@ -174,6 +174,24 @@ def test_weights_factored_matrices_and_parameters(models, torch_on):
     assert all(isinstance(p, torch.Tensor) for _, p in model.named_parameters())
 
 
+def test_layer_stacks_in_torch_code(models, torch_on):
+    """A notebook's torch code on the stacked per-layer weights (model.W_Q, ...): torch functions,
+    @ and tensor methods see the stack as its stacked tensor, as TransformerLens's parameter."""
+    model, tl, _ = models
+    x = torch.randn(4, 60, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert _err(torch.einsum("pd,lhdk->lhpk", x, model.W_Q), torch.einsum("pd,lhdk->lhpk", x, tl.W_Q)) < TOL
+        assert _err(x @ model.W_V, x @ tl.W_V) < TOL
+        assert _err(model.W_O @ torch.ones(60), tl.W_O @ torch.ones(60)) < TOL
+        assert _err(model.W_in.norm(dim=-2), tl.W_in.norm(dim=-2)) < TOL
+        assert _err(torch.stack([model.b_Q, model.b_K]), torch.stack([tl.b_Q, tl.b_K])) < TOL
+        assert _err(model.W_K.transpose(-1, -2)[1], tl.W_K.transpose(-1, -2)[1]) < TOL
+    stacked = torch.einsum("lhdk->l", model.W_Q)
+    stacked += 1.0  # a copy: the model's weights stay
+    with tm.array_type("numpy"):
+        assert not hasattr(model.W_Q, "norm")  # numpy code sees the layer stack as before
+
+
 def test_patching_with_a_torch_metric(models, torch_on):
     model, tl, _ = models
     clean, corrupted = _tokens(1, 5, seed=2), _tokens(1, 5, seed=3)

@@ -5,6 +5,7 @@ masks get precise errors. (Against TransformerLens on the same padded inputs:
 tests/reference/test_padding_tl.py.)"""
 from __future__ import annotations
 
+import copy
 import pickle
 
 import numpy as np
@@ -184,6 +185,11 @@ def test_default_padding_side(demo):
     texts = ["Mr Darcy", "Hello there, Mr Darcy"]
     assert left.to_tokens(texts)[0, 0] == left.tokenizer.pad_token_id
     assert demo.to_tokens(texts)[0, -1] == demo.tokenizer.pad_token_id
+    left.tokenizer.padding_side = "right"  # changed since load: copies pad as the model does now
+    for copied in (pickle.loads(pickle.dumps(left)), copy.deepcopy(left)):
+        assert copied.tokenizer.padding_side == "right"
+        np.testing.assert_array_equal(copied.to_tokens(texts), left.to_tokens(texts))
+    left.tokenizer.padding_side = "left"
 
 
 @pytest.mark.parametrize("mask, match", [
@@ -218,6 +224,30 @@ def test_kv_cache_padding_that_would_leave_a_gap_is_refused(model):
         model(np.zeros((3, 4, model.cfg.d_model), np.float32), start_at_layer=1, attention_mask=mask)
 
 
+def test_a_padded_call_on_a_cache_of_another_batch_is_refused_before_allocating(model):
+    """A cache's batch may be declared far beyond memory (it allocates nothing until used):
+    a padded call on it is refused by its batch before its padding counts are read."""
+    tokens, mask, _ = padded(rows_of(model), "left")
+    huge = model.new_cache(2**40)
+    with pytest.raises(tm.InvalidInputError, match="tokens have batch 3 but the cache holds 1099511627776"):
+        model.forward(tokens, cache=huge, attention_mask=mask)
+    assert huge.n_past == 0 and model.new_cache(2).left_padding.tolist() == [0, 0]
+
+
+def test_texts_padded_on_the_right_are_refused_by_a_kv_cache(demo):
+    """Right padding would sit in the cache between a row's prompt and what continues it."""
+    texts = ["Mr Darcy walked in", "She"]
+    for side in (None, "right"):  # None: the tokenizer's, right by default
+        cache = demo.new_cache(2)
+        with pytest.raises(tm.InvalidInputError, match="pad on the left"):
+            demo.forward(texts, cache=cache, padding_side=side)
+        assert cache.n_past == 0
+    cache = demo.new_cache(2)
+    last = demo.forward(texts, cache=cache, padding_side="left", logits="last")
+    np.testing.assert_allclose(last[1], demo.forward(texts[1], logits="last")[0], rtol=TOL, atol=TOL)
+    demo.forward(["Mr Darcy", "Mr Bingley"], cache=demo.new_cache(2))  # one length: no padding
+
+
 def test_bf16_attention_of_padded_rows(saved_gpt2):
     """bfloat16 weights: a prefill's attention reads bfloat16 copies of the keys and values
     (where the CPU has bfloat16 dot products), from each row's first real key."""
@@ -228,3 +258,15 @@ def test_bf16_attention_of_padded_rows(saved_gpt2):
         logits = model(tokens, attention_mask=mask)
         for b, row in enumerate(rows):
             assert_close(logits[b, where[b]], model(row)[0], f"{side} row {b}")
+
+
+@pytest.mark.parametrize("tokenizer, tokens, match", [
+    (None, [[1, 2]], "a tokenizer"),
+    ("demo", [[1, 2], [3]], r"tokens are \[batch, pos\]"),
+    ("demo", [["a", "b"]], "integers"),
+])
+def test_get_attention_mask_refuses_what_it_cannot_read(demo, tokenizer, tokens, match):
+    tokenizer = demo.tokenizer if tokenizer == "demo" else tokenizer
+    with pytest.raises(tm.TinymechError, match=match):
+        tm.utils.get_attention_mask(tokenizer, tokens, True, "left")
+    np.testing.assert_array_equal(tm.utils.get_attention_mask(demo.tokenizer, [0, 0, 5], False, "left"), [0, 0, 1])

@@ -220,6 +220,19 @@ def test_copies_keep_the_modes_and_their_hooks(gpt2):
         np.testing.assert_array_equal(c(toks), expected)
 
 
+@pytest.mark.parametrize("hook,mode", [("blocks.1.hook_mlp_in", "use_hook_mlp_in"),
+                                       ("blocks.0.hook_q_input", "use_split_qkv_input")])
+def test_copies_keep_an_sae_at_a_modes_point(gpt2, tmp_path, hook, mode):
+    """The copy sets the modes before it attaches the SAEs, which may read the modes' points."""
+    toks = tokens(gpt2)
+    getattr(gpt2, f"set_{mode}")(True)
+    gpt2.add_sae(tm.SAE.load(write_sae(tmp_path / "sae", "standard", gpt2.cfg.d_model, 24, hook=hook)))
+    expected = gpt2(toks)
+    for c in (pickle.loads(pickle.dumps(gpt2)), copy.deepcopy(gpt2)):
+        assert list(c.acts_to_saes) == [hook]
+        np.testing.assert_array_equal(c(toks), expected)
+
+
 def test_get_act_name_knows_the_points():
     assert tm.get_act_name("q_input", 2) == "blocks.2.hook_q_input"
     assert tm.get_act_name("attn_in", 0) == "blocks.0.hook_attn_in"

@@ -495,6 +495,8 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
             loss = token_losses(logits, tokens)
             if not loss_per_token:
                 loss = float(loss.mean()) if loss.size else float("nan")
+        if not loss_per_token:  # a float that also answers .item(), as TransformerLens's 0-d tensor does
+            loss = np.float64(loss)
         if return_type == "loss":
             return loss
         return logits, loss
@@ -997,6 +999,9 @@ def load(
     return _loaded(Model(cfg, weights, tokenizer, path=str(source), dtype=dtype), source, flags)
 
 
+# TransformerLens's aliases of the hub names tinymech loads (its supported_models.MODEL_ALIASES)
+TL_ALIASES = {"gpt2-small": "gpt2", "distillgpt2": "distilgpt2", "distill-gpt2": "distilgpt2",
+              "distil-gpt2": "distilgpt2", "gpt2-xs": "distilgpt2"}
 TL_DEFAULTS = dict(fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True)
 # from_pretrained's other keywords: what tinymech does anyway (None: any value is refused but None)
 FROM_PRETRAINED_KEYS = {"default_prepend_bos": True, "tokenizer": None,
@@ -1013,6 +1018,8 @@ def from_pretrained(model_name: str | os.PathLike | None = None, fold_ln: bool =
     device: the CPU only (tinymech runs there); dtype "float32" or "bf16"/"bfloat16" weights;
     default_padding_side "left" or "right" (None: "right")."""
     _cpu_only(device, n_devices)
+    if isinstance(model_name, str) and not os.path.exists(model_name):
+        model_name = TL_ALIASES.get(model_name, model_name)
     for key, value in kwargs.items():
         if key not in FROM_PRETRAINED_KEYS:
             raise InvalidInputError(f"from_pretrained got an unexpected keyword {key!r}")

@@ -5,6 +5,7 @@ scores, to_single_token, get_token_position, tokens_to_residual_directions and
 loss_fn. Arrays are numpy."""
 from __future__ import annotations
 
+import warnings
 from typing import Iterator
 
 import numpy as np
@@ -42,6 +43,33 @@ class ModelHelpers:
     @property
     def unembed(self) -> Unembed:
         return Unembed(self)
+
+    # ---- torch.nn.Module's housekeeping, which notebooks call: tinymech runs on the CPU, in inference ----
+
+    def to(self, device_or_dtype=None, print_details: bool = True):
+        """The model itself: it stays on the CPU with its weights' dtype (another device or dtype warns)."""
+        text = str(device_or_dtype)
+        if device_or_dtype is not None and text.split(":")[0] != "cpu" and text not in ("torch.float32", "float32"):
+            warnings.warn(f"to({device_or_dtype!r}): tinymech runs on the CPU with the weights it loaded; "
+                          "the model stays as it is", stacklevel=2)
+        return self
+
+    def cpu(self):
+        return self
+
+    def cuda(self, device=None):
+        return self.to("cuda")
+
+    def mps(self):
+        return self.to("mps")
+
+    def eval(self):
+        """The model itself (tinymech has no dropout or training mode)."""
+        return self
+
+    def train(self, mode: bool = True):
+        """The model itself: tinymech does not train a model's weights (SAEs: tm.train_sae)."""
+        return self
 
     def named_parameters(self) -> Iterator[tuple[str, np.ndarray]]:
         """(name, array) per parameter, with TransformerLens's names and order

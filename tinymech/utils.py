@@ -16,7 +16,7 @@ from .model_helpers import lm_cross_entropy_loss
 from .ops import log_sum_exp, top_k
 from .padding import mask_of_tokens
 
-__all__ = ["composition_scores", "get_act_name", "get_attention_mask", "get_corner", "lm_cross_entropy_loss",
+__all__ = ["composition_scores", "get_act_name", "get_attention_mask", "get_corner", "get_device", "lm_cross_entropy_loss",
            "remove_batch_dim", "test_prompt", "to_numpy", "tokenize_and_concatenate"]
 
 
@@ -62,6 +62,11 @@ def _column(row, column_name: str) -> str:
         return row[column_name]
     except (KeyError, TypeError, IndexError):
         raise InvalidInputError(f"a dataset row has no {column_name!r} column (column_name names another)") from None
+
+
+def get_device() -> str:
+    """transformer_lens.utils.get_device: tinymech runs on the CPU."""
+    return "cpu"
 
 
 def to_numpy(x) -> np.ndarray:

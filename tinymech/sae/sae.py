@@ -270,6 +270,20 @@ class SAE:
         """
         return cls._read(sae_dir(path), {}, norm_scaling_factor)
 
+    def to(self, device_or_dtype=None):
+        """The SAE itself: it stays on the CPU in float32 (another device or dtype warns)."""
+        text = str(device_or_dtype)
+        if device_or_dtype is not None and text.split(":")[0] != "cpu" and text not in ("torch.float32", "float32"):
+            _on_cpu(device_or_dtype, None)
+        return self
+
+    def cpu(self):
+        return self
+
+    def eval(self):
+        """The SAE itself (nothing to switch off at inference)."""
+        return self
+
     @classmethod
     def load_from_disk(cls, path: str | os.PathLike, device: str = "cpu", dtype: str | None = None) -> "SAE":
         """SAELens 6's name for load: the SAE in the folder `path`. device and dtype are

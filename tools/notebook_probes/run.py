@@ -11,7 +11,7 @@ compared (numbers with np.allclose at float32 tolerance, after torch -> numpy). 
               runs)
   differs     runs on tinymech but gives other numbers: a bug
   torch-only  fails only because a torch tensor method or function meets a numpy array tinymech returned
-              (rerun with tm.set_array_type("torch") where tinymech has it)
+              (with --torch-arrays, rerun with tm.set_array_type("torch") and compared)
   fails       fails otherwise (the exception says what is missing)
   invalid     fails on the reference itself: the probe is broken (should never happen)
 
@@ -343,7 +343,7 @@ def classify(probe, ref: dict, got: dict) -> dict:
 STATUSES = ("same", "differs", "torch-only", "fails", "invalid")
 
 
-def measure(selected, cache_root: Path, progress=None, check_all: bool = False) -> dict:
+def measure(selected, cache_root: Path, progress=None, check_all: bool = False, torch_arrays: bool = False) -> dict:
     hook_z = standins.hook_z_saes(cache_root)
     reference = Side("reference", {k: str(v) for k, v in hook_z.items()})
     tiny = Side("tinymech", {k: str(v) for k, v in hook_z.items()})
@@ -355,11 +355,12 @@ def measure(selected, cache_root: Path, progress=None, check_all: bool = False) 
         got = tiny.run(probe)
         # the reference is needed to compare numbers; where tinymech fails it only shows that the probe is
         # sound (--check-all), and the patching sweeps take TransformerLens minutes
-        ran = got["ok"] or torch_only(got.get("error") or "") and hasattr(tinymech, "set_array_type")
+        rerun = torch_arrays and hasattr(tinymech, "set_array_type")
+        ran = got["ok"] or torch_only(got.get("error") or "") and rerun
         ref = reference.run(probe) if ran or check_all else {"ok": True, "unchecked": True}
         row = classify(probe, ref, got)
         row["reference_checked"] = not ref.get("unchecked", False)
-        if row["status"] == "torch-only" and hasattr(tinymech, "set_array_type"):
+        if row["status"] == "torch-only" and rerun:
             tiny.array_type = "torch"
             try:
                 again = classify(probe, ref, tiny.run(probe))
@@ -419,6 +420,9 @@ def main(argv=None) -> int:
     parser.add_argument("--only", nargs="*", default=(), help="probe ids or id prefixes")
     parser.add_argument("--cache", type=Path, help="where to build the offline stand-in cache (default: a temp dir)")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--torch-arrays", action="store_true",
+                        help="rerun the torch-only probes with tm.set_array_type('torch') and compare them with the "
+                             "reference (its patching sweeps take TransformerLens about 10 minutes)")
     parser.add_argument("--check-all", action="store_true",
                         help="also run the reference where tinymech fails (shows every probe is sound; slow)")
     parser.add_argument("--copy-models", action="store_true",
@@ -440,7 +444,7 @@ def main(argv=None) -> int:
             print(f"{row['status']:10} {row['id']:42} {row['seconds']:6.2f}s  {row.get('error') or ''}"[:220],
                   flush=True)
 
-    report = measure(selected, root, progress, args.check_all)
+    report = measure(selected, root, progress, args.check_all, args.torch_arrays)
     report["imports"] = {"modules": MODULES, "names": {f"{m}.{n}": v for (m, n), v in NAMES.items()}}
     report["standin_subs"] = [list(s) for s in probe_data.STANDIN_SUBS]
     if not args.quiet:

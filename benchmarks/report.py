@@ -10,6 +10,8 @@ dicts with
     unit      tok/s, ms, s, MB, GF/s, ...
     ratio     the number the target is about (the task says which way), or None
     target    target(...) or None;  met: True / False / None (no target)
+    kernels   the kernel variant the row ran on (run_all fills it in where a
+              benchmark did not)
     note      free text
 plus any extra keys a script wants for its own printing.
 """
@@ -97,25 +99,28 @@ def cells(r: dict) -> list:
             ref += f" ({r['ref_name']})"
     ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}×"
     met = {True: "met", False: "NOT met", None: ""}[r["met"]]
-    return [r["task"], ours, ref, ratio, target_text(r), met, r.get("note", "")]
+    return [r["task"], ours, ref, ratio, target_text(r), met, r.get("kernels") or "", r.get("note", "")]
 
 
-HEADER = ["task", "tinymech", "reference", "ratio", "target", "met", "note"]
+HEADER = ["task", "tinymech", "reference", "ratio", "target", "met", "kernels", "note"]
 
 
 def format_table(rows, markdown: bool = False) -> str:
     body = [cells(r) for r in rows]
     header = list(HEADER)
-    if not any(c[-1] for c in body):  # no notes: drop the column
-        header, body = header[:-1], [c[:-1] for c in body]
+    for i in (7, 6):  # no notes, or no kernel variants: drop the column
+        if not any(c[i] for c in body):
+            header, body = header[:i] + header[i + 1:], [c[:i] + c[i + 1:] for c in body]
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cols) + " |" for cols in body]
         return "\n".join(lines)
     widths = [max(len(x) for x in col) for col in zip(header, *body)]
 
+    left = {0, len(header) - 1} if header[-1] == "note" else {0}
+
     def line(cols):  # task and note left-aligned, the rest right-aligned
-        out = [c.ljust(w) if i in (0, 6) else c.rjust(w) for i, (c, w) in enumerate(zip(cols, widths))]
+        out = [c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cols, widths))]
         return "  ".join(out).rstrip()
 
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(c) for c in body])

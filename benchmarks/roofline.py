@@ -1,6 +1,6 @@
 """How close the core's kernels come to this machine's limits.
 
-    python benchmarks/roofline.py [--threads N] [--repeats 3]
+    python benchmarks/roofline.py [--threads N] [--repeats 3] [--variants avx512,avx2]
 
 Prints matmul GFLOP/s of tinymech's kernel and of numpy's BLAS on the shapes a
 GPT-2-small prefill uses, and memory read bandwidth (GB/s) of a 1-row matmul
@@ -13,7 +13,15 @@ dot products, the same shapes with bfloat16 weights (stored [N, K], as
 `tm.load(..., dtype="bf16")` keeps them) are given as a share of the
 measured bfloat16 dot-product peak.
 
-roofline_rows(threads, repeats) returns the measurements as report rows.
+Each kernel variant named by --variants (default: the one the core picked,
+and avx2 beside it where the CPU runs both) is measured against its own
+probes: `tm.set_kernel_variant("avx2")` on an AVX-512 CPU runs the AVX2
+kernels, and its FMA probe then runs AVX2 instructions, so the share is of
+the AVX2 peak. numpy's OpenBLAS picks its own kernels; run with
+OPENBLAS_CORETYPE=Haswell to compare with its AVX2 ones.
+
+roofline_rows(threads, repeats, variants) returns the measurements as report
+rows, each with the variant it ran on (`kernels`).
 """
 from __future__ import annotations
 
@@ -26,21 +34,41 @@ from timing import bench_parser, best_time
 SHAPES = [(512, 768, 2304), (512, 768, 3072), (512, 3072, 768), (512, 768, 768), (512, 768, 50257)]
 
 
-def roofline_rows(threads: int, repeats: int = 3) -> list:
-    """Rows "matmul-MxKxN" (GF/s, ratio tinymech / numpy, `peak_share` when
-    the FMA probe exists), "fma-peak" (only with the probe), where the CPU has
-    bfloat16 dot products "bf16-peak" and "bf16-matmul-MxKxN" (GF/s, ratio =
-    share of that peak), and "memory-read"
-    (GB/s of the 1-row matmul, ratio = its share of the reference bandwidth).
-    The core runs `threads` threads meanwhile (restored after)."""
+def default_variants() -> list:
+    """The variant the core picked, and avx2 after it where the CPU runs both."""
     import tinymech as tm
 
-    before = tm.get_num_threads()
+    picked = tm.kernel_variant()
+    return [picked] + (["avx2"] if picked != "avx2" and "avx2" in tm.kernel_variants() else [])
+
+
+def roofline_rows(threads: int, repeats: int = 3, variants=None) -> list:
+    """For each kernel variant (default: default_variants()), rows
+    "matmul-MxKxN" (GF/s, ratio tinymech / numpy, `peak_share` when the FMA
+    probe exists), "fma-peak" (only with the probe), where the variant has
+    bfloat16 dot products "bf16-peak" and "bf16-matmul-MxKxN" (GF/s, ratio =
+    share of that peak), and "memory-read" (GB/s of the 1-row matmul, ratio =
+    its share of the reference bandwidth); ids after the first variant's end
+    in "-" and the variant's name, and every row names its variant in `kernels`.
+    The core runs `threads` threads meanwhile; threads and variant are restored after."""
+    import tinymech as tm
+
+    variants = list(variants or default_variants())
+    before, picked = tm.get_num_threads(), tm.kernel_variant()
     tm.set_num_threads(threads)
+    rows = []
     try:
-        return _roofline_rows(repeats)
+        for i, variant in enumerate(variants):
+            tm.set_kernel_variant(variant)
+            for r in _roofline_rows(repeats):
+                r["kernels"] = variant
+                if i:
+                    r["id"] += f"-{variant}"
+                rows.append(r)
     finally:
         tm.set_num_threads(before)
+        tm.set_kernel_variant(picked)
+    return rows
 
 
 def _roofline_rows(repeats: int) -> list:
@@ -67,7 +95,8 @@ def _roofline_rows(repeats: int) -> list:
         ours, ref = flops / t_ours / 1e9, flops / t_ref / 1e9
         share = ours / peak if peak else None
         rows.append(row(f"matmul-{M}x{K}x{N}", f"matmul {M}x{K}x{N}", ours, ref, "GF/s", ours / ref,
-                        ref_name="numpy", note=f"{share:.0%} of FMA peak" if share else "", peak_share=share))
+                        ref_name="numpy", note=f"{share:.0%} of {kernels.variant()} FMA peak" if share else "",
+                        peak_share=share))
     rows += _bf16_rows(kernels, problems, repeats)
 
     big = rng.standard_normal(64 * 1024 * 1024 // 4 * 8, dtype=np.float32)  # 256 MB, far beyond caches
@@ -100,13 +129,19 @@ def _bf16_rows(kernels, problems, repeats: int) -> list:
 
 def main():
     parser = bench_parser(__doc__.splitlines()[0], layers=False)
+    parser.add_argument("--variants", help="comma-separated kernel variants (default: the core's pick, and avx2)")
     args = parser.parse_args()
 
     import tinymech as tm
 
     tm.set_num_threads(args.threads)
-    rows = roofline_rows(args.threads, args.repeats)
-    print(f"threads {args.threads}, kernels {tm._core.kernels.variant()}")
+    variants = args.variants.split(",") if args.variants else default_variants()
+    for variant in variants:
+        print_rows(roofline_rows(args.threads, args.repeats, [variant]), args.threads, variant)
+
+
+def print_rows(rows: list, threads: int, variant: str) -> None:
+    print(f"threads {threads}, kernels {variant}")
     peak = next((r["tinymech"] for r in rows if r["id"] == "fma-peak"), None)
     if peak is not None:
         print(f"FMA peak (native probe): {peak:.1f} GF/s")

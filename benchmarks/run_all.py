@@ -4,7 +4,7 @@ the machine.
 
     python benchmarks/run_all.py [--threads N] [--layers 12] [--repeats 3]
                                  [--only forward,hooks,...] [--markdown] [--write PATH]
-                                 [--train-tokens N]
+                                 [--train-tokens N] [--variants avx512,avx2]
 
 --write PATH also writes the Markdown report to PATH (the project keeps its
 latest in docs/benchmarks.md: python benchmarks/run_all.py --write docs/benchmarks.md).
@@ -20,7 +20,8 @@ Benchmarks (--only takes any of these names, comma-separated):
             trainer and a sparsify-style torch loop; a quick budget unless
             --train-tokens                                               (bench_sae_training.py)
   dashboards  feature dashboards tok/s, where the time goes, seconds per 10^6 tokens (bench_dashboards.py)
-  roofline  matmul GF/s vs numpy and FMA peak; memory bandwidth          (roofline.py)
+  roofline  matmul GF/s vs numpy and each kernel variant's FMA peak (the core's
+            pick and avx2 beside it, or --variants); memory bandwidth     (roofline.py)
   load      tm.load time of a save_pretrained checkpoint                 (bench_system.py)
   rss       peak RSS of load + a 512-token forward, or + generation, vs the weights' bytes (bench_system.py)
   length    per-token prefill time, 1024 tokens vs 512                   (bench_system.py)
@@ -55,9 +56,11 @@ def parse_args(argv=None):
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     parser.add_argument("--train-tokens", type=int, metavar="N",
                         help="sae_training: training tokens per model (default: its quick budget)")
+    parser.add_argument("--variants", help="roofline: comma-separated kernel variants (default: the core's pick, and avx2)")
     parser.add_argument("--write", metavar="PATH", help="also write the Markdown report to PATH (e.g. docs/benchmarks.md)")
     args = parser.parse_args(argv)
     args.only = [name.strip() for name in args.only.split(",") if name.strip()]
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
     unknown = [name for name in args.only if name not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
@@ -97,6 +100,8 @@ def run(args) -> tuple:
             traceback.print_exc(file=sys.stderr)
             failed.append((name, f"{type(e).__name__}: {e}"))
         else:
+            for r in by_name[name]:  # the table's kernels column: the variant each row ran on
+                r.setdefault("kernels", active_variant())
             rows.extend(by_name[name])
             if by_name[name]:
                 body = format_table(by_name[name]).splitlines()[2:]  # the rows without the header
@@ -138,10 +143,16 @@ def run(args) -> tuple:
         elif name == "dashboards":
             step(name, dashboard_rows)
         elif name == "roofline":
-            step(name, lambda: roofline_rows(args.threads, repeats=reps))
+            step(name, lambda: roofline_rows(args.threads, repeats=reps, variants=args.variants))
         elif name == "smollm2":
             step(name, lambda: smollm2_rows(repeats=reps))
     return rows, skipped, failed
+
+
+def active_variant() -> str:
+    import tinymech as tm
+
+    return tm.kernel_variant()
 
 
 def main(argv=None):

@@ -16,7 +16,7 @@ def test_benchmark_command_writes_the_published_table(monkeypatch, tmp_path, cap
     from report import row
 
     roofline = types.ModuleType("roofline")
-    roofline.roofline_rows = lambda threads, repeats: [row("mm", "matmul", 1.0, unit="GF/s")]
+    roofline.roofline_rows = lambda threads, repeats, **_: [row("mm", "matmul", 1.0, unit="GF/s")]
     monkeypatch.setitem(sys.modules, "roofline", roofline)
     out = tmp_path / "benchmarks.md"
     assert run_all.main(["--only", "roofline", "--markdown", "--write", str(out)]) == 0

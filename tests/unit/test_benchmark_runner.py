@@ -26,14 +26,18 @@ def _fake_module(monkeypatch, name, **functions):
 def test_a_failing_benchmark_keeps_the_rows_measured_before_and_after_it(run_all, monkeypatch, capsys):
     from report import row
 
+    import tinymech as tm
+
     def broken(**_):
         raise RuntimeError("the child could not import tinymech")
 
     _fake_module(monkeypatch, "bench_sae", sae_rows=broken)
-    _fake_module(monkeypatch, "roofline", roofline_rows=lambda threads, repeats: [row("mm", "matmul", 1.0, unit="GF/s")])
+    _fake_module(monkeypatch, "roofline",
+                 roofline_rows=lambda threads, repeats, **_: [row("mm", "matmul", 1.0, unit="GF/s")])
     args = run_all.parse_args(["--only", "sae,roofline", "--repeats", "1"])
     rows, skipped, failed = run_all.run(args)
     assert [r["id"] for r in rows] == ["mm"]
+    assert rows[0]["kernels"] == tm.kernel_variant()  # stamped: the variant the row ran on
     assert failed == [("sae", "RuntimeError: the child could not import tinymech")]
     assert skipped == []
     err = capsys.readouterr().err
@@ -54,3 +58,18 @@ def test_sae_training_runs_its_quick_budget_unless_given_train_tokens(run_all, m
         rows, skipped, failed = run_all.run(run_all.parse_args(argv))
         assert [r["id"] for r in rows] == ["sae-train-demo"] and not skipped and not failed
     assert asked == [None, {"smollm2": 8192, "demo": 8192}]
+
+
+def test_the_table_has_a_kernels_column_only_where_a_row_names_its_variant(run_all):
+    from report import format_table, row
+
+    plain = [row("mm", "matmul", 1.0, 2.0, "GF/s", 0.5, note="x")]
+    assert "kernels" not in format_table(plain, markdown=True)
+    tagged = [row("mm", "matmul", 1.0, 2.0, "GF/s", 0.5, note="91% of avx2 FMA peak", kernels="avx2"),
+              row("mm2", "matmul", 1.0, unit="GF/s")]
+    table = format_table(tagged, markdown=True).splitlines()
+    assert table[0] == "| task | tinymech | reference | ratio | target | met | kernels | note |"
+    assert table[2].endswith("| avx2 | 91% of avx2 FMA peak |")
+    text = format_table(tagged).splitlines()
+    assert text[0].split() == ["task", "tinymech", "reference", "ratio", "target", "met", "kernels", "note"]
+    assert text[2].endswith("avx2  91% of avx2 FMA peak")  # the note stays left-aligned, last

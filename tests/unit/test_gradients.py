@@ -249,8 +249,10 @@ def test_a_backward_refuses_padding_and_the_per_head_modes(saved_gpt2):
         model.set_use_split_qkv_input(False)
     model.set_use_hook_mlp_in(True)
     try:
-        with pytest.raises(tm.TinymechError, match="hook_mlp_in is not supported yet"):
-            model.run_with_cache([[1, 2]], prepend_bos=False, hooks=[("blocks.0.hook_mlp_in", tm.scale(2.0))], **grad)
-        model.run_with_cache([[1, 2]], prepend_bos=False, names_filter=["blocks.0.hook_mlp_in"], **grad)  # reading: fine
+        with pytest.raises(InvalidInputError, match="set_use_hook_mlp_in"):
+            model.run_with_cache([[1, 2]], prepend_bos=False, names_filter=["blocks.0.hook_mlp_in"], **grad)
+        with pytest.raises(InvalidInputError, match="set_use_hook_mlp_in"):
+            model.run_with_hooks([[1, 2]], prepend_bos=False, bwd_hooks=[("hook_embed", lambda g, hook: g)],
+                                 metric=("log_prob", 1))
     finally:
         model.set_use_hook_mlp_in(False)

@@ -120,6 +120,12 @@ SETUPS = {
         corrupted_logit_diff = logits_to_logit_diff(corrupted_logits)
         layer, position = 1, 3
     """),
+    "main.ioi_result": _d("""
+        num_positions = len(clean_tokens[0])
+        ioi_patching_result = torch.ones((model.cfg.n_layers, num_positions), device=model.cfg.device)
+    """),
+    # the notebook's bias_indices come from torch's sort of W_U's bias
+    "main.bias_indices": "bias_indices = torch.arange(40)",
     # torch.randint(1000, 10000, ...) in the notebook: the stand-in's vocabulary has 8192 tokens
     "main.repeated": _d("""
         torch.manual_seed(0)
@@ -187,7 +193,7 @@ SETUPS = {
             else:
                 return answer_logit_diff.mean()
         original_average_logit_diff = logits_to_ave_logit_diff(torch.as_tensor(np.asarray(original_logits)), answer_tokens)
-        answer_residual_directions = torch.as_tensor(np.asarray(model.tokens_to_residual_directions(answer_tokens)))
+        answer_residual_directions = model.tokens_to_residual_directions(answer_tokens)
         logit_diff_directions = (
             answer_residual_directions[:, 0] - answer_residual_directions[:, 1]
         )
@@ -200,7 +206,7 @@ SETUPS = {
             )
             return einsum(
                 "... batch d_model, batch d_model -> ...",
-                torch.as_tensor(np.asarray(scaled_residual_stack)),
+                scaled_residual_stack,
                 logit_diff_directions,
             ) / len(prompts)
         per_head_residual, labels = cache.stack_head_results(
@@ -244,6 +250,14 @@ SETUPS = {
             return corrupted_head_pattern
         layer, position, head_index = 2, 10, 3
     """),
+    "expl.corrupted_diff": _d("""
+        corrupted_logits, corrupted_cache = model.run_with_cache(
+            corrupted_tokens, return_type="logits"
+        )
+        corrupted_average_logit_diff = logits_to_ave_logit_diff(torch.as_tensor(np.asarray(corrupted_logits)), answer_tokens)
+    """),
+    # visualize_attention_patterns' arguments
+    "expl.heads": "heads = [3, 9, 30]\nlabels = []\nbatch_index = 0\nlocal_cache = cache\nlocal_tokens = tokens[0]",
     # torch.randint(100, 20000, ...) in the notebook: the stand-in's vocabulary has 8192 tokens
     "expl.scores": _d("""
         seq_len = 100
@@ -398,6 +412,7 @@ SETUPS = {
         hook_name = sae.cfg.metadata.hook_name
     """),
     # using_an_sae_as_a_steering_vector: "gemma-2b" -> the stand-in; layer 6 -> 1 where it names a hook
+    "steer.layer": "layer = 6",
     "steer.sae": _d("""
         layer = 6
         sae = SAE.from_pretrained(
@@ -443,6 +458,13 @@ SETUPS = {
             )
             res_str = model.to_string(res[:, 1:])
             print(("\\n\\n" + "-" * 80 + "\\n\\n").join(res_str))
+    """),
+    # the path-patching cell's state: split qkv inputs on, S-inhibition heads (7, 3), (7, 9), (8, 6), (8, 10) ->
+    # heads of the stand-in's last layer, one feature's direction
+    "hsae.v_input": _d("""
+        model.set_use_split_qkv_input(True)
+        s_inhib_heads = [(3, 3), (3, 6)]
+        feature_dirs = torch.ones(model.cfg.d_model) * 0.01
     """),
     # Hooked_SAE_Transformer_Demo: gpt2-small-hook-z-kk's SAEs (a .pt format) -> random SAEs on the
     # stand-in's hook_z, read from disk (HOOK_Z_SAES is given by run.py); layer 5 -> 2, 4 layers
@@ -611,8 +633,8 @@ probe("main.resid_patching_loop", MAIN, _d("""
 probe("main.to_str_tokens_tokens", MAIN,
       'token_labels = [f"{token}_{index}" for index, token in enumerate(model.to_str_tokens(clean_tokens))]',
       _M + ("main.ioi",), "token_labels", compare="exact")
-probe("main.utils_to_numpy", MAIN, "arr = utils.to_numpy(ioi_patching_result)",
-      _M + ("main.ioi",) , "arr", subs=(("arr = ", "ioi_patching_result = torch.ones(4, 3)\narr = "),))
+probe("main.utils_to_numpy", MAIN, "arr = utils.to_numpy(ioi_patching_result)", _M + ("main.ioi", "main.ioi_result"),
+      "arr", note="imshow's utils.to_numpy(tensor) on the cell's torch result")
 probe("main.forward_torch_tokens", MAIN, "repeated_logits = model(repeated_tokens)", _M + ("main.repeated",),
       "repeated_logits")
 probe("main.loss_fn_per_token", MAIN, _d("""
@@ -687,12 +709,11 @@ probe("main.b_U_sort", MAIN, _d("""
     bias_values, bias_indices = unembed_bias.sort(descending=True)
 """), _M, "bias_values")
 probe("main.to_string_index", MAIN, _d("""
-    bias_indices = torch.arange(40)
     top_k = 20
     out = []
     for i in range(top_k):
         out.append(repr(model.to_string(bias_indices[i])))
-"""), _M, "out", compare="exact", note="the notebook's bias_indices come from torch's sort; here an arange")
+"""), _M + ("main.bias_indices",), "out", compare="exact", note="out collects what the cell prints")
 probe("main.b_U_single_token", MAIN, _d("""
     john_bias = model.unembed.b_U[model.to_single_token(' John')]
     mary_bias = model.unembed.b_U[model.to_single_token(' Mary')]
@@ -1006,22 +1027,23 @@ probe("expl.rearrange_cfg", EXPL, _d("""
 """), _E + ("expl.logit_diff",), "per_head_logit_diffs")
 probe("expl.cache_attn_head", EXPL, _d("""
     patterns = []
-    for head in [3, 9, 30]:
+    for head in heads:
         layer = head // model.cfg.n_heads
         head_index = head % model.cfg.n_heads
-        patterns.append(cache["attn", layer][0, head_index])
-    str_tokens = model.to_str_tokens(tokens[0])
-"""), _E, "(patterns, str_tokens)")
+        labels.append(f"L{layer}H{head_index}")
+        patterns.append(local_cache["attn", layer][batch_index, head_index])
+    str_tokens = model.to_str_tokens(local_tokens)
+"""), _E + ("expl.heads",), "(patterns, str_tokens)")
 probe("expl.torch_stack_patterns", EXPL, _d("""
     patterns = []
-    for head in [3, 9, 30]:
+    for head in heads:
         layer = head // model.cfg.n_heads
         head_index = head % model.cfg.n_heads
-        patterns.append(cache["attn", layer][0, head_index])
+        patterns.append(local_cache["attn", layer][batch_index, head_index])
     patterns: Float[torch.Tensor, "head_index dest_pos src_pos"] = torch.stack(
         patterns, dim=0
     )
-"""), _E, "patterns")
+"""), _E + ("expl.heads",), "patterns")
 probe("expl.corrupted_run_with_cache", EXPL, _d("""
     corrupted_prompts = []
     for i in range(0, len(prompts), 2):
@@ -1087,7 +1109,6 @@ probe("expl.patch_loop_logit_diff", EXPL, _d("""
         return (patched_logit_diff - corrupted_average_logit_diff) / (
             original_average_logit_diff - corrupted_average_logit_diff
         )
-    corrupted_average_logit_diff = original_average_logit_diff * 0.5
     patched_residual_stream_diff = torch.zeros(
         model.cfg.n_layers, tokens.shape[1], device=device, dtype=torch.float32
     )
@@ -1104,14 +1125,12 @@ probe("expl.patch_loop_logit_diff", EXPL, _d("""
             patched_residual_stream_diff[layer, position] = normalize_patched_logit_diff(
                 patched_logit_diff
             )
-"""), _E + ("expl.logit_diff", "expl.corrupted"), "patched_residual_stream_diff")
+"""), _E + ("expl.logit_diff", "expl.corrupted", "expl.corrupted_diff"), "patched_residual_stream_diff")
 probe("expl.torch_topk_heads", EXPL, _d("""
     top_positive_logit_attr_heads = torch.topk(
         per_head_logit_diffs.flatten(), k=3
     ).indices
-"""), _E + ("expl.logit_diff",), "top_positive_logit_attr_heads",
-      subs=(("per_head_logit_diffs.flatten()", "per_head_logit_diffs.flatten()"),),
-      note="per_head_logit_diffs is the setup's torch tensor; this probe shows torch.topk accepts it")
+"""), _E + ("expl.logit_diff",), "top_positive_logit_attr_heads")
 probe("expl.head_scores_hooks", EXPL, _d("""
     loss = model.run_with_hooks(
         repeated_tokens,
@@ -1392,10 +1411,6 @@ probe("basic.l0_float", BASIC, _d("""
     l0 = (feature_acts[:, 1:] > 0).float().sum(-1).detach()
     print("average l0", l0.mean().item())
 """), _B + ("sae.dataset", "sae.tokens"), "l0")
-probe("basic.l0_histogram_numpy", BASIC, "h = l0.flatten().cpu().numpy()",
-      _B + ("sae.dataset", "sae.tokens"), "h",
-      subs=(("h = ", "l0 = (feature_acts[:, 1:] > 0).sum(-1)\nh = "),),
-      note="l0 as a sum of booleans, so only .cpu().numpy() is probed")
 probe("basic.loss_item", BASIC, 'x = model(batch_tokens, return_type="loss").item()\nprint("Orig", x)',
       _B + ("sae.dataset", "sae.tokens"), "x")
 probe("basic.reconstr_hook", BASIC, _d("""
@@ -1453,7 +1468,7 @@ probe("steer.sae_from_pretrained", STEER, _d("""
     )
     hook_point = sae.cfg.metadata.hook_name
     print(hook_point)
-"""), ("base", "sae.imports") , "hook_point", compare="exact", subs=(("sae = SAE", "layer = 6\nsae = SAE"),))
+"""), ("base", "sae.imports", "steer.layer"), "hook_point", compare="exact")
 probe("steer.run_with_cache", STEER, _d("""
     sv_prompt = " The Golden Gate Bridge"
     sv_logits, cache = model.run_with_cache(sv_prompt, prepend_bos=True)
@@ -1592,9 +1607,6 @@ probe("hsae.v_input_path_patch", HSAE, _d("""
         v_input[:, pos, head_index, :] = v_input[:, pos, head_index, :] - feature_dirs
         return v_input
 
-    model.set_use_split_qkv_input(True)
-    s_inhib_heads = [(3, 3), (3, 6)]
-    feature_dirs = torch.ones(model.cfg.d_model) * 0.01
     hook_fns = [
         (
             utils.get_act_name("v_input", layer),
@@ -1610,8 +1622,7 @@ probe("hsae.v_input_path_patch", HSAE, _d("""
     path_patched_logits = model.run_with_hooks(
         tokens, return_type="logits", fwd_hooks=hook_fns
     )
-"""), _HS + ("hsae.saes",), "path_patched_logits",
-      note="s_inhib_heads (7, 3), (7, 9), ... -> heads of the stand-in's last layer; feature_dirs given")
+"""), _HS + ("hsae.saes", "hsae.v_input"), "path_patched_logits")
 probe("hsae.reset_saes", HSAE, _d("""
     model.add_sae(sae)
     model.reset_saes()

@@ -99,31 +99,12 @@ struct Backprop {
   void hook(HookKind kind, int64_t layer, const View& v) {
     if (active(kind, layer)) plan->apply(hook_id(kind, layer, cfg.n_layers), v);
   }
-  View rows(float* data, int64_t width) const {
-    View v;
-    v.data = data;
-    v.ndim = 3;
-    v.shape[0] = B, v.shape[1] = T, v.shape[2] = width;
-    v.stride[0] = T * width, v.stride[1] = width, v.stride[2] = 1;
-    return v;
-  }
+  // the forward's layouts (core/hooks.hpp); a backward starts at position 0
+  View rows(float* data, int64_t width) const { return rows_view(data, B, T, width, 0); }
   View heads(float* data, int64_t row_stride, int64_t d, int64_t n_heads) const {
-    View v;
-    v.data = data;
-    v.ndim = 4;
-    v.shape[0] = B, v.shape[1] = T, v.shape[2] = n_heads, v.shape[3] = d;
-    v.stride[0] = T * row_stride, v.stride[1] = row_stride, v.stride[2] = d, v.stride[3] = 1;
-    return v;
+    return heads_view(data, B, T, row_stride, d, n_heads, 0);
   }
-  View scores(float* data) const {  // stored [batch, head, query, key]
-    View v;
-    v.data = data;
-    v.ndim = 4;
-    v.shape[0] = B, v.shape[1] = T, v.shape[2] = H, v.shape[3] = T;
-    v.stride[0] = H * T * T, v.stride[1] = T, v.stride[2] = T * T, v.stride[3] = 1;
-    v.head_before_pos = true;
-    return v;
-  }
+  View scores(float* data) const { return scores_view(data, B, T, H, T, 0); }  // [batch, head, query, key]
 
   // C[M, N] (+)= A[M, K] · W^T: back through a linear map W from N inputs to
   // K outputs, stored in the config's layout with rows ldw floats long.

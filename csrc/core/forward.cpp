@@ -78,37 +78,12 @@ struct Pass {
     if (plan->active(id)) plan->apply(id, v);
   }
 
-  // [batch, pos, width], rows contiguous
-  View rows(float* data, int64_t width) const {
-    View v;
-    v.data = data;
-    v.ndim = 3;
-    v.shape[0] = B, v.shape[1] = T, v.shape[2] = width;
-    v.stride[0] = T * width, v.stride[1] = width, v.stride[2] = 1;
-    v.pos_offset = past;
-    return v;
-  }
-  // [batch, pos, head, d] inside rows of row_stride floats
+  // the layouts hooks see (core/hooks.hpp)
+  View rows(float* data, int64_t width) const { return rows_view(data, B, T, width, past); }
   View heads(float* data, int64_t row_stride, int64_t d, int64_t n_heads) const {
-    View v;
-    v.data = data;
-    v.ndim = 4;
-    v.shape[0] = B, v.shape[1] = T, v.shape[2] = n_heads, v.shape[3] = d;
-    v.stride[0] = T * row_stride, v.stride[1] = row_stride, v.stride[2] = d, v.stride[3] = 1;
-    v.pos_offset = past;
-    return v;
+    return heads_view(data, B, T, row_stride, d, n_heads, past);
   }
-  // attention scores/pattern stored [batch, head, query, key]
-  View scores(float* data, int64_t keys) const {
-    View v;
-    v.data = data;
-    v.ndim = 4;
-    v.shape[0] = B, v.shape[1] = T, v.shape[2] = H, v.shape[3] = keys;
-    v.stride[0] = H * T * keys, v.stride[1] = keys, v.stride[2] = T * keys, v.stride[3] = 1;
-    v.pos_offset = past;
-    v.head_before_pos = true;
-    return v;
-  }
+  View scores(float* data, int64_t keys) const { return scores_view(data, B, T, H, keys, past); }
 
   // The keys [first, last) query t of row b attends to: those up to itself,
   // within its row's real tokens (none for a query before them).

@@ -262,4 +262,35 @@ void HookPlan::apply(int id, const View& v) {
   }
 }
 
+View rows_view(float* data, int64_t B, int64_t T, int64_t width, int64_t pos_offset) {
+  View v;
+  v.data = data;
+  v.ndim = 3;
+  v.shape[0] = B, v.shape[1] = T, v.shape[2] = width;
+  v.stride[0] = T * width, v.stride[1] = width, v.stride[2] = 1;
+  v.pos_offset = pos_offset;
+  return v;
+}
+
+View heads_view(float* data, int64_t B, int64_t T, int64_t row_stride, int64_t d, int64_t n_heads, int64_t pos_offset) {
+  View v;
+  v.data = data;
+  v.ndim = 4;
+  v.shape[0] = B, v.shape[1] = T, v.shape[2] = n_heads, v.shape[3] = d;
+  v.stride[0] = T * row_stride, v.stride[1] = row_stride, v.stride[2] = d, v.stride[3] = 1;
+  v.pos_offset = pos_offset;
+  return v;
+}
+
+View scores_view(float* data, int64_t B, int64_t T, int64_t H, int64_t keys, int64_t pos_offset) {
+  View v;
+  v.data = data;
+  v.ndim = 4;
+  v.shape[0] = B, v.shape[1] = T, v.shape[2] = H, v.shape[3] = keys;
+  v.stride[0] = H * T * keys, v.stride[1] = keys, v.stride[2] = T * keys, v.stride[3] = 1;
+  v.pos_offset = pos_offset;
+  v.head_before_pos = true;
+  return v;
+}
+
 }  // namespace tmech

@@ -104,6 +104,14 @@ struct View {
   std::vector<int64_t> tl_shape() const;
 };
 
+// The layouts a pass (forward or backward) shows its buffers in, pos_offset the
+// absolute position of pos 0: rows [batch, pos, width], contiguous; heads
+// [batch, pos, head, d] inside rows of row_stride floats; attention scores or
+// pattern stored [batch, head, query, key].
+View rows_view(float* data, int64_t B, int64_t T, int64_t width, int64_t pos_offset);
+View heads_view(float* data, int64_t B, int64_t T, int64_t row_stride, int64_t d, int64_t n_heads, int64_t pos_offset);
+View scores_view(float* data, int64_t B, int64_t T, int64_t H, int64_t keys, int64_t pos_offset);
+
 // A Python (or other) function called at a hook point with the activation
 // copied into a contiguous buffer in TransformerLens order; it edits the
 // buffer in place. May throw: the forward pass unwinds and the cache's

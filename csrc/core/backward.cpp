@@ -107,13 +107,14 @@ struct Backprop {
   View scores(float* data) const { return scores_view(data, B, T, H, T, 0); }  // [batch, head, query, key]
 
   // C[M, N] (+)= A[M, K] · W^T: back through a linear map W from N inputs to
-  // K outputs, stored in the config's layout with rows ldw floats long.
+  // K outputs, stored in the config's layout with rows ldw floats long. Every
+  // matmul here gives the same bits for any thread count.
   void linear_t(const float* A, int64_t M, int64_t K, int64_t lda, Matrix W, int64_t ldw, int64_t N, float* C,
                 int64_t ldc, bool accumulate = false) const {
     if (in_out)
-      matmul(A, M, K, lda, W, N, 1, ldw, nullptr, C, ldc, accumulate);
+      matmul(A, M, K, lda, W, N, 1, ldw, nullptr, C, ldc, accumulate, true);
     else
-      matmul(A, M, K, lda, W, N, ldw, 1, nullptr, C, ldc, accumulate);
+      matmul(A, M, K, lda, W, N, ldw, 1, nullptr, C, ldc, accumulate, true);
   }
 
   // The forward's statistics of a norm's input row: mean (0 for RMSNorm) and scale.
@@ -384,13 +385,43 @@ struct Backprop {
     hook(HookKind::resid_pre, l, rows(gg, D));
   }
 
+  // dh [BT, D] = dl [BT, V] · unembed [V, D]. Metrics of the last position (a logit
+  // difference, a log-probability) leave most rows of dl zero: those rows' dh is 0
+  // without the matmul, whose cost equals the forward's unembedding. dl is compacted in place.
+  void unembed_backward(float* dl, float* dh) {
+    const int64_t V = cfg.d_vocab;
+    std::vector<char> live(static_cast<size_t>(BT));
+    parallel_for(BT, [&](int64_t r0, int64_t r1, int) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const float* row = dl + r * V;
+        live[static_cast<size_t>(r)] = std::any_of(row, row + V, [](float x) { return x != 0.f; });
+      }
+    });
+    std::vector<int64_t> kept;
+    for (int64_t r = 0; r < BT; ++r)
+      if (live[static_cast<size_t>(r)]) kept.push_back(r);
+    const int64_t n = static_cast<int64_t>(kept.size());
+    if (n == BT) {
+      matmul(dl, BT, V, V, w.unembed, D, D, 1, nullptr, dh, D, false, true);
+      return;
+    }
+    for (int64_t i = 0; i < n; ++i)  // kept[i] >= i: moving rows down in order overwrites none still needed
+      if (kept[static_cast<size_t>(i)] != i)
+        std::memcpy(dl + i * V, dl + kept[static_cast<size_t>(i)] * V, static_cast<size_t>(V) * sizeof(float));
+    float* out = grown(dres, {n, D});
+    if (n > 0) matmul(dl, n, V, V, w.unembed, D, D, 1, nullptr, out, D, false, true);
+    std::fill(dh, dh + BT * D, 0.f);
+    for (int64_t i = 0; i < n; ++i)
+      std::memcpy(dh + kept[static_cast<size_t>(i)] * D, out + i * D, static_cast<size_t>(D) * sizeof(float));
+  }
+
   void run(const float* grad_logits) {
     const int64_t V = cfg.d_vocab;
     float* dl = grown(dlogits, {BT, V});
     std::memcpy(dl, grad_logits, static_cast<size_t>(BT * V) * sizeof(float));
     hook(HookKind::unembed_out, 0, rows(dl, V));
-    float* dh = grown(dnorm_in, {BT, D});
-    matmul(dl, BT, V, V, w.unembed, D, D, 1, nullptr, dh, D);  // unembed is [V, D]
+    unembed_backward(dl, grown(dnorm_in, {BT, D}));
+    float* dh = dnorm_in.data();
     hook(HookKind::unembed_in, 0, rows(dh, D));
     grown(g, {BT, D});
     std::fill(g.begin(), g.begin() + BT * D, 0.f);

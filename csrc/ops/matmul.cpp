@@ -65,10 +65,12 @@ void matmul_split_k(const MatmulArgs& base) {
 }  // namespace
 
 void matmul(const float* A, int64_t M, int64_t K, int64_t lda, Matrix B, int64_t N, int64_t b_stride_k,
-            int64_t b_stride_n, const float* bias, float* C, int64_t ldc, bool accumulate) {
+            int64_t b_stride_n, const float* bias, float* C, int64_t ldc, bool accumulate,
+            bool same_bits_for_any_threads) {
   const KernelTable& kt = kernels::active();
   MatmulArgs base{M, N, K, A, lda, B.f32, b_stride_k, b_stride_n, bias, C, ldc, accumulate, nullptr, B.bf16};
-  if (matmul_streams_rows(kt, M, b_stride_n, B.bf16 != nullptr) && K >= 128 && num_threads() > 1) {
+  if (!same_bits_for_any_threads && matmul_streams_rows(kt, M, b_stride_n, B.bf16 != nullptr) && K >= 128 &&
+      num_threads() > 1) {
     matmul_split_k(base);
     return;
   }

@@ -6,6 +6,7 @@ analysis tables and plots, dynamics, and the TUI's title bar, features and
 notifications. Each shows the characters as visible pictures instead."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from tinymech.text import heatmap, line_chart
 from tinymech.sae.sae import SAE
 from tinymech.text import printable
 from tinymech.tui.app import make_app
+from tinymech.tui.display import token_label
+from tinymech.tui.messages import SaliencyReady
 from tinymech.tui.widgets.features import FeaturesPanel
 from tinymech.tui.widgets.title import TitleBar
 
@@ -192,6 +195,7 @@ def test_analysis_tables_and_plots_are_harmless(model, sae):
         "attribution": str(attribution),
         "patching": str(patching),
         "patching heatmap": patching.heatmap(),
+        "saliency": str(analysis.saliency(model, HOSTILE_IDS, target=12)),
         "logit effects": str(effects),
         "heatmap": heatmap(np.eye(2), [TITLE, "b"], ["\r", "\x9b2J"], title=TITLE),
         "line chart": line_chart({TITLE: ([0, 1], [1, 2])}, title=TITLE),
@@ -220,6 +224,23 @@ async def test_tui_title_and_feature_labels_are_harmless(model, sae):
         features = "\n".join(options.get_option_at_index(i).prompt.plain for i in range(options.option_count))
         assert_harmless(features)
         assert "feature" in features and ("␛" in features or "␍" in features)  # hostile labels, shown harmless
+
+
+@pytest.mark.anyio
+async def test_tui_saliency_names_a_hostile_prediction_harmlessly(model):
+    app = make_app(model, [], "a b café")
+    async with app.run_test(size=(120, 36)) as pilot:
+        await settle(pilot)
+        await pilot.press("escape", "c", "c", "c", "c")
+        await settle(pilot)
+        screen = app.screen_stack[0]
+        s = app.backend.saliency(screen.view.analysis.token_ids, screen.view.selected)
+        hostile = dataclasses.replace(s, target_label=token_label(TITLE))  # as if the model predicted it
+        screen.post_message(SaliencyReady(screen.view.analysis.prompt, hostile))
+        await settle(pilot)
+        title = str(screen.query_one("#tokens-box").border_title)
+        assert_harmless(title)
+        assert "color: saliency" in title and "pushing" in title and "␛" in title
 
 
 @pytest.mark.anyio

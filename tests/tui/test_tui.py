@@ -366,6 +366,42 @@ async def test_picking_a_feature_recolors_the_tokens(app):
         assert spans and spans[0].style.background == palette.ramp(1.0, palette.feature).background
 
 
+async def test_saliency_colors_the_tokens_that_pushed_the_prediction(app):
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        screen = main_screen(app)
+        await pilot.press("c", "c", "c", "c")
+        await settle(pilot)
+        view = screen.view
+        assert view.color_by == "saliency"
+        s = view.saliency[9]
+        ref = analysis.saliency(screen.backend.model, view.analysis.token_ids, position=9, prepend_bos=False)
+        np.testing.assert_allclose(s.scores, ref.scores[0], rtol=1e-5, atol=1e-6)
+        assert s.target == ref.target[0] == view.analysis.top_ids[9, 0]
+        title = screen.query_one("#tokens-box").border_title
+        assert title == f"Tokens · color: saliency · @9 pushing {s.target_label}: this token {s.scores[9]:+.2f}"
+
+        # pushing for it: the feature color; against: the loss color; the largest in full
+        strip = screen.query_one(TokenStrip)
+        palette = Palette.from_theme(app.theme_variables)
+        labels = strip.labels()
+        scaled = s.scores / np.abs(s.scores).max()
+        assert (scaled[:9] > 0).any() and (scaled[:9] < 0).any()
+        for i in range(9):
+            spans = [sp for sp in strip.render().spans if sp.start == len(" ".join(labels[:i])) + (1 if i else 0)]
+            hue = palette.feature if scaled[i] >= 0 else palette.loss
+            assert spans[0].style.background == palette.ramp(abs(scaled[i]), hue).background, i
+
+        # an earlier token: its own prediction, computed off the UI thread; later tokens muted
+        await pilot.press("left", "left")
+        await settle(pilot)
+        assert {7, 9} <= set(screen.view.saliency) and np.isnan(screen.view.saliency[7].scores[8:]).all()
+        spans = [sp for sp in strip.render().spans if sp.start == len(" ".join(labels[:8])) + 1]
+        assert spans[0].style.foreground == palette.muted
+        # cached per prompt and position
+        assert screen.backend.saliency(view.analysis.token_ids, 9) is s
+
+
 async def test_generate_with_a_clamped_feature_streams_both_runs(app, model_dir, sae_dir):
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot)

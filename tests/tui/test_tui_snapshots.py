@@ -65,3 +65,8 @@ def test_feature_explorer_sorted_by_max_activation(snap_compare, dash_app):
 def test_feature_dashboard(snap_compare, dash_app):  # feature 14 fires on a token that is an escape sequence
     keys = ["escape", "f", "slash", "1", "4", "enter", "enter"]
     assert snap_compare(dash_app, terminal_size=(100, 30), run_before=after(*keys))
+
+
+def test_saliency_coloring_on_an_earlier_token(snap_compare, app):
+    keys = ["escape", "c", "c", "c", "c", "left", "left"]
+    assert snap_compare(app, terminal_size=(120, 36), run_before=after(*keys))

@@ -1,5 +1,5 @@
 """Analysis toolkit: logit lens, direct logit attribution, head detectors,
-activation patching and IOI, on a loaded tinymech Model. Results are numpy
+activation patching, IOI and saliency, on a loaded tinymech Model. Results are numpy
 arrays shaped for heatmaps, and print as text tables.
 
     import tinymech as tm
@@ -37,6 +37,7 @@ from .patching import (
     patch_mlp_out,
     patch_resid_pre,
 )
+from .saliency import SaliencyResult, saliency
 
 __all__ = [
     "AnalysisError",
@@ -47,6 +48,7 @@ __all__ = [
     "LogitLensResult",
     "PatchingResult",
     "RepeatedSequenceLoss",
+    "SaliencyResult",
     "detect_head",
     "duplicate_token_pattern",
     "head_scores",
@@ -70,4 +72,5 @@ __all__ = [
     "previous_token_pattern",
     "repeated_sequence_loss",
     "repeated_tokens",
+    "saliency",
 ]

@@ -22,7 +22,7 @@ from tinymech.sae.dashboards import FeatureDashboards
 from tinymech.sae.dashboards.neuronpedia import import_neuronpedia
 from tinymech.sae.dashboards.store import INDEX
 
-from .display import token_labels
+from .display import token_label, token_labels
 
 HEAD_SCORES = ("previous_token", "induction", "duplicate_token")
 TOP_K = 10  # predictions and logit-lens tokens kept per position
@@ -109,6 +109,16 @@ class LensAt:
     answer: int | None  # the token followed, if any
     answer_ranks: np.ndarray | None  # [row]: its rank, 1 = the most probable
     answer_probs: np.ndarray | None  # [row]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TokenSaliency:
+    """Gradient × input of each token toward the top prediction after one position."""
+
+    position: int
+    target: int  # the token predicted there, which the scores explain
+    target_label: str  # as a chip shows it
+    scores: np.ndarray  # [pos]: log-probability pushed by each token; nan after `position`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -342,6 +352,20 @@ class Backend:
             hooks=self.steer_hooks(steer) if steer else (),
         )
         return self.decode(new)
+
+    # ---- saliency -------------------------------------------------------------------
+
+    def saliency(self, token_ids, position: int) -> TokenSaliency:
+        """Which tokens pushed the model's top prediction after `position` (cached per tokens and position)."""
+        return self._saliency(tuple(int(i) for i in np.asarray(token_ids).reshape(-1)), int(position))
+
+    @functools.lru_cache(maxsize=256)
+    def _saliency(self, ids: tuple, position: int) -> TokenSaliency:
+        result = analysis.saliency(self.model, np.array(ids)[None], position=position, prepend_bos=False)
+        scores = result.scores[0].astype(np.float32)
+        scores[position + 1 :] = np.nan  # later tokens cannot push it
+        target = int(result.target[0])
+        return TokenSaliency(position, target, token_label(self._decode_each([target])[0]), _frozen(scores))
 
 
 def _byte_level_alphabet() -> dict[str, int]:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from textual.message import Message
 
-from .backend import Analysis, FeatureEffects, Steer
+from .backend import Analysis, FeatureEffects, Steer, TokenSaliency
 
 
 @dataclass
@@ -107,3 +107,11 @@ class LabelSaved(Message):
 
     sae_index: int
     feature: int
+
+
+@dataclass
+class SaliencyReady(Message):
+    """The saliency of the prompt's tokens toward the prediction at one position."""
+
+    prompt: str
+    saliency: TokenSaliency

@@ -9,10 +9,11 @@ from typing import Mapping
 import numpy as np
 
 from ..sae.dashboards import FeatureDashboards
-from .backend import TOP_FEATURES, Analysis, FeatureActs, FeatureEffects, Steer, loss_scale
+from .backend import TOP_FEATURES, Analysis, FeatureActs, FeatureEffects, Steer, TokenSaliency, loss_scale
 from .display import token_label
 
-COLOR_METRICS = ("loss", "steered loss", "feature", "attention")
+COLOR_METRICS = ("loss", "steered loss", "feature", "attention", "saliency")
+SIGNED_METRICS = ("saliency",)  # values in [-1, 1]: two hues
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # arrays inside: compared by identity
@@ -35,6 +36,9 @@ class View:
         default_factory=lambda: MappingProxyType({})
     )  # sae index -> its feature dashboards, once loaded
     label_edits: int = 0  # counts the labels saved: what shows them redraws
+    saliency: Mapping[int, TokenSaliency] = dataclasses.field(
+        default_factory=lambda: MappingProxyType({})
+    )  # position -> its tokens' saliency, for this analysis, filled in as workers finish
 
     def replace(self, **changes) -> View:
         return dataclasses.replace(self, **changes)
@@ -95,8 +99,8 @@ class View:
         return int(a.top_ids[i, 0]), token_label(a.top_tokens[i][0]), "top prediction"
 
     def token_values(self) -> np.ndarray | None:
-        """The color metric per token scaled to [0, 1] (nan: no value there);
-        None when the metric is unavailable."""
+        """The color metric per token scaled to [0, 1] ([-1, 1] for SIGNED_METRICS; nan: no
+        value there); None when the metric is unavailable."""
         a = self.analysis
         if a is None:
             return None
@@ -117,6 +121,12 @@ class View:
             row = a.patterns[self.layer, self.head, self.selected].astype(np.float32).copy()
             row[self.selected + 1 :] = np.nan  # a token cannot attend to later ones
             return row
+        if self.color_by == "saliency":
+            s = self.saliency.get(self.selected)
+            if s is None:
+                return None
+            top = float(np.nanmax(np.abs(s.scores)))
+            return s.scores / top if top > 0 else s.scores
         return None
 
     def metric_text(self) -> str:
@@ -142,5 +152,10 @@ class View:
             return f"#{self.feature} {fa.acts[i, self.feature]:.2f}"
         if self.color_by == "attention":
             return f"L{self.layer}H{self.head} from here"
+        if self.color_by == "saliency":
+            s = self.saliency.get(i)
+            if s is None:
+                return "computing…"
+            return f"pushing {s.target_label}: this token {s.scores[i]:+.2f}"
         return ""
 

@@ -29,6 +29,7 @@ from ..messages import (
     GenerationText,
     HeadSelected,
     LabelSaved,
+    SaliencyReady,
     SteeredLossReady,
     SteerEdited,
     TokenSelected,
@@ -173,6 +174,9 @@ class MainScreen(Screen):
         if (view.analysis is not old.analysis or (view.selected, view.sae_index) != (old.selected, old.sae_index)
                 or view.dashboard is not old.dashboard):  # dashboards rank the features anew
             self._request_effects()
+        if view.color_by == "saliency" and view.selected not in view.saliency and (
+                (view.analysis, view.selected, view.color_by) != (old.analysis, old.selected, old.color_by)):
+            self.compute_saliency(view.analysis.prompt, view.analysis.token_ids, view.selected)
 
     def _render_view(self) -> None:
         view = self.view
@@ -214,6 +218,10 @@ class MainScreen(Screen):
         self._start("steering", "steered-loss", "steered loss", lambda: self.backend.steered_losses(token_ids, steer),
                     lambda losses: SteeredLossReady(steer, prompt, losses))
 
+    def compute_saliency(self, prompt: str, token_ids, position: int) -> None:
+        self._start("saliency", "saliency", "saliency", lambda: self.backend.saliency(token_ids, position),
+                    lambda s: SaliencyReady(prompt, s))
+
     def generate(self, run: str, steer: Steer | None) -> None:
         """Stream one continuation into the generate panel's `run` column."""
         a = self.view.analysis
@@ -246,7 +254,7 @@ class MainScreen(Screen):
             panel = self.query_one(GeneratePanel)
             for run in ("clean", "steered"):
                 panel.run_widget(run).set_text("", "")
-        changes = dict(analysis=a, selected=a.n_tokens - 1, steered_losses=None)
+        changes = dict(analysis=a, selected=a.n_tokens - 1, steered_losses=None, saliency=MappingProxyType({}))
         if self.view.analysis is None:  # the first prompt: open on its clearest head, if one stands out
             changes.update(_standout_head(a.head_scores[self.view.score]))
         self.set_view(**changes)
@@ -274,6 +282,11 @@ class MainScreen(Screen):
         a = self.view.analysis
         if message.steer == self.view.steer and a is not None and message.prompt == a.prompt:
             self.set_view(steered_losses=message.losses)
+
+    def on_saliency_ready(self, message: SaliencyReady) -> None:
+        a, s = self.view.analysis, message.saliency
+        if a is not None and message.prompt == a.prompt:
+            self.set_view(saliency=MappingProxyType({**self.view.saliency, s.position: s}))
 
     def on_generation_text(self, message: GenerationText) -> None:
         a = self.view.analysis

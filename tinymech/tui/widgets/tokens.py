@@ -14,7 +14,7 @@ from textual.widget import Widget
 
 from ..display import Palette
 from ..messages import TokenSelected
-from ..view import View
+from ..view import SIGNED_METRICS, View
 
 
 class TokenBox(VerticalScroll, can_focus=False, inherit_bindings=False):
@@ -65,7 +65,8 @@ class TokenStrip(Widget, can_focus=True):
             return Content.styled("(no prompt yet)", "dim italic")
         palette = Palette.from_theme(self.app.theme_variables)
         hot = {"loss": palette.loss, "steered loss": palette.loss, "feature": palette.feature,
-               "attention": palette.attention}[view.color_by]
+               "attention": palette.attention, "saliency": palette.feature}[view.color_by]
+        cold = palette.loss if view.color_by in SIGNED_METRICS else hot  # below 0: pushed against
         scaled = view.token_values()
         self._chips = self._layout(max(self.size.width, 1))
         bos = view.analysis.bos
@@ -79,7 +80,7 @@ class TokenStrip(Widget, can_focus=True):
             if i == view.selected:
                 style = palette.selected
             elif scaled is not None and not math.isnan(scaled[i]):
-                style = palette.ramp(scaled[i], hot)
+                style = palette.ramp(abs(scaled[i]), hot if scaled[i] >= 0 else cold)
             elif scaled is not None:
                 style = Style(foreground=palette.muted)  # no value here (BOS loss, later tokens' attention)
             if i == 0 and bos:

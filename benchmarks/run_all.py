@@ -12,6 +12,7 @@ latest in docs/benchmarks.md: python benchmarks/run_all.py --write docs/benchmar
 Benchmarks (--only takes any of these names, comma-separated):
   forward   prefill 128/512/1024 tokens and decode vs HF transformers  (bench_forward.py)
   bf16      bf16 weight mode: decode vs HF fp32, prefill vs HF bf16      (bench_forward.py)
+  gradients forward + backward vs torch autograd; its cost in forwards  (bench_gradients.py)
   hooks     run_with_cache vs plain forward and vs TransformerLens       (bench_hooks.py)
   tlbridge  run_with_cache vs TL 4.x TransformerBridge, in its own venv  (bench_hooks.py)
   analysis  activation patching and an early block's capture vs TL      (bench_analysis.py)
@@ -42,8 +43,8 @@ import time
 import traceback
 import warnings
 
-BENCHMARKS = ("forward", "bf16", "hooks", "tlbridge", "analysis", "sae", "sae_training", "dashboards", "roofline", "load", "rss", "length", "threads", "llamacpp", "smollm2")
-NEEDS_GPT2 = {"forward", "bf16", "hooks", "tlbridge", "analysis", "load", "rss", "length", "threads", "llamacpp"}
+BENCHMARKS = ("forward", "bf16", "gradients", "hooks", "tlbridge", "analysis", "sae", "sae_training", "dashboards", "roofline", "load", "rss", "length", "threads", "llamacpp", "smollm2")
+NEEDS_GPT2 = {"forward", "bf16", "gradients", "hooks", "tlbridge", "analysis", "load", "rss", "length", "threads", "llamacpp"}
 TITLES = {"llamacpp": "llama.cpp", "smollm2": "SmolLM2", "tlbridge": "TL 4.x bridge"}
 
 
@@ -76,6 +77,7 @@ def run(args) -> tuple:
     from bench_analysis import analysis_rows
     from bench_dashboards import dashboard_rows
     from bench_forward import bf16_rows, forward_rows
+    from bench_gradients import gradient_rows
     from bench_hooks import hooks_rows, make_tl, tl_bridge_rows
     from bench_llamacpp import llamacpp_rows
     from bench_sae import sae_rows
@@ -116,6 +118,8 @@ def run(args) -> tuple:
                     step(name, lambda: forward_rows(model, hf, repeats=reps))
                 elif name == "bf16":
                     step(name, lambda: bf16_rows(path, model, hf, repeats=reps))
+                elif name == "gradients":
+                    step(name, lambda: gradient_rows(model, hf, repeats=reps))
                 elif name == "hooks":
                     step(name, lambda: hooks_rows(model, make_tl(hf), repeats=reps))
                 elif name == "analysis":

@@ -20,7 +20,7 @@ from timing import (bench_parser, hf_decode_seconds, measured_interleaved, rando
 # the targets, as tinymech speed / HF fp32 speed
 PREFILL_TARGET = {512: target(">=", 2.4)}
 DECODE_TARGET = target(">=", 2.2)
-BANDWIDTH_TARGET = target(">=", 0.8)  # weight bytes read per second while decoding / measured read bandwidth
+BANDWIDTH_TARGET = target(">=", 0.9)  # weight bytes read per second while decoding / measured read bandwidth
 # bf16 weight mode: decode vs HF fp32, prefill vs HF bf16
 BF16_DECODE_TARGET = target(">=", 4.4)
 BF16_PREFILL_TARGET = target(">=", 1.2)
@@ -50,7 +50,7 @@ def bandwidth_row(id: str, task: str, seconds_per_token, bytes_per_token: int, r
         probe = _core.kernels.read_bandwidth_gbs(256 << 20, 1)
         pairs.append((achieved / probe, achieved, probe))
     ratio, achieved, probe = sorted(pairs)[len(pairs) // 2]
-    return row(id, task, achieved, probe, "GB/s", ratio, ref_name="native read probe", target=target,
+    return row(id, task, achieved, probe, "GB/s", ratio, ref_name="native read probe, best way", target=target,
                note=f"{bytes_per_token / 2**20:.0f} MiB of weights per token; median of {repeats} paired runs")
 
 

@@ -103,12 +103,16 @@ def _roofline_rows(repeats: int) -> list:
     mat = big.reshape(-1, 4096)
     vec = rng.standard_normal((1, mat.shape[0]), dtype=np.float32)
     ours = mat.nbytes / best_time(lambda: kernels.matmul(vec, mat, None, False), repeats) / 1e9
-    if hasattr(kernels, "read_bandwidth_gbs"):
-        ref, ref_name = kernels.read_bandwidth_gbs(), "native read probe"
+    note = ""
+    if hasattr(kernels, "read_bandwidth_probes"):
+        probes = kernels.read_bandwidth_probes()
+        ref, ref_name = max(probes.values()), "native read probe, best way"
+        note = ("probes: one stream {one_stream:.1f}, four streams {four_streams:.1f}, "
+                "1-row matmul {matvec:.1f} GB/s").format(**probes)
     else:
         ref, ref_name = big.nbytes / best_time(lambda: big.sum(), repeats) / 1e9, "numpy sum"
     rows.append(row("memory-read", "memory read, 1-row matmul (share of bandwidth)", ours, ref, "GB/s", ours / ref,
-                    ref_name=ref_name))
+                    ref_name=ref_name, note=note))
     return rows
 
 

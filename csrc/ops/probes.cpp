@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "kernels/kernels.hpp"
+#include "ops/matmul.hpp"
 #include "runtime/threads.hpp"
 
 namespace tmech {
@@ -48,20 +49,51 @@ double bf16_dot_peak_gflops(double seconds) {
   return chains_gflops(kt.bf16_dot_chains, kt.bf16_dot_chains_flops, seconds);
 }
 
-double read_bandwidth_gbs(int64_t bytes, int repeats) {
+double ReadProbes::best() const { return std::max({one_stream, four_streams, matvec}); }
+
+ReadProbes read_bandwidth_probes(int64_t bytes, int repeats) {
   if (bytes <= 0 || repeats <= 0) throw std::invalid_argument("bytes and repeats must be positive");
   const KernelTable& kt = kernels::active();
-  const int64_t n = std::max<int64_t>(bytes / 4, 1);
-  std::vector<float> buf(static_cast<size_t>(n), 1.f);
+  constexpr int64_t kCols = 4096;  // the matvec's view: [rows, kCols]
+  const int64_t rows = std::max<int64_t>(bytes / 4 / kCols, 1), n = rows * kCols;
+  std::vector<float> buf(static_cast<size_t>(n), 1.f), ones(static_cast<size_t>(rows), 1.f),
+      out(static_cast<size_t>(kCols));
+  const float* data = buf.data();
   std::atomic<float> sink{0.f};
-  double best = 1e30;
-  for (int r = 0; r < repeats + 1; ++r) {  // the first pass only faults the pages in
-    const double t0 = now();
+  auto gbs = [&](auto pass) {  // the first pass only faults the pages in
+    double best = 1e30;
+    for (int r = 0; r < repeats + 1; ++r) {
+      const double t0 = now();
+      pass();
+      if (r > 0) best = std::min(best, now() - t0);
+    }
+    return static_cast<double>(n) * 4 / best / 1e9;
+  };
+  ReadProbes p;
+  p.one_stream = gbs([&] {
+    parallel_for(n, [&](int64_t b, int64_t e, int) { sink = sink + kt.dot(data + b, data + b, e - b); }, 4096);
+  });
+  p.four_streams = gbs([&] {
     parallel_for(
-        n, [&](int64_t b, int64_t e, int) { sink = sink + kt.dot(buf.data() + b, buf.data() + b, e - b); }, 4096);
-    if (r > 0) best = std::min(best, now() - t0);
-  }
-  return static_cast<double>(n) * 4 / best / 1e9;
+        n,
+        [&](int64_t b, int64_t e, int) {
+          constexpr int64_t kStep = 1024;  // floats of each stream per turn: 4 KiB
+          const int64_t quarter = (e - b) / 4;
+          float s = 0.f;
+          for (int64_t i = 0; i < quarter; i += kStep) {
+            const int64_t len = std::min(kStep, quarter - i);
+            for (int q = 0; q < 4; ++q) s += kt.dot(data + b + q * quarter + i, data + b + q * quarter + i, len);
+          }
+          s += kt.dot(data + b + 4 * quarter, data + b + 4 * quarter, e - b - 4 * quarter);
+          sink = sink + s;
+        },
+        4 * 4096);
+  });
+  p.matvec =
+      gbs([&] { matmul(ones.data(), 1, rows, rows, Matrix{data}, kCols, kCols, 1, nullptr, out.data(), kCols); });
+  return p;
 }
+
+double read_bandwidth_gbs(int64_t bytes, int repeats) { return read_bandwidth_probes(bytes, repeats).best(); }
 
 }  // namespace tmech

@@ -136,7 +136,23 @@ void bind_kernels(py::module_& m) {
         py::gil_scoped_release nogil;
         return tmech::read_bandwidth_gbs(bytes, repeats);
       },
-      py::arg("bytes") = int64_t{512} << 20, py::arg("repeats") = 3);
+      py::arg("bytes") = int64_t{512} << 20, py::arg("repeats") = 3, "the best of read_bandwidth_probes' ways");
+  k.def(
+      "read_bandwidth_probes",
+      [](int64_t bytes, int repeats) {
+        tmech::ReadProbes p;
+        {
+          py::gil_scoped_release nogil;
+          p = tmech::read_bandwidth_probes(bytes, repeats);
+        }
+        py::dict d;
+        d["one_stream"] = p.one_stream;
+        d["four_streams"] = p.four_streams;
+        d["matvec"] = p.matvec;
+        return d;
+      },
+      py::arg("bytes") = int64_t{512} << 20, py::arg("repeats") = 3,
+      "GB/s of each way of reading a large buffer: one stream per thread, four, a 1-row matmul");
   k.def("dot", [](FloatArray a, FloatArray b) {
     if (a.size() != b.size()) throw std::invalid_argument("dot needs equal lengths");
     return tmech::kernels::active().dot(a.data(), b.data(), a.size());

@@ -107,8 +107,14 @@ def test_machine_probes(variant):
     else:
         assert bf16_peak == 0.0
     assert 0 < K.read_bandwidth_gbs(1 << 20, 1) < 1e5
-    with pytest.raises(ValueError):
-        K.read_bandwidth_gbs(0, 1)
+    probes = K.read_bandwidth_probes(1 << 20, 1)
+    assert sorted(probes) == ["four_streams", "matvec", "one_stream"]
+    assert all(0 < gbs < 1e5 for gbs in probes.values())
+    for bad in ((0, 1), (1 << 20, 0), (-1, 1)):
+        with pytest.raises(ValueError):
+            K.read_bandwidth_gbs(*bad)
+        with pytest.raises(ValueError):
+            K.read_bandwidth_probes(*bad)
 
 
 def test_elementwise(variant):

@@ -64,8 +64,11 @@ def parse_metric(metric) -> tuple[str, tuple]:
     return name, args
 
 
-def metric_gradient(metric, logits: np.ndarray, tokens: np.ndarray | None) -> tuple[float, np.ndarray]:
-    """(value, d value / d logits) of a metric (see the module's doc) at these logits."""
+def metric_gradient(metric, logits: np.ndarray, tokens: np.ndarray | None,
+                    mask: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+    """(value, d value / d logits) of a metric (see the module's doc) at these logits. mask: a
+    padded batch's attention mask; the loss then counts a position only where it and the next
+    are real, as lm_cross_entropy_loss."""
     B, T, V = logits.shape
     G = np.zeros((B, T, V), dtype=np.float64)
     rows = np.arange(B)
@@ -86,10 +89,14 @@ def metric_gradient(metric, logits: np.ndarray, tokens: np.ndarray | None) -> tu
         p = np.exp(x - x.max(-1, keepdims=True))
         p /= p.sum(-1, keepdims=True)
         target = tokens[:, 1:]
-        n = B * (T - 1)
-        value = float(-np.log(np.take_along_axis(p, target[..., None], -1)).mean())
+        keep = np.ones((B, T - 1), dtype=bool) if mask is None else (mask[:, :-1] != 0) & (mask[:, 1:] != 0)
+        n = int(keep.sum())
+        if n == 0:
+            raise InvalidInputError("the loss metric needs a real token followed by another in some row")
+        losses = -np.log(np.take_along_axis(p, target[..., None], -1))[..., 0]
+        value = float(losses[keep].sum() / n)
         np.put_along_axis(p, target[..., None], np.take_along_axis(p, target[..., None], -1) - 1.0, -1)
-        G[:, :-1] = p / n
+        G[:, :-1] = p * (keep[..., None] / n)
         return value, G
     if name == "logit_diff":
         good, bad = (_ids(a, B, V, f"logit_diff's {w} ids") for a, w in zip(args, ("correct", "wrong")))
@@ -153,9 +160,10 @@ def bwd_hook_names(model, specs) -> list[str]:
 
 
 def forward_backward(model, tokens: np.ndarray, fwd_plan, grad_names: list[str], metric=None, grad_logits=None,
-                     bwd_hooks=(), freeze=()) -> tuple[np.ndarray, float | None, dict]:
+                     bwd_hooks=(), freeze=(), mask: np.ndarray | None = None) -> tuple[np.ndarray, float | None, dict]:
     """A forward recording a tape, the metric, and the backward: (logits, metric value or None,
-    {name + "_grad": gradient} for grad_names in forward order)."""
+    {name + "_grad": gradient} for grad_names in forward order). mask: a padded batch's
+    attention mask (model._attention_mask), or None."""
     if (metric is None) == (grad_logits is None):
         raise InvalidInputError("a backward needs exactly one of metric= and grad_logits=")
     freeze_pattern, freeze_scales = _freeze(freeze)
@@ -163,10 +171,10 @@ def forward_backward(model, tokens: np.ndarray, fwd_plan, grad_names: list[str],
         parse_metric(metric)
     specs = list(model._context_bwd_hooks) + [h for h, _ in model._added_bwd_hooks] + list(bwd_hooks)
     tape = _core.Tape(first_layer(model, list(grad_names) + bwd_hook_names(model, specs)))
-    logits = model._core_forward(None, tokens, fwd_plan, "all", tape=tape)
+    logits = model._core_forward(None, tokens, fwd_plan, "all", pads=model._pads(mask), tape=tape)
     value = None
     if metric is not None:
-        value, grad_logits = metric_gradient(metric, logits, tokens)
+        value, grad_logits = metric_gradient(metric, logits, tokens, mask)
     G = _checked_grad(grad_logits, logits.shape)
     plan = build_plan(model, specs, capture=grad_names) if specs or grad_names else None
     try:
@@ -191,10 +199,12 @@ def check_backward_run(model, start_at_layer=None, stop_at_layer=None) -> None:
 
 
 def backward_run(model, input, fwd_plan, grad_names: list[str], return_type, prepend_bos: bool, loss_per_token: bool,
-                 start_at_layer, stop_at_layer, tokens, metric, grad_logits, bwd_hooks=(), freeze=()):
+                 start_at_layer, stop_at_layer, tokens, metric, grad_logits, bwd_hooks=(), freeze=(),
+                 attention_mask=None, padding_side=None):
     """run_with_cache(incl_bwd=True) and run_with_hooks(bwd_hooks=...): (the run's output, gradients).
     With neither metric nor grad_logits, a loss return type makes the loss the metric (as
-    TransformerLens's incl_bwd calls backward() on the loss)."""
+    TransformerLens's incl_bwd calls backward() on the loss). A padded batch (texts of
+    different lengths, attention_mask, padding_side) is padded as its forward is."""
     check_backward_run(model, start_at_layer, stop_at_layer)
     if metric is None and grad_logits is None:
         if return_type not in ("loss", "both"):
@@ -204,6 +214,9 @@ def backward_run(model, input, fwd_plan, grad_names: list[str], return_type, pre
         metric = "loss"
     if return_type not in ("logits", "loss", "both", None):
         raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, not {return_type!r}")
-    ids = model.tokens_of(input, prepend_bos=prepend_bos, same_length=True)  # tokens= goes with start_at_layer, refused above
-    logits, _, grads = forward_backward(model, ids, fwd_plan, grad_names, metric, grad_logits, bwd_hooks, freeze)
-    return model._package(logits, ids, return_type, loss_per_token), grads
+    # tokens= goes with start_at_layer, refused above
+    ids = model.tokens_of(input, prepend_bos=prepend_bos, padding_side=padding_side)
+    mask = model._attention_mask(ids, attention_mask, prepend_bos, padding_side)
+    logits, _, grads = forward_backward(model, ids, fwd_plan, grad_names, metric, grad_logits, bwd_hooks, freeze,
+                                        mask)
+    return model._package(logits, ids, return_type, loss_per_token, mask), grads

@@ -553,9 +553,10 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         if true_or_false(incl_bwd, "incl_bwd"):
             from .gradients import backward_run
 
-            _no_padded_backward(attention_mask, padding_side, self._modes)
+            _no_mlp_in_backward(self._modes)
             out, grads = backward_run(self, input, plan, names, return_type, prepend_bos, loss_per_token,
-                                      start_at_layer, stop_at_layer, tokens, metric, grad_logits, freeze=freeze)
+                                      start_at_layer, stop_at_layer, tokens, metric, grad_logits, freeze=freeze,
+                                      attention_mask=attention_mask, padding_side=padding_side)
         else:
             out = self._run(input, plan, return_type, prepend_bos, loss_per_token, start_at_layer, stop_at_layer,
                             tokens, attention_mask, padding_side)
@@ -587,9 +588,10 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         if bwd_hooks or metric is not None or grad_logits is not None:
             from .gradients import backward_run
 
-            _no_padded_backward(attention_mask, padding_side, self._modes)
+            _no_mlp_in_backward(self._modes)
             out, _ = backward_run(self, input, self._plan(fwd_hooks), [], return_type, prepend_bos, loss_per_token,
-                                  start_at_layer, stop_at_layer, tokens, metric, grad_logits, bwd_hooks, freeze)
+                                  start_at_layer, stop_at_layer, tokens, metric, grad_logits, bwd_hooks, freeze,
+                                  attention_mask=attention_mask, padding_side=padding_side)
         else:
             out = self._run(input, self._plan(fwd_hooks), return_type, prepend_bos, loss_per_token,
                             start_at_layer, stop_at_layer, tokens, attention_mask, padding_side)
@@ -894,11 +896,8 @@ _MODES = ("use_attn_result", "use_split_qkv_input", "use_attn_in", "use_hook_mlp
 _EXCLUSIVE = {"use_split_qkv_input": "use_attn_in", "use_attn_in": "use_split_qkv_input"}
 
 
-def _no_padded_backward(attention_mask, padding_side, modes: dict) -> None:
-    """What a backward does not cover yet, refused rather than differentiated wrongly or left out."""
-    if attention_mask is not None or padding_side is not None:
-        raise InvalidInputError("a backward of a padded batch is not supported yet: run its rows one at a time "
-                                "(attention_mask and padding_side are for forward runs)")
+def _no_mlp_in_backward(modes: dict) -> None:
+    """What a backward does not cover yet, refused rather than its gradients left out."""
     if modes["use_hook_mlp_in"]:
         raise InvalidInputError("a backward with set_use_hook_mlp_in(True) is not supported yet (its hook_mlp_in "
                                 "gradients would be missing): call set_use_hook_mlp_in(False) first")

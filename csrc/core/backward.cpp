@@ -210,22 +210,27 @@ struct Backprop {
   }
 
   // Rotates every query and key head's gradient back by its position (the
-  // transpose of the forward's rotation: the angle negated).
+  // transpose of the forward's rotation: the angle negated); a padded batch's
+  // rows each have their own positions.
   void unrotate(float* d) {
     const int64_t half = cfg.rotary_dim / 2, per_row = H + Hkv;
-    float* cos = grown(rope, {2, T, half});
-    float* nsin = cos + T * half;
-    for (int64_t t = 0; t < T; ++t)
+    const int64_t* start = tape.row_start.empty() ? nullptr : tape.row_start.data();
+    const int64_t* end = tape.row_end.empty() ? nullptr : tape.row_end.data();
+    const int64_t n = start ? BT : T;
+    float* cos = grown(rope, {2, n, half});
+    float* nsin = cos + n * half;
+    for (int64_t r = 0; r < n; ++r)
       for (int64_t i = 0; i < half; ++i) {
-        const float angle = static_cast<float>(t) * w.rope_inv_freq[i];  // as the forward rounds it
-        cos[t * half + i] = static_cast<float>(std::cos(static_cast<double>(angle)));
-        nsin[t * half + i] = -static_cast<float>(std::sin(static_cast<double>(angle)));
+        const int64_t position = padded_position(start, end, 0, r / T, r % T);
+        const float angle = static_cast<float>(position) * w.rope_inv_freq[i];  // as the forward rounds it
+        cos[r * half + i] = static_cast<float>(std::cos(static_cast<double>(angle)));
+        nsin[r * half + i] = -static_cast<float>(std::sin(static_cast<double>(angle)));
       }
     parallel_for(
         BT * per_row,
         [&](int64_t i0, int64_t i1, int) {
           for (int64_t i = i0; i < i1; ++i) {
-            const int64_t r = i / per_row, t = r % T;
+            const int64_t r = i / per_row, t = start ? r : r % T;
             kt.rope(d + r * Dqkv + i % per_row * dh, cos + t * half, nsin + t * half, half);
           }
         },
@@ -448,6 +453,10 @@ void check_tape(const Tape& tape, const ModelConfig& cfg) {
     if (static_cast<int64_t>(v.size()) != n) throw std::invalid_argument("this tape is incomplete: record it again");
   };
   need(tape.final_resid, BT * D);
+  for (const std::vector<int64_t>* bounds : {&tape.row_start, &tape.row_end})
+    if (!bounds->empty() && (static_cast<int64_t>(bounds->size()) != tape.batch ||
+                             std::any_of(bounds->begin(), bounds->end(), [&](int64_t x) { return x < 0 || x > T; })))
+      throw std::invalid_argument("this tape's padding is not its batch's: record it again");
   for (int64_t l = tape.from; l < cfg.n_layers; ++l) {
     const LayerTape& lt = tape.layers[static_cast<size_t>(l)];
     need(lt.resid_pre, BT * D);

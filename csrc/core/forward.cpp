@@ -95,13 +95,7 @@ struct Pass {
   }
   // The first key any query of row b attends to, of `keys` (0 without padding).
   int64_t first_key(int64_t b, int64_t keys) const { return row_start ? std::min(row_start[b], keys) : 0; }
-  // Token t of row b's position, as TransformerLens counts it under a mask:
-  // real tokens from the row's first, padding before it 0, after it the last real one's.
-  int64_t position(int64_t b, int64_t t) const {
-    if (!row_start) return past + t;
-    const int64_t p = std::max<int64_t>(past + t - row_start[b], 0);
-    return row_end ? std::min(p, row_end[b] - 1 - row_start[b]) : p;
-  }
+  int64_t position(int64_t b, int64_t t) const { return padded_position(row_start, row_end, past, b, t); }
   bool is_padding(int64_t b, int64_t t) const {
     return row_start && (past + t < row_start[b] || (row_end && past + t >= row_end[b]));
   }
@@ -310,9 +304,10 @@ struct Pass {
       const int64_t first = first_key(b, keys);  // earlier keys are padding, masked for every row
       for (int64_t r = 0; r < rows; ++r) kt.softmax(S + r * keys + first, keys - first);
       weighted_sum_block(l, b, h, i0, rows, first, keys, S + first, keys, t);
-      for (int64_t r = 0; pattern && r < rows; ++r) {  // a tape is never padded: first is 0 here
+      for (int64_t r = 0; pattern && r < rows; ++r) {  // S holds -inf before `first` (left padding)
         float* row = pattern + ((b * H + h) * T + i0 + r) * T;
-        std::memcpy(row, S + r * keys, keys * sizeof(float));
+        std::fill(row, row + first, 0.f);
+        std::memcpy(row + first, S + r * keys + first, (keys - first) * sizeof(float));
         std::fill(row + keys, row + T, 0.f);
       }
     });
@@ -767,9 +762,10 @@ void Model::forward(KVCache* cache, const int32_t* tokens, int64_t batch, int64_
   const int64_t past = cache ? cache->n_past() : 0;
   check_fits_context(past + n_tokens, cfg_.n_ctx);
   const RowBounds bounds = row_bounds(padding, cache, batch, n_tokens, past);
-  if (tape && !bounds.start.empty())
-    throw std::invalid_argument("a backward of a padded batch is not supported yet: run its rows one at a time");
-  if (tape) start_tape(*tape, plan, cache != nullptr, span, mode, batch, n_tokens);
+  if (tape) {
+    start_tape(*tape, plan, cache != nullptr, span, mode, batch, n_tokens);
+    tape->row_start = bounds.start, tape->row_end = bounds.end;
+  }
   if (cache) cache->reserve(past + n_tokens);
 
   const int64_t D = cfg_.d_model, Da = cfg_.d_attn();

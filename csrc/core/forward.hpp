@@ -51,6 +51,15 @@ struct Padding {
   const int64_t* right = nullptr;
 };
 
+// Token t of row b's position, as TransformerLens counts it under a mask: real
+// tokens from the row's first (start[b], absolute), padding before it 0, after
+// its last (end[b] - 1; end null: none on the right) the last one's. start null: no padding.
+inline int64_t padded_position(const int64_t* start, const int64_t* end, int64_t past, int64_t b, int64_t t) {
+  if (!start) return past + t;
+  const int64_t p = past + t - start[b] > 0 ? past + t - start[b] : 0;
+  return end && p > end[b] - 1 - start[b] ? end[b] - 1 - start[b] : p;
+}
+
 class Model {
  public:
   Model(ModelConfig cfg, ModelWeights weights);

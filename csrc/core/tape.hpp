@@ -29,6 +29,9 @@ struct Tape {
   uint64_t model = 0;              // the model that recorded it (0: none yet)
   std::vector<LayerTape> layers;   // [n_layers]; blocks below `from` stay empty
   std::vector<float> final_resid;  // ln_final's input [B*T, d_model]
+  // a padded batch's rows: first real position and one past the last, each
+  // [batch] or empty (no padding; none on the right), as the forward's Pass
+  std::vector<int64_t> row_start, row_end;
 
   bool records(int64_t layer) const { return layer >= from; }
   // dst = n floats of src (n from checked sizes)

@@ -248,22 +248,16 @@ def test_core_refuses_a_tape_with_a_kv_cache_or_bf16_weights(saved_gpt2, tmp_pat
         model._core.backward(tape, np.zeros((1, 3, model.cfg.d_vocab), np.float32))
 
 
-def test_a_backward_refuses_padding_and_the_per_head_modes(saved_gpt2):
-    """Merged beside padding and the split-input modes: the backward does not cover them yet and
-    says so (it would otherwise differentiate pads as tokens, or the shared ln1 path)."""
+def test_a_backward_refuses_the_per_head_modes(saved_gpt2):
+    """Merged beside the split-input modes: the backward does not cover them yet and says so
+    (it would otherwise differentiate the shared ln1 path). Padded batches are covered
+    (tests/unit/test_padding.py): texts of different lengths pad as a forward's do."""
     model = saved_gpt2("odd")[0]
     grad = dict(incl_bwd=True, metric=("log_prob", 1))
-    with pytest.raises(InvalidInputError, match="padded batch"):
-        model.run_with_cache([[1, 2, 3]], attention_mask=np.array([[0, 1, 1]]), prepend_bos=False, **grad)
-    with pytest.raises(InvalidInputError, match="padded batch"):
-        model.run_with_hooks([[1, 2, 3]], padding_side="left", bwd_hooks=[("hook_embed", lambda g, hook: g)],
-                             metric=("log_prob", 1), prepend_bos=False)
     demo = tm.load()  # with a tokenizer
-    with pytest.raises(tm.InvalidTokensError, match="different token lengths"):
-        demo.run_with_cache(["Mr Darcy", "Mr Darcy walked in"], **grad)
-    with pytest.raises(ValueError, match="padded batch"):  # the core's own check
-        model._core.forward(None, np.array([[1, 2, 3]], np.int32), None, "all", pad_left=np.array([1]),
-                            tape=tm._core.Tape(0))
+    texts = ["Mr Darcy", "Mr Darcy walked in"]
+    _, cache = demo.run_with_cache(texts, names_filter="hook_embed", **grad)
+    assert cache["hook_embed_grad"].shape[:2] == demo.to_tokens(texts).shape
     model.set_use_split_qkv_input(True)
     try:
         with pytest.raises(tm.TinymechError, match="per-head attention inputs"):

@@ -81,6 +81,45 @@ def test_each_padded_row_equals_its_own_run_at_every_hook_point(model, side):
         assert np.all(np.isneginf(cache["blocks.0.attn.hook_attn_scores"][1][:, :, : tokens.shape[1] - 1]))
 
 
+def grad_names(model):
+    return [n for n in model.hook_names() if not n.startswith(("unembed", "ln_final"))]
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_each_padded_rows_gradients_equal_its_own_runs(model, side):
+    """A backward of a padded batch: each row's gradient at every hook point equals its run
+    alone's (grad_logits at its last real position), and padding gets none; the loss metric
+    counts real positions only (each row's gradient is its own loss's, weighted by its share)."""
+    rows = rows_of(model, seed=2)
+    tokens, mask, where = padded(rows, side)
+    G = np.zeros(tokens.shape + (model.cfg.d_vocab,), np.float32)
+    for b, at in enumerate(where):
+        G[b, at.stop - 1, b + 3] = 1.0
+    names = grad_names(model)
+    _, cache = model.run_with_cache(tokens, attention_mask=mask, incl_bwd=True, grad_logits=G, names_filter=names)
+    loss, loss_cache = model.run_with_cache(tokens, attention_mask=mask, incl_bwd=True, return_type="loss",
+                                            names_filter=names)
+    counted = [len(row) - 1 for row in rows]
+    assert loss == pytest.approx(sum(model(row, return_type="loss") * n for row, n in zip(rows, counted) if n) /
+                                 sum(counted), rel=1e-5)
+    for b, row in enumerate(rows):
+        g = np.zeros((1, len(row), model.cfg.d_vocab), np.float32)
+        g[0, -1, b + 3] = 1.0
+        _, own = model.run_with_cache(row, incl_bwd=True, grad_logits=g, names_filter=names)
+        own_loss = model.run_with_cache(row, incl_bwd=True, return_type="loss", names_filter=names)[1] \
+            if counted[b] else None
+        for name in names:
+            key = name + "_grad"
+            assert_close(real(name, cache[key][b], where[b]), own[key][0], f"{key} of row {b}")
+            if own_loss is not None:
+                share = counted[b] / sum(counted)
+                assert_close(real(name, loss_cache[key][b], where[b]), share * own_loss[key][0], f"loss {key} of row {b}")
+            if not name.endswith("hook_pattern"):  # d pattern = dz . v reads every key, padding too
+                outside = np.delete(cache[key][b], np.arange(tokens.shape[1])[where[b]],
+                                    axis=1 if name.endswith("attn_scores") else 0)
+                assert not outside.any(), f"{key} of row {b}'s padding"
+
+
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_interventions_losses_and_spans_of_padded_rows(model, side):
     rows = rows_of(model, seed=1)

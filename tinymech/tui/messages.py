@@ -107,3 +107,10 @@ class LabelSaved(Message):
 
     sae_index: int
     feature: int
+
+
+@dataclass
+class AttributionReady(Message):
+    """Each head's attribution for a prompt against a corrupted variant."""
+
+    attribution: object  # backend.AttributionMap

@@ -88,8 +88,8 @@ class MainScreen(Screen):
         Binding("f", "explore", "feature explorer (with dashboards)", show=False),
         Binding("o", "dashboard", "the feature's dashboard", show=False),
         Binding("slash", "edit_prompt", "prompt", key_display="/"),
-        Binding("a", "attribution", "attribution patching: each head, this prompt vs a corrupted one", show=False),
-        Binding("A", "edit_corruption", "type the corrupted prompt for attribution", show=False),
+        Binding("a", "attribution", "attribution patching of each head", show=False),
+        Binding("A", "edit_corruption", "type the corrupted prompt (attribution)", show=False),
         Binding("escape", "leave_prompt", "back to tokens", show=False),
         *(Binding(str(n), f"panel('{panel}')", f"show {title.lower()}", show=False)
           for n, (panel, title) in enumerate(PANELS.items(), 1)),

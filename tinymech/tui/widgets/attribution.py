@@ -16,7 +16,7 @@ from ..display import Palette
 from ..messages import HeadSelected
 from ..view import View
 
-HINT = "a: each head's attribution, the selected token swapped (or type a corrupted prompt above; A edits it)"
+HINT = "a: each head's attribution, the selected token swapped (or the corrupted prompt typed above: A)"
 
 
 def share_text(share: float) -> str:
@@ -40,7 +40,7 @@ class AttributionPanel(Vertical):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.border_title = self.TITLE
-        self.border_subtitle = "a compute  A corrupt  ⏎ select"
+        self.border_subtitle = "a run  A corrupt  ⏎ head"
         self.view = View()
         self.map: AttributionMap | None = None
 

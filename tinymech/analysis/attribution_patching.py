@@ -19,10 +19,7 @@ from .patching import ACTIVATIONS, MODES, PatchingResult, layout, logit_diff_met
 # pattern over all positions, and each MLP neuron, at each position or summed over them.
 KINDS = {
     **ACTIVATIONS,
-    "head_q": ("attn.hook_q", ("layer", "head")),
-    "head_k": ("attn.hook_k", ("layer", "head")),
-    "head_v": ("attn.hook_v", ("layer", "head")),
-    "head_pattern": ("attn.hook_pattern", ("layer", "head")),
+    **{f"head_{part}": (f"attn.hook_{part}", ("layer", "head")) for part in ("q", "k", "v", "pattern")},
     "mlp_post": ("mlp.hook_post", ("layer", "pos", "neuron")),
     "mlp_post_all_pos": ("mlp.hook_post", ("layer", "neuron")),
 }

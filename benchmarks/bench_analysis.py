@@ -2,9 +2,11 @@
 same weights: an activation-patching sweep (tinymech.analysis vs
 transformer_lens.patching, same tokens and logit-difference metric) and
 capturing one early block's activations (tinymech's run without logits vs
-TransformerLens's run_with_cache with stop_at_layer, its fastest way).
+TransformerLens's run_with_cache with stop_at_layer, its fastest way); and
+attribution patching against activation patching on IOI (SmolLM2 when
+installed, else the demo model): the time of each head map and their correlation.
 
-    python benchmarks/bench_analysis.py [--threads N] [--layers 12] [--repeats R]
+    python benchmarks/bench_analysis.py [--threads N] [--layers 12] [--repeats R] [--ioi-prompts 20]
 
 A random-weight model of gpt2-small's shape; both libraries use the same
 number of threads. analysis_rows(model, tl, ...) returns the report rows.
@@ -78,8 +80,37 @@ def early_capture_rows(model, tl, *, layer: int = 1, n: int = 512, repeats: int 
                 ref_name="TL, stop_at_layer", note="tinymech: return_type=None stops after the block")]
 
 
-def analysis_rows(model, tl, *, repeats: int = 3) -> list:
-    return patching_rows(model, tl) + early_capture_rows(model, tl, repeats=repeats)
+def ioi_attribution_rows(n: int = 20) -> list:
+    """IOI's [layer, head] map of head_z on n prompts, by activation patching (a patched run
+    per head) and by attribution patching (a forward and a forward + backward per length
+    group): the time of each, and the Pearson correlation of the two maps."""
+    import tinymech as tm
+    from tinymech import analysis
+    from tinymech.io import smollm2
+
+    try:
+        model, name, note = tm.load(smollm2.find_gguf()), "SmolLM2", ""
+    except tm.ModelNotFoundError:
+        model, name, note = tm.load(), "demo model", f"SmolLM2 not installed ({smollm2.INSTALL_HINT}); "
+    prompts = analysis.make_ioi_prompts(model, n=n)
+    model(prompts.clean[0])  # warm-up: page the weights in
+    maps = {}
+
+    def sweep(method):
+        maps[method] = analysis.ioi_patching(model, prompts, "head_z", method=method)
+
+    attribution = seconds_of(lambda: sweep("attribution"))
+    activation = seconds_of(lambda: sweep("activation"))
+    r = float(np.corrcoef(maps["attribution"].values.ravel(), maps["activation"].values.ravel())[0, 1])
+    heads = model.cfg.n_layers * model.cfg.n_heads
+    return [row(f"ioi-attribution-{n}", f"IOI head map, {name}, {n} prompts: attribution vs activation patching",
+                attribution, activation, "s", activation / attribution, ref_name="activation patching",
+                note=f"{note}Pearson r of the [layer, head] maps {r:.3f}; {heads} heads", pearson_r=r)]
+
+
+def analysis_rows(model, tl, *, repeats: int = 3, ioi_prompts: int = 20) -> list:
+    return (patching_rows(model, tl) + early_capture_rows(model, tl, repeats=repeats)
+            + ioi_attribution_rows(ioi_prompts))
 
 
 def main():
@@ -91,11 +122,13 @@ def main():
     from report import format_table
     from timing import bench_parser
 
-    args = bench_parser(__doc__.splitlines()[0]).parse_args()
+    parser = bench_parser(__doc__.splitlines()[0])
+    parser.add_argument("--ioi-prompts", type=int, default=20)
+    args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tm.set_num_threads(args.threads)
     with gpt2_small(args.layers) as (_, hf, model):
-        rows = analysis_rows(model, make_tl(hf), repeats=args.repeats)
+        rows = analysis_rows(model, make_tl(hf), repeats=args.repeats, ioi_prompts=args.ioi_prompts)
     print(format_table(rows))
 
 

@@ -15,7 +15,7 @@ Benchmarks (--only takes any of these names, comma-separated):
   gradients forward + backward vs torch autograd; its cost in forwards  (bench_gradients.py)
   hooks     run_with_cache vs plain forward and vs TransformerLens       (bench_hooks.py)
   tlbridge  run_with_cache vs TL 4.x TransformerBridge, in its own venv  (bench_hooks.py)
-  analysis  activation patching and an early block's capture vs TL      (bench_analysis.py)
+  analysis  activation patching and an early block's capture vs TL; IOI attribution vs activation patching (bench_analysis.py)
   sae       SAE encode / decode vs SAELens; a TopK SAE's forward too      (bench_sae.py)
   sae_training  TopK SAE training tok/s, held-out EV and CE recovered vs SAELens's
             trainer and a sparsify-style torch loop; a quick budget unless

@@ -1,5 +1,5 @@
 """Analysis toolkit: logit lens, direct logit attribution, head detectors,
-activation patching, IOI and saliency, on a loaded tinymech Model. Results are numpy
+activation and attribution patching, IOI and saliency, on a loaded tinymech Model. Results are numpy
 arrays shaped for heatmaps, and print as text tables.
 
     import tinymech as tm
@@ -9,6 +9,7 @@ arrays shaped for heatmaps, and print as text tables.
     print(analysis.head_summary(model))
 """
 from .attribution import LogitAttribution, logit_attribution
+from .attribution_patching import attribution_patch
 from ..errors import AnalysisError
 from .heads import (
     HeadScores,
@@ -49,6 +50,7 @@ __all__ = [
     "PatchingResult",
     "RepeatedSequenceLoss",
     "SaliencyResult",
+    "attribution_patch",
     "detect_head",
     "duplicate_token_pattern",
     "head_scores",

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..errors import AnalysisError
 from ..progress import ProgressFn, progress_function
+from .attribution_patching import KINDS, attribution_patch
 from .patching import ACTIVATIONS, PatchingResult, logit_diff_metric, patch_activations
 from ..text import format_table
 from .tokens import is_single_token
@@ -33,6 +34,7 @@ PLACES = ("store", "garden", "restaurant", "school", "hospital", "office", "hous
           "market", "church", "library", "beach", "river")
 OBJECTS = ("drink", "ring", "book", "letter", "bone", "snack", "key", "pen", "flower", "gift", "ball",
            "bag", "cake", "hat")
+METHODS = ("activation", "attribution")
 MIN_NAMES = 5  # a prompt's two names and a corrupted prompt's three others
 
 
@@ -130,18 +132,25 @@ def ioi_logit_diff(model, prompts: IOIPrompts, corrupted: bool = False) -> np.nd
 
 
 def ioi_patching(model, prompts: IOIPrompts | None = None, activation: str = "head_z", mode: str = "denoise",
-                 n: int = 50, seed: int = 0, progress: bool | ProgressFn | None = None) -> PatchingResult:
+                 n: int = 50, seed: int = 0, progress: bool | ProgressFn | None = None,
+                 method: str = "activation") -> PatchingResult:
     """Activation patching on IOI prompts (made with make_ioi_prompts(model, n,
     seed) when not given) with the mean IO - S logit difference as the metric.
     Prompts are patched in groups of equal token length and the results
     averaged, weighted by group size. activation: a key of patching.ACTIVATIONS
     ("head_z" gives [layer, head]); kinds with a position axis need prompts of one
     length (e.g. one template). progress: True for a progress line on stderr, or
-    a function progress(done, total) counting patches over all groups."""
+    a function progress(done, total) counting patches over all groups.
+    method: "activation" (a patched run per index) or "attribution" (attribution_patch:
+    its first-order estimate, one forward and one forward + backward per length group;
+    its kinds are attribution_patching.KINDS)."""
+    if method not in METHODS:
+        raise AnalysisError(f"method must be one of {METHODS}, not {method!r}")
     progress = progress_function(progress)
     prompts = prompts if prompts is not None else make_ioi_prompts(model, n, seed)
     groups = _length_groups(model, prompts)
-    if activation in ACTIVATIONS and "pos" in ACTIVATIONS[activation][1] and len(groups) > 1:
+    kinds = KINDS if method == "attribution" else ACTIVATIONS
+    if activation in kinds and "pos" in kinds[activation][1] and len(groups) > 1:
         raise AnalysisError(
             f"{activation!r} has a position axis but these prompts have {len(groups)} token lengths; "
             "make prompts of one template: make_ioi_prompts(model, templates=[...])"
@@ -152,8 +161,14 @@ def ioi_patching(model, prompts: IOIPrompts | None = None, activation: str = "he
         # every group runs the same number of patches: count them all together
         report = None if progress is None else (
             lambda done, total, g=g: progress(g * total + done, len(groups) * total))
-        results.append(patch_activations(model, clean_tokens, corrupted_tokens, activation, metric, mode=mode,
-                                         progress=report))
+        if method == "attribution":
+            results.append(attribution_patch(model, clean_tokens, corrupted_tokens, metric, over=activation,
+                                             mode=mode))
+            if progress is not None:
+                progress(g + 1, len(groups))
+        else:
+            results.append(patch_activations(model, clean_tokens, corrupted_tokens, activation, metric, mode=mode,
+                                             progress=report))
         weights.append(len(idx) / len(prompts))
     return dataclasses.replace(
         results[0],

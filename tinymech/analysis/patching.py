@@ -39,7 +39,9 @@ class PatchingResult:
     clean / corrupted: the metric on the unpatched clean / corrupted runs.
     mode: "denoise" (clean activations patched into the corrupted run) or
     "noise" (corrupted activations patched into the clean run).
-    pos_labels: the clean input's tokens (of its first sequence), when there is a pos axis."""
+    pos_labels: the clean input's tokens (of its first sequence), when there is a pos axis.
+    method: "activation" (patched runs) or "attribution" (their first-order estimate,
+    attribution_patching.py, which also has [layer, neuron] and [layer, pos, neuron] kinds)."""
 
     values: np.ndarray
     axes: tuple[str, ...]
@@ -48,6 +50,7 @@ class PatchingResult:
     clean: float
     corrupted: float
     pos_labels: list[str] | None = None
+    method: str = "activation"
 
     @property
     def normalized(self) -> np.ndarray:
@@ -62,15 +65,22 @@ class PatchingResult:
         """(grid, row labels, column labels, title): the normalized values as
         2-D rows (layers, or layer-heads for per-position head patching), or the
         raw metric when clean and corrupted score the same."""
-        title = (f"Patching {self.activation} ({self.mode}), normalized: 1 = clean {self.clean:+.4f}, "
+        name = "Attribution patching" if self.method == "attribution" else "Patching"
+        title = (f"{name} {self.activation} ({self.mode}), normalized: 1 = clean {self.clean:+.4f}, "
                  f"0 = corrupted {self.corrupted:+.4f}")
         try:
             grid = self.normalized
         except AnalysisError:
-            grid, title = self.values, f"Patching {self.activation} ({self.mode}), metric (clean = corrupted)"
+            grid, title = self.values, f"{name} {self.activation} ({self.mode}), metric (clean = corrupted)"
         n_layers = grid.shape[0]
         if self.axes == ("layer",):
             return grid[:, None], [f"L{l}" for l in range(n_layers)], ["value"], title
+        if self.axes[-1] == "neuron":  # [layer, (pos,) neuron]: a row per layer (and position)
+            columns = [f"N{n}" for n in range(grid.shape[-1])]
+            if len(self.axes) == 2:
+                return grid, [f"L{l}" for l in range(n_layers)], columns, title
+            rows = [f"L{l} {p}" for l in range(n_layers) for p in self._pos_columns(grid.shape[1])]
+            return grid.reshape(len(rows), -1), rows, columns, title
         if self.axes == ("layer", "head", "pos"):
             rows = [f"L{l}H{h}" for l in range(n_layers) for h in range(grid.shape[1])]
             return grid.reshape(len(rows), -1), rows, self._pos_columns(grid.shape[-1]), title
@@ -99,7 +109,7 @@ class PatchingResult:
         path = str(path)
         if path.endswith(".npz"):
             np.savez(path, values=self.values, axes=np.array(self.axes), activation=self.activation,
-                     mode=self.mode, clean=self.clean, corrupted=self.corrupted,
+                     mode=self.mode, clean=self.clean, corrupted=self.corrupted, method=self.method,
                      pos_labels=np.array(self.pos_labels or [], dtype=str))
         elif path.endswith(".csv"):
             grid, rows, columns, _ = self.labelled_grid()
@@ -135,7 +145,16 @@ def logit_diff_metric(model, answers, n_sequences: int | None = None) -> Callabl
         rows = np.arange(last.shape[0])
         return float(np.mean(last[rows, good] - last[rows, bad]))
 
+    def value_and_grad(logits: np.ndarray) -> tuple[float, np.ndarray]:
+        """(metric, d metric / d logits): what attribution patching differentiates."""
+        grad = np.zeros(np.shape(logits), dtype=np.float32)
+        rows, n = np.arange(grad.shape[0]), grad.shape[0]
+        np.add.at(grad[:, -1], (rows, np.broadcast_to(good, n)), 1.0 / n)
+        np.add.at(grad[:, -1], (rows, np.broadcast_to(bad, n)), -1.0 / n)
+        return metric(logits), grad
+
     metric.last_position_only = True
+    metric.value_and_grad = value_and_grad
     return metric
 
 

@@ -121,6 +121,28 @@ class TokenSaliency:
     scores: np.ndarray  # [pos]: log-probability pushed by each token; nan after `position`
 
 
+@dataclasses.dataclass(frozen=True, eq=False)  # arrays inside: compared by identity
+class AttributionMap:
+    """Attribution patching of every head's output (analysis.attribution_patch, head_z,
+    denoise) for a prompt against a corrupted variant of one token length: the
+    estimated change of logit(correct) - logit(wrong) at the last position when the
+    head's clean output is patched into the corrupted run."""
+
+    prompt: str  # the clean prompt (the analysis it belongs to)
+    corrupted: str  # how the corruption reads: the typed prompt, or "@pos old → new"
+    correct: str  # the clean run's top prediction (label)
+    wrong: str  # the corrupted run's (its runner-up where both runs agree)
+    values: np.ndarray  # [layer, head]: the estimated change of the metric
+    clean: float  # the metric on the clean run
+    corrupted_score: float  # and on the corrupted run
+
+    @property
+    def shares(self) -> np.ndarray:
+        """values as shares of the clean - corrupted gap (1: the head alone restores it)."""
+        gap = self.clean - self.corrupted_score
+        return self.values / gap if gap != 0 else np.zeros_like(self.values)
+
+
 @dataclasses.dataclass(frozen=True)
 class FeatureEffects:
     """The tokens a feature's decoder direction promotes and suppresses."""
@@ -285,6 +307,36 @@ class Backend:
         a tokenizer), a piece of a character as its bytes."""
         tokenizer = self.model.tokenizer.backend
         return tuple((_bytes_if_partial(tokenizer, int(i), t), float(v)) for i, t, v in zip(ids, tokens, values))
+
+    # ---- attribution patching -------------------------------------------------------
+
+    def attribution(self, a: Analysis, selected: int, corrupted: str = "") -> AttributionMap:
+        """Each head's attribution (AttributionMap) for the analysed prompt against `corrupted`
+        (a prompt of its token length), or when that is empty against the prompt with the
+        selected token swapped for the model's likeliest other token there."""
+        model = self.model
+        clean = np.asarray(a.token_ids, dtype=np.int64)[None]
+        if corrupted:
+            bad = model.tokens_of(corrupted, prepend_bos=a.bos).astype(np.int64)
+            if bad.shape != clean.shape:
+                raise InvalidInputError(f"the corrupted prompt is {bad.shape[1]} tokens and the prompt "
+                                        f"{clean.shape[1]}: attribution patching pairs them position by position")
+            what = corrupted
+        else:
+            if selected < 1:  # the token before it predicts the swap
+                raise InvalidInputError("select a token after the first to swap it, or type a corrupted prompt")
+            old = int(a.token_ids[selected])
+            new = next(int(t) for t in a.top_ids[selected - 1] if int(t) != old)
+            bad = clean.copy()
+            bad[0, selected] = new
+            what = f"@{selected} {a.labels[selected]} → {token_label(self._decode_each([new])[0])}"
+        correct = int(a.top_ids[-1, 0])
+        wrong = next(int(t) for t in np.argsort(-model.forward(bad, logits="last")[0])[:2] if int(t) != correct)
+        result = analysis.attribution_patch(model, clean, bad, answers=[(correct, wrong)], over="head_z",
+                                            prepend_bos=False)
+        return AttributionMap(a.prompt, what, token_label(a.top_tokens[-1][0]),
+                              token_label(self._decode_each([wrong])[0]), _frozen(result.values - result.corrupted),
+                              result.clean, result.corrupted)
 
     # ---- feature dashboards -------------------------------------------------------
 

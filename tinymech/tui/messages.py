@@ -115,3 +115,9 @@ class SaliencyReady(Message):
 
     prompt: str
     saliency: TokenSaliency
+
+
+class AttributionReady(Message):
+    """Each head's attribution for a prompt against a corrupted variant."""
+
+    attribution: object  # backend.AttributionMap

@@ -21,6 +21,7 @@ from ..display import field_to_prompt, prompt_to_field
 from ..messages import (
     AnalysisReady,
     AnswerPicked,
+    AttributionReady,
     DashboardsReady,
     FeatureEffectsReady,
     FeatureSelected,
@@ -37,6 +38,7 @@ from ..messages import (
 )
 from ..view import COLOR_METRICS, View
 from ..widgets.attention import AttentionPanel
+from ..widgets.attribution import AttributionPanel
 from ..widgets.features import FeaturesPanel
 from ..widgets.generate import GeneratePanel
 from ..widgets.heads import HeadsPanel
@@ -57,6 +59,7 @@ PANELS = {
     "heads": "Heads",
     "lens": "Logit lens",
     "generate": "Generate",
+    "attribution": "Attribution",
 }
 STRENGTH_STEP = 1.0
 
@@ -86,6 +89,8 @@ class MainScreen(Screen):
         Binding("f", "explore", "feature explorer (with dashboards)", show=False),
         Binding("o", "dashboard", "the feature's dashboard", show=False),
         Binding("slash", "edit_prompt", "prompt", key_display="/"),
+        Binding("a", "attribution", "attribution patching of each head", show=False),
+        Binding("A", "edit_corruption", "type the corrupted prompt (attribution)", show=False),
         Binding("escape", "leave_prompt", "back to tokens", show=False),
         *(Binding(str(n), f"panel('{panel}')", f"show {title.lower()}", show=False)
           for n, (panel, title) in enumerate(PANELS.items(), 1)),
@@ -117,6 +122,7 @@ class MainScreen(Screen):
             with Horizontal(id="row-middle", classes="panel-row"):
                 yield HeadsPanel(id="heads", classes="panel")
                 yield LogitLensPanel(id="lens", classes="panel")
+                yield AttributionPanel(id="attribution", classes="panel")
             with Horizontal(id="row-bottom", classes="panel-row"):
                 yield GeneratePanel(Steer.modes(bool(info.saes)), id="generate", classes="panel")
         # single spaces between the keys' hints: all of them fit in 80 columns
@@ -241,6 +247,19 @@ class MainScreen(Screen):
         self._start("generating", f"generate-{run}", f"{run} generation", job,
                     lambda text: GenerationText(run, text, done=True))
 
+    def compute_attribution(self) -> None:
+        """Attribution patching of the analysed prompt against the panel's corrupted prompt
+        (or the selected token swapped), in a worker."""
+        a = self.view.analysis
+        if a is None:
+            self.notify("no prompt analysed yet", timeout=2)
+            return
+        panel = self.query_one(AttributionPanel)
+        selected, corrupted = self.view.selected, field_to_prompt(panel.corrupted_prompt)
+        self._start("attributing", "attribution", "attribution patching",
+                    lambda: self.backend.attribution(a, selected, corrupted), AttributionReady)
+        self._activate_panel("attribution")
+
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         running = sorted({w.name for w in self.workers if w.state in (WorkerState.PENDING, WorkerState.RUNNING)})
         self.query_one(TitleBar).busy = ", ".join(running)
@@ -261,6 +280,9 @@ class MainScreen(Screen):
         if self._generate_when_ready:
             self._generate_when_ready = False
             self.action_generate()
+
+    def on_attribution_ready(self, message: AttributionReady) -> None:
+        self.query_one(AttributionPanel).show_map(message.attribution)
 
     def on_work_failed(self, message: WorkFailed) -> None:
         error = message.error
@@ -347,6 +369,11 @@ class MainScreen(Screen):
             self.query_one(TokenStrip).focus()
         else:
             self.notify("type a prompt first", severity="warning")
+
+    @on(Input.Submitted, "#corrupted-prompt")
+    def _corruption_submitted(self, event: Input.Submitted) -> None:
+        self.query_one(TokenStrip).focus()
+        self.compute_attribution()
 
     # ---- actions --------------------------------------------------------------------
 
@@ -449,6 +476,13 @@ class MainScreen(Screen):
         for run in ("clean", "steered"):
             self.workers.cancel_group(self, f"generate-{run}")
 
+    def action_attribution(self) -> None:
+        self.compute_attribution()
+
+    def action_edit_corruption(self) -> None:
+        self._activate_panel("attribution")
+        self.query_one("#corrupted-prompt", Input).focus()
+
     def action_edit_prompt(self) -> None:
         self.query_one("#prompt", Input).focus()
 
@@ -458,7 +492,7 @@ class MainScreen(Screen):
     def action_panel(self, panel: str) -> None:
         self._activate_panel(panel)
         targets = {"predictions": "#prediction-list", "attention": "#tokens", "features": "#feature-list",
-                   "heads": "#heads-table", "generate": "#generate-button"}
+                   "heads": "#heads-table", "generate": "#generate-button", "attribution": "#attribution-table"}
         self.query_one(targets.get(panel, f"#{panel}")).focus()
 
 

@@ -38,7 +38,8 @@ async def test_a_swaps_the_selected_token_and_fills_the_grid(app):
         await pilot.press("left", "left", "a")  # token 7 of 10: " Mr" → the model's likeliest other
         await settle(pilot)
         m, a = panel.map, screen.view.analysis
-        assert m is not None and m.prompt == a.prompt and m.corrupted.startswith(f"@7 {a.labels[7]} → ")
+        assert m is not None, notifications(app)
+        assert m.prompt == a.prompt and m.corrupted.startswith(f"@7 {a.labels[7]} → ")
         model = screen.backend.model
         corrupted = a.token_ids[None].astype(np.int64).copy()
         corrupted[0, 7] = next(int(t) for t in a.top_ids[6] if int(t) != int(a.token_ids[7]))

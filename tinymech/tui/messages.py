@@ -117,6 +117,7 @@ class SaliencyReady(Message):
     saliency: TokenSaliency
 
 
+@dataclass
 class AttributionReady(Message):
     """Each head's attribution for a prompt against a corrupted variant."""
 

@@ -11,7 +11,8 @@ Metrics (`metric=`):
     ("logit_diff", correct, wrong)   mean over the batch of logits[b, -1, correct[b]] - logits[b, -1, wrong[b]]
     ("log_prob", token_ids)          mean over the batch of log_softmax(logits[b, -1])[token_ids[b]]
     f(logits) -> (value, G)          a function of the logits [batch, pos, d_vocab] (numpy)
-Token ids are one id for every sequence or one per sequence. Or `grad_logits=G` directly.
+Tokens are ids or strings of exactly one token (" Paris"), one for every sequence or one per
+sequence. Or `grad_logits=G` directly.
 """
 from __future__ import annotations
 
@@ -62,6 +63,23 @@ def parse_metric(metric) -> tuple[str, tuple]:
     if len(args) != wanted:
         raise InvalidInputError(f"metric {name!r} takes {wanted} argument(s), got {len(args)}")
     return name, args
+
+
+def with_token_ids(model, metric):
+    """A built-in metric with its tokens given as strings (each exactly one token, as
+    model.to_single_token reads it) turned into ids; anything else as it is."""
+    if callable(metric) or isinstance(metric, str):
+        return metric
+    name, args = parse_metric(metric)
+
+    def ids(a):
+        if isinstance(a, str):
+            return model.to_single_token(a)
+        if isinstance(a, (list, tuple)) and any(isinstance(x, str) for x in a):
+            return [model.to_single_token(x) if isinstance(x, str) else x for x in a]
+        return a
+
+    return (name,) + tuple(ids(a) for a in args)
 
 
 def metric_gradient(metric, logits: np.ndarray, tokens: np.ndarray | None,
@@ -167,8 +185,8 @@ def forward_backward(model, tokens: np.ndarray, fwd_plan, grad_names: list[str],
     if (metric is None) == (grad_logits is None):
         raise InvalidInputError("a backward needs exactly one of metric= and grad_logits=")
     freeze_pattern, freeze_scales = _freeze(freeze)
-    if metric is not None and not callable(metric):
-        parse_metric(metric)
+    if metric is not None:
+        metric = with_token_ids(model, metric)
     specs = list(model._context_bwd_hooks) + [h for h, _ in model._added_bwd_hooks] + list(bwd_hooks)
     tape = _core.Tape(first_layer(model, list(grad_names) + bwd_hook_names(model, specs)))
     logits = model._core_forward(None, tokens, fwd_plan, "all", pads=model._pads(mask), tape=tape)

@@ -273,3 +273,17 @@ def test_a_backward_refuses_the_per_head_modes(saved_gpt2):
                                  metric=("log_prob", 1))
     finally:
         model.set_use_hook_mlp_in(False)
+
+
+def test_metric_tokens_as_strings():
+    """("logit_diff", " to", " and") reads as analysis's answers do: strings of exactly one token."""
+    demo = tm.load()
+    prompt = "Mr Darcy bowed to Elizabeth. Mr Darcy bowed"
+    to, and_ = demo.to_single_token(" to"), demo.to_single_token(" and")
+    for metric, same in [(("logit_diff", " to", " and"), ("logit_diff", to, and_)),
+                         (("log_prob", [" to"]), ("log_prob", [to]))]:
+        _, by_text = demo.run_with_cache(prompt, incl_bwd=True, metric=metric, names_filter="hook_embed")
+        _, by_id = demo.run_with_cache(prompt, incl_bwd=True, metric=same, names_filter="hook_embed")
+        np.testing.assert_array_equal(by_text["hook_embed_grad"], by_id["hook_embed_grad"])
+    with pytest.raises(tm.InvalidTokensError, match="2 tokens"):
+        demo.run_with_cache(prompt, incl_bwd=True, metric=("logit_diff", " Elizabeth Darcy", " and"))

@@ -37,14 +37,19 @@ struct ScreenedEncoder {
 // W_enc). always: on any kernel variant and any rows, where the screen's
 // matmul widens the rounded weights instead and the bound covers that too
 // (tests use it to check the screen on every CPU). never: the float32 path.
-enum class ScreenMode { where_it_pays, always, never };
+enum class ScreenMode { where_it_pays, always, always_bf16, always_int16, never };
 void set_screen_mode(ScreenMode mode);
 ScreenMode screen_mode();
-// The modes' names: "auto" (where_it_pays), "always", "never".
+// The modes' names: "auto" (where_it_pays), "always", "bf16", "int16", "never".
 ScreenMode parse_screen_mode(const std::string& name);
 const char* screen_mode_name(ScreenMode mode);
 
+// Which screen encodes a batch, if any.
+enum class ScreenKind { none, bf16, int16 };
+ScreenKind screen_kind(int64_t rows, int64_t d_in);
 bool screening_applies(int64_t rows, int64_t d_in);
+// The int16 screen's widest input (its Q_w shrinks as 1 / sqrt(d_in)).
+constexpr int64_t kInt16MaxDIn = 65536;
 
 // Appends `rows` rows to codes, for each row of `in` (the SAE's input after
 // its normalization and b_dec shift, [rows, d_in]): ReLU / JumpReLU, the

@@ -189,6 +189,6 @@ def test_heavy_tailed_inputs_match_float32(seed):
 
 def test_screen_modes():
     assert core.sae_screen() == "always"
-    with pytest.raises(ValueError, match="'auto', 'always' or 'never'"):
+    with pytest.raises(ValueError, match="'auto', 'always', 'bf16', 'int16' or 'never'"):
         core.set_sae_screen("sometimes")
     assert core.sae_screen() == "always"

@@ -29,6 +29,9 @@ constexpr float kTiny = 0x1p-100f;
 constexpr float kSlack = 0x1p-20f;
 constexpr double kU = 0x1p-24;  // float32's unit roundoff
 
+// Features screened and recomputed (for measuring the screens' pass rates).
+std::atomic<int64_t> g_screened{0}, g_recomputed{0};
+
 struct Hit {
   int32_t row, feature;
   float value;
@@ -187,15 +190,19 @@ void screen_columns(const ScreenedEncoder& e, ScreenKind kind, const Rows& in, i
     // less a slack for rounding the bias and the threshold into the test
     b.limit[j] = (thr - bias) - ((std::fabs(thr) + std::fabs(bias)) * kSlack + kTiny);
   }
+  int64_t recomputed = 0;
   for (int64_t m = 0; m < rows; ++m) {
     less_later_terms(in, m, b.c, b.limit, nc, b.row_limit);
     const int64_t count = kt.screen(b.scores + m * nc, b.c[0], in.f[0][m], b.row_limit, nc, b.passed);
+    recomputed += count;
     for (int64_t i = 0; i < count; ++i) {
       const int64_t j = b.passed[i];
       const float pre = recompute(e, in.x + m * e.d_in, b, n0, j);
       if (pre > threshold_of(e, n0 + j)) hits.push_back({static_cast<int32_t>(m), static_cast<int32_t>(n0 + j), pre});
     }
   }
+  g_screened += rows * nc;
+  g_recomputed += recomputed;
 }
 
 // Appends the hits of `rows` rows, each chunk's sorted by (row, feature) and
@@ -274,6 +281,7 @@ void topk_feature(const ScreenedEncoder& e, const Rows& in, int64_t m, float sco
   }
   if (heap.size() == static_cast<size_t>(e.k) && v + margin < heap.front()) return;
   out.push_back({static_cast<int32_t>(n0 + j), recompute(e, in.x + m * e.d_in, b, n0, j) * dn, v + margin});
+  ++g_recomputed;
 }
 
 // Features [n0, n0 + nc) of rows [0, rows) of in, which are the block's rows
@@ -281,6 +289,7 @@ void topk_feature(const ScreenedEncoder& e, const Rows& in, int64_t m, float sco
 void topk_columns(const ScreenedEncoder& e, ScreenKind kind, const Rows& in, int64_t rows, int64_t m0, int64_t n0,
                   int64_t nc, const Buffers& b, TopkState& st) {
   screen_chunk(e, kind, in, rows, n0, nc, b);
+  g_screened += rows * nc;
   for (int64_t j = 0; j < nc; ++j) {
     // the bound and the bias's slack, scaled by dn, with 1 % for rounding them and v
     const float dn = decoder_norm(e, n0 + j);
@@ -446,6 +455,8 @@ ScreenKind screen_kind(int64_t rows, int64_t d_in) {
       return kt.int16_screen_pays && int16_fits ? ScreenKind::int16 : ScreenKind::none;
   }
 }
+
+ScreenCounts take_screen_counts() { return {g_screened.exchange(0), g_recomputed.exchange(0)}; }
 
 bool screening_applies(int64_t rows, int64_t d_in) { return screen_kind(rows, d_in) != ScreenKind::none; }
 

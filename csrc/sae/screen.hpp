@@ -44,6 +44,13 @@ ScreenMode screen_mode();
 ScreenMode parse_screen_mode(const std::string& name);
 const char* screen_mode_name(ScreenMode mode);
 
+// Row-feature pairs screened and recomputed in float32 since the last call
+// (TopK's recomputed are its candidates), for measuring pass rates.
+struct ScreenCounts {
+  int64_t screened, recomputed;
+};
+ScreenCounts take_screen_counts();
+
 // Which screen encodes a batch, if any.
 enum class ScreenKind { none, bf16, int16 };
 ScreenKind screen_kind(int64_t rows, int64_t d_in);

@@ -149,11 +149,13 @@ void sums_6x16(const int16_t* A, int64_t lda, const int16_t* panel, int64_t pair
   const int16_t* a3 = A + 3 * lda;
   const int64_t stride = lda * static_cast<int64_t>(sizeof(int16_t));
   int64_t n = pairs;
-#define TM_ROW(addr, lo, hi)                 \
-  "vpbroadcastd " addr ", %%ymm14\n\t"       \
-  "vpmaddwd %%ymm12, %%ymm14, %%ymm15\n\t"   \
-  "vpaddd %%ymm15, %%" lo ", %%" lo "\n\t"   \
-  "vpmaddwd %%ymm13, %%ymm14, %%ymm14\n\t"   \
+#define TM_ROW(addr, lo, hi)               \
+  "vpbroadcastd " addr                     \
+  ", %%ymm14\n\t"                          \
+  "vpmaddwd %%ymm12, %%ymm14, %%ymm15\n\t" \
+  "vpaddd %%ymm15, %%" lo ", %%" lo        \
+  "\n\t"                                   \
+  "vpmaddwd %%ymm13, %%ymm14, %%ymm14\n\t" \
   "vpaddd %%ymm14, %%" hi ", %%" hi "\n\t"
   __asm__ volatile(
       "vmovdqu 0(%[acc]), %%ymm0\n\t"

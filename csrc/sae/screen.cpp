@@ -315,7 +315,8 @@ void topk_columns(const ScreenedEncoder& e, ScreenKind kind, const Rows& in, int
     }
     less_later_terms(in, m, b.m, b.limit, nc, b.row_limit);
     const int64_t count = kt.screen(s, b.m[0], in.f[0][m], b.row_limit, nc, b.passed);
-    for (int64_t i = 0; i < count; ++i) topk_feature(e, in, m, s[b.passed[i]], n0, b.passed[i], b, heap, out, st.finite);
+    for (int64_t i = 0; i < count; ++i)
+      topk_feature(e, in, m, s[b.passed[i]], n0, b.passed[i], b, heap, out, st.finite);
   }
 }
 
@@ -403,8 +404,7 @@ void quantize_rows(const float* in, int64_t r0, int64_t rc, int64_t K, const flo
     for (int64_t m = m0; m < m1; ++m) {
       const auto i = static_cast<size_t>(m);
       float max_abs;
-      const int64_t l1 =
-          kt.quantize_i16(in + (r0 + m) * K, K, 32767, budget, q.data() + m * Kp, &scale[i], &max_abs);
+      const int64_t l1 = kt.quantize_i16(in + (r0 + m) * K, K, 32767, budget, q.data() + m * Kp, &scale[i], &max_abs);
       if (l1 > budget) {  // a sum might overflow int32: every feature passes
         f[0][i] = f[1][i] = f[2][i] = INFINITY;
         continue;

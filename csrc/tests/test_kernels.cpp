@@ -270,8 +270,7 @@ void test_int16_screen(const char* variant, std::mt19937& rng) {
     const float tiny[3] = {1e-30f, 0.f, -2e-30f}, bad[3] = {1.f, NAN, 2.f};
     ok &= kt.quantize_i16(tiny, 3, 1000, 1 << 30, q.data(), &scale, &max_abs) == 0 && scale == 0.f &&
           max_abs == 2e-30f && q[0] == 0 && q[2] == 0;
-    ok &= kt.quantize_i16(bad, 3, 1000, 1 << 30, q.data(), &scale, &max_abs) == 0 && !std::isfinite(scale) &&
-          q[0] == 0;
+    ok &= kt.quantize_i16(bad, 3, 1000, 1 << 30, q.data(), &scale, &max_abs) == 0 && !std::isfinite(scale) && q[0] == 0;
   }
   check(ok, name + " quantize_i16");
   for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 2}, {5, 17, 6}, {13, 40, 34}, {7, 16, 96}}) {
@@ -292,7 +291,8 @@ void test_int16_screen(const char* variant, std::mt19937& rng) {
     ref_matmul_i16(A.data(), K, M, B.data(), K, N, K, rs.data(), cs.data(), want.data());
     bool same = packed == want_packed;
     for (size_t i = 0; i < C.size(); ++i) same &= std::abs(C[i] - want[i]) <= 4e-7 * std::abs(want[i]);  // 3 roundings
-    check(same, name + " pack_i16 / matmul_i16 " + std::to_string(M) + "x" + std::to_string(N) + "x" + std::to_string(K));
+    check(same,
+          name + " pack_i16 / matmul_i16 " + std::to_string(M) + "x" + std::to_string(N) + "x" + std::to_string(K));
   }
 }
 

@@ -53,8 +53,7 @@ void test_sae_encode(const char* variant, std::mt19937& rng) {
           ok &= p > 1e-4 ? std::abs(got[j] - p) < 1e-4 : (p < -1e-4 ? got[j] == 0.f : true);
         }
       }
-      check(ok, std::string(variant) + " " + screen_mode_name(mode) + " SAE codes " +
-                    std::to_string(rows) + " rows");
+      check(ok, std::string(variant) + " " + screen_mode_name(mode) + " SAE codes " + std::to_string(rows) + " rows");
     }
   }
   set_screen_mode(ScreenMode::where_it_pays);
@@ -88,7 +87,8 @@ void test_sae_topk(const char* variant, std::mt19937& rng) {
       sae.encode(x.data(), rows, &ours, nullptr, nullptr, nullptr);
       bool ok = ours.offsets == ref.offsets && ours.indices == ref.indices;
       for (size_t i = 0; ok && i < ref.values.size(); ++i) ok = std::abs(ours.values[i] - ref.values[i]) < 1e-4f;
-      check(ok, std::string(variant) + " " + screen_mode_name(mode) + " TopK SAE codes" + (rescale ? ", rescaled" : ""));
+      check(ok,
+            std::string(variant) + " " + screen_mode_name(mode) + " TopK SAE codes" + (rescale ? ", rescaled" : ""));
     }
     set_screen_mode(ScreenMode::where_it_pays);
   }

@@ -254,8 +254,8 @@ void test_int16_screen(const char* variant, std::mt19937& rng) {
   bool ok = true;
   for (int64_t n : {1, 7, 16, 33, 100}) {
     auto x = randn(static_cast<size_t>(n), rng);
-    x[0] = 40.f;  // an outlier dimension
-    std::vector<int16_t> q(static_cast<size_t>(n + 1), 7);
+    x[0] = 40.f;                                            // an outlier dimension
+    std::vector<int16_t> q(static_cast<size_t>(n + 4), 7);  // room for the 3-element rows below
     float scale, max_abs;
     const int64_t l1 = kt.quantize_i16(x.data(), n, 1000, 1 << 30, q.data(), &scale, &max_abs);
     int64_t sum = 0;

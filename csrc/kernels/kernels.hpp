@@ -44,6 +44,9 @@ struct KernelTable {
   // True where matmuls over bfloat16 weights with more than kMatmulSmallM rows
   // use bfloat16 dot products: A is then rounded to bfloat16 too.
   bool bf16_dot_products;
+  // True where the SAE encoder's int16 screen (sae/screen.hpp) measured
+  // faster than its float32 matmul, for batches of more than kMatmulSmallM rows.
+  bool int16_screen_pays;
   // Rows of A up to which a matmul over B stored [K, N] streams B once rather
   // than packing it (see matmul_streams_rows).
   int64_t stream_rows_kn;
@@ -63,6 +66,25 @@ struct KernelTable {
   // Writes the j < n where x[j] + alpha w[j] <= limit[j] fails (greater or
   // NaN) or x[j] is -inf to out, in order; returns how many.
   int64_t (*screen)(const float* x, const float* w, float alpha, const float* limit, int64_t n, int32_t* out);
+  // The int16 screen's kernels. quantize_i16: q[i] = round(x[i] / s) to
+  // nearest (ties to even), clamped to [-Q, Q], into out[0, n) (an odd n's
+  // out[n] = 0), with s = max|x| / Q in *scale and max|x| in *max_abs; Q the
+  // largest integer <= q_cap for which sum |q| is predicted to stay within
+  // l1_cap (at least 1; the caller checks). Returns sum |q|. Where max|x| is
+  // below 2^-64, zero included, out is all zero and *scale = 0; where x holds
+  // NaN or infinity (or sum |x| overflows), out is all zero and *scale and
+  // *max_abs are not finite.
+  int64_t (*quantize_i16)(const float* x, int64_t n, int32_t q_cap, int64_t l1_cap, int16_t* out, float* scale,
+                          float* max_abs);
+  // B [N, K] (rows of ldb int16, K even) as panels of kI16Panel columns:
+  // out[((c / kI16Panel) * K / 2 + p) * 2 kI16Panel + 2 (c % kI16Panel) + h]
+  // = B[c, 2 p + h], the last panel's missing columns zero.
+  void (*pack_i16)(const int16_t* B, int64_t ldb, int64_t N, int64_t K, int16_t* out);
+  // C[m * ldc + c] = fl(fl(float(I) col_scale[c]) row_scale[m]) with I =
+  // sum_k A[m * lda + k] B[c, k] summed in int32, wrapping (exact where |I| <
+  // 2^31, which the caller ensures), for m < M, c < N; B packed by pack_i16, K even.
+  void (*matmul_i16)(const int16_t* A, int64_t lda, int64_t M, const int16_t* B_packed, int64_t N, int64_t K,
+                     const float* row_scale, const float* col_scale, float* C, int64_t ldc);
   void (*scale)(float* x, float alpha, int64_t n);
   // mean and sqrt(var + eps) of one row
   void (*row_stats)(const float* x, int64_t n, float eps, float* mean, float* scale);
@@ -95,6 +117,9 @@ struct KernelTable {
 constexpr int kProbeChains = 12;
 constexpr float kProbeMul = 0.999f, kProbeAdd = 1e-4f;
 constexpr uint16_t kProbeBf16A = 0x3f7f, kProbeBf16B = 0x38d1;
+
+// Columns per panel of pack_i16 / matmul_i16.
+constexpr int64_t kI16Panel = 16;
 
 // Column-panel sizes shared by the matmul drivers and the packing buffers.
 constexpr int64_t kMatmulKC = 256;

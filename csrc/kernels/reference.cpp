@@ -95,6 +95,24 @@ int64_t ref_screen(const float* x, const float* w, float alpha, const float* lim
   return count;
 }
 
+void ref_pack_i16(const int16_t* B, int64_t ldb, int64_t N, int64_t K, int16_t* out) {
+  const int64_t panels = (N + kI16Panel - 1) / kI16Panel;
+  for (int64_t c = 0; c < panels * kI16Panel; ++c)
+    for (int64_t k = 0; k < K; ++k)
+      out[((c / kI16Panel) * (K / 2) + k / 2) * 2 * kI16Panel + 2 * (c % kI16Panel) + k % 2] =
+          c < N ? B[c * ldb + k] : int16_t{0};
+}
+
+void ref_matmul_i16(const int16_t* A, int64_t lda, int64_t M, const int16_t* B, int64_t ldb, int64_t N, int64_t K,
+                    const float* row_scale, const float* col_scale, double* C) {
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t c = 0; c < N; ++c) {
+      int64_t sum = 0;
+      for (int64_t k = 0; k < K; ++k) sum += int64_t{A[m * lda + k]} * B[c * ldb + k];
+      C[m * N + c] = static_cast<double>(sum) * col_scale[c] * row_scale[m];
+    }
+}
+
 void ref_scale(const float* x, float alpha, int64_t n, double* out) {
   for (int64_t i = 0; i < n; ++i) out[i] = static_cast<double>(alpha) * x[i];
 }

@@ -32,6 +32,11 @@ void ref_round_a_pairs(const float* A, int64_t lda, int64_t M, int64_t K, int64_
 void ref_transpose(const float* src, int64_t ld_src, int64_t rows, int64_t cols, float* dst, int64_t ld_dst);
 // The j where x[j] + alpha w[j] <= limit[j] fails (greater, or NaN) or x[j] is -inf.
 int64_t ref_screen(const float* x, const float* w, float alpha, const float* limit, int64_t n, int32_t* out);
+// int16 screen: pack_i16's layout, and matmul_i16's C with the integer sum
+// exact (int64) and the scales applied in double.
+void ref_pack_i16(const int16_t* B, int64_t ldb, int64_t N, int64_t K, int16_t* out);
+void ref_matmul_i16(const int16_t* A, int64_t lda, int64_t M, const int16_t* B, int64_t ldb, int64_t N, int64_t K,
+                    const float* row_scale, const float* col_scale, double* C);
 void ref_scale(const float* x, float alpha, int64_t n, double* out);
 // The mean and sqrt(variance + eps) of x[0, n), variance over n.
 void ref_row_stats(const float* x, int64_t n, float eps, double* mean, double* scale);

@@ -21,6 +21,11 @@ void round_bf16(const float* x, uint16_t* out, int64_t n);
 void round_a_pairs(const float* A, int64_t lda, int64_t M, int64_t K, int64_t m_begin, int64_t m_end, uint32_t* out);
 void transpose(const float* src, int64_t ld_src, int64_t rows, int64_t cols, float* dst, int64_t ld_dst);
 int64_t screen(const float* x, const float* w, float alpha, const float* limit, int64_t n, int32_t* out);
+int64_t quantize_i16(const float* x, int64_t n, int32_t q_cap, int64_t l1_cap, int16_t* out, float* scale,
+                     float* max_abs);
+void pack_i16(const int16_t* B, int64_t ldb, int64_t N, int64_t K, int16_t* out);
+void matmul_i16(const int16_t* A, int64_t lda, int64_t M, const int16_t* B_packed, int64_t N, int64_t K,
+                const float* row_scale, const float* col_scale, float* C, int64_t ldc);
 void scale(float* x, float alpha, int64_t n);
 void row_stats(const float* x, int64_t n, float eps, float* mean, float* scale);
 void normalize(const float* x, float mean, float scale, const float* w, const float* b, float* out, int64_t n);

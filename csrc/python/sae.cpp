@@ -167,8 +167,16 @@ void bind_sae(py::module_& m) {
   m.def(
       "set_sae_screen", [](const std::string& mode) { tmech::set_screen_mode(tmech::parse_screen_mode(mode)); },
       py::arg("mode"),
-      "when SAE encoders screen in bfloat16 first (csrc/sae/screen.hpp): 'auto' where it pays, "
-      "'always' (any CPU, any rows: for tests), 'never' (the float32 path)");
+      "when SAE encoders screen first (csrc/sae/screen.hpp): 'auto' where it pays, "
+      "'always' (any CPU, any rows: for tests; in bfloat16 where the CPU has its dot products, else int16), "
+      "'bf16' or 'int16' (always, that screen), 'never' (the float32 path)");
+  m.def(
+      "take_sae_screen_counts",
+      [] {
+        const auto c = tmech::take_screen_counts();
+        return std::make_pair(c.screened, c.recomputed);
+      },
+      "(row-feature pairs screened, recomputed in float32) since the last call: the screen's pass rate");
   m.def("sae_activation_names", &tmech::sae_activation_names,
         "every SAE activation the core encodes, as tinymech/sae/architectures/ names them");
   m.def("sae_screen", [] { return tmech::screen_mode_name(tmech::screen_mode()); });

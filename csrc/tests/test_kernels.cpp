@@ -7,6 +7,7 @@
 #include <limits>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "kernels/kernels.hpp"
@@ -243,6 +244,58 @@ void test_transpose_and_screen(const char* variant, std::mt19937& rng) {
   }
 }
 
+// The int16 screen's kernels: quantization within its bound (|x - s q| <= s/2
+// + rounding, |q| <= Q, sum |q| returned, zeros for tiny or non-finite rows),
+// packing, and the integer matmul against exact sums, ragged shapes and
+// extreme values included.
+void test_int16_screen(const char* variant, std::mt19937& rng) {
+  const KernelTable& kt = kernels::active();
+  const std::string name = variant;
+  bool ok = true;
+  for (int64_t n : {1, 7, 16, 33, 100}) {
+    auto x = randn(static_cast<size_t>(n), rng);
+    x[0] = 40.f;                                            // an outlier dimension
+    std::vector<int16_t> q(static_cast<size_t>(n + 4), 7);  // room for the 3-element rows below
+    float scale, max_abs;
+    const int64_t l1 = kt.quantize_i16(x.data(), n, 1000, 1 << 30, q.data(), &scale, &max_abs);
+    int64_t sum = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      ok &= std::abs(q[i]) <= 1000 && std::abs(double(x[i]) - double(scale) * q[i]) <= 0.501 * scale;
+      sum += std::abs(q[i]);
+    }
+    ok &= sum == l1 && max_abs == 40.f && (n % 2 == 0 || q[static_cast<size_t>(n)] == 0);
+    // a budget for sum |q| lowers Q
+    const int64_t tight = kt.quantize_i16(x.data(), n, 32767, 200, q.data(), &scale, &max_abs);
+    ok &= tight <= 200 && scale >= 40.f / 32767;
+    const float tiny[3] = {1e-30f, 0.f, -2e-30f}, bad[3] = {1.f, NAN, 2.f};
+    ok &= kt.quantize_i16(tiny, 3, 1000, 1 << 30, q.data(), &scale, &max_abs) == 0 && scale == 0.f &&
+          max_abs == 2e-30f && q[0] == 0 && q[2] == 0;
+    ok &= kt.quantize_i16(bad, 3, 1000, 1 << 30, q.data(), &scale, &max_abs) == 0 && !std::isfinite(scale) && q[0] == 0;
+  }
+  check(ok, name + " quantize_i16");
+  for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 2}, {5, 17, 6}, {13, 40, 34}, {7, 16, 96}}) {
+    std::uniform_int_distribution<int> val(-32767, 32767);
+    std::vector<int16_t> A(static_cast<size_t>(M * K)), B(static_cast<size_t>(N * K));
+    for (auto& v : A) v = static_cast<int16_t>(val(rng));
+    for (auto& v : B) v = static_cast<int16_t>(val(rng) / 64);  // |sums| < 2^31 for K <= 96
+    A[0] = B[0] = 32767;
+    const int64_t panels = (N + kI16Panel - 1) / kI16Panel;
+    std::vector<int16_t> packed(static_cast<size_t>(panels * kI16Panel * K)), want_packed(packed.size());
+    kt.pack_i16(B.data(), K, N, K, packed.data());
+    ref_pack_i16(B.data(), K, N, K, want_packed.data());
+    std::vector<float> rs(static_cast<size_t>(M)), cs(static_cast<size_t>(N)), C(static_cast<size_t>(M * N));
+    for (auto& v : rs) v = std::uniform_real_distribution<float>(0.5f, 2.f)(rng);
+    for (auto& v : cs) v = std::uniform_real_distribution<float>(1e-4f, 1e-3f)(rng);
+    kt.matmul_i16(A.data(), K, M, packed.data(), N, K, rs.data(), cs.data(), C.data(), N);
+    std::vector<double> want(C.size());
+    ref_matmul_i16(A.data(), K, M, B.data(), K, N, K, rs.data(), cs.data(), want.data());
+    bool same = packed == want_packed;
+    for (size_t i = 0; i < C.size(); ++i) same &= std::abs(C[i] - want[i]) <= 4e-7 * std::abs(want[i]);  // 3 roundings
+    check(same,
+          name + " pack_i16 / matmul_i16 " + std::to_string(M) + "x" + std::to_string(N) + "x" + std::to_string(K));
+  }
+}
+
 // The benchmark probes compute what they say, and count the work of every lane.
 void test_probes(const char* variant) {
   const KernelTable& kt = kernels::active();
@@ -270,6 +323,7 @@ void test_kernels(const char* variant, std::mt19937& rng) {
   test_round_bf16(variant, rng);
   test_round_a_pairs(variant, rng);
   test_transpose_and_screen(variant, rng);
+  test_int16_screen(variant, rng);
   test_probes(variant);
 }
 

@@ -25,7 +25,7 @@ namespace {
 // pre-activations: every feature clearly above zero is kept with its value,
 // none clearly below is.
 void test_sae_encode(const char* variant, std::mt19937& rng) {
-  for (ScreenMode mode : {ScreenMode::always, ScreenMode::never}) {
+  for (ScreenMode mode : {ScreenMode::always_bf16, ScreenMode::always_int16, ScreenMode::never}) {
     set_screen_mode(mode);
     for (auto [d_in, d_sae, rows] :
          {std::tuple<int64_t, int64_t, int64_t>{77, 300, 37}, {130, 129, 1030}, {16, 40, 3}}) {
@@ -53,8 +53,7 @@ void test_sae_encode(const char* variant, std::mt19937& rng) {
           ok &= p > 1e-4 ? std::abs(got[j] - p) < 1e-4 : (p < -1e-4 ? got[j] == 0.f : true);
         }
       }
-      check(ok, std::string(variant) + (mode == ScreenMode::always ? " screened" : "") + " SAE codes " +
-                    std::to_string(rows) + " rows");
+      check(ok, std::string(variant) + " " + screen_mode_name(mode) + " SAE codes " + std::to_string(rows) + " rows");
     }
   }
   set_screen_mode(ScreenMode::where_it_pays);
@@ -77,17 +76,21 @@ void test_sae_topk(const char* variant, std::mt19937& rng) {
     cfg.rescale_acts_by_decoder_norm = rescale;
     const Sae sae(cfg, SaeWeights{W_enc.data(), b_enc.data(), W_dec.data(), b_dec.data()});
     const auto x = randn(static_cast<size_t>(rows * d_in), rng);
-    SparseCodes ours, ref;
-    set_screen_mode(ScreenMode::always);
-    sae.encode(x.data(), rows, &ours, nullptr, nullptr, nullptr);
+    SparseCodes ref;
     kernels::select("scalar");
     set_screen_mode(ScreenMode::never);
     sae.encode(x.data(), rows, &ref, nullptr, nullptr, nullptr);
     kernels::select(variant);
+    for (ScreenMode mode : {ScreenMode::always_bf16, ScreenMode::always_int16}) {
+      SparseCodes ours;
+      set_screen_mode(mode);
+      sae.encode(x.data(), rows, &ours, nullptr, nullptr, nullptr);
+      bool ok = ours.offsets == ref.offsets && ours.indices == ref.indices;
+      for (size_t i = 0; ok && i < ref.values.size(); ++i) ok = std::abs(ours.values[i] - ref.values[i]) < 1e-4f;
+      check(ok,
+            std::string(variant) + " " + screen_mode_name(mode) + " TopK SAE codes" + (rescale ? ", rescaled" : ""));
+    }
     set_screen_mode(ScreenMode::where_it_pays);
-    bool ok = ours.offsets == ref.offsets && ours.indices == ref.indices;
-    for (size_t i = 0; ok && i < ref.values.size(); ++i) ok = std::abs(ours.values[i] - ref.values[i]) < 1e-4f;
-    check(ok, std::string(variant) + " TopK SAE codes" + (rescale ? ", rescaled" : ""));
   }
 }
 

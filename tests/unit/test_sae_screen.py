@@ -1,7 +1,8 @@
-"""The screened SAE encoder (csrc/sae/screen.hpp): batches are screened in
-bfloat16 and the survivors recomputed in float32 (by default where the CPU has
-bfloat16 dot products; here forced on every kernel variant, where the
-screen's matmul widens the rounded weights instead). Its codes must be the
+"""The screened SAE encoders (csrc/sae/screen.hpp): batches are screened in
+bfloat16 or in int16 and the survivors recomputed in float32 (by default where
+the CPU has bfloat16 dot products, resp. on AVX2; here both forced on every
+kernel variant, where the bfloat16 screen's matmul widens the rounded
+weights and the int16 one runs plain loops instead). Its codes must be the
 float32 encoder's: checked against the float32 path and float64 numpy, and on
 features placed just above and just below their thresholds (or, for TopK,
 just either side of the k-th largest), which a screen without its error bound
@@ -15,10 +16,14 @@ from tinymech.sae.sae import SAE, SAEConfig
 core = tm._core
 
 
-@pytest.fixture(autouse=True)
-def screened(variant):
-    """Every test on every kernel variant, with the screen on for any rows."""
-    core.set_sae_screen("always")
+SCREEN = {"mode": "always"}
+
+
+@pytest.fixture(autouse=True, params=["bf16", "int16"])
+def screened(variant, request):
+    """Every test on every kernel variant, with each screen on for any rows."""
+    SCREEN["mode"] = request.param
+    core.set_sae_screen(request.param)
     yield variant
     core.set_sae_screen("auto")
 
@@ -52,7 +57,7 @@ def float32_path(fn):
     try:
         return fn()
     finally:
-        core.set_sae_screen("always")
+        core.set_sae_screen(SCREEN["mode"])
 
 
 @pytest.mark.parametrize("activation", ["relu", "jumprelu", "topk"])
@@ -113,6 +118,63 @@ def test_non_finite_rows_match_float32():
     assert np.isnan(ours[[1, 4, 6]]).all() and np.isfinite(ours[7]).all() and ours[7].max() > 1e37
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
 
+
+@pytest.mark.parametrize("activation", ["relu", "topk"])
+@pytest.mark.parametrize("case", ["outliers", "huge", "tiny", "zeros", "mixed"])
+def test_extreme_inputs_match_float32(activation, case):
+    """Rows with a few dimensions 50-1000x the rest (as real residual streams
+    have), huge and tiny magnitudes, all-zero rows: the codes stay the float32
+    path's (the int16 screen scales each row by its largest value)."""
+    d_in, d_sae, rows = 96, 700, 40
+    sae = make_sae(d_in, d_sae, activation, apply_b_dec=False, l0=12)
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((rows, d_in), dtype=np.float32)
+    if case == "outliers":
+        x[:, [3, 50]] *= 50
+        x[::4, 7] = 1000.0
+    elif case == "huge":
+        x *= 1e30
+    elif case == "tiny":
+        x *= 1e-30
+    elif case == "zeros":
+        x[::2] = 0
+    else:  # every row a different scale, one of them subnormal
+        x *= np.logspace(-38, 30, rows, dtype=np.float64)[:, None].astype(np.float32)
+    ours, ref = sae.encode(x), float32_path(lambda: sae.encode(x))
+    np.testing.assert_array_equal(ours != 0, ref != 0)
+    # values as two float32 sums may differ: by the γ_K Σ|a_i w_i| bound each
+    scale = np.abs(x.astype(np.float64)) @ np.abs(sae.W_enc.astype(np.float64))
+    if activation == "topk":
+        scale = scale * np.linalg.norm(sae.W_dec, axis=1)
+    assert (np.abs(ours.astype(np.float64) - ref) <= 4 * d_in * 2.0**-24 * scale + 1e-30).all()
+
+
+def test_int16_screen_rows_near_threshold_with_outlier_dims():
+    """A row whose one dimension is 200x the others, with features 1e-3 either
+    side of their threshold: exactly those above fire."""
+    d_in, d_sae = 128, 256
+    sae = make_sae(d_in, d_sae, "relu", apply_b_dec=False)
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((6, d_in), dtype=np.float32)
+    x[0, 9] = 200.0
+    dots = x[0].astype(np.float64) @ sae.W_enc
+    b_enc = (-dots + np.where(np.arange(d_sae) % 2 == 0, 1e-3, -1e-3)).astype(np.float32)
+    sae = SAE(sae.cfg, {"W_enc": sae.W_enc, "b_enc": b_enc, "W_dec": sae.W_dec, "b_dec": sae.b_dec})
+    acts = sae.encode(x)
+    above = (x[0].astype(np.float64) @ sae.W_enc + b_enc) > 0
+    np.testing.assert_array_equal(acts[0] > 0, above)
+    np.testing.assert_array_equal(acts > 0, float32_path(lambda: sae.encode(x)) > 0)
+
+
+def test_screen_counts():
+    """The pass-rate counters: every row-feature pair screened, some recomputed."""
+    sae = make_sae(64, 300)
+    x = np.random.default_rng(13).standard_normal((20, 64), dtype=np.float32)
+    core.take_sae_screen_counts()
+    fired = (sae.encode(x) > 0).sum()
+    screened, recomputed = core.take_sae_screen_counts()
+    assert screened == 20 * 300 and fired <= recomputed < screened
+    assert core.take_sae_screen_counts() == (0, 0)
 
 
 def test_relu_rescaled_by_decoder_norms_takes_the_float32_path():
@@ -188,7 +250,7 @@ def test_heavy_tailed_inputs_match_float32(seed):
 
 
 def test_screen_modes():
-    assert core.sae_screen() == "always"
-    with pytest.raises(ValueError, match="'auto', 'always' or 'never'"):
+    assert core.sae_screen() == SCREEN["mode"]
+    with pytest.raises(ValueError, match="'auto', 'always', 'bf16', 'int16' or 'never'"):
         core.set_sae_screen("sometimes")
-    assert core.sae_screen() == "always"
+    assert core.sae_screen() == SCREEN["mode"]

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 
 from report import row, target
-from timing import (bench_parser, hf_decode_seconds, measured_interleaved, random_tokens,
+from timing import (bench_parser, hf_decode_seconds, measured_interleaved, paired_times, random_tokens,
                     times_interleaved, tinymech_decode_seconds)
 
 # the issue's targets, as tinymech speed / HF fp32 speed
 PREFILL_TARGET = {512: target(">=", 2.4)}
 DECODE_TARGET = target(">=", 2.2)
-BANDWIDTH_TARGET = target(">=", 0.9)  # weight bytes read per second while decoding / measured read bandwidth
+BANDWIDTH_TARGET = target(">=", 0.9)
+MATMUL_FLOOR_TARGET = target("<=", 1.05, of="value")  # prefill time / numpy's time for its matmuls alone  # weight bytes read per second while decoding / measured read bandwidth
 # bf16 weight mode: decode vs HF fp32, prefill vs HF bf16
 BF16_DECODE_TARGET = target(">=", 4.4)
 BF16_PREFILL_TARGET = target(">=", 1.2)
@@ -54,6 +55,40 @@ def bandwidth_row(id: str, task: str, seconds_per_token, bytes_per_token: int, r
                note=f"{bytes_per_token / 2**20:.0f} MiB of weights per token; median of {repeats} paired runs")
 
 
+def weight_matmul_shapes(cfg, n: int) -> list:
+    """(M, K, N) of every matmul with a weight in a forward of n tokens (all logits)."""
+    D, F, L = cfg.d_model, cfg.d_mlp, cfg.n_layers
+    qkv = (cfg.n_heads + 2 * (cfg.n_key_value_heads or cfg.n_heads)) * cfg.d_head
+    per_layer = [(n, D, qkv), (n, cfg.n_heads * cfg.d_head, D), (n, D, F), (n, F, D)]
+    if cfg.gated_mlp:
+        per_layer.append((n, D, F))
+    return per_layer * L + [(n, D, cfg.d_vocab)]
+
+
+def matmul_floor_row(model, n: int = 512, repeats: int = 3) -> dict:
+    """The whole prefill of n tokens (all logits) over numpy's time for its weight matmuls
+    alone (same shapes, float32, numpy's BLAS on its own threads): how much the rest of the
+    forward (norms, attention, activations, threads' waits) adds to the matmuls' floor.
+    Median of paired runs, each pair timed in turn."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    mats = [(rng.standard_normal((M, K), dtype=np.float32), rng.standard_normal((K, N), dtype=np.float32))
+            for M, K, N in weight_matmul_shapes(model.cfg, n)]
+    ids = random_tokens(model.cfg.d_vocab, n, seed=n)
+
+    def numpy_matmuls():
+        for A, B in mats:
+            A @ B
+
+    pairs = [(ours / ref, ours, ref) for _, ours, ref in paired_times(lambda: model(ids), numpy_matmuls, repeats)]
+    ratio, ours, ref = sorted(pairs)[len(pairs) // 2]
+    return row(f"prefill-{n}-vs-matmuls", f"prefill {n} tokens / numpy's time for its matmuls alone", ratio,
+               None, "×", None, target=MATMUL_FLOOR_TARGET, seconds=ours, tokens=n,
+               note=f"{ours * 1e3:.0f} ms vs {ref * 1e3:.0f} ms; median of {len(pairs)} paired runs, "
+                    f"range {min(p[0] for p in pairs):.2f}–{max(p[0] for p in pairs):.2f}")
+
+
 def forward_rows(model, hf, *, tokens=(8, 128, 512, 1024), decode_tokens: int = 32, prompt_tokens: int = 128,
                  decode_batch: int = 8, repeats: int = 3, targets: bool = True, prefix: str = "") -> list:
     """Prefill (all logits) of each of `tokens`, decode after a prompt, and
@@ -74,6 +109,8 @@ def forward_rows(model, hf, *, tokens=(8, 128, 512, 1024), decode_tokens: int = 
         rows.append(row(f"{prefix}prefill-{n}", f"{prefix}prefill {n} tokens, all logits", n / ours, n / ref,
                         "tok/s", ref / ours, ref_name="HF", seconds=ours, tokens=n,
                         target=PREFILL_TARGET.get(n) if targets else None))
+    if targets and 512 in tokens:
+        rows.append(matmul_floor_row(model, 512, repeats))
     prompt = random_tokens(vocab, prompt_tokens, seed=1)
     ours, ref = measured_interleaved([lambda: tinymech_decode_seconds(model, prompt, decode_tokens),
                                       lambda: hf_decode_seconds(hf, prompt, decode_tokens)], repeats)
@@ -135,6 +172,9 @@ def print_forward_rows(rows) -> None:
     """The table this script (and bench_smollm2.py) prints."""
     print(f"{'task':<28}{'tinymech':>14}{'HF':>14}{'ratio':>9}")
     for r in rows:
+        if r["id"].endswith("vs-matmuls"):
+            print(f"{'prefill / numpy matmuls':<28}{r['tinymech']:>14.2f}{'':>14}{'':>9}")
+            continue
         if r["id"].endswith("bandwidth"):
             task, digits = "decode bytes (GB/s)", 1
         elif r["id"].endswith("decode"):

@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from report import row
-from timing import bench_parser, best_time
+from timing import bench_parser, best_time, paired_times
 
 SHAPES = [(512, 768, 2304), (512, 768, 3072), (512, 3072, 768), (512, 768, 768), (512, 768, 50257)]
 
@@ -86,17 +86,16 @@ def _roofline_rows(repeats: int) -> list:
         transposed = N == 50257  # the unembedding is stored [vocab, d_model]
         B = rng.standard_normal((N, K) if transposed else (K, N), dtype=np.float32)
         problems.append((M, K, N, rng.standard_normal((M, K), dtype=np.float32), B, transposed))
-    # All of tinymech's timings first: numpy's BLAS threads keep spinning for a
-    # while after each call and would steal a core from the next measurement.
-    ours_s = [best_time(lambda: kernels.matmul(A, B, None, t), repeats) for _, _, _, A, B, t in problems]
-    ref_s = [best_time(lambda: A @ (B.T if t else B), repeats) for _, _, _, A, B, t in problems]
-    for (M, K, N, _, _, _), t_ours, t_ref in zip(problems, ours_s, ref_s):
+    for M, K, N, A, B, t in problems:
         flops = 2 * M * K * N
+        pairs = paired_times(lambda: kernels.matmul(A, B, None, t), lambda: A @ (B.T if t else B), repeats)
+        t_ours, t_ref = pairs[len(pairs) // 2][1:]  # the pair of the median ratio
         ours, ref = flops / t_ours / 1e9, flops / t_ref / 1e9
         share = ours / peak if peak else None
+        spread = f"ratio {pairs[0][0]:.2f}–{pairs[-1][0]:.2f} over {len(pairs)} pairs"
         rows.append(row(f"matmul-{M}x{K}x{N}", f"matmul {M}x{K}x{N}", ours, ref, "GF/s", ours / ref,
-                        ref_name="numpy", note=f"{share:.0%} of {kernels.variant()} FMA peak" if share else "",
-                        peak_share=share))
+                        ref_name="numpy", note=(f"{share:.0%} of {kernels.variant()} FMA peak; " if share else "")
+                        + spread, peak_share=share))
     rows += _bf16_rows(kernels, problems, repeats)
 
     big = rng.standard_normal(64 * 1024 * 1024 // 4 * 8, dtype=np.float32)  # 256 MB, far beyond caches

@@ -65,6 +65,26 @@ def times_interleaved(fns, repeats: int = 3, statistic=min) -> list:
     return measured_interleaved([timed(fn) for fn in fns], repeats, statistic)
 
 
+def paired_times(ours, ref, repeats: int) -> list:
+    """[(ref time / ours time, ours time, ref time)] of `repeats` pairs, each pair's two
+    calls in turn after a pause (numpy's BLAS threads keep spinning for a while after a
+    call and would take a core from the next), sorted by ratio: a slow moment of a shared
+    machine then slows both sides of a pair, and the median pair is the measure."""
+    import time
+
+    ours(), ref()  # warm up
+    pairs = []
+    for _ in range(max(1, repeats)):
+        times = []
+        for fn in (ours, ref):
+            time.sleep(0.1)
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        pairs.append((times[1] / times[0], *times))
+    return sorted(pairs)
+
+
 def best_measured(measure, repeats: int = 3) -> float:
     """The smallest of `repeats` results of measure(), a function that times
     something itself and returns seconds, after one warm-up call."""

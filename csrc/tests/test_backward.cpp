@@ -18,12 +18,67 @@ namespace tmech::test {
 namespace {
 
 // sum(G * logits) in double
-double metric(Model& model, const std::vector<int32_t>& tokens, int64_t B, int64_t T, const std::vector<float>& G) {
+double metric(Model& model, const std::vector<int32_t>& tokens, int64_t B, int64_t T, const std::vector<float>& G,
+              Padding padding = {}) {
   std::vector<float> logits(G.size());
-  model.forward(nullptr, tokens.data(), B, T, nullptr, LogitsMode::all, logits.data());
+  model.forward(nullptr, tokens.data(), B, T, nullptr, LogitsMode::all, logits.data(), {}, padding);
   double s = 0;
   for (size_t i = 0; i < G.size(); ++i) s += static_cast<double>(G[i]) * logits[i];
   return s;
+}
+
+// A padded batch (row 0 padded on the left, row 1 on the right; grad_logits 0 at
+// the padding, so the unembedding's backward skips those rows): hook_embed's
+// gradient against central differences of the same padded forward.
+void check_padded(std::mt19937& rng, bool llama, const std::string& arch) {
+  TinyModel tiny(rng, llama);
+  float* wte = tiny.store[0].data();
+  const std::vector<float> unembed = tiny.store[0];
+  tiny.w.unembed = unembed.data();
+  Model model(tiny.cfg, tiny.w);
+  const int64_t B = 2, T = 5, V = tiny.cfg.d_vocab, D = tiny.cfg.d_model;
+  const std::vector<int64_t> left = {2, 0}, right = {0, 1};
+  const Padding padding{left.data(), right.data()};
+  std::vector<int32_t> tokens(B * T);
+  for (int64_t i = 0; i < B * T; ++i) tokens[i] = static_cast<int32_t>((5 * i + 1) % V);
+  std::vector<float> G = randn(B * T * V, rng, 1.f);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < T; ++t)
+      if (t < left[b] || t >= T - right[b])
+        std::fill(G.begin() + (b * T + t) * V, G.begin() + (b * T + t + 1) * V, 0.f);
+  Tape tape;
+  std::vector<float> logits(B * T * V);
+  model.forward(nullptr, tokens.data(), B, T, nullptr, LogitsMode::all, logits.data(), {}, padding, &tape);
+  HookPlan plan(tiny.cfg.n_layers);
+  plan.add(hook_id(HookKind::embed, 0, tiny.cfg.n_layers), Edit{});
+  model.backward(tape, G.data(), &plan, BackwardOptions{});
+  check(plan.captured().size() == 1, arch + "padded: hook_embed's gradient captured");
+  if (plan.captured().size() != 1) return;
+  const float* grad = plan.captured()[0].second.data.get();
+  const std::vector<float> u = randn(B * T * D, rng, 1.f);
+  double analytic = 0, magnitude = 0;
+  for (int64_t i = 0; i < B * T * D; ++i) {
+    analytic += static_cast<double>(grad[i]) * u[i];
+    magnitude += std::abs(static_cast<double>(grad[i]) * u[i]);
+  }
+  const float eps = 1e-3f;
+  auto shift = [&](float s) {
+    for (int64_t r = 0; r < B * T; ++r)
+      for (int64_t d = 0; d < D; ++d) wte[tokens[r] * D + d] += s * u[r * D + d];
+  };
+  shift(eps);
+  const double up = metric(model, tokens, B, T, G, padding);
+  shift(-2 * eps);
+  const double down = metric(model, tokens, B, T, G, padding);
+  shift(eps);
+  const double numeric = (up - down) / (2 * eps);
+  check(std::abs(analytic - numeric) <= 1e-3 * magnitude,
+        arch + "padded: hook_embed's gradient equals finite differences (" + std::to_string(analytic) + " vs " +
+            std::to_string(numeric) + ")");
+  bool quiet = true;  // a left pad is seen by no real token: no gradient
+  for (int64_t t = 0; t < left[0]; ++t)
+    for (int64_t d = 0; d < D; ++d) quiet = quiet && grad[t * D + d] == 0.f;
+  check(quiet, arch + "padded: left padding gets no gradient");
 }
 
 }  // namespace
@@ -113,6 +168,7 @@ void test_backward(std::mt19937& rng, bool llama) {
     threw = true;
   }
   check(threw, arch + "a tape with a KV cache is refused");
+  check_padded(rng, llama, arch);
 }
 
 }  // namespace tmech::test

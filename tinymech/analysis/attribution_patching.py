@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import AnalysisError, InvalidInputError
+from ..errors import AnalysisError, InvalidInputError, TinymechError
 from ..gradients import metric_gradient, parse_metric
 from ..text import token_labels
 from .patching import ACTIVATIONS, MODES, PatchingResult, layout, logit_diff_metric
@@ -44,7 +44,7 @@ def attribution_patch(model, clean, corrupted, metric=None, answers=None, over: 
     Returns a PatchingResult (method "attribution") whose values estimate the metric after
     each patch: the target run's metric plus the first-order change.
     """
-    if over not in KINDS:
+    if not isinstance(over, str) or over not in KINDS:
         raise AnalysisError(f"over must be one of {list(KINDS)}, not {over!r}")
     if mode not in MODES:
         raise AnalysisError(f"mode must be one of {MODES}, not {mode!r}")
@@ -104,7 +104,7 @@ def metric_function(model, metric, answers, n_sequences: int):
     elif answers is not None:
         raise AnalysisError("give a metric or answers, not both")
     if hasattr(metric, "value_and_grad"):
-        return lambda logits, tokens: metric.value_and_grad(logits)
+        return lambda logits, tokens: _called(metric.value_and_grad, logits)
     if isinstance(metric, (str, tuple, list)):
         parse_metric(metric)
         return lambda logits, tokens: metric_gradient(metric, logits, tokens)
@@ -112,7 +112,7 @@ def metric_function(model, metric, answers, n_sequences: int):
         raise AnalysisError(f"a metric is a function or a built-in metric name, not {type(metric).__name__}")
 
     def checked(logits, tokens):
-        out = metric(logits)
+        out = _called(metric, logits)
         if not (isinstance(out, (tuple, list)) and len(out) == 2):
             raise AnalysisError(
                 f"attribution patching needs the metric's gradient with respect to the logits, but "
@@ -124,10 +124,25 @@ def metric_function(model, metric, answers, n_sequences: int):
     return checked
 
 
+def _called(fn, logits):
+    """The user's metric at these logits; its errors said as a hook function's are (the source
+    run calls it outside the backward, which would say so too)."""
+    try:
+        return fn(logits)
+    except TinymechError:
+        raise
+    except Exception as e:
+        raise AnalysisError(f"the metric function {getattr(fn, '__name__', fn)!r} raised "
+                            f"{type(e).__name__}: {e}") from e
+
+
 def _value(value_and_grad_result) -> float:
-    value = np.asarray(value_and_grad_result[0], dtype=np.float64)
-    if value.size != 1:
-        raise AnalysisError(f"the metric must return one number, not shape {list(value.shape)}")
+    try:
+        value = np.asarray(value_and_grad_result[0], dtype=np.float64)
+    except (TypeError, ValueError):
+        value = None
+    if value is None or value.size != 1:
+        raise AnalysisError(f"the metric must return one number, not {value_and_grad_result[0]!r:.80}")
     return float(value.reshape(()))
 
 

@@ -29,8 +29,8 @@ def attribution_patch(model, clean, corrupted, metric=None, answers=None, over: 
                       mode: str = "denoise", prepend_bos: bool = True) -> PatchingResult:
     """Attribution patching of every index of one activation kind (see KINDS) at once.
 
-    clean, corrupted: texts or token ids of one shape [batch, pos] (no padding: the backward
-        does not take a padded batch).
+    clean, corrupted: texts or token ids of one shape [batch, pos], unpadded (positions of the
+        two runs correspond one to one).
     metric: what the gradient is taken of, mean over the batch as patch_activations' metrics:
         by default the logit difference of `answers` (correct, incorrect), as patch_activations;
         a metric made by logit_diff_metric (or any function with a `value_and_grad` attribute);
@@ -58,8 +58,8 @@ def attribution_patch(model, clean, corrupted, metric=None, answers=None, over: 
     for tokens in (clean_tokens, corrupted_tokens):
         mask = model._attention_mask(tokens)
         if mask is not None and not np.all(mask):
-            raise AnalysisError("attribution patching takes no padded batch (the backward would read pads as "
-                                "tokens): give sequences of one length")
+            raise AnalysisError("attribution patching takes no padded batch (the clean and corrupted runs' "
+                                "positions must correspond one to one): give sequences of one length")
     value_and_grad = metric_function(model, metric, answers, clean_tokens.shape[0])
     suffix, axes = KINDS[over]
     source, target = (clean_tokens, corrupted_tokens) if mode == "denoise" else (corrupted_tokens, clean_tokens)

@@ -58,12 +58,13 @@ struct Pass {
 
   // C[M, N] = A[M, K] · W (+ bias) for a weight stored in the config's layout,
   // whose stored rows are ldw floats long (a slice of a wider matrix may be given).
+  // A taped forward keeps the backward's promise: the same bits for any thread count.
   void linear(const float* A, int64_t M, int64_t K, int64_t lda, Matrix W, int64_t ldw, int64_t N, const float* bias,
               float* C, int64_t ldc) const {
     if (cfg.layout == WeightLayout::in_out)
-      matmul(A, M, K, lda, W, N, ldw, 1, bias, C, ldc);
+      matmul(A, M, K, lda, W, N, ldw, 1, bias, C, ldc, false, tape != nullptr);
     else
-      matmul(A, M, K, lda, W, N, 1, ldw, bias, C, ldc);
+      matmul(A, M, K, lda, W, N, 1, ldw, bias, C, ldc, false, tape != nullptr);
   }
 
   bool active(HookKind kind, int64_t layer = 0) const {
@@ -566,7 +567,7 @@ struct Pass {
     }
     if (out_hooked) {  // unembed.hook_out sees every position's logits, whatever the caller keeps
       float* all = mode == LogitsMode::all ? logits : sized(ws.logits, {BT, V});
-      matmul(h, BT, D, D, w.unembed, V, 1, D, w.unembed_b, all, V);
+      matmul(h, BT, D, D, w.unembed, V, 1, D, w.unembed_b, all, V, false, tape != nullptr);
       hook(HookKind::unembed_out, 0, rows(all, V));
       if (mode == LogitsMode::last)
         for (int64_t b = 0; b < B; ++b) std::memcpy(logits + b * V, all + (b * T + T - 1) * V, V * sizeof(float));
@@ -574,7 +575,7 @@ struct Pass {
     }
     if (mode == LogitsMode::none) return;
     if (mode == LogitsMode::all) {
-      matmul(h, BT, D, D, w.unembed, V, 1, D, w.unembed_b, logits, V);
+      matmul(h, BT, D, D, w.unembed, V, 1, D, w.unembed_b, logits, V, false, tape != nullptr);
       return;
     }
     // Only the last position of each sequence: normalize and project B rows.
@@ -584,7 +585,7 @@ struct Pass {
       std::memcpy(last + b * D, src, D * sizeof(float));
     }
     if (!ln_hooked) norm_rows(last, B, w.lnf_w, w.lnf_b, last);
-    matmul(last, B, D, D, w.unembed, V, 1, D, w.unembed_b, logits, V);
+    matmul(last, B, D, D, w.unembed, V, 1, D, w.unembed_b, logits, V, false, tape != nullptr);
   }
 };
 

@@ -303,3 +303,29 @@ def test_steering_strengths_that_are_not_numbers_are_hook_errors(sae):
     for strength in (10 ** 400, "x", None, float("nan")):
         with pytest.raises(tm.HookError):
             sae.steer(0, strength)
+
+
+@pytest.mark.anyio
+async def test_tui_attribution_panel_shows_hostile_tokens_and_prompts_harmlessly(model):
+    """The attribution panel's title names two predicted tokens and its info line the corrupted
+    prompt: unbalanced markup and escapes there show as text, and nothing crashes."""
+    from tinymech.tui.backend import AttributionMap
+    from tinymech.tui.messages import AttributionReady
+    from tinymech.tui.widgets.attribution import AttributionPanel
+
+    app = make_app(model, [], "a b café")
+    async with app.run_test(size=(120, 36)) as pilot:
+        await settle(pilot)
+        screen = app.screen_stack[0]
+        n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+        hostile = AttributionMap(screen.view.analysis.prompt, f"b a {TITLE}", "[/]", token_label(TITLE),
+                                 np.ones((n_layers, n_heads)), 1.0, 0.0)
+        screen.post_message(AttributionReady(hostile))
+        await pilot.press("7")
+        await settle(pilot)
+        panel = screen.query_one(AttributionPanel)
+        title = panel.border_title.plain if hasattr(panel.border_title, "plain") else str(panel.border_title)
+        info = panel.query_one("#attribution-info").render().plain
+        for text in (title, info):
+            assert_harmless(text)
+        assert "[/]" in title and "␛" in title and "␛" in info

@@ -195,6 +195,9 @@ def _has_names(model) -> bool:
 @pytest.mark.parametrize("kwargs, error, match", [
     (dict(corrupted="Mr Bennet"), AnalysisError, "same shape"),
     (dict(over="head_out"), AnalysisError, "over must be one of"),
+    (dict(over=["head_z"]), AnalysisError, "over must be one of"),
+    (dict(metric=lambda logits: 1 / 0, answers=None), AnalysisError, "raised ZeroDivisionError"),
+    (dict(metric=lambda logits: ("x", np.zeros(logits.shape)), answers=None), AnalysisError, "one number"),
     (dict(mode="both"), AnalysisError, "mode must be one of"),
     (dict(answers=None), AnalysisError, "give a metric, or answers"),
     (dict(answers=(" in",)), AnalysisError, "answers are"),

@@ -287,3 +287,22 @@ def test_metric_tokens_as_strings():
         np.testing.assert_array_equal(by_text["hook_embed_grad"], by_id["hook_embed_grad"])
     with pytest.raises(tm.InvalidTokensError, match="2 tokens"):
         demo.run_with_cache(prompt, incl_bwd=True, metric=("logit_diff", " Elizabeth Darcy", " and"))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (2, 5)])  # few rows: the forward splits those matmuls over K
+def test_same_gradients_for_1_2_3_threads_through_wide_matmuls(saved_gpt2, shape):
+    """The tape's forward too: a d_model 128 GPT-2 (K of 128 and 512), prompts of up to 16 rows."""
+    model = saved_gpt2(dict(n_layer=2, n_embd=128, n_head=4, n_positions=16, vocab_size=211))[0]
+    tokens = np.random.default_rng(6).integers(0, model.cfg.d_vocab, shape)
+    runs = []
+    before = tm.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            tm.set_num_threads(n)
+            runs.append(model.run_with_cache(tokens, prepend_bos=False, incl_bwd=True, metric=("log_prob", 4)))
+    finally:
+        tm.set_num_threads(before)
+    for logits, cache in runs[1:]:
+        assert np.array_equal(logits, runs[0][0])
+        for name in runs[0][1].keys():
+            assert np.array_equal(runs[0][1][name], cache[name]), name

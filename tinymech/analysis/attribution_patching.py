@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import AnalysisError, InvalidInputError
+from ..errors import AnalysisError, InvalidInputError, TinymechError
 from ..gradients import metric_gradient, parse_metric
 from ..text import token_labels
 from .patching import ACTIVATIONS, MODES, PatchingResult, layout, logit_diff_metric
@@ -29,8 +29,8 @@ def attribution_patch(model, clean, corrupted, metric=None, answers=None, over: 
                       mode: str = "denoise", prepend_bos: bool = True) -> PatchingResult:
     """Attribution patching of every index of one activation kind (see KINDS) at once.
 
-    clean, corrupted: texts or token ids of one shape [batch, pos] (no padding: the backward
-        does not take a padded batch).
+    clean, corrupted: texts or token ids of one shape [batch, pos], unpadded (positions of the
+        two runs correspond one to one).
     metric: what the gradient is taken of, mean over the batch as patch_activations' metrics:
         by default the logit difference of `answers` (correct, incorrect), as patch_activations;
         a metric made by logit_diff_metric (or any function with a `value_and_grad` attribute);
@@ -44,7 +44,7 @@ def attribution_patch(model, clean, corrupted, metric=None, answers=None, over: 
     Returns a PatchingResult (method "attribution") whose values estimate the metric after
     each patch: the target run's metric plus the first-order change.
     """
-    if over not in KINDS:
+    if not isinstance(over, str) or over not in KINDS:
         raise AnalysisError(f"over must be one of {list(KINDS)}, not {over!r}")
     if mode not in MODES:
         raise AnalysisError(f"mode must be one of {MODES}, not {mode!r}")
@@ -58,8 +58,8 @@ def attribution_patch(model, clean, corrupted, metric=None, answers=None, over: 
     for tokens in (clean_tokens, corrupted_tokens):
         mask = model._attention_mask(tokens)
         if mask is not None and not np.all(mask):
-            raise AnalysisError("attribution patching takes no padded batch (the backward would read pads as "
-                                "tokens): give sequences of one length")
+            raise AnalysisError("attribution patching takes no padded batch (the clean and corrupted runs' "
+                                "positions must correspond one to one): give sequences of one length")
     value_and_grad = metric_function(model, metric, answers, clean_tokens.shape[0])
     suffix, axes = KINDS[over]
     source, target = (clean_tokens, corrupted_tokens) if mode == "denoise" else (corrupted_tokens, clean_tokens)
@@ -104,7 +104,7 @@ def metric_function(model, metric, answers, n_sequences: int):
     elif answers is not None:
         raise AnalysisError("give a metric or answers, not both")
     if hasattr(metric, "value_and_grad"):
-        return lambda logits, tokens: metric.value_and_grad(logits)
+        return lambda logits, tokens: _called(metric.value_and_grad, logits)
     if isinstance(metric, (str, tuple, list)):
         parse_metric(metric)
         return lambda logits, tokens: metric_gradient(metric, logits, tokens)
@@ -112,7 +112,7 @@ def metric_function(model, metric, answers, n_sequences: int):
         raise AnalysisError(f"a metric is a function or a built-in metric name, not {type(metric).__name__}")
 
     def checked(logits, tokens):
-        out = metric(logits)
+        out = _called(metric, logits)
         if not (isinstance(out, (tuple, list)) and len(out) == 2):
             raise AnalysisError(
                 f"attribution patching needs the metric's gradient with respect to the logits, but "
@@ -124,10 +124,25 @@ def metric_function(model, metric, answers, n_sequences: int):
     return checked
 
 
+def _called(fn, logits):
+    """The user's metric at these logits; its errors said as a hook function's are (the source
+    run calls it outside the backward, which would say so too)."""
+    try:
+        return fn(logits)
+    except TinymechError:
+        raise
+    except Exception as e:
+        raise AnalysisError(f"the metric function {getattr(fn, '__name__', fn)!r} raised "
+                            f"{type(e).__name__}: {e}") from e
+
+
 def _value(value_and_grad_result) -> float:
-    value = np.asarray(value_and_grad_result[0], dtype=np.float64)
-    if value.size != 1:
-        raise AnalysisError(f"the metric must return one number, not shape {list(value.shape)}")
+    try:
+        value = np.asarray(value_and_grad_result[0], dtype=np.float64)
+    except (TypeError, ValueError):
+        value = None
+    if value is None or value.size != 1:
+        raise AnalysisError(f"the metric must return one number, not {value_and_grad_result[0]!r:.80}")
     return float(value.reshape(()))
 
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 from rich.style import Style as RichStyle
 from rich.text import Text
 from textual import events
+from textual.content import Content
 from textual.containers import Vertical
 from textual.widgets import DataTable, Input, Static
 
+from ...text import printable
 from ..backend import AttributionMap
 from ..display import Palette
 from ..messages import HeadSelected
@@ -72,7 +74,7 @@ class AttributionPanel(Vertical):
         table.add_columns(*(f"H{h}".rjust(4) for h in range(n_heads)))
         for layer in range(n_layers):
             table.add_row(*self._cells(shares, layer), label=f"L{layer}")
-        self.border_title = f"Attribution · {attribution.correct} vs {attribution.wrong}"
+        self.border_title = Content(f"Attribution · {attribution.correct} vs {attribution.wrong}")  # tokens: no markup
         self._describe()
 
     def _cells(self, shares, layer: int) -> list[Text]:
@@ -92,7 +94,7 @@ class AttributionPanel(Vertical):
         if m is None:
             info.update(HINT)
             return
-        lines = [f"prompt vs {m.corrupted}",
+        lines = [f"prompt vs {printable(m.corrupted)}",  # typed or pasted: may hold escapes
                  f"logit diff {m.correct} − {m.wrong}: clean {m.clean:+.2f}, corrupted {m.corrupted_score:+.2f}"]
         cell = self.table.cursor_coordinate
         if 0 <= cell.row < m.values.shape[0] and 0 <= cell.column < m.values.shape[1]:

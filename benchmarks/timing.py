@@ -65,23 +65,32 @@ def times_interleaved(fns, repeats: int = 3, statistic=min) -> list:
     return measured_interleaved([timed(fn) for fn in fns], repeats, statistic)
 
 
-def paired_times(ours, ref, repeats: int) -> list:
-    """[(ref time / ours time, ours time, ref time)] of `repeats` pairs, each pair's two
-    calls in turn after a pause (numpy's BLAS threads keep spinning for a while after a
-    call and would take a core from the next), sorted by ratio: a slow moment of a shared
-    machine then slows both sides of a pair, and the median pair is the measure."""
+def paired_times(ours, ref, repeats: int, pause: float = 0.3) -> list:
+    """[(ref time / ours time, ours time, ref time)] of `repeats` pairs, sorted by ratio: a
+    slow moment of a shared machine then slows both sides of a pair, and the median pair
+    is the measure. Each call follows a pause (BLAS threads keep spinning for a while
+    after a call and would take a core from the next), and the pairs alternate which side
+    goes first (what one call leaves in the caches or the clock favours neither side); a
+    short call is timed as the mean of a run of calls (the steady state a model's forward
+    sees, not a lone call's cold start). OPENBLAS_THREAD_TIMEOUT=4 shortens numpy's spinning."""
+    import math
     import time
 
-    ours(), ref()  # warm up
+    calls = []
+    for fn in (ours, ref):  # warm up; a short call is timed as a run of calls of 50 ms or more
+        t0 = time.perf_counter()
+        fn()
+        calls.append(max(1, math.ceil(0.05 / max(time.perf_counter() - t0, 1e-6))))
     pairs = []
-    for _ in range(max(1, repeats)):
-        times = []
-        for fn in (ours, ref):
-            time.sleep(0.1)
+    for i in range(max(1, repeats)):
+        times = {}
+        for side, fn in ((0, ours), (1, ref)) if i % 2 == 0 else ((1, ref), (0, ours)):
+            time.sleep(pause)
             t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        pairs.append((times[1] / times[0], *times))
+            for _ in range(calls[side]):
+                fn()
+            times[side] = (time.perf_counter() - t0) / calls[side]
+        pairs.append((times[1] / times[0], times[0], times[1]))
     return sorted(pairs)
 
 

@@ -212,8 +212,6 @@ def check_backward_run(model, start_at_layer=None, stop_at_layer=None) -> None:
                                 "supported with gradients")
     if model._saes:
         raise InvalidInputError("a backward through attached SAEs is not supported yet (reset_saes() first)")
-    if model.dtype == "bf16":
-        raise InvalidInputError("a backward needs float32 weights: load the model without dtype='bf16'")
 
 
 def backward_run(model, input, fwd_plan, grad_names: list[str], return_type, prepend_bos: bool, loss_per_token: bool,

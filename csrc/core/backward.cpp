@@ -477,8 +477,6 @@ void Model::start_tape(Tape& tape, const HookPlan* plan, bool cached, const Bloc
   if (span.start != 0 || span.stop != cfg_.n_layers || span.resid_in || span.resid_out)
     throw std::invalid_argument("a forward recording for a backward runs every block, from the tokens");
   if (mode != LogitsMode::all) throw std::invalid_argument("a forward recording for a backward returns all logits");
-  if (w_.wte.bf16 || w_.layers[0].qkv_w.bf16)
-    throw std::invalid_argument("a backward needs float32 weights: bfloat16 weights are not supported yet");
   if (tape.from < 0 || tape.from > cfg_.n_layers)
     throw std::invalid_argument("a tape's first block " + std::to_string(tape.from) + " is outside the model's " +
                                 std::to_string(cfg_.n_layers) + " layers");

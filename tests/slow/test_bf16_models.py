@@ -107,3 +107,18 @@ def test_bf16_error_against_float32_is_bounded(models):
     assert 0 < np.abs(ours - ref).max() <= 0.05 * np.abs(ref).max()
     assert bf16.dtype == "bf16" and f32.dtype == "float32" and "bf16" in repr(bf16)
     assert bf16.W_U.dtype == np.float32  # the Python side keeps float32 weights
+
+
+def test_bf16_gradients_equal_the_rounded_twins(models, variant):
+    """A backward of a bf16 model: the gradients of the float32 model on its rounded weights (the
+    backward's matmuls read the same bfloat16 matrices the forward does), at every hook point."""
+    bf16, _, twin = models
+    rng = np.random.default_rng(2)
+    for batch, length in ((1, 1), (2, 7)):
+        tokens = rng.integers(0, bf16.cfg.d_vocab, (batch, length))
+        metric = ("log_prob", rng.integers(0, bf16.cfg.d_vocab, batch))
+        _, ours = bf16.run_with_cache(tokens, prepend_bos=False, incl_bwd=True, metric=metric)
+        _, ref = twin.run_with_cache(tokens, prepend_bos=False, incl_bwd=True, metric=metric)
+        for name in ref.keys():
+            if name.endswith("_grad"):
+                assert rel_err(ours[name], ref[name]) <= 2 * tolerance(batch * length), (name, batch, length)

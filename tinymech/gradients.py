@@ -177,19 +177,22 @@ def bwd_hook_names(model, specs) -> list[str]:
     return names
 
 
-def forward_backward(model, tokens: np.ndarray, fwd_plan, grad_names: list[str], metric=None, grad_logits=None,
-                     bwd_hooks=(), freeze=(), mask: np.ndarray | None = None) -> tuple[np.ndarray, float | None, dict]:
+def forward_backward(model, tokens: np.ndarray | None, fwd_plan, grad_names: list[str], metric=None,
+                     grad_logits=None, bwd_hooks=(), freeze=(), mask: np.ndarray | None = None, start: int = 0,
+                     resid: np.ndarray | None = None) -> tuple[np.ndarray, float | None, dict]:
     """A forward recording a tape, the metric, and the backward: (logits, metric value or None,
     {name + "_grad": gradient} for grad_names in forward order). mask: a padded batch's
-    attention mask (model._attention_mask), or None."""
+    attention mask (model._attention_mask), or None. start, resid: a forward from block
+    `start`'s residual input (start_at_layer), whose backward stops there; tokens then only
+    for a loss."""
     if (metric is None) == (grad_logits is None):
         raise InvalidInputError("a backward needs exactly one of metric= and grad_logits=")
     freeze_pattern, freeze_scales = _freeze(freeze)
     if metric is not None:
         metric = with_token_ids(model, metric)
     specs = list(model._context_bwd_hooks) + [h for h, _ in model._added_bwd_hooks] + list(bwd_hooks)
-    tape = _core.Tape(first_layer(model, list(grad_names) + bwd_hook_names(model, specs)))
-    logits = model._core_forward(None, tokens, fwd_plan, "all", pads=model._pads(mask), tape=tape)
+    tape = _core.Tape(max(start, first_layer(model, list(grad_names) + bwd_hook_names(model, specs))))
+    logits = model._core_forward(None, tokens, fwd_plan, "all", start, -1, resid, model._pads(mask), tape=tape)
     value = None
     if metric is not None:
         value, grad_logits = metric_gradient(metric, logits, tokens, mask)
@@ -205,11 +208,11 @@ def forward_backward(model, tokens: np.ndarray, fwd_plan, grad_names: list[str],
     return logits, value, {n + "_grad": grads[n] for n in model._hook_names if n in grads}
 
 
-def check_backward_run(model, start_at_layer=None, stop_at_layer=None) -> None:
+def check_backward_run(model, stop_at_layer=None) -> None:
     """What a backward cannot do yet, refused precisely."""
-    if start_at_layer is not None or stop_at_layer is not None:
-        raise InvalidInputError("a backward runs the whole model: start_at_layer and stop_at_layer are not "
-                                "supported with gradients")
+    if stop_at_layer is not None:
+        raise InvalidInputError("a backward starts from the logits' metric: stop_at_layer is not supported with "
+                                "gradients (start_at_layer is)")
     if model._saes:
         raise InvalidInputError("a backward through attached SAEs is not supported yet (reset_saes() first)")
 
@@ -221,7 +224,7 @@ def backward_run(model, input, fwd_plan, grad_names: list[str], return_type, pre
     With neither metric nor grad_logits, a loss return type makes the loss the metric (as
     TransformerLens's incl_bwd calls backward() on the loss). A padded batch (texts of
     different lengths, attention_mask, padding_side) is padded as its forward is."""
-    check_backward_run(model, start_at_layer, stop_at_layer)
+    check_backward_run(model, stop_at_layer)
     if metric is None and grad_logits is None:
         if return_type not in ("loss", "both"):
             raise InvalidInputError("a backward needs a metric: pass metric= ('loss', ('logit_diff', correct, "
@@ -230,9 +233,20 @@ def backward_run(model, input, fwd_plan, grad_names: list[str], return_type, pre
         metric = "loss"
     if return_type not in ("logits", "loss", "both", None):
         raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, not {return_type!r}")
-    # tokens= goes with start_at_layer, refused above
-    ids = model.tokens_of(input, prepend_bos=prepend_bos, padding_side=padding_side)
-    mask = model._attention_mask(ids, attention_mask, prepend_bos, padding_side)
+    start, resid = 0, None
+    if start_at_layer is None:
+        ids = model.tokens_of(input, prepend_bos=prepend_bos, padding_side=padding_side)
+        mask = model._attention_mask(ids, attention_mask, prepend_bos, padding_side)
+    else:  # from a block's residual input, as the forward's start_at_layer; tokens= for a loss
+        start = model._block_index(start_at_layer, "start_at_layer")
+        resid = model._residual_input(input)
+        ids = None if tokens is None else model.tokens_of(tokens, prepend_bos=False)
+        if ids is not None and ids.shape != resid.shape[:2]:
+            raise InvalidInputError(f"tokens {list(ids.shape)} do not match the residual's [batch, pos] "
+                                    f"{list(resid.shape[:2])}")
+        if ids is None and (return_type in ("loss", "both") or metric == "loss"):
+            raise InvalidInputError("a loss starting from a residual needs the tokens: pass tokens=...")
+        mask = model._attention_mask(resid.shape[:2], attention_mask)
     logits, _, grads = forward_backward(model, ids, fwd_plan, grad_names, metric, grad_logits, bwd_hooks, freeze,
-                                        mask)
+                                        mask, start, resid)
     return model._package(logits, ids, return_type, loss_per_token, mask), grads

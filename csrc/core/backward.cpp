@@ -474,8 +474,11 @@ void check_tape(const Tape& tape, const ModelConfig& cfg) {
 void Model::start_tape(Tape& tape, const HookPlan* plan, bool cached, const BlockSpan& span, LogitsMode mode,
                        int64_t batch, int64_t n_tokens) const {
   if (cached) throw std::invalid_argument("a forward recording for a backward cannot use a KV cache");
-  if (span.start != 0 || span.stop != cfg_.n_layers || span.resid_in || span.resid_out)
-    throw std::invalid_argument("a forward recording for a backward runs every block, from the tokens");
+  if (span.stop != cfg_.n_layers || span.resid_out)
+    throw std::invalid_argument("a forward recording for a backward runs to the logits");
+  if (tape.from < span.start)
+    throw std::invalid_argument("a tape from block " + std::to_string(tape.from) +
+                                " needs a forward from there, not from " + std::to_string(span.start));
   if (mode != LogitsMode::all) throw std::invalid_argument("a forward recording for a backward returns all logits");
   if (tape.from < 0 || tape.from > cfg_.n_layers)
     throw std::invalid_argument("a tape's first block " + std::to_string(tape.from) + " is outside the model's " +

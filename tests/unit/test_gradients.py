@@ -306,3 +306,29 @@ def test_same_gradients_for_1_2_3_threads_through_wide_matmuls(saved_gpt2, shape
         assert np.array_equal(logits, runs[0][0])
         for name in runs[0][1].keys():
             assert np.array_equal(runs[0][1][name], cache[name]), name
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_a_backward_from_a_blocks_residual(saved_gpt2, llama, family):
+    """start_at_layer=L with the residual there: the gradients of blocks >= L equal the whole run's
+    (the same forward from L on); a loss needs tokens=; stop_at_layer has no logits to start from."""
+    model = saved_gpt2("odd")[0] if family == "gpt2" else llama
+    tokens = np.random.default_rng(7).integers(0, model.cfg.d_vocab, (2, 6))
+    layer = 1
+    names = [n for n in model.hook_names() if n.startswith(tuple(f"blocks.{l}." for l in range(layer, 9)))
+             or n.startswith(("ln_final", "unembed"))]
+    for metric, kwargs in ((("log_prob", [3, 4]), {}), ("loss", {"tokens": tokens})):
+        _, whole = model.run_with_cache(tokens, prepend_bos=False, incl_bwd=True, metric=metric)
+        resid = whole[f"blocks.{layer}.hook_resid_pre"]
+        logits, part = model.run_with_cache(resid, start_at_layer=layer, incl_bwd=True, metric=metric,
+                                            names_filter=names, **kwargs)
+        np.testing.assert_allclose(logits, model(tokens, prepend_bos=False), rtol=0, atol=1e-5)
+        grads = [k for k in part.keys() if k.endswith("_grad") and k in whole.keys()]  # hook_result: named only
+        assert len(grads) > 20 and all(k[:-5] in names for k in grads)
+        for key in grads:
+            np.testing.assert_allclose(part[key], whole[key], rtol=0, atol=1e-6 * max(1.0, np.abs(whole[key]).max()),
+                                       err_msg=key)
+    with pytest.raises(InvalidInputError, match="needs the tokens"):
+        model.run_with_cache(resid, start_at_layer=layer, incl_bwd=True, return_type="loss")
+    with pytest.raises(InvalidInputError, match="stop_at_layer"):
+        model.run_with_cache(tokens, stop_at_layer=1, incl_bwd=True, metric=("log_prob", 1))

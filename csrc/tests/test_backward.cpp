@@ -168,6 +168,37 @@ void test_backward(std::mt19937& rng, bool llama) {
     threw = true;
   }
   check(threw, arch + "a tape with a KV cache is refused");
+
+  // From block 1's residual input: the gradients there equal the whole run's.
+  HookPlan whole(tiny.cfg.n_layers), part(tiny.cfg.n_layers), resid(tiny.cfg.n_layers);
+  const int at = hook_id(HookKind::resid_pre, 1, tiny.cfg.n_layers);
+  whole.add(at, Edit{});
+  resid.add(at, Edit{});
+  model.forward(nullptr, tokens.data(), B, T, &resid, LogitsMode::all, logits.data());
+  const std::vector<float> x1(resid.captured()[0].second.data.get(), resid.captured()[0].second.data.get() + B * T * D);
+  model.backward(tape, G.data(), &whole, BackwardOptions{});
+  Tape from1;
+  from1.from = 0;
+  threw = false;
+  try {  // a tape from block 0 needs a forward from block 0
+    model.forward(nullptr, nullptr, B, T, nullptr, LogitsMode::all, logits.data(), BlockSpan{1, -1, x1.data()}, {},
+                  &from1);
+  } catch (const std::invalid_argument&) {
+    threw = true;
+  }
+  check(threw, arch + "a tape below the forward's first block is refused");
+  from1.from = 1;
+  model.forward(nullptr, nullptr, B, T, nullptr, LogitsMode::all, logits.data(), BlockSpan{1, -1, x1.data()}, {},
+                &from1);
+  part.add(at, Edit{});
+  model.backward(from1, G.data(), &part, BackwardOptions{});
+  double diff = 0, scale = 0;
+  for (int64_t i = 0; i < B * T * D; ++i) {
+    diff = std::max(
+        diff, static_cast<double>(std::abs(part.captured()[0].second.data[i] - whole.captured()[0].second.data[i])));
+    scale = std::max(scale, static_cast<double>(std::abs(whole.captured()[0].second.data[i])));
+  }
+  check(diff <= 1e-5 * scale, arch + "a backward from block 1's residual equals the whole run's there");
   check_padded(rng, llama, arch);
 }
 

@@ -332,3 +332,15 @@ def test_a_backward_from_a_blocks_residual(saved_gpt2, llama, family):
         model.run_with_cache(resid, start_at_layer=layer, incl_bwd=True, return_type="loss")
     with pytest.raises(InvalidInputError, match="stop_at_layer"):
         model.run_with_cache(tokens, stop_at_layer=1, incl_bwd=True, metric=("log_prob", 1))
+
+
+def test_non_finite_metric_gradient_blames_the_metric_not_grad_logits(llama):
+    """A NaN residual input makes NaN logits: the error names the metric's gradient, not a
+    grad_logits= the caller never passed."""
+    resid = np.full((1, 3, llama.cfg.d_model), np.nan, dtype=np.float32)
+    with pytest.raises(InvalidInputError, match="metric's gradient"):
+        llama.run_with_cache(resid, start_at_layer=1, incl_bwd=True, metric=("log_prob", 1))
+    G = np.zeros((1, 3, llama.cfg.d_vocab))
+    G[0, 1, 2] = np.nan
+    with pytest.raises(InvalidInputError, match="^grad_logits contains NaN"):
+        llama.run_with_cache([[1, 2, 3]], prepend_bos=False, incl_bwd=True, grad_logits=G)

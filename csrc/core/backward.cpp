@@ -435,7 +435,8 @@ struct Backprop {
       interrupt_point();
       block(l);
     }
-    if (tape.from > 0 || !tape.embedded) return;  // from a residual input: the embeddings never ran
+    // from a residual input (start_at_layer, even 0) the embeddings never ran
+    if (tape.from > 0 || !tape.embedded) return;
     if (active(HookKind::pos_embed)) {  // its own copy: a rewrite there leaves hook_embed's
       float* br = grown(branch, {BT, D});
       std::memcpy(br, g.data(), static_cast<size_t>(BT * D) * sizeof(float));

@@ -131,15 +131,16 @@ def metric_gradient(metric, logits: np.ndarray, tokens: np.ndarray | None,
     return value, G
 
 
-def _checked_grad(G, shape: tuple) -> np.ndarray:
+def _checked_grad(G, shape: tuple, from_metric: bool = False) -> np.ndarray:
     arr = np.asarray(G)
     if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)) or arr.dtype == bool:
         raise InvalidInputError(f"grad_logits must be floats, not dtype {arr.dtype}")
     if arr.shape != shape:
         raise InvalidInputError(f"grad_logits must have the logits' shape {list(shape)}, not {list(arr.shape)}")
     arr = np.ascontiguousarray(arr, dtype=np.float32)
-    if not np.isfinite(arr).all():
-        raise InvalidInputError("grad_logits contains NaN or infinity")
+    if not np.isfinite(arr).all():  # from a metric: the logits were not finite (a NaN residual input)
+        raise InvalidInputError("the metric's gradient d metric / d logits contains NaN or infinity (are the "
+                                "logits finite?)" if from_metric else "grad_logits contains NaN or infinity")
     return arr
 
 
@@ -196,7 +197,7 @@ def forward_backward(model, tokens: np.ndarray | None, fwd_plan, grad_names: lis
     value = None
     if metric is not None:
         value, grad_logits = metric_gradient(metric, logits, tokens, mask)
-    G = _checked_grad(grad_logits, logits.shape)
+    G = _checked_grad(grad_logits, logits.shape, from_metric=metric is not None)
     plan = build_plan(model, specs, capture=grad_names) if specs or grad_names else None
     try:
         model._core.backward(tape, G, plan, freeze_pattern, freeze_scales)

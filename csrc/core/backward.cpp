@@ -435,7 +435,8 @@ struct Backprop {
       interrupt_point();
       block(l);
     }
-    if (tape.from > 0) return;
+    // from a residual input (start_at_layer, even 0) the embeddings never ran
+    if (tape.from > 0 || !tape.embedded) return;
     if (active(HookKind::pos_embed)) {  // its own copy: a rewrite there leaves hook_embed's
       float* br = grown(branch, {BT, D});
       std::memcpy(br, g.data(), static_cast<size_t>(BT * D) * sizeof(float));
@@ -503,6 +504,7 @@ void Model::start_tape(Tape& tape, const HookPlan* plan, bool cached, const Bloc
   unedited(HookKind::ln_final_normalized, 0);
   tape.model = 0;  // until the forward completes
   tape.batch = batch, tape.n_tokens = n_tokens;
+  tape.embedded = span.resid_in == nullptr;
   tape.layers.assign(static_cast<size_t>(cfg_.n_layers), LayerTape{});
   tape.final_resid.clear();
 }

@@ -26,6 +26,7 @@ struct LayerTape {
 struct Tape {
   int64_t from = 0;  // the lowest block recorded (a backward stops there)
   int64_t batch = 0, n_tokens = 0;
+  bool embedded = true;            // the forward embedded tokens (not a residual input): hook_embed has a gradient
   uint64_t model = 0;              // the model that recorded it (0: none yet)
   std::vector<LayerTape> layers;   // [n_layers]; blocks below `from` stay empty
   std::vector<float> final_resid;  // ln_final's input [B*T, d_model]

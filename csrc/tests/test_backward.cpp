@@ -199,6 +199,15 @@ void test_backward(std::mt19937& rng, bool llama) {
     scale = std::max(scale, static_cast<double>(std::abs(whole.captured()[0].second.data[i])));
   }
   check(diff <= 1e-5 * scale, arch + "a backward from block 1's residual equals the whole run's there");
+
+  // From block 0's residual input: the embeddings never ran, so hook_embed gets no gradient.
+  Tape from0;
+  HookPlan embed(tiny.cfg.n_layers);
+  embed.add(hook_id(HookKind::embed, 0, tiny.cfg.n_layers), Edit{});
+  model.forward(nullptr, nullptr, B, T, nullptr, LogitsMode::all, logits.data(), BlockSpan{0, -1, x1.data()}, {},
+                &from0);
+  model.backward(from0, G.data(), &embed, BackwardOptions{});
+  check(embed.captured().empty(), arch + "a backward from block 0's residual input visits no hook_embed");
   check_padded(rng, llama, arch);
 }
 

@@ -332,3 +332,31 @@ def test_a_backward_from_a_blocks_residual(saved_gpt2, llama, family):
         model.run_with_cache(resid, start_at_layer=layer, incl_bwd=True, return_type="loss")
     with pytest.raises(InvalidInputError, match="stop_at_layer"):
         model.run_with_cache(tokens, stop_at_layer=1, incl_bwd=True, metric=("log_prob", 1))
+
+
+def test_non_finite_metric_gradient_blames_the_metric_not_grad_logits(llama):
+    """A NaN residual input makes NaN logits: the error names the metric's gradient, not a
+    grad_logits= the caller never passed."""
+    resid = np.full((1, 3, llama.cfg.d_model), np.nan, dtype=np.float32)
+    with pytest.raises(InvalidInputError, match="metric's gradient"):
+        llama.run_with_cache(resid, start_at_layer=1, incl_bwd=True, metric=("log_prob", 1))
+    G = np.zeros((1, 3, llama.cfg.d_vocab))
+    G[0, 1, 2] = np.nan
+    with pytest.raises(InvalidInputError, match="^grad_logits contains NaN"):
+        llama.run_with_cache([[1, 2, 3]], prepend_bos=False, incl_bwd=True, grad_logits=G)
+
+
+def test_start_at_layer_0_from_a_residual_has_no_embedding_gradients(saved_gpt2):
+    """start_at_layer=0 with a residual input never runs the embeddings: as TransformerLens, no
+    hook_embed / hook_pos_embed gradient, and their backward hooks are not called."""
+    model = saved_gpt2("odd")[0]
+    resid = np.random.default_rng(0).normal(size=(1, 3, model.cfg.d_model)).astype(np.float32)
+    _, cache = model.run_with_cache(resid, start_at_layer=0, incl_bwd=True, metric=("log_prob", 1))
+    assert "hook_embed_grad" not in cache.keys() and "hook_pos_embed_grad" not in cache.keys()
+    assert "blocks.0.hook_resid_pre_grad" in cache.keys()
+    called = []
+    model.run_with_hooks(resid, start_at_layer=0, metric=("log_prob", 1),
+                         bwd_hooks=[("hook_embed", lambda g, hook: called.append(hook.name))])
+    assert called == []
+    _, cache = model.run_with_cache([[1, 2, 3]], prepend_bos=False, incl_bwd=True, metric=("log_prob", 1))
+    assert "hook_embed_grad" in cache.keys()

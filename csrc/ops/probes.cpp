@@ -38,12 +38,20 @@ double chains_gflops(float (*chains)(int64_t), int64_t (*flops)(int64_t), double
 }
 }  // namespace
 
+namespace {
+void check_seconds(double seconds) {
+  if (!(seconds > 0 && seconds <= 60)) throw std::invalid_argument("a peak probe runs for (0, 60] seconds");
+}
+}  // namespace
+
 double fma_peak_gflops(double seconds) {
+  check_seconds(seconds);
   const KernelTable& kt = kernels::active();
   return chains_gflops(kt.fma_chains, kt.fma_chains_flops, seconds);
 }
 
 double bf16_dot_peak_gflops(double seconds) {
+  check_seconds(seconds);
   const KernelTable& kt = kernels::active();
   if (!kt.bf16_dot_chains) return 0.0;
   return chains_gflops(kt.bf16_dot_chains, kt.bf16_dot_chains_flops, seconds);
@@ -53,6 +61,8 @@ double ReadProbes::best() const { return std::max({one_stream, four_streams, mat
 
 ReadProbes read_bandwidth_probes(int64_t bytes, int repeats) {
   if (bytes <= 0 || repeats <= 0) throw std::invalid_argument("bytes and repeats must be positive");
+  if (bytes > (int64_t{1} << 36) || repeats > 1000)
+    throw std::invalid_argument("a read probe takes at most 64 GiB and 1000 repeats");
   const KernelTable& kt = kernels::active();
   constexpr int64_t kCols = 4096;  // the matvec's view: [rows, kCols]
   const int64_t rows = std::max<int64_t>(bytes / 4 / kCols, 1), n = rows * kCols;

@@ -110,7 +110,12 @@ def test_machine_probes(variant):
     probes = K.read_bandwidth_probes(1 << 20, 1)
     assert sorted(probes) == ["four_streams", "matvec", "one_stream"]
     assert all(0 < gbs < 1e5 for gbs in probes.values())
-    for bad in ((0, 1), (1 << 20, 0), (-1, 1)):
+    for seconds in (0.0, -1.0, float("nan"), 1e9):
+        with pytest.raises(ValueError, match="seconds"):
+            K.fma_peak_gflops(seconds)
+        with pytest.raises(ValueError, match="seconds"):
+            K.bf16_dot_peak_gflops(seconds)
+    for bad in ((0, 1), (1 << 20, 0), (-1, 1), (1 << 20, 2**31 - 1), (1 << 50, 1)):
         with pytest.raises(ValueError):
             K.read_bandwidth_gbs(*bad)
         with pytest.raises(ValueError):

@@ -458,6 +458,18 @@ def test_patching_with_a_custom_metric_and_progress(odd_model):
     assert res.values[2, 4] == pytest.approx(res.clean, rel=1e-5)  # the last position's resid after the last attn
 
 
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(activation=["resid_pre"]), "activation must be one of"),  # unhashable: was a TypeError
+    (dict(activation="resid"), "activation must be one of"),
+    (dict(activation="resid_pre", mode=["noise"]), "mode must be one of"),
+    (dict(activation="resid_pre", mode="denoise", corrupted=[[1, 2, 3]]), "same shape"),
+])
+def test_patching_choices_get_precise_errors(odd_model, kwargs, match):
+    args = dict(clean=[[1, 2, 3, 4]], corrupted=[[4, 3, 2, 1]], answers=(1, 2), prepend_bos=False) | kwargs
+    with pytest.raises(AnalysisError, match=match):
+        analysis.patch_activations(odd_model, **args)
+
+
 def test_patching_result_heatmap_and_files(odd_model, tmp_path):
     rng = np.random.default_rng(3)
     clean, corrupted = rng.integers(0, 300, size=(2, 1, 5))

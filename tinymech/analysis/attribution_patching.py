@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import AnalysisError, InvalidInputError, TinymechError
 from ..gradients import metric_gradient, parse_metric
 from ..text import token_labels
-from .patching import ACTIVATIONS, MODES, PatchingResult, layout, logit_diff_metric
+from .patching import ACTIVATIONS, PatchingResult, checked_pair, layout, logit_diff_metric
 
 # Kinds activation patching sweeps too (the same axes), and kinds it would need a run per
 # index for, which a gradient scores at once: each head's queries, keys, values and
@@ -44,17 +44,7 @@ def attribution_patch(model, clean, corrupted, metric=None, answers=None, over: 
     Returns a PatchingResult (method "attribution") whose values estimate the metric after
     each patch: the target run's metric plus the first-order change.
     """
-    if not isinstance(over, str) or over not in KINDS:
-        raise AnalysisError(f"over must be one of {list(KINDS)}, not {over!r}")
-    if mode not in MODES:
-        raise AnalysisError(f"mode must be one of {MODES}, not {mode!r}")
-    clean_tokens = model.tokens_of(clean, prepend_bos=prepend_bos, same_length=True)
-    corrupted_tokens = model.tokens_of(corrupted, prepend_bos=prepend_bos, same_length=True)
-    if clean_tokens.shape != corrupted_tokens.shape:
-        raise AnalysisError(
-            f"clean {list(clean_tokens.shape)} and corrupted {list(corrupted_tokens.shape)} inputs must have "
-            "the same shape, so that positions correspond"
-        )
+    clean_tokens, corrupted_tokens = checked_pair(model, clean, corrupted, over, KINDS, "over", mode, prepend_bos)
     for tokens in (clean_tokens, corrupted_tokens):
         mask = model._attention_mask(tokens)
         if mask is not None and not np.all(mask):

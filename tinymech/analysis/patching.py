@@ -158,6 +158,24 @@ def logit_diff_metric(model, answers, n_sequences: int | None = None) -> Callabl
     return metric
 
 
+def checked_pair(model, clean, corrupted, kind, kinds, what: str, mode, prepend_bos: bool):
+    """The clean and corrupted inputs as token ids of one shape, after checking `kind`
+    (a key of `kinds`, named `what`) and `mode`: what activation and attribution patching
+    both need before they run anything."""
+    if not isinstance(kind, str) or kind not in kinds:
+        raise AnalysisError(f"{what} must be one of {list(kinds)}, not {kind!r}")
+    if not isinstance(mode, str) or mode not in MODES:
+        raise AnalysisError(f"mode must be one of {MODES}, not {mode!r}")
+    clean_tokens = model.tokens_of(clean, prepend_bos=prepend_bos, same_length=True)
+    corrupted_tokens = model.tokens_of(corrupted, prepend_bos=prepend_bos, same_length=True)
+    if clean_tokens.shape != corrupted_tokens.shape:
+        raise AnalysisError(
+            f"clean {list(clean_tokens.shape)} and corrupted {list(corrupted_tokens.shape)} inputs must have "
+            "the same shape, so that positions correspond"
+        )
+    return clean_tokens, corrupted_tokens
+
+
 def patch_activations(model, clean, corrupted, activation: str, metric=None, answers=None, mode: str = "denoise",
                       prepend_bos: bool = True, progress: bool | ProgressFn | None = None) -> PatchingResult:
     """Patch every index of one activation kind (see ACTIVATIONS) in turn.
@@ -174,17 +192,8 @@ def patch_activations(model, clean, corrupted, activation: str, metric=None, ans
         patches side by side when the input is short).
     """
     progress = progress_function(progress)
-    if activation not in ACTIVATIONS:
-        raise AnalysisError(f"activation must be one of {list(ACTIVATIONS)}, not {activation!r}")
-    if mode not in MODES:
-        raise AnalysisError(f"mode must be one of {MODES}, not {mode!r}")
-    clean_tokens = model.tokens_of(clean, prepend_bos=prepend_bos, same_length=True)
-    corrupted_tokens = model.tokens_of(corrupted, prepend_bos=prepend_bos, same_length=True)
-    if clean_tokens.shape != corrupted_tokens.shape:
-        raise AnalysisError(
-            f"clean {list(clean_tokens.shape)} and corrupted {list(corrupted_tokens.shape)} inputs must have "
-            "the same shape, so that positions correspond"
-        )
+    clean_tokens, corrupted_tokens = checked_pair(model, clean, corrupted, activation, ACTIVATIONS, "activation",
+                                                  mode, prepend_bos)
     if metric is None:
         if answers is None:
             raise AnalysisError("give a metric, or answers (correct, incorrect) for the logit difference")

@@ -584,6 +584,14 @@ def test_ioi_logit_diff(model, prompts):
                                - model(prompts.corrupted[0])[0, -1, prompts.s_ids[0]], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("kwargs", [dict(activation=["head_z"]), dict(activation="heads"),
+                                    dict(method=["attribution"]), dict(method="attribution", activation="resid")])
+def test_ioi_patching_choices_get_precise_errors(model, prompts, kwargs):
+    """Checked before any prompt is made or run (an unhashable activation was a TypeError)."""
+    with pytest.raises(AnalysisError, match="must be one of"):
+        analysis.ioi_patching(model, prompts, **kwargs)
+
+
 def test_ioi_patching_combines_length_groups(model, prompts):
     calls = []
     res = analysis.ioi_patching(model, prompts, activation="head_z", mode="noise",

@@ -144,13 +144,15 @@ def ioi_patching(model, prompts: IOIPrompts | None = None, activation: str = "he
     method: "activation" (a patched run per index) or "attribution" (attribution_patch:
     its first-order estimate, one forward and one forward + backward per length group;
     its kinds are attribution_patching.KINDS)."""
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:
         raise AnalysisError(f"method must be one of {METHODS}, not {method!r}")
+    kinds = KINDS if method == "attribution" else ACTIVATIONS
+    if not isinstance(activation, str) or activation not in kinds:
+        raise AnalysisError(f"activation must be one of {list(kinds)}, not {activation!r}")
     progress = progress_function(progress)
     prompts = prompts if prompts is not None else make_ioi_prompts(model, n, seed)
     groups = _length_groups(model, prompts)
-    kinds = KINDS if method == "attribution" else ACTIVATIONS
-    if activation in kinds and "pos" in kinds[activation][1] and len(groups) > 1:
+    if "pos" in kinds[activation][1] and len(groups) > 1:
         raise AnalysisError(
             f"{activation!r} has a position axis but these prompts have {len(groups)} token lengths; "
             "make prompts of one template: make_ioi_prompts(model, templates=[...])"

@@ -3,6 +3,7 @@ after a warm-up, which is the least noisy estimate on a busy machine."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import time
 from pathlib import Path
@@ -73,9 +74,6 @@ def paired_times(ours, ref, repeats: int, pause: float = 0.3) -> list:
     goes first (what one call leaves in the caches or the clock favours neither side); a
     short call is timed as the mean of a run of calls (the steady state a model's forward
     sees, not a lone call's cold start). OPENBLAS_THREAD_TIMEOUT=4 shortens numpy's spinning."""
-    import math
-    import time
-
     calls = []
     for fn in (ours, ref):  # warm up; a short call is timed as a run of calls of 50 ms or more
         t0 = time.perf_counter()

@@ -213,28 +213,13 @@ struct Backprop {
   // transpose of the forward's rotation: the angle negated); a padded batch's
   // rows each have their own positions.
   void unrotate(float* d) {
-    const int64_t half = cfg.rotary_dim / 2, per_row = H + Hkv;
+    const int64_t half = cfg.rotary_dim / 2;
     const int64_t* start = tape.row_start.empty() ? nullptr : tape.row_start.data();
     const int64_t* end = tape.row_end.empty() ? nullptr : tape.row_end.data();
-    const int64_t n = start ? BT : T;
+    const int64_t n = rotary_rows(start, B, T);
     float* cos = grown(rope, {2, n, half});
-    float* nsin = cos + n * half;
-    for (int64_t r = 0; r < n; ++r)
-      for (int64_t i = 0; i < half; ++i) {
-        const int64_t position = padded_position(start, end, 0, r / T, r % T);
-        const float angle = static_cast<float>(position) * w.rope_inv_freq[i];  // as the forward rounds it
-        cos[r * half + i] = static_cast<float>(std::cos(static_cast<double>(angle)));
-        nsin[r * half + i] = -static_cast<float>(std::sin(static_cast<double>(angle)));
-      }
-    parallel_for(
-        BT * per_row,
-        [&](int64_t i0, int64_t i1, int) {
-          for (int64_t i = i0; i < i1; ++i) {
-            const int64_t r = i / per_row, t = start ? r : r % T;
-            kt.rope(d + r * Dqkv + i % per_row * dh, cos + t * half, nsin + t * half, half);
-          }
-        },
-        64);
+    rotary_tables(w.rope_inv_freq, half, B, T, 0, start, end, -1.f, cos, cos + n * half);
+    rotate_heads(d, B, T, Dqkv, H + Hkv, dh, half, start, cos, cos + n * half);
   }
 
   // Scores' gradient from the pattern's: dS = P (dP - sum_j dP_j P_j) per row

@@ -345,37 +345,18 @@ struct Pass {
     });
   }
 
-  // Rows of the rotary tables: one per position of this call, or with
-  // padding one per token (each row has its own positions).
-  int64_t rope_rows() const { return row_start ? BT : T; }
-
-  // cos and sin of every (position, frequency) of this call, [rope_rows(), rotary_dim / 2]
-  // each. The angle is rounded to float first, as HF computes it.
+  // cos and sin of every (position, frequency) of this call (rotary_tables)
   void rope_tables() {
-    const int64_t half = cfg.rotary_dim / 2, n = rope_rows();
+    const int64_t half = cfg.rotary_dim / 2, n = rotary_rows(row_start, B, T);
     float* c = sized(ws.rope, {2, n, half});
-    for (int64_t r = 0; r < n; ++r)
-      for (int64_t i = 0; i < half; ++i) {
-        const float angle = static_cast<float>(row_start ? position(r / T, r % T) : past + r) * w.rope_inv_freq[i];
-        c[r * half + i] = static_cast<float>(std::cos(static_cast<double>(angle)));
-        c[(n + r) * half + i] = static_cast<float>(std::sin(static_cast<double>(angle)));
-      }
+    rotary_tables(w.rope_inv_freq, half, B, T, past, row_start, row_end, 1.f, c, c + n * half);
   }
 
   // Rotates every query and key head of a q|k|v buffer by its position.
   void rotate(float* qkv) {
-    const int64_t half = cfg.rotary_dim / 2, heads_per_row = H + Hkv;
+    const int64_t half = cfg.rotary_dim / 2;
     const float* cos = ws.rope.data();
-    const float* sin = cos + rope_rows() * half;
-    parallel_for(
-        BT * heads_per_row,
-        [&](int64_t i0, int64_t i1, int) {
-          for (int64_t i = i0; i < i1; ++i) {
-            const int64_t r = i / heads_per_row, t = row_start ? r : r % T;
-            kt.rope(qkv + r * Dqkv + i % heads_per_row * dh, cos + t * half, sin + t * half, half);
-          }
-        },
-        64);  // a decode step's few heads stay on one thread
+    rotate_heads(qkv, B, T, Dqkv, H + Hkv, dh, half, row_start, cos, cos + rotary_rows(row_start, B, T) * half);
   }
 
   // A plan in a per-head mode (AttentionInput) with a hook that could see the difference at layer l:
@@ -803,6 +784,30 @@ void Model::forward(KVCache* cache, const int32_t* tokens, int64_t batch, int64_
   if (cache && !bounds.start.empty()) cache->set_left_padding(bounds.start);
   if (cache) cache->advance(n_tokens);
   if (tape) tape->model = id_;  // complete: a backward may read it
+}
+
+void rotary_tables(const float* inv_freq, int64_t half, int64_t B, int64_t T, int64_t past, const int64_t* start,
+                   const int64_t* end, float sign, float* cos, float* sin) {
+  for (int64_t r = 0; r < rotary_rows(start, B, T); ++r)
+    for (int64_t i = 0; i < half; ++i) {
+      const float angle = static_cast<float>(padded_position(start, end, past, r / T, r % T)) * inv_freq[i];
+      cos[r * half + i] = static_cast<float>(std::cos(static_cast<double>(angle)));
+      sin[r * half + i] = sign * static_cast<float>(std::sin(static_cast<double>(angle)));
+    }
+}
+
+void rotate_heads(float* qkv, int64_t B, int64_t T, int64_t row_stride, int64_t heads, int64_t d_head, int64_t half,
+                  const int64_t* start, const float* cos, const float* sin) {
+  const KernelTable& kt = kernels::active();
+  parallel_for(
+      B * T * heads,
+      [&](int64_t i0, int64_t i1, int) {
+        for (int64_t i = i0; i < i1; ++i) {
+          const int64_t r = i / heads, t = start ? r : r % T;
+          kt.rope(qkv + r * row_stride + i % heads * d_head, cos + t * half, sin + t * half, half);
+        }
+      },
+      64);  // a decode step's few heads stay on one thread
 }
 
 }  // namespace tmech

@@ -60,6 +60,18 @@ inline int64_t padded_position(const int64_t* start, const int64_t* end, int64_t
   return end && p > end[b] - 1 - start[b] ? end[b] - 1 - start[b] : p;
 }
 
+// Rotary tables of a call's B x T tokens at positions past + t: one row per position, or
+// with padding (start non-null) one per token, as rotary_rows says; cos into cos, sign *
+// sin into sin, each [rows, half]; the angle rounded to float first, as HF computes it.
+// sign -1 gives the transpose of the rotation (the backward's).
+inline int64_t rotary_rows(const int64_t* start, int64_t B, int64_t T) { return start ? B * T : T; }
+void rotary_tables(const float* inv_freq, int64_t half, int64_t B, int64_t T, int64_t past, const int64_t* start,
+                   const int64_t* end, float sign, float* cos, float* sin);
+// Rotates the first `heads` heads (d_head floats each) of every row of q|k|v (B x T
+// rows, row_stride floats apart) by its token's table row, over the threads.
+void rotate_heads(float* qkv, int64_t B, int64_t T, int64_t row_stride, int64_t heads, int64_t d_head, int64_t half,
+                  const int64_t* start, const float* cos, const float* sin);
+
 class Model {
  public:
   Model(ModelConfig cfg, ModelWeights weights);

@@ -24,6 +24,22 @@ def log_prob(logits: np.ndarray, ids: np.ndarray) -> float:
     return float((x[np.arange(len(ids)), ids] - np.log(np.exp(x).sum(-1))).mean())
 
 
+def assert_same_bits_on_1_2_3_threads(run) -> None:
+    """run() -> (logits, cache) gives the same bits on 1, 2 and 3 threads: logits and every entry."""
+    runs = []
+    before = tm.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            tm.set_num_threads(n)
+            runs.append(run())
+    finally:
+        tm.set_num_threads(before)
+    for logits, cache in runs[1:]:
+        assert np.array_equal(logits, runs[0][0])
+        for name in runs[0][1].keys():
+            assert np.array_equal(runs[0][1][name], cache[name]), name
+
+
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_residual_gradients_match_finite_differences(saved_gpt2, llama, family):
     """d metric / d resid_pre of each block along a random direction, against central
@@ -93,18 +109,8 @@ def test_loss_metric_is_the_models_loss(saved_gpt2):
 @pytest.mark.parametrize("shape", [(3, 9), (1, 2)])  # (1, 2): matmuls of a few rows, which the forward splits over K
 def test_same_gradients_for_1_2_3_threads(llama, freeze, names, shape):
     tokens = np.random.default_rng(3).integers(0, llama.cfg.d_vocab, shape)
-    runs = []
-    before = tm.get_num_threads()
-    try:
-        for n in (1, 2, 3):
-            tm.set_num_threads(n)
-            _, cache = llama.run_with_cache(tokens, prepend_bos=False, incl_bwd=True, metric=("log_prob", 4),
-                                            freeze=freeze, names_filter=names)
-            runs.append(cache)
-    finally:
-        tm.set_num_threads(before)
-    for name in runs[0].keys():
-        assert np.array_equal(runs[0][name], runs[1][name]) and np.array_equal(runs[0][name], runs[2][name]), name
+    assert_same_bits_on_1_2_3_threads(lambda: llama.run_with_cache(
+        tokens, prepend_bos=False, incl_bwd=True, metric=("log_prob", 4), freeze=freeze, names_filter=names))
 
 
 def test_names_filter_and_pos_slice_apply_to_gradients(saved_gpt2):
@@ -294,18 +300,8 @@ def test_same_gradients_for_1_2_3_threads_through_wide_matmuls(saved_gpt2, shape
     """The tape's forward too: a d_model 128 GPT-2 (K of 128 and 512), prompts of up to 16 rows."""
     model = saved_gpt2(dict(n_layer=2, n_embd=128, n_head=4, n_positions=16, vocab_size=211))[0]
     tokens = np.random.default_rng(6).integers(0, model.cfg.d_vocab, shape)
-    runs = []
-    before = tm.get_num_threads()
-    try:
-        for n in (1, 2, 3):
-            tm.set_num_threads(n)
-            runs.append(model.run_with_cache(tokens, prepend_bos=False, incl_bwd=True, metric=("log_prob", 4)))
-    finally:
-        tm.set_num_threads(before)
-    for logits, cache in runs[1:]:
-        assert np.array_equal(logits, runs[0][0])
-        for name in runs[0][1].keys():
-            assert np.array_equal(runs[0][1][name], cache[name]), name
+    assert_same_bits_on_1_2_3_threads(
+        lambda: model.run_with_cache(tokens, prepend_bos=False, incl_bwd=True, metric=("log_prob", 4)))
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])

@@ -105,6 +105,9 @@ struct KernelTable {
   // so the loop is kept) and the floating-point operations that took.
   float (*fma_chains)(int64_t iters);
   int64_t (*fma_chains_flops)(int64_t iters);
+  // Benchmark probe: the sum of x[0, n), read as `stretches` (clamped to 1 to
+  // kMaxStretches) equal stretches side by side, a vector of each in turn.
+  float (*read_stretches)(const float* x, int64_t n, int stretches);
   // The same with bfloat16 dot products; null without them.
   float (*bf16_dot_chains)(int64_t iters);
   int64_t (*bf16_dot_chains_flops)(int64_t iters);
@@ -115,6 +118,7 @@ struct KernelTable {
 // + kProbeAdd (fma_chains), or acc += a0 b0 + a1 b1 with the bfloat16 pairs
 // a = (kProbeBf16A, kProbeBf16A), b = (kProbeBf16B, kProbeBf16B) (bf16_dot_chains).
 constexpr int kProbeChains = 12;
+constexpr int kMaxStretches = 8;
 constexpr float kProbeMul = 0.999f, kProbeAdd = 1e-4f;
 constexpr uint16_t kProbeBf16A = 0x3f7f, kProbeBf16B = 0x38d1;
 

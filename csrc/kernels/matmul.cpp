@@ -372,20 +372,21 @@ void matmul_many_rows(const MatmulArgs& a, const uint16_t* B, int64_t n_begin, i
 }
 
 // Few rows, B stored [K, N] (row-major, HF Conv1D): y_m += a_mk · B[k, :].
-// One step takes G rows of B for MM rows of A: each vector of B is loaded
-// once for all MM rows, and each output is loaded and stored once per G rows.
+// One step takes G rows of B, rows k + r * gap (r < G), for MM rows of A:
+// each vector of B is loaded once for all MM rows, and each output is loaded
+// and stored once per G rows.
 template <int MM, int G, class W>
-void small_rows_step(const MatmulArgs& a, const W* Bw, int64_t m0, int64_t k, int64_t c0, int64_t cw) {
+void small_rows_step(const MatmulArgs& a, const W* Bw, int64_t m0, int64_t k, int64_t gap, int64_t c0, int64_t cw) {
   // Two FMA chains per row of A whatever MM is, so that a row's sums do not
   // depend on how many rows share its call (a batch gives each row's result).
   constexpr int kChains = 2;
-  const int64_t sk = a.b_stride_k;
+  const int64_t sk = a.b_stride_k, sr = gap * sk;
   const float* A = a.A + m0 * a.lda + k;
   float* C = a.C + m0 * a.ldc + c0;
   const W* b = Bw + k * sk + c0;
   vf xs[MM][G];  // (beyond the register file, the compiler keeps them on the stack: still one load each)
   for (int m = 0; m < MM; ++m)
-    for (int r = 0; r < G; ++r) xs[m][r] = vset1(A[m * a.lda + r]);
+    for (int r = 0; r < G; ++r) xs[m][r] = vset1(A[m * a.lda + r * gap]);
   int64_t j = 0;
   for (; j + VL <= cw; j += VL) {
     vf acc[MM][kChains];
@@ -393,7 +394,7 @@ void small_rows_step(const MatmulArgs& a, const W* Bw, int64_t m0, int64_t k, in
       for (int c = 0; c < kChains; ++c) acc[m][c] = vzero();
 #pragma GCC unroll 16
     for (int r = 0; r < G; ++r) {
-      const vf bv = vload_w(b + r * sk + j);
+      const vf bv = vload_w(b + r * sr + j);
       for (int m = 0; m < MM; ++m) acc[m][r % kChains] = vfma(xs[m][r], bv, acc[m][r % kChains]);
     }
     for (int m = 0; m < MM; ++m) {
@@ -405,39 +406,57 @@ void small_rows_step(const MatmulArgs& a, const W* Bw, int64_t m0, int64_t k, in
   for (; j < cw; ++j)
     for (int m = 0; m < MM; ++m) {
       float v = 0.f;
-      for (int r = 0; r < G; ++r) v += A[m * a.lda + r] * load_w(b + r * sk + j);
+      for (int r = 0; r < G; ++r) v += A[m * a.lda + r * gap] * load_w(b + r * sr + j);
       C[m * a.ldc + j] += v;
     }
 }
 
-// G rows of B (from row k) for every row of A, four rows of A at a time: the
-// block of B is read from memory once, and from cache for the next rows of A.
+// G rows of B (rows k + r * gap) for every row of A, four rows of A at a
+// time: the rows of B are read from memory once, and from cache for the next
+// rows of A.
 template <int G, class W>
-void small_rows_group(const MatmulArgs& a, const W* Bw, int64_t k, int64_t c0, int64_t cw) {
+void small_rows_group(const MatmulArgs& a, const W* Bw, int64_t k, int64_t gap, int64_t c0, int64_t cw) {
   int64_t m = 0;
-  for (; m + 4 <= a.M; m += 4) small_rows_step<4, G>(a, Bw, m, k, c0, cw);
+  for (; m + 4 <= a.M; m += 4) small_rows_step<4, G>(a, Bw, m, k, gap, c0, cw);
   switch (a.M - m) {
-    case 3: small_rows_step<3, G>(a, Bw, m, k, c0, cw); break;
-    case 2: small_rows_step<2, G>(a, Bw, m, k, c0, cw); break;
-    case 1: small_rows_step<1, G>(a, Bw, m, k, c0, cw); break;
+    case 3: small_rows_step<3, G>(a, Bw, m, k, gap, c0, cw); break;
+    case 2: small_rows_step<2, G>(a, Bw, m, k, gap, c0, cw); break;
+    case 1: small_rows_step<1, G>(a, Bw, m, k, gap, c0, cw); break;
     default: break;
   }
 }
 
-// Sixteen rows of B per step, but eight where B's rows lie a multiple of
-// 4 KiB apart (GPT-2's MLP in float32): such rows fall in one L1 set, which
-// has eight ways, and sixteen streams there ran ~20 % slower.
+// How many far-apart places of B a streaming kernel reads at once. Zen 3
+// (AVX2) reads memory fastest from several streams in different pages:
+// kReadStreams stretches of K read side by side, one row of B each per step,
+// streamed 1.1-1.4x faster than 8 or 16 neighbouring rows (GPT-2's four
+// decode shapes, 2 threads, alternating runs; 4-8 stretches measured alike,
+// 2 and 12 slower). AVX-512 keeps neighbouring rows: its machines (Zen 4,
+// Xeon) were tuned that way and have not been measured with stretches.
+constexpr int kReadStreams = VL == 8 ? 6 : 1;
+
+// Without stretches: sixteen neighbouring rows of B per step, but eight where
+// they lie a multiple of 4 KiB apart (GPT-2's MLP in float32): such rows fall
+// in one L1 set, which has eight ways, and sixteen streams there ran ~20 % slower.
 template <class W>
 void small_rows_chunk(const MatmulArgs& a, const W* Bw, int64_t c0, int64_t cw) {
+  int64_t k = 0;
+  if constexpr (kReadStreams > 1) {
+    const int64_t stretch = a.K / kReadStreams;  // rows of each stretch: k, k + stretch, ...
+    if (stretch >= 16) {
+      for (; k < stretch; ++k) small_rows_group<kReadStreams>(a, Bw, k, stretch, c0, cw);
+      for (k = kReadStreams * stretch; k < a.K; ++k) small_rows_group<1>(a, Bw, k, 1, c0, cw);
+      return;
+    }
+  }
   const bool same_set = (a.b_stride_k * static_cast<int64_t>(sizeof(W))) % 4096 == 0;
   const int G = same_set ? 8 : 16;
-  int64_t k = 0;
   for (; k + G <= a.K; k += G)
     if (same_set)
-      small_rows_group<8>(a, Bw, k, c0, cw);
+      small_rows_group<8>(a, Bw, k, 1, c0, cw);
     else
-      small_rows_group<16>(a, Bw, k, c0, cw);
-  for (; k < a.K; ++k) small_rows_group<1>(a, Bw, k, c0, cw);
+      small_rows_group<16>(a, Bw, k, 1, c0, cw);
+  for (; k < a.K; ++k) small_rows_group<1>(a, Bw, k, 1, c0, cw);
 }
 
 template <class W>
@@ -455,17 +474,54 @@ void matmul_small_rows(const MatmulArgs& a, const W* Bw, int64_t n_begin, int64_
 }
 
 // Few rows, B's columns contiguous in k ([N, K] row-major, an unembedding):
-// each output is one dot product over a row of the weight matrix.
-template <class W>
-void matmul_small_dots(const MatmulArgs& a, const W* Bw, int64_t n_begin, int64_t n_end) {
-  for (int64_t n = n_begin; n < n_end; ++n) {
-    const W* col = Bw + n * a.b_stride_n;
-    for (int64_t m = 0; m < a.M; ++m) {
-      float v = dot_w(a.A + m * a.lda, col, a.K);
-      float* y = a.C + m * a.ldc + n;
-      *y = (a.accumulate ? *y : 0.f) + v + (a.bias ? a.bias[n] : 0.f);
+// each output is one dot product over a row of the weight matrix, summed as
+// dot_w sums. With kReadStreams > 1, S columns from S stretches of the range
+// at once (columns n + s * gap), each still summed as dot_w sums (so which
+// columns share a step never changes a bit): one stretch at a time read
+// 1.4-1.6x slower on Zen 3 (GPT-2's unembedding, 2 threads, alternating runs).
+template <int S, class W>
+void dots_stretches(const MatmulArgs& a, const W* Bw, int64_t n, int64_t gap) {
+  const int64_t K = a.K, sn = a.b_stride_n;
+  for (int64_t m = 0; m < a.M; ++m) {
+    const float* x = a.A + m * a.lda;
+    vf s0[S], s1[S];
+    for (int c = 0; c < S; ++c) s0[c] = s1[c] = vzero();
+    int64_t i = 0;
+    for (; i + 2 * VL <= K; i += 2 * VL) {
+      const vf x0 = vload(x + i), x1 = vload(x + i + VL);
+#pragma GCC unroll 8
+      for (int c = 0; c < S; ++c) {
+        const W* col = Bw + (n + c * gap) * sn + i;
+        s0[c] = vfma(x0, vload_w(col), s0[c]);
+        s1[c] = vfma(x1, vload_w(col + VL), s1[c]);
+      }
+    }
+    if (i + VL <= K) {
+      const vf x0 = vload(x + i);
+      for (int c = 0; c < S; ++c) s0[c] = vfma(x0, vload_w(Bw + (n + c * gap) * sn + i), s0[c]);
+      i += VL;
+    }
+    for (int c = 0; c < S; ++c) {
+      const W* col = Bw + (n + c * gap) * sn;
+      float v = vsum(vadd(s0[c], s1[c]));
+      for (int64_t t = i; t < K; ++t) v += x[t] * load_w(col + t);
+      float* y = a.C + m * a.ldc + n + c * gap;
+      *y = (a.accumulate ? *y : 0.f) + v + (a.bias ? a.bias[n + c * gap] : 0.f);
     }
   }
+}
+
+template <class W>
+void matmul_small_dots(const MatmulArgs& a, const W* Bw, int64_t n_begin, int64_t n_end) {
+  int64_t n = n_begin;
+  if constexpr (kReadStreams > 1) {
+    const int64_t gap = (n_end - n_begin) / kReadStreams;
+    if (gap >= 16) {
+      for (; n < n_begin + gap; ++n) dots_stretches<kReadStreams>(a, Bw, n, gap);
+      n = n_begin + kReadStreams * gap;
+    }
+  }
+  for (; n < n_end; ++n) dots_stretches<1>(a, Bw, n, 0);
 }
 
 // More rows against [N, K] B (short prompts, batched decoding of a Llama's

@@ -31,6 +31,37 @@ float fma_chains(int64_t iters) {
 
 int64_t fma_chains_flops(int64_t iters) { return iters * kProbeChains * VL * 2; }
 
+// Several stretches of memory read side by side: some CPUs (Zen 3) read
+// memory fastest with several streams in flight in different pages.
+template <int S>
+float sum_stretches(const float* x, int64_t n) {
+  const int64_t len = n / S / VL * VL;
+  vf acc[S];
+  for (int s = 0; s < S; ++s) acc[s] = vzero();
+  for (int64_t i = 0; i < len; i += VL)
+#pragma GCC unroll 8
+    for (int s = 0; s < S; ++s) acc[s] = vadd(acc[s], vload(x + s * len + i));
+  vf total = vzero();
+  for (int s = 0; s < S; ++s) total = vadd(total, acc[s]);
+  float sum = vsum(total);
+  for (int64_t i = S * len; i < n; ++i) sum += x[i];
+  return sum;
+}
+
+float read_stretches(const float* x, int64_t n, int stretches) {
+  static_assert(kMaxStretches == 8, "one case per count");
+  switch (stretches < 1 ? 1 : stretches > kMaxStretches ? kMaxStretches : stretches) {
+    case 1: return sum_stretches<1>(x, n);
+    case 2: return sum_stretches<2>(x, n);
+    case 3: return sum_stretches<3>(x, n);
+    case 4: return sum_stretches<4>(x, n);
+    case 5: return sum_stretches<5>(x, n);
+    case 6: return sum_stretches<6>(x, n);
+    case 7: return sum_stretches<7>(x, n);
+    default: return sum_stretches<8>(x, n);
+  }
+}
+
 #if defined(__AVX512BF16__)
 // vdpbf16ps: each lane of each instruction adds two products (the bfloat16
 // matmul's inner step), so its peak is that kernel's yardstick.

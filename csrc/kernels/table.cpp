@@ -49,6 +49,7 @@ const KernelTable& table() {
                                 rope,
                                 fma_chains,
                                 fma_chains_flops,
+                                read_stretches,
                                 bf16_dot_chains,
                                 bf16_dot_chains_flops};
   return t;

@@ -37,6 +37,7 @@ void silu_mul(const float* gate, const float* up, float* out, int64_t n);
 void rope(float* x, const float* cos, const float* sin, int64_t half);
 float fma_chains(int64_t iters);
 int64_t fma_chains_flops(int64_t iters);
+float read_stretches(const float* x, int64_t n, int stretches);
 #if defined(__AVX512BF16__)
 float bf16_dot_chains(int64_t iters);
 int64_t bf16_dot_chains_flops(int64_t iters);

@@ -57,7 +57,7 @@ double bf16_dot_peak_gflops(double seconds) {
   return chains_gflops(kt.bf16_dot_chains, kt.bf16_dot_chains_flops, seconds);
 }
 
-double ReadProbes::best() const { return std::max({one_stream, four_streams, matvec}); }
+double ReadProbes::best() const { return std::max({one_stream, stretches, matvec}); }
 
 ReadProbes read_bandwidth_probes(int64_t bytes, int repeats) {
   if (bytes <= 0 || repeats <= 0) throw std::invalid_argument("bytes and repeats must be positive");
@@ -83,22 +83,12 @@ ReadProbes read_bandwidth_probes(int64_t bytes, int repeats) {
   p.one_stream = gbs([&] {
     parallel_for(n, [&](int64_t b, int64_t e, int) { sink = sink + kt.dot(data + b, data + b, e - b); }, 4096);
   });
-  p.four_streams = gbs([&] {
-    parallel_for(
-        n,
-        [&](int64_t b, int64_t e, int) {
-          constexpr int64_t kStep = 1024;  // floats of each stream per turn: 4 KiB
-          const int64_t quarter = (e - b) / 4;
-          float s = 0.f;
-          for (int64_t i = 0; i < quarter; i += kStep) {
-            const int64_t len = std::min(kStep, quarter - i);
-            for (int q = 0; q < 4; ++q) s += kt.dot(data + b + q * quarter + i, data + b + q * quarter + i, len);
-          }
-          s += kt.dot(data + b + 4 * quarter, data + b + 4 * quarter, e - b - 4 * quarter);
-          sink = sink + s;
-        },
-        4 * 4096);
-  });
+  for (int stretches : {2, 4, 6, 8})
+    p.stretches = std::max(
+        p.stretches, gbs([&] {
+          parallel_for(
+              n, [&](int64_t b, int64_t e, int) { sink = sink + kt.read_stretches(data + b, e - b, stretches); }, 4096);
+        }));
   p.matvec =
       gbs([&] { matmul(ones.data(), 1, rows, rows, Matrix{data}, kCols, kCols, 1, nullptr, out.data(), kCols); });
   return p;

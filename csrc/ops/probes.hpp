@@ -17,13 +17,14 @@ double read_bandwidth_gbs(int64_t bytes, int repeats);
 
 // Each way, best of `repeats` passes. One stream per thread (a dot product of
 // the thread's contiguous share) under-reads on some CPUs (AMD Zen 3 here:
-// 23-27 GB/s while the decode's 1-row matmul streamed 28-42), whose
-// prefetchers need several streams in flight to fill the memory pipeline;
-// four interleaved streams per thread, and the 1-row matmul itself (the
-// decode's own read), each read every byte once, so the fastest is an honest
-// measure of what the hardware gives.
+// 29 GB/s where 2-8 stretches of each thread's share read side by side gave
+// 42-60 from one minute to the next), whose prefetchers need several streams
+// in flight in different pages to fill the memory pipeline. `stretches` is
+// the best of 2, 4, 6 and 8 stretches per thread; `matvec` the 1-row matmul
+// itself (the decode's own read). Each reads every byte once, so the fastest
+// is an honest measure of what the hardware gives.
 struct ReadProbes {
-  double one_stream = 0, four_streams = 0, matvec = 0;
+  double one_stream = 0, stretches = 0, matvec = 0;
   double best() const;
 };
 ReadProbes read_bandwidth_probes(int64_t bytes, int repeats);

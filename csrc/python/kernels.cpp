@@ -147,12 +147,13 @@ void bind_kernels(py::module_& m) {
         }
         py::dict d;
         d["one_stream"] = p.one_stream;
-        d["four_streams"] = p.four_streams;
+        d["stretches"] = p.stretches;
         d["matvec"] = p.matvec;
         return d;
       },
       py::arg("bytes") = int64_t{512} << 20, py::arg("repeats") = 3,
-      "GB/s of each way of reading a large buffer: one stream per thread, four, a 1-row matmul");
+      "GB/s of each way of reading a large buffer: one stream per thread, 2-8 stretches per thread side by side (the "
+      "best), a 1-row matmul");
   k.def("dot", [](FloatArray a, FloatArray b) {
     if (a.size() != b.size()) throw std::invalid_argument("dot needs equal lengths");
     return tmech::kernels::active().dot(a.data(), b.data(), a.size());

@@ -306,6 +306,16 @@ void test_probes(const char* variant) {
   check(std::abs(kt.fma_chains(iters) - fma) < 1e-4 * fma &&
             kt.fma_chains_flops(iters) == ref_fma_chains_flops(iters, lanes),
         name + " fma_chains");
+  // Small integers: every order of summation gives the exact sum.
+  std::vector<float> x(1000);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(i % 7) - 3.f;
+  for (int64_t n : {0, 1, 7, 64, 999, 1000})
+    for (int stretches : {0, 1, 2, 3, 5, 6, 8, 9}) {
+      double sum = 0;
+      for (int64_t i = 0; i < n; ++i) sum += x[i];
+      check(kt.read_stretches(x.data(), n, stretches) == sum,
+            name + " read_stretches n=" + std::to_string(n) + " stretches=" + std::to_string(stretches));
+    }
   if (!kt.bf16_dot_chains) return;
   const double dots = ref_bf16_dot_chains(iters, lanes);
   check(std::abs(kt.bf16_dot_chains(iters) - dots) < 1e-4 * dots &&

@@ -106,8 +106,7 @@ def _roofline_rows(repeats: int) -> list:
     if hasattr(kernels, "read_bandwidth_probes"):
         probes = kernels.read_bandwidth_probes()
         ref, ref_name = max(probes.values()), "native read probe, best way"
-        note = ("probes: one stream {one_stream:.1f}, 2-8 stretches {stretches:.1f}, "
-                "1-row matmul {matvec:.1f} GB/s").format(**probes)
+        note = "probes (GB/s): " + ", ".join(f"{way} {gbs:.1f}" for way, gbs in probes.items())
     else:
         ref, ref_name = big.nbytes / best_time(lambda: big.sum(), repeats) / 1e9, "numpy sum"
     rows.append(row("memory-read", "memory read, 1-row matmul (share of bandwidth)", ours, ref, "GB/s", ours / ref,

@@ -4,6 +4,8 @@
 #include <atomic>
 #include <chrono>
 #include <stdexcept>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/kernels.hpp"
@@ -57,12 +59,21 @@ double bf16_dot_peak_gflops(double seconds) {
   return chains_gflops(kt.bf16_dot_chains, kt.bf16_dot_chains_flops, seconds);
 }
 
-double ReadProbes::best() const { return std::max({one_stream, stretches, matvec}); }
+const std::vector<std::string>& read_ways() {
+  static const std::vector<std::string> ways = {"one_stream",  "stretches_2", "stretches_4",
+                                                "stretches_6", "stretches_8", "matvec"};
+  return ways;
+}
 
-ReadProbes read_bandwidth_probes(int64_t bytes, int repeats) {
+std::vector<std::pair<std::string, double>> read_bandwidth_probes(int64_t bytes, int repeats,
+                                                                  const std::vector<std::string>& ways, bool mean) {
   if (bytes <= 0 || repeats <= 0) throw std::invalid_argument("bytes and repeats must be positive");
   if (bytes > (int64_t{1} << 36) || repeats > 1000)
     throw std::invalid_argument("a read probe takes at most 64 GiB and 1000 repeats");
+  const std::vector<std::string>& known = read_ways();
+  for (const std::string& way : ways)
+    if (std::find(known.begin(), known.end(), way) == known.end())
+      throw std::invalid_argument("no read probe '" + way + "'; there are one_stream, stretches_2/4/6/8 and matvec");
   const KernelTable& kt = kernels::active();
   constexpr int64_t kCols = 4096;  // the matvec's view: [rows, kCols]
   const int64_t rows = std::max<int64_t>(bytes / 4 / kCols, 1), n = rows * kCols;
@@ -70,30 +81,37 @@ ReadProbes read_bandwidth_probes(int64_t bytes, int repeats) {
       out(static_cast<size_t>(kCols));
   const float* data = buf.data();
   std::atomic<float> sink{0.f};
-  auto gbs = [&](auto pass) {  // the first pass only faults the pages in
-    double best = 1e30;
-    for (int r = 0; r < repeats + 1; ++r) {
-      const double t0 = now();
-      pass();
-      if (r > 0) best = std::min(best, now() - t0);
+  auto pass = [&](const std::string& way) {
+    if (way == "matvec") {
+      matmul(ones.data(), 1, rows, rows, Matrix{data}, kCols, kCols, 1, nullptr, out.data(), kCols);
+      return;
     }
-    return static_cast<double>(n) * 4 / best / 1e9;
+    const int stretches = way == "one_stream" ? 0 : way.back() - '0';
+    parallel_for(
+        n,
+        [&](int64_t b, int64_t e, int) {
+          sink = sink + (stretches ? kt.read_stretches(data + b, e - b, stretches) : kt.dot(data + b, data + b, e - b));
+        },
+        4096);
   };
-  ReadProbes p;
-  p.one_stream = gbs([&] {
-    parallel_for(n, [&](int64_t b, int64_t e, int) { sink = sink + kt.dot(data + b, data + b, e - b); }, 4096);
-  });
-  for (int stretches : {2, 4, 6, 8})
-    p.stretches = std::max(
-        p.stretches, gbs([&] {
-          parallel_for(
-              n, [&](int64_t b, int64_t e, int) { sink = sink + kt.read_stretches(data + b, e - b, stretches); }, 4096);
-        }));
-  p.matvec =
-      gbs([&] { matmul(ones.data(), 1, rows, rows, Matrix{data}, kCols, kCols, 1, nullptr, out.data(), kCols); });
-  return p;
+  std::vector<std::pair<std::string, double>> out_gbs;
+  for (const std::string& way : ways.empty() ? known : ways) {
+    double best = 1e30, total = 0;
+    for (int r = 0; r < repeats + 1; ++r) {  // the first pass only faults the pages in
+      const double t0 = now();
+      pass(way);
+      const double t = now() - t0;
+      if (r > 0) best = std::min(best, t), total += t;
+    }
+    out_gbs.emplace_back(way, static_cast<double>(n) * 4 / (mean ? total / repeats : best) / 1e9);
+  }
+  return out_gbs;
 }
 
-double read_bandwidth_gbs(int64_t bytes, int repeats) { return read_bandwidth_probes(bytes, repeats).best(); }
+double read_bandwidth_gbs(int64_t bytes, int repeats) {
+  double best = 0;
+  for (const auto& way : read_bandwidth_probes(bytes, repeats, {}, false)) best = std::max(best, way.second);
+  return best;
+}
 
 }  // namespace tmech

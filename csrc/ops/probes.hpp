@@ -3,6 +3,9 @@
 // benchmarks/roofline.py compares the kernels against.
 #pragma once
 #include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
 
 namespace tmech {
 
@@ -12,21 +15,23 @@ double fma_peak_gflops(double seconds);
 // kernel variant has none.
 double bf16_dot_peak_gflops(double seconds);
 // GB/s of reading a `bytes`-sized buffer (far larger than the caches), the
-// best of several ways to read it (ReadProbes); bytes and repeats positive.
+// best pass of the best way (read_bandwidth_probes); bytes and repeats positive.
 double read_bandwidth_gbs(int64_t bytes, int repeats);
 
-// Each way, best of `repeats` passes. One stream per thread (a dot product of
-// the thread's contiguous share) under-reads on some CPUs (AMD Zen 3 here:
-// 29 GB/s where 2-8 stretches of each thread's share read side by side gave
-// 42-60 from one minute to the next), whose prefetchers need several streams
-// in flight in different pages to fill the memory pipeline. `stretches` is
-// the best of 2, 4, 6 and 8 stretches per thread; `matvec` the 1-row matmul
-// itself (the decode's own read). Each reads every byte once, so the fastest
-// is an honest measure of what the hardware gives.
-struct ReadProbes {
-  double one_stream = 0, stretches = 0, matvec = 0;
-  double best() const;
-};
-ReadProbes read_bandwidth_probes(int64_t bytes, int repeats);
+// The ways to read the buffer, each reading every byte once:
+// - one_stream: each thread's contiguous share as one dot product. It
+//   under-reads on some CPUs (AMD Zen 3 here: 29-33 GB/s where stretches read
+//   42-60 from one minute to the next), whose prefetchers need several
+//   streams in flight in different pages to fill the memory pipeline;
+// - stretches_S (S = 2, 4, 6, 8): each thread's share as S stretches read
+//   side by side (KernelTable::read_stretches);
+// - matvec: the 1-row matmul itself (the decode's own read).
+// The fastest is an honest measure of what the hardware gives.
+const std::vector<std::string>& read_ways();
+// (way, GB/s) for each of `ways` (all read_ways() when empty; an unknown name
+// is an invalid_argument): the best of `repeats` passes, or with `mean` all
+// passes' bytes over all their time (to compare with a run of the same length).
+std::vector<std::pair<std::string, double>> read_bandwidth_probes(int64_t bytes, int repeats,
+                                                                  const std::vector<std::string>& ways, bool mean);
 
 }  // namespace tmech

@@ -139,21 +139,22 @@ void bind_kernels(py::module_& m) {
       py::arg("bytes") = int64_t{512} << 20, py::arg("repeats") = 3, "the best of read_bandwidth_probes' ways");
   k.def(
       "read_bandwidth_probes",
-      [](int64_t bytes, int repeats) {
-        tmech::ReadProbes p;
+      [](int64_t bytes, int repeats, std::vector<std::string> ways, bool mean) {
+        std::vector<std::pair<std::string, double>> gbs;
         {
           py::gil_scoped_release nogil;
-          p = tmech::read_bandwidth_probes(bytes, repeats);
+          gbs = tmech::read_bandwidth_probes(bytes, repeats, ways, mean);
         }
         py::dict d;
-        d["one_stream"] = p.one_stream;
-        d["stretches"] = p.stretches;
-        d["matvec"] = p.matvec;
+        for (const auto& [way, value] : gbs) d[py::str(way)] = value;
         return d;
       },
-      py::arg("bytes") = int64_t{512} << 20, py::arg("repeats") = 3,
-      "GB/s of each way of reading a large buffer: one stream per thread, 2-8 stretches per thread side by side (the "
-      "best), a 1-row matmul");
+      py::arg("bytes") = int64_t{512} << 20, py::arg("repeats") = 3, py::arg("ways") = std::vector<std::string>{},
+      py::arg("mean") = false,
+      "GB/s of each way of reading a large buffer (all of read_ways() unless `ways` names some): one stream per "
+      "thread, 2/4/6/8 stretches per thread side by side, a 1-row matmul; the best of `repeats` passes, or with "
+      "mean=True all passes' bytes over their time");
+  k.def("read_ways", [] { return tmech::read_ways(); });
   k.def("dot", [](FloatArray a, FloatArray b) {
     if (a.size() != b.size()) throw std::invalid_argument("dot needs equal lengths");
     return tmech::kernels::active().dot(a.data(), b.data(), a.size());

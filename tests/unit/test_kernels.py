@@ -135,8 +135,12 @@ def test_machine_probes(variant):
         assert bf16_peak == 0.0
     assert 0 < K.read_bandwidth_gbs(1 << 20, 1) < 1e5
     probes = K.read_bandwidth_probes(1 << 20, 1)
-    assert sorted(probes) == ["matvec", "one_stream", "stretches"]
+    assert list(probes) == K.read_ways() == ["one_stream", "stretches_2", "stretches_4", "stretches_6",
+                                             "stretches_8", "matvec"]
     assert all(0 < gbs < 1e5 for gbs in probes.values())
+    assert list(K.read_bandwidth_probes(1 << 20, 2, ["matvec", "stretches_6"], mean=True)) == ["matvec", "stretches_6"]
+    with pytest.raises(ValueError, match="no read probe 'four_streams'"):
+        K.read_bandwidth_probes(1 << 20, 1, ["four_streams"])
     for seconds in (0.0, -1.0, float("nan"), 1e9):
         with pytest.raises(ValueError, match="seconds"):
             K.fma_peak_gflops(seconds)

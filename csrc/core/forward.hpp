@@ -111,8 +111,9 @@ class Model {
 
   struct Workspace {
     std::vector<float> x, pos, h, qkv, z, attn_out, mlp, up, result, scores, stats, last, rope, logits;
-    std::vector<uint16_t> kv16;  // bfloat16 keys and values of one layer (bf16 attention)
-    std::vector<float> inputs;   // per-head attention inputs (AttentionInput), or hook_mlp_in's copy
+    std::vector<uint16_t> kv16;   // bfloat16 keys and values of one layer (bf16 attention)
+    std::vector<float> inputs;    // per-head attention inputs (AttentionInput), or hook_mlp_in's copy
+    std::vector<float> z_blocks;  // a decoding step's attention outputs, one per block of keys
   };
 
  private:

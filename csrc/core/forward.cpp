@@ -326,7 +326,6 @@ struct Pass {
     const int64_t keys = past + 1, blocks = (keys + kDecodeKeys - 1) / kDecodeKeys, group = H / Hkv;
     const float inv = score_scale(l);
     float* S = sized(ws.scores, {B, H, keys});
-    float* parts = sized(ws.z_blocks, {B, blocks, Da});
     auto block_keys = [&](int64_t b, int64_t block) {  // the visible keys of this block
       const auto [first, last] = visible_keys(b, 0);
       return std::pair<int64_t, int64_t>{std::max(first, block * kDecodeKeys),
@@ -349,15 +348,27 @@ struct Pass {
         kt.softmax(S + i * keys + first, last - first);
       }
     });
+    decode_weighted_sum(l, S, [&](int64_t b) { return visible_keys(b, 0); });
+  }
+
+  // z of a decoding step from its pattern P [B, H, past + 1], over the keys
+  // [first, last) = range(b) of row b: each block of kDecodeKeys positions
+  // sums its share in position order, then the blocks are added in block
+  // order, whatever the threads. A step whose pattern a hook reads takes this
+  // way too, so reading it changes no bit.
+  template <class Range>
+  void decode_weighted_sum(int64_t l, const float* P, Range range) {
+    const int64_t keys = past + 1, blocks = (keys + kDecodeKeys - 1) / kDecodeKeys, group = H / Hkv;
+    float* parts = sized(ws.z_blocks, {B, blocks, Da});
     parallel_for(B * blocks, [&](int64_t i0, int64_t i1, int) {
       for (int64_t i = i0; i < i1; ++i) {
-        const int64_t b = i / blocks;
+        const int64_t b = i / blocks, block = i % blocks;
         float* part = parts + i * Da;
         std::fill(part, part + Da, 0.f);
-        const auto [p0, p1] = block_keys(b, i % blocks);
-        for (int64_t p = p0; p < p1; ++p) {
+        const auto [first, last] = range(b);
+        for (int64_t p = std::max(first, block * kDecodeKeys); p < std::min(last, (block + 1) * kDecodeKeys); ++p) {
           const float* v = cache->v(l, b, p);
-          for (int64_t h = 0; h < H; ++h) kt.axpy(part + h * dh, S[(b * H + h) * keys + p], v + h / group * dh, dh);
+          for (int64_t h = 0; h < H; ++h) kt.axpy(part + h * dh, P[(b * H + h) * keys + p], v + h / group * dh, dh);
         }
       }
     });
@@ -393,6 +404,12 @@ struct Pass {
       Tape::keep(lt->softmax, S, B * H * T * keys);
     hook(HookKind::pattern, l, scores(S, keys));
     if (LayerTape* lt = taping(l)) Tape::keep(lt->pattern, S, B * H * T * keys), lt->causal = causal;
+    if (cache && T == 1 && !taping(l)) {  // as attend_decode sums it
+      decode_weighted_sum(l, S, [&](int64_t b) {
+        return causal ? std::pair<int64_t, int64_t>{first_key(b, keys), keys} : std::pair<int64_t, int64_t>{0, keys};
+      });
+      return;
+    }
     for_each_query_block([&](int64_t b, int64_t h, int64_t i0, int64_t rows, int t) {
       const int64_t used = keys_for(i0, rows), first = causal ? first_key(b, used) : 0;
       weighted_sum_block(l, b, h, i0, rows, first, used, rows_at(b, h, i0) + first, keys, t);

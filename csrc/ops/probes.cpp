@@ -71,9 +71,11 @@ std::vector<std::pair<std::string, double>> read_bandwidth_probes(int64_t bytes,
   if (bytes > (int64_t{1} << 36) || repeats > 1000)
     throw std::invalid_argument("a read probe takes at most 64 GiB and 1000 repeats");
   const std::vector<std::string>& known = read_ways();
-  for (const std::string& way : ways)
-    if (std::find(known.begin(), known.end(), way) == known.end())
-      throw std::invalid_argument("no read probe '" + way + "'; there are one_stream, stretches_2/4/6/8 and matvec");
+  for (auto way = ways.begin(); way != ways.end(); ++way) {
+    if (std::find(known.begin(), known.end(), *way) == known.end())
+      throw std::invalid_argument("no read probe '" + *way + "'; there are one_stream, stretches_2/4/6/8 and matvec");
+    if (std::find(ways.begin(), way, *way) != way) throw std::invalid_argument("read probe '" + *way + "' named twice");
+  }
   const KernelTable& kt = kernels::active();
   constexpr int64_t kCols = 4096;  // the matvec's view: [rows, kCols]
   const int64_t rows = std::max<int64_t>(bytes / 4 / kCols, 1), n = rows * kCols;

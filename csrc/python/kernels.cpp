@@ -139,7 +139,15 @@ void bind_kernels(py::module_& m) {
       py::arg("bytes") = int64_t{512} << 20, py::arg("repeats") = 3, "the best of read_bandwidth_probes' ways");
   k.def(
       "read_bandwidth_probes",
-      [](int64_t bytes, int repeats, std::vector<std::string> ways, bool mean) {
+      [](int64_t bytes, int repeats, py::object ways_arg, bool mean) {
+        std::vector<std::string> ways;
+        if (!ways_arg.is_none()) {
+          if (py::isinstance<py::str>(ways_arg)) throw std::invalid_argument("ways is a list of names, not one string");
+          for (py::handle way : py::iter(ways_arg)) {
+            if (!py::isinstance<py::str>(way)) throw std::invalid_argument("ways holds names (strings)");
+            ways.push_back(way.cast<std::string>());
+          }
+        }
         std::vector<std::pair<std::string, double>> gbs;
         {
           py::gil_scoped_release nogil;
@@ -149,7 +157,7 @@ void bind_kernels(py::module_& m) {
         for (const auto& [way, value] : gbs) d[py::str(way)] = value;
         return d;
       },
-      py::arg("bytes") = int64_t{512} << 20, py::arg("repeats") = 3, py::arg("ways") = std::vector<std::string>{},
+      py::arg("bytes") = int64_t{512} << 20, py::arg("repeats") = 3, py::arg("ways") = py::none(),
       py::arg("mean") = false,
       "GB/s of each way of reading a large buffer (all of read_ways() unless `ways` names some): one stream per "
       "thread, 2/4/6/8 stretches per thread side by side, a 1-row matmul; the best of `repeats` passes, or with "

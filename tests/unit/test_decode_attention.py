@@ -83,3 +83,17 @@ def test_left_padded_rows_decode_as_they_do_alone():
     for i, row in enumerate(rows):
         alone = decode(model, np.concatenate([row, nxt[i]])[None], len(row))[0]
         assert np.abs(batched[i] - alone).max() <= 2e-5 * np.abs(alone).max()
+
+
+@pytest.mark.parametrize("point", ["hook_pattern", "hook_attn_scores"])
+def test_a_hook_that_reads_the_pattern_changes_no_bit_of_a_decoding_step(point):
+    """With the scores or the pattern hooked the step materializes them for the
+    hook, then sums the values as the unhooked step does."""
+    model = MODELS["mha"]()
+    tokens = np.random.default_rng(2).integers(0, model.cfg.d_vocab, (2, 131))
+    outs = []
+    for hooks in ((), [(f"blocks.{layer}.attn.{point}", lambda x, hook: None) for layer in range(2)]):
+        cache = model.new_cache(batch=2)
+        model.forward(tokens[:, :128], cache=cache, logits="none")
+        outs.append([model.forward(tokens[:, t:t + 1], cache=cache, logits="last", hooks=hooks) for t in range(128, 131)])
+    np.testing.assert_array_equal(np.stack(outs[0]), np.stack(outs[1]))

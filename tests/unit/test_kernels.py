@@ -141,6 +141,12 @@ def test_machine_probes(variant):
     assert list(K.read_bandwidth_probes(1 << 20, 2, ["matvec", "stretches_6"], mean=True)) == ["matvec", "stretches_6"]
     with pytest.raises(ValueError, match="no read probe 'four_streams'"):
         K.read_bandwidth_probes(1 << 20, 1, ["four_streams"])
+    with pytest.raises(ValueError, match="'matvec' named twice"):
+        K.read_bandwidth_probes(1 << 20, 1, ["matvec", "matvec"])
+    with pytest.raises(ValueError, match="not one string"):
+        K.read_bandwidth_probes(1 << 20, 1, "matvec")
+    with pytest.raises(ValueError, match="names"):
+        K.read_bandwidth_probes(1 << 20, 1, [1])
     for seconds in (0.0, -1.0, float("nan"), 1e9):
         with pytest.raises(ValueError, match="seconds"):
             K.fma_peak_gflops(seconds)

@@ -322,20 +322,19 @@ struct Pass {
   // summed as the per-head path sums them; each block's share of z is summed
   // in position order and the blocks in block order, whatever the threads.
   static constexpr int64_t kDecodeKeys = 64;
+  // The keys [first, last) that lie in block `block` of kDecodeKeys positions.
+  static std::pair<int64_t, int64_t> block_keys(std::pair<int64_t, int64_t> keys, int64_t block) {
+    return {std::max(keys.first, block * kDecodeKeys), std::min(keys.second, (block + 1) * kDecodeKeys)};
+  }
   void attend_decode(int64_t l) {
     const int64_t keys = past + 1, blocks = (keys + kDecodeKeys - 1) / kDecodeKeys, group = H / Hkv;
     const float inv = score_scale(l);
     float* S = sized(ws.scores, {B, H, keys});
-    auto block_keys = [&](int64_t b, int64_t block) {  // the visible keys of this block
-      const auto [first, last] = visible_keys(b, 0);
-      return std::pair<int64_t, int64_t>{std::max(first, block * kDecodeKeys),
-                                         std::min(last, (block + 1) * kDecodeKeys)};
-    };
     parallel_for(B * blocks, [&](int64_t i0, int64_t i1, int) {
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t b = i / blocks;
         const float* q = ws.qkv.data() + b * Dqkv;
-        const auto [p0, p1] = block_keys(b, i % blocks);
+        const auto [p0, p1] = block_keys(visible_keys(b, 0), i % blocks);
         for (int64_t p = p0; p < p1; ++p) {
           const float* k = cache->k(l, b, p);
           for (int64_t h = 0; h < H; ++h) S[(b * H + h) * keys + p] = kt.dot(q + h * dh, k + h / group * dh, dh) * inv;
@@ -362,11 +361,11 @@ struct Pass {
     float* parts = sized(ws.z_blocks, {B, blocks, Da});
     parallel_for(B * blocks, [&](int64_t i0, int64_t i1, int) {
       for (int64_t i = i0; i < i1; ++i) {
-        const int64_t b = i / blocks, block = i % blocks;
+        const int64_t b = i / blocks;
         float* part = parts + i * Da;
         std::fill(part, part + Da, 0.f);
-        const auto [first, last] = range(b);
-        for (int64_t p = std::max(first, block * kDecodeKeys); p < std::min(last, (block + 1) * kDecodeKeys); ++p) {
+        const auto [p0, p1] = block_keys(range(b), i % blocks);
+        for (int64_t p = p0; p < p1; ++p) {
           const float* v = cache->v(l, b, p);
           for (int64_t h = 0; h < H; ++h) kt.axpy(part + h * dh, P[(b * H + h) * keys + p], v + h / group * dh, dh);
         }

@@ -820,7 +820,7 @@ void Model::forward(KVCache* cache, const int32_t* tokens, int64_t batch, int64_
     start_tape(*tape, plan, cache != nullptr, span, mode, batch, n_tokens);
     tape->row_start = bounds.start, tape->row_end = bounds.end;
   }
-  if (cache) cache->reserve(past + n_tokens);
+  if (cache) cache->make_room(past + n_tokens);
 
   const int64_t D = cfg_.d_model, Da = cfg_.d_attn();
   sized(ws_.x, {BT, D});

@@ -5,6 +5,7 @@
 #include <new>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "runtime/checked.hpp"
 
@@ -46,9 +47,19 @@ void KVCache::reserve(int64_t positions) {
   check_fits_context(positions, n_ctx_);
   if (positions <= capacity_) return;
   const int64_t cap = std::min(n_ctx_, std::max(positions, std::max<int64_t>(16, 2 * capacity_)));
-  k_ = relaid(k_, capacity_, cap);
-  v_ = relaid(v_, capacity_, cap);
+  Buffer k = relaid(k_, capacity_, cap), v = relaid(v_, capacity_, cap);  // both, before either is kept
+  k_ = std::move(k), v_ = std::move(v);
   capacity_ = cap;
+}
+
+void KVCache::make_room(int64_t positions) {
+  check_fits_context(positions, n_ctx_);
+  if (positions <= capacity_) return;
+  try {
+    reserve(positions + std::min(positions, n_ctx_ - positions));
+  } catch (const std::exception&) {  // SizeOverflow or bad_alloc: the room alone may still fit
+    reserve(positions);
+  }
 }
 
 KVCache KVCache::fork() const {

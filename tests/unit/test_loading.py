@@ -277,6 +277,29 @@ def test_kv_cache_reserve(ckpt):
         cache.reserve(model.cfg.n_ctx + 1)
 
 
+def test_a_forward_leaves_room_to_decode(ckpt):
+    """A forward that must grow its cache takes room for twice the positions (up
+    to n_ctx; it costs no memory until written), so the decoding steps after a
+    prompt do not copy the cache; an explicit reserve() grows as before."""
+    model = tm.load(ckpt)
+    n_ctx = model.cfg.n_ctx  # 64
+    tokens = np.random.default_rng(2).integers(0, model.cfg.d_vocab, (1, n_ctx))
+    full = model(tokens)
+    cache = model.new_cache()
+    model.forward(tokens[:, :20], cache=cache, logits="none")
+    assert cache.capacity == 40
+    steps = [model.forward(tokens[:, t:t + 1], cache=cache, logits="last") for t in range(20, 40)]
+    assert cache.capacity == 40
+    np.testing.assert_allclose(np.stack(steps, axis=1), full[:, 20:40], atol=1e-5)
+    model.forward(tokens[:, 40:41], cache=cache, logits="last")
+    assert cache.capacity == n_ctx  # twice 41 is past the context
+    cache = model.new_cache()
+    model.forward(tokens[:, :5], cache=cache, logits="none")
+    assert cache.capacity == 16  # the smallest growth
+    cache.reserve(17)
+    assert cache.capacity == 32  # reserve grows as before: at least double
+
+
 def test_tokens_roundtrip(ckpt, tmp_path):
     d = copy_ckpt(ckpt, tmp_path / "m")
     save_tokenizer(d, SHAPES["tiny"]["vocab_size"])

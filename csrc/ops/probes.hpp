@@ -19,10 +19,11 @@ double bf16_dot_peak_gflops(double seconds);
 double read_bandwidth_gbs(int64_t bytes, int repeats);
 
 // The ways to read the buffer, each reading every byte once:
-// - one_stream: each thread's contiguous share as one dot product. It
+// - one_stream: each thread's contiguous share read as one stream. It
 //   under-reads on some CPUs (AMD Zen 3 here: 26-37 GB/s where stretches read
-//   34-60 from one minute to the next, 1.3-1.6x more in the same minute), whose prefetchers need several
-//   streams in flight in different pages to fill the memory pipeline;
+//   34-60 from one minute to the next, 1.3-1.6x more in the same minute),
+//   whose prefetchers need several streams in flight in different pages to
+//   fill the memory pipeline;
 // - stretches_S (S = 2, 4, 6, 8): each thread's share as S stretches read
 //   side by side (KernelTable::read_stretches);
 // - matvec: the 1-row matmul itself (the decode's own read).

@@ -163,6 +163,10 @@ def version(package: str) -> str:
         return "not installed"
 
 
+# Variables that hold numpy's or torch's kernels to an instruction set, when set.
+REFERENCE_ISA_VARS = ("OPENBLAS_CORETYPE", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+
+
 def machine_description(threads: int) -> list:
     """Lines describing the machine and software a run measured."""
     import tinymech as tm
@@ -180,9 +184,13 @@ def machine_description(threads: int) -> list:
     if "torch" in sys.modules:
         torch_threads = f", torch {sys.modules['torch'].get_num_threads()}"
     versions = ", ".join(f"{p} {version(p)}" for p in ("numpy", "torch", "transformers", "transformer_lens", "sae_lens"))
-    return [
+    lines = [
         f"CPU: {cpu_model()} ({cores}); {platform.system()} {platform.release()}",
         f"threads used: {threads} (tinymech {tm.get_num_threads()}{torch_threads}); "
         f"tinymech {tm.__version__}, kernels {tm._core.kernels.variant()}",
         f"python {platform.python_version()}, {versions}",
     ]
+    held = [f"{name}={os.environ[name]}" for name in REFERENCE_ISA_VARS if os.environ.get(name)]
+    if held:
+        lines.append("references' kernels held by " + ", ".join(held))
+    return lines

@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from report import row
-from timing import bench_parser, best_time, paired_times
+from timing import bench_parser, best_time, beyond_caches_bytes, paired_times
 
 SHAPES = [(512, 768, 2304), (512, 768, 3072), (512, 3072, 768), (512, 768, 768), (512, 768, 50257)]
 
@@ -98,13 +98,15 @@ def _roofline_rows(repeats: int) -> list:
                         + spread, peak_share=share))
     rows += _bf16_rows(kernels, problems, repeats)
 
-    big = rng.standard_normal(64 * 1024 * 1024 // 4 * 8, dtype=np.float32)  # 256 MB, far beyond caches
+    size = beyond_caches_bytes()  # the matmul's matrix and the probes' buffer alike
+    big = np.empty(size // 4 // 4096 * 4096, dtype=np.float32)
+    big[:] = 1.0 / 3  # (any value: the time is the reading)
     mat = big.reshape(-1, 4096)
     vec = rng.standard_normal((1, mat.shape[0]), dtype=np.float32)
     ours = mat.nbytes / best_time(lambda: kernels.matmul(vec, mat, None, False), repeats) / 1e9
     note = ""
     if hasattr(kernels, "read_bandwidth_probes"):
-        probes = kernels.read_bandwidth_probes()
+        probes = kernels.read_bandwidth_probes(mat.nbytes)
         ref, ref_name = max(probes.values()), "native read probe, best way"
         note = "probes (GB/s): " + ", ".join(f"{way} {gbs:.1f}" for way, gbs in probes.items())
     else:

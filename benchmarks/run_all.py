@@ -4,7 +4,11 @@ the machine.
 
     python benchmarks/run_all.py [--threads N] [--layers 12] [--repeats 3]
                                  [--only forward,hooks,...] [--markdown] [--write PATH]
-                                 [--train-tokens N] [--variants avx512,avx2]
+                                 [--train-tokens N] [--variants avx512,avx2] [--kernels avx2]
+
+--kernels avx2 runs tinymech on its AVX2 kernels throughout (on a CPU with
+AVX-512) and holds numpy's and torch's kernels to AVX2 as well, so every ratio
+compares AVX2 with AVX2 (docs/benchmarks-avx2.md).
 
 --write PATH also writes the Markdown report to PATH (the project keeps its
 latest in docs/benchmarks.md: python benchmarks/run_all.py --write docs/benchmarks.md).
@@ -46,6 +50,10 @@ import warnings
 BENCHMARKS = ("forward", "bf16", "gradients", "hooks", "tlbridge", "analysis", "sae", "sae_training", "dashboards", "roofline", "load", "rss", "length", "threads", "llamacpp", "smollm2")
 NEEDS_GPT2 = {"forward", "bf16", "gradients", "hooks", "tlbridge", "analysis", "load", "rss", "length", "threads", "llamacpp"}
 TITLES = {"llamacpp": "llama.cpp", "smollm2": "SmolLM2", "tlbridge": "TL 4.x bridge"}
+# What holds the references to AVX2, read when their libraries load: numpy's
+# OpenBLAS, torch's MKL, its own kernels and oneDNN.
+AVX2_REFERENCES = {"OPENBLAS_CORETYPE": "Haswell", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2",
+                   "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
 def parse_args(argv=None):
@@ -58,6 +66,9 @@ def parse_args(argv=None):
     parser.add_argument("--train-tokens", type=int, metavar="N",
                         help="sae_training: training tokens per model (default: its quick budget)")
     parser.add_argument("--variants", help="roofline: comma-separated kernel variants (default: the core's pick, and avx2)")
+    parser.add_argument("--kernels", metavar="VARIANT",
+                        help="run tinymech on this kernel variant throughout; with avx2, numpy's and torch's "
+                             "kernels are held to AVX2 too (" + ", ".join(f"{k}={v}" for k, v in AVX2_REFERENCES.items()) + ")")
     parser.add_argument("--write", metavar="PATH", help="also write the Markdown report to PATH (e.g. docs/benchmarks.md)")
     args = parser.parse_args(argv)
     args.only = [name.strip() for name in args.only.split(",") if name.strip()]
@@ -159,14 +170,29 @@ def active_variant() -> str:
     return tm.kernel_variant()
 
 
+def hold_references_to_avx2() -> None:
+    """Sets AVX2_REFERENCES in the environment, before numpy or torch loads (they read it then)."""
+    loaded = [name for name in ("numpy", "torch") if name in sys.modules]
+    if loaded:
+        raise SystemExit(f"--kernels avx2: {' and '.join(loaded)} already loaded, so its kernels cannot be held to AVX2")
+    os.environ.update(AVX2_REFERENCES)
+
+
 def main(argv=None):
     args = parse_args(argv)
     warnings.simplefilter("ignore")
+    if args.kernels == "avx2":
+        hold_references_to_avx2()
     import torch
     import transformers
 
     import tinymech as tm
 
+    if args.kernels:
+        if args.kernels not in tm.kernel_variants():
+            raise SystemExit(f"--kernels {args.kernels}: this CPU runs {', '.join(tm.kernel_variants())}")
+        tm.set_kernel_variant(args.kernels)
+        args.variants = args.variants or [args.kernels]
     transformers.utils.logging.disable_progress_bar()  # keep stderr to run_all's own progress lines
     torch.set_num_threads(args.threads)
     tm.set_num_threads(args.threads)

@@ -99,6 +99,27 @@ def best_measured(measure, repeats: int = 3) -> float:
     return min(measure() for _ in range(max(1, repeats)))
 
 
+def last_level_cache_bytes(caches=Path("/sys/devices/system/cpu/cpu0/cache")) -> int:
+    """The largest cache of CPU 0 (Linux's sysfs), 0 where unknown."""
+    sizes = []
+    for index in Path(caches).glob("index*"):
+        try:
+            text = (index / "size").read_text().strip()
+        except OSError:
+            continue
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        digits = text.rstrip("KMG")
+        if digits.isdigit():
+            sizes.append(int(digits) * scale)
+    return max(sizes, default=0)
+
+
+def beyond_caches_bytes(at_least: int = 256 << 20) -> int:
+    """A buffer size that reads from memory, not cache: at_least, or four times the
+    last-level cache where that is larger (a VM may share a server's 300 MiB L3)."""
+    return max(at_least, 4 * last_level_cache_bytes())
+
+
 def random_tokens(vocab_size: int, n: int, seed: int = 0, batch: int = 1) -> np.ndarray:
     """[batch, n] token ids, the same for the same seed."""
     return np.random.default_rng(seed).integers(0, vocab_size, (batch, n))

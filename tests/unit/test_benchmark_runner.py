@@ -73,3 +73,36 @@ def test_the_table_has_a_kernels_column_only_where_a_row_names_its_variant(run_a
     text = format_table(tagged).splitlines()
     assert text[0].split() == ["task", "tinymech", "reference", "ratio", "target", "met", "kernels", "note"]
     assert text[2].endswith("avx2  91% of avx2 FMA peak")  # the note stays left-aligned, last
+
+
+def test_kernels_avx2_holds_the_references_to_avx2_before_they_load(run_all, monkeypatch):
+    """--kernels avx2 sets what holds numpy's and torch's kernels to AVX2, and refuses
+    once either has loaded (its kernels were picked then); the report names what held them."""
+    import report
+
+    with pytest.raises(SystemExit, match="numpy .*already loaded"):
+        run_all.main(["--kernels", "avx2", "--only", "load"])  # numpy is loaded in this process
+    env = {}
+    monkeypatch.setattr(run_all.os, "environ", env)
+    for name in ("numpy", "torch"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    run_all.hold_references_to_avx2()
+    assert env == {"OPENBLAS_CORETYPE": "Haswell", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+                   "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    lines = report.machine_description(1)  # (report's os is the same module)
+    assert lines[-1] == ("references' kernels held by OPENBLAS_CORETYPE=Haswell, MKL_ENABLE_INSTRUCTIONS=AVX2, "
+                         "ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2")
+
+
+def test_memory_probes_read_beyond_the_last_level_cache(run_all, tmp_path):
+    """A VM may see its host's 300 MiB L3: a 256 MiB probe read it from cache."""
+    from timing import beyond_caches_bytes, last_level_cache_bytes
+
+    for index, size in enumerate(["48K", "2048K", "300M", "junk"]):
+        (tmp_path / f"index{index}").mkdir()
+        (tmp_path / f"index{index}" / "size").write_text(size + "\n")
+    (tmp_path / "index4").mkdir()  # no size file
+    assert last_level_cache_bytes(tmp_path) == 300 << 20
+    assert last_level_cache_bytes(tmp_path / "none") == 0
+    assert beyond_caches_bytes() >= 256 << 20
+    assert beyond_caches_bytes(1 << 40) == 1 << 40

@@ -8,8 +8,6 @@
 //   an MR x NR register-tiled micro-kernel sweeps all rows over each panel;
 //   in float32, or with bfloat16 weights on a CPU with AVX512-BF16, in
 //   bfloat16 pairs (A rounded to bfloat16, products summed in float32).
-#include <type_traits>
-
 #include "kernels/variant.hpp"
 
 namespace tmech {
@@ -72,6 +70,7 @@ void round_row_pairs(const float* src, int64_t kc, uint32_t* dst) {
 // vdpbf16ps per vector: twice the multiply-adds of an FMA).
 struct F32Steps {
   using Elem = float;
+  static constexpr bool kCopiesA = true;  // a_tile copies A's rows (worth fetching ahead)
   static int64_t count(int64_t kc) { return kc; }
   static vf load_b(const float* p) { return vload(p); }
   static vf bcast_a(float x) { return vset1(x); }
@@ -128,6 +127,7 @@ struct F32Steps {
 struct Bf16PairSteps {
   static_assert(NV == 2, "pack_b writes two vectors per pair step");
   using Elem = uint32_t;
+  static constexpr bool kCopiesA = false;
   static int64_t count(int64_t kc) { return (kc + 1) / 2; }
   static __m512bh load_b(const uint32_t* p) { return (__m512bh)_mm512_loadu_si512(p); }
   static __m512bh bcast_a(uint32_t pair) { return (__m512bh)_mm512_set1_epi32(static_cast<int>(pair)); }
@@ -337,7 +337,7 @@ void packed_column_block(const MatmulArgs& a, const W* Bw, int64_t n0, int64_t n
       const E* A = S::a_tile(a, m0, rows, k0, kc, a_buf, &lda);
       LinePrefetch next_a;  // the next tile's rows of A, a slice per panel, where S copies them
       int64_t a_per_panel = 0;
-      if constexpr (kPrefetchNext && std::is_same_v<S, F32Steps>)
+      if constexpr (kPrefetchNext && S::kCopiesA)
         if (m0 + MR < a.M) {
           const int64_t next_rows = a.M - m0 - MR < MR ? a.M - m0 - MR : MR;
           const int64_t panels = (n1 - n0 + NR - 1) / NR;

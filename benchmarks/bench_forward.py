@@ -47,8 +47,9 @@ def bandwidth_row(id: str, task: str, seconds_per_token, bytes_per_token: int, r
     reading about as many bytes right after it, timed as the run is (all its
     passes' bytes over their time: the best of many short passes reads high
     where the bandwidth drifts), and the pair with the median ratio is reported.
-    The probe reads a buffer as large as one token's weights, so a cache helps
-    both alike (a 256 MiB probe read 60 GB/s from a 300 MiB L3 where memory gave 36)."""
+    The probe reads a buffer as large as one token's weights (at least 64 MiB),
+    so a cache helps both alike (a 256 MiB probe read 60 GB/s from a 300 MiB L3
+    where memory gave 36)."""
     from tinymech import _core
 
     probe_bytes = max(64 << 20, bytes_per_token >> 20 << 20)

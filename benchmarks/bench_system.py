@@ -62,8 +62,9 @@ if pid:
     sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
 import numpy as np
 import tinymech as tm
-mode, path, n, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+mode, path, n, threads, variant = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 tm.set_num_threads(threads)
+tm.set_kernel_variant(variant)  # the parent's (run_all.py --kernels)
 if mode != "base":
     model = tm.load(path)
     tokens = np.random.default_rng(0).integers(0, model.cfg.d_vocab, (1, n))
@@ -84,7 +85,8 @@ def _peak_rss(mode: str, path, tokens: int, threads: int) -> int:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     # run in that folder: `python -c` puts its working directory first on sys.path, and from the
     # repository's root that is the source tree, which has no compiled core
-    out = subprocess.run([sys.executable, "-c", _PEAK_RSS_CHILD, mode, str(path), str(tokens), str(threads)],
+    args = [mode, str(path), str(tokens), str(threads), tinymech.kernel_variant()]
+    out = subprocess.run([sys.executable, "-c", _PEAK_RSS_CHILD, *args],
                          env=env, cwd=root, capture_output=True, text=True, check=True)
     return int(out.stdout.split()[-1])
 

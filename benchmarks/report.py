@@ -163,8 +163,11 @@ def version(package: str) -> str:
         return "not installed"
 
 
-# Variables that hold numpy's or torch's kernels to an instruction set, when set.
-REFERENCE_ISA_VARS = ("OPENBLAS_CORETYPE", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+# What holds the references to AVX2, read when their libraries load: numpy's
+# OpenBLAS (a DYNAMIC_ARCH build, as numpy's wheels are), torch's MKL (Intel
+# CPUs), its own kernels and oneDNN. The report names those set.
+AVX2_REFERENCES = {"OPENBLAS_CORETYPE": "Haswell", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2",
+                   "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
 def machine_description(threads: int) -> list:
@@ -190,7 +193,10 @@ def machine_description(threads: int) -> list:
         f"tinymech {tm.__version__}, kernels {tm._core.kernels.variant()}",
         f"python {platform.python_version()}, {versions}",
     ]
-    held = [f"{name}={os.environ[name]}" for name in REFERENCE_ISA_VARS if os.environ.get(name)]
+    held = [f"{name}={os.environ[name]}" for name in AVX2_REFERENCES if os.environ.get(name)]
     if held:
-        lines.append("references' kernels held by " + ", ".join(held))
+        took = ""  # what torch's own kernels run (the others do not say)
+        if "torch" in sys.modules:
+            took = f" (torch's CPU capability: {sys.modules['torch'].backends.cpu.get_cpu_capability()})"
+        lines.append("references' kernels held by " + ", ".join(held) + took)
     return lines

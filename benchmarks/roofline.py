@@ -75,7 +75,7 @@ def _roofline_rows(repeats: int) -> list:
     from tinymech import _core
 
     kernels = _core.kernels
-    # the native probes run on the core's thread pool, with their default sizes
+    # the native probes run on the core's thread pool; the FMA probe for its default time
     peak = kernels.fma_peak_gflops() if hasattr(kernels, "fma_peak_gflops") else None
     rng = np.random.default_rng(0)
     rows = []

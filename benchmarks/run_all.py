@@ -7,8 +7,8 @@ the machine.
                                  [--train-tokens N] [--variants avx512,avx2] [--kernels avx2]
 
 --kernels avx2 runs tinymech on its AVX2 kernels throughout (on a CPU with
-AVX-512) and holds numpy's and torch's kernels to AVX2 as well, so every ratio
-compares AVX2 with AVX2 (docs/benchmarks-avx2.md).
+AVX-512) and holds numpy's and torch's kernels to AVX2 as well, so their ratios
+compare AVX2 with AVX2 (llama.cpp picks its own: its rows are skipped then).
 
 --write PATH also writes the Markdown report to PATH (the project keeps its
 latest in docs/benchmarks.md: python benchmarks/run_all.py --write docs/benchmarks.md).
@@ -47,13 +47,11 @@ import time
 import traceback
 import warnings
 
+from report import AVX2_REFERENCES  # (report imports neither numpy nor torch at its top)
+
 BENCHMARKS = ("forward", "bf16", "gradients", "hooks", "tlbridge", "analysis", "sae", "sae_training", "dashboards", "roofline", "load", "rss", "length", "threads", "llamacpp", "smollm2")
 NEEDS_GPT2 = {"forward", "bf16", "gradients", "hooks", "tlbridge", "analysis", "load", "rss", "length", "threads", "llamacpp"}
 TITLES = {"llamacpp": "llama.cpp", "smollm2": "SmolLM2", "tlbridge": "TL 4.x bridge"}
-# What holds the references to AVX2, read when their libraries load: numpy's
-# OpenBLAS, torch's MKL, its own kernels and oneDNN.
-AVX2_REFERENCES = {"OPENBLAS_CORETYPE": "Haswell", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2",
-                   "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
 def parse_args(argv=None):
@@ -65,7 +63,8 @@ def parse_args(argv=None):
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     parser.add_argument("--train-tokens", type=int, metavar="N",
                         help="sae_training: training tokens per model (default: its quick budget)")
-    parser.add_argument("--variants", help="roofline: comma-separated kernel variants (default: the core's pick, and avx2)")
+    parser.add_argument("--variants", help="roofline: comma-separated kernel variants (default: the core's pick, "
+                                           "and avx2; with --kernels, that one)")
     parser.add_argument("--kernels", metavar="VARIANT",
                         help="run tinymech on this kernel variant throughout; with avx2, numpy's and torch's "
                              "kernels are held to AVX2 too (" + ", ".join(f"{k}={v}" for k, v in AVX2_REFERENCES.items()) + ")")
@@ -76,6 +75,10 @@ def parse_args(argv=None):
     unknown = [name for name in args.only if name not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+    if args.kernels:  # every benchmark runs on it, the roofline's rows too
+        if args.variants and args.variants != [args.kernels]:
+            parser.error(f"--kernels {args.kernels} runs every benchmark on {args.kernels}: --variants may only name it")
+        args.variants = [args.kernels]
     if args.write and not os.path.isdir(os.path.dirname(os.path.abspath(args.write))):
         parser.error(f"--write {args.write}: no such folder")  # now, not after the whole run
     return args
@@ -145,6 +148,8 @@ def run(args) -> tuple:
                     step(name, lambda: length_scaling_rows(model, reps))
                 elif name == "threads":
                     step(name, lambda: thread_scaling_rows(model, reps))
+                elif name == "llamacpp" and args.kernels:
+                    skipped.append((name, f"llama.cpp picks its own instruction set, not --kernels {args.kernels}"))
                 elif name == "llamacpp":
                     step(name, lambda: llamacpp_rows(hf, model, args.threads, repeats=reps,
                                                      forward_rows=by_name.get("forward")))
@@ -175,6 +180,10 @@ def hold_references_to_avx2() -> None:
     loaded = [name for name in ("numpy", "torch") if name in sys.modules]
     if loaded:
         raise SystemExit(f"--kernels avx2: {' and '.join(loaded)} already loaded, so its kernels cannot be held to AVX2")
+    clash = [f"{k}={os.environ[k]}" for k, v in AVX2_REFERENCES.items() if os.environ.get(k, v) != v]
+    if clash:
+        raise SystemExit(f"--kernels avx2 sets {', '.join(f'{k}={v}' for k, v in AVX2_REFERENCES.items())}; "
+                         f"this shell has {', '.join(clash)}")
     os.environ.update(AVX2_REFERENCES)
 
 
@@ -189,10 +198,10 @@ def main(argv=None):
     import tinymech as tm
 
     if args.kernels:
-        if args.kernels not in tm.kernel_variants():
-            raise SystemExit(f"--kernels {args.kernels}: this CPU runs {', '.join(tm.kernel_variants())}")
-        tm.set_kernel_variant(args.kernels)
-        args.variants = args.variants or [args.kernels]
+        try:
+            tm.set_kernel_variant(args.kernels)
+        except ValueError as e:
+            raise SystemExit(f"--kernels: {e}") from None
     transformers.utils.logging.disable_progress_bar()  # keep stderr to run_all's own progress lines
     torch.set_num_threads(args.threads)
     tm.set_num_threads(args.threads)

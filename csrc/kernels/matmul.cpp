@@ -27,10 +27,11 @@ constexpr int MR = VL >= 16 ? 12 : (VL >= 8 ? 6 : 4);  // rows per tile
 // KC = 384 / 512 / 768 and NC = 128 / 256 measured level or slower. It also
 // fetches the next tile's rows of A while the panels sweep (its copy had
 // waited on memory) and, packing B, the row 8 steps ahead (B's rows lie
-// kilobytes apart, beyond the hardware's stride prefetcher): 0.5-1 % and
-// 0-0.6 % faster (Emerald Rapids, 2 threads, alternating runs; packing B row
-// by row instead measured 1 % slower). AVX-512 keeps its plain loop and no
-// prefetch (no gain measured; fetching A ahead, 1 % slower).
+// kilobytes apart, beyond the hardware's stride prefetcher): each alone
+// 0.5-1 % and 0-0.6 % faster in alternating runs, both together 0.2-1.2 % in
+// alternating processes (Emerald Rapids, 2 threads; packing B row by row
+// instead measured 1 % slower). AVX-512 keeps its plain loop and no prefetch
+// (no gain measured; fetching A ahead, 1 % slower).
 constexpr int kKUnroll = VL == 8 ? 4 : 1;
 constexpr bool kPrefetchNext = VL == 8;
 static_assert(kMatmulNC % NR == 0, "NC must be a whole number of panels");
@@ -70,7 +71,7 @@ void round_row_pairs(const float* src, int64_t kc, uint32_t* dst) {
 // vdpbf16ps per vector: twice the multiply-adds of an FMA).
 struct F32Steps {
   using Elem = float;
-  static constexpr bool kCopiesA = true;  // a_tile copies A's rows (worth fetching ahead)
+  static constexpr bool kReadsFloatA = true;  // a_tile reads A's float32 rows (worth fetching ahead)
   static int64_t count(int64_t kc) { return kc; }
   static vf load_b(const float* p) { return vload(p); }
   static vf bcast_a(float x) { return vset1(x); }
@@ -127,7 +128,7 @@ struct F32Steps {
 struct Bf16PairSteps {
   static_assert(NV == 2, "pack_b writes two vectors per pair step");
   using Elem = uint32_t;
-  static constexpr bool kCopiesA = false;
+  static constexpr bool kReadsFloatA = false;  // mostly a.A_pairs, A rounded by the caller
   static int64_t count(int64_t kc) { return (kc + 1) / 2; }
   static __m512bh load_b(const uint32_t* p) { return (__m512bh)_mm512_loadu_si512(p); }
   static __m512bh bcast_a(uint32_t pair) { return (__m512bh)_mm512_set1_epi32(static_cast<int>(pair)); }
@@ -280,21 +281,22 @@ class LinePrefetch {
  public:
   LinePrefetch() = default;  // no lines
   explicit LinePrefetch(const PrefetchRegion& r)
-      : run_(static_cast<const char*>(r.base)),
+      : run_(reinterpret_cast<uintptr_t>(r.base)),
         runs_(r.base && r.run_bytes > 0 ? r.runs : 0),
         run_lines_((r.run_bytes + 63) / 64 + 1),  // +1: a run need not start a line
         stride_(r.stride) {}
   int64_t lines() const { return runs_ * run_lines_; }
-  // The next `count` lines. A prefetch never faults, even past the region's end.
+  // The next `count` lines. A prefetch never faults, even past the region's end
+  // (addresses are kept as integers: a pointer there would be undefined).
   void fetch(int64_t count) {
     for (; count > 0 && runs_ > 0; --count) {
-      __builtin_prefetch(run_ + line_ * 64, 0, 2);
-      if (++line_ == run_lines_) line_ = 0, run_ += stride_, --runs_;
+      __builtin_prefetch(reinterpret_cast<const void*>(run_ + static_cast<uintptr_t>(line_) * 64), 0, 2);
+      if (++line_ == run_lines_) line_ = 0, run_ += static_cast<uintptr_t>(stride_), --runs_;
     }
   }
 
  private:
-  const char* run_ = nullptr;                                 // the current run
+  uintptr_t run_ = 0;                                         // the current run's address
   int64_t runs_ = 0, run_lines_ = 0, stride_ = 0, line_ = 0;  // runs left; stride: bytes from run to run
 };
 
@@ -335,9 +337,9 @@ void packed_column_block(const MatmulArgs& a, const W* Bw, int64_t n0, int64_t n
       const int rows = static_cast<int>(a.M - m0 < MR ? a.M - m0 : MR);
       int64_t lda = 0;
       const E* A = S::a_tile(a, m0, rows, k0, kc, a_buf, &lda);
-      LinePrefetch next_a;  // the next tile's rows of A, a slice per panel, where S copies them
+      LinePrefetch next_a;  // the next tile's rows of A, a slice per panel, where a_tile reads them
       int64_t a_per_panel = 0;
-      if constexpr (kPrefetchNext && S::kCopiesA)
+      if constexpr (kPrefetchNext && S::kReadsFloatA)
         if (m0 + MR < a.M) {
           const int64_t next_rows = a.M - m0 - MR < MR ? a.M - m0 - MR : MR;
           const int64_t panels = (n1 - n0 + NR - 1) / NR;

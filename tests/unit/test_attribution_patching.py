@@ -117,9 +117,10 @@ def test_shapes_equal_activation_patchings_and_the_values_track_them(demo):
         theirs = analysis.patch_activations(demo, CLEAN, CORRUPTED, kind, answers=ANSWERS)
         assert ours.values.shape == theirs.values.shape and ours.axes == theirs.axes, kind
         # the same runs summed in other orders: a taped forward gives the same bits for any
-        # thread count, a plain one splits a few rows' matmuls over K (1.7e-5 apart on AVX-512)
-        assert ours.clean == pytest.approx(theirs.clean, rel=1e-5, abs=1e-5)
-        assert ours.corrupted == pytest.approx(theirs.corrupted, rel=1e-5, abs=1e-5)
+        # thread count, a plain one splits a few rows' matmuls over K by threads (1.7e-5
+        # apart on 2.88 with 2 threads on AVX-512)
+        assert ours.clean == pytest.approx(theirs.clean, rel=5e-5, abs=1e-5)
+        assert ours.corrupted == pytest.approx(theirs.corrupted, rel=5e-5, abs=1e-5)
         assert ours.pos_labels == theirs.pos_labels
         if ours.values.size > 4:
             assert np.corrcoef(ours.values.ravel(), theirs.values.ravel())[0, 1] > 0.9, kind

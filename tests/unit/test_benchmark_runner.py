@@ -76,22 +76,50 @@ def test_the_table_has_a_kernels_column_only_where_a_row_names_its_variant(run_a
 
 
 def test_kernels_avx2_holds_the_references_to_avx2_before_they_load(run_all, monkeypatch):
-    """--kernels avx2 sets what holds numpy's and torch's kernels to AVX2, and refuses
-    once either has loaded (its kernels were picked then); the report names what held them."""
+    """--kernels avx2 sets what holds numpy's and torch's kernels to AVX2, refuses once
+    either has loaded (its kernels were picked then) or where the shell set another value,
+    and the report names what held them; every benchmark, the roofline too, runs on it."""
     import report
 
-    with pytest.raises(SystemExit, match="numpy .*already loaded"):
-        run_all.main(["--kernels", "avx2", "--only", "load"])  # numpy is loaded in this process
     env = {}
-    monkeypatch.setattr(run_all.os, "environ", env)
-    for name in ("numpy", "torch"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.setattr(run_all.os, "environ", env)  # (report's os is the same module)
+    monkeypatch.setitem(sys.modules, "numpy", types.ModuleType("numpy"))
+    with pytest.raises(SystemExit, match="numpy already loaded"):
+        run_all.hold_references_to_avx2()
+    monkeypatch.delitem(sys.modules, "numpy")
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
+    env["MKL_ENABLE_INSTRUCTIONS"] = "AVX512"
+    with pytest.raises(SystemExit, match="this shell has MKL_ENABLE_INSTRUCTIONS=AVX512"):
+        run_all.hold_references_to_avx2()
+    assert env == {"MKL_ENABLE_INSTRUCTIONS": "AVX512"}
+    env.clear()
     run_all.hold_references_to_avx2()
     assert env == {"OPENBLAS_CORETYPE": "Haswell", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
                    "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
-    lines = report.machine_description(1)  # (report's os is the same module)
-    assert lines[-1] == ("references' kernels held by OPENBLAS_CORETYPE=Haswell, MKL_ENABLE_INSTRUCTIONS=AVX2, "
-                         "ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2")
+    assert report.machine_description(1)[-1] == (
+        "references' kernels held by OPENBLAS_CORETYPE=Haswell, MKL_ENABLE_INSTRUCTIONS=AVX2, "
+        "ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2")
+    assert run_all.parse_args(["--kernels", "avx2"]).variants == ["avx2"]
+    assert run_all.parse_args(["--kernels", "avx2", "--variants", "avx2"]).variants == ["avx2"]
+    with pytest.raises(SystemExit):
+        run_all.parse_args(["--kernels", "avx2", "--variants", "avx512,avx2"])
+
+
+def test_kernels_skips_llama_cpp_which_picks_its_own(run_all, monkeypatch):
+    import gpt2_small
+
+    monkeypatch.setattr(gpt2_small, "gpt2_small", lambda layers: _no_model())
+    rows, skipped, failed = run_all.run(run_all.parse_args(["--kernels", "scalar", "--only", "llamacpp"]))
+    assert rows == [] and failed == []
+    assert skipped == [("llamacpp", "llama.cpp picks its own instruction set, not --kernels scalar")]
+
+
+class _no_model:
+    def __enter__(self):
+        return None, None, None
+
+    def __exit__(self, *exc):
+        return False
 
 
 def test_memory_probes_read_beyond_the_last_level_cache(run_all, tmp_path):

@@ -179,7 +179,8 @@ def hold_references_to_avx2() -> None:
     """Sets AVX2_REFERENCES in the environment, before numpy or torch loads (they read it then)."""
     loaded = [name for name in ("numpy", "torch") if name in sys.modules]
     if loaded:
-        raise SystemExit(f"--kernels avx2: {' and '.join(loaded)} already loaded, so its kernels cannot be held to AVX2")
+        raise SystemExit(f"--kernels avx2: {' and '.join(loaded)} already loaded (kernels are picked at load), "
+                         "too late to hold them to AVX2")
     clash = [f"{k}={os.environ[k]}" for k, v in AVX2_REFERENCES.items() if os.environ.get(k, v) != v]
     if clash:
         raise SystemExit(f"--kernels avx2 sets {', '.join(f'{k}={v}' for k, v in AVX2_REFERENCES.items())}; "

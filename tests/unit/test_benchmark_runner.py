@@ -83,11 +83,11 @@ def test_kernels_avx2_holds_the_references_to_avx2_before_they_load(run_all, mon
 
     env = {}
     monkeypatch.setattr(run_all.os, "environ", env)  # (report's os is the same module)
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
     monkeypatch.setitem(sys.modules, "numpy", types.ModuleType("numpy"))
     with pytest.raises(SystemExit, match="numpy already loaded"):
         run_all.hold_references_to_avx2()
     monkeypatch.delitem(sys.modules, "numpy")
-    monkeypatch.delitem(sys.modules, "torch", raising=False)
     env["MKL_ENABLE_INSTRUCTIONS"] = "AVX512"
     with pytest.raises(SystemExit, match="this shell has MKL_ENABLE_INSTRUCTIONS=AVX512"):
         run_all.hold_references_to_avx2()

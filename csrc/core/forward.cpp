@@ -322,6 +322,8 @@ struct Pass {
   // summed as the per-head path sums them; each block's share of z is summed
   // in position order and the blocks in block order, whatever the threads.
   static constexpr int64_t kDecodeKeys = 64;
+  // A decoding step of layer l: one new position against the cache, nothing taped.
+  bool decoding(int64_t l) const { return cache && T == 1 && !taping(l); }
   // The keys [first, last) that lie in block `block` of kDecodeKeys positions.
   static std::pair<int64_t, int64_t> block_keys(std::pair<int64_t, int64_t> keys, int64_t block) {
     return {std::max(keys.first, block * kDecodeKeys), std::min(keys.second, (block + 1) * kDecodeKeys)};
@@ -403,7 +405,7 @@ struct Pass {
       Tape::keep(lt->softmax, S, B * H * T * keys);
     hook(HookKind::pattern, l, scores(S, keys));
     if (LayerTape* lt = taping(l)) Tape::keep(lt->pattern, S, B * H * T * keys), lt->causal = causal;
-    if (cache && T == 1 && !taping(l)) {  // as attend_decode sums it
+    if (decoding(l)) {  // as attend_decode sums it
       decode_weighted_sum(l, S, [&](int64_t b) {
         return causal ? std::pair<int64_t, int64_t>{first_key(b, keys), keys} : std::pair<int64_t, int64_t>{0, keys};
       });
@@ -499,7 +501,7 @@ struct Pass {
     if (bf16_attention()) round_keys_values(l);
     if (active(HookKind::attn_scores, l) || active(HookKind::pattern, l))
       attend_phased(l);
-    else if (cache && T == 1 && !taping(l))
+    else if (decoding(l))
       attend_decode(l);
     else
       attend_fused(l);

@@ -306,6 +306,20 @@ struct CallerPrefetch {
   int64_t per_tile = 0;
 };
 
+// Rows of the next tile when `left` rows remain: MR, except that MR + t
+// rows, t < kMinTileRows, go as two near-equal tiles. A tile of fewer rows
+// holds too few independent sums to hide the FMA's latency (4 cycles, 2 per
+// cycle: 8 sums): on AVX2, 6 + 2 rows take a 6-row tile's time plus twice a
+// 2-row tile's share, 4 + 4 about the 8 rows' share. Measured 1.5-4 % faster
+// on 13-38-row matmuls with both variants (Zen 5, one thread, alternating
+// processes), level on 512 rows and on a whole prefill.
+constexpr int64_t kMinTileRows = MR >= 6 ? 4 : 1;
+int64_t tile_rows(int64_t left) {
+  if (left <= MR) return left;
+  const int64_t t = left - MR;
+  return t < kMinTileRows ? (left + 1) / 2 : MR;
+}
+
 // Scratch: the packed block of B, then the edge tile, then A's tile when S copies it.
 // One block of columns [n0, n1), summed over all of K while it is in cache.
 // Meanwhile the next block of B ([n1, n_end) holds the next columns) is
@@ -333,17 +347,17 @@ void packed_column_block(const MatmulArgs& a, const W* Bw, int64_t n0, int64_t n
                       : n1 < n_end  ? b_block(a, Bw, 0, first_kc, n1, next_n1)
                                     : PrefetchRegion{});
     const int64_t per_tile = (next.lines() + tiles - 1) / tiles;
-    for (int64_t m0 = 0; m0 < a.M; m0 += MR) {
-      const int rows = static_cast<int>(a.M - m0 < MR ? a.M - m0 : MR);
+    for (int64_t m0 = 0, rows = 0; m0 < a.M; m0 += rows) {
+      rows = tile_rows(a.M - m0);
       int64_t lda = 0;
-      const E* A = S::a_tile(a, m0, rows, k0, kc, a_buf, &lda);
+      const E* A = S::a_tile(a, m0, static_cast<int>(rows), k0, kc, a_buf, &lda);
       LinePrefetch next_a;  // the next tile's rows of A, a slice per panel, where a_tile reads them
       int64_t a_per_panel = 0;
       if constexpr (kPrefetchNext && S::kReadsFloatA)
-        if (m0 + MR < a.M) {
-          const int64_t next_rows = a.M - m0 - MR < MR ? a.M - m0 - MR : MR;
+        if (m0 + rows < a.M) {
+          const int64_t next_rows = tile_rows(a.M - m0 - rows);
           const int64_t panels = (n1 - n0 + NR - 1) / NR;
-          next_a = LinePrefetch({a.A + (m0 + MR) * a.lda + k0, next_rows, kc * 4, a.lda * 4});
+          next_a = LinePrefetch({a.A + (m0 + rows) * a.lda + k0, next_rows, kc * 4, a.lda * 4});
           a_per_panel = (next_a.lines() + panels - 1) / panels;
         }
       for (int64_t p0 = n0; p0 < n1; p0 += NR) {
@@ -357,9 +371,9 @@ void packed_column_block(const MatmulArgs& a, const W* Bw, int64_t n0, int64_t n
             __builtin_prefetch(C + NR + r * a.ldc + NR - 1, 1, 3);
           }
         if (n1 - p0 >= NR)
-          micro_rows<S, MR>(rows, A, lda, panel, steps, C, a.ldc, bias, init);
+          micro_rows<S, MR>(static_cast<int>(rows), A, lda, panel, steps, C, a.ldc, bias, init);
         else
-          edge_tile<S>(rows, n1 - p0, A, lda, panel, steps, C, a.ldc, bias, init, tile);
+          edge_tile<S>(static_cast<int>(rows), n1 - p0, A, lda, panel, steps, C, a.ldc, bias, init, tile);
         next.fetch(per_tile);
         caller.lines.fetch(caller.per_tile);
       }

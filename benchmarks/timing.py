@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cpus import size_bytes
+
 
 def _times(fn, repeats: int) -> list:
     fn()  # warm up: page in weights, size buffers
@@ -104,13 +106,9 @@ def last_level_cache_bytes(caches=Path("/sys/devices/system/cpu/cpu0/cache")) ->
     sizes = []
     for index in Path(caches).glob("index*"):
         try:
-            text = (index / "size").read_text().strip()
+            sizes.append(size_bytes((index / "size").read_text()) or 0)
         except OSError:
             continue
-        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
-        digits = text.rstrip("KMG")
-        if digits.isdigit():
-            sizes.append(int(digits) * scale)
     return max(sizes, default=0)
 
 

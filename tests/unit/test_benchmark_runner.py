@@ -134,3 +134,39 @@ def test_memory_probes_read_beyond_the_last_level_cache(run_all, tmp_path):
     assert last_level_cache_bytes(tmp_path / "none") == 0
     assert beyond_caches_bytes() >= 256 << 20
     assert beyond_caches_bytes(1 << 40) == 1 << 40
+
+
+def _cpuinfo(path, vendor, family, model, flags):
+    block = (f"processor\t: 0\nvendor_id\t: {vendor}\ncpu family\t: {family}\nmodel\t\t: {model}\n"
+             f"model name\t: AMD EPYC\nflags\t\t: {flags}\n")
+    path.write_text(block + "\n" + block.replace("processor\t: 0", "processor\t: 1"))
+    return path
+
+
+def test_the_report_tells_apart_cpus_that_share_a_model_name(run_all, tmp_path):
+    """VMs call Zen 3, Zen 4 and Zen 5 alike "AMD EPYC": the family and model name the
+    microarchitecture, with the SIMD extensions and the L2 and L3 sizes beside them."""
+    from cpus import cpu_identity
+
+    caches = tmp_path / "cache"
+    for index, (level, kind, size) in enumerate([(1, "Data", "48K"), (1, "Instruction", "32K"),
+                                                 (2, "Unified", "1024K"), (3, "Unified", "32768K")]):
+        (caches / f"index{index}").mkdir(parents=True)
+        for name, text in (("level", f"{level}\n"), ("type", f"{kind}\n"), ("size", f"{size}\n")):
+            (caches / f"index{index}" / name).write_text(text)
+    zen5 = _cpuinfo(tmp_path / "zen5", "AuthenticAMD", 26, 2, "fpu sse avx2 fma avx512f avx512_bf16 avx_vnni")
+    assert cpu_identity(zen5, caches) == (
+        "Zen 5: AMD family 26, model 2; avx2, fma, avx512f, avx512_bf16, avx_vnni; L2 1 MiB, L3 32 MiB")
+    zen3 = _cpuinfo(tmp_path / "zen3", "AuthenticAMD", 25, 1, "avx2 fma")
+    zen4 = _cpuinfo(tmp_path / "zen4", "AuthenticAMD", 25, 17, "avx2 fma avx512f avx512_bf16")
+    emr = _cpuinfo(tmp_path / "emr", "GenuineIntel", 6, 207, "avx2 fma avx512f avx512_bf16 amx_tile")
+    assert cpu_identity(zen3, tmp_path / "none") == "Zen 3: AMD family 25, model 1; avx2, fma"
+    assert cpu_identity(zen4, tmp_path / "none").startswith("Zen 4: AMD family 25, model 17; ")
+    assert cpu_identity(emr, tmp_path / "none").startswith("Emerald Rapids: Intel family 6, model 207; ")
+    # a CPU the tables do not name keeps its numbers; nothing known, nothing said
+    odd = _cpuinfo(tmp_path / "odd", "HygonGenuine", 24, 1, "avx2")
+    assert cpu_identity(odd, tmp_path / "none") == "HygonGenuine family 24, model 1; avx2"
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd sve\nCPU part\t: 0xd40\n")
+    assert cpu_identity(arm, tmp_path / "none") == "asimd, sve"
+    assert cpu_identity(tmp_path / "missing", tmp_path / "none") == ""

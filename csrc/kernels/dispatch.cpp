@@ -69,6 +69,15 @@ const KernelTable*& current() {
 
 const KernelTable& active() { return *current(); }
 
+#if TM_HAVE_AVX_VNNI
+bool use_avx_vnni = [] {
+  __builtin_cpu_init();  // this runs among the static initializers
+  return __builtin_cpu_supports("avxvnni") != 0;
+}();
+#else
+bool use_avx_vnni = false;
+#endif
+
 int available(const KernelTable** out, int capacity) { return supported_variants(out, capacity); }
 
 bool select(const char* name) {

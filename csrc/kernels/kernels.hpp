@@ -152,6 +152,11 @@ int available(const KernelTable** out, int capacity);
 // Select a variant by name ("scalar", "avx2", "avx512", "avx512_bf16", "neon"); false if
 // unknown or unsupported here. Used by tests to check every variant.
 bool select(const char* name);
+// Whether the int16 screen's AVX2 tile sums with AVX-VNNI's vpdpwssd (one
+// instruction for vpmaddwd + vpaddd, the same wrapping int32 sums): true where
+// the build and the CPU have it (Intel since Alder Lake and Sapphire Rapids,
+// AMD since Zen 5); tests turn it off to check the other tile too.
+extern bool use_avx_vnni;
 }  // namespace kernels
 
 }  // namespace tmech

@@ -146,7 +146,7 @@ def _cpuinfo(path, vendor, family, model, flags):
 def test_the_report_tells_apart_cpus_that_share_a_model_name(run_all, tmp_path):
     """VMs call Zen 3, Zen 4 and Zen 5 alike "AMD EPYC": the family and model name the
     microarchitecture, with the SIMD extensions and the L2 and L3 sizes beside them."""
-    from cpus import cpu_identity
+    from cpus import cpu_identity, microarchitecture
 
     caches = tmp_path / "cache"
     for index, (level, kind, size) in enumerate([(1, "Data", "48K"), (1, "Instruction", "32K"),
@@ -163,6 +163,10 @@ def test_the_report_tells_apart_cpus_that_share_a_model_name(run_all, tmp_path):
     assert cpu_identity(zen3, tmp_path / "none") == "Zen 3: AMD family 25, model 1; avx2, fma"
     assert cpu_identity(zen4, tmp_path / "none").startswith("Zen 4: AMD family 25, model 17; ")
     assert cpu_identity(emr, tmp_path / "none").startswith("Emerald Rapids: Intel family 6, model 207; ")
+    # families interleave generations (review: 0x17's models 0x50-0x5f are Zen, 0x1a's Zen 6)
+    assert [microarchitecture("AuthenticAMD", family, model) for family, model in
+            [(0x17, 0x18), (0x17, 0x31), (0x17, 0x50), (0x19, 0x61), (0x19, 0x90), (0x1A, 0x44), (0x1A, 0x50),
+             (0x1A, 0x30)]] == ["Zen / Zen+", "Zen 2", "Zen / Zen+", "Zen 4", "Zen 4", "Zen 5", "Zen 6", None]
     # a CPU the tables do not name keeps its numbers; nothing known, nothing said
     odd = _cpuinfo(tmp_path / "odd", "HygonGenuine", 24, 1, "avx2")
     assert cpu_identity(odd, tmp_path / "none") == "HygonGenuine family 24, model 1; avx2"

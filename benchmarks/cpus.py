@@ -1,10 +1,13 @@
-"""Which CPU a benchmark ran on, beyond its model name: a VM may call Zen 3, Zen 4
-and Zen 5 alike "AMD EPYC", and an Intel one just "Xeon Processor". cpu_identity()
-names the microarchitecture from the family and model in /proc/cpuinfo, lists
-the SIMD extensions the kernels choose by and gives the L2 and L3 sizes."""
+"""Which CPU a benchmark ran on: its model name and physical cores, and beyond the
+name (a VM may call Zen 3, Zen 4 and Zen 5 alike "AMD EPYC", and an Intel one just
+"Xeon Processor") cpu_identity(): the microarchitecture from the family and model in
+/proc/cpuinfo, the SIMD extensions the kernels choose by, the L2 and L3 sizes."""
 from __future__ import annotations
 
+import platform
 from pathlib import Path
+
+CPUINFO = Path("/proc/cpuinfo")
 
 # (family, first model, last model, name), as Linux's arch/x86/kernel/cpu/amd.c has them:
 # a family interleaves generations
@@ -31,6 +34,30 @@ INTEL = {
 }
 # the extensions the kernel variants and the benchmarks' references choose by, as /proc/cpuinfo names them
 SIMD = ["avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile", "asimd", "sve"]
+
+
+def processors(cpuinfo=CPUINFO) -> list[dict]:
+    """/proc/cpuinfo's blocks as {field: value} (none where it cannot be read)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return []
+    return [{k.strip(): v.strip() for k, sep, v in (line.partition(":") for line in block.splitlines()) if sep}
+            for block in text.split("\n\n") if block.strip()]
+
+
+def cpu_model(cpuinfo=CPUINFO) -> str:
+    for fields in processors(cpuinfo):  # ARM's "Hardware" follows the processors' blocks
+        for key, value in fields.items():
+            if key.lower() in ("model name", "hardware", "cpu model"):
+                return value
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def physical_cores(cpuinfo=CPUINFO) -> int | None:
+    """Distinct (physical id, core id) pairs in /proc/cpuinfo, None if unknown."""
+    cores = {(f.get("physical id"), f["core id"]) for f in processors(cpuinfo) if "core id" in f}
+    return len(cores) or None
 
 
 def microarchitecture(vendor: str, family: int, model: int) -> str | None:
@@ -67,14 +94,10 @@ def _binary(n: int) -> str:
     return f"{n >> 20} MiB" if n % (1 << 20) == 0 else f"{n >> 10} KiB"
 
 
-def cpu_identity(cpuinfo=Path("/proc/cpuinfo"), caches=Path("/sys/devices/system/cpu/cpu0/cache")) -> str:
+def cpu_identity(cpuinfo=CPUINFO, caches=Path("/sys/devices/system/cpu/cpu0/cache")) -> str:
     """"Zen 5: AMD family 26, model 2; avx2, fma, avx512f, avx512_bf16; L2 1 MiB, L3 32 MiB",
     what of it is known ('' where nothing is)."""
-    try:
-        first = Path(cpuinfo).read_text().split("\n\n")[0]
-    except OSError:
-        first = ""
-    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in first.splitlines())}
+    fields = (processors(cpuinfo) or [{}])[0]
     parts = []
     vendor = fields.get("vendor_id", "")
     try:

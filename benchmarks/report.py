@@ -22,7 +22,7 @@ import platform
 import sys
 from importlib import metadata
 
-from cpus import cpu_identity
+from cpus import cpu_identity, cpu_model, physical_cores
 
 
 class Skipped(Exception):
@@ -129,33 +129,6 @@ def format_table(rows, markdown: bool = False) -> str:
 
 
 # ---- the machine ----------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for text in f:
-                if text.lower().startswith(("model name", "hardware", "cpu model")):
-                    return text.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
-def physical_cores() -> int | None:
-    """Distinct (physical id, core id) pairs in /proc/cpuinfo, None if unknown."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            blocks = f.read().split("\n\n")
-    except OSError:
-        return None
-    cores = set()
-    for block in blocks:
-        fields = dict(line.split(":", 1) for line in block.splitlines() if ":" in line)
-        fields = {k.strip(): v.strip() for k, v in fields.items()}
-        if "core id" in fields:
-            cores.add((fields.get("physical id"), fields["core id"]))
-    return len(cores) or None
 
 
 def version(package: str) -> str:

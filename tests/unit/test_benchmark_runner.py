@@ -146,7 +146,7 @@ def _cpuinfo(path, vendor, family, model, flags):
 def test_the_report_tells_apart_cpus_that_share_a_model_name(run_all, tmp_path):
     """VMs call Zen 3, Zen 4 and Zen 5 alike "AMD EPYC": the family and model name the
     microarchitecture, with the SIMD extensions and the L2 and L3 sizes beside them."""
-    from cpus import cpu_identity, microarchitecture
+    from cpus import cpu_identity, cpu_model, microarchitecture, physical_cores
 
     caches = tmp_path / "cache"
     for index, (level, kind, size) in enumerate([(1, "Data", "48K"), (1, "Instruction", "32K"),
@@ -171,6 +171,12 @@ def test_the_report_tells_apart_cpus_that_share_a_model_name(run_all, tmp_path):
     odd = _cpuinfo(tmp_path / "odd", "HygonGenuine", 24, 1, "avx2")
     assert cpu_identity(odd, tmp_path / "none") == "HygonGenuine family 24, model 1; avx2"
     arm = tmp_path / "arm"
-    arm.write_text("processor\t: 0\nFeatures\t: fp asimd sve\nCPU part\t: 0xd40\n")
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd sve\nCPU part\t: 0xd40\n\nHardware\t: Graviton\n")
     assert cpu_identity(arm, tmp_path / "none") == "asimd, sve"
     assert cpu_identity(tmp_path / "missing", tmp_path / "none") == ""
+    # the model name and the physical cores come from the same parse
+    assert cpu_model(zen5) == "AMD EPYC" and cpu_model(arm) == "Graviton"
+    assert physical_cores(zen5) is None and physical_cores(tmp_path / "missing") is None
+    smt = tmp_path / "smt"
+    smt.write_text("".join(f"processor\t: {i}\nphysical id\t: 0\ncore id\t: {i // 2}\n\n" for i in range(4)))
+    assert physical_cores(smt) == 2

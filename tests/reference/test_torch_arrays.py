@@ -144,6 +144,27 @@ def test_odd_tensors_come_in(models, torch_on, tmp_path):
         sae.encode(acts.to("meta"))
 
 
+def test_an_sae_takes_assigned_tensors_and_parameters(models, torch_on, tmp_path):
+    model, _, _ = models
+    lens = lens_sae("topk", 60, 150, hook="blocks.1.hook_resid_pre", std=0.2, k=8)
+    sae = tm.SAE.load(save_lens(lens, tmp_path))
+    acts = model.run_with_cache(_tokens(2, 6))[1]["blocks.1.hook_resid_pre"]
+    with torch.no_grad():
+        lens.W_enc.mul_(torch.linspace(0.5, 2, 150))
+        lens.b_dec.add_(0.1)
+    sae.W_enc = lens.W_enc  # a Parameter that requires grad: its values
+    sae.b_dec = sae.b_dec + 0.1  # a tensor, as SAELens code computes one
+    with torch.no_grad():
+        assert _err(sae.encode(acts), lens.encode(acts)) < TOL
+        assert _err(sae(acts), lens(acts)) < TOL
+    assert isinstance(sae.W_enc, torch.Tensor) and not sae.W_enc.requires_grad
+    sae.W_dec = lens.W_dec.bfloat16()  # widened to float32
+    assert sae.W_dec.dtype == torch.float32
+    for odd in (torch.zeros(150, 60, device="meta"), torch.zeros(150, 60).to_sparse(), torch.zeros(150, 60) * 1j):
+        with pytest.raises(tm.SAEInputError):
+            sae.W_dec = odd
+
+
 def test_an_intervention_takes_a_tensor(models, torch_on):
     model, _, _ = models
     tokens, vector = _tokens(1, 3), torch.linspace(-1, 1, 60)

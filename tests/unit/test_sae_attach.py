@@ -206,6 +206,82 @@ def test_hooks_on_the_latents(model, sae):
     np.testing.assert_array_equal(same, model.generate(toks[:1, :3], max_new_tokens=2))
 
 
+# ---- replacing weights ------------------------------------------------------------------
+
+def _rows(seed=2, n=5):
+    return np.random.default_rng(seed).standard_normal((n, D)).astype(np.float32)
+
+
+def test_an_assigned_weight_is_the_one_computed_with(sae):
+    # regression: the core kept the arrays it was built with, so sae.W_enc = new changed nothing
+    x, rng = _rows(), np.random.default_rng(3)
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+        new = rng.standard_normal(getattr(sae, name).shape) * 0.2  # float64: stored as float32
+        setattr(sae, name, new)
+        assert getattr(sae, name).dtype == np.float32 and getattr(sae, name).flags.c_contiguous
+        fresh = SAE(sae.cfg, {k: getattr(sae, k) for k in ("W_enc", "b_enc", "W_dec", "b_dec")})
+        np.testing.assert_array_equal(sae.encode(x), fresh.encode(x))
+        np.testing.assert_array_equal(sae.forward(x), fresh.forward(x))
+    sae.b_enc[0] = 1e3  # edits in place of the assigned array still reach the core
+    assert (sae.encode(x)[:, 0] > 900).all()
+
+
+def test_an_attached_sae_runs_with_its_assigned_weights(model, sae):
+    toks = tokens()
+    model.add_sae(sae)
+    before = model(toks)
+    sae.W_dec = sae.W_dec * 0.5
+    after = model(toks)
+    assert rel_err(after, before) > 1e-3
+    np.testing.assert_array_equal(after, model.run_with_saes(toks, saes=[SAE(sae.cfg, {
+        k: getattr(sae, k) for k in ("W_enc", "b_enc", "W_dec", "b_dec")})]))
+
+
+def test_assigning_the_decoder_derives_again_what_comes_from_it(tmp_path):
+    # a TopK SAE that ranks by decoder norms, and a tied one whose W_enc is W_dec's transpose
+    path = write_sae(tmp_path / "topk", "topk", D, D_SAE, hook=HOOK, k=4, rescale_acts_by_decoder_norm=True)
+    ranked, x = SAE.load(path), _rows()
+    ranked.W_dec = ranked.W_dec * np.linspace(0.1, 10, D_SAE, dtype=np.float32)[:, None]
+    fresh = SAE(ranked.cfg, {k: getattr(ranked, k) for k in ("W_enc", "b_enc", "W_dec", "b_dec")})
+    np.testing.assert_array_equal(ranked.encode(x), fresh.encode(x))
+    gated = SAE.load(write_sae(tmp_path / "gated", "gated", D, D_SAE, hook=HOOK))
+    gated.r_mag = gated.r_mag + 1  # its magnitudes scale by exp(r_mag), computed once per core
+    names = ("W_enc", "b_enc", "W_dec", "b_dec", "r_mag", "b_mag")
+    np.testing.assert_array_equal(gated.encode(x), SAE(gated.cfg, {k: getattr(gated, k) for k in names}).encode(x))
+    with pytest.raises(tm.SAEInputError, match="no finite exp"):
+        gated.r_mag = np.full(D_SAE, 1e3)
+    tied = SAE.load(write_sae(tmp_path / "mp", "matching_pursuit", D, D_SAE, hook=HOOK))
+    tied.W_dec = tied.W_dec[::-1]
+    np.testing.assert_array_equal(tied.W_enc, tied.W_dec.T)
+    np.testing.assert_array_equal(tied.encode(x), SAE.load(tied.save(tmp_path / "saved")).encode(x))
+    with pytest.raises(tm.SAEInputError, match="assign W_dec instead"):
+        tied.W_enc = tied.W_enc
+    with pytest.raises(tm.SAEInputError, match="no encoder bias"):  # it would be ignored, and not saved
+        tied.b_enc = np.ones(D_SAE)
+
+
+def test_a_refused_weight_changes_nothing(sae):
+    x = _rows()
+    before, W_enc = sae.encode(x), sae.W_enc
+    class Unreadable:
+        def __array__(self, dtype=None, copy=None):
+            raise RuntimeError("no")
+
+    nan = np.ones((D_SAE, D))
+    nan[3, 4] = np.nan
+    for name, value, message in (("W_enc", np.zeros((D, D_SAE + 1)), "shape"), ("W_enc", [["a"]], "real numbers"),
+                                 ("W_dec", None, "cannot be removed"), ("threshold", np.ones(D_SAE), "has no"),
+                                 ("b_enc", np.zeros(D_SAE, complex), "real numbers"), ("b_dec", object(), ""),
+                                 ("W_dec", nan, "NaN or infinite"), ("b_dec", np.full(D, 1e300), "NaN or infinite"),
+                                 ("b_dec", Unreadable(), "cannot be read as an array")):
+        with pytest.raises(tm.SAEInputError, match=message):
+            setattr(sae, name, value)
+    assert sae.W_enc is W_enc and sae.threshold is None
+    np.testing.assert_array_equal(sae.encode(x), before)
+    sae.threshold = None  # absent stays absent
+    sae.W_skip = None
+
+
 def test_hostile_arguments(model, sae, tmp_path):
     with pytest.raises(tm.HookError, match="tinymech SAE objects"):
         model.add_sae("an sae")

@@ -196,6 +196,9 @@ class SAE:
     {feature: label} and label_details {feature: dict} from feature_labels.json,
     log_sparsity (log10 feature densities from sparsity.safetensors) or None,
     metrics (metrics.json's contents, as tm.train_sae writes it) or None.
+
+    The core computes with the weight arrays themselves: edits in place reach it, and
+    assigning one (sae.W_dec = array or tensor) rebuilds it around the new array.
     """
 
     def __init__(self, cfg: SAEConfig, weights: dict, path: str | None = None,
@@ -220,6 +223,58 @@ class SAE:
         self.metrics = None
         self.use_error_term = False  # SAELens's default for model.add_sae(sae)
         self._core = self._built_core(weights)
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in WEIGHTS and "_core" in self.__dict__:
+            self._replace_weight(name, value)
+        else:
+            super().__setattr__(name, value)
+
+    def _replace_weight(self, name: str, value) -> None:
+        """sae.W_enc = array (any of WEIGHTS): the core is rebuilt around the new array, so
+        encode, decode and attached SAEs use it (the core kept the old one otherwise), and
+        what it derives (decoder norms, exp(r_mag), a tied W_enc) is derived again; the
+        other arrays, extra_weights too, are read again. Checked first: a refused array
+        changes nothing."""
+        old = self.__dict__.get(name)
+        if value is None or old is None:
+            if value is None and old is None:
+                return
+            raise SAEInputError(f"a {self.cfg.architecture} SAE {'has no' if old is None else 'needs its'} {name}: "
+                                f"it cannot be {'added' if old is None else 'removed'}")
+        architecture = ARCHITECTURES[self.cfg.architecture]
+        tied = architecture.tied(self.cfg.options)
+        if tied and name == "W_enc":
+            raise SAEInputError("this SAE's W_enc is W_dec's transpose (tied weights): assign W_dec instead")
+        if name == "b_enc" and (tied or encoder_bias_name(architecture) is None):
+            raise SAEInputError(f"a {self.cfg.architecture} SAE has no encoder bias: its b_enc stays zeros")
+        try:
+            if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor or Parameter: its values
+                value = value.detach().cpu()
+                value = value.float() if str(value.dtype) == "torch.bfloat16" else value  # numpy has no bfloat16
+            array = np.asarray(value)
+            if array.dtype.kind not in "fiu":
+                raise SAEInputError(f"{name} must be real numbers, got dtype {array.dtype}")
+            if array.shape != old.shape:
+                raise SAEInputError(f"{name} must have shape {list(old.shape)} (this SAE's), got {list(array.shape)}")
+            with np.errstate(over="ignore"):  # too large for float32: refused just below
+                array = np.ascontiguousarray(array, dtype=np.float32)
+        except SAEInputError:
+            raise
+        except Exception as e:  # whatever an array-like raises when read (a meta tensor, a failing __array__)
+            raise SAEInputError(f"{name} cannot be read as an array of real numbers: {type(e).__name__}: {e}") from None
+        if not np.isfinite(array).all():
+            raise SAEInputError(f"{name} contains NaN or infinite values (as float32)")
+        replaced = {name: array}
+        if tied and name == "W_dec":
+            replaced["W_enc"] = np.ascontiguousarray(array.T)
+        weights = {**{k: self.__dict__.get(k) for k in WEIGHTS}, **self.extra_weights, **replaced}
+        try:
+            self._core = self._built_core({k: v for k, v in weights.items() if v is not None})
+        except SAELoadError as e:  # e.g. an r_mag whose exp overflows
+            raise SAEInputError(f"{name}: {e}") from None
+        for key, v in replaced.items():
+            super().__setattr__(key, v)
 
     def _built_core(self, weights: dict):
         try:

@@ -3,6 +3,7 @@ load_from_disk and from_pretrained's device=, pickling and copying of SAEs, mode
 and caches, and the SAEs a model keeps attached (add_sae, reset_saes, saes(), hooks
 on an attached SAE's points). Numbers against SAELens: tests/reference/test_hooked_sae_api.py."""
 import copy
+import dataclasses
 import pickle
 import warnings
 
@@ -258,6 +259,22 @@ def test_assigning_the_decoder_derives_again_what_comes_from_it(tmp_path):
         tied.W_enc = tied.W_enc
     with pytest.raises(tm.SAEInputError, match="no encoder bias"):  # it would be ignored, and not saved
         tied.b_enc = np.ones(D_SAE)
+
+
+def test_an_assigned_cfg_is_the_one_computed_with(tmp_path):
+    # regression: sae.cfg = dataclasses.replace(sae.cfg, k=8) kept encoding with k=4
+    topk, x = SAE.load(write_sae(tmp_path / "topk", "topk", D, D_SAE, hook=HOOK, k=4)), _rows()
+    assert ((topk.encode(x) > 0).sum(-1) == 4).all()
+    topk.cfg = dataclasses.replace(topk.cfg, k=8)
+    assert ((topk.encode(x) > 0).sum(-1) == 8).all() and topk.cfg.k == 8
+    before = topk.encode(x)
+    for cfg, message in ((dataclasses.replace(topk.cfg, d_in=D + 1), "do not fit"),
+                         (dataclasses.replace(topk.cfg, architecture="jumprelu"), "do not fit"),
+                         ({"k": 3}, "SAEConfig")):
+        with pytest.raises(tm.SAEInputError, match=message):
+            topk.cfg = cfg
+    assert topk.cfg.k == 8 and topk.cfg.d_in == D
+    np.testing.assert_array_equal(topk.encode(x), before)
 
 
 def test_a_refused_weight_changes_nothing(sae):

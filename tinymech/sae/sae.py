@@ -225,10 +225,33 @@ class SAE:
         self._core = self._built_core(weights)
 
     def __setattr__(self, name: str, value) -> None:
-        if name in WEIGHTS and "_core" in self.__dict__:
+        if "_core" not in self.__dict__:  # being built
+            super().__setattr__(name, value)
+        elif name in WEIGHTS:
             self._replace_weight(name, value)
+        elif name == "cfg":
+            self._replace_config(value)
         else:
             super().__setattr__(name, value)
+
+    def _weights_now(self, **replaced) -> dict:
+        """The arrays the core is built from: the weights, extra_weights, then `replaced`."""
+        weights = {**{k: self.__dict__.get(k) for k in WEIGHTS}, **self.extra_weights, **replaced}
+        return {k: v for k, v in weights.items() if v is not None}
+
+    def _replace_config(self, cfg) -> None:
+        """sae.cfg = dataclasses.replace(sae.cfg, k=32): the core is rebuilt with it (it kept
+        computing with the old one otherwise). A config the weights do not fit is refused, and
+        nothing changes."""
+        if not isinstance(cfg, SAEConfig):
+            raise SAEInputError(f"cfg must be an SAEConfig (dataclasses.replace(sae.cfg, ...)), got {type(cfg).__name__}")
+        old = self.cfg
+        super().__setattr__("cfg", cfg)  # _core_config reads it
+        try:
+            self._core = self._built_core(self._weights_now())
+        except (SAELoadError, KeyError, TypeError, ValueError) as e:  # KeyError: an unknown architecture
+            super().__setattr__("cfg", old)
+            raise SAEInputError(f"this SAE's weights do not fit the new cfg: {e}") from None
 
     def _replace_weight(self, name: str, value) -> None:
         """sae.W_enc = array (any of WEIGHTS): the core is rebuilt around the new array, so
@@ -268,9 +291,8 @@ class SAE:
         replaced = {name: array}
         if tied and name == "W_dec":
             replaced["W_enc"] = np.ascontiguousarray(array.T)
-        weights = {**{k: self.__dict__.get(k) for k in WEIGHTS}, **self.extra_weights, **replaced}
         try:
-            self._core = self._built_core({k: v for k, v in weights.items() if v is not None})
+            self._core = self._built_core(self._weights_now(**replaced))
         except SAELoadError as e:  # e.g. an r_mag whose exp overflows
             raise SAEInputError(f"{name}: {e}") from None
         for key, v in replaced.items():

@@ -48,6 +48,18 @@ class InvalidInputError(TinymechError, ValueError):
     wrong shape, a layer outside it, a loss asked for without tokens."""
 
 
+class ReadOnlyError(TinymechError, AttributeError):
+    """Assigning what a model's C++ core was built from: a weight (model.W_Q = ...,
+    model.blocks[0].attn.W_Q = ...) or its config (model.cfg = ...)."""
+
+
+def read_only_weight(name: str) -> ReadOnlyError:
+    return ReadOnlyError(
+        f"{name} cannot be assigned: a model's weights are for reading, and the C++ core computes with the "
+        "loaded ones (an assigned array would read back but never run); change what a run computes with hooks "
+        "(e.g. tm.zero_ablate, tm.scale on a hook point)")
+
+
 class HookError(TinymechError, ValueError):
     """An unknown hook name, a bad intervention, or a hook function that failed."""
 

@@ -32,7 +32,9 @@ from .errors import (
     ModelLoadError,
     NoTokenizerError,
     UnpicklableError,
+    ReadOnlyError,
     UnsupportedArchitectureError,
+    read_only_weight,
     true_or_false,
     whole_number,
 )
@@ -134,6 +136,9 @@ class per_layer:
             return self
         return LayerStack(self._name, model.cfg.n_layers, functools.partial(self._layer_weight, model))
 
+    def __set__(self, model, value):  # without it, model.W_Q = x would shadow the weight, unused
+        raise read_only_weight(f"model.{self._name}")
+
 
 class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
     @classmethod
@@ -203,6 +208,12 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         padding_side = None if self.tokenizer is None else self.tokenizer.padding_side  # set since load, perhaps
         return _reloaded, (*self._load_args, list(self._saes.values()), self._added_hooks,
                            self._modes["use_attn_result"], modes, padding_side)
+
+    def __setattr__(self, name: str, value) -> None:
+        if name == "cfg" and "cfg" in self.__dict__:  # the core was built from it: it would go on running the old
+            raise ReadOnlyError("model.cfg cannot be assigned: the C++ core was built from it and would go on "
+                                "running the old one; load the model again with the settings you want")
+        super().__setattr__(name, value)
 
     def __repr__(self):
         c = self.cfg

@@ -10,6 +10,7 @@ from typing import Iterator
 
 import numpy as np
 
+from .errors import read_only_weight
 from .factored_matrix import FactoredMatrix
 
 
@@ -101,12 +102,12 @@ class LayerWeight:
             raise AttributeError(f"this model's {type(module).__name__} has no {self.name}")
         return stack(module.layer)
 
+    def __set__(self, module, value):  # without it, an assignment would land on a throwaway module, unused
+        raise read_only_weight(f"{type(module).__name__}.{self.name}")
 
-class KeyValueOnce:
+
+class KeyValueOnce(LayerWeight):
     """_W_K, _W_V, _b_K, _b_V of grouped-query attention: each key/value head once, [n_key_value_heads, ...]."""
-
-    def __set_name__(self, owner, name: str):
-        self.name = name
 
     def __get__(self, module, owner=None):
         if module is None:

@@ -36,6 +36,24 @@ def test_module_tree_reads_the_models_weights(saved_gpt2):
     assert "W_Q" in repr(block.attn)
 
 
+def test_assigning_a_weight_is_refused_not_ignored(saved_gpt2, tmp_path):
+    # regression: model.W_Q = x read back as x while every run kept the loaded W_Q, and
+    # model.blocks[0].attn.W_Q = x landed on a throwaway module
+    model, _ = saved_gpt2("odd")
+    toks = np.array([[1, 2, 3]])
+    before, W_Q = model(toks), np.asarray(model.W_Q)
+    grouped = tm.load(write_llama(tmp_path, **LLAMA_SHAPES["gqa"]))
+    for target, name in ((model, "W_Q"), (model, "b_in"), (model.blocks[0].attn, "W_Q"),
+                         (model.blocks[1].mlp, "W_out"), (grouped.blocks[0].attn, "_W_K")):
+        with pytest.raises(tm.ReadOnlyError, match=f"{name} cannot be assigned.*hooks") as raised:
+            setattr(target, name, 0)
+        assert isinstance(raised.value, AttributeError)
+    with pytest.raises(tm.ReadOnlyError, match="load the model again"):
+        model.cfg = model.cfg  # the core would go on running the config it was built from
+    np.testing.assert_array_equal(model.W_Q, W_Q)
+    np.testing.assert_array_equal(model(toks), before)
+
+
 def test_folded_norms_have_no_parameters(saved_gpt2):
     _, path = saved_gpt2("odd")
     model = tm.load(path, fold_ln=True)

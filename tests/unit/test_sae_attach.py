@@ -268,13 +268,18 @@ def test_an_assigned_cfg_is_the_one_computed_with(tmp_path):
     topk.cfg = dataclasses.replace(topk.cfg, k=8)
     assert ((topk.encode(x) > 0).sum(-1) == 8).all() and topk.cfg.k == 8
     before = topk.encode(x)
-    for cfg, message in ((dataclasses.replace(topk.cfg, d_in=D + 1), "do not fit"),
-                         (dataclasses.replace(topk.cfg, architecture="jumprelu"), "do not fit"),
+    for cfg, message in ((dataclasses.replace(topk.cfg, d_in=D + 1), "cannot change d_in"),
+                         (dataclasses.replace(topk.cfg, architecture="jumprelu"), "cannot change architecture"),
+                         (dataclasses.replace(topk.cfg, hook_name="blocks.0.hook_resid_pre"), "cannot change hook_name"),
+                         (dataclasses.replace(topk.cfg, k=8.5), "cannot take"),  # pybind's RuntimeError, once
+                         (dataclasses.replace(topk.cfg, k=D_SAE + 1), "cannot take"),
+                         (dataclasses.replace(topk.cfg, normalize_activations=None), "cannot take"),
                          ({"k": 3}, "SAEConfig")):
         with pytest.raises(tm.SAEInputError, match=message):
             topk.cfg = cfg
-    assert topk.cfg.k == 8 and topk.cfg.d_in == D
+    assert topk.cfg.k == 8 and topk.cfg.d_in == D and topk.cfg.normalize_activations == "none"
     np.testing.assert_array_equal(topk.encode(x), before)
+    assert SAE.load(topk.save(tmp_path / "saved")).cfg.k == 8
 
 
 def test_a_refused_weight_changes_nothing(sae):

@@ -241,17 +241,28 @@ class SAE:
 
     def _replace_config(self, cfg) -> None:
         """sae.cfg = dataclasses.replace(sae.cfg, k=32): the core is rebuilt with it (it kept
-        computing with the old one otherwise). A config the weights do not fit is refused, and
-        nothing changes."""
+        computing with the old one otherwise). The config gets the checks a cfg.json gets; one
+        that moves the SAE (hook points), reshapes it or changes what its weights mean
+        (architecture, tied weights) is refused: load the SAE with it instead. A refused config
+        changes nothing."""
         if not isinstance(cfg, SAEConfig):
             raise SAEInputError(f"cfg must be an SAEConfig (dataclasses.replace(sae.cfg, ...)), got {type(cfg).__name__}")
         old = self.cfg
-        super().__setattr__("cfg", cfg)  # _core_config reads it
+        fixed = [f for f in ("architecture", "d_in", "d_sae", "d_out", "hook_name", "hook_name_out", "hook_head_index",
+                             "reshape_activations") if getattr(cfg, f) != getattr(old, f)]
+        if not fixed and ARCHITECTURES[old.architecture].tied(old.options) != ARCHITECTURES[
+                old.architecture].tied(cfg.options):
+            fixed = ["tied_weights"]
+        if fixed:
+            raise SAEInputError(f"a new cfg cannot change {', '.join(fixed)} (the SAE's weights and the hook points "
+                                f"it is attached at follow from them): load the SAE with them instead")
         try:
+            parse_config(config_json(cfg))  # the checks a cfg.json gets
+            super().__setattr__("cfg", cfg)  # _core_config reads it
             self._core = self._built_core(self._weights_now())
-        except (SAELoadError, KeyError, TypeError, ValueError) as e:  # KeyError: an unknown architecture
+        except Exception as e:  # whatever a field of the wrong type raises on the way
             super().__setattr__("cfg", old)
-            raise SAEInputError(f"this SAE's weights do not fit the new cfg: {e}") from None
+            raise SAEInputError(f"this SAE cannot take the new cfg: {e}") from None
 
     def _replace_weight(self, name: str, value) -> None:
         """sae.W_enc = array (any of WEIGHTS): the core is rebuilt around the new array, so

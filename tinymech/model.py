@@ -120,6 +120,19 @@ class LayerStack:
         return f"LayerStack({self.name}, shape={self.shape}, dtype={self.dtype})"
 
 
+def _read_only_views(tree):
+    """The weights (nested dicts and lists of arrays) as read-only views of the same memory."""
+    if isinstance(tree, dict):
+        return {k: _read_only_views(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_read_only_views(v) for v in tree]
+    if isinstance(tree, np.ndarray):
+        view = tree.view()
+        view.flags.writeable = False
+        return view
+    return tree
+
+
 class per_layer:
     """Turns a Model method `name(self, layer) -> array` into an attribute that
     reads as TransformerLens's stacked parameter: model.name is a LayerStack."""
@@ -164,6 +177,8 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         core_config, core_weights = cfg.core_dict(), weights
         if self.dtype == "bf16":
             core_config, core_weights = bf16_core(core_config, weights)
+            # the core runs bfloat16 copies: an edit in place of these would read back but never run
+            self._weights = weights = _read_only_views(weights)
         try:
             self._core = _core.Model(core_config, core_weights)
         except (ValueError, _core.SizeOverflow) as e:  # the core refuses the config's sizes or the weights' shapes

@@ -54,6 +54,23 @@ def test_assigning_a_weight_is_refused_not_ignored(saved_gpt2, tmp_path):
     np.testing.assert_array_equal(model(toks), before)
 
 
+def test_a_bf16_models_float32_weights_refuse_edits_in_place(saved_gpt2):
+    # regression: with folded norms the float32 arrays are writable copies, but a bf16 model
+    # runs its own bfloat16 copies, so an edit read back and never ran
+    _, path = saved_gpt2("odd")
+    toks = np.array([[1, 2, 3]])
+    bf16 = tm.load(path, fold_ln=True, dtype="bf16")
+    before = bf16(toks)
+    for edit in (lambda: bf16.blocks[0].attn.W_Q.__setitem__(..., 0), lambda: bf16.W_U.__setitem__(..., 0)):
+        with pytest.raises(ValueError, match="read-only"):
+            edit()
+    np.testing.assert_array_equal(bf16(toks), before)
+    f32 = tm.load(path, fold_ln=True)  # float32: the core computes with these very arrays
+    before = f32(toks)
+    f32.blocks[0].attn.W_Q[...] = 0
+    assert not np.allclose(f32(toks), before)
+
+
 def test_folded_norms_have_no_parameters(saved_gpt2):
     _, path = saved_gpt2("odd")
     model = tm.load(path, fold_ln=True)

@@ -133,6 +133,13 @@ def _read_only_views(tree):
     return tree
 
 
+def _made_up(array: np.ndarray) -> np.ndarray:
+    """An array made for reading (a missing bias's zeros, repeated key/value heads), read-only:
+    an edit in place would change nothing the model runs."""
+    array.flags.writeable = False
+    return array
+
+
 class per_layer:
     """Turns a Model method `name(self, layer) -> array` into an attribute that
     reads as TransformerLens's stacked parameter: model.name is a LayerStack."""
@@ -800,7 +807,7 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
     def _bias(self, layer: int, name: str, size: int) -> np.ndarray:
         """A layer's bias, zeros for architectures without it (as in TransformerLens)."""
         b = self._weights["layers"][layer][name]
-        return np.zeros(size, dtype=np.float32) if b is None else b
+        return _made_up(np.zeros(size, dtype=np.float32)) if b is None else b
 
     def _qkv_widths(self) -> tuple[int, int, int]:
         c = self.cfg
@@ -816,7 +823,7 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         start = sum(widths[:which])
         part = fused[..., start : start + widths[which]]
         heads = np.moveaxis(part.reshape(part.shape[:-1] + (-1, c.d_head)), -2, 0)
-        return heads if len(heads) == c.n_heads else np.repeat(heads, c.n_heads // len(heads), axis=0)
+        return heads if len(heads) == c.n_heads else _made_up(np.repeat(heads, c.n_heads // len(heads), axis=0))
 
     def _qkv_bias(self, layer: int, which: int) -> np.ndarray:
         return self._qkv_heads(self._bias(layer, "qkv_b", sum(self._qkv_widths())), which)
@@ -903,7 +910,7 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         """[d_vocab]; zeros when the model has no unembedding bias, as in TransformerLens
         (GPT-2 and Llama have none; fold_ln makes one of ln_final's bias)."""
         b = self._weights["unembed_b"]
-        return np.zeros(self.cfg.d_vocab_out, dtype=np.float32) if b is None else b
+        return _made_up(np.zeros(self.cfg.d_vocab_out, dtype=np.float32)) if b is None else b
 
     def _plan(self, hooks: Iterable[HookSpec], capture: Iterable[str] = (), record=False, recorders=None):
         specs = list(self._context_hooks) + [h for h, _ in self._added_hooks] + list(hooks)

@@ -54,7 +54,7 @@ def test_assigning_a_weight_is_refused_not_ignored(saved_gpt2, tmp_path):
     np.testing.assert_array_equal(model(toks), before)
 
 
-def test_a_bf16_models_float32_weights_refuse_edits_in_place(saved_gpt2):
+def test_weights_an_edit_would_not_reach_are_read_only(saved_gpt2, tmp_path):
     # regression: with folded norms the float32 arrays are writable copies, but a bf16 model
     # runs its own bfloat16 copies, so an edit read back and never ran
     _, path = saved_gpt2("odd")
@@ -65,6 +65,10 @@ def test_a_bf16_models_float32_weights_refuse_edits_in_place(saved_gpt2):
         with pytest.raises(ValueError, match="read-only"):
             edit()
     np.testing.assert_array_equal(bf16(toks), before)
+    gqa = tm.load(write_llama(tmp_path, **LLAMA_SHAPES["gqa"]), fold_ln=True)
+    for made_up in (gqa.blocks[0].attn.W_K, gqa.blocks[0].attn.b_Q, gqa.b_U):  # repeated heads, absent biases
+        with pytest.raises(ValueError, match="read-only"):
+            made_up[...] = 1
     f32 = tm.load(path, fold_ln=True)  # float32: the core computes with these very arrays
     before = f32(toks)
     f32.blocks[0].attn.W_Q[...] = 0

@@ -321,10 +321,9 @@ class SAE:
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        weights = {**{k: getattr(self, k) for k in WEIGHTS}, **self.__dict__.get("extra_weights", {})}
         self.__dict__.setdefault("extra_weights", {})
         self.__dict__.setdefault("d_head", None)
-        self._core = self._built_core({k: v for k, v in weights.items() if v is not None})
+        self._core = self._built_core(self._weights_now())
 
     def __reduce__(self):
         return _rebuilt, (self.__getstate__(),)

@@ -34,6 +34,7 @@ from .errors import (
     UnpicklableError,
     ReadOnlyError,
     UnsupportedArchitectureError,
+    read_only_attribute,
     read_only_weight,
     true_or_false,
     whole_number,
@@ -160,6 +161,14 @@ class per_layer:
         raise read_only_weight(f"model.{self._name}")
 
 
+# Model properties that read its state, not its weights: what to do instead of assigning one.
+_READ_FROM_STATE = {
+    "acts_to_saes": "attach SAEs with model.add_sae and detach them with model.reset_saes",
+    "context_hooks": "add hooks for a block of runs with `with model.hooks([...]):`",
+    "hook_dict": "add hooks with model.add_hook or run_with_hooks",
+}
+
+
 class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
     @classmethod
     def from_pretrained(cls, model_name=None, **kwargs) -> "Model":
@@ -235,6 +244,9 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         if name == "cfg" and "cfg" in self.__dict__:  # the core was built from it: it would go on running the old
             raise ReadOnlyError("model.cfg cannot be assigned: the C++ core was built from it and would go on "
                                 "running the old one; load the model again with the settings you want")
+        error = read_only_attribute(self, name, "model", _READ_FROM_STATE.get(name))
+        if error:  # a property without a setter (the weights W_U, W_E, ..., the module tree)
+            raise error
         super().__setattr__(name, value)
 
     def __repr__(self):

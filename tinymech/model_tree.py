@@ -10,7 +10,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .errors import read_only_weight
+from .errors import read_only_attribute, read_only_weight
 from .factored_matrix import FactoredMatrix
 
 
@@ -22,6 +22,12 @@ class Module:
     def __init__(self, model):
         self.model = model
         self.cfg = model.cfg
+
+    def __setattr__(self, name: str, value) -> None:
+        error = read_only_attribute(self, name, type(self).__name__)  # W_E, ln1.w, OV, ...: Python's would say "no setter"
+        if error:
+            raise error
+        super().__setattr__(name, value)
 
     def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, np.ndarray]]:
         """(name, array) for each of TransformerLens's parameters of this module, in its order."""

@@ -50,6 +50,17 @@ def test_assigning_a_weight_is_refused_not_ignored(saved_gpt2, tmp_path):
         assert isinstance(raised.value, AttributeError)
     with pytest.raises(tm.ReadOnlyError, match="load the model again"):
         model.cfg = model.cfg  # the core would go on running the config it was built from
+    # regression: properties without a setter raised Python's bare "has no setter"
+    for target, name in ((model, "W_U"), (model, "W_E"), (model, "W_pos"), (model, "b_U"), (model, "ln_final_w"),
+                         (model, "W_gate"), (model, "blocks"), (model, "OV"), (model.embed, "W_E"),
+                         (model.unembed, "b_U"), (model.blocks[0].ln1, "w"), (model.blocks[0].attn, "OV")):
+        with pytest.raises(tm.ReadOnlyError, match=f"{name} cannot be assigned.*hooks"):
+            setattr(target, name, 0)
+    for name, hint in (("acts_to_saes", "add_sae"), ("context_hooks", "model.hooks"), ("hook_dict", "add_hook")):
+        with pytest.raises(tm.ReadOnlyError, match=f"model.{name} cannot be assigned.*{hint}"):
+            setattr(model, name, {})
+    model.blocks[0].attn.note = "mine"  # other attributes are the caller's
+    model.note = "mine"
     np.testing.assert_array_equal(model.W_Q, W_Q)
     np.testing.assert_array_equal(model(toks), before)
 

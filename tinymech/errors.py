@@ -51,7 +51,8 @@ class InvalidInputError(TinymechError, ValueError):
 class ReadOnlyError(TinymechError, AttributeError):
     """Assigning what a model's C++ core was built from: a weight (model.W_Q = ...,
     model.blocks[0].attn.W_Q = ...) or its config (model.cfg = ...), or what a model
-    reads from its state (model.acts_to_saes, model.blocks)."""
+    reads from its state (model.acts_to_saes, model.blocks); a field of an SAE's
+    frozen config (sae.cfg.k = ...: assign sae.cfg a new config instead)."""
 
 
 def read_only_weight(name: str) -> ReadOnlyError:

@@ -19,10 +19,9 @@ from typing import Any
 import numpy as np
 
 from .. import _core
-from ..errors import ModelLoadError
+from ..errors import InvalidInputError, ModelLoadError, ReadOnlyError, SAELoadError, SAENotFoundError
 from ..io.files import read_json as read_json_file
 from ..io.safetensors import SafetensorsFile
-from ..errors import InvalidInputError, SAELoadError, SAENotFoundError
 from .architectures import ARCHITECTURES, DEFAULT, OLD_ACTIVATION_FNS
 
 CFG_FILE = "cfg.json"
@@ -125,6 +124,19 @@ class SAEConfig:
 
 
 CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(SAEConfig)) - {"metadata"}
+
+
+def _frozen(cfg: SAEConfig, name: str, value=None) -> None:
+    if name not in CONFIG_FIELDS:
+        raise ReadOnlyError(f"an SAE's config is frozen, and {name!r} is not one of its fields")
+    raise ReadOnlyError(f"an SAE's config is frozen: cfg.{name} cannot be changed in place; assign a new one, "
+                        f"sae.cfg = dataclasses.replace(sae.cfg, {name}=...), which the SAE is rebuilt with")
+
+
+# In place of dataclasses' FrozenInstanceError, which names no way out (a frozen
+# dataclass may not define these in its body).
+SAEConfig.__setattr__ = _frozen
+SAEConfig.__delattr__ = _frozen
 
 
 def read_json(path: Path, what: str):

@@ -26,7 +26,7 @@ def generate(
     seed: int | None = None,
     stop_at_eos: bool = True,
     on_token: Callable[[np.ndarray], bool | None] | None = None,
-    prepend_bos: bool | None = True,
+    prepend_bos: bool | None = None,
     hooks: Iterable[HookSpec] = (),
     *,
     do_sample: bool | None = None,

@@ -18,7 +18,8 @@ import numpy as np
 
 from . import _core
 from .arch.bf16 import bf16_core, canonical_dtype
-from .arch.config import Config
+from .arch.config import MODES as _MODES
+from .arch.config import CALL_TIME_FIELDS, Config, bound
 from .arch.families import config_from_hf, family_of, read_config
 from .arch.gguf import converted, read_gguf
 from .arch.processing import process_weights
@@ -182,7 +183,7 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
 
     def __init__(self, cfg: Config, weights: dict, tokenizer: Tokenizer | None, path: str | None = None,
                  dtype: str = "float32"):
-        self.cfg = cfg
+        self.cfg = cfg = bound(cfg, self)  # cfg.use_attn_result reads and sets this model's switch
         self.tokenizer = tokenizer
         if tokenizer is not None:  # TransformerLens sets it from default_padding_side too
             tokenizer.padding_side = cfg.default_padding_side
@@ -227,9 +228,9 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
 
     def __deepcopy__(self, memo):
         """As pickling, with the hook functions passed on as they are (a lambda copies too)."""
-        rebuild, (path, kwargs, saes, hooks, use_attn_result, modes, padding_side) = self._rebuilt_args()
+        rebuild, (path, kwargs, saes, hooks, use_attn_result, modes, padding_side, settings) = self._rebuilt_args()
         return rebuild(path, copy.deepcopy(kwargs, memo), copy.deepcopy(saes, memo), hooks, use_attn_result, modes,
-                       padding_side)
+                       padding_side, settings)
 
     def _rebuilt_args(self):
         if self._load_args is None:
@@ -237,8 +238,9 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
                                    "loaded again from there); this one was built from arrays in memory")
         modes = {mode: on for mode, on in self._modes.items() if mode != "use_attn_result"}
         padding_side = None if self.tokenizer is None else self.tokenizer.padding_side  # set since load, perhaps
+        settings = {name: getattr(self.cfg, name) for name in CALL_TIME_FIELDS}  # set since load, perhaps
         return _reloaded, (*self._load_args, list(self._saes.values()), self._added_hooks,
-                           self._modes["use_attn_result"], modes, padding_side)
+                           self._modes["use_attn_result"], modes, padding_side, settings)
 
     def __setattr__(self, name: str, value) -> None:
         if name == "cfg" and "cfg" in self.__dict__:  # the core was built from it: it would go on running the old
@@ -286,16 +288,17 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         """prepend_bos as TransformerLens reads it: None is the model's default (cfg.default_prepend_bos)."""
         return self.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
 
-    def to_tokens(self, text: str | Sequence[str], prepend_bos: bool | None = True,
+    def to_tokens(self, text: str | Sequence[str], prepend_bos: bool | None = None,
                   padding_side: str | None = None) -> np.ndarray:
-        """Token ids [batch, pos] (int64), BOS first unless prepend_bos=False. Texts of
+        """Token ids [batch, pos] (int64), BOS first unless prepend_bos=False (None, as in every
+        run: model.cfg.default_prepend_bos, True unless set otherwise). Texts of
         different lengths are padded with the tokenizer's pad token on padding_side
         ("left" or "right"; None: model.tokenizer.padding_side, cfg.default_padding_side
         at load), as TransformerLens's to_tokens pads them."""
         check_padding_side(padding_side)
         return self._need_tokenizer().to_tokens(text, prepend_bos=self._bos(prepend_bos), padding_side=padding_side)
 
-    def to_str_tokens(self, input, prepend_bos: bool = True, padding_side: str | None = None) -> list[str] | list[list[str]]:
+    def to_str_tokens(self, input, prepend_bos: bool | None = None, padding_side: str | None = None) -> list[str] | list[list[str]]:
         """One string per token of a text or of a 1-D token sequence; a list of texts gives
         one such list per text (unpadded, so padding_side changes nothing), as TransformerLens's."""
         check_padding_side(padding_side)
@@ -319,7 +322,7 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
             return [tok.decode(row, limit=self.cfg.d_vocab) for row in arr]
         return tok.decode(arr.reshape(-1), limit=self.cfg.d_vocab)
 
-    def tokens_of(self, input, prepend_bos: bool = True, padding_side: str | None = None,
+    def tokens_of(self, input, prepend_bos: bool | None = None, padding_side: str | None = None,
                   same_length: bool = False) -> np.ndarray:
         """Checked int32 tokens [batch, pos] from text, a list of texts (padded on
         padding_side: see to_tokens), or ids. same_length: texts of different lengths are
@@ -369,7 +372,7 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         input,
         cache: KVCache | None = None,
         logits: str = "all",
-        prepend_bos: bool = True,
+        prepend_bos: bool | None = None,
         hooks: Iterable[HookSpec] = (),
         start_at_layer: int | None = None,
         attention_mask=None,
@@ -455,7 +458,7 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
                                     "already: padding goes before a row's first real token")
         return counts
 
-    def __call__(self, input, return_type: str | None = "logits", prepend_bos: bool = True,
+    def __call__(self, input, return_type: str | None = "logits", prepend_bos: bool | None = None,
                  loss_per_token: bool = False, start_at_layer: int | None = None, stop_at_layer: int | None = None,
                  tokens=None, attention_mask=None, padding_side: str | None = None):
         """TransformerLens-style call: return_type 'logits', 'loss', 'both' or None.
@@ -562,7 +565,8 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         """Every hook point, in the order a forward pass reaches them."""
         return list(self._hook_names)
 
-    def run_with_cache(self, input, names_filter=None, return_type: str | None = "logits", prepend_bos: bool = True,
+    def run_with_cache(self, input, names_filter=None, return_type: str | None = "logits",
+                       prepend_bos: bool | None = None,
                        hooks: Iterable[HookSpec] = (), loss_per_token: bool = False,
                        start_at_layer: int | None = None, stop_at_layer: int | None = None, tokens=None,
                        remove_batch_dim: bool = False, pos_slice=None, attention_mask=None,
@@ -618,7 +622,8 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         return out, cache.remove_batch_dim() if remove_batch_dim else cache
 
     def run_with_hooks(self, input, fwd_hooks: Iterable[HookSpec] = (), return_type: str | None = "logits",
-                       prepend_bos: bool = True, loss_per_token: bool = False, start_at_layer: int | None = None,
+                       prepend_bos: bool | None = None, loss_per_token: bool = False,
+                       start_at_layer: int | None = None,
                        stop_at_layer: int | None = None, tokens=None, bwd_hooks=(), reset_hooks_end: bool = True,
                        attention_mask=None, padding_side: str | None = None, metric=None, grad_logits=None,
                        freeze=(), **_ignored):
@@ -937,7 +942,6 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
 
 
 RETURN_TYPES = ("logits", "loss", "both", None)
-_MODES = ("use_attn_result", "use_split_qkv_input", "use_attn_in", "use_hook_mlp_in")
 _EXCLUSIVE = {"use_split_qkv_input": "use_attn_in", "use_attn_in": "use_split_qkv_input"}
 
 
@@ -955,9 +959,12 @@ def _is_texts(input) -> bool:
 
 
 def _reloaded(path: str, kwargs: dict, saes: list, added_hooks: list = (), use_attn_result: bool = False,
-              modes: dict | None = None, padding_side: str | None = None) -> Model:
-    """A pickled model: loaded again from its path, its tokenizer's padding side, SAEs, modes and hooks set again."""
+              modes: dict | None = None, padding_side: str | None = None, settings: dict | None = None) -> Model:
+    """A pickled model: loaded again from its path, its tokenizer's padding side, cfg's call-time
+    settings, SAEs, modes and hooks set again."""
     model = load(path, **kwargs)
+    for name, value in (settings or {}).items():
+        setattr(model.cfg, name, value)
     if padding_side is not None and model.tokenizer is not None:
         model.tokenizer.padding_side = padding_side
     model.set_use_attn_result(use_attn_result)
@@ -1052,7 +1059,7 @@ TL_ALIASES = {"gpt2-small": "gpt2", "distillgpt2": "distilgpt2", "distill-gpt2":
               "distil-gpt2": "distilgpt2", "gpt2-xs": "distilgpt2"}
 TL_DEFAULTS = dict(fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True)
 # from_pretrained's other keywords: what tinymech does anyway (None: any value is refused but None)
-FROM_PRETRAINED_KEYS = {"default_prepend_bos": True, "tokenizer": None,
+FROM_PRETRAINED_KEYS = {"tokenizer": None,
                         "hf_model": None, "checkpoint_index": None, "checkpoint_value": None, "first_n_layers": None}
 
 
@@ -1060,11 +1067,13 @@ def from_pretrained(model_name: str | os.PathLike | None = None, fold_ln: bool =
                     center_writing_weights: bool = True, center_unembed: bool = True,
                     refactor_factored_attn_matrices: bool = False, fold_value_biases: bool = True,
                     dtype: str = "float32", device=None, n_devices: int = 1, move_to_device: bool = True,
-                    default_padding_side: str | None = None, **kwargs) -> Model:
+                    default_padding_side: str | None = None, default_prepend_bos: bool | None = None,
+                    **kwargs) -> Model:
     """TransformerLens's HookedTransformer.from_pretrained: load with its weight processing on by
     default (what tm.load leaves off), so a ported notebook gets TransformerLens's activations.
     device: the CPU only (tinymech runs there); dtype "float32" or "bf16"/"bfloat16" weights;
-    default_padding_side "left" or "right" (None: "right")."""
+    default_padding_side "left" or "right" (None: "right"); default_prepend_bos
+    (model.cfg.default_prepend_bos; None: True)."""
     _cpu_only(device, n_devices)
     if isinstance(model_name, str) and not os.path.exists(model_name):
         model_name = TL_ALIASES.get(model_name, model_name)
@@ -1073,10 +1082,15 @@ def from_pretrained(model_name: str | os.PathLike | None = None, fold_ln: bool =
             raise InvalidInputError(f"from_pretrained got an unexpected keyword {key!r}")
         if value is not None and value != FROM_PRETRAINED_KEYS[key]:
             raise UnsupportedArchitectureError(f"from_pretrained's {key}={value!r} is not supported by tinymech")
-    return load(model_name, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
-                center_unembed=center_unembed, fold_value_biases=fold_value_biases,
-                refactor_factored_attn_matrices=refactor_factored_attn_matrices, dtype=dtype,
-                default_padding_side=default_padding_side or "right")
+    if default_prepend_bos is not None:
+        true_or_false(default_prepend_bos, "default_prepend_bos")  # before loading
+    model = load(model_name, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
+                 center_unembed=center_unembed, fold_value_biases=fold_value_biases,
+                 refactor_factored_attn_matrices=refactor_factored_attn_matrices, dtype=dtype,
+                 default_padding_side=default_padding_side or "right")
+    if default_prepend_bos is not None:
+        model.cfg.default_prepend_bos = default_prepend_bos
+    return model
 
 
 def from_pretrained_no_processing(model_name: str | os.PathLike | None = None, **kwargs) -> Model:

@@ -159,7 +159,7 @@ class ModelHelpers:
             raise InvalidTokensError(f"token id {bad} is outside the vocabulary [0, {self.cfg.d_vocab})")
         return ids
 
-    def get_token_position(self, single_token, input, mode: str = "first", prepend_bos: bool | None = True,
+    def get_token_position(self, single_token, input, mode: str = "first", prepend_bos: bool | None = None,
                            padding_side: str | None = None) -> int:
         """Where a token first (mode="first") or last ("last") occurs in a text or in
         one sequence of token ids ([pos] or [1, pos]); prepend_bos applies to a text."""

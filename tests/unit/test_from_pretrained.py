@@ -2,6 +2,8 @@
 weight processing on by default (tm.load leaves it off), the CPU only."""
 from __future__ import annotations
 
+import dataclasses
+import pickle
 import warnings
 
 import numpy as np
@@ -47,3 +49,44 @@ def test_from_pretrained_takes_transformerlens_keywords_and_runs_on_the_cpu():
         tm.from_pretrained(None, fold_lnn=True)
     with pytest.raises(tm.InvalidInputError, match="padding_side"):
         tm.from_pretrained(None, default_padding_side="middle")
+
+
+def test_model_cfg_switches_and_default_prepend_bos_are_set_as_in_transformerlens(tmp_path):
+    # regression: model.cfg.use_attn_result = True (a TransformerLens habit) raised dataclasses'
+    # FrozenInstanceError, and model.cfg.use_attn_result did not exist to read
+    model = tm.load()
+    assert model.cfg.use_attn_result is False and model.cfg.use_split_qkv_input is False
+    model.cfg.use_attn_result = True
+    assert model.cfg.use_attn_result is True
+    _, cache = model.run_with_cache("Mr Darcy")
+    assert "blocks.0.attn.hook_result" in cache
+    model.cfg.use_split_qkv_input = True
+    assert "blocks.0.hook_q_input" in model.hook_dict
+    with pytest.raises(tm.HookError, match="exclusive"):
+        model.cfg.use_attn_in = True  # the set_use_attn_in checks
+    with pytest.raises(tm.InvalidInputError, match="True or False"):
+        model.cfg.use_hook_mlp_in = "yes"
+    for change, message in ((lambda: setattr(model.cfg, "n_layers", 1), "n_layers cannot be changed.*load the model"),
+                            (lambda: setattr(model.cfg, "d_headd", 1), "'d_headd' is not one of its fields"),
+                            (lambda: delattr(model.cfg, "use_attn_result"), "cannot be deleted")):
+        with pytest.raises(tm.ReadOnlyError, match=message):
+            change()
+    assert model.cfg.n_layers == tm.load().cfg.n_layers
+    copied = dataclasses.replace(model.cfg)  # a config of no model
+    assert copied == model.cfg and copied.use_attn_result is False
+    with pytest.raises(tm.ReadOnlyError, match="belongs to no model"):
+        copied.use_attn_result = True
+    assert pickle.loads(pickle.dumps(model)).cfg.use_attn_result is True
+
+    # cfg.default_prepend_bos is TransformerLens's default for every prepend_bos left out
+    bos = model.tokenizer.bos_token_id
+    with_bos = model.to_tokens("Mr Darcy")
+    model.cfg.default_prepend_bos = False
+    assert model.to_tokens("Mr Darcy")[0, 0] != bos and model.to_tokens("Mr Darcy").shape[1] == with_bos.shape[1] - 1
+    np.testing.assert_array_equal(model("Mr Darcy"), model(with_bos[:, 1:]))
+    assert model.to_str_tokens("Mr Darcy")[0] == "Mr"
+    assert model.to_tokens("Mr Darcy", prepend_bos=True)[0, 0] == bos
+    assert pickle.loads(pickle.dumps(model)).cfg.default_prepend_bos is False
+    with pytest.raises(tm.InvalidInputError, match="True or False"):
+        model.cfg.default_prepend_bos = 0
+    assert tm.from_pretrained(None, default_prepend_bos=False).to_tokens("Mr")[0, 0] != bos

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import weakref
 from typing import Any
 
 from .. import _core
-from ..errors import ModelLoadError, UnsupportedArchitectureError, whole_number
+from ..errors import ModelLoadError, ReadOnlyError, UnsupportedArchitectureError, true_or_false, whole_number
+
+# TransformerLens's run-time switches, read and set as fields of a model's cfg
+# (cfg.use_attn_result = True) as through its set_use_* methods: the model keeps them.
+MODES = ("use_attn_result", "use_split_qkv_input", "use_attn_in", "use_hook_mlp_in")
+# Fields read at each call, not built into the core: a model's cfg takes new values.
+CALL_TIME_FIELDS = ("default_prepend_bos",)
 
 @dataclasses.dataclass(frozen=True)
 class Config:
@@ -45,6 +52,16 @@ class Config:
     def is_llama(self) -> bool:
         return self.family == "llama"
 
+    def __getattr__(self, name: str):
+        """A switch of MODES: the model's (False for a config bound to none)."""
+        if name in MODES:
+            model = _model_of(self)
+            return False if model is None else model._modes[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    def __getstate__(self) -> dict:  # pickled and copied without the model it is bound to
+        return {k: v for k, v in self.__dict__.items() if k != "_model"}
+
     @property
     def d_vocab_out(self) -> int:
         return self.d_vocab
@@ -75,6 +92,44 @@ class Config:
             "rotary_dim": self.rotary_dim,
             "weight_layout": self.weight_layout,
         }
+
+
+def bound(cfg: Config, model) -> Config:
+    """A copy of cfg bound to the model, whose switches (MODES) it reads and sets."""
+    cfg = dataclasses.replace(cfg)
+    object.__setattr__(cfg, "_model", weakref.ref(model))
+    return cfg
+
+
+def _model_of(cfg: Config):
+    ref = cfg.__dict__.get("_model")
+    return None if ref is None else ref()
+
+
+def _set_field(cfg: Config, name: str, value) -> None:
+    """cfg.name = value: a switch goes to the model's set_name, a call-time field is
+    taken; every other field was built into the C++ core, so it is refused."""
+    model = _model_of(cfg)
+    if model is not None and name in MODES:
+        getattr(model, f"set_{name}")(value)  # with its checks (exclusive switches, grouped-query attention)
+    elif model is not None and name in CALL_TIME_FIELDS:
+        object.__setattr__(cfg, name, true_or_false(value, name))
+    elif name in MODES or name in CALL_TIME_FIELDS:
+        raise ReadOnlyError(f"cfg.{name} is a loaded model's setting: this config belongs to no model")
+    elif name in {f.name for f in dataclasses.fields(Config)}:
+        raise ReadOnlyError(f"model.cfg.{name} cannot be changed: the C++ core was built from it and would go on "
+                            "running the old value; load the model again with the settings you want")
+    else:
+        raise ReadOnlyError(f"model.cfg is frozen, and {name!r} is not one of its fields")
+
+
+# In place of dataclasses' FrozenInstanceError (a frozen dataclass may not define these in its body).
+def _delete_field(cfg: Config, name: str) -> None:
+    raise ReadOnlyError(f"model.cfg.{name} cannot be deleted: a model's config keeps every field")
+
+
+Config.__setattr__ = _set_field
+Config.__delattr__ = _delete_field
 
 
 # Every size a config declares fits in 31 bits (token ids are int32 in the core),

@@ -3,6 +3,7 @@ terminal UI."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 from pathlib import Path
@@ -310,7 +311,8 @@ def _info(args) -> int:
 
     model = tm.load(args.model, dtype=args.dtype)
     lines = [repr(model), f"path: {model.path}"]
-    lines += [f"  {key}: {_config_value(value, args.full)}" for key, value in vars(model.cfg).items()]
+    lines += [f"  {f.name}: {_config_value(getattr(model.cfg, f.name), args.full)}"
+              for f in dataclasses.fields(model.cfg)]
     lines += _hook_lines(model.hook_names(), model.cfg.n_layers)
     lines.append(f"kernels: {tm._core.kernels.variant()}, threads: {tm.get_num_threads()}")
     print(printable("\n".join(lines), keep=_TEXT_KEEPS))  # names and the chat template come from files

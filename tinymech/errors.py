@@ -57,20 +57,20 @@ class ReadOnlyError(TinymechError, AttributeError):
 
 def read_only_weight(name: str) -> ReadOnlyError:
     return ReadOnlyError(
-        f"{name} cannot be assigned: a model's weights are for reading, and the C++ core computes with the "
+        f"{name} cannot be assigned or deleted: a model's weights are for reading, and the C++ core computes with the "
         "loaded ones (an assigned array would read back but never run); change what a run computes with hooks "
         "(e.g. tm.zero_ablate, tm.scale on a hook point)")
 
 
 def read_only_attribute(obj, name: str, label: str, hint: str | None = None) -> ReadOnlyError | None:
-    """The error for `label.name = ...` where obj's class reads `name` through a property
+    """The error for `label.name = ...` (or del) where obj's class reads `name` through a property
     without a setter (Python's own error says only "has no setter"): a weight's, unless
     `hint` says what to do instead; None for any other name."""
     attr = getattr(type(obj), name, None)
     if not isinstance(attr, property) or attr.fset is not None:
         return None
     return read_only_weight(f"{label}.{name}") if hint is None else ReadOnlyError(
-        f"{label}.{name} cannot be assigned: {hint}")
+        f"{label}.{name} cannot be assigned or deleted: {hint}")
 
 
 class HookError(TinymechError, ValueError):

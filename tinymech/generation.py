@@ -59,7 +59,8 @@ def generate(
     check_padding_side(padding_side)
     if isinstance(input, (list, tuple)) and len(input) > 1 and all(isinstance(t, str) for t in input):
         padding_side = "left"  # the real tokens end together, so each row's next token is read at the end
-    tokens = model.tokens_of(input, prepend_bos=prepend_bos, padding_side=padding_side)  # None: the default
+    prepend_bos = model._bos(prepend_bos)  # None: the model's default, read once
+    tokens = model.tokens_of(input, prepend_bos=prepend_bos, padding_side=padding_side)
     max_new_tokens = whole_number(max_new_tokens, "max_new_tokens", 0)
     temperature, top_k, top_p = sampling_settings(_temperature(temperature, do_sample), top_k, top_p)
     freq_penalty = _freq_penalty(freq_penalty)

@@ -236,6 +236,7 @@ def backward_run(model, input, fwd_plan, grad_names: list[str], return_type, pre
         raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, not {return_type!r}")
     start, resid = 0, None
     if start_at_layer is None:
+        prepend_bos = model._bos(prepend_bos)
         ids = model.tokens_of(input, prepend_bos=prepend_bos, padding_side=padding_side)
         mask = model._attention_mask(ids, attention_mask, prepend_bos, padding_side)
     else:  # from a block's residual input, as the forward's start_at_layer; tokens= for a loss

@@ -161,6 +161,9 @@ class per_layer:
     def __set__(self, model, value):  # without it, model.W_Q = x would shadow the weight, unused
         raise read_only_weight(f"model.{self._name}")
 
+    def __delete__(self, model):
+        raise read_only_weight(f"model.{self._name}")
+
 
 # Model properties that read its state, not its weights: what to do instead of assigning one.
 _READ_FROM_STATE = {
@@ -251,6 +254,14 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
             raise error
         super().__setattr__(name, value)
 
+    def __delattr__(self, name: str) -> None:
+        if name == "cfg":
+            raise ReadOnlyError("model.cfg cannot be deleted: the C++ core was built from it")
+        error = read_only_attribute(self, name, "model", _READ_FROM_STATE.get(name))
+        if error:
+            raise error
+        super().__delattr__(name)
+
     def __repr__(self):
         c = self.cfg
         dtype = ", bf16 weights" if self.dtype == "bf16" else ""
@@ -285,8 +296,9 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         return self.tokenizer
 
     def _bos(self, prepend_bos: bool | None) -> bool:
-        """prepend_bos as TransformerLens reads it: None is the model's default (cfg.default_prepend_bos)."""
-        return self.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
+        """prepend_bos as TransformerLens reads it: None is the model's default (cfg.default_prepend_bos).
+        Read once per call: another thread may change the default meanwhile."""
+        return self.cfg.default_prepend_bos if prepend_bos is None else true_or_false(prepend_bos, "prepend_bos")
 
     def to_tokens(self, text: str | Sequence[str], prepend_bos: bool | None = None,
                   padding_side: str | None = None) -> np.ndarray:
@@ -303,6 +315,7 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         one such list per text (unpadded, so padding_side changes nothing), as TransformerLens's."""
         check_padding_side(padding_side)
         tok = self._need_tokenizer()
+        prepend_bos = self._bos(prepend_bos)
         if isinstance(input, (list, tuple)) and input and all(isinstance(t, str) for t in input):
             return [self.to_str_tokens(t, prepend_bos) for t in input]
         if isinstance(input, str):
@@ -328,6 +341,7 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         padding_side: see to_tokens), or ids. same_length: texts of different lengths are
         refused rather than padded (for analyses that would read pad positions as tokens)."""
         if _is_texts(input):
+            prepend_bos = self._bos(prepend_bos)
             tokens = self.to_tokens(input, prepend_bos=prepend_bos, padding_side=padding_side)
             if same_length and not isinstance(input, str):
                 lengths = {self.to_tokens(text, prepend_bos=prepend_bos).shape[1] for text in input}
@@ -490,6 +504,7 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
             raise InvalidInputError(f"stop_at_layer ({stop_at_layer}) comes before start_at_layer ({start_at_layer})")
         resid = None
         if start_at_layer is None:
+            prepend_bos = self._bos(prepend_bos)
             tokens = self.tokens_of(input, prepend_bos=prepend_bos, padding_side=padding_side)
             mask = self._attention_mask(tokens, attention_mask, prepend_bos, padding_side)
         else:

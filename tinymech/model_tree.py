@@ -29,6 +29,12 @@ class Module:
             raise error
         super().__setattr__(name, value)
 
+    def __delattr__(self, name: str) -> None:
+        error = read_only_attribute(self, name, type(self).__name__)
+        if error:
+            raise error
+        super().__delattr__(name)
+
     def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, np.ndarray]]:
         """(name, array) for each of TransformerLens's parameters of this module, in its order."""
         for name in self.PARAMETERS:
@@ -109,6 +115,9 @@ class LayerWeight:
         return stack(module.layer)
 
     def __set__(self, module, value):  # without it, an assignment would land on a throwaway module, unused
+        raise read_only_weight(f"{type(module).__name__}.{self.name}")
+
+    def __delete__(self, module):
         raise read_only_weight(f"{type(module).__name__}.{self.name}")
 
 

@@ -110,3 +110,13 @@ def test_tui_heads_grid_on_the_example_prompt_shows_the_induction_head(model):
     assert head_of(scores) == card["induction_head_exclude_bos"]
     runner_up = np.sort(scores, axis=None)[-2]
     assert scores.max() >= 0.5 and scores.max() >= 3 * runner_up
+
+
+def test_tui_follows_the_models_default_prepend_bos():
+    # regression (review): the TUI prepended BOS to a model whose cfg.default_prepend_bos was set False
+    from tinymech.tui.backend import Backend
+
+    model = tm.load()
+    model.cfg.default_prepend_bos = False
+    shown = Backend(model, []).analyze("Mr Darcy")
+    assert not shown.bos and list(shown.token_ids) == list(model.to_tokens("Mr Darcy")[0])

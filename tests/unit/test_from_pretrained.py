@@ -2,6 +2,7 @@
 weight processing on by default (tm.load leaves it off), the CPU only."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import pickle
 import warnings
@@ -68,14 +69,20 @@ def test_model_cfg_switches_and_default_prepend_bos_are_set_as_in_transformerlen
         model.cfg.use_hook_mlp_in = "yes"
     for change, message in ((lambda: setattr(model.cfg, "n_layers", 1), "n_layers cannot be changed.*load the model"),
                             (lambda: setattr(model.cfg, "d_headd", 1), "'d_headd' is not one of its fields"),
+                            (lambda: setattr(model.cfg, "default_padding_side", "left"), "tokenizer.padding_side"),
+                            (lambda: setattr(model.cfg, "device", "cuda"), "device is read-only"),
                             (lambda: delattr(model.cfg, "use_attn_result"), "cannot be deleted")):
         with pytest.raises(tm.ReadOnlyError, match=message):
             change()
     assert model.cfg.n_layers == tm.load().cfg.n_layers
     copied = dataclasses.replace(model.cfg)  # a config of no model
     assert copied == model.cfg and copied.use_attn_result is False
-    with pytest.raises(tm.ReadOnlyError, match="belongs to no model"):
+    with pytest.raises(tm.ReadOnlyError, match="belongs to no model.*model.cfg"):
         copied.use_attn_result = True
+    # regression (review): a copy read its switches as False, and a config's hash changed with default_prepend_bos
+    assert copy.copy(model.cfg).use_attn_result is copy.deepcopy(model.cfg).use_split_qkv_input is True
+    with pytest.raises(TypeError, match="unhashable"):
+        hash(model.cfg)
     assert pickle.loads(pickle.dumps(model)).cfg.use_attn_result is True
 
     # cfg.default_prepend_bos is TransformerLens's default for every prepend_bos left out
@@ -90,3 +97,36 @@ def test_model_cfg_switches_and_default_prepend_bos_are_set_as_in_transformerlen
     with pytest.raises(tm.InvalidInputError, match="True or False"):
         model.cfg.default_prepend_bos = 0
     assert tm.from_pretrained(None, default_prepend_bos=False).to_tokens("Mr")[0, 0] != bos
+    with pytest.raises(tm.InvalidInputError, match="prepend_bos must be True or False"):
+        model.to_tokens("Mr", prepend_bos="no")  # a string would have read as True
+
+
+def test_the_analyses_follow_the_models_default_prepend_bos():
+    # regression (review): they defaulted to prepend_bos=True, so after model.cfg.default_prepend_bos = False
+    # their tokens disagreed with the model's, and a cache from run_with_cache was refused
+    model, text = tm.load(), "the cat sat on the mat"
+    model.cfg.default_prepend_bos = False
+    n = model.to_tokens(text).shape[1]
+    _, cache = model.run_with_cache(text)
+    assert tm.analysis.logit_lens(model, text, cache=cache).top_ids.shape[1] == n
+    assert tm.analysis.head_scores(model, text, cache=cache)["induction"].shape[0] == model.cfg.n_layers
+    assert tm.analysis.saliency(model, text).scores.shape[-1] == n
+    attribution = tm.analysis.logit_attribution(model, text, " the")
+    assert np.isclose(attribution.logit, model(text)[0, -1, model.to_single_token(" the")], atol=1e-4)
+
+
+def test_a_call_reads_the_default_prepend_bos_once(monkeypatch):
+    # regression (review): a run read cfg.default_prepend_bos for its tokens and again for its padding mask, so
+    # another thread changing it meanwhile gave tokens without BOS and a mask made as if they had one
+    model, reads = tm.load(), []
+    resolve = tm.Model._bos
+    monkeypatch.setattr(tm.Model, "_bos", lambda self, prepend_bos: (reads.append(prepend_bos is None),
+                                                                     resolve(self, prepend_bos))[1])
+    texts = ["the cat sat on the mat", "a"]
+    for run in (lambda: model(texts, padding_side="left"), lambda: model.run_with_cache(texts, padding_side="left"),
+                lambda: model.run_with_cache(texts, padding_side="left", incl_bwd=True, return_type="loss"),
+                lambda: model.generate(texts, max_new_tokens=1, verbose=False),
+                lambda: model.to_str_tokens(texts)):
+        reads.clear()
+        run()
+        assert sum(reads) == 1, (run.__code__.co_firstlineno, reads)

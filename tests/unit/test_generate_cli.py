@@ -98,6 +98,7 @@ def test_cli_generate_bf16_matches_python(model_dir):
 def test_cli_info(model_dir):
     res = run_cli("info", "--model", str(model_dir))
     assert res.returncode == 0 and "n_layers: 3" in res.stdout and "hook points" in res.stdout
+    assert "  _model:" not in res.stdout and "chat_template" in res.stdout  # the config's fields, nothing private
 
 
 def test_cli_error_is_one_line(tmp_path):

@@ -59,8 +59,14 @@ def test_assigning_a_weight_is_refused_not_ignored(saved_gpt2, tmp_path):
     for name, hint in (("acts_to_saes", "add_sae"), ("context_hooks", "model.hooks"), ("hook_dict", "add_hook")):
         with pytest.raises(tm.ReadOnlyError, match=f"model.{name} cannot be assigned.*{hint}"):
             setattr(model, name, {})
-    model.blocks[0].attn.note = "mine"  # other attributes are the caller's
-    model.note = "mine"
+    attn = model.blocks[0].attn
+    attn.note = model.note = "mine"  # other attributes are the caller's
+    del model.note, attn.note
+    # regression: deleting one raised a bare AttributeError ("__delete__", "has no deleter")
+    for target, name in ((model, "W_U"), (model, "W_Q"), (model.blocks[0].attn, "W_Q"), (model.blocks[0].ln1, "w"),
+                         (model, "cfg")):
+        with pytest.raises(tm.ReadOnlyError, match=f"{name} cannot be"):
+            delattr(target, name)
     np.testing.assert_array_equal(model.W_Q, W_Q)
     np.testing.assert_array_equal(model(toks), before)
 

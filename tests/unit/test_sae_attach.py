@@ -279,8 +279,10 @@ def test_an_assigned_cfg_is_the_one_computed_with(tmp_path):
             topk.cfg = cfg
     # regression: a field changed in place raised dataclasses' FrozenInstanceError, naming no way out
     for change, message in ((lambda: setattr(topk.cfg, "k", 3), r"cfg.k cannot be changed.*dataclasses.replace"),
-                            (lambda: delattr(topk.cfg, "hook_name"), "cfg.hook_name cannot be changed"),
-                            (lambda: setattr(topk.cfg, "kk", 3), "'kk' is not one of its fields")):
+                            (lambda: delattr(topk.cfg, "k"), "cfg.k cannot be changed"),
+                            (lambda: setattr(topk.cfg, "kk", 3), "'kk' is not one of its fields"),
+                            (lambda: setattr(topk.cfg, "metadata", {}), "cfg.metadata cannot be changed"),
+                            (lambda: setattr(topk.cfg, "d_in", 3), "d_in is fixed.*load the SAE")):
         with pytest.raises(tm.ReadOnlyError, match=message):
             change()
     assert topk.cfg.k == 8 and topk.cfg.d_in == D and topk.cfg.normalize_activations == "none"

@@ -76,7 +76,7 @@ class LogitAttribution:
 
 
 def logit_attribution(model, input, token, incorrect_token=None, position: int = -1,
-                      prepend_bos: bool = True) -> LogitAttribution:
+                      prepend_bos: bool | None = None) -> LogitAttribution:
     """Split the logit of `token` (minus that of `incorrect_token`) at `position`
     into embed, pos_embed, each head of each layer, each layer's b_O, each MLP
     and the ln_final bias. Each part is the component centered, divided by

@@ -26,7 +26,7 @@ KINDS = {
 
 
 def attribution_patch(model, clean, corrupted, metric=None, answers=None, over: str = "head_z",
-                      mode: str = "denoise", prepend_bos: bool = True) -> PatchingResult:
+                      mode: str = "denoise", prepend_bos: bool | None = None) -> PatchingResult:
     """Attribution patching of every index of one activation kind (see KINDS) at once.
 
     clean, corrupted: texts or token ids of one shape [batch, pos], unpadded (positions of the

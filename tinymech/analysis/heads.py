@@ -214,7 +214,7 @@ def _layer_patterns(model, tokens: np.ndarray, cache=None) -> Callable[[int], np
 # ---- every score on one prompt --------------------------------------------------------------
 
 def head_scores(model, input, cache=None, exclude_bos: bool = False, exclude_current_token: bool = False,
-                prepend_bos: bool = True) -> dict[str, np.ndarray]:
+                prepend_bos: bool | None = None) -> dict[str, np.ndarray]:
     """The "previous_token", "duplicate_token" and "induction" scores ("mul",
     as detect_head) of every head on this input's attention patterns:
     {name: [n_layers, n_heads] float32}, averaged over the sequences of a batch.

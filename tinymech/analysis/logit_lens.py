@@ -108,7 +108,7 @@ def lens_hook_names(n_layers: int) -> list[str]:
 
 
 def logit_lens(model, input, answers=None, k: int = 5, ln: str = "recompute",
-               prepend_bos: bool = True, positions=None, cache=None) -> LogitLensResult:
+               prepend_bos: bool | None = None, positions=None, cache=None) -> LogitLensResult:
     """The top-k next tokens (and the probability and rank of `answers`) read
     off every distinct residual point: the embeddings (0_pre), then resid_mid
     and resid_post of each layer (see distinct_points).

@@ -158,7 +158,7 @@ def logit_diff_metric(model, answers, n_sequences: int | None = None) -> Callabl
     return metric
 
 
-def checked_pair(model, clean, corrupted, kind, kinds, what: str, mode, prepend_bos: bool):
+def checked_pair(model, clean, corrupted, kind, kinds, what: str, mode, prepend_bos: bool | None):
     """The clean and corrupted inputs as token ids of one shape, after checking `kind`
     (a key of `kinds`, named `what`) and `mode`: what activation and attribution patching
     both need before they run anything."""
@@ -166,6 +166,7 @@ def checked_pair(model, clean, corrupted, kind, kinds, what: str, mode, prepend_
         raise AnalysisError(f"{what} must be one of {list(kinds)}, not {kind!r}")
     if not isinstance(mode, str) or mode not in MODES:
         raise AnalysisError(f"mode must be one of {MODES}, not {mode!r}")
+    prepend_bos = model._bos(prepend_bos)  # None: the model's default, read once for both
     clean_tokens = model.tokens_of(clean, prepend_bos=prepend_bos, same_length=True)
     corrupted_tokens = model.tokens_of(corrupted, prepend_bos=prepend_bos, same_length=True)
     if clean_tokens.shape != corrupted_tokens.shape:
@@ -177,7 +178,7 @@ def checked_pair(model, clean, corrupted, kind, kinds, what: str, mode, prepend_
 
 
 def patch_activations(model, clean, corrupted, activation: str, metric=None, answers=None, mode: str = "denoise",
-                      prepend_bos: bool = True, progress: bool | ProgressFn | None = None) -> PatchingResult:
+                      prepend_bos: bool | None = None, progress: bool | ProgressFn | None = None) -> PatchingResult:
     """Patch every index of one activation kind (see ACTIVATIONS) in turn.
 
     clean, corrupted: texts or token ids of the same shape [batch, pos].

@@ -217,7 +217,7 @@ def _baseline(baseline, shape: tuple) -> np.ndarray:
 
 def saliency(model, input, metric=None, target=None, method: str = "grad_x_input", steps: int = 32,
              baseline="zero", position: int = -1, embeddings: str = "token", rule: str = "gauss_legendre",
-             target_metric: str = "log_prob", prepend_bos: bool = True, batch_size: int | None = None
+             target_metric: str = "log_prob", prepend_bos: bool | None = None, batch_size: int | None = None
              ) -> SaliencyResult:
     """Which tokens pushed a prediction: per-token attributions [batch, pos] at the input embeddings.
 

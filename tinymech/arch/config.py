@@ -52,15 +52,23 @@ class Config:
     def is_llama(self) -> bool:
         return self.family == "llama"
 
+    # default_prepend_bos can change on a model's config: a hash would change with it
+    __hash__ = None
+
     def __getattr__(self, name: str):
-        """A switch of MODES: the model's (False for a config bound to none)."""
+        """A switch of MODES: the model's; a copy's, as its model's were when copied (else False)."""
         if name in MODES:
             model = _model_of(self)
-            return False if model is None else model._modes[name]
+            return self.__dict__.get("_modes", {}).get(name, False) if model is None else model._modes[name]
         raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
-    def __getstate__(self) -> dict:  # pickled and copied without the model it is bound to
-        return {k: v for k, v in self.__dict__.items() if k != "_model"}
+    def __getstate__(self) -> dict:
+        """Pickled and copied without the model it is bound to, with its switches as they are."""
+        state = {k: v for k, v in self.__dict__.items() if k != "_model"}
+        model = _model_of(self)
+        if model is not None:
+            state["_modes"] = dict(model._modes)
+        return state
 
     @property
     def d_vocab_out(self) -> int:
@@ -107,27 +115,37 @@ def _model_of(cfg: Config):
 
 
 def _set_field(cfg: Config, name: str, value) -> None:
-    """cfg.name = value: a switch goes to the model's set_name, a call-time field is
-    taken; every other field was built into the C++ core, so it is refused."""
+    """cfg.name = value: a switch goes to the model's set_name and a call-time field is
+    taken; the others are what the model was loaded with (its weights and C++ core
+    follow from them), so they are refused, each with what to do instead."""
     model = _model_of(cfg)
     if model is not None and name in MODES:
         getattr(model, f"set_{name}")(value)  # with its checks (exclusive switches, grouped-query attention)
-    elif model is not None and name in CALL_TIME_FIELDS:
+        return
+    if model is not None and name in CALL_TIME_FIELDS:
         object.__setattr__(cfg, name, true_or_false(value, name))
-    elif name in MODES or name in CALL_TIME_FIELDS:
-        raise ReadOnlyError(f"cfg.{name} is a loaded model's setting: this config belongs to no model")
-    elif name in {f.name for f in dataclasses.fields(Config)}:
-        raise ReadOnlyError(f"model.cfg.{name} cannot be changed: the C++ core was built from it and would go on "
-                            "running the old value; load the model again with the settings you want")
-    else:
-        raise ReadOnlyError(f"model.cfg is frozen, and {name!r} is not one of its fields")
+        return
+    label = "model.cfg" if model is not None else "this config"
+    if name not in MODES and name not in _FIELDS:
+        if isinstance(getattr(type(cfg), name, None), property):
+            raise ReadOnlyError(f"{label}.{name} is read-only: it follows from the config's fields")
+        raise ReadOnlyError(f"{label} is frozen, and {name!r} is not one of its fields")
+    if model is None:
+        instead = "" if name in MODES else f", or a changed copy with dataclasses.replace(cfg, {name}=...)"
+        raise ReadOnlyError(f"this config belongs to no model (a copy, or one not loaded yet): set {name} on a "
+                            f"loaded model's model.cfg{instead}")
+    raise ReadOnlyError(f"model.cfg.{name} cannot be changed: {_INSTEAD.get(name, _RELOAD)}")
 
 
-# In place of dataclasses' FrozenInstanceError (a frozen dataclass may not define these in its body).
 def _delete_field(cfg: Config, name: str) -> None:
-    raise ReadOnlyError(f"model.cfg.{name} cannot be deleted: a model's config keeps every field")
+    raise ReadOnlyError(f"cfg.{name} cannot be deleted: a config keeps every field")
 
 
+_FIELDS = frozenset(f.name for f in dataclasses.fields(Config))
+_RELOAD = ("the model was loaded with it (its weights and C++ core follow from the config); load the model again "
+           "with what you want")
+_INSTEAD = {"default_padding_side": "it is the padding side the tokenizer was given at load; set "
+                                    "model.tokenizer.padding_side instead"}
 Config.__setattr__ = _set_field
 Config.__delattr__ = _delete_field
 

@@ -126,9 +126,17 @@ class SAEConfig:
 CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(SAEConfig)) - {"metadata"}
 
 
+# Fields that place or shape an SAE or say what its weights mean: a new config cannot change them.
+FIXED_FIELDS = ("architecture", "d_in", "d_sae", "d_out", "hook_name", "hook_name_out", "hook_head_index",
+                "reshape_activations")
+
+
 def _frozen(cfg: SAEConfig, name: str, value=None) -> None:
-    if name not in CONFIG_FIELDS:
+    if name not in CONFIG_FIELDS and name != "metadata":
         raise ReadOnlyError(f"an SAE's config is frozen, and {name!r} is not one of its fields")
+    if name in FIXED_FIELDS:
+        raise ReadOnlyError(f"an SAE's {name} is fixed when it loads (its weights and where it attaches follow "
+                            "from it): load the SAE with another instead")
     raise ReadOnlyError(f"an SAE's config is frozen: cfg.{name} cannot be changed in place; assign a new one, "
                         f"sae.cfg = dataclasses.replace(sae.cfg, {name}=...), which the SAE is rebuilt with")
 

@@ -128,7 +128,7 @@ def _default_ignored(model, sae) -> tuple[int, ...]:
 
 
 def sae_metrics(model, sae, tokens, batch_size: int = 8, ignore_tokens=None, dense_threshold: float = 0.1,
-                prepend_bos: bool = True) -> SAEMetrics:
+                prepend_bos: bool | None = None) -> SAEMetrics:
     """Reconstruction and downstream-loss metrics of `sae` on `model` over tokens
     [batch, pos] (or texts), run batch_size sequences at a time. ignore_tokens:
     token ids to leave out (None: those the SAE's config excludes)."""

@@ -26,6 +26,7 @@ from ..text import format_table, printable, readable_token
 from ..errors import FeatureIndexError, HookError, SAEInputError, SAELoadError, real_number, whole_number
 from .loading import (
     CFG_FILE,
+    FIXED_FIELDS,
     PER_TOKEN_NORMS,
     SAEConfig,
     encoder_bias_name,
@@ -248,8 +249,7 @@ class SAE:
         if not isinstance(cfg, SAEConfig):
             raise SAEInputError(f"cfg must be an SAEConfig (dataclasses.replace(sae.cfg, ...)), got {type(cfg).__name__}")
         old = self.cfg
-        fixed = [f for f in ("architecture", "d_in", "d_sae", "d_out", "hook_name", "hook_name_out", "hook_head_index",
-                             "reshape_activations") if getattr(cfg, f) != getattr(old, f)]
+        fixed = [f for f in FIXED_FIELDS if getattr(cfg, f) != getattr(old, f)]
         if not fixed and ARCHITECTURES[old.architecture].tied(old.options) != ARCHITECTURES[
                 old.architecture].tied(cfg.options):
             fixed = ["tied_weights"]
@@ -582,7 +582,7 @@ class SAE:
             raise FeatureIndexError(f"feature {f} is out of range for an SAE with d_sae={self.d_sae}")
         return f
 
-    def feature_activations(self, model, input, feature: int, prepend_bos: bool = True) -> np.ndarray:
+    def feature_activations(self, model, input, feature: int, prepend_bos: bool | None = None) -> np.ndarray:
         """One feature's activation at every token of the input: [batch, pos]."""
         f = self._feature(feature)
         check_hooks(model, self.cfg)

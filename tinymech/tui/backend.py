@@ -225,8 +225,8 @@ class Backend:
 
     def analyze(self, prompt: str) -> Analysis:
         model, cfg = self.model, self.model.cfg
-        # BOS first when the tokenizer has one; a TinymechError on bad input (too long, ...)
-        bos = model.tokenizer is not None and model.tokenizer.bos_token_id is not None
+        # BOS first when the tokenizer has one (and the model's default has it); a TinymechError on bad input
+        bos = model.tokenizer is not None and model.tokenizer.bos_token_id is not None and model.cfg.default_prepend_bos
         tokens = model.tokens_of(prompt, prepend_bos=bos)  # [1, pos]
         names = [f"blocks.{l}.attn.hook_pattern" for l in range(cfg.n_layers)]
         names += analysis.lens_hook_names(cfg.n_layers)

@@ -265,8 +265,9 @@ def test_an_assigned_cfg_is_the_one_computed_with(tmp_path):
     # regression: sae.cfg = dataclasses.replace(sae.cfg, k=8) kept encoding with k=4
     topk, x = SAE.load(write_sae(tmp_path / "topk", "topk", D, D_SAE, hook=HOOK, k=4)), _rows()
     assert ((topk.encode(x) > 0).sum(-1) == 4).all()
-    topk.cfg = dataclasses.replace(topk.cfg, k=8)
+    topk.cfg = dataclasses.replace(topk.cfg, k=8, context_size=77)
     assert ((topk.encode(x) > 0).sum(-1) == 8).all() and topk.cfg.k == 8
+    assert topk.cfg.metadata.k == 8 and topk.cfg.metadata.context_size == 77  # regression: the file's, 4 and None
     before = topk.encode(x)
     for cfg, message in ((dataclasses.replace(topk.cfg, d_in=D + 1), "cannot change d_in"),
                          (dataclasses.replace(topk.cfg, architecture="jumprelu"), "cannot change architecture"),

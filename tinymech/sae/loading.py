@@ -85,8 +85,13 @@ class SAEConfig:
     options: dict = dataclasses.field(default_factory=dict)  # the architecture's own fields (cfg.residual_threshold)
 
     def __post_init__(self):
-        if not isinstance(self.metadata, SAEMetadata):
-            object.__setattr__(self, "metadata", SAEMetadata(self.metadata))
+        # the file's fields, and the config's own with its values (one made by dataclasses.replace
+        # read the old ones there)
+        metadata = SAEMetadata(self.metadata)
+        for name in CONFIG_FIELDS - {"options"}:
+            if name in metadata or getattr(self, name) is not None:
+                metadata[name] = getattr(self, name)
+        object.__setattr__(self, "metadata", metadata)
 
     def __getattr__(self, name: str):
         """An architecture's own field, as SAELens's config classes have them (cfg.n_heads)."""

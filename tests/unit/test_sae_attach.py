@@ -259,6 +259,16 @@ def test_assigning_the_decoder_derives_again_what_comes_from_it(tmp_path):
         tied.W_enc = tied.W_enc
     with pytest.raises(tm.SAEInputError, match="no encoder bias"):  # it would be ignored, and not saved
         tied.b_enc = np.ones(D_SAE)
+    # regression: an architecture's option edited in place (cfg.options[...] = ...) read back and never ran
+    before, options = tied.encode(x), dict(tied.cfg.options)
+    for change, message in ((lambda: tied.cfg.options.__setitem__("residual_threshold", 1e9), "options are frozen"),
+                            (lambda: tied.cfg.options.update(residual_threshold=1e9), "options are frozen"),
+                            (lambda: setattr(tied.cfg, "residual_threshold", 1e9), "an option of its architecture")):
+        with pytest.raises(tm.ReadOnlyError, match=message):
+            change()
+    assert tied.cfg.options == options and copy.deepcopy(tied.cfg) == tied.cfg
+    tied.cfg = dataclasses.replace(tied.cfg, options={**tied.cfg.options, "max_iterations": 1})
+    assert ((tied.encode(x) != 0).sum(-1) == 1).all() and ((before != 0).sum(-1) > 1).any()  # the new option runs
 
 
 def test_an_assigned_cfg_is_the_one_computed_with(tmp_path):

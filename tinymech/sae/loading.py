@@ -60,6 +60,20 @@ class SAEMetadata(dict):
         return dict(self)
 
 
+class FrozenOptions(dict):
+    """An SAE config's options (its architecture's own fields), read-only: the SAE is built
+    from them, so an edit in place would read back but never run."""
+
+    def _refuse(self, *args, **kwargs):
+        raise ReadOnlyError("an SAE's cfg.options are frozen: assign a new config, sae.cfg = "
+                            "dataclasses.replace(sae.cfg, options={**sae.cfg.options, name: value})")
+
+    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _refuse
+
+    def __reduce__(self):  # pickle and copy rebuild it whole (item by item would be refused)
+        return FrozenOptions, (dict(self),)
+
+
 @dataclasses.dataclass(frozen=True)
 class SAEConfig:
     """An SAE's configuration with SAELens's field names (metadata flattened)."""
@@ -92,6 +106,8 @@ class SAEConfig:
             if name in metadata or getattr(self, name) is not None:
                 metadata[name] = getattr(self, name)
         object.__setattr__(self, "metadata", metadata)
+        if isinstance(self.options, dict):
+            object.__setattr__(self, "options", FrozenOptions(self.options))
 
     def __getattr__(self, name: str):
         """An architecture's own field, as SAELens's config classes have them (cfg.n_heads)."""
@@ -137,6 +153,10 @@ FIXED_FIELDS = ("architecture", "d_in", "d_sae", "d_out", "hook_name", "hook_nam
 
 
 def _frozen(cfg: SAEConfig, name: str, value=None) -> None:
+    if name in (cfg.__dict__.get("options") or {}):
+        raise ReadOnlyError(f"an SAE's config is frozen: cfg.{name}, an option of its architecture, cannot be changed "
+                            f"in place; assign a new one, sae.cfg = dataclasses.replace(sae.cfg, "
+                            f"options={{**sae.cfg.options, {name!r}: ...}})")
     if name not in CONFIG_FIELDS and name != "metadata":
         raise ReadOnlyError(f"an SAE's config is frozen, and {name!r} is not one of its fields")
     if name in FIXED_FIELDS:

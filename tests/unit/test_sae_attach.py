@@ -5,6 +5,7 @@ on an attached SAE's points). Numbers against SAELens: tests/reference/test_hook
 import copy
 import dataclasses
 import pickle
+import threading
 import warnings
 
 import numpy as np
@@ -299,6 +300,33 @@ def test_an_assigned_cfg_is_the_one_computed_with(tmp_path):
     assert topk.cfg.k == 8 and topk.cfg.d_in == D and topk.cfg.normalize_activations == "none"
     np.testing.assert_array_equal(topk.encode(x), before)
     assert SAE.load(topk.save(tmp_path / "saved")).cfg.k == 8
+
+
+def test_weights_assigned_from_two_threads_both_run(sae, monkeypatch):
+    # regression: each assignment built its core from the arrays it saw, so two at once could each
+    # keep the other's old array: both read back new while the core ran one old
+    x, W_dec, b_dec = _rows(), sae.W_dec[::-1].copy(), np.full(D, 0.5, np.float32)
+    both_building, build = threading.Barrier(2), SAE._built_core
+
+    def built_core(self, weights):
+        try:
+            both_building.wait(timeout=0.5)  # overlapping builds, where nothing keeps them apart
+        except threading.BrokenBarrierError:
+            pass
+        return build(self, weights)
+
+    monkeypatch.setattr(SAE, "_built_core", built_core)
+    threads = [threading.Thread(target=setattr, args=(sae, name, value))
+               for name, value in (("W_dec", W_dec), ("b_dec", b_dec))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    monkeypatch.undo()
+    np.testing.assert_array_equal(sae.W_dec, W_dec)
+    np.testing.assert_array_equal(sae.b_dec, b_dec)
+    fresh = SAE(sae.cfg, {k: getattr(sae, k) for k in ("W_enc", "b_enc", "W_dec", "b_dec")})
+    np.testing.assert_array_equal(sae.forward(x), fresh.forward(x))
 
 
 def test_a_refused_weight_changes_nothing(sae):

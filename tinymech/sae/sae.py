@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import threading
 import warnings
 from typing import NamedTuple
 
@@ -223,15 +224,20 @@ class SAE:
         self.log_sparsity = log_sparsity
         self.metrics = None
         self.use_error_term = False  # SAELens's default for model.add_sae(sae)
+        self._replacing = threading.Lock()
         self._core = self._built_core(weights)
 
     def __setattr__(self, name: str, value) -> None:
         if "_core" not in self.__dict__:  # being built
             super().__setattr__(name, value)
-        elif name in WEIGHTS:
-            self._replace_weight(name, value)
-        elif name == "cfg":
-            self._replace_config(value)
+        elif name in WEIGHTS or name == "cfg":
+            # one at a time: each builds its core from the arrays the others left (two at once
+            # could each keep the other's old array, read back as new)
+            with self._replacing:
+                if name == "cfg":
+                    self._replace_config(value)
+                else:
+                    self._replace_weight(name, value)
         else:
             super().__setattr__(name, value)
 
@@ -317,10 +323,11 @@ class SAE:
 
     # pickle and copy.deepcopy: everything but the core object, which is rebuilt from the weights
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "_core"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_core", "_replacing")}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
+        self.__dict__["_replacing"] = threading.Lock()
         self.__dict__.setdefault("extra_weights", {})
         self.__dict__.setdefault("d_head", None)
         self._core = self._built_core(self._weights_now())

@@ -93,6 +93,8 @@ def test_module_tree_matches_tl(models):
     assert len(model.blocks) == len(tl.blocks)
     assert hasattr(model, "pos_embed") == hasattr(tl, "pos_embed")
     assert model.cfg.device == tl.cfg.device == "cpu"
+    for name in ("n_params", "attn_only", "parallel_attn_mlp", "attention_dir", "default_prepend_bos"):
+        assert getattr(model.cfg, name) == getattr(tl.cfg, name), name  # TransformerLens's config fields
 
 
 def test_hook_dict_names_tl_hook_points(models):

@@ -79,6 +79,19 @@ class Config:
         """Where the model runs, as TransformerLens's cfg.device: always the CPU."""
         return "cpu"
 
+    @property
+    def n_params(self) -> int:
+        """TransformerLens's count: the attention's and MLP's weight matrices (W_Q, W_K, W_V, W_O
+        counted per query head, W_in, W_gate, W_out), without embeddings, biases and norms."""
+        mlp = self.d_model * self.d_mlp * (3 if self.gated_mlp else 2)
+        return self.n_layers * (4 * self.d_model * self.d_head * self.n_heads + mlp)
+
+    # TransformerLens's switches for architectures tinymech does not load (attention-only,
+    # parallel attention and MLP, bidirectional attention): always these.
+    attn_only = False
+    parallel_attn_mlp = False
+    attention_dir = "causal"
+
     def core_dict(self) -> dict[str, Any]:
         """The fields the C++ core needs."""
         return {
@@ -127,7 +140,7 @@ def _set_field(cfg: Config, name: str, value) -> None:
         return
     label = "model.cfg" if model is not None else "this config"
     if name not in MODES and name not in _FIELDS:
-        if isinstance(getattr(type(cfg), name, None), property):
+        if hasattr(type(cfg), name):  # a property (device, n_params) or a constant (attn_only)
             raise ReadOnlyError(f"{label}.{name} is read-only: it follows from the config's fields")
         raise ReadOnlyError(f"{label} is frozen, and {name!r} is not one of its fields")
     if model is None:

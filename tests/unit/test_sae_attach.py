@@ -61,11 +61,18 @@ def test_metadata_reads_as_attributes_and_as_a_dict(sae):
     with pytest.raises(AttributeError):
         meta.__array_interface__  # noqa: B018 (numpy and copy probe such names: no None for them)
     assert sae.cfg.device == "cpu" and sae.cfg.dtype == "float32"
-    with pytest.raises(tm.InvalidInputError, match="hook_name is fixed"):  # was set, and the SAE stayed put
-        meta.hook_name = "blocks.0.hook_resid_pre"
-    assert meta.hook_name == sae.cfg.hook_name == HOOK
+    for change in (lambda: setattr(meta, "hook_name", "blocks.0.hook_resid_pre"),  # was set, and the SAE stayed put
+                   lambda: meta.__setitem__("hook_name", "blocks.0.hook_resid_pre"),  # regression: these were taken
+                   lambda: meta.update(hook_name="blocks.0.hook_resid_pre"), lambda: meta.pop("hook_name")):
+        with pytest.raises(tm.ReadOnlyError, match="hook_name is fixed"):
+            change()
+    with pytest.raises(tm.ReadOnlyError, match=r"cfg.context_size cannot be changed.*dataclasses.replace"):
+        meta.context_size = 5  # not fixed: a new config takes it
+    assert meta.hook_name == sae.cfg.hook_name == HOOK and meta.context_size == 128
     meta.my_note = "kept"  # a field of one's own is fine
-    assert meta.my_note == "kept"
+    meta.update(other="also")
+    assert meta.my_note == "kept" and meta["other"] == "also"
+    assert copy.deepcopy(meta) == pickle.loads(pickle.dumps(meta)) == meta
 
 
 def test_load_from_disk_and_from_pretrained_take_a_device(sae_dir, tmp_path, monkeypatch):
@@ -386,3 +393,54 @@ def test_hostile_arguments(model, sae, tmp_path):
     other = SAE.load(write_sae(tmp_path / "o", "standard", D, D_SAE, hook="blocks.1.hook_mlp_out"))
     with pytest.raises(tm.HookError, match="two SAEs write blocks.1.hook_mlp_out"):
         model.add_sae(other)
+
+
+def test_a_new_configs_options_are_checked_and_read_through_its_metadata(tmp_path):
+    # regressions (review): options in the metadata kept the file's values; metadata.<option> = x was taken and
+    # never ran; options missing or misspelt raised KeyError, or were saved and never ran
+    mp = SAE.load(write_sae(tmp_path / "mp", "matching_pursuit", D, D_SAE, hook=HOOK, max_iterations=3))
+    mp.cfg = dataclasses.replace(mp.cfg, options={**mp.cfg.options, "max_iterations": 1})
+    assert mp.cfg.max_iterations == mp.cfg.metadata.max_iterations == 1
+    with pytest.raises(tm.ReadOnlyError, match="an option of its architecture"):
+        mp.cfg.metadata.max_iterations = 50
+    for options, message in (({**mp.cfg.options, "max_iteration": 2}, "options are"), ({}, "options are"),
+                             (None, "cannot take")):
+        with pytest.raises(tm.SAEInputError, match=message):
+            mp.cfg = dataclasses.replace(mp.cfg, options=options)
+    assert mp.cfg.max_iterations == 1 and "max_iteration" not in mp.cfg.options
+    temporal = SAE.load(write_sae(tmp_path / "t", "temporal", D, 128, hook=HOOK, bottleneck_factor=16))
+    with pytest.raises(tm.SAEInputError, match="options are"):  # was a KeyError
+        temporal.cfg = dataclasses.replace(temporal.cfg, options={})
+    # the metadata reads a field the file lacks as None (as SAELens's), unless the config sets it
+    assert mp.cfg.metadata.model_from_pretrained_kwargs is None and mp.cfg.metadata.context_size is None
+    assert dataclasses.replace(mp.cfg, context_size=64).metadata.context_size == 64
+
+
+def test_a_config_pickled_with_a_plain_options_dict_gets_frozen_ones(tmp_path):
+    # regression (review): a pickle from before options were frozen kept a plain dict, edits in place still lost
+    cfg = SAE.load(write_sae(tmp_path / "mp", "matching_pursuit", D, D_SAE, hook=HOOK)).cfg
+    old = copy.copy(cfg)
+    object.__setattr__(old, "options", dict(old.options))  # as such a pickle holds it
+    loaded = pickle.loads(pickle.dumps(old))
+    assert type(loaded.options).__name__ == "FrozenOptions" and loaded == cfg
+    with pytest.raises(tm.ReadOnlyError):
+        loaded.options["max_iterations"] = 1
+
+
+def test_an_array_being_read_may_assign_another_weight(sae):
+    # regression (review): the lock serializing assignments was not re-entrant, so this hung
+    W_dec = sae.W_dec[::-1].copy()
+
+    class AssignsWhileRead:
+        def __array__(self, dtype=None, copy=None):
+            sae.W_dec = W_dec
+            return np.full(D, 0.25, np.float32)
+
+    done = threading.Thread(target=setattr, args=(sae, "b_dec", AssignsWhileRead()), daemon=True)
+    done.start()
+    done.join(timeout=10)
+    assert not done.is_alive()
+    np.testing.assert_array_equal(sae.W_dec, W_dec)
+    np.testing.assert_array_equal(sae.b_dec, np.full(D, 0.25, np.float32))
+    fresh = SAE(sae.cfg, {k: getattr(sae, k) for k in ("W_enc", "b_enc", "W_dec", "b_dec")})
+    np.testing.assert_array_equal(sae.forward(_rows()), fresh.forward(_rows()))

@@ -43,7 +43,9 @@ _OLD_KEYS = {"hook_point": "hook_name", "hook_point_head_index": "hook_head_inde
 
 class SAEMetadata(dict):
     """cfg.json's fields (metadata flattened) read as a dict or, as SAELens 6 reads
-    them, as attributes: cfg.metadata.hook_name; a field the file lacks is None."""
+    them, as attributes: cfg.metadata.hook_name; a field the file lacks is None. The
+    config's own fields and options read as the config has them, and are not changed
+    here (the SAE would not follow): other keys are the caller's."""
 
     def __getattr__(self, name: str):
         if name.startswith("_"):  # dunders and private names stay real attribute lookups
@@ -51,10 +53,51 @@ class SAEMetadata(dict):
         return self.get(name)
 
     def __setattr__(self, name: str, value) -> None:
-        if name in CONFIG_FIELDS:  # the SAE was built from it: a new value would not move or reshape it
-            raise InvalidInputError(f"an SAE's {name} is fixed when it loads ({self.get(name)!r}): "
-                                    "the SAE would not follow a new value")
         self[name] = value
+
+    def _keep(self, names) -> None:
+        """Refuses a change to any of these names that the config owns (set by SAEConfig)."""
+        options = self.__dict__.get("_options", {})
+        for name in names:
+            if name in CONFIG_FIELDS or name in options:
+                raise unchangeable(name, options)
+
+    def __setitem__(self, name, value) -> None:
+        self._keep([name])
+        super().__setitem__(name, value)
+
+    def __delitem__(self, name) -> None:
+        self._keep([name])
+        super().__delitem__(name)
+
+    def update(self, *args, **kwargs) -> None:
+        new = dict(*args, **kwargs)
+        self._keep(new)
+        super().update(new)
+
+    def __ior__(self, other):
+        self.update(other)
+        return self
+
+    def setdefault(self, name, default=None):
+        if name not in self:
+            self._keep([name])
+        return super().setdefault(name, default)
+
+    def pop(self, name, *default):
+        self._keep([name])
+        return super().pop(name, *default)
+
+    def popitem(self):
+        self._keep(list(self)[-1:])
+        return super().popitem()
+
+    def clear(self) -> None:
+        self._keep(self)
+        super().clear()
+
+    def __reduce__(self):  # pickle and copy rebuild it whole (item by item would be refused)
+        return type(self), (dict(self),), self.__dict__
 
     def to_dict(self) -> dict:
         return dict(self)
@@ -99,15 +142,23 @@ class SAEConfig:
     options: dict = dataclasses.field(default_factory=dict)  # the architecture's own fields (cfg.residual_threshold)
 
     def __post_init__(self):
-        # the file's fields, and the config's own with its values (one made by dataclasses.replace
-        # read the old ones there)
-        metadata = SAEMetadata(self.metadata)
-        for name in CONFIG_FIELDS - {"options"}:
-            if name in metadata or getattr(self, name) is not None:
-                metadata[name] = getattr(self, name)
-        object.__setattr__(self, "metadata", metadata)
         if isinstance(self.options, dict):
             object.__setattr__(self, "options", FrozenOptions(self.options))
+        # the file's fields, those the config owns as the config has them (one made by
+        # dataclasses.replace read the old ones there): those the file had, and those set
+        # to other than their default
+        owned = dict(self.options) if isinstance(self.options, dict) else {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in CONFIG_FIELDS - {"options"} and (f.name in (self.metadata or {}) or _set(f, value)):
+                owned[f.name] = value
+        metadata = SAEMetadata(dict(self.metadata or {}, **owned))
+        object.__setattr__(metadata, "_options", dict(self.options) if isinstance(self.options, dict) else {})
+        object.__setattr__(self, "metadata", metadata)
+
+    def __setstate__(self, state: dict) -> None:  # a pickle from before options and metadata were kept as they are
+        self.__dict__.update(state)
+        self.__post_init__()
 
     def __getattr__(self, name: str):
         """An architecture's own field, as SAELens's config classes have them (cfg.n_heads)."""
@@ -152,18 +203,34 @@ FIXED_FIELDS = ("architecture", "d_in", "d_sae", "d_out", "hook_name", "hook_nam
                 "reshape_activations")
 
 
-def _frozen(cfg: SAEConfig, name: str, value=None) -> None:
-    if name in (cfg.__dict__.get("options") or {}):
-        raise ReadOnlyError(f"an SAE's config is frozen: cfg.{name}, an option of its architecture, cannot be changed "
-                            f"in place; assign a new one, sae.cfg = dataclasses.replace(sae.cfg, "
-                            f"options={{**sae.cfg.options, {name!r}: ...}})")
-    if name not in CONFIG_FIELDS and name != "metadata":
-        raise ReadOnlyError(f"an SAE's config is frozen, and {name!r} is not one of its fields")
+def _set(field: dataclasses.Field, value) -> bool:
+    """Whether a config field holds other than its default (a required one, fixed when
+    the SAE loads, never: the metadata has it where the file did)."""
+    if field.default is not dataclasses.MISSING:
+        return value != field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return value != field.default_factory()
+    return False
+
+
+def unchangeable(name: str, options) -> ReadOnlyError:
+    """The error for changing an SAE config's field or option `name` in place, and what to do instead."""
     if name in FIXED_FIELDS:
-        raise ReadOnlyError(f"an SAE's {name} is fixed when it loads (its weights and where it attaches follow "
-                            "from it): load the SAE with another instead")
-    raise ReadOnlyError(f"an SAE's config is frozen: cfg.{name} cannot be changed in place; assign a new one, "
-                        f"sae.cfg = dataclasses.replace(sae.cfg, {name}=...), which the SAE is rebuilt with")
+        return ReadOnlyError(f"an SAE's {name} is fixed when it loads (its weights and where it attaches follow "
+                             "from it): load the SAE with another instead")
+    if name in options:
+        return ReadOnlyError(f"an SAE's config is frozen: cfg.{name}, an option of its architecture, cannot be changed "
+                             f"in place; assign a new config, sae.cfg = dataclasses.replace(sae.cfg, "
+                             f"options={{**sae.cfg.options, {name!r}: ...}})")
+    return ReadOnlyError(f"an SAE's config is frozen: cfg.{name} cannot be changed in place; assign a new config, "
+                         f"sae.cfg = dataclasses.replace(sae.cfg, {name}=...), which the SAE is rebuilt with")
+
+
+def _frozen(cfg: SAEConfig, name: str, value=None) -> None:
+    options = cfg.__dict__.get("options") or {}
+    if name not in CONFIG_FIELDS and name != "metadata" and name not in options:
+        raise ReadOnlyError(f"an SAE's config is frozen, and {name!r} is not one of its fields")
+    raise unchangeable(name, options)
 
 
 # In place of dataclasses' FrozenInstanceError, which names no way out (a frozen

@@ -224,7 +224,7 @@ class SAE:
         self.log_sparsity = log_sparsity
         self.metrics = None
         self.use_error_term = False  # SAELens's default for model.add_sae(sae)
-        self._replacing = threading.Lock()
+        self._replacing = threading.RLock()  # re-entrant: an array-like being read may assign another weight
         self._core = self._built_core(weights)
 
     def __setattr__(self, name: str, value) -> None:
@@ -256,14 +256,21 @@ class SAE:
             raise SAEInputError(f"cfg must be an SAEConfig (dataclasses.replace(sae.cfg, ...)), got {type(cfg).__name__}")
         old = self.cfg
         fixed = [f for f in FIXED_FIELDS if getattr(cfg, f) != getattr(old, f)]
-        if not fixed and ARCHITECTURES[old.architecture].tied(old.options) != ARCHITECTURES[
-                old.architecture].tied(cfg.options):
-            fixed = ["tied_weights"]
         if fixed:
             raise SAEInputError(f"a new cfg cannot change {', '.join(fixed)} (the SAE's weights and the hook points "
                                 f"it is attached at follow from them): load the SAE with them instead")
         try:
-            parse_config(config_json(cfg))  # the checks a cfg.json gets
+            read = parse_config(config_json(cfg))  # the checks a cfg.json gets
+        except Exception as e:  # whatever a field of the wrong type raises on the way
+            raise SAEInputError(f"this SAE cannot take the new cfg: {e}") from None
+        if set(cfg.options) != set(read.options):  # a misspelt one would be saved, and never run
+            raise SAEInputError(f"a {cfg.architecture} SAE's options are {sorted(read.options)}, not "
+                                f"{sorted(cfg.options)}: dataclasses.replace(sae.cfg, options={{**sae.cfg.options, "
+                                "name: value}) changes one")
+        if ARCHITECTURES[old.architecture].tied(old.options) != ARCHITECTURES[old.architecture].tied(read.options):
+            raise SAEInputError("a new cfg cannot change tied_weights (what the SAE's weights mean follows from it): "
+                                "load the SAE with it instead")
+        try:
             super().__setattr__("cfg", cfg)  # _core_config reads it
             self._core = self._built_core(self._weights_now())
         except Exception as e:  # whatever a field of the wrong type raises on the way
@@ -327,7 +334,7 @@ class SAE:
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self.__dict__["_replacing"] = threading.Lock()
+        self.__dict__["_replacing"] = threading.RLock()
         self.__dict__.setdefault("extra_weights", {})
         self.__dict__.setdefault("d_head", None)
         self._core = self._built_core(self._weights_now())

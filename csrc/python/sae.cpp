@@ -291,6 +291,9 @@ void bind_sae(py::module_& m) {
            "hook_in == hook_out: an SAE; else a transcoder reading hook_in and writing the later hook_out")
       .def("set_clamps", &tmech::SaeSplice::set_clamps, py::arg("features"), py::arg("values"),
            py::arg("positions") = std::vector<int64_t>{})
+      .def(
+          "set_sae", [](tmech::SaeSplice& sp, const PySae& s) { sp.set_sae(s.shared()); }, py::arg("sae"),
+          "run this SAE (the same SAE rebuilt: same sizes) from the next call on")
       .def("set_recording", &tmech::SaeSplice::set_recording, py::arg("record"), py::arg("record_pre"))
       .def(
           "set_bypass",

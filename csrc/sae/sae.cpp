@@ -6,6 +6,7 @@
 #include <functional>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "kernels/kernels.hpp"
 #include "ops/matmul.hpp"
@@ -557,12 +558,27 @@ SaeSplice::SaeSplice(std::shared_ptr<const Sae> sae, bool keep_error, std::strin
   if (!sae_) throw std::invalid_argument("a splice needs an SAE");
 }
 
+void SaeSplice::set_sae(std::shared_ptr<const Sae> sae) {
+  if (!sae) throw std::invalid_argument("a splice needs an SAE");
+  std::shared_ptr<const Sae> old;  // let go of after the lock: the last owner's release takes the GIL
+  std::lock_guard<std::mutex> lock(mutex_);
+  const SaeConfig &a = sae_->config(), &b = sae->config();
+  if (a.d_in != b.d_in || a.d_sae != b.d_sae || a.d_out != b.d_out)
+    throw std::invalid_argument("a splice's SAE can only be replaced by one of the same sizes");
+  old = std::exchange(sae_, std::move(sae));
+}
+
+std::shared_ptr<const Sae> SaeSplice::sae() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return sae_;
+}
+
 void SaeSplice::set_clamps(std::vector<int32_t> features, std::vector<float> values, std::vector<int64_t> positions) {
   if (features.size() != values.size()) throw std::invalid_argument("one clamp value per feature");
+  const int64_t d_sae = sae()->config().d_sae;  // the same for every SAE it runs (set_sae)
   for (int32_t f : features)
-    if (f < 0 || f >= sae_->config().d_sae)
-      throw std::out_of_range("feature " + std::to_string(f) + " is out of range for d_sae " +
-                              std::to_string(sae_->config().d_sae));
+    if (f < 0 || f >= d_sae)
+      throw std::out_of_range("feature " + std::to_string(f) + " is out of range for d_sae " + std::to_string(d_sae));
   std::lock_guard<std::mutex> lock(mutex_);
   settings_.clamp_features = std::move(features);
   settings_.clamp_values = std::move(values);
@@ -601,7 +617,7 @@ int64_t SaeSplice::rows_of(const std::vector<int64_t>& shape, int64_t width, con
 
 void SaeSplice::call(int, int64_t pos_offset, std::vector<float>& buffer, const std::vector<int64_t>& shape) {
   if (transcoder()) throw std::logic_error("a transcoder's splice runs through a hook plan (for_plan)");
-  rows_of(shape, sae_->config().d_in, "d_in");
+  rows_of(shape, sae()->config().d_in, "d_in");
   const std::vector<float> x = buffer;
   run(x.data(), buffer, shape, pos_offset);
 }
@@ -626,7 +642,8 @@ class TranscoderPass : public HookCallback {
         out_id_(hook_id_of(splice_->hook_out(), n_layers)) {}
 
   void call(int hook_id, int64_t pos_offset, std::vector<float>& buffer, const std::vector<int64_t>& shape) override {
-    const SaeConfig& c = splice_->sae().config();
+    const std::shared_ptr<const Sae> sae = splice_->sae();  // its sizes: the same whichever it runs
+    const SaeConfig& c = sae->config();
     if (hook_id == in_id_) {
       rows_ = splice_->rows_of(shape, c.d_in, "d_in");
       input_ = buffer;
@@ -691,14 +708,16 @@ SparseCodes with_clamps(const SparseCodes& codes, const std::vector<int32_t>& fe
 }  // namespace
 
 void SaeSplice::run(const float* x, std::vector<float>& target, const std::vector<int64_t>& shape, int64_t pos_offset) {
-  const Sae& sae = *sae_;
-  const SaeConfig& c = sae.config();
-  const int64_t rows = static_cast<int64_t>(target.size()) / c.d_out;
   Settings set;
+  std::shared_ptr<const Sae> held;  // the SAE this call runs, whatever set_sae does meanwhile
   {
     std::lock_guard<std::mutex> lock(mutex_);
     set = settings_;
+    held = sae_;
   }
+  const Sae& sae = *held;
+  const SaeConfig& c = sae.config();
+  const int64_t rows = static_cast<int64_t>(target.size()) / c.d_out;
   const std::vector<uint8_t>& bypass = set.bypass;
   if (!bypass.empty() && static_cast<int64_t>(bypass.size()) != rows)
     throw std::invalid_argument("the bypass mask has " + std::to_string(bypass.size()) +

@@ -171,9 +171,13 @@ class SaeSplice : public HookCallback, public std::enable_shared_from_this<SaeSp
   // an activation of another number of rows throws.
   void set_bypass(std::vector<uint8_t> rows);
 
+  // Runs `sae` from the next call on (an SAE rebuilt with new weights or a new
+  // config, of the same sizes); calls under way finish with the one they began with.
+  void set_sae(std::shared_ptr<const Sae> sae);
+
   // What the last call to finish recorded; null before any did.
   std::shared_ptr<const SpliceRecord> last() const;
-  const Sae& sae() const { return *sae_; }
+  std::shared_ptr<const Sae> sae() const;
   bool transcoder() const { return hook_in_ != hook_out_; }
   const std::string& hook_in() const { return hook_in_; }
   const std::string& hook_out() const { return hook_out_; }
@@ -197,7 +201,7 @@ class SaeSplice : public HookCallback, public std::enable_shared_from_this<SaeSp
   std::shared_ptr<const Sae> sae_;
   bool keep_error_;
   std::string hook_in_, hook_out_;
-  mutable std::mutex mutex_;  // guards settings_ and last_
+  mutable std::mutex mutex_;  // guards sae_, settings_ and last_
   Settings settings_;
   std::shared_ptr<const SpliceRecord> last_;
 };

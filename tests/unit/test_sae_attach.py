@@ -444,3 +444,27 @@ def test_an_array_being_read_may_assign_another_weight(sae):
     np.testing.assert_array_equal(sae.b_dec, np.full(D, 0.25, np.float32))
     fresh = SAE(sae.cfg, {k: getattr(sae, k) for k in ("W_enc", "b_enc", "W_dec", "b_dec")})
     np.testing.assert_array_equal(sae.forward(_rows()), fresh.forward(_rows()))
+
+
+def test_hook_specs_made_before_an_assignment_run_what_was_assigned(model, sae, tmp_path):
+    # regression: sae.as_hook() and sae.steer(mode="clamp") kept the weights they were made with
+    toks = tokens()
+    spliced, clamped = sae.as_hook(), sae.steer(3, 2.0, mode="clamp")
+    tc = SAE.load(write_sae(tmp_path / "t", "transcoder", D, D_SAE, hook="blocks.1.ln2.hook_normalized",
+                            hook_out="blocks.1.hook_mlp_out"))
+    transcoded = tc.as_hook()
+    before = [model.run_with_hooks(toks, fwd_hooks=[h]) for h in (spliced, clamped, transcoded)]
+    sae.W_dec = sae.W_dec * 2
+    tc.b_dec = tc.b_dec + 1
+    now = [model.run_with_hooks(toks, fwd_hooks=[h]) for h in (spliced, clamped, transcoded)]
+    fresh = [model.run_with_hooks(toks, fwd_hooks=[h])
+             for h in (sae.as_hook(), sae.steer(3, 2.0, mode="clamp"), tc.as_hook())]
+    for b, n, f in zip(before, now, fresh):
+        np.testing.assert_array_equal(n, f)
+        assert not np.array_equal(b, n)
+    topk = SAE.load(write_sae(tmp_path / "k", "topk", D, D_SAE, hook=HOOK, k=2))
+    spliced = topk.as_hook()
+    topk.cfg = dataclasses.replace(topk.cfg, k=6)  # a new config reaches it too
+    np.testing.assert_array_equal(model.run_with_hooks(toks, fwd_hooks=[spliced]),
+                                  model.run_with_hooks(toks, fwd_hooks=[topk.as_hook()]))
+    assert pickle.loads(pickle.dumps(sae)).as_hook() is not None  # the spec set is not pickled

@@ -17,6 +17,7 @@ import math
 import os
 import threading
 import warnings
+import weakref
 from typing import NamedTuple
 
 import numpy as np
@@ -225,6 +226,7 @@ class SAE:
         self.metrics = None
         self.use_error_term = False  # SAELens's default for model.add_sae(sae)
         self._replacing = threading.RLock()  # re-entrant: an array-like being read may assign another weight
+        self._splices = weakref.WeakSet()  # as_hook's, which run a rebuilt core too (_run_core)
         self._core = self._built_core(weights)
 
     def __setattr__(self, name: str, value) -> None:
@@ -272,10 +274,11 @@ class SAE:
                                 "load the SAE with it instead")
         try:
             super().__setattr__("cfg", cfg)  # _core_config reads it
-            self._core = self._built_core(self._weights_now())
+            core = self._built_core(self._weights_now())
         except Exception as e:  # whatever a field of the wrong type raises on the way
             super().__setattr__("cfg", old)
             raise SAEInputError(f"this SAE cannot take the new cfg: {e}") from None
+        self._run_core(core)
 
     def _replace_weight(self, name: str, value) -> None:
         """sae.W_enc = array (any of WEIGHTS): the core is rebuilt around the new array, so
@@ -316,11 +319,18 @@ class SAE:
         if tied and name == "W_dec":
             replaced["W_enc"] = np.ascontiguousarray(array.T)
         try:
-            self._core = self._built_core(self._weights_now(**replaced))
+            core = self._built_core(self._weights_now(**replaced))
         except SAELoadError as e:  # e.g. an r_mag whose exp overflows
             raise SAEInputError(f"{name}: {e}") from None
         for key, v in replaced.items():
             super().__setattr__(key, v)
+        self._run_core(core)
+
+    def _run_core(self, core) -> None:
+        """The core that encode, decode and every hook spec made by as_hook run from now on."""
+        self._core = core
+        for splice in list(self._splices):
+            splice.set_sae(core)
 
     def _built_core(self, weights: dict):
         try:
@@ -330,11 +340,12 @@ class SAE:
 
     # pickle and copy.deepcopy: everything but the core object, which is rebuilt from the weights
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k not in ("_core", "_replacing")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_core", "_replacing", "_splices")}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self.__dict__["_replacing"] = threading.RLock()
+        self.__dict__["_splices"] = weakref.WeakSet()
         self.__dict__.setdefault("extra_weights", {})
         self.__dict__.setdefault("d_head", None)
         self._core = self._built_core(self._weights_now())
@@ -581,7 +592,9 @@ class SAE:
         left as it was (the error term is added back). A transcoder's spec names
         its input and output hooks: ([hook_name, hook_name_out], action)."""
         names = splice_hooks(self.cfg)
-        splice = _core.SaeSplice(self._core, bool(keep_error), names[0], names[-1])
+        with self._replacing:  # no assignment between the two: it would miss this splice
+            splice = _core.SaeSplice(self._core, bool(keep_error), names[0], names[-1])
+            self._splices.add(splice)  # an assigned weight or config reaches it too
         return (names if len(names) == 2 else names[0]), splice
 
     def _k(self, k, at_most: int | None = None) -> int:

@@ -4,10 +4,12 @@
 
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstring>
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "python/bindings.hpp"
 #include "python/numpy_buffers.hpp"
@@ -33,8 +35,17 @@ struct OwnedSae {
 
 struct PySae {
   std::shared_ptr<OwnedSae> owned;
+  // The splices made over it (changed under the GIL): an SAE rebuilt with new
+  // weights or a new config takes them over (take_splices), whoever holds them,
+  // a hook plan of a generation under way included.
+  std::vector<std::weak_ptr<tmech::SaeSplice>> splices;
   const tmech::Sae& sae() const { return *owned->sae; }
   std::shared_ptr<const tmech::Sae> shared() const { return {owned, owned->sae.get()}; }
+  void track(const std::shared_ptr<tmech::SaeSplice>& splice) {
+    splices.erase(std::remove_if(splices.begin(), splices.end(), [](const auto& w) { return w.expired(); }),
+                  splices.end());
+    splices.push_back(splice);
+  }
 };
 
 // The SAE's weights dict: float32 C-contiguous arrays by name.
@@ -183,6 +194,17 @@ void bind_sae(py::module_& m) {
   py::class_<PySae>(m, "Sae", "An SAE or transcoder over float32 weights (see tinymech.sae.SAE)")
       .def(py::init(&make_sae), py::arg("config"), py::arg("weights"))
       .def(
+          "take_splices",
+          [](PySae& s, PySae& old) {
+            for (const auto& weak : old.splices)
+              if (auto splice = weak.lock()) {
+                splice->set_sae(s.shared());
+                s.track(splice);
+              }
+            old.splices.clear();
+          },
+          py::arg("old"), "the splices made over `old` (the same SAE before a rebuild) run this one from now on")
+      .def(
           "encode",
           [](const PySae& s, FloatIn x, int64_t seq_len) {
             const tmech::SaeConfig& c = s.sae().config();
@@ -284,16 +306,15 @@ void bind_sae(py::module_& m) {
 
   py::class_<tmech::SaeSplice, tmech::HookCallback, std::shared_ptr<tmech::SaeSplice>>(
       m, "SaeSplice", "Hook action running an SAE at a hook point (a NativeHook)")
-      .def(py::init([](const PySae& s, bool keep_error, const std::string& hook_in, const std::string& hook_out) {
-             return std::make_shared<tmech::SaeSplice>(s.shared(), keep_error, hook_in, hook_out);
+      .def(py::init([](PySae& s, bool keep_error, const std::string& hook_in, const std::string& hook_out) {
+             auto splice = std::make_shared<tmech::SaeSplice>(s.shared(), keep_error, hook_in, hook_out);
+             s.track(splice);
+             return splice;
            }),
            py::arg("sae"), py::arg("keep_error"), py::arg("hook_in"), py::arg("hook_out"),
            "hook_in == hook_out: an SAE; else a transcoder reading hook_in and writing the later hook_out")
       .def("set_clamps", &tmech::SaeSplice::set_clamps, py::arg("features"), py::arg("values"),
            py::arg("positions") = std::vector<int64_t>{})
-      .def(
-          "set_sae", [](tmech::SaeSplice& sp, const PySae& s) { sp.set_sae(s.shared()); }, py::arg("sae"),
-          "run this SAE (the same SAE rebuilt: same sizes) from the next call on")
       .def("set_recording", &tmech::SaeSplice::set_recording, py::arg("record"), py::arg("record_pre"))
       .def(
           "set_bypass",

@@ -172,7 +172,9 @@ class SaeSplice : public HookCallback, public std::enable_shared_from_this<SaeSp
   void set_bypass(std::vector<uint8_t> rows);
 
   // Runs `sae` from the next call on (an SAE rebuilt with new weights or a new
-  // config, of the same sizes); calls under way finish with the one they began with.
+  // config, of the same sizes); a call under way finishes with the one it began
+  // with (a transcoder's pass encodes and decodes at its output hook, with the SAE
+  // of that call).
   void set_sae(std::shared_ptr<const Sae> sae);
 
   // What the last call to finish recorded; null before any did.

@@ -241,8 +241,8 @@ void test_splice_state_per_plan() {
   }
   check(threw, "a transcoder's output hook without its input hook throws");
 
-  // set_sae: the next pass runs the new SAE (here one that doubles), a pass under way its own;
-  // an SAE of other sizes is refused
+  // set_sae: the next call runs the new SAE (here one that doubles), so a transcoder's pass
+  // begun before encodes and decodes with it at its output hook; an SAE of other sizes is refused
   std::vector<float> twice(eye);
   for (float& v : twice) v *= 2.f;
   HookPlan after = plan();
@@ -253,17 +253,20 @@ void test_splice_state_per_plan() {
   a.apply(out, view(a_out));
   check(b_out == std::vector<float>{10, 12, 14, 16}, "a splice runs the SAE set_sae gave it");
   check(a_out == std::vector<float>{2, 4, 6, 8}, "set_sae: the new SAE from the output of a pass under way");
-  SaeConfig wider = cfg;
-  wider.d_sae = 2 * d;
-  std::vector<float> wide_enc(static_cast<size_t>(2 * d * d), 0.f), wide_b(static_cast<size_t>(2 * d), 0.f);
-  threw = false;
-  try {
-    splice->set_sae(
-        std::make_shared<const Sae>(wider, SaeWeights{wide_enc.data(), wide_b.data(), wide_enc.data(), zero.data()}));
-  } catch (const std::invalid_argument&) {
-    threw = true;
+  SaeConfig wider = cfg, taller = cfg;
+  wider.d_sae = taller.d_out = 2 * d;
+  std::vector<float> wide(static_cast<size_t>(2 * d * d), 0.f), wide_b(static_cast<size_t>(2 * d), 0.f);
+  int refused = 0;
+  for (const auto& other :
+       {std::make_shared<const Sae>(wider, SaeWeights{wide.data(), wide_b.data(), wide.data(), zero.data()}),
+        std::make_shared<const Sae>(taller, SaeWeights{eye.data(), zero.data(), wide.data(), wide_b.data()})}) {
+    try {
+      splice->set_sae(other);
+    } catch (const std::invalid_argument&) {
+      ++refused;
+    }
   }
-  check(threw, "set_sae refuses an SAE of other sizes");
+  check(refused == 2, "set_sae refuses an SAE of another d_sae or d_out");
 }
 
 // Sparse codes from a caller: offsets from 0 to nnz, never decreasing; an

@@ -468,3 +468,38 @@ def test_hook_specs_made_before_an_assignment_run_what_was_assigned(model, sae, 
     np.testing.assert_array_equal(model.run_with_hooks(toks, fwd_hooks=[spliced]),
                                   model.run_with_hooks(toks, fwd_hooks=[topk.as_hook()]))
     assert pickle.loads(pickle.dumps(sae)).as_hook() is not None  # the spec set is not pickled
+
+
+def test_an_assignment_during_a_generation_reaches_its_attached_saes(model, sae_dir):
+    # regression (review): add_sae's splices were made per plan and not followed, so a generation under way
+    # kept the old weights while an as_hook spec took the new ones
+    def generated(attach):
+        sae, seen = SAE.load(sae_dir), []
+        capture = ("blocks.1.hook_resid_post", lambda a, hook: seen.append(np.array(a[:, -1])))
+        hooks = [capture]
+        if attach:
+            model.add_sae(sae)
+        else:
+            hooks.append(sae.as_hook())
+
+        def zero_the_decoder(token):
+            sae.W_dec = np.zeros_like(sae.W_dec)
+        model.generate(tokens(1, 4), max_new_tokens=3, hooks=hooks, on_token=zero_the_decoder, verbose=False)
+        model.reset_saes()
+        return seen
+
+    attached, spec = generated(True), generated(False)
+    assert len(attached) == len(spec) == 3
+    for a, s in zip(attached, spec):
+        np.testing.assert_array_equal(a, s)
+    assert not np.array_equal(attached[0], attached[1])  # the weights changed after the first token
+
+
+def test_an_added_steering_direction_is_the_decoder_row_when_made(sae):
+    # regression (review): it was a view of W_dec, so an edit in place (and assigning back) reached it
+    sae.W_dec = np.array(sae.W_dec)  # writable (it loaded memory-mapped, read-only)
+    name, action = sae.steer(3, 2.0)
+    direction = np.array(sae.W_dec[3])
+    sae.W_dec[3] *= 10
+    sae.W_dec = sae.W_dec
+    np.testing.assert_array_equal(action.values, direction)

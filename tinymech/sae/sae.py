@@ -17,7 +17,6 @@ import math
 import os
 import threading
 import warnings
-import weakref
 from typing import NamedTuple
 
 import numpy as np
@@ -226,7 +225,6 @@ class SAE:
         self.metrics = None
         self.use_error_term = False  # SAELens's default for model.add_sae(sae)
         self._replacing = threading.RLock()  # re-entrant: an array-like being read may assign another weight
-        self._splices = weakref.WeakSet()  # as_hook's, which run a rebuilt core too (_run_core)
         self._core = self._built_core(weights)
 
     def __setattr__(self, name: str, value) -> None:
@@ -327,10 +325,10 @@ class SAE:
         self._run_core(core)
 
     def _run_core(self, core) -> None:
-        """The core that encode, decode and every hook spec made by as_hook run from now on."""
+        """The core that encode, decode and every splice made over the old one (as_hook's,
+        add_sae's, a generation's under way) run from now on."""
+        core.take_splices(self._core)
         self._core = core
-        for splice in list(self._splices):
-            splice.set_sae(core)
 
     def _built_core(self, weights: dict):
         try:
@@ -340,12 +338,11 @@ class SAE:
 
     # pickle and copy.deepcopy: everything but the core object, which is rebuilt from the weights
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k not in ("_core", "_replacing", "_splices")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_core", "_replacing")}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self.__dict__["_replacing"] = threading.RLock()
-        self.__dict__["_splices"] = weakref.WeakSet()
         self.__dict__.setdefault("extra_weights", {})
         self.__dict__.setdefault("d_head", None)
         self._core = self._built_core(self._weights_now())
@@ -592,9 +589,8 @@ class SAE:
         left as it was (the error term is added back). A transcoder's spec names
         its input and output hooks: ([hook_name, hook_name_out], action)."""
         names = splice_hooks(self.cfg)
-        with self._replacing:  # no assignment between the two: it would miss this splice
-            splice = _core.SaeSplice(self._core, bool(keep_error), names[0], names[-1])
-            self._splices.add(splice)  # an assigned weight or config reaches it too
+        with self._replacing:  # not between an assignment's taking the splices over and its new core
+            splice = _core.SaeSplice(self._core, bool(keep_error), names[0], names[-1])  # the core keeps track of it
         return (names if len(names) == 2 else names[0]), splice
 
     def _k(self, k, at_most: int | None = None) -> int:
@@ -642,7 +638,9 @@ class SAE:
         if not math.isfinite(strength):
             raise HookError(f"steering strength must be finite, got {strength!r}")
         if mode == "add":
-            return self.cfg.output_hook, _hooks.add(self.W_dec[f], coeff=float(strength), positions=positions)
+            # the direction as it is now (a view of W_dec would follow edits in place, and not assignments)
+            direction = np.array(self.W_dec[f], dtype=np.float32)
+            return self.cfg.output_hook, _hooks.add(direction, coeff=float(strength), positions=positions)
         if mode != "clamp":
             raise HookError(f"steering mode must be 'add' or 'clamp', not {mode!r}")
         name, splice = self.as_hook(keep_error=True)

@@ -90,6 +90,7 @@ PySae make_sae(const py::dict& cfg, const py::dict& w) {
   c.denormalize_output = cfg["denormalize_output"].cast<bool>();
   c.decode_bias = cfg["decode_bias"].cast<bool>();
   c.norm_factor = cfg["norm_factor"].cast<float>();
+  c.fixed_encoder = cfg["fixed_encoder"].cast<bool>();
   if (c.activation == tmech::SaeActivation::matching_pursuit) {
     c.matching_pursuit.residual_threshold = cfg["residual_threshold"].cast<float>();
     c.matching_pursuit.max_iterations = cfg["max_iterations"].cast<int64_t>();

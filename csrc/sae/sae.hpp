@@ -41,6 +41,9 @@ struct SaeConfig {
   bool denormalize_output = true;  // SAELens transcoders leave their output in normalized units
   bool decode_bias = true;         // decoding adds b_dec (tied matching-pursuit and temporal SAEs may not)
   float norm_factor = 1.f;         // constant_scalar_rescale's: inputs times it, outputs divided by it
+  // W_enc's memory cannot change (a read-only file mapping): the screen may keep
+  // a transposed copy rather than transpose each chunk on every call.
+  bool fixed_encoder = false;
   MatchingPursuitConfig matching_pursuit;
   TemporalConfig temporal;
   void validate() const;
@@ -136,6 +139,10 @@ class Sae {
   SaeWeights w_;
   std::vector<float> dec_norm_;   // ||W_dec[i]||, for rescale_acts_by_decoder_norm
   std::vector<float> mag_scale_;  // exp(r_mag), gated only
+  // fixed_encoder: W_enc transposed ([d_sae, d_in]), made by the first screened encode
+  mutable std::once_flag transposed_once_;
+  mutable std::vector<float> W_enc_t_;
+  const float* transposed_encoder() const;
   // A gated SAE's magnitude pre-activation of feature j from its gate's
   float magnitude(float gate, int64_t j) const {
     return (gate - w_.b_enc[j]) * mag_scale_[static_cast<size_t>(j)] + w_.b_mag[j];

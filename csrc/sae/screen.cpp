@@ -85,7 +85,7 @@ struct Rows {
 // Per-thread buffers, carved from the thread's scratch after the matmul's.
 struct Buffers {
   float* matmul;     // matmul_scratch_floats()
-  float* w_t;        // [kColumns, K] float32: the chunk's weights, one feature per row
+  float* w_t;        // [kColumns, K] float32: the chunk's weights transposed here, one feature per row
   uint16_t* w16;     // [kColumns, padded(K)]: the same in bfloat16, or quantized to int16
   int16_t* packed;   // [kColumns, padded(K)]: the int16 weights packed for matmul_i16
   float* scores;     // [kRows, kColumns]
@@ -96,6 +96,9 @@ struct Buffers {
   int32_t* passed;   // [kColumns]: one row's survivors
   float* m[3];       // [kColumns] each, TopK: c scaled by the decoder norm, with 1 % for rounding
   float* col_slack;  // [kColumns], TopK: the bias's rounding slack
+  // The chunk's weights, one feature per row: w_t, or rows of the SAE's own
+  // transposed encoder (set by screen_chunk for the chunk at hand).
+  mutable const float* w = nullptr;
   static int64_t halves(int64_t K) { return (kColumns * padded(K) + 1) / 2; }
   static int64_t floats(int64_t K) {
     return matmul_scratch_floats() + kColumns * K + 2 * halves(K) + kRows * kColumns + 12 * kColumns;
@@ -116,21 +119,27 @@ struct Buffers {
   }
 };
 
-// Features [n0, n0 + nc): their float32 weights transposed into b.w_t (one
-// feature per row, for the float32 recomputation), rounded (bfloat16) or
+// Features [n0, n0 + nc): their float32 weights, one feature per row (for the
+// float32 recomputation), in b.w (transposed into b.w_t unless the SAE keeps
+// its encoder transposed), rounded (bfloat16) or
 // quantized (int16), their bound factors into b.c; and the screened dot
 // products of the rows into b.scores ([rows, nc]).
 void screen_chunk(const ScreenedEncoder& e, ScreenKind kind, const Rows& in, int64_t rows, int64_t n0, int64_t nc,
                   const Buffers& b) {
   const KernelTable& kt = kernels::active();
   const int64_t K = e.d_in, Kp = padded(K);
-  kt.transpose(e.W_enc + n0, e.d_sae, K, nc, b.w_t, K);
+  if (e.W_enc_t) {
+    b.w = e.W_enc_t + n0 * K;
+  } else {
+    kt.transpose(e.W_enc + n0, e.d_sae, K, nc, b.w_t, K);
+    b.w = b.w_t;
+  }
   const float norm_pad = static_cast<float>((1 + gamma(K)) * 1.01);
   if (kind == ScreenKind::int16) {
     auto* q = reinterpret_cast<int16_t*>(b.w16);
     const int32_t q_w = int16_q_w(K);
     for (int64_t j = 0; j < nc; ++j) {
-      const float* w = b.w_t + j * K;
+      const float* w = b.w + j * K;
       float scale, max_abs;
       const int64_t l1 = kt.quantize_i16(w, K, q_w, std::numeric_limits<int64_t>::max(), q + j * Kp, &scale, &max_abs);
       const float err = quantization_error(scale, max_abs);
@@ -144,25 +153,26 @@ void screen_chunk(const ScreenedEncoder& e, ScreenKind kind, const Rows& in, int
     kt.matmul_i16(in.q, Kp, rows, b.packed, nc, Kp, in.scale, b.col_scale, b.scores, nc);
     return;
   }
-  kt.round_bf16(b.w_t, b.w16, nc * K);
+  kt.round_bf16(b.w, b.w16, nc * K);
   for (int64_t j = 0; j < nc; ++j) {
-    b.c[0][j] = std::sqrt(kt.dot(b.w_t + j * K, b.w_t + j * K, K)) + kTiny;
+    b.c[0][j] = std::sqrt(kt.dot(b.w + j * K, b.w + j * K, K)) + kTiny;
     b.c[1][j] = b.c[2][j] = 0.f;
   }
   MatmulArgs a{rows, nc, K, in.x, K, nullptr, 1, K, nullptr, b.scores, nc, false, b.matmul, b.w16, in.pairs};
   // The next chunk's weights (this thread's next, but at the end of its
   // range), strided reads from memory that would stall their transposition,
-  // fetched during the matmul: a 512-row encode ran ~2.5 % faster.
+  // fetched during the matmul: a 512-row encode ran ~2.5 % faster. (Rows of a
+  // transposed encoder are contiguous: the hardware fetches those.)
   const int64_t next = n0 + nc, next_nc = std::min(kColumns, e.d_sae - next);
-  if (next_nc > 0)
+  if (next_nc > 0 && !e.W_enc_t)
     a.prefetch_after = {e.W_enc + next, K, next_nc * static_cast<int64_t>(sizeof(float)),
                         e.d_sae * static_cast<int64_t>(sizeof(float))};
   kt.matmul_cols(a, 0, nc);
 }
 
-// The float32 pre-activation of feature n0 + j (its weights in b.w_t) for one row.
+// The float32 pre-activation of feature n0 + j (its weights in b.w) for one row.
 float recompute(const ScreenedEncoder& e, const float* row, const Buffers& b, int64_t n0, int64_t j) {
-  return e.b_enc[n0 + j] + kernels::active().dot(row, b.w_t + j * e.d_in, e.d_in);
+  return e.b_enc[n0 + j] + kernels::active().dot(row, b.w + j * e.d_in, e.d_in);
 }
 
 // limit[j] less row m's bound terms after the first (f[1] c[1] + f[2] c[2]),

@@ -53,6 +53,7 @@ struct SparseCodes;
 struct ScreenedEncoder {
   int64_t d_in = 0, d_sae = 0;
   const float* W_enc = nullptr;      // [d_in, d_sae]
+  const float* W_enc_t = nullptr;    // [d_sae, d_in], W_enc transposed, if the SAE keeps it (else each chunk is)
   const float* b_enc = nullptr;      // [d_sae]
   const float* threshold = nullptr;  // [d_sae] for JumpReLU; null for ReLU and TopK
   int64_t k = 0;                     // TopK: features kept per row; 0 for ReLU / JumpReLU

@@ -54,6 +54,14 @@ void test_sae_encode(const char* variant, std::mt19937& rng) {
         }
       }
       check(ok, std::string(variant) + " " + screen_mode_name(mode) + " SAE codes " + std::to_string(rows) + " rows");
+      SaeConfig fixed = cfg;  // W_enc kept transposed: the same codes, bit for bit
+      fixed.fixed_encoder = true;
+      const Sae kept(fixed, SaeWeights{W_enc.data(), b_enc.data(), W_dec.data(), b_dec.data()});
+      SparseCodes kept_codes;
+      kept.encode(x.data(), rows, &kept_codes, nullptr, nullptr, nullptr);
+      check(kept_codes.offsets == codes.offsets && kept_codes.indices == codes.indices &&
+                kept_codes.values == codes.values,
+            std::string(variant) + " " + screen_mode_name(mode) + " SAE codes with W_enc kept transposed");
     }
   }
   set_screen_mode(ScreenMode::where_it_pays);

@@ -82,6 +82,24 @@ def test_screened_codes_equal_float32(activation, norm, apply_b_dec, d_in, d_sae
         assert np.abs(ours - np.where(fired, pre, 0)).max() <= 1e-5 * scale
 
 
+def read_only(array: np.ndarray) -> np.ndarray:
+    """A copy in memory no one can write, as SAE.load maps a file."""
+    return np.frombuffer(array.tobytes(), array.dtype).reshape(array.shape)
+
+
+@pytest.mark.parametrize("activation,rescale", [("relu", False), ("jumprelu", False), ("topk", False), ("topk", True)])
+@pytest.mark.parametrize("d_in,d_sae,rows", [(77, 1000, 3), (130, 129, 1030)])
+def test_an_encoder_kept_transposed_gives_the_same_codes(activation, rescale, d_in, d_sae, rows):
+    # an SAE whose W_enc cannot change keeps it transposed for the screen, rather than transposing each chunk
+    sae = make_sae(d_in, d_sae, activation, rescale=rescale)
+    kept = SAE(sae.cfg, {k: read_only(v) if k == "W_enc" else v for k, v in sae._weights_now().items()})
+    x = np.random.default_rng(rows).standard_normal((rows, d_in), dtype=np.float32)
+    np.testing.assert_array_equal(kept.encode(x), sae.encode(x))
+    np.testing.assert_array_equal(kept.forward(x), sae.forward(x))
+    kept.W_enc = sae.W_enc[:, ::-1]  # assigned: a new core, a new copy (here of writable memory: none)
+    np.testing.assert_array_equal(kept.encode(x), SAE(kept.cfg, kept._weights_now()).encode(x))
+
+
 @pytest.mark.parametrize("activation", ["relu", "jumprelu"])
 def test_features_just_above_their_threshold_survive_the_screen(activation):
     """Row 0's pre-activations sit 1e-3 above or below each feature's threshold:

@@ -151,6 +151,20 @@ def _on_cpu(device, dtype) -> None:
             warnings.warn(f"tinymech runs SAEs in float32 on the CPU; {what}={name!r} is ignored", stacklevel=3)
 
 
+def _unchanging(array) -> bool:
+    """Whether no one can write an array's memory: read-only all the way down to a read-only
+    buffer (a file mapped for reading, as SAE.load maps one). An array that owns its memory
+    can be made writable again, and a read-only view may have a writable base."""
+    while isinstance(array, np.ndarray):
+        if array.flags.writeable or array.base is None:
+            return False
+        array = array.base
+    try:
+        return memoryview(array).readonly
+    except TypeError:  # no buffer
+        return False
+
+
 def _rebuilt(state: dict) -> "SAE":
     """An SAE from its pickled state: the core object is rebuilt from the weights."""
     sae = SAE.__new__(SAE)
@@ -332,7 +346,9 @@ class SAE:
 
     def _built_core(self, weights: dict):
         try:
-            return _core.Sae(self._core_config(), weights)
+            config = self._core_config()
+            config["fixed_encoder"] = _unchanging(weights.get("W_enc"))
+            return _core.Sae(config, weights)
         except ValueError as e:  # weights that do not fit the config
             raise SAELoadError(str(e)) from e
 

@@ -194,6 +194,9 @@ void bind_sae(py::module_& m) {
   m.def("sae_screen", [] { return tmech::screen_mode_name(tmech::screen_mode()); });
   py::class_<PySae>(m, "Sae", "An SAE or transcoder over float32 weights (see tinymech.sae.SAE)")
       .def(py::init(&make_sae), py::arg("config"), py::arg("weights"))
+      .def_property_readonly(
+          "keeps_transposed_encoder", [](const PySae& s) { return s.sae().keeps_transposed_encoder(); },
+          "whether the screen has made its transposed copy of a W_enc nothing can write")
       .def(
           "take_splices",
           [](PySae& s, PySae& old) {

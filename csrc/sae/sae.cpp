@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <functional>
+#include <new>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -386,11 +387,17 @@ void Sae::poison_nonfinite_rows(const float* x, int64_t rows, int64_t seq_len, S
 
 // Transposing each chunk of W_enc on every call was ~7 % of a 512-row ReLU SAE
 // forward on AVX2 (Zen 5): memory that cannot change is transposed once, at the
-// cost of a second copy of the encoder, made where the screen first runs.
+// cost of a second copy of the encoder, made by the first screen that runs. Where
+// that memory cannot be had, each chunk is transposed as before.
 const float* Sae::transposed_encoder() const {
   if (!cfg_.fixed_encoder) return nullptr;
   std::call_once(transposed_once_, [&] {
-    W_enc_t_.resize(static_cast<size_t>(checked_size({cfg_.d_sae, cfg_.d_in}, "the transposed SAE encoder")));
+    try {
+      W_enc_t_.resize(static_cast<size_t>(checked_size({cfg_.d_sae, cfg_.d_in}, "the transposed SAE encoder")));
+    } catch (const std::bad_alloc&) {
+      W_enc_t_ = {};  // not tried again: call_once is done
+      return;
+    }
     const KernelTable& kt = kernels::active();
     parallel_for(
         cfg_.d_sae,
@@ -398,8 +405,9 @@ const float* Sae::transposed_encoder() const {
           kt.transpose(w_.W_enc + c0, cfg_.d_sae, cfg_.d_in, c1 - c0, W_enc_t_.data() + c0 * cfg_.d_in, cfg_.d_in);
         },
         64);
+    transposed_made_ = true;
   });
-  return W_enc_t_.data();
+  return W_enc_t_.empty() ? nullptr : W_enc_t_.data();
 }
 
 void Sae::encode_rows(const float* x, int64_t rows, SparseCodes* codes, float* acts, float* pre, RowNorm& nm,
@@ -415,10 +423,14 @@ void Sae::encode_rows(const float* x, int64_t rows, SparseCodes* codes, float* a
   const bool topk = cfg_.activation == SaeActivation::topk;
   const bool screenable = topk || cfg_.activation == SaeActivation::relu || cfg_.activation == SaeActivation::jumprelu;
   if (!pre && screenable && (topk || !cfg_.rescale_acts_by_decoder_norm) && screening_applies(rows, cfg_.d_in)) {
-    const ScreenedEncoder screen{cfg_.d_in,         d_sae,
-                                 w_.W_enc,          transposed_encoder(),
-                                 w_.b_enc,          cfg_.activation == SaeActivation::jumprelu ? w_.threshold : nullptr,
-                                 topk ? cfg_.k : 0, cfg_.rescale_acts_by_decoder_norm ? dec_norm_.data() : nullptr};
+    ScreenedEncoder screen{cfg_.d_in,
+                           d_sae,
+                           w_.W_enc,
+                           w_.b_enc,
+                           cfg_.activation == SaeActivation::jumprelu ? w_.threshold : nullptr,
+                           topk ? cfg_.k : 0,
+                           cfg_.rescale_acts_by_decoder_norm ? dec_norm_.data() : nullptr};
+    if (cfg_.fixed_encoder) screen.transposed = [this] { return transposed_encoder(); };
     SparseCodes local;
     SparseCodes& out = codes ? *codes : local;
     if (screened_encode(screen, input_rows(x, 0, rows, nm, sae_in), rows, out)) {

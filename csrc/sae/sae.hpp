@@ -13,6 +13,7 @@
 // reconstruction (or keeps the error term), can clamp features, and records
 // what it saw on its last call for activation caches.
 #pragma once
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -95,6 +96,10 @@ class Sae {
  public:
   Sae(SaeConfig cfg, SaeWeights w);
   const SaeConfig& config() const { return cfg_; }
+  // W_enc transposed ([d_sae, d_in]) where fixed_encoder keeps it, made by the first
+  // call (the first screen that runs); null where it is not kept or memory ran out.
+  const float* transposed_encoder() const;
+  bool keeps_transposed_encoder() const { return transposed_made_.load(); }  // made, that is
 
   // x [rows, d_in]. Outputs may be null: codes, dense activations
   // acts [rows, d_sae], pre-activations pre [rows, d_sae], the normalization.
@@ -142,7 +147,7 @@ class Sae {
   // fixed_encoder: W_enc transposed ([d_sae, d_in]), made by the first screened encode
   mutable std::once_flag transposed_once_;
   mutable std::vector<float> W_enc_t_;
-  const float* transposed_encoder() const;
+  mutable std::atomic<bool> transposed_made_{false};
   // A gated SAE's magnitude pre-activation of feature j from its gate's
   float magnitude(float gate, int64_t j) const {
     return (gate - w_.b_enc[j]) * mag_scale_[static_cast<size_t>(j)] + w_.b_mag[j];

@@ -470,7 +470,8 @@ ScreenCounts take_screen_counts() { return {g_screened.exchange(0), g_recomputed
 
 bool screening_applies(int64_t rows, int64_t d_in) { return screen_kind(rows, d_in) != ScreenKind::none; }
 
-bool screened_encode(const ScreenedEncoder& e, const float* in, int64_t rows, SparseCodes& codes) {
+bool screened_encode(const ScreenedEncoder& encoder, const float* in, int64_t rows, SparseCodes& codes) {
+  ScreenedEncoder e = encoder;
   const KernelTable& kt = kernels::active();
   const int64_t K = e.d_in, n_chunks = (e.d_sae + kColumns - 1) / kColumns;
   const ScreenKind kind = screen_kind(rows, K) == ScreenKind::int16 ? ScreenKind::int16 : ScreenKind::bf16;
@@ -479,6 +480,7 @@ bool screened_encode(const ScreenedEncoder& e, const float* in, int64_t rows, Sp
   const int64_t rows_before = codes.rows;
   if (e.k > 0 && (e.k >= e.d_sae || !std::all_of(norm.begin(), norm.end(), [](float v) { return std::isfinite(v); })))
     return false;  // TopK ranks values against each other: only finite ones are vouched for
+  if (e.transposed) e.W_enc_t = e.transposed();  // the screen runs: a copy kept for it is worth making
   std::vector<uint32_t> pairs;
   std::vector<int16_t> q;
   std::vector<float> scale, f[3];

@@ -44,6 +44,7 @@
 // largest lower bound seen so far stands in for the threshold (screen.cpp).
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 
 namespace tmech {
@@ -53,11 +54,14 @@ struct SparseCodes;
 struct ScreenedEncoder {
   int64_t d_in = 0, d_sae = 0;
   const float* W_enc = nullptr;      // [d_in, d_sae]
-  const float* W_enc_t = nullptr;    // [d_sae, d_in], W_enc transposed, if the SAE keeps it (else each chunk is)
   const float* b_enc = nullptr;      // [d_sae]
   const float* threshold = nullptr;  // [d_sae] for JumpReLU; null for ReLU and TopK
   int64_t k = 0;                     // TopK: features kept per row; 0 for ReLU / JumpReLU
   const float* dec_norm = nullptr;   // TopK: ranks pre-activation * dec_norm (rescale_acts_by_decoder_norm)
+  // W_enc transposed ([d_sae, d_in]) where the SAE keeps it, asked for once the
+  // screen is sure to run (it may be made then); null: each chunk is transposed.
+  std::function<const float*()> transposed;
+  const float* W_enc_t = nullptr;  // what `transposed` gave (set by screened_encode)
 };
 
 // When the screen runs. where_it_pays: the batch has more than kMatmulSmallM

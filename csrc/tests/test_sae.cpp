@@ -60,8 +60,14 @@ void test_sae_encode(const char* variant, std::mt19937& rng) {
       SparseCodes kept_codes;
       kept.encode(x.data(), rows, &kept_codes, nullptr, nullptr, nullptr);
       check(kept_codes.offsets == codes.offsets && kept_codes.indices == codes.indices &&
-                kept_codes.values == codes.values,
+                kept_codes.values == codes.values &&
+                kept.keeps_transposed_encoder() == (mode != ScreenMode::never),  // made by the screen only
             std::string(variant) + " " + screen_mode_name(mode) + " SAE codes with W_enc kept transposed");
+      const float* t = kept.transposed_encoder();
+      bool same = true;
+      for (int64_t j = 0; j < d_sae; ++j)
+        for (int64_t i = 0; i < d_in; ++i) same &= t[j * d_in + i] == W_enc[static_cast<size_t>(i * d_sae + j)];
+      check(same, std::string(variant) + " the kept encoder is W_enc transposed");
     }
   }
   set_screen_mode(ScreenMode::where_it_pays);

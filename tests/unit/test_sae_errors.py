@@ -1,6 +1,9 @@
 """Bad SAE files, configs and inputs raise precise tinymech exceptions."""
 import json
 import shutil
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -8,6 +11,7 @@ from safetensors.numpy import load_file, save_file
 
 import tinymech as tm
 from numpy_checkpoints import write_sae
+from tinymech.sae.loading import SAEConfig
 from tinymech.sae.sae import SAE, run_with_cache_with_saes, run_with_saes
 from tinymech.errors import FeatureIndexError, SAEInputError, SAELoadError, SAENotFoundError
 
@@ -286,3 +290,30 @@ def test_ks_and_features_are_whole_numbers_in_range(model, saved):
                      lambda: sae.logit_effects(model, bad), lambda: sae.feature_activations(model, "ab", bad)):
             with pytest.raises(FeatureIndexError):
                 call()
+
+
+def test_an_encoder_copy_that_memory_cannot_hold_falls_back(tmp_path):
+    # regression (review): with no memory for the screen's transposed copy of a loaded W_enc, every
+    # screened encode raised MemoryError; it now transposes each chunk, as for writable weights
+    d_in, d_sae = 1024, 20000  # an 82 MB W_enc, more than the address space left to the child
+    rng = np.random.default_rng(0)
+    cfg = SAEConfig(architecture="standard", d_in=d_in, d_sae=d_sae, d_out=d_in, hook_name="blocks.0.hook_resid_pre")
+    SAE(cfg, {"W_enc": rng.normal(0, d_in**-0.5, (d_in, d_sae)).astype(np.float32),
+              "b_enc": np.full(d_sae, -2.0, np.float32), "W_dec": np.zeros((d_sae, d_in), np.float32),
+              "b_dec": np.zeros(d_in, np.float32)}).save(tmp_path / "big")
+    script = textwrap.dedent(f"""
+        import resource, numpy as np, tinymech as tm
+        tm._core.set_sae_screen("int16")
+        sae = tm.SAE.load({str(tmp_path / "big")!r})
+        x = np.random.default_rng(1).standard_normal((64, {d_in}), dtype=np.float32)
+        copied = tm.SAE(sae.cfg, {{k: np.array(v) for k, v in sae._weights_now().items()}})
+        want = copied.encode(x)  # writable: each chunk transposed, as the fallback does
+        del copied
+        used = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+        resource.setrlimit(resource.RLIMIT_AS, (used + (64 << 20), resource.RLIM_INFINITY))
+        for _ in range(2):
+            assert np.array_equal(sae.encode(x), want)
+        print("ok", sae._core.keeps_transposed_encoder)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.split() == ["ok", "False"], out.stderr[-2000:]

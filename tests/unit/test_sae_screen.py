@@ -96,8 +96,36 @@ def test_an_encoder_kept_transposed_gives_the_same_codes(activation, rescale, d_
     x = np.random.default_rng(rows).standard_normal((rows, d_in), dtype=np.float32)
     np.testing.assert_array_equal(kept.encode(x), sae.encode(x))
     np.testing.assert_array_equal(kept.forward(x), sae.forward(x))
-    kept.W_enc = sae.W_enc[:, ::-1]  # assigned: a new core, a new copy (here of writable memory: none)
+    assert kept._core.keeps_transposed_encoder and not sae._core.keeps_transposed_encoder
+    sae.W_enc[:, :7] *= -1  # writable: an edit in place reaches the screen (no copy kept)
+    np.testing.assert_array_equal(sae.encode(x), SAE(sae.cfg, {k: np.array(v) for k, v in
+                                                             sae._weights_now().items()}).encode(x))
+    kept.W_enc = sae.W_enc[:, ::-1]  # assigned: a new core, of writable memory: no copy
     np.testing.assert_array_equal(kept.encode(x), SAE(kept.cfg, kept._weights_now()).encode(x))
+    assert not kept._core.keeps_transposed_encoder
+
+
+def test_an_encoder_copy_is_kept_only_of_memory_nothing_can_write(tmp_path):
+    # regression (review): a read-only memoryview over writable memory passed as unchanging, and the copy went
+    # stale; the copy was made when the screen then declined (a TopK batch with a NaN row)
+    from tinymech.sae.sae import _unchanging
+
+    writable, data = np.arange(6, dtype=np.float32), bytearray(24)
+    flagged = np.arange(6, dtype=np.float32)
+    flagged.flags.writeable = False
+    np.save(tmp_path / "a.npy", writable)
+    for array, unchanging in ((read_only(writable), True), (np.load(tmp_path / "a.npy", mmap_mode="r"), True),
+                              (np.frombuffer(memoryview(data).toreadonly(), np.float32), False),
+                              (np.frombuffer(memoryview(writable).toreadonly(), np.float32), False),
+                              (np.load(tmp_path / "a.npy", mmap_mode="r+"), False), (writable, False),
+                              (flagged, False), (flagged[1:], False)):
+        assert _unchanging(array) is unchanging, array
+    sae = make_sae(40, 300, "topk")
+    kept = SAE(sae.cfg, {k: read_only(v) if k == "W_enc" else v for k, v in sae._weights_now().items()})
+    x = np.random.default_rng(0).standard_normal((600, 40), dtype=np.float32)
+    x[3, 5] = np.nan
+    kept.encode(x)
+    assert not kept._core.keeps_transposed_encoder  # the screen declined: no copy made for it
 
 
 @pytest.mark.parametrize("activation", ["relu", "jumprelu"])
@@ -272,3 +300,4 @@ def test_screen_modes():
     with pytest.raises(ValueError, match="'auto', 'always', 'bf16', 'int16' or 'never'"):
         core.set_sae_screen("sometimes")
     assert core.sae_screen() == SCREEN["mode"]
+

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import mmap
 import os
 import threading
 import warnings
@@ -152,17 +153,21 @@ def _on_cpu(device, dtype) -> None:
 
 
 def _unchanging(array) -> bool:
-    """Whether no one can write an array's memory: read-only all the way down to a read-only
-    buffer (a file mapped for reading, as SAE.load maps one). An array that owns its memory
-    can be made writable again, and a read-only view may have a writable base."""
+    """Whether nothing in this process can write an array's memory: read-only views all the
+    way down to bytes or a file mapped for reading (as SAE.load maps its file; rewriting that
+    file in place while the SAE is loaded is not supported). An array that owns its memory can
+    be made writable again, and a read-only view or memoryview may have a writable base."""
     while isinstance(array, np.ndarray):
         if array.flags.writeable or array.base is None:
             return False
         array = array.base
-    try:
-        return memoryview(array).readonly
-    except TypeError:  # no buffer
-        return False
+    if isinstance(array, memoryview):
+        if not array.readonly:
+            return False
+        array = array.obj
+    if isinstance(array, bytes):
+        return True
+    return isinstance(array, mmap.mmap) and memoryview(array).readonly
 
 
 def _rebuilt(state: dict) -> "SAE":

@@ -7,6 +7,7 @@
 #include <exception>
 #include <memory>
 #include <mutex>
+#include <shared_mutex>
 #include <stdexcept>
 #include <string>
 #include <system_error>
@@ -69,7 +70,7 @@ class Pool {
   explicit Pool(int n) { resize(n); }
   ~Pool() { stop(); }
 
-  int size() const { return static_cast<int>(workers_.size()) + 1; }
+  int size() const { return size_; }
 
   void resize(int n) {
     if (n > kMaxThreads)
@@ -175,6 +176,7 @@ class Pool {
     // New workers start at the current generation so they never rerun a finished job.
     const uint64_t g = generation_.load();
     for (int i = 1; i < n; ++i) workers_.emplace_back([this, i, g] { work(i, g); });
+    size_ = n;
   }
 
   void stop() {
@@ -185,6 +187,7 @@ class Pool {
     wake_.notify_all();
     for (auto& w : workers_) w.join();
     workers_.clear();
+    size_ = 1;
   }
 
   std::mutex call_mutex_;  // one parallel_for at a time
@@ -197,6 +200,7 @@ class Pool {
   std::atomic<bool> open_{false};  // the current job still has chunks to hand out
   std::atomic<int> active_{0};     // workers inside the current job
   std::atomic<bool> quit_{false};
+  std::atomic<int> size_{1};  // the caller and the workers (read without the locks)
 };
 
 Pool& pool() {
@@ -204,10 +208,21 @@ Pool& pool() {
   return p;
 }
 
+std::shared_mutex& size_mutex() {
+  static std::shared_mutex m;
+  return m;
+}
+
 }  // namespace
 
-void set_num_threads(int n) { pool().resize(n); }
+void set_num_threads(int n) {
+  std::unique_lock<std::shared_mutex> lock(size_mutex());
+  pool().resize(n);
+}
 int num_threads() { return pool().size(); }
+
+ThreadCountHold::ThreadCountHold() { size_mutex().lock_shared(); }
+ThreadCountHold::~ThreadCountHold() { size_mutex().unlock_shared(); }
 
 void parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn, int64_t align) {
   pool().run(n, fn, std::max<int64_t>(align, 1));

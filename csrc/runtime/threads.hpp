@@ -16,6 +16,17 @@ void set_num_threads(int n);
 constexpr int kMaxThreads = 1024;  // more than any CPU offers cores: a mistyped count
 int num_threads();
 
+// While one lives, the pool keeps its size (set_num_threads waits for it to go):
+// for a caller that sizes per-thread state by num_threads() before its parallel_for,
+// whose thread indices would otherwise outrun that state after a resize.
+class ThreadCountHold {
+ public:
+  ThreadCountHold();
+  ~ThreadCountHold();
+  ThreadCountHold(const ThreadCountHold&) = delete;
+  ThreadCountHold& operator=(const ThreadCountHold&) = delete;
+};
+
 // fn(begin, end, thread_index), once per chunk. Chunks are split on multiples
 // of `align`; two chunks with the same thread_index never run at once.
 void parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn, int64_t align = 1);

@@ -338,6 +338,7 @@ std::vector<TopkState> topk_block(const ScreenedEncoder& e, ScreenKind kind, con
                                   int64_t n_chunks) {
   const int64_t K = e.d_in;
   const int64_t seed = std::min(n_chunks / 4, (32 * e.k + kColumns - 1) / kColumns);
+  const ThreadCountHold hold;  // one state per thread: the pool keeps this size meanwhile
   std::vector<TopkState> states(static_cast<size_t>(num_threads()));
   for (auto& st : states) {
     st.lower.resize(static_cast<size_t>(rows));

@@ -1,8 +1,6 @@
 """Bad SAE files, configs and inputs raise precise tinymech exceptions."""
 import json
 import shutil
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -10,6 +8,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import tinymech as tm
+from fresh_process import run_python
 from numpy_checkpoints import write_sae
 from tinymech.sae.loading import SAEConfig
 from tinymech.sae.sae import SAE, run_with_cache_with_saes, run_with_saes
@@ -315,5 +314,5 @@ def test_an_encoder_copy_that_memory_cannot_hold_falls_back(tmp_path):
             assert np.array_equal(sae.encode(x), want)
         print("ok", sae._core.keeps_transposed_encoder)
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    out = run_python(script, timeout=120)
     assert out.returncode == 0 and out.stdout.split() == ["ok", "False"], out.stderr[-2000:]

@@ -114,3 +114,42 @@ def test_a_pass_inside_a_pass_sharing_the_splice(models, sae):
     got = models[0].run_with_hooks(outer_toks, fwd_hooks=[spec, (MIDDLE, nested)])
     np.testing.assert_array_equal(got, models[0].run_with_hooks(outer_toks, fwd_hooks=[sae.as_hook()]))
     np.testing.assert_array_equal(inner[0], models[1].run_with_hooks(inner_toks, fwd_hooks=[sae.as_hook()]))
+
+
+def test_set_num_threads_while_another_thread_encodes(tmp_path):
+    # regression (review): a TopK screen sized its per-thread state by num_threads() before its parallel_for;
+    # set_num_threads from another thread in between let thread indices run past it (a segfault, so the run
+    # is a child process)
+    import textwrap
+
+    from fresh_process import run_python
+
+    script = textwrap.dedent("""
+        import threading, numpy as np, tinymech as tm
+        from tinymech.sae.sae import SAE
+        from tinymech.sae.loading import SAEConfig
+        rng = np.random.default_rng(0)
+        d_in, d_sae = 64, 1024
+        cfg = SAEConfig(architecture="topk", d_in=d_in, d_sae=d_sae, d_out=d_in, hook_name=None, k=8)
+        sae = SAE(cfg, {"W_enc": rng.normal(0, 0.1, (d_in, d_sae)).astype(np.float32),
+                        "b_enc": np.zeros(d_sae, np.float32), "b_dec": np.zeros(d_in, np.float32),
+                        "W_dec": rng.normal(0, 0.1, (d_sae, d_in)).astype(np.float32)})
+        tm._core.set_sae_screen("always")
+        x = rng.standard_normal((200, d_in)).astype(np.float32)
+        want, stop = sae.encode(x), False
+        def resize():
+            while not stop:
+                for n in (1, 3, 2, 4):
+                    tm.set_num_threads(n)
+        other = threading.Thread(target=resize)
+        other.start()
+        try:
+            for _ in range(1500):
+                assert np.array_equal(sae.encode(x), want)  # the same codes on any number of threads
+        finally:
+            stop = True
+            other.join()
+        print("ok")
+    """)
+    out = run_python(script, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", (out.returncode, out.stderr[-2000:])

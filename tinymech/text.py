@@ -10,9 +10,12 @@ import numpy as np
 
 # C0 controls (ESC, BEL, CR, backspace, ...) show as their Unicode pictures
 # (␛, ␇, ␍, ␈); DEL, the C1 controls (U+009B is a one-character CSI) and lone
-# surrogates (bytes that were not UTF-8) show as U+FFFD.
+# surrogates (bytes that were not UTF-8) show as U+FFFD, as do the bidirectional
+# embeddings, overrides and isolates, which reorder the text a terminal shows
+# around them (so a file could make one string display as another).
+_BIDI = [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]
 _UNSAFE = {code: 0x2400 + code for code in range(32)}
-_UNSAFE.update(dict.fromkeys([0x7F, *range(0x80, 0xA0), *range(0xD800, 0xE000)], 0xFFFD))
+_UNSAFE.update(dict.fromkeys([0x7F, *range(0x80, 0xA0), *range(0xD800, 0xE000), *_BIDI], 0xFFFD))
 
 
 @functools.lru_cache(maxsize=None)

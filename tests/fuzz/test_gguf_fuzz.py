@@ -127,3 +127,21 @@ def test_metadata_values(gguf_path, data):
     damaged = dataclasses.replace(file, metadata=metadata)
     with mock.patch.object(gguf_loading, "read_gguf_file", lambda path: damaged):
         load(gguf_path)
+
+
+@pytest.mark.parametrize("dims", [(65536,) * 4, (32768, 65536, 65536, 65536)])
+def test_tensor_sizes_that_overflow_64_bits_are_refused(tmp_path, dims):
+    # each dimension fits in the file, but their product wrapped to 0 (or below) in
+    # int64 and the tensor was mapped over no bytes at all
+    import struct
+
+    def text(s: str) -> bytes:
+        return struct.pack("<Q", len(s)) + s.encode()
+
+    header = b"GGUF" + struct.pack("<IQQ", 3, 1, 1) + text("general.architecture") + struct.pack("<I", 8)
+    header += text("llama") + text("token_embd.weight") + struct.pack("<I", len(dims))
+    header += b"".join(struct.pack("<Q", d) for d in dims) + struct.pack("<IQ", 0, 0)
+    path = tmp_path / "huge.gguf"
+    path.write_bytes(header + b"\0" * (-len(header) % 32 + 70000))
+    with pytest.raises(tm.ModelLoadError, match="token_embd.weight' lies outside the file"):
+        read_gguf_file(path)

@@ -199,6 +199,17 @@ def test_empty_name_is_not_the_current_directory(gpt2_dir, monkeypatch):
         tm.load("")
 
 
+@pytest.mark.parametrize("name", ["\x1b]0;pwned\x07.safetensors", "shard\r.safetensors", "\u202etxt.safetensors"])
+def test_shard_names_that_would_drive_a_terminal_are_refused(sharded_dir, tmp_path, name):
+    # the name reached error messages raw ("... listed in the index is missing", "corrupt ...")
+    d = copy(sharded_dir, tmp_path)
+    edit_json(d / "model.safetensors.index.json", lambda i: i["weight_map"].update(dict.fromkeys(i["weight_map"], name)))
+    (d / name).write_bytes(b"corrupt")
+    with pytest.raises(tm.ModelLoadError, match="holds control or bidirectional-override characters") as e:
+        tm.load(d)
+    assert not any(c in str(e.value) for c in "\x1b\x07\r\u202e")
+
+
 # ---- names read from files stay inside their folder ---------------------------------------------
 
 @pytest.mark.parametrize("name", ["../outside.safetensors", "sub/../../outside.safetensors", "{outside}",

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import tinymech as tm
-from gguf_factory import TINY_SHAPE, make_tiny_gguf, write_gguf
+from gguf_factory import BLOCK_TENSORS, TINY_SHAPE, make_tiny_gguf, write_gguf
 from model_factory import SAMPLE_TEXT, hf_logits, rel_err
 
 SHAPE = {**TINY_SHAPE, "num_hidden_layers": 2}
@@ -112,3 +112,72 @@ def test_model_name_is_the_gguf_it_came_from(files, tmp_path):
 
     converted = convert_gguf(files / "tiny.gguf", tmp_path / "cache" / "tiny-12345")
     assert tm.load(converted).cfg.model_name == "tiny"
+
+
+ALL_F32 = {name: "F32" for name, _ in [*BLOCK_TENSORS.values(), ("token_embd.weight", 0), ("output.weight", 0)]}
+
+
+def gguf_of(tmp_path, files, name, **write):
+    """A float32 GGUF (so its logits are the HF model's to float32 tolerance) of a new random
+    Llama of SHAPE built with `hf_config`, and that HF model; write: more write_gguf arguments."""
+    from llama_factory import make_hf_llama
+
+    hf = make_hf_llama(tmp_path / name, **{**SHAPE, **write.pop("hf_config", {})})
+    write_gguf(tmp_path / f"{name}.gguf", hf, files / "tokenizer.json", quants=ALL_F32, **write)
+    return tmp_path / f"{name}.gguf", hf
+
+
+def test_attention_biases_are_put_back_in_order(files, tmp_path):
+    # llama.cpp's converter permutes the rows of the q and k biases as it does the weights';
+    # only the weights were put back, so the logits were off by 2 % (Qwen2-style files)
+    path, hf = gguf_of(tmp_path, files, "biased", hf_config={"attention_bias": True})
+    model = tm.load(path)
+    np.testing.assert_allclose(model.b_Q[0], hf.model.layers[0].self_attn.q_proj.bias.detach().numpy().reshape(4, 16))
+    np.testing.assert_allclose(model.b_K[1], hf.model.layers[1].self_attn.k_proj.bias.detach().numpy().reshape(2, 16)
+                               .repeat(2, axis=0))
+    tokens = np.random.default_rng(1).integers(0, SHAPE["vocab_size"], (2, 13))
+    assert rel_err(model(tokens), hf_logits(hf, tokens)) <= 1e-5
+
+
+@pytest.mark.parametrize("metadata", [
+    {"llama.rope.scaling.type": "linear", "llama.rope.scaling.factor": 4.0},
+    {"llama.rope.scaling.factor": 4.0},  # llama.cpp: no type is linear
+    {"llama.rope.scale_linear": 4.0},  # the older key
+])
+def test_linear_rope_scaling_is_read_as_llama_cpp_reads_it(files, tmp_path, metadata):
+    # without the type, or under the older key, the factor was dropped: the logits were off by 6 %
+    scaled = {"rope_parameters": {"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0}}
+    path, hf = gguf_of(tmp_path, files, "scaled", hf_config=scaled, metadata=metadata)
+    model = tm.load(path)
+    assert model.cfg.rope_scaling == {"rope_type": "linear", "factor": 4.0}
+    tokens = np.random.default_rng(2).integers(0, SHAPE["vocab_size"], (1, SHAPE["max_position_embeddings"]))
+    assert rel_err(model(tokens), hf_logits(hf, tokens)) <= 1e-5
+
+
+@pytest.mark.parametrize("metadata, error, match", [
+    ({"llama.rope.scaling.type": "yarn", "llama.rope.scaling.factor": 4.0}, tm.UnsupportedArchitectureError,
+     "RoPE scaling 'yarn' is not supported"),
+    ({"llama.rope.scaling.type": "none", "llama.rope.scaling.factor": 4.0}, tm.ModelLoadError,
+     "'none' with a factor of 4.0 contradicts itself"),
+])
+def test_rope_scaling_that_cannot_be_followed_is_refused(files, tmp_path, metadata, error, match):
+    path, _ = gguf_of(tmp_path, files, "odd", metadata=metadata)
+    with pytest.raises(error, match=match):
+        tm.load(path)
+
+
+@pytest.mark.parametrize("metadata", [{}, {"llama.rope.scaling.type": "none"}, {"llama.rope.scaling.factor": 1.0},
+                                      {"llama.rope.scale_linear": 0.0}])
+def test_no_rope_scaling_spelled_every_way(files, tmp_path, metadata):
+    path, hf = gguf_of(tmp_path, files, "plain", metadata=metadata)
+    model = tm.load(path)
+    assert model.cfg.rope_scaling is None
+    tokens = np.random.default_rng(3).integers(0, SHAPE["vocab_size"], (1, 20))
+    assert rel_err(model(tokens), hf_logits(hf, tokens)) <= 1e-5
+
+
+def test_partly_rotated_heads_are_refused(files, tmp_path):
+    # the whole head was rotated though the file said 8 of its 16 dimensions (llama.cpp refuses it)
+    path, _ = gguf_of(tmp_path, files, "partial", rope_dims=8)
+    with pytest.raises(tm.UnsupportedArchitectureError, match="rotates 8 dimensions of each 16-wide head"):
+        tm.load(path)

@@ -38,8 +38,11 @@ def _tokenizer_parts(tokenizer_json: Path, vocab_size: int):
 
 
 def write_gguf(path: Path, hf_model, tokenizer_json: Path, arch: str = "llama", tokenizer_model: str = "gpt2",
-               quants: dict | None = None):
-    """quants: GGUF block tensor name -> quantization, overriding BLOCK_TENSORS's."""
+               quants: dict | None = None, metadata: dict | None = None, rope_dims: int | None = None):
+    """quants: GGUF tensor name (a block's without "blk.N.") -> quantization, overriding
+    BLOCK_TENSORS's and the embedding's and unembedding's; metadata: more entries
+    (name -> a float, int or str); rope_dims: rope.dimension_count (default the head size).
+    Attention biases, where the model has them, are written as float32."""
     import gguf
 
     cfg = hf_model.config
@@ -53,7 +56,9 @@ def write_gguf(path: Path, hf_model, tokenizer_json: Path, arch: str = "llama", 
     w.add_head_count_kv(cfg.num_key_value_heads)
     w.add_rope_freq_base(float(cfg.rope_parameters["rope_theta"]))
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    w.add_rope_dimension_count(cfg.head_dim)
+    w.add_rope_dimension_count(cfg.head_dim if rope_dims is None else rope_dims)
+    for key, value in (metadata or {}).items():
+        {float: w.add_float32, int: w.add_uint32, str: w.add_string}[type(value)](key, value)
     w.add_vocab_size(cfg.vocab_size)
     tokens, merges, types = _tokenizer_parts(tokenizer_json, cfg.vocab_size)
     w.add_tokenizer_model(tokenizer_model)
@@ -74,10 +79,11 @@ def write_gguf(path: Path, hf_model, tokenizer_json: Path, arch: str = "llama", 
         else:
             w.add_tensor(name, gguf.quants.quantize(arr, q), raw_dtype=q)
 
-    put("token_embd.weight", sd["model.embed_tokens.weight"], "Q8_0")
+    quants = quants or {}
+    put("token_embd.weight", sd["model.embed_tokens.weight"], quants.get("token_embd.weight", "Q8_0"))
     put("output_norm.weight", sd["model.norm.weight"], "F32")
     if not cfg.tie_word_embeddings:
-        put("output.weight", sd["lm_head.weight"], "F16")
+        put("output.weight", sd["lm_head.weight"], quants.get("output.weight", "F16"))
     for i in range(cfg.num_hidden_layers):
         for hf_name, (gguf_name, qtype) in BLOCK_TENSORS.items():
             arr = sd[f"model.layers.{i}.{hf_name}"]
@@ -85,7 +91,12 @@ def write_gguf(path: Path, hf_model, tokenizer_json: Path, arch: str = "llama", 
                 arr = _permute(arr, cfg.num_attention_heads)
             elif hf_name.startswith("self_attn.k_proj"):
                 arr = _permute(arr, cfg.num_key_value_heads)
-            put(f"blk.{i}.{gguf_name}", arr, (quants or {}).get(gguf_name, qtype))
+            put(f"blk.{i}.{gguf_name}", arr, quants.get(gguf_name, qtype))
+        for proj, heads in (("q", cfg.num_attention_heads), ("k", cfg.num_key_value_heads), ("v", 0), ("o", 0)):
+            bias = sd.get(f"model.layers.{i}.self_attn.{proj}_proj.bias")
+            if bias is not None:  # permuted as the weight's rows are, as llama.cpp's converter does
+                gguf_name = BLOCK_TENSORS[f"self_attn.{proj}_proj.weight"][0].replace(".weight", ".bias")
+                put(f"blk.{i}.{gguf_name}", _permute(bias, heads) if heads else bias, "F32")
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -30,7 +30,7 @@ from tinymech.tui.widgets.title import TitleBar
 
 TITLE = "\x1b]0;pwned\x07"  # sets the window title
 HOSTILE = [TITLE, "\x1b]52;c;cHduZWQ=\x07", "\x1b[2J", "\x1b[8m", "\r", "\x08", "\x9b31m", "\x7f",
-           "[link=https://x]y[/link]"]
+           "[link=https://x]y[/link]", "\u202egnp.exe\u2066"]
 ORDINARY = ["a", "b", "café", "日本語", "🙂", "👩‍👩‍👧"]
 UNK = "[link=https://x]unk"
 MARKUP = ["[/]", "[/b]", "[b]", "[/"]  # tokens that look like Textual markup, unbalanced
@@ -54,14 +54,16 @@ def build_hostile_model(parent: Path) -> Path:
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tokenizer.save(str(path / "tokenizer.json"))
     config = json.loads((path / "config.json").read_text())
-    config["chat_template"] = f"{{% for m in messages %}}{TITLE}\n{{{{ m }}}}\x1b[2J\n{{% endfor %}}"
+    config["chat_template"] = f"{{% for m in messages %}}{TITLE}\n{{{{ m }}}}\x1b[2J\u202e\n{{% endfor %}}"
     (path / "config.json").write_text(json.dumps(config))
     return path
 
 
 def assert_harmless(text: str):
-    """No character that a terminal acts on, other than newlines and tabs."""
-    unsafe = [c for c in text if (ord(c) < 32 and c not in "\n\t") or 0x7F <= ord(c) < 0xA0]
+    """No character that a terminal acts on, other than newlines and tabs, and no
+    bidirectional override or isolate (they reorder the text shown around them)."""
+    unsafe = [c for c in text if (ord(c) < 32 and c not in "\n\t") or 0x7F <= ord(c) < 0xA0
+              or 0x202A <= ord(c) <= 0x202E or 0x2066 <= ord(c) <= 0x2069]
     assert not unsafe, (unsafe, text)
 
 
@@ -94,6 +96,9 @@ def test_printable_shows_controls_and_keeps_text():
     assert printable("a\tb\nc") == "a␉b\nc"
     assert printable("a\tb\nc", keep="\n\t") == "a\tb\nc"
     assert printable("a\tb\nc", keep="") == "a␉b␊c"
+    # the Trojan Source reordering: bidirectional embeddings, overrides and isolates
+    assert printable("x\u202ay\u202bz\u202c\u202d\u202e\u2066\u2067\u2068\u2069") == "x\ufffdy\ufffdz" + "\ufffd" * 7
+    assert printable("עברית \u200f العربية") == "עברית \u200f العربية"  # the marks alone reorder nothing
 
 
 def test_the_tui_uses_the_shared_sanitizer():
@@ -106,7 +111,7 @@ def test_generate_streams_hostile_tokens_as_pictures(model_dir, model, capsys):
     prompt = model.to_tokens("a b café")
     ids = model.generate(prompt, max_new_tokens=12)[0, prompt.shape[1]:]
     raw = model.to_string([i for i in ids if i != model.tokenizer.eos_token_id])  # the CLI streams this
-    assert "\x1b" in raw and "\r" in raw  # the continuation does hold escape sequences
+    assert "\x1b" in raw and "\u202e" in raw  # the continuation does hold escape sequences
     assert main(["generate", "-m", str(model_dir), "a b café", "-n", "12"]) == 0
     out = capsys.readouterr().out
     assert_harmless(out)
@@ -127,7 +132,7 @@ def test_info_shows_the_name_and_template_harmlessly(model_dir, capsys):
     assert main(["info", "--full", "-m", str(model_dir)]) == 0
     out = capsys.readouterr().out
     assert_harmless(out)
-    assert "  chat_template: (3 lines)\n    {% for m in messages %}␛]0;pwned␇\n    {{ m }}␛[2J\n" in out
+    assert "  chat_template: (3 lines)\n    {% for m in messages %}␛]0;pwned␇\n    {{ m }}␛[2J\ufffd\n" in out
 
 
 def test_error_messages_quoting_files_are_harmless(tmp_path, capsys):

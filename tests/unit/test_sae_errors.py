@@ -184,6 +184,19 @@ def test_a_transcoder_writing_before_it_reads_is_refused(transcoder_dir, tmp_pat
         SAE.load(path)
 
 
+def test_hook_names_in_load_errors_cannot_drive_the_terminal(transcoder_dir, tmp_path):
+    # both messages quoted cfg.json's names raw: an escape sequence there retitled the terminal
+    hostile = "blocks.1.hook_resid_post\x1b]0;pwned\x07\u202e"
+    path = transcoder_with(transcoder_dir, tmp_path, hook_name=hostile, hook_name_out="blocks.0.hook_resid_pre")
+    with pytest.raises(SAELoadError, match="reads blocks.1.hook_resid_post␛]0;pwned␇\ufffd but writes") as e:
+        SAE.load(path)
+    assert not any(c in str(e.value) for c in "\x1b\x07\u202e")
+    narrow = write_sae(tmp_path / "n", "transcoder", D, D_SAE, hook=hostile, d_out=D // 2)
+    with pytest.raises(SAELoadError, match="reads and writes blocks.1.hook_resid_post␛]0;pwned␇\ufffd but") as e:
+        SAE.load(narrow)
+    assert not any(c in str(e.value) for c in "\x1b\x07\u202e")
+
+
 def test_a_transcoder_reading_and_writing_one_hook(model, transcoder_dir, tmp_path):
     toks = np.arange(1, 6)[None]
     narrow = write_sae(tmp_path / "n", "transcoder", D, D_SAE, hook="blocks.0.hook_resid_pre", d_out=D // 2)

@@ -19,6 +19,7 @@ from .. import _core
 from ..errors import ModelLoadError, TinymechError, UnsupportedArchitectureError
 from ..io.gguf_format import GgufFile, GgufTensor, import_gguf, read_gguf_file
 from ..io.tokenizer import call_tokenizers
+from ..text import printable
 from .families import config_from_hf
 
 SUPPORTED_GGUF_ARCHITECTURES = ("llama",)
@@ -91,6 +92,12 @@ def _checkpoint(file: GgufFile, path: Path) -> GgufCheckpoint:
     tokenizer, bos, eos, n_tokens = _tokenizer(meta, path)
     hf_config = _hf_config(meta, arch, n_tokens, bos, eos)
     cfg = config_from_hf(hf_config, source=f"{path}'s metadata")  # every size checked before use
+    rotated = meta.get(f"{arch}.rope.dimension_count")
+    if rotated is not None and rotated != cfg.d_head:  # llama.cpp refuses these too ("invalid n_rot")
+        raise UnsupportedArchitectureError(
+            f"{path} rotates {printable(repr(rotated))} dimensions of each {cfg.d_head}-wide head "
+            "(rope.dimension_count); a partly rotated head is not supported"
+        )
     n_heads, n_kv = cfg.n_heads, cfg.n_key_value_heads
     tensors = {}
     for t in file.tensors:
@@ -99,9 +106,10 @@ def _checkpoint(file: GgufFile, path: Path) -> GgufCheckpoint:
             continue
         w = _dequantize(t, path)
         # llama.cpp interleaves each head's two rotary halves; HF keeps them apart
-        if name.endswith("q_proj.weight"):
+        # (llama.cpp's converter permutes a bias's rows as well as the weight's)
+        if name.endswith(("q_proj.weight", "q_proj.bias")):
             w = _unpermute(w, n_heads)
-        elif name.endswith("k_proj.weight"):
+        elif name.endswith(("k_proj.weight", "k_proj.bias")):
             w = _unpermute(w, n_kv)
         tensors[name] = w
     hf_config["tie_word_embeddings"] = "lm_head.weight" not in tensors
@@ -176,11 +184,15 @@ def _hf_config(meta: _Metadata, arch: str, n_tokens: int, bos, eos) -> dict:
         "bos_token_id": bos,
         "eos_token_id": eos,
     }
-    scaling = meta.get(key("rope.scaling.type"))
-    if scaling == "linear":
-        config["rope_scaling"] = {"rope_type": "linear", "factor": meta.need(key("rope.scaling.factor"))}
-    elif scaling not in (None, "none"):
-        raise UnsupportedArchitectureError(f"GGUF RoPE scaling {scaling!r} is not supported")
+    # as llama.cpp reads them: no type is linear, the factor may sit under the older key, and 0 is none
+    scaling = meta.get(key("rope.scaling.type"), "linear")
+    factor = meta.get(key("rope.scaling.factor"), meta.get(key("rope.scale_linear")))
+    if scaling not in ("linear", "none"):
+        raise UnsupportedArchitectureError(f"GGUF RoPE scaling {printable(repr(scaling))} is not supported")
+    if factor not in (None, 0, 1):
+        if scaling == "none":
+            raise ModelLoadError(f"GGUF RoPE scaling 'none' with a factor of {printable(repr(factor))} contradicts itself")
+        config["rope_scaling"] = {"rope_type": "linear", "factor": factor}
     template = meta.get("tokenizer.chat_template")
     if template:
         config["chat_template"] = template

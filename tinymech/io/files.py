@@ -12,6 +12,7 @@ import stat
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from ..errors import ModelLoadError
+from ..text import printable
 
 # The largest tokenizer.json files (262k-token vocabularies) are ~35 MB.
 MAX_JSON_BYTES = 128 << 20
@@ -114,4 +115,6 @@ def inside(folder: Path, name, what: str, error=ModelLoadError) -> Path:
     )
     if ".." in segments or anchored:
         raise error(f"{what} {name!r} leads outside {folder}")
+    if printable(name, keep="") != name:  # it would reach a terminal in every message naming the file
+        raise error(f"{what} {name!r} holds control or bidirectional-override characters")
     return folder / name

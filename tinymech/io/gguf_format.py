@@ -14,6 +14,7 @@ to general.alignment (default 32).
 from __future__ import annotations
 
 import dataclasses
+import math
 import mmap
 import struct
 from pathlib import Path
@@ -110,7 +111,7 @@ def tensor_nbytes(type_id: int, shape: tuple[int, ...], path: Path) -> int:
     """Bytes of a tensor of this GGML type: the types the core reads from its table
     (_core.quant_block), other block-quantized types from the gguf package's table
     (which dequantizes them anyway)."""
-    n = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    n = math.prod(int(d) for d in shape)  # Python's integers: int64 wraps past 2^63
     block, size = _core.quant_block(type_id)
     if not block:
         gguf = import_gguf()

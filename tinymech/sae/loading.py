@@ -22,6 +22,7 @@ from .. import _core
 from ..errors import InvalidInputError, ModelLoadError, ReadOnlyError, SAELoadError, SAENotFoundError
 from ..io.files import read_json as read_json_file
 from ..io.safetensors import SafetensorsFile
+from ..text import printable
 from .architectures import ARCHITECTURES, DEFAULT, OLD_ACTIVATION_FNS
 
 CFG_FILE = "cfg.json"
@@ -291,11 +292,12 @@ def _check_hooks(hook_in, hook_out, d_in: int, d_out: int) -> None:
     hook_out = hook_out or hook_in
     if hook_in is None:
         return
+    shown_in, shown_out = printable(hook_in), printable(hook_out)  # names from a file, for a terminal
     if hook_out == hook_in and d_in != d_out:
-        raise SAELoadError(f"cfg.json: the SAE reads and writes {hook_in} but d_in={d_in} != d_out={d_out}; "
+        raise SAELoadError(f"cfg.json: the SAE reads and writes {shown_in} but d_in={d_in} != d_out={d_out}; "
                            "hook_name_out must name the later hook point it writes")
     if _comes_before(hook_out, hook_in):
-        raise SAELoadError(f"cfg.json: the SAE reads {hook_in} but writes {hook_out}, which comes before it in a "
+        raise SAELoadError(f"cfg.json: the SAE reads {shown_in} but writes {shown_out}, which comes before it in a "
                            "forward pass (are hook_name and hook_name_out swapped?)")
 
 

@@ -252,7 +252,10 @@ def test_a_folded_whitening_reads_raw_activations_as_the_sae_read_whitened_ones(
     ({"mean": np.zeros(D), "matrix": np.eye(D)[:-1], "inverse_matrix": np.eye(D)}, "'matrix' must have shape"),
     ({"mean": np.full(D, np.nan), "matrix": np.eye(D), "inverse_matrix": np.eye(D)}, "NaN or infinite"),
     ({"mean": np.zeros(D, np.int32), "matrix": np.eye(D), "inverse_matrix": np.eye(D)}, "not a float type"),
-], ids=["missing", "mean", "matrix", "nan", "ints"])
+    # finite in float64, but the folded float32 weights were infinite (and encoded every feature to 0)
+    ({"mean": np.zeros(D), "matrix": np.eye(D) * 1e200, "inverse_matrix": np.eye(D) * 1e-200},
+     "overflows float32 in W_enc"),
+], ids=["missing", "mean", "matrix", "nan", "ints", "overflow"])
 def test_a_hostile_whitening_file_is_refused(tmp_path, tensors, match):
     with pytest.raises(SAELoadError, match=match):
         SAE.load(whitened(tmp_path, tensors=tensors))

@@ -77,17 +77,22 @@ def fold_whitening(weights: dict, cfg: SAEConfig, mean: np.ndarray, matrix: np.n
         weights = _unit_decoder_rows(weights)
         cfg = dataclasses.replace(cfg, rescale_acts_by_decoder_norm=False)
     f32 = np.float32
-    out = dict(weights)
-    out["W_enc"] = (matrix @ weights["W_enc"].astype(np.float64)).astype(f32)
-    if not cfg.apply_b_dec_to_input:
-        shift = mean @ out["W_enc"].astype(np.float64)
-        if hasattr(module, "shift_encoder_biases"):
-            out = {k: np.asarray(v, f32) if v is not None else None
-                   for k, v in module.shift_encoder_biases(out, shift).items()}
-        else:
-            out["b_enc"] = (weights["b_enc"] - shift).astype(f32)
-    out["W_dec"] = (weights["W_dec"].astype(np.float64) @ inverse).astype(f32)
-    out["b_dec"] = (weights["b_dec"].astype(np.float64) @ inverse + mean).astype(f32)
+    with np.errstate(over="ignore", invalid="ignore"):  # checked below, with the SAE's words
+        out = dict(weights)
+        out["W_enc"] = (matrix @ weights["W_enc"].astype(np.float64)).astype(f32)
+        if not cfg.apply_b_dec_to_input:
+            shift = mean @ out["W_enc"].astype(np.float64)
+            if hasattr(module, "shift_encoder_biases"):
+                out = {k: np.asarray(v, f32) if v is not None else None
+                       for k, v in module.shift_encoder_biases(out, shift).items()}
+            else:
+                out["b_enc"] = (weights["b_enc"] - shift).astype(f32)
+        out["W_dec"] = (weights["W_dec"].astype(np.float64) @ inverse).astype(f32)
+        out["b_dec"] = (weights["b_dec"].astype(np.float64) @ inverse + mean).astype(f32)
+    bad = [name for name, w in out.items() if w is not None and not np.isfinite(w).all()]
+    if bad:
+        raise SAELoadError(f"folding {WHITENING_FILE} into the SAE overflows float32 in {', '.join(bad)}: its "
+                           "matrices are finite but too large (or small) for the weights")
     return out, dataclasses.replace(cfg, normalize_activations="none")
 
 

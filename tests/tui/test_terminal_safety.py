@@ -249,6 +249,39 @@ async def test_tui_saliency_names_a_hostile_prediction_harmlessly(model):
 
 
 @pytest.mark.anyio
+async def test_tui_text_fields_never_hold_what_drives_a_terminal(model, sae, monkeypatch):
+    # the prompt field showed a prompt's escape sequences raw (a PTY saw OSC 52 and the
+    # right-to-left override), and text pasted into any field went to the screen as it came
+    from textual import events
+
+    from tinymech.tui.display import field_to_prompt
+
+    hostile = f"a{TITLE}b\x1b]52;c;cHduZWQ=\x07c\u202ed\n"
+    app = make_app(model, [sae], hostile)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await settle(pilot)
+        screen = app.screen_stack[0]
+        field = screen.query_one("#prompt", Input)
+        assert_harmless(field.value)
+        assert field.value == "a␛]0;pwned␇b␛]52;c;cHduZWQ=␇c\ufffdd↵"
+        analyzed = []
+        monkeypatch.setattr(screen, "analyze", analyzed.append)
+        field.focus()
+        await pilot.press("enter")
+        assert analyzed == [hostile.replace("\u202e", "\ufffd")]  # the controls go to the model, as typed
+        await pilot.press("a")
+        for name in ("#prompt", "#corrupted-prompt"):  # typed, pasted or set, each field stays harmless
+            other = screen.query_one(name, Input)
+            other.value = hostile
+            assert_harmless(other.value)
+            assert field_to_prompt(other.value) == hostile.replace("\u202e", "\ufffd")
+            other.value = ""
+            other.post_message(events.Paste(hostile))  # its first line
+            await pilot.pause()
+            assert other.value == "a␛]0;pwned␇b␛]52;c;cHduZWQ=␇c\ufffdd"
+
+
+@pytest.mark.anyio
 async def test_tui_error_notifications_show_markup_and_escapes_as_text(model, monkeypatch):
     app = make_app(model, [], "a b café")
     message = f"no token {UNK!r} in {TITLE} [bold"  # an error quoting a tokenizer's strings

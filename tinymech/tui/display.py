@@ -22,19 +22,24 @@ _EIGHTHS = " ▏▎▍▌▋▊▉█"
 _BLOCKS = " ▁▂▃▄▅▆▇█"  # a column's top cell, in eighths
 
 
-# The prompt field holds one line: a prompt's newlines and tabs show there as
-# these marks, and the marks in a submitted field stand for the characters.
+# A text field holds one line of printable text: newlines and tabs show there as
+# these marks, other controls as printable() shows them (one character for one,
+# so a cursor stays put), and the marks and pictures in a submitted prompt stand
+# for the characters they show.
 _FIELD_MARKS = {"\n": "↵", "\t": "⇥"}
+_FROM_FIELD = {0x2400 + code: code for code in range(32)} | {ord(m): ch for ch, m in _FIELD_MARKS.items()}
+
+
+def field_text(text: str) -> str:
+    return printable("".join(_FIELD_MARKS.get(ch, ch) for ch in text), keep="")
 
 
 def prompt_to_field(prompt: str) -> str:
-    return "".join(_FIELD_MARKS.get(ch, ch) for ch in prompt.replace("\r\n", "\n"))
+    return field_text(prompt.replace("\r\n", "\n"))
 
 
 def field_to_prompt(field: str) -> str:
-    for ch, mark in _FIELD_MARKS.items():
-        field = field.replace(mark, ch)
-    return field
+    return field.translate(_FROM_FIELD)
 
 
 def token_label(token: str | bytes, is_bos: bool = False) -> str:

@@ -25,6 +25,7 @@ from ..backend import SaeInfo
 from ..display import Palette, fit
 from ..messages import WorkFailed
 from ..widgets.panel import ChoiceList
+from ..widgets.prompt import SafeInput
 from ..widgets.title import TitleBar
 from ..workers import notify_failure, start_job
 from .dashboard import DashboardScreen
@@ -71,7 +72,7 @@ class ExplorerScreen(Screen):
 
     def compose(self) -> ComposeResult:
         yield TitleBar(f"explorer · {self.sae.title} · {self.dash.n_tokens:,} tokens", id="title")
-        yield Input(placeholder="search: #id, label text, or a token it fires on or promotes", id="explorer-search")
+        yield SafeInput(placeholder="search: #id, label text, or a token it fires on or promotes", id="explorer-search")
         with Vertical(id="explorer-box"):
             header = f"{'id':<{self.id_width}} " + NUMBERS.format(density="density", max="max", spec="spec")
             yield Static(header + f"label ({AUTO_MARK}: automatic)", id="explorer-header")

@@ -11,6 +11,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Static
 
 from ...text import printable
+from ..widgets.prompt import SafeInput
 
 
 class LabelEditor(ModalScreen[tuple[str, str] | None]):
@@ -32,10 +33,10 @@ class LabelEditor(ModalScreen[tuple[str, str] | None]):
             box.border_title = f"Label of #{self.feature}"
             box.border_subtitle = "⏎ next / save  esc cancel"
             yield Static("label (empty: the automatic one)")
-            yield Input(printable(self.label, keep=""), placeholder=printable(self.auto_label, keep="") or "a short label",
-                        id="label-input")
+            yield SafeInput(self.label, placeholder=printable(self.auto_label, keep="") or "a short label",
+                            id="label-input")
             yield Static("note")
-            yield Input(printable(self.note, keep=""), placeholder="what you found", id="note-input")
+            yield SafeInput(self.note, placeholder="what you found", id="note-input")
 
     @on(Input.Submitted, "#label-input")
     def _label_done(self) -> None:

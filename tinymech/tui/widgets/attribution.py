@@ -17,6 +17,7 @@ from ..backend import AttributionMap
 from ..display import Palette
 from ..messages import HeadSelected
 from ..view import View
+from .prompt import SafeInput
 
 HINT = "a: each head's attribution, the selected token swapped (or the corrupted prompt typed above: A)"
 
@@ -47,7 +48,7 @@ class AttributionPanel(Vertical):
         self.map: AttributionMap | None = None
 
     def compose(self):
-        yield Input(placeholder="corrupted prompt (empty: swap the selected token)", id="corrupted-prompt")
+        yield SafeInput(placeholder="corrupted prompt (empty: swap the selected token)", id="corrupted-prompt")
         table = DataTable(id="attribution-table", cursor_type="cell", zebra_stripes=False, cell_padding=1)
         table.show_row_labels = True
         yield table

@@ -6,8 +6,18 @@ from __future__ import annotations
 from textual.binding import Binding
 from textual.widgets import Input
 
+from ..display import field_text
 
-class Field(Input):
+
+class SafeInput(Input):
+    """An Input that never holds a character a terminal would act on (pasted, or
+    set from a file or the command line): such characters show as field_text shows them."""
+
+    def validate_value(self, value: str) -> str:
+        return field_text(value)
+
+
+class Field(SafeInput):
     BINDINGS = [Binding("escape", "screen.leave_prompt", "back to the keys", key_display="esc")]
 
 

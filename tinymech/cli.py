@@ -78,9 +78,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="how many tokens to add at most (default: 20)")
     gen.add_argument("-t", "--temperature", type=_non_negative_float, default=0.0, help="0 means greedy (default)")
     gen.add_argument("--top-k", type=_positive_int, default=None,
-                     help="sample among the k most probable tokens only (default: all)")
+                     help="with -t > 0: sample among the k most probable tokens only (default: all)")
     gen.add_argument("--top-p", type=_probability, default=None,
-                     help="sample among the most probable tokens that make up this much probability (default: 1)")
+                     help="with -t > 0: sample among the most probable tokens that make up this much probability "
+                          "(default: 1)")
     gen.add_argument("--seed", type=_non_negative_int, default=None,
                      help="seed of the sampling (with -t > 0), for a reproducible continuation (default: a fresh one)")
 
@@ -231,8 +232,14 @@ def _feature(args) -> int:
 def _train_sae(args) -> int:
     import tinymech as tm
 
-    if TRAINING[args.arch].k is not None and args.k is None:
+    method, by_k = TRAINING[args.arch], ", ".join(name for name, m in TRAINING.items() if m.k is not None)
+    if method.k is not None and args.k is None:
         raise UsageError(f"--arch {args.arch} needs --k (the active latents per token)")
+    # refused here, before hours of collecting, rather than ignored or refused after it
+    if method.k is None and args.k is not None:
+        raise UsageError(f"--k is for {by_k} SAEs, not {args.arch}")
+    if method.k is not None and args.coefficient is not None:
+        raise UsageError(f"--coefficient is for the other SAEs, not {args.arch}: its sparsity is --k")
     if args.k is not None and args.d_sae is not None and args.k > args.d_sae:
         raise UsageError(f"--k {args.k} exceeds --d-sae {args.d_sae}")
     model = tm.load(args.model)
@@ -291,6 +298,10 @@ def _check_fits_context(model, prompt: str, max_new_tokens: int):
 def _generate(args) -> int:
     import tinymech as tm
 
+    sampling = [flag for flag, value in (("--top-k", args.top_k), ("--top-p", args.top_p), ("--seed", args.seed))
+                 if value is not None]
+    if sampling and args.temperature == 0:
+        raise UsageError(f"{' and '.join(sampling)} need -t > 0: at -t 0 the most probable token is always taken")
     model = tm.load(args.model, dtype=args.dtype)
     _check_fits_context(model, args.prompt, args.max_new_tokens)
     sys.stdout.write(printable(args.prompt, keep=_TEXT_KEEPS))

@@ -52,3 +52,44 @@ def test_closed_stdout_ends_quietly(args):
     finally:
         os.close(write_end)
     assert res.stderr == "" and res.returncode == 141
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--top-k", "5"], "--top-k need -t > 0"),
+    (["--top-p", "0.01"], "--top-p need -t > 0"),
+    (["--seed", "7"], "--seed need -t > 0"),
+    (["--top-k", "1", "--seed", "3", "-t", "0"], "--top-k and --seed need -t > 0"),
+])
+def test_sampling_options_without_sampling_are_refused(capsys, args, fragment):
+    # at the default -t 0 they were accepted and did nothing: the continuation was the greedy one
+    assert_one_line_error(main(["generate", "Mr Darcy", *args]), capsys.readouterr(), fragment)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--arch", "standard", "--k", "5"], "--k is for topk, batchtopk SAEs, not standard"),
+    (["--arch", "jumprelu", "--k", "5"], "--k is for topk, batchtopk SAEs, not jumprelu"),
+    (["--k", "4", "--coefficient", "1000"], "--coefficient is for the other SAEs, not topk: its sparsity is --k"),
+    (["--arch", "batchtopk", "--k", "4", "--coefficient", "0"], "--coefficient is for the other SAEs, not batchtopk"),
+])
+def test_train_sae_options_its_method_ignores_are_refused_before_collecting(tmp_path, capsys, args, fragment):
+    # --coefficient with topk trained the same weights whatever its value; --k with standard was
+    # refused only after every activation had been collected
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("Mr Darcy bowed to Elizabeth. " * 200)
+    argv = ["train-sae", "--hook", "blocks.1.hook_resid_pre", "--corpus", str(corpus), "--tokens", "1000",
+            "--out", str(tmp_path / "sae"), *args]
+    assert_one_line_error(main(argv), capsys.readouterr(), fragment)
+    assert not any(tmp_path.glob("sae*"))  # nothing collected, nothing written
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--dashboards", "{tmp}", "--dashboards", "{tmp}/nowhere"], "2 dashboards given for 1 SAE(s): one per SAE"),
+    (["--dashboards", "{tmp}/nowhere\x1b[2J"], "no feature dashboards at {tmp}/nowhere␛[2J"),
+])
+def test_tui_refuses_dashboards_it_would_drop(tmp_path, capsys, args, fragment):
+    # the bundled model has one SAE: a second --dashboards was dropped without a word, and one
+    # that did not exist was found missing only once the app had opened
+    with pytest.raises(SystemExit) as exit:
+        main(["tui", *(a.format(tmp=tmp_path) for a in args)])
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and err.count("\n") == 1 and fragment.format(tmp=tmp_path) in err

@@ -11,6 +11,7 @@ from textual.binding import Binding
 from textual.widgets import Input
 
 import tinymech as tm
+from tinymech.errors import InvalidInputError
 from tinymech.io.sources import bundled_sae_dirs
 from tinymech.sae.sae import SAE
 from tinymech.sae.splice import check_hooks
@@ -69,6 +70,11 @@ def make_app(model: tm.Model, saes: Sequence[SAE] = (), prompt: str | None = Non
     own dashboards/ folder, where it has one)."""
     for sae in saes:
         check_hooks(model, sae.cfg)
+    if len(dashboards) > len(saes):  # the extra ones were dropped without a word
+        raise InvalidInputError(f"{len(dashboards)} dashboards given for {len(saes)} SAE(s): one per SAE, in order")
+    for folder in dashboards:
+        if folder is not None and not Path(folder).exists():
+            raise InvalidInputError(f"no feature dashboards at {printable(str(folder))}")
     return TinymechApp(Backend(model, saes, dashboards), prompt or DEFAULT_PROMPT)
 
 

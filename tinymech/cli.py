@@ -162,6 +162,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-every", type=_positive_int, default=None,
                    help="tokens between checkpoints (default: a tenth of the run)")
     p.add_argument("--resume", action="store_true", help="continue from OUT's checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train a new SAE in place of the one (or the interrupted run's checkpoint) in OUT")
     p.add_argument("--seed", type=_non_negative_int, default=0)
     p.add_argument("--out", required=True, help="the SAE's folder")
 
@@ -242,6 +244,9 @@ def _train_sae(args) -> int:
         raise UsageError(f"--coefficient is for the other SAEs, not {args.arch}: its sparsity is --k")
     if args.k is not None and args.d_sae is not None and args.k > args.d_sae:
         raise UsageError(f"--k {args.k} exceeds --d-sae {args.d_sae}")
+    from .sae.train import check_out
+
+    check_out(args.out, resume=args.resume, overwrite=args.overwrite)  # before collecting, which takes long
     model = tm.load(args.model)
     hold = min(max(1, args.tokens // 10), 32768)  # held out for evaluation
     n_collect = args.collect or args.tokens + hold + args.context  # a row's slack: held-out rows are whole
@@ -251,7 +256,8 @@ def _train_sae(args) -> int:
     every = args.checkpoint_every or max(args.batch_size, args.tokens // 10)
     sae = tm.train_sae(store, args.arch, d_sae=args.d_sae, k=args.k, n_tokens=args.tokens, lr=args.lr,
                        batch_size=args.batch_size, out=args.out, coefficient=args.coefficient, skip=args.skip,
-                       seed=args.seed, checkpoint_every=every, resume=args.resume, model=model, holdout=hold,
+                       seed=args.seed, checkpoint_every=every, resume=args.resume, overwrite=args.overwrite,
+                       model=model, holdout=hold,
                        progress=True)
     print(printable(f"saved {sae!r} to {args.out}"))
     return 0

@@ -49,7 +49,7 @@ def main() -> None:
     model = tm.load(args.model)
     out = args.model / "saes" / HOOK
     store = tm.collect_activations(model, HOOK, args.corpus, COLLECT, out=args.activations)
-    sae = tm.train_sae(store, **SETTINGS, out=out, model=model, resume=args.resume,
+    sae = tm.train_sae(store, **SETTINGS, out=out, model=model, resume=args.resume, overwrite=True,
                        checkpoint_every=SETTINGS["n_tokens"] // 10)
     cfg = json.loads((out / "cfg.json").read_text())
     cfg["metadata"].update(model_name=args.model.name, dataset_path="training/.cache/corpus/train.txt "

@@ -93,3 +93,15 @@ def test_tui_refuses_dashboards_it_would_drop(tmp_path, capsys, args, fragment):
         main(["tui", *(a.format(tmp=tmp_path) for a in args)])
     err = capsys.readouterr().err
     assert exit.value.code == 2 and err.count("\n") == 1 and fragment.format(tmp=tmp_path) in err
+
+
+def test_train_sae_refuses_to_replace_an_sae_before_collecting(tmp_path, capsys):
+    # the folder's SAE was replaced by a new run without a word; --overwrite says to
+    (tmp_path / "sae").mkdir()
+    (tmp_path / "sae" / "cfg.json").write_text("{}")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("Mr Darcy bowed to Elizabeth. " * 200)
+    argv = ["train-sae", "--hook", "blocks.1.hook_resid_pre", "--corpus", str(corpus), "--tokens", "1000",
+            "--k", "4", "--out", str(tmp_path / "sae")]
+    assert_one_line_error(main(argv), capsys.readouterr(), "pass overwrite=True (--overwrite)")
+    assert not (tmp_path / "sae.activations").exists()  # nothing collected

@@ -13,6 +13,7 @@ import pytest
 
 import tinymech as tm
 from tinymech.cli import main
+from tinymech.sae import trainer
 from tinymech.sae.dashboards import build
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -207,9 +208,17 @@ def test_an_interrupt_while_finishing_keeps_the_whole_pass(model, sae, tmp_path,
 
 def test_sizes_beyond_the_machine_s_memory_are_refused_before_allocating(model, sae, tmp_path, monkeypatch):
     # top_k=65536 for 2048 features wants 20 GiB, which the 1 TiB limit let the core zero-fill
-    monkeypatch.setattr(build, "_physical_memory", lambda: 1 << 20)
+    monkeypatch.setattr(trainer, "physical_memory", lambda: 1 << 20)
     with pytest.raises(tm.InvalidInputError, match="would need .* GiB, more than this machine's"):
         dashboards(model, sae, tmp_path / "m", top_k=65536)
+
+
+def test_an_infinite_activation_is_an_invalid_input_error(model, sae, tmp_path):
+    """Found in review: the core's refusal of an activation that is not finite surfaced as a bare ValueError."""
+    weights = {name: np.array(getattr(sae, name)) for name in ("W_enc", "b_enc", "W_dec", "b_dec")}
+    weights["W_enc"][:, 1], weights["b_enc"][1] = 1e36, 3.4e38  # feature 1's pre-activation overflows
+    with pytest.raises(tm.InvalidInputError, match=r"the activation of feature 1 at token \d+ is .*not finite"):
+        dashboards(model, tm.SAE(sae.cfg, weights), tmp_path / "inf")
 
 
 def test_the_cli_says_when_cooccurrence_is_skipped(model, tmp_path, monkeypatch, capsys):

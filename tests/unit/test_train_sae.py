@@ -365,3 +365,168 @@ def test_a_diverging_run_stops_with_a_training_error(monkeypatch):
     monkeypatch.setattr(tm.sae.Trainer, "step", lambda self, *a, **k: dict(real_step(self, *a, **k), loss=float("nan")))
     with pytest.raises(tm.TrainingError, match="diverged"):
         small_run(dictionary_data(n=3000), n_tokens=3000)
+
+
+# ---- what out already holds, and what out can be (found in review) ----
+
+def interrupted(x, out, tokens=2000, **kw):
+    """A run of 6000 tokens in batches of 500, stopped by Ctrl-C after `tokens`: its checkpoint is in out."""
+    with pytest.raises(KeyboardInterrupt):
+        small_run(x, out, n_tokens=6000, checkpoint_every=1000, progress=stop_at(tokens), **kw)
+    return json.loads((out / "checkpoint" / "train.json").read_text())
+
+
+def test_a_rerun_without_resume_keeps_the_interrupted_runs_checkpoint(tmp_path):
+    """The rerun's first checkpoint deleted the interrupted run's state: its steps were lost without a word."""
+    x = dictionary_data(n=3000)
+    saved = interrupted(x, tmp_path / "sae")
+    with pytest.raises(tm.InvalidInputError, match=r"checkpoint of an interrupted run \(step 4, 2,000 tokens\).*"
+                                                   r"resume=True \(--resume\).*another out"):
+        small_run(x, tmp_path / "sae", n_tokens=6000, checkpoint_every=1000)
+    assert json.loads((tmp_path / "sae" / "checkpoint" / "train.json").read_text()) == saved
+    assert (tmp_path / "sae" / "checkpoint" / saved["state"]).is_file()
+    resumed = small_run(x, tmp_path / "sae", n_tokens=6000, checkpoint_every=1000, resume=True)
+    assert resumed.metrics["train_tokens"] == 6000
+
+
+def test_overwrite_starts_over_in_place_of_a_checkpoint(tmp_path):
+    x = dictionary_data(n=3000)
+    interrupted(x, tmp_path / "sae")
+    whole = small_run(x, tmp_path / "whole", n_tokens=6000, seed=3)
+    again = small_run(x, tmp_path / "sae", n_tokens=6000, seed=3, overwrite=True)
+    np.testing.assert_array_equal(again.W_enc, whole.W_enc)
+    assert not (tmp_path / "sae" / "checkpoint").exists()
+
+
+def test_resume_after_a_finished_run_is_refused(tmp_path):
+    """resume=True over a finished SAE (no checkpoint) trained it again from scratch, over the finished one."""
+    x = dictionary_data(n=3000)
+    out = tmp_path / "sae"
+    small_run(x, out, n_tokens=3000)
+    before = (out / "sae_weights.safetensors").read_bytes()
+    with pytest.raises(tm.InvalidInputError, match="holds a finished SAE .* no checkpoint: nothing to resume.*overwrite=True"):
+        small_run(x, out, n_tokens=3000, resume=True)
+    assert (out / "sae_weights.safetensors").read_bytes() == before
+    small_run(x, out, n_tokens=3000, seed=1, resume=True, overwrite=True)  # told to: a new run in its place
+    assert (out / "sae_weights.safetensors").read_bytes() != before
+
+
+@pytest.mark.parametrize("existing", ["cfg.json", "sae_weights.safetensors"])
+def test_an_sae_in_out_is_replaced_only_with_overwrite(tmp_path, existing):
+    out = tmp_path / "sae"
+    out.mkdir()
+    (out / existing).write_text('{"mine": 1}')
+    with pytest.raises(tm.InvalidInputError, match=f"already holds an SAE \\({existing}\\).*overwrite=True"):
+        small_run(dictionary_data(n=3000), out, n_tokens=3000)
+    assert (out / existing).read_text() == '{"mine": 1}' and sorted(p.name for p in out.iterdir()) == [existing]
+    small_run(dictionary_data(n=3000), out, n_tokens=3000, overwrite=True)
+    assert tm.SAE.load(out).d_sae == 48
+
+
+def test_check_out_refuses_as_train_sae_does_without_writing(tmp_path):
+    """For the train-sae command, which collects activations (minutes) before it trains."""
+    from tinymech.sae.train import check_out
+
+    assert check_out(None) is None
+    assert check_out(tmp_path / "new" / "sae") == tmp_path / "new" / "sae" and not (tmp_path / "new").exists()
+    (tmp_path / "sae").mkdir()
+    (tmp_path / "sae" / "cfg.json").write_text("{}")
+    with pytest.raises(tm.InvalidInputError, match="already holds an SAE"):
+        check_out(tmp_path / "sae")
+    with pytest.raises(tm.InvalidInputError, match="nothing to resume"):
+        check_out(str(tmp_path / "sae"), resume=True)
+    assert check_out(tmp_path / "sae", overwrite=True) == tmp_path / "sae"
+
+
+def test_an_empty_out_is_refused_and_nothing_is_written(tmp_path, monkeypatch):
+    """out="" wrote the SAE into the current folder."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(tm.InvalidInputError, match='out="" names no folder'):
+        small_run(dictionary_data(n=3000), "", n_tokens=3000)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["file", "file/sub", "/dev/null"])
+def test_an_out_that_is_a_file_is_refused_before_training(tmp_path, monkeypatch, where):
+    """The whole run trained, then died with a bare NotADirectoryError: the weights were lost."""
+    (tmp_path / "file").write_text("precious")
+    monkeypatch.setattr(tm.sae.Trainer, "step", lambda *a, **k: pytest.fail("trained before refusing out"))
+    with pytest.raises(tm.InvalidInputError, match="a file, not a folder"):
+        small_run(dictionary_data(n=3000), tmp_path / where if where != "/dev/null" else where, n_tokens=3000)
+    assert (tmp_path / "file").read_text() == "precious"
+
+
+def test_a_checkpoint_folder_that_cannot_be_made_is_a_training_error(tmp_path):
+    out = tmp_path / "sae"
+    out.mkdir()
+
+    def block_the_checkpoint(done, total, stats):
+        (out / "checkpoint").write_text("in the way")  # mkdir of out/checkpoint fails: FileExistsError
+
+    with pytest.raises(tm.TrainingError, match="could not write a checkpoint"):
+        small_run(dictionary_data(n=3000), out, n_tokens=3000, checkpoint_every=1000, progress=block_the_checkpoint)
+
+
+# ---- memory, options, Ctrl-C (found in review) ----
+
+def test_a_run_beyond_the_machine_s_memory_is_refused_before_allocating(tmp_path):
+    """d_sae=2**31-1 at d_in=24 zero-filled terabytes: a bare MemoryError (bad_alloc), or the OOM killer."""
+    with pytest.raises(tm.InvalidInputError, match=r"would need [\d.]+ GiB, more than this machine's.*smaller d_sae"):
+        small_run(dictionary_data(n=3000), tmp_path / "sae", n_tokens=3000, d_sae=2**31 - 1)
+    assert not (tmp_path / "sae").exists()
+
+
+def test_the_memory_estimate_counts_the_batch(monkeypatch):
+    from tinymech.sae import trainer
+
+    weights = trainer.training_memory("topk", 24, 48, k=3)
+    assert trainer.training_memory("topk", 24, 48, k=3, batch_size=500) > weights > 24 * 48 * 2 * 16  # + grads, Adam
+    monkeypatch.setattr(trainer, "physical_memory", lambda: weights + 1)  # the trainer fits, its steps do not
+    with pytest.raises(tm.InvalidInputError, match="smaller d_sae or batch_size"):
+        small_run(dictionary_data(n=3000), n_tokens=3000)
+
+
+@pytest.mark.parametrize("option, value, match", [
+    ("topk_threshold_lr", -1.0, r"in \[0, 1\]"), ("topk_threshold_lr", 5.0, r"in \[0, 1\]"),
+    ("jumprelu_init_threshold", -1.0, ">= 0"), ("max_grad_norm", 0.0, "> 0, or None for no clipping"),
+    ("max_grad_norm", -1.0, "> 0"), ("decoder_init_norm", 0.0, "> 0, or None"), ("decoder_init_norm", -1.0, "> 0"),
+    ("aux_loss_coefficient", -1.0, ">= 0"),
+])
+def test_out_of_range_options_are_refused_before_out_is_touched(tmp_path, option, value, match):
+    out = tmp_path / "sae"
+    with pytest.raises(tm.InvalidInputError, match=f"{option} must be {match}"):
+        small_run(dictionary_data(n=3000), out, n_tokens=3000, architecture="batchtopk", **{option: value})
+    assert not out.exists()
+
+
+def test_none_options_train_and_are_saved(tmp_path):
+    sae = small_run(dictionary_data(n=3000), tmp_path / "sae", n_tokens=3000, max_grad_norm=None,
+                    decoder_init_norm=None)
+    options = json.loads((tmp_path / "sae" / "cfg.json").read_text())["metadata"]["tinymech_training"]["options"]
+    assert options["max_grad_norm"] is None and options["decoder_init_norm"] is None and sae.d_sae == 48
+
+
+def test_ctrl_c_after_the_cores_step_returned_resumes(tmp_path, monkeypatch):
+    """Ctrl-C between the core's step returning and the loop counting it saved step 8 beside a state of 9
+    steps, and resume refused the checkpoint."""
+    import math
+    import types
+
+    x = dictionary_data(n=3000)
+    whole = small_run(x, tmp_path / "whole", n_tokens=12000)
+    calls = []
+
+    def isfinite(value):  # the loss check right after the step: its 10th call follows step 9
+        calls.append(value)
+        if len(calls) == 10:
+            raise KeyboardInterrupt
+        return math.isfinite(value)
+
+    monkeypatch.setattr(train_module, "math", types.SimpleNamespace(**dict(vars(math), isfinite=isfinite)))
+    with pytest.raises(KeyboardInterrupt):
+        small_run(x, tmp_path / "cut", n_tokens=12000)
+    monkeypatch.undo()
+    saved = json.loads((tmp_path / "cut" / "checkpoint" / "train.json").read_text())
+    assert saved["step"] == 9 and saved["tokens_done"] == 4500
+    resumed = small_run(x, tmp_path / "cut", n_tokens=12000, resume=True)
+    np.testing.assert_array_equal(resumed.W_enc, whole.W_enc)

@@ -33,6 +33,16 @@ def batch(n=40, d=24, seed=0):
     (("standard", 24, 16), {"dead_tokens": -1}, "dead_tokens"),
     (("standard", 24, 16), {"adam_beta1": 1.0}, "betas"),
     (("topk", 24, 16), {"k": 2, "aux_loss_coefficient": float("nan")}, "finite"),
+    # found in review: accepted, and trained on to nonsense (a threshold of -9e7, zeroed gradients)
+    (("batchtopk", 24, 16), {"k": 2, "topk_threshold_lr": -1.0}, r"topk_threshold_lr must be in \[0, 1\]"),
+    (("batchtopk", 24, 16), {"k": 2, "topk_threshold_lr": 5.0}, r"topk_threshold_lr must be in \[0, 1\]"),
+    (("jumprelu", 24, 16), {"jumprelu_init_threshold": -1.0}, "jumprelu_init_threshold must be >= 0"),
+    (("standard", 24, 16), {"max_grad_norm": 0.0}, "max_grad_norm must be > 0, or None for no clipping"),
+    (("standard", 24, 16), {"max_grad_norm": -1.0}, "max_grad_norm must be > 0"),
+    (("standard", 24, 16), {"decoder_init_norm": 0.0}, "decoder_init_norm must be > 0, or None"),
+    (("standard", 24, 16), {"decoder_init_norm": -1.0}, "decoder_init_norm must be > 0"),
+    (("topk", 24, 16), {"k": 2, "aux_loss_coefficient": -1.0}, "aux_loss_coefficient must be >= 0"),
+    (("topk", 16, 2**31 - 1), {"k": 4}, r"would need [\d.]+ GiB, more than this machine's"),  # not bad_alloc
 ])
 def test_bad_arguments(args, kwargs, match):
     with pytest.raises(InvalidInputError, match=match):
@@ -230,3 +240,14 @@ def test_hostile_options_and_states_are_refused():
     b = tm.sae.Trainer("batchtopk", 8, 16, k=2.0)
     with pytest.raises(tm.InvalidInputError, match="finite"):
         b.set_params(topk_threshold=float("nan"))
+
+
+def test_max_grad_norm_none_clips_nothing():
+    """None is the documented "no clipping" (0 is refused: torch's clip_grad_norm_(0) zeroes the gradients)."""
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((64, 24)) * 50).astype(np.float32)  # a gradient norm far above 1
+    unclipped, huge, clipped = (Trainer("standard", 24, 16, seed=2, max_grad_norm=m) for m in (None, 1e30, 1.0))
+    for t in (unclipped, huge, clipped):
+        t.step(x, lr=1e-2, coefficient=1.0)
+    np.testing.assert_array_equal(unclipped.params["W_dec"], huge.params["W_dec"])
+    assert not np.array_equal(unclipped.params["W_dec"], clipped.params["W_dec"])

@@ -13,7 +13,8 @@ core: each step is one Trainer.step on a shuffled batch. Around it:
   coefficient warms up linearly (SAELens's CoefficientScheduler);
 - a checkpoint (the trainer's state and the position in the data) is written every
   checkpoint_every tokens and on Ctrl-C; resume=True continues from it with the same
-  batches as an uninterrupted run;
+  batches as an uninterrupted run; what out already holds is kept unless the caller says
+  otherwise (a checkpoint: resume=True continues it; an SAE: overwrite=True replaces it);
 - at the end the SAE is evaluated on held-out activations (and, given the model, on
   held-out text with the SAE spliced in) and metrics.json written beside it.
 """
@@ -22,8 +23,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,17 +34,17 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
-from ..errors import InvalidInputError, SAEInputError, TrainingError, real_number, whole_number
+from ..errors import InvalidInputError, SAEInputError, TrainingError, real_number, true_or_false, whole_number
 from ..io.files import read_json
 from .activations import model_identity, tokenizer_sha256
 from .architectures import DEFAULT_TRAINING, TRAINING, training
-from .loading import LABELS_FILE, parse_config
+from .loading import CFG_FILE, LABELS_FILE, WEIGHTS_FILE, parse_config
 from .metrics import reconstruction_metrics_over, sae_metrics
 from .sae import SAE, fold_norm_scaling
 from .saving import write_atomically, write_sae_folder
 from .train_data import as_activations, holdout_split, nonfinite_error
 from .train_display import TrainingDisplay
-from .trainer import Trainer
+from .trainer import Trainer, check_memory, check_options, training_memory
 
 CHECKPOINT = "checkpoint"
 SCALE_SAMPLE = 65536  # tokens for the norm scale and the geometric median
@@ -93,8 +96,8 @@ def train_sae(acts, architecture: str = DEFAULT_TRAINING, d_sae: int | None = No
               coefficient: float | None = None, coefficient_warm_up_steps: int | None = None,
               lr_warm_up_steps: int | None = None, lr_decay_steps: int | None = None, lr_end: float = 0.0,
               skip: bool = False, b_dec_init: str | None = None, seed: int = 0,
-              checkpoint_every: int | None = None, resume: bool = False, model=None, holdout: int | None = None,
-              progress=True, **options) -> SAE:
+              checkpoint_every: int | None = None, resume: bool = False, overwrite: bool = False, model=None,
+              holdout: int | None = None, progress=True, **options) -> SAE:
     """Train an SAE (or a transcoder, when the activations hold outputs) and return it.
 
     acts: an ActivationStore (tm.collect_activations), its folder, or an array
@@ -105,20 +108,31 @@ def train_sae(acts, architecture: str = DEFAULT_TRAINING, d_sae: int | None = No
     tokens (default: one pass over the activations; more passes reshuffle). lr:
     Adam's learning rate (default 4e-4 / √(d_sae / 16384): twice Gao et al.'s
     scaling, which was set for runs of billions of tokens).
-    out: the folder to write (SAELens's format, metrics.json, checkpoints); required
-    for checkpoints and resume. model: the Model the activations came from, for the
-    CE-loss metrics on held-out text. options: passed to the Trainer (e.g.
-    aux_loss_coefficient, dead_tokens, jumprelu_bandwidth: see Trainer).
+    out: the folder to write (SAELens's format, metrics.json, checkpoints; created if
+    missing); required for checkpoints and resume. What out already holds is kept unless
+    told: a checkpoint of an interrupted run is continued with resume=True (refused
+    otherwise, unless overwrite=True starts over); an SAE (cfg.json or
+    sae_weights.safetensors) is replaced only with overwrite=True, and resume=True with
+    no checkpoint beside it is refused (a finished run: nothing to resume). resume=True
+    with no checkpoint and no SAE starts a new run. model: the Model the activations came
+    from, for the CE-loss metrics on held-out text. options: passed to the Trainer (e.g.
+    aux_loss_coefficient, dead_tokens, jumprelu_bandwidth, max_grad_norm: see Trainer).
+    Refused before anything is trained: a run that would need more memory than the
+    machine has, and an out that cannot be a folder.
     """
+    out = _out_folder(out)
     data = as_activations(acts)
     _check_model(data, model)
     cfg = _config(data, architecture, d_sae, k, n_tokens, lr, batch_size, coefficient, coefficient_warm_up_steps,
                   lr_warm_up_steps, lr_decay_steps, lr_end, skip, b_dec_init, seed, holdout, options)
-    out = Path(out) if out is not None else None
     every = None if checkpoint_every is None else whole_number(checkpoint_every, "checkpoint_every", 1)
     if (every or resume) and out is None:
         raise InvalidInputError("checkpoints and resume need out= (the folder they are kept in)")
     n_train, held = holdout_split(data, holdout)
+    _check_memory(cfg, data, n_train)
+    if out is not None:
+        _check_contents(out, true_or_false(resume, "resume"), true_or_false(overwrite, "overwrite"))
+        _make_folder(out)
     run = _resume(out, cfg, data) if resume else None
     if run is None:
         run = _start(cfg, data, n_train)
@@ -184,6 +198,7 @@ def _config(data, architecture, d_sae, k, n_tokens, lr, batch_size, coefficient,
     if skip and not transcoder:
         raise InvalidInputError("skip=True makes a skip transcoder: the activations need outputs (hook_out)")
     options = {name: _plain(value, name) for name, value in options.items()}
+    check_options(architecture, options)  # now: a bad one would otherwise fail after out was claimed
     # A latent is dead (and AuxK revives it) after DEAD_TOKENS without firing, or a tenth of a shorter run.
     options.setdefault("dead_tokens", min(DEAD_TOKENS, max(batch_size, n_tokens // 10)))
     return TrainConfig(architecture, d_sae, k, n_tokens, lr, batch_size, coefficient, warm, lr_warm, lr_decay,
@@ -193,6 +208,8 @@ def _config(data, architecture, d_sae, k, n_tokens, lr, batch_size, coefficient,
 
 def _plain(value, name: str):
     """A Trainer option as a plain Python value (numpy scalars would not go into train.json)."""
+    if value is None:  # e.g. max_grad_norm=None: no clipping (the Trainer says which take None)
+        return None
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     if isinstance(value, (int, np.integer)):
@@ -212,6 +229,89 @@ def _check_model(data, model) -> None:
                                 f"{name!r}: pass the model they came from (or none)")
 
 
+# ---- the folder -------------------------------------------------------------------------
+
+def check_out(out, resume: bool = False, overwrite: bool = False) -> Path | None:
+    """What train_sae(out=out, resume=..., overwrite=...) would refuse about its folder, refused now
+    (InvalidInputError) and without writing anything: for callers with work to do first (the
+    train-sae command collects activations)."""
+    folder = _out_folder(out)
+    if folder is not None:
+        _check_contents(folder, true_or_false(resume, "resume"), true_or_false(overwrite, "overwrite"))
+    return folder
+
+
+def _out_folder(out) -> Path | None:
+    """out as a folder's path, refused before any work where it cannot be one (a file, /dev/null, "")."""
+    if out is None:
+        return None
+    if not isinstance(out, (str, os.PathLike)) or isinstance(os.fspath(out), bytes):
+        raise InvalidInputError(f"out must be a folder's path (a str or Path), not {out!r}")
+    if os.fspath(out) == "":  # Path("") is the current folder: training would write into it
+        raise InvalidInputError('out="" names no folder: give the folder to write (e.g. out="my-sae"), '
+                                "or out=None to keep the SAE in memory only")
+    path = Path(out)
+    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        where = "is" if existing == path else f"is inside {existing}, which is"
+        raise InvalidInputError(f"out={str(out)!r} {where} a file, not a folder: choose a folder "
+                                "(it is created if missing)")
+    return path
+
+
+def _check_contents(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to throw away what out holds unless told: a checkpoint (resume=True continues it,
+    overwrite=True starts over) or an SAE (overwrite=True replaces it)."""
+    checkpoint = _checkpoint_description(out)
+    sae_files = [name for name in (CFG_FILE, WEIGHTS_FILE) if (out / name).exists()]
+    if checkpoint and not resume and not overwrite:
+        raise InvalidInputError(f"{out} holds the checkpoint of an interrupted run ({checkpoint}): pass "
+                                "resume=True (--resume) to continue it, overwrite=True (--overwrite) to start over, "
+                                "or choose another out (or delete the folder)")
+    if sae_files and not checkpoint and not overwrite:
+        what = (f"holds a finished SAE ({', '.join(sae_files)}) and no checkpoint: nothing to resume; load it with "
+                "tm.SAE.load," if resume else f"already holds an SAE ({', '.join(sae_files)}):")
+        raise InvalidInputError(f"{out} {what} pass overwrite=True (--overwrite) to train a new one in its place, "
+                                "or choose another out")
+
+
+def _make_folder(out: Path) -> None:
+    """Create out before training: a folder that cannot be made, or written in, fails now, not after the run."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise InvalidInputError(f"cannot write in the folder out={str(out)!r} ({e.strerror or e}): choose "
+                                "another out") from e
+
+
+def _checkpoint_description(out: Path) -> str | None:
+    """The step and tokens of the checkpoint in out, None where there is none."""
+    info = out / CHECKPOINT / "train.json"
+    if not info.is_file():
+        return None
+    try:
+        saved = json.loads(info.read_text())
+        return f"step {int(saved['step']):,}, {int(saved['tokens_done']):,} tokens"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{info}, which cannot be read"
+
+
+# ---- memory -----------------------------------------------------------------------------
+
+def _check_memory(cfg: TrainConfig, data, n_train: int) -> None:
+    """Refuse a run the machine cannot hold before the core zero-fills it (the OOM killer, or a
+    bare bad_alloc, otherwise): the trainer, its steps' buffers, and the sample for the scales
+    and b_dec (float32 rows, float64 copies in the geometric median)."""
+    need = training_memory(cfg.architecture, data.d_in, cfg.d_sae, d_out=data.d_out, skip=cfg.skip, k=cfg.k,
+                           batch_size=cfg.batch_size)
+    width = data.d_in + (data.d_out or 0)
+    need += min(n_train, SCALE_SAMPLE) * width * 32 + cfg.batch_size * width * 8
+    check_memory(need, f"training {cfg.d_sae:,} latents on batches of {cfg.batch_size:,}",
+                 "choose a smaller d_sae or batch_size")
+
+
 # ---- the run ---------------------------------------------------------------------------
 
 @dataclasses.dataclass
@@ -223,6 +323,7 @@ class _Run:
     step: int = 0
     seconds: float = 0.0
     last: dict = dataclasses.field(default_factory=dict)
+    batch_end: int = 0  # tokens_done once the step in flight is counted (_catch_up)
 
 
 def _start(cfg: TrainConfig, data, n_train: int) -> _Run:
@@ -285,19 +386,14 @@ def _loop(run: _Run, cfg: TrainConfig, data, n_train: int, out, every, display) 
             x, y = x[:take], None if y is None else y[:take]
         if not (np.isfinite(x).all() and (y is None or np.isfinite(y).all())):
             raise nonfinite_error(data)
-        try:
-            stats = run.trainer.step(x * run.scale_in, None if y is None else y * run.scale_out,
-                                     lr=cfg.lr_at(run.step), coefficient=cfg.coefficient_at(run.step))
-        except KeyboardInterrupt:
-            if run.trainer.steps > run.step:  # Ctrl-C surfaced after the core took the step: count it
-                run.step += 1
-                run.tokens_done += len(x)
-            raise
+        run.batch_end = run.tokens_done + len(x)
+        stats = run.trainer.step(x * run.scale_in, None if y is None else y * run.scale_out,
+                                 lr=cfg.lr_at(run.step), coefficient=cfg.coefficient_at(run.step))
         if not math.isfinite(stats["loss"]):
             raise TrainingError(f"the loss became {stats['loss']} at step {run.step} ({run.tokens_done:,} tokens): "
                                 "the run diverged; try a smaller lr")
+        run.tokens_done = run.batch_end  # before the step: a Ctrl-C between the two is caught up the same
         run.step += 1
-        run.tokens_done += len(x)
         run.seconds = time.monotonic() - started
         run.last = dict(stats, lr=cfg.lr_at(run.step - 1))
         display.update(run.tokens_done, run.seconds, run.last, run.trainer.d_sae)
@@ -311,12 +407,13 @@ def _loop(run: _Run, cfg: TrainConfig, data, n_train: int, out, every, display) 
 def _save_checkpoint(out: Path, run: _Run, cfg: TrainConfig) -> None:
     """The trainer's state in state-<step>.safetensors, then train.json naming it; older states
     are removed only once train.json is written, so a failed write leaves the last checkpoint whole."""
+    _catch_up(run)
     folder = out / CHECKPOINT
-    folder.mkdir(parents=True, exist_ok=True)
     name = f"state-{run.step}.safetensors"
     info = dict(state=name, tokens_done=run.tokens_done, step=run.step, seconds=run.seconds,
                 scale_in=run.scale_in, scale_out=run.scale_out, config=dataclasses.asdict(cfg))
     try:
+        folder.mkdir(parents=True, exist_ok=True)
         write_atomically(folder / name, lambda p: save_file(_state_arrays(run.trainer.state()), str(p)))
         write_atomically(folder / "train.json", lambda p: p.write_text(json.dumps(info, indent=2)))
     except OSError as e:
@@ -327,8 +424,16 @@ def _save_checkpoint(out: Path, run: _Run, cfg: TrainConfig) -> None:
             old.unlink(missing_ok=True)
 
 
+def _catch_up(run: _Run) -> None:
+    """Count the step in flight when the core took it but the loop had not counted it yet (a Ctrl-C
+    landing between the two): the core's own count decides, and resume checks the two agree."""
+    if run.trainer.steps != run.step:
+        run.step, run.tokens_done = run.trainer.steps, run.batch_end
+
+
 def _state_arrays(state: dict) -> dict:
-    return {k: np.array(v, order="C") for k, v in state.items()}  # (ascontiguousarray would make scalars 1-d)
+    # C order without a copy (the state is the largest thing held); ascontiguousarray would make scalars 1-d
+    return {k: np.asarray(v, order="C") for k, v in state.items()}
 
 
 def _resume(out: Path, cfg: TrainConfig, data) -> _Run | None:

@@ -12,6 +12,7 @@ subtracted from the input.
 """
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
@@ -37,6 +38,18 @@ DEFAULTS = {
 }
 MAX_COUNT = 2**62  # tokens and steps: far beyond any run, and no int64 overflow when one is added
 _BOOL_OPTIONS = ("rescale_acts_by_decoder_norm", "apply_b_dec_to_input")
+# What None means for the options that take it, as the core reads it (<= 0: off).
+_NONE_MEANS = {"decoder_init_norm": -1.0,  # keep kaiming_uniform's row norms
+               "max_grad_norm": 0.0}       # no gradient clipping
+# The valid values of the real options (the core checks jumprelu_bandwidth and Adam's itself);
+# out of range, a run trains on quietly to nonsense (a negative EMA rate saved a threshold of -9e7).
+_RANGES = {
+    "aux_loss_coefficient": (lambda v: v >= 0, ">= 0"),
+    "topk_threshold_lr": (lambda v: 0 <= v <= 1, "in [0, 1] (the running threshold's moving-average rate)"),
+    "jumprelu_init_threshold": (lambda v: v >= 0, ">= 0 (thresholds are kept >= 0)"),
+    "decoder_init_norm": (lambda v: v > 0, "> 0, or None to keep kaiming_uniform's norms"),
+    "max_grad_norm": (lambda v: v > 0, "> 0, or None for no clipping"),
+}
 
 
 class Trainer:
@@ -44,13 +57,13 @@ class Trainer:
 
     d_out (or skip=True) makes a transcoder, trained from x to y; skip adds W_skip
     [d_out, d_in]. k: latents per row (topk), or their mean per row (batchtopk).
-    options: see DEFAULTS."""
+    options: see DEFAULTS; their valid values in _RANGES. max_grad_norm=None clips no
+    gradient (0 is refused: torch's clip_grad_norm_(0) zeroes them all), and
+    decoder_init_norm=None keeps kaiming_uniform's decoder norms."""
 
     def __init__(self, architecture, d_in, d_sae, *, d_out=None, skip=False, k=None, seed=0, **options):
         self._spec = spec = training(architecture)
-        unknown = sorted(set(options) - set(DEFAULTS))
-        if unknown:
-            raise InvalidInputError(f"unknown training option(s) {', '.join(unknown)} for {architecture}")
+        check_options(architecture, options)
         d_in = whole_number(d_in, "d_in", 1)
         d_sae = whole_number(d_sae, "d_sae", 1, maximum=2**31 - 1)
         self.transcoder = d_out is not None or bool(skip)
@@ -60,28 +73,21 @@ class Trainer:
             opts["apply_b_dec_to_input"] = not self.transcoder
         if opts["apply_b_dec_to_input"] and d_in != d_out:
             raise InvalidInputError("apply_b_dec_to_input needs d_in == d_out")
-        if opts["decoder_init_norm"] is None:
-            opts["decoder_init_norm"] = -1.0
         self.architecture, self.d_in, self.d_sae, self.d_out, self.skip = architecture, d_in, d_sae, d_out, bool(skip)
         self.k = self._check_k(k)
         cfg = {"activation": spec.module.ACTIVATION, "batch_topk": spec.batch_topk, "d_in": d_in, "d_sae": d_sae,
                "d_out": d_out, "skip": self.skip, "k": float(self.k or 0)}
-        for name, value in opts.items():
-            if name in _BOOL_OPTIONS:
-                if not isinstance(value, (bool, np.bool_)):
-                    raise InvalidInputError(f"{name} must be True or False, not {value!r}")
-                cfg[name] = bool(value)
-            elif name == "dead_tokens":
-                cfg[name] = whole_number(value, name, 0, maximum=MAX_COUNT)
-            else:
-                cfg[name] = real_number(value, name)
-                if not np.isfinite(cfg[name]):
-                    raise InvalidInputError(f"{name} must be finite, not {value!r}")
+        cfg.update((name, _core_option(name, value)) for name, value in opts.items())
         self.options = opts
+        check_memory(training_memory(architecture, d_in, d_sae, d_out=d_out, skip=skip, k=self.k),
+                     f"a {architecture} trainer of {d_sae:,} latents", "choose a smaller d_sae")
         try:
             self._core = _core.Trainer(cfg, whole_number(seed, "seed", 0, maximum=2**64 - 1))
         except ValueError as e:
             raise InvalidInputError(str(e)) from None
+        except MemoryError as e:  # what the estimate missed (other processes' memory)
+            raise InvalidInputError(f"not enough memory for a {architecture} trainer of {d_sae:,} latents: "
+                                    "choose a smaller d_sae") from e
         self._shapes = {name: self._core.get(name).shape for name in self._core.names()}
         self._lock = threading.Lock()  # one step, read or write at a time (steps run without the GIL)
 
@@ -259,3 +265,76 @@ class Trainer:
             cfg["k"] = self.k
             cfg["rescale_acts_by_decoder_norm"] = bool(self.options["rescale_acts_by_decoder_norm"])
         return cfg
+
+
+def check_options(architecture, options: dict) -> None:
+    """InvalidInputError for an unknown option or a value out of its range (tm.train_sae checks
+    them before it touches its folder)."""
+    unknown = sorted(set(options) - set(DEFAULTS))
+    if unknown:
+        raise InvalidInputError(f"unknown training option(s) {', '.join(unknown)} for {architecture}")
+    for name, value in options.items():
+        if not (name == "apply_b_dec_to_input" and value is None):  # None: the default, by the kind
+            _core_option(name, value)
+
+
+def _core_option(name, value):
+    """An option as the core takes it; InvalidInputError, with the valid values, for one out of range."""
+    if name in _BOOL_OPTIONS:
+        if not isinstance(value, (bool, np.bool_)):
+            raise InvalidInputError(f"{name} must be True or False, not {value!r}")
+        return bool(value)
+    if name == "dead_tokens":
+        return whole_number(value, name, 0, maximum=MAX_COUNT)
+    if value is None and name in _NONE_MEANS:
+        return _NONE_MEANS[name]
+    number = real_number(value, name)
+    if not np.isfinite(number):
+        raise InvalidInputError(f"{name} must be finite, not {value!r}")
+    valid, what = _RANGES.get(name, (lambda v: True, ""))
+    if not valid(number):
+        raise InvalidInputError(f"{name} must be {what}, not {value!r}")
+    return number
+
+
+# ---- memory ----
+
+def training_memory(architecture, d_in, d_sae, *, d_out=None, skip=False, k=None, batch_size=0) -> int:
+    """The bytes a Trainer holds (csrc/sae/train.cpp), with what a step on batch_size rows adds.
+
+    Per parameter: its value, gradient and Adam's two moments in the core, and the copy of
+    value and moments that state() hands a checkpoint. Per latent: the dead-token counters and
+    the step's per-latent lists. Per row: the pre-activations [d_sae] and the input, output and
+    gradient rows; per active (row, latent) pair: its entries in the row- and latent-ordered
+    lists. A dense step (ReLU and JumpReLU early on) adds activations, gradients and a
+    transposed copy [n, d_sae]; BatchTopK ranks the whole batch's pre-activations once more."""
+    spec = training(architecture)
+    d_out = d_in if d_out is None else d_out
+    params = d_in * d_sae + d_sae * d_out + d_sae + d_out
+    params += d_sae if spec.module.ACTIVATION == "jumprelu" else 0  # the threshold
+    params += d_out * d_in if skip else 0
+    need = params * (16 + 12) + d_sae * 40
+    if batch_size:
+        n = batch_size
+        per_row = d_sae + d_in + 4 * d_out + (2 * (d_in + d_out) if skip else 0)
+        pairs = n * ((k or 0) + d_out // 2) if spec.k is not None else n * d_sae // 8
+        need += 4 * n * per_row + 28 * pairs
+        need += 12 * n * d_sae if spec.k is None else 4 * n * d_sae if spec.batch_topk else 0
+    return int(need)
+
+
+def physical_memory() -> int:
+    """The machine's memory in bytes (1 TiB where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 1 << 40
+
+
+def check_memory(need: int, what: str, advice: str) -> None:
+    """InvalidInputError when `what` needs more than the machine's memory: the core zero-fills its
+    arrays, so past the memory comes the OOM killer (or a bare bad_alloc), not a MemoryError."""
+    memory = physical_memory()
+    if need > memory:
+        raise InvalidInputError(f"{what} would need {need / 2**30:.1f} GiB, more than this machine's "
+                                f"{memory / 2**30:.1f} GiB: {advice}")

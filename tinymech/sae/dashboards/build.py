@@ -29,6 +29,7 @@ from ...ops import top_k
 from ...progress import progress_function
 from ..activations import ActivationStore, _row_batches, _stop_layer, model_identity, tokenizer_sha256
 from ..splice import check_hooks, hook_widths
+from ..trainer import check_memory
 from .labels import auto_labels, feature_labels_json
 from .store import (FORMAT, INDEX, MAX_ARGUMENT, VERSION, FeatureDashboards, from_arrays, read_index, sae_sha256,
                     write_folder)
@@ -200,6 +201,21 @@ def _store_batches(store, excluded, batch_size, skip_rows) -> Iterator[tuple]:
 
 # --- the pass -------------------------------------------------------------------------------------------------------
 
+def _add(stats, codes, valid, first_row: int, context: int) -> None:
+    """Fold a batch's features into the statistics; the core refuses an activation that is not finite
+    or reaches 2^127 (a ValueError naming the feature and token): an InvalidInputError here."""
+    try:
+        if isinstance(codes, tuple):
+            stats.add_sparse(codes[0], codes[1], valid, first_row, context)
+        else:
+            stats.add_dense(codes, valid, first_row, context)
+    except ValueError as e:
+        if isinstance(e, TinymechError):
+            raise
+        raise InvalidInputError(f"{e}: dashboards need finite activations below 2^127; look for huge or "
+                                "non-finite values in the SAE's weights (or in the model's activations there)") from e
+
+
 def _run(stats, batches, meta, checkpoint, report) -> None:
     left = meta["n_tokens_asked"]
     seconds = meta["seconds"]
@@ -217,11 +233,7 @@ def _run(stats, batches, meta, checkpoint, report) -> None:
         t0 = time.perf_counter()
         codes = meta["_source"].encode(acts, meta["context"])
         t1 = time.perf_counter()
-        first_row = checkpoint.rows_done
-        if isinstance(codes, tuple):
-            stats.add_sparse(codes[0], codes[1], valid, first_row, meta["context"])
-        else:
-            stats.add_dense(codes, valid, first_row, meta["context"])
+        _add(stats, codes, valid, checkpoint.rows_done, meta["context"])
         t2 = time.perf_counter()
         seconds["encode"] += t1 - t0
         seconds["merge"] += t2 - t1
@@ -433,25 +445,14 @@ def _new_stats(meta: dict):
     n = meta["n_features"]
     need = n * ((meta["top_k"] + meta["n_intervals"] * meta["per_interval"]) * per_context + meta["n_bins"] * 8 + 32)
     need += n * n * 4 if meta["cooccurrence"] else 0
-    memory = _physical_memory()  # the core zero-fills its arrays: past the memory, the OOM killer, not MemoryError
-    if need > memory:
-        raise InvalidInputError(f"these dashboards would need {need / 2**30:.1f} GiB, more than this machine's "
-                                f"{memory / 2**30:.1f} GiB: choose smaller sizes (top_k, n_intervals × per_interval, "
-                                "before + after) or cooccurrence=False")
+    check_memory(need, "these dashboards", "choose smaller sizes (top_k, n_intervals × per_interval, before + after) "
+                 "or cooccurrence=False")
     try:
         return _core.FeatureStats(n, meta["top_k"], meta["n_intervals"], meta["per_interval"], meta["n_bins"],
                                   meta["before"], meta["after"], meta["cooccurrence"], COOC_CAP, meta["seed"])
     except MemoryError as e:
         raise InvalidInputError(f"not enough memory for the dashboards' {need / 2**30:.2f} GiB: choose smaller "
                                 "sizes or cooccurrence=False") from e
-
-
-def _physical_memory() -> int:
-    """The machine's memory in bytes (1 TiB where the system does not say)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return 1 << 40
 
 
 class _Checkpoint:

@@ -22,7 +22,7 @@ from typing import Iterable
 import numpy as np
 
 from . import _core
-from .errors import HookError, InvalidInputError
+from .errors import HookError, InvalidInputError, real_number
 from .hooks import build_plan, resolve_names
 
 METRICS = ("loss", "logit_diff", "log_prob")
@@ -98,7 +98,7 @@ def metric_gradient(metric, logits: np.ndarray, tokens: np.ndarray | None,
                                     f"{type(e).__name__}: {e}") from e
         if not (isinstance(out, (tuple, list)) and len(out) == 2):
             raise InvalidInputError(f"a metric function returns (value, grad_logits), not {type(out).__name__}")
-        return out[0], out[1]
+        return real_number(out[0], "a metric function's value"), out[1]
     name, args = parse_metric(metric)
     if name == "loss":
         if tokens is None or T < 2:

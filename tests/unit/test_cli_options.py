@@ -45,7 +45,7 @@ def test_every_generate_option_has_help(capsys):
         main(["generate", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     for described in ("prompt the text to continue", "--max-new-tokens MAX_NEW_TOKENS how many tokens",
-                      "--top-k TOP_K sample among the k most probable", "--top-p TOP_P sample among",
+                      "--top-k TOP_K with -t > 0: sample among the k most probable", "--top-p TOP_P with -t > 0: sample among",
                       "--seed SEED seed of the sampling", "--threads THREADS threads to use"):
         assert described in text
 

@@ -310,8 +310,7 @@ def training_memory(architecture, d_in, d_sae, *, d_out=None, skip=False, k=None
     transposed copy [n, d_sae]; BatchTopK ranks the whole batch's pre-activations once more."""
     spec = training(architecture)
     d_out = d_in if d_out is None else d_out
-    params = d_in * d_sae + d_sae * d_out + d_sae + d_out
-    params += d_sae if spec.module.ACTIVATION == "jumprelu" else 0  # the threshold
+    params = d_in * d_sae + d_sae * d_out + 2 * d_sae + d_out  # a JumpReLU threshold counted for every kind
     params += d_out * d_in if skip else 0
     need = params * (16 + 12) + d_sae * 40
     if batch_size:

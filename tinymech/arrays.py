@@ -138,9 +138,13 @@ def _array_to_tensor(a: np.ndarray):
 
 
 def _items(x, convert):
-    """x with convert applied to the items of a list, tuple or dict (only those exact types:
-    tinymech's named tuples and result objects keep what they hold); x itself when nothing changed."""
+    """x with convert applied to the items of a list, tuple or dict (only those exact types, and
+    named tuples marked _convert_items, as TransformerLens's Output: tinymech's other named tuples
+    and result objects keep what they hold); x itself when nothing changed."""
     kind = type(x)
+    if getattr(kind, "_convert_items", False):
+        items = [convert(v) for v in x]
+        return x if all(a is b for a, b in zip(items, x)) else kind(*items)
     if kind is list or kind is tuple:
         items = [convert(v) for v in x]
         return x if all(a is b for a, b in zip(items, x)) else kind(items)

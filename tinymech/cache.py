@@ -9,7 +9,7 @@ from typing import Iterator
 import numpy as np
 
 from .errors import whole_number
-from .errors import HookError, InvalidInputError
+from .errors import HookError, InvalidIndexError, InvalidInputError, InvalidTokensError
 from .ops import final_norm, norm_centers
 from .hooks import get_act_name
 
@@ -90,6 +90,11 @@ class ActivationCache:
     def __repr__(self):
         return f"ActivationCache({len(self._acts)} hook points)"
 
+    @property
+    def cache_dict(self) -> dict[str, np.ndarray]:
+        """{hook name: activation}, TransformerLens's attribute: the cache's own dict (not a copy)."""
+        return self._acts
+
     # ---- residual stream --------------------------------------------------------
 
     def _n_layers(self, layer):
@@ -101,6 +106,14 @@ class ActivationCache:
         if not -(n + 1) <= layer <= n:
             raise InvalidInputError(f"layer {layer} is out of range: 0..{n} (or -1 for {n}, the unembed)")
         return layer + n + 1 if layer < 0 else layer
+
+    def _block(self, layer) -> int:
+        """A block's index, 0..n_layers - 1 (negative ones count back)."""
+        n = self.model.cfg.n_layers
+        layer = whole_number(layer, "layer")
+        if not -n <= layer < n:
+            raise InvalidIndexError(f"layer {layer} is out of range for a model with {n} layers")
+        return layer % n
 
     def accumulated_resid(self, layer=None, incl_mid=False, apply_ln=False, pos_slice=None,
                           mlp_input=False, return_labels=False):
@@ -161,6 +174,7 @@ class ActivationCache:
     def head_results(self, layer: int) -> np.ndarray:
         """Each head's output z_h · W_O[h] at `layer`: [batch, pos, head, d_model]
         (no batch axis after remove_batch_dim)."""
+        layer = self._block(layer)
         name = f"blocks.{layer}.attn.hook_result"
         if name in self._acts:
             return self._acts[name]
@@ -204,8 +218,10 @@ class ActivationCache:
     def get_neuron_results(self, layer: int, neuron_slice=None, pos_slice=None) -> np.ndarray:
         """Each MLP neuron's write to the residual stream at `layer`, its
         activation times its row of W_out: [batch, pos, neuron, d_model]."""
-        acts = _index(_pos(self[f"blocks.{layer}.mlp.hook_post"], pos_slice), neuron_slice, axis=-1)
-        W_out = _index(self.model.W_out[layer], neuron_slice, axis=0)
+        layer = self._block(layer)
+        acts = _index(_pos(self[f"blocks.{layer}.mlp.hook_post"], pos_slice), neuron_slice, axis=-1,
+                      what="neuron_slice")
+        W_out = _index(self.model.W_out[layer], neuron_slice, axis=0, what="neuron_slice")
         return acts[..., None] * W_out
 
     def stack_neuron_results(self, layer=-1, pos_slice=None, neuron_slice=None, return_labels=False,
@@ -216,7 +232,7 @@ class ActivationCache:
         stop = self._n_layers(layer)
         if isinstance(neuron_slice, (int, np.integer)):  # one neuron keeps its axis in the stack
             neuron_slice = [int(neuron_slice)]
-        neurons = _index(np.arange(self.model.cfg.d_mlp), neuron_slice, axis=0)
+        neurons = _index(np.arange(self.model.cfg.d_mlp), neuron_slice, axis=0, what="neuron_slice")
         labels = [f"L{l}N{n}" for l in range(stop) for n in neurons]
         parts = [np.moveaxis(self.get_neuron_results(l, neuron_slice, pos_slice), -2, 0) for l in range(stop)]
         stack = np.concatenate(parts) if parts else np.zeros((0,) + _pos(self["hook_embed"], pos_slice).shape,
@@ -284,16 +300,25 @@ class ActivationCache:
         stack's sum went through (ln_final for layer None), as TransformerLens does.
         The LayerNorm's weight and bias are not applied. pos_slice is taken to be
         applied to the stack already; batch_slice is applied here to both."""
-        cfg = self.model.cfg
-        if layer is None or layer == -1 or layer >= cfg.n_layers:
+        residual_stack = np.asarray(residual_stack)
+        layer = self._n_layers(layer)  # -1 and None: the unembed, as in TransformerLens
+        if layer == self.model.cfg.n_layers:
             scale = self["ln_final.hook_scale"]
         else:
             scale = self[f"blocks.{layer}.{'ln2' if mlp_input else 'ln1'}.hook_scale"]
         scale = _pos(scale, pos_slice)
         if has_batch_dim:
-            residual_stack = _index(residual_stack, batch_slice, axis=1)
+            residual_stack = _index(residual_stack, batch_slice, axis=1, what="batch_slice")
         if self.has_batch_dim:  # a stack without one takes the first sequence's scale
-            scale = _index(scale, batch_slice, axis=0) if has_batch_dim else scale[0]
+            scale = _index(scale, batch_slice, axis=0, what="batch_slice") if has_batch_dim else scale[0]
+        try:
+            return self._scaled(residual_stack, scale)
+        except ValueError as e:  # numpy's broadcasting
+            raise InvalidInputError(f"the residual stack {list(np.shape(residual_stack))} does not fit the cached "
+                                    f"scale {list(scale.shape)} (pos_slice and batch_slice must be those the stack "
+                                    f"was taken with): {e}") from None
+
+    def _scaled(self, residual_stack, scale) -> np.ndarray:
         if norm_centers(self.model):  # an RMSNorm does not center (as in TransformerLens)
             residual_stack = residual_stack - residual_stack.mean(-1, keepdims=True)
         return residual_stack / scale
@@ -301,29 +326,54 @@ class ActivationCache:
     def logit_attrs(self, residual_stack, tokens, incorrect_tokens=None, pos_slice=None,
                     batch_slice=None, has_batch_dim=True):
         """Each component's direct contribution to the logit of `tokens` (minus
-        `incorrect_tokens`), after apply_ln_to_stack: [component, ...]."""
+        `incorrect_tokens`), after apply_ln_to_stack: [component, ...]. A token is a
+        single-token string, an id, or an array of ids ([batch] or [batch, pos]); incorrect_tokens
+        has the shape of tokens, as in TransformerLens."""
+        direction = self._direction(tokens, "tokens")
+        if incorrect_tokens is not None:
+            if _token_shape(tokens) != _token_shape(incorrect_tokens):
+                raise InvalidInputError(f"tokens and incorrect_tokens must have the same shape, not "
+                                        f"{list(_token_shape(tokens))} and {list(_token_shape(incorrect_tokens))}")
+            direction = direction - self._direction(incorrect_tokens, "incorrect_tokens")
         scaled = self.apply_ln_to_stack(residual_stack, None, pos_slice=pos_slice,
                                         batch_slice=batch_slice, has_batch_dim=has_batch_dim)
-        W_U = self.model.W_U
-        direction = W_U[:, np.asarray(tokens)]
-        if incorrect_tokens is not None:
-            direction = direction - W_U[:, np.asarray(incorrect_tokens)]
-        direction = np.moveaxis(direction, 0, -1)  # [..., d_model]
-        return (scaled * direction).sum(-1)
+        try:
+            return (scaled * direction).sum(-1)
+        except ValueError as e:  # numpy's broadcasting
+            raise InvalidInputError(f"tokens {list(_token_shape(tokens))} do not fit the residual stack's "
+                                    f"{list(scaled.shape[1:-1])} batch and position axes: {e}") from None
+
+    def _direction(self, tokens, what: str) -> np.ndarray:
+        """The unembedding direction(s) of a token argument: [d_model] or [..., d_model]."""
+        if tokens is None or isinstance(tokens, (bytes, float)) or (
+                not isinstance(tokens, str) and np.asarray(tokens).dtype.kind not in "iu"):
+            raise InvalidTokensError(f"{what} must be a single-token string, a token id or an array of ids, "
+                                     f"not {tokens!r}")
+        return self.model.tokens_to_residual_directions(tokens)
 
 
-def _index(x: np.ndarray, selection, axis: int) -> np.ndarray:
+def _token_shape(tokens) -> tuple:
+    """The shape TransformerLens checks tokens by: () for a string or an int."""
+    return () if isinstance(tokens, str) else np.shape(tokens)
+
+
+def _index(x: np.ndarray, selection, axis: int, what: str = "pos_slice") -> np.ndarray:
     """TransformerLens's Slice along one axis: None keeps all, an int picks one
-    (dropping the axis), a tuple is slice(*tuple), a slice or a list of indices picks those."""
+    (dropping the axis), a tuple is slice(*tuple), a slice or a list of indices picks those.
+    One that does not fit the axis is an InvalidIndexError naming `what`."""
     if selection is None:
         return x
-    if isinstance(selection, tuple):
-        selection = slice(*selection)
-    elif not isinstance(selection, (int, np.integer, slice)):
-        selection = np.asarray(selection)
-    index = [slice(None)] * x.ndim
-    index[axis] = selection
-    return x[tuple(index)]
+    try:
+        if isinstance(selection, tuple):
+            selection = slice(*selection)
+        elif not isinstance(selection, (int, np.integer, slice)):
+            selection = np.asarray(selection)
+        index = [slice(None)] * x.ndim
+        index[axis] = selection
+        return x[tuple(index)]
+    except (IndexError, TypeError, ValueError) as e:
+        size = x.shape[axis] if -x.ndim <= axis < x.ndim else 0
+        raise InvalidIndexError(f"{what} {selection!r} does not fit an axis of {size}: {e}") from None
 
 
 def position_slice(name: str, x: np.ndarray, pos_slice) -> np.ndarray:
@@ -339,9 +389,8 @@ def position_slice(name: str, x: np.ndarray, pos_slice) -> np.ndarray:
     headed = name.endswith(("hook_q", "hook_k", "hook_v", "hook_z", "hook_result", "hook_rot_q", "hook_rot_k"))
     try:
         return _index(x, pos_slice, axis=-3 if headed else -2)
-    except (IndexError, ValueError, TypeError) as e:
-        raise InvalidInputError(f"pos_slice {pos_slice!r} does not fit {name}'s {x.shape[-3 if headed else -2]} "
-                                f"positions: {e}") from None
+    except InvalidIndexError as e:
+        raise InvalidIndexError(f"{name}: {e}") from None
 
 
 def _pos(x: np.ndarray, pos_slice) -> np.ndarray:

@@ -48,6 +48,11 @@ class InvalidInputError(TinymechError, ValueError):
     wrong shape, a layer outside it, a loss asked for without tokens."""
 
 
+class InvalidIndexError(InvalidInputError, IndexError):
+    """An index that does not fit what it indexes (a layer, head, position or neuron out of
+    range, or not an index at all); handlers of IndexError, numpy's and torch's, still catch it."""
+
+
 class ReadOnlyError(TinymechError, AttributeError):
     """Assigning what a model's C++ core was built from: a weight (model.W_Q = ...,
     model.blocks[0].attn.W_Q = ...) or its config (model.cfg = ...), or what a model

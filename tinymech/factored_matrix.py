@@ -12,7 +12,16 @@ import functools
 
 import numpy as np
 
-from .errors import InvalidInputError
+from .errors import InvalidIndexError, InvalidInputError
+
+
+def indexed(x: np.ndarray, index, what: str) -> np.ndarray:
+    """x[index], numpy's IndexError, TypeError or ValueError for an index that does not fit
+    as InvalidIndexError naming `what`."""
+    try:
+        return x[index]
+    except (IndexError, TypeError, ValueError) as e:
+        raise InvalidIndexError(f"{what}: index {index!r} does not fit shape {list(x.shape)} ({e})") from None
 
 
 def _array(x, what: str) -> np.ndarray:
@@ -189,24 +198,29 @@ class FactoredMatrix:
         selects rows (of A) and columns (of B), keeping both axes."""
         idx = idx if isinstance(idx, tuple) else (idx,)
         length = len([i for i in idx if i is not None])
+        what = f"a FactoredMatrix of shape {self.shape}"
         if length <= self.ndim - 2:
-            return FactoredMatrix(self.A[idx], self.B[idx])
+            return FactoredMatrix(indexed(self.A, idx, what), indexed(self.B, idx, what))
         if length == self.ndim - 1:
-            idx = idx[:-1] + (_kept_axis(idx[-1]),)
-            return FactoredMatrix(self.A[idx], self.B[idx[:-1]])
+            idx = idx[:-1] + (_kept_axis(idx[-1], self.ldim, what),)
+            return FactoredMatrix(indexed(self.A, idx, what), indexed(self.B, idx[:-1], what))
         if length == self.ndim:
-            idx = idx[:-2] + (_kept_axis(idx[-2]), _kept_axis(idx[-1]))
-            return FactoredMatrix(self.A[idx[:-1]], self.B[idx[:-2] + (slice(None), idx[-1])])
-        raise InvalidInputError(f"{idx} is too long an index for a FactoredMatrix of shape {self.shape}")
+            idx = idx[:-2] + (_kept_axis(idx[-2], self.ldim, what), _kept_axis(idx[-1], self.rdim, what))
+            return FactoredMatrix(indexed(self.A, idx[:-1], what),
+                                  indexed(self.B, idx[:-2] + (slice(None), idx[-1]), what))
+        raise InvalidIndexError(f"{idx} is too long an index for {what}")
 
     def get_corner(self, k: int = 3) -> np.ndarray:
         """The top-left k x k (and first k of each leading axis) of AB, without forming AB."""
         return get_corner(self.A[..., :k, :] @ self.B[..., :, :k], k)
 
 
-def _kept_axis(index):
-    """An integer row or column index as a slice of one (the axis stays), as TransformerLens does."""
+def _kept_axis(index, size: int, what: str):
+    """An integer row or column index as a slice of one (the axis stays), as TransformerLens does;
+    one out of range is refused (its slice would be empty)."""
     if isinstance(index, (int, np.integer)) and not isinstance(index, bool):
+        if not -size <= index < size:
+            raise InvalidIndexError(f"{what}: row or column {index} is out of range for {size}")
         return slice(index, index + 1 if index != -1 else None)
     return index
 

@@ -20,6 +20,7 @@ def generate(
     model,
     input,
     max_new_tokens: int = 10,
+    *,  # keywords only from here: TransformerLens's positional order differs (stop_at_eos, eos_token_id, ...)
     temperature: float | None = None,
     top_k: int | None = None,
     top_p: float | None = None,
@@ -28,7 +29,6 @@ def generate(
     on_token: Callable[[np.ndarray], bool | None] | None = None,
     prepend_bos: bool | None = None,
     hooks: Iterable[HookSpec] = (),
-    *,
     do_sample: bool | None = None,
     freq_penalty: float = 0.0,
     use_past_kv_cache: bool = True,
@@ -63,6 +63,7 @@ def generate(
     tokens = model.tokens_of(input, prepend_bos=prepend_bos, padding_side=padding_side)
     max_new_tokens = whole_number(max_new_tokens, "max_new_tokens", 0)
     temperature, top_k, top_p = sampling_settings(_temperature(temperature, do_sample), top_k, top_p)
+    _check_float32_temperature(temperature)
     freq_penalty = _freq_penalty(freq_penalty)
     if temperature == 0:  # greedy decoding ignores it, as TransformerLens's does
         freq_penalty = 0.0
@@ -160,6 +161,14 @@ def _temperature(temperature, do_sample) -> float:
     if not true_or_false(do_sample, "do_sample"):
         return 0.0
     return 1.0 if temperature is None else temperature
+
+
+def _check_float32_temperature(temperature: float) -> None:
+    """The core samples in float32: a positive temperature that rounds to 0 there cannot scale logits."""
+    if 0 < temperature <= float(F32.smallest_subnormal) / 2:  # what rounds to 0 (compared, not cast: no overflow)
+        raise InvalidInputError(f"temperature {temperature} rounds to 0 in float32, the precision sampling runs in: "
+                                f"use at least {F32.smallest_subnormal:.2g} (the smallest positive float32), or 0 "
+                                "(do_sample=False) for greedy decoding")
 
 
 def _freq_penalty(value) -> float:

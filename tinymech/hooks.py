@@ -47,6 +47,7 @@ _SHORT_NAMES = {
     "mlp_pre": "mlp.hook_pre",
     "mlp_post": "mlp.hook_post",
     "pre_linear": "mlp.hook_pre_linear",
+    "mid": "mlp.hook_mid",
     "attn_in": "hook_attn_in",
     "q_input": "hook_q_input",
     "k_input": "hook_k_input",
@@ -57,31 +58,64 @@ _SHORT_NAMES = {
 }
 
 
-def get_act_name(name: str, layer: int | None = None, layer_type: str | None = None) -> str:
-    """TransformerLens's utils.get_act_name: ("pattern", 3) -> "blocks.3.attn.hook_pattern".
+# TransformerLens's other names for some of them (its get_act_name's act_name_alias)
+_ALIASES = {
+    "attn_logits": "attn_scores",
+    "key": "k",
+    "query": "q",
+    "value": "v",
+    "mlp_mid": "mid",
+}
+# TransformerLens's shorthands for a layer_type (its layer_type_alias); "" is the block itself
+_LAYER_TYPES = {"a": "attn", "attn": "attn", "attention": "attn", "m": "mlp", "mlp": "mlp",
+                "b": "", "block": "", "blocks": "", "": ""}
+# a norm's layer_type: its attention's norm (ln1) or its MLP's (ln2)
+_NORMS = {"ln1": "ln1", "ln2": "ln2", "attn": "ln1", "mlp": "ln2"}
+# "k6", "scale4ln1", "resid_pre5b": a name, the layer, then a layer type (as TransformerLens parses them)
+_COMPACT = re.compile(r"([a-z_]+?)(\d+)([a-z][a-z0-9_]*)?")
 
-    Also takes 'k6'-style names and full names (returned unchanged).
-    """
-    if ("." in name or name.startswith("hook_")) and layer is None:
+
+def get_act_name(name: str, layer: int | None = None, layer_type: str | None = None) -> str:
+    """TransformerLens's utils.get_act_name: ("pattern", 3) -> "blocks.3.attn.hook_pattern",
+    with its aliases ("key", "query", "value", "attn_logits", ...) and layer types ("a", "m",
+    "ln1", ...). Also takes compact names ('k6', 'scale4ln1') and full names (returned unchanged)."""
+    if not isinstance(name, str):
+        raise HookError(f"an activation name is a string, not {name!r}")
+    if ("." in name or name.startswith("hook_")) and layer is None and layer_type is None:
         return name
-    m = re.fullmatch(r"([a-z_]+?)(\d+)([a-z]*)", name)
-    if layer is None and m and m.group(1) in _SHORT_NAMES:
+    m = _COMPACT.fullmatch(name)
+    if layer is None and m and _ALIASES.get(m.group(1), m.group(1)) in _SHORT_NAMES:
         name, layer, layer_type = m.group(1), int(m.group(2)), m.group(3) or layer_type
+    name = _ALIASES.get(name, name)
     if name not in _SHORT_NAMES:
-        raise HookError(f"unknown activation name {name!r}; known: {', '.join(sorted(_SHORT_NAMES))}")
+        known = sorted(set(_SHORT_NAMES) | set(_ALIASES))
+        raise HookError(f"unknown activation name {name!r}; known: {', '.join(known)}")
+    layer = _act_layer(layer)
     suffix = _SHORT_NAMES[name]
     if name in ("embed", "pos_embed"):
         return suffix
     if name in ("scale", "normalized"):
-        if layer is None:
-            return f"ln_final.{suffix}"
-        ln = {"a": "ln1", "attn": "ln1", "ln1": "ln1", "m": "ln2", "mlp": "ln2", "ln2": "ln2"}.get(layer_type or "", None)
-        if ln is None:
-            raise HookError(f"{name!r} at a layer needs layer_type 'ln1' or 'ln2'")
-        return f"blocks.{layer}.{ln}.{suffix}"
+        return _norm_point(name, suffix, layer, layer_type)
     if layer is None:
         raise HookError(f"{name!r} needs a layer")
-    return f"blocks.{layer}.{suffix}"
+    return f"blocks.{layer}.{suffix}"  # the point's place follows from its name, whatever layer_type says
+
+
+def _act_layer(layer) -> int | None:
+    """get_act_name's layer: a whole number, or digits as TransformerLens's parse gives them."""
+    if isinstance(layer, str) and layer.isdigit():
+        return int(layer)
+    return None if layer is None else whole_number(layer, "layer", error=HookError)
+
+
+def _norm_point(name: str, suffix: str, layer: int | None, layer_type: str | None) -> str:
+    """A norm's hook: ln_final's without a layer, else the block's ln1 or ln2."""
+    if layer is None:
+        return f"ln_final.{suffix}"
+    ln = _NORMS.get(_LAYER_TYPES.get(layer_type or "", layer_type or ""))
+    if ln is None:
+        raise HookError(f"{name!r} at a layer needs layer_type 'ln1' or 'ln2' (or 'a'/'attn', 'm'/'mlp')")
+    return f"blocks.{layer}.{ln}.{suffix}"
 
 
 # The points TransformerLens computes only in a mode (HookedTransformer's set_use_* setters):
@@ -109,9 +143,16 @@ def hook_registry(n_layers: int, ids: Sequence[int]) -> tuple[list[str], dict[st
 
 @dataclasses.dataclass(frozen=True)
 class HookPoint:
-    """What a hook function receives as `hook`: the point's name and layer."""
+    """What a hook function receives as `hook`: the point's name and layer, and its ctx, as
+    TransformerLens's HookPoint.ctx: a dict the model keeps for the point, which a hook may
+    fill and read again in later runs, until reset_hooks() (clear_contexts=True) empties it."""
 
     name: str
+    ctx: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+    def clear_context(self) -> None:
+        """Empties ctx (in place: the model's dict for the point)."""
+        self.ctx.clear()
 
     def layer(self) -> int:
         m = re.match(r"blocks\.(\d+)\.", self.name)
@@ -236,8 +277,9 @@ def resolve_names(model, name_or_filter) -> list[str]:
     return out
 
 
-def _wrap_function(fn: Callable, name: str):
-    hook = HookPoint(name)
+def _wrap_function(fn: Callable, name: str, ctx: dict | None = None):
+    """fn as the core's callback at `name`; its `hook` carries ctx (the model's for the point)."""
+    hook = HookPoint(name, {} if ctx is None else ctx)
 
     def call(activation: np.ndarray):
         try:
@@ -276,7 +318,7 @@ def build_plan(model, specs: Iterable[HookSpec], capture: Iterable[str] = ()) ->
             elif isinstance(action, _core.NativeHook):
                 plan.native(hid, action)
             elif callable(action):
-                plan.callback(hid, _wrap_function(action, name))
+                plan.callback(hid, _wrap_function(action, name, model._hook_context(name)))
             else:
                 raise HookError(f"the action for {name!r} must be a function or an Intervention, got {action!r}")
     for name in dict.fromkeys(capture):  # a name given twice is captured once

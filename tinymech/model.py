@@ -12,7 +12,7 @@ import functools
 import operator
 import os
 import pickle
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -24,10 +24,12 @@ from .arch.families import config_from_hf, family_of, read_config
 from .arch.gguf import converted, read_gguf
 from .arch.processing import process_weights
 from .cache import ActivationCache, position_slice
+from .factored_matrix import indexed
 from .errors import (
     CORE_INT_MAX,
     ContextLengthError,
     HookError,
+    InvalidIndexError,
     InvalidInputError,
     InvalidTokensError,
     ModelLoadError,
@@ -71,10 +73,13 @@ class LayerStack:
         self._layer_weight = layer_weight
 
     def _layer(self, index) -> int:
-        layer = operator.index(index)
+        try:
+            layer = operator.index(index)
+        except TypeError:
+            raise InvalidIndexError(f"{self.name}: a layer is a whole number, not {index!r}") from None
         if not -self._n_layers <= layer < self._n_layers:
-            raise IndexError(f"{self.name}: layer {layer} is out of range for a model "
-                             f"with {self._n_layers} layers")
+            raise InvalidIndexError(f"{self.name}: layer {layer} is out of range for a model "
+                                    f"with {self._n_layers} layers")
         return layer % self._n_layers
 
     def __call__(self, layer: int) -> np.ndarray:
@@ -84,10 +89,10 @@ class LayerStack:
         first, rest = (index[0], index[1:]) if isinstance(index, tuple) and index else (index, ())
         if isinstance(first, (int, np.integer)) and not isinstance(first, bool):
             weight = self(first)
-            return weight[rest] if rest else weight
+            return indexed(weight, rest, f"{self.name}[{first}]") if rest else weight
         if isinstance(first, slice):
-            return self._stacked(range(self._n_layers)[first])[(slice(None),) + rest]
-        return np.asarray(self)[index]
+            return indexed(self._stacked(range(self._n_layers)[first]), (slice(None),) + rest, self.name)
+        return indexed(np.asarray(self), index, self.name)
 
     def _stacked(self, layers: range) -> np.ndarray:
         if not layers:  # an empty stack still has the layer's shape
@@ -214,6 +219,7 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         self._added_hooks: list[tuple[HookSpec, bool]] = []  # add_hook's (hook, permanent), until reset_hooks
         self._added_bwd_hooks: list[tuple[HookSpec, bool]] = []  # add_hook(dir="bwd")'s, for every backward
         self._saes: dict = {}  # input hook -> (SAE, use_error_term): the SAEs attached with add_sae
+        self._hook_contexts: dict[str, dict] = {}  # hook name -> its HookPoint.ctx, until reset_hooks
         self._load_args: tuple | None = None  # (path, load's keywords) when loaded by tm.load: for pickling
 
     def __reduce__(self):
@@ -285,6 +291,15 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
             raise AttributeError("a rotary model has no learned positional embedding W_pos")
         return self._weights["wpe"]
 
+    @property
+    def W_E_pos(self) -> np.ndarray:
+        """W_E and W_pos stacked, [d_vocab + n_ctx, d_model] (a copy), as TransformerLens's: the basis of
+        the input space for full QK and OV circuits. A rotary model has no W_pos, so none either."""
+        if self.cfg.positional_embedding_type == "rotary":
+            raise AttributeError("a rotary model has no W_E_pos: it has no learned positional embedding W_pos "
+                                 "(use W_E)")
+        return np.concatenate([self.W_E, self.W_pos])
+
     # ---- tokens ---------------------------------------------------------------
 
     def _need_tokenizer(self) -> Tokenizer:
@@ -301,14 +316,22 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         return self.cfg.default_prepend_bos if prepend_bos is None else true_or_false(prepend_bos, "prepend_bos")
 
     def to_tokens(self, text: str | Sequence[str], prepend_bos: bool | None = None,
-                  padding_side: str | None = None) -> np.ndarray:
+                  padding_side: str | None = None, move_to_device: bool = True,
+                  truncate: bool = False) -> np.ndarray:
         """Token ids [batch, pos] (int64), BOS first unless prepend_bos=False (None, as in every
         run: model.cfg.default_prepend_bos, True unless set otherwise). Texts of
         different lengths are padded with the tokenizer's pad token on padding_side
         ("left" or "right"; None: model.tokenizer.padding_side, cfg.default_padding_side
-        at load), as TransformerLens's to_tokens pads them."""
+        at load), as TransformerLens's to_tokens pads them.
+
+        truncate=True keeps each text's first n_ctx tokens, as TransformerLens's default does;
+        tinymech's default keeps them all, so a text too long for the model is refused where it
+        runs rather than silently cut. move_to_device is accepted and does nothing (the CPU)."""
         check_padding_side(padding_side)
-        return self._need_tokenizer().to_tokens(text, prepend_bos=self._bos(prepend_bos), padding_side=padding_side)
+        true_or_false(move_to_device, "move_to_device")
+        max_length = self.cfg.n_ctx if true_or_false(truncate, "truncate") else None
+        return self._need_tokenizer().to_tokens(text, prepend_bos=self._bos(prepend_bos), padding_side=padding_side,
+                                                max_length=max_length)
 
     def to_str_tokens(self, input, prepend_bos: bool | None = None, padding_side: str | None = None) -> list[str] | list[list[str]]:
         """One string per token of a text or of a 1-D token sequence; a list of texts gives
@@ -322,8 +345,8 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
             ids = self.to_tokens(input, prepend_bos=prepend_bos)[0]
         else:
             ids = np.asarray(input)
-            if ids.ndim == 2 and ids.shape[0] == 1:
-                ids = ids[0]
+            if ids.ndim == 0 or (ids.ndim == 2 and ids.shape[0] == 1):  # one id, or one sequence of a batch
+                ids = ids.reshape(-1)
             if ids.ndim != 1:
                 raise InvalidTokensError(f"to_str_tokens takes one sequence, got shape {ids.shape}")
         return tok.decode_each(ids, limit=self.cfg.d_vocab)
@@ -366,9 +389,9 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         if tokens.shape[0] == 0 or tokens.shape[1] == 0:
             raise InvalidTokensError("the input is empty: give at least one token")
         if tokens.shape[1] > self.cfg.n_ctx:
-            raise ContextLengthError(
-                f"{tokens.shape[1]} tokens exceed the model's context of {self.cfg.n_ctx}"
-            )
+            hint = (f" (TransformerLens would silently run the first {self.cfg.n_ctx}: to do so, pass "
+                    "model.to_tokens(text, truncate=True))") if _is_texts(input) else ""
+            raise ContextLengthError(f"{tokens.shape[1]} tokens exceed the model's context of {self.cfg.n_ctx}{hint}")
         lo, hi = int(tokens.min()), int(tokens.max())
         if lo < 0 or hi >= self.cfg.d_vocab:
             bad = lo if lo < 0 else hi
@@ -404,8 +427,8 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         later calls keep masking it; they add no padding of their own. Texts padded on the right
         are refused with a cache (pad them on the left).
         """
-        if logits not in ("all", "last", "none"):
-            raise ValueError(f"logits must be 'all', 'last' or 'none', not {logits!r}")
+        if not isinstance(logits, str) or logits not in ("all", "last", "none"):
+            raise InvalidInputError(f"logits must be 'all', 'last' or 'none', not {logits!r}")
         if cache is not None and not isinstance(cache, KVCache):
             raise InvalidInputError(f"cache must be a KV cache from model.new_cache(), not {type(cache).__name__}")
         if start_at_layer is not None:
@@ -496,8 +519,7 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
     def _run(self, input, plan, return_type, prepend_bos, loss_per_token, start_at_layer=None,
              stop_at_layer=None, tokens=None, attention_mask=None, padding_side=None):
         """The TransformerLens-style calls' one-off forward (no KV cache)."""
-        if return_type not in RETURN_TYPES:
-            raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, not {return_type!r}")
+        _check_return_type(return_type)
         start = 0 if start_at_layer is None else self._block_index(start_at_layer, "start_at_layer")
         stop = -1 if stop_at_layer is None else self._block_index(stop_at_layer, "stop_at_layer")
         if stop >= 0 and stop < start:
@@ -562,7 +584,7 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
             loss = np.float64(loss)
         if return_type == "loss":
             return loss
-        return logits, loss
+        return Output(logits, loss)
 
     def _check_fits(self, n_past: int, n_new: int):
         if n_past + n_new > self.cfg.n_ctx:
@@ -602,6 +624,7 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         d logits; return_type="loss" alone means the loss), caching the gradients at the same points
         as name + "_grad"; freeze="pattern" and/or "scales" linearizes it (see docs/api.md).
         """
+        _check_return_type(return_type)
         model_filter, recorders = names_filter, []
         if self._saes:  # attached SAEs' points are cached by their splices
             from .sae.sae import model_names_filter
@@ -641,14 +664,17 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
                        start_at_layer: int | None = None,
                        stop_at_layer: int | None = None, tokens=None, bwd_hooks=(), reset_hooks_end: bool = True,
                        attention_mask=None, padding_side: str | None = None, metric=None, grad_logits=None,
-                       freeze=(), **_ignored):
+                       freeze=(), clear_contexts: bool = False, **_ignored):
         """Run with hooks: (name or predicate, function or Intervention) pairs. start_at_layer,
         stop_at_layer, tokens, attention_mask, padding_side: as for a call (model(...)). As TransformerLens's,
-        reset_hooks_end=False leaves the hooks on afterwards (as add_hook's, until reset_hooks).
+        reset_hooks_end=False leaves the hooks on afterwards (as add_hook's, until reset_hooks), and
+        clear_contexts=True empties the hook points' ctx afterwards (HookPoint.ctx; kept by default).
         bwd_hooks (or metric=, grad_logits=) run a backward in the same call, the backward hooks
         reading and rewriting gradients (see run_with_cache's incl_bwd for metric, grad_logits
         and freeze): tinymech has no loss.backward() to call later."""
-        keep = not true_or_false(reset_hooks_end, "reset_hooks_end")
+        _check_return_type(return_type)
+        reset_hooks_end = true_or_false(reset_hooks_end, "reset_hooks_end")
+        clear_contexts = true_or_false(clear_contexts, "clear_contexts")
         fwd_hooks, bwd_hooks = list(fwd_hooks), list(bwd_hooks)
         if bwd_hooks or metric is not None or grad_logits is not None:
             from .gradients import backward_run
@@ -660,10 +686,7 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         else:
             out = self._run(input, self._plan(fwd_hooks), return_type, prepend_bos, loss_per_token,
                             start_at_layer, stop_at_layer, tokens, attention_mask, padding_side)
-        for name, hook in fwd_hooks if keep else ():
-            self.add_hook(name, hook)
-        for name, hook in bwd_hooks if keep else ():
-            self.add_hook(name, hook, dir="bwd")
+        self._end_of_hooks(fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts)
         return out
 
     # ---- SAEs, as SAELens's HookedSAETransformer attaches them (tinymech/sae/splice.py) ----
@@ -738,10 +761,21 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         direction "fwd" or "bwd" removes only the forward or backward ones."""
         if direction not in ("fwd", "bwd", "both"):
             raise HookError(f"direction must be 'fwd', 'bwd' or 'both', not {direction!r}")
+        if true_or_false(clear_contexts, "clear_contexts"):
+            self._clear_contexts()
         if direction != "bwd":
             self._added_hooks = [e for e in self._added_hooks if e[1] and not including_permanent]
         if direction != "fwd":
             self._added_bwd_hooks = [e for e in self._added_bwd_hooks if e[1] and not including_permanent]
+
+    def _hook_context(self, name: str) -> dict:
+        """The ctx dict of a hook point (HookPoint.ctx), the same one in every run."""
+        return self._hook_contexts.setdefault(name, {})
+
+    def _clear_contexts(self) -> None:
+        """Empties every hook point's ctx in place (a HookPoint already handed out sees it empty)."""
+        for ctx in list(self._hook_contexts.values()):
+            ctx.clear()
 
     def set_use_attn_result(self, use_attn_result: bool) -> None:
         """As TransformerLens's: True makes run_with_cache capture attn.hook_result (each head's
@@ -795,10 +829,15 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         return "attn_in" if self._modes["use_attn_in"] else "shared"
 
     @contextlib.contextmanager
-    def hooks(self, fwd_hooks: Iterable[HookSpec] = (), bwd_hooks: Iterable[HookSpec] = ()):
+    def hooks(self, fwd_hooks: Iterable[HookSpec] = (), bwd_hooks: Iterable[HookSpec] = (),
+              reset_hooks_end: bool = True, clear_contexts: bool = False):
         """Within the block, every run and generate call applies these hooks, and every backward
-        (run_with_cache(incl_bwd=True), ...) the backward hooks."""
+        (run_with_cache(incl_bwd=True), ...) the backward hooks. As TransformerLens's:
+        reset_hooks_end=False leaves them on after the block (as add_hook's, until reset_hooks);
+        clear_contexts=True empties every hook point's ctx when the block removes its hooks."""
         fwd_hooks, bwd_hooks = list(fwd_hooks), list(bwd_hooks)
+        reset_hooks_end = true_or_false(reset_hooks_end, "reset_hooks_end")
+        clear_contexts = true_or_false(clear_contexts, "clear_contexts")
         self._plan(fwd_hooks)  # check names and actions now, not at the first run
         build_plan(self, bwd_hooks)
         before, before_bwd = self._context_hooks, self._context_bwd_hooks
@@ -807,6 +846,18 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
             yield self
         finally:
             self._context_hooks, self._context_bwd_hooks = before, before_bwd
+            self._end_of_hooks(fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts)
+
+    def _end_of_hooks(self, fwd_hooks: list, bwd_hooks: list, reset_hooks_end: bool, clear_contexts: bool) -> None:
+        """What TransformerLens does as a block of hooks ends: keep them on (reset_hooks_end=False),
+        or take them off, emptying the hook points' ctx if clear_contexts."""
+        if not reset_hooks_end:
+            for name, hook in fwd_hooks:
+                self.add_hook(name, hook)
+            for name, hook in bwd_hooks:
+                self.add_hook(name, hook, dir="bwd")
+        elif clear_contexts:
+            self._clear_contexts()
 
     def _core_forward(self, cache, tokens, plan, logits: str, start: int = 0, stop: int = -1, resid=None, pads=None,
                       tape=None):
@@ -957,7 +1008,24 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
 
 
 RETURN_TYPES = ("logits", "loss", "both", None)
+
+
+class Output(NamedTuple):
+    """return_type="both"'s (logits, loss), as TransformerLens's Output: unpacks as a pair, and
+    reads as .logits and .loss."""
+
+    logits: np.ndarray
+    loss: float | np.ndarray
+    _convert_items = True  # tensors, under tm.set_array_type("torch"), as a plain pair's would be
+
+
 _EXCLUSIVE = {"use_split_qkv_input": "use_attn_in", "use_attn_in": "use_split_qkv_input"}
+
+
+def _check_return_type(return_type) -> None:
+    """A run's return_type, refused before any work (a numpy array would fail `in` ambiguously)."""
+    if not (return_type is None or isinstance(return_type, str) and return_type in RETURN_TYPES):
+        raise InvalidInputError(f"return_type must be 'logits', 'loss', 'both' or None, not {return_type!r}")
 
 
 def _no_mlp_in_backward(modes: dict) -> None:

@@ -15,8 +15,10 @@ def test_layer_index_out_of_range(saved_gpt2):
                    lambda: model.b_O(n)]:
         with pytest.raises(IndexError, match=f"out of range for a model with {n} layers"):
             access()
-    with pytest.raises(TypeError):
-        model.W_out("1")
+    for access in [lambda: model.W_out("1"), lambda: model.W_Q["a"], lambda: model.W_Q[0, 99],
+                   lambda: model.W_Q[1:, 99], lambda: model.W_Q[[0, 9]]]:
+        with pytest.raises(tm.InvalidInputError):  # not a layer, or a head out of range: numpy's errors escaped
+            access()
 
 
 def test_layer_access_copies_no_other_layer(saved_gpt2, monkeypatch):

@@ -3,6 +3,7 @@ config mapping applies to the values a file declares (arch/families.py reads con
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import weakref
 from typing import Any
@@ -68,6 +69,7 @@ class Config:
         model = _model_of(self)
         if model is not None:
             state["_modes"] = dict(model._modes)
+            state["_facts"] = {fact: read(model) for fact, read in MODEL_FACTS.items()}
         return state
 
     @property
@@ -91,6 +93,57 @@ class Config:
     attn_only = False
     parallel_attn_mlp = False
     attention_dir = "causal"
+    # More of its fields whose value is the same for every model tinymech loads: scores are always
+    # divided by attn_scale (1.0 where a GPT-2 config turns scaling off), attention is global, rotary
+    # models rotate the two halves of a head (not adjacent pairs), and none of these features exists here.
+    use_attn_scale = True
+    use_local_attn = False
+    window_size = None
+    attn_types = None
+    rotary_adjacent_pairs = False
+    use_hook_tokens = False
+    post_embedding_ln = False
+    use_normalization_before_and_after = False
+    use_qk_norm = False
+    attn_scores_soft_cap = -1.0  # TransformerLens's "no cap"
+    output_logits_soft_cap = -1.0
+    num_experts = None
+    experts_per_token = None
+    ungroup_grouped_query_attention = False
+    n_devices = 1
+    load_in_4bit = False
+    trust_remote_code = False
+    from_checkpoint = False
+    checkpoint_index = None
+    checkpoint_label_type = None
+    checkpoint_value = None
+
+    @property
+    def final_rms(self) -> bool:
+        """Whether the final norm is an RMSNorm, as TransformerLens's field (the blocks' norms are the same kind)."""
+        return self.normalization_type.startswith("RMS")
+
+    @property
+    def uses_rms_norm(self) -> bool:
+        return self.normalization_type.startswith("RMS")
+
+    @property
+    def dtype(self) -> str:
+        """The dtype the model's core reads its weight matrices as: "float32", or "bfloat16" for a model
+        loaded with dtype="bf16" (a string: tinymech does not import torch for TransformerLens's torch dtype)."""
+        return "bfloat16" if self._of_model("dtype") == "bf16" else "float32"
+
+    @property
+    def tokenizer_name(self) -> str | None:
+        """Where the model's tokenizer was read from, a folder (transformers.AutoTokenizer.from_pretrained takes
+        it), as TransformerLens's field names where it loads one from; None for a tokenizer read from a GGUF
+        file, or no tokenizer."""
+        return self._of_model("tokenizer_name")
+
+    def _of_model(self, fact: str):
+        """A fact of the model the config is bound to (MODEL_FACTS); a copy keeps its model's."""
+        model = _model_of(self)
+        return self.__dict__.get("_facts", {}).get(fact) if model is None else MODEL_FACTS[fact](model)
 
     def core_dict(self) -> dict[str, Any]:
         """The fields the C++ core needs."""
@@ -113,6 +166,16 @@ class Config:
             "rotary_dim": self.rotary_dim,
             "weight_layout": self.weight_layout,
         }
+
+
+def _tokenizer_folder(model) -> str | None:
+    """The folder the model's tokenizer was read from, or None."""
+    path = getattr(model, "path", None)
+    return path if model.tokenizer is not None and path is not None and os.path.isdir(path) else None
+
+
+# What a config reads from its model (Config._of_model), and a copy keeps.
+MODEL_FACTS = {"dtype": lambda model: model.dtype, "tokenizer_name": _tokenizer_folder}
 
 
 def bound(cfg: Config, model) -> Config:

@@ -214,16 +214,18 @@ class Tokenizer:
                 out[key] = out[key][0]
         return out
 
-    def to_tokens(self, text: str | list[str], prepend_bos: bool = True, padding_side: str | None = None) -> np.ndarray:
-        """Token ids [batch, pos] (int64), BOS first unless prepend_bos=False; texts of different
-        lengths padded with pad_token_id on padding_side (None: self.padding_side), as
-        TransformerLens's to_tokens pads them."""
-        texts = [text] if isinstance(text, str) else list(text)
-        rows = [self.encode(t) for t in texts]
+    def to_tokens(self, text: str | list[str], prepend_bos: bool = True, padding_side: str | None = None,
+                  max_length: int | None = None) -> np.ndarray:
+        """Token ids [batch, pos] (int64), BOS first unless prepend_bos=False; each text's first
+        max_length tokens (None: all); texts of different lengths padded with pad_token_id on
+        padding_side (None: self.padding_side), as TransformerLens's to_tokens pads them."""
+        rows = [self.encode(t) for t in _texts(text)]
         if prepend_bos:
             if self.bos_token_id is None:
                 raise InvalidTokensError("this tokenizer has no BOS token; use prepend_bos=False")
             rows = [[self.bos_token_id] + r for r in rows]
+        if max_length is not None:  # each row before padding, as Hugging Face's truncation
+            rows = [r[:max_length] for r in rows]
         width = max(map(len, rows), default=0)
         if any(len(r) != width for r in rows):
             rows = self._padded(rows, width, self.padding_side if padding_side is None else padding_side)
@@ -237,6 +239,16 @@ class Tokenizer:
             raise InvalidTokensError("the texts tokenize to different lengths and this tokenizer has no padding "
                                      "token (nor an EOS token to pad with): pass them one at a time")
         return [[pad] * (width - len(r)) + r if side == "left" else r + [pad] * (width - len(r)) for r in rows]
+
+
+def _texts(text) -> list[str]:
+    """A text or a list of texts as a list; anything else is refused by name."""
+    if isinstance(text, str):
+        return [text]
+    if isinstance(text, (list, tuple, np.ndarray)) and all(isinstance(t, str) for t in text):
+        return [str(t) for t in text]
+    raise InvalidTokensError(f"to_tokens takes a string or a list of strings, not {text!r:.60}"
+                             " (token ids need no tokenizing: pass them to the model as they are)")
 
 
 class Encoding(dict):

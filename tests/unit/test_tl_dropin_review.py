@@ -158,6 +158,23 @@ def test_hook_ctx_persists_until_reset_hooks(demo, run):
     assert demo.hook_dict[name].ctx == {}
 
 
+def test_hook_ctx_on_an_attached_saes_points_persists_too(demo, run):
+    # a hook on an SAE's point (spliced by Python) got a new, empty ctx in every run
+    tokens, _ = run
+    sae = tm.SAE.load(f"{demo.path}/saes/blocks.2.hook_resid_pre")
+    name = "blocks.2.hook_resid_pre.hook_sae_acts_post"
+    demo.reset_hooks()
+    demo.add_sae(sae)
+    try:
+        for _ in range(2):
+            demo.run_with_hooks(tokens, fwd_hooks=[(name, _counter)])
+        assert demo._hook_context(name) == {"calls": 2}
+        demo.reset_hooks()
+        assert demo._hook_context(name) == {}
+    finally:
+        demo.reset_saes()
+
+
 def test_hooks_block_takes_reset_hooks_end_and_clear_contexts(demo, run):
     tokens, _ = run
     name = "blocks.1.hook_resid_pre"

@@ -22,7 +22,7 @@ from typing import Iterable
 import numpy as np
 
 from . import _core
-from .errors import HookError, InvalidInputError, real_number
+from .errors import HookError, InvalidInputError
 from .hooks import build_plan, resolve_names
 
 METRICS = ("loss", "logit_diff", "log_prob")
@@ -98,7 +98,7 @@ def metric_gradient(metric, logits: np.ndarray, tokens: np.ndarray | None,
                                     f"{type(e).__name__}: {e}") from e
         if not (isinstance(out, (tuple, list)) and len(out) == 2):
             raise InvalidInputError(f"a metric function returns (value, grad_logits), not {type(out).__name__}")
-        return real_number(out[0], "a metric function's value"), out[1]
+        return _one_number(out[0]), out[1]
     name, args = parse_metric(metric)
     if name == "loss":
         if tokens is None or T < 2:
@@ -129,6 +129,17 @@ def metric_gradient(metric, logits: np.ndarray, tokens: np.ndarray | None,
     G[:, -1] = -p / B
     G[rows, -1, ids] += 1.0 / B
     return value, G
+
+
+def _one_number(value) -> float:
+    """A metric function's value as a float: one real number (a 1-element array included)."""
+    try:
+        v = np.asarray(value)
+    except (TypeError, ValueError):  # ragged lists
+        v = np.asarray(None)
+    if v.size != 1 or v.dtype.kind not in "iuf":
+        raise InvalidInputError(f"a metric function's value must be one number, not {value!r:.60}")
+    return float(v.reshape(-1)[0])
 
 
 def _checked_grad(G, shape: tuple, from_metric: bool = False) -> np.ndarray:

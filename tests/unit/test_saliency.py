@@ -203,7 +203,7 @@ def test_bad_metric_functions_and_inputs(demo):
         analysis.saliency(demo, PROMPT, metric=raises)
     with pytest.raises(InvalidInputError, match="grad_logits must have the logits' shape"):
         analysis.saliency(demo, PROMPT, metric=lambda lg: (1.0, np.zeros(3)))
-    with pytest.raises(AnalysisError, match="one number as its value"):
+    with pytest.raises(InvalidInputError, match="metric function's value must be one number"):
         analysis.saliency(demo, PROMPT, metric=lambda lg: (np.ones(2), np.zeros(lg.shape)))
     with pytest.raises(AnalysisError, match="value is nan"):
         analysis.saliency(demo, PROMPT, metric=lambda lg: (float("nan"), np.zeros(lg.shape)))

@@ -155,13 +155,10 @@ class _Objective:
             G[self.position, t] += 1.0
             return float(np.log(p[t])), G
         if callable(self.metric):
-            value, G = metric_gradient(self.metric, logits[None], None)
-            v = np.asarray(value)
-            if v.size != 1 or not (np.issubdtype(v.dtype, np.floating) or np.issubdtype(v.dtype, np.integer)):
-                raise AnalysisError(f"a metric function returns one number as its value, not {value!r}")
-            if not np.isfinite(v).all():
-                raise AnalysisError(f"the metric function's value is {float(v.reshape(-1)[0])}")
-            return float(v.reshape(-1)[0]), _checked_grad(G, (1,) + logits.shape)[0]
+            value, G = metric_gradient(self.metric, logits[None], None)  # value: one number, checked there
+            if not np.isfinite(value):
+                raise AnalysisError(f"the metric function's value is {value}")
+            return value, _checked_grad(G, (1,) + logits.shape)[0]
         metric = (self.metric,) + tuple(a[s] for a in self.args)
         value, G = metric_gradient(metric, logits[None], self.tokens[s : s + 1])
         return float(value), G[0]

@@ -184,6 +184,16 @@ def test_a_transcoder_writing_before_it_reads_is_refused(transcoder_dir, tmp_pat
         SAE.load(path)
 
 
+def test_tensor_names_in_load_errors_cannot_drive_the_terminal(saved, tmp_path):
+    # the "(has ...)" list of a weights file lacking W_enc joined its tensor names raw
+    path = copy(saved, "standard", tmp_path)
+    edit_weights(path, W_enc=None, **{"x\x1b]52;c;cHduZWQ=\x07\u202e": np.zeros(1, np.float32)})
+    with pytest.raises(SAELoadError, match="lacks W_enc") as e:
+        SAE.load(path)
+    assert "x␛]52;c;cHduZWQ=␇\ufffd" in str(e.value)
+    assert not any(c in str(e.value) for c in "\x1b\x07\u202e")
+
+
 def test_hook_names_in_load_errors_cannot_drive_the_terminal(transcoder_dir, tmp_path):
     # both messages quoted cfg.json's names raw: an escape sequence there retitled the terminal
     hostile = "blocks.1.hook_resid_post\x1b]0;pwned\x07\u202e"

@@ -274,3 +274,11 @@ def test_a_temperature_that_rounds_to_zero_in_float32(demo):
         with pytest.raises(tm.InvalidInputError, match="rounds to 0 in float32.*at least 1.4e-45"):
             demo.generate("Mr Darcy", max_new_tokens=2, temperature=temperature)
     demo.generate("Mr Darcy", max_new_tokens=2, temperature=1.4e-45, seed=0)  # the smallest usable
+
+
+def test_to_tokens_of_any_iterable_of_texts(demo):
+    # a dataset's column, a pandas Series or a generator was refused after the checks for non-text
+    texts = ["Mr Darcy", "Elizabeth walked"]
+    want = demo.to_tokens(texts)
+    for given in (tuple(texts), iter(texts), (t for t in texts), {t: 0 for t in texts}.keys(), np.array(texts)):
+        np.testing.assert_array_equal(demo.to_tokens(given), want)

@@ -242,13 +242,18 @@ class Tokenizer:
 
 
 def _texts(text) -> list[str]:
-    """A text or a list of texts as a list; anything else is refused by name."""
+    """A text, or any iterable of texts (a list, a dataset's column, a pandas Series), as a list;
+    anything else is refused by name."""
     if isinstance(text, str):
         return [text]
-    if isinstance(text, (list, tuple, np.ndarray)) and all(isinstance(t, str) for t in text):
-        return [str(t) for t in text]
-    raise InvalidTokensError(f"to_tokens takes a string or a list of strings, not {text!r:.60}"
-                             " (token ids need no tokenizing: pass them to the model as they are)")
+    if isinstance(text, (bytes, dict)) or not hasattr(text, "__iter__"):
+        raise InvalidTokensError(f"to_tokens takes a string or a list of strings, not {text!r:.60}"
+                                 " (token ids need no tokenizing: pass them to the model as they are)")
+    texts = list(text)
+    for t in texts:
+        if not isinstance(t, str):
+            raise InvalidTokensError(f"to_tokens takes a string or a list of strings, but the list holds {t!r:.60}")
+    return [str(t) for t in texts]
 
 
 class Encoding(dict):

@@ -416,7 +416,7 @@ def read_weights(path: Path, cfg: SAEConfig) -> dict[str, np.ndarray | None]:
         shapes[b_enc] = (cfg.d_sae,)
     missing = [n for n in shapes if n not in sf]
     if missing:
-        raise SAELoadError(f"{file} lacks {', '.join(missing)} (has {', '.join(sorted(sf.keys()))})")
+        raise SAELoadError(f"{file} lacks {', '.join(missing)} (has {printable(', '.join(sorted(sf.keys())))})")
     weights: dict[str, np.ndarray | None] = {n: _tensor(sf, n, s) for n, s in shapes.items()}
     if tied:  # SAELens's W_enc is a view of W_dec then
         weights["W_enc"] = np.ascontiguousarray(weights["W_dec"].T)

@@ -300,7 +300,7 @@ class ActivationCache:
         stack's sum went through (ln_final for layer None), as TransformerLens does.
         The LayerNorm's weight and bias are not applied. pos_slice is taken to be
         applied to the stack already; batch_slice is applied here to both."""
-        residual_stack = np.asarray(residual_stack)
+        residual_stack = _numbers(residual_stack, "residual_stack")
         layer = self._n_layers(layer)  # -1 and None: the unembed, as in TransformerLens
         if layer == self.model.cfg.n_layers:
             scale = self["ln_final.hook_scale"]
@@ -346,10 +346,21 @@ class ActivationCache:
     def _direction(self, tokens, what: str) -> np.ndarray:
         """The unembedding direction(s) of a token argument: [d_model] or [..., d_model]."""
         if tokens is None or isinstance(tokens, (bytes, float)) or (
-                not isinstance(tokens, str) and np.asarray(tokens).dtype.kind not in "iu"):
+                not isinstance(tokens, str) and _numbers(tokens, what, InvalidTokensError).dtype.kind not in "iu"):
             raise InvalidTokensError(f"{what} must be a single-token string, a token id or an array of ids, "
                                      f"not {tokens!r}")
         return self.model.tokens_to_residual_directions(tokens)
+
+
+def _numbers(x, what: str, error=InvalidInputError) -> np.ndarray:
+    """x as an array of numbers (a tensor is one by now); a ragged list or objects refused by name."""
+    try:
+        arr = np.asarray(x)
+    except ValueError:  # a ragged list
+        arr = np.asarray(None)
+    if arr.dtype.kind not in "biuf":
+        raise error(f"{what} must be an array of numbers, not {x!r:.60}")
+    return arr
 
 
 def _token_shape(tokens) -> tuple:

@@ -145,14 +145,18 @@ def hook_registry(n_layers: int, ids: Sequence[int]) -> tuple[list[str], dict[st
 class HookPoint:
     """What a hook function receives as `hook`: the point's name and layer, and its ctx, as
     TransformerLens's HookPoint.ctx: a dict the model keeps for the point, which a hook may
-    fill and read again in later runs, until reset_hooks() (clear_contexts=True) empties it."""
+    fill and read again in later runs, until reset_hooks() (clear_contexts=True) replaces it
+    with a new one (a reference kept to the old one keeps what it held, as in TransformerLens)."""
 
     name: str
-    ctx: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
+    contexts: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)  # the model's: name -> ctx
+
+    @property
+    def ctx(self) -> dict:
+        return self.contexts.setdefault(self.name, {})
 
     def clear_context(self) -> None:
-        """Empties ctx (in place: the model's dict for the point)."""
-        self.ctx.clear()
+        self.contexts[self.name] = {}
 
     def layer(self) -> int:
         m = re.match(r"blocks\.(\d+)\.", self.name)
@@ -277,9 +281,9 @@ def resolve_names(model, name_or_filter) -> list[str]:
     return out
 
 
-def _wrap_function(fn: Callable, name: str, ctx: dict | None = None):
-    """fn as the core's callback at `name`; its `hook` carries ctx (the model's for the point)."""
-    hook = HookPoint(name, {} if ctx is None else ctx)
+def _wrap_function(fn: Callable, name: str, contexts: dict | None = None):
+    """fn as the core's callback at `name`; its `hook` reads its ctx from contexts (the model's)."""
+    hook = HookPoint(name, {} if contexts is None else contexts)
 
     def call(activation: np.ndarray):
         try:
@@ -318,7 +322,7 @@ def build_plan(model, specs: Iterable[HookSpec], capture: Iterable[str] = ()) ->
             elif isinstance(action, _core.NativeHook):
                 plan.native(hid, action)
             elif callable(action):
-                plan.callback(hid, _wrap_function(action, name, model._hook_context(name)))
+                plan.callback(hid, _wrap_function(action, name, model._hook_contexts))
             else:
                 raise HookError(f"the action for {name!r} must be a function or an Intervention, got {action!r}")
     for name in dict.fromkeys(capture):  # a name given twice is captured once

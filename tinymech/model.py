@@ -608,7 +608,7 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
                        start_at_layer: int | None = None, stop_at_layer: int | None = None, tokens=None,
                        remove_batch_dim: bool = False, pos_slice=None, attention_mask=None,
                        padding_side: str | None = None, incl_bwd: bool = False, metric=None,
-                       grad_logits=None, freeze=()):
+                       grad_logits=None, freeze=(), reset_hooks_end: bool = True, clear_contexts: bool = False):
         """Run and capture activations: (logits, ActivationCache).
 
         names_filter: None (every hook point except attn.hook_result, which is
@@ -623,8 +623,13 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         incl_bwd: also a backward (tinymech/gradients.py) of metric= (or of grad_logits=, d metric /
         d logits; return_type="loss" alone means the loss), caching the gradients at the same points
         as name + "_grad"; freeze="pattern" and/or "scales" linearizes it (see docs/api.md).
+        reset_hooks_end=False leaves `hooks` on afterwards and clear_contexts=True empties the hook
+        points' ctx, as run_with_hooks's (and TransformerLens's run_with_cache's).
         """
         _check_return_type(return_type)
+        hooks = list(hooks)
+        reset_hooks_end = true_or_false(reset_hooks_end, "reset_hooks_end")
+        clear_contexts = true_or_false(clear_contexts, "clear_contexts")
         model_filter, recorders = names_filter, []
         if self._saes:  # attached SAEs' points are cached by their splices
             from .sae.sae import model_names_filter
@@ -657,6 +662,7 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         if pos_slice is not None:
             ordered = {n: position_slice(n, a, pos_slice) for n, a in ordered.items()}
         cache = ActivationCache(ordered, self)
+        self._end_of_hooks(hooks, [], reset_hooks_end, clear_contexts)
         return out, cache.remove_batch_dim() if remove_batch_dim else cache
 
     def run_with_hooks(self, input, fwd_hooks: Iterable[HookSpec] = (), return_type: str | None = "logits",
@@ -769,13 +775,12 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
             self._added_bwd_hooks = [e for e in self._added_bwd_hooks if e[1] and not including_permanent]
 
     def _hook_context(self, name: str) -> dict:
-        """The ctx dict of a hook point (HookPoint.ctx), the same one in every run."""
+        """The ctx dict of a hook point (HookPoint.ctx), the same one in every run until cleared."""
         return self._hook_contexts.setdefault(name, {})
 
     def _clear_contexts(self) -> None:
-        """Empties every hook point's ctx in place (a HookPoint already handed out sees it empty)."""
-        for ctx in list(self._hook_contexts.values()):
-            ctx.clear()
+        """New, empty ctx dicts for every hook point (one a hook kept keeps what it held, as in TransformerLens)."""
+        self._hook_contexts.clear()
 
     def set_use_attn_result(self, use_attn_result: bool) -> None:
         """As TransformerLens's: True makes run_with_cache capture attn.hook_result (each head's

@@ -88,7 +88,7 @@ class ModelHelpers:
     def hook_dict(self) -> dict[str, HookPoint]:
         """{name: HookPoint} for every hook point, in the order a forward pass reaches them; each
         point's ctx is the dict its hook functions get (TransformerLens's HookPoint.ctx)."""
-        return {name: HookPoint(name, self._hook_context(name)) for name in self.hook_names()}
+        return {name: HookPoint(name, self._hook_contexts) for name in self.hook_names()}
 
     # ---- circuits -------------------------------------------------------------------
 

@@ -37,7 +37,7 @@ def main() -> None:
     else:
         end = dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=args.minutes)
         run("train_model.py", "--end-time", end.strftime("%H:%M"))
-    run("train_sae.py")
+    run("train_sae.py", "--overwrite")  # the bundled SAE is made again, for the new model
     run("select_checkpoints.py")
     run("write_model_card.py")
 

@@ -4,7 +4,7 @@ The same run as
 
     tinymech train-sae --model models/demo-gpt2 --hook blocks.2.hook_resid_pre \\
         --corpus training/.cache/corpus/train.txt --collect 1532896 --arch topk --d-sae 2048 --k 16 \\
-        --tokens 6000000 --lr 1e-3 --out models/demo-gpt2/saes/blocks.2.hook_resid_pre
+        --tokens 6000000 --lr 1e-3 --out models/demo-gpt2/saes/blocks.2.hook_resid_pre --overwrite
 
 (tm.collect_activations over the training text built by training/build_corpus.py, in rows
 of 128 tokens with BOS and EOS left out; tm.train_sae, four passes over those activations,
@@ -18,7 +18,7 @@ Writes models/demo-gpt2/saes/blocks.2.hook_resid_pre/{cfg.json, sae_weights.safe
 sparsity.safetensors, metrics.json, feature_labels.json, dashboards/}; the activations are kept in
 training/.cache/sae-activations (an interrupted collection continues).
 
-Usage: python training/train_sae.py [--resume]
+Usage: python training/train_sae.py [--resume | --overwrite]  (the bundled SAE is kept unless one is given)
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ def main() -> None:
     parser.add_argument("--corpus", type=Path, default=ROOT / "training/.cache/corpus/train.txt")
     parser.add_argument("--activations", type=Path, default=ROOT / "training/.cache/sae-activations")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted training from its checkpoint")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the bundled SAE (or an interrupted training's checkpoint) with a new run")
     parser.add_argument("--text", type=Path, default=ROOT / "training/.cache/corpus/val.txt",
                         help="the held-out text the dashboards read")
     args = parser.parse_args()
@@ -49,7 +51,7 @@ def main() -> None:
     model = tm.load(args.model)
     out = args.model / "saes" / HOOK
     store = tm.collect_activations(model, HOOK, args.corpus, COLLECT, out=args.activations)
-    sae = tm.train_sae(store, **SETTINGS, out=out, model=model, resume=args.resume, overwrite=True,
+    sae = tm.train_sae(store, **SETTINGS, out=out, model=model, resume=args.resume, overwrite=args.overwrite,
                        checkpoint_every=SETTINGS["n_tokens"] // 10)
     cfg = json.loads((out / "cfg.json").read_text())
     cfg["metadata"].update(model_name=args.model.name, dataset_path="training/.cache/corpus/train.txt "

@@ -110,6 +110,11 @@ def _ctx_steps(model, point):
     seen.append(dict(model.hook_dict[point].ctx))
     model.reset_hooks()
     seen.append(dict(model.hook_dict[point].ctx))
+    # a ctx a hook kept through a clearing keeps what it held; the point's is a new one
+    kept = []
+    model.run_with_hooks(PROMPT, fwd_hooks=[(point, _count), (point, lambda act, hook: kept.append(hook.ctx))])
+    model.run_with_cache(PROMPT, names_filter=point, clear_contexts=True)
+    seen += [dict(kept[0]), dict(model.hook_dict[point].ctx)]
     return seen
 
 

@@ -254,7 +254,7 @@ async def test_tui_text_fields_never_hold_what_drives_a_terminal(model, sae, mon
     # right-to-left override), and text pasted into any field went to the screen as it came
     from textual import events
 
-    from tinymech.tui.display import field_to_prompt
+    from tinymech.tui.display import field_text
 
     hostile = f"a{TITLE}b\x1b]52;c;cHduZWQ=\x07c\u202ed\n"
     app = make_app(model, [sae], hostile)
@@ -268,13 +268,15 @@ async def test_tui_text_fields_never_hold_what_drives_a_terminal(model, sae, mon
         monkeypatch.setattr(screen, "analyze", analyzed.append)
         field.focus()
         await pilot.press("enter")
-        assert analyzed == [hostile.replace("\u202e", "\ufffd")]  # the controls go to the model, as typed
+        assert analyzed == [hostile]  # the prompt given, as it was: the model reads what the user gave
+        field.focus()
+        await pilot.press("end", "x", "enter")
+        assert analyzed[-1] == "a␛]0;pwned␇b␛]52;c;cHduZWQ=␇c\ufffdd\nx"  # edited: the text shown, ↵ a newline
         await pilot.press("a")
         for name in ("#prompt", "#corrupted-prompt"):  # typed, pasted or set, each field stays harmless
             other = screen.query_one(name, Input)
             other.value = hostile
-            assert_harmless(other.value)
-            assert field_to_prompt(other.value) == hostile.replace("\u202e", "\ufffd")
+            assert other.value == field_text(hostile)
             other.value = ""
             other.post_message(events.Paste(hostile))  # its first line
             await pilot.pause()

@@ -282,3 +282,13 @@ def test_to_tokens_of_any_iterable_of_texts(demo):
     want = demo.to_tokens(texts)
     for given in (tuple(texts), iter(texts), (t for t in texts), {t: 0 for t in texts}.keys(), np.array(texts)):
         np.testing.assert_array_equal(demo.to_tokens(given), want)
+
+
+def test_logit_attrs_of_ragged_tokens_or_no_stack_say_so(run):
+    # a ragged list escaped as numpy's ValueError; no stack was reported as a shape mismatch
+    _, cache = run
+    stack = cache.accumulated_resid(pos_slice=-1)
+    with pytest.raises(tm.InvalidTokensError, match="tokens must be an array of numbers"):
+        cache.logit_attrs(stack, [[1, 2], [3]], pos_slice=-1)
+    with pytest.raises(tm.InvalidInputError, match="residual_stack must be an array of numbers"):
+        cache.logit_attrs(None, 5, pos_slice=-1)

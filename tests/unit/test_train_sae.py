@@ -142,11 +142,14 @@ def test_full_disk_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     (dict(batch_size=0), "batch_size"),
     (dict(checkpoint_every=100), "need out="),
     (dict(skip=True), "skip transcoder"),
-    (dict(coefficient=-1.0), "coefficient"),
+    (dict(architecture="standard", k=None, coefficient=-1.0), "coefficient must be a finite number >= 0"),
+    # topk trained the same weights whatever the coefficient (the command line refused it; the library not)
+    (dict(coefficient=1000.0), "coefficient is for the SAEs with a sparsity penalty, not topk: its sparsity is k"),
+    (dict(architecture="batchtopk", coefficient_warm_up_steps=5), "coefficient_warm_up_steps is for the SAEs"),
     (dict(lr_warm_up_steps=30, lr_decay_steps=20), "exceed"),
     (dict(batch_size=2**40), "exceeds the 450 training tokens"),  # it hung, building one batch of 2**40 rows
     (dict(lr_end=-1.0), "lr_end"), (dict(lr_end=float("nan")), "lr_end"), (dict(lr_end=1.0), "lr_end"),
-    (dict(coefficient=float("inf")), "coefficient"),
+    (dict(architecture="jumprelu", k=None, coefficient=float("inf")), "coefficient must be a finite number"),
     (dict(aux_loss_coefficient="0.5"), "aux_loss_coefficient must be a number"),
 ])
 def test_bad_arguments_get_precise_errors(kw, match):

@@ -197,8 +197,8 @@ class PythonSplice:
     computes: encode, the hooks on hook_sae_acts_post, decode, the error term of the
     unedited reconstruction (use_error_term), as SAELens's splice runs them."""
 
-    def __init__(self, sae, keep_error: bool, edits: dict[str, list], context=lambda name: {}):
-        """context: name -> the dict a hook function's hook.ctx is (the model's, kept across runs)."""
+    def __init__(self, sae, keep_error: bool, edits: dict[str, list], contexts: dict | None = None):
+        """contexts: the model's hook contexts (name -> HookPoint.ctx), kept across runs."""
         cfg = sae.cfg
         if "hook_sae_acts_pre" in edits:
             raise HookError(f"{cfg.output_hook}.hook_sae_acts_pre cannot take a hook function here; "
@@ -209,8 +209,8 @@ class PythonSplice:
         if "hook_sae_error" in edits and not keep_error:
             raise HookError(f"{cfg.output_hook}.hook_sae_error exists only with use_error_term=True")
         self.sae, self.keep_error, self.recording = sae, keep_error, {}
-        self.edits = {point: [_wrap_function(fn, name, context(name)) for fn in fns]
-                      for point, fns in edits.items() for name in [f"{cfg.output_hook}.{point}"]}
+        self.edits = {point: [_wrap_function(fn, f"{cfg.output_hook}.{point}", contexts) for fn in fns]
+                      for point, fns in edits.items()}
         self._input = None
 
     def _hooked(self, point: str, x: np.ndarray) -> np.ndarray:
@@ -272,7 +272,7 @@ def attached_specs(model, specs: list, record=False, recorders: list | None = No
     for sae, keep_error in model._saes.values():
         wanted = [] if record is False else [n for n in sae_point_names(sae) if _wanted(record, n)]
         if sae.cfg.output_hook in edits:
-            splice = PythonSplice(sae, keep_error, edits[sae.cfg.output_hook], model._hook_context)
+            splice = PythonSplice(sae, keep_error, edits[sae.cfg.output_hook], model._hook_contexts)
             out += splice.specs()
         else:
             name, splice = sae.as_hook(keep_error=keep_error)

@@ -179,6 +179,10 @@ def _config(data, architecture, d_sae, k, n_tokens, lr, batch_size, coefficient,
     if not 0 < lr < 1:
         raise InvalidInputError(f"lr must be in (0, 1), got {lr}")
     steps = math.ceil(n_tokens / batch_size)
+    for name, value in (("coefficient", coefficient), ("coefficient_warm_up_steps", coefficient_warm_up_steps)):
+        if method.k is not None and value is not None:  # it would train the same weights whatever its value
+            raise InvalidInputError(f"{name} is for the SAEs with a sparsity penalty, not {architecture}: its "
+                                    "sparsity is k")
     coefficient = real_number(method.coefficient if coefficient is None else coefficient, "coefficient")
     if not 0 <= coefficient < math.inf:
         raise InvalidInputError(f"coefficient must be a finite number >= 0, got {coefficient}")

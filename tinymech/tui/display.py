@@ -23,11 +23,9 @@ _BLOCKS = " ▁▂▃▄▅▆▇█"  # a column's top cell, in eighths
 
 
 # A text field holds one line of printable text: newlines and tabs show there as
-# these marks, other controls as printable() shows them (one character for one,
-# so a cursor stays put), and the marks and pictures in a submitted prompt stand
-# for the characters they show.
+# these marks, which stand for them in a submitted prompt, and other controls as
+# printable() shows them (one character for one, so a cursor stays put).
 _FIELD_MARKS = {"\n": "↵", "\t": "⇥"}
-_FROM_FIELD = {0x2400 + code: code for code in range(32)} | {ord(m): ch for ch, m in _FIELD_MARKS.items()}
 
 
 def field_text(text: str) -> str:
@@ -39,7 +37,9 @@ def prompt_to_field(prompt: str) -> str:
 
 
 def field_to_prompt(field: str) -> str:
-    return field.translate(_FROM_FIELD)
+    for ch, mark in _FIELD_MARKS.items():
+        field = field.replace(mark, ch)
+    return field
 
 
 def token_label(token: str | bytes, is_bos: bool = False) -> str:

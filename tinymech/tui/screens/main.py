@@ -100,6 +100,7 @@ class MainScreen(Screen):
         super().__init__()
         self.backend = backend
         self.prompt = prompt
+        self._field_holds = (prompt_to_field(prompt), prompt)  # what the prompt field shows, and the prompt it shows
         self.view = View()
         self._seed = 0  # each generate press samples anew; clean and steered share the seed
         self._generate_when_ready = False  # generate was pressed on a prompt being analyzed
@@ -110,7 +111,7 @@ class MainScreen(Screen):
         info = self.backend.info
         title = " · ".join([info.title] + [s.title for s in info.saes])
         yield TitleBar(title, id="title")
-        yield PromptField(prompt_to_field(self.prompt), id="prompt")
+        yield PromptField(self._field_holds[0], id="prompt")
         with TokenBox(id="tokens-box"):
             yield TokenStrip(id="tokens")
         yield Tabs(*(Tab(title, id=f"tab-{panel}") for panel, title in PANELS.items()), id="panel-tabs")
@@ -365,7 +366,7 @@ class MainScreen(Screen):
     @on(Input.Submitted, "#prompt")
     def _prompt_submitted(self, event: Input.Submitted) -> None:
         if event.value.strip():
-            self.analyze(field_to_prompt(event.value))
+            self.analyze(self._prompt_of(event.value))
             self.query_one(TokenStrip).focus()
         else:
             self.notify("type a prompt first", severity="warning")
@@ -413,13 +414,19 @@ class MainScreen(Screen):
         self.set_view(steer=Steer(modes[(modes.index(steer.mode) + 1) % len(modes)], steer.strength))
         self.notify(f"steer: {self.view.steer.describe()}", timeout=2)
 
+    def _prompt_of(self, field: str) -> str:
+        """The prompt a field's text stands for: the one given, as it was, while the field still shows
+        it (its controls show as pictures there); else the text typed, its ↵ and ⇥ as newline and tab."""
+        shown, prompt = self._field_holds
+        return prompt if field == shown else field_to_prompt(field)
+
     def action_strength(self, sign: int) -> None:
         steer = self.view.steer
         self.set_view(steer=Steer(steer.mode, steer.strength + sign * STRENGTH_STEP))
 
     def action_generate(self) -> None:
         """Continue the prompt the field shows: one not run yet runs first."""
-        prompt = field_to_prompt(self.query_one("#prompt", Input).value)
+        prompt = self._prompt_of(self.query_one("#prompt", Input).value)
         if not prompt.strip():
             self.notify("type a prompt first", severity="warning")
             return

@@ -533,3 +533,16 @@ def test_ctrl_c_after_the_cores_step_returned_resumes(tmp_path, monkeypatch):
     assert saved["step"] == 9 and saved["tokens_done"] == 4500
     resumed = small_run(x, tmp_path / "cut", n_tokens=12000, resume=True)
     np.testing.assert_array_equal(resumed.W_enc, whole.W_enc)
+
+
+def test_a_checkpoint_that_spelled_no_clipping_as_0_resumes(tmp_path):
+    # max_grad_norm=0 (and decoder_init_norm <= 0) turned them off before; now None does and 0 is
+    # refused, so an older checkpoint could not be resumed at all
+    x = dictionary_data(n=3000)
+    whole = small_run(x, tmp_path / "whole", n_tokens=6000, max_grad_norm=None, decoder_init_norm=None)
+    saved = interrupted(x, tmp_path / "sae", max_grad_norm=None, decoder_init_norm=None)
+    saved["config"]["options"].update(max_grad_norm=0.0, decoder_init_norm=-1.0)  # as the older version wrote it
+    (tmp_path / "sae" / "checkpoint" / "train.json").write_text(json.dumps(saved))
+    resumed = small_run(x, tmp_path / "sae", n_tokens=6000, checkpoint_every=1000, resume=True, max_grad_norm=None,
+                        decoder_init_norm=None)
+    np.testing.assert_array_equal(resumed.W_enc, whole.W_enc)

@@ -448,7 +448,7 @@ def _resume(out: Path, cfg: TrainConfig, data) -> _Run | None:
     info = read_json(folder / "train.json", "training checkpoint", TrainingError)
     if not isinstance(info.get("config"), dict):
         raise TrainingError(f"{folder / 'train.json'} is not a checkpoint tinymech wrote")
-    saved, now = info["config"], dataclasses.asdict(cfg)
+    saved, now = dict(info["config"], options=_as_spelled_now(info["config"].get("options"))), dataclasses.asdict(cfg)
     differ = [key for key in now if key != "n_tokens" and saved.get(key) != now[key]]
     if differ:
         raise InvalidInputError(f"the checkpoint in {folder} is of a run with other settings "
@@ -470,6 +470,15 @@ def _resume(out: Path, cfg: TrainConfig, data) -> _Run | None:
                             f"{trainer.steps} in its state but {numbers['step']} in train.json)")
     return _Run(trainer, scales["scale_in"], scales["scale_out"], numbers["tokens_done"], numbers["step"],
                 scales["seconds"])
+
+
+def _as_spelled_now(options):
+    """A checkpoint's options as this version spells them: before, 0 or less turned gradient
+    clipping and the decoder's initial norm off; None does now, and 0 is refused."""
+    if not isinstance(options, dict):
+        return options
+    off = ("max_grad_norm", "decoder_init_norm")
+    return {k: None if k in off and type(v) in (int, float) and v <= 0 else v for k, v in options.items()}
 
 
 # ---- the result -------------------------------------------------------------------------

@@ -132,14 +132,16 @@ def metric_gradient(metric, logits: np.ndarray, tokens: np.ndarray | None,
 
 
 def _one_number(value) -> float:
-    """A metric function's value as a float: one real number (a 1-element array included)."""
-    try:
-        v = np.asarray(value)
-    except (TypeError, ValueError):  # ragged lists
-        v = np.asarray(None)
-    if v.size != 1 or v.dtype.kind not in "iuf":
-        raise InvalidInputError(f"a metric function's value must be one number, not {value!r:.60}")
-    return float(v.reshape(-1)[0])
+    """A metric function's value as a float: one real number (numpy's, a 1-element array, a torch
+    scalar still holding its autograd history, a Fraction), not a bool or a string."""
+    if isinstance(value, np.ndarray) and value.size == 1:
+        value = value.reshape(-1)[0]  # float() of a 1-d array is deprecated in numpy
+    if not isinstance(value, (bool, np.bool_, str, bytes, bytearray)):
+        try:
+            return float(value)
+        except (TypeError, ValueError, RuntimeError, OverflowError):  # RuntimeError: torch's, for many elements
+            pass
+    raise InvalidInputError(f"a metric function's value must be one number, not {value!r:.60}")
 
 
 def _checked_grad(G, shape: tuple, from_metric: bool = False) -> np.ndarray:

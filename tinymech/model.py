@@ -642,16 +642,17 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
             names = resolve_names(self, model_filter)
         plan = self._plan(hooks, capture=names, record=names_filter, recorders=recorders)
         grads = {}
-        if true_or_false(incl_bwd, "incl_bwd"):
-            from .gradients import backward_run
+        with self._clearing_on_error(reset_hooks_end and clear_contexts):
+            if true_or_false(incl_bwd, "incl_bwd"):
+                from .gradients import backward_run
 
-            _no_mlp_in_backward(self._modes)
-            out, grads = backward_run(self, input, plan, names, return_type, prepend_bos, loss_per_token,
-                                      start_at_layer, stop_at_layer, tokens, metric, grad_logits, freeze=freeze,
-                                      attention_mask=attention_mask, padding_side=padding_side)
-        else:
-            out = self._run(input, plan, return_type, prepend_bos, loss_per_token, start_at_layer, stop_at_layer,
-                            tokens, attention_mask, padding_side)
+                _no_mlp_in_backward(self._modes)
+                out, grads = backward_run(self, input, plan, names, return_type, prepend_bos, loss_per_token,
+                                          start_at_layer, stop_at_layer, tokens, metric, grad_logits, freeze=freeze,
+                                          attention_mask=attention_mask, padding_side=padding_side)
+            else:
+                out = self._run(input, plan, return_type, prepend_bos, loss_per_token, start_at_layer,
+                                stop_at_layer, tokens, attention_mask, padding_side)
         # no plan: nothing to capture (an empty names_filter) and no hooks
         acts = {self._hook_name_of[i]: a for i, a in plan.take_captured()} if plan is not None else {}
         ordered = {n: acts[n] for n in self._hook_names if n in acts} | grads
@@ -682,16 +683,17 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         reset_hooks_end = true_or_false(reset_hooks_end, "reset_hooks_end")
         clear_contexts = true_or_false(clear_contexts, "clear_contexts")
         fwd_hooks, bwd_hooks = list(fwd_hooks), list(bwd_hooks)
-        if bwd_hooks or metric is not None or grad_logits is not None:
-            from .gradients import backward_run
+        with self._clearing_on_error(reset_hooks_end and clear_contexts):
+            if bwd_hooks or metric is not None or grad_logits is not None:
+                from .gradients import backward_run
 
-            _no_mlp_in_backward(self._modes)
-            out, _ = backward_run(self, input, self._plan(fwd_hooks), [], return_type, prepend_bos, loss_per_token,
-                                  start_at_layer, stop_at_layer, tokens, metric, grad_logits, bwd_hooks, freeze,
-                                  attention_mask=attention_mask, padding_side=padding_side)
-        else:
-            out = self._run(input, self._plan(fwd_hooks), return_type, prepend_bos, loss_per_token,
-                            start_at_layer, stop_at_layer, tokens, attention_mask, padding_side)
+                _no_mlp_in_backward(self._modes)
+                out, _ = backward_run(self, input, self._plan(fwd_hooks), [], return_type, prepend_bos,
+                                      loss_per_token, start_at_layer, stop_at_layer, tokens, metric, grad_logits,
+                                      bwd_hooks, freeze, attention_mask=attention_mask, padding_side=padding_side)
+            else:
+                out = self._run(input, self._plan(fwd_hooks), return_type, prepend_bos, loss_per_token,
+                                start_at_layer, stop_at_layer, tokens, attention_mask, padding_side)
         self._end_of_hooks(fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts)
         return out
 
@@ -853,6 +855,17 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
             self._context_hooks, self._context_bwd_hooks = before, before_bwd
             self._end_of_hooks(fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts)
 
+    @contextlib.contextmanager
+    def _clearing_on_error(self, clear: bool):
+        """A run that fails still empties the hook points' ctx when asked to, as TransformerLens's
+        hooks() does in its finally."""
+        try:
+            yield
+        except BaseException:
+            if clear:
+                self._clear_contexts()
+            raise
+
     def _end_of_hooks(self, fwd_hooks: list, bwd_hooks: list, reset_hooks_end: bool, clear_contexts: bool) -> None:
         """What TransformerLens does as a block of hooks ends: keep them on (reset_hooks_end=False),
         or take them off, emptying the hook points' ctx if clear_contexts."""
@@ -1000,8 +1013,16 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         b = self._weights["unembed_b"]
         return _made_up(np.zeros(self.cfg.d_vocab_out, dtype=np.float32)) if b is None else b
 
+    def _attached(self, spec) -> bool:
+        """Whether a hook kept on (add_hook, reset_hooks_end=False) has its point now: one on an SAE's
+        point waits, as on SAELens's detached SAE, until an SAE writing that hook is attached again."""
+        name = spec[0] if isinstance(spec, tuple) and len(spec) == 2 else None
+        if not isinstance(name, str) or ".hook_sae_" not in name:
+            return True
+        return any(sae.cfg.output_hook == name.rpartition(".")[0] for sae, _ in self._saes.values())
+
     def _plan(self, hooks: Iterable[HookSpec], capture: Iterable[str] = (), record=False, recorders=None):
-        specs = list(self._context_hooks) + [h for h, _ in self._added_hooks] + list(hooks)
+        specs = list(self._context_hooks) + [h for h, _ in self._added_hooks if self._attached(h)] + list(hooks)
         on_sae_points = any(isinstance(s, tuple) and len(s) == 2 and ".hook_sae_" in str(s[0]) for s in specs)
         if self._saes or on_sae_points:  # the attached SAEs' splices (record, recorders: see attached_specs)
             from .sae.sae import attached_specs

@@ -28,6 +28,7 @@ import json
 from pathlib import Path
 
 import tinymech as tm
+from tinymech.sae.train import check_out
 
 ROOT = Path(__file__).resolve().parent.parent
 HOOK = "blocks.2.hook_resid_pre"
@@ -48,8 +49,9 @@ def main() -> None:
                         help="the held-out text the dashboards read")
     args = parser.parse_args()
 
-    model = tm.load(args.model)
     out = args.model / "saes" / HOOK
+    check_out(out, resume=args.resume, overwrite=args.overwrite)  # before collecting, which takes long
+    model = tm.load(args.model)
     store = tm.collect_activations(model, HOOK, args.corpus, COLLECT, out=args.activations)
     sae = tm.train_sae(store, **SETTINGS, out=out, model=model, resume=args.resume, overwrite=args.overwrite,
                        checkpoint_every=SETTINGS["n_tokens"] // 10)

@@ -174,3 +174,24 @@ def test_to_str_tokens_of_one_id(pair):
     model, ref = pair
     assert model.to_str_tokens(np.array(1508)) == ref.to_str_tokens(torch.tensor(1508))
     assert model.to_str_tokens(np.array([1508])) == ref.to_str_tokens(torch.tensor([1508]))
+
+
+def test_a_metric_written_with_torch_autograd(pair):
+    # its value, a tensor still holding autograd history, escaped as torch's RuntimeError
+    model, _ = pair
+
+    def with_torch(logits):
+        t = torch.tensor(logits, requires_grad=True)
+        value = t[..., 7].sum()
+        value.backward()
+        return value, t.grad.numpy()
+
+    def with_numpy(logits):
+        grad = np.zeros_like(logits)
+        grad[..., 7] = 1
+        return float(logits[..., 7].sum()), grad
+
+    names = "blocks.1.hook_resid_pre"
+    _, a = model.run_with_cache(PROMPT, names_filter=names, incl_bwd=True, metric=with_torch)
+    _, b = model.run_with_cache(PROMPT, names_filter=names, incl_bwd=True, metric=with_numpy)
+    np.testing.assert_allclose(a[names + "_grad"], b[names + "_grad"], rtol=1e-6)

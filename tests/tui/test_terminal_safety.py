@@ -271,7 +271,9 @@ async def test_tui_text_fields_never_hold_what_drives_a_terminal(model, sae, mon
         assert analyzed == [hostile]  # the prompt given, as it was: the model reads what the user gave
         field.focus()
         await pilot.press("end", "x", "enter")
-        assert analyzed[-1] == "a␛]0;pwned␇b␛]52;c;cHduZWQ=␇c\ufffdd\nx"  # edited: the text shown, ↵ a newline
+        # edited: its C0 controls come back from their pictures (an edit kept ESC and BEL); the
+        # override, shown as U+FFFD, cannot
+        assert analyzed[-1] == hostile.replace("\u202e", "\ufffd") + "x"
         await pilot.press("a")
         for name in ("#prompt", "#corrupted-prompt"):  # typed, pasted or set, each field stays harmless
             other = screen.query_one(name, Input)

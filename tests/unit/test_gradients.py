@@ -204,6 +204,7 @@ def test_a_backward_stops_at_the_lowest_block_asked_for(saved_gpt2):
     # a value that is no number was accepted (saliency checked it; run_with_cache did not)
     (dict(metric=lambda logits: ("x", np.zeros_like(logits))), "metric function's value must be one number"),
     (dict(metric=lambda logits: ([1.0, 2.0], np.zeros_like(logits))), "metric function's value must be one number"),
+    (dict(metric=lambda logits: (True, np.zeros_like(logits))), "metric function's value must be one number"),
     (dict(metric=("log_prob", 1), freeze=3), "freeze"),
 ])
 def test_hostile_input_gets_precise_errors(saved_gpt2, kwargs, match):

@@ -67,7 +67,7 @@ def test_factored_matrix_indexes_that_do_not_fit(demo, index):
         demo.OV[index]
 
 
-@pytest.mark.parametrize("text", [5, None, [1, 2], ["a", 3]])
+@pytest.mark.parametrize("text", [5, None, [1, 2], ["a", 3], {"a", "b"}, b"ab", bytearray(b"ab"), []])
 def test_to_tokens_of_what_is_not_text(demo, text):
     with pytest.raises(tm.InvalidTokensError, match="string or a list of strings"):
         demo.to_tokens(text)
@@ -282,6 +282,7 @@ def test_to_tokens_of_any_iterable_of_texts(demo):
     want = demo.to_tokens(texts)
     for given in (tuple(texts), iter(texts), (t for t in texts), {t: 0 for t in texts}.keys(), np.array(texts)):
         np.testing.assert_array_equal(demo.to_tokens(given), want)
+    np.testing.assert_array_equal(demo.to_tokens(np.array("Mr Darcy")), demo.to_tokens("Mr Darcy"))
 
 
 def test_logit_attrs_of_ragged_tokens_or_no_stack_say_so(run):
@@ -292,3 +293,37 @@ def test_logit_attrs_of_ragged_tokens_or_no_stack_say_so(run):
         cache.logit_attrs(stack, [[1, 2], [3]], pos_slice=-1)
     with pytest.raises(tm.InvalidInputError, match="residual_stack must be an array of numbers"):
         cache.logit_attrs(None, 5, pos_slice=-1)
+
+
+def test_a_failed_run_still_clears_the_contexts_it_was_asked_to(demo, run):
+    tokens, _ = run
+    name = "blocks.0.hook_resid_pre"
+
+    def failing(act, hook):
+        hook.ctx["x"] = 1
+        raise RuntimeError("boom")
+
+    demo.reset_hooks()
+    for call in (lambda: demo.run_with_hooks(tokens, fwd_hooks=[(name, failing)], clear_contexts=True),
+                 lambda: demo.run_with_cache(tokens, hooks=[(name, failing)], clear_contexts=True)):
+        with pytest.raises(tm.HookError, match="boom"):
+            call()
+        assert demo.hook_dict[name].ctx == {}
+
+
+def test_a_kept_hook_on_an_sae_point_waits_while_the_sae_is_detached(demo, run):
+    # with reset_hooks_end=False it stayed on, and every run after the SAE left raised HookError
+    tokens, _ = run
+    sae = tm.SAE.load(f"{demo.path}/saes/blocks.2.hook_resid_pre")
+    name = "blocks.2.hook_resid_pre.hook_sae_acts_post"
+    calls = []
+    demo.reset_hooks()
+    try:
+        demo.run_with_cache_with_saes(tokens, saes=[sae], hooks=[(name, lambda act, hook: calls.append(1))],
+                                      reset_hooks_end=False)
+        assert len(calls) == 1
+        np.testing.assert_array_equal(demo(tokens), demo.run_with_hooks(tokens))  # no SAE: the hook waits
+        demo.run_with_saes(tokens, saes=[sae])
+        assert len(calls) == 2  # attached again, it runs again
+    finally:
+        demo.reset_hooks()

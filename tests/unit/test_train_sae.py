@@ -546,3 +546,14 @@ def test_a_checkpoint_that_spelled_no_clipping_as_0_resumes(tmp_path):
     resumed = small_run(x, tmp_path / "sae", n_tokens=6000, checkpoint_every=1000, resume=True, max_grad_norm=None,
                         decoder_init_norm=None)
     np.testing.assert_array_equal(resumed.W_enc, whole.W_enc)
+
+
+def test_a_topk_checkpoint_saved_with_a_coefficient_resumes(tmp_path):
+    # topk took a coefficient it never used before; refused now, its checkpoint could not be resumed
+    x = dictionary_data(n=3000)
+    whole = small_run(x, tmp_path / "whole", n_tokens=6000)
+    saved = interrupted(x, tmp_path / "sae")
+    saved["config"].update(coefficient=1000.0, coefficient_warm_up_steps=3)  # as the older version wrote it
+    (tmp_path / "sae" / "checkpoint" / "train.json").write_text(json.dumps(saved))
+    resumed = small_run(x, tmp_path / "sae", n_tokens=6000, checkpoint_every=1000, resume=True)
+    np.testing.assert_array_equal(resumed.W_enc, whole.W_enc)

@@ -242,17 +242,21 @@ class Tokenizer:
 
 
 def _texts(text) -> list[str]:
-    """A text, or any iterable of texts (a list, a dataset's column, a pandas Series), as a list;
-    anything else is refused by name."""
+    """A text, or an ordered iterable of texts (a list, a dataset's column, a pandas Series, a
+    generator), as a list; anything else is refused by name (a set: its order would vary by run)."""
+    if isinstance(text, np.ndarray) and text.ndim == 0:
+        text = text.item()
     if isinstance(text, str):
         return [text]
-    if isinstance(text, (bytes, dict)) or not hasattr(text, "__iter__"):
+    if isinstance(text, (bytes, bytearray, memoryview, dict, set, frozenset)) or not hasattr(text, "__iter__"):
         raise InvalidTokensError(f"to_tokens takes a string or a list of strings, not {text!r:.60}"
                                  " (token ids need no tokenizing: pass them to the model as they are)")
     texts = list(text)
     for t in texts:
         if not isinstance(t, str):
             raise InvalidTokensError(f"to_tokens takes a string or a list of strings, but the list holds {t!r:.60}")
+    if not texts:
+        raise InvalidTokensError("to_tokens was given no text: give a string or a list of strings (at least one)")
     return [str(t) for t in texts]
 
 

@@ -448,7 +448,7 @@ def _resume(out: Path, cfg: TrainConfig, data) -> _Run | None:
     info = read_json(folder / "train.json", "training checkpoint", TrainingError)
     if not isinstance(info.get("config"), dict):
         raise TrainingError(f"{folder / 'train.json'} is not a checkpoint tinymech wrote")
-    saved, now = dict(info["config"], options=_as_spelled_now(info["config"].get("options"))), dataclasses.asdict(cfg)
+    saved, now = _as_spelled_now(info["config"], cfg), dataclasses.asdict(cfg)
     differ = [key for key in now if key != "n_tokens" and saved.get(key) != now[key]]
     if differ:
         raise InvalidInputError(f"the checkpoint in {folder} is of a run with other settings "
@@ -472,13 +472,18 @@ def _resume(out: Path, cfg: TrainConfig, data) -> _Run | None:
                 scales["seconds"])
 
 
-def _as_spelled_now(options):
-    """A checkpoint's options as this version spells them: before, 0 or less turned gradient
-    clipping and the decoder's initial norm off; None does now, and 0 is refused."""
-    if not isinstance(options, dict):
-        return options
-    off = ("max_grad_norm", "decoder_init_norm")
-    return {k: None if k in off and type(v) in (int, float) and v <= 0 else v for k, v in options.items()}
+def _as_spelled_now(saved: dict, cfg: TrainConfig) -> dict:
+    """A checkpoint's settings as this version spells them: before, 0 or less turned gradient
+    clipping and the decoder's initial norm off (None does now, and 0 is refused), and topk and
+    batchtopk took a coefficient they never used (refused now)."""
+    saved = dict(saved)
+    if isinstance(saved.get("options"), dict):
+        off = ("max_grad_norm", "decoder_init_norm")
+        saved["options"] = {k: None if k in off and type(v) in (int, float) and v <= 0 else v
+                            for k, v in saved["options"].items()}
+    if saved.get("architecture") == cfg.architecture and training(cfg.architecture).k is not None:
+        saved.update(coefficient=cfg.coefficient, coefficient_warm_up_steps=cfg.coefficient_warm_up_steps)
+    return saved
 
 
 # ---- the result -------------------------------------------------------------------------

@@ -23,9 +23,12 @@ _BLOCKS = " ▁▂▃▄▅▆▇█"  # a column's top cell, in eighths
 
 
 # A text field holds one line of printable text: newlines and tabs show there as
-# these marks, which stand for them in a submitted prompt, and other controls as
-# printable() shows them (one character for one, so a cursor stays put).
+# these marks, other controls as printable() shows them (one character for one, so
+# a cursor stays put). In an edited prompt the marks and the C0 controls' pictures
+# stand for the characters again (so an edit keeps a prompt's ESC or CR); DEL, C1
+# and bidirectional controls, shown as U+FFFD, cannot come back.
 _FIELD_MARKS = {"\n": "↵", "\t": "⇥"}
+_FROM_FIELD = {0x2400 + code: code for code in range(32)} | {ord(m): ch for ch, m in _FIELD_MARKS.items()}
 
 
 def field_text(text: str) -> str:
@@ -37,9 +40,7 @@ def prompt_to_field(prompt: str) -> str:
 
 
 def field_to_prompt(field: str) -> str:
-    for ch, mark in _FIELD_MARKS.items():
-        field = field.replace(mark, ch)
-    return field
+    return field.translate(_FROM_FIELD)
 
 
 def token_label(token: str | bytes, is_bos: bool = False) -> str:

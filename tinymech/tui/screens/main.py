@@ -415,8 +415,8 @@ class MainScreen(Screen):
         self.notify(f"steer: {self.view.steer.describe()}", timeout=2)
 
     def _prompt_of(self, field: str) -> str:
-        """The prompt a field's text stands for: the one given, as it was, while the field still shows
-        it (its controls show as pictures there); else the text typed, its ↵ and ⇥ as newline and tab."""
+        """The prompt a field's text stands for: the one given, exactly, while the field still shows it;
+        else the text typed, its marks and pictures standing for the controls (field_to_prompt)."""
         shown, prompt = self._field_holds
         return prompt if field == shown else field_to_prompt(field)
 

@@ -158,6 +158,9 @@ class HookPoint:
     def clear_context(self) -> None:
         self.contexts[self.name] = {}
 
+    def __reduce__(self):  # a copy or a pickle takes its own ctx, not every point's
+        return HookPoint, (self.name, {self.name: self.ctx})
+
     def layer(self) -> int:
         m = re.match(r"blocks\.(\d+)\.", self.name)
         if not m:

@@ -327,3 +327,18 @@ def test_a_kept_hook_on_an_sae_point_waits_while_the_sae_is_detached(demo, run):
         assert len(calls) == 2  # attached again, it runs again
     finally:
         demo.reset_hooks()
+
+
+def test_a_hook_point_copies_with_its_own_ctx_only(demo, run):
+    # it carried the model's whole table: pickling one point failed on another point's lambda
+    import copy
+    import pickle
+
+    tokens, _ = run
+    demo.reset_hooks()
+    demo.run_with_hooks(tokens, fwd_hooks=[("blocks.0.hook_resid_pre", lambda act, hook: hook.ctx.update(f=lambda: 0)),
+                                           ("blocks.1.hook_resid_pre", _counter)])
+    point = demo.hook_dict["blocks.1.hook_resid_pre"]
+    for again in (pickle.loads(pickle.dumps(point)), copy.deepcopy(point)):
+        assert again == point and again.ctx == {"calls": 1} and again.contexts.keys() == {point.name}
+    demo.reset_hooks()

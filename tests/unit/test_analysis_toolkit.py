@@ -440,6 +440,52 @@ def test_patching_under_context_hooks_runs_patches_one_by_one(model, pair):
     assert res.values[1, 2] == pytest.approx(expected, rel=1e-5, abs=1e-5)
 
 
+@pytest.mark.parametrize("how", ["hooks", "add_hook", "add_sae"])
+def test_patching_a_run_with_its_own_activations_under_users_hooks_changes_nothing(how):
+    """A hook (or SAE) at blocks.l.hook_resid_pre ran twice when block l was patched: the patched run
+    started at block l from a residual cached after it; and add_hook's hooks saw several patches
+    stacked in one batch (a hook returning the input's batch was refused)."""
+    import contextlib
+
+    model = tm.load()
+    tokens = model.to_tokens("Mr Darcy walked in. Mr Bingley")
+    v = np.random.default_rng(0).normal(size=model.cfg.d_model).astype(np.float32) * 3
+    steer = ("blocks.2.hook_resid_pre", lambda act, hook: act + v)
+    one_row = ("blocks.3.hook_mlp_out", lambda act, hook: act[:1] * 0.5)  # the input's batch of 1, only
+    block = contextlib.nullcontext()
+    if how == "hooks":
+        block = model.hooks([steer, one_row])
+    elif how == "add_hook":
+        model.add_hook(*steer)
+        model.add_hook(*one_row)
+    else:
+        model.add_sae(tm.SAE.load(f"{model.path}/saes/blocks.2.hook_resid_pre"))
+    try:
+        with block:
+            # (resid_pre at an attached SAE's own point is left out: its cache holds the SAE's output,
+            # while a hook there edits its input)
+            for kind in ("mlp_out", "head_z") if how == "add_sae" else ("mlp_out", "resid_pre", "head_z"):
+                res = analysis.patch_activations(model, tokens, tokens, kind, answers=(" in", " out"))
+                np.testing.assert_allclose(res.values, res.clean, rtol=1e-5, atol=1e-5)
+    finally:
+        model.reset_hooks()
+        model.reset_saes()
+
+
+def test_integrated_gradients_under_a_hook_reading_the_batch_do_not_depend_on_batch_size():
+    """Its path's points were stacked as rows of one pass, which a hook reading the batch mixed."""
+    model = tm.load()
+    text = "Mr Darcy walked in. Mr Bingley"
+
+    def mean_ablate(act, hook):
+        return np.broadcast_to(act.mean(0, keepdims=True), act.shape).copy()
+
+    with model.hooks([("blocks.3.hook_mlp_out", mean_ablate)]):
+        one = analysis.saliency(model, text, method="integrated_gradients", steps=8, batch_size=1)
+        many = analysis.saliency(model, text, method="integrated_gradients", steps=8)
+    np.testing.assert_allclose(many.scores, one.scores, rtol=1e-5, atol=1e-6)
+
+
 def test_patching_with_a_custom_metric_and_progress(odd_model):
     rng = np.random.default_rng(7)
     clean = rng.integers(0, 300, size=(1, 5))

@@ -275,6 +275,14 @@ def score(metric, logits) -> float:
     return float(number.reshape(()))
 
 
+def users_hooks_on(model) -> bool:
+    """Whether the model's runs carry hooks or SAEs the user put on (model.hooks, add_hook,
+    add_sae). Analyses then run as the user's own runs would: each on the input's batch alone
+    (a hook may read across it) and from the first block (a run started at block l from a cached
+    residual would apply a hook or SAE at blocks.l.hook_resid_pre a second time)."""
+    return bool(model.context_hooks or model._added_hooks or model._saes)
+
+
 def run_patches(model, target, source, hook_name, indices, setter, metric,
                 progress: ProgressFn | None = None) -> tuple[np.ndarray, float]:
     """Run the target tokens [batch, pos] once per index with one activation patched.
@@ -297,9 +305,9 @@ def run_patches(model, target, source, hook_name, indices, setter, metric,
     sources = {layer: _source_activation(source, names[layer], target_acts[names[layer]].shape) for layer in layers}
     values = np.zeros(len(indices))
     last_only = bool(getattr(metric, "last_position_only", False))
-    # hooks of an enclosing model.hooks(...) may expect the input's batch size
+    hooked = users_hooks_on(model)  # then one patch per whole run, as in TransformerLens: see users_hooks_on
     logits_per_patch = target.shape[0] * (1 if last_only else target.shape[1]) * model.cfg.d_vocab
-    group = 1 if model.context_hooks else _patches_per_run(target.size, logits_per_patch)
+    group = 1 if hooked else _patches_per_run(target.size, logits_per_patch)
     done = 0
     for layer, run in itertools.groupby(range(len(indices)), key=lambda j: int(indices[j][0])):
         run = list(run)
@@ -307,10 +315,14 @@ def run_patches(model, target, source, hook_name, indices, setter, metric,
         for first in range(0, len(run), group):
             chunk = run[first : first + group]
             patched = _patched_activations(target_acts[name], sources[layer], [indices[j] for j in chunk], setter)
-            resid = np.concatenate([target_acts[starts[layer]]] * len(chunk))
-            masks = None if mask is None else np.tile(mask, (len(chunk), 1))
-            logits = model.forward(resid, logits="last" if last_only else "all", hooks=[(name, patch(patched))],
-                                   start_at_layer=layer, attention_mask=masks)
+            if hooked:
+                logits = model.forward(target, logits="last" if last_only else "all", hooks=[(name, patch(patched))],
+                                       attention_mask=mask)
+            else:
+                resid = np.concatenate([target_acts[starts[layer]]] * len(chunk))
+                masks = None if mask is None else np.tile(mask, (len(chunk), 1))
+                logits = model.forward(resid, logits="last" if last_only else "all", hooks=[(name, patch(patched))],
+                                       start_at_layer=layer, attention_mask=masks)
             for j, own in zip(chunk, np.split(logits, len(chunk))):  # copy k of the batch carries patch k
                 values[j] = score(metric, own[:, None] if last_only else own)
             done += len(chunk)

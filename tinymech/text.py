@@ -86,12 +86,20 @@ def _label(text) -> str:
     return printable(str(text), keep="")
 
 
+def _cells(v: np.ndarray, lo: float, hi: float, n: int) -> np.ndarray:
+    """Which of n cells each value falls in, lo the first and hi the last (halved first, so that a
+    range as wide as the doubles, -1e308 to 1e308, does not overflow to inf and NaN)."""
+    span = hi / 2 - lo / 2
+    share = (v / 2 - lo / 2) / span if span > 0 else np.zeros_like(v)
+    return np.round(np.clip(share, 0, 1) * (n - 1)).astype(int)
+
+
 def line_chart(series: dict[str, tuple[Sequence[float], Sequence[float]]], width: int = 72, height: int = 14,
                title: str = "") -> str:
     """Several (x, y) series on one character grid, each with its own mark,
     y labels on the left and the x range below."""
     pts = [(np.asarray(x, float), np.asarray(y, float)) for x, y in series.values()]
-    pts = [(x[np.isfinite(y)], y[np.isfinite(y)]) for x, y in pts]
+    pts = [(x[np.isfinite(x) & np.isfinite(y)], y[np.isfinite(x) & np.isfinite(y)]) for x, y in pts]
     if not any(len(y) for _, y in pts):
         return f"{title}\n(no data)"
     xs = np.concatenate([x for x, _ in pts])
@@ -100,8 +108,8 @@ def line_chart(series: dict[str, tuple[Sequence[float], Sequence[float]]], width
     y0, y1 = ys.min(), ys.max() if ys.max() > ys.min() else ys.min() + 1
     grid = [[" "] * width for _ in range(height)]
     for mark, (x, y) in zip(_MARKS, pts):
-        cols = np.round((x - x0) / (x1 - x0) * (width - 1)).astype(int)
-        rows = np.round((y1 - y) / (y1 - y0) * (height - 1)).astype(int)
+        cols = _cells(x, x0, x1, width)
+        rows = height - 1 - _cells(y, y0, y1, height)
         for r, c in zip(rows, cols):
             grid[r][c] = mark
     label_w = max(len(f"{v:.3g}") for v in (y0, y1))
@@ -128,7 +136,7 @@ def heatmap(values: np.ndarray, row_labels: Sequence[str] | None = None, col_lab
     if diverging:
         hi = max(abs(lo), abs(hi))
         lo = -hi if hi else 0.0
-    span = hi - lo if hi > lo else 1.0
+    half_span = hi / 2 - lo / 2 if hi > lo else 0.5  # halves: a range as wide as the doubles does not overflow
     rows = [_label(r) for r in row_labels or range(values.shape[0])]
     cols = [_label(c) for c in col_labels or range(values.shape[1])]
     rw = max(len(r) for r in rows)
@@ -138,10 +146,10 @@ def heatmap(values: np.ndarray, row_labels: Sequence[str] | None = None, col_lab
     def shade(v) -> str:
         if not np.isfinite(v):
             return _SHADES[0]
-        if not diverging:
-            return _SHADES[min(max(int(round((v - lo) / span * top)), 0), top)]
-        level = min(int(round(abs(v) / (hi or 1.0) * top)), top)
-        return (_SHADES if v >= 0 else _NEGATIVE_SHADES)[level]
+        with np.errstate(over="ignore"):  # a share past the doubles is clipped like any past 1
+            share = (v / 2 - lo / 2) / half_span if not diverging else abs(v) / (hi or 1.0)
+        level = int(round(min(max(share, 0.0), 1.0) * top))  # outside vmin..vmax: the end shades
+        return (_SHADES if not diverging or v >= 0 else _NEGATIVE_SHADES)[level]
 
     lines = [_label(title)] if title else []
     lines.append(" " * (rw + 1) + "".join(c.rjust(cw + 1) for c in cols))

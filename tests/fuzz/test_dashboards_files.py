@@ -76,6 +76,12 @@ def test_a_lying_index_is_refused(folder, changes, match):
     ("range", lambda a: np.full_like(a, np.nan), "range"),
     ("range", lambda a: -a, "range"),
     ("promoted_ids", lambda a: a.astype(np.float64), "promoted_ids"),
+    # a feature listed twice as co-occurring crashed the TUI (its options' ids); an infinite value
+    # made the TUI's shading NaN, which crashed it too
+    ("cooc_ids", lambda a: np.full_like(a, 1), "lists a feature twice"),
+    ("top_value", lambda a: np.full_like(a, np.inf), "top_value holds a non-finite value"),
+    ("window_value", lambda a: np.full_like(a, np.nan), "window_value holds a non-finite value"),
+    ("sum", lambda a: np.full_like(a, np.inf), "sum holds a non-finite value"),
 ])
 def test_arrays_pointing_outside_are_refused(folder, name, value, match):
     edit_array(folder, name, value)
@@ -122,3 +128,23 @@ def test_a_huge_token_id_in_the_vocabulary_allocates_nothing_for_it(folder):
     (folder / VOCAB).write_text(json.dumps(vocab | {str(2**62): "far"}))
     dash = every_feature(folder)
     assert dash[0].top_contexts[0].tokens == tuple(vocab[str(int(t))] for t in dash[0].top_contexts[0].token_ids)
+
+
+def test_windows_past_the_memory_are_refused_before_a_feature_is_read(folder, monkeypatch):
+    # top_k, before and after were capped one by one, never their product: a 1.3 MB folder asked
+    # dash[f] for 64 GiB
+    from tinymech.sae import trainer
+
+    monkeypatch.setattr(trainer, "physical_memory", lambda: 2**20)
+    edit_index(folder, before=2**16, after=2**16)
+    with pytest.raises(tm.InvalidInputError, match="would need .* GiB, more than this machine's"):
+        tm.FeatureDashboards.load(folder)
+
+
+def test_a_note_holding_a_lone_surrogate_survives_a_new_label(folder):
+    # valid JSON ("\\ud800") that set_label could not write back: UnicodeEncodeError
+    (folder / "feature_notes.json").write_text('{"1": {"note": "\\ud800 lone"}}')
+    dash = tm.FeatureDashboards.load(folder)
+    dash.set_label(0, label="mine")
+    again = tm.FeatureDashboards.load(folder)
+    assert again.notes[1]["note"] == "\ud800 lone" and again.notes[0]["label"] == "mine"

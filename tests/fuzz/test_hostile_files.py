@@ -419,3 +419,17 @@ def test_malformed_training_dynamics(tmp_path, capsys, content):
     assert main(["dynamics", "--model", str(tmp_path)]) == 2
     captured = capsys.readouterr()
     assert captured.err.startswith("tinymech: error:") and "training_dynamics.json" in captured.err
+
+
+@pytest.mark.parametrize("steps, losses, grid", [
+    ((-1e308, 1e308), (1.0, 1.0), [[0.5]]),
+    ((0, 1), (-1e308, 1e308), [[0.5]]),
+    ((0, 1), (1.0, 1.0), [[1e308, -1e308]]),
+])
+def test_training_dynamics_spanning_the_doubles_still_plot(tmp_path, capsys, steps, losses, grid):
+    # finite but huge: the plot's spread overflowed to inf, and an IndexError came out as a traceback
+    records = [{"step": s, "train_loss": v, "val_loss": v, "rep_loss_first_half": v, "rep_loss_second_half": v,
+                "induction_score": grid, "prev_token_score": grid} for s, v in zip(steps, losses)]
+    (tmp_path / "training_dynamics.json").write_text(json.dumps({"records": records}))
+    assert main(["dynamics", "--model", str(tmp_path)]) == 0
+    assert "•" in capsys.readouterr().out

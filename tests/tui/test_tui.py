@@ -728,6 +728,8 @@ def test_color_ramps_stay_legible(theme):
         for value in np.linspace(0, 1, 11):
             style = palette.ramp(value, hot)
             assert _contrast(style.foreground, style.background) >= 4.5
+    # NaN (an infinite activation over an infinite maximum) crashed the dashboard's screen
+    assert palette.ramp(float("nan"), palette.feature).background == palette.ramp(0.0, palette.feature).background
 
 
 def _contrast(a, b) -> float:

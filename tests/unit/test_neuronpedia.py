@@ -161,6 +161,9 @@ def activation(**changes):
     (hostile(tinymech={"n_tokens": 0}), "n_tokens must be >= 1"),
     (hostile(tinymech={"hist_edges": [0, 1]}), "one longer"),
     (hostile(tinymech={"cooccurring": [[1]]}), "pairs"),
+    # listed twice, the TUI's list of them crashed (its options' ids); beyond the features, picking one failed
+    (hostile(tinymech={"cooccurring": [[0, 3], [0, 2]]}), "lists a feature twice"),
+    (hostile(tinymech={"cooccurring": [[999, 3]]}), "co-occurs with feature 999, beyond its"),
     (hostile(tinymech={"intervals": [[0, 1]]}), "low, high, count"),
     (hostile(explanations=[{"description": 5}]), "string description"),
 ])

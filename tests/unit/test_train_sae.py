@@ -557,3 +557,39 @@ def test_a_topk_checkpoint_saved_with_a_coefficient_resumes(tmp_path):
     (tmp_path / "sae" / "checkpoint" / "train.json").write_text(json.dumps(saved))
     resumed = small_run(x, tmp_path / "sae", n_tokens=6000, checkpoint_every=1000, resume=True)
     np.testing.assert_array_equal(resumed.W_enc, whole.W_enc)
+
+
+def test_a_damaged_train_json_is_described_not_raised(tmp_path):
+    # a step of 1e400 (OverflowError) or deep nesting (RecursionError) escaped every train_sae into out
+    x = dictionary_data(n=3000)
+    interrupted(x, tmp_path / "sae")
+    info = tmp_path / "sae" / "checkpoint" / "train.json"
+    for text in ('{"step": 1e400, "tokens_done": 1}', '{"a": ' + "[" * 100000 + "]" * 100000 + "}"):
+        info.write_text(text)
+        with pytest.raises(tm.InvalidInputError, match="train.json, which cannot be read"):
+            small_run(x, tmp_path / "sae", n_tokens=6000)
+
+
+def test_a_checkpoint_state_that_is_a_fifo_is_refused_not_waited_on(tmp_path):
+    # safetensors' load_file blocked on it with the GIL held: the whole process hung
+    import os
+    import textwrap
+
+    from fresh_process import run_python
+
+    x = dictionary_data(n=3000)
+    saved = interrupted(x, tmp_path / "sae")
+    state = tmp_path / "sae" / "checkpoint" / saved["state"]
+    state.unlink()
+    os.mkfifo(state)
+    np.save(tmp_path / "x.npy", x)
+    res = run_python(textwrap.dedent(f"""
+        import numpy as np, tinymech as tm
+        x = np.load({str(tmp_path / "x.npy")!r})
+        try:
+            tm.train_sae(x, "topk", d_sae=48, k=3, n_tokens=6000, batch_size=500, out={str(tmp_path / "sae")!r},
+                         checkpoint_every=1000, resume=True, progress=False)
+        except tm.TinymechError as e:
+            print(type(e).__name__, e)
+    """), timeout=60)
+    assert "TrainingError" in res.stdout and "not a regular file" in res.stdout, res.stdout + res.stderr

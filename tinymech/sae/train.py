@@ -35,7 +35,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from ..errors import InvalidInputError, SAEInputError, TrainingError, real_number, true_or_false, whole_number
-from ..io.files import read_json
+from ..io.files import check_regular, read_json
 from .activations import model_identity, tokenizer_sha256
 from .architectures import DEFAULT_TRAINING, TRAINING, training
 from .loading import CFG_FILE, LABELS_FILE, WEIGHTS_FILE, parse_config
@@ -295,10 +295,10 @@ def _checkpoint_description(out: Path) -> str | None:
     info = out / CHECKPOINT / "train.json"
     if not info.is_file():
         return None
-    try:
-        saved = json.loads(info.read_text())
+    try:  # read within read_json's limits: a damaged file must not stop the refusal it words
+        saved = read_json(info, "training checkpoint", TrainingError)
         return f"step {int(saved['step']):,}, {int(saved['tokens_done']):,} tokens"
-    except (OSError, ValueError, KeyError, TypeError):
+    except (TrainingError, ValueError, KeyError, TypeError, OverflowError):
         return f"{info}, which cannot be read"
 
 
@@ -460,6 +460,7 @@ def _resume(out: Path, cfg: TrainConfig, data) -> _Run | None:
         numbers = {key: whole_number(info.get(key), key, 0, error=TrainingError) for key in ("tokens_done", "step")}
         scales = {key: real_number(info.get(key), key, error=TrainingError) for key in ("scale_in", "scale_out",
                                                                                        "seconds")}
+        check_regular(folder / name, TrainingError)  # a FIFO would block load_file, the GIL held
         state = load_file(str(folder / name))
         trainer = Trainer.from_state(state, cfg.architecture, data.d_in, cfg.d_sae, d_out=data.d_out,
                                      skip=cfg.skip, k=cfg.k, seed=cfg.seed, **cfg.options)

@@ -158,7 +158,8 @@ class Palette:
 
     def ramp(self, value: float, hot: Color) -> Style:
         """Background from the panel color (0) to `hot` (1), with readable text."""
-        value = min(max(float(value), 0.0), 1.0)
+        value = float(value)
+        value = min(max(value, 0.0), 1.0) if value == value else 0.0  # NaN: the panel color
         background = self.base.blend(hot, value)
         return Style(background=background, foreground=readable_text(background))
 

@@ -183,7 +183,9 @@ def write_notes(path: Path, notes: dict[int, dict]) -> None:
     from ..saving import write_atomically
 
     text = json.dumps({str(f): notes[f] for f in sorted(notes)}, ensure_ascii=False, indent=1)
-    write_atomically(Path(path), lambda p: Path(p).write_text(text + "\n", encoding="utf-8"))
+    # a lone surrogate (valid JSON, read from a file) is written as JSON spells it, \udXXX
+    write_atomically(Path(path), lambda p: Path(p).write_text(text + "\n", encoding="utf-8",
+                                                                    errors="backslashreplace"))
 
 
 # --- search -------------------------------------------------------------------------------------------------------

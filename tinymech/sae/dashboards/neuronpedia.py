@@ -317,9 +317,12 @@ def _cooccurring(extra: dict, where: str) -> tuple[tuple[int, int], ...]:
     pairs = _list(extra, "cooccurring", where)
     if not all(isinstance(p, list) and len(p) == 2 for p in pairs):
         raise InvalidInputError(f"{where}'s cooccurring must be [feature, count] pairs")
-    return tuple((whole_number(g, f"{where}'s co-occurring feature", 0, maximum=MAX_FEATURES - 1,
-                               error=InvalidInputError),
-                  whole_number(n, f"{where}'s co-occurrence count", 0, error=InvalidInputError)) for g, n in pairs)
+    out = tuple((whole_number(g, f"{where}'s co-occurring feature", 0, maximum=MAX_FEATURES - 1,
+                              error=InvalidInputError),
+                 whole_number(n, f"{where}'s co-occurrence count", 0, error=InvalidInputError)) for g, n in pairs)
+    if len({g for g, _ in out}) < len(out):  # a feature listed twice (the TUI lists them by feature)
+        raise InvalidInputError(f"{where}'s cooccurring lists a feature twice")
+    return out
 
 
 def _labels(obj: dict, f: int, where: str, auto: dict, notes: dict) -> None:
@@ -342,6 +345,9 @@ def _dashboards(features: dict, n: int, n_tokens: int, auto: dict, notes: dict, 
     count = np.zeros(n, np.int64)
     maximum, mean, specificity = np.zeros(n, np.float32), np.zeros(n), np.zeros(n)
     for f, d in features.items():
+        beyond = [g for g, _ in d.cooccurring if g >= n]
+        if beyond:
+            raise InvalidInputError(f"{path}: feature {f} co-occurs with feature {beyond[0]}, beyond its {n} features")
         count[f], maximum[f], mean[f] = d.count, d.max_activation, d.mean_activation
         peaks = collections.Counter(c.token for c in d.top_contexts)
         specificity[f] = max(peaks.values()) / len(d.top_contexts) if peaks else 0.0

@@ -26,6 +26,7 @@ from ...errors import FeatureIndexError, InvalidInputError, ModelLoadError, whol
 from ...io.files import check_regular, read_json
 from ...io.safetensors import SafetensorsFile
 from ...text import printable
+from ..trainer import check_memory
 
 FORMAT, VERSION = "tinymech feature dashboards", 1
 INDEX, ARRAYS, VOCAB, AUTO_LABELS = "index.json", "dashboards.safetensors", "vocab.json", "labels.json"
@@ -238,6 +239,10 @@ def read_index(folder: Path) -> dict:
         whole_number(meta[key], f"{path}'s {key}", 1, maximum=MAX_SIZE, error=InvalidInputError)
     for key in ARGUMENTS:  # before and after size every window, whatever the arrays hold
         whole_number(meta[key], f"{path}'s {key}", 0, maximum=MAX_ARGUMENT, error=InvalidInputError)
+    # a feature's contexts are read as one [contexts, window] block of ids and positions
+    cells = (meta["top_k"] + meta["n_intervals"] * meta["per_interval"]) * (meta["before"] + meta["after"] + 1)
+    check_memory(cells * 32, f"reading a feature of {path} ({cells:,} context tokens)",
+                 "its top_k, per_interval, before and after are beyond what a build makes")
     return meta
 
 
@@ -317,8 +322,11 @@ def _check_references(path: Path, meta: dict, a: dict) -> None:
         raise InvalidInputError(f"{path}'s window_start does not index its windows")
     if np.any(np.abs(a["window_offset"].astype(np.int64)) > meta["context"]):
         raise InvalidInputError(f"{path}'s window_offset points outside a row")
-    if not np.all(np.isfinite(a["range"]) & (a["range"] >= 0)):
-        raise InvalidInputError(f"{path}'s range holds a negative or non-finite value")
+    for name, array in a.items():  # what a build writes is finite: the TUI's shading divides by it
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise InvalidInputError(f"{path}'s {name} holds a non-finite value")
+    if not np.all(a["range"] >= 0):
+        raise InvalidInputError(f"{path}'s range holds a negative value")
     n_corpus = meta["n_rows"] * meta["context"]
     for name in ("top_token", "sample_token"):
         t = a[name]
@@ -328,9 +336,12 @@ def _check_references(path: Path, meta: dict, a: dict) -> None:
         if not np.all(np.isin(used, a["rows"])):
             raise InvalidInputError(f"{path}'s {name} refers to a row it does not keep")
     f = meta["n_features"]
-    for name in ("cooc_ids",):
-        if np.any((a[name] < -1) | (a[name] >= f)):
-            raise InvalidInputError(f"{path}'s {name} holds a feature outside [0, {f})")
+    cooc = a["cooc_ids"]
+    if np.any((cooc < -1) | (cooc >= f)):
+        raise InvalidInputError(f"{path}'s cooc_ids holds a feature outside [0, {f})")
+    ordered = np.sort(cooc, axis=-1)
+    if np.any((ordered[..., 1:] == ordered[..., :-1]) & (ordered[..., 1:] >= 0)):
+        raise InvalidInputError(f"{path}'s cooc_ids lists a feature twice for one feature")
 
 
 def _read_vocab(path: Path) -> dict[int, str]:
@@ -450,7 +461,9 @@ def _write_json(path: Path, data, indent: int | None = None) -> None:
     from ..saving import write_atomically
 
     text = json.dumps(data, ensure_ascii=False, indent=indent, separators=None if indent else (",", ":"))
-    write_atomically(path, lambda p: Path(p).write_text(text + "\n", encoding="utf-8"))
+    # a lone surrogate (valid JSON, read from a file) is written as JSON spells it, \udXXX
+    write_atomically(path, lambda p: Path(p).write_text(text + "\n", encoding="utf-8",
+                                                                    errors="backslashreplace"))
 
 
 __all__: Sequence[str] = ["Context", "FeatureDashboard", "FeatureDashboards", "Interval"]

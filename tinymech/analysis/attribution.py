@@ -42,6 +42,9 @@ class LogitAttribution:
     model: object = dataclasses.field(repr=False)
 
     def __getitem__(self, label: str):
+        if label not in self.labels:
+            raise AnalysisError(f"no component {label!r}: the labels are {', '.join(self.labels[:6])}, ... "
+                                "(see .labels)")
         return self.values[self.labels.index(label)]
 
     @property
@@ -63,16 +66,24 @@ class LogitAttribution:
         rows.append(["sum", f"{values.sum():+.4f}"])
         rows.append(["real logit" + (" diff" if self.incorrect_token is not None else ""),
                      f"{np.mean(self.logit):+.4f}"])
-        good = token_labels(self.model, np.atleast_1d(self.token)[:1])[0]
-        what = f"logit({good})"
+        # the ids may differ per sequence: name them all, not the first one only
+        what = f"logit({self._named(self.token)})"
         if self.incorrect_token is not None:
-            what += f" - logit({token_labels(self.model, np.atleast_1d(self.incorrect_token)[:1])[0]})"
+            what += f" - logit({self._named(self.incorrect_token)})"
         batch = "" if self.values.ndim == 1 else f", mean over {self.values.shape[1]} sequences"
         return format_table(["component", "direct effect"], rows,
                             title=f"Direct logit attribution of {what} at position {self.position}{batch}")
 
     def __str__(self):
         return self.table()
+
+    def _named(self, ids) -> str:
+        """One token's label, or "each sequence's: a, b, ..." when the batch's ids differ."""
+        ids = np.atleast_1d(ids)
+        if (ids == ids[0]).all():
+            return token_labels(self.model, ids[:1])[0]
+        labels = token_labels(self.model, ids[:4])
+        return "each sequence's: " + ", ".join(labels[:3]) + (", ..." if len(ids) > 3 else "")
 
 
 def logit_attribution(model, input, token, incorrect_token=None, position: int = -1,

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import AnalysisError, InvalidInputError, TinymechError
+from ..errors import AnalysisError, InvalidInputError
 from ..gradients import metric_gradient, parse_metric
 from ..text import token_labels
-from .patching import ACTIVATIONS, PatchingResult, checked_pair, layout, logit_diff_metric
+from .patching import (ACTIVATIONS, PatchingResult, call_user, checked_pair, layout, logit_diff_metric, one_number,
+                       require_function)
 
 # Kinds activation patching sweeps too (the same axes), and kinds it would need a run per
 # index for, which a gradient scores at once: each head's queries, keys, values and
@@ -98,8 +99,7 @@ def metric_function(model, metric, answers, n_sequences: int):
     if isinstance(metric, (str, tuple, list)):
         parse_metric(metric)
         return lambda logits, tokens: metric_gradient(metric, logits, tokens)
-    if not callable(metric):
-        raise AnalysisError(f"a metric is a function or a built-in metric name, not {type(metric).__name__}")
+    require_function(metric, "a metric", " or a built-in metric name")
 
     def checked(logits, tokens):
         out = _called(metric, logits)
@@ -115,25 +115,13 @@ def metric_function(model, metric, answers, n_sequences: int):
 
 
 def _called(fn, logits):
-    """The user's metric at these logits; its errors said as a hook function's are (the source
-    run calls it outside the backward, which would say so too)."""
-    try:
-        return fn(logits)
-    except TinymechError:
-        raise
-    except Exception as e:
-        raise AnalysisError(f"the metric function {getattr(fn, '__name__', fn)!r} raised "
-                            f"{type(e).__name__}: {e}") from e
+    """The user's metric at these logits; its errors said as activation patching says them (the
+    source run calls it outside the backward, which would say so too)."""
+    return call_user(fn, "metric function", logits)
 
 
 def _value(value_and_grad_result) -> float:
-    try:
-        value = np.asarray(value_and_grad_result[0], dtype=np.float64)
-    except (TypeError, ValueError):
-        value = None
-    if value is None or value.size != 1:
-        raise AnalysisError(f"the metric must return one number, not {value_and_grad_result[0]!r:.80}")
-    return float(value.reshape(()))
+    return one_number(value_and_grad_result[0])
 
 
 def _backward(model, tokens, names, value_and_grad) -> tuple[float, dict]:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Mapping
 from typing import Callable
 
 import numpy as np
 
-from ..errors import ContextLengthError, InvalidTokensError
+from ..cache import ActivationCache
+from ..errors import ContextLengthError, InvalidTokensError, whole_number
 from ..errors import AnalysisError
 from ..text import format_grid, format_table
 
@@ -133,7 +135,11 @@ def detect_head(model, seq, detection_pattern, heads=None, cache=None, *, exclud
     else:
         if len(sequences) > 1:
             raise AnalysisError("a detection pattern array fits one sequence: pass one sequence")
-        patterns = [np.asarray(detection_pattern, dtype=np.float32)]
+        try:
+            patterns = [np.asarray(detection_pattern, dtype=np.float32)]
+        except (TypeError, ValueError):
+            raise AnalysisError(f"a detection pattern array holds numbers (1 where a head should attend), not "
+                                f"{np.asarray(detection_pattern).dtype}") from None
     mask = _head_mask(model.cfg, heads)
     scores = []
     for tokens, pattern in zip(sequences, patterns):
@@ -177,9 +183,17 @@ def _head_mask(cfg, heads) -> np.ndarray:
     """[n_layers, n_heads] bool: the heads to score."""
     if heads is None:
         return np.ones((cfg.n_layers, cfg.n_heads), dtype=bool)
-    pairs = [(l, h) for l, hs in heads.items() for h in hs] if isinstance(heads, dict) else list(heads)
+    shape = "heads is [(layer, head), ...] or {layer: [head, ...]}"
+    try:
+        pairs = [(l, h) for l, hs in heads.items() for h in hs] if isinstance(heads, dict) else list(heads)
+        pairs = [tuple(pair) for pair in pairs]
+    except TypeError:
+        raise AnalysisError(f"{shape}, not {heads!r}") from None
     mask = np.zeros((cfg.n_layers, cfg.n_heads), dtype=bool)
-    for layer, head in pairs:
+    for pair in pairs:
+        if len(pair) != 2:
+            raise AnalysisError(f"{shape}: {pair!r} is not a (layer, head) pair")
+        layer, head = (whole_number(i, what, error=AnalysisError) for i, what in zip(pair, ("a layer", "a head")))
         if not (0 <= layer < cfg.n_layers and 0 <= head < cfg.n_heads):
             raise AnalysisError(f"no head L{layer}H{head} in a model of {cfg.n_layers} layers x {cfg.n_heads} heads")
         mask[layer, head] = True
@@ -196,8 +210,13 @@ def _layer_patterns(model, tokens: np.ndarray, cache=None) -> Callable[[int], np
     names = _pattern_names(model)
     if cache is None:
         _, cache = model.run_with_cache(tokens, names_filter=names, return_type=None)
+    elif not isinstance(cache, (ActivationCache, Mapping)):
+        raise AnalysisError(f"cache is the input's run_with_cache cache, not {type(cache).__name__}")
 
     def get(layer: int) -> np.ndarray:
+        if names[layer] not in cache:
+            raise AnalysisError(f"the cache has no {names[layer]}: cache the run with the attention patterns "
+                                "(a names_filter keeping hook_pattern, or none)")
         pattern = np.asarray(cache[names[layer]])
         if pattern.ndim == 3:  # a cache without a batch axis
             pattern = pattern[None]
@@ -249,8 +268,9 @@ def repeated_tokens(model, seq_len: int = 50, batch: int = 4, seed: int = 0) -> 
     if bos is None and model.tokenizer is not None:
         bos = model.tokenizer.bos_token_id
     prefix = [] if bos is None else [bos]
-    if seq_len < 1 or batch < 1:
-        raise AnalysisError("seq_len and batch must be at least 1")
+    seq_len = whole_number(seq_len, "seq_len", 1, error=AnalysisError)
+    batch = whole_number(batch, "batch", 1, error=AnalysisError)
+    seed = whole_number(seed, "seed", 0, error=AnalysisError)  # numpy's generator takes no negative seed
     if len(prefix) + 2 * seq_len > model.cfg.n_ctx:
         raise ContextLengthError(
             f"{len(prefix)} + 2 x {seq_len} tokens exceed the model's context of {model.cfg.n_ctx}"
@@ -317,9 +337,13 @@ class HeadSummary:
     top: int = 5
 
     def top_heads(self, name: str, top: int | None = None) -> list[tuple[int, int, float]]:
-        """The `top` highest-scoring heads for a score: [(layer, head, score), ...]."""
+        """The `top` highest-scoring heads for a score: [(layer, head, score), ...].
+        top: a count >= 0 (0: none), or None for the summary's own `top`."""
+        if name not in self.scores:
+            raise AnalysisError(f"the scores are {list(self.scores)}, not {name!r}")
+        top = whole_number(self.top if top is None else top, "top", 0, error=AnalysisError)
         scores = self.scores[name]
-        order = np.argsort(-scores, axis=None, kind="stable")[: top or self.top]
+        order = np.argsort(-scores, axis=None, kind="stable")[:top]
         return [(int(i) // scores.shape[1], int(i) % scores.shape[1], float(scores.flat[i])) for i in order]
 
     def __str__(self):
@@ -334,7 +358,9 @@ class HeadSummary:
 def head_summary(model, input=None, seq_len: int = 50, batch: int = 4, seed: int = 0, top: int = 5) -> HeadSummary:
     """Previous-token, duplicate-token and induction scores of every head, on
     `input` or (None) on repeated random tokens, with the loss on repeated
-    random tokens; print it for the top heads of each."""
+    random tokens; print it for the top heads of each (top >= 0; 0 prints none)."""
+    # a negative count would slice all heads but the last ones
+    top = whole_number(top, "top", 0, error=AnalysisError)
     if input is not None:
         return HeadSummary(head_scores(model, input), repeated_sequence_loss(model, seq_len, batch, seed),
                            "the given input", top)

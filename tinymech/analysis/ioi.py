@@ -8,10 +8,10 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import AnalysisError
+from ..errors import AnalysisError, whole_number
 from ..progress import ProgressFn, progress_function
 from .attribution_patching import KINDS, attribution_patch
-from .patching import ACTIVATIONS, PatchingResult, logit_diff_metric, patch_activations
+from .patching import ACTIVATIONS, PatchingResult, call_user, logit_diff_metric, patch_activations
 from ..text import format_table
 from .tokens import is_single_token
 
@@ -72,7 +72,11 @@ def make_ioi_prompts(model, n: int = 100, seed: int = 0, templates: Sequence[str
                      names: Sequence[str] = NAMES, places: Sequence[str] = PLACES,
                      objects: Sequence[str] = OBJECTS) -> IOIPrompts:
     """n prompts, alternately ABBA and BABA, from the templates and the words
-    that are single tokens for this model's tokenizer."""
+    that are single tokens for this model's tokenizer. A template may name {A}, {B}, {S},
+    {PLACE} and {OBJECT} (see TEMPLATES)."""
+    n = whole_number(n, "n", 1, error=AnalysisError)
+    seed = whole_number(seed, "seed", 0, error=AnalysisError)  # numpy's generator takes no negative seed
+    _check_templates(templates)
     names = single_token_words(model, names)
     places, objects = single_token_words(model, places), single_token_words(model, objects)
     if len(names) < MIN_NAMES or not places or not objects:
@@ -80,8 +84,8 @@ def make_ioi_prompts(model, n: int = 100, seed: int = 0, templates: Sequence[str
             f"this tokenizer has too few single-token words for IOI prompts: {len(names)} names "
             f"(need {MIN_NAMES}), {len(places)} places, {len(objects)} objects"
         )
-    if n < 1 or not templates:
-        raise AnalysisError("make_ioi_prompts needs n >= 1 and at least one template")
+    if not templates:
+        raise AnalysisError("make_ioi_prompts needs at least one template")
     rng = np.random.default_rng(seed)
     clean, corrupted, io_names, s_names, kinds = [], [], [], [], []
     for i in range(n):
@@ -104,6 +108,18 @@ def make_ioi_prompts(model, n: int = 100, seed: int = 0, templates: Sequence[str
         s_names=s_names,
         kinds=kinds,
     )
+
+
+def _check_templates(templates) -> None:
+    """AnalysisError unless templates is a list of format strings naming only the prompt's fields."""
+    if isinstance(templates, str):  # one template would be read as its characters
+        raise AnalysisError("templates is a list of templates: give [template] for one")
+    for template in templates:
+        try:
+            template.format(A="", B="", S="", PLACE="", OBJECT="")
+        except (KeyError, IndexError, ValueError, AttributeError) as e:
+            raise AnalysisError(f"the template {template!r} does not format with {{A}}, {{B}}, {{S}}, {{PLACE}} "
+                                f"and {{OBJECT}} ({type(e).__name__}: {e}): name only those fields") from None
 
 
 def _length_groups(model, prompts: IOIPrompts) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -162,12 +178,12 @@ def ioi_patching(model, prompts: IOIPrompts | None = None, activation: str = "he
         metric = logit_diff_metric(model, np.stack([prompts.io_ids[idx], prompts.s_ids[idx]], axis=1))
         # every group runs the same number of patches: count them all together
         report = None if progress is None else (
-            lambda done, total, g=g: progress(g * total + done, len(groups) * total))
+            lambda done, total, g=g: call_user(progress, "progress function", g * total + done, len(groups) * total))
         if method == "attribution":
             results.append(attribution_patch(model, clean_tokens, corrupted_tokens, metric, over=activation,
                                              mode=mode))
             if progress is not None:
-                progress(g + 1, len(groups))
+                call_user(progress, "progress function", g + 1, len(groups))
         else:
             results.append(patch_activations(model, clean_tokens, corrupted_tokens, activation, metric, mode=mode,
                                              progress=report))

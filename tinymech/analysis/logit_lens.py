@@ -3,11 +3,13 @@ LayerNorm and the unembedding, as if the model stopped there."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 import numpy as np
 
 from ..ops import log_sum_exp, top_k
-from ..errors import AnalysisError
+from ..cache import ActivationCache
+from ..errors import AnalysisError, whole_number
 from ..ops import final_norm
 from .params import unembed_bias
 from ..text import format_table
@@ -71,9 +73,13 @@ class LogitLensResult:
     positions: list[int] | None = None
 
     def table(self, pos: int = -1, batch: int = 0) -> str:
-        """The table of one input position (of one sequence of a batch), among those read."""
+        """The table of one input position (negative: from the end) of one sequence of a batch,
+        among those read."""
+        n_seq = 1 if self.tokens.ndim == 1 else len(self.tokens)
+        batch = whole_number(batch, "batch", 0, AnalysisError, maximum=n_seq - 1)
         seq = self.tokens if self.tokens.ndim == 1 else self.tokens[batch]
-        position = pos % len(seq)
+        # refused, not wrapped: pos 99 of 8 tokens would show position 3
+        position = whole_number(pos, "pos", -len(seq), AnalysisError, maximum=len(seq) - 1) % len(seq)
         read = list(range(len(seq))) if self.positions is None else self.positions
         if position not in read:
             raise AnalysisError(f"the lens was read at positions {read}, not at {pos}")
@@ -129,6 +135,11 @@ def logit_lens(model, input, answers=None, k: int = 5, ln: str = "recompute",
     if not (isinstance(k, (int, np.integer)) and 1 <= k <= model.cfg.d_vocab):
         raise AnalysisError(f"k must be an integer in [1, {model.cfg.d_vocab}], got {k!r}")
     answer_ids = None if answers is None else token_ids(model, answers)
+    if answer_ids is not None and answer_ids.size == 0:
+        raise AnalysisError("answers is a token or a non-empty list of tokens (or None for no answers)")
+    if cache is not None and not isinstance(cache, (ActivationCache, Mapping)):
+        raise AnalysisError(f"cache is the input's run_with_cache cache holding lens_hook_names, "
+                            f"not {type(cache).__name__}")
     tokens = model.tokens_of(input, prepend_bos=prepend_bos, same_length=True)
     chosen = _positions(positions, tokens.shape[1])
     points = distinct_points(model.cfg.n_layers)

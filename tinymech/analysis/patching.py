@@ -12,7 +12,8 @@ from typing import Callable
 import numpy as np
 
 from ..hooks import patch
-from ..errors import AnalysisError
+from ..errors import AnalysisError, InvalidInputError, TinymechError
+from ..gradients import _one_number
 from ..progress import ProgressFn, progress_function
 from ..text import format_grid
 from .tokens import token_ids
@@ -199,6 +200,7 @@ def patch_activations(model, clean, corrupted, activation: str, metric=None, ans
         if answers is None:
             raise AnalysisError("give a metric, or answers (correct, incorrect) for the logit difference")
         metric = logit_diff_metric(model, answers, clean_tokens.shape[0])
+    require_function(metric, "a metric")
     suffix, axes = ACTIVATIONS[activation]
     source, target = (clean_tokens, corrupted_tokens) if mode == "denoise" else (corrupted_tokens, clean_tokens)
     names = [f"blocks.{layer}.{suffix}" for layer in range(model.cfg.n_layers)]
@@ -254,7 +256,17 @@ def slice_setter(activation_layout: tuple[str, ...], axes: tuple[str, ...]):
     into the activation, whose axes after the batch are activation_layout."""
 
     def setter(activation, index, source):
+        # zip would drop what does not pair up: a short index would patch a whole layer
+        if len(index) != len(axes):
+            raise AnalysisError(f"this patch setter takes an index ({', '.join(axes)}), not {tuple(index)}: "
+                                f"give index_axis_names / index_df columns {list(axes)}")
         at = dict(zip(axes, index))
+        for axis, i in at.items():
+            if axis in activation_layout:
+                n = np.shape(activation)[1 + activation_layout.index(axis)]
+                if not -n <= i < n:
+                    raise AnalysisError(f"index {tuple(index)}: {axis} {i} is outside the activation's "
+                                        f"{n} (from {-n} to {n - 1})")
         where = (slice(None),) + tuple(at.get(axis, slice(None)) for axis in activation_layout)
         activation[where] = source[where]
         return activation
@@ -264,15 +276,34 @@ def slice_setter(activation_layout: tuple[str, ...], axes: tuple[str, ...]):
 
 def score(metric, logits) -> float:
     """The metric's value on these logits, checked to be one number."""
-    value = metric(logits)
+    return one_number(call_user(metric, "metric function", logits))
+
+
+def one_number(value) -> float:
+    """A metric's value as a float: AnalysisError unless it is one number (as gradients reads one)."""
     try:
-        number = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        number = None
-    if number is None or number.size != 1:
-        raise AnalysisError(f"the metric must return one number, not {type(value).__name__} "
-                            f"of shape {list(np.shape(value))}")
-    return float(number.reshape(()))
+        return _one_number(value)
+    except InvalidInputError:
+        shape = f" of shape {list(np.shape(value))}" if isinstance(value, np.ndarray) and value.ndim else ""
+        raise AnalysisError(f"the metric must return one number, not {type(value).__name__}{shape}: "
+                            "return a float or a 0-d array") from None
+
+
+def require_function(fn, what: str, also: str = "") -> None:
+    """AnalysisError unless fn can be called (checked before any run)."""
+    if not callable(fn):
+        raise AnalysisError(f"{what} is a function{also}, not {type(fn).__name__}")
+
+
+def call_user(fn, what: str, *args):
+    """fn(*args), a function of the user's: what it raises becomes an AnalysisError naming it
+    (the original kept as __cause__); tinymech's own errors pass as they are."""
+    try:
+        return fn(*args)
+    except TinymechError:
+        raise
+    except Exception as e:
+        raise AnalysisError(f"the {what} {getattr(fn, '__name__', fn)!r} raised {type(e).__name__}: {e}") from e
 
 
 def users_hooks_on(model) -> bool:
@@ -327,7 +358,7 @@ def run_patches(model, target, source, hook_name, indices, setter, metric,
                 values[j] = score(metric, own[:, None] if last_only else own)
             done += len(chunk)
             if progress is not None:
-                progress(done, len(indices))
+                call_user(progress, "progress function", done, len(indices))
     return values, target_score
 
 
@@ -360,7 +391,7 @@ def _patched_activations(target, source, indices, setter) -> np.ndarray:
     setter(copy j, indices[j], source) in copy j."""
     out = np.repeat(np.asarray(target)[None], len(indices), axis=0)
     for j, index in enumerate(indices):
-        patched = np.asarray(setter(out[j], [int(i) for i in index], source))
+        patched = np.asarray(call_user(setter, "patch setter", out[j], [int(i) for i in index], source))
         if patched.shape != out[j].shape:
             raise AnalysisError(f"the patch setter returned shape {list(patched.shape)} for an activation "
                                 f"of shape {list(out[j].shape)}")

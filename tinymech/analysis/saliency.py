@@ -201,7 +201,10 @@ def _baseline(baseline, shape: tuple) -> np.ndarray:
         if baseline != "zero":
             raise AnalysisError(f"baseline must be 'zero' or an array, not {baseline!r}")
         return np.zeros(shape, dtype=np.float32)
-    arr = np.asarray(baseline)
+    try:
+        arr = np.asarray(baseline)
+    except ValueError:  # numpy refuses ragged nested lists
+        raise AnalysisError("a baseline array is rectangular: its rows must have one length") from None
     if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
         raise AnalysisError(f"a baseline array holds numbers, not dtype {arr.dtype}")
     B, T, D = shape

@@ -132,8 +132,10 @@ def metric_gradient(metric, logits: np.ndarray, tokens: np.ndarray | None,
 
 
 def _one_number(value) -> float:
-    """A metric function's value as a float: one real number (numpy's, a 1-element array, a torch
-    scalar still holding its autograd history, a Fraction), not a bool or a string."""
+    """A metric function's value as a float: one real number (numpy's, a 1-element array, list or
+    tuple, a torch scalar still holding its autograd history, a Fraction), not a bool or a string."""
+    if isinstance(value, (list, tuple)) and len(value) == 1:
+        value = value[0]
     if isinstance(value, np.ndarray) and value.size == 1:
         value = value.reshape(-1)[0]  # float() of a 1-d array is deprecated in numpy
     if not isinstance(value, (bool, np.bool_, str, bytes, bytearray)):
@@ -141,7 +143,9 @@ def _one_number(value) -> float:
             return float(value)
         except (TypeError, ValueError, RuntimeError, OverflowError):  # RuntimeError: torch's, for many elements
             pass
-    raise InvalidInputError(f"a metric function's value must be one number, not {value!r:.60}")
+    shape = getattr(value, "shape", None)
+    what = f"{type(value).__name__}" + (f" of shape {list(shape)}" if shape is not None else "")
+    raise InvalidInputError(f"a metric function's value must be one number, not {what}: {value!r:.60}")
 
 
 def _checked_grad(G, shape: tuple, from_metric: bool = False) -> np.ndarray:

@@ -109,7 +109,7 @@ def line_chart(series: dict[str, tuple[Sequence[float], Sequence[float]]], width
     grid = [[" "] * width for _ in range(height)]
     for mark, (x, y) in zip(_MARKS, pts):
         cols = _cells(x, x0, x1, width)
-        rows = height - 1 - _cells(y, y0, y1, height)
+        rows = _cells(-y, -y1, -y0, height)  # from the top
         for r, c in zip(rows, cols):
             grid[r][c] = mark
     label_w = max(len(f"{v:.3g}") for v in (y0, y1))

@@ -130,13 +130,29 @@ def _boom(*args):
 
 @pytest.mark.parametrize("call", [
     lambda m, c: analysis.patch_resid_pre(m, TEXT, OTHER, metric=_boom),
-    lambda m, c: analysis.patch_resid_pre(m, TEXT, OTHER, answers=ANSWERS, progress=_boom),
     lambda m, c: patching.get_act_patch_resid_pre(m, c[0], c[1], _boom),
     lambda m, c: patching.generic_activation_patch(m, c[0], c[1], last_logit, _boom, "resid_pre", ["layer", "pos"]),
-    lambda m, c: analysis.ioi_patching(m, n=2, activation="attn_out_all_pos", progress=_boom),
-    lambda m, c: analysis.ioi_patching(m, n=2, activation="attn_out_all_pos", progress=_boom, method="attribution"),
 ])
 def test_users_functions_errors_are_wrapped(demo, clean, call):
     with pytest.raises(AnalysisError, match="'_boom' raised RuntimeError: boom") as caught:
         call(demo, clean)
     assert isinstance(caught.value.__cause__, RuntimeError)
+
+
+@pytest.mark.parametrize("call", [
+    lambda m: analysis.patch_resid_pre(m, TEXT, OTHER, answers=ANSWERS, progress=_boom),
+    lambda m: analysis.ioi_patching(m, n=2, activation="attn_out_all_pos", progress=_boom),
+    lambda m: analysis.ioi_patching(m, n=2, activation="attn_out_all_pos", progress=_boom, method="attribution"),
+])
+def test_a_progress_function_can_stop_a_sweep_with_its_own_exception(demo, call):
+    with pytest.raises(RuntimeError, match="boom"):  # as raised: a caller's except catches it
+        call(demo)
+
+
+def test_a_metric_of_one_number_in_a_list_and_the_last_sequence_of_a_lens(demo):
+    # a one-element list or tuple was a number before the review; batch=-1 counts from the end as pos does
+    one = analysis.patch_resid_pre(demo, TEXT, OTHER, metric=lambda logits: [float(logits[0, -1, 0])])
+    again = analysis.patch_resid_pre(demo, TEXT, OTHER, metric=lambda logits: (float(logits[0, -1, 0]),))
+    np.testing.assert_array_equal(one.values, again.values)
+    lens = analysis.logit_lens(demo, [TEXT, TEXT])
+    assert lens.table(batch=-1) == lens.table(batch=1)

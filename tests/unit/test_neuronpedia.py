@@ -161,9 +161,8 @@ def activation(**changes):
     (hostile(tinymech={"n_tokens": 0}), "n_tokens must be >= 1"),
     (hostile(tinymech={"hist_edges": [0, 1]}), "one longer"),
     (hostile(tinymech={"cooccurring": [[1]]}), "pairs"),
-    # listed twice, the TUI's list of them crashed (its options' ids); beyond the features, picking one failed
+    # listed twice, the TUI's list of them crashed (its options' ids)
     (hostile(tinymech={"cooccurring": [[0, 3], [0, 2]]}), "lists a feature twice"),
-    (hostile(tinymech={"cooccurring": [[999, 3]]}), "co-occurs with feature 999, beyond its"),
     (hostile(tinymech={"intervals": [[0, 1]]}), "low, high, count"),
     (hostile(explanations=[{"description": 5}]), "string description"),
 ])
@@ -210,3 +209,13 @@ def test_names_from_the_file_reach_the_terminal_sanitized(tmp_path):
     dash = import_neuronpedia(path)
     assert dash.meta["hook"] == "\x1b]0;pwned\x07"  # kept as data
     assert "\x1b" not in repr(dash) and "\x07" not in repr(dash)
+
+
+def test_co_occurring_features_are_the_saes_too(tmp_path):
+    # beyond the file's features (a partial export), picking one failed; beyond the SAE's width they are refused
+    path = tmp_path / "one.json"
+    path.write_text(json.dumps(hostile(index="3", tinymech={"cooccurring": [[999, 3]]})))
+    dash = import_neuronpedia(path)
+    assert dash.n_features == 1000 and dash[3].cooccurring == ((999, 3),) and dash[999].count == 0
+    with pytest.raises(InvalidInputError, match="names feature 999, beyond the SAE's 500 features"):
+        import_neuronpedia(path, n_features=500)

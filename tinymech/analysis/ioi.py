@@ -11,7 +11,7 @@ import numpy as np
 from ..errors import AnalysisError, whole_number
 from ..progress import ProgressFn, progress_function
 from .attribution_patching import KINDS, attribution_patch
-from .patching import ACTIVATIONS, PatchingResult, call_user, logit_diff_metric, patch_activations
+from .patching import ACTIVATIONS, PatchingResult, logit_diff_metric, patch_activations
 from ..text import format_table
 from .tokens import is_single_token
 
@@ -178,12 +178,12 @@ def ioi_patching(model, prompts: IOIPrompts | None = None, activation: str = "he
         metric = logit_diff_metric(model, np.stack([prompts.io_ids[idx], prompts.s_ids[idx]], axis=1))
         # every group runs the same number of patches: count them all together
         report = None if progress is None else (
-            lambda done, total, g=g: call_user(progress, "progress function", g * total + done, len(groups) * total))
+            lambda done, total, g=g: progress(g * total + done, len(groups) * total))
         if method == "attribution":
             results.append(attribution_patch(model, clean_tokens, corrupted_tokens, metric, over=activation,
                                              mode=mode))
             if progress is not None:
-                call_user(progress, "progress function", g + 1, len(groups))
+                progress(g + 1, len(groups))
         else:
             results.append(patch_activations(model, clean_tokens, corrupted_tokens, activation, metric, mode=mode,
                                              progress=report))

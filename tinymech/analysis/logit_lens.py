@@ -76,7 +76,7 @@ class LogitLensResult:
         """The table of one input position (negative: from the end) of one sequence of a batch,
         among those read."""
         n_seq = 1 if self.tokens.ndim == 1 else len(self.tokens)
-        batch = whole_number(batch, "batch", 0, AnalysisError, maximum=n_seq - 1)
+        batch = whole_number(batch, "batch", -n_seq, AnalysisError, maximum=n_seq - 1) % n_seq
         seq = self.tokens if self.tokens.ndim == 1 else self.tokens[batch]
         # refused, not wrapped: pos 99 of 8 tokens would show position 3
         position = whole_number(pos, "pos", -len(seq), AnalysisError, maximum=len(seq) - 1) % len(seq)

@@ -283,10 +283,8 @@ def one_number(value) -> float:
     """A metric's value as a float: AnalysisError unless it is one number (as gradients reads one)."""
     try:
         return _one_number(value)
-    except InvalidInputError:
-        shape = f" of shape {list(np.shape(value))}" if isinstance(value, np.ndarray) and value.ndim else ""
-        raise AnalysisError(f"the metric must return one number, not {type(value).__name__}{shape}: "
-                            "return a float or a 0-d array") from None
+    except InvalidInputError as e:
+        raise AnalysisError(f"the metric must return one number, not {str(e).partition(', not ')[2]}") from None
 
 
 def require_function(fn, what: str, also: str = "") -> None:
@@ -306,12 +304,16 @@ def call_user(fn, what: str, *args):
         raise AnalysisError(f"the {what} {getattr(fn, '__name__', fn)!r} raised {type(e).__name__}: {e}") from e
 
 
-def users_hooks_on(model) -> bool:
-    """Whether the model's runs carry hooks or SAEs the user put on (model.hooks, add_hook,
-    add_sae). Analyses then run as the user's own runs would: each on the input's batch alone
-    (a hook may read across it) and from the first block (a run started at block l from a cached
-    residual would apply a hook or SAE at blocks.l.hook_resid_pre a second time)."""
-    return bool(model.context_hooks or model._added_hooks or model._saes)
+def hooks_read_the_batch(model) -> bool:
+    """Whether the model's runs carry the user's hooks (model.hooks, add_hook), which may read
+    across the batch: an analysis then gives them the input's batch alone in each run."""
+    return bool(model.context_hooks or model._added_hooks)
+
+
+def users_edits_on(model) -> bool:
+    """Whether the user's hooks or SAEs (add_sae) edit the model's runs: a run started at block l
+    from a residual cached after them would apply one at blocks.l.hook_resid_pre a second time."""
+    return hooks_read_the_batch(model) or bool(model._saes)
 
 
 def run_patches(model, target, source, hook_name, indices, setter, metric,
@@ -336,9 +338,9 @@ def run_patches(model, target, source, hook_name, indices, setter, metric,
     sources = {layer: _source_activation(source, names[layer], target_acts[names[layer]].shape) for layer in layers}
     values = np.zeros(len(indices))
     last_only = bool(getattr(metric, "last_position_only", False))
-    hooked = users_hooks_on(model)  # then one patch per whole run, as in TransformerLens: see users_hooks_on
+    from_start = users_edits_on(model)  # else each patched run starts at its block from the cached residual
     logits_per_patch = target.shape[0] * (1 if last_only else target.shape[1]) * model.cfg.d_vocab
-    group = 1 if hooked else _patches_per_run(target.size, logits_per_patch)
+    group = 1 if hooks_read_the_batch(model) else _patches_per_run(target.size, logits_per_patch)
     done = 0
     for layer, run in itertools.groupby(range(len(indices)), key=lambda j: int(indices[j][0])):
         run = list(run)
@@ -346,19 +348,15 @@ def run_patches(model, target, source, hook_name, indices, setter, metric,
         for first in range(0, len(run), group):
             chunk = run[first : first + group]
             patched = _patched_activations(target_acts[name], sources[layer], [indices[j] for j in chunk], setter)
-            if hooked:
-                logits = model.forward(target, logits="last" if last_only else "all", hooks=[(name, patch(patched))],
-                                       attention_mask=mask)
-            else:
-                resid = np.concatenate([target_acts[starts[layer]]] * len(chunk))
-                masks = None if mask is None else np.tile(mask, (len(chunk), 1))
-                logits = model.forward(resid, logits="last" if last_only else "all", hooks=[(name, patch(patched))],
-                                       start_at_layer=layer, attention_mask=masks)
+            masks = None if mask is None else np.tile(mask, (len(chunk), 1))
+            start = np.concatenate([target if from_start else target_acts[starts[layer]]] * len(chunk))
+            logits = model.forward(start, logits="last" if last_only else "all", hooks=[(name, patch(patched))],
+                                   start_at_layer=None if from_start else layer, attention_mask=masks)
             for j, own in zip(chunk, np.split(logits, len(chunk))):  # copy k of the batch carries patch k
                 values[j] = score(metric, own[:, None] if last_only else own)
             done += len(chunk)
             if progress is not None:
-                call_user(progress, "progress function", done, len(indices))
+                progress(done, len(indices))  # what it raises passes as it is: a way to stop a sweep
     return values, target_score
 
 

@@ -16,7 +16,7 @@ from ..errors import AnalysisError, InvalidInputError, TinymechError
 from ..gradients import _checked_grad, _ids, metric_gradient, parse_metric
 from ..text import format_table, token_labels
 from .attribution import _per_sequence
-from .patching import users_hooks_on
+from .patching import hooks_read_the_batch
 
 METHODS = ("grad_x_input", "integrated_gradients")
 EMBEDDINGS = ("token", "token+pos")
@@ -296,7 +296,7 @@ def _integrated(model, tokens, objective, x, x0, with_pos: bool, steps: int, rul
     point_of = np.repeat(np.arange(len(alphas)), B)
     seq_of = np.tile(np.arange(B), len(alphas))
     # the user's hooks see the input's batch alone: one point of the path per pass
-    per_pass = B if users_hooks_on(model) else batch_size or max(1, TOKENS_PER_PASS // T)
+    per_pass = B if hooks_read_the_batch(model) else batch_size or max(1, TOKENS_PER_PASS // T)
     mean_grad = np.zeros(x.shape, dtype=np.float64)
     f0 = np.empty(B)
     for start in range(0, len(seq_of), per_pass):

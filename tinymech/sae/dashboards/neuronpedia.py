@@ -112,7 +112,7 @@ def import_neuronpedia(path, n_features: int | None = None) -> FeatureDashboards
     lacks read as never active; labels come from "explanations" (a "tinymech-user" one as the
     user's label and note, any other as the automatic label). n_features: the SAE's width (the
     dashboards then cover all its features; a feature beyond it is refused), else the largest
-    index in the file + 1."""
+    index in the file (of a feature or one it co-occurs with) + 1."""
     path = Path(path)
     objects = _feature_objects(path)
     features: dict[int, FeatureDashboard] = {}
@@ -130,10 +130,11 @@ def import_neuronpedia(path, n_features: int | None = None) -> FeatureDashboards
         _labels(obj, f, where, auto, notes)
     if not features:
         raise InvalidInputError(f"{path} holds no features")
-    n = max(features) + 1
+    # a feature a listed one co-occurs with is one of the SAE's too (a partial export names them)
+    n = max(features.keys() | {g for d in features.values() for g, _ in d.cooccurring}) + 1
     if n_features is not None:
         if whole_number(n_features, "n_features", 1) < n:
-            raise InvalidInputError(f"{path} holds feature {n - 1}, beyond the SAE's {n_features} features")
+            raise InvalidInputError(f"{path} names feature {n - 1}, beyond the SAE's {n_features} features")
         n = n_features
     return _dashboards(features, n, n_tokens, auto, notes, path, objects[0])
 
@@ -345,9 +346,6 @@ def _dashboards(features: dict, n: int, n_tokens: int, auto: dict, notes: dict, 
     count = np.zeros(n, np.int64)
     maximum, mean, specificity = np.zeros(n, np.float32), np.zeros(n), np.zeros(n)
     for f, d in features.items():
-        beyond = [g for g, _ in d.cooccurring if g >= n]
-        if beyond:
-            raise InvalidInputError(f"{path}: feature {f} co-occurs with feature {beyond[0]}, beyond its {n} features")
         count[f], maximum[f], mean[f] = d.count, d.max_activation, d.mean_activation
         peaks = collections.Counter(c.token for c in d.top_contexts)
         specificity[f] = max(peaks.values()) / len(d.top_contexts) if peaks else 0.0

@@ -69,7 +69,9 @@ def generate(
         freq_penalty = 0.0
     rng = np.random.default_rng(None if seed is None else whole_number(seed, "seed", 0))
     progress = progress_function(true_or_false(verbose, "verbose"), label="generating", unit="tokens")
-    stops, pad = _stop_tokens(model, eos_token_id) if stop_at_eos else ((), None)
+    stops, pad = _stop_tokens(model, eos_token_id) if true_or_false(stop_at_eos, "stop_at_eos") else ((), None)
+    if on_token is not None and not callable(on_token):  # found out after a forward pass otherwise
+        raise InvalidInputError(f"on_token is a function of the new ids, not {type(on_token).__name__}")
     batch, total = tokens.shape[0], tokens.shape[1] + max_new_tokens
     model._check_fits(0, total)
     pads = _left_padding(model, tokens, prepend_bos, padding_side)
@@ -94,7 +96,7 @@ def generate(
             counts[np.arange(batch), nxt] += 1
         if progress is not None:
             progress(step + 1, max_new_tokens)
-        if on_token is not None and on_token(nxt.copy()):
+        if on_token is not None and _stops(on_token(nxt.copy())):
             break
         if (stops and finished.all()) or step == max_new_tokens - 1:
             break
@@ -169,6 +171,15 @@ def _check_float32_temperature(temperature: float) -> None:
         raise InvalidInputError(f"temperature {temperature} rounds to 0 in float32, the precision sampling runs in: "
                                 f"use at least {F32.smallest_subnormal:.2g} (the smallest positive float32), or 0 "
                                 "(do_sample=False) for greedy decoding")
+
+
+def _stops(answer) -> bool:
+    """What on_token returned, read as 'stop here' by its truth (None goes on)."""
+    try:
+        return bool(answer)
+    except (ValueError, TypeError):  # an array of several values has no one truth
+        raise InvalidInputError(f"on_token returns True to stop (or None / False to go on), not {answer!r:.60}") \
+            from None
 
 
 def _freq_penalty(value) -> float:

@@ -288,3 +288,18 @@ def test_a_model_with_a_hook_added_under_torch_pickles(models, torch_on):
     assert _err(again(tokens), model(tokens).detach()) == 0
     model.reset_hooks()
     assert _err(again(tokens), model(tokens)) > 1e-4
+
+
+def test_an_sae_refuses_what_numpy_cannot_read_by_name():
+    # a bfloat16 tensor, one requiring grad (with the array switch off) or a ragged list raised
+    # torch's or numpy's own errors
+    import torch
+
+    model = tm.load()
+    sae = tm.SAE.load(f"{model.path}/saes/blocks.2.hook_resid_pre")
+    d = sae.cfg.d_in
+    for bad in (torch.zeros(2, d, dtype=torch.bfloat16), torch.zeros(2, d, requires_grad=True),
+                [[0.0] * d, [0.0] * (d - 1)]):
+        for call in (sae.encode, sae.forward):
+            with pytest.raises(tm.SAEInputError, match="cannot be read as an array"):
+                call(bad)

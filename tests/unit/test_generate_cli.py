@@ -151,3 +151,13 @@ def test_cli_library_errors_during_generation_are_one_line(model_dir, capsys, mo
     captured = capsys.readouterr()
     assert status == 2 and captured.out.startswith("hi") and captured.out.endswith("\n")
     assert captured.err == "tinymech: error: a check the command line does not know of\n"
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(stop_at_eos="no"), "stop_at_eos must be True or False"),  # read as True: it stopped at EOS
+    (dict(on_token=5), "on_token is a function"),  # TypeError, after a forward pass
+    (dict(on_token=lambda ids: np.array([True, False])), "on_token returns True to stop"),  # numpy's ValueError
+])
+def test_generate_checks_its_flag_and_callback(model, kwargs, match):
+    with pytest.raises(tm.InvalidInputError, match=match):
+        model.generate("Mr Darcy", max_new_tokens=2, **kwargs)

@@ -165,7 +165,7 @@ def test_metrics_against_numpy(model, sae, ignore):
     err = x - sae.forward(cache[HOOK])[keep]
     assert m.n_tokens == keep.sum()
     assert m.l0 == pytest.approx((f > 0).sum(-1).mean(), rel=1e-6)
-    assert m.l1 == pytest.approx(f.sum(-1).mean(), rel=1e-5)
+    assert m.l1 == pytest.approx(np.abs(f).sum(-1).mean(), rel=1e-5)
     assert m.mse == pytest.approx((err**2).sum(-1).mean(), rel=1e-5)
     var = (x**2).sum(-1).mean() - (x.mean(0) ** 2).sum()
     assert m.explained_variance == pytest.approx(1 - (err**2).sum(-1).mean() / var, rel=1e-5)
@@ -182,7 +182,9 @@ def test_metrics_against_numpy(model, sae, ignore):
 
     spliced = model.run_with_hooks(toks, fwd_hooks=[(HOOK, splice)], return_type="loss",
                                    loss_per_token=True)[ce_keep].mean()
-    zero = model.run_with_hooks(toks, fwd_hooks=[(HOOK, lambda a, hook: a * (1 - mask))],
+    # SAELens zero-ablates every position, ignored ones too (evals.py's standard_zero_ablate_hook);
+    # tinymech left the ignored ones (BOS) as they were, and its CE loss recovered differed
+    zero = model.run_with_hooks(toks, fwd_hooks=[(HOOK, lambda a, hook: a * 0)],
                                 return_type="loss", loss_per_token=True)[ce_keep].mean()
     assert m.ce_clean == pytest.approx(clean, rel=1e-5)
     assert m.ce_sae == pytest.approx(spliced, rel=1e-5)
@@ -324,5 +326,11 @@ def test_an_abstopk_sae_keeps_the_k_largest_magnitudes_signed(tmp_path):
     assert rel_err(feats, expect) <= TOL and (feats < 0).any() and ((feats != 0).sum(-1) == 5).all()
     idx, val = sae.encode_sparse(x)
     assert rel_err(sae.decode((idx, val)), sae.decode(feats)) <= TOL
+    # L1 sums magnitudes, as SAELens's evals do: the signed sum let positive and negative cancel
+    from tinymech.sae.metrics import reconstruction_metrics
+
+    assert reconstruction_metrics(sae, x.reshape(-1, D)).l1 == pytest.approx(np.abs(feats).sum(-1).mean(), rel=1e-5)
+    with pytest.raises(tm.SAEInputError, match=r"x must be rows \[n, 64\]"):  # the core's bare ValueError
+        reconstruction_metrics(sae, x)
     with pytest.raises(tm.SAELoadError, match="'k' must be a positive integer"):
         SAE.load(write_sae(tmp_path / "nok", "abstopk", D, D_SAE))

@@ -1,7 +1,7 @@
 """How well an SAE reconstructs a model's activations, with SAELens's
 definitions (sae_lens/evals.py):
 
-- L0: mean number of active features per token; L1: mean sum of activations.
+- L0: mean number of active features per token; L1: mean sum of |activations|.
 - MSE: mean over tokens of ||x - x̂||² (summed over the hook's width).
 - Explained variance: 1 - E||x - x̂||² / (E||x||² - ||E x||²), sums in float64.
 - CE loss with the model clean, with the SAE spliced in, and with the hook
@@ -10,9 +10,9 @@ definitions (sae_lens/evals.py):
 - Feature density: the fraction of tokens on which each feature fires; dead
   features never fire, dense ones fire on more than `dense_threshold`.
 
-Tokens listed in ignore_tokens (e.g. BOS) are left out: the SAE and the zero
-ablation leave their positions untouched, and they count in no metric (the
-CE loss predicted *from* them is dropped, as in SAELens). By default these are
+Tokens listed in ignore_tokens (e.g. BOS) are left out: the SAE leaves their
+positions untouched, and they count in no metric (the CE loss predicted *from*
+them is dropped, as in SAELens); the zero ablation zeroes them too, as SAELens's. By default these are
 the tokens the SAE was trained without (its config's exclude_special_tokens:
 a list of ids, or true for the model's BOS and EOS).
 x is the activation the SAE reads, x̂ its reconstruction; for a transcoder x
@@ -76,7 +76,7 @@ class _Sums:
         target = target.astype(np.float64)
         self.rows += len(target)
         self.l0 += len(indices)
-        self.l1 += float(values.astype(np.float64).sum())
+        self.l1 += float(np.abs(values.astype(np.float64)).sum())  # AbsTopK's values may be negative
         self.fired += np.bincount(indices, minlength=self.d_sae)
         self.sq_resid += float(((target - recon) ** 2).sum())
         self.sq_norm += float((target**2).sum())
@@ -161,13 +161,9 @@ def sae_metrics(model, sae, tokens, batch_size: int = 8, ignore_tokens=None, den
                                                 loss_per_token=True), ce_mask)
         _add_splice_record(sums, splice, keep_rows, sae.d_out)
 
-        if keep.all():
-            ablate = _hooks.zero_ablate()
-        else:
-            def ablate(act, hook, ignored=~keep):  # zero where the SAE ran, as the splice would
-                return act * ignored.reshape(ignored.shape + (1,) * (act.ndim - 2))
-        sums.add_ce("zero", model.run_with_hooks(**edited, fwd_hooks=[(out_hook, ablate)], return_type="loss",
-                                                 loss_per_token=True), ce_mask)
+        # every position, ignored ones too, as SAELens's zero ablation (only the losses are masked)
+        sums.add_ce("zero", model.run_with_hooks(**edited, fwd_hooks=[(out_hook, _hooks.zero_ablate())],
+                                                 return_type="loss", loss_per_token=True), ce_mask)
 
     rec = sums.reconstruction(dense_threshold, rows_per_token)
     clean, spliced, zero = sums.ce_mean("clean"), sums.ce_mean("sae"), sums.ce_mean("zero")
@@ -203,10 +199,23 @@ class ReconstructionMetrics:
 def reconstruction_metrics(sae, x, y=None, chunk: int = 4096, dense_threshold: float = 0.1) -> ReconstructionMetrics:
     """L0, L1, MSE, explained variance and feature densities of `sae` on rows x [n, d_in]
     (the target is y [n, d_out] for a transcoder, else x), chunk rows at a time."""
-    x = np.asarray(x)
-    y = None if y is None else np.asarray(y)
+    x = _rows_of(x, sae.d_in, "x")
+    y = None if y is None else _rows_of(y, sae.d_out, "y")
+    if y is not None and len(y) != len(x):
+        raise SAEInputError(f"y has {len(y)} rows but x {len(x)}: a target per row")
     return reconstruction_metrics_over(sae, lambda a, b: (x[a:b], None if y is None else y[a:b]), len(x), chunk,
                                        dense_threshold)
+
+
+def _rows_of(a, width: int, what: str) -> np.ndarray:
+    """Rows [n, width] (the core's ValueError, or numpy's, otherwise)."""
+    try:
+        a = np.asarray(a)
+    except ValueError:  # a ragged list
+        a = np.asarray(None)
+    if a.ndim != 2 or a.shape[1] != width or a.dtype.kind not in "iuf":
+        raise SAEInputError(f"{what} must be rows [n, {width}] of numbers, not shape {list(a.shape)} of {a.dtype}")
+    return a
 
 
 def reconstruction_metrics_over(sae, read, n: int, chunk: int = 4096,

@@ -485,7 +485,7 @@ class SAE:
     def _rows(self, acts, width: int, what: str) -> tuple[np.ndarray, tuple]:
         """acts as float32 rows [n, width] and its leading shape; a hook_z SAE reads
         [.., n_heads, d_head] as one vector, as SAELens does, and keeps its d_head."""
-        a = np.asarray(acts)
+        a = _as_array(acts, what)
         if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
             raise SAEInputError(f"{what} must be numeric, got dtype {a.dtype}")
         if self.cfg.reshape_activations == "hook_z" and a.ndim >= 2 and a.shape[-1] * a.shape[-2] == width:
@@ -591,7 +591,7 @@ class SAE:
     def forward(self, acts) -> np.ndarray:
         """decode(encode(acts)) (+ the skip term; a temporal SAE decodes its predicted codes
         too): the reconstruction [..., d_out]."""
-        a = np.asarray(acts)
+        a = _as_array(acts, "activations")
         x, lead, seq_len = self._input(a)
         out = self._core.forward(x, seq_len)
         if len(lead) == a.ndim - 2 and self.d_out == self.d_in:  # hook_z: back to [.., head, d_head]
@@ -667,3 +667,13 @@ class SAE:
         name, splice = self.as_hook(keep_error=True)
         splice.set_clamps([f], [float(strength)], _hooks._ints(positions, "positions"))
         return name, splice
+
+
+def _as_array(x, what: str) -> np.ndarray:
+    """x as a numpy array; what numpy cannot read (a ragged list, a bfloat16 tensor, one that
+    requires grad) as an SAEInputError saying so."""
+    try:
+        return np.asarray(x)
+    except (TypeError, ValueError, RuntimeError) as e:  # RuntimeError: torch's, for a tensor requiring grad
+        raise SAEInputError(f"{what} cannot be read as an array ({type(e).__name__}: {e}); a torch tensor: "
+                            "pass t.detach().float(), or turn on tm.set_array_type('torch')") from None

@@ -776,10 +776,6 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         if direction != "fwd":
             self._added_bwd_hooks = [e for e in self._added_bwd_hooks if e[1] and not including_permanent]
 
-    def _hook_context(self, name: str) -> dict:
-        """The ctx dict of a hook point (HookPoint.ctx), the same one in every run until cleared."""
-        return self._hook_contexts.setdefault(name, {})
-
     def _clear_contexts(self) -> None:
         """New, empty ctx dicts for every hook point (one a hook kept keeps what it held, as in TransformerLens)."""
         self._hook_contexts.clear()

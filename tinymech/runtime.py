@@ -1,6 +1,8 @@
 """The core's threads, kernel variants and kept memory: settings for every model at once."""
 from __future__ import annotations
 
+import os
+
 from . import _core
 from .errors import InvalidInputError, whole_number
 
@@ -47,3 +49,20 @@ def release_memory() -> int:
     faulting in fresh pages costs more than filling them. Call this when done
     caching to return that memory to the system."""
     return int(_core.release_pooled_buffers())
+
+
+def physical_memory() -> int:
+    """The machine's memory in bytes (1 TiB where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 1 << 40
+
+
+def check_memory(need: int, what: str, advice: str) -> None:
+    """InvalidInputError when `what` needs more than the machine's memory: the core zero-fills its
+    arrays, so past the memory comes the OOM killer (or a bare bad_alloc), not a MemoryError."""
+    memory = physical_memory()
+    if need > memory:
+        raise InvalidInputError(f"{what} would need {need / 2**30:.1f} GiB, more than this machine's "
+                                f"{memory / 2**30:.1f} GiB: {advice}")

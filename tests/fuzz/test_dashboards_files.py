@@ -133,9 +133,9 @@ def test_a_huge_token_id_in_the_vocabulary_allocates_nothing_for_it(folder):
 def test_windows_past_the_memory_are_refused_before_a_feature_is_read(folder, monkeypatch):
     # top_k, before and after were capped one by one, never their product: a 1.3 MB folder asked
     # dash[f] for 64 GiB
-    from tinymech.sae import trainer
+    from tinymech import runtime
 
-    monkeypatch.setattr(trainer, "physical_memory", lambda: 2**20)
+    monkeypatch.setattr(runtime, "physical_memory", lambda: 2**20)
     edit_index(folder, before=2**16, after=2**16)
     with pytest.raises(tm.InvalidInputError, match="would need .* GiB, more than this machine's"):
         tm.FeatureDashboards.load(folder)

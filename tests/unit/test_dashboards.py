@@ -13,7 +13,7 @@ import pytest
 
 import tinymech as tm
 from tinymech.cli import main
-from tinymech.sae import trainer
+from tinymech import runtime
 from tinymech.sae.dashboards import build
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -208,7 +208,7 @@ def test_an_interrupt_while_finishing_keeps_the_whole_pass(model, sae, tmp_path,
 
 def test_sizes_beyond_the_machine_s_memory_are_refused_before_allocating(model, sae, tmp_path, monkeypatch):
     # top_k=65536 for 2048 features wants 20 GiB, which the 1 TiB limit let the core zero-fill
-    monkeypatch.setattr(trainer, "physical_memory", lambda: 1 << 20)
+    monkeypatch.setattr(runtime, "physical_memory", lambda: 1 << 20)
     with pytest.raises(tm.InvalidInputError, match="would need .* GiB, more than this machine's"):
         dashboards(model, sae, tmp_path / "m", top_k=65536)
 

@@ -168,9 +168,9 @@ def test_hook_ctx_on_an_attached_saes_points_persists_too(demo, run):
     try:
         for _ in range(2):
             demo.run_with_hooks(tokens, fwd_hooks=[(name, _counter)])
-        assert demo._hook_context(name) == {"calls": 2}
+        assert demo._hook_contexts.get(name) == {"calls": 2}
         demo.reset_hooks()
-        assert demo._hook_context(name) == {}
+        assert demo._hook_contexts.get(name, {}) == {}
     finally:
         demo.reset_saes()
 

@@ -480,11 +480,12 @@ def test_a_run_beyond_the_machine_s_memory_is_refused_before_allocating(tmp_path
 
 
 def test_the_memory_estimate_counts_the_batch(monkeypatch):
+    from tinymech import runtime
     from tinymech.sae import trainer
 
     weights = trainer.training_memory("topk", 24, 48, k=3)
     assert trainer.training_memory("topk", 24, 48, k=3, batch_size=500) > weights > 24 * 48 * 2 * 16  # + grads, Adam
-    monkeypatch.setattr(trainer, "physical_memory", lambda: weights + 1)  # the trainer fits, its steps do not
+    monkeypatch.setattr(runtime, "physical_memory", lambda: weights + 1)  # the trainer fits, its steps do not
     with pytest.raises(tm.InvalidInputError, match="smaller d_sae or batch_size"):
         small_run(dictionary_data(n=3000), n_tokens=3000)
 

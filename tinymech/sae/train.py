@@ -44,7 +44,8 @@ from .sae import SAE, fold_norm_scaling
 from .saving import write_atomically, write_sae_folder
 from .train_data import as_activations, holdout_split, nonfinite_error
 from .train_display import TrainingDisplay
-from .trainer import Trainer, check_memory, check_options, training_memory
+from ..runtime import check_memory
+from .trainer import Trainer, check_options, training_memory
 
 CHECKPOINT = "checkpoint"
 SCALE_SAMPLE = 65536  # tokens for the norm scale and the geometric median

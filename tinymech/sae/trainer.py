@@ -12,13 +12,13 @@ subtracted from the input.
 """
 from __future__ import annotations
 
-import os
 import threading
 
 import numpy as np
 
 from .. import _core
 from ..errors import InvalidInputError, SAEInputError, real_number, whole_number
+from ..runtime import check_memory
 from .architectures import training
 
 # Options and their defaults (SAELens's names and values; dead_tokens: 1000 steps x 4096 tokens).
@@ -320,20 +320,3 @@ def training_memory(architecture, d_in, d_sae, *, d_out=None, skip=False, k=None
         need += 4 * n * per_row + 28 * pairs
         need += 12 * n * d_sae if spec.k is None else 4 * n * d_sae if spec.batch_topk else 0
     return int(need)
-
-
-def physical_memory() -> int:
-    """The machine's memory in bytes (1 TiB where the system does not say)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return 1 << 40
-
-
-def check_memory(need: int, what: str, advice: str) -> None:
-    """InvalidInputError when `what` needs more than the machine's memory: the core zero-fills its
-    arrays, so past the memory comes the OOM killer (or a bare bad_alloc), not a MemoryError."""
-    memory = physical_memory()
-    if need > memory:
-        raise InvalidInputError(f"{what} would need {need / 2**30:.1f} GiB, more than this machine's "
-                                f"{memory / 2**30:.1f} GiB: {advice}")

@@ -24,12 +24,12 @@ import numpy as np
 from ... import _core
 from ...corpus import corpus_description, read_corpus, token_rows
 from ...errors import HookError, InvalidInputError, TinymechError, TrainingError, whole_number
+from ...runtime import check_memory
 from ...hooks import HookPoint, resolve_names
 from ...ops import top_k
 from ...progress import progress_function
 from ..activations import ActivationStore, _row_batches, _stop_layer, model_identity, tokenizer_sha256
 from ..splice import check_hooks, hook_widths
-from ..trainer import check_memory
 from .labels import auto_labels, feature_labels_json
 from .store import (FORMAT, INDEX, MAX_ARGUMENT, VERSION, FeatureDashboards, from_arrays, read_index, sae_sha256,
                     write_folder)

@@ -25,8 +25,8 @@ import numpy as np
 from ...errors import FeatureIndexError, InvalidInputError, ModelLoadError, whole_number
 from ...io.files import check_regular, read_json
 from ...io.safetensors import SafetensorsFile
+from ...runtime import check_memory
 from ...text import printable
-from ..trainer import check_memory
 
 FORMAT, VERSION = "tinymech feature dashboards", 1
 INDEX, ARRAYS, VOCAB, AUTO_LABELS = "index.json", "dashboards.safetensors", "vocab.json", "labels.json"

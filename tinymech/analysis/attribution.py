@@ -98,7 +98,8 @@ def logit_attribution(model, input, token, incorrect_token=None, position: int =
     token, incorrect_token: a string of one token or an id, or one per sequence.
     """
     cfg = model.cfg
-    tokens = model.tokens_of(input, prepend_bos=prepend_bos, same_length=True)
+    bos = model._bos(prepend_bos)  # read once: the run of the tokens takes the convention they were made with
+    tokens = model.tokens_of(input, prepend_bos=bos, same_length=True)
     batch, n_pos = tokens.shape
     if not (isinstance(position, (int, np.integer)) and -n_pos <= position < n_pos):
         raise AnalysisError(f"position {position!r} is outside a sequence of {n_pos} tokens")
@@ -112,7 +113,7 @@ def logit_attribution(model, input, token, incorrect_token=None, position: int =
     names = [name for name, _ in embeds] + ["ln_final.hook_scale"]
     for layer in range(cfg.n_layers):
         names += [f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_mlp_out"]
-    logits, cache = model.run_with_cache(tokens, names_filter=names)
+    logits, cache = model.run_with_cache(tokens, names_filter=names, prepend_bos=bos)
 
     labels = [label for _, label in embeds]
     parts = [cache[name][:, pos] for name, _ in embeds]  # each [batch, d_model]

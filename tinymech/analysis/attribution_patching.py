@@ -45,9 +45,10 @@ def attribution_patch(model, clean, corrupted, metric=None, answers=None, over: 
     Returns a PatchingResult (method "attribution") whose values estimate the metric after
     each patch: the target run's metric plus the first-order change.
     """
-    clean_tokens, corrupted_tokens = checked_pair(model, clean, corrupted, over, KINDS, "over", mode, prepend_bos)
+    clean_tokens, corrupted_tokens, bos = checked_pair(model, clean, corrupted, over, KINDS, "over", mode,
+                                                       prepend_bos)
     for tokens in (clean_tokens, corrupted_tokens):
-        mask = model._attention_mask(tokens)
+        mask = model._attention_mask(tokens, None, bos)
         if mask is not None and not np.all(mask):
             raise AnalysisError("attribution patching takes no padded batch (the clean and corrupted runs' "
                                 "positions must correspond one to one): give sequences of one length")
@@ -55,9 +56,9 @@ def attribution_patch(model, clean, corrupted, metric=None, answers=None, over: 
     suffix, axes = KINDS[over]
     source, target = (clean_tokens, corrupted_tokens) if mode == "denoise" else (corrupted_tokens, clean_tokens)
     names = [f"blocks.{layer}.{suffix}" for layer in range(model.cfg.n_layers)]
-    source_logits, source_acts = model.run_with_cache(source, names_filter=names)
+    source_logits, source_acts = model.run_with_cache(source, names_filter=names, prepend_bos=bos)
     source_score = _value(value_and_grad(source_logits, source))
-    target_score, target_acts = _backward(model, target, names, value_and_grad)
+    target_score, target_acts = _backward(model, target, names, value_and_grad, bos)
     values = np.stack([first_order_change(source_acts[name], target_acts[name], target_acts[name + "_grad"],
                                           layout_of(suffix), axes[1:]) for name in names]) + target_score
     clean_score, corrupted_score = (source_score, target_score) if mode == "denoise" else (target_score, source_score)
@@ -124,7 +125,7 @@ def _value(value_and_grad_result) -> float:
     return one_number(value_and_grad_result[0])
 
 
-def _backward(model, tokens, names, value_and_grad) -> tuple[float, dict]:
+def _backward(model, tokens, names, value_and_grad, prepend_bos: bool) -> tuple[float, dict]:
     """The target run: (its metric, cache of names and their gradients)."""
     seen = []
 
@@ -134,7 +135,8 @@ def _backward(model, tokens, names, value_and_grad) -> tuple[float, dict]:
         return out
 
     try:
-        _, cache = model.run_with_cache(tokens, names_filter=names, incl_bwd=True, metric=recorded)
+        _, cache = model.run_with_cache(tokens, names_filter=names, incl_bwd=True, metric=recorded,
+                                        prepend_bos=prepend_bos)
     except InvalidInputError as e:  # the backward wraps a metric's error: ours is said as it is
         if isinstance(e.__cause__, AnalysisError):
             raise e.__cause__ from None

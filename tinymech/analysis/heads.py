@@ -123,7 +123,8 @@ def detect_head(model, seq, detection_pattern, heads=None, cache=None, *, exclud
     """
     if error_measure not in ERROR_MEASURES:
         raise AnalysisError(f"error_measure must be one of {ERROR_MEASURES}, not {error_measure!r}")
-    sequences = _sequences(model, seq)
+    bos = model._bos(None)  # the model's default, read once: every run of the tokens takes it
+    sequences = _sequences(model, seq, bos)
     if isinstance(detection_pattern, str):
         if detection_pattern not in HEAD_NAMES:
             raise AnalysisError(
@@ -144,7 +145,7 @@ def detect_head(model, seq, detection_pattern, heads=None, cache=None, *, exclud
     scores = []
     for tokens, pattern in zip(sequences, patterns):
         _check_detection_pattern(pattern, len(tokens), error_measure)
-        layer_patterns = _layer_patterns(model, tokens[None], cache)
+        layer_patterns = _layer_patterns(model, tokens[None], cache, bos)
         scores.append(np.stack([
             pattern_similarity(layer_patterns(layer)[0], pattern, exclude_bos, exclude_current_token, error_measure)
             for layer in range(model.cfg.n_layers)
@@ -155,12 +156,12 @@ def detect_head(model, seq, detection_pattern, heads=None, cache=None, *, exclud
     return out
 
 
-def _sequences(model, seq) -> list[np.ndarray]:
+def _sequences(model, seq, prepend_bos: bool) -> list[np.ndarray]:
     """One int32 token row per sequence, each at least two tokens long."""
     if isinstance(seq, str):
-        rows = [model.tokens_of(seq)[0]]
+        rows = [model.tokens_of(seq, prepend_bos=prepend_bos)[0]]
     elif isinstance(seq, (list, tuple)) and seq and all(isinstance(s, str) for s in seq):
-        rows = [model.tokens_of(s)[0] for s in seq]
+        rows = [model.tokens_of(s, prepend_bos=prepend_bos)[0] for s in seq]
     else:
         rows = list(model.tokens_of(seq))
     for row in rows:
@@ -204,12 +205,12 @@ def _pattern_names(model) -> list[str]:
     return [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.cfg.n_layers)]
 
 
-def _layer_patterns(model, tokens: np.ndarray, cache=None) -> Callable[[int], np.ndarray]:
-    """layer -> attention patterns [batch, head, q, k] of tokens [batch, pos],
-    from the given cache or one run capturing every layer's pattern."""
+def _layer_patterns(model, tokens: np.ndarray, cache, prepend_bos: bool) -> Callable[[int], np.ndarray]:
+    """layer -> attention patterns [batch, head, q, k] of tokens [batch, pos] (made with a BOS
+    first or not, as prepend_bos says), from the given cache or one run capturing every layer's pattern."""
     names = _pattern_names(model)
     if cache is None:
-        _, cache = model.run_with_cache(tokens, names_filter=names, return_type=None)
+        _, cache = model.run_with_cache(tokens, names_filter=names, return_type=None, prepend_bos=prepend_bos)
     elif not isinstance(cache, (ActivationCache, Mapping)):
         raise AnalysisError(f"cache is the input's run_with_cache cache, not {type(cache).__name__}")
 
@@ -238,10 +239,11 @@ def head_scores(model, input, cache=None, exclude_bos: bool = False, exclude_cur
     as detect_head) of every head on this input's attention patterns:
     {name: [n_layers, n_heads] float32}, averaged over the sequences of a batch.
     One forward pass, or none when `cache` (of this input's run) holds the patterns."""
-    tokens = model.tokens_of(input, prepend_bos=prepend_bos, same_length=True)
+    bos = model._bos(prepend_bos)  # read once: the run of the tokens takes the convention they were made with
+    tokens = model.tokens_of(input, prepend_bos=bos, same_length=True)
     if tokens.shape[1] < 2:
         raise InvalidTokensError("head scores need sequences of at least two tokens")
-    return _scores(model, tokens, _layer_patterns(model, tokens, cache), exclude_bos, exclude_current_token)
+    return _scores(model, tokens, _layer_patterns(model, tokens, cache, bos), exclude_bos, exclude_current_token)
 
 
 def _scores(model, tokens, layer_patterns, exclude_bos=False, exclude_current_token=False) -> dict[str, np.ndarray]:
@@ -312,8 +314,14 @@ def _repeated_loss(losses: np.ndarray, n_prefix: int, seq_len: int) -> RepeatedS
 def repeated_sequence_loss(model, seq_len: int = 50, batch: int = 4, seed: int = 0) -> RepeatedSequenceLoss:
     """Per-position loss on repeated_tokens(model, seq_len, batch, seed)."""
     tokens = repeated_tokens(model, seq_len, batch, seed)
-    losses = model(tokens, return_type="loss", loss_per_token=True)
+    losses = model(tokens, return_type="loss", loss_per_token=True, prepend_bos=_has_bos(tokens, seq_len))
     return _repeated_loss(losses, tokens.shape[1] - 2 * seq_len, seq_len)
+
+
+def _has_bos(tokens: np.ndarray, seq_len: int) -> bool:
+    """Whether repeated_tokens put a BOS first: its runs say so, or a left-padded run under
+    default_prepend_bos=False would read a BOS that is the pad token as padding."""
+    return tokens.shape[1] > 2 * seq_len
 
 
 def induction_scores(model, seq_len: int = 50, batch: int = 4, seed: int = 0, exclude_bos: bool = False,
@@ -321,7 +329,8 @@ def induction_scores(model, seq_len: int = 50, batch: int = 4, seed: int = 0, ex
     """Induction scores [n_layers, n_heads] on repeated_tokens(model, seq_len, batch, seed)
     (detect_head's "induction_head", "mul", averaged over the batch)."""
     tokens = repeated_tokens(model, seq_len, batch, seed)
-    return head_scores(model, tokens, exclude_bos=exclude_bos, exclude_current_token=exclude_current_token)["induction"]
+    return head_scores(model, tokens, exclude_bos=exclude_bos, exclude_current_token=exclude_current_token,
+                       prepend_bos=_has_bos(tokens, seq_len))["induction"]
 
 
 # ---- summary ------------------------------------------------------------------------------
@@ -367,7 +376,7 @@ def head_summary(model, input=None, seq_len: int = 50, batch: int = 4, seed: int
     # one run gives both the patterns and the loss
     tokens = repeated_tokens(model, seq_len, batch, seed)
     (_, losses), cache = model.run_with_cache(tokens, names_filter=_pattern_names(model), return_type="both",
-                                              loss_per_token=True)
+                                              loss_per_token=True, prepend_bos=_has_bos(tokens, seq_len))
     return HeadSummary(head_scores(model, tokens, cache=cache),
                        _repeated_loss(losses, tokens.shape[1] - 2 * seq_len, seq_len),
                        f"{batch} x {seq_len} random tokens repeated", top)

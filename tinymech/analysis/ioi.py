@@ -122,17 +122,17 @@ def _check_templates(templates) -> None:
                                 f"and {{OBJECT}} ({type(e).__name__}: {e}): name only those fields") from None
 
 
-def _length_groups(model, prompts: IOIPrompts) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def _length_groups(model, prompts: IOIPrompts, prepend_bos: bool) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(indices, clean tokens, corrupted tokens) per token length, so batches are rectangular."""
-    lengths = np.array([model.to_tokens(p).shape[1] for p in prompts.clean])
+    lengths = np.array([model.to_tokens(p, prepend_bos=prepend_bos).shape[1] for p in prompts.clean])
     groups = []
     for length in np.unique(lengths):
         idx = np.flatnonzero(lengths == length)
-        clean = model.to_tokens([prompts.clean[i] for i in idx])
+        clean = model.to_tokens([prompts.clean[i] for i in idx], prepend_bos=prepend_bos)
         corrupted_texts = [prompts.corrupted[i] for i in idx]
-        if {model.to_tokens(t).shape[1] for t in corrupted_texts} != {int(length)}:
+        if {model.to_tokens(t, prepend_bos=prepend_bos).shape[1] for t in corrupted_texts} != {int(length)}:
             raise AnalysisError("a corrupted prompt tokenizes to another length than its clean prompt")
-        groups.append((idx, clean, model.to_tokens(corrupted_texts)))
+        groups.append((idx, clean, model.to_tokens(corrupted_texts, prepend_bos=prepend_bos)))
     return groups
 
 
@@ -140,8 +140,10 @@ def ioi_logit_diff(model, prompts: IOIPrompts, corrupted: bool = False) -> np.nd
     """logit(IO) - logit(S) at the last position of each clean (or corrupted)
     prompt: [n] float32, in the prompts' order."""
     out = np.zeros(len(prompts), dtype=np.float32)
-    for idx, clean_tokens, corrupted_tokens in _length_groups(model, prompts):
-        last = model.forward(corrupted_tokens if corrupted else clean_tokens, logits="last")  # [group, vocab]
+    bos = model._bos(None)  # the model's default, read once: every run of the prompts takes it
+    for idx, clean_tokens, corrupted_tokens in _length_groups(model, prompts, bos):
+        last = model.forward(corrupted_tokens if corrupted else clean_tokens, logits="last",
+                             prepend_bos=bos)  # [group, vocab]
         rows = np.arange(len(idx))
         out[idx] = last[rows, prompts.io_ids[idx]] - last[rows, prompts.s_ids[idx]]
     return out
@@ -167,7 +169,8 @@ def ioi_patching(model, prompts: IOIPrompts | None = None, activation: str = "he
         raise AnalysisError(f"activation must be one of {list(kinds)}, not {activation!r}")
     progress = progress_function(progress)
     prompts = prompts if prompts is not None else make_ioi_prompts(model, n, seed)
-    groups = _length_groups(model, prompts)
+    bos = model._bos(None)  # the model's default, read once: every run of the prompts takes it
+    groups = _length_groups(model, prompts, bos)
     if "pos" in kinds[activation][1] and len(groups) > 1:
         raise AnalysisError(
             f"{activation!r} has a position axis but these prompts have {len(groups)} token lengths; "
@@ -181,12 +184,12 @@ def ioi_patching(model, prompts: IOIPrompts | None = None, activation: str = "he
             lambda done, total, g=g: progress(g * total + done, len(groups) * total))
         if method == "attribution":
             results.append(attribution_patch(model, clean_tokens, corrupted_tokens, metric, over=activation,
-                                             mode=mode))
+                                             mode=mode, prepend_bos=bos))
             if progress is not None:
                 progress(g + 1, len(groups))
         else:
             results.append(patch_activations(model, clean_tokens, corrupted_tokens, activation, metric, mode=mode,
-                                             progress=report))
+                                             progress=report, prepend_bos=bos))
         weights.append(len(idx) / len(prompts))
     return dataclasses.replace(
         results[0],

@@ -140,11 +140,13 @@ def logit_lens(model, input, answers=None, k: int = 5, ln: str = "recompute",
     if cache is not None and not isinstance(cache, (ActivationCache, Mapping)):
         raise AnalysisError(f"cache is the input's run_with_cache cache holding lens_hook_names, "
                             f"not {type(cache).__name__}")
-    tokens = model.tokens_of(input, prepend_bos=prepend_bos, same_length=True)
+    bos = model._bos(prepend_bos)  # read once: the run of the tokens takes the convention they were made with
+    tokens = model.tokens_of(input, prepend_bos=bos, same_length=True)
     chosen = _positions(positions, tokens.shape[1])
     points = distinct_points(model.cfg.n_layers)
     if cache is None:
-        _, cache = model.run_with_cache(tokens, names_filter=lens_hook_names(model.cfg.n_layers), return_type=None)
+        _, cache = model.run_with_cache(tokens, names_filter=lens_hook_names(model.cfg.n_layers), return_type=None,
+                                        prepend_bos=bos)
 
     def at_chosen(name):
         if name not in cache:

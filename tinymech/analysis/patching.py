@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import itertools
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -106,20 +107,33 @@ class PatchingResult:
 
     def save(self, path) -> None:
         """Write the result: a .csv of the labelled grid (normalized, as printed),
-        or a .npz of the raw values with axes, activation, mode, clean and corrupted."""
+        or a .npz of the raw values with axes, activation, mode, clean and corrupted.
+        Missing folders on the way are made (as SAE.save makes its folder); a file that
+        cannot be written raises AnalysisError naming it."""
         path = str(path)
         if path.endswith(".npz"):
-            np.savez(path, values=self.values, axes=np.array(self.axes), activation=self.activation,
-                     mode=self.mode, clean=self.clean, corrupted=self.corrupted, method=self.method,
-                     pos_labels=np.array(self.pos_labels or [], dtype=str))
+            def write():
+                np.savez(path, values=self.values, axes=np.array(self.axes), activation=self.activation,
+                         mode=self.mode, clean=self.clean, corrupted=self.corrupted, method=self.method,
+                         pos_labels=np.array(self.pos_labels or [], dtype=str))
         elif path.endswith(".csv"):
             grid, rows, columns, _ = self.labelled_grid()
-            with open(path, "w", encoding="utf-8", newline="") as f:
-                writer = csv.writer(f)
-                writer.writerow([""] + columns)
-                writer.writerows([row] + [repr(float(v)) for v in values] for row, values in zip(rows, grid))
+
+            def write():
+                with open(path, "w", encoding="utf-8", newline="") as f:
+                    writer = csv.writer(f)
+                    writer.writerow([""] + columns)
+                    writer.writerows([row] + [repr(float(v)) for v in values] for row, values in zip(rows, grid))
         else:
             raise AnalysisError(f"save writes a .csv or a .npz file, not {path!r}")
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            write()
+        except FileExistsError as e:  # mkdir's word for a file where a folder goes
+            raise AnalysisError(f"cannot write {path!r}: {e.filename} is a file, not a folder") from e
+        except (OSError, ValueError) as e:  # ValueError: a NUL in the name
+            where = f" ({e.filename})" if getattr(e, "filename", None) not in (None, path) else ""
+            raise AnalysisError(f"cannot write {path!r}: {getattr(e, 'strerror', None) or e}{where}") from e
 
     def _pos_columns(self, n: int) -> list[str]:
         if not self.pos_labels:
@@ -160,14 +174,14 @@ def logit_diff_metric(model, answers, n_sequences: int | None = None) -> Callabl
 
 
 def checked_pair(model, clean, corrupted, kind, kinds, what: str, mode, prepend_bos: bool | None):
-    """The clean and corrupted inputs as token ids of one shape, after checking `kind`
-    (a key of `kinds`, named `what`) and `mode`: what activation and attribution patching
-    both need before they run anything."""
+    """(clean tokens, corrupted tokens, prepend_bos): the inputs as token ids of one shape, after
+    checking `kind` (a key of `kinds`, named `what`) and `mode`, and the prepend_bos every run of
+    them takes: what activation and attribution patching both need before they run anything."""
     if not isinstance(kind, str) or kind not in kinds:
         raise AnalysisError(f"{what} must be one of {list(kinds)}, not {kind!r}")
     if not isinstance(mode, str) or mode not in MODES:
         raise AnalysisError(f"mode must be one of {MODES}, not {mode!r}")
-    prepend_bos = model._bos(prepend_bos)  # None: the model's default, read once for both
+    prepend_bos = model._bos(prepend_bos)  # None: the model's default, read once for every run
     clean_tokens = model.tokens_of(clean, prepend_bos=prepend_bos, same_length=True)
     corrupted_tokens = model.tokens_of(corrupted, prepend_bos=prepend_bos, same_length=True)
     if clean_tokens.shape != corrupted_tokens.shape:
@@ -175,7 +189,7 @@ def checked_pair(model, clean, corrupted, kind, kinds, what: str, mode, prepend_
             f"clean {list(clean_tokens.shape)} and corrupted {list(corrupted_tokens.shape)} inputs must have "
             "the same shape, so that positions correspond"
         )
-    return clean_tokens, corrupted_tokens
+    return clean_tokens, corrupted_tokens, prepend_bos
 
 
 def patch_activations(model, clean, corrupted, activation: str, metric=None, answers=None, mode: str = "denoise",
@@ -194,8 +208,8 @@ def patch_activations(model, clean, corrupted, activation: str, metric=None, ans
         patches side by side when the input is short).
     """
     progress = progress_function(progress)
-    clean_tokens, corrupted_tokens = checked_pair(model, clean, corrupted, activation, ACTIVATIONS, "activation",
-                                                  mode, prepend_bos)
+    clean_tokens, corrupted_tokens, bos = checked_pair(model, clean, corrupted, activation, ACTIVATIONS,
+                                                       "activation", mode, prepend_bos)
     if metric is None:
         if answers is None:
             raise AnalysisError("give a metric, or answers (correct, incorrect) for the logit difference")
@@ -204,13 +218,13 @@ def patch_activations(model, clean, corrupted, activation: str, metric=None, ans
     suffix, axes = ACTIVATIONS[activation]
     source, target = (clean_tokens, corrupted_tokens) if mode == "denoise" else (corrupted_tokens, clean_tokens)
     names = [f"blocks.{layer}.{suffix}" for layer in range(model.cfg.n_layers)]
-    source_logits, source_acts = model.run_with_cache(source, names_filter=names)
+    source_logits, source_acts = model.run_with_cache(source, names_filter=names, prepend_bos=bos)
     source_score = score(metric, source_logits)
     extents = axis_extents(model, target.shape[1], suffix)
     shape = [extents[axis] for axis in axes]
     values, target_score = run_patches(model, target, source_acts, lambda layer: names[layer],
                                        list(np.ndindex(*shape)), slice_setter(layout(suffix), axes), metric,
-                                       progress)
+                                       progress, prepend_bos=bos)
     values = values.reshape(shape)
     clean_score, corrupted_score = (source_score, target_score) if mode == "denoise" else (target_score, source_score)
     return PatchingResult(
@@ -253,24 +267,42 @@ def axis_extents(model, n_pos: int, hook_name: str) -> dict[str, int]:
 def slice_setter(activation_layout: tuple[str, ...], axes: tuple[str, ...]):
     """A patch setter (TransformerLens's signature): setter(activation, index, source)
     copies the source's slice at index (one value per name in axes, the layer first)
-    into the activation, whose axes after the batch are activation_layout."""
+    into the activation, whose axes after the batch are activation_layout.
+    setter.check_indices(indices, shape) refuses, as the setter would, the first of indices
+    that does not fit an activation of this shape after the batch: a sweep checks them all
+    before its first forward pass."""
 
-    def setter(activation, index, source):
+    def check(index, sizes: dict[str, int]) -> None:
         # zip would drop what does not pair up: a short index would patch a whole layer
         if len(index) != len(axes):
             raise AnalysisError(f"this patch setter takes an index ({', '.join(axes)}), not {tuple(index)}: "
                                 f"give index_axis_names / index_df columns {list(axes)}")
+        for axis, i in zip(axes, index):
+            n = sizes.get(axis)
+            if n is not None and not -n <= i < n:
+                raise AnalysisError(f"index {tuple(index)}: {axis} {i} is outside the activation's "
+                                    f"{n} (from {-n} to {n - 1})")
+
+    def setter(activation, index, source):
+        check(index, {axis: np.shape(activation)[1 + k] for k, axis in enumerate(activation_layout)})
         at = dict(zip(axes, index))
-        for axis, i in at.items():
-            if axis in activation_layout:
-                n = np.shape(activation)[1 + activation_layout.index(axis)]
-                if not -n <= i < n:
-                    raise AnalysisError(f"index {tuple(index)}: {axis} {i} is outside the activation's "
-                                        f"{n} (from {-n} to {n - 1})")
         where = (slice(None),) + tuple(at.get(axis, slice(None)) for axis in activation_layout)
         activation[where] = source[where]
         return activation
 
+    def check_indices(indices, shape: tuple[int, ...]) -> None:
+        rows = np.asarray(indices, dtype=np.int64).reshape(len(indices), -1)
+        if len(rows) and rows.shape[1] != len(axes):
+            check(tuple(int(i) for i in rows[0]), {})
+        sizes = dict(zip(activation_layout, shape))
+        outside = np.zeros(len(rows), dtype=bool)
+        for k, axis in enumerate(axes):
+            if axis in sizes:
+                outside |= (rows[:, k] < -sizes[axis]) | (rows[:, k] >= sizes[axis])
+        if outside.any():
+            check(tuple(int(i) for i in rows[np.argmax(outside)]), sizes)
+
+    setter.check_indices = check_indices
     return setter
 
 
@@ -317,18 +349,22 @@ def users_edits_on(model) -> bool:
 
 
 def run_patches(model, target, source, hook_name, indices, setter, metric,
-                progress: ProgressFn | None = None) -> tuple[np.ndarray, float]:
+                progress: ProgressFn | None = None, prepend_bos: bool | None = None) -> tuple[np.ndarray, float]:
     """Run the target tokens [batch, pos] once per index with one activation patched.
 
     index[0] is a layer; the activation at hook_name(layer) becomes
     setter(activation, index, source[hook_name(layer)]), source mapping hook names to
     activations of the target's shapes (a cache of another run).
     Returns (the metric after each patch, [len(indices)]; the metric on the target's own run).
-    A padded target is masked as a run of it is (model._attention_mask: left padding).
+    A padded target is masked as a run of it is (model._attention_mask: left padding), whether
+    a BOS was prepended to it as prepend_bos says (None: the model's default, read once).
+    At a point an attached SAE writes (add_sae), the patch sets what the cache holds there:
+    the SAE's output, which the rest of the model reads (a hook on the point edits its input).
     """
     layers = sorted({int(index[0]) for index in indices})
-    mask = model._attention_mask(target)
+    mask = model._attention_mask(target, None, model._bos(prepend_bos))
     names = {layer: hook_name(layer) for layer in layers}
+    sae_outputs = {sae.cfg.output_hook for sae, _ in model._saes.values()}
     # A patch in block l leaves blocks 0..l-1 as in the target's own run: each
     # patched run starts at block l from the target's residual there.
     starts = {layer: f"blocks.{layer}.hook_resid_pre" for layer in layers}
@@ -350,14 +386,23 @@ def run_patches(model, target, source, hook_name, indices, setter, metric,
             patched = _patched_activations(target_acts[name], sources[layer], [indices[j] for j in chunk], setter)
             masks = None if mask is None else np.tile(mask, (len(chunk), 1))
             start = np.concatenate([target if from_start else target_acts[starts[layer]]] * len(chunk))
-            logits = model.forward(start, logits="last" if last_only else "all", hooks=[(name, patch(patched))],
-                                   start_at_layer=None if from_start else layer, attention_mask=masks)
+            logits = model.forward(start, logits="last" if last_only else "all", hooks=[_patch_hook(
+                name, patched, name in sae_outputs)], start_at_layer=None if from_start else layer,
+                attention_mask=masks)
             for j, own in zip(chunk, np.split(logits, len(chunk))):  # copy k of the batch carries patch k
                 values[j] = score(metric, own[:, None] if last_only else own)
             done += len(chunk)
             if progress is not None:
                 progress(done, len(indices))  # what it raises passes as it is: a way to stop a sweep
     return values, target_score
+
+
+def _patch_hook(name: str, patched: np.ndarray, sae_writes_it: bool):
+    """The hook that puts patched at the point name; where an attached SAE writes it, at the SAE's
+    output (a Python hook: the splice takes no intervention there), the value its cache holds."""
+    if sae_writes_it:
+        return f"{name}.hook_sae_output", lambda activation, hook: patched
+    return name, patch(patched)
 
 
 def _source_activation(source, name: str, shape) -> np.ndarray:

@@ -165,9 +165,11 @@ class _Objective:
         return float(value), G[0]
 
 
-def _backward(model, tokens, objective: _Objective, seq: np.ndarray, hooks, first: bool = False):
+def _backward(model, tokens, objective: _Objective, seq: np.ndarray, hooks, prepend_bos: bool, first: bool = False):
     """One forward+backward of rows tokens [n, pos] (row r is sequence seq[r]) with forward hooks:
-    (metric values [n], the cache holding hook_embed (and hook_pos_embed) and their gradients)."""
+    (metric values [n], the cache holding hook_embed (and hook_pos_embed) and their gradients).
+    prepend_bos: whether the tokens were made with a BOS first (a left-padded run reads a BOS that
+    is the pad token as padding otherwise)."""
     values = np.empty(len(seq))
 
     def metric(logits):
@@ -181,7 +183,7 @@ def _backward(model, tokens, objective: _Objective, seq: np.ndarray, hooks, firs
     names = [n for n in ("hook_embed", "hook_pos_embed") if n in model.hook_names()]
     try:
         _, cache = model.run_with_cache(tokens, names_filter=names, hooks=hooks, incl_bwd=True, metric=metric,
-                                        prepend_bos=False)
+                                        prepend_bos=prepend_bos)
     except InvalidInputError as e:  # our own errors, raised inside the metric: as they are
         if isinstance(e.__cause__, TinymechError):
             raise e.__cause__ from None
@@ -249,7 +251,8 @@ def saliency(model, input, metric=None, target=None, method: str = "grad_x_input
     steps = _whole(steps, "steps", 2 if rule == "trapezoid" else 1, MAX_STEPS)
     if batch_size is not None:
         batch_size = _whole(batch_size, "batch_size", 1, 1 << 20)
-    tokens = model.tokens_of(input, prepend_bos=prepend_bos, same_length=True)
+    bos = model._bos(prepend_bos)  # read once: every run of the tokens takes the convention they were made with
+    tokens = model.tokens_of(input, prepend_bos=bos, same_length=True)
     B, T = tokens.shape
     if isinstance(position, bool) or not (isinstance(position, (int, np.integer)) and -T <= position < T):
         raise AnalysisError(f"position {position!r} is outside a sequence of {T} tokens")
@@ -261,7 +264,7 @@ def saliency(model, input, metric=None, target=None, method: str = "grad_x_input
     objective = _Objective(model, tokens, metric, target, position, target_metric)
 
     # the input's own run: the input, its gradient, the metric there (and the default target)
-    values, cache = _backward(model, tokens, objective, np.arange(B), [], first=True)
+    values, cache = _backward(model, tokens, objective, np.arange(B), [], bos, first=True)
     with_pos = embeddings == "token+pos" and "hook_pos_embed" in cache
     x = cache["hook_embed"] + cache["hook_pos_embed"] if with_pos else cache["hook_embed"]
     x0 = _baseline(baseline, x.shape)
@@ -269,7 +272,7 @@ def saliency(model, input, metric=None, target=None, method: str = "grad_x_input
     if method == "grad_x_input":
         scores = (x.astype(np.float64) * cache["hook_embed_grad"]).sum(-1)
     else:
-        scores, f0 = _integrated(model, tokens, objective, x, x0, with_pos, steps, rule, batch_size)
+        scores, f0 = _integrated(model, tokens, objective, x, x0, with_pos, steps, rule, batch_size, bos)
         result.update(baseline_value=f0, gap=scores.sum(-1) - (values - f0), steps=steps, rule=rule)
     return SaliencyResult(
         scores=scores,
@@ -284,7 +287,8 @@ def saliency(model, input, metric=None, target=None, method: str = "grad_x_input
     )
 
 
-def _integrated(model, tokens, objective, x, x0, with_pos: bool, steps: int, rule: str, batch_size):
+def _integrated(model, tokens, objective, x, x0, with_pos: bool, steps: int, rule: str, batch_size,
+                prepend_bos: bool):
     """(scores [batch, pos], metric at the baseline [batch]). Each row of a run is one sequence at
     one point x0 + alpha (x - x0): a forward hook puts it at hook_embed (hook_pos_embed zeroed
     when the position embedding is part of the input). The backward's gradient at hook_embed
@@ -306,7 +310,7 @@ def _integrated(model, tokens, objective, x, x0, with_pos: bool, steps: int, rul
         hooks = [("hook_embed", lambda act, hook, at=at: at)]
         if with_pos:
             hooks.append(("hook_pos_embed", lambda act, hook: np.zeros_like(act)))
-        values, cache = _backward(model, tokens[s], objective, s, hooks)
+        values, cache = _backward(model, tokens[s], objective, s, hooks, prepend_bos)
         grad = cache["hook_embed_grad"]
         for r in range(len(s)):
             mean_grad[s[r]] += weights[k[r]] * grad[r]

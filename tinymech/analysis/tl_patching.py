@@ -70,8 +70,10 @@ def generic_activation_patch(model, corrupted_tokens, clean_cache, patching_metr
     pandas DataFrame), giving one value per row. patch_setter(corrupted_activation,
     index, clean_activation) returns the patched activation [batch, ...].
     return_index_df=True also returns the indices as a pandas DataFrame.
+    Every index is checked before the first forward pass (by a slice setter's check_indices).
     """
-    tokens = model.tokens_of(corrupted_tokens)
+    bos = model._bos(None)  # the model's default, read once: every run of the tokens takes it
+    tokens = model.tokens_of(corrupted_tokens, prepend_bos=bos)
     if not isinstance(clean_cache, (ActivationCache, Mapping)):
         kind = type(clean_cache)
         raise AnalysisError(f"clean_cache is the clean run's cache (tinymech's model.run_with_cache), "
@@ -87,13 +89,27 @@ def generic_activation_patch(model, corrupted_tokens, clean_cache, patching_metr
     else:
         indices = _index_rows(model, index_df)
         shape = [len(indices)]
-    values, _ = run_patches(model, tokens, clean_cache, hook_name, indices, patch_setter, patching_metric)
+    _check_indices(patch_setter, indices, clean_cache, hook_name(indices[0][0]), tokens.shape[0])
+    values, _ = run_patches(model, tokens, clean_cache, hook_name, indices, patch_setter, patching_metric,
+                            prepend_bos=bos)
     values = values.reshape(shape)
     if not return_index_df:
         return values
     if index_df is None:
         index_df = _data_frame(np.array(indices, dtype=np.int64).reshape(-1, len(shape)), list(index_axis_names))
     return values, index_df
+
+
+def _check_indices(setter, indices, clean_cache, name: str, batch: int) -> None:
+    """A slice setter's refusal of a bad index, before any forward pass rather than when the sweep
+    reaches it. The clean activation's shape is the patched one's in any sweep that runs (run_patches
+    refuses others): where the cache lacks it, or it has another batch, that refusal comes first."""
+    check = getattr(setter, "check_indices", None)
+    if check is None or name not in clean_cache:
+        return
+    shape = np.shape(clean_cache[name])
+    if len(shape) > 1 and shape[0] == batch:
+        check(indices, shape[1:])
 
 
 def _hook_namer(model, activation_name):

@@ -6,6 +6,7 @@ working."""
 from __future__ import annotations
 
 import numbers
+import operator
 
 import numpy as np
 
@@ -122,15 +123,33 @@ CORE_INT_MAX = 2**63 - 1
 
 def whole_number(value, what: str, minimum: int | None = None, error=InvalidInputError,
                  maximum: int | None = None) -> int:
-    """value as an int; `error` naming `what` unless it is an integer (numpy's
-    included, bools not) of at least `minimum` and at most `maximum`."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    """value as an int; `error` naming `what` unless it is an integer (numpy's, and a 0-d integer
+    array or tensor, included, as TransformerLens takes them; bools not) of at least `minimum` and
+    at most `maximum`."""
+    if isinstance(value, (bool, np.bool_)) or "bool" in str(getattr(value, "dtype", "")):
         raise error(f"{what} must be a whole number, not {value!r}")
+    if not isinstance(value, numbers.Integral):
+        try:  # a 0-d integer array or tensor; a float one refuses __index__
+            if getattr(value, "ndim", None) != 0:
+                raise TypeError
+            value = operator.index(value)
+        except (TypeError, ValueError, RuntimeError):
+            raise error(f"{what} must be a whole number, not {value!r}") from None
     if minimum is not None and value < minimum:
         raise error(f"{what} must be >= {minimum}, not {value}")
     if maximum is not None and value > maximum:
         raise error(f"{what} must be <= {maximum}, not {value}")
     return int(value)
+
+
+def array_of(value, what: str, error=InvalidInputError) -> np.ndarray:
+    """value as a numpy array; `error` naming `what` where numpy cannot read it (a ragged list,
+    a bfloat16 tensor, one that requires grad) rather than numpy's or torch's own error."""
+    try:
+        return np.asarray(value)
+    except (TypeError, ValueError, RuntimeError) as e:  # RuntimeError: torch's, for a tensor requiring grad
+        raise error(f"{what} cannot be read as an array ({type(e).__name__}: {e}); a torch tensor: pass "
+                    "t.detach().float(), or turn on tm.set_array_type('torch')") from None
 
 
 def true_or_false(value, what: str, error=InvalidInputError) -> bool:

@@ -1,7 +1,7 @@
 """Model.generate: continuing a text or token ids, with the keywords of
 TransformerLens's HookedTransformer.generate (do_sample, freq_penalty,
 use_past_kv_cache, return_type, padding_side, verbose, eos_token_id) and
-tinymech's own (seed, on_token, hooks)."""
+tinymech's own (seed, on_token, hooks, attention_mask)."""
 from __future__ import annotations
 
 import math
@@ -9,9 +9,11 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from .errors import InvalidInputError, real_number, true_or_false, whole_number
+from .errors import ContextLengthError, InvalidInputError, real_number, true_or_false, whole_number
 from .hooks import HookSpec
+from .io.tokenizer import texts_in
 from .model_helpers import check_padding_side
+from .padding import checked_mask, pad_counts
 from .ops import sample_next, sampling_settings
 from .progress import progress_function
 
@@ -36,6 +38,7 @@ def generate(
     padding_side: str | None = None,
     verbose: bool = False,
     eos_token_id: int | Iterable[int] | None = None,
+    attention_mask=None,
 ):
     """Continue the input with the KV cache, greedily (temperature 0, the
     default) or by sampling.
@@ -54,10 +57,23 @@ def generate(
     (one id or several). A batch of texts of different lengths is padded on
     the left, as TransformerLens pads it for generation: each row continues as
     its text alone would (its padding masked, its positions its own).
+
+    attention_mask [batch, pos] (1: a real token, 0: padding) goes with token ids: each row's
+    padding must come before its first real token (left padding, any pad id), and each row then
+    continues as it would alone. With texts it is refused (tm.InvalidInputError): generate pads
+    and masks texts itself, and a mask of another tokenization would not fit them.
+
+    A prompt may fill the context and one more token be sampled: the last new token is never run.
     """
-    as_text = _returns_text(input, return_type)
+    texts = texts_in(input)  # read once: an iterator of texts is spent by reading
+    if texts is not None:
+        input = texts
+    as_text = _returns_text(texts is not None, return_type)
     check_padding_side(padding_side)
-    if isinstance(input, (list, tuple)) and len(input) > 1 and all(isinstance(t, str) for t in input):
+    if texts is not None and attention_mask is not None:
+        raise InvalidInputError("attention_mask goes with token ids: generate pads texts of different lengths "
+                                "on the left and masks that padding itself; pass the texts without one")
+    if texts is not None and not isinstance(texts, str) and len(texts) > 1:
         padding_side = "left"  # the real tokens end together, so each row's next token is read at the end
     prepend_bos = model._bos(prepend_bos)  # None: the model's default, read once
     tokens = model.tokens_of(input, prepend_bos=prepend_bos, padding_side=padding_side)
@@ -72,9 +88,15 @@ def generate(
     stops, pad = _stop_tokens(model, eos_token_id) if true_or_false(stop_at_eos, "stop_at_eos") else ((), None)
     if on_token is not None and not callable(on_token):  # found out after a forward pass otherwise
         raise InvalidInputError(f"on_token is a function of the new ids, not {type(on_token).__name__}")
-    batch, total = tokens.shape[0], tokens.shape[1] + max_new_tokens
-    model._check_fits(0, total)
-    pads = _left_padding(model, tokens, prepend_bos, padding_side)
+    batch, total = tokens.shape[0], tokens.shape[1] + max(max_new_tokens - 1, 0)  # the last new token never runs
+    if total > model.cfg.n_ctx:
+        raise ContextLengthError(f"a prompt of {tokens.shape[1]} tokens and {max_new_tokens} new ones exceed the "
+                                 f"model's context of {model.cfg.n_ctx} (the last new token is not run, so at most "
+                                 f"{model.cfg.n_ctx + 1 - tokens.shape[1]} new ones fit)")
+    if attention_mask is None:
+        pads = _left_padding(model, tokens, prepend_bos, padding_side)
+    else:
+        pads = _masked_padding(checked_mask(attention_mask, tokens.shape))
     next_logits = Decoder(model, model._plan(hooks), batch, total, true_or_false(use_past_kv_cache, "use_past_kv_cache"),
                           pads)
     counts = _token_counts(tokens, model.cfg.d_vocab) if freq_penalty else None
@@ -119,6 +141,18 @@ def _left_padding(model, tokens: np.ndarray, prepend_bos, padding_side):
     return model._pads(model._attention_mask(tokens, None, model._bos(prepend_bos), "left"))
 
 
+def _masked_padding(mask: np.ndarray):
+    """attention_mask's padding counts for the core, refused unless on the left only: new tokens
+    follow a row's last token, so padding after it would sit between them."""
+    pads = pad_counts(mask)
+    if pads is not None and pads[1].any():
+        row = int(np.flatnonzero(pads[1])[0])
+        raise InvalidInputError(f"row {row} of attention_mask is padded on the right ({mask[row].tolist()}): "
+                                "generate continues each row after its last token, so padding goes before its "
+                                "first real token (left padding)")
+    return pads
+
+
 class Decoder:
     """The last position's logits [batch, d_vocab] after the new tokens: with the
     KV cache each call runs only them (the cache keeps the prompt's left padding);
@@ -144,15 +178,12 @@ RETURN_TYPES = ("input", "str", "tokens")
 F32 = np.finfo(np.float32)
 
 
-def _returns_text(input, return_type) -> bool:
+def _returns_text(text_in: bool, return_type) -> bool:
     """Whether generate returns text: return_type "str", or "input" with text in."""
     if return_type not in RETURN_TYPES:
         hint = " (tinymech generates from text or token ids, not embeddings)" if return_type == "embeds" else ""
         raise InvalidInputError(f"return_type must be 'input', 'str' or 'tokens', not {return_type!r}{hint}")
-    if return_type == "input":
-        return isinstance(input, str) or (isinstance(input, (list, tuple)) and bool(input)
-                                          and all(isinstance(t, str) for t in input))
-    return return_type == "str"
+    return text_in if return_type == "input" else return_type == "str"
 
 
 def _temperature(temperature, do_sample) -> float:

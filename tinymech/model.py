@@ -47,7 +47,7 @@ from .hooks import HookSpec, build_plan, hook_registry, mode_of, resolve_names
 from .io import smollm2
 from .io.safetensors import ArrayStore, WeightStore
 from .io.sources import resolve_model_source
-from .io.tokenizer import Tokenizer
+from .io.tokenizer import Tokenizer, texts_in
 from .kv_cache import KVCache
 from .model_helpers import ModelHelpers, check_padding_side, lm_cross_entropy_loss
 from .padding import checked_mask, mask_of_tokens, pad_counts
@@ -224,8 +224,9 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
 
     def __reduce__(self):
         """Pickling and copy.deepcopy load the model again from its path with the same
-        arguments (the weights are not copied); its attached SAEs, add_hook's hooks and
-        set_use_* modes come along, as they do with TransformerLens's deepcopy."""
+        arguments (the weights are not copied); its attached SAEs, add_hook's hooks,
+        set_use_* modes and hook points' ctx dicts come along, as they do with
+        TransformerLens's deepcopy."""
         rebuilt = self._rebuilt_args()
         for (name, hook), _ in self._added_hooks:  # a lambda would fail deep inside pickle
             try:
@@ -233,13 +234,28 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
             except (pickle.PicklingError, AttributeError, TypeError) as e:
                 raise UnpicklableError(f"the hook at {name} (add_hook) cannot be pickled: {e}; use a module-level "
                                        "function, or reset_hooks() before pickling") from None
+        for name, ctx in self._hook_contexts.items():  # as for the hooks: name the point whose ctx fails
+            try:
+                pickle.dumps(ctx)
+            except (pickle.PicklingError, AttributeError, TypeError) as e:
+                raise UnpicklableError(f"the ctx of the hook point {name} cannot be pickled: {e}; reset_hooks() "
+                                       "empties every ctx before pickling") from None
         return rebuilt
 
     def __deepcopy__(self, memo):
-        """As pickling, with the hook functions passed on as they are (a lambda copies too)."""
-        rebuild, (path, kwargs, saes, hooks, use_attn_result, modes, padding_side, settings) = self._rebuilt_args()
+        """As pickling, with the hook functions passed on as they are (a lambda copies too), and
+        each ctx deep-copied (a function in one is shared, as copy.deepcopy shares functions)."""
+        rebuild, (path, kwargs, saes, hooks, use_attn_result, modes, padding_side, settings, contexts) = \
+            self._rebuilt_args()
+        copied = {}
+        for name, ctx in contexts.items():
+            try:
+                copied[name] = copy.deepcopy(ctx, memo)
+            except (copy.Error, pickle.PicklingError, AttributeError, TypeError) as e:
+                raise UnpicklableError(f"the ctx of the hook point {name} cannot be copied: {e}; reset_hooks() "
+                                       "empties every ctx before copying") from None
         return rebuild(path, copy.deepcopy(kwargs, memo), copy.deepcopy(saes, memo), hooks, use_attn_result, modes,
-                       padding_side, settings)
+                       padding_side, settings, copied)
 
     def _rebuilt_args(self):
         if self._load_args is None:
@@ -249,7 +265,7 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         padding_side = None if self.tokenizer is None else self.tokenizer.padding_side  # set since load, perhaps
         settings = {name: getattr(self.cfg, name) for name in CALL_TIME_FIELDS}  # set since load, perhaps
         return _reloaded, (*self._load_args, list(self._saes.values()), self._added_hooks,
-                           self._modes["use_attn_result"], modes, padding_side, settings)
+                           self._modes["use_attn_result"], modes, padding_side, settings, dict(self._hook_contexts))
 
     def __setattr__(self, name: str, value) -> None:
         if name == "cfg" and "cfg" in self.__dict__:  # the core was built from it: it would go on running the old
@@ -339,8 +355,9 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         check_padding_side(padding_side)
         tok = self._need_tokenizer()
         prepend_bos = self._bos(prepend_bos)
-        if isinstance(input, (list, tuple)) and input and all(isinstance(t, str) for t in input):
-            return [self.to_str_tokens(t, prepend_bos) for t in input]
+        texts = texts_in(input)
+        if texts is not None and not isinstance(texts, str):
+            return [self.to_str_tokens(t, prepend_bos) for t in texts]
         if isinstance(input, str):
             ids = self.to_tokens(input, prepend_bos=prepend_bos)[0]
         else:
@@ -363,17 +380,21 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         """Checked int32 tokens [batch, pos] from text, a list of texts (padded on
         padding_side: see to_tokens), or ids. same_length: texts of different lengths are
         refused rather than padded (for analyses that would read pad positions as tokens)."""
-        if _is_texts(input):
+        texts = texts_in(input)
+        if texts is not None:
             prepend_bos = self._bos(prepend_bos)
-            tokens = self.to_tokens(input, prepend_bos=prepend_bos, padding_side=padding_side)
-            if same_length and not isinstance(input, str):
-                lengths = {self.to_tokens(text, prepend_bos=prepend_bos).shape[1] for text in input}
+            tokens = self.to_tokens(texts, prepend_bos=prepend_bos, padding_side=padding_side)
+            if same_length and not isinstance(texts, str):
+                lengths = {self.to_tokens(text, prepend_bos=prepend_bos).shape[1] for text in texts}
                 if len(lengths) > 1:
                     raise InvalidTokensError(
                         f"these texts have {len(lengths)} different token lengths ({sorted(lengths)}); this "
                         "analysis reads every position as a token, so it takes texts of one length: run them "
                         "one at a time (padded tokens from model.to_tokens would count their pads)")
         else:
+            if isinstance(input, (bytes, bytearray)):  # numpy would read a bytearray as uint8 ids
+                raise InvalidTokensError(f"{type(input).__name__} are neither text nor token ids: decode them to "
+                                         "a string first")
             try:
                 tokens = np.asarray(input)
             except ValueError as e:  # ragged lists: sequences of a batch must have one length
@@ -381,7 +402,9 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
             if tokens.dtype == object or not (
                 np.issubdtype(tokens.dtype, np.integer) or tokens.size == 0
             ):
-                raise InvalidTokensError(f"token ids must be integers, got dtype {tokens.dtype}")
+                hint = (" (texts: a string or an ordered iterable of strings, such as a list; not a set)"
+                        if tokens.dtype.kind in "OU" else "")
+                raise InvalidTokensError(f"token ids must be integers, got dtype {tokens.dtype}{hint}")
             if tokens.ndim == 1:
                 tokens = tokens[None, :]
             if tokens.ndim != 2:
@@ -390,7 +413,7 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
             raise InvalidTokensError("the input is empty: give at least one token")
         if tokens.shape[1] > self.cfg.n_ctx:
             hint = (f" (TransformerLens would silently run the first {self.cfg.n_ctx}: to do so, pass "
-                    "model.to_tokens(text, truncate=True))") if _is_texts(input) else ""
+                    "model.to_tokens(text, truncate=True))") if texts is not None else ""
             raise ContextLengthError(f"{tokens.shape[1]} tokens exceed the model's context of {self.cfg.n_ctx}{hint}")
         lo, hi = int(tokens.min()), int(tokens.max())
         if lo < 0 or hi >= self.cfg.d_vocab:
@@ -444,22 +467,24 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
             # continuing it no mask made of their leading pad tokens: they are tokens there)
             starts = cache is None or cache.n_past == 0
             bos = self._bos(prepend_bos) and starts
-            tokens = self.tokens_of(input, prepend_bos=bos, padding_side=padding_side)
-            if cache is not None and self._right_padded(input, bos, padding_side):
+            texts = texts_in(input)  # read once: an iterator of texts is spent by reading
+            tokens = self.tokens_of(input if texts is None else texts, prepend_bos=bos, padding_side=padding_side)
+            if cache is not None and self._right_padded(texts, bos, padding_side):
                 raise InvalidInputError("texts of different lengths padded on the right cannot go into a KV cache "
                                         "(their padding would sit before what continues them): pad on the left, "
                                         "padding_side='left', as generate does")
             self._check_fits(cache.n_past if cache is not None else 0, tokens.shape[1])
-            made = starts or attention_mask is not None or _is_texts(input)  # texts are padded by to_tokens
+            made = starts or attention_mask is not None or texts is not None  # texts are padded by to_tokens
             pads = self._pads(self._attention_mask(tokens, attention_mask, bos, padding_side) if made else None, cache)
             out = self._core_forward(cache, tokens, self._plan(hooks), logits, pads=pads)
         return None if logits == "none" else out
 
-    def _right_padded(self, input, prepend_bos: bool, padding_side: str | None) -> bool:
-        """Whether to_tokens pads these texts on the right: several, of different lengths."""
-        if not _is_texts(input) or isinstance(input, str) or (padding_side or self.tokenizer.padding_side) != "right":
+    def _right_padded(self, texts, prepend_bos: bool, padding_side: str | None) -> bool:
+        """Whether to_tokens pads these texts (texts_in's; None: token ids) on the right: several,
+        of different lengths."""
+        if texts is None or isinstance(texts, str) or (padding_side or self.tokenizer.padding_side) != "right":
             return False
-        return len({self.tokenizer.to_tokens(text, prepend_bos=prepend_bos).shape[1] for text in input}) > 1
+        return len({self.tokenizer.to_tokens(text, prepend_bos=prepend_bos).shape[1] for text in texts}) > 1
 
     def _attention_mask(self, tokens, attention_mask=None, prepend_bos: bool = True,
                         padding_side: str | None = None) -> np.ndarray | None:
@@ -1057,16 +1082,11 @@ def _no_mlp_in_backward(modes: dict) -> None:
                                 "gradients would be missing): call set_use_hook_mlp_in(False) first")
 
 
-def _is_texts(input) -> bool:
-    """A text or a non-empty list of texts (rather than token ids)."""
-    return isinstance(input, str) or (
-        isinstance(input, (list, tuple)) and bool(input) and all(isinstance(t, str) for t in input))
-
-
 def _reloaded(path: str, kwargs: dict, saes: list, added_hooks: list = (), use_attn_result: bool = False,
-              modes: dict | None = None, padding_side: str | None = None, settings: dict | None = None) -> Model:
+              modes: dict | None = None, padding_side: str | None = None, settings: dict | None = None,
+              contexts: dict | None = None) -> Model:
     """A pickled model: loaded again from its path, its tokenizer's padding side, cfg's call-time
-    settings, SAEs, modes and hooks set again."""
+    settings, SAEs, modes, hooks and hook points' ctx dicts set again."""
     model = load(path, **kwargs)
     for name, value in (settings or {}).items():
         setattr(model.cfg, name, value)
@@ -1079,6 +1099,7 @@ def _reloaded(path: str, kwargs: dict, saes: list, added_hooks: list = (), use_a
         model.add_sae(sae, use_error_term)
     for (name, hook), permanent in added_hooks:
         model.add_hook(name, hook, is_permanent=permanent)
+    model._hook_contexts.update(contexts or {})  # into the model's own dict: its hooks read that one
     return model
 
 

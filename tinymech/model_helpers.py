@@ -13,7 +13,7 @@ import numpy as np
 from .errors import InvalidInputError, InvalidTokensError
 from .factored_matrix import FactoredMatrix, composition_scores
 from .hooks import HookPoint
-from .model_tree import Block, Embed, Norm, PosEmbed, Unembed, named_parameters
+from .model_tree import Blocks, Embed, Norm, PosEmbed, Unembed, named_parameters
 
 
 class ModelHelpers:
@@ -32,9 +32,10 @@ class ModelHelpers:
         return PosEmbed(self)
 
     @property
-    def blocks(self) -> tuple[Block, ...]:
-        """model.blocks[l].ln1 / .attn / .ln2 / .mlp, each with TransformerLens's weights."""
-        return tuple(Block(self, layer) for layer in range(self.cfg.n_layers))
+    def blocks(self) -> Blocks:
+        """model.blocks[l].ln1 / .attn / .ln2 / .mlp, each with TransformerLens's weights; a layer
+        out of range raises tm.InvalidIndexError."""
+        return Blocks(self)
 
     @property
     def ln_final(self) -> Norm:

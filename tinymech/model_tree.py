@@ -6,11 +6,13 @@ nothing is copied up front.
 """
 from __future__ import annotations
 
+import operator
+from collections.abc import Sequence
 from typing import Iterator
 
 import numpy as np
 
-from .errors import read_only_attribute, read_only_weight
+from .errors import InvalidIndexError, read_only_attribute, read_only_weight
 from .factored_matrix import FactoredMatrix
 
 
@@ -185,6 +187,39 @@ class Block(Module):
 
     def _children(self):
         return [("ln1", self.ln1), ("ln2", self.ln2), ("attn", self.attn), ("mlp", self.mlp)]
+
+
+class Blocks(Sequence):
+    """model.blocks: the layers' Blocks, indexed as TransformerLens's ModuleList (negative indices
+    count back, a slice gives a tuple); each Block is made when asked for."""
+
+    def __init__(self, model):
+        self._model = model
+        self._n_layers = model.cfg.n_layers
+
+    def __len__(self) -> int:
+        return self._n_layers
+
+    def __iter__(self) -> Iterator[Block]:
+        return (Block(self._model, layer) for layer in range(self._n_layers))
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return tuple(Block(self._model, layer) for layer in range(self._n_layers)[index])
+        if isinstance(index, (bool, np.bool_)):  # True would read as block 1
+            raise InvalidIndexError(f"model.blocks: a layer is a whole number, not {index!r}")
+        try:
+            layer = operator.index(index)
+        except TypeError:
+            raise InvalidIndexError(f"model.blocks: a layer is a whole number, not {index!r}") from None
+        n = self._n_layers
+        if not -n <= layer < n:
+            raise InvalidIndexError(f"model.blocks[{layer}]: layer {layer} is out of range for a model with {n} "
+                                    f"layers (0 to {n - 1}, or -{n} to -1 from the end)")
+        return Block(self._model, layer % n)
+
+    def __repr__(self):
+        return f"Blocks({self._n_layers} x Block)"
 
 
 def top_modules(model) -> list[tuple[str, Module]]:

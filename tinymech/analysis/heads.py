@@ -12,6 +12,7 @@ import numpy as np
 from ..cache import ActivationCache
 from ..errors import ContextLengthError, InvalidTokensError, whole_number
 from ..errors import AnalysisError
+from ..io.tokenizer import texts_in
 from ..text import format_grid, format_table
 
 HEAD_NAMES = ("previous_token_head", "duplicate_token_head", "induction_head")
@@ -158,10 +159,9 @@ def detect_head(model, seq, detection_pattern, heads=None, cache=None, *, exclud
 
 def _sequences(model, seq, prepend_bos: bool) -> list[np.ndarray]:
     """One int32 token row per sequence, each at least two tokens long."""
-    if isinstance(seq, str):
-        rows = [model.tokens_of(seq, prepend_bos=prepend_bos)[0]]
-    elif isinstance(seq, (list, tuple)) and seq and all(isinstance(s, str) for s in seq):
-        rows = [model.tokens_of(s, prepend_bos=prepend_bos)[0] for s in seq]
+    texts = texts_in(seq)
+    if texts is not None:
+        rows = [model.tokens_of(s, prepend_bos=prepend_bos)[0] for s in ([texts] if isinstance(texts, str) else texts)]
     else:
         rows = list(model.tokens_of(seq))
     for row in rows:

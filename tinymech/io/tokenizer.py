@@ -241,6 +241,21 @@ class Tokenizer:
         return [[pad] * (width - len(r)) + r if side == "left" else r + [pad] * (width - len(r)) for r in rows]
 
 
+def texts_in(input) -> str | list[str] | None:
+    """The input as texts: a string, or the list of an ordered iterable of strings (as to_tokens
+    reads them: not a set, not bytes); None for anything else (token ids). An iterator is spent:
+    callers read it once and pass what this returns on."""
+    if isinstance(input, str):
+        return input
+    kind = getattr(getattr(input, "dtype", None), "kind", None)
+    if hasattr(input, "dtype") and kind not in ("O", "U"):  # numbers (numpy, torch): ids, never iterated
+        return None
+    try:
+        return _texts(input)
+    except InvalidTokensError:
+        return None
+
+
 def _texts(text) -> list[str]:
     """A text, or an ordered iterable of texts (a list, a dataset's column, a pandas Series, a
     generator), as a list; anything else is refused by name (a set: its order would vary by run)."""

@@ -25,7 +25,7 @@ import numpy as np
 from .. import _core
 from .. import hooks as _hooks
 from ..text import format_table, printable, readable_token
-from ..errors import FeatureIndexError, HookError, SAEInputError, SAELoadError, real_number, whole_number
+from ..errors import FeatureIndexError, HookError, SAEInputError, SAELoadError, array_of, real_number, whole_number
 from .loading import (
     CFG_FILE,
     FIXED_FIELDS,
@@ -485,7 +485,7 @@ class SAE:
     def _rows(self, acts, width: int, what: str) -> tuple[np.ndarray, tuple]:
         """acts as float32 rows [n, width] and its leading shape; a hook_z SAE reads
         [.., n_heads, d_head] as one vector, as SAELens does, and keeps its d_head."""
-        a = _as_array(acts, what)
+        a = array_of(acts, what, SAEInputError)
         if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
             raise SAEInputError(f"{what} must be numeric, got dtype {a.dtype}")
         if self.cfg.reshape_activations == "hook_z" and a.ndim >= 2 and a.shape[-1] * a.shape[-2] == width:
@@ -591,7 +591,7 @@ class SAE:
     def forward(self, acts) -> np.ndarray:
         """decode(encode(acts)) (+ the skip term; a temporal SAE decodes its predicted codes
         too): the reconstruction [..., d_out]."""
-        a = _as_array(acts, "activations")
+        a = array_of(acts, "activations", SAEInputError)
         x, lead, seq_len = self._input(a)
         out = self._core.forward(x, seq_len)
         if len(lead) == a.ndim - 2 and self.d_out == self.d_in:  # hook_z: back to [.., head, d_head]
@@ -669,11 +669,3 @@ class SAE:
         return name, splice
 
 
-def _as_array(x, what: str) -> np.ndarray:
-    """x as a numpy array; what numpy cannot read (a ragged list, a bfloat16 tensor, one that
-    requires grad) as an SAEInputError saying so."""
-    try:
-        return np.asarray(x)
-    except (TypeError, ValueError, RuntimeError) as e:  # RuntimeError: torch's, for a tensor requiring grad
-        raise SAEInputError(f"{what} cannot be read as an array ({type(e).__name__}: {e}); a torch tensor: "
-                            "pass t.detach().float(), or turn on tm.set_array_type('torch')") from None

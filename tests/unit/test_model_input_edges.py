@@ -1,0 +1,134 @@
+"""What a model takes at its edges: texts as to_tokens takes them (any ordered iterable
+of strings) in every run and in generate, model.blocks indexed as a list with tinymech's
+error out of range, and hook contexts carried by pickle and deepcopy."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import numpy as np
+import pytest
+
+import tinymech as tm
+
+TEXTS = ["Mr Darcy walked in.", "Hello"]
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return tm.load()
+
+
+# ---- texts: one decision for to_tokens and the runs ----
+
+ITERABLES = [
+    lambda: iter(TEXTS),
+    lambda: (t for t in TEXTS),
+    lambda: dict.fromkeys(TEXTS).keys(),
+    lambda: np.array(TEXTS),
+    lambda: tuple(TEXTS),
+]
+
+
+@pytest.mark.parametrize("make", ITERABLES, ids=["iterator", "generator", "dict_keys", "numpy", "tuple"])
+def test_any_ordered_iterable_of_texts_runs_as_its_list(demo, make):
+    # to_tokens took these, while model(...) read them as token ids (dtype object)
+    tokens = demo.to_tokens(TEXTS)
+    np.testing.assert_array_equal(demo.to_tokens(make()), tokens)
+    np.testing.assert_array_equal(demo.tokens_of(make()), tokens)
+    logits = demo(TEXTS)
+    np.testing.assert_array_equal(demo(make()), logits)
+    np.testing.assert_array_equal(demo.forward(make()), logits)
+    assert demo(make(), return_type="loss") == demo(TEXTS, return_type="loss")
+    out, cache = demo.run_with_cache(make(), names_filter="blocks.0.hook_resid_pre")
+    np.testing.assert_array_equal(out, logits)
+    np.testing.assert_array_equal(demo.run_with_hooks(make()), logits)
+    assert demo.generate(make(), max_new_tokens=3) == demo.generate(TEXTS, max_new_tokens=3)
+    assert demo.to_str_tokens(make()) == demo.to_str_tokens(TEXTS)
+    cached = demo.new_cache(2)
+    demo.tokenizer.padding_side = "left"  # a cache takes left padding only
+    try:
+        np.testing.assert_array_equal(
+            demo.forward(make(), cache=cached, logits="last"), demo.forward(TEXTS, logits="last", padding_side="left")
+        )
+    finally:
+        demo.tokenizer.padding_side = "right"
+
+
+@pytest.mark.parametrize("bad", [{"Mr Darcy"}, frozenset(["Mr Darcy"]), b"Mr Darcy", bytearray(b"Mr Darcy")])
+def test_sets_and_bytes_are_refused_everywhere(demo, bad):
+    with pytest.raises(tm.InvalidTokensError):
+        demo.to_tokens(bad)
+    for call in (demo, demo.forward, demo.run_with_cache, demo.generate):
+        with pytest.raises(tm.InvalidTokensError):
+            call(bad)
+
+
+def test_token_ids_stay_token_ids(demo):
+    ids = demo.to_tokens("Mr Darcy")
+    for same in (ids.tolist(), ids[0].tolist(), tuple(ids[0].tolist())):
+        np.testing.assert_array_equal(demo(same), demo(ids))
+    assert demo.to_str_tokens(ids[0].tolist()) == demo.to_str_tokens("Mr Darcy")
+    with pytest.raises(tm.InvalidTokensError, match="empty"):
+        demo([])
+
+
+# ---- model.blocks ----
+
+
+def test_blocks_index_as_a_list_with_a_precise_error(saved_gpt2):
+    model, _ = saved_gpt2("odd")
+    n = model.cfg.n_layers
+    assert len(model.blocks) == n and [b.layer for b in model.blocks] == list(range(n))
+    assert model.blocks[-1].layer == n - 1 and model.blocks[-n].layer == 0
+    assert model.blocks[np.int64(1)].layer == 1
+    assert [b.layer for b in model.blocks[1:]] == list(range(1, n))
+    assert [b.layer for b in model.blocks[::-1]] == list(range(n))[::-1]
+    for index in (n, -n - 1, 100):
+        with pytest.raises(tm.InvalidIndexError, match=rf"layer {index} is out of range.*{n} layers.*0 to {n - 1}"):
+            model.blocks[index]
+    with pytest.raises(IndexError):  # what TransformerLens's ModuleList raises, caught as before
+        model.blocks[n]
+    for index in ("0", 1.0, None, True):
+        with pytest.raises(tm.InvalidIndexError, match="a layer is a whole number"):
+            model.blocks[index]
+
+
+# ---- hook contexts in copies ----
+
+
+def _counter(act, hook):
+    hook.ctx["calls"] = hook.ctx.get("calls", 0) + 1
+
+
+NAME = "blocks.0.hook_resid_pre"
+
+
+def test_copies_carry_the_hook_contexts(saved_gpt2):
+    # a pickled or deep-copied model started with empty ctx dicts (TransformerLens's deepcopy copies them)
+    _, path = saved_gpt2("odd")
+    model = tm.load(path)
+    tokens = np.arange(1, 6)[None]
+    model.run_with_hooks(tokens, fwd_hooks=[(NAME, _counter)])
+    model.hook_dict["blocks.1.hook_resid_pre"].ctx["seen"] = np.arange(3)
+    for again in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
+        assert again.hook_dict[NAME].ctx == {"calls": 1}
+        np.testing.assert_array_equal(again.hook_dict["blocks.1.hook_resid_pre"].ctx["seen"], np.arange(3))
+        again.run_with_hooks(tokens, fwd_hooks=[(NAME, _counter)])  # a hook in the copy reads the copied ctx
+        assert again.hook_dict[NAME].ctx == {"calls": 2}
+        assert model.hook_dict[NAME].ctx == {"calls": 1}  # the copy's own, not the original's
+        again.reset_hooks()
+        assert again.hook_dict[NAME].ctx == {} and model.hook_dict[NAME].ctx == {"calls": 1}
+
+
+def test_a_ctx_pickle_cannot_carry_is_refused_by_name(saved_gpt2):
+    _, path = saved_gpt2("odd")
+    model = tm.load(path)
+    model.hook_dict[NAME].ctx["f"] = lambda: 1
+    with pytest.raises(tm.UnpicklableError, match=f"ctx of the hook point {NAME}.*reset_hooks"):
+        pickle.dumps(model)
+    again = copy.deepcopy(model)  # deepcopy takes a lambda (shared), as TransformerLens's
+    assert again.hook_dict[NAME].ctx["f"]() == 1
+    model.reset_hooks()
+    assert pickle.loads(pickle.dumps(model)).hook_dict[NAME].ctx == {}

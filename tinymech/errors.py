@@ -152,6 +152,13 @@ def array_of(value, what: str, error=InvalidInputError) -> np.ndarray:
                     "t.detach().float(), or turn on tm.set_array_type('torch')") from None
 
 
+def check_model(value, what: str = "model", hint: str = "") -> None:
+    """InvalidInputError naming `what` unless value is a model (tm.load's), rather than an
+    AttributeError from deep inside whatever reads it first."""
+    if not (hasattr(value, "cfg") and hasattr(value, "run_with_cache") and hasattr(value, "to_tokens")):
+        raise InvalidInputError(f"{what} must be a tinymech model (tm.load(...)), not {type(value).__name__}{hint}")
+
+
 def true_or_false(value, what: str, error=InvalidInputError) -> bool:
     """value as a bool; `error` naming `what` unless it is True or False (numpy's
     included): a string such as "no" would read as True."""

@@ -29,3 +29,10 @@ def test_act_names_take_a_0d_tensor_layer():
 def test_arrays_numpy_cannot_read_get_the_callers_error(value):
     with pytest.raises(SAEInputError, match="acts cannot be read as an array"):
         array_of(value, "acts", SAEInputError)
+
+
+def test_check_model_names_what_it_got():
+    from tinymech.errors import check_model
+
+    with pytest.raises(InvalidInputError, match="model must be a tinymech model .* not str"):
+        check_model("gpt2")

@@ -19,8 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 HOOK = "blocks.2.hook_resid_pre"
 INDUCTION_MIN = 0.1  # TL "mul" score above which a head counts as an induction head (max here is ~0.5)
 # The SAE bundled before the TopK one (standard ReLU + L1, trained by a torch script; git history up to
-# a3f7216), measured with tm.sae_metrics on the same held-out rows as this SAE's metrics.json.
-PREVIOUS_SAE = dict(l0=17.393, explained_variance=0.6667, ce_sae=4.6307, ce_loss_score=0.7459, delta_lm_loss=1.8484,
+# a3f7216), measured with tm.sae_metrics on the same held-out rows as this SAE's metrics.json (its
+# CE loss recovered again after 1a723df, which zero-ablates every position as SAELens does).
+PREVIOUS_SAE = dict(l0=17.393, explained_variance=0.6667, ce_sae=4.6307, ce_loss_score=0.7417, delta_lm_loss=1.8484,
                     dead_features=165)
 TRAIN_COMMAND = ("tinymech train-sae --model models/demo-gpt2 --hook blocks.2.hook_resid_pre "
                  "--corpus training/.cache/corpus/train.txt --collect 1532896 --arch topk --d-sae 2048 --k 16 "

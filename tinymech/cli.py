@@ -244,21 +244,26 @@ def _train_sae(args) -> int:
         raise UsageError(f"--coefficient is for the other SAEs, not {args.arch}: its sparsity is --k")
     if args.k is not None and args.d_sae is not None and args.k > args.d_sae:
         raise UsageError(f"--k {args.k} exceeds --d-sae {args.d_sae}")
-    from .sae.train import check_out
+    from .sae.activations import check_collection
+    from .sae.train import check_out, check_training
+    from .sae.train_data import PlannedActivations
 
-    check_out(args.out, resume=args.resume, overwrite=args.overwrite)  # before collecting, which takes long
+    check_out(args.out, resume=args.resume, overwrite=args.overwrite)  # before loading the model
     model = tm.load(args.model)
     hold = min(max(1, args.tokens // 10), 32768)  # held out for evaluation
     n_collect = args.collect or args.tokens + hold + args.context  # a row's slack: held-out rows are whole
-    store = tm.collect_activations(model, args.hook, args.corpus, n_collect, out=args.activations or args.out +
-                                   ".activations", context=args.context, dtype=args.act_dtype,
-                                   hook_out=args.hook_out, seed=args.seed, progress=True, resume=True)
-    every = args.checkpoint_every or max(args.batch_size, args.tokens // 10)
-    sae = tm.train_sae(store, args.arch, d_sae=args.d_sae, k=args.k, n_tokens=args.tokens, lr=args.lr,
-                       batch_size=args.batch_size, out=args.out, coefficient=args.coefficient, skip=args.skip,
-                       seed=args.seed, checkpoint_every=every, resume=args.resume, overwrite=args.overwrite,
-                       model=model, holdout=hold,
-                       progress=True)
+    acts = args.activations or args.out + ".activations"
+    collect = dict(context=args.context, dtype=args.act_dtype, hook_out=args.hook_out, seed=args.seed, resume=True)
+    train = dict(architecture=args.arch, d_sae=args.d_sae, k=args.k, n_tokens=args.tokens, lr=args.lr,
+                 batch_size=args.batch_size, coefficient=args.coefficient, skip=args.skip, seed=args.seed,
+                 checkpoint_every=args.checkpoint_every or max(args.batch_size, args.tokens // 10),
+                 resume=args.resume, overwrite=args.overwrite, holdout=hold)
+    # what the library would refuse of the collection and of the training, refused before collecting (hours)
+    plan = check_collection(model, args.hook, args.corpus, n_collect, acts, **collect)
+    check_training(PlannedActivations(plan["n_tokens"], plan["d_in"], plan["d_out"], plan["hook"], plan["hook_out"]),
+                   out=args.out, **train)
+    store = tm.collect_activations(model, args.hook, args.corpus, n_collect, out=acts, progress=True, **collect)
+    sae = tm.train_sae(store, out=args.out, model=model, progress=True, **train)
     print(printable(f"saved {sae!r} to {args.out}"))
     return 0
 
@@ -433,6 +438,14 @@ def _report_error(error: Exception) -> int:
     return 2
 
 
+def _report_os_error(error: OSError) -> int:
+    where = " -> ".join(str(os.fsdecode(p) if isinstance(p, bytes) else p)  # a filename may be a descriptor
+                        for p in (error.filename, error.filename2) if p is not None)
+    reason = error.strerror or str(error) or type(error).__name__
+    print(printable(f"tinymech: error: {' '.join(reason.split())}{f': {where}' if where else ''}"), file=sys.stderr)
+    return 1
+
+
 def _silence_stdout():
     """Send stdout to devnull after its reader left (`| head`), so the exit flush cannot fail again."""
     try:
@@ -460,6 +473,8 @@ def main(argv=None) -> int:
     except BrokenPipeError:
         _silence_stdout()
         return 141  # what a shell reports for a command ended by SIGPIPE
+    except OSError as e:  # a file the system refused (a full disk, no permission): one line naming it, no traceback
+        return _report_os_error(e)
     except KeyboardInterrupt:
         return 130
 

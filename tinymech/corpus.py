@@ -12,11 +12,11 @@ from __future__ import annotations
 import codecs
 import os
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 
-from .errors import whole_number
+from .errors import array_of, check_model, whole_number
 from .errors import InvalidInputError, NoTokenizerError
 from .io.files import check_regular, open_regular, parse_json
 from .progress import progress_function
@@ -38,7 +38,8 @@ def read_corpus(source, text_field: str = "text") -> Iterator[str]:
     - a folder: its .txt, .md and .jsonl files, recursively, in the order of
       their sorted paths; a symbolic link leading outside the folder is refused
       and linked folders inside it are not followed;
-    - an iterable of strings (a list, a generator): its items.
+    - an iterable of strings (a list, a generator): its items;
+    - a dict of columns (a Hugging Face dataset's ds[:n]): its `text_field` column.
     Blank documents are skipped. InvalidInputError, naming the file (and line),
     for a missing, unreadable, binary or non-UTF-8 file, a bad JSON line, and
     a corpus without any text (raised when it runs out)."""
@@ -54,7 +55,7 @@ def corpus_description(source) -> str:
     given in Python' (which cannot be checked)."""
     if not isinstance(source, (str, os.PathLike)):
         return "texts given in Python"
-    path = Path(source)
+    path = corpus_path(source)
     if not path.exists():
         raise InvalidInputError(f"no corpus file or folder at {path}")
     files = _corpus_files(path) if path.is_dir() else [path]
@@ -79,9 +80,35 @@ def _nonblank(texts: Iterable[str], what: str) -> Iterator[str]:
         raise InvalidInputError(f"the corpus {what} holds no text")
 
 
+def corpus_path(source) -> Path:
+    """A corpus's path; "" is refused: Path("") is the current folder, which would be read as the corpus."""
+    if os.fspath(source) in ("", b""):
+        raise InvalidInputError('the corpus "" names no file or folder (an unset variable?): give a corpus file, '
+                                "a folder of them, or texts")
+    return Path(source)
+
+
+def texts_of(texts, field: str = "text", what: str = "a corpus",
+             kinds: str = "a file, a folder or an iterable of strings") -> Iterable[str]:
+    """Texts as an iterable: a string is one text, a dict of columns (a Hugging Face dataset's
+    ds[:n]) its `field` column (iterating the dict would give its keys); anything else iterable as it is."""
+    if isinstance(texts, str):
+        return [texts]
+    if isinstance(texts, Mapping):
+        if field not in texts:
+            keys = ", ".join(repr(k) for k in list(texts)[:10])
+            raise InvalidInputError(f"{what} given as a dict is read from its {field!r} column, and this one has "
+                                    f"none (its keys: {keys}): pass the column's texts, or name the column")
+        column = texts[field]
+        texts = [column] if isinstance(column, str) else column  # one row, {"text": "..."}
+    if isinstance(texts, bytes) or not isinstance(texts, Iterable):
+        raise InvalidInputError(f"{what} must be {kinds}, not {type(texts).__name__}")
+    return texts
+
+
 def _texts(source, text_field: str) -> Iterator[str]:
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
+        path = corpus_path(source)
         if path.is_dir():
             files = _corpus_files(path)
             if not files:
@@ -91,9 +118,7 @@ def _texts(source, text_field: str) -> Iterator[str]:
             raise InvalidInputError(f"no corpus file or folder at {path}")
         check_regular(path, InvalidInputError)
         return _file_texts(path, text_field)
-    if isinstance(source, bytes) or not isinstance(source, Iterable):
-        raise InvalidInputError(f"a corpus is a file, a folder or an iterable of strings, not {type(source).__name__}")
-    return _strings(source)
+    return _strings(texts_of(source, text_field))
 
 
 def _strings(items: Iterable) -> Iterator[str]:
@@ -185,14 +210,19 @@ def _jsonl_texts(f, path: Path, text_field: str) -> Iterator[str]:
         yield text
 
 
-def tokenize_and_concatenate(model, texts: str | Iterable[str], max_length: int = 1024,
+def tokenize_and_concatenate(model, texts: str | Iterable[str], max_length: int | None = None,
                              add_bos_token: bool = True) -> np.ndarray:
     """Rows [n, max_length] (int64) of the texts' tokens, one after the
     other with the EOS token between texts, each row starting with BOS when
-    add_bos_token (then max_length - 1 text tokens per row). The last
+    add_bos_token (then max_length - 1 text tokens per row). max_length None:
+    TransformerLens's default of 1024, or the model's context where it is
+    shorter. texts: strings, or a dict of columns (its "text" column). The last
     tokens that do not fill a whole row are dropped, as TransformerLens's
     tokenize_and_concatenate does; unlike it, each text is tokenized whole
     (it tokenizes the joined texts in 20 pieces cut at arbitrary characters)."""
+    check_model(model, hint=_SWAPPED)
+    if max_length is None:
+        max_length = min(1024, model.cfg.n_ctx)
     blocks = list(token_rows(model, texts, max_length, add_bos_token))
     return np.concatenate(blocks) if blocks else np.zeros((0, max_length), np.int64)
 
@@ -201,17 +231,22 @@ def token_rows(model, texts: str | Iterable[str], max_length: int, add_bos_token
     """tokenize_and_concatenate's rows as they fill, a block [k, max_length]
     at a time (k >= 1), for corpora too large to tokenize at once. The
     arguments are checked when called, the texts as they are read."""
+    check_model(model, hint=_SWAPPED)
     tokenizer = model.tokenizer
     if tokenizer is None:
         raise NoTokenizerError("tokenize_and_concatenate needs a model with a tokenizer")
-    if isinstance(texts, str):
-        texts = [texts]
+    texts = texts_of(texts, what="texts", kinds="a string or an iterable of strings")
     max_length = whole_number(max_length, "max_length", 1 + bool(add_bos_token))
     if max_length > model.cfg.n_ctx:
         raise InvalidInputError(f"max_length {max_length} is longer than the model's context of {model.cfg.n_ctx}")
     if add_bos_token and tokenizer.bos_token_id is None:
         raise InvalidInputError("this tokenizer has no BOS token: pass add_bos_token=False")
     return _rows(tokenizer, texts, max_length, add_bos_token)
+
+
+# what a model argument that is not one likely means: TransformerLens's argument order
+_SWAPPED = ("; tm.tokenize_and_concatenate takes (model, texts): for TransformerLens's (dataset, tokenizer) "
+            "order, call tinymech.utils.tokenize_and_concatenate")
 
 
 def _rows(tokenizer, texts: Iterable[str], max_length: int, add_bos_token: bool) -> Iterator[np.ndarray]:
@@ -237,7 +272,9 @@ def batches(rows, batch_size: int, progress=None) -> Iterator[np.ndarray]:
     """Consecutive slices of rows [n, ...] with batch_size rows each (the
     last may have fewer). progress: True for a line on stderr, or a function
     progress(done_rows, total_rows) called after each batch is used."""
-    rows = np.asarray(rows)
+    rows = array_of(rows, "rows")
+    if rows.ndim == 0:  # len() of it would be numpy's TypeError
+        raise InvalidInputError(f"rows must be an array [n, ...] (e.g. tm.tokenize_and_concatenate's), not {rows!r}")
     batch_size = whole_number(batch_size, "batch_size", 1)
     report = progress_function(progress, label="rows")
     total = len(rows)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import InvalidInputError, NoTokenizerError, whole_number
+from .errors import InvalidInputError, NoTokenizerError, array_of, check_model, whole_number
 from .factored_matrix import composition_scores, get_corner
 from .hooks import get_act_name
 from .model_helpers import lm_cross_entropy_loss
@@ -42,13 +42,19 @@ def get_attention_mask(tokenizer, tokens, prepend_bos: bool, padding_side: str |
 
 
 def tokenize_and_concatenate(dataset, tokenizer, streaming: bool = False, max_length: int = 1024,
-                             column_name: str = "text", add_bos_token: bool = True, num_proc: int = 10) -> dict:
+                             column_name: str = "text", add_bos_token: bool = True, num_proc: int = 10,
+                             set_format: bool = True) -> dict:
     """transformer_lens.utils.tokenize_and_concatenate(dataset, model.tokenizer, ...): {"tokens": rows
     [n, max_length]} (int64) of the texts, EOS between them, BOS first in each row when add_bos_token
-    (tm.tokenize_and_concatenate's rows). dataset: strings, or rows (dicts, a Hugging Face dataset)
-    holding column_name."""
-    from .corpus import _rows
+    (tm.tokenize_and_concatenate's rows). dataset: strings, rows (dicts, a Hugging Face dataset)
+    holding column_name, or a dict of columns (a dataset's ds[:n]). streaming, num_proc and
+    set_format are TransformerLens's, for its calls: the rows are numpy's here."""
+    from .corpus import _rows, texts_of
 
+    if not all(hasattr(tokenizer, name) for name in ("encode", "bos_token_id", "eos_token_id")):
+        raise NoTokenizerError(f"tokenize_and_concatenate needs a tokenizer (model.tokenizer), not "
+                               f"{type(tokenizer).__name__}; tm.tokenize_and_concatenate(model, texts) takes the model")
+    dataset = texts_of(dataset, column_name, "dataset", "strings, rows holding a text column or a dict of columns")
     texts = (row if isinstance(row, str) else _column(row, column_name) for row in dataset)
     max_length = whole_number(max_length, "max_length", 1 + bool(add_bos_token))
     if add_bos_token and tokenizer.bos_token_id is None:
@@ -75,7 +81,7 @@ def to_numpy(x) -> np.ndarray:
     if isinstance(x, np.ndarray):
         return x
     if isinstance(x, (list, tuple, int, float, bool, str)):
-        return np.array(x)
+        return array_of(x, "to_numpy's argument")  # a ragged list: tinymech's error, not numpy's
     if type(x).__module__.split(".")[0] == "torch":  # without importing torch
         import torch
 
@@ -96,6 +102,7 @@ def test_prompt(prompt: str, answer: str | list[str], model, prepend_space_to_an
     """Prints how the model ranks the answer's tokens after the prompt, and its top_k
     predictions there, as transformer_lens.utils.test_prompt (plain text, no rich
     markup). Several answers: each one's first token, as alternatives."""
+    check_model(model, hint=" (utils.test_prompt(prompt, answer, model))")
     answers = [answer] if isinstance(answer, str) else list(answer) if isinstance(answer, (list, tuple)) else []
     if not answers or not all(isinstance(a, str) for a in answers):
         raise InvalidInputError(f"answer must be a string or a non-empty list of strings, not {answer!r}")

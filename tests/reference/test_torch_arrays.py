@@ -303,3 +303,23 @@ def test_an_sae_refuses_what_numpy_cannot_read_by_name():
         for call in (sae.encode, sae.forward):
             with pytest.raises(tm.SAEInputError, match="cannot be read as an array"):
                 call(bad)
+
+
+@pytest.mark.parametrize("value,want", [(torch.tensor(3), 3), (torch.tensor(-2, dtype=torch.int8), -2)])
+def test_whole_numbers_include_0d_integer_tensors(value, want):
+    # regression: TransformerLens takes get_act_name("pattern", torch.tensor(1)); a 0-d tensor was refused
+    from tinymech.errors import whole_number
+
+    assert whole_number(value, "x") == want
+    assert tm.utils.get_act_name("pattern", torch.tensor(1)) == "blocks.1.attn.hook_pattern"
+
+
+@pytest.mark.parametrize("value", [torch.tensor(True), torch.tensor(1.5), torch.ones(2, requires_grad=True)])
+def test_tensors_that_are_not_whole_numbers_or_arrays_are_refused_by_name(value):
+    from tinymech.errors import InvalidInputError, SAEInputError, array_of, whole_number
+
+    with pytest.raises(InvalidInputError, match="x must be a whole number"):
+        whole_number(value, "x")
+    if value.requires_grad:
+        with pytest.raises(SAEInputError, match="acts cannot be read as an array"):
+            array_of(value, "acts", SAEInputError)

@@ -26,16 +26,17 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import numpy as np
 
 from ..arch.bf16 import from_bf16, to_bf16
 from ..corpus import corpus_description, read_corpus, token_rows
-from ..errors import HookError, InvalidInputError, whole_number
+from ..errors import HookError, InvalidInputError, SAELoadError, check_model, true_or_false, whole_number
 from ..hooks import HookPoint, resolve_names
 from ..io.files import check_regular, read_json
 from ..progress import progress_function
+from .loading import _check_hooks
 from .splice import hook_widths
 
 FORMAT, VERSION = "tinymech activation store", 1
@@ -68,36 +69,98 @@ def collect_activations(model, hook: str, corpus, n_tokens: int, out, context: i
     progress(done, total). An existing store in `out` is continued (resume)
     when it was collected with the same model, hooks, dtype, context and
     corpus, and refused otherwise; a complete one is returned as it is."""
-    header = _new_header(model, hook, hook_out, dtype, context, corpus, seed)
-    n_tokens = whole_number(n_tokens, "n_tokens", 1, maximum=MAX_SIZE)
-    batch_size = whole_number(batch_size, "batch_size", 1, maximum=MAX_SIZE)
-    out = Path(out)
-    old = _existing_header(out, resume)
-    header = _continued(old, header, n_tokens, out) if old else header | {"n_tokens": n_tokens}
+    header, out = _checked(model, hook, corpus, n_tokens, out, context, dtype, hook_out, batch_size, seed, resume,
+                           text_field)
     if not header["complete"]:
         report = progress_function(progress, label="collecting", unit="tokens", start_done=header["tokens_written"])
         rows = token_rows(model, read_corpus(corpus, text_field), header["context"])
-        _check_disk(out, header)
-        _collect(model, rows, header, out, batch_size, report)
+        _collect(model, rows, header, out, whole_number(batch_size, "batch_size", 1, maximum=MAX_SIZE), report)
     return ActivationStore.open(out)
+
+
+def check_collection(model, hook: str, corpus, n_tokens: int, out, context: int = 128, dtype: str = "float32",
+                     hook_out: str | None = None, batch_size: int = 8, seed: int = 0, resume: bool = True,
+                     text_field: str = "text") -> dict:
+    """What collect_activations with these arguments refuses before it collects, refused now
+    (InvalidInputError, HookError), with nothing written: for a caller with work of its own to check
+    first (the train-sae command checks its training). Returns the header the store would have
+    (d_in and d_out: the widths; complete and tokens_written: what out already holds)."""
+    return _checked(model, hook, corpus, n_tokens, out, context, dtype, hook_out, batch_size, seed, resume,
+                    text_field)[0]
+
+
+def _checked(model, hook, corpus, n_tokens, out, context, dtype, hook_out, batch_size, seed, resume,
+             text_field) -> tuple[dict, Path]:
+    """(the header to collect under, out as a Path), every argument checked and the corpus's first row
+    read where that can be done twice: a refusal comes before the collection, which can take hours."""
+    from .train import _out_folder  # train imports this module
+
+    header = _new_header(model, hook, hook_out, dtype, context, corpus, seed)
+    n_tokens = whole_number(n_tokens, "n_tokens", 1, maximum=MAX_SIZE)
+    whole_number(batch_size, "batch_size", 1, maximum=MAX_SIZE)
+    path = os.fspath(out) if isinstance(out, (str, os.PathLike)) else None
+    if isinstance(path, str) and path and Path(path).exists() and not Path(path).is_dir():
+        raise InvalidInputError(f"{out} is not a folder")
+    out = _out_folder(out, required="the activations")  # None, "", a path inside a file
+    old = _existing_header(out, true_or_false(resume, "resume"))
+    header = _continued(old, header, n_tokens, out) if old else header | {"n_tokens": n_tokens}
+    if not header["complete"]:
+        # a path or a list is read again by the collection (an iterator is not): a corpus too short is refused now
+        if header["rows_written"] == 0 and isinstance(corpus, (str, os.PathLike, list, tuple, Mapping)):
+            if not _holds_a_row(model, corpus, text_field, header["context"]):
+                raise _too_short(header)
+        else:
+            token_rows(model, read_corpus(corpus, text_field), header["context"])  # its arguments checked
+        _check_disk(out, header)
+    return header, out
+
+
+def _holds_a_row(model, corpus, text_field: str, context: int) -> bool:
+    """Whether the corpus gives a row of tokens: its first texts read, each cut to far more than a row
+    needs (a book-long document is not tokenized whole for this), and read whole only where that finds
+    no row (a short corpus, quick; or the cut left too little, which the whole text decides)."""
+    cut = (text[: context * 256] for text in read_corpus(corpus, text_field))
+    if next(token_rows(model, cut, context), None) is not None:
+        return True
+    return next(token_rows(model, read_corpus(corpus, text_field), context), None) is not None
+
+
+def _too_short(header: dict) -> InvalidInputError:
+    return InvalidInputError(f"the corpus {header['corpus']} holds less than one row of {header['context']} "
+                             "tokens: give more text or a smaller context")
+
+
+def check_hook_order(hook: str | None, hook_out: str | None, d_in: int, d_out: int | None) -> None:
+    """HookError unless a transcoder reading `hook` can write `hook_out`: a later hook point (or the
+    same one at the same width), as a saved SAE's config must say (loading.py's rule, checked here
+    before the activations are collected or trained on rather than when the SAE is saved)."""
+    if hook is None or hook_out is None:
+        return
+    try:
+        _check_hooks(hook, hook_out, d_in, d_out)
+    except SAELoadError as e:  # worded for a cfg.json: say it in this call's terms
+        message = str(e).removeprefix("cfg.json: ").replace("hook_name_out", "hook_out").replace("hook_name", "hook")
+        raise HookError(message.replace("the SAE", "the transcoder")) from None
 
 
 def _new_header(model, hook, hook_out, dtype, context, corpus, seed) -> dict:
     from .. import __version__
 
+    check_model(model, hint=" (tm.collect_activations(model, hook, corpus, n_tokens, out))")
     names = resolve_names(model, [hook] + ([] if hook_out is None else [hook_out]))
     if model.tokenizer is None:
         raise InvalidInputError("collecting activations from a corpus needs a model with a tokenizer")
     if dtype not in ITEM_BYTES:
         raise InvalidInputError(f"dtype must be 'float32' or 'bf16', not {dtype!r}")
     context = whole_number(context, "context", 2, maximum=model.cfg.n_ctx)
+    d_in, d_out = _width(model, names[0]), None if hook_out is None else _width(model, names[-1])
+    check_hook_order(names[0], hook_out, d_in, d_out)
     tok = model.tokenizer
     excluded = {tok.bos_token_id, tok.eos_token_id, getattr(tok, "pad_token_id", None)} - {None}
     return {
         "format": FORMAT, "version": VERSION, "tinymech_version": __version__,
         "model": model_identity(model), "model_dtype": model.dtype,
-        "hook": names[0], "hook_out": hook_out, "d_in": _width(model, names[0]),
-        "d_out": None if hook_out is None else _width(model, names[-1]),
+        "hook": names[0], "hook_out": hook_out, "d_in": d_in, "d_out": d_out,
         "dtype": dtype, "context": context, "prepend_bos": True, "excluded_token_ids": sorted(excluded),
         "seed": whole_number(seed, "seed", 0, maximum=2**63 - 1),
         "tokenizer_sha256": tokenizer_sha256(model),
@@ -175,10 +238,12 @@ def _gb(n: int) -> str:
 def _collect(model, rows: Iterator[np.ndarray], header: dict, out: Path, batch_size: int, report) -> None:
     """Append the activations of the token rows after header's to out's files, the header rewritten after
     each batch."""
+    from .train import _make_folder  # train imports this module
+
     names = [header["hook"]] + ([header["hook_out"]] if header["hook_out"] else [])
     stop = _stop_layer(model, names)
     excluded = np.asarray(header["excluded_token_ids"], dtype=np.int64)
-    out.mkdir(parents=True, exist_ok=True)
+    _make_folder(out)
     with _DataFiles(out, header) as files:
         _write_header(out, header)
         for batch in _row_batches(rows, batch_size, skip=header["rows_written"]):
@@ -198,8 +263,7 @@ def _collect(model, rows: Iterator[np.ndarray], header: dict, out: Path, batch_s
             if header["tokens_written"] == header["n_tokens"]:
                 break
     if header["tokens_written"] == 0:
-        raise InvalidInputError(f"the corpus {header['corpus']} holds less than one row of {header['context']} "
-                                "tokens: give more text or a smaller context")
+        raise _too_short(header)
     if header["tokens_written"] < header["n_tokens"]:
         raise InvalidInputError(
             f"the corpus ran out after {header['tokens_written']} of the {header['n_tokens']} tokens asked; "

@@ -25,7 +25,7 @@ import dataclasses
 import numpy as np
 
 from .. import hooks as _hooks
-from ..errors import SAEInputError
+from ..errors import InvalidInputError, SAEInputError, array_of, check_model, real_number, whole_number
 from .architectures import ARCHITECTURES
 from .splice import check_hooks, hook_widths
 
@@ -132,17 +132,21 @@ def sae_metrics(model, sae, tokens, batch_size: int = 8, ignore_tokens=None, den
     """Reconstruction and downstream-loss metrics of `sae` on `model` over tokens
     [batch, pos] (or texts), run batch_size sequences at a time. ignore_tokens:
     token ids to leave out (None: those the SAE's config excludes)."""
+    check_model(model, hint=" (tm.sae_metrics(model, sae, tokens))")
+    _check_sae(sae)
     check_hooks(model, sae.cfg)
-    if ignore_tokens is None:
-        ignore_tokens = _default_ignored(model, sae)
+    batch_size = whole_number(batch_size, "batch_size", 1)
+    dense_threshold = _threshold(dense_threshold)
+    ignore_tokens = _default_ignored(model, sae) if ignore_tokens is None else _token_ids(ignore_tokens, model)
     tokens = model.tokens_of(tokens, prepend_bos=prepend_bos, same_length=True)
     out_hook = sae.cfg.output_hook
     rows_per_token = hook_widths(model.cfg, out_hook)[0] // sae.d_out
     sums = _Sums(sae.d_sae)
     first = min(_block_of(sae.cfg.hook_name), _block_of(out_hook))
-    for start in range(0, tokens.shape[0], max(1, int(batch_size))):
+    ignored = np.asarray(ignore_tokens, dtype=np.int64)
+    for start in range(0, tokens.shape[0], batch_size):
         batch = tokens[start : start + batch_size]
-        keep = ~np.isin(batch, np.asarray(list(ignore_tokens), dtype=np.int64))
+        keep = ~np.isin(batch, ignored)
         keep_rows = np.repeat(keep.reshape(-1), rows_per_token)
         ce_mask = keep[:, :-1]
         # the three runs differ from block `first` on: the edited runs start there from the clean residual
@@ -178,6 +182,28 @@ def sae_metrics(model, sae, tokens, batch_size: int = 8, ignore_tokens=None, den
     )
 
 
+def _check_sae(sae) -> None:
+    if not (hasattr(sae, "cfg") and hasattr(sae, "_core") and hasattr(sae, "d_sae")):
+        raise InvalidInputError(f"sae must be a tm.SAE (tm.SAE.load(...)), not {type(sae).__name__}")
+
+
+def _token_ids(ids, model) -> tuple[int, ...]:
+    """ignore_tokens as token ids of the model's vocabulary (1.5 would leave no token out, silently)."""
+    if isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__") or getattr(ids, "ndim", 1) != 1:
+        raise InvalidInputError(f"ignore_tokens must be a list of token ids (e.g. [model.tokenizer.bos_token_id]), "
+                                f"not {ids!r}")
+    return tuple(whole_number(t, "each of ignore_tokens (a token id)", 0, maximum=model.cfg.d_vocab - 1)
+                 for t in ids)
+
+
+def _threshold(value) -> float:
+    """dense_threshold: a fraction of the tokens."""
+    value = real_number(value, "dense_threshold")
+    if not 0 <= value <= 1:  # NaN too: no feature would be dense, silently
+        raise InvalidInputError(f"dense_threshold must be a fraction of the tokens, in [0, 1], not {value}")
+    return value
+
+
 @dataclasses.dataclass(frozen=True)
 class ReconstructionMetrics:
     """An SAE's reconstruction of stored activations (no model run): SAELens's definitions."""
@@ -199,6 +225,7 @@ class ReconstructionMetrics:
 def reconstruction_metrics(sae, x, y=None, chunk: int = 4096, dense_threshold: float = 0.1) -> ReconstructionMetrics:
     """L0, L1, MSE, explained variance and feature densities of `sae` on rows x [n, d_in]
     (the target is y [n, d_out] for a transcoder, else x), chunk rows at a time."""
+    _check_sae(sae)
     x = _rows_of(x, sae.d_in, "x")
     y = None if y is None else _rows_of(y, sae.d_out, "y")
     if y is not None and len(y) != len(x):
@@ -208,11 +235,8 @@ def reconstruction_metrics(sae, x, y=None, chunk: int = 4096, dense_threshold: f
 
 
 def _rows_of(a, width: int, what: str) -> np.ndarray:
-    """Rows [n, width] (the core's ValueError, or numpy's, otherwise)."""
-    try:
-        a = np.asarray(a)
-    except ValueError:  # a ragged list
-        a = np.asarray(None)
+    """Rows [n, width] of numbers (SAEInputError otherwise)."""
+    a = array_of(a, what, SAEInputError)
     if a.ndim != 2 or a.shape[1] != width or a.dtype.kind not in "iuf":
         raise SAEInputError(f"{what} must be rows [n, {width}] of numbers, not shape {list(a.shape)} of {a.dtype}")
     return a
@@ -222,6 +246,8 @@ def reconstruction_metrics_over(sae, read, n: int, chunk: int = 4096,
                                 dense_threshold: float = 0.1) -> ReconstructionMetrics:
     """reconstruction_metrics over n rows that read(start, stop) -> (x, y or None) gives a chunk at a
     time (rows of an activation store, never all in memory at once)."""
+    chunk = whole_number(chunk, "chunk", 1)  # -1 would measure no row, and say so only by n_tokens=0
+    dense_threshold = _threshold(dense_threshold)
     if ARCHITECTURES[sae.cfg.architecture].sequential:
         raise SAEInputError("a temporal SAE reads whole sequences, not rows of activations: measure it on a "
                             "model's runs (tm.sae_metrics)")

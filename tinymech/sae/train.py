@@ -21,6 +21,7 @@ core: each step is one Trainer.step on a shuffled batch. Around it:
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -34,15 +35,16 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
-from ..errors import InvalidInputError, SAEInputError, TrainingError, real_number, true_or_false, whole_number
+from ..errors import (InvalidInputError, SAEInputError, TrainingError, check_model, real_number, true_or_false,
+                      whole_number)
 from ..io.files import check_regular, read_json
-from .activations import model_identity, tokenizer_sha256
+from .activations import check_hook_order, model_identity, tokenizer_sha256
 from .architectures import DEFAULT_TRAINING, TRAINING, training
 from .loading import CFG_FILE, LABELS_FILE, WEIGHTS_FILE, parse_config
 from .metrics import reconstruction_metrics_over, sae_metrics
 from .sae import SAE, fold_norm_scaling
 from .saving import write_atomically, write_sae_folder
-from .train_data import as_activations, holdout_split, nonfinite_error
+from .train_data import PlannedActivations, as_activations, holdout_split, nonfinite_error
 from .train_display import TrainingDisplay
 from ..runtime import check_memory
 from .trainer import Trainer, check_options, training_memory
@@ -121,22 +123,18 @@ def train_sae(acts, architecture: str = DEFAULT_TRAINING, d_sae: int | None = No
     Refused before anything is trained: a run that would need more memory than the
     machine has, and an out that cannot be a folder.
     """
-    out = _out_folder(out)
-    data = as_activations(acts)
-    _check_model(data, model)
-    cfg = _config(data, architecture, d_sae, k, n_tokens, lr, batch_size, coefficient, coefficient_warm_up_steps,
-                  lr_warm_up_steps, lr_decay_steps, lr_end, skip, b_dec_init, seed, holdout, options)
-    every = None if checkpoint_every is None else whole_number(checkpoint_every, "checkpoint_every", 1)
-    if (every or resume) and out is None:
-        raise InvalidInputError("checkpoints and resume need out= (the folder they are kept in)")
-    n_train, held = holdout_split(data, holdout)
-    _check_memory(cfg, data, n_train)
+    if isinstance(acts, PlannedActivations):
+        raise InvalidInputError("PlannedActivations are for check_training: train on the collected activations")
+    out, data, cfg, every, n_train, held = _plan(
+        acts, architecture, d_sae, k, n_tokens, lr, batch_size, out, coefficient, coefficient_warm_up_steps,
+        lr_warm_up_steps, lr_decay_steps, lr_end, skip, b_dec_init, seed, checkpoint_every, resume, overwrite, model,
+        holdout, options)
     if out is not None:
-        _check_contents(out, true_or_false(resume, "resume"), true_or_false(overwrite, "overwrite"))
         _make_folder(out)
     run = _resume(out, cfg, data) if resume else None
     if run is None:
         run = _start(cfg, data, n_train)
+    _parse(_sae_config(run.trainer, cfg, data))  # what the run will save must load: refused now, not once trained
     display = TrainingDisplay(cfg.n_tokens, progress)
     try:
         _loop(run, cfg, data, n_train, out, every, display)
@@ -154,6 +152,39 @@ def train_sae(acts, architecture: str = DEFAULT_TRAINING, d_sae: int | None = No
     if out is not None:  # the run is over: what it saved to go on is of no more use
         shutil.rmtree(out / CHECKPOINT, ignore_errors=True)
     return sae
+
+
+def check_training(acts, **kwargs) -> None:
+    """What train_sae(acts, **kwargs) refuses before it trains, refused now and with nothing written:
+    the arguments, the hooks, the memory the run needs, what out holds. acts may also be a
+    tinymech.sae.train_data.PlannedActivations, the activations a collection is to give: the train-sae
+    command checks its run before collecting, which takes long."""
+    bound = inspect.signature(train_sae).bind(acts, **kwargs)
+    bound.apply_defaults()
+    arguments = dict(bound.arguments)
+    del arguments["progress"]  # the display is made when training starts
+    _plan(**arguments)
+
+
+def _plan(acts, architecture, d_sae, k, n_tokens, lr, batch_size, out, coefficient, coefficient_warm_up_steps,
+          lr_warm_up_steps, lr_decay_steps, lr_end, skip, b_dec_init, seed, checkpoint_every, resume, overwrite, model,
+          holdout, options):
+    """(out as a Path or None, the activations, the run's TrainConfig, checkpoint_every, training tokens,
+    held-out tokens): train_sae's arguments checked, and what out holds, before anything is written."""
+    out = _out_folder(out)
+    data = as_activations(acts)
+    _check_model(data, model)
+    cfg = _config(data, architecture, d_sae, k, n_tokens, lr, batch_size, coefficient, coefficient_warm_up_steps,
+                  lr_warm_up_steps, lr_decay_steps, lr_end, skip, b_dec_init, seed, holdout, options)
+    every = None if checkpoint_every is None else whole_number(checkpoint_every, "checkpoint_every", 1)
+    resume, overwrite = true_or_false(resume, "resume"), true_or_false(overwrite, "overwrite")
+    if (every or resume) and out is None:
+        raise InvalidInputError("checkpoints and resume need out= (the folder they are kept in)")
+    n_train, held = holdout_split(data, holdout)
+    _check_memory(cfg, data, n_train)
+    if out is not None:
+        _check_contents(out, resume, overwrite)
+    return out, data, cfg, every, n_train, held
 
 
 # ---- configuration ----------------------------------------------------------------------
@@ -200,8 +231,10 @@ def _config(data, architecture, d_sae, k, n_tokens, lr, batch_size, coefficient,
     b_dec_init = b_dec_init or ("mean" if transcoder else "geometric_median")
     if b_dec_init not in ("geometric_median", "mean", "zeros"):
         raise InvalidInputError(f"b_dec_init must be 'geometric_median', 'mean' or 'zeros', not {b_dec_init!r}")
-    if skip and not transcoder:
+    if true_or_false(skip, "skip") and not transcoder:
         raise InvalidInputError("skip=True makes a skip transcoder: the activations need outputs (hook_out)")
+    # a transcoder writing a hook before the one it reads: refused here, not when its trained config is read
+    check_hook_order(data.meta.get("hook"), data.meta.get("hook_out"), data.d_in, data.d_out)
     options = {name: _plain(value, name) for name, value in options.items()}
     check_options(architecture, options)  # now: a bad one would otherwise fail after out was claimed
     # A latent is dead (and AuxK revives it) after DEAD_TOKENS without firing, or a tenth of a shorter run.
@@ -226,7 +259,10 @@ def _plain(value, name: str):
 
 def _check_model(data, model) -> None:
     """The model for the CE metrics must be the one the activations came from."""
-    if model is None or not data.meta:
+    if model is None:
+        return
+    check_model(model, hint=" (train_sae's model= is the one the activations came from, for the CE metrics)")
+    if not data.meta.get("model"):  # arrays, or activations yet to be collected: nothing to compare
         return
     name = model_identity(model)
     if data.meta.get("model") != name or data.meta.get("tokenizer_sha256") != tokenizer_sha256(model):
@@ -246,15 +282,18 @@ def check_out(out, resume: bool = False, overwrite: bool = False) -> Path | None
     return folder
 
 
-def _out_folder(out) -> Path | None:
-    """out as a folder's path, refused before any work where it cannot be one (a file, /dev/null, "")."""
-    if out is None:
+def _out_folder(out, required: str | None = None) -> Path | None:
+    """out as a folder's path, refused before any work where it cannot be one (a file, /dev/null, "");
+    None for None, unless `required` (what the folder is for) says it must be given."""
+    if out is None and required is None:
         return None
     if not isinstance(out, (str, os.PathLike)) or isinstance(os.fspath(out), bytes):
-        raise InvalidInputError(f"out must be a folder's path (a str or Path), not {out!r}")
+        what = "" if required is None else f" for {required}"
+        raise InvalidInputError(f"out must be a folder's path (a str or Path){what}, not {out!r}")
     if os.fspath(out) == "":  # Path("") is the current folder: training would write into it
-        raise InvalidInputError('out="" names no folder: give the folder to write (e.g. out="my-sae"), '
-                                "or out=None to keep the SAE in memory only")
+        give = ('to write (e.g. out="my-sae"), or out=None to keep the SAE in memory only' if required is None
+                else f"for {required}")
+        raise InvalidInputError(f'out="" names no folder: give the folder {give}')
     path = Path(out)
     existing = next(p for p in (path, *path.absolute().parents) if p.exists())
     if not existing.is_dir():

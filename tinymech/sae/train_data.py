@@ -8,21 +8,33 @@ import os
 
 import numpy as np
 
-from ..errors import SAEInputError, whole_number
+from ..errors import SAEInputError, array_of, whole_number
 from .activations import ActivationStore, cut_into
 
 MAX_HOLDOUT_TOKENS = 32768
 
 
 def as_activations(acts):
-    """An ActivationStore, a store's folder, an array [n, d_in] or a pair (x [n, d_in], y [n, d_out])."""
+    """An ActivationStore, a store's folder, an array [n, d_in] or a pair (x [n, d_in], y [n, d_out])
+    (a tuple, or a list of two 2-d arrays)."""
+    if isinstance(acts, PlannedActivations):
+        return acts
     if isinstance(acts, ActivationStore):
         return StoreActivations(acts)
     if isinstance(acts, (str, os.PathLike)):
+        if os.fspath(acts) in ("", b""):  # Path("") is the current folder
+            raise SAEInputError('acts="" names no activation store: give its folder, or the activations')
         return StoreActivations(ActivationStore.open(acts))
-    if isinstance(acts, tuple) and len(acts) == 2:
+    if isinstance(acts, tuple) and len(acts) == 2 or _is_pair(acts):
         return ArrayActivations(*acts)
     return ArrayActivations(acts)
+
+
+def _is_pair(acts) -> bool:
+    """A list [x, y] of two 2-d arrays (a transcoder's), not a list of two rows."""
+    if not (isinstance(acts, list) and len(acts) == 2):
+        return False
+    return all(array_of(a, "activations", SAEInputError).ndim == 2 for a in acts)
 
 
 def holdout_split(data, holdout: int | None) -> tuple[int, int]:
@@ -33,6 +45,24 @@ def holdout_split(data, holdout: int | None) -> tuple[int, int]:
     if holdout >= data.n_tokens:
         raise SAEInputError(f"holding out {holdout} of {data.n_tokens} tokens leaves none to train on")
     return data.n_tokens - holdout, holdout
+
+
+class PlannedActivations:
+    """Activations yet to be collected, n_tokens rows at hook (and hook_out): what train_sae can
+    check of a run before the collection, which takes long (tinymech.sae.train.check_training)."""
+
+    def __init__(self, n_tokens: int, d_in: int, d_out: int | None = None, hook: str | None = None,
+                 hook_out: str | None = None):
+        self.n_tokens, self.d_in, self.d_out = n_tokens, d_in, d_out
+        self.meta = {"hook": hook, "hook_out": hook_out}
+
+    def round_holdout(self, tokens: int) -> int:
+        # a store rounds up to whole rows, which only the collection knows: what is refused here is
+        # refused whatever the rows, and the store is checked again when it is trained on
+        return tokens
+
+    def identity(self) -> str:
+        return f"activations to collect ({self.n_tokens} tokens)"
 
 
 class ArrayActivations:
@@ -147,7 +177,7 @@ def nonfinite_error(data) -> SAEInputError:
 
 
 def _rows_of(a, what: str) -> np.ndarray:
-    a = np.asarray(a)
+    a = array_of(a, what, SAEInputError)
     if a.ndim != 2 or a.shape[0] == 0 or a.shape[1] == 0:
         raise SAEInputError(f"{what} must be a non-empty array [tokens, width], got shape {list(a.shape)}")
     if not np.issubdtype(a.dtype, np.floating):

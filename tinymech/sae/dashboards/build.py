@@ -22,8 +22,8 @@ from typing import Iterator
 import numpy as np
 
 from ... import _core
-from ...corpus import corpus_description, read_corpus, token_rows
-from ...errors import HookError, InvalidInputError, TinymechError, TrainingError, whole_number
+from ...corpus import corpus_description, corpus_path, read_corpus, token_rows
+from ...errors import HookError, InvalidInputError, TinymechError, TrainingError, check_model, whole_number
 from ...runtime import check_memory
 from ...hooks import HookPoint, resolve_names
 from ...ops import top_k
@@ -62,7 +62,9 @@ def feature_dashboards(model, sae=None, corpus=None, n_tokens: int | None = None
     arguments is continued (resume); a finished one is returned as it is; one built from
     another SAE, model or corpus is refused."""
     from ..sae import SAE
+    from ..train import _make_folder
 
+    check_model(model, hint=" (tm.feature_dashboards(model, sae, corpus))")
     if isinstance(sae, (str, os.PathLike)):
         sae = SAE.load(sae)
     source = _source(model, sae, hook)
@@ -75,6 +77,7 @@ def feature_dashboards(model, sae=None, corpus=None, n_tokens: int | None = None
         return FeatureDashboards.load(out)
     batch_size = whole_number(batch_size, "batch_size", 1, maximum=1 << 20)
     stats = _new_stats(meta)
+    _make_folder(out)  # one that cannot be made or written in: InvalidInputError, not the OSError
     checkpoint = _Checkpoint(out, meta, stats, resumed=old is not None)
     report = progress_function(progress, label="dashboards", unit="tokens", start_done=checkpoint.done)
     batches = _batches(model, source, store, corpus, meta, batch_size, text_field, checkpoint.rows_done)
@@ -151,7 +154,7 @@ def _store_of(corpus, model, source: _Source) -> ActivationStore | None:
         raise InvalidInputError("give a corpus: a text file, a folder, a .jsonl file, strings, or an activation store")
     if isinstance(corpus, ActivationStore):
         store = corpus
-    elif isinstance(corpus, (str, os.PathLike)) and (Path(corpus) / "activations.json").is_file():
+    elif isinstance(corpus, (str, os.PathLike)) and (corpus_path(corpus) / "activations.json").is_file():
         store = ActivationStore.open(corpus)
     else:
         return None
@@ -356,8 +359,10 @@ def _write_feature_labels(folder: Path, dash, labels: dict[int, str]) -> None:
 # --- arguments, the folder and the checkpoint ------------------------------------------------------------------------
 
 def _out_folder(out, sae) -> Path:
+    from ..train import _out_folder as folder  # the same refusals as train_sae's (a path inside a file, "")
+
     if out is not None:
-        return Path(out)
+        return folder(out, required="the dashboards")
     if sae is None or not sae.path:
         raise InvalidInputError("give out=: a folder for the dashboards (only an SAE loaded from a folder has "
                                 "a default, its 'dashboards' subfolder)")

@@ -9,13 +9,25 @@ import numpy as np
 
 
 # C0 controls (ESC, BEL, CR, backspace, ...) show as their Unicode pictures
-# (␛, ␇, ␍, ␈); DEL, the C1 controls (U+009B is a one-character CSI) and lone
-# surrogates (bytes that were not UTF-8) show as U+FFFD, as do the bidirectional
-# embeddings, overrides and isolates, which reorder the text a terminal shows
-# around them (so a file could make one string display as another).
-_BIDI = [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+# (␛, ␇, ␍, ␈); DEL, the C1 controls (U+009B is a one-character CSI, U+0085 a
+# newline) and lone surrogates (bytes that were not UTF-8) show as U+FFFD, as do:
+# - the line and paragraph separators (U+2028, U+2029), which some terminals
+#   and every str.splitlines break a line at;
+# - the bidirectional embeddings, overrides and isolates, and the marks (LRM,
+#   RLM, ALM): all reorder the text a terminal shows around them ("\u200f1 2"
+#   shows as "2 1" where the bidi algorithm runs), so that a file could make one
+#   string display as another; and the deprecated U+206A-F, which switch the
+#   digits' shapes and the brackets' mirroring of what follows.
+# The other format characters stay: they neither break nor reorder a line. Soft
+# hyphen, the zero-width space, (non-)joiners (emoji sequences, Persian), word
+# joiner, invisible operators and BOM show as nothing (or a hyphen), the Arabic,
+# Syriac and Kaithi number signs as signs, tags make emoji flags; the rest
+# (Mongolian, hieroglyph, shorthand and musical format controls) lay out a
+# script's own signs.
+_BIDI = [*range(0x202A, 0x202F), *range(0x2066, 0x2070), 0x200E, 0x200F, 0x061C]
+_LINE_BREAKS = [0x2028, 0x2029]
 _UNSAFE = {code: 0x2400 + code for code in range(32)}
-_UNSAFE.update(dict.fromkeys([0x7F, *range(0x80, 0xA0), *range(0xD800, 0xE000), *_BIDI], 0xFFFD))
+_UNSAFE.update(dict.fromkeys([0x7F, *range(0x80, 0xA0), *range(0xD800, 0xE000), *_BIDI, *_LINE_BREAKS], 0xFFFD))
 
 
 @functools.lru_cache(maxsize=None)
@@ -26,8 +38,8 @@ def _table(keep: str) -> dict[int, int]:
 def printable(text: str, keep: str = "\n") -> str:
     """The text with its control characters visible and harmless, so that it
     cannot drive a terminal (retitle it, write the clipboard, clear or hide
-    text); the characters in `keep` (by default the newline) stay, as does
-    every other character: accents, CJK, emoji."""
+    text, break or reorder a line); the characters in `keep` (by default the
+    newline) stay, as does every other character: accents, CJK, emoji."""
     return text.translate(_table(keep))
 
 

@@ -96,7 +96,9 @@ async def test_dashboards_given_for_an_sae_are_read(model_dir, sae_dir, tmp_path
 
 
 async def test_a_neuronpedia_export_opens_in_the_explorer(model_dir, sae_dir, tmp_path):
-    exported = tm.export_neuronpedia(synthetic_dashboards(n_features=6), tmp_path / "np.json")
+    dash = synthetic_dashboards(n_features=6)
+    dash.meta["hook"] = SAE.load(sae_dir).cfg.hook_name  # an export of another hook's SAE is refused
+    exported = tm.export_neuronpedia(dash, tmp_path / "np.json")
     app = make_app(tm.load(model_dir), [SAE.load(sae_dir)], dashboards=[exported])
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot)

@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import _core
 from ..errors import ModelLoadError, TinymechError, UnsupportedArchitectureError
-from ..io.gguf_format import GgufFile, GgufTensor, import_gguf, read_gguf_file
+from ..io.gguf_format import GgufArray, GgufFile, GgufTensor, import_gguf, read_gguf_file
 from ..io.tokenizer import call_tokenizers
 from ..text import printable
 from .families import config_from_hf
@@ -67,6 +67,15 @@ class _Metadata:
         value = self.get(key)
         if value is None:
             raise ModelLoadError(f"{self._path} lacks the GGUF metadata entry {key!r}")
+        return value
+
+    def strings(self, key, required: bool = True) -> list[str]:
+        """An array of strings (the vocabulary, the merges): a list of str, as the reader makes one."""
+        value = self.need(key) if required else self.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            kind = repr(value) if isinstance(value, GgufArray) else type(value).__name__
+            raise ModelLoadError(f"{self._path}: the GGUF metadata entry {key!r} must be an array of strings, "
+                                 f"not {printable(kind, keep='')[:80]}")
         return value
 
 
@@ -214,9 +223,9 @@ def _tokenizer(meta: _Metadata, path: Path):
         raise UnsupportedArchitectureError(
             f"{path} uses the pre-tokenizer {pre!r}; supported: {', '.join(SUPPORTED_PRE_TOKENIZERS)}"
         )
-    tokens = meta.need("tokenizer.ggml.tokens")
+    tokens = meta.strings("tokenizer.ggml.tokens")
     vocab = {tok: i for i, tok in enumerate(tokens)}
-    merges = _merges(meta.get("tokenizer.ggml.merges", []), vocab, path)
+    merges = _merges(meta.strings("tokenizer.ggml.merges", required=False), vocab, path)
     bpe = call_tokenizers(f"{path} holds a vocabulary and merges that make no tokenizer",
                           lambda: models.BPE(vocab, merges, fuse_unk=False))
     tok = tokenizers.Tokenizer(bpe)
@@ -229,8 +238,12 @@ def _tokenizer(meta: _Metadata, path: Path):
     else:
         tok.pre_tokenizer = byte_level
     tok.decoder = decoders.ByteLevel()
-    # control tokens (type 3) are matched whole in text, as special tokens
+    # control tokens (type 3) are matched whole in text, as special tokens; the types are
+    # numbers (a GgufArray: Python numbers one at a time), one per token
     types = meta.get("tokenizer.ggml.token_type") or []
+    if len(types) not in (0, len(tokens)):
+        raise ModelLoadError(f"{path} has {len(types)} token types (tokenizer.ggml.token_type) for {len(tokens)} "
+                             "tokens")
     special = [tokens[i] for i, t in enumerate(types) if t == 3]
     tok.add_special_tokens([tokenizers.AddedToken(t, special=True, normalized=False) for t in special])
     return tok, meta.get("tokenizer.ggml.bos_token_id"), meta.get("tokenizer.ggml.eos_token_id"), len(tokens)

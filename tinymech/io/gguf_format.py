@@ -3,7 +3,10 @@ key-values and tensor descriptions parsed from the header, the tensor bytes
 memory-mapped. The gguf package's reader took ~2 s on SmolLM2's header (its
 98k vocabulary and merge strings, one numpy view each); this takes ~0.1 s.
 Every count, length and offset is checked against the file's size, so a
-corrupt or truncated file raises ModelLoadError instead of reading past it.
+corrupt or truncated file raises ModelLoadError instead of reading past it;
+every count against the bytes its elements need at the least, before anything
+is allocated. Numeric arrays stay numpy arrays (GgufArray): a Python object per
+element would be up to 9 times the bytes a file spends on it.
 
 Layout (little-endian): magic "GGUF", version (u32, 2 or 3), tensor count and
 key-value count (u64); the key-values (string key, u32 value type, value);
@@ -16,13 +19,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import mmap
+import operator
 import struct
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from .. import _core
 from ..errors import ModelLoadError
+from ..text import printable
 from .files import open_regular
 
 MAGIC = b"GGUF"
@@ -33,6 +39,9 @@ _NUMPY = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 
           12: "<f8"}
 _STRING, _ARRAY = 8, 9
 MAX_DIMS = 4  # GGML_MAX_DIMS
+# the fewest bytes each takes: a key-value (an empty key, a type, a u8), a tensor info (an
+# empty name, one dimension, a type, an offset), a string (its u64 length)
+_MIN_KV, _MIN_TENSOR, _MIN_STRING = 8 + 4 + 1, 8 + 4 + 8 + 4 + 8, 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,8 +56,50 @@ class GgufTensor:
 @dataclasses.dataclass(frozen=True)
 class GgufFile:
     version: int
-    metadata: dict  # key -> int, float, bool, str or list of them
+    metadata: dict  # key -> int, float, bool, str, a list of str, or a GgufArray of numbers
     tensors: list[GgufTensor]
+
+
+class GgufArray(Sequence):
+    """A numeric metadata array (token scores, token types, ...) held as a read-only numpy
+    array, a copy of the file's bytes: a list would hold a Python object per element, up to
+    9 times the bytes. It reads as that list: len, items and iteration give Python numbers
+    (bools for GGUF's bool arrays), == compares with a list; np.asarray(a) or a.values is
+    the numpy array."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, values: np.ndarray):
+        values.setflags(write=False)
+        self.values = values
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return GgufArray(self.values[index])
+        return self.values[operator.index(index)].item()
+
+    def __iter__(self):
+        for start in range(0, len(self.values), 4096):  # Python numbers a block at a time, not all at once
+            yield from self.values[start : start + 4096].tolist()
+
+    def __eq__(self, other):
+        if not isinstance(other, (GgufArray, list, np.ndarray)):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+
+    __hash__ = None  # as a list's
+
+    def __array__(self, dtype=None, copy=None):
+        return np.array(self.values, dtype=dtype, copy=copy)
+
+    def tolist(self) -> list:
+        return self.values.tolist()
+
+    def __repr__(self) -> str:
+        return f"GgufArray({self.values.dtype}, {len(self.values)} values)"
 
 
 class _Cursor:
@@ -76,22 +127,28 @@ class _Cursor:
         except UnicodeDecodeError:
             raise ModelLoadError(f"{self.path} holds a string that is not UTF-8 at byte {start}") from None
 
-    def value(self, kind: int, depth: int = 0):
+    def value(self, kind: int, key: str):
         if kind in _SCALARS:
             return self.scalar(kind)
         if kind == _STRING:
             return self.string()
-        if kind == _ARRAY and depth < 4:  # arrays of arrays, but not without end
-            item, count = self.scalar(4), self.scalar(10)
-            if item in _NUMPY:
-                size = np.dtype(_NUMPY[item]).itemsize
-                start = self.take(count * size)
-                values = np.frombuffer(self.buf, _NUMPY[item], count, start)
-                return (values != 0).tolist() if item == 7 else values.tolist()
-            if count > len(self.buf) - self.pos:  # every element takes at least a byte
-                raise ModelLoadError(f"{self.path} is corrupt: an array claims {count} elements")
-            return [self.value(item, depth + 1) for _ in range(count)]
-        raise ModelLoadError(f"{self.path} is corrupt: unknown GGUF value type {kind}")
+        if kind != _ARRAY:
+            raise ModelLoadError(f"{self.path} is corrupt: unknown GGUF value type {kind}")
+        item, count = self.scalar(4), self.scalar(10)
+        if item in _NUMPY:
+            start = self.take(count * np.dtype(_NUMPY[item]).itemsize)  # a Python int: no overflow
+            values = np.frombuffer(self.buf, _NUMPY[item], count, start).copy()  # the file's bytes, once
+            return GgufArray(values != 0 if item == 7 else values)
+        if item == _STRING:
+            left = len(self.buf) - self.pos
+            if count > left // _MIN_STRING:  # refused before a string is read
+                raise ModelLoadError(f"{self.path} is corrupt: an array claims {count} strings, more than the "
+                                     f"{left} bytes left hold")
+            return [self.string() for _ in range(count)]
+        if item == _ARRAY:  # llama.cpp refuses these too; they would be a list of objects per element
+            raise ModelLoadError(f"{self.path}: metadata {printable(repr(key))} is an array of arrays, which GGUF "
+                                 "readers (llama.cpp's, tinymech's) do not read")
+        raise ModelLoadError(f"{self.path} is corrupt: unknown GGUF array type {item}")
 
 
 def import_gguf():
@@ -139,15 +196,23 @@ def read_gguf_file(path: str | Path) -> GgufFile:
     if version not in (2, 3):
         raise ModelLoadError(f"{path} is GGUF version {version}; tinymech reads versions 2 and 3")
     n_tensors, n_kv = cur.scalar(10), cur.scalar(10)
-    if n_tensors > len(buf) or n_kv > len(buf):
-        raise ModelLoadError(f"{path} is corrupt: it claims {n_tensors} tensors and {n_kv} metadata entries")
+    left = len(buf) - cur.pos
+    if n_tensors * _MIN_TENSOR + n_kv * _MIN_KV > left:  # refused before any is read
+        raise ModelLoadError(f"{path} is corrupt: it claims {n_tensors} tensors and {n_kv} metadata entries, "
+                             f"more than its {left} bytes hold")
     metadata = {}
     for _ in range(n_kv):
         key = cur.string()
-        metadata[key] = cur.value(cur.scalar(4))
+        if key in metadata:  # which value is meant? (llama.cpp refuses it too)
+            raise ModelLoadError(f"{path} is corrupt: it holds the metadata key {printable(repr(key))} twice")
+        metadata[key] = cur.value(cur.scalar(4), key)
     infos = []
+    names = set()
     for _ in range(n_tensors):
         name = cur.string()
+        if name in names:
+            raise ModelLoadError(f"{path} is corrupt: it holds tensor {printable(repr(name))} twice")
+        names.add(name)
         n_dims = cur.scalar(4)
         if not 1 <= n_dims <= MAX_DIMS:
             raise ModelLoadError(f"{path} is corrupt: tensor {name!r} has {n_dims} dimensions")

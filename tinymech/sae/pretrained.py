@@ -15,12 +15,16 @@ Resolution:
 """
 from __future__ import annotations
 
+import datetime
 import importlib.util
+import math
+import re
 from pathlib import Path
 
-from ..io.files import inside
+from ..io.files import inside, read_text
 from ..io.sources import cached_snapshots, hf_cache_dir
 from ..errors import SAELoadError, SAENotFoundError
+from ..text import printable
 from .loading import CFG_FILE, LABELS_FILE, SPARSITY_FILE, WEIGHTS_FILE
 
 REGISTRY_FILE = "pretrained_saes.yaml"
@@ -40,15 +44,18 @@ def registry_path() -> Path | None:
 
 
 def registry_entry(release: str, path: Path | None = None) -> dict | None:
-    """The registry's entry for a release, or None when the release or registry is absent.
+    """The registry's entry for a release, every field that is used checked (check_entry),
+    or None when the release or registry is absent. A damaged registry is an SAELoadError
+    naming it.
 
     Only the release's own block of the (large) YAML file is parsed."""
     path = path or registry_path()
     if path is None:
         return None
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    text = read_text(path, "SAELens's release registry", SAELoadError, limit=REGISTRY_LIMIT)
+    lines = text.splitlines(keepends=True)
     key = release + ":"
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == key), None)
+    start = next((i for i, line in enumerate(lines) if line.rstrip() == key or line.startswith(key + " ")), None)
     if start is None:
         return None
     end = next((j for j in range(start + 1, len(lines)) if lines[j][:1] not in (" ", "\t", "\n", "\r", "#", "")),
@@ -60,10 +67,98 @@ def registry_entry(release: str, path: Path | None = None) -> dict | None:
             "reading SAELens's release registry needs PyYAML (pip install pyyaml); or pass the Hugging Face "
             "repo id as the release and the SAE's folder as sae_id"
         ) from None
-    entry = yaml.safe_load("".join(lines[start:end]))[release]
-    if not isinstance(entry, dict) or "repo_id" not in entry or not isinstance(entry.get("saes"), list):
-        raise SAELoadError(f"{path}: the entry for {release!r} lacks repo_id or saes")
-    return entry
+    where = f"{path}: the entry for {printable(repr(release))}"
+    try:
+        block = yaml.safe_load("".join(lines[start:end]))
+    except yaml.MarkedYAMLError as e:  # the problem and its line in the file (the message quotes the file)
+        line = f" at line {start + e.problem_mark.line + 1}" if e.problem_mark else ""
+        raise SAELoadError(f"{where} is not valid YAML: {printable(str(e.problem or e.context), keep='')}{line}") \
+            from None
+    except yaml.YAMLError as e:  # a character YAML refuses: its first line says which
+        problem = str(e).split("\n")[0]
+        raise SAELoadError(f"{where} is not valid YAML: {printable(problem, keep='')}") from None
+    except RecursionError:  # PyYAML's parser recurses once per nested bracket
+        raise SAELoadError(f"{where} is not valid YAML: it nests too deeply") from None
+    # the block is one key, the release (read by YAML as it will: "yes:" is a boolean key)
+    entry = next(iter(block.values())) if isinstance(block, dict) and len(block) == 1 else None
+    return check_entry(entry, where)
+
+
+REGISTRY_LIMIT = 64 << 20  # bytes of pretrained_saes.yaml read (SAELens 6's is 1.5 MB)
+# A Hugging Face repo id as the hub allows one ("owner/name"), in ASCII: it names a cache folder.
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}", re.ASCII)
+
+
+def check_entry(entry, where: str) -> dict:
+    """A release's registry entry whose fields locate uses are of their types: repo_id a repo id,
+    saes a list of mappings with distinct ids and folders that stay inside the repo, their
+    neuronpedia ids printable strings and norm_scaling_factor positive numbers, conversion_func
+    a string or null, config_overrides a mapping of JSON's values."""
+    if not isinstance(entry, dict):
+        raise SAELoadError(f"{where} is not a mapping of repo_id, saes, ... but {type(entry).__name__}")
+    for field in ("repo_id", "saes"):
+        if field not in entry:
+            raise SAELoadError(f"{where} lacks {field}")
+    repo_id = entry["repo_id"]
+    if not (isinstance(repo_id, str) and _REPO_ID.fullmatch(repo_id)) or "--" in repo_id or ".." in repo_id:
+        raise SAELoadError(f"{where}: repo_id must be a Hugging Face repo id (owner/name), not "
+                           f"{printable(repr(repo_id))[:100]}")
+    if not isinstance(entry["saes"], list):
+        raise SAELoadError(f"{where}: saes must be a list, not {type(entry['saes']).__name__}")
+    saes = {}
+    for i, info in enumerate(entry["saes"]):
+        what = f"{where}: SAE {i}"
+        if not isinstance(info, dict) or "id" not in info:
+            raise SAELoadError(f"{what} must be a mapping with an id (and a path)")
+        sae_id = _name(info["id"], f"{what}'s id")
+        if sae_id in saes:
+            raise SAELoadError(f"{where} lists SAE {printable(repr(sae_id))} twice")
+        what = f"{where}: SAE {printable(repr(sae_id))}"
+        folder = _name(info.get("path", sae_id), f"{what}'s path", "a folder name")  # SAELens has integer ones
+        inside(Path(repo_id), folder, f"{what}'s path", SAELoadError)
+        neuronpedia = info.get("neuronpedia")
+        if neuronpedia is not None and not isinstance(neuronpedia, str):
+            raise SAELoadError(f"{what}: neuronpedia must be a string, not {type(neuronpedia).__name__}")
+        if neuronpedia is not None and printable(neuronpedia, keep="") != neuronpedia:
+            raise SAELoadError(f"{what}: neuronpedia {neuronpedia!r} holds control or bidirectional characters")
+        factor = info.get("norm_scaling_factor")
+        if factor is not None and (isinstance(factor, bool) or not isinstance(factor, (int, float))
+                                   or not 0 < factor < math.inf):
+            raise SAELoadError(f"{what}: norm_scaling_factor must be a positive number, not "
+                               f"{printable(repr(factor))[:40]}")
+        saes[sae_id] = {"path": folder, "neuronpedia": neuronpedia, "norm_scaling_factor": factor}
+    conversion = entry.get("conversion_func")
+    if conversion is not None and not isinstance(conversion, str):
+        raise SAELoadError(f"{where}: conversion_func must be a name or null, not {type(conversion).__name__}")
+    overrides = entry.get("config_overrides") or {}
+    if not isinstance(overrides, dict) or not all(isinstance(k, str) for k in overrides):
+        raise SAELoadError(f"{where}: config_overrides must be a mapping of cfg.json's field names")
+    _json_like(overrides, f"{where}: config_overrides", set())
+    return {"repo_id": repo_id, "saes": saes, "conversion_func": conversion, "config_overrides": overrides}
+
+
+def _name(value, what: str, kind: str = "a string") -> str:
+    """A registry's id or path: a string, or an integer as YAML reads "path: 0"."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise SAELoadError(f"{what} must be {kind}, not {printable(repr(value))[:60]}")
+    return str(value)
+
+
+def _json_like(value, what: str, seen: set) -> None:
+    """value holds only what cfg.json could (the overrides join its fields), each container once:
+    YAML's aliases could repeat one exponentially often (or within itself)."""
+    if isinstance(value, (dict, list)):
+        if id(value) in seen:
+            raise SAELoadError(f"{what} repeats a value by an alias (&name ... *name); write it out")
+        seen.add(id(value))
+        for key, item in value.items() if isinstance(value, dict) else enumerate(value):
+            if not isinstance(key, (str, int)):
+                raise SAELoadError(f"{what} holds a key {printable(repr(key))[:40]}, not a name")
+            _json_like(item, what, seen)
+    elif not (value is None or isinstance(value, (bool, int, str))
+              or isinstance(value, float) and math.isfinite(value)):
+        kind = "a date" if isinstance(value, (datetime.date, datetime.datetime)) else type(value).__name__
+        raise SAELoadError(f"{what} holds {kind} ({printable(repr(value))[:40]}), which cfg.json cannot")
 
 
 def locate(release: str, sae_id: str) -> tuple[str, str, dict, float | None]:
@@ -81,22 +176,21 @@ def locate(release: str, sae_id: str) -> tuple[str, str, dict, float | None]:
                 "SAE's folder in it as sae_id, or load a local directory with SAE.load(path)"
             )
         return release, sae_id, {}, None
-    if entry.get("conversion_func"):
+    if entry["conversion_func"]:
         raise SAELoadError(
             f"release {release!r} is stored in the {entry['conversion_func']!r} format; tinymech reads only "
             "SAELens's own format (cfg.json + sae_weights.safetensors)"
         )
-    saes = {str(s.get("id")): s for s in entry["saes"] if isinstance(s, dict)}
+    saes = entry["saes"]
     if sae_id not in saes:
-        ids = list(saes)
+        ids = [printable(i, keep="") for i in saes]  # names from the file, shown in a terminal
         shown = ", ".join(ids[:8]) + (", ..." if len(ids) > 8 else "")
         raise SAENotFoundError(f"release {release!r} has no SAE {sae_id!r}; its ids are: {shown}")
     info = saes[sae_id]
-    overrides = dict(entry.get("config_overrides") or {})
-    if info.get("neuronpedia"):
+    overrides = dict(entry["config_overrides"])
+    if info["neuronpedia"]:
         overrides["neuronpedia_id"] = info["neuronpedia"]
-    factor = info.get("norm_scaling_factor")
-    return entry["repo_id"], str(info.get("path", sae_id)), overrides, factor
+    return entry["repo_id"], info["path"], overrides, info["norm_scaling_factor"]
 
 
 def find_cached(repo_id: str, folder: str) -> Path | None:

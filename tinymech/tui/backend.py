@@ -351,14 +351,16 @@ class Backend:
         return folder if folder is not None and (folder / INDEX).is_file() else None
 
     def load_dashboards(self, sae_index: int) -> FeatureDashboards:
-        """The SAE's dashboards (reading them takes a while for thousands of features)."""
+        """The SAE's dashboards (reading them takes a while for thousands of features), refused
+        when they name another SAE. Where nothing shows they are this SAE's, each dashboard says
+        so (their `unverified`): a warning from this worker thread would reach no one."""
         folder = self.dashboards_folder(sae_index)
         if folder is None:
             raise InvalidInputError(f"SAE {self.info.saes[sae_index].hook_name} has no feature dashboards")
         sae = self.saes[sae_index]
         if folder.is_file():  # a Neuronpedia export (tm.export_neuronpedia, or Neuronpedia's own)
-            return import_neuronpedia(folder, n_features=sae.d_sae)
-        return FeatureDashboards.load(folder, sae=sae)
+            return import_neuronpedia(folder, sae=sae, trust_unverified=True)
+        return FeatureDashboards.load(folder, sae=sae, trust_unverified=True)
 
     # ---- interventions ------------------------------------------------------------
 

@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import collections
 import json
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from ...errors import InvalidInputError, whole_number
 from ...io.files import parse_json, read_text
-from .store import Context, FeatureDashboard, FeatureDashboards, Interval
+from ...text import printable
+from .store import Context, FeatureDashboard, FeatureDashboards, Interval, same_hook
 
 EXTRA = "tinymech"
 AUTO, USER = "tinymech-auto", "tinymech-user"
@@ -106,14 +109,25 @@ def _explanations_json(dash: FeatureDashboards, f: int) -> list[dict]:
 
 # --- reading -----------------------------------------------------------------------------------------------------
 
-def import_neuronpedia(path, n_features: int | None = None) -> FeatureDashboards:
+def import_neuronpedia(path, n_features: int | None = None, sae=None,
+                       trust_unverified: bool = False) -> FeatureDashboards:
     """Neuronpedia's feature JSON (as export_neuronpedia writes it, or as Neuronpedia's API and
     SAEDashboard give it) as FeatureDashboards in memory, for the explorer. Features the file
     lacks read as never active; labels come from "explanations" (a "tinymech-user" one as the
     user's label and note, any other as the automatic label). n_features: the SAE's width (the
     dashboards then cover all its features; a feature beyond it is refused), else the largest
-    index in the file (of a feature or one it co-occurs with) + 1."""
+    index in the file (of a feature or one it co-occurs with) + 1.
+
+    sae: the SAE the features are shown for (n_features defaults to its width). A file that
+    names another SAE is refused: its Neuronpedia id ("modelId"/"layer") against the SAE's
+    neuronpedia_id, its hook ("hookName", or a "layer" that is a hook name, as export_neuronpedia
+    writes it) against the SAE's hook_name, the layer its Neuronpedia SAE id starts with
+    ("6-res-jb") against the block of that hook. Unless the Neuronpedia ids agree, nothing shows
+    the features are this SAE's and not another's at the same place: a warning says so (the
+    dashboards' `unverified` too), unless trust_unverified=True."""
     path = Path(path)
+    if sae is not None and n_features is None:
+        n_features = sae.d_sae
     objects = _feature_objects(path)
     features: dict[int, FeatureDashboard] = {}
     auto, notes = {}, {}
@@ -136,7 +150,63 @@ def import_neuronpedia(path, n_features: int | None = None) -> FeatureDashboards
         if whole_number(n_features, "n_features", 1) < n:
             raise InvalidInputError(f"{path} names feature {n - 1}, beyond the SAE's {n_features} features")
         n = n_features
-    return _dashboards(features, n, n_tokens, auto, notes, path, objects[0])
+    dash = _dashboards(features, n, n_tokens, auto, notes, path, _names(objects, path))
+    if sae is not None:
+        dash.unverified = _match_sae(dash.meta, sae, path)
+        if dash.unverified and not trust_unverified:
+            warnings.warn(f"{path}: {dash.unverified}; pass trust_unverified=True if you know they are",
+                          stacklevel=2)
+    return dash
+
+
+def _names(objects: list, path: Path) -> dict[str, str | None]:
+    """The SAE the features name ("modelId", "layer": Neuronpedia's SAE id, "hookName"): one per file."""
+    names = {}
+    for key in ("modelId", "layer", "hookName"):
+        values = {obj[key] for obj in objects if isinstance(obj, dict) and isinstance(obj.get(key), str)}
+        if len(values) > 1:
+            shown = " and ".join(printable(repr(v), keep="")[:60] for v in sorted(values)[:2])
+            raise InvalidInputError(f"{path} holds features of more than one SAE (its {key} is {shown})")
+        names[key] = values.pop() if values else None
+    return names
+
+
+def _match_sae(meta: dict, sae, path: Path) -> str | None:
+    """Refuse features that name another SAE than sae (InvalidInputError); None when their
+    Neuronpedia id is the SAE's, else a sentence saying what matched and that nothing more does
+    (without the path: the TUI shows it on every dashboard). The names come from the file: shown
+    printable."""
+    model, layer, hook = meta["model"], meta["sae_id"], meta["hook_name"]
+    sae_hook, sae_id = sae.cfg.hook_name, getattr(sae.cfg, "neuronpedia_id", None)
+
+    def show(text) -> str:
+        return printable(str(text), keep="")[:120]
+
+    if model and layer and isinstance(sae_id, str):  # Neuronpedia's own name for an SAE
+        if f"{model}/{layer}" != sae_id:
+            raise InvalidInputError(f"{path} holds features of Neuronpedia's {show(model)}/{show(layer)}, the SAE is "
+                                    f"{show(sae_id)}: they belong to another SAE")
+        return None
+    matched = []
+    hook = hook or (layer if layer and layer.startswith("blocks.") else None)  # export_neuronpedia's default layer
+    if hook is not None and isinstance(sae_hook, str):
+        if not same_hook(hook, sae_hook):
+            raise InvalidInputError(f"{path} holds features of {show(hook)}, the SAE reads {show(sae_hook)}: they "
+                                    "belong to another SAE")
+        matched.append("hook")
+    np_layer = re.match(r"(\d+)-", layer or "")  # Neuronpedia's SAE ids start with the layer: "6-res-jb"
+    block = re.match(r"blocks\.(\d+)\.", sae_hook or "")
+    if np_layer and block and not matched:
+        if int(np_layer[1]) != int(block[1]):
+            raise InvalidInputError(f"{path} holds features of layer {int(np_layer[1])} (Neuronpedia's "
+                                    f"{show(layer)}), the SAE reads layer {int(block[1])} ({show(sae_hook)}): they "
+                                    "belong to another SAE")
+        matched.append("layer")
+    if not matched:
+        return (f"the file names no Neuronpedia id, hook or layer to check against the SAE ({show(sae_hook)}): "
+                "nothing shows its features are this SAE's")
+    return (f"the file matches the SAE's {matched[0]} ({show(sae_hook)}), but nothing shows its features are this "
+            "SAE's and not another's there (it names no Neuronpedia id the SAE has)")
 
 
 def _feature_objects(path: Path) -> list:
@@ -342,19 +412,17 @@ def _labels(obj: dict, f: int, where: str, auto: dict, notes: dict) -> None:
 
 
 def _dashboards(features: dict, n: int, n_tokens: int, auto: dict, notes: dict, path: Path,
-                first: dict) -> FeatureDashboards:
+                names: dict) -> FeatureDashboards:
     count = np.zeros(n, np.int64)
     maximum, mean, specificity = np.zeros(n, np.float32), np.zeros(n), np.zeros(n)
     for f, d in features.items():
         count[f], maximum[f], mean[f] = d.count, d.max_activation, d.mean_activation
         peaks = collections.Counter(c.token for c in d.top_contexts)
         specificity[f] = max(peaks.values()) / len(d.top_contexts) if peaks else 0.0
-    def text(key: str) -> str | None:  # a name for the explorer's title, when the file gives one
-        return first[key] if isinstance(first.get(key), str) else None
-
+    # names for the explorer's title, when the file gives them
     meta = {"format": "neuronpedia", "kind": "neuronpedia", "source_file": str(path), "n_features": n,
-            "n_tokens": n_tokens, "model": text("modelId"), "sae_id": text("layer"),
-            "hook": text("hookName") or text("layer")}
+            "n_tokens": n_tokens, "model": names["modelId"], "sae_id": names["layer"], "hook_name": names["hookName"],
+            "hook": names["hookName"] or names["layer"]}
 
     def feature(f: int) -> FeatureDashboard:
         return features.get(f) or FeatureDashboard(

@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
+import warnings
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
@@ -118,6 +120,9 @@ class FeatureDashboards:
         self.specificity = summary["specificity"]
         self.auto_labels = dict(auto_labels)
         self._feature = feature
+        # why nothing shows these dashboards are the SAE's they were loaded for (None: their index does, or
+        # they were loaded for no SAE); the TUI shows it on every dashboard
+        self.unverified: str | None = None
         from .labels import read_notes
 
         self.notes = read_notes(notes_path, self.n_features) if notes_path is not None else {}
@@ -194,19 +199,61 @@ class FeatureDashboards:
         return search(self, query)
 
     @classmethod
-    def load(cls, path, sae=None) -> FeatureDashboards:
-        """The dashboards in a folder written by tm.feature_dashboards; with sae, refused unless
-        they were built from that SAE's weights (as their index records them) and width."""
+    def load(cls, path, sae=None, trust_unverified: bool = False) -> FeatureDashboards:
+        """The dashboards in a folder written by tm.feature_dashboards. With sae, refused unless
+        they are of its width and, where their index records a hash of the SAE's weights (a
+        build from an SAE records one), of its weights. Dashboards that record none (made
+        elsewhere, or by hand) load with a warning saying what could not be checked (their
+        `unverified` says it too), unless trust_unverified=True: you know they are this SAE's."""
         dash = _load(Path(path))
         if sae is not None:
-            if dash.n_features != sae.d_sae:
-                raise InvalidInputError(f"the dashboards in {path} have {dash.n_features} features, the SAE "
-                                        f"{sae.d_sae}: they belong to another SAE")
-            recorded = dash.meta.get("sae_sha256")  # None: dashboards made elsewhere, trusted by their width
-            if recorded is not None and recorded != sae_sha256(sae):
-                raise InvalidInputError(f"the dashboards in {path} were built from another SAE (its weights "
-                                        "differ): build them again for this one")
+            dash.unverified = match_sae(dash, sae, f"the dashboards in {path}")
+            if dash.unverified and not trust_unverified:
+                warnings.warn(f"{path}: {dash.unverified}; pass trust_unverified=True if you know they are",
+                              stacklevel=2)
         return dash
+
+
+def match_sae(dash: FeatureDashboards, sae, what: str) -> str | None:
+    """Refuse dashboards that are another SAE's (InvalidInputError); None when their index shows
+    they are sae's (the hash of its weights), else a sentence saying that nothing does (without
+    their path: the TUI shows it on every dashboard)."""
+    if dash.n_features != sae.d_sae:
+        raise InvalidInputError(f"{what} have {dash.n_features} features, the SAE {sae.d_sae}: they belong to "
+                                "another SAE")
+    meta = dash.meta
+    if meta.get("kind") == "neurons":
+        raise InvalidInputError(printable(f"{what} are of an MLP layer's neurons ({meta.get('hook')}), not of an "
+                                          "SAE's features", keep=""))
+    recorded = meta.get("sae_sha256")
+    if recorded is not None:
+        if recorded != sae_sha256(sae):
+            raise InvalidInputError(f"{what} were built from another SAE (its weights differ): build them again "
+                                    "for this one")
+        return None
+    # no hash: only the width is known to match. A hook other than the SAE's is named, not refused:
+    # folders without a hash are made by hand or by other tools, whose hook may be a placeholder
+    hook, sae_hook = meta.get("hook"), sae.cfg.hook_name
+    comparable = isinstance(hook, str) and isinstance(sae_hook, str)
+    if comparable and not same_hook(hook, sae_hook):
+        seen = f"only their width ({sae.d_sae}) matches: they were built at {hook}, the SAE reads {sae_hook}"
+    else:
+        seen = f"only their width ({sae.d_sae}){' and hook' if comparable else ''} match"
+    return printable(f"these dashboards record no hash of their SAE's weights: nothing shows they are this SAE's "
+                     f"({seen})", keep="")  # the hook comes from a file
+
+
+# a hook that reads the residual stream after block L reads it before block L + 1
+_RESID_POST = re.compile(r"blocks\.(\d+)\.hook_resid_post")
+
+
+def same_hook(a: str, b: str) -> bool:
+    """Whether two hook names read the same activations (blocks.0.hook_resid_post is blocks.1.hook_resid_pre)."""
+    def canonical(hook: str) -> str:
+        m = _RESID_POST.fullmatch(hook)
+        return f"blocks.{int(m[1]) + 1}.hook_resid_pre" if m else hook
+
+    return canonical(a) == canonical(b)
 
 
 def sae_sha256(sae) -> str:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.color import Color
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.content import Content
 from textual.message import Message
@@ -135,6 +136,9 @@ class DashboardScreen(Screen):
         ]
         if d.note:
             lines.append(Content.assemble(("note: ", muted), printable(d.note, keep="")))
+        if self.dash.unverified:  # dashboards nothing shows are this SAE's: said on every one of them
+            warning = Style(foreground=Color.parse(self.app.theme_variables.get("warning", "#ffa62b")))
+            lines.append(Content.styled(f"⚠ unverified: {printable(self.dash.unverified, keep='')}", warning))
         return Content("\n").join(lines)
 
     def _body(self, d: FeatureDashboard, width: int, palette: Palette) -> Content:

@@ -4,21 +4,34 @@ decompose_resid, stack_head_results, stack_neuron_results, stack_activation,
 apply_ln_to_stack, logit_attrs)."""
 from __future__ import annotations
 
+import numbers
+import sys
+import warnings
+from collections import Counter
+from collections.abc import Mapping
 from typing import Iterator
 
 import numpy as np
 
-from .errors import whole_number
+from .errors import array_of, true_or_false, whole_number
 from .errors import HookError, InvalidIndexError, InvalidInputError, InvalidTokensError
 from .ops import final_norm, norm_centers
 from .hooks import get_act_name
 
 
 class ActivationCache:
-    def __init__(self, activations: dict[str, np.ndarray], model):
+    def __init__(self, activations: dict[str, np.ndarray], model, has_batch_dim: bool = True):
+        """{hook name: activation} and the model they came from, as TransformerLens's constructor
+        takes them; activations that are not numpy arrays (tensors, lists) are read as arrays, so
+        that every method computes with numpy (a dict of arrays is kept as it is: cache_dict)."""
+        if not isinstance(activations, Mapping):
+            raise InvalidInputError(f"an ActivationCache is built from a dict {{hook name: activation}}, "
+                                    f"not {type(activations).__name__}")
+        if not (type(activations) is dict and all(type(a) is np.ndarray for a in activations.values())):
+            activations = {name: _numbers(a, f"the cache's {name!r}") for name, a in activations.items()}
         self._acts = activations
         self.model = model
-        self.has_batch_dim = True
+        self.has_batch_dim = true_or_false(has_batch_dim, "has_batch_dim")
 
     def __deepcopy__(self, memo) -> "ActivationCache":
         """A copy of the activations that shares the model (models do not change; pickling
@@ -40,6 +53,46 @@ class ActivationCache:
             self._acts = {name: a[0] for name, a in self._acts.items()}
             self.has_batch_dim = False
         return self
+
+    def to(self, device) -> "ActivationCache":
+        """The cache itself, as TransformerLens's cache.to(device) after moving it: tinymech's
+        activations are numpy arrays on the CPU (another device, or a dtype, warns)."""
+        if not (isinstance(device, str) or type(device).__module__.split(".")[0] == "torch"):
+            raise InvalidInputError(f"device must be a string such as 'cpu' (or a torch.device), "
+                                    f"not {type(device).__name__}")
+        if str(device).removeprefix("torch.").split(":")[0] not in ("cpu", "float32"):
+            warnings.warn(f"to({str(device)!r}): tinymech's cache holds numpy arrays on the CPU, and stays as it is",
+                          stacklevel=3)
+        return self
+
+    def apply_slice_to_batch_dim(self, batch_slice) -> "ActivationCache":
+        """A new cache of these sequences, as TransformerLens's: batch_slice is its Slice (an int
+        picks one and drops the batch axis, a tuple is slice(*tuple), a slice or a list of indices
+        picks those). Entries whose first axis is not the batch's (the most common) are kept whole."""
+        if not self.has_batch_dim:
+            raise InvalidInputError("apply_slice_to_batch_dim needs a cache with a batch axis; this one's was "
+                                    "removed (remove_batch_dim)")
+        single = isinstance(batch_slice, numbers.Integral) or getattr(batch_slice, "ndim", None) == 0
+        if single:  # a 0-d integer array or tensor too
+            batch_slice = whole_number(batch_slice, "batch_slice", error=InvalidIndexError)
+        counts = Counter(a.shape[0] for a in self._acts.values() if a.ndim > 0).most_common(1)
+        batch = counts[0][0] if counts else 1
+        sliced = {name: _index(a, batch_slice, axis=0, what="batch_slice") if a.ndim > 0 and a.shape[0] == batch
+                  else a for name, a in self._acts.items()}
+        return ActivationCache(sliced, self.model, has_batch_dim=not single)
+
+    def toggle_autodiff(self, mode: bool = False) -> None:
+        """TransformerLens's sets torch's global autodiff (torch.set_grad_enabled(mode)) and warns
+        that it did; so does this where torch is loaded. tinymech's numpy cache has no autodiff."""
+        mode = true_or_false(mode, "toggle_autodiff's mode")
+        torch = sys.modules.get("torch")  # not imported here: a numpy user has no autodiff to toggle
+        if torch is not None and hasattr(torch, "set_grad_enabled"):
+            torch.set_grad_enabled(mode)
+            warnings.warn(f"changed the global state: torch's autodiff is now {'on' if mode else 'off'} "
+                          "(tinymech's cache holds numpy arrays, which have none)", stacklevel=3)
+        else:
+            warnings.warn("tinymech computes with numpy arrays, without autodiff: toggle_autodiff changes nothing",
+                          stacklevel=3)
 
     # ---- mapping ----------------------------------------------------------------
 
@@ -232,6 +285,8 @@ class ActivationCache:
         stop = self._n_layers(layer)
         if isinstance(neuron_slice, (int, np.integer)):  # one neuron keeps its axis in the stack
             neuron_slice = [int(neuron_slice)]
+        elif getattr(neuron_slice, "ndim", None) == 0:  # a 0-d integer array or tensor is one too
+            neuron_slice = [whole_number(neuron_slice, "neuron_slice", error=InvalidIndexError)]
         neurons = _index(np.arange(self.model.cfg.d_mlp), neuron_slice, axis=0, what="neuron_slice")
         labels = [f"L{l}N{n}" for l in range(stop) for n in neurons]
         parts = [np.moveaxis(self.get_neuron_results(l, neuron_slice, pos_slice), -2, 0) for l in range(stop)]
@@ -353,11 +408,14 @@ class ActivationCache:
 
 
 def _numbers(x, what: str, error=InvalidInputError) -> np.ndarray:
-    """x as an array of numbers (a tensor is one by now); a ragged list or objects refused by name."""
+    """x as an array of numbers; a ragged list or objects refused by name, a tensor numpy cannot
+    read (array_of) too."""
     try:
-        arr = np.asarray(x)
-    except ValueError:  # a ragged list
-        arr = np.asarray(None)
+        arr = array_of(x, what, error)
+    except error:
+        if not isinstance(x, (list, tuple)):
+            raise
+        arr = np.asarray(None)  # a ragged list: not an array of numbers
     if arr.dtype.kind not in "biuf":
         raise error(f"{what} must be an array of numbers, not {x!r:.60}")
     return arr
@@ -378,7 +436,7 @@ def _index(x: np.ndarray, selection, axis: int, what: str = "pos_slice") -> np.n
         if isinstance(selection, tuple):
             selection = slice(*selection)
         elif not isinstance(selection, (int, np.integer, slice)):
-            selection = np.asarray(selection)
+            selection = array_of(selection, what, InvalidIndexError)
         index = [slice(None)] * x.ndim
         index[axis] = selection
         return x[tuple(index)]

@@ -12,7 +12,7 @@ import functools
 
 import numpy as np
 
-from .errors import InvalidIndexError, InvalidInputError
+from .errors import InvalidIndexError, InvalidInputError, array_of, whole_number
 
 
 def indexed(x: np.ndarray, index, what: str) -> np.ndarray:
@@ -25,10 +25,7 @@ def indexed(x: np.ndarray, index, what: str) -> np.ndarray:
 
 
 def _array(x, what: str) -> np.ndarray:
-    try:
-        arr = np.asarray(x)
-    except (TypeError, ValueError) as e:  # ragged lists and the like
-        raise InvalidInputError(f"{what} must be an array: {e}") from None
+    arr = array_of(x, what)
     if not (np.issubdtype(arr.dtype, np.number) and not np.issubdtype(arr.dtype, np.bool_)):
         raise InvalidInputError(f"{what} must be an array of numbers, not dtype {arr.dtype}")
     return arr
@@ -43,6 +40,18 @@ def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _transpose(x: np.ndarray) -> np.ndarray:
     return np.swapaxes(x, -1, -2)
+
+
+def _for_linalg(*arrays: np.ndarray) -> list[np.ndarray]:
+    """The arrays numpy's linalg is given: float16 widened to float32 (linalg has no float16), and
+    checked finite (its SVD fails to converge on NaN and eigvals refuses it, as LinAlgError)."""
+    out = []
+    for x in arrays:
+        if not np.isfinite(x).all():
+            raise InvalidInputError("a FactoredMatrix whose factors (or their product) hold NaN or infinity has no "
+                                    "SVD, norm or eigenvalues")
+        out.append(x.astype(np.float32) if x.dtype == np.float16 else x)
+    return out
 
 
 class FactoredMatrix:
@@ -126,7 +135,7 @@ class FactoredMatrix:
 
     def __mul__(self, scalar) -> FactoredMatrix:
         """Scaled by a number (or a one-element array)."""
-        value = np.asarray(scalar)
+        value = array_of(scalar, "the scalar a FactoredMatrix is multiplied by")
         if value.size != 1 or not np.issubdtype(value.dtype, np.number):
             raise InvalidInputError(f"a FactoredMatrix is multiplied by a scalar; use @ for matrices, "
                                     f"not shape {value.shape}")
@@ -138,10 +147,12 @@ class FactoredMatrix:
 
     @functools.cached_property
     def _svd(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        Ua, Sa, Vha = np.linalg.svd(self.A, full_matrices=False)
-        Ub, Sb, Vhb = np.linalg.svd(self.B, full_matrices=False)
-        middle = Sa[..., :, None] * Vha @ Ub * Sb[..., None, :]
-        Um, Sm, Vhm = np.linalg.svd(middle, full_matrices=False)
+        A, B = _for_linalg(self.A, self.B)
+        Ua, Sa, Vha = np.linalg.svd(A, full_matrices=False)
+        Ub, Sb, Vhb = np.linalg.svd(B, full_matrices=False)
+        with np.errstate(over="ignore", invalid="ignore"):  # finite factors may overflow: refused below
+            middle = Sa[..., :, None] * Vha @ Ub * Sb[..., None, :]
+        Um, Sm, Vhm = np.linalg.svd(*_for_linalg(middle), full_matrices=False)
         return Ua @ Um, Sm, _transpose(Vhb) @ _transpose(Vhm)
 
     def svd(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -169,7 +180,12 @@ class FactoredMatrix:
     @property
     def eigenvalues(self) -> np.ndarray:
         """The eigenvalues of AB other than its trailing zeros: those of BA [..., mdim] (complex)."""
-        return np.linalg.eigvals(self.BA)
+        A, B = _for_linalg(self.A, self.B)
+        if self.ldim != self.rdim:
+            raise InvalidInputError(f"eigenvalues need ldim == rdim, shape was {self.shape}")
+        with np.errstate(over="ignore", invalid="ignore"):  # finite factors may overflow: refused below
+            BA = B @ A
+        return np.linalg.eigvals(*_for_linalg(BA))
 
     def norm(self) -> np.ndarray:
         """The Frobenius norm [...]: the root of the sum of the squared singular values."""
@@ -191,6 +207,10 @@ class FactoredMatrix:
     # ---- indexing -----------------------------------------------------------------
 
     def unsqueeze(self, k: int) -> FactoredMatrix:
+        k = whole_number(k, "unsqueeze's axis")
+        if not -self.ndim - 1 <= k <= self.ndim:  # torch's unsqueeze's range
+            raise InvalidIndexError(f"unsqueeze's axis {k} is out of range for a FactoredMatrix of shape {self.shape} "
+                                    f"([{-self.ndim - 1}, {self.ndim}])")
         return FactoredMatrix(np.expand_dims(self.A, k), np.expand_dims(self.B, k))
 
     def __getitem__(self, idx) -> FactoredMatrix:
@@ -212,6 +232,7 @@ class FactoredMatrix:
 
     def get_corner(self, k: int = 3) -> np.ndarray:
         """The top-left k x k (and first k of each leading axis) of AB, without forming AB."""
+        k = whole_number(k, "get_corner's k")
         return get_corner(self.A[..., :k, :] @ self.B[..., :, :k], k)
 
 
@@ -227,7 +248,8 @@ def _kept_axis(index, size: int, what: str):
 
 def get_corner(x, n: int = 3):
     """The first n of every axis of an array or a FactoredMatrix (utils.get_corner)."""
-    x = x if isinstance(x, FactoredMatrix) else np.asarray(x)
+    n = whole_number(n, "get_corner's n")
+    x = x if isinstance(x, FactoredMatrix) else array_of(x, "get_corner's x")
     return x[tuple(slice(n) for _ in range(x.ndim))]
 
 

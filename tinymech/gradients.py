@@ -22,7 +22,7 @@ from typing import Iterable
 import numpy as np
 
 from . import _core
-from .errors import HookError, InvalidInputError
+from .errors import HookError, InvalidInputError, array_of
 from .hooks import build_plan, resolve_names
 
 METRICS = ("loss", "logit_diff", "log_prob")
@@ -31,7 +31,7 @@ FREEZABLE = ("pattern", "scales")
 
 def _ids(ids, batch: int, d_vocab: int, what: str) -> np.ndarray:
     """One token id per sequence: [batch] ints in the vocabulary."""
-    arr = np.asarray(ids)
+    arr = array_of(ids, what)
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0) or arr.dtype == bool:
         raise InvalidInputError(f"{what} must be token ids (ints), not {ids!r}")
     if arr.ndim == 0:
@@ -149,11 +149,12 @@ def _one_number(value) -> float:
 
 
 def _checked_grad(G, shape: tuple, from_metric: bool = False) -> np.ndarray:
-    arr = np.asarray(G)
+    what = "the metric function's gradient" if from_metric else "grad_logits"
+    arr = array_of(G, what)
     if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)) or arr.dtype == bool:
-        raise InvalidInputError(f"grad_logits must be floats, not dtype {arr.dtype}")
+        raise InvalidInputError(f"{what} must be floats, not dtype {arr.dtype}")
     if arr.shape != shape:
-        raise InvalidInputError(f"grad_logits must have the logits' shape {list(shape)}, not {list(arr.shape)}")
+        raise InvalidInputError(f"{what} must have the logits' shape {list(shape)}, not {list(arr.shape)}")
     arr = np.ascontiguousarray(arr, dtype=np.float32)
     if not np.isfinite(arr).all():  # from a metric: the logits were not finite (a NaN residual input)
         raise InvalidInputError("the metric's gradient d metric / d logits contains NaN or infinity (are the "

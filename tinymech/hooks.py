@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Sequence, Union
 import numpy as np
 
 from . import _core
-from .errors import real_number, whole_number
+from .errors import array_of, real_number, whole_number
 from .errors import HookError
 
 _SHORT_NAMES = {
@@ -203,7 +203,7 @@ def _floats(x, masked: bool = False) -> np.ndarray | None:
     -inf where a query may not look: a patch or fill may put it there)."""
     if x is None:
         return None
-    arr = np.asarray(x)
+    arr = array_of(x, "intervention values", HookError)
     if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
         raise HookError(f"intervention values must be numeric, got dtype {arr.dtype}")
     arr = np.ascontiguousarray(arr, dtype=np.float32)
@@ -232,7 +232,8 @@ def mean_ablate(mean, heads=None, positions=None) -> Intervention:
 
 def fill(value, heads=None, positions=None) -> Intervention:
     """Set to a constant (a number) or to a vector broadcast over batch and positions."""
-    if np.ndim(value) == 0:
+    ndim = getattr(value, "ndim", None)  # a 0-d tensor numpy cannot read (bfloat16) is still a number
+    if (array_of(value, "a fill value", HookError).ndim if ndim is None else ndim) == 0:
         return Intervention("fill", None, _scalar(value, "a fill value", masked=True), **_targets(heads, positions))
     return Intervention("fill", _floats(value, masked=True), 0.0, **_targets(heads, positions))
 
@@ -259,11 +260,21 @@ HookAction = Union[Callable, Intervention]
 HookSpec = tuple  # (name | predicate, HookAction)
 
 
+def matches(predicate, name: str) -> bool:
+    """Whether a names predicate takes `name`; what it raises (or a result with no truth value,
+    such as a numpy array) is a HookError naming it, as a hook function's error is."""
+    try:
+        return bool(predicate(name))
+    except Exception as e:
+        raise HookError(f"names predicate {getattr(predicate, '__name__', predicate)!r} raised "
+                        f"{type(e).__name__} on {name!r}: {e}") from e
+
+
 def resolve_names(model, name_or_filter) -> list[str]:
     """Hook names matched by a name, a list of names, or a predicate."""
     known = model._hook_ids
     if callable(name_or_filter):
-        return [n for n in model._hook_names if name_or_filter(n)]
+        return [n for n in model._hook_names if matches(name_or_filter, n)]
     if isinstance(name_or_filter, str):
         names = [name_or_filter]
     elif isinstance(name_or_filter, Iterable) and not isinstance(name_or_filter, bytes):
@@ -292,11 +303,14 @@ def _wrap_function(fn: Callable, name: str, contexts: dict | None = None):
         try:
             out = fn(activation, hook=hook)
         except Exception as e:
+            if isinstance(e, HookError) and getattr(fn, "names_its_errors", False):
+                raise  # an SAE's Python splice: the hook that failed inside it is named already
             raise HookError(f"hook function {getattr(fn, '__name__', fn)!r} at {name!r} raised "
                             f"{type(e).__name__}: {e}") from e
         if out is None:
             return activation
-        out = np.asarray(out)
+        out = array_of(out, f"the value hook function {getattr(fn, '__name__', fn)!r} at {name!r} returned",
+                       HookError)
         if out.shape != activation.shape:
             raise HookError(
                 f"hook function at {name!r} returned shape {list(out.shape)}, expected {list(activation.shape)}"

@@ -655,6 +655,9 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         hooks = list(hooks)
         reset_hooks_end = true_or_false(reset_hooks_end, "reset_hooks_end")
         clear_contexts = true_or_false(clear_contexts, "clear_contexts")
+        if not (names_filter is None or callable(names_filter) or isinstance(names_filter, (str, bytes))) and \
+                isinstance(names_filter, Iterable):  # read twice below: a generator would be spent by the first
+            names_filter = list(names_filter)
         model_filter, recorders = names_filter, []
         if self._saes:  # attached SAEs' points are cached by their splices
             from .sae.sae import model_names_filter

@@ -28,8 +28,6 @@ KNOWN_DIFFERENCES = {
     "main.hook_names_filter": "a Python hook on every name also gets blocks.0.attn.hook_result (TransformerLens "
                               "computes it only after set_use_attn_result(True)) and unembed.hook_in/hook_out, "
                               "which TransformerLens lacks",
-    "hsae.add_hook_fwd_filter": "model.add_hook(name predicate, ...) does not reach an attached SAE's hook points "
-                                "(hook_sae_acts_post ...); HookedSAETransformer's does",
 }
 
 

@@ -201,7 +201,7 @@ def test_bad_metric_functions_and_inputs(demo):
 
     with pytest.raises(InvalidInputError, match="raised RuntimeError: boom"):
         analysis.saliency(demo, PROMPT, metric=raises)
-    with pytest.raises(InvalidInputError, match="grad_logits must have the logits' shape"):
+    with pytest.raises(InvalidInputError, match="the metric function's gradient must have the logits' shape"):
         analysis.saliency(demo, PROMPT, metric=lambda lg: (1.0, np.zeros(3)))
     with pytest.raises(InvalidInputError, match="metric function's value must be one number"):
         analysis.saliency(demo, PROMPT, metric=lambda lg: (np.ones(2), np.zeros(lg.shape)))

@@ -159,7 +159,7 @@ class _Objective:
             value, G = metric_gradient(self.metric, logits[None], None)  # value: one number, checked there
             if not np.isfinite(value):
                 raise AnalysisError(f"the metric function's value is {value}")
-            return value, _checked_grad(G, (1,) + logits.shape)[0]
+            return value, _checked_grad(G, (1,) + logits.shape, from_metric=True)[0]
         metric = (self.metric,) + tuple(a[s] for a in self.args)
         value, G = metric_gradient(metric, logits[None], self.tokens[s : s + 1])
         return float(value), G[0]

@@ -25,7 +25,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from ..errors import HookError
-from ..hooks import _wrap_function, hook_row, resolve_names
+from ..hooks import _wrap_function, hook_row, matches, resolve_names
 from .architectures import ARCHITECTURES
 
 SAE_HOOKS = ("hook_sae_input", "hook_sae_acts_pre", "hook_sae_acts_post", "hook_sae_recons",
@@ -106,12 +106,21 @@ def recorded(sae, splice, keep_error: bool) -> dict[str, np.ndarray]:
     return {f"{cfg.output_hook}.{k}": out[k] for k in SAE_HOOKS if k in out}
 
 
+def _names(names_filter) -> list:
+    """A names filter that is a name or names, as a list; HookError for what is neither (or a predicate)."""
+    if isinstance(names_filter, str):
+        return [names_filter]
+    if isinstance(names_filter, Iterable) and not isinstance(names_filter, (bytes, bytearray)):
+        return list(names_filter)
+    raise HookError(f"a hook point is a name, a list of names or a predicate on names, got {names_filter!r}")
+
+
 def _wanted(names_filter, name: str) -> bool:
     if names_filter is None:
         return True
     if callable(names_filter):
-        return bool(names_filter(name))
-    return name in ([names_filter] if isinstance(names_filter, str) else list(names_filter))
+        return matches(names_filter, name)
+    return name in _names(names_filter)
 
 
 def sae_point_names(sae) -> list[str]:
@@ -124,7 +133,7 @@ def model_names_filter(model, names_filter):
     """names_filter without the attached SAEs' points, for the model's own hook points."""
     if names_filter is None or callable(names_filter):
         return names_filter
-    names = [names_filter] if isinstance(names_filter, str) else list(names_filter)
+    names = _names(names_filter)
     sae_names = {n for sae, _ in model._saes.values() for n in sae_point_names(sae)}
     return [n for n in names if n not in sae_names]
 
@@ -242,9 +251,37 @@ class PythonSplice:
             out = out + self._hooked("hook_sae_error", act - clean.reshape(act.shape))
         return self._hooked("hook_sae_output", out)
 
+    _splice.names_its_errors = True  # _wrap_function passes on its hooks' HookErrors as they are
+
     def recorded(self) -> dict[str, np.ndarray]:
         name = self.sae.cfg.output_hook
         return {f"{name}.{k}": self.recording[k] for k in SAE_HOOKS if k in self.recording}
+
+
+def _check_action(spec, point: str) -> None:
+    if not callable(spec[1]) or hasattr(spec[1], "op"):
+        raise HookError(f"a hook on {point}{_matched_by(spec[0])} must be a Python function fn(activation, hook)")
+
+
+def _matched_by(name_or_filter) -> str:
+    if isinstance(name_or_filter, str):
+        return ""
+    return f" (matched by the names predicate {getattr(name_or_filter, '__name__', name_or_filter)!r})"
+
+
+def _predicate_points(model, spec) -> list[tuple[str, str]]:
+    """(output hook, SAE point) of the attached SAEs' points a predicate spec matches; an SAE's
+    hook_sae_error only with its error term (SAELens calls it only then)."""
+    predicate = spec[0] if isinstance(spec, tuple) and len(spec) == 2 else None
+    if not callable(predicate) or isinstance(predicate, str):
+        return []
+    out = []
+    for sae, keep_error in model._saes.values():
+        for name in sae_point_names(sae):
+            hook, _, point = name.rpartition(".")
+            if (keep_error or point != "hook_sae_error") and matches(predicate, name):
+                out.append((hook, point))
+    return out
 
 
 def attached_specs(model, specs: list, record=False, recorders: list | None = None) -> list:
@@ -260,13 +297,19 @@ def attached_specs(model, specs: list, record=False, recorders: list | None = No
         point = _sae_point(spec)
         if point is None:
             rest.append(spec)
+            for hook, name in _predicate_points(model, spec):  # a predicate's (SAELens's hook_dict has them)
+                _check_action(spec, f"{hook}.{name}")
+                if name == "hook_sae_acts_pre":  # refused by name too (PythonSplice): not silently left out
+                    raise HookError(f"{hook}.{name}{_matched_by(spec[0])} cannot take a hook function here (the "
+                                    "SAE's Python splice does not compute it); leave it out of the predicate, and "
+                                    "hook hook_sae_acts_post (the latents) instead")
+                edits.setdefault(hook, {}).setdefault(name, []).append(spec[1])
             continue
         hook, name = point
         if hook not in writers:
             raise HookError(f"no SAE writing {hook} is attached; attach one with model.add_sae(sae) "
                             "or run_with_hooks_with_saes(saes=[...])")
-        if not callable(spec[1]) or hasattr(spec[1], "op"):
-            raise HookError(f"a hook on {spec[0]} must be a Python function fn(activation, hook)")
+        _check_action(spec, spec[0])
         edits.setdefault(hook, {}).setdefault(name, []).append(spec[1])
     out = []
     for sae, keep_error in model._saes.values():

@@ -13,13 +13,23 @@ import functools
 import os
 import re
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .. import _core
-from ..errors import InvalidInputError, ModelLoadError, ReadOnlyError, SAELoadError, SAENotFoundError
+from ..errors import (
+    InvalidInputError,
+    ModelLoadError,
+    ReadOnlyError,
+    SAEInputError,
+    SAELoadError,
+    SAENotFoundError,
+    true_or_false,
+    whole_number,
+)
 from ..io.files import read_json as read_json_file
 from ..io.safetensors import SafetensorsFile
 from ..text import printable
@@ -143,18 +153,21 @@ class SAEConfig:
     options: dict = dataclasses.field(default_factory=dict)  # the architecture's own fields (cfg.residual_threshold)
 
     def __post_init__(self):
-        if isinstance(self.options, dict):
-            object.__setattr__(self, "options", FrozenOptions(self.options))
+        for name in ("metadata", "options"):  # dict() of a list or a string fails, or reads nonsense
+            value = self.__dict__.get(name)
+            if value is not None and not isinstance(value, Mapping):
+                raise SAEInputError(f"an SAE config's {name} is a dict, not {type(value).__name__}")
+        object.__setattr__(self, "options", FrozenOptions(self.__dict__.get("options") or {}))
         # the file's fields, those the config owns as the config has them (one made by
         # dataclasses.replace read the old ones there): those the file had, and those set
         # to other than their default
-        owned = dict(self.options) if isinstance(self.options, dict) else {}
+        owned = dict(self.options)
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.name in CONFIG_FIELDS - {"options"} and (f.name in (self.metadata or {}) or _set(f, value)):
                 owned[f.name] = value
         metadata = SAEMetadata(dict(self.metadata or {}, **owned))
-        object.__setattr__(metadata, "_options", dict(self.options) if isinstance(self.options, dict) else {})
+        object.__setattr__(metadata, "_options", dict(self.options))
         object.__setattr__(self, "metadata", metadata)
 
     def __setstate__(self, state: dict) -> None:  # a pickle from before options and metadata were kept as they are
@@ -208,10 +221,15 @@ def _set(field: dataclasses.Field, value) -> bool:
     """Whether a config field holds other than its default (a required one, fixed when
     the SAE loads, never: the metadata has it where the file did)."""
     if field.default is not dataclasses.MISSING:
-        return value != field.default
-    if field.default_factory is not dataclasses.MISSING:
-        return value != field.default_factory()
-    return False
+        default = field.default
+    elif field.default_factory is not dataclasses.MISSING:
+        default = field.default_factory()
+    else:
+        return False
+    try:
+        return bool(value != default)
+    except Exception:  # an array compares elementwise: set (and refused when an SAE is built with it)
+        return True
 
 
 def unchangeable(name: str, options) -> ReadOnlyError:
@@ -308,6 +326,27 @@ def _int(flat: dict, key: str) -> int:
     return v
 
 
+def _flag(flat: dict, key: str, default: bool) -> bool:
+    """A true-or-false field: null, 0 and 1 read as bool() reads them (as before, and as SAELens's
+    code uses them); anything else but True or False is refused (a string such as "no" reads as True)."""
+    v = flat.get(key, default)
+    if v is None or (type(v) is int and v in (0, 1)):
+        return bool(v)
+    return true_or_false(v, f"cfg.json: {key}", SAELoadError)
+
+
+def _optional(flat: dict, key: str, kind: str):
+    """A field that is null or a string (kind "text") or a whole number of at least 0 ("count")."""
+    v = flat.get(key)
+    if v is None:
+        return None
+    if kind == "count":
+        return whole_number(v, f"cfg.json: {key}", 0, SAELoadError)
+    if not isinstance(v, str):
+        raise SAELoadError(f"cfg.json: {key!r} must be a string or null, got {v!r}")
+    return v
+
+
 def _object(flat: dict, key: str) -> dict:
     v = flat.get(key) or {}
     if not isinstance(v, dict):
@@ -348,9 +387,9 @@ def parse_config(raw: Any, overrides: dict | None = None) -> SAEConfig:
         raise SAELoadError(f"normalize_activations {norm!r} is not supported by a {arch} SAE; supported: "
                            f"{', '.join(norms)}")
     reshape = flat.get("reshape_activations") or ("hook_z" if "hook_z" in str(flat.get("hook_name", "")) else "none")
-    if reshape not in ("none", "hook_z"):
+    if not isinstance(reshape, str) or reshape not in ("none", "hook_z"):
         raise SAELoadError(f"reshape_activations {reshape!r} is not supported")
-    apply_b_dec = flat.get("apply_b_dec_to_input", not is_transcoder)
+    apply_b_dec = _flag(flat, "apply_b_dec_to_input", not is_transcoder)
     if is_transcoder and apply_b_dec:
         raise SAELoadError("apply_b_dec_to_input cannot be used by a transcoder (b_dec lives in the output space)")
     extra = dict(ARCHITECTURES[arch].module.config(flat, d_sae))
@@ -364,18 +403,18 @@ def parse_config(raw: Any, overrides: dict | None = None) -> SAEConfig:
         d_out=d_out,
         hook_name=hook,
         hook_name_out=hook_out,
-        hook_head_index=flat.get("hook_head_index"),
-        apply_b_dec_to_input=bool(apply_b_dec),
+        hook_head_index=_optional(flat, "hook_head_index", "count"),
+        apply_b_dec_to_input=apply_b_dec,
         normalize_activations=norm,
         reshape_activations=reshape,
         k=k,
-        rescale_acts_by_decoder_norm=bool(flat.get("rescale_acts_by_decoder_norm", False)),
-        model_name=flat.get("model_name"),
-        prepend_bos=bool(flat.get("prepend_bos", True)),
-        context_size=flat.get("context_size"),
+        rescale_acts_by_decoder_norm=_flag(flat, "rescale_acts_by_decoder_norm", False),
+        model_name=_optional(flat, "model_name", "text"),
+        prepend_bos=_flag(flat, "prepend_bos", True),
+        context_size=_optional(flat, "context_size", "count"),
         model_from_pretrained_kwargs=dict(_object(flat, "model_from_pretrained_kwargs")),
-        neuronpedia_id=flat.get("neuronpedia_id"),
-        metadata=SAEMetadata(flat, prepend_bos=bool(flat.get("prepend_bos", True))),  # SAELens's default
+        neuronpedia_id=_optional(flat, "neuronpedia_id", "text"),
+        metadata=SAEMetadata(flat, prepend_bos=_flag(flat, "prepend_bos", True)),  # SAELens's default
         options=extra,
     )
 
@@ -406,6 +445,12 @@ def read_weights(path: Path, cfg: SAEConfig) -> dict[str, np.ndarray | None]:
         sf = SafetensorsFile(file)
     except ModelLoadError as e:
         raise SAELoadError(str(e)) from e
+    return _weights_in(sf, cfg, f"{file} lacks")
+
+
+def _weights_in(sf, cfg: SAEConfig, lacks: str) -> dict[str, np.ndarray | None]:
+    """The tensors an SAE of this config has, read from sf (a weights file, or _GivenArrays),
+    by the names SAE keeps them under; `lacks` begins the message naming those sf lacks."""
     architecture = ARCHITECTURES[cfg.architecture]
     b_enc = encoder_bias_name(architecture)
     tied = architecture.tied(cfg.options)
@@ -416,7 +461,7 @@ def read_weights(path: Path, cfg: SAEConfig) -> dict[str, np.ndarray | None]:
         shapes[b_enc] = (cfg.d_sae,)
     missing = [n for n in shapes if n not in sf]
     if missing:
-        raise SAELoadError(f"{file} lacks {', '.join(missing)} (has {printable(', '.join(sorted(sf.keys())))})")
+        raise SAELoadError(f"{lacks} {', '.join(missing)} (has {printable(', '.join(sorted(sf.keys())))})")
     weights: dict[str, np.ndarray | None] = {n: _tensor(sf, n, s) for n, s in shapes.items()}
     if tied:  # SAELens's W_enc is a view of W_dec then
         weights["W_enc"] = np.ascontiguousarray(weights["W_dec"].T)
@@ -426,11 +471,99 @@ def read_weights(path: Path, cfg: SAEConfig) -> dict[str, np.ndarray | None]:
     weights.update(architecture.module.weights(sf, functools.partial(_tensor, sf), cfg))
     if architecture.has_skip:
         if "W_skip" not in sf:
-            raise SAELoadError(f"{file}: a skip transcoder needs a 'W_skip' tensor")
+            raise SAELoadError(f"{sf.path}: a skip transcoder needs a 'W_skip' tensor")
         weights["W_skip"] = _tensor(sf, "W_skip", (cfg.d_out, cfg.d_in))
     if "scaling_factor" in sf and not np.all(sf.to_float32("scaling_factor") == 1):
-        raise SAELoadError(f"{file}: a fine-tuning scaling_factor other than 1 is not supported")
+        raise SAELoadError(f"{sf.path}: a fine-tuning scaling_factor other than 1 is not supported")
     return weights
+
+
+def weight_array(name: str, value, error=SAELoadError) -> np.ndarray:
+    """A weight given as an array or a tensor (a torch Parameter, a bfloat16 one too) as float32
+    C-contiguous (no copy where it is one); `error` unless it holds real numbers. Not checked
+    for finiteness: the caller says where a NaN came from."""
+    try:
+        if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor or Parameter: its values
+            value = value.detach().cpu()
+            value = value.float() if str(value.dtype) == "torch.bfloat16" else value  # numpy has no bfloat16
+        array = np.asarray(value)
+        if array.dtype.kind not in "fiu":
+            raise error(f"{name} must be real numbers, got dtype {array.dtype}")
+        with np.errstate(over="ignore"):  # too large for float32: the caller refuses the inf
+            return np.ascontiguousarray(array, dtype=np.float32)
+    except error:
+        raise
+    except Exception as e:  # whatever an array-like raises when read (a meta tensor, a failing __array__)
+        raise error(f"{name} cannot be read as an array of real numbers: {type(e).__name__}: {e}") from None
+
+
+class _GivenArrays:
+    """SAE(cfg, weights)'s arrays, read as a weights file is read (read_weights' checks) by the
+    names SAELens saves them under: a gated SAE's encoder bias as b_gate or as b_enc (the name
+    SAE keeps it under). Records the names read."""
+
+    path = "the weights"
+
+    def __init__(self, weights: Mapping, architecture):
+        self._values = {}
+        for name, value in weights.items():
+            if not isinstance(name, str):
+                raise SAELoadError(f"the weights are named by strings (W_enc, b_enc, ...), not {name!r}")
+            if value is not None:  # None: the SAE has no such weight
+                self._values[name] = value
+        bias = encoder_bias_name(architecture)
+        if bias not in (None, "b_enc") and "b_enc" in self._values:
+            if bias in self._values:
+                raise SAELoadError(f"the weights give both b_enc and {bias}, which are one weight of a "
+                                   f"{architecture.name} SAE (SAELens names it {bias}): give one")
+            self._values[bias] = self._values.pop("b_enc")
+        self._arrays: dict[str, np.ndarray] = {}
+        self.read: set[str] = set()
+
+    def keys(self):
+        return self._values.keys()
+
+    def __contains__(self, name) -> bool:
+        return name in self._values
+
+    def shape(self, name: str) -> tuple:
+        return self._array(name).shape
+
+    def to_float32(self, name: str) -> np.ndarray:
+        self.read.add(name)
+        return self._array(name)
+
+    def _array(self, name: str) -> np.ndarray:
+        if name not in self._arrays:
+            self._arrays[name] = weight_array(name, self._values[name])
+        return self._arrays[name]
+
+
+def given_weights(weights, cfg: SAEConfig, spare_ok: bool = False) -> dict[str, np.ndarray | None]:
+    """SAE(cfg, weights)'s arrays (a dict of arrays or tensors: SAE's names, or SAELens's state
+    dict), with the checks SAE.load gives a weights file: those the architecture needs, each of
+    its shape and finite. A weight the architecture lacks is refused (it would run, then be
+    lost on saving) unless spare_ok; a tied SAE's W_enc, and the b_enc of one without an
+    encoder bias, may be given only as what they are (W_dec's transpose, zeros)."""
+    if not isinstance(weights, Mapping):
+        raise SAEInputError(f"an SAE's weights are a dict of arrays (W_enc, b_enc, W_dec, b_dec, ...), not "
+                            f"{type(weights).__name__}")
+    architecture = ARCHITECTURES[cfg.architecture]
+    given = _GivenArrays(weights, architecture)
+    out = _weights_in(given, cfg, "the weights lack")
+    for name, what in (("W_enc", "W_dec's transpose (tied weights)"), ("b_enc", "zeros (it has no encoder bias)")):
+        if name in given and name not in given.read:
+            array = given.to_float32(name)
+            if not spare_ok and not (array.shape == out[name].shape and np.array_equal(array, out[name])):
+                raise SAELoadError(f"a {cfg.architecture} SAE's {name} is {what}: the weights give another")
+            if not spare_ok:
+                out[name] = array  # the caller's array, as it is (memory nothing can write stays so)
+    spare = sorted(set(given.keys()) - given.read)
+    if spare and not spare_ok:
+        them = "it" if len(spare) == 1 else "them"
+        raise SAELoadError(f"a {cfg.architecture} SAE has no {printable(', '.join(spare))}: remove {them} from the "
+                           f"weights (the SAE would run with {them}, and its saved folder load without)")
+    return out
 
 
 def read_log_sparsity(path: Path, d_sae: int) -> np.ndarray | None:

@@ -13,11 +13,13 @@ skip transcoders), with SAELens's input normalizations.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import mmap
 import os
 import threading
 import warnings
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import numpy as np
@@ -25,13 +27,27 @@ import numpy as np
 from .. import _core
 from .. import hooks as _hooks
 from ..text import format_table, printable, readable_token
-from ..errors import FeatureIndexError, HookError, SAEInputError, SAELoadError, array_of, real_number, whole_number
+from ..errors import (
+    FeatureIndexError,
+    HookError,
+    InvalidInputError,
+    ReadOnlyError,
+    SAEInputError,
+    SAELoadError,
+    array_of,
+    check_model,
+    read_only_attribute,
+    real_number,
+    whole_number,
+)
+from ..runtime import check_memory
 from .loading import (
     CFG_FILE,
     FIXED_FIELDS,
     PER_TOKEN_NORMS,
     SAEConfig,
     encoder_bias_name,
+    given_weights,
     parse_config,
     read_feature_labels,
     read_json,
@@ -39,10 +55,11 @@ from .loading import (
     read_metrics,
     read_weights,
     sae_dir,
+    weight_array,
 )
 from .architectures import ARCHITECTURES
 from .pretrained import resolve
-from .saving import config_json, write_sae_folder
+from .saving import config_json, config_text, write_sae_folder
 from .whitening import unwhitened
 from .splice import (  # noqa: F401 (Model's SAE methods import these from here)
     add_sae,
@@ -102,9 +119,8 @@ def fold_norm_scaling(weights: dict, factor: float, factor_out: float | None = N
     """Fold dataset-wide activation scales into the weights, as SAELens does, so the SAE
     reads raw activations: W_enc * s_in, W_dec / s_out, b_dec / s_out (s_out = s_in unless
     given: a transcoder's output scale), and with skip W_skip * s_in / s_out."""
-    factor_out = factor if factor_out is None else factor_out
-    for f in (factor, factor_out):
-        _check_factor(f)
+    factor = _check_factor(factor)
+    factor_out = factor if factor_out is None else _check_factor(factor_out)
     out = dict(weights)
     out["W_enc"] = weights["W_enc"] * np.float32(factor)
     out["W_dec"] = weights["W_dec"] / np.float32(factor_out)
@@ -114,9 +130,12 @@ def fold_norm_scaling(weights: dict, factor: float, factor_out: float | None = N
     return out
 
 
-def _check_factor(factor) -> None:
-    if isinstance(factor, bool) or not (isinstance(factor, (int, float)) and np.isfinite(factor) and factor > 0):
+def _check_factor(factor) -> float:
+    """factor as a float (numpy's, and a 0-d array or tensor, included); SAELoadError unless positive and finite."""
+    value = real_number(factor, "norm_scaling_factor", error=SAELoadError)
+    if not (math.isfinite(value) and value > 0):
         raise SAELoadError(f"norm_scaling_factor must be a positive number, got {factor!r}")
+    return value
 
 
 def _fold_scale(weights: dict, cfg: SAEConfig, factor) -> tuple[dict, SAEConfig]:
@@ -124,8 +143,7 @@ def _fold_scale(weights: dict, cfg: SAEConfig, factor) -> tuple[dict, SAEConfig]
     architecture folds it: fold_scale), its config saying normalize_activations "none"."""
     module = ARCHITECTURES[cfg.architecture].module
     if hasattr(module, "fold_scale"):
-        _check_factor(factor)
-        weights, options = module.fold_scale(weights, cfg.options, factor)
+        weights, options = module.fold_scale(weights, cfg.options, _check_factor(factor))
         cfg = dataclasses.replace(cfg, options=options)
     else:
         weights = fold_norm_scaling(weights, factor)
@@ -152,6 +170,121 @@ def _on_cpu(device, dtype) -> None:
             warnings.warn(f"tinymech runs SAEs in float32 on the CPU; {what}={name!r} is ignored", stacklevel=3)
 
 
+# names SAE.to reads as a dtype, not a device (torch's spellings), and what each is
+_DTYPE_NAMES = {"float32": "float32", "float": "float32", "float16": "float16", "half": "float16",
+                "bfloat16": "bfloat16", "float64": "float64", "double": "float64"}
+
+
+def _device_and_dtype(args: tuple, kwargs: dict) -> tuple:
+    """(device, dtype) from SAE.to's arguments, read as SAELens's SAE.to (torch's Module.to) reads
+    them: a device (a string or torch.device), a dtype, a tensor (its device and dtype: an array
+    too), non_blocking; device= and dtype= override them."""
+    unknown = sorted(set(kwargs) - {"device", "dtype", "non_blocking", "copy", "memory_format"})
+    if unknown:
+        raise SAEInputError(f"SAE.to takes device=, dtype= and non_blocking= (as torch's), not {unknown[0]}=")
+    device = dtype = None
+    for arg in args:
+        if isinstance(arg, (bool, np.bool_)):  # torch's positional non_blocking
+            continue
+        if isinstance(arg, np.dtype) or (isinstance(arg, type) and issubclass(arg, np.generic)):
+            dtype = str(np.dtype(arg))
+        elif hasattr(arg, "dtype") and hasattr(arg, "shape"):  # a tensor, or the array one becomes
+            device, dtype = getattr(arg, "device", "cpu"), str(arg.dtype)
+        elif isinstance(arg, str):
+            if arg.removeprefix("torch.") in _DTYPE_NAMES:
+                dtype = arg
+            else:
+                device = arg
+        elif type(arg).__name__ == "dtype" and type(arg).__module__.split(".")[0] == "torch":
+            dtype = arg
+        elif arg is not None:
+            device = arg  # a torch.device, or what _on_cpu refuses
+    dtype = kwargs.get("dtype", dtype)
+    if isinstance(dtype, str) and dtype.removeprefix("torch.") in _DTYPE_NAMES:  # "float" is float32
+        dtype = _DTYPE_NAMES[dtype.removeprefix("torch.")]
+    return kwargs.get("device", device), dtype
+
+
+def _config_of(cfg, why: str) -> SAEConfig:
+    """cfg with the checks a cfg.json gets; SAEInputError, beginning `why`, naming what is wrong.
+    cfg is an SAEConfig, or a dict in cfg.json's form or an object with to_dict() (SAELens's
+    config), read as SAE.load reads cfg.json. The config must be what its cfg.json reads back
+    as: what sae.save writes is then what SAE.load reads."""
+    if not isinstance(cfg, SAEConfig):
+        raw = cfg
+        if not isinstance(raw, (Mapping, type)) and callable(getattr(raw, "to_dict", None)):
+            try:
+                raw = raw.to_dict()
+            except Exception as e:  # whatever a foreign object's to_dict raises
+                raise SAEInputError(f"{why}: cfg.to_dict() failed ({type(e).__name__}: {e})") from None
+        if not isinstance(raw, Mapping):
+            raise SAEInputError(f"{why}: cfg must be an SAEConfig, a dict in cfg.json's form or SAELens's config "
+                                f"(it has to_dict()), not {type(cfg).__name__}")
+        cfg = _parsed(config_text(dict(raw)), why)
+    try:
+        known = cfg.architecture in ARCHITECTURES
+    except TypeError:  # unhashable
+        known = False
+    if not known:  # config_json reads the architecture's kind
+        raise SAEInputError(f"{why}: SAE architecture {cfg.architecture!r} is not supported; supported: "
+                            f"{', '.join(ARCHITECTURES)}")
+    try:
+        text = config_text(config_json(cfg))
+    except SAEInputError as e:
+        raise SAEInputError(f"{why}: {e}") from None
+    except Exception as e:  # whatever a field of the wrong type raises on the way
+        raise SAEInputError(f"{why}: {type(e).__name__}: {e}") from None
+    read = _parsed(text, why)
+    if set(cfg.options) != set(read.options):  # a misspelt one would be saved, and never run
+        raise SAEInputError(f"{why}: a {cfg.architecture} SAE's options are {sorted(read.options)}, not "
+                            f"{sorted(cfg.options)}: dataclasses.replace(sae.cfg, options={{**sae.cfg.options, "
+                            "name: value}) changes one")
+    for field in dataclasses.fields(SAEConfig):
+        mine, back = getattr(cfg, field.name), getattr(read, field.name)
+        if field.name != "metadata" and not _same(mine, back):
+            raise SAEInputError(f"{why}: cfg.{field.name}={mine!r} would not survive saving: a {cfg.architecture} "
+                                f"SAE's cfg.json reads it back as {back!r}")
+    return cfg
+
+
+def _parsed(text: str, why: str) -> SAEConfig:
+    try:
+        return parse_config(json.loads(text))
+    except SAELoadError as e:
+        raise SAEInputError(f"{why}: {e}") from None
+    except Exception as e:  # whatever an architecture's config reader raises on a value of the wrong type
+        raise SAEInputError(f"{why}: {type(e).__name__}: {e}") from None
+
+
+def _same(a, b) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # an array, compared elementwise
+        return False
+
+
+def _initial_weights(cfg: SAEConfig) -> dict:
+    """A new SAE's weights, as SAELens's initialize_weights makes them: W_dec kaiming-uniform, W_enc
+    its transpose (a transcoder's its own, kaiming-uniform), every other weight zeros. A temporal
+    SAE's attention layers (torch's own initialization in SAELens) are not made: SAEInputError."""
+    rng = np.random.default_rng()
+
+    def kaiming(shape):  # torch's kaiming_uniform_ (fan_in, a=0): U(-b, b), b = sqrt(6 / fan_in)
+        bound = math.sqrt(6 / shape[1])
+        return rng.uniform(-bound, bound, shape).astype(np.float32)
+
+    W_dec = kaiming((cfg.d_sae, cfg.d_out))
+    W_enc = kaiming((cfg.d_in, cfg.d_sae)) if cfg.is_transcoder else np.ascontiguousarray(W_dec.T)
+    shapes = {"b_enc": (cfg.d_sae,), "b_dec": (cfg.d_out,), "threshold": (cfg.d_sae,), "r_mag": (cfg.d_sae,),
+              "b_mag": (cfg.d_sae,), "W_skip": (cfg.d_out, cfg.d_in)}
+    zeros = {name: np.zeros(shape, np.float32) for name, shape in shapes.items()}
+    try:  # those of them the architecture has
+        return given_weights({"W_enc": W_enc, "W_dec": W_dec, **zeros}, cfg, spare_ok=True)
+    except SAELoadError as e:
+        raise SAEInputError(f"tinymech cannot make a new {cfg.architecture} SAE's weights ({e}): give them, "
+                            "SAE(cfg, weights)") from None
+
+
 def _unchanging(array) -> bool:
     """Whether nothing in this process can write an array's memory: read-only views all the
     way down to bytes or a file mapped for reading (as SAE.load maps its file; rewriting that
@@ -175,6 +308,13 @@ def _rebuilt(state: dict) -> "SAE":
     sae = SAE.__new__(SAE)
     sae.__setstate__(state)
     return sae
+
+
+def _check_room(need: int, doing: str) -> None:
+    """InvalidInputError where the core's dense output would not fit in memory (past it: a bare
+    bad_alloc, or the OOM killer), as train_sae and the dashboards check theirs."""
+    check_memory(need, doing, "pass fewer rows at a time, or keep only the active features (encode_sparse, "
+                 "top_features)")
 
 
 def _padded_to_csr(indices, values, d_sae: int) -> tuple[tuple, tuple]:
@@ -203,6 +343,8 @@ def _padded_to_csr(indices, values, d_sae: int) -> tuple[tuple, tuple]:
 
 
 WEIGHTS = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold", "W_skip", "r_mag", "b_mag")  # the SAE's arrays
+# what sae.d_in = ... (a property read from the config) is told
+_FROM_CONFIG = "it is read from sae.cfg, and an SAE's widths and hook points are fixed when it is built"
 SEQUENCE_SHAPE = "[batch, pos, d_in] (or [batch, pos, n_heads, d_head] for hook_z)"
 
 
@@ -222,14 +364,22 @@ class SAE:
     assigning one (sae.W_dec = array or tensor) rebuilds it around the new array.
     """
 
-    def __init__(self, cfg: SAEConfig, weights: dict, path: str | None = None,
+    def __init__(self, cfg: SAEConfig, weights: dict | None = None, path: str | None = None,
                  labels: dict[int, str] | None = None, label_details: dict[int, dict] | None = None,
                  log_sparsity: np.ndarray | None = None):
-        missing = [k for k in ("W_enc", "b_enc", "W_dec", "b_dec") if weights.get(k) is None]
-        if missing:
-            raise SAELoadError(f"SAE weights lack {', '.join(missing)}")
+        """cfg: an SAEConfig, or cfg.json's dict or SAELens's config (read as SAE.load reads
+        cfg.json); weights: {name: array or tensor}, by SAE's names or as SAELens's state_dict
+        names them, checked as SAE.load checks a weights file (a weight the architecture lacks
+        is refused); None: new ones, as SAELens's SAE(cfg) initializes them."""
+        cfg = _config_of(cfg, "cannot build an SAE with this config")
         # float32 C-contiguous (no copy for memory-mapped float32 weights)
-        weights = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items() if v is not None}
+        weights = _initial_weights(cfg) if weights is None else given_weights(weights, cfg)
+        weights = {k: v for k, v in weights.items() if v is not None}
+        if log_sparsity is not None:
+            log_sparsity = np.asarray(weight_array("log_sparsity", log_sparsity, SAEInputError))
+            if log_sparsity.shape != (cfg.d_sae,):
+                raise SAEInputError(f"log_sparsity must have shape [{cfg.d_sae}] (d_sae), got "
+                                    f"{list(log_sparsity.shape)}")
         self.cfg = cfg
         self.path = path
         self.W_enc, self.b_enc = weights["W_enc"], weights["b_enc"]
@@ -258,7 +408,20 @@ class SAE:
                 else:
                     self._replace_weight(name, value)
         else:
+            error = read_only_attribute(self, name, "sae", _FROM_CONFIG)  # d_in, ...: Python's says "no setter"
+            if error:
+                raise error
             super().__setattr__(name, value)
+
+    def __delattr__(self, name: str) -> None:
+        if name in WEIGHTS or name in ("cfg", "extra_weights"):  # the core computes with them
+            instead = ("assign a new config (sae.cfg = dataclasses.replace(sae.cfg, ...))" if name == "cfg" else
+                       "assign another array of its shape" if name in WEIGHTS else "it is read with the weights")
+            raise ReadOnlyError(f"sae.{name} cannot be deleted: the SAE's C++ core is built from it; {instead}")
+        error = read_only_attribute(self, name, "sae", _FROM_CONFIG)
+        if error:
+            raise error
+        super().__delattr__(name)
 
     def _weights_now(self, **replaced) -> dict:
         """The arrays the core is built from: the weights, extra_weights, then `replaced`."""
@@ -274,19 +437,12 @@ class SAE:
         if not isinstance(cfg, SAEConfig):
             raise SAEInputError(f"cfg must be an SAEConfig (dataclasses.replace(sae.cfg, ...)), got {type(cfg).__name__}")
         old = self.cfg
-        fixed = [f for f in FIXED_FIELDS if getattr(cfg, f) != getattr(old, f)]
+        fixed = [f for f in FIXED_FIELDS if not _same(getattr(cfg, f), getattr(old, f))]
         if fixed:
             raise SAEInputError(f"a new cfg cannot change {', '.join(fixed)} (the SAE's weights and the hook points "
                                 f"it is attached at follow from them): load the SAE with them instead")
-        try:
-            read = parse_config(config_json(cfg))  # the checks a cfg.json gets
-        except Exception as e:  # whatever a field of the wrong type raises on the way
-            raise SAEInputError(f"this SAE cannot take the new cfg: {e}") from None
-        if set(cfg.options) != set(read.options):  # a misspelt one would be saved, and never run
-            raise SAEInputError(f"a {cfg.architecture} SAE's options are {sorted(read.options)}, not "
-                                f"{sorted(cfg.options)}: dataclasses.replace(sae.cfg, options={{**sae.cfg.options, "
-                                "name: value}) changes one")
-        if ARCHITECTURES[old.architecture].tied(old.options) != ARCHITECTURES[old.architecture].tied(read.options):
+        cfg = _config_of(cfg, "this SAE cannot take the new cfg")  # the checks a cfg.json gets
+        if ARCHITECTURES[old.architecture].tied(old.options) != ARCHITECTURES[old.architecture].tied(cfg.options):
             raise SAEInputError("a new cfg cannot change tied_weights (what the SAE's weights mean follows from it): "
                                 "load the SAE with it instead")
         try:
@@ -315,21 +471,9 @@ class SAE:
             raise SAEInputError("this SAE's W_enc is W_dec's transpose (tied weights): assign W_dec instead")
         if name == "b_enc" and (tied or encoder_bias_name(architecture) is None):
             raise SAEInputError(f"a {self.cfg.architecture} SAE has no encoder bias: its b_enc stays zeros")
-        try:
-            if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor or Parameter: its values
-                value = value.detach().cpu()
-                value = value.float() if str(value.dtype) == "torch.bfloat16" else value  # numpy has no bfloat16
-            array = np.asarray(value)
-            if array.dtype.kind not in "fiu":
-                raise SAEInputError(f"{name} must be real numbers, got dtype {array.dtype}")
-            if array.shape != old.shape:
-                raise SAEInputError(f"{name} must have shape {list(old.shape)} (this SAE's), got {list(array.shape)}")
-            with np.errstate(over="ignore"):  # too large for float32: refused just below
-                array = np.ascontiguousarray(array, dtype=np.float32)
-        except SAEInputError:
-            raise
-        except Exception as e:  # whatever an array-like raises when read (a meta tensor, a failing __array__)
-            raise SAEInputError(f"{name} cannot be read as an array of real numbers: {type(e).__name__}: {e}") from None
+        array = weight_array(name, value, SAEInputError)  # too large for float32: refused just below
+        if array.shape != old.shape:
+            raise SAEInputError(f"{name} must have shape {list(old.shape)} (this SAE's), got {list(array.shape)}")
         if not np.isfinite(array).all():
             raise SAEInputError(f"{name} contains NaN or infinite values (as float32)")
         replaced = {name: array}
@@ -381,9 +525,9 @@ class SAE:
             )
         module = ARCHITECTURES[c.architecture].module
         return {
-            "d_in": c.d_in, "d_sae": c.d_sae, "d_out": c.d_out, "activation": c.activation, "k": c.k or 0,
-            "apply_b_dec_to_input": c.apply_b_dec_to_input,
-            "rescale_acts_by_decoder_norm": c.rescale_acts_by_decoder_norm,
+            "d_in": int(c.d_in), "d_sae": int(c.d_sae), "d_out": int(c.d_out), "activation": c.activation,
+            "k": int(c.k or 0), "apply_b_dec_to_input": bool(c.apply_b_dec_to_input),  # checked: numpy's too
+            "rescale_acts_by_decoder_norm": bool(c.rescale_acts_by_decoder_norm),
             "norm": c.run_norm, "denormalize_output": not c.is_transcoder, "norm_factor": 1.0,
             "decode_bias": module.decode_bias(c) if hasattr(module, "decode_bias") else True,
             **(module.core_config(c) if hasattr(module, "core_config") else {}),
@@ -400,11 +544,11 @@ class SAE:
         """
         return cls._read(sae_dir(path), {}, norm_scaling_factor)
 
-    def to(self, device_or_dtype=None):
-        """The SAE itself: it stays on the CPU in float32 (another device or dtype warns)."""
-        text = str(device_or_dtype)
-        if device_or_dtype is not None and text.split(":")[0] != "cpu" and text not in ("torch.float32", "float32"):
-            _on_cpu(device_or_dtype, None)
+    def to(self, *args, **kwargs):
+        """The SAE itself, taking SAELens's (torch's) arguments: to(device), to(dtype),
+        to(device, dtype), to(tensor), device=, dtype=, non_blocking=. It stays on the CPU in
+        float32: another device or dtype warns."""
+        _on_cpu(*_device_and_dtype(args, kwargs))
         return self
 
     def cpu(self):
@@ -413,6 +557,16 @@ class SAE:
     def eval(self):
         """The SAE itself (nothing to switch off at inference)."""
         return self
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, weights: dict | None = None) -> "SAE":
+        """SAELens's SAE.from_dict: an SAE of the config cfg.json's dict (or SAELens's
+        cfg.to_dict()) describes, read as SAE.load reads cfg.json, with the weights given (as
+        SAE(cfg, weights) takes them) or, as SAELens's, new ones."""
+        if not isinstance(config_dict, Mapping):
+            raise SAEInputError(f"SAE.from_dict takes cfg.json's dict (SAELens's cfg.to_dict()), not "
+                                f"{type(config_dict).__name__}")
+        return cls(config_dict, weights)
 
     @classmethod
     def load_from_disk(cls, path: str | os.PathLike, device: str = "cpu", dtype: str | None = None) -> "SAE":
@@ -447,7 +601,19 @@ class SAE:
     def save(self, path: str | os.PathLike, dtype: str = "float32") -> str:
         """Write this SAE in SAELens's format (cfg.json, sae_weights.safetensors and, when
         known, sparsity.safetensors) into the folder `path`; returns the path. dtype:
-        "float32", or "float16" for half the bytes (both readers widen it on loading)."""
+        "float32", or "float16" for half the bytes (both readers widen it on loading; a
+        weight beyond float16's range is refused). Everything is checked before anything is
+        written: a refused or failed save leaves an SAE already in the folder as it was."""
+        from .train import _out_folder  # train imports this module
+
+        if path is None:
+            raise SAEInputError("SAE.save needs the folder to write (a str or Path), not None")
+        try:
+            path = _out_folder(path)  # train_sae's check of its out=: a folder's path, not "" nor a file
+        except InvalidInputError as e:
+            raise SAEInputError(f"SAE.save(path): {e}") from None
+        except OSError as e:  # a name too long to look up
+            raise SAEInputError(f"cannot save the SAE in {printable(str(path))!r} ({e.strerror or e})") from None
         architecture = ARCHITECTURES[self.cfg.architecture]
         weights = {k: getattr(self, k) for k in WEIGHTS}
         bias = weights.pop("b_enc")
@@ -482,9 +648,11 @@ class SAE:
 
     # ---- encode / decode ----------------------------------------------------------
 
-    def _rows(self, acts, width: int, what: str) -> tuple[np.ndarray, tuple]:
+    def _rows(self, acts, width: int, what: str, out: tuple[int, str] = (0, "")) -> tuple[np.ndarray, tuple]:
         """acts as float32 rows [n, width] and its leading shape; a hook_z SAE reads
-        [.., n_heads, d_head] as one vector, as SAELens does, and keeps its d_head."""
+        [.., n_heads, d_head] as one vector, as SAELens does, and keeps its d_head. out: (floats
+        the core returns per row, what it does with "{rows}" rows): refused, before any copy,
+        where those and the float32 copy of acts would not fit in the machine's memory."""
         a = array_of(acts, what, SAEInputError)
         if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
             raise SAEInputError(f"{what} must be numeric, got dtype {a.dtype}")
@@ -496,12 +664,17 @@ class SAE:
             lead = a.shape[:-1]
         else:
             raise SAEInputError(f"{what} have shape {list(a.shape)} but the SAE needs a last axis of {width}")
+        floats, doing = out
+        if floats:
+            rows = math.prod(lead)
+            copied = width if a.dtype != np.float32 or not a.flags.c_contiguous else 0
+            _check_room(rows * (floats + copied) * 4, doing.format(rows=rows))
         return np.ascontiguousarray(a, dtype=np.float32).reshape(-1, width), lead
 
-    def _input(self, acts) -> tuple[np.ndarray, tuple, int]:
+    def _input(self, acts, out: tuple[int, str] = (0, "")) -> tuple[np.ndarray, tuple, int]:
         """(rows [n, d_in], leading shape, seq_len): a temporal SAE's rows are sequences of
-        seq_len positions, its activations [batch, pos, d_in]; 0 for others."""
-        x, lead = self._rows(acts, self.d_in, "activations")
+        seq_len positions, its activations [batch, pos, d_in]; 0 for others. out: as _rows'."""
+        x, lead = self._rows(acts, self.d_in, "activations", out)
         if not ARCHITECTURES[self.cfg.architecture].sequential:
             return x, lead, 0
         if len(lead) != 2:
@@ -518,7 +691,7 @@ class SAE:
 
     def encode(self, acts) -> np.ndarray:
         """Feature activations [..., d_sae] of activations [..., d_in]."""
-        x, lead, seq_len = self._input(acts)
+        x, lead, seq_len = self._input(acts, (self.d_sae, f"encoding {{rows:,}} rows into {self.d_sae:,} features"))
         return self._core.encode(x, seq_len).reshape(lead + (self.d_sae,))
 
     def encode_with_predictions(self, acts) -> tuple[np.ndarray, np.ndarray]:
@@ -526,7 +699,8 @@ class SAE:
         gives the first, forward decodes their sum."""
         if not ARCHITECTURES[self.cfg.architecture].sequential:
             raise SAEInputError(f"a {self.cfg.architecture} SAE predicts no codes from context (a temporal SAE does)")
-        x, lead, seq_len = self._input(acts)
+        x, lead, seq_len = self._input(acts, (2 * self.d_sae, f"encoding {{rows:,}} rows into 2 x {self.d_sae:,} "
+                                                             "codes"))
         return tuple(a.reshape(lead + (self.d_sae,)) for a in self._core.encode_predicted(x, seq_len))
 
     def encode_sparse(self, acts, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -550,8 +724,9 @@ class SAE:
     def top_features(self, acts, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The k largest feature activations of each token, as torch.topk on the
         dense activations: (indices [..., k], values [..., k]), largest first."""
-        x, lead, seq_len = self._input(acts)
         k = self._k(k, at_most=self.d_sae)
+        # int64 + float32 each
+        x, lead, seq_len = self._input(acts, (3 * k, f"taking the top {k:,} features of {{rows:,}} rows"))
         idx, val = self._core.top_features(x, k, seq_len)
         return idx.reshape(lead + (k,)), val.reshape(lead + (k,))
 
@@ -577,8 +752,9 @@ class SAE:
             if len(features) != 2:
                 raise SAEInputError("sparse features are an (indices, values) pair")
             lead, args, core_decode = *_padded_to_csr(*features, self.d_sae), self._core.decode_sparse
+            _check_room(math.prod(lead) * self.d_out * 4, f"decoding {math.prod(lead):,} rows")
         else:
-            f, lead = self._rows(features, self.d_sae, "features")
+            f, lead = self._rows(features, self.d_sae, "features", (self.d_out, "decoding {rows:,} rows"))
             args, core_decode = (f,), self._core.decode
         try:
             out = core_decode(*args, x)
@@ -592,7 +768,8 @@ class SAE:
         """decode(encode(acts)) (+ the skip term; a temporal SAE decodes its predicted codes
         too): the reconstruction [..., d_out]."""
         a = array_of(acts, "activations", SAEInputError)
-        x, lead, seq_len = self._input(a)
+        inside = 2 * self.d_sae if ARCHITECTURES[self.cfg.architecture].sequential else 0  # codes and predicted
+        x, lead, seq_len = self._input(a, (self.d_out + inside, "reconstructing {rows:,} rows"))
         out = self._core.forward(x, seq_len)
         if len(lead) == a.ndim - 2 and self.d_out == self.d_in:  # hook_z: back to [.., head, d_head]
             return out.reshape(a.shape)
@@ -628,6 +805,7 @@ class SAE:
 
     def feature_activations(self, model, input, feature: int, prepend_bos: bool | None = None) -> np.ndarray:
         """One feature's activation at every token of the input: [batch, pos]."""
+        check_model(model, hint=" (sae.feature_activations(model, input, feature))")
         f = self._feature(feature)
         check_hooks(model, self.cfg)
         _, cache = model.run_with_cache(input, names_filter=[self.cfg.hook_name], prepend_bos=prepend_bos,
@@ -637,6 +815,7 @@ class SAE:
     def logit_effects(self, model, feature: int, k: int = 10) -> LogitEffects:
         """The tokens the feature's decoder direction promotes and suppresses
         directly: W_dec[f] @ W_U, top k each way, as ids and as strings."""
+        check_model(model, hint=" (sae.logit_effects(model, feature, k))")
         f = self._feature(feature)
         if self.d_out != model.cfg.d_model:
             raise SAEInputError(f"the SAE writes {self.d_out} numbers, not the model's d_model={model.cfg.d_model}")

@@ -273,7 +273,8 @@ def test_save_refuses_a_path_that_names_no_folder(tmp_path, monkeypatch):
     sae = SAE(config(), W)
     (tmp_path / "afile").write_text("x")
     monkeypatch.chdir(tmp_path)
-    for path, match in [(None, "not None"), (123, "folder's path"), ("", 'out="" names no folder'),
+    for path, match in [(None, "path must be a folder.s path .* not None"), (123, "folder's path"),
+                        ("", 'path="" names no folder: give the folder for the SAE$'),
                         (tmp_path / "afile", "is a file"), (tmp_path / "afile" / "sub", "inside .* which is a file"),
                         (str(tmp_path / "a\0b"), "embedded null byte"), (tmp_path / ("x" * 300), "too long")]:
         with pytest.raises(SAEInputError, match=match):

@@ -295,3 +295,14 @@ def test_an_os_error_is_one_line_naming_the_path_not_a_traceback(monkeypatch, ca
     monkeypatch.setitem(cli.COMMANDS, "info", bug)
     with pytest.raises(ZeroDivisionError):  # not hidden
         cli.main(["info"])
+
+
+def test_an_out_the_system_cannot_look_up_is_refused_by_name(tmp_path):
+    # regression: a name too long to look up escaped train_sae and collect_activations as the OS's OSError
+    from tinymech.io.files import folder_to_write
+
+    for name in (tmp_path / ("x" * 300), str(tmp_path / "a\0b")):
+        with pytest.raises(tm.InvalidInputError, match="out=.* cannot be a folder"):
+            folder_to_write(name)
+        with pytest.raises(tm.InvalidInputError, match="out=.* cannot be a folder"):
+            tm.train_sae(np.zeros((64, 4), np.float32), d_sae=8, n_tokens=64, out=name)

@@ -11,7 +11,7 @@ import os
 import stat
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from ..errors import ModelLoadError
+from ..errors import InvalidInputError, ModelLoadError
 from ..text import printable
 
 # The largest tokenizer.json files (262k-token vocabularies) are ~35 MB.
@@ -19,6 +19,35 @@ MAX_JSON_BYTES = 128 << 20
 # A uint64 has 20 digits; longer integers are never sizes, and Python refuses
 # to convert those of more than 4300 digits with a ValueError.
 MAX_INT_DIGITS = 32
+
+
+def folder_to_write(out, name: str = "out", required: str | None = None, error=InvalidInputError) -> Path | None:
+    """out as the path of a folder to write, refused (error, naming the argument `name`) before any
+    work where it cannot be one: not a path, "" (the current folder), a file or a path inside one, a
+    name the system cannot look up. None for None, unless `required` (what the folder is for) says
+    it must be given."""
+    if out is None and required is None:
+        return None
+    if not isinstance(out, (str, os.PathLike)) or isinstance(os.fspath(out), bytes):
+        what = "" if required is None else f" for {required}"
+        raise error(f"{name} must be a folder's path (a str or Path){what}, not {out!r:.80}")
+    if os.fspath(out) == "":  # Path("") is the current folder: its files would be written over
+        give = (f'to write (e.g. {name}="my-sae"), or {name}=None to keep the SAE in memory only'
+                if required is None else f"for {required}")
+        raise error(f'{name}="" names no folder: give the folder {give}')
+    path = Path(out)
+    try:
+        if "\0" in os.fspath(out):  # pathlib reads such a name as missing, and only writing it fails
+            raise ValueError("embedded null byte")
+        existing = next(p for p in (path, *path.absolute().parents) if p.exists())
+    except (OSError, ValueError) as e:  # a name too long to look up; ValueError: a NUL in it
+        raise error(printable(f"{name}={str(out)!r:.80} cannot be a folder: {getattr(e, 'strerror', None) or e}",
+                              keep="")) from None
+    if not existing.is_dir():
+        where = "is" if existing == path else f"is inside {existing}, which is"
+        raise error(printable(f"{name}={str(out)!r} {where} a file, not a folder: choose a folder (it is created "
+                              "if missing)", keep=""))
+    return path
 
 
 def check_regular(path: Path, error=ModelLoadError) -> None:

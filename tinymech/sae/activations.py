@@ -34,7 +34,7 @@ from ..arch.bf16 import from_bf16, to_bf16
 from ..corpus import corpus_description, read_corpus, token_rows
 from ..errors import HookError, InvalidInputError, SAELoadError, check_model, true_or_false, whole_number
 from ..hooks import HookPoint, resolve_names
-from ..io.files import check_regular, read_json
+from ..io.files import check_regular, folder_to_write, read_json
 from ..progress import progress_function
 from .loading import _check_hooks
 from .splice import hook_widths
@@ -93,15 +93,13 @@ def _checked(model, hook, corpus, n_tokens, out, context, dtype, hook_out, batch
              text_field) -> tuple[dict, Path]:
     """(the header to collect under, out as a Path), every argument checked and the corpus's first row
     read where that can be done twice: a refusal comes before the collection, which can take hours."""
-    from .train import _out_folder  # train imports this module
-
     header = _new_header(model, hook, hook_out, dtype, context, corpus, seed)
     n_tokens = whole_number(n_tokens, "n_tokens", 1, maximum=MAX_SIZE)
     whole_number(batch_size, "batch_size", 1, maximum=MAX_SIZE)
     path = os.fspath(out) if isinstance(out, (str, os.PathLike)) else None
     if isinstance(path, str) and path and Path(path).exists() and not Path(path).is_dir():
         raise InvalidInputError(f"{out} is not a folder")
-    out = _out_folder(out, required="the activations")  # None, "", a path inside a file
+    out = folder_to_write(out, required="the activations")  # None, "", a path inside a file
     old = _existing_header(out, true_or_false(resume, "resume"))
     header = _continued(old, header, n_tokens, out) if old else header | {"n_tokens": n_tokens}
     if not header["complete"]:

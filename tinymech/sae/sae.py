@@ -30,7 +30,6 @@ from ..text import format_table, printable, readable_token
 from ..errors import (
     FeatureIndexError,
     HookError,
-    InvalidInputError,
     ReadOnlyError,
     SAEInputError,
     SAELoadError,
@@ -40,6 +39,7 @@ from ..errors import (
     real_number,
     whole_number,
 )
+from ..io.files import folder_to_write
 from ..runtime import check_memory
 from .loading import (
     CFG_FILE,
@@ -604,16 +604,7 @@ class SAE:
         "float32", or "float16" for half the bytes (both readers widen it on loading; a
         weight beyond float16's range is refused). Everything is checked before anything is
         written: a refused or failed save leaves an SAE already in the folder as it was."""
-        from .train import _out_folder  # train imports this module
-
-        if path is None:
-            raise SAEInputError("SAE.save needs the folder to write (a str or Path), not None")
-        try:
-            path = _out_folder(path)  # train_sae's check of its out=: a folder's path, not "" nor a file
-        except InvalidInputError as e:
-            raise SAEInputError(f"SAE.save(path): {e}") from None
-        except OSError as e:  # a name too long to look up
-            raise SAEInputError(f"cannot save the SAE in {printable(str(path))!r} ({e.strerror or e})") from None
+        path = folder_to_write(path, "path", required="the SAE", error=SAEInputError)
         architecture = ARCHITECTURES[self.cfg.architecture]
         weights = {k: getattr(self, k) for k in WEIGHTS}
         bias = weights.pop("b_enc")

@@ -24,7 +24,6 @@ import dataclasses
 import inspect
 import json
 import math
-import os
 import re
 import shutil
 import tempfile
@@ -37,7 +36,7 @@ from safetensors.numpy import load_file, save_file
 
 from ..errors import (InvalidInputError, SAEInputError, TrainingError, check_model, real_number, true_or_false,
                       whole_number)
-from ..io.files import check_regular, read_json
+from ..io.files import check_regular, folder_to_write, read_json
 from .activations import check_hook_order, model_identity, tokenizer_sha256
 from .architectures import DEFAULT_TRAINING, TRAINING, training
 from .loading import CFG_FILE, LABELS_FILE, WEIGHTS_FILE, parse_config
@@ -171,7 +170,7 @@ def _plan(acts, architecture, d_sae, k, n_tokens, lr, batch_size, out, coefficie
           holdout, options):
     """(out as a Path or None, the activations, the run's TrainConfig, checkpoint_every, training tokens,
     held-out tokens): train_sae's arguments checked, and what out holds, before anything is written."""
-    out = _out_folder(out)
+    out = folder_to_write(out)
     data = as_activations(acts)
     _check_model(data, model)
     cfg = _config(data, architecture, d_sae, k, n_tokens, lr, batch_size, coefficient, coefficient_warm_up_steps,
@@ -276,31 +275,10 @@ def check_out(out, resume: bool = False, overwrite: bool = False) -> Path | None
     """What train_sae(out=out, resume=..., overwrite=...) would refuse about its folder, refused now
     (InvalidInputError) and without writing anything: for callers with work to do first (the
     train-sae command collects activations)."""
-    folder = _out_folder(out)
+    folder = folder_to_write(out)
     if folder is not None:
         _check_contents(folder, true_or_false(resume, "resume"), true_or_false(overwrite, "overwrite"))
     return folder
-
-
-def _out_folder(out, required: str | None = None) -> Path | None:
-    """out as a folder's path, refused before any work where it cannot be one (a file, /dev/null, "");
-    None for None, unless `required` (what the folder is for) says it must be given."""
-    if out is None and required is None:
-        return None
-    if not isinstance(out, (str, os.PathLike)) or isinstance(os.fspath(out), bytes):
-        what = "" if required is None else f" for {required}"
-        raise InvalidInputError(f"out must be a folder's path (a str or Path){what}, not {out!r}")
-    if os.fspath(out) == "":  # Path("") is the current folder: training would write into it
-        give = ('to write (e.g. out="my-sae"), or out=None to keep the SAE in memory only' if required is None
-                else f"for {required}")
-        raise InvalidInputError(f'out="" names no folder: give the folder {give}')
-    path = Path(out)
-    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
-    if not existing.is_dir():
-        where = "is" if existing == path else f"is inside {existing}, which is"
-        raise InvalidInputError(f"out={str(out)!r} {where} a file, not a folder: choose a folder "
-                                "(it is created if missing)")
-    return path
 
 
 def _check_contents(out: Path, resume: bool, overwrite: bool) -> None:

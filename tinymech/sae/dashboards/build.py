@@ -24,6 +24,7 @@ import numpy as np
 from ... import _core
 from ...corpus import corpus_description, corpus_path, read_corpus, token_rows
 from ...errors import HookError, InvalidInputError, TinymechError, TrainingError, check_model, whole_number
+from ...io.files import folder_to_write
 from ...runtime import check_memory
 from ...hooks import HookPoint, resolve_names
 from ...ops import top_k
@@ -359,10 +360,8 @@ def _write_feature_labels(folder: Path, dash, labels: dict[int, str]) -> None:
 # --- arguments, the folder and the checkpoint ------------------------------------------------------------------------
 
 def _out_folder(out, sae) -> Path:
-    from ..train import _out_folder as folder  # the same refusals as train_sae's (a path inside a file, "")
-
     if out is not None:
-        return folder(out, required="the dashboards")
+        return folder_to_write(out, required="the dashboards")
     if sae is None or not sae.path:
         raise InvalidInputError("give out=: a folder for the dashboards (only an SAE loaded from a folder has "
                                 "a default, its 'dashboards' subfolder)")

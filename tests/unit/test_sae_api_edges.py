@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+import tinymech.errors
 import tinymech.runtime
 from numpy_checkpoints import write_sae
 from tinymech.errors import InvalidInputError, ReadOnlyError, SAEInputError, SAELoadError
@@ -372,3 +373,43 @@ def test_feature_helpers_name_a_model_argument_that_is_not_one():
         sae.logit_effects(None, 5)
     with pytest.raises(InvalidInputError, match="model must be a tinymech model .*not str"):
         sae.feature_activations("Mr Darcy", object(), 5)  # the arguments swapped
+
+
+def test_a_save_cut_short_between_its_moves_leaves_no_mixed_sae(tmp_path, monkeypatch):
+    # regression (review): an interruption after the weights were moved left them under the old cfg.json,
+    # which loaded, silently, as an SAE that never existed; the .partial files stayed
+    import tinymech.sae.saving as saving
+
+    folder = tmp_path / "sae"
+    SAE(config(), W).save(folder)
+    moved, real = [], os.replace
+
+    def interrupted(src, dst):
+        if moved:
+            raise KeyboardInterrupt
+        moved.append(dst)
+        real(src, dst)
+
+    monkeypatch.setattr(saving.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        SAE(config(), {k: v * 2 for k, v in W.items()}).save(folder)
+    monkeypatch.undo()
+    assert not list(folder.glob("*.partial"))
+    with pytest.raises(tinymech.errors.SAENotFoundError):
+        SAE.load(folder)
+
+
+def test_labels_and_metrics_go_with_the_sae_they_describe(tmp_path):
+    # regression (review): saving another SAE into a folder kept the old one's feature_labels.json and
+    # metrics.json, and SAE.load attached them to the new SAE
+    folder = tmp_path / "sae"
+    SAE(config(), W).save(folder)
+    (folder / "feature_labels.json").write_text('{"0": "the old SAE\'s feature 0"}')
+    (folder / "metrics.json").write_text('{"l0": 3.0}')
+    loaded = SAE.load(folder)
+    assert loaded.labels == {0: "the old SAE's feature 0"} and loaded.metrics == {"l0": 3.0}
+    loaded.save(folder, dtype="float16")  # the same SAE in its own folder: they stay
+    assert SAE.load(folder).labels == {0: "the old SAE's feature 0"}
+    SAE(config(), W).save(folder)  # another SAE: they go
+    again = SAE.load(folder)
+    assert again.labels == {} and again.metrics is None

@@ -44,6 +44,8 @@ from ..runtime import check_memory
 from .loading import (
     CFG_FILE,
     FIXED_FIELDS,
+    LABELS_FILE,
+    METRICS_FILE,
     PER_TOKEN_NORMS,
     SAEConfig,
     encoder_bias_name,
@@ -603,7 +605,9 @@ class SAE:
         known, sparsity.safetensors) into the folder `path`; returns the path. dtype:
         "float32", or "float16" for half the bytes (both readers widen it on loading; a
         weight beyond float16's range is refused). Everything is checked before anything is
-        written: a refused or failed save leaves an SAE already in the folder as it was."""
+        written: a refused or failed save leaves an SAE already in the folder as it was. Saved
+        into the folder it was loaded from, it keeps the labels and metrics.json there; in another
+        folder, those files of an SAE saved there before are removed (they describe that SAE)."""
         path = folder_to_write(path, "path", required="the SAE", error=SAEInputError)
         architecture = ARCHITECTURES[self.cfg.architecture]
         weights = {k: getattr(self, k) for k in WEIGHTS}
@@ -612,8 +616,10 @@ class SAE:
             del weights["W_enc"]
         elif encoder_bias_name(architecture) is not None:
             weights[encoder_bias_name(architecture)] = bias
+        # its own folder keeps its labels and metrics; in another, those of an SAE saved there before go
+        own = self.path is not None and os.path.realpath(self.path) == os.path.realpath(path)
         return str(write_sae_folder(path, config_json(self.cfg), weights, self.log_sparsity, dtype=dtype,
-                                    extra=self.extra_weights))
+                                    extra=self.extra_weights, keep=(LABELS_FILE, METRICS_FILE) if own else ()))
 
     def __repr__(self):
         c = self.cfg

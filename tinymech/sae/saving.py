@@ -21,7 +21,7 @@ from safetensors.numpy import save_file
 
 from ..errors import SAEInputError
 from ..text import printable
-from .loading import CFG_FILE, SAEConfig
+from .loading import CFG_FILE, LABELS_FILE, METRICS_FILE, SAEConfig
 
 WEIGHTS_FILE = "sae_weights.safetensors"
 SPARSITY_FILE = "sparsity.safetensors"
@@ -101,13 +101,14 @@ DTYPES = {"float32": np.float32, "float16": np.float16}
 
 def write_sae_folder(path, config: dict, weights: dict, log_sparsity: np.ndarray | None = None,
                      extra_files: dict[str, str] | None = None, dtype: str = "float32",
-                     extra: dict[str, np.ndarray] | None = None) -> Path:
+                     extra: dict[str, np.ndarray] | None = None, keep: tuple[str, ...] = ()) -> Path:
     """Write config (cfg.json's contents), weights (arrays named as SAELens names them,
     stored as dtype: "float32" or "float16", half the bytes) and log_sparsity (log10
     feature densities) into the folder `path`. extra_files: {file name: text} written
     beside them (e.g. metrics.json); extra: an architecture's own tensors, by SAELens's
-    names (a temporal SAE's attention layers). A sparsity.safetensors there is removed
-    when there is no log_sparsity (it described the SAE replaced)."""
+    names (a temporal SAE's attention layers). A sparsity.safetensors, feature_labels.json
+    or metrics.json there that is not written is removed (it described the SAE replaced), unless
+    named in keep (the same SAE saved again in its own folder)."""
     path = Path(path)
     unknown = set(weights) - set(TENSORS)
     if unknown:
@@ -128,9 +129,10 @@ def write_sae_folder(path, config: dict, weights: dict, log_sparsity: np.ndarray
         writes[name] = lambda p, text=text: p.write_text(text)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        write_all_atomically({path / name: write for name, write in writes.items()})
-        if log_sparsity is None:
-            (path / SPARSITY_FILE).unlink(missing_ok=True)
+        write_all_atomically({path / name: write for name, write in writes.items()}, last=path / CFG_FILE)
+        for name in (SPARSITY_FILE, LABELS_FILE, METRICS_FILE):
+            if name not in writes and name not in keep:
+                (path / name).unlink(missing_ok=True)
     except (OSError, ValueError) as e:  # ValueError: a NUL in the name
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         raise SAEInputError(f"cannot save the SAE in {printable(str(path))!r} ({reason}); an SAE already there "
@@ -153,26 +155,31 @@ def _stored(name: str, array, dtype: str) -> np.ndarray:
                         f"save it as float32 (dtype=\"float32\")")
 
 
-def write_all_atomically(files: dict) -> None:
+def write_all_atomically(files: dict, last: Path | None = None) -> None:
     """{target: write}: each write(tmp) beside its target, then, once all are written, each moved
     onto its target: a failed write (a full disk, an interruption) leaves every target as it was.
-    The files are readable by all (safetensors creates its files for their owner only)."""
-    done = []
+    last (one of the targets: the file that makes the others one whole, an SAE's cfg.json) is
+    removed before the moves and moved last, so that moves cut short leave no whole made of old and
+    new files. The files are readable by all (safetensors creates its files for their owner only)."""
+    done = {}
     try:
         for target, write in files.items():
             tmp = target.with_name(target.name + ".partial")
-            done.append(tmp)
+            done[target] = tmp
             write(tmp)
             os.chmod(tmp, 0o644)
         for target in files:  # a folder in a file's place: found now, not by a move after others were made
             if target.is_dir():
                 raise IsADirectoryError(errno.EISDIR, f"{target.name} there is a folder", str(target))
-    except BaseException:
-        for tmp in done:
+        order = [t for t in files if t != last] + ([last] if last in files else [])
+        if last in files:
+            last.unlink(missing_ok=True)
+        for target in order:
+            os.replace(done[target], target)
+            del done[target]
+    finally:  # what was written and not moved (an error, an interruption)
+        for tmp in done.values():
             tmp.unlink(missing_ok=True)
-        raise
-    for tmp, target in zip(done, files):
-        os.replace(tmp, target)
 
 
 def write_atomically(target: Path, write) -> None:

@@ -39,7 +39,7 @@ from ..errors import (InvalidInputError, SAEInputError, TrainingError, check_mod
 from ..io.files import check_regular, folder_to_write, read_json
 from .activations import check_hook_order, model_identity, tokenizer_sha256
 from .architectures import DEFAULT_TRAINING, TRAINING, training
-from .loading import CFG_FILE, LABELS_FILE, WEIGHTS_FILE, parse_config
+from .loading import CFG_FILE, WEIGHTS_FILE, parse_config
 from .metrics import reconstruction_metrics_over, sae_metrics
 from .sae import SAE, fold_norm_scaling
 from .saving import write_atomically, write_sae_folder
@@ -517,7 +517,6 @@ def _finish(run: _Run, cfg: TrainConfig, data, n_train: int, held: int, out, mod
     if out is not None:
         write_sae_folder(out, config, weights, sae.log_sparsity,
                          {"metrics.json": json.dumps(_json_safe(metrics), indent=2) + "\n"})
-        (out / LABELS_FILE).unlink(missing_ok=True)  # labels of an SAE trained here before describe its features
         return SAE.load(out)  # its metrics read back from metrics.json
     sae.metrics = metrics
     return sae

@@ -126,9 +126,11 @@ def whole_number(value, what: str, minimum: int | None = None, error=InvalidInpu
     """value as an int; `error` naming `what` unless it is an integer (numpy's, and a 0-d integer
     array or tensor, included, as TransformerLens takes them; bools not) of at least `minimum` and
     at most `maximum`."""
-    if isinstance(value, (bool, np.bool_)) or "bool" in str(getattr(value, "dtype", "")):
+    if isinstance(value, (bool, np.bool_)):
         raise error(f"{what} must be a whole number, not {value!r}")
-    if not isinstance(value, numbers.Integral):
+    if not isinstance(value, numbers.Integral):  # (the common case skips this: token ids come one by one)
+        if "bool" in str(getattr(value, "dtype", "")):
+            raise error(f"{what} must be a whole number, not {value!r}")
         try:  # a 0-d integer array or tensor; a float one refuses __index__
             if getattr(value, "ndim", None) != 0:
                 raise TypeError

@@ -358,8 +358,8 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         texts = texts_in(input)
         if texts is not None and not isinstance(texts, str):
             return [self.to_str_tokens(t, prepend_bos) for t in texts]
-        if isinstance(input, str):
-            ids = self.to_tokens(input, prepend_bos=prepend_bos)[0]
+        if isinstance(texts, str):
+            ids = self.to_tokens(texts, prepend_bos=prepend_bos)[0]
         else:
             ids = np.asarray(input)
             if ids.ndim == 0 or (ids.ndim == 2 and ids.shape[0] == 1):  # one id, or one sequence of a batch
@@ -392,7 +392,7 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
                         "analysis reads every position as a token, so it takes texts of one length: run them "
                         "one at a time (padded tokens from model.to_tokens would count their pads)")
         else:
-            if isinstance(input, (bytes, bytearray)):  # numpy would read a bytearray as uint8 ids
+            if isinstance(input, (bytes, bytearray, memoryview)):  # numpy would read them as uint8 ids
                 raise InvalidTokensError(f"{type(input).__name__} are neither text nor token ids: decode them to "
                                          "a string first")
             try:

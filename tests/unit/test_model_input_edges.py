@@ -56,13 +56,21 @@ def test_any_ordered_iterable_of_texts_runs_as_its_list(demo, make):
         demo.tokenizer.padding_side = "right"
 
 
-@pytest.mark.parametrize("bad", [{"Mr Darcy"}, frozenset(["Mr Darcy"]), b"Mr Darcy", bytearray(b"Mr Darcy")])
+@pytest.mark.parametrize("bad", [{"Mr Darcy"}, frozenset(["Mr Darcy"]), b"Mr Darcy", bytearray(b"Mr Darcy"),
+                                 memoryview(b"Mr Darcy")])  # (review: a memoryview ran as uint8 ids)
 def test_sets_and_bytes_are_refused_everywhere(demo, bad):
     with pytest.raises(tm.InvalidTokensError):
         demo.to_tokens(bad)
     for call in (demo, demo.forward, demo.run_with_cache, demo.generate):
         with pytest.raises(tm.InvalidTokensError):
             call(bad)
+
+
+def test_a_0d_string_array_is_one_text_everywhere(demo):
+    # regression (review): to_str_tokens read it as a list of one text, generate as the text
+    text = np.array("Mr Darcy")
+    assert demo.to_str_tokens(text) == demo.to_str_tokens("Mr Darcy")
+    np.testing.assert_array_equal(demo(text), demo("Mr Darcy"))
 
 
 def test_token_ids_stay_token_ids(demo):

@@ -245,6 +245,8 @@ def texts_in(input) -> str | list[str] | None:
     """The input as texts: a string, or the list of an ordered iterable of strings (as to_tokens
     reads them: not a set, not bytes); None for anything else (token ids). An iterator is spent:
     callers read it once and pass what this returns on."""
+    if isinstance(input, np.ndarray) and input.ndim == 0 and input.dtype.kind == "U":  # one text, as to_tokens reads it
+        input = input.item()
     if isinstance(input, str):
         return input
     kind = getattr(getattr(input, "dtype", None), "kind", None)

@@ -19,6 +19,7 @@ calls them.
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 from collections.abc import Iterable
 
@@ -284,6 +285,18 @@ def _predicate_points(model, spec) -> list[tuple[str, str]]:
     return out
 
 
+def _sparing(spec, replaced: dict):
+    """A predicate spec that leaves out the points attached SAEs replace: while an SAE is attached,
+    SAELens's hook_dict has its points instead (a hook there as well would edit twice)."""
+    predicate = spec[0]
+
+    @functools.wraps(predicate)
+    def sparing(name):
+        return name not in replaced and predicate(name)
+
+    return (sparing, *spec[1:])
+
+
 def attached_specs(model, specs: list, record=False, recorders: list | None = None) -> list:
     """specs less those on SAE points, then the attached SAEs' splices (so hooks on
     an SAE's own hook point edit what it reads); the hooks on SAE points run
@@ -292,17 +305,16 @@ def attached_specs(model, specs: list, record=False, recorders: list | None = No
     recorders as (sae, splice, keep_error, wanted names)."""
     writers = {sae.cfg.output_hook: sae for sae, _ in model._saes.values()}
     edits: dict[str, dict[str, list]] = {}
-    rest = []
+    rest, unhooked = [], []
     for spec in specs:
         point = _sae_point(spec)
         if point is None:
-            rest.append(spec)
-            for hook, name in _predicate_points(model, spec):  # a predicate's (SAELens's hook_dict has them)
-                _check_action(spec, f"{hook}.{name}")
-                if name == "hook_sae_acts_pre":  # refused by name too (PythonSplice): not silently left out
-                    raise HookError(f"{hook}.{name}{_matched_by(spec[0])} cannot take a hook function here (the "
-                                    "SAE's Python splice does not compute it); leave it out of the predicate, and "
-                                    "hook hook_sae_acts_post (the latents) instead")
+            matched = _predicate_points(model, spec)  # a predicate's (SAELens's hook_dict has them)
+            rest.append(_sparing(spec, writers) if matched else spec)
+            for hook, name in matched:
+                if name == "hook_sae_acts_pre" or not callable(spec[1]) or hasattr(spec[1], "op"):
+                    unhooked.append(f"{hook}.{name}")  # refused by name (PythonSplice): said below, not silent
+                    continue
                 edits.setdefault(hook, {}).setdefault(name, []).append(spec[1])
             continue
         hook, name = point
@@ -311,6 +323,10 @@ def attached_specs(model, specs: list, record=False, recorders: list | None = No
                             "or run_with_hooks_with_saes(saes=[...])")
         _check_action(spec, spec[0])
         edits.setdefault(hook, {}).setdefault(name, []).append(spec[1])
+    if unhooked:
+        warnings.warn(f"a names predicate matched {', '.join(unhooked)}, left unhooked: the SAE's Python splice "
+                      "does not compute hook_sae_acts_pre, and tinymech's interventions do not run on SAE points "
+                      "(hook hook_sae_acts_post with a function instead)", stacklevel=4)
     out = []
     for sae, keep_error in model._saes.values():
         wanted = [] if record is False else [n for n in sae_point_names(sae) if _wanted(record, n)]

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -91,9 +92,8 @@ HOSTILE_CONFIGS = [
     (dict(architecture="transcoder", hook_name="blocks.1.hook_resid_pre", hook_name_out=HOOK,
           apply_b_dec_to_input=False), "comes before it"),  # was accepted, then not loaded
     (dict(hook_name=5), "hook_name must be a string"),
-    (dict(hook_head_index="x"), "hook_head_index must be a whole number"),
-    (dict(context_size=-1), "context_size must be >= 0"),
-    (dict(model_name=3), "'model_name' must be a string or null"),
+    (dict(hook_head_index="x"), "hook_head_index='x' would not survive saving"),  # cfg.json reads it as null
+    (dict(model_name=3), "model_name=3 would not survive saving"),  # cfg.json reads it as "3"
     (dict(options={"zzz": 1}), r"options are \[\], not \['zzz'\]"),
     (dict(k=5), "cfg.k=5 would not survive saving"),  # a standard SAE has no k: lost on saving
     (dict(normalize_activations=False), "would not survive saving"),
@@ -413,3 +413,18 @@ def test_labels_and_metrics_go_with_the_sae_they_describe(tmp_path):
     SAE(config(), W).save(folder)  # another SAE: they go
     again = SAE.load(folder)
     assert again.labels == {} and again.metrics is None
+
+
+def test_fields_tinymech_only_records_load_as_sae_lens_loads_them(tmp_path):
+    # regression (review): cfg.json files that loaded before were refused (128.0, -1 for unset, a number as a name)
+    folder = Path(saved(tmp_path))
+    cfg = json.loads((folder / "cfg.json").read_text())
+    cfg.update(context_size=128.0, hook_head_index=-1, model_name=123)
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    loaded = SAE.load(folder)
+    assert (loaded.cfg.context_size, loaded.cfg.hook_head_index, loaded.cfg.model_name) == (128, -1, "123")
+    cfg.update(context_size="long", neuronpedia_id=["x"])
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.warns(UserWarning, match="context_size 'long' is not a whole number: read as null"):
+        loaded = SAE.load(folder)
+    assert loaded.cfg.context_size is None and loaded.cfg.neuronpedia_id is None

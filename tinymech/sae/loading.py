@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 import re
 import warnings
@@ -28,7 +29,6 @@ from ..errors import (
     SAELoadError,
     SAENotFoundError,
     true_or_false,
-    whole_number,
 )
 from ..io.files import read_json as read_json_file
 from ..io.safetensors import SafetensorsFile
@@ -336,15 +336,24 @@ def _flag(flat: dict, key: str, default: bool) -> bool:
 
 
 def _optional(flat: dict, key: str, kind: str):
-    """A field that is null or a string (kind "text") or a whole number of at least 0 ("count")."""
+    """A field tinymech only records: null or a string (kind "text"), or a whole number ("count").
+    Others' files write these loosely (128.0, -1 for unset, a number for a name), and SAELens loads
+    them: a whole float is read as its int, a number as its text, anything else as null with a warning."""
     v = flat.get(key)
     if v is None:
         return None
     if kind == "count":
-        return whole_number(v, f"cfg.json: {key}", 0, SAELoadError)
-    if not isinstance(v, str):
-        raise SAELoadError(f"cfg.json: {key!r} must be a string or null, got {v!r}")
-    return v
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        if isinstance(v, int) and not isinstance(v, bool):
+            return v
+    elif isinstance(v, str):
+        return v
+    elif isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+        return str(v)
+    warnings.warn(printable(f"cfg.json: {key} {v!r:.60} is not {'a whole number' if kind == 'count' else 'a text'}: "
+                            "read as null (tinymech only records it)", keep=""), stacklevel=4)
+    return None
 
 
 def _object(flat: dict, key: str) -> dict:

@@ -428,3 +428,17 @@ def test_fields_tinymech_only_records_load_as_sae_lens_loads_them(tmp_path):
     with pytest.warns(UserWarning, match="context_size 'long' is not a whole number: read as null"):
         loaded = SAE.load(folder)
     assert loaded.cfg.context_size is None and loaded.cfg.neuronpedia_id is None
+
+
+def test_load_checks_the_weights_once(tmp_path, monkeypatch):
+    # regression (review): SAE.load checked the weights as it read them, then SAE(cfg, weights) again (2x the time)
+    import tinymech.sae.sae as sae_module
+
+    folder = saved(tmp_path)
+    calls = []
+    real = sae_module.given_weights
+    monkeypatch.setattr(sae_module, "given_weights", lambda *a, **k: calls.append(1) or real(*a, **k))
+    loaded = SAE.load(folder)
+    assert calls == [] and np.array_equal(loaded.W_enc, W["W_enc"])
+    SAE.load(folder, norm_scaling_factor=2.0)  # a scale folded in after reading: checked again
+    assert calls == [1]

@@ -265,6 +265,11 @@ def _same(a, b) -> bool:
         return False
 
 
+class _ReadWeights(dict):
+    """Weights SAE.load read and checked (shapes, finite values) as it read them: SAE(cfg, weights)
+    takes them as they are. A scale folded into them after reading is checked again."""
+
+
 def _initial_weights(cfg: SAEConfig) -> dict:
     """A new SAE's weights, as SAELens's initialize_weights makes them: W_dec kaiming-uniform, W_enc
     its transpose (a transcoder's its own, kaiming-uniform), every other weight zeros. A temporal
@@ -375,7 +380,10 @@ class SAE:
         is refused); None: new ones, as SAELens's SAE(cfg) initializes them."""
         cfg = _config_of(cfg, "cannot build an SAE with this config")
         # float32 C-contiguous (no copy for memory-mapped float32 weights)
-        weights = _initial_weights(cfg) if weights is None else given_weights(weights, cfg)
+        if weights is None:
+            weights = _initial_weights(cfg)
+        elif not isinstance(weights, _ReadWeights):  # (SAE.load's were checked as it read them)
+            weights = given_weights(weights, cfg)
         weights = {k: v for k, v in weights.items() if v is not None}
         if log_sparsity is not None:
             log_sparsity = np.asarray(weight_array("log_sparsity", log_sparsity, SAEInputError))
@@ -595,6 +603,8 @@ class SAE:
         weights, cfg = unwhitened(path, read_weights(path, cfg), cfg)
         if factor is not None and (cfg.normalize_activations == "expected_average_only_in" or not only_if_expected):
             weights, cfg = _fold_scale(weights, cfg, factor)
+        else:  # read_weights checked each array's shape and values: not a second pass over them
+            weights = _ReadWeights(weights)
         labels, details = read_feature_labels(path, cfg.d_sae)
         sae = cls(cfg, weights, str(path), labels, details, read_log_sparsity(path, cfg.d_sae))
         sae.metrics = read_metrics(path)

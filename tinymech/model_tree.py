@@ -218,6 +218,9 @@ class Blocks(Sequence):
                                     f"layers (0 to {n - 1}, or -{n} to -1 from the end)")
         return Block(self._model, layer % n)
 
+    def __add__(self, other):  # model.blocks was a tuple: blocks + (...) still joins them
+        return tuple(self) + tuple(other)
+
     def __repr__(self):
         return f"Blocks({self._n_layers} x Block)"
 

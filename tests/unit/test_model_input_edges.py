@@ -140,3 +140,9 @@ def test_a_ctx_pickle_cannot_carry_is_refused_by_name(saved_gpt2):
     assert again.hook_dict[NAME].ctx["f"]() == 1
     model.reset_hooks()
     assert pickle.loads(pickle.dumps(model)).hook_dict[NAME].ctx == {}
+
+
+def test_blocks_join_as_the_tuple_they_were(demo):
+    # regression (review): model.blocks became a lazy Sequence, and blocks + (...) raised TypeError
+    joined = demo.blocks + (demo.blocks[0],)
+    assert len(joined) == demo.cfg.n_layers + 1 and joined[-1].layer == 0

@@ -13,18 +13,19 @@ import numpy as np
 # newline) and lone surrogates (bytes that were not UTF-8) show as U+FFFD, as do:
 # - the line and paragraph separators (U+2028, U+2029), which some terminals
 #   and every str.splitlines break a line at;
-# - the bidirectional embeddings, overrides and isolates, and the marks (LRM,
-#   RLM, ALM): all reorder the text a terminal shows around them ("\u200f1 2"
-#   shows as "2 1" where the bidi algorithm runs), so that a file could make one
+# - the bidirectional embeddings, overrides and isolates, which reorder the
+#   text around them, up to the end of the line, so that a file could make one
 #   string display as another; and the deprecated U+206A-F, which switch the
 #   digits' shapes and the brackets' mirroring of what follows.
-# The other format characters stay: they neither break nor reorder a line. Soft
-# hyphen, the zero-width space, (non-)joiners (emoji sequences, Persian), word
-# joiner, invisible operators and BOM show as nothing (or a hyphen), the Arabic,
-# Syriac and Kaithi number signs as signs, tags make emoji flags; the rest
-# (Mongolian, hieroglyph, shorthand and musical format controls) lay out a
-# script's own signs.
-_BIDI = [*range(0x202A, 0x202F), *range(0x2066, 0x2070), 0x200E, 0x200F, 0x061C]
+# The marks (LRM, RLM, ALM) stay: a mark reorders no more than a letter of its
+# direction does (RLM is as right-to-left as an Alef), and Hebrew, Arabic and
+# Persian text uses them. The other format characters stay too: they neither break
+# nor reorder a line. Soft hyphen, the zero-width space, (non-)joiners (emoji
+# sequences, Persian), word joiner, invisible operators and BOM show as nothing (or
+# a hyphen), the Arabic, Syriac and Kaithi number signs as signs, tags make emoji
+# flags; the rest (Mongolian, hieroglyph, shorthand and musical format controls)
+# lay out a script's own signs.
+_BIDI = [*range(0x202A, 0x202F), *range(0x2066, 0x2070)]
 _LINE_BREAKS = [0x2028, 0x2029]
 _UNSAFE = {code: 0x2400 + code for code in range(32)}
 _UNSAFE.update(dict.fromkeys([0x7F, *range(0x80, 0xA0), *range(0xD800, 0xE000), *_BIDI, *_LINE_BREAKS], 0xFFFD))

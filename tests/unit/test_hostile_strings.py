@@ -23,7 +23,7 @@ NUMBER_SIGNS = [*range(0x0600, 0x0606), 0x06DD, 0x070F, 0x0890, 0x0891, 0x08E2, 
 SCRIPT_LAYOUT = [0x180E, *range(0x13430, 0x13440), *range(0x1BCA0, 0x1BCA4), *range(0x1D173, 0x1D17B)]
 ZERO_WIDTH = [0x200B, 0x200C, 0x200D, *range(0x2060, 0x2065), 0xFEFF]  # (non-)joiners and invisibles
 ANNOTATIONS_AND_TAGS = [*range(0xFFF9, 0xFFFC), 0xE0001, *range(0xE0020, 0xE0080)]  # tags: emoji subdivision flags
-KEPT_FORMAT = {*SOFT_HYPHEN, *NUMBER_SIGNS, *SCRIPT_LAYOUT, *ZERO_WIDTH, *ANNOTATIONS_AND_TAGS}
+KEPT_FORMAT = {*SOFT_HYPHEN, *NUMBER_SIGNS, *SCRIPT_LAYOUT, *ZERO_WIDTH, *ANNOTATIONS_AND_TAGS, 0x200E, 0x200F, 0x061C}
 
 
 def test_printable_maps_line_and_paragraph_separators():
@@ -37,14 +37,20 @@ def test_printable_maps_line_and_paragraph_separators():
         assert len(printable(f"a{ch}b", keep="").splitlines()) == 1, hex(ord(ch))
 
 
-def test_printable_maps_every_bidirectional_control_and_mark():
-    # an RLM before "1 2" shows it as "2 1" wherever the terminal applies the bidi algorithm
-    assert printable("\u200f1 2") == "\ufffd1 2"
-    assert printable("x\u200ey\u061cz") == "x\ufffdy\ufffdz"
+def test_printable_maps_every_bidirectional_control():
     explicit = {"LRE", "RLE", "PDF", "LRO", "RLO", "LRI", "RLI", "FSI", "PDI"}
     controls = [c for c in range(0x110000) if unicodedata.bidirectional(chr(c)) in explicit]
-    for c in [*controls, 0x200E, 0x200F, 0x061C, *range(0x206A, 0x2070)]:  # + the marks, the digit/shape switches
+    for c in [*controls, *range(0x206A, 0x2070)]:  # + the digit/shape switches
         assert printable(chr(c)) == "\ufffd", hex(c)
+
+
+def test_printable_keeps_the_bidi_marks_real_text_uses():
+    # regression (review): they were mapped, mangling Hebrew, Arabic and Persian text; a mark reorders no more
+    # than a letter of its direction does ("\u200f1 2" and "\u05d01 2" show alike)
+    for text in ("\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645 (\u06f1\u06f4)\u200f.", "\u05e9\u05dc\u05d5\u05dd\u200f!",
+                 "\u0627\u0644\u0639\u062f\u062f \u061c-5", "He said \u05e9\u05dc\u05d5\u05dd\u200e."):
+        assert printable(text) == text
+    assert unicodedata.bidirectional("\u200f") == unicodedata.bidirectional("\u05d0") == "R"
 
 
 def test_printable_keeps_what_no_line_breaks_or_reorders():

@@ -206,3 +206,20 @@ def test_tui_dashboard_header_shows_the_warning(model, sae, tmp_path):
     header = asyncio.run(run())
     assert "⚠ unverified" in header and "record no hash of their SAE's weights" in header
     assert str(tmp_path) not in header  # no path: the screen is the same wherever the files are
+
+
+def test_tinymechs_own_export_imports_for_an_sae_with_a_neuronpedia_id(tmp_path):
+    # regression (review): its default "layer" is the hook name, which was compared with the SAE's Neuronpedia id
+    # ("synthetic/blocks.0.hook_resid_pre" against "gpt2-small/0-res-jb") and refused
+    from dashboard_factory import synthetic
+    from numpy_checkpoints import write_sae
+    from tinymech.sae.dashboards.store import FeatureDashboards, sae_sha256, write_folder
+
+    sae = tm.SAE.load(write_sae(tmp_path / "sae", "standard", 16, 6, hook="blocks.0.hook_resid_pre",
+                                neuronpedia_id="gpt2-small/0-res-jb"))
+    meta, arrays, vocab = synthetic(n_features=6)
+    meta["sae_sha256"] = sae_sha256(sae)
+    write_folder(tmp_path / "dash", meta, arrays, vocab, {})
+    exported = tm.export_neuronpedia(FeatureDashboards.load(tmp_path / "dash", sae=sae), tmp_path / "features.json")
+    dash = tm.import_neuronpedia(exported, sae=sae, trust_unverified=True)
+    assert dash.n_features == 6 and "matches the SAE's hook" in dash.unverified

@@ -182,13 +182,14 @@ def _match_sae(meta: dict, sae, path: Path) -> str | None:
     def show(text) -> str:
         return printable(str(text), keep="")[:120]
 
-    if model and layer and isinstance(sae_id, str):  # Neuronpedia's own name for an SAE
+    as_hook = bool(layer) and layer.startswith("blocks.")  # export_neuronpedia's default layer: a hook, no id
+    if model and layer and not as_hook and isinstance(sae_id, str):  # Neuronpedia's own name for an SAE
         if f"{model}/{layer}" != sae_id:
             raise InvalidInputError(f"{path} holds features of Neuronpedia's {show(model)}/{show(layer)}, the SAE is "
                                     f"{show(sae_id)}: they belong to another SAE")
         return None
     matched = []
-    hook = hook or (layer if layer and layer.startswith("blocks.") else None)  # export_neuronpedia's default layer
+    hook = hook or (layer if as_hook else None)
     if hook is not None and isinstance(sae_hook, str):
         if not same_hook(hook, sae_hook):
             raise InvalidInputError(f"{path} holds features of {show(hook)}, the SAE reads {show(sae_hook)}: they "

@@ -223,3 +223,20 @@ def test_tinymechs_own_export_imports_for_an_sae_with_a_neuronpedia_id(tmp_path)
     exported = tm.export_neuronpedia(FeatureDashboards.load(tmp_path / "dash", sae=sae), tmp_path / "features.json")
     dash = tm.import_neuronpedia(exported, sae=sae, trust_unverified=True)
     assert dash.n_features == 6 and "matches the SAE's hook" in dash.unverified
+
+
+def test_neuronpedia_numbers_a_resid_post_sae_by_the_next_layer(tmp_path):
+    # regression (review): SAELens's registry maps gpt2-small/12-res-jb to blocks.11.hook_resid_post; it was refused
+    import json
+
+    from numpy_checkpoints import write_sae
+
+    sae = tm.SAE.load(write_sae(tmp_path / "sae", "standard", 16, 6, hook="blocks.11.hook_resid_post"))
+    features = [{"modelId": "gpt2-small", "layer": "12-res-jb", "index": f, "hookName": None} for f in range(2)]
+    (tmp_path / "features.json").write_text(json.dumps(features))
+    dash = tm.import_neuronpedia(tmp_path / "features.json", sae=sae, trust_unverified=True)
+    assert "matches the SAE's layer" in dash.unverified
+    features = [dict(f, layer="10-res-jb") for f in features]
+    (tmp_path / "features.json").write_text(json.dumps(features))
+    with pytest.raises(tm.InvalidInputError, match="layer 10 .* the SAE reads layer 11"):
+        tm.import_neuronpedia(tmp_path / "features.json", sae=sae, trust_unverified=True)

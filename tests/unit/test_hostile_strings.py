@@ -187,6 +187,9 @@ def entry(**fields) -> str:
         ("my-release:\n  repo_id: a/b\n  saes: &s [{id: x, path: x}, *s]\n", "SAE 1 .*must be a mapping"),
         (b"my-release:\n  repo_id: a/b\xff\n", "not UTF-8"),
         ("my-release:\n  repo_id: a\x1b[2J/b\n", "is not valid YAML: unacceptable character #x001b"),
+        # (review: PyYAML's int constructor raised a bare ValueError)
+        ("my-release:\n  repo_id: a/b\n  config_overrides: {d: " + "9" * 5000 + "}\n  saes: [{id: x, path: x}]\n",
+         "holds a value YAML cannot read: Exceeds the limit"),
     ],
 )
 def test_a_malformed_registry_is_a_precise_error(registry, text, match):

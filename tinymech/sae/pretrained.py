@@ -79,6 +79,9 @@ def registry_entry(release: str, path: Path | None = None) -> dict | None:
         raise SAELoadError(f"{where} is not valid YAML: {printable(problem, keep='')}") from None
     except RecursionError:  # PyYAML's parser recurses once per nested bracket
         raise SAELoadError(f"{where} is not valid YAML: it nests too deeply") from None
+    except ValueError as e:  # PyYAML's constructors: an integer of over 4300 digits, a bad date
+        raise SAELoadError(f"{where} holds a value YAML cannot read: {printable(str(e).split(chr(10))[0], keep='')[:200]}") \
+            from None
     # the block is one key, the release (read by YAML as it will: "yes:" is a boolean key)
     entry = next(iter(block.values())) if isinstance(block, dict) and len(block) == 1 else None
     return check_entry(entry, where)

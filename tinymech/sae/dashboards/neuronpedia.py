@@ -196,9 +196,10 @@ def _match_sae(meta: dict, sae, path: Path) -> str | None:
                                     "belong to another SAE")
         matched.append("hook")
     np_layer = re.match(r"(\d+)-", layer or "")  # Neuronpedia's SAE ids start with the layer: "6-res-jb"
-    block = re.match(r"blocks\.(\d+)\.", sae_hook or "")
+    block = re.match(r"blocks\.(\d+)\.(hook_resid_post)?", sae_hook or "")
     if np_layer and block and not matched:
-        if int(np_layer[1]) != int(block[1]):
+        # (Neuronpedia numbers blocks.L.hook_resid_post L + 1, as SAELens's registry maps gpt2-small's 12-res-jb)
+        if int(np_layer[1]) not in (int(block[1]), int(block[1]) + 1 if block[2] else int(block[1])):
             raise InvalidInputError(f"{path} holds features of layer {int(np_layer[1])} (Neuronpedia's "
                                     f"{show(layer)}), the SAE reads layer {int(block[1])} ({show(sae_hook)}): they "
                                     "belong to another SAE")

@@ -25,7 +25,7 @@ import numpy as np
 from ...errors import InvalidInputError, whole_number
 from ...io.files import parse_json, read_text
 from ...text import printable
-from .store import Context, FeatureDashboard, FeatureDashboards, Interval, same_hook
+from .store import Context, FeatureDashboard, FeatureDashboards, Interval, same_hook, sae_sha256
 
 EXTRA = "tinymech"
 AUTO, USER = "tinymech-auto", "tinymech-user"
@@ -81,6 +81,7 @@ def feature_json(dash: FeatureDashboards, feature, model_id: str, sae_id: str) -
         "logits_hist_data_bar_heights": [], "logits_hist_data_bar_values": [],
         "activations": activations, "explanations": _explanations_json(dash, f),
         EXTRA: {"count": d.count, "n_tokens": d.n_tokens, "mean_activation": d.mean_activation,
+                "sae_sha256": dash.meta.get("sae_sha256"),  # the SAE's weights, as the folder records them
                 "hist_edges": edges.tolist(), "intervals": [[i.low, i.high, i.count] for i in d.intervals],
                 "cooccurring": [list(pair) for pair in d.cooccurring]},
     }
@@ -160,10 +161,13 @@ def import_neuronpedia(path, n_features: int | None = None, sae=None,
 
 
 def _names(objects: list, path: Path) -> dict[str, str | None]:
-    """The SAE the features name ("modelId", "layer": Neuronpedia's SAE id, "hookName"): one per file."""
+    """The SAE the features name ("modelId", "layer": Neuronpedia's SAE id, "hookName"; tinymech's
+    export: the hash of its weights): one per file."""
     names = {}
-    for key in ("modelId", "layer", "hookName"):
-        values = {obj[key] for obj in objects if isinstance(obj, dict) and isinstance(obj.get(key), str)}
+    for key in ("modelId", "layer", "hookName", "sae_sha256"):
+        values = {got for obj in objects if isinstance(obj, dict)
+                  for got in [(obj.get(EXTRA) if key == "sae_sha256" and isinstance(obj.get(EXTRA), dict)
+                               else obj).get(key)] if isinstance(got, str)}
         if len(values) > 1:
             shown = " and ".join(printable(repr(v), keep="")[:60] for v in sorted(values)[:2])
             raise InvalidInputError(f"{path} holds features of more than one SAE (its {key} is {shown})")
@@ -178,6 +182,11 @@ def _match_sae(meta: dict, sae, path: Path) -> str | None:
     printable."""
     model, layer, hook = meta["model"], meta["sae_id"], meta["hook_name"]
     sae_hook, sae_id = sae.cfg.hook_name, getattr(sae.cfg, "neuronpedia_id", None)
+    if meta.get("sae_sha256"):  # tinymech's export of dashboards that recorded their SAE
+        if meta["sae_sha256"] != sae_sha256(sae):
+            raise InvalidInputError(f"{path} holds features of another SAE (its weights differ): export them again "
+                                    "from this SAE's dashboards")
+        return None
 
     def show(text) -> str:
         return printable(str(text), keep="")[:120]
@@ -424,7 +433,7 @@ def _dashboards(features: dict, n: int, n_tokens: int, auto: dict, notes: dict, 
     # names for the explorer's title, when the file gives them
     meta = {"format": "neuronpedia", "kind": "neuronpedia", "source_file": str(path), "n_features": n,
             "n_tokens": n_tokens, "model": names["modelId"], "sae_id": names["layer"], "hook_name": names["hookName"],
-            "hook": names["hookName"] or names["layer"]}
+            "hook": names["hookName"] or names["layer"], "sae_sha256": names["sae_sha256"]}
 
     def feature(f: int) -> FeatureDashboard:
         return features.get(f) or FeatureDashboard(

@@ -150,6 +150,15 @@ class HookPoint:
 
     name: str
     contexts: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)  # the model's: name -> ctx
+    model: object = dataclasses.field(default=None, compare=False, repr=False)  # the model, where one asked for it
+
+    def add_hook(self, hook, dir: str = "fwd", is_permanent: bool = False, level=None, prepend: bool = False) -> None:
+        """TransformerLens's HookPoint.add_hook (model.blocks[0].attn.hook_z.add_hook(fn)): the
+        model's add_hook at this point."""
+        if self.model is None:
+            raise HookError(f"hooks are added to {self.name} through the model: model.add_hook({self.name!r}, fn), "
+                            f"or model.hook_dict[{self.name!r}].add_hook(fn)")
+        self.model.add_hook(self.name, hook, dir=dir, is_permanent=is_permanent, level=level, prepend=prepend)
 
     @property
     def ctx(self) -> dict:

@@ -13,11 +13,18 @@ import numpy as np
 from .errors import InvalidInputError, InvalidTokensError
 from .factored_matrix import FactoredMatrix, composition_scores
 from .hooks import HookPoint
-from .model_tree import Blocks, Embed, Norm, PosEmbed, Unembed, named_parameters
+from .model_tree import Blocks, Embed, Norm, PosEmbed, Unembed, hook_point, named_parameters
 
 
 class ModelHelpers:
     """Mixed into Model (model.py)."""
+
+    def __getattr__(self, name: str):
+        """A top-level hook point as an attribute (model.hook_embed), as TransformerLens's; only for
+        what normal lookup did not find."""
+        if name.startswith("hook_") and "_hook_ids" in self.__dict__:
+            return hook_point(self, name, name, self)
+        return object.__getattribute__(self, name)  # normal lookup's own error (a property's message)
 
     # ---- the module tree and its parameters ---------------------------------------
 
@@ -39,11 +46,11 @@ class ModelHelpers:
 
     @property
     def ln_final(self) -> Norm:
-        return Norm(self, self.ln_final_w, self.ln_final_b)
+        return Norm(self, self.ln_final_w, self.ln_final_b, hooks_at="ln_final")
 
     @property
     def unembed(self) -> Unembed:
-        return Unembed(self)
+        return Unembed(self, hooks_at="unembed")
 
     # ---- torch.nn.Module's housekeeping, which notebooks call: tinymech runs on the CPU, in inference ----
 
@@ -89,7 +96,7 @@ class ModelHelpers:
     def hook_dict(self) -> dict[str, HookPoint]:
         """{name: HookPoint} for every hook point, in the order a forward pass reaches them; each
         point's ctx is the dict its hook functions get (TransformerLens's HookPoint.ctx)."""
-        return {name: HookPoint(name, self._hook_contexts) for name in self.hook_names()}
+        return {name: HookPoint(name, self._hook_contexts, self) for name in self.hook_names()}
 
     # ---- circuits -------------------------------------------------------------------
 

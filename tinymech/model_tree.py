@@ -14,6 +14,7 @@ import numpy as np
 
 from .errors import InvalidIndexError, read_only_attribute, read_only_weight
 from .factored_matrix import FactoredMatrix
+from .hooks import HookPoint, mode_of
 
 
 class Module:
@@ -21,9 +22,18 @@ class Module:
 
     PARAMETERS: tuple[str, ...] = ()
 
-    def __init__(self, model):
+    def __init__(self, model, hooks_at: str | None = None):
         self.model = model
         self.cfg = model.cfg
+        object.__setattr__(self, "_hooks_at", hooks_at)  # the prefix of this module's hook points
+
+    def __getattr__(self, name: str):
+        """A hook point of this module as an attribute (blocks[0].attn.hook_z), as TransformerLens's;
+        only for what normal lookup did not find."""
+        prefix = self.__dict__.get("_hooks_at")
+        if prefix is not None and name.startswith("hook_"):
+            return hook_point(self.model, f"{prefix}.{name}", name, self)
+        return object.__getattribute__(self, name)  # normal lookup's own error (a property's message)
 
     def __setattr__(self, name: str, value) -> None:
         error = read_only_attribute(self, name, type(self).__name__)  # W_E, ln1.w, OV, ...: Python's would say "no setter"
@@ -83,8 +93,8 @@ class Norm(Module):
     """LayerNorm (w, b), RMSNorm (w), or, once folded into the next weights
     (normalization_type LNPre/RMSPre), one without parameters, as in TransformerLens."""
 
-    def __init__(self, model, w: np.ndarray | None, b: np.ndarray | None):
-        super().__init__(model)
+    def __init__(self, model, w: np.ndarray | None, b: np.ndarray | None, hooks_at: str | None = None):
+        super().__init__(model, hooks_at)
         self.PARAMETERS = {"LN": ("w", "b"), "RMS": ("w",)}.get(model.cfg.normalization_type, ())
         self._w, self._b = w, b
 
@@ -144,7 +154,7 @@ class Attention(Module):
     _W_K, _W_V, _b_K, _b_V = (KeyValueOnce() for _ in range(4))
 
     def __init__(self, model, layer: int):
-        super().__init__(model)
+        super().__init__(model, f"blocks.{layer}.attn")
         self.layer = layer
         grouped = model.cfg.n_key_value_heads is not None  # TransformerLens's GroupedQueryAttention
         kv = ("_W_K", "_W_V", "_b_K", "_b_V") if grouped else ("W_K", "W_V", "b_K", "b_V")
@@ -167,7 +177,7 @@ class MLP(Module):
     W_in, W_out, W_gate, b_in, b_out = (LayerWeight() for _ in range(5))
 
     def __init__(self, model, layer: int):
-        super().__init__(model)
+        super().__init__(model, f"blocks.{layer}.mlp")
         self.layer = layer
         gated = model.cfg.gated_mlp
         self.PARAMETERS = ("W_in", "W_out", "W_gate", "b_in", "b_out") if gated else ("W_in", "b_in", "W_out", "b_out")
@@ -177,11 +187,11 @@ class Block(Module):
     """model.blocks[l]: ln1, attn, ln2, mlp."""
 
     def __init__(self, model, layer: int):
-        super().__init__(model)
+        super().__init__(model, f"blocks.{layer}")
         self.layer = layer
         weights = model._weights["layers"][layer]
-        self.ln1 = Norm(model, weights["ln1_w"], weights["ln1_b"])
-        self.ln2 = Norm(model, weights["ln2_w"], weights["ln2_b"])
+        self.ln1 = Norm(model, weights["ln1_w"], weights["ln1_b"], f"blocks.{layer}.ln1")
+        self.ln2 = Norm(model, weights["ln2_w"], weights["ln2_b"], f"blocks.{layer}.ln2")
         self.attn = Attention(model, layer)
         self.mlp = MLP(model, layer)
 
@@ -223,6 +233,17 @@ class Blocks(Sequence):
 
     def __repr__(self):
         return f"Blocks({self._n_layers} x Block)"
+
+
+def hook_point(model, full: str, name: str, owner):
+    """model's hook point `full` as an attribute `name` of owner; AttributeError where it has none
+    (a point of a mode that is off names the mode)."""
+    if full in model._hook_names:
+        return HookPoint(full, model._hook_contexts, model)
+    if full in model._hook_ids and mode_of(full):
+        raise AttributeError(f"{full} is computed only after model.set_{mode_of(full)}(True), as in TransformerLens",
+                             name=name, obj=owner)
+    raise AttributeError(f"{type(owner).__name__!r} object has no attribute {name!r}", name=name, obj=owner)
 
 
 def top_modules(model) -> list[tuple[str, Module]]:

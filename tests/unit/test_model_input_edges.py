@@ -146,3 +146,34 @@ def test_blocks_join_as_the_tuple_they_were(demo):
     # regression (review): model.blocks became a lazy Sequence, and blocks + (...) raised TypeError
     joined = demo.blocks + (demo.blocks[0],)
     assert len(joined) == demo.cfg.n_layers + 1 and joined[-1].layer == 0
+
+
+def test_hook_points_are_attributes_of_their_modules(demo):
+    # TransformerLens's habit (model.blocks[1].attn.hook_z.add_hook(fn), model.hook_embed): AttributeError before
+    x = demo.to_tokens("Mr Darcy")
+    base = demo(x)
+    points = {demo.hook_embed: "hook_embed", demo.blocks[0].hook_resid_pre: "blocks.0.hook_resid_pre",
+              demo.blocks[1].attn.hook_z: "blocks.1.attn.hook_z", demo.blocks[0].ln1.hook_scale: "blocks.0.ln1.hook_scale",
+              demo.blocks[0].mlp.hook_post: "blocks.0.mlp.hook_post", demo.ln_final.hook_normalized: "ln_final.hook_normalized"}
+    assert [p.name for p in points] == list(points.values())
+    demo.blocks[1].attn.hook_z.add_hook(lambda z, hook: z * 0)
+    try:
+        zeroed = demo(x)
+        assert not np.allclose(zeroed, base)
+    finally:
+        demo.reset_hooks()
+    np.testing.assert_array_equal(demo(x), base)
+    with_hook = demo.run_with_hooks(x, fwd_hooks=[("blocks.1.attn.hook_z", lambda z, hook: z * 0)])
+    np.testing.assert_allclose(zeroed, with_hook)
+    for missing in (lambda: demo.hook_nothing, lambda: demo.blocks[0].attn.hook_nothing, lambda: demo.blocks[0].W_x):
+        with pytest.raises(AttributeError):
+            missing()
+    assert hasattr(demo, "hook_embed") and not hasattr(demo, "hook_nothing")
+
+
+def test_a_hook_functions_hook_point_says_where_hooks_are_added(demo):
+    def adds(acts, hook):
+        hook.add_hook(lambda a, hook: a)
+
+    with pytest.raises(tm.HookError, match="through the model: model.add_hook"):
+        demo.run_with_hooks("Mr Darcy", fwd_hooks=[("hook_embed", adds)])

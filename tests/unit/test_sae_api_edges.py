@@ -313,7 +313,7 @@ def test_to_takes_sae_lens_s_arguments():
         with pytest.warns(UserWarning, match=said):
             assert sae.to(*args, **kwargs) is sae
     with pytest.raises(SAEInputError, match="device must be a string"):
-        sae.to(5)
+        sae.to(object())
     with pytest.raises(SAEInputError, match="not foo="):
         sae.to(foo=1)
 
@@ -442,3 +442,10 @@ def test_load_checks_the_weights_once(tmp_path, monkeypatch):
     assert calls == [] and np.array_equal(loaded.W_enc, W["W_enc"])
     SAE.load(folder, norm_scaling_factor=2.0)  # a scale folded in after reading: checked again
     assert calls == [1]
+
+
+def test_to_takes_a_device_index_as_torch_does():
+    # regression (review): sae.to(3), torch's cuda:3, was refused as "not a string"
+    sae = SAE(config(), W)
+    with pytest.warns(UserWarning, match="device='cuda:3' is ignored"):
+        assert sae.to(3) is sae

@@ -165,6 +165,8 @@ def _on_cpu(device, dtype) -> None:
     for value, what, native in ((device, "device", "cpu"), (dtype, "dtype", "float32")):
         if value is None:
             continue
+        if what == "device" and isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+            value = f"cuda:{int(value)}"  # torch's device index: a GPU
         name = str(value).removeprefix("torch.")
         if not isinstance(value, str) and type(value).__module__.split(".")[0] != "torch":
             raise SAEInputError(f"{what} must be a string such as {native!r}, got {type(value).__name__}")

@@ -27,6 +27,7 @@ from .cache import ActivationCache, position_slice
 from .factored_matrix import indexed
 from .errors import (
     CORE_INT_MAX,
+    array_of,
     ContextLengthError,
     HookError,
     InvalidIndexError,
@@ -361,7 +362,7 @@ class Model(ModelHelpers):  # TransformerLens's helpers: model_helpers.py
         if isinstance(texts, str):
             ids = self.to_tokens(texts, prepend_bos=prepend_bos)[0]
         else:
-            ids = np.asarray(input)
+            ids = array_of(input, "to_str_tokens' token ids", InvalidTokensError)  # a ragged list: not numpy's error
             if ids.ndim == 0 or (ids.ndim == 2 and ids.shape[0] == 1):  # one id, or one sequence of a batch
                 ids = ids.reshape(-1)
             if ids.ndim != 1:

@@ -177,3 +177,9 @@ def test_a_hook_functions_hook_point_says_where_hooks_are_added(demo):
 
     with pytest.raises(tm.HookError, match="through the model: model.add_hook"):
         demo.run_with_hooks("Mr Darcy", fwd_hooks=[("hook_embed", adds)])
+
+
+def test_to_str_tokens_of_a_ragged_list_is_a_tinymech_error(demo):
+    # regression (review): numpy's ValueError escaped
+    with pytest.raises(tm.InvalidTokensError, match="to_str_tokens' token ids cannot be read as an array"):
+        demo.to_str_tokens([[1, 2], [3]])

@@ -85,8 +85,10 @@ def test_load_from_disk_and_from_pretrained_take_a_device(sae_dir, tmp_path, mon
         SAE.load_from_disk(sae_dir, device="cuda")
     with pytest.warns(UserWarning, match="dtype='bfloat16' is ignored"):
         SAE.load_from_disk(sae_dir, dtype="bfloat16")
-    with pytest.raises(tm.SAEInputError, match="device must be a string"):
+    with pytest.warns(UserWarning, match="device='cuda:3' is ignored"):  # torch's device index, as SAELens takes it
         SAE.load_from_disk(sae_dir, device=3)
+    with pytest.raises(tm.SAEInputError, match="device must be a string"):
+        SAE.load_from_disk(sae_dir, device=3.5)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     fake_hub_cache(tmp_path, "someone/my-saes", "layer1/res", sae_dir)
